@@ -1,0 +1,36 @@
+//! Bounds on everything that comes from outside. Every loop, queue and field has one.
+
+/// Largest canonical encoding of one signed event, in bytes.
+pub const EVENT_BYTES_MAX: usize = 64 * 1024;
+/// Largest on-disk record (format tag + rkyv archive), in bytes.
+pub const RECORD_BYTES_MAX: usize = 2 * EVENT_BYTES_MAX;
+/// Deepest container nesting BCS decoding accepts.
+pub const BCS_CONTAINER_DEPTH_MAX: usize = 16;
+/// Longest node, service or network name, in bytes.
+pub const NAME_BYTES_MAX: usize = 128;
+/// Longest free-form text (reasons), in bytes.
+pub const TEXT_BYTES_MAX: usize = 1024;
+/// Most addresses per node.
+pub const ADDRESSES_MAX: usize = 16;
+/// Longest address or endpoint address, in bytes.
+pub const ADDRESS_BYTES_MAX: usize = 256;
+/// Most capabilities per node or service.
+pub const CAPABILITIES_MAX: usize = 64;
+/// Longest capability tag, in bytes.
+pub const CAPABILITY_BYTES_MAX: usize = 64;
+/// Most endpoints per service.
+pub const ENDPOINTS_MAX: usize = 16;
+/// Most metadata entries per service.
+pub const METADATA_ENTRIES_MAX: usize = 32;
+/// Longest metadata key or value, in bytes.
+pub const METADATA_BYTES_MAX: usize = 512;
+/// Most events appended in one durable ledger batch.
+pub const APPEND_BATCH_MAX: usize = 4096;
+/// Most records read per replay chunk (bounds replay memory independently of log length).
+pub const REPLAY_CHUNK_EVENTS: usize = 2048;
+/// Largest projection checkpoint accepted on load, in bytes.
+pub const CHECKPOINT_BYTES_MAX: usize = 1 << 30;
+
+const _: () = assert!(EVENT_BYTES_MAX < RECORD_BYTES_MAX);
+const _: () = assert!(ADDRESSES_MAX * ADDRESS_BYTES_MAX < EVENT_BYTES_MAX);
+const _: () = assert!(REPLAY_CHUNK_EVENTS <= APPEND_BATCH_MAX);

@@ -1,0 +1,11 @@
+//! The pure core: event types, canonical encoding, chain, signatures and projections.
+//!
+//! **Architecture Invariant:** nothing in `core` does I/O, spawns a task or reads the clock.
+//! Inputs arrive as values (including timestamps), outputs are values.
+
+pub mod event;
+pub mod keys;
+pub mod limits;
+pub mod projection;
+pub mod synth;
+pub mod types;

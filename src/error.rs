@@ -1,0 +1,194 @@
+//! Error types. One enum per subsystem, wrapped by the crate-wide [`Error`].
+//!
+//! Which errors are fatal for a ledger: [`LedgerError::Storage`] after a failed durable write
+//! (fjall poisons its database; reopen the ledger) and [`LedgerError::Corrupt`] found while
+//! opening. Everything else leaves the ledger usable.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::core::projection::Rejection;
+use crate::core::types::{ChainHash, NetworkFingerprint};
+use crate::store::record::DecodeError;
+
+/// What is wrong with a stored record, found by reading the ledger back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Corruption {
+    /// The record's bytes do not decode.
+    #[error("undecodable record: {reason}")]
+    Undecodable {
+        /// What the decoder said.
+        reason: String,
+    },
+    /// A key in the ledger keyspace that is not an 8-byte sequence number.
+    #[error("malformed key of {len} bytes")]
+    MalformedKey {
+        /// Its length.
+        len: usize,
+    },
+    /// A sequence number is missing.
+    #[error("gap: expected seq {expected}, found seq {found}")]
+    Gap {
+        /// The missing sequence number.
+        expected: u64,
+        /// The next one present.
+        found: u64,
+    },
+    /// The record stored under one key says it is another sequence number (reordered records).
+    #[error("record under key {key} claims seq {claimed}")]
+    Misplaced {
+        /// The key it is stored under.
+        key: u64,
+        /// The seq inside the record.
+        claimed: u64,
+    },
+    /// `prev_hash` does not equal the previous record's hash.
+    #[error("bad link: prev_hash {found} does not match the previous hash {expected}")]
+    BadLink {
+        /// The previous record's hash.
+        expected: ChainHash,
+        /// What this record says.
+        found: ChainHash,
+    },
+    /// The stored hash is not `blake3(prev_hash || seq || event)`.
+    #[error("hash mismatch: stored {stored}, computed {computed}")]
+    HashMismatch {
+        /// Stored in the record.
+        stored: ChainHash,
+        /// Recomputed.
+        computed: ChainHash,
+    },
+    /// The event's signature does not verify.
+    #[error("bad signature by {author}")]
+    BadSignature {
+        /// The claimed author.
+        author: crate::core::types::NodeId,
+    },
+    /// The event belongs to another network.
+    #[error("event of another network (fingerprint {found})")]
+    WrongNetwork {
+        /// The ledger's network.
+        expected: NetworkFingerprint,
+        /// The event's.
+        found: NetworkFingerprint,
+    },
+    /// The event is validly stored but the rules reject it (e.g. an unadmitted author).
+    #[error("event violates the rules: {rejection}")]
+    Rejected {
+        /// Why.
+        rejection: Rejection,
+    },
+    /// The ledger ends before the durable head recorded in `meta`.
+    #[error("truncated: the recorded head is seq {head_seq} but the ledger ends at {last_seq:?}")]
+    Truncated {
+        /// The head recorded in `meta`.
+        head_seq: u64,
+        /// The last record present.
+        last_seq: Option<u64>,
+    },
+    /// Records past the recorded head, or a head hash that does not match.
+    #[error("head mismatch: meta says seq {head_seq} hash {head_hash}, the chain says {detail}")]
+    HeadMismatch {
+        /// The head recorded in `meta`.
+        head_seq: u64,
+        /// Its hash.
+        head_hash: ChainHash,
+        /// What was found instead.
+        detail: String,
+    },
+    /// A metadata value that does not decode.
+    #[error("corrupt metadata {key}: {reason}")]
+    Metadata {
+        /// The meta key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<DecodeError> for Corruption {
+    fn from(e: DecodeError) -> Self {
+        Corruption::Undecodable { reason: e.to_string() }
+    }
+}
+
+/// Errors of the fjall ledger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// fjall failed. After a failed durable write fjall poisons the database: reopen.
+    #[error("storage error during {op} in {path}: {source}")]
+    Storage {
+        /// What was being done.
+        op: &'static str,
+        /// The ledger directory.
+        path: PathBuf,
+        /// fjall's error.
+        #[source]
+        source: fjall::Error,
+    },
+    /// A filesystem error outside fjall.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// There is no ledger at this path (and creating one was not asked for).
+    #[error("no spore ledger at {0}")]
+    NotALedger(PathBuf),
+    /// Corruption found at a sequence number.
+    #[error("ledger {path} is corrupt at seq {seq}: {corruption}")]
+    Corrupt {
+        /// The ledger directory.
+        path: PathBuf,
+        /// The first bad sequence number.
+        seq: u64,
+        /// What is wrong.
+        corruption: Corruption,
+    },
+    /// The ledger belongs to another network than the caller expected.
+    #[error("ledger {path} belongs to network {found}, expected {expected}")]
+    WrongNetwork {
+        /// The ledger directory.
+        path: PathBuf,
+        /// Expected fingerprint.
+        expected: NetworkFingerprint,
+        /// The ledger's.
+        found: NetworkFingerprint,
+    },
+    /// An earlier durable write failed; the in-memory state may be ahead of the disk.
+    #[error("ledger {0} is poisoned by an earlier failed write; reopen it")]
+    Poisoned(PathBuf),
+    /// Too many events in one append.
+    #[error("append of {got} events exceeds the batch limit {max}")]
+    BatchTooLarge {
+        /// The limit.
+        max: usize,
+        /// What was given.
+        got: usize,
+    },
+}
+
+/// The crate-wide error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Ledger (fjall) errors.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// An event was rejected by the rules.
+    #[error("event rejected: {0}")]
+    Rejected(#[from] Rejection),
+    /// Key file errors.
+    #[error(transparent)]
+    KeyFile(#[from] crate::store::keyfile::KeyFileError),
+}
+
+/// Result with the crate-wide [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,388 @@
+//! The fjall ledger: the durable, chained event log plus its projection.
+//!
+//! Layout (see `schema/storage.md`): one fjall `Database` per ledger directory with two
+//! keyspaces:
+//! - `ledger`: key = seq (u64 big-endian), value = ledger record (see [`super::record`]);
+//! - `meta`: `format` (marker), `head` (seq u64 BE ‖ hash 32 B, written in every append batch),
+//!   `checkpoint` (projection checkpoint, written in the same batch as the events it covers).
+//!
+//! **Durability contract:** [`Ledger::append`] returns only after the batch (records, head and
+//! any checkpoint, atomically) has been synced to disk (`PersistMode::SyncData`). An
+//! acknowledged append survives a crash.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use rayon::prelude::*;
+
+use super::record::{self, decode_checkpoint, encode_checkpoint, encode_record, seq_key};
+use super::replay::{replay_range, ReplayOptions, ReplayStats, StopAt};
+use crate::core::event::{ChainedEvent, SignedEvent};
+use crate::core::keys::{verify_many, VerifierCache};
+use crate::core::limits;
+use crate::core::projection::{ChainHead, Projection, Rejection};
+use crate::core::types::{ChainHash, NetworkFingerprint};
+use crate::error::{Corruption, LedgerError};
+
+const META_FORMAT: &[u8] = b"format";
+const META_HEAD: &[u8] = b"head";
+const META_CHECKPOINT: &[u8] = b"checkpoint";
+/// The value of the `format` marker.
+pub const LEDGER_FORMAT_MARKER: &[u8] = b"mycnet-spores ledger v1";
+
+/// How a ledger is opened.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// Create an empty ledger if none exists (otherwise [`LedgerError::NotALedger`]).
+    pub create: bool,
+    /// Write a projection checkpoint every this many events (0 = never).
+    pub checkpoint_interval: u64,
+    /// Sync every append to disk before returning (turn off only for throwaway data).
+    pub durable: bool,
+    /// If set, opening fails unless the ledger belongs to this network.
+    pub expected_network: Option<NetworkFingerprint>,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig { create: true, checkpoint_interval: 16_384, durable: true, expected_network: None }
+    }
+}
+
+/// What [`Ledger::append`] did with each event, in order.
+pub type AppendOutcome = Vec<Result<ChainedEvent, Rejection>>;
+
+/// The chained event log on fjall with its in-memory projection. See the module doc.
+pub struct Ledger {
+    path: PathBuf,
+    db: Database,
+    ledger: Keyspace,
+    meta: Keyspace,
+    projection: Projection,
+    cache: VerifierCache,
+    config: LedgerConfig,
+    checkpoint_seq: Option<u64>,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("path", &self.path).field("head", &self.projection.head()).finish()
+    }
+}
+
+pub(crate) fn storage<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(fjall::Error) -> LedgerError + 'a {
+    move |source| LedgerError::Storage { op, path: path.to_path_buf(), source }
+}
+
+/// Opens the fjall database and its two keyspaces, refusing directories that hold no ledger
+/// unless `create` is set.
+pub(crate) fn open_keyspaces(path: &Path, create: bool) -> Result<(Database, Keyspace, Keyspace), LedgerError> {
+    let exists = path.is_dir()
+        && std::fs::read_dir(path).map_err(|source| LedgerError::Io { path: path.to_path_buf(), source })?.next().is_some();
+    if !exists && !create {
+        return Err(LedgerError::NotALedger(path.to_path_buf()));
+    }
+    let db = Database::builder(path).open().map_err(storage("open database", path))?;
+    let ledger = db.keyspace("ledger", KeyspaceCreateOptions::default).map_err(storage("open keyspace ledger", path))?;
+    let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(storage("open keyspace meta", path))?;
+    let marker = meta.get(META_FORMAT).map_err(storage("read format marker", path))?;
+    match marker {
+        Some(m) if m.as_ref() == LEDGER_FORMAT_MARKER => {}
+        Some(_) => return Err(LedgerError::NotALedger(path.to_path_buf())),
+        None => {
+            let empty = ledger.first_key_value().is_none();
+            if !empty || !create {
+                return Err(LedgerError::NotALedger(path.to_path_buf()));
+            }
+            meta.insert(META_FORMAT, LEDGER_FORMAT_MARKER).map_err(storage("write format marker", path))?;
+            db.persist(PersistMode::SyncAll).map_err(storage("persist format marker", path))?;
+        }
+    }
+    Ok((db, ledger, meta))
+}
+
+/// Reads the durable head from `meta`.
+pub(crate) fn read_head(meta: &Keyspace, path: &Path) -> Result<Option<(u64, ChainHash)>, LedgerError> {
+    let Some(v) = meta.get(META_HEAD).map_err(storage("read head", path))? else { return Ok(None) };
+    let bytes: &[u8] = v.as_ref();
+    if bytes.len() != 40 {
+        return Err(LedgerError::Corrupt {
+            path: path.to_path_buf(),
+            seq: 0,
+            corruption: Corruption::Metadata { key: "head".into(), reason: format!("{} bytes, expected 40", bytes.len()) },
+        });
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&bytes[..8]);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&bytes[8..]);
+    Ok(Some((u64::from_be_bytes(seq), ChainHash(hash))))
+}
+
+fn encode_head(head: &ChainHead) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..8].copy_from_slice(&head.seq.to_be_bytes());
+    out[8..].copy_from_slice(head.hash.as_bytes());
+    out
+}
+
+/// The last sequence number present in the ledger keyspace.
+pub(crate) fn last_seq(ledger: &Keyspace, path: &Path) -> Result<Option<u64>, LedgerError> {
+    let Some(guard) = ledger.last_key_value() else { return Ok(None) };
+    let key = guard.key().map_err(storage("read last key", path))?;
+    record::parse_seq_key(&key).map(Some).ok_or_else(|| LedgerError::Corrupt {
+        path: path.to_path_buf(),
+        seq: 0,
+        corruption: Corruption::MalformedKey { len: key.len() },
+    })
+}
+
+/// Compares the durable head with the last record; reports truncation or extra records.
+pub(crate) fn check_head_against_records(
+    path: &Path,
+    head: Option<(u64, ChainHash)>,
+    last: Option<u64>,
+) -> Result<(), LedgerError> {
+    let corrupt = |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption };
+    match (head, last) {
+        (None, None) => Ok(()),
+        (Some((h, _)), l) if l.is_none_or(|l| l < h) => {
+            Err(corrupt(l.map_or(0, |l| l + 1), Corruption::Truncated { head_seq: h, last_seq: l }))
+        }
+        (Some((h, hash)), Some(l)) if l > h => Err(corrupt(
+            h + 1,
+            Corruption::HeadMismatch { head_seq: h, head_hash: hash, detail: format!("records continue to seq {l}") },
+        )),
+        (None, Some(l)) => Err(corrupt(
+            0,
+            Corruption::HeadMismatch { head_seq: 0, head_hash: ChainHash::ZERO, detail: format!("no head recorded but records up to seq {l}") },
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `path`: loads the newest projection checkpoint and
+    /// replays the tail after it, checking every link. A corrupt checkpoint is ignored (with a
+    /// warning) in favour of a full replay.
+    #[tracing::instrument(skip(config), fields(path = %path.as_ref().display()))]
+    pub fn open(path: impl AsRef<Path>, config: LedgerConfig) -> Result<Ledger, LedgerError> {
+        let path = path.as_ref().to_path_buf();
+        let started = Instant::now();
+        let (db, ledger, meta) = open_keyspaces(&path, config.create)?;
+        let head = read_head(&meta, &path)?;
+        check_head_against_records(&path, head, last_seq(&ledger, &path)?)?;
+
+        let mut projection = Projection::new();
+        let mut checkpoint_seq = None;
+        if let Some(bytes) = meta.get(META_CHECKPOINT).map_err(storage("read checkpoint", &path))? {
+            match decode_checkpoint(&bytes) {
+                Ok(state) if state.head.is_some_and(|h| head.is_some_and(|(hs, _)| h.seq <= hs)) => {
+                    checkpoint_seq = state.head.map(|h| h.seq);
+                    projection = Projection::from_state(state);
+                }
+                Ok(_) => tracing::warn!("projection checkpoint is ahead of the ledger head; replaying from genesis"),
+                Err(e) => tracing::warn!(error = %e, "projection checkpoint is unreadable; replaying from genesis"),
+            }
+        }
+        let from = projection.next_seq();
+        let stats = replay_range(&ledger, &path, &mut projection, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
+        if let Some((hs, hh)) = head {
+            let at = projection.head();
+            if at.map(|h| (h.seq, h.hash)) != Some((hs, hh)) {
+                return Err(LedgerError::Corrupt {
+                    path: path.clone(),
+                    seq: hs,
+                    corruption: Corruption::HeadMismatch {
+                        head_seq: hs,
+                        head_hash: hh,
+                        detail: format!("replay ended at {:?}", at.map(|h| (h.seq, h.hash.short()))),
+                    },
+                });
+            }
+        }
+        if let (Some(expected), Some(found)) = (config.expected_network, projection.fingerprint()) {
+            if expected != found {
+                return Err(LedgerError::WrongNetwork { path, expected, found });
+            }
+        }
+        tracing::info!(
+            head = ?projection.head().map(|h| h.seq),
+            checkpoint = ?checkpoint_seq,
+            replayed_from = from,
+            replayed = stats.events,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "ledger opened"
+        );
+        Ok(Ledger { path, db, ledger, meta, projection, cache: VerifierCache::default(), config, checkpoint_seq, poisoned: false })
+    }
+
+    /// The ledger directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The projection at the head.
+    pub fn projection(&self) -> &Projection {
+        &self.projection
+    }
+
+    /// The head (`None` while empty).
+    pub fn head(&self) -> Option<ChainHead> {
+        self.projection.head()
+    }
+
+    /// The network fingerprint (`None` while empty).
+    pub fn fingerprint(&self) -> Option<NetworkFingerprint> {
+        self.projection.fingerprint()
+    }
+
+    /// Sequence number of the newest projection checkpoint on disk.
+    pub fn checkpoint_seq(&self) -> Option<u64> {
+        self.checkpoint_seq
+    }
+
+    /// Verifies signatures (batched, on all cores), validates and chains `events` in order,
+    /// and writes the accepted ones durably in one atomic batch. Rejected events change
+    /// nothing and are reported in place. Returns after the batch is on disk.
+    #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = events.len()))]
+    pub fn append(&mut self, events: Vec<SignedEvent>) -> Result<AppendOutcome, LedgerError> {
+        self.append_with_meta(events, Vec::new())
+    }
+
+    /// [`Ledger::append`], also writing `extra` key/values into `meta` in the same atomic batch
+    /// (used by the Raft state machine to persist its applied log id with the events).
+    pub fn append_with_meta(
+        &mut self,
+        events: Vec<SignedEvent>,
+        extra: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<AppendOutcome, LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned(self.path.clone()));
+        }
+        if events.len() > limits::APPEND_BATCH_MAX {
+            return Err(LedgerError::BatchTooLarge { max: limits::APPEND_BATCH_MAX, got: events.len() });
+        }
+        let verdicts = self.verify_signatures(&events);
+        let mut outcome = Vec::with_capacity(events.len());
+        let mut batch = self.db.batch();
+        let mut accepted = 0usize;
+        for (ev, sig_ok) in events.into_iter().zip(verdicts) {
+            if !sig_ok {
+                // Check the rules first so a forged event of another network says so.
+                let r = self.projection.check(&ev).err().unwrap_or(Rejection::BadSignature(ev.author));
+                outcome.push(Err(r));
+                continue;
+            }
+            match self.projection.append(ev) {
+                Ok(chained) => {
+                    batch.insert(&self.ledger, seq_key(chained.seq), encode_record(&chained));
+                    accepted += 1;
+                    outcome.push(Ok(chained));
+                }
+                Err(r) => outcome.push(Err(r)),
+            }
+        }
+        if accepted == 0 && extra.is_empty() {
+            return Ok(outcome);
+        }
+        if let Some(head) = self.projection.head() {
+            batch.insert(&self.meta, META_HEAD, encode_head(&head).to_vec());
+            let due = self.config.checkpoint_interval > 0
+                && head.seq.saturating_sub(self.checkpoint_seq.unwrap_or(0)) >= self.config.checkpoint_interval;
+            if due {
+                batch.insert(&self.meta, META_CHECKPOINT, encode_checkpoint(self.projection.state()));
+            }
+            for (k, v) in extra {
+                batch.insert(&self.meta, k, v);
+            }
+            let batch = batch.durability(self.config.durable.then_some(PersistMode::SyncData));
+            if let Err(source) = batch.commit() {
+                self.poisoned = true;
+                tracing::error!(error = %source, "durable ledger write failed; ledger poisoned");
+                return Err(LedgerError::Storage { op: "append batch", path: self.path.clone(), source });
+            }
+            if due {
+                self.checkpoint_seq = Some(head.seq);
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn verify_signatures(&mut self, events: &[SignedEvent]) -> Vec<bool> {
+        const CHUNK: usize = 64;
+        if events.len() <= CHUNK {
+            let msgs: Vec<Vec<u8>> = events.iter().map(SignedEvent::signing_message).collect();
+            let items: Vec<_> = events.iter().zip(&msgs).map(|(e, m)| (e.author, m.as_slice(), e.signature)).collect();
+            return verify_many(&mut self.cache, &items);
+        }
+        events
+            .par_chunks(CHUNK)
+            .flat_map_iter(|chunk| {
+                let msgs: Vec<Vec<u8>> = chunk.iter().map(SignedEvent::signing_message).collect();
+                let items: Vec<_> = chunk.iter().zip(&msgs).map(|(e, m)| (e.author, m.as_slice(), e.signature)).collect();
+                super::replay::with_thread_cache(|cache| verify_many(cache, &items))
+            })
+            .collect()
+    }
+
+    /// Reads the event at `seq`, validated (decoded and hash-checked, not linked).
+    pub fn get(&self, seq: u64) -> Result<Option<ChainedEvent>, LedgerError> {
+        let Some(bytes) = self.ledger.get(seq_key(seq)).map_err(storage("read record", &self.path))? else {
+            return Ok(None);
+        };
+        let corrupt = |corruption| LedgerError::Corrupt { path: self.path.clone(), seq, corruption };
+        let ev = record::decode_record(&bytes).map_err(|e| corrupt(e.into()))?;
+        if ev.seq != seq {
+            return Err(corrupt(Corruption::Misplaced { key: seq, claimed: ev.seq }));
+        }
+        if !ev.hash_is_valid() {
+            let computed = crate::core::event::chain_hash(&ev.prev_hash, ev.seq, &ev.event.canonical_bytes());
+            return Err(corrupt(Corruption::HashMismatch { stored: ev.hash, computed }));
+        }
+        Ok(Some(ev))
+    }
+
+    /// Reads events `from..=to` (inclusive, clipped to the head), checking every record,
+    /// key and link. Memory is bounded by the range asked for; callers page large ranges.
+    pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<ChainedEvent>, LedgerError> {
+        super::replay::read_verified_range(&self.ledger, &self.path, from, to)
+    }
+
+    /// Writes a projection checkpoint now (durably), e.g. before a clean shutdown.
+    pub fn write_checkpoint(&mut self) -> Result<(), LedgerError> {
+        let Some(head) = self.projection.head() else { return Ok(()) };
+        if self.checkpoint_seq == Some(head.seq) {
+            return Ok(());
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.meta, META_CHECKPOINT, encode_checkpoint(self.projection.state()));
+        batch.commit().map_err(storage("write checkpoint", &self.path))?;
+        self.checkpoint_seq = Some(head.seq);
+        Ok(())
+    }
+
+    /// Reads a `meta` value (for adapters that keep their own state next to the ledger).
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+        Ok(self.meta.get(key).map_err(storage("read meta", &self.path))?.map(|v| v.to_vec()))
+    }
+
+    /// Replays this ledger from genesis into a fresh projection (audit or trusted).
+    pub fn replay(&self, options: &ReplayOptions) -> Result<(Projection, ReplayStats), LedgerError> {
+        let mut p = Projection::new();
+        let stats = replay_range(&self.ledger, &self.path, &mut p, options, &|_| {})?;
+        Ok((p, stats))
+    }
+
+    /// Syncs everything to disk.
+    pub fn sync(&self) -> Result<(), LedgerError> {
+        self.db.persist(PersistMode::SyncAll).map_err(storage("persist", &self.path))
+    }
+
+    /// Approximate bytes on disk.
+    pub fn disk_space(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}

@@ -1,0 +1,12 @@
+//! Storage adapters on fjall: the chained ledger with its projection checkpoints, replay,
+//! read-only inspection, and node key files.
+//!
+//! **Architecture Invariant:** bytes read from disk reach the core only through
+//! [`record::decode_record`] / [`record::decode_checkpoint`] (validated rkyv access) followed by
+//! chain checks; nothing here trusts what it reads.
+
+pub mod inspect;
+pub mod keyfile;
+pub mod ledger;
+pub mod record;
+pub mod replay;
