@@ -65,6 +65,7 @@ pub struct ServiceAnnouncement {
     Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(attr(allow(missing_docs)))]
+#[allow(missing_docs)] // rkyv's generated resolver variants; every variant and field is documented
 pub enum EventBody {
     /// Sequence 0: the network is formed; the founder is its first Sclerotium.
     Genesis {
