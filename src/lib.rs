@@ -51,6 +51,7 @@
 
 pub mod core;
 pub mod error;
+pub mod raft;
 pub mod store;
 
 pub use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};

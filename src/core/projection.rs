@@ -109,8 +109,11 @@ pub struct ChainHead {
     pub timestamp: Timestamp,
 }
 
+/// Static or owned text inside a [`Rejection`] (owned after crossing the network).
+pub type Text = std::borrow::Cow<'static, str>;
+
 /// Why an event was not applied. Deterministic: every replica gives the same reason.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Rejection {
     /// The event belongs to another network.
@@ -139,7 +142,7 @@ pub enum Rejection {
         /// Who tried.
         author: NodeId,
         /// What was attempted.
-        action: &'static str,
+        action: Text,
     },
     /// The ledger is empty and this is not a genesis event.
     #[error("the first event of a ledger must be genesis")]
@@ -149,7 +152,7 @@ pub enum Rejection {
     UnexpectedGenesis,
     /// Genesis whose fingerprint or author does not match its body.
     #[error("genesis is inconsistent: {0}")]
-    BadGenesis(&'static str),
+    BadGenesis(Text),
     /// The event names a node the registry does not have.
     #[error("unknown node {0}")]
     UnknownNode(NodeId),
@@ -176,7 +179,7 @@ pub enum Rejection {
         /// Its current status.
         from: NodeStatus,
         /// The attempted transition.
-        to: &'static str,
+        to: Text,
     },
     /// The last active Sclerotium cannot leave or be demoted.
     #[error("node {0} is the last active authority and cannot leave or be demoted")]
@@ -185,7 +188,7 @@ pub enum Rejection {
     #[error("{what} is too large: {got} > {max}")]
     LimitExceeded {
         /// Which field.
-        what: &'static str,
+        what: Text,
         /// The limit.
         max: usize,
         /// What was given.
@@ -193,7 +196,7 @@ pub enum Rejection {
     },
     /// A field that must not be empty.
     #[error("{0} must not be empty")]
-    Empty(&'static str),
+    Empty(Text),
     /// A trust score above 1000.
     #[error("trust score {0} is above the maximum 1000")]
     TrustOutOfRange(u16),
@@ -259,7 +262,7 @@ pub struct ProjectionState {
 
 fn check_len(what: &'static str, got: usize, max: usize) -> Result<(), Rejection> {
     if got > max {
-        Err(Rejection::LimitExceeded { what, max, got })
+        Err(Rejection::LimitExceeded { what: what.into(), max, got })
     } else {
         Ok(())
     }
@@ -267,7 +270,7 @@ fn check_len(what: &'static str, got: usize, max: usize) -> Result<(), Rejection
 
 fn check_name(what: &'static str, s: &str) -> Result<(), Rejection> {
     if s.is_empty() {
-        return Err(Rejection::Empty(what));
+        return Err(Rejection::Empty(what.into()));
     }
     check_len(what, s.len(), limits::NAME_BYTES_MAX)
 }
@@ -284,7 +287,7 @@ fn check_capabilities(caps: &[String]) -> Result<(), Rejection> {
     check_len("capability list", caps.len(), limits::CAPABILITIES_MAX)?;
     for c in caps {
         if c.is_empty() {
-            return Err(Rejection::Empty("capability"));
+            return Err(Rejection::Empty("capability".into()));
         }
         check_len("capability", c.len(), limits::CAPABILITY_BYTES_MAX)?;
     }
@@ -487,10 +490,10 @@ impl Projection {
             check_name("network name", &network.network_name)?;
             check_announcement(founder)?;
             if founder.role != NodeRole::Sclerotium {
-                return Err(Rejection::BadGenesis("the founder must be a sclerotium"));
+                return Err(Rejection::BadGenesis("the founder must be a sclerotium".into()));
             }
             if founder.node != *author {
-                return Err(Rejection::BadGenesis("genesis must be signed by the founder"));
+                return Err(Rejection::BadGenesis("genesis must be signed by the founder".into()));
             }
             let expected = network_fingerprint(network, &founder.node);
             if expected != event.fingerprint {
@@ -512,14 +515,14 @@ impl Projection {
             if is_authority || node == author {
                 Ok(())
             } else {
-                Err(Rejection::NotAuthorized { author: *author, action })
+                Err(Rejection::NotAuthorized { author: *author, action: action.into() })
             }
         };
         let authority_only = |action: &'static str| -> Result<(), Rejection> {
             if is_authority {
                 Ok(())
             } else {
-                Err(Rejection::NotAuthorized { author: *author, action })
+                Err(Rejection::NotAuthorized { author: *author, action: action.into() })
             }
         };
         match &event.body {
@@ -569,7 +572,7 @@ impl Projection {
                 self.present_node(node)?;
                 authority_only("set trust scores")?;
                 if node == author {
-                    return Err(Rejection::NotAuthorized { author: *author, action: "set its own trust score" });
+                    return Err(Rejection::NotAuthorized { author: *author, action: "set its own trust score".into() });
                 }
                 if *score > TrustScore::MAX {
                     return Err(Rejection::TrustOutOfRange(score.0));
@@ -594,7 +597,7 @@ impl Projection {
                 let rec = self.present_node(node)?;
                 authority_only("commit liveness transitions")?;
                 if rec.status != NodeStatus::Active {
-                    return Err(Rejection::InvalidTransition { node: *node, from: rec.status, to: "offline" });
+                    return Err(Rejection::InvalidTransition { node: *node, from: rec.status, to: "offline".into() });
                 }
                 Ok(())
             }
@@ -602,7 +605,7 @@ impl Projection {
                 let rec = self.present_node(node)?;
                 authority_or_self(node, "bring another node back online")?;
                 if rec.status != NodeStatus::Offline {
-                    return Err(Rejection::InvalidTransition { node: *node, from: rec.status, to: "online" });
+                    return Err(Rejection::InvalidTransition { node: *node, from: rec.status, to: "online".into() });
                 }
                 Ok(())
             }

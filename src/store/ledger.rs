@@ -288,25 +288,29 @@ impl Ledger {
         if accepted == 0 && extra.is_empty() {
             return Ok(outcome);
         }
-        if let Some(head) = self.projection.head() {
+        let head = self.projection.head();
+        let due = head.is_some_and(|h| {
+            self.config.checkpoint_interval > 0
+                && accepted > 0
+                && h.seq.saturating_sub(self.checkpoint_seq.unwrap_or(0)) >= self.config.checkpoint_interval
+        });
+        if let Some(head) = head.filter(|_| accepted > 0) {
             batch.insert(&self.meta, META_HEAD, encode_head(&head).to_vec());
-            let due = self.config.checkpoint_interval > 0
-                && head.seq.saturating_sub(self.checkpoint_seq.unwrap_or(0)) >= self.config.checkpoint_interval;
-            if due {
-                batch.insert(&self.meta, META_CHECKPOINT, encode_checkpoint(self.projection.state()));
-            }
-            for (k, v) in extra {
-                batch.insert(&self.meta, k, v);
-            }
-            let batch = batch.durability(self.config.durable.then_some(PersistMode::SyncData));
-            if let Err(source) = batch.commit() {
-                self.poisoned = true;
-                tracing::error!(error = %source, "durable ledger write failed; ledger poisoned");
-                return Err(LedgerError::Storage { op: "append batch", path: self.path.clone(), source });
-            }
-            if due {
-                self.checkpoint_seq = Some(head.seq);
-            }
+        }
+        if due {
+            batch.insert(&self.meta, META_CHECKPOINT, encode_checkpoint(self.projection.state()));
+        }
+        for (k, v) in extra {
+            batch.insert(&self.meta, k, v);
+        }
+        let batch = batch.durability(self.config.durable.then_some(PersistMode::SyncData));
+        if let Err(source) = batch.commit() {
+            self.poisoned = true;
+            tracing::error!(error = %source, "durable ledger write failed; ledger poisoned");
+            return Err(LedgerError::Storage { op: "append batch", path: self.path.clone(), source });
+        }
+        if due {
+            self.checkpoint_seq = head.map(|h| h.seq);
         }
         Ok(outcome)
     }
@@ -374,6 +378,30 @@ impl Ledger {
         let mut p = Projection::new();
         let stats = replay_range(&self.ledger, &self.path, &mut p, options, &|_| {})?;
         Ok((p, stats))
+    }
+
+    /// The fjall database (shared with the Raft log store, so both use one journal).
+    pub(crate) fn database(&self) -> Database {
+        self.db.clone()
+    }
+
+    /// Deletes every event, the head and the checkpoint, durably, and empties the projection
+    /// (used before installing a snapshot whose chain does not extend ours). Other `meta`
+    /// keys are kept.
+    #[tracing::instrument(skip(self), fields(path = %self.path.display()))]
+    pub fn reset(&mut self) -> Result<(), LedgerError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for guard in self.ledger.iter() {
+            let key = guard.key().map_err(storage("scan for reset", &self.path))?;
+            batch.remove(&self.ledger, key);
+        }
+        batch.remove(&self.meta, META_HEAD);
+        batch.remove(&self.meta, META_CHECKPOINT);
+        batch.commit().map_err(storage("reset", &self.path))?;
+        self.projection = Projection::new();
+        self.checkpoint_seq = None;
+        self.poisoned = false;
+        Ok(())
     }
 
     /// Syncs everything to disk.

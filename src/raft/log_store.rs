@@ -1,0 +1,194 @@
+//! The Raft log on fjall.
+//!
+//! Two keyspaces in the node's database (shared with the ledger, so one journal and one fsync
+//! stream serve both):
+//! - `raft_log`: key = log index (u64 big-endian), value = postcard of the openraft entry;
+//! - `raft_meta`: `vote`, `committed`, `purged` (postcard).
+//!
+//! **Durability contract:** `save_vote` returns after the vote is synced. `append` makes the
+//! entries readable before it returns and calls the flush callback only after they are synced.
+//! Truncation and purge are batches of removes (fjall has no range delete).
+
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::PathBuf;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{Entry, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
+
+use super::{LogId, StorageError, TypeConfig};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_PURGED: &[u8] = b"purged";
+
+/// The Raft log store. Cheap to clone (fjall handles are shared).
+#[derive(Clone)]
+pub struct FjallLogStore {
+    path: PathBuf,
+    db: Database,
+    log: Keyspace,
+    meta: Keyspace,
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::read_logs(openraft::AnyError::error(e.to_string())).into()
+}
+fn write_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_logs(openraft::AnyError::error(e.to_string())).into()
+}
+fn vote_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_vote(openraft::AnyError::error(e.to_string())).into()
+}
+
+impl FjallLogStore {
+    /// Opens (creating if needed) the Raft keyspaces in `db`.
+    pub fn open(db: Database, path: PathBuf) -> Result<Self, fjall::Error> {
+        let log = db.keyspace("raft_log", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("raft_meta", KeyspaceCreateOptions::default)?;
+        Ok(FjallLogStore { path, db, log, meta })
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.meta.get(key).map_err(read_err)? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v).map(Some).map_err(read_err),
+        }
+    }
+
+    fn put_meta_durable<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        let bytes = postcard::to_stdvec(value).map_err(write_err)?;
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.meta, key, bytes);
+        batch.commit().map_err(write_err)
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let Some(guard) = self.log.last_key_value() else { return Ok(None) };
+        let (_, v) = guard.into_inner().map_err(read_err)?;
+        let entry: Entry<TypeConfig> = postcard::from_bytes(&v).map_err(read_err)?;
+        Ok(Some(entry.log_id))
+    }
+
+    fn remove_range(&self, from: u64, to_inclusive: Option<u64>, durable: bool) -> Result<(), StorageError> {
+        let mut batch = self.db.batch().durability(durable.then_some(PersistMode::SyncData));
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> = match to_inclusive {
+            Some(to) => Box::new(self.log.range(from.to_be_bytes()..=to.to_be_bytes())),
+            None => Box::new(self.log.range(from.to_be_bytes()..)),
+        };
+        for guard in iter {
+            let key = guard.key().map_err(read_err)?;
+            batch.remove(&self.log, key);
+        }
+        batch.commit().map_err(write_err)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for FjallLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let span = tracing::trace_span!("raft_log_read", path = %self.path.display(), start);
+        let _g = span.enter();
+        let mut out = Vec::new();
+        for guard in self.log.range(start.to_be_bytes()..) {
+            let (k, v) = guard.into_inner().map_err(read_err)?;
+            let idx = crate::store::record::parse_seq_key(&k).ok_or_else(|| read_err("malformed raft log key"))?;
+            if !range.contains(&idx) {
+                break;
+            }
+            out.push(postcard::from_bytes(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for FjallLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        let this = self.clone();
+        let vote = *vote;
+        tokio::task::spawn_blocking(move || this.put_meta_durable(KEY_VOTE, &vote).map_err(|_| vote_err("save vote")))
+            .await
+            .map_err(vote_err)?
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: openraft treats it as a hint that may lag.
+        let bytes = postcard::to_stdvec(&committed).map_err(write_err)?;
+        self.meta.insert(KEY_COMMITTED, bytes).map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(path = %self.path.display()))]
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut n = 0usize;
+        for entry in entries {
+            let bytes = postcard::to_stdvec(&entry).map_err(write_err)?;
+            batch.insert(&self.log, entry.log_id.index.to_be_bytes(), bytes);
+            n += 1;
+        }
+        // The batch is readable once committed and durable once the journal is synced; the
+        // callback fires after both, in order, because each append awaits its own sync.
+        let r = tokio::task::spawn_blocking(move || batch.commit())
+            .await
+            .map_err(write_err)?
+            .map_err(super::io_err);
+        tracing::trace!(entries = n, ok = r.is_ok(), "raft log appended and synced");
+        let failed = r.as_ref().err().map(|e| e.to_string());
+        callback.log_io_completed(r);
+        if let Some(e) = failed {
+            return Err(write_err(e));
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.remove_range(log_id.index, None, true)).await.map_err(write_err)?
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.put_meta_durable(KEY_PURGED, &log_id)?;
+            this.remove_range(0, Some(log_id.index), false)
+        })
+        .await
+        .map_err(write_err)?
+    }
+}

@@ -1,0 +1,135 @@
+//! openraft glue: the type configuration, the fjall log store and the ledger state machine.
+//!
+//! openraft is kept behind this module so an openraft version change touches only it.
+//! Raft node ids are 64-bit: the first 8 bytes (big-endian) of the node's key; the full key
+//! travels in [`PeerNode`] so the transport can authenticate the peer.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::event::SignedEvent;
+use crate::core::projection::Rejection;
+use crate::core::types::{ChainHash, NodeId};
+
+pub mod log_store;
+pub mod state_machine;
+
+/// What a Raft entry carries: one signed event to validate, chain and apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SporeRequest {
+    /// Append this event to the ledger.
+    Event(SignedEvent),
+}
+
+impl fmt::Display for SporeRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SporeRequest::Event(e) => write!(f, "event({} by {})", e.body.kind(), e.author.short()),
+        }
+    }
+}
+
+/// Where an applied event landed in the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainPoint {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its chain hash.
+    pub hash: ChainHash,
+}
+
+/// The state machine's answer to one entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SporeResponse {
+    /// A blank or membership entry: nothing to report.
+    None,
+    /// The event was applied at this point.
+    Applied(ChainPoint),
+    /// The event was rejected, identically on every replica.
+    Rejected(Rejection),
+}
+
+/// A Raft member as openraft sees it: its full key and where to reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    /// The node's key (its [`NodeId`]).
+    pub node: NodeId,
+    /// `host:port` of its QUIC endpoint, or a name in the in-process network.
+    pub addr: String,
+}
+
+impl fmt::Display for PeerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.node.short(), self.addr)
+    }
+}
+
+/// The 64-bit Raft id of a node key.
+pub fn raft_id(node: &NodeId) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&node.as_bytes()[..8]);
+    u64::from_be_bytes(b)
+}
+
+openraft::declare_raft_types!(
+    /// openraft type configuration of the Primary spore.
+    pub TypeConfig:
+        D = SporeRequest,
+        R = SporeResponse,
+        NodeId = u64,
+        Node = PeerNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// openraft's storage error for our config.
+pub type StorageError = openraft::StorageError<u64>;
+/// openraft's log id.
+pub type LogId = openraft::LogId<u64>;
+/// openraft's stored membership.
+pub type StoredMembership = openraft::StoredMembership<u64, PeerNode>;
+/// A Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+pub(crate) fn io_err(e: impl fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Opens the Raft log store and the ledger state machine on one fjall database.
+pub fn open_stores(
+    ledger: crate::store::ledger::Ledger,
+) -> Result<(log_store::FjallLogStore, state_machine::LedgerStateMachine), crate::error::LedgerError> {
+    let path = ledger.path().to_path_buf();
+    let log = log_store::FjallLogStore::open(ledger.database(), path.clone())
+        .map_err(|source| crate::error::LedgerError::Storage { op: "open raft keyspaces", path, source })?;
+    let sm = state_machine::LedgerStateMachine::new(std::sync::Arc::new(std::sync::RwLock::new(ledger)));
+    Ok((log, sm))
+}
+
+#[cfg(test)]
+mod conformance {
+    use super::*;
+    use crate::store::ledger::{Ledger, LedgerConfig};
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, log_store::FjallLogStore, state_machine::LedgerStateMachine, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, log_store::FjallLogStore, state_machine::LedgerStateMachine), StorageError> {
+            let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
+            let ledger = Ledger::open(dir.path(), LedgerConfig { durable: false, ..Default::default() })
+                .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
+            let (log, sm) = open_stores(ledger).map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own storage conformance suite on the fjall log store and ledger state machine.
+    #[test]
+    fn openraft_storage_suite_passes() -> Result<(), StorageError> {
+        Suite::test_all(Builder)
+    }
+}
