@@ -188,6 +188,33 @@ pub enum Error {
     /// Key file errors.
     #[error(transparent)]
     KeyFile(#[from] crate::store::keyfile::KeyFileError),
+    /// No leader answered within the write timeout; the write was not committed.
+    #[error("no leader reachable after {waited:?}; the write was not committed")]
+    NoLeader {
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+    /// The system has not been started or initialized yet.
+    #[error("the spore system is not started (call initialize, start or join first)")]
+    NotStarted,
+    /// The node has not received a network's genesis yet.
+    #[error("this node is not part of an initialized network yet")]
+    NotInitialized,
+    /// `initialize` with a different identity than the data dir already holds.
+    #[error("the data dir already holds network {network:?}")]
+    AlreadyInitialized {
+        /// The existing network's name.
+        network: String,
+    },
+    /// Raft failed (shutdown, fatal storage error, membership change refused, …).
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A network call failed.
+    #[error(transparent)]
+    Transport(#[from] crate::net::TransportError),
+    /// That spore tier is not available on this node.
+    #[error("the {0:?} spore tier is not available on this node")]
+    TierUnavailable(crate::core::types::SporeType),
 }
 
 /// Result with the crate-wide [`Error`].

@@ -51,8 +51,10 @@
 
 pub mod core;
 pub mod error;
+pub mod net;
 pub mod raft;
 pub mod store;
+pub mod system;
 
 pub use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 pub use crate::core::keys::NodeKey;
@@ -64,3 +66,5 @@ pub use crate::error::{Corruption, Error, LedgerError};
 pub use crate::store::inspect::{LedgerReader, VerifyReport};
 pub use crate::store::ledger::{Ledger, LedgerConfig};
 pub use crate::store::replay::{ReplayOptions, ReplayStats, StopAt};
+pub use crate::system::{Consistency, OperationalMode, SporeStatus, SporeSystem, SporeSystemBuilder, Subscription, Timeouts};
+pub use crate::raft::{ChainPoint, PeerNode};

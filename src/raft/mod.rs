@@ -14,6 +14,7 @@ use crate::core::projection::Rejection;
 use crate::core::types::{ChainHash, NodeId};
 
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 
 /// What a Raft entry carries: one signed event to validate, chain and apply.

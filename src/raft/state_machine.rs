@@ -52,6 +52,7 @@ struct SnapshotHeader {
 pub struct LedgerStateMachine {
     ledger: SharedLedger,
     current: Arc<RwLock<Option<(SnapshotMeta<u64, PeerNode>, Vec<u8>)>>>,
+    head_tx: Arc<tokio::sync::watch::Sender<Option<u64>>>,
 }
 
 fn sm_read(e: impl std::fmt::Display) -> StorageError {
@@ -71,7 +72,19 @@ fn lock_err() -> StorageError {
 impl LedgerStateMachine {
     /// Wraps a ledger.
     pub fn new(ledger: SharedLedger) -> Self {
-        LedgerStateMachine { ledger, current: Arc::new(RwLock::new(None)) }
+        let head = ledger.read().ok().and_then(|l| l.head().map(|h| h.seq));
+        let (tx, _) = tokio::sync::watch::channel(head);
+        LedgerStateMachine { ledger, current: Arc::new(RwLock::new(None)), head_tx: Arc::new(tx) }
+    }
+
+    /// Follows the ledger head's sequence number as events are applied.
+    pub fn subscribe_head(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.head_tx.subscribe()
+    }
+
+    fn publish_head(&self) {
+        let head = self.ledger.read().ok().and_then(|l| l.head().map(|h| h.seq));
+        self.head_tx.send_replace(head);
     }
 
     /// The shared ledger.
@@ -202,7 +215,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let ledger = self.ledger.clone();
-        tokio::task::spawn_blocking(move || {
+        let responses = tokio::task::spawn_blocking(move || {
             let mut l = ledger.write().map_err(|_| lock_err())?;
             let (_, mut membership) = Self::read_applied(&l)?;
             let mut last = None;
@@ -255,7 +268,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             Ok(responses)
         })
         .await
-        .map_err(sm_write)?
+        .map_err(sm_write)?;
+        self.publish_head();
+        responses
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -333,6 +348,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         if let Ok(mut cur) = self.current.write() {
             *cur = Some((meta.clone(), data));
         }
+        self.publish_head();
         Ok(())
     }
 

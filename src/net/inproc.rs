@@ -1,0 +1,153 @@
+//! An in-process network with seeded fault injection — a test tool for partitions and
+//! crashes. It never replaces QUIC in the product.
+//!
+//! Nodes register an [`RpcHandler`] under their address. Faults: partitions (groups that
+//! cannot reach each other), one-way blocks, random loss and delay drawn from a seeded RNG so a
+//! failing schedule reproduces, and crashes (a node's handler is removed; "restart" registers
+//! a new one from the node's data dir).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{BoxFuture, RpcHandler, RpcRequest, RpcResponse, Transport, TransportError};
+use crate::core::types::NodeId;
+use crate::raft::PeerNode;
+
+#[derive(Default)]
+struct Faults {
+    /// Directed pairs `(from, to)` whose messages are dropped.
+    blocked: HashSet<(String, String)>,
+    /// Probability that a message is lost.
+    loss: f64,
+    /// Extra delay per message, uniformly in this range (milliseconds).
+    delay_ms: (u64, u64),
+}
+
+struct Inner {
+    handlers: HashMap<String, (NodeId, Arc<dyn RpcHandler>)>,
+    faults: Faults,
+    rng: ChaCha8Rng,
+}
+
+/// The network: a registry of handlers plus the fault schedule. Cheap to clone.
+#[derive(Clone)]
+pub struct InProcNetwork {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl InProcNetwork {
+    /// A network with no faults, whose random choices come from `seed`.
+    pub fn new(seed: u64) -> Self {
+        InProcNetwork {
+            inner: Arc::new(Mutex::new(Inner { handlers: HashMap::new(), faults: Faults::default(), rng: ChaCha8Rng::seed_from_u64(seed) })),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut g = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g)
+    }
+
+    /// Registers (or replaces) the handler of the node at `addr`.
+    pub fn register(&self, addr: &str, node: NodeId, handler: Arc<dyn RpcHandler>) {
+        self.with(|i| i.handlers.insert(addr.to_string(), (node, handler)));
+    }
+
+    /// Removes the node at `addr`: it crashed. Calls to it fail as unreachable.
+    pub fn crash(&self, addr: &str) {
+        self.with(|i| i.handlers.remove(addr));
+    }
+
+    /// Cuts every link between `a` and `b` in both directions.
+    pub fn partition(&self, a: &[&str], b: &[&str]) {
+        self.with(|i| {
+            for x in a {
+                for y in b {
+                    i.faults.blocked.insert((x.to_string(), y.to_string()));
+                    i.faults.blocked.insert((y.to_string(), x.to_string()));
+                }
+            }
+        });
+    }
+
+    /// Drops messages from `from` to `to` only (one-way loss).
+    pub fn block_one_way(&self, from: &str, to: &str) {
+        self.with(|i| i.faults.blocked.insert((from.to_string(), to.to_string())));
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        self.with(|i| i.faults.blocked.clear());
+    }
+
+    /// Loses each message with probability `p`.
+    pub fn set_loss(&self, p: f64) {
+        self.with(|i| i.faults.loss = p.clamp(0.0, 1.0));
+    }
+
+    /// Delays each message by a uniform random time in `min_ms..=max_ms`.
+    pub fn set_delay(&self, min_ms: u64, max_ms: u64) {
+        self.with(|i| i.faults.delay_ms = (min_ms, max_ms.max(min_ms)));
+    }
+
+    /// A transport for the node at `addr` (its outgoing side).
+    pub fn transport(&self, addr: &str) -> InProcTransport {
+        InProcTransport { net: self.clone(), from: addr.to_string() }
+    }
+}
+
+/// One node's view of an [`InProcNetwork`].
+#[derive(Clone)]
+pub struct InProcTransport {
+    net: InProcNetwork,
+    from: String,
+}
+
+impl Transport for InProcTransport {
+    fn call(&self, to: &PeerNode, req: RpcRequest, timeout: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>> {
+        let to_addr = to.addr.clone();
+        Box::pin(async move {
+            // Decide the fate of the request and of its response now, from the seeded RNG.
+            let decision = self.net.with(|i| {
+                let sender = i.handlers.get(&self.from).map(|(id, _)| *id);
+                let target = i.handlers.get(&to_addr).map(|(_, h)| h.clone());
+                let lost = |i: &mut Inner| i.faults.loss > 0.0 && i.rng.random_bool(i.faults.loss);
+                let req_lost = i.faults.blocked.contains(&(self.from.clone(), to_addr.clone())) || lost(i);
+                let resp_lost = i.faults.blocked.contains(&(to_addr.clone(), self.from.clone())) || lost(i);
+                let (lo, hi) = i.faults.delay_ms;
+                let delay = if hi > 0 { Duration::from_millis(i.rng.random_range(lo..=hi)) } else { Duration::ZERO };
+                (sender, target, req_lost, resp_lost, delay)
+            });
+            let (sender, target, req_lost, resp_lost, delay) = decision;
+            let (Some(sender), Some(handler)) = (sender, target) else {
+                return Err(TransportError::Unreachable(to_addr));
+            };
+            if req_lost {
+                // A lost message looks like silence: the caller waits out its deadline (capped, so
+                // tests stay fast) and sees unreachable.
+                tokio::time::sleep(timeout.min(Duration::from_millis(50))).await;
+                return Err(TransportError::Unreachable(to_addr));
+            }
+            let work = async {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                handler.handle(sender, req).await
+            };
+            let resp = tokio::time::timeout(timeout, work)
+                .await
+                .map_err(|_| TransportError::Timeout { peer: to_addr.clone(), after: timeout })?;
+            if resp_lost {
+                return Err(TransportError::Unreachable(to_addr));
+            }
+            Ok(resp)
+        })
+    }
+}

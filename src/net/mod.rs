@@ -1,0 +1,239 @@
+//! The transport seam: how nodes call each other.
+//!
+//! Raft RPCs and client forwarding are [`RpcRequest`]s sent through a [`Transport`] to the
+//! peer's [`RpcHandler`]. The product uses QUIC (quinn); tests also use [`inproc`], an
+//! in-process network with seeded fault injection (partitions, one-way loss, delay, drops,
+//! crashes). Every call is bounded by a timeout.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::core::event::SignedEvent;
+use crate::core::types::NodeId;
+use crate::raft::{PeerNode, SporeResponse, TypeConfig};
+
+pub mod inproc;
+
+/// A boxed future, so transports and handlers can be trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A request from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+pub enum RpcRequest {
+    /// Raft log replication / heartbeat.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft election.
+    Vote(VoteRequest<u64>),
+    /// Raft snapshot chunk.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A client write forwarded to the leader.
+    Forward(SignedEvent),
+    /// Ask the leader to add a node to the Raft membership (as learner, then voter if asked).
+    AddMember {
+        /// The node.
+        node: PeerNode,
+        /// Promote to voter once caught up.
+        voter: bool,
+    },
+    /// Ask the leader to remove a node from the Raft membership.
+    RemoveMember {
+        /// The node.
+        node: NodeId,
+    },
+    /// Ask the leader for a linearizable read index (the log index a follower must apply
+    /// before serving a linearizable read).
+    ReadIndex,
+}
+
+impl RpcRequest {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcRequest::AppendEntries(_) => "append_entries",
+            RpcRequest::Vote(_) => "vote",
+            RpcRequest::InstallSnapshot(_) => "install_snapshot",
+            RpcRequest::Forward(_) => "forward",
+            RpcRequest::AddMember { .. } => "add_member",
+            RpcRequest::RemoveMember { .. } => "remove_member",
+            RpcRequest::ReadIndex => "read_index",
+        }
+    }
+}
+
+/// Why a forwarded request failed at the receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteFailure {
+    /// The receiver is not the leader; it names the leader if it knows one.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader it knows of.
+        leader: Option<PeerNode>,
+    },
+    /// Anything else, as text.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A response to an [`RpcRequest`] of the same kind.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+pub enum RpcResponse {
+    /// To `AppendEntries`.
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    /// To `Vote`.
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    /// To `InstallSnapshot`.
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// To `Forward`.
+    Forward(Result<SporeResponse, RemoteFailure>),
+    /// To `AddMember` / `RemoveMember`.
+    Membership(Result<(), RemoteFailure>),
+    /// To `ReadIndex`: the log index to wait for.
+    ReadIndex(Result<Option<u64>, RemoteFailure>),
+}
+
+/// Why a call did not get a response.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The peer is down, partitioned away, or unknown to the transport.
+    #[error("peer {0} is unreachable")]
+    Unreachable(String),
+    /// No response within the deadline.
+    #[error("call to {peer} timed out after {after:?}")]
+    Timeout {
+        /// The peer.
+        peer: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The peer refused us (unknown or unadmitted key, wrong network).
+    #[error("peer {peer} refused the connection: {reason}")]
+    Refused {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A frame that could not be encoded/decoded or exceeded its size limit.
+    #[error("bad frame from {peer}: {reason}")]
+    BadFrame {
+        /// The peer.
+        peer: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The response did not match the request kind.
+    #[error("unexpected response from {0}")]
+    UnexpectedResponse(String),
+}
+
+/// Serves requests that arrive for one node.
+pub trait RpcHandler: Send + Sync + 'static {
+    /// Handles `req` sent by the authenticated peer `from`.
+    fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse>;
+}
+
+/// Sends requests to peers.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `req` to `to` and waits at most `timeout` for the response.
+    fn call(&self, to: &PeerNode, req: RpcRequest, timeout: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>>;
+}
+
+/// A shared transport.
+pub type SharedTransport = Arc<dyn Transport>;
+
+/// A node's attachment to a network: its outgoing transport and how to detach.
+pub struct Binding {
+    /// Calls out to peers.
+    pub transport: SharedTransport,
+    /// The address peers reach this node at (the bound address, e.g. after port 0).
+    pub addr: String,
+    closer: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Binding {
+    /// A binding that runs `closer` when closed or dropped.
+    pub fn new(transport: SharedTransport, addr: String, closer: impl FnOnce() + Send + 'static) -> Self {
+        Binding { transport, addr, closer: Some(Box::new(closer)) }
+    }
+
+    /// Stops serving requests for this node.
+    pub fn close(&mut self) {
+        if let Some(c) = self.closer.take() {
+            c();
+        }
+    }
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A network a node can join: the QUIC endpoint in the product, [`inproc::InProcNetwork`] in
+/// simulation tests.
+pub trait NetworkBackend: Send + Sync + 'static {
+    /// Starts serving `handler` for `me` and returns the outgoing side.
+    fn bind(&self, me: &PeerNode, handler: Arc<dyn RpcHandler>) -> BoxFuture<'_, Result<Binding, TransportError>>;
+}
+
+impl NetworkBackend for inproc::InProcNetwork {
+    fn bind(&self, me: &PeerNode, handler: Arc<dyn RpcHandler>) -> BoxFuture<'_, Result<Binding, TransportError>> {
+        let me = me.clone();
+        Box::pin(async move {
+            self.register(&me.addr, me.node, handler);
+            let net = self.clone();
+            let addr = me.addr.clone();
+            let transport: SharedTransport = Arc::new(self.transport(&me.addr));
+            Ok(Binding::new(transport, me.addr.clone(), move || net.crash(&addr)))
+        })
+    }
+}
+
+/// A handler whose target is set after binding (the Raft service needs the transport that
+/// binding returns). Until then it answers that the node is starting.
+#[derive(Default)]
+pub struct LateHandler {
+    inner: std::sync::OnceLock<Arc<dyn RpcHandler>>,
+}
+
+impl LateHandler {
+    /// Sets the real handler (once).
+    pub fn set(&self, h: Arc<dyn RpcHandler>) {
+        let _ = self.inner.set(h);
+    }
+}
+
+impl RpcHandler for LateHandler {
+    fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse> {
+        match self.inner.get() {
+            Some(h) => h.handle(from, req),
+            None => Box::pin(async move {
+                let starting = || RemoteFailure::Other("node is starting".into());
+                match req {
+                    RpcRequest::Forward(_) => RpcResponse::Forward(Err(starting())),
+                    RpcRequest::ReadIndex => RpcResponse::ReadIndex(Err(starting())),
+                    RpcRequest::AddMember { .. } | RpcRequest::RemoveMember { .. } => RpcResponse::Membership(Err(starting())),
+                    // Raft RPCs before the node is up: report a fatal-free "stopped" node.
+                    RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) => {
+                        RpcResponse::Vote(Err(openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped)))
+                    }
+                    RpcRequest::InstallSnapshot(_) => {
+                        RpcResponse::InstallSnapshot(Err(openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped)))
+                    }
+                }
+            }),
+        }
+    }
+}

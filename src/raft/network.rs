@@ -1,0 +1,179 @@
+//! openraft's network over our [`Transport`] seam, and the server side that answers RPCs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::ChangeMembers;
+
+use super::{raft_id, PeerNode, Raft, SporeRequest, TypeConfig};
+use crate::core::types::NodeId;
+use crate::net::{BoxFuture, RemoteFailure, RpcHandler, RpcRequest, RpcResponse, SharedTransport, TransportError};
+
+/// Creates one [`PeerClient`] per Raft peer.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    transport: SharedTransport,
+}
+
+impl NetworkFactory {
+    /// Over `transport`.
+    pub fn new(transport: SharedTransport) -> Self {
+        NetworkFactory { transport }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerClient {
+        PeerClient { transport: self.transport.clone(), target, node: node.clone() }
+    }
+}
+
+/// openraft's client for one peer.
+pub struct PeerClient {
+    transport: SharedTransport,
+    target: u64,
+    node: PeerNode,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<u64, PeerNode, RaftError<u64, E>>;
+
+fn transport_err<E: std::error::Error>(e: TransportError) -> RPCError<u64, PeerNode, E> {
+    match e {
+        TransportError::Unreachable(_) | TransportError::Refused { .. } | TransportError::Timeout { .. } => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl PeerClient {
+    async fn send(&self, req: RpcRequest, ttl: Duration) -> Result<RpcResponse, TransportError> {
+        let span = tracing::trace_span!("raft_rpc", kind = req.kind(), to = %self.node);
+        let _g = span.enter();
+        self.transport.call(&self.node, req, ttl).await
+    }
+
+    fn remote<E: std::error::Error>(&self, e: RaftError<u64, E>) -> RPCError<u64, PeerNode, RaftError<u64, E>> {
+        RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))
+    }
+
+    fn unexpected<E: std::error::Error>(&self) -> RPCError<u64, PeerNode, E> {
+        transport_err(TransportError::UnexpectedResponse(self.node.addr.clone()))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        match self.send(RpcRequest::AppendEntries(rpc), option.hard_ttl()).await.map_err(transport_err)? {
+            RpcResponse::AppendEntries(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
+        match self.send(RpcRequest::InstallSnapshot(rpc), option.hard_ttl()).await.map_err(transport_err)? {
+            RpcResponse::InstallSnapshot(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Result<VoteResponse<u64>, RpcErr> {
+        match self.send(RpcRequest::Vote(rpc), option.hard_ttl()).await.map_err(transport_err)? {
+            RpcResponse::Vote(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.unexpected()),
+        }
+    }
+}
+
+/// Answers RPCs for one node by driving its Raft.
+pub struct RaftService {
+    raft: Raft,
+    me: PeerNode,
+}
+
+impl RaftService {
+    /// For `raft`, which runs as `me`.
+    pub fn new(raft: Raft, me: PeerNode) -> Self {
+        RaftService { raft, me }
+    }
+
+    fn not_leader(&self) -> RemoteFailure {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+        RemoteFailure::NotLeader { leader }
+    }
+
+    async fn add_member(&self, node: PeerNode, voter: bool) -> Result<(), RemoteFailure> {
+        let id = raft_id(&node.node);
+        let map_err = |e: RaftError<u64, openraft::error::ClientWriteError<u64, PeerNode>>| match e {
+            RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_)) => self.not_leader(),
+            e => RemoteFailure::Other(e.to_string()),
+        };
+        self.raft.add_learner(id, node, true).await.map_err(map_err)?;
+        if voter {
+            let mut voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+            voters.insert(id);
+            self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true).await.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn remove_member(&self, node: NodeId) -> Result<(), RemoteFailure> {
+        let id = raft_id(&node);
+        let map_err = |e: RaftError<u64, openraft::error::ClientWriteError<u64, PeerNode>>| match e {
+            RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_)) => self.not_leader(),
+            e => RemoteFailure::Other(e.to_string()),
+        };
+        let voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if voters.contains(&id) {
+            let rest: BTreeSet<u64> = voters.into_iter().filter(|v| *v != id).collect();
+            self.raft.change_membership(ChangeMembers::ReplaceAllVoters(rest), false).await.map_err(map_err)?;
+        }
+        let nodes: BTreeMap<u64, PeerNode> = self.raft.metrics().borrow().membership_config.nodes().map(|(k, v)| (*k, v.clone())).collect();
+        if nodes.contains_key(&id) {
+            self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await.map_err(map_err)?;
+        }
+        Ok(())
+    }
+}
+
+impl RpcHandler for RaftService {
+    fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse> {
+        Box::pin(async move {
+            let span = tracing::trace_span!("rpc_serve", kind = req.kind(), from = %from.short(), me = %self.me);
+            let _g = span.enter();
+            match req {
+                RpcRequest::AppendEntries(r) => RpcResponse::AppendEntries(self.raft.append_entries(r).await),
+                RpcRequest::Vote(r) => RpcResponse::Vote(self.raft.vote(r).await),
+                RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await),
+                RpcRequest::Forward(ev) => RpcResponse::Forward(match self.raft.client_write(SporeRequest::Event(ev)).await {
+                    Ok(resp) => Ok(resp.data),
+                    Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_))) => Err(self.not_leader()),
+                    Err(e) => Err(RemoteFailure::Other(e.to_string())),
+                }),
+                RpcRequest::AddMember { node, voter } => RpcResponse::Membership(self.add_member(node, voter).await),
+                RpcRequest::RemoveMember { node } => RpcResponse::Membership(self.remove_member(node).await),
+                RpcRequest::ReadIndex => RpcResponse::ReadIndex(match self.raft.ensure_linearizable().await {
+                    Ok(log_id) => Ok(log_id.map(|l| l.index)),
+                    Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => Err(self.not_leader()),
+                    Err(e) => Err(RemoteFailure::Other(e.to_string())),
+                }),
+            }
+        })
+    }
+}

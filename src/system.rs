@@ -1,0 +1,765 @@
+//! [`SporeSystem`]: the embedded API. It wires the ledger, openraft and the network together,
+//! and is the only place that spawns tasks or reads the clock.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mycnet_spores::Error> {
+//! use mycnet_spores::{SporeSystem, NetworkIdentity};
+//! let mut spore_system = SporeSystem::new();            // embedded default, no set-up
+//! spore_system.initialize(NetworkIdentity {
+//!     network_id: uuid::Uuid::new_v4(),
+//!     network_name: "my-network".to_string(),
+//!     genesis_timestamp: chrono::Utc::now(),
+//! }).await?;                                             // forms a one-voter network
+//! let id = spore_system.register_service("object-store", vec![], vec!["storage".into()], vec![]).await?;
+//! assert_eq!(spore_system.services_by_name("object-store")?.len(), 1);
+//! # let _ = id; Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
+use crate::core::keys::NodeKey;
+use crate::core::projection::{ChainHead, NodeRecord, Projection, Rejection, ServiceRecord};
+use crate::core::types::{Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore};
+use crate::error::{Error, LedgerError};
+use crate::net::inproc::InProcNetwork;
+use crate::net::{Binding, LateHandler, NetworkBackend, RemoteFailure, RpcRequest, RpcResponse, SharedTransport};
+use crate::raft::network::{NetworkFactory, RaftService};
+use crate::raft::state_machine::SharedLedger;
+use crate::raft::{raft_id, ChainPoint, PeerNode, Raft, SporeRequest, SporeResponse};
+use crate::store::keyfile;
+use crate::store::ledger::{Ledger, LedgerConfig};
+
+/// Timeouts and Raft tuning.
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout range (a random value in it per term).
+    pub election_min: Duration,
+    /// Upper end of the election timeout range.
+    pub election_max: Duration,
+    /// How long a write may wait for a leader before failing with [`Error::NoLeader`].
+    pub write: Duration,
+    /// Deadline of one RPC.
+    pub rpc: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(400),
+            election_max: Duration::from_millis(800),
+            write: Duration::from_secs(5),
+            rpc: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Read consistency of a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Answer from the local projection (may lag the leader slightly). The default.
+    #[default]
+    Stale,
+    /// Confirm with the leader first and wait until the local projection has caught up.
+    Linearizable,
+}
+
+/// The operational mode of the store (see `ARCHITECTURE.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum OperationalMode {
+    /// No committed genesis yet, or this node has not received the chain.
+    NetworkFormation,
+    /// A leader is known and the chain is being extended.
+    NormalOperation,
+    /// No leader is reachable: queries are served from the local view, writes fail.
+    PartitionRecovery,
+    /// Two chains for one network were seen (resolution is the split-brain issue's work).
+    SplitBrainResolution,
+}
+
+/// A snapshot of the node's state, from [`SporeSystem::status`].
+#[derive(Clone, Debug, Serialize)]
+pub struct SporeStatus {
+    /// This node.
+    pub node: NodeId,
+    /// Its Raft address.
+    pub addr: String,
+    /// Its Raft state: `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub raft_state: String,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Last applied Raft log index.
+    pub last_applied: Option<u64>,
+    /// The ledger head.
+    pub head: Option<ChainHead>,
+    /// The network.
+    pub fingerprint: Option<NetworkFingerprint>,
+    /// Voters of the Raft membership.
+    pub voters: Vec<NodeId>,
+    /// Learners of the Raft membership.
+    pub learners: Vec<NodeId>,
+    /// The operational mode.
+    pub mode: OperationalMode,
+    /// Which tier answers queries on this node.
+    pub spore_type: SporeType,
+}
+
+enum Backend {
+    /// A private in-process network of one node (the embedded default).
+    Private,
+    /// A shared network backend (QUIC, or an in-process simulation network).
+    Shared(Arc<dyn NetworkBackend>),
+}
+
+/// Builds a [`SporeSystem`]: data dir, key, role, address, network and timeouts.
+pub struct SporeSystemBuilder {
+    data_dir: Option<PathBuf>,
+    key: Option<NodeKey>,
+    name: Option<String>,
+    role: NodeRole,
+    addr: Option<String>,
+    addresses: Vec<String>,
+    capabilities: Vec<String>,
+    backend: Backend,
+    timeouts: Timeouts,
+    checkpoint_interval: u64,
+}
+
+impl Default for SporeSystemBuilder {
+    fn default() -> Self {
+        SporeSystemBuilder {
+            data_dir: None,
+            key: None,
+            name: None,
+            role: NodeRole::Sclerotium,
+            addr: None,
+            addresses: Vec::new(),
+            capabilities: Vec::new(),
+            backend: Backend::Private,
+            timeouts: Timeouts::default(),
+            checkpoint_interval: 16_384,
+        }
+    }
+}
+
+impl SporeSystemBuilder {
+    /// Where the ledger, Raft log and node key live. Without it, a temporary directory that is
+    /// deleted when the system is dropped.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+    /// The node key. Without it, `DATA_DIR/node.key` is loaded or generated (mode 0600).
+    pub fn key(mut self, key: NodeKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+    /// Human-readable node name (default: the short node id).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Voter (Sclerotium, default) or gossip node (Rhizomorph).
+    pub fn role(mut self, role: NodeRole) -> Self {
+        self.role = role;
+        self
+    }
+    /// The address peers reach this node's Raft endpoint at.
+    pub fn addr(mut self, addr: impl Into<String>) -> Self {
+        self.addr = Some(addr.into());
+        self
+    }
+    /// Addresses announced in the registry.
+    pub fn addresses(mut self, addresses: Vec<String>) -> Self {
+        self.addresses = addresses;
+        self
+    }
+    /// Capabilities announced in the registry.
+    pub fn capabilities(mut self, capabilities: Vec<String>) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+    /// The network to join (QUIC endpoint or an in-process simulation network).
+    pub fn network(mut self, backend: Arc<dyn NetworkBackend>) -> Self {
+        self.backend = Backend::Shared(backend);
+        self
+    }
+    /// Joins an in-process simulation network (tests).
+    pub fn inproc(self, net: &InProcNetwork) -> Self {
+        self.network(Arc::new(net.clone()))
+    }
+    /// Timeouts and Raft tuning.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+    /// Projection checkpoint interval in events.
+    pub fn checkpoint_interval(mut self, events: u64) -> Self {
+        self.checkpoint_interval = events;
+        self
+    }
+    /// Builds the (not yet started) system.
+    pub fn build(self) -> SporeSystem {
+        SporeSystem { config: Some(self), running: None }
+    }
+}
+
+struct Running {
+    key: NodeKey,
+    me: PeerNode,
+    role: NodeRole,
+    name: String,
+    addresses: Vec<String>,
+    capabilities: Vec<String>,
+    raft: Raft,
+    ledger: SharedLedger,
+    head_rx: watch::Receiver<Option<u64>>,
+    transport: SharedTransport,
+    binding: Binding,
+    timeouts: Timeouts,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+/// The discovery store of one node. See the module doc and the crate doc.
+pub struct SporeSystem {
+    config: Option<SporeSystemBuilder>,
+    running: Option<Running>,
+}
+
+impl Default for SporeSystem {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn raft_err<E: std::fmt::Display>(e: E) -> Error {
+    Error::Raft(e.to_string())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Ledger(LedgerError::Io { path: path.to_path_buf(), source })
+}
+
+impl SporeSystem {
+    /// The embedded default: a temporary data dir, a fresh key, a voter on a private network
+    /// of one. Nothing happens until [`SporeSystem::initialize`] or [`SporeSystem::start`].
+    pub fn new() -> Self {
+        SporeSystemBuilder::default().build()
+    }
+
+    /// A builder for everything else.
+    pub fn builder() -> SporeSystemBuilder {
+        SporeSystemBuilder::default()
+    }
+
+    fn running(&self) -> Result<&Running, Error> {
+        self.running.as_ref().ok_or(Error::NotStarted)
+    }
+
+    /// Opens the data dir and starts Raft, without forming a network: resumes a node after a
+    /// restart, or waits to be added to a running network (see [`SporeSystem::join`]).
+    #[tracing::instrument(skip(self))]
+    pub async fn start(&mut self) -> Result<(), Error> {
+        if self.running.is_some() {
+            return Ok(());
+        }
+        let cfg = self.config.take().ok_or(Error::NotStarted)?;
+        match Self::launch(cfg).await {
+            Ok(r) => {
+                self.running = Some(r);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn launch(cfg: SporeSystemBuilder) -> Result<Running, Error> {
+        let (data_dir, tempdir) = match &cfg.data_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new().prefix("mycnet-spores-").tempdir().map_err(io_err(Path::new("/tmp")))?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
+        let key = match cfg.key {
+            Some(k) => k,
+            None => keyfile::load_or_generate(&data_dir.join(keyfile::KEY_FILE_NAME))?,
+        };
+        let node = key.node_id();
+        let ledger_dir = data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
+        let ledger_cfg = LedgerConfig { create: true, checkpoint_interval: cfg.checkpoint_interval, durable: false, expected_network: None };
+        let ledger = tokio::task::spawn_blocking(move || Ledger::open(ledger_dir, ledger_cfg)).await.map_err(raft_err)??;
+        let (log_store, sm) = crate::raft::open_stores(ledger)?;
+        let ledger = sm.ledger().clone();
+        let head_rx = sm.subscribe_head();
+
+        let backend: Arc<dyn NetworkBackend> = match cfg.backend {
+            Backend::Private => Arc::new(InProcNetwork::new(0)),
+            Backend::Shared(b) => b,
+        };
+        let want_addr = cfg.addr.unwrap_or_else(|| format!("node-{}", node.short()));
+        let late = Arc::new(LateHandler::default());
+        let binding = backend.bind(&PeerNode { node, addr: want_addr }, late.clone()).await?;
+        let me = PeerNode { node, addr: binding.addr.clone() };
+        let transport = binding.transport.clone();
+
+        let raft_config = openraft::Config {
+            cluster_name: "mycnet-spores".into(),
+            heartbeat_interval: cfg.timeouts.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.timeouts.election_min.as_millis() as u64,
+            election_timeout_max: cfg.timeouts.election_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            purge_batch_size: 256,
+            max_payload_entries: 512,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(raft_err)?;
+        let raft = Raft::new(raft_id(&node), Arc::new(raft_config), NetworkFactory::new(transport.clone()), log_store, sm)
+            .await
+            .map_err(raft_err)?;
+        late.set(Arc::new(RaftService::new(raft.clone(), me.clone())));
+        tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
+        Ok(Running {
+            key,
+            name: cfg.name.unwrap_or_else(|| format!("node-{}", node.short())),
+            role: cfg.role,
+            addresses: cfg.addresses,
+            capabilities: cfg.capabilities,
+            me,
+            raft,
+            ledger,
+            head_rx,
+            transport,
+            binding,
+            timeouts: cfg.timeouts,
+            _tempdir: tempdir,
+        })
+    }
+
+    /// Forms a network whose first voter is this node, and commits its genesis. Idempotent
+    /// for the same identity after a restart; a different identity is an error.
+    #[tracing::instrument(skip(self, identity), fields(network = %identity.network_name))]
+    pub async fn initialize(&mut self, identity: NetworkIdentity) -> Result<(), Error> {
+        self.start().await?;
+        let r = self.running()?;
+        let record = identity.to_record();
+        if let Some(existing) = self.with_projection(|p| p.network().cloned())? {
+            return if existing.network_id == record.network_id {
+                Ok(())
+            } else {
+                Err(Error::AlreadyInitialized { network: existing.network_name })
+            };
+        }
+        let members = BTreeMap::from([(raft_id(&r.me.node), r.me.clone())]);
+        match r.raft.initialize(members).await {
+            Ok(()) => {}
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(raft_err(e)),
+        }
+        let founder = NodeAnnouncement {
+            node: r.me.node,
+            name: r.name.clone(),
+            role: NodeRole::Sclerotium,
+            addresses: if r.addresses.is_empty() { vec![r.me.addr.clone()] } else { r.addresses.clone() },
+            capabilities: r.capabilities.clone(),
+        };
+        let genesis = SignedEvent::genesis(&r.key, record, founder);
+        self.submit(genesis).await?;
+        Ok(())
+    }
+
+    /// Asks the network (through `via`, any member) to add this node to the Raft membership,
+    /// as a voter or a learner. An authority must have admitted this node first
+    /// ([`SporeSystem::admit`]).
+    pub async fn join(&mut self, via: PeerNode, as_voter: bool) -> Result<(), Error> {
+        self.start().await?;
+        let me = self.running()?.me.clone();
+        self.membership_rpc(Some(via), RpcRequest::AddMember { node: me, voter: as_voter }).await
+    }
+
+    /// Adds another node to the Raft membership (learner, then voter if asked). Runs on the
+    /// leader, or is forwarded to it.
+    pub async fn add_member(&self, node: PeerNode, as_voter: bool) -> Result<(), Error> {
+        self.membership_rpc(None, RpcRequest::AddMember { node, voter: as_voter }).await
+    }
+
+    async fn membership_rpc(&self, via: Option<PeerNode>, req: RpcRequest) -> Result<(), Error> {
+        let r = self.running()?;
+        let deadline = Instant::now() + r.timeouts.write * 6;
+        let mut target = via.or_else(|| self.leader_node()).unwrap_or_else(|| r.me.clone());
+        loop {
+            let req2 = match &req {
+                RpcRequest::AddMember { node, voter } => RpcRequest::AddMember { node: node.clone(), voter: *voter },
+                RpcRequest::RemoveMember { node } => RpcRequest::RemoveMember { node: *node },
+                _ => return Err(Error::Raft("not a membership request".into())),
+            };
+            let res = r.transport.call(&target, req2, r.timeouts.write * 6).await;
+            match res {
+                Ok(RpcResponse::Membership(Ok(()))) => return Ok(()),
+                Ok(RpcResponse::Membership(Err(RemoteFailure::NotLeader { leader: Some(l) }))) => target = l,
+                Ok(RpcResponse::Membership(Err(RemoteFailure::Other(e)))) if !e.contains("starting") => return Err(Error::Raft(e)),
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                return Err(Error::NoLeader { waited: r.timeouts.write * 6 });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(l) = self.leader_node() {
+                target = l;
+            }
+        }
+    }
+
+    fn leader_node(&self) -> Option<PeerNode> {
+        let r = self.running.as_ref()?;
+        let m = r.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// Commits a signed event: on the leader directly, otherwise forwarded to it. Retries
+    /// while no leader is known, up to the write timeout, then fails with
+    /// [`Error::NoLeader`]. A rejected event returns [`Error::Rejected`] with its reason.
+    #[tracing::instrument(skip(self, event), fields(kind = event.body.kind()))]
+    pub async fn submit(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
+        let r = self.running()?;
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let outcome = match self.leader_node() {
+                Some(l) if l.node == r.me.node => match r.raft.client_write(SporeRequest::Event(event.clone())).await {
+                    Ok(resp) => Some(Ok(resp.data)),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => None,
+                    Err(RaftError::Fatal(e)) => return Err(raft_err(e)),
+                    Err(e) => Some(Err(raft_err(e))),
+                },
+                Some(l) => match r.transport.call(&l, RpcRequest::Forward(event.clone()), r.timeouts.rpc).await {
+                    Ok(RpcResponse::Forward(Ok(resp))) => Some(Ok(resp)),
+                    Ok(RpcResponse::Forward(Err(RemoteFailure::Other(e)))) => Some(Err(Error::Raft(e))),
+                    // Not the leader any more, unreachable, timed out: find the leader again.
+                    _ => None,
+                },
+                None => None,
+            };
+            match outcome {
+                Some(Ok(SporeResponse::Applied(point))) => return Ok(point),
+                Some(Ok(SporeResponse::Rejected(rej))) => return Err(Error::Rejected(rej)),
+                Some(Ok(SporeResponse::None)) => return Err(Error::Raft("empty response to an event".into())),
+                Some(Err(e)) => tracing::debug!(error = %e, "write attempt failed; retrying"),
+                None => {}
+            }
+            if started.elapsed() >= r.timeouts.write {
+                return Err(Error::NoLeader { waited: started.elapsed() });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    fn sign(&self, body: EventBody) -> Result<SignedEvent, Error> {
+        let r = self.running()?;
+        let fp = self.with_projection(|p| p.fingerprint())?.ok_or(Error::NotInitialized)?;
+        Ok(SignedEvent::sign(&r.key, fp, Timestamp::now(), body))
+    }
+
+    /// This node's id (after start).
+    pub fn node_id(&self) -> Result<NodeId, Error> {
+        Ok(self.running()?.me.node)
+    }
+
+    /// This node as a Raft peer (id and address), for others to [`SporeSystem::add_member`].
+    pub fn peer(&self) -> Result<PeerNode, Error> {
+        Ok(self.running()?.me.clone())
+    }
+
+    /// This node's announcement (for an authority to [`SporeSystem::admit`]).
+    pub fn announcement(&self) -> Result<NodeAnnouncement, Error> {
+        let r = self.running()?;
+        Ok(NodeAnnouncement {
+            node: r.me.node,
+            name: r.name.clone(),
+            role: r.role,
+            addresses: if r.addresses.is_empty() { vec![r.me.addr.clone()] } else { r.addresses.clone() },
+            capabilities: r.capabilities.clone(),
+        })
+    }
+
+    /// Admits a node into the registry (this node must be an authority).
+    pub async fn admit(&self, node: NodeAnnouncement) -> Result<ChainPoint, Error> {
+        self.submit(self.sign(EventBody::NodeJoined(node))?).await
+    }
+
+    /// Replaces this node's announced addresses and capabilities.
+    pub async fn announce(&self, addresses: Vec<String>, capabilities: Vec<String>) -> Result<ChainPoint, Error> {
+        let me = self.node_id()?;
+        self.submit(self.sign(EventBody::AddressesChanged { node: me, addresses })?).await?;
+        self.submit(self.sign(EventBody::CapabilitiesChanged { node: me, capabilities })?).await
+    }
+
+    /// Registers a service offered by this node; returns its id.
+    pub async fn register_service(
+        &self,
+        name: &str,
+        endpoints: Vec<Endpoint>,
+        capabilities: Vec<String>,
+        metadata: Vec<(String, String)>,
+    ) -> Result<Uuid, Error> {
+        let service_id = Uuid::new_v4();
+        let node = self.node_id()?;
+        let s = ServiceAnnouncement { service_id, name: name.to_string(), node, capabilities, endpoints, metadata };
+        self.submit(self.sign(EventBody::ServiceRegistered(s))?).await?;
+        Ok(service_id)
+    }
+
+    /// Deregisters a service.
+    pub async fn deregister_service(&self, service_id: Uuid, reason: &str) -> Result<ChainPoint, Error> {
+        self.submit(self.sign(EventBody::ServiceDeregistered { service_id, reason: reason.to_string() })?).await
+    }
+
+    /// Sets another node's trust score (this node must be an authority).
+    pub async fn set_trust(&self, node: NodeId, score: TrustScore, reason: &str) -> Result<ChainPoint, Error> {
+        self.submit(self.sign(EventBody::TrustScoreChanged { node, score, reason: reason.to_string() })?).await
+    }
+
+    /// Commits that a node went offline (authority only; liveness detection is the latent tier's).
+    pub async fn mark_offline(&self, node: NodeId, last_seen: Timestamp) -> Result<ChainPoint, Error> {
+        self.submit(self.sign(EventBody::NodeWentOffline { node, last_seen })?).await
+    }
+
+    /// Commits that a node is back online.
+    pub async fn mark_online(&self, node: NodeId) -> Result<ChainPoint, Error> {
+        self.submit(self.sign(EventBody::NodeBackOnline { node })?).await
+    }
+
+    /// This node leaves: commits `NodeLeft` and leaves the Raft membership.
+    pub async fn leave(&self, reason: &str) -> Result<(), Error> {
+        let me = self.node_id()?;
+        self.submit(self.sign(EventBody::NodeLeft { node: me, reason: reason.to_string() })?).await?;
+        self.membership_rpc(None, RpcRequest::RemoveMember { node: me }).await
+    }
+
+    /// Runs `f` on the local projection (stale-ok).
+    pub fn with_projection<R>(&self, f: impl FnOnce(&Projection) -> R) -> Result<R, Error> {
+        let r = self.running()?;
+        let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        Ok(f(l.projection()))
+    }
+
+    /// Runs `f` on the projection with the requested consistency. Linearizable reads confirm
+    /// leadership (on a follower: ask the leader for its read index) and wait until the local
+    /// projection has applied it.
+    pub async fn query<R>(&self, consistency: Consistency, f: impl FnOnce(&Projection) -> R) -> Result<R, Error> {
+        if consistency == Consistency::Linearizable {
+            let r = self.running()?;
+            let index = match self.leader_node() {
+                Some(l) if l.node == r.me.node => r.raft.ensure_linearizable().await.map_err(raft_err)?.map(|l| l.index),
+                Some(l) => match r.transport.call(&l, RpcRequest::ReadIndex, r.timeouts.rpc).await {
+                    Ok(RpcResponse::ReadIndex(Ok(i))) => i,
+                    Ok(RpcResponse::ReadIndex(Err(e))) => return Err(Error::Raft(e.to_string())),
+                    Ok(_) => return Err(Error::Raft("unexpected response to read index".into())),
+                    Err(e) => return Err(Error::Transport(e)),
+                },
+                None => return Err(Error::NoLeader { waited: Duration::ZERO }),
+            };
+            if let Some(i) = index {
+                r.raft
+                    .wait(Some(r.timeouts.write))
+                    .applied_index_at_least(Some(i), "linearizable read")
+                    .await
+                    .map_err(raft_err)?;
+            }
+        }
+        self.with_projection(f)
+    }
+
+    /// Every node in the registry (stale-ok).
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, Error> {
+        self.with_projection(|p| p.nodes().cloned().collect())
+    }
+
+    /// One node (stale-ok).
+    pub fn node(&self, id: &NodeId) -> Result<Option<NodeRecord>, Error> {
+        self.with_projection(|p| p.node(id).cloned())
+    }
+
+    /// Services with this name (stale-ok).
+    pub fn services_by_name(&self, name: &str) -> Result<Vec<ServiceRecord>, Error> {
+        self.with_projection(|p| p.services_by_name(name).cloned().collect())
+    }
+
+    /// Services providing this capability (stale-ok).
+    pub fn services_by_capability(&self, capability: &str) -> Result<Vec<ServiceRecord>, Error> {
+        self.with_projection(|p| p.services_by_capability(capability).cloned().collect())
+    }
+
+    /// Nodes an authority committed as offline (stale-ok).
+    pub fn offline_nodes(&self) -> Result<Vec<NodeRecord>, Error> {
+        self.with_projection(|p| p.offline_nodes().cloned().collect())
+    }
+
+    /// The view of one spore tier. Only the Primary tier exists until the seed and latent
+    /// issues land; asking for another tier is [`Error::TierUnavailable`].
+    pub fn spore(&self, tier: SporeType) -> Result<Projection, Error> {
+        match tier {
+            SporeType::Primary => self.with_projection(|p| p.clone()),
+            other => Err(Error::TierUnavailable(other)),
+        }
+    }
+
+    /// The ledger head.
+    pub fn head(&self) -> Result<Option<ChainHead>, Error> {
+        self.with_projection(|p| p.head())
+    }
+
+    /// Role, leader, term, head and mode.
+    pub fn status(&self) -> Result<SporeStatus, Error> {
+        let r = self.running()?;
+        let m = r.raft.metrics().borrow().clone();
+        let (head, fingerprint) = self.with_projection(|p| (p.head(), p.fingerprint()))?;
+        let members = m.membership_config.membership();
+        let by_id: BTreeMap<u64, NodeId> = members.nodes().map(|(id, n)| (*id, n.node)).collect();
+        let voters: Vec<NodeId> = members.voter_ids().filter_map(|id| by_id.get(&id).copied()).collect();
+        let learners: Vec<NodeId> = members.learner_ids().filter_map(|id| by_id.get(&id).copied()).collect();
+        let leader = m.current_leader.and_then(|id| by_id.get(&id).copied());
+        let mode = if head.is_none() {
+            OperationalMode::NetworkFormation
+        } else if leader.is_some() {
+            OperationalMode::NormalOperation
+        } else {
+            OperationalMode::PartitionRecovery
+        };
+        let raft_state = match m.state {
+            ServerState::Leader => "Leader",
+            ServerState::Follower => "Follower",
+            ServerState::Candidate => "Candidate",
+            ServerState::Learner => "Learner",
+            ServerState::Shutdown => "Shutdown",
+        };
+        Ok(SporeStatus {
+            node: r.me.node,
+            addr: r.me.addr.clone(),
+            raft_state: raft_state.to_string(),
+            leader,
+            term: m.current_term,
+            last_applied: m.last_applied.map(|l| l.index),
+            head,
+            fingerprint,
+            voters,
+            learners,
+            mode,
+            spore_type: SporeType::Primary,
+        })
+    }
+
+    /// The committed chained events from `from_seq` on, in order, without gaps or duplicates,
+    /// first from the ledger and then live as they commit. Resume after a restart by passing
+    /// the last seen seq + 1.
+    pub fn subscribe(&self, from_seq: u64) -> Result<Subscription, Error> {
+        let r = self.running()?;
+        let (tx, rx) = mpsc::channel(1024);
+        let ledger = r.ledger.clone();
+        let mut head_rx = r.head_rx.clone();
+        tokio::spawn(async move {
+            let mut next = from_seq;
+            loop {
+                let head = *head_rx.borrow_and_update();
+                if let Some(h) = head.filter(|h| *h >= next) {
+                    let to = h.min(next + crate::core::limits::REPLAY_CHUNK_EVENTS as u64 - 1);
+                    let l2 = ledger.clone();
+                    let page = tokio::task::spawn_blocking(move || match l2.read() {
+                        Ok(l) => l.read_range(next, to).map_err(Error::from),
+                        Err(_) => Err(Error::Raft("ledger lock poisoned".into())),
+                    })
+                    .await;
+                    let page = match page {
+                        Ok(p) => p,
+                        Err(e) => Err(Error::Raft(e.to_string())),
+                    };
+                    match page {
+                        Ok(events) => {
+                            for ev in events {
+                                next = ev.seq + 1;
+                                if tx.send(Ok(ev)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                if head_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Subscription { rx })
+    }
+
+    /// Stops Raft, writes a projection checkpoint and syncs everything. Nothing acknowledged
+    /// is lost (it was durable before it was acknowledged); this only makes restart faster.
+    pub async fn shutdown(&mut self) -> Result<(), Error> {
+        let Some(mut r) = self.running.take() else { return Ok(()) };
+        r.binding.close();
+        let _ = r.raft.shutdown().await;
+        let ledger = r.ledger.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut l = ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            l.write_checkpoint()?;
+            l.sync()?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(raft_err)??;
+        tracing::info!(node = %r.me.node.short(), "spore system stopped");
+        Ok(())
+    }
+
+    /// The Raft handle (advanced use and tests).
+    pub fn raft(&self) -> Result<Raft, Error> {
+        Ok(self.running()?.raft.clone())
+    }
+}
+
+/// A stream of committed events; see [`SporeSystem::subscribe`].
+pub struct Subscription {
+    rx: mpsc::Receiver<Result<ChainedEvent, Error>>,
+}
+
+impl Subscription {
+    /// The next committed event; `None` once the system has shut down.
+    pub async fn next(&mut self) -> Option<Result<ChainedEvent, Error>> {
+        self.rx.recv().await
+    }
+}
+
+/// Rejections surface as [`Error::Rejected`]; this lets callers match on the reason.
+impl Error {
+    /// The rejection reason, if this error is one.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            Error::Rejected(r) => Some(r),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! An in-process cluster of `SporeSystem`s on real fjall data dirs, for Raft tests.
+
+use std::time::Duration;
+
+use mycnet_spores::net::inproc::InProcNetwork;
+use mycnet_spores::{NetworkIdentity, NodeKey, SporeSystem, Timeouts};
+
+/// Fast timeouts for tests.
+pub fn fast_timeouts() -> Timeouts {
+    Timeouts {
+        heartbeat: Duration::from_millis(50),
+        election_min: Duration::from_millis(200),
+        election_max: Duration::from_millis(400),
+        write: Duration::from_secs(10),
+        rpc: Duration::from_secs(1),
+    }
+}
+
+/// A node of the cluster: its key, address and data dir survive crashes.
+pub struct Member {
+    pub key: NodeKey,
+    pub addr: String,
+    pub dir: std::path::PathBuf,
+    pub system: Option<SporeSystem>,
+}
+
+/// N voters on one in-process network.
+pub struct Cluster {
+    pub net: InProcNetwork,
+    pub members: Vec<Member>,
+    _root: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn builder(net: &InProcNetwork, m: &Member) -> mycnet_spores::SporeSystemBuilder {
+        SporeSystem::builder()
+            .data_dir(&m.dir)
+            .key(m.key.clone())
+            .addr(m.addr.clone())
+            .name(m.addr.clone())
+            .inproc(net)
+            .timeouts(fast_timeouts())
+    }
+
+    /// Forms a network of `n` voters: node 0 initializes, admits and adds the others.
+    pub async fn form(n: usize, seed: u64) -> Cluster {
+        let net = InProcNetwork::new(seed);
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                key: NodeKey::from_seed([i as u8 + 1; 32]),
+                addr: format!("n{i}"),
+                dir: root.path().join(format!("n{i}")),
+                system: None,
+            })
+            .collect();
+        for m in members.iter_mut() {
+            let mut s = Self::builder(&net, m).build();
+            s.start().await.expect("start");
+            m.system = Some(s);
+        }
+        let identity = NetworkIdentity {
+            network_id: uuid::Uuid::from_u128(seed as u128 + 1),
+            network_name: format!("test-{seed}"),
+            genesis_timestamp: chrono::Utc::now(),
+        };
+        let first = members[0].system.as_mut().expect("started");
+        first.initialize(identity).await.expect("initialize");
+        for i in 1..n {
+            let (ann, peer) = {
+                let s = members[i].system.as_ref().expect("started");
+                (s.announcement().expect("announcement"), s.peer().expect("peer"))
+            };
+            let first = members[0].system.as_ref().expect("started");
+            first.admit(ann).await.expect("admit");
+            first.add_member(peer, true).await.expect("add voter");
+        }
+        Cluster { net, members, _root: root }
+    }
+
+    pub fn sys(&self, i: usize) -> &SporeSystem {
+        self.members[i].system.as_ref().expect("node is running")
+    }
+
+    /// The index of the current leader, waiting up to `timeout`.
+    pub async fn leader(&self, timeout: Duration) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            for (i, m) in self.members.iter().enumerate() {
+                if let Some(s) = &m.system {
+                    if let Ok(st) = s.status() {
+                        if st.raft_state == "Leader" {
+                            return Some(i);
+                        }
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Crashes node `i`: it disappears from the network and its Raft stops, without a clean
+    /// shutdown of its data (what was acknowledged is already durable).
+    pub async fn crash(&mut self, i: usize) {
+        self.net.crash(&self.members[i].addr);
+        if let Some(s) = self.members[i].system.take() {
+            if let Ok(raft) = s.raft() {
+                let _ = raft.shutdown().await;
+            }
+            drop(s);
+        }
+    }
+
+    /// Restarts node `i` from its data dir.
+    pub async fn restart(&mut self, i: usize) {
+        let mut s = Self::builder(&self.net, &self.members[i]).build();
+        s.start().await.expect("restart");
+        self.members[i].system = Some(s);
+    }
+
+    /// Waits until every running node has the same head, and returns it.
+    pub async fn converged_head(&self, timeout: Duration) -> Option<mycnet_spores::ChainHead> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let heads: Vec<_> = self
+                .members
+                .iter()
+                .filter_map(|m| m.system.as_ref())
+                .map(|s| s.head().ok().flatten())
+                .collect();
+            if let Some(first) = heads.first().copied().flatten() {
+                if heads.iter().all(|h| *h == Some(first)) {
+                    return Some(first);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
