@@ -52,6 +52,10 @@ pub struct Timeouts {
     pub write: Duration,
     /// Deadline of one RPC.
     pub rpc: Duration,
+    /// Build a Raft snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot (for followers that are only slightly behind).
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl Default for Timeouts {
@@ -62,6 +66,8 @@ impl Default for Timeouts {
             election_max: Duration::from_millis(800),
             write: Duration::from_secs(5),
             rpc: Duration::from_secs(2),
+            snapshot_every: 5_000,
+            logs_kept_after_snapshot: 1_000,
         }
     }
 }
@@ -323,17 +329,29 @@ impl SporeSystem {
             heartbeat_interval: cfg.timeouts.heartbeat.as_millis() as u64,
             election_timeout_min: cfg.timeouts.election_min.as_millis() as u64,
             election_timeout_max: cfg.timeouts.election_max.as_millis() as u64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
-            max_in_snapshot_log_to_keep: 1_000,
-            purge_batch_size: 256,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.timeouts.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.timeouts.logs_kept_after_snapshot,
+            purge_batch_size: (cfg.timeouts.snapshot_every / 4).clamp(1, 256),
             max_payload_entries: 512,
             ..Default::default()
         }
         .validate()
         .map_err(raft_err)?;
+        let stored_vote = {
+            use openraft::storage::RaftLogStorage;
+            let mut ls = log_store.clone();
+            ls.read_vote().await.map_err(raft_err)?
+        };
         let raft = Raft::new(raft_id(&node), Arc::new(raft_config), NetworkFactory::new(transport.clone()), log_store, sm)
             .await
             .map_err(raft_err)?;
+        // Status must never show a term older than the one on disk: wait for Raft to load it.
+        if let Some(v) = stored_vote {
+            raft.wait(Some(Duration::from_secs(10)))
+                .metrics(|m| m.vote >= v, "stored vote loaded")
+                .await
+                .map_err(raft_err)?;
+        }
         late.set(Arc::new(RaftService::new(raft.clone(), me.clone())));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -444,12 +462,17 @@ impl SporeSystem {
         let mut backoff = Duration::from_millis(20);
         loop {
             let outcome = match self.leader_node() {
-                Some(l) if l.node == r.me.node => match r.raft.client_write(SporeRequest::Event(event.clone())).await {
-                    Ok(resp) => Some(Ok(resp.data)),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => None,
-                    Err(RaftError::Fatal(e)) => return Err(raft_err(e)),
-                    Err(e) => Some(Err(raft_err(e))),
-                },
+                Some(l) if l.node == r.me.node => {
+                    // A leader cut off in a minority cannot commit: bound the wait.
+                    let left = r.timeouts.write.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+                    match tokio::time::timeout(left, r.raft.client_write(SporeRequest::Event(event.clone()))).await {
+                        Err(_) => return Err(Error::NoLeader { waited: started.elapsed() }),
+                        Ok(Ok(resp)) => Some(Ok(resp.data)),
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => None,
+                        Ok(Err(RaftError::Fatal(e))) => return Err(raft_err(e)),
+                        Ok(Err(e)) => Some(Err(raft_err(e))),
+                    }
+                }
                 Some(l) => match r.transport.call(&l, RpcRequest::Forward(event.clone()), r.timeouts.rpc).await {
                     Ok(RpcResponse::Forward(Ok(resp))) => Some(Ok(resp)),
                     Ok(RpcResponse::Forward(Err(RemoteFailure::Other(e)))) => Some(Err(Error::Raft(e))),
@@ -763,3 +786,9 @@ impl Error {
         }
     }
 }
+
+// A SporeSystem is shared between tasks: it must stay Send + Sync.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<SporeSystem>();
+};

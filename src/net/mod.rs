@@ -158,12 +158,12 @@ pub struct Binding {
     pub transport: SharedTransport,
     /// The address peers reach this node at (the bound address, e.g. after port 0).
     pub addr: String,
-    closer: Option<Box<dyn FnOnce() + Send>>,
+    closer: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl Binding {
     /// A binding that runs `closer` when closed or dropped.
-    pub fn new(transport: SharedTransport, addr: String, closer: impl FnOnce() + Send + 'static) -> Self {
+    pub fn new(transport: SharedTransport, addr: String, closer: impl FnOnce() + Send + Sync + 'static) -> Self {
         Binding { transport, addr, closer: Some(Box::new(closer)) }
     }
 

@@ -1,5 +1,6 @@
 //! An in-process cluster of `SporeSystem`s on real fjall data dirs, for Raft tests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mycnet_spores::net::inproc::InProcNetwork;
@@ -13,6 +14,7 @@ pub fn fast_timeouts() -> Timeouts {
         election_max: Duration::from_millis(400),
         write: Duration::from_secs(10),
         rpc: Duration::from_secs(1),
+        ..Timeouts::default()
     }
 }
 
@@ -21,29 +23,35 @@ pub struct Member {
     pub key: NodeKey,
     pub addr: String,
     pub dir: std::path::PathBuf,
-    pub system: Option<SporeSystem>,
+    pub system: Option<Arc<SporeSystem>>,
 }
 
 /// N voters on one in-process network.
 pub struct Cluster {
     pub net: InProcNetwork,
     pub members: Vec<Member>,
+    pub timeouts: Timeouts,
     _root: tempfile::TempDir,
 }
 
 impl Cluster {
-    fn builder(net: &InProcNetwork, m: &Member) -> mycnet_spores::SporeSystemBuilder {
+    fn builder(net: &InProcNetwork, m: &Member, t: &Timeouts) -> mycnet_spores::SporeSystemBuilder {
         SporeSystem::builder()
             .data_dir(&m.dir)
             .key(m.key.clone())
             .addr(m.addr.clone())
             .name(m.addr.clone())
             .inproc(net)
-            .timeouts(fast_timeouts())
+            .timeouts(t.clone())
     }
 
     /// Forms a network of `n` voters: node 0 initializes, admits and adds the others.
     pub async fn form(n: usize, seed: u64) -> Cluster {
+        Self::form_with(n, seed, fast_timeouts()).await
+    }
+
+    /// [`Cluster::form`] with custom timeouts.
+    pub async fn form_with(n: usize, seed: u64, timeouts: Timeouts) -> Cluster {
         let net = InProcNetwork::new(seed);
         let root = tempfile::tempdir().expect("tempdir");
         let mut members: Vec<Member> = (0..n)
@@ -54,32 +62,37 @@ impl Cluster {
                 system: None,
             })
             .collect();
-        for m in members.iter_mut() {
-            let mut s = Self::builder(&net, m).build();
+        let mut systems = Vec::new();
+        for m in members.iter() {
+            let mut s = Self::builder(&net, m, &timeouts).build();
             s.start().await.expect("start");
-            m.system = Some(s);
+            systems.push(s);
         }
         let identity = NetworkIdentity {
             network_id: uuid::Uuid::from_u128(seed as u128 + 1),
             network_name: format!("test-{seed}"),
             genesis_timestamp: chrono::Utc::now(),
         };
-        let first = members[0].system.as_mut().expect("started");
-        first.initialize(identity).await.expect("initialize");
+        systems[0].initialize(identity).await.expect("initialize");
         for i in 1..n {
-            let (ann, peer) = {
-                let s = members[i].system.as_ref().expect("started");
-                (s.announcement().expect("announcement"), s.peer().expect("peer"))
-            };
-            let first = members[0].system.as_ref().expect("started");
-            first.admit(ann).await.expect("admit");
-            first.add_member(peer, true).await.expect("add voter");
+            let ann = systems[i].announcement().expect("announcement");
+            let peer = systems[i].peer().expect("peer");
+            systems[0].admit(ann).await.expect("admit");
+            systems[0].add_member(peer, true).await.expect("add voter");
         }
-        Cluster { net, members, _root: root }
+        for (m, s) in members.iter_mut().zip(systems) {
+            m.system = Some(Arc::new(s));
+        }
+        Cluster { net, members, timeouts, _root: root }
     }
 
     pub fn sys(&self, i: usize) -> &SporeSystem {
         self.members[i].system.as_ref().expect("node is running")
+    }
+
+    /// A shared handle to node `i`, if running.
+    pub fn handle(&self, i: usize) -> Option<Arc<SporeSystem>> {
+        self.members[i].system.clone()
     }
 
     /// The index of the current leader, waiting up to `timeout`.
@@ -116,9 +129,9 @@ impl Cluster {
 
     /// Restarts node `i` from its data dir.
     pub async fn restart(&mut self, i: usize) {
-        let mut s = Self::builder(&self.net, &self.members[i]).build();
+        let mut s = Self::builder(&self.net, &self.members[i], &self.timeouts).build();
         s.start().await.expect("restart");
-        self.members[i].system = Some(s);
+        self.members[i].system = Some(Arc::new(s));
     }
 
     /// Waits until every running node has the same head, and returns it.

@@ -1,3 +1,4 @@
 
 mod cluster;
 mod primary;
+mod faults;
