@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::ServerState;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -35,7 +35,8 @@ use crate::net::inproc::InProcNetwork;
 use crate::net::{Binding, LateHandler, NetworkBackend, RemoteFailure, RpcRequest, RpcResponse, SharedTransport};
 use crate::raft::network::{NetworkFactory, RaftService};
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::{raft_id, ChainPoint, PeerNode, Raft, SporeRequest, SporeResponse};
+use crate::raft::proposer::{ProposeError, Proposer};
+use crate::raft::{raft_id, ChainPoint, PeerNode, Raft, SporeResponse};
 use crate::store::keyfile;
 use crate::store::ledger::{Ledger, LedgerConfig};
 
@@ -232,6 +233,7 @@ struct Running {
     addresses: Vec<String>,
     capabilities: Vec<String>,
     raft: Raft,
+    proposer: Proposer,
     ledger: SharedLedger,
     head_rx: watch::Receiver<Option<u64>>,
     transport: SharedTransport,
@@ -352,7 +354,8 @@ impl SporeSystem {
                 .await
                 .map_err(raft_err)?;
         }
-        late.set(Arc::new(RaftService::new(raft.clone(), me.clone())));
+        let proposer = Proposer::spawn(raft.clone());
+        late.set(Arc::new(RaftService::new(raft.clone(), me.clone(), proposer.clone())));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
             key,
@@ -362,6 +365,7 @@ impl SporeSystem {
             capabilities: cfg.capabilities,
             me,
             raft,
+            proposer,
             ledger,
             head_rx,
             transport,
@@ -465,12 +469,11 @@ impl SporeSystem {
                 Some(l) if l.node == r.me.node => {
                     // A leader cut off in a minority cannot commit: bound the wait.
                     let left = r.timeouts.write.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-                    match tokio::time::timeout(left, r.raft.client_write(SporeRequest::Event(event.clone()))).await {
+                    match tokio::time::timeout(left, r.proposer.propose(event.clone())).await {
                         Err(_) => return Err(Error::NoLeader { waited: started.elapsed() }),
-                        Ok(Ok(resp)) => Some(Ok(resp.data)),
-                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => None,
-                        Ok(Err(RaftError::Fatal(e))) => return Err(raft_err(e)),
-                        Ok(Err(e)) => Some(Err(raft_err(e))),
+                        Ok(Ok(resp)) => Some(Ok(resp)),
+                        Ok(Err(ProposeError::NotLeader)) => None,
+                        Ok(Err(ProposeError::Raft(e))) => Some(Err(Error::Raft(e))),
                     }
                 }
                 Some(l) => match r.transport.call(&l, RpcRequest::Forward(event.clone()), r.timeouts.rpc).await {
@@ -484,7 +487,9 @@ impl SporeSystem {
             match outcome {
                 Some(Ok(SporeResponse::Applied(point))) => return Ok(point),
                 Some(Ok(SporeResponse::Rejected(rej))) => return Err(Error::Rejected(rej)),
-                Some(Ok(SporeResponse::None)) => return Err(Error::Raft("empty response to an event".into())),
+                Some(Ok(other @ (SporeResponse::None | SporeResponse::Batch(_)))) => {
+                    return Err(Error::Raft(format!("unexpected response to an event: {other:?}")))
+                }
                 Some(Err(e)) => tracing::debug!(error = %e, "write attempt failed; retrying"),
                 None => {}
             }

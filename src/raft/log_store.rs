@@ -6,7 +6,9 @@
 //! - `raft_meta`: `vote`, `committed`, `purged` (postcard).
 //!
 //! **Durability contract:** `save_vote` returns after the vote is synced. `append` makes the
-//! entries readable before it returns and calls the flush callback only after they are synced.
+//! entries readable before it returns and calls the flush callback only after they are synced:
+//! a dedicated flusher thread takes the callbacks in order, syncs the journal once for all that
+//! are waiting (group fsync) and then completes them, so the leader replicates while it syncs.
 //! Truncation and purge are batches of removes (fjall has no range delete).
 
 use std::fmt::Debug;
@@ -30,6 +32,22 @@ pub struct FjallLogStore {
     db: Database,
     log: Keyspace,
     meta: Keyspace,
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Syncs the journal for every waiting callback, in order; exits when the store is dropped.
+fn run_flusher(db: Database, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let r = db.persist(PersistMode::SyncData);
+        tracing::trace!(callbacks = waiting.len(), ok = r.is_ok(), "raft log group sync");
+        for cb in waiting {
+            cb.log_io_completed(r.as_ref().map(|_| ()).map_err(super::io_err));
+        }
+    }
 }
 
 fn read_err(e: impl std::fmt::Display) -> StorageError {
@@ -47,7 +65,13 @@ impl FjallLogStore {
     pub fn open(db: Database, path: PathBuf) -> Result<Self, fjall::Error> {
         let log = db.keyspace("raft_log", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("raft_meta", KeyspaceCreateOptions::default)?;
-        Ok(FjallLogStore { path, db, log, meta })
+        let (flusher, rx) = std::sync::mpsc::channel();
+        let flush_db = db.clone();
+        std::thread::Builder::new()
+            .name("spores-raft-flush".into())
+            .spawn(move || run_flusher(flush_db, rx))
+            .map_err(|e| fjall::Error::from(std::io::Error::other(e.to_string())))?;
+        Ok(FjallLogStore { path, db, log, meta, flusher })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -153,25 +177,17 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut batch = self.db.batch();
         let mut n = 0usize;
         for entry in entries {
             let bytes = postcard::to_stdvec(&entry).map_err(write_err)?;
             batch.insert(&self.log, entry.log_id.index.to_be_bytes(), bytes);
             n += 1;
         }
-        // The batch is readable once committed and durable once the journal is synced; the
-        // callback fires after both, in order, because each append awaits its own sync.
-        let r = tokio::task::spawn_blocking(move || batch.commit())
-            .await
-            .map_err(write_err)?
-            .map_err(super::io_err);
-        tracing::trace!(entries = n, ok = r.is_ok(), "raft log appended and synced");
-        let failed = r.as_ref().err().map(|e| e.to_string());
-        callback.log_io_completed(r);
-        if let Some(e) = failed {
-            return Err(write_err(e));
-        }
+        // Readable once committed; the flusher makes it durable and only then calls back.
+        batch.commit().map_err(write_err)?;
+        tracing::trace!(entries = n, "raft log appended");
+        self.flusher.send(callback).map_err(|_| write_err("raft log flusher stopped"))?;
         Ok(())
     }
 

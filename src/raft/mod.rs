@@ -15,6 +15,7 @@ use crate::core::types::{ChainHash, NodeId};
 
 pub mod log_store;
 pub mod network;
+pub mod proposer;
 pub mod state_machine;
 
 /// What a Raft entry carries: one signed event to validate, chain and apply.
@@ -22,12 +23,15 @@ pub mod state_machine;
 pub enum SporeRequest {
     /// Append this event to the ledger.
     Event(SignedEvent),
+    /// Append these events, in order (group commit of concurrent writes).
+    Batch(Vec<SignedEvent>),
 }
 
 impl fmt::Display for SporeRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SporeRequest::Event(e) => write!(f, "event({} by {})", e.body.kind(), e.author.short()),
+            SporeRequest::Batch(b) => write!(f, "batch({} events)", b.len()),
         }
     }
 }
@@ -50,6 +54,8 @@ pub enum SporeResponse {
     Applied(ChainPoint),
     /// The event was rejected, identically on every replica.
     Rejected(Rejection),
+    /// One response per event of a [`SporeRequest::Batch`], in order.
+    Batch(Vec<SporeResponse>),
 }
 
 /// A Raft member as openraft sees it: its full key and where to reach it.

@@ -10,7 +10,8 @@ use openraft::raft::{
 };
 use openraft::ChangeMembers;
 
-use super::{raft_id, PeerNode, Raft, SporeRequest, TypeConfig};
+use super::proposer::{ProposeError, Proposer};
+use super::{raft_id, PeerNode, Raft, TypeConfig};
 use crate::core::types::NodeId;
 use crate::net::{BoxFuture, RemoteFailure, RpcHandler, RpcRequest, RpcResponse, SharedTransport, TransportError};
 
@@ -104,12 +105,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 pub struct RaftService {
     raft: Raft,
     me: PeerNode,
+    proposer: Proposer,
 }
 
 impl RaftService {
-    /// For `raft`, which runs as `me`.
-    pub fn new(raft: Raft, me: PeerNode) -> Self {
-        RaftService { raft, me }
+    /// For `raft`, which runs as `me`; forwarded writes go through `proposer`.
+    pub fn new(raft: Raft, me: PeerNode, proposer: Proposer) -> Self {
+        RaftService { raft, me, proposer }
     }
 
     fn not_leader(&self) -> RemoteFailure {
@@ -161,9 +163,9 @@ impl RpcHandler for RaftService {
                 RpcRequest::AppendEntries(r) => RpcResponse::AppendEntries(self.raft.append_entries(r).await),
                 RpcRequest::Vote(r) => RpcResponse::Vote(self.raft.vote(r).await),
                 RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await),
-                RpcRequest::Forward(ev) => RpcResponse::Forward(match self.raft.client_write(SporeRequest::Event(ev)).await {
-                    Ok(resp) => Ok(resp.data),
-                    Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_))) => Err(self.not_leader()),
+                RpcRequest::Forward(ev) => RpcResponse::Forward(match self.proposer.propose(ev).await {
+                    Ok(resp) => Ok(resp),
+                    Err(ProposeError::NotLeader) => Err(self.not_leader()),
                     Err(e) => Err(RemoteFailure::Other(e.to_string())),
                 }),
                 RpcRequest::AddMember { node, voter } => RpcResponse::Membership(self.add_member(node, voter).await),

@@ -220,8 +220,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             let (_, mut membership) = Self::read_applied(&l)?;
             let mut last = None;
             let mut events: Vec<SignedEvent> = Vec::new();
-            // Which response slot each event fills.
-            let mut slots: Vec<usize> = Vec::new();
+            // Which response slot (entry, position in its batch) each event fills.
+            let mut slots: Vec<(usize, Option<usize>)> = Vec::new();
             let mut responses = Vec::with_capacity(entries.len());
             for (i, entry) in entries.into_iter().enumerate() {
                 last = Some(entry.log_id);
@@ -233,8 +233,15 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                     }
                     EntryPayload::Normal(SporeRequest::Event(ev)) => {
                         events.push(ev);
-                        slots.push(i);
+                        slots.push((i, None));
                         responses.push(SporeResponse::None);
+                    }
+                    EntryPayload::Normal(SporeRequest::Batch(batch)) => {
+                        responses.push(SporeResponse::Batch(vec![SporeResponse::None; batch.len()]));
+                        for (k, ev) in batch.into_iter().enumerate() {
+                            events.push(ev);
+                            slots.push((i, Some(k)));
+                        }
                     }
                 }
             }
@@ -259,11 +266,15 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 let meta = if k + 1 == n { extra.clone() } else { Vec::new() };
                 outcomes.extend(l.append_with_meta(chunk, meta).map_err(sm_write)?);
             }
-            for (slot, outcome) in slots.into_iter().zip(outcomes) {
-                responses[slot] = match outcome {
+            for ((slot, pos), outcome) in slots.into_iter().zip(outcomes) {
+                let answer = match outcome {
                     Ok(ce) => SporeResponse::Applied(ChainPoint { seq: ce.seq, hash: ce.hash }),
                     Err(r) => SporeResponse::Rejected(r),
                 };
+                match (pos, &mut responses[slot]) {
+                    (Some(k), SporeResponse::Batch(v)) => v[k] = answer,
+                    (_, r) => *r = answer,
+                }
             }
             Ok(responses)
         })

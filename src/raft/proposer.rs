@@ -1,0 +1,108 @@
+//! Group commit on the leader: concurrent writes are packed into one Raft entry.
+//!
+//! openraft 0.9 appends (and syncs) once per `client_write`, so one entry per event would cap
+//! throughput at the fsync rate. The proposer drains every event waiting in its queue into a
+//! [`SporeRequest::Batch`], keeps a few batches in flight, and answers each writer with its own
+//! event's outcome. Local writes and writes forwarded by followers share it.
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::{Raft, SporeRequest, SporeResponse};
+use crate::core::event::SignedEvent;
+use crate::core::limits;
+
+/// Why a proposal did not get an answer from the state machine.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader.
+    #[error("not the leader")]
+    NotLeader,
+    /// Raft stopped or failed.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+type Reply = oneshot::Sender<Result<SporeResponse, ProposeError>>;
+
+/// Most events packed into one entry.
+pub const BATCH_EVENTS_MAX: usize = 1024;
+/// Most batches in flight at once.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Bound of the proposal queue.
+pub const QUEUE_MAX: usize = 16 * BATCH_EVENTS_MAX;
+const _: () = assert!(BATCH_EVENTS_MAX <= limits::APPEND_BATCH_MAX);
+
+/// A handle to the proposer task. Cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<(SignedEvent, Reply)>,
+}
+
+impl Proposer {
+    /// Spawns the proposer for `raft`. It stops when every handle is dropped.
+    pub fn spawn(raft: Raft) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_MAX);
+        tokio::spawn(run(raft, rx));
+        Proposer { tx }
+    }
+
+    /// Proposes one event and waits for its outcome.
+    pub async fn propose(&self, event: SignedEvent) -> Result<SporeResponse, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send((event, reply)).await.map_err(|_| ProposeError::Raft("proposer stopped".into()))?;
+        rx.await.map_err(|_| ProposeError::Raft("proposer dropped the request".into()))?
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<(SignedEvent, Reply)>) {
+    let mut in_flight = JoinSet::new();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_EVENTS_MAX {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        in_flight.spawn(async move {
+            let (events, replies): (Vec<SignedEvent>, Vec<Reply>) = batch.into_iter().unzip();
+            let n = events.len();
+            let span = tracing::debug_span!("propose_batch", events = n);
+            let _g = span.enter();
+            let result = raft.client_write(SporeRequest::Batch(events)).await;
+            match result {
+                Ok(resp) => match resp.data {
+                    SporeResponse::Batch(answers) if answers.len() == n => {
+                        for (reply, answer) in replies.into_iter().zip(answers) {
+                            let _ = reply.send(Ok(answer));
+                        }
+                    }
+                    other => {
+                        let e = ProposeError::Raft(format!("state machine answered a batch with {other:?}"));
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                },
+                Err(e) => {
+                    let e = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ProposeError::NotLeader,
+                        e => ProposeError::Raft(e.to_string()),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+        while in_flight.len() >= BATCHES_IN_FLIGHT_MAX {
+            let _ = in_flight.join_next().await;
+        }
+        // Reap finished batches without waiting.
+        while in_flight.try_join_next().is_some() {}
+    }
+    while in_flight.join_next().await.is_some() {}
+}
