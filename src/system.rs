@@ -67,8 +67,10 @@ impl Default for Timeouts {
             election_max: Duration::from_millis(800),
             write: Duration::from_secs(5),
             rpc: Duration::from_secs(2),
-            snapshot_every: 5_000,
-            logs_kept_after_snapshot: 1_000,
+            // A Raft snapshot carries the whole chain until the seed-spore format lands, so
+            // building one costs O(ledger): keep them rare.
+            snapshot_every: 100_000,
+            logs_kept_after_snapshot: 10_000,
         }
     }
 }

@@ -317,10 +317,17 @@ impl Ledger {
 
     fn verify_signatures(&mut self, events: &[SignedEvent]) -> Vec<bool> {
         const CHUNK: usize = 64;
-        if events.len() <= CHUNK {
-            let msgs: Vec<Vec<u8>> = events.iter().map(SignedEvent::signing_message).collect();
-            let items: Vec<_> = events.iter().zip(&msgs).map(|(e, m)| (e.author, m.as_slice(), e.signature)).collect();
-            return verify_many(&mut self.cache, &items);
+        // Below this, fanning out to the pool costs more (wake-ups, idle spinning) than it saves.
+        const PARALLEL_MIN: usize = 512;
+        if events.len() < PARALLEL_MIN {
+            return events
+                .chunks(CHUNK)
+                .flat_map(|chunk| {
+                    let msgs: Vec<Vec<u8>> = chunk.iter().map(SignedEvent::signing_message).collect();
+                    let items: Vec<_> = chunk.iter().zip(&msgs).map(|(e, m)| (e.author, m.as_slice(), e.signature)).collect();
+                    verify_many(&mut self.cache, &items)
+                })
+                .collect();
         }
         events
             .par_chunks(CHUNK)

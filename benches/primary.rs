@@ -1,0 +1,244 @@
+//! Primary spore benches: a 3-voter in-process cluster on durable fjall, signed events of
+//! ~256 bytes, measured against raw limits taken in the same run.
+//!
+//! Run: `cargo bench --bench primary`. Prints a summary with the ratios:
+//! - 64 clients: committed events/s ≥ 0.5 × min(F/3, 2V/3), F = raw durable fjall append at
+//!   batch 256, V = raw `verify_batch` rate of one core;
+//! - 1 client: median commit latency ≤ 2 × (fdatasync median + sign + verify).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+use mycnet_spores::net::inproc::InProcNetwork;
+use mycnet_spores::{Endpoint, EventBody, NetworkIdentity, NodeKey, ServiceAnnouncement, SignedEvent, SporeSystem, Timeouts, Timestamp};
+
+const CLIENTS: usize = 64;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+/// Median fdatasync after a 4 KiB append.
+fn raw_fdatasync_median() -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = std::fs::File::create(dir.path().join("f")).expect("create");
+    let buf = [7u8; 4096];
+    let samples: Vec<Duration> = (0..300)
+        .map(|_| {
+            f.write_all(&buf).expect("write");
+            let t = Instant::now();
+            f.sync_data().expect("sync");
+            t.elapsed()
+        })
+        .collect();
+    median(samples)
+}
+
+/// (sign, verify) time of one ~256-byte message.
+fn raw_sign_verify() -> (Duration, Duration) {
+    let k = NodeKey::from_seed([3; 32]);
+    let msg = [5u8; 256];
+    let n = 2000;
+    let t = Instant::now();
+    let mut sig = k.sign(&msg);
+    for _ in 0..n {
+        sig = k.sign(&msg);
+    }
+    let sign = t.elapsed() / n;
+    let pk = k.verifying_key();
+    let t = Instant::now();
+    for _ in 0..n {
+        assert!(pk.verify_strict_msg(&msg, &sig));
+    }
+    (sign, t.elapsed() / n)
+}
+
+/// V: signatures/s of `verify_batch` in batches of 64 on one core.
+fn raw_verify_batch_rate() -> f64 {
+    let keys: Vec<NodeKey> = (0..64u8).map(|i| NodeKey::from_seed([i + 1; 32])).collect();
+    let msgs: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 256]).collect();
+    let sigs: Vec<ed25519_dalek::Signature> =
+        keys.iter().zip(&msgs).map(|(k, m)| ed25519_dalek::Signature::from_bytes(&k.sign(m).0)).collect();
+    let vks: Vec<ed25519_dalek::VerifyingKey> = keys.iter().map(|k| k.verifying_key().0).collect();
+    let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
+    let rounds = 200;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        ed25519_dalek::verify_batch(&refs, &sigs, &vks).expect("valid batch");
+    }
+    (rounds * 64) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// F: events/s of a durable fjall append of 300-byte values in batches of 256.
+fn raw_fjall_durable_rate() -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::builder(dir.path()).open().expect("open");
+    let ks = db.keyspace("raw", KeyspaceCreateOptions::default).expect("ks");
+    let value = vec![9u8; 300];
+    let batches = 200u64;
+    let t = Instant::now();
+    for b in 0..batches {
+        let mut batch = db.batch().durability(Some(PersistMode::SyncData));
+        for i in 0..256u64 {
+            batch.insert(&ks, (b * 256 + i).to_be_bytes(), value.clone());
+        }
+        batch.commit().expect("commit");
+    }
+    (batches * 256) as f64 / t.elapsed().as_secs_f64()
+}
+
+struct Cluster {
+    systems: Vec<Arc<SporeSystem>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn form_cluster() -> Cluster {
+    let net = InProcNetwork::new(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut systems = Vec::new();
+    for i in 0..3u8 {
+        let mut s = SporeSystem::builder()
+            .data_dir(dir.path().join(format!("n{i}")))
+            .key(NodeKey::from_seed([i + 1; 32]))
+            .addr(format!("n{i}"))
+            .inproc(&net)
+            .timeouts(Timeouts { heartbeat: Duration::from_millis(50), election_min: Duration::from_millis(300), election_max: Duration::from_millis(600), ..Timeouts::default() })
+            .build();
+        s.start().await.expect("start");
+        systems.push(s);
+    }
+    systems[0]
+        .initialize(NetworkIdentity { network_id: uuid::Uuid::from_u128(7), network_name: "bench".into(), genesis_timestamp: chrono::Utc::now() })
+        .await
+        .expect("init");
+    for i in 1..3 {
+        let ann = systems[i].announcement().expect("ann");
+        let peer = systems[i].peer().expect("peer");
+        systems[0].admit(ann).await.expect("admit");
+        systems[0].add_member(peer, true).await.expect("add");
+    }
+    Cluster { systems: systems.into_iter().map(Arc::new).collect(), _dir: dir }
+}
+
+fn metadata() -> Vec<(String, String)> {
+    // Pads the event to ~256 bytes of canonical encoding, like a real registration.
+    vec![("region".into(), "eu-west".into()), ("version".into(), "1.2.3".into())]
+}
+
+/// `n` signed service registrations by node 0, ~256 bytes each, signed before timing.
+fn presigned(c: &Cluster, n: usize) -> Vec<SignedEvent> {
+    let key = NodeKey::from_seed([1; 32]);
+    let fp = c.systems[0].status().expect("status").fingerprint.expect("fingerprint");
+    (0..n)
+        .map(|_| {
+            let body = EventBody::ServiceRegistered(ServiceAnnouncement {
+                service_id: uuid::Uuid::new_v4(),
+                name: "bench-svc".into(),
+                node: key.node_id(),
+                capabilities: vec!["storage".into()],
+                endpoints: vec![Endpoint { protocol: "quic".into(), address: "127.0.0.1:7400".into() }],
+                metadata: metadata(),
+            });
+            SignedEvent::sign(&key, fp, Timestamp::now(), body)
+        })
+        .collect()
+}
+
+/// Committed events/s with `CLIENTS` concurrent writers, `total` pre-signed events.
+async fn throughput(c: &Cluster, total: usize) -> f64 {
+    let mut events = presigned(c, total / CLIENTS * CLIENTS);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..CLIENTS {
+        let s = c.systems[0].clone();
+        let mine: Vec<SignedEvent> = events.split_off(events.len() - total / CLIENTS);
+        tasks.push(tokio::spawn(async move {
+            for ev in mine {
+                s.submit(ev).await.expect("write");
+            }
+            k
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    (total / CLIENTS * CLIENTS) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Per-write commit latencies with one client (signing included: sign + commit + apply).
+async fn latencies(c: &Cluster, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        c.systems[0].register_service("lat", vec![], vec![], metadata()).await.expect("write");
+        out.push(t.elapsed());
+    }
+    out
+}
+
+fn bench_primary(crit: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let cluster = rt.block_on(form_cluster());
+    let mut g = crit.benchmark_group("primary");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Elements(CLIENTS as u64 * 16));
+    g.bench_function("64_clients_commit", |b| {
+        b.iter_custom(|iters| {
+            let total = CLIENTS * 16 * iters as usize;
+            let rate = rt.block_on(throughput(&cluster, total));
+            Duration::from_secs_f64(total as f64 / rate)
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("1_client_commit", |b| {
+        b.iter_custom(|iters| rt.block_on(latencies(&cluster, iters as usize)).into_iter().sum())
+    });
+    g.finish();
+
+    // Summary with ratios to raw limits measured now, in this process.
+    let fsync = raw_fdatasync_median();
+    let (sign, verify) = raw_sign_verify();
+    let v = raw_verify_batch_rate();
+    let f = raw_fjall_durable_rate();
+    let ours = rt.block_on(throughput(&cluster, 10_240));
+    let lats = rt.block_on(latencies(&cluster, 500));
+    let (med, tail) = (median(lats.clone()), p99(lats));
+    let limit = (f / 3.0).min(2.0 * v / 3.0);
+    let lat_budget = fsync + sign + verify;
+    let mut summary = BTreeMap::new();
+    summary.insert("raw fdatasync median (us)", fsync.as_secs_f64() * 1e6);
+    summary.insert("raw sign (us)", sign.as_secs_f64() * 1e6);
+    summary.insert("raw verify (us)", verify.as_secs_f64() * 1e6);
+    summary.insert("raw verify_batch V (sig/s, 1 core)", v);
+    summary.insert("raw fjall durable batch-256 F (events/s)", f);
+    summary.insert("ours 64 clients (events/s)", ours);
+    summary.insert("ours 1 client median (us)", med.as_secs_f64() * 1e6);
+    summary.insert("ours 1 client p99 (us)", tail.as_secs_f64() * 1e6);
+    eprintln!("\n=== primary summary ===");
+    for (k, val) in &summary {
+        eprintln!("{k:>44}: {val:.1}");
+    }
+    eprintln!(
+        "ratio 64-client throughput / min(F/3, 2V/3) = {:.3} (target >= 0.5; limit {:.0}/s)",
+        ours / limit,
+        limit
+    );
+    eprintln!(
+        "ratio 1-client median / (fdatasync + sign + verify) = {:.3} (target <= 2.0; budget {:.0} us)",
+        med.as_secs_f64() / lat_budget.as_secs_f64(),
+        lat_budget.as_secs_f64() * 1e6
+    );
+}
+
+criterion_group!(benches, bench_primary);
+criterion_main!(benches);
