@@ -357,7 +357,7 @@ impl SporeSystem {
                 .map_err(raft_err)?;
         }
         let proposer = Proposer::spawn(raft.clone());
-        late.set(Arc::new(RaftService::new(raft.clone(), me.clone(), proposer.clone())));
+        late.set(Arc::new(RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone())));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
             key,

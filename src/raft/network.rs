@@ -106,12 +106,30 @@ pub struct RaftService {
     raft: Raft,
     me: PeerNode,
     proposer: Proposer,
+    ledger: super::state_machine::SharedLedger,
 }
 
 impl RaftService {
-    /// For `raft`, which runs as `me`; forwarded writes go through `proposer`.
-    pub fn new(raft: Raft, me: PeerNode, proposer: Proposer) -> Self {
-        RaftService { raft, me, proposer }
+    /// For `raft`, which runs as `me`; forwarded writes go through `proposer`; membership
+    /// requests are checked against the registry in `ledger`.
+    pub fn new(raft: Raft, me: PeerNode, proposer: Proposer, ledger: super::state_machine::SharedLedger) -> Self {
+        RaftService { raft, me, proposer, ledger }
+    }
+
+    /// Only admitted nodes that have not left may join the Raft membership; only Sclerotia
+    /// may become voters.
+    fn check_admitted(&self, node: &NodeId, voter: bool) -> Result<(), RemoteFailure> {
+        let l = self.ledger.read().map_err(|_| RemoteFailure::Other("ledger lock poisoned".into()))?;
+        match l.projection().node(node) {
+            Some(n) if n.status != crate::core::projection::NodeStatus::Left => {
+                if voter && !n.role.is_authority() {
+                    Err(RemoteFailure::Other(format!("node {} is a {} and cannot be a voter", node.short(), n.role)))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Err(RemoteFailure::Other(format!("node {} is not admitted in the registry", node.short()))),
+        }
     }
 
     fn not_leader(&self) -> RemoteFailure {
@@ -121,6 +139,13 @@ impl RaftService {
     }
 
     async fn add_member(&self, node: PeerNode, voter: bool) -> Result<(), RemoteFailure> {
+        // Leader only, and with the registry up to date with everything committed.
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => {}
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => return Err(self.not_leader()),
+            Err(e) => return Err(RemoteFailure::Other(e.to_string())),
+        }
+        self.check_admitted(&node.node, voter)?;
         let id = raft_id(&node.node);
         let map_err = |e: RaftError<u64, openraft::error::ClientWriteError<u64, PeerNode>>| match e {
             RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_)) => self.not_leader(),

@@ -118,3 +118,99 @@ async fn leader_crash_elects_a_new_leader_and_the_old_one_catches_up() {
     let _ = SporeType::Primary;
     let _ = SporeSystem::new();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_as_learner_then_voter_and_leaves() {
+    use mycnet_spores::{NodeKey, NodeRole};
+    let c = Cluster::form(3, 14).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let key = NodeKey::from_seed([40; 32]);
+    let mut newcomer = SporeSystem::builder()
+        .data_dir(root.path().join("n3"))
+        .key(key.clone())
+        .addr("n3")
+        .role(NodeRole::Sclerotium)
+        .inproc(&c.net)
+        .timeouts(crate::cluster::fast_timeouts())
+        .build();
+    newcomer.start().await.expect("start");
+    let via = c.sys(1).peer().expect("peer");
+    // Not admitted yet: the membership change is refused.
+    let err = newcomer.join(via.clone(), false).await.expect_err("unadmitted join");
+    assert!(err.to_string().contains("not admitted"), "{err}");
+    c.sys(0).admit(newcomer.announcement().expect("ann")).await.expect("admit");
+    newcomer.join(via.clone(), false).await.expect("join as learner");
+    let st = c.sys(0).status().expect("status");
+    assert!(st.learners.contains(&key.node_id()), "{st:?}");
+    newcomer.join(via, true).await.expect("promote to voter");
+    let st = c.sys(0).status().expect("status");
+    assert!(st.voters.contains(&key.node_id()) && st.voters.len() == 4, "{st:?}");
+    // It replicates the chain and serves queries.
+    let head = c.converged_head(Duration::from_secs(5)).await.expect("converged");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while newcomer.head().expect("head") != Some(head) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(newcomer.head().expect("head"), Some(head));
+    assert_eq!(newcomer.nodes().expect("nodes").len(), 4);
+    // Leaving commits NodeLeft and removes it from the membership.
+    newcomer.leave("maintenance").await.expect("leave");
+    let st = c.sys(0).status().expect("status");
+    assert!(!st.voters.contains(&key.node_id()) && !st.learners.contains(&key.node_id()), "{st:?}");
+    assert_eq!(c.sys(0).node(&key.node_id()).expect("q").map(|n| n.status), Some(NodeStatus::Left));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_resumes_after_restart_without_gaps_or_duplicates() {
+    let mut c = Cluster::form(3, 15).await;
+    let mut sub = c.sys(2).subscribe(0).expect("subscribe");
+    for _ in 0..20 {
+        c.sys(0).register_service("sub", vec![], vec![], vec![]).await.expect("write");
+    }
+    let head = c.converged_head(Duration::from_secs(5)).await.expect("converged");
+    let mut seen = Vec::new();
+    while seen.last().copied() != Some(head.seq) {
+        let ev = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("in time").expect("open").expect("ok");
+        seen.push(ev.seq);
+    }
+    assert_eq!(seen, (0..=head.seq).collect::<Vec<_>>());
+    // Restart the subscriber's node; resume from the next seq while writes continue.
+    drop(sub);
+    c.crash(2).await;
+    for _ in 0..10 {
+        c.sys(0).register_service("sub", vec![], vec![], vec![]).await.expect("write while down");
+    }
+    c.restart(2).await;
+    let mut sub = c.sys(2).subscribe(head.seq + 1).expect("resubscribe");
+    for _ in 0..5 {
+        c.sys(1).register_service("sub", vec![], vec![], vec![]).await.expect("write after restart");
+    }
+    let head2 = c.converged_head(Duration::from_secs(10)).await.expect("converged again");
+    let mut resumed = Vec::new();
+    while resumed.last().copied() != Some(head2.seq) {
+        let ev = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("in time").expect("open").expect("ok");
+        resumed.push(ev.seq);
+    }
+    assert_eq!(resumed, (head.seq + 1..=head2.seq).collect::<Vec<_>>());
+    // The restarted node resumed with the same state as the others.
+    let a = c.sys(2).with_projection(|p| p.state().clone()).expect("state");
+    let b = c.sys(0).with_projection(|p| p.state().clone()).expect("state");
+    assert_eq!(a, b);
+}
+
+#[tokio::test]
+async fn writes_fail_with_no_leader_after_a_bounded_time() {
+    let mut t = crate::cluster::fast_timeouts();
+    t.write = Duration::from_millis(800);
+    let mut c = Cluster::form_with(3, 16, t).await;
+    let leader = c.leader(Duration::from_secs(5)).await.expect("leader");
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    c.crash(others[0]).await;
+    c.crash(others[1]).await;
+    let started = std::time::Instant::now();
+    let err = c.sys(leader).register_service("x", vec![], vec![], vec![]).await.expect_err("no quorum");
+    assert!(matches!(err, mycnet_spores::Error::NoLeader { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "bounded: {:?}", started.elapsed());
+    // Queries still answer from the local view.
+    assert_eq!(c.sys(leader).nodes().expect("nodes").len(), 3);
+}
