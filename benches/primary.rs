@@ -105,8 +105,10 @@ struct Cluster {
 async fn form_cluster() -> Cluster {
     let net = InProcNetwork::new(1);
     let dir = tempfile::tempdir().expect("tempdir");
+    // SPORES_BENCH_NODES (default 3) isolates replication costs when set to 1.
+    let nodes: u8 = std::env::var("SPORES_BENCH_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let mut systems = Vec::new();
-    for i in 0..3u8 {
+    for i in 0..nodes {
         let mut s = SporeSystem::builder()
             .data_dir(dir.path().join(format!("n{i}")))
             .key(NodeKey::from_seed([i + 1; 32]))
@@ -121,7 +123,7 @@ async fn form_cluster() -> Cluster {
         .initialize(NetworkIdentity { network_id: uuid::Uuid::from_u128(7), network_name: "bench".into(), genesis_timestamp: chrono::Utc::now() })
         .await
         .expect("init");
-    for i in 1..3 {
+    for i in 1..systems.len() {
         let ann = systems[i].announcement().expect("ann");
         let peer = systems[i].peer().expect("peer");
         systems[0].admit(ann).await.expect("admit");
