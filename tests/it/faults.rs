@@ -160,8 +160,11 @@ async fn crash_restart_run(seed: u64) {
             }
         }
         let victim = rng.random_range(0..3);
+        let mut before = None;
         if let Some(s) = c.handle(victim) {
-            terms[victim] = terms[victim].max(s.status().expect("st").term);
+            let st = s.status().expect("st");
+            terms[victim] = terms[victim].max(st.term);
+            before = Some((st.head.map(|h| h.seq), st.last_applied));
         }
         c.crash(victim).await;
         // Sometimes write while it is down.
@@ -174,6 +177,15 @@ async fn crash_restart_run(seed: u64) {
         c.restart(victim).await;
         let st = c.sys(victim).status().expect("st");
         assert!(st.term >= terms[victim], "seed {seed}: term went backwards on {victim}: {} < {}", st.term, terms[victim]);
+        if let Some((head, applied)) = before {
+            // The ledger reopens at least where it was; Raft re-applies at least as far.
+            assert!(st.head.map(|h| h.seq) >= head, "seed {seed}: head went backwards on {victim}");
+            let raft = c.sys(victim).raft().expect("raft");
+            raft.wait(Some(Duration::from_secs(10)))
+                .metrics(|m| m.last_applied.map(|l| l.index) >= applied, "applied index recovers")
+                .await
+                .expect("applied index never goes backwards for good");
+        }
     }
     assert_no_acknowledged_write_lost(&c, &acked).await;
     for i in 0..3 {
