@@ -53,6 +53,7 @@ pub mod core;
 pub mod error;
 pub mod net;
 pub mod raft;
+pub mod seed;
 pub mod store;
 pub mod system;
 

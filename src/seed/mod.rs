@@ -1,0 +1,454 @@
+//! Seed spores: signed snapshot files anyone can verify offline.
+//!
+//! A seed carries a network's identity, a chain head, the projection state at that head and,
+//! optionally, the full event range from genesis. Voters sign its digest; a seed signed by a
+//! majority of the voters at its head is *quorum-signed*. Format (see `schema/seed.md`):
+//!
+//! ```text
+//! magic        8 bytes  "MYCSEED\0"
+//! version      u16 LE   SEED_FORMAT_V1
+//! header_len   u32 LE   ≤ SEED_HEADER_BYTES_MAX
+//! header       BCS(SeedHeader)
+//! state_len    u64 LE
+//! state        projection checkpoint record (store::record framing, rkyv)
+//! event_count  u64 LE   0, or head.seq + 1
+//! events       event_count × (u32 LE length ‖ ledger record)
+//! digest       32 bytes blake3(everything above)
+//! sig_count    u16 LE   ≤ SEED_SIGNATURES_MAX
+//! signatures   sig_count × (signer NodeId 32 ‖ ed25519 64) over DOMAIN_SEED ‖ fingerprint ‖ digest
+//! ```
+//!
+//! Nothing is trusted before the digest and at least one signature check out; the state must
+//! match the header's head, and included events must chain to it and replay to the state.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::event::{canonical_bytes, network_fingerprint, ChainedEvent};
+use crate::core::keys::{NodeKey, PublicKey};
+use crate::core::projection::{ChainHead, Projection, ProjectionState};
+use crate::core::types::{ChainHash, NetworkFingerprint, NetworkIdentityRecord, NodeId, SignatureBytes};
+use crate::store::record::{decode_checkpoint, decode_record, encode_checkpoint, encode_record};
+
+/// File magic.
+pub const SEED_MAGIC: &[u8; 8] = b"MYCSEED\0";
+/// The format version this code writes and reads.
+pub const SEED_FORMAT_V1: u16 = 1;
+/// Domain tag of seed signatures.
+pub const DOMAIN_SEED_SIGNATURE: &[u8] = b"mycnet-spores/v1/seed-signature\0";
+/// Largest header accepted.
+pub const SEED_HEADER_BYTES_MAX: usize = 64 * 1024;
+/// Most signatures accepted.
+pub const SEED_SIGNATURES_MAX: usize = 64;
+
+/// The seed's header (BCS-encoded in the file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedHeader {
+    /// The network.
+    pub network: NetworkIdentityRecord,
+    /// Its fingerprint (checked against `network` and the founder in the state).
+    pub fingerprint: NetworkFingerprint,
+    /// The chain head the seed captures.
+    pub head_seq: u64,
+    /// Hash at `head_seq`.
+    pub head_hash: ChainHash,
+    /// Whether the full event range is included.
+    pub includes_events: bool,
+}
+
+/// A decoded, verified seed.
+#[derive(Clone, Debug)]
+pub struct Seed {
+    /// The header.
+    pub header: SeedHeader,
+    /// The projection at the head.
+    pub state: ProjectionState,
+    /// Events from genesis to the head, if included.
+    pub events: Vec<ChainedEvent>,
+    /// The digest the signatures cover.
+    pub digest: [u8; 32],
+    /// Signers whose signatures verified.
+    pub signers: Vec<NodeId>,
+}
+
+/// Why a seed was refused. Nothing is imported from a refused seed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SeedError {
+    /// Not a seed file (bad magic).
+    #[error("not a seed file (bad magic)")]
+    BadMagic,
+    /// A format version this code cannot read.
+    #[error("unsupported seed format version {0}")]
+    UnsupportedVersion(u16),
+    /// The file ends early.
+    #[error("truncated seed file: {0}")]
+    Truncated(&'static str),
+    /// A length field over its limit.
+    #[error("{what} of {got} bytes exceeds the limit {max}")]
+    TooLarge {
+        /// Which part.
+        what: &'static str,
+        /// Limit.
+        max: usize,
+        /// Found.
+        got: usize,
+    },
+    /// The header does not decode.
+    #[error("corrupt header: {0}")]
+    Header(String),
+    /// The digest does not match the content (any flipped byte before the signatures).
+    #[error("digest mismatch: the seed's content was modified")]
+    DigestMismatch,
+    /// Bytes after the signatures.
+    #[error("{0} trailing bytes after the signatures")]
+    Trailing(usize),
+    /// A signature that does not verify.
+    #[error("signature by {0} does not verify")]
+    BadSignature(NodeId),
+    /// A signer that is not a voter at the seed's head.
+    #[error("signer {0} is not a voter at the seed's head")]
+    NotAVoter(NodeId),
+    /// No valid signature at all.
+    #[error("the seed is unsigned")]
+    Unsigned,
+    /// Fewer voter signatures than a majority where a quorum is required.
+    #[error("signed by {got} of {voters} voters; a quorum needs {needed}")]
+    UnderSigned {
+        /// Valid voter signatures.
+        got: usize,
+        /// Voters at the head.
+        voters: usize,
+        /// Majority.
+        needed: usize,
+    },
+    /// The state does not decode or does not match the header.
+    #[error("state does not match the header: {0}")]
+    StateMismatch(String),
+    /// The seed belongs to another network.
+    #[error("seed of network {found}, expected {expected}")]
+    WrongNetwork {
+        /// Expected.
+        expected: NetworkFingerprint,
+        /// Found.
+        found: NetworkFingerprint,
+    },
+    /// Included events do not chain or do not replay to the state.
+    #[error("event range is invalid at seq {seq}: {reason}")]
+    BadEvents {
+        /// First bad seq.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Filesystem error.
+    #[error("I/O error on {path}: {reason}")]
+    Io {
+        /// File.
+        path: String,
+        /// OS error.
+        reason: String,
+    },
+}
+
+/// Encodes a seed's unsigned content (everything the digest covers).
+pub fn encode_unsigned(header: &SeedHeader, state: &ProjectionState, events: &[ChainedEvent]) -> Vec<u8> {
+    let hdr = canonical_bytes(header);
+    let st = encode_checkpoint(state);
+    let mut out = Vec::with_capacity(64 + hdr.len() + st.len() + events.len() * 320);
+    out.extend_from_slice(SEED_MAGIC);
+    out.extend_from_slice(&SEED_FORMAT_V1.to_le_bytes());
+    out.extend_from_slice(&(hdr.len() as u32).to_le_bytes());
+    out.extend_from_slice(&hdr);
+    out.extend_from_slice(&(st.len() as u64).to_le_bytes());
+    out.extend_from_slice(&st);
+    out.extend_from_slice(&(events.len() as u64).to_le_bytes());
+    for ev in events {
+        let rec = encode_record(ev);
+        out.extend_from_slice(&(rec.len() as u32).to_le_bytes());
+        out.extend_from_slice(&rec);
+    }
+    out
+}
+
+/// The message a voter signs for a seed.
+pub fn seed_signing_message(fingerprint: &NetworkFingerprint, digest: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(DOMAIN_SEED_SIGNATURE.len() + 64);
+    m.extend_from_slice(DOMAIN_SEED_SIGNATURE);
+    m.extend_from_slice(fingerprint.as_bytes());
+    m.extend_from_slice(digest);
+    m
+}
+
+/// Builds a seed from a projection (and optionally the events up to its head), signed by
+/// `signers`. Returns the file bytes.
+pub fn build(projection: &Projection, events: Option<&[ChainedEvent]>, signers: &[&NodeKey]) -> Result<Vec<u8>, SeedError> {
+    let head = projection.head().ok_or(SeedError::StateMismatch("empty ledger: nothing to seed".into()))?;
+    let network = projection.network().cloned().ok_or(SeedError::StateMismatch("no genesis".into()))?;
+    let fingerprint = projection.fingerprint().ok_or(SeedError::StateMismatch("no fingerprint".into()))?;
+    let header = SeedHeader { network, fingerprint, head_seq: head.seq, head_hash: head.hash, includes_events: events.is_some() };
+    let mut out = encode_unsigned(&header, projection.state(), events.unwrap_or(&[]));
+    let digest = *blake3::hash(&out).as_bytes();
+    out.extend_from_slice(&digest);
+    append_signatures(&mut out, &fingerprint, &digest, signers);
+    Ok(out)
+}
+
+fn append_signatures(out: &mut Vec<u8>, fingerprint: &NetworkFingerprint, digest: &[u8; 32], signers: &[&NodeKey]) {
+    let msg = seed_signing_message(fingerprint, digest);
+    out.extend_from_slice(&(signers.len() as u16).to_le_bytes());
+    for k in signers {
+        out.extend_from_slice(k.node_id().as_bytes());
+        out.extend_from_slice(&k.sign(&msg).0);
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], SeedError> {
+        let end = self.pos.checked_add(n).ok_or(SeedError::Truncated(what))?;
+        let s = self.bytes.get(self.pos..end).ok_or(SeedError::Truncated(what))?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, SeedError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, SeedError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, SeedError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+}
+
+/// How much a verification demands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerifyPolicy {
+    /// Require signatures by a majority of the voters at the seed's head.
+    pub require_quorum: bool,
+    /// Require this network.
+    pub expected_network: Option<NetworkFingerprint>,
+}
+
+/// Decodes and verifies a seed. Never panics on any input. See the module doc for what is
+/// checked; `policy` adds a quorum and network requirement.
+pub fn verify(bytes: &[u8], policy: VerifyPolicy) -> Result<Seed, SeedError> {
+    let mut r = Reader { bytes, pos: 0 };
+    if r.take(8, "magic").map_err(|_| SeedError::BadMagic)? != SEED_MAGIC {
+        return Err(SeedError::BadMagic);
+    }
+    let version = r.u16("version")?;
+    if version != SEED_FORMAT_V1 {
+        return Err(SeedError::UnsupportedVersion(version));
+    }
+    let hlen = r.u32("header length")? as usize;
+    if hlen > SEED_HEADER_BYTES_MAX {
+        return Err(SeedError::TooLarge { what: "header", max: SEED_HEADER_BYTES_MAX, got: hlen });
+    }
+    let hdr_bytes = r.take(hlen, "header")?;
+    let slen = r.u64("state length")?;
+    let slen = usize::try_from(slen).map_err(|_| SeedError::Truncated("state"))?;
+    let state_bytes = r.take(slen, "state")?;
+    let count = r.u64("event count")?;
+    let mut records = Vec::new();
+    for _ in 0..count {
+        let len = r.u32("event length")? as usize;
+        if len > crate::core::limits::RECORD_BYTES_MAX {
+            return Err(SeedError::TooLarge { what: "event record", max: crate::core::limits::RECORD_BYTES_MAX, got: len });
+        }
+        records.push(r.take(len, "event")?);
+    }
+    let content_end = r.pos;
+    let digest_bytes = r.take(32, "digest")?;
+    let digest = *blake3::hash(&bytes[..content_end]).as_bytes();
+    if digest_bytes != digest {
+        return Err(SeedError::DigestMismatch);
+    }
+    let sig_count = r.u16("signature count")? as usize;
+    if sig_count > SEED_SIGNATURES_MAX {
+        return Err(SeedError::TooLarge { what: "signature list", max: SEED_SIGNATURES_MAX, got: sig_count });
+    }
+    let mut sigs = Vec::with_capacity(sig_count);
+    for _ in 0..sig_count {
+        let id = r.take(32, "signer")?;
+        let sig = r.take(64, "signature")?;
+        let mut a = [0u8; 32];
+        a.copy_from_slice(id);
+        let mut s = [0u8; 64];
+        s.copy_from_slice(sig);
+        sigs.push((NodeId(a), SignatureBytes(s)));
+    }
+    if r.pos != bytes.len() {
+        return Err(SeedError::Trailing(bytes.len() - r.pos));
+    }
+
+    // Content: header, state, events.
+    let header: SeedHeader = bcs::from_bytes_with_limit(hdr_bytes, crate::core::limits::BCS_CONTAINER_DEPTH_MAX)
+        .map_err(|e| SeedError::Header(e.to_string()))?;
+    if let Some(expected) = policy.expected_network {
+        if expected != header.fingerprint {
+            return Err(SeedError::WrongNetwork { expected, found: header.fingerprint });
+        }
+    }
+    let state = decode_checkpoint(state_bytes).map_err(|e| SeedError::StateMismatch(e.to_string()))?;
+    let head = state.head.ok_or(SeedError::StateMismatch("state has no head".into()))?;
+    if (head.seq, head.hash) != (header.head_seq, header.head_hash) {
+        return Err(SeedError::StateMismatch(format!("state is at seq {}, header says {}", head.seq, header.head_seq)));
+    }
+    if state.network.as_ref() != Some(&header.network) || state.fingerprint != Some(header.fingerprint) {
+        return Err(SeedError::StateMismatch("network identity differs between header and state".into()));
+    }
+    let founder = state
+        .nodes
+        .values()
+        .find(|n| n.joined_seq == 0)
+        .map(|n| n.node)
+        .ok_or(SeedError::StateMismatch("no founder in state".into()))?;
+    if network_fingerprint(&header.network, &founder) != header.fingerprint {
+        return Err(SeedError::StateMismatch("fingerprint does not match identity and founder".into()));
+    }
+
+    // Signatures: valid, and by voters at the head.
+    let msg = seed_signing_message(&header.fingerprint, &digest);
+    let voters: Vec<NodeId> = state
+        .nodes
+        .values()
+        .filter(|n| n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left)
+        .map(|n| n.node)
+        .collect();
+    let mut signers = Vec::new();
+    for (id, sig) in &sigs {
+        let ok = PublicKey::from_node_id(id).is_some_and(|k| k.verify_strict_msg(&msg, sig));
+        if !ok {
+            return Err(SeedError::BadSignature(*id));
+        }
+        if !voters.contains(id) {
+            return Err(SeedError::NotAVoter(*id));
+        }
+        if !signers.contains(id) {
+            signers.push(*id);
+        }
+    }
+    if signers.is_empty() {
+        return Err(SeedError::Unsigned);
+    }
+    let needed = voters.len() / 2 + 1;
+    if policy.require_quorum && signers.len() < needed {
+        return Err(SeedError::UnderSigned { got: signers.len(), voters: voters.len(), needed });
+    }
+
+    // Events: decode, chain from genesis, replay to exactly the state.
+    let mut events = Vec::with_capacity(records.len());
+    if header.includes_events {
+        if count != header.head_seq + 1 {
+            return Err(SeedError::BadEvents { seq: count, reason: format!("{count} events for head seq {}", header.head_seq) });
+        }
+        let mut p = Projection::new();
+        for (i, rec) in records.iter().enumerate() {
+            let seq = i as u64;
+            let ev = decode_record(rec).map_err(|e| SeedError::BadEvents { seq, reason: e.to_string() })?;
+            if !ev.hash_is_valid() {
+                return Err(SeedError::BadEvents { seq, reason: "hash mismatch".into() });
+            }
+            p.apply(&ev).map_err(|e| SeedError::BadEvents { seq, reason: e.to_string() })?;
+            events.push(ev);
+        }
+        if p.state() != &state {
+            return Err(SeedError::BadEvents { seq: header.head_seq, reason: "events do not replay to the seed's state".into() });
+        }
+    } else if count != 0 {
+        return Err(SeedError::BadEvents { seq: 0, reason: "events present but the header says none".into() });
+    }
+    Ok(Seed { header, state, events, digest, signers })
+}
+
+impl Seed {
+    /// The seed's head.
+    pub fn head(&self) -> ChainHead {
+        ChainHead { seq: self.header.head_seq, hash: self.header.head_hash, timestamp: self.state.head.map(|h| h.timestamp).unwrap_or_default() }
+    }
+
+    /// The projection at the head.
+    pub fn projection(&self) -> Projection {
+        Projection::from_state(self.state.clone())
+    }
+}
+
+/// Writes `bytes` to `path` crash-safely: temp file in the same directory, fsync, rename,
+/// fsync the directory. A crash never leaves a half seed under the final name.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SeedError> {
+    let io = |e: std::io::Error| SeedError::Io { path: path.display().to_string(), reason: e.to_string() };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads and verifies a seed file.
+pub fn read_file(path: &Path, policy: VerifyPolicy) -> Result<Seed, SeedError> {
+    let bytes = std::fs::read(path).map_err(|e| SeedError::Io { path: path.display().to_string(), reason: e.to_string() })?;
+    verify(&bytes, policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::synth::{Synth, SynthConfig};
+
+    fn sample() -> (Synth, Vec<ChainedEvent>) {
+        let mut s = Synth::new(SynthConfig { seed: 5, nodes: 8, voters: 3, ..Default::default() });
+        let mut p = Projection::new();
+        let mut chained = Vec::new();
+        for ev in s.next_chunk(300) {
+            chained.push(p.append(ev).expect("valid"));
+        }
+        (s, chained)
+    }
+
+    #[test]
+    fn round_trip_with_and_without_events() {
+        let (s, events) = sample();
+        let voter_ids: Vec<NodeId> = s.projection().active_nodes().filter(|n| n.role.is_authority()).map(|n| n.node).collect();
+        let voters: Vec<&NodeKey> = s.keys().iter().filter(|k| voter_ids.contains(&k.node_id())).collect();
+        assert!(!voters.is_empty());
+        for include in [false, true] {
+            let bytes = build(s.projection(), include.then_some(events.as_slice()), &voters).expect("build");
+            let seed = verify(&bytes, VerifyPolicy { require_quorum: true, expected_network: s.projection().fingerprint() }).expect("verify");
+            assert_eq!(seed.head().seq, s.projection().head().expect("head").seq);
+            assert_eq!(seed.events.len(), if include { events.len() } else { 0 });
+            assert_eq!(&seed.state, s.projection().state());
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let (s, _) = sample();
+        let voters: Vec<&NodeKey> = s.keys().iter().take(1).collect();
+        let bytes = build(s.projection(), None, &voters).expect("build");
+        for i in (0..bytes.len()).step_by(7) {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(verify(&b, VerifyPolicy::default()).is_err(), "flip at {i} accepted");
+        }
+        for n in [0, 5, 20, bytes.len() - 1] {
+            assert!(verify(&bytes[..n], VerifyPolicy::default()).is_err(), "truncation to {n} accepted");
+        }
+    }
+}
