@@ -86,7 +86,7 @@ pub enum Consistency {
 }
 
 /// The operational mode of the store (see `ARCHITECTURE.md`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum OperationalMode {
     /// No committed genesis yet, or this node has not received the chain.
     NetworkFormation,
@@ -99,7 +99,7 @@ pub enum OperationalMode {
 }
 
 /// A snapshot of the node's state, from [`SporeSystem::status`].
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct SporeStatus {
     /// This node.
     pub node: NodeId,
@@ -357,7 +357,12 @@ impl SporeSystem {
                 .map_err(raft_err)?;
         }
         let proposer = Proposer::spawn(raft.clone());
-        late.set(Arc::new(RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone())));
+        late.set(Arc::new(NodeService {
+            raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
+            raft: raft.clone(),
+            ledger: ledger.clone(),
+            me: me.clone(),
+        }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
             key,
@@ -661,41 +666,7 @@ impl SporeSystem {
     /// Role, leader, term, head and mode.
     pub fn status(&self) -> Result<SporeStatus, Error> {
         let r = self.running()?;
-        let m = r.raft.metrics().borrow().clone();
-        let (head, fingerprint) = self.with_projection(|p| (p.head(), p.fingerprint()))?;
-        let members = m.membership_config.membership();
-        let by_id: BTreeMap<u64, NodeId> = members.nodes().map(|(id, n)| (*id, n.node)).collect();
-        let voters: Vec<NodeId> = members.voter_ids().filter_map(|id| by_id.get(&id).copied()).collect();
-        let learners: Vec<NodeId> = members.learner_ids().filter_map(|id| by_id.get(&id).copied()).collect();
-        let leader = m.current_leader.and_then(|id| by_id.get(&id).copied());
-        let mode = if head.is_none() {
-            OperationalMode::NetworkFormation
-        } else if leader.is_some() {
-            OperationalMode::NormalOperation
-        } else {
-            OperationalMode::PartitionRecovery
-        };
-        let raft_state = match m.state {
-            ServerState::Leader => "Leader",
-            ServerState::Follower => "Follower",
-            ServerState::Candidate => "Candidate",
-            ServerState::Learner => "Learner",
-            ServerState::Shutdown => "Shutdown",
-        };
-        Ok(SporeStatus {
-            node: r.me.node,
-            addr: r.me.addr.clone(),
-            raft_state: raft_state.to_string(),
-            leader,
-            term: m.current_term,
-            last_applied: m.last_applied.map(|l| l.index),
-            head,
-            fingerprint,
-            voters,
-            learners,
-            mode,
-            spore_type: SporeType::Primary,
-        })
+        compute_status(&r.raft, &r.ledger, &r.me)
     }
 
     /// The committed chained events from `from_seq` on, in order, without gaps or duplicates,
@@ -768,6 +739,86 @@ impl SporeSystem {
     /// The Raft handle (advanced use and tests).
     pub fn raft(&self) -> Result<Raft, Error> {
         Ok(self.running()?.raft.clone())
+    }
+}
+
+fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode) -> Result<SporeStatus, Error> {
+    let m = raft.metrics().borrow().clone();
+    let (head, fingerprint) = {
+        let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        (l.head(), l.fingerprint())
+    };
+    let members = m.membership_config.membership();
+    let by_id: BTreeMap<u64, NodeId> = members.nodes().map(|(id, n)| (*id, n.node)).collect();
+    let voters: Vec<NodeId> = members.voter_ids().filter_map(|id| by_id.get(&id).copied()).collect();
+    let learners: Vec<NodeId> = members.learner_ids().filter_map(|id| by_id.get(&id).copied()).collect();
+    let leader = m.current_leader.and_then(|id| by_id.get(&id).copied());
+    let mode = if head.is_none() {
+        OperationalMode::NetworkFormation
+    } else if leader.is_some() {
+        OperationalMode::NormalOperation
+    } else {
+        OperationalMode::PartitionRecovery
+    };
+    let raft_state = match m.state {
+        ServerState::Leader => "Leader",
+        ServerState::Follower => "Follower",
+        ServerState::Candidate => "Candidate",
+        ServerState::Learner => "Learner",
+        ServerState::Shutdown => "Shutdown",
+    };
+    Ok(SporeStatus {
+        node: me.node,
+        addr: me.addr.clone(),
+        raft_state: raft_state.to_string(),
+        leader,
+        term: m.current_term,
+        last_applied: m.last_applied.map(|l| l.index),
+        head,
+        fingerprint,
+        voters,
+        learners,
+        mode,
+        spore_type: SporeType::Primary,
+    })
+}
+
+/// Serves a node's RPCs: read-only status and queries here, everything else by Raft.
+struct NodeService {
+    raft_service: RaftService,
+    raft: Raft,
+    ledger: SharedLedger,
+    me: PeerNode,
+}
+
+impl crate::net::RpcHandler for NodeService {
+    fn handle(&self, from: NodeId, req: RpcRequest) -> crate::net::BoxFuture<'_, RpcResponse> {
+        use crate::net::{Query, QueryAnswer};
+        match req {
+            RpcRequest::Status => {
+                let r = compute_status(&self.raft, &self.ledger, &self.me).map_err(|e| RemoteFailure::Other(e.to_string()));
+                Box::pin(async move { RpcResponse::Status(r) })
+            }
+            RpcRequest::Query(q) => {
+                let answer = match self.ledger.read() {
+                    Err(_) => Err(RemoteFailure::Other("ledger lock poisoned".into())),
+                    Ok(l) => {
+                        let p = l.projection();
+                        Ok(match q {
+                            Query::Nodes => QueryAnswer::Nodes(p.nodes().cloned().collect()),
+                            Query::OfflineNodes => QueryAnswer::Nodes(p.offline_nodes().cloned().collect()),
+                            Query::Services => QueryAnswer::Services(p.services().cloned().collect()),
+                            Query::ServicesByName(n) => QueryAnswer::Services(p.services_by_name(&n).cloned().collect()),
+                            Query::ServicesByCapability(c) => {
+                                QueryAnswer::Services(p.services_by_capability(&c).cloned().collect())
+                            }
+                        })
+                    }
+                };
+                Box::pin(async move { RpcResponse::Query(answer) })
+            }
+            other => self.raft_service.handle(from, other),
+        }
     }
 }
 

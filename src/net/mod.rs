@@ -52,6 +52,34 @@ pub enum RpcRequest {
     /// Ask the leader for a linearizable read index (the log index a follower must apply
     /// before serving a linearizable read).
     ReadIndex,
+    /// Read-only: the node's status.
+    Status,
+    /// Read-only: a registry query against the node's local projection.
+    Query(Query),
+}
+
+/// A read-only registry query.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// Every node in the registry.
+    Nodes,
+    /// Every registered service.
+    Services,
+    /// Services with this name.
+    ServicesByName(String),
+    /// Services providing this capability.
+    ServicesByCapability(String),
+    /// Nodes committed as offline.
+    OfflineNodes,
+}
+
+/// The answer to a [`Query`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryAnswer {
+    /// Node records.
+    Nodes(Vec<crate::core::projection::NodeRecord>),
+    /// Service records.
+    Services(Vec<crate::core::projection::ServiceRecord>),
 }
 
 impl RpcRequest {
@@ -65,6 +93,8 @@ impl RpcRequest {
             RpcRequest::AddMember { .. } => "add_member",
             RpcRequest::RemoveMember { .. } => "remove_member",
             RpcRequest::ReadIndex => "read_index",
+            RpcRequest::Status => "status",
+            RpcRequest::Query(_) => "query",
         }
     }
 }
@@ -99,6 +129,10 @@ pub enum RpcResponse {
     Membership(Result<(), RemoteFailure>),
     /// To `ReadIndex`: the log index to wait for.
     ReadIndex(Result<Option<u64>, RemoteFailure>),
+    /// To `Status`.
+    Status(Result<crate::system::SporeStatus, RemoteFailure>),
+    /// To `Query`.
+    Query(Result<QueryAnswer, RemoteFailure>),
 }
 
 /// Why a call did not get a response.
@@ -224,6 +258,8 @@ impl RpcHandler for LateHandler {
                 match req {
                     RpcRequest::Forward(_) => RpcResponse::Forward(Err(starting())),
                     RpcRequest::ReadIndex => RpcResponse::ReadIndex(Err(starting())),
+                    RpcRequest::Status => RpcResponse::Status(Err(starting())),
+                    RpcRequest::Query(_) => RpcResponse::Query(Err(starting())),
                     RpcRequest::AddMember { .. } | RpcRequest::RemoveMember { .. } => RpcResponse::Membership(Err(starting())),
                     // Raft RPCs before the node is up: report a fatal-free "stopped" node.
                     RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) => {

@@ -214,3 +214,25 @@ async fn writes_fail_with_no_leader_after_a_bounded_time() {
     // Queries still answer from the local view.
     assert_eq!(c.sys(leader).nodes().expect("nodes").len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_queries_are_served_over_the_transport() {
+    use mycnet_spores::net::{Query, QueryAnswer, RpcRequest, RpcResponse, Transport};
+    let c = Cluster::form(3, 17).await;
+    c.sys(0).register_service("web", vec![], vec!["http".into()], vec![]).await.expect("write");
+    c.converged_head(Duration::from_secs(5)).await.expect("converged");
+    let t = c.net.transport("n0");
+    let peer = c.sys(2).peer().expect("peer");
+    match t.call(&peer, RpcRequest::Status, Duration::from_secs(1)).await.expect("call") {
+        RpcResponse::Status(Ok(st)) => {
+            assert_eq!(st.node, peer.node);
+            assert_eq!(st.voters.len(), 3);
+            assert!(st.leader.is_some());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match t.call(&peer, RpcRequest::Query(Query::ServicesByCapability("http".into())), Duration::from_secs(1)).await.expect("call") {
+        RpcResponse::Query(Ok(QueryAnswer::Services(s))) => assert_eq!(s.len(), 1),
+        other => panic!("unexpected {other:?}"),
+    }
+}
