@@ -478,6 +478,10 @@ impl Projection {
     /// Checks `event` against the current state without the signature: network, schema,
     /// admission of the author and the semantic rules. Does not change anything.
     pub fn check(&self, event: &SignedEvent) -> Result<(), Rejection> {
+        let size = event.encoded_len();
+        if size > limits::EVENT_BYTES_MAX {
+            return Err(Rejection::LimitExceeded { what: "event".into(), max: limits::EVENT_BYTES_MAX, got: size });
+        }
         if event.schema_version != SCHEMA_VERSION {
             return Err(Rejection::UnsupportedSchema(event.schema_version));
         }

@@ -91,6 +91,11 @@ async fn bad_input_through_the_api_is_rejected_and_changes_nothing() {
         mycnet_spores::EventBody::NodeBackOnline { node: stranger.node_id() });
     let err = s.submit(ev).await.expect_err("stranger");
     assert!(matches!(err.rejection(), Some(Rejection::UnknownAuthor(_))), "{err}");
+    // An oversize event (a 70 kB name) is refused by size, whatever its fields.
+    let big = mycnet_spores::SignedEvent::sign(&key, fp, mycnet_spores::Timestamp::now(),
+        mycnet_spores::EventBody::NodeUpdated { node: key.node_id(), name: Some("x".repeat(70_000)), role: None });
+    let err = s.submit(big).await.expect_err("oversize");
+    assert!(matches!(err.rejection(), Some(Rejection::LimitExceeded { what, .. }) if what == "event"), "{err}");
     let after = c.converged_head(Duration::from_secs(5)).await.expect("converged");
     // Only the address change was applied.
     assert_eq!(after.seq, before.expect("head").seq + 1);
