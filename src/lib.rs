@@ -52,6 +52,7 @@
 pub mod core;
 pub mod error;
 pub mod net;
+pub mod node;
 pub mod raft;
 pub mod seed;
 pub mod store;

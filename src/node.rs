@@ -1,0 +1,237 @@
+//! Running one standalone node: its configuration (TOML or flags) and its life cycle.
+//!
+//! ```toml
+//! data_dir = "/var/lib/mycnet-spores/n1"
+//! listen = "127.0.0.1:7401"
+//! name = "n1"
+//! role = "voter"                 # or "latent"
+//! capabilities = ["storage"]
+//!
+//! [init]                         # form a new network (first voter only)
+//! network_name = "demo"
+//!
+//! [join]                         # or: ask a member to add this node
+//! via_addr = "127.0.0.1:7400"
+//! via_key = "<64 hex chars>"
+//! as_voter = true
+//!
+//! [[peers]]                      # bootstrap peers allowed to connect before admission
+//! addr = "127.0.0.1:7400"
+//! key = "<64 hex chars>"
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::core::types::{NetworkIdentity, NodeId, NodeRole};
+use crate::error::Error;
+use crate::raft::PeerNode;
+use crate::system::{SporeSystem, SporeSystemBuilder, Timeouts};
+
+/// Voter (Sclerotium) or latent (Rhizomorph).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleConfig {
+    /// A Raft voter.
+    #[default]
+    Voter,
+    /// A gossip node that does not vote.
+    Latent,
+}
+
+impl From<RoleConfig> for NodeRole {
+    fn from(r: RoleConfig) -> Self {
+        match r {
+            RoleConfig::Voter => NodeRole::Sclerotium,
+            RoleConfig::Latent => NodeRole::Rhizomorph,
+        }
+    }
+}
+
+/// Form a new network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitConfig {
+    /// The network's name.
+    pub network_name: String,
+    /// The network's id (random if absent).
+    #[serde(default)]
+    pub network_id: Option<Uuid>,
+}
+
+/// Join a running network through one of its members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinConfig {
+    /// A member's address.
+    pub via_addr: String,
+    /// That member's key (64 hex characters).
+    pub via_key: String,
+    /// Become a voter once caught up (otherwise a learner).
+    #[serde(default = "yes")]
+    pub as_voter: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A bootstrap peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerConfig {
+    /// Its address.
+    pub addr: String,
+    /// Its key (64 hex characters).
+    pub key: String,
+}
+
+/// A node's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Ledger, Raft log and `node.key` live here.
+    pub data_dir: PathBuf,
+    /// `host:port` to listen on (QUIC/UDP).
+    pub listen: String,
+    /// Human-readable name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Voter or latent.
+    #[serde(default)]
+    pub role: RoleConfig,
+    /// Capabilities announced in the registry.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Addresses announced in the registry (default: the listen address).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Form a network.
+    #[serde(default)]
+    pub init: Option<InitConfig>,
+    /// Join a network.
+    #[serde(default)]
+    pub join: Option<JoinConfig>,
+    /// Bootstrap peers.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Write timeout in milliseconds.
+    #[serde(default)]
+    pub write_timeout_ms: Option<u64>,
+}
+
+/// A configuration that does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML does not parse.
+    #[error("invalid node config: {0}")]
+    Parse(String),
+    /// Both or neither of what is required.
+    #[error("invalid node config: {0}")]
+    Invalid(&'static str),
+    /// A key that is not 64 hex characters.
+    #[error("invalid node config: {0}")]
+    BadKey(#[from] crate::core::types::ParseIdError),
+}
+
+impl NodeConfig {
+    /// Parses and validates TOML.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let c: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the combination of settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.init.is_some() && self.join.is_some() {
+            return Err(ConfigError::Invalid("`init` and `join` exclude each other"));
+        }
+        if self.init.is_some() && self.role == RoleConfig::Latent {
+            return Err(ConfigError::Invalid("only a voter can form a network"));
+        }
+        if self.listen.trim().is_empty() {
+            return Err(ConfigError::Invalid("`listen` must be host:port"));
+        }
+        if let Some(j) = &self.join {
+            NodeId::from_hex(&j.via_key)?;
+        }
+        for p in &self.peers {
+            NodeId::from_hex(&p.key)?;
+        }
+        Ok(())
+    }
+
+    /// The bootstrap peers, parsed.
+    pub fn bootstrap_peers(&self) -> Result<Vec<PeerNode>, ConfigError> {
+        self.peers.iter().map(|p| Ok(PeerNode { node: NodeId::from_hex(&p.key)?, addr: p.addr.clone() })).collect()
+    }
+
+    /// A builder for this node on `backend`.
+    pub fn builder(&self, backend: std::sync::Arc<dyn crate::net::NetworkBackend>) -> SporeSystemBuilder {
+        let mut t = Timeouts::default();
+        if let Some(ms) = self.write_timeout_ms {
+            t.write = Duration::from_millis(ms);
+        }
+        let mut b = SporeSystem::builder()
+            .data_dir(&self.data_dir)
+            .addr(self.listen.clone())
+            .role(self.role.into())
+            .capabilities(self.capabilities.clone())
+            .addresses(self.addresses.clone())
+            .network(backend)
+            .timeouts(t);
+        if let Some(n) = &self.name {
+            b = b.name(n.clone());
+        }
+        b
+    }
+}
+
+/// Starts a node from its config: resumes from its data dir, forms the network if asked (and
+/// not formed yet), or asks to join. Returns the running system.
+#[tracing::instrument(skip_all, fields(listen = %config.listen, data_dir = %config.data_dir.display()))]
+pub async fn start_node(config: &NodeConfig, backend: std::sync::Arc<dyn crate::net::NetworkBackend>) -> Result<SporeSystem, Error> {
+    let mut system = config.builder(backend).build();
+    system.start().await?;
+    if let Some(init) = &config.init {
+        let formed = system.head()?.is_some();
+        if !formed {
+            system
+                .initialize(NetworkIdentity {
+                    network_id: init.network_id.unwrap_or_else(Uuid::new_v4),
+                    network_name: init.network_name.clone(),
+                    genesis_timestamp: chrono::Utc::now(),
+                })
+                .await?;
+        }
+    } else if let Some(join) = &config.join {
+        let already_member = system.status()?.voters.contains(&system.node_id()?);
+        if !already_member {
+            let via_key = NodeId::from_hex(&join.via_key).map_err(|e| Error::Raft(e.to_string()))?;
+            system.join(PeerNode { node: via_key, addr: join.via_addr.clone() }, join.as_voter).await?;
+        }
+    }
+    Ok(system)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_config_and_refuses_contradictions() {
+        let key = NodeId([7; 32]).to_hex();
+        let text = format!(
+            "data_dir = \"/tmp/n1\"\nlisten = \"127.0.0.1:7401\"\nrole = \"voter\"\ncapabilities = [\"storage\"]\n\
+             [join]\nvia_addr = \"127.0.0.1:7400\"\nvia_key = \"{key}\"\n[[peers]]\naddr = \"127.0.0.1:7400\"\nkey = \"{key}\"\n"
+        );
+        let c = NodeConfig::from_toml(&text).expect("valid");
+        assert_eq!(c.join.as_ref().map(|j| j.as_voter), Some(true));
+        assert_eq!(c.peers.len(), 1);
+        let both = format!("{text}[init]\nnetwork_name = \"x\"\n");
+        assert!(matches!(NodeConfig::from_toml(&both), Err(ConfigError::Invalid(_))));
+        assert!(matches!(NodeConfig::from_toml("listen = 1"), Err(ConfigError::Parse(_))));
+        assert!(matches!(NodeConfig::from_toml("data_dir = \"x\"\nlisten = \"a:1\"\nbogus = 1\n"), Err(ConfigError::Parse(_))));
+    }
+}
