@@ -314,7 +314,7 @@ impl SporeSystem {
         let ledger_dir = data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
         let ledger_cfg = LedgerConfig { create: true, checkpoint_interval: cfg.checkpoint_interval, durable: false, expected_network: None };
         let ledger = tokio::task::spawn_blocking(move || Ledger::open(ledger_dir, ledger_cfg)).await.map_err(raft_err)??;
-        let (log_store, sm) = crate::raft::open_stores(ledger)?;
+        let (log_store, sm) = crate::raft::open_stores(ledger, key.clone())?;
         let ledger = sm.ledger().clone();
         let head_rx = sm.subscribe_head();
 

@@ -106,11 +106,12 @@ pub(crate) fn io_err(e: impl fmt::Display) -> std::io::Error {
 /// Opens the Raft log store and the ledger state machine on one fjall database.
 pub fn open_stores(
     ledger: crate::store::ledger::Ledger,
+    key: crate::core::keys::NodeKey,
 ) -> Result<(log_store::FjallLogStore, state_machine::LedgerStateMachine), crate::error::LedgerError> {
     let path = ledger.path().to_path_buf();
     let log = log_store::FjallLogStore::open(ledger.database(), path.clone())
         .map_err(|source| crate::error::LedgerError::Storage { op: "open raft keyspaces", path, source })?;
-    let sm = state_machine::LedgerStateMachine::new(std::sync::Arc::new(std::sync::RwLock::new(ledger)));
+    let sm = state_machine::LedgerStateMachine::new(std::sync::Arc::new(std::sync::RwLock::new(ledger)), key);
     Ok((log, sm))
 }
 
@@ -129,7 +130,7 @@ mod conformance {
             let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
             let ledger = Ledger::open(dir.path(), LedgerConfig { durable: false, ..Default::default() })
                 .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
-            let (log, sm) = open_stores(ledger).map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
+            let (log, sm) = open_stores(ledger, crate::core::keys::NodeKey::from_seed([9; 32])).map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
             Ok((dir, log, sm))
         }
     }

@@ -8,13 +8,16 @@
 //! fjall journal, and `build_snapshot` syncs before openraft may purge the log, so the Raft
 //! log is never purged past what the ledger holds durably (design invariant 6).
 //!
-//! Snapshot format (version 1; the seed-spore issue turns this into the seed file):
+//! Snapshot format (version 2): the Raft metadata, then a **seed spore** — one format for Raft
+//! snapshots and seed files (see `crate::seed`):
 //! ```text
-//! magic "SPORESNP" | u8 version=1 | u32 LE header length | postcard(SnapshotHeader)
-//! then `event_count` times: u32 LE length | ledger record (see store::record)
+//! magic "SPORESNP" | u8 version=2 | u32 LE header length | postcard(SnapshotHeader)
+//! | seed file bytes (absent while the ledger is empty): projection state, head and the full
+//!   event range, signed by the voter that built the snapshot
 //! ```
-//! Installing checks every record (validated access, links, hashes) and re-applies the events
-//! through the normal validation, so a snapshot cannot smuggle in anything a log could not.
+//! Installing verifies the seed (digest, voter signature, state = replay of its events) and
+//! re-applies the events through the normal validation, so a snapshot cannot smuggle in
+//! anything a log could not.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
@@ -27,12 +30,12 @@ use super::{ChainPoint, LogId, PeerNode, SporeRequest, SporeResponse, StorageErr
 use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::types::ChainHash;
 use crate::store::ledger::Ledger;
-use crate::store::record::{decode_record, encode_record};
+use crate::core::keys::NodeKey;
 
 const META_APPLIED: &[u8] = b"raft_applied";
 const META_MEMBERSHIP: &[u8] = b"raft_membership";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SPORESNP";
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
 /// Largest snapshot header accepted.
 const SNAPSHOT_HEADER_MAX: usize = 1 << 20;
 
@@ -43,14 +46,15 @@ pub type SharedLedger = Arc<RwLock<Ledger>>;
 struct SnapshotHeader {
     last_log_id: Option<LogId>,
     membership: StoredMembership,
-    head: Option<(u64, ChainHash)>,
-    event_count: u64,
+    /// Whether a seed follows the header.
+    has_seed: bool,
 }
 
 /// The ledger as an openraft state machine. Cheap to clone.
 #[derive(Clone)]
 pub struct LedgerStateMachine {
     ledger: SharedLedger,
+    key: Arc<NodeKey>,
     current: Arc<RwLock<Option<(SnapshotMeta<u64, PeerNode>, Vec<u8>)>>>,
     head_tx: Arc<tokio::sync::watch::Sender<Option<u64>>>,
 }
@@ -70,11 +74,11 @@ fn lock_err() -> StorageError {
 }
 
 impl LedgerStateMachine {
-    /// Wraps a ledger.
-    pub fn new(ledger: SharedLedger) -> Self {
+    /// Wraps a ledger; `key` signs the seeds inside snapshots.
+    pub fn new(ledger: SharedLedger, key: NodeKey) -> Self {
         let head = ledger.read().ok().and_then(|l| l.head().map(|h| h.seq));
         let (tx, _) = tokio::sync::watch::channel(head);
-        LedgerStateMachine { ledger, current: Arc::new(RwLock::new(None)), head_tx: Arc::new(tx) }
+        LedgerStateMachine { ledger, key: Arc::new(key), current: Arc::new(RwLock::new(None)), head_tx: Arc::new(tx) }
     }
 
     /// Follows the ledger head's sequence number as events are applied.
@@ -104,85 +108,85 @@ impl LedgerStateMachine {
         Ok((applied, membership))
     }
 
-    /// Encodes the ledger up to its head as a snapshot.
-    fn encode_snapshot(ledger: &Ledger, last_log_id: Option<LogId>, membership: StoredMembership) -> Result<Vec<u8>, StorageError> {
+    /// Encodes the ledger up to its head as a snapshot: Raft metadata plus a seed signed by
+    /// `key`.
+    fn encode_snapshot(
+        ledger: &Ledger,
+        key: &NodeKey,
+        last_log_id: Option<LogId>,
+        membership: StoredMembership,
+    ) -> Result<Vec<u8>, StorageError> {
         let head = ledger.head();
-        let count = head.map_or(0, |h| h.seq + 1);
-        let header = SnapshotHeader { last_log_id, membership, head: head.map(|h| (h.seq, h.hash)), event_count: count };
+        let seed = match head {
+            None => None,
+            Some(h) => {
+                let mut events = Vec::with_capacity(h.seq as usize + 1);
+                let page = crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
+                while (events.len() as u64) <= h.seq {
+                    let from = events.len() as u64;
+                    let part = ledger.read_range(from, (from + page - 1).min(h.seq)).map_err(sm_read)?;
+                    if part.is_empty() {
+                        return Err(sm_read(format!("ledger ends at {from} before its head")));
+                    }
+                    events.extend(part);
+                }
+                Some(crate::seed::build(ledger.projection(), Some(&events), &[key]).map_err(sm_read)?)
+            }
+        };
+        let header = SnapshotHeader { last_log_id, membership, has_seed: seed.is_some() };
         let hdr = postcard::to_stdvec(&header).map_err(sm_read)?;
-        let mut out = Vec::with_capacity(hdr.len() + 16 + count as usize * 300);
+        let seed = seed.unwrap_or_default();
+        let mut out = Vec::with_capacity(hdr.len() + 13 + seed.len());
         out.extend_from_slice(SNAPSHOT_MAGIC);
         out.push(SNAPSHOT_VERSION);
         out.extend_from_slice(&(hdr.len() as u32).to_le_bytes());
         out.extend_from_slice(&hdr);
-        let page = crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
-        let mut from = 0;
-        while from < count {
-            let events = ledger.read_range(from, (from + page - 1).min(count - 1)).map_err(sm_read)?;
-            if events.is_empty() {
-                return Err(sm_read(format!("ledger ends at {from} before its head")));
-            }
-            for ev in &events {
-                let rec = encode_record(ev);
-                out.extend_from_slice(&(rec.len() as u32).to_le_bytes());
-                out.extend_from_slice(&rec);
-            }
-            from += events.len() as u64;
-        }
+        out.extend_from_slice(&seed);
         Ok(out)
     }
 }
 
-/// Parses and checks a snapshot: header and every record, links and hashes from genesis.
-fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotHeader, Vec<ChainedEvent>), String> {
+/// Parses and checks a snapshot: the header, then the seed (digest, signature by a voter at
+/// its head, events chaining from genesis and replaying to its state).
+fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotHeader, Vec<ChainedEvent>, Option<(u64, ChainHash)>), String> {
     let rest = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()).ok_or("not a spore snapshot (bad magic)")?;
     let (&version, rest) = rest.split_first().ok_or("truncated snapshot")?;
     if version != SNAPSHOT_VERSION {
         return Err(format!("unsupported snapshot version {version}"));
     }
-    let take = |rest: &[u8], max: usize| -> Result<(Vec<u8>, usize), String> {
-        let len_bytes: [u8; 4] = rest.get(..4).and_then(|b| b.try_into().ok()).ok_or("truncated snapshot length")?;
-        let len = u32::from_le_bytes(len_bytes) as usize;
-        if len > max {
-            return Err(format!("snapshot item of {len} bytes exceeds {max}"));
+    let len_bytes: [u8; 4] = rest.get(..4).and_then(|b| b.try_into().ok()).ok_or("truncated snapshot header length")?;
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if len > SNAPSHOT_HEADER_MAX {
+        return Err(format!("snapshot header of {len} bytes exceeds {SNAPSHOT_HEADER_MAX}"));
+    }
+    let hdr = rest.get(4..4 + len).ok_or("truncated snapshot header")?;
+    let header: SnapshotHeader = postcard::from_bytes(hdr).map_err(|e| format!("snapshot header: {e}"))?;
+    let seed_bytes = &rest[4 + len..];
+    if !header.has_seed {
+        if !seed_bytes.is_empty() {
+            return Err(format!("{} unexpected bytes after an empty snapshot", seed_bytes.len()));
         }
-        let body = rest.get(4..4 + len).ok_or("truncated snapshot item")?;
-        Ok((body.to_vec(), 4 + len))
-    };
-    let (hdr, used) = take(rest, SNAPSHOT_HEADER_MAX)?;
-    let header: SnapshotHeader = postcard::from_bytes(&hdr).map_err(|e| format!("snapshot header: {e}"))?;
-    let mut rest = &rest[used..];
-    let mut events = Vec::new();
-    let mut prev = ChainHash::ZERO;
-    for seq in 0..header.event_count {
-        let (rec, used) = take(rest, crate::core::limits::RECORD_BYTES_MAX)?;
-        rest = &rest[used..];
-        let ev = decode_record(&rec).map_err(|e| format!("snapshot record {seq}: {e}"))?;
-        if ev.seq != seq || ev.prev_hash != prev || !ev.hash_is_valid() {
-            return Err(format!("snapshot chain broken at seq {seq}"));
-        }
-        prev = ev.hash;
-        events.push(ev);
+        return Ok((header, Vec::new(), None));
     }
-    if !rest.is_empty() {
-        return Err(format!("{} trailing bytes after the snapshot", rest.len()));
+    let seed = crate::seed::verify(seed_bytes, crate::seed::VerifyPolicy::default()).map_err(|e| format!("snapshot seed: {e}"))?;
+    if !seed.header.includes_events {
+        return Err("snapshot seed carries no events".into());
     }
-    if header.head.map(|h| h.1) != events.last().map(|e| e.hash) {
-        return Err("snapshot head does not match its events".into());
-    }
-    Ok((header, events))
+    let head = Some((seed.header.head_seq, seed.header.head_hash));
+    Ok((header, seed.events, head))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
     #[tracing::instrument(level = "info", skip(self))]
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let ledger = self.ledger.clone();
+        let key = self.key.clone();
         let (meta, data) = tokio::task::spawn_blocking(move || {
             let l = ledger.read().map_err(|_| lock_err())?;
             // Everything applied so far becomes durable before openraft may purge the log.
             l.sync().map_err(sm_write)?;
             let (applied, membership) = Self::read_applied(&l)?;
-            let data = Self::encode_snapshot(&l, applied, membership.clone())?;
+            let data = Self::encode_snapshot(&l, &key, applied, membership.clone())?;
             let snapshot_id = format!(
                 "{}-{}",
                 applied.map_or("none".to_string(), |a| format!("{}-{}", a.leader_id, a.index)),
@@ -303,7 +307,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let meta2 = meta.clone();
         let data2 = data.clone();
         tokio::task::spawn_blocking(move || {
-            let (header, events) = decode_snapshot(&data2).map_err(snap_err)?;
+            let (_header, events, seed_head) = decode_snapshot(&data2).map_err(snap_err)?;
             let mut l = ledger.write().map_err(|_| lock_err())?;
             // Keep our prefix if the snapshot's chain extends it; otherwise start over.
             let keep = match l.head() {
@@ -348,7 +352,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 ];
                 l.append_with_meta(Vec::new(), extra).map_err(sm_write)?;
             }
-            if l.head().map(|h| (h.seq, h.hash)) != header.head {
+            if l.head().map(|h| (h.seq, h.hash)) != seed_head {
                 return Err(snap_err("ledger head after install differs from the snapshot head"));
             }
             l.sync().map_err(sm_write)?;
