@@ -4,7 +4,8 @@
 //! keyspaces:
 //! - `ledger`: key = seq (u64 big-endian), value = ledger record (see [`super::record`]);
 //! - `meta`: `format` (marker), `head` (seq u64 BE ‖ hash 32 B, written in every append batch),
-//!   `checkpoint` (projection checkpoint, written in the same batch as the events it covers).
+//!   `checkpoint` (blake3 digest 32 B ‖ projection checkpoint record, written in the same batch
+//!   as the events it covers; a checkpoint whose digest does not match is ignored).
 //!
 //! **Durability contract:** [`Ledger::append`] returns only after the batch (records, head and
 //! any checkpoint, atomically) has been synced to disk (`PersistMode::SyncData`). An
@@ -21,7 +22,7 @@ use super::replay::{replay_range, ReplayOptions, ReplayStats, StopAt};
 use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::keys::{verify_many, VerifierCache};
 use crate::core::limits;
-use crate::core::projection::{ChainHead, Projection, Rejection};
+use crate::core::projection::{ChainHead, Projection, ProjectionState, Rejection};
 use crate::core::types::{ChainHash, NetworkFingerprint};
 use crate::error::{Corruption, LedgerError};
 
@@ -121,6 +122,33 @@ pub(crate) fn read_head(meta: &Keyspace, path: &Path) -> Result<Option<(u64, Cha
     Ok(Some((u64::from_be_bytes(seq), ChainHash(hash))))
 }
 
+/// The `meta` value of a projection checkpoint: `blake3(record) ‖ record`.
+///
+/// Opening loads the checkpoint instead of replaying the events it covers, and unlike a ledger
+/// record nothing else (no chain hash) covers its bytes, so it carries its own digest: a
+/// flipped bit anywhere in it makes it unreadable rather than silently changing the state.
+fn encode_meta_checkpoint(state: &ProjectionState) -> Vec<u8> {
+    let record = encode_checkpoint(state);
+    let mut out = Vec::with_capacity(CHECKPOINT_DIGEST_BYTES + record.len());
+    out.extend_from_slice(blake3::hash(&record).as_bytes());
+    out.extend_from_slice(&record);
+    out
+}
+
+/// Checks the digest of a `meta` checkpoint value and decodes it.
+fn decode_meta_checkpoint(bytes: &[u8]) -> Result<ProjectionState, String> {
+    if bytes.len() < CHECKPOINT_DIGEST_BYTES {
+        return Err(format!("{} bytes, shorter than its digest", bytes.len()));
+    }
+    let (digest, record) = bytes.split_at(CHECKPOINT_DIGEST_BYTES);
+    if blake3::hash(record).as_bytes().as_slice() != digest {
+        return Err("digest mismatch".into());
+    }
+    decode_checkpoint(record).map_err(|e| e.to_string())
+}
+
+const CHECKPOINT_DIGEST_BYTES: usize = 32;
+
 fn encode_head(head: &ChainHead) -> [u8; 40] {
     let mut out = [0u8; 40];
     out[..8].copy_from_slice(&head.seq.to_be_bytes());
@@ -178,7 +206,7 @@ impl Ledger {
         let mut projection = Projection::new();
         let mut checkpoint_seq = None;
         if let Some(bytes) = meta.get(META_CHECKPOINT).map_err(storage("read checkpoint", &path))? {
-            match decode_checkpoint(&bytes) {
+            match decode_meta_checkpoint(&bytes) {
                 Ok(state) if state.head.is_some_and(|h| head.is_some_and(|(hs, _)| h.seq <= hs)) => {
                     checkpoint_seq = state.head.map(|h| h.seq);
                     projection = Projection::from_state(state);
@@ -289,16 +317,21 @@ impl Ledger {
             return Ok(outcome);
         }
         let head = self.projection.head();
+        // A checkpoint rewrites the whole registry, so space them by at least four times the
+        // registry's size: its cost per event stays bounded however large the registry grows,
+        // and open replays at most that many events after it.
+        let registry = (self.projection.state().nodes.len() + self.projection.state().services.len()) as u64;
+        let spacing = self.config.checkpoint_interval.max(registry.saturating_mul(4));
         let due = head.is_some_and(|h| {
             self.config.checkpoint_interval > 0
                 && accepted > 0
-                && h.seq.saturating_sub(self.checkpoint_seq.unwrap_or(0)) >= self.config.checkpoint_interval
+                && h.seq.saturating_sub(self.checkpoint_seq.unwrap_or(0)) >= spacing
         });
         if let Some(head) = head.filter(|_| accepted > 0) {
             batch.insert(&self.meta, META_HEAD, encode_head(&head).to_vec());
         }
         if due {
-            batch.insert(&self.meta, META_CHECKPOINT, encode_checkpoint(self.projection.state()));
+            batch.insert(&self.meta, META_CHECKPOINT, encode_meta_checkpoint(self.projection.state()));
         }
         for (k, v) in extra {
             batch.insert(&self.meta, k, v);
@@ -369,7 +402,7 @@ impl Ledger {
             return Ok(());
         }
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        batch.insert(&self.meta, META_CHECKPOINT, encode_checkpoint(self.projection.state()));
+        batch.insert(&self.meta, META_CHECKPOINT, encode_meta_checkpoint(self.projection.state()));
         batch.commit().map_err(storage("write checkpoint", &self.path))?;
         self.checkpoint_seq = Some(head.seq);
         Ok(())

@@ -12,8 +12,11 @@
 //! `CHECKPOINT_FORMAT_V1` (0x01) and an rkyv archive of `ProjectionState`.
 //!
 //! Bytes read back are untrusted: they only ever go through `rkyv::access` with bytecheck,
-//! after being copied into an aligned buffer. bytecheck proves memory safety; integrity comes
-//! from the chain hash and the signatures, checked by the reader.
+//! after being copied into an aligned buffer. bytecheck proves memory safety; a ledger record
+//! must also be the canonical encoding of what it decodes to, so that no byte of it escapes the
+//! integrity checks, which come from the chain hash and the signatures, checked by the reader.
+//! A projection checkpoint has no chain hash of its own: whoever stores one stores a digest
+//! with it (the ledger's `meta`, the seed file's digest).
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
@@ -42,6 +45,10 @@ pub enum DecodeError {
     /// The archive failed validation.
     #[error("record does not validate: {0}")]
     Invalid(String),
+    /// The archive validates but is not the canonical encoding of what it decodes to (bytes
+    /// that validation does not look at, such as padding, were changed).
+    #[error("record is not the canonical encoding of its content")]
+    NonCanonical,
 }
 
 /// The 8-byte big-endian key of `seq`.
@@ -98,7 +105,17 @@ pub fn decode_record_with(bytes: &[u8], buf: &mut AlignedVec) -> Result<ChainedE
     unframe(bytes, RECORD_FORMAT_V1, limits::RECORD_BYTES_MAX, buf)?;
     let archived = rkyv::access::<rkyv::Archived<ChainedEvent>, rancor::Error>(buf)
         .map_err(|e| DecodeError::Invalid(e.to_string()))?;
-    rkyv::deserialize::<ChainedEvent, rancor::Error>(archived).map_err(|e| DecodeError::Invalid(e.to_string()))
+    let event =
+        rkyv::deserialize::<ChainedEvent, rancor::Error>(archived).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    // bytecheck proves the archive is safe to read, not that every byte of it means something:
+    // a flipped bit in padding or in the unused part of an inline string decodes to the same
+    // event and would go unnoticed by the chain hash. Accepting only the canonical encoding
+    // makes every bit of a record count.
+    let canonical = rkyv::to_bytes::<rancor::Error>(&event).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    if canonical.as_slice() != buf.as_slice() {
+        return Err(DecodeError::NonCanonical);
+    }
+    Ok(event)
 }
 
 /// Decodes a projection checkpoint through validated access. Never panics on any input.

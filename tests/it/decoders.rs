@@ -1,0 +1,271 @@
+//! Decoders of untrusted bytes never panic, whatever they are given: random bytes, and valid
+//! encodings with random damage (which reach much deeper into each decoder than noise does).
+//! What they accept is canonical: it encodes back to exactly the bytes given.
+
+use std::fs;
+use std::sync::OnceLock;
+
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use mycnet_spores::core::projection::Projection;
+use mycnet_spores::store::keyfile::{self, KeyFileError};
+use mycnet_spores::store::record::{decode_checkpoint, decode_record, encode_checkpoint, encode_record};
+use mycnet_spores::{ChainHash, NetworkFingerprint, NodeId, NodeKey, SignedEvent};
+use proptest::prelude::*;
+
+use crate::fixture::history;
+
+/// Valid encodings to damage: one ledger record and one canonical event of each kind, and a
+/// projection checkpoint.
+struct Valid {
+    records: Vec<Vec<u8>>,
+    events: Vec<Vec<u8>>,
+    checkpoint: Vec<u8>,
+}
+
+fn valid() -> &'static Valid {
+    static VALID: OnceLock<Valid> = OnceLock::new();
+    VALID.get_or_init(|| {
+        let mut projection = Projection::new();
+        let mut kinds = std::collections::BTreeSet::new();
+        let (mut records, mut events) = (Vec::new(), Vec::new());
+        for ev in history().events.iter().take(300) {
+            let chained = projection.append(ev.clone()).expect("valid history");
+            if kinds.insert(ev.body.kind()) {
+                records.push(encode_record(&chained));
+                events.push(ev.canonical_bytes());
+            }
+        }
+        Valid { records, events, checkpoint: encode_checkpoint(projection.state()) }
+    })
+}
+
+/// One damage to a valid encoding.
+#[derive(Clone, Debug)]
+enum Damage {
+    /// Overwrite a byte.
+    Set(prop::sample::Index, u8),
+    /// Flip one bit.
+    Flip(prop::sample::Index, u8),
+    /// Cut the tail off.
+    Truncate(prop::sample::Index),
+    /// Insert a byte.
+    Insert(prop::sample::Index, u8),
+    /// Remove a byte.
+    Remove(prop::sample::Index),
+    /// Write a little-endian u32 (lengths and relative pointers in rkyv).
+    SetU32(prop::sample::Index, u32),
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Damage::Set(i, b)),
+        (any::<prop::sample::Index>(), 0..8u8).prop_map(|(i, b)| Damage::Flip(i, b)),
+        any::<prop::sample::Index>().prop_map(Damage::Truncate),
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Damage::Insert(i, b)),
+        any::<prop::sample::Index>().prop_map(Damage::Remove),
+        (any::<prop::sample::Index>(), prop_oneof![any::<u32>(), Just(u32::MAX), Just(0x7fff_fff0), 0..512u32])
+            .prop_map(|(i, v)| Damage::SetU32(i, v)),
+    ]
+}
+
+fn apply(mut bytes: Vec<u8>, damages: &[Damage]) -> Vec<u8> {
+    for d in damages {
+        if bytes.is_empty() {
+            break;
+        }
+        match d {
+            Damage::Set(i, b) => {
+                let at = i.index(bytes.len());
+                bytes[at] = *b;
+            }
+            Damage::Flip(i, bit) => {
+                let at = i.index(bytes.len());
+                bytes[at] ^= 1 << bit;
+            }
+            Damage::Truncate(i) => bytes.truncate(i.index(bytes.len())),
+            Damage::Insert(i, b) => {
+                let at = i.index(bytes.len() + 1);
+                bytes.insert(at, *b);
+            }
+            Damage::Remove(i) => {
+                let at = i.index(bytes.len());
+                bytes.remove(at);
+            }
+            Damage::SetU32(i, v) => {
+                if bytes.len() >= 4 {
+                    let at = i.index(bytes.len() - 3);
+                    bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+    bytes
+}
+
+/// One of `valid`, damaged 1 to 6 times.
+fn damaged(valid: &'static [Vec<u8>]) -> impl Strategy<Value = Vec<u8>> {
+    (prop::sample::select((0..valid.len()).collect::<Vec<_>>()), prop::collection::vec(damage(), 1..6))
+        .prop_map(move |(i, ds)| apply(valid[i].clone(), &ds))
+}
+
+/// Random bytes, half of them behind the right format tag so they reach rkyv's validation.
+fn noise(tag: u8, len_max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..len_max),
+        prop::collection::vec(any::<u8>(), 0..len_max).prop_map(move |mut v| {
+            v.insert(0, tag);
+            v
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn record_decoder_never_panics_on_noise(bytes in noise(1, 1024)) {
+        if let Ok(ev) = decode_record(&bytes) {
+            prop_assert_eq!(encode_record(&ev), bytes);
+        }
+    }
+
+    #[test]
+    fn record_decoder_never_panics_on_damaged_records(bytes in damaged(&valid().records)) {
+        if let Ok(ev) = decode_record(&bytes) {
+            prop_assert_eq!(encode_record(&ev), bytes, "only canonical records are accepted");
+        }
+    }
+
+    #[test]
+    fn checkpoint_decoder_never_panics_on_noise(bytes in noise(1, 2048)) {
+        let _ = decode_checkpoint(&bytes);
+    }
+
+    #[test]
+    fn checkpoint_decoder_never_panics_on_damaged_checkpoints(
+        bytes in damaged(std::slice::from_ref(&valid().checkpoint))
+    ) {
+        let _ = decode_checkpoint(&bytes);
+    }
+
+    #[test]
+    fn event_decoder_never_panics_on_noise(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+        if let Ok(ev) = SignedEvent::from_canonical_bytes(&bytes) {
+            prop_assert_eq!(ev.canonical_bytes(), bytes);
+        }
+    }
+
+    #[test]
+    fn event_decoder_never_panics_on_damaged_events(bytes in damaged(&valid().events)) {
+        if let Ok(ev) = SignedEvent::from_canonical_bytes(&bytes) {
+            prop_assert_eq!(ev.canonical_bytes(), bytes, "only canonical encodings are accepted");
+        }
+    }
+
+    #[test]
+    fn hex_ids_parse_exactly_64_hex_digits(
+        s in prop_oneof![any::<String>(), "[0-9a-fA-F]{62,66}", "[ \t]{0,2}[0-9a-f]{64}[ \t\n]{0,2}", "[0-9a-fA-Fg-z]{64}"]
+    ) {
+        let node = NodeId::from_hex(&s);
+        let digits = s.trim();
+        let valid = digits.len() == 64 && digits.bytes().all(|b| b.is_ascii_hexdigit());
+        prop_assert_eq!(node.is_ok(), valid, "{:?}", s);
+        if let Ok(id) = node {
+            prop_assert_eq!(id.to_hex(), digits.to_ascii_lowercase());
+        }
+        prop_assert_eq!(ChainHash::from_hex(&s).is_ok(), valid);
+        prop_assert_eq!(NetworkFingerprint::from_hex(&s).is_ok(), valid);
+    }
+}
+
+/// A huge length prefix anywhere in an event is refused without allocating it (an attempt
+/// to allocate 4 GiB per length would abort the test binary).
+#[test]
+fn event_decoder_refuses_huge_lengths_without_allocating() {
+    for valid in &valid().events {
+        for cut in 0..valid.len() {
+            let mut bytes = valid[..cut].to_vec();
+            bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // ULEB128 u32::MAX
+            bytes.extend_from_slice(&[0u8; 16]);
+            // Where the splice lands in a fixed-size field (the signature) it can be valid.
+            if let Ok(ev) = SignedEvent::from_canonical_bytes(&bytes) {
+                assert_eq!(ev.canonical_bytes(), bytes, "cut at {cut}");
+            }
+        }
+    }
+    let too_long = vec![0u8; 64 * 1024 + 1];
+    assert!(SignedEvent::from_canonical_bytes(&too_long).is_err());
+}
+
+/// Standard base64 (for PEM armour around damaged DER).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+        for _ in chunk.len()..3 {
+            out.push('=');
+        }
+    }
+    out
+}
+
+/// PEM armour (RFC 7468: base64 in lines of 64 characters).
+fn pem(der: &[u8]) -> Vec<u8> {
+    let b64 = base64(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|l| std::str::from_utf8(l).expect("ascii")).collect();
+    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n")).into_bytes()
+}
+
+fn valid_key_der() -> &'static [Vec<u8>] {
+    static DER: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    DER.get_or_init(|| {
+        let key = NodeKey::from_seed([7; 32]);
+        vec![key.signing_key().to_pkcs8_der().expect("encode pkcs8").as_bytes().to_vec()]
+    })
+}
+
+/// Writes `contents` as a key file with mode 0600 and loads it.
+fn load_key_file(contents: &[u8]) -> Result<NodeKey, KeyFileError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(keyfile::KEY_FILE_NAME);
+    fs::write(&path, contents).expect("write key file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    }
+    keyfile::load(&path)
+}
+
+#[test]
+fn key_file_armour_of_a_valid_key_loads() {
+    let key = load_key_file(&pem(&valid_key_der()[0])).expect("the test's PEM armour is right");
+    assert_eq!(key.node_id(), NodeKey::from_seed([7; 32]).node_id());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn key_file_of_noise_is_an_error(contents in prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..512),
+        prop::collection::vec(any::<u8>(), 0..128).prop_map(|v| pem(&v)),
+    ]) {
+        let loaded = load_key_file(&contents);
+        let refused = matches!(loaded, Err(KeyFileError::Malformed { .. } | KeyFileError::Io { .. }));
+        prop_assert!(refused, "{:?}", loaded.map(|k| k.node_id()));
+    }
+
+    /// Damaged DER inside valid armour: an error or (if the damage only hit the secret) some
+    /// key, never a panic.
+    #[test]
+    fn key_file_of_damaged_der_never_panics(der in damaged(valid_key_der())) {
+        let loaded = load_key_file(&pem(&der));
+        let too_open = matches!(loaded, Err(KeyFileError::TooOpen { .. }));
+        prop_assert!(!too_open);
+    }
+}
