@@ -4,6 +4,9 @@
 //! Raft node ids are 64-bit: the first 8 bytes (big-endian) of the node's key; the full key
 //! travels in [`PeerNode`] so the transport can authenticate the peer.
 
+// openraft's StorageError is large by design and is what its traits return.
+#![allow(clippy::result_large_err)]
+
 use std::fmt;
 use std::io::Cursor;
 
