@@ -21,6 +21,7 @@ use crate::core::types::NodeId;
 use crate::raft::{PeerNode, SporeResponse, TypeConfig};
 
 pub mod inproc;
+pub mod quic;
 
 /// A boxed future, so transports and handlers can be trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -6,3 +6,4 @@ mod ledger_tampering;
 mod decoders;
 mod projection_props;
 mod durability;
+mod quic;

@@ -1,0 +1,915 @@
+//! The product transport: QUIC (quinn 0.11) with TLS 1.3 raw public keys (rustls 0.23, ring).
+//!
+//! # Design
+//!
+//! * **One endpoint per node.** [`QuicBackend::bind`](NetworkBackend::bind) binds one UDP
+//!   socket (`PeerNode.addr` as `host:port`, port 0 allowed) that serves incoming connections
+//!   and dials outgoing ones. The returned [`Binding`] carries the actual bound address; closing
+//!   it closes the endpoint and stops the server task.
+//! * **Identity = the node key.** There are no certificates: each side presents its ed25519
+//!   key as an RFC 7250 raw public key ([`tls`]). The caller pins the key it expects
+//!   (`PeerNode.node`); the server requires a client key and asks the [`AdmissionPolicy`]
+//!   (refusals fail the handshake and are logged with the key and remote address). The server
+//!   hands the authenticated key to [`RpcHandler::handle`] as `from`.
+//! * **ALPN per protocol.** [`ALPN_RAFT`] carries [`RpcRequest`]/[`RpcResponse`]; the endpoint
+//!   serves the protocols in [`SERVED_ALPNS`] and refuses any other.
+//! * **Framing.** One bidirectional stream per RPC; each direction carries one frame:
+//!   `u32` big-endian length, then that many postcard bytes, at most [`FRAME_BYTES_MAX`]. An
+//!   oversized, truncated or undecodable frame closes *that* connection with
+//!   [`close_code::BAD_FRAME`]; other connections are unaffected.
+//! * **Bounds.** Every call is bounded by the caller's timeout; the server bounds reading a
+//!   request and writing a response, the handshake, the concurrent streams per connection
+//!   and the number of incoming connections ([`QuicConfig`]). A caller that gives up stops
+//!   its stream, which cancels the handler.
+//! * **Connection reuse.** One connection per peer key, re-dialed when it dies or the peer's
+//!   address changes. The stateless-reset key and connection ids are derived so that a node
+//!   restarted on the same address resets its previous incarnation's connections at once,
+//!   instead of leaving peers to wait for the idle timeout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use quinn::{ConnectionError, Endpoint, Incoming, ReadError, RecvStream, SendStream, VarInt, WriteError};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::{Binding, BoxFuture, NetworkBackend, RpcHandler, RpcRequest, RpcResponse, SharedTransport, Transport, TransportError};
+use crate::core::keys::NodeKey;
+use crate::core::limits::RECORD_BYTES_MAX;
+use crate::core::types::NodeId;
+use crate::raft::PeerNode;
+
+pub mod tls;
+
+/// ALPN of the Raft / client-forwarding protocol ([`RpcRequest`] → [`RpcResponse`]).
+pub const ALPN_RAFT: &[u8] = b"spores-raft/1";
+/// Every protocol this endpoint serves. A connection negotiating anything else is refused
+/// (gossip will add `spores-gossip/1` here, with its own serve loop).
+pub const SERVED_ALPNS: &[&[u8]] = &[ALPN_RAFT];
+
+/// Largest frame payload (the postcard bytes after the length prefix), in bytes.
+pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+// A frame holds at least 64 worst-case ledger records (a replication or snapshot chunk), and
+// its length fits the u32 prefix.
+const _: () = assert!(FRAME_BYTES_MAX >= 64 * RECORD_BYTES_MAX);
+const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
+
+/// Application error codes used when closing a connection.
+pub mod close_code {
+    /// The endpoint is shutting down (or the connection is no longer needed).
+    pub const SHUTDOWN: u32 = 0;
+    /// A frame was oversized, truncated or undecodable.
+    pub const BAD_FRAME: u32 = 1;
+    /// The negotiated ALPN is not served here.
+    pub const UNSUPPORTED_PROTOCOL: u32 = 2;
+    /// The peer's identity could not be read from the TLS session.
+    pub const NO_IDENTITY: u32 = 3;
+}
+
+/// Application error codes used when resetting or stopping a single stream.
+pub mod stream_code {
+    /// The caller gave up on the call (timeout or cancellation).
+    pub const CANCELLED: u32 = 0x10;
+    /// The request did not arrive within the server's read deadline.
+    pub const READ_DEADLINE: u32 = 0x11;
+    /// The response could not be framed (too large or unencodable).
+    pub const RESPONSE_UNFRAMEABLE: u32 = 0x12;
+    /// The response could not be written within the server's write deadline.
+    pub const WRITE_DEADLINE: u32 = 0x13;
+}
+
+/// The TLS server name sent by callers (identity is the pinned key, not the name).
+const SERVER_NAME: &str = "spores";
+/// Connection-level receive window (bounds buffered data per connection).
+const RECEIVE_WINDOW: u32 = 32 * 1024 * 1024;
+/// Stream-level receive window.
+const STREAM_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
+/// Initial buffer for reading a frame; it grows with data actually received, so a length
+/// prefix alone never makes us allocate.
+const FRAME_READ_CHUNK: usize = 64 * 1024;
+/// Prune the per-peer connection table beyond this many entries.
+const PEER_TABLE_PRUNE_AT: usize = 1024;
+
+/// Decides whether a node key may connect to this endpoint.
+pub type AdmissionPolicy = Arc<dyn Fn(&NodeId) -> bool + Send + Sync>;
+
+/// A ready [`AdmissionPolicy`]: a shared, updatable set of admitted node keys (or everyone).
+///
+/// Clones share the set, so the owner can keep one clone and feed admitted registry keys into
+/// it while the endpoint checks every new connection against the current contents.
+#[derive(Clone, Default)]
+pub struct Admission {
+    inner: Arc<RwLock<AdmissionSet>>,
+}
+
+#[derive(Default)]
+struct AdmissionSet {
+    everyone: bool,
+    keys: std::collections::HashSet<NodeId>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.read();
+        f.debug_struct("Admission").field("everyone", &g.everyone).field("keys", &g.keys.len()).finish()
+    }
+}
+
+impl Admission {
+    /// Admits every key (tests, or a network that authorizes at a higher layer).
+    pub fn allow_all() -> Self {
+        let a = Admission::default();
+        a.write().everyone = true;
+        a
+    }
+
+    /// Admits exactly `keys` (plus any added later).
+    pub fn only(keys: impl IntoIterator<Item = NodeId>) -> Self {
+        let a = Admission::default();
+        a.write().keys.extend(keys);
+        a
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, AdmissionSet> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, AdmissionSet> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits `key`.
+    pub fn allow(&self, key: NodeId) {
+        self.write().keys.insert(key);
+    }
+
+    /// Stops admitting `key` for new connections (established ones are not cut).
+    pub fn revoke(&self, key: &NodeId) {
+        self.write().keys.remove(key);
+    }
+
+    /// Replaces the admitted set with `keys`.
+    pub fn replace(&self, keys: impl IntoIterator<Item = NodeId>) {
+        let mut g = self.write();
+        g.keys = keys.into_iter().collect();
+    }
+
+    /// Whether `key` may connect now.
+    pub fn is_admitted(&self, key: &NodeId) -> bool {
+        let g = self.read();
+        g.everyone || g.keys.contains(key)
+    }
+
+    /// This set as a policy function.
+    pub fn policy(&self) -> AdmissionPolicy {
+        let a = self.clone();
+        Arc::new(move |k: &NodeId| a.is_admitted(k))
+    }
+}
+
+impl From<Admission> for AdmissionPolicy {
+    fn from(a: Admission) -> Self {
+        a.policy()
+    }
+}
+
+/// Limits and deadlines of a QUIC endpoint.
+#[derive(Clone, Debug)]
+pub struct QuicConfig {
+    /// Most concurrent request streams a peer may have open on one connection.
+    pub streams_per_connection: u32,
+    /// Most incoming connections (handshaking or established) at once.
+    pub connections_max: usize,
+    /// A connection with no traffic for this long is dead.
+    pub idle_timeout: Duration,
+    /// Callers ping idle connections this often (keeps them alive and detects dead peers).
+    pub keep_alive: Duration,
+    /// Deadline of an incoming handshake.
+    pub handshake_deadline: Duration,
+    /// Deadline for a request frame to arrive once its stream is open.
+    pub request_read_deadline: Duration,
+    /// Deadline for writing a response frame.
+    pub response_write_deadline: Duration,
+    /// How long `bind` retries an address that is still in use (a node restarting in the same
+    /// process on its previous port waits for the old socket to drain).
+    pub bind_patience: Duration,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            streams_per_connection: 64,
+            connections_max: 256,
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+            handshake_deadline: Duration::from_secs(5),
+            request_read_deadline: Duration::from_secs(10),
+            response_write_deadline: Duration::from_secs(10),
+            bind_patience: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The QUIC network: binds one endpoint per node, identified by its key.
+#[derive(Clone)]
+pub struct QuicBackend {
+    key: NodeKey,
+    admission: AdmissionPolicy,
+    config: QuicConfig,
+}
+
+impl std::fmt::Debug for QuicBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicBackend").field("key", &self.key).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl QuicBackend {
+    /// A backend for the node owning `key`, admitting incoming connections by `admission`
+    /// (an [`Admission`] set or any [`AdmissionPolicy`]).
+    pub fn new(key: NodeKey, admission: impl Into<AdmissionPolicy>) -> Self {
+        QuicBackend { key, admission: admission.into(), config: QuicConfig::default() }
+    }
+
+    /// Replaces the limits and deadlines.
+    pub fn with_config(mut self, config: QuicConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Binds the endpoint at `addr` and serves `handler`; the lower-level form of
+    /// [`NetworkBackend::bind`], returning the concrete transport.
+    pub async fn bind_quic(&self, addr: &str, handler: Arc<dyn RpcHandler>) -> Result<(QuicTransport, Binding), TransportError> {
+        let identity = Arc::new(tls::Identity::new(&self.key)?);
+        let local = resolve(addr).await.map_err(|e| bind_err(addr, e))?;
+        let socket = bind_socket(local, self.config.bind_patience).await.map_err(|e| bind_err(addr, e))?;
+
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.server_config(self.admission.clone(), SERVED_ALPNS)?));
+        server.transport_config(Arc::new(transport_config(&self.config, true)?));
+        server.max_incoming(self.config.connections_max.max(1));
+        server.migration(false);
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ResetKey::derive(&self.key)));
+        endpoint_config.cid_generator(|| Box::new(RandomCids));
+        let runtime = quinn::default_runtime().ok_or_else(|| bind_err(addr, "no async runtime"))?;
+        let endpoint = Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(|e| bind_err(addr, e))?;
+        let local = endpoint.local_addr().map_err(|e| bind_err(addr, e))?;
+
+        let shared = Arc::new(Shared {
+            endpoint: endpoint.clone(),
+            identity: identity.clone(),
+            client_transport: Arc::new(transport_config(&self.config, false)?),
+            peers: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            local,
+        });
+        let span = tracing::info_span!("quic_endpoint", node = %identity.me.short(), %local);
+        let server_task = tokio::spawn(accept_loop(endpoint, handler, Arc::new(self.config.clone())).instrument(span));
+        tracing::info!(node = %identity.me.short(), %local, "QUIC endpoint bound");
+
+        let transport = QuicTransport { shared: shared.clone() };
+        let stop = server_task.abort_handle();
+        let binding = Binding::new(Arc::new(transport.clone()) as SharedTransport, local.to_string(), move || {
+            shared.close();
+            stop.abort();
+        });
+        Ok((transport, binding))
+    }
+}
+
+impl NetworkBackend for QuicBackend {
+    fn bind(&self, me: &PeerNode, handler: Arc<dyn RpcHandler>) -> BoxFuture<'_, Result<Binding, TransportError>> {
+        let me = me.clone();
+        Box::pin(async move {
+            if me.node != self.key.node_id() {
+                return Err(TransportError::Refused {
+                    peer: me.addr.clone(),
+                    reason: format!("binding node {} with the key of node {}", me.node.short(), self.key.node_id().short()),
+                });
+            }
+            self.bind_quic(&me.addr, handler).await.map(|(_, b)| b)
+        })
+    }
+}
+
+/// A quinn client config that presents `key` and accepts only a server holding `expected`,
+/// negotiating `alpn` — for tools and tests that speak the protocol directly.
+pub fn client_config(key: &NodeKey, expected: NodeId, alpn: &[u8]) -> Result<quinn::ClientConfig, TransportError> {
+    let identity = tls::Identity::new(key)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(identity.client_config(expected, alpn)?));
+    cfg.transport_config(Arc::new(transport_config(&QuicConfig::default(), false)?));
+    Ok(cfg)
+}
+
+/// Encodes `value` as one frame: `u32` big-endian payload length, then the postcard bytes.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    let buf = postcard::to_extend(value, vec![0u8; 4]).map_err(|e| format!("cannot encode: {e}"))?;
+    let n = buf.len() - 4;
+    if n > FRAME_BYTES_MAX {
+        return Err(format!("frame of {n} bytes exceeds the {FRAME_BYTES_MAX}-byte limit"));
+    }
+    let mut buf = buf;
+    buf[..4].copy_from_slice(&(n as u32).to_be_bytes());
+    Ok(buf)
+}
+
+fn bind_err(addr: &str, e: impl std::fmt::Display) -> TransportError {
+    TransportError::Unreachable(format!("{addr} (cannot bind the local endpoint: {e})"))
+}
+
+async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address")))
+}
+
+async fn bind_socket(addr: SocketAddr, patience: Duration) -> std::io::Result<std::net::UdpSocket> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match std::net::UdpSocket::bind(addr) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() != 0 && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%addr, "address still in use; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn transport_config(cfg: &QuicConfig, server: bool) -> Result<quinn::TransportConfig, TransportError> {
+    let mut t = quinn::TransportConfig::default();
+    // Callers accept no streams from the server; servers accept a bounded number.
+    let streams = if server { cfg.streams_per_connection } else { 0 };
+    t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    let idle = quinn::IdleTimeout::try_from(cfg.idle_timeout)
+        .map_err(|e| TransportError::Refused { peer: "local QUIC setup".into(), reason: format!("idle timeout: {e}") })?;
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(if server { None } else { Some(cfg.keep_alive) });
+    t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.datagram_receive_buffer_size(None);
+    Ok(t)
+}
+
+/// The stateless-reset key, derived from the node key so that a restarted node can reset the
+/// connections of its previous incarnation (peers then re-dial at once).
+struct ResetKey([u8; 32]);
+
+impl ResetKey {
+    fn derive(key: &NodeKey) -> Self {
+        ResetKey(blake3::derive_key("mycnet-spores quic stateless-reset key v1", &key.to_seed()))
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let mac = blake3::keyed_hash(&self.0, data);
+        let n = signature_out.len().min(32);
+        signature_out[..n].copy_from_slice(&mac.as_bytes()[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        let Ok(sig) = <[u8; 32]>::try_from(signature) else { return Err(quinn::crypto::CryptoError) };
+        // blake3::Hash compares in constant time.
+        if blake3::keyed_hash(&self.0, data) == blake3::Hash::from(sig) {
+            Ok(())
+        } else {
+            Err(quinn::crypto::CryptoError)
+        }
+    }
+}
+
+/// Random 8-byte connection ids that every incarnation of the endpoint accepts as "possibly
+/// ours" (quinn's default hashes them with a per-process key, so a restarted endpoint would
+/// silently drop its predecessor's packets instead of answering with a stateless reset).
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&rand::random::<[u8; 8]>())
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The node id the peer of `conn` authenticated with.
+fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
+    let chain = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    tls::node_id_from_chain(&chain)
+}
+
+/// The ALPN negotiated on `conn`.
+fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
+}
+
+fn close(conn: &quinn::Connection, code: u32, reason: &str) {
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framing
+
+#[derive(Debug)]
+enum FrameError {
+    /// The length prefix exceeds [`FRAME_BYTES_MAX`].
+    TooLarge(usize),
+    /// The stream ended inside the frame.
+    Truncated { got: usize, want: usize },
+    /// The stream or connection failed.
+    Stream(ReadError),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the {FRAME_BYTES_MAX}-byte limit"),
+            FrameError::Truncated { got, want } => write!(f, "stream ended after {got} of {want} bytes"),
+            FrameError::Stream(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(got) => FrameError::Truncated { got, want: 4 },
+        quinn::ReadExactError::ReadError(e) => FrameError::Stream(e),
+    })?;
+    let want = u32::from_be_bytes(len) as usize;
+    if want > FRAME_BYTES_MAX {
+        return Err(FrameError::TooLarge(want));
+    }
+    let mut buf = Vec::with_capacity(want.min(FRAME_READ_CHUNK));
+    while buf.len() < want {
+        match recv.read_chunk(want - buf.len(), true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(FrameError::Truncated { got: buf.len(), want }),
+            Err(e) => return Err(FrameError::Stream(e)),
+        }
+    }
+    Ok(buf)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server side
+
+async fn accept_loop(endpoint: Endpoint, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>) {
+    let permits = Arc::new(Semaphore::new(cfg.connections_max));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let remote = incoming.remote_address();
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(%remote, limit = cfg.connections_max, "incoming connection limit reached; refusing");
+                    incoming.refuse();
+                    continue;
+                };
+                let span = tracing::info_span!("quic_accept", %remote, peer = tracing::field::Empty);
+                connections.spawn(serve_connection(incoming, handler.clone(), cfg.clone(), permit).instrument(span));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    tracing::debug!("endpoint closed; server stopped");
+    // Dropping the set aborts what is left of the connection tasks.
+}
+
+async fn serve_connection(incoming: Incoming, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>, _permit: OwnedSemaphorePermit) {
+    // `accept` inside this span: quinn runs the connection (and our TLS verifier, which logs
+    // refused keys) in the span current here, so those logs carry the remote address.
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not accept");
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(cfg.handshake_deadline, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(deadline = ?cfg.handshake_deadline, "handshake deadline passed");
+            return;
+        }
+    };
+    let Some(peer) = peer_node_id(&conn) else {
+        tracing::warn!("no peer key in an established session; closing");
+        close(&conn, close_code::NO_IDENTITY, "no peer identity");
+        return;
+    };
+    tracing::Span::current().record("peer", tracing::field::display(peer.short()));
+    match negotiated_alpn(&conn).as_deref() {
+        Some(ALPN_RAFT) => serve_rpc(conn, peer, handler, cfg).await,
+        other => {
+            let alpn = other.map(String::from_utf8_lossy);
+            tracing::warn!(alpn = ?alpn, "unsupported protocol; closing");
+            close(&conn, close_code::UNSUPPORTED_PROTOCOL, "unsupported protocol");
+        }
+    }
+}
+
+async fn serve_rpc(conn: quinn::Connection, peer: NodeId, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>) {
+    tracing::debug!("connection established");
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    let span = tracing::debug_span!("quic_serve", stream = %recv.id(), kind = tracing::field::Empty);
+                    streams.spawn(serve_stream(conn.clone(), peer, handler.clone(), cfg.clone(), send, recv).instrument(span));
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e, "connection ended");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+}
+
+fn bad_frame(conn: &quinn::Connection, reason: &str) {
+    tracing::warn!(remote = %conn.remote_address(), reason, "bad frame; closing the connection");
+    close(conn, close_code::BAD_FRAME, "bad frame");
+}
+
+async fn serve_stream(
+    conn: quinn::Connection,
+    from: NodeId,
+    handler: Arc<dyn RpcHandler>,
+    cfg: Arc<QuicConfig>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let bytes = match tokio::time::timeout(cfg.request_read_deadline, read_frame(&mut recv)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(FrameError::Stream(e))) => {
+            tracing::debug!(error = %e, "request stream failed");
+            return;
+        }
+        Ok(Err(e)) => return bad_frame(&conn, &e.to_string()),
+        Err(_) => {
+            tracing::debug!(deadline = ?cfg.request_read_deadline, "request not received in time");
+            let _ = recv.stop(VarInt::from_u32(stream_code::READ_DEADLINE));
+            let _ = send.reset(VarInt::from_u32(stream_code::READ_DEADLINE));
+            return;
+        }
+    };
+    let req: RpcRequest = match postcard::from_bytes(&bytes) {
+        Ok(r) => r,
+        Err(e) => return bad_frame(&conn, &format!("undecodable request: {e}")),
+    };
+    drop(bytes);
+    tracing::Span::current().record("kind", req.kind());
+    let stopped = send.stopped();
+    let resp = tokio::select! {
+        resp = handler.handle(from, req) => resp,
+        _ = stopped => {
+            tracing::debug!("caller gave up; handler cancelled");
+            return;
+        }
+    };
+    let frame = match encode_frame(&resp) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "response cannot be framed");
+            let _ = send.reset(VarInt::from_u32(stream_code::RESPONSE_UNFRAMEABLE));
+            return;
+        }
+    };
+    match tokio::time::timeout(cfg.response_write_deadline, send.write_all(&frame)).await {
+        Ok(Ok(())) => {
+            let _ = send.finish();
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "response not delivered"),
+        Err(_) => {
+            tracing::debug!(deadline = ?cfg.response_write_deadline, "response not written in time");
+            let _ = send.reset(VarInt::from_u32(stream_code::WRITE_DEADLINE));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side
+
+struct Cached {
+    addr: String,
+    conn: quinn::Connection,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+struct Shared {
+    endpoint: Endpoint,
+    identity: Arc<tls::Identity>,
+    client_transport: Arc<quinn::TransportConfig>,
+    /// One connection per peer key; the async lock serializes dialing so concurrent callers
+    /// share one handshake.
+    peers: Mutex<HashMap<NodeId, Slot>>,
+    closed: AtomicBool,
+    local: SocketAddr,
+}
+
+impl Shared {
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Slot>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.endpoint.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+        self.peers().clear();
+        tracing::info!(node = %self.identity.me.short(), local = %self.local, "QUIC endpoint closed");
+    }
+
+    fn slot(&self, node: NodeId) -> Slot {
+        let mut peers = self.peers();
+        if peers.len() >= PEER_TABLE_PRUNE_AT && !peers.contains_key(&node) {
+            // Keep slots in use or holding a live connection.
+            peers.retain(|_, s| {
+                Arc::strong_count(s) > 1
+                    || s.try_lock().map(|g| g.as_ref().is_some_and(|c| c.conn.close_reason().is_none())).unwrap_or(true)
+            });
+        }
+        peers.entry(node).or_default().clone()
+    }
+
+    /// Drops `conn` from the cache if it is still the cached connection of `node`.
+    fn forget(&self, node: &NodeId, conn: &quinn::Connection) {
+        let slot = self.peers().get(node).cloned();
+        if let Some(slot) = slot {
+            if let Ok(mut g) = slot.try_lock() {
+                if g.as_ref().is_some_and(|c| c.conn.stable_id() == conn.stable_id()) {
+                    *g = None;
+                }
+            }
+        }
+    }
+
+    /// The cached connection to `to`, or a new one. `dialing` is set while we wait for a
+    /// connection (so a deadline hit there reads as "unreachable", not "timed out").
+    async fn connection(&self, to: &PeerNode, dialing: &AtomicBool) -> Result<(quinn::Connection, bool), TransportError> {
+        let slot = self.slot(to.node);
+        dialing.store(true, Ordering::Relaxed);
+        let mut g = slot.lock().await;
+        if let Some(c) = g.as_ref() {
+            if c.addr == to.addr && c.conn.close_reason().is_none() {
+                dialing.store(false, Ordering::Relaxed);
+                return Ok((c.conn.clone(), false));
+            }
+        }
+        if let Some(old) = g.take() {
+            close(&old.conn, close_code::SHUTDOWN, "replaced");
+        }
+        let conn = self.dial(to).await?;
+        *g = Some(Cached { addr: to.addr.clone(), conn: conn.clone() });
+        dialing.store(false, Ordering::Relaxed);
+        Ok((conn, true))
+    }
+
+    #[tracing::instrument(name = "quic_dial", level = "info", skip_all, fields(peer = %to.node.short(), addr = %to.addr))]
+    async fn dial(&self, to: &PeerNode) -> Result<quinn::Connection, TransportError> {
+        let unreachable = |e: &dyn std::fmt::Display| TransportError::Unreachable(format!("{} ({e})", to.addr));
+        let addr = resolve(&to.addr).await.map_err(|e| unreachable(&e))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(self.identity.client_config(to.node, ALPN_RAFT)?));
+        cfg.transport_config(self.client_transport.clone());
+        let connecting = self.endpoint.connect_with(cfg, addr, SERVER_NAME).map_err(|e| unreachable(&e))?;
+        let conn = connecting.await.map_err(|e| classify(&to.addr, e))?;
+        // The verifier pinned the key; check what the session reports all the same.
+        if peer_node_id(&conn) != Some(to.node) {
+            close(&conn, close_code::NO_IDENTITY, "unexpected peer identity");
+            return Err(TransportError::Refused { peer: to.addr.clone(), reason: "peer identity mismatch".into() });
+        }
+        tracing::debug!(remote = %conn.remote_address(), "connected");
+        Ok(conn)
+    }
+
+    async fn call(&self, to: &PeerNode, req: RpcRequest, dialing: &AtomicBool) -> Result<RpcResponse, TransportError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(TransportError::Unreachable(format!("{} (local endpoint closed)", to.addr)));
+        }
+        let frame = encode_frame(&req).map_err(|reason| TransportError::BadFrame { peer: to.addr.clone(), reason })?;
+        drop(req);
+        let mut redialed = false;
+        loop {
+            let (conn, fresh) = self.connection(to, dialing).await?;
+            match conn.open_bi().await {
+                Ok((send, recv)) => return self.exchange(to, &conn, send, recv, &frame).await,
+                Err(e) => {
+                    self.forget(&to.node, &conn);
+                    // Nothing was sent: a cached connection that turns out dead is re-dialed once.
+                    if fresh || redialed {
+                        return Err(classify(&to.addr, e));
+                    }
+                    tracing::debug!(reason = %e, "cached connection is dead; re-dialing");
+                    redialed = true;
+                }
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        to: &PeerNode,
+        conn: &quinn::Connection,
+        send: SendStream,
+        mut recv: RecvStream,
+        frame: &[u8],
+    ) -> Result<RpcResponse, TransportError> {
+        let mut send = ResetOnDrop { send, done: false };
+        if let Err(e) = send.send.write_all(frame).await {
+            return Err(self.write_failed(to, conn, e));
+        }
+        let _ = send.send.finish();
+        send.done = true;
+        let bytes = match read_frame(&mut recv).await {
+            Ok(b) => b,
+            Err(FrameError::Stream(e)) => return Err(self.read_failed(to, conn, e)),
+            Err(e) => return Err(self.bad_response(to, conn, e.to_string())),
+        };
+        postcard::from_bytes(&bytes).map_err(|e| self.bad_response(to, conn, format!("undecodable response: {e}")))
+    }
+
+    fn bad_response(&self, to: &PeerNode, conn: &quinn::Connection, reason: String) -> TransportError {
+        bad_frame(conn, &reason);
+        self.forget(&to.node, conn);
+        TransportError::BadFrame { peer: to.addr.clone(), reason }
+    }
+
+    fn write_failed(&self, to: &PeerNode, conn: &quinn::Connection, e: WriteError) -> TransportError {
+        match e {
+            WriteError::ConnectionLost(e) => {
+                self.forget(&to.node, conn);
+                classify(&to.addr, e)
+            }
+            other => TransportError::Unreachable(format!("{} (request not sent: {other})", to.addr)),
+        }
+    }
+
+    fn read_failed(&self, to: &PeerNode, conn: &quinn::Connection, e: ReadError) -> TransportError {
+        match e {
+            ReadError::ConnectionLost(e) => {
+                self.forget(&to.node, conn);
+                classify(&to.addr, e)
+            }
+            ReadError::Reset(code) if code == VarInt::from_u32(stream_code::RESPONSE_UNFRAMEABLE) => {
+                TransportError::BadFrame { peer: to.addr.clone(), reason: "the response could not be framed".into() }
+            }
+            other => TransportError::Unreachable(format!("{} (no response: {other})", to.addr)),
+        }
+    }
+}
+
+/// Resets a request stream that is dropped before it was finished (a cancelled call), so the
+/// server sees a reset stream rather than a truncated — and connection-closing — frame.
+struct ResetOnDrop {
+    send: SendStream,
+    done: bool,
+}
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.send.reset(VarInt::from_u32(stream_code::CANCELLED));
+        }
+    }
+}
+
+/// Maps why a connection failed to what the caller sees.
+fn classify(peer: &str, e: ConnectionError) -> TransportError {
+    let is_tls = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        // The peer's TLS stack refused us (e.g. our key is not admitted there).
+        ConnectionError::ConnectionClosed(c) if is_tls(c.error_code) => {
+            TransportError::Refused { peer: peer.to_string(), reason: format!("handshake refused by the peer: {c}") }
+        }
+        // Ours refused the peer (e.g. it does not hold the key we expected).
+        ConnectionError::TransportError(t) if is_tls(t.code) => {
+            TransportError::Refused { peer: peer.to_string(), reason: format!("handshake failed: {t}") }
+        }
+        ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close_code::BAD_FRAME) => {
+            TransportError::BadFrame { peer: peer.to_string(), reason: "the peer closed the connection over a bad frame".into() }
+        }
+        ConnectionError::ApplicationClosed(c)
+            if c.error_code == VarInt::from_u32(close_code::UNSUPPORTED_PROTOCOL)
+                || c.error_code == VarInt::from_u32(close_code::NO_IDENTITY) =>
+        {
+            TransportError::Refused { peer: peer.to_string(), reason: c.to_string() }
+        }
+        other => TransportError::Unreachable(format!("{peer} ({other})")),
+    }
+}
+
+/// The outgoing side of a QUIC endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct QuicTransport {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransport").field("node", &self.shared.identity.me).field("local", &self.shared.local).finish()
+    }
+}
+
+impl QuicTransport {
+    /// The bound local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// The node this endpoint authenticates as.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.identity.me
+    }
+}
+
+impl Transport for QuicTransport {
+    fn call(&self, to: &PeerNode, req: RpcRequest, timeout: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>> {
+        let to = to.clone();
+        let span = tracing::debug_span!("quic_call", peer = %to, kind = req.kind());
+        Box::pin(
+            async move {
+                let dialing = AtomicBool::new(false);
+                match tokio::time::timeout(timeout, self.shared.call(&to, req, &dialing)).await {
+                    Ok(r) => r,
+                    Err(_) if dialing.load(Ordering::Relaxed) => {
+                        Err(TransportError::Unreachable(format!("{} (no connection within {timeout:?})", to.addr)))
+                    }
+                    Err(_) => Err(TransportError::Timeout { peer: to.addr.clone(), after: timeout }),
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_a_big_endian_length() {
+        let f = encode_frame(&RpcRequest::ReadIndex).expect("frame");
+        let n = u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize;
+        assert_eq!(n, f.len() - 4);
+        let back: RpcRequest = postcard::from_bytes(&f[4..]).expect("decode");
+        assert!(matches!(back, RpcRequest::ReadIndex));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_when_encoding() {
+        let big = vec![0u8; FRAME_BYTES_MAX + 1];
+        assert!(encode_frame(&big).is_err());
+    }
+
+    #[test]
+    fn reset_key_signs_and_verifies() {
+        use quinn::crypto::HmacKey;
+        let k = ResetKey::derive(&NodeKey::from_seed([5; 32]));
+        let mut sig = [0u8; 32];
+        k.sign(b"cid", &mut sig);
+        assert!(k.verify(b"cid", &sig).is_ok());
+        assert!(k.verify(b"cie", &sig).is_err());
+        assert!(k.verify(b"cid", &sig[..16]).is_err());
+    }
+
+    #[test]
+    fn admission_sets_are_shared_and_updatable() {
+        let a = Admission::only([NodeId([1; 32])]);
+        let p = a.policy();
+        assert!(p(&NodeId([1; 32])));
+        assert!(!p(&NodeId([2; 32])));
+        a.allow(NodeId([2; 32]));
+        assert!(p(&NodeId([2; 32])));
+        a.revoke(&NodeId([1; 32]));
+        assert!(!p(&NodeId([1; 32])));
+        assert!(Admission::allow_all().is_admitted(&NodeId([9; 32])));
+    }
+}
