@@ -336,7 +336,7 @@ impl SporeSystem {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.timeouts.snapshot_every),
             max_in_snapshot_log_to_keep: cfg.timeouts.logs_kept_after_snapshot,
             purge_batch_size: (cfg.timeouts.snapshot_every / 4).clamp(1, 256),
-            max_payload_entries: 512,
+            max_payload_entries: crate::raft::proposer::PAYLOAD_ENTRIES_MAX,
             ..Default::default()
         }
         .validate()

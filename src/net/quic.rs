@@ -58,6 +58,8 @@ pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 // its length fits the u32 prefix.
 const _: () = assert!(FRAME_BYTES_MAX >= 64 * RECORD_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
+// A full AppendEntries request (the proposer bounds batches by bytes) must fit one frame.
+const _: () = assert!(crate::raft::proposer::APPEND_ENTRIES_BYTES_MAX < FRAME_BYTES_MAX);
 
 /// Application error codes used when closing a connection.
 pub mod close_code {

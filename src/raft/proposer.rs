@@ -28,11 +28,28 @@ type Reply = oneshot::Sender<Result<SporeResponse, ProposeError>>;
 
 /// Most events packed into one entry.
 pub const BATCH_EVENTS_MAX: usize = 1024;
+/// Most canonical bytes packed into one entry (an estimate from the events' BCS size, which
+/// bounds their postcard size on the wire). Keeps every AppendEntries request, at most
+/// [`PAYLOAD_ENTRIES_MAX`] entries, far under the transport's frame limit and small enough
+/// for a follower to receive, append and sync within one heartbeat interval: openraft 0.9
+/// gives every AppendEntries exactly `heartbeat_interval` to complete, whatever its size.
+pub const BATCH_BYTES_MAX: usize = 256 * 1024;
+/// Most entries openraft may put into one AppendEntries request (`max_payload_entries`).
+pub const PAYLOAD_ENTRIES_MAX: u64 = 8;
+/// Most bytes an AppendEntries request can carry: full batches plus per-entry overhead.
+pub const APPEND_ENTRIES_BYTES_MAX: usize =
+    PAYLOAD_ENTRIES_MAX as usize * (BATCH_BYTES_MAX + limits::EVENT_BYTES_MAX + 4096);
 /// Most batches in flight at once.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Bound of the proposal queue.
 pub const QUEUE_MAX: usize = 16 * BATCH_EVENTS_MAX;
 const _: () = assert!(BATCH_EVENTS_MAX <= limits::APPEND_BATCH_MAX);
+const _: () = assert!(BATCH_BYTES_MAX >= limits::EVENT_BYTES_MAX);
+
+/// Upper estimate of an event's size in a batch.
+fn event_bytes(event: &SignedEvent) -> usize {
+    bcs::serialized_size(event).unwrap_or(limits::EVENT_BYTES_MAX)
+}
 
 /// A handle to the proposer task. Cheap to clone.
 #[derive(Clone)]
@@ -58,11 +75,29 @@ impl Proposer {
 
 async fn run(raft: Raft, mut rx: mpsc::Receiver<(SignedEvent, Reply)>) {
     let mut in_flight = JoinSet::new();
-    while let Some(first) = rx.recv().await {
+    // An event that did not fit the previous batch opens the next one.
+    let mut carry = None;
+    loop {
+        let first = match carry.take() {
+            Some(item) => item,
+            None => match rx.recv().await {
+                Some(item) => item,
+                None => break,
+            },
+        };
+        let mut bytes = event_bytes(&first.0);
         let mut batch = vec![first];
         while batch.len() < BATCH_EVENTS_MAX {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(item) => {
+                    let n = event_bytes(&item.0);
+                    if bytes + n > BATCH_BYTES_MAX {
+                        carry = Some(item);
+                        break;
+                    }
+                    bytes += n;
+                    batch.push(item);
+                }
                 Err(_) => break,
             }
         }

@@ -492,14 +492,12 @@ async fn converged(voters: &[Voter], timeout: Duration) -> mycnet_spores::ChainH
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quic_three_voters_replicate_and_survive_a_leader_restart() {
-    trace();
-    let root = tempfile::tempdir().expect("tempdir");
+/// Forms a 3-voter network over QUIC on loopback: n0 initializes, admits and adds the others.
+async fn form_quic_cluster(root: &std::path::Path, key_base: u8, network: u128) -> Vec<Voter> {
     let mut voters = Vec::new();
     for i in 0..3u8 {
-        let key = NodeKey::from_seed([90 + i; 32]);
-        let dir = root.path().join(format!("n{i}"));
+        let key = NodeKey::from_seed([key_base + i; 32]);
+        let dir = root.join(format!("n{i}"));
         let system = start_voter(&key, &dir, "127.0.0.1:0").await;
         // Remember the bound address: the restart must come back on the same port.
         let addr = system.peer().expect("peer").addr;
@@ -507,7 +505,7 @@ async fn quic_three_voters_replicate_and_survive_a_leader_restart() {
         voters.push(Voter { key, dir, addr, system: Some(system) });
     }
     let identity = NetworkIdentity {
-        network_id: uuid::Uuid::from_u128(0x9_0000),
+        network_id: uuid::Uuid::from_u128(network),
         network_name: "quic-test".into(),
         genesis_timestamp: chrono::Utc::now(),
     };
@@ -521,6 +519,14 @@ async fn quic_three_voters_replicate_and_survive_a_leader_restart() {
         s0.admit(ann).await.expect("admit");
         s0.add_member(peer, true).await.expect("add voter");
     }
+    voters
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_three_voters_replicate_and_survive_a_leader_restart() {
+    trace();
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut voters = form_quic_cluster(root.path(), 90, 0x9_0000).await;
 
     // A write through a follower is forwarded to the leader over QUIC.
     let leader = leader_of(&voters, Duration::from_secs(5)).await;
@@ -574,6 +580,44 @@ async fn quic_three_voters_replicate_and_survive_a_leader_restart() {
         assert_eq!(s.services_by_capability("time").expect("query").len(), 1);
     }
 
+    for v in voters.iter_mut() {
+        if let Some(mut s) = v.system.take() {
+            s.shutdown().await.expect("shutdown");
+        }
+    }
+}
+
+/// Many large events written at once must not produce a Raft request larger than one QUIC
+/// frame: the proposer bounds its batches by bytes, so followers keep up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_a_burst_of_large_events_replicates_within_the_frame_limit() {
+    trace();
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut voters = form_quic_cluster(root.path(), 110, 0x9_0001).await;
+    let leader = leader_of(&voters, Duration::from_secs(5)).await;
+    let system = voters[leader].system.take().expect("leader");
+    let system = Arc::new(system);
+    // ~34 KiB per event (32 metadata entries of 512 + 512 bytes): 600 of them are ~20 MiB,
+    // more than one 16 MiB frame if they went out as one entry.
+    let metadata: Vec<(String, String)> =
+        (0..32).map(|i| (format!("{i:0>512}"), "v".repeat(mycnet_spores::core::limits::METADATA_BYTES_MAX))).collect();
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..600 {
+        let system = system.clone();
+        let metadata = metadata.clone();
+        writers.spawn(async move { system.register_service(&format!("big-{w}"), vec![], vec!["big".into()], metadata).await });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.expect("join").expect("acknowledged write");
+    }
+    let system = Arc::into_inner(system).expect("sole owner");
+    voters[leader].system = Some(system);
+    let head = converged(&voters, Duration::from_secs(30)).await;
+    for v in &voters {
+        let s = v.system.as_ref().expect("running");
+        assert_eq!(s.head().expect("head"), Some(head));
+        assert_eq!(s.services_by_capability("big").expect("query").len(), 600);
+    }
     for v in voters.iter_mut() {
         if let Some(mut s) = v.system.take() {
             s.shutdown().await.expect("shutdown");
