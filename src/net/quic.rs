@@ -8,10 +8,14 @@
 //!   it closes the endpoint and stops the server task.
 //! * **Identity = the node key.** There are no certificates: each side presents its ed25519
 //!   key as an RFC 7250 raw public key ([`tls`]). The caller pins the key it expects
-//!   (`PeerNode.node`); the server requires a client key and asks the [`AdmissionPolicy`]
-//!   (refusals fail the handshake and are logged with the key and remote address). The server
-//!   hands the authenticated key to [`RpcHandler::handle`] as `from`.
-//! * **ALPN per protocol.** [`ALPN_RAFT`] carries [`RpcRequest`]/[`RpcResponse`]; the endpoint
+//!   (`PeerNode.node`); the server requires a client key. Right after the handshake, when the
+//!   protocol is known, a Raft connection from a key the [`AdmissionPolicy`] does not allow is
+//!   closed with [`close_code::NOT_ADMITTED`] before any request is read, and logged with the
+//!   key and remote address. The server hands the authenticated key to
+//!   [`RpcHandler::handle`] as `from`.
+//! * **ALPN per protocol.** [`ALPN_RAFT`] carries [`RpcRequest`]/[`RpcResponse`] between
+//!   admitted nodes; [`ALPN_ADMIN`] carries only the read-only `Status` and `Query` requests,
+//!   from any key (operator tools such as `spore status`, see [`admin_call`]). The endpoint
 //!   serves the protocols in [`SERVED_ALPNS`] and refuses any other.
 //! * **Framing.** One bidirectional stream per RPC; each direction carries one frame:
 //!   `u32` big-endian length, then that many postcard bytes, at most [`FRAME_BYTES_MAX`]. An
@@ -50,7 +54,9 @@ pub mod tls;
 pub const ALPN_RAFT: &[u8] = b"spores-raft/1";
 /// Every protocol this endpoint serves. A connection negotiating anything else is refused
 /// (gossip will add `spores-gossip/1` here, with its own serve loop).
-pub const SERVED_ALPNS: &[&[u8]] = &[ALPN_RAFT];
+pub const SERVED_ALPNS: &[&[u8]] = &[ALPN_RAFT, ALPN_ADMIN];
+/// ALPN of the read-only operator protocol: `Status` and `Query` requests from any key.
+pub const ALPN_ADMIN: &[u8] = b"spores-admin/1";
 
 /// Largest frame payload (the postcard bytes after the length prefix), in bytes.
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -71,6 +77,9 @@ pub mod close_code {
     pub const UNSUPPORTED_PROTOCOL: u32 = 2;
     /// The peer's identity could not be read from the TLS session.
     pub const NO_IDENTITY: u32 = 3;
+    /// The peer's key is not admitted for this protocol, or it sent a request the protocol
+    /// does not allow.
+    pub const NOT_ADMITTED: u32 = 4;
 }
 
 /// Application error codes used when resetting or stopping a single stream.
@@ -251,7 +260,7 @@ impl QuicBackend {
         let local = resolve(addr).await.map_err(|e| bind_err(addr, e))?;
         let socket = bind_socket(local, self.config.bind_patience).await.map_err(|e| bind_err(addr, e))?;
 
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.server_config(self.admission.clone(), SERVED_ALPNS)?));
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.server_config(SERVED_ALPNS)?));
         server.transport_config(Arc::new(transport_config(&self.config, true)?));
         server.max_incoming(self.config.connections_max.max(1));
         server.migration(false);
@@ -270,7 +279,10 @@ impl QuicBackend {
             local,
         });
         let span = tracing::info_span!("quic_endpoint", node = %identity.me.short(), %local);
-        let server_task = tokio::spawn(accept_loop(endpoint, handler, Arc::new(self.config.clone())).instrument(span));
+        let server_task = tokio::spawn(
+            accept_loop(endpoint, handler, Arc::new(self.config.clone()), Gate { me: identity.me, admission: self.admission.clone() })
+                .instrument(span),
+        );
         tracing::info!(node = %identity.me.short(), %local, "QUIC endpoint bound");
 
         let transport = QuicTransport { shared: shared.clone() };
@@ -302,7 +314,7 @@ impl NetworkBackend for QuicBackend {
 /// negotiating `alpn` — for tools and tests that speak the protocol directly.
 pub fn client_config(key: &NodeKey, expected: NodeId, alpn: &[u8]) -> Result<quinn::ClientConfig, TransportError> {
     let identity = tls::Identity::new(key)?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(identity.client_config(expected, alpn)?));
+    let mut cfg = quinn::ClientConfig::new(Arc::new(identity.client_config(Some(expected), alpn)?));
     cfg.transport_config(Arc::new(transport_config(&QuicConfig::default(), false)?));
     Ok(cfg)
 }
@@ -476,7 +488,20 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, FrameError> {
 // ---------------------------------------------------------------------------------------------
 // Server side
 
-async fn accept_loop(endpoint: Endpoint, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>) {
+/// Who may use the Raft protocol on this endpoint: this node itself and admitted keys.
+#[derive(Clone)]
+struct Gate {
+    me: NodeId,
+    admission: AdmissionPolicy,
+}
+
+impl Gate {
+    fn admits(&self, key: &NodeId) -> bool {
+        *key == self.me || (self.admission)(key)
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>, gate: Gate) {
     let permits = Arc::new(Semaphore::new(cfg.connections_max));
     let mut connections = JoinSet::new();
     loop {
@@ -490,7 +515,7 @@ async fn accept_loop(endpoint: Endpoint, handler: Arc<dyn RpcHandler>, cfg: Arc<
                     continue;
                 };
                 let span = tracing::info_span!("quic_accept", %remote, peer = tracing::field::Empty);
-                connections.spawn(serve_connection(incoming, handler.clone(), cfg.clone(), permit).instrument(span));
+                connections.spawn(serve_connection(incoming, handler.clone(), cfg.clone(), gate.clone(), permit).instrument(span));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -499,7 +524,13 @@ async fn accept_loop(endpoint: Endpoint, handler: Arc<dyn RpcHandler>, cfg: Arc<
     // Dropping the set aborts what is left of the connection tasks.
 }
 
-async fn serve_connection(incoming: Incoming, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>, _permit: OwnedSemaphorePermit) {
+async fn serve_connection(
+    incoming: Incoming,
+    handler: Arc<dyn RpcHandler>,
+    cfg: Arc<QuicConfig>,
+    gate: Gate,
+    _permit: OwnedSemaphorePermit,
+) {
     // `accept` inside this span: quinn runs the connection (and our TLS verifier, which logs
     // refused keys) in the span current here, so those logs carry the remote address.
     let connecting = match incoming.accept() {
@@ -527,7 +558,12 @@ async fn serve_connection(incoming: Incoming, handler: Arc<dyn RpcHandler>, cfg:
     };
     tracing::Span::current().record("peer", tracing::field::display(peer.short()));
     match negotiated_alpn(&conn).as_deref() {
-        Some(ALPN_RAFT) => serve_rpc(conn, peer, handler, cfg).await,
+        Some(ALPN_RAFT) if !gate.admits(&peer) => {
+            tracing::warn!(peer_key = %peer, "refused a Raft connection from a node key the admission policy does not allow");
+            close(&conn, close_code::NOT_ADMITTED, "node key not admitted");
+        }
+        Some(ALPN_RAFT) => serve_rpc(conn, peer, handler, cfg, false).await,
+        Some(ALPN_ADMIN) => serve_rpc(conn, peer, handler, cfg, true).await,
         other => {
             let alpn = other.map(String::from_utf8_lossy);
             tracing::warn!(alpn = ?alpn, "unsupported protocol; closing");
@@ -536,7 +572,8 @@ async fn serve_connection(incoming: Incoming, handler: Arc<dyn RpcHandler>, cfg:
     }
 }
 
-async fn serve_rpc(conn: quinn::Connection, peer: NodeId, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>) {
+/// Serves the streams of one connection; `read_only` allows only `Status` and `Query`.
+async fn serve_rpc(conn: quinn::Connection, peer: NodeId, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>, read_only: bool) {
     tracing::debug!("connection established");
     let mut streams = JoinSet::new();
     loop {
@@ -544,7 +581,7 @@ async fn serve_rpc(conn: quinn::Connection, peer: NodeId, handler: Arc<dyn RpcHa
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     let span = tracing::debug_span!("quic_serve", stream = %recv.id(), kind = tracing::field::Empty);
-                    streams.spawn(serve_stream(conn.clone(), peer, handler.clone(), cfg.clone(), send, recv).instrument(span));
+                    streams.spawn(serve_stream(conn.clone(), peer, handler.clone(), cfg.clone(), read_only, send, recv).instrument(span));
                 }
                 Err(e) => {
                     tracing::debug!(reason = %e, "connection ended");
@@ -566,6 +603,7 @@ async fn serve_stream(
     from: NodeId,
     handler: Arc<dyn RpcHandler>,
     cfg: Arc<QuicConfig>,
+    read_only: bool,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
@@ -589,6 +627,11 @@ async fn serve_stream(
     };
     drop(bytes);
     tracing::Span::current().record("kind", req.kind());
+    if read_only && !matches!(req, RpcRequest::Status | RpcRequest::Query(_)) {
+        tracing::warn!(peer_key = %from, kind = req.kind(), "refused a write or Raft request on the read-only admin protocol");
+        close(&conn, close_code::NOT_ADMITTED, "request not allowed on the admin protocol");
+        return;
+    }
     let stopped = send.stopped();
     let resp = tokio::select! {
         resp = handler.handle(from, req) => resp,
@@ -699,7 +742,7 @@ impl Shared {
     async fn dial(&self, to: &PeerNode) -> Result<quinn::Connection, TransportError> {
         let unreachable = |e: &dyn std::fmt::Display| TransportError::Unreachable(format!("{} ({e})", to.addr));
         let addr = resolve(&to.addr).await.map_err(|e| unreachable(&e))?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(self.identity.client_config(to.node, ALPN_RAFT)?));
+        let mut cfg = quinn::ClientConfig::new(Arc::new(self.identity.client_config(Some(to.node), ALPN_RAFT)?));
         cfg.transport_config(self.client_transport.clone());
         let connecting = self.endpoint.connect_with(cfg, addr, SERVER_NAME).map_err(|e| unreachable(&e))?;
         let conn = connecting.await.map_err(|e| classify(&to.addr, e))?;
@@ -803,6 +846,41 @@ impl Drop for ResetOnDrop {
     }
 }
 
+/// One read-only call over [`ALPN_ADMIN`] from a throw-away key: what `spore status` and
+/// `spore query` use. Pins the node's key when `expected` is given; returns the key the node
+/// proved it holds, with its answer. Only `Status` and `Query` are served on this protocol.
+#[tracing::instrument(name = "quic_admin_call", level = "info", skip(req), fields(kind = req.kind()))]
+pub async fn admin_call(addr: &str, expected: Option<NodeId>, req: RpcRequest, timeout: Duration) -> Result<(NodeId, RpcResponse), TransportError> {
+    let unreachable = |e: &dyn std::fmt::Display| TransportError::Unreachable(format!("{addr} ({e})"));
+    let work = async {
+        let remote = resolve(addr).await.map_err(|e| unreachable(&e))?;
+        let local: SocketAddr = if remote.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let endpoint = Endpoint::client(local).map_err(|e| unreachable(&e))?;
+        let key = NodeKey::generate().map_err(|e| unreachable(&e))?;
+        let identity = tls::Identity::new(&key)?;
+        let cfg = quinn::ClientConfig::new(Arc::new(identity.client_config(expected, ALPN_ADMIN)?));
+        let conn = endpoint.connect_with(cfg, remote, SERVER_NAME).map_err(|e| unreachable(&e))?.await.map_err(|e| classify(addr, e))?;
+        let node = peer_node_id(&conn).ok_or_else(|| TransportError::Refused { peer: addr.to_string(), reason: "no peer identity".into() })?;
+        let frame = encode_frame(&req).map_err(|reason| TransportError::BadFrame { peer: addr.to_string(), reason })?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(addr, e))?;
+        send.write_all(&frame).await.map_err(|e| match e {
+            WriteError::ConnectionLost(e) => classify(addr, e),
+            other => unreachable(&other),
+        })?;
+        let _ = send.finish();
+        let bytes = read_frame(&mut recv).await.map_err(|e| match e {
+            FrameError::Stream(ReadError::ConnectionLost(e)) => classify(addr, e),
+            other => TransportError::BadFrame { peer: addr.to_string(), reason: other.to_string() },
+        })?;
+        let resp = postcard::from_bytes(&bytes)
+            .map_err(|e| TransportError::BadFrame { peer: addr.to_string(), reason: format!("undecodable response: {e}") })?;
+        close(&conn, close_code::SHUTDOWN, "done");
+        endpoint.wait_idle().await;
+        Ok((node, resp))
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| TransportError::Timeout { peer: addr.to_string(), after: timeout })?
+}
+
 /// Maps why a connection failed to what the caller sees.
 fn classify(peer: &str, e: ConnectionError) -> TransportError {
     let is_tls = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
@@ -820,7 +898,8 @@ fn classify(peer: &str, e: ConnectionError) -> TransportError {
         }
         ConnectionError::ApplicationClosed(c)
             if c.error_code == VarInt::from_u32(close_code::UNSUPPORTED_PROTOCOL)
-                || c.error_code == VarInt::from_u32(close_code::NO_IDENTITY) =>
+                || c.error_code == VarInt::from_u32(close_code::NO_IDENTITY)
+                || c.error_code == VarInt::from_u32(close_code::NOT_ADMITTED) =>
         {
             TransportError::Refused { peer: peer.to_string(), reason: c.to_string() }
         }

@@ -123,7 +123,7 @@ async fn quic_calls_succeed_both_ways_and_carry_the_callers_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quic_unadmitted_key_is_refused_during_the_handshake() {
+async fn quic_unadmitted_key_is_refused_before_any_request() {
     trace();
     let admission = Admission::only([]);
     let server = node(21, admission.clone(), Duration::ZERO).await;
@@ -135,6 +135,26 @@ async fn quic_unadmitted_key_is_refused_during_the_handshake() {
     admission.allow(client.key.node_id());
     assert_eq!(read_index(&client, &server.peer, T).await.expect("admitted now"), Some(21));
     assert_eq!(server.echo.callers(), vec![client.key.node_id()]);
+}
+
+/// Operators read status and registries from any key over the admin protocol; nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_admin_protocol_serves_reads_from_any_key_and_nothing_else() {
+    trace();
+    let server = node(24, Admission::only([]), Duration::ZERO).await;
+    // A read from an unadmitted, throw-away key gets through, and the node's key is reported.
+    let (key, resp) = quic::admin_call(&server.peer.addr, None, RpcRequest::Status, T).await.expect("admin read");
+    assert_eq!(key, server.key.node_id());
+    assert!(matches!(resp, RpcResponse::ReadIndex(Err(_))), "the echo handler answered: {resp:?}");
+    assert_eq!(server.echo.calls(), 1);
+    // Pinning the wrong key fails the handshake.
+    let other = NodeKey::from_seed([25; 32]).node_id();
+    let err = quic::admin_call(&server.peer.addr, Some(other), RpcRequest::Status, T).await.expect_err("wrong key");
+    assert!(matches!(err, TransportError::Refused { .. }), "{err:?}");
+    // A Raft or write request on the admin protocol closes the connection unserved.
+    let err = quic::admin_call(&server.peer.addr, Some(server.key.node_id()), RpcRequest::ReadIndex, T).await.expect_err("not allowed");
+    assert!(matches!(err, TransportError::Refused { .. }), "{err:?}");
+    assert_eq!(server.echo.calls(), 1, "the handler never saw the refused request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,8 @@
 //!
 //! Both sides present their key as a 44-byte Ed25519 `SubjectPublicKeyInfo` instead of a
 //! certificate. The client pins the exact key it expects ([`PeerNode::node`]); the server
-//! requires a client key and asks the admission policy. Only the ring provider is used, passed
+//! requires a client key, and the endpoint checks it against the admission policy as soon as
+//! the handshake ends and the protocol (ALPN) is known. Only the ring provider is used, passed
 //! explicitly to every config builder (no process-wide default is installed or consulted).
 //! Session resumption and 0-RTT are off: every connection proves its key afresh and is checked
 //! against the admission policy as it is now.
@@ -21,7 +22,6 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use super::AdmissionPolicy;
 use crate::core::keys::{NodeKey, PublicKey};
 use crate::core::types::NodeId;
 use crate::net::TransportError;
@@ -103,12 +103,8 @@ impl Identity {
     }
 
     /// The server side: presents our key, requires and checks the client's.
-    pub(super) fn server_config(&self, admission: AdmissionPolicy, alpns: &[&[u8]]) -> Result<QuicServerConfig, TransportError> {
-        let verifier = Arc::new(AdmittedClientKeys {
-            me: self.me,
-            admission,
-            algs: self.provider.signature_verification_algorithms,
-        });
+    pub(super) fn server_config(&self, alpns: &[&[u8]]) -> Result<QuicServerConfig, TransportError> {
+        let verifier = Arc::new(AnyClientKey { algs: self.provider.signature_verification_algorithms });
         let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| setup_err("server TLS config", e))?
@@ -121,8 +117,9 @@ impl Identity {
         QuicServerConfig::try_from(cfg).map_err(|e| setup_err("server QUIC config", e))
     }
 
-    /// The client side for one dial: presents our key, accepts only `expected`.
-    pub(super) fn client_config(&self, expected: NodeId, alpn: &[u8]) -> Result<QuicClientConfig, TransportError> {
+    /// The client side for one dial: presents our key, accepts only `expected` (any ed25519
+    /// key when `None`: operator tools that learn the node's key from the session).
+    pub(super) fn client_config(&self, expected: Option<NodeId>, alpn: &[u8]) -> Result<QuicClientConfig, TransportError> {
         let verifier = Arc::new(PinnedServerKey { expected, algs: self.provider.signature_verification_algorithms });
         let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -161,7 +158,7 @@ fn bad_key() -> rustls::Error {
 /// Client-side verifier: the server must present exactly the key we dialed.
 #[derive(Debug)]
 struct PinnedServerKey {
-    expected: NodeId,
+    expected: Option<NodeId>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -178,11 +175,11 @@ impl ServerCertVerifier for PinnedServerKey {
             return Err(bad_key());
         }
         let Some(presented) = node_id_from_spki(end_entity.as_ref()) else {
-            tracing::warn!(expected = %self.expected, "peer presented something other than an ed25519 raw public key");
+            tracing::warn!(expected = ?self.expected, "peer presented something other than an ed25519 raw public key");
             return Err(bad_key());
         };
-        if presented != self.expected {
-            tracing::warn!(expected = %self.expected, presented = %presented, "peer presented the wrong node key");
+        if self.expected.is_some_and(|expected| presented != expected) {
+            tracing::warn!(expected = ?self.expected, presented = %presented, "peer presented the wrong node key");
             return Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
         }
         Ok(ServerCertVerified::assertion())
@@ -215,21 +212,21 @@ impl ServerCertVerifier for PinnedServerKey {
     }
 }
 
-/// Server-side verifier: the client must present an ed25519 key that the admission policy
-/// allows (our own key is always allowed: a node may call itself).
-struct AdmittedClientKeys {
-    me: NodeId,
-    admission: AdmissionPolicy,
+/// Server-side verifier: the client must present an ed25519 raw public key (and prove it holds
+/// it, through the TLS 1.3 `CertificateVerify`). *Which* keys may use which protocol is decided
+/// right after the handshake, once the ALPN is known (see `serve_connection`): the Raft
+/// protocol needs an admitted key, the read-only admin protocol any key.
+struct AnyClientKey {
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl fmt::Debug for AdmittedClientKeys {
+impl fmt::Debug for AnyClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdmittedClientKeys").field("me", &self.me).finish_non_exhaustive()
+        f.debug_struct("AnyClientKey").finish_non_exhaustive()
     }
 }
 
-impl ClientCertVerifier for AdmittedClientKeys {
+impl ClientCertVerifier for AnyClientKey {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -251,14 +248,9 @@ impl ClientCertVerifier for AdmittedClientKeys {
         if !intermediates.is_empty() {
             return Err(bad_key());
         }
-        let Some(key) = node_id_from_spki(end_entity.as_ref()) else {
+        if node_id_from_spki(end_entity.as_ref()).is_none() {
             tracing::warn!("refused a client that presented something other than an ed25519 raw public key");
             return Err(bad_key());
-        };
-        // Runs inside the connection's `quic_accept` span, which carries the remote address.
-        if key != self.me && !(self.admission)(&key) {
-            tracing::warn!(peer_key = %key, "refused a connection from a node key the admission policy does not allow");
-            return Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
         }
         Ok(ClientCertVerified::assertion())
     }
