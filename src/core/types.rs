@@ -74,8 +74,6 @@ impl NetworkIdentityRecord {
     PartialOrd,
     Ord,
     Hash,
-    Serialize,
-    Deserialize,
     rkyv::Archive,
     rkyv::Serialize,
     rkyv::Deserialize,
@@ -99,6 +97,34 @@ impl Timestamp {
     }
 }
 
+/// Binary formats (BCS, postcard) carry the `i64` of microseconds; human-readable ones (JSON,
+/// TOML) an RFC 3339 string with microseconds. Both read back to the same value.
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_newtype_struct("Timestamp", &self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "Timestamp")]
+        struct Raw(i64);
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            DateTime::parse_from_rfc3339(&text)
+                .map(|t| Timestamp::from_datetime(t.with_timezone(&Utc)))
+                .map_err(|e| serde::de::Error::custom(format!("bad RFC 3339 time {text:?}: {e}")))
+        } else {
+            Raw::deserialize(d).map(|r| Timestamp(r.0))
+        }
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.to_datetime().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
@@ -110,10 +136,35 @@ macro_rules! hash32_newtype {
         $(#[$doc])*
         #[derive(
             Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default,
-            Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+            rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
         )]
         #[rkyv(derive(PartialEq, Eq, PartialOrd, Ord, Hash))]
         pub struct $name(pub [u8; 32]);
+
+        /// Binary formats (BCS, postcard) carry the 32 bytes as a newtype of a fixed tuple;
+        /// human-readable ones (JSON, TOML) a 64-character hex string.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.serialize_str(&self.to_hex())
+                } else {
+                    s.serialize_newtype_struct(stringify!($name), &self.0)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                struct Raw([u8; 32]);
+                if d.is_human_readable() {
+                    let text = String::deserialize(d)?;
+                    Self::from_hex(&text).map_err(serde::de::Error::custom)
+                } else {
+                    Raw::deserialize(d).map(|r| Self(r.0))
+                }
+            }
+        }
 
         impl $name {
             /// The raw 32 bytes.
@@ -187,7 +238,8 @@ impl ChainHash {
     pub const ZERO: ChainHash = ChainHash([0u8; 32]);
 }
 
-/// An ed25519 signature (64 bytes). Encoded as a fixed 64-byte tuple in BCS.
+/// An ed25519 signature (64 bytes). Encoded as a fixed 64-byte tuple in BCS (and postcard),
+/// as 128 hex characters in human-readable formats.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SignatureBytes(pub [u8; 64]);
 
@@ -200,6 +252,9 @@ impl fmt::Debug for SignatureBytes {
 impl Serialize for SignatureBytes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
+        if s.is_human_readable() {
+            return s.serialize_str(&hex::encode(self.0));
+        }
         let mut t = s.serialize_tuple(64)?;
         for b in &self.0 {
             t.serialize_element(b)?;
@@ -225,6 +280,12 @@ impl<'de> Deserialize<'de> for SignatureBytes {
                 }
                 Ok(SignatureBytes(out))
             }
+        }
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            let mut out = [0u8; 64];
+            hex::decode_to_slice(text.trim(), &mut out).map_err(|e| serde::de::Error::custom(format!("bad signature hex: {e}")))?;
+            return Ok(SignatureBytes(out));
         }
         d.deserialize_tuple(64, V)
     }
@@ -372,6 +433,22 @@ mod tests {
     fn spore_types_order_by_authority() {
         assert!(SporeType::Primary > SporeType::Seed);
         assert!(SporeType::Seed > SporeType::Latent);
+    }
+
+    #[test]
+    fn ids_and_times_are_hex_and_rfc3339_in_json_and_raw_in_bcs() {
+        let id = NodeId([0xab; 32]);
+        let t = Timestamp(1_700_000_000_123_456);
+        let json = serde_json::to_string(&(id, t)).expect("json");
+        assert_eq!(json, format!("[\"{}\",\"2023-11-14T22:13:20.123456Z\"]", "ab".repeat(32)));
+        assert_eq!(serde_json::from_str::<(NodeId, Timestamp)>(&json).expect("back"), (id, t));
+        // BCS: the 32 raw bytes, then the i64 little-endian, nothing else.
+        let bytes = bcs::to_bytes(&(id, t)).expect("bcs");
+        let mut want = vec![0xab; 32];
+        want.extend_from_slice(&t.0.to_le_bytes());
+        assert_eq!(bytes, want);
+        assert_eq!(bcs::from_bytes::<(NodeId, Timestamp)>(&bytes).expect("back"), (id, t));
+        assert!(serde_json::from_str::<NodeId>("\"zz\"").is_err());
     }
 
     #[test]
