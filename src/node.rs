@@ -18,7 +18,15 @@
 //! [[peers]]                      # bootstrap peers allowed to connect before admission
 //! addr = "127.0.0.1:7400"
 //! key = "<64 hex chars>"
+//! name = "n0"                    # optional; how the founder admits it
+//! role = "voter"                 # optional (default voter)
 //! ```
+//!
+//! **Admission.** Over QUIC a node accepts Raft connections only from keys in its registry
+//! (admitted, not left) and from its bootstrap peers (`[[peers]]` and the `[join]` member);
+//! [`refresh_admission`] keeps the set in step with the registry. The founder (`[init]`)
+//! admits every bootstrap peer into the registry right after forming the network, so nodes
+//! listed there can join without another step; a joiner retries while it is not yet admitted.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,7 +34,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::core::event::NodeAnnouncement;
+use crate::core::projection::NodeStatus;
 use crate::core::types::{NetworkIdentity, NodeId, NodeRole};
+use crate::net::quic::Admission;
 use crate::error::Error;
 use crate::raft::PeerNode;
 use crate::system::{SporeSystem, SporeSystemBuilder, Timeouts};
@@ -79,11 +90,18 @@ fn yes() -> bool {
 
 /// A bootstrap peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Its address.
     pub addr: String,
     /// Its key (64 hex characters).
     pub key: String,
+    /// Its name, used when the founder admits it (default: `node-<short key>`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its role, used when the founder admits it.
+    #[serde(default)]
+    pub role: RoleConfig,
 }
 
 /// A node's configuration.
@@ -162,6 +180,15 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// Keys trusted before admission: the bootstrap peers and the `[join]` member.
+    pub fn bootstrap_keys(&self) -> Result<Vec<NodeId>, ConfigError> {
+        let mut keys: Vec<NodeId> = self.bootstrap_peers()?.into_iter().map(|p| p.node).collect();
+        if let Some(j) = &self.join {
+            keys.push(NodeId::from_hex(&j.via_key)?);
+        }
+        Ok(keys)
+    }
+
     /// The bootstrap peers, parsed.
     pub fn bootstrap_peers(&self) -> Result<Vec<PeerNode>, ConfigError> {
         self.peers.iter().map(|p| Ok(PeerNode { node: NodeId::from_hex(&p.key)?, addr: p.addr.clone() })).collect()
@@ -189,11 +216,23 @@ impl NodeConfig {
 }
 
 /// Starts a node from its config: resumes from its data dir, forms the network if asked (and
-/// not formed yet), or asks to join. Returns the running system.
+/// not formed yet; then admits the bootstrap peers), or asks to join (retrying while not yet
+/// admitted, for at most `join_patience`). Returns the running system.
+///
+/// `admission`, when given, is refreshed from the registry (see [`refresh_admission`]) as soon
+/// as the node has started, so that the members it learns about can reach it while it joins.
 #[tracing::instrument(skip_all, fields(listen = %config.listen, data_dir = %config.data_dir.display()))]
-pub async fn start_node(config: &NodeConfig, backend: std::sync::Arc<dyn crate::net::NetworkBackend>) -> Result<SporeSystem, Error> {
+pub async fn start_node(
+    config: &NodeConfig,
+    backend: std::sync::Arc<dyn crate::net::NetworkBackend>,
+    admission: Option<&Admission>,
+) -> Result<SporeSystem, Error> {
     let mut system = config.builder(backend).build();
     system.start().await?;
+    let bootstrap = config.bootstrap_keys().map_err(|e| Error::Raft(e.to_string()))?;
+    if let Some(a) = admission {
+        refresh_admission(&system, a, &bootstrap)?;
+    }
     if let Some(init) = &config.init {
         let formed = system.head()?.is_some();
         if !formed {
@@ -205,14 +244,72 @@ pub async fn start_node(config: &NodeConfig, backend: std::sync::Arc<dyn crate::
                 })
                 .await?;
         }
+        admit_bootstrap_peers(&system, config).await?;
     } else if let Some(join) = &config.join {
-        let already_member = system.status()?.voters.contains(&system.node_id()?);
+        let already_member = system.status()?.voters.contains(&system.node_id()?)
+            || system.status()?.learners.contains(&system.node_id()?);
         if !already_member {
             let via_key = NodeId::from_hex(&join.via_key).map_err(|e| Error::Raft(e.to_string()))?;
-            system.join(PeerNode { node: via_key, addr: join.via_addr.clone() }, join.as_voter).await?;
+            let via = PeerNode { node: via_key, addr: join.via_addr.clone() };
+            let deadline = std::time::Instant::now() + JOIN_PATIENCE;
+            loop {
+                match system.join(via.clone(), join.as_voter).await {
+                    Ok(()) => break,
+                    Err(Error::Raft(e)) if e.contains("not admitted") && std::time::Instant::now() < deadline => {
+                        tracing::info!(reason = %e, "not admitted yet; retrying the join");
+                        if let Some(a) = admission {
+                            refresh_admission(&system, a, &bootstrap)?;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
+        announce_if_changed(&system, config).await?;
     }
     Ok(system)
+}
+
+/// How long a joiner retries while the network has not admitted it yet.
+pub const JOIN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The founder admits every bootstrap peer that the registry does not know yet.
+async fn admit_bootstrap_peers(system: &SporeSystem, config: &NodeConfig) -> Result<(), Error> {
+    for p in &config.peers {
+        let node = NodeId::from_hex(&p.key).map_err(|e| Error::Raft(e.to_string()))?;
+        if node == system.node_id()? || system.node(&node)?.is_some() {
+            continue;
+        }
+        let name = p.name.clone().unwrap_or_else(|| format!("node-{}", node.short()));
+        tracing::info!(peer = %node.short(), %name, "admitting a bootstrap peer");
+        system
+            .admit(NodeAnnouncement { node, name, role: p.role.into(), addresses: vec![p.addr.clone()], capabilities: vec![] })
+            .await?;
+    }
+    Ok(())
+}
+
+/// A joiner announces its configured addresses and capabilities when the registry differs.
+async fn announce_if_changed(system: &SporeSystem, config: &NodeConfig) -> Result<(), Error> {
+    let me = system.node_id()?;
+    let Some(record) = system.node(&me)? else { return Ok(()) };
+    let addresses = if config.addresses.is_empty() { vec![system.peer()?.addr] } else { config.addresses.clone() };
+    let mut capabilities = config.capabilities.clone();
+    capabilities.sort();
+    capabilities.dedup();
+    if record.addresses != addresses || record.capabilities != capabilities {
+        system.announce(addresses, capabilities).await?;
+    }
+    Ok(())
+}
+
+/// Sets `admission` to the registry's members (not left) plus `bootstrap`.
+pub fn refresh_admission(system: &SporeSystem, admission: &Admission, bootstrap: &[NodeId]) -> Result<(), Error> {
+    let members: Vec<NodeId> =
+        system.with_projection(|p| p.nodes().filter(|n| n.status != NodeStatus::Left).map(|n| n.node).collect())?;
+    admission.replace(members.into_iter().chain(bootstrap.iter().copied()));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,1 +1,318 @@
-fn main() {}
+//! `spore`: the mycnet-spores command line.
+//!
+//! * Log inspector: `generate`, `verify`, `dump`, `stats`, `state`, `replay` — every command
+//!   with human output and `--json`; exit 0 when all is well, 1 when the data is bad, 2 for
+//!   usage or I/O errors; a progress bar on a terminal for long work.
+//! * Running nodes: `keygen`, `node` (one node over QUIC, from a TOML config or flags),
+//!   `status --addr` and `query --addr` (read a running node), `demo` (a local network).
+
+mod demo;
+mod inspect;
+mod output;
+mod remote;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mycnet_spores::net::quic::{Admission, QuicBackend};
+use mycnet_spores::node::RoleConfig;
+
+use crate::output::{CliError, CliResult, Out};
+
+#[derive(Parser)]
+#[command(name = "spore", version, about = "Inspect, run and demo mycnet-spores: a signed, chained node-discovery ledger")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a valid synthetic network history (deterministic for a seed) into a new ledger.
+    Generate {
+        /// The ledger directory to create (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// How many events.
+        #[arg(long)]
+        events: u64,
+        /// How many distinct nodes take part.
+        #[arg(long, default_value_t = 16)]
+        nodes: usize,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every record, link and signature; on damage name the first bad sequence number.
+    Verify {
+        /// A ledger directory or a node's data dir.
+        #[arg(value_parser = inspect::existing_dir)]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print events (JSON Lines with --json).
+    Dump {
+        /// A ledger directory or a node's data dir.
+        #[arg(value_parser = inspect::existing_dir)]
+        dir: PathBuf,
+        /// First sequence number.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Last sequence number (default: the head).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts: events by kind, authors, nodes, services, bytes.
+    Stats {
+        /// A ledger directory or a node's data dir.
+        #[arg(value_parser = inspect::existing_dir)]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The registries (nodes, services) as of a sequence number or a time.
+    State {
+        /// A ledger directory or a node's data dir.
+        #[arg(value_parser = inspect::existing_dir)]
+        dir: PathBuf,
+        /// Stop after this sequence number.
+        #[arg(long, conflicts_with = "at_time")]
+        at_seq: Option<u64>,
+        /// Stop at the last event at or before this time (RFC 3339 or microseconds).
+        #[arg(long, value_parser = inspect::parse_time)]
+        at_time: Option<mycnet_spores::Timestamp>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay the whole ledger and report events/s.
+    Replay {
+        /// A ledger directory or a node's data dir.
+        #[arg(value_parser = inspect::existing_dir)]
+        dir: PathBuf,
+        /// Verify every signature (batched, all cores) instead of trusting ingest.
+        #[arg(long)]
+        audit: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the node key of a data dir (if missing) and print its node id.
+    Keygen {
+        /// The node's data dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one node over QUIC until SIGINT/SIGTERM.
+    Node(NodeArgs),
+    /// Show a running node's role, leader, term, head and membership.
+    Status {
+        /// The node's QUIC address.
+        #[arg(long)]
+        addr: String,
+        /// Refuse the node unless it proves this key (64 hex characters).
+        #[arg(long)]
+        key: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running node for its registries.
+    Query {
+        /// The node's QUIC address.
+        #[arg(long)]
+        addr: String,
+        /// What to list.
+        what: QueryWhat,
+        /// Services with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Services with this capability.
+        #[arg(long)]
+        capability: Option<String>,
+        /// Refuse the node unless it proves this key (64 hex characters).
+        #[arg(long)]
+        key: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a local network on loopback: 3 voters, 2 latent nodes, a leader kill and a restart.
+    Demo {
+        /// Keep the data dirs for the inspector.
+        #[arg(long)]
+        keep: bool,
+        /// Put the data dirs here (implies --keep).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QueryWhat {
+    Nodes,
+    Services,
+    Offline,
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// A TOML config file (see the docs of `mycnet_spores::node`); excludes the other flags.
+    #[arg(long, conflicts_with_all = ["data_dir", "listen", "init", "join_addr", "peer"])]
+    config: Option<PathBuf>,
+    /// Ledger, Raft log and node.key live here.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// host:port to listen on (UDP).
+    #[arg(long)]
+    listen: Option<String>,
+    /// A human-readable name.
+    #[arg(long)]
+    name: Option<String>,
+    /// voter or latent.
+    #[arg(long, value_enum, default_value_t = Role::Voter)]
+    role: Role,
+    /// A capability to announce (repeatable).
+    #[arg(long = "capability")]
+    capabilities: Vec<String>,
+    /// Form a new network with this name (first voter only).
+    #[arg(long, conflicts_with = "join_addr")]
+    init: Option<String>,
+    /// Join through the member at this address.
+    #[arg(long, requires = "join_key")]
+    join_addr: Option<String>,
+    /// That member's key.
+    #[arg(long, requires = "join_addr")]
+    join_key: Option<String>,
+    /// Join as a learner rather than a voter.
+    #[arg(long)]
+    learner: bool,
+    /// A bootstrap peer KEY@HOST:PORT (repeatable); the founder admits these.
+    #[arg(long = "peer")]
+    peer: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    Voter,
+    Latent,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Io(format!("tokio runtime: {e}")))
+}
+
+fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Generate { out, events, nodes, seed, json } => inspect::generate(&out, events, nodes, seed, &mut Out::new(json)),
+        Command::Verify { dir, json } => inspect::verify(&dir, &mut Out::new(json)),
+        Command::Dump { dir, from, to, json } => inspect::dump(&dir, from, to, &mut Out::new(json)),
+        Command::Stats { dir, json } => inspect::stats(&dir, &mut Out::new(json)),
+        Command::State { dir, at_seq, at_time, json } => {
+            let at = match (at_seq, at_time) {
+                (Some(s), _) => inspect::At::Seq(s),
+                (None, Some(t)) => inspect::At::Time(t),
+                (None, None) => inspect::At::Head,
+            };
+            inspect::state(&dir, at, &mut Out::new(json))
+        }
+        Command::Replay { dir, audit, json } => inspect::replay(&dir, audit, &mut Out::new(json)),
+        Command::Keygen { data_dir, json } => remote::keygen(&data_dir, &mut Out::new(json)),
+        Command::Node(a) => {
+            init_tracing("info,openraft=warn");
+            let config = match a.config {
+                Some(path) => remote::config_from_file(&path)?,
+                None => remote::config_from_flags(
+                    a.data_dir,
+                    a.listen,
+                    a.name,
+                    match a.role {
+                        Role::Voter => RoleConfig::Voter,
+                        Role::Latent => RoleConfig::Latent,
+                    },
+                    a.capabilities,
+                    a.init,
+                    a.join_addr,
+                    a.join_key,
+                    a.learner,
+                    a.peer,
+                )?,
+            };
+            runtime()?.block_on(remote::run_node(config, &mut Out::new(a.json)))
+        }
+        Command::Status { addr, key, timeout_ms, json } => {
+            init_tracing("warn");
+            runtime()?.block_on(remote::status(&addr, key.as_deref(), Duration::from_millis(timeout_ms), &mut Out::new(json)))
+        }
+        Command::Query { addr, what, name, capability, key, timeout_ms, json } => {
+            init_tracing("warn");
+            let what = match what {
+                QueryWhat::Nodes => remote::QueryKind::Nodes,
+                QueryWhat::Offline => remote::QueryKind::Offline,
+                QueryWhat::Services => remote::QueryKind::Services { name, capability },
+            };
+            runtime()?.block_on(remote::query(&addr, key.as_deref(), what, Duration::from_millis(timeout_ms), &mut Out::new(json)))
+        }
+        Command::Demo { keep, dir } => {
+            init_tracing("error,openraft=off");
+            let mut o = Out::new(false);
+            let keep = keep || dir.is_some();
+            let result = runtime()?.block_on(async {
+                // Every demo node admits exactly the demo's keys, as a real deployment would.
+                let admission = Admission::only([]);
+                let backend = move |key: &mycnet_spores::NodeKey| {
+                    admission.allow(key.node_id());
+                    Arc::new(QuicBackend::new(key.clone(), admission.clone())) as Arc<dyn mycnet_spores::net::NetworkBackend>
+                };
+                demo::run(demo::DemoOptions { keep, dir }, &backend, o.writer()).await
+            });
+            o.flush()?;
+            result.map_err(|e| CliError::Io(format!("demo failed: {e}")))
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            match &e {
+                CliError::Reported | CliError::BrokenPipe => {}
+                CliError::BadData(m) => eprintln!("spore: bad data: {m}"),
+                CliError::Usage(m) => eprintln!("spore: usage: {m}"),
+                CliError::Io(m) => eprintln!("spore: error: {m}"),
+            }
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,336 @@
+//! The log inspector: `generate`, `verify`, `dump`, `stats`, `state`, `replay`.
+//!
+//! Every command reads a ledger directory (or a node's data dir, whose `ledger/` it uses)
+//! without changing it, except `generate`, which writes a new one.
+
+use std::path::{Path, PathBuf};
+
+use mycnet_spores::core::limits::{APPEND_BATCH_MAX, REPLAY_CHUNK_EVENTS};
+use mycnet_spores::core::synth::{Synth, SynthConfig};
+use mycnet_spores::{
+    ChainedEvent, EventBody, Ledger, LedgerConfig, LedgerError, LedgerReader, NodeStatus, Projection, ReplayOptions,
+    StopAt, Timestamp,
+};
+use serde_json::json;
+
+use crate::output::{progress_bar, CliError, CliResult, Out};
+
+/// `spore generate`.
+pub fn generate(out_dir: &Path, events: u64, nodes: usize, seed: u64, o: &mut Out) -> CliResult {
+    if events == 0 {
+        return Err(CliError::usage("--events must be at least 1"));
+    }
+    if nodes == 0 {
+        return Err(CliError::usage("--nodes must be at least 1"));
+    }
+    if out_dir.exists() && std::fs::read_dir(out_dir).map_err(|e| CliError::io(out_dir, e))?.next().is_some() {
+        return Err(CliError::usage(format!("{} exists and is not empty; choose a new directory", out_dir.display())));
+    }
+    let started = std::time::Instant::now();
+    let config = LedgerConfig { create: true, checkpoint_interval: 65_536, durable: false, expected_network: None };
+    let mut ledger = Ledger::open(out_dir, config).map_err(CliError::ledger)?;
+    let mut synth = Synth::new(SynthConfig { seed, nodes, voters: nodes.clamp(1, 3), ..Default::default() });
+    let bar = progress_bar(o, events, "generating");
+    let mut written = 0u64;
+    while written < events {
+        let want = ((events - written) as usize).min(APPEND_BATCH_MAX / 2);
+        let chunk = synth.next_chunk(want);
+        if chunk.is_empty() {
+            return Err(CliError::Io(format!("the generator stalled after {written} events")));
+        }
+        let n = chunk.len() as u64;
+        for outcome in ledger.append(chunk).map_err(CliError::ledger)? {
+            if let Err(r) = outcome {
+                return Err(CliError::Io(format!("the generator produced an invalid event ({r}); this is a bug")));
+            }
+        }
+        written += n;
+        bar.set_position(written.min(events));
+    }
+    ledger.write_checkpoint().map_err(CliError::ledger)?;
+    ledger.sync().map_err(CliError::ledger)?;
+    bar.finish_and_clear();
+    let head = ledger.head().ok_or_else(|| CliError::Io("no head after generating".into()))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if o.json {
+        o.json_line(&json!({
+            "dir": out_dir, "events": written, "nodes": nodes, "seed": seed,
+            "head": { "seq": head.seq, "hash": head.hash },
+            "fingerprint": ledger.fingerprint(), "elapsed_secs": elapsed,
+        }))?;
+    } else {
+        o.line(format!("wrote {written} events of a {nodes}-node network (seed {seed}) to {}", out_dir.display()))?;
+        o.line(format!("head {} {}  in {elapsed:.1} s", head.seq, head.hash))?;
+    }
+    Ok(())
+}
+
+fn open(dir: &Path) -> Result<LedgerReader, CliError> {
+    LedgerReader::open(dir).map_err(CliError::ledger)
+}
+
+/// `spore verify`: exit 1 when any record, link or signature is bad.
+pub fn verify(dir: &Path, o: &mut Out) -> CliResult {
+    let reader = open(dir)?;
+    let total = reader.recorded_head().map_err(CliError::ledger)?.map_or(0, |h| h.0 + 1);
+    let bar = progress_bar(o, total, "verifying");
+    let report = reader.verify(&|n| bar.set_position(n)).map_err(CliError::ledger)?;
+    bar.finish_and_clear();
+    if o.json {
+        o.json_line(&json!({
+            "ok": report.is_ok(),
+            "path": report.path,
+            "events_verified": report.events_verified,
+            "signatures_verified": report.signatures_verified,
+            "head": report.recorded_head.map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
+            "fingerprint": report.fingerprint,
+            "first_error": report.first_error.as_ref().map(|(seq, c)| json!({"seq": seq, "reason": c.to_string(), "detail": c})),
+            "elapsed_secs": report.elapsed_secs,
+        }))?;
+    } else {
+        match &report.first_error {
+            None => {
+                let head = report.recorded_head.map_or("empty".to_string(), |(s, h)| format!("{s} {h}"));
+                o.line(format!(
+                    "OK: {} events, {} signatures verified in {:.2} s; head {head}",
+                    report.events_verified, report.signatures_verified, report.elapsed_secs
+                ))?;
+            }
+            Some((seq, c)) => {
+                o.line(format!("DAMAGED at seq {seq}: {c}"))?;
+                o.line(format!("{} events before it verified", report.events_verified))?;
+            }
+        }
+    }
+    if report.is_ok() {
+        Ok(())
+    } else {
+        Err(CliError::Reported)
+    }
+}
+
+/// A one-line human summary of an event.
+pub fn summary(body: &EventBody) -> String {
+    match body {
+        EventBody::Genesis { network, founder } => format!("network {:?} founded by {}", network.network_name, founder.name),
+        EventBody::NodeJoined(n) => format!("{} ({}) joined as {}", n.name, n.node.short(), n.role),
+        EventBody::NodeUpdated { node, name, role } => format!("{} updated: name {name:?}, role {role:?}", node.short()),
+        EventBody::NodeLeft { node, reason } => format!("{} left: {reason}", node.short()),
+        EventBody::CapabilitiesChanged { node, capabilities } => format!("{} capabilities [{}]", node.short(), capabilities.join(",")),
+        EventBody::AddressesChanged { node, addresses } => format!("{} addresses [{}]", node.short(), addresses.join(",")),
+        EventBody::TrustScoreChanged { node, score, reason } => format!("{} trust {score}: {reason}", node.short()),
+        EventBody::ServiceRegistered(s) => format!("service {} {} on {}", s.name, s.service_id, s.node.short()),
+        EventBody::ServiceDeregistered { service_id, reason } => format!("service {service_id} deregistered: {reason}"),
+        EventBody::NodeWentOffline { node, last_seen } => format!("{} offline (last seen {last_seen})", node.short()),
+        EventBody::NodeBackOnline { node } => format!("{} back online", node.short()),
+        EventBody::Checkpoint { head_seq, head_hash } => format!("checkpoint of {head_seq} {}", head_hash.short()),
+    }
+}
+
+fn event_json(e: &ChainedEvent) -> serde_json::Value {
+    json!({
+        "seq": e.seq, "hash": e.hash, "prev_hash": e.prev_hash,
+        "timestamp": e.event.timestamp, "author": e.event.author, "kind": e.event.body.kind(),
+        "schema_version": e.event.schema_version, "body": e.event.body, "signature": e.event.signature,
+    })
+}
+
+/// `spore dump`: events `from..=to` (JSON Lines with `--json`).
+pub fn dump(dir: &Path, from: u64, to: Option<u64>, o: &mut Out) -> CliResult {
+    let reader = open(dir)?;
+    let Some((head, _)) = reader.recorded_head().map_err(CliError::ledger)? else {
+        return Ok(());
+    };
+    let to = to.unwrap_or(head).min(head);
+    if from > to {
+        return Err(CliError::usage(format!("--from {from} is after --to {to} (head is {head})")));
+    }
+    let mut at = from;
+    while at <= to {
+        let end = (at + REPLAY_CHUNK_EVENTS as u64 - 1).min(to);
+        let page = match reader.range(at, end) {
+            Ok(p) => p,
+            Err(LedgerError::Corrupt { seq, corruption, .. }) => {
+                o.flush()?;
+                eprintln!("spore: ledger damaged at seq {seq}: {corruption}");
+                return Err(CliError::Reported);
+            }
+            Err(e) => return Err(CliError::ledger(e)),
+        };
+        if page.is_empty() {
+            break;
+        }
+        for e in &page {
+            if o.json {
+                o.json_line(&event_json(e))?;
+            } else {
+                o.line(format!(
+                    "{:>8}  {}  {}  {:<12} {:<21} {}",
+                    e.seq,
+                    e.hash.short(),
+                    e.event.timestamp,
+                    e.event.author.short(),
+                    e.event.body.kind(),
+                    summary(&e.event.body)
+                ))?;
+            }
+        }
+        at = end + 1;
+    }
+    Ok(())
+}
+
+/// `spore stats`.
+pub fn stats(dir: &Path, o: &mut Out) -> CliResult {
+    let reader = open(dir)?;
+    let total = reader.recorded_head().map_err(CliError::ledger)?.map_or(0, |h| h.0 + 1);
+    let bar = progress_bar(o, total, "reading");
+    let st = reader.stats(&|n| bar.set_position(n)).map_err(corrupt_is_bad_data)?;
+    bar.finish_and_clear();
+    if o.json {
+        return o.json_line(&st);
+    }
+    o.line(format!("network      {} ({})", st.network_name.as_deref().unwrap_or("-"), st.fingerprint.map_or("-".into(), |f| f.to_hex())))?;
+    o.line(format!("events       {}", st.events))?;
+    o.line(format!("head         {}", st.head.map_or("-".into(), |(s, h)| format!("{s} {h}"))))?;
+    o.line(format!(
+        "time span    {} .. {}",
+        st.first_time.map_or("-".into(), |t| t.to_string()),
+        st.last_time.map_or("-".into(), |t| t.to_string())
+    ))?;
+    o.line(format!("authors      {}", st.authors))?;
+    o.line(format!("nodes        {} ({} active, {} offline)", st.nodes, st.active_nodes, st.offline_nodes))?;
+    o.line(format!("services     {}", st.services))?;
+    o.line(format!("record bytes {}  (disk {})", st.record_bytes, st.disk_bytes))?;
+    o.line("by kind:")?;
+    for (k, n) in &st.by_kind {
+        o.line(format!("  {k:<22} {n}"))?;
+    }
+    Ok(())
+}
+
+fn corrupt_is_bad_data(e: LedgerError) -> CliError {
+    match e {
+        LedgerError::Corrupt { seq, corruption, .. } => {
+            eprintln!("spore: ledger damaged at seq {seq}: {corruption}");
+            CliError::Reported
+        }
+        e => CliError::ledger(e),
+    }
+}
+
+/// Where `spore state` stops.
+pub enum At {
+    /// The head.
+    Head,
+    /// After this sequence number.
+    Seq(u64),
+    /// The last event at or before this time.
+    Time(Timestamp),
+}
+
+/// `spore state`: the registries as of a point.
+pub fn state(dir: &Path, at: At, o: &mut Out) -> CliResult {
+    let reader = open(dir)?;
+    let stop = match at {
+        At::Head => StopAt::End,
+        At::Seq(s) => StopAt::Seq(s),
+        At::Time(t) => StopAt::Time(t),
+    };
+    let total = reader.recorded_head().map_err(CliError::ledger)?.map_or(0, |h| h.0 + 1);
+    let bar = progress_bar(o, total, "replaying");
+    let (p, _) = reader.replay(&ReplayOptions { audit: false, stop }, &|n| bar.set_position(n)).map_err(corrupt_is_bad_data)?;
+    bar.finish_and_clear();
+    print_registries(&p, o)
+}
+
+/// Prints the node and service registries of `p`.
+pub fn print_registries(p: &Projection, o: &mut Out) -> CliResult {
+    if o.json {
+        let nodes: Vec<_> = p.nodes().collect();
+        let services: Vec<_> = p.services().collect();
+        return o.json_line(&json!({
+            "network": p.network(), "fingerprint": p.fingerprint(),
+            "head": p.head().map(|h| json!({"seq": h.seq, "hash": h.hash, "timestamp": h.timestamp})),
+            "nodes": nodes, "services": services,
+        }));
+    }
+    match p.head() {
+        None => return o.line("empty ledger (no events up to that point)"),
+        Some(h) => o.line(format!("as of seq {} ({}), {}", h.seq, h.hash.short(), h.timestamp))?,
+    }
+    o.line(format!("\nnodes ({}):", p.nodes().count()))?;
+    o.line(format!("  {:<12} {:<20} {:<11} {:<8} {:>5}  {}", "key", "name", "role", "status", "trust", "capabilities"))?;
+    for n in p.nodes() {
+        let status = match n.status {
+            NodeStatus::Active => "active",
+            NodeStatus::Offline => "offline",
+            NodeStatus::Left => "left",
+        };
+        o.line(format!(
+            "  {:<12} {:<20} {:<11} {:<8} {:>5}  {}",
+            n.node.short(),
+            n.name,
+            n.role.to_string(),
+            status,
+            n.trust.to_string(),
+            n.capabilities.join(",")
+        ))?;
+    }
+    o.line(format!("\nservices ({}):", p.services().count()))?;
+    o.line(format!("  {:<36} {:<14} {:<12} {}", "id", "name", "node", "endpoints"))?;
+    for s in p.services() {
+        let eps: Vec<String> = s.service.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect();
+        o.line(format!("  {:<36} {:<14} {:<12} {}", s.service.service_id, s.service.name, s.service.node.short(), eps.join(" ")))?;
+    }
+    Ok(())
+}
+
+/// `spore replay`: replays the whole ledger and reports the rate.
+pub fn replay(dir: &Path, audit: bool, o: &mut Out) -> CliResult {
+    let reader = open(dir)?;
+    let total = reader.recorded_head().map_err(CliError::ledger)?.map_or(0, |h| h.0 + 1);
+    let bar = progress_bar(o, total, if audit { "auditing" } else { "replaying" });
+    let (p, stats) =
+        reader.replay(&ReplayOptions { audit, stop: StopAt::End }, &|n| bar.set_position(n)).map_err(corrupt_is_bad_data)?;
+    bar.finish_and_clear();
+    let rate = stats.events_per_sec();
+    if o.json {
+        o.json_line(&json!({
+            "audit": audit, "events": stats.events, "bytes": stats.bytes,
+            "signatures_verified": stats.signatures_verified, "elapsed_secs": stats.elapsed.as_secs_f64(),
+            "events_per_sec": rate, "head": p.head().map(|h| json!({"seq": h.seq, "hash": h.hash})),
+        }))
+    } else {
+        o.line(format!(
+            "{} {} events ({} bytes, {} signatures verified) in {:.3} s: {:.0} events/s",
+            if audit { "audited" } else { "replayed" },
+            stats.events,
+            stats.bytes,
+            stats.signatures_verified,
+            stats.elapsed.as_secs_f64(),
+            rate
+        ))?;
+        o.line(format!("head {}", p.head().map_or("-".into(), |h| format!("{} {}", h.seq, h.hash))))
+    }
+}
+
+/// Parses `--at-time`: RFC 3339, or microseconds since the epoch.
+pub fn parse_time(s: &str) -> Result<Timestamp, String> {
+    if let Ok(micros) = s.parse::<i64>() {
+        return Ok(Timestamp(micros));
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| Timestamp::from_datetime(t.with_timezone(&chrono::Utc)))
+        .map_err(|e| format!("not an RFC 3339 time or microseconds: {e}"))
+}
+
+/// A directory argument that must exist.
+pub fn existing_dir(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_dir() {
+        Ok(p)
+    } else {
+        Err(format!("{s} is not a directory"))
+    }
+}

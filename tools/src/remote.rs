@@ -1,0 +1,230 @@
+//! `spore node` (run one node over QUIC), `spore status` and `spore query` (read a running
+//! node over the read-only admin protocol), `spore keygen`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mycnet_spores::net::quic::{self, Admission, QuicBackend};
+use mycnet_spores::net::{Query, QueryAnswer, RpcRequest, RpcResponse};
+use mycnet_spores::node::{self, NodeConfig};
+use mycnet_spores::store::keyfile;
+use mycnet_spores::{NodeId, NodeStatus, SporeStatus};
+use serde_json::json;
+
+use crate::output::{CliError, CliResult, Out};
+
+/// How often a running node re-reads its registry into its QUIC admission set.
+const ADMISSION_REFRESH: Duration = Duration::from_millis(250);
+
+/// `spore keygen`: creates (or shows) the node key of a data dir.
+pub fn keygen(data_dir: &Path, o: &mut Out) -> CliResult {
+    std::fs::create_dir_all(data_dir).map_err(|e| CliError::io(data_dir, e))?;
+    let path = data_dir.join(keyfile::KEY_FILE_NAME);
+    let existed = path.exists();
+    let key = keyfile::load_or_generate(&path).map_err(|e| CliError::Io(e.to_string()))?;
+    let id = key.node_id();
+    if o.json {
+        o.json_line(&json!({ "node_id": id, "key_file": path, "created": !existed }))
+    } else {
+        o.line(id.to_hex())
+    }
+}
+
+/// `spore node`: runs until SIGINT or SIGTERM, then shuts down cleanly.
+pub async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
+    config.validate().map_err(|e| CliError::usage(e.to_string()))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| CliError::io(&config.data_dir, e))?;
+    let key = keyfile::load_or_generate(&config.data_dir.join(keyfile::KEY_FILE_NAME)).map_err(|e| CliError::Io(e.to_string()))?;
+    let bootstrap = config.bootstrap_keys().map_err(|e| CliError::usage(e.to_string()))?;
+    let admission = Admission::only(bootstrap.iter().copied());
+    let backend = Arc::new(QuicBackend::new(key.clone(), admission.clone()));
+    tracing::info!(node = %key.node_id(), listen = %config.listen, "starting node");
+    let mut system = node::start_node(&config, backend, Some(&admission)).await.map_err(|e| CliError::Io(e.to_string()))?;
+    let st = system.status().map_err(|e| CliError::Io(e.to_string()))?;
+    if o.json {
+        o.json_line(&json!({ "event": "ready", "node_id": st.node, "addr": st.addr, "head": st.head }))?;
+    } else {
+        o.line(format!("node {} ready on {} ({})", st.node, st.addr, st.raft_state))?;
+    }
+    o.flush()?;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| CliError::Io(e.to_string()))?;
+    let mut tick = tokio::time::interval(ADMISSION_REFRESH);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = tick.tick() => {
+                if let Err(e) = node::refresh_admission(&system, &admission, &bootstrap) {
+                    tracing::warn!(error = %e, "could not refresh the admission set");
+                }
+            }
+        }
+    }
+    system.shutdown().await.map_err(|e| CliError::Io(e.to_string()))?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Builds a node config from `spore node` flags.
+#[allow(clippy::too_many_arguments)]
+pub fn config_from_flags(
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    name: Option<String>,
+    role: node::RoleConfig,
+    capabilities: Vec<String>,
+    init: Option<String>,
+    join_addr: Option<String>,
+    join_key: Option<String>,
+    join_as_learner: bool,
+    peers: Vec<String>,
+) -> Result<NodeConfig, CliError> {
+    let data_dir = data_dir.ok_or_else(|| CliError::usage("--data-dir is required without --config"))?;
+    let listen = listen.ok_or_else(|| CliError::usage("--listen is required without --config"))?;
+    let join = match (join_addr, join_key) {
+        (Some(via_addr), Some(via_key)) => Some(node::JoinConfig { via_addr, via_key, as_voter: !join_as_learner }),
+        (None, None) => None,
+        _ => return Err(CliError::usage("--join-addr and --join-key go together")),
+    };
+    let peers = peers
+        .into_iter()
+        .map(|p| {
+            let (key, addr) = p.split_once('@').ok_or_else(|| CliError::usage(format!("--peer {p}: expected KEY@HOST:PORT")))?;
+            Ok(node::PeerConfig { addr: addr.to_string(), key: key.to_string(), name: None, role: node::RoleConfig::Voter })
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let config = NodeConfig {
+        data_dir,
+        listen,
+        name,
+        role,
+        capabilities,
+        addresses: vec![],
+        init: init.map(|network_name| node::InitConfig { network_name, network_id: None }),
+        join,
+        peers,
+        write_timeout_ms: None,
+    };
+    config.validate().map_err(|e| CliError::usage(e.to_string()))?;
+    Ok(config)
+}
+
+/// Reads a TOML node config.
+pub fn config_from_file(path: &Path) -> Result<NodeConfig, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::io(path, e))?;
+    NodeConfig::from_toml(&text).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))
+}
+
+async fn call(addr: &str, key: Option<&str>, req: RpcRequest, timeout: Duration) -> Result<(NodeId, RpcResponse), CliError> {
+    let expected = key.map(NodeId::from_hex).transpose().map_err(|e| CliError::usage(e.to_string()))?;
+    quic::admin_call(addr, expected, req, timeout).await.map_err(|e| CliError::Io(e.to_string()))
+}
+
+/// `spore status --addr`.
+pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Out) -> CliResult {
+    let (node, resp) = call(addr, key, RpcRequest::Status, timeout).await?;
+    let st: SporeStatus = match resp {
+        RpcResponse::Status(Ok(st)) => st,
+        RpcResponse::Status(Err(e)) => return Err(CliError::Io(format!("{addr} could not answer: {e:?}"))),
+        other => return Err(CliError::Io(format!("{addr} answered with {}", kind_of(&other)))),
+    };
+    if st.node != node {
+        return Err(CliError::BadData(format!("{addr} proved key {node} but reports itself as {}", st.node)));
+    }
+    if o.json {
+        return o.json_line(&st);
+    }
+    o.line(format!("node         {}", st.node))?;
+    o.line(format!("address      {}", st.addr))?;
+    o.line(format!("raft         {} (term {})", st.raft_state, st.term))?;
+    o.line(format!("leader       {}", st.leader.map_or("unknown".into(), |l| l.to_hex())))?;
+    o.line(format!("head         {}", st.head.map_or("-".into(), |h| format!("{} {} ({})", h.seq, h.hash, h.timestamp))))?;
+    o.line(format!("applied      {}", st.last_applied.map_or("-".into(), |a| a.to_string())))?;
+    o.line(format!("network      {}", st.fingerprint.map_or("-".into(), |f| f.to_hex())))?;
+    o.line(format!("mode         {:?}", st.mode))?;
+    o.line(format!("tier         {:?}", st.spore_type))?;
+    o.line(format!("voters       {}", st.voters.iter().map(|v| v.short()).collect::<Vec<_>>().join(" ")))?;
+    o.line(format!("learners     {}", st.learners.iter().map(|v| v.short()).collect::<Vec<_>>().join(" ")))?;
+    Ok(())
+}
+
+fn kind_of(r: &RpcResponse) -> &'static str {
+    match r {
+        RpcResponse::Status(_) => "a status",
+        RpcResponse::Query(_) => "a query answer",
+        _ => "an unexpected response",
+    }
+}
+
+/// What `spore query` asks for.
+pub enum QueryKind {
+    /// Every node.
+    Nodes,
+    /// Every service, or by name or capability.
+    Services { name: Option<String>, capability: Option<String> },
+    /// Offline nodes.
+    Offline,
+}
+
+/// `spore query --addr`.
+pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, timeout: Duration, o: &mut Out) -> CliResult {
+    let q = match &what {
+        QueryKind::Nodes => Query::Nodes,
+        QueryKind::Offline => Query::OfflineNodes,
+        QueryKind::Services { name: Some(n), capability: None } => Query::ServicesByName(n.clone()),
+        QueryKind::Services { name: None, capability: Some(c) } => Query::ServicesByCapability(c.clone()),
+        QueryKind::Services { name: None, capability: None } => Query::Services,
+        QueryKind::Services { .. } => return Err(CliError::usage("--name and --capability exclude each other")),
+    };
+    let (_, resp) = call(addr, key, RpcRequest::Query(q), timeout).await?;
+    let answer = match resp {
+        RpcResponse::Query(Ok(a)) => a,
+        RpcResponse::Query(Err(e)) => return Err(CliError::Io(format!("{addr} could not answer: {e:?}"))),
+        other => return Err(CliError::Io(format!("{addr} answered with {}", kind_of(&other)))),
+    };
+    match answer {
+        QueryAnswer::Nodes(nodes) => {
+            if o.json {
+                return o.json_line(&nodes);
+            }
+            o.line(format!("{:<12} {:<20} {:<11} {:<8} {:>5}  {:<24} {}", "key", "name", "role", "status", "trust", "addresses", "capabilities"))?;
+            for n in nodes {
+                let status = match n.status {
+                    NodeStatus::Active => "active",
+                    NodeStatus::Offline => "offline",
+                    NodeStatus::Left => "left",
+                };
+                o.line(format!(
+                    "{:<12} {:<20} {:<11} {:<8} {:>5}  {:<24} {}",
+                    n.node.short(),
+                    n.name,
+                    n.role.to_string(),
+                    status,
+                    n.trust.to_string(),
+                    n.addresses.join(","),
+                    n.capabilities.join(",")
+                ))?;
+            }
+        }
+        QueryAnswer::Services(services) => {
+            if o.json {
+                return o.json_line(&services);
+            }
+            o.line(format!("{:<36} {:<14} {:<12} {:<30} {}", "id", "name", "node", "endpoints", "capabilities"))?;
+            for s in services {
+                let eps: Vec<String> = s.service.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect();
+                o.line(format!(
+                    "{:<36} {:<14} {:<12} {:<30} {}",
+                    s.service.service_id,
+                    s.service.name,
+                    s.service.node.short(),
+                    eps.join(" "),
+                    s.service.capabilities.join(",")
+                ))?;
+            }
+        }
+    }
+    Ok(())
+}
