@@ -301,6 +301,11 @@ async fn announce_if_changed(system: &SporeSystem, config: &NodeConfig) -> Resul
     if record.addresses != addresses || record.capabilities != capabilities {
         system.announce(addresses, capabilities).await?;
     }
+    if let Some(name) = &config.name {
+        if &record.name != name {
+            system.rename(name).await?;
+        }
+    }
     Ok(())
 }
 

@@ -568,6 +568,12 @@ impl SporeSystem {
         self.submit(self.sign(EventBody::ServiceDeregistered { service_id, reason: reason.to_string() })?).await
     }
 
+    /// Renames this node in the registry.
+    pub async fn rename(&self, name: &str) -> Result<ChainPoint, Error> {
+        let me = self.node_id()?;
+        self.submit(self.sign(EventBody::NodeUpdated { node: me, name: Some(name.to_string()), role: None })?).await
+    }
+
     /// Sets another node's trust score (this node must be an authority).
     pub async fn set_trust(&self, node: NodeId, score: TrustScore, reason: &str) -> Result<ChainPoint, Error> {
         self.submit(self.sign(EventBody::TrustScoreChanged { node, score, reason: reason.to_string() })?).await

@@ -849,16 +849,31 @@ impl Drop for ResetOnDrop {
 /// One read-only call over [`ALPN_ADMIN`] from a throw-away key: what `spore status` and
 /// `spore query` use. Pins the node's key when `expected` is given; returns the key the node
 /// proved it holds, with its answer. Only `Status` and `Query` are served on this protocol.
-#[tracing::instrument(name = "quic_admin_call", level = "info", skip(req), fields(kind = req.kind()))]
 pub async fn admin_call(addr: &str, expected: Option<NodeId>, req: RpcRequest, timeout: Duration) -> Result<(NodeId, RpcResponse), TransportError> {
+    let key = NodeKey::generate().map_err(|e| TransportError::Unreachable(format!("{addr} (no key: {e})")))?;
+    call_once(&key, addr, expected, ALPN_ADMIN, req, timeout).await
+}
+
+/// One call on its own short-lived connection, as `key`, over `alpn` ([`ALPN_RAFT`] needs a
+/// key the node admits). For tools that act for a node without running one, such as
+/// `spore service register` forwarding a signed event. Pins the node's key when `expected`
+/// is given; returns the key the node proved it holds, with its answer.
+#[tracing::instrument(name = "quic_call_once", level = "info", skip(key, req), fields(kind = req.kind()))]
+pub async fn call_once(
+    key: &NodeKey,
+    addr: &str,
+    expected: Option<NodeId>,
+    alpn: &[u8],
+    req: RpcRequest,
+    timeout: Duration,
+) -> Result<(NodeId, RpcResponse), TransportError> {
     let unreachable = |e: &dyn std::fmt::Display| TransportError::Unreachable(format!("{addr} ({e})"));
     let work = async {
         let remote = resolve(addr).await.map_err(|e| unreachable(&e))?;
         let local: SocketAddr = if remote.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
         let endpoint = Endpoint::client(local).map_err(|e| unreachable(&e))?;
-        let key = NodeKey::generate().map_err(|e| unreachable(&e))?;
-        let identity = tls::Identity::new(&key)?;
-        let cfg = quinn::ClientConfig::new(Arc::new(identity.client_config(expected, ALPN_ADMIN)?));
+        let identity = tls::Identity::new(key)?;
+        let cfg = quinn::ClientConfig::new(Arc::new(identity.client_config(expected, alpn)?));
         let conn = endpoint.connect_with(cfg, remote, SERVER_NAME).map_err(|e| unreachable(&e))?.await.map_err(|e| classify(addr, e))?;
         let node = peer_node_id(&conn).ok_or_else(|| TransportError::Refused { peer: addr.to_string(), reason: "no peer identity".into() })?;
         let frame = encode_frame(&req).map_err(|reason| TransportError::BadFrame { peer: addr.to_string(), reason })?;

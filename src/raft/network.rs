@@ -109,6 +109,9 @@ pub struct RaftService {
     ledger: super::state_machine::SharedLedger,
 }
 
+/// How long a membership change waits for another one in progress to finish.
+const MEMBERSHIP_CHANGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl RaftService {
     /// For `raft`, which runs as `me`; forwarded writes go through `proposer`; membership
     /// requests are checked against the registry in `ledger`.
@@ -151,13 +154,30 @@ impl RaftService {
             RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_)) => self.not_leader(),
             e => RemoteFailure::Other(e.to_string()),
         };
-        self.raft.add_learner(id, node, true).await.map_err(map_err)?;
-        if voter {
-            let mut voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
-            voters.insert(id);
-            self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true).await.map_err(map_err)?;
+        // Joins may arrive together; openraft takes one membership change at a time, so a
+        // change that finds another in progress waits for it (bounded) and tries again.
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_CHANGE_PATIENCE;
+        loop {
+            let result = async {
+                self.raft.add_learner(id, node.clone(), true).await?;
+                if voter {
+                    let mut voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+                    voters.insert(id);
+                    self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true).await?;
+                }
+                Ok(())
+            }
+            .await;
+            match result {
+                Err(RaftError::APIError(openraft::error::ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ))) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(node = %node.node.short(), "another membership change is in progress; waiting");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => return other.map_err(map_err),
+            }
         }
-        Ok(())
     }
 
     async fn remove_member(&self, node: NodeId) -> Result<(), RemoteFailure> {

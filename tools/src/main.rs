@@ -4,7 +4,8 @@
 //!   with human output and `--json`; exit 0 when all is well, 1 when the data is bad, 2 for
 //!   usage or I/O errors; a progress bar on a terminal for long work.
 //! * Running nodes: `keygen`, `node` (one node over QUIC, from a TOML config or flags),
-//!   `status --addr` and `query --addr` (read a running node), `demo` (a local network).
+//!   `status --addr` and `query --addr` (read a running node), `service register|deregister`
+//!   (write through a running node with an admitted node's key), `demo` (a local network).
 
 mod demo;
 mod inspect;
@@ -157,6 +158,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Register or deregister a service, signed with a node's key and sent through a node.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Run a local network on loopback: 3 voters, 2 latent nodes, a leader kill and a restart.
     Demo {
         /// Keep the data dirs for the inspector.
@@ -165,6 +169,58 @@ enum Command {
         /// Put the data dirs here (implies --keep).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Register a service offered by the key's node.
+    Register {
+        /// The node key that signs (an admitted node's `node.key`, e.g. DATA_DIR/node.key).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Any member's QUIC address (the write follows the leader).
+        #[arg(long)]
+        addr: String,
+        /// The service name.
+        #[arg(long)]
+        name: String,
+        /// An endpoint PROTOCOL://ADDRESS (repeatable).
+        #[arg(long = "endpoint", value_parser = remote::parse_endpoint)]
+        endpoints: Vec<mycnet_spores::Endpoint>,
+        /// A capability the service provides (repeatable).
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        /// Metadata KEY=VALUE (repeatable).
+        #[arg(long = "meta", value_parser = remote::parse_meta)]
+        metadata: Vec<(String, String)>,
+        /// Give up after this many milliseconds (the write is then not committed).
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deregister a service.
+    Deregister {
+        /// The node key that signs.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Any member's QUIC address.
+        #[arg(long)]
+        addr: String,
+        /// The service id.
+        #[arg(long)]
+        id: uuid::Uuid,
+        /// Why, for the audit trail.
+        #[arg(long, default_value = "deregistered by operator")]
+        reason: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -280,6 +336,16 @@ fn run(cli: Cli) -> CliResult {
                 QueryWhat::Services => remote::QueryKind::Services { name, capability },
             };
             runtime()?.block_on(remote::query(&addr, key.as_deref(), what, Duration::from_millis(timeout_ms), &mut Out::new(json)))
+        }
+        Command::Service(ServiceCommand::Register { key_file, addr, name, endpoints, capabilities, metadata, timeout_ms, json }) => {
+            init_tracing("warn");
+            let t = Duration::from_millis(timeout_ms);
+            runtime()?.block_on(remote::register_service(&key_file, &addr, name, endpoints, capabilities, metadata, t, &mut Out::new(json)))
+        }
+        Command::Service(ServiceCommand::Deregister { key_file, addr, id, reason, timeout_ms, json }) => {
+            init_tracing("warn");
+            let t = Duration::from_millis(timeout_ms);
+            runtime()?.block_on(remote::deregister_service(&key_file, &addr, id, reason, t, &mut Out::new(json)))
         }
         Command::Demo { keep, dir } => {
             init_tracing("error,openraft=off");

@@ -6,13 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mycnet_spores::net::quic::{self, Admission, QuicBackend};
-use mycnet_spores::net::{Query, QueryAnswer, RpcRequest, RpcResponse};
+use mycnet_spores::net::{Query, QueryAnswer, RemoteFailure, RpcRequest, RpcResponse};
+use mycnet_spores::raft::SporeResponse;
 use mycnet_spores::node::{self, NodeConfig};
 use mycnet_spores::store::keyfile;
-use mycnet_spores::{NodeId, NodeStatus, SporeStatus};
+use mycnet_spores::{
+    ChainPoint, Endpoint, EventBody, NodeId, NodeStatus, ServiceAnnouncement, SignedEvent, SporeStatus, Timestamp,
+};
 use serde_json::json;
 
 use crate::output::{CliError, CliResult, Out};
+
+/// Longest single attempt of a write (a commit takes milliseconds; an election about a second).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a running node re-reads its registry into its QUIC admission set.
 const ADMISSION_REFRESH: Duration = Duration::from_millis(250);
@@ -227,4 +233,92 @@ pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, timeout: Dura
         }
     }
     Ok(())
+}
+
+/// Signs `body` with the key in `key_file` for the network `addr` belongs to, and submits it
+/// through that node (following the leader if it is not). Returns the committed point.
+/// The key must be admitted: the node refuses Raft connections from any other.
+pub async fn submit(key_file: &Path, addr: &str, body: impl FnOnce(NodeId) -> EventBody, timeout: Duration) -> Result<ChainPoint, CliError> {
+    let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
+    let (_, status) = quic::admin_call(addr, None, RpcRequest::Status, left()).await.map_err(|e| CliError::Io(e.to_string()))?;
+    let fingerprint = match status {
+        RpcResponse::Status(Ok(SporeStatus { fingerprint: Some(f), .. })) => f,
+        RpcResponse::Status(Ok(_)) => return Err(CliError::Io(format!("{addr} is not part of a formed network yet"))),
+        other => return Err(CliError::Io(format!("{addr} did not report its status: {}", kind_of(&other)))),
+    };
+    let event = SignedEvent::sign(&key, fingerprint, Timestamp::now(), body(key.node_id()));
+    let mut target = addr.to_string();
+    loop {
+        // Short attempts: a leader named by a stale node may be the one that just died.
+        let attempt = quic::call_once(&key, &target, None, quic::ALPN_RAFT, RpcRequest::Forward(event.clone()), left().min(ATTEMPT_TIMEOUT)).await;
+        match attempt {
+            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Applied(point))))) => return Ok(point),
+            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) => return Err(CliError::BadData(format!("rejected: {r}"))),
+            Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: Some(l) })))) => target = l.addr,
+            Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: None })))) => {}
+            Ok((_, RpcResponse::Forward(Err(RemoteFailure::Other(e))))) => tracing::debug!(error = %e, "write not taken yet"),
+            Ok((_, other)) => return Err(CliError::Io(format!("{target} answered with {}", kind_of(&other)))),
+            Err(e @ mycnet_spores::net::TransportError::Refused { .. }) => {
+                return Err(CliError::Io(format!("{e} (is the key in {} admitted?)", key_file.display())))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, target = %target, "write attempt failed; asking the given node again");
+                target = addr.to_string();
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError::Io(format!("no leader took the write within {timeout:?}; it was not committed")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Parses `proto://host:port` into an endpoint.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let (protocol, address) = s.split_once("://").ok_or_else(|| format!("{s}: expected PROTOCOL://ADDRESS"))?;
+    Ok(Endpoint { protocol: protocol.to_string(), address: address.to_string() })
+}
+
+/// Parses `key=value`.
+pub fn parse_meta(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s}: expected KEY=VALUE"))
+}
+
+/// `spore service register`.
+#[allow(clippy::too_many_arguments)]
+pub async fn register_service(
+    key_file: &Path,
+    addr: &str,
+    name: String,
+    endpoints: Vec<Endpoint>,
+    capabilities: Vec<String>,
+    metadata: Vec<(String, String)>,
+    timeout: Duration,
+    o: &mut Out,
+) -> CliResult {
+    let service_id = uuid::Uuid::new_v4();
+    let point = submit(
+        key_file,
+        addr,
+        |node| EventBody::ServiceRegistered(ServiceAnnouncement { service_id, name, node, capabilities, endpoints, metadata }),
+        timeout,
+    )
+    .await?;
+    if o.json {
+        o.json_line(&json!({ "service_id": service_id, "seq": point.seq, "hash": point.hash }))
+    } else {
+        o.line(format!("registered {service_id} at seq {} ({})", point.seq, point.hash.short()))
+    }
+}
+
+/// `spore service deregister`.
+pub async fn deregister_service(key_file: &Path, addr: &str, service_id: uuid::Uuid, reason: String, timeout: Duration, o: &mut Out) -> CliResult {
+    let point = submit(key_file, addr, |_| EventBody::ServiceDeregistered { service_id, reason }, timeout).await?;
+    if o.json {
+        o.json_line(&json!({ "service_id": service_id, "seq": point.seq, "hash": point.hash }))
+    } else {
+        o.line(format!("deregistered {service_id} at seq {} ({})", point.seq, point.hash.short()))
+    }
 }

@@ -1,0 +1,307 @@
+//! The `spore` binary as users run it: exit codes, JSON output, damage reports, and separate
+//! `spore node` processes on loopback surviving a `kill -9` of their leader.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn spore() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_spore"))
+}
+
+fn run(args: &[&str]) -> Output {
+    spore().args(args).output().expect("spore runs")
+}
+
+fn json(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn generated(events: u64) -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("ledger");
+    let out = run(&["generate", "--out", path(&dir), "--events", &events.to_string(), "--nodes", "10", "--seed", "3", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["events"], events);
+    (root, dir)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn inspector_commands_agree_on_a_generated_history() {
+    let (_root, dir) = generated(3000);
+    let d = path(&dir);
+
+    let v = run(&["verify", d, "--json"]);
+    assert_eq!(v.status.code(), Some(0));
+    let v = json(&v);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["events_verified"], 3000);
+    assert_eq!(v["signatures_verified"], 3000);
+    let head_hash = v["head"]["hash"].as_str().expect("head hash").to_string();
+    assert_eq!(v["head"]["seq"], 2999);
+
+    // Dump: JSON Lines, exactly the asked range, linked to each other.
+    let dump = run(&["dump", d, "--from", "10", "--to", "19", "--json"]);
+    assert_eq!(dump.status.code(), Some(0));
+    let lines: Vec<Value> = String::from_utf8_lossy(&dump.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(lines.len(), 10);
+    assert_eq!(lines[0]["seq"], 10);
+    for w in lines.windows(2) {
+        assert_eq!(w[1]["prev_hash"], w[0]["hash"]);
+    }
+    let last = run(&["dump", d, "--from", "2999", "--json"]);
+    assert_eq!(json(&last)["hash"], head_hash.as_str());
+
+    let stats = json(&run(&["stats", d, "--json"]));
+    assert_eq!(stats["events"], 3000);
+    let by_kind: u64 = stats["by_kind"].as_object().expect("by_kind").values().map(|n| n.as_u64().expect("count")).sum();
+    assert_eq!(by_kind, 3000);
+
+    // State at a seq and at that event's time name the same head.
+    let at = json(&run(&["state", d, "--at-seq", "500", "--json"]));
+    assert_eq!(at["head"]["seq"], 500);
+    let t500 = json(&run(&["dump", d, "--from", "500", "--to", "500", "--json"]))["timestamp"].as_str().expect("time").to_string();
+    let at_time = json(&run(&["state", d, "--at-time", &t500, "--json"]));
+    assert_eq!(at_time["head"], at["head"]);
+    let full = json(&run(&["state", d, "--json"]));
+    assert_eq!(full["head"]["hash"], head_hash.as_str());
+    assert_eq!(full["nodes"].as_array().expect("nodes").len() as u64, stats["nodes"].as_u64().expect("nodes"));
+
+    let audit = json(&run(&["replay", d, "--audit", "--json"]));
+    assert_eq!(audit["events"], 3000);
+    assert_eq!(audit["signatures_verified"], 3000);
+    assert_eq!(audit["head"]["hash"], head_hash.as_str());
+    assert!(audit["events_per_sec"].as_f64().expect("rate") > 0.0);
+}
+
+/// Overwrites one stored record's byte, as a failing disk would.
+fn flip_record_byte(dir: &Path, seq: u64, offset: usize) {
+    let db = fjall::Database::builder(dir).open().expect("open db");
+    let ks = db.keyspace("ledger", fjall::KeyspaceCreateOptions::default).expect("ledger keyspace");
+    let key = seq.to_be_bytes();
+    let mut value = ks.get(key).expect("read").expect("record present").to_vec();
+    let i = offset % value.len();
+    value[i] ^= 0x40;
+    ks.insert(key, value).expect("write");
+    db.persist(fjall::PersistMode::SyncAll).expect("persist");
+}
+
+#[test]
+fn damage_is_reported_with_its_sequence_number_and_exit_code_1() {
+    let (_root, dir) = generated(800);
+    flip_record_byte(&dir, 321, 150);
+    let v = run(&["verify", path(&dir), "--json"]);
+    assert_eq!(v.status.code(), Some(1), "bad data exits 1");
+    let v = json(&v);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_error"]["seq"], 321, "{v}");
+    let human = run(&["verify", path(&dir)]);
+    assert_eq!(human.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&human.stdout).contains("DAMAGED at seq 321"), "{}", String::from_utf8_lossy(&human.stdout));
+    // Reading past the damage stops there with exit 1; reading before it is fine.
+    assert_eq!(run(&["dump", path(&dir), "--from", "300", "--to", "330"]).status.code(), Some(1));
+    assert_eq!(run(&["dump", path(&dir), "--from", "0", "--to", "320"]).status.code(), Some(0));
+    assert_eq!(run(&["replay", path(&dir)]).status.code(), Some(1));
+}
+
+#[test]
+fn usage_and_io_errors_exit_2() {
+    let (root, dir) = generated(50);
+    assert_eq!(run(&["verify", "/nonexistent/spore-ledger"]).status.code(), Some(2));
+    let not_a_ledger = root.path().join("empty");
+    std::fs::create_dir(&not_a_ledger).expect("mkdir");
+    let out = run(&["verify", path(&not_a_ledger)]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).is_empty(), "an error says why");
+    assert_eq!(run(&["generate", "--out", path(&dir), "--events", "5"]).status.code(), Some(2), "refuses a non-empty dir");
+    assert_eq!(run(&["dump", path(&dir), "--from", "30", "--to", "10"]).status.code(), Some(2));
+    assert_eq!(run(&["state", path(&dir), "--at-time", "yesterday"]).status.code(), Some(2));
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn a_closed_stdout_ends_the_dump_quietly() {
+    let (_root, dir) = generated(3000);
+    let mut child = spore().args(["dump", path(&dir)]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("one line");
+    assert!(first.trim_start().starts_with('0'), "{first}");
+    // The reader is gone now (like `| head -1`).
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "no broken-pipe noise: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Separate `spore node` processes on loopback
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct Proc {
+    dir: PathBuf,
+    addr: String,
+    key: String,
+    child: Option<Child>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(p: &mut Proc, args: &[String]) {
+    let log = std::fs::File::create(p.dir.with_extension("log")).expect("log file");
+    let child = spore()
+        .arg("node")
+        .args(args)
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn spore node");
+    p.child = Some(child);
+}
+
+fn node_args(p: &Proc, i: usize, all: &[(String, String)]) -> Vec<String> {
+    let mut a = vec!["--data-dir".into(), path(&p.dir).into(), "--listen".into(), p.addr.clone(), "--name".into(), format!("n{i}")];
+    if i == 0 {
+        a.extend(["--init".into(), "proc-test".into()]);
+    } else {
+        a.extend(["--join-addr".into(), all[0].1.clone(), "--join-key".into(), all[0].0.clone()]);
+    }
+    for (j, (key, addr)) in all.iter().enumerate() {
+        if j != i {
+            a.extend(["--peer".into(), format!("{key}@{addr}")]);
+        }
+    }
+    a
+}
+
+fn status(addr: &str) -> Option<Value> {
+    let out = run(&["status", "--addr", addr, "--json", "--timeout-ms", "1000"]);
+    (out.status.code() == Some(0)).then(|| json(&out))
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn register(key_file: &Path, via: &str, name: &str) -> Option<String> {
+    let out = run(&["service", "register", "--key-file", path(key_file), "--addr", via, "--name", name, "--endpoint", "tcp://127.0.0.1:1", "--json"]);
+    (out.status.code() == Some(0)).then(|| json(&out)["service_id"].as_str().expect("id").to_string())
+}
+
+fn services(addr: &str) -> Option<Vec<String>> {
+    let out = run(&["query", "--addr", addr, "services", "--json", "--timeout-ms", "1000"]);
+    (out.status.code() == Some(0)).then(|| {
+        json(&out).as_array().expect("array").iter().map(|s| s["service"]["service_id"].as_str().expect("id").to_string()).collect()
+    })
+}
+
+#[test]
+fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| {
+            let dir = root.path().join(format!("n{i}"));
+            let out = run(&["keygen", "--data-dir", path(&dir)]);
+            assert_eq!(out.status.code(), Some(0));
+            let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Proc { dir, addr: format!("127.0.0.1:{}", free_udp_port()), key, child: None }
+        })
+        .collect();
+    let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
+    for i in 0..3 {
+        let args = node_args(&procs[i], i, &all);
+        start(&mut procs[i], &args);
+    }
+    // All three are voters of one network.
+    wait_until("three voters", Duration::from_secs(30), || {
+        procs.iter().all(|p| status(&p.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3))).then_some(())
+    });
+
+    let mut acked = Vec::new();
+    for k in 0..5 {
+        let via = &procs[k % 3];
+        acked.push(register(&procs[(k + 1) % 3].dir.join("node.key"), &via.addr, &format!("svc-{k}")).expect("write acknowledged"));
+    }
+
+    // kill -9 the leader.
+    let leader_key = wait_until("a leader", Duration::from_secs(10), || status(&procs[0].addr)?["leader"].as_str().map(String::from));
+    let li = procs.iter().position(|p| p.key == leader_key).expect("leader is one of ours");
+    let mut victim = procs[li].child.take().expect("running");
+    victim.kill().expect("SIGKILL");
+    victim.wait().expect("reaped");
+
+    // Writes go on through the survivors (a new leader is elected).
+    let survivor = (li + 1) % 3;
+    for k in 5..10 {
+        let id = wait_until("a write after the kill", Duration::from_secs(30), || {
+            register(&procs[survivor].dir.join("node.key"), &procs[survivor].addr, &format!("svc-{k}"))
+        });
+        acked.push(id);
+    }
+
+    // Restart the killed leader from its data dir: it catches up, nothing acknowledged is lost.
+    let args = node_args(&procs[li], li, &all);
+    start(&mut procs[li], &args);
+    for p in &procs {
+        wait_until("every acknowledged write on every node", Duration::from_secs(30), || {
+            let have = services(&p.addr)?;
+            acked.iter().all(|id| have.contains(id)).then_some(())
+        });
+    }
+
+    // SIGTERM: every node stops cleanly, and the ledgers verify with one head.
+    for p in &mut procs {
+        let child = p.child.take().expect("running");
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "clean exit on SIGTERM");
+    }
+    let heads: Vec<Value> = procs
+        .iter()
+        .map(|p| {
+            let v = run(&["verify", path(&p.dir), "--json"]);
+            assert_eq!(v.status.code(), Some(0), "{}", String::from_utf8_lossy(&v.stdout));
+            json(&v)["head"].clone()
+        })
+        .collect();
+    assert!(heads.windows(2).all(|w| w[0] == w[1]), "{heads:?}");
+}
+
+#[test]
+fn the_demo_runs_and_verifies_every_node() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let out = spore().args(["demo", "--dir", path(root.path())]).output().expect("demo runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("new leader:"), "{text}");
+    assert!(text.contains("All 5 nodes hold the same verified chain"), "{text}");
+    // --dir keeps the data for the inspector.
+    for n in ["v0", "v1", "v2", "l0", "l1"] {
+        assert_eq!(run(&["verify", path(&root.path().join(n))]).status.code(), Some(0));
+    }
+}
