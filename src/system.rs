@@ -32,7 +32,7 @@ use crate::core::projection::{ChainHead, NodeRecord, Projection, Rejection, Serv
 use crate::core::types::{Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore};
 use crate::error::{Error, LedgerError};
 use crate::net::inproc::InProcNetwork;
-use crate::net::{Binding, LateHandler, NetworkBackend, RemoteFailure, RpcRequest, RpcResponse, SharedTransport};
+use crate::net::{Binding, LateHandler, NetworkBackend, RemoteFailure, RpcRequest, RpcResponse, SharedTransport, TransportError};
 use crate::raft::network::{NetworkFactory, RaftService};
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::proposer::{ProposeError, Proposer};
@@ -444,6 +444,9 @@ impl SporeSystem {
                 Ok(RpcResponse::Membership(Ok(()))) => return Ok(()),
                 Ok(RpcResponse::Membership(Err(RemoteFailure::NotLeader { leader: Some(l) }))) => target = l,
                 Ok(RpcResponse::Membership(Err(RemoteFailure::Other(e)))) if !e.contains("starting") => return Err(Error::Raft(e)),
+                // Refused by the peer (our key is not admitted there: another network, or not
+                // yet admitted): waiting would not change that.
+                Err(e @ TransportError::Refused { .. }) => return Err(e.into()),
                 _ => {}
             }
             if Instant::now() > deadline {

@@ -644,3 +644,55 @@ async fn quic_a_burst_of_large_events_replicates_within_the_frame_limit() {
         }
     }
 }
+
+/// A node started the way `spore node` starts it: QUIC admission fed by the registry and the
+/// configured bootstrap peers.
+async fn runner_node(root: &std::path::Path, name: &str, init: Option<&str>, join: Option<&PeerNode>) -> (SporeSystem, Admission) {
+    use mycnet_spores::node::{self, InitConfig, JoinConfig, NodeConfig};
+    let config = NodeConfig {
+        data_dir: root.join(name),
+        listen: "127.0.0.1:0".into(),
+        name: Some(name.into()),
+        role: node::RoleConfig::Voter,
+        capabilities: vec![],
+        addresses: vec![],
+        init: init.map(|n| InitConfig { network_name: n.into(), network_id: None }),
+        join: join.map(|p| JoinConfig { via_addr: p.addr.clone(), via_key: p.node.to_hex(), as_voter: true }),
+        peers: vec![],
+        write_timeout_ms: Some(2000),
+    };
+    std::fs::create_dir_all(&config.data_dir).expect("data dir");
+    let key = mycnet_spores::store::keyfile::load_or_generate(&config.data_dir.join(mycnet_spores::store::keyfile::KEY_FILE_NAME))
+        .expect("key");
+    let admission = Admission::only(config.bootstrap_keys().expect("keys"));
+    let backend = Arc::new(QuicBackend::new(key, admission.clone()));
+    let system = node::start_node(&config, backend, Some(&admission)).await.expect("node starts");
+    (system, admission)
+}
+
+/// A member of another network (or any key this network never admitted) cannot connect: its
+/// join is refused at once, its Raft calls are refused, and nothing changes here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_a_node_of_another_network_cannot_connect_or_join() {
+    trace();
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut a0, _a_admission) = runner_node(root.path(), "a0", Some("network-a"), None).await;
+    let (mut b0, _) = runner_node(root.path(), "b0", Some("network-b"), None).await;
+    let a_peer = a0.peer().expect("peer");
+    let a_head = a0.head().expect("head");
+    assert_ne!(a0.status().expect("status").fingerprint, b0.status().expect("status").fingerprint);
+
+    let started = Instant::now();
+    let err = b0.join(a_peer.clone(), true).await.expect_err("refused");
+    assert!(matches!(err, mycnet_spores::Error::Transport(TransportError::Refused { .. })), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not after retries: {:?}", started.elapsed());
+    assert_eq!(a0.head().expect("head"), a_head, "nothing was written in network A");
+    assert_eq!(a0.nodes().expect("nodes").len(), 1);
+    assert_eq!(a0.status().expect("status").voters.len(), 1);
+
+    // Reads are public, writes are not: the admin protocol answers, Raft refuses.
+    let (key, _) = quic::admin_call(&a_peer.addr, Some(a_peer.node), RpcRequest::Status, T).await.expect("status is readable");
+    assert_eq!(key, a_peer.node);
+    a0.shutdown().await.expect("shutdown");
+    b0.shutdown().await.expect("shutdown");
+}
