@@ -4,7 +4,10 @@
 //! Run: `cargo bench --bench primary`. Prints a summary with the ratios:
 //! - 64 clients: committed events/s ≥ 0.5 × min(F/3, 2V/3), F = raw durable fjall append at
 //!   batch 256, V = raw `verify_batch` rate of one core;
-//! - 1 client: median commit latency ≤ 2 × (fdatasync median + sign + verify).
+//! - 1 client: median commit latency ≤ 2 × (fdatasync median + sign + verify);
+//! - the same over QUIC on 127.0.0.1, reported as a ratio to in-process (target ≥ 0.6).
+//!
+//! `SPORES_BENCH_NET=inproc|quic` runs one network only; `SPORES_BENCH_NODES=1` one node.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 use mycnet_spores::net::inproc::InProcNetwork;
+use mycnet_spores::net::quic::{Admission, QuicBackend};
 use mycnet_spores::{Endpoint, EventBody, NetworkIdentity, NodeKey, ServiceAnnouncement, SignedEvent, SporeSystem, Timeouts, Timestamp};
 
 const CLIENTS: usize = 64;
@@ -102,18 +106,29 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-async fn form_cluster() -> Cluster {
+/// The network the cluster runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Net {
+    /// The in-process transport (no faults injected).
+    InProc,
+    /// Real QUIC on 127.0.0.1.
+    Quic,
+}
+
+async fn form_cluster(kind: Net) -> Cluster {
     let net = InProcNetwork::new(1);
     let dir = tempfile::tempdir().expect("tempdir");
     // SPORES_BENCH_NODES (default 3) isolates replication costs when set to 1.
     let nodes: u8 = std::env::var("SPORES_BENCH_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let mut systems = Vec::new();
     for i in 0..nodes {
-        let mut s = SporeSystem::builder()
-            .data_dir(dir.path().join(format!("n{i}")))
-            .key(NodeKey::from_seed([i + 1; 32]))
-            .addr(format!("n{i}"))
-            .inproc(&net)
+        let key = NodeKey::from_seed([i + 1; 32]);
+        let b = SporeSystem::builder().data_dir(dir.path().join(format!("n{i}"))).key(key.clone());
+        let b = match kind {
+            Net::InProc => b.addr(format!("n{i}")).inproc(&net),
+            Net::Quic => b.addr("127.0.0.1:0").network(Arc::new(QuicBackend::new(key, Admission::allow_all()))),
+        };
+        let mut s = b
             .timeouts(Timeouts { heartbeat: Duration::from_millis(50), election_min: Duration::from_millis(300), election_max: Duration::from_millis(600), ..Timeouts::default() })
             .build();
         s.start().await.expect("start");
@@ -190,56 +205,78 @@ async fn latencies(c: &Cluster, n: usize) -> Vec<Duration> {
 
 fn bench_primary(crit: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let cluster = rt.block_on(form_cluster());
-    let mut g = crit.benchmark_group("primary");
-    g.sample_size(10).measurement_time(Duration::from_secs(10));
-    g.throughput(Throughput::Elements(CLIENTS as u64 * 16));
-    g.bench_function("64_clients_commit", |b| {
-        b.iter_custom(|iters| {
-            let total = CLIENTS * 16 * iters as usize;
-            let rate = rt.block_on(throughput(&cluster, total));
-            Duration::from_secs_f64(total as f64 / rate)
-        })
-    });
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("1_client_commit", |b| {
-        b.iter_custom(|iters| rt.block_on(latencies(&cluster, iters as usize)).into_iter().sum())
-    });
-    g.finish();
+    // SPORES_BENCH_NET=inproc|quic limits the run to one network (default: both).
+    let only = std::env::var("SPORES_BENCH_NET").ok();
+    let nets: Vec<Net> =
+        [Net::InProc, Net::Quic].into_iter().filter(|n| only.as_deref().is_none_or(|o| o.eq_ignore_ascii_case(&format!("{n:?}")))).collect();
+    let mut figures = Vec::new();
+    for net in nets {
+        let cluster = rt.block_on(form_cluster(net));
+        let name = format!("{net:?}").to_lowercase();
+        let mut g = crit.benchmark_group(format!("primary_{name}"));
+        g.sample_size(10).measurement_time(Duration::from_secs(10));
+        g.throughput(Throughput::Elements(CLIENTS as u64 * 16));
+        g.bench_function("64_clients_commit", |b| {
+            b.iter_custom(|iters| {
+                let total = CLIENTS * 16 * iters as usize;
+                let rate = rt.block_on(throughput(&cluster, total));
+                Duration::from_secs_f64(total as f64 / rate)
+            })
+        });
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("1_client_commit", |b| {
+            b.iter_custom(|iters| rt.block_on(latencies(&cluster, iters as usize)).into_iter().sum())
+        });
+        g.finish();
+        let ours = rt.block_on(throughput(&cluster, 10_240));
+        let lats = rt.block_on(latencies(&cluster, 500));
+        figures.push((net, ours, median(lats.clone()), p99(lats)));
+        for s in &cluster.systems {
+            if let Ok(raft) = s.raft() {
+                let _ = rt.block_on(raft.shutdown());
+            }
+        }
+    }
 
     // Summary with ratios to raw limits measured now, in this process.
     let fsync = raw_fdatasync_median();
     let (sign, verify) = raw_sign_verify();
     let v = raw_verify_batch_rate();
     let f = raw_fjall_durable_rate();
-    let ours = rt.block_on(throughput(&cluster, 10_240));
-    let lats = rt.block_on(latencies(&cluster, 500));
-    let (med, tail) = (median(lats.clone()), p99(lats));
     let limit = (f / 3.0).min(2.0 * v / 3.0);
     let lat_budget = fsync + sign + verify;
     let mut summary = BTreeMap::new();
-    summary.insert("raw fdatasync median (us)", fsync.as_secs_f64() * 1e6);
-    summary.insert("raw sign (us)", sign.as_secs_f64() * 1e6);
-    summary.insert("raw verify (us)", verify.as_secs_f64() * 1e6);
-    summary.insert("raw verify_batch V (sig/s, 1 core)", v);
-    summary.insert("raw fjall durable batch-256 F (events/s)", f);
-    summary.insert("ours 64 clients (events/s)", ours);
-    summary.insert("ours 1 client median (us)", med.as_secs_f64() * 1e6);
-    summary.insert("ours 1 client p99 (us)", tail.as_secs_f64() * 1e6);
+    summary.insert("raw fdatasync median (us)".to_string(), fsync.as_secs_f64() * 1e6);
+    summary.insert("raw sign (us)".to_string(), sign.as_secs_f64() * 1e6);
+    summary.insert("raw verify (us)".to_string(), verify.as_secs_f64() * 1e6);
+    summary.insert("raw verify_batch V (sig/s, 1 core)".to_string(), v);
+    summary.insert("raw fjall durable batch-256 F (events/s)".to_string(), f);
+    for (net, ours, med, tail) in &figures {
+        let n = format!("{net:?}").to_lowercase();
+        summary.insert(format!("{n}: 64 clients (events/s)"), *ours);
+        summary.insert(format!("{n}: 1 client median (us)"), med.as_secs_f64() * 1e6);
+        summary.insert(format!("{n}: 1 client p99 (us)"), tail.as_secs_f64() * 1e6);
+    }
     eprintln!("\n=== primary summary ===");
     for (k, val) in &summary {
         eprintln!("{k:>44}: {val:.1}");
     }
-    eprintln!(
-        "ratio 64-client throughput / min(F/3, 2V/3) = {:.3} (target >= 0.5; limit {:.0}/s)",
-        ours / limit,
-        limit
-    );
-    eprintln!(
-        "ratio 1-client median / (fdatasync + sign + verify) = {:.3} (target <= 2.0; budget {:.0} us)",
-        med.as_secs_f64() / lat_budget.as_secs_f64(),
-        lat_budget.as_secs_f64() * 1e6
-    );
+    for (net, ours, med, _) in &figures {
+        eprintln!(
+            "{net:?}: 64-client throughput / min(F/3, 2V/3) = {:.3} (target >= 0.5; limit {:.0}/s)",
+            ours / limit,
+            limit
+        );
+        eprintln!(
+            "{net:?}: 1-client median / (fdatasync + sign + verify) = {:.3} (target <= 2.0; budget {:.0} us)",
+            med.as_secs_f64() / lat_budget.as_secs_f64(),
+            lat_budget.as_secs_f64() * 1e6
+        );
+    }
+    if let (Some(i), Some(q)) = (figures.iter().find(|f| f.0 == Net::InProc), figures.iter().find(|f| f.0 == Net::Quic)) {
+        eprintln!("QUIC / in-process 64-client throughput = {:.3} (target >= 0.6)", q.1 / i.1);
+        eprintln!("QUIC / in-process 1-client median latency = {:.3}", q.2.as_secs_f64() / i.2.as_secs_f64());
+    }
 }
 
 criterion_group!(benches, bench_primary);

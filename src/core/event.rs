@@ -60,90 +60,98 @@ pub struct ServiceAnnouncement {
     pub metadata: Vec<(String, String)>,
 }
 
-/// What changed. Variant order is part of the canonical encoding: append, never reorder.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
-#[rkyv(attr(allow(missing_docs)))]
-#[allow(missing_docs)] // rkyv's generated resolver variants; every variant and field is documented
-pub enum EventBody {
-    /// Sequence 0: the network is formed; the founder is its first Sclerotium.
-    Genesis {
-        /// The network's identity.
-        network: NetworkIdentityRecord,
-        /// The founding node; its key is part of the network fingerprint.
-        founder: NodeAnnouncement,
-    },
-    /// A node is admitted (by an authority).
-    NodeJoined(NodeAnnouncement),
-    /// A node's name and/or role changed.
-    NodeUpdated {
-        /// The node.
-        node: NodeId,
-        /// New name, if it changed.
-        name: Option<String>,
-        /// New role, if it changed (authority only).
-        role: Option<NodeRole>,
-    },
-    /// A node left the network (or was removed); its services go with it.
-    NodeLeft {
-        /// The node.
-        node: NodeId,
-        /// Why, for the audit trail.
-        reason: String,
-    },
-    /// A node's capability set was replaced.
-    CapabilitiesChanged {
-        /// The node.
-        node: NodeId,
-        /// The new, complete capability set.
-        capabilities: Vec<String>,
-    },
-    /// A node's address list was replaced.
-    AddressesChanged {
-        /// The node.
-        node: NodeId,
-        /// The new, complete address list.
-        addresses: Vec<String>,
-    },
-    /// An authority set a node's trust score.
-    TrustScoreChanged {
-        /// The node.
-        node: NodeId,
-        /// The new score.
-        score: TrustScore,
-        /// Why, for the audit trail.
-        reason: String,
-    },
-    /// A service was registered.
-    ServiceRegistered(ServiceAnnouncement),
-    /// A service was deregistered.
-    ServiceDeregistered {
-        /// The service.
-        service_id: Uuid,
-        /// Why, for the audit trail.
-        reason: String,
-    },
-    /// Liveness transition: the node stopped answering (committed by an authority).
-    NodeWentOffline {
-        /// The node.
-        node: NodeId,
-        /// When it was last heard from.
-        last_seen: Timestamp,
-    },
-    /// Liveness transition: the node is answering again.
-    NodeBackOnline {
-        /// The node.
-        node: NodeId,
-    },
-    /// An authority attests the chain head just before this event.
-    Checkpoint {
-        /// The sequence number of the head being attested (this event's seq − 1).
-        head_seq: u64,
-        /// The chain hash at `head_seq`.
-        head_hash: ChainHash,
-    },
+// rkyv 0.8's derive leaves the fields of the generated `EventBodyResolver`'s struct variants
+// undocumented, and an attribute cannot reach them; this module scopes the allowance to that
+// generated code. `EventBody` itself documents every variant and field.
+mod body {
+    #![allow(missing_docs)]
+    use super::*;
+
+    /// What changed. Variant order is part of the canonical encoding: append, never reorder.
+    #[derive(
+        Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    )]
+    #[rkyv(attr(allow(missing_docs)))]
+    pub enum EventBody {
+        /// Sequence 0: the network is formed; the founder is its first Sclerotium.
+        Genesis {
+            /// The network's identity.
+            network: NetworkIdentityRecord,
+            /// The founding node; its key is part of the network fingerprint.
+            founder: NodeAnnouncement,
+        },
+        /// A node is admitted (by an authority).
+        NodeJoined(NodeAnnouncement),
+        /// A node's name and/or role changed.
+        NodeUpdated {
+            /// The node.
+            node: NodeId,
+            /// New name, if it changed.
+            name: Option<String>,
+            /// New role, if it changed (authority only).
+            role: Option<NodeRole>,
+        },
+        /// A node left the network (or was removed); its services go with it.
+        NodeLeft {
+            /// The node.
+            node: NodeId,
+            /// Why, for the audit trail.
+            reason: String,
+        },
+        /// A node's capability set was replaced.
+        CapabilitiesChanged {
+            /// The node.
+            node: NodeId,
+            /// The new, complete capability set.
+            capabilities: Vec<String>,
+        },
+        /// A node's address list was replaced.
+        AddressesChanged {
+            /// The node.
+            node: NodeId,
+            /// The new, complete address list.
+            addresses: Vec<String>,
+        },
+        /// An authority set a node's trust score.
+        TrustScoreChanged {
+            /// The node.
+            node: NodeId,
+            /// The new score.
+            score: TrustScore,
+            /// Why, for the audit trail.
+            reason: String,
+        },
+        /// A service was registered.
+        ServiceRegistered(ServiceAnnouncement),
+        /// A service was deregistered.
+        ServiceDeregistered {
+            /// The service.
+            service_id: Uuid,
+            /// Why, for the audit trail.
+            reason: String,
+        },
+        /// Liveness transition: the node stopped answering (committed by an authority).
+        NodeWentOffline {
+            /// The node.
+            node: NodeId,
+            /// When it was last heard from.
+            last_seen: Timestamp,
+        },
+        /// Liveness transition: the node is answering again.
+        NodeBackOnline {
+            /// The node.
+            node: NodeId,
+        },
+        /// An authority attests the chain head just before this event.
+        Checkpoint {
+            /// The sequence number of the head being attested (this event's seq − 1).
+            head_seq: u64,
+            /// The chain hash at `head_seq`.
+            head_hash: ChainHash,
+        },
+    }
 }
+pub use body::{ArchivedEventBody, EventBody, EventBodyResolver};
 
 impl EventBody {
     /// A short, stable name of the variant (`node_joined`, …) for humans and JSON.
