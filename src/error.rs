@@ -212,6 +212,9 @@ pub enum Error {
     /// A network call failed.
     #[error(transparent)]
     Transport(#[from] crate::net::TransportError),
+    /// A seed spore could not be built, written, read or verified.
+    #[error(transparent)]
+    Seed(#[from] crate::seed::SeedError),
     /// That spore tier is not available on this node.
     #[error("the {0:?} spore tier is not available on this node")]
     TierUnavailable(crate::core::types::SporeType),

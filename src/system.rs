@@ -571,6 +571,19 @@ impl SporeSystem {
         self.submit(self.sign(EventBody::ServiceDeregistered { service_id, reason: reason.to_string() })?).await
     }
 
+    /// Exports a seed spore of this node's state at its current committed head to `path`,
+    /// signed by this node, while writes continue; with `include_events` it also carries every
+    /// event from genesis (a full backup that verifies offline). Written to a temporary file,
+    /// synced, then renamed: a crash never leaves a half seed under `path`.
+    pub async fn export_seed(&self, path: impl AsRef<std::path::Path>, include_events: bool) -> Result<ChainHead, Error> {
+        let r = self.running()?;
+        let (ledger, key, path) = (r.ledger.clone(), r.key.clone(), path.as_ref().to_path_buf());
+        tokio::task::spawn_blocking(move || crate::seed::export(&ledger, &key, &path, include_events))
+            .await
+            .map_err(|e| Error::Raft(format!("seed export task: {e}")))?
+            .map_err(Error::from)
+    }
+
     /// Renames this node in the registry.
     pub async fn rename(&self, name: &str) -> Result<ChainPoint, Error> {
         let me = self.node_id()?;

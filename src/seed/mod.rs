@@ -182,6 +182,47 @@ pub fn seed_signing_message(fingerprint: &NetworkFingerprint, digest: &[u8; 32])
     m
 }
 
+/// Exports a seed of a ledger at its current head to `path`, signed by `signer`, while the
+/// ledger stays writable: the projection is copied under a short read lock, then the events
+/// (when `include_events`) are read page by page up to that head, each page under its own
+/// short lock. Written crash-safely ([`write_atomically`]). Returns the seed's head.
+#[tracing::instrument(level = "info", skip(ledger, signer), fields(path = %path.display()))]
+pub fn export(
+    ledger: &std::sync::RwLock<crate::store::ledger::Ledger>,
+    signer: &NodeKey,
+    path: &Path,
+    include_events: bool,
+) -> Result<ChainHead, SeedError> {
+    let poisoned = || SeedError::Io { path: path.display().to_string(), reason: "ledger lock poisoned".into() };
+    let projection = ledger.read().map_err(|_| poisoned())?.projection().clone();
+    let head = projection.head().ok_or(SeedError::StateMismatch("empty ledger: nothing to seed".into()))?;
+    let events = if include_events {
+        let page = crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
+        let mut events = Vec::with_capacity(usize::try_from(head.seq + 1).unwrap_or(0));
+        let mut from = 0u64;
+        while from <= head.seq {
+            let to = (from + page - 1).min(head.seq);
+            let chunk = ledger
+                .read()
+                .map_err(|_| poisoned())?
+                .read_range(from, to)
+                .map_err(|e| SeedError::Io { path: path.display().to_string(), reason: format!("reading the ledger: {e}") })?;
+            if chunk.len() as u64 != to - from + 1 {
+                return Err(SeedError::BadEvents { seq: from, reason: "the ledger changed under the export (reset by a snapshot)".into() });
+            }
+            events.extend(chunk);
+            from = to + 1;
+        }
+        Some(events)
+    } else {
+        None
+    };
+    let bytes = build(&projection, events.as_deref(), &[signer])?;
+    write_atomically(path, &bytes)?;
+    tracing::info!(seq = head.seq, bytes = bytes.len(), "seed exported");
+    Ok(head)
+}
+
 /// Builds a seed from a projection (and optionally the events up to its head), signed by
 /// `signers`. Returns the file bytes.
 pub fn build(projection: &Projection, events: Option<&[ChainedEvent]>, signers: &[&NodeKey]) -> Result<Vec<u8>, SeedError> {

@@ -7,3 +7,4 @@ mod decoders;
 mod projection_props;
 mod durability;
 mod quic;
+mod seed_export;

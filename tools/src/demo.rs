@@ -155,6 +155,12 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
         })
         .collect();
 
+    // Each data dir holds its node's key file, so a kept dir is a complete node data dir
+    // (`spore seed export --data-dir` signs with it).
+    for n in &nodes {
+        std::fs::create_dir_all(&n.dir)?;
+        mycnet_spores::store::keyfile::save(&n.dir.join(mycnet_spores::store::keyfile::KEY_FILE_NAME), &n.key)?;
+    }
     step(out, "Starting 3 voters (Sclerotia) and 2 latent nodes (Rhizomorphs) on 127.0.0.1")?;
     for n in nodes.iter_mut() {
         start(n, backend).await?;

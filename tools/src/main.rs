@@ -11,6 +11,7 @@ mod demo;
 mod inspect;
 mod output;
 mod remote;
+mod seedcmd;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -161,6 +162,9 @@ enum Command {
     /// Register or deregister a service, signed with a node's key and sent through a node.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Seed spores: export, verify and inspect signed snapshot files.
+    #[command(subcommand)]
+    Seed(SeedCommand),
     /// Run a local network on loopback: 3 voters, 2 latent nodes, a leader kill and a restart.
     Demo {
         /// Keep the data dirs for the inspector.
@@ -169,6 +173,47 @@ enum Command {
         /// Put the data dirs here (implies --keep).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SeedCommand {
+    /// Write a seed of a (stopped) node's data dir, signed with its key.
+    Export {
+        /// The node's data dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The seed file to write (atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Include every event from genesis (a full, offline-verifiable backup).
+        #[arg(long)]
+        events: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a seed file: exit 0 if it verifies, 1 saying exactly what failed.
+    Verify {
+        /// The seed file.
+        file: PathBuf,
+        /// Require this network fingerprint (64 hex characters).
+        #[arg(long)]
+        network: Option<mycnet_spores::NetworkFingerprint>,
+        /// Require signatures by a majority of the voters at the seed's head.
+        #[arg(long)]
+        quorum: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a seed's header, head, counts and signers.
+    Inspect {
+        /// The seed file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -347,6 +392,9 @@ fn run(cli: Cli) -> CliResult {
             let t = Duration::from_millis(timeout_ms);
             runtime()?.block_on(remote::deregister_service(&key_file, &addr, id, reason, t, &mut Out::new(json)))
         }
+        Command::Seed(SeedCommand::Export { data_dir, out, events, json }) => seedcmd::export(&data_dir, &out, events, &mut Out::new(json)),
+        Command::Seed(SeedCommand::Verify { file, network, quorum, json }) => seedcmd::verify(&file, network, quorum, &mut Out::new(json)),
+        Command::Seed(SeedCommand::Inspect { file, json }) => seedcmd::inspect(&file, &mut Out::new(json)),
         Command::Demo { keep, dir } => {
             init_tracing("error,openraft=off");
             let mut o = Out::new(false);

@@ -304,4 +304,32 @@ fn the_demo_runs_and_verifies_every_node() {
     for n in ["v0", "v1", "v2", "l0", "l1"] {
         assert_eq!(run(&["verify", path(&root.path().join(n))]).status.code(), Some(0));
     }
+
+    // A kept dir is a complete node data dir: seed export signs with its key.
+    let seed = root.path().join("v1.seed");
+    let out = run(&["seed", "export", "--data-dir", path(&root.path().join("v1")), "--out", path(&seed), "--events", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let exported = json(&out);
+    let info = json(&run(&["seed", "inspect", path(&seed), "--json"]));
+    assert_eq!(info["head"], exported["head"]);
+    assert_eq!(info["voters"], 3);
+    assert_eq!(info["events"].as_u64(), exported["head"]["seq"].as_u64().map(|s| s + 1));
+    let fp = info["fingerprint"].as_str().expect("fingerprint");
+    assert_eq!(run(&["seed", "verify", path(&seed), "--network", fp]).status.code(), Some(0));
+    // Exactly what failed, exit 1: another network, no quorum, a flipped byte, a cut file.
+    let other = "ab".repeat(32);
+    let wrong = run(&["seed", "verify", path(&seed), "--network", &other, "--json"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(json(&wrong)["error"].as_str().expect("reason").contains("network"), "{}", json(&wrong));
+    let under = run(&["seed", "verify", path(&seed), "--quorum", "--json"]);
+    assert_eq!(under.status.code(), Some(1));
+    assert!(json(&under)["error"].as_str().expect("reason").contains("quorum"), "{}", json(&under));
+    let mut bytes = std::fs::read(&seed).expect("read");
+    let damaged = root.path().join("damaged.seed");
+    bytes[300] ^= 0x10;
+    std::fs::write(&damaged, &bytes).expect("write");
+    assert_eq!(run(&["seed", "verify", path(&damaged)]).status.code(), Some(1));
+    std::fs::write(&damaged, &bytes[..bytes.len() / 2]).expect("write");
+    assert_eq!(run(&["seed", "verify", path(&damaged)]).status.code(), Some(1));
+    assert_eq!(run(&["seed", "verify", path(&root.path().join("missing.seed"))]).status.code(), Some(2));
 }

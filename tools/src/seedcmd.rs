@@ -1,0 +1,85 @@
+//! `spore seed export|verify|inspect`: seed spores, the signed snapshot files anyone can
+//! verify offline.
+
+use std::path::Path;
+
+use mycnet_spores::seed::{self, Seed, SeedError, VerifyPolicy};
+use mycnet_spores::store::inspect::resolve_ledger_dir;
+use mycnet_spores::store::keyfile;
+use mycnet_spores::{Ledger, LedgerConfig, NetworkFingerprint};
+use serde_json::json;
+
+use crate::output::{CliError, CliResult, Out};
+
+fn seed_err(e: SeedError) -> CliError {
+    match e {
+        SeedError::Io { .. } => CliError::Io(e.to_string()),
+        e => CliError::BadData(e.to_string()),
+    }
+}
+
+/// `spore seed export --data-dir DIR --out FILE`: from a stopped node's data dir, signed with
+/// its key.
+pub fn export(data_dir: &Path, out: &Path, include_events: bool, o: &mut Out) -> CliResult {
+    let key = keyfile::load(&data_dir.join(keyfile::KEY_FILE_NAME)).map_err(|e| CliError::Io(e.to_string()))?;
+    let config = LedgerConfig { create: false, ..LedgerConfig::default() };
+    let ledger = Ledger::open(resolve_ledger_dir(data_dir), config).map_err(CliError::ledger)?;
+    let ledger = std::sync::RwLock::new(ledger);
+    let head = seed::export(&ledger, &key, out, include_events).map_err(seed_err)?;
+    let size = std::fs::metadata(out).map_err(|e| CliError::io(out, e))?.len();
+    if o.json {
+        o.json_line(&json!({ "file": out, "head": { "seq": head.seq, "hash": head.hash }, "bytes": size, "signer": key.node_id(), "includes_events": include_events }))
+    } else {
+        o.line(format!("wrote {} ({size} bytes): head {} {}, signed by {}", out.display(), head.seq, head.hash, key.node_id().short()))
+    }
+}
+
+/// `spore seed verify FILE`: exit 0 when it verifies, 1 with the exact reason when not.
+pub fn verify(file: &Path, network: Option<NetworkFingerprint>, quorum: bool, o: &mut Out) -> CliResult {
+    let policy = VerifyPolicy { require_quorum: quorum, expected_network: network };
+    match seed::read_file(file, policy) {
+        Ok(s) => {
+            if o.json {
+                o.json_line(&json!({ "ok": true, "file": file, "head": { "seq": s.header.head_seq, "hash": s.header.head_hash }, "fingerprint": s.header.fingerprint, "signers": s.signers }))
+            } else {
+                o.line(format!("OK: seed of {:?} at {} {}, {} valid signature(s)", s.header.network.network_name, s.header.head_seq, s.header.head_hash, s.signers.len()))
+            }
+        }
+        Err(e @ SeedError::Io { .. }) => Err(CliError::Io(e.to_string())),
+        Err(e) => {
+            if o.json {
+                o.json_line(&json!({ "ok": false, "file": file, "error": e.to_string() }))?;
+            } else {
+                o.line(format!("INVALID: {e}"))?;
+            }
+            Err(CliError::Reported)
+        }
+    }
+}
+
+/// `spore seed inspect FILE`: header, head, counts and signers (after verifying it).
+pub fn inspect(file: &Path, o: &mut Out) -> CliResult {
+    let s: Seed = seed::read_file(file, VerifyPolicy::default()).map_err(seed_err)?;
+    let size = std::fs::metadata(file).map_err(|e| CliError::io(file, e))?.len();
+    let p = s.projection();
+    let voters = p.nodes().filter(|n| n.role.is_authority() && n.status != mycnet_spores::NodeStatus::Left).count();
+    if o.json {
+        return o.json_line(&json!({
+            "file": file, "bytes": size, "format_version": seed::SEED_FORMAT_V1,
+            "network": s.header.network, "fingerprint": s.header.fingerprint,
+            "head": { "seq": s.header.head_seq, "hash": s.header.head_hash },
+            "includes_events": s.header.includes_events, "events": s.events.len(),
+            "nodes": p.nodes().count(), "services": p.services().count(), "voters": voters,
+            "digest": hex::encode(s.digest), "signers": s.signers,
+        }));
+    }
+    o.line(format!("file         {} ({size} bytes, format v{})", file.display(), seed::SEED_FORMAT_V1))?;
+    o.line(format!("network      {:?} {}", s.header.network.network_name, s.header.network.network_id))?;
+    o.line(format!("fingerprint  {}", s.header.fingerprint))?;
+    o.line(format!("head         {} {}", s.header.head_seq, s.header.head_hash))?;
+    o.line(format!("events       {}", if s.header.includes_events { s.events.len().to_string() } else { "not included".into() }))?;
+    o.line(format!("registry     {} nodes ({voters} voters), {} services", p.nodes().count(), p.services().count()))?;
+    o.line(format!("digest       {}", hex::encode(s.digest)))?;
+    o.line(format!("signers      {}", s.signers.iter().map(|k| k.short()).collect::<Vec<_>>().join(" ")))?;
+    Ok(())
+}
