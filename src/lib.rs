@@ -68,5 +68,5 @@ pub use crate::error::{Corruption, Error, LedgerError};
 pub use crate::store::inspect::{LedgerReader, VerifyReport};
 pub use crate::store::ledger::{Ledger, LedgerConfig};
 pub use crate::store::replay::{ReplayOptions, ReplayStats, StopAt};
-pub use crate::system::{Consistency, OperationalMode, SporeStatus, SporeSystem, SporeSystemBuilder, Subscription, Timeouts};
+pub use crate::system::{Consistency, OperationalMode, PeerLag, SporeStatus, SporeSystem, SporeSystemBuilder, Subscription, Timeouts};
 pub use crate::raft::{ChainPoint, PeerNode};

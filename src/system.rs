@@ -125,6 +125,25 @@ pub struct SporeStatus {
     pub mode: OperationalMode,
     /// Which tier answers queries on this node.
     pub spore_type: SporeType,
+    /// Index of the last entry in this node's Raft log.
+    pub last_log: Option<u64>,
+    /// Every other member with its address and, as seen by the leader (only the leader
+    /// knows), how far its log is behind the leader's.
+    pub peers: Vec<PeerLag>,
+}
+
+/// A Raft member as `status()` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PeerLag {
+    /// The member.
+    pub node: NodeId,
+    /// Its address.
+    pub addr: String,
+    /// Voter or learner.
+    pub voter: bool,
+    /// Entries the leader has that it has not acknowledged (`None` when this node is not
+    /// the leader, or has not heard from it yet).
+    pub lag: Option<u64>,
 }
 
 enum Backend {
@@ -775,6 +794,17 @@ fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode) -> Result<S
     let voters: Vec<NodeId> = members.voter_ids().filter_map(|id| by_id.get(&id).copied()).collect();
     let learners: Vec<NodeId> = members.learner_ids().filter_map(|id| by_id.get(&id).copied()).collect();
     let leader = m.current_leader.and_then(|id| by_id.get(&id).copied());
+    let last_log = m.last_log_index;
+    let voter_ids: std::collections::BTreeSet<u64> = members.voter_ids().collect();
+    let peers: Vec<PeerLag> = members
+        .nodes()
+        .filter(|(_, n)| n.node != me.node)
+        .map(|(id, n)| {
+            let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned());
+            let lag = matched.map(|mi| last_log.unwrap_or(0).saturating_sub(mi.map_or(0, |l| l.index)));
+            PeerLag { node: n.node, addr: n.addr.clone(), voter: voter_ids.contains(id), lag }
+        })
+        .collect();
     let mode = if head.is_none() {
         OperationalMode::NetworkFormation
     } else if leader.is_some() {
@@ -802,6 +832,8 @@ fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode) -> Result<S
         learners,
         mode,
         spore_type: SporeType::Primary,
+        last_log,
+        peers,
     })
 }
 

@@ -151,8 +151,18 @@ pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Ou
     o.line(format!("network      {}", st.fingerprint.map_or("-".into(), |f| f.to_hex())))?;
     o.line(format!("mode         {:?}", st.mode))?;
     o.line(format!("tier         {:?}", st.spore_type))?;
+    o.line(format!("raft log     {}", st.last_log.map_or("-".into(), |l| l.to_string())))?;
     o.line(format!("voters       {}", st.voters.iter().map(|v| v.short()).collect::<Vec<_>>().join(" ")))?;
     o.line(format!("learners     {}", st.learners.iter().map(|v| v.short()).collect::<Vec<_>>().join(" ")))?;
+    o.line("peers:")?;
+    for p in &st.peers {
+        let lag = match p.lag {
+            Some(l) => format!("{l} entries behind"),
+            None if st.raft_state == "Leader" => "not heard from".into(),
+            None => "(lag known by the leader)".into(),
+        };
+        o.line(format!("  {:<12} {:<22} {:<7} {lag}", p.node.short(), p.addr, if p.voter { "voter" } else { "learner" }))?;
+    }
     Ok(())
 }
 

@@ -250,6 +250,14 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
     // kill -9 the leader.
     let leader_key = wait_until("a leader", Duration::from_secs(10), || status(&procs[0].addr)?["leader"].as_str().map(String::from));
     let li = procs.iter().position(|p| p.key == leader_key).expect("leader is one of ours");
+    // The leader reports its two peers, their addresses and how far behind they are.
+    let st = wait_until("peer lag", Duration::from_secs(10), || {
+        let st = status(&procs[li].addr)?;
+        st["peers"].as_array()?.iter().all(|p| p["lag"].as_u64() == Some(0)).then_some(st)
+    });
+    let peers = st["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 2);
+    assert!(peers.iter().all(|p| procs.iter().any(|q| q.addr == p["addr"].as_str().unwrap_or_default() && q.key != leader_key)));
     let mut victim = procs[li].child.take().expect("running");
     victim.kill().expect("SIGKILL");
     victim.wait().expect("reaped");
