@@ -101,7 +101,7 @@ async fn wait_converged(nodes: &[DemoNode], timeout: Duration) -> DemoResult<myc
 }
 
 fn print_status(out: &mut dyn Write, nodes: &[DemoNode]) -> DemoResult<()> {
-    writeln!(out, "  {:<6} {:<11} {:<10} {:>5} {:>6}  {:<12} {}", "node", "role", "raft", "term", "head", "hash", "address")?;
+    writeln!(out, "  {:<6} {:<11} {:<10} {:>5} {:>6}  {:<12} address", "node", "role", "raft", "term", "head", "hash")?;
     for n in nodes {
         match &n.system {
             None => writeln!(out, "  {:<6} {:<11} {:<10}", n.name, n.role.to_string(), "(down)")?,
@@ -227,7 +227,7 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
 
     step(out, "The registries (as every node sees them)")?;
     let v0 = sys(&nodes[0])?;
-    writeln!(out, "  {:<6} {:<11} {:<8} {:>5}  {}", "node", "role", "status", "trust", "capabilities")?;
+    writeln!(out, "  {:<6} {:<11} {:<8} {:>5}  capabilities", "node", "role", "status", "trust")?;
     for n in v0.nodes()? {
         let status = match n.status {
             NodeStatus::Active => "active",
@@ -236,7 +236,7 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
         };
         writeln!(out, "  {:<6} {:<11} {:<8} {:>5}  {}", n.name, n.role.to_string(), status, n.trust.to_string(), n.capabilities.join(","))?;
     }
-    writeln!(out, "\n  {:<13} {:<6} {:<28} {}", "service", "node", "endpoints", "capabilities")?;
+    writeln!(out, "\n  {:<13} {:<6} {:<28} capabilities", "service", "node", "endpoints")?;
     let names: std::collections::BTreeMap<_, _> = v0.nodes()?.into_iter().map(|n| (n.node, n.name)).collect();
     for s in v0.with_projection(|p| p.services().cloned().collect::<Vec<_>>())? {
         let eps: Vec<String> = s.service.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect();
