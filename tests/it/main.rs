@@ -8,3 +8,4 @@ mod projection_props;
 mod durability;
 mod quic;
 mod seed_export;
+mod golden;

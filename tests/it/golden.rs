@@ -1,0 +1,197 @@
+//! Golden vectors: fixed keys and fixed events → the exact bytes that are signed, hashed and
+//! stored (`schema/vectors/*.json`). A dependency upgrade that changes any of them fails here
+//! instead of silently changing what was signed.
+//!
+//! After an intentional format change (with its version bump, see `schema/README.md`):
+//! `SPORES_REGENERATE_GOLDEN=1 cargo test --test it golden -- --ignored`.
+
+use std::path::PathBuf;
+
+use mycnet_spores::core::event::{network_fingerprint, DOMAIN_EVENT_SIGNATURE, DOMAIN_FINGERPRINT, SCHEMA_VERSION};
+use mycnet_spores::core::types::NetworkIdentityRecord;
+use mycnet_spores::seed::{self, VerifyPolicy, DOMAIN_SEED_SIGNATURE, SEED_FORMAT_V1};
+use mycnet_spores::store::record::{encode_checkpoint, encode_record, seq_key, CHECKPOINT_FORMAT_V1, RECORD_FORMAT_V1};
+use mycnet_spores::{
+    ChainedEvent, Endpoint, EventBody, NodeAnnouncement, NodeKey, NodeRole, Projection,
+    ServiceAnnouncement, SignedEvent, Timestamp, TrustScore,
+};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn vectors_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schema").join("vectors")
+}
+
+const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+
+/// The fixed history: one event of every kind, in an order the rules accept.
+fn history() -> (Vec<NodeKey>, Vec<SignedEvent>) {
+    let founder = NodeKey::from_seed([0x11; 32]);
+    let member = NodeKey::from_seed([0x22; 32]);
+    let network = NetworkIdentityRecord {
+        network_id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+        network_name: "golden-network".into(),
+        genesis_timestamp: Timestamp(T0),
+    };
+    let founder_ann = NodeAnnouncement {
+        node: founder.node_id(),
+        name: "founder".into(),
+        role: NodeRole::Sclerotium,
+        addresses: vec!["10.0.0.1:7400".into()],
+        capabilities: vec!["relay".into(), "storage".into()],
+    };
+    let genesis = SignedEvent::genesis(&founder, network.clone(), founder_ann);
+    let fp = genesis.fingerprint;
+    let service = Uuid::from_u128(0xfeed_0000_0000_4000_8000_0000_0000_0001);
+    let m = member.node_id();
+    let at = |k: i64| Timestamp(T0 + k * 1_000_000);
+    let mut events = vec![genesis];
+    let mut push = |key: &NodeKey, t: Timestamp, body: EventBody| events.push(SignedEvent::sign(key, fp, t, body));
+    push(
+        &founder,
+        at(1),
+        EventBody::NodeJoined(NodeAnnouncement {
+            node: m,
+            name: "member".into(),
+            role: NodeRole::Rhizomorph,
+            addresses: vec!["10.0.0.2:7400".into()],
+            capabilities: vec![],
+        }),
+    );
+    push(&member, at(2), EventBody::CapabilitiesChanged { node: m, capabilities: vec!["gpu".into()] });
+    push(&member, at(3), EventBody::AddressesChanged { node: m, addresses: vec!["10.0.0.2:7401".into(), "[fd00::2]:7401".into()] });
+    push(
+        &member,
+        at(4),
+        EventBody::ServiceRegistered(ServiceAnnouncement {
+            service_id: service,
+            name: "inference".into(),
+            node: m,
+            capabilities: vec!["gpu".into()],
+            endpoints: vec![Endpoint { protocol: "grpc".into(), address: "10.0.0.2:9000".into() }],
+            metadata: vec![("model".into(), "small".into())],
+        }),
+    );
+    push(&founder, at(5), EventBody::TrustScoreChanged { node: m, score: TrustScore(750), reason: "answered reliably".into() });
+    push(&founder, at(6), EventBody::NodeWentOffline { node: m, last_seen: at(5) });
+    push(&founder, at(7), EventBody::NodeBackOnline { node: m });
+    push(&member, at(8), EventBody::NodeUpdated { node: m, name: Some("member-2".into()), role: None });
+    push(&member, at(9), EventBody::ServiceDeregistered { service_id: service, reason: "moved".into() });
+    (vec![founder, member], events)
+}
+
+fn compute() -> Value {
+    let (keys, signed) = history();
+    let mut p = Projection::new();
+    let mut chained: Vec<ChainedEvent> = Vec::new();
+    for ev in signed {
+        chained.push(p.append(ev).expect("the golden history follows the rules"));
+    }
+    // A checkpoint of the head, then the member leaves: every kind appears once.
+    let head = p.head().expect("head");
+    let founder = &keys[0];
+    let fp = p.fingerprint().expect("fingerprint");
+    let t = Timestamp(T0 + 10_000_000);
+    chained.push(p.append(SignedEvent::sign(founder, fp, t, EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash })).expect("checkpoint"));
+    let m = keys[1].node_id();
+    chained.push(p.append(SignedEvent::sign(&keys[1], fp, Timestamp(T0 + 11_000_000), EventBody::NodeLeft { node: m, reason: "done".into() })).expect("left"));
+
+    let network = p.network().expect("network").clone();
+    assert_eq!(network_fingerprint(&network, &founder.node_id()), fp);
+    let events: Vec<Value> = chained
+        .iter()
+        .map(|c| {
+            json!({
+                "seq": c.seq,
+                "kind": c.event.body.kind(),
+                "canonical_event_hex": hex::encode(c.event.canonical_bytes()),
+                "signing_message_hex": hex::encode(c.event.signing_message()),
+                "signature_hex": hex::encode(c.event.signature.0),
+                "prev_hash_hex": c.prev_hash.to_hex(),
+                "hash_hex": c.hash.to_hex(),
+                "ledger_key_hex": hex::encode(seq_key(c.seq)),
+                "ledger_record_hex": hex::encode(encode_record(c)),
+            })
+        })
+        .collect();
+    let seed_bytes = seed::build(&p, Some(&chained), &[founder]).expect("seed");
+    let parsed = seed::verify(&seed_bytes, VerifyPolicy::default()).expect("the golden seed verifies");
+    json!({
+        "about": "Golden vectors of mycnet-spores. Regenerate only after an intentional, versioned format change (schema/README.md).",
+        "schema_version": SCHEMA_VERSION,
+        "record_format": RECORD_FORMAT_V1,
+        "checkpoint_format": CHECKPOINT_FORMAT_V1,
+        "seed_format": SEED_FORMAT_V1,
+        "domains": {
+            "event_signature": String::from_utf8_lossy(DOMAIN_EVENT_SIGNATURE),
+            "network_fingerprint": String::from_utf8_lossy(DOMAIN_FINGERPRINT),
+            "seed_signature": String::from_utf8_lossy(DOMAIN_SEED_SIGNATURE),
+        },
+        "keys": keys.iter().map(|k| json!({ "secret_seed_hex": hex::encode(k.to_seed()), "node_id_hex": k.node_id().to_hex() })).collect::<Vec<_>>(),
+        "network": {
+            "network_id": network.network_id,
+            "network_name": network.network_name,
+            "genesis_timestamp_micros": network.genesis_timestamp.0,
+            "fingerprint_hex": fp.to_hex(),
+        },
+        "events": events,
+        "checkpoint_record_hex": hex::encode(encode_checkpoint(p.state())),
+        "seed": {
+            "file_hex": hex::encode(&seed_bytes),
+            "digest_hex": hex::encode(parsed.digest),
+            "signers": parsed.signers.iter().map(|s| s.to_hex()).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// The first place two JSON values differ, as a path.
+fn first_difference(path: &str, want: &Value, got: &Value) -> Option<String> {
+    match (want, got) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, va) in a {
+                match b.get(k) {
+                    None => return Some(format!("{path}.{k}: missing from the computed vectors")),
+                    Some(vb) => {
+                        if let Some(d) = first_difference(&format!("{path}.{k}"), va, vb) {
+                            return Some(d);
+                        }
+                    }
+                }
+            }
+            b.keys().find(|k| !a.contains_key(*k)).map(|k| format!("{path}.{k}: not in the golden file"))
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (va, vb)) in a.iter().zip(b).enumerate() {
+                if let Some(d) = first_difference(&format!("{path}[{i}]"), va, vb) {
+                    return Some(d);
+                }
+            }
+            (a.len() != b.len()).then(|| format!("{path}: {} entries in the golden file, {} computed", a.len(), b.len()))
+        }
+        (a, b) if a == b => None,
+        (a, b) => Some(format!("{path}: golden {a} but computed {b}")),
+    }
+}
+
+#[test]
+fn golden_vectors_match_byte_for_byte() {
+    let path = vectors_dir().join("v1.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (generate it, see the module doc)", path.display()));
+    let want: Value = serde_json::from_str(&text).expect("golden file is JSON");
+    let got = compute();
+    if let Some(diff) = first_difference("$", &want, &got) {
+        panic!("the encoding changed: {diff}\nIf intended, bump the version and regenerate (see schema/README.md).");
+    }
+}
+
+#[test]
+#[ignore = "rewrites schema/vectors; run with SPORES_REGENERATE_GOLDEN=1"]
+fn regenerate_golden_vectors() {
+    if std::env::var("SPORES_REGENERATE_GOLDEN").as_deref() != Ok("1") {
+        eprintln!("set SPORES_REGENERATE_GOLDEN=1 to rewrite schema/vectors/v1.json");
+        return;
+    }
+    let text = serde_json::to_string_pretty(&compute()).expect("json") + "\n";
+    std::fs::create_dir_all(vectors_dir()).expect("mkdir");
+    std::fs::write(vectors_dir().join("v1.json"), text).expect("write");
+}
