@@ -159,7 +159,8 @@ impl Admission {
         self.write().keys.insert(key);
     }
 
-    /// Stops admitting `key` for new connections (established ones are not cut).
+    /// Stops admitting `key`: new connections are refused, and an established one is closed
+    /// at its next request.
     pub fn revoke(&self, key: &NodeId) {
         self.write().keys.remove(key);
     }
@@ -562,8 +563,8 @@ async fn serve_connection(
             tracing::warn!(peer_key = %peer, "refused a Raft connection from a node key the admission policy does not allow");
             close(&conn, close_code::NOT_ADMITTED, "node key not admitted");
         }
-        Some(ALPN_RAFT) => serve_rpc(conn, peer, handler, cfg, false).await,
-        Some(ALPN_ADMIN) => serve_rpc(conn, peer, handler, cfg, true).await,
+        Some(ALPN_RAFT) => serve_rpc(conn, peer, handler, cfg, Some(gate)).await,
+        Some(ALPN_ADMIN) => serve_rpc(conn, peer, handler, cfg, None).await,
         other => {
             let alpn = other.map(String::from_utf8_lossy);
             tracing::warn!(alpn = ?alpn, "unsupported protocol; closing");
@@ -572,13 +573,21 @@ async fn serve_connection(
     }
 }
 
-/// Serves the streams of one connection; `read_only` allows only `Status` and `Query`.
-async fn serve_rpc(conn: quinn::Connection, peer: NodeId, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>, read_only: bool) {
+/// Serves the streams of one connection. With a `gate` (the Raft protocol) every request is
+/// checked against the admission policy as it is now, so a key revoked while connected is cut
+/// off at its next request; without one (the admin protocol) only `Status` and `Query` pass.
+async fn serve_rpc(conn: quinn::Connection, peer: NodeId, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>, gate: Option<Gate>) {
+    let read_only = gate.is_none();
     tracing::debug!("connection established");
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
+                Ok(_) if gate.as_ref().is_some_and(|g| !g.admits(&peer)) => {
+                    tracing::warn!(peer_key = %peer, "node key no longer admitted; closing its connection");
+                    close(&conn, close_code::NOT_ADMITTED, "node key no longer admitted");
+                    break;
+                }
                 Ok((send, recv)) => {
                     let span = tracing::debug_span!("quic_serve", stream = %recv.id(), kind = tracing::field::Empty);
                     streams.spawn(serve_stream(conn.clone(), peer, handler.clone(), cfg.clone(), read_only, send, recv).instrument(span));

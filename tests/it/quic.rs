@@ -137,6 +137,23 @@ async fn quic_unadmitted_key_is_refused_before_any_request() {
     assert_eq!(server.echo.callers(), vec![client.key.node_id()]);
 }
 
+/// A key revoked while connected is cut off at its next request, and stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_a_revoked_key_is_cut_off_at_its_next_request() {
+    trace();
+    let admission = Admission::only([]);
+    let server = node(26, admission.clone(), Duration::ZERO).await;
+    let client = node(27, Admission::allow_all(), Duration::ZERO).await;
+    admission.allow(client.key.node_id());
+    assert_eq!(read_index(&client, &server.peer, T).await.expect("admitted"), Some(26));
+    admission.revoke(&client.key.node_id());
+    let err = read_index(&client, &server.peer, T).await.expect_err("revoked");
+    assert!(matches!(err, TransportError::Refused { .. }), "{err:?}");
+    let err = read_index(&client, &server.peer, T).await.expect_err("still revoked after re-dialing");
+    assert!(matches!(err, TransportError::Refused { .. }), "{err:?}");
+    assert_eq!(server.echo.calls(), 1, "nothing after the revocation reached the handler");
+}
+
 /// Operators read status and registries from any key over the admin protocol; nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_admin_protocol_serves_reads_from_any_key_and_nothing_else() {
