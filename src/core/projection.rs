@@ -427,10 +427,22 @@ impl Projection {
     }
 
     fn index_service(&mut self, s: &ServiceAnnouncement) {
-        self.by_name.entry(s.name.clone()).or_default().insert(s.service_id);
+        // Most names and capabilities are already indexed: look up by `&str` first and only
+        // allocate a key for a new one.
+        fn add(m: &mut HashMap<String, BTreeSet<Uuid>>, k: &str, id: Uuid) {
+            match m.get_mut(k) {
+                Some(set) => {
+                    set.insert(id);
+                }
+                None => {
+                    m.insert(k.to_string(), BTreeSet::from([id]));
+                }
+            }
+        }
+        add(&mut self.by_name, &s.name, s.service_id);
         self.by_node.entry(s.node).or_default().insert(s.service_id);
         for c in &s.capabilities {
-            self.by_capability.entry(c.clone()).or_default().insert(s.service_id);
+            add(&mut self.by_capability, c, s.service_id);
         }
     }
 
