@@ -9,10 +9,12 @@ use std::path::PathBuf;
 
 use mycnet_spores::core::event::{network_fingerprint, DOMAIN_EVENT_SIGNATURE, DOMAIN_FINGERPRINT, SCHEMA_VERSION};
 use mycnet_spores::core::types::NetworkIdentityRecord;
+use mycnet_spores::raft::raft_id;
 use mycnet_spores::seed::{self, VerifyPolicy, DOMAIN_SEED_SIGNATURE, SEED_FORMAT_V1};
+use mycnet_spores::store::ledger::LEDGER_FORMAT_MARKER;
 use mycnet_spores::store::record::{encode_checkpoint, encode_record, seq_key, CHECKPOINT_FORMAT_V1, RECORD_FORMAT_V1};
 use mycnet_spores::{
-    ChainedEvent, Endpoint, EventBody, NodeAnnouncement, NodeKey, NodeRole, Projection,
+    ChainedEvent, Endpoint, EventBody, Ledger, LedgerConfig, NodeAnnouncement, NodeKey, NodeRole, Projection,
     ServiceAnnouncement, SignedEvent, Timestamp, TrustScore,
 };
 use serde_json::{json, Value};
@@ -98,22 +100,35 @@ fn compute() -> Value {
 
     let network = p.network().expect("network").clone();
     assert_eq!(network_fingerprint(&network, &founder.node_id()), fp);
+    let disk = on_disk(&chained);
+    assert_eq!(disk.meta_format, LEDGER_FORMAT_MARKER, "meta/format on disk");
+    let checkpoint_record = encode_checkpoint(p.state());
+    assert_eq!(
+        hex::encode(&disk.meta_checkpoint[32..]),
+        hex::encode(&checkpoint_record),
+        "meta/checkpoint on disk is not digest ‖ encode_checkpoint(state)"
+    );
     let events: Vec<Value> = chained
         .iter()
-        .map(|c| {
+        .zip(&disk.records)
+        .map(|(c, (key, record))| {
+            assert_eq!(hex::encode(key), hex::encode(seq_key(c.seq)), "seq {}: ledger key on disk", c.seq);
+            assert_eq!(hex::encode(record), hex::encode(encode_record(c)), "seq {}: record on disk differs from encode_record", c.seq);
             json!({
                 "seq": c.seq,
                 "kind": c.event.body.kind(),
+                "body_hex": hex::encode(bcs::to_bytes(&c.event.body).expect("bcs body")),
                 "canonical_event_hex": hex::encode(c.event.canonical_bytes()),
                 "signing_message_hex": hex::encode(c.event.signing_message()),
                 "signature_hex": hex::encode(c.event.signature.0),
                 "prev_hash_hex": c.prev_hash.to_hex(),
                 "hash_hex": c.hash.to_hex(),
-                "ledger_key_hex": hex::encode(seq_key(c.seq)),
-                "ledger_record_hex": hex::encode(encode_record(c)),
+                "ledger_key_hex": hex::encode(key),
+                "ledger_record_hex": hex::encode(record),
             })
         })
         .collect();
+    assert_eq!(disk.records.len(), chained.len(), "records in the ledger keyspace");
     let seed_bytes = seed::build(&p, Some(&chained), &[founder]).expect("seed");
     let parsed = seed::verify(&seed_bytes, VerifyPolicy::default()).expect("the golden seed verifies");
     json!({
@@ -127,21 +142,87 @@ fn compute() -> Value {
             "network_fingerprint": String::from_utf8_lossy(DOMAIN_FINGERPRINT),
             "seed_signature": String::from_utf8_lossy(DOMAIN_SEED_SIGNATURE),
         },
-        "keys": keys.iter().map(|k| json!({ "secret_seed_hex": hex::encode(k.to_seed()), "node_id_hex": k.node_id().to_hex() })).collect::<Vec<_>>(),
+        "keys": keys
+            .iter()
+            .map(|k| {
+                json!({
+                    "secret_seed_hex": hex::encode(k.to_seed()),
+                    "node_id_hex": k.node_id().to_hex(),
+                    "raft_id": raft_id(&k.node_id()),
+                })
+            })
+            .collect::<Vec<_>>(),
         "network": {
             "network_id": network.network_id,
             "network_name": network.network_name,
             "genesis_timestamp_micros": network.genesis_timestamp.0,
+            "identity_record_bcs_hex": hex::encode(bcs::to_bytes(&network).expect("bcs identity")),
             "fingerprint_hex": fp.to_hex(),
         },
         "events": events,
-        "checkpoint_record_hex": hex::encode(encode_checkpoint(p.state())),
+        "checkpoint_record_hex": hex::encode(&checkpoint_record),
+        "meta": {
+            "format": String::from_utf8_lossy(&disk.meta_format),
+            "head_hex": hex::encode(&disk.meta_head),
+            "checkpoint_digest_hex": hex::encode(&disk.meta_checkpoint[..32]),
+        },
         "seed": {
             "file_hex": hex::encode(&seed_bytes),
             "digest_hex": hex::encode(parsed.digest),
             "signers": parsed.signers.iter().map(|s| s.to_hex()).collect::<Vec<_>>(),
         },
     })
+}
+
+/// What a real ledger wrote: every `ledger` key/value and the `meta` values, read back raw.
+struct OnDisk {
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    meta_format: Vec<u8>,
+    meta_head: Vec<u8>,
+    meta_checkpoint: Vec<u8>,
+}
+
+/// Appends the history to a fresh fjall ledger, writes a checkpoint, and reads the raw bytes.
+fn on_disk(chained: &[ChainedEvent]) -> OnDisk {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = Ledger::open(dir.path(), LedgerConfig::default()).expect("open ledger");
+    for c in chained {
+        let out = ledger.append(vec![c.event.clone()]).expect("append");
+        let got = out.into_iter().next().expect("one outcome").expect("accepted");
+        assert_eq!(got, *c, "seq {}: the ledger chained the event differently from Projection::append", c.seq);
+    }
+    ledger.write_checkpoint().expect("checkpoint");
+    let meta = |k: &[u8]| ledger.meta_get(k).expect("meta").unwrap_or_else(|| panic!("meta/{} missing", String::from_utf8_lossy(k)));
+    let (meta_format, meta_head, meta_checkpoint) = (meta(b"format"), meta(b"head"), meta(b"checkpoint"));
+    drop(ledger);
+    let db = fjall::Database::builder(dir.path()).open().expect("reopen fjall");
+    let ks = db.keyspace("ledger", fjall::KeyspaceCreateOptions::default).expect("ledger keyspace");
+    let records = ks
+        .iter()
+        .map(|g| {
+            let (k, v) = g.into_inner().expect("read");
+            (k.to_vec(), v.to_vec())
+        })
+        .collect();
+    OnDisk { records, meta_format, meta_head, meta_checkpoint }
+}
+
+/// Where two strings first differ, with a little context (hex values can be kilobytes long).
+fn describe_string_difference(a: &str, b: &str) -> String {
+    let i = a.bytes().zip(b.bytes()).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let ctx = |s: &str| -> String {
+        let lo = i.saturating_sub(16);
+        let hi = (i + 16).min(s.len());
+        format!("{}{}{}", if lo > 0 { "…" } else { "" }, s.get(lo..hi).unwrap_or(""), if hi < s.len() { "…" } else { "" })
+    };
+    format!(
+        "first difference at character {i} (byte {} of a hex string); lengths {} vs {}: golden {:?} but computed {:?}",
+        i / 2,
+        a.len(),
+        b.len(),
+        ctx(a),
+        ctx(b)
+    )
 }
 
 /// The first place two JSON values differ, as a path.
@@ -162,13 +243,16 @@ fn first_difference(path: &str, want: &Value, got: &Value) -> Option<String> {
         }
         (Value::Array(a), Value::Array(b)) => {
             for (i, (va, vb)) in a.iter().zip(b).enumerate() {
-                if let Some(d) = first_difference(&format!("{path}[{i}]"), va, vb) {
+                // Name the vector: `$.events[3](addresses_changed).signature_hex`.
+                let label = va.get("kind").and_then(Value::as_str).map(|k| format!("({k})")).unwrap_or_default();
+                if let Some(d) = first_difference(&format!("{path}[{i}]{label}"), va, vb) {
                     return Some(d);
                 }
             }
             (a.len() != b.len()).then(|| format!("{path}: {} entries in the golden file, {} computed", a.len(), b.len()))
         }
         (a, b) if a == b => None,
+        (Value::String(a), Value::String(b)) => Some(format!("{path}: {}", describe_string_difference(a, b))),
         (a, b) => Some(format!("{path}: golden {a} but computed {b}")),
     }
 }
