@@ -10,6 +10,8 @@
 //! [init]                         # form a new network (first voter only)
 //! network_name = "demo"
 //!
+//! # from_seed = "backup.seed"     # or: form the network a seed describes (a voter of it)
+//!
 //! [join]                         # or: ask a member to add this node
 //! via_addr = "127.0.0.1:7400"
 //! via_key = "<64 hex chars>"
@@ -130,6 +132,12 @@ pub struct NodeConfig {
     /// Join a network.
     #[serde(default)]
     pub join: Option<JoinConfig>,
+    /// Form the network a seed spore file describes (this node must be one of its voters).
+    #[serde(default)]
+    pub from_seed: Option<PathBuf>,
+    /// With `from_seed`: require the seed to be signed by a majority of its voters.
+    #[serde(default)]
+    pub seed_quorum: bool,
     /// Bootstrap peers.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
@@ -162,8 +170,11 @@ impl NodeConfig {
 
     /// Checks the combination of settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.init.is_some() && self.join.is_some() {
-            return Err(ConfigError::Invalid("`init` and `join` exclude each other"));
+        if [self.init.is_some(), self.join.is_some(), self.from_seed.is_some()].iter().filter(|b| **b).count() > 1 {
+            return Err(ConfigError::Invalid("`init`, `join` and `from_seed` exclude each other"));
+        }
+        if self.from_seed.is_some() && self.role == RoleConfig::Latent {
+            return Err(ConfigError::Invalid("only a voter can form a network from a seed"));
         }
         if self.init.is_some() && self.role == RoleConfig::Latent {
             return Err(ConfigError::Invalid("only a voter can form a network"));
@@ -233,7 +244,11 @@ pub async fn start_node(
     if let Some(a) = admission {
         refresh_admission(&system, a, &bootstrap)?;
     }
-    if let Some(init) = &config.init {
+    if let Some(path) = &config.from_seed {
+        let policy = crate::seed::VerifyPolicy { require_quorum: config.seed_quorum, expected_network: None };
+        system.form_from_seed(path, policy).await?;
+        admit_bootstrap_peers(&system, config).await?;
+    } else if let Some(init) = &config.init {
         let formed = system.head()?.is_some();
         if !formed {
             system

@@ -433,6 +433,99 @@ impl SporeSystem {
         Ok(())
     }
 
+    /// Forms a network from a seed spore: the same network, its projections and head. This
+    /// node must be one of the seed's voters; it imports the seed's events (each signature
+    /// verified again), becomes the first Raft member, and compacts its Raft log into a
+    /// snapshot so that every node added later — the seed's other voters join with
+    /// [`SporeSystem::join`] as usual — starts from the seed's state. New events extend the
+    /// seed's chain. A data dir that already holds the same chain up to the seed's head is
+    /// accepted as imported; any other non-empty data dir is refused.
+    #[tracing::instrument(skip(self, path, policy), fields(seed = %path.as_ref().display()))]
+    pub async fn form_from_seed(&mut self, path: impl AsRef<std::path::Path>, policy: crate::seed::VerifyPolicy) -> Result<ChainHead, Error> {
+        self.start().await?;
+        let r = self.running()?;
+        let seed = crate::seed::read_file(path.as_ref(), policy)?;
+        if !seed.header.includes_events {
+            return Err(crate::seed::SeedError::EventsRequired.into());
+        }
+        let head = seed.head();
+        let me = r.me.clone();
+        let is_voter = seed.state.nodes.get(&me.node).is_some_and(|n| n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left);
+        if !is_voter {
+            return Err(Error::Raft(format!("node {} is not a voter in the seed; only the seed's voters can form its network", me.node.short())));
+        }
+        let members_now = r.raft.metrics().borrow().membership_config.membership().voter_ids().count();
+        if members_now > 0 {
+            let ours = self.head()?;
+            return if ours.map(|h| (h.seq, h.hash)) >= Some((head.seq, head.hash)) && self.with_projection(|p| p.fingerprint())? == Some(seed.header.fingerprint) {
+                Ok(head)
+            } else {
+                Err(Error::AlreadyInitialized { network: seed.header.network.network_name.clone() })
+            };
+        }
+        // Import: re-append the signed events (the ledger re-verifies and re-chains them; the
+        // chain is deterministic, so it must land exactly on the seed's head).
+        let ledger = r.ledger.clone();
+        let events: Vec<SignedEvent> = seed.events.into_iter().map(|c| c.event).collect();
+        let network = seed.header.network.network_name.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), Error> {
+            let mut l = ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            match l.head() {
+                Some(h) if h.seq == head.seq && h.hash == head.hash => return Ok(()),
+                Some(_) => return Err(Error::AlreadyInitialized { network }),
+                None => {}
+            }
+            let mut it = events.into_iter().peekable();
+            while it.peek().is_some() {
+                let chunk: Vec<SignedEvent> = it.by_ref().take(crate::core::limits::APPEND_BATCH_MAX).collect();
+                for outcome in l.append(chunk)? {
+                    outcome?;
+                }
+            }
+            if l.head().map(|h| (h.seq, h.hash)) != Some((head.seq, head.hash)) {
+                return Err(Error::Raft("the imported events did not reproduce the seed's head".into()));
+            }
+            l.write_checkpoint()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Raft(format!("seed import task: {e}")))??;
+
+        // This node alone first; compact the log so later members start from a snapshot.
+        let members = BTreeMap::from([(raft_id(&me.node), me.clone())]);
+        match r.raft.initialize(members).await {
+            Ok(()) | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(raft_err(e)),
+        }
+        let deadline = Instant::now() + r.timeouts.write;
+        loop {
+            let m = r.raft.metrics().borrow().clone();
+            if m.current_leader == Some(raft_id(&me.node)) && m.last_applied.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::NoLeader { waited: r.timeouts.write });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        r.raft.trigger().snapshot().await.map_err(raft_err)?;
+        loop {
+            let m = r.raft.metrics().borrow().clone();
+            if let (Some(snap), Some(applied)) = (m.snapshot, m.last_applied) {
+                if snap.index >= applied.index {
+                    r.raft.trigger().purge_log(snap.index).await.map_err(raft_err)?;
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Raft("the post-import snapshot was not built in time".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(seq = head.seq, hash = %head.hash, "network formed from a seed");
+        Ok(head)
+    }
+
     /// Asks the network (through `via`, any member) to add this node to the Raft membership,
     /// as a voter or a learner. An authority must have admitted this node first
     /// ([`SporeSystem::admit`]).

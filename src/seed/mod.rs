@@ -143,6 +143,9 @@ pub enum SeedError {
         /// Why.
         reason: String,
     },
+    /// The operation needs the full event range and the seed carries only the state.
+    #[error("this needs a seed that includes its events (export it with events)")]
+    EventsRequired,
     /// Filesystem error.
     #[error("I/O error on {path}: {reason}")]
     Io {

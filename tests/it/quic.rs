@@ -676,6 +676,8 @@ async fn runner_node(root: &std::path::Path, name: &str, init: Option<&str>, joi
         init: init.map(|n| InitConfig { network_name: n.into(), network_id: None }),
         join: join.map(|p| JoinConfig { via_addr: p.addr.clone(), via_key: p.node.to_hex(), as_voter: true }),
         peers: vec![],
+        from_seed: None,
+        seed_quorum: false,
         write_timeout_ms: Some(2000),
     };
     std::fs::create_dir_all(&config.data_dir).expect("data dir");

@@ -53,3 +53,82 @@ async fn export_seed_is_consistent_at_a_committed_head_while_writes_continue() {
         Err(seed::SeedError::UnderSigned { got: 1, voters: 3, needed: 2 })
     ));
 }
+
+/// A network formed again from a seed on new data dirs: the same network, registry and head,
+/// the seed's voters as its voters, and new events extending the seed's chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_forms_from_a_seed_and_extends_its_chain() {
+    use mycnet_spores::net::inproc::InProcNetwork;
+    use mycnet_spores::{NodeKey, SporeSystem};
+
+    let mut old = Cluster::form(3, 43).await;
+    let leader = old.leader(Duration::from_secs(5)).await.expect("leader");
+    for i in 0..20 {
+        old.sys(leader).register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![]).await.expect("write");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = dir.path().join("full.seed");
+    let bare = dir.path().join("bare.seed");
+    let seed_head = old.sys(leader).export_seed(&full, true).await.expect("export");
+    old.sys(leader).export_seed(&bare, false).await.expect("export without events");
+    let fingerprint = old.sys(leader).status().expect("status").fingerprint;
+    let keys: Vec<NodeKey> = old.members.iter().map(|m| m.key.clone()).collect();
+    for i in 0..3 {
+        old.crash(i).await;
+    }
+
+    // The same voters (same keys), new data dirs, a new network of processes.
+    let net = InProcNetwork::new(44);
+    let mut systems = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let mut s = SporeSystem::builder()
+            .data_dir(dir.path().join(format!("new{i}")))
+            .key(key.clone())
+            .addr(format!("n{i}"))
+            .inproc(&net)
+            .timeouts(crate::cluster::fast_timeouts())
+            .build();
+        s.start().await.expect("start");
+        systems.push(s);
+    }
+    // A seed without events cannot form a network; the wrong network is refused.
+    let err = systems[0].form_from_seed(&bare, VerifyPolicy::default()).await.expect_err("needs events");
+    assert!(matches!(err, mycnet_spores::Error::Seed(seed::SeedError::EventsRequired)), "{err:?}");
+    let other = mycnet_spores::NetworkFingerprint([9; 32]);
+    let err = systems[0]
+        .form_from_seed(&full, VerifyPolicy { require_quorum: false, expected_network: Some(other) })
+        .await
+        .expect_err("wrong network");
+    assert!(matches!(err, mycnet_spores::Error::Seed(seed::SeedError::WrongNetwork { .. })), "{err:?}");
+    assert_eq!(systems[0].head().expect("head"), None, "nothing imported from a refused seed");
+
+    let formed = systems[0].form_from_seed(&full, VerifyPolicy::default()).await.expect("form from seed");
+    assert_eq!((formed.seq, formed.hash), (seed_head.seq, seed_head.hash));
+    let via = systems[0].peer().expect("peer");
+    for s in systems.iter_mut().skip(1) {
+        s.join(via.clone(), true).await.expect("a seed voter joins");
+    }
+    // New writes extend the seed's chain, on every node.
+    systems[1].register_service("after-seed", vec![], vec!["cap".into()], vec![]).await.expect("write after formation");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let head = loop {
+        let heads: Vec<_> = systems.iter().map(|s| s.head().expect("head")).collect();
+        if heads.iter().all(|h| h.is_some() && *h == heads[0]) && heads[0].is_some_and(|h| h.seq > seed_head.seq) {
+            break heads[0].expect("head");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no convergence: {heads:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for s in &systems {
+        assert_eq!(s.status().expect("status").fingerprint, fingerprint, "the same network");
+        assert_eq!(s.status().expect("status").voters.len(), 3);
+        assert_eq!(s.services_by_capability("cap").expect("query").len(), 21);
+        assert_eq!(s.head().expect("head"), Some(head));
+        let mut sub = s.subscribe(seed_head.seq).expect("subscribe");
+        let at = sub.next().await.expect("event").expect("readable");
+        assert_eq!(at.hash, seed_head.hash, "the chain passes through the seed's head");
+    }
+    for mut s in systems {
+        s.shutdown().await.expect("shutdown");
+    }
+}

@@ -279,7 +279,7 @@ enum QueryWhat {
 #[derive(clap::Args)]
 struct NodeArgs {
     /// A TOML config file (see the docs of `mycnet_spores::node`); excludes the other flags.
-    #[arg(long, conflicts_with_all = ["data_dir", "listen", "init", "join_addr", "peer"])]
+    #[arg(long, conflicts_with_all = ["data_dir", "listen", "init", "join_addr", "peer", "from_seed"])]
     config: Option<PathBuf>,
     /// Ledger, Raft log and node.key live here.
     #[arg(long)]
@@ -311,6 +311,9 @@ struct NodeArgs {
     /// A bootstrap peer KEY@HOST:PORT (repeatable); the founder admits these.
     #[arg(long = "peer")]
     peer: Vec<String>,
+    /// Form the network this seed file describes (this node must be one of its voters).
+    #[arg(long, conflicts_with_all = ["init", "join_addr"])]
+    from_seed: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -365,6 +368,7 @@ fn run(cli: Cli) -> CliResult {
                     a.join_key,
                     a.learner,
                     a.peer,
+                    a.from_seed,
                 )?,
             };
             runtime()?.block_on(remote::run_node(config, &mut Out::new(a.json)))

@@ -86,6 +86,7 @@ pub fn config_from_flags(
     join_key: Option<String>,
     join_as_learner: bool,
     peers: Vec<String>,
+    from_seed: Option<PathBuf>,
 ) -> Result<NodeConfig, CliError> {
     let data_dir = data_dir.ok_or_else(|| CliError::usage("--data-dir is required without --config"))?;
     let listen = listen.ok_or_else(|| CliError::usage("--listen is required without --config"))?;
@@ -111,6 +112,8 @@ pub fn config_from_flags(
         init: init.map(|network_name| node::InitConfig { network_name, network_id: None }),
         join,
         peers,
+        from_seed,
+        seed_quorum: false,
         write_timeout_ms: None,
     };
     config.validate().map_err(|e| CliError::usage(e.to_string()))?;

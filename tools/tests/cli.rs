@@ -298,6 +298,23 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
         })
         .collect();
     assert!(heads.windows(2).all(|w| w[0] == w[1]), "{heads:?}");
+
+    // Backup and re-formation: a seed of n1's data dir forms the same network on a new data
+    // dir holding n1's key, at the same head, and it takes writes again.
+    let seed = root.path().join("backup.seed");
+    let out = run(&["seed", "export", "--data-dir", path(&procs[1].dir), "--out", path(&seed), "--events"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let reborn_dir = root.path().join("reborn");
+    std::fs::create_dir_all(&reborn_dir).expect("mkdir");
+    std::fs::copy(procs[1].dir.join("node.key"), reborn_dir.join("node.key")).expect("copy key");
+    let mut reborn = Proc { dir: reborn_dir, addr: format!("127.0.0.1:{}", free_udp_port()), key: procs[1].key.clone(), child: None };
+    let args = vec!["--data-dir".into(), path(&reborn.dir).to_string(), "--listen".into(), reborn.addr.clone(), "--from-seed".into(), path(&seed).to_string()];
+    start(&mut reborn, &args);
+    let st = wait_until("the network formed from the seed", Duration::from_secs(30), || {
+        status(&reborn.addr).filter(|s| s["raft_state"] == "Leader" && s["head"]["hash"] == heads[0]["hash"])
+    });
+    assert_eq!(st["head"]["seq"], heads[0]["seq"]);
+    assert!(register(&reborn.dir.join("node.key"), &reborn.addr, "after-restore").is_some(), "writes extend the seed's chain");
 }
 
 #[test]
