@@ -381,6 +381,7 @@ impl SporeSystem {
             raft: raft.clone(),
             ledger: ledger.clone(),
             me: me.clone(),
+            key: key.clone(),
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -936,6 +937,7 @@ struct NodeService {
     raft: Raft,
     ledger: SharedLedger,
     me: PeerNode,
+    key: NodeKey,
 }
 
 impl crate::net::RpcHandler for NodeService {
@@ -963,6 +965,22 @@ impl crate::net::RpcHandler for NodeService {
                     }
                 };
                 Box::pin(async move { RpcResponse::Query(answer) })
+            }
+            RpcRequest::ExportSeed { path, include_events } => {
+                if from != self.me.node {
+                    tracing::warn!(peer = %from.short(), "refused a seed export asked by another key");
+                    let e = RemoteFailure::Other("only this node's own key may ask it to export a seed".into());
+                    return Box::pin(async move { RpcResponse::ExportSeed(Err(e)) });
+                }
+                let (ledger, key) = (self.ledger.clone(), self.key.clone());
+                Box::pin(async move {
+                    let r = tokio::task::spawn_blocking(move || crate::seed::export(&ledger, &key, std::path::Path::new(&path), include_events))
+                        .await
+                        .map_err(|e| RemoteFailure::Other(format!("seed export task: {e}")))
+                        .and_then(|r| r.map_err(|e| RemoteFailure::Other(e.to_string())))
+                        .map(|h| ChainPoint { seq: h.seq, hash: h.hash });
+                    RpcResponse::ExportSeed(r)
+                })
             }
             other => self.raft_service.handle(from, other),
         }

@@ -57,6 +57,14 @@ pub enum RpcRequest {
     Status,
     /// Read-only: a registry query against the node's local projection.
     Query(Query),
+    /// Write a seed spore of the node's committed state to `path` on the node's own host.
+    /// Only the node's own key may ask (an operator on that host, who can read its key file).
+    ExportSeed {
+        /// Where to write it, on the node's host.
+        path: String,
+        /// Include every event from genesis.
+        include_events: bool,
+    },
 }
 
 /// A read-only registry query.
@@ -96,6 +104,7 @@ impl RpcRequest {
             RpcRequest::ReadIndex => "read_index",
             RpcRequest::Status => "status",
             RpcRequest::Query(_) => "query",
+            RpcRequest::ExportSeed { .. } => "export_seed",
         }
     }
 }
@@ -134,6 +143,8 @@ pub enum RpcResponse {
     Status(Result<crate::system::SporeStatus, RemoteFailure>),
     /// To `Query`.
     Query(Result<QueryAnswer, RemoteFailure>),
+    /// To `ExportSeed`: the seed's head.
+    ExportSeed(Result<crate::raft::ChainPoint, RemoteFailure>),
 }
 
 /// Why a call did not get a response.
@@ -261,6 +272,7 @@ impl RpcHandler for LateHandler {
                     RpcRequest::ReadIndex => RpcResponse::ReadIndex(Err(starting())),
                     RpcRequest::Status => RpcResponse::Status(Err(starting())),
                     RpcRequest::Query(_) => RpcResponse::Query(Err(starting())),
+                    RpcRequest::ExportSeed { .. } => RpcResponse::ExportSeed(Err(starting())),
                     RpcRequest::AddMember { .. } | RpcRequest::RemoveMember { .. } => RpcResponse::Membership(Err(starting())),
                     // Raft RPCs before the node is up: report a fatal-free "stopped" node.
                     RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) => {

@@ -216,6 +216,9 @@ impl RpcHandler for RaftService {
                 RpcRequest::AddMember { node, voter } => RpcResponse::Membership(self.add_member(node, voter).await),
                 RpcRequest::RemoveMember { node } => RpcResponse::Membership(self.remove_member(node).await),
                 RpcRequest::Status => RpcResponse::Status(Err(RemoteFailure::Other("status is served by the node, not Raft".into()))),
+                RpcRequest::ExportSeed { .. } => {
+                    RpcResponse::ExportSeed(Err(RemoteFailure::Other("seed export is served by the node, not Raft".into())))
+                }
                 RpcRequest::Query(_) => RpcResponse::Query(Err(RemoteFailure::Other("queries are served by the node, not Raft".into()))),
                 RpcRequest::ReadIndex => RpcResponse::ReadIndex(match self.raft.ensure_linearizable().await {
                     Ok(log_id) => Ok(log_id.map(|l| l.index)),

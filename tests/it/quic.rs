@@ -715,3 +715,35 @@ async fn quic_a_node_of_another_network_cannot_connect_or_join() {
     a0.shutdown().await.expect("shutdown");
     b0.shutdown().await.expect("shutdown");
 }
+
+/// A running node writes a seed on request of its own key only; any other key, even an
+/// admitted one, is refused and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_only_the_nodes_own_key_may_ask_it_to_export_a_seed() {
+    trace();
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut voters = form_quic_cluster(root.path(), 130, 0x9_0002).await;
+    let v = &voters[1];
+    let target = root.path().join("v1.seed");
+    let ask = |key: NodeKey, include_events: bool| {
+        let addr = v.addr.clone();
+        let path = target.display().to_string();
+        async move {
+            let req = RpcRequest::ExportSeed { path, include_events };
+            quic::call_once(&key, &addr, None, ALPN_RAFT, req, T).await.expect("the call itself goes through")
+        }
+    };
+    let (_, resp) = ask(NodeKey::from_seed([140; 32]), true).await;
+    assert!(matches!(resp, RpcResponse::ExportSeed(Err(_))), "{resp:?}");
+    assert!(!target.exists());
+    let (_, resp) = ask(v.key.clone(), true).await;
+    let RpcResponse::ExportSeed(Ok(head)) = resp else { panic!("{resp:?}") };
+    let seed = mycnet_spores::seed::read_file(&target, mycnet_spores::seed::VerifyPolicy::default()).expect("verifies");
+    assert_eq!((seed.header.head_seq, seed.header.head_hash), (head.seq, head.hash));
+    assert_eq!(seed.signers, vec![v.key.node_id()]);
+    for v in voters.iter_mut() {
+        if let Some(mut s) = v.system.take() {
+            s.shutdown().await.expect("shutdown");
+        }
+    }
+}

@@ -178,12 +178,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SeedCommand {
-    /// Write a seed of a (stopped) node's data dir, signed with its key.
+    /// Write a seed: of a stopped node's data dir (--data-dir), or by a running node at its
+    /// committed head while writes continue (--addr with that node's --key-file; the file is
+    /// written on the node's host). Signed with the node's key.
     Export {
-        /// The node's data dir.
+        /// A stopped node's data dir.
+        #[arg(long, required_unless_present = "addr", conflicts_with = "addr")]
+        data_dir: Option<PathBuf>,
+        /// A running node's QUIC address (on this host).
+        #[arg(long, requires = "key_file")]
+        addr: Option<String>,
+        /// That node's key file (only the node's own key may ask it to export).
         #[arg(long)]
-        data_dir: PathBuf,
-        /// The seed file to write (atomically).
+        key_file: Option<PathBuf>,
+        /// The seed file to write (atomically; with --addr, a path on the node's host).
         #[arg(long)]
         out: PathBuf,
         /// Include every event from genesis (a full, offline-verifiable backup).
@@ -396,7 +404,12 @@ fn run(cli: Cli) -> CliResult {
             let t = Duration::from_millis(timeout_ms);
             runtime()?.block_on(remote::deregister_service(&key_file, &addr, id, reason, t, &mut Out::new(json)))
         }
-        Command::Seed(SeedCommand::Export { data_dir, out, events, json }) => seedcmd::export(&data_dir, &out, events, &mut Out::new(json)),
+        Command::Seed(SeedCommand::Export { data_dir: Some(dir), out, events, json, .. }) => seedcmd::export(&dir, &out, events, &mut Out::new(json)),
+        Command::Seed(SeedCommand::Export { addr: Some(addr), key_file: Some(key_file), out, events, json, .. }) => {
+            init_tracing("warn");
+            runtime()?.block_on(seedcmd::export_running(&addr, &key_file, &out, events, &mut Out::new(json)))
+        }
+        Command::Seed(SeedCommand::Export { .. }) => Err(CliError::usage("seed export needs --data-dir, or --addr with --key-file")),
         Command::Seed(SeedCommand::Verify { file, network, quorum, json }) => seedcmd::verify(&file, network, quorum, &mut Out::new(json)),
         Command::Seed(SeedCommand::Inspect { file, json }) => seedcmd::inspect(&file, &mut Out::new(json)),
         Command::Demo { keep, dir } => {

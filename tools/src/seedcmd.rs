@@ -34,6 +34,30 @@ pub fn export(data_dir: &Path, out: &Path, include_events: bool, o: &mut Out) ->
     }
 }
 
+/// `spore seed export --addr A --key-file F --out PATH`: a running node writes the seed on its
+/// own host, at its committed head, while writes continue.
+pub async fn export_running(addr: &str, key_file: &Path, out: &Path, include_events: bool, o: &mut Out) -> CliResult {
+    use mycnet_spores::net::{quic, RpcRequest, RpcResponse};
+    let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
+    // A relative path would resolve against the node's working directory, not ours.
+    let out = if out.is_absolute() { out.to_path_buf() } else { std::env::current_dir().map_err(|e| CliError::Io(e.to_string()))?.join(out) };
+    let req = RpcRequest::ExportSeed { path: out.display().to_string(), include_events };
+    let timeout = std::time::Duration::from_secs(600);
+    let (node, resp) = quic::call_once(&key, addr, Some(key.node_id()), quic::ALPN_RAFT, req, timeout)
+        .await
+        .map_err(|e| CliError::Io(format!("{e} (is --key-file the key of the node at {addr}?)")))?;
+    let head = match resp {
+        RpcResponse::ExportSeed(Ok(h)) => h,
+        RpcResponse::ExportSeed(Err(e)) => return Err(CliError::Io(format!("{addr} could not export: {e}"))),
+        _ => return Err(CliError::Io(format!("{addr} answered with an unexpected response"))),
+    };
+    if o.json {
+        o.json_line(&json!({ "file": out, "head": { "seq": head.seq, "hash": head.hash }, "signer": node, "includes_events": include_events }))
+    } else {
+        o.line(format!("{addr} wrote {}: head {} {}, signed by {}", out.display(), head.seq, head.hash, node.short()))
+    }
+}
+
 /// `spore seed verify FILE`: exit 0 when it verifies, 1 with the exact reason when not.
 pub fn verify(file: &Path, network: Option<NetworkFingerprint>, quorum: bool, o: &mut Out) -> CliResult {
     let policy = VerifyPolicy { require_quorum: quorum, expected_network: network };

@@ -247,6 +247,19 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
         acked.push(register(&procs[(k + 1) % 3].dir.join("node.key"), &via.addr, &format!("svc-{k}")).expect("write acknowledged"));
     }
 
+    // A running node exports a seed at its committed head; only its own key may ask.
+    let live = root.path().join("live.seed");
+    let out = run(&["seed", "export", "--addr", &procs[2].addr, "--key-file", path(&procs[2].dir.join("node.key")), "--out", path(&live), "--events", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let live_head = json(&out)["head"].clone();
+    let inspected = json(&run(&["seed", "inspect", path(&live), "--json"]));
+    assert_eq!(inspected["head"], live_head);
+    assert_eq!(inspected["signers"][0], procs[2].key.as_str());
+    let other = root.path().join("other.seed");
+    let refused = run(&["seed", "export", "--addr", &procs[2].addr, "--key-file", path(&procs[0].dir.join("node.key")), "--out", path(&other)]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(!other.exists(), "nothing written for another key");
+
     // kill -9 the leader.
     let leader_key = wait_until("a leader", Duration::from_secs(10), || status(&procs[0].addr)?["leader"].as_str().map(String::from));
     let li = procs.iter().position(|p| p.key == leader_key).expect("leader is one of ours");
