@@ -16,6 +16,7 @@
 //! via_addr = "127.0.0.1:7400"
 //! via_key = "<64 hex chars>"
 //! as_voter = true
+//! # trust_seed = "backup.seed"   # join only if the member's chain extends this seed's head
 //!
 //! [[peers]]                      # bootstrap peers allowed to connect before admission
 //! addr = "127.0.0.1:7400"
@@ -84,6 +85,9 @@ pub struct JoinConfig {
     /// Become a voter once caught up (otherwise a learner).
     #[serde(default = "yes")]
     pub as_voter: bool,
+    /// A seed spore as the trust root: join only if the member's chain extends its head.
+    #[serde(default)]
+    pub trust_seed: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -268,7 +272,11 @@ pub async fn start_node(
             let via = PeerNode { node: via_key, addr: join.via_addr.clone() };
             let deadline = std::time::Instant::now() + JOIN_PATIENCE;
             loop {
-                match system.join(via.clone(), join.as_voter).await {
+                let attempt = match &join.trust_seed {
+                    Some(seed) => system.join_with_seed(via.clone(), join.as_voter, seed, crate::seed::VerifyPolicy::default()).await,
+                    None => system.join(via.clone(), join.as_voter).await,
+                };
+                match attempt {
                     Ok(()) => break,
                     Err(Error::Raft(e)) if e.contains("not admitted") && std::time::Instant::now() < deadline => {
                         tracing::info!(reason = %e, "not admitted yet; retrying the join");

@@ -527,6 +527,48 @@ impl SporeSystem {
         Ok(head)
     }
 
+    /// Joins through `via` with a seed spore as the trust root: before asking to be added,
+    /// checks that `via` belongs to the seed's network and that its chain passes through the
+    /// seed's head (so the primary extends what the seed attests). Otherwise the join is
+    /// refused ([`SeedError::NotExtended`](crate::seed::SeedError::NotExtended) or
+    /// `WrongNetwork`) and nothing changes.
+    pub async fn join_with_seed(
+        &mut self,
+        via: PeerNode,
+        as_voter: bool,
+        seed_path: impl AsRef<std::path::Path>,
+        policy: crate::seed::VerifyPolicy,
+    ) -> Result<(), Error> {
+        use crate::net::{Query, QueryAnswer};
+        use crate::seed::SeedError;
+        self.start().await?;
+        let seed = crate::seed::read_file(seed_path.as_ref(), policy)?;
+        let r = self.running()?;
+        let answer = r.transport.call(&via, RpcRequest::Query(Query::ChainAt(seed.header.head_seq)), r.timeouts.rpc).await?;
+        let (at, head, fingerprint) = match answer {
+            RpcResponse::Query(Ok(QueryAnswer::Chain { at, head, fingerprint })) => (at, head, fingerprint),
+            RpcResponse::Query(Err(e)) => return Err(Error::Raft(format!("{} could not answer: {e}", via.addr))),
+            _ => return Err(Error::Raft(format!("unexpected answer from {}", via.addr))),
+        };
+        if fingerprint != Some(seed.header.fingerprint) {
+            let found = fingerprint.unwrap_or_default();
+            return Err(SeedError::WrongNetwork { expected: seed.header.fingerprint, found }.into());
+        }
+        if at.map(|p| p.hash) != Some(seed.header.head_hash) {
+            return Err(SeedError::NotExtended {
+                seed_seq: seed.header.head_seq,
+                primary_head: head.map(|h| h.seq),
+                reason: match at {
+                    None => "the primary's chain is shorter than the seed".into(),
+                    Some(_) => "the primary's chain has a different event at the seed's head".into(),
+                },
+            }
+            .into());
+        }
+        tracing::info!(seq = seed.header.head_seq, "the primary extends the seed; joining");
+        self.join(via, as_voter).await
+    }
+
     /// Asks the network (through `via`, any member) to add this node to the Raft membership,
     /// as a voter or a learner. An authority must have admitted this node first
     /// ([`SporeSystem::admit`]).
@@ -960,6 +1002,14 @@ impl crate::net::RpcHandler for NodeService {
                             Query::ServicesByName(n) => QueryAnswer::Services(p.services_by_name(&n).cloned().collect()),
                             Query::ServicesByCapability(c) => {
                                 QueryAnswer::Services(p.services_by_capability(&c).cloned().collect())
+                            }
+                            Query::ChainAt(seq) => {
+                                let at = match l.get(seq) {
+                                    Ok(e) => e.map(|e| ChainPoint { seq: e.seq, hash: e.hash }),
+                                    Err(e) => return Box::pin(async move { RpcResponse::Query(Err(RemoteFailure::Other(e.to_string()))) }),
+                                };
+                                let head = p.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash });
+                                QueryAnswer::Chain { at, head, fingerprint: p.fingerprint() }
                             }
                         })
                     }

@@ -80,6 +80,9 @@ pub enum Query {
     ServicesByCapability(String),
     /// Nodes committed as offline.
     OfflineNodes,
+    /// The chain point (sequence number and hash) at this sequence number, if the node's
+    /// ledger has it, and its head.
+    ChainAt(u64),
 }
 
 /// The answer to a [`Query`].
@@ -89,6 +92,15 @@ pub enum QueryAnswer {
     Nodes(Vec<crate::core::projection::NodeRecord>),
     /// Service records.
     Services(Vec<crate::core::projection::ServiceRecord>),
+    /// To `ChainAt`: the point asked for (if held), the head and the network.
+    Chain {
+        /// The point at the asked sequence number.
+        at: Option<crate::raft::ChainPoint>,
+        /// The node's head.
+        head: Option<crate::raft::ChainPoint>,
+        /// The node's network.
+        fingerprint: Option<crate::core::types::NetworkFingerprint>,
+    },
 }
 
 impl RpcRequest {

@@ -143,6 +143,16 @@ pub enum SeedError {
         /// Why.
         reason: String,
     },
+    /// The primary's chain does not pass through the seed's head.
+    #[error("the primary does not extend the seed's head at seq {seed_seq} (primary head: {primary_head:?}): {reason}")]
+    NotExtended {
+        /// The seed's head.
+        seed_seq: u64,
+        /// The primary's head.
+        primary_head: Option<u64>,
+        /// What differs.
+        reason: String,
+    },
     /// The operation needs the full event range and the seed carries only the state.
     #[error("this needs a seed that includes its events (export it with events)")]
     EventsRequired,

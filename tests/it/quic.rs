@@ -674,7 +674,7 @@ async fn runner_node(root: &std::path::Path, name: &str, init: Option<&str>, joi
         capabilities: vec![],
         addresses: vec![],
         init: init.map(|n| InitConfig { network_name: n.into(), network_id: None }),
-        join: join.map(|p| JoinConfig { via_addr: p.addr.clone(), via_key: p.node.to_hex(), as_voter: true }),
+        join: join.map(|p| JoinConfig { via_addr: p.addr.clone(), via_key: p.node.to_hex(), as_voter: true, trust_seed: None }),
         peers: vec![],
         from_seed: None,
         seed_quorum: false,

@@ -132,3 +132,85 @@ async fn a_network_forms_from_a_seed_and_extends_its_chain() {
         s.shutdown().await.expect("shutdown");
     }
 }
+
+/// Joining with a seed as the trust root: accepted when the primary's chain passes through
+/// the seed's head; refused, before anything changes, for another network, a different event
+/// at the seed's head, or a primary behind the seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_with_a_seed_trusts_only_a_primary_that_extends_it() {
+    use mycnet_spores::seed::SeedError;
+    use mycnet_spores::{EventBody, NodeKey, SignedEvent, SporeSystem, Timestamp, TrustScore};
+
+    let cluster = Cluster::form(3, 45).await;
+    let leader = cluster.leader(Duration::from_secs(5)).await.expect("leader");
+    let l = cluster.sys(leader);
+    for i in 0..5 {
+        l.register_service(&format!("before-{i}"), vec![], vec![], vec![]).await.expect("write");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trusted = dir.path().join("trusted.seed");
+    l.export_seed(&trusted, true).await.expect("export");
+    for i in 0..5 {
+        l.register_service(&format!("after-{i}"), vec![], vec![], vec![]).await.expect("write");
+    }
+    let via = l.peer().expect("peer");
+
+    // Seeds of the same network whose chains leave the primary's: signed offline by one of
+    // its voters, from the trusted seed's events plus events the primary never saw.
+    let voter_key = cluster.members[leader].key.clone();
+    let base = seed::read_file(&trusted, VerifyPolicy::default()).expect("trusted seed");
+    let fork = |extra: usize, name: &str| {
+        let mut p = mycnet_spores::Projection::new();
+        let mut chained: Vec<mycnet_spores::ChainedEvent> = Vec::new();
+        for e in &base.events {
+            p.apply(e).expect("replays");
+            chained.push(e.clone());
+        }
+        let fp = p.fingerprint().expect("fingerprint");
+        let subject = cluster.members[(leader + 1) % 3].key.node_id();
+        for k in 0..extra {
+            let body = EventBody::TrustScoreChanged { node: subject, score: TrustScore(100 + k as u16), reason: "fork".into() };
+            let ev = SignedEvent::sign(&voter_key, fp, Timestamp::now(), body);
+            chained.push(p.append(ev).expect("valid on the fork"));
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, seed::build(&p, Some(&chained), &[&voter_key]).expect("build")).expect("write");
+        path
+    };
+    let forked = fork(1, "forked.seed");
+    let ahead = fork(20, "ahead.seed");
+
+    // Another network's seed.
+    let other = Cluster::form(1, 46).await;
+    let foreign = dir.path().join("foreign.seed");
+    other.sys(0).export_seed(&foreign, false).await.expect("export");
+
+    let key = NodeKey::from_seed([77; 32]);
+    let mut joiner = SporeSystem::builder()
+        .data_dir(dir.path().join("joiner"))
+        .key(key.clone())
+        .addr("joiner")
+        .inproc(&cluster.net)
+        .timeouts(crate::cluster::fast_timeouts())
+        .build();
+    joiner.start().await.expect("start");
+    l.admit(joiner.announcement().expect("announcement")).await.expect("admit");
+
+    let err = joiner.join_with_seed(via.clone(), false, &foreign, VerifyPolicy::default()).await.expect_err("other network");
+    assert!(matches!(err, mycnet_spores::Error::Seed(SeedError::WrongNetwork { .. })), "{err:?}");
+    let err = joiner.join_with_seed(via.clone(), false, &forked, VerifyPolicy::default()).await.expect_err("forked");
+    assert!(matches!(&err, mycnet_spores::Error::Seed(SeedError::NotExtended { reason, .. }) if reason.contains("different event")), "{err:?}");
+    let err = joiner.join_with_seed(via.clone(), false, &ahead, VerifyPolicy::default()).await.expect_err("ahead");
+    assert!(matches!(&err, mycnet_spores::Error::Seed(SeedError::NotExtended { reason, .. }) if reason.contains("shorter")), "{err:?}");
+    let st = l.status().expect("status");
+    assert!(!st.learners.contains(&key.node_id()) && !st.voters.contains(&key.node_id()), "refused joins changed nothing");
+
+    joiner.join_with_seed(via, false, &trusted, VerifyPolicy::default()).await.expect("the primary extends the trusted seed");
+    let head = cluster.converged_head(Duration::from_secs(10)).await.expect("converged");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while joiner.head().expect("head") != Some(head) {
+        assert!(tokio::time::Instant::now() < deadline, "the joiner catches up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    joiner.shutdown().await.expect("shutdown");
+}

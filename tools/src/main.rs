@@ -322,6 +322,9 @@ struct NodeArgs {
     /// Form the network this seed file describes (this node must be one of its voters).
     #[arg(long, conflicts_with_all = ["init", "join_addr"])]
     from_seed: Option<PathBuf>,
+    /// With --join-addr: join only if that member's chain extends this seed's head.
+    #[arg(long, requires = "join_addr")]
+    trust_seed: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -377,6 +380,7 @@ fn run(cli: Cli) -> CliResult {
                     a.learner,
                     a.peer,
                     a.from_seed,
+                    a.trust_seed,
                 )?,
             };
             runtime()?.block_on(remote::run_node(config, &mut Out::new(a.json)))

@@ -87,11 +87,15 @@ pub fn config_from_flags(
     join_as_learner: bool,
     peers: Vec<String>,
     from_seed: Option<PathBuf>,
+    trust_seed: Option<PathBuf>,
 ) -> Result<NodeConfig, CliError> {
+    if trust_seed.is_some() && join_addr.is_none() {
+        return Err(CliError::usage("--trust-seed goes with --join-addr"));
+    }
     let data_dir = data_dir.ok_or_else(|| CliError::usage("--data-dir is required without --config"))?;
     let listen = listen.ok_or_else(|| CliError::usage("--listen is required without --config"))?;
     let join = match (join_addr, join_key) {
-        (Some(via_addr), Some(via_key)) => Some(node::JoinConfig { via_addr, via_key, as_voter: !join_as_learner }),
+        (Some(via_addr), Some(via_key)) => Some(node::JoinConfig { via_addr, via_key, as_voter: !join_as_learner, trust_seed }),
         (None, None) => None,
         _ => return Err(CliError::usage("--join-addr and --join-key go together")),
     };
@@ -227,6 +231,7 @@ pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, timeout: Dura
                 ))?;
             }
         }
+        QueryAnswer::Chain { .. } => return Err(CliError::Io(format!("{addr} answered a different question"))),
         QueryAnswer::Services(services) => {
             if o.json {
                 return o.json_line(&services);
