@@ -467,26 +467,12 @@ impl SporeSystem {
         // Import: re-append the signed events (the ledger re-verifies and re-chains them; the
         // chain is deterministic, so it must land exactly on the seed's head).
         let ledger = r.ledger.clone();
-        let events: Vec<SignedEvent> = seed.events.into_iter().map(|c| c.event).collect();
-        let network = seed.header.network.network_name.clone();
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
             let mut l = ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-            match l.head() {
-                Some(h) if h.seq == head.seq && h.hash == head.hash => return Ok(()),
-                Some(_) => return Err(Error::AlreadyInitialized { network }),
-                None => {}
+            if l.head().is_some_and(|h| h.seq == head.seq && h.hash == head.hash) {
+                return Ok(()); // imported already (`spore seed import`, or an earlier attempt)
             }
-            let mut it = events.into_iter().peekable();
-            while it.peek().is_some() {
-                let chunk: Vec<SignedEvent> = it.by_ref().take(crate::core::limits::APPEND_BATCH_MAX).collect();
-                for outcome in l.append(chunk)? {
-                    outcome?;
-                }
-            }
-            if l.head().map(|h| (h.seq, h.hash)) != Some((head.seq, head.hash)) {
-                return Err(Error::Raft("the imported events did not reproduce the seed's head".into()));
-            }
-            l.write_checkpoint()?;
+            crate::seed::import(&mut l, &seed)?;
             Ok(())
         })
         .await

@@ -153,6 +153,24 @@ pub enum SeedError {
         /// What differs.
         reason: String,
     },
+    /// The seed is not newer than the ledger it would be imported into.
+    #[error("the seed's head (seq {seed_seq}) is not newer than this ledger's head (seq {own_seq}); nothing to import")]
+    NotNewer {
+        /// The seed's head.
+        seed_seq: u64,
+        /// The ledger's head.
+        own_seq: u64,
+    },
+    /// The seed's chain and the ledger's differ.
+    #[error("the seed's chain differs from this ledger at seq {seq}")]
+    Diverges {
+        /// Where.
+        seq: u64,
+    },
+    /// The ledger takes part in Raft: importing behind its back would let Raft apply
+    /// entries twice.
+    #[error("this ledger is a Raft member's; import into a new data dir and form or join from there")]
+    RaftManaged,
     /// The operation needs the full event range and the seed carries only the state.
     #[error("this needs a seed that includes its events (export it with events)")]
     EventsRequired,
@@ -233,6 +251,51 @@ pub fn export(
     let bytes = build(&projection, events.as_deref(), &[signer])?;
     write_atomically(path, &bytes)?;
     tracing::info!(seq = head.seq, bytes = bytes.len(), "seed exported");
+    Ok(head)
+}
+
+/// Imports a verified seed's events into `ledger`: all of them into an empty ledger, or the
+/// ones after its head when the seed extends it. Each event is re-verified and re-chained by
+/// the ledger; the result must land exactly on the seed's head. Refused, with nothing
+/// written: a seed without events, one not newer than the ledger, one whose chain differs
+/// from the ledger's, another network's, and any ledger that Raft manages.
+#[tracing::instrument(level = "info", skip_all, fields(seed_seq = seed.header.head_seq))]
+pub fn import(ledger: &mut crate::store::ledger::Ledger, seed: &Seed) -> Result<ChainHead, SeedError> {
+    let path = ledger.path().display().to_string();
+    let io = |e: crate::error::LedgerError| SeedError::Io { path: path.clone(), reason: e.to_string() };
+    if !seed.header.includes_events {
+        return Err(SeedError::EventsRequired);
+    }
+    if ledger.meta_get(b"raft_applied").map_err(io)?.is_some() {
+        return Err(SeedError::RaftManaged);
+    }
+    let start = match ledger.head() {
+        None => 0,
+        Some(own) => {
+            if ledger.fingerprint() != Some(seed.header.fingerprint) {
+                return Err(SeedError::WrongNetwork { expected: ledger.fingerprint().unwrap_or_default(), found: seed.header.fingerprint });
+            }
+            if own.seq >= seed.header.head_seq {
+                return Err(SeedError::NotNewer { seed_seq: seed.header.head_seq, own_seq: own.seq });
+            }
+            let at = usize::try_from(own.seq).map_err(|_| SeedError::Diverges { seq: own.seq })?;
+            if seed.events.get(at).map(|e| e.hash) != Some(own.hash) {
+                return Err(SeedError::Diverges { seq: own.seq });
+            }
+            at + 1
+        }
+    };
+    for chunk in seed.events[start..].chunks(crate::core::limits::APPEND_BATCH_MAX) {
+        let outcomes = ledger.append(chunk.iter().map(|c| c.event.clone()).collect()).map_err(io)?;
+        if let Some((i, r)) = outcomes.iter().enumerate().find_map(|(i, o)| o.as_ref().err().map(|r| (i, r))) {
+            return Err(SeedError::BadEvents { seq: chunk[i].seq, reason: r.to_string() });
+        }
+    }
+    let head = ledger.head().ok_or(SeedError::StateMismatch("nothing imported".into()))?;
+    if (head.seq, head.hash) != (seed.header.head_seq, seed.header.head_hash) {
+        return Err(SeedError::StateMismatch("the imported events did not reproduce the seed's head".into()));
+    }
+    ledger.write_checkpoint().map_err(io)?;
     Ok(head)
 }
 
@@ -524,6 +587,42 @@ mod tests {
         // The same seed without its events has nothing forged in it.
         let bytes = build(&p, None, &[voter]).expect("build");
         assert!(verify(&bytes, VerifyPolicy::default()).is_ok());
+    }
+
+    #[test]
+    fn import_extends_a_ledger_and_refuses_older_diverging_or_raft_managed_ones() {
+        use crate::store::ledger::{Ledger, LedgerConfig};
+        let (s, events) = sample();
+        let founder = &s.keys()[0];
+        let bytes = build(s.projection(), Some(&events), &[founder]).expect("build");
+        let seed = verify(&bytes, VerifyPolicy::default()).expect("verify");
+        let cfg = LedgerConfig { durable: false, ..LedgerConfig::default() };
+        let dir = tempfile::tempdir().expect("tempdir");
+
+        // Empty → everything; a prefix → the rest; at or past the head → NotNewer.
+        let mut empty = Ledger::open(dir.path().join("empty"), cfg.clone()).expect("open");
+        assert_eq!(import(&mut empty, &seed).expect("import").hash, seed.header.head_hash);
+        assert!(matches!(import(&mut empty, &seed), Err(SeedError::NotNewer { .. })));
+        let mut prefix = Ledger::open(dir.path().join("prefix"), cfg.clone()).expect("open");
+        prefix.append(events[..100].iter().map(|e| e.event.clone()).collect()).expect("append");
+        assert_eq!(import(&mut prefix, &seed).expect("extend").seq, seed.header.head_seq);
+
+        // A ledger whose event 100 differs: refused, and it keeps its own head.
+        let mut fork = Ledger::open(dir.path().join("fork"), cfg.clone()).expect("open");
+        fork.append(events[..100].iter().map(|e| e.event.clone()).collect()).expect("append");
+        let head = fork.head().expect("head");
+        let fp = fork.fingerprint().expect("fingerprint");
+        let body = crate::core::event::EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash };
+        let other = crate::core::event::SignedEvent::sign(founder, fp, crate::core::types::Timestamp(head.timestamp.0 + 1), body);
+        fork.append(vec![other]).expect("append").remove(0).expect("valid");
+        let forked_head = fork.head();
+        assert!(matches!(import(&mut fork, &seed), Err(SeedError::Diverges { seq: 100 })));
+        assert_eq!(fork.head(), forked_head, "nothing imported");
+
+        // A ledger Raft manages.
+        let mut managed = Ledger::open(dir.path().join("managed"), cfg).expect("open");
+        managed.append_with_meta(vec![events[0].event.clone()], vec![(b"raft_applied".to_vec(), vec![0])]).expect("append");
+        assert!(matches!(import(&mut managed, &seed), Err(SeedError::RaftManaged)));
     }
 
     #[test]

@@ -215,6 +215,24 @@ enum SeedCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Verify a seed and import its events into a new data dir (for `spore node --from-seed`
+    /// or the inspector). Refuses a Raft member's data dir, an older seed, a diverging one.
+    Import {
+        /// The data dir to import into (created if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The seed file.
+        file: PathBuf,
+        /// Require this network fingerprint.
+        #[arg(long)]
+        network: Option<mycnet_spores::NetworkFingerprint>,
+        /// Require signatures by a majority of the seed's voters.
+        #[arg(long)]
+        quorum: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a seed's header, head, counts and signers.
     Inspect {
         /// The seed file.
@@ -415,6 +433,12 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::Seed(SeedCommand::Export { .. }) => Err(CliError::usage("seed export needs --data-dir, or --addr with --key-file")),
         Command::Seed(SeedCommand::Verify { file, network, quorum, json }) => seedcmd::verify(&file, network, quorum, &mut Out::new(json)),
+        Command::Seed(SeedCommand::Import { data_dir, file, network, quorum, json }) => seedcmd::import(
+            &data_dir,
+            &file,
+            mycnet_spores::seed::VerifyPolicy { require_quorum: quorum, expected_network: network },
+            &mut Out::new(json),
+        ),
         Command::Seed(SeedCommand::Inspect { file, json }) => seedcmd::inspect(&file, &mut Out::new(json)),
         Command::Demo { keep, dir } => {
             init_tracing("error,openraft=off");

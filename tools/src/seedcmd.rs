@@ -14,7 +14,27 @@ use crate::output::{CliError, CliResult, Out};
 fn seed_err(e: SeedError) -> CliError {
     match e {
         SeedError::Io { .. } => CliError::Io(e.to_string()),
+        SeedError::RaftManaged => CliError::Usage(e.to_string()),
         e => CliError::BadData(e.to_string()),
+    }
+}
+
+/// `spore seed import --data-dir DIR FILE`: verifies the seed, then imports its events into
+/// a new (or import-only) ledger — the start of `spore node --from-seed`, or an offline copy
+/// for the inspector. Refuses a Raft member's data dir.
+pub fn import(data_dir: &Path, file: &Path, policy: VerifyPolicy, o: &mut Out) -> CliResult {
+    let s = seed::read_file(file, policy).map_err(seed_err)?;
+    std::fs::create_dir_all(data_dir).map_err(|e| CliError::io(data_dir, e))?;
+    let ledger_dir = data_dir.join("ledger");
+    let config = LedgerConfig { create: true, expected_network: Some(s.header.fingerprint), ..LedgerConfig::default() };
+    let mut ledger = Ledger::open(&ledger_dir, config).map_err(CliError::ledger)?;
+    let before = ledger.head().map(|h| h.seq);
+    let head = seed::import(&mut ledger, &s).map_err(seed_err)?;
+    let imported = head.seq + 1 - before.map_or(0, |b| b + 1);
+    if o.json {
+        o.json_line(&json!({ "data_dir": data_dir, "imported_events": imported, "head": { "seq": head.seq, "hash": head.hash }, "fingerprint": s.header.fingerprint }))
+    } else {
+        o.line(format!("imported {imported} events into {}: head {} {}", data_dir.display(), head.seq, head.hash))
     }
 }
 

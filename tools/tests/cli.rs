@@ -370,4 +370,22 @@ fn the_demo_runs_and_verifies_every_node() {
     std::fs::write(&damaged, &bytes[..bytes.len() / 2]).expect("write");
     assert_eq!(run(&["seed", "verify", path(&damaged)]).status.code(), Some(1));
     assert_eq!(run(&["seed", "verify", path(&root.path().join("missing.seed"))]).status.code(), Some(2));
+
+    // Import into a new data dir gives the same verified chain; a seed that is not newer, a
+    // Raft member's data dir, and a damaged seed are refused with nothing imported.
+    let copy = root.path().join("copy");
+    let out = run(&["seed", "import", "--data-dir", path(&copy), path(&seed), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["head"], exported["head"]);
+    let v = json(&run(&["verify", path(&copy), "--json"]));
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["head"], exported["head"]);
+    let again = run(&["seed", "import", "--data-dir", path(&copy), path(&seed)]);
+    assert_eq!(again.status.code(), Some(1), "a seed not newer than the ledger");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not newer"), "{}", String::from_utf8_lossy(&again.stderr));
+    let member = run(&["seed", "import", "--data-dir", path(&root.path().join("v2")), path(&seed)]);
+    assert_eq!(member.status.code(), Some(2), "a Raft member's data dir: {}", String::from_utf8_lossy(&member.stderr));
+    let fresh = root.path().join("fresh");
+    assert_eq!(run(&["seed", "import", "--data-dir", path(&fresh), path(&damaged)]).status.code(), Some(1));
+    assert!(!fresh.join("ledger").exists(), "nothing created for a seed that does not verify");
 }
