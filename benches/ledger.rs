@@ -1,1 +1,584 @@
-fn main(){}
+//! Ledger benches: durable append, trusted and audit replay, verify and cold open of a
+//! synthetic N-event ledger, measured against raw limits taken in the same run.
+//!
+//! Run: `cargo bench --bench ledger`. Prints a summary with the ratios:
+//! - audit replay events/s ≥ 0.8 × V × cores, V = raw `verify_batch` rate of one core
+//!   (batches of 256, 256-byte messages; measured at the start and the end of the run, the
+//!   better figure kept);
+//! - trusted replay events/s ≥ 0.7 × R, R = raw fjall scan of the same `ledger` keyspace +
+//!   validated rkyv access of every record + a blake3 chain hash over it, done by hand;
+//! - durable `Ledger::append` in batches of 256 ≥ 0.7 × F, F = raw fjall durable batch append
+//!   (`PersistMode::SyncData`) of 256 records of the same bytes;
+//! - times of `LedgerReader::verify` of the whole fixture and of a cold open.
+//!
+//! The fixture is a deterministic [`Synth`] history of `SPORES_BENCH_EVENTS` events (default
+//! 1 000 000; seed `SPORES_BENCH_SEED`, default 1) written through the `Ledger` into
+//! `target/bench-fixtures/ledger-<N>-<seed>/` and reused by later runs once it is complete.
+//! Generating 1M events takes a few minutes, once. `SPORES_BENCH_EVENTS=20000` for a quick
+//! check. The whole-fixture benches run one pass per criterion sample, so criterion warns
+//! that it cannot complete 10 samples in the target time; that is expected.
+//!
+//! Figures are only as quiet as the machine: other processes (builds) share its cores and
+//! disk. "Cold" open means a fresh open in this process; the OS page cache stays warm.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use mycnet_spores::core::event::chain_hash;
+use mycnet_spores::core::limits::{APPEND_BATCH_MAX, REPLAY_CHUNK_EVENTS};
+use mycnet_spores::core::synth::{Synth, SynthConfig};
+use mycnet_spores::store::record::{encode_record, RECORD_FORMAT_V1};
+use mycnet_spores::{ChainHash, ChainedEvent, Ledger, LedgerConfig, LedgerReader, NodeKey, ReplayOptions, SignedEvent, StopAt};
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+/// Events per append batch (ours and raw).
+const BATCH: usize = 256;
+/// At most this many fixture events are kept in memory for the append benches; when they are
+/// used up the append restarts on a fresh ledger (outside the timed part).
+const APPEND_POOL_MAX: usize = 65_536;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    assert!(!v.is_empty(), "no samples");
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn fixtures_root() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("bench-fixtures")
+}
+
+/// A scratch directory on the same file system as the fixture (not /tmp, which may be tmpfs
+/// and make fsync free).
+fn scratch_dir() -> tempfile::TempDir {
+    let root = fixtures_root();
+    std::fs::create_dir_all(&root).expect("create fixtures root");
+    tempfile::Builder::new().prefix("scratch-").tempdir_in(root).expect("scratch dir")
+}
+
+struct Fixture {
+    dir: PathBuf,
+    events: u64,
+    head: ChainHash,
+    /// How long it took to generate (`None` if reused).
+    generated_in: Option<Duration>,
+}
+
+const COMPLETE_MARKER: &str = "bench-fixture-complete";
+
+/// Reuses `target/bench-fixtures/ledger-<n>-<seed>/` if its completion marker names the
+/// recorded head and the last record carries it; otherwise (re)generates it.
+fn fixture(n: u64, seed: u64) -> Fixture {
+    let root = fixtures_root();
+    let dir = root.join(format!("ledger-{n}-{seed}"));
+    let marker = root.join(format!("ledger-{n}-{seed}.{COMPLETE_MARKER}"));
+    if let Some(head) = reusable(&dir, &marker, n) {
+        eprintln!("ledger bench: reusing fixture {} ({n} events)", dir.display());
+        return Fixture { dir, events: n, head, generated_in: None };
+    }
+    let _ = std::fs::remove_file(&marker);
+    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = root.join(format!("ledger-{n}-{seed}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&root).expect("create fixtures root");
+    eprintln!("ledger bench: generating fixture {} ({n} events, seed {seed}; 1M takes a few minutes, once)", dir.display());
+    let started = Instant::now();
+    let head = {
+        let config = LedgerConfig { durable: false, ..LedgerConfig::default() };
+        let mut ledger = Ledger::open(&tmp, config).expect("open fixture ledger");
+        let mut synth = Synth::new(SynthConfig { seed, ..SynthConfig::default() });
+        let mut written = 0u64;
+        let mut reported = 0u64;
+        while written < n {
+            let want = ((n - written) as usize).min(APPEND_BATCH_MAX / 2);
+            let chunk = synth.next_chunk(want);
+            assert!(!chunk.is_empty(), "the generator stalled after {written} events");
+            // The chunk may hold one event more than asked (a checkpoint event): keep exactly n.
+            let chunk: Vec<SignedEvent> = chunk.into_iter().take((n - written) as usize).collect();
+            written += chunk.len() as u64;
+            for outcome in ledger.append(chunk).expect("append fixture") {
+                outcome.expect("the generator produced an invalid event");
+            }
+            if written * 10 / n > reported {
+                reported = written * 10 / n;
+                eprintln!("  {written}/{n} events ({:.0} s)", started.elapsed().as_secs_f64());
+            }
+        }
+        ledger.sync().expect("sync fixture");
+        let head = ledger.head().expect("head");
+        assert_eq!(head.seq, n - 1);
+        head.hash
+    };
+    std::fs::rename(&tmp, &dir).expect("rename fixture");
+    std::fs::write(&marker, format!("{n} {}\n", head.to_hex())).expect("write marker");
+    let generated_in = started.elapsed();
+    eprintln!("ledger bench: fixture generated in {:.1} s", generated_in.as_secs_f64());
+    Fixture { dir, events: n, head, generated_in: Some(generated_in) }
+}
+
+fn reusable(dir: &Path, marker: &Path, n: u64) -> Option<ChainHash> {
+    let text = std::fs::read_to_string(marker).ok()?;
+    let mut parts = text.split_whitespace();
+    if parts.next()?.parse::<u64>().ok()? != n {
+        return None;
+    }
+    let hex = parts.next()?;
+    let reader = LedgerReader::open(dir).ok()?;
+    let (seq, hash) = reader.recorded_head().ok()??;
+    if seq != n - 1 || hash.to_hex() != hex {
+        return None;
+    }
+    let last = reader.range(n - 1, n).ok()?;
+    (last.len() == 1 && last[0].hash == hash).then_some(hash)
+}
+
+/// V: signatures/s of `verify_batch` in batches of `batch` on one core (256-byte messages,
+/// distinct keys).
+struct RawVerify {
+    msgs: Vec<Vec<u8>>,
+    sigs: Vec<ed25519_dalek::Signature>,
+    vks: Vec<ed25519_dalek::VerifyingKey>,
+}
+
+impl RawVerify {
+    fn new(batch: usize) -> Self {
+        let keys: Vec<NodeKey> = (0..batch as u32)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..4].copy_from_slice(&(i + 1).to_le_bytes());
+                NodeKey::from_seed(seed)
+            })
+            .collect();
+        let msgs: Vec<Vec<u8>> = (0..batch).map(|i| (0..256).map(|j| (i * 31 + j) as u8).collect()).collect();
+        let sigs = keys.iter().zip(&msgs).map(|(k, m)| ed25519_dalek::Signature::from_bytes(&k.sign(m).0)).collect();
+        let vks = keys.iter().map(|k| k.verifying_key().0).collect();
+        RawVerify { msgs, sigs, vks }
+    }
+
+    fn run(&self) {
+        let refs: Vec<&[u8]> = self.msgs.iter().map(|m| m.as_slice()).collect();
+        ed25519_dalek::verify_batch(&refs, &self.sigs, &self.vks).expect("valid batch");
+    }
+
+    /// Signatures/s over `rounds` batches.
+    fn rate(&self, rounds: usize) -> f64 {
+        let t = Instant::now();
+        for _ in 0..rounds {
+            self.run();
+        }
+        (rounds * self.msgs.len()) as f64 / t.elapsed().as_secs_f64()
+    }
+}
+
+/// R, by hand: scan the `ledger` keyspace of `db`, check the key and the format tag, validate
+/// the rkyv archive (`access`, bytecheck), check seq and link, and chain a blake3 hash over
+/// `prev ‖ seq BE ‖ archive bytes` (the archive is the size of what the ledger hashes; the
+/// ledger hashes the canonical BCS encoding, which needs a deserialisation to produce).
+fn raw_scan(ks: &Keyspace) -> (u64, Duration) {
+    let t = Instant::now();
+    let mut buf: AlignedVec = AlignedVec::new();
+    let mut prev = [0u8; 32];
+    let mut chained = [0u8; 32];
+    let mut expected = 0u64;
+    for guard in ks.iter() {
+        let (key, value) = guard.into_inner().expect("scan");
+        let seq = u64::from_be_bytes(<[u8; 8]>::try_from(&key[..]).expect("8-byte key"));
+        assert_eq!(seq, expected);
+        let (&tag, archive) = value.split_first().expect("non-empty record");
+        assert_eq!(tag, RECORD_FORMAT_V1);
+        buf.clear();
+        buf.extend_from_slice(archive);
+        let ev = rkyv::access::<rkyv::Archived<ChainedEvent>, rancor::Error>(&buf).expect("valid archive");
+        assert_eq!(ev.seq.to_native(), seq);
+        assert_eq!(ev.prev_hash.0, prev);
+        let mut h = blake3::Hasher::new();
+        h.update(&chained);
+        h.update(&seq.to_be_bytes());
+        h.update(archive);
+        chained = *h.finalize().as_bytes();
+        prev = ev.hash.0;
+        expected += 1;
+    }
+    std::hint::black_box(chained);
+    (expected, t.elapsed())
+}
+
+/// R (exact), for reference: [`raw_scan`] plus deserialising each record and checking its
+/// chain hash exactly as the ledger defines it, with the crate's public `chain_hash`.
+fn raw_scan_exact(ks: &Keyspace) -> (u64, Duration) {
+    let t = Instant::now();
+    let mut buf: AlignedVec = AlignedVec::new();
+    let mut prev = ChainHash::ZERO;
+    let mut expected = 0u64;
+    for guard in ks.iter() {
+        let (key, value) = guard.into_inner().expect("scan");
+        let seq = u64::from_be_bytes(<[u8; 8]>::try_from(&key[..]).expect("8-byte key"));
+        assert_eq!(seq, expected);
+        let (&tag, archive) = value.split_first().expect("non-empty record");
+        assert_eq!(tag, RECORD_FORMAT_V1);
+        buf.clear();
+        buf.extend_from_slice(archive);
+        let archived = rkyv::access::<rkyv::Archived<ChainedEvent>, rancor::Error>(&buf).expect("valid archive");
+        let ev: ChainedEvent = rkyv::deserialize::<ChainedEvent, rancor::Error>(archived).expect("deserialize");
+        assert_eq!(ev.seq, seq);
+        assert_eq!(ev.prev_hash, prev);
+        assert_eq!(chain_hash(&prev, seq, &ev.event.canonical_bytes()), ev.hash);
+        prev = ev.hash;
+        expected += 1;
+    }
+    (expected, t.elapsed())
+}
+
+/// The first events of the fixture (a multiple of [`BATCH`]), for the append benches.
+fn append_pool(fx: &Fixture) -> Vec<ChainedEvent> {
+    let want = (fx.events as usize).min(APPEND_POOL_MAX) / BATCH * BATCH;
+    let reader = LedgerReader::open(&fx.dir).expect("open fixture");
+    let mut out = Vec::with_capacity(want);
+    while out.len() < want {
+        let from = out.len() as u64;
+        let to = (from + REPLAY_CHUNK_EVENTS as u64).min(want as u64) - 1;
+        out.extend(reader.range(from, to).expect("read fixture"));
+    }
+    out
+}
+
+/// Raw fjall: durable batches of [`BATCH`] records, restarting on a fresh database when the
+/// pool is used up (outside the timed part).
+struct RawAppend<'a> {
+    records: &'a [(Vec<u8>, Vec<u8>)],
+    cursor: usize,
+    state: Option<(Database, Keyspace, tempfile::TempDir)>,
+}
+
+impl RawAppend<'_> {
+    /// Appends `batches` batches; returns the time spent in commits.
+    fn run(&mut self, batches: u64) -> Duration {
+        let mut spent = Duration::ZERO;
+        for _ in 0..batches {
+            if self.state.is_none() || self.cursor + BATCH > self.records.len() {
+                self.state = None;
+                let dir = scratch_dir();
+                let db = Database::builder(dir.path()).open().expect("open raw db");
+                let ks = db.keyspace("ledger", KeyspaceCreateOptions::default).expect("keyspace");
+                self.state = Some((db, ks, dir));
+                self.cursor = 0;
+            }
+            let Some((db, ks, _)) = &self.state else { unreachable!() };
+            let part = &self.records[self.cursor..self.cursor + BATCH];
+            self.cursor += BATCH;
+            let t = Instant::now();
+            let mut batch = db.batch().durability(Some(PersistMode::SyncData));
+            for (k, v) in part {
+                batch.insert(ks, k.as_slice(), v.as_slice());
+            }
+            batch.commit().expect("commit");
+            spent += t.elapsed();
+        }
+        spent
+    }
+}
+
+/// Ours: durable `Ledger::append` of pre-signed events in batches of [`BATCH`], restarting on
+/// a fresh ledger when the pool is used up (outside the timed part).
+struct OurAppend<'a> {
+    events: &'a [SignedEvent],
+    cursor: usize,
+    state: Option<(Ledger, tempfile::TempDir)>,
+}
+
+impl OurAppend<'_> {
+    fn run(&mut self, batches: u64) -> Duration {
+        let mut spent = Duration::ZERO;
+        for _ in 0..batches {
+            if self.state.is_none() || self.cursor + BATCH > self.events.len() {
+                self.state = None;
+                let dir = scratch_dir();
+                let ledger = Ledger::open(dir.path(), LedgerConfig::default()).expect("open ledger");
+                self.state = Some((ledger, dir));
+                self.cursor = 0;
+            }
+            let Some((ledger, _)) = &mut self.state else { unreachable!() };
+            let batch = self.events[self.cursor..self.cursor + BATCH].to_vec();
+            self.cursor += BATCH;
+            let t = Instant::now();
+            let outcome = ledger.append(batch).expect("append");
+            spent += t.elapsed();
+            assert!(outcome.iter().all(Result::is_ok), "an event was rejected");
+        }
+        spent
+    }
+}
+
+/// Criterion group for whole-fixture passes: 10 samples of one pass each.
+fn pass_group<'a>(crit: &'a mut Criterion, name: &str) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = crit.benchmark_group(name);
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_nanos(1))
+        .measurement_time(Duration::from_secs(1));
+    g
+}
+
+fn bench_ledger(crit: &mut Criterion) {
+    let n: u64 = env_or("SPORES_BENCH_EVENTS", 1_000_000);
+    let seed: u64 = env_or("SPORES_BENCH_SEED", 1);
+    assert!(n as usize >= 2 * BATCH, "SPORES_BENCH_EVENTS must be at least {}", 2 * BATCH);
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let fx = fixture(n, seed);
+
+    // --- 1. V and audit replay -----------------------------------------------------------
+    let raw_v = RawVerify::new(256);
+    let raw_v64 = RawVerify::new(64);
+    let mut v_rates = Vec::new();
+    {
+        let mut g = crit.benchmark_group("ledger_raw");
+        g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+        g.throughput(Throughput::Elements(256));
+        g.bench_function("verify_batch_256_1core", |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    raw_v.run();
+                }
+                let el = t.elapsed();
+                v_rates.push((iters * 256) as f64 / el.as_secs_f64());
+                el
+            })
+        });
+        g.finish();
+    }
+    let v_start = median(v_rates);
+
+    let mut audit_rates = Vec::new();
+    let mut trusted_rates = Vec::new();
+    let mut verify_secs = Vec::new();
+    let mut stats_bytes = 0u64;
+    {
+        let reader = LedgerReader::open(&fx.dir).expect("open fixture");
+        let mut g = pass_group(crit, "ledger_replay");
+        g.throughput(Throughput::Elements(n));
+        g.bench_function("audit", |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let (p, stats) = reader.replay(&ReplayOptions { audit: true, stop: StopAt::End }, &|_| {}).expect("audit replay");
+                    let el = t.elapsed();
+                    assert_eq!((stats.events, stats.signatures_verified), (n, n));
+                    assert_eq!(p.head().map(|h| h.hash), Some(fx.head));
+                    audit_rates.push(n as f64 / el.as_secs_f64());
+                    spent += el;
+                }
+                spent
+            })
+        });
+        g.bench_function("trusted", |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let (p, stats) = reader.replay(&ReplayOptions { audit: false, stop: StopAt::End }, &|_| {}).expect("replay");
+                    let el = t.elapsed();
+                    assert_eq!(stats.events, n);
+                    assert_eq!(p.head().map(|h| h.hash), Some(fx.head));
+                    stats_bytes = stats.bytes;
+                    trusted_rates.push(n as f64 / el.as_secs_f64());
+                    spent += el;
+                }
+                spent
+            })
+        });
+        // --- 4a. verify of the whole fixture --------------------------------------------
+        g.bench_function("verify", |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let report = reader.verify(&|_| {}).expect("verify");
+                    let el = t.elapsed();
+                    assert!(report.is_ok(), "fixture does not verify: {:?}", report.first_error);
+                    assert_eq!(report.events_verified, n);
+                    verify_secs.push(el.as_secs_f64());
+                    spent += el;
+                }
+                spent
+            })
+        });
+        g.finish();
+    }
+
+    // --- 2. R: raw scan + access + blake3 ------------------------------------------------
+    let mut r_rates = Vec::new();
+    let mut r_exact_rates = Vec::new();
+    {
+        let db = Database::builder(&fx.dir).open().expect("open fixture db");
+        let ks = db.keyspace("ledger", KeyspaceCreateOptions::default).expect("ledger keyspace");
+        let mut g = pass_group(crit, "ledger_raw_scan");
+        g.throughput(Throughput::Elements(n));
+        g.bench_function("scan_access_blake3", |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let (events, el) = raw_scan(&ks);
+                    assert_eq!(events, n);
+                    r_rates.push(n as f64 / el.as_secs_f64());
+                    spent += el;
+                }
+                spent
+            })
+        });
+        g.bench_function("scan_access_deserialize_chain_hash", |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let (events, el) = raw_scan_exact(&ks);
+                    assert_eq!(events, n);
+                    r_exact_rates.push(n as f64 / el.as_secs_f64());
+                    spent += el;
+                }
+                spent
+            })
+        });
+        g.finish();
+    }
+
+    // --- 4b. cold open --------------------------------------------------------------------
+    let mut open_secs = Vec::new();
+    let mut reader_open_secs = Vec::new();
+    let mut checkpoint_seq = None;
+    {
+        let mut g = pass_group(crit, "ledger_open");
+        g.bench_function("ledger_open", |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let ledger = Ledger::open(&fx.dir, LedgerConfig { create: false, ..LedgerConfig::default() }).expect("open");
+                    let el = t.elapsed();
+                    assert_eq!(ledger.head().map(|h| h.hash), Some(fx.head));
+                    checkpoint_seq = ledger.checkpoint_seq();
+                    drop(ledger);
+                    open_secs.push(el.as_secs_f64());
+                    spent += el;
+                }
+                spent
+            })
+        });
+        g.bench_function("reader_open", |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let reader = LedgerReader::open(&fx.dir).expect("open");
+                    let el = t.elapsed();
+                    drop(reader);
+                    reader_open_secs.push(el.as_secs_f64());
+                    spent += el;
+                }
+                spent
+            })
+        });
+        g.finish();
+    }
+
+    // --- 3. F and durable append ------------------------------------------------------------
+    let pool = append_pool(&fx);
+    let records: Vec<(Vec<u8>, Vec<u8>)> = pool.iter().map(|e| (e.seq.to_be_bytes().to_vec(), encode_record(e))).collect();
+    let record_bytes = records.iter().map(|(_, v)| v.len()).sum::<usize>() as f64 / records.len() as f64;
+    let signed: Vec<SignedEvent> = pool.into_iter().map(|e| e.event).collect();
+    let msg_bytes = signed.iter().map(|e| e.signing_message().len()).sum::<usize>() as f64 / signed.len() as f64;
+    let mut f_rates = Vec::new();
+    let mut append_rates = Vec::new();
+    {
+        let mut raw = RawAppend { records: &records, cursor: 0, state: None };
+        let mut ours = OurAppend { events: &signed, cursor: 0, state: None };
+        let mut g = crit.benchmark_group("ledger_append");
+        g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_function("raw_fjall_durable_batch_256", |b| {
+            b.iter_custom(|iters| {
+                let el = raw.run(iters);
+                f_rates.push((iters as usize * BATCH) as f64 / el.as_secs_f64());
+                el
+            })
+        });
+        g.bench_function("ledger_append_batch_256", |b| {
+            b.iter_custom(|iters| {
+                let el = ours.run(iters);
+                append_rates.push((iters as usize * BATCH) as f64 / el.as_secs_f64());
+                el
+            })
+        });
+        g.finish();
+    }
+
+    // --- summary -----------------------------------------------------------------------------
+    // V is re-measured at the end and the better figure kept: a raw limit is a best case, and
+    // a concurrent load on the shared machine only ever lowers it.
+    let v_end = raw_v.rate(200);
+    let v = v_start.max(v_end);
+    let v64 = raw_v64.rate(800);
+    let audit = median(audit_rates);
+    let trusted = median(trusted_rates);
+    let r = median(r_rates);
+    let r_exact = median(r_exact_rates);
+    let f = median(f_rates);
+    let append = median(append_rates);
+    let verify = median(verify_secs);
+    let open = median(open_secs);
+    let reader_open = median(reader_open_secs);
+    let rows: Vec<(String, f64)> = vec![
+        ("fixture events N".into(), n as f64),
+        ("fixture generated now (s; 0 = reused)".into(), fx.generated_in.map_or(0.0, |d| d.as_secs_f64())),
+        ("mean record bytes (tag + rkyv)".into(), stats_bytes as f64 / n as f64),
+        ("mean record bytes (append pool)".into(), record_bytes),
+        ("mean signing message bytes".into(), msg_bytes),
+        ("cores".into(), cores as f64),
+        ("raw verify_batch, batch 256, start of run (sig/s)".into(), v_start),
+        ("raw verify_batch, batch 256, end of run (sig/s)".into(), v_end),
+        ("raw verify_batch V = max of both (sig/s, 1 core)".into(), v),
+        ("raw verify_batch, batch 64 (sig/s, 1 core)".into(), v64),
+        ("audit replay (events/s)".into(), audit),
+        ("raw scan+access+blake3 R (events/s)".into(), r),
+        ("raw R + deserialize + exact chain hash (ev/s)".into(), r_exact),
+        ("trusted replay (events/s)".into(), trusted),
+        ("raw fjall durable batch-256 F (events/s)".into(), f),
+        ("Ledger::append durable batch-256 (events/s)".into(), append),
+        ("LedgerReader::verify of N events (s)".into(), verify),
+        ("verify (events/s)".into(), n as f64 / verify),
+        ("cold Ledger::open (ms)".into(), open * 1e3),
+        ("Ledger::open tail after checkpoint (events)".into(), checkpoint_seq.map_or(n, |c| n - 1 - c) as f64),
+        ("LedgerReader::open (ms)".into(), reader_open * 1e3),
+    ];
+    eprintln!("\n=== ledger summary (N = {n}, seed {seed}; medians of the samples above) ===");
+    for (k, val) in &rows {
+        eprintln!("{k:>48}: {val:.1}");
+    }
+    eprintln!(
+        "audit replay / (V x {cores} cores) = {:.3} (target >= 0.8; limit {:.0}/s)",
+        audit / (v * cores as f64),
+        v * cores as f64
+    );
+    eprintln!("trusted replay / R = {:.3} (target >= 0.7; limit {:.0}/s)", trusted / r, r);
+    eprintln!("trusted replay / R-exact = {:.3} (for reference)", trusted / r_exact);
+    eprintln!("Ledger::append / F = {:.3} (target >= 0.7; limit {:.0}/s)", append / f, f);
+    eprintln!(
+        "verify of {n} events: {:.2} s; cold open: {:.1} ms (checkpoint at {:?}, then tail replay)",
+        verify,
+        open * 1e3,
+        checkpoint_seq
+    );
+    eprintln!("(figures are noisy: the machine's cores and disk are shared with other work)");
+}
+
+criterion_group!(benches, bench_ledger);
+criterion_main!(benches);

@@ -186,20 +186,27 @@ pub enum SeedError {
 
 /// Encodes a seed's unsigned content (everything the digest covers).
 pub fn encode_unsigned(header: &SeedHeader, state: &ProjectionState, events: &[ChainedEvent]) -> Vec<u8> {
+    let records: Vec<Vec<u8>> = events.iter().map(encode_record).collect();
+    encode_unsigned_raw(header, state, &records)
+}
+
+/// [`encode_unsigned`] from ledger records as stored (copied verbatim).
+pub fn encode_unsigned_raw<R: AsRef<[u8]>>(header: &SeedHeader, state: &ProjectionState, records: &[R]) -> Vec<u8> {
     let hdr = canonical_bytes(header);
     let st = encode_checkpoint(state);
-    let mut out = Vec::with_capacity(64 + hdr.len() + st.len() + events.len() * 320);
+    let body: usize = records.iter().map(|r| r.as_ref().len() + 4).sum();
+    let mut out = Vec::with_capacity(64 + hdr.len() + st.len() + body);
     out.extend_from_slice(SEED_MAGIC);
     out.extend_from_slice(&SEED_FORMAT_V1.to_le_bytes());
     out.extend_from_slice(&(hdr.len() as u32).to_le_bytes());
     out.extend_from_slice(&hdr);
     out.extend_from_slice(&(st.len() as u64).to_le_bytes());
     out.extend_from_slice(&st);
-    out.extend_from_slice(&(events.len() as u64).to_le_bytes());
-    for ev in events {
-        let rec = encode_record(ev);
+    out.extend_from_slice(&(records.len() as u64).to_le_bytes());
+    for rec in records {
+        let rec = rec.as_ref();
         out.extend_from_slice(&(rec.len() as u32).to_le_bytes());
-        out.extend_from_slice(&rec);
+        out.extend_from_slice(rec);
     }
     out
 }
@@ -228,27 +235,29 @@ pub fn export(
     let projection = ledger.read().map_err(|_| poisoned())?.projection().clone();
     let head = projection.head().ok_or(SeedError::StateMismatch("empty ledger: nothing to seed".into()))?;
     let events = if include_events {
-        let page = crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
-        let mut events = Vec::with_capacity(usize::try_from(head.seq + 1).unwrap_or(0));
+        let page = 16 * crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
+        // Records are copied verbatim: they are the canonical bytes the chain hashes cover,
+        // checked when they were stored and again by whoever verifies the seed.
+        let mut records: Vec<Vec<u8>> = Vec::with_capacity(usize::try_from(head.seq + 1).unwrap_or(0));
         let mut from = 0u64;
         while from <= head.seq {
             let to = (from + page - 1).min(head.seq);
             let chunk = ledger
                 .read()
                 .map_err(|_| poisoned())?
-                .read_range(from, to)
+                .read_raw_range(from, to)
                 .map_err(|e| SeedError::Io { path: path.display().to_string(), reason: format!("reading the ledger: {e}") })?;
             if chunk.len() as u64 != to - from + 1 {
                 return Err(SeedError::BadEvents { seq: from, reason: "the ledger changed under the export (reset by a snapshot)".into() });
             }
-            events.extend(chunk);
+            records.extend(chunk);
             from = to + 1;
         }
-        Some(events)
+        Some(records)
     } else {
         None
     };
-    let bytes = build(&projection, events.as_deref(), &[signer])?;
+    let bytes = build_raw(&projection, events.as_deref(), &[signer])?;
     write_atomically(path, &bytes)?;
     tracing::info!(seq = head.seq, bytes = bytes.len(), "seed exported");
     Ok(head)
@@ -302,11 +311,17 @@ pub fn import(ledger: &mut crate::store::ledger::Ledger, seed: &Seed) -> Result<
 /// Builds a seed from a projection (and optionally the events up to its head), signed by
 /// `signers`. Returns the file bytes.
 pub fn build(projection: &Projection, events: Option<&[ChainedEvent]>, signers: &[&NodeKey]) -> Result<Vec<u8>, SeedError> {
+    let records: Option<Vec<Vec<u8>>> = events.map(|e| e.iter().map(encode_record).collect());
+    build_raw(projection, records.as_deref(), signers)
+}
+
+/// [`build`] from ledger records as stored (copied verbatim, not re-encoded).
+pub fn build_raw<R: AsRef<[u8]>>(projection: &Projection, records: Option<&[R]>, signers: &[&NodeKey]) -> Result<Vec<u8>, SeedError> {
     let head = projection.head().ok_or(SeedError::StateMismatch("empty ledger: nothing to seed".into()))?;
     let network = projection.network().cloned().ok_or(SeedError::StateMismatch("no genesis".into()))?;
     let fingerprint = projection.fingerprint().ok_or(SeedError::StateMismatch("no fingerprint".into()))?;
-    let header = SeedHeader { network, fingerprint, head_seq: head.seq, head_hash: head.hash, includes_events: events.is_some() };
-    let mut out = encode_unsigned(&header, projection.state(), events.unwrap_or(&[]));
+    let header = SeedHeader { network, fingerprint, head_seq: head.seq, head_hash: head.hash, includes_events: records.is_some() };
+    let mut out = encode_unsigned_raw::<R>(&header, projection.state(), records.unwrap_or(&[]));
     let digest = *blake3::hash(&out).as_bytes();
     out.extend_from_slice(&digest);
     append_signatures(&mut out, &fingerprint, &digest, signers);
@@ -359,9 +374,20 @@ pub struct VerifyPolicy {
     pub expected_network: Option<NetworkFingerprint>,
 }
 
-/// Decodes and verifies a seed. Never panics on any input. See the module doc for what is
-/// checked; `policy` adds a quorum and network requirement.
-pub fn verify(bytes: &[u8], policy: VerifyPolicy) -> Result<Seed, SeedError> {
+/// A seed checked up to its signatures: framing, digest, header, state and signers.
+struct Attested<'a> {
+    /// Where the digest ends and the signature list begins.
+    sigs_at: usize,
+    header: SeedHeader,
+    state: ProjectionState,
+    records: Vec<&'a [u8]>,
+    count: u64,
+    digest: [u8; 32],
+    signers: Vec<NodeId>,
+}
+
+/// Framing, digest, header, state, signatures and (if asked) quorum. Never panics.
+fn check_attested(bytes: &[u8], policy: VerifyPolicy) -> Result<Attested<'_>, SeedError> {
     let mut r = Reader { bytes, pos: 0 };
     if r.take(8, "magic").map_err(|_| SeedError::BadMagic)? != SEED_MAGIC {
         return Err(SeedError::BadMagic);
@@ -465,7 +491,13 @@ pub fn verify(bytes: &[u8], policy: VerifyPolicy) -> Result<Seed, SeedError> {
     if policy.require_quorum && signers.len() < needed {
         return Err(SeedError::UnderSigned { got: signers.len(), voters: voters.len(), needed });
     }
+    Ok(Attested { sigs_at: content_end + 32, header, state, records, count, digest, signers })
+}
 
+/// Decodes and verifies a seed. Never panics on any input. See the module doc for what is
+/// checked; `policy` adds a quorum and network requirement.
+pub fn verify(bytes: &[u8], policy: VerifyPolicy) -> Result<Seed, SeedError> {
+    let Attested { header, state, records, count, digest, signers, .. } = check_attested(bytes, policy)?;
     // Events: decode, chain from genesis, replay to exactly the state.
     let mut events = Vec::with_capacity(records.len());
     if header.includes_events {
@@ -508,6 +540,84 @@ fn first_bad_signature(events: &[ChainedEvent]) -> Option<u64> {
         })
         .collect();
     verdicts.iter().position(|ok| !ok).map(|i| events[i].seq)
+}
+
+/// Adds `signer`'s signature to a valid seed (co-signing towards a quorum). The signer must be
+/// a voter in the seed's state; signing twice is refused. Returns the new file bytes.
+pub fn add_signature(bytes: &[u8], signer: &NodeKey) -> Result<Vec<u8>, SeedError> {
+    let a = check_attested(bytes, VerifyPolicy::default())?;
+    if a.signers.contains(&signer.node_id()) {
+        return Err(SeedError::StateMismatch(format!("{} has signed this seed already", signer.node_id().short())));
+    }
+    let count = (bytes.len() - a.sigs_at - 2) / 96;
+    if count + 1 > SEED_SIGNATURES_MAX {
+        return Err(SeedError::TooLarge { what: "signature list", max: SEED_SIGNATURES_MAX, got: count + 1 });
+    }
+    let mut out = bytes[..a.sigs_at].to_vec();
+    out.extend_from_slice(&((count + 1) as u16).to_le_bytes());
+    out.extend_from_slice(&bytes[a.sigs_at + 2..]);
+    out.extend_from_slice(signer.node_id().as_bytes());
+    out.extend_from_slice(&signer.sign(&seed_signing_message(&a.header.fingerprint, &a.digest)).0);
+    // The new signature must itself check out (a non-voter is refused here).
+    check_attested(&out, VerifyPolicy::default())?;
+    Ok(out)
+}
+
+/// A seed signed by a majority of its voters, with its event records kept as the exact bytes
+/// they signed (not decoded): what a trusted bulk import needs. See [`verify_quorum`].
+#[derive(Debug)]
+pub struct QuorumSeed<'a> {
+    /// The header.
+    pub header: SeedHeader,
+    /// The projection at the head.
+    pub state: ProjectionState,
+    /// The ledger records from genesis to the head, verbatim.
+    pub records: Vec<&'a [u8]>,
+    /// The digest the signatures cover.
+    pub digest: [u8; 32],
+    /// Signers whose signatures verified (a majority of the voters).
+    pub signers: Vec<NodeId>,
+}
+
+/// Verifies a seed that must be **quorum-signed** and carry its events, without decoding or
+/// re-verifying each event: a majority of the network's voters signed the digest over their
+/// exact bytes, the same authority that commits them through Raft. Framing, digest, header,
+/// state, the voters' signatures and the quorum are checked as in [`verify`]; of the events,
+/// their count and that the last one is the head. Every record is still checked (decoded,
+/// linked, hashed) whenever a ledger reads it.
+pub fn verify_quorum(bytes: &[u8], expected_network: Option<NetworkFingerprint>) -> Result<QuorumSeed<'_>, SeedError> {
+    let a = check_attested(bytes, VerifyPolicy { require_quorum: true, expected_network })?;
+    if !a.header.includes_events {
+        return Err(SeedError::EventsRequired);
+    }
+    if a.count != a.header.head_seq + 1 {
+        return Err(SeedError::BadEvents { seq: a.count, reason: format!("{} events for head seq {}", a.count, a.header.head_seq) });
+    }
+    let last = a.records.last().ok_or(SeedError::BadEvents { seq: 0, reason: "no events".into() })?;
+    let ev = decode_record(last).map_err(|e| SeedError::BadEvents { seq: a.header.head_seq, reason: e.to_string() })?;
+    if ev.seq != a.header.head_seq || ev.hash != a.header.head_hash || !ev.hash_is_valid() {
+        return Err(SeedError::BadEvents { seq: a.header.head_seq, reason: "the last event is not the seed's head".into() });
+    }
+    Ok(QuorumSeed { header: a.header, state: a.state, records: a.records, digest: a.digest, signers: a.signers })
+}
+
+/// Bulk-imports a quorum-signed seed into an **empty** ledger that Raft does not manage: the
+/// records verbatim and the seed's state as projection and checkpoint, synced once.
+#[tracing::instrument(level = "info", skip_all, fields(seed_seq = seed.header.head_seq))]
+pub fn import_quorum(ledger: &mut crate::store::ledger::Ledger, seed: &QuorumSeed<'_>) -> Result<ChainHead, SeedError> {
+    let path = ledger.path().display().to_string();
+    let io = |e: crate::error::LedgerError| SeedError::Io { path: path.clone(), reason: e.to_string() };
+    if ledger.meta_get(b"raft_applied").map_err(io)?.is_some() {
+        return Err(SeedError::RaftManaged);
+    }
+    if let Some(own) = ledger.head() {
+        return Err(if own.seq >= seed.header.head_seq {
+            SeedError::NotNewer { seed_seq: seed.header.head_seq, own_seq: own.seq }
+        } else {
+            SeedError::StateMismatch("a bulk import needs an empty ledger; use `import` to extend one".into())
+        });
+    }
+    ledger.load_attested(&seed.records, seed.state.clone()).map_err(io)
 }
 
 impl Seed {
@@ -623,6 +733,40 @@ mod tests {
         let mut managed = Ledger::open(dir.path().join("managed"), cfg).expect("open");
         managed.append_with_meta(vec![events[0].event.clone()], vec![(b"raft_applied".to_vec(), vec![0])]).expect("append");
         assert!(matches!(import(&mut managed, &seed), Err(SeedError::RaftManaged)));
+    }
+
+    #[test]
+    fn co_signed_seeds_become_quorum_signed_and_bulk_import_verbatim() {
+        use crate::store::ledger::{Ledger, LedgerConfig};
+        let (s, events) = sample();
+        let p = s.projection();
+        let voters: Vec<&NodeKey> =
+            s.keys().iter().filter(|k| p.node(&k.node_id()).is_some_and(|n| n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left)).collect();
+        assert!(voters.len() >= 2, "the sample has several voters");
+        let one = build(p, Some(&events), &voters[..1]).expect("build");
+        assert!(matches!(verify_quorum(&one, None), Err(SeedError::UnderSigned { .. })));
+        assert!(add_signature(&one, voters[0]).is_err(), "signing twice is refused");
+        let outsider = s.keys().iter().find(|k| !voters.iter().any(|v| v.node_id() == k.node_id())).expect("a non-voter");
+        assert!(matches!(add_signature(&one, outsider), Err(SeedError::NotAVoter(_))));
+        let mut bytes = one;
+        for v in &voters[1..] {
+            bytes = add_signature(&bytes, v).expect("co-sign");
+        }
+        let q = verify_quorum(&bytes, p.fingerprint()).expect("quorum-signed now");
+        assert_eq!(q.signers.len(), voters.len());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = LedgerConfig { durable: false, ..LedgerConfig::default() };
+        let mut ledger = Ledger::open(dir.path().join("l"), cfg.clone()).expect("open");
+        let head = import_quorum(&mut ledger, &q).expect("bulk import");
+        assert_eq!((head.seq, head.hash), (q.header.head_seq, q.header.head_hash));
+        assert!(matches!(import_quorum(&mut ledger, &q), Err(SeedError::NotNewer { .. })));
+        drop(ledger);
+        // What was loaded verbatim is a ledger every check accepts, with the seed's state.
+        let report = crate::store::inspect::LedgerReader::open(&dir.path().join("l")).expect("reader").verify(&|_| {}).expect("verify");
+        assert!(report.is_ok(), "{:?}", report.first_error);
+        let reopened = Ledger::open(dir.path().join("l"), cfg).expect("reopen");
+        assert_eq!(reopened.projection().state(), p.state());
     }
 
     #[test]

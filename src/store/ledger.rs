@@ -395,6 +395,94 @@ impl Ledger {
         super::replay::read_verified_range(&self.ledger, &self.path, from, to)
     }
 
+    /// The stored record bytes of `from..=to` (clipped to the head), as they are on disk, after
+    /// checking only that the keys are dense and each value carries the ledger record tag.
+    /// For copying records verbatim (seed export); readers that interpret records use
+    /// [`Ledger::read_range`].
+    pub fn read_raw_range(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+        let to = match self.projection.head() {
+            Some(h) => to.min(h.seq),
+            None => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        let mut expected = from;
+        for guard in self.ledger.range(seq_key(from)..=seq_key(to)) {
+            let (k, v) = guard.into_inner().map_err(storage("read record", &self.path))?;
+            let corrupt = |corruption| LedgerError::Corrupt { path: self.path.clone(), seq: expected, corruption };
+            match record::parse_seq_key(&k) {
+                Some(seq) if seq == expected => {}
+                Some(seq) => return Err(corrupt(Corruption::Gap { expected, found: seq })),
+                None => return Err(corrupt(Corruption::MalformedKey { len: k.len() })),
+            }
+            if v.first() != Some(&record::RECORD_FORMAT_V1) {
+                return Err(corrupt(Corruption::Undecodable { reason: "not a ledger record".into() }));
+            }
+            out.push(v.to_vec());
+            expected += 1;
+        }
+        if expected != to + 1 {
+            return Err(LedgerError::Corrupt {
+                path: self.path.clone(),
+                seq: expected,
+                corruption: Corruption::Truncated { head_seq: to, last_seq: expected.checked_sub(1) },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Loads an attested history into an **empty** ledger: `records` are stored verbatim as
+    /// seqs `0..`, and `state` (the projection at their head) becomes the projection and its
+    /// checkpoint, in one final synced batch with the head. For a seed whose exact bytes a
+    /// quorum of voters signed; the records are checked again whenever they are read.
+    pub fn load_attested(&mut self, records: &[&[u8]], state: ProjectionState) -> Result<ChainHead, LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned(self.path.clone()));
+        }
+        if self.projection.head().is_some() {
+            return Err(LedgerError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "load_attested needs an empty ledger"),
+            });
+        }
+        let head = state.head.ok_or_else(|| LedgerError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the attested state has no head"),
+        })?;
+        if records.len() as u64 != head.seq + 1 {
+            return Err(LedgerError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "record count does not match the state's head"),
+            });
+        }
+        let fail = |this: &mut Ledger, source| {
+            this.poisoned = true;
+            LedgerError::Storage { op: "load attested records", path: this.path.clone(), source }
+        };
+        let chunks: Vec<&[&[u8]]> = records.chunks(limits::APPEND_BATCH_MAX).collect();
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let base = (i * limits::APPEND_BATCH_MAX) as u64;
+            let mut batch = self.db.batch();
+            for (k, rec) in chunk.iter().enumerate() {
+                batch.insert(&self.ledger, seq_key(base + k as u64), rec.to_vec());
+            }
+            if i + 1 == n {
+                batch.insert(&self.meta, META_HEAD, encode_head(&head).to_vec());
+                batch.insert(&self.meta, META_CHECKPOINT, encode_meta_checkpoint(&state));
+                batch = batch.durability(Some(PersistMode::SyncData));
+            }
+            if let Err(source) = batch.commit() {
+                return Err(fail(self, source));
+            }
+        }
+        self.projection = Projection::from_state(state);
+        self.checkpoint_seq = Some(head.seq);
+        Ok(head)
+    }
+
     /// Writes a projection checkpoint now (durably), e.g. before a clean shutdown.
     pub fn write_checkpoint(&mut self) -> Result<(), LedgerError> {
         let Some(head) = self.projection.head() else { return Ok(()) };

@@ -269,3 +269,82 @@ proptest! {
         prop_assert!(!too_open);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Seed files and network frames
+
+/// Valid seed files (with and without events, one and two signers) to damage.
+fn valid_seeds() -> &'static [Vec<u8>] {
+    static SEEDS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    SEEDS.get_or_init(|| {
+        let h = history();
+        let mut p = Projection::new();
+        let chained: Vec<_> = h.events.iter().take(40).map(|e| p.append(e.clone()).expect("valid history")).collect();
+        let voters: Vec<&NodeKey> = h
+            .keys
+            .iter()
+            .filter(|k| p.node(&k.node_id()).is_some_and(|n| n.role.is_authority() && n.status != mycnet_spores::NodeStatus::Left))
+            .collect();
+        vec![
+            mycnet_spores::seed::build(&p, Some(&chained), &voters).expect("seed with events"),
+            mycnet_spores::seed::build(&p, None, &voters[..1]).expect("seed without events"),
+        ]
+    })
+}
+
+/// Valid RPC request frames (postcard) to damage.
+fn valid_frames() -> &'static [Vec<u8>] {
+    static FRAMES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    FRAMES.get_or_init(|| {
+        use mycnet_spores::net::{Query, RpcRequest};
+        let ev = history().events[3].clone();
+        [
+            RpcRequest::Forward(ev),
+            RpcRequest::Status,
+            RpcRequest::ReadIndex,
+            RpcRequest::Query(Query::ServicesByCapability("gpu".into())),
+            RpcRequest::Query(Query::ChainAt(12)),
+            RpcRequest::ExportSeed { path: "/tmp/x.seed".into(), include_events: true },
+        ]
+        .iter()
+        .map(|r| postcard::to_stdvec(r).expect("encode"))
+        .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Anything but the exact signed bytes is refused; nothing panics.
+    #[test]
+    fn seed_verifiers_never_panic_and_accept_only_the_signed_bytes(bytes in damaged(valid_seeds())) {
+        use mycnet_spores::seed::{verify, verify_quorum, VerifyPolicy};
+        if verify(&bytes, VerifyPolicy::default()).is_ok() || verify_quorum(&bytes, None).is_ok() {
+            prop_assert!(valid_seeds().contains(&bytes), "a damaged seed was accepted");
+        }
+    }
+
+    #[test]
+    fn seed_verifiers_never_panic_on_noise(bytes in prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..2048),
+        prop::collection::vec(any::<u8>(), 0..2048).prop_map(|mut v| {
+            let mut b = b"MYCSEED\0\x01\x00".to_vec();
+            b.append(&mut v);
+            b
+        }),
+    ]) {
+        use mycnet_spores::seed::{verify, verify_quorum, VerifyPolicy};
+        prop_assert!(verify(&bytes, VerifyPolicy::default()).is_err());
+        prop_assert!(verify_quorum(&bytes, None).is_err());
+    }
+
+    /// What a QUIC peer sends is decoded with postcard: noise and damaged frames never panic.
+    #[test]
+    fn rpc_frame_decoders_never_panic(bytes in prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..1024),
+        damaged(valid_frames()),
+    ]) {
+        let _ = postcard::from_bytes::<mycnet_spores::net::RpcRequest>(&bytes);
+        let _ = postcard::from_bytes::<mycnet_spores::net::RpcResponse>(&bytes);
+    }
+}

@@ -233,6 +233,20 @@ enum SeedCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add a voter's signature to a seed (co-signing towards a quorum); rewrites it atomically.
+    Sign {
+        /// The seed file.
+        file: PathBuf,
+        /// The signing voter's key file.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Write the signed seed here instead of replacing FILE.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a seed's header, head, counts and signers.
     Inspect {
         /// The seed file.
@@ -439,6 +453,9 @@ fn run(cli: Cli) -> CliResult {
             mycnet_spores::seed::VerifyPolicy { require_quorum: quorum, expected_network: network },
             &mut Out::new(json),
         ),
+        Command::Seed(SeedCommand::Sign { file, key_file, out, json }) => {
+            seedcmd::sign(&file, &key_file, out.as_deref(), &mut Out::new(json))
+        }
         Command::Seed(SeedCommand::Inspect { file, json }) => seedcmd::inspect(&file, &mut Out::new(json)),
         Command::Demo { keep, dir } => {
             init_tracing("error,openraft=off");

@@ -23,16 +23,28 @@ fn seed_err(e: SeedError) -> CliError {
 /// a new (or import-only) ledger — the start of `spore node --from-seed`, or an offline copy
 /// for the inspector. Refuses a Raft member's data dir.
 pub fn import(data_dir: &Path, file: &Path, policy: VerifyPolicy, o: &mut Out) -> CliResult {
-    let s = seed::read_file(file, policy).map_err(seed_err)?;
+    let bytes = std::fs::read(file).map_err(|e| CliError::io(file, e))?;
+    // A quorum-signed seed is checked on its voters' signatures over its exact bytes and, into
+    // an empty ledger, bulk-loaded verbatim; anything else is verified event by event.
+    let quorum = if policy.require_quorum { Some(seed::verify_quorum(&bytes, policy.expected_network).map_err(seed_err)?) } else { None };
+    let full = if quorum.is_none() { Some(seed::verify(&bytes, policy).map_err(seed_err)?) } else { None };
+    let fingerprint = quorum.as_ref().map(|q| q.header.fingerprint).or(full.as_ref().map(|s| s.header.fingerprint));
     std::fs::create_dir_all(data_dir).map_err(|e| CliError::io(data_dir, e))?;
-    let ledger_dir = data_dir.join("ledger");
-    let config = LedgerConfig { create: true, expected_network: Some(s.header.fingerprint), ..LedgerConfig::default() };
-    let mut ledger = Ledger::open(&ledger_dir, config).map_err(CliError::ledger)?;
+    let config = LedgerConfig { create: true, expected_network: fingerprint, ..LedgerConfig::default() };
+    let mut ledger = Ledger::open(data_dir.join("ledger"), config).map_err(CliError::ledger)?;
     let before = ledger.head().map(|h| h.seq);
-    let head = seed::import(&mut ledger, &s).map_err(seed_err)?;
+    let head = match (&quorum, full) {
+        (Some(q), _) if before.is_none() => seed::import_quorum(&mut ledger, q).map_err(seed_err)?,
+        (_, Some(s)) => seed::import(&mut ledger, &s).map_err(seed_err)?,
+        (Some(_), None) => {
+            let s = seed::verify(&bytes, policy).map_err(seed_err)?;
+            seed::import(&mut ledger, &s).map_err(seed_err)?
+        }
+        (None, None) => return Err(CliError::Io("nothing verified".into())),
+    };
     let imported = head.seq + 1 - before.map_or(0, |b| b + 1);
     if o.json {
-        o.json_line(&json!({ "data_dir": data_dir, "imported_events": imported, "head": { "seq": head.seq, "hash": head.hash }, "fingerprint": s.header.fingerprint }))
+        o.json_line(&json!({ "data_dir": data_dir, "imported_events": imported, "head": { "seq": head.seq, "hash": head.hash }, "fingerprint": fingerprint }))
     } else {
         o.line(format!("imported {imported} events into {}: head {} {}", data_dir.display(), head.seq, head.hash))
     }
@@ -98,6 +110,27 @@ pub fn verify(file: &Path, network: Option<NetworkFingerprint>, quorum: bool, o:
             }
             Err(CliError::Reported)
         }
+    }
+}
+
+/// `spore seed sign FILE --key-file K`: co-signs a seed with a voter's key.
+pub fn sign(file: &Path, key_file: &Path, out: Option<&Path>, o: &mut Out) -> CliResult {
+    let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
+    let bytes = std::fs::read(file).map_err(|e| CliError::io(file, e))?;
+    let signed = seed::add_signature(&bytes, &key).map_err(seed_err)?;
+    let dest = out.unwrap_or(file);
+    seed::write_atomically(dest, &signed).map_err(seed_err)?;
+    let s = seed::verify(&signed, VerifyPolicy::default()).map_err(seed_err)?;
+    let voters = s.projection().nodes().filter(|n| n.role.is_authority() && n.status != mycnet_spores::NodeStatus::Left).count();
+    let quorum = s.signers.len() > voters / 2;
+    if o.json {
+        o.json_line(&json!({ "file": dest, "signers": s.signers, "voters": voters, "quorum_signed": quorum }))
+    } else {
+        o.line(format!(
+            "signed by {} of {voters} voters{}",
+            s.signers.len(),
+            if quorum { ": quorum-signed" } else { "" }
+        ))
     }
 }
 

@@ -385,6 +385,18 @@ fn the_demo_runs_and_verifies_every_node() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("not newer"), "{}", String::from_utf8_lossy(&again.stderr));
     let member = run(&["seed", "import", "--data-dir", path(&root.path().join("v2")), path(&seed)]);
     assert_eq!(member.status.code(), Some(2), "a Raft member's data dir: {}", String::from_utf8_lossy(&member.stderr));
+    // Co-signed by the other voters it becomes quorum-signed, and imports in bulk.
+    for v in ["v0", "v2"] {
+        let out = run(&["seed", "sign", path(&seed), "--key-file", path(&root.path().join(v).join("node.key")), "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(run(&["seed", "verify", path(&seed), "--quorum"]).status.code(), Some(0));
+    assert_eq!(run(&["seed", "sign", path(&seed), "--key-file", path(&root.path().join("l0").join("node.key"))]).status.code(), Some(1), "a non-voter cannot sign");
+    let bulk = root.path().join("bulk");
+    let out = run(&["seed", "import", "--data-dir", path(&bulk), path(&seed), "--quorum", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&run(&["verify", path(&bulk), "--json"]))["head"], exported["head"]);
+
     let fresh = root.path().join("fresh");
     assert_eq!(run(&["seed", "import", "--data-dir", path(&fresh), path(&damaged)]).status.code(), Some(1));
     assert!(!fresh.join("ledger").exists(), "nothing created for a seed that does not verify");
