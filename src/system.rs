@@ -469,10 +469,11 @@ impl SporeSystem {
         let ledger = r.ledger.clone();
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
             let mut l = ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-            if l.head().is_some_and(|h| h.seq == head.seq && h.hash == head.hash) {
-                return Ok(()); // imported already (`spore seed import`, or an earlier attempt)
-            }
-            crate::seed::import(&mut l, &seed)?;
+            if !l.head().is_some_and(|h| h.seq == head.seq && h.hash == head.hash) {
+                crate::seed::import(&mut l, &seed)?;
+            } // else: imported already (`spore seed import`, or an earlier attempt)
+            // The network is formed on this import: Raft adopts it as its base.
+            l.set_imported(false)?;
             Ok(())
         })
         .await

@@ -221,7 +221,13 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let ledger = self.ledger.clone();
         let responses = tokio::task::spawn_blocking(move || {
             let mut l = ledger.write().map_err(|_| lock_err())?;
-            let (_, mut membership) = Self::read_applied(&l)?;
+            let (applied, mut membership) = Self::read_applied(&l)?;
+            // A node restored from a seed served it while joining; Raft now brings the whole
+            // history from the start of its log, so the import goes first: nothing twice.
+            if applied.is_none() && l.is_imported().map_err(sm_read)? {
+                tracing::info!(head = ?l.head().map(|h| h.seq), "Raft replays from the start; discarding the seed import it supersedes");
+                l.reset().map_err(sm_write)?;
+            }
             let mut last = None;
             let mut events: Vec<SignedEvent> = Vec::new();
             // Which response slot (entry, position in its batch) each event fills.

@@ -305,6 +305,7 @@ pub fn import(ledger: &mut crate::store::ledger::Ledger, seed: &Seed) -> Result<
         return Err(SeedError::StateMismatch("the imported events did not reproduce the seed's head".into()));
     }
     ledger.write_checkpoint().map_err(io)?;
+    ledger.set_imported(true).map_err(io)?;
     Ok(head)
 }
 
@@ -617,7 +618,9 @@ pub fn import_quorum(ledger: &mut crate::store::ledger::Ledger, seed: &QuorumSee
             SeedError::StateMismatch("a bulk import needs an empty ledger; use `import` to extend one".into())
         });
     }
-    ledger.load_attested(&seed.records, seed.state.clone()).map_err(io)
+    let head = ledger.load_attested(&seed.records, seed.state.clone()).map_err(io)?;
+    ledger.set_imported(true).map_err(io)?;
+    Ok(head)
 }
 
 impl Seed {

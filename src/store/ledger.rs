@@ -29,6 +29,8 @@ use crate::error::{Corruption, LedgerError};
 const META_FORMAT: &[u8] = b"format";
 const META_HEAD: &[u8] = b"head";
 const META_CHECKPOINT: &[u8] = b"checkpoint";
+/// Set by a seed import into a ledger Raft does not manage yet; see [`Ledger::is_imported`].
+const META_IMPORTED: &[u8] = b"imported";
 /// The value of the `format` marker.
 pub const LEDGER_FORMAT_MARKER: &[u8] = b"mycnet-spores ledger v1";
 
@@ -525,11 +527,27 @@ impl Ledger {
         }
         batch.remove(&self.meta, META_HEAD);
         batch.remove(&self.meta, META_CHECKPOINT);
+        batch.remove(&self.meta, META_IMPORTED);
         batch.commit().map_err(storage("reset", &self.path))?;
         self.projection = Projection::new();
         self.checkpoint_seq = None;
         self.poisoned = false;
         Ok(())
+    }
+
+    /// Marks (or unmarks) the content as imported from a seed outside Raft. A node restored
+    /// from a seed serves it at once; when Raft then starts applying from the beginning of its
+    /// log on this ledger, the import is discarded first so no event is applied twice. A
+    /// network formed from the seed adopts the import as its base (and unmarks it).
+    pub fn set_imported(&mut self, imported: bool) -> Result<(), LedgerError> {
+        let r = if imported { self.meta.insert(META_IMPORTED, b"1") } else { self.meta.remove(META_IMPORTED) };
+        r.map_err(storage("mark import", &self.path))?;
+        self.db.persist(PersistMode::SyncData).map_err(storage("sync import mark", &self.path))
+    }
+
+    /// Whether the content was imported from a seed and not yet adopted by Raft.
+    pub fn is_imported(&self) -> Result<bool, LedgerError> {
+        Ok(self.meta.get(META_IMPORTED).map_err(storage("read import mark", &self.path))?.is_some())
     }
 
     /// Syncs everything to disk.
