@@ -231,35 +231,62 @@ pub fn export(
     path: &Path,
     include_events: bool,
 ) -> Result<ChainHead, SeedError> {
+    let io = |e: std::io::Error| SeedError::Io { path: path.display().to_string(), reason: e.to_string() };
     let poisoned = || SeedError::Io { path: path.display().to_string(), reason: "ledger lock poisoned".into() };
     let projection = ledger.read().map_err(|_| poisoned())?.projection().clone();
     let head = projection.head().ok_or(SeedError::StateMismatch("empty ledger: nothing to seed".into()))?;
-    let events = if include_events {
+    let network = projection.network().cloned().ok_or(SeedError::StateMismatch("no genesis".into()))?;
+    let fingerprint = projection.fingerprint().ok_or(SeedError::StateMismatch("no fingerprint".into()))?;
+    let header = SeedHeader { network, fingerprint, head_seq: head.seq, head_hash: head.hash, includes_events: include_events };
+
+    // Streamed into a temporary file next to `path` while hashing: the records are copied
+    // verbatim (the canonical bytes the chain hashes cover, checked when they were stored and
+    // again by whoever verifies the seed), never decoded or buffered whole.
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
+    let mut hasher = blake3::Hasher::new();
+    let mut put = |out: &mut std::io::BufWriter<tempfile::NamedTempFile>, bytes: &[u8]| -> std::io::Result<()> {
+        hasher.update(bytes);
+        out.write_all(bytes)
+    };
+    let empty: [&[u8]; 0] = [];
+    let mut prefix = encode_unsigned_raw(&header, projection.state(), &empty);
+    let count = if include_events { head.seq + 1 } else { 0 };
+    let n = prefix.len();
+    prefix[n - 8..].copy_from_slice(&count.to_le_bytes());
+    put(&mut out, &prefix).map_err(io)?;
+    if include_events {
         let page = 16 * crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
-        // Records are copied verbatim: they are the canonical bytes the chain hashes cover,
-        // checked when they were stored and again by whoever verifies the seed.
-        let mut records: Vec<Vec<u8>> = Vec::with_capacity(usize::try_from(head.seq + 1).unwrap_or(0));
         let mut from = 0u64;
         while from <= head.seq {
             let to = (from + page - 1).min(head.seq);
-            let chunk = ledger
+            let visited = ledger
                 .read()
                 .map_err(|_| poisoned())?
-                .read_raw_range(from, to)
+                .visit_raw_range(from, to, |_, rec| {
+                    put(&mut out, &(rec.len() as u32).to_le_bytes())?;
+                    put(&mut out, rec)
+                })
                 .map_err(|e| SeedError::Io { path: path.display().to_string(), reason: format!("reading the ledger: {e}") })?;
-            if chunk.len() as u64 != to - from + 1 {
+            if visited != to - from + 1 {
                 return Err(SeedError::BadEvents { seq: from, reason: "the ledger changed under the export (reset by a snapshot)".into() });
             }
-            records.extend(chunk);
             from = to + 1;
         }
-        Some(records)
-    } else {
-        None
-    };
-    let bytes = build_raw(&projection, events.as_deref(), &[signer])?;
-    write_atomically(path, &bytes)?;
-    tracing::info!(seq = head.seq, bytes = bytes.len(), "seed exported");
+    }
+    let digest = *hasher.finalize().as_bytes();
+    let mut tail = digest.to_vec();
+    append_signatures(&mut tail, &fingerprint, &digest, &[signer]);
+    out.write_all(&tail).map_err(io)?;
+    let tmp = out.into_inner().map_err(|e| io(e.into_error()))?;
+    tmp.as_file().sync_all().map_err(io)?;
+    let size = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    tracing::info!(seq = head.seq, bytes = size, "seed exported");
     Ok(head)
 }
 
@@ -770,6 +797,24 @@ mod tests {
         assert!(report.is_ok(), "{:?}", report.first_error);
         let reopened = Ledger::open(dir.path().join("l"), cfg).expect("reopen");
         assert_eq!(reopened.projection().state(), p.state());
+    }
+
+    /// The streaming export writes exactly the bytes `build` makes from the same ledger.
+    #[test]
+    fn streamed_export_equals_build() {
+        use crate::store::ledger::{Ledger, LedgerConfig};
+        let (s, events) = sample();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = Ledger::open(dir.path().join("l"), LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("open");
+        l.append(events.iter().map(|e| e.event.clone()).collect()).expect("append");
+        let key = &s.keys()[0];
+        let lock = std::sync::RwLock::new(l);
+        for include in [true, false] {
+            let path = dir.path().join(format!("s-{include}.seed"));
+            export(&lock, key, &path, include).expect("export");
+            let want = build(s.projection(), include.then_some(events.as_slice()), &[key]).expect("build");
+            assert!(std::fs::read(&path).expect("read") == want, "export with events = {include} differs from build");
+        }
     }
 
     #[test]

@@ -397,18 +397,17 @@ impl Ledger {
         super::replay::read_verified_range(&self.ledger, &self.path, from, to)
     }
 
-    /// The stored record bytes of `from..=to` (clipped to the head), as they are on disk, after
-    /// checking only that the keys are dense and each value carries the ledger record tag.
-    /// For copying records verbatim (seed export); readers that interpret records use
-    /// [`Ledger::read_range`].
-    pub fn read_raw_range(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+    /// Calls `f(seq, record bytes)` for every stored record of `from..=to` (clipped to the
+    /// head), as it is on disk, after checking only that the keys are dense and each value
+    /// carries the ledger record tag. For copying records verbatim (seed export); readers
+    /// that interpret records use [`Ledger::read_range`]. Returns how many were visited.
+    pub fn visit_raw_range(&self, from: u64, to: u64, mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>) -> Result<u64, LedgerError> {
         let to = match self.projection.head() {
             Some(h) => to.min(h.seq),
-            None => return Ok(Vec::new()),
+            None => return Ok(0),
         };
-        let mut out = Vec::new();
         if from > to {
-            return Ok(out);
+            return Ok(0);
         }
         let mut expected = from;
         for guard in self.ledger.range(seq_key(from)..=seq_key(to)) {
@@ -422,7 +421,7 @@ impl Ledger {
             if v.first() != Some(&record::RECORD_FORMAT_V1) {
                 return Err(corrupt(Corruption::Undecodable { reason: "not a ledger record".into() }));
             }
-            out.push(v.to_vec());
+            f(expected, &v).map_err(|source| LedgerError::Io { path: self.path.clone(), source })?;
             expected += 1;
         }
         if expected != to + 1 {
@@ -432,6 +431,16 @@ impl Ledger {
                 corruption: Corruption::Truncated { head_seq: to, last_seq: expected.checked_sub(1) },
             });
         }
+        Ok(expected - from)
+    }
+
+    /// [`Ledger::visit_raw_range`], collected.
+    pub fn read_raw_range(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+        let mut out = Vec::new();
+        self.visit_raw_range(from, to, |_, r| {
+            out.push(r.to_vec());
+            Ok(())
+        })?;
         Ok(out)
     }
 
