@@ -239,47 +239,75 @@ pub fn export(
     let fingerprint = projection.fingerprint().ok_or(SeedError::StateMismatch("no fingerprint".into()))?;
     let header = SeedHeader { network, fingerprint, head_seq: head.seq, head_hash: head.hash, includes_events: include_events };
 
-    // Streamed into a temporary file next to `path` while hashing: the records are copied
-    // verbatim (the canonical bytes the chain hashes cover, checked when they were stored and
-    // again by whoever verifies the seed), never decoded or buffered whole.
+    // Streamed into a temporary file next to `path`: this thread reads the records verbatim
+    // (the canonical bytes the chain hashes cover, checked when they were stored and again by
+    // whoever verifies the seed) into 4 MiB chunks, while a second thread hashes and writes
+    // them, so reading overlaps hashing and writing and nothing is buffered whole.
+    const CHUNK: usize = 4 << 20;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
-    let mut hasher = blake3::Hasher::new();
-    let mut put = |out: &mut std::io::BufWriter<tempfile::NamedTempFile>, bytes: &[u8]| -> std::io::Result<()> {
-        hasher.update(bytes);
-        out.write_all(bytes)
-    };
     let empty: [&[u8]; 0] = [];
     let mut prefix = encode_unsigned_raw(&header, projection.state(), &empty);
     let count = if include_events { head.seq + 1 } else { 0 };
     let n = prefix.len();
     prefix[n - 8..].copy_from_slice(&count.to_le_bytes());
-    put(&mut out, &prefix).map_err(io)?;
-    if include_events {
-        let page = 16 * crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
-        let mut from = 0u64;
-        while from <= head.seq {
-            let to = (from + page - 1).min(head.seq);
-            let visited = ledger
-                .read()
-                .map_err(|_| poisoned())?
-                .visit_raw_range(from, to, |_, rec| {
-                    put(&mut out, &(rec.len() as u32).to_le_bytes())?;
-                    put(&mut out, rec)
-                })
-                .map_err(|e| SeedError::Io { path: path.display().to_string(), reason: format!("reading the ledger: {e}") })?;
-            if visited != to - from + 1 {
-                return Err(SeedError::BadEvents { seq: from, reason: "the ledger changed under the export (reset by a snapshot)".into() });
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (hasher, tmp, read_result) = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> std::io::Result<(blake3::Hasher, tempfile::NamedTempFile)> {
+            let mut hasher = blake3::Hasher::new();
+            let mut file = tmp;
+            for chunk in rx {
+                hasher.update(&chunk);
+                file.as_file_mut().write_all(&chunk)?;
             }
-            from = to + 1;
+            Ok((hasher, file))
+        });
+        let read = (|| -> Result<(), SeedError> {
+            let mut buf = prefix;
+            buf.reserve(CHUNK);
+            if include_events {
+                let page = 16 * crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
+                let mut from = 0u64;
+                while from <= head.seq {
+                    let to = (from + page - 1).min(head.seq);
+                    let visited = ledger
+                        .read()
+                        .map_err(|_| poisoned())?
+                        .visit_raw_range(from, to, |_, rec| {
+                            buf.extend_from_slice(&(rec.len() as u32).to_le_bytes());
+                            buf.extend_from_slice(rec);
+                            if buf.len() >= CHUNK {
+                                let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 4096));
+                                tx.send(full).map_err(|_| std::io::Error::other("seed writer stopped"))?;
+                            }
+                            Ok(())
+                        })
+                        .map_err(|e| SeedError::Io { path: path.display().to_string(), reason: format!("reading the ledger: {e}") })?;
+                    if visited != to - from + 1 {
+                        return Err(SeedError::BadEvents { seq: from, reason: "the ledger changed under the export (reset by a snapshot)".into() });
+                    }
+                    from = to + 1;
+                }
+            }
+            if !buf.is_empty() {
+                tx.send(buf).map_err(|_| io(std::io::Error::other("seed writer stopped")))?;
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let written = writer.join().map_err(|_| io(std::io::Error::other("seed writer panicked")));
+        match written {
+            Ok(Ok((h, f))) => Ok((h, f, read)),
+            Ok(Err(e)) => Err(io(e)),
+            Err(e) => Err(e),
         }
-    }
+    })?;
+    read_result?;
     let digest = *hasher.finalize().as_bytes();
     let mut tail = digest.to_vec();
     append_signatures(&mut tail, &fingerprint, &digest, &[signer]);
-    out.write_all(&tail).map_err(io)?;
-    let tmp = out.into_inner().map_err(|e| io(e.into_error()))?;
+    let mut tmp = tmp;
+    tmp.as_file_mut().write_all(&tail).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     let size = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
     tmp.persist(path).map_err(|e| io(e.error))?;
