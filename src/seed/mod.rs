@@ -827,6 +827,32 @@ mod tests {
         assert_eq!(reopened.projection().state(), p.state());
     }
 
+    /// Properly signed seeds that must still be refused: a header whose head is not its
+    /// state's, and a signer that is not a voter.
+    #[test]
+    fn a_head_not_matching_its_state_or_a_non_voter_signer_is_refused() {
+        let (s, events) = sample();
+        let p = s.projection();
+        let founder = &s.keys()[0];
+        let head = p.head().expect("head");
+        let header = SeedHeader {
+            network: p.network().cloned().expect("network"),
+            fingerprint: p.fingerprint().expect("fingerprint"),
+            head_seq: head.seq,
+            head_hash: ChainHash([7; 32]),
+            includes_events: false,
+        };
+        let mut bytes = encode_unsigned(&header, p.state(), &[]);
+        let digest = *blake3::hash(&bytes).as_bytes();
+        bytes.extend_from_slice(&digest);
+        append_signatures(&mut bytes, &header.fingerprint, &digest, &[founder]);
+        assert!(matches!(verify(&bytes, VerifyPolicy::default()), Err(SeedError::StateMismatch(_))));
+
+        let outsider = s.keys().iter().find(|k| p.node(&k.node_id()).is_none_or(|n| !n.role.is_authority())).expect("a non-voter");
+        let bytes = build(p, Some(&events), &[outsider]).expect("build");
+        assert!(matches!(verify(&bytes, VerifyPolicy::default()), Err(SeedError::NotAVoter(id)) if id == outsider.node_id()));
+    }
+
     /// The streaming export writes exactly the bytes `build` makes from the same ledger.
     #[test]
     fn streamed_export_equals_build() {
