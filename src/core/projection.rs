@@ -41,6 +41,16 @@ pub enum NodeStatus {
     Left,
 }
 
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeStatus::Active => "active",
+            NodeStatus::Offline => "offline",
+            NodeStatus::Left => "left",
+        })
+    }
+}
+
 /// A node as the registry knows it.
 #[derive(
     Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use mycnet_spores::net::NetworkBackend;
 use mycnet_spores::{
-    Endpoint, LedgerReader, NetworkIdentity, NodeKey, NodeRole, NodeStatus, SporeSystem, Timeouts, TrustScore,
+    Endpoint, LedgerReader, NetworkIdentity, NodeKey, NodeRole, SporeSystem, Timeouts, TrustScore,
 };
 
 /// Builds the network attachment of one node (QUIC on loopback in the product).
@@ -229,11 +229,7 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
     let v0 = sys(&nodes[0])?;
     writeln!(out, "  {:<6} {:<11} {:<8} {:>5}  capabilities", "node", "role", "status", "trust")?;
     for n in v0.nodes()? {
-        let status = match n.status {
-            NodeStatus::Active => "active",
-            NodeStatus::Offline => "offline",
-            NodeStatus::Left => "left",
-        };
+        let status = n.status.to_string();
         writeln!(out, "  {:<6} {:<11} {:<8} {:>5}  {}", n.name, n.role.to_string(), status, n.trust.to_string(), n.capabilities.join(","))?;
     }
     writeln!(out, "\n  {:<13} {:<6} {:<28} capabilities", "service", "node", "endpoints")?;

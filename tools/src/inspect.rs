@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use mycnet_spores::core::limits::{APPEND_BATCH_MAX, REPLAY_CHUNK_EVENTS};
 use mycnet_spores::core::synth::{Synth, SynthConfig};
 use mycnet_spores::{
-    ChainedEvent, EventBody, Ledger, LedgerConfig, LedgerError, LedgerReader, NodeStatus, Projection, ReplayOptions,
+    ChainedEvent, EventBody, Ledger, LedgerConfig, LedgerError, LedgerReader, Projection, ReplayOptions,
     StopAt, Timestamp,
 };
 use serde_json::json;
@@ -262,11 +262,7 @@ pub fn print_registries(p: &Projection, o: &mut Out) -> CliResult {
     o.line(format!("\nnodes ({}):", p.nodes().count()))?;
     o.line(format!("  {:<12} {:<20} {:<11} {:<8} {:>5}  {}", "key", "name", "role", "status", "trust", "capabilities"))?;
     for n in p.nodes() {
-        let status = match n.status {
-            NodeStatus::Active => "active",
-            NodeStatus::Offline => "offline",
-            NodeStatus::Left => "left",
-        };
+        let status = n.status.to_string();
         o.line(format!(
             "  {:<12} {:<20} {:<11} {:<8} {:>5}  {}",
             n.node.short(),

@@ -11,7 +11,7 @@ use mycnet_spores::raft::SporeResponse;
 use mycnet_spores::node::{self, NodeConfig};
 use mycnet_spores::store::keyfile;
 use mycnet_spores::{
-    ChainPoint, Endpoint, EventBody, NodeId, NodeStatus, ServiceAnnouncement, SignedEvent, SporeStatus, Timestamp,
+    ChainPoint, Endpoint, EventBody, NodeId, ServiceAnnouncement, SignedEvent, SporeStatus, Timestamp,
 };
 use serde_json::json;
 
@@ -214,11 +214,7 @@ pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, timeout: Dura
             }
             o.line(format!("{:<12} {:<20} {:<11} {:<8} {:>5}  {:<24} {}", "key", "name", "role", "status", "trust", "addresses", "capabilities"))?;
             for n in nodes {
-                let status = match n.status {
-                    NodeStatus::Active => "active",
-                    NodeStatus::Offline => "offline",
-                    NodeStatus::Left => "left",
-                };
+                let status = n.status.to_string();
                 o.line(format!(
                     "{:<12} {:<20} {:<11} {:<8} {:>5}  {:<24} {}",
                     n.node.short(),
