@@ -401,6 +401,7 @@ impl Ledger {
     /// head), as it is on disk, after checking only that the keys are dense and each value
     /// carries the ledger record tag. For copying records verbatim (seed export); readers
     /// that interpret records use [`Ledger::read_range`]. Returns how many were visited.
+    #[tracing::instrument(level = "debug", skip(self, f), fields(path = %self.path.display()))]
     pub fn visit_raw_range(&self, from: u64, to: u64, mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>) -> Result<u64, LedgerError> {
         let to = match self.projection.head() {
             Some(h) => to.min(h.seq),
@@ -448,6 +449,7 @@ impl Ledger {
     /// seqs `0..`, and `state` (the projection at their head) becomes the projection and its
     /// checkpoint, in one final synced batch with the head. For a seed whose exact bytes a
     /// quorum of voters signed; the records are checked again whenever they are read.
+    #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display(), records = records.len()))]
     pub fn load_attested(&mut self, records: &[&[u8]], state: ProjectionState) -> Result<ChainHead, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned(self.path.clone()));
@@ -548,6 +550,7 @@ impl Ledger {
     /// from a seed serves it at once; when Raft then starts applying from the beginning of its
     /// log on this ledger, the import is discarded first so no event is applied twice. A
     /// network formed from the seed adopts the import as its base (and unmarks it).
+    #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
     pub fn set_imported(&mut self, imported: bool) -> Result<(), LedgerError> {
         let r = if imported { self.meta.insert(META_IMPORTED, b"1") } else { self.meta.remove(META_IMPORTED) };
         r.map_err(storage("mark import", &self.path))?;
