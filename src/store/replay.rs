@@ -200,13 +200,26 @@ pub(crate) fn replay_range(
         let (tx, rx) = mpsc::sync_channel::<Result<Chunk, ReadError>>(2);
         let audit = options.audit;
         scope.spawn(move || read_chunks(ks, path, from, prev, audit, tx));
-        for msg in rx {
-            let chunk = match msg {
+        // In an audit a verifier stage sits between reader and apply, so verifying chunk N+1
+        // (on the rayon pool) overlaps applying chunk N here.
+        let (vtx, vrx) = mpsc::sync_channel::<Result<(Chunk, Vec<bool>), ReadError>>(1);
+        scope.spawn(move || {
+            for msg in rx {
+                let out = msg.map(|chunk| {
+                    let verdicts = if audit { verify_chunk(&chunk) } else { Vec::new() };
+                    (chunk, verdicts)
+                });
+                if vtx.send(out).is_err() {
+                    return; // the consumer stopped early
+                }
+            }
+        });
+        for msg in vrx {
+            let (chunk, verdicts) = match msg {
                 Ok(c) => c,
                 Err((seq, Ok(c))) => return Err(corrupt(seq, c)),
                 Err((_, Err(e))) => return Err(e),
             };
-            let verdicts = if options.audit { verify_chunk(&chunk) } else { Vec::new() };
             for (i, item) in chunk.iter().enumerate() {
                 let ev = &item.event;
                 match options.stop {
