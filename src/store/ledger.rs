@@ -351,9 +351,9 @@ impl Ledger {
     }
 
     fn verify_signatures(&mut self, events: &[SignedEvent]) -> Vec<bool> {
-        const CHUNK: usize = 64;
+        const CHUNK: usize = 128;
         // Below this, fanning out to the pool costs more (wake-ups, idle spinning) than it saves.
-        const PARALLEL_MIN: usize = 512;
+        const PARALLEL_MIN: usize = 256;
         if events.len() < PARALLEL_MIN {
             return events
                 .chunks(CHUNK)

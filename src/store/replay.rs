@@ -159,7 +159,7 @@ fn read_chunks(
 }
 
 fn verify_chunk(chunk: &[Item]) -> Vec<bool> {
-    const BATCH: usize = 64;
+    const BATCH: usize = 512;
     chunk
         .par_chunks(BATCH)
         .flat_map_iter(|part| {
