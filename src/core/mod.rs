@@ -4,6 +4,7 @@
 //! Inputs arrive as values (including timestamps), outputs are values.
 
 pub mod event;
+pub mod gossip;
 pub mod keys;
 pub mod limits;
 pub mod projection;

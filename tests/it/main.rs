@@ -9,3 +9,4 @@ mod durability;
 mod quic;
 mod seed_export;
 mod golden;
+mod latent;
