@@ -42,6 +42,9 @@ pub struct Digest {
     pub anchor: Option<ChainPoint>,
     /// A few gossip peers it knows (at most [`limits::GOSSIP_PEERS_MAX`]).
     pub peers: Vec<PeerAddr>,
+    /// Whether the sender's chain is written by Raft (it is a voter or learner): a session
+    /// with it is contact with the Primary tier.
+    pub primary: bool,
 }
 
 /// A gossip peer: its key and where to reach it.
@@ -112,6 +115,8 @@ pub struct LocalView {
     pub anchor: Option<ChainPoint>,
     /// Peers to advertise.
     pub peers: Vec<PeerAddr>,
+    /// Whether this node's chain is written by Raft (see [`Digest::primary`]).
+    pub primary: bool,
     /// Whether this session may fetch and store ranges. A node pulls in one session at a
     /// time (ranges must be stored in order); its other sessions, and every session of a Raft
     /// member (whose chain Raft writes), only serve.
@@ -284,7 +289,7 @@ impl SyncSession {
         let head = local.head.as_ref().map(|e| ChainPoint { seq: e.seq, hash: e.hash });
         let mut peers = local.peers;
         peers.truncate(limits::GOSSIP_PEERS_MAX);
-        let hello = Digest { fingerprint: local.fingerprint, head, anchor: local.anchor, peers };
+        let hello = Digest { fingerprint: local.fingerprint, head, anchor: local.anchor, peers, primary: local.primary };
         let deadline = now + cfg.idle_timeout;
         SyncSession {
             cfg,

@@ -54,7 +54,7 @@ pub mod tls;
 pub const ALPN_RAFT: &[u8] = b"spores-raft/1";
 /// Every protocol this endpoint serves. A connection negotiating anything else is refused
 /// (gossip will add `spores-gossip/1` here, with its own serve loop).
-pub const SERVED_ALPNS: &[&[u8]] = &[ALPN_RAFT, ALPN_ADMIN];
+pub const SERVED_ALPNS: &[&[u8]] = &[ALPN_RAFT, ALPN_ADMIN, super::gossip::ALPN_GOSSIP];
 /// ALPN of the read-only operator protocol: `Status` and `Query` requests from any key.
 pub const ALPN_ADMIN: &[u8] = b"spores-admin/1";
 
@@ -565,6 +565,14 @@ async fn serve_connection(
         }
         Some(ALPN_RAFT) => serve_rpc(conn, peer, handler, cfg, Some(gate)).await,
         Some(ALPN_ADMIN) => serve_rpc(conn, peer, handler, cfg, None).await,
+        Some(super::gossip::ALPN_GOSSIP) if !gate.admits(&peer) => {
+            tracing::warn!(peer_key = %peer, "refused a gossip connection from a node key the admission policy does not allow");
+            close(&conn, close_code::NOT_ADMITTED, "node key not admitted");
+        }
+        Some(super::gossip::ALPN_GOSSIP) => match handler.gossip() {
+            Some(acceptor) => serve_gossip(conn, peer, acceptor, gate).await,
+            None => close(&conn, close_code::UNSUPPORTED_PROTOCOL, "gossip not served"),
+        },
         other => {
             let alpn = other.map(String::from_utf8_lossy);
             tracing::warn!(alpn = ?alpn, "unsupported protocol; closing");
@@ -598,6 +606,31 @@ async fn serve_rpc(conn: quinn::Connection, peer: NodeId, handler: Arc<dyn RpcHa
                 }
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+}
+
+/// Serves the gossip streams of one connection: one session per stream, at most two at a time.
+async fn serve_gossip(conn: quinn::Connection, peer: NodeId, acceptor: Arc<dyn super::gossip::GossipAcceptor>, gate: Gate) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi(), if sessions.len() < 2 => match accepted {
+                Ok(_) if !gate.admits(&peer) => {
+                    close(&conn, close_code::NOT_ADMITTED, "node key no longer admitted");
+                    break;
+                }
+                Ok((send, recv)) => {
+                    let acceptor = acceptor.clone();
+                    let stream = super::gossip::GossipStream { peer, send: Box::new(send), recv: Box::new(recv) };
+                    sessions.spawn(async move { acceptor.accept_gossip(stream).await });
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e, "gossip connection ended");
+                    break;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
 }
@@ -955,7 +988,48 @@ impl QuicTransport {
     }
 }
 
+impl super::gossip::GossipDialer for QuicTransport {
+    fn open_gossip(&self, to: &PeerNode) -> BoxFuture<'_, Result<super::gossip::GossipStream, TransportError>> {
+        let to = to.clone();
+        let span = tracing::debug_span!("quic_gossip_dial", peer = %to);
+        Box::pin(
+            async move {
+                let (_, send, recv) = self.open_gossip_conn(&to).await?;
+                Ok(super::gossip::GossipStream { peer: to.node, send: Box::new(send), recv: Box::new(recv) })
+            }
+            .instrument(span),
+        )
+    }
+}
+
+impl QuicTransport {
+    /// Dials `to` under the gossip ALPN (a fresh connection, closed when its streams are
+    /// dropped) and opens the session's stream. The connection is returned for its statistics.
+    pub async fn open_gossip_conn(&self, to: &PeerNode) -> Result<(quinn::Connection, SendStream, RecvStream), TransportError> {
+        let sh = &self.shared;
+        if sh.closed.load(Ordering::SeqCst) {
+            return Err(TransportError::Unreachable(format!("{} (local endpoint closed)", to.addr)));
+        }
+        let unreachable = |e: &dyn std::fmt::Display| TransportError::Unreachable(format!("{} ({e})", to.addr));
+        let addr = resolve(&to.addr).await.map_err(|e| unreachable(&e))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(sh.identity.client_config(Some(to.node), super::gossip::ALPN_GOSSIP)?));
+        cfg.transport_config(sh.client_transport.clone());
+        let connecting = sh.endpoint.connect_with(cfg, addr, SERVER_NAME).map_err(|e| unreachable(&e))?;
+        let conn = connecting.await.map_err(|e| classify(&to.addr, e))?;
+        if peer_node_id(&conn) != Some(to.node) {
+            close(&conn, close_code::NO_IDENTITY, "unexpected peer identity");
+            return Err(TransportError::Refused { peer: to.addr.clone(), reason: "peer identity mismatch".into() });
+        }
+        let (send, recv) = conn.open_bi().await.map_err(|e| classify(&to.addr, e))?;
+        Ok((conn, send, recv))
+    }
+}
+
 impl Transport for QuicTransport {
+    fn gossip_dialer(&self) -> Option<Arc<dyn super::gossip::GossipDialer>> {
+        Some(Arc::new(self.clone()))
+    }
+
     fn call(&self, to: &PeerNode, req: RpcRequest, timeout: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>> {
         let to = to.clone();
         let span = tracing::debug_span!("quic_call", peer = %to, kind = req.kind());

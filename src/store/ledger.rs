@@ -573,6 +573,33 @@ impl Ledger {
         Ok(expected - from)
     }
 
+    /// Up to `max_events` stored records from `from` on, as they are on disk, stopping before
+    /// their total size would exceed `max_bytes` (at least one record is returned if `from` is
+    /// held). Empty if `from` is past the head. For serving ranges to gossip peers.
+    pub fn read_raw_batch(&self, from: u64, max_events: usize, max_bytes: usize) -> Result<Vec<Vec<u8>>, LedgerError> {
+        let Some(head) = self.projection.head() else { return Ok(Vec::new()) };
+        if from > head.seq || max_events == 0 {
+            return Ok(Vec::new());
+        }
+        let to = head.seq.min(from.saturating_add(max_events as u64 - 1));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let full = std::io::ErrorKind::WriteZero;
+        let r = self.visit_raw_range(from, to, |_, rec| {
+            if !out.is_empty() && bytes + rec.len() > max_bytes {
+                return Err(std::io::Error::new(full, "batch full"));
+            }
+            bytes += rec.len();
+            out.push(rec.to_vec());
+            Ok(())
+        });
+        match r {
+            Ok(_) => Ok(out),
+            Err(LedgerError::Io { source, .. }) if source.kind() == full => Ok(out),
+            Err(e) => Err(e),
+        }
+    }
+
     /// [`Ledger::visit_raw_range`], collected.
     pub fn read_raw_range(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
         let mut out = Vec::new();

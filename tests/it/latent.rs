@@ -22,7 +22,7 @@ fn open_ledger(dir: &std::path::Path) -> Ledger {
 
 fn local_view(l: &Ledger, pull: bool) -> LocalView {
     let head = l.head().map(|h| l.get(h.seq).expect("read head").expect("head event present"));
-    LocalView { fingerprint: l.fingerprint(), head, anchor: l.anchor(), peers: vec![], pull }
+    LocalView { fingerprint: l.fingerprint(), head, anchor: l.anchor(), peers: vec![], pull, primary: false }
 }
 
 /// Serves a request from a ledger as the drivers do: `from..` up to `max` events.
@@ -356,6 +356,7 @@ mod malicious {
             head: Some(ChainPoint { seq: last.seq, hash: last.hash }),
             anchor: None,
             peers: vec![],
+            primary: true,
         }
     }
 

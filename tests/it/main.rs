@@ -10,3 +10,4 @@ mod quic;
 mod seed_export;
 mod golden;
 mod latent;
+mod latent_quic;
