@@ -130,9 +130,17 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
     }
     let (&tag, body) = frame.split_first().ok_or(GossipFrameError::Empty)?;
     let undecodable = |what, e: postcard::Error| GossipFrameError::Undecodable { what, reason: e.to_string() };
+    let exact = |what, rest: &[u8]| {
+        if rest.is_empty() {
+            Ok(())
+        } else {
+            Err(GossipFrameError::Undecodable { what, reason: format!("{} trailing bytes", rest.len()) })
+        }
+    };
     match tag {
         TAG_HELLO => {
-            let d: Digest = postcard::from_bytes(body).map_err(|e| undecodable("hello", e))?;
+            let (d, rest): (Digest, _) = postcard::take_from_bytes(body).map_err(|e| undecodable("hello", e))?;
+            exact("hello", rest)?;
             if d.peers.len() > limits::GOSSIP_PEERS_MAX {
                 return Err(GossipFrameError::TooLarge { what: "peer list", got: d.peers.len(), max: limits::GOSSIP_PEERS_MAX });
             }
@@ -142,7 +150,9 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
             Ok(GossipMessage::Hello(d))
         }
         TAG_REQUEST => {
-            let (from, max_events): (u64, u32) = postcard::from_bytes(body).map_err(|e| undecodable("request", e))?;
+            let ((from, max_events), rest): ((u64, u32), _) =
+                postcard::take_from_bytes(body).map_err(|e| undecodable("request", e))?;
+            exact("request", rest)?;
             Ok(GossipMessage::Request { from, max_events })
         }
         TAG_RANGE => {
