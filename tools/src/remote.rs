@@ -86,6 +86,7 @@ pub fn config_from_flags(
     join_key: Option<String>,
     join_as_learner: bool,
     peers: Vec<String>,
+    latent_peers: Vec<String>,
     from_seed: Option<PathBuf>,
     trust_seed: Option<PathBuf>,
 ) -> Result<NodeConfig, CliError> {
@@ -99,11 +100,11 @@ pub fn config_from_flags(
         (None, None) => None,
         _ => return Err(CliError::usage("--join-addr and --join-key go together")),
     };
-    let peers = peers
-        .into_iter()
-        .map(|p| {
+    let tagged = peers.into_iter().map(|p| (p, node::RoleConfig::Voter)).chain(latent_peers.into_iter().map(|p| (p, node::RoleConfig::Latent)));
+    let peers = tagged
+        .map(|(p, role)| {
             let (key, addr) = p.split_once('@').ok_or_else(|| CliError::usage(format!("--peer {p}: expected KEY@HOST:PORT")))?;
-            Ok(node::PeerConfig { addr: addr.to_string(), key: key.to_string(), name: None, role: node::RoleConfig::Voter })
+            Ok(node::PeerConfig { addr: addr.to_string(), key: key.to_string(), name: None, role })
         })
         .collect::<Result<Vec<_>, CliError>>()?;
     let config = NodeConfig {

@@ -330,6 +330,83 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
     assert!(register(&reborn.dir.join("node.key"), &reborn.addr, "after-restore").is_some(), "writes extend the seed's chain");
 }
 
+/// Three voters and two latent nodes as five `spore node` processes on loopback: the latent
+/// nodes stay out of Raft, learn the chain by QUIC gossip, answer queries, and their ledgers
+/// verify with the voters' head.
+#[test]
+fn voter_and_latent_node_processes_converge_by_gossip() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut procs: Vec<Proc> = (0..5)
+        .map(|i| {
+            let dir = root.path().join(format!("n{i}"));
+            let out = run(&["keygen", "--data-dir", path(&dir)]);
+            assert_eq!(out.status.code(), Some(0));
+            let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Proc { dir, addr: format!("127.0.0.1:{}", free_udp_port()), key, child: None }
+        })
+        .collect();
+    let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
+    for i in 0..5 {
+        let mut a = vec!["--data-dir".into(), path(&procs[i].dir).to_string(), "--listen".into(), procs[i].addr.clone(), "--name".into(), format!("n{i}")];
+        if i == 0 {
+            a.extend(["--init".into(), "gossip-test".into()]);
+        } else {
+            // Voters join through n0; each latent node is pointed at a different voter.
+            let via = if i < 3 { 0 } else { i - 2 };
+            a.extend(["--join-addr".into(), all[via].1.clone(), "--join-key".into(), all[via].0.clone()]);
+        }
+        if i >= 3 {
+            a.extend(["--role".into(), "latent".into()]);
+        }
+        for (j, (key, addr)) in all.iter().enumerate() {
+            if j != i {
+                let flag = if j >= 3 { "--latent-peer" } else { "--peer" };
+                a.extend([flag.into(), format!("{key}@{addr}")]);
+            }
+        }
+        start(&mut procs[i], &a);
+    }
+    wait_until("three voters", Duration::from_secs(30), || {
+        procs[..3].iter().all(|p| status(&p.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3))).then_some(())
+    });
+    let mut acked = Vec::new();
+    for k in 0..6 {
+        acked.push(register(&procs[k % 3].dir.join("node.key"), &procs[k % 3].addr, &format!("svc-{k}")).expect("write acknowledged"));
+    }
+    for p in &procs[3..] {
+        wait_until("every acknowledged write on the latent node", Duration::from_secs(30), || {
+            let have = services(&p.addr)?;
+            acked.iter().all(|id| have.contains(id)).then_some(())
+        });
+        let st = status(&p.addr).expect("status");
+        assert_eq!(st["raft_member"], false, "a latent node stays out of Raft: {st}");
+        assert_eq!(st["voters"].as_array().map(|v| v.len()), Some(0));
+    }
+    // The latent nodes are registered as Rhizomorphs.
+    let out = run(&["query", "--addr", &procs[0].addr, "nodes", "--json"]);
+    let nodes = json(&out);
+    for p in &procs[3..] {
+        let rec = nodes.as_array().expect("array").iter().find(|n| n["node"] == p.key.as_str()).expect("registered");
+        assert_eq!(rec["role"], "Rhizomorph");
+    }
+    // Same head everywhere (anchors may still be landing: wait for a quiet moment).
+    wait_until("one head on all five nodes", Duration::from_secs(30), || {
+        let heads: Vec<Value> = procs.iter().map(|p| status(&p.addr).map(|s| s["head"].clone())).collect::<Option<_>>()?;
+        heads.windows(2).all(|w| w[0] == w[1]).then_some(())
+    });
+    for p in &mut procs {
+        let child = p.child.take().expect("running");
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "clean exit on SIGTERM");
+    }
+    for p in &procs[3..] {
+        let v = run(&["verify", path(&p.dir), "--json"]);
+        assert_eq!(v.status.code(), Some(0), "the gossiped ledger verifies: {}", String::from_utf8_lossy(&v.stdout));
+    }
+}
+
 #[test]
 fn the_demo_runs_and_verifies_every_node() {
     let root = tempfile::tempdir().expect("tempdir");
