@@ -219,6 +219,35 @@ impl ForkEvidence {
     }
 }
 
+/// A range whose links and hashes a session has checked: contiguous sequence numbers, each
+/// `prev_hash` the hash before it, each hash the hash of its content, one network. Only this
+/// module makes one, so a store may skip recomputing the hashes (it still verifies the
+/// signatures and the rules, and that the range continues its head).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkedRange(Vec<ChainedEvent>);
+
+impl LinkedRange {
+    /// The events.
+    pub fn events(&self) -> &[ChainedEvent] {
+        &self.0
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The events, owned.
+    pub fn into_events(self) -> Vec<ChainedEvent> {
+        self.0
+    }
+}
+
 /// How a session ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionOutcome {
@@ -237,7 +266,7 @@ pub enum SessionOutcome {
 pub enum SessionEvent {
     /// Store this verified range (in order, after every earlier `Store`), then call
     /// [`SyncSession::stored`] — or [`SyncSession::store_failed`] if the ledger refuses it.
-    Store(Vec<ChainedEvent>),
+    Store(LinkedRange),
     /// The peer asks for stored events `from..`, at most `max_events` of them: send them as a
     /// [`GossipMessage::Range`] (fewer if they would exceed the frame budget; none if we have
     /// nothing from there).
@@ -507,7 +536,7 @@ impl SyncSession {
             self.stats.events_received += rest.len() as u64;
             self.tail = Some(last.clone());
             self.unstored += 1;
-            self.events.push_back(SessionEvent::Store(rest.to_vec()));
+            self.events.push_back(SessionEvent::Store(LinkedRange(rest.to_vec())));
         }
         self.plan();
     }

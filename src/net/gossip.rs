@@ -23,9 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
 use super::{BoxFuture, TransportError};
-use crate::core::event::ChainedEvent;
 use crate::core::gossip::{
-    Digest, ForkEvidence, GossipMessage, LocalView, PeerAddr, SessionEvent, SessionOutcome, SyncConfig, SyncSession, Violation,
+    Digest, ForkEvidence, GossipMessage, LinkedRange, LocalView, PeerAddr, SessionEvent, SessionOutcome, SyncConfig, SyncSession, Violation,
 };
 use crate::core::keys::{verify_many, VerifierCache};
 use crate::core::limits;
@@ -478,16 +477,31 @@ impl GossipService {
                 }
             }
         });
-        let mut stores: std::collections::VecDeque<tokio::task::JoinHandle<Result<u64, String>>> = Default::default();
+        // Ranges are stored in order by one blocking worker, while the session goes on reading.
+        let (store_tx, store_rx) = std::sync::mpsc::channel::<LinkedRange>();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
+        let worker_ledger = self.ledger.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            for range in store_rx {
+                if done_tx.send(store_range(&worker_ledger, &range)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut pending_stores = 0usize;
         let mut hello_seen = false;
+        let mut eof = false;
         let outcome = loop {
             // Act on what the session decided.
             let mut finished = None;
             while let Some(ev) = session.poll_event() {
                 match ev {
                     SessionEvent::Store(range) => {
-                        let ledger = self.ledger.clone();
-                        stores.push_back(tokio::task::spawn_blocking(move || store_range(&ledger, &range)));
+                        pending_stores += 1;
+                        if store_tx.send(range).is_err() {
+                            pending_stores -= 1;
+                            session.store_failed("the store worker stopped".into());
+                        }
                     }
                     SessionEvent::Serve { from, max_events } => {
                         let ledger = self.ledger.clone();
@@ -521,12 +535,19 @@ impl GossipService {
             }
             if let Some(o) = finished {
                 // Let the stores already handed out finish: they are verified ranges.
-                while let Some(h) = stores.pop_front() {
-                    if let Ok(Ok(n)) = h.await {
-                        report.stored += n;
+                while pending_stores > 0 {
+                    pending_stores -= 1;
+                    match done_rx.recv().await {
+                        Some(Ok(n)) => report.stored += n,
+                        Some(Err(_)) => {}
+                        None => break,
                     }
                 }
                 break o;
+            }
+            if eof && pending_stores == 0 {
+                // The peer is gone and nothing of ours is pending: the session cannot go on.
+                break SessionOutcome::TimedOut;
             }
             if !hello_seen {
                 if let Some(d) = session.peer_digest() {
@@ -536,27 +557,27 @@ impl GossipService {
             }
             let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
-                frame = frames_rx.recv() => match frame {
+                frame = frames_rx.recv(), if !eof => match frame {
                     Some(Ok(Some(bytes))) => match decode_frame(&bytes) {
                         Ok(m) => session.handle(m, Instant::now()),
                         Err(e) => session.handle_bad_frame(e.to_string()),
                     },
-                    // The peer closed or the stream broke: the session cannot go on.
-                    Some(Ok(None)) | None => break SessionOutcome::TimedOut,
+                    // The peer finished (or the stream broke): finish storing what it sent.
+                    Some(Ok(None)) | None => eof = true,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "gossip stream failed");
-                        break SessionOutcome::TimedOut;
+                        eof = true;
                     }
                 },
-                done = async { stores.front_mut().expect("guarded by the condition").await }, if !stores.is_empty() => {
-                    stores.pop_front();
+                done = done_rx.recv(), if pending_stores > 0 => {
+                    pending_stores -= 1;
                     match done {
-                        Ok(Ok(n)) => {
+                        Some(Ok(n)) => {
                             report.stored += n;
                             session.stored();
                         }
-                        Ok(Err(e)) => session.store_failed(e),
-                        Err(e) => session.store_failed(e.to_string()),
+                        Some(Err(e)) => session.store_failed(e),
+                        None => session.store_failed("the store worker stopped".into()),
                     }
                 },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)) => session.handle_timeout(Instant::now()),
@@ -566,11 +587,15 @@ impl GossipService {
         // frames both ways are delivered before the connection goes.
         let peer_primary = session.peer_digest().is_some_and(|d| d.primary);
         let _ = send.shutdown().await;
-        let drain = async {
-            while let Some(Ok(Some(_))) = frames_rx.recv().await {}
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        if !eof {
+            let drain = async {
+                while let Some(Ok(Some(_))) = frames_rx.recv().await {}
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        }
         reader.abort();
+        drop(store_tx);
+        let _ = worker.await;
         drop(pull_guard);
         match &outcome {
             SessionOutcome::Completed => {
@@ -656,13 +681,13 @@ impl GossipAcceptor for GossipService {
     }
 }
 
-fn store_range(ledger: &SharedLedger, range: &[ChainedEvent]) -> Result<u64, String> {
+fn store_range(ledger: &SharedLedger, range: &LinkedRange) -> Result<u64, String> {
     let mut l = ledger.write().map_err(|_| "ledger lock poisoned".to_string())?;
     // A node filled by gossip is not Raft's: if it later joins Raft, Raft starts over.
     if l.head().is_none() {
         l.set_imported(true).map_err(|e| e.to_string())?;
     }
-    l.append_range(range).map(|_| range.len() as u64).map_err(|e| e.to_string())
+    l.append_linked(range).map(|_| range.len() as u64).map_err(|e| e.to_string())
 }
 
 fn read_batch(ledger: &SharedLedger, from: u64, max_events: u32) -> Result<Vec<Vec<u8>>, LedgerError> {

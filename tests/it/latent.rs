@@ -48,7 +48,7 @@ fn pump(s: &mut SyncSession, l: &mut Ledger, out: &mut VecDeque<GossipMessage>, 
         while let Some(ev) = s.poll_event() {
             progressed = true;
             match ev {
-                SessionEvent::Store(range) => match l.append_range(&range) {
+                SessionEvent::Store(range) => match l.append_linked(&range) {
                     Ok(_) => {
                         *stored += range.len() as u64;
                         s.stored();
