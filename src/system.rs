@@ -33,6 +33,7 @@ use crate::core::projection::{ChainHead, NodeRecord, Projection, Rejection, Serv
 use crate::core::types::{Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore};
 use crate::error::{Error, LedgerError};
 use crate::net::gossip::{GossipConfig, GossipService};
+use crate::net::liveness::{LivenessConfig, LivenessService, MemberState};
 use crate::net::inproc::InProcNetwork;
 use crate::net::{Binding, LateHandler, NetworkBackend, RemoteFailure, RpcRequest, RpcResponse, SharedTransport, TransportError};
 use crate::raft::network::{NetworkFactory, RaftService};
@@ -179,6 +180,7 @@ pub struct SporeSystemBuilder {
     gossip: GossipConfig,
     gossip_peers: Vec<PeerNode>,
     anchors: AnchorPolicy,
+    liveness: LivenessConfig,
 }
 
 /// When the leader commits a checkpoint event (an anchor for the latent tier): after this
@@ -213,6 +215,7 @@ impl Default for SporeSystemBuilder {
             gossip: GossipConfig::default(),
             gossip_peers: Vec::new(),
             anchors: AnchorPolicy::default(),
+            liveness: LivenessConfig::default(),
         }
     }
 }
@@ -283,6 +286,11 @@ impl SporeSystemBuilder {
         self.gossip_peers = peers;
         self
     }
+    /// Failure-detection tuning (SWIM over QUIC datagrams, on transports that carry them).
+    pub fn liveness(mut self, cfg: LivenessConfig) -> Self {
+        self.liveness = cfg;
+        self
+    }
     /// When a leader commits checkpoint events (anchors).
     pub fn anchors(mut self, policy: AnchorPolicy) -> Self {
         self.anchors = policy;
@@ -309,6 +317,7 @@ struct Running {
     binding: Binding,
     timeouts: Timeouts,
     gossip: Option<Arc<GossipService>>,
+    liveness: Option<Arc<LivenessService>>,
     /// Background tasks (gossip driver, anchor committer), aborted on shutdown.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _tempdir: Option<tempfile::TempDir>,
@@ -452,6 +461,15 @@ impl SporeSystem {
             svc
         });
         tasks.push(spawn_anchor_task(raft.clone(), proposer.clone(), ledger.clone(), key.clone(), cfg.anchors));
+        let liveness = transport.swim_link().map(|link| {
+            let cands = gossip.clone();
+            let (svc, task) = LivenessService::spawn(me.clone(), cfg.liveness.clone(), link, move || {
+                cands.as_ref().map(|g| g.candidates()).unwrap_or_default()
+            });
+            tasks.push(task);
+            tasks.push(spawn_liveness_committer(raft.clone(), proposer.clone(), ledger.clone(), key.clone(), svc.clone()));
+            svc
+        });
         late.set(Arc::new(NodeService {
             raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
             raft: raft.clone(),
@@ -459,6 +477,7 @@ impl SporeSystem {
             me: me.clone(),
             key: key.clone(),
             gossip: gossip.clone(),
+            liveness: liveness.clone(),
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -476,6 +495,7 @@ impl SporeSystem {
             binding,
             timeouts: cfg.timeouts,
             gossip,
+            liveness,
             tasks,
             _tempdir: tempdir,
         })
@@ -982,6 +1002,12 @@ impl SporeSystem {
         Ok(())
     }
 
+    /// What failure detection says of each peer it has seen (empty without a transport that
+    /// carries SWIM).
+    pub fn liveness(&self) -> Result<std::collections::HashMap<NodeId, MemberState>, Error> {
+        Ok(self.running()?.liveness.as_ref().map(|l| l.states()).unwrap_or_default())
+    }
+
     /// The Raft handle (advanced use and tests).
     pub fn raft(&self) -> Result<Raft, Error> {
         Ok(self.running()?.raft.clone())
@@ -1062,6 +1088,66 @@ struct NodeService {
     me: PeerNode,
     key: NodeKey,
     gossip: Option<Arc<GossipService>>,
+    liveness: Option<Arc<LivenessService>>,
+}
+
+/// On the leader, turns liveness *transitions* into events: a registered, active node that
+/// SWIM declared down goes offline (with when it was last heard of), an offline node SWIM sees
+/// up again comes back online. One event per transition, never one per heartbeat; a proposal
+/// that loses a race (the node changed meanwhile) is rejected by the rules and looked at again
+/// at the next tick.
+fn spawn_liveness_committer(
+    raft: Raft,
+    proposer: Proposer,
+    ledger: SharedLedger,
+    key: NodeKey,
+    liveness: Arc<LivenessService>,
+) -> tokio::task::JoinHandle<()> {
+    let span = tracing::info_span!("liveness_committer", node = %key.node_id().short());
+    tokio::spawn(
+        async move {
+            let me = key.node_id();
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if raft.metrics().borrow().current_leader != Some(raft_id(&me)) {
+                    continue;
+                }
+                let states = liveness.states();
+                let todo: Vec<(NodeId, EventBody)> = {
+                    let Ok(l) = ledger.read() else { return };
+                    l.projection()
+                        .nodes()
+                        .filter(|n| n.node != me)
+                        .filter_map(|n| {
+                            let st = states.get(&n.node)?;
+                            match (n.status, st.up) {
+                                (crate::core::projection::NodeStatus::Active, false) => {
+                                    let ago = st.since.elapsed().as_micros() as i64;
+                                    let last_seen = Timestamp(Timestamp::now().0.saturating_sub(ago));
+                                    Some((n.node, EventBody::NodeWentOffline { node: n.node, last_seen }))
+                                }
+                                (crate::core::projection::NodeStatus::Offline, true) => {
+                                    Some((n.node, EventBody::NodeBackOnline { node: n.node }))
+                                }
+                                _ => None,
+                            }
+                        })
+                        .collect()
+                };
+                for (node, body) in todo {
+                    let Ok(fp) = ledger.read().map(|l| l.fingerprint()) else { return };
+                    let Some(fp) = fp else { break };
+                    let kind = body.kind();
+                    let ev = SignedEvent::sign(&key, fp, Timestamp::now(), body);
+                    match tokio::time::timeout(Duration::from_secs(5), proposer.propose(ev)).await {
+                        Ok(Ok(SporeResponse::Applied(p))) => tracing::info!(peer = %node.short(), kind, seq = p.seq, "liveness transition committed"),
+                        other => tracing::debug!(peer = %node.short(), kind, ?other, "liveness transition not committed"),
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    )
 }
 
 /// On the leader, commits a checkpoint event (head seq and hash, signed by this voter) when
@@ -1111,6 +1197,10 @@ fn spawn_anchor_task(raft: Raft, proposer: Proposer, ledger: SharedLedger, key: 
 impl crate::net::RpcHandler for NodeService {
     fn gossip(&self) -> Option<Arc<dyn crate::net::gossip::GossipAcceptor>> {
         self.gossip.clone().map(|g| g as Arc<dyn crate::net::gossip::GossipAcceptor>)
+    }
+
+    fn liveness(&self) -> Option<Arc<dyn crate::net::liveness::DatagramSink>> {
+        self.liveness.clone().map(|l| l as Arc<dyn crate::net::liveness::DatagramSink>)
     }
 
     fn handle(&self, from: NodeId, req: RpcRequest) -> crate::net::BoxFuture<'_, RpcResponse> {

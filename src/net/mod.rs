@@ -22,6 +22,7 @@ use crate::raft::{PeerNode, SporeResponse, TypeConfig};
 
 pub mod gossip;
 pub mod inproc;
+pub mod liveness;
 pub mod quic;
 
 /// A boxed future, so transports and handlers can be trait objects.
@@ -205,6 +206,11 @@ pub trait RpcHandler: Send + Sync + 'static {
     fn gossip(&self) -> Option<Arc<dyn gossip::GossipAcceptor>> {
         None
     }
+
+    /// The node's failure detector, if it runs one.
+    fn liveness(&self) -> Option<Arc<dyn liveness::DatagramSink>> {
+        None
+    }
 }
 
 /// Sends requests to peers.
@@ -214,6 +220,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Opens gossip streams, if this transport carries the latent tier.
     fn gossip_dialer(&self) -> Option<Arc<dyn gossip::GossipDialer>> {
+        None
+    }
+
+    /// Sends SWIM datagrams, if this transport carries them.
+    fn swim_link(&self) -> Option<Arc<dyn liveness::SwimLink>> {
         None
     }
 }
@@ -287,6 +298,10 @@ impl LateHandler {
 impl RpcHandler for LateHandler {
     fn gossip(&self) -> Option<Arc<dyn gossip::GossipAcceptor>> {
         self.inner.get().and_then(|h| h.gossip())
+    }
+
+    fn liveness(&self) -> Option<Arc<dyn liveness::DatagramSink>> {
+        self.inner.get().and_then(|h| h.liveness())
     }
 
     fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse> {

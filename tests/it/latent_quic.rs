@@ -112,3 +112,63 @@ async fn quic_latent_nodes_converge_by_gossip_and_answer_when_cut_off() {
         assert_eq!(l.services_by_capability("dns").expect("query").len(), 20);
     }
 }
+
+/// SWIM over QUIC datagrams: a node that stops answering is committed offline by the leader
+/// (one event), and back online when it returns — transitions only, never heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_liveness_commits_offline_and_back_online_transitions() {
+    use mycnet_spores::NodeStatus;
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let root = tempfile::tempdir().expect("tempdir");
+    let voters = form_quic_cluster(root.path(), 140, 0x7_0000).await;
+    let leader = leader_of(&voters, Duration::from_secs(5)).await;
+    let key = NodeKey::from_seed([150; 32]);
+    let dir = root.path().join("l0");
+    let boot = vec![voters[0].system.as_ref().expect("voter").peer().expect("peer")];
+    let node = start_latent(&key, &dir, boot.clone()).await;
+    let addr = node.peer().expect("peer").addr;
+    voters[leader].system.as_ref().expect("leader").admit(node.announcement().expect("ann")).await.expect("admit");
+    let status_on_leader = |voters: &[crate::quic::Voter]| {
+        let l = leader_of_now(voters);
+        l.and_then(|i| voters[i].system.as_ref()?.node(&key.node_id()).ok().flatten()).map(|r| r.status)
+    };
+    // The voters see it up (SWIM), and it stays Active.
+    wait_for("the voters see the latent node up", Duration::from_secs(20), || {
+        voters.iter().all(|v| v.system.as_ref().is_some_and(|s| s.liveness().is_ok_and(|m| m.get(&key.node_id()).is_some_and(|st| st.up))))
+    })
+    .await;
+    assert_eq!(status_on_leader(&voters), Some(NodeStatus::Active));
+    let before = voters[leader].system.as_ref().expect("leader").head().expect("head").expect("some").seq;
+
+    // It dies: SWIM declares it down, the leader commits one offline transition.
+    drop(node);
+    wait_for("the leader commits the node offline", Duration::from_secs(30), || status_on_leader(&voters) == Some(NodeStatus::Offline)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = voters[leader].system.as_ref().expect("leader").with_projection(|p| p.head().map(|h| h.seq)).expect("head").expect("some");
+    let offline_events = count_kind(&voters[leader], before, events, "node_went_offline").await;
+    assert_eq!(offline_events, 1, "one transition, not one event per missed heartbeat");
+
+    // It comes back on the same address: back online.
+    let node = start_latent(&key, &dir, boot).await;
+    assert_eq!(node.peer().expect("peer").addr.split(':').next(), addr.split(':').next());
+    wait_for("the leader commits the node back online", Duration::from_secs(30), || status_on_leader(&voters) == Some(NodeStatus::Active)).await;
+}
+
+fn leader_of_now(voters: &[crate::quic::Voter]) -> Option<usize> {
+    voters.iter().position(|v| v.system.as_ref().is_some_and(|s| s.status().is_ok_and(|st| st.raft_state == "Leader")))
+}
+
+async fn count_kind(v: &crate::quic::Voter, from: u64, to: u64, kind: &str) -> usize {
+    let s = v.system.as_ref().expect("running");
+    let mut sub = s.subscribe(from).expect("subscribe");
+    let mut n = 0;
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+        if e.event.body.kind() == kind {
+            n += 1;
+        }
+        if e.seq >= to {
+            break;
+        }
+    }
+    n
+}
