@@ -376,7 +376,7 @@ impl GossipService {
         out.extend(self.bootstrap.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
         out.extend(self.learned.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|p| PeerNode { node: p.node, addr: p.addr.clone() }));
         out.retain(|p| p.node != self.me.node && !self.is_banned(&p.node));
-        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out.sort_by_key(|p| p.node);
         out.dedup_by(|a, b| a.node == b.node);
         out
     }
