@@ -801,17 +801,17 @@ impl Shared {
         if let Some(old) = g.take() {
             close(&old.conn, close_code::SHUTDOWN, "replaced");
         }
-        let conn = self.dial(to).await?;
+        let conn = self.dial(to, ALPN_RAFT).await?;
         *g = Some(Cached { addr: to.addr.clone(), conn: conn.clone() });
         dialing.store(false, Ordering::Relaxed);
         Ok((conn, true))
     }
 
-    #[tracing::instrument(name = "quic_dial", level = "info", skip_all, fields(peer = %to.node.short(), addr = %to.addr))]
-    async fn dial(&self, to: &PeerNode) -> Result<quinn::Connection, TransportError> {
+    #[tracing::instrument(name = "quic_dial", level = "info", skip_all, fields(peer = %to.node.short(), addr = %to.addr, alpn = %String::from_utf8_lossy(alpn)))]
+    async fn dial(&self, to: &PeerNode, alpn: &[u8]) -> Result<quinn::Connection, TransportError> {
         let unreachable = |e: &dyn std::fmt::Display| TransportError::Unreachable(format!("{} ({e})", to.addr));
         let addr = resolve(&to.addr).await.map_err(|e| unreachable(&e))?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(self.identity.client_config(Some(to.node), ALPN_RAFT)?));
+        let mut cfg = quinn::ClientConfig::new(Arc::new(self.identity.client_config(Some(to.node), alpn)?));
         cfg.transport_config(self.client_transport.clone());
         let connecting = self.endpoint.connect_with(cfg, addr, SERVER_NAME).map_err(|e| unreachable(&e))?;
         let conn = connecting.await.map_err(|e| classify(&to.addr, e))?;
@@ -1040,21 +1040,10 @@ impl QuicTransport {
 
     /// Dials a fresh connection to `to` under `alpn`, checking the peer's key.
     async fn connect_alpn(&self, to: &PeerNode, alpn: &[u8]) -> Result<quinn::Connection, TransportError> {
-        let sh = &self.shared;
-        if sh.closed.load(Ordering::SeqCst) {
+        if self.shared.closed.load(Ordering::SeqCst) {
             return Err(TransportError::Unreachable(format!("{} (local endpoint closed)", to.addr)));
         }
-        let unreachable = |e: &dyn std::fmt::Display| TransportError::Unreachable(format!("{} ({e})", to.addr));
-        let addr = resolve(&to.addr).await.map_err(|e| unreachable(&e))?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(sh.identity.client_config(Some(to.node), alpn)?));
-        cfg.transport_config(sh.client_transport.clone());
-        let connecting = sh.endpoint.connect_with(cfg, addr, SERVER_NAME).map_err(|e| unreachable(&e))?;
-        let conn = connecting.await.map_err(|e| classify(&to.addr, e))?;
-        if peer_node_id(&conn) != Some(to.node) {
-            close(&conn, close_code::NO_IDENTITY, "unexpected peer identity");
-            return Err(TransportError::Refused { peer: to.addr.clone(), reason: "peer identity mismatch".into() });
-        }
-        Ok(conn)
+        self.shared.dial(to, alpn).await
     }
 }
 

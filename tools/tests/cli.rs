@@ -163,6 +163,19 @@ impl Drop for Proc {
     }
 }
 
+/// `n` node data dirs under `root`, each with a fresh key and a free loopback port.
+fn keyed_procs(root: &Path, n: usize) -> Vec<Proc> {
+    (0..n)
+        .map(|i| {
+            let dir = root.join(format!("n{i}"));
+            let out = run(&["keygen", "--data-dir", path(&dir)]);
+            assert_eq!(out.status.code(), Some(0));
+            let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Proc { dir, addr: format!("127.0.0.1:{}", free_udp_port()), key, child: None }
+        })
+        .collect()
+}
+
 fn start(p: &mut Proc, args: &[String]) {
     let log = std::fs::File::create(p.dir.with_extension("log")).expect("log file");
     let child = spore()
@@ -222,15 +235,7 @@ fn services(addr: &str) -> Option<Vec<String>> {
 #[test]
 fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut procs: Vec<Proc> = (0..3)
-        .map(|i| {
-            let dir = root.path().join(format!("n{i}"));
-            let out = run(&["keygen", "--data-dir", path(&dir)]);
-            assert_eq!(out.status.code(), Some(0));
-            let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            Proc { dir, addr: format!("127.0.0.1:{}", free_udp_port()), key, child: None }
-        })
-        .collect();
+    let mut procs = keyed_procs(root.path(), 3);
     let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
     for i in 0..3 {
         let args = node_args(&procs[i], i, &all);
@@ -336,15 +341,7 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
 #[test]
 fn voter_and_latent_node_processes_converge_by_gossip() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut procs: Vec<Proc> = (0..5)
-        .map(|i| {
-            let dir = root.path().join(format!("n{i}"));
-            let out = run(&["keygen", "--data-dir", path(&dir)]);
-            assert_eq!(out.status.code(), Some(0));
-            let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            Proc { dir, addr: format!("127.0.0.1:{}", free_udp_port()), key, child: None }
-        })
-        .collect();
+    let mut procs = keyed_procs(root.path(), 5);
     let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
     for i in 0..5 {
         let mut a = vec!["--data-dir".into(), path(&procs[i].dir).to_string(), "--listen".into(), procs[i].addr.clone(), "--name".into(), format!("n{i}")];
