@@ -97,7 +97,7 @@ pub struct LivenessConfig {
 
 impl Default for LivenessConfig {
     fn default() -> Self {
-        LivenessConfig { cluster_size: 16, probe_period: Duration::from_millis(500), announce_every: Duration::from_secs(2) }
+        LivenessConfig { cluster_size: 16, probe_period: Duration::from_secs(1), announce_every: Duration::from_secs(2) }
     }
 }
 

@@ -387,7 +387,7 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
         assert_eq!(rec["role"], "Rhizomorph");
     }
     // Same head everywhere (anchors may still be landing: wait for a quiet moment).
-    wait_until("one head on all five nodes", Duration::from_secs(30), || {
+    wait_until("one head on all five nodes", Duration::from_secs(60), || {
         let heads: Vec<Value> = procs.iter().map(|p| status(&p.addr).map(|s| s["head"].clone())).collect::<Option<_>>()?;
         heads.windows(2).all(|w| w[0] == w[1]).then_some(())
     });
