@@ -243,6 +243,8 @@ pub struct GossipConfig {
     pub ban: Duration,
     /// Deadline of connecting to a peer.
     pub connect_timeout: Duration,
+    /// Most bytes per second served to one peer in one session (`None`: unbounded).
+    pub serve_bytes_per_sec: Option<u64>,
 }
 
 impl Default for GossipConfig {
@@ -253,6 +255,7 @@ impl Default for GossipConfig {
             sync: SyncConfig::default(),
             ban: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
+            serve_bytes_per_sec: Some(256 << 20),
         }
     }
 }
@@ -491,6 +494,7 @@ impl GossipService {
         let mut pending_stores = 0usize;
         let mut hello_seen = false;
         let mut eof = false;
+        let started = Instant::now();
         let outcome = loop {
             // Act on what the session decided.
             let mut finished = None;
@@ -517,6 +521,14 @@ impl GossipService {
                         report.served += records.len() as u64;
                         report.served_record_bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();
                         let frame = encode_range_frame(RawRange(&records));
+                        // Bounded bandwidth per peer: hold the range back until the session's
+                        // average stays within the budget.
+                        if let Some(rate) = self.cfg.serve_bytes_per_sec.filter(|r| *r > 0) {
+                            let due = Duration::from_secs_f64((report.bytes_written + frame.len() as u64) as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                tokio::time::sleep(wait).await;
+                            }
+                        }
                         if let Err(e) = send.write_all(&frame).await {
                             tracing::debug!(error = %e, "peer went away");
                             break;
