@@ -158,7 +158,12 @@ pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Ou
     o.line(format!("applied      {}", st.last_applied.map_or("-".into(), |a| a.to_string())))?;
     o.line(format!("network      {}", st.fingerprint.map_or("-".into(), |f| f.to_hex())))?;
     o.line(format!("mode         {:?}", st.mode))?;
-    o.line(format!("tier         {:?}", st.spore_type))?;
+    o.line(format!("tier         {:?}{}", st.spore_type, if st.raft_member { " (Raft member)" } else { " (latent: kept by gossip)" }))?;
+    o.line(format!("anchor       {}", st.anchor.map_or("-".into(), |a| format!("{} {}", a.seq, a.hash))))?;
+    o.line(format!("gossip       {}", st.last_gossip_ms.map_or("no session yet".into(), |ms| format!("last session {ms} ms ago"))))?;
+    if st.forks > 0 {
+        o.line(format!("FORKS        {} piece(s) of fork evidence stored: two chains of this network exist", st.forks))?;
+    }
     o.line(format!("raft log     {}", st.last_log.map_or("-".into(), |l| l.to_string())))?;
     o.line(format!("voters       {}", st.voters.iter().map(|v| v.short()).collect::<Vec<_>>().join(" ")))?;
     o.line(format!("learners     {}", st.learners.iter().map(|v| v.short()).collect::<Vec<_>>().join(" ")))?;
