@@ -187,23 +187,37 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
     }
 }
 
+/// Why a frame could not be read.
+#[derive(Debug)]
+enum ReadError {
+    /// The peer sent something no honest peer sends: an oversized length, or a frame cut off
+    /// by the end of its stream.
+    Bad(String),
+    /// The stream or connection failed (a network problem, not the peer's content).
+    Io(String),
+}
+
 /// Reads one frame body; `Ok(None)` at a clean end of stream.
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, String> {
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, ReadError> {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]).await {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(ReadError::Bad(format!("stream ended inside a length prefix ({got} of 4 bytes)"))),
+            Ok(n) => got += n,
+            Err(e) => return Err(ReadError::Io(e.to_string())),
+        }
     }
     let n = u32::from_be_bytes(len) as usize;
     if n > limits::GOSSIP_FRAME_BYTES_MAX {
-        return Err(format!("frame of {n} bytes exceeds the {}-byte limit", limits::GOSSIP_FRAME_BYTES_MAX));
+        return Err(ReadError::Bad(format!("frame of {n} bytes exceeds the {}-byte limit", limits::GOSSIP_FRAME_BYTES_MAX)));
     }
     // Grow with the data actually received: a length prefix alone never allocates much.
     let mut buf = Vec::with_capacity(n.min(64 * 1024));
-    let got = r.take(n as u64).read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+    let got = r.take(n as u64).read_to_end(&mut buf).await.map_err(|e| ReadError::Io(e.to_string()))?;
     if got != n {
-        return Err(format!("stream ended after {got} of {n} bytes"));
+        return Err(ReadError::Bad(format!("stream ended after {got} of {n} bytes of a frame")));
     }
     Ok(Some(buf))
 }
@@ -470,7 +484,7 @@ impl GossipService {
         };
         let mut session = SyncSession::new(self.cfg.sync.clone(), view, Instant::now());
         // Frames are read by their own task: reading is not cancel-safe inside `select!`.
-        let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel::<Result<Option<Vec<u8>>, String>>(2);
+        let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel::<Result<Option<Vec<u8>>, ReadError>>(2);
         let reader = tokio::spawn(async move {
             loop {
                 let r = read_frame(&mut recv).await;
@@ -576,7 +590,11 @@ impl GossipService {
                     },
                     // The peer finished (or the stream broke): finish storing what it sent.
                     Some(Ok(None)) | None => eof = true,
-                    Some(Err(e)) => {
+                    Some(Err(ReadError::Bad(reason))) => {
+                        session.handle_bad_frame(reason);
+                        eof = true;
+                    }
+                    Some(Err(ReadError::Io(e))) => {
                         tracing::debug!(error = %e, "gossip stream failed");
                         eof = true;
                     }

@@ -724,4 +724,25 @@ mod runner {
         assert!(svc.is_banned(&bad));
         assert!(svc.candidates().iter().all(|p| p.node != bad), "a banned peer is not contacted");
     }
+
+    /// An oversized length prefix and a frame cut short are violations, read without
+    /// allocating what the prefix promises.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_and_truncated_frames_are_violations() {
+        use tokio::io::AsyncWriteExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(RwLock::new(open_ledger(tmp.path())));
+        let svc = service(5, ledger, false, GossipConfig::default());
+        for (i, bytes) in [vec![0x7f, 0xff, 0xff, 0xff], vec![0, 0, 1, 0, 1, 2, 3]].into_iter().enumerate() {
+            let peer = NodeKey::from_seed([6 + i as u8; 32]).node_id();
+            let (x, y) = tokio::io::duplex(64 * 1024);
+            let (xr, xw) = tokio::io::split(x);
+            let (_yr, mut yw) = tokio::io::split(y);
+            yw.write_all(&bytes).await.unwrap();
+            yw.shutdown().await.unwrap();
+            let (outcome, _) = svc.run_session(GossipStream { peer, send: Box::new(xw), recv: Box::new(xr) }, false).await;
+            assert!(matches!(outcome, SessionOutcome::Violation(Violation::BadFrame(_))), "case {i}: {outcome:?}");
+            assert!(svc.is_banned(&peer), "case {i}");
+        }
+    }
 }
