@@ -1016,10 +1016,10 @@ impl SporeSystem {
 
 fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Option<&GossipService>) -> Result<SporeStatus, Error> {
     let m = raft.metrics().borrow().clone();
-    let (head, fingerprint, anchor, forks) = {
+    let (head, fingerprint, anchor, seed_anchor, forks) = {
         let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
         let forks = crate::store::forks::list(&l).map(|f| f.len()).unwrap_or(0);
-        (l.head(), l.fingerprint(), l.anchor(), forks)
+        (l.head(), l.fingerprint(), l.anchor(), l.seed_anchor().ok().flatten(), forks)
     };
     let members = m.membership_config.membership();
     let by_id: BTreeMap<u64, NodeId> = members.nodes().map(|(id, n)| (*id, n.node)).collect();
@@ -1049,7 +1049,7 @@ fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Opt
         OperationalMode::PartitionRecovery
     };
     let point = head.map(|h| ChainPoint { seq: h.seq, hash: h.hash });
-    let tiers = crate::core::gossip::Anchors { checkpoint: anchor, seed: None, raft_member };
+    let tiers = crate::core::gossip::Anchors { checkpoint: anchor, seed: seed_anchor, raft_member };
     let spore_type = tiers.head_tier(point).unwrap_or(if raft_member { SporeType::Primary } else { SporeType::Latent });
     let raft_state = match m.state {
         ServerState::Leader => "Leader",

@@ -35,6 +35,9 @@ const META_IMPORTED: &[u8] = b"imported";
 /// The newest checkpoint event held (seq u64 BE ‖ hash 32 B), written with the batch that
 /// appends it: how far this chain is anchored by a voter (see [`Ledger::anchor`]).
 const META_ANCHOR: &[u8] = b"anchor";
+/// The head of the verified seed this ledger was imported from (seq u64 BE ‖ hash 32 B):
+/// everything up to it has Seed authority (see [`Ledger::seed_anchor`]).
+const META_SEED_ANCHOR: &[u8] = b"seed_anchor";
 /// The value of the `format` marker.
 pub const LEDGER_FORMAT_MARKER: &[u8] = b"mycnet-spores ledger v1";
 
@@ -716,6 +719,7 @@ impl Ledger {
         batch.remove(&self.meta, META_CHECKPOINT);
         batch.remove(&self.meta, META_IMPORTED);
         batch.remove(&self.meta, META_ANCHOR);
+        batch.remove(&self.meta, META_SEED_ANCHOR);
         batch.commit().map_err(storage("reset", &self.path))?;
         self.projection = Projection::new();
         self.checkpoint_seq = None;
@@ -733,6 +737,24 @@ impl Ledger {
         let r = if imported { self.meta.insert(META_IMPORTED, b"1") } else { self.meta.remove(META_IMPORTED) };
         r.map_err(storage("mark import", &self.path))?;
         self.db.persist(PersistMode::SyncData).map_err(storage("sync import mark", &self.path))
+    }
+
+    /// Records the head of the verified seed this ledger's content was imported from (or
+    /// clears it), durably.
+    #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
+    pub fn set_seed_anchor(&mut self, point: Option<ChainPoint>) -> Result<(), LedgerError> {
+        let r = match point {
+            Some(p) => self.meta.insert(META_SEED_ANCHOR, encode_point(p.seq, &p.hash).to_vec()),
+            None => self.meta.remove(META_SEED_ANCHOR),
+        };
+        r.map_err(storage("write seed anchor", &self.path))?;
+        self.db.persist(PersistMode::SyncData).map_err(storage("sync seed anchor", &self.path))
+    }
+
+    /// The head of the verified seed this ledger was imported from, if any: events up to it
+    /// carry Seed authority.
+    pub fn seed_anchor(&self) -> Result<Option<ChainPoint>, LedgerError> {
+        Ok(read_point(&self.meta, &self.path, META_SEED_ANCHOR, "seed_anchor")?.map(|(seq, hash)| ChainPoint { seq, hash }))
     }
 
     /// Whether the content was imported from a seed and not yet adopted by Raft.
