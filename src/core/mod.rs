@@ -8,5 +8,6 @@ pub mod gossip;
 pub mod keys;
 pub mod limits;
 pub mod projection;
+pub mod provisional;
 pub mod synth;
 pub mod types;
