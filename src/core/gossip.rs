@@ -73,6 +73,9 @@ pub enum GossipMessage {
     Range(Vec<ChainedEvent>),
     /// The sender needs nothing more from us.
     Bye,
+    /// Provisional events the sender holds (at most [`limits::GOSSIP_PROVISIONAL_MAX`]),
+    /// sent once after the hello.
+    Provisional(Vec<super::provisional::ProvisionalEvent>),
 }
 
 impl GossipMessage {
@@ -83,6 +86,7 @@ impl GossipMessage {
             GossipMessage::Request { .. } => "request",
             GossipMessage::Range(_) => "range",
             GossipMessage::Bye => "bye",
+            GossipMessage::Provisional(_) => "provisional",
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct LocalView {
     pub peers: Vec<PeerAddr>,
     /// Whether this node's chain is written by Raft (see [`Digest::primary`]).
     pub primary: bool,
+    /// Provisional events to hand to the peer (at most [`limits::GOSSIP_PROVISIONAL_MAX`]).
+    pub provisional: Vec<super::provisional::ProvisionalEvent>,
     /// Whether this session may fetch and store ranges. A node pulls in one session at a
     /// time (ranges must be stored in order); its other sessions, and every session of a Raft
     /// member (whose chain Raft writes), only serve.
@@ -276,6 +282,9 @@ pub enum SessionEvent {
         /// At most this many.
         max_events: u32,
     },
+    /// The peer handed over provisional events: check them (statement, signature, network)
+    /// and keep the good ones until they are committed.
+    Provisional(Vec<super::provisional::ProvisionalEvent>),
     /// The session is over; the adapter closes the stream after sending what is queued.
     Finished(SessionOutcome),
 }
@@ -305,6 +314,7 @@ pub struct SyncSession {
     unstored: usize,
     sent_bye: bool,
     peer_bye: bool,
+    provisional_seen: bool,
     finished: bool,
     deadline: Instant,
     transmit: VecDeque<GossipMessage>,
@@ -320,6 +330,12 @@ impl SyncSession {
         peers.truncate(limits::GOSSIP_PEERS_MAX);
         let hello = Digest { fingerprint: local.fingerprint, head, anchor: local.anchor, peers, primary: local.primary };
         let deadline = now + cfg.idle_timeout;
+        let mut transmit = VecDeque::from([GossipMessage::Hello(hello)]);
+        let mut provisional = local.provisional;
+        provisional.truncate(limits::GOSSIP_PROVISIONAL_MAX);
+        if !provisional.is_empty() {
+            transmit.push_back(GossipMessage::Provisional(provisional));
+        }
         SyncSession {
             cfg,
             fingerprint: local.fingerprint,
@@ -331,9 +347,10 @@ impl SyncSession {
             unstored: 0,
             sent_bye: false,
             peer_bye: false,
+            provisional_seen: false,
             finished: false,
             deadline,
-            transmit: VecDeque::from([GossipMessage::Hello(hello)]),
+            transmit,
             events: VecDeque::new(),
             stats: SessionStats::default(),
         }
@@ -401,6 +418,19 @@ impl SyncSession {
                 self.events.push_back(SessionEvent::Serve { from, max_events });
             }
             GossipMessage::Range(events) => self.on_range(events),
+            GossipMessage::Provisional(list) => {
+                if self.peer.is_none() {
+                    return self.violation(Violation::Protocol("provisional events before hello"));
+                }
+                if self.provisional_seen {
+                    return self.violation(Violation::Protocol("a second provisional message"));
+                }
+                if list.len() > limits::GOSSIP_PROVISIONAL_MAX {
+                    return self.violation(Violation::Protocol("too many provisional events"));
+                }
+                self.provisional_seen = true;
+                self.events.push_back(SessionEvent::Provisional(list));
+            }
             GossipMessage::Bye => {
                 if self.peer.is_none() {
                     return self.violation(Violation::Protocol("bye before hello"));

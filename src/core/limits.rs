@@ -38,6 +38,8 @@ pub const GOSSIP_BATCH_EVENTS_MAX: usize = 4096;
 pub const GOSSIP_BATCH_BYTES_MAX: usize = 1 << 20;
 /// Largest gossip frame, in bytes (a batch plus its framing).
 pub const GOSSIP_FRAME_BYTES_MAX: usize = GOSSIP_BATCH_BYTES_MAX + RECORD_BYTES_MAX + 64 * 1024;
+/// Most provisional events handed over in one gossip session.
+pub const GOSSIP_PROVISIONAL_MAX: usize = 64;
 /// Most peers advertised in one gossip hello.
 pub const GOSSIP_PEERS_MAX: usize = 16;
 

@@ -41,6 +41,7 @@ const TAG_HELLO: u8 = 1;
 const TAG_REQUEST: u8 = 2;
 const TAG_RANGE: u8 = 3;
 const TAG_BYE: u8 = 4;
+const TAG_PROVISIONAL: u8 = 5;
 
 /// Why a gossip frame could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +94,11 @@ pub fn encode_frame(msg: &GossipMessage) -> Vec<u8> {
             return encode_range_frame(RawRange(&records));
         }
         GossipMessage::Bye => out.push(TAG_BYE),
+        GossipMessage::Provisional(list) => {
+            out.push(TAG_PROVISIONAL);
+            // Events are bounded (the rules refuse larger ones before anyone holds them).
+            out = postcard::to_extend(list, out).unwrap_or_else(|_| vec![0, 0, 0, 0, TAG_BYE]);
+        }
     }
     let n = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&n.to_be_bytes());
@@ -180,6 +186,15 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
                 return Err(GossipFrameError::Undecodable { what: "range", reason: format!("{} trailing bytes", rest.len()) });
             }
             Ok(GossipMessage::Range(events))
+        }
+        TAG_PROVISIONAL => {
+            let (list, rest): (Vec<crate::core::provisional::ProvisionalEvent>, _) =
+                postcard::take_from_bytes(body).map_err(|e| undecodable("provisional", e))?;
+            exact("provisional", rest)?;
+            if list.len() > limits::GOSSIP_PROVISIONAL_MAX {
+                return Err(GossipFrameError::TooLarge { what: "provisional list", got: list.len(), max: limits::GOSSIP_PROVISIONAL_MAX });
+            }
+            Ok(GossipMessage::Provisional(list))
         }
         TAG_BYE if body.is_empty() => Ok(GossipMessage::Bye),
         TAG_BYE => Err(GossipFrameError::Undecodable { what: "bye", reason: "unexpected body".into() }),
@@ -408,7 +423,11 @@ impl GossipService {
         let mut known = self.candidates();
         known.shuffle(&mut rand::rng());
         peers.extend(known.into_iter().take(limits::GOSSIP_PEERS_MAX - 1).map(|p| PeerAddr { node: p.node, addr: p.addr }));
-        Ok(LocalView { fingerprint: l.fingerprint(), head, anchor: l.anchor(), peers, pull, primary: (self.is_member)() })
+        let provisional = crate::store::provisional::list(&l, limits::GOSSIP_PROVISIONAL_MAX).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read held provisional events");
+            Vec::new()
+        });
+        Ok(LocalView { fingerprint: l.fingerprint(), head, anchor: l.anchor(), peers, pull, primary: (self.is_member)(), provisional })
     }
 
     fn learn(&self, digest: &Digest) {
@@ -431,6 +450,34 @@ impl GossipService {
         s.banned_until = Some(Instant::now() + ban);
         s.last_outcome = Some(why.to_string());
         tracing::warn!(peer = %peer.short(), reason = why, ban_secs = ban.as_secs(), "gossip peer penalised");
+    }
+
+    /// Keeps the provisional events that check (statement and event signed by the author,
+    /// this network, within the size limit); returns how many checked.
+    pub fn hold_provisional(&self, list: &[crate::core::provisional::ProvisionalEvent]) -> usize {
+        let Ok(l) = self.ledger.read() else { return 0 };
+        let fp = l.fingerprint();
+        let mut ok = 0;
+        for p in list {
+            let event_ok = fp == Some(p.event.fingerprint)
+                && p.event.encoded_len() <= limits::EVENT_BYTES_MAX
+                && p.verify_statement().is_ok()
+                && {
+                    let m = p.event.signing_message();
+                    let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                    verify_many(&mut cache, &[(p.event.author, m.as_slice(), p.event.signature)]).first() == Some(&true)
+                };
+            if !event_ok {
+                continue;
+            }
+            ok += 1;
+            match crate::store::provisional::put(&l, p) {
+                Ok(true) => tracing::info!(author = %p.event.author.short(), kind = p.event.body.kind(), "holding a provisional event"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot hold a provisional event"),
+            }
+        }
+        ok
     }
 
     /// Checks both signatures of fork evidence and records it in the ledger.
@@ -548,6 +595,12 @@ impl GossipService {
                             break;
                         }
                         report.bytes_written += frame.len() as u64;
+                    }
+                    SessionEvent::Provisional(list) => {
+                        let held = self.hold_provisional(&list);
+                        if held < list.len() {
+                            self.penalise(&peer, "handed over provisional events that do not check");
+                        }
                     }
                     SessionEvent::Finished(o) => finished = Some(o),
                 }
@@ -717,7 +770,12 @@ fn store_range(ledger: &SharedLedger, range: &LinkedRange) -> Result<u64, String
     if l.head().is_none() {
         l.set_imported(true).map_err(|e| e.to_string())?;
     }
-    l.append_linked(range).map(|_| range.len() as u64).map_err(|e| e.to_string())
+    l.append_linked(range).map_err(|e| e.to_string())?;
+    // Provisional events that are now in the chain are no longer provisional.
+    if let Err(e) = crate::store::provisional::forget_committed(&l, range.events()) {
+        tracing::warn!(error = %e, "cannot update the held provisional events");
+    }
+    Ok(range.len() as u64)
 }
 
 fn read_batch(ledger: &SharedLedger, from: u64, max_events: u32) -> Result<Vec<Vec<u8>>, LedgerError> {

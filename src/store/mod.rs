@@ -8,6 +8,7 @@
 pub mod forks;
 pub mod inspect;
 pub mod keyfile;
+pub mod provisional;
 pub mod ledger;
 pub mod record;
 pub mod replay;

@@ -177,7 +177,14 @@ fn keyed_procs(root: &Path, n: usize) -> Vec<Proc> {
 }
 
 fn start(p: &mut Proc, args: &[String]) {
-    let log = std::fs::File::create(p.dir.with_extension("log")).expect("log file");
+    let log_path = p.dir.with_extension("log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
+    NODE_LOGS.with(|logs| {
+        let mut logs = logs.borrow_mut();
+        if !logs.contains(&log_path) {
+            logs.push(log_path);
+        }
+    });
     let child = spore()
         .arg("node")
         .args(args)
@@ -209,13 +216,35 @@ fn status(addr: &str) -> Option<Value> {
     (out.status.code() == Some(0)).then(|| json(&out))
 }
 
+thread_local! {
+    /// The log files of the node processes this test thread started (shown when a wait fails).
+    static NODE_LOGS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The last lines of every node log this test started, for a failure message.
+fn node_log_tails() -> String {
+    NODE_LOGS.with(|logs| {
+        logs.borrow()
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                format!("==== {} ({} lines) ====\n{tail}\n", p.display(), lines.len())
+            })
+            .collect()
+    })
+}
+
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}\n{}", node_log_tails());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
