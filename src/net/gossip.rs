@@ -414,15 +414,18 @@ impl GossipService {
     }
 
     fn local_view(&self, pull: bool) -> Result<LocalView, LedgerError> {
+        // `candidates` takes the ledger's read lock itself: it runs before this function takes
+        // it. A second read lock on the same thread deadlocks as soon as a writer (Raft's
+        // apply, a gossip store) queues between the two, since the lock prefers writers.
+        let mut known = self.candidates();
+        known.shuffle(&mut rand::rng());
+        let mut peers: Vec<PeerAddr> = vec![PeerAddr { node: self.me.node, addr: self.me.addr.clone() }];
+        peers.extend(known.into_iter().take(limits::GOSSIP_PEERS_MAX - 1).map(|p| PeerAddr { node: p.node, addr: p.addr }));
         let l = self.ledger.read().map_err(|_| LedgerError::Poisoned(std::path::PathBuf::from("<ledger lock>")))?;
         let head = match l.head() {
             Some(h) => l.get(h.seq)?,
             None => None,
         };
-        let mut peers: Vec<PeerAddr> = vec![PeerAddr { node: self.me.node, addr: self.me.addr.clone() }];
-        let mut known = self.candidates();
-        known.shuffle(&mut rand::rng());
-        peers.extend(known.into_iter().take(limits::GOSSIP_PEERS_MAX - 1).map(|p| PeerAddr { node: p.node, addr: p.addr }));
         let provisional = crate::store::provisional::list(&l, limits::GOSSIP_PROVISIONAL_MAX).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read held provisional events");
             Vec::new()
