@@ -137,7 +137,7 @@ fn read_chunks(
             return fail(seq, Ok(Corruption::BadLink { expected: prev, found: ev.prev_hash }), chunk);
         }
         bytes_buf.clear();
-        crate::core::event::write_canonical(&ev.event, &mut bytes_buf);
+        ev.event.write_canonical_bytes(&mut bytes_buf);
         let computed = chain_hash(&ev.prev_hash, seq, &bytes_buf);
         if computed != ev.hash {
             return fail(seq, Ok(Corruption::HashMismatch { stored: ev.hash, computed }), chunk);
