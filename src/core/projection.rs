@@ -500,7 +500,11 @@ impl Projection {
     /// Checks `event` against the current state without the signature: network, schema,
     /// admission of the author and the semantic rules. Does not change anything.
     pub fn check(&self, event: &SignedEvent) -> Result<(), Rejection> {
-        let size = event.encoded_len();
+        self.check_sized(event, event.encoded_len())
+    }
+
+    /// [`Projection::check`] with the size of the event's canonical encoding already known.
+    fn check_sized(&self, event: &SignedEvent, size: usize) -> Result<(), Rejection> {
         if size > limits::EVENT_BYTES_MAX {
             return Err(Rejection::LimitExceeded { what: "event".into(), max: limits::EVENT_BYTES_MAX, got: size });
         }
@@ -651,6 +655,15 @@ impl Projection {
     pub fn append(&mut self, event: SignedEvent) -> Result<ChainedEvent, Rejection> {
         self.check(&event)?;
         let chained = ChainedEvent::link(self.next_seq(), self.head_hash(), event);
+        self.mutate(&chained);
+        Ok(chained)
+    }
+
+    /// [`Projection::append`] with the event's canonical encoding at hand (`canonical` must be
+    /// `event.canonical_bytes()`), so it is not encoded again for the size rule and the hash.
+    pub(crate) fn append_canonical(&mut self, event: SignedEvent, canonical: &[u8]) -> Result<ChainedEvent, Rejection> {
+        self.check_sized(&event, canonical.len())?;
+        let chained = ChainedEvent::link_canonical(self.next_seq(), self.head_hash(), event, canonical);
         self.mutate(&chained);
         Ok(chained)
     }

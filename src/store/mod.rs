@@ -10,3 +10,4 @@ pub mod keyfile;
 pub mod ledger;
 pub mod record;
 pub mod replay;
+pub mod verified;
