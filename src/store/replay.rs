@@ -18,11 +18,11 @@ use serde::Serialize;
 
 use super::ledger::storage;
 use super::record::{decode_record_with, parse_seq_key, seq_key};
-use crate::core::event::{chain_hash, ChainedEvent};
+use crate::core::event::{chain_hash, signing_message_from_canonical, ChainedEvent};
 use crate::core::keys::{verify_many, VerifierCache};
 use crate::core::limits;
 use crate::core::projection::{Projection, Rejection};
-use crate::core::types::{ChainHash, Timestamp};
+use crate::core::types::{ChainHash, NodeId, SignatureBytes, Timestamp};
 use crate::error::{Corruption, LedgerError};
 
 /// Where a replay stops.
@@ -88,11 +88,30 @@ pub(crate) fn with_thread_cache<R>(f: impl FnOnce(&mut VerifierCache) -> R) -> R
 
 struct Item {
     event: ChainedEvent,
-    msg: Vec<u8>,
+    /// Size of the event's canonical encoding.
+    size: usize,
+    /// Record bytes read.
     bytes: usize,
 }
 
-type Chunk = Vec<Item>;
+/// Decoded, linked records, with their signing messages back to back (audit only).
+struct Chunk {
+    items: Vec<Item>,
+    msgs: Vec<u8>,
+    /// End offset of each item's message in `msgs`.
+    msg_ends: Vec<usize>,
+}
+
+impl Chunk {
+    fn new(audit: bool) -> Self {
+        let n = limits::REPLAY_CHUNK_EVENTS;
+        Chunk {
+            items: Vec::with_capacity(n),
+            msgs: if audit { Vec::with_capacity(n * 256) } else { Vec::new() },
+            msg_ends: if audit { Vec::with_capacity(n) } else { Vec::new() },
+        }
+    }
+}
 type ReadError = (u64, Result<Corruption, LedgerError>);
 
 /// Scans `from..` in order, checking keys, decoding, links and hashes. Sends chunks; ends with
@@ -108,7 +127,7 @@ fn read_chunks(
     let span = tracing::debug_span!("ledger_scan", path = %path.display(), from);
     let _g = span.enter();
     let mut expected = from;
-    let mut chunk: Chunk = Vec::with_capacity(limits::REPLAY_CHUNK_EVENTS);
+    let mut chunk = Chunk::new(audit);
     let mut buf = AlignedVec::new();
     let mut bytes_buf = Vec::with_capacity(512);
     for guard in ks.range(seq_key(from)..) {
@@ -144,29 +163,38 @@ fn read_chunks(
         }
         prev = ev.hash;
         expected += 1;
-        let msg = if audit { ev.event.signing_message() } else { Vec::new() };
-        chunk.push(Item { event: ev, msg, bytes: value.len() });
-        if chunk.len() >= limits::REPLAY_CHUNK_EVENTS {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(limits::REPLAY_CHUNK_EVENTS));
+        if audit {
+            // The signing message is a rearrangement of the canonical bytes just hashed.
+            let _ = signing_message_from_canonical(&bytes_buf, &mut chunk.msgs);
+            chunk.msg_ends.push(chunk.msgs.len());
+        }
+        chunk.items.push(Item { event: ev, size: bytes_buf.len(), bytes: value.len() });
+        if chunk.items.len() >= limits::REPLAY_CHUNK_EVENTS {
+            let full = std::mem::replace(&mut chunk, Chunk::new(audit));
             if tx.send(Ok(full)).is_err() {
                 return; // the consumer stopped early
             }
         }
     }
-    if !chunk.is_empty() {
+    if !chunk.items.is_empty() {
         let _ = tx.send(Ok(chunk));
     }
 }
 
-fn verify_chunk(chunk: &[Item]) -> Vec<bool> {
+fn verify_chunk(chunk: &Chunk) -> Vec<bool> {
     const BATCH: usize = 512;
-    chunk
-        .par_chunks(BATCH)
-        .flat_map_iter(|part| {
-            let items: Vec<_> = part.iter().map(|i| (i.event.event.author, i.msg.as_slice(), i.event.event.signature)).collect();
-            with_thread_cache(|c| verify_many(c, &items))
+    let mut start = 0;
+    let items: Vec<(NodeId, &[u8], SignatureBytes)> = chunk
+        .items
+        .iter()
+        .zip(&chunk.msg_ends)
+        .map(|(i, &end)| {
+            let msg = &chunk.msgs[start..end];
+            start = end;
+            (i.event.event.author, msg, i.event.event.signature)
         })
-        .collect()
+        .collect();
+    items.par_chunks(BATCH).flat_map_iter(|part| with_thread_cache(|c| verify_many(c, part))).collect()
 }
 
 fn rejection_to_corruption(r: Rejection) -> Corruption {
@@ -220,7 +248,7 @@ pub(crate) fn replay_range(
                 Err((seq, Ok(c))) => return Err(corrupt(seq, c)),
                 Err((_, Err(e))) => return Err(e),
             };
-            for (i, item) in chunk.iter().enumerate() {
+            for (i, item) in chunk.items.into_iter().enumerate() {
                 let ev = &item.event;
                 match options.stop {
                     StopAt::Seq(s) if ev.seq > s => return Ok(()),
@@ -238,7 +266,8 @@ pub(crate) fn replay_range(
                     }
                     stats.signatures_verified += 1;
                 }
-                projection.apply(ev).map_err(|r| corrupt(ev.seq, rejection_to_corruption(r)))?;
+                let seq = ev.seq;
+                projection.apply_owned(item.event, item.size).map_err(|r| corrupt(seq, rejection_to_corruption(r)))?;
                 stats.events += 1;
                 stats.bytes += item.bytes as u64;
             }
