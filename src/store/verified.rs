@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::core::event::{signing_message_from_canonical, SignedEvent};
 use crate::core::keys::{verify_many, VerifierCache};
+use crate::core::types::SignatureBytes;
 
 /// Signatures verified per `verify_batch` call.
 const CHUNK: usize = 128;
@@ -54,31 +55,171 @@ struct ChunkResult {
     ok: Vec<bool>,
 }
 
-fn verify_chunk(chunk: &[SignedEvent], cache: &mut VerifierCache) -> ChunkResult {
+fn verify_chunk(chunk: &[SignedEvent], cache: &mut VerifierCache, known: Option<&PreVerified>) -> ChunkResult {
     let mut canonical = Vec::with_capacity(chunk.len() * 320);
     let mut ends = Vec::with_capacity(chunk.len());
     for e in chunk {
         e.write_canonical_bytes(&mut canonical);
         ends.push(canonical.len());
     }
-    let mut msgs = Vec::with_capacity(canonical.len() + chunk.len() * 64);
-    let mut msg_ends = Vec::with_capacity(chunk.len());
+    let mut ok = vec![false; chunk.len()];
+    // Which events still need verifying here (those this process has not verified already).
+    let mut todo = Vec::with_capacity(chunk.len());
     let mut start = 0;
-    for &end in &ends {
+    for (i, &end) in ends.iter().enumerate() {
+        let bytes = &canonical[start..end];
+        start = end;
+        match known {
+            Some(k) if k.take(&chunk[i].signature, bytes) => ok[i] = true,
+            _ => todo.push((i, start - bytes.len(), end)),
+        }
+    }
+    if todo.is_empty() {
+        return ChunkResult { canonical, ends, ok };
+    }
+    let mut msgs = Vec::with_capacity(canonical.len() + todo.len() * 64);
+    let mut msg_ends = Vec::with_capacity(todo.len());
+    for &(_, from, to) in &todo {
         // An encoding is always longer than the fixed fields, so this never fails; if it did
         // the message would be empty and the signature would not verify.
-        let _ = signing_message_from_canonical(&canonical[start..end], &mut msgs);
+        let _ = signing_message_from_canonical(&canonical[from..to], &mut msgs);
         msg_ends.push(msgs.len());
-        start = end;
     }
-    let mut items = Vec::with_capacity(chunk.len());
+    let mut items = Vec::with_capacity(todo.len());
     let mut start = 0;
-    for (e, &end) in chunk.iter().zip(&msg_ends) {
-        items.push((e.author, &msgs[start..end], e.signature));
+    for (&(i, _, _), &end) in todo.iter().zip(&msg_ends) {
+        items.push((chunk[i].author, &msgs[start..end], chunk[i].signature));
         start = end;
     }
-    let ok = verify_many(cache, &items);
+    for (&(i, _, _), verdict) in todo.iter().zip(verify_many(cache, &items)) {
+        ok[i] = verdict;
+    }
     ChunkResult { canonical, ends, ok }
+}
+
+/// The state of one signature in [`PreVerified`].
+enum Pre {
+    /// Being verified now.
+    Pending,
+    /// Verified, for the event whose canonical encoding has this blake3 digest.
+    Verified([u8; 32]),
+}
+
+#[derive(Default)]
+struct PreInner {
+    map: std::collections::HashMap<SignatureBytes, Pre>,
+}
+
+/// Signatures this process has already verified, ahead of the append that needs them.
+///
+/// A Raft replica receives an event (log append) well before it applies it (after the log is
+/// synced and the entry committed). [`PreVerified::spawn_verify`] verifies the signatures on
+/// the thread pool in that gap, in parallel with the log's fsync, and remembers each good one
+/// with the blake3 digest of the event's whole canonical encoding; [`VerifiedEvents::verify_with`]
+/// then accepts an event without verifying it again only if its signature is remembered for
+/// exactly its encoding (so nothing but a verified event can pass), and waits for a
+/// verification still under way rather than doing it twice. Entries are consumed when used;
+/// the set is bounded ([`PreVerified::CAPACITY`], cleared when full, which only costs
+/// re-verification). Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct PreVerified {
+    inner: std::sync::Arc<(std::sync::Mutex<PreInner>, std::sync::Condvar)>,
+}
+
+impl std::fmt::Debug for PreVerified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreVerified").finish_non_exhaustive()
+    }
+}
+
+impl PreVerified {
+    /// Most signatures remembered at once.
+    pub const CAPACITY: usize = 1 << 20;
+    /// Longest wait for a verification under way before verifying again.
+    const WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// Marks the signatures of `events` as being verified and verifies them on the thread pool
+    /// (returns at once).
+    pub fn spawn_verify(&self, events: std::sync::Arc<Vec<SignedEvent>>) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let Ok(mut g) = self.inner.0.lock() else { return };
+            if g.map.len() + events.len() > Self::CAPACITY {
+                g.map.clear();
+            }
+            for e in events.iter() {
+                g.map.entry(e.signature).or_insert(Pre::Pending);
+            }
+        }
+        let this = self.clone();
+        rayon::spawn(move || {
+            let results: Vec<(SignatureBytes, Option<[u8; 32]>)> = events
+                .par_chunks(CHUNK)
+                .flat_map_iter(|chunk| {
+                    let r = super::replay::with_thread_cache(|cache| verify_chunk(chunk, cache, None));
+                    let mut start = 0;
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for ((e, end), ok) in chunk.iter().zip(r.ends).zip(r.ok) {
+                        let digest = ok.then(|| *blake3::hash(&r.canonical[start..end]).as_bytes());
+                        out.push((e.signature, digest));
+                        start = end;
+                    }
+                    out
+                })
+                .collect();
+            let (lock, cvar) = &*this.inner;
+            if let Ok(mut g) = lock.lock() {
+                for (sig, digest) in results {
+                    match digest {
+                        Some(d) => {
+                            g.map.insert(sig, Pre::Verified(d));
+                        }
+                        None => {
+                            g.map.remove(&sig);
+                        }
+                    }
+                }
+            }
+            cvar.notify_all();
+        });
+    }
+
+    /// Waits (bounded) until none of the signatures of `events` is being verified. Not on a
+    /// thread-pool thread: the verification it would wait for may need that thread.
+    fn wait_settled(&self, events: &[SignedEvent]) {
+        if rayon::current_thread_index().is_some() {
+            return;
+        }
+        let (lock, cvar) = &*self.inner;
+        let Ok(mut g) = lock.lock() else { return };
+        let deadline = std::time::Instant::now() + Self::WAIT_MAX;
+        while events.iter().any(|e| matches!(g.map.get(&e.signature), Some(Pre::Pending))) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            g = match cvar.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(_) => return,
+            };
+        }
+    }
+
+    /// Whether `signature` was verified for the event encoded as `canonical` (consuming the
+    /// entry). Does not wait.
+    fn take(&self, signature: &SignatureBytes, canonical: &[u8]) -> bool {
+        let Ok(mut g) = self.inner.0.lock() else { return false };
+        match g.map.get(signature) {
+            Some(Pre::Verified(d)) => {
+                let ok = *d == *blake3::hash(canonical).as_bytes();
+                g.map.remove(signature);
+                ok
+            }
+            _ => false,
+        }
+    }
 }
 
 impl VerifiedEvents {
@@ -88,12 +229,31 @@ impl VerifiedEvents {
     /// them rejected and never applies them).
     #[tracing::instrument(level = "debug", skip_all, fields(events = events.len()))]
     pub fn verify(events: Vec<SignedEvent>, cache: &mut VerifierCache) -> (VerifiedEvents, Vec<usize>) {
+        Self::verify_inner(events, cache, None)
+    }
+
+    /// [`VerifiedEvents::verify`], skipping the signatures `known` already verified for
+    /// exactly these events (see [`PreVerified`]).
+    #[tracing::instrument(level = "debug", skip_all, fields(events = events.len()))]
+    pub fn verify_with(
+        events: Vec<SignedEvent>,
+        cache: &mut VerifierCache,
+        known: &PreVerified,
+    ) -> (VerifiedEvents, Vec<usize>) {
+        Self::verify_inner(events, cache, Some(known))
+    }
+
+    fn verify_inner(events: Vec<SignedEvent>, cache: &mut VerifierCache, known: Option<&PreVerified>) -> (VerifiedEvents, Vec<usize>) {
+        if let Some(k) = known {
+            // Rather than verify twice what is being verified right now.
+            k.wait_settled(&events);
+        }
         let parts: Vec<ChunkResult> = if events.len() < PARALLEL_MIN {
-            events.chunks(CHUNK).map(|c| verify_chunk(c, cache)).collect()
+            events.chunks(CHUNK).map(|c| verify_chunk(c, cache, known)).collect()
         } else {
             events
                 .par_chunks(CHUNK)
-                .map(|c| super::replay::with_thread_cache(|cache| verify_chunk(c, cache)))
+                .map(|c| super::replay::with_thread_cache(|cache| verify_chunk(c, cache, known)))
                 .collect()
         };
         let total: usize = parts.iter().map(|p| p.canonical.len()).sum();
@@ -182,6 +342,25 @@ mod tests {
             });
             assert_eq!(seen, n);
         }
+    }
+
+    #[test]
+    fn pre_verified_signatures_are_only_trusted_for_the_exact_event() {
+        let known = PreVerified::default();
+        let evs = events(6);
+        let mut forged = evs[2].clone();
+        forged.signature.0[0] ^= 1;
+        known.spawn_verify(std::sync::Arc::new(vec![evs[0].clone(), evs[1].clone(), forged.clone()]));
+        // Same signature, different content: the remembered digest does not match.
+        let mut altered = evs[1].clone();
+        altered.timestamp = Timestamp(1_000);
+        let batch = vec![evs[0].clone(), altered, forged, evs[3].clone()];
+        let (v, bad) = VerifiedEvents::verify_with(batch, &mut VerifierCache::default(), &known);
+        assert_eq!(bad, vec![1, 2]);
+        assert_eq!(v.len(), 4);
+        // Entries are consumed: a replay of the same batch verifies again, with the same verdicts.
+        let (_, bad) = VerifiedEvents::verify_with(vec![evs[0].clone(), evs[1].clone()], &mut VerifierCache::default(), &known);
+        assert!(bad.is_empty());
     }
 
     #[test]
