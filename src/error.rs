@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::core::projection::Rejection;
-use crate::core::types::{ChainHash, NetworkFingerprint};
+use crate::core::types::{ChainHash, NetworkFingerprint, NodeId};
 use crate::store::record::DecodeError;
 
 /// What is wrong with a stored record, found by reading the ledger back.
@@ -173,6 +173,34 @@ pub enum LedgerError {
         /// What was given.
         got: usize,
     },
+    /// A chained range (from gossip) was refused as a whole; nothing of it was stored.
+    #[error("range refused at seq {seq}: {reason}")]
+    RangeRefused {
+        /// The first offending event.
+        seq: u64,
+        /// Why.
+        reason: RangeRefusal,
+    },
+}
+
+/// Why [`crate::Ledger::append_range`] refused a range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RangeRefusal {
+    /// The range does not continue the head (wrong sequence number or `prev_hash`).
+    #[error("not the next link (expected seq {expected})")]
+    NotNext {
+        /// The sequence number the ledger expects.
+        expected: u64,
+    },
+    /// An event's hash is not the hash of its content after its `prev_hash`.
+    #[error("chain hash does not match the content")]
+    BadHash,
+    /// An event's signature does not verify.
+    #[error("bad signature by {0}")]
+    BadSignature(NodeId),
+    /// An event breaks a rule (network, admission, semantics).
+    #[error("rejected: {0}")]
+    Rejected(crate::core::projection::Rejection),
 }
 
 /// The crate-wide error.

@@ -4,7 +4,7 @@
 //! data_dir = "/var/lib/mycnet-spores/n1"
 //! listen = "127.0.0.1:7401"
 //! name = "n1"
-//! role = "voter"                 # or "latent"
+//! role = "voter"                 # or "latent": out of Raft, keeps the chain by gossip
 //! capabilities = ["storage"]
 //!
 //! [init]                         # form a new network (first voter only)
@@ -226,7 +226,14 @@ impl NodeConfig {
         if let Some(n) = &self.name {
             b = b.name(n.clone());
         }
-        b
+        // Gossip starts from the bootstrap peers and the member to join.
+        let mut gossip_peers = self.bootstrap_peers().unwrap_or_default();
+        if let Some(j) = &self.join {
+            if let Ok(node) = NodeId::from_hex(&j.via_key) {
+                gossip_peers.push(PeerNode { node, addr: j.via_addr.clone() });
+            }
+        }
+        b.gossip_peers(gossip_peers)
     }
 }
 
@@ -264,6 +271,10 @@ pub async fn start_node(
                 .await?;
         }
         admit_bootstrap_peers(&system, config).await?;
+    } else if let (Some(join), RoleConfig::Latent) = (&config.join, config.role) {
+        // A latent node stays out of Raft: it learns the chain by gossip, starting from the
+        // member it was pointed at (a gossip bootstrap peer, see `NodeConfig::builder`).
+        tracing::info!(via = %join.via_addr, "latent node: keeping the chain by gossip");
     } else if let Some(join) = &config.join {
         let already_member = system.status()?.voters.contains(&system.node_id()?)
             || system.status()?.learners.contains(&system.node_id()?);

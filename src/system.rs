@@ -24,6 +24,7 @@ use openraft::error::RaftError;
 use openraft::ServerState;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
@@ -31,6 +32,8 @@ use crate::core::keys::NodeKey;
 use crate::core::projection::{ChainHead, NodeRecord, Projection, Rejection, ServiceRecord};
 use crate::core::types::{Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore};
 use crate::error::{Error, LedgerError};
+use crate::net::gossip::{GossipConfig, GossipService};
+use crate::net::liveness::{LivenessConfig, LivenessService, MemberState};
 use crate::net::inproc::InProcNetwork;
 use crate::net::{Binding, LateHandler, NetworkBackend, RemoteFailure, RpcRequest, RpcResponse, SharedTransport, TransportError};
 use crate::raft::network::{NetworkFactory, RaftService};
@@ -130,6 +133,15 @@ pub struct SporeStatus {
     /// Every other member with its address and, as seen by the leader (only the leader
     /// knows), how far its log is behind the leader's.
     pub peers: Vec<PeerLag>,
+    /// Whether this node is in the Raft membership (its chain is Primary); otherwise it keeps
+    /// a latent view by gossip.
+    pub raft_member: bool,
+    /// The newest voter-signed checkpoint this node holds (everything up to it is Primary).
+    pub anchor: Option<ChainPoint>,
+    /// Fork evidence stored on this node (two chains of this network seen).
+    pub forks: usize,
+    /// Milliseconds since a gossip session last completed (`None`: never, or no gossip).
+    pub last_gossip_ms: Option<u64>,
 }
 
 /// A Raft member as `status()` reports it.
@@ -165,6 +177,26 @@ pub struct SporeSystemBuilder {
     backend: Backend,
     timeouts: Timeouts,
     checkpoint_interval: u64,
+    gossip: GossipConfig,
+    gossip_peers: Vec<PeerNode>,
+    anchors: AnchorPolicy,
+    liveness: LivenessConfig,
+}
+
+/// When the leader commits a checkpoint event (an anchor for the latent tier): after this
+/// many events since the last one, or after this long if any event came since.
+#[derive(Clone, Copy, Debug)]
+pub struct AnchorPolicy {
+    /// Events between anchors.
+    pub every_events: u64,
+    /// Longest time an event stays unanchored.
+    pub every: Duration,
+}
+
+impl Default for AnchorPolicy {
+    fn default() -> Self {
+        AnchorPolicy { every_events: 1024, every: Duration::from_secs(5) }
+    }
 }
 
 impl Default for SporeSystemBuilder {
@@ -180,6 +212,10 @@ impl Default for SporeSystemBuilder {
             backend: Backend::Private,
             timeouts: Timeouts::default(),
             checkpoint_interval: 16_384,
+            gossip: GossipConfig::default(),
+            gossip_peers: Vec::new(),
+            anchors: AnchorPolicy::default(),
+            liveness: LivenessConfig::default(),
         }
     }
 }
@@ -240,6 +276,26 @@ impl SporeSystemBuilder {
         self.checkpoint_interval = events;
         self
     }
+    /// Gossip tuning (the latent tier runs on transports that carry it: QUIC).
+    pub fn gossip(mut self, cfg: GossipConfig) -> Self {
+        self.gossip = cfg;
+        self
+    }
+    /// Gossip peers to contact before the registry names any (a latent node's bootstrap).
+    pub fn gossip_peers(mut self, peers: Vec<PeerNode>) -> Self {
+        self.gossip_peers = peers;
+        self
+    }
+    /// Failure-detection tuning (SWIM over QUIC datagrams, on transports that carry them).
+    pub fn liveness(mut self, cfg: LivenessConfig) -> Self {
+        self.liveness = cfg;
+        self
+    }
+    /// When a leader commits checkpoint events (anchors).
+    pub fn anchors(mut self, policy: AnchorPolicy) -> Self {
+        self.anchors = policy;
+        self
+    }
     /// Builds the (not yet started) system.
     pub fn build(self) -> SporeSystem {
         SporeSystem { config: Some(self), running: None }
@@ -260,7 +316,19 @@ struct Running {
     transport: SharedTransport,
     binding: Binding,
     timeouts: Timeouts,
+    gossip: Option<Arc<GossipService>>,
+    liveness: Option<Arc<LivenessService>>,
+    /// Background tasks (gossip driver, anchor committer), aborted on shutdown.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     _tempdir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// The discovery store of one node. See the module doc and the crate doc.
@@ -376,12 +444,40 @@ impl SporeSystem {
                 .map_err(raft_err)?;
         }
         let proposer = Proposer::spawn(raft.clone());
+        let mut tasks = Vec::new();
+        let gossip = transport.gossip_dialer().map(|dialer| {
+            let my_id = raft_id(&node);
+            let member = {
+                let raft = raft.clone();
+                move || raft.metrics().borrow().membership_config.membership().nodes().any(|(id, _)| *id == my_id)
+            };
+            let member2 = member.clone();
+            // Only a Rhizomorph outside the Raft membership stores what gossip brings; Raft
+            // writes every member's ledger.
+            let latent = cfg.role == NodeRole::Rhizomorph;
+            let svc = Arc::new(GossipService::new(me.clone(), ledger.clone(), cfg.gossip.clone(), move || latent && !member(), member2));
+            svc.add_bootstrap(cfg.gossip_peers.clone());
+            tasks.push(svc.spawn_driver(dialer));
+            svc
+        });
+        tasks.push(spawn_anchor_task(raft.clone(), proposer.clone(), ledger.clone(), key.clone(), cfg.anchors));
+        let liveness = transport.swim_link().map(|link| {
+            let cands = gossip.clone();
+            let (svc, task) = LivenessService::spawn(me.clone(), cfg.liveness.clone(), link, move || {
+                cands.as_ref().map(|g| g.candidates()).unwrap_or_default()
+            });
+            tasks.push(task);
+            tasks.push(spawn_liveness_committer(raft.clone(), proposer.clone(), ledger.clone(), key.clone(), svc.clone()));
+            svc
+        });
         late.set(Arc::new(NodeService {
             raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
             raft: raft.clone(),
             ledger: ledger.clone(),
             me: me.clone(),
             key: key.clone(),
+            gossip: gossip.clone(),
+            liveness: liveness.clone(),
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -398,6 +494,9 @@ impl SporeSystem {
             transport,
             binding,
             timeouts: cfg.timeouts,
+            gossip,
+            liveness,
+            tasks,
             _tempdir: tempdir,
         })
     }
@@ -830,7 +929,7 @@ impl SporeSystem {
     /// Role, leader, term, head and mode.
     pub fn status(&self) -> Result<SporeStatus, Error> {
         let r = self.running()?;
-        compute_status(&r.raft, &r.ledger, &r.me)
+        compute_status(&r.raft, &r.ledger, &r.me, r.gossip.as_deref())
     }
 
     /// The committed chained events from `from_seq` on, in order, without gaps or duplicates,
@@ -885,6 +984,9 @@ impl SporeSystem {
     /// is lost (it was durable before it was acknowledged); this only makes restart faster.
     pub async fn shutdown(&mut self) -> Result<(), Error> {
         let Some(mut r) = self.running.take() else { return Ok(()) };
+        for t in r.tasks.drain(..) {
+            t.abort();
+        }
         r.binding.close();
         let _ = r.raft.shutdown().await;
         let ledger = r.ledger.clone();
@@ -900,17 +1002,24 @@ impl SporeSystem {
         Ok(())
     }
 
+    /// What failure detection says of each peer it has seen (empty without a transport that
+    /// carries SWIM).
+    pub fn liveness(&self) -> Result<std::collections::HashMap<NodeId, MemberState>, Error> {
+        Ok(self.running()?.liveness.as_ref().map(|l| l.states()).unwrap_or_default())
+    }
+
     /// The Raft handle (advanced use and tests).
     pub fn raft(&self) -> Result<Raft, Error> {
         Ok(self.running()?.raft.clone())
     }
 }
 
-fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode) -> Result<SporeStatus, Error> {
+fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Option<&GossipService>) -> Result<SporeStatus, Error> {
     let m = raft.metrics().borrow().clone();
-    let (head, fingerprint) = {
+    let (head, fingerprint, anchor, seed_anchor, forks) = {
         let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-        (l.head(), l.fingerprint())
+        let forks = crate::store::forks::list(&l).map(|f| f.len()).unwrap_or(0);
+        (l.head(), l.fingerprint(), l.anchor(), l.seed_anchor().ok().flatten(), forks)
     };
     let members = m.membership_config.membership();
     let by_id: BTreeMap<u64, NodeId> = members.nodes().map(|(id, n)| (*id, n.node)).collect();
@@ -928,13 +1037,20 @@ fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode) -> Result<S
             PeerLag { node: n.node, addr: n.addr.clone(), voter: voter_ids.contains(id), lag }
         })
         .collect();
-    let mode = if head.is_none() {
+    let raft_member = by_id.values().any(|n| *n == me.node);
+    let latent_fresh = gossip.is_some_and(|g| g.primary_reachable());
+    let mode = if forks > 0 {
+        OperationalMode::SplitBrainResolution
+    } else if head.is_none() {
         OperationalMode::NetworkFormation
-    } else if leader.is_some() {
+    } else if leader.is_some() || (!raft_member && latent_fresh) {
         OperationalMode::NormalOperation
     } else {
         OperationalMode::PartitionRecovery
     };
+    let point = head.map(|h| ChainPoint { seq: h.seq, hash: h.hash });
+    let tiers = crate::core::gossip::Anchors { checkpoint: anchor, seed: seed_anchor, raft_member };
+    let spore_type = tiers.head_tier(point).unwrap_or(if raft_member { SporeType::Primary } else { SporeType::Latent });
     let raft_state = match m.state {
         ServerState::Leader => "Leader",
         ServerState::Follower => "Follower",
@@ -954,9 +1070,13 @@ fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode) -> Result<S
         voters,
         learners,
         mode,
-        spore_type: SporeType::Primary,
+        spore_type,
         last_log,
         peers,
+        raft_member,
+        anchor,
+        forks,
+        last_gossip_ms: gossip.and_then(|g| g.last_sync_age()).map(|a| a.as_millis() as u64),
     })
 }
 
@@ -967,14 +1087,127 @@ struct NodeService {
     ledger: SharedLedger,
     me: PeerNode,
     key: NodeKey,
+    gossip: Option<Arc<GossipService>>,
+    liveness: Option<Arc<LivenessService>>,
+}
+
+/// On the leader, turns liveness *transitions* into events: a registered, active node that
+/// SWIM declared down goes offline (with when it was last heard of), an offline node SWIM sees
+/// up again comes back online. One event per transition, never one per heartbeat; a proposal
+/// that loses a race (the node changed meanwhile) is rejected by the rules and looked at again
+/// at the next tick.
+fn spawn_liveness_committer(
+    raft: Raft,
+    proposer: Proposer,
+    ledger: SharedLedger,
+    key: NodeKey,
+    liveness: Arc<LivenessService>,
+) -> tokio::task::JoinHandle<()> {
+    let span = tracing::info_span!("liveness_committer", node = %key.node_id().short());
+    tokio::spawn(
+        async move {
+            let me = key.node_id();
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if raft.metrics().borrow().current_leader != Some(raft_id(&me)) {
+                    continue;
+                }
+                let states = liveness.states();
+                let todo: Vec<(NodeId, EventBody)> = {
+                    let Ok(l) = ledger.read() else { return };
+                    l.projection()
+                        .nodes()
+                        .filter(|n| n.node != me)
+                        .filter_map(|n| {
+                            let st = states.get(&n.node)?;
+                            match (n.status, st.up) {
+                                (crate::core::projection::NodeStatus::Active, false) => {
+                                    let ago = st.since.elapsed().as_micros() as i64;
+                                    let last_seen = Timestamp(Timestamp::now().0.saturating_sub(ago));
+                                    Some((n.node, EventBody::NodeWentOffline { node: n.node, last_seen }))
+                                }
+                                (crate::core::projection::NodeStatus::Offline, true) => {
+                                    Some((n.node, EventBody::NodeBackOnline { node: n.node }))
+                                }
+                                _ => None,
+                            }
+                        })
+                        .collect()
+                };
+                for (node, body) in todo {
+                    let Ok(fp) = ledger.read().map(|l| l.fingerprint()) else { return };
+                    let Some(fp) = fp else { break };
+                    let kind = body.kind();
+                    let ev = SignedEvent::sign(&key, fp, Timestamp::now(), body);
+                    match tokio::time::timeout(Duration::from_secs(5), proposer.propose(ev)).await {
+                        Ok(Ok(SporeResponse::Applied(p))) => tracing::info!(peer = %node.short(), kind, seq = p.seq, "liveness transition committed"),
+                        other => tracing::debug!(peer = %node.short(), kind, ?other, "liveness transition not committed"),
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    )
+}
+
+/// On the leader, commits a checkpoint event (head seq and hash, signed by this voter) when
+/// the policy says one is due: the anchors that give gossiped ranges Primary authority. A
+/// checkpoint that loses a race with other writes is rejected (it must name the head just
+/// before it) and retried at the next tick.
+fn spawn_anchor_task(raft: Raft, proposer: Proposer, ledger: SharedLedger, key: NodeKey, policy: AnchorPolicy) -> tokio::task::JoinHandle<()> {
+    let span = tracing::info_span!("anchor_task", node = %key.node_id().short());
+    tokio::spawn(
+        async move {
+            let tick = (policy.every / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            let mut last_anchor_at = Instant::now();
+            loop {
+                tokio::time::sleep(tick).await;
+                let leader = { raft.metrics().borrow().current_leader == Some(raft_id(&key.node_id())) };
+                if !leader {
+                    last_anchor_at = Instant::now();
+                    continue;
+                }
+                let due = {
+                    let Ok(l) = ledger.read() else { return };
+                    let (Some(head), Some(fp)) = (l.head(), l.fingerprint()) else { continue };
+                    let since = head.seq - l.anchor().map_or(0, |a| a.seq);
+                    let head_is_anchor = l.anchor().is_some_and(|a| a.seq == head.seq);
+                    let due = !head_is_anchor
+                        && since > 0
+                        && (since >= policy.every_events || last_anchor_at.elapsed() >= policy.every);
+                    due.then_some((head, fp))
+                };
+                let Some((head, fp)) = due else { continue };
+                let ev = SignedEvent::sign(&key, fp, Timestamp::now(), EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash });
+                match tokio::time::timeout(Duration::from_secs(5), proposer.propose(ev)).await {
+                    Ok(Ok(SporeResponse::Applied(p))) => {
+                        last_anchor_at = Instant::now();
+                        tracing::debug!(seq = p.seq, "anchor committed");
+                    }
+                    Ok(Ok(other)) => tracing::debug!(?other, "anchor not committed; retrying later"),
+                    Ok(Err(e)) => tracing::debug!(error = ?e, "anchor not proposed"),
+                    Err(_) => tracing::debug!("anchor proposal timed out"),
+                }
+            }
+        }
+        .instrument(span),
+    )
 }
 
 impl crate::net::RpcHandler for NodeService {
+    fn gossip(&self) -> Option<Arc<dyn crate::net::gossip::GossipAcceptor>> {
+        self.gossip.clone().map(|g| g as Arc<dyn crate::net::gossip::GossipAcceptor>)
+    }
+
+    fn liveness(&self) -> Option<Arc<dyn crate::net::liveness::DatagramSink>> {
+        self.liveness.clone().map(|l| l as Arc<dyn crate::net::liveness::DatagramSink>)
+    }
+
     fn handle(&self, from: NodeId, req: RpcRequest) -> crate::net::BoxFuture<'_, RpcResponse> {
         use crate::net::{Query, QueryAnswer};
         match req {
             RpcRequest::Status => {
-                let r = compute_status(&self.raft, &self.ledger, &self.me).map_err(|e| RemoteFailure::Other(e.to_string()));
+                let r = compute_status(&self.raft, &self.ledger, &self.me, self.gossip.as_deref()).map_err(|e| RemoteFailure::Other(e.to_string()));
                 Box::pin(async move { RpcResponse::Status(r) })
             }
             RpcRequest::Query(q) => {

@@ -31,6 +31,19 @@ pub const REPLAY_CHUNK_EVENTS: usize = 2048;
 /// Largest projection checkpoint accepted on load, in bytes.
 pub const CHECKPOINT_BYTES_MAX: usize = 1 << 30;
 
+/// Most events in one gossip range batch.
+pub const GOSSIP_BATCH_EVENTS_MAX: usize = 4096;
+/// Record bytes a gossip range batch may carry (a batch stops before it would exceed this;
+/// a single record is always sent).
+pub const GOSSIP_BATCH_BYTES_MAX: usize = 1 << 20;
+/// Largest gossip frame, in bytes (a batch plus its framing).
+pub const GOSSIP_FRAME_BYTES_MAX: usize = GOSSIP_BATCH_BYTES_MAX + RECORD_BYTES_MAX + 64 * 1024;
+/// Most provisional events handed over in one gossip session.
+pub const GOSSIP_PROVISIONAL_MAX: usize = 64;
+/// Most peers advertised in one gossip hello.
+pub const GOSSIP_PEERS_MAX: usize = 16;
+
 const _: () = assert!(EVENT_BYTES_MAX < RECORD_BYTES_MAX);
+const _: () = assert!(GOSSIP_BATCH_EVENTS_MAX <= APPEND_BATCH_MAX);
 const _: () = assert!(ADDRESSES_MAX * ADDRESS_BYTES_MAX < EVENT_BYTES_MAX);
 const _: () = assert!(REPLAY_CHUNK_EVENTS <= APPEND_BATCH_MAX);

@@ -5,8 +5,10 @@
 
 pub(crate) mod canonical;
 pub mod event;
+pub mod gossip;
 pub mod keys;
 pub mod limits;
 pub mod projection;
+pub mod provisional;
 pub mod synth;
 pub mod types;

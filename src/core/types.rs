@@ -464,3 +464,13 @@ mod tests {
         assert_eq!(Timestamp::from_datetime(t.to_datetime()), t);
     }
 }
+
+/// A point of a chain: a sequence number and the chain hash there (which identifies the whole
+/// prefix up to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChainPoint {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its chain hash.
+    pub hash: ChainHash,
+}

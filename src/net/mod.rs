@@ -20,7 +20,9 @@ use crate::core::event::SignedEvent;
 use crate::core::types::NodeId;
 use crate::raft::{PeerNode, SporeResponse, TypeConfig};
 
+pub mod gossip;
 pub mod inproc;
+pub mod liveness;
 pub mod quic;
 
 /// A boxed future, so transports and handlers can be trait objects.
@@ -199,12 +201,32 @@ pub enum TransportError {
 pub trait RpcHandler: Send + Sync + 'static {
     /// Handles `req` sent by the authenticated peer `from`.
     fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse>;
+
+    /// The node's gossip service, if it serves the latent tier.
+    fn gossip(&self) -> Option<Arc<dyn gossip::GossipAcceptor>> {
+        None
+    }
+
+    /// The node's failure detector, if it runs one.
+    fn liveness(&self) -> Option<Arc<dyn liveness::DatagramSink>> {
+        None
+    }
 }
 
 /// Sends requests to peers.
 pub trait Transport: Send + Sync + 'static {
     /// Sends `req` to `to` and waits at most `timeout` for the response.
     fn call(&self, to: &PeerNode, req: RpcRequest, timeout: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>>;
+
+    /// Opens gossip streams, if this transport carries the latent tier.
+    fn gossip_dialer(&self) -> Option<Arc<dyn gossip::GossipDialer>> {
+        None
+    }
+
+    /// Sends SWIM datagrams, if this transport carries them.
+    fn swim_link(&self) -> Option<Arc<dyn liveness::SwimLink>> {
+        None
+    }
 }
 
 /// A shared transport.
@@ -274,6 +296,14 @@ impl LateHandler {
 }
 
 impl RpcHandler for LateHandler {
+    fn gossip(&self) -> Option<Arc<dyn gossip::GossipAcceptor>> {
+        self.inner.get().and_then(|h| h.gossip())
+    }
+
+    fn liveness(&self) -> Option<Arc<dyn liveness::DatagramSink>> {
+        self.inner.get().and_then(|h| h.liveness())
+    }
+
     fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse> {
         match self.inner.get() {
             Some(h) => h.handle(from, req),

@@ -54,7 +54,7 @@ pub mod tls;
 pub const ALPN_RAFT: &[u8] = b"spores-raft/1";
 /// Every protocol this endpoint serves. A connection negotiating anything else is refused
 /// (gossip will add `spores-gossip/1` here, with its own serve loop).
-pub const SERVED_ALPNS: &[&[u8]] = &[ALPN_RAFT, ALPN_ADMIN];
+pub const SERVED_ALPNS: &[&[u8]] = &[ALPN_RAFT, ALPN_ADMIN, super::gossip::ALPN_GOSSIP, super::liveness::ALPN_SWIM];
 /// ALPN of the read-only operator protocol: `Status` and `Query` requests from any key.
 pub const ALPN_ADMIN: &[u8] = b"spores-admin/1";
 
@@ -103,6 +103,8 @@ const STREAM_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
 /// Initial buffer for reading a frame; it grows with data actually received, so a length
 /// prefix alone never makes us allocate.
 const FRAME_READ_CHUNK: usize = 64 * 1024;
+/// Datagrams buffered per server connection before the oldest are dropped.
+const DATAGRAM_BUFFER_BYTES: usize = 64 * 1024;
 /// Prune the per-peer connection table beyond this many entries.
 const PEER_TABLE_PRUNE_AT: usize = 1024;
 
@@ -276,6 +278,7 @@ impl QuicBackend {
             identity: identity.clone(),
             client_transport: Arc::new(transport_config(&self.config, false)?),
             peers: Mutex::new(HashMap::new()),
+            swim: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             local,
         });
@@ -372,7 +375,9 @@ fn transport_config(cfg: &QuicConfig, server: bool) -> Result<quinn::TransportCo
     t.keep_alive_interval(if server { None } else { Some(cfg.keep_alive) });
     t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
-    t.datagram_receive_buffer_size(None);
+    // SWIM datagrams (read only on `spores-swim/1` connections, by the server). The buffer is
+    // bounded and drops the oldest when full; quinn also requires it on the sending side.
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER_BYTES));
     Ok(t)
 }
 
@@ -565,6 +570,34 @@ async fn serve_connection(
         }
         Some(ALPN_RAFT) => serve_rpc(conn, peer, handler, cfg, Some(gate)).await,
         Some(ALPN_ADMIN) => serve_rpc(conn, peer, handler, cfg, None).await,
+        Some(super::gossip::ALPN_GOSSIP) if !gate.admits(&peer) => {
+            tracing::warn!(peer_key = %peer, "refused a gossip connection from a node key the admission policy does not allow");
+            close(&conn, close_code::NOT_ADMITTED, "node key not admitted");
+        }
+        Some(super::liveness::ALPN_SWIM) if !gate.admits(&peer) => {
+            tracing::warn!(peer_key = %peer, "refused a SWIM connection from a node key the admission policy does not allow");
+            close(&conn, close_code::NOT_ADMITTED, "node key not admitted");
+        }
+        Some(super::liveness::ALPN_SWIM) => match handler.liveness() {
+            Some(sink) => loop {
+                match conn.read_datagram().await {
+                    Ok(_) if !gate.admits(&peer) => {
+                        close(&conn, close_code::NOT_ADMITTED, "node key no longer admitted");
+                        break;
+                    }
+                    Ok(d) => sink.datagram(peer, d),
+                    Err(e) => {
+                        tracing::debug!(reason = %e, "SWIM connection ended");
+                        break;
+                    }
+                }
+            },
+            None => close(&conn, close_code::UNSUPPORTED_PROTOCOL, "liveness not served"),
+        },
+        Some(super::gossip::ALPN_GOSSIP) => match handler.gossip() {
+            Some(acceptor) => serve_gossip(conn, peer, acceptor, gate).await,
+            None => close(&conn, close_code::UNSUPPORTED_PROTOCOL, "gossip not served"),
+        },
         other => {
             let alpn = other.map(String::from_utf8_lossy);
             tracing::warn!(alpn = ?alpn, "unsupported protocol; closing");
@@ -598,6 +631,31 @@ async fn serve_rpc(conn: quinn::Connection, peer: NodeId, handler: Arc<dyn RpcHa
                 }
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+}
+
+/// Serves the gossip streams of one connection: one session per stream, at most two at a time.
+async fn serve_gossip(conn: quinn::Connection, peer: NodeId, acceptor: Arc<dyn super::gossip::GossipAcceptor>, gate: Gate) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi(), if sessions.len() < 2 => match accepted {
+                Ok(_) if !gate.admits(&peer) => {
+                    close(&conn, close_code::NOT_ADMITTED, "node key no longer admitted");
+                    break;
+                }
+                Ok((send, recv)) => {
+                    let acceptor = acceptor.clone();
+                    let stream = super::gossip::GossipStream { peer, send: Box::new(send), recv: Box::new(recv) };
+                    sessions.spawn(async move { acceptor.accept_gossip(stream).await });
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e, "gossip connection ended");
+                    break;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
 }
@@ -686,6 +744,8 @@ struct Shared {
     /// One connection per peer key; the async lock serializes dialing so concurrent callers
     /// share one handshake.
     peers: Mutex<HashMap<NodeId, Slot>>,
+    /// Connections carrying our SWIM datagrams, one per peer.
+    swim: Mutex<HashMap<NodeId, Cached>>,
     closed: AtomicBool,
     local: SocketAddr,
 }
@@ -741,17 +801,17 @@ impl Shared {
         if let Some(old) = g.take() {
             close(&old.conn, close_code::SHUTDOWN, "replaced");
         }
-        let conn = self.dial(to).await?;
+        let conn = self.dial(to, ALPN_RAFT).await?;
         *g = Some(Cached { addr: to.addr.clone(), conn: conn.clone() });
         dialing.store(false, Ordering::Relaxed);
         Ok((conn, true))
     }
 
-    #[tracing::instrument(name = "quic_dial", level = "info", skip_all, fields(peer = %to.node.short(), addr = %to.addr))]
-    async fn dial(&self, to: &PeerNode) -> Result<quinn::Connection, TransportError> {
+    #[tracing::instrument(name = "quic_dial", level = "info", skip_all, fields(peer = %to.node.short(), addr = %to.addr, alpn = %String::from_utf8_lossy(alpn)))]
+    async fn dial(&self, to: &PeerNode, alpn: &[u8]) -> Result<quinn::Connection, TransportError> {
         let unreachable = |e: &dyn std::fmt::Display| TransportError::Unreachable(format!("{} ({e})", to.addr));
         let addr = resolve(&to.addr).await.map_err(|e| unreachable(&e))?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(self.identity.client_config(Some(to.node), ALPN_RAFT)?));
+        let mut cfg = quinn::ClientConfig::new(Arc::new(self.identity.client_config(Some(to.node), alpn)?));
         cfg.transport_config(self.client_transport.clone());
         let connecting = self.endpoint.connect_with(cfg, addr, SERVER_NAME).map_err(|e| unreachable(&e))?;
         let conn = connecting.await.map_err(|e| classify(&to.addr, e))?;
@@ -955,7 +1015,76 @@ impl QuicTransport {
     }
 }
 
+impl super::gossip::GossipDialer for QuicTransport {
+    fn open_gossip(&self, to: &PeerNode) -> BoxFuture<'_, Result<super::gossip::GossipStream, TransportError>> {
+        let to = to.clone();
+        let span = tracing::debug_span!("quic_gossip_dial", peer = %to);
+        Box::pin(
+            async move {
+                let (_, send, recv) = self.open_gossip_conn(&to).await?;
+                Ok(super::gossip::GossipStream { peer: to.node, send: Box::new(send), recv: Box::new(recv) })
+            }
+            .instrument(span),
+        )
+    }
+}
+
+impl QuicTransport {
+    /// Dials `to` under the gossip ALPN (a fresh connection, closed when its streams are
+    /// dropped) and opens the session's stream. The connection is returned for its statistics.
+    pub async fn open_gossip_conn(&self, to: &PeerNode) -> Result<(quinn::Connection, SendStream, RecvStream), TransportError> {
+        let conn = self.connect_alpn(to, super::gossip::ALPN_GOSSIP).await?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| classify(&to.addr, e))?;
+        Ok((conn, send, recv))
+    }
+
+    /// Dials a fresh connection to `to` under `alpn`, checking the peer's key.
+    async fn connect_alpn(&self, to: &PeerNode, alpn: &[u8]) -> Result<quinn::Connection, TransportError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(TransportError::Unreachable(format!("{} (local endpoint closed)", to.addr)));
+        }
+        self.shared.dial(to, alpn).await
+    }
+}
+
+impl super::liveness::SwimLink for QuicTransport {
+    fn send_datagram(&self, to: &PeerNode, data: bytes::Bytes) -> BoxFuture<'_, ()> {
+        let to = to.clone();
+        Box::pin(async move {
+            let cached = {
+                let swim = self.shared.swim.lock().unwrap_or_else(|p| p.into_inner());
+                swim.get(&to.node).filter(|c| c.addr == to.addr && c.conn.close_reason().is_none()).map(|c| c.conn.clone())
+            };
+            let conn = match cached {
+                Some(c) => c,
+                None => match tokio::time::timeout(Duration::from_secs(2), self.connect_alpn(&to, super::liveness::ALPN_SWIM)).await {
+                    Ok(Ok(c)) => {
+                        let mut swim = self.shared.swim.lock().unwrap_or_else(|p| p.into_inner());
+                        if swim.len() >= PEER_TABLE_PRUNE_AT {
+                            swim.retain(|_, c| c.conn.close_reason().is_none());
+                        }
+                        swim.insert(to.node, Cached { addr: to.addr.clone(), conn: c.clone() });
+                        c
+                    }
+                    _ => return,
+                },
+            };
+            if let Err(e) = conn.send_datagram(data) {
+                tracing::debug!(peer = %to.node.short(), error = %e, "SWIM datagram not sent");
+            }
+        })
+    }
+}
+
 impl Transport for QuicTransport {
+    fn gossip_dialer(&self) -> Option<Arc<dyn super::gossip::GossipDialer>> {
+        Some(Arc::new(self.clone()))
+    }
+
+    fn swim_link(&self) -> Option<Arc<dyn super::liveness::SwimLink>> {
+        Some(Arc::new(self.clone()))
+    }
+
     fn call(&self, to: &PeerNode, req: RpcRequest, timeout: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>> {
         let to = to.clone();
         let span = tracing::debug_span!("quic_call", peer = %to, kind = req.kind());

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::event::SignedEvent;
 use crate::core::projection::Rejection;
-use crate::core::types::{ChainHash, NodeId};
+use crate::core::types::NodeId;
 
 pub mod log_store;
 pub mod network;
@@ -41,14 +41,7 @@ impl fmt::Display for SporeRequest {
     }
 }
 
-/// Where an applied event landed in the chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChainPoint {
-    /// Its sequence number.
-    pub seq: u64,
-    /// Its chain hash.
-    pub hash: ChainHash,
-}
+pub use crate::core::types::ChainPoint;
 
 /// The state machine's answer to one entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -361,6 +361,7 @@ pub fn import(ledger: &mut crate::store::ledger::Ledger, seed: &Seed) -> Result<
     }
     ledger.write_checkpoint().map_err(io)?;
     ledger.set_imported(true).map_err(io)?;
+    ledger.set_seed_anchor(Some(crate::core::types::ChainPoint { seq: head.seq, hash: head.hash })).map_err(io)?;
     Ok(head)
 }
 
@@ -675,6 +676,7 @@ pub fn import_quorum(ledger: &mut crate::store::ledger::Ledger, seed: &QuorumSee
     }
     let head = ledger.load_attested(&seed.records, seed.state.clone()).map_err(io)?;
     ledger.set_imported(true).map_err(io)?;
+    ledger.set_seed_anchor(Some(crate::core::types::ChainPoint { seq: head.seq, hash: head.hash })).map_err(io)?;
     Ok(head)
 }
 

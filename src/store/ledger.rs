@@ -22,14 +22,21 @@ use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::keys::VerifierCache;
 use crate::core::limits;
 use crate::core::projection::{ChainHead, Projection, ProjectionState, Rejection};
-use crate::core::types::{ChainHash, NetworkFingerprint};
-use crate::error::{Corruption, LedgerError};
+use crate::core::event::EventBody;
+use crate::core::types::{ChainHash, ChainPoint, NetworkFingerprint};
+use crate::error::{Corruption, LedgerError, RangeRefusal};
 
 const META_FORMAT: &[u8] = b"format";
 const META_HEAD: &[u8] = b"head";
 const META_CHECKPOINT: &[u8] = b"checkpoint";
 /// Set by a seed import into a ledger Raft does not manage yet; see [`Ledger::is_imported`].
 const META_IMPORTED: &[u8] = b"imported";
+/// The newest checkpoint event held (seq u64 BE ‖ hash 32 B), written with the batch that
+/// appends it: how far this chain is anchored by a voter (see [`Ledger::anchor`]).
+const META_ANCHOR: &[u8] = b"anchor";
+/// The head of the verified seed this ledger was imported from (seq u64 BE ‖ hash 32 B):
+/// everything up to it has Seed authority (see [`Ledger::seed_anchor`]).
+const META_SEED_ANCHOR: &[u8] = b"seed_anchor";
 /// The value of the `format` marker.
 pub const LEDGER_FORMAT_MARKER: &[u8] = b"mycnet-spores ledger v1";
 
@@ -65,6 +72,7 @@ pub struct Ledger {
     cache: VerifierCache,
     config: LedgerConfig,
     checkpoint_seq: Option<u64>,
+    anchor: Option<ChainPoint>,
     poisoned: bool,
 }
 
@@ -107,13 +115,18 @@ pub(crate) fn open_keyspaces(path: &Path, create: bool) -> Result<(Database, Key
 
 /// Reads the durable head from `meta`.
 pub(crate) fn read_head(meta: &Keyspace, path: &Path) -> Result<Option<(u64, ChainHash)>, LedgerError> {
-    let Some(v) = meta.get(META_HEAD).map_err(storage("read head", path))? else { return Ok(None) };
+    read_point(meta, path, META_HEAD, "head")
+}
+
+/// Reads a `seq ‖ hash` value from `meta`.
+fn read_point(meta: &Keyspace, path: &Path, key: &[u8], name: &str) -> Result<Option<(u64, ChainHash)>, LedgerError> {
+    let Some(v) = meta.get(key).map_err(storage("read chain point", path))? else { return Ok(None) };
     let bytes: &[u8] = v.as_ref();
     if bytes.len() != 40 {
         return Err(LedgerError::Corrupt {
             path: path.to_path_buf(),
             seq: 0,
-            corruption: Corruption::Metadata { key: "head".into(), reason: format!("{} bytes, expected 40", bytes.len()) },
+            corruption: Corruption::Metadata { key: name.into(), reason: format!("{} bytes, expected 40", bytes.len()) },
         });
     }
     let mut seq = [0u8; 8];
@@ -151,10 +164,33 @@ fn decode_meta_checkpoint(bytes: &[u8]) -> Result<ProjectionState, String> {
 const CHECKPOINT_DIGEST_BYTES: usize = 32;
 
 fn encode_head(head: &ChainHead) -> [u8; 40] {
+    encode_point(head.seq, &head.hash)
+}
+
+fn encode_point(seq: u64, hash: &ChainHash) -> [u8; 40] {
     let mut out = [0u8; 40];
-    out[..8].copy_from_slice(&head.seq.to_be_bytes());
-    out[8..].copy_from_slice(head.hash.as_bytes());
+    out[..8].copy_from_slice(&seq.to_be_bytes());
+    out[8..].copy_from_slice(hash.as_bytes());
     out
+}
+
+/// Verifies the signatures of chained events, batched on all cores for large ranges.
+fn verify_chained(cache: &mut VerifierCache, range: &[ChainedEvent]) -> Vec<bool> {
+    const CHUNK: usize = 128;
+    let check = |cache: &mut VerifierCache, chunk: &[ChainedEvent]| {
+        let msgs: Vec<Vec<u8>> = chunk.iter().map(|c| c.event.signing_message()).collect();
+        let items: Vec<_> = chunk.iter().zip(&msgs).map(|(c, m)| (c.event.author, m.as_slice(), c.event.signature)).collect();
+        verify_many(cache, &items)
+    };
+    if range.len() < 2 * CHUNK {
+        return range.chunks(CHUNK).flat_map(|c| check(cache, c)).collect();
+    }
+    range.par_chunks(CHUNK).flat_map_iter(|c| super::replay::with_thread_cache(|cache| check(cache, c))).collect()
+}
+
+/// The newest checkpoint event among `events` (its own seq and hash), if any.
+fn newest_checkpoint<'a>(events: impl DoubleEndedIterator<Item = &'a ChainedEvent>) -> Option<ChainPoint> {
+    events.rev().find(|e| matches!(e.event.body, EventBody::Checkpoint { .. })).map(|e| ChainPoint { seq: e.seq, hash: e.hash })
 }
 
 /// The last sequence number present in the ledger keyspace.
@@ -192,6 +228,32 @@ pub(crate) fn check_head_against_records(
     }
 }
 
+/// The projection at the durable head: the newest readable checkpoint plus a trusted replay
+/// of the tail after it. Returns it with the checkpoint's seq, where the replay started and
+/// its stats.
+fn load_projection(
+    ledger: &Keyspace,
+    meta: &Keyspace,
+    path: &Path,
+    head: Option<(u64, ChainHash)>,
+) -> Result<(Projection, Option<u64>, u64, ReplayStats), LedgerError> {
+    let mut projection = Projection::new();
+    let mut checkpoint_seq = None;
+    if let Some(bytes) = meta.get(META_CHECKPOINT).map_err(storage("read checkpoint", path))? {
+        match decode_meta_checkpoint(&bytes) {
+            Ok(state) if state.head.is_some_and(|h| head.is_some_and(|(hs, _)| h.seq <= hs)) => {
+                checkpoint_seq = state.head.map(|h| h.seq);
+                projection = Projection::from_state(state);
+            }
+            Ok(_) => tracing::warn!("projection checkpoint is ahead of the ledger head; replaying from genesis"),
+            Err(e) => tracing::warn!(error = %e, "projection checkpoint is unreadable; replaying from genesis"),
+        }
+    }
+    let from = projection.next_seq();
+    let stats = replay_range(ledger, path, &mut projection, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
+    Ok((projection, checkpoint_seq, from, stats))
+}
+
 impl Ledger {
     /// Opens (or creates) the ledger at `path`: loads the newest projection checkpoint and
     /// replays the tail after it, checking every link. A corrupt checkpoint is ignored (with a
@@ -204,20 +266,8 @@ impl Ledger {
         let head = read_head(&meta, &path)?;
         check_head_against_records(&path, head, last_seq(&ledger, &path)?)?;
 
-        let mut projection = Projection::new();
-        let mut checkpoint_seq = None;
-        if let Some(bytes) = meta.get(META_CHECKPOINT).map_err(storage("read checkpoint", &path))? {
-            match decode_meta_checkpoint(&bytes) {
-                Ok(state) if state.head.is_some_and(|h| head.is_some_and(|(hs, _)| h.seq <= hs)) => {
-                    checkpoint_seq = state.head.map(|h| h.seq);
-                    projection = Projection::from_state(state);
-                }
-                Ok(_) => tracing::warn!("projection checkpoint is ahead of the ledger head; replaying from genesis"),
-                Err(e) => tracing::warn!(error = %e, "projection checkpoint is unreadable; replaying from genesis"),
-            }
-        }
-        let from = projection.next_seq();
-        let stats = replay_range(&ledger, &path, &mut projection, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
+        let (projection, checkpoint_seq, from, stats) = load_projection(&ledger, &meta, &path, head)?;
+        let anchor = read_point(&meta, &path, META_ANCHOR, "anchor")?.map(|(seq, hash)| ChainPoint { seq, hash });
         if let Some((hs, hh)) = head {
             let at = projection.head();
             if at.map(|h| (h.seq, h.hash)) != Some((hs, hh)) {
@@ -245,7 +295,7 @@ impl Ledger {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "ledger opened"
         );
-        Ok(Ledger { path, db, ledger, meta, projection, cache: VerifierCache::default(), config, checkpoint_seq, poisoned: false })
+        Ok(Ledger { path, db, ledger, meta, projection, cache: VerifierCache::default(), config, checkpoint_seq, anchor, poisoned: false })
     }
 
     /// The ledger directory.
@@ -338,6 +388,21 @@ impl Ledger {
         if accepted == 0 && extra.is_empty() {
             return Ok(outcome);
         }
+        let anchor = newest_checkpoint(outcome.iter().filter_map(|o| o.as_ref().ok()));
+        self.commit_batch(batch, accepted, anchor, extra)?;
+        Ok(outcome)
+    }
+
+    /// Writes the head, a projection checkpoint when one is due, the anchor and `extra` into
+    /// `batch` (which holds `accepted` new records) and commits it, durably if configured. A
+    /// failed commit poisons the ledger.
+    fn commit_batch(
+        &mut self,
+        mut batch: fjall::OwnedWriteBatch,
+        accepted: usize,
+        anchor: Option<ChainPoint>,
+        extra: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), LedgerError> {
         let head = self.projection.head();
         // A checkpoint rewrites the whole registry, so space them by at least four times the
         // registry's size: its cost per event stays bounded however large the registry grows,
@@ -355,6 +420,9 @@ impl Ledger {
         if due {
             batch.insert(&self.meta, META_CHECKPOINT, encode_meta_checkpoint(self.projection.state()));
         }
+        if let Some(a) = anchor {
+            batch.insert(&self.meta, META_ANCHOR, encode_point(a.seq, &a.hash).to_vec());
+        }
         for (k, v) in extra {
             batch.insert(&self.meta, k, v);
         }
@@ -367,7 +435,91 @@ impl Ledger {
         if due {
             self.checkpoint_seq = head.map(|h| h.seq);
         }
-        Ok(outcome)
+        if anchor.is_some() {
+            self.anchor = anchor;
+        }
+        Ok(())
+    }
+
+    /// Appends a chained range received from a peer (latent sync), **as a whole or not at
+    /// all**: the range must continue the head link by link, every hash must be the hash of
+    /// its content, every signature must verify and every event must pass the rules exactly as
+    /// it did where it was committed. Then the records, head, anchor and any projection
+    /// checkpoint are written in one atomic batch (synced if the ledger is durable). On
+    /// refusal nothing is stored and the projection is unchanged.
+    #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = range.len()))]
+    pub fn append_range(&mut self, range: &[ChainedEvent]) -> Result<ChainHead, LedgerError> {
+        self.append_range_inner(range, true)
+    }
+
+    /// [`Ledger::append_range`] for a range a sync session already checked link by link
+    /// (the hashes are not computed again; everything else is checked).
+    #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = range.len()))]
+    pub fn append_linked(&mut self, range: &crate::core::gossip::LinkedRange) -> Result<ChainHead, LedgerError> {
+        self.append_range_inner(range.events(), false)
+    }
+
+    fn append_range_inner(&mut self, range: &[ChainedEvent], check_hashes: bool) -> Result<ChainHead, LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned(self.path.clone()));
+        }
+        if range.len() > limits::APPEND_BATCH_MAX {
+            return Err(LedgerError::BatchTooLarge { max: limits::APPEND_BATCH_MAX, got: range.len() });
+        }
+        let head = self.projection.head();
+        let Some(first) = range.first() else {
+            return head.ok_or(LedgerError::RangeRefused { seq: 0, reason: RangeRefusal::NotNext { expected: 0 } });
+        };
+        let refuse = |seq, reason| LedgerError::RangeRefused { seq, reason };
+        let (mut expected, mut prev) = (self.projection.next_seq(), self.projection.head_hash());
+        if first.seq != expected {
+            return Err(refuse(first.seq, RangeRefusal::NotNext { expected }));
+        }
+        for ce in range {
+            if ce.seq != expected || ce.prev_hash != prev {
+                return Err(refuse(ce.seq, RangeRefusal::NotNext { expected }));
+            }
+            if check_hashes && !ce.hash_is_valid() {
+                return Err(refuse(ce.seq, RangeRefusal::BadHash));
+            }
+            expected += 1;
+            prev = ce.hash;
+        }
+        let verdicts = verify_chained(&mut self.cache, range);
+        if let Some(bad) = verdicts.iter().position(|ok| !ok) {
+            return Err(refuse(range[bad].seq, RangeRefusal::BadSignature(range[bad].event.author)));
+        }
+        for (i, ce) in range.iter().enumerate() {
+            if let Err(r) = self.projection.apply(ce) {
+                if i > 0 {
+                    // Undo the events of this range already applied: back to the durable head.
+                    self.reload_projection()?;
+                }
+                return Err(refuse(ce.seq, RangeRefusal::Rejected(r)));
+            }
+        }
+        let mut batch = self.db.batch();
+        for ce in range {
+            batch.insert(&self.ledger, seq_key(ce.seq), encode_record(ce));
+        }
+        let anchor = newest_checkpoint(range.iter());
+        self.commit_batch(batch, range.len(), anchor, Vec::new())?;
+        self.projection.head().ok_or(LedgerError::Poisoned(self.path.clone()))
+    }
+
+    /// Rebuilds the in-memory projection from what is on disk (checkpoint + tail).
+    fn reload_projection(&mut self) -> Result<(), LedgerError> {
+        let head = read_head(&self.meta, &self.path)?;
+        let (projection, checkpoint_seq, _, _) = load_projection(&self.ledger, &self.meta, &self.path, head)?;
+        self.projection = projection;
+        self.checkpoint_seq = checkpoint_seq;
+        Ok(())
+    }
+
+    /// The newest voter-signed checkpoint event this ledger holds: everything up to it is
+    /// anchored to the Primary tier.
+    pub fn anchor(&self) -> Option<ChainPoint> {
+        self.anchor
     }
 
     /// Refuses appends to a poisoned ledger and batches over the limit.
@@ -440,6 +592,33 @@ impl Ledger {
             });
         }
         Ok(expected - from)
+    }
+
+    /// Up to `max_events` stored records from `from` on, as they are on disk, stopping before
+    /// their total size would exceed `max_bytes` (at least one record is returned if `from` is
+    /// held). Empty if `from` is past the head. For serving ranges to gossip peers.
+    pub fn read_raw_batch(&self, from: u64, max_events: usize, max_bytes: usize) -> Result<Vec<Vec<u8>>, LedgerError> {
+        let Some(head) = self.projection.head() else { return Ok(Vec::new()) };
+        if from > head.seq || max_events == 0 {
+            return Ok(Vec::new());
+        }
+        let to = head.seq.min(from.saturating_add(max_events as u64 - 1));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let full = std::io::ErrorKind::WriteZero;
+        let r = self.visit_raw_range(from, to, |_, rec| {
+            if !out.is_empty() && bytes + rec.len() > max_bytes {
+                return Err(std::io::Error::new(full, "batch full"));
+            }
+            bytes += rec.len();
+            out.push(rec.to_vec());
+            Ok(())
+        });
+        match r {
+            Ok(_) => Ok(out),
+            Err(LedgerError::Io { source, .. }) if source.kind() == full => Ok(out),
+            Err(e) => Err(e),
+        }
     }
 
     /// [`Ledger::visit_raw_range`], collected.
@@ -546,9 +725,12 @@ impl Ledger {
         batch.remove(&self.meta, META_HEAD);
         batch.remove(&self.meta, META_CHECKPOINT);
         batch.remove(&self.meta, META_IMPORTED);
+        batch.remove(&self.meta, META_ANCHOR);
+        batch.remove(&self.meta, META_SEED_ANCHOR);
         batch.commit().map_err(storage("reset", &self.path))?;
         self.projection = Projection::new();
         self.checkpoint_seq = None;
+        self.anchor = None;
         self.poisoned = false;
         Ok(())
     }
@@ -562,6 +744,24 @@ impl Ledger {
         let r = if imported { self.meta.insert(META_IMPORTED, b"1") } else { self.meta.remove(META_IMPORTED) };
         r.map_err(storage("mark import", &self.path))?;
         self.db.persist(PersistMode::SyncData).map_err(storage("sync import mark", &self.path))
+    }
+
+    /// Records the head of the verified seed this ledger's content was imported from (or
+    /// clears it), durably.
+    #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
+    pub fn set_seed_anchor(&mut self, point: Option<ChainPoint>) -> Result<(), LedgerError> {
+        let r = match point {
+            Some(p) => self.meta.insert(META_SEED_ANCHOR, encode_point(p.seq, &p.hash).to_vec()),
+            None => self.meta.remove(META_SEED_ANCHOR),
+        };
+        r.map_err(storage("write seed anchor", &self.path))?;
+        self.db.persist(PersistMode::SyncData).map_err(storage("sync seed anchor", &self.path))
+    }
+
+    /// The head of the verified seed this ledger was imported from, if any: events up to it
+    /// carry Seed authority.
+    pub fn seed_anchor(&self) -> Result<Option<ChainPoint>, LedgerError> {
+        Ok(read_point(&self.meta, &self.path, META_SEED_ANCHOR, "seed_anchor")?.map(|(seq, hash)| ChainPoint { seq, hash }))
     }
 
     /// Whether the content was imported from a seed and not yet adopted by Raft.

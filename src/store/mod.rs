@@ -5,8 +5,10 @@
 //! [`record::decode_record`] / [`record::decode_checkpoint`] (validated rkyv access) followed by
 //! chain checks; nothing here trusts what it reads.
 
+pub mod forks;
 pub mod inspect;
 pub mod keyfile;
+pub mod provisional;
 pub mod ledger;
 pub mod record;
 pub mod replay;

@@ -9,3 +9,5 @@ mod durability;
 mod quic;
 mod seed_export;
 mod golden;
+mod latent;
+mod latent_quic;

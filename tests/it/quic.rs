@@ -481,14 +481,14 @@ async fn quic_bind_refuses_a_foreign_node_id() {
 // ---------------------------------------------------------------------------------------------
 // A SporeSystem cluster over QUIC
 
-struct Voter {
-    key: NodeKey,
-    dir: std::path::PathBuf,
-    addr: String,
-    system: Option<SporeSystem>,
+pub(crate) struct Voter {
+    pub(crate) key: NodeKey,
+    pub(crate) dir: std::path::PathBuf,
+    pub(crate) addr: String,
+    pub(crate) system: Option<SporeSystem>,
 }
 
-async fn start_voter(key: &NodeKey, dir: &std::path::Path, addr: &str) -> SporeSystem {
+pub(crate) async fn start_voter(key: &NodeKey, dir: &std::path::Path, addr: &str) -> SporeSystem {
     let mut s = SporeSystem::builder()
         .data_dir(dir)
         .key(key.clone())
@@ -500,7 +500,7 @@ async fn start_voter(key: &NodeKey, dir: &std::path::Path, addr: &str) -> SporeS
     s
 }
 
-async fn leader_of(voters: &[Voter], timeout: Duration) -> usize {
+pub(crate) async fn leader_of(voters: &[Voter], timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
         for (i, v) in voters.iter().enumerate() {
@@ -515,7 +515,7 @@ async fn leader_of(voters: &[Voter], timeout: Duration) -> usize {
     }
 }
 
-async fn converged(voters: &[Voter], timeout: Duration) -> mycnet_spores::ChainHead {
+pub(crate) async fn converged(voters: &[Voter], timeout: Duration) -> mycnet_spores::ChainHead {
     let deadline = Instant::now() + timeout;
     loop {
         let heads: Vec<_> = voters.iter().map(|v| v.system.as_ref().and_then(|s| s.head().ok().flatten())).collect();
@@ -530,7 +530,7 @@ async fn converged(voters: &[Voter], timeout: Duration) -> mycnet_spores::ChainH
 }
 
 /// Forms a 3-voter network over QUIC on loopback: n0 initializes, admits and adds the others.
-async fn form_quic_cluster(root: &std::path::Path, key_base: u8, network: u128) -> Vec<Voter> {
+pub(crate) async fn form_quic_cluster(root: &std::path::Path, key_base: u8, network: u128) -> Vec<Voter> {
     let mut voters = Vec::new();
     for i in 0..3u8 {
         let key = NodeKey::from_seed([key_base + i; 32]);

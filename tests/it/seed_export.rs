@@ -244,7 +244,9 @@ async fn a_voter_restored_from_a_seed_rejoins_without_applying_anything_twice() 
     {
         let ledger_dir = cluster.members[lost].dir.join("ledger");
         let mut l = mycnet_spores::Ledger::open(&ledger_dir, mycnet_spores::LedgerConfig::default()).expect("new ledger");
-        seed::import(&mut l, &s).expect("import");
+        let head = seed::import(&mut l, &s).expect("import");
+        // The imported chain carries Seed authority up to the seed's head.
+        assert_eq!(l.seed_anchor().expect("read"), Some(mycnet_spores::ChainPoint { seq: head.seq, hash: head.hash }));
     }
     let in_backup = s.state.services.len();
     assert!(in_backup >= 9, "the backup holds the services the node had applied");

@@ -319,7 +319,7 @@ enum QueryWhat {
 #[derive(clap::Args)]
 struct NodeArgs {
     /// A TOML config file (see the docs of `mycnet_spores::node`); excludes the other flags.
-    #[arg(long, conflicts_with_all = ["data_dir", "listen", "init", "join_addr", "peer", "from_seed"])]
+    #[arg(long, conflicts_with_all = ["data_dir", "listen", "init", "join_addr", "peer", "latent_peer", "from_seed"])]
     config: Option<PathBuf>,
     /// Ledger, Raft log and node.key live here.
     #[arg(long)]
@@ -330,7 +330,7 @@ struct NodeArgs {
     /// A human-readable name.
     #[arg(long)]
     name: Option<String>,
-    /// voter or latent.
+    /// voter, or latent (stays out of Raft and keeps the chain by gossip).
     #[arg(long, value_enum, default_value_t = Role::Voter)]
     role: Role,
     /// A capability to announce (repeatable).
@@ -348,9 +348,13 @@ struct NodeArgs {
     /// Join as a learner rather than a voter.
     #[arg(long)]
     learner: bool,
-    /// A bootstrap peer KEY@HOST:PORT (repeatable); the founder admits these.
+    /// A bootstrap peer KEY@HOST:PORT (repeatable); the founder admits these as voters.
     #[arg(long = "peer")]
     peer: Vec<String>,
+    /// A bootstrap peer KEY@HOST:PORT that is a latent node (repeatable); the founder admits
+    /// these as Rhizomorphs.
+    #[arg(long = "latent-peer")]
+    latent_peer: Vec<String>,
     /// Form the network this seed file describes (this node must be one of its voters).
     #[arg(long, conflicts_with_all = ["init", "join_addr"])]
     from_seed: Option<PathBuf>,
@@ -411,6 +415,7 @@ fn run(cli: Cli) -> CliResult {
                     a.join_key,
                     a.learner,
                     a.peer,
+                    a.latent_peer,
                     a.from_seed,
                     a.trust_seed,
                 )?,

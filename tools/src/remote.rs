@@ -86,6 +86,7 @@ pub fn config_from_flags(
     join_key: Option<String>,
     join_as_learner: bool,
     peers: Vec<String>,
+    latent_peers: Vec<String>,
     from_seed: Option<PathBuf>,
     trust_seed: Option<PathBuf>,
 ) -> Result<NodeConfig, CliError> {
@@ -99,11 +100,11 @@ pub fn config_from_flags(
         (None, None) => None,
         _ => return Err(CliError::usage("--join-addr and --join-key go together")),
     };
-    let peers = peers
-        .into_iter()
-        .map(|p| {
+    let tagged = peers.into_iter().map(|p| (p, node::RoleConfig::Voter)).chain(latent_peers.into_iter().map(|p| (p, node::RoleConfig::Latent)));
+    let peers = tagged
+        .map(|(p, role)| {
             let (key, addr) = p.split_once('@').ok_or_else(|| CliError::usage(format!("--peer {p}: expected KEY@HOST:PORT")))?;
-            Ok(node::PeerConfig { addr: addr.to_string(), key: key.to_string(), name: None, role: node::RoleConfig::Voter })
+            Ok(node::PeerConfig { addr: addr.to_string(), key: key.to_string(), name: None, role })
         })
         .collect::<Result<Vec<_>, CliError>>()?;
     let config = NodeConfig {
@@ -157,7 +158,12 @@ pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Ou
     o.line(format!("applied      {}", st.last_applied.map_or("-".into(), |a| a.to_string())))?;
     o.line(format!("network      {}", st.fingerprint.map_or("-".into(), |f| f.to_hex())))?;
     o.line(format!("mode         {:?}", st.mode))?;
-    o.line(format!("tier         {:?}", st.spore_type))?;
+    o.line(format!("tier         {:?}{}", st.spore_type, if st.raft_member { " (Raft member)" } else { " (latent: kept by gossip)" }))?;
+    o.line(format!("anchor       {}", st.anchor.map_or("-".into(), |a| format!("{} {}", a.seq, a.hash))))?;
+    o.line(format!("gossip       {}", st.last_gossip_ms.map_or("no session yet".into(), |ms| format!("last session {ms} ms ago"))))?;
+    if st.forks > 0 {
+        o.line(format!("FORKS        {} piece(s) of fork evidence stored: two chains of this network exist", st.forks))?;
+    }
     o.line(format!("raft log     {}", st.last_log.map_or("-".into(), |l| l.to_string())))?;
     o.line(format!("voters       {}", st.voters.iter().map(|v| v.short()).collect::<Vec<_>>().join(" ")))?;
     o.line(format!("learners     {}", st.learners.iter().map(|v| v.short()).collect::<Vec<_>>().join(" ")))?;
@@ -252,7 +258,19 @@ pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, timeout: Dura
 /// Signs `body` with the key in `key_file` for the network `addr` belongs to, and submits it
 /// through that node (following the leader if it is not). Returns the committed point.
 /// The key must be admitted: the node refuses Raft connections from any other.
-pub async fn submit(key_file: &Path, addr: &str, body: impl FnOnce(NodeId) -> EventBody, timeout: Duration) -> Result<ChainPoint, CliError> {
+///
+/// An attempt that times out or loses its connection after sending may still have been
+/// committed. If a later attempt of the same signed event is then rejected in a way that
+/// `landed_before` recognises as "already applied" (e.g. `ServiceExists` for our fresh service
+/// id), the write is reported as committed by the earlier attempt (`Ok(None)`). A timeout
+/// after such an attempt says the outcome is unknown instead of "not committed".
+pub async fn submit(
+    key_file: &Path,
+    addr: &str,
+    body: impl FnOnce(NodeId) -> EventBody,
+    landed_before: impl Fn(&mycnet_spores::Rejection) -> bool,
+    timeout: Duration,
+) -> Result<Option<ChainPoint>, CliError> {
     let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
@@ -264,11 +282,16 @@ pub async fn submit(key_file: &Path, addr: &str, body: impl FnOnce(NodeId) -> Ev
     };
     let event = SignedEvent::sign(&key, fingerprint, Timestamp::now(), body(key.node_id()));
     let mut target = addr.to_string();
+    let mut maybe_delivered = false;
     loop {
         // Short attempts: a leader named by a stale node may be the one that just died.
         let attempt = quic::call_once(&key, &target, None, quic::ALPN_RAFT, RpcRequest::Forward(event.clone()), left().min(ATTEMPT_TIMEOUT)).await;
         match attempt {
-            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Applied(point))))) => return Ok(point),
+            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Applied(point))))) => return Ok(Some(point)),
+            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) if maybe_delivered && landed_before(&r) => {
+                tracing::info!(reason = %r, "the retry was refused because an earlier attempt was committed");
+                return Ok(None);
+            }
             Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) => return Err(CliError::BadData(format!("rejected: {r}"))),
             Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: Some(l) })))) => target = l.addr,
             Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: None })))) => {}
@@ -278,12 +301,18 @@ pub async fn submit(key_file: &Path, addr: &str, body: impl FnOnce(NodeId) -> Ev
                 return Err(CliError::Io(format!("{e} (is the key in {} admitted?)", key_file.display())))
             }
             Err(e) => {
+                // Unless the peer was unreachable, the request may have arrived.
+                maybe_delivered |= !matches!(e, mycnet_spores::net::TransportError::Unreachable(_));
                 tracing::debug!(error = %e, target = %target, "write attempt failed; asking the given node again");
                 target = addr.to_string();
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(CliError::Io(format!("no leader took the write within {timeout:?}; it was not committed")));
+            return Err(CliError::Io(if maybe_delivered {
+                format!("no leader confirmed the write within {timeout:?}; an attempt may still have been committed (check with `spore query`)")
+            } else {
+                format!("no leader took the write within {timeout:?}; it was not committed")
+            }));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -317,22 +346,33 @@ pub async fn register_service(
         key_file,
         addr,
         |node| EventBody::ServiceRegistered(ServiceAnnouncement { service_id, name, node, capabilities, endpoints, metadata }),
+        // The id is fresh and random: only our own earlier attempt can have registered it.
+        |r| matches!(r, mycnet_spores::Rejection::ServiceExists(id) if *id == service_id),
         timeout,
     )
     .await?;
-    if o.json {
-        o.json_line(&json!({ "service_id": service_id, "seq": point.seq, "hash": point.hash }))
-    } else {
-        o.line(format!("registered {service_id} at seq {} ({})", point.seq, point.hash.short()))
+    report_write(o, "registered", service_id, point)
+}
+
+fn report_write(o: &mut Out, done: &str, service_id: uuid::Uuid, point: Option<ChainPoint>) -> CliResult {
+    match (point, o.json) {
+        (Some(p), true) => o.json_line(&json!({ "service_id": service_id, "seq": p.seq, "hash": p.hash })),
+        (None, true) => o.json_line(&json!({ "service_id": service_id, "seq": null, "committed_by": "an earlier attempt" })),
+        (Some(p), false) => o.line(format!("{done} {service_id} at seq {} ({})", p.seq, p.hash.short())),
+        (None, false) => o.line(format!("{done} {service_id} (committed by an earlier attempt whose answer was lost)")),
     }
 }
 
 /// `spore service deregister`.
 pub async fn deregister_service(key_file: &Path, addr: &str, service_id: uuid::Uuid, reason: String, timeout: Duration, o: &mut Out) -> CliResult {
-    let point = submit(key_file, addr, |_| EventBody::ServiceDeregistered { service_id, reason }, timeout).await?;
-    if o.json {
-        o.json_line(&json!({ "service_id": service_id, "seq": point.seq, "hash": point.hash }))
-    } else {
-        o.line(format!("deregistered {service_id} at seq {} ({})", point.seq, point.hash.short()))
-    }
+    let point = submit(
+        key_file,
+        addr,
+        |_| EventBody::ServiceDeregistered { service_id, reason },
+        // After an attempt that may have landed, "unknown service" means it did.
+        |r| matches!(r, mycnet_spores::Rejection::UnknownService(id) if *id == service_id),
+        timeout,
+    )
+    .await?;
+    report_write(o, "deregistered", service_id, point)
 }

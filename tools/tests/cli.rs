@@ -163,8 +163,28 @@ impl Drop for Proc {
     }
 }
 
+/// `n` node data dirs under `root`, each with a fresh key and a free loopback port.
+fn keyed_procs(root: &Path, n: usize) -> Vec<Proc> {
+    (0..n)
+        .map(|i| {
+            let dir = root.join(format!("n{i}"));
+            let out = run(&["keygen", "--data-dir", path(&dir)]);
+            assert_eq!(out.status.code(), Some(0));
+            let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Proc { dir, addr: format!("127.0.0.1:{}", free_udp_port()), key, child: None }
+        })
+        .collect()
+}
+
 fn start(p: &mut Proc, args: &[String]) {
-    let log = std::fs::File::create(p.dir.with_extension("log")).expect("log file");
+    let log_path = p.dir.with_extension("log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
+    NODE_LOGS.with(|logs| {
+        let mut logs = logs.borrow_mut();
+        if !logs.contains(&log_path) {
+            logs.push(log_path);
+        }
+    });
     let child = spore()
         .arg("node")
         .args(args)
@@ -196,13 +216,35 @@ fn status(addr: &str) -> Option<Value> {
     (out.status.code() == Some(0)).then(|| json(&out))
 }
 
+thread_local! {
+    /// The log files of the node processes this test thread started (shown when a wait fails).
+    static NODE_LOGS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The last lines of every node log this test started, for a failure message.
+fn node_log_tails() -> String {
+    NODE_LOGS.with(|logs| {
+        logs.borrow()
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                format!("==== {} ({} lines) ====\n{tail}\n", p.display(), lines.len())
+            })
+            .collect()
+    })
+}
+
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}\n{}", node_log_tails());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -222,15 +264,7 @@ fn services(addr: &str) -> Option<Vec<String>> {
 #[test]
 fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut procs: Vec<Proc> = (0..3)
-        .map(|i| {
-            let dir = root.path().join(format!("n{i}"));
-            let out = run(&["keygen", "--data-dir", path(&dir)]);
-            assert_eq!(out.status.code(), Some(0));
-            let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            Proc { dir, addr: format!("127.0.0.1:{}", free_udp_port()), key, child: None }
-        })
-        .collect();
+    let mut procs = keyed_procs(root.path(), 3);
     let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
     for i in 0..3 {
         let args = node_args(&procs[i], i, &all);
@@ -328,6 +362,75 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
     });
     assert_eq!(st["head"]["seq"], heads[0]["seq"]);
     assert!(register(&reborn.dir.join("node.key"), &reborn.addr, "after-restore").is_some(), "writes extend the seed's chain");
+}
+
+/// Three voters and two latent nodes as five `spore node` processes on loopback: the latent
+/// nodes stay out of Raft, learn the chain by QUIC gossip, answer queries, and their ledgers
+/// verify with the voters' head.
+#[test]
+fn voter_and_latent_node_processes_converge_by_gossip() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut procs = keyed_procs(root.path(), 5);
+    let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
+    for i in 0..5 {
+        let mut a = vec!["--data-dir".into(), path(&procs[i].dir).to_string(), "--listen".into(), procs[i].addr.clone(), "--name".into(), format!("n{i}")];
+        if i == 0 {
+            a.extend(["--init".into(), "gossip-test".into()]);
+        } else {
+            // Voters join through n0; each latent node is pointed at a different voter.
+            let via = if i < 3 { 0 } else { i - 2 };
+            a.extend(["--join-addr".into(), all[via].1.clone(), "--join-key".into(), all[via].0.clone()]);
+        }
+        if i >= 3 {
+            a.extend(["--role".into(), "latent".into()]);
+        }
+        for (j, (key, addr)) in all.iter().enumerate() {
+            if j != i {
+                let flag = if j >= 3 { "--latent-peer" } else { "--peer" };
+                a.extend([flag.into(), format!("{key}@{addr}")]);
+            }
+        }
+        start(&mut procs[i], &a);
+    }
+    wait_until("three voters", Duration::from_secs(30), || {
+        procs[..3].iter().all(|p| status(&p.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3))).then_some(())
+    });
+    let mut acked = Vec::new();
+    for k in 0..6 {
+        acked.push(register(&procs[k % 3].dir.join("node.key"), &procs[k % 3].addr, &format!("svc-{k}")).expect("write acknowledged"));
+    }
+    for p in &procs[3..] {
+        wait_until("every acknowledged write on the latent node", Duration::from_secs(30), || {
+            let have = services(&p.addr)?;
+            acked.iter().all(|id| have.contains(id)).then_some(())
+        });
+        let st = status(&p.addr).expect("status");
+        assert_eq!(st["raft_member"], false, "a latent node stays out of Raft: {st}");
+        assert_eq!(st["voters"].as_array().map(|v| v.len()), Some(0));
+    }
+    // The latent nodes are registered as Rhizomorphs.
+    let out = run(&["query", "--addr", &procs[0].addr, "nodes", "--json"]);
+    let nodes = json(&out);
+    for p in &procs[3..] {
+        let rec = nodes.as_array().expect("array").iter().find(|n| n["node"] == p.key.as_str()).expect("registered");
+        assert_eq!(rec["role"], "Rhizomorph");
+    }
+    // Same head everywhere (anchors may still be landing: wait for a quiet moment).
+    wait_until("one head on all five nodes", Duration::from_secs(60), || {
+        let heads: Vec<Value> = procs.iter().map(|p| status(&p.addr).map(|s| s["head"].clone())).collect::<Option<_>>()?;
+        heads.windows(2).all(|w| w[0] == w[1]).then_some(())
+    });
+    for p in &mut procs {
+        let child = p.child.take().expect("running");
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "clean exit on SIGTERM");
+    }
+    for p in &procs[3..] {
+        let v = run(&["verify", path(&p.dir), "--json"]);
+        assert_eq!(v.status.code(), Some(0), "the gossiped ledger verifies: {}", String::from_utf8_lossy(&v.stdout));
+    }
 }
 
 #[test]

@@ -1,0 +1,148 @@
+//! Provisional events: writes made on a node cut off from the Primary tier, kept and gossiped
+//! until a voter can commit them — **groundwork**: the wrapper, its signature and the
+//! duplicate check. Queueing, gossiping and proposing them is not wired yet (see the issue
+//! notes).
+//!
+//! A provisional event is a normal signed event plus its author's signed statement "this
+//! event is not in the chain up to `absent_through`" (the author's head when it queued it).
+//! Whoever commits it checks the chain **after** that point for the event's id
+//! ([`check_absent`]): a deterministic function of the chain, so every replica decides alike,
+//! snapshots and seeds need nothing extra, a forward that timed out after it was committed is
+//! caught, and a replayed wrapper finds its own event in the range it must scan.
+
+use serde::{Deserialize, Serialize};
+
+use super::event::{ChainedEvent, SignedEvent};
+use super::keys::{NodeKey, PublicKey};
+use super::types::SignatureBytes;
+
+/// Domain tag of the provisional statement's signature.
+pub const DOMAIN_PROVISIONAL: &[u8] = b"mycnet-spores/v1/provisional\0";
+/// Domain tag of event ids.
+pub const DOMAIN_EVENT_ID: &[u8] = b"mycnet-spores/v1/event-id\0";
+/// Longest chain range a committer scans for a provisional event; an older statement is
+/// refused and its author issues a fresh one.
+pub const PROVISIONAL_WINDOW_EVENTS: u64 = 16_384;
+
+/// The id of a signed event: `blake3(DOMAIN_EVENT_ID ‖ canonical event bytes)`. Two events
+/// have the same id exactly when they are the same signed bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventId(pub [u8; 32]);
+
+impl EventId {
+    /// The id of `event`.
+    pub fn of(event: &SignedEvent) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(DOMAIN_EVENT_ID);
+        h.update(&event.canonical_bytes());
+        EventId(*h.finalize().as_bytes())
+    }
+}
+
+/// A signed event and its author's statement that it is not in the chain up to
+/// `absent_through`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionalEvent {
+    /// The event, exactly as it will be committed.
+    pub event: SignedEvent,
+    /// The author's head when it queued the event.
+    pub absent_through: Option<u64>,
+    /// The author's signature over `DOMAIN_PROVISIONAL ‖ fingerprint ‖ id ‖ absent_through`.
+    pub signature: SignatureBytes,
+}
+
+/// Why a provisional event cannot be committed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProvisionalError {
+    /// The statement's signature is not the event author's.
+    #[error("the provisional statement is not signed by the event's author")]
+    BadSignature,
+    /// The event is already in the chain.
+    #[error("already committed at seq {0}")]
+    Duplicate(u64),
+    /// The statement is older than the window a committer scans.
+    #[error("the statement (absent through {absent_through:?}) is older than the {window}-event window before head {head}")]
+    TooOld {
+        /// The statement's point.
+        absent_through: Option<u64>,
+        /// The head now.
+        head: u64,
+        /// The window.
+        window: u64,
+    },
+    /// The statement claims a point beyond the chain's head.
+    #[error("the statement claims seq {0}, beyond the head")]
+    FromTheFuture(u64),
+}
+
+fn message(event: &SignedEvent, id: &EventId, absent_through: Option<u64>) -> Vec<u8> {
+    let mut m = Vec::with_capacity(DOMAIN_PROVISIONAL.len() + 32 + 32 + 9);
+    m.extend_from_slice(DOMAIN_PROVISIONAL);
+    m.extend_from_slice(event.fingerprint.as_bytes());
+    m.extend_from_slice(&id.0);
+    match absent_through {
+        Some(s) => {
+            m.push(1);
+            m.extend_from_slice(&s.to_be_bytes());
+        }
+        None => m.push(0),
+    }
+    m
+}
+
+impl ProvisionalEvent {
+    /// The author of `event` (whose key `key` must be) states it is absent through its head.
+    pub fn new(key: &NodeKey, event: SignedEvent, absent_through: Option<u64>) -> Self {
+        let id = EventId::of(&event);
+        let signature = key.sign(&message(&event, &id, absent_through));
+        ProvisionalEvent { event, absent_through, signature }
+    }
+
+    /// The event's id.
+    pub fn id(&self) -> EventId {
+        EventId::of(&self.event)
+    }
+
+    /// Checks the statement's signature (the event's own signature is checked on apply).
+    pub fn verify_statement(&self) -> Result<(), ProvisionalError> {
+        let key = PublicKey::from_node_id(&self.event.author).ok_or(ProvisionalError::BadSignature)?;
+        let m = message(&self.event, &self.id(), self.absent_through);
+        if key.verify_strict_msg(&m, &self.signature) {
+            Ok(())
+        } else {
+            Err(ProvisionalError::BadSignature)
+        }
+    }
+
+    /// The range a committer must scan, given its head: `(absent_through, head]`, refused when
+    /// longer than [`PROVISIONAL_WINDOW_EVENTS`] or claiming a point beyond the head.
+    pub fn scan_range(&self, head: Option<u64>) -> Result<Option<(u64, u64)>, ProvisionalError> {
+        let Some(head) = head else {
+            return match self.absent_through {
+                Some(s) => Err(ProvisionalError::FromTheFuture(s)),
+                None => Ok(None),
+            };
+        };
+        let from = match self.absent_through {
+            Some(s) if s > head => return Err(ProvisionalError::FromTheFuture(s)),
+            Some(s) => s + 1,
+            None => 0,
+        };
+        if head + 1 - from > PROVISIONAL_WINDOW_EVENTS {
+            return Err(ProvisionalError::TooOld { absent_through: self.absent_through, head, window: PROVISIONAL_WINDOW_EVENTS });
+        }
+        Ok((from <= head).then_some((from, head)))
+    }
+}
+
+/// The duplicate check: the event must not be among `scanned` (the chain's events in
+/// [`ProvisionalEvent::scan_range`]).
+pub fn check_absent<'a>(p: &ProvisionalEvent, scanned: impl IntoIterator<Item = &'a ChainedEvent>) -> Result<(), ProvisionalError> {
+    let id = p.id();
+    for ce in scanned {
+        if ce.event.author == p.event.author && EventId::of(&ce.event) == id {
+            return Err(ProvisionalError::Duplicate(ce.seq));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,784 @@
+//! The latent tier's I/O: the gossip wire format, the session runner over any byte stream
+//! (a QUIC stream under ALPN [`ALPN_GOSSIP`] in the product), and the gossip driver that
+//! syncs with a few random peers every interval.
+//!
+//! # Wire format (`schema/gossip.md`)
+//! One bidirectional stream per session. Each message is a frame: `u32` big-endian length, then
+//! a tag byte and the body, at most [`limits::GOSSIP_FRAME_BYTES_MAX`] in all:
+//! - `1` hello: postcard [`Digest`];
+//! - `2` request: postcard `(from: u64, max_events: u32)`;
+//! - `3` range: `u32` BE count, then per event `u32` BE length and the **ledger record bytes
+//!   verbatim** (format tag + rkyv archive, exactly as stored; decoded with validated access);
+//! - `4` bye: no body.
+//!
+//! Ranges are copied from the serving ledger without decoding, so what crosses the wire is
+//! the records plus 4 bytes each.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::Instrument;
+
+use super::{BoxFuture, TransportError};
+use crate::core::gossip::{
+    Digest, ForkEvidence, GossipMessage, LinkedRange, LocalView, PeerAddr, SessionEvent, SessionOutcome, SyncConfig, SyncSession, Violation,
+};
+use crate::core::keys::{verify_many, VerifierCache};
+use crate::core::limits;
+use crate::core::types::NodeId;
+use crate::error::LedgerError;
+use crate::raft::state_machine::SharedLedger;
+use crate::raft::PeerNode;
+use crate::store::record;
+
+/// ALPN of the gossip protocol.
+pub const ALPN_GOSSIP: &[u8] = b"spores-gossip/1";
+
+const TAG_HELLO: u8 = 1;
+const TAG_REQUEST: u8 = 2;
+const TAG_RANGE: u8 = 3;
+const TAG_BYE: u8 = 4;
+const TAG_PROVISIONAL: u8 = 5;
+
+/// Why a gossip frame could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GossipFrameError {
+    /// An empty frame.
+    #[error("empty frame")]
+    Empty,
+    /// An unknown tag.
+    #[error("unknown frame tag {0}")]
+    UnknownTag(u8),
+    /// Over a size limit.
+    #[error("{what} of {got} exceeds the limit {max}")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// Got.
+        got: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The body does not decode.
+    #[error("undecodable {what}: {reason}")]
+    Undecodable {
+        /// What.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A range to send: ledger records verbatim.
+pub struct RawRange<'a>(pub &'a [Vec<u8>]);
+
+/// Encodes a message whose range (if any) is given as raw records. `msg` must not be a
+/// `Range`; ranges go through [`encode_range_frame`].
+pub fn encode_frame(msg: &GossipMessage) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    match msg {
+        GossipMessage::Hello(d) => {
+            out.push(TAG_HELLO);
+            // A digest of bounded fields always encodes.
+            out = postcard::to_extend(d, out).unwrap_or_else(|_| vec![0, 0, 0, 0, TAG_BYE]);
+        }
+        GossipMessage::Request { from, max_events } => {
+            out.push(TAG_REQUEST);
+            out = postcard::to_extend(&(*from, *max_events), out).unwrap_or_else(|_| vec![0, 0, 0, 0, TAG_BYE]);
+        }
+        GossipMessage::Range(events) => {
+            let records: Vec<Vec<u8>> = events.iter().map(record::encode_record).collect();
+            return encode_range_frame(RawRange(&records));
+        }
+        GossipMessage::Bye => out.push(TAG_BYE),
+        GossipMessage::Provisional(list) => {
+            out.push(TAG_PROVISIONAL);
+            // Events are bounded (the rules refuse larger ones before anyone holds them).
+            out = postcard::to_extend(list, out).unwrap_or_else(|_| vec![0, 0, 0, 0, TAG_BYE]);
+        }
+    }
+    let n = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&n.to_be_bytes());
+    out
+}
+
+/// Encodes a range frame from ledger records.
+pub fn encode_range_frame(records: RawRange<'_>) -> Vec<u8> {
+    let body: usize = records.0.iter().map(|r| 4 + r.len()).sum();
+    let mut out = Vec::with_capacity(4 + 1 + 4 + body);
+    out.extend_from_slice(&((1 + 4 + body) as u32).to_be_bytes());
+    out.push(TAG_RANGE);
+    out.extend_from_slice(&(records.0.len() as u32).to_be_bytes());
+    for r in records.0 {
+        out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+fn take_u32(bytes: &mut &[u8], what: &'static str) -> Result<u32, GossipFrameError> {
+    if bytes.len() < 4 {
+        return Err(GossipFrameError::Undecodable { what, reason: "truncated".into() });
+    }
+    let (n, rest) = bytes.split_at(4);
+    *bytes = rest;
+    Ok(u32::from_be_bytes([n[0], n[1], n[2], n[3]]))
+}
+
+/// Decodes one frame body (without its length prefix). Never panics.
+pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
+    if frame.len() > limits::GOSSIP_FRAME_BYTES_MAX {
+        return Err(GossipFrameError::TooLarge { what: "frame", got: frame.len(), max: limits::GOSSIP_FRAME_BYTES_MAX });
+    }
+    let (&tag, body) = frame.split_first().ok_or(GossipFrameError::Empty)?;
+    let undecodable = |what, e: postcard::Error| GossipFrameError::Undecodable { what, reason: e.to_string() };
+    let exact = |what, rest: &[u8]| {
+        if rest.is_empty() {
+            Ok(())
+        } else {
+            Err(GossipFrameError::Undecodable { what, reason: format!("{} trailing bytes", rest.len()) })
+        }
+    };
+    match tag {
+        TAG_HELLO => {
+            let (d, rest): (Digest, _) = postcard::take_from_bytes(body).map_err(|e| undecodable("hello", e))?;
+            exact("hello", rest)?;
+            if d.peers.len() > limits::GOSSIP_PEERS_MAX {
+                return Err(GossipFrameError::TooLarge { what: "peer list", got: d.peers.len(), max: limits::GOSSIP_PEERS_MAX });
+            }
+            if let Some(p) = d.peers.iter().find(|p| p.addr.len() > limits::ADDRESS_BYTES_MAX) {
+                return Err(GossipFrameError::TooLarge { what: "peer address", got: p.addr.len(), max: limits::ADDRESS_BYTES_MAX });
+            }
+            Ok(GossipMessage::Hello(d))
+        }
+        TAG_REQUEST => {
+            let ((from, max_events), rest): ((u64, u32), _) =
+                postcard::take_from_bytes(body).map_err(|e| undecodable("request", e))?;
+            exact("request", rest)?;
+            Ok(GossipMessage::Request { from, max_events })
+        }
+        TAG_RANGE => {
+            let mut rest = body;
+            let count = take_u32(&mut rest, "range")? as usize;
+            if count > limits::GOSSIP_BATCH_EVENTS_MAX {
+                return Err(GossipFrameError::TooLarge { what: "range", got: count, max: limits::GOSSIP_BATCH_EVENTS_MAX });
+            }
+            let mut events = Vec::with_capacity(count.min(rest.len() / 8));
+            let mut buf = rkyv::util::AlignedVec::new();
+            for _ in 0..count {
+                let len = take_u32(&mut rest, "range")? as usize;
+                if len > limits::RECORD_BYTES_MAX {
+                    return Err(GossipFrameError::TooLarge { what: "record", got: len, max: limits::RECORD_BYTES_MAX });
+                }
+                if rest.len() < len {
+                    return Err(GossipFrameError::Undecodable { what: "range", reason: "truncated record".into() });
+                }
+                let (rec, tail) = rest.split_at(len);
+                rest = tail;
+                let ev = record::decode_record_with(rec, &mut buf)
+                    .map_err(|e| GossipFrameError::Undecodable { what: "record", reason: e.to_string() })?;
+                events.push(ev);
+            }
+            if !rest.is_empty() {
+                return Err(GossipFrameError::Undecodable { what: "range", reason: format!("{} trailing bytes", rest.len()) });
+            }
+            Ok(GossipMessage::Range(events))
+        }
+        TAG_PROVISIONAL => {
+            let (list, rest): (Vec<crate::core::provisional::ProvisionalEvent>, _) =
+                postcard::take_from_bytes(body).map_err(|e| undecodable("provisional", e))?;
+            exact("provisional", rest)?;
+            if list.len() > limits::GOSSIP_PROVISIONAL_MAX {
+                return Err(GossipFrameError::TooLarge { what: "provisional list", got: list.len(), max: limits::GOSSIP_PROVISIONAL_MAX });
+            }
+            Ok(GossipMessage::Provisional(list))
+        }
+        TAG_BYE if body.is_empty() => Ok(GossipMessage::Bye),
+        TAG_BYE => Err(GossipFrameError::Undecodable { what: "bye", reason: "unexpected body".into() }),
+        other => Err(GossipFrameError::UnknownTag(other)),
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+enum ReadError {
+    /// The peer sent something no honest peer sends: an oversized length, or a frame cut off
+    /// by the end of its stream.
+    Bad(String),
+    /// The stream or connection failed (a network problem, not the peer's content).
+    Io(String),
+}
+
+/// Reads one frame body; `Ok(None)` at a clean end of stream.
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, ReadError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]).await {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(ReadError::Bad(format!("stream ended inside a length prefix ({got} of 4 bytes)"))),
+            Ok(n) => got += n,
+            Err(e) => return Err(ReadError::Io(e.to_string())),
+        }
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n > limits::GOSSIP_FRAME_BYTES_MAX {
+        return Err(ReadError::Bad(format!("frame of {n} bytes exceeds the {}-byte limit", limits::GOSSIP_FRAME_BYTES_MAX)));
+    }
+    // Grow with the data actually received: a length prefix alone never allocates much.
+    let mut buf = Vec::with_capacity(n.min(64 * 1024));
+    let got = r.take(n as u64).read_to_end(&mut buf).await.map_err(|e| ReadError::Io(e.to_string()))?;
+    if got != n {
+        return Err(ReadError::Bad(format!("stream ended after {got} of {n} bytes of a frame")));
+    }
+    Ok(Some(buf))
+}
+
+/// A bidirectional byte stream to a gossip peer.
+pub struct GossipStream {
+    /// The authenticated peer.
+    pub peer: NodeId,
+    /// Our sending half.
+    pub send: Box<dyn AsyncWrite + Send + Unpin>,
+    /// Our receiving half.
+    pub recv: Box<dyn AsyncRead + Send + Unpin>,
+}
+
+/// Opens gossip streams to peers (the QUIC transport in the product).
+pub trait GossipDialer: Send + Sync + 'static {
+    /// Opens a stream to `to` under [`ALPN_GOSSIP`].
+    fn open_gossip(&self, to: &PeerNode) -> BoxFuture<'_, Result<GossipStream, TransportError>>;
+}
+
+/// Serves incoming gossip streams (implemented by [`GossipService`]).
+pub trait GossipAcceptor: Send + Sync + 'static {
+    /// Runs a responder session on an incoming stream.
+    fn accept_gossip(&self, stream: GossipStream) -> BoxFuture<'_, ()>;
+}
+
+/// Tuning of the gossip driver.
+#[derive(Clone, Debug)]
+pub struct GossipConfig {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Peers contacted per round.
+    pub fanout: usize,
+    /// Session tuning.
+    pub sync: SyncConfig,
+    /// First ban of a misbehaving peer; doubles with each further violation, up to an hour.
+    pub ban: Duration,
+    /// Deadline of connecting to a peer.
+    pub connect_timeout: Duration,
+    /// Most bytes per second served to one peer in one session (`None`: unbounded).
+    pub serve_bytes_per_sec: Option<u64>,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            interval: Duration::from_millis(500),
+            fanout: 3,
+            sync: SyncConfig::default(),
+            ban: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+            serve_bytes_per_sec: Some(256 << 20),
+        }
+    }
+}
+
+/// What one session moved, for tests, benches and status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionReport {
+    /// Events stored from the peer.
+    pub stored: u64,
+    /// Events served to the peer.
+    pub served: u64,
+    /// Record bytes served.
+    pub served_record_bytes: u64,
+    /// Frame bytes written (records, framing and every other message).
+    pub bytes_written: u64,
+}
+
+#[derive(Default)]
+struct PeerState {
+    banned_until: Option<Instant>,
+    strikes: u32,
+    last_outcome: Option<String>,
+}
+
+/// The gossip side of one node: serves its ledger to peers and, unless Raft writes its ledger
+/// (a voter or learner), pulls missing ranges from them.
+pub struct GossipService {
+    me: PeerNode,
+    ledger: SharedLedger,
+    cfg: GossipConfig,
+    /// Whether this node may store ranges from gossip (a latent node: not a Raft member).
+    may_pull: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Whether this node is a Raft member (its chain is Primary).
+    is_member: Box<dyn Fn() -> bool + Send + Sync>,
+    last_primary_sync: Mutex<Option<Instant>>,
+    pulling: tokio::sync::Mutex<()>,
+    peers: Mutex<HashMap<NodeId, PeerState>>,
+    learned: Mutex<Vec<PeerAddr>>,
+    bootstrap: Mutex<Vec<PeerNode>>,
+    cache: Mutex<VerifierCache>,
+    last_sync: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for GossipService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipService").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+impl GossipService {
+    /// A service for node `me` over `ledger`. `may_pull` says, at each session, whether this
+    /// node stores ranges from peers; `is_member`, whether Raft writes its chain.
+    pub fn new(
+        me: PeerNode,
+        ledger: SharedLedger,
+        cfg: GossipConfig,
+        may_pull: impl Fn() -> bool + Send + Sync + 'static,
+        is_member: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
+        GossipService {
+            me,
+            ledger,
+            cfg,
+            may_pull: Box::new(may_pull),
+            is_member: Box::new(is_member),
+            last_primary_sync: Mutex::new(None),
+            pulling: tokio::sync::Mutex::new(()),
+            peers: Mutex::new(HashMap::new()),
+            learned: Mutex::new(Vec::new()),
+            bootstrap: Mutex::new(Vec::new()),
+            cache: Mutex::new(VerifierCache::default()),
+            last_sync: Mutex::new(None),
+        }
+    }
+
+    /// Adds peers to contact even before the registry knows them (the bootstrap peers).
+    pub fn add_bootstrap(&self, peers: impl IntoIterator<Item = PeerNode>) {
+        let mut b = self.bootstrap.lock().unwrap_or_else(|p| p.into_inner());
+        for p in peers {
+            if p.node != self.me.node && !b.contains(&p) {
+                b.push(p);
+            }
+        }
+    }
+
+    /// How long ago a session with a peer last completed (`None`: never).
+    pub fn last_sync_age(&self) -> Option<Duration> {
+        self.last_sync.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+    }
+
+    /// How long ago a session with a Raft member (the Primary tier) last completed.
+    pub fn last_primary_sync_age(&self) -> Option<Duration> {
+        self.last_primary_sync.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+    }
+
+    /// Whether this latent node is in touch with the Primary tier: a session with a Raft
+    /// member completed within a few gossip intervals.
+    pub fn primary_reachable(&self) -> bool {
+        self.last_primary_sync_age().is_some_and(|a| a <= self.cfg.interval * 6 + self.cfg.connect_timeout)
+    }
+
+    /// Whether `peer` is banned now.
+    pub fn is_banned(&self, peer: &NodeId) -> bool {
+        let now = Instant::now();
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(peer).and_then(|s| s.banned_until).is_some_and(|t| t > now)
+    }
+
+    /// The peers gossip may contact now: the registry's live nodes with an address, the
+    /// bootstrap peers and peers learned from hellos; not this node, not banned ones.
+    pub fn candidates(&self) -> Vec<PeerNode> {
+        let mut out: Vec<PeerNode> = Vec::new();
+        if let Ok(l) = self.ledger.read() {
+            for n in l.projection().nodes() {
+                if n.status != crate::core::projection::NodeStatus::Left {
+                    if let Some(a) = n.addresses.first() {
+                        out.push(PeerNode { node: n.node, addr: a.clone() });
+                    }
+                }
+            }
+        }
+        out.extend(self.bootstrap.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        out.extend(self.learned.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|p| PeerNode { node: p.node, addr: p.addr.clone() }));
+        out.retain(|p| p.node != self.me.node && !self.is_banned(&p.node));
+        out.sort_by_key(|p| p.node);
+        out.dedup_by(|a, b| a.node == b.node);
+        out
+    }
+
+    fn local_view(&self, pull: bool) -> Result<LocalView, LedgerError> {
+        let l = self.ledger.read().map_err(|_| LedgerError::Poisoned(std::path::PathBuf::from("<ledger lock>")))?;
+        let head = match l.head() {
+            Some(h) => l.get(h.seq)?,
+            None => None,
+        };
+        let mut peers: Vec<PeerAddr> = vec![PeerAddr { node: self.me.node, addr: self.me.addr.clone() }];
+        let mut known = self.candidates();
+        known.shuffle(&mut rand::rng());
+        peers.extend(known.into_iter().take(limits::GOSSIP_PEERS_MAX - 1).map(|p| PeerAddr { node: p.node, addr: p.addr }));
+        let provisional = crate::store::provisional::list(&l, limits::GOSSIP_PROVISIONAL_MAX).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read held provisional events");
+            Vec::new()
+        });
+        Ok(LocalView { fingerprint: l.fingerprint(), head, anchor: l.anchor(), peers, pull, primary: (self.is_member)(), provisional })
+    }
+
+    fn learn(&self, digest: &Digest) {
+        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        for p in &digest.peers {
+            if p.node != self.me.node && !learned.iter().any(|q| q.node == p.node) {
+                learned.push(p.clone());
+            }
+        }
+        // Bounded: keep the newest.
+        let excess = learned.len().saturating_sub(4 * limits::GOSSIP_PEERS_MAX);
+        learned.drain(..excess);
+    }
+
+    fn penalise(&self, peer: &NodeId, why: &str) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let s = peers.entry(*peer).or_default();
+        s.strikes = s.strikes.saturating_add(1);
+        let ban = self.cfg.ban.saturating_mul(1u32 << (s.strikes - 1).min(7)).min(Duration::from_secs(3600));
+        s.banned_until = Some(Instant::now() + ban);
+        s.last_outcome = Some(why.to_string());
+        tracing::warn!(peer = %peer.short(), reason = why, ban_secs = ban.as_secs(), "gossip peer penalised");
+    }
+
+    /// Keeps the provisional events that check (statement and event signed by the author,
+    /// this network, within the size limit); returns how many checked.
+    pub fn hold_provisional(&self, list: &[crate::core::provisional::ProvisionalEvent]) -> usize {
+        let Ok(l) = self.ledger.read() else { return 0 };
+        let fp = l.fingerprint();
+        let mut ok = 0;
+        for p in list {
+            let event_ok = fp == Some(p.event.fingerprint)
+                && p.event.encoded_len() <= limits::EVENT_BYTES_MAX
+                && p.verify_statement().is_ok()
+                && {
+                    let m = p.event.signing_message();
+                    let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                    verify_many(&mut cache, &[(p.event.author, m.as_slice(), p.event.signature)]).first() == Some(&true)
+                };
+            if !event_ok {
+                continue;
+            }
+            ok += 1;
+            match crate::store::provisional::put(&l, p) {
+                Ok(true) => tracing::info!(author = %p.event.author.short(), kind = p.event.body.kind(), "holding a provisional event"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot hold a provisional event"),
+            }
+        }
+        ok
+    }
+
+    /// Checks both signatures of fork evidence and records it in the ledger.
+    fn record_fork(&self, evidence: &ForkEvidence) -> bool {
+        if evidence.check().is_err() {
+            return false;
+        }
+        let msgs = [evidence.ours.event.signing_message(), evidence.theirs.event.signing_message()];
+        let items = [
+            (evidence.ours.event.author, msgs[0].as_slice(), evidence.ours.event.signature),
+            (evidence.theirs.event.author, msgs[1].as_slice(), evidence.theirs.event.signature),
+        ];
+        let ok = verify_many(&mut self.cache.lock().unwrap_or_else(|p| p.into_inner()), &items);
+        if ok.iter().any(|v| !v) {
+            return false;
+        }
+        match self.ledger.read().map(|l| crate::store::forks::record(&l, evidence)) {
+            Ok(Ok(new)) => {
+                if new {
+                    tracing::error!(seq = evidence.seq(), ours = %evidence.ours.hash.short(), theirs = %evidence.theirs.hash.short(),
+                        "FORK: a peer holds a different chain of this network; evidence stored");
+                }
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not store fork evidence");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Runs one session on `stream` to its end. `initiator` only affects logging.
+    pub async fn run_session(&self, stream: GossipStream, initiator: bool) -> (SessionOutcome, SessionReport) {
+        let peer = stream.peer;
+        let span = tracing::info_span!("gossip_session", peer = %peer.short(), initiator);
+        self.session_inner(stream).instrument(span).await
+    }
+
+    async fn session_inner(&self, stream: GossipStream) -> (SessionOutcome, SessionReport) {
+        let peer = stream.peer;
+        let GossipStream { mut send, mut recv, .. } = stream;
+        let mut report = SessionReport::default();
+        let pull_guard = if (self.may_pull)() { self.pulling.try_lock().ok() } else { None };
+        let view = match self.local_view(pull_guard.is_some()) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the ledger for a gossip session");
+                return (SessionOutcome::Violation(Violation::Refused(e.to_string())), report);
+            }
+        };
+        let mut session = SyncSession::new(self.cfg.sync.clone(), view, Instant::now());
+        // Frames are read by their own task: reading is not cancel-safe inside `select!`.
+        let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel::<Result<Option<Vec<u8>>, ReadError>>(2);
+        let reader = tokio::spawn(async move {
+            loop {
+                let r = read_frame(&mut recv).await;
+                let end = !matches!(r, Ok(Some(_)));
+                if frames_tx.send(r).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        // Ranges are stored in order by one blocking worker, while the session goes on reading.
+        let (store_tx, store_rx) = std::sync::mpsc::channel::<LinkedRange>();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
+        let worker_ledger = self.ledger.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            for range in store_rx {
+                if done_tx.send(store_range(&worker_ledger, &range)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut pending_stores = 0usize;
+        let mut hello_seen = false;
+        let mut eof = false;
+        let started = Instant::now();
+        let outcome = loop {
+            // Act on what the session decided.
+            let mut finished = None;
+            while let Some(ev) = session.poll_event() {
+                match ev {
+                    SessionEvent::Store(range) => {
+                        pending_stores += 1;
+                        if store_tx.send(range).is_err() {
+                            pending_stores -= 1;
+                            session.store_failed("the store worker stopped".into());
+                        }
+                    }
+                    SessionEvent::Serve { from, max_events } => {
+                        let ledger = self.ledger.clone();
+                        let records = tokio::task::spawn_blocking(move || read_batch(&ledger, from, max_events)).await;
+                        let records = match records {
+                            Ok(Ok(r)) => r,
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "cannot serve a gossip range");
+                                Vec::new()
+                            }
+                            Err(_) => Vec::new(),
+                        };
+                        report.served += records.len() as u64;
+                        report.served_record_bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();
+                        let frame = encode_range_frame(RawRange(&records));
+                        // Bounded bandwidth per peer: hold the range back until the session's
+                        // average stays within the budget.
+                        if let Some(rate) = self.cfg.serve_bytes_per_sec.filter(|r| *r > 0) {
+                            let due = Duration::from_secs_f64((report.bytes_written + frame.len() as u64) as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                tokio::time::sleep(wait).await;
+                            }
+                        }
+                        if let Err(e) = send.write_all(&frame).await {
+                            tracing::debug!(error = %e, "peer went away");
+                            break;
+                        }
+                        report.bytes_written += frame.len() as u64;
+                    }
+                    SessionEvent::Provisional(list) => {
+                        let held = self.hold_provisional(&list);
+                        if held < list.len() {
+                            self.penalise(&peer, "handed over provisional events that do not check");
+                        }
+                    }
+                    SessionEvent::Finished(o) => finished = Some(o),
+                }
+            }
+            while let Some(m) = session.poll_transmit() {
+                let frame = encode_frame(&m);
+                if send.write_all(&frame).await.is_err() {
+                    break;
+                }
+                report.bytes_written += frame.len() as u64;
+            }
+            if let Some(o) = finished {
+                // Let the stores already handed out finish: they are verified ranges.
+                while pending_stores > 0 {
+                    pending_stores -= 1;
+                    match done_rx.recv().await {
+                        Some(Ok(n)) => report.stored += n,
+                        Some(Err(_)) => {}
+                        None => break,
+                    }
+                }
+                break o;
+            }
+            if eof && pending_stores == 0 {
+                // The peer is gone and nothing of ours is pending: the session cannot go on.
+                break SessionOutcome::TimedOut;
+            }
+            if !hello_seen {
+                if let Some(d) = session.peer_digest() {
+                    hello_seen = true;
+                    self.learn(d);
+                }
+            }
+            let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                frame = frames_rx.recv(), if !eof => match frame {
+                    Some(Ok(Some(bytes))) => match decode_frame(&bytes) {
+                        Ok(m) => session.handle(m, Instant::now()),
+                        Err(e) => session.handle_bad_frame(e.to_string()),
+                    },
+                    // The peer finished (or the stream broke): finish storing what it sent.
+                    Some(Ok(None)) | None => eof = true,
+                    Some(Err(ReadError::Bad(reason))) => {
+                        session.handle_bad_frame(reason);
+                        eof = true;
+                    }
+                    Some(Err(ReadError::Io(e))) => {
+                        tracing::debug!(error = %e, "gossip stream failed");
+                        eof = true;
+                    }
+                },
+                done = done_rx.recv(), if pending_stores > 0 => {
+                    pending_stores -= 1;
+                    match done {
+                        Some(Ok(n)) => {
+                            report.stored += n;
+                            session.stored();
+                        }
+                        Some(Err(e)) => session.store_failed(e),
+                        None => session.store_failed("the store worker stopped".into()),
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)) => session.handle_timeout(Instant::now()),
+            }
+        };
+        // Finish our side, then wait (bounded) for the peer to finish its own, so the last
+        // frames both ways are delivered before the connection goes.
+        let peer_primary = session.peer_digest().is_some_and(|d| d.primary);
+        let _ = send.shutdown().await;
+        if !eof {
+            let drain = async {
+                while let Some(Ok(Some(_))) = frames_rx.recv().await {}
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        }
+        reader.abort();
+        drop(store_tx);
+        let _ = worker.await;
+        drop(pull_guard);
+        match &outcome {
+            SessionOutcome::Completed => {
+                *self.last_sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                if peer_primary {
+                    *self.last_primary_sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                }
+            }
+            SessionOutcome::TimedOut => {}
+            SessionOutcome::Violation(v) => self.penalise(&peer, &v.to_string()),
+            SessionOutcome::Fork(ev) => {
+                if self.record_fork(ev) {
+                    self.penalise(&peer, "holds a forked chain");
+                } else {
+                    self.penalise(&peer, "sent false fork evidence");
+                }
+            }
+        }
+        tracing::debug!(?outcome, stored = report.stored, served = report.served, "gossip session ended");
+        (outcome, report)
+    }
+
+    /// One gossip round: sessions with up to `fanout` random candidates, concurrently.
+    pub async fn round(self: &Arc<Self>, dialer: &Arc<dyn GossipDialer>) -> Vec<(NodeId, SessionOutcome, SessionReport)> {
+        let mut peers = self.candidates();
+        peers.shuffle(&mut rand::rng());
+        peers.truncate(self.cfg.fanout);
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in peers {
+            let svc = self.clone();
+            let dialer = dialer.clone();
+            let timeout = self.cfg.connect_timeout;
+            tasks.spawn(async move {
+                match tokio::time::timeout(timeout, dialer.open_gossip(&p)).await {
+                    Ok(Ok(stream)) => {
+                        let (o, r) = svc.run_session(stream, true).await;
+                        Some((p.node, o, r))
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %p.node.short(), error = %e, "gossip peer unreachable");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Some(x)) = r {
+                out.push(x);
+            }
+        }
+        out
+    }
+
+    /// Runs rounds every interval until the returned handle is aborted.
+    pub fn spawn_driver(self: &Arc<Self>, dialer: Arc<dyn GossipDialer>) -> tokio::task::JoinHandle<()> {
+        let svc = self.clone();
+        let span = tracing::info_span!("gossip_driver", node = %self.me.node.short());
+        tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(svc.cfg.interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    svc.round(&dialer).await;
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+impl GossipAcceptor for GossipService {
+    fn accept_gossip(&self, stream: GossipStream) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.is_banned(&stream.peer) {
+                tracing::debug!(peer = %stream.peer.short(), "refusing a banned gossip peer");
+                return;
+            }
+            self.run_session(stream, false).await;
+        })
+    }
+}
+
+fn store_range(ledger: &SharedLedger, range: &LinkedRange) -> Result<u64, String> {
+    let mut l = ledger.write().map_err(|_| "ledger lock poisoned".to_string())?;
+    // A node filled by gossip is not Raft's: if it later joins Raft, Raft starts over.
+    if l.head().is_none() {
+        l.set_imported(true).map_err(|e| e.to_string())?;
+    }
+    l.append_linked(range).map_err(|e| e.to_string())?;
+    // Provisional events that are now in the chain are no longer provisional.
+    if let Err(e) = crate::store::provisional::forget_committed(&l, range.events()) {
+        tracing::warn!(error = %e, "cannot update the held provisional events");
+    }
+    Ok(range.len() as u64)
+}
+
+fn read_batch(ledger: &SharedLedger, from: u64, max_events: u32) -> Result<Vec<Vec<u8>>, LedgerError> {
+    let l = ledger.read().map_err(|_| LedgerError::Poisoned(std::path::PathBuf::from("<ledger lock>")))?;
+    l.read_raw_batch(from, max_events as usize, limits::GOSSIP_BATCH_BYTES_MAX)
+}

@@ -1,0 +1,81 @@
+//! Provisional events held by a node until they are committed: the `provisional` keyspace of
+//! the ledger's fjall database (key: event id, value: postcard `ProvisionalEvent`). Each is
+//! checked (statement and event signatures, network) before it is stored.
+
+use fjall::{KeyspaceCreateOptions, PersistMode};
+
+use super::ledger::{storage, Ledger};
+use crate::core::event::ChainedEvent;
+use crate::core::provisional::{EventId, ProvisionalEvent};
+use crate::error::{Corruption, LedgerError};
+
+const KEYSPACE: &str = "provisional";
+/// Most provisional events a node holds; beyond it new ones are refused (the author keeps its
+/// own and retries).
+pub const HELD_MAX: usize = 4096;
+
+fn keyspace(ledger: &Ledger) -> Result<fjall::Keyspace, LedgerError> {
+    ledger.database().keyspace(KEYSPACE, KeyspaceCreateOptions::default).map_err(storage("open keyspace provisional", ledger.path()))
+}
+
+/// Stores `p` durably (the caller has checked it). Returns whether it was new; refuses beyond
+/// [`HELD_MAX`].
+#[tracing::instrument(level = "debug", skip_all, fields(path = %ledger.path().display()))]
+pub fn put(ledger: &Ledger, p: &ProvisionalEvent) -> Result<bool, LedgerError> {
+    let ks = keyspace(ledger)?;
+    let id = p.id();
+    if ks.get(id.0).map_err(storage("read provisional", ledger.path()))?.is_some() {
+        return Ok(false);
+    }
+    if ks.len().map_err(storage("count provisional", ledger.path()))? >= HELD_MAX {
+        return Err(LedgerError::BatchTooLarge { max: HELD_MAX, got: HELD_MAX + 1 });
+    }
+    let value = postcard::to_stdvec(p).map_err(|e| LedgerError::Io { path: ledger.path().to_path_buf(), source: std::io::Error::other(e) })?;
+    ks.insert(id.0, value).map_err(storage("write provisional", ledger.path()))?;
+    ledger.database().persist(PersistMode::SyncData).map_err(storage("sync provisional", ledger.path()))?;
+    Ok(true)
+}
+
+/// Up to `max` held provisional events (in id order).
+pub fn list(ledger: &Ledger, max: usize) -> Result<Vec<ProvisionalEvent>, LedgerError> {
+    let ks = keyspace(ledger)?;
+    let mut out = Vec::new();
+    for guard in ks.iter().take(max) {
+        let (_, v) = guard.into_inner().map_err(storage("read provisional", ledger.path()))?;
+        let p: ProvisionalEvent = postcard::from_bytes(&v).map_err(|e| LedgerError::Corrupt {
+            path: ledger.path().to_path_buf(),
+            seq: 0,
+            corruption: Corruption::Metadata { key: "provisional".into(), reason: e.to_string() },
+        })?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// How many are held.
+pub fn count(ledger: &Ledger) -> Result<usize, LedgerError> {
+    Ok(keyspace(ledger)?.len().map_err(storage("count provisional", ledger.path()))?)
+}
+
+/// Forgets one (committed, or refused for good).
+pub fn remove(ledger: &Ledger, id: &EventId) -> Result<(), LedgerError> {
+    keyspace(ledger)?.remove(id.0).map_err(storage("remove provisional", ledger.path()))
+}
+
+/// Forgets every held provisional event that `events` (newly stored chain events) contain.
+/// Cheap when nothing is held.
+pub fn forget_committed(ledger: &Ledger, events: &[ChainedEvent]) -> Result<usize, LedgerError> {
+    let ks = keyspace(ledger)?;
+    if ks.is_empty().map_err(storage("count provisional", ledger.path()))? {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for ce in events {
+        let id = EventId::of(&ce.event);
+        if ks.get(id.0).map_err(storage("read provisional", ledger.path()))?.is_some() {
+            ks.remove(id.0).map_err(storage("remove provisional", ledger.path()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

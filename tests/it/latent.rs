@@ -1,0 +1,800 @@
+//! Latent sync: the sans-IO session against real fjall ledgers, in an in-process simulation
+//! with loss and delay, and against a malicious peer.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use mycnet_spores::core::event::{ChainedEvent, EventBody, SignedEvent};
+use mycnet_spores::core::gossip::{
+    verify_backward, Digest, ForkEvidence, GossipMessage, LocalView, SessionEvent, SessionOutcome, SyncConfig, SyncSession,
+    Violation,
+};
+use mycnet_spores::core::synth::{Synth, SynthConfig};
+use mycnet_spores::{ChainPoint, Ledger, LedgerConfig, LedgerError, NodeKey, ReplayOptions};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::fixture::synth_events;
+
+fn open_ledger(dir: &std::path::Path) -> Ledger {
+    Ledger::open(dir, LedgerConfig { durable: false, ..Default::default() }).expect("open ledger")
+}
+
+fn local_view(l: &Ledger, pull: bool) -> LocalView {
+    let head = l.head().map(|h| l.get(h.seq).expect("read head").expect("head event present"));
+    LocalView { fingerprint: l.fingerprint(), head, anchor: l.anchor(), peers: vec![], pull, primary: false, provisional: vec![] }
+}
+
+/// Serves a request from a ledger as the drivers do: `from..` up to `max` events.
+fn serve(l: &Ledger, from: u64, max: u32) -> Vec<ChainedEvent> {
+    match l.head() {
+        Some(h) if from <= h.seq => l.read_range(from, (from + max as u64 - 1).min(h.seq)).expect("read range"),
+        _ => vec![],
+    }
+}
+
+/// What one side of a session did with the adapter's help.
+#[derive(Debug)]
+struct SideResult {
+    outcome: SessionOutcome,
+    stored: u64,
+}
+
+/// Runs the adapter loop for one side: store, serve; returns messages to send.
+fn pump(s: &mut SyncSession, l: &mut Ledger, out: &mut VecDeque<GossipMessage>, stored: &mut u64) -> Option<SessionOutcome> {
+    let mut outcome = None;
+    loop {
+        let mut progressed = false;
+        while let Some(ev) = s.poll_event() {
+            progressed = true;
+            match ev {
+                SessionEvent::Store(range) => match l.append_linked(&range) {
+                    Ok(_) => {
+                        *stored += range.len() as u64;
+                        s.stored();
+                    }
+                    Err(e) => s.store_failed(e.to_string()),
+                },
+                SessionEvent::Serve { from, max_events } => out.push_back(GossipMessage::Range(serve(l, from, max_events))),
+                SessionEvent::Provisional(_) => {}
+                SessionEvent::Finished(o) => outcome = Some(o),
+            }
+        }
+        while let Some(m) = s.poll_transmit() {
+            progressed = true;
+            out.push_back(m);
+        }
+        if !progressed {
+            return outcome;
+        }
+    }
+}
+
+/// Runs a lossless session between two ledgers to the end.
+fn sync_pair(a: &mut Ledger, b: &mut Ledger, cfg: &SyncConfig) -> (SideResult, SideResult) {
+    let now = Instant::now();
+    let mut sa = SyncSession::new(cfg.clone(), local_view(a, true), now);
+    let mut sb = SyncSession::new(cfg.clone(), local_view(b, true), now);
+    let (mut to_b, mut to_a) = (VecDeque::new(), VecDeque::new());
+    let (mut oa, mut ob) = (None, None);
+    let (mut na, mut nb) = (0, 0);
+    for _ in 0..100_000 {
+        if let Some(o) = pump(&mut sa, a, &mut to_b, &mut na) {
+            oa = Some(o);
+        }
+        if let Some(o) = pump(&mut sb, b, &mut to_a, &mut nb) {
+            ob = Some(o);
+        }
+        if oa.is_some() && ob.is_some() {
+            break;
+        }
+        if to_a.is_empty() && to_b.is_empty() {
+            break;
+        }
+        while let Some(m) = to_b.pop_front() {
+            sb.handle(m, now);
+        }
+        while let Some(m) = to_a.pop_front() {
+            sa.handle(m, now);
+        }
+    }
+    (
+        SideResult { outcome: oa.expect("side a finished"), stored: na },
+        SideResult { outcome: ob.expect("side b finished"), stored: nb },
+    )
+}
+
+fn ledger_with(dir: &std::path::Path, events: &[SignedEvent]) -> Ledger {
+    let mut l = open_ledger(dir);
+    for chunk in events.chunks(256) {
+        let out = l.append(chunk.to_vec()).expect("append");
+        assert!(out.iter().all(|o| o.is_ok()), "synthetic events are valid");
+    }
+    l
+}
+
+#[test]
+fn two_peers_converge_both_ways_in_small_batches() {
+    let (events, _) = synth_events(0x1a7e, 700);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = ledger_with(&tmp.path().join("a"), &events);
+    let mut b = ledger_with(&tmp.path().join("b"), &events[..123]);
+    let mut c = open_ledger(&tmp.path().join("c"));
+    let cfg = SyncConfig { batch_events: 50, ..Default::default() };
+
+    let (ra, rb) = sync_pair(&mut a, &mut b, &cfg);
+    assert_eq!(ra.outcome, SessionOutcome::Completed);
+    assert_eq!(rb.outcome, SessionOutcome::Completed);
+    assert_eq!((ra.stored, rb.stored), (0, 700 - 123));
+    assert_eq!(a.head(), b.head());
+
+    // An empty node learns everything, genesis first, from the one that learned it by gossip.
+    let (rc, rb2) = sync_pair(&mut c, &mut b, &cfg);
+    assert_eq!((rc.outcome, rb2.outcome), (SessionOutcome::Completed, SessionOutcome::Completed));
+    assert_eq!(c.head(), a.head());
+    // The anchors came along: the synthetic history has voter checkpoints.
+    assert!(c.anchor().is_some(), "the checkpoint events anchor the synced chain");
+    assert_eq!(c.anchor(), a.anchor());
+    // What was stored verifies on its own and equals a full replay.
+    let (replayed, _) = c.replay(&ReplayOptions { audit: true, ..Default::default() }).expect("audit replay");
+    assert_eq!(replayed.state(), c.projection().state());
+    assert_eq!(c.projection().state(), a.projection().state());
+
+    // In sync: a session moves nothing.
+    let (r1, r2) = sync_pair(&mut a, &mut c, &cfg);
+    assert_eq!((r1.stored, r2.stored), (0, 0));
+    assert_eq!((r1.outcome, r2.outcome), (SessionOutcome::Completed, SessionOutcome::Completed));
+}
+
+/// One session of the simulation, between nodes `a` (initiator) and `b`.
+struct SimPair {
+    a: usize,
+    b: usize,
+    sa: SyncSession,
+    sb: SyncSession,
+    /// Messages in flight with the step they arrive at: (to b, to a).
+    to_b: VecDeque<(u64, GossipMessage)>,
+    to_a: VecDeque<(u64, GossipMessage)>,
+    /// The connection broke (a message was lost): both sides stop hearing each other.
+    cut: bool,
+    done_a: bool,
+    done_b: bool,
+}
+
+/// 30 nodes — 3 voters that receive the writes, 27 latent nodes that start empty — gossip in
+/// rounds with fan-out 2; every message is lost with probability 5 % (which breaks that
+/// session's connection, as a dropped QUIC connection would) and delayed by 0–3 steps. Writes
+/// land on the voters during the first rounds; after the last write every head converges in
+/// at most 2⌈log₂ 30⌉ + 2 = 12 rounds.
+#[test]
+fn thirty_nodes_converge_in_logarithmic_rounds_with_loss_and_delay() {
+    const N: usize = 30;
+    const VOTERS: usize = 3;
+    const WRITE_ROUNDS: usize = 3;
+    let max_rounds_after_last_write = 2 * (N as f64).log2().ceil() as usize + 2;
+    let (events, _) = synth_events(0x30, 1200);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ledgers: Vec<Ledger> = (0..N).map(|i| open_ledger(&tmp.path().join(format!("n{i}")))).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(0x9055);
+    let cfg = SyncConfig { batch_events: 128, idle_timeout: Duration::from_millis(200), ..Default::default() };
+    let base = Instant::now();
+    let step_time = Duration::from_millis(10);
+    let mut writes = events.chunks(events.len() / WRITE_ROUNDS + 1);
+    let mut converged_after = None;
+    let mut total_lost = 0u64;
+    for round in 0..(WRITE_ROUNDS + max_rounds_after_last_write + 4) {
+        if round < WRITE_ROUNDS {
+            let chunk = writes.next().expect("a chunk per write round");
+            for l in ledgers.iter_mut().take(VOTERS) {
+                assert!(l.append(chunk.to_vec()).unwrap().iter().all(|o| o.is_ok()));
+            }
+        }
+        // Pick the round's sessions; a node pulls in at most one session at a time.
+        let mut pulling = [false; N];
+        let mut pairs: Vec<SimPair> = Vec::new();
+        for a in 0..N {
+            for _ in 0..2 {
+                let mut b = rng.random_range(0..N - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let now = base;
+                let pa = !pulling[a] && a >= VOTERS;
+                let pb = !pulling[b] && b >= VOTERS;
+                pulling[a] |= pa;
+                pulling[b] |= pb;
+                pairs.push(SimPair {
+                    a,
+                    b,
+                    sa: SyncSession::new(cfg.clone(), local_view(&ledgers[a], pa), now),
+                    sb: SyncSession::new(cfg.clone(), local_view(&ledgers[b], pb), now),
+                    to_b: VecDeque::new(),
+                    to_a: VecDeque::new(),
+                    cut: false,
+                    done_a: false,
+                    done_b: false,
+                });
+            }
+        }
+        // Interleave all sessions of the round step by step, in random order.
+        let mut step = 0u64;
+        while pairs.iter().any(|p| !(p.done_a && p.done_b)) {
+            step += 1;
+            assert!(step < 100_000, "round {round} does not end");
+            let now = base + step_time * step as u32;
+            let mut order: Vec<usize> = (0..pairs.len()).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.random_range(0..=i));
+            }
+            for &pi in &order {
+                let p = &mut pairs[pi];
+                for side_a in [true, false] {
+                    let (s, node, inbox, outbox, done) = if side_a {
+                        (&mut p.sa, p.a, &mut p.to_a, &mut p.to_b, &mut p.done_a)
+                    } else {
+                        (&mut p.sb, p.b, &mut p.to_b, &mut p.to_a, &mut p.done_b)
+                    };
+                    if *done {
+                        continue;
+                    }
+                    while inbox.front().is_some_and(|(at, _)| *at <= step) {
+                        let (_, m) = inbox.pop_front().unwrap();
+                        s.handle(m, now);
+                    }
+                    s.handle_timeout(now);
+                    let mut out = VecDeque::new();
+                    let mut ignored = 0;
+                    if pump(s, &mut ledgers[node], &mut out, &mut ignored).is_some() {
+                        *done = true;
+                    }
+                    for m in out {
+                        if p.cut || rng.random_bool(0.05) {
+                            p.cut = true;
+                            total_lost += 1;
+                            continue;
+                        }
+                        let delay = rng.random_range(0..=3);
+                        // One QUIC stream: order is kept, so a message never overtakes another.
+                        let at = outbox.back().map_or(0, |(t, _)| *t).max(step + delay);
+                        outbox.push_back((at, m));
+                    }
+                }
+            }
+        }
+        let reference = ledgers[0].head();
+        if round + 1 >= WRITE_ROUNDS && converged_after.is_none() && ledgers.iter().all(|l| l.head() == reference) {
+            converged_after = Some(round + 1 - WRITE_ROUNDS);
+        }
+    }
+    assert!(total_lost > 0, "the simulation did lose messages");
+    let rounds = converged_after.unwrap_or_else(|| {
+        let behind = ledgers.iter().filter(|l| l.head() != ledgers[0].head()).count();
+        panic!("{behind} of {N} nodes did not converge within {max_rounds_after_last_write} rounds after the last write")
+    });
+    eprintln!("converged {rounds} rounds after the last write ({total_lost} messages lost)");
+    assert!(rounds <= max_rounds_after_last_write, "converged {rounds} rounds after the last write");
+    let want = ledgers[0].projection().state().clone();
+    for l in &ledgers {
+        assert_eq!(l.projection().state(), &want);
+    }
+}
+
+/// A malicious peer: answers our requests with whatever it likes. Each case must end the
+/// session with a violation (or fork evidence), and leave our ledger exactly as it was.
+mod malicious {
+    use super::*;
+
+    struct Victim {
+        _tmp: tempfile::TempDir,
+        ledger: Ledger,
+        honest: Vec<ChainedEvent>,
+    }
+
+    /// A victim holding the first 100 events of a 300-event history; `honest` is the full
+    /// chain as its honest peers hold it.
+    fn victim() -> Victim {
+        let (events, _) = synth_events(0xbad, 300);
+        let tmp = tempfile::tempdir().unwrap();
+        let full = ledger_with(&tmp.path().join("full"), &events);
+        let honest = full.read_range(0, 299).unwrap();
+        drop(full);
+        let ledger = ledger_with(&tmp.path().join("victim"), &events[..100]);
+        Victim { _tmp: tmp, ledger, honest }
+    }
+
+    /// Runs the victim's session against a scripted peer: the peer says hello with `digest`,
+    /// and `answer(request)` gives each reply. Returns the outcome.
+    fn attack_with(
+        v: &mut Victim,
+        digest: Digest,
+        allow_good_prefix: bool,
+        mut answer: impl FnMut(u64, u32) -> Vec<GossipMessage>,
+    ) -> SessionOutcome {
+        let now = Instant::now();
+        let before = (v.ledger.head(), v.ledger.projection().state().clone());
+        let mut s = SyncSession::new(SyncConfig { batch_events: 64, ..Default::default() }, local_view(&v.ledger, true), now);
+        s.handle(GossipMessage::Hello(digest), now);
+        let mut stored = 0;
+        let mut outcome = None;
+        for _ in 0..1000 {
+            let mut out = VecDeque::new();
+            if let Some(o) = pump(&mut s, &mut v.ledger, &mut out, &mut stored) {
+                outcome = Some(o);
+                break;
+            }
+            let mut replies = Vec::new();
+            for m in out {
+                match m {
+                    GossipMessage::Request { from, max_events } => replies.extend(answer(from, max_events)),
+                    GossipMessage::Bye => replies.push(GossipMessage::Bye),
+                    _ => {}
+                }
+            }
+            if replies.is_empty() {
+                break;
+            }
+            for r in replies {
+                s.handle(r, now);
+            }
+        }
+        let outcome = outcome.expect("the session ended");
+        if !matches!(outcome, SessionOutcome::Completed) && !allow_good_prefix {
+            assert_eq!(stored, 0, "nothing of a bad peer's ranges is stored");
+            assert_eq!(v.ledger.head(), before.0);
+            assert_eq!(v.ledger.projection().state(), &before.1);
+        }
+        outcome
+    }
+
+    fn attack(v: &mut Victim, digest: Digest, answer: impl FnMut(u64, u32) -> Vec<GossipMessage>) -> SessionOutcome {
+        attack_with(v, digest, false, answer)
+    }
+
+    fn digest_of(events: &[ChainedEvent]) -> Digest {
+        let last = events.last().unwrap();
+        Digest {
+            fingerprint: Some(last.event.fingerprint),
+            head: Some(ChainPoint { seq: last.seq, hash: last.hash }),
+            anchor: None,
+            peers: vec![],
+            primary: true,
+        }
+    }
+
+    fn range(events: &[ChainedEvent], from: u64, max: u32) -> Vec<ChainedEvent> {
+        events.iter().skip(from as usize).take(max as usize).cloned().collect()
+    }
+
+    fn violation(o: SessionOutcome) -> Violation {
+        match o {
+            SessionOutcome::Violation(v) => v,
+            other => panic!("expected a violation, got {other:?}"),
+        }
+    }
+
+    /// Re-links `events` from index `at` on, so the chain is consistent again after a change.
+    fn relink(events: &mut [ChainedEvent], at: usize) {
+        for i in at..events.len() {
+            let prev = if i == 0 { mycnet_spores::ChainHash::ZERO } else { events[i - 1].hash };
+            events[i] = ChainedEvent::link(events[i].seq, prev, events[i].event.clone());
+        }
+    }
+
+    #[test]
+    fn an_honest_peer_is_accepted() {
+        let mut v = victim();
+        let honest = v.honest.clone();
+        let o = attack(&mut v, digest_of(&honest), |f, m| vec![GossipMessage::Range(range(&honest, f, m))]);
+        assert_eq!(o, SessionOutcome::Completed, "the attack harness itself works");
+        assert_eq!(v.ledger.head().map(|h| h.hash), honest.last().map(|e| e.hash));
+    }
+
+    #[test]
+    fn a_bad_signature_is_refused_by_the_ledger() {
+        let mut v = victim();
+        let mut forged = v.honest.clone();
+        // A byte of the signature of seq 130, with the chain re-linked around it.
+        forged[130].event.signature.0[7] ^= 1;
+        relink(&mut forged, 130);
+        let o = attack(&mut v, digest_of(&forged), |f, m| vec![GossipMessage::Range(range(&forged, f, m))]);
+        let v2 = violation(o);
+        assert!(matches!(v2, Violation::Refused(ref r) if r.contains("bad signature")), "{v2}");
+    }
+
+    #[test]
+    fn a_broken_link_a_gap_and_a_bad_hash_are_caught_before_storing() {
+        let mut v = victim();
+        let honest = v.honest.clone();
+        // Broken link: prev_hash of 140 altered.
+        let mut broken = honest.clone();
+        broken[140].prev_hash.0[0] ^= 1;
+        let o = attack(&mut v, digest_of(&honest), |f, m| vec![GossipMessage::Range(range(&broken, f, m))]);
+        assert_eq!(violation(o), Violation::BrokenLink { seq: 140 });
+        // Gap: 150 missing.
+        let mut gapped = honest.clone();
+        gapped.remove(150);
+        let o = attack(&mut v, digest_of(&honest), |f, m| {
+            let mut r: Vec<ChainedEvent> = gapped.iter().filter(|e| e.seq >= f).take(m as usize).cloned().collect();
+            r.truncate(m as usize);
+            vec![GossipMessage::Range(r)]
+        });
+        assert_eq!(violation(o), Violation::BrokenLink { seq: 151 });
+        // Bad hash: the content of 160 changed, links kept.
+        let mut tampered = honest.clone();
+        tampered[160].event.timestamp.0 += 1;
+        let o = attack(&mut v, digest_of(&honest), |f, m| vec![GossipMessage::Range(range(&tampered, f, m))]);
+        assert_eq!(violation(o), Violation::BadHash { seq: 160 });
+    }
+
+    #[test]
+    fn replayed_unrequested_and_overlong_ranges_are_refused() {
+        let mut v = victim();
+        let honest = v.honest.clone();
+        // Replaying an old range (events the victim already has) in answer to a request.
+        let o = attack(&mut v, digest_of(&honest), |_, m| vec![GossipMessage::Range(range(&honest, 10, m))]);
+        assert_eq!(violation(o), Violation::StartMismatch { asked: 99, got: 10 });
+        // The same batch sent twice: the first answers the request and is stored, the replay
+        // answers nothing it was asked and is refused.
+        let o = attack_with(&mut v, digest_of(&honest), true, |f, m| {
+            vec![GossipMessage::Range(range(&honest, f, m)), GossipMessage::Range(range(&honest, f, m))]
+        });
+        assert_eq!(violation(o), Violation::StartMismatch { asked: 163, got: 99 });
+        assert_eq!(v.ledger.head().map(|h| h.seq), Some(162), "only the requested batch was stored");
+        // A range to a session that asked for nothing.
+        let now = Instant::now();
+        let mut s = SyncSession::new(SyncConfig::default(), local_view(&v.ledger, false), now);
+        s.handle(GossipMessage::Hello(digest_of(&honest)), now);
+        s.handle(GossipMessage::Range(range(&honest, 163, 5)), now);
+        let last = std::iter::from_fn(|| s.poll_event()).last();
+        assert_eq!(last, Some(SessionEvent::Finished(SessionOutcome::Violation(Violation::Unrequested(5)))));
+        // More events than asked.
+        let mut v = victim();
+        let o = attack(&mut v, digest_of(&honest), |f, m| vec![GossipMessage::Range(range(&honest, f, m + 5))]);
+        assert!(matches!(violation(o), Violation::TooLong { .. }));
+    }
+
+    #[test]
+    fn another_networks_events_are_refused() {
+        let mut v = victim();
+        let (other, _) = synth_events(0x07e1, 300);
+        let tmp = tempfile::tempdir().unwrap();
+        let other = ledger_with(tmp.path(), &other).read_range(0, 299).unwrap();
+        // It says so in its hello: refused at once.
+        let o = attack(&mut v, digest_of(&other), |f, m| vec![GossipMessage::Range(range(&other, f, m))]);
+        assert!(matches!(violation(o), Violation::WrongNetwork { .. }));
+        // It lies in its hello and links a foreign event into our chain.
+        let mut mixed = v.honest.clone();
+        mixed[120].event = other[120].event.clone();
+        relink(&mut mixed, 120);
+        let claimed = digest_of(&v.honest);
+        let o = attack(&mut v, claimed, |f, m| vec![GossipMessage::Range(range(&mixed, f, m))]);
+        assert_eq!(violation(o), Violation::ForeignEvent { seq: 120 });
+    }
+
+    #[test]
+    fn a_rule_breaking_event_mid_range_is_refused_atomically() {
+        let mut v = victim();
+        // Seq 110 is re-signed by a rhizomorph (not an authority) setting a trust score: the
+        // signature is valid, the links are valid, the rules refuse it. The events before it
+        // in the same batch must not stay applied.
+        let (_, synth) = synth_events(0xbad, 1);
+        let keys = synth.keys().to_vec();
+        let fp = v.honest[0].event.fingerprint;
+        let rhizo: &NodeKey = keys.last().unwrap();
+        let target = keys[0].node_id();
+        let mut forged = v.honest.clone();
+        forged[110].event = SignedEvent::sign(
+            rhizo,
+            fp,
+            forged[110].event.timestamp,
+            EventBody::TrustScoreChanged { node: target, score: mycnet_spores::TrustScore(1), reason: "x".into() },
+        );
+        relink(&mut forged, 110);
+        let o = attack(&mut v, digest_of(&forged), |f, m| vec![GossipMessage::Range(range(&forged, f, m))]);
+        let v2 = violation(o);
+        assert!(matches!(v2, Violation::Refused(ref r) if r.contains("rejected")), "{v2}");
+    }
+
+    #[test]
+    fn equivocation_yields_fork_evidence_and_stores_nothing() {
+        let mut v = victim();
+        // The peer's chain differs at seq 99 (our head): another valid event there.
+        let mut other = v.honest.clone();
+        other[99].event.timestamp.0 += 1;
+        let key = mycnet_spores::core::synth::Synth::new(SynthConfig { seed: 0xbad, nodes: 12, ..Default::default() });
+        let signer = key.keys().iter().find(|k| k.node_id() == other[99].event.author).unwrap().clone();
+        let e = &other[99].event;
+        other[99].event = SignedEvent::sign(&signer, e.fingerprint, e.timestamp, e.body.clone());
+        relink(&mut other, 99);
+        let o = attack(&mut v, digest_of(&other), |f, m| vec![GossipMessage::Range(range(&other, f, m))]);
+        let SessionOutcome::Fork(evidence) = o else { panic!("expected fork evidence, got {o:?}") };
+        assert_eq!(evidence.seq(), 99);
+        assert_eq!(evidence.check(), Ok(()));
+        assert_eq!(evidence.ours.hash, v.honest[99].hash);
+        // Same-height fork: the peer's head is at our head's seq with another hash.
+        let mut v = victim();
+        let o = attack(&mut v, digest_of(&other[..100]), |f, m| vec![GossipMessage::Range(range(&other, f, m))]);
+        assert!(matches!(o, SessionOutcome::Fork(ref e) if e.seq() == 99), "{o:?}");
+        // Forged evidence does not check.
+        let mut fake = ForkEvidence { ours: v.honest[99].clone(), theirs: v.honest[99].clone() };
+        assert!(fake.check().is_err());
+        fake.theirs.hash.0[0] ^= 1;
+        assert!(fake.check().is_err());
+    }
+
+    #[test]
+    fn protocol_order_is_enforced() {
+        let now = Instant::now();
+        let mut s = SyncSession::new(SyncConfig::default(), LocalView::default(), now);
+        s.handle(GossipMessage::Request { from: 0, max_events: 10 }, now);
+        let mut evs = Vec::new();
+        while let Some(e) = s.poll_event() {
+            evs.push(e);
+        }
+        assert_eq!(evs, vec![SessionEvent::Finished(SessionOutcome::Violation(Violation::Protocol("request before hello")))]);
+        // A session with no traffic times out.
+        let mut s = SyncSession::new(SyncConfig::default(), LocalView::default(), now);
+        s.handle_timeout(now + Duration::from_secs(60));
+        assert!(s.is_finished());
+    }
+}
+
+#[test]
+fn ranges_are_stored_whole_or_not_at_all() {
+    let (events, _) = synth_events(0x5107, 400);
+    let tmp = tempfile::tempdir().unwrap();
+    let full = ledger_with(&tmp.path().join("full"), &events);
+    let chain = full.read_range(0, 399).unwrap();
+    let mut l = ledger_with(&tmp.path().join("l"), &events[..200]);
+    // Not the next link.
+    let e = l.append_range(&chain[201..210]).unwrap_err();
+    assert!(matches!(e, LedgerError::RangeRefused { seq: 201, .. }), "{e}");
+    // A bad hash in the middle.
+    let mut bad = chain[200..260].to_vec();
+    bad[30].hash.0[5] ^= 1;
+    let e = l.append_range(&bad).unwrap_err();
+    assert!(matches!(e, LedgerError::RangeRefused { seq: 230, .. }), "{e}");
+    assert_eq!(l.head().map(|h| h.seq), Some(199));
+    // The honest range goes in, survives a reopen, and equals the source.
+    l.append_range(&chain[200..400]).unwrap();
+    let dir = l.path().to_path_buf();
+    drop(l);
+    let l = open_ledger(&dir);
+    assert_eq!(l.head(), full.head());
+    assert_eq!(l.anchor(), full.anchor());
+    assert_eq!(l.projection().state(), full.projection().state());
+}
+
+#[test]
+fn backfill_verifies_backwards_from_a_known_point() {
+    let (events, _) = synth_events(0xbac, 200);
+    let tmp = tempfile::tempdir().unwrap();
+    let l = ledger_with(tmp.path(), &events);
+    let chain = l.read_range(0, 199).unwrap();
+    let known = ChainPoint { seq: 149, hash: chain[149].hash };
+    assert_eq!(verify_backward(known, &chain[100..150]), Ok(()));
+    assert_eq!(verify_backward(known, &chain[0..150]), Ok(()));
+    // Does not end at the known point.
+    assert!(verify_backward(known, &chain[100..149]).is_err());
+    // A changed event below the known point.
+    let mut bad = chain[100..150].to_vec();
+    bad[10].event.timestamp.0 += 1;
+    assert_eq!(verify_backward(known, &bad), Err(Violation::BadHash { seq: 110 }));
+    // A missing event.
+    let mut gap = chain[100..150].to_vec();
+    gap.remove(20);
+    assert!(matches!(verify_backward(known, &gap), Err(Violation::BrokenLink { .. })));
+}
+
+#[test]
+fn synth_with_checkpoints_sets_the_anchor_tier() {
+    use mycnet_spores::core::gossip::Anchors;
+    use mycnet_spores::SporeType;
+    let mut synth = Synth::new(SynthConfig { seed: 3, nodes: 6, ..Default::default() });
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = open_ledger(tmp.path());
+    l.append(synth.next_chunk(50)).unwrap();
+    l.append(synth.next_chunk(50)).unwrap();
+    let anchor = l.anchor().expect("the second chunk starts with a checkpoint");
+    let head = l.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash });
+    let a = Anchors { checkpoint: Some(anchor), ..Default::default() };
+    assert_eq!(a.tier_of(anchor.seq, head), Some(SporeType::Primary));
+    assert_eq!(a.tier_of(anchor.seq + 1, head), Some(SporeType::Latent));
+    assert_eq!(a.head_tier(head), Some(SporeType::Latent));
+    let seeded = Anchors { seed: head, ..a };
+    assert_eq!(seeded.tier_of(anchor.seq + 1, head), Some(SporeType::Seed));
+    let member = Anchors { raft_member: true, ..a };
+    assert_eq!(member.head_tier(head), Some(SporeType::Primary));
+}
+
+/// A connection that drops in the middle of a sync loses at most the batch in flight: the next
+/// session starts from what was stored, and the events sent twice are at most one batch.
+#[test]
+fn a_dropped_connection_resumes_and_resends_at_most_one_batch() {
+    let (events, _) = synth_events(0xd20, 1000);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut src = ledger_with(&tmp.path().join("src"), &events);
+    let mut dst = open_ledger(&tmp.path().join("dst"));
+    let batch = 100u32;
+    let cfg = SyncConfig { batch_events: batch, ..Default::default() };
+    let now = Instant::now();
+    let mut sent_total = 0u64;
+    let mut sessions = 0;
+    // Each session's connection breaks after the source has sent 3 ranges (the third one is
+    // lost on the wire), until everything has arrived.
+    while dst.head() != src.head() {
+        sessions += 1;
+        assert!(sessions < 20, "sync does not progress");
+        let mut a = SyncSession::new(cfg.clone(), local_view(&dst, true), now);
+        let mut b = SyncSession::new(cfg.clone(), local_view(&src, false), now);
+        let (mut to_b, mut to_a) = (VecDeque::new(), VecDeque::new());
+        let (mut na, mut nb) = (0, 0);
+        let mut ranges_sent = 0;
+        'conn: for _ in 0..10_000 {
+            let fa = pump(&mut a, &mut dst, &mut to_b, &mut na);
+            let fb = pump(&mut b, &mut src, &mut to_a, &mut nb);
+            if fa.is_some() && fb.is_some() {
+                break;
+            }
+            while let Some(m) = to_a.pop_front() {
+                if let GossipMessage::Range(r) = &m {
+                    ranges_sent += 1;
+                    sent_total += r.len() as u64;
+                    if ranges_sent == 3 {
+                        break 'conn; // the connection drops with this range in flight
+                    }
+                }
+                a.handle(m, now);
+            }
+            while let Some(m) = to_b.pop_front() {
+                b.handle(m, now);
+            }
+        }
+    }
+    assert_eq!(dst.projection().state(), src.projection().state());
+    let resent = sent_total - 1000;
+    // Every session but the last lost exactly the range in flight; the first request of each
+    // later session overlaps one stored event (the fork check).
+    assert!(sent_total <= 1000 + (sessions as u64 - 1) * (batch as u64 + 1), "sent {sent_total} in {sessions} sessions");
+    eprintln!("{sessions} sessions, {sent_total} events sent for 1000 ({resent} re-sent)");
+}
+
+mod runner {
+    use std::sync::{Arc, RwLock};
+
+    use mycnet_spores::net::gossip::{GossipConfig, GossipService, GossipStream};
+    use mycnet_spores::PeerNode;
+
+    use super::*;
+
+    fn service(seed: u8, ledger: Arc<RwLock<Ledger>>, pull: bool, cfg: GossipConfig) -> Arc<GossipService> {
+        let node = NodeKey::from_seed([seed; 32]).node_id();
+        let me = PeerNode { node, addr: format!("test-{seed}") };
+        Arc::new(GossipService::new(me, ledger, cfg, move || pull, move || !pull))
+    }
+
+    /// Runs one session between two services over an in-memory byte pipe (the runner is
+    /// transport-agnostic; QUIC streams are tested elsewhere).
+    async fn run_pair(a: &Arc<GossipService>, a_id: u8, b: &Arc<GossipService>, b_id: u8) -> (SessionOutcome, SessionOutcome, u64) {
+        let (x, y) = tokio::io::duplex(64 * 1024);
+        let (xr, xw) = tokio::io::split(x);
+        let (yr, yw) = tokio::io::split(y);
+        let sa = GossipStream { peer: NodeKey::from_seed([b_id; 32]).node_id(), send: Box::new(xw), recv: Box::new(xr) };
+        let sb = GossipStream { peer: NodeKey::from_seed([a_id; 32]).node_id(), send: Box::new(yw), recv: Box::new(yr) };
+        let (ra, rb) = tokio::join!(a.run_session(sa, true), b.run_session(sb, false));
+        (ra.0, rb.0, ra.1.stored)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_runner_syncs_over_any_byte_stream_and_bounds_bandwidth() {
+        let (events, _) = synth_events(0xb4d, 1500);
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(RwLock::new(ledger_with(&tmp.path().join("src"), &events)));
+        let dst = Arc::new(RwLock::new(open_ledger(&tmp.path().join("dst"))));
+        let record_bytes: u64 = src.read().unwrap().read_raw_range(0, 1499).unwrap().iter().map(|r| r.len() as u64).sum();
+        // 3 s worth of records at the configured rate.
+        let rate = record_bytes / 3;
+        let slow = GossipConfig { serve_bytes_per_sec: Some(rate), ..Default::default() };
+        let server = service(1, src.clone(), false, slow);
+        let client = service(2, dst.clone(), true, GossipConfig::default());
+        let t = Instant::now();
+        let (oc, os, stored) = run_pair(&client, 2, &server, 1).await;
+        let took = t.elapsed();
+        assert_eq!((oc, os), (SessionOutcome::Completed, SessionOutcome::Completed));
+        assert_eq!(stored, 1500);
+        assert_eq!(dst.read().unwrap().head(), src.read().unwrap().head());
+        assert!(took >= Duration::from_millis(2000), "served {record_bytes} bytes at {rate} B/s in {took:?}");
+        assert!(client.last_sync_age().is_some(), "a completed session is recorded");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_breaks_the_protocol_is_banned() {
+        use tokio::io::AsyncWriteExt;
+        let (events, _) = synth_events(0xba2, 50);
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(RwLock::new(ledger_with(tmp.path(), &events)));
+        let svc = service(3, ledger, false, GossipConfig::default());
+        let bad = NodeKey::from_seed([4; 32]).node_id();
+        let (x, y) = tokio::io::duplex(64 * 1024);
+        let (xr, xw) = tokio::io::split(x);
+        let (_yr, mut yw) = tokio::io::split(y);
+        // A frame with an unknown tag, instead of a hello.
+        yw.write_all(&[0, 0, 0, 2, 9, 9]).await.unwrap();
+        let (outcome, _) = svc.run_session(GossipStream { peer: bad, send: Box::new(xw), recv: Box::new(xr) }, false).await;
+        assert!(matches!(outcome, SessionOutcome::Violation(Violation::BadFrame(_))), "{outcome:?}");
+        assert!(svc.is_banned(&bad));
+        assert!(svc.candidates().iter().all(|p| p.node != bad), "a banned peer is not contacted");
+    }
+
+    /// An oversized length prefix and a frame cut short are violations, read without
+    /// allocating what the prefix promises.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_and_truncated_frames_are_violations() {
+        use tokio::io::AsyncWriteExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(RwLock::new(open_ledger(tmp.path())));
+        let svc = service(5, ledger, false, GossipConfig::default());
+        for (i, bytes) in [vec![0x7f, 0xff, 0xff, 0xff], vec![0, 0, 1, 0, 1, 2, 3]].into_iter().enumerate() {
+            let peer = NodeKey::from_seed([6 + i as u8; 32]).node_id();
+            let (x, y) = tokio::io::duplex(64 * 1024);
+            let (xr, xw) = tokio::io::split(x);
+            let (_yr, mut yw) = tokio::io::split(y);
+            yw.write_all(&bytes).await.unwrap();
+            yw.shutdown().await.unwrap();
+            let (outcome, _) = svc.run_session(GossipStream { peer, send: Box::new(xw), recv: Box::new(xr) }, false).await;
+            assert!(matches!(outcome, SessionOutcome::Violation(Violation::BadFrame(_))), "case {i}: {outcome:?}");
+            assert!(svc.is_banned(&peer), "case {i}");
+        }
+    }
+}
+
+/// Groundwork of provisional writes: the author's statement, the scan window and the
+/// duplicate check against a real chain.
+mod provisional {
+    use mycnet_spores::core::provisional::{check_absent, ProvisionalError, ProvisionalEvent, PROVISIONAL_WINDOW_EVENTS};
+
+    use super::*;
+
+    #[test]
+    fn a_committed_event_is_found_and_a_new_one_is_not() {
+        let (events, synth) = synth_events(0x9a0, 300);
+        let tmp = tempfile::tempdir().unwrap();
+        let l = ledger_with(tmp.path(), &events[..200]);
+        let key_of = |e: &SignedEvent| synth.keys().iter().find(|k| k.node_id() == e.author).unwrap().clone();
+        // Event 150 is committed; its author wrongly (or after a lost answer) queues it again
+        // with the head it knew before it was committed.
+        let committed = events[150].clone();
+        let p = ProvisionalEvent::new(&key_of(&committed), committed.clone(), Some(120));
+        assert_eq!(p.verify_statement(), Ok(()));
+        let (from, to) = p.scan_range(l.head().map(|h| h.seq)).unwrap().expect("a range to scan");
+        assert_eq!((from, to), (121, 199));
+        let scanned = l.read_range(from, to).unwrap();
+        assert_eq!(check_absent(&p, &scanned), Err(ProvisionalError::Duplicate(150)));
+        // A replay of the same wrapper later still scans from 121: still found.
+        // An event that is not in the chain passes.
+        let fresh = events[250].clone();
+        let p2 = ProvisionalEvent::new(&key_of(&fresh), fresh, Some(199));
+        assert_eq!(p2.scan_range(Some(199)), Ok(None), "nothing after the author's head to scan");
+        let p3 = ProvisionalEvent::new(&key_of(&events[250]), events[250].clone(), Some(150));
+        assert_eq!(check_absent(&p3, &l.read_range(151, 199).unwrap()), Ok(()));
+    }
+
+    #[test]
+    fn the_statement_is_the_authors_and_bounded() {
+        let (events, synth) = synth_events(0x9a1, 20);
+        let ev = events[10].clone();
+        let author = synth.keys().iter().find(|k| k.node_id() == ev.author).unwrap().clone();
+        let other = synth.keys().iter().find(|k| k.node_id() != ev.author).unwrap().clone();
+        // Signed by someone else, or altered after signing: refused.
+        assert_eq!(ProvisionalEvent::new(&other, ev.clone(), Some(5)).verify_statement(), Err(ProvisionalError::BadSignature));
+        let mut moved = ProvisionalEvent::new(&author, ev.clone(), Some(5));
+        moved.absent_through = Some(9);
+        assert_eq!(moved.verify_statement(), Err(ProvisionalError::BadSignature), "the point is signed");
+        // Beyond the head, or older than the window: refused.
+        let p = ProvisionalEvent::new(&author, ev.clone(), Some(50));
+        assert_eq!(p.scan_range(Some(40)), Err(ProvisionalError::FromTheFuture(50)));
+        let old = ProvisionalEvent::new(&author, ev, Some(0));
+        assert!(matches!(old.scan_range(Some(PROVISIONAL_WINDOW_EVENTS + 1)), Err(ProvisionalError::TooOld { .. })));
+        assert_eq!(old.scan_range(Some(PROVISIONAL_WINDOW_EVENTS)), Ok(Some((1, PROVISIONAL_WINDOW_EVENTS))));
+    }
+}

@@ -1,0 +1,174 @@
+//! The latent tier over real QUIC on loopback: Rhizomorphs outside the Raft membership keep a
+//! verified copy of the chain by gossip, answer queries from it, and say in `status()` when
+//! they are cut off from the Primary tier.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mycnet_spores::net::gossip::GossipConfig;
+use mycnet_spores::net::quic::{Admission, QuicBackend};
+use mycnet_spores::{Endpoint, NodeKey, NodeRole, OperationalMode, SporeSystem, SporeType};
+
+use crate::quic::{converged, form_quic_cluster, leader_of};
+
+async fn start_latent(key: &NodeKey, dir: &std::path::Path, bootstrap: Vec<mycnet_spores::PeerNode>) -> SporeSystem {
+    let mut s = SporeSystem::builder()
+        .data_dir(dir)
+        .key(key.clone())
+        .role(NodeRole::Rhizomorph)
+        .addr("127.0.0.1:0")
+        .network(Arc::new(QuicBackend::new(key.clone(), Admission::allow_all())))
+        .timeouts(crate::cluster::fast_timeouts())
+        .gossip(GossipConfig { interval: Duration::from_millis(100), connect_timeout: Duration::from_millis(500), ..Default::default() })
+        .gossip_peers(bootstrap)
+        .build();
+    s.start().await.expect("start latent node");
+    s
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_latent_nodes_converge_by_gossip_and_answer_when_cut_off() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut voters = form_quic_cluster(root.path(), 120, 0x6_0000).await;
+    let leader = leader_of(&voters, Duration::from_secs(5)).await;
+    // Two Rhizomorphs, each knowing one voter; admitted into the registry, never into Raft.
+    let mut latent = Vec::new();
+    for i in 0..2u8 {
+        let key = NodeKey::from_seed([130 + i; 32]);
+        let boot = voters[i as usize].system.as_ref().expect("voter").peer().expect("peer");
+        latent.push(start_latent(&key, &root.path().join(format!("l{i}")), vec![boot]).await);
+    }
+    for l in &latent {
+        let s = voters[leader].system.as_ref().expect("leader");
+        s.admit(l.announcement().expect("announcement")).await.expect("admit");
+    }
+    for i in 0..20 {
+        let dns = Endpoint { protocol: "udp".into(), address: format!("10.0.0.{i}:53") };
+        voters[(leader + i) % 3]
+            .system
+            .as_ref()
+            .expect("voter")
+            .register_service(&format!("svc-{i}"), vec![dns], vec!["dns".into()], vec![])
+            .await
+            .expect("write");
+    }
+    let head = converged(&voters, Duration::from_secs(10)).await;
+    for l in &latent {
+        wait_for("latent head reaches the voters' head", Duration::from_secs(20), || {
+            l.head().ok().flatten().is_some_and(|h| h.seq >= head.seq)
+        })
+        .await;
+        let st = l.status().expect("status");
+        assert!(!st.raft_member, "a Rhizomorph stays out of Raft");
+        assert!(st.voters.is_empty());
+        assert_eq!(l.services_by_capability("dns").expect("query").len(), 20);
+        assert_eq!(l.services_by_name("svc-7").expect("query").len(), 1);
+        wait_for("latent node reports normal operation", Duration::from_secs(5), || {
+            l.status().is_ok_and(|s| s.mode == OperationalMode::NormalOperation)
+        })
+        .await;
+    }
+    // The chain the latent nodes hold is the voters' chain, byte for byte.
+    let want = voters[leader].system.as_ref().expect("leader").with_projection(|p| p.state().clone()).expect("state");
+    for l in &latent {
+        let got = l.with_projection(|p| p.state().clone()).expect("state");
+        if got.head == want.head {
+            assert_eq!(got, want);
+        }
+    }
+    // The leader anchors the chain (checkpoint events every 5 s by default); latent nodes
+    // learn the anchor and the anchored part becomes Primary in their view.
+    wait_for("an anchor reaches the latent nodes", Duration::from_secs(20), || {
+        latent.iter().all(|l| l.status().is_ok_and(|s| s.anchor.is_some()))
+    })
+    .await;
+    let st = latent[0].status().expect("status");
+    let expected_tier = if st.anchor.map(|a| a.seq) == st.head.map(|h| h.seq) { SporeType::Primary } else { SporeType::Latent };
+    assert_eq!(st.spore_type, expected_tier);
+
+    // Cut off from the Primary tier: every voter goes away.
+    for v in voters.iter_mut() {
+        if let Some(s) = v.system.take() {
+            if let Ok(r) = s.raft() {
+                let _ = r.shutdown().await;
+            }
+            drop(s);
+        }
+    }
+    for l in &latent {
+        wait_for("latent node reports the partition", Duration::from_secs(10), || {
+            l.status().is_ok_and(|s| s.mode == OperationalMode::PartitionRecovery)
+        })
+        .await;
+        // Discovery keeps working from the latent view.
+        assert_eq!(l.services_by_capability("dns").expect("query").len(), 20);
+    }
+}
+
+/// SWIM over QUIC datagrams: a node that stops answering is committed offline by the leader
+/// (one event), and back online when it returns — transitions only, never heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_liveness_commits_offline_and_back_online_transitions() {
+    use mycnet_spores::NodeStatus;
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let root = tempfile::tempdir().expect("tempdir");
+    let voters = form_quic_cluster(root.path(), 140, 0x7_0000).await;
+    let leader = leader_of(&voters, Duration::from_secs(5)).await;
+    let key = NodeKey::from_seed([150; 32]);
+    let dir = root.path().join("l0");
+    let boot = vec![voters[0].system.as_ref().expect("voter").peer().expect("peer")];
+    let node = start_latent(&key, &dir, boot.clone()).await;
+    let addr = node.peer().expect("peer").addr;
+    voters[leader].system.as_ref().expect("leader").admit(node.announcement().expect("ann")).await.expect("admit");
+    let status_on_leader = |voters: &[crate::quic::Voter]| {
+        let l = leader_of_now(voters);
+        l.and_then(|i| voters[i].system.as_ref()?.node(&key.node_id()).ok().flatten()).map(|r| r.status)
+    };
+    // The voters see it up (SWIM), and it stays Active.
+    wait_for("the voters see the latent node up", Duration::from_secs(20), || {
+        voters.iter().all(|v| v.system.as_ref().is_some_and(|s| s.liveness().is_ok_and(|m| m.get(&key.node_id()).is_some_and(|st| st.up))))
+    })
+    .await;
+    assert_eq!(status_on_leader(&voters), Some(NodeStatus::Active));
+    let before = voters[leader].system.as_ref().expect("leader").head().expect("head").expect("some").seq;
+
+    // It dies: SWIM declares it down, the leader commits one offline transition.
+    drop(node);
+    wait_for("the leader commits the node offline", Duration::from_secs(30), || status_on_leader(&voters) == Some(NodeStatus::Offline)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = voters[leader].system.as_ref().expect("leader").with_projection(|p| p.head().map(|h| h.seq)).expect("head").expect("some");
+    let offline_events = count_kind(&voters[leader], before, events, "node_went_offline").await;
+    assert_eq!(offline_events, 1, "one transition, not one event per missed heartbeat");
+
+    // It comes back on the same address: back online.
+    let node = start_latent(&key, &dir, boot).await;
+    assert_eq!(node.peer().expect("peer").addr.split(':').next(), addr.split(':').next());
+    wait_for("the leader commits the node back online", Duration::from_secs(30), || status_on_leader(&voters) == Some(NodeStatus::Active)).await;
+}
+
+fn leader_of_now(voters: &[crate::quic::Voter]) -> Option<usize> {
+    voters.iter().position(|v| v.system.as_ref().is_some_and(|s| s.status().is_ok_and(|st| st.raft_state == "Leader")))
+}
+
+async fn count_kind(v: &crate::quic::Voter, from: u64, to: u64, kind: &str) -> usize {
+    let s = v.system.as_ref().expect("running");
+    let mut sub = s.subscribe(from).expect("subscribe");
+    let mut n = 0;
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+        if e.event.body.kind() == kind {
+            n += 1;
+        }
+        if e.seq >= to {
+            break;
+        }
+    }
+    n
+}
