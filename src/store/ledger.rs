@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use rayon::prelude::*;
 use super::record::{self, decode_checkpoint, encode_checkpoint, encode_record, seq_key};
 use super::replay::{replay_range, ReplayOptions, ReplayStats, StopAt};
 use super::verified::VerifiedEvents;
 use crate::core::event::{ChainedEvent, SignedEvent};
-use crate::core::keys::VerifierCache;
+use crate::core::keys::{verify_many, VerifierCache};
 use crate::core::limits;
 use crate::core::projection::{ChainHead, Projection, ProjectionState, Rejection};
 use crate::core::event::EventBody;
