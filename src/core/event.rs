@@ -208,7 +208,9 @@ pub fn network_fingerprint(network: &NetworkIdentityRecord, founder: &NodeId) ->
     NetworkFingerprint(*h.finalize().as_bytes())
 }
 
-/// The signed part of an event, borrowed, in canonical field order.
+/// The signed part of an event, borrowed, in canonical field order. The encoder in
+/// `super::canonical` writes it; this serde form pins that encoder to BCS in the tests.
+#[cfg(test)]
 #[derive(Serialize)]
 struct SignedContent<'a> {
     schema_version: u16,
@@ -257,26 +259,36 @@ impl SignedEvent {
 
     /// The exact bytes the signature covers.
     pub fn signing_message(&self) -> Vec<u8> {
-        signing_message(self.schema_version, &self.fingerprint, &self.author, self.timestamp, &self.body)
+        let mut out = Vec::with_capacity(256);
+        self.write_signing_message(&mut out);
+        out
     }
 
     /// Appends the exact bytes the signature covers to `out` (reuses its allocation).
     pub fn write_signing_message(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(DOMAIN_EVENT_SIGNATURE);
         out.extend_from_slice(self.fingerprint.as_bytes());
-        let content =
-            SignedContent { schema_version: self.schema_version, author: &self.author, timestamp: self.timestamp, body: &self.body };
-        write_canonical(&content, out);
+        super::canonical::signed_content(out, self);
     }
 
     /// The canonical encoding of the whole signed event (what the chain hash covers).
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        canonical_bytes(self)
+        let mut out = Vec::with_capacity(256);
+        self.write_canonical_bytes(&mut out);
+        out
     }
 
-    /// Size of the canonical encoding in bytes.
+    /// Appends the canonical encoding of the whole signed event to `out` (reuses its
+    /// allocation).
+    pub fn write_canonical_bytes(&self, out: &mut Vec<u8>) {
+        super::canonical::signed_event(out, self);
+    }
+
+    /// Size of the canonical encoding in bytes (computed without encoding).
     pub fn encoded_len(&self) -> usize {
-        bcs::serialized_size(self).unwrap_or(usize::MAX)
+        let mut n = super::canonical::Counter::default();
+        super::canonical::signed_event(&mut n, self);
+        n.0
     }
 
     /// Decodes a canonical encoding. Never panics; rejects trailing bytes and anything over
@@ -299,8 +311,28 @@ fn signing_message(
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(DOMAIN_EVENT_SIGNATURE);
     out.extend_from_slice(fingerprint.as_bytes());
-    write_canonical(&SignedContent { schema_version, author, timestamp, body }, &mut out);
+    out.extend_from_slice(&schema_version.to_le_bytes());
+    out.extend_from_slice(author.as_bytes());
+    out.extend_from_slice(&timestamp.0.to_le_bytes());
+    super::canonical::body(&mut out, body);
     out
+}
+
+/// Appends the signing message of the event whose canonical encoding is `canonical` to `out`,
+/// by rearranging its bytes (`schema/encoding.md`): `DOMAIN ‖ c[2..34] ‖ c[0..2] ‖ c[34..len−64]`.
+/// Returns `false` (writing nothing) if `canonical` is too short to be an event.
+pub(crate) fn signing_message_from_canonical(canonical: &[u8], out: &mut Vec<u8>) -> bool {
+    const HEAD: usize = 2 + 32;
+    const SIG: usize = 64;
+    if canonical.len() < HEAD + SIG {
+        return false;
+    }
+    out.reserve(DOMAIN_EVENT_SIGNATURE.len() + canonical.len() - SIG);
+    out.extend_from_slice(DOMAIN_EVENT_SIGNATURE);
+    out.extend_from_slice(&canonical[2..HEAD]);
+    out.extend_from_slice(&canonical[..2]);
+    out.extend_from_slice(&canonical[HEAD..canonical.len() - SIG]);
+    true
 }
 
 /// BCS-encodes `value`. Our types contain no maps and nest shallowly, so encoding cannot fail;
@@ -352,6 +384,14 @@ impl ChainedEvent {
         ChainedEvent { seq, prev_hash, hash, event }
     }
 
+    /// [`ChainedEvent::link`] with the event's canonical encoding already at hand
+    /// (`canonical` must be `event.canonical_bytes()`).
+    pub(crate) fn link_canonical(seq: u64, prev_hash: ChainHash, event: SignedEvent, canonical: &[u8]) -> Self {
+        debug_assert_eq!(canonical, event.canonical_bytes().as_slice());
+        let hash = chain_hash(&prev_hash, seq, canonical);
+        ChainedEvent { seq, prev_hash, hash, event }
+    }
+
     /// Recomputes the hash and compares it with the stored one.
     pub fn hash_is_valid(&self) -> bool {
         chain_hash(&self.prev_hash, self.seq, &self.event.canonical_bytes()) == self.hash
@@ -385,6 +425,100 @@ mod tests {
         let bytes = ev.canonical_bytes();
         assert_eq!(bytes.len(), ev.encoded_len());
         assert_eq!(SignedEvent::from_canonical_bytes(&bytes).ok(), Some(ev));
+    }
+
+    mod fast_encoder {
+        use super::*;
+        use crate::core::types::Endpoint;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![".{0,4}", "[a-z]{100,200}", ".{0,40}"]
+        }
+        fn texts() -> impl Strategy<Value = Vec<String>> {
+            prop::collection::vec(text(), 0..5)
+        }
+        fn id() -> impl Strategy<Value = NodeId> {
+            any::<[u8; 32]>().prop_map(NodeId)
+        }
+        fn role() -> impl Strategy<Value = NodeRole> {
+            prop_oneof![Just(NodeRole::Sclerotium), Just(NodeRole::Rhizomorph)]
+        }
+        fn ann() -> impl Strategy<Value = NodeAnnouncement> {
+            (id(), text(), role(), texts(), texts())
+                .prop_map(|(node, name, role, addresses, capabilities)| NodeAnnouncement { node, name, role, addresses, capabilities })
+        }
+        fn uuid() -> impl Strategy<Value = Uuid> {
+            any::<u128>().prop_map(Uuid::from_u128)
+        }
+        fn body() -> impl Strategy<Value = EventBody> {
+            prop_oneof![
+                (uuid(), text(), any::<i64>(), ann()).prop_map(|(network_id, network_name, t, founder)| EventBody::Genesis {
+                    network: NetworkIdentityRecord { network_id, network_name, genesis_timestamp: Timestamp(t) },
+                    founder
+                }),
+                ann().prop_map(EventBody::NodeJoined),
+                (id(), prop::option::of(text()), prop::option::of(role()))
+                    .prop_map(|(node, name, role)| EventBody::NodeUpdated { node, name, role }),
+                (id(), text()).prop_map(|(node, reason)| EventBody::NodeLeft { node, reason }),
+                (id(), texts()).prop_map(|(node, capabilities)| EventBody::CapabilitiesChanged { node, capabilities }),
+                (id(), texts()).prop_map(|(node, addresses)| EventBody::AddressesChanged { node, addresses }),
+                (id(), any::<u16>(), text())
+                    .prop_map(|(node, s, reason)| EventBody::TrustScoreChanged { node, score: TrustScore(s), reason }),
+                (uuid(), text(), id(), texts(), prop::collection::vec((text(), text()), 0..4), prop::collection::vec((text(), text()), 0..4))
+                    .prop_map(|(service_id, name, node, capabilities, eps, metadata)| {
+                        EventBody::ServiceRegistered(ServiceAnnouncement {
+                            service_id,
+                            name,
+                            node,
+                            capabilities,
+                            endpoints: eps.into_iter().map(|(protocol, address)| Endpoint { protocol, address }).collect(),
+                            metadata,
+                        })
+                    }),
+                (uuid(), text()).prop_map(|(service_id, reason)| EventBody::ServiceDeregistered { service_id, reason }),
+                (id(), any::<i64>()).prop_map(|(node, t)| EventBody::NodeWentOffline { node, last_seen: Timestamp(t) }),
+                id().prop_map(|node| EventBody::NodeBackOnline { node }),
+                (any::<u64>(), any::<[u8; 32]>())
+                    .prop_map(|(head_seq, h)| EventBody::Checkpoint { head_seq, head_hash: ChainHash(h) }),
+            ]
+        }
+        fn event() -> impl Strategy<Value = SignedEvent> {
+            (any::<u16>(), any::<[u8; 32]>(), id(), any::<i64>(), body(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
+                |(schema_version, fp, author, t, body, s1, s2)| {
+                    let mut sig = [0u8; 64];
+                    sig[..32].copy_from_slice(&s1);
+                    sig[32..].copy_from_slice(&s2);
+                    SignedEvent {
+                        schema_version,
+                        fingerprint: NetworkFingerprint(fp),
+                        author,
+                        timestamp: Timestamp(t),
+                        body,
+                        signature: SignatureBytes(sig),
+                    }
+                },
+            )
+        }
+
+        proptest! {
+            /// The hand-written encoder is byte for byte BCS, for every event.
+            #[test]
+            fn fast_encoder_is_bcs(ev in event()) {
+                let bcs_bytes = bcs::to_bytes(&ev).expect("bcs");
+                prop_assert_eq!(&ev.canonical_bytes(), &bcs_bytes);
+                prop_assert_eq!(ev.encoded_len(), bcs_bytes.len());
+                let content = SignedContent { schema_version: ev.schema_version, author: &ev.author, timestamp: ev.timestamp, body: &ev.body };
+                let mut msg = DOMAIN_EVENT_SIGNATURE.to_vec();
+                msg.extend_from_slice(ev.fingerprint.as_bytes());
+                msg.extend_from_slice(&bcs::to_bytes(&content).expect("bcs"));
+                prop_assert_eq!(&ev.signing_message(), &msg);
+                prop_assert_eq!(&signing_message(ev.schema_version, &ev.fingerprint, &ev.author, ev.timestamp, &ev.body), &msg);
+                let mut from_canonical = Vec::new();
+                prop_assert!(signing_message_from_canonical(&bcs_bytes, &mut from_canonical));
+                prop_assert_eq!(&from_canonical, &msg);
+            }
+        }
     }
 
     #[test]

@@ -330,9 +330,11 @@ fn check_service(s: &ServiceAnnouncement) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn sorted_caps(caps: &[String]) -> Vec<String> {
-    let set: BTreeSet<&String> = caps.iter().collect();
-    set.into_iter().cloned().collect()
+/// Capabilities sorted and deduplicated.
+fn sorted_caps(mut caps: Vec<String>) -> Vec<String> {
+    caps.sort_unstable();
+    caps.dedup();
+    caps
 }
 
 impl Projection {
@@ -500,7 +502,11 @@ impl Projection {
     /// Checks `event` against the current state without the signature: network, schema,
     /// admission of the author and the semantic rules. Does not change anything.
     pub fn check(&self, event: &SignedEvent) -> Result<(), Rejection> {
-        let size = event.encoded_len();
+        self.check_sized(event, event.encoded_len())
+    }
+
+    /// [`Projection::check`] with the size of the event's canonical encoding already known.
+    fn check_sized(&self, event: &SignedEvent, size: usize) -> Result<(), Rejection> {
         if size > limits::EVENT_BYTES_MAX {
             return Err(Rejection::LimitExceeded { what: "event".into(), max: limits::EVENT_BYTES_MAX, got: size });
         }
@@ -655,6 +661,28 @@ impl Projection {
         Ok(chained)
     }
 
+    /// [`Projection::append`] with the event's canonical encoding at hand (`canonical` must be
+    /// `event.canonical_bytes()`), so it is not encoded again for the size rule and the hash.
+    pub(crate) fn append_canonical(&mut self, event: SignedEvent, canonical: &[u8]) -> Result<ChainedEvent, Rejection> {
+        self.check_sized(&event, canonical.len())?;
+        let chained = ChainedEvent::link_canonical(self.next_seq(), self.head_hash(), event, canonical);
+        self.mutate(&chained);
+        Ok(chained)
+    }
+
+    /// [`Projection::apply`] of an event the caller owns and no longer needs (replay), whose
+    /// canonical encoding is `size` bytes long: nothing is encoded or cloned.
+    pub(crate) fn apply_owned(&mut self, chained: ChainedEvent, size: usize) -> Result<(), Rejection> {
+        let expected = self.next_seq();
+        if chained.seq != expected || chained.prev_hash != self.head_hash() {
+            return Err(Rejection::NotNext { expected, got: chained.seq });
+        }
+        self.check_sized(&chained.event, size)?;
+        let ChainedEvent { seq, hash, event, .. } = chained;
+        self.mutate_owned(seq, hash, event.fingerprint, event.author, event.timestamp, event.body);
+        Ok(())
+    }
+
     /// Applies an already chained event (replay). Checks that it is the next link and passes
     /// [`Projection::check`]; does not recompute its hash or verify its signature.
     pub fn apply(&mut self, chained: &ChainedEvent) -> Result<(), Rejection> {
@@ -673,15 +701,15 @@ impl Projection {
         }
     }
 
-    fn insert_node(&mut self, a: &NodeAnnouncement, seq: u64, ts: Timestamp, trust: TrustScore) {
+    fn insert_node(&mut self, a: NodeAnnouncement, seq: u64, ts: Timestamp, trust: TrustScore) {
         self.state.nodes.insert(
             a.node,
             NodeRecord {
                 node: a.node,
-                name: a.name.clone(),
+                name: a.name,
                 role: a.role,
-                addresses: a.addresses.clone(),
-                capabilities: sorted_caps(&a.capabilities),
+                addresses: a.addresses,
+                capabilities: sorted_caps(a.capabilities),
                 trust,
                 status: NodeStatus::Active,
                 joined_seq: seq,
@@ -705,87 +733,113 @@ impl Projection {
     /// Applies a checked event. Infallible by construction: every precondition was checked.
     fn mutate(&mut self, ce: &ChainedEvent) {
         let ev = &ce.event;
-        let seq = ce.seq;
-        let ts = ev.timestamp;
-        match &ev.body {
+        self.mutate_owned(ce.seq, ce.hash, ev.fingerprint, ev.author, ev.timestamp, state_part(&ev.body));
+    }
+
+    /// [`Projection::mutate`] taking the body by value: what the state keeps is moved into it,
+    /// not cloned (replay applies events it owns and drops afterwards).
+    fn mutate_owned(
+        &mut self,
+        seq: u64,
+        hash: ChainHash,
+        fingerprint: NetworkFingerprint,
+        author: NodeId,
+        ts: Timestamp,
+        body: EventBody,
+    ) {
+        match body {
             EventBody::Genesis { network, founder } => {
-                self.state.network = Some(network.clone());
-                self.state.fingerprint = Some(ev.fingerprint);
+                self.state.network = Some(network);
+                self.state.fingerprint = Some(fingerprint);
                 self.insert_node(founder, seq, ts, TrustScore::MAX);
             }
             EventBody::NodeJoined(a) => self.insert_node(a, seq, ts, TrustScore::INITIAL),
             EventBody::NodeUpdated { node, name, role } => {
-                if let Some(n) = self.state.nodes.get_mut(node) {
+                if let Some(n) = self.state.nodes.get_mut(&node) {
                     if let Some(name) = name {
-                        n.name = name.clone();
+                        n.name = name;
                     }
                     if let Some(role) = role {
-                        n.role = *role;
+                        n.role = role;
                     }
                     n.updated_seq = seq;
                 }
             }
             EventBody::NodeLeft { node, .. } => {
-                if let Some(n) = self.state.nodes.get_mut(node) {
+                if let Some(n) = self.state.nodes.get_mut(&node) {
                     n.status = NodeStatus::Left;
                     n.offline_last_seen = None;
                     n.updated_seq = seq;
                 }
-                self.remove_services_of(node);
+                self.remove_services_of(&node);
             }
             EventBody::CapabilitiesChanged { node, capabilities } => {
-                if let Some(n) = self.state.nodes.get_mut(node) {
+                if let Some(n) = self.state.nodes.get_mut(&node) {
                     n.capabilities = sorted_caps(capabilities);
                     n.updated_seq = seq;
                 }
             }
             EventBody::AddressesChanged { node, addresses } => {
-                if let Some(n) = self.state.nodes.get_mut(node) {
-                    n.addresses = addresses.clone();
+                if let Some(n) = self.state.nodes.get_mut(&node) {
+                    n.addresses = addresses;
                     n.updated_seq = seq;
                 }
             }
             EventBody::TrustScoreChanged { node, score, .. } => {
-                if let Some(n) = self.state.nodes.get_mut(node) {
-                    n.trust = *score;
+                if let Some(n) = self.state.nodes.get_mut(&node) {
+                    n.trust = score;
                     n.updated_seq = seq;
                 }
             }
             EventBody::ServiceRegistered(s) => {
-                self.index_service(s);
+                self.index_service(&s);
                 self.state.services.insert(
                     s.service_id,
-                    ServiceRecord { service: s.clone(), registered_seq: seq, registered_at: ts, registered_by: ev.author },
+                    ServiceRecord { service: s, registered_seq: seq, registered_at: ts, registered_by: author },
                 );
             }
             EventBody::ServiceDeregistered { service_id, .. } => {
-                if let Some(rec) = self.state.services.remove(service_id) {
+                if let Some(rec) = self.state.services.remove(&service_id) {
                     self.unindex_service(&rec.service);
                 }
             }
             EventBody::NodeWentOffline { node, last_seen } => {
-                if let Some(n) = self.state.nodes.get_mut(node) {
+                if let Some(n) = self.state.nodes.get_mut(&node) {
                     n.status = NodeStatus::Offline;
-                    n.offline_last_seen = Some(*last_seen);
+                    n.offline_last_seen = Some(last_seen);
                     n.updated_seq = seq;
                 }
             }
             EventBody::NodeBackOnline { node } => {
-                if let Some(n) = self.state.nodes.get_mut(node) {
+                if let Some(n) = self.state.nodes.get_mut(&node) {
                     n.status = NodeStatus::Active;
                     n.offline_last_seen = None;
                     n.updated_seq = seq;
                 }
-                self.touch(node, ts);
+                self.touch(&node, ts);
             }
             EventBody::Checkpoint { head_seq, head_hash } => {
                 let attested = self.state.head.map(|h| h.timestamp).unwrap_or_default();
-                self.state.last_checkpoint =
-                    Some((seq, ChainHead { seq: *head_seq, hash: *head_hash, timestamp: attested }));
+                self.state.last_checkpoint = Some((seq, ChainHead { seq: head_seq, hash: head_hash, timestamp: attested }));
             }
         }
-        self.touch(&ev.author, ts);
-        self.state.head = Some(ChainHead { seq, hash: ce.hash, timestamp: ts });
+        self.touch(&author, ts);
+        self.state.head = Some(ChainHead { seq, hash, timestamp: ts });
+    }
+}
+
+/// A copy of `body` with what applying it keeps; the audit-trail texts (reasons), which the
+/// state does not keep, are left empty so copying them costs nothing.
+fn state_part(body: &EventBody) -> EventBody {
+    match body {
+        EventBody::NodeLeft { node, .. } => EventBody::NodeLeft { node: *node, reason: String::new() },
+        EventBody::TrustScoreChanged { node, score, .. } => {
+            EventBody::TrustScoreChanged { node: *node, score: *score, reason: String::new() }
+        }
+        EventBody::ServiceDeregistered { service_id, .. } => {
+            EventBody::ServiceDeregistered { service_id: *service_id, reason: String::new() }
+        }
+        other => other.clone(),
     }
 }
 

@@ -13,13 +13,16 @@
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{Entry, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::{Entry, EntryPayload, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 
-use super::{LogId, StorageError, TypeConfig};
+use super::{LogId, SporeRequest, StorageError, TypeConfig};
+use crate::store::verified::PreVerified;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -33,6 +36,76 @@ pub struct FjallLogStore {
     log: Keyspace,
     meta: Keyspace,
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Verifies the signatures of appended events ahead of their apply, while the log syncs.
+    pre_verified: PreVerified,
+    /// The newest entries, decoded, so apply and replication do not decode what was just
+    /// appended.
+    recent: Recent,
+}
+
+/// A cache of the newest log entries: always a contiguous suffix `first..=last` of the log (or
+/// empty), kept so by [`Recent::appended`], [`Recent::truncated`] and [`Recent::purged`], and
+/// bounded by [`Recent::MAX`] entries. Shared by the store's clones.
+#[derive(Clone, Default)]
+struct Recent {
+    entries: Arc<Mutex<VecDeque<Entry<TypeConfig>>>>,
+}
+
+impl Recent {
+    /// Most entries kept (each at most a proposer batch).
+    const MAX: usize = 64;
+
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, VecDeque<Entry<TypeConfig>>>> {
+        self.entries.lock().ok()
+    }
+
+    /// Entries were appended at the end of the log.
+    fn appended(&self, new: Vec<Entry<TypeConfig>>) {
+        let Some(mut c) = self.lock() else { return };
+        for e in new {
+            if c.back().is_some_and(|b| b.log_id.index + 1 != e.log_id.index) {
+                c.clear(); // not contiguous: start again from here
+            }
+            c.push_back(e);
+        }
+        while c.len() > Self::MAX {
+            c.pop_front();
+        }
+    }
+
+    /// Entries from `index` on were removed.
+    fn truncated(&self, index: u64) {
+        if let Some(mut c) = self.lock() {
+            while c.back().is_some_and(|b| b.log_id.index >= index) {
+                c.pop_back();
+            }
+        }
+    }
+
+    /// Entries up to `index` were removed.
+    fn purged(&self, index: u64) {
+        if let Some(mut c) = self.lock() {
+            while c.front().is_some_and(|f| f.log_id.index <= index) {
+                c.pop_front();
+            }
+        }
+    }
+
+    /// The entries of `start..end` (`end` exclusive, `None` = to the end of the log) if the
+    /// cache covers `start`: being a suffix of the log, it then holds all of them.
+    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+        let c = self.lock()?;
+        let first = c.front()?.log_id.index;
+        if start < first {
+            return None;
+        }
+        let skip = usize::try_from(start - first).ok()?;
+        let take = match end {
+            Some(e) => usize::try_from(e.saturating_sub(start)).ok()?,
+            None => usize::MAX,
+        };
+        Some(c.iter().skip(skip).take(take).cloned().collect())
+    }
 }
 
 /// Syncs the journal for every waiting callback, in order; exits when the store is dropped.
@@ -62,7 +135,7 @@ fn vote_err(e: impl std::fmt::Display) -> StorageError {
 
 impl FjallLogStore {
     /// Opens (creating if needed) the Raft keyspaces in `db`.
-    pub fn open(db: Database, path: PathBuf) -> Result<Self, fjall::Error> {
+    pub fn open(db: Database, path: PathBuf, pre_verified: PreVerified) -> Result<Self, fjall::Error> {
         let log = db.keyspace("raft_log", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("raft_meta", KeyspaceCreateOptions::default)?;
         let (flusher, rx) = std::sync::mpsc::channel();
@@ -71,7 +144,7 @@ impl FjallLogStore {
             .name("spores-raft-flush".into())
             .spawn(move || run_flusher(flush_db, rx))
             .map_err(|e| fjall::Error::from(std::io::Error::other(e.to_string())))?;
-        Ok(FjallLogStore { path, db, log, meta, flusher })
+        Ok(FjallLogStore { path, db, log, meta, flusher, pre_verified, recent: Recent::default() })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -120,8 +193,16 @@ impl RaftLogReader<TypeConfig> for FjallLogStore {
             Bound::Excluded(s) => s.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(e) => Some(e.saturating_add(1)),
+            Bound::Excluded(e) => Some(*e),
+            Bound::Unbounded => None,
+        };
         let span = tracing::trace_span!("raft_log_read", path = %self.path.display(), start);
         let _g = span.enter();
+        if let Some(entries) = self.recent.get(start, end) {
+            return Ok(entries);
+        }
         let mut out = Vec::new();
         for guard in self.log.range(start.to_be_bytes()..) {
             let (k, v) = guard.into_inner().map_err(read_err)?;
@@ -179,13 +260,23 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
     {
         let mut batch = self.db.batch();
         let mut n = 0usize;
+        let mut appended = Vec::new();
         for entry in entries {
             let bytes = postcard::to_stdvec(&entry).map_err(write_err)?;
             batch.insert(&self.log, entry.log_id.index.to_be_bytes(), bytes);
+            // Apply needs these signatures checked once the entries commit: check them now, on
+            // the thread pool, while the flusher syncs the log.
+            match &entry.payload {
+                EntryPayload::Normal(SporeRequest::Event(e)) => self.pre_verified.spawn_verify(Arc::new(vec![e.clone()])),
+                EntryPayload::Normal(SporeRequest::Batch(b)) => self.pre_verified.spawn_verify(b.clone()),
+                _ => {}
+            }
+            appended.push(entry);
             n += 1;
         }
         // Readable once committed; the flusher makes it durable and only then calls back.
         batch.commit().map_err(write_err)?;
+        self.recent.appended(appended);
         tracing::trace!(entries = n, "raft log appended");
         self.flusher.send(callback).map_err(|_| write_err("raft log flusher stopped"))?;
         Ok(())
@@ -193,12 +284,14 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
 
     #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent.truncated(log_id.index);
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.remove_range(log_id.index, None, true)).await.map_err(write_err)?
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent.purged(log_id.index);
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             this.put_meta_durable(KEY_PURGED, &log_id)?;

@@ -26,8 +26,10 @@ pub mod state_machine;
 pub enum SporeRequest {
     /// Append this event to the ledger.
     Event(SignedEvent),
-    /// Append these events, in order (group commit of concurrent writes).
-    Batch(Vec<SignedEvent>),
+    /// Append these events, in order (group commit of concurrent writes). Shared, so the log
+    /// store's cache, replication and pre-verification hold it without copying (on the wire
+    /// and on disk it is the plain list).
+    Batch(std::sync::Arc<Vec<SignedEvent>>),
 }
 
 impl fmt::Display for SporeRequest {
@@ -105,9 +107,11 @@ pub fn open_stores(
     key: crate::core::keys::NodeKey,
 ) -> Result<(log_store::FjallLogStore, state_machine::LedgerStateMachine), crate::error::LedgerError> {
     let path = ledger.path().to_path_buf();
-    let log = log_store::FjallLogStore::open(ledger.database(), path.clone())
+    // Signatures of appended entries are verified while the log syncs; apply uses the verdicts.
+    let pre_verified = crate::store::verified::PreVerified::default();
+    let log = log_store::FjallLogStore::open(ledger.database(), path.clone(), pre_verified.clone())
         .map_err(|source| crate::error::LedgerError::Storage { op: "open raft keyspaces", path, source })?;
-    let sm = state_machine::LedgerStateMachine::new(std::sync::Arc::new(std::sync::RwLock::new(ledger)), key);
+    let sm = state_machine::LedgerStateMachine::new(std::sync::Arc::new(std::sync::RwLock::new(ledger)), key, pre_verified);
     Ok((log, sm))
 }
 

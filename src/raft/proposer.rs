@@ -48,7 +48,7 @@ const _: () = assert!(BATCH_BYTES_MAX >= limits::EVENT_BYTES_MAX);
 
 /// Upper estimate of an event's size in a batch.
 fn event_bytes(event: &SignedEvent) -> usize {
-    bcs::serialized_size(event).unwrap_or(limits::EVENT_BYTES_MAX)
+    event.encoded_len()
 }
 
 /// A handle to the proposer task. Cheap to clone.
@@ -107,7 +107,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<(SignedEvent, Reply)>) {
             let n = events.len();
             let span = tracing::debug_span!("propose_batch", events = n);
             let _g = span.enter();
-            let result = raft.client_write(SporeRequest::Batch(events)).await;
+            let result = raft.client_write(SporeRequest::Batch(std::sync::Arc::new(events))).await;
             match result {
                 Ok(resp) => match resp.data {
                     SporeResponse::Batch(answers) if answers.len() == n => {

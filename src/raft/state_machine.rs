@@ -30,7 +30,8 @@ use super::{ChainPoint, LogId, PeerNode, SporeRequest, SporeResponse, StorageErr
 use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::types::ChainHash;
 use crate::store::ledger::Ledger;
-use crate::core::keys::NodeKey;
+use crate::core::keys::{NodeKey, VerifierCache};
+use crate::store::verified::{PreVerified, VerifiedEvents};
 
 const META_APPLIED: &[u8] = b"raft_applied";
 const META_MEMBERSHIP: &[u8] = b"raft_membership";
@@ -57,6 +58,9 @@ pub struct LedgerStateMachine {
     key: Arc<NodeKey>,
     current: Arc<RwLock<Option<(SnapshotMeta<u64, PeerNode>, Vec<u8>)>>>,
     head_tx: Arc<tokio::sync::watch::Sender<Option<u64>>>,
+    /// Signatures the log store verified as entries arrived.
+    pre_verified: PreVerified,
+    cache: Arc<std::sync::Mutex<VerifierCache>>,
 }
 
 fn sm_read(e: impl std::fmt::Display) -> StorageError {
@@ -75,10 +79,18 @@ fn lock_err() -> StorageError {
 
 impl LedgerStateMachine {
     /// Wraps a ledger; `key` signs the seeds inside snapshots.
-    pub fn new(ledger: SharedLedger, key: NodeKey) -> Self {
+    /// `pre_verified` is shared with the log store, which verifies signatures as entries arrive.
+    pub fn new(ledger: SharedLedger, key: NodeKey, pre_verified: PreVerified) -> Self {
         let head = ledger.read().ok().and_then(|l| l.head().map(|h| h.seq));
         let (tx, _) = tokio::sync::watch::channel(head);
-        LedgerStateMachine { ledger, key: Arc::new(key), current: Arc::new(RwLock::new(None)), head_tx: Arc::new(tx) }
+        LedgerStateMachine {
+            ledger,
+            key: Arc::new(key),
+            current: Arc::new(RwLock::new(None)),
+            head_tx: Arc::new(tx),
+            pre_verified,
+            cache: Arc::new(std::sync::Mutex::new(VerifierCache::default())),
+        }
     }
 
     /// Follows the ledger head's sequence number as events are applied.
@@ -219,6 +231,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let ledger = self.ledger.clone();
+        let pre_verified = self.pre_verified.clone();
+        let cache = self.cache.clone();
         let responses = tokio::task::spawn_blocking(move || {
             let mut l = ledger.write().map_err(|_| lock_err())?;
             let (applied, mut membership) = Self::read_applied(&l)?;
@@ -248,6 +262,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                     }
                     EntryPayload::Normal(SporeRequest::Batch(batch)) => {
                         responses.push(SporeResponse::Batch(vec![SporeResponse::None; batch.len()]));
+                        let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
                         for (k, ev) in batch.into_iter().enumerate() {
                             events.push(ev);
                             slots.push((i, Some(k)));
@@ -272,9 +287,13 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 v
             };
             let n = chunks.len();
+            let mut cache = cache.lock().map_err(|_| lock_err())?;
             for (k, chunk) in chunks.into_iter().enumerate() {
                 let meta = if k + 1 == n { extra.clone() } else { Vec::new() };
-                outcomes.extend(l.append_with_meta(chunk, meta).map_err(sm_write)?);
+                // Signatures the log store already verified (for exactly these events) are
+                // not verified again; the rest are, here.
+                let (verified, _) = VerifiedEvents::verify_with(chunk, &mut cache, &pre_verified);
+                outcomes.extend(l.append_verified_with_meta(verified, meta).map_err(sm_write)?);
             }
             for ((slot, pos), outcome) in slots.into_iter().zip(outcomes) {
                 let answer = match outcome {

@@ -16,9 +16,9 @@ use std::time::Instant;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rayon::prelude::*;
-
 use super::record::{self, decode_checkpoint, encode_checkpoint, encode_record, seq_key};
 use super::replay::{replay_range, ReplayOptions, ReplayStats, StopAt};
+use super::verified::VerifiedEvents;
 use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::keys::{verify_many, VerifierCache};
 use crate::core::limits;
@@ -327,6 +327,8 @@ impl Ledger {
     /// Verifies signatures (batched, on all cores), validates and chains `events` in order,
     /// and writes the accepted ones durably in one atomic batch. Rejected events change
     /// nothing and are reported in place. Returns after the batch is on disk.
+    ///
+    /// This is [`VerifiedEvents::verify`] followed by [`Ledger::append_verified`].
     #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = events.len()))]
     pub fn append(&mut self, events: Vec<SignedEvent>) -> Result<AppendOutcome, LedgerError> {
         self.append_with_meta(events, Vec::new())
@@ -339,32 +341,51 @@ impl Ledger {
         events: Vec<SignedEvent>,
         extra: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<AppendOutcome, LedgerError> {
-        if self.poisoned {
-            return Err(LedgerError::Poisoned(self.path.clone()));
-        }
-        if events.len() > limits::APPEND_BATCH_MAX {
-            return Err(LedgerError::BatchTooLarge { max: limits::APPEND_BATCH_MAX, got: events.len() });
-        }
-        let verdicts = self.verify_signatures(&events);
+        self.usable(events.len())?;
+        let (verified, _) = VerifiedEvents::verify(events, &mut self.cache);
+        self.append_verified_with_meta(verified, extra)
+    }
+
+    /// Validates and chains events whose signatures were already checked, in order, and
+    /// writes the accepted ones durably in one atomic batch (the storage path of
+    /// [`Ledger::append`], without verification). Events whose signature did not verify and
+    /// events the rules reject change nothing and are reported in place. Returns after the
+    /// batch is on disk.
+    #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = events.len()))]
+    pub fn append_verified(&mut self, events: VerifiedEvents) -> Result<AppendOutcome, LedgerError> {
+        self.append_verified_with_meta(events, Vec::new())
+    }
+
+    /// [`Ledger::append_verified`], also writing `extra` key/values into `meta` in the same
+    /// atomic batch (see [`Ledger::append_with_meta`]).
+    pub fn append_verified_with_meta(
+        &mut self,
+        events: VerifiedEvents,
+        extra: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<AppendOutcome, LedgerError> {
+        self.usable(events.len())?;
         let mut outcome = Vec::with_capacity(events.len());
         let mut batch = self.db.batch();
         let mut accepted = 0usize;
-        for (ev, sig_ok) in events.into_iter().zip(verdicts) {
-            if !sig_ok {
+        let projection = &mut self.projection;
+        let ledger = &self.ledger;
+        events.for_each(|v| {
+            if !v.signature_ok {
                 // Check the rules first so a forged event of another network says so.
-                let r = self.projection.check(&ev).err().unwrap_or(Rejection::BadSignature(ev.author));
+                let author = v.event.author;
+                let r = projection.check(&v.event).err().unwrap_or(Rejection::BadSignature(author));
                 outcome.push(Err(r));
-                continue;
+                return;
             }
-            match self.projection.append(ev) {
+            match projection.append_canonical(v.event, v.canonical) {
                 Ok(chained) => {
-                    batch.insert(&self.ledger, seq_key(chained.seq), encode_record(&chained));
+                    batch.insert(ledger, seq_key(chained.seq), encode_record(&chained));
                     accepted += 1;
                     outcome.push(Ok(chained));
                 }
                 Err(r) => outcome.push(Err(r)),
             }
-        }
+        });
         if accepted == 0 && extra.is_empty() {
             return Ok(outcome);
         }
@@ -502,28 +523,15 @@ impl Ledger {
         self.anchor
     }
 
-    fn verify_signatures(&mut self, events: &[SignedEvent]) -> Vec<bool> {
-        const CHUNK: usize = 128;
-        // Below this, fanning out to the pool costs more (wake-ups, idle spinning) than it saves.
-        const PARALLEL_MIN: usize = 256;
-        if events.len() < PARALLEL_MIN {
-            return events
-                .chunks(CHUNK)
-                .flat_map(|chunk| {
-                    let msgs: Vec<Vec<u8>> = chunk.iter().map(SignedEvent::signing_message).collect();
-                    let items: Vec<_> = chunk.iter().zip(&msgs).map(|(e, m)| (e.author, m.as_slice(), e.signature)).collect();
-                    verify_many(&mut self.cache, &items)
-                })
-                .collect();
+    /// Refuses appends to a poisoned ledger and batches over the limit.
+    fn usable(&self, events: usize) -> Result<(), LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned(self.path.clone()));
         }
-        events
-            .par_chunks(CHUNK)
-            .flat_map_iter(|chunk| {
-                let msgs: Vec<Vec<u8>> = chunk.iter().map(SignedEvent::signing_message).collect();
-                let items: Vec<_> = chunk.iter().zip(&msgs).map(|(e, m)| (e.author, m.as_slice(), e.signature)).collect();
-                super::replay::with_thread_cache(|cache| verify_many(cache, &items))
-            })
-            .collect()
+        if events > limits::APPEND_BATCH_MAX {
+            return Err(LedgerError::BatchTooLarge { max: limits::APPEND_BATCH_MAX, got: events });
+        }
+        Ok(())
     }
 
     /// Reads the event at `seq`, validated (decoded and hash-checked, not linked).

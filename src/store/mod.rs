@@ -12,3 +12,4 @@ pub mod provisional;
 pub mod ledger;
 pub mod record;
 pub mod replay;
+pub mod verified;

@@ -18,11 +18,11 @@ use serde::Serialize;
 
 use super::ledger::storage;
 use super::record::{decode_record_with, parse_seq_key, seq_key};
-use crate::core::event::{chain_hash, ChainedEvent};
+use crate::core::event::{chain_hash, signing_message_from_canonical, ChainedEvent};
 use crate::core::keys::{verify_many, VerifierCache};
 use crate::core::limits;
 use crate::core::projection::{Projection, Rejection};
-use crate::core::types::{ChainHash, Timestamp};
+use crate::core::types::{ChainHash, NodeId, SignatureBytes, Timestamp};
 use crate::error::{Corruption, LedgerError};
 
 /// Where a replay stops.
@@ -88,31 +88,42 @@ pub(crate) fn with_thread_cache<R>(f: impl FnOnce(&mut VerifierCache) -> R) -> R
 
 struct Item {
     event: ChainedEvent,
-    msg: Vec<u8>,
+    /// Size of the event's canonical encoding.
+    size: usize,
+    /// Record bytes read.
     bytes: usize,
 }
 
-type Chunk = Vec<Item>;
+/// A stored record whose key the scan has checked, not yet decoded.
+struct Raw {
+    seq: u64,
+    value: fjall::Slice,
+}
+
 type ReadError = (u64, Result<Corruption, LedgerError>);
 
-/// Scans `from..` in order, checking keys, decoding, links and hashes. Sends chunks; ends with
-/// an error item at the first bad record.
-fn read_chunks(
-    ks: &Keyspace,
-    path: &Path,
-    from: u64,
-    mut prev: ChainHash,
-    audit: bool,
-    tx: mpsc::SyncSender<Result<Chunk, ReadError>>,
-) {
+/// Records decoded, hashed, linked and (in an audit) verified, in order; `failure` is the first
+/// bad record after them, if any.
+struct Chunk {
+    items: Vec<Item>,
+    /// Signature verdicts of `items` (audit only).
+    verdicts: Vec<bool>,
+    failure: Option<ReadError>,
+}
+
+/// Records per parallel decode task (and per `verify_batch` call in an audit).
+const PART: usize = 512;
+
+/// Scans `from..` in order, checking only the keys (dense, well formed); decoding is done in
+/// parallel by [`decode_chunk`]. Sends chunks of raw records; ends with an error item at the
+/// first bad key.
+fn scan_chunks(ks: &Keyspace, path: &Path, from: u64, tx: mpsc::SyncSender<Result<Vec<Raw>, ReadError>>) {
     let span = tracing::debug_span!("ledger_scan", path = %path.display(), from);
     let _g = span.enter();
     let mut expected = from;
-    let mut chunk: Chunk = Vec::with_capacity(limits::REPLAY_CHUNK_EVENTS);
-    let mut buf = AlignedVec::new();
-    let mut bytes_buf = Vec::with_capacity(512);
+    let mut chunk = Vec::with_capacity(limits::REPLAY_CHUNK_EVENTS);
     for guard in ks.range(seq_key(from)..) {
-        let fail = |seq, c: Result<Corruption, LedgerError>, chunk: Chunk| {
+        let fail = |seq, c: Result<Corruption, LedgerError>, chunk: Vec<Raw>| {
             let _ = tx.send(Ok(chunk));
             let _ = tx.send(Err((seq, c)));
         };
@@ -126,26 +137,8 @@ fn read_chunks(
         if seq != expected {
             return fail(expected, Ok(Corruption::Gap { expected, found: seq }), chunk);
         }
-        let ev = match decode_record_with(&value, &mut buf) {
-            Ok(ev) => ev,
-            Err(e) => return fail(seq, Ok(e.into()), chunk),
-        };
-        if ev.seq != seq {
-            return fail(seq, Ok(Corruption::Misplaced { key: seq, claimed: ev.seq }), chunk);
-        }
-        if ev.prev_hash != prev {
-            return fail(seq, Ok(Corruption::BadLink { expected: prev, found: ev.prev_hash }), chunk);
-        }
-        bytes_buf.clear();
-        crate::core::event::write_canonical(&ev.event, &mut bytes_buf);
-        let computed = chain_hash(&ev.prev_hash, seq, &bytes_buf);
-        if computed != ev.hash {
-            return fail(seq, Ok(Corruption::HashMismatch { stored: ev.hash, computed }), chunk);
-        }
-        prev = ev.hash;
         expected += 1;
-        let msg = if audit { ev.event.signing_message() } else { Vec::new() };
-        chunk.push(Item { event: ev, msg, bytes: value.len() });
+        chunk.push(Raw { seq, value });
         if chunk.len() >= limits::REPLAY_CHUNK_EVENTS {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(limits::REPLAY_CHUNK_EVENTS));
             if tx.send(Ok(full)).is_err() {
@@ -158,15 +151,106 @@ fn read_chunks(
     }
 }
 
-fn verify_chunk(chunk: &[Item]) -> Vec<bool> {
-    const BATCH: usize = 512;
-    chunk
-        .par_chunks(BATCH)
-        .flat_map_iter(|part| {
-            let items: Vec<_> = part.iter().map(|i| (i.event.event.author, i.msg.as_slice(), i.event.event.signature)).collect();
-            with_thread_cache(|c| verify_many(c, &items))
-        })
-        .collect()
+/// One decoded record: the event, the size of its canonical encoding, and whether its stored
+/// hash matched (the link is checked afterwards, in order).
+struct DecodedRecord {
+    item: Item,
+    computed: ChainHash,
+}
+
+/// What one parallel task made of its records: those decoded up to the first undecodable or
+/// misplaced one (`stop`), with their signature verdicts in an audit.
+struct Part {
+    records: Vec<DecodedRecord>,
+    verdicts: Vec<bool>,
+    stop: Option<(u64, Corruption)>,
+}
+
+thread_local! {
+    static DECODE_BUF: RefCell<AlignedVec> = RefCell::new(AlignedVec::new());
+}
+
+fn decode_part(raw: &[Raw], audit: bool) -> Part {
+    let mut records = Vec::with_capacity(raw.len());
+    let mut stop = None;
+    let mut canonical = Vec::with_capacity(512);
+    let mut msgs = Vec::with_capacity(if audit { raw.len() * 256 } else { 0 });
+    let mut msg_ends = Vec::with_capacity(if audit { raw.len() } else { 0 });
+    DECODE_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        for r in raw {
+            let ev = match decode_record_with(&r.value, &mut buf) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    stop = Some((r.seq, e.into()));
+                    break;
+                }
+            };
+            if ev.seq != r.seq {
+                stop = Some((r.seq, Corruption::Misplaced { key: r.seq, claimed: ev.seq }));
+                break;
+            }
+            canonical.clear();
+            ev.event.write_canonical_bytes(&mut canonical);
+            let computed = chain_hash(&ev.prev_hash, r.seq, &canonical);
+            if audit {
+                // The signing message is a rearrangement of the canonical bytes just hashed.
+                let _ = signing_message_from_canonical(&canonical, &mut msgs);
+                msg_ends.push(msgs.len());
+            }
+            records.push(DecodedRecord { item: Item { event: ev, size: canonical.len(), bytes: r.value.len() }, computed });
+        }
+    });
+    let verdicts = if audit {
+        let mut start = 0;
+        let items: Vec<(NodeId, &[u8], SignatureBytes)> = records
+            .iter()
+            .zip(&msg_ends)
+            .map(|(d, &end)| {
+                let msg = &msgs[start..end];
+                start = end;
+                (d.item.event.event.author, msg, d.item.event.event.signature)
+            })
+            .collect();
+        with_thread_cache(|c| verify_many(c, &items))
+    } else {
+        Vec::new()
+    };
+    Part { records, verdicts, stop }
+}
+
+/// Decodes, hashes and (in an audit) verifies a chunk on all cores, then checks the links in
+/// order. `prev` is the hash the chunk must link to; it is advanced past the good records.
+/// Every check of a record happens in the order a sequential reader would make them, so the
+/// first bad record and the reason reported are the same.
+fn decode_chunk(raw: Vec<Raw>, prev: &mut ChainHash, audit: bool) -> Chunk {
+    let parts: Vec<Part> = raw.par_chunks(PART).map(|p| decode_part(p, audit)).collect();
+    let mut items = Vec::with_capacity(raw.len());
+    let mut verdicts = Vec::with_capacity(if audit { raw.len() } else { 0 });
+    for part in parts {
+        let Part { records, verdicts: v, stop } = part;
+        let mut v = v.into_iter();
+        for d in records {
+            let ev = &d.item.event;
+            if ev.prev_hash != *prev {
+                let failure = Some((ev.seq, Ok(Corruption::BadLink { expected: *prev, found: ev.prev_hash })));
+                return Chunk { items, verdicts, failure };
+            }
+            if d.computed != ev.hash {
+                let failure = Some((ev.seq, Ok(Corruption::HashMismatch { stored: ev.hash, computed: d.computed })));
+                return Chunk { items, verdicts, failure };
+            }
+            *prev = ev.hash;
+            if audit {
+                verdicts.push(v.next().unwrap_or(false));
+            }
+            items.push(d.item);
+        }
+        if let Some((seq, c)) = stop {
+            return Chunk { items, verdicts, failure: Some((seq, Ok(c))) };
+        }
+    }
+    Chunk { items, verdicts, failure: None }
 }
 
 fn rejection_to_corruption(r: Rejection) -> Corruption {
@@ -197,30 +281,28 @@ pub(crate) fn replay_range(
     let prev = projection.head_hash();
     let corrupt = |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption };
     let result = std::thread::scope(|scope| -> Result<(), LedgerError> {
-        let (tx, rx) = mpsc::sync_channel::<Result<Chunk, ReadError>>(2);
+        // Three stages: the scan (keys only) → decode, hash, link and verify on all cores →
+        // apply here. While this thread applies chunk N, the pool decodes chunk N+1.
+        let (tx, rx) = mpsc::sync_channel::<Result<Vec<Raw>, ReadError>>(2);
         let audit = options.audit;
-        scope.spawn(move || read_chunks(ks, path, from, prev, audit, tx));
-        // In an audit a verifier stage sits between reader and apply, so verifying chunk N+1
-        // (on the rayon pool) overlaps applying chunk N here.
-        let (vtx, vrx) = mpsc::sync_channel::<Result<(Chunk, Vec<bool>), ReadError>>(1);
+        scope.spawn(move || scan_chunks(ks, path, from, tx));
+        let (vtx, vrx) = mpsc::sync_channel::<Chunk>(1);
         scope.spawn(move || {
+            let mut prev = prev;
             for msg in rx {
-                let out = msg.map(|chunk| {
-                    let verdicts = if audit { verify_chunk(&chunk) } else { Vec::new() };
-                    (chunk, verdicts)
-                });
-                if vtx.send(out).is_err() {
-                    return; // the consumer stopped early
+                let chunk = match msg {
+                    Ok(raw) => decode_chunk(raw, &mut prev, audit),
+                    Err(e) => Chunk { items: Vec::new(), verdicts: Vec::new(), failure: Some(e) },
+                };
+                let stop = chunk.failure.is_some();
+                if vtx.send(chunk).is_err() || stop {
+                    return; // the consumer stopped early, or the chain is broken here
                 }
             }
         });
-        for msg in vrx {
-            let (chunk, verdicts) = match msg {
-                Ok(c) => c,
-                Err((seq, Ok(c))) => return Err(corrupt(seq, c)),
-                Err((_, Err(e))) => return Err(e),
-            };
-            for (i, item) in chunk.iter().enumerate() {
+        for chunk in vrx {
+            let Chunk { items, verdicts, failure } = chunk;
+            for (i, item) in items.into_iter().enumerate() {
                 let ev = &item.event;
                 match options.stop {
                     StopAt::Seq(s) if ev.seq > s => return Ok(()),
@@ -238,11 +320,17 @@ pub(crate) fn replay_range(
                     }
                     stats.signatures_verified += 1;
                 }
-                projection.apply(ev).map_err(|r| corrupt(ev.seq, rejection_to_corruption(r)))?;
+                let seq = ev.seq;
+                projection.apply_owned(item.event, item.size).map_err(|r| corrupt(seq, rejection_to_corruption(r)))?;
                 stats.events += 1;
                 stats.bytes += item.bytes as u64;
             }
             progress(stats.events);
+            match failure {
+                None => {}
+                Some((seq, Ok(c))) => return Err(corrupt(seq, c)),
+                Some((_, Err(e))) => return Err(e),
+            }
         }
         Ok(())
     });

@@ -1,0 +1,373 @@
+//! Events whose signatures have been checked: the only input [`Ledger::append_verified`]
+//! takes, so the storage path can skip verification without any way to be fed an unchecked
+//! event.
+//!
+//! [`VerifiedEvents::verify`] is the only constructor. It encodes every event canonically
+//! once (the encoding the chain hash covers; the signing message is a rearrangement of it,
+//! see `schema/encoding.md`), verifies the signatures in batches (`verify_batch`, falling back
+//! to `verify_strict` per item in a failing batch) on all cores for large batches, and keeps
+//! the encodings so the append does not encode again. Events whose signature does not verify
+//! stay in place, marked refused: the append reports them as rejected, in order, and never
+//! applies them.
+//!
+//! [`Ledger::append_verified`]: super::ledger::Ledger::append_verified
+
+use rayon::prelude::*;
+
+use crate::core::event::{signing_message_from_canonical, SignedEvent};
+use crate::core::keys::{verify_many, VerifierCache};
+use crate::core::types::SignatureBytes;
+
+/// Signatures verified per `verify_batch` call.
+const CHUNK: usize = 128;
+/// Below this many events, fanning out to the pool costs more (wake-ups, idle spinning) than
+/// it saves.
+const PARALLEL_MIN: usize = 256;
+
+/// Signed events in order, each with its canonical encoding and whether its signature
+/// verified. See the module doc. Deliberately neither `Clone` nor mutable from outside: what
+/// was verified is exactly what gets appended.
+#[derive(Debug)]
+pub struct VerifiedEvents {
+    events: Vec<SignedEvent>,
+    /// Canonical encodings of `events`, back to back.
+    canonical: Vec<u8>,
+    /// End offset of each event's encoding in `canonical`.
+    ends: Vec<usize>,
+    /// Whether each event's signature verified.
+    ok: Vec<bool>,
+}
+
+/// One event as [`VerifiedEvents`] hands it to the append.
+pub(crate) struct VerifiedEvent<'a> {
+    /// The event.
+    pub event: SignedEvent,
+    /// Its canonical encoding.
+    pub canonical: &'a [u8],
+    /// Whether its signature verified.
+    pub signature_ok: bool,
+}
+
+/// The canonical encodings and verdicts of one chunk.
+struct ChunkResult {
+    canonical: Vec<u8>,
+    ends: Vec<usize>,
+    ok: Vec<bool>,
+}
+
+fn verify_chunk(chunk: &[SignedEvent], cache: &mut VerifierCache, known: Option<&PreVerified>) -> ChunkResult {
+    let mut canonical = Vec::with_capacity(chunk.len() * 320);
+    let mut ends = Vec::with_capacity(chunk.len());
+    for e in chunk {
+        e.write_canonical_bytes(&mut canonical);
+        ends.push(canonical.len());
+    }
+    let mut ok = vec![false; chunk.len()];
+    // Which events still need verifying here (those this process has not verified already).
+    let mut todo = Vec::with_capacity(chunk.len());
+    let mut start = 0;
+    for (i, &end) in ends.iter().enumerate() {
+        let bytes = &canonical[start..end];
+        start = end;
+        match known {
+            Some(k) if k.take(&chunk[i].signature, bytes) => ok[i] = true,
+            _ => todo.push((i, start - bytes.len(), end)),
+        }
+    }
+    if todo.is_empty() {
+        return ChunkResult { canonical, ends, ok };
+    }
+    let mut msgs = Vec::with_capacity(canonical.len() + todo.len() * 64);
+    let mut msg_ends = Vec::with_capacity(todo.len());
+    for &(_, from, to) in &todo {
+        // An encoding is always longer than the fixed fields, so this never fails; if it did
+        // the message would be empty and the signature would not verify.
+        let _ = signing_message_from_canonical(&canonical[from..to], &mut msgs);
+        msg_ends.push(msgs.len());
+    }
+    let mut items = Vec::with_capacity(todo.len());
+    let mut start = 0;
+    for (&(i, _, _), &end) in todo.iter().zip(&msg_ends) {
+        items.push((chunk[i].author, &msgs[start..end], chunk[i].signature));
+        start = end;
+    }
+    for (&(i, _, _), verdict) in todo.iter().zip(verify_many(cache, &items)) {
+        ok[i] = verdict;
+    }
+    ChunkResult { canonical, ends, ok }
+}
+
+/// The state of one signature in [`PreVerified`].
+enum Pre {
+    /// Being verified now.
+    Pending,
+    /// Verified, for the event whose canonical encoding has this blake3 digest.
+    Verified([u8; 32]),
+}
+
+#[derive(Default)]
+struct PreInner {
+    map: std::collections::HashMap<SignatureBytes, Pre>,
+}
+
+/// Signatures this process has already verified, ahead of the append that needs them.
+///
+/// A Raft replica receives an event (log append) well before it applies it (after the log is
+/// synced and the entry committed). [`PreVerified::spawn_verify`] verifies the signatures on
+/// the thread pool in that gap, in parallel with the log's fsync, and remembers each good one
+/// with the blake3 digest of the event's whole canonical encoding; [`VerifiedEvents::verify_with`]
+/// then accepts an event without verifying it again only if its signature is remembered for
+/// exactly its encoding (so nothing but a verified event can pass), and waits for a
+/// verification still under way rather than doing it twice. Entries are consumed when used;
+/// the set is bounded ([`PreVerified::CAPACITY`], cleared when full, which only costs
+/// re-verification). Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct PreVerified {
+    inner: std::sync::Arc<(std::sync::Mutex<PreInner>, std::sync::Condvar)>,
+}
+
+impl std::fmt::Debug for PreVerified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreVerified").finish_non_exhaustive()
+    }
+}
+
+impl PreVerified {
+    /// Most signatures remembered at once.
+    pub const CAPACITY: usize = 1 << 20;
+    /// Longest wait for a verification under way before verifying again.
+    const WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// Marks the signatures of `events` as being verified and verifies them on the thread pool
+    /// (returns at once).
+    pub fn spawn_verify(&self, events: std::sync::Arc<Vec<SignedEvent>>) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let Ok(mut g) = self.inner.0.lock() else { return };
+            if g.map.len() + events.len() > Self::CAPACITY {
+                g.map.clear();
+            }
+            for e in events.iter() {
+                g.map.entry(e.signature).or_insert(Pre::Pending);
+            }
+        }
+        let this = self.clone();
+        rayon::spawn(move || {
+            let results: Vec<(SignatureBytes, Option<[u8; 32]>)> = events
+                .par_chunks(CHUNK)
+                .flat_map_iter(|chunk| {
+                    let r = super::replay::with_thread_cache(|cache| verify_chunk(chunk, cache, None));
+                    let mut start = 0;
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for ((e, end), ok) in chunk.iter().zip(r.ends).zip(r.ok) {
+                        let digest = ok.then(|| *blake3::hash(&r.canonical[start..end]).as_bytes());
+                        out.push((e.signature, digest));
+                        start = end;
+                    }
+                    out
+                })
+                .collect();
+            let (lock, cvar) = &*this.inner;
+            if let Ok(mut g) = lock.lock() {
+                for (sig, digest) in results {
+                    match digest {
+                        Some(d) => {
+                            g.map.insert(sig, Pre::Verified(d));
+                        }
+                        None => {
+                            g.map.remove(&sig);
+                        }
+                    }
+                }
+            }
+            cvar.notify_all();
+        });
+    }
+
+    /// Waits (bounded) until none of the signatures of `events` is being verified. Not on a
+    /// thread-pool thread: the verification it would wait for may need that thread.
+    fn wait_settled(&self, events: &[SignedEvent]) {
+        if rayon::current_thread_index().is_some() {
+            return;
+        }
+        let (lock, cvar) = &*self.inner;
+        let Ok(mut g) = lock.lock() else { return };
+        let deadline = std::time::Instant::now() + Self::WAIT_MAX;
+        while events.iter().any(|e| matches!(g.map.get(&e.signature), Some(Pre::Pending))) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            g = match cvar.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(_) => return,
+            };
+        }
+    }
+
+    /// Whether `signature` was verified for the event encoded as `canonical` (consuming the
+    /// entry). Does not wait.
+    fn take(&self, signature: &SignatureBytes, canonical: &[u8]) -> bool {
+        let Ok(mut g) = self.inner.0.lock() else { return false };
+        match g.map.get(signature) {
+            Some(Pre::Verified(d)) => {
+                let ok = *d == *blake3::hash(canonical).as_bytes();
+                g.map.remove(signature);
+                ok
+            }
+            _ => false,
+        }
+    }
+}
+
+impl VerifiedEvents {
+    /// Verifies the signatures of `events` (batched; on all cores for large batches) and
+    /// encodes each one canonically. Returns the events, in order, with the indices of those
+    /// whose signature does not verify (they are kept, marked refused: appending reports
+    /// them rejected and never applies them).
+    #[tracing::instrument(level = "debug", skip_all, fields(events = events.len()))]
+    pub fn verify(events: Vec<SignedEvent>, cache: &mut VerifierCache) -> (VerifiedEvents, Vec<usize>) {
+        Self::verify_inner(events, cache, None)
+    }
+
+    /// [`VerifiedEvents::verify`], skipping the signatures `known` already verified for
+    /// exactly these events (see [`PreVerified`]).
+    #[tracing::instrument(level = "debug", skip_all, fields(events = events.len()))]
+    pub fn verify_with(
+        events: Vec<SignedEvent>,
+        cache: &mut VerifierCache,
+        known: &PreVerified,
+    ) -> (VerifiedEvents, Vec<usize>) {
+        Self::verify_inner(events, cache, Some(known))
+    }
+
+    fn verify_inner(events: Vec<SignedEvent>, cache: &mut VerifierCache, known: Option<&PreVerified>) -> (VerifiedEvents, Vec<usize>) {
+        if let Some(k) = known {
+            // Rather than verify twice what is being verified right now.
+            k.wait_settled(&events);
+        }
+        let parts: Vec<ChunkResult> = if events.len() < PARALLEL_MIN {
+            events.chunks(CHUNK).map(|c| verify_chunk(c, cache, known)).collect()
+        } else {
+            events
+                .par_chunks(CHUNK)
+                .map(|c| super::replay::with_thread_cache(|cache| verify_chunk(c, cache, known)))
+                .collect()
+        };
+        let total: usize = parts.iter().map(|p| p.canonical.len()).sum();
+        let mut canonical = Vec::with_capacity(total);
+        let mut ends = Vec::with_capacity(events.len());
+        let mut ok = Vec::with_capacity(events.len());
+        for p in parts {
+            let base = canonical.len();
+            canonical.extend_from_slice(&p.canonical);
+            ends.extend(p.ends.into_iter().map(|e| base + e));
+            ok.extend(p.ok);
+        }
+        let bad = ok.iter().enumerate().filter(|(_, ok)| !**ok).map(|(i, _)| i).collect();
+        (VerifiedEvents { events, canonical, ends, ok }, bad)
+    }
+
+    /// How many events (refused ones included).
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether there are no events.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Whether every signature verified.
+    pub fn all_verified(&self) -> bool {
+        self.ok.iter().all(|ok| *ok)
+    }
+
+    /// The events, in order, with whether each one's signature verified.
+    pub fn iter(&self) -> impl Iterator<Item = (&SignedEvent, bool)> {
+        self.events.iter().zip(self.ok.iter().copied())
+    }
+
+    /// Gives the events back (for instance to re-verify them elsewhere).
+    pub fn into_events(self) -> Vec<SignedEvent> {
+        self.events
+    }
+
+    /// Visits every event with its canonical encoding and verdict, in order, moving the
+    /// events out.
+    pub(crate) fn for_each(self, mut f: impl FnMut(VerifiedEvent<'_>)) {
+        let VerifiedEvents { events, canonical, ends, ok } = self;
+        let mut start = 0;
+        for ((event, end), signature_ok) in events.into_iter().zip(ends).zip(ok) {
+            f(VerifiedEvent { event, canonical: &canonical[start..end], signature_ok });
+            start = end;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::keys::NodeKey;
+    use crate::core::types::{NetworkFingerprint, Timestamp};
+    use crate::EventBody;
+
+    fn events(n: usize) -> Vec<SignedEvent> {
+        let k = NodeKey::from_seed([4; 32]);
+        (0..n)
+            .map(|i| {
+                SignedEvent::sign(&k, NetworkFingerprint([1; 32]), Timestamp(i as i64), EventBody::NodeBackOnline { node: k.node_id() })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_forged_signature_is_refused_in_place() {
+        for n in [3usize, 300] {
+            let mut evs = events(n);
+            evs[1].signature.0[7] ^= 1;
+            evs[n - 1].timestamp = Timestamp(-5); // signed content changed after signing
+            let (v, bad) = VerifiedEvents::verify(evs.clone(), &mut VerifierCache::default());
+            assert_eq!(bad, vec![1, n - 1]);
+            assert_eq!(v.len(), n);
+            assert!(!v.all_verified());
+            let verdicts: Vec<bool> = v.iter().map(|(_, ok)| ok).collect();
+            assert!(verdicts.iter().enumerate().all(|(i, ok)| *ok == (i != 1 && i != n - 1)));
+            let mut seen = 0;
+            v.for_each(|e| {
+                assert_eq!(e.canonical, evs[seen].canonical_bytes().as_slice());
+                seen += 1;
+            });
+            assert_eq!(seen, n);
+        }
+    }
+
+    #[test]
+    fn pre_verified_signatures_are_only_trusted_for_the_exact_event() {
+        let known = PreVerified::default();
+        let evs = events(6);
+        let mut forged = evs[2].clone();
+        forged.signature.0[0] ^= 1;
+        known.spawn_verify(std::sync::Arc::new(vec![evs[0].clone(), evs[1].clone(), forged.clone()]));
+        // Same signature, different content: the remembered digest does not match.
+        let mut altered = evs[1].clone();
+        altered.timestamp = Timestamp(1_000);
+        let batch = vec![evs[0].clone(), altered, forged, evs[3].clone()];
+        let (v, bad) = VerifiedEvents::verify_with(batch, &mut VerifierCache::default(), &known);
+        assert_eq!(bad, vec![1, 2]);
+        assert_eq!(v.len(), 4);
+        // Entries are consumed: a replay of the same batch verifies again, with the same verdicts.
+        let (_, bad) = VerifiedEvents::verify_with(vec![evs[0].clone(), evs[1].clone()], &mut VerifierCache::default(), &known);
+        assert!(bad.is_empty());
+    }
+
+    #[test]
+    fn valid_events_verify() {
+        let (v, bad) = VerifiedEvents::verify(events(5), &mut VerifierCache::default());
+        assert!(bad.is_empty() && v.all_verified());
+        let (v, bad) = VerifiedEvents::verify(Vec::new(), &mut VerifierCache::default());
+        assert!(bad.is_empty() && v.is_empty());
+    }
+}
