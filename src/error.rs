@@ -222,6 +222,13 @@ pub enum Error {
         /// How long it waited.
         waited: std::time::Duration,
     },
+    /// No voter took the write (this node is cut off from the Primary tier): it is held as a
+    /// provisional event, handed to peers by gossip and committed once a voter is reachable.
+    #[error("no voter reachable: the write is held as provisional event {id} and will be committed when a voter is reachable")]
+    Provisional {
+        /// The held event's id.
+        id: crate::core::provisional::EventId,
+    },
     /// The system has not been started or initialized yet.
     #[error("the spore system is not started (call initialize, start or join first)")]
     NotStarted,

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 use crate::core::keys::NodeKey;
+use crate::core::provisional::{check_absent, ProvisionalError, ProvisionalEvent};
 use crate::core::projection::{ChainHead, NodeRecord, Projection, Rejection, ServiceRecord};
 use crate::core::types::{Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore};
 use crate::error::{Error, LedgerError};
@@ -142,6 +143,9 @@ pub struct SporeStatus {
     pub forks: usize,
     /// Milliseconds since a gossip session last completed (`None`: never, or no gossip).
     pub last_gossip_ms: Option<u64>,
+    /// Provisional events this node holds (written while cut off from the voters, not
+    /// committed yet).
+    pub provisional: usize,
 }
 
 /// A Raft member as `status()` reports it.
@@ -404,6 +408,7 @@ impl SporeSystem {
         let (log_store, sm) = crate::raft::open_stores(ledger, key.clone())?;
         let ledger = sm.ledger().clone();
         let head_rx = sm.subscribe_head();
+        let head_publisher = sm.clone();
 
         let backend: Arc<dyn NetworkBackend> = match cfg.backend {
             Backend::Private => Arc::new(InProcNetwork::new(0)),
@@ -457,10 +462,21 @@ impl SporeSystem {
             let latent = cfg.role == NodeRole::Rhizomorph;
             let svc = Arc::new(GossipService::new(me.clone(), ledger.clone(), cfg.gossip.clone(), move || latent && !member(), member2));
             svc.add_bootstrap(cfg.gossip_peers.clone());
+            // Ranges gossip stores reach `subscribe` like the ones Raft applies.
+            svc.on_stored(Arc::new(move || head_publisher.publish_head()));
             tasks.push(svc.spawn_driver(dialer));
             svc
         });
         tasks.push(spawn_anchor_task(raft.clone(), proposer.clone(), ledger.clone(), key.clone(), cfg.anchors));
+        tasks.push(spawn_provisional_task(
+            raft.clone(),
+            transport.clone(),
+            ledger.clone(),
+            gossip.clone(),
+            me.clone(),
+            key.clone(),
+            cfg.timeouts.rpc,
+        ));
         let liveness = transport.swim_link().map(|link| {
             let cands = gossip.clone();
             let (svc, task) = LivenessService::spawn(me.clone(), cfg.liveness.clone(), link, move || {
@@ -713,6 +729,9 @@ impl SporeSystem {
     #[tracing::instrument(skip(self, event), fields(kind = event.body.kind()))]
     pub async fn submit(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
         let r = self.running()?;
+        if r.role == NodeRole::Rhizomorph && !is_member(&r.raft, &r.me.node) {
+            return self.submit_provisional(event).await;
+        }
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -752,6 +771,48 @@ impl SporeSystem {
         }
     }
 
+    /// A latent node's write: wrapped with this node's statement that the event is not in the
+    /// chain up to its head, delivered to the voters it knows (retried until the write
+    /// timeout; the statement makes a retry after a lost answer harmless), else held as a
+    /// provisional event and handed on by gossip ([`Error::Provisional`]).
+    async fn submit_provisional(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
+        let r = self.running()?;
+        let head = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.head().map(|h| h.seq);
+        let p = ProvisionalEvent::new(&r.key, event, head);
+        let deadline = Instant::now() + r.timeouts.write;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match deliver_provisional(&r.raft, &r.transport, &r.ledger, r.gossip.as_deref(), &r.me, &p, left, r.timeouts.rpc).await {
+                Some(SporeResponse::Applied(point)) => return Ok(point),
+                Some(SporeResponse::Rejected(Rejection::ProvisionalDuplicate(point))) => return Ok(point),
+                Some(SporeResponse::Rejected(rej)) => return Err(Error::Rejected(rej)),
+                Some(other) => return Err(Error::Raft(format!("unexpected response to a provisional event: {other:?}"))),
+                None => {}
+            }
+            if Instant::now() + backoff >= deadline {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        let id = p.id();
+        {
+            let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            crate::store::provisional::put(&l, &p)?;
+        }
+        tracing::info!(id = %id.short(), kind = p.event.body.kind(), "no voter reachable; holding the write as a provisional event");
+        Err(Error::Provisional { id })
+    }
+
+    /// The provisional events this node holds (written while cut off from the voters, or
+    /// handed over by peers), not committed yet.
+    pub fn provisional_events(&self) -> Result<Vec<ProvisionalEvent>, Error> {
+        let r = self.running()?;
+        let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        Ok(crate::store::provisional::list(&l, crate::store::provisional::HELD_MAX)?)
+    }
+
     fn sign(&self, body: EventBody) -> Result<SignedEvent, Error> {
         let r = self.running()?;
         let fp = self.with_projection(|p| p.fingerprint())?.ok_or(Error::NotInitialized)?;
@@ -785,11 +846,22 @@ impl SporeSystem {
         self.submit(self.sign(EventBody::NodeJoined(node))?).await
     }
 
-    /// Replaces this node's announced addresses and capabilities.
+    /// Replaces this node's announced addresses and capabilities (two events). On a latent
+    /// node cut off from the voters both are held as provisional events and the error names
+    /// the second.
     pub async fn announce(&self, addresses: Vec<String>, capabilities: Vec<String>) -> Result<ChainPoint, Error> {
         let me = self.node_id()?;
-        self.submit(self.sign(EventBody::AddressesChanged { node: me, addresses })?).await?;
-        self.submit(self.sign(EventBody::CapabilitiesChanged { node: me, capabilities })?).await
+        let first = self.submit(self.sign(EventBody::AddressesChanged { node: me, addresses })?).await;
+        if let Err(e) = &first {
+            if !matches!(e, Error::Provisional { .. }) {
+                return first;
+            }
+        }
+        let second = self.submit(self.sign(EventBody::CapabilitiesChanged { node: me, capabilities })?).await;
+        match (first, second) {
+            (Err(held), Ok(_)) => Err(held),
+            (_, second) => second,
+        }
     }
 
     /// Registers a service offered by this node; returns its id.
@@ -1016,10 +1088,11 @@ impl SporeSystem {
 
 fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Option<&GossipService>) -> Result<SporeStatus, Error> {
     let m = raft.metrics().borrow().clone();
-    let (head, fingerprint, anchor, seed_anchor, forks) = {
+    let (head, fingerprint, anchor, seed_anchor, forks, provisional) = {
         let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
         let forks = crate::store::forks::list(&l).map(|f| f.len()).unwrap_or(0);
-        (l.head(), l.fingerprint(), l.anchor(), l.seed_anchor().ok().flatten(), forks)
+        let provisional = crate::store::provisional::count(&l).unwrap_or(0);
+        (l.head(), l.fingerprint(), l.anchor(), l.seed_anchor().ok().flatten(), forks, provisional)
     };
     let members = m.membership_config.membership();
     let by_id: BTreeMap<u64, NodeId> = members.nodes().map(|(id, n)| (*id, n.node)).collect();
@@ -1077,6 +1150,7 @@ fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Opt
         anchor,
         forks,
         last_gossip_ms: gossip.and_then(|g| g.last_sync_age()).map(|a| a.as_millis() as u64),
+        provisional,
     })
 }
 
@@ -1089,6 +1163,194 @@ struct NodeService {
     key: NodeKey,
     gossip: Option<Arc<GossipService>>,
     liveness: Option<Arc<LivenessService>>,
+}
+
+/// Whether `node` is in `raft`'s membership (voter or learner).
+fn is_member(raft: &Raft, node: &NodeId) -> bool {
+    let id = raft_id(node);
+    raft.metrics().borrow().membership_config.membership().nodes().any(|(n, _)| *n == id)
+}
+
+/// Hands a provisional event to the Primary tier and returns the state machine's answer, or
+/// `None` if no voter answered within `within`. On the leader it is proposed here; otherwise
+/// it goes to the leader this node knows, else to the registry's authorities and the gossip
+/// bootstrap peers in turn (a member that is not the leader names the leader, tried next).
+#[allow(clippy::too_many_arguments)]
+#[tracing::instrument(level = "debug", skip_all, fields(id = %p.id().short()))]
+async fn deliver_provisional(
+    raft: &Raft,
+    transport: &SharedTransport,
+    ledger: &SharedLedger,
+    gossip: Option<&GossipService>,
+    me: &PeerNode,
+    p: &ProvisionalEvent,
+    within: Duration,
+    rpc_timeout: Duration,
+) -> Option<SporeResponse> {
+    let deadline = Instant::now() + within;
+    let m = raft.metrics().borrow().clone();
+    let leader = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+    let mut targets: Vec<PeerNode> = leader.into_iter().collect();
+    if let Ok(l) = ledger.read() {
+        for n in l.projection().nodes() {
+            if n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left {
+                if let Some(a) = n.addresses.first() {
+                    targets.push(PeerNode { node: n.node, addr: a.clone() });
+                }
+            }
+        }
+    }
+    if let Some(g) = gossip {
+        targets.extend(g.bootstrap_peers());
+    }
+    let mut tried: Vec<NodeId> = Vec::new();
+    let mut queue: std::collections::VecDeque<PeerNode> = targets.into();
+    while let Some(t) = queue.pop_front() {
+        if tried.contains(&t.node) {
+            continue;
+        }
+        tried.push(t.node);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let call = async {
+            if t.node == me.node {
+                // This node leads: propose it here.
+                let write = raft.client_write(crate::raft::SporeRequest::Provisional(p.clone()));
+                return match tokio::time::timeout(left, write).await {
+                    Ok(Ok(resp)) => Some(RpcResponse::Forward(Ok(resp.data))),
+                    _ => None,
+                };
+            }
+            transport.call(&t, RpcRequest::Provisional(p.clone()), left.min(rpc_timeout)).await.ok()
+        };
+        match call.await {
+            Some(RpcResponse::Forward(Ok(resp))) => return Some(resp),
+            Some(RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: Some(l) }))) if !tried.contains(&l.node) => {
+                queue.push_front(l)
+            }
+            other => tracing::debug!(peer = %t.node.short(), ?other, "provisional event not taken"),
+        }
+    }
+    None
+}
+
+/// How often held provisional events are offered to the Primary tier.
+const PROVISIONAL_TICK: Duration = Duration::from_millis(500);
+/// Most held provisional events offered per tick.
+const PROVISIONAL_PER_TICK: usize = 16;
+
+/// Offers the provisional events this node holds to the Primary tier (the leader proposes
+/// them; a member forwards them to its leader; a latent node to the voters it knows) and
+/// forgets each once the state machine answered for it (applied, already committed, or
+/// refused for good). Also drops what can no longer be committed: a held event whose
+/// statement fell out of the window a committer scans is re-issued by its author (after
+/// checking its own chain) and dropped by everyone else.
+#[allow(clippy::too_many_arguments)]
+fn spawn_provisional_task(
+    raft: Raft,
+    transport: SharedTransport,
+    ledger: SharedLedger,
+    gossip: Option<Arc<GossipService>>,
+    me: PeerNode,
+    key: NodeKey,
+    rpc_timeout: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let span = tracing::info_span!("provisional", node = %me.node.short());
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::time::sleep(PROVISIONAL_TICK).await;
+                let held = match ledger.read() {
+                    Ok(l) => match crate::store::provisional::count(&l) {
+                        Ok(0) => continue,
+                        _ => {
+                            let head = l.head().map(|h| h.seq);
+                            match crate::store::provisional::list(&l, crate::store::provisional::HELD_MAX) {
+                                Ok(v) => renew_or_drop(&l, &key, head, v),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot read held provisional events");
+                                    continue;
+                                }
+                            }
+                        }
+                    },
+                    Err(_) => return,
+                };
+                for p in held.into_iter().take(PROVISIONAL_PER_TICK) {
+                    let answer = deliver_provisional(&raft, &transport, &ledger, gossip.as_deref(), &me, &p, rpc_timeout, rpc_timeout).await;
+                    let Some(answer) = answer else {
+                        // Nobody took it: the Primary tier is out of reach; try next tick.
+                        break;
+                    };
+                    match &answer {
+                        SporeResponse::Applied(pt) => tracing::info!(id = %p.id().short(), seq = pt.seq, "provisional event committed"),
+                        SporeResponse::Rejected(Rejection::ProvisionalDuplicate(pt)) => {
+                            tracing::info!(id = %p.id().short(), seq = pt.seq, "provisional event was already committed")
+                        }
+                        SporeResponse::Rejected(r) => tracing::warn!(id = %p.id().short(), reason = %r, "provisional event refused for good"),
+                        other => tracing::warn!(id = %p.id().short(), ?other, "unexpected answer to a provisional event"),
+                    }
+                    let committed = matches!(answer, SporeResponse::Applied(_) | SporeResponse::Rejected(Rejection::ProvisionalDuplicate(_)));
+                    if let (true, Some(g)) = (committed, &gossip) {
+                        g.note_committed(p.id());
+                    }
+                    if let Ok(l) = ledger.read() {
+                        if let Err(e) = crate::store::provisional::remove(&l, &p.id()) {
+                            tracing::warn!(error = %e, "cannot forget a provisional event");
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    )
+}
+
+/// Keeps the held events that can still be committed: one whose statement is older than the
+/// committers' window is re-issued with a fresh statement if this node wrote it and its chain
+/// does not hold it, dropped otherwise (its author re-issues it). Returns what to offer.
+fn renew_or_drop(l: &crate::store::ledger::Ledger, key: &NodeKey, head: Option<u64>, held: Vec<ProvisionalEvent>) -> Vec<ProvisionalEvent> {
+    let mut keep = Vec::with_capacity(held.len());
+    for p in held {
+        match p.scan_range(head) {
+            Ok(_) => keep.push(p),
+            Err(ProvisionalError::FromTheFuture(_)) => keep.push(p), // our chain lags; a committer decides
+            Err(_) => {
+                let id = p.id();
+                let _ = crate::store::provisional::remove(l, &id);
+                if p.event.author != key.node_id() {
+                    tracing::info!(id = %id.short(), "dropping a provisional event too old to commit (its author re-issues it)");
+                    continue;
+                }
+                // Ours: is it in our chain since the old statement? Then it is committed.
+                let from = p.absent_through.map_or(0, |s| s + 1);
+                let present = match head {
+                    Some(h) if from <= h => match l.read_range(from, h) {
+                        Ok(range) => check_absent(&p, &range).is_err(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the chain to renew a provisional event");
+                            true
+                        }
+                    },
+                    _ => false,
+                };
+                if present {
+                    continue;
+                }
+                let renewed = ProvisionalEvent::new(key, p.event, head);
+                match crate::store::provisional::put(l, &renewed) {
+                    Ok(_) => {
+                        tracing::info!(id = %id.short(), "renewed the statement of our provisional event");
+                        keep.push(renewed);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot renew a provisional event"),
+                }
+            }
+        }
+    }
+    keep
 }
 
 /// On the leader, turns liveness *transitions* into events: a registered, active node that

@@ -229,6 +229,14 @@ pub enum Rejection {
         /// What was given.
         got: u64,
     },
+    /// A provisional event whose event is already in the chain (at this seq): committed
+    /// earlier, never applied twice.
+    #[error("the provisional event is already committed at seq {}", .0.seq)]
+    ProvisionalDuplicate(crate::core::types::ChainPoint),
+    /// A provisional event whose statement does not check (not the author's signature, a
+    /// point beyond the head, or older than the window a committer scans).
+    #[error("provisional statement refused: {0}")]
+    ProvisionalRefused(Text),
 }
 
 /// The registries, derived from the chain. See the module doc.

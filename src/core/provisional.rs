@@ -1,7 +1,7 @@
 //! Provisional events: writes made on a node cut off from the Primary tier, kept and gossiped
-//! until a voter can commit them — **groundwork**: the wrapper, its signature and the
-//! duplicate check. Queueing, gossiping and proposing them is not wired yet (see the issue
-//! notes).
+//! until a voter can commit them: the wrapper, its signature and the duplicate check. A
+//! latent node's write that no voter takes is held (`store::provisional`), handed to peers by
+//! gossip, and committed by the leader as `SporeRequest::Provisional`.
 //!
 //! A provisional event is a normal signed event plus its author's signed statement "this
 //! event is not in the chain up to `absent_through`" (the author's head when it queued it).
@@ -29,7 +29,21 @@ pub const PROVISIONAL_WINDOW_EVENTS: u64 = 16_384;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EventId(pub [u8; 32]);
 
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 impl EventId {
+    /// The first 12 hex digits, for logs.
+    pub fn short(&self) -> String {
+        self.to_string()[..12].to_string()
+    }
+
     /// The id of `event`.
     pub fn of(event: &SignedEvent) -> Self {
         let mut h = blake3::Hasher::new();

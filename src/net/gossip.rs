@@ -14,7 +14,9 @@
 //! Ranges are copied from the serving ledger without decoding, so what crosses the wire is
 //! the records plus 4 bytes each.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::core::provisional::{EventId, ProvisionalError, ProvisionalEvent};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,9 @@ const TAG_REQUEST: u8 = 2;
 const TAG_RANGE: u8 = 3;
 const TAG_BYE: u8 = 4;
 const TAG_PROVISIONAL: u8 = 5;
+
+/// Most ids of committed provisional events a node remembers (to not hold them again).
+const COMMITTED_IDS_MAX: usize = 4096;
 
 /// Why a gossip frame could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -188,7 +193,7 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
             Ok(GossipMessage::Range(events))
         }
         TAG_PROVISIONAL => {
-            let (list, rest): (Vec<crate::core::provisional::ProvisionalEvent>, _) =
+            let (list, rest): (Vec<ProvisionalEvent>, _) =
                 postcard::take_from_bytes(body).map_err(|e| undecodable("provisional", e))?;
             exact("provisional", rest)?;
             if list.len() > limits::GOSSIP_PROVISIONAL_MAX {
@@ -326,6 +331,10 @@ pub struct GossipService {
     bootstrap: Mutex<Vec<PeerNode>>,
     cache: Mutex<VerifierCache>,
     last_sync: Mutex<Option<Instant>>,
+    /// Called after each stored range (head subscribers are told).
+    on_stored: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+    /// Ids of provisional events known to be committed (bounded, oldest forgotten first).
+    committed: Mutex<(HashSet<EventId>, VecDeque<EventId>)>,
 }
 
 impl std::fmt::Debug for GossipService {
@@ -357,7 +366,14 @@ impl GossipService {
             bootstrap: Mutex::new(Vec::new()),
             cache: Mutex::new(VerifierCache::default()),
             last_sync: Mutex::new(None),
+            on_stored: Mutex::new(None),
+            committed: Mutex::new((HashSet::new(), VecDeque::new())),
         }
+    }
+
+    /// Calls `f` after each range this service stores (outside the ledger lock).
+    pub fn on_stored(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        *self.on_stored.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
     }
 
     /// Adds peers to contact even before the registry knows them (the bootstrap peers).
@@ -368,6 +384,11 @@ impl GossipService {
                 b.push(p);
             }
         }
+    }
+
+    /// The bootstrap peers (given before the registry names any).
+    pub fn bootstrap_peers(&self) -> Vec<PeerNode> {
+        self.bootstrap.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// How long ago a session with a peer last completed (`None`: never).
@@ -455,13 +476,38 @@ impl GossipService {
         tracing::warn!(peer = %peer.short(), reason = why, ban_secs = ban.as_secs(), "gossip peer penalised");
     }
 
+    /// Notes that the event `id` is in the chain (committed): it is not held again when a
+    /// peer that has not caught up hands it over once more.
+    pub fn note_committed(&self, id: EventId) {
+        let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        if c.0.insert(id) {
+            c.1.push_back(id);
+            if c.1.len() > COMMITTED_IDS_MAX {
+                if let Some(old) = c.1.pop_front() {
+                    c.0.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn known_committed(&self, id: &EventId) -> bool {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner()).0.contains(id)
+    }
+
     /// Keeps the provisional events that check (statement and event signed by the author,
-    /// this network, within the size limit); returns how many checked.
-    pub fn hold_provisional(&self, list: &[crate::core::provisional::ProvisionalEvent]) -> usize {
+    /// this network, within the size limit) and that are neither held already nor in the
+    /// chain since their statement's point; returns how many checked.
+    pub fn hold_provisional(&self, list: &[ProvisionalEvent]) -> usize {
         let Ok(l) = self.ledger.read() else { return 0 };
         let fp = l.fingerprint();
+        let head = l.head().map(|h| h.seq);
         let mut ok = 0;
         for p in list {
+            let id = p.id();
+            if self.known_committed(&id) || crate::store::provisional::contains(&l, &id).unwrap_or(false) {
+                ok += 1;
+                continue;
+            }
             let event_ok = fp == Some(p.event.fingerprint)
                 && p.event.encoded_len() <= limits::EVENT_BYTES_MAX
                 && p.verify_statement().is_ok()
@@ -474,8 +520,25 @@ impl GossipService {
                 continue;
             }
             ok += 1;
+            match p.scan_range(head) {
+                // Too old for any committer: its author re-issues it.
+                Err(ProvisionalError::TooOld { .. }) => continue,
+                // Our chain lags the statement: keep it, a committer decides.
+                Err(_) | Ok(None) => {}
+                Ok(Some((from, to))) => match crate::store::provisional::find_committed(&l, p, from, to) {
+                    Ok(Some(_)) => {
+                        self.note_committed(id);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the chain to check a provisional event");
+                        continue;
+                    }
+                },
+            }
             match crate::store::provisional::put(&l, p) {
-                Ok(true) => tracing::info!(author = %p.event.author.short(), kind = p.event.body.kind(), "holding a provisional event"),
+                Ok(true) => tracing::info!(id = %id.short(), author = %p.event.author.short(), kind = p.event.body.kind(), "holding a provisional event"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot hold a provisional event"),
             }
@@ -548,12 +611,19 @@ impl GossipService {
         let (store_tx, store_rx) = std::sync::mpsc::channel::<LinkedRange>();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
         let worker_ledger = self.ledger.clone();
+        let notify = self.on_stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let worker = tokio::task::spawn_blocking(move || {
+            let mut committed = Vec::new();
             for range in store_rx {
-                if done_tx.send(store_range(&worker_ledger, &range)).is_err() {
+                let result = store_range(&worker_ledger, &range, &mut committed);
+                if let (Ok(_), Some(f)) = (&result, &notify) {
+                    f();
+                }
+                if done_tx.send(result).is_err() {
                     break;
                 }
             }
+            committed
         });
         let mut pending_stores = 0usize;
         let mut hello_seen = false;
@@ -681,7 +751,11 @@ impl GossipService {
         }
         reader.abort();
         drop(store_tx);
-        let _ = worker.await;
+        if let Ok(ids) = worker.await {
+            for id in ids {
+                self.note_committed(id);
+            }
+        }
         drop(pull_guard);
         match &outcome {
             SessionOutcome::Completed => {
@@ -767,7 +841,8 @@ impl GossipAcceptor for GossipService {
     }
 }
 
-fn store_range(ledger: &SharedLedger, range: &LinkedRange) -> Result<u64, String> {
+/// Stores a verified range; the ids of held provisional events it commits go to `committed`.
+fn store_range(ledger: &SharedLedger, range: &LinkedRange, committed: &mut Vec<EventId>) -> Result<u64, String> {
     let mut l = ledger.write().map_err(|_| "ledger lock poisoned".to_string())?;
     // A node filled by gossip is not Raft's: if it later joins Raft, Raft starts over.
     if l.head().is_none() {
@@ -775,8 +850,9 @@ fn store_range(ledger: &SharedLedger, range: &LinkedRange) -> Result<u64, String
     }
     l.append_linked(range).map_err(|e| e.to_string())?;
     // Provisional events that are now in the chain are no longer provisional.
-    if let Err(e) = crate::store::provisional::forget_committed(&l, range.events()) {
-        tracing::warn!(error = %e, "cannot update the held provisional events");
+    match crate::store::provisional::forget_committed(&l, range.events()) {
+        Ok(ids) => committed.extend(ids),
+        Err(e) => tracing::warn!(error = %e, "cannot update the held provisional events"),
     }
     Ok(range.len() as u64)
 }

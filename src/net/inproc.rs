@@ -5,6 +5,11 @@
 //! cannot reach each other), one-way blocks, random loss and delay drawn from a seeded RNG so a
 //! failing schedule reproduces, and crashes (a node's handler is removed; "restart" registers
 //! a new one from the node's data dir).
+//!
+//! With [`InProcNetwork::enable_gossip`] it also carries the latent tier's gossip sessions,
+//! over in-memory byte streams, so that partitions of the latent tier can be injected. A
+//! session is refused across a partition or one-way block when it opens; a session already
+//! open when a partition starts runs to its end (sessions are short).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -13,6 +18,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::gossip::{GossipDialer, GossipStream};
 use super::{BoxFuture, RpcHandler, RpcRequest, RpcResponse, Transport, TransportError};
 use crate::core::types::NodeId;
 use crate::raft::PeerNode;
@@ -31,6 +37,7 @@ struct Inner {
     handlers: HashMap<String, (NodeId, Arc<dyn RpcHandler>)>,
     faults: Faults,
     rng: ChaCha8Rng,
+    gossip: bool,
 }
 
 /// The network: a registry of handlers plus the fault schedule. Cheap to clone.
@@ -43,7 +50,7 @@ impl InProcNetwork {
     /// A network with no faults, whose random choices come from `seed`.
     pub fn new(seed: u64) -> Self {
         InProcNetwork {
-            inner: Arc::new(Mutex::new(Inner { handlers: HashMap::new(), faults: Faults::default(), rng: ChaCha8Rng::seed_from_u64(seed) })),
+            inner: Arc::new(Mutex::new(Inner { handlers: HashMap::new(), faults: Faults::default(), rng: ChaCha8Rng::seed_from_u64(seed), gossip: false })),
         }
     }
 
@@ -97,6 +104,12 @@ impl InProcNetwork {
         self.with(|i| i.faults.delay_ms = (min_ms, max_ms.max(min_ms)));
     }
 
+    /// Carries gossip between the nodes started after this call (off by default, so the
+    /// Raft fault schedules stay as they were).
+    pub fn enable_gossip(&self) {
+        self.with(|i| i.gossip = true);
+    }
+
     /// A transport for the node at `addr` (its outgoing side).
     pub fn transport(&self, addr: &str) -> InProcTransport {
         InProcTransport { net: self.clone(), from: addr.to_string() }
@@ -111,6 +124,11 @@ pub struct InProcTransport {
 }
 
 impl Transport for InProcTransport {
+    fn gossip_dialer(&self) -> Option<Arc<dyn GossipDialer>> {
+        let on = self.net.with(|i| i.gossip);
+        on.then(|| Arc::new(InProcGossip { net: self.net.clone(), from: self.from.clone() }) as Arc<dyn GossipDialer>)
+    }
+
     fn call(&self, to: &PeerNode, req: RpcRequest, timeout: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>> {
         let to_addr = to.addr.clone();
         Box::pin(async move {
@@ -148,6 +166,44 @@ impl Transport for InProcTransport {
                 return Err(TransportError::Unreachable(to_addr));
             }
             Ok(resp)
+        })
+    }
+}
+
+/// Opens gossip sessions over in-memory byte streams (see the module doc).
+struct InProcGossip {
+    net: InProcNetwork,
+    from: String,
+}
+
+/// Bytes buffered each way in a session's stream.
+const GOSSIP_PIPE_BYTES: usize = 256 * 1024;
+
+impl GossipDialer for InProcGossip {
+    fn open_gossip(&self, to: &PeerNode) -> BoxFuture<'_, Result<GossipStream, TransportError>> {
+        let to = to.clone();
+        Box::pin(async move {
+            let found = self.net.with(|i| {
+                let cut = i.faults.blocked.contains(&(self.from.clone(), to.addr.clone()))
+                    || i.faults.blocked.contains(&(to.addr.clone(), self.from.clone()));
+                let sender = i.handlers.get(&self.from).map(|(id, _)| *id);
+                let target = i.handlers.get(&to.addr).and_then(|(id, h)| h.gossip().map(|g| (*id, g)));
+                (!cut).then_some((sender, target))
+            });
+            let Some((Some(sender), Some((target, acceptor)))) = found else {
+                return Err(TransportError::Unreachable(to.addr.clone()));
+            };
+            // The key is the peer's identity, as QUIC's certificate check makes it.
+            if target != to.node {
+                return Err(TransportError::Unreachable(to.addr.clone()));
+            }
+            let (ours, theirs) = tokio::io::duplex(GOSSIP_PIPE_BYTES);
+            let (our_recv, our_send) = tokio::io::split(ours);
+            let (their_recv, their_send) = tokio::io::split(theirs);
+            tokio::spawn(async move {
+                acceptor.accept_gossip(GossipStream { peer: sender, send: Box::new(their_send), recv: Box::new(their_recv) }).await;
+            });
+            Ok(GossipStream { peer: target, send: Box::new(our_send), recv: Box::new(our_recv) })
         })
     }
 }

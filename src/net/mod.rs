@@ -67,6 +67,9 @@ pub enum RpcRequest {
         /// Include every event from genesis.
         include_events: bool,
     },
+    /// A provisional event for the leader to commit (answered with [`RpcResponse::Forward`]);
+    /// a member that is not the leader answers `NotLeader` naming it.
+    Provisional(crate::core::provisional::ProvisionalEvent),
 }
 
 /// A read-only registry query.
@@ -119,6 +122,7 @@ impl RpcRequest {
             RpcRequest::Status => "status",
             RpcRequest::Query(_) => "query",
             RpcRequest::ExportSeed { .. } => "export_seed",
+            RpcRequest::Provisional(_) => "provisional",
         }
     }
 }
@@ -310,7 +314,7 @@ impl RpcHandler for LateHandler {
             None => Box::pin(async move {
                 let starting = || RemoteFailure::Other("node is starting".into());
                 match req {
-                    RpcRequest::Forward(_) => RpcResponse::Forward(Err(starting())),
+                    RpcRequest::Forward(_) | RpcRequest::Provisional(_) => RpcResponse::Forward(Err(starting())),
                     RpcRequest::ReadIndex => RpcResponse::ReadIndex(Err(starting())),
                     RpcRequest::Status => RpcResponse::Status(Err(starting())),
                     RpcRequest::Query(_) => RpcResponse::Query(Err(starting())),

@@ -269,6 +269,7 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
             match &entry.payload {
                 EntryPayload::Normal(SporeRequest::Event(e)) => self.pre_verified.spawn_verify(Arc::new(vec![e.clone()])),
                 EntryPayload::Normal(SporeRequest::Batch(b)) => self.pre_verified.spawn_verify(b.clone()),
+                EntryPayload::Normal(SporeRequest::Provisional(p)) => self.pre_verified.spawn_verify(Arc::new(vec![p.event.clone()])),
                 _ => {}
             }
             appended.push(entry);

@@ -30,6 +30,9 @@ pub enum SporeRequest {
     /// store's cache, replication and pre-verification hold it without copying (on the wire
     /// and on disk it is the plain list).
     Batch(std::sync::Arc<Vec<SignedEvent>>),
+    /// Append a provisional event (written on a node cut off from the voters) unless the chain
+    /// after its author's statement already holds it (see [`crate::core::provisional`]).
+    Provisional(crate::core::provisional::ProvisionalEvent),
 }
 
 impl fmt::Display for SporeRequest {
@@ -37,6 +40,7 @@ impl fmt::Display for SporeRequest {
         match self {
             SporeRequest::Event(e) => write!(f, "event({} by {})", e.body.kind(), e.author.short()),
             SporeRequest::Batch(b) => write!(f, "batch({} events)", b.len()),
+            SporeRequest::Provisional(p) => write!(f, "provisional({} by {})", p.event.body.kind(), p.event.author.short()),
         }
     }
 }

@@ -141,6 +141,23 @@ impl RaftService {
         RemoteFailure::NotLeader { leader }
     }
 
+    /// On the leader: commits a provisional event (the state machine checks the author's
+    /// statement and that the chain does not hold the event already).
+    pub async fn commit_provisional(&self, p: crate::core::provisional::ProvisionalEvent) -> Result<super::SporeResponse, RemoteFailure> {
+        if self.raft.metrics().borrow().current_leader != Some(super::raft_id(&self.me.node)) {
+            return Err(self.not_leader());
+        }
+        // A statement that does not verify is refused before it takes a log entry.
+        if let Err(e) = p.verify_statement() {
+            return Ok(super::SporeResponse::Rejected(crate::core::projection::Rejection::ProvisionalRefused(e.to_string().into())));
+        }
+        match self.raft.client_write(super::SporeRequest::Provisional(p)).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_))) => Err(self.not_leader()),
+            Err(e) => Err(RemoteFailure::Other(e.to_string())),
+        }
+    }
+
     async fn add_member(&self, node: PeerNode, voter: bool) -> Result<(), RemoteFailure> {
         // Leader only, and with the registry up to date with everything committed.
         match self.raft.ensure_linearizable().await {
@@ -213,6 +230,7 @@ impl RpcHandler for RaftService {
                     Err(ProposeError::NotLeader) => Err(self.not_leader()),
                     Err(e) => Err(RemoteFailure::Other(e.to_string())),
                 }),
+                RpcRequest::Provisional(p) => RpcResponse::Forward(self.commit_provisional(p).await),
                 RpcRequest::AddMember { node, voter } => RpcResponse::Membership(self.add_member(node, voter).await),
                 RpcRequest::RemoveMember { node } => RpcResponse::Membership(self.remove_member(node).await),
                 RpcRequest::Status => RpcResponse::Status(Err(RemoteFailure::Other("status is served by the node, not Raft".into()))),

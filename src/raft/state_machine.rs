@@ -31,6 +31,8 @@ use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::types::ChainHash;
 use crate::store::ledger::Ledger;
 use crate::core::keys::{NodeKey, VerifierCache};
+use crate::core::projection::Rejection;
+use crate::core::provisional::ProvisionalEvent;
 use crate::store::verified::{PreVerified, VerifiedEvents};
 
 const META_APPLIED: &[u8] = b"raft_applied";
@@ -98,7 +100,9 @@ impl LedgerStateMachine {
         self.head_tx.subscribe()
     }
 
-    fn publish_head(&self) {
+    /// Tells head subscribers the ledger's head now (also after a gossip store, which
+    /// writes the ledger outside Raft).
+    pub fn publish_head(&self) {
         let head = self.ledger.read().ok().and_then(|l| l.head().map(|h| h.seq));
         self.head_tx.send_replace(head);
     }
@@ -215,6 +219,74 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
     }
 }
 
+/// The ledger meta that marks `last` applied with `membership`.
+fn applied_meta(last: Option<LogId>, membership: &StoredMembership) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    Ok(vec![
+        (META_APPLIED.to_vec(), postcard::to_stdvec(&last).map_err(sm_write)?),
+        (META_MEMBERSHIP.to_vec(), postcard::to_stdvec(&membership).map_err(sm_write)?),
+    ])
+}
+
+/// Appends the pending `events` (in ledger-sized chunks, `meta` written with the last) and
+/// fills each one's response slot.
+#[allow(clippy::too_many_arguments)]
+fn flush(
+    l: &mut Ledger,
+    cache: &mut VerifierCache,
+    pre_verified: &PreVerified,
+    events: &mut Vec<SignedEvent>,
+    slots: &mut Vec<(usize, Option<usize>)>,
+    responses: &mut [SporeResponse],
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<(), StorageError> {
+    let mut chunks: Vec<Vec<SignedEvent>> = Vec::new();
+    let mut it = std::mem::take(events).into_iter().peekable();
+    while it.peek().is_some() {
+        chunks.push(it.by_ref().take(crate::core::limits::APPEND_BATCH_MAX).collect());
+    }
+    if chunks.is_empty() {
+        chunks.push(Vec::new());
+    }
+    let n = chunks.len();
+    let mut outcomes = Vec::new();
+    let mut meta = Some(meta);
+    for (k, chunk) in chunks.into_iter().enumerate() {
+        let m = if k + 1 == n { meta.take().unwrap_or_default() } else { Vec::new() };
+        // Signatures the log store already verified (for exactly these events) are not
+        // verified again; the rest are, here.
+        let (verified, _) = VerifiedEvents::verify_with(chunk, cache, pre_verified);
+        outcomes.extend(l.append_verified_with_meta(verified, m).map_err(sm_write)?);
+    }
+    for ((slot, pos), outcome) in std::mem::take(slots).into_iter().zip(outcomes) {
+        let answer = match outcome {
+            Ok(ce) => SporeResponse::Applied(ChainPoint { seq: ce.seq, hash: ce.hash }),
+            Err(r) => SporeResponse::Rejected(r),
+        };
+        match (pos, &mut responses[slot]) {
+            (Some(k), SporeResponse::Batch(v)) => v[k] = answer,
+            (_, r) => *r = answer,
+        }
+    }
+    Ok(())
+}
+
+/// The state machine's check of a provisional event: its author's statement verifies and the
+/// chain after the statement's point does not hold the event already. Deterministic: every
+/// replica reads the same chain here.
+fn check_provisional(l: &Ledger, p: &ProvisionalEvent) -> Result<(), Rejection> {
+    p.verify_statement().map_err(|e| Rejection::ProvisionalRefused(e.to_string().into()))?;
+    let head = l.head().map(|h| h.seq);
+    let Some((from, to)) = p.scan_range(head).map_err(|e| Rejection::ProvisionalRefused(e.to_string().into()))? else {
+        return Ok(());
+    };
+    // A ledger that cannot read its own committed range refuses rather than guesses.
+    match crate::store::provisional::find_committed(l, p, from, to) {
+        Ok(None) => Ok(()),
+        Ok(Some(point)) => Err(Rejection::ProvisionalDuplicate(point)),
+        Err(e) => Err(Rejection::ProvisionalRefused(format!("cannot read the chain to check: {e}").into())),
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     type SnapshotBuilder = Self;
 
@@ -242,13 +314,14 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 tracing::info!(head = ?l.head().map(|h| h.seq), "Raft replays from the start; discarding the seed import it supersedes");
                 l.reset().map_err(sm_write)?;
             }
-            let mut last = None;
+            // The last entry whose effects are wholly in the ledger.
+            let mut last = applied;
             let mut events: Vec<SignedEvent> = Vec::new();
             // Which response slot (entry, position in its batch) each event fills.
             let mut slots: Vec<(usize, Option<usize>)> = Vec::new();
             let mut responses = Vec::with_capacity(entries.len());
+            let mut cache = cache.lock().map_err(|_| lock_err())?;
             for (i, entry) in entries.into_iter().enumerate() {
-                last = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => responses.push(SporeResponse::None),
                     EntryPayload::Membership(m) => {
@@ -268,43 +341,36 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                             slots.push((i, Some(k)));
                         }
                     }
+                    EntryPayload::Normal(SporeRequest::Provisional(p)) => {
+                        responses.push(SporeResponse::None);
+                        let author = p.event.author;
+                        // The duplicate check reads the chain as it stands before this entry:
+                        // what came before it is stored first (with the applied mark of the
+                        // entry before it, so a crash in between re-applies nothing twice).
+                        let before = applied_meta(last, &membership)?;
+                        flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, before)?;
+                        let answer = match check_provisional(&l, &p) {
+                            Err(rejection) => SporeResponse::Rejected(rejection),
+                            Ok(()) => {
+                                let meta = applied_meta(Some(entry.log_id), &membership)?;
+                                let (verified, _) = VerifiedEvents::verify_with(vec![p.event], &mut cache, &pre_verified);
+                                match l.append_verified_with_meta(verified, meta).map_err(sm_write)?.pop() {
+                                    Some(Ok(ce)) => SporeResponse::Applied(ChainPoint { seq: ce.seq, hash: ce.hash }),
+                                    Some(Err(r)) => SporeResponse::Rejected(r),
+                                    None => SporeResponse::None,
+                                }
+                            }
+                        };
+                        if let SporeResponse::Rejected(r) = &answer {
+                            tracing::info!(author = %author.short(), reason = %r, "provisional event not applied");
+                        }
+                        responses[i] = answer;
+                    }
                 }
+                last = Some(entry.log_id);
             }
-            let extra = vec![
-                (META_APPLIED.to_vec(), postcard::to_stdvec(&last).map_err(sm_write)?),
-                (META_MEMBERSHIP.to_vec(), postcard::to_stdvec(&membership).map_err(sm_write)?),
-            ];
-            let mut outcomes = Vec::new();
-            // The ledger bounds one batch; split large applies, writing the meta with the last.
-            let chunks: Vec<Vec<SignedEvent>> = if events.is_empty() {
-                vec![Vec::new()]
-            } else {
-                let mut v = Vec::new();
-                let mut it = events.into_iter().peekable();
-                while it.peek().is_some() {
-                    v.push(it.by_ref().take(crate::core::limits::APPEND_BATCH_MAX).collect());
-                }
-                v
-            };
-            let n = chunks.len();
-            let mut cache = cache.lock().map_err(|_| lock_err())?;
-            for (k, chunk) in chunks.into_iter().enumerate() {
-                let meta = if k + 1 == n { extra.clone() } else { Vec::new() };
-                // Signatures the log store already verified (for exactly these events) are
-                // not verified again; the rest are, here.
-                let (verified, _) = VerifiedEvents::verify_with(chunk, &mut cache, &pre_verified);
-                outcomes.extend(l.append_verified_with_meta(verified, meta).map_err(sm_write)?);
-            }
-            for ((slot, pos), outcome) in slots.into_iter().zip(outcomes) {
-                let answer = match outcome {
-                    Ok(ce) => SporeResponse::Applied(ChainPoint { seq: ce.seq, hash: ce.hash }),
-                    Err(r) => SporeResponse::Rejected(r),
-                };
-                match (pos, &mut responses[slot]) {
-                    (Some(k), SporeResponse::Batch(v)) => v[k] = answer,
-                    (_, r) => *r = answer,
-                }
-            }
+            let meta = applied_meta(last, &membership)?;
+            flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, meta)?;
             Ok(responses)
         })
         .await

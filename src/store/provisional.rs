@@ -6,7 +6,7 @@ use fjall::{KeyspaceCreateOptions, PersistMode};
 
 use super::ledger::{storage, Ledger};
 use crate::core::event::ChainedEvent;
-use crate::core::provisional::{EventId, ProvisionalEvent};
+use crate::core::provisional::{check_absent, EventId, ProvisionalError, ProvisionalEvent};
 use crate::error::{Corruption, LedgerError};
 
 const KEYSPACE: &str = "provisional";
@@ -62,20 +62,44 @@ pub fn remove(ledger: &Ledger, id: &EventId) -> Result<(), LedgerError> {
     keyspace(ledger)?.remove(id.0).map_err(storage("remove provisional", ledger.path()))
 }
 
-/// Forgets every held provisional event that `events` (newly stored chain events) contain.
-/// Cheap when nothing is held.
-pub fn forget_committed(ledger: &Ledger, events: &[ChainedEvent]) -> Result<usize, LedgerError> {
+/// Forgets every held provisional event that `events` (newly stored chain events) contain;
+/// returns their ids. Cheap when nothing is held.
+pub fn forget_committed(ledger: &Ledger, events: &[ChainedEvent]) -> Result<Vec<EventId>, LedgerError> {
     let ks = keyspace(ledger)?;
     if ks.is_empty().map_err(storage("count provisional", ledger.path()))? {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let mut n = 0;
+    let mut out = Vec::new();
     for ce in events {
         let id = EventId::of(&ce.event);
         if ks.get(id.0).map_err(storage("read provisional", ledger.path()))?.is_some() {
             ks.remove(id.0).map_err(storage("remove provisional", ledger.path()))?;
-            n += 1;
+            out.push(id);
         }
     }
-    Ok(n)
+    Ok(out)
+}
+
+/// Whether `id` is held.
+pub fn contains(ledger: &Ledger, id: &EventId) -> Result<bool, LedgerError> {
+    Ok(keyspace(ledger)?.get(id.0).map_err(storage("read provisional", ledger.path()))?.is_some())
+}
+
+/// How many chain events a scan reads at a time.
+const SCAN_CHUNK: u64 = 1024;
+
+/// Where `p`'s event is in the chain between `from` and `to` (inclusive), if it is.
+pub fn find_committed(ledger: &Ledger, p: &ProvisionalEvent, from: u64, to: u64) -> Result<Option<crate::core::types::ChainPoint>, LedgerError> {
+    let mut at = from;
+    while at <= to {
+        let end = (at + SCAN_CHUNK - 1).min(to);
+        let range = ledger.read_range(at, end)?;
+        if let Err(ProvisionalError::Duplicate(seq)) = check_absent(p, &range) {
+            if let Some(ce) = range.iter().find(|ce| ce.seq == seq) {
+                return Ok(Some(crate::core::types::ChainPoint { seq: ce.seq, hash: ce.hash }));
+            }
+        }
+        at = end + 1;
+    }
+    Ok(None)
 }

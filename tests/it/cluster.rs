@@ -52,7 +52,17 @@ impl Cluster {
 
     /// [`Cluster::form`] with custom timeouts.
     pub async fn form_with(n: usize, seed: u64, timeouts: Timeouts) -> Cluster {
+        Self::form_on(InProcNetwork::new(seed), n, seed, timeouts).await
+    }
+
+    /// [`Cluster::form_with`] on a network that also carries gossip (the latent tier).
+    pub async fn form_with_gossip(n: usize, seed: u64, timeouts: Timeouts) -> Cluster {
         let net = InProcNetwork::new(seed);
+        net.enable_gossip();
+        Self::form_on(net, n, seed, timeouts).await
+    }
+
+    async fn form_on(net: InProcNetwork, n: usize, seed: u64, timeouts: Timeouts) -> Cluster {
         let root = tempfile::tempdir().expect("tempdir");
         let mut members: Vec<Member> = (0..n)
             .map(|i| Member {

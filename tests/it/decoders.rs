@@ -365,7 +365,15 @@ fn valid_gossip_frames() -> &'static [Vec<u8>] {
             peers: vec![PeerAddr { node: history().keys[1].node_id(), addr: "127.0.0.1:7400".into() }],
             primary: true,
         };
-        [GossipMessage::Hello(digest), GossipMessage::Request { from: 3, max_events: 64 }, GossipMessage::Range(chained), GossipMessage::Bye]
+        let author = history().keys.iter().find(|k| k.node_id() == history().events[3].author).expect("author's key");
+        let provisional = mycnet_spores::core::provisional::ProvisionalEvent::new(author, history().events[3].clone(), Some(2));
+        [
+            GossipMessage::Hello(digest),
+            GossipMessage::Request { from: 3, max_events: 64 },
+            GossipMessage::Range(chained),
+            GossipMessage::Bye,
+            GossipMessage::Provisional(vec![provisional]),
+        ]
             .iter()
             .map(|m| encode_frame(m)[4..].to_vec())
             .collect()

@@ -11,3 +11,4 @@ mod seed_export;
 mod golden;
 mod latent;
 mod latent_quic;
+mod partition_heal;

@@ -119,7 +119,8 @@ async fn leader_crash_elects_a_new_leader_and_the_old_one_catches_up() {
     c.crash(leader).await;
     let report = LedgerReader::open(&dir).expect("open").verify(&|_| {}).expect("verify");
     assert!(report.is_ok(), "{:?}", report.first_error);
-    assert_eq!(report.recorded_head.map(|h| h.0), Some(head.seq));
+    // At least the converged head (the leader may have committed an anchor on top since).
+    assert!(report.recorded_head.is_some_and(|h| h.0 >= head.seq), "{:?}", report.recorded_head);
     let _ = SporeType::Primary;
     let _ = SporeSystem::new();
 }

@@ -161,6 +161,9 @@ pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Ou
     o.line(format!("tier         {:?}{}", st.spore_type, if st.raft_member { " (Raft member)" } else { " (latent: kept by gossip)" }))?;
     o.line(format!("anchor       {}", st.anchor.map_or("-".into(), |a| format!("{} {}", a.seq, a.hash))))?;
     o.line(format!("gossip       {}", st.last_gossip_ms.map_or("no session yet".into(), |ms| format!("last session {ms} ms ago"))))?;
+    if st.provisional > 0 {
+        o.line(format!("provisional  {} write(s) held until a voter is reachable", st.provisional))?;
+    }
     if st.forks > 0 {
         o.line(format!("FORKS        {} piece(s) of fork evidence stored: two chains of this network exist", st.forks))?;
     }
