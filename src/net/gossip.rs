@@ -612,10 +612,21 @@ impl GossipService {
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
         let worker_ledger = self.ledger.clone();
         let notify = self.on_stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Two stages: one verifies a range's signatures (on all cores) while the other stores
+        // the range before it under the ledger lock.
+        let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel::<(LinkedRange, Vec<bool>)>(1);
+        let verifier = tokio::task::spawn_blocking(move || {
+            for range in store_rx {
+                let verdicts = crate::store::ledger::verify_signatures(range.events());
+                if verified_tx.send((range, verdicts)).is_err() {
+                    break;
+                }
+            }
+        });
         let worker = tokio::task::spawn_blocking(move || {
             let mut committed = Vec::new();
-            for range in store_rx {
-                let result = store_range(&worker_ledger, &range, &mut committed);
+            for (range, verdicts) in verified_rx {
+                let result = store_range(&worker_ledger, &range, &verdicts, &mut committed);
                 if let (Ok(_), Some(f)) = (&result, &notify) {
                     f();
                 }
@@ -751,6 +762,7 @@ impl GossipService {
         }
         reader.abort();
         drop(store_tx);
+        let _ = verifier.await;
         if let Ok(ids) = worker.await {
             for id in ids {
                 self.note_committed(id);
@@ -842,13 +854,13 @@ impl GossipAcceptor for GossipService {
 }
 
 /// Stores a verified range; the ids of held provisional events it commits go to `committed`.
-fn store_range(ledger: &SharedLedger, range: &LinkedRange, committed: &mut Vec<EventId>) -> Result<u64, String> {
+fn store_range(ledger: &SharedLedger, range: &LinkedRange, verdicts: &[bool], committed: &mut Vec<EventId>) -> Result<u64, String> {
     let mut l = ledger.write().map_err(|_| "ledger lock poisoned".to_string())?;
     // A node filled by gossip is not Raft's: if it later joins Raft, Raft starts over.
     if l.head().is_none() {
         l.set_imported(true).map_err(|e| e.to_string())?;
     }
-    l.append_linked(range).map_err(|e| e.to_string())?;
+    l.append_linked_verified(range, verdicts).map_err(|e| e.to_string())?;
     // Provisional events that are now in the chain are no longer provisional.
     match crate::store::provisional::forget_committed(&l, range.events()) {
         Ok(ids) => committed.extend(ids),

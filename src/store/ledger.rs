@@ -189,6 +189,23 @@ fn verify_chained(cache: &mut VerifierCache, range: &[ChainedEvent]) -> Vec<bool
     range.par_chunks(CHUNK).flat_map_iter(|c| super::replay::with_thread_cache(|cache| check(cache, c))).collect()
 }
 
+/// Verifies the signatures of a range on all cores (per-thread key caches), for a caller that
+/// verifies the next range while the ledger stores the previous one; hand the verdicts to
+/// [`Ledger::append_linked_verified`].
+pub fn verify_signatures(range: &[ChainedEvent]) -> Vec<bool> {
+    const CHUNK: usize = 128;
+    range
+        .par_chunks(CHUNK)
+        .flat_map_iter(|chunk| {
+            super::replay::with_thread_cache(|cache| {
+                let msgs: Vec<Vec<u8>> = chunk.iter().map(|c| c.event.signing_message()).collect();
+                let items: Vec<_> = chunk.iter().zip(&msgs).map(|(c, m)| (c.event.author, m.as_slice(), c.event.signature)).collect();
+                verify_many(cache, &items)
+            })
+        })
+        .collect()
+}
+
 /// The newest checkpoint event among `events` (its own seq and hash), if any.
 fn newest_checkpoint<'a>(events: impl DoubleEndedIterator<Item = &'a ChainedEvent>) -> Option<ChainPoint> {
     events.rev().find(|e| matches!(e.event.body, EventBody::Checkpoint { .. })).map(|e| ChainPoint { seq: e.seq, hash: e.hash })
@@ -450,17 +467,28 @@ impl Ledger {
     /// refusal nothing is stored and the projection is unchanged.
     #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = range.len()))]
     pub fn append_range(&mut self, range: &[ChainedEvent]) -> Result<ChainHead, LedgerError> {
-        self.append_range_inner(range, true)
+        self.append_range_inner(range, true, None)
     }
 
     /// [`Ledger::append_range`] for a range a sync session already checked link by link
     /// (the hashes are not computed again; everything else is checked).
     #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = range.len()))]
     pub fn append_linked(&mut self, range: &crate::core::gossip::LinkedRange) -> Result<ChainHead, LedgerError> {
-        self.append_range_inner(range.events(), false)
+        self.append_range_inner(range.events(), false, None)
     }
 
-    fn append_range_inner(&mut self, range: &[ChainedEvent], check_hashes: bool) -> Result<ChainHead, LedgerError> {
+    /// [`Ledger::append_linked`] with the signature verdicts [`verify_signatures`] gave for
+    /// exactly this range (one per event, in order); a range with any `false` is refused.
+    #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = range.len()))]
+    pub fn append_linked_verified(&mut self, range: &crate::core::gossip::LinkedRange, verdicts: &[bool]) -> Result<ChainHead, LedgerError> {
+        if verdicts.len() != range.len() {
+            // Not this range's verdicts: verify here rather than trust them.
+            return self.append_range_inner(range.events(), false, None);
+        }
+        self.append_range_inner(range.events(), false, Some(verdicts))
+    }
+
+    fn append_range_inner(&mut self, range: &[ChainedEvent], check_hashes: bool, verdicts: Option<&[bool]>) -> Result<ChainHead, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
@@ -486,7 +514,14 @@ impl Ledger {
             expected += 1;
             prev = ce.hash;
         }
-        let verdicts = verify_chained(&mut self.cache, range);
+        let owned;
+        let verdicts = match verdicts {
+            Some(v) => v,
+            None => {
+                owned = verify_chained(&mut self.cache, range);
+                &owned
+            }
+        };
         if let Some(bad) = verdicts.iter().position(|ok| !ok) {
             return Err(refuse(range[bad].seq, RangeRefusal::BadSignature(range[bad].event.author)));
         }

@@ -798,3 +798,70 @@ mod provisional {
         assert_eq!(old.scan_range(Some(PROVISIONAL_WINDOW_EVENTS)), Ok(Some((1, PROVISIONAL_WINDOW_EVENTS))));
     }
 }
+
+/// The gossip runner verifies a range's signatures in one stage and stores it in the next:
+/// the ledger takes the verdicts for exactly that range, refuses a range with a bad one, and
+/// verifies itself when handed verdicts of another length.
+#[test]
+fn stored_ranges_honour_the_signature_verdicts_handed_in() {
+    let (events, _) = synth_events(0x5e7d, 300);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = ledger_with(&tmp.path().join("src"), &events);
+    let mut dst = open_ledger(&tmp.path().join("dst"));
+    let now = Instant::now();
+    let cfg = SyncConfig { batch_events: 128, ..SyncConfig::default() };
+    let mut pull = SyncSession::new(cfg.clone(), local_view(&dst, true), now);
+    let mut serve_side = SyncSession::new(cfg, local_view(&src, false), now);
+    let (mut to_serve, mut to_pull) = (VecDeque::new(), VecDeque::new());
+    let mut stored = 0u64;
+    let mut served = 0u64;
+    let mut checked_refusals = false;
+    for _ in 0..1000 {
+        while let Some(m) = pull.poll_transmit() {
+            to_serve.push_back(m);
+        }
+        while let Some(ev) = pull.poll_event() {
+            if let SessionEvent::Store(range) = ev {
+                let before = dst.head();
+                if !checked_refusals {
+                    checked_refusals = true;
+                    let mut verdicts = mycnet_spores::store::ledger::verify_signatures(range.events());
+                    assert!(verdicts.iter().all(|ok| *ok));
+                    verdicts[3] = false;
+                    assert!(dst.append_linked_verified(&range, &verdicts).is_err(), "a range with a bad verdict is refused");
+                    assert_eq!(dst.head(), before, "nothing of it stored");
+                    // Verdicts of another length are not trusted: the ledger verifies itself.
+                    dst.append_linked_verified(&range, &[]).expect("verified and stored");
+                } else {
+                    let verdicts = mycnet_spores::store::ledger::verify_signatures(range.events());
+                    dst.append_linked_verified(&range, &verdicts).expect("stored");
+                }
+                stored += range.len() as u64;
+                pull.stored();
+            }
+        }
+        while let Some(ev) = serve_side.poll_event() {
+            if let SessionEvent::Serve { from, max_events } = ev {
+                let r = serve(&src, from, max_events);
+                served += r.len() as u64;
+                to_pull.push_back(GossipMessage::Range(r));
+            }
+        }
+        while let Some(m) = serve_side.poll_transmit() {
+            to_pull.push_back(m);
+        }
+        if to_serve.is_empty() && to_pull.is_empty() {
+            break;
+        }
+        while let Some(m) = to_serve.pop_front() {
+            serve_side.handle(m, now);
+        }
+        while let Some(m) = to_pull.pop_front() {
+            pull.handle(m, now);
+        }
+    }
+    assert!(checked_refusals);
+    assert_eq!(stored, 300);
+    assert!(served >= 300);
+    assert_eq!(dst.head(), src.head());
+}
