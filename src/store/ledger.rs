@@ -186,7 +186,7 @@ fn verify_chained(cache: &mut VerifierCache, range: &[ChainedEvent]) -> Vec<bool
     if range.len() < 2 * CHUNK {
         return range.chunks(CHUNK).flat_map(|c| check(cache, c)).collect();
     }
-    range.par_chunks(CHUNK).flat_map_iter(|c| super::replay::with_thread_cache(|cache| check(cache, c))).collect()
+    verify_signatures(range)
 }
 
 /// Verifies the signatures of a range on all cores (per-thread key caches), for a caller that
