@@ -329,11 +329,22 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                         responses.push(SporeResponse::None);
                     }
                     EntryPayload::Normal(SporeRequest::Event(ev)) => {
+                        if events.len() + 1 > crate::core::limits::APPEND_BATCH_MAX {
+                            let before = applied_meta(last, &membership)?;
+                            flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, before)?;
+                        }
                         events.push(ev);
                         slots.push((i, None));
                         responses.push(SporeResponse::None);
                     }
                     EntryPayload::Normal(SporeRequest::Batch(batch)) => {
+                        // Ledger batches end at entry boundaries, each written with the applied
+                        // mark of its last whole entry: a crash between two of them re-applies
+                        // only entries whose events are not stored yet.
+                        if !events.is_empty() && events.len() + batch.len() > crate::core::limits::APPEND_BATCH_MAX {
+                            let before = applied_meta(last, &membership)?;
+                            flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, before)?;
+                        }
                         responses.push(SporeResponse::Batch(vec![SporeResponse::None; batch.len()]));
                         let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
                         for (k, ev) in batch.into_iter().enumerate() {
