@@ -24,36 +24,18 @@ use mycnet_spores::store::record::seq_key;
 use mycnet_spores::{ChainedEvent, Ledger, LedgerConfig, NodeId, NodeKey, PeerNode};
 use rayon::prelude::*;
 
+#[path = "common/fixture.rs"]
+mod fixture;
+
 fn events_wanted() -> u64 {
     std::env::var("SPORES_BENCH_SYNC_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)
 }
 
-fn fixtures_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-fixtures")
-}
-
 /// A durable ledger of `n` synthetic events (with checkpoint anchors), generated once.
 fn fixture(n: u64) -> PathBuf {
-    let root = fixtures_root();
-    let dir = root.join(format!("gossip-ledger-{n}"));
-    let done = root.join(format!("gossip-ledger-{n}.complete"));
-    if !done.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        eprintln!("generating a {n}-event fixture in {} (once)…", dir.display());
-        let mut synth = Synth::new(SynthConfig { seed: 11, nodes: 64, voters: 3, ..Default::default() });
-        let mut ledger = Ledger::open(&dir, LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("create fixture");
-        let mut written = 0u64;
-        while written < n {
-            let chunk = synth.next_chunk(((n - written) as usize).min(2048));
-            written += chunk.len() as u64;
-            for o in ledger.append(chunk).expect("append") {
-                o.expect("synthetic events are valid");
-            }
-        }
-        ledger.sync().expect("sync");
-        std::fs::write(&done, b"complete\n").expect("marker");
-    }
-    dir
+    let mut synth = Synth::new(SynthConfig { seed: 11, nodes: 64, voters: 3, ..Default::default() });
+    let cfg = LedgerConfig { durable: false, ..LedgerConfig::default() };
+    fixture::synth_ledger(&format!("gossip-ledger-{n}"), n, &mut synth, cfg).0
 }
 
 /// Serves only gossip.
@@ -87,7 +69,7 @@ async fn endpoint(seed: u8, ledger: Arc<RwLock<Ledger>>, pull: bool) -> (PeerNod
 /// One sync of everything from `server` into a fresh durable ledger. Returns the wall time
 /// and the UDP bytes the puller received.
 async fn sync_once(server: &PeerNode, head: u64) -> (Duration, u64) {
-    let dir = tempfile::tempdir_in(fixtures_root()).expect("scratch");
+    let dir = tempfile::tempdir_in(fixture::root()).expect("scratch");
     let ledger = Arc::new(RwLock::new(Ledger::open(dir.path(), LedgerConfig::default()).expect("open")));
     let (_, svc, transport, _binding) = endpoint(2, ledger.clone(), true).await;
     let t = Instant::now();
@@ -119,7 +101,7 @@ fn raw_verify(events: &[ChainedEvent]) -> Duration {
 
 /// Raw: append the records to a fresh fjall keyspace in batches, one sync at the end.
 fn raw_bulk_append(records: &[Vec<u8>]) -> Duration {
-    let dir = tempfile::tempdir_in(fixtures_root()).expect("scratch");
+    let dir = tempfile::tempdir_in(fixture::root()).expect("scratch");
     let db = Database::builder(dir.path()).open().expect("open");
     let ks = db.keyspace("ledger", KeyspaceCreateOptions::default).expect("ks");
     let t = Instant::now();

@@ -19,32 +19,19 @@ use mycnet_spores::seed::{self, VerifyPolicy};
 use mycnet_spores::store::record::{encode_record, seq_key};
 use mycnet_spores::{Ledger, LedgerConfig, NodeKey};
 
+#[path = "common/fixture.rs"]
+mod fixture;
+
 fn events_wanted() -> u64 {
     std::env::var("SPORES_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
 }
 
 /// A ledger of `n` synthetic events and the keys of its voters, generated once.
 fn fixture(n: u64) -> (PathBuf, Vec<NodeKey>) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-fixtures");
-    let dir = root.join(format!("seed-ledger-{n}"));
-    let done = root.join(format!("seed-ledger-{n}.complete"));
     let mut synth = Synth::new(SynthConfig { seed: 7, nodes: 64, voters: 3, checkpoint_every_chunk: false, ..Default::default() });
-    if !done.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        eprintln!("generating a {n}-event fixture in {} (once)…", dir.display());
-        let cfg = LedgerConfig { durable: false, checkpoint_interval: 0, ..LedgerConfig::default() };
-        let mut ledger = Ledger::open(&dir, cfg).expect("create fixture ledger");
-        let mut written = 0u64;
-        while written < n {
-            let chunk = synth.next_chunk(((n - written) as usize).min(2048));
-            written += chunk.len() as u64;
-            for o in ledger.append(chunk).expect("append") {
-                o.expect("synthetic events are valid");
-            }
-        }
-        ledger.sync().expect("sync");
-        std::fs::write(&done, b"complete\n").expect("marker");
-    } else {
+    let cfg = LedgerConfig { durable: false, checkpoint_interval: 0, ..LedgerConfig::default() };
+    let (dir, generated) = fixture::synth_ledger(&format!("seed-ledger-{n}"), n, &mut synth, cfg);
+    if !generated {
         // Replay the generator's key schedule without its events: keys depend on the seed only.
         let _ = synth.next_chunk(1);
     }

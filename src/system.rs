@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 use crate::core::keys::NodeKey;
-use crate::core::provisional::{check_absent, ProvisionalError, ProvisionalEvent};
+use crate::core::provisional::{ProvisionalError, ProvisionalEvent};
 use crate::core::projection::{ChainHead, NodeRecord, Projection, Rejection, ServiceRecord};
 use crate::core::types::{Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore};
 use crate::error::{Error, LedgerError};
@@ -1263,17 +1263,12 @@ fn spawn_provisional_task(
             loop {
                 tokio::time::sleep(PROVISIONAL_TICK).await;
                 let held = match ledger.read() {
-                    Ok(l) => match crate::store::provisional::count(&l) {
-                        Ok(0) => continue,
-                        _ => {
-                            let head = l.head().map(|h| h.seq);
-                            match crate::store::provisional::list(&l, crate::store::provisional::HELD_MAX) {
-                                Ok(v) => renew_or_drop(&l, &key, head, v),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "cannot read held provisional events");
-                                    continue;
-                                }
-                            }
+                    Ok(l) => match crate::store::provisional::list(&l, crate::store::provisional::HELD_MAX) {
+                        Ok(v) if v.is_empty() => continue,
+                        Ok(v) => renew_or_drop(&l, &key, l.head().map(|h| h.seq), v),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read held provisional events");
+                            continue;
                         }
                     },
                     Err(_) => return,
@@ -1327,8 +1322,8 @@ fn renew_or_drop(l: &crate::store::ledger::Ledger, key: &NodeKey, head: Option<u
                 // Ours: is it in our chain since the old statement? Then it is committed.
                 let from = p.absent_through.map_or(0, |s| s + 1);
                 let present = match head {
-                    Some(h) if from <= h => match l.read_range(from, h) {
-                        Ok(range) => check_absent(&p, &range).is_err(),
+                    Some(h) if from <= h => match crate::store::provisional::find_committed(l, &p, from, h) {
+                        Ok(found) => found.is_some(),
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot read the chain to renew a provisional event");
                             true

@@ -175,16 +175,20 @@ fn encode_point(seq: u64, hash: &ChainHash) -> [u8; 40] {
     out
 }
 
+/// Verifies one chunk of chained events' signatures in a batch.
+fn verify_chunk(cache: &mut VerifierCache, chunk: &[ChainedEvent]) -> Vec<bool> {
+    let msgs: Vec<Vec<u8>> = chunk.iter().map(|c| c.event.signing_message()).collect();
+    let items: Vec<_> = chunk.iter().zip(&msgs).map(|(c, m)| (c.event.author, m.as_slice(), c.event.signature)).collect();
+    verify_many(cache, &items)
+}
+
+/// Chunk size of batched signature verification.
+const VERIFY_CHUNK: usize = 128;
+
 /// Verifies the signatures of chained events, batched on all cores for large ranges.
 fn verify_chained(cache: &mut VerifierCache, range: &[ChainedEvent]) -> Vec<bool> {
-    const CHUNK: usize = 128;
-    let check = |cache: &mut VerifierCache, chunk: &[ChainedEvent]| {
-        let msgs: Vec<Vec<u8>> = chunk.iter().map(|c| c.event.signing_message()).collect();
-        let items: Vec<_> = chunk.iter().zip(&msgs).map(|(c, m)| (c.event.author, m.as_slice(), c.event.signature)).collect();
-        verify_many(cache, &items)
-    };
-    if range.len() < 2 * CHUNK {
-        return range.chunks(CHUNK).flat_map(|c| check(cache, c)).collect();
+    if range.len() < 2 * VERIFY_CHUNK {
+        return range.chunks(VERIFY_CHUNK).flat_map(|c| verify_chunk(cache, c)).collect();
     }
     verify_signatures(range)
 }
@@ -193,17 +197,7 @@ fn verify_chained(cache: &mut VerifierCache, range: &[ChainedEvent]) -> Vec<bool
 /// verifies the next range while the ledger stores the previous one; hand the verdicts to
 /// [`Ledger::append_linked_verified`].
 pub fn verify_signatures(range: &[ChainedEvent]) -> Vec<bool> {
-    const CHUNK: usize = 128;
-    range
-        .par_chunks(CHUNK)
-        .flat_map_iter(|chunk| {
-            super::replay::with_thread_cache(|cache| {
-                let msgs: Vec<Vec<u8>> = chunk.iter().map(|c| c.event.signing_message()).collect();
-                let items: Vec<_> = chunk.iter().zip(&msgs).map(|(c, m)| (c.event.author, m.as_slice(), c.event.signature)).collect();
-                verify_many(cache, &items)
-            })
-        })
-        .collect()
+    range.par_chunks(VERIFY_CHUNK).flat_map_iter(|chunk| super::replay::with_thread_cache(|cache| verify_chunk(cache, chunk))).collect()
 }
 
 /// The newest checkpoint event among `events` (its own seq and hash), if any.

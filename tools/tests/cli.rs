@@ -249,6 +249,13 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
+/// Waits until every one of `voters` reports a membership of three voters.
+fn wait_for_three_voters(voters: &[Proc]) {
+    wait_until("three voters", Duration::from_secs(30), || {
+        voters.iter().all(|p| status(&p.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3))).then_some(())
+    });
+}
+
 fn register(key_file: &Path, via: &str, name: &str) -> Option<String> {
     let out = run(&["service", "register", "--key-file", path(key_file), "--addr", via, "--name", name, "--endpoint", "tcp://127.0.0.1:1", "--json"]);
     (out.status.code() == Some(0)).then(|| json(&out)["service_id"].as_str().expect("id").to_string())
@@ -271,9 +278,7 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
         start(&mut procs[i], &args);
     }
     // All three are voters of one network.
-    wait_until("three voters", Duration::from_secs(30), || {
-        procs.iter().all(|p| status(&p.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3))).then_some(())
-    });
+    wait_for_three_voters(&procs);
 
     let mut acked = Vec::new();
     for k in 0..5 {
@@ -392,9 +397,7 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
         }
         start(&mut procs[i], &a);
     }
-    wait_until("three voters", Duration::from_secs(30), || {
-        procs[..3].iter().all(|p| status(&p.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3))).then_some(())
-    });
+    wait_for_three_voters(&procs[..3]);
     let mut acked = Vec::new();
     for k in 0..6 {
         acked.push(register(&procs[k % 3].dir.join("node.key"), &procs[k % 3].addr, &format!("svc-{k}")).expect("write acknowledged"));
