@@ -253,6 +253,10 @@ pub enum Error {
     /// That spore tier is not available on this node.
     #[error("the {0:?} spore tier is not available on this node")]
     TierUnavailable(crate::core::types::SporeType),
+    /// A split-brain resolution step failed (the other chain's node did not answer as
+    /// expected, a branch does not check, ...). The resolver retries.
+    #[error("split-brain resolution: {0}")]
+    SplitBrain(String),
 }
 
 /// Result with the crate-wide [`Error`].

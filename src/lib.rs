@@ -54,6 +54,7 @@ pub mod error;
 pub mod net;
 pub mod node;
 pub mod raft;
+pub mod resolve;
 pub mod seed;
 pub mod store;
 pub mod system;

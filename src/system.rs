@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 use crate::core::keys::NodeKey;
+use crate::core::modes::{ModeConfig, ModeInputs, ModeMachine};
 use crate::core::provisional::{ProvisionalError, ProvisionalEvent};
 use crate::core::projection::{ChainHead, NodeRecord, Projection, Rejection, ServiceRecord};
 use crate::core::types::{Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore};
@@ -89,18 +90,7 @@ pub enum Consistency {
     Linearizable,
 }
 
-/// The operational mode of the store (see `ARCHITECTURE.md`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub enum OperationalMode {
-    /// No committed genesis yet, or this node has not received the chain.
-    NetworkFormation,
-    /// A leader is known and the chain is being extended.
-    NormalOperation,
-    /// No leader is reachable: queries are served from the local view, writes fail.
-    PartitionRecovery,
-    /// Two chains for one network were seen (resolution is the split-brain issue's work).
-    SplitBrainResolution,
-}
+pub use crate::core::modes::OperationalMode;
 
 /// A snapshot of the node's state, from [`SporeSystem::status`].
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -127,6 +117,10 @@ pub struct SporeStatus {
     pub learners: Vec<NodeId>,
     /// The operational mode.
     pub mode: OperationalMode,
+    /// Since when (this node's clock).
+    pub mode_since: Timestamp,
+    /// Why the node entered this mode (`None` before its first transition).
+    pub mode_reason: Option<String>,
     /// Which tier answers queries on this node.
     pub spore_type: SporeType,
     /// Index of the last entry in this node's Raft log.
@@ -139,7 +133,8 @@ pub struct SporeStatus {
     pub raft_member: bool,
     /// The newest voter-signed checkpoint this node holds (everything up to it is Primary).
     pub anchor: Option<ChainPoint>,
-    /// Fork evidence stored on this node (two chains of this network seen).
+    /// Forks seen and not yet settled (two chains of this network: fork evidence stored and no
+    /// resolution recorded for it).
     pub forks: usize,
     /// Milliseconds since a gossip session last completed (`None`: never, or no gossip).
     pub last_gossip_ms: Option<u64>,
@@ -162,6 +157,7 @@ pub struct PeerLag {
     pub lag: Option<u64>,
 }
 
+#[derive(Clone)]
 enum Backend {
     /// A private in-process network of one node (the embedded default).
     Private,
@@ -170,6 +166,7 @@ enum Backend {
 }
 
 /// Builds a [`SporeSystem`]: data dir, key, role, address, network and timeouts.
+#[derive(Clone)]
 pub struct SporeSystemBuilder {
     data_dir: Option<PathBuf>,
     key: Option<NodeKey>,
@@ -302,7 +299,7 @@ impl SporeSystemBuilder {
     }
     /// Builds the (not yet started) system.
     pub fn build(self) -> SporeSystem {
-        SporeSystem { config: Some(self), running: None }
+        SporeSystem { config: Some(self), launched: None, running: None }
     }
 }
 
@@ -322,6 +319,9 @@ struct Running {
     timeouts: Timeouts,
     gossip: Option<Arc<GossipService>>,
     liveness: Option<Arc<LivenessService>>,
+    modes: SharedModes,
+    data_dir: PathBuf,
+    resolver: Arc<crate::resolve::ResolverState>,
     /// Background tasks (gossip driver, anchor committer), aborted on shutdown.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _tempdir: Option<tempfile::TempDir>,
@@ -338,6 +338,9 @@ impl Drop for Running {
 /// The discovery store of one node. See the module doc and the crate doc.
 pub struct SporeSystem {
     config: Option<SporeSystemBuilder>,
+    /// What the running system was started with (its key and data dir filled in), to start
+    /// it again after yielding a split-brain.
+    launched: Option<SporeSystemBuilder>,
     running: Option<Running>,
 }
 
@@ -379,8 +382,12 @@ impl SporeSystem {
             return Ok(());
         }
         let cfg = self.config.take().ok_or(Error::NotStarted)?;
-        match Self::launch(cfg).await {
+        match Self::launch(cfg.clone()).await {
             Ok(r) => {
+                let mut launched = cfg;
+                launched.key = Some(r.key.clone());
+                launched.data_dir = Some(r.data_dir.clone());
+                self.launched = Some(launched);
                 self.running = Some(r);
                 Ok(())
             }
@@ -486,6 +493,26 @@ impl SporeSystem {
             tasks.push(spawn_liveness_committer(raft.clone(), proposer.clone(), ledger.clone(), key.clone(), svc.clone()));
             svc
         });
+        let modes: SharedModes = Arc::new(std::sync::Mutex::new(ModeMachine::new(ModeConfig::default(), Timestamp::now())));
+        let resolver = Arc::new(crate::resolve::ResolverState::default());
+        if let Some(g) = &gossip {
+            tasks.push(
+                crate::resolve::Resolver {
+                    raft: raft.clone(),
+                    proposer: proposer.clone(),
+                    transport: transport.clone(),
+                    ledger: ledger.clone(),
+                    gossip: g.clone(),
+                    me: me.clone(),
+                    key: key.clone(),
+                    rpc_timeout: cfg.timeouts.rpc,
+                    data_dir: data_dir.clone(),
+                    state: resolver.clone(),
+                }
+                .spawn(),
+            );
+        }
+        tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
         late.set(Arc::new(NodeService {
             raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
             raft: raft.clone(),
@@ -494,6 +521,7 @@ impl SporeSystem {
             key: key.clone(),
             gossip: gossip.clone(),
             liveness: liveness.clone(),
+            modes: modes.clone(),
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -512,6 +540,9 @@ impl SporeSystem {
             timeouts: cfg.timeouts,
             gossip,
             liveness,
+            modes,
+            data_dir,
+            resolver,
             tasks,
             _tempdir: tempdir,
         })
@@ -611,11 +642,14 @@ impl SporeSystem {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Wait for a snapshot covering what was applied when it was asked for (the anchor
+        // task may commit a checkpoint meanwhile; that entry need not be in it).
+        let wanted = r.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         r.raft.trigger().snapshot().await.map_err(raft_err)?;
         loop {
             let m = r.raft.metrics().borrow().clone();
-            if let (Some(snap), Some(applied)) = (m.snapshot, m.last_applied) {
-                if snap.index >= applied.index {
+            if let Some(snap) = m.snapshot {
+                if snap.index >= wanted {
                     r.raft.trigger().purge_log(snap.index).await.map_err(raft_err)?;
                     break;
                 }
@@ -1001,7 +1035,60 @@ impl SporeSystem {
     /// Role, leader, term, head and mode.
     pub fn status(&self) -> Result<SporeStatus, Error> {
         let r = self.running()?;
-        compute_status(&r.raft, &r.ledger, &r.me, r.gossip.as_deref())
+        compute_status(&r.raft, &r.ledger, &r.me, r.gossip.as_deref(), &r.modes)
+    }
+
+    /// When this node's chain lost a split-brain and the winner has recorded the resolution:
+    /// what [`SporeSystem::yield_to_winner`] will do (`None` otherwise).
+    pub fn yield_plan(&self) -> Result<Option<crate::resolve::YieldPlan>, Error> {
+        Ok(self.running()?.resolver.yield_plan.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// Yields to the winner of a split-brain (see [`SporeSystem::yield_plan`] and the
+    /// `resolve` module): exports this node's chain as a seed file and keeps its whole ledger
+    /// directory under `DATA_DIR/forks/` (nothing is dropped), starts again on an empty ledger
+    /// with the same key, and joins the winning network through the winner's node, as a voter
+    /// if it was one. The losing branch's valid events were re-proposed to the winner before
+    /// it recorded the resolution. Returns the path of the exported seed.
+    #[tracing::instrument(skip(self))]
+    pub async fn yield_to_winner(&mut self) -> Result<PathBuf, Error> {
+        let plan = self.yield_plan()?.ok_or_else(|| Error::SplitBrain("this node has nothing to yield".into()))?;
+        let (was_voter, data_dir, ledger, key) = {
+            let r = self.running()?;
+            let st = self.status()?;
+            (st.voters.contains(&r.me.node), r.data_dir.clone(), r.ledger.clone(), r.key.clone())
+        };
+        let tag = format!("lost-{}-{}", plan.resolution.loser.fork_seq, plan.resolution.loser.first.hash.short());
+        let forks_dir = data_dir.join("forks");
+        std::fs::create_dir_all(&forks_dir).map_err(io_err(&forks_dir))?;
+        let seed_path = forks_dir.join(format!("{tag}.seed"));
+        let sp = seed_path.clone();
+        tokio::task::spawn_blocking(move || crate::seed::export(&ledger, &key, &sp, true))
+            .await
+            .map_err(|e| Error::SplitBrain(format!("seed export task: {e}")))??;
+        // Keep the temporary dir (the embedded default) alive across the restart.
+        let tempdir = self.running.as_mut().and_then(|r| r._tempdir.take());
+        self.shutdown().await?;
+        let ledger_dir = data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
+        let kept = forks_dir.join(format!("{tag}.ledger"));
+        std::fs::rename(&ledger_dir, &kept).map_err(io_err(&ledger_dir))?;
+        tracing::warn!(seed = %seed_path.display(), ledger = %kept.display(), winner = %plan.winner_node.node.short(),
+            "yielding to the split-brain winner: the losing chain is kept; joining the winner");
+        self.config = self.launched.take();
+        self.start().await?;
+        if let Some(r) = self.running.as_mut() {
+            r._tempdir = tempdir;
+        }
+        self.join(plan.winner_node.clone(), was_voter).await?;
+        Ok(seed_path)
+    }
+
+    /// The operational-mode transitions this node went through, oldest first, each with its
+    /// time and reason (the newest [`MODES_KEPT`](crate::store::modes::MODES_KEPT), kept
+    /// across restarts).
+    pub fn mode_history(&self) -> Result<Vec<crate::core::modes::Transition>, Error> {
+        let l = self.running()?.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        Ok(crate::store::modes::list(&l)?)
     }
 
     /// The committed chained events from `from_seq` on, in order, without gaps or duplicates,
@@ -1086,11 +1173,51 @@ impl SporeSystem {
     }
 }
 
-fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Option<&GossipService>) -> Result<SporeStatus, Error> {
+/// Re-evaluates the operational mode twice a second, so every transition is logged and kept
+/// when it happens, not only when somebody asks for the status.
+fn spawn_mode_task(raft: Raft, ledger: SharedLedger, me: PeerNode, gossip: Option<Arc<GossipService>>, modes: SharedModes) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (raft, ledger, me, gossip, modes) = (raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone());
+            // Reads fjall: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || compute_status(&raft, &ledger, &me, gossip.as_deref(), &modes)).await;
+        }
+    })
+}
+
+/// The node's mode state machine, shared by `status`, the RPC status and the mode task.
+type SharedModes = Arc<std::sync::Mutex<ModeMachine>>;
+
+/// Feeds `inputs` to the mode machine; a transition is logged (with its reason) and kept in
+/// the ledger's `modes` keyspace. Returns the mode, since when, and why.
+fn observe_mode(modes: &SharedModes, ledger: &SharedLedger, inputs: &ModeInputs) -> (OperationalMode, Timestamp, Option<String>) {
+    let Ok(mut m) = modes.lock() else {
+        return (OperationalMode::NetworkFormation, Timestamp::now(), Some("mode state poisoned".into()));
+    };
+    if let Some(t) = m.observe(inputs, Timestamp::now()) {
+        match t.to {
+            OperationalMode::NormalOperation | OperationalMode::NetworkFormation => {
+                tracing::info!(from = %t.from, to = %t.to, reason = %t.reason, "operational mode changed")
+            }
+            _ => tracing::warn!(from = %t.from, to = %t.to, reason = %t.reason, "operational mode changed"),
+        }
+        if let Ok(l) = ledger.read() {
+            if let Err(e) = crate::store::modes::record(&l, &t) {
+                tracing::warn!(error = %e, "could not keep the mode transition");
+            }
+        }
+    }
+    (m.mode(), m.since(), m.last().map(|t| t.reason.clone()))
+}
+
+fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Option<&GossipService>, modes: &SharedModes) -> Result<SporeStatus, Error> {
     let m = raft.metrics().borrow().clone();
     let (head, fingerprint, anchor, seed_anchor, forks, provisional) = {
         let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-        let forks = crate::store::forks::list(&l).map(|f| f.len()).unwrap_or(0);
+        let forks = crate::store::forks::unresolved(&l).map(|f| f.len()).unwrap_or(0);
         let provisional = crate::store::provisional::count(&l).unwrap_or(0);
         (l.head(), l.fingerprint(), l.anchor(), l.seed_anchor().ok().flatten(), forks, provisional)
     };
@@ -1111,16 +1238,14 @@ fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Opt
         })
         .collect();
     let raft_member = by_id.values().any(|n| *n == me.node);
-    let latent_fresh = gossip.is_some_and(|g| g.primary_reachable());
-    let mode = if forks > 0 {
-        OperationalMode::SplitBrainResolution
-    } else if head.is_none() {
-        OperationalMode::NetworkFormation
-    } else if leader.is_some() || (!raft_member && latent_fresh) {
-        OperationalMode::NormalOperation
-    } else {
-        OperationalMode::PartitionRecovery
+    let inputs = ModeInputs {
+        has_chain: head.is_some(),
+        raft_member,
+        leader,
+        primary_reachable: gossip.is_some_and(|g| g.primary_reachable()),
+        unresolved_forks: forks,
     };
+    let (mode, mode_since, mode_reason) = observe_mode(modes, ledger, &inputs);
     let point = head.map(|h| ChainPoint { seq: h.seq, hash: h.hash });
     let tiers = crate::core::gossip::Anchors { checkpoint: anchor, seed: seed_anchor, raft_member };
     let spore_type = tiers.head_tier(point).unwrap_or(if raft_member { SporeType::Primary } else { SporeType::Latent });
@@ -1143,6 +1268,8 @@ fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Opt
         voters,
         learners,
         mode,
+        mode_since,
+        mode_reason,
         spore_type,
         last_log,
         peers,
@@ -1163,6 +1290,7 @@ struct NodeService {
     key: NodeKey,
     gossip: Option<Arc<GossipService>>,
     liveness: Option<Arc<LivenessService>>,
+    modes: SharedModes,
 }
 
 /// Whether `node` is in `raft`'s membership (voter or learner).
@@ -1464,7 +1592,7 @@ impl crate::net::RpcHandler for NodeService {
         use crate::net::{Query, QueryAnswer};
         match req {
             RpcRequest::Status => {
-                let r = compute_status(&self.raft, &self.ledger, &self.me, self.gossip.as_deref()).map_err(|e| RemoteFailure::Other(e.to_string()));
+                let r = compute_status(&self.raft, &self.ledger, &self.me, self.gossip.as_deref(), &self.modes).map_err(|e| RemoteFailure::Other(e.to_string()));
                 Box::pin(async move { RpcResponse::Status(r) })
             }
             RpcRequest::Query(q) => {
@@ -1487,6 +1615,17 @@ impl crate::net::RpcHandler for NodeService {
                                 };
                                 let head = p.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash });
                                 QueryAnswer::Chain { at, head, fingerprint: p.fingerprint() }
+                            }
+                            Query::Events { from, max } => {
+                                let max = max.clamp(1, crate::net::EVENTS_PER_QUERY_MAX) as u64;
+                                let events = match p.head() {
+                                    Some(h) if from <= h.seq => l.read_range(from, h.seq.min(from + max - 1)),
+                                    _ => Ok(Vec::new()),
+                                };
+                                match events {
+                                    Ok(ev) => QueryAnswer::Events(ev),
+                                    Err(e) => return Box::pin(async move { RpcResponse::Query(Err(RemoteFailure::Other(e.to_string()))) }),
+                                }
                             }
                         })
                     }

@@ -188,6 +188,30 @@ pub(crate) fn body<S: Sink>(out: &mut S, b: &EventBody) {
             out.put(&head_seq.to_le_bytes());
             out.put(head_hash.as_bytes());
         }
+        EventBody::SplitBrainResolved {
+            fork_seq,
+            winner_first,
+            winner_head_seq,
+            winner_head,
+            loser_first,
+            loser_head_seq,
+            loser_head,
+            decided_by,
+            adopted,
+            conflicts,
+        } => {
+            out.byte(12);
+            out.put(&fork_seq.to_le_bytes());
+            out.put(winner_first.as_bytes());
+            out.put(&winner_head_seq.to_le_bytes());
+            out.put(winner_head.as_bytes());
+            out.put(loser_first.as_bytes());
+            out.put(&loser_head_seq.to_le_bytes());
+            out.put(loser_head.as_bytes());
+            string(out, decided_by);
+            out.put(&adopted.to_le_bytes());
+            out.put(&conflicts.to_le_bytes());
+        }
     }
 }
 

@@ -149,6 +149,31 @@ mod body {
             /// The chain hash at `head_seq`.
             head_hash: ChainHash,
         },
+        /// An authority settled a split-brain: two chains of this network forked at
+        /// `fork_seq`, this chain won, and the losing branch's events that were still valid
+        /// were re-proposed to it (see `schema/split-brain.md`).
+        SplitBrainResolved {
+            /// The first sequence number where the two chains differ.
+            fork_seq: u64,
+            /// The winning chain's event hash at the fork.
+            winner_first: ChainHash,
+            /// The winning chain's head when the decision was taken: sequence number.
+            winner_head_seq: u64,
+            /// ... and hash.
+            winner_head: ChainHash,
+            /// The losing chain's event hash at the fork.
+            loser_first: ChainHash,
+            /// The losing chain's head that was folded in: sequence number.
+            loser_head_seq: u64,
+            /// ... and hash.
+            loser_head: ChainHash,
+            /// The rule that decided: `authority`, `activity` or `tie-break`.
+            decided_by: String,
+            /// Events of the losing branch applied again on this chain.
+            adopted: u64,
+            /// Events of the losing branch this chain's rules refused (reported).
+            conflicts: u64,
+        },
     }
 }
 pub use body::{ArchivedEventBody, EventBody, EventBodyResolver};
@@ -169,6 +194,7 @@ impl EventBody {
             EventBody::NodeWentOffline { .. } => "node_went_offline",
             EventBody::NodeBackOnline { .. } => "node_back_online",
             EventBody::Checkpoint { .. } => "checkpoint",
+            EventBody::SplitBrainResolved { .. } => "split_brain_resolved",
         }
     }
 
@@ -185,7 +211,7 @@ impl EventBody {
             | EventBody::TrustScoreChanged { node, .. }
             | EventBody::NodeWentOffline { node, .. }
             | EventBody::NodeBackOnline { node } => Some(*node),
-            EventBody::ServiceDeregistered { .. } | EventBody::Checkpoint { .. } => None,
+            EventBody::ServiceDeregistered { .. } | EventBody::Checkpoint { .. } | EventBody::SplitBrainResolved { .. } => None,
         }
     }
 
@@ -481,6 +507,18 @@ mod tests {
                 id().prop_map(|node| EventBody::NodeBackOnline { node }),
                 (any::<u64>(), any::<[u8; 32]>())
                     .prop_map(|(head_seq, h)| EventBody::Checkpoint { head_seq, head_hash: ChainHash(h) }),
+                (any::<[u64; 5]>(), any::<[[u8; 32]; 4]>(), text()).prop_map(|(n, h, decided_by)| EventBody::SplitBrainResolved {
+                    fork_seq: n[0],
+                    winner_first: ChainHash(h[0]),
+                    winner_head_seq: n[1],
+                    winner_head: ChainHash(h[1]),
+                    loser_first: ChainHash(h[2]),
+                    loser_head_seq: n[2],
+                    loser_head: ChainHash(h[3]),
+                    decided_by,
+                    adopted: n[3],
+                    conflicts: n[4],
+                }),
             ]
         }
         fn event() -> impl Strategy<Value = SignedEvent> {

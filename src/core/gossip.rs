@@ -76,6 +76,10 @@ pub enum GossipMessage {
     /// Provisional events the sender holds (at most [`limits::GOSSIP_PROVISIONAL_MAX`]),
     /// sent once after the hello.
     Provisional(Vec<super::provisional::ProvisionalEvent>),
+    /// Fork evidence the sender holds or just found (at most [`limits::GOSSIP_FORKS_MAX`]):
+    /// proof that a second chain of this network exists. Sent once after the hello, and
+    /// when a session finds a fork.
+    Forks(Vec<ForkEvidence>),
 }
 
 impl GossipMessage {
@@ -87,6 +91,7 @@ impl GossipMessage {
             GossipMessage::Range(_) => "range",
             GossipMessage::Bye => "bye",
             GossipMessage::Provisional(_) => "provisional",
+            GossipMessage::Forks(_) => "forks",
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct LocalView {
     pub primary: bool,
     /// Provisional events to hand to the peer (at most [`limits::GOSSIP_PROVISIONAL_MAX`]).
     pub provisional: Vec<super::provisional::ProvisionalEvent>,
+    /// Fork evidence to hand to the peer (at most [`limits::GOSSIP_FORKS_MAX`]).
+    pub forks: Vec<ForkEvidence>,
     /// Whether this session may fetch and store ranges. A node pulls in one session at a
     /// time (ranges must be stored in order); its other sessions, and every session of a Raft
     /// member (whose chain Raft writes), only serve.
@@ -285,6 +292,9 @@ pub enum SessionEvent {
     /// The peer handed over provisional events: check them (statement, signature, network)
     /// and keep the good ones until they are committed.
     Provisional(Vec<super::provisional::ProvisionalEvent>),
+    /// The peer handed over fork evidence: check it (links, both signatures, network) and
+    /// keep it.
+    Forks(Vec<ForkEvidence>),
     /// The session is over; the adapter closes the stream after sending what is queued.
     Finished(SessionOutcome),
 }
@@ -315,6 +325,12 @@ pub struct SyncSession {
     sent_bye: bool,
     peer_bye: bool,
     provisional_seen: bool,
+    /// Fork messages received: the one after the hello and the one a peer sends when it
+    /// finds a fork in this session.
+    forks_seen: u8,
+    /// A session that does not pull still checks, once, that the peer's chain passes
+    /// through our head (fork detection between two primaries).
+    probe: bool,
     finished: bool,
     deadline: Instant,
     transmit: VecDeque<GossipMessage>,
@@ -336,6 +352,12 @@ impl SyncSession {
         if !provisional.is_empty() {
             transmit.push_back(GossipMessage::Provisional(provisional));
         }
+        let mut forks = local.forks;
+        forks.truncate(limits::GOSSIP_FORKS_MAX);
+        if !forks.is_empty() {
+            transmit.push_back(GossipMessage::Forks(forks));
+        }
+        let probe = !local.pull && local.head.is_some();
         SyncSession {
             cfg,
             fingerprint: local.fingerprint,
@@ -348,6 +370,8 @@ impl SyncSession {
             sent_bye: false,
             peer_bye: false,
             provisional_seen: false,
+            forks_seen: 0,
+            probe,
             finished: false,
             deadline,
             transmit,
@@ -431,6 +455,19 @@ impl SyncSession {
                 self.provisional_seen = true;
                 self.events.push_back(SessionEvent::Provisional(list));
             }
+            GossipMessage::Forks(list) => {
+                if self.peer.is_none() {
+                    return self.violation(Violation::Protocol("fork evidence before hello"));
+                }
+                if self.forks_seen >= 2 {
+                    return self.violation(Violation::Protocol("a third fork message"));
+                }
+                if list.len() > limits::GOSSIP_FORKS_MAX {
+                    return self.violation(Violation::Protocol("too much fork evidence"));
+                }
+                self.forks_seen += 1;
+                self.events.push_back(SessionEvent::Forks(list));
+            }
             GossipMessage::Bye => {
                 if self.peer.is_none() {
                     return self.violation(Violation::Protocol("bye before hello"));
@@ -481,7 +518,22 @@ impl SyncSession {
 
     /// Decides the next request, or that we are done asking.
     fn plan(&mut self) {
-        if self.finished || self.outstanding.is_some() || self.done_requesting {
+        if self.finished || self.outstanding.is_some() {
+            return self.maybe_finish();
+        }
+        if self.probe {
+            if let (Some(peer), Some(t)) = (self.peer.as_ref(), self.tail_point()) {
+                self.probe = false;
+                // Ask for the peer's event at our head when its chain reaches that far and is
+                // not simply ours; a different event there is fork evidence.
+                if peer.head.is_some_and(|ph| ph.seq >= t.seq && ph != t) {
+                    self.outstanding = Some((t.seq, 1));
+                    self.transmit.push_back(GossipMessage::Request { from: t.seq, max_events: 1 });
+                    return;
+                }
+            }
+        }
+        if self.done_requesting {
             return self.maybe_finish();
         }
         let Some(peer_head) = self.peer.as_ref().map(|p| p.head) else { return };
@@ -551,6 +603,8 @@ impl SyncSession {
                             return self.violation(Violation::BadHash { seq: first.seq });
                         }
                         let evidence = ForkEvidence { ours: tail.clone(), theirs: first.clone() };
+                        // Tell the peer too: it may not be able to see the fork from its side.
+                        self.transmit.push_back(GossipMessage::Forks(vec![evidence.clone()]));
                         return self.finish(SessionOutcome::Fork(Box::new(evidence)));
                     }
                     rest = &events[1..];
@@ -558,6 +612,10 @@ impl SyncSession {
             }
         }
         self.overlap_checked = true;
+        if self.done_requesting {
+            // A probe: the peer's chain passes through our head; nothing to store.
+            return self.maybe_finish();
+        }
         if let Err(v) = self.verify_links(rest) {
             return self.violation(v);
         }

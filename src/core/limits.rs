@@ -40,6 +40,8 @@ pub const GOSSIP_BATCH_BYTES_MAX: usize = 1 << 20;
 pub const GOSSIP_FRAME_BYTES_MAX: usize = GOSSIP_BATCH_BYTES_MAX + RECORD_BYTES_MAX + 64 * 1024;
 /// Most provisional events handed over in one gossip session.
 pub const GOSSIP_PROVISIONAL_MAX: usize = 64;
+/// Most fork evidence records in one gossip message.
+pub const GOSSIP_FORKS_MAX: usize = 4;
 /// Most peers advertised in one gossip hello.
 pub const GOSSIP_PEERS_MAX: usize = 16;
 

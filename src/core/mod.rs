@@ -4,10 +4,12 @@
 //! Inputs arrive as values (including timestamps), outputs are values.
 
 pub(crate) mod canonical;
+pub mod authority;
 pub mod event;
 pub mod gossip;
 pub mod keys;
 pub mod limits;
+pub mod modes;
 pub mod projection;
 pub mod provisional;
 pub mod synth;

@@ -237,6 +237,10 @@ pub enum Rejection {
     /// point beyond the head, or older than the window a committer scans).
     #[error("provisional statement refused: {0}")]
     ProvisionalRefused(Text),
+    /// A split-brain resolution event is inconsistent (fork after its winner's head, at
+    /// genesis, or an unknown deciding rule).
+    #[error("split-brain resolution refused: {0}")]
+    BadResolution(Text),
 }
 
 /// The registries, derived from the chain. See the module doc.
@@ -649,6 +653,17 @@ impl Projection {
                 }
                 Ok(())
             }
+            EventBody::SplitBrainResolved { fork_seq, winner_head_seq, decided_by, .. } => {
+                authority_only("settle a split-brain")?;
+                let head = self.state.head.ok_or(Rejection::GenesisExpected)?;
+                if *fork_seq == 0 || fork_seq > winner_head_seq || *winner_head_seq > head.seq {
+                    return Err(Rejection::BadResolution("a resolution names a fork after its winner's head, or at genesis".into()));
+                }
+                if !matches!(decided_by.as_str(), "authority" | "activity" | "tie-break") {
+                    return Err(Rejection::BadResolution("a resolution's rule must be authority, activity or tie-break".into()));
+                }
+                Ok(())
+            }
             EventBody::Checkpoint { head_seq, head_hash } => {
                 authority_only("commit checkpoints")?;
                 let head = self.state.head.ok_or(Rejection::GenesisExpected)?;
@@ -826,6 +841,7 @@ impl Projection {
                 }
                 self.touch(&node, ts);
             }
+            EventBody::SplitBrainResolved { .. } => {}
             EventBody::Checkpoint { head_seq, head_hash } => {
                 let attested = self.state.head.map(|h| h.timestamp).unwrap_or_default();
                 self.state.last_checkpoint = Some((seq, ChainHead { seq: head_seq, hash: head_hash, timestamp: attested }));

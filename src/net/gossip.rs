@@ -30,7 +30,7 @@ use crate::core::gossip::{
 };
 use crate::core::keys::{verify_many, VerifierCache};
 use crate::core::limits;
-use crate::core::types::NodeId;
+use crate::core::types::{ChainHash, NodeId};
 use crate::error::LedgerError;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::PeerNode;
@@ -44,6 +44,10 @@ const TAG_REQUEST: u8 = 2;
 const TAG_RANGE: u8 = 3;
 const TAG_BYE: u8 = 4;
 const TAG_PROVISIONAL: u8 = 5;
+const TAG_FORKS: u8 = 6;
+
+/// Most forks whose holders a node remembers, and most holders per fork.
+const FORK_HOLDERS_MAX: usize = 16;
 
 /// Most ids of committed provisional events a node remembers (to not hold them again).
 const COMMITTED_IDS_MAX: usize = 4096;
@@ -102,6 +106,11 @@ pub fn encode_frame(msg: &GossipMessage) -> Vec<u8> {
         GossipMessage::Provisional(list) => {
             out.push(TAG_PROVISIONAL);
             // Events are bounded (the rules refuse larger ones before anyone holds them).
+            out = postcard::to_extend(list, out).unwrap_or_else(|_| vec![0, 0, 0, 0, TAG_BYE]);
+        }
+        GossipMessage::Forks(list) => {
+            out.push(TAG_FORKS);
+            // Two bounded events per record.
             out = postcard::to_extend(list, out).unwrap_or_else(|_| vec![0, 0, 0, 0, TAG_BYE]);
         }
     }
@@ -200,6 +209,14 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
                 return Err(GossipFrameError::TooLarge { what: "provisional list", got: list.len(), max: limits::GOSSIP_PROVISIONAL_MAX });
             }
             Ok(GossipMessage::Provisional(list))
+        }
+        TAG_FORKS => {
+            let (list, rest): (Vec<ForkEvidence>, _) = postcard::take_from_bytes(body).map_err(|e| undecodable("forks", e))?;
+            exact("forks", rest)?;
+            if list.len() > limits::GOSSIP_FORKS_MAX {
+                return Err(GossipFrameError::TooLarge { what: "fork evidence list", got: list.len(), max: limits::GOSSIP_FORKS_MAX });
+            }
+            Ok(GossipMessage::Forks(list))
         }
         TAG_BYE if body.is_empty() => Ok(GossipMessage::Bye),
         TAG_BYE => Err(GossipFrameError::Undecodable { what: "bye", reason: "unexpected body".into() }),
@@ -325,6 +342,7 @@ pub struct GossipService {
     /// Whether this node is a Raft member (its chain is Primary).
     is_member: Box<dyn Fn() -> bool + Send + Sync>,
     last_primary_sync: Mutex<Option<Instant>>,
+    fork_holders: Mutex<HashMap<(u64, ChainHash), Vec<NodeId>>>,
     pulling: tokio::sync::Mutex<()>,
     peers: Mutex<HashMap<NodeId, PeerState>>,
     learned: Mutex<Vec<PeerAddr>>,
@@ -360,6 +378,7 @@ impl GossipService {
             may_pull: Box::new(may_pull),
             is_member: Box::new(is_member),
             last_primary_sync: Mutex::new(None),
+            fork_holders: Mutex::new(HashMap::new()),
             pulling: tokio::sync::Mutex::new(()),
             peers: Mutex::new(HashMap::new()),
             learned: Mutex::new(Vec::new()),
@@ -416,6 +435,15 @@ impl GossipService {
     /// The peers gossip may contact now: the registry's live nodes with an address, the
     /// bootstrap peers and peers learned from hellos; not this node, not banned ones.
     pub fn candidates(&self) -> Vec<PeerNode> {
+        let mut out = self.known_peers();
+        out.retain(|p| !self.is_banned(&p.node));
+        out
+    }
+
+    /// Every peer this node knows of (registry, bootstrap, learned), banned ones included:
+    /// a node banned from gossip for holding a forked chain is still who a split-brain
+    /// resolver must ask about that chain.
+    pub fn known_peers(&self) -> Vec<PeerNode> {
         let mut out: Vec<PeerNode> = Vec::new();
         if let Ok(l) = self.ledger.read() {
             for n in l.projection().nodes() {
@@ -428,7 +456,7 @@ impl GossipService {
         }
         out.extend(self.bootstrap.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
         out.extend(self.learned.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|p| PeerNode { node: p.node, addr: p.addr.clone() }));
-        out.retain(|p| p.node != self.me.node && !self.is_banned(&p.node));
+        out.retain(|p| p.node != self.me.node);
         out.sort_by_key(|p| p.node);
         out.dedup_by(|a, b| a.node == b.node);
         out
@@ -451,7 +479,12 @@ impl GossipService {
             tracing::warn!(error = %e, "cannot read held provisional events");
             Vec::new()
         });
-        Ok(LocalView { fingerprint: l.fingerprint(), head, anchor: l.anchor(), peers, pull, primary: (self.is_member)(), provisional })
+        let forks = crate::store::forks::unresolved(&l).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read fork evidence");
+            Vec::new()
+        });
+        let forks = forks.into_iter().rev().take(limits::GOSSIP_FORKS_MAX).collect();
+        Ok(LocalView { fingerprint: l.fingerprint(), head, anchor: l.anchor(), peers, pull, primary: (self.is_member)(), provisional, forks })
     }
 
     fn learn(&self, digest: &Digest) {
@@ -544,6 +577,46 @@ impl GossipService {
             }
         }
         ok
+    }
+
+    /// Nodes seen holding the other side of a fork at `seq` whose event there hashes to
+    /// `hash` (bounded; in memory only: gossip finds them again after a restart).
+    pub fn fork_holders(&self, seq: u64, hash: &ChainHash) -> Vec<NodeId> {
+        self.fork_holders.lock().unwrap_or_else(|p| p.into_inner()).get(&(seq, *hash)).cloned().unwrap_or_default()
+    }
+
+    /// Checks fork evidence that came from `peer` (links, network, both signatures), orients
+    /// it so `ours` is the event of our own chain when we hold one of the two, records it and
+    /// notes which side `peer` holds.
+    fn record_fork_from(&self, evidence: &ForkEvidence, peer: NodeId) -> bool {
+        if evidence.check().is_err() {
+            return false;
+        }
+        let mine = self.ledger.read().ok().and_then(|l| l.get(evidence.seq()).ok().flatten()).map(|e| e.hash);
+        let mut e = evidence.clone();
+        if mine == Some(e.theirs.hash) || (mine.is_none() && e.theirs.hash.as_bytes() < e.ours.hash.as_bytes()) {
+            std::mem::swap(&mut e.ours, &mut e.theirs);
+        }
+        if self.fingerprint_is_other(&e) || !self.record_fork(&e) {
+            return false;
+        }
+        // The peer holds the side that is not ours, unless it handed over evidence of a fork
+        // it is not part of; either way it knows where `theirs` can be found.
+        let mut holders = self.fork_holders.lock().unwrap_or_else(|p| p.into_inner());
+        if holders.len() < FORK_HOLDERS_MAX || holders.contains_key(&(e.seq(), e.theirs.hash)) {
+            let list = holders.entry((e.seq(), e.theirs.hash)).or_default();
+            if !list.contains(&peer) && list.len() < FORK_HOLDERS_MAX {
+                list.push(peer);
+            }
+        }
+        true
+    }
+
+    /// Whether evidence belongs to a network other than ours (evidence about another
+    /// network is not ours to keep).
+    fn fingerprint_is_other(&self, e: &ForkEvidence) -> bool {
+        let ours = self.ledger.read().ok().and_then(|l| l.fingerprint());
+        ours.is_some_and(|f| f != e.ours.event.fingerprint)
     }
 
     /// Checks both signatures of fork evidence and records it in the ledger.
@@ -686,6 +759,15 @@ impl GossipService {
                             self.penalise(&peer, "handed over provisional events that do not check");
                         }
                     }
+                    SessionEvent::Forks(list) => {
+                        for evidence in list {
+                            if self.record_fork_from(&evidence, peer) {
+                                continue;
+                            }
+                            self.penalise(&peer, "handed over fork evidence that does not check");
+                            break;
+                        }
+                    }
                     SessionEvent::Finished(o) => finished = Some(o),
                 }
             }
@@ -779,7 +861,7 @@ impl GossipService {
             SessionOutcome::TimedOut => {}
             SessionOutcome::Violation(v) => self.penalise(&peer, &v.to_string()),
             SessionOutcome::Fork(ev) => {
-                if self.record_fork(ev) {
+                if self.record_fork_from(ev, peer) {
                     self.penalise(&peer, "holds a forked chain");
                 } else {
                     self.penalise(&peer, "sent false fork evidence");

@@ -88,7 +88,18 @@ pub enum Query {
     /// The chain point (sequence number and hash) at this sequence number, if the node's
     /// ledger has it, and its head.
     ChainAt(u64),
+    /// Chained events from `from` on, at most `max` (clipped to [`EVENTS_PER_QUERY_MAX`]):
+    /// how a split-brain resolver reads the other branch of a fork.
+    Events {
+        /// First sequence number.
+        from: u64,
+        /// At most this many.
+        max: u32,
+    },
 }
+
+/// Most events one [`Query::Events`] answers (64 records always fit in an RPC frame).
+pub const EVENTS_PER_QUERY_MAX: u32 = 64;
 
 /// The answer to a [`Query`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +117,8 @@ pub enum QueryAnswer {
         /// The node's network.
         fingerprint: Option<crate::core::types::NetworkFingerprint>,
     },
+    /// To `Events`: the events, in order (empty past the head).
+    Events(Vec<crate::core::event::ChainedEvent>),
 }
 
 impl RpcRequest {

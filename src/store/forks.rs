@@ -60,3 +60,49 @@ pub fn list(ledger: &Ledger) -> Result<Vec<ForkEvidence>, LedgerError> {
     }
     Ok(out)
 }
+
+const RESOLVED: &str = "forks_resolved";
+
+/// How a fork was settled, kept next to its evidence.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Settled {
+    /// The decision.
+    pub resolution: crate::core::authority::Resolution,
+    /// Where the resolution event stands in the winning chain, once committed.
+    pub recorded_at: Option<crate::core::types::ChainPoint>,
+}
+
+/// Marks the evidence `e` settled by `how`.
+pub fn mark_resolved(ledger: &Ledger, e: &ForkEvidence, how: &Settled) -> Result<(), LedgerError> {
+    let path = ledger.path();
+    let db = ledger.database();
+    let ks = db.keyspace(RESOLVED, KeyspaceCreateOptions::default).map_err(storage("open keyspace forks_resolved", path))?;
+    let value = postcard::to_stdvec(how).map_err(|e| LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+    ks.insert(key(e), value).map_err(storage("write fork resolution", path))?;
+    db.persist(PersistMode::SyncData).map_err(storage("sync fork resolution", path))?;
+    Ok(())
+}
+
+/// How the evidence `e` was settled, if it was.
+pub fn settled(ledger: &Ledger, e: &ForkEvidence) -> Result<Option<Settled>, LedgerError> {
+    let path = ledger.path();
+    let db = ledger.database();
+    let ks = db.keyspace(RESOLVED, KeyspaceCreateOptions::default).map_err(storage("open keyspace forks_resolved", path))?;
+    let Some(v) = ks.get(key(e)).map_err(storage("read fork resolution", path))? else { return Ok(None) };
+    postcard::from_bytes(&v).map(Some).map_err(|err| LedgerError::Corrupt {
+        path: path.to_path_buf(),
+        seq: e.seq(),
+        corruption: Corruption::Metadata { key: "forks_resolved".into(), reason: err.to_string() },
+    })
+}
+
+/// The stored fork evidence not yet settled, oldest fork first.
+pub fn unresolved(ledger: &Ledger) -> Result<Vec<ForkEvidence>, LedgerError> {
+    let mut out = Vec::new();
+    for e in list(ledger)? {
+        if settled(ledger, &e)?.is_none() {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod keyfile;
 pub mod provisional;
 pub mod ledger;
+pub mod modes;
 pub mod record;
 pub mod replay;
 pub mod verified;

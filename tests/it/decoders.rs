@@ -370,9 +370,13 @@ fn valid_gossip_frames() -> &'static [Vec<u8>] {
         [
             GossipMessage::Hello(digest),
             GossipMessage::Request { from: 3, max_events: 64 },
-            GossipMessage::Range(chained),
+            GossipMessage::Range(chained.clone()),
             GossipMessage::Bye,
             GossipMessage::Provisional(vec![provisional]),
+            GossipMessage::Forks(vec![mycnet_spores::core::gossip::ForkEvidence {
+                ours: chained[4].clone(),
+                theirs: mycnet_spores::ChainedEvent::link(4, chained[3].hash, history().events[5].clone()),
+            }]),
         ]
             .iter()
             .map(|m| encode_frame(m)[4..].to_vec())

@@ -22,7 +22,7 @@ fn open_ledger(dir: &std::path::Path) -> Ledger {
 
 fn local_view(l: &Ledger, pull: bool) -> LocalView {
     let head = l.head().map(|h| l.get(h.seq).expect("read head").expect("head event present"));
-    LocalView { fingerprint: l.fingerprint(), head, anchor: l.anchor(), peers: vec![], pull, primary: false, provisional: vec![] }
+    LocalView { fingerprint: l.fingerprint(), head, anchor: l.anchor(), peers: vec![], pull, primary: false, provisional: vec![], forks: vec![] }
 }
 
 /// Serves a request from a ledger as the drivers do: `from..` up to `max` events.
@@ -56,7 +56,7 @@ fn pump(s: &mut SyncSession, l: &mut Ledger, out: &mut VecDeque<GossipMessage>, 
                     Err(e) => s.store_failed(e.to_string()),
                 },
                 SessionEvent::Serve { from, max_events } => out.push_back(GossipMessage::Range(serve(l, from, max_events))),
-                SessionEvent::Provisional(_) => {}
+                SessionEvent::Provisional(_) | SessionEvent::Forks(_) => {}
                 SessionEvent::Finished(o) => outcome = Some(o),
             }
         }

@@ -12,3 +12,4 @@ mod golden;
 mod latent;
 mod latent_quic;
 mod partition_heal;
+mod split_brain;

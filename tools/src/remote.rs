@@ -157,7 +157,10 @@ pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Ou
     o.line(format!("head         {}", st.head.map_or("-".into(), |h| format!("{} {} ({})", h.seq, h.hash, h.timestamp))))?;
     o.line(format!("applied      {}", st.last_applied.map_or("-".into(), |a| a.to_string())))?;
     o.line(format!("network      {}", st.fingerprint.map_or("-".into(), |f| f.to_hex())))?;
-    o.line(format!("mode         {:?}", st.mode))?;
+    o.line(format!("mode         {} (since {})", st.mode, st.mode_since))?;
+    if let Some(reason) = &st.mode_reason {
+        o.line(format!("  why        {reason}"))?;
+    }
     o.line(format!("tier         {:?}{}", st.spore_type, if st.raft_member { " (Raft member)" } else { " (latent: kept by gossip)" }))?;
     o.line(format!("anchor       {}", st.anchor.map_or("-".into(), |a| format!("{} {}", a.seq, a.hash))))?;
     o.line(format!("gossip       {}", st.last_gossip_ms.map_or("no session yet".into(), |ms| format!("last session {ms} ms ago"))))?;

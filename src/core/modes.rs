@@ -1,0 +1,255 @@
+//! Operational modes: one explicit state machine, pure (time is passed in).
+//!
+//! ```text
+//!                    chain formed / received, primary reachable
+//!  NetworkFormation ─────────────────────────────────────────────▶ NormalOperation
+//!                                                                    │        ▲
+//!                                no leader / no primary for `grace`  │        │ primary reachable again
+//!                                                                    ▼        │
+//!                                                                  PartitionRecovery
+//!
+//!  any mode ── a second chain of this network seen (fork evidence) ──▶ SplitBrainResolution
+//!  SplitBrainResolution ── every fork resolved ──▶ NormalOperation / PartitionRecovery
+//! ```
+//!
+//! The node feeds what it observes ([`ModeInputs`]) into [`ModeMachine::observe`]; every
+//! change of mode is returned as a [`Transition`] with its reason, and the machine keeps the
+//! latest [`TRANSITIONS_KEPT`] of them. Leaving Normal Operation for Partition Recovery waits
+//! for the condition to last [`ModeConfig::partition_grace_micros`], so a leader election does
+//! not look like a partition; every other transition is immediate.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{NodeId, Timestamp};
+
+/// Transitions kept in memory by a [`ModeMachine`].
+pub const TRANSITIONS_KEPT: usize = 64;
+
+/// The operational mode of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OperationalMode {
+    /// No chain yet: the network is being formed or this node has not received it.
+    NetworkFormation,
+    /// The primary is reachable and the chain is being extended.
+    NormalOperation,
+    /// No primary reachable: queries are answered from the local (latent) view, writes are
+    /// held as provisional events until the primary is back.
+    PartitionRecovery,
+    /// Two chains of this network were seen; one winner is being chosen and the other branch
+    /// folded into it.
+    SplitBrainResolution,
+}
+
+impl std::fmt::Display for OperationalMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OperationalMode::NetworkFormation => "network formation",
+            OperationalMode::NormalOperation => "normal operation",
+            OperationalMode::PartitionRecovery => "partition recovery",
+            OperationalMode::SplitBrainResolution => "split-brain resolution",
+        })
+    }
+}
+
+/// What a node observes, fed to [`ModeMachine::observe`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModeInputs {
+    /// The node holds a chain (at least the genesis).
+    pub has_chain: bool,
+    /// The node is in the Raft membership.
+    pub raft_member: bool,
+    /// The leader, if one is known (members).
+    pub leader: Option<NodeId>,
+    /// A primary (Raft member) was heard from recently by gossip (nodes outside the membership).
+    pub primary_reachable: bool,
+    /// Forks seen and not yet resolved.
+    pub unresolved_forks: usize,
+}
+
+impl ModeInputs {
+    fn connected(&self) -> bool {
+        self.leader.is_some() || (!self.raft_member && self.primary_reachable)
+    }
+}
+
+/// Tuning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModeConfig {
+    /// How long the primary must be out of reach before Normal Operation becomes Partition
+    /// Recovery (microseconds).
+    pub partition_grace_micros: i64,
+}
+
+impl Default for ModeConfig {
+    fn default() -> Self {
+        ModeConfig { partition_grace_micros: 3_000_000 }
+    }
+}
+
+/// One change of mode, with why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The mode left.
+    pub from: OperationalMode,
+    /// The mode entered.
+    pub to: OperationalMode,
+    /// When (the node's clock, passed in).
+    pub at: Timestamp,
+    /// Why, for the operator.
+    pub reason: String,
+}
+
+/// The mode state machine (see the module doc).
+#[derive(Clone, Debug)]
+pub struct ModeMachine {
+    cfg: ModeConfig,
+    mode: OperationalMode,
+    since: Timestamp,
+    /// Out of reach since this time (while in Normal Operation).
+    unreachable_since: Option<Timestamp>,
+    history: VecDeque<Transition>,
+}
+
+impl ModeMachine {
+    /// A machine in Network Formation from `now`.
+    pub fn new(cfg: ModeConfig, now: Timestamp) -> Self {
+        ModeMachine { cfg, mode: OperationalMode::NetworkFormation, since: now, unreachable_since: None, history: VecDeque::new() }
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> OperationalMode {
+        self.mode
+    }
+
+    /// Since when.
+    pub fn since(&self) -> Timestamp {
+        self.since
+    }
+
+    /// The latest transitions, oldest first (at most [`TRANSITIONS_KEPT`]).
+    pub fn history(&self) -> impl Iterator<Item = &Transition> {
+        self.history.iter()
+    }
+
+    /// The latest transition, if any.
+    pub fn last(&self) -> Option<&Transition> {
+        self.history.back()
+    }
+
+    /// Feeds what the node observes at `now`; returns the transition if the mode changed.
+    pub fn observe(&mut self, inputs: &ModeInputs, now: Timestamp) -> Option<Transition> {
+        use OperationalMode::*;
+        let (to, reason) = if inputs.unresolved_forks > 0 {
+            (SplitBrainResolution, format!("{} unresolved fork(s): a second chain of this network was seen", inputs.unresolved_forks))
+        } else if !inputs.has_chain {
+            (NetworkFormation, "no chain yet: waiting for the genesis or a peer's chain".to_string())
+        } else if inputs.connected() {
+            let via = match inputs.leader {
+                Some(l) => format!("leader {}", l.short()),
+                None => "a primary node heard from by gossip".to_string(),
+            };
+            let reason = match self.mode {
+                NetworkFormation => format!("chain formed or received; {via}"),
+                PartitionRecovery => format!("primary reachable again ({via})"),
+                SplitBrainResolution => format!("every fork resolved; {via}"),
+                NormalOperation => String::new(),
+            };
+            (NormalOperation, reason)
+        } else {
+            let why = if inputs.raft_member { "no leader known" } else { "no primary node heard from recently" };
+            if self.mode == NormalOperation {
+                let since = *self.unreachable_since.get_or_insert(now);
+                if now.0.saturating_sub(since.0) < self.cfg.partition_grace_micros {
+                    return None;
+                }
+                let secs = (now.0 - since.0) as f64 / 1e6;
+                (PartitionRecovery, format!("{why} for {secs:.1} s"))
+            } else {
+                (PartitionRecovery, why.to_string())
+            }
+        };
+        if to != PartitionRecovery {
+            self.unreachable_since = None;
+        }
+        if to == self.mode {
+            return None;
+        }
+        let t = Transition { from: self.mode, to, at: now, reason };
+        self.mode = to;
+        self.since = now;
+        self.unreachable_since = None;
+        if self.history.len() == TRANSITIONS_KEPT {
+            self.history.pop_front();
+        }
+        self.history.push_back(t.clone());
+        Some(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OperationalMode::*;
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp(secs * 1_000_000)
+    }
+
+    fn member(leader: bool) -> ModeInputs {
+        ModeInputs { has_chain: true, raft_member: true, leader: leader.then(|| NodeId([7; 32])), ..Default::default() }
+    }
+
+    #[test]
+    fn formation_normal_partition_and_back_with_reasons() {
+        let mut m = ModeMachine::new(ModeConfig::default(), at(0));
+        assert_eq!(m.observe(&ModeInputs::default(), at(1)), None, "formation stays formation");
+        let t = m.observe(&member(true), at(2)).unwrap();
+        assert_eq!((t.from, t.to), (NetworkFormation, NormalOperation));
+        assert!(t.reason.contains("leader"), "{}", t.reason);
+        // An election: no leader for less than the grace is not a partition.
+        assert_eq!(m.observe(&member(false), at(3)), None);
+        assert_eq!(m.observe(&member(true), at(4)), None);
+        assert_eq!(m.observe(&member(false), at(5)), None);
+        let t = m.observe(&member(false), at(9)).unwrap();
+        assert_eq!((t.from, t.to), (NormalOperation, PartitionRecovery));
+        assert!(t.reason.contains("no leader known for 4.0 s"), "{}", t.reason);
+        let t = m.observe(&member(true), at(10)).unwrap();
+        assert_eq!(t.to, NormalOperation);
+        assert!(t.reason.contains("reachable again"), "{}", t.reason);
+        assert_eq!(m.history().count(), 3);
+    }
+
+    #[test]
+    fn a_fork_overrides_everything_until_resolved() {
+        let mut m = ModeMachine::new(ModeConfig::default(), at(0));
+        m.observe(&member(true), at(1));
+        let forked = ModeInputs { unresolved_forks: 1, ..member(true) };
+        assert_eq!(m.observe(&forked, at(2)).unwrap().to, SplitBrainResolution);
+        assert_eq!(m.observe(&ModeInputs { unresolved_forks: 1, ..member(false) }, at(30)), None);
+        let t = m.observe(&member(true), at(31)).unwrap();
+        assert_eq!((t.from, t.to), (SplitBrainResolution, NormalOperation));
+        assert!(t.reason.contains("resolved"));
+    }
+
+    #[test]
+    fn a_latent_node_is_normal_while_it_hears_a_primary() {
+        let mut m = ModeMachine::new(ModeConfig::default(), at(0));
+        let latent = |reachable| ModeInputs { has_chain: true, primary_reachable: reachable, ..Default::default() };
+        assert_eq!(m.observe(&latent(false), at(1)).unwrap().to, PartitionRecovery);
+        assert_eq!(m.observe(&latent(true), at(2)).unwrap().to, NormalOperation);
+        assert_eq!(m.observe(&latent(false), at(3)), None);
+        assert!(m.observe(&latent(false), at(6)).unwrap().reason.contains("no primary node heard"));
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut m = ModeMachine::new(ModeConfig { partition_grace_micros: 0 }, at(0));
+        for i in 0..200 {
+            m.observe(&member(i % 2 == 0), at(i));
+        }
+        assert_eq!(m.history().count(), TRANSITIONS_KEPT);
+        assert_eq!(m.last().map(|t| t.at), Some(at(199)));
+    }
+}

@@ -1,0 +1,342 @@
+//! Split-brain resolution, the I/O side: [`core::authority`](crate::core::authority) decides,
+//! this module gathers the two branches and carries the decision out.
+//!
+//! A Raft member that holds unsettled fork evidence (gossip found a second chain of this
+//! network, see `net::gossip`) runs, once a second:
+//!
+//! 1. asks a node that holds the other chain (one gossip saw it on) for chain points
+//!    ([`Query::ChainAt`]) and finds the fork sequence number by binary search;
+//! 2. reads both branches after the fork — its own from the ledger, the other one by
+//!    [`Query::Events`] (at most [`BRANCH_EVENTS_MAX`] events) — and the common prefix's
+//!    projection by replay;
+//! 3. summarises both with [`summarize`] (every link, hash, signature and rule checked: a
+//!    forged branch cannot win) and picks the winner with [`resolve`];
+//! 4. **winner, leader**: re-proposes the losing branch's events (signed by their authors, so
+//!    they are the same events) except checkpoints and resolutions of that branch and events
+//!    already in its own branch; the ones its rules refuse are the *conflicts*, reported in a
+//!    JSON file under `DATA_DIR/forks/`; then commits a
+//!    [`EventBody::SplitBrainResolved`] event recording the fork point, both heads and the
+//!    counts, and marks the evidence settled;
+//! 5. **loser**: waits until the winning branch holds a resolution event that names its
+//!    branch, checks it, and asks to *yield*: [`SporeSystem::yield_to_winner`](crate::SporeSystem::yield_to_winner)
+//!    exports the losing chain as a seed file and keeps its ledger directory under
+//!    `DATA_DIR/forks/` (never dropped), then joins the winner.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::core::authority::{resolve, summarize, BranchSummary, Resolution};
+use crate::core::event::{ChainedEvent, EventBody, SignedEvent};
+use crate::core::gossip::ForkEvidence;
+use crate::core::keys::NodeKey;
+use crate::core::provisional::EventId;
+use crate::core::types::{ChainPoint, Timestamp};
+use crate::error::Error;
+use crate::net::gossip::GossipService;
+use crate::net::{Query, QueryAnswer, RpcRequest, RpcResponse, SharedTransport};
+use crate::raft::proposer::Proposer;
+use crate::raft::{raft_id, PeerNode, Raft, SporeResponse};
+use crate::store::forks::Settled;
+use crate::raft::state_machine::SharedLedger;
+use crate::store::replay::{ReplayOptions, StopAt};
+
+/// Longest branch after a fork that is resolved automatically; longer ones are reported and
+/// left to the operator (`spore diff`).
+pub const BRANCH_EVENTS_MAX: u64 = 65_536;
+
+/// A loser's instruction to yield: the winning branch's node to join and the decision.
+#[derive(Clone, Debug, Serialize)]
+pub struct YieldPlan {
+    /// A node of the winning chain.
+    pub winner_node: PeerNode,
+    /// The decision (as this node computed and checked it).
+    pub resolution: Resolution,
+    /// The resolution event in the winning chain.
+    pub recorded_at: ChainPoint,
+}
+
+/// One event of the losing branch that the winner's rules refused.
+#[derive(Clone, Debug, Serialize)]
+pub struct Conflict {
+    /// Its sequence number on the losing branch.
+    pub seq: u64,
+    /// Its kind.
+    pub kind: &'static str,
+    /// Who signed it.
+    pub author: String,
+    /// Why the winner refused it.
+    pub reason: String,
+}
+
+/// State shared between the resolver task and the system.
+#[derive(Default)]
+pub(crate) struct ResolverState {
+    pub(crate) yield_plan: Mutex<Option<YieldPlan>>,
+}
+
+pub(crate) struct Resolver {
+    pub(crate) raft: Raft,
+    pub(crate) proposer: Proposer,
+    pub(crate) transport: SharedTransport,
+    pub(crate) ledger: SharedLedger,
+    pub(crate) gossip: Arc<GossipService>,
+    pub(crate) me: PeerNode,
+    pub(crate) key: NodeKey,
+    pub(crate) rpc_timeout: Duration,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) state: Arc<ResolverState>,
+}
+
+impl Resolver {
+    pub(crate) fn spawn(self) -> tokio::task::JoinHandle<()> {
+        let span = tracing::info_span!("split_brain_resolver", node = %self.me.node.short());
+        tokio::spawn(
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Err(e) = self.tick().await {
+                        tracing::warn!(error = %e, "split-brain resolution step failed; retrying");
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    fn is_member(&self) -> bool {
+        let id = raft_id(&self.me.node);
+        self.raft.metrics().borrow().membership_config.membership().nodes().any(|(i, _)| *i == id)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(raft_id(&self.me.node))
+    }
+
+    async fn tick(&self) -> Result<(), Error> {
+        if !self.is_member() {
+            return Ok(());
+        }
+        let pending = {
+            let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            crate::store::forks::unresolved(&l)?
+        };
+        let Some(evidence) = pending.into_iter().next() else { return Ok(()) };
+        // Nodes gossip saw holding the other chain first, then every other peer: the one
+        // asked must hold exactly the other event at the evidence's sequence number.
+        let holders = self.gossip.fork_holders(evidence.seq(), &evidence.theirs.hash);
+        let mut candidates = self.gossip.known_peers();
+        candidates.sort_by_key(|c| !holders.contains(&c.node));
+        for other in candidates {
+            match self.chain_at(&other, evidence.seq()).await {
+                Ok((Some(at), _)) if at.hash == evidence.theirs.hash => return self.settle(&evidence, &other).await,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(peer = %other.node.short(), error = %e, "peer did not answer"),
+            }
+        }
+        tracing::debug!(seq = evidence.seq(), "no reachable holder of the other chain yet");
+        Ok(())
+    }
+
+    async fn chain_at(&self, other: &PeerNode, seq: u64) -> Result<(Option<ChainPoint>, Option<ChainPoint>), Error> {
+        match self.transport.call(other, RpcRequest::Query(Query::ChainAt(seq)), self.rpc_timeout).await? {
+            RpcResponse::Query(Ok(QueryAnswer::Chain { at, head, .. })) => Ok((at, head)),
+            RpcResponse::Query(Err(e)) => Err(Error::SplitBrain(format!("{} could not answer: {e}", other.addr))),
+            _ => Err(Error::SplitBrain(format!("unexpected answer from {}", other.addr))),
+        }
+    }
+
+    fn our_hash(&self, seq: u64) -> Result<Option<crate::core::types::ChainHash>, Error> {
+        let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        Ok(l.get(seq)?.map(|e| e.hash))
+    }
+
+    /// The first sequence number where our chain and `other`'s differ, at or before `upto`
+    /// (where they are known to differ), and `other`'s head.
+    async fn fork_seq(&self, other: &PeerNode, upto: u64) -> Result<(u64, ChainPoint), Error> {
+        let (at, head) = self.chain_at(other, 0).await?;
+        let head = head.ok_or_else(|| Error::SplitBrain(format!("{} holds no chain", other.addr)))?;
+        if at.map(|p| p.hash) != self.our_hash(0)? {
+            return Err(Error::SplitBrain(format!("{} holds another network's chain", other.addr)));
+        }
+        // Same at lo, different at hi.
+        let (mut lo, mut hi) = (0u64, upto);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let (theirs, _) = self.chain_at(other, mid).await?;
+            if theirs.is_some() && theirs.map(|p| p.hash) == self.our_hash(mid)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok((hi, head))
+    }
+
+    async fn their_branch(&self, other: &PeerNode, from: u64, to: u64) -> Result<Vec<ChainedEvent>, Error> {
+        let mut out = Vec::new();
+        let mut next = from;
+        while next <= to {
+            let max = crate::net::EVENTS_PER_QUERY_MAX;
+            let page = match self.transport.call(other, RpcRequest::Query(Query::Events { from: next, max }), self.rpc_timeout).await? {
+                RpcResponse::Query(Ok(QueryAnswer::Events(ev))) => ev,
+                RpcResponse::Query(Err(e)) => return Err(Error::SplitBrain(format!("{} could not answer: {e}", other.addr))),
+                _ => return Err(Error::SplitBrain(format!("unexpected answer from {}", other.addr))),
+            };
+            let Some(last) = page.last() else { break };
+            if page.first().map(|e| e.seq) != Some(next) || last.seq < next {
+                return Err(Error::SplitBrain(format!("{} answered events out of order", other.addr)));
+            }
+            next = last.seq + 1;
+            out.extend(page.into_iter().filter(|e| e.seq <= to));
+        }
+        Ok(out)
+    }
+
+    async fn settle(&self, evidence: &ForkEvidence, other: &PeerNode) -> Result<(), Error> {
+        let (fork, their_head) = self.fork_seq(other, evidence.seq()).await?;
+        let (our_head, seed_anchor) = {
+            let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            (l.head().map(|h| h.seq).unwrap_or(0), l.seed_anchor()?)
+        };
+        if their_head.seq.saturating_sub(fork) >= BRANCH_EVENTS_MAX || our_head.saturating_sub(fork) >= BRANCH_EVENTS_MAX {
+            tracing::error!(fork, "a branch after the fork is too long to resolve automatically; use `spore diff`");
+            return Ok(());
+        }
+        let theirs = self.their_branch(other, fork, their_head.seq).await?;
+        let ledger = self.ledger.clone();
+        let (prefix, ours) = tokio::task::spawn_blocking(move || -> Result<(crate::core::projection::Projection, Vec<ChainedEvent>), Error> {
+            let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let (prefix, _) = l.replay(&ReplayOptions { audit: false, stop: StopAt::Seq(fork - 1) })?;
+            let head = l.head().map(|h| h.seq).unwrap_or(0);
+            Ok((prefix, l.read_range(fork, head)?))
+        })
+        .await
+        .map_err(|e| Error::Raft(format!("resolver task: {e}")))??;
+        let (ours_s, _) = summarize(&prefix, &ours, seed_anchor).map_err(|e| Error::SplitBrain(format!("our own branch does not check: {e}")))?;
+        let theirs_s = match summarize(&prefix, &theirs, None) {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // A branch that does not check cannot win; the evidence is settled for us.
+                tracing::error!(fork, error = %e, peer = %other.node.short(), "the other chain does not check: it cannot win");
+                return Ok(());
+            }
+        };
+        let res = resolve(&ours_s, &theirs_s).map_err(|e| Error::SplitBrain(e.to_string()))?;
+        tracing::warn!(fork, winner = %res.winner.first.hash.short(), loser = %res.loser.first.hash.short(), by = %res.decided_by,
+            "split-brain: winner chosen");
+        if res.winner.first == ours_s.first {
+            self.win(evidence, &res, &ours, &theirs).await
+        } else {
+            self.lose(&res, &theirs, other)
+        }
+    }
+
+    /// Whether `branch` holds a resolution of the fork that folded in `loser`.
+    fn recorded(branch: &[ChainedEvent], fork: u64, loser: &BranchSummary) -> Option<ChainPoint> {
+        branch.iter().find_map(|e| match &e.event.body {
+            EventBody::SplitBrainResolved { fork_seq, loser_first, .. } if *fork_seq == fork && *loser_first == loser.first.hash => {
+                Some(ChainPoint { seq: e.seq, hash: e.hash })
+            }
+            _ => None,
+        })
+    }
+
+    async fn win(&self, evidence: &ForkEvidence, res: &Resolution, ours: &[ChainedEvent], theirs: &[ChainedEvent]) -> Result<(), Error> {
+        let fork = res.winner.fork_seq;
+        if let Some(at) = Self::recorded(ours, fork, &res.loser) {
+            return self.mark_settled(evidence, res, Some(at), theirs);
+        }
+        if !self.is_leader() {
+            return Ok(()); // The leader re-proposes and records.
+        }
+        let present: HashSet<EventId> = ours.iter().map(|e| EventId::of(&e.event)).collect();
+        let (mut adopted, mut conflicts) = (0u64, Vec::new());
+        for ev in theirs {
+            if matches!(ev.event.body, EventBody::Checkpoint { .. } | EventBody::SplitBrainResolved { .. } | EventBody::Genesis { .. })
+                || present.contains(&EventId::of(&ev.event))
+            {
+                continue;
+            }
+            match self.proposer.propose(ev.event.clone()).await.map_err(|e| Error::Raft(e.to_string()))? {
+                SporeResponse::Applied(_) => adopted += 1,
+                SporeResponse::Rejected(r) => conflicts.push(Conflict {
+                    seq: ev.seq,
+                    kind: ev.event.body.kind(),
+                    author: ev.event.author.to_string(),
+                    reason: r.to_string(),
+                }),
+                other => return Err(Error::Raft(format!("unexpected answer to a re-proposal: {other:?}"))),
+            }
+        }
+        let (head, fp) = {
+            let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            (l.head(), l.fingerprint())
+        };
+        let (Some(head), Some(fp)) = (head, fp) else { return Err(Error::SplitBrain("no chain".into())) };
+        let body = EventBody::SplitBrainResolved {
+            fork_seq: fork,
+            winner_first: res.winner.first.hash,
+            winner_head_seq: head.seq,
+            winner_head: head.hash,
+            loser_first: res.loser.first.hash,
+            loser_head_seq: res.loser.head.seq,
+            loser_head: res.loser.head.hash,
+            decided_by: res.decided_by.to_string(),
+            adopted,
+            conflicts: conflicts.len() as u64,
+        };
+        let at = match self.proposer.propose(SignedEvent::sign(&self.key, fp, Timestamp::now(), body)).await.map_err(|e| Error::Raft(e.to_string()))? {
+            SporeResponse::Applied(p) => p,
+            other => return Err(Error::SplitBrain(format!("the resolution event was not committed: {other:?}"))),
+        };
+        self.write_report(res, adopted, &conflicts, at)?;
+        tracing::warn!(fork, adopted, conflicts = conflicts.len(), at = at.seq, "split-brain resolved: the losing branch is folded in");
+        self.mark_settled(evidence, res, Some(at), theirs)
+    }
+
+    fn write_report(&self, res: &Resolution, adopted: u64, conflicts: &[Conflict], at: ChainPoint) -> Result<(), Error> {
+        let dir = self.data_dir.join("forks");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Ledger(crate::error::LedgerError::Io { path: dir.clone(), source: e }))?;
+        let path = dir.join(format!("resolution-{}-{}.json", res.winner.fork_seq, res.loser.first.hash.short()));
+        let report = serde_json::json!({
+            "fork_seq": res.winner.fork_seq, "decided_by": res.decided_by, "winner": res.winner, "loser": res.loser,
+            "adopted": adopted, "conflicts": conflicts, "recorded_at": at,
+        });
+        let bytes = serde_json::to_vec_pretty(&report).map_err(|e| Error::SplitBrain(e.to_string()))?;
+        std::fs::write(&path, bytes).map_err(|e| Error::Ledger(crate::error::LedgerError::Io { path, source: e }))
+    }
+
+    /// Marks `evidence`, and every other unsettled evidence whose other side lies on the
+    /// losing branch, settled.
+    fn mark_settled(&self, evidence: &ForkEvidence, res: &Resolution, at: Option<ChainPoint>, losing: &[ChainedEvent]) -> Result<(), Error> {
+        let hashes: HashSet<_> = losing.iter().map(|e| e.hash).collect();
+        let how = Settled { resolution: res.clone(), recorded_at: at };
+        let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        crate::store::forks::mark_resolved(&l, evidence, &how)?;
+        for e in crate::store::forks::unresolved(&l)? {
+            if hashes.contains(&e.theirs.hash) || hashes.contains(&e.ours.hash) {
+                crate::store::forks::mark_resolved(&l, &e, &how)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lose(&self, res: &Resolution, theirs: &[ChainedEvent], other: &PeerNode) -> Result<(), Error> {
+        let Some(at) = Self::recorded(theirs, res.winner.fork_seq, &res.loser) else {
+            tracing::info!(fork = res.winner.fork_seq, "this chain lost; waiting for the winner to record the resolution");
+            return Ok(());
+        };
+        let plan = YieldPlan { winner_node: other.clone(), resolution: res.clone(), recorded_at: at };
+        let mut slot = self.state.yield_plan.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            tracing::warn!(fork = res.winner.fork_seq, winner = %other.node.short(), "this chain lost the split-brain; ready to yield to the winner");
+        }
+        *slot = Some(plan);
+        Ok(())
+    }
+}

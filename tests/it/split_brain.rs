@@ -1,0 +1,154 @@
+//! Split-brain: two groups form a primary each from the same seed while cut off, write on
+//! both sides, and heal. Gossip finds the second chain, every node settles on the same
+//! winner, the loser's valid events are folded into the winner, conflicts are reported, the
+//! losing chain is kept as a seed file, and every node ends on one head.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mycnet_spores::core::modes::OperationalMode;
+use mycnet_spores::net::gossip::GossipConfig;
+use mycnet_spores::net::inproc::InProcNetwork;
+use mycnet_spores::seed::VerifyPolicy;
+use mycnet_spores::system::AnchorPolicy;
+use mycnet_spores::{EventBody, NodeKey, SporeSystem};
+
+use crate::cluster::{fast_timeouts, Cluster};
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn node(net: &InProcNetwork, dir: PathBuf, key: &NodeKey, addr: &str) -> SporeSystem {
+    SporeSystem::builder()
+        .data_dir(dir)
+        .key(key.clone())
+        .addr(addr)
+        .name(addr)
+        .inproc(net)
+        .timeouts(fast_timeouts())
+        .anchors(AnchorPolicy { every_events: 4, every: Duration::from_millis(200) })
+        .gossip(GossipConfig { interval: Duration::from_millis(100), connect_timeout: Duration::from_millis(300), ..Default::default() })
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    // A network of three voters writes, exports a seed, and stops.
+    let mut old = Cluster::form(3, 0x5b1).await;
+    let leader = old.leader(Duration::from_secs(5)).await.expect("leader");
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(old.sys(leader).register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![]).await.expect("write"));
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let seed = root.path().join("net.seed");
+    let seed_head = old.sys(leader).export_seed(&seed, true).await.expect("export");
+    let services: Vec<_> = old.sys(leader).services_by_capability("cap").expect("query");
+    let keys: Vec<NodeKey> = old.members.iter().map(|m| m.key.clone()).collect();
+    let addrs: Vec<String> = old.members.iter().map(|m| m.addr.clone()).collect();
+    for i in 0..3 {
+        old.crash(i).await;
+    }
+
+    // Cut off from each other, group A (two voters) and group B (one) each form a primary
+    // from the same seed.
+    let net = InProcNetwork::new(0x5b2);
+    net.enable_gossip();
+    let a: Vec<&str> = vec![&addrs[0], &addrs[1]];
+    let b: Vec<&str> = vec![&addrs[2]];
+    net.partition(&a, &b);
+    let mut nodes: Vec<SporeSystem> = (0..3).map(|i| node(&net, root.path().join(format!("n{i}")), &keys[i], &addrs[i])).collect();
+    for s in nodes.iter_mut() {
+        s.start().await.expect("start");
+    }
+    nodes[0].form_from_seed(&seed, VerifyPolicy::default()).await.expect("group A forms");
+    let via = nodes[0].peer().expect("peer");
+    nodes[1].join(via, true).await.expect("a voter joins group A");
+    nodes[2].form_from_seed(&seed, VerifyPolicy::default()).await.expect("group B forms");
+
+    // Writes on both sides: new services on each, and the same service deregistered on both
+    // (that one conflicts: the winner has already removed it).
+    nodes[0].register_service("a-only", vec![], vec!["a".into()], vec![]).await.expect("A write");
+    nodes[1].register_service("a-too", vec![], vec!["a".into()], vec![]).await.expect("A write");
+    nodes[2].register_service("b-only", vec![], vec!["b".into()], vec![]).await.expect("B write");
+    let gone = services[0].service.service_id;
+    nodes[0].deregister_service(gone, "removed on side A").await.expect("A deregisters");
+    nodes[2].deregister_service(gone, "removed on side B").await.expect("B deregisters");
+    // Anchors on both sides make both branches Primary.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let pre_heal: Vec<_> = nodes.iter().map(|s| s.head().expect("head").expect("formed")).collect();
+    assert_ne!(pre_heal[0].hash, pre_heal[2].hash, "two chains");
+    for s in &nodes {
+        assert_eq!(s.status().expect("status").forks, 0, "no fork seen while cut off");
+    }
+
+    net.heal();
+    // Gossip finds the second chain: every node goes into split-brain resolution.
+    wait_until("the fork is seen on both sides", Duration::from_secs(20), || {
+        nodes.iter().any(|s| s.mode_history().is_ok_and(|h| h.iter().any(|t| t.to == OperationalMode::SplitBrainResolution)))
+            && nodes[2].mode_history().is_ok_and(|h| h.iter().any(|t| t.to == OperationalMode::SplitBrainResolution))
+    })
+    .await;
+    // The loser side yields once the winner recorded the resolution.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut yielded = Vec::new();
+    loop {
+        for (i, s) in nodes.iter_mut().enumerate() {
+            if !yielded.contains(&i) && s.yield_plan().expect("plan").is_some() {
+                let kept = s.yield_to_winner().await.expect("yield");
+                assert!(kept.exists(), "the losing chain is kept as a seed file");
+                yielded.push(i);
+            }
+        }
+        let heads: Vec<_> = nodes.iter().map(|s| s.head().ok().flatten()).collect();
+        let settled = nodes.iter().all(|s| s.status().is_ok_and(|st| st.forks == 0));
+        if !yielded.is_empty() && settled && heads.iter().all(|h| h.is_some() && h.map(|h| h.hash) == heads[0].map(|h| h.hash)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no convergence: heads {heads:?}, yielded {yielded:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One side yielded, the same on every node: either group B (one node) or group A.
+    assert!(yielded == vec![2] || yielded == vec![0, 1] || yielded == vec![1, 0], "a whole group yields: {yielded:?}");
+    // Nothing valid is lost: every service written on either side is on every node; the
+    // service both sides removed is gone.
+    for s in &nodes {
+        for name in ["a-only", "a-too", "b-only"] {
+            assert_eq!(s.services_by_name(name).expect("query").len(), 1, "{name} on every node");
+        }
+        assert!(s.services_by_capability("cap").expect("query").iter().all(|r| r.service.service_id != gone));
+        assert!(s.head().expect("head").expect("head").seq > seed_head.seq);
+    }
+    // The winning chain records the resolution: fork point, both heads, the counts.
+    let mut sub = nodes[0].subscribe(seed_head.seq + 1).expect("subscribe");
+    let head = nodes[0].head().expect("head").expect("head");
+    let mut resolution = None;
+    while let Some(ev) = sub.next().await {
+        let ev = ev.expect("event");
+        if let EventBody::SplitBrainResolved { fork_seq, adopted, conflicts, loser_head_seq, .. } = &ev.event.body {
+            resolution = Some((*fork_seq, *adopted, *conflicts, *loser_head_seq));
+        }
+        if ev.seq == head.seq {
+            break;
+        }
+    }
+    let (fork_seq, adopted, conflicts, loser_head_seq) = resolution.expect("a resolution event in the winning chain");
+    assert_eq!(fork_seq, seed_head.seq + 1, "the fork is right after the seed's head");
+    assert!(adopted >= 1, "the loser's new services were re-proposed");
+    assert_eq!(conflicts, 1, "the second deregistration of one service is a conflict");
+    let loser = if yielded == vec![2] { 2 } else { 0 };
+    assert_eq!(loser_head_seq, pre_heal[loser].seq, "the resolution names the losing chain's head");
+    for s in &nodes {
+        let st = s.status().expect("status");
+        assert_ne!(st.mode, OperationalMode::SplitBrainResolution, "every fork settled");
+    }
+    for mut s in nodes {
+        s.shutdown().await.expect("shutdown");
+    }
+}
