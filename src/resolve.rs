@@ -138,7 +138,40 @@ impl Resolver {
                 Err(e) => tracing::debug!(peer = %other.node.short(), error = %e, "peer did not answer"),
             }
         }
-        tracing::debug!(seq = evidence.seq(), "no reachable holder of the other chain yet");
+        // Nobody holds the other side any more: if this chain already records a resolution of
+        // a fork at or below the evidence, and the evidence's other side is not in this chain,
+        // it is a branch that was folded in (its nodes yielded).
+        let ledger = self.ledger.clone();
+        let e = evidence.clone();
+        let recorded = tokio::task::spawn_blocking(move || -> Result<Option<ChainPoint>, Error> {
+            let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let mine = l.get(e.seq())?.map(|x| x.hash);
+            if mine != Some(e.ours.hash) && mine != Some(e.theirs.hash) {
+                return Ok(None);
+            }
+            let Some(head) = l.head() else { return Ok(None) };
+            let mut from = 1;
+            while from <= head.seq {
+                let to = head.seq.min(from + 1023);
+                for ev in l.read_range(from, to)? {
+                    if matches!(ev.event.body, EventBody::SplitBrainResolved { fork_seq, .. } if fork_seq <= e.seq()) {
+                        return Ok(Some(ChainPoint { seq: ev.seq, hash: ev.hash }));
+                    }
+                }
+                from = to + 1;
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|e| Error::SplitBrain(format!("resolver task: {e}")))??;
+        match recorded {
+            Some(at) => {
+                let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+                crate::store::forks::mark_resolved(&l, &evidence, &Settled { resolution: None, recorded_at: Some(at) })?;
+                tracing::info!(seq = evidence.seq(), at = at.seq, "fork evidence settled by the resolution recorded in this chain");
+            }
+            None => tracing::debug!(seq = evidence.seq(), "no reachable holder of the other chain yet"),
+        }
         Ok(())
     }
 
@@ -315,7 +348,7 @@ impl Resolver {
     /// losing branch, settled.
     fn mark_settled(&self, evidence: &ForkEvidence, res: &Resolution, at: Option<ChainPoint>, losing: &[ChainedEvent]) -> Result<(), Error> {
         let hashes: HashSet<_> = losing.iter().map(|e| e.hash).collect();
-        let how = Settled { resolution: res.clone(), recorded_at: at };
+        let how = Settled { resolution: Some(res.clone()), recorded_at: at };
         let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
         crate::store::forks::mark_resolved(&l, evidence, &how)?;
         for e in crate::store::forks::unresolved(&l)? {

@@ -592,7 +592,14 @@ impl GossipService {
         if evidence.check().is_err() {
             return false;
         }
-        let mine = self.ledger.read().ok().and_then(|l| l.get(evidence.seq()).ok().flatten()).map(|e| e.hash);
+        let (empty, mine) = match self.ledger.read() {
+            Ok(l) => (l.head().is_none(), l.get(evidence.seq()).ok().flatten().map(|e| e.hash)),
+            Err(_) => return false,
+        };
+        if empty {
+            // A node with no chain yet is on neither side; it learns of forks once it has one.
+            return true;
+        }
         let mut e = evidence.clone();
         if mine == Some(e.theirs.hash) || (mine.is_none() && e.theirs.hash.as_bytes() < e.ours.hash.as_bytes()) {
             std::mem::swap(&mut e.ours, &mut e.theirs);

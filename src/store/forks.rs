@@ -66,8 +66,9 @@ const RESOLVED: &str = "forks_resolved";
 /// How a fork was settled, kept next to its evidence.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Settled {
-    /// The decision.
-    pub resolution: crate::core::authority::Resolution,
+    /// The decision, when this node took it (`None`: settled by a resolution event another
+    /// node recorded in this node's chain).
+    pub resolution: Option<crate::core::authority::Resolution>,
     /// Where the resolution event stands in the winning chain, once committed.
     pub recorded_at: Option<crate::core::types::ChainPoint>,
 }
