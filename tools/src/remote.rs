@@ -65,6 +65,13 @@ pub async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
                 if let Err(e) = node::refresh_admission(&system, &admission, &bootstrap) {
                     tracing::warn!(error = %e, "could not refresh the admission set");
                 }
+                // This node's chain lost a split-brain and the winner recorded it: yield.
+                if system.yield_plan().is_ok_and(|p| p.is_some()) {
+                    match system.yield_to_winner().await {
+                        Ok(seed) => tracing::warn!(kept = %seed.display(), "yielded to the split-brain winner"),
+                        Err(e) => tracing::error!(error = %e, "could not yield to the split-brain winner; retrying"),
+                    }
+                }
             }
         }
     }
@@ -239,7 +246,7 @@ pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, timeout: Dura
                 ))?;
             }
         }
-        QueryAnswer::Chain { .. } => return Err(CliError::Io(format!("{addr} answered a different question"))),
+        QueryAnswer::Chain { .. } | QueryAnswer::Events(_) => return Err(CliError::Io(format!("{addr} answered a different question"))),
         QueryAnswer::Services(services) => {
             if o.json {
                 return o.json_line(&services);
