@@ -154,7 +154,7 @@ impl Resolver {
             while from <= head.seq {
                 let to = head.seq.min(from + 1023);
                 for ev in l.read_range(from, to)? {
-                    if matches!(ev.event.body, EventBody::SplitBrainResolved { fork_seq, .. } if fork_seq <= e.seq()) {
+                    if matches!(&ev.event.body, EventBody::SplitBrainResolved(r) if r.fork_seq <= e.seq()) {
                         return Ok(Some(ChainPoint { seq: ev.seq, hash: ev.hash }));
                     }
                 }
@@ -272,7 +272,7 @@ impl Resolver {
     /// Whether `branch` holds a resolution of the fork that folded in `loser`.
     fn recorded(branch: &[ChainedEvent], fork: u64, loser: &BranchSummary) -> Option<ChainPoint> {
         branch.iter().find_map(|e| match &e.event.body {
-            EventBody::SplitBrainResolved { fork_seq, loser_first, .. } if *fork_seq == fork && *loser_first == loser.first.hash => {
+            EventBody::SplitBrainResolved(r) if r.fork_seq == fork && r.loser_first == loser.first.hash => {
                 Some(ChainPoint { seq: e.seq, hash: e.hash })
             }
             _ => None,
@@ -290,7 +290,7 @@ impl Resolver {
         let present: HashSet<EventId> = ours.iter().map(|e| EventId::of(&e.event)).collect();
         let (mut adopted, mut conflicts) = (0u64, Vec::new());
         for ev in theirs {
-            if matches!(ev.event.body, EventBody::Checkpoint { .. } | EventBody::SplitBrainResolved { .. } | EventBody::Genesis { .. })
+            if matches!(ev.event.body, EventBody::Checkpoint { .. } | EventBody::SplitBrainResolved(_) | EventBody::Genesis { .. })
                 || present.contains(&EventId::of(&ev.event))
             {
                 continue;
@@ -311,7 +311,7 @@ impl Resolver {
             (l.head(), l.fingerprint())
         };
         let (Some(head), Some(fp)) = (head, fp) else { return Err(Error::SplitBrain("no chain".into())) };
-        let body = EventBody::SplitBrainResolved {
+        let body = EventBody::SplitBrainResolved(Box::new(crate::core::event::SplitBrainResolution {
             fork_seq: fork,
             winner_first: res.winner.first.hash,
             winner_head_seq: head.seq,
@@ -322,7 +322,7 @@ impl Resolver {
             decided_by: res.decided_by.to_string(),
             adopted,
             conflicts: conflicts.len() as u64,
-        };
+        }));
         let at = match self.proposer.propose(SignedEvent::sign(&self.key, fp, Timestamp::now(), body)).await.map_err(|e| Error::Raft(e.to_string()))? {
             SporeResponse::Applied(p) => p,
             other => return Err(Error::SplitBrain(format!("the resolution event was not committed: {other:?}"))),

@@ -188,7 +188,8 @@ pub(crate) fn body<S: Sink>(out: &mut S, b: &EventBody) {
             out.put(&head_seq.to_le_bytes());
             out.put(head_hash.as_bytes());
         }
-        EventBody::SplitBrainResolved {
+        EventBody::SplitBrainResolved(r) => {
+            let crate::core::event::SplitBrainResolution {
             fork_seq,
             winner_first,
             winner_head_seq,
@@ -199,7 +200,7 @@ pub(crate) fn body<S: Sink>(out: &mut S, b: &EventBody) {
             decided_by,
             adopted,
             conflicts,
-        } => {
+        } = r.as_ref();
             out.byte(12);
             out.put(&fork_seq.to_le_bytes());
             out.put(winner_first.as_bytes());

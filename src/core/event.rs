@@ -60,6 +60,33 @@ pub struct ServiceAnnouncement {
     pub metadata: Vec<(String, String)>,
 }
 
+/// What a [`EventBody::SplitBrainResolved`] event records.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct SplitBrainResolution {
+    /// The first sequence number where the two chains differ.
+    pub fork_seq: u64,
+    /// The winning chain's event hash at the fork.
+    pub winner_first: ChainHash,
+    /// The winning chain's head when the decision was taken: sequence number.
+    pub winner_head_seq: u64,
+    /// ... and hash.
+    pub winner_head: ChainHash,
+    /// The losing chain's event hash at the fork.
+    pub loser_first: ChainHash,
+    /// The losing chain's head that was folded in: sequence number.
+    pub loser_head_seq: u64,
+    /// ... and hash.
+    pub loser_head: ChainHash,
+    /// The rule that decided: `authority`, `activity` or `tie-break`.
+    pub decided_by: String,
+    /// Events of the losing branch applied again on this chain.
+    pub adopted: u64,
+    /// Events of the losing branch this chain's rules refused (reported).
+    pub conflicts: u64,
+}
+
 // rkyv 0.8's derive leaves the fields of the generated `EventBodyResolver`'s struct variants
 // undocumented, and an attribute cannot reach them; this module scopes the allowance to that
 // generated code. `EventBody` itself documents every variant and field.
@@ -149,31 +176,11 @@ mod body {
             /// The chain hash at `head_seq`.
             head_hash: ChainHash,
         },
-        /// An authority settled a split-brain: two chains of this network forked at
-        /// `fork_seq`, this chain won, and the losing branch's events that were still valid
-        /// were re-proposed to it (see `schema/split-brain.md`).
-        SplitBrainResolved {
-            /// The first sequence number where the two chains differ.
-            fork_seq: u64,
-            /// The winning chain's event hash at the fork.
-            winner_first: ChainHash,
-            /// The winning chain's head when the decision was taken: sequence number.
-            winner_head_seq: u64,
-            /// ... and hash.
-            winner_head: ChainHash,
-            /// The losing chain's event hash at the fork.
-            loser_first: ChainHash,
-            /// The losing chain's head that was folded in: sequence number.
-            loser_head_seq: u64,
-            /// ... and hash.
-            loser_head: ChainHash,
-            /// The rule that decided: `authority`, `activity` or `tie-break`.
-            decided_by: String,
-            /// Events of the losing branch applied again on this chain.
-            adopted: u64,
-            /// Events of the losing branch this chain's rules refused (reported).
-            conflicts: u64,
-        },
+        /// An authority settled a split-brain: two chains of this network forked, this chain
+        /// won, and the losing branch's events that were still valid were re-proposed to it
+        /// (see `schema/split-brain.md`). Boxed, so this variant does not change the archived
+        /// size of every other event.
+        SplitBrainResolved(Box<SplitBrainResolution>),
     }
 }
 pub use body::{ArchivedEventBody, EventBody, EventBodyResolver};
@@ -194,7 +201,7 @@ impl EventBody {
             EventBody::NodeWentOffline { .. } => "node_went_offline",
             EventBody::NodeBackOnline { .. } => "node_back_online",
             EventBody::Checkpoint { .. } => "checkpoint",
-            EventBody::SplitBrainResolved { .. } => "split_brain_resolved",
+            EventBody::SplitBrainResolved(_) => "split_brain_resolved",
         }
     }
 
@@ -211,7 +218,7 @@ impl EventBody {
             | EventBody::TrustScoreChanged { node, .. }
             | EventBody::NodeWentOffline { node, .. }
             | EventBody::NodeBackOnline { node } => Some(*node),
-            EventBody::ServiceDeregistered { .. } | EventBody::Checkpoint { .. } | EventBody::SplitBrainResolved { .. } => None,
+            EventBody::ServiceDeregistered { .. } | EventBody::Checkpoint { .. } | EventBody::SplitBrainResolved(_) => None,
         }
     }
 
@@ -507,7 +514,7 @@ mod tests {
                 id().prop_map(|node| EventBody::NodeBackOnline { node }),
                 (any::<u64>(), any::<[u8; 32]>())
                     .prop_map(|(head_seq, h)| EventBody::Checkpoint { head_seq, head_hash: ChainHash(h) }),
-                (any::<[u64; 5]>(), any::<[[u8; 32]; 4]>(), text()).prop_map(|(n, h, decided_by)| EventBody::SplitBrainResolved {
+                (any::<[u64; 5]>(), any::<[[u8; 32]; 4]>(), text()).prop_map(|(n, h, decided_by)| EventBody::SplitBrainResolved(Box::new(SplitBrainResolution {
                     fork_seq: n[0],
                     winner_first: ChainHash(h[0]),
                     winner_head_seq: n[1],
@@ -518,7 +525,7 @@ mod tests {
                     decided_by,
                     adopted: n[3],
                     conflicts: n[4],
-                }),
+                }))),
             ]
         }
         fn event() -> impl Strategy<Value = SignedEvent> {

@@ -653,7 +653,8 @@ impl Projection {
                 }
                 Ok(())
             }
-            EventBody::SplitBrainResolved { fork_seq, winner_head_seq, decided_by, .. } => {
+            EventBody::SplitBrainResolved(r) => {
+                let (fork_seq, winner_head_seq, decided_by) = (&r.fork_seq, &r.winner_head_seq, &r.decided_by);
                 authority_only("settle a split-brain")?;
                 let head = self.state.head.ok_or(Rejection::GenesisExpected)?;
                 if *fork_seq == 0 || fork_seq > winner_head_seq || *winner_head_seq > head.seq {
@@ -841,7 +842,7 @@ impl Projection {
                 }
                 self.touch(&node, ts);
             }
-            EventBody::SplitBrainResolved { .. } => {}
+            EventBody::SplitBrainResolved(_) => {}
             EventBody::Checkpoint { head_seq, head_hash } => {
                 let attested = self.state.head.map(|h| h.timestamp).unwrap_or_default();
                 self.state.last_checkpoint = Some((seq, ChainHead { seq: head_seq, hash: head_hash, timestamp: attested }));

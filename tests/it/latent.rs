@@ -443,7 +443,10 @@ mod malicious {
         // A range to a session that asked for nothing.
         let now = Instant::now();
         let mut s = SyncSession::new(SyncConfig::default(), local_view(&v.ledger, false), now);
-        s.handle(GossipMessage::Hello(digest_of(&honest)), now);
+        // (A peer at our own head: a session that does not pull has nothing to probe either.)
+        let mut at_our_head = digest_of(&honest);
+        at_our_head.head = v.ledger.head().map(|h| mycnet_spores::ChainPoint { seq: h.seq, hash: h.hash });
+        s.handle(GossipMessage::Hello(at_our_head), now);
         s.handle(GossipMessage::Range(range(&honest, 163, 5)), now);
         let last = std::iter::from_fn(|| s.poll_event()).last();
         assert_eq!(last, Some(SessionEvent::Finished(SessionOutcome::Violation(Violation::Unrequested(5)))));

@@ -124,9 +124,14 @@ pub fn summary(body: &EventBody) -> String {
         EventBody::NodeWentOffline { node, last_seen } => format!("{} offline (last seen {last_seen})", node.short()),
         EventBody::NodeBackOnline { node } => format!("{} back online", node.short()),
         EventBody::Checkpoint { head_seq, head_hash } => format!("checkpoint of {head_seq} {}", head_hash.short()),
-        EventBody::SplitBrainResolved { fork_seq, loser_head_seq, loser_head, decided_by, adopted, conflicts, .. } => format!(
-            "split-brain at {fork_seq} resolved by {decided_by}: branch up to {loser_head_seq} {} folded in ({adopted} adopted, {conflicts} conflicts)",
-            loser_head.short()
+        EventBody::SplitBrainResolved(r) => format!(
+            "split-brain at {} resolved by {}: branch up to {} {} folded in ({} adopted, {} conflicts)",
+            r.fork_seq,
+            r.decided_by,
+            r.loser_head_seq,
+            r.loser_head.short(),
+            r.adopted,
+            r.conflicts
         ),
     }
 }
