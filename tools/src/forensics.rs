@@ -10,9 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use mycnet_spores::store::forensics::{
-    self, BlameOptions, BlameReport, BlameTarget, BranchEvents, BranchInfo, EntityDiff, ForkPoint, Relation, Side,
-    SourceKind, Touch,
+    self, BlameOptions, BlameReport, BlameTarget, BranchEvents, BranchInfo, EntityDiff, ForkPoint,
+    Relation, Side, SourceKind, Touch,
 };
+use mycnet_spores::store::inspect::resolve_ledger_dir;
 use mycnet_spores::{Branch, ForensicsError, NodeRecord, ServiceRecord, StopAt};
 use serde_json::{json, Value};
 
@@ -23,7 +24,13 @@ use crate::output::{progress_bar, CliError, CliResult, Out};
 fn cli_err(e: ForensicsError) -> CliError {
     if e.is_bad_data() {
         CliError::BadData(e.to_string())
-    } else if matches!(e, ForensicsError::Io { .. } | ForensicsError::NotASource(_) | ForensicsError::Ledger(_) | ForensicsError::Seed { .. }) {
+    } else if matches!(
+        e,
+        ForensicsError::Io { .. }
+            | ForensicsError::NotASource(_)
+            | ForensicsError::Ledger(_)
+            | ForensicsError::Seed { .. }
+    ) {
         CliError::Io(e.to_string())
     } else {
         CliError::Usage(e.to_string())
@@ -47,8 +54,12 @@ pub fn existing_path(s: &str) -> Result<PathBuf, String> {
 fn source_text(info: &BranchInfo) -> String {
     let kind = match info.source {
         SourceKind::Ledger => "ledger",
-        SourceKind::Seed { includes_events: true } => "seed with events",
-        SourceKind::Seed { includes_events: false } => "seed without events",
+        SourceKind::Seed {
+            includes_events: true,
+        } => "seed with events",
+        SourceKind::Seed {
+            includes_events: false,
+        } => "seed without events",
     };
     format!(
         "{kind} {}  head {} {}  {}  (network {}, {})",
@@ -81,16 +92,26 @@ fn side_name(s: Side) -> &'static str {
 }
 
 fn fork_json(fork: &ForkPoint) -> Value {
-    let point = |p: Option<mycnet_spores::ChainPoint>| p.map(|p| json!({"seq": p.seq, "hash": p.hash}));
+    let point =
+        |p: Option<mycnet_spores::ChainPoint>| p.map(|p| json!({"seq": p.seq, "hash": p.hash}));
     match &fork.relation {
-        Relation::Identical { head } => json!({"relation": "identical", "last_common": point(Some(*head)), "first_diverging_seq": null, "ahead": null}),
+        Relation::Identical { head } => {
+            json!({"relation": "identical", "last_common": point(Some(*head)), "first_diverging_seq": null, "ahead": null})
+        }
         Relation::Prefix { ahead, common } => {
             json!({"relation": "prefix", "last_common": point(Some(*common)), "first_diverging_seq": null, "ahead": side_name(*ahead)})
         }
-        Relation::Diverged { last_common, first_diverging_seq } => {
+        Relation::Diverged {
+            last_common,
+            first_diverging_seq,
+        } => {
             json!({"relation": "diverged", "last_common": point(*last_common), "first_diverging_seq": first_diverging_seq, "ahead": null})
         }
-        Relation::Unresolved { last_common_known, diverged_at_or_before, reason } => json!({
+        Relation::Unresolved {
+            last_common_known,
+            diverged_at_or_before,
+            reason,
+        } => json!({
             "relation": "unresolved", "last_common": point(*last_common_known), "first_diverging_seq": null,
             "diverged_at_or_before": diverged_at_or_before, "ahead": null, "reason": reason,
         }),
@@ -100,9 +121,17 @@ fn fork_json(fork: &ForkPoint) -> Value {
 fn fork_text(fork: &ForkPoint) -> String {
     let name = |s: Side| if s == Side::A { "A" } else { "B" };
     match &fork.relation {
-        Relation::Identical { head } => format!("identical: both end at seq {} {}", head.seq, head.hash.short()),
+        Relation::Identical { head } => format!(
+            "identical: both end at seq {} {}",
+            head.seq,
+            head.hash.short()
+        ),
         Relation::Prefix { ahead, common } => {
-            let (ahead_info, behind) = if *ahead == Side::A { (&fork.a, Side::B) } else { (&fork.b, Side::A) };
+            let (ahead_info, behind) = if *ahead == Side::A {
+                (&fork.a, Side::B)
+            } else {
+                (&fork.b, Side::A)
+            };
             format!(
                 "{} is a prefix of {}: they share seq 0..={} ({}), {} is {} events ahead",
                 name(behind),
@@ -113,13 +142,27 @@ fn fork_text(fork: &ForkPoint) -> String {
                 ahead_info.head.seq - common.seq
             )
         }
-        Relation::Diverged { last_common: Some(c), first_diverging_seq } => {
-            format!("diverged after seq {} ({}): first diverging seq {first_diverging_seq}", c.seq, c.hash.short())
+        Relation::Diverged {
+            last_common: Some(c),
+            first_diverging_seq,
+        } => {
+            format!(
+                "diverged after seq {} ({}): first diverging seq {first_diverging_seq}",
+                c.seq,
+                c.hash.short()
+            )
         }
-        Relation::Diverged { last_common: None, first_diverging_seq } => {
+        Relation::Diverged {
+            last_common: None,
+            first_diverging_seq,
+        } => {
             format!("diverged from genesis: first diverging seq {first_diverging_seq}")
         }
-        Relation::Unresolved { last_common_known, diverged_at_or_before, reason } => format!(
+        Relation::Unresolved {
+            last_common_known,
+            diverged_at_or_before,
+            reason,
+        } => format!(
             "unresolved: last known common seq {}, differ at or before seq {}: {reason}",
             last_common_known.map_or("-".into(), |p| p.seq.to_string()),
             diverged_at_or_before.map_or("-".into(), |s| s.to_string())
@@ -178,19 +221,46 @@ fn service_field(s: &ServiceRecord, field: &str) -> String {
         "name" => a.name.clone(),
         "node" => a.node.short(),
         "capabilities" => format!("[{}]", a.capabilities.join(",")),
-        "endpoints" => format!("[{}]", a.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect::<Vec<_>>().join(" ")),
-        "metadata" => format!("[{}]", a.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")),
+        "endpoints" => format!(
+            "[{}]",
+            a.endpoints
+                .iter()
+                .map(|e| format!("{}://{}", e.protocol, e.address))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        "metadata" => format!(
+            "[{}]",
+            a.metadata
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         "registered_by" => s.registered_by.short(),
         _ => String::new(),
     }
 }
 
 fn node_line(n: &NodeRecord) -> String {
-    format!("{} {:<16} {:<11} {:<8} {}", n.node.short(), n.name, n.role.to_string(), n.status.to_string(), n.trust)
+    format!(
+        "{} {:<16} {:<11} {:<8} {}",
+        n.node.short(),
+        n.name,
+        n.role.to_string(),
+        n.status.to_string(),
+        n.trust
+    )
 }
 
 fn service_line(s: &ServiceRecord) -> String {
-    format!("{} {:<14} on {} {}", s.service.service_id, s.service.name, s.service.node.short(), service_field(s, "endpoints"))
+    format!(
+        "{} {:<14} on {} {}",
+        s.service.service_id,
+        s.service.name,
+        s.service.node.short(),
+        service_field(s, "endpoints")
+    )
 }
 
 fn print_entities(d: &EntityDiff, o: &mut Out) -> CliResult {
@@ -212,7 +282,11 @@ fn print_entities(d: &EntityDiff, o: &mut Out) -> CliResult {
     for c in &d.nodes_changed {
         o.line(format!("  changed    {} {}", c.node.short(), c.a.name))?;
         for f in &c.fields {
-            o.line(format!("               {f}: A {}  B {}", node_field(&c.a, f), node_field(&c.b, f)))?;
+            o.line(format!(
+                "               {f}: A {}  B {}",
+                node_field(&c.a, f),
+                node_field(&c.b, f)
+            ))?;
         }
     }
     o.line(format!(
@@ -228,9 +302,16 @@ fn print_entities(d: &EntityDiff, o: &mut Out) -> CliResult {
         o.line(format!("  only in B  {}", service_line(s)))?;
     }
     for c in &d.services_changed {
-        o.line(format!("  changed    {} {}", c.service_id, c.a.service.name))?;
+        o.line(format!(
+            "  changed    {} {}",
+            c.service_id, c.a.service.name
+        ))?;
         for f in &c.fields {
-            o.line(format!("               {f}: A {}  B {}", service_field(&c.a, f), service_field(&c.b, f)))?;
+            o.line(format!(
+                "               {f}: A {}  B {}",
+                service_field(&c.a, f),
+                service_field(&c.b, f)
+            ))?;
         }
     }
     Ok(())
@@ -246,6 +327,23 @@ fn entities_json(d: &EntityDiff) -> Value {
 /// `spore diff A B`: the fork point, each branch's events after it (at most `limit` each),
 /// and the per-entity differences of the registries at both heads.
 pub fn diff(a_path: &Path, b_path: &Path, limit: usize, o: &mut Out) -> CliResult {
+    // A ledger can be opened once at a time (fjall locks it): the same source twice is a
+    // mistake worth naming, not a storage error.
+    let same = |p: &Path| {
+        std::fs::canonicalize(if p.is_dir() {
+            resolve_ledger_dir(p)
+        } else {
+            p.to_path_buf()
+        })
+        .ok()
+    };
+    if same(a_path).is_some() && same(a_path) == same(b_path) {
+        return Err(CliError::usage(format!(
+            "{} and {} are the same source",
+            a_path.display(),
+            b_path.display()
+        )));
+    }
     let a = open(a_path)?;
     let b = open(b_path)?;
     let fork = forensics::fork_point(&a, &b).map_err(cli_err)?;
@@ -256,11 +354,21 @@ pub fn diff(a_path: &Path, b_path: &Path, limit: usize, o: &mut Out) -> CliResul
         EntityDiff::default()
     } else {
         // Both heads' registries: one replay per ledger (a seed's state is at hand).
-        let replayed = |br: &Branch| if br.info().source == SourceKind::Ledger { br.head().seq + 1 } else { 0 };
+        let replayed = |br: &Branch| {
+            if br.info().source == SourceKind::Ledger {
+                br.head().seq + 1
+            } else {
+                0
+            }
+        };
         let a_total = replayed(&a);
         let bar = progress_bar(o, a_total + replayed(&b), "replaying");
-        let pa = a.projection(StopAt::End, &|n| bar.set_position(n)).map_err(cli_err)?;
-        let pb = b.projection(StopAt::End, &|n| bar.set_position(a_total + n)).map_err(cli_err)?;
+        let pa = a
+            .projection(StopAt::End, &|n| bar.set_position(n))
+            .map_err(cli_err)?;
+        let pb = b
+            .projection(StopAt::End, &|n| bar.set_position(a_total + n))
+            .map_err(cli_err)?;
         bar.finish_and_clear();
         forensics::entity_diff(&pa, &pb)
     };
@@ -289,8 +397,9 @@ pub fn diff(a_path: &Path, b_path: &Path, limit: usize, o: &mut Out) -> CliResul
 fn touch_text(t: &Touch) -> String {
     match t {
         Touch::Subject => "subject".into(),
-        Touch::ServiceOfNodeRegistered { service_id } => format!("its service {service_id} registered"),
-        Touch::ServiceOfNodeDeregistered { service_id } => format!("its service {service_id} deregistered"),
+        // The service id is in the event's summary next to it.
+        Touch::ServiceOfNodeRegistered { .. } => "its service registered".into(),
+        Touch::ServiceOfNodeDeregistered { .. } => "its service deregistered".into(),
         Touch::RemovedWithNode { node } => format!("removed with its node {}", node.short()),
         Touch::Authored => "signed by it".into(),
     }
@@ -300,7 +409,9 @@ fn target_text(r: &BlameReport) -> String {
     match &r.target {
         BlameTarget::Node { node } => format!("node {node}"),
         BlameTarget::Service { service_id } => format!("service {service_id}"),
-        BlameTarget::ServiceName { name } => format!("services named {name:?} ({} ids)", r.services.len()),
+        BlameTarget::ServiceName { name } => {
+            format!("services named {name:?} ({} ids)", r.services.len())
+        }
     }
 }
 
@@ -308,18 +419,32 @@ fn target_text(r: &BlameReport) -> String {
 /// and when.
 pub fn blame(source: &Path, target: &str, options: BlameOptions, o: &mut Out) -> CliResult {
     let branch = open(source)?;
-    let total = if branch.has_events() { branch.head().seq + 1 } else { 0 };
+    let total = if branch.has_events() {
+        branch.head().seq + 1
+    } else {
+        0
+    };
     let target = match BlameTarget::parse_exact(target) {
         Some(t) => t,
         None => {
-            let bar = progress_bar(o, if branch.info().source == SourceKind::Ledger { total } else { 0 }, "resolving");
-            let t = forensics::resolve_target(&branch, target, &|n| bar.set_position(n)).map_err(cli_err)?;
+            let bar = progress_bar(
+                o,
+                if branch.info().source == SourceKind::Ledger {
+                    total
+                } else {
+                    0
+                },
+                "resolving",
+            );
+            let t = forensics::resolve_target(&branch, target, &|n| bar.set_position(n))
+                .map_err(cli_err)?;
             bar.finish_and_clear();
             t
         }
     };
     let bar = progress_bar(o, total, "searching");
-    let report = forensics::blame(&branch, &target, options, &|n| bar.set_position(n)).map_err(cli_err)?;
+    let report =
+        forensics::blame(&branch, &target, options, &|n| bar.set_position(n)).map_err(cli_err)?;
     bar.finish_and_clear();
     if o.json {
         return o.json_line(&json!({
@@ -327,14 +452,28 @@ pub fn blame(source: &Path, target: &str, options: BlameOptions, o: &mut Out) ->
             "total": report.total, "omitted": report.omitted, "entries": report.entries,
         }));
     }
-    o.line(format!("{} in {}", target_text(&report), source_text(&report.source)))?;
+    o.line(format!(
+        "{} in {}",
+        target_text(&report),
+        source_text(&report.source)
+    ))?;
     o.line(format!("{} events touched it", report.total))?;
     if report.omitted > 0 {
-        o.line(format!("  … {} earlier ones omitted (raise --limit)", report.omitted))?;
+        o.line(format!(
+            "  … {} earlier ones omitted (raise --limit)",
+            report.omitted
+        ))?;
     }
-    o.line(format!("  {:>8}  {:<12}  {:<27}  {:<12} {:<21} {:<30} {}", "seq", "hash", "time", "author", "kind", "how", "what"))?;
+    o.line(format!(
+        "  {:>8}  {:<12}  {:<27}  {:<12} {:<21} {:<30} {}",
+        "seq", "hash", "time", "author", "kind", "how", "what"
+    ))?;
     for e in &report.entries {
-        let removed = if e.services_removed.is_empty() { String::new() } else { format!(" (removed {} services)", e.services_removed.len()) };
+        let removed = if e.services_removed.is_empty() {
+            String::new()
+        } else {
+            format!(" (removed {} services)", e.services_removed.len())
+        };
         o.line(format!(
             "  {:>8}  {}  {}  {:<12} {:<21} {:<30} {}{removed}",
             e.seq,

@@ -220,8 +220,12 @@ fn diff_blame_and_state_on_branches_and_seed_files() {
     assert_eq!(d["b"]["source"], "seed");
     let same = json(&run(&["diff", pb, pfull, "--json"]));
     assert_eq!(same["fork"]["relation"], "identical");
+    assert_eq!(run(&["diff", pb, pb]).status.code(), Some(2), "the same source twice is a usage error");
     let limited = json(&run(&["diff", pa, pbare, "--json", "--limit", "0"]));
     assert_eq!(limited["fork"]["relation"], "unresolved", "{limited}");
+    assert_eq!(limited["fork"]["diverged_at_or_before"], 200, "the bare seed's head differs from A's");
+    assert_eq!((limited["events"]["a"]["total"].clone(), limited["events"]["a"]["more"].clone()), (Value::from(201), Value::from(201)));
+    assert_eq!(limited["events"]["b"]["available"], false);
 
     // Blame: a service by id, the founder by a prefix of its id.
     let bl = run(&["blame", pb, &service_id, "--json"]);
