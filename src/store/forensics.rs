@@ -878,6 +878,70 @@ pub fn entity_diff(a: &Projection, b: &Projection) -> EntityDiff {
     d
 }
 
+/// Events [`head_projections`] replays: a shared ledger prefix once, then each tail (a
+/// seed's state is read, not replayed). For a progress bar's length.
+pub fn head_projections_work(a: &Branch, b: &Branch, relation: &Relation) -> u64 {
+    match shared_ledger_prefix(a, b, relation) {
+        Some(c) => a.head().seq + b.head().seq + 1 - c,
+        None => replayed_alone(a) + replayed_alone(b),
+    }
+}
+
+/// Events replayed for a branch's head projection on its own.
+fn replayed_alone(br: &Branch) -> u64 {
+    match br.inner {
+        Inner::Ledger(_) => br.head().seq + 1,
+        Inner::Seed(_) => 0,
+    }
+}
+
+/// The last common seq when both branches are ledgers that share a proven prefix.
+fn shared_ledger_prefix(a: &Branch, b: &Branch, relation: &Relation) -> Option<u64> {
+    match (&a.inner, &b.inner, relation) {
+        (Inner::Ledger(_), Inner::Ledger(_), Relation::Diverged { last_common, .. }) => {
+            last_common.map(|p| p.seq)
+        }
+        (Inner::Ledger(_), Inner::Ledger(_), Relation::Prefix { common, .. }) => Some(common.seq),
+        _ => None,
+    }
+}
+
+/// The registries at both heads. When both branches are ledgers that share a prefix (equal
+/// hashes at its end prove equal prefixes), the prefix is replayed once and its projection
+/// carried onto each branch's tail — whose first record must link to it. `progress` counts
+/// events replayed, cumulatively, up to [`head_projections_work`].
+pub fn head_projections(
+    a: &Branch,
+    b: &Branch,
+    relation: &Relation,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Projection, Projection), ForensicsError> {
+    let (Some(c), Inner::Ledger(ra), Inner::Ledger(rb)) =
+        (shared_ledger_prefix(a, b, relation), &a.inner, &b.inner)
+    else {
+        let pa = a.projection(StopAt::End, progress)?;
+        let done = replayed_alone(a);
+        let pb = b.projection(StopAt::End, &|n| progress(done + n))?;
+        return Ok((pa, pb));
+    };
+    let mut pa = ra
+        .replay(
+            &ReplayOptions {
+                audit: false,
+                stop: StopAt::Seq(c),
+            },
+            progress,
+        )?
+        .0;
+    let mut pb = pa.clone();
+    let tail_a = a.head().seq - c;
+    ra.replay_onto(&mut pa, &ReplayOptions::default(), &|n| progress(c + 1 + n))?;
+    rb.replay_onto(&mut pb, &ReplayOptions::default(), &|n| {
+        progress(c + 1 + tail_a + n)
+    })?;
+    Ok((pa, pb))
+}
+
 /// Everything `spore diff` reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DiffReport {
@@ -906,10 +970,8 @@ pub fn diff(
     let entities = if matches!(fork.relation, Relation::Identical { .. }) {
         EntityDiff::default()
     } else {
-        entity_diff(
-            &a.projection(StopAt::End, progress)?,
-            &b.projection(StopAt::End, progress)?,
-        )
+        let (pa, pb) = head_projections(a, b, &fork.relation, progress)?;
+        entity_diff(&pa, &pb)
     };
     Ok(DiffReport {
         fork,

@@ -250,6 +250,27 @@ fn diverged_ledgers_name_the_exact_fork_their_own_events_and_every_entity_differ
     );
     assert_eq!(eb.events.last().map(|e| e.hash), Some(head_b.hash));
 
+    // The shared prefix replayed once and carried onto both tails gives exactly the
+    // registries of two independent replays, and the progress ends at the announced work.
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let (ha, hb) = forensics::head_projections(&a, &b, &fork.relation, &|n| {
+        done.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+    })
+    .expect("head projections");
+    assert_eq!(
+        ha,
+        a.projection(StopAt::End, NO_PROGRESS).expect("replay a")
+    );
+    assert_eq!(
+        hb,
+        b.projection(StopAt::End, NO_PROGRESS).expect("replay b")
+    );
+    assert_eq!(
+        forensics::head_projections_work(&a, &b, &fork.relation),
+        600 + 3 + 3
+    );
+    assert_eq!(done.into_inner(), 606);
+
     let report = forensics::diff(&a, &b, 10, NO_PROGRESS).expect("diff");
     assert_eq!(report.fork, fork);
     let d = report.entities;
@@ -409,6 +430,16 @@ fn identical_prefix_and_different_network_branches_are_told_apart() {
     assert!(same.entities.is_empty());
 
     let prefix = forensics::fork_point(&longer, &one).expect("fork point");
+    let (pl, po) = forensics::head_projections(&longer, &one, &prefix.relation, NO_PROGRESS)
+        .expect("projections");
+    assert_eq!(
+        (pl.head().map(|h| h.seq), po.head().map(|h| h.seq)),
+        (Some(609), Some(599))
+    );
+    assert_eq!(
+        pl,
+        longer.projection(StopAt::End, NO_PROGRESS).expect("replay")
+    );
     assert_eq!(
         prefix.relation,
         Relation::Prefix {

@@ -353,22 +353,16 @@ pub fn diff(a_path: &Path, b_path: &Path, limit: usize, o: &mut Out) -> CliResul
     let entities = if matches!(fork.relation, Relation::Identical { .. }) {
         EntityDiff::default()
     } else {
-        // Both heads' registries: one replay per ledger (a seed's state is at hand).
-        let replayed = |br: &Branch| {
-            if br.info().source == SourceKind::Ledger {
-                br.head().seq + 1
-            } else {
-                0
-            }
-        };
-        let a_total = replayed(&a);
-        let bar = progress_bar(o, a_total + replayed(&b), "replaying");
-        let pa = a
-            .projection(StopAt::End, &|n| bar.set_position(n))
-            .map_err(cli_err)?;
-        let pb = b
-            .projection(StopAt::End, &|n| bar.set_position(a_total + n))
-            .map_err(cli_err)?;
+        // Both heads' registries: a shared ledger prefix is replayed once (a seed's state is
+        // at hand).
+        let bar = progress_bar(
+            o,
+            forensics::head_projections_work(&a, &b, &fork.relation),
+            "replaying",
+        );
+        let (pa, pb) =
+            forensics::head_projections(&a, &b, &fork.relation, &|n| bar.set_position(n))
+                .map_err(cli_err)?;
         bar.finish_and_clear();
         forensics::entity_diff(&pa, &pb)
     };
