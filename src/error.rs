@@ -250,6 +250,9 @@ pub enum Error {
     /// A seed spore could not be built, written, read or verified.
     #[error(transparent)]
     Seed(#[from] crate::seed::SeedError),
+    /// A forensic question (fork point, diff, blame) could not be answered.
+    #[error(transparent)]
+    Forensics(#[from] crate::store::forensics::ForensicsError),
     /// That spore tier is not available on this node.
     #[error("the {0:?} spore tier is not available on this node")]
     TierUnavailable(crate::core::types::SporeType),

@@ -66,6 +66,7 @@ pub use crate::core::types::{
     ChainHash, Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore,
 };
 pub use crate::error::{Corruption, Error, LedgerError};
+pub use crate::store::forensics::{Branch, ForensicsError};
 pub use crate::store::inspect::{LedgerReader, VerifyReport};
 pub use crate::store::ledger::{Ledger, LedgerConfig};
 pub use crate::store::replay::{ReplayOptions, ReplayStats, StopAt};

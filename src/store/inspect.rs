@@ -162,6 +162,18 @@ impl LedgerReader {
         Ok((p, stats))
     }
 
+    /// Continues a replay: applies the records after `projection`'s head, to `options.stop`.
+    /// The first one must link to that head (else [`Corruption::BadLink`] at its seq), so a
+    /// projection of a shared prefix can be carried onto another ledger of the same chain.
+    pub fn replay_onto(
+        &self,
+        projection: &mut Projection,
+        options: &ReplayOptions,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<ReplayStats, LedgerError> {
+        replay_range(&self.ledger, &self.path, projection, options, progress)
+    }
+
     /// Events `from..=to`, checked (decode, keys, links, hashes). Page large ranges.
     pub fn range(&self, from: u64, to: u64) -> Result<Vec<ChainedEvent>, LedgerError> {
         read_verified_range(&self.ledger, &self.path, from, to)

@@ -2,6 +2,7 @@ mod cluster;
 mod primary;
 mod faults;
 mod fixture;
+mod forensics;
 mod ledger_tampering;
 mod decoders;
 mod projection_props;

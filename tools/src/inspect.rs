@@ -136,7 +136,8 @@ pub fn summary(body: &EventBody) -> String {
     }
 }
 
-fn event_json(e: &ChainedEvent) -> serde_json::Value {
+/// One event as JSON (the `spore dump --json` line shape).
+pub fn event_json(e: &ChainedEvent) -> serde_json::Value {
     json!({
         "seq": e.seq, "hash": e.hash, "prev_hash": e.prev_hash,
         "timestamp": e.event.timestamp, "author": e.event.author, "kind": e.event.body.kind(),

@@ -1,6 +1,7 @@
 //! `spore`: the mycnet-spores command line.
 //!
-//! * Log inspector: `generate`, `verify`, `dump`, `stats`, `state`, `replay` — every command
+//! * Log inspector: `generate`, `verify`, `dump`, `stats`, `state`, `replay`, and forensics
+//!   over two branches or seed files: `diff`, `blame` — every command
 //!   with human output and `--json`; exit 0 when all is well, 1 when the data is bad, 2 for
 //!   usage or I/O errors; a progress bar on a terminal for long work.
 //! * Running nodes: `keygen`, `node` (one node over QUIC, from a TOML config or flags),
@@ -8,6 +9,7 @@
 //!   (write through a running node with an admitted node's key), `demo` (a local network).
 
 mod demo;
+mod forensics;
 mod inspect;
 mod output;
 mod remote;
@@ -85,8 +87,9 @@ enum Command {
     },
     /// The registries (nodes, services) as of a sequence number or a time.
     State {
-        /// A ledger directory or a node's data dir.
-        #[arg(value_parser = inspect::existing_dir)]
+        /// A ledger directory, a node's data dir, or a seed file (before its head only if it
+        /// carries its events).
+        #[arg(value_parser = forensics::existing_path)]
         dir: PathBuf,
         /// Stop after this sequence number.
         #[arg(long, conflicts_with = "at_time")]
@@ -94,6 +97,40 @@ enum Command {
         /// Stop at the last event at or before this time (RFC 3339 or microseconds).
         #[arg(long, value_parser = inspect::parse_time)]
         at_time: Option<mycnet_spores::Timestamp>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two branches of one network: the fork point, each branch's events after it,
+    /// and how their registries differ (exit 0 whenever the comparison succeeds).
+    Diff {
+        /// A ledger directory, a node's data dir, or a seed file.
+        #[arg(value_parser = forensics::existing_path)]
+        a: PathBuf,
+        /// The other branch: a ledger directory, a node's data dir, or a seed file.
+        #[arg(value_parser = forensics::existing_path)]
+        b: PathBuf,
+        /// List at most this many events of each branch after the fork point.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every event that touched a node or a service: who signed it, when, and how.
+    Blame {
+        /// A ledger directory, a node's data dir, or a seed file with events.
+        #[arg(value_parser = forensics::existing_path)]
+        source: PathBuf,
+        /// A node id (64 hex, or a unique prefix of at least 4), a service id (UUID) or a
+        /// service name.
+        target: String,
+        /// For a node: also the events it signed about other things.
+        #[arg(long)]
+        authored: bool,
+        /// Keep at most this many entries (the latest).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -395,8 +432,19 @@ fn run(cli: Cli) -> CliResult {
                 (None, Some(t)) => inspect::At::Time(t),
                 (None, None) => inspect::At::Head,
             };
-            inspect::state(&dir, at, &mut Out::new(json))
+            if dir.is_file() {
+                forensics::state_of_seed(&dir, at, &mut Out::new(json))
+            } else {
+                inspect::state(&dir, at, &mut Out::new(json))
+            }
         }
+        Command::Diff { a, b, limit, json } => forensics::diff(&a, &b, limit, &mut Out::new(json)),
+        Command::Blame { source, target, authored, limit, json } => forensics::blame(
+            &source,
+            &target,
+            mycnet_spores::store::forensics::BlameOptions { include_authored: authored, limit },
+            &mut Out::new(json),
+        ),
         Command::Replay { dir, audit, json } => inspect::replay(&dir, audit, &mut Out::new(json)),
         Command::Keygen { data_dir, json } => remote::keygen(&data_dir, &mut Out::new(json)),
         Command::Node(a) => {

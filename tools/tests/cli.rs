@@ -140,6 +140,134 @@ fn a_closed_stdout_ends_the_dump_quietly() {
     assert!(out.stderr.is_empty(), "no broken-pipe noise: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Two ledgers of one network that share `shared` events and then diverge: A's founder
+/// changes its capabilities, B's founder registers a service. Plus B as seed files with and
+/// without its events. Returns (root, A, B, B with events, B without events, service id,
+/// founder).
+fn diverged(shared: usize) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, PathBuf, String, String) {
+    use mycnet_spores::core::synth::{Synth, SynthConfig};
+    use mycnet_spores::{Endpoint, EventBody, Ledger, LedgerConfig, Projection, ServiceAnnouncement, SignedEvent, Timestamp};
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut synth = Synth::new(SynthConfig { seed: 11, nodes: 8, ..Default::default() });
+    let events = synth.next_chunk(shared);
+    assert_eq!(events.len(), shared);
+    let founder = synth.keys()[0].clone();
+    let fp = synth.fingerprint();
+    let t = events.last().expect("events").timestamp.0 + 1;
+    let service_id = uuid::Uuid::from_u128(0x5e_1f_5e_ed);
+    let a_tail = vec![SignedEvent::sign(&founder, fp, Timestamp(t), EventBody::CapabilitiesChanged { node: founder.node_id(), capabilities: vec!["left".into()] })];
+    let b_tail = vec![SignedEvent::sign(
+        &founder,
+        fp,
+        Timestamp(t),
+        EventBody::ServiceRegistered(ServiceAnnouncement {
+            service_id,
+            name: "split-svc".into(),
+            node: founder.node_id(),
+            capabilities: vec![],
+            endpoints: vec![Endpoint { protocol: "quic".into(), address: "10.1.1.1:1".into() }],
+            metadata: vec![],
+        }),
+    )];
+    let write = |name: &str, tail: &[SignedEvent]| -> PathBuf {
+        let dir = root.path().join(name);
+        let mut l = Ledger::open(&dir, LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("ledger");
+        let mut all = events.clone();
+        all.extend_from_slice(tail);
+        for r in l.append(all).expect("append") {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        l.sync().expect("sync");
+        dir
+    };
+    let a = write("a", &a_tail);
+    let b = write("b", &b_tail);
+    let mut p = Projection::new();
+    let chained: Vec<_> = events.iter().chain(&b_tail).map(|e| p.append(e.clone()).expect("valid")).collect();
+    let full = root.path().join("b-full.seed");
+    let bare = root.path().join("b-bare.seed");
+    std::fs::write(&full, mycnet_spores::seed::build(&p, Some(&chained), &[&founder]).expect("seed")).expect("write");
+    std::fs::write(&bare, mycnet_spores::seed::build(&p, None, &[&founder]).expect("seed")).expect("write");
+    (root, a, b, full, bare, service_id.to_string(), founder.node_id().to_hex())
+}
+
+#[test]
+fn diff_blame_and_state_on_branches_and_seed_files() {
+    let (root, a, b, full, bare, service_id, founder) = diverged(200);
+    let (pa, pb, pfull, pbare) = (path(&a), path(&b), path(&full), path(&bare));
+
+    // The fork point, both branches' events after it, and the registries' differences.
+    let out = run(&["diff", pa, pb, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = json(&out);
+    assert_eq!(d["fork"]["relation"], "diverged");
+    assert_eq!(d["fork"]["last_common"]["seq"], 199);
+    assert_eq!(d["fork"]["first_diverging_seq"], 200);
+    assert_eq!(d["events"]["a"]["total"], 1);
+    assert_eq!(d["events"]["a"]["events"][0]["kind"], "capabilities_changed");
+    assert_eq!(d["events"]["b"]["events"][0]["kind"], "service_registered");
+    assert_eq!(d["entities"]["services"]["only_in_b"][0]["service"]["service_id"], service_id.as_str());
+    assert_eq!(d["entities"]["nodes"]["changed"][0]["node"], founder.as_str());
+    assert_eq!(d["entities"]["nodes"]["changed"][0]["fields"][0], "capabilities");
+    let human = run(&["diff", pa, pb]);
+    assert_eq!(human.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("first diverging seq 200") && text.contains("only in B"), "{text}");
+
+    // A seed file with its events is a branch like a ledger; identical sources are identical.
+    let d = json(&run(&["diff", pa, pfull, "--json"]));
+    assert_eq!(d["fork"]["first_diverging_seq"], 200);
+    assert_eq!(d["b"]["source"], "seed");
+    let same = json(&run(&["diff", pb, pfull, "--json"]));
+    assert_eq!(same["fork"]["relation"], "identical");
+    assert_eq!(run(&["diff", pb, pb]).status.code(), Some(2), "the same source twice is a usage error");
+    let limited = json(&run(&["diff", pa, pbare, "--json", "--limit", "0"]));
+    assert_eq!(limited["fork"]["relation"], "unresolved", "{limited}");
+    assert_eq!(limited["fork"]["diverged_at_or_before"], 200, "the bare seed's head differs from A's");
+    assert_eq!((limited["events"]["a"]["total"].clone(), limited["events"]["a"]["more"].clone()), (Value::from(201), Value::from(201)));
+    assert_eq!(limited["events"]["b"]["available"], false);
+
+    // Blame: a service by id, the founder by a prefix of its id.
+    let bl = run(&["blame", pb, &service_id, "--json"]);
+    assert_eq!(bl.status.code(), Some(0), "{}", String::from_utf8_lossy(&bl.stderr));
+    let bl = json(&bl);
+    assert_eq!(bl["total"], 1);
+    assert_eq!(bl["entries"][0]["seq"], 200);
+    assert_eq!(bl["entries"][0]["author"], founder.as_str());
+    assert_eq!(bl["entries"][0]["touch"]["how"], "subject");
+    let bl = json(&run(&["blame", pfull, &founder[..8], "--json"]));
+    assert_eq!(bl["target"]["kind"], "node");
+    assert_eq!(bl["entries"][0]["kind"], "genesis");
+    let last = bl["entries"].as_array().expect("entries").last().expect("one").clone();
+    assert_eq!((last["seq"].clone(), last["touch"]["how"].clone()), (Value::from(200), Value::from("service_of_node_registered")));
+
+    // State of a seed file: before its head from its events, at its head from its state; a
+    // seed without events says what it can answer.
+    let from_seed = json(&run(&["state", pfull, "--at-seq", "100", "--json"]));
+    let from_ledger = json(&run(&["state", pb, "--at-seq", "100", "--json"]));
+    assert_eq!(from_seed["head"]["seq"], 100);
+    assert_eq!(from_seed, from_ledger);
+    assert_eq!(json(&run(&["state", pbare, "--json"]))["head"]["seq"], 200);
+    let refused = run(&["state", pbare, "--at-seq", "100"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("carries no events"), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    // Bad data exits 1: a corrupt seed, another network. A missing path exits 2.
+    let corrupt = root.path().join("corrupt.seed");
+    let mut bytes = std::fs::read(&full).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&corrupt, bytes).expect("write");
+    assert_eq!(run(&["diff", pa, path(&corrupt), "--json"]).status.code(), Some(1));
+    assert_eq!(run(&["state", path(&corrupt)]).status.code(), Some(1));
+    assert_eq!(run(&["blame", path(&corrupt), &service_id]).status.code(), Some(1));
+    let (_other_root, other) = generated(20);
+    assert_eq!(run(&["diff", pa, path(&other)]).status.code(), Some(1));
+    assert_eq!(run(&["diff", pa, "/nonexistent/spore-branch"]).status.code(), Some(2));
+    assert_eq!(run(&["blame", "/nonexistent/spore-branch", &service_id]).status.code(), Some(2));
+    assert_eq!(run(&["blame", pb, "no-such-service"]).status.code(), Some(2));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Separate `spore node` processes on loopback
 
