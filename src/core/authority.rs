@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::event::{chain_hash, ChainedEvent, EventBody};
 use super::keys::{verify_many, VerifierCache};
 use super::projection::{NodeStatus, Projection};
-use super::types::{ChainHash, ChainPoint, SporeType};
+use super::types::{ChainPoint, SporeType};
 
 /// How far back from a branch head a node must have been heard from to count as active:
 /// one hour (in microseconds of event time).
@@ -197,36 +197,10 @@ pub fn resolve(a: &BranchSummary, b: &BranchSummary) -> Result<Resolution, Branc
     Ok(Resolution { winner, loser, decided_by })
 }
 
-/// The last sequence number two chains agree on, found by binary search over `hash_a` and
-/// `hash_b` (the chain hash of each side at a sequence number, `None` past its head), given
-/// that both hold `0..=upto`. Relies on the chain invariant: equal hashes at `seq` mean equal
-/// prefixes up to `seq`. `None` when they differ already at 0 (different genesis).
-pub fn last_common(upto: u64, mut hash_a: impl FnMut(u64) -> Option<ChainHash>, mut hash_b: impl FnMut(u64) -> Option<ChainHash>) -> Option<u64> {
-    let same = |s: u64, ha: &mut dyn FnMut(u64) -> Option<ChainHash>, hb: &mut dyn FnMut(u64) -> Option<ChainHash>| {
-        matches!((ha(s), hb(s)), (Some(x), Some(y)) if x == y)
-    };
-    if !same(0, &mut hash_a, &mut hash_b) {
-        return None;
-    }
-    if same(upto, &mut hash_a, &mut hash_b) {
-        return Some(upto);
-    }
-    // Invariant: the same at lo, different at hi.
-    let (mut lo, mut hi) = (0u64, upto);
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if same(mid, &mut hash_a, &mut hash_b) {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    Some(lo)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::types::ChainHash;
     use proptest::prelude::*;
 
     fn h(b: u8) -> ChainHash {
@@ -275,20 +249,6 @@ mod tests {
             let ba = resolve(&b, &a).unwrap();
             prop_assert_eq!(&ab, &ba);
             prop_assert!(ab.winner.tier.authority() >= ab.loser.tier.authority());
-        }
-
-        #[test]
-        fn last_common_finds_the_fork(len in 1u64..500, fork in 0u64..500) {
-            let fork = fork.min(len);
-            // Side A: hashes i; side B: the same up to fork-1, then different.
-            let a = |s: u64| (s < len).then(|| ChainHash([(s % 251) as u8; 32]));
-            let b = |s: u64| (s < len).then(|| if s < fork { ChainHash([(s % 251) as u8; 32]) } else { ChainHash([255; 32]) });
-            let got = last_common(len - 1, a, b);
-            if fork == 0 {
-                prop_assert_eq!(got, None);
-            } else {
-                prop_assert_eq!(got, Some(fork - 1));
-            }
         }
     }
 }

@@ -831,51 +831,37 @@ fn service_fields(a: &ServiceRecord, b: &ServiceRecord) -> Vec<&'static str> {
 /// Compares two projections entity by entity (a merge walk over both id-ordered registries).
 pub fn entity_diff(a: &Projection, b: &Projection) -> EntityDiff {
     let mut d = EntityDiff::default();
-    let (na, nb) = (&a.state().nodes, &b.state().nodes);
-    for (id, ra) in na {
-        match nb.get(id) {
-            None => d.nodes_only_in_a.push(ra.clone()),
-            Some(rb) => {
-                let fields = node_fields(ra, rb);
-                if !fields.is_empty() {
-                    d.nodes_changed.push(NodeChange {
-                        node: *id,
-                        fields,
-                        a: ra.clone(),
-                        b: rb.clone(),
-                    });
-                }
-            }
-        }
-    }
-    d.nodes_only_in_b.extend(
-        nb.iter()
-            .filter(|(id, _)| !na.contains_key(id))
-            .map(|(_, r)| r.clone()),
-    );
-    let (sa, sb) = (&a.state().services, &b.state().services);
-    for (id, ra) in sa {
-        match sb.get(id) {
-            None => d.services_only_in_a.push(ra.clone()),
-            Some(rb) => {
-                let fields = service_fields(ra, rb);
-                if !fields.is_empty() {
-                    d.services_changed.push(ServiceChange {
-                        service_id: *id,
-                        fields,
-                        a: ra.clone(),
-                        b: rb.clone(),
-                    });
-                }
-            }
-        }
-    }
-    d.services_only_in_b.extend(
-        sb.iter()
-            .filter(|(id, _)| !sa.contains_key(id))
-            .map(|(_, r)| r.clone()),
-    );
+    let (only_a, only_b, changed) = diff_maps(&a.state().nodes, &b.state().nodes, node_fields);
+    (d.nodes_only_in_a, d.nodes_only_in_b) = (only_a, only_b);
+    d.nodes_changed = changed.into_iter().map(|(node, fields, a, b)| NodeChange { node, fields, a, b }).collect();
+    let (only_a, only_b, changed) = diff_maps(&a.state().services, &b.state().services, service_fields);
+    (d.services_only_in_a, d.services_only_in_b) = (only_a, only_b);
+    d.services_changed = changed.into_iter().map(|(service_id, fields, a, b)| ServiceChange { service_id, fields, a, b }).collect();
     d
+}
+
+/// One registry against another: records only in `a`, only in `b`, and in both with the
+/// fields `fields` finds different (in id order).
+#[allow(clippy::type_complexity)]
+fn diff_maps<K: Ord + Copy, V: Clone>(
+    a: &std::collections::BTreeMap<K, V>,
+    b: &std::collections::BTreeMap<K, V>,
+    fields: fn(&V, &V) -> Vec<&'static str>,
+) -> (Vec<V>, Vec<V>, Vec<(K, Vec<&'static str>, V, V)>) {
+    let (mut only_a, mut changed) = (Vec::new(), Vec::new());
+    for (id, ra) in a {
+        match b.get(id) {
+            None => only_a.push(ra.clone()),
+            Some(rb) => {
+                let f = fields(ra, rb);
+                if !f.is_empty() {
+                    changed.push((*id, f, ra.clone(), rb.clone()));
+                }
+            }
+        }
+    }
+    let only_b = b.iter().filter(|(id, _)| !a.contains_key(id)).map(|(_, r)| r.clone()).collect();
+    (only_a, only_b, changed)
 }
 
 /// Events [`head_projections`] replays: a shared ledger prefix once, then each tail (a
