@@ -250,9 +250,10 @@ pub enum Error {
     /// A seed spore could not be built, written, read or verified.
     #[error(transparent)]
     Seed(#[from] crate::seed::SeedError),
-    /// A forensic question (fork point, diff, blame) could not be answered.
+    /// A forensic question (fork point, diff, blame) could not be answered. Boxed: it carries
+    /// paths and fingerprints, and would otherwise double the size of every `Result<_, Error>`.
     #[error(transparent)]
-    Forensics(#[from] crate::store::forensics::ForensicsError),
+    Forensics(Box<crate::store::forensics::ForensicsError>),
     /// That spore tier is not available on this node.
     #[error("the {0:?} spore tier is not available on this node")]
     TierUnavailable(crate::core::types::SporeType),
@@ -260,6 +261,12 @@ pub enum Error {
     /// expected, a branch does not check, ...). The resolver retries.
     #[error("split-brain resolution: {0}")]
     SplitBrain(String),
+}
+
+impl From<crate::store::forensics::ForensicsError> for Error {
+    fn from(e: crate::store::forensics::ForensicsError) -> Self {
+        Error::Forensics(Box::new(e))
+    }
 }
 
 /// Result with the crate-wide [`Error`].

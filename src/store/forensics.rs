@@ -17,7 +17,8 @@
 //!   [`Relation::Unresolved`] with the bounds it can prove, and says why.
 //!
 //! Memory stays bounded for huge logs: event lists are paged ([`EVENTS_PAGE_MAX`]) and cut at
-//! a caller's limit with a count of the rest, projections are replayed in chunks, and
+//! a caller's limit with a count of the rest, projections are replayed in chunks (a prefix two
+//! ledgers share once, see [`head_projections`]), and
 //! [`blame`] keeps only the latest `limit` entries. Nothing here modifies a source.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
