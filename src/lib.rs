@@ -58,6 +58,7 @@ pub mod resolve;
 pub mod seed;
 pub mod store;
 pub mod system;
+pub mod tiers;
 
 pub use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 pub use crate::core::keys::NodeKey;

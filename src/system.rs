@@ -44,6 +44,7 @@ use crate::raft::proposer::{ProposeError, Proposer};
 use crate::raft::{raft_id, ChainPoint, PeerNode, Raft, SporeResponse};
 use crate::store::keyfile;
 use crate::store::ledger::{Ledger, LedgerConfig};
+use crate::tiers::{TierReach, TierView, Tiered, ViewSource};
 
 /// Timeouts and Raft tuning.
 #[derive(Clone, Debug)]
@@ -121,8 +122,11 @@ pub struct SporeStatus {
     pub mode_since: Timestamp,
     /// Why the node entered this mode (`None` before its first transition).
     pub mode_reason: Option<String>,
-    /// Which tier answers queries on this node.
+    /// The tier of this node's head: the authority of its newest view.
     pub spore_type: SporeType,
+    /// How far each tier reaches in this node's chain (see [`crate::tiers`]).
+    #[serde(default)]
+    pub reach: TierReach,
     /// Index of the last entry in this node's Raft log.
     pub last_log: Option<u64>,
     /// Every other member with its address and, as seen by the leader (only the leader
@@ -322,6 +326,8 @@ struct Running {
     modes: SharedModes,
     data_dir: PathBuf,
     resolver: Arc<crate::resolve::ResolverState>,
+    /// Views of the tiers that stop below the head, replayed and cached.
+    tier_views: Arc<crate::tiers::TierViews>,
     /// Background tasks (gossip driver, anchor committer), aborted on shutdown.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _tempdir: Option<tempfile::TempDir>,
@@ -512,6 +518,7 @@ impl SporeSystem {
                 .spawn(),
             );
         }
+        let tier_views = Arc::new(crate::tiers::TierViews::default());
         tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
         late.set(Arc::new(NodeService {
             raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
@@ -522,6 +529,7 @@ impl SporeSystem {
             gossip: gossip.clone(),
             liveness: liveness.clone(),
             modes: modes.clone(),
+            tier_views: tier_views.clone(),
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -543,6 +551,7 @@ impl SporeSystem {
             modes,
             data_dir,
             resolver,
+            tier_views,
             tasks,
             _tempdir: tempdir,
         })
@@ -1018,13 +1027,54 @@ impl SporeSystem {
         self.with_projection(|p| p.offline_nodes().cloned().collect())
     }
 
-    /// The view of one spore tier. Only the Primary tier exists until the seed and latent
-    /// issues land; asking for another tier is [`Error::TierUnavailable`].
-    pub fn spore(&self, tier: SporeType) -> Result<Projection, Error> {
-        match tier {
-            SporeType::Primary => self.with_projection(|p| p.clone()),
-            other => Err(Error::TierUnavailable(other)),
+    /// How far each spore tier reaches in this node's chain (see [`crate::tiers`]).
+    pub fn tier_reach(&self) -> Result<TierReach, Error> {
+        let r = self.running()?;
+        let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        Ok(tier_reach(&r.raft, &r.me, &l))
+    }
+
+    /// The view of one spore tier: the registries as of the newest event that tier covers on
+    /// this node (Primary: what a voter attests; Seed: what a verified seed or a checkpoint
+    /// covers; Latent: everything held). [`Error::TierUnavailable`] when the tier has nothing
+    /// here, e.g. Primary on a latent node that has not received a checkpoint yet. A view
+    /// below the head is replayed once from the stored history and cached; see
+    /// [`crate::tiers`].
+    pub fn spore(&self, tier: SporeType) -> Result<TierView, Error> {
+        let r = self.running()?;
+        match r.tier_views.source(&r.ledger, self.tier_reach()?, tier)? {
+            None => Err(Error::TierUnavailable(tier)),
+            Some(ViewSource::Live) => self.with_projection(|p| TierView { tier, at: point_of(p), projection: Arc::new(p.clone()) }),
+            Some(ViewSource::Past(p)) => Ok(TierView { tier, at: point_of(&p), projection: p }),
         }
+    }
+
+    /// Answers from the most authoritative tier that has an answer, and says which: `f` is
+    /// asked of the Primary view, then the Seed view, then the Latent view, and the first
+    /// `Some` is returned with its tier and chain point (`None`: no tier has an answer). A
+    /// node attested by a voter is answered with Primary authority even when it was changed
+    /// since by events only gossip carried; [`SporeSystem::with_projection`] reads the newest
+    /// view instead.
+    pub fn answer<T>(&self, f: impl Fn(&Projection) -> Option<T>) -> Result<Option<Tiered<T>>, Error> {
+        let r = self.running()?;
+        answer_tiered(&r.raft, &r.me, &r.ledger, &r.tier_views, f)
+    }
+
+    /// One node, from the most authoritative tier that has it (see [`SporeSystem::answer`]).
+    pub fn node_answer(&self, id: &NodeId) -> Result<Option<Tiered<NodeRecord>>, Error> {
+        self.answer(|p| p.node(id).cloned())
+    }
+
+    /// Services with this name, from the most authoritative tier that has any (see
+    /// [`SporeSystem::answer`]).
+    pub fn services_by_name_answer(&self, name: &str) -> Result<Option<Tiered<Vec<ServiceRecord>>>, Error> {
+        self.answer(|p| Some(p.services_by_name(name).cloned().collect::<Vec<_>>()).filter(|v| !v.is_empty()))
+    }
+
+    /// Services providing this capability, from the most authoritative tier that has any
+    /// (see [`SporeSystem::answer`]).
+    pub fn services_by_capability_answer(&self, capability: &str) -> Result<Option<Tiered<Vec<ServiceRecord>>>, Error> {
+        self.answer(|p| Some(p.services_by_capability(capability).cloned().collect::<Vec<_>>()).filter(|v| !v.is_empty()))
     }
 
     /// The ledger head.
@@ -1213,6 +1263,57 @@ fn observe_mode(modes: &SharedModes, ledger: &SharedLedger, inputs: &ModeInputs)
     (m.mode(), m.since(), m.last().map(|t| t.reason.clone()))
 }
 
+/// The chain point of a projection's head (seq 0 with a zero hash before genesis).
+fn point_of(p: &Projection) -> ChainPoint {
+    p.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash }).unwrap_or(ChainPoint { seq: 0, hash: crate::core::types::ChainHash::ZERO })
+}
+
+/// Asks `f` of the tier views in authority order; see [`SporeSystem::answer`].
+fn answer_tiered<T>(
+    raft: &Raft,
+    me: &PeerNode,
+    ledger: &SharedLedger,
+    views: &crate::tiers::TierViews,
+    f: impl Fn(&Projection) -> Option<T>,
+) -> Result<Option<Tiered<T>>, Error> {
+    let reach = {
+        let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        tier_reach(raft, me, &l)
+    };
+    let mut asked = None;
+    for tier in crate::tiers::TIERS {
+        // Two tiers that reach the same event have the same view: ask it once.
+        if reach.get(tier).is_none() || reach.get(tier) == asked {
+            continue;
+        }
+        asked = reach.get(tier);
+        let found = match views.source(ledger, reach, tier)? {
+            None => None,
+            Some(ViewSource::Live) => {
+                let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+                let p = l.projection();
+                f(p).map(|value| Tiered { value, tier, at: point_of(p) })
+            }
+            Some(ViewSource::Past(p)) => f(&p).map(|value| Tiered { value, tier, at: point_of(&p) }),
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `me` is in the Raft membership (its chain is Primary to the head).
+fn is_raft_member(raft: &Raft, me: &PeerNode) -> bool {
+    raft.metrics().borrow().membership_config.membership().nodes().any(|(_, n)| n.node == me.node)
+}
+
+/// How far each tier reaches in the chain `l` holds, as seen by `me`.
+fn tier_reach(raft: &Raft, me: &PeerNode, l: &Ledger) -> TierReach {
+    let anchors = crate::core::gossip::Anchors { checkpoint: l.anchor(), seed: l.seed_anchor().ok().flatten(), raft_member: is_raft_member(raft, me) };
+    TierReach::of(&anchors, l.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash }))
+}
+
 fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Option<&GossipService>, modes: &SharedModes) -> Result<SporeStatus, Error> {
     let m = raft.metrics().borrow().clone();
     let (head, fingerprint, anchor, seed_anchor, forks, provisional) = {
@@ -1249,6 +1350,7 @@ fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Opt
     let point = head.map(|h| ChainPoint { seq: h.seq, hash: h.hash });
     let tiers = crate::core::gossip::Anchors { checkpoint: anchor, seed: seed_anchor, raft_member };
     let spore_type = tiers.head_tier(point).unwrap_or(if raft_member { SporeType::Primary } else { SporeType::Latent });
+    let reach = TierReach::of(&tiers, point);
     let raft_state = match m.state {
         ServerState::Leader => "Leader",
         ServerState::Follower => "Follower",
@@ -1271,6 +1373,7 @@ fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Opt
         mode_since,
         mode_reason,
         spore_type,
+        reach,
         last_log,
         peers,
         raft_member,
@@ -1291,6 +1394,7 @@ struct NodeService {
     gossip: Option<Arc<GossipService>>,
     liveness: Option<Arc<LivenessService>>,
     modes: SharedModes,
+    tier_views: Arc<crate::tiers::TierViews>,
 }
 
 /// Whether `node` is in `raft`'s membership (voter or learner).
@@ -1595,19 +1699,18 @@ impl crate::net::RpcHandler for NodeService {
                 let r = compute_status(&self.raft, &self.ledger, &self.me, self.gossip.as_deref(), &self.modes).map_err(|e| RemoteFailure::Other(e.to_string()));
                 Box::pin(async move { RpcResponse::Status(r) })
             }
+            RpcRequest::Query(Query::Tiered(q)) => {
+                let answer = answer_tiered(&self.raft, &self.me, &self.ledger, &self.tier_views, |p| Some(q.answer(p)).filter(|a| !a.is_empty()))
+                .map(QueryAnswer::Tiered)
+                .map_err(|e| RemoteFailure::Other(e.to_string()));
+                Box::pin(async move { RpcResponse::Query(answer) })
+            }
             RpcRequest::Query(q) => {
                 let answer = match self.ledger.read() {
                     Err(_) => Err(RemoteFailure::Other("ledger lock poisoned".into())),
                     Ok(l) => {
                         let p = l.projection();
                         Ok(match q {
-                            Query::Nodes => QueryAnswer::Nodes(p.nodes().cloned().collect()),
-                            Query::OfflineNodes => QueryAnswer::Nodes(p.offline_nodes().cloned().collect()),
-                            Query::Services => QueryAnswer::Services(p.services().cloned().collect()),
-                            Query::ServicesByName(n) => QueryAnswer::Services(p.services_by_name(&n).cloned().collect()),
-                            Query::ServicesByCapability(c) => {
-                                QueryAnswer::Services(p.services_by_capability(&c).cloned().collect())
-                            }
                             Query::ChainAt(seq) => {
                                 let at = match l.get(seq) {
                                     Ok(e) => e.map(|e| ChainPoint { seq: e.seq, hash: e.hash }),
@@ -1627,6 +1730,13 @@ impl crate::net::RpcHandler for NodeService {
                                     Err(e) => return Box::pin(async move { RpcResponse::Query(Err(RemoteFailure::Other(e.to_string()))) }),
                                 }
                             }
+                            registry => match registry.as_registry() {
+                                Some(q) => q.answer(p).into(),
+                                None => {
+                                    let e = RemoteFailure::Other("not a registry query".into());
+                                    return Box::pin(async move { RpcResponse::Query(Err(e)) });
+                                }
+                            },
                         })
                     }
                 };

@@ -725,4 +725,18 @@ impl Anchors {
     pub fn head_tier(&self, head: Option<ChainPoint>) -> Option<SporeType> {
         head.and_then(|h| self.tier_of(h.seq, Some(h)))
     }
+
+    /// How far `tier`'s view reaches in a chain whose head is `head`: the newest sequence
+    /// number whose authority is at least `tier` (a Seed view includes what a checkpoint
+    /// anchors; a Latent view is everything held). `None` when no event has that authority.
+    pub fn reach(&self, tier: SporeType, head: Option<ChainPoint>) -> Option<u64> {
+        let head = head?;
+        let primary = if self.raft_member { Some(head.seq) } else { self.checkpoint.map(|c| c.seq.min(head.seq)) };
+        let seed = self.seed.map(|s| s.seq.min(head.seq));
+        match tier {
+            SporeType::Primary => primary,
+            SporeType::Seed => primary.max(seed),
+            SporeType::Latent => Some(head.seq),
+        }
+    }
 }

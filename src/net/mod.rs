@@ -96,6 +96,80 @@ pub enum Query {
         /// At most this many.
         max: u32,
     },
+    /// A registry query answered from the most authoritative spore tier that has a
+    /// non-empty answer, saying which ([`QueryAnswer::Tiered`]; see [`crate::tiers`]).
+    Tiered(RegistryQuery),
+}
+
+/// A question to the registries, asked through [`Query::Tiered`]. (Not a nested [`Query`]:
+/// a recursive type would let a peer's frame nest deep enough to exhaust the decoder's stack.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistryQuery {
+    /// Every node.
+    Nodes,
+    /// Every service.
+    Services,
+    /// Services with this name.
+    ServicesByName(String),
+    /// Services providing this capability.
+    ServicesByCapability(String),
+    /// Nodes committed as offline.
+    OfflineNodes,
+}
+
+impl RegistryQuery {
+    /// Answers from one projection.
+    pub fn answer(&self, p: &crate::core::projection::Projection) -> RegistryAnswer {
+        match self {
+            RegistryQuery::Nodes => RegistryAnswer::Nodes(p.nodes().cloned().collect()),
+            RegistryQuery::OfflineNodes => RegistryAnswer::Nodes(p.offline_nodes().cloned().collect()),
+            RegistryQuery::Services => RegistryAnswer::Services(p.services().cloned().collect()),
+            RegistryQuery::ServicesByName(n) => RegistryAnswer::Services(p.services_by_name(n).cloned().collect()),
+            RegistryQuery::ServicesByCapability(c) => RegistryAnswer::Services(p.services_by_capability(c).cloned().collect()),
+        }
+    }
+}
+
+/// The registries' answer to a [`RegistryQuery`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistryAnswer {
+    /// Node records.
+    Nodes(Vec<crate::core::projection::NodeRecord>),
+    /// Service records.
+    Services(Vec<crate::core::projection::ServiceRecord>),
+}
+
+impl RegistryAnswer {
+    /// Whether it lists nothing.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            RegistryAnswer::Nodes(v) => v.is_empty(),
+            RegistryAnswer::Services(v) => v.is_empty(),
+        }
+    }
+}
+
+impl From<RegistryAnswer> for QueryAnswer {
+    fn from(a: RegistryAnswer) -> QueryAnswer {
+        match a {
+            RegistryAnswer::Nodes(v) => QueryAnswer::Nodes(v),
+            RegistryAnswer::Services(v) => QueryAnswer::Services(v),
+        }
+    }
+}
+
+impl Query {
+    /// The registry question this asks (`None` for a chain or tiered query).
+    pub fn as_registry(&self) -> Option<RegistryQuery> {
+        Some(match self {
+            Query::Nodes => RegistryQuery::Nodes,
+            Query::Services => RegistryQuery::Services,
+            Query::ServicesByName(n) => RegistryQuery::ServicesByName(n.clone()),
+            Query::ServicesByCapability(c) => RegistryQuery::ServicesByCapability(c.clone()),
+            Query::OfflineNodes => RegistryQuery::OfflineNodes,
+            Query::ChainAt(_) | Query::Events { .. } | Query::Tiered(_) => return None,
+        })
+    }
 }
 
 /// Most events one [`Query::Events`] answers (64 records always fit in an RPC frame).
@@ -119,6 +193,9 @@ pub enum QueryAnswer {
     },
     /// To `Events`: the events, in order (empty past the head).
     Events(Vec<crate::core::event::ChainedEvent>),
+    /// To `Tiered`: the answer of the most authoritative tier that has a non-empty one, with
+    /// that tier and its chain point (`None`: no tier has any).
+    Tiered(Option<crate::tiers::Tiered<RegistryAnswer>>),
 }
 
 impl RpcRequest {

@@ -737,6 +737,13 @@ impl Ledger {
         Ok((p, stats))
     }
 
+    /// A handle that replays this ledger's stored history without holding the ledger: records
+    /// at or below the head are never rewritten (only a reset deletes them, and a replay that
+    /// races one fails with an error), so views of past points can be built while appends go on.
+    pub fn history(&self) -> History {
+        History { ledger: self.ledger.clone(), path: self.path.clone() }
+    }
+
     /// The fjall database (shared with the Raft log store, so both use one journal).
     pub(crate) fn database(&self) -> Database {
         self.db.clone()
@@ -807,5 +814,27 @@ impl Ledger {
     /// Approximate bytes on disk.
     pub fn disk_space(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
+    }
+}
+
+/// Replays a ledger's stored history apart from the [`Ledger`] (see [`Ledger::history`]).
+#[derive(Clone)]
+pub struct History {
+    ledger: Keyspace,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl History {
+    /// Continues `projection` (empty, or the projection of an earlier point of this chain)
+    /// with the stored events up to and including `seq`, checking every link.
+    #[tracing::instrument(level = "debug", skip(self, projection), fields(path = %self.path.display(), from = projection.next_seq()))]
+    pub fn replay_to(&self, projection: &mut Projection, seq: u64) -> Result<ReplayStats, LedgerError> {
+        replay_range(&self.ledger, &self.path, projection, &ReplayOptions { audit: false, stop: StopAt::Seq(seq) }, &|_| {})
     }
 }

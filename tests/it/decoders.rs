@@ -304,6 +304,7 @@ fn valid_frames() -> &'static [Vec<u8>] {
             RpcRequest::ReadIndex,
             RpcRequest::Query(Query::ServicesByCapability("gpu".into())),
             RpcRequest::Query(Query::ChainAt(12)),
+            RpcRequest::Query(Query::Tiered(mycnet_spores::net::RegistryQuery::ServicesByName("web".into()))),
             RpcRequest::ExportSeed { path: "/tmp/x.seed".into(), include_events: true },
         ]
         .iter()

@@ -608,6 +608,25 @@ fn synth_with_checkpoints_sets_the_anchor_tier() {
     assert_eq!(seeded.tier_of(anchor.seq + 1, head), Some(SporeType::Seed));
     let member = Anchors { raft_member: true, ..a };
     assert_eq!(member.head_tier(head), Some(SporeType::Primary));
+    // How far each tier's view reaches: Primary to the checkpoint, Seed to the seed's head
+    // (and never below Primary), Latent to the head; a member's Primary reaches its head.
+    let h = head.map(|h| h.seq);
+    assert_eq!(a.reach(SporeType::Primary, head), Some(anchor.seq));
+    assert_eq!(a.reach(SporeType::Seed, head), Some(anchor.seq), "a checkpoint outranks a seed");
+    assert_eq!(a.reach(SporeType::Latent, head), h);
+    assert_eq!(seeded.reach(SporeType::Seed, head), h);
+    assert_eq!(member.reach(SporeType::Primary, head), h);
+    assert_eq!(Anchors::default().reach(SporeType::Primary, head), None);
+    assert_eq!(Anchors::default().reach(SporeType::Seed, head), None);
+    assert_eq!(a.reach(SporeType::Latent, None), None);
+    // The Primary view replayed from the stored history equals the chain up to the anchor,
+    // and continues to the head from there.
+    let history = l.history();
+    let mut view = mycnet_spores::core::projection::Projection::new();
+    history.replay_to(&mut view, anchor.seq).unwrap();
+    assert_eq!(view.head().map(|v| (v.seq, v.hash)), Some((anchor.seq, anchor.hash)));
+    history.replay_to(&mut view, h.unwrap()).unwrap();
+    assert_eq!(view.state(), l.projection().state());
 }
 
 /// A connection that drops in the middle of a sync loses at most the batch in flight: the next

@@ -186,6 +186,10 @@ enum Command {
         /// Services with this capability.
         #[arg(long)]
         capability: Option<String>,
+        /// Answer from the most authoritative spore tier that has an answer (Primary, then
+        /// Seed, then Latent) and say which, instead of from the node's newest view.
+        #[arg(long)]
+        tiered: bool,
         /// Refuse the node unless it proves this key (64 hex characters).
         #[arg(long)]
         key: Option<String>,
@@ -476,14 +480,14 @@ fn run(cli: Cli) -> CliResult {
             init_tracing("warn");
             runtime()?.block_on(remote::status(&addr, key.as_deref(), Duration::from_millis(timeout_ms), &mut Out::new(json)))
         }
-        Command::Query { addr, what, name, capability, key, timeout_ms, json } => {
+        Command::Query { addr, what, name, capability, tiered, key, timeout_ms, json } => {
             init_tracing("warn");
             let what = match what {
                 QueryWhat::Nodes => remote::QueryKind::Nodes,
                 QueryWhat::Offline => remote::QueryKind::Offline,
                 QueryWhat::Services => remote::QueryKind::Services { name, capability },
             };
-            runtime()?.block_on(remote::query(&addr, key.as_deref(), what, Duration::from_millis(timeout_ms), &mut Out::new(json)))
+            runtime()?.block_on(remote::query(&addr, key.as_deref(), what, tiered, Duration::from_millis(timeout_ms), &mut Out::new(json)))
         }
         Command::Service(ServiceCommand::Register { key_file, addr, name, endpoints, capabilities, metadata, timeout_ms, json }) => {
             init_tracing("warn");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mycnet_spores::net::quic::{self, Admission, QuicBackend};
-use mycnet_spores::net::{Query, QueryAnswer, RemoteFailure, RpcRequest, RpcResponse};
+use mycnet_spores::net::{Query, QueryAnswer, RegistryAnswer, RemoteFailure, RpcRequest, RpcResponse};
 use mycnet_spores::raft::SporeResponse;
 use mycnet_spores::node::{self, NodeConfig};
 use mycnet_spores::store::keyfile;
@@ -169,6 +169,8 @@ pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Ou
         o.line(format!("  why        {reason}"))?;
     }
     o.line(format!("tier         {:?}{}", st.spore_type, if st.raft_member { " (Raft member)" } else { " (latent: kept by gossip)" }))?;
+    let reach = |r: Option<u64>| r.map_or("-".to_string(), |s| format!("≤{s}"));
+    o.line(format!("tiers        primary {}  seed {}  latent {}", reach(st.reach.primary), reach(st.reach.seed), reach(st.reach.latent)))?;
     o.line(format!("anchor       {}", st.anchor.map_or("-".into(), |a| format!("{} {}", a.seq, a.hash))))?;
     o.line(format!("gossip       {}", st.last_gossip_ms.map_or("no session yet".into(), |ms| format!("last session {ms} ms ago"))))?;
     if st.provisional > 0 {
@@ -211,7 +213,7 @@ pub enum QueryKind {
 }
 
 /// `spore query --addr`.
-pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, timeout: Duration, o: &mut Out) -> CliResult {
+pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, tiered: bool, timeout: Duration, o: &mut Out) -> CliResult {
     let q = match &what {
         QueryKind::Nodes => Query::Nodes,
         QueryKind::Offline => Query::OfflineNodes,
@@ -220,11 +222,32 @@ pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, timeout: Dura
         QueryKind::Services { name: None, capability: None } => Query::Services,
         QueryKind::Services { .. } => return Err(CliError::usage("--name and --capability exclude each other")),
     };
+    let q = match (tiered, q.as_registry()) {
+        (true, Some(r)) => Query::Tiered(r),
+        _ => q,
+    };
     let (_, resp) = call(addr, key, RpcRequest::Query(q), timeout).await?;
     let answer = match resp {
         RpcResponse::Query(Ok(a)) => a,
         RpcResponse::Query(Err(e)) => return Err(CliError::Io(format!("{addr} could not answer: {e:?}"))),
         other => return Err(CliError::Io(format!("{addr} answered with {}", kind_of(&other)))),
+    };
+    let answer = match answer {
+        QueryAnswer::Tiered(None) if o.json => return o.json_line(&serde_json::json!({ "tier": null, "at": null, "answer": [] })),
+        QueryAnswer::Tiered(None) => return o.line("no tier has an answer"),
+        QueryAnswer::Tiered(Some(t)) if o.json => {
+            let inner = match t.value {
+                RegistryAnswer::Nodes(n) => serde_json::to_value(n),
+                RegistryAnswer::Services(s) => serde_json::to_value(s),
+            }
+            .map_err(|e| CliError::Io(e.to_string()))?;
+            return o.json_line(&serde_json::json!({ "tier": t.tier, "at": t.at, "answer": inner }));
+        }
+        QueryAnswer::Tiered(Some(t)) => {
+            o.line(format!("answered from the {:?} tier, as of seq {}", t.tier, t.at.seq))?;
+            t.value.into()
+        }
+        plain => plain,
     };
     match answer {
         QueryAnswer::Nodes(nodes) => {
@@ -246,7 +269,7 @@ pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, timeout: Dura
                 ))?;
             }
         }
-        QueryAnswer::Chain { .. } | QueryAnswer::Events(_) => return Err(CliError::Io(format!("{addr} answered a different question"))),
+        QueryAnswer::Chain { .. } | QueryAnswer::Events(_) | QueryAnswer::Tiered(_) => return Err(CliError::Io(format!("{addr} answered a different question"))),
         QueryAnswer::Services(services) => {
             if o.json {
                 return o.json_line(&services);

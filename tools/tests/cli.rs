@@ -551,6 +551,19 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
         let heads: Vec<Value> = procs.iter().map(|p| status(&p.addr).map(|s| s["head"].clone())).collect::<Option<_>>()?;
         heads.windows(2).all(|w| w[0] == w[1]).then_some(())
     });
+    // Asked for a tiered answer, a latent node answers from the most authoritative tier that
+    // has the services and says which: Primary once a voter's checkpoint covering them
+    // reached it (anchors come at least every 5 s), as of no later than its head.
+    let p = &procs[3];
+    wait_until("a Primary-tier answer on the latent node", Duration::from_secs(30), || {
+        let out = run(&["query", "--addr", &p.addr, "services", "--tiered", "--json", "--timeout-ms", "1000"]);
+        let v = (out.status.code() == Some(0)).then(|| json(&out))?;
+        let ids: Vec<&str> = v["answer"].as_array()?.iter().filter_map(|s| s["service"]["service_id"].as_str()).collect();
+        assert!(!ids.is_empty(), "a tiered answer is never empty when a tier has services: {v}");
+        let st = status(&p.addr)?;
+        assert!(v["at"]["seq"].as_u64()? <= st["head"]["seq"].as_u64()?, "answered from beyond the head: {v}");
+        (v["tier"] == "Primary" && acked.iter().all(|id| ids.contains(&id.as_str())) && st["reach"]["primary"].as_u64().is_some()).then_some(())
+    });
     for p in &mut procs {
         let child = p.child.take().expect("running");
         let pid = child.id().to_string();
