@@ -232,9 +232,9 @@ impl Resolver {
 
     async fn settle(&self, evidence: &ForkEvidence, other: &PeerNode) -> Result<(), Error> {
         let (fork, their_head) = self.fork_seq(other, evidence.seq()).await?;
-        let (our_head, seed_anchor) = {
+        let our_head = {
             let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-            (l.head().map(|h| h.seq).unwrap_or(0), l.seed_anchor()?)
+            l.head().map(|h| h.seq).unwrap_or(0)
         };
         if their_head.seq.saturating_sub(fork) >= BRANCH_EVENTS_MAX || our_head.saturating_sub(fork) >= BRANCH_EVENTS_MAX {
             tracing::error!(fork, "a branch after the fork is too long to resolve automatically; use `spore diff`");
@@ -250,7 +250,11 @@ impl Resolver {
         })
         .await
         .map_err(|e| Error::Raft(format!("resolver task: {e}")))??;
-        let (ours_s, _) = summarize(&prefix, &ours, seed_anchor).map_err(|e| Error::SplitBrain(format!("our own branch does not check: {e}")))?;
+        // No seed evidence on either side: a seed this node imported is known to it alone
+        // (and may have been accepted with a single signature), so counting it would let the
+        // decision depend on which node decides. Checkpoints are in the chains both sides
+        // read; `spore diff` weighs quorum-signed seed files, which anyone can check.
+        let (ours_s, _) = summarize(&prefix, &ours, None).map_err(|e| Error::SplitBrain(format!("our own branch does not check: {e}")))?;
         let theirs_s = match summarize(&prefix, &theirs, None) {
             Ok((s, _)) => s,
             Err(e) => {

@@ -522,12 +522,7 @@ fn check_attested(bytes: &[u8], policy: VerifyPolicy) -> Result<Attested<'_>, Se
 
     // Signatures: valid, and by voters at the head.
     let msg = seed_signing_message(&header.fingerprint, &digest);
-    let voters: Vec<NodeId> = state
-        .nodes
-        .values()
-        .filter(|n| n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left)
-        .map(|n| n.node)
-        .collect();
+    let voters = voters_of(&state);
     let mut signers = Vec::new();
     for (id, sig) in &sigs {
         let ok = PublicKey::from_node_id(id).is_some_and(|k| k.verify_strict_msg(&msg, sig));
@@ -544,11 +539,36 @@ fn check_attested(bytes: &[u8], policy: VerifyPolicy) -> Result<Attested<'_>, Se
     if signers.is_empty() {
         return Err(SeedError::Unsigned);
     }
-    let needed = voters.len() / 2 + 1;
+    let needed = quorum_of(voters.len());
     if policy.require_quorum && signers.len() < needed {
         return Err(SeedError::UnderSigned { got: signers.len(), voters: voters.len(), needed });
     }
     Ok(Attested { sigs_at: content_end + 32, header, state, records, count, digest, signers })
+}
+
+/// The voters of a seed's state: its authorities that have not left.
+fn voters_of(state: &ProjectionState) -> Vec<NodeId> {
+    state
+        .nodes
+        .values()
+        .filter(|n| n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left)
+        .map(|n| n.node)
+        .collect()
+}
+
+/// Signatures a quorum of `voters` needs: a majority.
+fn quorum_of(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+impl Seed {
+    /// Whether a majority of the voters at the seed's head signed it (a verified seed has at
+    /// least one voter's signature; only a quorum-signed one has Seed authority in a
+    /// split-brain resolution).
+    pub fn is_quorum_signed(&self) -> bool {
+        let voters = voters_of(&self.state);
+        self.signers.iter().filter(|s| voters.contains(s)).count() >= quorum_of(voters.len())
+    }
 }
 
 /// Decodes and verifies a seed. Never panics on any input. See the module doc for what is

@@ -789,3 +789,189 @@ fn damaged_or_missing_sources_are_refused_with_a_reason() {
         r => panic!("expected a refused seed, got {r:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Authority: what a split-brain resolution would keep. Forged or under-signed seeds and
+// checkpoints cannot win.
+
+use mycnet_spores::core::authority::{resolve, summarize, BranchError, DecidedBy};
+use mycnet_spores::store::forensics::Verdict;
+use mycnet_spores::SporeType;
+
+/// `tail` linked after the shared prefix's head (no rule checked: a forger's chain).
+fn linked_after_prefix(tail: &[SignedEvent]) -> Vec<ChainedEvent> {
+    let head = split().prefix.head().expect("head");
+    let mut prev = head.hash;
+    tail.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let ev = ChainedEvent::link(head.seq + 1 + i as u64, prev, e.clone());
+            prev = ev.hash;
+            ev
+        })
+        .collect()
+}
+
+/// A checkpoint attesting the last event of `branch`, signed by `key`.
+fn checkpoint_after(branch: &[ChainedEvent], key: &NodeKey) -> SignedEvent {
+    let last = branch.last().expect("non-empty");
+    SignedEvent::sign(
+        key,
+        history().fingerprint,
+        Timestamp(last.event.timestamp.0 + 1_000_000),
+        EventBody::Checkpoint { head_seq: last.seq, head_hash: last.hash },
+    )
+}
+
+/// The keys of the voters (authorities that have not left) at the head of `p`.
+fn voter_keys(p: &Projection) -> Vec<&'static NodeKey> {
+    let voters: Vec<NodeId> = p
+        .nodes()
+        .filter(|n| n.role.is_authority() && n.status != NodeStatus::Left)
+        .map(|n| n.node)
+        .collect();
+    history().keys.iter().filter(|k| voters.contains(&k.node_id())).collect()
+}
+
+fn winner_side(v: &Verdict) -> (Side, DecidedBy) {
+    match v {
+        Verdict::Wins { winner, decided_by, .. } => (*winner, *decided_by),
+        other => panic!("expected a winner, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_verdict_on_two_ledgers_is_the_same_whichever_is_named_first() {
+    let s = split();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pa, pb) = (dir.path().join("a"), dir.path().join("b"));
+    ledger(&pa, &s.a);
+    ledger(&pb, &s.b);
+    let (a, b) = (Branch::open(&pa).expect("open a"), Branch::open(&pb).expect("open b"));
+    let report = forensics::diff(&a, &b, 10, NO_PROGRESS).expect("diff");
+    let (w1, d1) = winner_side(&report.verdict);
+    let swapped = forensics::diff(&b, &a, 10, NO_PROGRESS).expect("diff");
+    let (w2, d2) = winner_side(&swapped.verdict);
+    assert_eq!(w1 == Side::A, w2 == Side::B, "the same branch wins whichever side it is named on");
+    assert_eq!(d1, d2);
+    // Neither branch has a checkpoint or a seed after the fork: authority cannot decide.
+    assert_ne!(d1, DecidedBy::Authority);
+    let Verdict::Wins { a: sa, b: sb, .. } = &report.verdict else { unreachable!() };
+    assert_eq!((sa.tier, sb.tier), (SporeType::Latent, SporeType::Latent));
+    assert_eq!((sa.fork_seq, sa.events, sb.events), (600, 3, 3));
+}
+
+#[test]
+fn a_checkpoint_wins_by_authority_and_forged_ones_cannot_win_at_all() {
+    let s = split();
+    let prefix = &s.prefix;
+    let a = linked_after_prefix(&s.a);
+    let b = linked_after_prefix(&s.b);
+    let (latent_b, _) = summarize(prefix, &b, None).expect("branch b checks");
+    assert_eq!(latent_b.tier, SporeType::Latent);
+
+    // A checkpoint signed by a voter of the branch makes it Primary: it wins by authority,
+    // whatever the activity.
+    let mut primary_a = s.a.clone();
+    primary_a.push(checkpoint_after(&a, founder()));
+    let (sa, _) = summarize(prefix, &linked_after_prefix(&primary_a), None).expect("an attested branch checks");
+    assert_eq!(sa.tier, SporeType::Primary);
+    let r = resolve(&sa, &latent_b).expect("one fork");
+    assert_eq!((r.winner.first, r.decided_by), (sa.first, DecidedBy::Authority));
+    assert_eq!(resolve(&latent_b, &sa).expect("one fork").winner.first, sa.first, "symmetric");
+
+    // A checkpoint signed by a node that is not an authority is refused by the rules.
+    let rhizomorph = prefix
+        .nodes()
+        .find(|n| !n.role.is_authority() && n.status != NodeStatus::Left)
+        .map(|n| n.node)
+        .expect("a rhizomorph in the history");
+    let outsider = history().keys.iter().find(|k| k.node_id() == rhizomorph).expect("its key");
+    let mut forged = s.a.clone();
+    forged.push(checkpoint_after(&a, outsider));
+    let err = summarize(prefix, &linked_after_prefix(&forged), None).expect_err("a non-voter's checkpoint");
+    assert!(matches!(err, BranchError::Rejected { seq: 603, .. }), "{err:?}");
+
+    // A voter's checkpoint whose signature was tampered with does not verify.
+    let mut tampered = s.a.clone();
+    let mut cp = checkpoint_after(&a, founder());
+    cp.signature.0[7] ^= 0x40;
+    tampered.push(cp);
+    assert_eq!(summarize(prefix, &linked_after_prefix(&tampered), None).expect_err("bad signature"), BranchError::BadSignature { seq: 603 });
+
+    // A voter's checkpoint attesting another branch's head is refused.
+    let mut misattested = s.a.clone();
+    misattested.push(checkpoint_after(&b, founder()));
+    assert!(matches!(
+        summarize(prefix, &linked_after_prefix(&misattested), None).expect_err("wrong head"),
+        BranchError::Rejected { seq: 603, .. }
+    ));
+
+    // A branch whose links were rewritten (an event swapped after hashing) does not check.
+    let mut relinked = linked_after_prefix(&primary_a);
+    relinked[1].event = s.b[1].clone();
+    assert!(matches!(summarize(prefix, &relinked, None).expect_err("broken link"), BranchError::BrokenLink { seq: 601 }));
+}
+
+#[test]
+fn a_quorum_signed_seed_wins_by_authority_and_under_signed_or_forged_seeds_cannot() {
+    let s = split();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pb = dir.path().join("b");
+    ledger(&pb, &s.b);
+    let (chained_a, pa) = chained(&branch_events(&s.a));
+    let voters = voter_keys(&pa);
+    assert!(voters.len() >= 3, "the history has several voters ({})", voters.len());
+    let quorum = voters.len() / 2 + 1;
+
+    // Signed by a majority of the voters at its head: the seed's branch has Seed authority
+    // and wins over a branch with nothing but its links, named first or second.
+    let quorum_seed = dir.path().join("quorum.seed");
+    std::fs::write(&quorum_seed, seed::build(&pa, Some(&chained_a), &voters[..quorum]).expect("build")).expect("write");
+    let b = Branch::open(&pb).expect("open b");
+    let a = Branch::open(&quorum_seed).expect("a quorum-signed seed opens");
+    let fork = forensics::fork_point(&a, &b).expect("fork");
+    let v = forensics::verdict(&a, &b, &fork.relation).expect("verdict");
+    assert_eq!(winner_side(&v), (Side::A, DecidedBy::Authority));
+    let Verdict::Wins { a: sa, .. } = &v else { unreachable!() };
+    assert_eq!(sa.tier, SporeType::Seed);
+    let v = forensics::verdict(&b, &a, &forensics::fork_point(&b, &a).expect("fork").relation).expect("verdict");
+    assert_eq!(winner_side(&v), (Side::B, DecidedBy::Authority));
+
+    // Signed by fewer than a majority: a valid seed, but without Seed authority.
+    let under = dir.path().join("under.seed");
+    std::fs::write(&under, seed::build(&pa, Some(&chained_a), &voters[..quorum - 1]).expect("build")).expect("write");
+    let a = Branch::open(&under).expect("an under-signed seed still opens for reading");
+    let v = forensics::verdict(&a, &b, &fork.relation).expect("verdict");
+    let Verdict::Wins { a: sa, decided_by, .. } = &v else { panic!("{v:?}") };
+    assert_eq!(sa.tier, SporeType::Latent, "under-signed: no Seed authority");
+    assert_ne!(*decided_by, DecidedBy::Authority);
+
+    // Forged: a signature that does not verify, or one by a key that is not a voter, and the
+    // seed does not open at all — it cannot take part in a resolution.
+    let mut bytes = std::fs::read(&quorum_seed).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    let forged = dir.path().join("forged.seed");
+    std::fs::write(&forged, &bytes).expect("write");
+    assert!(matches!(Branch::open(&forged), Err(ForensicsError::Seed { .. })));
+    // A non-voter's valid signature appended by hand (the library refuses to add it): the
+    // file ends `digest 32 ‖ sig_count u16 LE ‖ sig_count × (signer 32 ‖ signature 64)`.
+    let outsider = history().keys.iter().find(|k| !voters.iter().any(|v| v.node_id() == k.node_id())).expect("a non-voter");
+    assert!(matches!(seed::add_signature(&std::fs::read(&under).expect("read"), outsider), Err(seed::SeedError::NotAVoter(_))));
+    let mut signed_by_outsider = std::fs::read(&under).expect("read");
+    let count = quorum - 1;
+    let count_at = signed_by_outsider.len() - count * 96 - 2;
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(&signed_by_outsider[count_at - 32..count_at]);
+    let signature = outsider.sign(&seed::seed_signing_message(&history().fingerprint, &digest));
+    signed_by_outsider[count_at..count_at + 2].copy_from_slice(&(count as u16 + 1).to_le_bytes());
+    signed_by_outsider.extend_from_slice(outsider.node_id().as_bytes());
+    signed_by_outsider.extend_from_slice(&signature.0);
+    let outsider_seed = dir.path().join("outsider.seed");
+    std::fs::write(&outsider_seed, signed_by_outsider).expect("write");
+    assert!(
+        matches!(Branch::open(&outsider_seed), Err(ForensicsError::Seed { source: seed::SeedError::NotAVoter(id), .. }) if id == outsider.node_id()),
+        "a non-voter's signature is named"
+    );
+}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use mycnet_spores::store::forensics::{
     self, BlameOptions, BlameReport, BlameTarget, BranchEvents, BranchInfo, EntityDiff, ForkPoint,
-    Relation, Side, SourceKind, Touch,
+    Relation, Side, SourceKind, Touch, Verdict,
 };
 use mycnet_spores::store::inspect::resolve_ledger_dir;
 use mycnet_spores::{Branch, ForensicsError, NodeRecord, ServiceRecord, StopAt};
@@ -366,12 +366,14 @@ pub fn diff(a_path: &Path, b_path: &Path, limit: usize, o: &mut Out) -> CliResul
         bar.finish_and_clear();
         forensics::entity_diff(&pa, &pb)
     };
+    let verdict = forensics::verdict(&a, &b, &fork.relation).map_err(cli_err)?;
     if o.json {
         return o.json_line(&json!({
             "a": branch_json(&fork.a), "b": branch_json(&fork.b),
             "fork": fork_json(&fork),
             "events": { "a": events_json(&a_events), "b": events_json(&b_events) },
             "entities": entities_json(&entities),
+            "verdict": verdict,
         }));
     }
     o.line(format!("A: {}", source_text(&fork.a)))?;
@@ -385,8 +387,26 @@ pub fn diff(a_path: &Path, b_path: &Path, limit: usize, o: &mut Out) -> CliResul
         print_events("A", &a_events, o)?;
         print_events("B", &b_events, o)?;
     }
-    print_entities(&entities, o)
+    print_entities(&entities, o)?;
+    o.line(format!("verdict: {}", verdict_text(&verdict)))
 }
+
+/// One line on what a split-brain resolution would keep.
+fn verdict_text(v: &Verdict) -> String {
+    match v {
+        Verdict::Wins { winner, decided_by, a, b } => {
+            let side = |s: &mycnet_spores::core::authority::BranchSummary| format!("{:?} tier, {} active nodes, {} events", s.tier, s.active_nodes, s.events);
+            format!("{} would be kept, by {decided_by} (A: {}; B: {})", side_name(*winner).to_uppercase(), side(a), side(b))
+        }
+        Verdict::CannotWin { refused } => refused
+            .iter()
+            .map(|r| format!("{} cannot win: {}", side_name(r.side).to_uppercase(), r.reason))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Verdict::Undecided { reason } => format!("nothing decided ({reason})"),
+    }
+}
+
 
 fn touch_text(t: &Touch) -> String {
     match t {

@@ -209,10 +209,18 @@ fn diff_blame_and_state_on_branches_and_seed_files() {
     assert_eq!(d["entities"]["services"]["only_in_b"][0]["service"]["service_id"], service_id.as_str());
     assert_eq!(d["entities"]["nodes"]["changed"][0]["node"], founder.as_str());
     assert_eq!(d["entities"]["nodes"]["changed"][0]["fields"][0], "capabilities");
+    // Which branch a resolution would keep: neither has a checkpoint or seed after the fork,
+    // so authority does not decide; the same branch wins with the sources swapped.
+    assert_eq!(d["verdict"]["outcome"], "wins", "{}", d["verdict"]);
+    assert_ne!(d["verdict"]["decided_by"], "Authority");
+    assert_eq!((d["verdict"]["a"]["tier"].clone(), d["verdict"]["a"]["fork_seq"].clone()), (Value::from("Latent"), Value::from(200)));
+    let swapped = json(&run(&["diff", pb, pa, "--json"]));
+    assert_ne!(swapped["verdict"]["winner"], d["verdict"]["winner"], "a and b swapped: the same branch wins");
     let human = run(&["diff", pa, pb]);
     assert_eq!(human.status.code(), Some(0));
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("first diverging seq 200") && text.contains("only in B"), "{text}");
+    assert!(text.contains("verdict: ") && text.contains("would be kept"), "{text}");
 
     // A seed file with its events is a branch like a ledger; identical sources are identical.
     let d = json(&run(&["diff", pa, pfull, "--json"]));
