@@ -403,6 +403,18 @@ pub struct ChainedEvent {
 
 /// The chain hash of an event: `blake3(prev_hash || seq_be || event_bytes)`.
 pub fn chain_hash(prev_hash: &ChainHash, seq: u64, event_bytes: &[u8]) -> ChainHash {
+    // Most events fit one blake3 chunk with the prefix: hashing one contiguous buffer in one
+    // call takes the single-chunk path (whole blocks compressed straight from the input),
+    // cheaper than three incremental updates. Same bytes, same hash.
+    const ONE_CHUNK: usize = 1024;
+    const PREFIX: usize = 32 + 8;
+    if event_bytes.len() <= ONE_CHUNK - PREFIX {
+        let mut buf = [0u8; ONE_CHUNK];
+        buf[..32].copy_from_slice(prev_hash.as_bytes());
+        buf[32..PREFIX].copy_from_slice(&seq.to_be_bytes());
+        buf[PREFIX..PREFIX + event_bytes.len()].copy_from_slice(event_bytes);
+        return ChainHash(*blake3::hash(&buf[..PREFIX + event_bytes.len()]).as_bytes());
+    }
     let mut h = blake3::Hasher::new();
     h.update(prev_hash.as_bytes());
     h.update(&seq.to_be_bytes());
@@ -419,6 +431,7 @@ impl ChainedEvent {
 
     /// [`ChainedEvent::link`] with the event's canonical encoding already at hand
     /// (`canonical` must be `event.canonical_bytes()`).
+    #[inline]
     pub(crate) fn link_canonical(seq: u64, prev_hash: ChainHash, event: SignedEvent, canonical: &[u8]) -> Self {
         debug_assert_eq!(canonical, event.canonical_bytes().as_slice());
         let hash = chain_hash(&prev_hash, seq, canonical);
@@ -437,6 +450,20 @@ mod tests {
 
     fn key(n: u8) -> NodeKey {
         NodeKey::from_seed([n; 32])
+    }
+
+    /// The one-buffer path of `chain_hash` gives the hash of `prev ‖ seq BE ‖ bytes` at every
+    /// length around its bound.
+    #[test]
+    fn chain_hash_is_blake3_of_the_concatenation() {
+        let prev = ChainHash([7; 32]);
+        for len in [0usize, 1, 24, 64, 983, 984, 985, 1024, 3000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+            let mut all = prev.as_bytes().to_vec();
+            all.extend_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes());
+            all.extend_from_slice(&bytes);
+            assert_eq!(chain_hash(&prev, 0x0102_0304_0506_0708, &bytes).0, *blake3::hash(&all).as_bytes(), "len {len}");
+        }
     }
 
     #[test]

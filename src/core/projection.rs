@@ -7,7 +7,11 @@
 //! [`crate::core::keys::verify_many`]; everything else — network, schema, admission and the
 //! semantic rules written down in `schema/rules.md` — is checked by [`Projection::check`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The indexes' hash map: foldhash (randomly seeded per map) instead of SipHash. Every append
+/// updates these indexes, and SipHash was a tenth of the projection's cost.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -250,6 +254,10 @@ pub struct Projection {
     by_name: HashMap<String, BTreeSet<Uuid>>,
     by_node: HashMap<NodeId, BTreeSet<Uuid>>,
     by_capability: HashMap<String, BTreeSet<Uuid>>,
+    /// Node keys this projection admitted, each checked to be a valid ed25519 point when it
+    /// was: a node that leaves and joins again is not decompressed again. Not persisted (a
+    /// projection loaded from a checkpoint checks each key once more, on its first re-join).
+    keys_checked: foldhash::HashSet<NodeId>,
 }
 
 /// The persistent part of a projection (the indexes are rebuilt from it).
@@ -316,11 +324,13 @@ fn check_capabilities(caps: &[String]) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn check_announcement(a: &NodeAnnouncement) -> Result<(), Rejection> {
+/// Checks a node announcement; `key_checked` says its key is already known to be a valid
+/// ed25519 point (decompressing it is most of the cost of this check).
+fn check_announcement(a: &NodeAnnouncement, key_checked: bool) -> Result<(), Rejection> {
     check_name("node name", &a.name)?;
     check_addresses(&a.addresses)?;
     check_capabilities(&a.capabilities)?;
-    if crate::core::keys::PublicKey::from_node_id(&a.node).is_none() {
+    if !key_checked && crate::core::keys::PublicKey::from_node_id(&a.node).is_none() {
         return Err(Rejection::InvalidNodeKey(a.node));
     }
     Ok(())
@@ -532,7 +542,7 @@ impl Projection {
                 return Err(Rejection::GenesisExpected);
             };
             check_name("network name", &network.network_name)?;
-            check_announcement(founder)?;
+            check_announcement(founder, false)?;
             if founder.role != NodeRole::Sclerotium {
                 return Err(Rejection::BadGenesis("the founder must be a sclerotium".into()));
             }
@@ -573,7 +583,7 @@ impl Projection {
             EventBody::Genesis { .. } => Err(Rejection::UnexpectedGenesis),
             EventBody::NodeJoined(a) => {
                 authority_only("admit nodes")?;
-                check_announcement(a)?;
+                check_announcement(a, self.keys_checked.contains(&a.node))?;
                 match self.state.nodes.get(&a.node) {
                     Some(n) if n.status != NodeStatus::Left => Err(Rejection::NodeExists(a.node)),
                     _ => Ok(()),
@@ -686,12 +696,24 @@ impl Projection {
     }
 
     /// [`Projection::append`] with the event's canonical encoding at hand (`canonical` must be
-    /// `event.canonical_bytes()`), so it is not encoded again for the size rule and the hash.
-    pub(crate) fn append_canonical(&mut self, event: SignedEvent, canonical: &[u8]) -> Result<ChainedEvent, Rejection> {
-        self.check_sized(&event, canonical.len())?;
-        let chained = ChainedEvent::link_canonical(self.next_seq(), self.head_hash(), event, canonical);
-        self.mutate(&chained);
-        Ok(chained)
+    /// `event.canonical_bytes()`, so it is not encoded again for the size rule and the hash),
+    /// pushing the result onto `out`: the chained event is built in its place there and
+    /// applied from it, never copied. Returns it if it was accepted.
+    #[inline]
+    pub(crate) fn append_canonical_to<'o>(
+        &mut self,
+        event: SignedEvent,
+        canonical: &[u8],
+        out: &'o mut Vec<Result<ChainedEvent, Rejection>>,
+    ) -> Option<&'o ChainedEvent> {
+        if let Err(r) = self.check_sized(&event, canonical.len()) {
+            out.push(Err(r));
+            return None;
+        }
+        out.push(Ok(ChainedEvent::link_canonical(self.next_seq(), self.head_hash(), event, canonical)));
+        let Some(Ok(chained)) = out.last() else { return None };
+        self.mutate(chained);
+        Some(chained)
     }
 
     /// [`Projection::apply`] of an event the caller owns and no longer needs (replay), whose
@@ -726,6 +748,8 @@ impl Projection {
     }
 
     fn insert_node(&mut self, a: NodeAnnouncement, seq: u64, ts: Timestamp, trust: TrustScore) {
+        // Only called for announcements that passed `check_announcement`, key included.
+        self.keys_checked.insert(a.node);
         self.state.nodes.insert(
             a.node,
             NodeRecord {

@@ -131,15 +131,44 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// 32 bytes as four big-endian words: compared in order, they order exactly like the bytes.
+#[inline]
+fn be_words(b: &[u8; 32]) -> [u64; 4] {
+    let mut w = [0u64; 4];
+    for (w, c) in w.iter_mut().zip(b.chunks_exact(8)) {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(c);
+        *w = u64::from_be_bytes(x);
+    }
+    w
+}
+
 macro_rules! hash32_newtype {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(
-            Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default,
+            Clone, Copy, PartialEq, Eq, Hash, Default,
             rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
         )]
         #[rkyv(derive(PartialEq, Eq, PartialOrd, Ord, Hash))]
         pub struct $name(pub [u8; 32]);
+
+        /// The lexicographic order of the bytes (what `derive(Ord)` gives), compared as four
+        /// big-endian words: the registries' `BTreeMap`s compare keys on every look-up, and
+        /// this is inlined where the byte-slice order calls `memcmp`.
+        impl Ord for $name {
+            #[inline]
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                be_words(&self.0).cmp(&be_words(&other.0))
+            }
+        }
+
+        impl PartialOrd for $name {
+            #[inline]
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
 
         /// Binary formats (BCS, postcard) carry the 32 bytes as a newtype of a fixed tuple;
         /// human-readable ones (JSON, TOML) a 64-character hex string.
@@ -428,6 +457,28 @@ impl Ord for SporeType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The word-wise order of the 32-byte ids is the byte order.
+    #[test]
+    fn ids_order_like_their_bytes() {
+        let mut ids: Vec<[u8; 32]> = (0..200u32)
+            .map(|i| {
+                let mut b = [0u8; 32];
+                for (j, x) in b.iter_mut().enumerate() {
+                    *x = (i.wrapping_mul(2_654_435_761).rotate_left(j as u32) >> (j % 7)) as u8 % 3;
+                }
+                b
+            })
+            .collect();
+        ids.push([0xff; 32]);
+        ids.push([0; 32]);
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(NodeId(*a).cmp(&NodeId(*b)), a.cmp(b));
+                assert_eq!(ChainHash(*a).partial_cmp(&ChainHash(*b)), Some(a.cmp(b)));
+            }
+        }
+    }
 
     #[test]
     fn spore_types_order_by_authority() {

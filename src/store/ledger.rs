@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rayon::prelude::*;
-use super::record::{self, decode_checkpoint, encode_checkpoint, encode_record, seq_key};
+use super::record::{self, decode_checkpoint, encode_checkpoint, encode_record_into, seq_key};
 use super::replay::{replay_range, ReplayOptions, ReplayStats, StopAt};
 use super::verified::VerifiedEvents;
 use crate::core::event::{ChainedEvent, SignedEvent};
@@ -376,25 +376,25 @@ impl Ledger {
     ) -> Result<AppendOutcome, LedgerError> {
         self.usable(events.len())?;
         let mut outcome = Vec::with_capacity(events.len());
-        let mut batch = self.db.batch();
+        let mut batch = self.new_batch(events.len() + extra.len());
         let mut accepted = 0usize;
         let projection = &mut self.projection;
         let ledger = &self.ledger;
-        events.for_each(|v| {
-            if !v.signature_ok {
+        // Each record is encoded into this one buffer: the batch copies the bytes it is given
+        // into its own value, so a fresh vector per record would only be allocated and freed.
+        let mut record = Vec::with_capacity(1024);
+        events.for_each(|event, canonical, signature_ok| {
+            if !signature_ok {
                 // Check the rules first so a forged event of another network says so.
-                let author = v.event.author;
-                let r = projection.check(&v.event).err().unwrap_or(Rejection::BadSignature(author));
+                let r = projection.check(&event).err().unwrap_or(Rejection::BadSignature(event.author));
                 outcome.push(Err(r));
                 return;
             }
-            match projection.append_canonical(v.event, v.canonical) {
-                Ok(chained) => {
-                    batch.insert(ledger, seq_key(chained.seq), encode_record(&chained));
-                    accepted += 1;
-                    outcome.push(Ok(chained));
-                }
-                Err(r) => outcome.push(Err(r)),
+            if let Some(chained) = projection.append_canonical_to(event, canonical, &mut outcome) {
+                record.clear();
+                encode_record_into(chained, &mut record);
+                batch.insert(ledger, seq_key(chained.seq), record.as_slice());
+                accepted += 1;
             }
         });
         if accepted == 0 && extra.is_empty() {
@@ -403,6 +403,12 @@ impl Ledger {
         let anchor = newest_checkpoint(outcome.iter().filter_map(|o| o.as_ref().ok()));
         self.commit_batch(batch, accepted, anchor, extra)?;
         Ok(outcome)
+    }
+
+    /// An empty write batch with room for `records` records and the `meta` entries
+    /// [`Ledger::commit_batch`] adds (head, checkpoint, anchor), so it never grows while filled.
+    fn new_batch(&self, records: usize) -> fjall::OwnedWriteBatch {
+        fjall::OwnedWriteBatch::with_capacity(self.db.clone(), records + 3)
     }
 
     /// Writes the head, a projection checkpoint when one is due, the anchor and `extra` into
@@ -528,9 +534,12 @@ impl Ledger {
                 return Err(refuse(ce.seq, RangeRefusal::Rejected(r)));
             }
         }
-        let mut batch = self.db.batch();
+        let mut batch = self.new_batch(range.len());
+        let mut record = Vec::with_capacity(1024);
         for ce in range {
-            batch.insert(&self.ledger, seq_key(ce.seq), encode_record(ce));
+            record.clear();
+            encode_record_into(ce, &mut record);
+            batch.insert(&self.ledger, seq_key(ce.seq), record.as_slice());
         }
         let anchor = newest_checkpoint(range.iter());
         self.commit_batch(batch, range.len(), anchor, Vec::new())?;

@@ -38,16 +38,6 @@ pub struct VerifiedEvents {
     ok: Vec<bool>,
 }
 
-/// One event as [`VerifiedEvents`] hands it to the append.
-pub(crate) struct VerifiedEvent<'a> {
-    /// The event.
-    pub event: SignedEvent,
-    /// Its canonical encoding.
-    pub canonical: &'a [u8],
-    /// Whether its signature verified.
-    pub signature_ok: bool,
-}
-
 /// The canonical encodings and verdicts of one chunk.
 struct ChunkResult {
     canonical: Vec<u8>,
@@ -295,13 +285,17 @@ impl VerifiedEvents {
         self.events
     }
 
-    /// Visits every event with its canonical encoding and verdict, in order, moving the
-    /// events out.
-    pub(crate) fn for_each(self, mut f: impl FnMut(VerifiedEvent<'_>)) {
+    /// Visits every event with its canonical encoding and whether its signature verified, in
+    /// order, moving the events out. (The event is passed on its own rather than in a tuple
+    /// or struct with the rest: an event is a few hundred bytes, and each wrapping was a copy.)
+    #[inline]
+    pub(crate) fn for_each(self, mut f: impl FnMut(SignedEvent, &[u8], bool)) {
         let VerifiedEvents { events, canonical, ends, ok } = self;
+        let mut bounds = ends.iter().zip(&ok);
         let mut start = 0;
-        for ((event, end), signature_ok) in events.into_iter().zip(ends).zip(ok) {
-            f(VerifiedEvent { event, canonical: &canonical[start..end], signature_ok });
+        for event in events {
+            let Some((&end, &signature_ok)) = bounds.next() else { return };
+            f(event, canonical.get(start..end).unwrap_or_default(), signature_ok);
             start = end;
         }
     }
@@ -336,8 +330,8 @@ mod tests {
             let verdicts: Vec<bool> = v.iter().map(|(_, ok)| ok).collect();
             assert!(verdicts.iter().enumerate().all(|(i, ok)| *ok == (i != 1 && i != n - 1)));
             let mut seen = 0;
-            v.for_each(|e| {
-                assert_eq!(e.canonical, evs[seen].canonical_bytes().as_slice());
+            v.for_each(|_, canonical, _| {
+                assert_eq!(canonical, evs[seen].canonical_bytes().as_slice());
                 seen += 1;
             });
             assert_eq!(seen, n);
