@@ -201,6 +201,10 @@ pub enum RangeRefusal {
     /// An event breaks a rule (network, admission, semantics).
     #[error("rejected: {0}")]
     Rejected(crate::core::projection::Rejection),
+    /// The range carries the first event of a branch this node yielded in a split-brain
+    /// (see [`crate::store::ledger::Ledger::refuse_branch`]).
+    #[error("the event at this seq starts a branch this node yielded in a split-brain")]
+    LostBranch,
 }
 
 /// The crate-wide error.

@@ -90,6 +90,7 @@ pub(crate) struct Resolver {
     pub(crate) rpc_timeout: Duration,
     pub(crate) data_dir: PathBuf,
     pub(crate) state: Arc<ResolverState>,
+    pub(crate) modes: crate::system::SharedModes,
 }
 
 impl Resolver {
@@ -108,24 +109,21 @@ impl Resolver {
         )
     }
 
-    fn is_member(&self) -> bool {
-        let id = raft_id(&self.me.node);
-        self.raft.metrics().borrow().membership_config.membership().nodes().any(|(i, _)| *i == id)
-    }
-
     fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(raft_id(&self.me.node))
     }
 
+    /// One step. Every node with gossip runs it: a Raft member's leader decides and records;
+    /// any node, Raft member or latent, whose chain lost learns it here and gets a yield plan.
     async fn tick(&self) -> Result<(), Error> {
-        if !self.is_member() {
-            return Ok(());
-        }
         let pending = {
             let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
             crate::store::forks::unresolved(&l)?
         };
         let Some(evidence) = pending.into_iter().next() else { return Ok(()) };
+        // The mode machine sees the fork before it is settled, however fast that goes: the
+        // Split-Brain Resolution transition is logged and kept on every node that takes part.
+        crate::system::compute_status(&self.raft, &self.ledger, &self.me, Some(&self.gossip), &self.modes)?;
         // Nodes gossip saw holding the other chain first, then every other peer: the one
         // asked must hold exactly the other event at the evidence's sequence number.
         let holders = self.gossip.fork_holders(evidence.seq(), &evidence.theirs.hash);
@@ -368,7 +366,11 @@ impl Resolver {
             tracing::info!(fork = res.winner.fork_seq, "this chain lost; waiting for the winner to record the resolution");
             return Ok(());
         };
-        let plan = YieldPlan { winner_node: other.clone(), resolution: res.clone(), recorded_at: at };
+        // Join through the authority that recorded the resolution (a member of the winning
+        // cluster); the peer asked may be a latent node, which cannot add anyone to Raft.
+        let author = theirs.iter().find(|e| e.seq == at.seq).map(|e| e.event.author);
+        let winner_node = self.gossip.known_peers().into_iter().find(|p| Some(p.node) == author).unwrap_or_else(|| other.clone());
+        let plan = YieldPlan { winner_node, resolution: res.clone(), recorded_at: at };
         let mut slot = self.state.yield_plan.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             tracing::warn!(fork = res.winner.fork_seq, winner = %other.node.short(), "this chain lost the split-brain; ready to yield to the winner");

@@ -514,11 +514,13 @@ impl SporeSystem {
                     rpc_timeout: cfg.timeouts.rpc,
                     data_dir: data_dir.clone(),
                     state: resolver.clone(),
+                    modes: modes.clone(),
                 }
                 .spawn(),
             );
         }
         let tier_views = Arc::new(crate::tiers::TierViews::default());
+        let refused_peers: std::collections::HashSet<NodeId> = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.refused_peers()?.into_iter().collect();
         tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
         late.set(Arc::new(NodeService {
             raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
@@ -530,6 +532,7 @@ impl SporeSystem {
             liveness: liveness.clone(),
             modes: modes.clone(),
             tier_views: tier_views.clone(),
+            refused_peers,
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -1098,19 +1101,29 @@ impl SporeSystem {
     /// `resolve` module): exports this node's chain as a seed file and keeps its whole ledger
     /// directory under `DATA_DIR/forks/` (nothing is dropped), starts again on an empty ledger
     /// with the same key, and joins the winning network through the winner's node, as a voter
-    /// if it was one. The losing branch's valid events were re-proposed to the winner before
-    /// it recorded the resolution. Returns the path of the exported seed.
+    /// if it was one; a latent node (outside Raft) syncs the winning chain by gossip instead,
+    /// from the winner's node among its peers. The losing branch's valid events were
+    /// re-proposed to the winner before it recorded the resolution. A node that yields twice
+    /// for one fork (a latent node that synced the losing chain again from a peer that had not
+    /// yielded yet) keeps each copy under its own name. Returns the path of the exported seed.
     #[tracing::instrument(skip(self))]
     pub async fn yield_to_winner(&mut self) -> Result<PathBuf, Error> {
         let plan = self.yield_plan()?.ok_or_else(|| Error::SplitBrain("this node has nothing to yield".into()))?;
-        let (was_voter, data_dir, ledger, key) = {
+        let (was_voter, was_member, lost_cluster, data_dir, ledger, key) = {
             let r = self.running()?;
             let st = self.status()?;
-            (st.voters.contains(&r.me.node), r.data_dir.clone(), r.ledger.clone(), r.key.clone())
+            // The losing cluster's other members: until they yield and join the winner too,
+            // their Raft traffic would pull this node back into the losing cluster.
+            let lost_cluster: Vec<NodeId> = st.voters.iter().chain(&st.learners).filter(|n| **n != r.me.node).copied().collect();
+            (st.voters.contains(&r.me.node), st.raft_member, lost_cluster, r.data_dir.clone(), r.ledger.clone(), r.key.clone())
         };
-        let tag = format!("lost-{}-{}", plan.resolution.loser.fork_seq, plan.resolution.loser.first.hash.short());
         let forks_dir = data_dir.join("forks");
         std::fs::create_dir_all(&forks_dir).map_err(io_err(&forks_dir))?;
+        let base = format!("lost-{}-{}", plan.resolution.loser.fork_seq, plan.resolution.loser.first.hash.short());
+        let tag = (1..)
+            .map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") })
+            .find(|t| !forks_dir.join(format!("{t}.seed")).exists() && !forks_dir.join(format!("{t}.ledger")).exists())
+            .unwrap_or(base);
         let seed_path = forks_dir.join(format!("{tag}.seed"));
         let sp = seed_path.clone();
         tokio::task::spawn_blocking(move || crate::seed::export(&ledger, &key, &sp, true))
@@ -1122,14 +1135,28 @@ impl SporeSystem {
         let ledger_dir = data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
         let kept = forks_dir.join(format!("{tag}.ledger"));
         std::fs::rename(&ledger_dir, &kept).map_err(io_err(&ledger_dir))?;
+        // The new, empty ledger refuses the losing branch before anything can sync it back
+        // from a peer that has not yielded yet.
+        {
+            let mut fresh = Ledger::open(&ledger_dir, LedgerConfig::default())?;
+            fresh.refuse_branch(plan.resolution.loser.first, &lost_cluster)?;
+        }
         tracing::warn!(seed = %seed_path.display(), ledger = %kept.display(), winner = %plan.winner_node.node.short(),
             "yielding to the split-brain winner: the losing chain is kept; joining the winner");
         self.config = self.launched.take();
+        if let Some(c) = self.config.as_mut() {
+            // A latent node syncs the winning chain by gossip: from the winner's node too.
+            if !c.gossip_peers.iter().any(|p| p.node == plan.winner_node.node) {
+                c.gossip_peers.push(plan.winner_node.clone());
+            }
+        }
         self.start().await?;
         if let Some(r) = self.running.as_mut() {
             r._tempdir = tempdir;
         }
-        self.join(plan.winner_node.clone(), was_voter).await?;
+        if was_member {
+            self.join(plan.winner_node.clone(), was_voter).await?;
+        }
         Ok(seed_path)
     }
 
@@ -1239,7 +1266,7 @@ fn spawn_mode_task(raft: Raft, ledger: SharedLedger, me: PeerNode, gossip: Optio
 }
 
 /// The node's mode state machine, shared by `status`, the RPC status and the mode task.
-type SharedModes = Arc<std::sync::Mutex<ModeMachine>>;
+pub(crate) type SharedModes = Arc<std::sync::Mutex<ModeMachine>>;
 
 /// Feeds `inputs` to the mode machine; a transition is logged (with its reason) and kept in
 /// the ledger's `modes` keyspace. Returns the mode, since when, and why.
@@ -1314,7 +1341,7 @@ fn tier_reach(raft: &Raft, me: &PeerNode, l: &Ledger) -> TierReach {
     TierReach::of(&anchors, l.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash }))
 }
 
-fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Option<&GossipService>, modes: &SharedModes) -> Result<SporeStatus, Error> {
+pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Option<&GossipService>, modes: &SharedModes) -> Result<SporeStatus, Error> {
     let m = raft.metrics().borrow().clone();
     let (head, fingerprint, anchor, seed_anchor, forks, provisional) = {
         let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
@@ -1395,6 +1422,8 @@ struct NodeService {
     liveness: Option<Arc<LivenessService>>,
     modes: SharedModes,
     tier_views: Arc<crate::tiers::TierViews>,
+    /// Members of the Raft cluster this node yielded (see `Ledger::refuse_branch`).
+    refused_peers: std::collections::HashSet<NodeId>,
 }
 
 /// Whether `node` is in `raft`'s membership (voter or learner).
@@ -1757,6 +1786,20 @@ impl crate::net::RpcHandler for NodeService {
                         .map(|h| ChainPoint { seq: h.seq, hash: h.hash });
                     RpcResponse::ExportSeed(r)
                 })
+            }
+            RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) | RpcRequest::InstallSnapshot(_)
+                if self.refused_peers.contains(&from) && !is_member(&self.raft, &from) =>
+            {
+                // A member of the cluster this node left after losing a split-brain, not (yet)
+                // in its new cluster: answering would pull this node back into the lost one.
+                tracing::debug!(peer = %from.short(), kind = req.kind(), "refused Raft traffic from the cluster this node yielded");
+                let stopped = || openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped);
+                let resp = match req {
+                    RpcRequest::AppendEntries(_) => RpcResponse::AppendEntries(Err(stopped())),
+                    RpcRequest::Vote(_) => RpcResponse::Vote(Err(stopped())),
+                    _ => RpcResponse::InstallSnapshot(Err(openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped))),
+                };
+                Box::pin(async move { resp })
             }
             other => self.raft_service.handle(from, other),
         }

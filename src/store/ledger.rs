@@ -38,6 +38,12 @@ const META_ANCHOR: &[u8] = b"anchor";
 /// The head of the verified seed this ledger was imported from (seq u64 BE ‖ hash 32 B):
 /// everything up to it has Seed authority (see [`Ledger::seed_anchor`]).
 const META_SEED_ANCHOR: &[u8] = b"seed_anchor";
+/// The first event of a branch this node yielded in a split-brain (seq u64 BE ‖ hash 32 B):
+/// ranges that carry it are refused (see [`Ledger::refuse_branch`]).
+const META_REFUSED_BRANCH: &[u8] = b"refused_branch";
+/// The Raft members of the cluster whose branch this node yielded (32-byte node ids, one after
+/// another): see [`Ledger::refuse_branch`].
+const META_REFUSED_PEERS: &[u8] = b"refused_peers";
 /// The value of the `format` marker.
 pub const LEDGER_FORMAT_MARKER: &[u8] = b"mycnet-spores ledger v1";
 
@@ -74,6 +80,8 @@ pub struct Ledger {
     config: LedgerConfig,
     checkpoint_seq: Option<u64>,
     anchor: Option<ChainPoint>,
+    /// See [`Ledger::refuse_branch`].
+    refused: Option<ChainPoint>,
     poisoned: bool,
 }
 
@@ -307,7 +315,8 @@ impl Ledger {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "ledger opened"
         );
-        Ok(Ledger { path, db, ledger, meta, projection, cache: VerifierCache::default(), config, checkpoint_seq, anchor, poisoned: false })
+        let refused = read_point(&meta, &path, META_REFUSED_BRANCH, "refused_branch")?.map(|(seq, hash)| ChainPoint { seq, hash });
+        Ok(Ledger { path, db, ledger, meta, projection, cache: VerifierCache::default(), config, checkpoint_seq, anchor, refused, poisoned: false })
     }
 
     /// The ledger directory.
@@ -507,6 +516,9 @@ impl Ledger {
         for ce in range {
             if ce.seq != expected || ce.prev_hash != prev {
                 return Err(refuse(ce.seq, RangeRefusal::NotNext { expected }));
+            }
+            if self.refused.is_some_and(|r| r.seq == ce.seq && r.hash == ce.hash) {
+                return Err(refuse(ce.seq, RangeRefusal::LostBranch));
             }
             if check_hashes && !ce.hash_is_valid() {
                 return Err(refuse(ce.seq, RangeRefusal::BadHash));
@@ -802,6 +814,45 @@ impl Ledger {
         };
         r.map_err(storage("write seed anchor", &self.path))?;
         self.db.persist(PersistMode::SyncData).map_err(storage("sync seed anchor", &self.path))
+    }
+
+    /// Refuses, from now on and across restarts, every range ([`Ledger::append_range`] and
+    /// the gossip appends) that carries the event at `first`: the first event of a branch
+    /// this node yielded in a split-brain, so it cannot sync the losing chain back from a
+    /// peer that has not yielded yet. Raft-committed appends are not affected; `peers`, the
+    /// members of the losing Raft cluster, are kept for the node to refuse their Raft traffic
+    /// until they are members of its own cluster ([`Ledger::refused_peers`]).
+    #[tracing::instrument(skip(self, peers), fields(path = %self.path.display()))]
+    pub fn refuse_branch(&mut self, first: ChainPoint, peers: &[crate::core::types::NodeId]) -> Result<(), LedgerError> {
+        let ids: Vec<u8> = peers.iter().flat_map(|p| p.as_bytes().to_vec()).collect();
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.meta, META_REFUSED_BRANCH, encode_point(first.seq, &first.hash).to_vec());
+        batch.insert(&self.meta, META_REFUSED_PEERS, ids);
+        batch.commit().map_err(storage("write refused branch", &self.path))?;
+        self.refused = Some(first);
+        Ok(())
+    }
+
+    /// The members of the Raft cluster whose branch this node yielded ([`Ledger::refuse_branch`]).
+    pub fn refused_peers(&self) -> Result<Vec<crate::core::types::NodeId>, LedgerError> {
+        let Some(bytes) = self.meta.get(META_REFUSED_PEERS).map_err(storage("read refused peers", &self.path))? else {
+            return Ok(Vec::new());
+        };
+        if bytes.len() % 32 != 0 {
+            return Err(LedgerError::Corrupt {
+                path: self.path.clone(),
+                seq: 0,
+                corruption: Corruption::Metadata { key: "refused_peers".into(), reason: format!("{} bytes, not a list of 32-byte ids", bytes.len()) },
+            });
+        }
+        Ok(bytes
+            .chunks_exact(32)
+            .map(|c| {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(c);
+                crate::core::types::NodeId(id)
+            })
+            .collect())
     }
 
     /// The head of the verified seed this ledger was imported from, if any: events up to it

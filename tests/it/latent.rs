@@ -887,3 +887,31 @@ fn stored_ranges_honour_the_signature_verdicts_handed_in() {
     assert!(served >= 300);
     assert_eq!(dst.head(), src.head());
 }
+
+/// A node that yielded a split-brain refuses the losing branch from then on, across restarts:
+/// a range carrying its first event is refused whole, the rest of the chain is taken.
+#[test]
+fn a_refused_branch_is_never_synced_again() {
+    use mycnet_spores::error::RangeRefusal;
+    let (events, _) = synth_events(0x10b, 300);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = ledger_with(&tmp.path().join("src"), &events);
+    let chain = src.read_range(0, 299).unwrap();
+    let lost = ChainPoint { seq: 200, hash: chain[200].hash };
+    let dir = tmp.path().join("dst");
+    let mut dst = open_ledger(&dir);
+    let peers = [NodeKey::from_seed([1; 32]).node_id(), NodeKey::from_seed([2; 32]).node_id()];
+    dst.refuse_branch(lost, &peers).unwrap();
+    dst.append_range(&chain[..150]).unwrap();
+    match dst.append_range(&chain[150..250]) {
+        Err(LedgerError::RangeRefused { seq: 200, reason: RangeRefusal::LostBranch }) => {}
+        other => panic!("expected the lost branch to be refused, got {other:?}"),
+    }
+    assert_eq!(dst.head().map(|h| h.seq), Some(149), "nothing of the refused range is stored");
+    drop(dst);
+    let mut dst = open_ledger(&dir);
+    assert_eq!(dst.refused_peers().unwrap(), peers.to_vec(), "the losing cluster's members are kept");
+    assert!(matches!(dst.append_range(&chain[150..201]), Err(LedgerError::RangeRefused { seq: 200, .. })), "still refused after a restart");
+    dst.append_range(&chain[150..200]).unwrap();
+    assert_eq!(dst.head().map(|h| h.seq), Some(199));
+}
