@@ -319,6 +319,33 @@ async fn quic_closed_binding_stops_serving_and_frees_its_port() {
     assert_eq!(read_index(&client, &peer, T).await.expect("restarted"), Some(710));
 }
 
+/// A closed endpoint frees its port even while quinn still drains a connection: here a
+/// handshake to a peer that never answers, abandoned by its caller, which quinn drains for
+/// about 3 s. A node restarting in the same process (a split-brain loser yielding) binds the
+/// port again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_a_closed_endpoint_frees_its_port_while_a_handshake_still_drains() {
+    trace();
+    let key = NodeKey::from_seed([75; 32]);
+    let backend = QuicBackend::new(key.clone(), Admission::allow_all()).with_config(QuicConfig { close_grace: Duration::ZERO, ..QuicConfig::default() });
+    let (_, mut binding) = backend.bind_quic("127.0.0.1:0", Echo::new(75, Duration::ZERO)).await.expect("bind");
+    let addr = binding.addr.clone();
+    // A peer that swallows every datagram.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("silent socket");
+    let to = PeerNode { node: NodeKey::from_seed([76; 32]).node_id(), addr: silent.local_addr().expect("addr").to_string() };
+    let err = binding.transport.call(&to, RpcRequest::ReadIndex, Duration::from_millis(200)).await.expect_err("nobody answers");
+    assert!(matches!(err, TransportError::Unreachable(_) | TransportError::Timeout { .. }), "{err:?}");
+    binding.close();
+    let again = std::net::UdpSocket::bind(addr.as_str());
+    assert!(again.is_ok(), "the port is free once the binding is closed: {again:?}");
+    drop(again);
+    // A new incarnation on the same port serves as usual.
+    let (_, rebound) = backend.bind_quic(&addr, Echo::new(77, Duration::ZERO)).await.expect("rebind");
+    let client = node(78, Admission::allow_all(), Duration::ZERO).await;
+    let peer = PeerNode { node: key.node_id(), addr: rebound.addr.clone() };
+    assert_eq!(read_index(&client, &peer, T).await.expect("call"), Some(77));
+}
+
 /// A server with custom limits, bound through `bind_quic`.
 async fn limited_server(seed: u8, config: QuicConfig, delay: Duration) -> (PeerNode, Binding, Arc<Echo>) {
     let key = NodeKey::from_seed([seed; 32]);
