@@ -391,7 +391,12 @@ impl SporeSystem {
                 self.running = Some(r);
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                // Keep the configuration: a start that failed (say, its port still in use) can
+                // be tried again.
+                self.config = Some(cfg);
+                Err(e)
+            }
         }
     }
 

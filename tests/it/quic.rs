@@ -346,6 +346,25 @@ async fn quic_a_closed_endpoint_frees_its_port_while_a_handshake_still_drains() 
     assert_eq!(read_index(&client, &peer, T).await.expect("call"), Some(77));
 }
 
+/// A start that fails (its port is taken) keeps the configuration: once the port is free,
+/// starting again works, on the same data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_a_failed_start_can_be_retried() {
+    trace();
+    let root = tempfile::tempdir().expect("tempdir");
+    let key = NodeKey::from_seed([79; 32]);
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("take a port");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let backend = QuicBackend::new(key.clone(), Admission::allow_all()).with_config(QuicConfig { bind_patience: Duration::ZERO, ..QuicConfig::default() });
+    let mut s = SporeSystem::builder().data_dir(root.path()).key(key).addr(addr.as_str()).network(Arc::new(backend)).build();
+    let err = s.start().await.expect_err("the port is taken");
+    assert!(matches!(err, mycnet_spores::Error::Transport(TransportError::Unreachable(_))), "{err:?}");
+    drop(taken);
+    s.start().await.expect("started on the second try");
+    assert_eq!(s.peer().expect("peer").addr, addr);
+    s.shutdown().await.expect("shutdown");
+}
+
 /// A server with custom limits, bound through `bind_quic`.
 async fn limited_server(seed: u8, config: QuicConfig, delay: Duration) -> (PeerNode, Binding, Arc<Echo>) {
     let key = NodeKey::from_seed([seed; 32]);
