@@ -14,3 +14,4 @@ mod latent;
 mod latent_quic;
 mod partition_heal;
 mod split_brain;
+mod split_brain_quic;
