@@ -1073,7 +1073,11 @@ impl SporeSystem {
             .map_err(|e| Error::SplitBrain(format!("seed export task: {e}")))??;
         // Keep the temporary dir (the embedded default) alive across the restart.
         let tempdir = self.running.as_mut().and_then(|r| r._tempdir.take());
-        self.shutdown().await?;
+        if let Err(e) = self.shutdown().await {
+            // Nothing was moved: the node can be started again as it was.
+            self.config = self.launched.take();
+            return Err(e);
+        }
         let ledger_dir = data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
         let kept = forks_dir.join(format!("{tag}.ledger"));
         std::fs::rename(&ledger_dir, &kept).map_err(io_err(&ledger_dir))?;
@@ -1146,8 +1150,14 @@ impl SporeSystem {
 
     /// Stops Raft, writes a projection checkpoint and syncs everything. Nothing acknowledged
     /// is lost (it was durable before it was acknowledged); this only makes restart faster.
+    /// Returns once the ledger's database is closed (its lock released): the data dir can then
+    /// be copied, moved or opened again. Tasks of the stopped system that still hold the
+    /// ledger (an unread [`Subscription`], say) delay that; after [`LEDGER_RELEASE_MAX`] it
+    /// fails with [`LedgerError::StillOpen`].
+    #[tracing::instrument(skip(self))]
     pub async fn shutdown(&mut self) -> Result<(), Error> {
         let Some(mut r) = self.running.take() else { return Ok(()) };
+        let ledger_dir = r.data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
         for t in r.tasks.drain(..) {
             t.abort();
         }
@@ -1162,7 +1172,12 @@ impl SporeSystem {
         })
         .await
         .map_err(raft_err)??;
-        tracing::info!(node = %r.me.node.short(), "spore system stopped");
+        let node = r.me.node;
+        // Aborted tasks let go of the ledger as the runtime drops them; the database closes
+        // with its last handle.
+        drop(r);
+        wait_until_closed(&ledger_dir, LEDGER_RELEASE_MAX).await?;
+        tracing::info!(node = %node.short(), "spore system stopped");
         Ok(())
     }
 
@@ -1175,6 +1190,36 @@ impl SporeSystem {
     /// The Raft handle (advanced use and tests).
     pub fn raft(&self) -> Result<Raft, Error> {
         Ok(self.running()?.raft.clone())
+    }
+}
+
+/// Longest [`SporeSystem::shutdown`] waits for the stopped system's tasks to let go of the
+/// ledger.
+pub const LEDGER_RELEASE_MAX: Duration = Duration::from_secs(10);
+
+/// Waits until no open database holds the ledger at `dir` (fjall's lock file can be locked),
+/// at most `patience`. A ledger without a lock file (never opened, or a removed temporary
+/// dir) is closed.
+async fn wait_until_closed(dir: &Path, patience: Duration) -> Result<(), Error> {
+    // fjall's lock file (`fjall::file::LOCK_FILE`, not exported), held while a database is open.
+    let lock = dir.join("lock");
+    let started = Instant::now();
+    loop {
+        let file = match std::fs::OpenOptions::new().read(true).write(true).open(&lock) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(LedgerError::Io { path: lock, source }.into()),
+        };
+        match file.try_lock() {
+            // Dropping the file releases the lock at once.
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(source)) => return Err(LedgerError::Io { path: lock, source }.into()),
+        }
+        if started.elapsed() >= patience {
+            return Err(LedgerError::StillOpen { path: dir.to_path_buf(), waited: started.elapsed() }.into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -670,6 +670,27 @@ async fn quic_three_voters_replicate_and_survive_a_leader_restart() {
     }
 }
 
+/// `shutdown` returns with the ledger closed: fjall's lock is held while the node runs and
+/// free the moment shutdown returns, so the data dir can be copied or moved (a split-brain
+/// loser moves its ledger away right after shutting down) or opened again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_shutdown_returns_with_the_ledger_closed() {
+    trace();
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut voters = form_quic_cluster(root.path(), 115, 0x9_0003).await;
+    voters[0].system.as_ref().expect("n0").register_service("dns", vec![], vec!["dns".into()], vec![]).await.expect("write");
+    converged(&voters, Duration::from_secs(5)).await;
+    let try_lock = |dir: &std::path::Path| {
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("ledger").join("lock")).expect("fjall's lock file");
+        f.try_lock()
+    };
+    for v in voters.iter_mut() {
+        assert!(matches!(try_lock(&v.dir), Err(std::fs::TryLockError::WouldBlock)), "held while running");
+        v.system.take().expect("running").shutdown().await.expect("shutdown");
+        assert!(try_lock(&v.dir).is_ok(), "released when shutdown returns");
+    }
+}
+
 /// Many large events written at once must not produce a Raft request larger than one QUIC
 /// frame: the proposer bounds its batches by bytes, so followers keep up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
