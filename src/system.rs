@@ -299,7 +299,7 @@ impl SporeSystemBuilder {
     }
     /// Builds the (not yet started) system.
     pub fn build(self) -> SporeSystem {
-        SporeSystem { config: Some(self), launched: None, running: None }
+        SporeSystem { config: Some(self), launched: None, running: None, fence: Arc::default() }
     }
 }
 
@@ -342,6 +342,8 @@ pub struct SporeSystem {
     /// it again after yielding a split-brain.
     launched: Option<SporeSystemBuilder>,
     running: Option<Running>,
+    /// Raft peers refused after yielding a split-brain (kept across the yield's restart).
+    fence: Arc<crate::resolve::YieldFence>,
 }
 
 impl Default for SporeSystem {
@@ -382,7 +384,7 @@ impl SporeSystem {
             return Ok(());
         }
         let cfg = self.config.take().ok_or(Error::NotStarted)?;
-        match Self::launch(cfg.clone()).await {
+        match Self::launch(cfg.clone(), self.fence.clone()).await {
             Ok(r) => {
                 let mut launched = cfg;
                 launched.key = Some(r.key.clone());
@@ -400,7 +402,7 @@ impl SporeSystem {
         }
     }
 
-    async fn launch(cfg: SporeSystemBuilder) -> Result<Running, Error> {
+    async fn launch(cfg: SporeSystemBuilder, fence: Arc<crate::resolve::YieldFence>) -> Result<Running, Error> {
         let (data_dir, tempdir) = match &cfg.data_dir {
             Some(d) => (d.clone(), None),
             None => {
@@ -527,6 +529,7 @@ impl SporeSystem {
             gossip: gossip.clone(),
             liveness: liveness.clone(),
             modes: modes.clone(),
+            fence,
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -1054,14 +1057,18 @@ impl SporeSystem {
     /// directory under `DATA_DIR/forks/` (nothing is dropped), starts again on an empty ledger
     /// with the same key, and joins the winning network through the winner's node, as a voter
     /// if it was one. The losing branch's valid events were re-proposed to the winner before
-    /// it recorded the resolution. Returns the path of the exported seed.
+    /// it recorded the resolution. Until the other members of the losing chain's Raft have
+    /// yielded and joined the winner too, their Raft requests are refused, so they cannot take
+    /// this node back into the losing chain (`schema/split-brain.md`). Returns the path of the
+    /// exported seed.
     #[tracing::instrument(skip(self))]
     pub async fn yield_to_winner(&mut self) -> Result<PathBuf, Error> {
         let plan = self.yield_plan()?.ok_or_else(|| Error::SplitBrain("this node has nothing to yield".into()))?;
-        let (was_voter, data_dir, ledger, key) = {
+        let (was_voter, data_dir, ledger, key, losing) = {
             let r = self.running()?;
             let st = self.status()?;
-            (st.voters.contains(&r.me.node), r.data_dir.clone(), r.ledger.clone(), r.key.clone())
+            let losing: Vec<NodeId> = st.voters.iter().chain(&st.learners).copied().filter(|n| *n != r.me.node).collect();
+            (st.voters.contains(&r.me.node), r.data_dir.clone(), r.ledger.clone(), r.key.clone(), losing)
         };
         let tag = format!("lost-{}-{}", plan.resolution.loser.fork_seq, plan.resolution.loser.first.hash.short());
         let forks_dir = data_dir.join("forks");
@@ -1083,13 +1090,30 @@ impl SporeSystem {
         std::fs::rename(&ledger_dir, &kept).map_err(io_err(&ledger_dir))?;
         tracing::warn!(seed = %seed_path.display(), ledger = %kept.display(), winner = %plan.winner_node.node.short(),
             "yielding to the split-brain winner: the losing chain is kept; joining the winner");
+        // The losing chain's Raft members that have not yielded yet must not take the
+        // restarted node back (see `resolve::YieldFence`).
+        self.fence.fence(losing);
         self.config = self.launched.take();
         self.start().await?;
         if let Some(r) = self.running.as_mut() {
             r._tempdir = tempdir;
         }
+        self.note_winner_members(&plan.winner_node).await;
         self.join(plan.winner_node.clone(), was_voter).await?;
         Ok(seed_path)
+    }
+
+    /// Asks the winner's node for its Raft membership, so that members of the losing chain
+    /// that already yielded and joined the winner are not refused. Best effort: if it does not
+    /// answer, the fence stays as it is.
+    async fn note_winner_members(&self, winner: &PeerNode) {
+        let Ok(r) = self.running() else { return };
+        match r.transport.call(winner, RpcRequest::Status, r.timeouts.rpc).await {
+            Ok(RpcResponse::Status(Ok(st))) => {
+                self.fence.winner_members(st.voters.into_iter().chain(st.learners).chain(std::iter::once(st.node)))
+            }
+            other => tracing::debug!(winner = %winner.node.short(), ?other, "the winner did not report its membership"),
+        }
     }
 
     /// The operational-mode transitions this node went through, oldest first, each with its
@@ -1341,6 +1365,7 @@ struct NodeService {
     gossip: Option<Arc<GossipService>>,
     liveness: Option<Arc<LivenessService>>,
     modes: SharedModes,
+    fence: Arc<crate::resolve::YieldFence>,
 }
 
 /// Whether `node` is in `raft`'s membership (voter or learner).
@@ -1697,6 +1722,18 @@ impl crate::net::RpcHandler for NodeService {
                         .map(|h| ChainPoint { seq: h.seq, hash: h.hash });
                     RpcResponse::ExportSeed(r)
                 })
+            }
+            RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) | RpcRequest::InstallSnapshot(_)
+                if self.fence.refuses(&from, || is_member(&self.raft, &from)) =>
+            {
+                tracing::debug!(peer = %from.short(), kind = req.kind(), "refused Raft traffic from the split-brain chain this node yielded away from");
+                use openraft::error::{Fatal, RaftError};
+                let resp = match req {
+                    RpcRequest::AppendEntries(_) => RpcResponse::AppendEntries(Err(RaftError::Fatal(Fatal::Stopped))),
+                    RpcRequest::Vote(_) => RpcResponse::Vote(Err(RaftError::Fatal(Fatal::Stopped))),
+                    _ => RpcResponse::InstallSnapshot(Err(RaftError::Fatal(Fatal::Stopped))),
+                };
+                Box::pin(async move { resp })
             }
             other => self.raft_service.handle(from, other),
         }

@@ -187,23 +187,25 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
         seen(&nodes[2]) && (seen(&nodes[0]) || seen(&nodes[1]))
     })
     .await;
-    // The losing side yields once the winner recorded the resolution.
+    // The losing side yields once the winner recorded the resolution; a follower before its
+    // old leader, which still runs the losing chain's Raft meanwhile and must not take the
+    // restarted follower back.
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut yielded = Vec::new();
     let mut kept_seeds = Vec::new();
     loop {
-        for (i, s) in nodes.iter_mut().enumerate() {
-            if !yielded.contains(&i) && s.yield_plan().expect("plan").is_some() {
-                kept_seeds.push(s.yield_to_winner().await.expect("yield"));
-                yielded.push(i);
-            }
+        let mut ready: Vec<usize> = (0..3).filter(|i| !yielded.contains(i) && nodes[*i].yield_plan().expect("plan").is_some()).collect();
+        ready.sort_by_key(|i| nodes[*i].status().is_ok_and(|st| st.raft_state == "Leader"));
+        if let Some(&i) = ready.first() {
+            kept_seeds.push(nodes[i].yield_to_winner().await.expect("yield"));
+            yielded.push(i);
         }
         let heads: Vec<_> = nodes.iter().map(|s| s.head().ok().flatten().map(|h| (h.seq, h.hash))).collect();
         let settled = nodes.iter().all(|s| s.status().is_ok_and(|st| st.forks == 0 && st.raft_member));
         if !yielded.is_empty() && settled && heads.iter().all(|h| h.is_some() && *h == heads[0]) {
             break;
         }
-        assert!(Instant::now() < deadline, "no convergence: heads {heads:?}, yielded {yielded:?}");
+        assert!(Instant::now() < deadline, "no convergence: heads {heads:?}, yielded {yielded:?}, status {:?}", nodes.iter().map(|s| s.status().map(|st| (st.forks, st.raft_member, st.raft_state, st.voters.len()))).collect::<Vec<_>>());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     yielded.sort();
