@@ -173,6 +173,15 @@ pub enum LedgerError {
         /// What was given.
         got: usize,
     },
+    /// The ledger's database is still open after its system was shut down: tasks of the
+    /// stopped system still hold it.
+    #[error("ledger {path} is still open {waited:?} after shutdown")]
+    StillOpen {
+        /// The ledger directory.
+        path: PathBuf,
+        /// How long shutdown waited for it to close.
+        waited: std::time::Duration,
+    },
     /// A chained range (from gossip) was refused as a whole; nothing of it was stored.
     #[error("range refused at seq {seq}: {reason}")]
     RangeRefused {

@@ -73,6 +73,53 @@ pub struct Conflict {
     pub reason: String,
 }
 
+/// After yielding, the Raft peers this node refuses: the members of the losing chain's Raft,
+/// as long as they are neither members of this node's own Raft nor of the winner's.
+///
+/// A node that yields starts again on an empty ledger at the same address, and its old
+/// group's members that have not yielded yet still run the losing chain's Raft with it in
+/// their membership. Their leader's heartbeats and appends (or a candidate's vote request,
+/// which an empty log grants) would make the fresh node a follower of the losing chain again:
+/// its ledger refilled with the losing branch, its join routed to the losing leader, the
+/// winner's leader fought over its log. Refusing them until they have yielded and joined the
+/// winner themselves (then they are members of this node's Raft) keeps it on the winner's.
+/// The losing members are also kept in the new ledger (`Ledger::refuse_branch`) and fenced
+/// again when the node restarts; the winner's members are learned in memory at the join.
+#[derive(Default)]
+pub(crate) struct YieldFence {
+    state: Mutex<FenceState>,
+}
+
+#[derive(Default)]
+struct FenceState {
+    /// Members of the losing chain's Raft when this node yielded.
+    losing: std::collections::BTreeSet<crate::core::types::NodeId>,
+    /// Members of the winner's Raft as its node reported them when this node joined.
+    winner: std::collections::BTreeSet<crate::core::types::NodeId>,
+}
+
+impl YieldFence {
+    /// Fences the losing chain's Raft members `losing` (this node yields away from them).
+    pub(crate) fn fence(&self, losing: impl IntoIterator<Item = crate::core::types::NodeId>) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.losing.extend(losing);
+        s.winner.clear();
+    }
+
+    /// The winner's Raft members as reported by its node: they are let through even if they
+    /// were on the losing side once (they yielded first and joined it).
+    pub(crate) fn winner_members(&self, members: impl IntoIterator<Item = crate::core::types::NodeId>) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).winner.extend(members);
+    }
+
+    /// Whether a Raft request from `from` is refused, given whether `from` is a member of this
+    /// node's Raft now.
+    pub(crate) fn refuses(&self, from: &crate::core::types::NodeId, member_here: impl FnOnce() -> bool) -> bool {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.losing.contains(from) && !s.winner.contains(from) && !member_here()
+    }
+}
+
 /// State shared between the resolver task and the system.
 #[derive(Default)]
 pub(crate) struct ResolverState {

@@ -303,7 +303,7 @@ impl SporeSystemBuilder {
     }
     /// Builds the (not yet started) system.
     pub fn build(self) -> SporeSystem {
-        SporeSystem { config: Some(self), launched: None, running: None }
+        SporeSystem { config: Some(self), launched: None, running: None, fence: Arc::default() }
     }
 }
 
@@ -348,6 +348,8 @@ pub struct SporeSystem {
     /// it again after yielding a split-brain.
     launched: Option<SporeSystemBuilder>,
     running: Option<Running>,
+    /// Raft peers refused after yielding a split-brain (kept across the yield's restart).
+    fence: Arc<crate::resolve::YieldFence>,
 }
 
 impl Default for SporeSystem {
@@ -388,7 +390,7 @@ impl SporeSystem {
             return Ok(());
         }
         let cfg = self.config.take().ok_or(Error::NotStarted)?;
-        match Self::launch(cfg.clone()).await {
+        match Self::launch(cfg.clone(), self.fence.clone()).await {
             Ok(r) => {
                 let mut launched = cfg;
                 launched.key = Some(r.key.clone());
@@ -397,11 +399,16 @@ impl SporeSystem {
                 self.running = Some(r);
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                // Keep the configuration: a start that failed (say, its port still in use) can
+                // be tried again.
+                self.config = Some(cfg);
+                Err(e)
+            }
         }
     }
 
-    async fn launch(cfg: SporeSystemBuilder) -> Result<Running, Error> {
+    async fn launch(cfg: SporeSystemBuilder, fence: Arc<crate::resolve::YieldFence>) -> Result<Running, Error> {
         let (data_dir, tempdir) = match &cfg.data_dir {
             Some(d) => (d.clone(), None),
             None => {
@@ -520,7 +527,12 @@ impl SporeSystem {
             );
         }
         let tier_views = Arc::new(crate::tiers::TierViews::default());
-        let refused_peers: std::collections::HashSet<NodeId> = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.refused_peers()?.into_iter().collect();
+        // A node that yielded a split-brain keeps refusing the losing cluster's Raft across
+        // restarts (the members are kept with the refused branch).
+        let refused_peers = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.refused_peers()?;
+        if !refused_peers.is_empty() {
+            fence.fence(refused_peers);
+        }
         tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
         late.set(Arc::new(NodeService {
             raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
@@ -532,7 +544,7 @@ impl SporeSystem {
             liveness: liveness.clone(),
             modes: modes.clone(),
             tier_views: tier_views.clone(),
-            refused_peers,
+            fence,
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -1105,7 +1117,10 @@ impl SporeSystem {
     /// from the winner's node among its peers. The losing branch's valid events were
     /// re-proposed to the winner before it recorded the resolution. A node that yields twice
     /// for one fork (a latent node that synced the losing chain again from a peer that had not
-    /// yielded yet) keeps each copy under its own name. Returns the path of the exported seed.
+    /// yielded yet) keeps each copy under its own name. Until the other members of the losing
+    /// chain's Raft have yielded and joined the winner too, their Raft requests are refused, so
+    /// they cannot take this node back into the losing chain (`schema/split-brain.md`).
+    /// Returns the path of the exported seed.
     #[tracing::instrument(skip(self))]
     pub async fn yield_to_winner(&mut self) -> Result<PathBuf, Error> {
         let plan = self.yield_plan()?.ok_or_else(|| Error::SplitBrain("this node has nothing to yield".into()))?;
@@ -1131,7 +1146,11 @@ impl SporeSystem {
             .map_err(|e| Error::SplitBrain(format!("seed export task: {e}")))??;
         // Keep the temporary dir (the embedded default) alive across the restart.
         let tempdir = self.running.as_mut().and_then(|r| r._tempdir.take());
-        self.shutdown().await?;
+        if let Err(e) = self.shutdown().await {
+            // Nothing was moved: the node can be started again as it was.
+            self.config = self.launched.take();
+            return Err(e);
+        }
         let ledger_dir = data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
         let kept = forks_dir.join(format!("{tag}.ledger"));
         std::fs::rename(&ledger_dir, &kept).map_err(io_err(&ledger_dir))?;
@@ -1143,6 +1162,9 @@ impl SporeSystem {
         }
         tracing::warn!(seed = %seed_path.display(), ledger = %kept.display(), winner = %plan.winner_node.node.short(),
             "yielding to the split-brain winner: the losing chain is kept; joining the winner");
+        // The losing chain's Raft members that have not yielded yet must not take the
+        // restarted node back (see `resolve::YieldFence`).
+        self.fence.fence(lost_cluster.iter().copied());
         self.config = self.launched.take();
         if let Some(c) = self.config.as_mut() {
             // A latent node syncs the winning chain by gossip: from the winner's node too.
@@ -1155,9 +1177,23 @@ impl SporeSystem {
             r._tempdir = tempdir;
         }
         if was_member {
+            self.note_winner_members(&plan.winner_node).await;
             self.join(plan.winner_node.clone(), was_voter).await?;
         }
         Ok(seed_path)
+    }
+
+    /// Asks the winner's node for its Raft membership, so that members of the losing chain
+    /// that already yielded and joined the winner are not refused. Best effort: if it does not
+    /// answer, the fence stays as it is.
+    async fn note_winner_members(&self, winner: &PeerNode) {
+        let Ok(r) = self.running() else { return };
+        match r.transport.call(winner, RpcRequest::Status, r.timeouts.rpc).await {
+            Ok(RpcResponse::Status(Ok(st))) => {
+                self.fence.winner_members(st.voters.into_iter().chain(st.learners).chain(std::iter::once(st.node)))
+            }
+            other => tracing::debug!(winner = %winner.node.short(), ?other, "the winner did not report its membership"),
+        }
     }
 
     /// The operational-mode transitions this node went through, oldest first, each with its
@@ -1218,8 +1254,14 @@ impl SporeSystem {
 
     /// Stops Raft, writes a projection checkpoint and syncs everything. Nothing acknowledged
     /// is lost (it was durable before it was acknowledged); this only makes restart faster.
+    /// Returns once the ledger's database is closed (its lock released): the data dir can then
+    /// be copied, moved or opened again. Tasks of the stopped system that still hold the
+    /// ledger (an unread [`Subscription`], say) delay that; after [`LEDGER_RELEASE_MAX`] it
+    /// fails with [`LedgerError::StillOpen`].
+    #[tracing::instrument(skip(self))]
     pub async fn shutdown(&mut self) -> Result<(), Error> {
         let Some(mut r) = self.running.take() else { return Ok(()) };
+        let ledger_dir = r.data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
         for t in r.tasks.drain(..) {
             t.abort();
         }
@@ -1234,7 +1276,12 @@ impl SporeSystem {
         })
         .await
         .map_err(raft_err)??;
-        tracing::info!(node = %r.me.node.short(), "spore system stopped");
+        let node = r.me.node;
+        // Aborted tasks let go of the ledger as the runtime drops them; the database closes
+        // with its last handle.
+        drop(r);
+        wait_until_closed(&ledger_dir, LEDGER_RELEASE_MAX).await?;
+        tracing::info!(node = %node.short(), "spore system stopped");
         Ok(())
     }
 
@@ -1247,6 +1294,36 @@ impl SporeSystem {
     /// The Raft handle (advanced use and tests).
     pub fn raft(&self) -> Result<Raft, Error> {
         Ok(self.running()?.raft.clone())
+    }
+}
+
+/// Longest [`SporeSystem::shutdown`] waits for the stopped system's tasks to let go of the
+/// ledger.
+pub const LEDGER_RELEASE_MAX: Duration = Duration::from_secs(10);
+
+/// Waits until no open database holds the ledger at `dir` (fjall's lock file can be locked),
+/// at most `patience`. A ledger without a lock file (never opened, or a removed temporary
+/// dir) is closed.
+async fn wait_until_closed(dir: &Path, patience: Duration) -> Result<(), Error> {
+    // fjall's lock file (`fjall::file::LOCK_FILE`, not exported), held while a database is open.
+    let lock = dir.join("lock");
+    let started = Instant::now();
+    loop {
+        let file = match std::fs::OpenOptions::new().read(true).write(true).open(&lock) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(LedgerError::Io { path: lock, source }.into()),
+        };
+        match file.try_lock() {
+            // Dropping the file releases the lock at once.
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(source)) => return Err(LedgerError::Io { path: lock, source }.into()),
+        }
+        if started.elapsed() >= patience {
+            return Err(LedgerError::StillOpen { path: dir.to_path_buf(), waited: started.elapsed() }.into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -1422,8 +1499,7 @@ struct NodeService {
     liveness: Option<Arc<LivenessService>>,
     modes: SharedModes,
     tier_views: Arc<crate::tiers::TierViews>,
-    /// Members of the Raft cluster this node yielded (see `Ledger::refuse_branch`).
-    refused_peers: std::collections::HashSet<NodeId>,
+    fence: Arc<crate::resolve::YieldFence>,
 }
 
 /// Whether `node` is in `raft`'s membership (voter or learner).
@@ -1788,16 +1864,14 @@ impl crate::net::RpcHandler for NodeService {
                 })
             }
             RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) | RpcRequest::InstallSnapshot(_)
-                if self.refused_peers.contains(&from) && !is_member(&self.raft, &from) =>
+                if self.fence.refuses(&from, || is_member(&self.raft, &from)) =>
             {
-                // A member of the cluster this node left after losing a split-brain, not (yet)
-                // in its new cluster: answering would pull this node back into the lost one.
-                tracing::debug!(peer = %from.short(), kind = req.kind(), "refused Raft traffic from the cluster this node yielded");
-                let stopped = || openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped);
+                tracing::debug!(peer = %from.short(), kind = req.kind(), "refused Raft traffic from the split-brain chain this node yielded away from");
+                use openraft::error::{Fatal, RaftError};
                 let resp = match req {
-                    RpcRequest::AppendEntries(_) => RpcResponse::AppendEntries(Err(stopped())),
-                    RpcRequest::Vote(_) => RpcResponse::Vote(Err(stopped())),
-                    _ => RpcResponse::InstallSnapshot(Err(openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped))),
+                    RpcRequest::AppendEntries(_) => RpcResponse::AppendEntries(Err(RaftError::Fatal(Fatal::Stopped))),
+                    RpcRequest::Vote(_) => RpcResponse::Vote(Err(RaftError::Fatal(Fatal::Stopped))),
+                    _ => RpcResponse::InstallSnapshot(Err(RaftError::Fatal(Fatal::Stopped))),
                 };
                 Box::pin(async move { resp })
             }

@@ -592,16 +592,21 @@ impl GossipService {
         if evidence.check().is_err() {
             return false;
         }
-        let (empty, mine) = match self.ledger.read() {
-            Ok(l) => (l.head().is_none(), l.get(evidence.seq()).ok().flatten().map(|e| e.hash)),
+        let mine = match self.ledger.read() {
+            Ok(l) => l.get(evidence.seq()).ok().flatten().map(|e| e.hash),
             Err(_) => return false,
         };
-        if empty {
-            // A node with no chain yet is on neither side; it learns of forks once it has one.
+        let Some(mine) = mine else {
+            // A node whose chain does not reach the fork (no chain yet, or a shorter one, as a
+            // node that just yielded a split-brain and is catching up) is on neither side yet:
+            // which event is ours is unknown, and a guess stored now would name our own event
+            // as the other chain's once the chain grows, sending the resolver after a fork
+            // between our chain and itself for good. It learns of the fork again once its
+            // chain reaches it, if it is still unsettled.
             return true;
-        }
+        };
         let mut e = evidence.clone();
-        if mine == Some(e.theirs.hash) || (mine.is_none() && e.theirs.hash.as_bytes() < e.ours.hash.as_bytes()) {
+        if mine == e.theirs.hash {
             std::mem::swap(&mut e.ours, &mut e.theirs);
         }
         if self.fingerprint_is_other(&e) || !self.record_fork(&e) {

@@ -5,7 +5,8 @@
 //! * **One endpoint per node.** [`QuicBackend::bind`](NetworkBackend::bind) binds one UDP
 //!   socket (`PeerNode.addr` as `host:port`, port 0 allowed) that serves incoming connections
 //!   and dials outgoing ones. The returned [`Binding`] carries the actual bound address; closing
-//!   it closes the endpoint and stops the server task.
+//!   it closes the endpoint, stops the server task and frees the port within
+//!   [`QuicConfig::close_grace`], even while quinn still drains connections (`socket`).
 //! * **Identity = the node key.** There are no certificates: each side presents its ed25519
 //!   key as an RFC 7250 raw public key ([`tls`]). The caller pins the key it expects
 //!   (`PeerNode.node`); the server requires a client key. Right after the handshake, when the
@@ -42,12 +43,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use self::socket::ReleasableSocket;
+
 use super::{Binding, BoxFuture, NetworkBackend, RpcHandler, RpcRequest, RpcResponse, SharedTransport, Transport, TransportError};
 use crate::core::keys::NodeKey;
 use crate::core::limits::RECORD_BYTES_MAX;
 use crate::core::types::NodeId;
 use crate::raft::PeerNode;
 
+mod socket;
 pub mod tls;
 
 /// ALPN of the Raft / client-forwarding protocol ([`RpcRequest`] → [`RpcResponse`]).
@@ -210,8 +214,14 @@ pub struct QuicConfig {
     /// Deadline for writing a response frame.
     pub response_write_deadline: Duration,
     /// How long `bind` retries an address that is still in use (a node restarting in the same
-    /// process on its previous port waits for the old socket to drain).
+    /// process on its previous port waits for the old endpoint to release its socket).
     pub bind_patience: Duration,
+    /// How long a closed endpoint keeps its UDP socket so that its connections can send their
+    /// close frames. The socket is released after this, or as soon as every connection has
+    /// drained if that comes first — never later, however long quinn still drains a
+    /// connection (a handshake that got no answer drains for about 3 s). Zero releases it
+    /// when the binding is closed.
+    pub close_grace: Duration,
 }
 
 impl Default for QuicConfig {
@@ -225,6 +235,7 @@ impl Default for QuicConfig {
             request_read_deadline: Duration::from_secs(10),
             response_write_deadline: Duration::from_secs(10),
             bind_patience: Duration::from_secs(5),
+            close_grace: Duration::from_millis(250),
         }
     }
 }
@@ -270,7 +281,8 @@ impl QuicBackend {
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ResetKey::derive(&self.key)));
         endpoint_config.cid_generator(|| Box::new(RandomCids));
         let runtime = quinn::default_runtime().ok_or_else(|| bind_err(addr, "no async runtime"))?;
-        let endpoint = Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(|e| bind_err(addr, e))?;
+        let socket = Arc::new(ReleasableSocket::new(runtime.wrap_udp_socket(socket).map_err(|e| bind_err(addr, e))?).map_err(|e| bind_err(addr, e))?);
+        let endpoint = Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket.clone(), runtime).map_err(|e| bind_err(addr, e))?;
         let local = endpoint.local_addr().map_err(|e| bind_err(addr, e))?;
 
         let shared = Arc::new(Shared {
@@ -281,6 +293,8 @@ impl QuicBackend {
             swim: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             local,
+            socket,
+            close_grace: self.config.close_grace,
         });
         let span = tracing::info_span!("quic_endpoint", node = %identity.me.short(), %local);
         let server_task = tokio::spawn(
@@ -748,6 +762,9 @@ struct Shared {
     swim: Mutex<HashMap<NodeId, Cached>>,
     closed: AtomicBool,
     local: SocketAddr,
+    /// The endpoint's socket, released on close (see [`QuicConfig::close_grace`]).
+    socket: Arc<ReleasableSocket>,
+    close_grace: Duration,
 }
 
 impl Shared {
@@ -759,6 +776,19 @@ impl Shared {
         self.closed.store(true, Ordering::SeqCst);
         self.endpoint.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
         self.peers().clear();
+        self.swim.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        // Free the port without waiting for quinn to drain every connection: a node restarting
+        // in this process binds it again.
+        let (socket, endpoint, grace) = (self.socket.clone(), self.endpoint.clone(), self.close_grace);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if !grace.is_zero() => {
+                rt.spawn(async move {
+                    let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
+                    socket.release();
+                });
+            }
+            _ => socket.release(),
+        }
         tracing::info!(node = %self.identity.me.short(), local = %self.local, "QUIC endpoint closed");
     }
 

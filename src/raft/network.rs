@@ -62,6 +62,12 @@ impl PeerClient {
     }
 
     fn remote<E: std::error::Error>(&self, e: RaftError<u64, E>) -> RPCError<u64, PeerNode, RaftError<u64, E>> {
+        // A peer whose Raft is stopped — or that refuses this node's Raft traffic, as a node
+        // that yielded a split-brain refuses the losing chain's members — is out of reach:
+        // openraft backs off instead of retrying (and logging) at every heartbeat.
+        if matches!(e, RaftError::Fatal(openraft::error::Fatal::Stopped)) {
+            return transport_err(TransportError::Unreachable(format!("{} (its Raft is stopped for this node)", self.node.addr)));
+        }
         RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))
     }
 

@@ -748,6 +748,44 @@ mod runner {
         assert!(svc.candidates().iter().all(|p| p.node != bad), "a banned peer is not contacted");
     }
 
+    /// Fork evidence a peer relays is kept only by a node whose chain reaches the fork, oriented
+    /// so that `ours` is its own event. A node whose chain is shorter (one that just yielded a
+    /// split-brain and is catching up) keeps nothing: a guess at which side is its own would
+    /// be wrong half the time, and its resolver would then chase a fork between its chain and
+    /// itself once the chain grows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relayed_fork_evidence_is_kept_only_by_a_node_that_holds_one_side() {
+        let (events, synth) = synth_events(0xf0c, 200);
+        let tmp = tempfile::tempdir().unwrap();
+        let full = ledger_with(&tmp.path().join("relay"), &events);
+        let honest = full.read_range(0, 199).unwrap();
+        // Another valid event at seq 150 (same author, another time), linked to seq 149.
+        let e = &honest[150].event;
+        let author = synth.keys().iter().find(|k| k.node_id() == e.author).unwrap().clone();
+        let other = ChainedEvent::link(150, honest[149].hash, SignedEvent::sign(&author, e.fingerprint, mycnet_spores::Timestamp(e.timestamp.0 + 1), e.body.clone()));
+        // The relaying peer stored it from the other side's point of view.
+        let evidence = ForkEvidence { ours: other.clone(), theirs: honest[150].clone() };
+        assert_eq!(evidence.check(), Ok(()));
+        assert!(mycnet_spores::store::forks::record(&full, &evidence).unwrap());
+        let relay = service(20, Arc::new(RwLock::new(full)), false, GossipConfig::default());
+        let unresolved = |l: &Arc<RwLock<Ledger>>| mycnet_spores::store::forks::unresolved(&l.read().unwrap()).unwrap();
+
+        // A member whose chain ends at seq 99: nothing kept.
+        let short = Arc::new(RwLock::new(ledger_with(&tmp.path().join("short"), &events[..100])));
+        let s = service(21, short.clone(), false, GossipConfig::default());
+        run_pair(&s, 21, &relay, 20).await;
+        assert_eq!(short.read().unwrap().head().map(|h| h.seq), Some(99), "a member does not pull by gossip");
+        assert!(unresolved(&short).is_empty(), "evidence beyond our head is not kept");
+
+        // A member that holds seq 150: kept, with its own event as `ours`.
+        let long = Arc::new(RwLock::new(ledger_with(&tmp.path().join("long"), &events)));
+        let l = service(22, long.clone(), false, GossipConfig::default());
+        run_pair(&l, 22, &relay, 20).await;
+        let kept = unresolved(&long);
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].ours.hash, kept[0].theirs.hash), (honest[150].hash, other.hash), "oriented to our chain");
+    }
+
     /// An oversized length prefix and a frame cut short are violations, read without
     /// allocating what the prefix promises.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,4 +14,5 @@ mod latent;
 mod latent_quic;
 mod partition_heal;
 mod split_brain;
+mod split_brain_quic;
 mod tiers;

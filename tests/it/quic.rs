@@ -319,6 +319,52 @@ async fn quic_closed_binding_stops_serving_and_frees_its_port() {
     assert_eq!(read_index(&client, &peer, T).await.expect("restarted"), Some(710));
 }
 
+/// A closed endpoint frees its port even while quinn still drains a connection: here a
+/// handshake to a peer that never answers, abandoned by its caller, which quinn drains for
+/// about 3 s. A node restarting in the same process (a split-brain loser yielding) binds the
+/// port again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_a_closed_endpoint_frees_its_port_while_a_handshake_still_drains() {
+    trace();
+    let key = NodeKey::from_seed([75; 32]);
+    let backend = QuicBackend::new(key.clone(), Admission::allow_all()).with_config(QuicConfig { close_grace: Duration::ZERO, ..QuicConfig::default() });
+    let (_, mut binding) = backend.bind_quic("127.0.0.1:0", Echo::new(75, Duration::ZERO)).await.expect("bind");
+    let addr = binding.addr.clone();
+    // A peer that swallows every datagram.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("silent socket");
+    let to = PeerNode { node: NodeKey::from_seed([76; 32]).node_id(), addr: silent.local_addr().expect("addr").to_string() };
+    let err = binding.transport.call(&to, RpcRequest::ReadIndex, Duration::from_millis(200)).await.expect_err("nobody answers");
+    assert!(matches!(err, TransportError::Unreachable(_) | TransportError::Timeout { .. }), "{err:?}");
+    binding.close();
+    let again = std::net::UdpSocket::bind(addr.as_str());
+    assert!(again.is_ok(), "the port is free once the binding is closed: {again:?}");
+    drop(again);
+    // A new incarnation on the same port serves as usual.
+    let (_, rebound) = backend.bind_quic(&addr, Echo::new(77, Duration::ZERO)).await.expect("rebind");
+    let client = node(78, Admission::allow_all(), Duration::ZERO).await;
+    let peer = PeerNode { node: key.node_id(), addr: rebound.addr.clone() };
+    assert_eq!(read_index(&client, &peer, T).await.expect("call"), Some(77));
+}
+
+/// A start that fails (its port is taken) keeps the configuration: once the port is free,
+/// starting again works, on the same data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_a_failed_start_can_be_retried() {
+    trace();
+    let root = tempfile::tempdir().expect("tempdir");
+    let key = NodeKey::from_seed([79; 32]);
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("take a port");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let backend = QuicBackend::new(key.clone(), Admission::allow_all()).with_config(QuicConfig { bind_patience: Duration::ZERO, ..QuicConfig::default() });
+    let mut s = SporeSystem::builder().data_dir(root.path()).key(key).addr(addr.as_str()).network(Arc::new(backend)).build();
+    let err = s.start().await.expect_err("the port is taken");
+    assert!(matches!(err, mycnet_spores::Error::Transport(TransportError::Unreachable(_))), "{err:?}");
+    drop(taken);
+    s.start().await.expect("started on the second try");
+    assert_eq!(s.peer().expect("peer").addr, addr);
+    s.shutdown().await.expect("shutdown");
+}
+
 /// A server with custom limits, bound through `bind_quic`.
 async fn limited_server(seed: u8, config: QuicConfig, delay: Duration) -> (PeerNode, Binding, Arc<Echo>) {
     let key = NodeKey::from_seed([seed; 32]);
@@ -621,6 +667,27 @@ async fn quic_three_voters_replicate_and_survive_a_leader_restart() {
         if let Some(mut s) = v.system.take() {
             s.shutdown().await.expect("shutdown");
         }
+    }
+}
+
+/// `shutdown` returns with the ledger closed: fjall's lock is held while the node runs and
+/// free the moment shutdown returns, so the data dir can be copied or moved (a split-brain
+/// loser moves its ledger away right after shutting down) or opened again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_shutdown_returns_with_the_ledger_closed() {
+    trace();
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut voters = form_quic_cluster(root.path(), 115, 0x9_0003).await;
+    voters[0].system.as_ref().expect("n0").register_service("dns", vec![], vec!["dns".into()], vec![]).await.expect("write");
+    converged(&voters, Duration::from_secs(5)).await;
+    let try_lock = |dir: &std::path::Path| {
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("ledger").join("lock")).expect("fjall's lock file");
+        f.try_lock()
+    };
+    for v in voters.iter_mut() {
+        assert!(matches!(try_lock(&v.dir), Err(std::fs::TryLockError::WouldBlock)), "held while running");
+        v.system.take().expect("running").shutdown().await.expect("shutdown");
+        assert!(try_lock(&v.dir).is_ok(), "released when shutdown returns");
     }
 }
 

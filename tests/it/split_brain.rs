@@ -179,3 +179,94 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
         s.shutdown().await.expect("shutdown");
     }
 }
+
+/// Two groups of two voters each form a primary from one seed, write, and heal. On the losing
+/// side a follower yields first while its old leader still runs the losing chain's Raft: the
+/// old leader must not win the restarted follower back (its heartbeats, appends or votes would
+/// re-fill the fresh ledger with the losing chain and fight the winner's leader over it). The
+/// follower joins the winner and holds the winning chain; then its old leader yields too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let mut old = Cluster::form(4, 0x5b3).await;
+    let leader = old.leader(Duration::from_secs(5)).await.expect("leader");
+    for i in 0..3 {
+        old.sys(leader).register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![]).await.expect("write");
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let seed = root.path().join("net.seed");
+    let seed_head = old.sys(leader).export_seed(&seed, true).await.expect("export");
+    let keys: Vec<NodeKey> = old.members.iter().map(|m| m.key.clone()).collect();
+    let addrs: Vec<String> = old.members.iter().map(|m| m.addr.clone()).collect();
+    for i in 0..4 {
+        old.crash(i).await;
+    }
+
+    // Groups {n0, n1} and {n2, n3}, cut off from each other, each forms from the seed.
+    let net = InProcNetwork::new(0x5b4);
+    net.enable_gossip();
+    net.partition(&[&addrs[0], &addrs[1]], &[&addrs[2], &addrs[3]]);
+    let mut nodes: Vec<SporeSystem> = (0..4).map(|i| node(&net, root.path().join(format!("n{i}")), &keys[i], &addrs[i])).collect();
+    for s in nodes.iter_mut() {
+        s.start().await.expect("start");
+    }
+    for (founder, second) in [(0, 1), (2, 3)] {
+        nodes[founder].form_from_seed(&seed, VerifyPolicy::default()).await.expect("a group forms");
+        let via = nodes[founder].peer().expect("peer");
+        nodes[second].join(via, true).await.expect("its second voter joins");
+    }
+    nodes[1].register_service("a-side", vec![], vec!["a".into()], vec![]).await.expect("A write");
+    nodes[3].register_service("b-side", vec![], vec!["b".into()], vec![]).await.expect("B write");
+    wait_until("both branches are anchored after the fork", Duration::from_secs(10), || {
+        nodes.iter().all(|s| s.status().is_ok_and(|st| st.anchor.is_some_and(|a| a.seq > seed_head.seq)))
+    })
+    .await;
+
+    net.heal();
+    // Whichever group lost: its follower yields as soon as it may, its leader waits.
+    let group_of = |i: usize| if i < 2 { [0, 1] } else { [2, 3] };
+    let follower = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = (0..4).find(|&i| {
+                nodes[i].yield_plan().is_ok_and(|p| p.is_some())
+                    && group_of(i).iter().any(|&j| j != i && nodes[j].status().is_ok_and(|st| st.raft_state == "Leader"))
+            });
+            if let Some(i) = ready {
+                break i;
+            }
+            assert!(Instant::now() < deadline, "no loser follower ready to yield");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let old_leader = group_of(follower).into_iter().find(|&j| j != follower).expect("the other member of its group");
+    let winners: Vec<usize> = (0..4).filter(|i| !group_of(follower).contains(i)).collect();
+    let kept = nodes[follower].yield_to_winner().await.expect("the follower yields and joins the winner");
+    assert!(kept.exists());
+    // It holds the winning chain, not the losing one its old leader still serves.
+    wait_until("the yielded follower holds the winner's head", Duration::from_secs(20), || {
+        let w = nodes[winners[0]].head().ok().flatten();
+        w.is_some() && nodes[follower].head().ok().flatten() == w
+    })
+    .await;
+    wait_until("the yielded follower is a voter of the winner", Duration::from_secs(10), || {
+        nodes[follower].status().is_ok_and(|st| st.voters.contains(&keys[follower].node_id()) && st.voters.len() == 3)
+    })
+    .await;
+    assert_eq!(nodes[follower].services_by_name("a-side").expect("query").len(), 1);
+    assert_eq!(nodes[follower].services_by_name("b-side").expect("query").len(), 1);
+    assert_ne!(nodes[old_leader].head().expect("head"), nodes[follower].head().expect("head"), "the old leader is still on the losing chain");
+
+    // The old leader yields too; everybody ends on one head, in one membership of four.
+    wait_until("the old leader's plan", Duration::from_secs(20), || nodes[old_leader].yield_plan().is_ok_and(|p| p.is_some())).await;
+    nodes[old_leader].yield_to_winner().await.expect("the old leader yields");
+    wait_until("one head everywhere", Duration::from_secs(20), || {
+        let heads: Vec<_> = nodes.iter().map(|s| s.head().ok().flatten()).collect();
+        heads[0].is_some() && heads.iter().all(|h| *h == heads[0])
+            && nodes.iter().all(|s| s.status().is_ok_and(|st| st.forks == 0 && st.voters.len() == 4))
+    })
+    .await;
+    for mut s in nodes {
+        s.shutdown().await.expect("shutdown");
+    }
+}

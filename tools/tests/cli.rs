@@ -656,3 +656,101 @@ fn the_demo_runs_and_verifies_every_node() {
     assert_eq!(run(&["seed", "import", "--data-dir", path(&fresh), path(&damaged)]).status.code(), Some(1));
     assert!(!fresh.join("ledger").exists(), "nothing created for a seed that does not verify");
 }
+
+// ---------------------------------------------------------------------------------------------
+// `spore diff` on the data dirs of a split brain over QUIC
+
+/// Two groups of a network formed from one seed over QUIC on loopback, cut apart by admission
+/// (each side admits only its own keys), each writing on its own primary: `spore diff` on one
+/// data dir of each names the exact fork — the seq right after the seed's head — and each
+/// side's services.
+#[test]
+fn diff_names_the_fork_of_a_split_brain_over_quic() {
+    use std::sync::Arc;
+
+    use mycnet_spores::net::quic::{Admission, QuicBackend};
+    use mycnet_spores::seed::VerifyPolicy;
+    use mycnet_spores::system::AnchorPolicy;
+    use mycnet_spores::{NetworkIdentity, NodeKey, SporeSystem, Timeouts};
+
+    fn node(key: &NodeKey, dir: &Path, addr: &str, admission: Admission) -> SporeSystem {
+        let timeouts = Timeouts {
+            heartbeat: Duration::from_millis(50),
+            election_min: Duration::from_millis(200),
+            election_max: Duration::from_millis(400),
+            write: Duration::from_secs(10),
+            rpc: Duration::from_secs(1),
+            ..Timeouts::default()
+        };
+        SporeSystem::builder()
+            .data_dir(dir)
+            .key(key.clone())
+            .addr(addr)
+            .network(Arc::new(QuicBackend::new(key.clone(), admission)))
+            .timeouts(timeouts)
+            .anchors(AnchorPolicy { every_events: 4, every: Duration::from_millis(200) })
+            .build()
+    }
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let keys: Vec<NodeKey> = (0..3u8).map(|i| NodeKey::from_seed([60 + i; 32])).collect();
+    let seed = root.path().join("net.seed");
+    let seed_head = rt.block_on(async {
+        // Three voters write and export a seed with every event, then stop.
+        let mut old = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let mut s = node(k, &root.path().join(format!("old{i}")), "127.0.0.1:0", Admission::allow_all());
+            s.start().await.expect("start");
+            old.push(s);
+        }
+        let identity = NetworkIdentity { network_id: uuid::Uuid::from_u128(0xd1ff), network_name: "split-diff".into(), genesis_timestamp: chrono::Utc::now() };
+        old[0].initialize(identity).await.expect("initialize");
+        for i in 1..3 {
+            let (ann, peer) = (old[i].announcement().expect("announcement"), old[i].peer().expect("peer"));
+            old[0].admit(ann).await.expect("admit");
+            old[0].add_member(peer, true).await.expect("add voter");
+        }
+        for i in 0..3 {
+            old[0].register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![]).await.expect("write");
+        }
+        let head = old[0].export_seed(&seed, true).await.expect("export");
+        let addrs: Vec<String> = old.iter().map(|s| s.peer().expect("peer").addr).collect();
+        for s in &mut old {
+            s.shutdown().await.expect("shutdown");
+        }
+        // Group A (n0, n1) and group B (n2) admit only their own keys; each forms from the seed.
+        let a = Admission::only([keys[0].node_id(), keys[1].node_id()]);
+        let b = Admission::only([keys[2].node_id()]);
+        let mut n: Vec<SporeSystem> = (0..3)
+            .map(|i| node(&keys[i], &root.path().join(format!("n{i}")), &addrs[i], if i < 2 { a.clone() } else { b.clone() }))
+            .collect();
+        for s in &mut n {
+            s.start().await.expect("start");
+        }
+        n[0].form_from_seed(&seed, VerifyPolicy::default()).await.expect("A forms");
+        let via = n[0].peer().expect("peer");
+        n[1].join(via, true).await.expect("A's second voter");
+        n[2].form_from_seed(&seed, VerifyPolicy::default()).await.expect("B forms");
+        n[1].register_service("a-side", vec![], vec!["a".into()], vec![]).await.expect("A write");
+        n[2].register_service("b-side", vec![], vec!["b".into()], vec![]).await.expect("B write");
+        for s in &mut n {
+            s.shutdown().await.expect("shutdown");
+        }
+        head
+    });
+    drop(rt);
+
+    let out = run(&["diff", path(&root.path().join("n1")), path(&root.path().join("n2")), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = json(&out);
+    assert_eq!(d["fork"]["relation"], "diverged", "{d}");
+    assert_eq!(d["fork"]["first_diverging_seq"], seed_head.seq + 1, "{d}");
+    assert_eq!(d["fork"]["last_common"]["seq"], seed_head.seq);
+    assert_eq!(d["fork"]["last_common"]["hash"], serde_json::to_value(seed_head.hash).expect("hash"));
+    let names = |side: &str| -> Vec<String> {
+        d["entities"]["services"][side].as_array().expect("services").iter().map(|s| s["service"]["name"].as_str().expect("name").to_string()).collect()
+    };
+    assert_eq!(names("only_in_a"), vec!["a-side".to_string()]);
+    assert_eq!(names("only_in_b"), vec!["b-side".to_string()]);
+}
