@@ -337,11 +337,18 @@ impl Resolver {
             return Ok(()); // The leader re-proposes and records.
         }
         let present: HashSet<EventId> = ours.iter().map(|e| EventId::of(&e.event)).collect();
-        let (mut adopted, mut conflicts) = (0u64, Vec::new());
+        let (mut adopted, mut conflicts, mut stale_liveness) = (0u64, Vec::new(), 0u64);
         for ev in theirs {
             if matches!(ev.event.body, EventBody::Checkpoint { .. } | EventBody::SplitBrainResolved(_) | EventBody::Genesis { .. })
                 || present.contains(&EventId::of(&ev.event))
             {
+                continue;
+            }
+            // Liveness transitions say who the losing side could reach while cut off — the
+            // winner's own nodes among them. Folded in, they would mark reachable nodes
+            // offline; the winner's SWIM commits what holds now.
+            if matches!(ev.event.body, EventBody::NodeWentOffline { .. } | EventBody::NodeBackOnline { .. }) {
+                stale_liveness += 1;
                 continue;
             }
             match self.proposer.propose(ev.event.clone()).await.map_err(|e| Error::Raft(e.to_string()))? {
@@ -376,18 +383,18 @@ impl Resolver {
             SporeResponse::Applied(p) => p,
             other => return Err(Error::SplitBrain(format!("the resolution event was not committed: {other:?}"))),
         };
-        self.write_report(res, adopted, &conflicts, at)?;
+        self.write_report(res, adopted, &conflicts, stale_liveness, at)?;
         tracing::warn!(fork, adopted, conflicts = conflicts.len(), at = at.seq, "split-brain resolved: the losing branch is folded in");
         self.mark_settled(evidence, res, Some(at), theirs)
     }
 
-    fn write_report(&self, res: &Resolution, adopted: u64, conflicts: &[Conflict], at: ChainPoint) -> Result<(), Error> {
+    fn write_report(&self, res: &Resolution, adopted: u64, conflicts: &[Conflict], stale_liveness: u64, at: ChainPoint) -> Result<(), Error> {
         let dir = self.data_dir.join("forks");
         std::fs::create_dir_all(&dir).map_err(|e| Error::Ledger(crate::error::LedgerError::Io { path: dir.clone(), source: e }))?;
         let path = dir.join(format!("resolution-{}-{}.json", res.winner.fork_seq, res.loser.first.hash.short()));
         let report = serde_json::json!({
             "fork_seq": res.winner.fork_seq, "decided_by": res.decided_by, "winner": res.winner, "loser": res.loser,
-            "adopted": adopted, "conflicts": conflicts, "recorded_at": at,
+            "adopted": adopted, "conflicts": conflicts, "skipped_liveness_transitions": stale_liveness, "recorded_at": at,
         });
         let bytes = serde_json::to_vec_pretty(&report).map_err(|e| Error::SplitBrain(e.to_string()))?;
         std::fs::write(&path, bytes).map_err(|e| Error::Ledger(crate::error::LedgerError::Io { path, source: e }))
