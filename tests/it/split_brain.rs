@@ -98,6 +98,11 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     let gone = services[0].service.service_id;
     nodes[0].deregister_service(gone, "removed on side A").await.expect("A deregisters");
     nodes[2].deregister_service(gone, "removed on side B").await.expect("B deregisters");
+    // Each side commits that it lost sight of the other's voter, as its SWIM would while
+    // cut off. The loser's view must not be folded into the winner.
+    let ids: Vec<_> = nodes.iter().map(|s| s.node_id().expect("id")).collect();
+    nodes[0].mark_offline(ids[2], mycnet_spores::Timestamp::now()).await.expect("A marks B's voter offline");
+    nodes[2].mark_offline(ids[0], mycnet_spores::Timestamp::now()).await.expect("B marks A's voter offline");
     // Anchors on both sides make both branches Primary.
     tokio::time::sleep(Duration::from_millis(600)).await;
     wait_until("the latent node holds B's chain", Duration::from_secs(20), || {
@@ -171,6 +176,22 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     assert_eq!(conflicts, 2, "the second deregistration of one service and the second admission of the latent node conflict");
     let loser = if yielded == vec![2, 3] { 2 } else { 0 };
     assert_eq!(loser_head_seq, pre_heal[loser].seq, "the resolution names the losing chain's head");
+    // The loser's "the winner's voter went offline" was not re-proposed: on every node the
+    // winning side's voter is still active; the report counts the skipped transition.
+    let winner = 2 - loser;
+    for s in &nodes {
+        let rec = s.node(&ids[winner]).expect("query").expect("registered");
+        assert_eq!(rec.status, mycnet_spores::NodeStatus::Active, "the loser's liveness view is not folded in");
+    }
+    let report = (0..3)
+        .filter_map(|i| std::fs::read_dir(root.path().join(format!("n{i}")).join("forks")).ok())
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("resolution-")))
+        .expect("the winner's leader wrote a resolution report");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).expect("read report")).expect("json");
+    assert_eq!(report["skipped_liveness_transitions"], 1, "{report}");
+    assert_eq!(report["conflicts"].as_array().map(|c| c.len()), Some(2), "{report}");
     for s in &nodes {
         let st = s.status().expect("status");
         assert_ne!(st.mode, OperationalMode::SplitBrainResolution, "every fork settled");
