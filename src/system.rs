@@ -1210,7 +1210,9 @@ impl SporeSystem {
     pub fn subscribe(&self, from_seq: u64) -> Result<Subscription, Error> {
         let r = self.running()?;
         let (tx, rx) = mpsc::channel(1024);
-        let ledger = r.ledger.clone();
+        // Weak: a subscription nobody reads must not keep the ledger (and its database lock)
+        // alive after the system shut down.
+        let ledger = Arc::downgrade(&r.ledger);
         let mut head_rx = r.head_rx.clone();
         tokio::spawn(async move {
             let mut next = from_seq;
@@ -1218,7 +1220,8 @@ impl SporeSystem {
                 let head = *head_rx.borrow_and_update();
                 if let Some(h) = head.filter(|h| *h >= next) {
                     let to = h.min(next + crate::core::limits::REPLAY_CHUNK_EVENTS as u64 - 1);
-                    let l2 = ledger.clone();
+                    // The system shut down: the subscription ends after what it delivered.
+                    let Some(l2) = ledger.upgrade() else { return };
                     let page = tokio::task::spawn_blocking(move || match l2.read() {
                         Ok(l) => l.read_range(next, to).map_err(Error::from),
                         Err(_) => Err(Error::Raft("ledger lock poisoned".into())),
@@ -1255,9 +1258,9 @@ impl SporeSystem {
     /// Stops Raft, writes a projection checkpoint and syncs everything. Nothing acknowledged
     /// is lost (it was durable before it was acknowledged); this only makes restart faster.
     /// Returns once the ledger's database is closed (its lock released): the data dir can then
-    /// be copied, moved or opened again. Tasks of the stopped system that still hold the
-    /// ledger (an unread [`Subscription`], say) delay that; after [`LEDGER_RELEASE_MAX`] it
-    /// fails with [`LedgerError::StillOpen`].
+    /// be copied, moved or opened again (a [`Subscription`] does not keep it open; it ends).
+    /// Tasks of the stopped system that still hold the ledger delay that; after
+    /// [`LEDGER_RELEASE_MAX`] it fails with [`LedgerError::StillOpen`].
     #[tracing::instrument(skip(self))]
     pub async fn shutdown(&mut self) -> Result<(), Error> {
         let Some(mut r) = self.running.take() else { return Ok(()) };

@@ -204,6 +204,39 @@ async fn subscribe_resumes_after_restart_without_gaps_or_duplicates() {
     assert_eq!(a, b);
 }
 
+/// A subscriber that stops reading (its channel full, the feeding task blocked on it) does
+/// not keep the ledger's database open: shutdown still releases it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_subscription_does_not_hold_the_ledger_past_shutdown() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("n");
+    let mut s = SporeSystem::builder().data_dir(&dir).addr("n").inproc(&mycnet_spores::net::inproc::InProcNetwork::new(0x5b5)).build();
+    s.start().await.expect("start");
+    let identity = mycnet_spores::NetworkIdentity { network_id: uuid::Uuid::from_u128(0x5b5), network_name: "unread".into(), genesis_timestamp: chrono::Utc::now() };
+    s.initialize(identity).await.expect("initialize");
+    let s = std::sync::Arc::new(s);
+    // More events than a subscription buffers (1 024), written by concurrent clients.
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let s = s.clone();
+        writers.spawn(async move {
+            for i in 0..70 {
+                s.register_service(&format!("svc-{w}-{i}"), vec![], vec![], vec![]).await.expect("write");
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.expect("writer");
+    }
+    let unread = s.subscribe(0).expect("subscribe");
+    tokio::time::sleep(Duration::from_millis(300)).await; // its task fills the channel and waits
+    let mut s = std::sync::Arc::try_unwrap(s).ok().expect("the only handle");
+    s.shutdown().await.expect("shutdown releases the ledger though a subscription is unread");
+    let reopened = mycnet_spores::Ledger::open(dir.join("ledger"), mycnet_spores::LedgerConfig { create: false, ..Default::default() }).expect("the data dir opens again");
+    assert!(reopened.head().is_some_and(|h| h.seq >= 1120));
+    drop(unread);
+}
+
 #[tokio::test]
 async fn writes_fail_with_no_leader_after_a_bounded_time() {
     let mut t = crate::cluster::fast_timeouts();
