@@ -182,6 +182,15 @@ pub enum LedgerError {
         /// How long shutdown waited for it to close.
         waited: std::time::Duration,
     },
+    /// The ledger does not hold the history asked for: it was loaded from a state-only seed
+    /// and has not backfilled below `held_from` yet.
+    #[error("ledger {path} holds its history only from seq {held_from} (loaded from a state-only seed; the rest is being backfilled)")]
+    HistoryIncomplete {
+        /// The ledger directory.
+        path: PathBuf,
+        /// The first sequence number held.
+        held_from: u64,
+    },
     /// A chained range (from gossip) was refused as a whole; nothing of it was stored.
     #[error("range refused at seq {seq}: {reason}")]
     RangeRefused {
@@ -214,6 +223,13 @@ pub enum RangeRefusal {
     /// (see [`crate::store::ledger::Ledger::refuse_branch`]).
     #[error("the event at this seq starts a branch this node yielded in a split-brain")]
     LostBranch,
+    /// A backfilled range does not end at the point below the history the ledger holds
+    /// (`None`: the ledger's history is complete).
+    #[error("not the history below what the ledger holds (expected a range ending at seq {expected:?})")]
+    NotBelow {
+        /// Where the range must end.
+        expected: Option<u64>,
+    },
 }
 
 /// The crate-wide error.

@@ -18,6 +18,14 @@
 //! [`ForkEvidence`]: proof that two chains of this network exist. Nothing of that peer's range
 //! is stored.
 //!
+//! **Backfill.** A ledger loaded from a state-only seed holds the seed's projection and head
+//! but none of the events below it: it knows the head's hash only. A pulling session then also
+//! asks, once it has nothing to fetch forward, for the history below the lowest point it
+//! knows ([`LocalView::backfill`]), **backwards**: each [`BackfillRange`] must end exactly at
+//! that point and every event in it must be the `prev_hash` of the one after it
+//! ([`verify_backward`]), so the seed's signed head hash vouches for every event below it.
+//! The next range ends at the first one's `prev_hash`, down to genesis.
+//!
 //! **Resumption.** A session asks for one batch at a time and asks for the next as soon as the
 //! previous one verified, so a dropped connection loses at most the batch in flight: the next
 //! session starts from what was stored.
@@ -130,6 +138,13 @@ pub struct LocalView {
     pub provisional: Vec<super::provisional::ProvisionalEvent>,
     /// Fork evidence to hand to the peer (at most [`limits::GOSSIP_FORKS_MAX`]).
     pub forks: Vec<ForkEvidence>,
+    /// The point the next backfilled range must end at: the lowest event whose hash we know
+    /// but whose history below we do not hold (`None`: the history is complete). Only a
+    /// pulling session backfills.
+    pub backfill: Option<ChainPoint>,
+    /// Our head when we do not hold its event (a ledger loaded from a state-only seed, before
+    /// anything was backfilled): ranges must link to it. Ignored when `head` is set.
+    pub head_point: Option<ChainPoint>,
     /// Whether this session may fetch and store ranges. A node pulls in one session at a
     /// time (ranges must be stored in order); its other sessions, and every session of a Raft
     /// member (whose chain Raft writes), only serve.
@@ -261,6 +276,58 @@ impl LinkedRange {
     }
 }
 
+/// A range checked **backwards** from a known point (see [`verify_backward`]): its last event is
+/// exactly the point, every earlier event is the `prev_hash` of the one after it, every hash
+/// is the hash of its content, one network. Only this module makes one, so a store may trust
+/// its links and hashes (it still verifies the signatures).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackfillRange {
+    known: ChainPoint,
+    events: Vec<ChainedEvent>,
+}
+
+impl BackfillRange {
+    /// Checks `events` (ascending, non-empty) backwards from `known`, and that each belongs to
+    /// `fingerprint`'s network when one is given.
+    pub fn verify(known: ChainPoint, events: Vec<ChainedEvent>, fingerprint: Option<NetworkFingerprint>) -> Result<BackfillRange, Violation> {
+        if events.is_empty() {
+            return Err(Violation::Protocol("an empty backfill range"));
+        }
+        verify_backward(known, &events)?;
+        if let Some(bad) = events.iter().find(|e| fingerprint.is_some_and(|f| f != e.event.fingerprint)) {
+            return Err(Violation::ForeignEvent { seq: bad.seq });
+        }
+        Ok(BackfillRange { known, events })
+    }
+
+    /// The point the range ends at (its last event).
+    pub fn known(&self) -> ChainPoint {
+        self.known
+    }
+
+    /// The events, ascending.
+    pub fn events(&self) -> &[ChainedEvent] {
+        &self.events
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Always false: a backfill range has at least one event.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Where the next backfilled range must end: the first event's predecessor, or `None`
+    /// when this range reaches genesis.
+    pub fn next_point(&self) -> Option<ChainPoint> {
+        let first = self.events.first()?;
+        first.seq.checked_sub(1).map(|seq| ChainPoint { seq, hash: first.prev_hash })
+    }
+}
+
 /// How a session ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionOutcome {
@@ -280,6 +347,9 @@ pub enum SessionEvent {
     /// Store this verified range (in order, after every earlier `Store`), then call
     /// [`SyncSession::stored`] — or [`SyncSession::store_failed`] if the ledger refuses it.
     Store(LinkedRange),
+    /// Store this range below what the ledger holds (in order with every `Store`), then call
+    /// [`SyncSession::stored`] — or [`SyncSession::store_failed`].
+    Backfill(BackfillRange),
     /// The peer asks for stored events `from..`, at most `max_events` of them: send them as a
     /// [`GossipMessage::Range`] (fewer if they would exceed the frame budget; none if we have
     /// nothing from there).
@@ -317,8 +387,22 @@ pub struct SyncSession {
     fingerprint: Option<NetworkFingerprint>,
     /// Our last verified event (stored or handed out to store).
     tail: Option<ChainedEvent>,
+    /// Our head when we do not hold its event (see [`LocalView::head_point`]).
+    base: Option<ChainPoint>,
     peer: Option<Digest>,
     outstanding: Option<(u64, u32)>,
+    /// Whether the outstanding request is a backfill one.
+    outstanding_backward: bool,
+    /// Where the next backfilled range must end (`None`: nothing to backfill).
+    backfill: Option<ChainPoint>,
+    /// Events received towards the next backfill range (the peer may answer a request in
+    /// several shorter ranges: bounded by bytes), ascending from its start.
+    backfill_buf: Vec<ChainedEvent>,
+    backfill_buf_bytes: usize,
+    /// Events asked per backfill range (halved when a range will not fit the buffer).
+    backfill_batch: u32,
+    /// The peer could not serve the history we lack: stop asking it.
+    backfill_stopped: bool,
     overlap_checked: bool,
     done_requesting: bool,
     unstored: usize,
@@ -341,7 +425,8 @@ pub struct SyncSession {
 impl SyncSession {
     /// Starts a session; the hello is queued at once.
     pub fn new(cfg: SyncConfig, local: LocalView, now: Instant) -> Self {
-        let head = local.head.as_ref().map(|e| ChainPoint { seq: e.seq, hash: e.hash });
+        let base = if local.head.is_none() { local.head_point } else { None };
+        let head = local.head.as_ref().map(|e| ChainPoint { seq: e.seq, hash: e.hash }).or(base);
         let mut peers = local.peers;
         peers.truncate(limits::GOSSIP_PEERS_MAX);
         let hello = Digest { fingerprint: local.fingerprint, head, anchor: local.anchor, peers, primary: local.primary };
@@ -358,12 +443,21 @@ impl SyncSession {
             transmit.push_back(GossipMessage::Forks(forks));
         }
         let probe = !local.pull && local.head.is_some();
+        let backfill = if local.pull { local.backfill } else { None };
+        let backfill_batch = cfg.batch_events.clamp(1, limits::GOSSIP_BATCH_EVENTS_MAX as u32);
         SyncSession {
             cfg,
             fingerprint: local.fingerprint,
             tail: local.head,
+            base,
             peer: None,
             outstanding: None,
+            outstanding_backward: false,
+            backfill,
+            backfill_buf: Vec::new(),
+            backfill_buf_bytes: 0,
+            backfill_batch,
+            backfill_stopped: false,
             overlap_checked: false,
             done_requesting: !local.pull,
             unstored: 0,
@@ -513,7 +607,23 @@ impl SyncSession {
     }
 
     fn tail_point(&self) -> Option<ChainPoint> {
-        self.tail.as_ref().map(|e| ChainPoint { seq: e.seq, hash: e.hash })
+        self.tail.as_ref().map(|e| ChainPoint { seq: e.seq, hash: e.hash }).or(self.base)
+    }
+
+    /// Where the history we still miss below should be fetched next: `(from, max_events)`.
+    fn next_backfill_request(&self) -> Option<(u64, u32)> {
+        let end = self.backfill.filter(|_| !self.backfill_stopped)?;
+        // The peer's chain must reach the point (it may still not hold the history below).
+        if !self.peer.as_ref().is_some_and(|p| p.head.is_some_and(|h| h.seq >= end.seq)) {
+            return None;
+        }
+        match self.backfill_buf.last() {
+            Some(last) => Some((last.seq + 1, u32::try_from(end.seq - last.seq).unwrap_or(u32::MAX))),
+            None => {
+                let from = end.seq.saturating_sub(u64::from(self.backfill_batch) - 1);
+                Some((from, u32::try_from(end.seq - from + 1).unwrap_or(u32::MAX)))
+            }
+        }
     }
 
     /// Decides the next request, or that we are done asking.
@@ -541,20 +651,27 @@ impl SyncSession {
             (None, _) => None,
             (Some(_), None) => Some((0, self.cfg.batch_events)),
             (Some(ph), Some(t)) if ph.seq > t.seq => {
-                if self.overlap_checked {
+                // Without our head's event (a state-only ledger) there is nothing to overlap.
+                if self.overlap_checked || self.tail.is_none() {
                     Some((t.seq + 1, self.cfg.batch_events))
                 } else {
                     Some((t.seq, self.cfg.batch_events))
                 }
             }
-            (Some(ph), Some(t)) if ph.seq == t.seq && ph.hash != t.hash && !self.overlap_checked => Some((t.seq, 1)),
+            (Some(ph), Some(t)) if ph.seq == t.seq && ph.hash != t.hash && !self.overlap_checked && self.tail.is_some() => Some((t.seq, 1)),
             _ => None,
+        };
+        // Forward first (what is new matters most), then the history below.
+        let (next, backward) = match next {
+            Some(n) => (Some(n), false),
+            None => (self.next_backfill_request(), true),
         };
         match next {
             Some(_) if self.unstored >= self.cfg.max_unstored => {}
             Some((from, n)) => {
                 let n = n.clamp(1, limits::GOSSIP_BATCH_EVENTS_MAX as u32);
                 self.outstanding = Some((from, n));
+                self.outstanding_backward = backward;
                 self.transmit.push_back(GossipMessage::Request { from, max_events: n });
             }
             None => {
@@ -562,6 +679,50 @@ impl SyncSession {
                 self.maybe_finish();
             }
         }
+    }
+
+    /// A range answering a backfill request: collect it until it reaches the point, then
+    /// check the whole backwards from there and hand it out to store.
+    fn on_backfill_range(&mut self, from: u64, asked: u32, events: Vec<ChainedEvent>) {
+        if events.len() > asked as usize {
+            return self.violation(Violation::TooLong { asked, got: events.len() });
+        }
+        let Some(first) = events.first() else {
+            // The peer does not hold that part of the history (it may be backfilling too).
+            self.backfill_stopped = true;
+            self.backfill_buf.clear();
+            self.backfill_buf_bytes = 0;
+            return self.plan();
+        };
+        if first.seq != from {
+            return self.violation(Violation::StartMismatch { asked: from, got: first.seq });
+        }
+        let Some(end) = self.backfill else { return self.violation(Violation::Unrequested(events.len())) };
+        if events.last().is_some_and(|l| l.seq > end.seq) {
+            return self.violation(Violation::TooLong { asked, got: events.len() });
+        }
+        self.stats.ranges_received += 1;
+        self.backfill_buf_bytes += events.iter().map(|e| e.event.encoded_len()).sum::<usize>();
+        self.backfill_buf.extend(events);
+        if self.backfill_buf.last().is_some_and(|l| l.seq == end.seq) {
+            let events = std::mem::take(&mut self.backfill_buf);
+            self.backfill_buf_bytes = 0;
+            let range = match BackfillRange::verify(end, events, self.fingerprint) {
+                Ok(r) => r,
+                Err(v) => return self.violation(v),
+            };
+            self.stats.events_received += range.len() as u64;
+            self.backfill = range.next_point();
+            self.unstored += 1;
+            self.events.push_back(SessionEvent::Backfill(range));
+        } else if self.backfill_buf_bytes > limits::GOSSIP_BACKFILL_BYTES_MAX {
+            // Nothing of it can be checked before it reaches the point: start over with
+            // shorter ranges.
+            self.backfill_buf.clear();
+            self.backfill_buf_bytes = 0;
+            self.backfill_batch = (self.backfill_batch / 2).max(1);
+        }
+        self.plan();
     }
 
     fn maybe_finish(&mut self) {
@@ -581,6 +742,9 @@ impl SyncSession {
         let Some((from, asked)) = self.outstanding.take() else {
             return self.violation(Violation::Unrequested(events.len()));
         };
+        if std::mem::take(&mut self.outstanding_backward) {
+            return self.on_backfill_range(from, asked, events);
+        }
         if events.len() > asked as usize {
             return self.violation(Violation::TooLong { asked, got: events.len() });
         }
@@ -631,7 +795,7 @@ impl SyncSession {
 
     /// Checks that `events` continue our tail link by link, in our network.
     fn verify_links(&self, events: &[ChainedEvent]) -> Result<(), Violation> {
-        let (mut next_seq, mut prev) = match &self.tail {
+        let (mut next_seq, mut prev) = match self.tail_point() {
             Some(t) => (t.seq + 1, t.hash),
             None => (0, ChainHash::ZERO),
         };
@@ -661,7 +825,7 @@ impl SyncSession {
         }
         self.finished = true;
         self.transmit.retain(|m| !matches!(m, GossipMessage::Request { .. }));
-        self.events.retain(|e| matches!(e, SessionEvent::Store(_)));
+        self.events.retain(|e| matches!(e, SessionEvent::Store(_) | SessionEvent::Backfill(_)));
         self.events.push_back(SessionEvent::Finished(outcome));
     }
 }

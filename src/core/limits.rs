@@ -36,6 +36,9 @@ pub const GOSSIP_BATCH_EVENTS_MAX: usize = 4096;
 /// Record bytes a gossip range batch may carry (a batch stops before it would exceed this;
 /// a single record is always sent).
 pub const GOSSIP_BATCH_BYTES_MAX: usize = 1 << 20;
+/// Most bytes (canonical event encoding) a session collects towards one backfill range before
+/// it can check it; past that it asks for shorter ranges.
+pub const GOSSIP_BACKFILL_BYTES_MAX: usize = 8 * GOSSIP_BATCH_BYTES_MAX;
 /// Largest gossip frame, in bytes (a batch plus its framing).
 pub const GOSSIP_FRAME_BYTES_MAX: usize = GOSSIP_BATCH_BYTES_MAX + RECORD_BYTES_MAX + 64 * 1024;
 /// Most provisional events handed over in one gossip session.

@@ -30,7 +30,7 @@ use crate::core::gossip::{
 };
 use crate::core::keys::{verify_many, VerifierCache};
 use crate::core::limits;
-use crate::core::types::{ChainHash, NodeId};
+use crate::core::types::{ChainHash, ChainPoint, NodeId};
 use crate::error::LedgerError;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::PeerNode;
@@ -475,6 +475,8 @@ impl GossipService {
             Some(h) => l.get(h.seq)?,
             None => None,
         };
+        // A ledger loaded from a state-only seed knows its head's hash before it holds the event.
+        let head_point = l.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash });
         let provisional = crate::store::provisional::list(&l, limits::GOSSIP_PROVISIONAL_MAX).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read held provisional events");
             Vec::new()
@@ -484,7 +486,18 @@ impl GossipService {
             Vec::new()
         });
         let forks = forks.into_iter().rev().take(limits::GOSSIP_FORKS_MAX).collect();
-        Ok(LocalView { fingerprint: l.fingerprint(), head, anchor: l.anchor(), peers, pull, primary: (self.is_member)(), provisional, forks })
+        Ok(LocalView {
+            fingerprint: l.fingerprint(),
+            head,
+            head_point,
+            backfill: l.backfill_point(),
+            anchor: l.anchor(),
+            peers,
+            pull,
+            primary: (self.is_member)(),
+            provisional,
+            forks,
+        })
     }
 
     fn learn(&self, digest: &Digest) {
@@ -693,25 +706,28 @@ impl GossipService {
             }
         });
         // Ranges are stored in order by one blocking worker, while the session goes on reading.
-        let (store_tx, store_rx) = std::sync::mpsc::channel::<LinkedRange>();
+        let (store_tx, store_rx) = std::sync::mpsc::channel::<StoreJob>();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
         let worker_ledger = self.ledger.clone();
         let notify = self.on_stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // Two stages: one verifies a range's signatures (on all cores) while the other stores
         // the range before it under the ledger lock.
-        let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel::<(LinkedRange, Vec<bool>)>(1);
+        let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel::<(StoreJob, Vec<bool>)>(1);
         let verifier = tokio::task::spawn_blocking(move || {
-            for range in store_rx {
-                let verdicts = crate::store::ledger::verify_signatures(range.events());
-                if verified_tx.send((range, verdicts)).is_err() {
+            for job in store_rx {
+                let verdicts = crate::store::ledger::verify_signatures(job.events());
+                if verified_tx.send((job, verdicts)).is_err() {
                     break;
                 }
             }
         });
         let worker = tokio::task::spawn_blocking(move || {
             let mut committed = Vec::new();
-            for (range, verdicts) in verified_rx {
-                let result = store_range(&worker_ledger, &range, &verdicts, &mut committed);
+            for (job, verdicts) in verified_rx {
+                let result = match &job {
+                    StoreJob::Forward(range) => store_range(&worker_ledger, range, &verdicts, &mut committed),
+                    StoreJob::Backward(range) => store_backfill(&worker_ledger, range, &verdicts),
+                };
                 if let (Ok(_), Some(f)) = (&result, &notify) {
                     f();
                 }
@@ -732,7 +748,14 @@ impl GossipService {
                 match ev {
                     SessionEvent::Store(range) => {
                         pending_stores += 1;
-                        if store_tx.send(range).is_err() {
+                        if store_tx.send(StoreJob::Forward(range)).is_err() {
+                            pending_stores -= 1;
+                            session.store_failed("the store worker stopped".into());
+                        }
+                    }
+                    SessionEvent::Backfill(range) => {
+                        pending_stores += 1;
+                        if store_tx.send(StoreJob::Backward(range)).is_err() {
                             pending_stores -= 1;
                             session.store_failed("the store worker stopped".into());
                         }
@@ -960,6 +983,29 @@ fn store_range(ledger: &SharedLedger, range: &LinkedRange, verdicts: &[bool], co
         Ok(ids) => committed.extend(ids),
         Err(e) => tracing::warn!(error = %e, "cannot update the held provisional events"),
     }
+    Ok(range.len() as u64)
+}
+
+/// A verified range for the store worker: one that extends the head, or one of the history
+/// below what the ledger holds.
+enum StoreJob {
+    Forward(LinkedRange),
+    Backward(crate::core::gossip::BackfillRange),
+}
+
+impl StoreJob {
+    fn events(&self) -> &[crate::core::event::ChainedEvent] {
+        match self {
+            StoreJob::Forward(r) => r.events(),
+            StoreJob::Backward(r) => r.events(),
+        }
+    }
+}
+
+/// Stores a verified range of the history below what the ledger holds.
+fn store_backfill(ledger: &SharedLedger, range: &crate::core::gossip::BackfillRange, verdicts: &[bool]) -> Result<u64, String> {
+    let mut l = ledger.write().map_err(|_| "ledger lock poisoned".to_string())?;
+    l.append_backfill(range, verdicts).map_err(|e| e.to_string())?;
     Ok(range.len() as u64)
 }
 

@@ -44,6 +44,14 @@ const META_REFUSED_BRANCH: &[u8] = b"refused_branch";
 /// The Raft members of the cluster whose branch this node yielded (32-byte node ids, one after
 /// another): see [`Ledger::refuse_branch`].
 const META_REFUSED_PEERS: &[u8] = b"refused_peers";
+/// `backfill` = seq u64 BE ‖ hash: the lowest point whose hash the ledger knows but whose
+/// history below it does not hold (a ledger loaded from a state-only seed; removed once the
+/// history reaches genesis). Records are held for `seq + 1 ..= head`.
+const META_BACKFILL: &[u8] = b"backfill";
+/// `backfill_base` = the state-only seed's projection at its head (digest ‖ checkpoint record,
+/// like `checkpoint`): where a replay of the held events starts while the history is
+/// incomplete. Removed with `backfill`.
+const META_BACKFILL_BASE: &[u8] = b"backfill_base";
 /// The value of the `format` marker.
 pub const LEDGER_FORMAT_MARKER: &[u8] = b"mycnet-spores ledger v1";
 
@@ -82,7 +90,30 @@ pub struct Ledger {
     anchor: Option<ChainPoint>,
     /// See [`Ledger::refuse_branch`].
     refused: Option<ChainPoint>,
+    /// See [`Ledger::backfill_point`].
+    backfill: Option<Backfill>,
     poisoned: bool,
+}
+
+/// What a ledger with an incomplete history knows below what it holds.
+#[derive(Clone, Debug)]
+pub(crate) struct Backfill {
+    /// The next backfilled range must end here.
+    pub(crate) point: ChainPoint,
+    /// The projection at the state-only seed's head.
+    pub(crate) base: std::sync::Arc<ProjectionState>,
+}
+
+/// Reads the backfill point and base state from `meta` (`None`: the history is complete).
+pub(crate) fn read_backfill(meta: &Keyspace, path: &Path) -> Result<Option<Backfill>, LedgerError> {
+    let Some((seq, hash)) = read_point(meta, path, META_BACKFILL, "backfill")? else { return Ok(None) };
+    let corrupt = |detail: String| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption: Corruption::Undecodable { reason: detail } };
+    let bytes = meta.get(META_BACKFILL_BASE).map_err(storage("read backfill base", path))?.ok_or_else(|| corrupt("a backfill point without its base state".into()))?;
+    let base = decode_meta_checkpoint(&bytes).map_err(|e| corrupt(format!("backfill base state: {e}")))?;
+    if base.head.is_none_or(|h| h.seq < seq) {
+        return Err(corrupt("the backfill base state is below the backfill point".into()));
+    }
+    Ok(Some(Backfill { point: ChainPoint { seq, hash }, base: std::sync::Arc::new(base) }))
 }
 
 impl std::fmt::Debug for Ledger {
@@ -225,6 +256,15 @@ pub(crate) fn last_seq(ledger: &Keyspace, path: &Path) -> Result<Option<u64>, Le
 }
 
 /// Compares the durable head with the last record; reports truncation or extra records.
+/// [`check_head_against_records`] for a ledger that may hold only part of its history: with
+/// nothing held yet, the head must be the backfill point.
+pub(crate) fn check_held_records(path: &Path, head: Option<(u64, ChainHash)>, last: Option<u64>, backfill: Option<&Backfill>) -> Result<(), LedgerError> {
+    match (backfill, last) {
+        (Some(b), None) if head == Some((b.point.seq, b.point.hash)) => Ok(()),
+        _ => check_head_against_records(path, head, last),
+    }
+}
+
 pub(crate) fn check_head_against_records(
     path: &Path,
     head: Option<(u64, ChainHash)>,
@@ -256,12 +296,14 @@ fn load_projection(
     meta: &Keyspace,
     path: &Path,
     head: Option<(u64, ChainHash)>,
+    backfill: Option<&Backfill>,
 ) -> Result<(Projection, Option<u64>, u64, ReplayStats), LedgerError> {
-    let mut projection = Projection::new();
+    // Without the history below, the replay starts at the state-only seed's state.
+    let mut projection = backfill.map_or_else(Projection::new, |b| Projection::from_state((*b.base).clone()));
     let mut checkpoint_seq = None;
     if let Some(bytes) = meta.get(META_CHECKPOINT).map_err(storage("read checkpoint", path))? {
         match decode_meta_checkpoint(&bytes) {
-            Ok(state) if state.head.is_some_and(|h| head.is_some_and(|(hs, _)| h.seq <= hs)) => {
+            Ok(state) if state.head.is_some_and(|h| head.is_some_and(|(hs, _)| h.seq <= hs) && h.seq >= projection.next_seq().saturating_sub(1)) => {
                 checkpoint_seq = state.head.map(|h| h.seq);
                 projection = Projection::from_state(state);
             }
@@ -284,9 +326,10 @@ impl Ledger {
         let started = Instant::now();
         let (db, ledger, meta) = open_keyspaces(&path, config.create)?;
         let head = read_head(&meta, &path)?;
-        check_head_against_records(&path, head, last_seq(&ledger, &path)?)?;
+        let backfill = read_backfill(&meta, &path)?;
+        check_held_records(&path, head, last_seq(&ledger, &path)?, backfill.as_ref())?;
 
-        let (projection, checkpoint_seq, from, stats) = load_projection(&ledger, &meta, &path, head)?;
+        let (projection, checkpoint_seq, from, stats) = load_projection(&ledger, &meta, &path, head, backfill.as_ref())?;
         let anchor = read_point(&meta, &path, META_ANCHOR, "anchor")?.map(|(seq, hash)| ChainPoint { seq, hash });
         if let Some((hs, hh)) = head {
             let at = projection.head();
@@ -316,7 +359,7 @@ impl Ledger {
             "ledger opened"
         );
         let refused = read_point(&meta, &path, META_REFUSED_BRANCH, "refused_branch")?.map(|(seq, hash)| ChainPoint { seq, hash });
-        Ok(Ledger { path, db, ledger, meta, projection, cache: VerifierCache::default(), config, checkpoint_seq, anchor, refused, poisoned: false })
+        Ok(Ledger { path, db, ledger, meta, projection, cache: VerifierCache::default(), config, checkpoint_seq, anchor, refused, backfill, poisoned: false })
     }
 
     /// The ledger directory.
@@ -561,7 +604,7 @@ impl Ledger {
     /// Rebuilds the in-memory projection from what is on disk (checkpoint + tail).
     fn reload_projection(&mut self) -> Result<(), LedgerError> {
         let head = read_head(&self.meta, &self.path)?;
-        let (projection, checkpoint_seq, _, _) = load_projection(&self.ledger, &self.meta, &self.path, head)?;
+        let (projection, checkpoint_seq, _, _) = load_projection(&self.ledger, &self.meta, &self.path, head, self.backfill.as_ref())?;
         self.projection = projection;
         self.checkpoint_seq = checkpoint_seq;
         Ok(())
@@ -604,7 +647,16 @@ impl Ledger {
     /// Reads events `from..=to` (inclusive, clipped to the head), checking every record,
     /// key and link. Memory is bounded by the range asked for; callers page large ranges.
     pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<ChainedEvent>, LedgerError> {
+        self.held_from(from)?;
         super::replay::read_verified_range(&self.ledger, &self.path, from, to)
+    }
+
+    /// Refuses reads that start below the history this ledger holds.
+    fn held_from(&self, from: u64) -> Result<(), LedgerError> {
+        match self.backfill.as_ref() {
+            Some(b) if from <= b.point.seq => Err(LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: b.point.seq + 1 }),
+            _ => Ok(()),
+        }
     }
 
     /// Calls `f(seq, record bytes)` for every stored record of `from..=to` (clipped to the
@@ -620,6 +672,7 @@ impl Ledger {
         if from > to {
             return Ok(0);
         }
+        self.held_from(from)?;
         let mut expected = from;
         for guard in self.ledger.range(seq_key(from)..=seq_key(to)) {
             let (k, v) = guard.into_inner().map_err(storage("read record", &self.path))?;
@@ -650,7 +703,8 @@ impl Ledger {
     /// held). Empty if `from` is past the head. For serving ranges to gossip peers.
     pub fn read_raw_batch(&self, from: u64, max_events: usize, max_bytes: usize) -> Result<Vec<Vec<u8>>, LedgerError> {
         let Some(head) = self.projection.head() else { return Ok(Vec::new()) };
-        if from > head.seq || max_events == 0 {
+        // Nothing to serve below the history we hold (the peer asks someone else).
+        if from > head.seq || max_events == 0 || from < self.history_from() {
             return Ok(Vec::new());
         }
         let to = head.seq.min(from.saturating_add(max_events as u64 - 1));
@@ -746,6 +800,122 @@ impl Ledger {
         Ok(())
     }
 
+    /// Loads the state of a **state-only** seed (its projection at its head, no events) into
+    /// an **empty** ledger: the state becomes the projection, the checkpoint and the head, and
+    /// the head becomes the backfill point — the ledger knows the head's hash but holds no
+    /// event. New events extend it as usual; the history below is filled in backwards with
+    /// [`Ledger::append_backfill`]. One synced batch.
+    #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display()))]
+    pub fn load_state_only(&mut self, state: ProjectionState) -> Result<ChainHead, LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned(self.path.clone()));
+        }
+        let invalid = |path: &Path, why: &str| LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()) };
+        if self.projection.head().is_some() || last_seq(&self.ledger, &self.path)?.is_some() {
+            return Err(invalid(&self.path, "a state-only seed loads only into an empty ledger"));
+        }
+        let head = state.head.ok_or_else(|| invalid(&self.path, "the state has no head"))?;
+        if state.fingerprint.is_none() {
+            return Err(invalid(&self.path, "the state has no network"));
+        }
+        let checkpoint = encode_meta_checkpoint(&state);
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.meta, META_HEAD, encode_head(&head).to_vec());
+        batch.insert(&self.meta, META_CHECKPOINT, checkpoint.clone());
+        batch.insert(&self.meta, META_BACKFILL, encode_point(head.seq, &head.hash).to_vec());
+        batch.insert(&self.meta, META_BACKFILL_BASE, checkpoint);
+        if let Err(source) = batch.commit() {
+            self.poisoned = true;
+            return Err(LedgerError::Storage { op: "load state-only seed", path: self.path.clone(), source });
+        }
+        self.backfill = Some(Backfill { point: ChainPoint { seq: head.seq, hash: head.hash }, base: std::sync::Arc::new(state.clone()) });
+        self.projection = Projection::from_state(state);
+        self.checkpoint_seq = Some(head.seq);
+        Ok(head)
+    }
+
+    /// The point the next backfilled range must end at: the lowest event whose hash this
+    /// ledger knows but whose history below it does not hold. `None` when the ledger holds
+    /// its whole history from genesis (always, unless loaded from a state-only seed).
+    pub fn backfill_point(&self) -> Option<ChainPoint> {
+        self.backfill.as_ref().map(|b| b.point)
+    }
+
+    /// The first sequence number whose record this ledger holds (0 with a complete history).
+    pub fn history_from(&self) -> u64 {
+        self.backfill.as_ref().map_or(0, |b| b.point.seq + 1)
+    }
+
+    /// Stores a range of the history below what this ledger holds: it must end exactly at
+    /// the [backfill point](Ledger::backfill_point) (the session checked every link and hash
+    /// backwards from there), every signature must verify (`verdicts`, one per event, as
+    /// [`verify_signatures`] gave them; verified here if they are not this range's), every
+    /// event must be of this network and a range reaching seq 0 must start with this
+    /// network's genesis. The rules are not applied: the projection is already past these
+    /// events, and the chain from the seed's signed head hash fixes them exactly. The records
+    /// and the new point (removed at genesis) are written in one synced batch. Returns the
+    /// next point, `None` once the history is complete.
+    #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = range.len()))]
+    pub fn append_backfill(&mut self, range: &crate::core::gossip::BackfillRange, verdicts: &[bool]) -> Result<Option<ChainPoint>, LedgerError> {
+        self.usable(range.len())?;
+        let refuse = |seq, reason| LedgerError::RangeRefused { seq, reason };
+        let (Some(first), Some(last)) = (range.events().first(), range.events().last()) else { return Ok(self.backfill_point()) };
+        let Some(point) = self.backfill_point() else {
+            return Err(refuse(last.seq, RangeRefusal::NotBelow { expected: None }));
+        };
+        if range.known() != point || last.seq != point.seq || last.hash != point.hash {
+            return Err(refuse(last.seq, RangeRefusal::NotBelow { expected: Some(point.seq) }));
+        }
+        let fingerprint = self.projection.fingerprint();
+        if let Some(bad) = range.events().iter().find(|e| Some(e.event.fingerprint) != fingerprint) {
+            let expected = fingerprint.unwrap_or_default();
+            return Err(refuse(bad.seq, RangeRefusal::Rejected(Rejection::WrongNetwork { expected, got: bad.event.fingerprint })));
+        }
+        let owned;
+        let verdicts = if verdicts.len() == range.len() {
+            verdicts
+        } else {
+            owned = verify_chained(&mut self.cache, range.events());
+            &owned
+        };
+        if let Some(bad) = verdicts.iter().position(|ok| !ok) {
+            let ev = &range.events()[bad];
+            return Err(refuse(ev.seq, RangeRefusal::BadSignature(ev.event.author)));
+        }
+        if first.seq == 0 {
+            // Genesis fixes the network: it must be the one whose fingerprint the seed carries.
+            Projection::new().check(&first.event).map_err(|r| refuse(0, RangeRefusal::Rejected(r)))?;
+        }
+        let next = range.next_point();
+        let mut batch = self.new_batch(range.len());
+        let mut record = Vec::with_capacity(1024);
+        for ce in range.events() {
+            record.clear();
+            encode_record_into(ce, &mut record);
+            batch.insert(&self.ledger, seq_key(ce.seq), record.as_slice());
+        }
+        match next {
+            Some(p) => batch.insert(&self.meta, META_BACKFILL, encode_point(p.seq, &p.hash).to_vec()),
+            None => {
+                batch.remove(&self.meta, META_BACKFILL);
+                batch.remove(&self.meta, META_BACKFILL_BASE);
+            }
+        }
+        let batch = batch.durability(self.config.durable.then_some(PersistMode::SyncData));
+        if let Err(source) = batch.commit() {
+            self.poisoned = true;
+            return Err(LedgerError::Storage { op: "backfill batch", path: self.path.clone(), source });
+        }
+        match (next, self.backfill.as_mut()) {
+            (Some(p), Some(b)) => b.point = p,
+            _ => {
+                self.backfill = None;
+                tracing::info!("history backfilled to genesis");
+            }
+        }
+        Ok(next)
+    }
+
     /// Reads a `meta` value (for adapters that keep their own state next to the ledger).
     pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
         Ok(self.meta.get(key).map_err(storage("read meta", &self.path))?.map(|v| v.to_vec()))
@@ -753,6 +923,7 @@ impl Ledger {
 
     /// Replays this ledger from genesis into a fresh projection (audit or trusted).
     pub fn replay(&self, options: &ReplayOptions) -> Result<(Projection, ReplayStats), LedgerError> {
+        self.held_from(0)?;
         let mut p = Projection::new();
         let stats = replay_range(&self.ledger, &self.path, &mut p, options, &|_| {})?;
         Ok((p, stats))
@@ -762,7 +933,7 @@ impl Ledger {
     /// at or below the head are never rewritten (only a reset deletes them, and a replay that
     /// races one fails with an error), so views of past points can be built while appends go on.
     pub fn history(&self) -> History {
-        History { ledger: self.ledger.clone(), path: self.path.clone() }
+        History { ledger: self.ledger.clone(), path: self.path.clone(), backfill: self.backfill.clone() }
     }
 
     /// The fjall database (shared with the Raft log store, so both use one journal).
@@ -785,7 +956,10 @@ impl Ledger {
         batch.remove(&self.meta, META_IMPORTED);
         batch.remove(&self.meta, META_ANCHOR);
         batch.remove(&self.meta, META_SEED_ANCHOR);
+        batch.remove(&self.meta, META_BACKFILL);
+        batch.remove(&self.meta, META_BACKFILL_BASE);
         batch.commit().map_err(storage("reset", &self.path))?;
+        self.backfill = None;
         self.projection = Projection::new();
         self.checkpoint_seq = None;
         self.anchor = None;
@@ -882,6 +1056,7 @@ impl Ledger {
 pub struct History {
     ledger: Keyspace,
     path: PathBuf,
+    backfill: Option<Backfill>,
 }
 
 impl std::fmt::Debug for History {
@@ -895,6 +1070,14 @@ impl History {
     /// with the stored events up to and including `seq`, checking every link.
     #[tracing::instrument(level = "debug", skip(self, projection), fields(path = %self.path.display(), from = projection.next_seq()))]
     pub fn replay_to(&self, projection: &mut Projection, seq: u64) -> Result<ReplayStats, LedgerError> {
+        if let Some(b) = self.backfill.as_ref().filter(|b| projection.next_seq() <= b.point.seq) {
+            // Below the history held: start at the state-only seed's state, if it is not past `seq`.
+            let base = b.base.head.map_or(0, |h| h.seq);
+            if projection.head().is_some() || base > seq {
+                return Err(LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: b.point.seq + 1 });
+            }
+            *projection = Projection::from_state((*b.base).clone());
+        }
         replay_range(&self.ledger, &self.path, projection, &ReplayOptions { audit: false, stop: StopAt::Seq(seq) }, &|_| {})
     }
 }
