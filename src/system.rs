@@ -145,6 +145,9 @@ pub struct SporeStatus {
     /// Provisional events this node holds (written while cut off from the voters, not
     /// committed yet).
     pub provisional: usize,
+    /// The first sequence number whose event this node holds: 0, or above it while the
+    /// history below a state-only seed it started from is being backfilled by gossip.
+    pub history_from: u64,
 }
 
 /// A Raft member as `status()` reports it.
@@ -1423,11 +1426,11 @@ fn tier_reach(raft: &Raft, me: &PeerNode, l: &Ledger) -> TierReach {
 
 pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Option<&GossipService>, modes: &SharedModes) -> Result<SporeStatus, Error> {
     let m = raft.metrics().borrow().clone();
-    let (head, fingerprint, anchor, seed_anchor, forks, provisional) = {
+    let (head, fingerprint, anchor, seed_anchor, forks, provisional, history_from) = {
         let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
         let forks = crate::store::forks::unresolved(&l).map(|f| f.len()).unwrap_or(0);
         let provisional = crate::store::provisional::count(&l).unwrap_or(0);
-        (l.head(), l.fingerprint(), l.anchor(), l.seed_anchor().ok().flatten(), forks, provisional)
+        (l.head(), l.fingerprint(), l.anchor(), l.seed_anchor().ok().flatten(), forks, provisional, l.history_from())
     };
     let members = m.membership_config.membership();
     let by_id: BTreeMap<u64, NodeId> = members.nodes().map(|(id, n)| (*id, n.node)).collect();
@@ -1488,6 +1491,7 @@ pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, 
         forks,
         last_gossip_ms: gossip.and_then(|g| g.last_sync_age()).map(|a| a.as_millis() as u64),
         provisional,
+        history_from,
     })
 }
 

@@ -320,18 +320,30 @@ pub fn export(
 
 /// Imports a verified seed's events into `ledger`: all of them into an empty ledger, or the
 /// ones after its head when the seed extends it. Each event is re-verified and re-chained by
-/// the ledger; the result must land exactly on the seed's head. Refused, with nothing
-/// written: a seed without events, one not newer than the ledger, one whose chain differs
-/// from the ledger's, another network's, and any ledger that Raft manages.
+/// the ledger; the result must land exactly on the seed's head. A **state-only** seed (no
+/// events) loads into an empty ledger as its state and head, with the history below to be
+/// backfilled by gossip ([`Ledger::load_state_only`](crate::store::ledger::Ledger::load_state_only)).
+/// Refused, with nothing written: a state-only seed into a non-empty ledger, one not newer
+/// than the ledger, one whose chain differs from the ledger's, another network's, and any
+/// ledger that Raft manages.
 #[tracing::instrument(level = "info", skip_all, fields(seed_seq = seed.header.head_seq))]
 pub fn import(ledger: &mut crate::store::ledger::Ledger, seed: &Seed) -> Result<ChainHead, SeedError> {
     let path = ledger.path().display().to_string();
     let io = |e: crate::error::LedgerError| SeedError::Io { path: path.clone(), reason: e.to_string() };
-    if !seed.header.includes_events {
-        return Err(SeedError::EventsRequired);
-    }
     if ledger.meta_get(b"raft_applied").map_err(io)?.is_some() {
         return Err(SeedError::RaftManaged);
+    }
+    if !seed.header.includes_events {
+        if ledger.head().is_some() {
+            return Err(SeedError::EventsRequired);
+        }
+        if seed.state.head.map(|h| (h.seq, h.hash)) != Some((seed.header.head_seq, seed.header.head_hash)) {
+            return Err(SeedError::StateMismatch("the state is not at the seed's head".into()));
+        }
+        let head = ledger.load_state_only(seed.state.clone()).map_err(io)?;
+        ledger.set_imported(true).map_err(io)?;
+        ledger.set_seed_anchor(Some(crate::core::types::ChainPoint { seq: head.seq, hash: head.hash })).map_err(io)?;
+        return Ok(head);
     }
     let start = match ledger.head() {
         None => 0,

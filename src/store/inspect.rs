@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use fjall::{Database, Keyspace};
 use serde::Serialize;
 
-use super::ledger::{check_head_against_records, last_seq, open_keyspaces, read_head};
+use super::ledger::{check_held_records, last_seq, open_keyspaces, read_backfill, read_head, Backfill};
 use super::replay::{read_verified_range, replay_range, ReplayOptions, ReplayStats, StopAt};
 use crate::core::event::ChainedEvent;
 use crate::core::projection::Projection;
-use crate::core::types::{ChainHash, NetworkFingerprint, Timestamp};
+use crate::core::types::{ChainHash, ChainPoint, NetworkFingerprint, Timestamp};
 use crate::error::{Corruption, LedgerError};
 
 /// The subdirectory of a node data directory that holds the ledger.
@@ -36,6 +36,8 @@ pub struct LedgerReader {
     _db: Database,
     ledger: Keyspace,
     meta: Keyspace,
+    /// Set while the ledger holds only part of its history (loaded from a state-only seed).
+    backfill: Option<Backfill>,
 }
 
 /// The outcome of [`LedgerReader::verify`].
@@ -53,6 +55,12 @@ pub struct VerifyReport {
     pub fingerprint: Option<NetworkFingerprint>,
     /// The first problem: sequence number and what is wrong.
     pub first_error: Option<(u64, Corruption)>,
+    /// The first sequence number the ledger holds: 0, or above it while the history below a
+    /// state-only seed is still being backfilled (then the events held below the seed's head
+    /// are checked by links, hashes and signatures back from it, and the rules from its state).
+    pub history_from: u64,
+    /// The state-only seed's head the rules were applied from (`None`: from genesis).
+    pub base: Option<ChainPoint>,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -87,6 +95,9 @@ pub struct LedgerStats {
     pub record_bytes: u64,
     /// Bytes on disk.
     pub disk_bytes: u64,
+    /// The first sequence number held (above 0 while a state-only seed's history is being
+    /// backfilled; the counts cover only what is held).
+    pub history_from: u64,
     /// Nodes, active, offline, left, services at the head.
     pub nodes: u64,
     /// Active nodes at the head.
@@ -103,7 +114,62 @@ impl LedgerReader {
     pub fn open(dir: &Path) -> Result<Self, LedgerError> {
         let path = resolve_ledger_dir(dir);
         let (db, ledger, meta) = open_keyspaces(&path, false)?;
-        Ok(LedgerReader { path, _db: db, ledger, meta })
+        let backfill = read_backfill(&meta, &path)?;
+        Ok(LedgerReader { path, _db: db, ledger, meta, backfill })
+    }
+
+    /// The first sequence number this ledger holds (0 with a complete history).
+    pub fn history_from(&self) -> u64 {
+        self.backfill.as_ref().map_or(0, |b| b.point.seq + 1)
+    }
+
+    /// The projection a replay starts from: empty (genesis) or, while the history is being
+    /// backfilled, the state-only seed's state.
+    fn start(&self) -> Projection {
+        self.backfill.as_ref().map_or_else(Projection::new, |b| Projection::from_state((*b.base).clone()))
+    }
+
+    fn incomplete(&self) -> LedgerError {
+        LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: self.history_from() }
+    }
+
+    /// Checks the events held below a state-only seed's head (`history_from ..= base`): each
+    /// record, key, link and hash, that they lead exactly from the backfill point to the
+    /// seed's head, and every signature. Returns how many, or the first problem.
+    fn verify_below_base(&self, b: &Backfill, progress: &(dyn Fn(u64) + Sync)) -> Result<u64, (u64, Corruption)> {
+        let Some(base) = b.base.head else { return Ok(0) };
+        let mut prev = b.point;
+        let page = crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
+        let mut checked = 0;
+        while prev.seq < base.seq {
+            let to = (prev.seq + page).min(base.seq);
+            let events = match read_verified_range(&self.ledger, &self.path, prev.seq + 1, to) {
+                Ok(e) => e,
+                Err(LedgerError::Corrupt { seq, corruption, .. }) => return Err((seq, corruption)),
+                Err(e) => return Err((prev.seq + 1, Corruption::Undecodable { reason: e.to_string() })),
+            };
+            let Some(first) = events.first() else {
+                return Err((prev.seq + 1, Corruption::Truncated { head_seq: base.seq, last_seq: Some(prev.seq) }));
+            };
+            if first.seq != prev.seq + 1 || first.prev_hash != prev.hash {
+                return Err((first.seq, Corruption::BadLink { expected: prev.hash, found: first.prev_hash }));
+            }
+            if let Some(bad) = events.iter().find(|e| b.base.fingerprint.is_some_and(|f| f != e.event.fingerprint)) {
+                return Err((bad.seq, Corruption::WrongNetwork { expected: b.base.fingerprint.unwrap_or_default(), found: bad.event.fingerprint }));
+            }
+            let verdicts = super::ledger::verify_signatures(&events);
+            if let Some(bad) = verdicts.iter().position(|ok| !ok) {
+                return Err((events[bad].seq, Corruption::BadSignature { author: events[bad].event.author }));
+            }
+            let last = &events[events.len() - 1];
+            prev = ChainPoint { seq: last.seq, hash: last.hash };
+            checked += events.len() as u64;
+            progress(checked);
+        }
+        if prev.hash != base.hash {
+            return Err((base.seq, Corruption::HeadMismatch { head_seq: base.seq, head_hash: base.hash, detail: "the history held below the seed's head does not lead to it".into() }));
+        }
+        Ok(checked)
     }
 
     /// The ledger directory.
@@ -121,19 +187,29 @@ impl LedgerReader {
     pub fn verify(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport, LedgerError> {
         let started = std::time::Instant::now();
         let recorded_head = self.recorded_head()?;
-        let mut projection = Projection::new();
-        let result = replay_range(&self.ledger, &self.path, &mut projection, &ReplayOptions { audit: true, stop: StopAt::End }, progress);
-        let (events, sigs, mut first_error) = match result {
-            Ok(stats) => (stats.events, stats.signatures_verified, None),
-            Err(LedgerError::Corrupt { seq, corruption, .. }) => {
-                let n = projection.next_seq();
-                (n, n, Some((seq, corruption)))
+        let below = match &self.backfill {
+            Some(b) => self.verify_below_base(b, progress),
+            None => Ok(0),
+        };
+        let mut projection = self.start();
+        let from = projection.next_seq();
+        let (events, sigs, mut first_error) = match below {
+            Err(e) => (0, 0, Some(e)),
+            Ok(below) => {
+                let result = replay_range(&self.ledger, &self.path, &mut projection, &ReplayOptions { audit: true, stop: StopAt::End }, &|n| progress(below + n));
+                match result {
+                    Ok(stats) => (below + stats.events, below + stats.signatures_verified, None),
+                    Err(LedgerError::Corrupt { seq, corruption, .. }) => {
+                        let n = below + projection.next_seq() - from;
+                        (n, n, Some((seq, corruption)))
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            Err(e) => return Err(e),
         };
         if first_error.is_none() {
             let last = last_seq(&self.ledger, &self.path)?;
-            if let Err(LedgerError::Corrupt { seq, corruption, .. }) = check_head_against_records(&self.path, recorded_head, last) {
+            if let Err(LedgerError::Corrupt { seq, corruption, .. }) = check_held_records(&self.path, recorded_head, last, self.backfill.as_ref()) {
                 first_error = Some((seq, corruption));
             } else if let Some((hs, hh)) = recorded_head {
                 if projection.head().map(|h| (h.seq, h.hash)) != Some((hs, hh)) {
@@ -151,13 +227,29 @@ impl LedgerReader {
             recorded_head,
             fingerprint: projection.fingerprint(),
             first_error,
+            history_from: self.history_from(),
+            base: self.backfill.as_ref().and_then(|b| b.base.head).map(|h| ChainPoint { seq: h.seq, hash: h.hash }),
             elapsed_secs: started.elapsed().as_secs_f64(),
         })
     }
 
-    /// Replays from genesis to `options.stop`.
+    /// Replays from genesis to `options.stop` — or, while the history below a state-only
+    /// seed is being backfilled, from the seed's state (a stop before it fails with
+    /// [`LedgerError::HistoryIncomplete`]).
     pub fn replay(&self, options: &ReplayOptions, progress: &(dyn Fn(u64) + Sync)) -> Result<(Projection, ReplayStats), LedgerError> {
-        let mut p = Projection::new();
+        let mut p = self.start();
+        if let Some(b) = &self.backfill {
+            let base = b.base.head.map_or(0, |h| h.seq);
+            let before_base = match options.stop {
+                StopAt::End => false,
+                StopAt::Seq(s) => s < base,
+                // The seed's head event, once backfilled, says when the state was reached.
+                StopAt::Time(t) => self.range(base, base).ok().and_then(|e| e.first().map(|e| t < e.event.timestamp)).unwrap_or(true),
+            };
+            if before_base {
+                return Err(self.incomplete());
+            }
+        }
         let stats = replay_range(&self.ledger, &self.path, &mut p, options, progress)?;
         Ok((p, stats))
     }
@@ -174,18 +266,22 @@ impl LedgerReader {
         replay_range(&self.ledger, &self.path, projection, options, progress)
     }
 
-    /// Events `from..=to`, checked (decode, keys, links, hashes). Page large ranges.
+    /// Events `from..=to`, checked (decode, keys, links, hashes). Page large ranges. Fails with
+    /// [`LedgerError::HistoryIncomplete`] below the history held.
     pub fn range(&self, from: u64, to: u64) -> Result<Vec<ChainedEvent>, LedgerError> {
+        if from < self.history_from() {
+            return Err(self.incomplete());
+        }
         read_verified_range(&self.ledger, &self.path, from, to)
     }
 
     /// Counts over the whole ledger (one trusted replay, paged).
     pub fn stats(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<LedgerStats, LedgerError> {
-        let mut st = LedgerStats { head: self.recorded_head()?, ..Default::default() };
+        let mut st = LedgerStats { head: self.recorded_head()?, history_from: self.history_from(), ..Default::default() };
         let mut authors = std::collections::HashSet::new();
         let end = st.head.map_or(0, |h| h.0);
         let page = crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
-        let mut from = 0;
+        let mut from = st.history_from;
         while st.head.is_some() && from <= end {
             let events = self.range(from, (from + page - 1).min(end))?;
             if events.is_empty() {

@@ -172,3 +172,85 @@ async fn count_kind(v: &crate::quic::Voter, from: u64, to: u64, kind: &str) -> u
     }
     n
 }
+
+/// A Rhizomorph started from a **state-only** seed (its registries and head, no events:
+/// kilobytes instead of the whole history) answers from the seed's state at once, follows the
+/// chain forward by gossip and backfills the history below the seed, back to genesis, over
+/// QUIC; its ledger then verifies from genesis and holds the voters' chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_latent_node_from_a_state_only_seed_backfills_to_genesis() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut voters = form_quic_cluster(root.path(), 160, 0x6_0001).await;
+    let leader = leader_of(&voters, Duration::from_secs(5)).await;
+    let key = NodeKey::from_seed([165; 32]);
+    let dir = root.path().join("l0");
+    // Admitted before the seed is taken, so the voters' registry lets it gossip.
+    {
+        let s = voters[leader].system.as_ref().expect("leader");
+        let ann = mycnet_spores::NodeAnnouncement {
+            node: key.node_id(),
+            name: "l0".into(),
+            role: NodeRole::Rhizomorph,
+            addresses: vec![],
+            capabilities: vec![],
+        };
+        s.admit(ann).await.expect("admit");
+        for i in 0..300 {
+            let dns = Endpoint { protocol: "udp".into(), address: format!("10.1.{}.{}:53", i / 200, i % 200) };
+            s.register_service(&format!("before-{i}"), vec![dns], vec!["dns".into()], vec![]).await.expect("write");
+        }
+    }
+    let seed_path = root.path().join("state-only.seed");
+    let at = voters[leader].system.as_ref().expect("leader").export_seed(&seed_path, false).await.expect("export a state-only seed");
+    assert!(std::fs::metadata(&seed_path).expect("seed").len() < 256 * 1024, "a state-only seed is small");
+    {
+        let seed = mycnet_spores::seed::read_file(&seed_path, mycnet_spores::seed::VerifyPolicy::default()).expect("verify the seed");
+        assert!(!seed.header.includes_events);
+        let mut l = mycnet_spores::Ledger::open(dir.join("ledger"), mycnet_spores::LedgerConfig::default()).expect("ledger");
+        let head = mycnet_spores::seed::import(&mut l, &seed).expect("import the state-only seed");
+        assert_eq!((head.seq, head.hash), (at.seq, at.hash));
+        assert_eq!(l.history_from(), at.seq + 1, "nothing below the seed's head is held yet");
+    }
+    let report = mycnet_spores::LedgerReader::open(&dir).expect("reader").verify(&|_| {}).expect("verify");
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!((report.history_from, report.events_verified), (at.seq + 1, 0));
+
+    // More writes after the seed, then the node starts with one voter to gossip with.
+    for i in 0..20 {
+        let s = voters[(leader + i) % 3].system.as_ref().expect("voter");
+        s.register_service(&format!("after-{i}"), vec![], vec!["dns".into()], vec![]).await.expect("write");
+    }
+    let boot = voters[(leader + 1) % 3].system.as_ref().expect("voter").peer().expect("peer");
+    let mut l = start_latent(&key, &dir, vec![boot]).await;
+    // It answers from the seed's registries before anything arrives.
+    assert!(l.services_by_capability("dns").expect("query").len() >= 300);
+    let head = converged(&voters, Duration::from_secs(10)).await;
+    wait_for("the latent node follows the head and backfills to genesis", Duration::from_secs(30), || {
+        l.status().is_ok_and(|s| s.history_from == 0 && s.head.is_some_and(|h| h.seq >= head.seq))
+    })
+    .await;
+    assert_eq!(l.services_by_capability("dns").expect("query").len(), 320);
+    // The whole chain, genesis included, arrived: the node can replay it from the start.
+    let from_genesis: Vec<_> = {
+        let mut sub = l.subscribe(0).expect("subscribe from genesis");
+        let mut out = Vec::new();
+        while out.len() <= head.seq as usize {
+            let ev = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("in time").expect("open").expect("event");
+            out.push(ev);
+        }
+        out
+    };
+    assert_eq!(from_genesis[0].seq, 0);
+    assert_eq!(from_genesis[head.seq as usize].hash, head.hash, "the voters' chain, hash for hash");
+    l.shutdown().await.expect("shutdown");
+    let report = mycnet_spores::LedgerReader::open(&dir).expect("reader").verify(&|_| {}).expect("verify");
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.history_from, 0);
+    assert!(report.base.is_none(), "a complete history is verified from genesis, every rule applied");
+    assert!(report.events_verified > head.seq);
+    for v in voters.iter_mut() {
+        if let Some(mut s) = v.system.take() {
+            let _ = s.shutdown().await;
+        }
+    }
+}

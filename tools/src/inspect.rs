@@ -85,6 +85,8 @@ pub fn verify(dir: &Path, o: &mut Out) -> CliResult {
             "head": report.recorded_head.map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
             "fingerprint": report.fingerprint,
             "first_error": report.first_error.as_ref().map(|(seq, c)| json!({"seq": seq, "reason": c.to_string(), "detail": c})),
+            "history_from": report.history_from,
+            "base": report.base.map(|p| json!({"seq": p.seq, "hash": p.hash})),
             "elapsed_secs": report.elapsed_secs,
         }))?;
     } else {
@@ -95,6 +97,12 @@ pub fn verify(dir: &Path, o: &mut Out) -> CliResult {
                     "OK: {} events, {} signatures verified in {:.2} s; head {head}",
                     report.events_verified, report.signatures_verified, report.elapsed_secs
                 ))?;
+                if let Some(base) = report.base {
+                    o.line(format!(
+                        "history held from seq {} (loaded from a state-only seed at {} {}; the rest is backfilled by gossip): events below the seed's head checked back from its hash, the rules from its state",
+                        report.history_from, base.seq, base.hash
+                    ))?;
+                }
             }
             Some((seq, c)) => {
                 o.line(format!("DAMAGED at seq {seq}: {c}"))?;
@@ -152,6 +160,16 @@ pub fn dump(dir: &Path, from: u64, to: Option<u64>, o: &mut Out) -> CliResult {
         return Ok(());
     };
     let to = to.unwrap_or(head).min(head);
+    let held = reader.history_from();
+    let from = if from < held {
+        eprintln!("spore: the ledger holds its history from seq {held} (loaded from a state-only seed, still backfilling); dumping from there");
+        if held > to {
+            return Ok(());
+        }
+        held
+    } else {
+        from
+    };
     if from > to {
         return Err(CliError::usage(format!("--from {from} is after --to {to} (head is {head})")));
     }
@@ -202,6 +220,9 @@ pub fn stats(dir: &Path, o: &mut Out) -> CliResult {
     }
     o.line(format!("network      {} ({})", st.network_name.as_deref().unwrap_or("-"), st.fingerprint.map_or("-".into(), |f| f.to_hex())))?;
     o.line(format!("events       {}", st.events))?;
+    if st.history_from > 0 {
+        o.line(format!("history      held from seq {} (loaded from a state-only seed; the rest is backfilled by gossip)", st.history_from))?;
+    }
     o.line(format!("head         {}", st.head.map_or("-".into(), |(s, h)| format!("{s} {h}"))))?;
     o.line(format!(
         "time span    {} .. {}",

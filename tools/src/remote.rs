@@ -173,6 +173,9 @@ pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Ou
     o.line(format!("tiers        primary {}  seed {}  latent {}", reach(st.reach.primary), reach(st.reach.seed), reach(st.reach.latent)))?;
     o.line(format!("anchor       {}", st.anchor.map_or("-".into(), |a| format!("{} {}", a.seq, a.hash))))?;
     o.line(format!("gossip       {}", st.last_gossip_ms.map_or("no session yet".into(), |ms| format!("last session {ms} ms ago"))))?;
+    if st.history_from > 0 {
+        o.line(format!("history      held from seq {} (started from a state-only seed; backfilling the rest by gossip)", st.history_from))?;
+    }
     if st.provisional > 0 {
         o.line(format!("provisional  {} write(s) held until a voter is reachable", st.provisional))?;
     }

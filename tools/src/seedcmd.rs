@@ -42,9 +42,18 @@ pub fn import(data_dir: &Path, file: &Path, policy: VerifyPolicy, o: &mut Out) -
         }
         (None, None) => return Err(CliError::Io("nothing verified".into())),
     };
-    let imported = head.seq + 1 - before.map_or(0, |b| b + 1);
+    // A state-only seed brings its state and head; the history below comes later by gossip.
+    let history_from = ledger.history_from();
+    let imported = (head.seq + 1).saturating_sub(before.map_or(0, |b| b + 1).max(history_from));
     if o.json {
-        o.json_line(&json!({ "data_dir": data_dir, "imported_events": imported, "head": { "seq": head.seq, "hash": head.hash }, "fingerprint": fingerprint }))
+        o.json_line(&json!({ "data_dir": data_dir, "imported_events": imported, "head": { "seq": head.seq, "hash": head.hash }, "fingerprint": fingerprint, "history_from": history_from }))
+    } else if history_from > 0 {
+        o.line(format!(
+            "imported the state at head {} {} into {} (no events: the history below is backfilled by gossip once the node runs)",
+            head.seq,
+            head.hash,
+            data_dir.display()
+        ))
     } else {
         o.line(format!("imported {imported} events into {}: head {} {}", data_dir.display(), head.seq, head.hash))
     }

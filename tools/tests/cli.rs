@@ -655,6 +655,34 @@ fn the_demo_runs_and_verifies_every_node() {
     let fresh = root.path().join("fresh");
     assert_eq!(run(&["seed", "import", "--data-dir", path(&fresh), path(&damaged)]).status.code(), Some(1));
     assert!(!fresh.join("ledger").exists(), "nothing created for a seed that does not verify");
+
+    // A state-only seed (no events) imports as the state and head; the inspector says the
+    // history below is not held yet and checks what is there.
+    let bare = root.path().join("v1-state.seed");
+    let out = run(&["seed", "export", "--data-dir", path(&root.path().join("v1")), "--out", path(&bare), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let head_seq = exported["head"]["seq"].as_u64().expect("head seq");
+    let latent = root.path().join("from-state");
+    let out = run(&["seed", "import", "--data-dir", path(&latent), path(&bare), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["history_from"].as_u64(), Some(head_seq + 1));
+    assert_eq!(json(&out)["imported_events"].as_u64(), Some(0));
+    let v = json(&run(&["verify", path(&latent), "--json"]));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["head"], exported["head"]);
+    assert_eq!(v["history_from"].as_u64(), Some(head_seq + 1));
+    assert_eq!(v["base"], exported["head"]);
+    assert_eq!(json(&run(&["stats", path(&latent), "--json"]))["history_from"].as_u64(), Some(head_seq + 1));
+    let state = run(&["state", path(&latent), "--json"]);
+    assert_eq!(state.status.code(), Some(0), "the state at the head is the seed's: {}", String::from_utf8_lossy(&state.stderr));
+    let early = run(&["state", path(&latent), "--at-seq", "1"]);
+    assert_eq!(early.status.code(), Some(2), "before the seed's head there is nothing to replay");
+    assert!(String::from_utf8_lossy(&early.stderr).contains("backfilled"), "{}", String::from_utf8_lossy(&early.stderr));
+    let dump = run(&["dump", path(&latent)]);
+    assert_eq!(dump.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&dump.stderr).contains("state-only seed"), "{}", String::from_utf8_lossy(&dump.stderr));
+    // Into a ledger that already holds a chain a state-only seed cannot go.
+    assert_eq!(run(&["seed", "import", "--data-dir", path(&copy), path(&bare)]).status.code(), Some(1));
 }
 
 // ---------------------------------------------------------------------------------------------
