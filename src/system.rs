@@ -548,6 +548,15 @@ impl SporeSystem {
             modes: modes.clone(),
             tier_views: tier_views.clone(),
             fence,
+            provisional: (cfg.role == NodeRole::Rhizomorph).then(|| ProvisionalWriter {
+                raft: raft.clone(),
+                transport: transport.clone(),
+                ledger: ledger.clone(),
+                gossip: gossip.clone(),
+                me: me.clone(),
+                key: key.clone(),
+                timeouts: cfg.timeouts.clone(),
+            }),
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -838,33 +847,18 @@ impl SporeSystem {
     /// provisional event and handed on by gossip ([`Error::Provisional`]).
     async fn submit_provisional(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
         let r = self.running()?;
-        let head = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.head().map(|h| h.seq);
-        let p = ProvisionalEvent::new(&r.key, event, head);
-        let deadline = Instant::now() + r.timeouts.write;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match deliver_provisional(&r.raft, &r.transport, &r.ledger, r.gossip.as_deref(), &r.me, &p, left, r.timeouts.rpc).await {
-                Some(SporeResponse::Applied(point)) => return Ok(point),
-                Some(SporeResponse::Rejected(Rejection::ProvisionalDuplicate(point))) => return Ok(point),
-                Some(SporeResponse::Rejected(rej)) => return Err(Error::Rejected(rej)),
-                Some(other) => return Err(Error::Raft(format!("unexpected response to a provisional event: {other:?}"))),
-                None => {}
-            }
-            if Instant::now() + backoff >= deadline {
-                break;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
-        }
-        let id = p.id();
-        {
-            let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-            crate::store::provisional::put(&l, &p)?;
-        }
-        tracing::info!(id = %id.short(), kind = p.event.body.kind(), "no voter reachable; holding the write as a provisional event");
-        Err(Error::Provisional { id })
+        let writer = ProvisionalWriter {
+            raft: r.raft.clone(),
+            transport: r.transport.clone(),
+            ledger: r.ledger.clone(),
+            gossip: r.gossip.clone(),
+            me: r.me.clone(),
+            key: r.key.clone(),
+            timeouts: r.timeouts.clone(),
+        };
+        writer.submit(event).await
     }
+
 
     /// The provisional events this node holds (written while cut off from the voters, or
     /// handed over by peers), not committed yet.
@@ -1507,6 +1501,57 @@ struct NodeService {
     modes: SharedModes,
     tier_views: Arc<crate::tiers::TierViews>,
     fence: Arc<crate::resolve::YieldFence>,
+    /// On a latent node: takes writes forwarded to it (`spore service register --addr` of a
+    /// Rhizomorph) the way it takes its own, delivered to the voters or held.
+    provisional: Option<ProvisionalWriter>,
+}
+
+/// What a latent node (outside the Raft membership) needs to hand a write to the voters, or
+/// to hold it as a provisional event: for its own writes and for writes forwarded to it.
+#[derive(Clone)]
+struct ProvisionalWriter {
+    raft: Raft,
+    transport: SharedTransport,
+    ledger: SharedLedger,
+    gossip: Option<Arc<GossipService>>,
+    me: PeerNode,
+    key: NodeKey,
+    timeouts: Timeouts,
+}
+
+impl ProvisionalWriter {
+    /// Wraps `event` with this node's statement that it is not in the chain up to its head
+    /// and delivers it to the voters it knows (retried until the write timeout; the statement
+    /// makes a retry after a lost answer harmless), else holds it ([`Error::Provisional`]).
+    #[tracing::instrument(level = "debug", skip_all, fields(kind = event.body.kind()))]
+    async fn submit(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
+        let head = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.head().map(|h| h.seq);
+        let p = ProvisionalEvent::new(&self.key, event, head);
+        let deadline = Instant::now() + self.timeouts.write;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match deliver_provisional(&self.raft, &self.transport, &self.ledger, self.gossip.as_deref(), &self.me, &p, left, self.timeouts.rpc).await {
+                Some(SporeResponse::Applied(point)) => return Ok(point),
+                Some(SporeResponse::Rejected(Rejection::ProvisionalDuplicate(point))) => return Ok(point),
+                Some(SporeResponse::Rejected(rej)) => return Err(Error::Rejected(rej)),
+                Some(other) => return Err(Error::Raft(format!("unexpected response to a provisional event: {other:?}"))),
+                None => {}
+            }
+            if Instant::now() + backoff >= deadline {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        let id = p.id();
+        {
+            let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            crate::store::provisional::put(&l, &p)?;
+        }
+        tracing::info!(id = %id.short(), kind = p.event.body.kind(), "no voter reachable; holding the write as a provisional event");
+        Err(Error::Provisional { id })
+    }
 }
 
 /// Whether `node` is in `raft`'s membership (voter or learner).
@@ -1881,6 +1926,18 @@ impl crate::net::RpcHandler for NodeService {
                     _ => RpcResponse::InstallSnapshot(Err(RaftError::Fatal(Fatal::Stopped))),
                 };
                 Box::pin(async move { resp })
+            }
+            RpcRequest::Forward(ev) if self.provisional.is_some() && !is_member(&self.raft, &self.me.node) => {
+                let writer = self.provisional.clone();
+                Box::pin(async move {
+                    let Some(writer) = writer else { return RpcResponse::Forward(Err(RemoteFailure::Other("not a latent node".into()))) };
+                    RpcResponse::Forward(match writer.submit(ev).await {
+                        Ok(point) => Ok(SporeResponse::Applied(point)),
+                        Err(Error::Rejected(r)) => Ok(SporeResponse::Rejected(r)),
+                        Err(Error::Provisional { id }) => Err(RemoteFailure::Provisional { id }),
+                        Err(e) => Err(RemoteFailure::Other(e.to_string())),
+                    })
+                })
             }
             other => self.raft_service.handle(from, other),
         }

@@ -229,6 +229,13 @@ pub enum RemoteFailure {
     /// Anything else, as text.
     #[error("{0}")]
     Other(String),
+    /// The receiver, a latent node that reached no voter, holds the forwarded write as a
+    /// provisional event: it travels by gossip and is committed once a voter is reachable.
+    #[error("held as provisional event {} until a voter is reachable", id.short())]
+    Provisional {
+        /// The event's id.
+        id: crate::core::provisional::EventId,
+    },
 }
 
 /// A response to an [`RpcRequest`] of the same kind.

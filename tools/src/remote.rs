@@ -309,7 +309,7 @@ pub async fn submit(
     body: impl FnOnce(NodeId) -> EventBody,
     landed_before: impl Fn(&mycnet_spores::Rejection) -> bool,
     timeout: Duration,
-) -> Result<Option<ChainPoint>, CliError> {
+) -> Result<Written, CliError> {
     let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
@@ -326,11 +326,13 @@ pub async fn submit(
         // Short attempts: a leader named by a stale node may be the one that just died.
         let attempt = quic::call_once(&key, &target, None, quic::ALPN_RAFT, RpcRequest::Forward(event.clone()), left().min(ATTEMPT_TIMEOUT)).await;
         match attempt {
-            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Applied(point))))) => return Ok(Some(point)),
+            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Applied(point))))) => return Ok(Written::Committed(point)),
             Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) if maybe_delivered && landed_before(&r) => {
                 tracing::info!(reason = %r, "the retry was refused because an earlier attempt was committed");
-                return Ok(None);
+                return Ok(Written::Earlier);
             }
+            // A latent node that reached no voter keeps the write and hands it on by gossip.
+            Ok((_, RpcResponse::Forward(Err(RemoteFailure::Provisional { id })))) => return Ok(Written::Held(id)),
             Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) => return Err(CliError::BadData(format!("rejected: {r}"))),
             Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: Some(l) })))) => target = l.addr,
             Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: None })))) => {}
@@ -355,6 +357,17 @@ pub async fn submit(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What became of a write [`submit`] handed to a node.
+pub enum Written {
+    /// Committed at this point of the chain.
+    Committed(ChainPoint),
+    /// Committed by an earlier attempt whose answer was lost.
+    Earlier,
+    /// Held by the latent node it was sent to, as a provisional event, until a voter is
+    /// reachable (it travels by gossip and is committed once).
+    Held(mycnet_spores::core::provisional::EventId),
 }
 
 /// Parses `proto://host:port` into an endpoint.
@@ -393,12 +406,17 @@ pub async fn register_service(
     report_write(o, "registered", service_id, point)
 }
 
-fn report_write(o: &mut Out, done: &str, service_id: uuid::Uuid, point: Option<ChainPoint>) -> CliResult {
-    match (point, o.json) {
-        (Some(p), true) => o.json_line(&json!({ "service_id": service_id, "seq": p.seq, "hash": p.hash })),
-        (None, true) => o.json_line(&json!({ "service_id": service_id, "seq": null, "committed_by": "an earlier attempt" })),
-        (Some(p), false) => o.line(format!("{done} {service_id} at seq {} ({})", p.seq, p.hash.short())),
-        (None, false) => o.line(format!("{done} {service_id} (committed by an earlier attempt whose answer was lost)")),
+fn report_write(o: &mut Out, done: &str, service_id: uuid::Uuid, written: Written) -> CliResult {
+    match (written, o.json) {
+        (Written::Committed(p), true) => o.json_line(&json!({ "service_id": service_id, "seq": p.seq, "hash": p.hash })),
+        (Written::Earlier, true) => o.json_line(&json!({ "service_id": service_id, "seq": null, "committed_by": "an earlier attempt" })),
+        (Written::Held(id), true) => o.json_line(&json!({ "service_id": service_id, "seq": null, "provisional": id.to_string() })),
+        (Written::Committed(p), false) => o.line(format!("{done} {service_id} at seq {} ({})", p.seq, p.hash.short())),
+        (Written::Earlier, false) => o.line(format!("{done} {service_id} (committed by an earlier attempt whose answer was lost)")),
+        (Written::Held(id), false) => o.line(format!(
+            "{done} {service_id}: held as provisional event {} by the latent node (no voter reachable); it is committed once one is",
+            id.short()
+        )),
     }
 }
 

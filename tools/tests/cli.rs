@@ -538,6 +538,12 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
     for k in 0..6 {
         acked.push(register(&procs[k % 3].dir.join("node.key"), &procs[k % 3].addr, &format!("svc-{k}")).expect("write acknowledged"));
     }
+    // A write handed to a latent node (signed with its own key) reaches the voters through it
+    // and is committed once (once the node has synced the network it answers with the point).
+    for (i, p) in procs[3..].iter().enumerate() {
+        let key = p.dir.join("node.key");
+        acked.push(wait_until("a write through a latent node", Duration::from_secs(30), || register(&key, &p.addr, &format!("via-latent-{i}"))));
+    }
     for p in &procs[3..] {
         wait_until("every acknowledged write on the latent node", Duration::from_secs(30), || {
             let have = services(&p.addr)?;
