@@ -220,11 +220,11 @@ mod tests {
 
     #[test]
     fn authority_then_activity_then_the_smaller_hash() {
-        let r = resolve(&summary(SporeType::Latent, 50, 1), &summary(SporeType::Primary, 1, 9)).unwrap();
+        let r = resolve(&summary(SporeType::Latent, 50, 1), &summary(SporeType::Primary, 1, 9)).expect("a decision");
         assert_eq!((r.winner.tier, r.decided_by), (SporeType::Primary, DecidedBy::Authority));
-        let r = resolve(&summary(SporeType::Seed, 2, 1), &summary(SporeType::Seed, 3, 9)).unwrap();
+        let r = resolve(&summary(SporeType::Seed, 2, 1), &summary(SporeType::Seed, 3, 9)).expect("a decision");
         assert_eq!((r.winner.active_nodes, r.decided_by), (3, DecidedBy::Activity));
-        let r = resolve(&summary(SporeType::Primary, 3, 9), &summary(SporeType::Primary, 3, 1)).unwrap();
+        let r = resolve(&summary(SporeType::Primary, 3, 9), &summary(SporeType::Primary, 3, 1)).expect("a decision");
         assert_eq!((r.winner.first.hash, r.decided_by), (h(1), DecidedBy::TieBreak));
     }
 
@@ -245,8 +245,8 @@ mod tests {
         fn resolution_is_symmetric_and_total(t1 in tier(), t2 in tier(), a1 in 0u32..4, a2 in 0u32..4, f1: u8, f2: u8) {
             prop_assume!(f1 != f2);
             let (a, b) = (summary(t1, a1, f1), summary(t2, a2, f2));
-            let ab = resolve(&a, &b).unwrap();
-            let ba = resolve(&b, &a).unwrap();
+            let ab = resolve(&a, &b).expect("a decision");
+            let ba = resolve(&b, &a).expect("a decision");
             prop_assert_eq!(&ab, &ba);
             prop_assert!(ab.winner.tier.authority() >= ab.loser.tier.authority());
         }

@@ -614,7 +614,7 @@ impl SyncSession {
     fn next_backfill_request(&self) -> Option<(u64, u32)> {
         let end = self.backfill.filter(|_| !self.backfill_stopped)?;
         // The peer's chain must reach the point (it may still not hold the history below).
-        if !self.peer.as_ref().is_some_and(|p| p.head.is_some_and(|h| h.seq >= end.seq)) {
+        if self.peer.as_ref().is_none_or(|p| p.head.is_none_or(|h| h.seq < end.seq)) {
             return None;
         }
         match self.backfill_buf.last() {

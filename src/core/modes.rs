@@ -198,24 +198,24 @@ mod tests {
     }
 
     fn member(leader: bool) -> ModeInputs {
-        ModeInputs { has_chain: true, raft_member: true, leader: leader.then(|| NodeId([7; 32])), ..Default::default() }
+        ModeInputs { has_chain: true, raft_member: true, leader: leader.then_some(NodeId([7; 32])), ..Default::default() }
     }
 
     #[test]
     fn formation_normal_partition_and_back_with_reasons() {
         let mut m = ModeMachine::new(ModeConfig::default(), at(0));
         assert_eq!(m.observe(&ModeInputs::default(), at(1)), None, "formation stays formation");
-        let t = m.observe(&member(true), at(2)).unwrap();
+        let t = m.observe(&member(true), at(2)).expect("a transition");
         assert_eq!((t.from, t.to), (NetworkFormation, NormalOperation));
         assert!(t.reason.contains("leader"), "{}", t.reason);
         // An election: no leader for less than the grace is not a partition.
         assert_eq!(m.observe(&member(false), at(3)), None);
         assert_eq!(m.observe(&member(true), at(4)), None);
         assert_eq!(m.observe(&member(false), at(5)), None);
-        let t = m.observe(&member(false), at(9)).unwrap();
+        let t = m.observe(&member(false), at(9)).expect("a transition");
         assert_eq!((t.from, t.to), (NormalOperation, PartitionRecovery));
         assert!(t.reason.contains("no leader known for 4.0 s"), "{}", t.reason);
-        let t = m.observe(&member(true), at(10)).unwrap();
+        let t = m.observe(&member(true), at(10)).expect("a transition");
         assert_eq!(t.to, NormalOperation);
         assert!(t.reason.contains("reachable again"), "{}", t.reason);
         assert_eq!(m.history().count(), 3);
@@ -226,9 +226,9 @@ mod tests {
         let mut m = ModeMachine::new(ModeConfig::default(), at(0));
         m.observe(&member(true), at(1));
         let forked = ModeInputs { unresolved_forks: 1, ..member(true) };
-        assert_eq!(m.observe(&forked, at(2)).unwrap().to, SplitBrainResolution);
+        assert_eq!(m.observe(&forked, at(2)).expect("a transition").to, SplitBrainResolution);
         assert_eq!(m.observe(&ModeInputs { unresolved_forks: 1, ..member(false) }, at(30)), None);
-        let t = m.observe(&member(true), at(31)).unwrap();
+        let t = m.observe(&member(true), at(31)).expect("a transition");
         assert_eq!((t.from, t.to), (SplitBrainResolution, NormalOperation));
         assert!(t.reason.contains("resolved"));
     }
@@ -237,10 +237,10 @@ mod tests {
     fn a_latent_node_is_normal_while_it_hears_a_primary() {
         let mut m = ModeMachine::new(ModeConfig::default(), at(0));
         let latent = |reachable| ModeInputs { has_chain: true, primary_reachable: reachable, ..Default::default() };
-        assert_eq!(m.observe(&latent(false), at(1)).unwrap().to, PartitionRecovery);
-        assert_eq!(m.observe(&latent(true), at(2)).unwrap().to, NormalOperation);
+        assert_eq!(m.observe(&latent(false), at(1)).expect("a transition").to, PartitionRecovery);
+        assert_eq!(m.observe(&latent(true), at(2)).expect("a transition").to, NormalOperation);
         assert_eq!(m.observe(&latent(false), at(3)), None);
-        assert!(m.observe(&latent(false), at(6)).unwrap().reason.contains("no primary node heard"));
+        assert!(m.observe(&latent(false), at(6)).expect("a transition").reason.contains("no primary node heard"));
     }
 
     #[test]
