@@ -312,6 +312,8 @@ impl SporeSystemBuilder {
 
 struct Running {
     key: NodeKey,
+    /// Delivers or holds the writes of a node outside the Raft membership.
+    writer: ProvisionalWriter,
     me: PeerNode,
     role: NodeRole,
     name: String,
@@ -491,15 +493,16 @@ impl SporeSystem {
             svc
         });
         tasks.push(spawn_anchor_task(raft.clone(), proposer.clone(), ledger.clone(), key.clone(), cfg.anchors));
-        tasks.push(spawn_provisional_task(
-            raft.clone(),
-            transport.clone(),
-            ledger.clone(),
-            gossip.clone(),
-            me.clone(),
-            key.clone(),
-            cfg.timeouts.rpc,
-        ));
+        let writer = ProvisionalWriter {
+            raft: raft.clone(),
+            transport: transport.clone(),
+            ledger: ledger.clone(),
+            gossip: gossip.clone(),
+            me: me.clone(),
+            key: key.clone(),
+            timeouts: cfg.timeouts.clone(),
+        };
+        tasks.push(spawn_provisional_task(writer.clone()));
         let liveness = transport.swim_link().map(|link| {
             let cands = gossip.clone();
             let (svc, task) = LivenessService::spawn(me.clone(), cfg.liveness.clone(), link, move || {
@@ -548,18 +551,11 @@ impl SporeSystem {
             modes: modes.clone(),
             tier_views: tier_views.clone(),
             fence,
-            provisional: (cfg.role == NodeRole::Rhizomorph).then(|| ProvisionalWriter {
-                raft: raft.clone(),
-                transport: transport.clone(),
-                ledger: ledger.clone(),
-                gossip: gossip.clone(),
-                me: me.clone(),
-                key: key.clone(),
-                timeouts: cfg.timeouts.clone(),
-            }),
+            provisional: (cfg.role == NodeRole::Rhizomorph).then(|| writer.clone()),
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
+            writer,
             key,
             name: cfg.name.unwrap_or_else(|| format!("node-{}", node.short())),
             role: cfg.role,
@@ -846,17 +842,7 @@ impl SporeSystem {
     /// timeout; the statement makes a retry after a lost answer harmless), else held as a
     /// provisional event and handed on by gossip ([`Error::Provisional`]).
     async fn submit_provisional(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
-        let r = self.running()?;
-        let writer = ProvisionalWriter {
-            raft: r.raft.clone(),
-            transport: r.transport.clone(),
-            ledger: r.ledger.clone(),
-            gossip: r.gossip.clone(),
-            me: r.me.clone(),
-            key: r.key.clone(),
-            timeouts: r.timeouts.clone(),
-        };
-        writer.submit(event).await
+        self.running()?.writer.submit(event).await
     }
 
 
@@ -1636,16 +1622,9 @@ const PROVISIONAL_PER_TICK: usize = 16;
 /// refused for good). Also drops what can no longer be committed: a held event whose
 /// statement fell out of the window a committer scans is re-issued by its author (after
 /// checking its own chain) and dropped by everyone else.
-#[allow(clippy::too_many_arguments)]
-fn spawn_provisional_task(
-    raft: Raft,
-    transport: SharedTransport,
-    ledger: SharedLedger,
-    gossip: Option<Arc<GossipService>>,
-    me: PeerNode,
-    key: NodeKey,
-    rpc_timeout: Duration,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_provisional_task(writer: ProvisionalWriter) -> tokio::task::JoinHandle<()> {
+    let ProvisionalWriter { raft, transport, ledger, gossip, me, key, timeouts } = writer;
+    let rpc_timeout = timeouts.rpc;
     let span = tracing::info_span!("provisional", node = %me.node.short());
     tokio::spawn(
         async move {

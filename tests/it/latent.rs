@@ -54,8 +54,9 @@ struct SideResult {
     stored: u64,
 }
 
-/// Runs the adapter loop for one side: store, serve; returns messages to send.
-fn pump(s: &mut SyncSession, l: &mut Ledger, out: &mut VecDeque<GossipMessage>, stored: &mut u64) -> Option<SessionOutcome> {
+/// Runs the adapter loop for one side: store, serve (at most `cap` events per answer, as a
+/// peer bounded by bytes does); returns messages to send.
+fn pump(s: &mut SyncSession, l: &mut Ledger, out: &mut VecDeque<GossipMessage>, stored: &mut u64, cap: u32) -> Option<SessionOutcome> {
     let mut outcome = None;
     loop {
         let mut progressed = false;
@@ -76,7 +77,7 @@ fn pump(s: &mut SyncSession, l: &mut Ledger, out: &mut VecDeque<GossipMessage>, 
                     }
                     Err(e) => s.store_failed(e.to_string()),
                 },
-                SessionEvent::Serve { from, max_events } => out.push_back(GossipMessage::Range(serve(l, from, max_events))),
+                SessionEvent::Serve { from, max_events } => out.push_back(GossipMessage::Range(serve(l, from, max_events.min(cap)))),
                 SessionEvent::Provisional(_) | SessionEvent::Forks(_) => {}
                 SessionEvent::Finished(o) => outcome = Some(o),
             }
@@ -93,17 +94,23 @@ fn pump(s: &mut SyncSession, l: &mut Ledger, out: &mut VecDeque<GossipMessage>, 
 
 /// Runs a lossless session between two ledgers to the end.
 fn sync_pair(a: &mut Ledger, b: &mut Ledger, cfg: &SyncConfig) -> (SideResult, SideResult) {
+    sync_sessions(a, b, true, cfg, u32::MAX)
+}
+
+/// Runs a lossless session between `a` (pulling) and `b` (pulling if `b_pulls`), each
+/// answering with at most `cap` events, until both finish.
+fn sync_sessions(a: &mut Ledger, b: &mut Ledger, b_pulls: bool, cfg: &SyncConfig, cap: u32) -> (SideResult, SideResult) {
     let now = Instant::now();
     let mut sa = SyncSession::new(cfg.clone(), local_view(a, true), now);
-    let mut sb = SyncSession::new(cfg.clone(), local_view(b, true), now);
+    let mut sb = SyncSession::new(cfg.clone(), local_view(b, b_pulls), now);
     let (mut to_b, mut to_a) = (VecDeque::new(), VecDeque::new());
     let (mut oa, mut ob) = (None, None);
     let (mut na, mut nb) = (0, 0);
     for _ in 0..100_000 {
-        if let Some(o) = pump(&mut sa, a, &mut to_b, &mut na) {
+        if let Some(o) = pump(&mut sa, a, &mut to_b, &mut na, cap) {
             oa = Some(o);
         }
-        if let Some(o) = pump(&mut sb, b, &mut to_a, &mut nb) {
+        if let Some(o) = pump(&mut sb, b, &mut to_a, &mut nb, cap) {
             ob = Some(o);
         }
         if oa.is_some() && ob.is_some() {
@@ -265,7 +272,7 @@ fn thirty_nodes_converge_in_logarithmic_rounds_with_loss_and_delay() {
                     s.handle_timeout(now);
                     let mut out = VecDeque::new();
                     let mut ignored = 0;
-                    if pump(s, &mut ledgers[node], &mut out, &mut ignored).is_some() {
+                    if pump(s, &mut ledgers[node], &mut out, &mut ignored, u32::MAX).is_some() {
                         *done = true;
                     }
                     for m in out {
@@ -339,7 +346,7 @@ mod malicious {
         let mut outcome = None;
         for _ in 0..1000 {
             let mut out = VecDeque::new();
-            if let Some(o) = pump(&mut s, &mut v.ledger, &mut out, &mut stored) {
+            if let Some(o) = pump(&mut s, &mut v.ledger, &mut out, &mut stored, u32::MAX) {
                 outcome = Some(o);
                 break;
             }
@@ -674,8 +681,8 @@ fn a_dropped_connection_resumes_and_resends_at_most_one_batch() {
         let (mut na, mut nb) = (0, 0);
         let mut ranges_sent = 0;
         'conn: for _ in 0..10_000 {
-            let fa = pump(&mut a, &mut dst, &mut to_b, &mut na);
-            let fb = pump(&mut b, &mut src, &mut to_a, &mut nb);
+            let fa = pump(&mut a, &mut dst, &mut to_b, &mut na, u32::MAX);
+            let fb = pump(&mut b, &mut src, &mut to_a, &mut nb, u32::MAX);
             if fa.is_some() && fb.is_some() {
                 break;
             }
@@ -1028,54 +1035,10 @@ fn a_state_only_ledger_syncs_forward_and_backfills_to_genesis() {
     assert_same_history(&full, &b);
 }
 
-/// Serves at most `cap` events per answer, as a peer bounded by bytes does.
-fn pump_capped(s: &mut SyncSession, l: &mut Ledger, out: &mut VecDeque<GossipMessage>, cap: u32) -> Option<SessionOutcome> {
-    let mut outcome = None;
-    while let Some(ev) = s.poll_event() {
-        match ev {
-            SessionEvent::Serve { from, max_events } => out.push_back(GossipMessage::Range(serve(l, from, max_events.min(cap)))),
-            SessionEvent::Backfill(range) => match l.append_backfill(&range, &[]) {
-                Ok(_) => s.stored(),
-                Err(e) => s.store_failed(e.to_string()),
-            },
-            SessionEvent::Store(range) => match l.append_linked(&range) {
-                Ok(_) => s.stored(),
-                Err(e) => s.store_failed(e.to_string()),
-            },
-            SessionEvent::Finished(o) => outcome = Some(o),
-            _ => {}
-        }
-    }
-    while let Some(m) = s.poll_transmit() {
-        out.push_back(m);
-    }
-    outcome
-}
-
-/// Runs a session between `puller` and `server`, the server answering with at most `cap`
-/// events, until both finish; the puller's outcome.
+/// Runs a session between `puller` and `server` (which only serves), the server answering
+/// with at most `cap` events; the puller's outcome.
 fn sync_capped(puller: &mut Ledger, server: &mut Ledger, cfg: &SyncConfig, cap: u32) -> SessionOutcome {
-    let now = Instant::now();
-    let mut sp = SyncSession::new(cfg.clone(), local_view(puller, true), now);
-    let mut ss = SyncSession::new(cfg.clone(), local_view(server, false), now);
-    let (mut to_s, mut to_p) = (VecDeque::new(), VecDeque::new());
-    let mut op = None;
-    for _ in 0..100_000 {
-        if let Some(o) = pump_capped(&mut sp, puller, &mut to_s, cap) {
-            op = Some(o);
-        }
-        pump_capped(&mut ss, server, &mut to_p, cap);
-        if to_s.is_empty() && to_p.is_empty() {
-            break;
-        }
-        while let Some(m) = to_s.pop_front() {
-            ss.handle(m, now);
-        }
-        while let Some(m) = to_p.pop_front() {
-            sp.handle(m, now);
-        }
-    }
-    op.expect("the puller finished")
+    sync_sessions(puller, server, false, cfg, cap).0.outcome
 }
 
 #[test]
@@ -1117,7 +1080,7 @@ fn backfill_resumes_after_a_restart_from_the_point_it_reached() {
         while let Some(m) = sb.poll_transmit() {
             to_f.push_back(m);
         }
-        pump_capped(&mut sf, &mut full, &mut to_b, u32::MAX);
+        pump(&mut sf, &mut full, &mut to_b, &mut 0, u32::MAX);
         while let Some(m) = to_f.pop_front() {
             sf.handle(m, now);
         }
