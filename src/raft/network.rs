@@ -1,4 +1,4 @@
-//! openraft's network over our [`Transport`] seam, and the server side that answers RPCs.
+//! openraft's network over our [`Transport`](crate::net::Transport) seam, and the server side that answers RPCs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

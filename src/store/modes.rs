@@ -2,7 +2,7 @@
 //! keyspace of the ledger's fjall database.
 //!
 //! Key: a running number (u64 BE); value: the postcard encoding of the
-//! [`Transition`](crate::core::modes::Transition). The newest [`MODES_KEPT`] are kept; older
+//! [`Transition`]. The newest [`MODES_KEPT`] are kept; older
 //! ones are removed as new ones arrive.
 
 use fjall::KeyspaceCreateOptions;
