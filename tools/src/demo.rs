@@ -1,7 +1,8 @@
 //! `spore demo`: a local network on loopback with embedded defaults.
 //!
 //! Forms a network of 3 voters, adds 2 latent nodes, registers nodes and services, kills the
-//! leader and shows the new one, restarts the old leader and shows it catch up, then prints the
+//! leader and shows the new one, restarts the old leader and shows it catch up, starts a sixth
+//! node from a state-only seed that backfills the history by gossip, then prints the
 //! registries and a verified chain head for every node. Cleans up unless `--keep`.
 
 use std::io::Write;
@@ -31,6 +32,8 @@ struct DemoNode {
     role: NodeRole,
     dir: PathBuf,
     addr: String,
+    /// Gossip bootstrap peers (a node kept by gossip instead of Raft).
+    gossip_peers: Vec<mycnet_spores::PeerNode>,
     system: Option<SporeSystem>,
 }
 
@@ -48,15 +51,19 @@ fn timeouts() -> Timeouts {
 }
 
 async fn start(node: &mut DemoNode, backend: &BackendFactory) -> DemoResult<()> {
-    let mut s = SporeSystem::builder()
+    let mut b = SporeSystem::builder()
         .data_dir(&node.dir)
         .key(node.key.clone())
         .name(node.name.clone())
         .role(node.role)
         .addr(node.addr.clone())
         .network(backend(&node.key))
-        .timeouts(timeouts())
-        .build();
+        .timeouts(timeouts());
+    if !node.gossip_peers.is_empty() {
+        let gossip = mycnet_spores::net::gossip::GossipConfig { interval: Duration::from_millis(200), ..Default::default() };
+        b = b.gossip(gossip).gossip_peers(node.gossip_peers.clone());
+    }
+    let mut s = b.build();
     s.start().await?;
     node.addr = s.peer()?.addr;
     node.system = Some(s);
@@ -150,6 +157,7 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
                 role: if voter { NodeRole::Sclerotium } else { NodeRole::Rhizomorph },
                 dir: root.join(&name),
                 addr: "127.0.0.1:0".into(),
+                gossip_peers: Vec::new(),
                 system: None,
             }
         })
@@ -161,7 +169,7 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
         std::fs::create_dir_all(&n.dir)?;
         mycnet_spores::store::keyfile::save(&n.dir.join(mycnet_spores::store::keyfile::KEY_FILE_NAME), &n.key)?;
     }
-    step(out, "Starting 3 voters (Sclerotia) and 2 latent nodes (Rhizomorphs) on 127.0.0.1")?;
+    step(out, "Starting 3 voters (Sclerotia) and 2 Rhizomorphs on 127.0.0.1")?;
     for n in nodes.iter_mut() {
         start(n, backend).await?;
         writeln!(out, "  {} listening on {}  key {}", n.name, n.addr, n.key.node_id().short())?;
@@ -224,6 +232,57 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
     let head = wait_converged(&nodes, Duration::from_secs(15)).await?;
     writeln!(out, "  {} caught up to seq {} ({})", nodes[leader].name, head.seq, head.hash.short())?;
     print_status(out, &nodes)?;
+
+    step(out, "A sixth node, g0, starts from a state-only seed of v0 and backfills the history by gossip")?;
+    let seed_path = root.join("v0-state.seed");
+    let at = sys(&nodes[0])?.export_seed(&seed_path, false).await?;
+    let seed_bytes = std::fs::metadata(&seed_path)?.len();
+    let mut g0 = DemoNode {
+        name: "g0".into(),
+        key: NodeKey::generate().unwrap_or_else(|_| NodeKey::from_seed([6; 32])),
+        role: NodeRole::Rhizomorph,
+        dir: root.join("g0"),
+        addr: "127.0.0.1:0".into(),
+        gossip_peers: vec![sys(&nodes[0])?.peer()?],
+        system: None,
+    };
+    std::fs::create_dir_all(&g0.dir)?;
+    mycnet_spores::store::keyfile::save(&g0.dir.join(mycnet_spores::store::keyfile::KEY_FILE_NAME), &g0.key)?;
+    {
+        let seed = mycnet_spores::seed::read_file(&seed_path, mycnet_spores::seed::VerifyPolicy::default())?;
+        let mut ledger = mycnet_spores::Ledger::open(g0.dir.join("ledger"), mycnet_spores::LedgerConfig::default())?;
+        mycnet_spores::seed::import(&mut ledger, &seed)?;
+        debug_assert_eq!(ledger.history_from(), at.seq + 1);
+    }
+    writeln!(out, "  v0's registries and head at seq {} in {seed_bytes} bytes (no events); g0 imported them", at.seq)?;
+    let announcement = mycnet_spores::NodeAnnouncement {
+        node: g0.key.node_id(),
+        name: "g0".into(),
+        role: NodeRole::Rhizomorph,
+        addresses: vec![],
+        capabilities: vec![],
+    };
+    sys(&nodes[new_leader])?.admit(announcement).await?;
+    let t = Instant::now();
+    start(&mut g0, backend).await?;
+    let answered = sys(&g0)?.services_by_capability("gpu")?.len();
+    writeln!(out, "  g0 answers at once from the seed's state: {answered} gpu service(s), before it holds any event")?;
+    nodes.push(g0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let g = nodes.len() - 1;
+    while sys(&nodes[g])?.status()?.history_from > 0 {
+        if Instant::now() > deadline {
+            return Err("g0 did not backfill its history in time".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let head = wait_converged(&nodes, Duration::from_secs(15)).await?;
+    writeln!(
+        out,
+        "  g0 followed the chain to seq {} and backfilled everything below the seed down to genesis by gossip in {} ms",
+        head.seq,
+        t.elapsed().as_millis()
+    )?;
 
     step(out, "The registries (as every node sees them)")?;
     let v0 = sys(&nodes[0])?;

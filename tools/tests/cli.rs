@@ -598,9 +598,10 @@ fn the_demo_runs_and_verifies_every_node() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("new leader:"), "{text}");
-    assert!(text.contains("All 5 nodes hold the same verified chain"), "{text}");
+    assert!(text.contains("All 6 nodes hold the same verified chain"), "{text}");
+    assert!(text.contains("backfilled everything below the seed down to genesis"), "{text}");
     // --dir keeps the data for the inspector.
-    for n in ["v0", "v1", "v2", "l0", "l1"] {
+    for n in ["v0", "v1", "v2", "l0", "l1", "g0"] {
         assert_eq!(run(&["verify", path(&root.path().join(n))]).status.code(), Some(0));
     }
 
