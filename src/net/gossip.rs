@@ -156,10 +156,19 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
             Err(GossipFrameError::Undecodable { what, reason: format!("{} trailing bytes", rest.len()) })
         }
     };
+    // postcard also reads overlong varints; only the one encoding of a message is accepted, so
+    // no two frames mean the same message.
+    fn canonical<T: serde::Serialize>(what: &'static str, value: &T, body: &[u8]) -> Result<(), GossipFrameError> {
+        match postcard::to_stdvec(value) {
+            Ok(again) if again == body => Ok(()),
+            _ => Err(GossipFrameError::Undecodable { what, reason: "not the canonical encoding".into() }),
+        }
+    }
     match tag {
         TAG_HELLO => {
             let (d, rest): (Digest, _) = postcard::take_from_bytes(body).map_err(|e| undecodable("hello", e))?;
             exact("hello", rest)?;
+            canonical("hello", &d, body)?;
             if d.peers.len() > limits::GOSSIP_PEERS_MAX {
                 return Err(GossipFrameError::TooLarge { what: "peer list", got: d.peers.len(), max: limits::GOSSIP_PEERS_MAX });
             }
@@ -172,6 +181,7 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
             let ((from, max_events), rest): ((u64, u32), _) =
                 postcard::take_from_bytes(body).map_err(|e| undecodable("request", e))?;
             exact("request", rest)?;
+            canonical("request", &(from, max_events), body)?;
             Ok(GossipMessage::Request { from, max_events })
         }
         TAG_RANGE => {
@@ -205,6 +215,7 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
             let (list, rest): (Vec<ProvisionalEvent>, _) =
                 postcard::take_from_bytes(body).map_err(|e| undecodable("provisional", e))?;
             exact("provisional", rest)?;
+            canonical("provisional", &list, body)?;
             if list.len() > limits::GOSSIP_PROVISIONAL_MAX {
                 return Err(GossipFrameError::TooLarge { what: "provisional list", got: list.len(), max: limits::GOSSIP_PROVISIONAL_MAX });
             }
@@ -213,6 +224,7 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
         TAG_FORKS => {
             let (list, rest): (Vec<ForkEvidence>, _) = postcard::take_from_bytes(body).map_err(|e| undecodable("forks", e))?;
             exact("forks", rest)?;
+            canonical("forks", &list, body)?;
             if list.len() > limits::GOSSIP_FORKS_MAX {
                 return Err(GossipFrameError::TooLarge { what: "fork evidence list", got: list.len(), max: limits::GOSSIP_FORKS_MAX });
             }

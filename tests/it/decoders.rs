@@ -396,6 +396,13 @@ fn gossip_frames_round_trip() {
     let mut huge = vec![3u8];
     huge.extend_from_slice(&u32::MAX.to_be_bytes());
     assert!(decode_frame(&huge).is_err());
+    // The same request with an overlong varint (5 as 0x85 0x00) is another frame for one
+    // message: refused, so every accepted frame is the one encoding of its message.
+    let request = encode_frame(&mycnet_spores::core::gossip::GossipMessage::Request { from: 5, max_events: 7 })[4..].to_vec();
+    assert_eq!(request[1..], [5, 7]);
+    let overlong = [request[0], 0x85, 0x00, 7];
+    assert!(decode_frame(&request).is_ok());
+    assert!(decode_frame(&overlong).is_err(), "an overlong varint is not accepted");
 }
 
 proptest! {
