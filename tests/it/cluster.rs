@@ -135,6 +135,17 @@ impl Cluster {
             }
             drop(s);
         }
+        // A crashed process's file locks go with it; here the dropped system's tasks let go
+        // of the ledger as the runtime drops them. Wait for that (bounded), so whatever opens
+        // the data dir next does not race them.
+        let lock = self.members[i].dir.join("ledger").join("lock");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(&lock) {
+            if f.try_lock().is_ok() || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Restarts node `i` from its data dir.
