@@ -270,6 +270,29 @@ fn flush(
     Ok(())
 }
 
+/// Most events an apply runs on the state machine's task rather than on a blocking thread.
+const INLINE_EVENTS_MAX: usize = 8;
+
+/// Whether `entries` are small enough to apply on the state machine's own task: a few events
+/// whose signatures the log store verified already cost less than the hop to a blocking thread
+/// and back (one write's commit latency waits on it). Provisional events read the chain and
+/// go to a blocking thread.
+fn applies_inline(entries: &[Entry<TypeConfig>]) -> bool {
+    let mut events = 0usize;
+    for e in entries {
+        match &e.payload {
+            EntryPayload::Blank | EntryPayload::Membership(_) => {}
+            EntryPayload::Normal(SporeRequest::Event(_)) => events += 1,
+            EntryPayload::Normal(SporeRequest::Batch(b)) => events += b.len(),
+            EntryPayload::Normal(SporeRequest::Provisional(_)) => return false,
+        }
+        if events > INLINE_EVENTS_MAX {
+            return false;
+        }
+    }
+    true
+}
+
 /// The state machine's check of a provisional event: its author's statement verifies and the
 /// chain after the statement's point does not hold the event already. Deterministic: every
 /// replica reads the same chain here.
@@ -302,10 +325,11 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let inline = applies_inline(&entries);
         let ledger = self.ledger.clone();
         let pre_verified = self.pre_verified.clone();
         let cache = self.cache.clone();
-        let responses = tokio::task::spawn_blocking(move || {
+        let work = move || {
             let mut l = ledger.write().map_err(|_| lock_err())?;
             let (applied, mut membership) = Self::read_applied(&l)?;
             // A node restored from a seed served it while joining; Raft now brings the whole
@@ -383,9 +407,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             let meta = applied_meta(last, &membership)?;
             flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, meta)?;
             Ok(responses)
-        })
-        .await
-        .map_err(sm_write)?;
+        };
+        let responses = if inline { work() } else { tokio::task::spawn_blocking(work).await.map_err(sm_write)? };
         self.publish_head();
         responses
     }
