@@ -784,7 +784,9 @@ impl SporeSystem {
 
     fn leader_node(&self) -> Option<PeerNode> {
         let r = self.running.as_ref()?;
-        let m = r.raft.metrics().borrow().clone();
+        // Every write asks: read in place rather than clone the whole metrics.
+        let m = r.raft.metrics();
+        let m = m.borrow();
         let id = m.current_leader?;
         m.membership_config.membership().get_node(&id).cloned()
     }
