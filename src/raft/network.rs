@@ -56,9 +56,11 @@ fn transport_err<E: std::error::Error>(e: TransportError) -> RPCError<u64, PeerN
 
 impl PeerClient {
     async fn send(&self, req: RpcRequest, ttl: Duration) -> Result<RpcResponse, TransportError> {
+        use tracing::Instrument;
+        // Instrumented, not entered: a guard held across the await would mark whatever else
+        // runs on this thread meanwhile as part of the RPC.
         let span = tracing::trace_span!("raft_rpc", kind = req.kind(), to = %self.node);
-        let _g = span.enter();
-        self.transport.call(&self.node, req, ttl).await
+        self.transport.call(&self.node, req, ttl).instrument(span).await
     }
 
     fn remote<E: std::error::Error>(&self, e: RaftError<u64, E>) -> RPCError<u64, PeerNode, RaftError<u64, E>> {
@@ -224,9 +226,9 @@ impl RaftService {
 
 impl RpcHandler for RaftService {
     fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse> {
+        use tracing::Instrument;
+        let span = tracing::trace_span!("rpc_serve", kind = req.kind(), from = %from.short(), me = %self.me);
         Box::pin(async move {
-            let span = tracing::trace_span!("rpc_serve", kind = req.kind(), from = %from.short(), me = %self.me);
-            let _g = span.enter();
             match req {
                 RpcRequest::AppendEntries(r) => RpcResponse::AppendEntries(self.raft.append_entries(r).await),
                 RpcRequest::Vote(r) => RpcResponse::Vote(self.raft.vote(r).await),
@@ -250,6 +252,6 @@ impl RpcHandler for RaftService {
                     Err(e) => Err(RemoteFailure::Other(e.to_string())),
                 }),
             }
-        })
+        }.instrument(span))
     }
 }

@@ -8,6 +8,7 @@
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::{Raft, SporeRequest, SporeResponse};
 use crate::core::event::SignedEvent;
@@ -105,11 +106,12 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<(SignedEvent, Reply)>) {
             }
         }
         let raft = raft.clone();
+        // Instrumented, not entered: a guard held across the await would mark whatever else
+        // runs on the thread meanwhile as part of this batch.
+        let span = tracing::debug_span!("propose_batch", events = batch.len());
         in_flight.spawn(async move {
             let (events, replies): (Vec<SignedEvent>, Vec<Reply>) = batch.into_iter().unzip();
             let n = events.len();
-            let span = tracing::debug_span!("propose_batch", events = n);
-            let _g = span.enter();
             let result = raft.client_write(SporeRequest::Batch(std::sync::Arc::new(events))).await;
             match result {
                 Ok(resp) => match resp.data {
@@ -135,7 +137,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<(SignedEvent, Reply)>) {
                     }
                 }
             }
-        });
+        }.instrument(span));
         while in_flight.len() >= BATCHES_IN_FLIGHT_MAX {
             let _ = in_flight.join_next().await;
         }
