@@ -8,7 +8,10 @@
 //! **Durability contract:** `save_vote` returns after the vote is synced. `append` makes the
 //! entries readable before it returns and calls the flush callback only after they are synced:
 //! a dedicated flusher thread takes the callbacks in order, syncs the journal once for all that
-//! are waiting (group fsync) and then completes them, so the leader replicates while it syncs.
+//! are waiting (group fsync) and then completes them. (openraft 0.9's core task waits for the
+//! leader's callback before it hands the entries to the replication streams, so a write pays
+//! the leader's sync and then a follower's; 0.10 overlaps them. Not patched here: see
+//! ARCHITECTURE.md, *Known limits*.)
 //! Truncation and purge are batches of removes (fjall has no range delete).
 
 use std::fmt::Debug;
