@@ -729,6 +729,18 @@ impl Projection {
         Ok(())
     }
 
+    /// [`Projection::apply`] of an event whose canonical encoding is `size` bytes long (not
+    /// measured again).
+    pub(crate) fn apply_sized(&mut self, chained: &ChainedEvent, size: usize) -> Result<(), Rejection> {
+        let expected = self.next_seq();
+        if chained.seq != expected || chained.prev_hash != self.head_hash() {
+            return Err(Rejection::NotNext { expected, got: chained.seq });
+        }
+        self.check_sized(&chained.event, size)?;
+        self.mutate(chained);
+        Ok(())
+    }
+
     /// Applies an already chained event (replay). Checks that it is the next link and passes
     /// [`Projection::check`]; does not recompute its hash or verify its signature.
     pub fn apply(&mut self, chained: &ChainedEvent) -> Result<(), Rejection> {
