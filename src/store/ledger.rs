@@ -12,12 +12,14 @@
 //! acknowledged append survives a crash.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rayon::prelude::*;
 use super::record::{self, decode_checkpoint, encode_checkpoint, encode_record_into, seq_key};
 use super::replay::{replay_range, ReplayOptions, ReplayStats, StopAt};
+use super::chainer::{Chainer, Job};
 use super::verified::VerifiedEvents;
 use crate::core::event::{signing_message_from_canonical, ChainedEvent, SignedEvent};
 use crate::core::keys::{verify_many, VerifierCache};
@@ -83,6 +85,11 @@ pub struct Ledger {
     /// See [`Ledger::refuse_branch`].
     refused: Option<ChainPoint>,
     poisoned: bool,
+    /// The helper thread that chains large append batches (started at the first one; `None`
+    /// until then or if no thread could be started).
+    chainer: Option<Chainer>,
+    /// Whether starting the helper was tried.
+    chainer_tried: bool,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -189,6 +196,9 @@ fn verify_chunk(cache: &mut VerifierCache, chunk: &[ChainedEvent]) -> Vec<bool> 
     let items: Vec<_> = chunk.iter().zip(&msgs).map(|(c, m)| (c.event.author, m.as_slice(), c.event.signature)).collect();
     verify_many(cache, &items)
 }
+
+/// Append batches at least this large are chained on the helper thread.
+const PARALLEL_CHAIN_MIN: usize = 64;
 
 /// Chunk size of batched signature verification.
 const VERIFY_CHUNK: usize = 128;
@@ -360,7 +370,7 @@ impl Ledger {
             "ledger opened"
         );
         let refused = read_point(&meta, &path, META_REFUSED_BRANCH, "refused_branch")?.map(|(seq, hash)| ChainPoint { seq, hash });
-        Ok(Ledger { path, db, ledger, meta, projection, cache: VerifierCache::default(), config, checkpoint_seq, anchor, refused, poisoned: false })
+        Ok(Ledger { path, db, ledger, meta, projection, cache: VerifierCache::default(), config, checkpoint_seq, anchor, refused, poisoned: false, chainer: None, chainer_tried: false })
     }
 
     /// The ledger directory.
@@ -428,6 +438,18 @@ impl Ledger {
         extra: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<AppendOutcome, LedgerError> {
         self.usable(events.len())?;
+        if events.len() >= PARALLEL_CHAIN_MIN
+            && self.projection.head().is_some()
+            && !events.iter().any(|(e, _)| matches!(e.body, EventBody::Checkpoint { .. }))
+        {
+            if !self.chainer_tried {
+                self.chainer_tried = true;
+                self.chainer = Chainer::start();
+            }
+            if self.chainer.is_some() {
+                return self.append_verified_parallel(events, extra);
+            }
+        }
         let mut outcome = Vec::with_capacity(events.len());
         let mut batch = self.new_batch(events.len() + extra.len());
         let mut accepted = 0usize;
@@ -452,6 +474,79 @@ impl Ledger {
         });
         if accepted == 0 && extra.is_empty() {
             return Ok(outcome);
+        }
+        let anchor = newest_checkpoint(outcome.iter().filter_map(|o| o.as_ref().ok()));
+        self.commit_batch(batch, accepted, anchor, extra)?;
+        Ok(outcome)
+    }
+
+    /// [`Ledger::append_verified_with_meta`] of a batch without checkpoint events, after
+    /// genesis, with the chain hashes computed on the helper thread ([`super::chainer`]) while
+    /// this thread validates and applies the events. Same outcome, same bytes.
+    fn append_verified_parallel(&mut self, events: VerifiedEvents, extra: Vec<(Vec<u8>, Vec<u8>)>) -> Result<AppendOutcome, LedgerError> {
+        let (events, canonical, ends, ok) = events.into_parts();
+        let n = events.len();
+        let (seq0, prev0) = (self.projection.next_seq(), self.projection.head_hash());
+        let job = Arc::new(Job::new(events, canonical, ends, ok, seq0, prev0));
+        if let Some(c) = &self.chainer {
+            c.submit(job.clone());
+        }
+        // Validate and apply; the head's hash is set once the hashes are known.
+        let mut applied: Vec<Result<u64, Rejection>> = Vec::with_capacity(n);
+        let mut as_speculated = true;
+        {
+            let events = job.events();
+            for (i, event) in events.iter().enumerate() {
+                if !job.chained(i) {
+                    // Check the rules first so a forged event of another network says so.
+                    applied.push(Err(self.projection.check(event).err().unwrap_or(Rejection::BadSignature(event.author))));
+                    continue;
+                }
+                let r = self.projection.apply_unhashed(event, job.size(i));
+                as_speculated &= r.is_ok();
+                applied.push(r);
+            }
+        }
+        let chained = job.join();
+        let events = job.take_events();
+        let mut outcome = Vec::with_capacity(n);
+        let mut batch = self.new_batch(n + extra.len());
+        let mut accepted = 0usize;
+        let mut record = Vec::with_capacity(1024);
+        let mut prev = prev0;
+        for ((i, event), a) in events.into_iter().enumerate().zip(applied) {
+            let seq = match a {
+                Ok(seq) => seq,
+                Err(r) => {
+                    outcome.push(Err(r));
+                    continue;
+                }
+            };
+            if as_speculated {
+                // The helper chained exactly the accepted events.
+                let hash = chained.hashes[i];
+                debug_assert_eq!(hash, crate::core::event::chain_hash(&prev, seq, job.canonical(i)));
+                batch.insert(&self.ledger, seq_key(seq), chained.record(i));
+                outcome.push(Ok(ChainedEvent { seq, prev_hash: prev, hash, event }));
+                debug_assert!(matches!(outcome.last(), Some(Ok(c)) if record::encode_record(c) == chained.record(i)));
+                prev = hash;
+            } else {
+                // The rules refused an event the helper chained: chain exactly the accepted ones.
+                let hash = crate::core::event::chain_hash(&prev, seq, job.canonical(i));
+                let ce = ChainedEvent { seq, prev_hash: prev, hash, event };
+                record.clear();
+                encode_record_into(&ce, &mut record);
+                batch.insert(&self.ledger, seq_key(seq), record.as_slice());
+                outcome.push(Ok(ce));
+                prev = hash;
+            }
+            accepted += 1;
+        }
+        if accepted == 0 && extra.is_empty() {
+            return Ok(outcome);
+        }
+        if accepted > 0 {
+            self.projection.set_head_hash(prev);
         }
         let anchor = newest_checkpoint(outcome.iter().filter_map(|o| o.as_ref().ok()));
         self.commit_batch(batch, accepted, anchor, extra)?;
