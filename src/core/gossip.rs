@@ -251,28 +251,100 @@ impl ForkEvidence {
 /// `prev_hash` the hash before it, each hash the hash of its content, one network. Only this
 /// module makes one, so a store may skip recomputing the hashes (it still verifies the
 /// signatures and the rules, and that the range continues its head).
+///
+/// It keeps the canonical encoding of every event, computed once for the hash check, so the
+/// signing messages and the size checks need not encode again, and, when the range arrived as
+/// ledger records ([`RangeRecords`]), the record of every event, so the store keeps the bytes
+/// it received instead of encoding them again.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LinkedRange(Vec<ChainedEvent>);
+pub struct LinkedRange {
+    events: Vec<ChainedEvent>,
+    /// Canonical encodings of `events`, back to back.
+    canonical: Vec<u8>,
+    /// End offset of each event's encoding in `canonical`.
+    ends: Vec<usize>,
+    /// The ledger record of each event, if the range came as records.
+    records: Option<RangeRecords>,
+}
 
 impl LinkedRange {
     /// The events.
     pub fn events(&self) -> &[ChainedEvent] {
-        &self.0
+        &self.events
     }
 
     /// How many.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.events.len()
     }
 
     /// Whether it is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.events.is_empty()
     }
 
     /// The events, owned.
     pub fn into_events(self) -> Vec<ChainedEvent> {
-        self.0
+        self.events
+    }
+
+    /// The canonical encoding of the event at `i` (the bytes its hash was checked over).
+    pub fn canonical(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.canonical.get(start..end)
+    }
+
+    /// The ledger record each event arrived as (one per event), if the range came as records.
+    pub fn records(&self) -> Option<&RangeRecords> {
+        self.records.as_ref()
+    }
+}
+
+/// The ledger records a range arrived as, one per event: each the exact bytes that decoded,
+/// through validated access, to its event, and checked there to be the canonical record
+/// encoding of that event (`store::record::decode_record`). Only the crate's frame decoder
+/// makes one, so a store may keep these bytes for the events they decoded to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RangeRecords {
+    /// The bytes the records are slices of (the received frame).
+    frame: Vec<u8>,
+    /// Where each record is in `frame`.
+    spans: Vec<std::ops::Range<usize>>,
+}
+
+impl std::fmt::Debug for RangeRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeRecords").field("records", &self.spans.len()).finish_non_exhaustive()
+    }
+}
+
+impl RangeRecords {
+    /// `spans` of `frame`, each the record an event of the range decoded from, in order.
+    /// Spans outside the frame make the records unusable (`get` gives `None`).
+    pub(crate) fn new(frame: Vec<u8>, spans: Vec<std::ops::Range<usize>>) -> Self {
+        RangeRecords { frame, spans }
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The record at `i`.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        self.frame.get(self.spans.get(i)?.clone())
+    }
+
+    /// Without the first `n` records.
+    fn skip(mut self, n: usize) -> Self {
+        self.spans.drain(..n.min(self.spans.len()));
+        self
     }
 }
 
@@ -518,6 +590,13 @@ impl SyncSession {
 
     /// Handles one message from the peer.
     pub fn handle(&mut self, msg: GossipMessage, now: Instant) {
+        self.handle_with_records(msg, None, now)
+    }
+
+    /// [`SyncSession::handle`] of a message decoded from a frame; `records` are the ledger
+    /// records a `Range` arrived as (one per event; ignored otherwise), kept with the range
+    /// for the store.
+    pub(crate) fn handle_with_records(&mut self, msg: GossipMessage, records: Option<RangeRecords>, now: Instant) {
         if self.finished {
             return;
         }
@@ -535,7 +614,7 @@ impl SyncSession {
                 self.stats.requests_served += 1;
                 self.events.push_back(SessionEvent::Serve { from, max_events });
             }
-            GossipMessage::Range(events) => self.on_range(events),
+            GossipMessage::Range(events) => self.on_range(events, records),
             GossipMessage::Provisional(list) => {
                 if self.peer.is_none() {
                     return self.violation(Violation::Protocol("provisional events before hello"));
@@ -738,7 +817,7 @@ impl SyncSession {
         }
     }
 
-    fn on_range(&mut self, events: Vec<ChainedEvent>) {
+    fn on_range(&mut self, mut events: Vec<ChainedEvent>, records: Option<RangeRecords>) {
         let Some((from, asked)) = self.outstanding.take() else {
             return self.violation(Violation::Unrequested(events.len()));
         };
@@ -757,7 +836,7 @@ impl SyncSession {
         if first.seq != from {
             return self.violation(Violation::StartMismatch { asked: from, got: first.seq });
         }
-        let mut rest: &[ChainedEvent] = &events;
+        let mut skip = 0;
         if !self.overlap_checked {
             if let Some(tail) = &self.tail {
                 if from == tail.seq {
@@ -771,7 +850,7 @@ impl SyncSession {
                         self.transmit.push_back(GossipMessage::Forks(vec![evidence.clone()]));
                         return self.finish(SessionOutcome::Fork(Box::new(evidence)));
                     }
-                    rest = &events[1..];
+                    skip = 1;
                 }
             }
         }
@@ -780,25 +859,33 @@ impl SyncSession {
             // A probe: the peer's chain passes through our head; nothing to store.
             return self.maybe_finish();
         }
-        if let Err(v) = self.verify_links(rest) {
-            return self.violation(v);
-        }
+        let (canonical, ends) = match self.verify_links(&events[skip..]) {
+            Ok(c) => c,
+            Err(v) => return self.violation(v),
+        };
         self.stats.ranges_received += 1;
-        if let Some(last) = rest.last() {
-            self.stats.events_received += rest.len() as u64;
+        // Records are kept only if there is exactly one per event received.
+        let records = records.filter(|r| r.len() == events.len()).map(|r| r.skip(skip));
+        events.drain(..skip);
+        if let Some(last) = events.last() {
+            self.stats.events_received += events.len() as u64;
             self.tail = Some(last.clone());
             self.unstored += 1;
-            self.events.push_back(SessionEvent::Store(LinkedRange(rest.to_vec())));
+            self.events.push_back(SessionEvent::Store(LinkedRange { events, canonical, ends, records }));
         }
         self.plan();
     }
 
-    /// Checks that `events` continue our tail link by link, in our network.
-    fn verify_links(&self, events: &[ChainedEvent]) -> Result<(), Violation> {
+    /// Checks that `events` continue our tail (or the head of a state-only ledger) link by
+    /// link, in our network. Returns their canonical encodings (back to back, with the end
+    /// offset of each).
+    fn verify_links(&self, events: &[ChainedEvent]) -> Result<(Vec<u8>, Vec<usize>), Violation> {
         let (mut next_seq, mut prev) = match self.tail_point() {
             Some(t) => (t.seq + 1, t.hash),
             None => (0, ChainHash::ZERO),
         };
+        let mut canonical = Vec::with_capacity(events.len() * 320);
+        let mut ends = Vec::with_capacity(events.len());
         for ev in events {
             if ev.seq != next_seq || ev.prev_hash != prev {
                 return Err(Violation::BrokenLink { seq: ev.seq });
@@ -806,13 +893,16 @@ impl SyncSession {
             if self.fingerprint.is_some_and(|f| f != ev.event.fingerprint) {
                 return Err(Violation::ForeignEvent { seq: ev.seq });
             }
-            if chain_hash(&ev.prev_hash, ev.seq, &ev.event.canonical_bytes()) != ev.hash {
+            let start = canonical.len();
+            ev.event.write_canonical_bytes(&mut canonical);
+            if chain_hash(&ev.prev_hash, ev.seq, &canonical[start..]) != ev.hash {
                 return Err(Violation::BadHash { seq: ev.seq });
             }
+            ends.push(canonical.len());
             next_seq += 1;
             prev = ev.hash;
         }
-        Ok(())
+        Ok((canonical, ends))
     }
 
     fn violation(&mut self, v: Violation) {

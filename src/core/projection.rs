@@ -729,6 +729,41 @@ impl Projection {
         Ok(())
     }
 
+    /// Validates `event` (canonical encoding `size` bytes long) and applies it at the next
+    /// sequence number **without its chain hash**: the head's hash is left as
+    /// [`ChainHash::ZERO`] until [`Projection::set_head_hash`] sets it. For a caller that
+    /// computes the chain hashes apart (on another core); until then the only rule that reads
+    /// the head's hash, a checkpoint's, cannot be checked, so a checkpoint is refused here
+    /// and must go through [`Projection::append_canonical_to`]. Returns the seq it got.
+    pub(crate) fn apply_unhashed(&mut self, event: &SignedEvent, size: usize) -> Result<u64, Rejection> {
+        if matches!(event.body, EventBody::Checkpoint { .. }) {
+            return Err(Rejection::CheckpointMismatch { head_seq: self.state.head.map_or(0, |h| h.seq), got_seq: 0 });
+        }
+        self.check_sized(event, size)?;
+        let seq = self.next_seq();
+        self.mutate_owned(seq, ChainHash::ZERO, event.fingerprint, event.author, event.timestamp, state_part(&event.body));
+        Ok(seq)
+    }
+
+    /// Sets the hash of the head (after [`Projection::apply_unhashed`]).
+    pub(crate) fn set_head_hash(&mut self, hash: ChainHash) {
+        if let Some(h) = self.state.head.as_mut() {
+            h.hash = hash;
+        }
+    }
+
+    /// [`Projection::apply`] of an event whose canonical encoding is `size` bytes long (not
+    /// measured again).
+    pub(crate) fn apply_sized(&mut self, chained: &ChainedEvent, size: usize) -> Result<(), Rejection> {
+        let expected = self.next_seq();
+        if chained.seq != expected || chained.prev_hash != self.head_hash() {
+            return Err(Rejection::NotNext { expected, got: chained.seq });
+        }
+        self.check_sized(&chained.event, size)?;
+        self.mutate(chained);
+        Ok(())
+    }
+
     /// Applies an already chained event (replay). Checks that it is the next link and passes
     /// [`Projection::check`]; does not recompute its hash or verify its signature.
     pub fn apply(&mut self, chained: &ChainedEvent) -> Result<(), Rejection> {

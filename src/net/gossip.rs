@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use super::{BoxFuture, TransportError};
 use crate::core::gossip::{
-    Digest, ForkEvidence, GossipMessage, LinkedRange, LocalView, PeerAddr, SessionEvent, SessionOutcome, SyncConfig, SyncSession, Violation,
+    Digest, ForkEvidence, GossipMessage, LinkedRange, LocalView, PeerAddr, RangeRecords, SessionEvent, SessionOutcome, SyncConfig, SyncSession, Violation,
 };
 use crate::core::keys::{verify_many, VerifierCache};
 use crate::core::limits;
@@ -144,6 +144,21 @@ fn take_u32(bytes: &mut &[u8], what: &'static str) -> Result<u32, GossipFrameErr
 
 /// Decodes one frame body (without its length prefix). Never panics.
 pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
+    decode_frame_inner(frame, None)
+}
+
+/// [`decode_frame`] keeping the frame: for a range, also the ledger record each event was
+/// decoded from (validated access and the canonical check of `record::decode_record`), so
+/// the store keeps the received bytes rather than encoding the events again.
+pub(crate) fn decode_frame_with_records(frame: Vec<u8>) -> Result<(GossipMessage, Option<RangeRecords>), GossipFrameError> {
+    let mut spans = Vec::new();
+    let msg = decode_frame_inner(&frame, Some(&mut spans))?;
+    let records = matches!(msg, GossipMessage::Range(_)).then(|| RangeRecords::new(frame, spans));
+    Ok((msg, records))
+}
+
+/// `spans`, if given, receives where in `frame` each record of a range is.
+fn decode_frame_inner(frame: &[u8], mut spans: Option<&mut Vec<std::ops::Range<usize>>>) -> Result<GossipMessage, GossipFrameError> {
     if frame.len() > limits::GOSSIP_FRAME_BYTES_MAX {
         return Err(GossipFrameError::TooLarge { what: "frame", got: frame.len(), max: limits::GOSSIP_FRAME_BYTES_MAX });
     }
@@ -200,11 +215,15 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
                 if rest.len() < len {
                     return Err(GossipFrameError::Undecodable { what: "range", reason: "truncated record".into() });
                 }
+                let at = frame.len() - rest.len();
                 let (rec, tail) = rest.split_at(len);
                 rest = tail;
                 let ev = record::decode_record_with(rec, &mut buf)
                     .map_err(|e| GossipFrameError::Undecodable { what: "record", reason: e.to_string() })?;
                 events.push(ev);
+                if let Some(spans) = spans.as_deref_mut() {
+                    spans.push(at..at + len);
+                }
             }
             if !rest.is_empty() {
                 return Err(GossipFrameError::Undecodable { what: "range", reason: format!("{} trailing bytes", rest.len()) });
@@ -727,7 +746,10 @@ impl GossipService {
         let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel::<(StoreJob, Vec<bool>)>(1);
         let verifier = tokio::task::spawn_blocking(move || {
             for job in store_rx {
-                let verdicts = crate::store::ledger::verify_signatures(job.events());
+                let verdicts = match &job {
+                    StoreJob::Forward(range) => crate::store::ledger::verify_linked_signatures(range),
+                    StoreJob::Backward(range) => crate::store::ledger::verify_signatures(range.events()),
+                };
                 if verified_tx.send((job, verdicts)).is_err() {
                     break;
                 }
@@ -850,8 +872,8 @@ impl GossipService {
             let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 frame = frames_rx.recv(), if !eof => match frame {
-                    Some(Ok(Some(bytes))) => match decode_frame(&bytes) {
-                        Ok(m) => session.handle(m, Instant::now()),
+                    Some(Ok(Some(bytes))) => match decode_frame_with_records(bytes) {
+                        Ok((m, records)) => session.handle_with_records(m, records, Instant::now()),
                         Err(e) => session.handle_bad_frame(e.to_string()),
                     },
                     // The peer finished (or the stream broke): finish storing what it sent.
@@ -1003,15 +1025,6 @@ fn store_range(ledger: &SharedLedger, range: &LinkedRange, verdicts: &[bool], co
 enum StoreJob {
     Forward(LinkedRange),
     Backward(crate::core::gossip::BackfillRange),
-}
-
-impl StoreJob {
-    fn events(&self) -> &[crate::core::event::ChainedEvent] {
-        match self {
-            StoreJob::Forward(r) => r.events(),
-            StoreJob::Backward(r) => r.events(),
-        }
-    }
 }
 
 /// Stores a verified range of the history below what the ledger holds.

@@ -5,6 +5,7 @@
 //! [`record::decode_record`] / [`record::decode_checkpoint`] (validated rkyv access) followed by
 //! chain checks; nothing here trusts what it reads.
 
+mod chainer;
 pub mod forensics;
 pub mod forks;
 pub mod inspect;

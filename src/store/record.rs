@@ -21,7 +21,8 @@
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-use crate::core::event::ChainedEvent;
+use crate::core::event::{ChainedEvent, SignedEvent};
+use crate::core::types::ChainHash;
 use crate::core::limits;
 use crate::core::projection::ProjectionState;
 
@@ -93,10 +94,35 @@ impl<E> rkyv::ser::Writer<E> for AfterPrefix<'_> {
 
 /// Appends the ledger record of `event` (tag + archive) to `out`.
 pub fn encode_record_into(event: &ChainedEvent, out: &mut Vec<u8>) {
+    encode_framed_into(event, out)
+}
+
+/// A chained event whose signed event is borrowed, archived exactly as [`ChainedEvent`] is
+/// (the same fields in the same order, the event inline): its record can be encoded without
+/// owning the event. Pinned to [`encode_record_into`] by a test.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+pub(crate) struct ChainedEventRef<'a> {
+    pub(crate) seq: u64,
+    pub(crate) prev_hash: ChainHash,
+    pub(crate) hash: ChainHash,
+    #[rkyv(with = rkyv::with::Inline)]
+    pub(crate) event: &'a SignedEvent,
+}
+
+/// Appends the ledger record of the chained event `event` stands for to `out`: the same bytes
+/// as [`encode_record_into`] of the owned event.
+pub(crate) fn encode_record_ref_into(event: &ChainedEventRef<'_>, out: &mut Vec<u8>) {
+    encode_framed_into(event, out)
+}
+
+fn encode_framed_into<T>(value: &T, out: &mut Vec<u8>)
+where
+    T: for<'a, 'b> rkyv::Serialize<rkyv::api::high::HighSerializer<AfterPrefix<'b>, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>>,
+{
     let start = out.len();
     out.push(RECORD_FORMAT_V1);
     let base = out.len();
-    let r = rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, AfterPrefix { out: &mut *out, base });
+    let r = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, AfterPrefix { out: &mut *out, base });
     // Serialising our own in-memory values into a growable buffer cannot fail.
     debug_assert!(r.is_ok());
     if r.is_err() {
@@ -198,6 +224,10 @@ mod tests {
             encode_record_into(&chained, &mut out);
             assert_eq!(&out[1..], reference.as_slice());
             assert_eq!(decode_record(&reference).as_ref(), Ok(&chained));
+            let by_ref = ChainedEventRef { seq: chained.seq, prev_hash: chained.prev_hash, hash: chained.hash, event: &chained.event };
+            let mut borrowed = vec![0xbb];
+            encode_record_ref_into(&by_ref, &mut borrowed);
+            assert_eq!(&borrowed[1..], reference.as_slice());
         }
     }
 }

@@ -285,6 +285,12 @@ impl VerifiedEvents {
         self.events
     }
 
+    /// The events, their canonical encodings (back to back), the end offset of each encoding
+    /// and each signature's verdict.
+    pub(crate) fn into_parts(self) -> (Vec<SignedEvent>, Vec<u8>, Vec<usize>, Vec<bool>) {
+        (self.events, self.canonical, self.ends, self.ok)
+    }
+
     /// Visits every event with its canonical encoding and whether its signature verified, in
     /// order, moving the events out. (The event is passed on its own rather than in a tuple
     /// or struct with the rest: an event is a few hundred bytes, and each wrapping was a copy.)
