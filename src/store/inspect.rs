@@ -120,13 +120,13 @@ impl LedgerReader {
 
     /// The first sequence number this ledger holds (0 with a complete history).
     pub fn history_from(&self) -> u64 {
-        self.backfill.as_ref().map_or(0, |b| b.point.seq + 1)
+        self.backfill.as_ref().map_or(0, Backfill::held_from)
     }
 
     /// The projection a replay starts from: empty (genesis) or, while the history is being
     /// backfilled, the state-only seed's state.
     fn start(&self) -> Projection {
-        self.backfill.as_ref().map_or_else(Projection::new, |b| Projection::from_state((*b.base).clone()))
+        self.backfill.as_ref().map_or_else(Projection::new, Backfill::start)
     }
 
     fn incomplete(&self) -> LedgerError {

@@ -111,6 +111,18 @@ pub(crate) struct Backfill {
     pub(crate) base: std::sync::Arc<ProjectionState>,
 }
 
+impl Backfill {
+    /// The first sequence number whose record is held.
+    pub(crate) fn held_from(&self) -> u64 {
+        self.point.seq + 1
+    }
+
+    /// The projection a replay of the held events starts from: the state-only seed's.
+    pub(crate) fn start(&self) -> Projection {
+        Projection::from_state((*self.base).clone())
+    }
+}
+
 /// Reads the backfill point and base state from `meta` (`None`: the history is complete).
 pub(crate) fn read_backfill(meta: &Keyspace, path: &Path) -> Result<Option<Backfill>, LedgerError> {
     let Some((seq, hash)) = read_point(meta, path, META_BACKFILL, "backfill")? else { return Ok(None) };
@@ -353,7 +365,7 @@ fn load_projection(
     backfill: Option<&Backfill>,
 ) -> Result<(Projection, Option<u64>, u64, ReplayStats), LedgerError> {
     // Without the history below, the replay starts at the state-only seed's state.
-    let mut projection = backfill.map_or_else(Projection::new, |b| Projection::from_state((*b.base).clone()));
+    let mut projection = backfill.map_or_else(Projection::new, Backfill::start);
     let mut checkpoint_seq = None;
     if let Some(bytes) = meta.get(META_CHECKPOINT).map_err(storage("read checkpoint", path))? {
         match decode_meta_checkpoint(&bytes) {
@@ -832,7 +844,7 @@ impl Ledger {
     /// Refuses reads that start below the history this ledger holds.
     fn held_from(&self, from: u64) -> Result<(), LedgerError> {
         match self.backfill.as_ref() {
-            Some(b) if from <= b.point.seq => Err(LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: b.point.seq + 1 }),
+            Some(b) if from < b.held_from() => Err(LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: b.held_from() }),
             _ => Ok(()),
         }
     }
@@ -1021,7 +1033,7 @@ impl Ledger {
 
     /// The first sequence number whose record this ledger holds (0 with a complete history).
     pub fn history_from(&self) -> u64 {
-        self.backfill.as_ref().map_or(0, |b| b.point.seq + 1)
+        self.backfill.as_ref().map_or(0, Backfill::held_from)
     }
 
     /// Stores a range of the history below what this ledger holds: it must end exactly at
@@ -1252,9 +1264,9 @@ impl History {
             // Below the history held: start at the state-only seed's state, if it is not past `seq`.
             let base = b.base.head.map_or(0, |h| h.seq);
             if projection.head().is_some() || base > seq {
-                return Err(LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: b.point.seq + 1 });
+                return Err(LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: b.held_from() });
             }
-            *projection = Projection::from_state((*b.base).clone());
+            *projection = b.start();
         }
         replay_range(&self.ledger, &self.path, projection, &ReplayOptions { audit: false, stop: StopAt::Seq(seq) }, &|_| {})
     }
