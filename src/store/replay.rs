@@ -1,10 +1,15 @@
 //! Replay: stream ledger records through validated access, link checks, (optionally) batched
 //! signature verification and `Projection::apply`.
 //!
-//! A reader thread scans fjall, decodes and link-checks records in chunks of
-//! [`limits::REPLAY_CHUNK_EVENTS`]; the calling thread verifies signatures of each chunk on
-//! all cores (audit mode) and applies it. At most two chunks are in flight, so replay memory
-//! is bounded by the chunk size and the registry size, never by the log length.
+//! Three stages: a scan thread reads fjall in key order, checking only the keys, and cuts the
+//! records into parts of [`PART`]; a dispatcher hands each part to the thread pool, where it
+//! is decoded, hashed and (audit mode) verified as one `verify_batch`, several parts at once;
+//! the calling thread takes the parts back **in order**, checks each record's link and hash,
+//! and applies it. At most [`PARTS_IN_FLIGHT`] parts are between the scan and the apply, so
+//! replay memory is bounded by that and the registry size, never by the log length, and
+//! the pool always has the next parts to work on while one finishes (no stall per chunk).
+//! Every check of a record happens in the order a sequential reader would make them, so the
+//! first bad record and the reason reported are the same.
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -12,7 +17,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fjall::Keyspace;
-use rayon::prelude::*;
 use rkyv::util::AlignedVec;
 use serde::Serialize;
 
@@ -102,26 +106,22 @@ struct Raw {
 
 type ReadError = (u64, Result<Corruption, LedgerError>);
 
-/// Records decoded, hashed, linked and (in an audit) verified, in order; `failure` is the first
-/// bad record after them, if any.
-struct Chunk {
-    items: Vec<Item>,
-    /// Signature verdicts of `items` (audit only).
-    verdicts: Vec<bool>,
-    failure: Option<ReadError>,
-}
-
-/// Records per parallel decode task (and per `verify_batch` call in an audit).
+/// Records per parallel decode task (and per `verify_batch` call in an audit: at this size
+/// the batch's multiscalar multiplication uses Pippenger's method).
 const PART: usize = 512;
+/// Most parts between the scan and the apply (decoded or being decoded): enough for both
+/// cores to always have a part to work on.
+const PARTS_IN_FLIGHT: usize = 8;
+const _: () = assert!(PART * PARTS_IN_FLIGHT <= 4 * limits::REPLAY_CHUNK_EVENTS);
 
 /// Scans `from..` in order, checking only the keys (dense, well formed); decoding is done in
-/// parallel by [`decode_chunk`]. Sends chunks of raw records; ends with an error item at the
-/// first bad key.
+/// parallel by [`decode_part`]. Sends parts of [`PART`] raw records; ends with an error item
+/// at the first bad key.
 fn scan_chunks(ks: &Keyspace, path: &Path, from: u64, tx: mpsc::SyncSender<Result<Vec<Raw>, ReadError>>) {
     let span = tracing::debug_span!("ledger_scan", path = %path.display(), from);
     let _g = span.enter();
     let mut expected = from;
-    let mut chunk = Vec::with_capacity(limits::REPLAY_CHUNK_EVENTS);
+    let mut chunk = Vec::with_capacity(PART);
     for guard in ks.range(seq_key(from)..) {
         let fail = |seq, c: Result<Corruption, LedgerError>, chunk: Vec<Raw>| {
             let _ = tx.send(Ok(chunk));
@@ -139,8 +139,8 @@ fn scan_chunks(ks: &Keyspace, path: &Path, from: u64, tx: mpsc::SyncSender<Resul
         }
         expected += 1;
         chunk.push(Raw { seq, value });
-        if chunk.len() >= limits::REPLAY_CHUNK_EVENTS {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(limits::REPLAY_CHUNK_EVENTS));
+        if chunk.len() >= PART {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(PART));
             if tx.send(Ok(full)).is_err() {
                 return; // the consumer stopped early
             }
@@ -219,40 +219,6 @@ fn decode_part(raw: &[Raw], audit: bool) -> Part {
     Part { records, verdicts, stop }
 }
 
-/// Decodes, hashes and (in an audit) verifies a chunk on all cores, then checks the links in
-/// order. `prev` is the hash the chunk must link to; it is advanced past the good records.
-/// Every check of a record happens in the order a sequential reader would make them, so the
-/// first bad record and the reason reported are the same.
-fn decode_chunk(raw: Vec<Raw>, prev: &mut ChainHash, audit: bool) -> Chunk {
-    let parts: Vec<Part> = raw.par_chunks(PART).map(|p| decode_part(p, audit)).collect();
-    let mut items = Vec::with_capacity(raw.len());
-    let mut verdicts = Vec::with_capacity(if audit { raw.len() } else { 0 });
-    for part in parts {
-        let Part { records, verdicts: v, stop } = part;
-        let mut v = v.into_iter();
-        for d in records {
-            let ev = &d.item.event;
-            if ev.prev_hash != *prev {
-                let failure = Some((ev.seq, Ok(Corruption::BadLink { expected: *prev, found: ev.prev_hash })));
-                return Chunk { items, verdicts, failure };
-            }
-            if d.computed != ev.hash {
-                let failure = Some((ev.seq, Ok(Corruption::HashMismatch { stored: ev.hash, computed: d.computed })));
-                return Chunk { items, verdicts, failure };
-            }
-            *prev = ev.hash;
-            if audit {
-                verdicts.push(v.next().unwrap_or(false));
-            }
-            items.push(d.item);
-        }
-        if let Some((seq, c)) = stop {
-            return Chunk { items, verdicts, failure: Some((seq, Ok(c))) };
-        }
-    }
-    Chunk { items, verdicts, failure: None }
-}
-
 fn rejection_to_corruption(r: Rejection) -> Corruption {
     match r {
         Rejection::WrongNetwork { expected, got } => Corruption::WrongNetwork { expected, found: got },
@@ -278,58 +244,86 @@ pub(crate) fn replay_range(
             return Ok(stats);
         }
     }
-    let prev = projection.head_hash();
+    let mut prev = projection.head_hash();
     let corrupt = |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption };
+    let audit = options.audit;
     let result = std::thread::scope(|scope| -> Result<(), LedgerError> {
-        // Three stages: the scan (keys only) → decode, hash, link and verify on all cores →
-        // apply here. While this thread applies chunk N, the pool decodes chunk N+1.
         let (tx, rx) = mpsc::sync_channel::<Result<Vec<Raw>, ReadError>>(2);
-        let audit = options.audit;
         scope.spawn(move || scan_chunks(ks, path, from, tx));
-        let (vtx, vrx) = mpsc::sync_channel::<Chunk>(1);
+        // A token per part in flight: the dispatcher takes one before it hands a part to the
+        // pool, this thread gives it back once the part is applied.
+        let (token_tx, token_rx) = mpsc::sync_channel::<()>(PARTS_IN_FLIGHT);
+        for _ in 0..PARTS_IN_FLIGHT {
+            let _ = token_tx.send(());
+        }
+        let (part_tx, part_rx) = mpsc::channel::<(usize, Result<Part, ReadError>)>();
         scope.spawn(move || {
-            let mut prev = prev;
-            for msg in rx {
-                let chunk = match msg {
-                    Ok(raw) => decode_chunk(raw, &mut prev, audit),
-                    Err(e) => Chunk { items: Vec::new(), verdicts: Vec::new(), failure: Some(e) },
-                };
-                let stop = chunk.failure.is_some();
-                if vtx.send(chunk).is_err() || stop {
-                    return; // the consumer stopped early, or the chain is broken here
+            for (k, msg) in rx.into_iter().enumerate() {
+                if token_rx.recv().is_err() {
+                    return; // the consumer stopped early
+                }
+                match msg {
+                    Ok(raw) => {
+                        let part_tx = part_tx.clone();
+                        rayon::spawn(move || {
+                            let _ = part_tx.send((k, Ok(decode_part(&raw, audit))));
+                        });
+                    }
+                    Err(e) => {
+                        let _ = part_tx.send((k, Err(e)));
+                        return;
+                    }
                 }
             }
         });
-        for chunk in vrx {
-            let Chunk { items, verdicts, failure } = chunk;
-            for (i, item) in items.into_iter().enumerate() {
-                let ev = &item.event;
-                match options.stop {
-                    StopAt::Seq(s) if ev.seq > s => return Ok(()),
-                    StopAt::Time(t) if ev.event.timestamp > t => return Ok(()),
-                    _ => {}
-                }
-                if options.audit {
-                    if !verdicts.get(i).copied().unwrap_or(false) {
-                        // A wrong-network event says so rather than "bad signature".
-                        let c = match projection.check(&ev.event) {
-                            Err(r @ Rejection::WrongNetwork { .. }) => rejection_to_corruption(r),
-                            _ => Corruption::BadSignature { author: ev.event.author },
-                        };
-                        return Err(corrupt(ev.seq, c));
+        // Parts arrive in any order; they are applied in order.
+        let mut waiting: std::collections::BTreeMap<usize, Result<Part, ReadError>> = std::collections::BTreeMap::new();
+        let mut next = 0usize;
+        for (k, part) in part_rx {
+            waiting.insert(k, part);
+            while let Some(part) = waiting.remove(&next) {
+                next += 1;
+                let Part { records, verdicts, stop } = match part {
+                    Ok(p) => p,
+                    Err((seq, Ok(c))) => return Err(corrupt(seq, c)),
+                    Err((_, Err(e))) => return Err(e),
+                };
+                let mut verdicts = verdicts.into_iter();
+                for d in records {
+                    let ev = &d.item.event;
+                    if ev.prev_hash != prev {
+                        return Err(corrupt(ev.seq, Corruption::BadLink { expected: prev, found: ev.prev_hash }));
                     }
-                    stats.signatures_verified += 1;
+                    if d.computed != ev.hash {
+                        return Err(corrupt(ev.seq, Corruption::HashMismatch { stored: ev.hash, computed: d.computed }));
+                    }
+                    prev = ev.hash;
+                    match options.stop {
+                        StopAt::Seq(s) if ev.seq > s => return Ok(()),
+                        StopAt::Time(t) if ev.event.timestamp > t => return Ok(()),
+                        _ => {}
+                    }
+                    if audit {
+                        if !verdicts.next().unwrap_or(false) {
+                            // A wrong-network event says so rather than "bad signature".
+                            let c = match projection.check(&ev.event) {
+                                Err(r @ Rejection::WrongNetwork { .. }) => rejection_to_corruption(r),
+                                _ => Corruption::BadSignature { author: ev.event.author },
+                            };
+                            return Err(corrupt(ev.seq, c));
+                        }
+                        stats.signatures_verified += 1;
+                    }
+                    let seq = ev.seq;
+                    projection.apply_owned(d.item.event, d.item.size).map_err(|r| corrupt(seq, rejection_to_corruption(r)))?;
+                    stats.events += 1;
+                    stats.bytes += d.item.bytes as u64;
                 }
-                let seq = ev.seq;
-                projection.apply_owned(item.event, item.size).map_err(|r| corrupt(seq, rejection_to_corruption(r)))?;
-                stats.events += 1;
-                stats.bytes += item.bytes as u64;
-            }
-            progress(stats.events);
-            match failure {
-                None => {}
-                Some((seq, Ok(c))) => return Err(corrupt(seq, c)),
-                Some((_, Err(e))) => return Err(e),
+                progress(stats.events);
+                if let Some((seq, c)) = stop {
+                    return Err(corrupt(seq, c));
+                }
+                let _ = token_tx.send(());
             }
         }
         Ok(())

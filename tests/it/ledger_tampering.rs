@@ -381,3 +381,56 @@ fn a_flipped_bit_in_the_projection_checkpoint_is_never_loaded() {
     assert_eq!(ledger.checkpoint_seq(), Some(checkpoint_seq), "the intact checkpoint is used");
     assert_eq!(ledger.projection().state(), &truth);
 }
+
+/// A long ledger replays in many parts decoded and verified at once on the thread pool,
+/// finishing in any order, and applied in order: damage far into it (a forged, re-chained
+/// signature; a missing record) is reported at its own seq, never at a later part that
+/// finished first, nothing from it on is applied, and a replay stopping just before it
+/// succeeds with the same state as the undamaged ledger up to there.
+#[test]
+fn damage_deep_in_a_long_ledger_is_reported_at_its_seq_whatever_order_parts_finish() {
+    let (events, _) = synth_events(0x1009, 4000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let head = build_ledger(dir.path(), &events, config(0), 512);
+    let clean = |seq: u64| {
+        let reader = mycnet_spores::LedgerReader::open(dir.path()).expect("reader");
+        let (p, stats) = reader.replay(&ReplayOptions { audit: true, stop: StopAt::Seq(seq) }, &|_| {}).expect("clean replay");
+        assert_eq!(stats.events, seq + 1);
+        p
+    };
+    let whole = clean(head.seq);
+    assert_eq!(whole.head().map(|h| h.hash), Some(head.hash));
+    let before: BTreeMap<u64, Projection> = [1536u64, 2701, 3998].into_iter().map(|s| (s, clean(s - 1))).collect();
+
+    for (&seq, expected_state) in &before {
+        // A forged signature, re-chained so every link and hash is right.
+        let raw = RawLedger::open(dir.path());
+        let original = raw.record(seq);
+        let originals: Vec<Vec<u8>> = (seq..=head.seq).map(|s| raw.value(s)).collect();
+        let mut forged = original.event.clone();
+        forged.signature.0[9] ^= 0x20;
+        raw.replace_and_rechain(seq, forged);
+        raw.close();
+        assert_eq!(assert_verify_reports(dir.path(), seq), Corruption::BadSignature { author: original.event.author });
+        let reader = mycnet_spores::LedgerReader::open(dir.path()).expect("reader");
+        let (p, _) = reader.replay(&ReplayOptions { audit: true, stop: StopAt::Seq(seq - 1) }, &|_| {}).expect("replay up to the damage");
+        assert_eq!(p.state(), expected_state.state(), "state just before the damage at {seq}");
+        drop(reader);
+
+        // A record missing there instead.
+        let raw = RawLedger::open(dir.path());
+        for (k, v) in originals.iter().enumerate() {
+            raw.put_value(seq + k as u64, v);
+        }
+        raw.set_head(head.seq, head.hash);
+        raw.remove(seq);
+        raw.close();
+        assert_eq!(assert_verify_reports(dir.path(), seq), Corruption::Gap { expected: seq, found: seq + 1 });
+        assert_eq!(open_must_fail(dir.path()), (seq, Corruption::Gap { expected: seq, found: seq + 1 }));
+
+        let raw = RawLedger::open(dir.path());
+        raw.put_value(seq, &originals[0]);
+        raw.close();
+    }
+    assert!(verify(dir.path()).is_ok(), "every damage was undone");
+}
