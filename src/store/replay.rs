@@ -265,8 +265,16 @@ pub(crate) fn replay_range(
                 match msg {
                     Ok(raw) => {
                         let part_tx = part_tx.clone();
+                        let path = path.to_path_buf();
                         rayon::spawn(move || {
-                            let _ = part_tx.send((k, Ok(decode_part(&raw, audit))));
+                            // A panic on the pool would abort the process: report it instead.
+                            let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_part(&raw, audit)));
+                            let part = part.map_err(|_| {
+                                let seq = raw.first().map_or(0, |r| r.seq);
+                                let source = std::io::Error::other(format!("replay worker failed decoding the records from seq {seq}"));
+                                (seq, Err(LedgerError::Io { path, source }))
+                            });
+                            let _ = part_tx.send((k, part));
                         });
                     }
                     Err(e) => {
