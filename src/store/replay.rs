@@ -247,6 +247,7 @@ pub(crate) fn replay_range(
     let mut prev = projection.head_hash();
     let corrupt = |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption };
     let audit = options.audit;
+    let on_pool = rayon::current_thread_index().is_some();
     let result = std::thread::scope(|scope| -> Result<(), LedgerError> {
         let (tx, rx) = mpsc::sync_channel::<Result<Vec<Raw>, ReadError>>(2);
         scope.spawn(move || scan_chunks(ks, path, from, tx));
@@ -263,6 +264,11 @@ pub(crate) fn replay_range(
                     return; // the consumer stopped early
                 }
                 match msg {
+                    // Called on a pool thread (which then blocks below waiting for parts):
+                    // decode here rather than count on the pool having another thread free.
+                    Ok(raw) if on_pool => {
+                        let _ = part_tx.send((k, Ok(decode_part(&raw, audit))));
+                    }
                     Ok(raw) => {
                         let part_tx = part_tx.clone();
                         let path = path.to_path_buf();

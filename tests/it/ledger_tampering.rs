@@ -434,3 +434,33 @@ fn damage_deep_in_a_long_ledger_is_reported_at_its_seq_whatever_order_parts_fini
     }
     assert!(verify(dir.path()).is_ok(), "every damage was undone");
 }
+
+/// Replays started on the thread pool itself, on every pool thread at once (a barrier holds
+/// them until all have started), still finish and verify: their parts cannot wait for a pool
+/// thread, as every one is busy waiting for parts.
+#[test]
+fn audits_run_on_every_pool_thread_at_once_finish() {
+    let n = rayon::current_num_threads().max(2);
+    let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| damaged_ledger()).collect();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let replays: Vec<_> = dirs
+        .iter()
+        .map(|dir| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let path = dir.path().to_path_buf();
+            let barrier = barrier.clone();
+            rayon::spawn(move || {
+                barrier.wait();
+                let head = mycnet_spores::LedgerReader::open(&path)
+                    .and_then(|reader| reader.replay(&ReplayOptions { audit: true, stop: StopAt::End }, &|_| {}))
+                    .map(|(p, _)| p.head().map(|h| h.seq));
+                let _ = tx.send(head.map_err(|e| e.to_string()));
+            });
+            rx
+        })
+        .collect();
+    for rx in replays {
+        let head = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a replay on the pool finished");
+        assert_eq!(head, Ok(Some(LAST)), "the replay reached the head and verified");
+    }
+}
