@@ -144,6 +144,51 @@ pub fn verify_many(cache: &mut VerifierCache, items: &[(NodeId, &[u8], Signature
         .collect()
 }
 
+/// The signing messages of a batch of signatures, back to back, each with its author and
+/// signature: built one at a time, then checked together by [`verify_many`].
+#[derive(Default)]
+pub(crate) struct SigningBatch {
+    msgs: Vec<u8>,
+    /// Author, end offset of the message in `msgs`, signature.
+    items: Vec<(NodeId, usize, SignatureBytes)>,
+}
+
+impl SigningBatch {
+    /// An empty batch with room for `n` signatures.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        SigningBatch { msgs: Vec::with_capacity(n * 320), items: Vec::with_capacity(n) }
+    }
+
+    /// Adds the signature over the event whose canonical encoding is `canonical` (its signing
+    /// message is a rearrangement of those bytes). An encoding always holds the fixed fields;
+    /// if it did not, the message would be empty and the signature would not verify.
+    pub(crate) fn push_canonical(&mut self, author: NodeId, signature: SignatureBytes, canonical: &[u8]) {
+        let _ = crate::core::event::signing_message_from_canonical(canonical, &mut self.msgs);
+        self.items.push((author, self.msgs.len(), signature));
+    }
+
+    /// Adds the signature of `event`, encoding its signing message.
+    pub(crate) fn push_event(&mut self, event: &crate::core::event::SignedEvent) {
+        event.write_signing_message(&mut self.msgs);
+        self.items.push((event.author, self.msgs.len(), event.signature));
+    }
+
+    /// One verdict per signature added, in order ([`verify_many`]).
+    pub(crate) fn verify(&self, cache: &mut VerifierCache) -> Vec<bool> {
+        let mut start = 0;
+        let items: Vec<(NodeId, &[u8], SignatureBytes)> = self
+            .items
+            .iter()
+            .map(|&(author, end, signature)| {
+                let msg = &self.msgs[start..end];
+                start = end;
+                (author, msg, signature)
+            })
+            .collect();
+        verify_many(cache, &items)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,8 +21,8 @@ use super::record::{self, decode_checkpoint, encode_checkpoint, encode_record_in
 use super::replay::{replay_range, ReplayOptions, ReplayStats, StopAt};
 use super::chainer::{Chainer, Job};
 use super::verified::VerifiedEvents;
-use crate::core::event::{signing_message_from_canonical, ChainedEvent, SignedEvent};
-use crate::core::keys::{verify_many, VerifierCache};
+use crate::core::event::{ChainedEvent, SignedEvent};
+use crate::core::keys::{SigningBatch, VerifierCache};
 use crate::core::limits;
 use crate::core::projection::{ChainHead, Projection, ProjectionState, Rejection};
 use crate::core::event::EventBody;
@@ -235,9 +235,11 @@ fn encode_point(seq: u64, hash: &ChainHash) -> [u8; 40] {
 
 /// Verifies one chunk of chained events' signatures in a batch.
 fn verify_chunk(cache: &mut VerifierCache, chunk: &[ChainedEvent]) -> Vec<bool> {
-    let msgs: Vec<Vec<u8>> = chunk.iter().map(|c| c.event.signing_message()).collect();
-    let items: Vec<_> = chunk.iter().zip(&msgs).map(|(c, m)| (c.event.author, m.as_slice(), c.event.signature)).collect();
-    verify_many(cache, &items)
+    let mut batch = SigningBatch::with_capacity(chunk.len());
+    for c in chunk {
+        batch.push_event(&c.event);
+    }
+    batch.verify(cache)
 }
 
 /// Append batches at least this large are chained on the helper thread.
@@ -277,26 +279,14 @@ pub fn verify_linked_signatures(range: &crate::core::gossip::LinkedRange) -> Vec
     let chunk = |(c, evs): (usize, &[ChainedEvent])| {
         super::replay::with_thread_cache(|cache| {
             let base = c * size;
-            let mut msgs = Vec::with_capacity(evs.len() * 320);
-            let mut ends = Vec::with_capacity(evs.len());
+            let mut batch = SigningBatch::with_capacity(evs.len());
             for (i, ce) in evs.iter().enumerate() {
                 match range.canonical(base + i) {
-                    // An encoding always holds the fixed fields, so this never fails; if it
-                    // did the message would be empty and the signature would not verify.
-                    Some(canonical) => {
-                        let _ = signing_message_from_canonical(canonical, &mut msgs);
-                    }
-                    None => ce.event.write_signing_message(&mut msgs),
+                    Some(canonical) => batch.push_canonical(ce.event.author, ce.event.signature, canonical),
+                    None => batch.push_event(&ce.event),
                 }
-                ends.push(msgs.len());
             }
-            let mut items = Vec::with_capacity(evs.len());
-            let mut start = 0;
-            for (ce, &end) in evs.iter().zip(&ends) {
-                items.push((ce.event.author, &msgs[start..end], ce.event.signature));
-                start = end;
-            }
-            verify_many(cache, &items)
+            batch.verify(cache)
         })
     };
     if events.len() < 2 * VERIFY_CHUNK {

@@ -22,11 +22,11 @@ use serde::Serialize;
 
 use super::ledger::storage;
 use super::record::{decode_record_with, parse_seq_key, seq_key};
-use crate::core::event::{chain_hash, signing_message_from_canonical, ChainedEvent};
-use crate::core::keys::{verify_many, VerifierCache};
+use crate::core::event::{chain_hash, ChainedEvent};
+use crate::core::keys::{SigningBatch, VerifierCache};
 use crate::core::limits;
 use crate::core::projection::{Projection, Rejection};
-use crate::core::types::{ChainHash, NodeId, SignatureBytes, Timestamp};
+use crate::core::types::{ChainHash, Timestamp};
 use crate::error::{Corruption, LedgerError};
 
 /// Where a replay stops.
@@ -174,8 +174,7 @@ fn decode_part(raw: &[Raw], audit: bool) -> Part {
     let mut records = Vec::with_capacity(raw.len());
     let mut stop = None;
     let mut canonical = Vec::with_capacity(512);
-    let mut msgs = Vec::with_capacity(if audit { raw.len() * 256 } else { 0 });
-    let mut msg_ends = Vec::with_capacity(if audit { raw.len() } else { 0 });
+    let mut signatures = SigningBatch::with_capacity(if audit { raw.len() } else { 0 });
     DECODE_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         for r in raw {
@@ -195,24 +194,13 @@ fn decode_part(raw: &[Raw], audit: bool) -> Part {
             let computed = chain_hash(&ev.prev_hash, r.seq, &canonical);
             if audit {
                 // The signing message is a rearrangement of the canonical bytes just hashed.
-                let _ = signing_message_from_canonical(&canonical, &mut msgs);
-                msg_ends.push(msgs.len());
+                signatures.push_canonical(ev.event.author, ev.event.signature, &canonical);
             }
             records.push(DecodedRecord { item: Item { event: ev, size: canonical.len(), bytes: r.value.len() }, computed });
         }
     });
     let verdicts = if audit {
-        let mut start = 0;
-        let items: Vec<(NodeId, &[u8], SignatureBytes)> = records
-            .iter()
-            .zip(&msg_ends)
-            .map(|(d, &end)| {
-                let msg = &msgs[start..end];
-                start = end;
-                (d.item.event.event.author, msg, d.item.event.event.signature)
-            })
-            .collect();
-        with_thread_cache(|c| verify_many(c, &items))
+        with_thread_cache(|c| signatures.verify(c))
     } else {
         Vec::new()
     };
@@ -248,6 +236,8 @@ pub(crate) fn replay_range(
     let corrupt = |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption };
     let audit = options.audit;
     let on_pool = rayon::current_thread_index().is_some();
+    // For the error a failed pool worker reports (shared, not copied per part).
+    let shared_path: std::sync::Arc<Path> = std::sync::Arc::from(path);
     let result = std::thread::scope(|scope| -> Result<(), LedgerError> {
         let (tx, rx) = mpsc::sync_channel::<Result<Vec<Raw>, ReadError>>(2);
         scope.spawn(move || scan_chunks(ks, path, from, tx));
@@ -271,14 +261,14 @@ pub(crate) fn replay_range(
                     }
                     Ok(raw) => {
                         let part_tx = part_tx.clone();
-                        let path = path.to_path_buf();
+                        let path = shared_path.clone();
                         rayon::spawn(move || {
                             // A panic on the pool would abort the process: report it instead.
                             let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_part(&raw, audit)));
                             let part = part.map_err(|_| {
                                 let seq = raw.first().map_or(0, |r| r.seq);
                                 let source = std::io::Error::other(format!("replay worker failed decoding the records from seq {seq}"));
-                                (seq, Err(LedgerError::Io { path, source }))
+                                (seq, Err(LedgerError::Io { path: path.to_path_buf(), source }))
                             });
                             let _ = part_tx.send((k, part));
                         });

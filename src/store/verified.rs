@@ -14,8 +14,8 @@
 
 use rayon::prelude::*;
 
-use crate::core::event::{signing_message_from_canonical, SignedEvent};
-use crate::core::keys::{verify_many, VerifierCache};
+use crate::core::event::{SignedEvent};
+use crate::core::keys::{SigningBatch, VerifierCache};
 use crate::core::types::SignatureBytes;
 
 /// Signatures verified per `verify_batch` call.
@@ -67,21 +67,11 @@ fn verify_chunk(chunk: &[SignedEvent], cache: &mut VerifierCache, known: Option<
     if todo.is_empty() {
         return ChunkResult { canonical, ends, ok };
     }
-    let mut msgs = Vec::with_capacity(canonical.len() + todo.len() * 64);
-    let mut msg_ends = Vec::with_capacity(todo.len());
-    for &(_, from, to) in &todo {
-        // An encoding is always longer than the fixed fields, so this never fails; if it did
-        // the message would be empty and the signature would not verify.
-        let _ = signing_message_from_canonical(&canonical[from..to], &mut msgs);
-        msg_ends.push(msgs.len());
+    let mut batch = SigningBatch::with_capacity(todo.len());
+    for &(i, from, to) in &todo {
+        batch.push_canonical(chunk[i].author, chunk[i].signature, &canonical[from..to]);
     }
-    let mut items = Vec::with_capacity(todo.len());
-    let mut start = 0;
-    for (&(i, _, _), &end) in todo.iter().zip(&msg_ends) {
-        items.push((chunk[i].author, &msgs[start..end], chunk[i].signature));
-        start = end;
-    }
-    for (&(i, _, _), verdict) in todo.iter().zip(verify_many(cache, &items)) {
+    for (&(i, _, _), verdict) in todo.iter().zip(batch.verify(cache)) {
         ok[i] = verdict;
     }
     ChunkResult { canonical, ends, ok }
