@@ -26,6 +26,8 @@ pub enum ProposeError {
 }
 
 type Reply = oneshot::Sender<Result<SporeResponse, ProposeError>>;
+/// An event waiting for a batch, with where its answer goes.
+type Item = (SignedEvent, Reply);
 
 /// Most events packed into one entry.
 pub const BATCH_EVENTS_MAX: usize = 1024;
@@ -45,6 +47,9 @@ pub const APPEND_ENTRIES_BYTES_MAX: usize =
 /// the commit of the one before it by a log sync: two (one committing while the next syncs)
 /// beat four (64-client throughput up about a third).
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// While another batch is in flight, the proposer yields to the runtime until this many
+/// yields in a row bring no new event, then sends what it has.
+pub const LINGER_QUIET_YIELDS: usize = 2;
 /// Bound of the proposal queue.
 pub const QUEUE_MAX: usize = 16 * BATCH_EVENTS_MAX;
 const _: () = assert!(BATCH_EVENTS_MAX <= limits::APPEND_BATCH_MAX);
@@ -58,7 +63,7 @@ fn event_bytes(event: &SignedEvent) -> usize {
 /// A handle to the proposer task. Cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
-    tx: mpsc::Sender<(SignedEvent, Reply)>,
+    tx: mpsc::Sender<Item>,
 }
 
 impl Proposer {
@@ -77,7 +82,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<(SignedEvent, Reply)>) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>) {
     let mut in_flight = JoinSet::new();
     // An event that did not fit the previous batch opens the next one.
     let mut carry = None;
@@ -91,18 +96,19 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<(SignedEvent, Reply)>) {
         };
         let mut bytes = event_bytes(&first.0);
         let mut batch = vec![first];
-        while batch.len() < BATCH_EVENTS_MAX {
-            match rx.try_recv() {
-                Ok(item) => {
-                    let n = event_bytes(&item.0);
-                    if bytes + n > BATCH_BYTES_MAX {
-                        carry = Some(item);
-                        break;
-                    }
-                    bytes += n;
-                    batch.push(item);
-                }
-                Err(_) => break,
+        drain(&mut rx, &mut batch, &mut bytes, &mut carry);
+        // Reap finished batches without waiting.
+        while in_flight.try_join_next().is_some() {}
+        // Another batch is on its way through Raft, so this one would wait for it anyway:
+        // let the writers it answered (woken on this runtime) queue their next events first.
+        // A batch sent at once would often carry one event and hold a slot for a whole round.
+        if !in_flight.is_empty() {
+            let mut quiet = 0;
+            while quiet < LINGER_QUIET_YIELDS && carry.is_none() && batch.len() < BATCH_EVENTS_MAX {
+                tokio::task::yield_now().await;
+                let before = batch.len();
+                drain(&mut rx, &mut batch, &mut bytes, &mut carry);
+                quiet = if batch.len() == before { quiet + 1 } else { 0 };
             }
         }
         let raft = raft.clone();
@@ -141,8 +147,25 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<(SignedEvent, Reply)>) {
         while in_flight.len() >= BATCHES_IN_FLIGHT_MAX {
             let _ = in_flight.join_next().await;
         }
-        // Reap finished batches without waiting.
-        while in_flight.try_join_next().is_some() {}
     }
     while in_flight.join_next().await.is_some() {}
+}
+
+/// Moves waiting events into `batch` until it is full, its bytes would exceed the limit (the
+/// event that did not fit goes to `carry`) or the queue is empty.
+fn drain(rx: &mut mpsc::Receiver<Item>, batch: &mut Vec<Item>, bytes: &mut usize, carry: &mut Option<Item>) {
+    while batch.len() < BATCH_EVENTS_MAX && carry.is_none() {
+        match rx.try_recv() {
+            Ok(item) => {
+                let n = event_bytes(&item.0);
+                if *bytes + n > BATCH_BYTES_MAX {
+                    *carry = Some(item);
+                    break;
+                }
+                *bytes += n;
+                batch.push(item);
+            }
+            Err(_) => break,
+        }
+    }
 }
