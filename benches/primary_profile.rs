@@ -9,7 +9,8 @@
 //! cargo bench --bench primary_profile
 //! ```
 //!
-//! `SPORES_PROFILE_ROUNDS` (default 3) repeats the write run on the same cluster.
+//! `SPORES_PROFILE_ROUNDS` (default 3) repeats the write run on the same cluster;
+//! `SPORES_PROFILE_NODES` (default 3) sets the number of voters (1: the leader's own cost).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,10 +56,10 @@ fn kind(name: &str) -> &'static str {
     }
 }
 
-async fn form_cluster(dir: &std::path::Path) -> Vec<Arc<SporeSystem>> {
+async fn form_cluster(dir: &std::path::Path, nodes: u8) -> Vec<Arc<SporeSystem>> {
     let net = InProcNetwork::new(1);
     let mut systems = Vec::new();
-    for i in 0..3u8 {
+    for i in 0..nodes {
         let key = NodeKey::from_seed([i + 1; 32]);
         let mut s = SporeSystem::builder()
             .data_dir(dir.join(format!("n{i}")))
@@ -126,7 +127,8 @@ fn main() {
     let _ = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("rayon-{i}")).build_global();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let systems = rt.block_on(form_cluster(dir.path()));
+    let nodes: u8 = std::env::var("SPORES_PROFILE_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let systems = rt.block_on(form_cluster(dir.path(), nodes));
     for round in 0..rounds {
         let mut events = presigned(&systems[0], total);
         let v_before = raw_verify_rate(0.3);
