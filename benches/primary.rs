@@ -15,10 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+#[path = "common/cluster.rs"]
+mod cluster;
+use cluster::{metadata, Net};
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
-use mycnet_spores::net::inproc::InProcNetwork;
-use mycnet_spores::net::quic::{Admission, QuicBackend};
-use mycnet_spores::{Endpoint, EventBody, NetworkIdentity, NodeKey, ServiceAnnouncement, SignedEvent, SporeSystem, Timeouts, Timestamp};
+use mycnet_spores::{NodeKey, SignedEvent, SporeSystem};
 
 const CLIENTS: usize = 64;
 
@@ -69,18 +71,7 @@ fn raw_sign_verify() -> (Duration, Duration) {
 
 /// V: signatures/s of `verify_batch` in batches of 64 on one core.
 fn raw_verify_batch_rate() -> f64 {
-    let keys: Vec<NodeKey> = (0..64u8).map(|i| NodeKey::from_seed([i + 1; 32])).collect();
-    let msgs: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 256]).collect();
-    let sigs: Vec<ed25519_dalek::Signature> =
-        keys.iter().zip(&msgs).map(|(k, m)| ed25519_dalek::Signature::from_bytes(&k.sign(m).0)).collect();
-    let vks: Vec<ed25519_dalek::VerifyingKey> = keys.iter().map(|k| k.verifying_key().0).collect();
-    let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
-    let rounds = 200;
-    let t = Instant::now();
-    for _ in 0..rounds {
-        ed25519_dalek::verify_batch(&refs, &sigs, &vks).expect("valid batch");
-    }
-    (rounds * 64) as f64 / t.elapsed().as_secs_f64()
+    cluster::raw_verify_batch_rate(1.0)
 }
 
 /// F: events/s of a durable fjall append of 300-byte values in batches of 256.
@@ -106,89 +97,23 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-/// The network the cluster runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Net {
-    /// The in-process transport (no faults injected).
-    InProc,
-    /// Real QUIC on 127.0.0.1.
-    Quic,
-}
-
 async fn form_cluster(kind: Net) -> Cluster {
-    let net = InProcNetwork::new(1);
     let dir = tempfile::tempdir().expect("tempdir");
     // SPORES_BENCH_NODES (default 3) isolates replication costs when set to 1.
     let nodes: u8 = std::env::var("SPORES_BENCH_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let mut systems = Vec::new();
-    for i in 0..nodes {
-        let key = NodeKey::from_seed([i + 1; 32]);
-        let b = SporeSystem::builder().data_dir(dir.path().join(format!("n{i}"))).key(key.clone());
-        let b = match kind {
-            Net::InProc => b.addr(format!("n{i}")).inproc(&net),
-            Net::Quic => b.addr("127.0.0.1:0").network(Arc::new(QuicBackend::new(key, Admission::allow_all()))),
-        };
-        let mut s = b
-            .timeouts(Timeouts { heartbeat: Duration::from_millis(50), election_min: Duration::from_millis(300), election_max: Duration::from_millis(600), ..Timeouts::default() })
-            .build();
-        s.start().await.expect("start");
-        systems.push(s);
-    }
-    systems[0]
-        .initialize(NetworkIdentity { network_id: uuid::Uuid::from_u128(7), network_name: "bench".into(), genesis_timestamp: chrono::Utc::now() })
-        .await
-        .expect("init");
-    for i in 1..systems.len() {
-        let ann = systems[i].announcement().expect("ann");
-        let peer = systems[i].peer().expect("peer");
-        systems[0].admit(ann).await.expect("admit");
-        systems[0].add_member(peer, true).await.expect("add");
-    }
-    Cluster { systems: systems.into_iter().map(Arc::new).collect(), _dir: dir }
-}
-
-fn metadata() -> Vec<(String, String)> {
-    // Pads the event to ~256 bytes of canonical encoding, like a real registration.
-    vec![("region".into(), "eu-west".into()), ("version".into(), "1.2.3".into())]
+    Cluster { systems: cluster::form(dir.path(), nodes, kind).await, _dir: dir }
 }
 
 /// `n` signed service registrations by node 0, ~256 bytes each, signed before timing.
 fn presigned(c: &Cluster, n: usize) -> Vec<SignedEvent> {
-    let key = NodeKey::from_seed([1; 32]);
-    let fp = c.systems[0].status().expect("status").fingerprint.expect("fingerprint");
-    (0..n)
-        .map(|_| {
-            let body = EventBody::ServiceRegistered(ServiceAnnouncement {
-                service_id: uuid::Uuid::new_v4(),
-                name: "bench-svc".into(),
-                node: key.node_id(),
-                capabilities: vec!["storage".into()],
-                endpoints: vec![Endpoint { protocol: "quic".into(), address: "127.0.0.1:7400".into() }],
-                metadata: metadata(),
-            });
-            SignedEvent::sign(&key, fp, Timestamp::now(), body)
-        })
-        .collect()
+    cluster::presigned(&c.systems[0], n)
 }
 
 /// Committed events/s with `CLIENTS` concurrent writers, `total` pre-signed events.
 async fn throughput(c: &Cluster, total: usize) -> f64 {
-    let mut events = presigned(c, total / CLIENTS * CLIENTS);
+    let events = presigned(c, total / CLIENTS * CLIENTS);
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for k in 0..CLIENTS {
-        let s = c.systems[0].clone();
-        let mine: Vec<SignedEvent> = events.split_off(events.len() - total / CLIENTS);
-        tasks.push(tokio::spawn(async move {
-            for ev in mine {
-                s.submit(ev).await.expect("write");
-            }
-            k
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
+    cluster::write_concurrently(&c.systems[0], events, CLIENTS).await;
     (total / CLIENTS * CLIENTS) as f64 / t.elapsed().as_secs_f64()
 }
 

@@ -1,0 +1,113 @@
+//! Shared by the primary benches: a cluster of voters on durable fjall in temp dirs, and
+//! pre-signed ~256-byte service registrations to write through it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mycnet_spores::net::inproc::InProcNetwork;
+use mycnet_spores::net::quic::{Admission, QuicBackend};
+use mycnet_spores::{Endpoint, EventBody, NetworkIdentity, NodeKey, ServiceAnnouncement, SignedEvent, SporeSystem, Timeouts, Timestamp};
+
+/// The network the cluster runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // each bench uses the variants it needs
+pub enum Net {
+    /// The in-process transport (no faults injected).
+    InProc,
+    /// Real QUIC on 127.0.0.1.
+    Quic,
+}
+
+/// Forms a network of `nodes` voters under `dir` (node 0 initializes it, admits the others
+/// and adds them as voters). Node `i` signs with the key of seed `[i + 1; 32]`.
+pub async fn form(dir: &Path, nodes: u8, kind: Net) -> Vec<Arc<SporeSystem>> {
+    let net = InProcNetwork::new(1);
+    let mut systems = Vec::new();
+    for i in 0..nodes {
+        let key = NodeKey::from_seed([i + 1; 32]);
+        let b = SporeSystem::builder().data_dir(dir.join(format!("n{i}"))).key(key.clone());
+        let b = match kind {
+            Net::InProc => b.addr(format!("n{i}")).inproc(&net),
+            Net::Quic => b.addr("127.0.0.1:0").network(Arc::new(QuicBackend::new(key, Admission::allow_all()))),
+        };
+        let mut s = b
+            .timeouts(Timeouts { heartbeat: Duration::from_millis(50), election_min: Duration::from_millis(300), election_max: Duration::from_millis(600), ..Timeouts::default() })
+            .build();
+        s.start().await.expect("start");
+        systems.push(s);
+    }
+    systems[0]
+        .initialize(NetworkIdentity { network_id: uuid::Uuid::from_u128(7), network_name: "bench".into(), genesis_timestamp: chrono::Utc::now() })
+        .await
+        .expect("init");
+    for i in 1..systems.len() {
+        let ann = systems[i].announcement().expect("ann");
+        let peer = systems[i].peer().expect("peer");
+        systems[0].admit(ann).await.expect("admit");
+        systems[0].add_member(peer, true).await.expect("add");
+    }
+    systems.into_iter().map(Arc::new).collect()
+}
+
+/// Metadata that pads a registration to ~256 bytes of canonical encoding, like a real one.
+pub fn metadata() -> Vec<(String, String)> {
+    vec![("region".into(), "eu-west".into()), ("version".into(), "1.2.3".into())]
+}
+
+/// `n` service registrations signed by node 0 for the network `s` belongs to (signed before
+/// any timing starts).
+pub fn presigned(s: &SporeSystem, n: usize) -> Vec<SignedEvent> {
+    let key = NodeKey::from_seed([1; 32]);
+    let fp = s.status().expect("status").fingerprint.expect("fingerprint");
+    (0..n)
+        .map(|_| {
+            let body = EventBody::ServiceRegistered(ServiceAnnouncement {
+                service_id: uuid::Uuid::new_v4(),
+                name: "bench-svc".into(),
+                node: key.node_id(),
+                capabilities: vec!["storage".into()],
+                endpoints: vec![Endpoint { protocol: "quic".into(), address: "127.0.0.1:7400".into() }],
+                metadata: metadata(),
+            });
+            SignedEvent::sign(&key, fp, Timestamp::now(), body)
+        })
+        .collect()
+}
+
+/// A measure of V: signatures/s of `verify_batch` in batches of 64 (distinct
+/// keys) on one core, over about `secs` seconds.
+pub fn raw_verify_batch_rate(secs: f64) -> f64 {
+    let keys: Vec<NodeKey> = (0..64u8).map(|i| NodeKey::from_seed([i + 1; 32])).collect();
+    let msgs: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 256]).collect();
+    let sigs: Vec<ed25519_dalek::Signature> =
+        keys.iter().zip(&msgs).map(|(k, m)| ed25519_dalek::Signature::from_bytes(&k.sign(m).0)).collect();
+    let vks: Vec<ed25519_dalek::VerifyingKey> = keys.iter().map(|k| k.verifying_key().0).collect();
+    let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
+    let t = std::time::Instant::now();
+    let mut n = 0usize;
+    while t.elapsed().as_secs_f64() < secs {
+        ed25519_dalek::verify_batch(&refs, &sigs, &vks).expect("valid batch");
+        n += 64;
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Writes `events` through `leader` from `clients` concurrent writers, each submitting its
+/// share one at a time (the next once the last one is committed).
+pub async fn write_concurrently(leader: &Arc<SporeSystem>, mut events: Vec<SignedEvent>, clients: usize) {
+    let share = events.len() / clients.max(1);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let s = leader.clone();
+        let mine: Vec<SignedEvent> = events.split_off(events.len() - share);
+        tasks.push(tokio::spawn(async move {
+            for ev in mine {
+                s.submit(ev).await.expect("write");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
