@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+use mycnet_spores::{NodeKey, SignedEvent, SporeSystem};
 
 #[path = "common/cluster.rs"]
 mod cluster;
 use cluster::{metadata, Net};
-use fjall::{Database, KeyspaceCreateOptions, PersistMode};
-use mycnet_spores::{NodeKey, SignedEvent, SporeSystem};
 
 const CLIENTS: usize = 64;
 

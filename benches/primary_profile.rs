@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-
 #[path = "common/cluster.rs"]
 mod cluster;
 use cluster::Net;

@@ -93,14 +93,14 @@ pub fn raw_verify_batch_rate(secs: f64) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Writes `events` through `leader` from `clients` concurrent writers, each submitting its
-/// share one at a time (the next once the last one is committed).
+/// Writes all of `events` through `leader` from `clients` concurrent writers, each submitting
+/// its share one at a time (the next once the last one is committed).
 pub async fn write_concurrently(leader: &Arc<SporeSystem>, mut events: Vec<SignedEvent>, clients: usize) {
-    let share = events.len() / clients.max(1);
+    let share = events.len().div_ceil(clients.max(1));
     let mut tasks = Vec::new();
-    for _ in 0..clients {
+    while !events.is_empty() {
         let s = leader.clone();
-        let mine: Vec<SignedEvent> = events.split_off(events.len() - share);
+        let mine: Vec<SignedEvent> = events.split_off(events.len().saturating_sub(share));
         tasks.push(tokio::spawn(async move {
             for ev in mine {
                 s.submit(ev).await.expect("write");

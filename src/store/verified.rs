@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use crate::core::event::{SignedEvent};
+use crate::core::event::SignedEvent;
 use crate::core::keys::{SigningBatch, VerifierCache};
 use crate::core::types::SignatureBytes;
 
