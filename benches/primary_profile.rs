@@ -1,9 +1,9 @@
 //! Profiling harness for the 64-client write path (not a criterion bench): forms the same
 //! 3-voter in-process cluster as `benches/primary.rs`, writes `SPORES_PROFILE_EVENTS`
-//! (default 20 480) pre-signed events from 64 concurrent clients, and reports wall time, the
-//! rate, and the CPU the process spent per committed event, split by thread kind (read from
-//! `/proc/self/task/*/stat`). CPU per event is much steadier than the rate on a shared VM:
-//! use it to compare two builds.
+//! (default 20 480) pre-signed events from `SPORES_PROFILE_CLIENTS` (default 64) concurrent
+//! clients, and reports wall time, the rate, and the CPU the process spent per committed
+//! event, split by thread kind (read from `/proc/self/task/*/stat`). CPU per event is much
+//! steadier than the rate on a shared VM: use it to compare two builds.
 //!
 //! ```text
 //! cargo bench --bench primary_profile
@@ -11,6 +11,9 @@
 //!
 //! `SPORES_PROFILE_ROUNDS` (default 3) repeats the write run on the same cluster;
 //! `SPORES_PROFILE_NODES` (default 3) sets the number of voters (1: the leader's own cost).
+//! Each writer has one event outstanding, so the clients bound the events per Raft entry:
+//! sweeping `SPORES_PROFILE_CLIENTS` shows how much of the cost is per entry rather than per
+//! event.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -18,8 +21,6 @@ use std::time::Instant;
 #[path = "common/cluster.rs"]
 mod cluster;
 use cluster::Net;
-
-const CLIENTS: usize = 64;
 
 /// CPU seconds so far of each thread of this process, keyed by thread id, with its name.
 fn thread_cpu() -> BTreeMap<u32, (String, f64)> {
@@ -57,7 +58,8 @@ fn kind(name: &str) -> &'static str {
 }
 
 fn main() {
-    let total: usize = std::env::var("SPORES_PROFILE_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_480) / CLIENTS * CLIENTS;
+    let clients: usize = std::env::var("SPORES_PROFILE_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(64).max(1);
+    let total: usize = std::env::var("SPORES_PROFILE_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_480) / clients * clients;
     let rounds: usize = std::env::var("SPORES_PROFILE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     // Named, so their CPU is told apart from tokio's (unnamed threads inherit their creator's name).
     let _ = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("rayon-{i}")).build_global();
@@ -70,7 +72,7 @@ fn main() {
         let v_before = cluster::raw_verify_batch_rate(0.3);
         let before = thread_cpu();
         let t = Instant::now();
-        rt.block_on(cluster::write_concurrently(&systems[0], events, CLIENTS));
+        rt.block_on(cluster::write_concurrently(&systems[0], events, clients));
         let wall = t.elapsed().as_secs_f64();
         let after = thread_cpu();
         let mut by_kind: BTreeMap<&str, f64> = BTreeMap::new();
