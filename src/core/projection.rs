@@ -716,6 +716,18 @@ impl Projection {
         Some(chained)
     }
 
+    /// [`Projection::append_canonical_to`] of an event the caller keeps (it is only read; what
+    /// the state keeps of it is copied). Returns the seq, previous hash and hash it got.
+    #[inline]
+    pub(crate) fn append_canonical_ref(&mut self, event: &SignedEvent, canonical: &[u8]) -> Result<(u64, ChainHash, ChainHash), Rejection> {
+        debug_assert_eq!(canonical, event.canonical_bytes().as_slice());
+        self.check_sized(event, canonical.len())?;
+        let (seq, prev) = (self.next_seq(), self.head_hash());
+        let hash = crate::core::event::chain_hash(&prev, seq, canonical);
+        self.mutate_owned(seq, hash, event.fingerprint, event.author, event.timestamp, state_part(&event.body));
+        Ok((seq, prev, hash))
+    }
+
     /// [`Projection::apply`] of an event the caller owns and no longer needs (replay), whose
     /// canonical encoding is `size` bytes long: nothing is encoded or cloned.
     pub(crate) fn apply_owned(&mut self, chained: ChainedEvent, size: usize) -> Result<(), Rejection> {

@@ -26,7 +26,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{Entry, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError};
 use serde::{Deserialize, Serialize};
 
-use super::{ChainPoint, LogId, PeerNode, SporeRequest, SporeResponse, StorageError, StoredMembership, TypeConfig};
+use super::{LogId, PeerNode, SporeRequest, SporeResponse, StorageError, StoredMembership, TypeConfig};
 use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::types::ChainHash;
 use crate::store::ledger::Ledger;
@@ -228,38 +228,36 @@ fn applied_meta(last: Option<LogId>, membership: &StoredMembership) -> Result<Ve
 }
 
 /// Appends the pending `events` (in ledger-sized chunks, `meta` written with the last) and
-/// fills each one's response slot.
+/// fills each one's response slot. The events stay where they are, in the entries' batches:
+/// they are read, never copied.
 #[allow(clippy::too_many_arguments)]
 fn flush(
     l: &mut Ledger,
     cache: &mut VerifierCache,
     pre_verified: &PreVerified,
-    events: &mut Vec<SignedEvent>,
+    events: &mut Vec<&SignedEvent>,
     slots: &mut Vec<(usize, Option<usize>)>,
     responses: &mut [SporeResponse],
     meta: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> Result<(), StorageError> {
-    let mut chunks: Vec<Vec<SignedEvent>> = Vec::new();
-    let mut it = std::mem::take(events).into_iter().peekable();
-    while it.peek().is_some() {
-        chunks.push(it.by_ref().take(crate::core::limits::APPEND_BATCH_MAX).collect());
-    }
+    let events = std::mem::take(events);
+    let mut chunks: Vec<&[&SignedEvent]> = events.chunks(crate::core::limits::APPEND_BATCH_MAX).collect();
     if chunks.is_empty() {
-        chunks.push(Vec::new());
+        chunks.push(&[]);
     }
     let n = chunks.len();
-    let mut outcomes = Vec::new();
+    let mut outcomes = Vec::with_capacity(events.len());
     let mut meta = Some(meta);
     for (k, chunk) in chunks.into_iter().enumerate() {
         let m = if k + 1 == n { meta.take().unwrap_or_default() } else { Vec::new() };
         // Signatures the log store already verified (for exactly these events) are not
         // verified again; the rest are, here.
-        let (verified, _) = VerifiedEvents::verify_with(chunk, cache, pre_verified);
-        outcomes.extend(l.append_verified_with_meta(verified, m).map_err(sm_write)?);
+        let (verified, _) = VerifiedEvents::verify_with(chunk.to_vec(), cache, pre_verified);
+        outcomes.extend(l.append_verified_points(verified, m).map_err(sm_write)?);
     }
     for ((slot, pos), outcome) in std::mem::take(slots).into_iter().zip(outcomes) {
         let answer = match outcome {
-            Ok(ce) => SporeResponse::Applied(ChainPoint { seq: ce.seq, hash: ce.hash }),
+            Ok(point) => SporeResponse::Applied(point),
             Err(r) => SporeResponse::Rejected(r),
         };
         match (pos, &mut responses[slot]) {
@@ -340,16 +338,16 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             // The last entry whose effects are wholly in the ledger.
             let mut last = applied;
-            let mut events: Vec<SignedEvent> = Vec::new();
+            let mut events: Vec<&SignedEvent> = Vec::new();
             // Which response slot (entry, position in its batch) each event fills.
             let mut slots: Vec<(usize, Option<usize>)> = Vec::new();
             let mut responses = Vec::with_capacity(entries.len());
             let mut cache = cache.lock().map_err(|_| lock_err())?;
-            for (i, entry) in entries.into_iter().enumerate() {
-                match entry.payload {
+            for (i, entry) in entries.iter().enumerate() {
+                match &entry.payload {
                     EntryPayload::Blank => responses.push(SporeResponse::None),
                     EntryPayload::Membership(m) => {
-                        membership = StoredMembership::new(Some(entry.log_id), m);
+                        membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         responses.push(SporeResponse::None);
                     }
                     EntryPayload::Normal(SporeRequest::Event(ev)) => {
@@ -370,8 +368,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                             flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, before)?;
                         }
                         responses.push(SporeResponse::Batch(vec![SporeResponse::None; batch.len()]));
-                        let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
-                        for (k, ev) in batch.into_iter().enumerate() {
+                        for (k, ev) in batch.iter().enumerate() {
                             events.push(ev);
                             slots.push((i, Some(k)));
                         }
@@ -384,13 +381,13 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                         // entry before it, so a crash in between re-applies nothing twice).
                         let before = applied_meta(last, &membership)?;
                         flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, before)?;
-                        let answer = match check_provisional(&l, &p) {
+                        let answer = match check_provisional(&l, p) {
                             Err(rejection) => SporeResponse::Rejected(rejection),
                             Ok(()) => {
                                 let meta = applied_meta(Some(entry.log_id), &membership)?;
-                                let (verified, _) = VerifiedEvents::verify_with(vec![p.event], &mut cache, &pre_verified);
-                                match l.append_verified_with_meta(verified, meta).map_err(sm_write)?.pop() {
-                                    Some(Ok(ce)) => SporeResponse::Applied(ChainPoint { seq: ce.seq, hash: ce.hash }),
+                                let (verified, _) = VerifiedEvents::verify_with(vec![&p.event], &mut cache, &pre_verified);
+                                match l.append_verified_points(verified, meta).map_err(sm_write)?.pop() {
+                                    Some(Ok(point)) => SporeResponse::Applied(point),
                                     Some(Err(r)) => SporeResponse::Rejected(r),
                                     None => SporeResponse::None,
                                 }

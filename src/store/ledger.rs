@@ -540,6 +540,44 @@ impl Ledger {
         Ok(outcome)
     }
 
+    /// [`Ledger::append_verified_with_meta`] of events the caller keeps (borrowed, so none is
+    /// copied or moved), reporting only where each accepted one landed in the chain. The Raft
+    /// state machine appends this way from its log entries' shared batches.
+    pub fn append_verified_points(
+        &mut self,
+        events: VerifiedEvents<&SignedEvent>,
+        extra: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Vec<Result<ChainPoint, Rejection>>, LedgerError> {
+        self.usable(events.len())?;
+        let mut outcome = Vec::with_capacity(events.len());
+        let mut batch = self.new_batch(events.len() + extra.len());
+        let (mut accepted, mut anchor) = (0usize, None);
+        let projection = &mut self.projection;
+        let ledger = &self.ledger;
+        let mut record = Vec::with_capacity(1024);
+        events.for_each_ref(|event, canonical, signature_ok| {
+            let linked = if signature_ok {
+                projection.append_canonical_ref(event, canonical)
+            } else {
+                Err(projection.check(event).err().unwrap_or(Rejection::BadSignature(event.author)))
+            };
+            outcome.push(linked.map(|(seq, prev_hash, hash)| {
+                record.clear();
+                record::encode_record_ref_into(&record::ChainedEventRef { seq, prev_hash, hash, event }, &mut record);
+                batch.insert(ledger, seq_key(seq), record.as_slice());
+                accepted += 1;
+                if matches!(event.body, EventBody::Checkpoint { .. }) {
+                    anchor = Some(ChainPoint { seq, hash });
+                }
+                ChainPoint { seq, hash }
+            }));
+        });
+        if accepted > 0 || !extra.is_empty() {
+            self.commit_batch(batch, accepted, anchor, extra)?;
+        }
+        Ok(outcome)
+    }
+
     /// [`Ledger::append_verified_with_meta`] of a batch without checkpoint events, after
     /// genesis, with the chain hashes computed on the helper thread ([`super::chainer`]) while
     /// this thread validates and applies the events. Same outcome, same bytes.

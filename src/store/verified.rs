@@ -10,7 +10,13 @@
 //! stay in place, marked refused: the append reports them as rejected, in order, and never
 //! applies them.
 //!
+//! The events are owned (`VerifiedEvents`, the default) or borrowed (`VerifiedEvents<&SignedEvent>`):
+//! the Raft state machine verifies and appends events that stay in the shared batches of its
+//! log entries, so it never copies them.
+//!
 //! [`Ledger::append_verified`]: super::ledger::Ledger::append_verified
+
+use std::borrow::Borrow;
 
 use rayon::prelude::*;
 
@@ -26,10 +32,11 @@ const PARALLEL_MIN: usize = 256;
 
 /// Signed events in order, each with its canonical encoding and whether its signature
 /// verified. See the module doc. Deliberately neither `Clone` nor mutable from outside: what
-/// was verified is exactly what gets appended.
+/// was verified is exactly what gets appended. `E` is how the events are held: owned
+/// ([`SignedEvent`]) or borrowed (`&SignedEvent`).
 #[derive(Debug)]
-pub struct VerifiedEvents {
-    events: Vec<SignedEvent>,
+pub struct VerifiedEvents<E = SignedEvent> {
+    events: Vec<E>,
     /// Canonical encodings of `events`, back to back.
     canonical: Vec<u8>,
     /// End offset of each event's encoding in `canonical`.
@@ -45,11 +52,11 @@ struct ChunkResult {
     ok: Vec<bool>,
 }
 
-fn verify_chunk(chunk: &[SignedEvent], cache: &mut VerifierCache, known: Option<&PreVerified>) -> ChunkResult {
+fn verify_chunk<E: Borrow<SignedEvent>>(chunk: &[E], cache: &mut VerifierCache, known: Option<&PreVerified>) -> ChunkResult {
     let mut canonical = Vec::with_capacity(chunk.len() * 320);
     let mut ends = Vec::with_capacity(chunk.len());
     for e in chunk {
-        e.write_canonical_bytes(&mut canonical);
+        e.borrow().write_canonical_bytes(&mut canonical);
         ends.push(canonical.len());
     }
     let mut ok = vec![false; chunk.len()];
@@ -60,7 +67,7 @@ fn verify_chunk(chunk: &[SignedEvent], cache: &mut VerifierCache, known: Option<
         let bytes = &canonical[start..end];
         start = end;
         match known {
-            Some(k) if k.take(&chunk[i].signature, bytes) => ok[i] = true,
+            Some(k) if k.take(&chunk[i].borrow().signature, bytes) => ok[i] = true,
             _ => todo.push((i, start - bytes.len(), end)),
         }
     }
@@ -69,7 +76,8 @@ fn verify_chunk(chunk: &[SignedEvent], cache: &mut VerifierCache, known: Option<
     }
     let mut batch = SigningBatch::with_capacity(todo.len());
     for &(i, from, to) in &todo {
-        batch.push_canonical(chunk[i].author, chunk[i].signature, &canonical[from..to]);
+        let e = chunk[i].borrow();
+        batch.push_canonical(e.author, e.signature, &canonical[from..to]);
     }
     for (&(i, _, _), verdict) in todo.iter().zip(batch.verify(cache)) {
         ok[i] = verdict;
@@ -168,14 +176,14 @@ impl PreVerified {
 
     /// Waits (bounded) until none of the signatures of `events` is being verified. Not on a
     /// thread-pool thread: the verification it would wait for may need that thread.
-    fn wait_settled(&self, events: &[SignedEvent]) {
+    fn wait_settled<E: Borrow<SignedEvent>>(&self, events: &[E]) {
         if rayon::current_thread_index().is_some() {
             return;
         }
         let (lock, cvar) = &*self.inner;
         let Ok(mut g) = lock.lock() else { return };
         let deadline = std::time::Instant::now() + Self::WAIT_MAX;
-        while events.iter().any(|e| matches!(g.map.get(&e.signature), Some(Pre::Pending))) {
+        while events.iter().any(|e| matches!(g.map.get(&e.borrow().signature), Some(Pre::Pending))) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return;
@@ -202,13 +210,13 @@ impl PreVerified {
     }
 }
 
-impl VerifiedEvents {
+impl<E: Borrow<SignedEvent> + Sync> VerifiedEvents<E> {
     /// Verifies the signatures of `events` (batched; on all cores for large batches) and
     /// encodes each one canonically. Returns the events, in order, with the indices of those
     /// whose signature does not verify (they are kept, marked refused: appending reports
     /// them rejected and never applies them).
     #[tracing::instrument(level = "debug", skip_all, fields(events = events.len()))]
-    pub fn verify(events: Vec<SignedEvent>, cache: &mut VerifierCache) -> (VerifiedEvents, Vec<usize>) {
+    pub fn verify(events: Vec<E>, cache: &mut VerifierCache) -> (VerifiedEvents<E>, Vec<usize>) {
         Self::verify_inner(events, cache, None)
     }
 
@@ -216,14 +224,14 @@ impl VerifiedEvents {
     /// exactly these events (see [`PreVerified`]).
     #[tracing::instrument(level = "debug", skip_all, fields(events = events.len()))]
     pub fn verify_with(
-        events: Vec<SignedEvent>,
+        events: Vec<E>,
         cache: &mut VerifierCache,
         known: &PreVerified,
-    ) -> (VerifiedEvents, Vec<usize>) {
+    ) -> (VerifiedEvents<E>, Vec<usize>) {
         Self::verify_inner(events, cache, Some(known))
     }
 
-    fn verify_inner(events: Vec<SignedEvent>, cache: &mut VerifierCache, known: Option<&PreVerified>) -> (VerifiedEvents, Vec<usize>) {
+    fn verify_inner(events: Vec<E>, cache: &mut VerifierCache, known: Option<&PreVerified>) -> (VerifiedEvents<E>, Vec<usize>) {
         if let Some(k) = known {
             // Rather than verify twice what is being verified right now.
             k.wait_settled(&events);
@@ -267,8 +275,22 @@ impl VerifiedEvents {
 
     /// The events, in order, with whether each one's signature verified.
     pub fn iter(&self) -> impl Iterator<Item = (&SignedEvent, bool)> {
-        self.events.iter().zip(self.ok.iter().copied())
+        self.events.iter().map(Borrow::borrow).zip(self.ok.iter().copied())
     }
+
+    /// Visits every event with its canonical encoding and whether its signature verified, in
+    /// order, without moving them.
+    #[inline]
+    pub(crate) fn for_each_ref(&self, mut f: impl FnMut(&SignedEvent, &[u8], bool)) {
+        let mut start = 0;
+        for ((event, &end), &signature_ok) in self.events.iter().zip(&self.ends).zip(&self.ok) {
+            f(event.borrow(), self.canonical.get(start..end).unwrap_or_default(), signature_ok);
+            start = end;
+        }
+    }
+}
+
+impl VerifiedEvents {
 
     /// Gives the events back (for instance to re-verify them elsewhere).
     pub fn into_events(self) -> Vec<SignedEvent> {
@@ -357,7 +379,7 @@ mod tests {
     fn valid_events_verify() {
         let (v, bad) = VerifiedEvents::verify(events(5), &mut VerifierCache::default());
         assert!(bad.is_empty() && v.all_verified());
-        let (v, bad) = VerifiedEvents::verify(Vec::new(), &mut VerifierCache::default());
+        let (v, bad) = VerifiedEvents::<SignedEvent>::verify(Vec::new(), &mut VerifierCache::default());
         assert!(bad.is_empty() && v.is_empty());
     }
 }

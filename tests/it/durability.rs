@@ -127,3 +127,63 @@ fn replay_to_a_point_in_time() {
         }
     }
 }
+
+/// Appending borrowed events (`append_verified_points`, how the Raft state machine appends
+/// from its shared log batches) writes exactly what appending owned ones writes: the same
+/// verdicts in place (a forged signature, an unknown author), the same chain points, the same
+/// records and the same projection after a restart.
+#[test]
+fn borrowed_appends_write_what_owned_appends_write() {
+    use mycnet_spores::core::keys::VerifierCache;
+    use mycnet_spores::store::verified::VerifiedEvents;
+
+    let h = history();
+    let mut events = h.events[..420].to_vec();
+    events[130].signature.0[5] ^= 1;
+    let stranger = NodeKey::generate().expect("os randomness");
+    events[260] = SignedEvent::sign(&stranger, h.fingerprint, events[260].timestamp, EventBody::NodeBackOnline { node: stranger.node_id() });
+    assert!(events.iter().any(|e| matches!(e.body, EventBody::Checkpoint { .. })), "the history has checkpoint events");
+    let (owned_dir, borrowed_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let mut owned = Ledger::open(owned_dir.path(), config(100)).expect("open");
+    let mut borrowed = Ledger::open(borrowed_dir.path(), config(100)).expect("open");
+    let mut cache = VerifierCache::default();
+    let mut rejected = Vec::new();
+    for (c, chunk) in events.chunks(37).enumerate() {
+        let expected = owned.append(chunk.to_vec()).expect("owned append");
+        let (verified, _) = VerifiedEvents::verify(chunk.iter().collect(), &mut cache);
+        let got = borrowed.append_verified_points(verified, Vec::new()).expect("borrowed append");
+        assert_eq!(got.len(), expected.len());
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            match (g, e) {
+                (Ok(p), Ok(ce)) => assert_eq!((p.seq, p.hash), (ce.seq, ce.hash)),
+                (Err(a), Err(b)) => {
+                    assert_eq!(a, b);
+                    rejected.push((c * 37 + i, a.clone()));
+                }
+                other => panic!("verdicts differ: {other:?}"),
+            }
+        }
+        assert_eq!(borrowed.head(), owned.head());
+    }
+    // What follows a refused event may be refused in turn (a checkpoint of a head that is not
+    // there); both ways agree on all of it, and the two bad events are refused for their faults.
+    assert!(rejected.iter().any(|(i, r)| *i == 130 && matches!(r, Rejection::BadSignature(_))), "{rejected:?}");
+    assert!(rejected.iter().any(|(i, r)| *i == 260 && *r == Rejection::UnknownAuthor(stranger.node_id())), "{rejected:?}");
+    let head = owned.head();
+    drop((owned, borrowed));
+    let a = crate::fixture::RawLedger::open(owned_dir.path());
+    let b = crate::fixture::RawLedger::open(borrowed_dir.path());
+    assert_eq!(a.last_seq(), b.last_seq());
+    for seq in 0..=a.last_seq() {
+        assert_eq!(a.value(seq), b.value(seq), "record {seq} differs");
+    }
+    a.close();
+    b.close();
+    let reopened = Ledger::open(borrowed_dir.path(), config(100)).expect("reopen");
+    assert_eq!(reopened.head(), head);
+    let reference = Ledger::open(owned_dir.path(), config(100)).expect("reopen");
+    assert_eq!(reopened.projection().state(), reference.projection().state());
+    drop((reopened, reference));
+    let report = verify(borrowed_dir.path());
+    assert!(report.is_ok(), "{:?}", report.first_error);
+}
