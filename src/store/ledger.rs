@@ -543,6 +543,7 @@ impl Ledger {
     /// [`Ledger::append_verified_with_meta`] of events the caller keeps (borrowed, so none is
     /// copied or moved), reporting only where each accepted one landed in the chain. The Raft
     /// state machine appends this way from its log entries' shared batches.
+    #[tracing::instrument(level = "debug", skip_all, fields(path = %self.path.display(), events = events.len()))]
     pub fn append_verified_points(
         &mut self,
         events: VerifiedEvents<&SignedEvent>,
