@@ -59,7 +59,7 @@ fn kind(name: &str) -> &'static str {
 
 fn main() {
     let clients: usize = std::env::var("SPORES_PROFILE_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(64).max(1);
-    let total: usize = std::env::var("SPORES_PROFILE_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_480) / clients * clients;
+    let total: usize = (std::env::var("SPORES_PROFILE_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_480) / clients * clients).max(clients);
     let rounds: usize = std::env::var("SPORES_PROFILE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     // Named, so their CPU is told apart from tokio's (unnamed threads inherit their creator's name).
     let _ = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("rayon-{i}")).build_global();
