@@ -429,15 +429,6 @@ impl ChainedEvent {
         ChainedEvent { seq, prev_hash, hash, event }
     }
 
-    /// [`ChainedEvent::link`] with the event's canonical encoding already at hand
-    /// (`canonical` must be `event.canonical_bytes()`).
-    #[inline]
-    pub(crate) fn link_canonical(seq: u64, prev_hash: ChainHash, event: SignedEvent, canonical: &[u8]) -> Self {
-        debug_assert_eq!(canonical, event.canonical_bytes().as_slice());
-        let hash = chain_hash(&prev_hash, seq, canonical);
-        ChainedEvent { seq, prev_hash, hash, event }
-    }
-
     /// Recomputes the hash and compares it with the stored one.
     pub fn hash_is_valid(&self) -> bool {
         chain_hash(&self.prev_hash, self.seq, &self.event.canonical_bytes()) == self.hash

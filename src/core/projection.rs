@@ -697,27 +697,8 @@ impl Projection {
 
     /// [`Projection::append`] with the event's canonical encoding at hand (`canonical` must be
     /// `event.canonical_bytes()`, so it is not encoded again for the size rule and the hash),
-    /// pushing the result onto `out`: the chained event is built in its place there and
-    /// applied from it, never copied. Returns it if it was accepted.
-    #[inline]
-    pub(crate) fn append_canonical_to<'o>(
-        &mut self,
-        event: SignedEvent,
-        canonical: &[u8],
-        out: &'o mut Vec<Result<ChainedEvent, Rejection>>,
-    ) -> Option<&'o ChainedEvent> {
-        if let Err(r) = self.check_sized(&event, canonical.len()) {
-            out.push(Err(r));
-            return None;
-        }
-        out.push(Ok(ChainedEvent::link_canonical(self.next_seq(), self.head_hash(), event, canonical)));
-        let Some(Ok(chained)) = out.last() else { return None };
-        self.mutate(chained);
-        Some(chained)
-    }
-
-    /// [`Projection::append_canonical_to`] of an event the caller keeps (it is only read; what
-    /// the state keeps of it is copied). Returns the seq, previous hash and hash it got.
+    /// reading the event in place (what the state keeps of it is copied). Returns the seq,
+    /// previous hash and hash it got. On rejection nothing changes.
     #[inline]
     pub(crate) fn append_canonical_ref(&mut self, event: &SignedEvent, canonical: &[u8]) -> Result<(u64, ChainHash, ChainHash), Rejection> {
         debug_assert_eq!(canonical, event.canonical_bytes().as_slice());
@@ -746,7 +727,7 @@ impl Projection {
     /// [`ChainHash::ZERO`] until [`Projection::set_head_hash`] sets it. For a caller that
     /// computes the chain hashes apart (on another core); until then the only rule that reads
     /// the head's hash, a checkpoint's, cannot be checked, so a checkpoint is refused here
-    /// and must go through [`Projection::append_canonical_to`]. Returns the seq it got.
+    /// and must go through [`Projection::append_canonical_ref`]. Returns the seq it got.
     pub(crate) fn apply_unhashed(&mut self, event: &SignedEvent, size: usize) -> Result<u64, Rejection> {
         if matches!(event.body, EventBody::Checkpoint { .. }) {
             return Err(Rejection::CheckpointMismatch { head_seq: self.state.head.map_or(0, |h| h.seq), got_seq: 0 });

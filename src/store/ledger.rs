@@ -76,6 +76,9 @@ impl Default for LedgerConfig {
     }
 }
 
+/// Where an appended event went: its seq, the previous hash and its hash.
+type Link = (u64, ChainHash, ChainHash);
+
 /// What [`Ledger::append`] did with each event, in order.
 pub type AppendOutcome = Vec<Result<ChainedEvent, Rejection>>;
 
@@ -510,34 +513,9 @@ impl Ledger {
                 return self.append_verified_parallel(events, extra);
             }
         }
-        let mut outcome = Vec::with_capacity(events.len());
-        let mut batch = self.new_batch(events.len() + extra.len());
-        let mut accepted = 0usize;
-        let projection = &mut self.projection;
-        let ledger = &self.ledger;
-        // Each record is encoded into this one buffer: the batch copies the bytes it is given
-        // into its own value, so a fresh vector per record would only be allocated and freed.
-        let mut record = Vec::with_capacity(1024);
-        events.for_each(|event, canonical, signature_ok| {
-            if !signature_ok {
-                // Check the rules first so a forged event of another network says so.
-                let r = projection.check(&event).err().unwrap_or(Rejection::BadSignature(event.author));
-                outcome.push(Err(r));
-                return;
-            }
-            if let Some(chained) = projection.append_canonical_to(event, canonical, &mut outcome) {
-                record.clear();
-                encode_record_into(chained, &mut record);
-                batch.insert(ledger, seq_key(chained.seq), record.as_slice());
-                accepted += 1;
-            }
-        });
-        if accepted == 0 && extra.is_empty() {
-            return Ok(outcome);
-        }
-        let anchor = newest_checkpoint(outcome.iter().filter_map(|o| o.as_ref().ok()));
-        self.commit_batch(batch, accepted, anchor, extra)?;
-        Ok(outcome)
+        let links = self.append_links(&events, extra)?;
+        let events = events.into_events().into_iter();
+        Ok(events.zip(links).map(|(event, link)| link.map(|(seq, prev_hash, hash)| ChainedEvent { seq, prev_hash, hash, event })).collect())
     }
 
     /// [`Ledger::append_verified_with_meta`] of events the caller keeps (borrowed, so none is
@@ -550,19 +528,35 @@ impl Ledger {
         extra: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Vec<Result<ChainPoint, Rejection>>, LedgerError> {
         self.usable(events.len())?;
+        let links = self.append_links(&events, extra)?;
+        Ok(links.into_iter().map(|link| link.map(|(seq, _, hash)| ChainPoint { seq, hash })).collect())
+    }
+
+    /// The sequential append: validates, chains and applies `events` in order (reading them
+    /// in place), writes the accepted ones with `extra` in one atomic batch and returns each
+    /// accepted event's (seq, previous hash, hash) or rejection, in order. The caller has
+    /// checked that the ledger is usable for this many events.
+    fn append_links<E: std::borrow::Borrow<SignedEvent> + Sync>(
+        &mut self,
+        events: &VerifiedEvents<E>,
+        extra: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Vec<Result<Link, Rejection>>, LedgerError> {
         let mut outcome = Vec::with_capacity(events.len());
         let mut batch = self.new_batch(events.len() + extra.len());
         let (mut accepted, mut anchor) = (0usize, None);
         let projection = &mut self.projection;
         let ledger = &self.ledger;
+        // Each record is encoded into this one buffer: the batch copies the bytes it is given
+        // into its own value, so a fresh vector per record would only be allocated and freed.
         let mut record = Vec::with_capacity(1024);
         events.for_each_ref(|event, canonical, signature_ok| {
             let linked = if signature_ok {
                 projection.append_canonical_ref(event, canonical)
             } else {
+                // Check the rules first so a forged event of another network says so.
                 Err(projection.check(event).err().unwrap_or(Rejection::BadSignature(event.author)))
             };
-            outcome.push(linked.map(|(seq, prev_hash, hash)| {
+            if let Ok((seq, prev_hash, hash)) = linked {
                 record.clear();
                 record::encode_record_ref_into(&record::ChainedEventRef { seq, prev_hash, hash, event }, &mut record);
                 batch.insert(ledger, seq_key(seq), record.as_slice());
@@ -570,8 +564,8 @@ impl Ledger {
                 if matches!(event.body, EventBody::Checkpoint { .. }) {
                     anchor = Some(ChainPoint { seq, hash });
                 }
-                ChainPoint { seq, hash }
-            }));
+            }
+            outcome.push(linked);
         });
         if accepted > 0 || !extra.is_empty() {
             self.commit_batch(batch, accepted, anchor, extra)?;

@@ -291,7 +291,6 @@ impl<E: Borrow<SignedEvent> + Sync> VerifiedEvents<E> {
 }
 
 impl VerifiedEvents {
-
     /// Gives the events back (for instance to re-verify them elsewhere).
     pub fn into_events(self) -> Vec<SignedEvent> {
         self.events
@@ -301,21 +300,6 @@ impl VerifiedEvents {
     /// and each signature's verdict.
     pub(crate) fn into_parts(self) -> (Vec<SignedEvent>, Vec<u8>, Vec<usize>, Vec<bool>) {
         (self.events, self.canonical, self.ends, self.ok)
-    }
-
-    /// Visits every event with its canonical encoding and whether its signature verified, in
-    /// order, moving the events out. (The event is passed on its own rather than in a tuple
-    /// or struct with the rest: an event is a few hundred bytes, and each wrapping was a copy.)
-    #[inline]
-    pub(crate) fn for_each(self, mut f: impl FnMut(SignedEvent, &[u8], bool)) {
-        let VerifiedEvents { events, canonical, ends, ok } = self;
-        let mut bounds = ends.iter().zip(&ok);
-        let mut start = 0;
-        for event in events {
-            let Some((&end, &signature_ok)) = bounds.next() else { return };
-            f(event, canonical.get(start..end).unwrap_or_default(), signature_ok);
-            start = end;
-        }
     }
 }
 
@@ -348,7 +332,7 @@ mod tests {
             let verdicts: Vec<bool> = v.iter().map(|(_, ok)| ok).collect();
             assert!(verdicts.iter().enumerate().all(|(i, ok)| *ok == (i != 1 && i != n - 1)));
             let mut seen = 0;
-            v.for_each(|_, canonical, _| {
+            v.for_each_ref(|_, canonical, _| {
                 assert_eq!(canonical, evs[seen].canonical_bytes().as_slice());
                 seen += 1;
             });
