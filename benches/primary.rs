@@ -10,63 +10,22 @@
 //! `SPORES_BENCH_NET=inproc|quic` runs one network only; `SPORES_BENCH_NODES=1` one node.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
-use mycnet_spores::{NodeKey, SignedEvent, SporeSystem};
+use mycnet_spores::{SignedEvent, SporeSystem};
 
 #[path = "common/cluster.rs"]
 mod cluster;
-use cluster::{metadata, Net};
+use cluster::{median, metadata, raw_fdatasync_median, raw_sign_verify, Net};
 
 const CLIENTS: usize = 64;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn p99(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[(v.len() * 99 / 100).min(v.len() - 1)]
-}
-
-/// Median fdatasync after a 4 KiB append.
-fn raw_fdatasync_median() -> Duration {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut f = std::fs::File::create(dir.path().join("f")).expect("create");
-    let buf = [7u8; 4096];
-    let samples: Vec<Duration> = (0..300)
-        .map(|_| {
-            f.write_all(&buf).expect("write");
-            let t = Instant::now();
-            f.sync_data().expect("sync");
-            t.elapsed()
-        })
-        .collect();
-    median(samples)
-}
-
-/// (sign, verify) time of one ~256-byte message.
-fn raw_sign_verify() -> (Duration, Duration) {
-    let k = NodeKey::from_seed([3; 32]);
-    let msg = [5u8; 256];
-    let n = 2000;
-    let t = Instant::now();
-    let mut sig = k.sign(&msg);
-    for _ in 0..n {
-        sig = k.sign(&msg);
-    }
-    let sign = t.elapsed() / n;
-    let pk = k.verifying_key();
-    let t = Instant::now();
-    for _ in 0..n {
-        assert!(pk.verify_strict_msg(&msg, &sig));
-    }
-    (sign, t.elapsed() / n)
 }
 
 /// V: signatures/s of `verify_batch` in batches of 64 on one core.

@@ -1,9 +1,13 @@
-//! Shared by the primary benches: a cluster of voters on durable fjall in temp dirs, and
-//! pre-signed ~256-byte service registrations to write through it.
+//! Shared by the primary benches: a cluster of voters on durable fjall in temp dirs,
+//! pre-signed ~256-byte service registrations to write through it, and the raw limits that
+//! the primary figures are ratios to.
+// Each bench includes this module and uses the helpers it needs.
+#![allow(dead_code)]
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mycnet_spores::net::inproc::InProcNetwork;
 use mycnet_spores::net::quic::{Admission, QuicBackend};
@@ -11,7 +15,6 @@ use mycnet_spores::{Endpoint, EventBody, NetworkIdentity, NodeKey, ServiceAnnoun
 
 /// The network the cluster runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)] // each bench uses the variants it needs
 pub enum Net {
     /// The in-process transport (no faults injected).
     InProc,
@@ -110,4 +113,45 @@ pub async fn write_concurrently(leader: &Arc<SporeSystem>, mut events: Vec<Signe
     for t in tasks {
         t.await.expect("task");
     }
+}
+
+/// The median of `v` (which must not be empty).
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Median fdatasync after a 4 KiB append: the fsync of the 1-client latency budget.
+pub fn raw_fdatasync_median() -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = std::fs::File::create(dir.path().join("f")).expect("create");
+    let buf = [7u8; 4096];
+    let samples: Vec<Duration> = (0..300)
+        .map(|_| {
+            f.write_all(&buf).expect("write");
+            let t = Instant::now();
+            f.sync_data().expect("sync");
+            t.elapsed()
+        })
+        .collect();
+    median(samples)
+}
+
+/// (sign, verify) time of one ~256-byte message: the rest of the 1-client latency budget.
+pub fn raw_sign_verify() -> (Duration, Duration) {
+    let k = NodeKey::from_seed([3; 32]);
+    let msg = [5u8; 256];
+    let n = 2000;
+    let t = Instant::now();
+    let mut sig = k.sign(&msg);
+    for _ in 0..n {
+        sig = k.sign(&msg);
+    }
+    let sign = t.elapsed() / n;
+    let pk = k.verifying_key();
+    let t = Instant::now();
+    for _ in 0..n {
+        assert!(pk.verify_strict_msg(&msg, &sig));
+    }
+    (sign, t.elapsed() / n)
 }

@@ -112,13 +112,14 @@ impl Recent {
 }
 
 /// Syncs the journal for every waiting callback, in order; exits when the store is dropped.
-fn run_flusher(db: Database, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn run_flusher(db: Database, path: PathBuf, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let r = db.persist(PersistMode::SyncData);
+        let r = tracing::debug_span!("raft_log_sync", path = %path.display(), callbacks = waiting.len())
+            .in_scope(|| db.persist(PersistMode::SyncData));
         tracing::trace!(callbacks = waiting.len(), ok = r.is_ok(), "raft log group sync");
         for cb in waiting {
             cb.log_io_completed(r.as_ref().map(|_| ()).map_err(super::io_err));
@@ -142,10 +143,10 @@ impl FjallLogStore {
         let log = db.keyspace("raft_log", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("raft_meta", KeyspaceCreateOptions::default)?;
         let (flusher, rx) = std::sync::mpsc::channel();
-        let flush_db = db.clone();
+        let (flush_db, flush_path) = (db.clone(), path.clone());
         std::thread::Builder::new()
             .name("spores-raft-flush".into())
-            .spawn(move || run_flusher(flush_db, rx))
+            .spawn(move || run_flusher(flush_db, flush_path, rx))
             .map_err(|e| fjall::Error::from(std::io::Error::other(e.to_string())))?;
         Ok(FjallLogStore { path, db, log, meta, flusher, pre_verified, recent: Recent::default() })
     }

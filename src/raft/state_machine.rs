@@ -63,6 +63,8 @@ pub struct LedgerStateMachine {
     /// Signatures the log store verified as entries arrived.
     pre_verified: PreVerified,
     cache: Arc<std::sync::Mutex<VerifierCache>>,
+    /// The ledger's directory (for the spans of this state machine's operations).
+    path: Arc<std::path::Path>,
 }
 
 fn sm_read(e: impl std::fmt::Display) -> StorageError {
@@ -83,7 +85,10 @@ impl LedgerStateMachine {
     /// Wraps a ledger; `key` signs the seeds inside snapshots.
     /// `pre_verified` is shared with the log store, which verifies signatures as entries arrive.
     pub fn new(ledger: SharedLedger, key: NodeKey, pre_verified: PreVerified) -> Self {
-        let head = ledger.read().ok().and_then(|l| l.head().map(|h| h.seq));
+        let (head, path) = match ledger.read() {
+            Ok(l) => (l.head().map(|h| h.seq), Arc::from(l.path())),
+            Err(_) => (None, Arc::from(std::path::Path::new(""))),
+        };
         let (tx, _) = tokio::sync::watch::channel(head);
         LedgerStateMachine {
             ledger,
@@ -92,6 +97,7 @@ impl LedgerStateMachine {
             head_tx: Arc::new(tx),
             pre_verified,
             cache: Arc::new(std::sync::Mutex::new(VerifierCache::default())),
+            path,
         }
     }
 
@@ -316,7 +322,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         Self::read_applied(&l)
     }
 
-    #[tracing::instrument(level = "debug", skip_all)]
+    #[tracing::instrument(level = "debug", skip_all, fields(path = %self.path.display()))]
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<SporeResponse>, StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
