@@ -10,7 +10,10 @@
 //! cargo bench --bench latency_breakdown
 //! ```
 //!
-//! `SPORES_BREAKDOWN_WRITES` (default 500) sets the number of timed writes. The last line sets
+//! `SPORES_BREAKDOWN_WRITES` (default 500) sets the number of timed writes;
+//! `SPORES_BREAKDOWN_NET=quic` runs the cluster over QUIC on 127.0.0.1 instead of the
+//! in-process transport (the replication stages then include our QUIC transport's round
+//! trip, which is ours, not openraft's). The last line sets
 //! the stages that are not ours (openraft's hand-offs and the two fsyncs, which openraft 0.9
 //! runs one after the other) against the issue's 1-client budget, 2 × (fdatasync + sign +
 //! verify), all measured in the same run.
@@ -179,7 +182,9 @@ fn main() {
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let systems = rt.block_on(cluster::form(dir.path(), 3, cluster::Net::InProc));
+    let quic = std::env::var("SPORES_BREAKDOWN_NET").is_ok_and(|n| n.eq_ignore_ascii_case("quic"));
+    let net = if quic { cluster::Net::Quic } else { cluster::Net::InProc };
+    let systems = rt.block_on(cluster::form(dir.path(), 3, net));
     let dirs: Vec<PathBuf> = (0..systems.len()).map(|i| dir.path().join(format!("n{i}"))).collect();
     let write = |s: &mycnet_spores::SporeSystem| rt.block_on(s.register_service("lat", vec![], vec![], cluster::metadata())).map(|_| ());
     // Warm up (caches, the first entries of the term), untimed.
@@ -205,7 +210,8 @@ fn main() {
         }
     }
 
-    eprintln!("\n=== one write's commit path, 3 voters in process, {writes} writes ({incomplete} without every span, left out) ===");
+    let over = if quic { "over QUIC on 127.0.0.1 (the replication stages include its round trip)" } else { "in process" };
+    eprintln!("\n=== one write's commit path, 3 voters {over}, {writes} writes ({incomplete} without every span, left out) ===");
     let mut by_owner = [0.0f64; 3];
     for ((name, owner), v) in STAGES.iter().zip(per_stage) {
         let m = median_us(v);
@@ -230,11 +236,12 @@ fn main() {
     let budget = (raw_fsync + sign + verify).as_secs_f64() * 1e6;
     let floor = openraft + fsync + sign.as_secs_f64() * 1e6;
     eprintln!(
-        "2 x (fdatasync {:.0} + sign {:.0} + verify {:.0}) = {:.0} us; openraft + fsync stages + sign alone = {floor:.0} us = {:.2} of it",
+        "2 x (fdatasync {:.0} + sign {:.0} + verify {:.0}) = {:.0} us; {} + fsync stages + sign alone = {floor:.0} us = {:.2} of it",
         raw_fsync.as_secs_f64() * 1e6,
         sign.as_secs_f64() * 1e6,
         verify.as_secs_f64() * 1e6,
         2.0 * budget,
+        if quic { "openraft (with the QUIC round trips)" } else { "openraft" },
         floor / (2.0 * budget)
     );
     for s in &systems {
