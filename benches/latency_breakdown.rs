@@ -11,6 +11,8 @@
 //! ```
 //!
 //! `SPORES_BREAKDOWN_WRITES` (default 500) sets the number of timed writes;
+//! `SPORES_BREAKDOWN_CALLER=task` writes from a task on the runtime instead of from
+//! `block_on` on the calling thread (the default, as in `benches/primary.rs`);
 //! `SPORES_BREAKDOWN_NET=quic` runs the cluster over QUIC on 127.0.0.1 instead of the
 //! in-process transport (the replication stages then include our QUIC transport's round
 //! trip, which is ours, not openraft's). The last line sets
@@ -186,7 +188,19 @@ fn main() {
     let net = if quic { cluster::Net::Quic } else { cluster::Net::InProc };
     let systems = rt.block_on(cluster::form(dir.path(), 3, net));
     let dirs: Vec<PathBuf> = (0..systems.len()).map(|i| dir.path().join(format!("n{i}"))).collect();
-    let write = |s: &mycnet_spores::SporeSystem| rt.block_on(s.register_service("lat", vec![], vec![], cluster::metadata())).map(|_| ());
+    // The writer runs where `block_on` runs it (the calling thread, as in `benches/primary.rs`
+    // and under `#[tokio::main]`), or with SPORES_BREAKDOWN_CALLER=task in a task on the
+    // runtime's workers (the hand-offs to and from the proposer then stay on them).
+    let in_task = std::env::var("SPORES_BREAKDOWN_CALLER").is_ok_and(|c| c.eq_ignore_ascii_case("task"));
+    let write = |s: &Arc<mycnet_spores::SporeSystem>| {
+        if in_task {
+            let s = s.clone();
+            let task = rt.spawn(async move { s.register_service("lat", vec![], vec![], cluster::metadata()).await.map(|_| ()) });
+            rt.block_on(task).expect("writer task")
+        } else {
+            rt.block_on(s.register_service("lat", vec![], vec![], cluster::metadata())).map(|_| ())
+        }
+    };
     // Warm up (caches, the first entries of the term), untimed.
     for _ in 0..100 {
         write(&systems[0]).expect("warm-up write");
@@ -211,7 +225,8 @@ fn main() {
     }
 
     let over = if quic { "over QUIC on 127.0.0.1 (the replication stages include its round trip)" } else { "in process" };
-    eprintln!("\n=== one write's commit path, 3 voters {over}, {writes} writes ({incomplete} without every span, left out) ===");
+    let from = if in_task { "a task on the runtime" } else { "block_on" };
+    eprintln!("\n=== one write's commit path, 3 voters {over}, writer in {from}, {writes} writes ({incomplete} without every span, left out) ===");
     let mut by_owner = [0.0f64; 3];
     for ((name, owner), v) in STAGES.iter().zip(per_stage) {
         let m = median_us(v);
