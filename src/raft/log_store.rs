@@ -263,27 +263,33 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = self.db.batch();
-        let mut n = 0usize;
         let mut appended = Vec::new();
+        // The events whose signatures apply will need, per entry.
+        let mut to_verify = Vec::new();
         for entry in entries {
             let bytes = postcard::to_stdvec(&entry).map_err(write_err)?;
             batch.insert(&self.log, entry.log_id.index.to_be_bytes(), bytes);
-            // Apply needs these signatures checked once the entries commit: check them now, on
-            // the thread pool, while the flusher syncs the log.
             match &entry.payload {
-                EntryPayload::Normal(SporeRequest::Event(e)) => self.pre_verified.spawn_verify(Arc::new(vec![e.clone()])),
-                EntryPayload::Normal(SporeRequest::Batch(b)) => self.pre_verified.spawn_verify(b.clone()),
-                EntryPayload::Normal(SporeRequest::Provisional(p)) => self.pre_verified.spawn_verify(Arc::new(vec![p.event.clone()])),
+                EntryPayload::Normal(SporeRequest::Event(e)) => to_verify.push(Arc::new(vec![e.clone()])),
+                EntryPayload::Normal(SporeRequest::Batch(b)) => to_verify.push(b.clone()),
+                EntryPayload::Normal(SporeRequest::Provisional(p)) => to_verify.push(Arc::new(vec![p.event.clone()])),
                 _ => {}
             }
             appended.push(entry);
-            n += 1;
         }
         // Readable once committed; the flusher makes it durable and only then calls back.
         batch.commit().map_err(write_err)?;
+        tracing::trace!(entries = appended.len(), "raft log appended");
         self.recent.appended(appended);
-        tracing::trace!(entries = n, "raft log appended");
         self.flusher.send(callback).map_err(|_| write_err("raft log flusher stopped"))?;
+        // Apply needs these signatures checked once the entries commit: check them on the
+        // thread pool while the flusher syncs. The sync is started first: every write waits
+        // for it, and waking the pool first delays the flusher's wake-up (one write's commit
+        // ~5 % slower over 13 alternated `latency_breakdown` runs; the 64-client rate did not
+        // move). The entries cannot be applied before this call returns.
+        for events in to_verify {
+            self.pre_verified.spawn_verify(events);
+        }
         Ok(())
     }
 
