@@ -111,7 +111,7 @@ enum Owner {
 const STAGES: [(&str, Owner); 13] = [
     ("submit -> batch proposed (queue, proposer task)", Owner::Ours),
     ("proposed -> leader log append (openraft core)", Owner::Openraft),
-    ("leader log append (encode, fjall write)", Owner::Ours),
+    ("leader log append (encode, fjall write, pre-verify spawn)", Owner::Ours),
     ("appended -> leader sync starts (flusher wake)", Owner::Ours),
     ("leader fsync", Owner::Fsync),
     ("leader synced -> follower append (core, replication, transport)", Owner::Openraft),
