@@ -15,12 +15,11 @@
 //! `block_on` on the calling thread (the default, as in `benches/primary.rs`);
 //! `SPORES_BREAKDOWN_NET=quic` runs the cluster over QUIC on 127.0.0.1 instead of the
 //! in-process transport (the replication stages then include our QUIC transport's round
-//! trip, which is ours, not openraft's). The last line sets
-//! the stages that are not ours (openraft's hand-offs and the two fsyncs, which openraft 0.9
-//! runs one after the other) against the 1-client budget, 2 × (fdatasync + sign +
-//! verify), all measured in the same run.
+//! trip, which is ours, not openraft's). The last line sets the stages that are not ours
+//! (openraft's hand-offs and the two fsyncs, which openraft 0.9 runs one after the other)
+//! against the 1-client budget, 2 × (fdatasync + sign + verify), all measured in the
+//! same run.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -124,13 +123,13 @@ const STAGES: [(&str, Owner); 13] = [
     ("answered -> submit returns (writer wakes)", Owner::Ours),
 ];
 
-/// The node (index in `dirs`) a path field belongs to.
-fn node_of(path: &str, dirs: &[PathBuf]) -> Option<usize> {
-    dirs.iter().position(|d| path.starts_with(&d.display().to_string()))
+/// The node (index in `dirs`, the nodes' data dirs) a path field belongs to.
+fn node_of(path: &str, dirs: &[String]) -> Option<usize> {
+    dirs.iter().position(|d| path.starts_with(d.as_str()))
 }
 
 /// The first span named `name` of `node` that starts at or after `after`.
-fn first<'a>(spans: &'a [Closed], name: &str, node: usize, after: Instant, dirs: &[PathBuf]) -> Option<&'a Closed> {
+fn first<'a>(spans: &'a [Closed], name: &str, node: usize, after: Instant, dirs: &[String]) -> Option<&'a Closed> {
     spans
         .iter()
         .filter(|s| s.name == name && s.start >= after && s.path.as_deref().and_then(|p| node_of(p, dirs)) == Some(node))
@@ -138,7 +137,7 @@ fn first<'a>(spans: &'a [Closed], name: &str, node: usize, after: Instant, dirs:
 }
 
 /// The 13 stage durations (µs) of one write, from its spans; `None` if one is missing.
-fn stages(spans: &[Closed], dirs: &[PathBuf]) -> Option<[f64; 13]> {
+fn stages(spans: &[Closed], dirs: &[String]) -> Option<[f64; 13]> {
     let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e6;
     let submit = spans.iter().find(|s| s.name == "submit")?;
     let propose = spans.iter().find(|s| s.name == "propose_batch" && s.start >= submit.start)?;
@@ -187,7 +186,7 @@ fn main() {
     let quic = std::env::var("SPORES_BREAKDOWN_NET").is_ok_and(|n| n.eq_ignore_ascii_case("quic"));
     let net = if quic { cluster::Net::Quic } else { cluster::Net::InProc };
     let systems = rt.block_on(cluster::form(dir.path(), 3, net));
-    let dirs: Vec<PathBuf> = (0..systems.len()).map(|i| dir.path().join(format!("n{i}"))).collect();
+    let dirs: Vec<String> = (0..systems.len()).map(|i| dir.path().join(format!("n{i}")).display().to_string()).collect();
     // The writer runs where `block_on` runs it (the calling thread, as in `benches/primary.rs`
     // and under `#[tokio::main]`), or with SPORES_BREAKDOWN_CALLER=task in a task on the
     // runtime's workers (the hand-offs to and from the proposer then stay on them).
