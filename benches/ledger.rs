@@ -151,12 +151,15 @@ fn reusable(dir: &Path, marker: &Path, n: u64) -> Option<ChainHash> {
     (last.len() == 1 && last[0].hash == hash).then_some(hash)
 }
 
-/// V: signatures/s of `verify_batch` in batches of `batch` on one core (256-byte messages,
-/// distinct keys).
+/// V: signatures/s of ed25519-dalek's `verify_batch` in batches of `batch` on one core
+/// (256-byte messages, distinct keys): the reference rate of every ratio. The same signatures
+/// also go through `verify_many`, the one ZIP-215 rule the library uses (`schema/encoding.md`).
 struct RawVerify {
     msgs: Vec<Vec<u8>>,
     sigs: Vec<ed25519_dalek::Signature>,
     vks: Vec<ed25519_dalek::VerifyingKey>,
+    ids: Vec<mycnet_spores::NodeId>,
+    sig_bytes: Vec<mycnet_spores::core::types::SignatureBytes>,
 }
 
 impl RawVerify {
@@ -169,9 +172,28 @@ impl RawVerify {
             })
             .collect();
         let msgs: Vec<Vec<u8>> = (0..batch).map(|i| (0..256).map(|j| (i * 31 + j) as u8).collect()).collect();
-        let sigs = keys.iter().zip(&msgs).map(|(k, m)| ed25519_dalek::Signature::from_bytes(&k.sign(m).0)).collect();
-        let vks = keys.iter().map(|k| k.verifying_key().0).collect();
-        RawVerify { msgs, sigs, vks }
+        let sig_bytes: Vec<_> = keys.iter().zip(&msgs).map(|(k, m)| k.sign(m)).collect();
+        let sigs = sig_bytes.iter().map(|s| ed25519_dalek::Signature::from_bytes(&s.0)).collect();
+        let vks = keys.iter().map(|k| ed25519_dalek::VerifyingKey::from_bytes(k.node_id().as_bytes()).expect("a key")).collect();
+        let ids = keys.iter().map(NodeKey::node_id).collect();
+        RawVerify { msgs, sigs, vks, ids, sig_bytes }
+    }
+
+    /// The same batch through the library's rule (ZIP-215 batch, key cache as in the product).
+    fn run_zip215(&self, cache: &mut VerifierCache) {
+        let items: Vec<_> = self.ids.iter().zip(&self.msgs).zip(&self.sig_bytes).map(|((a, m), s)| (*a, m.as_slice(), *s)).collect();
+        let verdicts = mycnet_spores::core::keys::verify_many(cache, &items);
+        assert!(verdicts.iter().all(|v| *v), "valid batch");
+    }
+
+    /// Signatures/s of [`RawVerify::run_zip215`] over `rounds` batches.
+    fn rate_zip215(&self, rounds: usize) -> f64 {
+        let mut cache = VerifierCache::default();
+        let t = Instant::now();
+        for _ in 0..rounds {
+            self.run_zip215(&mut cache);
+        }
+        (rounds * self.msgs.len()) as f64 / t.elapsed().as_secs_f64()
     }
 
     fn run(&self) {
@@ -410,6 +432,7 @@ fn bench_ledger(crit: &mut Criterion) {
     let raw_v = RawVerify::new(256);
     let raw_v64 = RawVerify::new(64);
     let mut v_rates = Vec::new();
+    let mut zip_rates = Vec::new();
     {
         let mut g = crit.benchmark_group("ledger_raw");
         g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
@@ -425,9 +448,22 @@ fn bench_ledger(crit: &mut Criterion) {
                 el
             })
         });
+        let mut zip_cache = VerifierCache::default();
+        g.bench_function("zip215_verify_many_256_1core", |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    raw_v.run_zip215(&mut zip_cache);
+                }
+                let el = t.elapsed();
+                zip_rates.push((iters * 256) as f64 / el.as_secs_f64());
+                el
+            })
+        });
         g.finish();
     }
     let v_start = median(v_rates);
+    let zip215_start = median(zip_rates.clone());
 
     let mut audit_rates = Vec::new();
     let mut trusted_rates = Vec::new();
@@ -617,6 +653,8 @@ fn bench_ledger(crit: &mut Criterion) {
     let v_end = raw_v.rate(200);
     let v = v_start.max(v_end);
     let v64 = raw_v64.rate(800);
+    let zip215 = zip215_start.max(raw_v.rate_zip215(200));
+    let zip215_64 = raw_v64.rate_zip215(800);
     let audit = median(audit_rates);
     let trusted = median(trusted_rates);
     let r = median(r_rates);
@@ -639,6 +677,8 @@ fn bench_ledger(crit: &mut Criterion) {
         ("raw verify_batch, batch 256, end of run (sig/s)".into(), v_end),
         ("raw verify_batch V = max of both (sig/s, 1 core)".into(), v),
         ("raw verify_batch, batch 64 (sig/s, 1 core)".into(), v64),
+        ("ZIP-215 verify_many, batch 256 (sig/s, 1 core)".into(), zip215),
+        ("ZIP-215 verify_many, batch 64 (sig/s, 1 core)".into(), zip215_64),
         ("audit replay (events/s)".into(), audit),
         ("raw scan+access+blake3 R (events/s)".into(), r),
         ("raw R + deserialize + exact chain hash (ev/s)".into(), r_exact),
@@ -661,6 +701,11 @@ fn bench_ledger(crit: &mut Criterion) {
         "audit replay / (V x {cores} cores) = {:.3} (target >= 0.8; limit {:.0}/s)",
         audit / (v * cores as f64),
         v * cores as f64
+    );
+    eprintln!(
+        "ZIP-215 batch / V = {:.3} at 256, {:.3} at 64 (target >= 0.9: one validity rule, issue 18)",
+        zip215 / v,
+        zip215_64 / v64
     );
     eprintln!("trusted replay / R = {:.3} (target >= 0.7; limit {:.0}/s)", trusted / r, r);
     eprintln!("trusted replay / R-exact = {:.3} (for reference)", trusted / r_exact);

@@ -121,7 +121,7 @@ impl ProvisionalEvent {
     pub fn verify_statement(&self) -> Result<(), ProvisionalError> {
         let key = PublicKey::from_node_id(&self.event.author).ok_or(ProvisionalError::BadSignature)?;
         let m = message(&self.event, &self.id(), self.absent_through);
-        if key.verify_strict_msg(&m, &self.signature) {
+        if key.verify_msg(&m, &self.signature) {
             Ok(())
         } else {
             Err(ProvisionalError::BadSignature)

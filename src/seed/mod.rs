@@ -537,7 +537,7 @@ fn check_attested(bytes: &[u8], policy: VerifyPolicy) -> Result<Attested<'_>, Se
     let voters = voters_of(&state);
     let mut signers = Vec::new();
     for (id, sig) in &sigs {
-        let ok = PublicKey::from_node_id(id).is_some_and(|k| k.verify_strict_msg(&msg, sig));
+        let ok = PublicKey::from_node_id(id).is_some_and(|k| k.verify_msg(&msg, sig));
         if !ok {
             return Err(SeedError::BadSignature(*id));
         }

@@ -5,7 +5,7 @@
 //! [`VerifiedEvents::verify`] is the only constructor. It encodes every event canonically
 //! once (the encoding the chain hash covers; the signing message is a rearrangement of it,
 //! see `schema/encoding.md`), verifies the signatures in batches (`verify_batch`, falling back
-//! to `verify_strict` per item in a failing batch) on all cores for large batches, and keeps
+//! to `the single ZIP-215 check per item in a failing batch) on all cores for large batches, and keeps
 //! the encodings so the append does not encode again. Events whose signature does not verify
 //! stay in place, marked refused: the append reports them as rejected, in order, and never
 //! applies them.

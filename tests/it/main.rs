@@ -16,3 +16,5 @@ mod partition_heal;
 mod split_brain;
 mod split_brain_quic;
 mod tiers;
+mod crafted;
+mod signatures;

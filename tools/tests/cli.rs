@@ -789,3 +789,58 @@ fn diff_names_the_fork_of_a_split_brain_over_quic() {
     assert_eq!(names("only_in_a"), vec!["a-side".to_string()]);
     assert_eq!(names("only_in_b"), vec!["b-side".to_string()]);
 }
+
+#[path = "../../tests/it/crafted.rs"]
+mod crafted;
+
+/// One signature validity rule (`schema/encoding.md`): events an admitted author signed with a
+/// torsion component in `R` were accepted when appended, so `spore verify`, `spore state` and
+/// `spore seed verify` accept them too, whatever batch they land in.
+#[test]
+fn verify_and_seed_verify_reach_the_append_verdict_on_crafted_signatures() {
+    use mycnet_spores::{EventBody, Ledger, LedgerConfig, NetworkIdentity, NodeAnnouncement, NodeKey, NodeRole, SignedEvent, Timestamp};
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("ledger");
+    let founder = NodeKey::from_seed([0x18; 32]);
+    let identity = NetworkIdentity {
+        network_id: uuid::Uuid::from_u128(18),
+        network_name: "crafted".into(),
+        genesis_timestamp: chrono::Utc::now(),
+    };
+    let ann = NodeAnnouncement {
+        node: founder.node_id(),
+        name: "founder".into(),
+        role: NodeRole::Sclerotium,
+        addresses: vec!["127.0.0.1:7400".into()],
+        capabilities: vec![],
+    };
+    let genesis = SignedEvent::genesis(&founder, identity.to_record(), ann);
+    let fp = genesis.fingerprint;
+    let t0 = genesis.timestamp;
+    let mut events = vec![genesis];
+    for i in 1..=700i64 {
+        let body = EventBody::CapabilitiesChanged { node: founder.node_id(), capabilities: vec![format!("c{i}")] };
+        let mut ev = SignedEvent::sign(&founder, fp, Timestamp(t0.0 + i), body);
+        if i % 2 == 0 {
+            ev.signature = crafted::torsioned(&founder, &ev.signing_message());
+        }
+        events.push(ev);
+    }
+    let mut ledger = Ledger::open(&dir, LedgerConfig::default()).expect("open");
+    for chunk in events.chunks(97) {
+        assert!(ledger.append(chunk.to_vec()).expect("append").iter().all(|o| o.is_ok()));
+    }
+    let chained = ledger.read_range(0, 700).expect("read");
+    let seed_bytes = mycnet_spores::seed::build(ledger.projection(), Some(&chained), &[&founder]).expect("seed");
+    drop(ledger);
+    let seed = root.path().join("crafted.seed");
+    std::fs::write(&seed, seed_bytes).expect("write seed");
+
+    let v = run(&["verify", path(&dir), "--json"]);
+    assert_eq!(v.status.code(), Some(0), "{}", String::from_utf8_lossy(&v.stdout));
+    assert_eq!(json(&v)["signatures_verified"], 701);
+    assert_eq!(run(&["state", path(&dir), "--json"]).status.code(), Some(0));
+    let s = run(&["seed", "verify", path(&seed), "--json"]);
+    assert_eq!(s.status.code(), Some(0), "{}", String::from_utf8_lossy(&s.stdout));
+}
