@@ -99,6 +99,15 @@ pub enum Corruption {
         /// What was found instead.
         detail: String,
     },
+    /// A stored cache (the projection checkpoint, the anchor) that the chain contradicts: the
+    /// replay from the records reaches another value than the one stored.
+    #[error("the stored {cache} does not match the chain: {detail}")]
+    CacheMismatch {
+        /// Which cache (`checkpoint`, `anchor`).
+        cache: String,
+        /// What differs.
+        detail: String,
+    },
     /// A metadata value that does not decode.
     #[error("corrupt metadata {key}: {reason}")]
     Metadata {
@@ -126,6 +135,20 @@ pub enum LedgerError {
         op: &'static str,
         /// The ledger directory.
         path: PathBuf,
+        /// fjall's error.
+        #[source]
+        source: fjall::Error,
+    },
+    /// fjall found its own files damaged (a checksum that fails, a record that does not
+    /// decode) and cannot use the database: bad data, not an I/O fault. Nothing was changed.
+    #[error("ledger {path} is damaged ({cause}) during {op}; move the data dir aside and rebuild it from a seed (`spore seed import`) or a peer")]
+    Damaged {
+        /// What was being done.
+        op: &'static str,
+        /// The ledger directory.
+        path: PathBuf,
+        /// Which file and what is wrong with it, in words.
+        cause: String,
         /// fjall's error.
         #[source]
         source: fjall::Error,

@@ -401,7 +401,7 @@ impl Branch {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Projection, ForensicsError> {
         match &self.inner {
-            Inner::Ledger(r) => Ok(r.replay(&ReplayOptions { audit: false, stop }, progress)?.0),
+            Inner::Ledger(r) => Ok(r.replay(&ReplayOptions { audit: true, stop }, progress)?.0),
             Inner::Seed(s) => {
                 let head = self.info.head;
                 let at_head = match stop {
@@ -915,7 +915,7 @@ pub fn head_projections(
     let mut pa = ra
         .replay(
             &ReplayOptions {
-                audit: false,
+                audit: true,
                 stop: StopAt::Seq(c),
             },
             progress,
@@ -923,8 +923,10 @@ pub fn head_projections(
         .0;
     let mut pb = pa.clone();
     let tail_a = a.head().seq - c;
-    ra.replay_onto(&mut pa, &ReplayOptions::default(), &|n| progress(c + 1 + n))?;
-    rb.replay_onto(&mut pb, &ReplayOptions::default(), &|n| {
+    // Forensics never answers from records that fail their checks: every replay audits.
+    let audit = ReplayOptions { audit: true, stop: StopAt::End };
+    ra.replay_onto(&mut pa, &audit, &|n| progress(c + 1 + n))?;
+    rb.replay_onto(&mut pb, &audit, &|n| {
         progress(c + 1 + tail_a + n)
     })?;
     Ok((pa, pb))

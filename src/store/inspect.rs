@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use fjall::{Database, Keyspace};
 use serde::Serialize;
 
-use super::ledger::{check_held_records, last_seq, open_keyspaces, read_backfill, read_head, Backfill};
+use super::ledger::{check_held_records, last_seq, open_keyspaces, read_anchor, read_backfill, read_head, read_stored_checkpoint, Backfill};
 use super::replay::{read_verified_range, replay_range, ReplayOptions, ReplayStats, StopAt};
 use crate::core::event::ChainedEvent;
 use crate::core::projection::Projection;
@@ -61,6 +61,9 @@ pub struct VerifyReport {
     pub history_from: u64,
     /// The state-only seed's head the rules were applied from (`None`: from genesis).
     pub base: Option<ChainPoint>,
+    /// The stored caches compared with the replay and found to match (`checkpoint at seq N`,
+    /// `anchor at seq N`, `head`); a mismatch is reported as damage instead.
+    pub caches_checked: Vec<String>,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -193,20 +196,51 @@ impl LedgerReader {
         };
         let mut projection = self.start();
         let from = projection.next_seq();
-        let (events, sigs, mut first_error) = match below {
-            Err(e) => (0, 0, Some(e)),
-            Ok(below) => {
-                let result = replay_range(&self.ledger, &self.path, &mut projection, &ReplayOptions { audit: true, stop: StopAt::End }, &|n| progress(below + n));
-                match result {
-                    Ok(stats) => (below + stats.events, below + stats.signatures_verified, None),
-                    Err(LedgerError::Corrupt { seq, corruption, .. }) => {
-                        let n = below + projection.next_seq() - from;
-                        (n, n, Some((seq, corruption)))
+        let mut caches_checked = Vec::new();
+        // The stored checkpoint is a cache of the replay at its seq: replay up to it, compare,
+        // then replay the rest.
+        let (checkpoint, mut first_error) = match self.stored_checkpoint(recorded_head) {
+            Ok(c) => (c, None),
+            Err(damage) => (None, Some(damage)),
+        };
+        let (mut events, mut sigs) = (0, 0);
+        if first_error.is_none() {
+            match below {
+                Err(e) => first_error = Some(e),
+                Ok(below) => {
+                    (events, sigs) = (below, below);
+                    let stops = checkpoint.as_ref().filter(|(seq, _)| *seq + 1 >= from).map(|(seq, _)| StopAt::Seq(*seq));
+                    for stop in stops.into_iter().chain([StopAt::End]) {
+                        let options = ReplayOptions { audit: true, stop };
+                        let done = events;
+                        match replay_range(&self.ledger, &self.path, &mut projection, &options, &|n| progress(done + n)) {
+                            Ok(stats) => (events, sigs) = (events + stats.events, sigs + stats.signatures_verified),
+                            Err(LedgerError::Corrupt { seq, corruption, .. }) => {
+                                let n = below + projection.next_seq() - from;
+                                (events, sigs) = (n, n);
+                                first_error = Some((seq, corruption));
+                                break;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                        if let (StopAt::Seq(at), Some((_, stored))) = (stop, &checkpoint) {
+                            if projection.state() != stored {
+                                first_error = Some((at, Corruption::CacheMismatch { cache: "checkpoint".into(), detail: format!("the projection stored for seq {at} differs from the replay of the records up to it") }));
+                                break;
+                            }
+                            caches_checked.push(format!("checkpoint at seq {at}"));
+                        }
                     }
-                    Err(e) => return Err(e),
                 }
             }
-        };
+        }
+        if first_error.is_none() {
+            match self.check_anchor(&projection) {
+                Ok(Some(checked)) => caches_checked.push(checked),
+                Ok(None) => {}
+                Err(damage) => first_error = Some(damage),
+            }
+        }
         if first_error.is_none() {
             let last = last_seq(&self.ledger, &self.path)?;
             if let Err(LedgerError::Corrupt { seq, corruption, .. }) = check_held_records(&self.path, recorded_head, last, self.backfill.as_ref()) {
@@ -217,6 +251,8 @@ impl LedgerReader {
                         hs,
                         Corruption::HeadMismatch { head_seq: hs, head_hash: hh, detail: "the recorded head hash differs from the chain".into() },
                     ));
+                } else {
+                    caches_checked.push("head".into());
                 }
             }
         }
@@ -229,8 +265,48 @@ impl LedgerReader {
             first_error,
             history_from: self.history_from(),
             base: self.backfill.as_ref().and_then(|b| b.base.head).map(|h| ChainPoint { seq: h.seq, hash: h.hash }),
+            caches_checked,
             elapsed_secs: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The stored projection checkpoint, `(its seq, its state)`, checked against what can be
+    /// checked without a replay: its digest and record decode, and it is not beyond the head.
+    /// A ledger may have none (`Ok(None)`).
+    fn stored_checkpoint(&self, head: Option<(u64, ChainHash)>) -> Result<Option<(u64, crate::core::projection::ProjectionState)>, (u64, Corruption)> {
+        let at = head.map_or(0, |h| h.0);
+        let stored = read_stored_checkpoint(&self.meta, &self.path).map_err(|e| (at, Corruption::Metadata { key: "checkpoint".into(), reason: e.to_string() }))?;
+        let state = match stored {
+            None => return Ok(None),
+            Some(Err(reason)) => return Err((at, Corruption::Metadata { key: "checkpoint".into(), reason })),
+            Some(Ok(state)) => state,
+        };
+        let Some(cp) = state.head else {
+            return Err((at, Corruption::CacheMismatch { cache: "checkpoint".into(), detail: "it holds no head".into() }));
+        };
+        if head.is_none_or(|(seq, _)| cp.seq > seq) {
+            return Err((cp.seq, Corruption::CacheMismatch { cache: "checkpoint".into(), detail: format!("it is at seq {}, beyond the recorded head {head:?}", cp.seq) }));
+        }
+        Ok(Some((cp.seq, state)))
+    }
+
+    /// Compares the stored anchor (the newest checkpoint event) with the replayed chain.
+    fn check_anchor(&self, projection: &Projection) -> Result<Option<String>, (u64, Corruption)> {
+        let at = projection.head().map_or(0, |h| h.seq);
+        let anchor = read_anchor(&self.meta, &self.path).map_err(|e| (at, Corruption::Metadata { key: "anchor".into(), reason: e.to_string() }))?;
+        let Some((seq, hash)) = anchor else { return Ok(None) };
+        let newest = projection.state().last_checkpoint.map(|(s, _)| s);
+        let mismatch = |detail: String| (seq, Corruption::CacheMismatch { cache: "anchor".into(), detail });
+        if newest != Some(seq) {
+            return Err(mismatch(format!("it names seq {seq}, the newest checkpoint event in the chain is {newest:?}")));
+        }
+        if seq >= self.history_from() {
+            let held = self.range(seq, seq).map_err(|e| mismatch(e.to_string()))?;
+            if held.first().map(|e| e.hash) != Some(hash) {
+                return Err(mismatch(format!("its hash {} is not the hash of the event at seq {seq}", hash.short())));
+            }
+        }
+        Ok(Some(format!("anchor at seq {seq}")))
     }
 
     /// Replays from genesis to `options.stop` — or, while the history below a state-only
@@ -298,7 +374,8 @@ impl LedgerReader {
             from += events.len() as u64;
             progress(st.events);
         }
-        let (p, _) = self.replay(&ReplayOptions::default(), &|_| {})?;
+        // Counts are never taken from records that fail their checks: an audit replay.
+        let (p, _) = self.replay(&ReplayOptions { audit: true, stop: StopAt::End }, &|_| {})?;
         st.authors = authors.len() as u64;
         st.network_name = p.network().map(|n| n.network_name.clone());
         st.fingerprint = p.fingerprint();

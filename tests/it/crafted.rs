@@ -85,8 +85,8 @@ pub fn non_canonical_r(key: &NodeKey, msg: &[u8]) -> SignatureBytes {
 pub fn non_canonical_s(sig: SignatureBytes) -> SignatureBytes {
     let mut out = sig;
     let mut carry = 0u16;
-    for i in 0..32 {
-        let v = u16::from(sig.0[32 + i]) + u16::from(GROUP_ORDER[i]) + carry;
+    for (i, l) in GROUP_ORDER.iter().enumerate() {
+        let v = u16::from(sig.0[32 + i]) + u16::from(*l) + carry;
         out.0[32 + i] = v as u8;
         carry = v >> 8;
     }

@@ -464,3 +464,84 @@ fn audits_run_on_every_pool_thread_at_once_finish() {
         assert_eq!(head, Ok(Some(LAST)), "the replay reached the head and verified");
     }
 }
+
+/// A ledger with a projection checkpoint at 399 and a tail to 599, closed.
+fn ledger_with_checkpoint() -> tempfile::TempDir {
+    let h = history();
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_ledger(dir.path(), &h.events[..400], config(0), 100);
+    let mut ledger = Ledger::open(dir.path(), config(0)).expect("open");
+    ledger.write_checkpoint().expect("write checkpoint");
+    assert!(ledger.append(h.events[400..].to_vec()).expect("append").iter().all(Result::is_ok));
+    assert_eq!(ledger.checkpoint_seq(), Some(399));
+    dir
+}
+
+/// Rewrites the stored checkpoint with `edit` applied to its state and a recomputed digest,
+/// through fjall's own API, so every storage checksum and the cache's own digest stay valid.
+fn forge_checkpoint(dir: &std::path::Path, edit: impl FnOnce(&mut mycnet_spores::core::projection::ProjectionState)) {
+    use mycnet_spores::store::record::{decode_checkpoint, encode_checkpoint};
+    let raw = RawLedger::open(dir);
+    let stored = raw.meta_value(b"checkpoint").expect("checkpoint stored");
+    let mut state = decode_checkpoint(&stored[32..]).expect("intact checkpoint");
+    edit(&mut state);
+    let record = encode_checkpoint(&state);
+    let mut forged = blake3::hash(&record).as_bytes().to_vec();
+    forged.extend_from_slice(&record);
+    raw.put_meta(b"checkpoint", &forged);
+    raw.close();
+}
+
+/// The audit trusts no cache: a checkpoint forged with a valid digest (one endpoint changed),
+/// a checkpoint beyond a truncated head, and an anchor naming another event are all damage.
+#[test]
+fn verify_compares_every_stored_cache_with_the_replay() {
+    // An intact ledger: every cache is compared and matches.
+    let dir = ledger_with_checkpoint();
+    let report = verify(dir.path());
+    assert!(report.is_ok(), "{:?}", report.first_error);
+    assert!(report.caches_checked.iter().any(|c| c == "checkpoint at seq 399"), "{:?}", report.caches_checked);
+    assert!(report.caches_checked.iter().any(|c| c == "head"), "{:?}", report.caches_checked);
+
+    // One endpoint changed in the checkpoint, digest recomputed.
+    forge_checkpoint(dir.path(), |state| {
+        let service = state.services.values_mut().find(|s| !s.service.endpoints.is_empty()).expect("a service with an endpoint");
+        service.service.endpoints[0].address = "203.0.113.66:443".into();
+    });
+    assert_cache_damage(dir.path(), 399, "checkpoint");
+
+    // The last records removed and the head meta rewritten to the new end: the stored
+    // checkpoint still names seq 399, beyond that head.
+    let dir = ledger_with_checkpoint();
+    let raw = RawLedger::open(dir.path());
+    let new_end = 300;
+    let hash = raw.record(new_end).hash;
+    for seq in new_end + 1..=LAST {
+        raw.remove(seq);
+    }
+    raw.set_head(new_end, hash);
+    raw.close();
+    assert_cache_damage(dir.path(), 399, "checkpoint");
+
+    // The anchor (the newest checkpoint event) pointed at another event's hash.
+    let dir = ledger_with_checkpoint();
+    let report = verify(dir.path());
+    let anchored = report.caches_checked.iter().find_map(|c| c.strip_prefix("anchor at seq ").map(|s| s.parse::<u64>().expect("seq")));
+    let anchor = anchored.expect("the synthetic history holds checkpoint events, so the anchor is compared");
+    let raw = RawLedger::open(dir.path());
+    let mut value = anchor.to_be_bytes().to_vec();
+    value.extend_from_slice(raw.record(anchor - 1).hash.as_bytes());
+    raw.put_meta(b"anchor", &value);
+    raw.close();
+    assert_cache_damage(dir.path(), anchor, "anchor");
+}
+
+/// `verify` reports the stored `cache` as damage at `seq`.
+fn assert_cache_damage(dir: &std::path::Path, seq: u64, cache: &str) {
+    let report = verify(dir);
+    let Some((at, c)) = report.first_error.clone() else {
+        panic!("verify trusted a forged {cache}: {report:?}");
+    };
+    assert_eq!(at, seq, "{c}");
+    assert!(matches!(&c, Corruption::CacheMismatch { cache: which, .. } if which == cache), "{c}");
+}

@@ -87,6 +87,7 @@ pub fn verify(dir: &Path, o: &mut Out) -> CliResult {
             "first_error": report.first_error.as_ref().map(|(seq, c)| json!({"seq": seq, "reason": c.to_string(), "detail": c})),
             "history_from": report.history_from,
             "base": report.base.map(|p| json!({"seq": p.seq, "hash": p.hash})),
+            "caches_checked": report.caches_checked,
             "elapsed_secs": report.elapsed_secs,
         }))?;
     } else {
@@ -97,6 +98,9 @@ pub fn verify(dir: &Path, o: &mut Out) -> CliResult {
                     "OK: {} events, {} signatures verified in {:.2} s; head {head}",
                     report.events_verified, report.signatures_verified, report.elapsed_secs
                 ))?;
+                if !report.caches_checked.is_empty() {
+                    o.line(format!("stored caches match the replay: {}", report.caches_checked.join(", ")))?;
+                }
                 if let Some(base) = report.base {
                     o.line(format!(
                         "history held from seq {} (loaded from a state-only seed at {} {}; the rest is backfilled by gossip): events below the seed's head checked back from its hash, the rules from its state",
@@ -188,6 +192,13 @@ pub fn dump(dir: &Path, from: u64, to: Option<u64>, o: &mut Out) -> CliResult {
         if page.is_empty() {
             break;
         }
+        // Nothing is printed from a record whose signature fails: the dump stops there.
+        if let Some(bad) = mycnet_spores::store::ledger::verify_signatures(&page).iter().position(|ok| !ok) {
+            let e = &page[bad];
+            o.flush()?;
+            eprintln!("spore: ledger damaged at seq {}: bad signature by {}", e.seq, e.event.author);
+            return Err(CliError::Reported);
+        }
         for e in &page {
             if o.json {
                 o.json_line(&event_json(e))?;
@@ -268,9 +279,16 @@ pub fn state(dir: &Path, at: At, o: &mut Out) -> CliResult {
         At::Seq(s) => StopAt::Seq(s),
         At::Time(t) => StopAt::Time(t),
     };
-    let total = reader.recorded_head().map_err(CliError::ledger)?.map_or(0, |h| h.0 + 1);
-    let bar = progress_bar(o, total, "replaying");
-    let (p, _) = reader.replay(&ReplayOptions { audit: false, stop }, &|n| bar.set_position(n)).map_err(corrupt_is_bad_data)?;
+    let head = reader.recorded_head().map_err(CliError::ledger)?;
+    if let (At::Seq(s), head_seq) = (&at, head.map(|h| h.0)) {
+        if head_seq.is_none_or(|h| *s > h) {
+            let held = head_seq.map_or("the ledger is empty".to_string(), |h| format!("the head is seq {h}"));
+            return Err(CliError::usage(format!("--at-seq {s} is past the head: {held}")));
+        }
+    }
+    let total = head.map_or(0, |h| h.0 + 1);
+    let bar = progress_bar(o, total, "auditing");
+    let (p, _) = reader.replay(&ReplayOptions { audit: true, stop }, &|n| bar.set_position(n)).map_err(corrupt_is_bad_data)?;
     bar.finish_and_clear();
     print_registries(&p, o)
 }

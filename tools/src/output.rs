@@ -39,7 +39,9 @@ impl CliError {
     /// Classifies a ledger error: damage is bad data, the rest is I/O.
     pub fn ledger(e: LedgerError) -> Self {
         match e {
-            LedgerError::Corrupt { .. } | LedgerError::WrongNetwork { .. } => CliError::BadData(e.to_string()),
+            LedgerError::Corrupt { .. } | LedgerError::WrongNetwork { .. } | LedgerError::Damaged { .. } => {
+                CliError::BadData(e.to_string())
+            }
             e => CliError::Io(e.to_string()),
         }
     }

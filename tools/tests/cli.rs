@@ -94,6 +94,74 @@ fn flip_record_byte(dir: &Path, seq: u64, offset: usize) {
     db.persist(fjall::PersistMode::SyncAll).expect("persist");
 }
 
+/// Replaces the signature of the record at `seq` with a forged one and re-chains every later
+/// record and the head, so that only a signature check can catch it.
+fn forge_signature_and_rechain(dir: &Path, seq: u64) {
+    use mycnet_spores::store::record::{decode_record, encode_record};
+    let db = fjall::Database::builder(dir).open().expect("open db");
+    let ks = db.keyspace("ledger", fjall::KeyspaceCreateOptions::default).expect("ledger keyspace");
+    let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).expect("meta keyspace");
+    let read = |s: u64| decode_record(&ks.get(s.to_be_bytes()).expect("read").expect("present")).expect("decodes");
+    let mut prev = read(seq - 1).hash;
+    let mut s = seq;
+    while let Some(v) = ks.get(s.to_be_bytes()).expect("read") {
+        let mut ev = decode_record(&v).expect("decodes").event;
+        if s == seq {
+            ev.signature.0[40] ^= 0x01;
+        }
+        let linked = mycnet_spores::ChainedEvent::link(s, prev, ev);
+        ks.insert(s.to_be_bytes(), encode_record(&linked)).expect("write");
+        prev = linked.hash;
+        s += 1;
+    }
+    let mut head = (s - 1).to_be_bytes().to_vec();
+    head.extend_from_slice(prev.as_bytes());
+    meta.insert("head", head).expect("write head");
+    db.persist(fjall::PersistMode::SyncAll).expect("persist");
+}
+
+/// No reading command answers silently from records that fail their checks: a forged,
+/// re-chained signature is damage for `verify`, `state`, `stats` and `dump` alike (exit 1).
+#[test]
+fn reading_commands_refuse_a_forged_signature() {
+    let (_root, dir) = generated(400);
+    forge_signature_and_rechain(&dir, 250);
+    let v = run(&["verify", path(&dir), "--json"]);
+    assert_eq!(v.status.code(), Some(1));
+    assert_eq!(json(&v)["first_error"]["seq"], 250);
+    for args in [vec!["state", path(&dir)], vec!["stats", path(&dir)], vec!["dump", path(&dir), "--from", "200", "--to", "260"]] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("250"), "{args:?} names the seq: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Before the damage, everything answers.
+    assert_eq!(run(&["state", path(&dir), "--at-seq", "249"]).status.code(), Some(0));
+    assert_eq!(run(&["dump", path(&dir), "--from", "0", "--to", "249"]).status.code(), Some(0));
+}
+
+/// A flipped byte in fjall's journal is damage (exit 1) that names the journal file and the way
+/// out, not an I/O error.
+#[test]
+fn a_damaged_journal_is_bad_data_naming_the_file() {
+    let (_root, dir) = generated(300);
+    let journal = std::fs::read_dir(&dir)
+        .expect("ledger dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .expect("a journal file");
+    let mut bytes = std::fs::read(&journal).expect("read journal");
+    // The journal is preallocated; its first kilobytes hold the generated events.
+    bytes[1000] ^= 0x01;
+    std::fs::write(&journal, &bytes).expect("write journal");
+    let out = run(&["verify", path(&dir)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "damaged data exits 1: {err}");
+    let name = journal.file_name().expect("name").to_string_lossy().into_owned();
+    assert!(err.contains(&name) && err.contains("damaged"), "names the journal and the damage: {err}");
+    assert!(err.contains("seed import"), "says the way out: {err}");
+}
+
 #[test]
 fn damage_is_reported_with_its_sequence_number_and_exit_code_1() {
     let (_root, dir) = generated(800);
@@ -124,6 +192,10 @@ fn usage_and_io_errors_exit_2() {
     assert_eq!(run(&["generate", "--out", path(&dir), "--events", "5"]).status.code(), Some(2), "refuses a non-empty dir");
     assert_eq!(run(&["dump", path(&dir), "--from", "30", "--to", "10"]).status.code(), Some(2));
     assert_eq!(run(&["state", path(&dir), "--at-time", "yesterday"]).status.code(), Some(2));
+    let past = run(&["state", path(&dir), "--at-seq", "50"]);
+    assert_eq!(past.status.code(), Some(2), "--at-seq past the head (49) is a usage error");
+    assert!(String::from_utf8_lossy(&past.stderr).contains("past the head"), "{}", String::from_utf8_lossy(&past.stderr));
+    assert_eq!(run(&["state", path(&dir), "--at-seq", "49"]).status.code(), Some(0));
     assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
 }
 
