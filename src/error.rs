@@ -108,6 +108,17 @@ pub enum Corruption {
         /// What differs.
         detail: String,
     },
+    /// A state checkpoint event attests a state digest that the replay of the records before
+    /// it does not reach.
+    #[error("the state checkpoint attests state {attested} at seq {head_seq}, the records lead to {computed}")]
+    StateDivergence {
+        /// The seq whose state is attested.
+        head_seq: u64,
+        /// The digest the event carries.
+        attested: crate::core::types::StateDigest,
+        /// The digest of the replayed state.
+        computed: crate::core::types::StateDigest,
+    },
     /// A metadata value that does not decode.
     #[error("corrupt metadata {key}: {reason}")]
     Metadata {
@@ -281,6 +292,10 @@ pub enum Error {
         /// The held event's id.
         id: crate::core::provisional::EventId,
     },
+    /// This node found a state divergence (the chain attests a state its own records do not
+    /// lead to) and takes no writes until an operator clears it.
+    #[error("state divergence: {0}; this node takes no writes until an operator clears it")]
+    StateDivergence(crate::core::attest::StateDivergence),
     /// The system has not been started or initialized yet.
     #[error("the spore system is not started (call initialize, start or join first)")]
     NotStarted,

@@ -339,7 +339,7 @@ impl Resolver {
         let present: HashSet<EventId> = ours.iter().map(|e| EventId::of(&e.event)).collect();
         let (mut adopted, mut conflicts, mut stale_liveness) = (0u64, Vec::new(), 0u64);
         for ev in theirs {
-            if matches!(ev.event.body, EventBody::Checkpoint { .. } | EventBody::SplitBrainResolved(_) | EventBody::Genesis { .. })
+            if matches!(ev.event.body, EventBody::Checkpoint { .. } | EventBody::StateCheckpoint { .. } | EventBody::SplitBrainResolved(_) | EventBody::Genesis { .. })
                 || present.contains(&EventId::of(&ev.event))
             {
                 continue;

@@ -148,6 +148,10 @@ pub struct SporeStatus {
     /// The first sequence number whose event this node holds: 0, or above it while the
     /// history below a state-only seed it started from is being backfilled by gossip.
     pub history_from: u64,
+    /// A state divergence this node found: the chain attests a state its own records do not
+    /// lead to. While it is set the node takes no writes (`SporeSystem::clear_state_divergence`).
+    #[serde(default)]
+    pub state_divergence: Option<crate::core::attest::StateDivergence>,
 }
 
 /// A Raft member as `status()` reports it.
@@ -797,6 +801,9 @@ impl SporeSystem {
     #[tracing::instrument(skip(self, event), fields(kind = event.body.kind()))]
     pub async fn submit(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
         let r = self.running()?;
+        if let Some(d) = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.divergence() {
+            return Err(Error::StateDivergence(d));
+        }
         if r.role == NodeRole::Rhizomorph && !is_member(&r.raft, &r.me.node) {
             return self.submit_provisional(event).await;
         }
@@ -1086,6 +1093,16 @@ impl SporeSystem {
     pub fn status(&self) -> Result<SporeStatus, Error> {
         let r = self.running()?;
         compute_status(&r.raft, &r.ledger, &r.me, r.gossip.as_deref(), &r.modes)
+    }
+
+    /// An operator's acknowledgement of a state divergence ([`SporeStatus::state_divergence`])
+    /// after investigating it: the node takes writes again. Returns the divergence cleared.
+    pub fn clear_state_divergence(&self) -> Result<Option<crate::core::attest::StateDivergence>, Error> {
+        let r = self.running()?;
+        let mut l = r.ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let d = l.divergence();
+        l.clear_divergence();
+        Ok(d)
     }
 
     /// When this node's chain lost a split-brain and the winner has recorded the resolution:
@@ -1410,11 +1427,11 @@ fn tier_reach(raft: &Raft, me: &PeerNode, l: &Ledger) -> TierReach {
 
 pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Option<&GossipService>, modes: &SharedModes) -> Result<SporeStatus, Error> {
     let m = raft.metrics().borrow().clone();
-    let (head, fingerprint, anchor, seed_anchor, forks, provisional, history_from) = {
+    let (head, fingerprint, anchor, seed_anchor, forks, provisional, history_from, state_divergence) = {
         let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
         let forks = crate::store::forks::unresolved(&l).map(|f| f.len()).unwrap_or(0);
         let provisional = crate::store::provisional::count(&l).unwrap_or(0);
-        (l.head(), l.fingerprint(), l.anchor(), l.seed_anchor().ok().flatten(), forks, provisional, l.history_from())
+        (l.head(), l.fingerprint(), l.anchor(), l.seed_anchor().ok().flatten(), forks, provisional, l.history_from(), l.divergence())
     };
     let members = m.membership_config.membership();
     let by_id: BTreeMap<u64, NodeId> = members.nodes().map(|(id, n)| (*id, n.node)).collect();
@@ -1476,6 +1493,7 @@ pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, 
         last_gossip_ms: gossip.and_then(|g| g.last_sync_age()).map(|a| a.as_millis() as u64),
         provisional,
         history_from,
+        state_divergence,
     })
 }
 
@@ -1804,10 +1822,14 @@ fn spawn_anchor_task(raft: Raft, proposer: Proposer, ledger: SharedLedger, key: 
                     let due = !head_is_anchor
                         && since > 0
                         && (since >= policy.every_events || last_anchor_at.elapsed() >= policy.every);
-                    due.then_some((head, fp))
+                    // The leader attests only a state it has checked: its projection was checked
+                    // against the chain on open and follows every applied event since; a
+                    // replica in divergence proposes nothing.
+                    (due && l.projection().divergence().is_none()).then(|| (head, fp, l.projection().state_digest()))
                 };
-                let Some((head, fp)) = due else { continue };
-                let ev = SignedEvent::sign(&key, fp, Timestamp::now(), EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash });
+                let Some((head, fp, state_digest)) = due else { continue };
+                let body = EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest };
+                let ev = SignedEvent::sign(&key, fp, Timestamp::now(), body);
                 match tokio::time::timeout(Duration::from_secs(5), proposer.propose(ev)).await {
                     Ok(Ok(SporeResponse::Applied(p))) => {
                         last_anchor_at = Instant::now();
@@ -1920,6 +1942,14 @@ impl crate::net::RpcHandler for NodeService {
                         Err(Error::Provisional { id }) => Err(RemoteFailure::Provisional { id }),
                         Err(e) => Err(RemoteFailure::Other(e.to_string())),
                     })
+                })
+            }
+            RpcRequest::Forward(_) if self.ledger.read().ok().and_then(|l| l.divergence()).is_some() => {
+                // A node in state divergence proposes nothing, for itself or for others.
+                let d = self.ledger.read().ok().and_then(|l| l.divergence());
+                Box::pin(async move {
+                    let why = d.map_or_else(|| "state divergence".to_string(), |d| Error::StateDivergence(d).to_string());
+                    RpcResponse::Forward(Err(RemoteFailure::Other(why)))
                 })
             }
             other => self.raft_service.handle(from, other),

@@ -141,7 +141,7 @@ pub fn summarize(prefix: &Projection, branch: &[ChainedEvent], seed: Option<Chai
     let mut checkpointed = false;
     for ev in branch {
         p.apply(ev).map_err(|r| BranchError::Rejected { seq: ev.seq, reason: r.to_string() })?;
-        if let EventBody::Checkpoint { head_seq, .. } = &ev.event.body {
+        if let EventBody::Checkpoint { head_seq, .. } | EventBody::StateCheckpoint { head_seq, .. } = &ev.event.body {
             // Applied, so signed by an authority of this branch and attesting its head.
             if *head_seq >= fork_seq {
                 checkpointed = true;

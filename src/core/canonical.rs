@@ -213,6 +213,12 @@ pub(crate) fn body<S: Sink>(out: &mut S, b: &EventBody) {
             out.put(&adopted.to_le_bytes());
             out.put(&conflicts.to_le_bytes());
         }
+        EventBody::StateCheckpoint { head_seq, head_hash, state_digest } => {
+            out.byte(13);
+            out.put(&head_seq.to_le_bytes());
+            out.put(head_hash.as_bytes());
+            out.put(state_digest.as_bytes());
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::keys::NodeKey;
 use super::limits;
 use super::types::{
-    ChainHash, Endpoint, NetworkFingerprint, NetworkIdentityRecord, NodeId, NodeRole, SignatureBytes, Timestamp,
-    TrustScore,
+    ChainHash, Endpoint, NetworkFingerprint, NetworkIdentityRecord, NodeId, NodeRole, SignatureBytes, StateDigest,
+    Timestamp, TrustScore,
 };
 
 /// The version of the event schema this code writes and accepts.
@@ -22,6 +22,8 @@ pub const SCHEMA_VERSION: u16 = 1;
 pub const DOMAIN_EVENT_SIGNATURE: &[u8] = b"mycnet-spores/v1/event-signature\0";
 /// Domain tag of the network fingerprint hash.
 pub const DOMAIN_FINGERPRINT: &[u8] = b"mycnet-spores/v1/network-fingerprint\0";
+/// Domain tag of the state digest a state checkpoint event attests.
+pub const DOMAIN_STATE_DIGEST: &[u8] = b"mycnet-spores/v1/state-digest\0";
 
 /// A node as announced when it joins (or founds) the network.
 #[derive(
@@ -181,6 +183,18 @@ mod body {
         /// (see `schema/split-brain.md`). Boxed, so this variant does not change the archived
         /// size of every other event.
         SplitBrainResolved(Box<SplitBrainResolution>),
+        /// An authority attests the chain head just before this event **and the state** the
+        /// chain reaches there: the digest of the projection at `head_seq`. Replicas compare
+        /// it with their own state; the chain, not a stored projection, is the ground truth.
+        /// (The older [`EventBody::Checkpoint`] attests only the head; both stay valid.)
+        StateCheckpoint {
+            /// The sequence number of the head being attested (this event's seq − 1).
+            head_seq: u64,
+            /// The chain hash at `head_seq`.
+            head_hash: ChainHash,
+            /// The digest of the projection's state at `head_seq`.
+            state_digest: StateDigest,
+        },
     }
 }
 pub use body::{ArchivedEventBody, EventBody, EventBodyResolver};
@@ -202,7 +216,13 @@ impl EventBody {
             EventBody::NodeBackOnline { .. } => "node_back_online",
             EventBody::Checkpoint { .. } => "checkpoint",
             EventBody::SplitBrainResolved(_) => "split_brain_resolved",
+            EventBody::StateCheckpoint { .. } => "state_checkpoint",
         }
+    }
+
+    /// Whether this is a checkpoint event of either kind (it attests the head before it).
+    pub fn is_checkpoint(&self) -> bool {
+        matches!(self, EventBody::Checkpoint { .. } | EventBody::StateCheckpoint { .. })
     }
 
     /// The node this event is about, if any.
@@ -218,7 +238,10 @@ impl EventBody {
             | EventBody::TrustScoreChanged { node, .. }
             | EventBody::NodeWentOffline { node, .. }
             | EventBody::NodeBackOnline { node } => Some(*node),
-            EventBody::ServiceDeregistered { .. } | EventBody::Checkpoint { .. } | EventBody::SplitBrainResolved(_) => None,
+            EventBody::ServiceDeregistered { .. }
+            | EventBody::Checkpoint { .. }
+            | EventBody::StateCheckpoint { .. }
+            | EventBody::SplitBrainResolved(_) => None,
         }
     }
 
@@ -532,6 +555,11 @@ mod tests {
                 id().prop_map(|node| EventBody::NodeBackOnline { node }),
                 (any::<u64>(), any::<[u8; 32]>())
                     .prop_map(|(head_seq, h)| EventBody::Checkpoint { head_seq, head_hash: ChainHash(h) }),
+                (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(head_seq, h, d)| EventBody::StateCheckpoint {
+                    head_seq,
+                    head_hash: ChainHash(h),
+                    state_digest: StateDigest(d)
+                }),
                 (any::<[u64; 5]>(), any::<[[u8; 32]; 4]>(), text()).prop_map(|(n, h, decided_by)| EventBody::SplitBrainResolved(Box::new(SplitBrainResolution {
                     fork_seq: n[0],
                     winner_first: ChainHash(h[0]),

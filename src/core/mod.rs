@@ -4,6 +4,7 @@
 //! Inputs arrive as values (including timestamps), outputs are values.
 
 pub(crate) mod canonical;
+pub mod attest;
 pub mod authority;
 pub mod event;
 pub mod gossip;

@@ -19,8 +19,9 @@ use uuid::Uuid;
 use super::event::{network_fingerprint, ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent, SCHEMA_VERSION};
 use super::limits;
 use super::types::{
-    ChainHash, NetworkFingerprint, NetworkIdentityRecord, NodeId, NodeRole, Timestamp, TrustScore,
+    ChainHash, NetworkFingerprint, NetworkIdentityRecord, NodeId, NodeRole, StateDigest, Timestamp, TrustScore,
 };
+use super::attest::{state_digest, StateDivergence};
 
 /// Whether a node is taking part.
 #[derive(
@@ -258,6 +259,9 @@ pub struct Projection {
     /// was: a node that leaves and joins again is not decompressed again. Not persisted (a
     /// projection loaded from a checkpoint checks each key once more, on its first re-join).
     keys_checked: foldhash::HashSet<NodeId>,
+    /// The first state checkpoint applied whose attested digest differed from this
+    /// projection's state (not persisted: a rebuilt projection starts without one).
+    divergence: Option<StateDivergence>,
 }
 
 /// The persistent part of a projection (the indexes are rebuilt from it).
@@ -378,6 +382,18 @@ impl Projection {
     /// The persistent state.
     pub fn state(&self) -> &ProjectionState {
         &self.state
+    }
+
+    /// The digest of the state (what a state checkpoint event at the next seq attests).
+    pub fn state_digest(&self) -> StateDigest {
+        state_digest(&self.state)
+    }
+
+    /// The first state checkpoint this projection applied whose attested state differed from
+    /// its own, if any. The event is applied regardless (the chain is the ground truth); the
+    /// owner decides what follows (rebuild by replay, report, refuse writes).
+    pub fn divergence(&self) -> Option<StateDivergence> {
+        self.divergence
     }
 
     /// The head, or `None` before genesis.
@@ -675,7 +691,9 @@ impl Projection {
                 }
                 Ok(())
             }
-            EventBody::Checkpoint { head_seq, head_hash } => {
+            EventBody::Checkpoint { head_seq, head_hash } | EventBody::StateCheckpoint { head_seq, head_hash, .. } => {
+                // The attested digest is not a rule: a replica whose state differs must still
+                // take the event (the chain is the ground truth) and reports the divergence.
                 authority_only("commit checkpoints")?;
                 let head = self.state.head.ok_or(Rejection::GenesisExpected)?;
                 if *head_seq != head.seq || *head_hash != head.hash {
@@ -729,7 +747,7 @@ impl Projection {
     /// the head's hash, a checkpoint's, cannot be checked, so a checkpoint is refused here
     /// and must go through [`Projection::append_canonical_ref`]. Returns the seq it got.
     pub(crate) fn apply_unhashed(&mut self, event: &SignedEvent, size: usize) -> Result<u64, Rejection> {
-        if matches!(event.body, EventBody::Checkpoint { .. }) {
+        if event.body.is_checkpoint() {
             return Err(Rejection::CheckpointMismatch { head_seq: self.state.head.map_or(0, |h| h.seq), got_seq: 0 });
         }
         self.check_sized(event, size)?;
@@ -896,6 +914,15 @@ impl Projection {
             }
             EventBody::SplitBrainResolved(_) => {}
             EventBody::Checkpoint { head_seq, head_hash } => {
+                let attested = self.state.head.map(|h| h.timestamp).unwrap_or_default();
+                self.state.last_checkpoint = Some((seq, ChainHead { seq: head_seq, hash: head_hash, timestamp: attested }));
+            }
+            EventBody::StateCheckpoint { head_seq, head_hash, state_digest: attested_digest } => {
+                // The state here is the state at `head_seq` (the rules checked it is the head).
+                let computed = state_digest(&self.state);
+                if computed != attested_digest && self.divergence.is_none() {
+                    self.divergence = Some(StateDivergence { seq, head_seq, attested: attested_digest, computed });
+                }
                 let attested = self.state.head.map(|h| h.timestamp).unwrap_or_default();
                 self.state.last_checkpoint = Some((seq, ChainHead { seq: head_seq, hash: head_hash, timestamp: attested }));
             }

@@ -112,7 +112,8 @@ impl Synth {
             }
         } else if self.cfg.checkpoint_every_chunk {
             if let Some(head) = self.projection.head() {
-                let ev = self.sign_now(0, EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash });
+                let state_digest = self.projection.state_digest();
+                let ev = self.sign_now(0, EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest });
                 if self.projection.append(ev.clone()).is_ok() {
                     out.push(ev);
                 }
@@ -297,7 +298,7 @@ mod tests {
             }
         }
         for k in ["genesis", "node_joined", "service_registered", "service_deregistered", "trust_score_changed",
-                  "capabilities_changed", "node_went_offline", "node_back_online", "checkpoint"] {
+                  "capabilities_changed", "node_went_offline", "node_back_online", "state_checkpoint"] {
             assert!(kinds.contains(k), "missing {k}: {kinds:?}");
         }
     }

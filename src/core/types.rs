@@ -262,6 +262,13 @@ hash32_newtype!(
     ChainHash
 );
 
+hash32_newtype!(
+    /// The digest of a projection's state at a seq (`schema/encoding.md`, *State digest*):
+    /// `blake3(DOMAIN_STATE_DIGEST ‖ BCS(ProjectionState))`. A state checkpoint event carries
+    /// it, so the chain attests the state every replica must have reached.
+    StateDigest
+);
+
 impl ChainHash {
     /// The `prev_hash` of the genesis event (sequence 0).
     pub const ZERO: ChainHash = ChainHash([0u8; 32]);

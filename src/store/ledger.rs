@@ -20,12 +20,13 @@ use rayon::prelude::*;
 use super::record::{self, decode_checkpoint, encode_checkpoint, encode_record_into, seq_key};
 use super::replay::{replay_range, ReplayOptions, ReplayStats, StopAt};
 use super::chainer::{Chainer, Job};
+use super::attested::{is_attested, Unused};
 use super::verified::VerifiedEvents;
-use crate::core::event::{ChainedEvent, SignedEvent};
+use crate::core::attest::StateDivergence;
+use crate::core::event::{ChainedEvent, EventBody, SignedEvent};
 use crate::core::keys::{SigningBatch, VerifierCache};
 use crate::core::limits;
 use crate::core::projection::{ChainHead, Projection, ProjectionState, Rejection};
-use crate::core::event::EventBody;
 use crate::core::types::{ChainHash, ChainPoint, NetworkFingerprint};
 use crate::error::{Corruption, LedgerError, RangeRefusal};
 
@@ -103,6 +104,12 @@ pub struct Ledger {
     chainer: Option<Chainer>,
     /// Whether starting the helper was tried.
     chainer_tried: bool,
+    /// A projection checkpoint taken in the batch being written, at the state a state
+    /// checkpoint event in it attests: `(its seq, meta value)`. Written by `commit_batch`.
+    pending_checkpoint: Option<(u64, Vec<u8>)>,
+    /// The chain attests a state that a replay of its own records does not reach (found when a
+    /// state checkpoint event was applied and a rebuild by replay did not resolve it).
+    divergence: Option<StateDivergence>,
 }
 
 /// What a ledger with an incomplete history knows below what it holds.
@@ -349,9 +356,17 @@ pub fn verify_linked_signatures(range: &crate::core::gossip::LinkedRange) -> Vec
     events.par_chunks(size).enumerate().flat_map_iter(chunk).collect()
 }
 
+/// Whether applying `body` next would attest the state `projection` is at, with a projection
+/// checkpoint due there (`due_at` from `Ledger::checkpoint_due_at`).
+fn attests_due(body: &EventBody, projection: &Projection, due_at: Option<u64>) -> bool {
+    let at = projection.head().map(|h| h.seq);
+    matches!(body, EventBody::StateCheckpoint { head_seq, .. } if Some(*head_seq) == at)
+        && due_at.is_some_and(|d| at.is_some_and(|a| a >= d))
+}
+
 /// The newest checkpoint event among `events` (its own seq and hash), if any.
 fn newest_checkpoint<'a>(events: impl DoubleEndedIterator<Item = &'a ChainedEvent>) -> Option<ChainPoint> {
-    events.rev().find(|e| matches!(e.event.body, EventBody::Checkpoint { .. })).map(|e| ChainPoint { seq: e.seq, hash: e.hash })
+    events.rev().find(|e| e.event.body.is_checkpoint()).map(|e| ChainPoint { seq: e.seq, hash: e.hash })
 }
 
 /// The last sequence number present in the ledger keyspace.
@@ -409,20 +424,39 @@ fn load_projection(
     backfill: Option<&Backfill>,
 ) -> Result<(Projection, Option<u64>, u64, ReplayStats), LedgerError> {
     // Without the history below, the replay starts at the state-only seed's state.
-    let mut projection = backfill.map_or_else(Projection::new, Backfill::start);
+    let start = || backfill.map_or_else(Projection::new, Backfill::start);
+    let mut projection = start();
     let mut checkpoint_seq = None;
-    if let Some(bytes) = meta.get(META_CHECKPOINT).map_err(storage("read checkpoint", path))? {
-        match decode_meta_checkpoint(&bytes) {
-            Ok(state) if state.head.is_some_and(|h| head.is_some_and(|(hs, _)| h.seq <= hs) && h.seq >= projection.next_seq().saturating_sub(1)) => {
+    let unused = match meta.get(META_CHECKPOINT).map_err(storage("read checkpoint", path))? {
+        None => None,
+        Some(bytes) => match decode_meta_checkpoint(&bytes) {
+            Err(e) => Some(Unused::Unreadable(e)),
+            Ok(state) if !state.head.is_some_and(|h| head.is_some_and(|(hs, _)| h.seq <= hs) && h.seq >= projection.next_seq().saturating_sub(1)) => {
+                Some(Unused::OutOfRange)
+            }
+            Ok(state) if !is_attested(ledger, path, &state)? => Some(Unused::NotAttested),
+            Ok(state) => {
                 checkpoint_seq = state.head.map(|h| h.seq);
                 projection = Projection::from_state(state);
+                None
             }
-            Ok(_) => tracing::warn!("projection checkpoint is ahead of the ledger head; replaying from genesis"),
-            Err(e) => tracing::warn!(error = %e, "projection checkpoint is unreadable; replaying from genesis"),
-        }
+        },
+    };
+    match &unused {
+        None => {}
+        Some(Unused::Unreadable(e)) => tracing::warn!(error = %e, "projection checkpoint is unreadable; replaying from genesis"),
+        Some(Unused::OutOfRange) => tracing::warn!("projection checkpoint is outside the history held; replaying from genesis"),
+        Some(Unused::NotAttested) => tracing::info!("projection checkpoint is not attested by the chain; replaying from genesis"),
     }
     let from = projection.next_seq();
     let stats = replay_range(ledger, path, &mut projection, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
+    if checkpoint_seq.is_some() && projection.divergence().is_some() {
+        // A later attestation disagrees with the state built on the checkpoint: start over.
+        tracing::warn!(divergence = ?projection.divergence(), "the chain disagrees with the state built on the stored checkpoint; replaying from genesis");
+        projection = start();
+        let stats = replay_range(ledger, path, &mut projection, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
+        return Ok((projection, None, 0, stats));
+    }
     Ok((projection, checkpoint_seq, from, stats))
 }
 
@@ -440,6 +474,10 @@ impl Ledger {
         check_held_records(&path, head, last_seq(&ledger, &path)?, backfill.as_ref())?;
 
         let (projection, checkpoint_seq, from, stats) = load_projection(&ledger, &meta, &path, head, backfill.as_ref())?;
+        let divergence = projection.divergence();
+        if let Some(d) = divergence {
+            tracing::error!(%d, "state divergence: the chain attests a state its own records do not lead to; writes are refused until an operator acts");
+        }
         let anchor = read_point(&meta, &path, META_ANCHOR, "anchor")?.map(|(seq, hash)| ChainPoint { seq, hash });
         if let Some((hs, hh)) = head {
             let at = projection.head();
@@ -484,6 +522,8 @@ impl Ledger {
             poisoned: false,
             chainer: None,
             chainer_tried: false,
+            pending_checkpoint: None,
+            divergence,
         })
     }
 
@@ -554,7 +594,7 @@ impl Ledger {
         self.usable(events.len())?;
         if events.len() >= PARALLEL_CHAIN_MIN
             && self.projection.head().is_some()
-            && !events.iter().any(|(e, _)| matches!(e.body, EventBody::Checkpoint { .. }))
+            && !events.iter().any(|(e, _)| e.body.is_checkpoint())
         {
             if !self.chainer_tried {
                 self.chainer_tried = true;
@@ -595,12 +635,16 @@ impl Ledger {
         let mut outcome = Vec::with_capacity(events.len());
         let mut batch = self.new_batch(events.len() + extra.len());
         let (mut accepted, mut anchor) = (0usize, None);
+        let due_at = self.checkpoint_due_at();
+        let mut pending = None;
         let projection = &mut self.projection;
         let ledger = &self.ledger;
         // Each record is encoded into this one buffer: the batch copies the bytes it is given
         // into its own value, so a fresh vector per record would only be allocated and freed.
         let mut record = Vec::with_capacity(1024);
         events.for_each_ref(|event, canonical, signature_ok| {
+            let snapshot = (signature_ok && attests_due(&event.body, projection, due_at)).then(|| encode_meta_checkpoint(projection.state()));
+            let diverged = projection.divergence().is_some();
             let linked = if signature_ok {
                 projection.append_canonical_ref(event, canonical)
             } else {
@@ -612,12 +656,17 @@ impl Ledger {
                 record::encode_record_ref_into(&record::ChainedEventRef { seq, prev_hash, hash, event }, &mut record);
                 batch.insert(ledger, seq_key(seq), record.as_slice());
                 accepted += 1;
-                if matches!(event.body, EventBody::Checkpoint { .. }) {
+                if event.body.is_checkpoint() {
                     anchor = Some(ChainPoint { seq, hash });
+                }
+                // Kept only if the event attested exactly that state.
+                if let Some(s) = snapshot.filter(|_| !diverged && projection.divergence().is_none()) {
+                    pending = Some((seq - 1, s));
                 }
             }
             outcome.push(linked);
         });
+        self.pending_checkpoint = pending;
         if accepted > 0 || !extra.is_empty() {
             self.commit_batch(batch, accepted, anchor, extra)?;
         }
@@ -714,21 +763,14 @@ impl Ledger {
         extra: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), LedgerError> {
         let head = self.projection.head();
-        // A checkpoint rewrites the whole registry, so space them by at least four times the
-        // registry's size: its cost per event stays bounded however large the registry grows,
-        // and open replays at most that many events after it.
-        let registry = (self.projection.state().nodes.len() + self.projection.state().services.len()) as u64;
-        let spacing = self.config.checkpoint_interval.max(registry.saturating_mul(4));
-        let due = head.is_some_and(|h| {
-            self.config.checkpoint_interval > 0
-                && accepted > 0
-                && h.seq.saturating_sub(self.checkpoint_seq.unwrap_or(0)) >= spacing
-        });
+        // Taken while the batch was applied, at the state its state checkpoint event attests
+        // (so an open can check it against the chain): see `checkpoint_due_at`.
+        let pending = self.pending_checkpoint.take().filter(|_| accepted > 0 && self.divergence.is_none());
         if let Some(head) = head.filter(|_| accepted > 0) {
             batch.insert(&self.meta, META_HEAD, encode_head(&head).to_vec());
         }
-        if due {
-            batch.insert(&self.meta, META_CHECKPOINT, encode_meta_checkpoint(self.projection.state()));
+        if let Some((_, value)) = &pending {
+            batch.insert(&self.meta, META_CHECKPOINT, value.clone());
         }
         if let Some(a) = anchor {
             batch.insert(&self.meta, META_ANCHOR, encode_point(a.seq, &a.hash).to_vec());
@@ -742,13 +784,87 @@ impl Ledger {
             tracing::error!(error = %source, "durable ledger write failed; ledger poisoned");
             return Err(LedgerError::Storage { op: "append batch", path: self.path.clone(), source });
         }
-        if due {
-            self.checkpoint_seq = head.map(|h| h.seq);
+        if let Some((seq, _)) = pending {
+            self.checkpoint_seq = Some(seq);
         }
         if anchor.is_some() {
             self.anchor = anchor;
         }
+        self.resolve_divergence()
+    }
+
+    /// The seq from which a projection checkpoint is due again: a checkpoint rewrites the
+    /// whole registry, so they are spaced by at least four times the registry's size (its cost
+    /// per event stays bounded however large the registry grows, and open replays at most that
+    /// many events after it). `None`: checkpoints are off.
+    fn checkpoint_due_at(&self) -> Option<u64> {
+        if self.config.checkpoint_interval == 0 {
+            return None;
+        }
+        let registry = (self.projection.state().nodes.len() + self.projection.state().services.len()) as u64;
+        let spacing = self.config.checkpoint_interval.max(registry.saturating_mul(4));
+        Some(self.checkpoint_seq.map_or(spacing, |c| c.saturating_add(spacing)))
+    }
+
+    /// After a batch: a state checkpoint event applied in it attested another state than this
+    /// projection had. Rebuild the projection by replaying the chain; if the replay reaches the
+    /// attested states, the in-memory state was at fault and is healed; if not, the chain
+    /// attests a state its own records do not lead to: a state divergence, kept until an
+    /// operator acts ([`Ledger::clear_divergence`]).
+    fn resolve_divergence(&mut self) -> Result<(), LedgerError> {
+        let Some(found) = self.projection.divergence() else { return Ok(()) };
+        if self.divergence.is_some() {
+            return Ok(());
+        }
+        tracing::warn!(%found, "projection differs from the state the chain attests; rebuilding it by replay");
+        let head = read_head(&self.meta, &self.path)?;
+        let mut rebuilt = self.backfill.as_ref().map_or_else(Projection::new, Backfill::start);
+        replay_range(&self.ledger, &self.path, &mut rebuilt, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
+        if rebuilt.head().map(|h| (h.seq, h.hash)) != head {
+            return Err(LedgerError::Corrupt {
+                path: self.path.clone(),
+                seq: head.map_or(0, |h| h.0),
+                corruption: Corruption::HeadMismatch {
+                    head_seq: head.map_or(0, |h| h.0),
+                    head_hash: head.map_or(ChainHash::ZERO, |h| h.1),
+                    detail: "a rebuild by replay ended elsewhere".into(),
+                },
+            });
+        }
+        self.divergence = rebuilt.divergence();
+        match self.divergence {
+            None => tracing::warn!(%found, "projection rebuilt by replay; it now matches every state the chain attests"),
+            Some(d) => tracing::error!(%d, "state divergence: the chain attests a state its own records do not lead to; writes are refused until an operator acts"),
+        }
+        self.projection = rebuilt;
         Ok(())
+    }
+
+    /// The state divergence this ledger found, if any: a state checkpoint event in the chain
+    /// attests a state that a replay of the chain's own records does not reach. A node with one
+    /// takes no writes until an operator acts.
+    pub fn divergence(&self) -> Option<StateDivergence> {
+        self.divergence
+    }
+
+    /// An operator's acknowledgement of a state divergence (after investigating it): writes
+    /// are taken again. The chain is unchanged; a later state checkpoint that differs again
+    /// raises a new one.
+    pub fn clear_divergence(&mut self) {
+        if let Some(d) = self.divergence.take() {
+            tracing::warn!(%d, "state divergence cleared by an operator");
+            let state = self.projection.state().clone();
+            self.projection = Projection::from_state(state);
+        }
+    }
+
+    /// Replaces the in-memory projection's state with `edit` applied to it, as a failing memory
+    /// or a bug would. For fault tests only; nothing is written.
+    #[doc(hidden)]
+    pub fn damage_projection_for_tests(&mut self, edit: impl FnOnce(&mut ProjectionState)) {
+        let mut state = self.projection.state().clone();
+        edit(&mut state);
+        self.projection = Projection::from_state(state);
     }
 
     /// Appends a chained range received from a peer (latent sync), **as a whole or not at
@@ -829,7 +945,12 @@ impl Ledger {
         if let Some(bad) = verdicts.iter().position(|ok| !ok) {
             return Err(refuse(range[bad].seq, RangeRefusal::BadSignature(range[bad].event.author)));
         }
+        let due_at = self.checkpoint_due_at();
+        let mut pending = None;
         for (i, ce) in range.iter().enumerate() {
+            if attests_due(&ce.event.body, &self.projection, due_at) && self.projection.divergence().is_none() {
+                pending = Some((ce.seq - 1, encode_meta_checkpoint(self.projection.state())));
+            }
             let applied = match linked.and_then(|l| l.canonical(i)) {
                 Some(canonical) => self.projection.apply_sized(ce, canonical.len()),
                 None => self.projection.apply(ce),
@@ -861,6 +982,8 @@ impl Ledger {
             }
         }
         let anchor = newest_checkpoint(range.iter());
+        // Kept only if the state it holds was the one attested.
+        self.pending_checkpoint = pending.filter(|_| self.projection.divergence().is_none());
         self.commit_batch(batch, range.len(), anchor, Vec::new())?;
         self.projection.head().ok_or(LedgerError::Poisoned(self.path.clone()))
     }

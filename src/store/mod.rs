@@ -6,6 +6,7 @@
 //! chain checks; nothing here trusts what it reads.
 
 mod chainer;
+mod attested;
 pub mod forensics;
 pub mod forks;
 pub mod inspect;

@@ -319,7 +319,14 @@ pub(crate) fn replay_range(
                         stats.signatures_verified += 1;
                     }
                     let seq = ev.seq;
+                    let attests_state = matches!(ev.event.body, crate::core::event::EventBody::StateCheckpoint { .. });
                     projection.apply_owned(d.item.event, d.item.size).map_err(|r| corrupt(seq, rejection_to_corruption(r)))?;
+                    if audit && attests_state {
+                        // The chain attests a state its own records do not lead to.
+                        if let Some(d) = projection.divergence().filter(|d| d.seq == seq) {
+                            return Err(corrupt(seq, Corruption::StateDivergence { head_seq: d.head_seq, attested: d.attested, computed: d.computed }));
+                        }
+                    }
                     stats.events += 1;
                     stats.bytes += d.item.bytes as u64;
                 }

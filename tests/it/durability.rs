@@ -142,7 +142,7 @@ fn borrowed_appends_write_what_owned_appends_write() {
     events[130].signature.0[5] ^= 1;
     let stranger = NodeKey::generate().expect("os randomness");
     events[260] = SignedEvent::sign(&stranger, h.fingerprint, events[260].timestamp, EventBody::NodeBackOnline { node: stranger.node_id() });
-    assert!(events.iter().any(|e| matches!(e.body, EventBody::Checkpoint { .. })), "the history has checkpoint events");
+    assert!(events.iter().any(|e| e.body.is_checkpoint()), "the history has checkpoint events");
     let (owned_dir, borrowed_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     let mut owned = Ledger::open(owned_dir.path(), config(100)).expect("open");
     let mut borrowed = Ledger::open(borrowed_dir.path(), config(100)).expect("open");

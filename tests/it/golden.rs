@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use mycnet_spores::core::event::{network_fingerprint, DOMAIN_EVENT_SIGNATURE, DOMAIN_FINGERPRINT, SCHEMA_VERSION};
+use mycnet_spores::core::event::{network_fingerprint, DOMAIN_EVENT_SIGNATURE, DOMAIN_FINGERPRINT, DOMAIN_STATE_DIGEST, SCHEMA_VERSION};
 use mycnet_spores::core::types::NetworkIdentityRecord;
 use mycnet_spores::raft::raft_id;
 use mycnet_spores::seed::{self, VerifyPolicy, DOMAIN_SEED_SIGNATURE, SEED_FORMAT_V1};
@@ -97,6 +97,13 @@ fn compute() -> Value {
     chained.push(p.append(SignedEvent::sign(founder, fp, t, EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash })).expect("checkpoint"));
     let m = keys[1].node_id();
     chained.push(p.append(SignedEvent::sign(&keys[1], fp, Timestamp(T0 + 11_000_000), EventBody::NodeLeft { node: m, reason: "done".into() })).expect("left"));
+    // A state checkpoint attests the head and the state there (the state digest vector).
+    let head = p.head().expect("head");
+    let attested_state = p.state().clone();
+    let state_digest = p.state_digest();
+    let body = EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest };
+    chained.push(p.append(SignedEvent::sign(founder, fp, Timestamp(T0 + 12_000_000), body)).expect("state checkpoint"));
+    assert_eq!(p.divergence(), None, "the attested state is the state");
 
     let network = p.network().expect("network").clone();
     assert_eq!(network_fingerprint(&network, &founder.node_id()), fp);
@@ -141,6 +148,13 @@ fn compute() -> Value {
             "event_signature": String::from_utf8_lossy(DOMAIN_EVENT_SIGNATURE),
             "network_fingerprint": String::from_utf8_lossy(DOMAIN_FINGERPRINT),
             "seed_signature": String::from_utf8_lossy(DOMAIN_SEED_SIGNATURE),
+            "state_digest": String::from_utf8_lossy(DOMAIN_STATE_DIGEST),
+        },
+        "state_digest": {
+            "about": "the state at the head the state_checkpoint event attests: BCS(ProjectionState), and blake3(domain ‖ BCS)",
+            "head_seq": head.seq,
+            "state_bcs_hex": hex::encode(bcs::to_bytes(&attested_state).expect("bcs state")),
+            "digest_hex": state_digest.to_hex(),
         },
         "keys": keys
             .iter()

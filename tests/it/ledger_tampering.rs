@@ -336,18 +336,21 @@ fn mixed_batch_applies_only_the_good_events() {
 fn a_flipped_bit_in_the_projection_checkpoint_is_never_loaded() {
     let h = history();
     let dir = tempfile::tempdir().expect("tempdir");
-    // A checkpoint at 399, and a tail after it.
-    build_ledger(dir.path(), &h.events[..400], config(0), 100);
+    // A checkpoint where the chain attests the state (right before a state checkpoint event),
+    // and a tail after it.
+    let attested = attested_seq(300);
+    build_ledger(dir.path(), &h.events[..=attested as usize], config(0), 100);
     let (truth, checkpoint_seq) = {
         let mut ledger = Ledger::open(dir.path(), config(0)).expect("open");
         ledger.write_checkpoint().expect("write checkpoint");
-        let outcome = ledger.append(h.events[400..].to_vec()).expect("append");
+        let outcome = ledger.append(h.events[attested as usize + 1..].to_vec()).expect("append");
         assert!(outcome.iter().all(Result::is_ok));
         let (full, _) = ledger.replay(&ReplayOptions { audit: true, stop: StopAt::End }).expect("audit replay");
         assert_eq!(full.state(), ledger.projection().state());
         (full.state().clone(), ledger.checkpoint_seq().expect("a checkpoint was written"))
     };
-    assert_eq!(checkpoint_seq, 399, "the checkpoint leaves a tail to replay");
+    assert_eq!(checkpoint_seq, attested, "the checkpoint leaves a tail to replay");
+    assert_eq!(Ledger::open(dir.path(), config(0)).expect("open").checkpoint_seq(), Some(attested), "an attested checkpoint is used");
     let raw = RawLedger::open(dir.path());
     let original = raw.meta_value(b"checkpoint").expect("checkpoint stored");
     raw.close();
@@ -465,16 +468,27 @@ fn audits_run_on_every_pool_thread_at_once_finish() {
     }
 }
 
-/// A ledger with a projection checkpoint at 399 and a tail to 599, closed.
-fn ledger_with_checkpoint() -> tempfile::TempDir {
+/// The first seq at or after `from` whose state the shared history attests (the next event is
+/// a state checkpoint of it).
+fn attested_seq(from: u64) -> u64 {
+    let h = history();
+    (from..LAST)
+        .find(|s| matches!(h.events[*s as usize + 1].body, EventBody::StateCheckpoint { head_seq, .. } if head_seq == *s))
+        .expect("the synthetic history holds state checkpoint events")
+}
+
+/// A ledger with a projection checkpoint at `attested_seq(300)` (returned) and a tail to the
+/// end, closed.
+fn ledger_with_checkpoint() -> (tempfile::TempDir, u64) {
     let h = history();
     let dir = tempfile::tempdir().expect("tempdir");
-    build_ledger(dir.path(), &h.events[..400], config(0), 100);
+    let at = attested_seq(300);
+    build_ledger(dir.path(), &h.events[..=at as usize], config(0), 100);
     let mut ledger = Ledger::open(dir.path(), config(0)).expect("open");
     ledger.write_checkpoint().expect("write checkpoint");
-    assert!(ledger.append(h.events[400..].to_vec()).expect("append").iter().all(Result::is_ok));
-    assert_eq!(ledger.checkpoint_seq(), Some(399));
-    dir
+    assert!(ledger.append(h.events[at as usize + 1..].to_vec()).expect("append").iter().all(Result::is_ok));
+    assert_eq!(ledger.checkpoint_seq(), Some(at));
+    (dir, at)
 }
 
 /// Rewrites the stored checkpoint with `edit` applied to its state and a recomputed digest,
@@ -497,10 +511,10 @@ fn forge_checkpoint(dir: &std::path::Path, edit: impl FnOnce(&mut mycnet_spores:
 #[test]
 fn verify_compares_every_stored_cache_with_the_replay() {
     // An intact ledger: every cache is compared and matches.
-    let dir = ledger_with_checkpoint();
+    let (dir, at) = ledger_with_checkpoint();
     let report = verify(dir.path());
     assert!(report.is_ok(), "{:?}", report.first_error);
-    assert!(report.caches_checked.iter().any(|c| c == "checkpoint at seq 399"), "{:?}", report.caches_checked);
+    assert!(report.caches_checked.iter().any(|c| *c == format!("checkpoint at seq {at}")), "{:?}", report.caches_checked);
     assert!(report.caches_checked.iter().any(|c| c == "head"), "{:?}", report.caches_checked);
 
     // One endpoint changed in the checkpoint, digest recomputed.
@@ -508,23 +522,32 @@ fn verify_compares_every_stored_cache_with_the_replay() {
         let service = state.services.values_mut().find(|s| !s.service.endpoints.is_empty()).expect("a service with an endpoint");
         service.service.endpoints[0].address = "203.0.113.66:443".into();
     });
-    assert_cache_damage(dir.path(), 399, "checkpoint");
+    assert_cache_damage(dir.path(), at, "checkpoint");
+    // The node itself never starts from it: the chain attests another state there, so opening
+    // replays from genesis and serves what the chain says.
+    let opened = Ledger::open(dir.path(), config(0)).expect("open");
+    assert_eq!(opened.checkpoint_seq(), None, "the forged checkpoint was not used");
+    assert!(
+        opened.projection().services().all(|s| s.service.endpoints.iter().all(|e| e.address != "203.0.113.66:443")),
+        "the forged endpoint is not served"
+    );
+    drop(opened);
 
     // The last records removed and the head meta rewritten to the new end: the stored
     // checkpoint still names seq 399, beyond that head.
-    let dir = ledger_with_checkpoint();
+    let (dir, at) = ledger_with_checkpoint();
     let raw = RawLedger::open(dir.path());
-    let new_end = 300;
+    let new_end = 250;
     let hash = raw.record(new_end).hash;
     for seq in new_end + 1..=LAST {
         raw.remove(seq);
     }
     raw.set_head(new_end, hash);
     raw.close();
-    assert_cache_damage(dir.path(), 399, "checkpoint");
+    assert_cache_damage(dir.path(), at, "checkpoint");
 
     // The anchor (the newest checkpoint event) pointed at another event's hash.
-    let dir = ledger_with_checkpoint();
+    let (dir, _) = ledger_with_checkpoint();
     let report = verify(dir.path());
     let anchored = report.caches_checked.iter().find_map(|c| c.strip_prefix("anchor at seq ").map(|s| s.parse::<u64>().expect("seq")));
     let anchor = anchored.expect("the synthetic history holds checkpoint events, so the anchor is compared");
@@ -544,4 +567,56 @@ fn assert_cache_damage(dir: &std::path::Path, seq: u64, cache: &str) {
     };
     assert_eq!(at, seq, "{c}");
     assert!(matches!(&c, Corruption::CacheMismatch { cache: which, .. } if which == cache), "{c}");
+}
+
+/// A projection damaged in memory (as a failing memory or a bug would) is caught at the next
+/// state checkpoint event: the ledger rebuilds it by replay and serves the chain's state again.
+#[test]
+fn a_projection_damaged_in_memory_is_rebuilt_at_the_next_attestation() {
+    let h = history();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at = attested_seq(300) as usize;
+    build_ledger(dir.path(), &h.events[..=at], config(0), 100);
+    let mut ledger = Ledger::open(dir.path(), config(0)).expect("open");
+    let truth = ledger.projection().state().clone();
+    ledger.damage_projection_for_tests(|state| {
+        let service = state.services.values_mut().find(|s| !s.service.endpoints.is_empty()).expect("a service with an endpoint");
+        service.service.endpoints[0].address = "203.0.113.66:443".into();
+    });
+    assert_ne!(ledger.projection().state(), &truth);
+    // The next event attests the state at `at`.
+    let outcome = ledger.append(vec![h.events[at + 1].clone()]).expect("append");
+    assert!(outcome[0].is_ok(), "{outcome:?}");
+    assert_eq!(ledger.divergence(), None, "a rebuild by replay resolved it");
+    let (replayed, _) = ledger.replay(&ReplayOptions { audit: true, stop: StopAt::End }).expect("replay");
+    assert_eq!(ledger.projection().state(), replayed.state(), "the damaged state was replaced by the chain's");
+}
+
+/// A chain that attests a state its own records do not lead to (an authority signed a wrong
+/// digest) is a state divergence: the event is kept (the chain is the ground truth), the ledger
+/// says so and keeps saying so after a restart, and the audit reports it at that seq.
+#[test]
+fn a_chain_attesting_a_wrong_state_is_a_divergence() {
+    let h = history();
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_ledger(dir.path(), &h.events[..300], config(0), 100);
+    let mut ledger = Ledger::open(dir.path(), config(0)).expect("open");
+    let head = ledger.head().expect("head");
+    let mut wrong = ledger.projection().state_digest();
+    wrong.0[0] ^= 1;
+    let body = EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest: wrong };
+    let ev = SignedEvent::sign(&h.keys[0], h.fingerprint, Timestamp(head.timestamp.0 + 1), body);
+    assert!(ledger.append(vec![ev]).expect("append")[0].is_ok(), "the attestation is not a rule: the event is taken");
+    let d = ledger.divergence().expect("the divergence is reported");
+    assert_eq!((d.seq, d.head_seq, d.attested), (head.seq + 1, head.seq, wrong));
+    drop(ledger);
+    let reopened = Ledger::open(dir.path(), config(0)).expect("reopen");
+    assert_eq!(reopened.divergence().map(|d| d.seq), Some(head.seq + 1), "still reported after a restart");
+    drop(reopened);
+    let report = verify(dir.path());
+    assert!(
+        matches!(report.first_error, Some((seq, Corruption::StateDivergence { .. })) if seq == head.seq + 1),
+        "{:?}",
+        report.first_error
+    );
 }

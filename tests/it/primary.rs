@@ -275,3 +275,39 @@ async fn status_and_queries_are_served_over_the_transport() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// An authority that attests a wrong state: every replica applies the event (the chain is the
+/// ground truth), finds that a replay of the chain does not reach the attested state, reports a
+/// state divergence in its status and takes no writes until an operator clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_state_attestation_is_a_divergence_every_replica_reports_and_writes_stop() {
+    let c = Cluster::form(3, 0x19).await;
+    let leader = c.leader(Duration::from_secs(10)).await.expect("leader");
+    c.sys(leader).register_service("kv", vec![], vec![], vec![]).await.expect("write");
+    let head = c.converged_head(Duration::from_secs(10)).await.expect("converged");
+    let fp = c.sys(0).with_projection(|p| p.fingerprint()).expect("projection").expect("formed");
+    let mut wrong = c.sys(0).with_projection(|p| p.state_digest()).expect("projection");
+    wrong.0[31] ^= 0x80;
+    let body = mycnet_spores::EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest: wrong };
+    let ev = mycnet_spores::SignedEvent::sign(&c.members[0].key, fp, mycnet_spores::Timestamp(head.timestamp.0 + 1), body);
+    let point = c.sys(leader).submit(ev).await.expect("the attestation is committed: it is not a rule");
+    assert_eq!(point.seq, head.seq + 1);
+    for i in 0..3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let d = loop {
+            if let Some(d) = c.sys(i).status().expect("status").state_divergence {
+                break d;
+            }
+            assert!(std::time::Instant::now() < deadline, "replica {i} never reported the divergence");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!((d.seq, d.attested), (head.seq + 1, wrong), "replica {i}");
+        let refused = c.sys(i).register_service("after", vec![], vec![], vec![]).await;
+        assert!(matches!(refused, Err(mycnet_spores::Error::StateDivergence(_))), "replica {i} took a write: {refused:?}");
+    }
+    // An operator acknowledges it on every node: writes are taken again.
+    for i in 0..3 {
+        assert!(c.sys(i).clear_state_divergence().expect("clear").is_some());
+    }
+    c.sys(leader).register_service("after", vec![], vec![], vec![]).await.expect("writes resume");
+}

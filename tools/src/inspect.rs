@@ -136,6 +136,9 @@ pub fn summary(body: &EventBody) -> String {
         EventBody::NodeWentOffline { node, last_seen } => format!("{} offline (last seen {last_seen})", node.short()),
         EventBody::NodeBackOnline { node } => format!("{} back online", node.short()),
         EventBody::Checkpoint { head_seq, head_hash } => format!("checkpoint of {head_seq} {}", head_hash.short()),
+        EventBody::StateCheckpoint { head_seq, head_hash, state_digest } => {
+            format!("checkpoint of {head_seq} {}, state {}", head_hash.short(), state_digest.short())
+        }
         EventBody::SplitBrainResolved(r) => format!(
             "split-brain at {} resolved by {}: branch up to {} {} folded in ({} adopted, {} conflicts)",
             r.fork_seq,
