@@ -152,6 +152,12 @@ pub struct SporeStatus {
     /// lead to. While it is set the node takes no writes (`SporeSystem::clear_state_divergence`).
     #[serde(default)]
     pub state_divergence: Option<crate::core::attest::StateDivergence>,
+    /// On a leader: whether a majority of the voters acknowledged it within the longest
+    /// election timeout. A leader cut off from the majority reports `Some(false)`: it is then
+    /// no leader for the mode (Partition Recovery after the grace period) and its answers may
+    /// be stale. `None` on a node that is not the leader.
+    #[serde(default)]
+    pub leader_confirmed: Option<bool>,
 }
 
 /// A Raft member as `status()` reports it.
@@ -1391,8 +1397,13 @@ fn answer_tiered<T>(
         let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
         tier_reach(raft, me, &l)
     };
+    let confirmed = {
+        let m = raft.metrics().borrow().clone();
+        m.current_leader.is_some() && (m.state != ServerState::Leader || leader_is_confirmed(raft, &m))
+    };
     let mut asked = None;
     for tier in crate::tiers::TIERS {
+        let stale = tier != SporeType::Primary || !confirmed;
         // Two tiers that reach the same event have the same view: ask it once.
         if reach.get(tier).is_none() || reach.get(tier) == asked {
             continue;
@@ -1403,9 +1414,9 @@ fn answer_tiered<T>(
             Some(ViewSource::Live) => {
                 let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
                 let p = l.projection();
-                f(p).map(|value| Tiered { value, tier, at: point_of(p) })
+                f(p).map(|value| Tiered { value, tier, at: point_of(p), stale })
             }
-            Some(ViewSource::Past(p)) => f(&p).map(|value| Tiered { value, tier, at: point_of(&p) }),
+            Some(ViewSource::Past(p)) => f(&p).map(|value| Tiered { value, tier, at: point_of(&p), stale }),
         };
         if found.is_some() {
             return Ok(found);
@@ -1437,7 +1448,9 @@ pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, 
     let by_id: BTreeMap<u64, NodeId> = members.nodes().map(|(id, n)| (*id, n.node)).collect();
     let voters: Vec<NodeId> = members.voter_ids().filter_map(|id| by_id.get(&id).copied()).collect();
     let learners: Vec<NodeId> = members.learner_ids().filter_map(|id| by_id.get(&id).copied()).collect();
-    let leader = m.current_leader.and_then(|id| by_id.get(&id).copied());
+    let leader_confirmed = (m.state == ServerState::Leader).then(|| leader_is_confirmed(raft, &m));
+    // A leader cut off from the majority does not count as one.
+    let leader = m.current_leader.and_then(|id| by_id.get(&id).copied()).filter(|_| leader_confirmed != Some(false));
     let last_log = m.last_log_index;
     let voter_ids: std::collections::BTreeSet<u64> = members.voter_ids().collect();
     let peers: Vec<PeerLag> = members
@@ -1494,7 +1507,19 @@ pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, 
         provisional,
         history_from,
         state_divergence,
+        leader_confirmed,
     })
+}
+
+/// Whether this leader heard a majority of its voters within the longest election timeout
+/// (a leader of a single voter is always confirmed). openraft refreshes
+/// `millis_since_quorum_ack` at every turn of its core loop, ticks included.
+fn leader_is_confirmed(raft: &Raft, m: &openraft::RaftMetrics<u64, PeerNode>) -> bool {
+    if m.membership_config.membership().voter_ids().count() <= 1 {
+        return true;
+    }
+    let limit = raft.config().election_timeout_max;
+    m.millis_since_quorum_ack.is_some_and(|ms| ms <= limit)
 }
 
 /// Serves a node's RPCs: read-only status and queries here, everything else by Raft.

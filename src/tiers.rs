@@ -49,6 +49,10 @@ pub struct Tiered<T> {
     pub tier: SporeType,
     /// The chain point of that tier's view.
     pub at: ChainPoint,
+    /// The answer may be stale: this node cannot confirm its view is the cluster's current
+    /// one (a Raft member that knows no confirmed leader, e.g. a leader cut off from the
+    /// majority, or an answer from a tier below Primary).
+    pub stale: bool,
 }
 
 /// How far each tier reaches in this node's chain (sequence numbers; `None`: the tier has

@@ -203,3 +203,40 @@ async fn crash_restart_run(seed: u64) {
         assert_eq!(replayed.state(), &live, "seed {seed}: node {i} projection differs from its replay");
     }
 }
+
+/// A leader cut off from the majority stops claiming it leads: within an election timeout its
+/// status says it is unconfirmed, after the grace period its mode is Partition Recovery, and
+/// its answers say they may be stale; once healed it follows the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_reports_itself_unconfirmed_and_enters_partition_recovery() {
+    let c = Cluster::form(3, 0x1e).await;
+    let leader = c.leader(Duration::from_secs(5)).await.expect("leader");
+    let st = c.sys(leader).status().expect("status");
+    assert_eq!(st.leader_confirmed, Some(true), "a leader with its majority is confirmed");
+    let fresh = c.sys(leader).services_by_name_answer("none").expect("answer");
+    assert!(fresh.is_none() || fresh.is_some_and(|t| !t.stale));
+    let answer = c.sys(leader).node_answer(&c.members[leader].key.node_id()).expect("answer").expect("known");
+    assert!(!answer.stale, "a confirmed leader's answer is current");
+
+    let others: Vec<&str> = (0..3).filter(|i| *i != leader).map(|i| c.members[i].addr.as_str()).collect();
+    c.net.partition(&[c.members[leader].addr.as_str()], &others);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = c.sys(leader).status().expect("status");
+        if st.mode == mycnet_spores::OperationalMode::PartitionRecovery {
+            assert_ne!(st.leader_confirmed, Some(true), "{st:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the isolated leader kept reporting {:?} / {:?}", st.mode, st.leader_confirmed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = c.sys(leader).node_answer(&c.members[leader].key.node_id()).expect("answer").expect("known");
+    assert!(answer.stale, "an isolated node's answers say they may be stale");
+
+    c.net.heal();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while c.sys(leader).status().expect("status").mode != mycnet_spores::OperationalMode::NormalOperation {
+        assert!(std::time::Instant::now() < deadline, "the healed node never returned to normal operation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -159,7 +159,14 @@ pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Ou
     }
     o.line(format!("node         {}", st.node))?;
     o.line(format!("address      {}", st.addr))?;
-    o.line(format!("raft         {} (term {})", st.raft_state, st.term))?;
+    let confirmed = match st.leader_confirmed {
+        Some(false) => ", UNCONFIRMED: no majority heard within an election timeout; answers may be stale",
+        _ => "",
+    };
+    o.line(format!("raft         {} (term {}){confirmed}", st.raft_state, st.term))?;
+    if let Some(d) = &st.state_divergence {
+        o.line(format!("DIVERGENCE   {d}; no writes until an operator clears it"))?;
+    }
     o.line(format!("leader       {}", st.leader.map_or("unknown".into(), |l| l.to_hex())))?;
     o.line(format!("head         {}", st.head.map_or("-".into(), |h| format!("{} {} ({})", h.seq, h.hash, h.timestamp))))?;
     o.line(format!("applied      {}", st.last_applied.map_or("-".into(), |a| a.to_string())))?;
@@ -244,10 +251,11 @@ pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, tiered: bool,
                 RegistryAnswer::Services(s) => serde_json::to_value(s),
             }
             .map_err(|e| CliError::Io(e.to_string()))?;
-            return o.json_line(&serde_json::json!({ "tier": t.tier, "at": t.at, "answer": inner }));
+            return o.json_line(&serde_json::json!({ "tier": t.tier, "at": t.at, "stale": t.stale, "answer": inner }));
         }
         QueryAnswer::Tiered(Some(t)) => {
-            o.line(format!("answered from the {:?} tier, as of seq {}", t.tier, t.at.seq))?;
+            let stale = if t.stale { " (may be stale: this node cannot confirm it is current)" } else { "" };
+            o.line(format!("answered from the {:?} tier, as of seq {}{stale}", t.tier, t.at.seq))?;
             t.value.into()
         }
         plain => plain,
