@@ -483,7 +483,7 @@ impl SporeSystem {
                 .await
                 .map_err(raft_err)?;
         }
-        let proposer = Proposer::spawn(raft.clone());
+        let proposer = Proposer::spawn_idempotent(raft.clone(), ledger.clone());
         let mut tasks = Vec::new();
         let gossip = transport.gossip_dialer().map(|dialer| {
             let my_id = raft_id(&node);

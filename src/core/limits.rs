@@ -52,3 +52,6 @@ const _: () = assert!(EVENT_BYTES_MAX < RECORD_BYTES_MAX);
 const _: () = assert!(GOSSIP_BATCH_EVENTS_MAX <= APPEND_BATCH_MAX);
 const _: () = assert!(ADDRESSES_MAX * ADDRESS_BYTES_MAX < EVENT_BYTES_MAX);
 const _: () = assert!(REPLAY_CHUNK_EVENTS <= APPEND_BATCH_MAX);
+/// Events a ledger remembers by id, so that a retried submit of a committed signed event
+/// answers where it committed instead of committing it again (the newest this many seqs).
+pub const RECENT_EVENTS_WINDOW: u64 = 65_536;

@@ -46,9 +46,14 @@ impl EventId {
 
     /// The id of `event`.
     pub fn of(event: &SignedEvent) -> Self {
+        Self::of_canonical(&event.canonical_bytes())
+    }
+
+    /// The id of the event whose canonical encoding is `canonical`.
+    pub fn of_canonical(canonical: &[u8]) -> Self {
         let mut h = blake3::Hasher::new();
         h.update(DOMAIN_EVENT_ID);
-        h.update(&event.canonical_bytes());
+        h.update(canonical);
         EventId(*h.finalize().as_bytes())
     }
 }

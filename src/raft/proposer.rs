@@ -10,8 +10,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::state_machine::SharedLedger;
 use super::{Raft, SporeRequest, SporeResponse};
 use crate::core::event::SignedEvent;
+use crate::core::provisional::EventId;
 use crate::core::limits;
 
 /// Why a proposal did not get an answer from the state machine.
@@ -64,6 +69,10 @@ fn event_bytes(event: &SignedEvent) -> usize {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Item>,
+    /// With the node's ledger, proposals are idempotent (see [`Proposer::propose`]).
+    ledger: Option<SharedLedger>,
+    /// Events being proposed now, with the writers waiting for the same event's outcome.
+    in_flight: Arc<Mutex<HashMap<EventId, Vec<Reply>>>>,
 }
 
 impl Proposer {
@@ -71,15 +80,70 @@ impl Proposer {
     pub fn spawn(raft: Raft) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
         tokio::spawn(run(raft, rx));
-        Proposer { tx }
+        Proposer { tx, ledger: None, in_flight: Arc::default() }
+    }
+
+    /// [`Proposer::spawn`] with the node's ledger: proposals become idempotent.
+    pub fn spawn_idempotent(raft: Raft, ledger: SharedLedger) -> Self {
+        Proposer { ledger: Some(ledger), ..Self::spawn(raft) }
     }
 
     /// Proposes one event and waits for its outcome.
+    ///
+    /// Idempotent when spawned with the ledger: an event already committed among the newest
+    /// [`limits::RECENT_EVENTS_WINDOW`] answers `Applied` at the point where it committed,
+    /// without a second proposal; the same event submitted again while it is being proposed
+    /// waits for that proposal's outcome; and a rejection of an event that meanwhile turns out
+    /// to be committed (a retry that raced its first attempt) answers where it committed.
+    /// A retry that reaches another leader while its first attempt is still uncommitted in the
+    /// Raft log can still commit twice (a known limit, `schema/rules.md`).
     pub async fn propose(&self, event: SignedEvent) -> Result<SporeResponse, ProposeError> {
+        let Some(ledger) = &self.ledger else { return self.propose_once(event).await };
+        if let Some(point) = committed_point(ledger, &event) {
+            return Ok(SporeResponse::Applied(point));
+        }
+        let id = EventId::of(&event);
+        let waiting = {
+            let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            match m.get_mut(&id) {
+                Some(waiters) => {
+                    let (reply, rx) = oneshot::channel();
+                    waiters.push(reply);
+                    Some(rx)
+                }
+                None => {
+                    m.insert(id, Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(rx) = waiting {
+            return rx.await.map_err(|_| ProposeError::Raft("the first proposal of this event was dropped".into()))?;
+        }
+        let mut outcome = self.propose_once(event.clone()).await;
+        if matches!(outcome, Ok(SporeResponse::Rejected(_))) {
+            if let Some(point) = committed_point(ledger, &event) {
+                outcome = Ok(SporeResponse::Applied(point));
+            }
+        }
+        let waiters = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).unwrap_or_default();
+        for w in waiters {
+            let _ = w.send(outcome.clone());
+        }
+        outcome
+    }
+
+    async fn propose_once(&self, event: SignedEvent) -> Result<SporeResponse, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send((event, reply)).await.map_err(|_| ProposeError::Raft("proposer stopped".into()))?;
         rx.await.map_err(|_| ProposeError::Raft("proposer dropped the request".into()))?
     }
+}
+
+/// Where `event` committed, if the ledger remembers it (a read error is "not known").
+fn committed_point(ledger: &SharedLedger, event: &SignedEvent) -> Option<crate::core::types::ChainPoint> {
+    let l = ledger.read().ok()?;
+    l.committed_point(event).ok().flatten()
 }
 
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>) {

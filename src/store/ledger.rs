@@ -21,6 +21,8 @@ use super::record::{self, decode_checkpoint, encode_checkpoint, encode_record_in
 use super::replay::{replay_range, ReplayOptions, ReplayStats, StopAt};
 use super::chainer::{Chainer, Job};
 use super::attested::{is_attested, Unused};
+use super::recent::RecentEvents;
+use crate::core::provisional::EventId;
 use super::verified::VerifiedEvents;
 use crate::core::attest::StateDivergence;
 use crate::core::event::{ChainedEvent, EventBody, SignedEvent};
@@ -110,6 +112,8 @@ pub struct Ledger {
     /// The chain attests a state that a replay of its own records does not reach (found when a
     /// state checkpoint event was applied and a rebuild by replay did not resolve it).
     divergence: Option<StateDivergence>,
+    /// The ids of the newest events (see [`Ledger::committed_point`]).
+    recent: RecentEvents,
 }
 
 /// What a ledger with an incomplete history knows below what it holds.
@@ -507,7 +511,7 @@ impl Ledger {
             "ledger opened"
         );
         let refused = read_point(&meta, &path, META_REFUSED_BRANCH, "refused_branch")?.map(|(seq, hash)| ChainPoint { seq, hash });
-        Ok(Ledger {
+        Ledger {
             path,
             db,
             ledger,
@@ -524,7 +528,9 @@ impl Ledger {
             chainer_tried: false,
             pending_checkpoint: None,
             divergence,
-        })
+            recent: RecentEvents::default(),
+        }
+        .with_recent_events()
     }
 
     /// The ledger directory.
@@ -637,6 +643,7 @@ impl Ledger {
         let (mut accepted, mut anchor) = (0usize, None);
         let due_at = self.checkpoint_due_at();
         let mut pending = None;
+        let mut ids = Vec::with_capacity(events.len());
         let projection = &mut self.projection;
         let ledger = &self.ledger;
         // Each record is encoded into this one buffer: the batch copies the bytes it is given
@@ -655,6 +662,7 @@ impl Ledger {
                 record.clear();
                 record::encode_record_ref_into(&record::ChainedEventRef { seq, prev_hash, hash, event }, &mut record);
                 batch.insert(ledger, seq_key(seq), record.as_slice());
+                ids.push((seq, EventId::of_canonical(canonical)));
                 accepted += 1;
                 if event.body.is_checkpoint() {
                     anchor = Some(ChainPoint { seq, hash });
@@ -669,6 +677,9 @@ impl Ledger {
         self.pending_checkpoint = pending;
         if accepted > 0 || !extra.is_empty() {
             self.commit_batch(batch, accepted, anchor, extra)?;
+        }
+        for (seq, id) in &ids {
+            self.recent.record(*seq, id);
         }
         Ok(outcome)
     }
@@ -743,6 +754,9 @@ impl Ledger {
         }
         let anchor = newest_checkpoint(outcome.iter().filter_map(|o| o.as_ref().ok()));
         self.commit_batch(batch, accepted, anchor, extra)?;
+        for ce in outcome.iter().filter_map(|o| o.as_ref().ok()) {
+            self.recent.record(ce.seq, &EventId::of(&ce.event));
+        }
         Ok(outcome)
     }
 
@@ -838,6 +852,34 @@ impl Ledger {
         }
         self.projection = rebuilt;
         Ok(())
+    }
+
+    /// Where `event` committed, if it is among the newest
+    /// [`crate::core::limits::RECENT_EVENTS_WINDOW`] events: a retried submit of a signed event
+    /// that is already in the chain answers with this instead of committing it again.
+    pub fn committed_point(&self, event: &SignedEvent) -> Result<Option<ChainPoint>, LedgerError> {
+        let id = EventId::of(event);
+        let Some(seq) = self.recent.candidate(&id) else { return Ok(None) };
+        let Some(held) = self.get(seq)? else { return Ok(None) };
+        Ok((EventId::of(&held.event) == id).then_some(ChainPoint { seq, hash: held.hash }))
+    }
+
+    /// Fills the recent-events window from the newest records held (on open).
+    fn with_recent_events(mut self) -> Result<Self, LedgerError> {
+        self.recent.clear();
+        let Some(head) = self.projection.head() else { return Ok(self) };
+        let from = (head.seq + 1).saturating_sub(crate::core::limits::RECENT_EVENTS_WINDOW).max(self.history_from());
+        let mut canonical = Vec::with_capacity(512);
+        for guard in self.ledger.range(seq_key(from)..) {
+            let (key, value) = guard.into_inner().map_err(storage("read recent records", &self.path))?;
+            let Some(seq) = record::parse_seq_key(&key) else { break };
+            // Open checked every record already; one that does not decode now is left out.
+            let Ok(ev) = record::decode_record(&value) else { continue };
+            canonical.clear();
+            ev.event.write_canonical_bytes(&mut canonical);
+            self.recent.record(seq, &EventId::of_canonical(&canonical));
+        }
+        Ok(self)
     }
 
     /// The state divergence this ledger found, if any: a state checkpoint event in the chain
@@ -985,6 +1027,13 @@ impl Ledger {
         // Kept only if the state it holds was the one attested.
         self.pending_checkpoint = pending.filter(|_| self.projection.divergence().is_none());
         self.commit_batch(batch, range.len(), anchor, Vec::new())?;
+        for (i, ce) in range.iter().enumerate() {
+            let id = match linked.and_then(|l| l.canonical(i)) {
+                Some(canonical) => EventId::of_canonical(canonical),
+                None => EventId::of(&ce.event),
+            };
+            self.recent.record(ce.seq, &id);
+        }
         self.projection.head().ok_or(LedgerError::Poisoned(self.path.clone()))
     }
 

@@ -15,5 +15,6 @@ pub mod provisional;
 pub mod ledger;
 pub mod modes;
 pub mod record;
+mod recent;
 pub mod replay;
 pub mod verified;

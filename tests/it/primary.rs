@@ -311,3 +311,58 @@ async fn a_wrong_state_attestation_is_a_divergence_every_replica_reports_and_wri
     }
     c.sys(leader).register_service("after", vec![], vec![], vec![]).await.expect("writes resume");
 }
+
+/// Submits are idempotent: the same signed event submitted again (a retry whose answer was
+/// lost) answers where it committed and is not committed twice — sequentially, concurrently,
+/// through a follower and after the leader restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmitting_a_committed_signed_event_answers_where_it_committed() {
+    use mycnet_spores::{EventBody, ServiceAnnouncement, SignedEvent, Timestamp};
+    let mut c = Cluster::form(3, 0x17).await;
+    let leader = c.leader(Duration::from_secs(10)).await.expect("leader");
+    let follower = (leader + 1) % 3;
+    let key = c.members[0].key.clone();
+    let fp = c.sys(0).with_projection(|p| p.fingerprint()).expect("projection").expect("formed");
+    let service = SignedEvent::sign(&key, fp, Timestamp::now(), EventBody::ServiceRegistered(ServiceAnnouncement {
+        service_id: uuid::Uuid::from_u128(0x1de),
+        name: "retry".into(),
+        node: key.node_id(),
+        capabilities: vec![],
+        endpoints: vec![Endpoint { protocol: "tcp".into(), address: "127.0.0.1:1".into() }],
+        metadata: vec![],
+    }));
+    // Would be a second, valid event if committed again.
+    let caps = SignedEvent::sign(&key, fp, Timestamp::now(), EventBody::CapabilitiesChanged { node: key.node_id(), capabilities: vec!["retried".into()] });
+
+    let first = c.sys(leader).submit(service.clone()).await.expect("first submit");
+    assert_eq!(c.sys(leader).submit(service.clone()).await.expect("retry"), first, "a retry answers where it committed (not ServiceExists)");
+    assert_eq!(c.sys(follower).submit(service.clone()).await.expect("retry via a follower"), first);
+
+    // The same event twice at once: one commit, one answer for both.
+    let (a, b) = (c.handle(leader).expect("leader"), c.handle(follower).expect("follower"));
+    let (e1, e2) = (caps.clone(), caps.clone());
+    let (r1, r2) = tokio::join!(async move { a.submit(e1).await }, async move { b.submit(e2).await });
+    let (p1, p2) = (r1.expect("first"), r2.expect("second"));
+    assert_eq!(p1, p2, "both writers get the one commit");
+    c.converged_head(Duration::from_secs(10)).await.expect("converged");
+
+    // After the leader restarts, the window is rebuilt from its records.
+    c.crash(leader).await;
+    c.restart(leader).await;
+    c.converged_head(Duration::from_secs(10)).await.expect("converged after restart");
+    assert_eq!(c.sys(leader).submit(service.clone()).await.expect("retry after restart"), first);
+    assert_eq!(c.sys(leader).submit(caps.clone()).await.expect("retry after restart"), p1);
+    // Each event is in the chain exactly once (anchors may have been committed meanwhile).
+    let head = c.sys(leader).head().expect("head").expect("head").seq;
+    let mut sub = c.sys(leader).subscribe(first.seq).expect("subscribe");
+    let (mut services, mut changes) = (0, 0);
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("events flow").expect("open").expect("event");
+        services += usize::from(ev.event == service);
+        changes += usize::from(ev.event == caps);
+        if ev.seq >= head {
+            break;
+        }
+    }
+    assert_eq!((services, changes), (1, 1), "every retried event committed exactly once");
+}

@@ -320,7 +320,10 @@ enum ServiceCommand {
         /// Metadata KEY=VALUE (repeatable).
         #[arg(long = "meta", value_parser = remote::parse_meta)]
         metadata: Vec<(String, String)>,
-        /// Give up after this many milliseconds (the write is then not committed).
+        /// Give up after this many milliseconds. Retries within it re-send the same signed
+        /// event, which commits at most once (a retry of a committed event answers where it
+        /// committed). A write that timed out after an attempt reached a node may still commit;
+        /// the message then says so.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
         /// Print JSON.
@@ -341,7 +344,8 @@ enum ServiceCommand {
         /// Why, for the audit trail.
         #[arg(long, default_value = "deregistered by operator")]
         reason: String,
-        /// Give up after this many milliseconds.
+        /// Give up after this many milliseconds (see `service register --help`: retries
+        /// re-send the same signed event, which commits at most once).
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
         /// Print JSON.
