@@ -296,6 +296,10 @@ pub enum Error {
     /// lead to) and takes no writes until an operator clears it.
     #[error("state divergence: {0}; this node takes no writes until an operator clears it")]
     StateDivergence(crate::core::attest::StateDivergence),
+    /// A storage error this node cannot survive (a full disk, a failed sync) halted it: it
+    /// takes no writes until restarted once the cause is fixed.
+    #[error("this node halted: {0}; restart it once the cause is fixed")]
+    Halted(String),
     /// The system has not been started or initialized yet.
     #[error("the spore system is not started (call initialize, start or join first)")]
     NotStarted,

@@ -158,6 +158,10 @@ pub struct SporeStatus {
     /// be stale. `None` on a node that is not the leader.
     #[serde(default)]
     pub leader_confirmed: Option<bool>,
+    /// Why this node halted (mode `Halted`): a storage error it cannot survive, such as a full
+    /// disk. It takes no writes until restarted.
+    #[serde(default)]
+    pub halted: Option<String>,
 }
 
 /// A Raft member as `status()` reports it.
@@ -807,6 +811,9 @@ impl SporeSystem {
     #[tracing::instrument(skip(self, event), fields(kind = event.body.kind()))]
     pub async fn submit(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
         let r = self.running()?;
+        if let Some(why) = halted_reason(&r.raft.metrics().borrow().clone(), &r.ledger) {
+            return Err(Error::Halted(why));
+        }
         if let Some(d) = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.divergence() {
             return Err(Error::StateDivergence(d));
         }
@@ -816,6 +823,10 @@ impl SporeSystem {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
+            // Raft may stop while this write waits (a full disk): say so at once.
+            if let Some(why) = halted_reason(&r.raft.metrics().borrow().clone(), &r.ledger) {
+                return Err(Error::Halted(why));
+            }
             let outcome = match self.leader_node() {
                 Some(l) if l.node == r.me.node => {
                     // A leader cut off in a minority cannot commit: bound the wait.
@@ -1282,10 +1293,22 @@ impl SporeSystem {
         let _ = r.raft.shutdown().await;
         let ledger = r.ledger.clone();
         tokio::task::spawn_blocking(move || {
-            let mut l = ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-            l.write_checkpoint()?;
-            l.sync()?;
-            Ok::<_, Error>(())
+            let l = ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            // A ledger a failed write poisoned has nothing more it can make durable; what it
+            // applied without a sync is in the Raft log, which is applied again on restart.
+            // (No projection checkpoint here: only one the chain attests is ever used.)
+            if let Some(e) = l.poisoned_by() {
+                tracing::warn!(error = %e, "ledger not synced at shutdown: an earlier write failed");
+                return Ok(());
+            }
+            match l.sync() {
+                // A failed Raft log write poisoned the shared database: the same holds.
+                Err(LedgerError::Storage { source: fjall::Error::Poisoned, .. }) => {
+                    tracing::warn!("ledger not synced at shutdown: an earlier write poisoned the database");
+                    Ok(())
+                }
+                other => other.map_err(Error::from),
+            }
         })
         .await
         .map_err(raft_err)??;
@@ -1463,7 +1486,9 @@ pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, 
         })
         .collect();
     let raft_member = by_id.values().any(|n| *n == me.node);
+    let halted = halted_reason(&m, ledger);
     let inputs = ModeInputs {
+        halted: halted.clone(),
         has_chain: head.is_some(),
         raft_member,
         leader,
@@ -1508,7 +1533,18 @@ pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, 
         history_from,
         state_divergence,
         leader_confirmed,
+        halted,
     })
+}
+
+/// Why this node halted, if a storage error it cannot survive stopped its Raft (openraft's
+/// core stops on a storage error) or poisoned its ledger (a failed durable write).
+fn halted_reason(m: &openraft::RaftMetrics<u64, PeerNode>, ledger: &SharedLedger) -> Option<String> {
+    if let Err(fatal) = &m.running_state {
+        return Some(format!("Raft stopped: {fatal}"));
+    }
+    let l = ledger.read().ok()?;
+    l.poisoned_by().map(|e| format!("ledger write failed: {e}"))
 }
 
 /// Whether this leader heard a majority of its voters within the longest election timeout

@@ -40,6 +40,9 @@ pub enum OperationalMode {
     /// Two chains of this network were seen; one winner is being chosen and the other branch
     /// folded into it.
     SplitBrainResolution,
+    /// A storage error this node cannot survive (a full disk, a failed sync) stopped its Raft:
+    /// it takes no writes and serves what it holds until it is restarted. Final.
+    Halted,
 }
 
 impl std::fmt::Display for OperationalMode {
@@ -49,6 +52,7 @@ impl std::fmt::Display for OperationalMode {
             OperationalMode::NormalOperation => "normal operation",
             OperationalMode::PartitionRecovery => "partition recovery",
             OperationalMode::SplitBrainResolution => "split-brain resolution",
+            OperationalMode::Halted => "halted",
         })
     }
 }
@@ -66,6 +70,8 @@ pub struct ModeInputs {
     pub primary_reachable: bool,
     /// Forks seen and not yet resolved.
     pub unresolved_forks: usize,
+    /// Why the node halted, if a storage error it cannot survive stopped it.
+    pub halted: Option<String>,
 }
 
 impl ModeInputs {
@@ -141,7 +147,12 @@ impl ModeMachine {
     /// Feeds what the node observes at `now`; returns the transition if the mode changed.
     pub fn observe(&mut self, inputs: &ModeInputs, now: Timestamp) -> Option<Transition> {
         use OperationalMode::*;
-        let (to, reason) = if inputs.unresolved_forks > 0 {
+        if self.mode == Halted {
+            return None;
+        }
+        let (to, reason) = if let Some(why) = &inputs.halted {
+            (Halted, format!("halted: {why}"))
+        } else if inputs.unresolved_forks > 0 {
             (SplitBrainResolution, format!("{} unresolved fork(s): a second chain of this network was seen", inputs.unresolved_forks))
         } else if !inputs.has_chain {
             (NetworkFormation, "no chain yet: waiting for the genesis or a peer's chain".to_string())
@@ -154,7 +165,7 @@ impl ModeMachine {
                 NetworkFormation => format!("chain formed or received; {via}"),
                 PartitionRecovery => format!("primary reachable again ({via})"),
                 SplitBrainResolution => format!("every fork resolved; {via}"),
-                NormalOperation => String::new(),
+                NormalOperation | Halted => String::new(),
             };
             (NormalOperation, reason)
         } else {

@@ -100,7 +100,8 @@ pub struct Ledger {
     refused: Option<ChainPoint>,
     /// See [`Ledger::backfill_point`].
     backfill: Option<Backfill>,
-    poisoned: bool,
+    /// Set by a failed durable write (fjall poisons its database then), with the error.
+    poisoned: Option<String>,
     /// The helper thread that chains large append batches (started at the first one; `None`
     /// until then or if no thread could be started).
     chainer: Option<Chainer>,
@@ -523,7 +524,7 @@ impl Ledger {
             anchor,
             refused,
             backfill,
-            poisoned: false,
+            poisoned: None,
             chainer: None,
             chainer_tried: false,
             pending_checkpoint: None,
@@ -794,7 +795,7 @@ impl Ledger {
         }
         let batch = batch.durability(self.config.durable.then_some(PersistMode::SyncData));
         if let Err(source) = batch.commit() {
-            self.poisoned = true;
+            self.poisoned = Some(source.to_string());
             tracing::error!(error = %source, "durable ledger write failed; ledger poisoned");
             return Err(LedgerError::Storage { op: "append batch", path: self.path.clone(), source });
         }
@@ -948,7 +949,7 @@ impl Ledger {
         check_hashes: bool,
         verdicts: Option<&[bool]>,
     ) -> Result<ChainHead, LedgerError> {
-        if self.poisoned {
+        if self.poisoned.is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
         if range.len() > limits::APPEND_BATCH_MAX {
@@ -1054,7 +1055,7 @@ impl Ledger {
 
     /// Refuses appends to a poisoned ledger and batches over the limit.
     fn usable(&self, events: usize) -> Result<(), LedgerError> {
-        if self.poisoned {
+        if self.poisoned.is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
         if events > limits::APPEND_BATCH_MAX {
@@ -1178,7 +1179,7 @@ impl Ledger {
     /// quorum of voters signed; the records are checked again whenever they are read.
     #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display(), records = records.len()))]
     pub fn load_attested(&mut self, records: &[&[u8]], state: ProjectionState) -> Result<ChainHead, LedgerError> {
-        if self.poisoned {
+        if self.poisoned.is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
         if self.projection.head().is_some() {
@@ -1198,7 +1199,7 @@ impl Ledger {
             });
         }
         let fail = |this: &mut Ledger, source| {
-            this.poisoned = true;
+            this.poisoned = Some(format!("{source}"));
             LedgerError::Storage { op: "load attested records", path: this.path.clone(), source }
         };
         let chunks: Vec<&[&[u8]]> = records.chunks(limits::APPEND_BATCH_MAX).collect();
@@ -1243,7 +1244,7 @@ impl Ledger {
     /// [`Ledger::append_backfill`]. One synced batch.
     #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display()))]
     pub fn load_state_only(&mut self, state: ProjectionState) -> Result<ChainHead, LedgerError> {
-        if self.poisoned {
+        if self.poisoned.is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
         let invalid = |path: &Path, why: &str| LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()) };
@@ -1261,7 +1262,7 @@ impl Ledger {
         batch.insert(&self.meta, META_BACKFILL, encode_point(head.seq, &head.hash).to_vec());
         batch.insert(&self.meta, META_BACKFILL_BASE, checkpoint);
         if let Err(source) = batch.commit() {
-            self.poisoned = true;
+            self.poisoned = Some(source.to_string());
             return Err(LedgerError::Storage { op: "load state-only seed", path: self.path.clone(), source });
         }
         self.backfill = Some(Backfill { point: ChainPoint { seq: head.seq, hash: head.hash }, base: std::sync::Arc::new(state.clone()) });
@@ -1339,7 +1340,7 @@ impl Ledger {
         }
         let batch = batch.durability(self.config.durable.then_some(PersistMode::SyncData));
         if let Err(source) = batch.commit() {
-            self.poisoned = true;
+            self.poisoned = Some(source.to_string());
             return Err(LedgerError::Storage { op: "backfill batch", path: self.path.clone(), source });
         }
         match (next, self.backfill.as_mut()) {
@@ -1399,7 +1400,7 @@ impl Ledger {
         self.projection = Projection::new();
         self.checkpoint_seq = None;
         self.anchor = None;
-        self.poisoned = false;
+        self.poisoned = None;
         Ok(())
     }
 
@@ -1476,7 +1477,12 @@ impl Ledger {
         Ok(self.meta.get(META_IMPORTED).map_err(storage("read import mark", &self.path))?.is_some())
     }
 
-    /// Syncs everything to disk.
+    /// The failed durable write that poisoned this ledger, if any: it takes no more writes.
+    pub fn poisoned_by(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// Syncs everything written to disk.
     pub fn sync(&self) -> Result<(), LedgerError> {
         self.db.persist(PersistMode::SyncAll).map_err(storage("persist", &self.path))
     }

@@ -57,11 +57,19 @@ pub async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| CliError::Io(e.to_string()))?;
     let mut tick = tokio::time::interval(ADMISSION_REFRESH);
+    let mut halted = None;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = tick.tick() => {
+                // A storage error the node cannot survive (a full disk): stop, and let a
+                // supervisor restart it once the cause is fixed.
+                if let Some(why) = system.status().ok().and_then(|st| st.halted) {
+                    tracing::error!(reason = %why, "halted; stopping");
+                    halted = Some(why);
+                    break;
+                }
                 if let Err(e) = node::refresh_admission(&system, &admission, &bootstrap) {
                     tracing::warn!(error = %e, "could not refresh the admission set");
                 }
@@ -76,6 +84,9 @@ pub async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
         }
     }
     system.shutdown().await.map_err(|e| CliError::Io(e.to_string()))?;
+    if let Some(why) = halted {
+        return Err(CliError::Io(format!("node halted: {why}")));
+    }
     tracing::info!("stopped cleanly");
     Ok(())
 }

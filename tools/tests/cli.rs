@@ -916,3 +916,67 @@ fn verify_and_seed_verify_reach_the_append_verdict_on_crafted_signatures() {
     let s = run(&["seed", "verify", path(&seed), "--json"]);
     assert_eq!(s.status.code(), Some(0), "{}", String::from_utf8_lossy(&s.stdout));
 }
+
+/// `spore node` on a full disk stops with a one-line reason and a non-zero exit (a supervisor
+/// restarts it once space is freed). Mounts a small tmpfs: needs root, as CI runs.
+#[test]
+fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mnt = root.path().join("disk");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"]).arg(&mnt).output().expect("run mount");
+    assert!(mounted.status.success(), "mounting a tmpfs needs root (CI runs as root): {}", String::from_utf8_lossy(&mounted.stderr));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let mut procs = keyed_procs(&mnt, 1);
+    let all = vec![(procs[0].key.clone(), procs[0].addr.clone())];
+    let args = node_args(&procs[0], 0, &all);
+    start(&mut procs[0], &args);
+    let addr = procs[0].addr.clone();
+    wait_until("the node leads", Duration::from_secs(30), || status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ()));
+    // Leave the node a little room, then write until it is gone.
+    let free = {
+        let out = Command::new("df").args(["--output=avail", "-B1"]).arg(&mnt).output().expect("df");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines().nth(1).and_then(|l| l.trim().parse::<u64>().ok()).expect("df prints the free bytes")
+    };
+    let filler = vec![0u8; (free.saturating_sub(512 * 1024)) as usize];
+    let _ = std::fs::write(mnt.join("filler"), &filler);
+    let key = procs[0].dir.join("node.key");
+    // Incompressible metadata (the journal compresses), different in every write.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let exit = wait_until("the node stops on the full disk", Duration::from_secs(60), || {
+        let meta: Vec<String> = (0..8)
+            .map(|k| {
+                let v: String = (0..60)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        format!("{:08x}", x as u32)
+                    })
+                    .collect();
+                format!("--meta=k{k}={v}")
+            })
+            .collect();
+        let mut a = vec!["service", "register", "--key-file", path(&key), "--addr", &addr, "--name", "fill", "--endpoint", "tcp://127.0.0.1:1", "--timeout-ms", "2000"];
+        a.extend(meta.iter().map(String::as_str));
+        let _ = run(&a);
+        procs[0].child.as_mut().and_then(|c| c.try_wait().expect("try_wait"))
+    });
+    assert!(!exit.success(), "a halted node exits non-zero: {exit:?}");
+    let log = std::fs::read_to_string(procs[0].dir.with_extension("log")).expect("log");
+    let last = log.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default().to_string();
+    assert!(last.contains("halted") && last.contains("No space left"), "the last line says why: {last}");
+    // Space freed, the supervisor's restart brings writes back with nothing acknowledged lost.
+    std::fs::remove_file(mnt.join("filler")).expect("free space");
+    let args: Vec<String> = vec!["--data-dir".into(), path(&procs[0].dir).into(), "--listen".into(), addr.clone()];
+    start(&mut procs[0], &args);
+    wait_until("the restarted node leads", Duration::from_secs(30), || status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ()));
+    assert!(register(&key, &addr, "after").is_some(), "writes are taken again");
+}
