@@ -18,3 +18,4 @@ mod split_brain_quic;
 mod tiers;
 mod crafted;
 mod signatures;
+mod wait;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mycnet_spores::seed::{self, VerifyPolicy};
-use mycnet_spores::Projection;
+use mycnet_spores::{EventBody, Projection};
 
 use crate::cluster::Cluster;
 
@@ -261,6 +261,25 @@ async fn a_voter_restored_from_a_seed_rejoins_without_applying_anything_twice() 
         assert_eq!(cluster.sys(i).head().expect("head"), Some(head));
         assert_eq!(cluster.sys(i).services_by_capability("cap").expect("query").len(), 20, "node {i}: every service once");
     }
-    drop(cluster);
-    // The restored ledger verifies from genesis.
+    // The restored ledger verifies from genesis, holds the converged head, and carries the trust
+    // change and the announcement exactly once (the leader may have anchored on top since).
+    let restored = cluster.members[lost].dir.clone();
+    cluster.crash(lost).await;
+    let reader = crate::wait::ok("the restored node's ledger to open once it is stopped", Duration::from_secs(10), || {
+        mycnet_spores::LedgerReader::open(&restored)
+    })
+    .await;
+    let report = reader.verify(&|_| {}).expect("verify runs");
+    assert!(report.is_ok(), "{:?}", report.first_error);
+    assert_eq!(report.history_from, 0, "the restored ledger holds the history from genesis");
+    assert!(report.recorded_head.is_some_and(|(seq, _)| seq >= head.seq), "{:?}", report.recorded_head);
+    let chain = reader.range(0, head.seq).expect("read the restored chain");
+    assert_eq!(chain.last().map(|e| (e.seq, e.hash)), Some((head.seq, head.hash)), "the restored node holds the converged chain");
+    let trust = chain.iter().filter(|e| matches!(&e.event.body, EventBody::TrustScoreChanged { node, .. } if *node == subject)).count();
+    assert_eq!(trust, 1, "the trust change is in the chain once");
+    let announced = chain
+        .iter()
+        .filter(|e| matches!(&e.event.body, EventBody::AddressesChanged { addresses, .. } if addresses == &["10.0.0.9:1".to_string()]))
+        .count();
+    assert_eq!(announced, 1, "the announcement's address change is in the chain once");
 }
