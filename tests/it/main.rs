@@ -19,3 +19,4 @@ mod tiers;
 mod crafted;
 mod signatures;
 mod wait;
+mod split_rule;
