@@ -20,3 +20,4 @@ mod crafted;
 mod signatures;
 mod wait;
 mod split_rule;
+mod kill;
