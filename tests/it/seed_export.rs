@@ -17,11 +17,16 @@ async fn export_seed_is_consistent_at_a_committed_head_while_writes_continue() {
             writer.register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![]).await.expect("write");
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("backup.seed");
     let follower = (leader + 1) % 3;
+    // The export starts once the writes are under way on the follower, not after a guess.
+    crate::wait::some("the first writes on the follower", Duration::from_secs(10), || {
+        (cluster.sys(follower).services_by_capability("cap").ok()?.len() >= 10).then_some(())
+    })
+    .await;
     let head = cluster.sys(follower).export_seed(&path, true).await.expect("export while writing");
+    let writing = !writes.is_finished();
     writes.await.expect("writer");
 
     // The file verifies offline, at the head it reported, and only the final name exists.
@@ -35,6 +40,9 @@ async fn export_seed_is_consistent_at_a_committed_head_while_writes_continue() {
         p.apply(e).expect("replays");
     }
     assert_eq!(p.state(), &s.state);
+    // It was taken while the writes went on: some of them are in it, the rest came after.
+    let in_seed = s.state.services.len();
+    assert!(writing && (10..300).contains(&in_seed), "exported mid-write: {in_seed} of 300 services in the seed, writer running: {writing}");
     let final_head = cluster.converged_head(Duration::from_secs(10)).await.expect("converged");
     assert!(final_head.seq > head.seq, "writes went on after the export");
     let mut sub = cluster.sys(leader).subscribe(head.seq).expect("subscribe");
