@@ -76,13 +76,18 @@ async fn quic_latent_nodes_converge_by_gossip_and_answer_when_cut_off() {
         })
         .await;
     }
-    // The chain the latent nodes hold is the voters' chain, byte for byte.
-    let want = voters[leader].system.as_ref().expect("leader").with_projection(|p| p.state().clone()).expect("state");
-    for l in &latent {
-        let got = l.with_projection(|p| p.state().clone()).expect("state");
-        if got.head == want.head {
-            assert_eq!(got, want);
-        }
+    // The chain the latent nodes hold is the voters' chain, byte for byte: once a latent node
+    // is at the leader's head (anchors keep landing, so wait for a moment when they agree),
+    // its whole state equals the leader's.
+    let leader_sys = voters[leader].system.as_ref().expect("leader");
+    for (i, l) in latent.iter().enumerate() {
+        let (got, want) = crate::wait::some(&format!("latent node {i} at the leader's head"), Duration::from_secs(20), || {
+            let want = leader_sys.with_projection(|p| p.state().clone()).expect("state");
+            let got = l.with_projection(|p| p.state().clone()).expect("state");
+            (got.head == want.head).then_some((got, want))
+        })
+        .await;
+        assert_eq!(got, want, "latent node {i} holds the leader's state at {:?}", want.head);
     }
     // The leader anchors the chain (checkpoint events every 5 s by default); latent nodes
     // learn the anchor and the anchored part becomes Primary in their view.

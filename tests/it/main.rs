@@ -19,3 +19,6 @@ mod tiers;
 mod crafted;
 mod signatures;
 mod full_disk;
+mod wait;
+mod split_rule;
+mod kill;

@@ -73,14 +73,21 @@ async fn bad_input_through_the_api_is_rejected_and_changes_nothing() {
     let err = s.announce(vec![], caps).await;
     // Addresses change commits, the capability change is rejected.
     assert!(matches!(err.as_ref().err().and_then(|e| e.rejection()), Some(Rejection::LimitExceeded { .. })), "{err:?}");
-    // A forged signature and another network's event.
+    // A forged signature: node 1 renaming itself, which its rules allow, with one bit of the
+    // signature flipped. Everything but the signature is valid, so only the signature check
+    // can refuse it.
     let fp = s.status().expect("status").fingerprint.expect("fp");
-    let key = mycnet_spores::NodeKey::from_seed([1; 32]);
-    let mut forged = mycnet_spores::SignedEvent::sign(&key, fp, mycnet_spores::Timestamp::now(),
-        mycnet_spores::EventBody::NodeBackOnline { node: key.node_id() });
+    let author = c.members[1].key.clone();
+    let mut forged = mycnet_spores::SignedEvent::sign(&author, fp, mycnet_spores::Timestamp::now(),
+        mycnet_spores::EventBody::NodeUpdated { node: other, name: Some("forged-name".into()), role: None });
     forged.signature.0[0] ^= 1;
+    let rules = s.query(mycnet_spores::Consistency::Stale, |p| p.check(&forged)).await.expect("query");
+    assert_eq!(rules, Ok(()), "the forged event breaks no rule: only its signature is wrong");
     let err = s.submit(forged).await.expect_err("forged");
-    assert!(matches!(err.rejection(), Some(Rejection::BadSignature(_)) | Some(Rejection::InvalidTransition { .. })), "{err}");
+    assert_eq!(err.rejection(), Some(&Rejection::BadSignature(other)), "{err}");
+    assert_ne!(c.sys(1).node(&other).expect("query").expect("registered").name, "forged-name", "the forged rename changed nothing");
+    // Another network's event.
+    let key = mycnet_spores::NodeKey::from_seed([1; 32]);
     let foreign = mycnet_spores::SignedEvent::sign(&key, mycnet_spores::NetworkFingerprint([9; 32]), mycnet_spores::Timestamp::now(),
         mycnet_spores::EventBody::NodeBackOnline { node: key.node_id() });
     let err = s.submit(foreign).await.expect_err("foreign");

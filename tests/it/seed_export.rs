@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mycnet_spores::seed::{self, VerifyPolicy};
-use mycnet_spores::Projection;
+use mycnet_spores::{EventBody, Projection};
 
 use crate::cluster::Cluster;
 
@@ -17,11 +17,16 @@ async fn export_seed_is_consistent_at_a_committed_head_while_writes_continue() {
             writer.register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![]).await.expect("write");
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("backup.seed");
     let follower = (leader + 1) % 3;
+    // The export starts once the writes are under way on the follower, not after a guess.
+    crate::wait::some("the first writes on the follower", Duration::from_secs(10), || {
+        (cluster.sys(follower).services_by_capability("cap").ok()?.len() >= 10).then_some(())
+    })
+    .await;
     let head = cluster.sys(follower).export_seed(&path, true).await.expect("export while writing");
+    let writing = !writes.is_finished();
     writes.await.expect("writer");
 
     // The file verifies offline, at the head it reported, and only the final name exists.
@@ -35,6 +40,9 @@ async fn export_seed_is_consistent_at_a_committed_head_while_writes_continue() {
         p.apply(e).expect("replays");
     }
     assert_eq!(p.state(), &s.state);
+    // It was taken while the writes went on: some of them are in it, the rest came after.
+    let in_seed = s.state.services.len();
+    assert!(writing && (10..300).contains(&in_seed), "exported mid-write: {in_seed} of 300 services in the seed, writer running: {writing}");
     let final_head = cluster.converged_head(Duration::from_secs(10)).await.expect("converged");
     assert!(final_head.seq > head.seq, "writes went on after the export");
     let mut sub = cluster.sys(leader).subscribe(head.seq).expect("subscribe");
@@ -261,6 +269,25 @@ async fn a_voter_restored_from_a_seed_rejoins_without_applying_anything_twice() 
         assert_eq!(cluster.sys(i).head().expect("head"), Some(head));
         assert_eq!(cluster.sys(i).services_by_capability("cap").expect("query").len(), 20, "node {i}: every service once");
     }
-    drop(cluster);
-    // The restored ledger verifies from genesis.
+    // The restored ledger verifies from genesis, holds the converged head, and carries the trust
+    // change and the announcement exactly once (the leader may have anchored on top since).
+    let restored = cluster.members[lost].dir.clone();
+    cluster.crash(lost).await;
+    let reader = crate::wait::ok("the restored node's ledger to open once it is stopped", Duration::from_secs(10), || {
+        mycnet_spores::LedgerReader::open(&restored)
+    })
+    .await;
+    let report = reader.verify(&|_| {}).expect("verify runs");
+    assert!(report.is_ok(), "{:?}", report.first_error);
+    assert_eq!(report.history_from, 0, "the restored ledger holds the history from genesis");
+    assert!(report.recorded_head.is_some_and(|(seq, _)| seq >= head.seq), "{:?}", report.recorded_head);
+    let chain = reader.range(0, head.seq).expect("read the restored chain");
+    assert_eq!(chain.last().map(|e| (e.seq, e.hash)), Some((head.seq, head.hash)), "the restored node holds the converged chain");
+    let trust = chain.iter().filter(|e| matches!(&e.event.body, EventBody::TrustScoreChanged { node, .. } if *node == subject)).count();
+    assert_eq!(trust, 1, "the trust change is in the chain once");
+    let announced = chain
+        .iter()
+        .filter(|e| matches!(&e.event.body, EventBody::AddressesChanged { addresses, .. } if addresses == &["10.0.0.9:1".to_string()]))
+        .count();
+    assert_eq!(announced, 1, "the announcement's address change is in the chain once");
 }

@@ -14,6 +14,7 @@ use mycnet_spores::system::AnchorPolicy;
 use mycnet_spores::{EventBody, NodeKey, SporeSystem};
 
 use crate::cluster::{fast_timeouts, Cluster};
+use crate::split_rule::{branch_of, winner};
 
 async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -103,8 +104,13 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     let ids: Vec<_> = nodes.iter().map(|s| s.node_id().expect("id")).collect();
     nodes[0].mark_offline(ids[2], mycnet_spores::Timestamp::now()).await.expect("A marks B's voter offline");
     nodes[2].mark_offline(ids[0], mycnet_spores::Timestamp::now()).await.expect("B marks A's voter offline");
-    // Anchors on both sides make both branches Primary.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Anchors on both sides make both branches Primary: each voter holds a checkpoint past
+    // the fork (one whose seq is above the fork attests a head at or after it).
+    let fork_seq = seed_head.seq + 1;
+    wait_until("both branches are anchored after the fork", Duration::from_secs(10), || {
+        nodes[..3].iter().all(|s| s.status().is_ok_and(|st| st.anchor.is_some_and(|a| a.seq > fork_seq)))
+    })
+    .await;
     wait_until("the latent node holds B's chain", Duration::from_secs(20), || {
         nodes[3].head().ok().flatten().map(|h| h.hash) == nodes[2].head().ok().flatten().map(|h| h.hash)
     })
@@ -114,6 +120,14 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     for s in &nodes {
         assert_eq!(s.status().expect("status").forks, 0, "no fork seen while cut off");
     }
+    // Which side must lose, by the documented rule, from the two branches as they stand (no
+    // event after the heal changes what it weighs: nothing here runs SWIM, and anchors neither
+    // change a tier that is already Primary nor anyone's activity).
+    let branches = [branch_of(&nodes[0], fork_seq).await, branch_of(&nodes[2], fork_seq).await];
+    assert!(branches.iter().all(|b| b.primary), "both branches are Primary: {branches:?}");
+    let (winning_side, rule) = winner(&branches[0], &branches[1]);
+    let groups = [vec![0usize, 1], vec![2usize, 3]];
+    let (winner_group, loser_group) = (&groups[winning_side], &groups[1 - winning_side]);
 
     net.heal();
     // Gossip finds the second chain: every node goes into split-brain resolution.
@@ -143,11 +157,11 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
         assert!(Instant::now() < deadline, "no convergence: heads {heads:?}, yielded {yielded:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // One side yielded, the same on every node: either group B (its voter and its latent
-    // node, which syncs the winning chain by gossip) or group A.
+    // Exactly the side the rule makes the loser yielded, the whole group (for group B its
+    // voter and its latent node, which syncs the winning chain by gossip); nobody else did.
     yielded.sort();
     yielded.dedup();
-    assert!(yielded == vec![2, 3] || yielded == vec![0, 1], "a whole group yields: {yielded:?}");
+    assert_eq!(&yielded, loser_group, "the losing group by {rule} yields, the winning group {winner_group:?} does not: {branches:?}");
     // Nothing valid is lost: every service written on either side is on every node; the
     // service both sides removed is gone.
     for s in &nodes {
@@ -164,21 +178,24 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     while let Some(ev) = sub.next().await {
         let ev = ev.expect("event");
         if let EventBody::SplitBrainResolved(r) = &ev.event.body {
-            resolution = Some((r.fork_seq, r.adopted, r.conflicts, r.loser_head_seq));
+            resolution = Some(r.clone());
         }
         if ev.seq == head.seq {
             break;
         }
     }
-    let (fork_seq, adopted, conflicts, loser_head_seq) = resolution.expect("a resolution event in the winning chain");
-    assert_eq!(fork_seq, seed_head.seq + 1, "the fork is right after the seed's head");
-    assert!(adopted >= 1, "the loser's new services were re-proposed");
-    assert_eq!(conflicts, 2, "the second deregistration of one service and the second admission of the latent node conflict");
-    let loser = if yielded == vec![2, 3] { 2 } else { 0 };
-    assert_eq!(loser_head_seq, pre_heal[loser].seq, "the resolution names the losing chain's head");
+    let r = resolution.expect("a resolution event in the winning chain");
+    assert_eq!(r.fork_seq, fork_seq, "the fork is right after the seed's head");
+    assert!(r.adopted >= 1, "the loser's new services were re-proposed");
+    assert_eq!(r.conflicts, 2, "the second deregistration of one service and the second admission of the latent node conflict");
+    // It names the branches and the rule the test expected.
+    assert_eq!((r.winner_first, r.loser_first), (branches[winning_side].first, branches[1 - winning_side].first), "the winning branch");
+    assert_eq!(r.decided_by, rule);
+    let loser = loser_group[0];
+    assert_eq!(r.loser_head_seq, pre_heal[loser].seq, "the resolution names the losing chain's head");
     // The loser's "the winner's voter went offline" was not re-proposed: on every node the
     // winning side's voter is still active; the report counts the skipped transition.
-    let winner = 2 - loser;
+    let winner = winner_group[0];
     for s in &nodes {
         let rec = s.node(&ids[winner]).expect("query").expect("registered");
         assert_eq!(rec.status, mycnet_spores::NodeStatus::Active, "the loser's liveness view is not folded in");
@@ -238,30 +255,41 @@ async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
     }
     nodes[1].register_service("a-side", vec![], vec!["a".into()], vec![]).await.expect("A write");
     nodes[3].register_service("b-side", vec![], vec!["b".into()], vec![]).await.expect("B write");
+    // A checkpoint above the fork's seq attests a head at or after the fork.
     wait_until("both branches are anchored after the fork", Duration::from_secs(10), || {
-        nodes.iter().all(|s| s.status().is_ok_and(|st| st.anchor.is_some_and(|a| a.seq > seed_head.seq)))
+        nodes.iter().all(|s| s.status().is_ok_and(|st| st.anchor.is_some_and(|a| a.seq > seed_head.seq + 1)))
     })
     .await;
 
-    net.heal();
-    // Whichever group lost: its follower yields as soon as it may, its leader waits.
+    // The group that must lose, by the documented rule, from the branches as they stand.
+    let fork_seq = seed_head.seq + 1;
+    let branches = [branch_of(&nodes[0], fork_seq).await, branch_of(&nodes[2], fork_seq).await];
+    assert!(branches.iter().all(|b| b.primary), "both branches are Primary: {branches:?}");
+    let (winning_side, rule) = winner(&branches[0], &branches[1]);
     let group_of = |i: usize| if i < 2 { [0, 1] } else { [2, 3] };
+    let (winners, losers) = ([[0usize, 1], [2, 3]][winning_side], [[0usize, 1], [2, 3]][1 - winning_side]);
+
+    net.heal();
+    // The losing group's follower yields as soon as it may, its leader waits; the winning
+    // group is never told to yield.
     let follower = {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = (0..4).find(|&i| {
+            for w in winners {
+                assert!(nodes[w].yield_plan().expect("plan").is_none(), "node {w} of the winning group (by {rule}) was told to yield: {branches:?}");
+            }
+            let ready = losers.into_iter().find(|&i| {
                 nodes[i].yield_plan().is_ok_and(|p| p.is_some())
                     && group_of(i).iter().any(|&j| j != i && nodes[j].status().is_ok_and(|st| st.raft_state == "Leader"))
             });
             if let Some(i) = ready {
                 break i;
             }
-            assert!(Instant::now() < deadline, "no loser follower ready to yield");
+            assert!(Instant::now() < deadline, "no follower of the losing group {losers:?} (by {rule}) ready to yield: {branches:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
     let old_leader = group_of(follower).into_iter().find(|&j| j != follower).expect("the other member of its group");
-    let winners: Vec<usize> = (0..4).filter(|i| !group_of(follower).contains(i)).collect();
     let kept = nodes[follower].yield_to_winner().await.expect("the follower yields and joins the winner");
     assert!(kept.exists());
     // It holds the winning chain, not the losing one its old leader still serves.
@@ -287,6 +315,11 @@ async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
             && nodes.iter().all(|s| s.status().is_ok_and(|st| st.forks == 0 && st.voters.len() == 4))
     })
     .await;
+    // The one chain is the winning branch: its event at the fork is the winner's.
+    let mut sub = nodes[0].subscribe(fork_seq).expect("subscribe");
+    let at_fork = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("in time").expect("open").expect("event");
+    assert_eq!(at_fork.hash, branches[winning_side].first, "the chain everyone holds is the winning branch");
+    drop(sub);
     for mut s in nodes {
         s.shutdown().await.expect("shutdown");
     }
