@@ -55,6 +55,7 @@ pub mod net;
 pub mod node;
 pub mod raft;
 pub mod resolve;
+pub mod scrubber;
 pub mod seed;
 pub mod store;
 pub mod system;

@@ -162,6 +162,9 @@ pub struct SporeStatus {
     /// disk. It takes no writes until restarted.
     #[serde(default)]
     pub halted: Option<String>,
+    /// What the background scrub has checked, repaired and found damaged.
+    #[serde(default)]
+    pub scrub: crate::scrubber::ScrubStatus,
 }
 
 /// A Raft member as `status()` reports it.
@@ -202,6 +205,7 @@ pub struct SporeSystemBuilder {
     gossip: GossipConfig,
     gossip_peers: Vec<PeerNode>,
     anchors: AnchorPolicy,
+    scrub: crate::scrubber::ScrubConfig,
     liveness: LivenessConfig,
 }
 
@@ -237,6 +241,7 @@ impl Default for SporeSystemBuilder {
             gossip: GossipConfig::default(),
             gossip_peers: Vec::new(),
             anchors: AnchorPolicy::default(),
+            scrub: crate::scrubber::ScrubConfig::default(),
             liveness: LivenessConfig::default(),
         }
     }
@@ -313,6 +318,13 @@ impl SporeSystemBuilder {
         self.liveness = cfg;
         self
     }
+    /// How fast the background scrub re-verifies the stored chain (`ScrubConfig::default`:
+    /// 1,000 events a second; `events_per_sec: 0` turns it off).
+    pub fn scrub(mut self, cfg: crate::scrubber::ScrubConfig) -> Self {
+        self.scrub = cfg;
+        self
+    }
+
     /// When a leader commits checkpoint events (anchors).
     pub fn anchors(mut self, policy: AnchorPolicy) -> Self {
         self.anchors = policy;
@@ -347,6 +359,8 @@ struct Running {
     resolver: Arc<crate::resolve::ResolverState>,
     /// Views of the tiers that stop below the head, replayed and cached.
     tier_views: Arc<crate::tiers::TierViews>,
+    /// What the background scrub found.
+    scrub: crate::scrubber::SharedScrub,
     /// Background tasks (gossip driver, anchor committer), aborted on shutdown.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _tempdir: Option<tempfile::TempDir>,
@@ -554,6 +568,8 @@ impl SporeSystem {
             fence.fence(refused_peers);
         }
         tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
+        let scrub: crate::scrubber::SharedScrub = Arc::default();
+        tasks.push(crate::scrubber::spawn(ledger.clone(), raft.clone(), me.clone(), transport.clone(), cfg.scrub, scrub.clone(), cfg.timeouts.rpc));
         late.set(Arc::new(NodeService {
             raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
             raft: raft.clone(),
@@ -566,6 +582,7 @@ impl SporeSystem {
             tier_views: tier_views.clone(),
             fence,
             provisional: (cfg.role == NodeRole::Rhizomorph).then(|| writer.clone()),
+            scrub: scrub.clone(),
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -589,6 +606,7 @@ impl SporeSystem {
             data_dir,
             resolver,
             tier_views,
+            scrub,
             tasks,
             _tempdir: tempdir,
         })
@@ -1109,7 +1127,18 @@ impl SporeSystem {
     /// Role, leader, term, head and mode.
     pub fn status(&self) -> Result<SporeStatus, Error> {
         let r = self.running()?;
-        compute_status(&r.raft, &r.ledger, &r.me, r.gossip.as_deref(), &r.modes)
+        let mut st = compute_status(&r.raft, &r.ledger, &r.me, r.gossip.as_deref(), &r.modes)?;
+        st.scrub = r.scrub.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(st)
+    }
+
+    /// Overwrites the stored bytes of record `seq` in this node's ledger, as a failing disk
+    /// would. For fault tests only.
+    #[doc(hidden)]
+    pub fn damage_record_for_tests(&self, seq: u64, bytes: &[u8]) -> Result<(), Error> {
+        let r = self.running()?;
+        let mut l = r.ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        Ok(l.damage_record_for_tests(seq, bytes)?)
     }
 
     /// An operator's acknowledgement of a state divergence ([`SporeStatus::state_divergence`])
@@ -1534,6 +1563,7 @@ pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, 
         state_divergence,
         leader_confirmed,
         halted,
+        scrub: Default::default(),
     })
 }
 
@@ -1573,6 +1603,8 @@ struct NodeService {
     /// On a latent node: takes writes forwarded to it (`spore service register --addr` of a
     /// Rhizomorph) the way it takes its own, delivered to the voters or held.
     provisional: Option<ProvisionalWriter>,
+    /// What the background scrub found.
+    scrub: crate::scrubber::SharedScrub,
 }
 
 /// What a latent node (outside the Raft membership) needs to hand a write to the voters, or
@@ -1919,7 +1951,12 @@ impl crate::net::RpcHandler for NodeService {
         use crate::net::{Query, QueryAnswer};
         match req {
             RpcRequest::Status => {
-                let r = compute_status(&self.raft, &self.ledger, &self.me, self.gossip.as_deref(), &self.modes).map_err(|e| RemoteFailure::Other(e.to_string()));
+                let r = compute_status(&self.raft, &self.ledger, &self.me, self.gossip.as_deref(), &self.modes)
+                    .map(|mut st| {
+                        st.scrub = self.scrub.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        st
+                    })
+                    .map_err(|e| RemoteFailure::Other(e.to_string()));
                 Box::pin(async move { RpcResponse::Status(r) })
             }
             RpcRequest::Query(Query::Tiered(q)) => {

@@ -901,6 +901,13 @@ impl Ledger {
         }
     }
 
+    /// Overwrites the stored bytes of record `seq` (as a failing disk would), leaving the
+    /// projection alone. For fault tests only.
+    #[doc(hidden)]
+    pub fn damage_record_for_tests(&mut self, seq: u64, bytes: &[u8]) -> Result<(), LedgerError> {
+        self.ledger.insert(seq_key(seq), bytes).map_err(storage("damage record", &self.path))
+    }
+
     /// Replaces the in-memory projection's state with `edit` applied to it, as a failing memory
     /// or a bug would. For fault tests only; nothing is written.
     #[doc(hidden)]
@@ -1475,6 +1482,24 @@ impl Ledger {
     /// Whether the content was imported from a seed and not yet adopted by Raft.
     pub fn is_imported(&self) -> Result<bool, LedgerError> {
         Ok(self.meta.get(META_IMPORTED).map_err(storage("read import mark", &self.path))?.is_some())
+    }
+
+    /// Writes `records` over what is stored at their seqs, synced, without touching the
+    /// projection or the head: only for [`super::scrub::repair`], which checked that they are
+    /// exactly the chain's records.
+    pub(crate) fn overwrite_records(&mut self, records: &[ChainedEvent]) -> Result<(), LedgerError> {
+        if self.poisoned.is_some() {
+            return Err(LedgerError::Poisoned(self.path.clone()));
+        }
+        let mut batch = self.new_batch(records.len());
+        for r in records {
+            batch.insert(&self.ledger, seq_key(r.seq), record::encode_record(r));
+        }
+        if let Err(source) = batch.durability(Some(PersistMode::SyncData)).commit() {
+            self.poisoned = Some(source.to_string());
+            return Err(LedgerError::Storage { op: "repair records", path: self.path.clone(), source });
+        }
+        Ok(())
     }
 
     /// The failed durable write that poisoned this ledger, if any: it takes no more writes.

@@ -17,4 +17,5 @@ pub mod modes;
 pub mod record;
 mod recent;
 pub mod replay;
+pub mod scrub;
 pub mod verified;

@@ -22,3 +22,4 @@ mod full_disk;
 mod wait;
 mod split_rule;
 mod kill;
+mod scrub;
