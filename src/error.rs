@@ -152,7 +152,7 @@ pub enum LedgerError {
     },
     /// fjall found its own files damaged (a checksum that fails, a record that does not
     /// decode) and cannot use the database: bad data, not an I/O fault. Nothing was changed.
-    #[error("ledger {path} is damaged ({cause}) during {op}; move the data dir aside and rebuild it from a seed (`spore seed import`) or a peer")]
+    #[error("ledger {path} is damaged ({cause}) during {op}; rebuild it with `spore repair --data-dir DIR --from-peer ADDR` (or `--from-seed FILE`), which keeps the node key and the damaged files")]
     Damaged {
         /// What was being done.
         op: &'static str,

@@ -13,6 +13,7 @@ mod forensics;
 mod inspect;
 mod output;
 mod remote;
+mod repair;
 mod seedcmd;
 
 use std::path::PathBuf;
@@ -206,6 +207,28 @@ enum Command {
     /// Seed spores: export, verify and inspect signed snapshot files.
     #[command(subcommand)]
     Seed(SeedCommand),
+    /// Rebuild a stopped node's damaged ledger from a seed or a peer, keeping its key; the
+    /// damaged ledger is kept beside it. Exit 2 when there is nothing to repair.
+    Repair {
+        /// The node data dir (holds `ledger/` and `node.key`).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Rebuild from this seed file.
+        #[arg(long, conflicts_with = "from_peer", required_unless_present = "from_peer")]
+        from_seed: Option<PathBuf>,
+        /// Rebuild from the chain of the member at this QUIC address.
+        #[arg(long)]
+        from_peer: Option<String>,
+        /// Rebuild even a ledger that verifies.
+        #[arg(long)]
+        force: bool,
+        /// Per-request timeout when copying from a peer.
+        #[arg(long, default_value_t = 5_000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a local network on loopback: 3 voters, 2 latent nodes, a leader kill and a restart.
     Demo {
         /// Keep the data dirs for the inspector.
@@ -520,6 +543,14 @@ fn run(cli: Cli) -> CliResult {
             seedcmd::sign(&file, &key_file, out.as_deref(), &mut Out::new(json))
         }
         Command::Seed(SeedCommand::Inspect { file, json }) => seedcmd::inspect(&file, &mut Out::new(json)),
+        Command::Repair { data_dir, from_seed, from_peer, force, timeout_ms, json } => {
+            let source = match (from_seed, from_peer) {
+                (Some(f), _) => repair::Source::Seed(f),
+                (None, Some(a)) => repair::Source::Peer(a),
+                (None, None) => return Err(CliError::usage("repair needs --from-seed or --from-peer")),
+            };
+            repair::repair(&data_dir, source, force, std::time::Duration::from_millis(timeout_ms), &mut Out::new(json))
+        }
         Command::Demo { keep, dir } => {
             init_tracing("error,openraft=off");
             let mut o = Out::new(false);

@@ -23,6 +23,28 @@ fn seed_err(e: SeedError) -> CliError {
 /// a new (or import-only) ledger — the start of `spore node --from-seed`, or an offline copy
 /// for the inspector. Refuses a Raft member's data dir.
 pub fn import(data_dir: &Path, file: &Path, policy: VerifyPolicy, o: &mut Out) -> CliResult {
+    let (imported, head, fingerprint, history_from) = import_into(data_dir, file, policy)?;
+    if o.json {
+        o.json_line(&json!({ "data_dir": data_dir, "imported_events": imported, "head": { "seq": head.seq, "hash": head.hash }, "fingerprint": fingerprint, "history_from": history_from }))
+    } else if history_from > 0 {
+        o.line(format!(
+            "imported the state at head {} {} into {} (no events: the history below is backfilled by gossip once the node runs)",
+            head.seq,
+            head.hash,
+            data_dir.display()
+        ))
+    } else {
+        o.line(format!("imported {imported} events into {}: head {} {}", data_dir.display(), head.seq, head.hash))
+    }
+}
+
+/// [`import`] without output: returns the events imported, the head, the network and where
+/// the history held starts.
+pub fn import_into(
+    data_dir: &Path,
+    file: &Path,
+    policy: VerifyPolicy,
+) -> Result<(u64, mycnet_spores::ChainHead, Option<mycnet_spores::NetworkFingerprint>, u64), CliError> {
     let bytes = std::fs::read(file).map_err(|e| CliError::io(file, e))?;
     // A quorum-signed seed is checked on its voters' signatures over its exact bytes and, into
     // an empty ledger, bulk-loaded verbatim; anything else is verified event by event.
@@ -45,18 +67,7 @@ pub fn import(data_dir: &Path, file: &Path, policy: VerifyPolicy, o: &mut Out) -
     // A state-only seed brings its state and head; the history below comes later by gossip.
     let history_from = ledger.history_from();
     let imported = (head.seq + 1).saturating_sub(before.map_or(0, |b| b + 1).max(history_from));
-    if o.json {
-        o.json_line(&json!({ "data_dir": data_dir, "imported_events": imported, "head": { "seq": head.seq, "hash": head.hash }, "fingerprint": fingerprint, "history_from": history_from }))
-    } else if history_from > 0 {
-        o.line(format!(
-            "imported the state at head {} {} into {} (no events: the history below is backfilled by gossip once the node runs)",
-            head.seq,
-            head.hash,
-            data_dir.display()
-        ))
-    } else {
-        o.line(format!("imported {imported} events into {}: head {} {}", data_dir.display(), head.seq, head.hash))
-    }
+    Ok((imported, head, fingerprint, history_from))
 }
 
 /// `spore seed export --data-dir DIR --out FILE`: from a stopped node's data dir, signed with

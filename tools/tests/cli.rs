@@ -159,7 +159,7 @@ fn a_damaged_journal_is_bad_data_naming_the_file() {
     assert_eq!(out.status.code(), Some(1), "damaged data exits 1: {err}");
     let name = journal.file_name().expect("name").to_string_lossy().into_owned();
     assert!(err.contains(&name) && err.contains("damaged"), "names the journal and the damage: {err}");
-    assert!(err.contains("seed import"), "says the way out: {err}");
+    assert!(err.contains("spore repair"), "says the way out: {err}");
 }
 
 #[test]
@@ -979,4 +979,78 @@ fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
     start(&mut procs[0], &args);
     wait_until("the restarted node leads", Duration::from_secs(30), || status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ()));
     assert!(register(&key, &addr, "after").is_some(), "writes are taken again");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if src.is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).expect("copy");
+        }
+    }
+}
+
+fn flip_journal_byte(ledger_dir: &Path) {
+    let journal = std::fs::read_dir(ledger_dir)
+        .expect("ledger dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .expect("a journal file");
+    let mut bytes = std::fs::read(&journal).expect("read journal");
+    bytes[1000] ^= 0x01;
+    std::fs::write(&journal, &bytes).expect("write journal");
+}
+
+/// `spore repair` rebuilds a damaged data dir from a peer or from a seed, keeps the node key
+/// and the damaged ledger, and refuses a ledger that verifies.
+#[test]
+fn repair_rebuilds_a_damaged_data_dir_from_a_peer_or_a_seed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut procs = keyed_procs(root.path(), 1);
+    let all = vec![(procs[0].key.clone(), procs[0].addr.clone())];
+    let args = node_args(&procs[0], 0, &all);
+    start(&mut procs[0], &args);
+    let addr = procs[0].addr.clone();
+    wait_until("the node leads", Duration::from_secs(30), || status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ()));
+    let key = procs[0].dir.join("node.key");
+    for i in 0..5 {
+        register(&key, &addr, &format!("svc-{i}")).expect("write");
+    }
+    // A stopped copy of the node's data dir, then its journal damaged: fjall cannot open it.
+    let child = procs[0].child.as_mut().expect("running");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().expect("wait").success());
+    let (by_peer, by_seed) = (root.path().join("by-peer"), root.path().join("by-seed"));
+    for d in [&by_peer, &by_seed] {
+        copy_dir(&procs[0].dir, d);
+        flip_journal_byte(&d.join("ledger"));
+        assert_eq!(run(&["verify", path(d)]).status.code(), Some(1), "the copy is damaged");
+    }
+    let healthy_refused = run(&["repair", "--data-dir", path(&procs[0].dir), "--from-peer", &addr]);
+    assert_eq!(healthy_refused.status.code(), Some(2), "nothing to repair in a ledger that verifies");
+    let restart = ["--data-dir".to_string(), path(&procs[0].dir).to_string(), "--listen".to_string(), addr.clone()];
+    start(&mut procs[0], &restart);
+    wait_until("the node leads again", Duration::from_secs(30), || status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ()));
+    let head = status(&addr).expect("status")["head"]["seq"].as_u64().expect("head");
+
+    let key_before = std::fs::read(by_peer.join("node.key")).expect("key");
+    let out = run(&["repair", "--data-dir", path(&by_peer), "--from-peer", &addr, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&out);
+    assert!(report["damage"].as_str().is_some_and(|d| d.contains("damaged")), "{report}");
+    assert!(report["head"]["seq"].as_u64().is_some_and(|s| s >= head), "{report}");
+    assert_eq!(std::fs::read(by_peer.join("node.key")).expect("key"), key_before, "the node key is kept");
+    assert!(std::path::Path::new(report["kept"].as_str().expect("kept")).is_dir(), "the damaged ledger is kept");
+    assert_eq!(run(&["verify", path(&by_peer)]).status.code(), Some(0), "the rebuilt ledger verifies");
+
+    let seed = root.path().join("n0.seed");
+    let out = run(&["seed", "export", "--addr", &addr, "--key-file", path(&key), "--out", path(&seed), "--events"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["repair", "--data-dir", path(&by_seed), "--from-seed", path(&seed)]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(run(&["verify", path(&by_seed)]).status.code(), Some(0));
 }
