@@ -933,9 +933,8 @@ impl SporeSystem {
 
     /// Replaces this node's announced addresses and capabilities (two events). On a latent
     /// node cut off from the voters both are held as provisional events and the error names
-    /// the second.
-    /// An address the transport cannot dial is refused ([`Error::BadAddress`]) before anything
-    /// is signed.
+    /// the second. An address the transport cannot dial is refused ([`Error::BadAddress`])
+    /// before anything is signed.
     pub async fn announce(&self, addresses: Vec<String>, capabilities: Vec<String>) -> Result<ChainPoint, Error> {
         self.check_addresses(addresses.iter().map(String::as_str))?;
         let me = self.node_id()?;
