@@ -318,6 +318,13 @@ pub enum Error {
     /// A network call failed.
     #[error(transparent)]
     Transport(#[from] crate::net::TransportError),
+    /// An address given to announce, admit or join through is not one the transport can
+    /// dial (`HOST:PORT` over QUIC); nothing was committed or sent.
+    #[error(transparent)]
+    BadAddress(#[from] crate::net::addr::AddressError),
+    /// A node configuration that does not make sense; nothing was started.
+    #[error(transparent)]
+    Config(#[from] crate::node::ConfigError),
     /// A seed spore could not be built, written, read or verified.
     #[error(transparent)]
     Seed(#[from] crate::seed::SeedError),

@@ -50,6 +50,7 @@
 #![warn(missing_docs)]
 
 pub mod core;
+pub mod datadir;
 pub mod error;
 pub mod net;
 pub mod node;

@@ -40,6 +40,9 @@ use uuid::Uuid;
 use crate::core::event::NodeAnnouncement;
 use crate::core::projection::NodeStatus;
 use crate::core::types::{NetworkIdentity, NodeId, NodeRole};
+use crate::core::keys::PublicKey;
+use crate::datadir::CreatedDir;
+use crate::net::addr::{check_listen_addr, check_peer_addr, AddressError};
 use crate::net::quic::Admission;
 use crate::error::Error;
 use crate::raft::PeerNode;
@@ -162,6 +165,32 @@ pub enum ConfigError {
     /// A key that is not 64 hex characters.
     #[error("invalid node config: {0}")]
     BadKey(#[from] crate::core::types::ParseIdError),
+    /// 64 hex characters that are not an ed25519 public key (no node can hold its secret).
+    #[error("invalid node config: `{field}`: {key} is not a valid node key (not an ed25519 public key)")]
+    NotANodeKey {
+        /// Which setting.
+        field: &'static str,
+        /// The key as given.
+        key: String,
+    },
+    /// An address that is not `HOST:PORT` (port 1..=65535; 0 too for `listen`).
+    #[error("invalid node config: `{field}`: {source}")]
+    BadAddress {
+        /// Which setting.
+        field: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: AddressError,
+    },
+}
+
+/// Parses a node key: 64 hex characters that are an ed25519 public key.
+pub fn parse_node_key(field: &'static str, key: &str) -> Result<NodeId, ConfigError> {
+    let id = NodeId::from_hex(key)?;
+    if PublicKey::from_node_id(&id).is_none() {
+        return Err(ConfigError::NotANodeKey { field, key: key.to_string() });
+    }
+    Ok(id)
 }
 
 impl NodeConfig {
@@ -183,14 +212,18 @@ impl NodeConfig {
         if self.init.is_some() && self.role == RoleConfig::Latent {
             return Err(ConfigError::Invalid("only a voter can form a network"));
         }
-        if self.listen.trim().is_empty() {
-            return Err(ConfigError::Invalid("`listen` must be host:port"));
+        let bad = |field| move |source| ConfigError::BadAddress { field, source };
+        check_listen_addr(&self.listen).map_err(bad("listen"))?;
+        for a in &self.addresses {
+            check_peer_addr(a).map_err(bad("addresses"))?;
         }
         if let Some(j) = &self.join {
-            NodeId::from_hex(&j.via_key)?;
+            parse_node_key("join.via_key", &j.via_key)?;
+            check_peer_addr(&j.via_addr).map_err(bad("join.via_addr"))?;
         }
         for p in &self.peers {
-            NodeId::from_hex(&p.key)?;
+            parse_node_key("peers.key", &p.key)?;
+            check_peer_addr(&p.addr).map_err(bad("peers.addr"))?;
         }
         Ok(())
     }
@@ -241,6 +274,9 @@ impl NodeConfig {
 /// not formed yet; then admits the bootstrap peers), or asks to join (retrying while not yet
 /// admitted, for at most `join_patience`). Returns the running system.
 ///
+/// The config is validated first ([`Error::Config`]). If the start fails at any step, the
+/// system is shut down and a data dir this call created is removed; an existing one is kept.
+///
 /// `admission`, when given, is refreshed from the registry (see [`refresh_admission`]) as soon
 /// as the node has started, so that the members it learns about can reach it while it joins.
 #[tracing::instrument(skip_all, fields(listen = %config.listen, data_dir = %config.data_dir.display()))]
@@ -249,16 +285,32 @@ pub async fn start_node(
     backend: std::sync::Arc<dyn crate::net::NetworkBackend>,
     admission: Option<&Admission>,
 ) -> Result<SporeSystem, Error> {
+    config.validate()?;
+    let created = CreatedDir::create(&config.data_dir)?;
     let mut system = config.builder(backend).build();
+    match bring_up(&mut system, config, admission).await {
+        Ok(()) => Ok(system),
+        Err(e) => {
+            if let Err(stop) = system.shutdown().await {
+                tracing::warn!(error = %stop, "could not stop the node whose start failed");
+            }
+            crate::system::discard_failed_start(created).await;
+            Err(e)
+        }
+    }
+}
+
+/// The steps of [`start_node`] after the system is built.
+async fn bring_up(system: &mut SporeSystem, config: &NodeConfig, admission: Option<&Admission>) -> Result<(), Error> {
     system.start().await?;
-    let bootstrap = config.bootstrap_keys().map_err(|e| Error::Raft(e.to_string()))?;
+    let bootstrap = config.bootstrap_keys()?;
     if let Some(a) = admission {
-        refresh_admission(&system, a, &bootstrap)?;
+        refresh_admission(system, a, &bootstrap)?;
     }
     if let Some(path) = &config.from_seed {
         let policy = crate::seed::VerifyPolicy { require_quorum: config.seed_quorum, expected_network: None };
         system.form_from_seed(path, policy).await?;
-        admit_bootstrap_peers(&system, config).await?;
+        admit_bootstrap_peers(system, config).await?;
     } else if let Some(init) = &config.init {
         let formed = system.head()?.is_some();
         if !formed {
@@ -270,7 +322,7 @@ pub async fn start_node(
                 })
                 .await?;
         }
-        admit_bootstrap_peers(&system, config).await?;
+        admit_bootstrap_peers(system, config).await?;
     } else if let (Some(join), RoleConfig::Latent) = (&config.join, config.role) {
         // A latent node stays out of Raft: it learns the chain by gossip, starting from the
         // member it was pointed at (a gossip bootstrap peer, see `NodeConfig::builder`).
@@ -279,7 +331,7 @@ pub async fn start_node(
         let already_member = system.status()?.voters.contains(&system.node_id()?)
             || system.status()?.learners.contains(&system.node_id()?);
         if !already_member {
-            let via_key = NodeId::from_hex(&join.via_key).map_err(|e| Error::Raft(e.to_string()))?;
+            let via_key = parse_node_key("join.via_key", &join.via_key)?;
             let via = PeerNode { node: via_key, addr: join.via_addr.clone() };
             let deadline = std::time::Instant::now() + JOIN_PATIENCE;
             loop {
@@ -292,7 +344,7 @@ pub async fn start_node(
                     Err(Error::Raft(e)) if e.contains("not admitted") && std::time::Instant::now() < deadline => {
                         tracing::info!(reason = %e, "not admitted yet; retrying the join");
                         if let Some(a) = admission {
-                            refresh_admission(&system, a, &bootstrap)?;
+                            refresh_admission(system, a, &bootstrap)?;
                         }
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     }
@@ -300,9 +352,9 @@ pub async fn start_node(
                 }
             }
         }
-        announce_if_changed(&system, config).await?;
+        announce_if_changed(system, config).await?;
     }
-    Ok(system)
+    Ok(())
 }
 
 /// How long a joiner retries while the network has not admitted it yet.
@@ -311,7 +363,7 @@ pub const JOIN_PATIENCE: Duration = Duration::from_secs(60);
 /// The founder admits every bootstrap peer that the registry does not know yet.
 async fn admit_bootstrap_peers(system: &SporeSystem, config: &NodeConfig) -> Result<(), Error> {
     for p in &config.peers {
-        let node = NodeId::from_hex(&p.key).map_err(|e| Error::Raft(e.to_string()))?;
+        let node = parse_node_key("peers.key", &p.key)?;
         if node == system.node_id()? || system.node(&node)?.is_some() {
             continue;
         }
@@ -357,7 +409,7 @@ mod tests {
 
     #[test]
     fn parses_a_full_config_and_refuses_contradictions() {
-        let key = NodeId([7; 32]).to_hex();
+        let key = crate::core::keys::NodeKey::from_seed([7; 32]).node_id().to_hex();
         let text = format!(
             "data_dir = \"/tmp/n1\"\nlisten = \"127.0.0.1:7401\"\nrole = \"voter\"\ncapabilities = [\"storage\"]\n\
              [join]\nvia_addr = \"127.0.0.1:7400\"\nvia_key = \"{key}\"\n[[peers]]\naddr = \"127.0.0.1:7400\"\nkey = \"{key}\"\n"
@@ -369,5 +421,32 @@ mod tests {
         assert!(matches!(NodeConfig::from_toml(&both), Err(ConfigError::Invalid(_))));
         assert!(matches!(NodeConfig::from_toml("listen = 1"), Err(ConfigError::Parse(_))));
         assert!(matches!(NodeConfig::from_toml("data_dir = \"x\"\nlisten = \"a:1\"\nbogus = 1\n"), Err(ConfigError::Parse(_))));
+    }
+
+    /// Addresses and keys are checked when the config is read, naming the setting: nothing
+    /// malformed reaches a start, a join or the registry.
+    #[test]
+    fn refuses_malformed_addresses_and_keys_naming_the_setting() {
+        let key = crate::core::keys::NodeKey::from_seed([7; 32]).node_id().to_hex();
+        let base = "data_dir = \"/tmp/n1\"\n";
+        let with = |rest: &str| NodeConfig::from_toml(&format!("{base}{rest}"));
+        let field_of = |r: Result<NodeConfig, ConfigError>| match r {
+            Err(ConfigError::BadAddress { field, .. }) | Err(ConfigError::NotANodeKey { field, .. }) => Some(field),
+            _ => None,
+        };
+        assert_eq!(field_of(with("listen = \"not-an-addr\"\n")), Some("listen"));
+        assert!(with("listen = \"127.0.0.1:0\"\n").is_ok(), "port 0 listens on any free port");
+        let listen = "listen = \"127.0.0.1:7401\"\n";
+        assert_eq!(field_of(with(&format!("{listen}addresses = [\"h:70000\"]\n"))), Some("addresses"));
+        let join = |addr: &str, k: &str| with(&format!("{listen}[join]\nvia_addr = \"{addr}\"\nvia_key = \"{k}\"\n"));
+        assert_eq!(field_of(join("not-an-addr", &key)), Some("join.via_addr"));
+        // 32 bytes that do not decompress to an ed25519 point are no node's key.
+        let not_a_point = (0u8..=255).map(|b| NodeId([b; 32])).find(|id| PublicKey::from_node_id(id).is_none()).expect("a non-point");
+        assert_eq!(field_of(join("127.0.0.1:7400", &not_a_point.to_hex())), Some("join.via_key"));
+        let peer = |addr: &str| with(&format!("{listen}[[peers]]\naddr = \"{addr}\"\nkey = \"{key}\"\n"));
+        assert_eq!(field_of(peer("127.0.0.1:99999")), Some("peers.addr"));
+        assert!(peer("127.0.0.1:7400").is_ok());
+        let e = peer("127.0.0.1:99999").expect_err("out of range").to_string();
+        assert!(e.contains("peers.addr") && e.contains("99999") && e.contains("out of range"), "{e}");
     }
 }

@@ -33,6 +33,7 @@ use crate::core::modes::{ModeConfig, ModeInputs, ModeMachine};
 use crate::core::provisional::{ProvisionalError, ProvisionalEvent};
 use crate::core::projection::{ChainHead, NodeRecord, Projection, Rejection, ServiceRecord};
 use crate::core::types::{Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore};
+use crate::datadir::CreatedDir;
 use crate::error::{Error, LedgerError};
 use crate::net::gossip::{GossipConfig, GossipService};
 use crate::net::liveness::{LivenessConfig, LivenessService, MemberState};
@@ -350,6 +351,8 @@ struct Running {
     ledger: SharedLedger,
     head_rx: watch::Receiver<Option<u64>>,
     transport: SharedTransport,
+    /// The backend it was bound on (checks the addresses given to announce, admit or join).
+    backend: Arc<dyn NetworkBackend>,
     binding: Binding,
     timeouts: Timeouts,
     gossip: Option<Arc<GossipService>>,
@@ -415,6 +418,21 @@ impl SporeSystem {
         self.running.as_ref().ok_or(Error::NotStarted)
     }
 
+    /// Checks addresses against the backend this system runs on, or will start on.
+    fn check_addresses<'a>(&self, addresses: impl IntoIterator<Item = &'a str>) -> Result<(), Error> {
+        let backend = match (&self.running, self.config.as_ref().map(|c| &c.backend)) {
+            (Some(r), _) => Some(&r.backend),
+            (None, Some(Backend::Shared(b))) => Some(b),
+            _ => None,
+        };
+        if let Some(b) = backend {
+            for a in addresses {
+                b.check_address(a)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Opens the data dir and starts Raft, without forming a network: resumes a node after a
     /// restart, or waits to be added to a running network (see [`SporeSystem::join`]).
     #[tracing::instrument(skip(self))]
@@ -423,6 +441,14 @@ impl SporeSystem {
             return Ok(());
         }
         let cfg = self.config.take().ok_or(Error::NotStarted)?;
+        // A data dir this start creates is removed again if the start fails.
+        let created = match cfg.data_dir.as_deref().map(CreatedDir::create).transpose() {
+            Ok(c) => c,
+            Err(e) => {
+                self.config = Some(cfg);
+                return Err(e.into());
+            }
+        };
         match Self::launch(cfg.clone(), self.fence.clone()).await {
             Ok(r) => {
                 let mut launched = cfg;
@@ -436,12 +462,21 @@ impl SporeSystem {
                 // Keep the configuration: a start that failed (say, its port still in use) can
                 // be tried again.
                 self.config = Some(cfg);
+                if let Some(created) = created {
+                    discard_failed_start(created).await;
+                }
                 Err(e)
             }
         }
     }
 
     async fn launch(cfg: SporeSystemBuilder, fence: Arc<crate::resolve::YieldFence>) -> Result<Running, Error> {
+        // Addresses to announce are checked before anything is opened or bound.
+        if let Backend::Shared(b) = &cfg.backend {
+            for a in &cfg.addresses {
+                b.check_address(a)?;
+            }
+        }
         let (data_dir, tempdir) = match &cfg.data_dir {
             Some(d) => (d.clone(), None),
             None => {
@@ -470,6 +505,7 @@ impl SporeSystem {
         let want_addr = cfg.addr.unwrap_or_else(|| format!("node-{}", node.short()));
         let late = Arc::new(LateHandler::default());
         let binding = backend.bind(&PeerNode { node, addr: want_addr }, late.clone()).await?;
+        let bound_on = backend.clone();
         let me = PeerNode { node, addr: binding.addr.clone() };
         let transport = binding.transport.clone();
 
@@ -598,6 +634,7 @@ impl SporeSystem {
             ledger,
             head_rx,
             transport,
+            backend: bound_on,
             binding,
             timeouts: cfg.timeouts,
             gossip,
@@ -741,6 +778,7 @@ impl SporeSystem {
     ) -> Result<(), Error> {
         use crate::net::{Query, QueryAnswer};
         use crate::seed::SeedError;
+        self.check_addresses([via.addr.as_str()])?;
         self.start().await?;
         let seed = crate::seed::read_file(seed_path.as_ref(), policy)?;
         let r = self.running()?;
@@ -773,6 +811,7 @@ impl SporeSystem {
     /// as a voter or a learner. An authority must have admitted this node first
     /// ([`SporeSystem::admit`]).
     pub async fn join(&mut self, via: PeerNode, as_voter: bool) -> Result<(), Error> {
+        self.check_addresses([via.addr.as_str()])?;
         self.start().await?;
         let me = self.running()?.me.clone();
         self.membership_rpc(Some(via), RpcRequest::AddMember { node: me, voter: as_voter }).await
@@ -781,6 +820,7 @@ impl SporeSystem {
     /// Adds another node to the Raft membership (learner, then voter if asked). Runs on the
     /// leader, or is forwarded to it.
     pub async fn add_member(&self, node: PeerNode, as_voter: bool) -> Result<(), Error> {
+        self.check_addresses([node.addr.as_str()])?;
         self.membership_rpc(None, RpcRequest::AddMember { node, voter: as_voter }).await
     }
 
@@ -926,15 +966,19 @@ impl SporeSystem {
         })
     }
 
-    /// Admits a node into the registry (this node must be an authority).
+    /// Admits a node into the registry (this node must be an authority). An address the
+    /// transport cannot dial is refused ([`Error::BadAddress`]) before anything is signed.
     pub async fn admit(&self, node: NodeAnnouncement) -> Result<ChainPoint, Error> {
+        self.check_addresses(node.addresses.iter().map(String::as_str))?;
         self.submit(self.sign(EventBody::NodeJoined(node))?).await
     }
 
     /// Replaces this node's announced addresses and capabilities (two events). On a latent
     /// node cut off from the voters both are held as provisional events and the error names
-    /// the second.
+    /// the second. An address the transport cannot dial is refused ([`Error::BadAddress`])
+    /// before anything is signed.
     pub async fn announce(&self, addresses: Vec<String>, capabilities: Vec<String>) -> Result<ChainPoint, Error> {
+        self.check_addresses(addresses.iter().map(String::as_str))?;
         let me = self.node_id()?;
         let first = self.submit(self.sign(EventBody::AddressesChanged { node: me, addresses })?).await;
         if let Err(e) = &first {
@@ -1359,6 +1403,22 @@ impl SporeSystem {
     /// The Raft handle (advanced use and tests).
     pub fn raft(&self) -> Result<Raft, Error> {
         Ok(self.running()?.raft.clone())
+    }
+}
+
+/// After a failed start: removes the data dir `created` made once its ledger is closed (kept,
+/// with a warning, if the ledger is still held after [`LEDGER_RELEASE_MAX`]).
+pub(crate) async fn discard_failed_start(created: CreatedDir) {
+    if !created.created() {
+        return;
+    }
+    let ledger_dir = created.path().join(crate::store::inspect::LEDGER_SUBDIR);
+    let removed = match wait_until_closed(&ledger_dir, LEDGER_RELEASE_MAX).await {
+        Ok(()) => created.remove().map_err(Error::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
+        tracing::warn!(error = %e, "could not remove the data dir of the failed start");
     }
 }
 

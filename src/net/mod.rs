@@ -20,6 +20,7 @@ use crate::core::event::SignedEvent;
 use crate::core::types::NodeId;
 use crate::raft::{PeerNode, SporeResponse, TypeConfig};
 
+pub mod addr;
 pub mod gossip;
 pub mod inproc;
 pub mod liveness;
@@ -269,6 +270,15 @@ pub enum TransportError {
     /// The peer is down, partitioned away, or unknown to the transport.
     #[error("peer {0} is unreachable")]
     Unreachable(String),
+    /// This node could not open its own endpoint: the address is in use, not on this host,
+    /// not permitted, or not an address.
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind {
+        /// The local address asked for.
+        addr: String,
+        /// Why, in the OS's words.
+        cause: String,
+    },
     /// No response within the deadline.
     #[error("call to {peer} timed out after {after:?}")]
     Timeout {
@@ -367,6 +377,14 @@ impl Drop for Binding {
 pub trait NetworkBackend: Send + Sync + 'static {
     /// Starts serving `handler` for `me` and returns the outgoing side.
     fn bind(&self, me: &PeerNode, handler: Arc<dyn RpcHandler>) -> BoxFuture<'_, Result<Binding, TransportError>>;
+
+    /// Checks that `addr` is a peer address this backend can dial, before it is committed
+    /// into the registry or used to join. The default accepts anything (the in-process
+    /// network names its nodes freely).
+    fn check_address(&self, addr: &str) -> Result<(), addr::AddressError> {
+        let _ = addr;
+        Ok(())
+    }
 }
 
 impl NetworkBackend for inproc::InProcNetwork {

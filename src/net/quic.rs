@@ -271,6 +271,7 @@ impl QuicBackend {
     /// [`NetworkBackend::bind`], returning the concrete transport.
     pub async fn bind_quic(&self, addr: &str, handler: Arc<dyn RpcHandler>) -> Result<(QuicTransport, Binding), TransportError> {
         let identity = Arc::new(tls::Identity::new(&self.key)?);
+        super::addr::check_listen_addr(addr).map_err(|e| bind_err(addr, e.problem))?;
         let local = resolve(addr).await.map_err(|e| bind_err(addr, e))?;
         let socket = bind_socket(local, self.config.bind_patience).await.map_err(|e| bind_err(addr, e))?;
 
@@ -326,6 +327,10 @@ impl NetworkBackend for QuicBackend {
             self.bind_quic(&me.addr, handler).await.map(|(_, b)| b)
         })
     }
+
+    fn check_address(&self, addr: &str) -> Result<(), super::addr::AddressError> {
+        super::addr::check_peer_addr(addr)
+    }
 }
 
 /// A quinn client config that presents `key` and accepts only a server holding `expected`,
@@ -350,7 +355,17 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 }
 
 fn bind_err(addr: &str, e: impl std::fmt::Display) -> TransportError {
-    TransportError::Unreachable(format!("{addr} (cannot bind the local endpoint: {e})"))
+    TransportError::Bind { addr: addr.to_string(), cause: os_cause(&e.to_string()) }
+}
+
+/// An OS message as the end of a sentence: "Address already in use (os error 98)" reads
+/// "address already in use (os error 98)".
+fn os_cause(message: &str) -> String {
+    let mut chars = message.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => "unknown cause".into(),
+    }
 }
 
 async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {

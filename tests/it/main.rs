@@ -3,6 +3,7 @@ mod primary;
 mod faults;
 mod fixture;
 mod forensics;
+mod inputs;
 mod ledger_tampering;
 mod decoders;
 mod projection_props;

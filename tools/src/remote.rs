@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mycnet_spores::datadir::CreatedDir;
+use mycnet_spores::net::addr::{check_listen_addr, check_peer_addr};
 use mycnet_spores::net::quic::{self, Admission, QuicBackend};
 use mycnet_spores::net::{Query, QueryAnswer, RegistryAnswer, RemoteFailure, RpcRequest, RpcResponse};
 use mycnet_spores::raft::SporeResponse;
@@ -37,16 +39,33 @@ pub fn keygen(data_dir: &Path, o: &mut Out) -> CliResult {
     }
 }
 
-/// `spore node`: runs until SIGINT or SIGTERM, then shuts down cleanly.
+/// `spore node`: runs until SIGINT or SIGTERM, then shuts down cleanly. A start that fails
+/// removes the data dir if this run created it (an existing one is kept as it was).
 pub async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
     config.validate().map_err(|e| CliError::usage(e.to_string()))?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| CliError::io(&config.data_dir, e))?;
-    let key = keyfile::load_or_generate(&config.data_dir.join(keyfile::KEY_FILE_NAME)).map_err(|e| CliError::Io(e.to_string()))?;
     let bootstrap = config.bootstrap_keys().map_err(|e| CliError::usage(e.to_string()))?;
+    let created = CreatedDir::create(&config.data_dir).map_err(|e| CliError::Io(e.to_string()))?;
     let admission = Admission::only(bootstrap.iter().copied());
-    let backend = Arc::new(QuicBackend::new(key.clone(), admission.clone()));
-    tracing::info!(node = %key.node_id(), listen = %config.listen, "starting node");
-    let mut system = node::start_node(&config, backend, Some(&admission)).await.map_err(|e| CliError::Io(e.to_string()))?;
+    let started = async {
+        let key = keyfile::load_or_generate(&config.data_dir.join(keyfile::KEY_FILE_NAME))?;
+        let backend = Arc::new(QuicBackend::new(key.clone(), admission.clone()));
+        tracing::info!(node = %key.node_id(), listen = %config.listen, "starting node");
+        node::start_node(&config, backend, Some(&admission)).await
+    }
+    .await;
+    let mut system = match started {
+        Ok(system) => system,
+        Err(e) => {
+            // start_node stopped what it started; its ledger is closed.
+            if let Err(rm) = created.remove() {
+                tracing::warn!(error = %rm, "could not remove the data dir of the failed start");
+            }
+            return Err(match e {
+                mycnet_spores::Error::Config(c) => CliError::usage(c.to_string()),
+                e => CliError::Io(e.to_string()),
+            });
+        }
+    };
     let st = system.status().map_err(|e| CliError::Io(e.to_string()))?;
     if o.json {
         o.json_line(&json!({ "event": "ready", "node_id": st.node, "addr": st.addr, "head": st.head }))?;
@@ -113,6 +132,13 @@ pub fn config_from_flags(
     }
     let data_dir = data_dir.ok_or_else(|| CliError::usage("--data-dir is required without --config"))?;
     let listen = listen.ok_or_else(|| CliError::usage("--listen is required without --config"))?;
+    check_listen_addr(&listen).map_err(|e| flag_error("--listen", &listen, e))?;
+    if let Some(a) = &join_addr {
+        check_peer_addr(a).map_err(|e| flag_error("--join-addr", a, e))?;
+    }
+    if let Some(k) = &join_key {
+        node::parse_node_key("join.via_key", k).map_err(|e| flag_error("--join-key", k, e))?;
+    }
     let join = match (join_addr, join_key) {
         (Some(via_addr), Some(via_key)) => Some(node::JoinConfig { via_addr, via_key, as_voter: !join_as_learner, trust_seed }),
         (None, None) => None,
@@ -121,7 +147,10 @@ pub fn config_from_flags(
     let tagged = peers.into_iter().map(|p| (p, node::RoleConfig::Voter)).chain(latent_peers.into_iter().map(|p| (p, node::RoleConfig::Latent)));
     let peers = tagged
         .map(|(p, role)| {
-            let (key, addr) = p.split_once('@').ok_or_else(|| CliError::usage(format!("--peer {p}: expected KEY@HOST:PORT")))?;
+            let flag = if role == node::RoleConfig::Latent { "--latent-peer" } else { "--peer" };
+            let (key, addr) = p.split_once('@').ok_or_else(|| CliError::usage(format!("{flag} {p}: expected KEY@HOST:PORT")))?;
+            node::parse_node_key("peers.key", key).map_err(|e| flag_error(flag, &p, e))?;
+            check_peer_addr(addr).map_err(|e| flag_error(flag, &p, e))?;
             Ok(node::PeerConfig { addr: addr.to_string(), key: key.to_string(), name: None, role })
         })
         .collect::<Result<Vec<_>, CliError>>()?;
@@ -141,6 +170,14 @@ pub fn config_from_flags(
     };
     config.validate().map_err(|e| CliError::usage(e.to_string()))?;
     Ok(config)
+}
+
+/// A flag whose value does not parse: a usage error naming the flag and the value.
+fn flag_error(flag: &str, value: &str, e: impl std::fmt::Display) -> CliError {
+    // The library's messages start with the config file's wording; the flag says it here.
+    let why = e.to_string();
+    let why = why.strip_prefix("invalid node config: ").unwrap_or(&why);
+    CliError::usage(format!("{flag} {value}: {why}"))
 }
 
 /// Reads a TOML node config.

@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "cli/generate.rs"]
+mod generate;
+#[path = "cli/inputs.rs"]
+mod inputs;
+
 fn spore() -> Command {
     Command::new(env!("CARGO_BIN_EXE_spore"))
 }
