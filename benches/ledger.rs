@@ -647,6 +647,22 @@ fn bench_ledger(crit: &mut Criterion) {
         g.finish();
     }
 
+    // --- scrub: CPU of the default background rate ------------------------------------------
+    // `scrub_step` pages of 256 over the fixture (decode, link, hash, signature): seconds of
+    // CPU per event, times the default 1,000 events a second, is the share of one core.
+    let scrub_secs_per_event = {
+        let ledger = Ledger::open(&fx.dir, LedgerConfig { create: false, durable: false, ..LedgerConfig::default() }).expect("open fixture");
+        let mut cursor = mycnet_spores::store::scrub::ScrubCursor::default();
+        let pages = 400u64.min(n / 256);
+        let t = Instant::now();
+        for _ in 0..pages {
+            let step = mycnet_spores::store::scrub::scrub_step(&ledger, &mut cursor, 256).expect("scrub step");
+            assert!(matches!(step, mycnet_spores::store::scrub::ScrubStep::Clean(256)), "{step:?}");
+        }
+        t.elapsed().as_secs_f64() / (pages * 256) as f64
+    };
+    let scrub_default = mycnet_spores::scrubber::ScrubConfig::default().events_per_sec as f64;
+
     // --- summary -----------------------------------------------------------------------------
     // V is re-measured at the end and the better figure kept: a raw limit is a best case, and
     // a concurrent load on the shared machine only ever lowers it.
@@ -692,6 +708,8 @@ fn bench_ledger(crit: &mut Criterion) {
         ("cold Ledger::open (ms)".into(), open * 1e3),
         ("Ledger::open tail after checkpoint (events)".into(), checkpoint_seq.map_or(n, |c| n - 1 - c) as f64),
         ("LedgerReader::open (ms)".into(), reader_open * 1e3),
+        ("scrub step, page 256 (us per event)".into(), scrub_secs_per_event * 1e6),
+        ("scrub at the default rate (% of one core)".into(), scrub_secs_per_event * scrub_default * 100.0),
     ];
     eprintln!("\n=== ledger summary (N = {n}, seed {seed}; medians of the samples above) ===");
     for (k, val) in &rows {

@@ -186,8 +186,17 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
 
     // Which side must lose, by the documented rule, from the two branches as they stand.
     let fork_seq = seed_head.seq + 1;
-    let branches = [branch_of(&nodes[0], fork_seq).await, branch_of(&nodes[2], fork_seq).await];
-    assert!(branches.iter().all(|b| b.primary), "both branches are Primary: {branches:?}");
+    // Each side's leader anchors its branch within its anchor period (a restarted leader waits
+    // a full period): wait, bounded, until both branches are Primary past the fork.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let branches = loop {
+        let branches = [branch_of(&nodes[0], fork_seq).await, branch_of(&nodes[2], fork_seq).await];
+        if branches.iter().all(|b| b.primary) {
+            break branches;
+        }
+        assert!(std::time::Instant::now() < deadline, "both branches are Primary: {branches:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let (winner, rule) = winner(&branches[0], &branches[1]);
     let loser = 1 - winner;
     let losers: Vec<usize> = (0..3).filter(|&i| group(i) == loser).collect();

@@ -149,16 +149,7 @@ fn reading_commands_refuse_a_forged_signature() {
 #[test]
 fn a_damaged_journal_is_bad_data_naming_the_file() {
     let (_root, dir) = generated(300);
-    let journal = std::fs::read_dir(&dir)
-        .expect("ledger dir")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "jnl"))
-        .expect("a journal file");
-    let mut bytes = std::fs::read(&journal).expect("read journal");
-    // The journal is preallocated; its first kilobytes hold the generated events.
-    bytes[1000] ^= 0x01;
-    std::fs::write(&journal, &bytes).expect("write journal");
+    let journal = flip_journal_byte(&dir);
     let out = run(&["verify", path(&dir)]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "damaged data exits 1: {err}");
@@ -998,7 +989,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn flip_journal_byte(ledger_dir: &Path) {
+/// Flips one byte of the fjall journal in `ledger_dir`, as a failing disk would; returns the
+/// journal's path. The journal is preallocated: its first kilobytes hold what was written.
+fn flip_journal_byte(ledger_dir: &Path) -> PathBuf {
     let journal = std::fs::read_dir(ledger_dir)
         .expect("ledger dir")
         .flatten()
@@ -1008,6 +1001,7 @@ fn flip_journal_byte(ledger_dir: &Path) {
     let mut bytes = std::fs::read(&journal).expect("read journal");
     bytes[1000] ^= 0x01;
     std::fs::write(&journal, &bytes).expect("write journal");
+    journal
 }
 
 /// `spore repair` rebuilds a damaged data dir from a peer or from a seed, keeps the node key
