@@ -55,7 +55,13 @@ pub struct Synth {
     fingerprint: NetworkFingerprint,
     genesis: Option<SignedEvent>,
     now: Timestamp,
+    /// The head the last state checkpoint attested (see [`Synth::next_chunk`]).
+    last_state_at: Option<u64>,
 }
+
+/// The fewest events between two state checkpoints the generator writes; like a leader, it
+/// also waits four registry sizes, so their digests stay amortized O(1) per event.
+pub const STATE_CHECKPOINT_EVENTS_MIN: u64 = 256;
 
 impl Synth {
     /// A generator; the genesis event is the first one [`Synth::next_chunk`] returns.
@@ -87,7 +93,7 @@ impl Synth {
         let fingerprint = genesis.fingerprint;
         let now = cfg.start;
         let pools = Pools::new(&keys, cfg.voters);
-        Synth { cfg, rng, keys, pools, projection: Projection::new(), fingerprint, genesis: Some(genesis), now }
+        Synth { cfg, rng, keys, pools, projection: Projection::new(), fingerprint, genesis: Some(genesis), now, last_state_at: None }
     }
 
     /// The network fingerprint of the history.
@@ -118,8 +124,16 @@ impl Synth {
             }
         } else if self.cfg.checkpoint_every_chunk {
             if let Some(head) = self.projection.head() {
-                let state_digest = self.projection.state_digest();
-                let ev = self.sign_now(0, EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest });
+                // A state checkpoint when one is due, else a checkpoint of the head.
+                let state = self.projection.state();
+                let spacing = STATE_CHECKPOINT_EVENTS_MIN.max(4 * (state.nodes.len() + state.services.len()) as u64);
+                let body = if self.last_state_at.is_none_or(|s| head.seq.saturating_sub(s) >= spacing) {
+                    self.last_state_at = Some(head.seq);
+                    EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest: self.projection.state_digest() }
+                } else {
+                    EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash }
+                };
+                let ev = self.sign_now(0, body);
                 if self.projection.append(ev.clone()).is_ok() {
                     out.push(ev);
                 }
@@ -577,7 +591,7 @@ mod tests {
             }
         }
         for k in ["genesis", "node_joined", "service_registered", "service_deregistered", "trust_score_changed",
-                  "capabilities_changed", "node_went_offline", "node_back_online", "state_checkpoint"] {
+                  "capabilities_changed", "node_went_offline", "node_back_online", "checkpoint", "state_checkpoint"] {
             assert!(kinds.contains(k), "missing {k}: {kinds:?}");
         }
     }
