@@ -138,6 +138,7 @@ pub fn config_from_flags(
         from_seed,
         seed_quorum: false,
         write_timeout_ms: None,
+        timeouts: node::TimeoutProfile::Lan,
     };
     config.validate().map_err(|e| CliError::usage(e.to_string()))?;
     Ok(config)
