@@ -22,3 +22,5 @@ mod full_disk;
 mod wait;
 mod split_rule;
 mod kill;
+mod udp_proxy;
+mod wan;
