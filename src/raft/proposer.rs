@@ -40,7 +40,8 @@ pub const BATCH_EVENTS_MAX: usize = 1024;
 /// bounds their postcard size on the wire). Keeps every AppendEntries request, at most
 /// [`PAYLOAD_ENTRIES_MAX`] entries, far under the transport's frame limit and small enough
 /// for a follower to receive, append and sync within one heartbeat interval: openraft 0.9
-/// gives every AppendEntries exactly `heartbeat_interval` to complete, whatever its size.
+/// gives every AppendEntries `heartbeat_interval` to complete, whatever its size (lengthened
+/// only to what the measured round trips ask for, `raft::runtime`, not to the payload's size).
 pub const BATCH_BYTES_MAX: usize = 256 * 1024;
 /// Most entries openraft may put into one AppendEntries request (`max_payload_entries`).
 pub const PAYLOAD_ENTRIES_MAX: u64 = 8;
