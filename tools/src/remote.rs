@@ -49,9 +49,9 @@ pub async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
     let mut system = node::start_node(&config, backend, Some(&admission)).await.map_err(|e| CliError::Io(e.to_string()))?;
     let st = system.status().map_err(|e| CliError::Io(e.to_string()))?;
     if o.json {
-        o.json_line(&json!({ "event": "ready", "node_id": st.node, "addr": st.addr, "head": st.head }))?;
+        o.json_line(&json!({ "event": "ready", "node_id": st.node, "addr": st.addr, "head": st.head, "timeouts": config.timeouts }))?;
     } else {
-        o.line(format!("node {} ready on {} ({})", st.node, st.addr, st.raft_state))?;
+        o.line(format!("node {} ready on {} ({}, {:?} timeouts)", st.node, st.addr, st.raft_state, config.timeouts))?;
     }
     o.flush()?;
 
