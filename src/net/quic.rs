@@ -860,7 +860,7 @@ impl Shared {
             };
             *g = Some(Cached { addr: peer.addr.clone(), conn: conn.clone() });
             Ok(conn)
-        });
+        }.instrument(tracing::Span::current()));
         let conn = dial.await.map_err(|e| TransportError::Unreachable(format!("{} (dial task failed: {e})", to.addr)))??;
         dialing.store(false, Ordering::Relaxed);
         Ok((conn, true))

@@ -26,8 +26,10 @@ pub const RTT_MULTIPLE_MIN: u32 = 3;
 /// Longest deadline the round trips can ask for (RFC 6298 allows an upper bound of 60 s or
 /// more); the caller's own timeout may be longer.
 pub const DEADLINE_MAX: Duration = Duration::from_secs(60);
-/// Most consecutive backoffs (doublings) after timed-out calls.
-pub const BACKOFF_SHIFT_MAX: u32 = 6;
+/// Most consecutive backoffs (doublings) after timed-out calls: a link up to 16 times slower
+/// than measured is measured again, while a call to a peer that went silent on a live
+/// connection still gives up within seconds (on a 100 ms link: 16 × 3 round trips ≈ 5 s).
+pub const BACKOFF_SHIFT_MAX: u32 = 4;
 /// Most peers whose estimates a [`RttTable`] keeps; beyond this the oldest-sampled are dropped.
 const PEERS_MAX: usize = 1024;
 
