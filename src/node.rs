@@ -6,6 +6,7 @@
 //! name = "n1"
 //! role = "voter"                 # or "latent": out of Raft, keeps the chain by gossip
 //! capabilities = ["storage"]
+//! timeouts = "lan"               # or "wan": voters 100-150 ms apart, lossy links (Timeouts::wan)
 //!
 //! [init]                         # form a new network (first voter only)
 //! network_name = "demo"
@@ -64,6 +65,27 @@ impl From<RoleConfig> for NodeRole {
         match r {
             RoleConfig::Voter => NodeRole::Sclerotium,
             RoleConfig::Latent => NodeRole::Rhizomorph,
+        }
+    }
+}
+
+/// Which [`Timeouts`] profile a node runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeoutProfile {
+    /// [`Timeouts::default`]: round trips of a few milliseconds.
+    #[default]
+    Lan,
+    /// [`Timeouts::wan`]: round trips of 100-150 ms, with loss.
+    Wan,
+}
+
+impl TimeoutProfile {
+    /// The profile's timeouts.
+    pub fn timeouts(self) -> Timeouts {
+        match self {
+            TimeoutProfile::Lan => Timeouts::default(),
+            TimeoutProfile::Wan => Timeouts::wan(),
         }
     }
 }
@@ -148,9 +170,12 @@ pub struct NodeConfig {
     /// Bootstrap peers.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
-    /// Write timeout in milliseconds.
+    /// Write timeout in milliseconds (overrides the profile's).
     #[serde(default)]
     pub write_timeout_ms: Option<u64>,
+    /// Timeouts profile: `lan` (default) or `wan`.
+    #[serde(default)]
+    pub timeouts: TimeoutProfile,
 }
 
 /// A configuration that does not make sense.
@@ -244,7 +269,7 @@ impl NodeConfig {
 
     /// A builder for this node on `backend`.
     pub fn builder(&self, backend: std::sync::Arc<dyn crate::net::NetworkBackend>) -> SporeSystemBuilder {
-        let mut t = Timeouts::default();
+        let mut t = self.timeouts.timeouts();
         if let Some(ms) = self.write_timeout_ms {
             t.write = Duration::from_millis(ms);
         }
@@ -448,5 +473,18 @@ mod tests {
         assert!(peer("127.0.0.1:7400").is_ok());
         let e = peer("127.0.0.1:99999").expect_err("out of range").to_string();
         assert!(e.contains("peers.addr") && e.contains("99999") && e.contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn the_timeouts_profile_is_lan_unless_wan_is_asked_for() {
+        let base = "data_dir = \"x\"\nlisten = \"a:1\"\n";
+        let heartbeat = |c: &NodeConfig| c.builder(std::sync::Arc::new(crate::net::inproc::InProcNetwork::new(0))).timeouts_ref().heartbeat;
+        let lan = NodeConfig::from_toml(base).expect("valid");
+        assert_eq!(lan.timeouts, TimeoutProfile::Lan);
+        assert_eq!(heartbeat(&lan), Timeouts::default().heartbeat);
+        let wan = NodeConfig::from_toml(&format!("{base}timeouts = \"wan\"\n")).expect("valid");
+        assert_eq!(heartbeat(&wan), Timeouts::wan().heartbeat);
+        assert!(Timeouts::wan().election_min >= Timeouts::wan().heartbeat * 10);
+        assert!(matches!(NodeConfig::from_toml(&format!("{base}timeouts = \"moon\"\n")), Err(ConfigError::Parse(_))));
     }
 }

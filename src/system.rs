@@ -48,6 +48,14 @@ use crate::store::ledger::{Ledger, LedgerConfig};
 use crate::tiers::{TierReach, TierView, Tiered, ViewSource};
 
 /// Timeouts and Raft tuning.
+///
+/// Two profiles: [`Timeouts::default`] (the LAN profile: round trips of a few milliseconds)
+/// and [`Timeouts::wan`] (round trips of 100–150 ms, with loss). Either way an RPC is never cut
+/// shorter than the link needs: `rpc`, and openraft's own per-call limits derived from
+/// `heartbeat` and `election_min`, are floors that the transport lengthens from the round trips
+/// it measures to each peer (`net::rtt`). What a profile fixes is how soon a silent leader is
+/// replaced: followers start an election after `election_min`..`election_max` without a
+/// heartbeat, so that range must hold several heartbeats *and* a lost packet's retransmission.
 #[derive(Clone, Debug)]
 pub struct Timeouts {
     /// Leader heartbeat interval.
@@ -58,14 +66,40 @@ pub struct Timeouts {
     pub election_max: Duration,
     /// How long a write may wait for a leader before failing with [`Error::NoLeader`].
     pub write: Duration,
-    /// Deadline of one RPC.
+    /// Deadline of one RPC: a floor, lengthened on a link whose measured round trips need it.
     pub rpc: Duration,
     /// Build a Raft snapshot after this many log entries since the last one.
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot (for followers that are only slightly behind).
     pub logs_kept_after_snapshot: u64,
+    /// Most batches of writes in Raft at once (the leader's group commit, `raft::proposer`).
+    pub batches_in_flight: usize,
 }
 
+impl Timeouts {
+    /// The WAN profile, for voters 100–150 ms apart (round trip) on links that lose packets:
+    /// heartbeats every 150 ms (about one round trip, as etcd advises), elections after 3–6 s
+    /// without one (twenty heartbeats: room for a packet lost three times in a row, which QUIC
+    /// retransmits after about 0.2, 0.4 and 0.8 s), writes wait up to 15 s for a leader, RPC
+    /// floors of 5 s, and eight batches of writes in flight (a write then waits for one commit,
+    /// not two). A leader that dies is replaced within about 6 s. Measured in
+    /// `tests/it/wan.rs` over QUIC with 50 ± 20 ms one-way delay and 10 % loss each way.
+    pub fn wan() -> Self {
+        Timeouts {
+            heartbeat: Duration::from_millis(150),
+            election_min: Duration::from_millis(3000),
+            election_max: Duration::from_millis(6000),
+            write: Duration::from_secs(15),
+            rpc: Duration::from_secs(5),
+            batches_in_flight: crate::raft::proposer::BATCHES_IN_FLIGHT_WAN,
+            ..Timeouts::default()
+        }
+    }
+}
+
+/// The LAN profile: heartbeats every 100 ms, elections after 400–800 ms of silence, writes wait
+/// up to 5 s for a leader, RPC floors of 2 s. A dead leader is replaced within a second; over
+/// long or lossy links leaders would keep changing: use [`Timeouts::wan`] there.
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
@@ -78,6 +112,7 @@ impl Default for Timeouts {
             // building one costs O(ledger): keep them rare.
             snapshot_every: 100_000,
             logs_kept_after_snapshot: 10_000,
+            batches_in_flight: crate::raft::proposer::BATCHES_IN_FLIGHT_MAX,
         }
     }
 }
@@ -198,6 +233,7 @@ pub struct SporeSystemBuilder {
     name: Option<String>,
     role: NodeRole,
     addr: Option<String>,
+    advertise: Option<String>,
     addresses: Vec<String>,
     capabilities: Vec<String>,
     backend: Backend,
@@ -234,6 +270,7 @@ impl Default for SporeSystemBuilder {
             name: None,
             role: NodeRole::Sclerotium,
             addr: None,
+            advertise: None,
             addresses: Vec::new(),
             capabilities: Vec::new(),
             backend: Backend::Private,
@@ -275,6 +312,14 @@ impl SporeSystemBuilder {
         self.addr = Some(addr.into());
         self
     }
+    /// The address peers are told to reach this node's Raft endpoint at, when it is not the
+    /// one it binds ([`SporeSystemBuilder::addr`]): a port forward, a NAT, a relay. It becomes
+    /// this node's address in the Raft membership, its gossip and SWIM peers' view and (without
+    /// [`SporeSystemBuilder::addresses`]) the registry. Default: the bound address.
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
     /// Addresses announced in the registry.
     pub fn addresses(mut self, addresses: Vec<String>) -> Self {
         self.addresses = addresses;
@@ -298,6 +343,10 @@ impl SporeSystemBuilder {
     pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self
+    }
+    #[cfg(test)]
+    pub(crate) fn timeouts_ref(&self) -> &Timeouts {
+        &self.timeouts
     }
     /// Projection checkpoint interval in events.
     pub fn checkpoint_interval(mut self, events: u64) -> Self {
@@ -506,7 +555,7 @@ impl SporeSystem {
         let late = Arc::new(LateHandler::default());
         let binding = backend.bind(&PeerNode { node, addr: want_addr }, late.clone()).await?;
         let bound_on = backend.clone();
-        let me = PeerNode { node, addr: binding.addr.clone() };
+        let me = PeerNode { node, addr: cfg.advertise.clone().unwrap_or_else(|| binding.addr.clone()) };
         let transport = binding.transport.clone();
 
         let raft_config = openraft::Config {
@@ -537,7 +586,7 @@ impl SporeSystem {
                 .await
                 .map_err(raft_err)?;
         }
-        let proposer = Proposer::spawn_idempotent(raft.clone(), ledger.clone());
+        let proposer = Proposer::spawn_idempotent(raft.clone(), ledger.clone(), cfg.timeouts.batches_in_flight);
         let mut tasks = Vec::new();
         let gossip = transport.gossip_dialer().map(|dialer| {
             let my_id = raft_id(&node);
@@ -952,6 +1001,19 @@ impl SporeSystem {
     /// This node as a Raft peer (id and address), for others to [`SporeSystem::add_member`].
     pub fn peer(&self) -> Result<PeerNode, Error> {
         Ok(self.running()?.me.clone())
+    }
+
+    /// The address this node's endpoint is bound to: the one peers use ([`SporeSystem::peer`])
+    /// unless another is advertised ([`SporeSystemBuilder::advertise`]).
+    pub fn local_addr(&self) -> Result<String, Error> {
+        Ok(self.running()?.binding.addr.clone())
+    }
+
+    /// The round trips this node measured to `peer` (smoothed, with their variation and the
+    /// deadline a call to it gets now); `None` before any call to it completed, or on a
+    /// transport that does not measure them.
+    pub fn round_trip(&self, peer: &NodeId) -> Result<Option<crate::net::rtt::RoundTrip>, Error> {
+        Ok(self.running()?.transport.round_trip(peer))
     }
 
     /// This node's announcement (for an authority to [`SporeSystem::admit`]).

@@ -25,6 +25,7 @@ pub mod gossip;
 pub mod inproc;
 pub mod liveness;
 pub mod quic;
+pub mod rtt;
 
 /// A boxed future, so transports and handlers can be trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -326,8 +327,22 @@ pub trait RpcHandler: Send + Sync + 'static {
 
 /// Sends requests to peers.
 pub trait Transport: Send + Sync + 'static {
-    /// Sends `req` to `to` and waits at most `timeout` for the response.
+    /// Sends `req` to `to` and waits for the response at most [`Transport::deadline`]`(to,
+    /// timeout)`: `timeout`, or longer on a link whose measured round trips need it.
     fn call(&self, to: &PeerNode, req: RpcRequest, timeout: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>>;
+
+    /// How long a call to `to` whose caller asked for `floor` may take: `floor`, unless the
+    /// round trips measured to `to` need longer (see [`rtt`]). Never less than `floor`.
+    fn deadline(&self, to: &PeerNode, floor: Duration) -> Duration {
+        let _ = to;
+        floor
+    }
+
+    /// What this transport measured of the round trips to `node`, if it measures them.
+    fn round_trip(&self, node: &NodeId) -> Option<rtt::RoundTrip> {
+        let _ = node;
+        None
+    }
 
     /// Opens gossip streams, if this transport carries the latent tier.
     fn gossip_dialer(&self) -> Option<Arc<dyn gossip::GossipDialer>> {

@@ -26,6 +26,11 @@
 //!   request and writing a response, the handshake, the concurrent streams per connection
 //!   and the number of incoming connections ([`QuicConfig`]). A caller that gives up stops
 //!   its stream, which cancels the handler.
+//! * **Deadlines that follow the link.** A call's timeout is a floor: the transport keeps a
+//!   smoothed round-trip time per peer from completed calls and quinn's own estimate
+//!   ([`super::rtt`]) and lets a call to a slow peer run longer. A dial runs in a task of its
+//!   own, bounded by [`QuicConfig::handshake_deadline`], so a handshake slower than one call's
+//!   deadline still completes for the next call.
 //! * **Connection reuse.** One connection per peer key, re-dialed when it dies or the peer's
 //!   address changes. The stateless-reset key and connection ids are derived so that a node
 //!   restarted on the same address resets its previous incarnation's connections at once,
@@ -296,6 +301,8 @@ impl QuicBackend {
             local,
             socket,
             close_grace: self.config.close_grace,
+            dial_deadline: self.config.handshake_deadline,
+            rtts: super::rtt::RttTable::default(),
         });
         let span = tracing::info_span!("quic_endpoint", node = %identity.me.short(), %local);
         let server_task = tokio::spawn(
@@ -780,6 +787,10 @@ struct Shared {
     /// The endpoint's socket, released on close (see [`QuicConfig::close_grace`]).
     socket: Arc<ReleasableSocket>,
     close_grace: Duration,
+    /// Bound of a dial (the handshake), however short the deadline of the call that started it.
+    dial_deadline: Duration,
+    /// Round trips to each peer, from completed calls.
+    rtts: super::rtt::RttTable,
 }
 
 impl Shared {
@@ -819,6 +830,13 @@ impl Shared {
         peers.entry(node).or_default().clone()
     }
 
+    /// quinn's smoothed round-trip time of the live connection to `node`, if there is one.
+    fn link_rtt(&self, node: &NodeId) -> Option<Duration> {
+        let slot = self.peers().get(node).cloned()?;
+        let g = slot.try_lock().ok()?;
+        g.as_ref().filter(|c| c.conn.close_reason().is_none()).map(|c| c.conn.rtt())
+    }
+
     /// Drops `conn` from the cache if it is still the cached connection of `node`.
     fn forget(&self, node: &NodeId, conn: &quinn::Connection) {
         let slot = self.peers().get(node).cloned();
@@ -833,10 +851,10 @@ impl Shared {
 
     /// The cached connection to `to`, or a new one. `dialing` is set while we wait for a
     /// connection (so a deadline hit there reads as "unreachable", not "timed out").
-    async fn connection(&self, to: &PeerNode, dialing: &AtomicBool) -> Result<(quinn::Connection, bool), TransportError> {
+    async fn connection(self: &Arc<Self>, to: &PeerNode, dialing: &AtomicBool) -> Result<(quinn::Connection, bool), TransportError> {
         let slot = self.slot(to.node);
         dialing.store(true, Ordering::Relaxed);
-        let mut g = slot.lock().await;
+        let mut g = slot.lock_owned().await;
         if let Some(c) = g.as_ref() {
             if c.addr == to.addr && c.conn.close_reason().is_none() {
                 dialing.store(false, Ordering::Relaxed);
@@ -846,8 +864,19 @@ impl Shared {
         if let Some(old) = g.take() {
             close(&old.conn, close_code::SHUTDOWN, "replaced");
         }
-        let conn = self.dial(to, ALPN_RAFT).await?;
-        *g = Some(Cached { addr: to.addr.clone(), conn: conn.clone() });
+        // The dial runs in a task of its own that holds the slot: a caller whose deadline
+        // passes mid-handshake (a slow or lossy link) does not abort it, and the next call
+        // waits for it instead of starting over.
+        let (shared, peer) = (self.clone(), to.clone());
+        let dial = tokio::spawn(async move {
+            let conn = match tokio::time::timeout(shared.dial_deadline, shared.dial(&peer, ALPN_RAFT)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(TransportError::Unreachable(format!("{} (no handshake within {:?})", peer.addr, shared.dial_deadline))),
+            };
+            *g = Some(Cached { addr: peer.addr.clone(), conn: conn.clone() });
+            Ok(conn)
+        }.instrument(tracing::Span::current()));
+        let conn = dial.await.map_err(|e| TransportError::Unreachable(format!("{} (dial task failed: {e})", to.addr)))??;
         dialing.store(false, Ordering::Relaxed);
         Ok((conn, true))
     }
@@ -869,17 +898,26 @@ impl Shared {
         Ok(conn)
     }
 
-    async fn call(&self, to: &PeerNode, req: RpcRequest, dialing: &AtomicBool) -> Result<RpcResponse, TransportError> {
+    async fn call(self: &Arc<Self>, to: &PeerNode, req: RpcRequest, dialing: &AtomicBool) -> Result<RpcResponse, TransportError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(TransportError::Unreachable(format!("{} (local endpoint closed)", to.addr)));
         }
         let frame = encode_frame(&req).map_err(|reason| TransportError::BadFrame { peer: to.addr.clone(), reason })?;
+        let measured = super::rtt::is_round_trip(&req);
         drop(req);
         let mut redialed = false;
         loop {
             let (conn, fresh) = self.connection(to, dialing).await?;
             match conn.open_bi().await {
-                Ok((send, recv)) => return self.exchange(to, &conn, send, recv, &frame).await,
+                Ok((send, recv)) => {
+                    // The handshake is not part of the sample; the peer's service time is.
+                    let started = std::time::Instant::now();
+                    let resp = self.exchange(to, &conn, send, recv, &frame).await;
+                    if resp.is_ok() && measured {
+                        self.rtts.sample(to.node, started.elapsed());
+                    }
+                    return resp;
+                }
                 Err(e) => {
                     self.forget(&to.node, &conn);
                     // Nothing was sent: a cached connection that turns out dead is re-dialed once.
@@ -1130,9 +1168,10 @@ impl Transport for QuicTransport {
         Some(Arc::new(self.clone()))
     }
 
-    fn call(&self, to: &PeerNode, req: RpcRequest, timeout: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>> {
+    fn call(&self, to: &PeerNode, req: RpcRequest, floor: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>> {
         let to = to.clone();
-        let span = tracing::debug_span!("quic_call", peer = %to, kind = req.kind());
+        let timeout = self.deadline(&to, floor);
+        let span = tracing::debug_span!("quic_call", peer = %to, kind = req.kind(), deadline = ?timeout);
         Box::pin(
             async move {
                 let dialing = AtomicBool::new(false);
@@ -1141,11 +1180,22 @@ impl Transport for QuicTransport {
                     Err(_) if dialing.load(Ordering::Relaxed) => {
                         Err(TransportError::Unreachable(format!("{} (no connection within {timeout:?})", to.addr)))
                     }
-                    Err(_) => Err(TransportError::Timeout { peer: to.addr.clone(), after: timeout }),
+                    Err(_) => {
+                        self.shared.rtts.timed_out(&to.node);
+                        Err(TransportError::Timeout { peer: to.addr.clone(), after: timeout })
+                    }
                 }
             }
             .instrument(span),
         )
+    }
+
+    fn deadline(&self, to: &PeerNode, floor: Duration) -> Duration {
+        self.shared.rtts.deadline(&to.node, floor, self.shared.link_rtt(&to.node))
+    }
+
+    fn round_trip(&self, node: &NodeId) -> Option<super::rtt::RoundTrip> {
+        self.shared.rtts.round_trip(node, self.shared.link_rtt(node))
     }
 }
 

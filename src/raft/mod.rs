@@ -19,6 +19,7 @@ use crate::core::types::NodeId;
 pub mod log_store;
 pub mod network;
 pub mod proposer;
+pub mod runtime;
 pub mod state_machine;
 
 /// What a Raft entry carries: one signed event to validate, chain and apply.
@@ -90,6 +91,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = PeerNode,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = runtime::SporeRuntime,
 );
 
 /// openraft's storage error for our config.

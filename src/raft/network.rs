@@ -1,4 +1,11 @@
 //! openraft's network over our [`Transport`](crate::net::Transport) seam, and the server side that answers RPCs.
+//!
+//! openraft gives each call a fixed time to live (`heartbeat_interval` for AppendEntries,
+//! `election_timeout_min` for votes). A call here lasts as long as the transport's deadline
+//! for that peer instead, which follows the measured round trips and is never shorter than
+//! openraft's ([`Transport::deadline`](crate::net::Transport::deadline)); [`super::runtime`]
+//! lets openraft's timeout wait for it. A call that still times out is a network error, which
+//! openraft retries at the next heartbeat, not an unreachable peer it backs off from.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -36,6 +43,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
+/// How much longer than the transport's deadline openraft's timeout waits for a call.
+const DEADLINE_SLACK: Duration = Duration::from_millis(50);
+
 /// openraft's client for one peer.
 pub struct PeerClient {
     transport: SharedTransport,
@@ -47,19 +57,27 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<u64, PeerNode, RaftError
 
 fn transport_err<E: std::error::Error>(e: TransportError) -> RPCError<u64, PeerNode, E> {
     match e {
-        TransportError::Unreachable(_) | TransportError::Refused { .. } | TransportError::Timeout { .. } => {
-            RPCError::Unreachable(Unreachable::new(&e))
-        }
+        TransportError::Unreachable(_) | TransportError::Refused { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+        // A slow answer is no sign of a dead peer: backing off (500 ms without any call) would
+        // also hold back the heartbeats that keep the peer from starting an election.
         _ => RPCError::Network(NetworkError::new(&e)),
     }
 }
 
 impl PeerClient {
+    /// Sends `req` with openraft's `ttl` as the floor of its deadline. Call it from the first
+    /// poll of openraft's call (no `.await` before it), so the deadline reaches openraft's
+    /// timeout around it.
     async fn send(&self, req: RpcRequest, ttl: Duration) -> Result<RpcResponse, TransportError> {
         use tracing::Instrument;
+        let deadline = self.transport.deadline(&self.node, ttl);
+        if deadline > ttl {
+            // A little beyond ours, so the transport's timeout — with its error — comes first.
+            super::runtime::extend_deadline(tokio::time::Instant::now() + deadline + DEADLINE_SLACK);
+        }
         // Instrumented, not entered: a guard held across the await would mark whatever else
         // runs on this thread meanwhile as part of the RPC.
-        let span = tracing::trace_span!("raft_rpc", kind = req.kind(), to = %self.node);
+        let span = tracing::trace_span!("raft_rpc", kind = req.kind(), to = %self.node, ?deadline);
         self.transport.call(&self.node, req, ttl).instrument(span).await
     }
 

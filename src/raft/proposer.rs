@@ -40,18 +40,25 @@ pub const BATCH_EVENTS_MAX: usize = 1024;
 /// bounds their postcard size on the wire). Keeps every AppendEntries request, at most
 /// [`PAYLOAD_ENTRIES_MAX`] entries, far under the transport's frame limit and small enough
 /// for a follower to receive, append and sync within one heartbeat interval: openraft 0.9
-/// gives every AppendEntries exactly `heartbeat_interval` to complete, whatever its size.
+/// gives every AppendEntries `heartbeat_interval` to complete, whatever its size (lengthened
+/// only to what the measured round trips ask for, `raft::runtime`, not to the payload's size).
 pub const BATCH_BYTES_MAX: usize = 256 * 1024;
 /// Most entries openraft may put into one AppendEntries request (`max_payload_entries`).
 pub const PAYLOAD_ENTRIES_MAX: u64 = 8;
 /// Most bytes an AppendEntries request can carry: full batches plus per-entry overhead.
 pub const APPEND_ENTRIES_BYTES_MAX: usize =
     PAYLOAD_ENTRIES_MAX as usize * (BATCH_BYTES_MAX + limits::EVENT_BYTES_MAX + 4096);
-/// Most batches in flight at once. openraft appends and syncs each `client_write` on its core
-/// task before it looks at replication answers again, so a batch queued behind another delays
-/// the commit of the one before it by a log sync: two (one committing while the next syncs)
-/// beat four (64-client throughput up about a third).
+/// Most batches in flight at once by default (the LAN profile). openraft appends and syncs
+/// each `client_write` on its core task before it looks at replication answers again, so a
+/// batch queued behind another delays the commit of the one before it by a log sync: two (one
+/// committing while the next syncs) beat four (64-client throughput up about a third). Over a
+/// WAN the round trip dominates instead, and a write that waits for a free slot waits a whole
+/// commit: see [`BATCHES_IN_FLIGHT_WAN`].
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// Batches in flight in the WAN profile: openraft packs what is in flight into the next
+/// AppendEntries, so a write waits for one commit, not two (commit p50 at 100 ms round trips
+/// and 10 % loss: about 3.5 round trips with 2, 3 with 8; `tests/it/wan.rs`).
+pub const BATCHES_IN_FLIGHT_WAN: usize = 8;
 /// While another batch is in flight, the proposer yields to the runtime until this many
 /// yields in a row bring no new event, then sends what it has.
 pub const LINGER_QUIET_YIELDS: usize = 2;
@@ -76,16 +83,23 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Spawns the proposer for `raft`. It stops when every handle is dropped.
+    /// Spawns the proposer for `raft`, with [`BATCHES_IN_FLIGHT_MAX`]. It stops when every
+    /// handle is dropped.
     pub fn spawn(raft: Raft) -> Self {
+        Self::spawn_with(raft, BATCHES_IN_FLIGHT_MAX)
+    }
+
+    /// Spawns the proposer for `raft` with at most `batches_in_flight` batches (at least one)
+    /// in Raft at once.
+    pub fn spawn_with(raft: Raft, batches_in_flight: usize) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, rx, batches_in_flight.max(1)));
         Proposer { tx, ledger: None, in_flight: Arc::default() }
     }
 
-    /// [`Proposer::spawn`] with the node's ledger: proposals become idempotent.
-    pub fn spawn_idempotent(raft: Raft, ledger: SharedLedger) -> Self {
-        Proposer { ledger: Some(ledger), ..Self::spawn(raft) }
+    /// [`Proposer::spawn_with`] and the node's ledger: proposals become idempotent.
+    pub fn spawn_idempotent(raft: Raft, ledger: SharedLedger, batches_in_flight: usize) -> Self {
+        Proposer { ledger: Some(ledger), ..Self::spawn_with(raft, batches_in_flight) }
     }
 
     /// Proposes one event and waits for its outcome.
@@ -146,7 +160,7 @@ fn committed_point(ledger: &SharedLedger, event: &SignedEvent) -> Option<crate::
     l.committed_point(event).ok().flatten()
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>, batches_in_flight: usize) {
     let mut in_flight = JoinSet::new();
     // An event that did not fit the previous batch opens the next one.
     let mut carry = None;
@@ -208,7 +222,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>) {
                 }
             }
         }.instrument(span));
-        while in_flight.len() >= BATCHES_IN_FLIGHT_MAX {
+        while in_flight.len() >= batches_in_flight {
             let _ = in_flight.join_next().await;
         }
     }

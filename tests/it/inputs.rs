@@ -35,6 +35,7 @@ fn config(data_dir: std::path::PathBuf, listen: &str) -> NodeConfig {
         from_seed: None,
         seed_quorum: false,
         write_timeout_ms: Some(2000),
+        timeouts: node::TimeoutProfile::Lan,
     }
 }
 

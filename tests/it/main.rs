@@ -24,3 +24,5 @@ mod wait;
 mod split_rule;
 mod kill;
 mod scrub;
+mod udp_proxy;
+mod wan;

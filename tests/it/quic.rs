@@ -13,7 +13,7 @@ use mycnet_spores::net::{
 };
 use mycnet_spores::{Endpoint, NetworkIdentity, NodeId, NodeKey, PeerNode, SporeSystem};
 
-fn trace() {
+pub(crate) fn trace() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -750,6 +750,7 @@ async fn runner_node(root: &std::path::Path, name: &str, init: Option<&str>, joi
         from_seed: None,
         seed_quorum: false,
         write_timeout_ms: Some(2000),
+        timeouts: node::TimeoutProfile::Lan,
     };
     std::fs::create_dir_all(&config.data_dir).expect("data dir");
     let key = mycnet_spores::store::keyfile::load_or_generate(&config.data_dir.join(mycnet_spores::store::keyfile::KEY_FILE_NAME))

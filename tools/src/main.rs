@@ -429,9 +429,19 @@ struct NodeArgs {
     /// With --join-addr: join only if that member's chain extends this seed's head.
     #[arg(long, requires = "join_addr")]
     trust_seed: Option<PathBuf>,
+    /// Timeouts profile: lan (default; round trips of milliseconds) or wan (voters 100-150 ms
+    /// apart, lossy links). Overrides `timeouts` in --config.
+    #[arg(long, value_enum)]
+    timeouts: Option<Profile>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Profile {
+    Lan,
+    Wan,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -480,7 +490,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Keygen { data_dir, json } => remote::keygen(&data_dir, &mut Out::new(json)),
         Command::Node(a) => {
             init_tracing("info,openraft=warn");
-            let config = match a.config {
+            let mut config = match a.config {
                 Some(path) => remote::config_from_file(&path)?,
                 None => remote::config_from_flags(
                     a.data_dir,
@@ -501,6 +511,11 @@ fn run(cli: Cli) -> CliResult {
                     a.trust_seed,
                 )?,
             };
+            match a.timeouts {
+                Some(Profile::Lan) => config.timeouts = mycnet_spores::node::TimeoutProfile::Lan,
+                Some(Profile::Wan) => config.timeouts = mycnet_spores::node::TimeoutProfile::Wan,
+                None => {}
+            }
             runtime()?.block_on(remote::run_node(config, &mut Out::new(a.json)))
         }
         Command::Status { addr, key, timeout_ms, json } => {

@@ -68,9 +68,9 @@ pub async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
     };
     let st = system.status().map_err(|e| CliError::Io(e.to_string()))?;
     if o.json {
-        o.json_line(&json!({ "event": "ready", "node_id": st.node, "addr": st.addr, "head": st.head }))?;
+        o.json_line(&json!({ "event": "ready", "node_id": st.node, "addr": st.addr, "head": st.head, "timeouts": config.timeouts }))?;
     } else {
-        o.line(format!("node {} ready on {} ({})", st.node, st.addr, st.raft_state))?;
+        o.line(format!("node {} ready on {} ({}, {:?} timeouts)", st.node, st.addr, st.raft_state, config.timeouts))?;
     }
     o.flush()?;
 
@@ -167,6 +167,7 @@ pub fn config_from_flags(
         from_seed,
         seed_quorum: false,
         write_timeout_ms: None,
+        timeouts: node::TimeoutProfile::Lan,
     };
     config.validate().map_err(|e| CliError::usage(e.to_string()))?;
     Ok(config)

@@ -208,6 +208,32 @@ fn a_closed_stdout_ends_the_dump_quietly() {
     assert!(out.stderr.is_empty(), "no broken-pipe noise: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `spore node --timeouts wan` runs with the WAN profile (the TOML's `timeouts` otherwise,
+/// LAN by default); anything else is a usage error.
+#[test]
+fn spore_node_picks_its_timeouts_profile() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let ready = |extra: &[&str]| {
+        let dir = root.path().join(format!("n{}", extra.len()));
+        let listen = format!("127.0.0.1:{}", free_udp_port());
+        let mut child = spore()
+            .args(["node", "--data-dir", path(&dir), "--listen", &listen, "--init", "t", "--json"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn spore node");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("the ready line");
+        let _ = child.kill();
+        let _ = child.wait();
+        serde_json::from_str::<Value>(first.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"))
+    };
+    assert_eq!(ready(&[])["timeouts"], "lan");
+    assert_eq!(ready(&["--timeouts", "wan"])["timeouts"], "wan");
+    assert_eq!(run(&["node", "--data-dir", "x", "--listen", "127.0.0.1:1", "--timeouts", "moon"]).status.code(), Some(2));
+}
+
 /// Two ledgers of one network that share `shared` events and then diverge: A's founder
 /// changes its capabilities, B's founder registers a service. Plus B as seed files with and
 /// without its events. Returns (root, A, B, B with events, B without events, service id,
