@@ -12,7 +12,7 @@ use crate::net::{Query, QueryAnswer, RpcRequest, RpcResponse, SharedTransport};
 use crate::raft::PeerNode;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::Raft;
-use crate::store::scrub::{repair, scrub_step, ScrubCursor, ScrubStep};
+use crate::store::scrub::{repair, scrub_read, scrub_verify, ScrubCursor, ScrubRead, ScrubStep};
 
 /// How fast the scrub reads. The default, 1,000 events a second in pages of 256, costs about
 /// 2 % of one core here (mostly signature checks), so a million events are re-verified about
@@ -75,8 +75,17 @@ pub(crate) fn spawn(
                 tick.tick().await;
                 let l = ledger.clone();
                 let step = tokio::task::spawn_blocking(move || {
-                    let guard = l.read().map_err(|_| "ledger lock poisoned".to_string())?;
-                    scrub_step(&guard, &mut cursor, cfg.page).map(|s| (s, cursor)).map_err(|e| e.to_string())
+                    // Read under the ledger's lock (fast); verify the signatures after releasing
+                    // it, so the scrub never holds up an apply for a page of verifications.
+                    let read = {
+                        let guard = l.read().map_err(|_| "ledger lock poisoned".to_string())?;
+                        scrub_read(&guard, &mut cursor, cfg.page).map_err(|e| e.to_string())?
+                    };
+                    let step = match read {
+                        ScrubRead::Page(page) => scrub_verify(&page, &mut cursor),
+                        ScrubRead::Damaged(step) => step,
+                    };
+                    Ok::<_, String>((step, cursor))
                 })
                 .await;
                 let (found, moved) = match step {

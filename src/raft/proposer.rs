@@ -76,8 +76,9 @@ fn event_bytes(event: &SignedEvent) -> usize {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Item>,
-    /// With the node's ledger, proposals are idempotent (see [`Proposer::propose`]).
-    ledger: Option<SharedLedger>,
+    /// With the node's ledger and its recent-events window, proposals are idempotent (see
+    /// [`Proposer::propose`]).
+    ledger: Option<(SharedLedger, crate::store::recent::SharedRecent)>,
     /// Events being proposed now, with the writers waiting for the same event's outcome.
     in_flight: Arc<Mutex<HashMap<EventId, Vec<Reply>>>>,
 }
@@ -99,7 +100,8 @@ impl Proposer {
 
     /// [`Proposer::spawn_with`] and the node's ledger: proposals become idempotent.
     pub fn spawn_idempotent(raft: Raft, ledger: SharedLedger, batches_in_flight: usize) -> Self {
-        Proposer { ledger: Some(ledger), ..Self::spawn_with(raft, batches_in_flight) }
+        let recent = ledger.read().ok().map(|l| l.recent_events());
+        Proposer { ledger: recent.map(|r| (ledger, r)), ..Self::spawn_with(raft, batches_in_flight) }
     }
 
     /// Proposes one event and waits for its outcome.
@@ -112,11 +114,15 @@ impl Proposer {
     /// A retry that reaches another leader while its first attempt is still uncommitted in the
     /// Raft log can still commit twice (a known limit, `schema/rules.md`).
     pub async fn propose(&self, event: SignedEvent) -> Result<SporeResponse, ProposeError> {
-        let Some(ledger) = &self.ledger else { return self.propose_once(event).await };
-        if let Some(point) = committed_point(ledger, &event) {
-            return Ok(SporeResponse::Applied(point));
-        }
+        let Some((ledger, recent)) = &self.ledger else { return self.propose_once(event).await };
         let id = EventId::of(&event);
+        // The common case, a new event, is settled by the window alone, without the ledger's
+        // lock (an apply may hold it); only a candidate is read from the ledger.
+        if recent.read().candidate(&id).is_some() {
+            if let Some(point) = committed_point(ledger, &event) {
+                return Ok(SporeResponse::Applied(point));
+            }
+        }
         let waiting = {
             let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             match m.get_mut(&id) {

@@ -21,7 +21,7 @@ use super::record::{self, decode_checkpoint, encode_checkpoint, encode_record_in
 use super::replay::{replay_range, ReplayOptions, ReplayStats, StopAt};
 use super::chainer::{Chainer, Job};
 use super::attested::{is_attested, Unused};
-use super::recent::RecentEvents;
+use super::recent::{RecentEvents, SharedRecent};
 use crate::core::provisional::EventId;
 use super::verified::VerifiedEvents;
 use crate::core::attest::StateDivergence;
@@ -114,7 +114,7 @@ pub struct Ledger {
     /// state checkpoint event was applied and a rebuild by replay did not resolve it).
     divergence: Option<StateDivergence>,
     /// The ids of the newest events (see [`Ledger::committed_point`]).
-    recent: RecentEvents,
+    recent: SharedRecent,
 }
 
 /// What a ledger with an incomplete history knows below what it holds.
@@ -529,7 +529,7 @@ impl Ledger {
             chainer_tried: false,
             pending_checkpoint: None,
             divergence,
-            recent: RecentEvents::default(),
+            recent: SharedRecent::default(),
         }
         .with_recent_events()
     }
@@ -679,8 +679,11 @@ impl Ledger {
         if accepted > 0 || !extra.is_empty() {
             self.commit_batch(batch, accepted, anchor, extra)?;
         }
-        for (seq, id) in &ids {
-            self.recent.record(*seq, id);
+        {
+            let mut recent = self.recent.write();
+            for (seq, id) in &ids {
+                recent.record(*seq, id);
+            }
         }
         Ok(outcome)
     }
@@ -755,8 +758,11 @@ impl Ledger {
         }
         let anchor = newest_checkpoint(outcome.iter().filter_map(|o| o.as_ref().ok()));
         self.commit_batch(batch, accepted, anchor, extra)?;
-        for ce in outcome.iter().filter_map(|o| o.as_ref().ok()) {
-            self.recent.record(ce.seq, &EventId::of(&ce.event));
+        {
+            let mut recent = self.recent.write();
+            for ce in outcome.iter().filter_map(|o| o.as_ref().ok()) {
+                recent.record(ce.seq, &EventId::of(&ce.event));
+            }
         }
         Ok(outcome)
     }
@@ -860,14 +866,20 @@ impl Ledger {
     /// that is already in the chain answers with this instead of committing it again.
     pub fn committed_point(&self, event: &SignedEvent) -> Result<Option<ChainPoint>, LedgerError> {
         let id = EventId::of(event);
-        let Some(seq) = self.recent.candidate(&id) else { return Ok(None) };
+        let Some(seq) = self.recent.read().candidate(&id) else { return Ok(None) };
         let Some(held) = self.get(seq)? else { return Ok(None) };
         Ok((EventId::of(&held.event) == id).then_some(ChainPoint { seq, hash: held.hash }))
     }
 
+    /// The recent-events window, shared: a proposer checks it without taking the ledger's
+    /// lock (see [`crate::raft::proposer::Proposer::propose`]).
+    pub(crate) fn recent_events(&self) -> SharedRecent {
+        self.recent.clone()
+    }
+
     /// Fills the recent-events window from the newest records held (on open).
-    fn with_recent_events(mut self) -> Result<Self, LedgerError> {
-        self.recent.clear();
+    fn with_recent_events(self) -> Result<Self, LedgerError> {
+        let mut recent = RecentEvents::default();
         let Some(head) = self.projection.head() else { return Ok(self) };
         let from = (head.seq + 1).saturating_sub(crate::core::limits::RECENT_EVENTS_WINDOW).max(self.history_from());
         let mut canonical = Vec::with_capacity(512);
@@ -878,8 +890,9 @@ impl Ledger {
             let Ok(ev) = record::decode_record(&value) else { continue };
             canonical.clear();
             ev.event.write_canonical_bytes(&mut canonical);
-            self.recent.record(seq, &EventId::of_canonical(&canonical));
+            recent.record(seq, &EventId::of_canonical(&canonical));
         }
+        *self.recent.write() = recent;
         Ok(self)
     }
 
@@ -1040,7 +1053,7 @@ impl Ledger {
                 Some(canonical) => EventId::of_canonical(canonical),
                 None => EventId::of(&ce.event),
             };
-            self.recent.record(ce.seq, &id);
+            self.recent.write().record(ce.seq, &id);
         }
         self.projection.head().ok_or(LedgerError::Poisoned(self.path.clone()))
     }

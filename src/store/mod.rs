@@ -15,7 +15,7 @@ pub mod provisional;
 pub mod ledger;
 pub mod modes;
 pub mod record;
-mod recent;
+pub(crate) mod recent;
 pub mod replay;
 pub mod scrub;
 pub mod verified;

@@ -12,6 +12,23 @@ use std::collections::VecDeque;
 use crate::core::limits::RECENT_EVENTS_WINDOW;
 use crate::core::provisional::EventId;
 
+/// The window shared between the ledger (which records) and a proposer (which looks up)
+/// behind its own short lock, so a lookup never waits for an apply holding the ledger.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SharedRecent(std::sync::Arc<std::sync::RwLock<RecentEvents>>);
+
+impl SharedRecent {
+    /// For looking up.
+    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, RecentEvents> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// For recording.
+    pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, RecentEvents> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// See the module doc.
 #[derive(Debug, Default)]
 pub(crate) struct RecentEvents {
@@ -49,11 +66,6 @@ impl RecentEvents {
         self.by_key.get(&key(id)).copied()
     }
 
-    /// Forgets everything (the ledger's chain was replaced).
-    pub(crate) fn clear(&mut self) {
-        self.by_key.clear();
-        self.order.clear();
-    }
 }
 
 #[cfg(test)]

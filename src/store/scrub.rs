@@ -40,9 +40,47 @@ pub enum ScrubStep {
 }
 
 /// Checks up to `max` records at the cursor and moves it on (see the module doc).
-#[tracing::instrument(level = "debug", skip(ledger), fields(path = %ledger.path().display()))]
+/// [`scrub_read`] then [`scrub_verify`].
 pub fn scrub_step(ledger: &Ledger, cursor: &mut ScrubCursor, max: u64) -> Result<ScrubStep, LedgerError> {
-    let Some(head) = ledger.head() else { return Ok(ScrubStep::Clean(0)) };
+    match scrub_read(ledger, cursor, max)? {
+        ScrubRead::Page(page) => Ok(scrub_verify(&page, cursor)),
+        ScrubRead::Damaged(step) => Ok(step),
+    }
+}
+
+/// A page read for the scrub: its records (links, keys and hashes checked), to be verified by
+/// [`scrub_verify`] without holding the ledger.
+#[derive(Debug)]
+pub struct ScrubPage {
+    events: Vec<ChainedEvent>,
+    /// The cursor after this page, if its signatures verify.
+    next: ScrubCursor,
+}
+
+/// What [`scrub_read`] found.
+#[derive(Debug)]
+pub enum ScrubRead {
+    /// A page to verify.
+    Page(ScrubPage),
+    /// Damage found while reading.
+    Damaged(ScrubStep),
+}
+
+/// Signatures of a page read by [`scrub_read`]; on success moves `cursor` past it. Holds no
+/// lock: the scrubber reads under the ledger's lock and verifies after releasing it.
+pub fn scrub_verify(page: &ScrubPage, cursor: &mut ScrubCursor) -> ScrubStep {
+    if let Some(bad) = verify_signatures(&page.events).iter().position(|ok| !ok) {
+        return ScrubStep::Damaged { seq: page.events[bad].seq, corruption: Corruption::BadSignature { author: page.events[bad].event.author } };
+    }
+    *cursor = page.next;
+    ScrubStep::Clean(page.events.len() as u64)
+}
+
+/// Reads and checks (keys, links, hashes, the head) up to `max` records at the cursor.
+#[tracing::instrument(level = "debug", skip(ledger), fields(path = %ledger.path().display()))]
+pub fn scrub_read(ledger: &Ledger, cursor: &mut ScrubCursor, max: u64) -> Result<ScrubRead, LedgerError> {
+    let damaged = |seq, corruption| Ok(ScrubRead::Damaged(ScrubStep::Damaged { seq, corruption }));
+    let Some(head) = ledger.head() else { return Ok(ScrubRead::Page(ScrubPage { events: Vec::new(), next: *cursor })) };
     let held_from = ledger.history_from();
     if cursor.next > head.seq || cursor.next < held_from {
         cursor.next = held_from;
@@ -51,32 +89,29 @@ pub fn scrub_step(ledger: &Ledger, cursor: &mut ScrubCursor, max: u64) -> Result
     let to = (from + max.max(1) - 1).min(head.seq);
     // One record before the page, so the page's first link is checked too.
     let read_from = if from > held_from { from - 1 } else { from };
-    let events = match ledger.read_range(read_from, to) {
+    let mut events = match ledger.read_range(read_from, to) {
         Ok(e) => e,
-        Err(LedgerError::Corrupt { seq, corruption, .. }) => return Ok(ScrubStep::Damaged { seq, corruption }),
-        Err(LedgerError::Damaged { cause, .. }) => {
-            return Ok(ScrubStep::Damaged { seq: from, corruption: Corruption::Undecodable { reason: cause } })
-        }
+        Err(LedgerError::Corrupt { seq, corruption, .. }) => return damaged(seq, corruption),
+        Err(LedgerError::Damaged { cause, .. }) => return damaged(from, Corruption::Undecodable { reason: cause }),
         Err(e) => return Err(e),
     };
-    let page: &[ChainedEvent] = if read_from < from { events.get(1..).unwrap_or_default() } else { &events };
-    if page.len() as u64 != to - from + 1 {
-        let last = page.last().map(|e| e.seq);
-        return Ok(ScrubStep::Damaged { seq: last.map_or(from, |s| s + 1), corruption: Corruption::Truncated { head_seq: head.seq, last_seq: last } });
+    if read_from < from && !events.is_empty() {
+        events.remove(0);
     }
-    if let Some(bad) = verify_signatures(page).iter().position(|ok| !ok) {
-        return Ok(ScrubStep::Damaged { seq: page[bad].seq, corruption: Corruption::BadSignature { author: page[bad].event.author } });
+    if events.len() as u64 != to - from + 1 {
+        let last = events.last().map(|e| e.seq);
+        return damaged(last.map_or(from, |s| s + 1), Corruption::Truncated { head_seq: head.seq, last_seq: last });
     }
-    if to == head.seq && page.last().map(|e| e.hash) != Some(head.hash) {
+    if to == head.seq && events.last().map(|e| e.hash) != Some(head.hash) {
         let detail = "the last record is not the head".to_string();
-        return Ok(ScrubStep::Damaged { seq: to, corruption: Corruption::HeadMismatch { head_seq: head.seq, head_hash: head.hash, detail } });
+        return damaged(to, Corruption::HeadMismatch { head_seq: head.seq, head_hash: head.hash, detail });
     }
-    cursor.next = to + 1;
+    let mut next = ScrubCursor { next: to + 1, passes: cursor.passes };
     if to == head.seq {
-        cursor.passes += 1;
-        cursor.next = held_from;
+        next.passes += 1;
+        next.next = held_from;
     }
-    Ok(ScrubStep::Clean(page.len() as u64))
+    Ok(ScrubRead::Page(ScrubPage { events, next }))
 }
 
 /// Why a repair was refused; nothing was written.
