@@ -918,7 +918,7 @@ impl SporeSystem {
     #[tracing::instrument(skip(self, event), fields(kind = event.body.kind()))]
     pub async fn submit(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
         let r = self.running()?;
-        if let Some(why) = halted_reason(&r.raft.metrics().borrow().clone(), &r.ledger) {
+        if let Some(why) = halted_reason(&r.raft.metrics().borrow(), &r.ledger) {
             return Err(Error::Halted(why));
         }
         if let Some(d) = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.divergence() {
@@ -931,7 +931,7 @@ impl SporeSystem {
         let mut backoff = Duration::from_millis(20);
         loop {
             // Raft may stop while this write waits (a full disk): say so at once.
-            if let Some(why) = halted_reason(&r.raft.metrics().borrow().clone(), &r.ledger) {
+            if let Some(why) = halted_reason(&r.raft.metrics().borrow(), &r.ledger) {
                 return Err(Error::Halted(why));
             }
             let outcome = match self.leader_node() {

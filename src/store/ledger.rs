@@ -418,6 +418,14 @@ pub(crate) fn check_head_against_records(
     }
 }
 
+/// A trusted replay of the whole history held (from genesis, or from a state-only seed's
+/// state while the history below it is backfilled), without any stored checkpoint.
+fn replay_held(ledger: &Keyspace, path: &Path, backfill: Option<&Backfill>) -> Result<(Projection, ReplayStats), LedgerError> {
+    let mut projection = backfill.map_or_else(Projection::new, Backfill::start);
+    let stats = replay_range(ledger, path, &mut projection, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
+    Ok((projection, stats))
+}
+
 /// The projection at the durable head: the newest readable checkpoint plus a trusted replay
 /// of the tail after it. Returns it with the checkpoint's seq, where the replay started and
 /// its stats.
@@ -429,8 +437,7 @@ fn load_projection(
     backfill: Option<&Backfill>,
 ) -> Result<(Projection, Option<u64>, u64, ReplayStats), LedgerError> {
     // Without the history below, the replay starts at the state-only seed's state.
-    let start = || backfill.map_or_else(Projection::new, Backfill::start);
-    let mut projection = start();
+    let mut projection = backfill.map_or_else(Projection::new, Backfill::start);
     let mut checkpoint_seq = None;
     let unused = match meta.get(META_CHECKPOINT).map_err(storage("read checkpoint", path))? {
         None => None,
@@ -458,8 +465,7 @@ fn load_projection(
     if checkpoint_seq.is_some() && projection.divergence().is_some() {
         // A later attestation disagrees with the state built on the checkpoint: start over.
         tracing::warn!(divergence = ?projection.divergence(), "the chain disagrees with the state built on the stored checkpoint; replaying from genesis");
-        projection = start();
-        let stats = replay_range(ledger, path, &mut projection, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
+        let (projection, stats) = replay_held(ledger, path, backfill)?;
         return Ok((projection, None, 0, stats));
     }
     Ok((projection, checkpoint_seq, from, stats))
@@ -720,6 +726,7 @@ impl Ledger {
         let mut outcome = Vec::with_capacity(n);
         let mut batch = self.new_batch(n + extra.len());
         let mut accepted = 0usize;
+        let mut ids = Vec::with_capacity(n);
         let mut record = Vec::with_capacity(1024);
         let mut prev = prev0;
         for ((i, event), a) in events.into_iter().enumerate().zip(applied) {
@@ -748,6 +755,7 @@ impl Ledger {
                 outcome.push(Ok(ce));
                 prev = hash;
             }
+            ids.push((seq, EventId::of_canonical(job.canonical(i))));
             accepted += 1;
         }
         if accepted == 0 && extra.is_empty() {
@@ -760,8 +768,8 @@ impl Ledger {
         self.commit_batch(batch, accepted, anchor, extra)?;
         {
             let mut recent = self.recent.write();
-            for ce in outcome.iter().filter_map(|o| o.as_ref().ok()) {
-                recent.record(ce.seq, &EventId::of(&ce.event));
+            for (seq, id) in &ids {
+                recent.record(*seq, id);
             }
         }
         Ok(outcome)
@@ -839,8 +847,7 @@ impl Ledger {
         }
         tracing::warn!(%found, "projection differs from the state the chain attests; rebuilding it by replay");
         let head = read_head(&self.meta, &self.path)?;
-        let mut rebuilt = self.backfill.as_ref().map_or_else(Projection::new, Backfill::start);
-        replay_range(&self.ledger, &self.path, &mut rebuilt, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
+        let (rebuilt, _) = replay_held(&self.ledger, &self.path, self.backfill.as_ref())?;
         if rebuilt.head().map(|h| (h.seq, h.hash)) != head {
             return Err(LedgerError::Corrupt {
                 path: self.path.clone(),
