@@ -44,7 +44,7 @@ use crate::raft::state_machine::SharedLedger;
 use crate::raft::proposer::{ProposeError, Proposer};
 use crate::raft::{raft_id, ChainPoint, PeerNode, Raft, SporeResponse};
 use crate::store::keyfile;
-use crate::store::ledger::{Ledger, LedgerConfig};
+use crate::store::ledger::{Ledger, LedgerConfig, LedgerHealth};
 use crate::tiers::{TierReach, TierView, Tiered, ViewSource};
 
 /// Timeouts and Raft tuning.
@@ -413,6 +413,8 @@ struct Running {
     tier_views: Arc<crate::tiers::TierViews>,
     /// What the background scrub found.
     scrub: crate::scrubber::SharedScrub,
+    /// The ledger's health, read without its lock on every write.
+    health: Arc<LedgerHealth>,
     /// Background tasks (gossip driver, anchor committer), aborted on shutdown.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _tempdir: Option<tempfile::TempDir>,
@@ -654,6 +656,7 @@ impl SporeSystem {
         }
         tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
         let scrub: crate::scrubber::SharedScrub = Arc::default();
+        let health = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.health();
         tasks.push(crate::scrubber::spawn(ledger.clone(), raft.clone(), me.clone(), transport.clone(), cfg.scrub, scrub.clone(), cfg.timeouts.rpc));
         late.set(Arc::new(NodeService {
             raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
@@ -668,6 +671,7 @@ impl SporeSystem {
             fence,
             provisional: (cfg.role == NodeRole::Rhizomorph).then(|| writer.clone()),
             scrub: scrub.clone(),
+            health: health.clone(),
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {
@@ -693,6 +697,7 @@ impl SporeSystem {
             resolver,
             tier_views,
             scrub,
+            health,
             tasks,
             _tempdir: tempdir,
         })
@@ -918,10 +923,10 @@ impl SporeSystem {
     #[tracing::instrument(skip(self, event), fields(kind = event.body.kind()))]
     pub async fn submit(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
         let r = self.running()?;
-        if let Some(why) = halted_reason(&r.raft.metrics().borrow(), &r.ledger) {
+        if let Some(why) = halted_reason(&r.raft.metrics().borrow(), &r.health) {
             return Err(Error::Halted(why));
         }
-        if let Some(d) = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.divergence() {
+        if let Some(d) = r.health.divergence() {
             return Err(Error::StateDivergence(d));
         }
         if r.role == NodeRole::Rhizomorph && !is_member(&r.raft, &r.me.node) {
@@ -931,7 +936,7 @@ impl SporeSystem {
         let mut backoff = Duration::from_millis(20);
         loop {
             // Raft may stop while this write waits (a full disk): say so at once.
-            if let Some(why) = halted_reason(&r.raft.metrics().borrow(), &r.ledger) {
+            if let Some(why) = halted_reason(&r.raft.metrics().borrow(), &r.health) {
                 return Err(Error::Halted(why));
             }
             let outcome = match self.leader_node() {
@@ -1637,7 +1642,8 @@ pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, 
         })
         .collect();
     let raft_member = by_id.values().any(|n| *n == me.node);
-    let halted = halted_reason(&m, ledger);
+    let health = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.health();
+    let halted = halted_reason(&m, &health);
     let inputs = ModeInputs {
         halted: halted.clone(),
         has_chain: head.is_some(),
@@ -1691,12 +1697,11 @@ pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, 
 
 /// Why this node halted, if a storage error it cannot survive stopped its Raft (openraft's
 /// core stops on a storage error) or poisoned its ledger (a failed durable write).
-fn halted_reason(m: &openraft::RaftMetrics<u64, PeerNode>, ledger: &SharedLedger) -> Option<String> {
+fn halted_reason(m: &openraft::RaftMetrics<u64, PeerNode>, health: &LedgerHealth) -> Option<String> {
     if let Err(fatal) = &m.running_state {
         return Some(format!("Raft stopped: {fatal}"));
     }
-    let l = ledger.read().ok()?;
-    l.poisoned_by().map(|e| format!("ledger write failed: {e}"))
+    health.poisoned_by().map(|e| format!("ledger write failed: {e}"))
 }
 
 /// Whether this leader heard a majority of its voters within the longest election timeout
@@ -1727,6 +1732,8 @@ struct NodeService {
     provisional: Option<ProvisionalWriter>,
     /// What the background scrub found.
     scrub: crate::scrubber::SharedScrub,
+    /// The ledger's health, read without its lock on every forwarded write.
+    health: Arc<LedgerHealth>,
 }
 
 /// What a latent node (outside the Raft membership) needs to hand a write to the voters, or
@@ -2179,9 +2186,9 @@ impl crate::net::RpcHandler for NodeService {
                     })
                 })
             }
-            RpcRequest::Forward(_) if self.ledger.read().ok().and_then(|l| l.divergence()).is_some() => {
+            RpcRequest::Forward(_) if self.health.divergence().is_some() => {
                 // A node in state divergence proposes nothing, for itself or for others.
-                let d = self.ledger.read().ok().and_then(|l| l.divergence());
+                let d = self.health.divergence();
                 Box::pin(async move {
                     let why = d.map_or_else(|| "state divergence".to_string(), |d| Error::StateDivergence(d).to_string());
                     RpcResponse::Forward(Err(RemoteFailure::Other(why)))

@@ -12,7 +12,7 @@
 //! acknowledged append survives a crash.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -100,8 +100,8 @@ pub struct Ledger {
     refused: Option<ChainPoint>,
     /// See [`Ledger::backfill_point`].
     backfill: Option<Backfill>,
-    /// Set by a failed durable write (fjall poisons its database then), with the error.
-    poisoned: Option<String>,
+    /// A failed durable write and a state divergence, readable without the ledger's lock.
+    health: Arc<LedgerHealth>,
     /// The helper thread that chains large append batches (started at the first one; `None`
     /// until then or if no thread could be started).
     chainer: Option<Chainer>,
@@ -110,11 +110,34 @@ pub struct Ledger {
     /// A projection checkpoint taken in the batch being written, at the state a state
     /// checkpoint event in it attests: `(its seq, meta value)`. Written by `commit_batch`.
     pending_checkpoint: Option<(u64, Vec<u8>)>,
-    /// The chain attests a state that a replay of its own records does not reach (found when a
-    /// state checkpoint event was applied and a rebuild by replay did not resolve it).
-    divergence: Option<StateDivergence>,
     /// The ids of the newest events (see [`Ledger::committed_point`]).
     recent: SharedRecent,
+}
+
+/// What would stop a ledger taking writes, shared so it is read without the ledger's lock.
+#[derive(Debug)]
+pub struct LedgerHealth {
+    /// Set by a failed durable write (fjall poisons its database then), with the error.
+    poisoned: Mutex<Option<String>>,
+    /// The chain attests a state that a replay of its own records does not reach (found when a
+    /// state checkpoint event was applied and a rebuild by replay did not resolve it).
+    divergence: Mutex<Option<StateDivergence>>,
+}
+
+impl LedgerHealth {
+    /// The failed durable write that poisoned the ledger, if any.
+    pub fn poisoned_by(&self) -> Option<String> {
+        lock(&self.poisoned).clone()
+    }
+
+    /// The state divergence the ledger found, if any.
+    pub fn divergence(&self) -> Option<StateDivergence> {
+        *lock(&self.divergence)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What a ledger with an incomplete history knows below what it holds.
@@ -530,11 +553,10 @@ impl Ledger {
             anchor,
             refused,
             backfill,
-            poisoned: None,
+            health: Arc::new(LedgerHealth { poisoned: Mutex::new(None), divergence: Mutex::new(divergence) }),
             chainer: None,
             chainer_tried: false,
             pending_checkpoint: None,
-            divergence,
             recent: SharedRecent::default(),
         }
         .with_recent_events()
@@ -794,7 +816,7 @@ impl Ledger {
         let head = self.projection.head();
         // Taken while the batch was applied, at the state its state checkpoint event attests
         // (so an open can check it against the chain): see `checkpoint_due_at`.
-        let pending = self.pending_checkpoint.take().filter(|_| accepted > 0 && self.divergence.is_none());
+        let pending = self.pending_checkpoint.take().filter(|_| accepted > 0 && self.health.divergence().is_none());
         if let Some(head) = head.filter(|_| accepted > 0) {
             batch.insert(&self.meta, META_HEAD, encode_head(&head).to_vec());
         }
@@ -809,7 +831,7 @@ impl Ledger {
         }
         let batch = batch.durability(self.config.durable.then_some(PersistMode::SyncData));
         if let Err(source) = batch.commit() {
-            self.poisoned = Some(source.to_string());
+            *lock(&self.health.poisoned) = Some(source.to_string());
             tracing::error!(error = %source, "durable ledger write failed; ledger poisoned");
             return Err(LedgerError::Storage { op: "append batch", path: self.path.clone(), source });
         }
@@ -842,7 +864,7 @@ impl Ledger {
     /// operator acts ([`Ledger::clear_divergence`]).
     fn resolve_divergence(&mut self) -> Result<(), LedgerError> {
         let Some(found) = self.projection.divergence() else { return Ok(()) };
-        if self.divergence.is_some() {
+        if self.health.divergence().is_some() {
             return Ok(());
         }
         tracing::warn!(%found, "projection differs from the state the chain attests; rebuilding it by replay");
@@ -859,8 +881,8 @@ impl Ledger {
                 },
             });
         }
-        self.divergence = rebuilt.divergence();
-        match self.divergence {
+        *lock(&self.health.divergence) = rebuilt.divergence();
+        match rebuilt.divergence() {
             None => tracing::warn!(%found, "projection rebuilt by replay; it now matches every state the chain attests"),
             Some(d) => tracing::error!(%d, "state divergence: the chain attests a state its own records do not lead to; writes are refused until an operator acts"),
         }
@@ -907,14 +929,15 @@ impl Ledger {
     /// attests a state that a replay of the chain's own records does not reach. A node with one
     /// takes no writes until an operator acts.
     pub fn divergence(&self) -> Option<StateDivergence> {
-        self.divergence
+        self.health.divergence()
     }
 
     /// An operator's acknowledgement of a state divergence (after investigating it): writes
     /// are taken again. The chain is unchanged; a later state checkpoint that differs again
     /// raises a new one.
     pub fn clear_divergence(&mut self) {
-        if let Some(d) = self.divergence.take() {
+        let cleared = lock(&self.health.divergence).take();
+        if let Some(d) = cleared {
             tracing::warn!(%d, "state divergence cleared by an operator");
             let state = self.projection.state().clone();
             self.projection = Projection::from_state(state);
@@ -976,7 +999,7 @@ impl Ledger {
         check_hashes: bool,
         verdicts: Option<&[bool]>,
     ) -> Result<ChainHead, LedgerError> {
-        if self.poisoned.is_some() {
+        if self.health.poisoned_by().is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
         if range.len() > limits::APPEND_BATCH_MAX {
@@ -1082,7 +1105,7 @@ impl Ledger {
 
     /// Refuses appends to a poisoned ledger and batches over the limit.
     fn usable(&self, events: usize) -> Result<(), LedgerError> {
-        if self.poisoned.is_some() {
+        if self.health.poisoned_by().is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
         if events > limits::APPEND_BATCH_MAX {
@@ -1206,7 +1229,7 @@ impl Ledger {
     /// quorum of voters signed; the records are checked again whenever they are read.
     #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display(), records = records.len()))]
     pub fn load_attested(&mut self, records: &[&[u8]], state: ProjectionState) -> Result<ChainHead, LedgerError> {
-        if self.poisoned.is_some() {
+        if self.health.poisoned_by().is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
         if self.projection.head().is_some() {
@@ -1226,7 +1249,7 @@ impl Ledger {
             });
         }
         let fail = |this: &mut Ledger, source| {
-            this.poisoned = Some(format!("{source}"));
+            *lock(&this.health.poisoned) = Some(format!("{source}"));
             LedgerError::Storage { op: "load attested records", path: this.path.clone(), source }
         };
         let chunks: Vec<&[&[u8]]> = records.chunks(limits::APPEND_BATCH_MAX).collect();
@@ -1271,7 +1294,7 @@ impl Ledger {
     /// [`Ledger::append_backfill`]. One synced batch.
     #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display()))]
     pub fn load_state_only(&mut self, state: ProjectionState) -> Result<ChainHead, LedgerError> {
-        if self.poisoned.is_some() {
+        if self.health.poisoned_by().is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
         let invalid = |path: &Path, why: &str| LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()) };
@@ -1289,7 +1312,7 @@ impl Ledger {
         batch.insert(&self.meta, META_BACKFILL, encode_point(head.seq, &head.hash).to_vec());
         batch.insert(&self.meta, META_BACKFILL_BASE, checkpoint);
         if let Err(source) = batch.commit() {
-            self.poisoned = Some(source.to_string());
+            *lock(&self.health.poisoned) = Some(source.to_string());
             return Err(LedgerError::Storage { op: "load state-only seed", path: self.path.clone(), source });
         }
         self.backfill = Some(Backfill { point: ChainPoint { seq: head.seq, hash: head.hash }, base: std::sync::Arc::new(state.clone()) });
@@ -1367,7 +1390,7 @@ impl Ledger {
         }
         let batch = batch.durability(self.config.durable.then_some(PersistMode::SyncData));
         if let Err(source) = batch.commit() {
-            self.poisoned = Some(source.to_string());
+            *lock(&self.health.poisoned) = Some(source.to_string());
             return Err(LedgerError::Storage { op: "backfill batch", path: self.path.clone(), source });
         }
         match (next, self.backfill.as_mut()) {
@@ -1427,7 +1450,7 @@ impl Ledger {
         self.projection = Projection::new();
         self.checkpoint_seq = None;
         self.anchor = None;
-        self.poisoned = None;
+        *lock(&self.health.poisoned) = None;
         Ok(())
     }
 
@@ -1508,7 +1531,7 @@ impl Ledger {
     /// projection or the head: only for [`super::scrub::repair`], which checked that they are
     /// exactly the chain's records.
     pub(crate) fn overwrite_records(&mut self, records: &[ChainedEvent]) -> Result<(), LedgerError> {
-        if self.poisoned.is_some() {
+        if self.health.poisoned_by().is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
         let mut batch = self.new_batch(records.len());
@@ -1516,15 +1539,21 @@ impl Ledger {
             batch.insert(&self.ledger, seq_key(r.seq), record::encode_record(r));
         }
         if let Err(source) = batch.durability(Some(PersistMode::SyncData)).commit() {
-            self.poisoned = Some(source.to_string());
+            *lock(&self.health.poisoned) = Some(source.to_string());
             return Err(LedgerError::Storage { op: "repair records", path: self.path.clone(), source });
         }
         Ok(())
     }
 
     /// The failed durable write that poisoned this ledger, if any: it takes no more writes.
-    pub fn poisoned_by(&self) -> Option<&str> {
-        self.poisoned.as_deref()
+    pub fn poisoned_by(&self) -> Option<String> {
+        self.health.poisoned_by()
+    }
+
+    /// This ledger's health, to read without taking its lock (a writer checks it before every
+    /// submit while applies hold the lock).
+    pub fn health(&self) -> Arc<LedgerHealth> {
+        self.health.clone()
     }
 
     /// Syncs everything written to disk.
