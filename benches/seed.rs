@@ -114,7 +114,7 @@ fn bench_seed(c: &mut Criterion) {
 
     // Figures for the summary, measured now.
     let t = Instant::now();
-    let head = seed::export(&ledger, &signer, &full, true).expect("export");
+    let head = seed::export(&ledger, &signer, &full, true).expect("export").head;
     let export = t.elapsed();
     seed::export(&ledger, &signer, &bare, false).expect("export without events");
     let (scan, _) = {

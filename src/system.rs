@@ -1082,7 +1082,8 @@ impl SporeSystem {
 
     /// Exports a seed spore of this node's state at its current committed head to `path`,
     /// signed by this node, while writes continue; with `include_events` it also carries every
-    /// event from genesis (a full backup that verifies offline). Written to a temporary file,
+    /// event from genesis (a full backup that verifies offline), without it the state the
+    /// chain attests and the events after it (see [`crate::seed::export`]). Written to a temporary file,
     /// synced, then renamed: a crash never leaves a half seed under `path`.
     pub async fn export_seed(&self, path: impl AsRef<std::path::Path>, include_events: bool) -> Result<ChainHead, Error> {
         let r = self.running()?;
@@ -1090,6 +1091,7 @@ impl SporeSystem {
         tokio::task::spawn_blocking(move || crate::seed::export(&ledger, &key, &path, include_events))
             .await
             .map_err(|e| Error::Raft(format!("seed export task: {e}")))?
+            .map(|e| e.head)
             .map_err(Error::from)
     }
 
@@ -2158,7 +2160,7 @@ impl crate::net::RpcHandler for NodeService {
                         .await
                         .map_err(|e| RemoteFailure::Other(format!("seed export task: {e}")))
                         .and_then(|r| r.map_err(|e| RemoteFailure::Other(e.to_string())))
-                        .map(|h| ChainPoint { seq: h.seq, hash: h.hash });
+                        .map(|e| ChainPoint { seq: e.head.seq, hash: e.head.hash });
                     RpcResponse::ExportSeed(r)
                 })
             }

@@ -587,6 +587,20 @@ impl Ledger {
         self.checkpoint_seq
     }
 
+    /// The stored projection checkpoint, if the chain attests it: the record after its seq is
+    /// a signed state checkpoint event carrying its digest
+    /// (see `store/attested.rs`), and that record is held. What a
+    /// state-only seed starts from. `None` when there is no such state (a young ledger, one
+    /// written before states were attested, or a stored checkpoint the chain does not vouch for).
+    pub fn attested_checkpoint(&self) -> Result<Option<ProjectionState>, LedgerError> {
+        let Some(Ok(state)) = read_stored_checkpoint(&self.meta, &self.path)? else { return Ok(None) };
+        let (Some(at), Some(head)) = (state.head, self.projection.head()) else { return Ok(None) };
+        if at.seq >= head.seq || at.seq + 1 < self.history_from() {
+            return Ok(None);
+        }
+        Ok(is_attested(&self.ledger, &self.path, &state)?.then_some(state))
+    }
+
     /// Verifies signatures (batched, on all cores), validates and chains `events` in order,
     /// and writes the accepted ones durably in one atomic batch. Rejected events change
     /// nothing and are reported in place. Returns after the batch is on disk.

@@ -288,8 +288,38 @@ fn valid_seeds() -> &'static [Vec<u8>] {
         vec![
             mycnet_spores::seed::build(&p, Some(&chained), &voters).expect("seed with events"),
             mycnet_spores::seed::build(&p, None, &voters[..1]).expect("seed without events"),
+            attested_state_only_seed(),
         ]
     })
+}
+
+/// A format 2 state-only seed: the state the chain attests and the events after it.
+fn attested_state_only_seed() -> Vec<u8> {
+    use mycnet_spores::core::synth::{Synth, SynthConfig};
+    let mut synth = Synth::new(SynthConfig { seed: 3, nodes: 6, voters: 3, ..Default::default() });
+    let mut p = Projection::new();
+    let mut chained = Vec::new();
+    for _ in 0..6 {
+        for ev in synth.next_chunk(60) {
+            chained.push(p.append(ev).expect("valid"));
+        }
+    }
+    let at = chained
+        .iter()
+        .rev()
+        .find_map(|e| match e.event.body {
+            mycnet_spores::EventBody::StateCheckpoint { head_seq, .. } => Some(head_seq as usize),
+            _ => None,
+        })
+        .expect("a state checkpoint");
+    let mut base = Projection::new();
+    for e in &chained[..=at] {
+        base.apply(e).expect("replay");
+    }
+    let bytes = mycnet_spores::seed::build_state_only(base.state(), &chained[at + 1..], p.state(), &[&synth.keys()[0]]).expect("format 2 seed");
+    let seed = mycnet_spores::seed::verify(&bytes, mycnet_spores::seed::VerifyPolicy::default()).expect("it verifies");
+    assert_eq!(seed.version, mycnet_spores::seed::SEED_FORMAT_V2);
+    bytes
 }
 
 /// Valid RPC request frames (postcard) to damage.

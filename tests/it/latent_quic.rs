@@ -178,8 +178,8 @@ async fn count_kind(v: &crate::quic::Voter, from: u64, to: u64, kind: &str) -> u
     n
 }
 
-/// A Rhizomorph started from a **state-only** seed (its registries and head, no events:
-/// kilobytes instead of the whole history) answers from the seed's state at once, follows the
+/// A Rhizomorph started from a **state-only** seed (the registries at a state the chain attests
+/// and the events after it, not the whole history) answers from the seed's state at once, follows the
 /// chain forward by gossip and backfills the history below the seed, back to genesis, over
 /// QUIC; its ledger then verifies from genesis and holds the voters' chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,20 +205,21 @@ async fn quic_latent_node_from_a_state_only_seed_backfills_to_genesis() {
             s.register_service(&format!("before-{i}"), vec![dns], vec!["dns".into()], vec![]).await.expect("write");
         }
     }
+    // A state-only seed starts at a state the chain attests: the leader's first anchor (within
+    // its anchor interval) is a state checkpoint. Until then an export carries every event.
     let seed_path = root.path().join("state-only.seed");
-    let at = voters[leader].system.as_ref().expect("leader").export_seed(&seed_path, false).await.expect("export a state-only seed");
+    let (at, seed) = crate::seed_export::export_state_only(voters[leader].system.as_ref().expect("leader"), &seed_path).await;
+    let mycnet_spores::seed::StateProof::AttestedAt { seq: attested, .. } = seed.proof else { panic!("not attested: {:?}", seed.proof) };
     assert!(std::fs::metadata(&seed_path).expect("seed").len() < 256 * 1024, "a state-only seed is small");
     {
-        let seed = mycnet_spores::seed::read_file(&seed_path, mycnet_spores::seed::VerifyPolicy::default()).expect("verify the seed");
-        assert!(!seed.header.includes_events);
         let mut l = mycnet_spores::Ledger::open(dir.join("ledger"), mycnet_spores::LedgerConfig::default()).expect("ledger");
         let head = mycnet_spores::seed::import(&mut l, &seed).expect("import the state-only seed");
         assert_eq!((head.seq, head.hash), (at.seq, at.hash));
-        assert_eq!(l.history_from(), at.seq + 1, "nothing below the seed's head is held yet");
+        assert_eq!(l.history_from(), attested + 1, "nothing below the attested state is held yet");
     }
     let report = mycnet_spores::LedgerReader::open(&dir).expect("reader").verify(&|_| {}).expect("verify");
     assert!(report.is_ok(), "{report:?}");
-    assert_eq!((report.history_from, report.events_verified), (at.seq + 1, 0));
+    assert_eq!((report.history_from, report.events_verified), (attested + 1, at.seq - attested));
 
     // More writes after the seed, then the node starts with one voter to gossip with.
     for i in 0..20 {

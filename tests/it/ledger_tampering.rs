@@ -531,6 +531,18 @@ fn verify_compares_every_stored_cache_with_the_replay() {
         opened.projection().services().all(|s| s.service.endpoints.iter().all(|e| e.address != "203.0.113.66:443")),
         "the forged endpoint is not served"
     );
+    // Nor does it sign the forged state into a state-only seed: the export starts from a state
+    // the chain attests, and the seed verifies against the chain.
+    let seed_dir = tempfile::tempdir().expect("tempdir");
+    let seed_path = seed_dir.path().join("state-only.seed");
+    let opened = std::sync::RwLock::new(opened);
+    let done = mycnet_spores::seed::export(&opened, &history().keys[0], &seed_path, false).expect("export");
+    assert!(!done.includes_events);
+    let seed = mycnet_spores::seed::read_file(&seed_path, mycnet_spores::seed::VerifyPolicy::default()).expect("the seed verifies");
+    assert!(matches!(seed.proof, mycnet_spores::seed::StateProof::AttestedAt { .. }), "{:?}", seed.proof);
+    for state in [Some(&seed.state), seed.base.as_ref()].into_iter().flatten() {
+        assert!(state.services.values().all(|s| s.service.endpoints.iter().all(|e| e.address != "203.0.113.66:443")), "the forged endpoint is not in the seed");
+    }
     drop(opened);
 
     // The last records removed and the head meta rewritten to the new end: the stored

@@ -590,11 +590,17 @@ fn main() {
     let code = match run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            match &e {
-                CliError::Reported | CliError::BrokenPipe => {}
-                CliError::BadData(m) => eprintln!("spore: bad data: {m}"),
-                CliError::Usage(m) => eprintln!("spore: usage: {m}"),
-                CliError::Io(m) => eprintln!("spore: error: {m}"),
+            // Written without `eprintln!`, which panics when stderr cannot take the line (a
+            // log file on the disk that just filled up): the exit code must still say why.
+            use std::io::Write as _;
+            let line = match &e {
+                CliError::Reported | CliError::BrokenPipe => None,
+                CliError::BadData(m) => Some(format!("spore: bad data: {m}")),
+                CliError::Usage(m) => Some(format!("spore: usage: {m}")),
+                CliError::Io(m) => Some(format!("spore: error: {m}")),
+            };
+            if let Some(line) = line {
+                let _ = writeln!(std::io::stderr(), "{line}");
             }
             e.exit_code()
         }

@@ -77,12 +77,18 @@ pub fn export(data_dir: &Path, out: &Path, include_events: bool, o: &mut Out) ->
     let config = LedgerConfig { create: false, ..LedgerConfig::default() };
     let ledger = Ledger::open(resolve_ledger_dir(data_dir), config).map_err(CliError::ledger)?;
     let ledger = std::sync::RwLock::new(ledger);
-    let head = seed::export(&ledger, &key, out, include_events).map_err(seed_err)?;
+    let done = seed::export(&ledger, &key, out, include_events).map_err(seed_err)?;
+    let head = done.head;
     let size = std::fs::metadata(out).map_err(|e| CliError::io(out, e))?.len();
     if o.json {
-        o.json_line(&json!({ "file": out, "head": { "seq": head.seq, "hash": head.hash }, "bytes": size, "signer": key.node_id(), "includes_events": include_events }))
+        o.json_line(&json!({ "file": out, "head": { "seq": head.seq, "hash": head.hash }, "bytes": size, "signer": key.node_id(), "includes_events": done.includes_events, "state_seq": done.state_seq }))
     } else {
-        o.line(format!("wrote {} ({size} bytes): head {} {}, signed by {}", out.display(), head.seq, head.hash, key.node_id().short()))
+        let what = match (done.includes_events, include_events) {
+            (true, true) => "every event from genesis".to_string(),
+            (true, false) => "every event from genesis (no attested state is held yet)".to_string(),
+            (false, _) => format!("the state attested at seq {} and the events after it", done.state_seq),
+        };
+        o.line(format!("wrote {} ({size} bytes): head {} {}, {what}, signed by {}", out.display(), head.seq, head.hash, key.node_id().short()))
     }
 }
 
@@ -116,9 +122,10 @@ pub fn verify(file: &Path, network: Option<NetworkFingerprint>, quorum: bool, o:
     match seed::read_file(file, policy) {
         Ok(s) => {
             if o.json {
-                o.json_line(&json!({ "ok": true, "file": file, "head": { "seq": s.header.head_seq, "hash": s.header.head_hash }, "fingerprint": s.header.fingerprint, "signers": s.signers }))
+                o.json_line(&json!({ "ok": true, "file": file, "format_version": s.version, "head": { "seq": s.header.head_seq, "hash": s.header.head_hash }, "fingerprint": s.header.fingerprint, "signers": s.signers, "state": s.proof }))
             } else {
-                o.line(format!("OK: seed of {:?} at {} {}, {} valid signature(s)", s.header.network.network_name, s.header.head_seq, s.header.head_hash, s.signers.len()))
+                o.line(format!("OK: seed of {:?} at {} {}, {} valid signature(s)", s.header.network.network_name, s.header.head_seq, s.header.head_hash, s.signers.len()))?;
+                o.line(format!("state: {}", s.proof))
             }
         }
         Err(e @ SeedError::Io { .. }) => Err(CliError::Io(e.to_string())),
@@ -162,7 +169,7 @@ pub fn inspect(file: &Path, o: &mut Out) -> CliResult {
     let voters = p.nodes().filter(|n| n.role.is_authority() && n.status != mycnet_spores::NodeStatus::Left).count();
     if o.json {
         return o.json_line(&json!({
-            "file": file, "bytes": size, "format_version": seed::SEED_FORMAT_V1,
+            "file": file, "bytes": size, "format_version": s.version, "state": s.proof,
             "network": s.header.network, "fingerprint": s.header.fingerprint,
             "head": { "seq": s.header.head_seq, "hash": s.header.head_hash },
             "includes_events": s.header.includes_events, "events": s.events.len(),
@@ -170,11 +177,16 @@ pub fn inspect(file: &Path, o: &mut Out) -> CliResult {
             "digest": hex::encode(s.digest), "signers": s.signers,
         }));
     }
-    o.line(format!("file         {} ({size} bytes, format v{})", file.display(), seed::SEED_FORMAT_V1))?;
+    o.line(format!("file         {} ({size} bytes, format v{})", file.display(), s.version))?;
     o.line(format!("network      {:?} {}", s.header.network.network_name, s.header.network.network_id))?;
     o.line(format!("fingerprint  {}", s.header.fingerprint))?;
     o.line(format!("head         {} {}", s.header.head_seq, s.header.head_hash))?;
-    o.line(format!("events       {}", if s.header.includes_events { s.events.len().to_string() } else { "not included".into() }))?;
+    o.line(format!("events       {}", match &s.base {
+        _ if s.header.includes_events => s.events.len().to_string(),
+        Some(_) => format!("{} after the attested state", s.events.len()),
+        None => "not included".into(),
+    }))?;
+    o.line(format!("state        {}", s.proof))?;
     o.line(format!("registry     {} nodes ({voters} voters), {} services", p.nodes().count(), p.services().count()))?;
     o.line(format!("digest       {}", hex::encode(s.digest)))?;
     o.line(format!("signers      {}", s.signers.iter().map(|k| k.short()).collect::<Vec<_>>().join(" ")))?;

@@ -757,23 +757,31 @@ fn the_demo_runs_and_verifies_every_node() {
     assert_eq!(run(&["seed", "import", "--data-dir", path(&fresh), path(&damaged)]).status.code(), Some(1));
     assert!(!fresh.join("ledger").exists(), "nothing created for a seed that does not verify");
 
-    // A state-only seed (no events) imports as the state and head; the inspector says the
-    // history below is not held yet and checks what is there.
+    // A state-only seed (the state the chain attests and the events after it) imports as that
+    // state and those events; the inspector says the history below is not held yet and checks
+    // what is there.
     let bare = root.path().join("v1-state.seed");
     let out = run(&["seed", "export", "--data-dir", path(&root.path().join("v1")), "--out", path(&bare), "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let written = json(&out);
+    assert_eq!(written["includes_events"], false, "the demo's chain attests a state: {written}");
     let head_seq = exported["head"]["seq"].as_u64().expect("head seq");
+    let state_seq = written["state_seq"].as_u64().expect("state seq");
+    assert!(state_seq < head_seq, "{written}");
+    let checked = json(&run(&["seed", "verify", path(&bare), "--json"]));
+    assert_eq!((checked["format_version"].as_u64(), checked["state"]["kind"].as_str()), (Some(2), Some("attested_at")), "{checked}");
+    assert_eq!(checked["state"]["seq"].as_u64(), Some(state_seq));
     let latent = root.path().join("from-state");
     let out = run(&["seed", "import", "--data-dir", path(&latent), path(&bare), "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(json(&out)["history_from"].as_u64(), Some(head_seq + 1));
-    assert_eq!(json(&out)["imported_events"].as_u64(), Some(0));
+    assert_eq!(json(&out)["history_from"].as_u64(), Some(state_seq + 1));
+    assert_eq!(json(&out)["imported_events"].as_u64(), Some(head_seq - state_seq));
     let v = json(&run(&["verify", path(&latent), "--json"]));
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["head"], exported["head"]);
-    assert_eq!(v["history_from"].as_u64(), Some(head_seq + 1));
-    assert_eq!(v["base"], exported["head"]);
-    assert_eq!(json(&run(&["stats", path(&latent), "--json"]))["history_from"].as_u64(), Some(head_seq + 1));
+    assert_eq!(v["history_from"].as_u64(), Some(state_seq + 1));
+    assert_eq!(v["base"]["seq"].as_u64(), Some(state_seq));
+    assert_eq!(json(&run(&["stats", path(&latent), "--json"]))["history_from"].as_u64(), Some(state_seq + 1));
     let state = run(&["state", path(&latent), "--json"]);
     assert_eq!(state.status.code(), Some(0), "the state at the head is the seed's: {}", String::from_utf8_lossy(&state.stderr));
     let early = run(&["state", path(&latent), "--at-seq", "1"]);
@@ -944,7 +952,9 @@ fn verify_and_seed_verify_reach_the_append_verdict_on_crafted_signatures() {
 #[test]
 fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mnt = root.path().join("disk");
+    // The data dir is the small disk; the node's log (next to it) is not, as a supervisor's
+    // would not be, so the last line can be read.
+    let mnt = root.path().join("n0");
     std::fs::create_dir(&mnt).expect("mkdir");
     let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"]).arg(&mnt).output().expect("run mount");
     assert!(mounted.status.success(), "mounting a tmpfs needs root (CI runs as root): {}", String::from_utf8_lossy(&mounted.stderr));
@@ -955,7 +965,8 @@ fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
         }
     }
     let _unmount = Unmount(mnt.clone());
-    let mut procs = keyed_procs(&mnt, 1);
+    let mut procs = keyed_procs(root.path(), 1);
+    assert_eq!(procs[0].dir, mnt);
     let all = vec![(procs[0].key.clone(), procs[0].addr.clone())];
     let args = node_args(&procs[0], 0, &all);
     start(&mut procs[0], &args);
@@ -994,7 +1005,7 @@ fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
     assert!(!exit.success(), "a halted node exits non-zero: {exit:?}");
     let log = std::fs::read_to_string(procs[0].dir.with_extension("log")).expect("log");
     let last = log.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default().to_string();
-    assert!(last.contains("halted") && last.contains("No space left"), "the last line says why: {last}");
+    assert!(last.contains("halted") && last.contains("No space left"), "the last line says why: {last}\nlog tail:\n{}", log.lines().rev().take(20).collect::<Vec<_>>().join("\n"));
     // Space freed, the supervisor's restart brings writes back with nothing acknowledged lost.
     std::fs::remove_file(mnt.join("filler")).expect("free space");
     let args: Vec<String> = vec!["--data-dir".into(), path(&procs[0].dir).into(), "--listen".into(), addr.clone()];
