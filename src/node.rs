@@ -3,6 +3,7 @@
 //! ```toml
 //! data_dir = "/var/lib/mycnet-spores/n1"
 //! listen = "127.0.0.1:7401"
+//! # advertise = "203.0.113.7:7401" # what peers dial, if not `listen` (NAT, a relay)
 //! name = "n1"
 //! role = "voter"                 # or "latent": out of Raft, keeps the chain by gossip
 //! capabilities = ["storage"]
@@ -143,6 +144,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// `host:port` to listen on (QUIC/UDP).
     pub listen: String,
+    /// `host:port` peers dial to reach this node, when it is not the listen address (behind a
+    /// NAT or a relay); default: the bound listen address.
+    #[serde(default)]
+    pub advertise: Option<String>,
     /// Human-readable name.
     #[serde(default)]
     pub name: Option<String>,
@@ -239,6 +244,9 @@ impl NodeConfig {
         }
         let bad = |field| move |source| ConfigError::BadAddress { field, source };
         check_listen_addr(&self.listen).map_err(bad("listen"))?;
+        if let Some(a) = &self.advertise {
+            check_peer_addr(a).map_err(bad("advertise"))?;
+        }
         for a in &self.addresses {
             check_peer_addr(a).map_err(bad("addresses"))?;
         }
@@ -283,6 +291,9 @@ impl NodeConfig {
             .timeouts(t);
         if let Some(n) = &self.name {
             b = b.name(n.clone());
+        }
+        if let Some(a) = &self.advertise {
+            b = b.advertise(a.clone());
         }
         // Gossip starts from the bootstrap peers and the member to join.
         let mut gossip_peers = self.bootstrap_peers().unwrap_or_default();

@@ -25,6 +25,7 @@ fn config(data_dir: std::path::PathBuf, listen: &str) -> NodeConfig {
     NodeConfig {
         data_dir,
         listen: listen.into(),
+        advertise: None,
         name: None,
         role: node::RoleConfig::Voter,
         capabilities: vec![],

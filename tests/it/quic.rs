@@ -740,6 +740,7 @@ async fn runner_node(root: &std::path::Path, name: &str, init: Option<&str>, joi
     let config = NodeConfig {
         data_dir: root.join(name),
         listen: "127.0.0.1:0".into(),
+        advertise: None,
         name: Some(name.into()),
         role: node::RoleConfig::Voter,
         capabilities: vec![],

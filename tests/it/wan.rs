@@ -230,3 +230,21 @@ async fn wan_replication_outlasts_openrafts_ttl_on_a_link_slower_than_the_heartb
         v.system.shutdown().await.expect("shutdown");
     }
 }
+
+/// The proxy itself: delay, jitter and loss as configured, and a plain relay without faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_proxy_delays_and_drops_as_configured() {
+    let faults = LinkFaults { delay: Duration::from_millis(50), jitter: Duration::from_millis(20), loss: 0.1 };
+    let rtts = ping_through(faults, 7, 200).await;
+    // A ping and its answer each cross the proxy once: 60..140 ms, lost with 1 - 0.9² = 19 %.
+    let lost = 200 - rtts.len();
+    assert!((15..=65).contains(&lost), "{lost} of 200 pings lost");
+    assert!(rtts[0] >= Duration::from_millis(60), "fastest {:?}", rtts[0]);
+    let median = rtts[rtts.len() / 2];
+    assert!((Duration::from_millis(85)..Duration::from_millis(125)).contains(&median), "median {median:?}");
+    // Without faults it is a plain relay.
+    let clean = LinkFaults { delay: Duration::ZERO, jitter: Duration::ZERO, loss: 0.0 };
+    let rtts = ping_through(clean, 7, 50).await;
+    assert_eq!(rtts.len(), 50);
+    assert!(rtts[25] < Duration::from_millis(20), "{:?}", rtts[25]);
+}

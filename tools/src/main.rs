@@ -387,7 +387,7 @@ enum QueryWhat {
 #[derive(clap::Args)]
 struct NodeArgs {
     /// A TOML config file (see the docs of `mycnet_spores::node`); excludes the other flags.
-    #[arg(long, conflicts_with_all = ["data_dir", "listen", "init", "join_addr", "peer", "latent_peer", "from_seed"])]
+    #[arg(long, conflicts_with_all = ["data_dir", "listen", "advertise", "init", "join_addr", "peer", "latent_peer", "from_seed"])]
     config: Option<PathBuf>,
     /// Ledger, Raft log and node.key live here.
     #[arg(long)]
@@ -395,6 +395,9 @@ struct NodeArgs {
     /// host:port to listen on (UDP).
     #[arg(long)]
     listen: Option<String>,
+    /// host:port peers dial to reach this node, when not --listen (behind a NAT or a relay).
+    #[arg(long)]
+    advertise: Option<String>,
     /// A human-readable name.
     #[arg(long)]
     name: Option<String>,
@@ -495,6 +498,7 @@ fn run(cli: Cli) -> CliResult {
                 None => remote::config_from_flags(
                     a.data_dir,
                     a.listen,
+                    a.advertise,
                     a.name,
                     match a.role {
                         Role::Voter => RoleConfig::Voter,

@@ -115,6 +115,7 @@ pub async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
 pub fn config_from_flags(
     data_dir: Option<PathBuf>,
     listen: Option<String>,
+    advertise: Option<String>,
     name: Option<String>,
     role: node::RoleConfig,
     capabilities: Vec<String>,
@@ -133,6 +134,9 @@ pub fn config_from_flags(
     let data_dir = data_dir.ok_or_else(|| CliError::usage("--data-dir is required without --config"))?;
     let listen = listen.ok_or_else(|| CliError::usage("--listen is required without --config"))?;
     check_listen_addr(&listen).map_err(|e| flag_error("--listen", &listen, e))?;
+    if let Some(a) = &advertise {
+        check_peer_addr(a).map_err(|e| flag_error("--advertise", a, e))?;
+    }
     if let Some(a) = &join_addr {
         check_peer_addr(a).map_err(|e| flag_error("--join-addr", a, e))?;
     }
@@ -157,6 +161,7 @@ pub fn config_from_flags(
     let config = NodeConfig {
         data_dir,
         listen,
+        advertise,
         name,
         role,
         capabilities,

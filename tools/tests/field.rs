@@ -3,9 +3,19 @@
 //! leader off, SIGSTOP of the leader, `kill -9` of a node — while a writer keeps going. At the
 //! end no acknowledged write is lost, every head converges and every ledger verifies.
 //!
+//! The nodes talk either directly (a LAN) or over a WAN: each advertises the address of a
+//! userspace UDP proxy in front of it (`tests/it/udp_proxy.rs`, on a second address of the
+//! bridge in the root namespace) that delays every datagram by 50 ± 20 ms and drops some, so
+//! every node-to-node datagram crosses one such link (this kernel has no netem). The
+//! partition then also drops what comes from or goes to the proxies' address.
+//!
 //! Needs root (namespaces, veth, iptables; CI runs as root and `.ci/run` installs iptables).
-//! The default run is one round of faults; `SPORES_FIELD_ROUNDS=N cargo test -p
-//! mycnet-spores-tools --test field -- --ignored` runs the long version.
+//! The default runs are one round of faults on each link; `SPORES_FIELD_ROUNDS=N cargo test
+//! -p mycnet-spores-tools --test field -- --ignored` runs the long version (N rounds on each).
+
+#[path = "../../tests/it/udp_proxy.rs"]
+#[allow(dead_code)]
+mod udp_proxy;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,6 +23,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use udp_proxy::{LinkFaults, UdpProxy};
 
 fn spore() -> Command {
     Command::new(env!("CARGO_BIN_EXE_spore"))
@@ -40,14 +51,19 @@ struct Net {
 
 impl Net {
     fn new(nodes: usize) -> Net {
-        // Short, unique names (interface names are at most 15 bytes).
-        let id = std::process::id() % 200 + 20;
+        // Short, unique names (interface names are at most 15 bytes): per process and run.
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2;
+        let id = (std::process::id() % 100) * 2 + run + 20;
         let tag = format!("spf{id}");
         let subnet = format!("10.213.{id}");
         let net = Net { tag, subnet, nodes };
         net.teardown();
         sh(&["ip", "link", "add", &net.bridge(), "type", "bridge"]);
         sh(&["ip", "addr", "add", &format!("{}.254/24", net.subnet), "dev", &net.bridge()]);
+        // The proxies' own address (secondary, so the root namespace still talks to the nodes
+        // from .254 and a partition can tell proxied traffic apart).
+        sh(&["ip", "addr", "add", &format!("{}/24", net.proxy_ip()), "dev", &net.bridge()]);
         sh(&["ip", "link", "set", &net.bridge(), "up"]);
         for i in 0..nodes {
             let ns = net.ns(i);
@@ -75,11 +91,17 @@ impl Net {
         format!("{}.{}", self.subnet, i + 1)
     }
 
-    /// Cuts node `i` off from every other node (both directions), as a partition would.
+    fn proxy_ip(&self) -> String {
+        format!("{}.253", self.subnet)
+    }
+
+    /// Cuts node `i` off from every other node (both directions), as a partition would: the
+    /// other nodes' addresses and the proxies' one.
     fn isolate(&self, i: usize) {
-        for j in (0..self.nodes).filter(|j| *j != i) {
-            sh(&["ip", "netns", "exec", &self.ns(i), "iptables", "-A", "INPUT", "-s", &self.ip(j), "-j", "DROP"]);
-            sh(&["ip", "netns", "exec", &self.ns(i), "iptables", "-A", "OUTPUT", "-d", &self.ip(j), "-j", "DROP"]);
+        let others = (0..self.nodes).filter(|j| *j != i).map(|j| self.ip(j));
+        for ip in others.chain([self.proxy_ip()]) {
+            sh(&["ip", "netns", "exec", &self.ns(i), "iptables", "-A", "INPUT", "-s", &ip, "-j", "DROP"]);
+            sh(&["ip", "netns", "exec", &self.ns(i), "iptables", "-A", "OUTPUT", "-d", &ip, "-j", "DROP"]);
         }
     }
 
@@ -186,7 +208,24 @@ fn write_some(nodes: &[Node], key: &Path, n: usize, tag: &str) -> Vec<String> {
     (0..n).filter_map(|k| register(key, &running[k % running.len()].addr, &format!("{tag}-{k}"))).collect()
 }
 
-fn field_run(rounds: usize) {
+/// How the nodes reach each other.
+#[derive(Clone, Copy, Debug)]
+enum Link {
+    /// Directly over the bridge.
+    Lan,
+    /// Through a delay/loss proxy in front of each node, with the WAN timeouts profile.
+    Wan(LinkFaults),
+}
+
+/// 50 ± 20 ms one way, 10 % of datagrams lost.
+const WAN: LinkFaults = LinkFaults { delay: Duration::from_millis(50), jitter: Duration::from_millis(20), loss: 0.1 };
+
+/// One field run at a time: six node processes on two cores are enough, and the fault timings
+/// mean something only without a second run competing.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn field_run(rounds: usize, link: Link) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let net = Net::new(3);
     let root = tempfile::tempdir().expect("tempdir");
     let mut nodes: Vec<Node> = (0..3)
@@ -198,10 +237,38 @@ fn field_run(rounds: usize) {
             Node { dir, key, addr: format!("{}:7400", net.ip(i)), ns: net.ns(i), child: None }
         })
         .collect();
-    let all: Vec<(String, String)> = nodes.iter().map(|n| (n.key.clone(), n.addr.clone())).collect();
+    // Over the WAN each node advertises its proxy; the test's own calls go to the nodes directly.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let _in_rt = rt.enter();
+    let proxies: Vec<UdpProxy> = match link {
+        Link::Lan => Vec::new(),
+        Link::Wan(faults) => nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let ip = net.proxy_ip().parse().expect("proxy ip");
+                let proxy = rt.block_on(UdpProxy::bind_on(ip, faults, 0xf1e1d + i as u64));
+                proxy.forward_to(n.addr.parse().expect("node address"));
+                proxy
+            })
+            .collect(),
+    };
+    let reach: Vec<String> = match link {
+        Link::Lan => nodes.iter().map(|n| n.addr.clone()).collect(),
+        Link::Wan(_) => proxies.iter().map(|p| p.addr.to_string()).collect(),
+    };
+    let all: Vec<(String, String)> = nodes.iter().zip(&reach).map(|(n, r)| (n.key.clone(), r.clone())).collect();
+    let profile: Vec<String> = match link {
+        Link::Lan => vec![],
+        Link::Wan(_) => vec!["--timeouts".into(), "wan".into()],
+    };
     let args = |i: usize| -> Vec<String> {
         let n = &nodes[i];
         let mut a = vec!["--data-dir".into(), path(&n.dir).into(), "--listen".into(), n.addr.clone(), "--name".into(), format!("n{i}")];
+        a.extend(profile.iter().cloned());
+        if let Link::Wan(_) = link {
+            a.extend(["--advertise".into(), reach[i].clone()]);
+        }
         if i == 0 {
             a.extend(["--init".into(), "field".into()]);
         } else {
@@ -256,7 +323,11 @@ fn field_run(rounds: usize) {
         let victim = (l + 1) % 3;
         nodes[victim].kill9();
         acked.extend(write_some(&nodes, &key, 3, &format!("r{round}-kill")));
-        let restart = vec!["--data-dir".to_string(), path(&nodes[victim].dir).to_string(), "--listen".to_string(), nodes[victim].addr.clone()];
+        let mut restart = vec!["--data-dir".to_string(), path(&nodes[victim].dir).to_string(), "--listen".to_string(), nodes[victim].addr.clone()];
+        restart.extend(profile.iter().cloned());
+        if let Link::Wan(_) = link {
+            restart.extend(["--advertise".to_string(), reach[victim].clone()]);
+        }
         nodes[victim].start(&restart);
     }
     // Every head converges and every acknowledged write is on every node.
@@ -280,16 +351,28 @@ fn field_run(rounds: usize) {
         let v = run(&["verify", path(&n.dir)]);
         assert_eq!(v.status.code(), Some(0), "{}: {}", n.addr, String::from_utf8_lossy(&v.stdout));
     }
+    // Over the WAN, the links did carry the run and drop some of it.
+    for p in &proxies {
+        let relayed = p.stats.relayed.load(std::sync::atomic::Ordering::Relaxed);
+        let dropped = p.stats.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(relayed > 100 && dropped > 0, "proxy {}: {relayed} relayed, {dropped} dropped", p.addr);
+    }
 }
 
 #[test]
 fn node_processes_in_namespaces_lose_no_acknowledged_write_through_partition_stop_and_kill() {
-    field_run(1);
+    field_run(1, Link::Lan);
+}
+
+#[test]
+fn over_a_lossy_wan_link_node_processes_lose_no_acknowledged_write_through_partition_stop_and_kill() {
+    field_run(1, Link::Wan(WAN));
 }
 
 #[test]
 #[ignore = "long: SPORES_FIELD_ROUNDS=N cargo test -p mycnet-spores-tools --test field -- --ignored"]
 fn the_long_field_run() {
     let rounds = std::env::var("SPORES_FIELD_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    field_run(rounds);
+    field_run(rounds, Link::Lan);
+    field_run(rounds, Link::Wan(WAN));
 }

@@ -71,6 +71,7 @@ fn node_refuses_malformed_addresses_and_keys_before_starting() {
     let err = refused(node(&["--init", "x", "--latent-peer", &latent]), "--latent-peer", &latent);
     assert!(err.contains("not a valid node key"), "{err}");
     refused(node(&["--init", "x", "--peer", &format!("{key}@:7400")]), "--peer", &format!("{key}@:7400"));
+    refused(node(&["--init", "x", "--advertise", "10.0.0.5"]), "--advertise", "10.0.0.5");
 
     let out = run_within(&["node", "--data-dir", path(&dir), "--listen", "localhost", "--init", "x"], limit);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
