@@ -76,12 +76,19 @@ fn main() {
     let root = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "target".into());
     std::fs::create_dir_all(&root).expect("target dir");
     let dir = tempfile::Builder::new().prefix("profile-").tempdir_in(&root).expect("scratch");
-    let mut ledger = Ledger::open(dir.path().join("ours"), LedgerConfig { durable, ..LedgerConfig::default() }).expect("open");
+    let mut ledger =
+        Ledger::open(dir.path().join("ours"), LedgerConfig { durable, ..LedgerConfig::default() }).expect("open");
     let (t_ours, chained) = ours(&mut ledger, batches);
-    let records: Vec<(Vec<u8>, Vec<u8>)> = chained.iter().map(|e| (e.seq.to_be_bytes().to_vec(), encode_record(e))).collect();
+    let records: Vec<(Vec<u8>, Vec<u8>)> =
+        chained.iter().map(|e| (e.seq.to_be_bytes().to_vec(), encode_record(e))).collect();
     let db = Database::builder(dir.path().join("raw")).open().expect("open raw");
     let ks = db.keyspace("ledger", KeyspaceCreateOptions::default).expect("keyspace");
     let t_raw = raw(&db, &ks, &records, durable);
     let per = |d: Duration| d.as_secs_f64() * 1e6 / (n / BATCH) as f64;
-    println!("{n} events: ours {:.1} us/batch, raw {:.1} us/batch, ratio (raw/ours) {:.3}", per(t_ours), per(t_raw), t_raw.as_secs_f64() / t_ours.as_secs_f64());
+    println!(
+        "{n} events: ours {:.1} us/batch, raw {:.1} us/batch, ratio (raw/ours) {:.3}",
+        per(t_ours),
+        per(t_raw),
+        t_raw.as_secs_f64() / t_ours.as_secs_f64()
+    );
 }

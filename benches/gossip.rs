@@ -55,7 +55,11 @@ fn gossip_config() -> GossipConfig {
     GossipConfig { sync: SyncConfig { batch_events: 2048, ..SyncConfig::default() }, ..GossipConfig::default() }
 }
 
-async fn endpoint(seed: u8, ledger: Arc<RwLock<Ledger>>, pull: bool) -> (PeerNode, Arc<GossipService>, QuicTransport, Binding) {
+async fn endpoint(
+    seed: u8,
+    ledger: Arc<RwLock<Ledger>>,
+    pull: bool,
+) -> (PeerNode, Arc<GossipService>, QuicTransport, Binding) {
     let key = NodeKey::from_seed([seed; 32]);
     let backend = QuicBackend::new(key.clone(), Admission::allow_all());
     let late = Arc::new(mycnet_spores::net::LateHandler::default());
@@ -91,7 +95,8 @@ fn raw_verify(events: &[ChainedEvent]) -> Duration {
         .par_chunks(256)
         .map(|chunk| {
             let msgs: Vec<Vec<u8>> = chunk.iter().map(|e| e.event.signing_message()).collect();
-            let items: Vec<_> = chunk.iter().zip(&msgs).map(|(e, m)| (e.event.author, m.as_slice(), e.event.signature)).collect();
+            let items: Vec<_> =
+                chunk.iter().zip(&msgs).map(|(e, m)| (e.event.author, m.as_slice(), e.event.signature)).collect();
             verify_many(&mut VerifierCache::default(), &items).into_iter().filter(|v| *v).count()
         })
         .sum();
@@ -155,7 +160,10 @@ fn bench_gossip(c: &mut Criterion) {
     eprintln!("{:>48}: {:.3} s", "raw fjall bulk append of the records", append.as_secs_f64());
     eprintln!("{:>48}: {:.3} s", "ours: sync over QUIC into a durable ledger", sync.as_secs_f64());
     eprintln!("ratio sync / max(verify, append) = {:.3} (target <= 1.5)", sync.as_secs_f64() / budget.as_secs_f64());
-    eprintln!("bytes received over UDP = {udp}; ratio to the records' size = {:.3} (target <= 1.1)", udp as f64 / record_bytes as f64);
+    eprintln!(
+        "bytes received over UDP = {udp}; ratio to the records' size = {:.3} (target <= 1.1)",
+        udp as f64 / record_bytes as f64
+    );
 }
 
 criterion_group!(benches, bench_gossip);

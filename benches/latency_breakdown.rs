@@ -132,7 +132,9 @@ fn node_of(path: &str, dirs: &[String]) -> Option<usize> {
 fn first<'a>(spans: &'a [Closed], name: &str, node: usize, after: Instant, dirs: &[String]) -> Option<&'a Closed> {
     spans
         .iter()
-        .filter(|s| s.name == name && s.start >= after && s.path.as_deref().and_then(|p| node_of(p, dirs)) == Some(node))
+        .filter(|s| {
+            s.name == name && s.start >= after && s.path.as_deref().and_then(|p| node_of(p, dirs)) == Some(node)
+        })
         .min_by_key(|s| s.start)
 }
 
@@ -175,7 +177,8 @@ fn median_us(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let writes: usize = std::env::var("SPORES_BREAKDOWN_WRITES").ok().and_then(|v| v.parse().ok()).unwrap_or(500).max(1);
+    let writes: usize =
+        std::env::var("SPORES_BREAKDOWN_WRITES").ok().and_then(|v| v.parse().ok()).unwrap_or(500).max(1);
     let timeline = Timeline::default();
     let only = tracing_subscriber::filter::filter_fn(|m| m.is_span() && SPANS.contains(&(m.target(), m.name())));
     let subscriber = tracing_subscriber::registry().with(timeline.clone().with_filter(only));
@@ -186,7 +189,8 @@ fn main() {
     let quic = std::env::var("SPORES_BREAKDOWN_NET").is_ok_and(|n| n.eq_ignore_ascii_case("quic"));
     let net = if quic { cluster::Net::Quic } else { cluster::Net::InProc };
     let systems = rt.block_on(cluster::form(dir.path(), 3, net));
-    let dirs: Vec<String> = (0..systems.len()).map(|i| dir.path().join(format!("n{i}")).display().to_string()).collect();
+    let dirs: Vec<String> =
+        (0..systems.len()).map(|i| dir.path().join(format!("n{i}")).display().to_string()).collect();
     // The writer runs where `block_on` runs it (the calling thread, as in `benches/primary.rs`
     // and under `#[tokio::main]`), or with SPORES_BREAKDOWN_CALLER=task in a task on the
     // runtime's workers (the hand-offs to and from the proposer then stay on them).
@@ -194,7 +198,8 @@ fn main() {
     let write = |s: &Arc<mycnet_spores::SporeSystem>| {
         if in_task {
             let s = s.clone();
-            let task = rt.spawn(async move { s.register_service("lat", vec![], vec![], cluster::metadata()).await.map(|_| ()) });
+            let task = rt
+                .spawn(async move { s.register_service("lat", vec![], vec![], cluster::metadata()).await.map(|_| ()) });
             rt.block_on(task).expect("writer task")
         } else {
             rt.block_on(s.register_service("lat", vec![], vec![], cluster::metadata())).map(|_| ())
@@ -223,7 +228,8 @@ fn main() {
         }
     }
 
-    let over = if quic { "over QUIC on 127.0.0.1 (the replication stages include its round trip)" } else { "in process" };
+    let over =
+        if quic { "over QUIC on 127.0.0.1 (the replication stages include its round trip)" } else { "in process" };
     let from = if in_task { "a task on the runtime" } else { "block_on" };
     eprintln!("\n=== one write's commit path, 3 voters {over}, writer in {from}, {writes} writes ({incomplete} without every span, left out) ===");
     let mut by_owner = [0.0f64; 3];

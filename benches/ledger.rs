@@ -32,12 +32,14 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use mycnet_spores::core::event::chain_hash;
+use mycnet_spores::core::keys::VerifierCache;
 use mycnet_spores::core::limits::{APPEND_BATCH_MAX, REPLAY_CHUNK_EVENTS};
 use mycnet_spores::core::synth::{Synth, SynthConfig};
-use mycnet_spores::core::keys::VerifierCache;
 use mycnet_spores::store::record::{encode_record, RECORD_FORMAT_V1};
 use mycnet_spores::store::verified::VerifiedEvents;
-use mycnet_spores::{ChainHash, ChainedEvent, Ledger, LedgerConfig, LedgerReader, NodeKey, ReplayOptions, SignedEvent, StopAt};
+use mycnet_spores::{
+    ChainHash, ChainedEvent, Ledger, LedgerConfig, LedgerReader, NodeKey, ReplayOptions, SignedEvent, StopAt,
+};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
@@ -100,7 +102,10 @@ fn fixture(n: u64, seed: u64) -> Fixture {
     let tmp = root.join(format!("ledger-{n}-{seed}.partial"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&root).expect("create fixtures root");
-    eprintln!("ledger bench: generating fixture {} ({n} events, seed {seed}; 1M takes a few minutes, once)", dir.display());
+    eprintln!(
+        "ledger bench: generating fixture {} ({n} events, seed {seed}; 1M takes a few minutes, once)",
+        dir.display()
+    );
     let started = Instant::now();
     let head = {
         let config = LedgerConfig { durable: false, ..LedgerConfig::default() };
@@ -174,14 +179,18 @@ impl RawVerify {
         let msgs: Vec<Vec<u8>> = (0..batch).map(|i| (0..256).map(|j| (i * 31 + j) as u8).collect()).collect();
         let sig_bytes: Vec<_> = keys.iter().zip(&msgs).map(|(k, m)| k.sign(m)).collect();
         let sigs = sig_bytes.iter().map(|s| ed25519_dalek::Signature::from_bytes(&s.0)).collect();
-        let vks = keys.iter().map(|k| ed25519_dalek::VerifyingKey::from_bytes(k.node_id().as_bytes()).expect("a key")).collect();
+        let vks = keys
+            .iter()
+            .map(|k| ed25519_dalek::VerifyingKey::from_bytes(k.node_id().as_bytes()).expect("a key"))
+            .collect();
         let ids = keys.iter().map(NodeKey::node_id).collect();
         RawVerify { msgs, sigs, vks, ids, sig_bytes }
     }
 
     /// The same batch through the library's rule (ZIP-215 batch, key cache as in the product).
     fn run_zip215(&self, cache: &mut VerifierCache) {
-        let items: Vec<_> = self.ids.iter().zip(&self.msgs).zip(&self.sig_bytes).map(|((a, m), s)| (*a, m.as_slice(), *s)).collect();
+        let items: Vec<_> =
+            self.ids.iter().zip(&self.msgs).zip(&self.sig_bytes).map(|((a, m), s)| (*a, m.as_slice(), *s)).collect();
         let verdicts = mycnet_spores::core::keys::verify_many(cache, &items);
         assert!(verdicts.iter().all(|v| *v), "valid batch");
     }
@@ -412,7 +421,10 @@ fn verify_batches(events: &[SignedEvent], cache: &mut VerifierCache, batches: u6
 }
 
 /// Criterion group for whole-fixture passes: 10 samples of one pass each.
-fn pass_group<'a>(crit: &'a mut Criterion, name: &str) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+fn pass_group<'a>(
+    crit: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
     let mut g = crit.benchmark_group(name);
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
@@ -478,7 +490,9 @@ fn bench_ledger(crit: &mut Criterion) {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    let (p, stats) = reader.replay(&ReplayOptions { audit: true, stop: StopAt::End }, &|_| {}).expect("audit replay");
+                    let (p, stats) = reader
+                        .replay(&ReplayOptions { audit: true, stop: StopAt::End }, &|_| {})
+                        .expect("audit replay");
                     let el = t.elapsed();
                     assert_eq!((stats.events, stats.signatures_verified), (n, n));
                     assert_eq!(p.head().map(|h| h.hash), Some(fx.head));
@@ -493,7 +507,8 @@ fn bench_ledger(crit: &mut Criterion) {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    let (p, stats) = reader.replay(&ReplayOptions { audit: false, stop: StopAt::End }, &|_| {}).expect("replay");
+                    let (p, stats) =
+                        reader.replay(&ReplayOptions { audit: false, stop: StopAt::End }, &|_| {}).expect("replay");
                     let el = t.elapsed();
                     assert_eq!(stats.events, n);
                     assert_eq!(p.head().map(|h| h.hash), Some(fx.head));
@@ -569,7 +584,8 @@ fn bench_ledger(crit: &mut Criterion) {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    let ledger = Ledger::open(&fx.dir, LedgerConfig { create: false, ..LedgerConfig::default() }).expect("open");
+                    let ledger =
+                        Ledger::open(&fx.dir, LedgerConfig { create: false, ..LedgerConfig::default() }).expect("open");
                     let el = t.elapsed();
                     assert_eq!(ledger.head().map(|h| h.hash), Some(fx.head));
                     checkpoint_seq = ledger.checkpoint_seq();
@@ -599,7 +615,8 @@ fn bench_ledger(crit: &mut Criterion) {
 
     // --- 3. F and durable append ------------------------------------------------------------
     let pool = append_pool(&fx);
-    let records: Vec<(Vec<u8>, Vec<u8>)> = pool.iter().map(|e| (e.seq.to_be_bytes().to_vec(), encode_record(e))).collect();
+    let records: Vec<(Vec<u8>, Vec<u8>)> =
+        pool.iter().map(|e| (e.seq.to_be_bytes().to_vec(), encode_record(e))).collect();
     let record_bytes = records.iter().map(|(_, v)| v.len()).sum::<usize>() as f64 / records.len() as f64;
     let signed: Vec<SignedEvent> = pool.into_iter().map(|e| e.event).collect();
     let msg_bytes = signed.iter().map(|e| e.signing_message().len()).sum::<usize>() as f64 / signed.len() as f64;
@@ -610,8 +627,12 @@ fn bench_ledger(crit: &mut Criterion) {
     {
         let mut raw = RawAppend { records: &records, cursor: 0, state: None };
         let mut ours = OurAppend { events: &signed, cursor: 0, state: None };
-        let mut ours_verified =
-            OurAppendVerified { events: &signed, cache: VerifierCache::default(), ready: Default::default(), state: None };
+        let mut ours_verified = OurAppendVerified {
+            events: &signed,
+            cache: VerifierCache::default(),
+            ready: Default::default(),
+            state: None,
+        };
         let mut cache = VerifierCache::default();
         let mut g = crit.benchmark_group("ledger_append");
         g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
@@ -651,7 +672,8 @@ fn bench_ledger(crit: &mut Criterion) {
     // `scrub_step` pages of 256 over the fixture (decode, link, hash, signature): seconds of
     // CPU per event, times the default 1,000 events a second, is the share of one core.
     let scrub_secs_per_event = {
-        let ledger = Ledger::open(&fx.dir, LedgerConfig { create: false, durable: false, ..LedgerConfig::default() }).expect("open fixture");
+        let ledger = Ledger::open(&fx.dir, LedgerConfig { create: false, durable: false, ..LedgerConfig::default() })
+            .expect("open fixture");
         let mut cursor = mycnet_spores::store::scrub::ScrubCursor::default();
         let pages = 400u64.min(n / 256);
         let t = Instant::now();

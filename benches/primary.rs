@@ -91,8 +91,10 @@ fn bench_primary(crit: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     // SPORES_BENCH_NET=inproc|quic limits the run to one network (default: both).
     let only = std::env::var("SPORES_BENCH_NET").ok();
-    let nets: Vec<Net> =
-        [Net::InProc, Net::Quic].into_iter().filter(|n| only.as_deref().is_none_or(|o| o.eq_ignore_ascii_case(&format!("{n:?}")))).collect();
+    let nets: Vec<Net> = [Net::InProc, Net::Quic]
+        .into_iter()
+        .filter(|n| only.as_deref().is_none_or(|o| o.eq_ignore_ascii_case(&format!("{n:?}"))))
+        .collect();
     let mut figures = Vec::new();
     for net in nets {
         let cluster = rt.block_on(form_cluster(net));
@@ -157,7 +159,8 @@ fn bench_primary(crit: &mut Criterion) {
             lat_budget.as_secs_f64() * 1e6
         );
     }
-    if let (Some(i), Some(q)) = (figures.iter().find(|f| f.0 == Net::InProc), figures.iter().find(|f| f.0 == Net::Quic)) {
+    if let (Some(i), Some(q)) = (figures.iter().find(|f| f.0 == Net::InProc), figures.iter().find(|f| f.0 == Net::Quic))
+    {
         eprintln!("QUIC / in-process 64-client throughput = {:.3} (target >= 0.6)", q.1 / i.1);
         eprintln!("QUIC / in-process 1-client median latency = {:.3}", q.2.as_secs_f64() / i.2.as_secs_f64());
     }

@@ -36,7 +36,9 @@ fn thread_cpu() -> BTreeMap<u32, (String, f64)> {
         let name = stat[open + 1..close].to_string();
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         // After the name: state is field 0, utime field 11, stime field 12.
-        let (Some(u), Some(s)) = (fields.get(11).and_then(|v| v.parse::<f64>().ok()), fields.get(12).and_then(|v| v.parse::<f64>().ok())) else {
+        let (Some(u), Some(s)) =
+            (fields.get(11).and_then(|v| v.parse::<f64>().ok()), fields.get(12).and_then(|v| v.parse::<f64>().ok()))
+        else {
             continue;
         };
         out.insert(tid, (name, (u + s) / HZ));
@@ -59,7 +61,10 @@ fn kind(name: &str) -> &'static str {
 
 fn main() {
     let clients: usize = std::env::var("SPORES_PROFILE_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(64).max(1);
-    let total: usize = (std::env::var("SPORES_PROFILE_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_480) / clients * clients).max(clients);
+    let total: usize = (std::env::var("SPORES_PROFILE_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_480)
+        / clients
+        * clients)
+        .max(clients);
     let rounds: usize = std::env::var("SPORES_PROFILE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     // Named, so their CPU is told apart from tokio's (unnamed threads inherit their creator's name).
     let _ = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("rayon-{i}")).build_global();

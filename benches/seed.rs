@@ -28,7 +28,8 @@ fn events_wanted() -> u64 {
 
 /// A ledger of `n` synthetic events and the keys of its voters, generated once.
 fn fixture(n: u64) -> (PathBuf, Vec<NodeKey>) {
-    let mut synth = Synth::new(SynthConfig { seed: 7, nodes: 64, voters: 3, checkpoint_every_chunk: false, ..Default::default() });
+    let mut synth =
+        Synth::new(SynthConfig { seed: 7, nodes: 64, voters: 3, checkpoint_every_chunk: false, ..Default::default() });
     let cfg = LedgerConfig { durable: false, checkpoint_interval: 0, ..LedgerConfig::default() };
     let (dir, generated) = fixture::synth_ledger(&format!("seed-ledger-{n}"), n, &mut synth, cfg);
     if !generated {
@@ -40,7 +41,9 @@ fn fixture(n: u64) -> (PathBuf, Vec<NodeKey>) {
     let voters: Vec<NodeKey> = synth
         .keys()
         .iter()
-        .filter(|k| p.node(&k.node_id()).is_some_and(|r| r.role.is_authority() && r.status != mycnet_spores::NodeStatus::Left))
+        .filter(|k| {
+            p.node(&k.node_id()).is_some_and(|r| r.role.is_authority() && r.status != mycnet_spores::NodeStatus::Left)
+        })
         .cloned()
         .collect();
     assert!(!voters.is_empty(), "the fixture has voters");
@@ -102,7 +105,8 @@ fn bench_seed(c: &mut Criterion) {
     let n = events_wanted();
     let (dir, voters) = fixture(n);
     let work = tempfile::tempdir_in(dir.parent().expect("parent")).expect("work dir");
-    let ledger = RwLock::new(Ledger::open(&dir, LedgerConfig { create: false, ..LedgerConfig::default() }).expect("open"));
+    let ledger =
+        RwLock::new(Ledger::open(&dir, LedgerConfig { create: false, ..LedgerConfig::default() }).expect("open"));
     let signer = voters[0].clone();
     let full = work.path().join("full.seed");
     let bare = work.path().join("bare.seed");
@@ -141,7 +145,9 @@ fn bench_seed(c: &mut Criterion) {
     let bytes = std::fs::read(&quorum).expect("read quorum seed");
     let parsed = seed::verify_quorum(&bytes, None).expect("quorum seed verifies");
     let verified = t.elapsed();
-    let mut fresh = Ledger::open(&target, LedgerConfig { durable: false, checkpoint_interval: 0, ..LedgerConfig::default() }).expect("open");
+    let mut fresh =
+        Ledger::open(&target, LedgerConfig { durable: false, checkpoint_interval: 0, ..LedgerConfig::default() })
+            .expect("open");
     let imported_head = seed::import_quorum(&mut fresh, &parsed).expect("import");
     let import = t.elapsed();
     assert_eq!(imported_head.hash, head.hash);
@@ -153,7 +159,12 @@ fn bench_seed(c: &mut Criterion) {
     eprintln!("{:>44}: {:.3} s", "raw fsync of the file", fsync.as_secs_f64());
     eprintln!("{:>44}: {:.3} s", "ours: export with events", export.as_secs_f64());
     eprintln!("{:>44}: {:.3} s", "raw fjall bulk append of the records", raw_append.as_secs_f64());
-    eprintln!("{:>44}: {:.3} s (of which verify {:.3} s)", "ours: verify + import (quorum-signed)", import.as_secs_f64(), verified.as_secs_f64());
+    eprintln!(
+        "{:>44}: {:.3} s (of which verify {:.3} s)",
+        "ours: verify + import (quorum-signed)",
+        import.as_secs_f64(),
+        verified.as_secs_f64()
+    );
     eprintln!("{:>44}: {} bytes", "seed with events", size(&full));
     eprintln!("{:>44}: {} bytes", "seed without events", size(&bare));
     eprintln!("{:>44}: {} bytes", "quorum-signed seed", size(&quorum));
@@ -161,7 +172,10 @@ fn bench_seed(c: &mut Criterion) {
         "ratio export / (scan + blake3 + fsync) = {:.3} (target <= 2.0)",
         export.as_secs_f64() / export_budget.as_secs_f64()
     );
-    eprintln!("ratio import rate / raw bulk append rate = {:.3} (target >= 0.5)", raw_append.as_secs_f64() / import.as_secs_f64());
+    eprintln!(
+        "ratio import rate / raw bulk append rate = {:.3} (target >= 0.5)",
+        raw_append.as_secs_f64() / import.as_secs_f64()
+    );
 }
 
 criterion_group!(benches, bench_seed);

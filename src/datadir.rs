@@ -22,7 +22,8 @@ pub struct CreatedDir {
 impl CreatedDir {
     /// Creates `path` and its missing parents, remembering the topmost one that did not exist.
     pub fn create(path: &Path) -> Result<Self, LedgerError> {
-        let top = path.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last().map(Path::to_path_buf);
+        let top =
+            path.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last().map(Path::to_path_buf);
         std::fs::create_dir_all(path).map_err(|source| LedgerError::Io { path: path.to_path_buf(), source })?;
         Ok(CreatedDir { path: path.to_path_buf(), top })
     }

@@ -69,9 +69,11 @@ pub use crate::core::types::{
     ChainHash, Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore,
 };
 pub use crate::error::{Corruption, Error, LedgerError};
+pub use crate::raft::{ChainPoint, PeerNode};
 pub use crate::store::forensics::{Branch, ForensicsError};
 pub use crate::store::inspect::{LedgerReader, VerifyReport};
 pub use crate::store::ledger::{Ledger, LedgerConfig};
 pub use crate::store::replay::{ReplayOptions, ReplayStats, StopAt};
-pub use crate::system::{Consistency, OperationalMode, PeerLag, SporeStatus, SporeSystem, SporeSystemBuilder, Subscription, Timeouts};
-pub use crate::raft::{ChainPoint, PeerNode};
+pub use crate::system::{
+    Consistency, OperationalMode, PeerLag, SporeStatus, SporeSystem, SporeSystemBuilder, Subscription, Timeouts,
+};

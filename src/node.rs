@@ -40,13 +40,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::core::event::NodeAnnouncement;
+use crate::core::keys::PublicKey;
 use crate::core::projection::NodeStatus;
 use crate::core::types::{NetworkIdentity, NodeId, NodeRole};
-use crate::core::keys::PublicKey;
 use crate::datadir::CreatedDir;
+use crate::error::Error;
 use crate::net::addr::{check_listen_addr, check_peer_addr, AddressError};
 use crate::net::quic::Admission;
-use crate::error::Error;
 use crate::raft::PeerNode;
 use crate::system::{SporeSystem, SporeSystemBuilder, Timeouts};
 
@@ -372,7 +372,11 @@ async fn bring_up(system: &mut SporeSystem, config: &NodeConfig, admission: Opti
             let deadline = std::time::Instant::now() + JOIN_PATIENCE;
             loop {
                 let attempt = match &join.trust_seed {
-                    Some(seed) => system.join_with_seed(via.clone(), join.as_voter, seed, crate::seed::VerifyPolicy::default()).await,
+                    Some(seed) => {
+                        system
+                            .join_with_seed(via.clone(), join.as_voter, seed, crate::seed::VerifyPolicy::default())
+                            .await
+                    }
                     None => system.join(via.clone(), join.as_voter).await,
                 };
                 match attempt {
@@ -406,7 +410,13 @@ async fn admit_bootstrap_peers(system: &SporeSystem, config: &NodeConfig) -> Res
         let name = p.name.clone().unwrap_or_else(|| format!("node-{}", node.short()));
         tracing::info!(peer = %node.short(), %name, "admitting a bootstrap peer");
         system
-            .admit(NodeAnnouncement { node, name, role: p.role.into(), addresses: vec![p.addr.clone()], capabilities: vec![] })
+            .admit(NodeAnnouncement {
+                node,
+                name,
+                role: p.role.into(),
+                addresses: vec![p.addr.clone()],
+                capabilities: vec![],
+            })
             .await?;
     }
     Ok(())
@@ -456,7 +466,10 @@ mod tests {
         let both = format!("{text}[init]\nnetwork_name = \"x\"\n");
         assert!(matches!(NodeConfig::from_toml(&both), Err(ConfigError::Invalid(_))));
         assert!(matches!(NodeConfig::from_toml("listen = 1"), Err(ConfigError::Parse(_))));
-        assert!(matches!(NodeConfig::from_toml("data_dir = \"x\"\nlisten = \"a:1\"\nbogus = 1\n"), Err(ConfigError::Parse(_))));
+        assert!(matches!(
+            NodeConfig::from_toml("data_dir = \"x\"\nlisten = \"a:1\"\nbogus = 1\n"),
+            Err(ConfigError::Parse(_))
+        ));
     }
 
     /// Addresses and keys are checked when the config is read, naming the setting: nothing
@@ -477,7 +490,8 @@ mod tests {
         let join = |addr: &str, k: &str| with(&format!("{listen}[join]\nvia_addr = \"{addr}\"\nvia_key = \"{k}\"\n"));
         assert_eq!(field_of(join("not-an-addr", &key)), Some("join.via_addr"));
         // 32 bytes that do not decompress to an ed25519 point are no node's key.
-        let not_a_point = (0u8..=255).map(|b| NodeId([b; 32])).find(|id| PublicKey::from_node_id(id).is_none()).expect("a non-point");
+        let not_a_point =
+            (0u8..=255).map(|b| NodeId([b; 32])).find(|id| PublicKey::from_node_id(id).is_none()).expect("a non-point");
         assert_eq!(field_of(join("127.0.0.1:7400", &not_a_point.to_hex())), Some("join.via_key"));
         let peer = |addr: &str| with(&format!("{listen}[[peers]]\naddr = \"{addr}\"\nkey = \"{key}\"\n"));
         assert_eq!(field_of(peer("127.0.0.1:99999")), Some("peers.addr"));
@@ -489,7 +503,9 @@ mod tests {
     #[test]
     fn the_timeouts_profile_is_lan_unless_wan_is_asked_for() {
         let base = "data_dir = \"x\"\nlisten = \"a:1\"\n";
-        let heartbeat = |c: &NodeConfig| c.builder(std::sync::Arc::new(crate::net::inproc::InProcNetwork::new(0))).timeouts_ref().heartbeat;
+        let heartbeat = |c: &NodeConfig| {
+            c.builder(std::sync::Arc::new(crate::net::inproc::InProcNetwork::new(0))).timeouts_ref().heartbeat
+        };
         let lan = NodeConfig::from_toml(base).expect("valid");
         assert_eq!(lan.timeouts, TimeoutProfile::Lan);
         assert_eq!(heartbeat(&lan), Timeouts::default().heartbeat);

@@ -40,9 +40,9 @@ use crate::error::Error;
 use crate::net::gossip::GossipService;
 use crate::net::{Query, QueryAnswer, RpcRequest, RpcResponse, SharedTransport};
 use crate::raft::proposer::Proposer;
+use crate::raft::state_machine::SharedLedger;
 use crate::raft::{raft_id, PeerNode, Raft, SporeResponse};
 use crate::store::forks::Settled;
-use crate::raft::state_machine::SharedLedger;
 use crate::store::replay::{ReplayOptions, StopAt};
 
 /// Longest branch after a fork that is resolved automatically; longer ones are reported and
@@ -212,8 +212,16 @@ impl Resolver {
         match recorded {
             Some(at) => {
                 let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-                crate::store::forks::mark_resolved(&l, &evidence, &Settled { resolution: None, recorded_at: Some(at) })?;
-                tracing::info!(seq = evidence.seq(), at = at.seq, "fork evidence settled by the resolution recorded in this chain");
+                crate::store::forks::mark_resolved(
+                    &l,
+                    &evidence,
+                    &Settled { resolution: None, recorded_at: Some(at) },
+                )?;
+                tracing::info!(
+                    seq = evidence.seq(),
+                    at = at.seq,
+                    "fork evidence settled by the resolution recorded in this chain"
+                );
             }
             None => tracing::debug!(seq = evidence.seq(), "no reachable holder of the other chain yet"),
         }
@@ -260,9 +268,15 @@ impl Resolver {
         let mut next = from;
         while next <= to {
             let max = crate::net::EVENTS_PER_QUERY_MAX;
-            let page = match self.transport.call(other, RpcRequest::Query(Query::Events { from: next, max }), self.rpc_timeout).await? {
+            let page = match self
+                .transport
+                .call(other, RpcRequest::Query(Query::Events { from: next, max }), self.rpc_timeout)
+                .await?
+            {
                 RpcResponse::Query(Ok(QueryAnswer::Events(ev))) => ev,
-                RpcResponse::Query(Err(e)) => return Err(Error::SplitBrain(format!("{} could not answer: {e}", other.addr))),
+                RpcResponse::Query(Err(e)) => {
+                    return Err(Error::SplitBrain(format!("{} could not answer: {e}", other.addr)))
+                }
                 _ => return Err(Error::SplitBrain(format!("unexpected answer from {}", other.addr))),
             };
             let Some(last) = page.last() else { break };
@@ -281,25 +295,30 @@ impl Resolver {
             let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
             l.head().map(|h| h.seq).unwrap_or(0)
         };
-        if their_head.seq.saturating_sub(fork) >= BRANCH_EVENTS_MAX || our_head.saturating_sub(fork) >= BRANCH_EVENTS_MAX {
+        if their_head.seq.saturating_sub(fork) >= BRANCH_EVENTS_MAX
+            || our_head.saturating_sub(fork) >= BRANCH_EVENTS_MAX
+        {
             tracing::error!(fork, "a branch after the fork is too long to resolve automatically; use `spore diff`");
             return Ok(());
         }
         let theirs = self.their_branch(other, fork, their_head.seq).await?;
         let ledger = self.ledger.clone();
-        let (prefix, ours) = tokio::task::spawn_blocking(move || -> Result<(crate::core::projection::Projection, Vec<ChainedEvent>), Error> {
-            let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-            let (prefix, _) = l.replay(&ReplayOptions { audit: false, stop: StopAt::Seq(fork - 1) })?;
-            let head = l.head().map(|h| h.seq).unwrap_or(0);
-            Ok((prefix, l.read_range(fork, head)?))
-        })
+        let (prefix, ours) = tokio::task::spawn_blocking(
+            move || -> Result<(crate::core::projection::Projection, Vec<ChainedEvent>), Error> {
+                let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+                let (prefix, _) = l.replay(&ReplayOptions { audit: false, stop: StopAt::Seq(fork - 1) })?;
+                let head = l.head().map(|h| h.seq).unwrap_or(0);
+                Ok((prefix, l.read_range(fork, head)?))
+            },
+        )
         .await
         .map_err(|e| Error::Raft(format!("resolver task: {e}")))??;
         // No seed evidence on either side: a seed this node imported is known to it alone
         // (and may have been accepted with a single signature), so counting it would let the
         // decision depend on which node decides. Checkpoints are in the chains both sides
         // read; `spore diff` weighs quorum-signed seed files, which anyone can check.
-        let (ours_s, _) = summarize(&prefix, &ours, None).map_err(|e| Error::SplitBrain(format!("our own branch does not check: {e}")))?;
+        let (ours_s, _) = summarize(&prefix, &ours, None)
+            .map_err(|e| Error::SplitBrain(format!("our own branch does not check: {e}")))?;
         let theirs_s = match summarize(&prefix, &theirs, None) {
             Ok((s, _)) => s,
             Err(e) => {
@@ -328,7 +347,13 @@ impl Resolver {
         })
     }
 
-    async fn win(&self, evidence: &ForkEvidence, res: &Resolution, ours: &[ChainedEvent], theirs: &[ChainedEvent]) -> Result<(), Error> {
+    async fn win(
+        &self,
+        evidence: &ForkEvidence,
+        res: &Resolution,
+        ours: &[ChainedEvent],
+        theirs: &[ChainedEvent],
+    ) -> Result<(), Error> {
         let fork = res.winner.fork_seq;
         if let Some(at) = Self::recorded(ours, fork, &res.loser) {
             return self.mark_settled(evidence, res, Some(at), theirs);
@@ -339,8 +364,13 @@ impl Resolver {
         let present: HashSet<EventId> = ours.iter().map(|e| EventId::of(&e.event)).collect();
         let (mut adopted, mut conflicts, mut stale_liveness) = (0u64, Vec::new(), 0u64);
         for ev in theirs {
-            if matches!(ev.event.body, EventBody::Checkpoint { .. } | EventBody::StateCheckpoint { .. } | EventBody::SplitBrainResolved(_) | EventBody::Genesis { .. })
-                || present.contains(&EventId::of(&ev.event))
+            if matches!(
+                ev.event.body,
+                EventBody::Checkpoint { .. }
+                    | EventBody::StateCheckpoint { .. }
+                    | EventBody::SplitBrainResolved(_)
+                    | EventBody::Genesis { .. }
+            ) || present.contains(&EventId::of(&ev.event))
             {
                 continue;
             }
@@ -379,18 +409,37 @@ impl Resolver {
             adopted,
             conflicts: conflicts.len() as u64,
         }));
-        let at = match self.proposer.propose(SignedEvent::sign(&self.key, fp, Timestamp::now(), body)).await.map_err(|e| Error::Raft(e.to_string()))? {
+        let at = match self
+            .proposer
+            .propose(SignedEvent::sign(&self.key, fp, Timestamp::now(), body))
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?
+        {
             SporeResponse::Applied(p) => p,
             other => return Err(Error::SplitBrain(format!("the resolution event was not committed: {other:?}"))),
         };
         self.write_report(res, adopted, &conflicts, stale_liveness, at)?;
-        tracing::warn!(fork, adopted, conflicts = conflicts.len(), at = at.seq, "split-brain resolved: the losing branch is folded in");
+        tracing::warn!(
+            fork,
+            adopted,
+            conflicts = conflicts.len(),
+            at = at.seq,
+            "split-brain resolved: the losing branch is folded in"
+        );
         self.mark_settled(evidence, res, Some(at), theirs)
     }
 
-    fn write_report(&self, res: &Resolution, adopted: u64, conflicts: &[Conflict], stale_liveness: u64, at: ChainPoint) -> Result<(), Error> {
+    fn write_report(
+        &self,
+        res: &Resolution,
+        adopted: u64,
+        conflicts: &[Conflict],
+        stale_liveness: u64,
+        at: ChainPoint,
+    ) -> Result<(), Error> {
         let dir = self.data_dir.join("forks");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Ledger(crate::error::LedgerError::Io { path: dir.clone(), source: e }))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Ledger(crate::error::LedgerError::Io { path: dir.clone(), source: e }))?;
         let path = dir.join(format!("resolution-{}-{}.json", res.winner.fork_seq, res.loser.first.hash.short()));
         let report = serde_json::json!({
             "fork_seq": res.winner.fork_seq, "decided_by": res.decided_by, "winner": res.winner, "loser": res.loser,
@@ -402,7 +451,13 @@ impl Resolver {
 
     /// Marks `evidence`, and every other unsettled evidence whose other side lies on the
     /// losing branch, settled.
-    fn mark_settled(&self, evidence: &ForkEvidence, res: &Resolution, at: Option<ChainPoint>, losing: &[ChainedEvent]) -> Result<(), Error> {
+    fn mark_settled(
+        &self,
+        evidence: &ForkEvidence,
+        res: &Resolution,
+        at: Option<ChainPoint>,
+        losing: &[ChainedEvent],
+    ) -> Result<(), Error> {
         let hashes: HashSet<_> = losing.iter().map(|e| e.hash).collect();
         let how = Settled { resolution: Some(res.clone()), recorded_at: at };
         let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
@@ -417,13 +472,17 @@ impl Resolver {
 
     fn lose(&self, res: &Resolution, theirs: &[ChainedEvent], other: &PeerNode) -> Result<(), Error> {
         let Some(at) = Self::recorded(theirs, res.winner.fork_seq, &res.loser) else {
-            tracing::info!(fork = res.winner.fork_seq, "this chain lost; waiting for the winner to record the resolution");
+            tracing::info!(
+                fork = res.winner.fork_seq,
+                "this chain lost; waiting for the winner to record the resolution"
+            );
             return Ok(());
         };
         // Join through the authority that recorded the resolution (a member of the winning
         // cluster); the peer asked may be a latent node, which cannot add anyone to Raft.
         let author = theirs.iter().find(|e| e.seq == at.seq).map(|e| e.event.author);
-        let winner_node = self.gossip.known_peers().into_iter().find(|p| Some(p.node) == author).unwrap_or_else(|| other.clone());
+        let winner_node =
+            self.gossip.known_peers().into_iter().find(|p| Some(p.node) == author).unwrap_or_else(|| other.clone());
         let plan = YieldPlan { winner_node, resolution: res.clone(), recorded_at: at };
         let mut slot = self.state.yield_plan.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {

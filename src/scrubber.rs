@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::net::{Query, QueryAnswer, RpcRequest, RpcResponse, SharedTransport};
-use crate::raft::PeerNode;
 use crate::raft::state_machine::SharedLedger;
+use crate::raft::PeerNode;
 use crate::raft::Raft;
 use crate::store::scrub::{repair, scrub_read, scrub_verify, ScrubCursor, ScrubRead, ScrubStep};
 
@@ -135,7 +135,13 @@ fn peers_of(raft: &Raft, me: &PeerNode) -> Vec<PeerNode> {
 
 /// Asks each peer for the record at `seq` and repairs with the first copy the chain vouches
 /// for.
-async fn repair_from_peers(ledger: &SharedLedger, transport: &SharedTransport, peers: &[PeerNode], seq: u64, timeout: Duration) -> Result<(), String> {
+async fn repair_from_peers(
+    ledger: &SharedLedger,
+    transport: &SharedTransport,
+    peers: &[PeerNode],
+    seq: u64,
+    timeout: Duration,
+) -> Result<(), String> {
     let mut last = "no peer to ask".to_string();
     for peer in peers {
         let answer = transport.call(peer, RpcRequest::Query(Query::Events { from: seq, max: 1 }), timeout).await;

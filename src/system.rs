@@ -30,18 +30,22 @@ use uuid::Uuid;
 use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 use crate::core::keys::NodeKey;
 use crate::core::modes::{ModeConfig, ModeInputs, ModeMachine};
-use crate::core::provisional::{ProvisionalError, ProvisionalEvent};
 use crate::core::projection::{ChainHead, NodeRecord, Projection, Rejection, ServiceRecord};
-use crate::core::types::{Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore};
+use crate::core::provisional::{ProvisionalError, ProvisionalEvent};
+use crate::core::types::{
+    Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore,
+};
 use crate::datadir::CreatedDir;
 use crate::error::{Error, LedgerError};
 use crate::net::gossip::{GossipConfig, GossipService};
-use crate::net::liveness::{LivenessConfig, LivenessService, MemberState};
 use crate::net::inproc::InProcNetwork;
-use crate::net::{Binding, LateHandler, NetworkBackend, RemoteFailure, RpcRequest, RpcResponse, SharedTransport, TransportError};
+use crate::net::liveness::{LivenessConfig, LivenessService, MemberState};
+use crate::net::{
+    Binding, LateHandler, NetworkBackend, RemoteFailure, RpcRequest, RpcResponse, SharedTransport, TransportError,
+};
 use crate::raft::network::{NetworkFactory, RaftService};
-use crate::raft::state_machine::SharedLedger;
 use crate::raft::proposer::{ProposeError, Proposer};
+use crate::raft::state_machine::SharedLedger;
 use crate::raft::{raft_id, ChainPoint, PeerNode, Raft, SporeResponse};
 use crate::store::keyfile;
 use crate::store::ledger::{Ledger, LedgerConfig, LedgerHealth};
@@ -531,7 +535,8 @@ impl SporeSystem {
         let (data_dir, tempdir) = match &cfg.data_dir {
             Some(d) => (d.clone(), None),
             None => {
-                let t = tempfile::Builder::new().prefix("mycnet-spores-").tempdir().map_err(io_err(Path::new("/tmp")))?;
+                let t =
+                    tempfile::Builder::new().prefix("mycnet-spores-").tempdir().map_err(io_err(Path::new("/tmp")))?;
                 (t.path().to_path_buf(), Some(t))
             }
         };
@@ -542,8 +547,14 @@ impl SporeSystem {
         };
         let node = key.node_id();
         let ledger_dir = data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
-        let ledger_cfg = LedgerConfig { create: true, checkpoint_interval: cfg.checkpoint_interval, durable: false, expected_network: None };
-        let ledger = tokio::task::spawn_blocking(move || Ledger::open(ledger_dir, ledger_cfg)).await.map_err(raft_err)??;
+        let ledger_cfg = LedgerConfig {
+            create: true,
+            checkpoint_interval: cfg.checkpoint_interval,
+            durable: false,
+            expected_network: None,
+        };
+        let ledger =
+            tokio::task::spawn_blocking(move || Ledger::open(ledger_dir, ledger_cfg)).await.map_err(raft_err)??;
         let (log_store, sm) = crate::raft::open_stores(ledger, key.clone())?;
         let ledger = sm.ledger().clone();
         let head_rx = sm.subscribe_head();
@@ -578,9 +589,10 @@ impl SporeSystem {
             let mut ls = log_store.clone();
             ls.read_vote().await.map_err(raft_err)?
         };
-        let raft = Raft::new(raft_id(&node), Arc::new(raft_config), NetworkFactory::new(transport.clone()), log_store, sm)
-            .await
-            .map_err(raft_err)?;
+        let raft =
+            Raft::new(raft_id(&node), Arc::new(raft_config), NetworkFactory::new(transport.clone()), log_store, sm)
+                .await
+                .map_err(raft_err)?;
         // Status must never show a term older than the one on disk: wait for Raft to load it.
         if let Some(v) = stored_vote {
             raft.wait(Some(Duration::from_secs(10)))
@@ -600,7 +612,13 @@ impl SporeSystem {
             // Only a Rhizomorph outside the Raft membership stores what gossip brings; Raft
             // writes every member's ledger.
             let latent = cfg.role == NodeRole::Rhizomorph;
-            let svc = Arc::new(GossipService::new(me.clone(), ledger.clone(), cfg.gossip.clone(), move || latent && !member(), member2));
+            let svc = Arc::new(GossipService::new(
+                me.clone(),
+                ledger.clone(),
+                cfg.gossip.clone(),
+                move || latent && !member(),
+                member2,
+            ));
             svc.add_bootstrap(cfg.gossip_peers.clone());
             // Ranges gossip stores reach `subscribe` like the ones Raft applies.
             svc.on_stored(Arc::new(move || head_publisher.publish_head()));
@@ -624,10 +642,17 @@ impl SporeSystem {
                 cands.as_ref().map(|g| g.candidates()).unwrap_or_default()
             });
             tasks.push(task);
-            tasks.push(spawn_liveness_committer(raft.clone(), proposer.clone(), ledger.clone(), key.clone(), svc.clone()));
+            tasks.push(spawn_liveness_committer(
+                raft.clone(),
+                proposer.clone(),
+                ledger.clone(),
+                key.clone(),
+                svc.clone(),
+            ));
             svc
         });
-        let modes: SharedModes = Arc::new(std::sync::Mutex::new(ModeMachine::new(ModeConfig::default(), Timestamp::now())));
+        let modes: SharedModes =
+            Arc::new(std::sync::Mutex::new(ModeMachine::new(ModeConfig::default(), Timestamp::now())));
         let resolver = Arc::new(crate::resolve::ResolverState::default());
         if let Some(g) = &gossip {
             tasks.push(
@@ -657,7 +682,15 @@ impl SporeSystem {
         tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
         let scrub: crate::scrubber::SharedScrub = Arc::default();
         let health = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.health();
-        tasks.push(crate::scrubber::spawn(ledger.clone(), raft.clone(), me.clone(), transport.clone(), cfg.scrub, scrub.clone(), cfg.timeouts.rpc));
+        tasks.push(crate::scrubber::spawn(
+            ledger.clone(),
+            raft.clone(),
+            me.clone(),
+            transport.clone(),
+            cfg.scrub,
+            scrub.clone(),
+            cfg.timeouts.rpc,
+        ));
         late.set(Arc::new(NodeService {
             raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
             raft: raft.clone(),
@@ -743,7 +776,11 @@ impl SporeSystem {
     /// seed's chain. A data dir that already holds the same chain up to the seed's head is
     /// accepted as imported; any other non-empty data dir is refused.
     #[tracing::instrument(skip(self, path, policy), fields(seed = %path.as_ref().display()))]
-    pub async fn form_from_seed(&mut self, path: impl AsRef<std::path::Path>, policy: crate::seed::VerifyPolicy) -> Result<ChainHead, Error> {
+    pub async fn form_from_seed(
+        &mut self,
+        path: impl AsRef<std::path::Path>,
+        policy: crate::seed::VerifyPolicy,
+    ) -> Result<ChainHead, Error> {
         self.start().await?;
         let r = self.running()?;
         let seed = crate::seed::read_file(path.as_ref(), policy)?;
@@ -752,14 +789,23 @@ impl SporeSystem {
         }
         let head = seed.head();
         let me = r.me.clone();
-        let is_voter = seed.state.nodes.get(&me.node).is_some_and(|n| n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left);
+        let is_voter = seed
+            .state
+            .nodes
+            .get(&me.node)
+            .is_some_and(|n| n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left);
         if !is_voter {
-            return Err(Error::Raft(format!("node {} is not a voter in the seed; only the seed's voters can form its network", me.node.short())));
+            return Err(Error::Raft(format!(
+                "node {} is not a voter in the seed; only the seed's voters can form its network",
+                me.node.short()
+            )));
         }
         let members_now = r.raft.metrics().borrow().membership_config.membership().voter_ids().count();
         if members_now > 0 {
             let ours = self.head()?;
-            return if ours.map(|h| (h.seq, h.hash)) >= Some((head.seq, head.hash)) && self.with_projection(|p| p.fingerprint())? == Some(seed.header.fingerprint) {
+            return if ours.map(|h| (h.seq, h.hash)) >= Some((head.seq, head.hash))
+                && self.with_projection(|p| p.fingerprint())? == Some(seed.header.fingerprint)
+            {
                 Ok(head)
             } else {
                 Err(Error::AlreadyInitialized { network: seed.header.network.network_name.clone() })
@@ -773,7 +819,7 @@ impl SporeSystem {
             if !l.head().is_some_and(|h| h.seq == head.seq && h.hash == head.hash) {
                 crate::seed::import(&mut l, &seed)?;
             } // else: imported already (`spore seed import`, or an earlier attempt)
-            // The network is formed on this import: Raft adopts it as its base.
+              // The network is formed on this import: Raft adopts it as its base.
             l.set_imported(false)?;
             Ok(())
         })
@@ -836,7 +882,8 @@ impl SporeSystem {
         self.start().await?;
         let seed = crate::seed::read_file(seed_path.as_ref(), policy)?;
         let r = self.running()?;
-        let answer = r.transport.call(&via, RpcRequest::Query(Query::ChainAt(seed.header.head_seq)), r.timeouts.rpc).await?;
+        let answer =
+            r.transport.call(&via, RpcRequest::Query(Query::ChainAt(seed.header.head_seq)), r.timeouts.rpc).await?;
         let (at, head, fingerprint) = match answer {
             RpcResponse::Query(Ok(QueryAnswer::Chain { at, head, fingerprint })) => (at, head, fingerprint),
             RpcResponse::Query(Err(e)) => return Err(Error::Raft(format!("{} could not answer: {e}", via.addr))),
@@ -892,7 +939,9 @@ impl SporeSystem {
             match res {
                 Ok(RpcResponse::Membership(Ok(()))) => return Ok(()),
                 Ok(RpcResponse::Membership(Err(RemoteFailure::NotLeader { leader: Some(l) }))) => target = l,
-                Ok(RpcResponse::Membership(Err(RemoteFailure::Other(e)))) if !e.contains("starting") => return Err(Error::Raft(e)),
+                Ok(RpcResponse::Membership(Err(RemoteFailure::Other(e)))) if !e.contains("starting") => {
+                    return Err(Error::Raft(e))
+                }
                 // Refused by the peer (our key is not admitted there: another network, or not
                 // yet admitted): waiting would not change that.
                 Err(e @ TransportError::Refused { .. }) => return Err(e.into()),
@@ -982,7 +1031,6 @@ impl SporeSystem {
     async fn submit_provisional(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
         self.running()?.writer.submit(event).await
     }
-
 
     /// The provisional events this node holds (written while cut off from the voters, or
     /// handed over by peers), not committed yet.
@@ -1085,7 +1133,11 @@ impl SporeSystem {
     /// event from genesis (a full backup that verifies offline), without it the state the
     /// chain attests and the events after it (see [`crate::seed::export`]). Written to a temporary file,
     /// synced, then renamed: a crash never leaves a half seed under `path`.
-    pub async fn export_seed(&self, path: impl AsRef<std::path::Path>, include_events: bool) -> Result<ChainHead, Error> {
+    pub async fn export_seed(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        include_events: bool,
+    ) -> Result<ChainHead, Error> {
         let r = self.running()?;
         let (ledger, key, path) = (r.ledger.clone(), r.key.clone(), path.as_ref().to_path_buf());
         tokio::task::spawn_blocking(move || crate::seed::export(&ledger, &key, &path, include_events))
@@ -1137,7 +1189,9 @@ impl SporeSystem {
         if consistency == Consistency::Linearizable {
             let r = self.running()?;
             let index = match self.leader_node() {
-                Some(l) if l.node == r.me.node => r.raft.ensure_linearizable().await.map_err(raft_err)?.map(|l| l.index),
+                Some(l) if l.node == r.me.node => {
+                    r.raft.ensure_linearizable().await.map_err(raft_err)?.map(|l| l.index)
+                }
                 Some(l) => match r.transport.call(&l, RpcRequest::ReadIndex, r.timeouts.rpc).await {
                     Ok(RpcResponse::ReadIndex(Ok(i))) => i,
                     Ok(RpcResponse::ReadIndex(Err(e))) => return Err(Error::Raft(e.to_string())),
@@ -1199,7 +1253,9 @@ impl SporeSystem {
         let r = self.running()?;
         match r.tier_views.source(&r.ledger, self.tier_reach()?, tier)? {
             None => Err(Error::TierUnavailable(tier)),
-            Some(ViewSource::Live) => self.with_projection(|p| TierView { tier, at: point_of(p), projection: Arc::new(p.clone()) }),
+            Some(ViewSource::Live) => {
+                self.with_projection(|p| TierView { tier, at: point_of(p), projection: Arc::new(p.clone()) })
+            }
             Some(ViewSource::Past(p)) => Ok(TierView { tier, at: point_of(&p), projection: p }),
         }
     }
@@ -1229,7 +1285,9 @@ impl SporeSystem {
     /// Services providing this capability, from the most authoritative tier that has any
     /// (see [`SporeSystem::answer`]).
     pub fn services_by_capability_answer(&self, capability: &str) -> Result<Option<Tiered<Vec<ServiceRecord>>>, Error> {
-        self.answer(|p| Some(p.services_by_capability(capability).cloned().collect::<Vec<_>>()).filter(|v| !v.is_empty()))
+        self.answer(|p| {
+            Some(p.services_by_capability(capability).cloned().collect::<Vec<_>>()).filter(|v| !v.is_empty())
+        })
     }
 
     /// The ledger head.
@@ -1290,8 +1348,16 @@ impl SporeSystem {
             let st = self.status()?;
             // The losing cluster's other members: until they yield and join the winner too,
             // their Raft traffic would pull this node back into the losing cluster.
-            let lost_cluster: Vec<NodeId> = st.voters.iter().chain(&st.learners).filter(|n| **n != r.me.node).copied().collect();
-            (st.voters.contains(&r.me.node), st.raft_member, lost_cluster, r.data_dir.clone(), r.ledger.clone(), r.key.clone())
+            let lost_cluster: Vec<NodeId> =
+                st.voters.iter().chain(&st.learners).filter(|n| **n != r.me.node).copied().collect();
+            (
+                st.voters.contains(&r.me.node),
+                st.raft_member,
+                lost_cluster,
+                r.data_dir.clone(),
+                r.ledger.clone(),
+                r.key.clone(),
+            )
         };
         let forks_dir = data_dir.join("forks");
         std::fs::create_dir_all(&forks_dir).map_err(io_err(&forks_dir))?;
@@ -1523,15 +1589,23 @@ async fn wait_until_closed(dir: &Path, patience: Duration) -> Result<(), Error> 
 
 /// Re-evaluates the operational mode twice a second, so every transition is logged and kept
 /// when it happens, not only when somebody asks for the status.
-fn spawn_mode_task(raft: Raft, ledger: SharedLedger, me: PeerNode, gossip: Option<Arc<GossipService>>, modes: SharedModes) -> tokio::task::JoinHandle<()> {
+fn spawn_mode_task(
+    raft: Raft,
+    ledger: SharedLedger,
+    me: PeerNode,
+    gossip: Option<Arc<GossipService>>,
+    modes: SharedModes,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let (raft, ledger, me, gossip, modes) = (raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone());
+            let (raft, ledger, me, gossip, modes) =
+                (raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone());
             // Reads fjall: off the async workers.
-            let _ = tokio::task::spawn_blocking(move || compute_status(&raft, &ledger, &me, gossip.as_deref(), &modes)).await;
+            let _ = tokio::task::spawn_blocking(move || compute_status(&raft, &ledger, &me, gossip.as_deref(), &modes))
+                .await;
         }
     })
 }
@@ -1541,7 +1615,11 @@ pub(crate) type SharedModes = Arc<std::sync::Mutex<ModeMachine>>;
 
 /// Feeds `inputs` to the mode machine; a transition is logged (with its reason) and kept in
 /// the ledger's `modes` keyspace. Returns the mode, since when, and why.
-fn observe_mode(modes: &SharedModes, ledger: &SharedLedger, inputs: &ModeInputs) -> (OperationalMode, Timestamp, Option<String>) {
+fn observe_mode(
+    modes: &SharedModes,
+    ledger: &SharedLedger,
+    inputs: &ModeInputs,
+) -> (OperationalMode, Timestamp, Option<String>) {
     let Ok(mut m) = modes.lock() else {
         return (OperationalMode::NetworkFormation, Timestamp::now(), Some("mode state poisoned".into()));
     };
@@ -1563,7 +1641,9 @@ fn observe_mode(modes: &SharedModes, ledger: &SharedLedger, inputs: &ModeInputs)
 
 /// The chain point of a projection's head (seq 0 with a zero hash before genesis).
 fn point_of(p: &Projection) -> ChainPoint {
-    p.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash }).unwrap_or(ChainPoint { seq: 0, hash: crate::core::types::ChainHash::ZERO })
+    p.head()
+        .map(|h| ChainPoint { seq: h.seq, hash: h.hash })
+        .unwrap_or(ChainPoint { seq: 0, hash: crate::core::types::ChainHash::ZERO })
 }
 
 /// Asks `f` of the tier views in authority order; see [`SporeSystem::answer`].
@@ -1613,17 +1693,36 @@ fn is_raft_member(raft: &Raft, me: &PeerNode) -> bool {
 
 /// How far each tier reaches in the chain `l` holds, as seen by `me`.
 fn tier_reach(raft: &Raft, me: &PeerNode, l: &Ledger) -> TierReach {
-    let anchors = crate::core::gossip::Anchors { checkpoint: l.anchor(), seed: l.seed_anchor().ok().flatten(), raft_member: is_raft_member(raft, me) };
+    let anchors = crate::core::gossip::Anchors {
+        checkpoint: l.anchor(),
+        seed: l.seed_anchor().ok().flatten(),
+        raft_member: is_raft_member(raft, me),
+    };
     TierReach::of(&anchors, l.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash }))
 }
 
-pub(crate) fn compute_status(raft: &Raft, ledger: &SharedLedger, me: &PeerNode, gossip: Option<&GossipService>, modes: &SharedModes) -> Result<SporeStatus, Error> {
+pub(crate) fn compute_status(
+    raft: &Raft,
+    ledger: &SharedLedger,
+    me: &PeerNode,
+    gossip: Option<&GossipService>,
+    modes: &SharedModes,
+) -> Result<SporeStatus, Error> {
     let m = raft.metrics().borrow().clone();
     let (head, fingerprint, anchor, seed_anchor, forks, provisional, history_from, state_divergence) = {
         let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
         let forks = crate::store::forks::unresolved(&l).map(|f| f.len()).unwrap_or(0);
         let provisional = crate::store::provisional::count(&l).unwrap_or(0);
-        (l.head(), l.fingerprint(), l.anchor(), l.seed_anchor().ok().flatten(), forks, provisional, l.history_from(), l.divergence())
+        (
+            l.head(),
+            l.fingerprint(),
+            l.anchor(),
+            l.seed_anchor().ok().flatten(),
+            forks,
+            provisional,
+            l.history_from(),
+            l.divergence(),
+        )
     };
     let members = m.membership_config.membership();
     let by_id: BTreeMap<u64, NodeId> = members.nodes().map(|(id, n)| (*id, n.node)).collect();
@@ -1763,11 +1862,24 @@ impl ProvisionalWriter {
         let mut backoff = Duration::from_millis(50);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match deliver_provisional(&self.raft, &self.transport, &self.ledger, self.gossip.as_deref(), &self.me, &p, left, self.timeouts.rpc).await {
+            match deliver_provisional(
+                &self.raft,
+                &self.transport,
+                &self.ledger,
+                self.gossip.as_deref(),
+                &self.me,
+                &p,
+                left,
+                self.timeouts.rpc,
+            )
+            .await
+            {
                 Some(SporeResponse::Applied(point)) => return Ok(point),
                 Some(SporeResponse::Rejected(Rejection::ProvisionalDuplicate(point))) => return Ok(point),
                 Some(SporeResponse::Rejected(rej)) => return Err(Error::Rejected(rej)),
-                Some(other) => return Err(Error::Raft(format!("unexpected response to a provisional event: {other:?}"))),
+                Some(other) => {
+                    return Err(Error::Raft(format!("unexpected response to a provisional event: {other:?}")))
+                }
                 None => {}
             }
             if Instant::now() + backoff >= deadline {
@@ -1848,7 +1960,9 @@ async fn deliver_provisional(
         };
         match call.await {
             Some(RpcResponse::Forward(Ok(resp))) => return Some(resp),
-            Some(RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: Some(l) }))) if !tried.contains(&l.node) => {
+            Some(RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: Some(l) })))
+                if !tried.contains(&l.node) =>
+            {
                 queue.push_front(l)
             }
             other => tracing::debug!(peer = %t.node.short(), ?other, "provisional event not taken"),
@@ -1920,7 +2034,12 @@ fn spawn_provisional_task(writer: ProvisionalWriter) -> tokio::task::JoinHandle<
 /// Keeps the held events that can still be committed: one whose statement is older than the
 /// committers' window is re-issued with a fresh statement if this node wrote it and its chain
 /// does not hold it, dropped otherwise (its author re-issues it). Returns what to offer.
-fn renew_or_drop(l: &crate::store::ledger::Ledger, key: &NodeKey, head: Option<u64>, held: Vec<ProvisionalEvent>) -> Vec<ProvisionalEvent> {
+fn renew_or_drop(
+    l: &crate::store::ledger::Ledger,
+    key: &NodeKey,
+    head: Option<u64>,
+    held: Vec<ProvisionalEvent>,
+) -> Vec<ProvisionalEvent> {
     let mut keep = Vec::with_capacity(held.len());
     for p in held {
         match p.scan_range(head) {
@@ -2011,8 +2130,12 @@ fn spawn_liveness_committer(
                     let kind = body.kind();
                     let ev = SignedEvent::sign(&key, fp, Timestamp::now(), body);
                     match tokio::time::timeout(Duration::from_secs(5), proposer.propose(ev)).await {
-                        Ok(Ok(SporeResponse::Applied(p))) => tracing::info!(peer = %node.short(), kind, seq = p.seq, "liveness transition committed"),
-                        other => tracing::debug!(peer = %node.short(), kind, ?other, "liveness transition not committed"),
+                        Ok(Ok(SporeResponse::Applied(p))) => {
+                            tracing::info!(peer = %node.short(), kind, seq = p.seq, "liveness transition committed")
+                        }
+                        other => {
+                            tracing::debug!(peer = %node.short(), kind, ?other, "liveness transition not committed")
+                        }
                     }
                 }
             }
@@ -2025,7 +2148,13 @@ fn spawn_liveness_committer(
 /// the policy says one is due: the anchors that give gossiped ranges Primary authority. A
 /// checkpoint that loses a race with other writes is rejected (it must name the head just
 /// before it) and retried at the next tick.
-fn spawn_anchor_task(raft: Raft, proposer: Proposer, ledger: SharedLedger, key: NodeKey, policy: AnchorPolicy) -> tokio::task::JoinHandle<()> {
+fn spawn_anchor_task(
+    raft: Raft,
+    proposer: Proposer,
+    ledger: SharedLedger,
+    key: NodeKey,
+    policy: AnchorPolicy,
+) -> tokio::task::JoinHandle<()> {
     let span = tracing::info_span!("anchor_task", node = %key.node_id().short());
     tokio::spawn(
         async move {
@@ -2061,7 +2190,9 @@ fn spawn_anchor_task(raft: Raft, proposer: Proposer, ledger: SharedLedger, key: 
                 };
                 let Some((head, fp, state_digest)) = due else { continue };
                 let body = match state_digest {
-                    Some(state_digest) => EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest },
+                    Some(state_digest) => {
+                        EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest }
+                    }
                     None => EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash },
                 };
                 let attested = matches!(body, EventBody::StateCheckpoint { .. });
@@ -2106,7 +2237,9 @@ impl crate::net::RpcHandler for NodeService {
                 Box::pin(async move { RpcResponse::Status(r) })
             }
             RpcRequest::Query(Query::Tiered(q)) => {
-                let answer = answer_tiered(&self.raft, &self.me, &self.ledger, &self.tier_views, |p| Some(q.answer(p)).filter(|a| !a.is_empty()))
+                let answer = answer_tiered(&self.raft, &self.me, &self.ledger, &self.tier_views, |p| {
+                    Some(q.answer(p)).filter(|a| !a.is_empty())
+                })
                 .map(QueryAnswer::Tiered)
                 .map_err(|e| RemoteFailure::Other(e.to_string()));
                 Box::pin(async move { RpcResponse::Query(answer) })
@@ -2120,7 +2253,11 @@ impl crate::net::RpcHandler for NodeService {
                             Query::ChainAt(seq) => {
                                 let at = match l.get(seq) {
                                     Ok(e) => e.map(|e| ChainPoint { seq: e.seq, hash: e.hash }),
-                                    Err(e) => return Box::pin(async move { RpcResponse::Query(Err(RemoteFailure::Other(e.to_string()))) }),
+                                    Err(e) => {
+                                        return Box::pin(async move {
+                                            RpcResponse::Query(Err(RemoteFailure::Other(e.to_string())))
+                                        })
+                                    }
                                 };
                                 let head = p.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash });
                                 QueryAnswer::Chain { at, head, fingerprint: p.fingerprint() }
@@ -2133,7 +2270,11 @@ impl crate::net::RpcHandler for NodeService {
                                 };
                                 match events {
                                     Ok(ev) => QueryAnswer::Events(ev),
-                                    Err(e) => return Box::pin(async move { RpcResponse::Query(Err(RemoteFailure::Other(e.to_string()))) }),
+                                    Err(e) => {
+                                        return Box::pin(async move {
+                                            RpcResponse::Query(Err(RemoteFailure::Other(e.to_string())))
+                                        })
+                                    }
                                 }
                             }
                             registry => match registry.as_registry() {
@@ -2156,11 +2297,13 @@ impl crate::net::RpcHandler for NodeService {
                 }
                 let (ledger, key) = (self.ledger.clone(), self.key.clone());
                 Box::pin(async move {
-                    let r = tokio::task::spawn_blocking(move || crate::seed::export(&ledger, &key, std::path::Path::new(&path), include_events))
-                        .await
-                        .map_err(|e| RemoteFailure::Other(format!("seed export task: {e}")))
-                        .and_then(|r| r.map_err(|e| RemoteFailure::Other(e.to_string())))
-                        .map(|e| ChainPoint { seq: e.head.seq, hash: e.head.hash });
+                    let r = tokio::task::spawn_blocking(move || {
+                        crate::seed::export(&ledger, &key, std::path::Path::new(&path), include_events)
+                    })
+                    .await
+                    .map_err(|e| RemoteFailure::Other(format!("seed export task: {e}")))
+                    .and_then(|r| r.map_err(|e| RemoteFailure::Other(e.to_string())))
+                    .map(|e| ChainPoint { seq: e.head.seq, hash: e.head.hash });
                     RpcResponse::ExportSeed(r)
                 })
             }
@@ -2179,7 +2322,9 @@ impl crate::net::RpcHandler for NodeService {
             RpcRequest::Forward(ev) if self.provisional.is_some() && !is_member(&self.raft, &self.me.node) => {
                 let writer = self.provisional.clone();
                 Box::pin(async move {
-                    let Some(writer) = writer else { return RpcResponse::Forward(Err(RemoteFailure::Other("not a latent node".into()))) };
+                    let Some(writer) = writer else {
+                        return RpcResponse::Forward(Err(RemoteFailure::Other("not a latent node".into())));
+                    };
                     RpcResponse::Forward(match writer.submit(ev).await {
                         Ok(point) => Ok(SporeResponse::Applied(point)),
                         Err(Error::Rejected(r)) => Ok(SporeResponse::Rejected(r)),
@@ -2192,7 +2337,8 @@ impl crate::net::RpcHandler for NodeService {
                 // A node in state divergence proposes nothing, for itself or for others.
                 let d = self.health.divergence();
                 Box::pin(async move {
-                    let why = d.map_or_else(|| "state divergence".to_string(), |d| Error::StateDivergence(d).to_string());
+                    let why =
+                        d.map_or_else(|| "state divergence".to_string(), |d| Error::StateDivergence(d).to_string());
                     RpcResponse::Forward(Err(RemoteFailure::Other(why)))
                 })
             }

@@ -105,7 +105,12 @@ impl TierViews {
     /// Where `tier`'s view is, given how far each tier reaches; `None` when the tier has
     /// nothing on this node.
     #[tracing::instrument(level = "debug", skip(self, ledger))]
-    pub(crate) fn source(&self, ledger: &SharedLedger, reach: TierReach, tier: SporeType) -> Result<Option<ViewSource>, Error> {
+    pub(crate) fn source(
+        &self,
+        ledger: &SharedLedger,
+        reach: TierReach,
+        tier: SporeType,
+    ) -> Result<Option<ViewSource>, Error> {
         let Some(seq) = reach.get(tier) else { return Ok(None) };
         let history = {
             let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
@@ -120,7 +125,11 @@ impl TierViews {
             if let Some(v) = cached.get(&tier).filter(|v| v.head().is_some_and(|h| h.seq == seq)) {
                 return Ok(Some(ViewSource::Past(v.clone())));
             }
-            cached.values().filter(|v| v.head().is_some_and(|h| h.seq <= seq)).max_by_key(|v| v.head().map(|h| h.seq)).cloned()
+            cached
+                .values()
+                .filter(|v| v.head().is_some_and(|h| h.seq <= seq))
+                .max_by_key(|v| v.head().map(|h| h.seq))
+                .cloned()
         };
         let mut view = start.map(|v| (*v).clone()).unwrap_or_else(Projection::new);
         if view.head().is_some() && history.replay_to(&mut view, seq).is_err() {

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use mycnet_spores::net::inproc::InProcNetwork;
 use mycnet_spores::net::quic::{Admission, QuicBackend};
-use mycnet_spores::{Endpoint, EventBody, NetworkIdentity, NodeKey, ServiceAnnouncement, SignedEvent, SporeSystem, Timeouts, Timestamp};
+use mycnet_spores::{
+    Endpoint, EventBody, NetworkIdentity, NodeKey, ServiceAnnouncement, SignedEvent, SporeSystem, Timeouts, Timestamp,
+};
 
 /// The network the cluster runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,13 +37,22 @@ pub async fn form(dir: &Path, nodes: u8, kind: Net) -> Vec<Arc<SporeSystem>> {
             Net::Quic => b.addr("127.0.0.1:0").network(Arc::new(QuicBackend::new(key, Admission::allow_all()))),
         };
         let mut s = b
-            .timeouts(Timeouts { heartbeat: Duration::from_millis(50), election_min: Duration::from_millis(300), election_max: Duration::from_millis(600), ..Timeouts::default() })
+            .timeouts(Timeouts {
+                heartbeat: Duration::from_millis(50),
+                election_min: Duration::from_millis(300),
+                election_max: Duration::from_millis(600),
+                ..Timeouts::default()
+            })
             .build();
         s.start().await.expect("start");
         systems.push(s);
     }
     systems[0]
-        .initialize(NetworkIdentity { network_id: uuid::Uuid::from_u128(7), network_name: "bench".into(), genesis_timestamp: chrono::Utc::now() })
+        .initialize(NetworkIdentity {
+            network_id: uuid::Uuid::from_u128(7),
+            network_name: "bench".into(),
+            genesis_timestamp: chrono::Utc::now(),
+        })
         .await
         .expect("init");
     for i in 1..systems.len() {

@@ -117,21 +117,29 @@ pub enum BranchError {
 /// seed known to lie on this branch, if any. Returns the summary and the branch's projection.
 ///
 /// Every link, hash, signature and rule is checked; the first failure is the error.
-pub fn summarize(prefix: &Projection, branch: &[ChainedEvent], seed: Option<ChainPoint>) -> Result<(BranchSummary, Projection), BranchError> {
+pub fn summarize(
+    prefix: &Projection,
+    branch: &[ChainedEvent],
+    seed: Option<ChainPoint>,
+) -> Result<(BranchSummary, Projection), BranchError> {
     let first = branch.first().ok_or(BranchError::Empty)?;
     let fork_seq = prefix.next_seq();
     // Links and hashes.
     let mut prev = prefix.head_hash();
     for (i, ev) in branch.iter().enumerate() {
         let seq = fork_seq + i as u64;
-        if ev.seq != seq || ev.prev_hash != prev || chain_hash(&ev.prev_hash, ev.seq, &ev.event.canonical_bytes()) != ev.hash {
+        if ev.seq != seq
+            || ev.prev_hash != prev
+            || chain_hash(&ev.prev_hash, ev.seq, &ev.event.canonical_bytes()) != ev.hash
+        {
             return Err(BranchError::BrokenLink { seq });
         }
         prev = ev.hash;
     }
     // Signatures, batched.
     let messages: Vec<Vec<u8>> = branch.iter().map(|e| e.event.signing_message()).collect();
-    let items: Vec<_> = branch.iter().zip(&messages).map(|(e, m)| (e.event.author, m.as_slice(), e.event.signature)).collect();
+    let items: Vec<_> =
+        branch.iter().zip(&messages).map(|(e, m)| (e.event.author, m.as_slice(), e.event.signature)).collect();
     let mut cache = VerifierCache::default();
     if let Some(i) = verify_many(&mut cache, &items).iter().position(|ok| !ok) {
         return Err(BranchError::BadSignature { seq: fork_seq + i as u64 });
@@ -149,7 +157,9 @@ pub fn summarize(prefix: &Projection, branch: &[ChainedEvent], seed: Option<Chai
         }
     }
     let last = branch.last().unwrap_or(first);
-    let on_branch = |pt: ChainPoint| pt.seq >= fork_seq && branch.get((pt.seq - fork_seq) as usize).is_some_and(|e| e.hash == pt.hash);
+    let on_branch = |pt: ChainPoint| {
+        pt.seq >= fork_seq && branch.get((pt.seq - fork_seq) as usize).is_some_and(|e| e.hash == pt.hash)
+    };
     let tier = if checkpointed {
         SporeType::Primary
     } else if seed.is_some_and(on_branch) {
@@ -173,7 +183,8 @@ pub fn summarize(prefix: &Projection, branch: &[ChainedEvent], seed: Option<Chai
 pub fn active_nodes(p: &Projection) -> u32 {
     let Some(head) = p.head() else { return 0 };
     let since = head.timestamp.0.saturating_sub(ACTIVITY_WINDOW_MICROS);
-    let active: BTreeSet<_> = p.nodes().filter(|n| n.status == NodeStatus::Active && n.last_activity.0 >= since).map(|n| n.node).collect();
+    let active: BTreeSet<_> =
+        p.nodes().filter(|n| n.status == NodeStatus::Active && n.last_activity.0 >= since).map(|n| n.node).collect();
     active.len() as u32
 }
 

@@ -190,17 +190,17 @@ pub(crate) fn body<S: Sink>(out: &mut S, b: &EventBody) {
         }
         EventBody::SplitBrainResolved(r) => {
             let crate::core::event::SplitBrainResolution {
-            fork_seq,
-            winner_first,
-            winner_head_seq,
-            winner_head,
-            loser_first,
-            loser_head_seq,
-            loser_head,
-            decided_by,
-            adopted,
-            conflicts,
-        } = r.as_ref();
+                fork_seq,
+                winner_first,
+                winner_head_seq,
+                winner_head,
+                loser_first,
+                loser_head_seq,
+                loser_head,
+                decided_by,
+                adopted,
+                conflicts,
+            } = r.as_ref();
             out.byte(12);
             out.put(&fork_seq.to_le_bytes());
             out.put(winner_first.as_bytes());

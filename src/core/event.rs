@@ -26,9 +26,7 @@ pub const DOMAIN_FINGERPRINT: &[u8] = b"mycnet-spores/v1/network-fingerprint\0";
 pub const DOMAIN_STATE_DIGEST: &[u8] = b"mycnet-spores/v1/state-digest\0";
 
 /// A node as announced when it joins (or founds) the network.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct NodeAnnouncement {
     /// The node's key, which is its id.
     pub node: NodeId,
@@ -43,9 +41,7 @@ pub struct NodeAnnouncement {
 }
 
 /// A service offered by a node.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(attr(allow(missing_docs)))]
 pub struct ServiceAnnouncement {
     /// Chosen by the registrant; unique within the network.
@@ -63,9 +59,7 @@ pub struct ServiceAnnouncement {
 }
 
 /// What a [`EventBody::SplitBrainResolved`] event records.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SplitBrainResolution {
     /// The first sequence number where the two chains differ.
     pub fork_seq: u64,
@@ -279,9 +273,7 @@ struct SignedContent<'a> {
 ///
 /// The signature is ed25519 by `author` over
 /// `DOMAIN_EVENT_SIGNATURE || fingerprint || bcs(schema_version, author, timestamp, body)`.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SignedEvent {
     /// [`SCHEMA_VERSION`] at signing time.
     pub schema_version: u16,
@@ -410,9 +402,7 @@ pub(crate) fn write_canonical<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8
 ///
 /// `hash = blake3(prev_hash || seq as 8 big-endian bytes || canonical event bytes)`. The
 /// chain is computed when the event is applied, identically on every replica.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ChainedEvent {
     /// Position in the ledger; genesis is 0.
     pub seq: u64,
@@ -519,17 +509,20 @@ mod tests {
             prop_oneof![Just(NodeRole::Sclerotium), Just(NodeRole::Rhizomorph)]
         }
         fn ann() -> impl Strategy<Value = NodeAnnouncement> {
-            (id(), text(), role(), texts(), texts())
-                .prop_map(|(node, name, role, addresses, capabilities)| NodeAnnouncement { node, name, role, addresses, capabilities })
+            (id(), text(), role(), texts(), texts()).prop_map(|(node, name, role, addresses, capabilities)| {
+                NodeAnnouncement { node, name, role, addresses, capabilities }
+            })
         }
         fn uuid() -> impl Strategy<Value = Uuid> {
             any::<u128>().prop_map(Uuid::from_u128)
         }
         fn body() -> impl Strategy<Value = EventBody> {
             prop_oneof![
-                (uuid(), text(), any::<i64>(), ann()).prop_map(|(network_id, network_name, t, founder)| EventBody::Genesis {
-                    network: NetworkIdentityRecord { network_id, network_name, genesis_timestamp: Timestamp(t) },
-                    founder
+                (uuid(), text(), any::<i64>(), ann()).prop_map(|(network_id, network_name, t, founder)| {
+                    EventBody::Genesis {
+                        network: NetworkIdentityRecord { network_id, network_name, genesis_timestamp: Timestamp(t) },
+                        founder,
+                    }
                 }),
                 ann().prop_map(EventBody::NodeJoined),
                 (id(), prop::option::of(text()), prop::option::of(role()))
@@ -537,16 +530,29 @@ mod tests {
                 (id(), text()).prop_map(|(node, reason)| EventBody::NodeLeft { node, reason }),
                 (id(), texts()).prop_map(|(node, capabilities)| EventBody::CapabilitiesChanged { node, capabilities }),
                 (id(), texts()).prop_map(|(node, addresses)| EventBody::AddressesChanged { node, addresses }),
-                (id(), any::<u16>(), text())
-                    .prop_map(|(node, s, reason)| EventBody::TrustScoreChanged { node, score: TrustScore(s), reason }),
-                (uuid(), text(), id(), texts(), prop::collection::vec((text(), text()), 0..4), prop::collection::vec((text(), text()), 0..4))
+                (id(), any::<u16>(), text()).prop_map(|(node, s, reason)| EventBody::TrustScoreChanged {
+                    node,
+                    score: TrustScore(s),
+                    reason
+                }),
+                (
+                    uuid(),
+                    text(),
+                    id(),
+                    texts(),
+                    prop::collection::vec((text(), text()), 0..4),
+                    prop::collection::vec((text(), text()), 0..4)
+                )
                     .prop_map(|(service_id, name, node, capabilities, eps, metadata)| {
                         EventBody::ServiceRegistered(ServiceAnnouncement {
                             service_id,
                             name,
                             node,
                             capabilities,
-                            endpoints: eps.into_iter().map(|(protocol, address)| Endpoint { protocol, address }).collect(),
+                            endpoints: eps
+                                .into_iter()
+                                .map(|(protocol, address)| Endpoint { protocol, address })
+                                .collect(),
                             metadata,
                         })
                     }),
@@ -555,28 +561,28 @@ mod tests {
                 id().prop_map(|node| EventBody::NodeBackOnline { node }),
                 (any::<u64>(), any::<[u8; 32]>())
                     .prop_map(|(head_seq, h)| EventBody::Checkpoint { head_seq, head_hash: ChainHash(h) }),
-                (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(head_seq, h, d)| EventBody::StateCheckpoint {
-                    head_seq,
-                    head_hash: ChainHash(h),
-                    state_digest: StateDigest(d)
+                (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(head_seq, h, d)| {
+                    EventBody::StateCheckpoint { head_seq, head_hash: ChainHash(h), state_digest: StateDigest(d) }
                 }),
-                (any::<[u64; 5]>(), any::<[[u8; 32]; 4]>(), text()).prop_map(|(n, h, decided_by)| EventBody::SplitBrainResolved(Box::new(SplitBrainResolution {
-                    fork_seq: n[0],
-                    winner_first: ChainHash(h[0]),
-                    winner_head_seq: n[1],
-                    winner_head: ChainHash(h[1]),
-                    loser_first: ChainHash(h[2]),
-                    loser_head_seq: n[2],
-                    loser_head: ChainHash(h[3]),
-                    decided_by,
-                    adopted: n[3],
-                    conflicts: n[4],
-                }))),
+                (any::<[u64; 5]>(), any::<[[u8; 32]; 4]>(), text()).prop_map(|(n, h, decided_by)| {
+                    EventBody::SplitBrainResolved(Box::new(SplitBrainResolution {
+                        fork_seq: n[0],
+                        winner_first: ChainHash(h[0]),
+                        winner_head_seq: n[1],
+                        winner_head: ChainHash(h[1]),
+                        loser_first: ChainHash(h[2]),
+                        loser_head_seq: n[2],
+                        loser_head: ChainHash(h[3]),
+                        decided_by,
+                        adopted: n[3],
+                        conflicts: n[4],
+                    }))
+                }),
             ]
         }
         fn event() -> impl Strategy<Value = SignedEvent> {
-            (any::<u16>(), any::<[u8; 32]>(), id(), any::<i64>(), body(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
-                |(schema_version, fp, author, t, body, s1, s2)| {
+            (any::<u16>(), any::<[u8; 32]>(), id(), any::<i64>(), body(), any::<[u8; 32]>(), any::<[u8; 32]>())
+                .prop_map(|(schema_version, fp, author, t, body, s1, s2)| {
                     let mut sig = [0u8; 64];
                     sig[..32].copy_from_slice(&s1);
                     sig[32..].copy_from_slice(&s2);
@@ -588,8 +594,7 @@ mod tests {
                         body,
                         signature: SignatureBytes(sig),
                     }
-                },
-            )
+                })
         }
 
         proptest! {

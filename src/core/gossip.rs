@@ -361,7 +361,11 @@ pub struct BackfillRange {
 impl BackfillRange {
     /// Checks `events` (ascending, non-empty) backwards from `known`, and that each belongs to
     /// `fingerprint`'s network when one is given.
-    pub fn verify(known: ChainPoint, events: Vec<ChainedEvent>, fingerprint: Option<NetworkFingerprint>) -> Result<BackfillRange, Violation> {
+    pub fn verify(
+        known: ChainPoint,
+        events: Vec<ChainedEvent>,
+        fingerprint: Option<NetworkFingerprint>,
+    ) -> Result<BackfillRange, Violation> {
         if events.is_empty() {
             return Err(Violation::Protocol("an empty backfill range"));
         }
@@ -501,7 +505,8 @@ impl SyncSession {
         let head = local.head.as_ref().map(|e| ChainPoint { seq: e.seq, hash: e.hash }).or(base);
         let mut peers = local.peers;
         peers.truncate(limits::GOSSIP_PEERS_MAX);
-        let hello = Digest { fingerprint: local.fingerprint, head, anchor: local.anchor, peers, primary: local.primary };
+        let hello =
+            Digest { fingerprint: local.fingerprint, head, anchor: local.anchor, peers, primary: local.primary };
         let deadline = now + cfg.idle_timeout;
         let mut transmit = VecDeque::from([GossipMessage::Hello(hello)]);
         let mut provisional = local.provisional;
@@ -671,7 +676,9 @@ impl SyncSession {
             return self.violation(Violation::Protocol("too many peers in hello"));
         }
         match (self.fingerprint, d.fingerprint) {
-            (Some(ours), Some(theirs)) if ours != theirs => return self.violation(Violation::WrongNetwork { ours, theirs }),
+            (Some(ours), Some(theirs)) if ours != theirs => {
+                return self.violation(Violation::WrongNetwork { ours, theirs })
+            }
             (Some(_), Some(_)) => {}
             // A peer that holds nothing claims no network; a fresh node with no expectation
             // learns the network from its first peer (the genesis rules check the claim).
@@ -737,7 +744,11 @@ impl SyncSession {
                     Some((t.seq, self.cfg.batch_events))
                 }
             }
-            (Some(ph), Some(t)) if ph.seq == t.seq && ph.hash != t.hash && !self.overlap_checked && self.tail.is_some() => Some((t.seq, 1)),
+            (Some(ph), Some(t))
+                if ph.seq == t.seq && ph.hash != t.hash && !self.overlap_checked && self.tail.is_some() =>
+            {
+                Some((t.seq, 1))
+            }
             _ => None,
         };
         // Forward first (what is new matters most), then the history below.

@@ -3,9 +3,9 @@
 //! **Architecture Invariant:** nothing in `core` does I/O, spawns a task or reads the clock.
 //! Inputs arrive as values (including timestamps), outputs are values.
 
-pub(crate) mod canonical;
 pub mod attest;
 pub mod authority;
+pub(crate) mod canonical;
 pub mod event;
 pub mod gossip;
 pub mod keys;

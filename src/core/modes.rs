@@ -121,7 +121,13 @@ pub struct ModeMachine {
 impl ModeMachine {
     /// A machine in Network Formation from `now`.
     pub fn new(cfg: ModeConfig, now: Timestamp) -> Self {
-        ModeMachine { cfg, mode: OperationalMode::NetworkFormation, since: now, unreachable_since: None, history: VecDeque::new() }
+        ModeMachine {
+            cfg,
+            mode: OperationalMode::NetworkFormation,
+            since: now,
+            unreachable_since: None,
+            history: VecDeque::new(),
+        }
     }
 
     /// The current mode.
@@ -153,7 +159,10 @@ impl ModeMachine {
         let (to, reason) = if let Some(why) = &inputs.halted {
             (Halted, format!("halted: {why}"))
         } else if inputs.unresolved_forks > 0 {
-            (SplitBrainResolution, format!("{} unresolved fork(s): a second chain of this network was seen", inputs.unresolved_forks))
+            (
+                SplitBrainResolution,
+                format!("{} unresolved fork(s): a second chain of this network was seen", inputs.unresolved_forks),
+            )
         } else if !inputs.has_chain {
             (NetworkFormation, "no chain yet: waiting for the genesis or a peer's chain".to_string())
         } else if inputs.connected() {
@@ -209,7 +218,12 @@ mod tests {
     }
 
     fn member(leader: bool) -> ModeInputs {
-        ModeInputs { has_chain: true, raft_member: true, leader: leader.then_some(NodeId([7; 32])), ..Default::default() }
+        ModeInputs {
+            has_chain: true,
+            raft_member: true,
+            leader: leader.then_some(NodeId([7; 32])),
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -16,26 +16,18 @@ type HashMap<K, V> = foldhash::HashMap<K, V>;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::event::{network_fingerprint, ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent, SCHEMA_VERSION};
+use super::attest::{state_digest, StateDivergence};
+use super::event::{
+    network_fingerprint, ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent, SCHEMA_VERSION,
+};
 use super::limits;
 use super::types::{
     ChainHash, NetworkFingerprint, NetworkIdentityRecord, NodeId, NodeRole, StateDigest, Timestamp, TrustScore,
 };
-use super::attest::{state_digest, StateDivergence};
 
 /// Whether a node is taking part.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub enum NodeStatus {
     /// Admitted and answering.
@@ -57,9 +49,7 @@ impl std::fmt::Display for NodeStatus {
 }
 
 /// A node as the registry knows it.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct NodeRecord {
     /// Id (= public key).
     pub node: NodeId,
@@ -88,9 +78,7 @@ pub struct NodeRecord {
 }
 
 /// A service as the registry knows it.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ServiceRecord {
     /// The service as announced.
     pub service: ServiceAnnouncement,
@@ -104,16 +92,7 @@ pub struct ServiceRecord {
 
 /// A point in the chain: sequence number, hash and the event's timestamp.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct ChainHead {
     /// Sequence number of the newest event.
@@ -268,16 +247,7 @@ pub struct Projection {
 ///
 /// This is what a projection checkpoint stores and what two projections are compared by.
 #[derive(
-    Clone,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct ProjectionState {
     /// The network's identity (set by genesis).
@@ -443,8 +413,9 @@ impl Projection {
 
     /// Nodes that have the capability (and have not left).
     pub fn nodes_with_capability<'a>(&'a self, capability: &'a str) -> impl Iterator<Item = &'a NodeRecord> + 'a {
-        self.nodes()
-            .filter(move |n| n.status != NodeStatus::Left && n.capabilities.binary_search_by(|c| c.as_str().cmp(capability)).is_ok())
+        self.nodes().filter(move |n| {
+            n.status != NodeStatus::Left && n.capabilities.binary_search_by(|c| c.as_str().cmp(capability)).is_ok()
+        })
     }
 
     /// Every registered service, ordered by id.
@@ -684,10 +655,14 @@ impl Projection {
                 authority_only("settle a split-brain")?;
                 let head = self.state.head.ok_or(Rejection::GenesisExpected)?;
                 if *fork_seq == 0 || fork_seq > winner_head_seq || *winner_head_seq > head.seq {
-                    return Err(Rejection::BadResolution("a resolution names a fork after its winner's head, or at genesis".into()));
+                    return Err(Rejection::BadResolution(
+                        "a resolution names a fork after its winner's head, or at genesis".into(),
+                    ));
                 }
                 if !matches!(decided_by.as_str(), "authority" | "activity" | "tie-break") {
-                    return Err(Rejection::BadResolution("a resolution's rule must be authority, activity or tie-break".into()));
+                    return Err(Rejection::BadResolution(
+                        "a resolution's rule must be authority, activity or tie-break".into(),
+                    ));
                 }
                 Ok(())
             }
@@ -718,7 +693,11 @@ impl Projection {
     /// reading the event in place (what the state keeps of it is copied). Returns the seq,
     /// previous hash and hash it got. On rejection nothing changes.
     #[inline]
-    pub(crate) fn append_canonical_ref(&mut self, event: &SignedEvent, canonical: &[u8]) -> Result<(u64, ChainHash, ChainHash), Rejection> {
+    pub(crate) fn append_canonical_ref(
+        &mut self,
+        event: &SignedEvent,
+        canonical: &[u8],
+    ) -> Result<(u64, ChainHash, ChainHash), Rejection> {
         debug_assert_eq!(canonical, event.canonical_bytes().as_slice());
         self.check_sized(event, canonical.len())?;
         let (seq, prev) = (self.next_seq(), self.head_hash());
@@ -752,7 +731,14 @@ impl Projection {
         }
         self.check_sized(event, size)?;
         let seq = self.next_seq();
-        self.mutate_owned(seq, ChainHash::ZERO, event.fingerprint, event.author, event.timestamp, state_part(&event.body));
+        self.mutate_owned(
+            seq,
+            ChainHash::ZERO,
+            event.fingerprint,
+            event.author,
+            event.timestamp,
+            state_part(&event.body),
+        );
         Ok(seq)
     }
 
@@ -915,7 +901,8 @@ impl Projection {
             EventBody::SplitBrainResolved(_) => {}
             EventBody::Checkpoint { head_seq, head_hash } => {
                 let attested = self.state.head.map(|h| h.timestamp).unwrap_or_default();
-                self.state.last_checkpoint = Some((seq, ChainHead { seq: head_seq, hash: head_hash, timestamp: attested }));
+                self.state.last_checkpoint =
+                    Some((seq, ChainHead { seq: head_seq, hash: head_hash, timestamp: attested }));
             }
             EventBody::StateCheckpoint { head_seq, head_hash, state_digest: attested_digest } => {
                 // The state here is the state at `head_seq` (the rules checked it is the head).
@@ -924,7 +911,8 @@ impl Projection {
                     self.divergence = Some(StateDivergence { seq, head_seq, attested: attested_digest, computed });
                 }
                 let attested = self.state.head.map(|h| h.timestamp).unwrap_or_default();
-                self.state.last_checkpoint = Some((seq, ChainHead { seq: head_seq, hash: head_hash, timestamp: attested }));
+                self.state.last_checkpoint =
+                    Some((seq, ChainHead { seq: head_seq, hash: head_hash, timestamp: attested }));
             }
         }
         self.touch(&author, ts);

@@ -80,7 +80,9 @@ pub enum ProvisionalError {
     #[error("already committed at seq {0}")]
     Duplicate(u64),
     /// The statement is older than the window a committer scans.
-    #[error("the statement (absent through {absent_through:?}) is older than the {window}-event window before head {head}")]
+    #[error(
+        "the statement (absent through {absent_through:?}) is older than the {window}-event window before head {head}"
+    )]
     TooOld {
         /// The statement's point.
         absent_through: Option<u64>,
@@ -148,7 +150,11 @@ impl ProvisionalEvent {
             None => 0,
         };
         if head + 1 - from > PROVISIONAL_WINDOW_EVENTS {
-            return Err(ProvisionalError::TooOld { absent_through: self.absent_through, head, window: PROVISIONAL_WINDOW_EVENTS });
+            return Err(ProvisionalError::TooOld {
+                absent_through: self.absent_through,
+                head,
+                window: PROVISIONAL_WINDOW_EVENTS,
+            });
         }
         Ok((from <= head).then_some((from, head)))
     }
@@ -156,7 +162,10 @@ impl ProvisionalEvent {
 
 /// The duplicate check: the event must not be among `scanned` (the chain's events in
 /// [`ProvisionalEvent::scan_range`]).
-pub fn check_absent<'a>(p: &ProvisionalEvent, scanned: impl IntoIterator<Item = &'a ChainedEvent>) -> Result<(), ProvisionalError> {
+pub fn check_absent<'a>(
+    p: &ProvisionalEvent,
+    scanned: impl IntoIterator<Item = &'a ChainedEvent>,
+) -> Result<(), ProvisionalError> {
     let id = p.id();
     for ce in scanned {
         if ce.event.author == p.event.author && EventId::of(&ce.event) == id {

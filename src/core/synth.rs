@@ -16,7 +16,9 @@ use uuid::Uuid;
 use super::event::{EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 use super::keys::NodeKey;
 use super::projection::{NodeStatus, Projection};
-use super::types::{Endpoint, NetworkFingerprint, NetworkIdentityRecord, NodeId, NodeRole, SignatureBytes, Timestamp, TrustScore};
+use super::types::{
+    Endpoint, NetworkFingerprint, NetworkIdentityRecord, NodeId, NodeRole, SignatureBytes, Timestamp, TrustScore,
+};
 
 /// Parameters of a synthetic history.
 #[derive(Clone, Debug)]
@@ -35,14 +37,44 @@ pub struct SynthConfig {
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        SynthConfig { seed: 1, nodes: 16, voters: 3, start: Timestamp(1_767_225_600_000_000), checkpoint_every_chunk: true }
+        SynthConfig {
+            seed: 1,
+            nodes: 16,
+            voters: 3,
+            start: Timestamp(1_767_225_600_000_000),
+            checkpoint_every_chunk: true,
+        }
     }
 }
 
-const SERVICE_NAMES: &[&str] =
-    &["object-store", "relay", "dns", "metrics", "inference", "queue", "kv", "auth", "search", "cdn-edge", "mail", "build"];
-const CAPABILITIES: &[&str] =
-    &["storage", "gpu", "relay", "compute", "ipv6", "public-ip", "ssd", "arm64", "x86_64", "tpm", "low-latency", "archive"];
+const SERVICE_NAMES: &[&str] = &[
+    "object-store",
+    "relay",
+    "dns",
+    "metrics",
+    "inference",
+    "queue",
+    "kv",
+    "auth",
+    "search",
+    "cdn-edge",
+    "mail",
+    "build",
+];
+const CAPABILITIES: &[&str] = &[
+    "storage",
+    "gpu",
+    "relay",
+    "compute",
+    "ipv6",
+    "public-ip",
+    "ssd",
+    "arm64",
+    "x86_64",
+    "tpm",
+    "low-latency",
+    "archive",
+];
 
 /// A deterministic generator of valid signed events. See the module doc.
 pub struct Synth {
@@ -93,7 +125,17 @@ impl Synth {
         let fingerprint = genesis.fingerprint;
         let now = cfg.start;
         let pools = Pools::new(&keys, cfg.voters);
-        Synth { cfg, rng, keys, pools, projection: Projection::new(), fingerprint, genesis: Some(genesis), now, last_state_at: None }
+        Synth {
+            cfg,
+            rng,
+            keys,
+            pools,
+            projection: Projection::new(),
+            fingerprint,
+            genesis: Some(genesis),
+            now,
+            last_state_at: None,
+        }
     }
 
     /// The network fingerprint of the history.
@@ -129,7 +171,11 @@ impl Synth {
                 let spacing = STATE_CHECKPOINT_EVENTS_MIN.max(4 * (state.nodes.len() + state.services.len()) as u64);
                 let body = if self.last_state_at.is_none_or(|s| head.seq.saturating_sub(s) >= spacing) {
                     self.last_state_at = Some(head.seq);
-                    EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest: self.projection.state_digest() }
+                    EventBody::StateCheckpoint {
+                        head_seq: head.seq,
+                        head_hash: head.hash,
+                        state_digest: self.projection.state_digest(),
+                    }
                 } else {
                     EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash }
                 };
@@ -260,7 +306,13 @@ impl Synth {
             73..=76 => {
                 let i = self.pick(Pool::Present)?;
                 let port = self.rng.random_range(7000..7999u16);
-                Some((i, EventBody::AddressesChanged { node: self.keys[i].node_id(), addresses: vec![format!("127.0.0.1:{port}")] }))
+                Some((
+                    i,
+                    EventBody::AddressesChanged {
+                        node: self.keys[i].node_id(),
+                        addresses: vec![format!("127.0.0.1:{port}")],
+                    },
+                ))
             }
             77..=86 => {
                 let i = self.pick(Pool::Present)?;
@@ -268,7 +320,10 @@ impl Synth {
                     return None;
                 }
                 let score = TrustScore(self.rng.random_range(0..=1000));
-                Some((authority, EventBody::TrustScoreChanged { node: self.keys[i].node_id(), score, reason: "observed".into() }))
+                Some((
+                    authority,
+                    EventBody::TrustScoreChanged { node: self.keys[i].node_id(), score, reason: "observed".into() },
+                ))
             }
             87..=92 => {
                 let i = self.pick(Pool::ActiveNonVoters)?;
@@ -483,7 +538,9 @@ const SERVICE_BLOCK: usize = if cfg!(test) { 16 } else { 256 };
 impl ServicePool {
     /// The block that holds `id`, or would: the first whose last id is not below it.
     fn block_of(&self, id: &Uuid) -> usize {
-        self.blocks.partition_point(|b| b.last().is_some_and(|(last, _)| last < id)).min(self.blocks.len().saturating_sub(1))
+        self.blocks
+            .partition_point(|b| b.last().is_some_and(|(last, _)| last < id))
+            .min(self.blocks.len().saturating_sub(1))
     }
 
     fn insert(&mut self, id: Uuid, owner: Option<usize>) {
@@ -558,13 +615,18 @@ mod tests {
             let (p, pools) = (&s.projection, &s.pools);
             let listed = |pool: Pool| -> Vec<usize> {
                 let set = pools.set(pool);
-                (0..set.len).map(|k| if pool == Pool::Absent { set.nth(k) } else { pools.by_rank[set.nth(k)] }).collect()
+                (0..set.len)
+                    .map(|k| if pool == Pool::Absent { set.nth(k) } else { pools.by_rank[set.nth(k)] })
+                    .collect()
             };
             let scan = |keep: &dyn Fn(&NodeRecord, usize) -> bool| -> Vec<usize> {
                 p.nodes().filter_map(|n| index(&n.node).filter(|i| keep(n, *i))).collect()
             };
             let voters = s.cfg.voters;
-            assert_eq!(listed(Pool::Authorities), scan(&|n, _| n.status == NodeStatus::Active && n.role.is_authority()));
+            assert_eq!(
+                listed(Pool::Authorities),
+                scan(&|n, _| n.status == NodeStatus::Active && n.role.is_authority())
+            );
             assert_eq!(listed(Pool::Present), scan(&|n, _| n.status != NodeStatus::Left));
             assert_eq!(listed(Pool::Active), scan(&|n, _| n.status == NodeStatus::Active));
             assert_eq!(listed(Pool::Offline), scan(&|n, _| n.status == NodeStatus::Offline));
@@ -573,8 +635,10 @@ mod tests {
             let absent: Vec<usize> =
                 (0..ids.len()).filter(|i| p.node(&ids[*i]).is_none_or(|n| n.status == NodeStatus::Left)).collect();
             assert_eq!(listed(Pool::Absent), absent);
-            let services: Vec<(Uuid, Option<usize>)> = (0..pools.services.len).filter_map(|k| pools.services.nth(k)).collect();
-            let scanned: Vec<(Uuid, Option<usize>)> = p.services().map(|r| (r.service.service_id, index(&r.service.node))).collect();
+            let services: Vec<(Uuid, Option<usize>)> =
+                (0..pools.services.len).filter_map(|k| pools.services.nth(k)).collect();
+            let scanned: Vec<(Uuid, Option<usize>)> =
+                p.services().map(|r| (r.service.service_id, index(&r.service.node))).collect();
             assert_eq!(services, scanned);
             services_seen = services_seen.max(services.len());
         }
@@ -590,8 +654,18 @@ mod tests {
                 kinds.insert(ev.body.kind());
             }
         }
-        for k in ["genesis", "node_joined", "service_registered", "service_deregistered", "trust_score_changed",
-                  "capabilities_changed", "node_went_offline", "node_back_online", "checkpoint", "state_checkpoint"] {
+        for k in [
+            "genesis",
+            "node_joined",
+            "service_registered",
+            "service_deregistered",
+            "trust_score_changed",
+            "capabilities_changed",
+            "node_went_offline",
+            "node_back_online",
+            "checkpoint",
+            "state_checkpoint",
+        ] {
             assert!(kinds.contains(k), "missing {k}: {kinds:?}");
         }
     }

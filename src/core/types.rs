@@ -37,9 +37,7 @@ impl NetworkIdentity {
 
 /// [`NetworkIdentity`] as it appears inside the genesis event: the timestamp is a
 /// [`Timestamp`] (microseconds since the Unix epoch), so the encoding is exact.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct NetworkIdentityRecord {
     /// Random identifier chosen when the network is formed.
     pub network_id: Uuid,
@@ -65,18 +63,7 @@ impl NetworkIdentityRecord {
 /// Events carry the timestamp their author gave them; applying an event never reads the
 /// clock, so replay is deterministic.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct Timestamp(pub i64);
 
@@ -310,9 +297,7 @@ impl<'de> Deserialize<'de> for SignatureBytes {
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut out = [0u8; 64];
                 for (i, slot) in out.iter_mut().enumerate() {
-                    *slot = seq
-                        .next_element()?
-                        .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                    *slot = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
                 }
                 Ok(SignatureBytes(out))
             }
@@ -320,7 +305,8 @@ impl<'de> Deserialize<'de> for SignatureBytes {
         if d.is_human_readable() {
             let text = String::deserialize(d)?;
             let mut out = [0u8; 64];
-            hex::decode_to_slice(text.trim(), &mut out).map_err(|e| serde::de::Error::custom(format!("bad signature hex: {e}")))?;
+            hex::decode_to_slice(text.trim(), &mut out)
+                .map_err(|e| serde::de::Error::custom(format!("bad signature hex: {e}")))?;
             return Ok(SignatureBytes(out));
         }
         d.deserialize_tuple(64, V)

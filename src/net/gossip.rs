@@ -26,7 +26,8 @@ use tracing::Instrument;
 
 use super::{BoxFuture, TransportError};
 use crate::core::gossip::{
-    Digest, ForkEvidence, GossipMessage, LinkedRange, LocalView, PeerAddr, RangeRecords, SessionEvent, SessionOutcome, SyncConfig, SyncSession, Violation,
+    Digest, ForkEvidence, GossipMessage, LinkedRange, LocalView, PeerAddr, RangeRecords, SessionEvent, SessionOutcome,
+    SyncConfig, SyncSession, Violation,
 };
 use crate::core::keys::{verify_many, VerifierCache};
 use crate::core::limits;
@@ -150,7 +151,9 @@ pub fn decode_frame(frame: &[u8]) -> Result<GossipMessage, GossipFrameError> {
 /// [`decode_frame`] keeping the frame: for a range, also the ledger record each event was
 /// decoded from (validated access and the canonical check of `record::decode_record`), so
 /// the store keeps the received bytes rather than encoding the events again.
-pub(crate) fn decode_frame_with_records(frame: Vec<u8>) -> Result<(GossipMessage, Option<RangeRecords>), GossipFrameError> {
+pub(crate) fn decode_frame_with_records(
+    frame: Vec<u8>,
+) -> Result<(GossipMessage, Option<RangeRecords>), GossipFrameError> {
     let mut spans = Vec::new();
     let msg = decode_frame_inner(&frame, Some(&mut spans))?;
     let records = matches!(msg, GossipMessage::Range(_)).then(|| RangeRecords::new(frame, spans));
@@ -158,9 +161,16 @@ pub(crate) fn decode_frame_with_records(frame: Vec<u8>) -> Result<(GossipMessage
 }
 
 /// `spans`, if given, receives where in `frame` each record of a range is.
-fn decode_frame_inner(frame: &[u8], mut spans: Option<&mut Vec<std::ops::Range<usize>>>) -> Result<GossipMessage, GossipFrameError> {
+fn decode_frame_inner(
+    frame: &[u8],
+    mut spans: Option<&mut Vec<std::ops::Range<usize>>>,
+) -> Result<GossipMessage, GossipFrameError> {
     if frame.len() > limits::GOSSIP_FRAME_BYTES_MAX {
-        return Err(GossipFrameError::TooLarge { what: "frame", got: frame.len(), max: limits::GOSSIP_FRAME_BYTES_MAX });
+        return Err(GossipFrameError::TooLarge {
+            what: "frame",
+            got: frame.len(),
+            max: limits::GOSSIP_FRAME_BYTES_MAX,
+        });
     }
     let (&tag, body) = frame.split_first().ok_or(GossipFrameError::Empty)?;
     let undecodable = |what, e: postcard::Error| GossipFrameError::Undecodable { what, reason: e.to_string() };
@@ -185,10 +195,18 @@ fn decode_frame_inner(frame: &[u8], mut spans: Option<&mut Vec<std::ops::Range<u
             exact("hello", rest)?;
             canonical("hello", &d, body)?;
             if d.peers.len() > limits::GOSSIP_PEERS_MAX {
-                return Err(GossipFrameError::TooLarge { what: "peer list", got: d.peers.len(), max: limits::GOSSIP_PEERS_MAX });
+                return Err(GossipFrameError::TooLarge {
+                    what: "peer list",
+                    got: d.peers.len(),
+                    max: limits::GOSSIP_PEERS_MAX,
+                });
             }
             if let Some(p) = d.peers.iter().find(|p| p.addr.len() > limits::ADDRESS_BYTES_MAX) {
-                return Err(GossipFrameError::TooLarge { what: "peer address", got: p.addr.len(), max: limits::ADDRESS_BYTES_MAX });
+                return Err(GossipFrameError::TooLarge {
+                    what: "peer address",
+                    got: p.addr.len(),
+                    max: limits::ADDRESS_BYTES_MAX,
+                });
             }
             Ok(GossipMessage::Hello(d))
         }
@@ -203,7 +221,11 @@ fn decode_frame_inner(frame: &[u8], mut spans: Option<&mut Vec<std::ops::Range<u
             let mut rest = body;
             let count = take_u32(&mut rest, "range")? as usize;
             if count > limits::GOSSIP_BATCH_EVENTS_MAX {
-                return Err(GossipFrameError::TooLarge { what: "range", got: count, max: limits::GOSSIP_BATCH_EVENTS_MAX });
+                return Err(GossipFrameError::TooLarge {
+                    what: "range",
+                    got: count,
+                    max: limits::GOSSIP_BATCH_EVENTS_MAX,
+                });
             }
             let mut events = Vec::with_capacity(count.min(rest.len() / 8));
             let mut buf = rkyv::util::AlignedVec::new();
@@ -226,7 +248,10 @@ fn decode_frame_inner(frame: &[u8], mut spans: Option<&mut Vec<std::ops::Range<u
                 }
             }
             if !rest.is_empty() {
-                return Err(GossipFrameError::Undecodable { what: "range", reason: format!("{} trailing bytes", rest.len()) });
+                return Err(GossipFrameError::Undecodable {
+                    what: "range",
+                    reason: format!("{} trailing bytes", rest.len()),
+                });
             }
             Ok(GossipMessage::Range(events))
         }
@@ -236,16 +261,25 @@ fn decode_frame_inner(frame: &[u8], mut spans: Option<&mut Vec<std::ops::Range<u
             exact("provisional", rest)?;
             canonical("provisional", &list, body)?;
             if list.len() > limits::GOSSIP_PROVISIONAL_MAX {
-                return Err(GossipFrameError::TooLarge { what: "provisional list", got: list.len(), max: limits::GOSSIP_PROVISIONAL_MAX });
+                return Err(GossipFrameError::TooLarge {
+                    what: "provisional list",
+                    got: list.len(),
+                    max: limits::GOSSIP_PROVISIONAL_MAX,
+                });
             }
             Ok(GossipMessage::Provisional(list))
         }
         TAG_FORKS => {
-            let (list, rest): (Vec<ForkEvidence>, _) = postcard::take_from_bytes(body).map_err(|e| undecodable("forks", e))?;
+            let (list, rest): (Vec<ForkEvidence>, _) =
+                postcard::take_from_bytes(body).map_err(|e| undecodable("forks", e))?;
             exact("forks", rest)?;
             canonical("forks", &list, body)?;
             if list.len() > limits::GOSSIP_FORKS_MAX {
-                return Err(GossipFrameError::TooLarge { what: "fork evidence list", got: list.len(), max: limits::GOSSIP_FORKS_MAX });
+                return Err(GossipFrameError::TooLarge {
+                    what: "fork evidence list",
+                    got: list.len(),
+                    max: limits::GOSSIP_FORKS_MAX,
+                });
             }
             Ok(GossipMessage::Forks(list))
         }
@@ -279,7 +313,10 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, 
     }
     let n = u32::from_be_bytes(len) as usize;
     if n > limits::GOSSIP_FRAME_BYTES_MAX {
-        return Err(ReadError::Bad(format!("frame of {n} bytes exceeds the {}-byte limit", limits::GOSSIP_FRAME_BYTES_MAX)));
+        return Err(ReadError::Bad(format!(
+            "frame of {n} bytes exceeds the {}-byte limit",
+            limits::GOSSIP_FRAME_BYTES_MAX
+        )));
     }
     // Grow with the data actually received: a length prefix alone never allocates much.
     let mut buf = Vec::with_capacity(n.min(64 * 1024));
@@ -460,7 +497,12 @@ impl GossipService {
     /// Whether `peer` is banned now.
     pub fn is_banned(&self, peer: &NodeId) -> bool {
         let now = Instant::now();
-        self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(peer).and_then(|s| s.banned_until).is_some_and(|t| t > now)
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .and_then(|s| s.banned_until)
+            .is_some_and(|t| t > now)
     }
 
     /// The peers gossip may contact now: the registry's live nodes with an address, the
@@ -486,7 +528,13 @@ impl GossipService {
             }
         }
         out.extend(self.bootstrap.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
-        out.extend(self.learned.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|p| PeerNode { node: p.node, addr: p.addr.clone() }));
+        out.extend(
+            self.learned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|p| PeerNode { node: p.node, addr: p.addr.clone() }),
+        );
         out.retain(|p| p.node != self.me.node);
         out.sort_by_key(|p| p.node);
         out.dedup_by(|a, b| a.node == b.node);
@@ -500,7 +548,9 @@ impl GossipService {
         let mut known = self.candidates();
         known.shuffle(&mut rand::rng());
         let mut peers: Vec<PeerAddr> = vec![PeerAddr { node: self.me.node, addr: self.me.addr.clone() }];
-        peers.extend(known.into_iter().take(limits::GOSSIP_PEERS_MAX - 1).map(|p| PeerAddr { node: p.node, addr: p.addr }));
+        peers.extend(
+            known.into_iter().take(limits::GOSSIP_PEERS_MAX - 1).map(|p| PeerAddr { node: p.node, addr: p.addr }),
+        );
         let l = self.ledger.read().map_err(|_| LedgerError::Poisoned(std::path::PathBuf::from("<ledger lock>")))?;
         let head = match l.head() {
             Some(h) => l.get(h.seq)?,
@@ -615,7 +665,9 @@ impl GossipService {
                 },
             }
             match crate::store::provisional::put(&l, p) {
-                Ok(true) => tracing::info!(id = %id.short(), author = %p.event.author.short(), kind = p.event.body.kind(), "holding a provisional event"),
+                Ok(true) => {
+                    tracing::info!(id = %id.short(), author = %p.event.author.short(), kind = p.event.body.kind(), "holding a provisional event")
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot hold a provisional event"),
             }
@@ -811,7 +863,9 @@ impl GossipService {
                         // Bounded bandwidth per peer: hold the range back until the session's
                         // average stays within the budget.
                         if let Some(rate) = self.cfg.serve_bytes_per_sec.filter(|r| *r > 0) {
-                            let due = Duration::from_secs_f64((report.bytes_written + frame.len() as u64) as f64 / rate as f64);
+                            let due = Duration::from_secs_f64(
+                                (report.bytes_written + frame.len() as u64) as f64 / rate as f64,
+                            );
                             if let Some(wait) = due.checked_sub(started.elapsed()) {
                                 tokio::time::sleep(wait).await;
                             }
@@ -906,9 +960,7 @@ impl GossipService {
         let peer_primary = session.peer_digest().is_some_and(|d| d.primary);
         let _ = send.shutdown().await;
         if !eof {
-            let drain = async {
-                while let Some(Ok(Some(_))) = frames_rx.recv().await {}
-            };
+            let drain = async { while let Some(Ok(Some(_))) = frames_rx.recv().await {} };
             let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         }
         reader.abort();
@@ -942,7 +994,10 @@ impl GossipService {
     }
 
     /// One gossip round: sessions with up to `fanout` random candidates, concurrently.
-    pub async fn round(self: &Arc<Self>, dialer: &Arc<dyn GossipDialer>) -> Vec<(NodeId, SessionOutcome, SessionReport)> {
+    pub async fn round(
+        self: &Arc<Self>,
+        dialer: &Arc<dyn GossipDialer>,
+    ) -> Vec<(NodeId, SessionOutcome, SessionReport)> {
         let mut peers = self.candidates();
         peers.shuffle(&mut rand::rng());
         peers.truncate(self.cfg.fanout);
@@ -1005,7 +1060,12 @@ impl GossipAcceptor for GossipService {
 }
 
 /// Stores a verified range; the ids of held provisional events it commits go to `committed`.
-fn store_range(ledger: &SharedLedger, range: &LinkedRange, verdicts: &[bool], committed: &mut Vec<EventId>) -> Result<u64, String> {
+fn store_range(
+    ledger: &SharedLedger,
+    range: &LinkedRange,
+    verdicts: &[bool],
+    committed: &mut Vec<EventId>,
+) -> Result<u64, String> {
     let mut l = ledger.write().map_err(|_| "ledger lock poisoned".to_string())?;
     // A node filled by gossip is not Raft's: if it later joins Raft, Raft starts over.
     if l.head().is_none() {
@@ -1028,7 +1088,11 @@ enum StoreJob {
 }
 
 /// Stores a verified range of the history below what the ledger holds.
-fn store_backfill(ledger: &SharedLedger, range: &crate::core::gossip::BackfillRange, verdicts: &[bool]) -> Result<u64, String> {
+fn store_backfill(
+    ledger: &SharedLedger,
+    range: &crate::core::gossip::BackfillRange,
+    verdicts: &[bool],
+) -> Result<u64, String> {
     let mut l = ledger.write().map_err(|_| "ledger lock poisoned".to_string())?;
     l.append_backfill(range, verdicts).map_err(|e| e.to_string())?;
     Ok(range.len() as u64)

@@ -50,7 +50,12 @@ impl InProcNetwork {
     /// A network with no faults, whose random choices come from `seed`.
     pub fn new(seed: u64) -> Self {
         InProcNetwork {
-            inner: Arc::new(Mutex::new(Inner { handlers: HashMap::new(), faults: Faults::default(), rng: ChaCha8Rng::seed_from_u64(seed), gossip: false })),
+            inner: Arc::new(Mutex::new(Inner {
+                handlers: HashMap::new(),
+                faults: Faults::default(),
+                rng: ChaCha8Rng::seed_from_u64(seed),
+                gossip: false,
+            })),
         }
     }
 
@@ -129,7 +134,12 @@ impl Transport for InProcTransport {
         on.then(|| Arc::new(InProcGossip { net: self.net.clone(), from: self.from.clone() }) as Arc<dyn GossipDialer>)
     }
 
-    fn call(&self, to: &PeerNode, req: RpcRequest, timeout: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>> {
+    fn call(
+        &self,
+        to: &PeerNode,
+        req: RpcRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<RpcResponse, TransportError>> {
         let to_addr = to.addr.clone();
         Box::pin(async move {
             // Decide the fate of the request and of its response now, from the seeded RNG.
@@ -201,7 +211,13 @@ impl GossipDialer for InProcGossip {
             let (our_recv, our_send) = tokio::io::split(ours);
             let (their_recv, their_send) = tokio::io::split(theirs);
             tokio::spawn(async move {
-                acceptor.accept_gossip(GossipStream { peer: sender, send: Box::new(their_send), recv: Box::new(their_recv) }).await;
+                acceptor
+                    .accept_gossip(GossipStream {
+                        peer: sender,
+                        send: Box::new(their_send),
+                        recv: Box::new(their_recv),
+                    })
+                    .await;
             });
             Ok(GossipStream { peer: target, send: Box::new(our_send), recv: Box::new(our_recv) })
         })

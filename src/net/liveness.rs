@@ -97,7 +97,11 @@ pub struct LivenessConfig {
 
 impl Default for LivenessConfig {
     fn default() -> Self {
-        LivenessConfig { cluster_size: 16, probe_period: Duration::from_secs(1), announce_every: Duration::from_secs(2) }
+        LivenessConfig {
+            cluster_size: 16,
+            probe_period: Duration::from_secs(1),
+            announce_every: Duration::from_secs(2),
+        }
     }
 }
 
@@ -162,7 +166,9 @@ impl DatagramSink for LivenessService {
             Ok(h) if h.src.node == from => {
                 let _ = self.input.try_send(Input::Data(data));
             }
-            Ok(h) => tracing::warn!(peer = %from.short(), claimed = %h.src.node.short(), "SWIM datagram speaking for another node dropped"),
+            Ok(h) => {
+                tracing::warn!(peer = %from.short(), claimed = %h.src.node.short(), "SWIM datagram speaking for another node dropped")
+            }
             Err(e) => tracing::debug!(peer = %from.short(), error = %e, "undecodable SWIM datagram dropped"),
         }
     }
@@ -186,13 +192,17 @@ async fn run(
     candidates: Box<dyn Fn() -> Vec<PeerNode> + Send + Sync>,
     mut rx: tokio::sync::mpsc::Receiver<Input>,
 ) {
-    let bump = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    let bump =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
     let id = SwimId { node: me.node, addr: me.addr.clone(), bump };
     let mut config = Config::new_lan(NonZeroU32::new(cfg.cluster_size.max(2)).unwrap_or(NonZeroU32::MIN));
     config.probe_period = cfg.probe_period;
     config.probe_rtt = (cfg.probe_period / 2).max(Duration::from_millis(50));
     config.max_packet_size = NonZeroUsize::new(PACKET_BYTES_MAX).unwrap_or(NonZeroUsize::MIN);
-    config.periodic_gossip = Some(foca::PeriodicParams { frequency: cfg.probe_period / 2, num_members: NonZeroUsize::MIN.saturating_add(2) });
+    config.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: cfg.probe_period / 2,
+        num_members: NonZeroUsize::MIN.saturating_add(2),
+    });
     let mut foca = Foca::new(id, config, seeded_rng(), PostcardCodec);
     let mut runtime = foca::AccumulatingRuntime::new();
     let mut timers: BinaryHeap<Reverse<(tokio::time::Instant, u64)>> = BinaryHeap::new();

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -127,7 +128,9 @@ impl RegistryQuery {
             RegistryQuery::OfflineNodes => RegistryAnswer::Nodes(p.offline_nodes().cloned().collect()),
             RegistryQuery::Services => RegistryAnswer::Services(p.services().cloned().collect()),
             RegistryQuery::ServicesByName(n) => RegistryAnswer::Services(p.services_by_name(n).cloned().collect()),
-            RegistryQuery::ServicesByCapability(c) => RegistryAnswer::Services(p.services_by_capability(c).cloned().collect()),
+            RegistryQuery::ServicesByCapability(c) => {
+                RegistryAnswer::Services(p.services_by_capability(c).cloned().collect())
+            }
         }
     }
 }
@@ -329,7 +332,12 @@ pub trait RpcHandler: Send + Sync + 'static {
 pub trait Transport: Send + Sync + 'static {
     /// Sends `req` to `to` and waits for the response at most [`Transport::deadline`]`(to,
     /// timeout)`: `timeout`, or longer on a link whose measured round trips need it.
-    fn call(&self, to: &PeerNode, req: RpcRequest, timeout: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>>;
+    fn call(
+        &self,
+        to: &PeerNode,
+        req: RpcRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<RpcResponse, TransportError>>;
 
     /// How long a call to `to` whose caller asked for `floor` may take: `floor`, unless the
     /// round trips measured to `to` need longer (see [`rtt`]). Never less than `floor`.
@@ -449,14 +457,16 @@ impl RpcHandler for LateHandler {
                     RpcRequest::Status => RpcResponse::Status(Err(starting())),
                     RpcRequest::Query(_) => RpcResponse::Query(Err(starting())),
                     RpcRequest::ExportSeed { .. } => RpcResponse::ExportSeed(Err(starting())),
-                    RpcRequest::AddMember { .. } | RpcRequest::RemoveMember { .. } => RpcResponse::Membership(Err(starting())),
+                    RpcRequest::AddMember { .. } | RpcRequest::RemoveMember { .. } => {
+                        RpcResponse::Membership(Err(starting()))
+                    }
                     // Raft RPCs before the node is up: report a fatal-free "stopped" node.
                     RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) => {
                         RpcResponse::Vote(Err(openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped)))
                     }
-                    RpcRequest::InstallSnapshot(_) => {
-                        RpcResponse::InstallSnapshot(Err(openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped)))
-                    }
+                    RpcRequest::InstallSnapshot(_) => RpcResponse::InstallSnapshot(Err(
+                        openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped),
+                    )),
                 }
             }),
         }

@@ -50,7 +50,9 @@ use tracing::Instrument;
 
 use self::socket::ReleasableSocket;
 
-use super::{Binding, BoxFuture, NetworkBackend, RpcHandler, RpcRequest, RpcResponse, SharedTransport, Transport, TransportError};
+use super::{
+    Binding, BoxFuture, NetworkBackend, RpcHandler, RpcRequest, RpcResponse, SharedTransport, Transport, TransportError,
+};
 use crate::core::keys::NodeKey;
 use crate::core::limits::RECORD_BYTES_MAX;
 use crate::core::types::NodeId;
@@ -274,7 +276,11 @@ impl QuicBackend {
 
     /// Binds the endpoint at `addr` and serves `handler`; the lower-level form of
     /// [`NetworkBackend::bind`], returning the concrete transport.
-    pub async fn bind_quic(&self, addr: &str, handler: Arc<dyn RpcHandler>) -> Result<(QuicTransport, Binding), TransportError> {
+    pub async fn bind_quic(
+        &self,
+        addr: &str,
+        handler: Arc<dyn RpcHandler>,
+    ) -> Result<(QuicTransport, Binding), TransportError> {
         let identity = Arc::new(tls::Identity::new(&self.key)?);
         super::addr::check_listen_addr(addr).map_err(|e| bind_err(addr, e.problem))?;
         let local = resolve(addr).await.map_err(|e| bind_err(addr, e))?;
@@ -287,8 +293,12 @@ impl QuicBackend {
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ResetKey::derive(&self.key)));
         endpoint_config.cid_generator(|| Box::new(RandomCids));
         let runtime = quinn::default_runtime().ok_or_else(|| bind_err(addr, "no async runtime"))?;
-        let socket = Arc::new(ReleasableSocket::new(runtime.wrap_udp_socket(socket).map_err(|e| bind_err(addr, e))?).map_err(|e| bind_err(addr, e))?);
-        let endpoint = Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket.clone(), runtime).map_err(|e| bind_err(addr, e))?;
+        let socket = Arc::new(
+            ReleasableSocket::new(runtime.wrap_udp_socket(socket).map_err(|e| bind_err(addr, e))?)
+                .map_err(|e| bind_err(addr, e))?,
+        );
+        let endpoint = Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket.clone(), runtime)
+            .map_err(|e| bind_err(addr, e))?;
         let local = endpoint.local_addr().map_err(|e| bind_err(addr, e))?;
 
         let shared = Arc::new(Shared {
@@ -306,8 +316,13 @@ impl QuicBackend {
         });
         let span = tracing::info_span!("quic_endpoint", node = %identity.me.short(), %local);
         let server_task = tokio::spawn(
-            accept_loop(endpoint, handler, Arc::new(self.config.clone()), Gate { me: identity.me, admission: self.admission.clone() })
-                .instrument(span),
+            accept_loop(
+                endpoint,
+                handler,
+                Arc::new(self.config.clone()),
+                Gate { me: identity.me, admission: self.admission.clone() },
+            )
+            .instrument(span),
         );
         tracing::info!(node = %identity.me.short(), %local, "QUIC endpoint bound");
 
@@ -328,7 +343,11 @@ impl NetworkBackend for QuicBackend {
             if me.node != self.key.node_id() {
                 return Err(TransportError::Refused {
                     peer: me.addr.clone(),
-                    reason: format!("binding node {} with the key of node {}", me.node.short(), self.key.node_id().short()),
+                    reason: format!(
+                        "binding node {} with the key of node {}",
+                        me.node.short(),
+                        self.key.node_id().short()
+                    ),
                 });
             }
             self.bind_quic(&me.addr, handler).await.map(|(_, b)| b)
@@ -390,7 +409,11 @@ async fn bind_socket(addr: SocketAddr, patience: Duration) -> std::io::Result<st
     loop {
         match std::net::UdpSocket::bind(addr) {
             Ok(s) => return Ok(s),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() != 0 && tokio::time::Instant::now() < deadline => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && addr.port() != 0
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 tracing::debug!(%addr, "address still in use; retrying");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -405,8 +428,10 @@ fn transport_config(cfg: &QuicConfig, server: bool) -> Result<quinn::TransportCo
     let streams = if server { cfg.streams_per_connection } else { 0 };
     t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    let idle = quinn::IdleTimeout::try_from(cfg.idle_timeout)
-        .map_err(|e| TransportError::Refused { peer: "local QUIC setup".into(), reason: format!("idle timeout: {e}") })?;
+    let idle = quinn::IdleTimeout::try_from(cfg.idle_timeout).map_err(|e| TransportError::Refused {
+        peer: "local QUIC setup".into(),
+        reason: format!("idle timeout: {e}"),
+    })?;
     t.max_idle_timeout(Some(idle));
     t.keep_alive_interval(if server { None } else { Some(cfg.keep_alive) });
     t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
@@ -645,7 +670,13 @@ async fn serve_connection(
 /// Serves the streams of one connection. With a `gate` (the Raft protocol) every request is
 /// checked against the admission policy as it is now, so a key revoked while connected is cut
 /// off at its next request; without one (the admin protocol) only `Status` and `Query` pass.
-async fn serve_rpc(conn: quinn::Connection, peer: NodeId, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>, gate: Option<Gate>) {
+async fn serve_rpc(
+    conn: quinn::Connection,
+    peer: NodeId,
+    handler: Arc<dyn RpcHandler>,
+    cfg: Arc<QuicConfig>,
+    gate: Option<Gate>,
+) {
     let read_only = gate.is_none();
     tracing::debug!("connection established");
     let mut streams = JoinSet::new();
@@ -672,7 +703,12 @@ async fn serve_rpc(conn: quinn::Connection, peer: NodeId, handler: Arc<dyn RpcHa
 }
 
 /// Serves the gossip streams of one connection: one session per stream, at most two at a time.
-async fn serve_gossip(conn: quinn::Connection, peer: NodeId, acceptor: Arc<dyn super::gossip::GossipAcceptor>, gate: Gate) {
+async fn serve_gossip(
+    conn: quinn::Connection,
+    peer: NodeId,
+    acceptor: Arc<dyn super::gossip::GossipAcceptor>,
+    gate: Gate,
+) {
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -851,7 +887,11 @@ impl Shared {
 
     /// The cached connection to `to`, or a new one. `dialing` is set while we wait for a
     /// connection (so a deadline hit there reads as "unreachable", not "timed out").
-    async fn connection(self: &Arc<Self>, to: &PeerNode, dialing: &AtomicBool) -> Result<(quinn::Connection, bool), TransportError> {
+    async fn connection(
+        self: &Arc<Self>,
+        to: &PeerNode,
+        dialing: &AtomicBool,
+    ) -> Result<(quinn::Connection, bool), TransportError> {
         let slot = self.slot(to.node);
         dialing.store(true, Ordering::Relaxed);
         let mut g = slot.lock_owned().await;
@@ -868,15 +908,24 @@ impl Shared {
         // passes mid-handshake (a slow or lossy link) does not abort it, and the next call
         // waits for it instead of starting over.
         let (shared, peer) = (self.clone(), to.clone());
-        let dial = tokio::spawn(async move {
-            let conn = match tokio::time::timeout(shared.dial_deadline, shared.dial(&peer, ALPN_RAFT)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(TransportError::Unreachable(format!("{} (no handshake within {:?})", peer.addr, shared.dial_deadline))),
-            };
-            *g = Some(Cached { addr: peer.addr.clone(), conn: conn.clone() });
-            Ok(conn)
-        }.instrument(tracing::Span::current()));
-        let conn = dial.await.map_err(|e| TransportError::Unreachable(format!("{} (dial task failed: {e})", to.addr)))??;
+        let dial = tokio::spawn(
+            async move {
+                let conn = match tokio::time::timeout(shared.dial_deadline, shared.dial(&peer, ALPN_RAFT)).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(TransportError::Unreachable(format!(
+                            "{} (no handshake within {:?})",
+                            peer.addr, shared.dial_deadline
+                        )))
+                    }
+                };
+                *g = Some(Cached { addr: peer.addr.clone(), conn: conn.clone() });
+                Ok(conn)
+            }
+            .instrument(tracing::Span::current()),
+        );
+        let conn =
+            dial.await.map_err(|e| TransportError::Unreachable(format!("{} (dial task failed: {e})", to.addr)))??;
         dialing.store(false, Ordering::Relaxed);
         Ok((conn, true))
     }
@@ -898,7 +947,12 @@ impl Shared {
         Ok(conn)
     }
 
-    async fn call(self: &Arc<Self>, to: &PeerNode, req: RpcRequest, dialing: &AtomicBool) -> Result<RpcResponse, TransportError> {
+    async fn call(
+        self: &Arc<Self>,
+        to: &PeerNode,
+        req: RpcRequest,
+        dialing: &AtomicBool,
+    ) -> Result<RpcResponse, TransportError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(TransportError::Unreachable(format!("{} (local endpoint closed)", to.addr)));
         }
@@ -1001,7 +1055,12 @@ impl Drop for ResetOnDrop {
 /// One read-only call over [`ALPN_ADMIN`] from a throw-away key: what `spore status` and
 /// `spore query` use. Pins the node's key when `expected` is given; returns the key the node
 /// proved it holds, with its answer. Only `Status` and `Query` are served on this protocol.
-pub async fn admin_call(addr: &str, expected: Option<NodeId>, req: RpcRequest, timeout: Duration) -> Result<(NodeId, RpcResponse), TransportError> {
+pub async fn admin_call(
+    addr: &str,
+    expected: Option<NodeId>,
+    req: RpcRequest,
+    timeout: Duration,
+) -> Result<(NodeId, RpcResponse), TransportError> {
     let key = NodeKey::generate().map_err(|e| TransportError::Unreachable(format!("{addr} (no key: {e})")))?;
     call_once(&key, addr, expected, ALPN_ADMIN, req, timeout).await
 }
@@ -1022,12 +1081,18 @@ pub async fn call_once(
     let unreachable = |e: &dyn std::fmt::Display| TransportError::Unreachable(format!("{addr} ({e})"));
     let work = async {
         let remote = resolve(addr).await.map_err(|e| unreachable(&e))?;
-        let local: SocketAddr = if remote.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let local: SocketAddr =
+            if remote.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
         let endpoint = Endpoint::client(local).map_err(|e| unreachable(&e))?;
         let identity = tls::Identity::new(key)?;
         let cfg = quinn::ClientConfig::new(Arc::new(identity.client_config(expected, alpn)?));
-        let conn = endpoint.connect_with(cfg, remote, SERVER_NAME).map_err(|e| unreachable(&e))?.await.map_err(|e| classify(addr, e))?;
-        let node = peer_node_id(&conn).ok_or_else(|| TransportError::Refused { peer: addr.to_string(), reason: "no peer identity".into() })?;
+        let conn = endpoint
+            .connect_with(cfg, remote, SERVER_NAME)
+            .map_err(|e| unreachable(&e))?
+            .await
+            .map_err(|e| classify(addr, e))?;
+        let node = peer_node_id(&conn)
+            .ok_or_else(|| TransportError::Refused { peer: addr.to_string(), reason: "no peer identity".into() })?;
         let frame = encode_frame(&req).map_err(|reason| TransportError::BadFrame { peer: addr.to_string(), reason })?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(addr, e))?;
         send.write_all(&frame).await.map_err(|e| match e {
@@ -1039,13 +1104,17 @@ pub async fn call_once(
             FrameError::Stream(ReadError::ConnectionLost(e)) => classify(addr, e),
             other => TransportError::BadFrame { peer: addr.to_string(), reason: other.to_string() },
         })?;
-        let resp = postcard::from_bytes(&bytes)
-            .map_err(|e| TransportError::BadFrame { peer: addr.to_string(), reason: format!("undecodable response: {e}") })?;
+        let resp = postcard::from_bytes(&bytes).map_err(|e| TransportError::BadFrame {
+            peer: addr.to_string(),
+            reason: format!("undecodable response: {e}"),
+        })?;
         close(&conn, close_code::SHUTDOWN, "done");
         endpoint.wait_idle().await;
         Ok((node, resp))
     };
-    tokio::time::timeout(timeout, work).await.map_err(|_| TransportError::Timeout { peer: addr.to_string(), after: timeout })?
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| TransportError::Timeout { peer: addr.to_string(), after: timeout })?
 }
 
 /// Maps why a connection failed to what the caller sees.
@@ -1061,7 +1130,10 @@ fn classify(peer: &str, e: ConnectionError) -> TransportError {
             TransportError::Refused { peer: peer.to_string(), reason: format!("handshake failed: {t}") }
         }
         ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close_code::BAD_FRAME) => {
-            TransportError::BadFrame { peer: peer.to_string(), reason: "the peer closed the connection over a bad frame".into() }
+            TransportError::BadFrame {
+                peer: peer.to_string(),
+                reason: "the peer closed the connection over a bad frame".into(),
+            }
         }
         ConnectionError::ApplicationClosed(c)
             if c.error_code == VarInt::from_u32(close_code::UNSUPPORTED_PROTOCOL)
@@ -1082,7 +1154,10 @@ pub struct QuicTransport {
 
 impl std::fmt::Debug for QuicTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuicTransport").field("node", &self.shared.identity.me).field("local", &self.shared.local).finish()
+        f.debug_struct("QuicTransport")
+            .field("node", &self.shared.identity.me)
+            .field("local", &self.shared.local)
+            .finish()
     }
 }
 
@@ -1115,7 +1190,10 @@ impl super::gossip::GossipDialer for QuicTransport {
 impl QuicTransport {
     /// Dials `to` under the gossip ALPN (a fresh connection, closed when its streams are
     /// dropped) and opens the session's stream. The connection is returned for its statistics.
-    pub async fn open_gossip_conn(&self, to: &PeerNode) -> Result<(quinn::Connection, SendStream, RecvStream), TransportError> {
+    pub async fn open_gossip_conn(
+        &self,
+        to: &PeerNode,
+    ) -> Result<(quinn::Connection, SendStream, RecvStream), TransportError> {
         let conn = self.connect_alpn(to, super::gossip::ALPN_GOSSIP).await?;
         let (send, recv) = conn.open_bi().await.map_err(|e| classify(&to.addr, e))?;
         Ok((conn, send, recv))
@@ -1136,11 +1214,18 @@ impl super::liveness::SwimLink for QuicTransport {
         Box::pin(async move {
             let cached = {
                 let swim = self.shared.swim.lock().unwrap_or_else(|p| p.into_inner());
-                swim.get(&to.node).filter(|c| c.addr == to.addr && c.conn.close_reason().is_none()).map(|c| c.conn.clone())
+                swim.get(&to.node)
+                    .filter(|c| c.addr == to.addr && c.conn.close_reason().is_none())
+                    .map(|c| c.conn.clone())
             };
             let conn = match cached {
                 Some(c) => c,
-                None => match tokio::time::timeout(Duration::from_secs(2), self.connect_alpn(&to, super::liveness::ALPN_SWIM)).await {
+                None => match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.connect_alpn(&to, super::liveness::ALPN_SWIM),
+                )
+                .await
+                {
                     Ok(Ok(c)) => {
                         let mut swim = self.shared.swim.lock().unwrap_or_else(|p| p.into_inner());
                         if swim.len() >= PEER_TABLE_PRUNE_AT {
@@ -1168,7 +1253,12 @@ impl Transport for QuicTransport {
         Some(Arc::new(self.clone()))
     }
 
-    fn call(&self, to: &PeerNode, req: RpcRequest, floor: Duration) -> BoxFuture<'_, Result<RpcResponse, TransportError>> {
+    fn call(
+        &self,
+        to: &PeerNode,
+        req: RpcRequest,
+        floor: Duration,
+    ) -> BoxFuture<'_, Result<RpcResponse, TransportError>> {
         let to = to.clone();
         let timeout = self.deadline(&to, floor);
         let span = tracing::debug_span!("quic_call", peer = %to, kind = req.kind(), deadline = ?timeout);

@@ -14,9 +14,9 @@
 //! ARCHITECTURE.md, *Known limits*.)
 //! Truncation and purge are batches of removes (fjall has no range delete).
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 

@@ -41,7 +41,9 @@ impl fmt::Display for SporeRequest {
         match self {
             SporeRequest::Event(e) => write!(f, "event({} by {})", e.body.kind(), e.author.short()),
             SporeRequest::Batch(b) => write!(f, "batch({} events)", b.len()),
-            SporeRequest::Provisional(p) => write!(f, "provisional({} by {})", p.event.body.kind(), p.event.author.short()),
+            SporeRequest::Provisional(p) => {
+                write!(f, "provisional({} by {})", p.event.body.kind(), p.event.author.short())
+            }
         }
     }
 }
@@ -117,7 +119,8 @@ pub fn open_stores(
     let pre_verified = crate::store::verified::PreVerified::default();
     let log = log_store::FjallLogStore::open(ledger.database(), path.clone(), pre_verified.clone())
         .map_err(|source| crate::error::LedgerError::Storage { op: "open raft keyspaces", path, source })?;
-    let sm = state_machine::LedgerStateMachine::new(std::sync::Arc::new(std::sync::RwLock::new(ledger)), key, pre_verified);
+    let sm =
+        state_machine::LedgerStateMachine::new(std::sync::Arc::new(std::sync::RwLock::new(ledger)), key, pre_verified);
     Ok((log, sm))
 }
 
@@ -129,14 +132,18 @@ mod conformance {
 
     struct Builder;
 
-    impl StoreBuilder<TypeConfig, log_store::FjallLogStore, state_machine::LedgerStateMachine, tempfile::TempDir> for Builder {
+    impl StoreBuilder<TypeConfig, log_store::FjallLogStore, state_machine::LedgerStateMachine, tempfile::TempDir>
+        for Builder
+    {
         async fn build(
             &self,
-        ) -> Result<(tempfile::TempDir, log_store::FjallLogStore, state_machine::LedgerStateMachine), StorageError> {
+        ) -> Result<(tempfile::TempDir, log_store::FjallLogStore, state_machine::LedgerStateMachine), StorageError>
+        {
             let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
             let ledger = Ledger::open(dir.path(), LedgerConfig { durable: false, ..Default::default() })
                 .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
-            let (log, sm) = open_stores(ledger, crate::core::keys::NodeKey::from_seed([9; 32])).map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
+            let (log, sm) = open_stores(ledger, crate::core::keys::NodeKey::from_seed([9; 32]))
+                .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
             Ok((dir, log, sm))
         }
     }

@@ -13,7 +13,8 @@ use std::time::Duration;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use openraft::ChangeMembers;
 
@@ -86,7 +87,10 @@ impl PeerClient {
         // that yielded a split-brain refuses the losing chain's members — is out of reach:
         // openraft backs off instead of retrying (and logging) at every heartbeat.
         if matches!(e, RaftError::Fatal(openraft::error::Fatal::Stopped)) {
-            return transport_err(TransportError::Unreachable(format!("{} (its Raft is stopped for this node)", self.node.addr)));
+            return transport_err(TransportError::Unreachable(format!(
+                "{} (its Raft is stopped for this node)",
+                self.node.addr
+            )));
         }
         RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))
     }
@@ -169,13 +173,18 @@ impl RaftService {
 
     /// On the leader: commits a provisional event (the state machine checks the author's
     /// statement and that the chain does not hold the event already).
-    pub async fn commit_provisional(&self, p: crate::core::provisional::ProvisionalEvent) -> Result<super::SporeResponse, RemoteFailure> {
+    pub async fn commit_provisional(
+        &self,
+        p: crate::core::provisional::ProvisionalEvent,
+    ) -> Result<super::SporeResponse, RemoteFailure> {
         if self.raft.metrics().borrow().current_leader != Some(super::raft_id(&self.me.node)) {
             return Err(self.not_leader());
         }
         // A statement that does not verify is refused before it takes a log entry.
         if let Err(e) = p.verify_statement() {
-            return Ok(super::SporeResponse::Rejected(crate::core::projection::Rejection::ProvisionalRefused(e.to_string().into())));
+            return Ok(super::SporeResponse::Rejected(crate::core::projection::Rejection::ProvisionalRefused(
+                e.to_string().into(),
+            )));
         }
         match self.raft.client_write(super::SporeRequest::Provisional(p)).await {
             Ok(resp) => Ok(resp.data),
@@ -188,7 +197,9 @@ impl RaftService {
         // Leader only, and with the registry up to date with everything committed.
         match self.raft.ensure_linearizable().await {
             Ok(_) => {}
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => return Err(self.not_leader()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => {
+                return Err(self.not_leader())
+            }
             Err(e) => return Err(RemoteFailure::Other(e.to_string())),
         }
         self.check_admitted(&node.node, voter)?;
@@ -204,7 +215,8 @@ impl RaftService {
             let result = async {
                 self.raft.add_learner(id, node.clone(), true).await?;
                 if voter {
-                    let mut voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+                    let mut voters: BTreeSet<u64> =
+                        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
                     voters.insert(id);
                     self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true).await?;
                 }
@@ -234,9 +246,13 @@ impl RaftService {
             let rest: BTreeSet<u64> = voters.into_iter().filter(|v| *v != id).collect();
             self.raft.change_membership(ChangeMembers::ReplaceAllVoters(rest), false).await.map_err(map_err)?;
         }
-        let nodes: BTreeMap<u64, PeerNode> = self.raft.metrics().borrow().membership_config.nodes().map(|(k, v)| (*k, v.clone())).collect();
+        let nodes: BTreeMap<u64, PeerNode> =
+            self.raft.metrics().borrow().membership_config.nodes().map(|(k, v)| (*k, v.clone())).collect();
         if nodes.contains_key(&id) {
-            self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await.map_err(map_err)?;
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(map_err)?;
         }
         Ok(())
     }
@@ -246,30 +262,41 @@ impl RpcHandler for RaftService {
     fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse> {
         use tracing::Instrument;
         let span = tracing::trace_span!("rpc_serve", kind = req.kind(), from = %from.short(), me = %self.me);
-        Box::pin(async move {
-            match req {
-                RpcRequest::AppendEntries(r) => RpcResponse::AppendEntries(self.raft.append_entries(r).await),
-                RpcRequest::Vote(r) => RpcResponse::Vote(self.raft.vote(r).await),
-                RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await),
-                RpcRequest::Forward(ev) => RpcResponse::Forward(match self.proposer.propose(ev).await {
-                    Ok(resp) => Ok(resp),
-                    Err(ProposeError::NotLeader) => Err(self.not_leader()),
-                    Err(e) => Err(RemoteFailure::Other(e.to_string())),
-                }),
-                RpcRequest::Provisional(p) => RpcResponse::Forward(self.commit_provisional(p).await),
-                RpcRequest::AddMember { node, voter } => RpcResponse::Membership(self.add_member(node, voter).await),
-                RpcRequest::RemoveMember { node } => RpcResponse::Membership(self.remove_member(node).await),
-                RpcRequest::Status => RpcResponse::Status(Err(RemoteFailure::Other("status is served by the node, not Raft".into()))),
-                RpcRequest::ExportSeed { .. } => {
-                    RpcResponse::ExportSeed(Err(RemoteFailure::Other("seed export is served by the node, not Raft".into())))
+        Box::pin(
+            async move {
+                match req {
+                    RpcRequest::AppendEntries(r) => RpcResponse::AppendEntries(self.raft.append_entries(r).await),
+                    RpcRequest::Vote(r) => RpcResponse::Vote(self.raft.vote(r).await),
+                    RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await),
+                    RpcRequest::Forward(ev) => RpcResponse::Forward(match self.proposer.propose(ev).await {
+                        Ok(resp) => Ok(resp),
+                        Err(ProposeError::NotLeader) => Err(self.not_leader()),
+                        Err(e) => Err(RemoteFailure::Other(e.to_string())),
+                    }),
+                    RpcRequest::Provisional(p) => RpcResponse::Forward(self.commit_provisional(p).await),
+                    RpcRequest::AddMember { node, voter } => {
+                        RpcResponse::Membership(self.add_member(node, voter).await)
+                    }
+                    RpcRequest::RemoveMember { node } => RpcResponse::Membership(self.remove_member(node).await),
+                    RpcRequest::Status => {
+                        RpcResponse::Status(Err(RemoteFailure::Other("status is served by the node, not Raft".into())))
+                    }
+                    RpcRequest::ExportSeed { .. } => RpcResponse::ExportSeed(Err(RemoteFailure::Other(
+                        "seed export is served by the node, not Raft".into(),
+                    ))),
+                    RpcRequest::Query(_) => {
+                        RpcResponse::Query(Err(RemoteFailure::Other("queries are served by the node, not Raft".into())))
+                    }
+                    RpcRequest::ReadIndex => RpcResponse::ReadIndex(match self.raft.ensure_linearizable().await {
+                        Ok(log_id) => Ok(log_id.map(|l| l.index)),
+                        Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => {
+                            Err(self.not_leader())
+                        }
+                        Err(e) => Err(RemoteFailure::Other(e.to_string())),
+                    }),
                 }
-                RpcRequest::Query(_) => RpcResponse::Query(Err(RemoteFailure::Other("queries are served by the node, not Raft".into()))),
-                RpcRequest::ReadIndex => RpcResponse::ReadIndex(match self.raft.ensure_linearizable().await {
-                    Ok(log_id) => Ok(log_id.map(|l| l.index)),
-                    Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => Err(self.not_leader()),
-                    Err(e) => Err(RemoteFailure::Other(e.to_string())),
-                }),
             }
-        }.instrument(span))
+            .instrument(span),
+        )
     }
 }

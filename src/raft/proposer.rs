@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use super::state_machine::SharedLedger;
 use super::{Raft, SporeRequest, SporeResponse};
 use crate::core::event::SignedEvent;
-use crate::core::provisional::EventId;
 use crate::core::limits;
+use crate::core::provisional::EventId;
 
 /// Why a proposal did not get an answer from the state machine.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -199,35 +199,38 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>, batches_in_flight: usize)
         // Instrumented, not entered: a guard held across the await would mark whatever else
         // runs on the thread meanwhile as part of this batch.
         let span = tracing::debug_span!("propose_batch", events = batch.len());
-        in_flight.spawn(async move {
-            let (events, replies): (Vec<SignedEvent>, Vec<Reply>) = batch.into_iter().unzip();
-            let n = events.len();
-            let result = raft.client_write(SporeRequest::Batch(std::sync::Arc::new(events))).await;
-            match result {
-                Ok(resp) => match resp.data {
-                    SporeResponse::Batch(answers) if answers.len() == n => {
-                        for (reply, answer) in replies.into_iter().zip(answers) {
-                            let _ = reply.send(Ok(answer));
+        in_flight.spawn(
+            async move {
+                let (events, replies): (Vec<SignedEvent>, Vec<Reply>) = batch.into_iter().unzip();
+                let n = events.len();
+                let result = raft.client_write(SporeRequest::Batch(std::sync::Arc::new(events))).await;
+                match result {
+                    Ok(resp) => match resp.data {
+                        SporeResponse::Batch(answers) if answers.len() == n => {
+                            for (reply, answer) in replies.into_iter().zip(answers) {
+                                let _ = reply.send(Ok(answer));
+                            }
                         }
-                    }
-                    other => {
-                        let e = ProposeError::Raft(format!("state machine answered a batch with {other:?}"));
+                        other => {
+                            let e = ProposeError::Raft(format!("state machine answered a batch with {other:?}"));
+                            for reply in replies {
+                                let _ = reply.send(Err(e.clone()));
+                            }
+                        }
+                    },
+                    Err(e) => {
+                        let e = match e {
+                            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ProposeError::NotLeader,
+                            e => ProposeError::Raft(e.to_string()),
+                        };
                         for reply in replies {
                             let _ = reply.send(Err(e.clone()));
                         }
                     }
-                },
-                Err(e) => {
-                    let e = match e {
-                        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ProposeError::NotLeader,
-                        e => ProposeError::Raft(e.to_string()),
-                    };
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
                 }
             }
-        }.instrument(span));
+            .instrument(span),
+        );
         while in_flight.len() >= batches_in_flight {
             let _ = in_flight.join_next().await;
         }

@@ -28,11 +28,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{LogId, PeerNode, SporeRequest, SporeResponse, StorageError, StoredMembership, TypeConfig};
 use crate::core::event::{ChainedEvent, SignedEvent};
-use crate::core::types::ChainHash;
-use crate::store::ledger::Ledger;
 use crate::core::keys::{NodeKey, VerifierCache};
 use crate::core::projection::Rejection;
 use crate::core::provisional::ProvisionalEvent;
+use crate::core::types::ChainHash;
+use crate::store::ledger::Ledger;
 use crate::store::verified::{PreVerified, VerifiedEvents};
 
 const META_APPLIED: &[u8] = b"raft_applied";
@@ -190,7 +190,8 @@ fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotHeader, Vec<ChainedEvent>, O
         }
         return Ok((header, Vec::new(), None));
     }
-    let seed = crate::seed::verify(seed_bytes, crate::seed::VerifyPolicy::default()).map_err(|e| format!("snapshot seed: {e}"))?;
+    let seed = crate::seed::verify(seed_bytes, crate::seed::VerifyPolicy::default())
+        .map_err(|e| format!("snapshot seed: {e}"))?;
     if !seed.header.includes_events {
         return Err("snapshot seed carries no events".into());
     }
@@ -214,7 +215,10 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                 applied.map_or("none".to_string(), |a| format!("{}-{}", a.leader_id, a.index)),
                 l.head().map_or(0, |h| h.seq)
             );
-            Ok::<_, StorageError>((SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id }, data))
+            Ok::<_, StorageError>((
+                SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id },
+                data,
+            ))
         })
         .await
         .map_err(sm_write)??;
@@ -391,7 +395,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                             Err(rejection) => SporeResponse::Rejected(rejection),
                             Ok(()) => {
                                 let meta = applied_meta(Some(entry.log_id), &membership)?;
-                                let (verified, _) = VerifiedEvents::verify_with(vec![&p.event], &mut cache, &pre_verified);
+                                let (verified, _) =
+                                    VerifiedEvents::verify_with(vec![&p.event], &mut cache, &pre_verified);
                                 match l.append_verified_points(verified, meta).map_err(sm_write)?.pop() {
                                     Some(Ok(point)) => SporeResponse::Applied(point),
                                     Some(Err(r)) => SporeResponse::Rejected(r),
@@ -443,7 +448,10 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 Some(h) => match events.get(h.seq as usize) {
                     Some(e) if e.hash == h.hash => h.seq + 1,
                     _ => {
-                        tracing::warn!(local_head = h.seq, "snapshot does not extend the local chain; rebuilding the ledger");
+                        tracing::warn!(
+                            local_head = h.seq,
+                            "snapshot does not extend the local chain; rebuilding the ledger"
+                        );
                         l.reset().map_err(sm_write)?;
                         0
                     }
@@ -465,7 +473,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                     Vec::new()
                 };
                 let expected: Vec<(u64, ChainHash)> = chunk.iter().map(|c| (c.seq, c.hash)).collect();
-                let outcome = l.append_with_meta(chunk.into_iter().map(|c| c.event).collect(), extra).map_err(sm_write)?;
+                let outcome =
+                    l.append_with_meta(chunk.into_iter().map(|c| c.event).collect(), extra).map_err(sm_write)?;
                 for (o, (seq, hash)) in outcome.into_iter().zip(expected) {
                     match o {
                         Ok(ce) if ce.seq == seq && ce.hash == hash => {}
@@ -497,7 +506,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let cur = self.current.read().map_err(|_| lock_err())?;
-        Ok(cur.as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(data.clone())) }))
+        Ok(cur
+            .as_ref()
+            .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(data.clone())) }))
     }
 }
 

@@ -35,7 +35,12 @@ pub fn encode_unsigned_raw<R: AsRef<[u8]>>(header: &SeedHeader, state: &Projecti
 
 /// The unsigned content with `records` and the event count `count` (which a streaming writer
 /// states before it appends the rest of the records).
-pub(crate) fn encode_prefix<R: AsRef<[u8]>>(header: &SeedHeader, state: &ProjectionState, records: &[R], count: u64) -> Vec<u8> {
+pub(crate) fn encode_prefix<R: AsRef<[u8]>>(
+    header: &SeedHeader,
+    state: &ProjectionState,
+    records: &[R],
+    count: u64,
+) -> Vec<u8> {
     let hdr = canonical_bytes(header);
     let st = encode_checkpoint(state);
     let body: usize = records.iter().map(|r| r.as_ref().len() + 4).sum();
@@ -71,23 +76,42 @@ pub fn seed_signing_message(fingerprint: &NetworkFingerprint, digest: &[u8; 32])
 /// signers alone, and [`verify`](super::verify) says so ([`StateProof::SignersOnly`](super::StateProof::SignersOnly)).
 /// Nodes export format 2 ([`build_state_only`], [`export`](super::export)), whose state the
 /// chain attests.
-pub fn build(projection: &Projection, events: Option<&[ChainedEvent]>, signers: &[&NodeKey]) -> Result<Vec<u8>, SeedError> {
+pub fn build(
+    projection: &Projection,
+    events: Option<&[ChainedEvent]>,
+    signers: &[&NodeKey],
+) -> Result<Vec<u8>, SeedError> {
     let records: Option<Vec<Vec<u8>>> = events.map(|e| e.iter().map(encode_record).collect());
     build_raw(projection, records.as_deref(), signers)
 }
 
 /// [`build`] from ledger records as stored (copied verbatim, not re-encoded).
-pub fn build_raw<R: AsRef<[u8]>>(projection: &Projection, records: Option<&[R]>, signers: &[&NodeKey]) -> Result<Vec<u8>, SeedError> {
+pub fn build_raw<R: AsRef<[u8]>>(
+    projection: &Projection,
+    records: Option<&[R]>,
+    signers: &[&NodeKey],
+) -> Result<Vec<u8>, SeedError> {
     let header = header_of(projection.state(), records.is_some())?;
-    Ok(sign(encode_unsigned_raw::<R>(&header, projection.state(), records.unwrap_or(&[])), &header.fingerprint, signers))
+    Ok(sign(
+        encode_unsigned_raw::<R>(&header, projection.state(), records.unwrap_or(&[])),
+        &header.fingerprint,
+        signers,
+    ))
 }
 
 /// Builds a **format 2** state-only seed: `base` is a state the chain attests (the first of
 /// `tail` is the state checkpoint event at `base`'s seq + 1 that attests it) and `tail` the
 /// events from there to the head, whose state `head` is. Signed by `signers`.
-pub fn build_state_only(base: &ProjectionState, tail: &[ChainedEvent], head: &ProjectionState, signers: &[&NodeKey]) -> Result<Vec<u8>, SeedError> {
+pub fn build_state_only(
+    base: &ProjectionState,
+    tail: &[ChainedEvent],
+    head: &ProjectionState,
+    signers: &[&NodeKey],
+) -> Result<Vec<u8>, SeedError> {
     if tail.is_empty() {
-        return Err(SeedError::NotAttested("a state-only seed needs the state checkpoint event that attests its state".into()));
+        return Err(SeedError::NotAttested(
+            "a state-only seed needs the state checkpoint event that attests its state".into(),
+        ));
     }
     let header = header_of(head, false)?;
     Ok(sign(encode_unsigned(&header, base, tail), &header.fingerprint, signers))
@@ -110,7 +134,12 @@ fn sign(mut content: Vec<u8>, fingerprint: &NetworkFingerprint, signers: &[&Node
 }
 
 /// Appends the signature count and each signer's `NodeId ‖ signature` over the digest.
-pub(crate) fn append_signatures(out: &mut Vec<u8>, fingerprint: &NetworkFingerprint, digest: &[u8; 32], signers: &[&NodeKey]) {
+pub(crate) fn append_signatures(
+    out: &mut Vec<u8>,
+    fingerprint: &NetworkFingerprint,
+    digest: &[u8; 32],
+    signers: &[&NodeKey],
+) {
     let msg = seed_signing_message(fingerprint, digest);
     out.extend_from_slice(&(signers.len() as u16).to_le_bytes());
     for k in signers {

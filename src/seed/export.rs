@@ -6,11 +6,11 @@ use std::sync::RwLock;
 
 use super::encode::{append_signatures, encode_prefix, header_of};
 use super::SeedError;
-use crate::core::keys::NodeKey;
 use crate::core::event::EventBody;
+use crate::core::keys::NodeKey;
 use crate::core::projection::{ChainHead, Projection, ProjectionState};
-use crate::store::record::decode_record;
 use crate::store::ledger::Ledger;
+use crate::store::record::decode_record;
 
 /// What [`export`] wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,8 +47,13 @@ impl SearchError {
 /// its whole history) to the head; the rules are applied, signatures were checked when the
 /// records were stored and are checked again by whoever verifies the seed. `None` when there is
 /// no such state.
-fn newest_attested(ledger: &RwLock<Ledger>, head: u64, history_from: u64) -> Result<Option<ProjectionState>, SearchError> {
-    let stored = ledger.read().map_err(|_| SearchError::Poisoned)?.attested_checkpoint().map_err(SearchError::Ledger)?;
+fn newest_attested(
+    ledger: &RwLock<Ledger>,
+    head: u64,
+    history_from: u64,
+) -> Result<Option<ProjectionState>, SearchError> {
+    let stored =
+        ledger.read().map_err(|_| SearchError::Poisoned)?.attested_checkpoint().map_err(SearchError::Ledger)?;
     let mut p = match &stored {
         Some(s) => Projection::from_state(s.clone()),
         None if history_from == 0 => Projection::new(),
@@ -60,15 +65,19 @@ fn newest_attested(ledger: &RwLock<Ledger>, head: u64, history_from: u64) -> Res
     let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
     while at <= head {
         let to = (at + page - 1).min(head);
-        ledger.read().map_err(|_| SearchError::Poisoned)?.visit_raw_range(at, to, |_, rec| {
-            let ev = decode_record(rec).map_err(|e| bad(e.to_string()))?;
-            if let EventBody::StateCheckpoint { head_seq, state_digest, .. } = ev.event.body {
-                if p.head().is_some_and(|h| h.seq == head_seq) && p.state_digest() == state_digest {
-                    found = Some(p.state().clone());
+        ledger
+            .read()
+            .map_err(|_| SearchError::Poisoned)?
+            .visit_raw_range(at, to, |_, rec| {
+                let ev = decode_record(rec).map_err(|e| bad(e.to_string()))?;
+                if let EventBody::StateCheckpoint { head_seq, state_digest, .. } = ev.event.body {
+                    if p.head().is_some_and(|h| h.seq == head_seq) && p.state_digest() == state_digest {
+                        found = Some(p.state().clone());
+                    }
                 }
-            }
-            p.apply(&ev).map_err(|r| bad(format!("seq {}: {r}", ev.seq)))
-        }).map_err(SearchError::Ledger)?;
+                p.apply(&ev).map_err(|r| bad(format!("seq {}: {r}", ev.seq)))
+            })
+            .map_err(SearchError::Ledger)?;
         at = to + 1;
     }
     Ok(found)
@@ -87,16 +96,25 @@ fn newest_attested(ledger: &RwLock<Ledger>, head: u64, history_from: u64) -> Res
 /// written before states were attested) gets a full seed instead, which proves its state by
 /// replay, if it holds its history from genesis; otherwise [`SeedError::NotAttested`].
 #[tracing::instrument(level = "info", skip(ledger, signer), fields(path = %path.display()))]
-pub fn export(ledger: &RwLock<Ledger>, signer: &NodeKey, path: &Path, include_events: bool) -> Result<Exported, SeedError> {
+pub fn export(
+    ledger: &RwLock<Ledger>,
+    signer: &NodeKey,
+    path: &Path,
+    include_events: bool,
+) -> Result<Exported, SeedError> {
     let io = |e: std::io::Error| SeedError::Io { path: path.display().to_string(), reason: e.to_string() };
     let poisoned = || SeedError::Io { path: path.display().to_string(), reason: "ledger lock poisoned".into() };
-    let ledger_io = |e: crate::error::LedgerError| SeedError::Io { path: path.display().to_string(), reason: format!("reading the ledger: {e}") };
+    let ledger_io = |e: crate::error::LedgerError| SeedError::Io {
+        path: path.display().to_string(),
+        reason: format!("reading the ledger: {e}"),
+    };
     let (projection, history_from) = {
         let l = ledger.read().map_err(|_| poisoned())?;
         (l.projection().clone(), l.history_from())
     };
     let head = projection.head().ok_or(SeedError::StateMismatch("empty ledger: nothing to seed".into()))?;
-    let base = if include_events { None } else { newest_attested(ledger, head.seq, history_from).map_err(|e| e.at(path))? };
+    let base =
+        if include_events { None } else { newest_attested(ledger, head.seq, history_from).map_err(|e| e.at(path))? };
     let full = base.is_none();
     if full && !include_events {
         if history_from > 0 {
@@ -104,7 +122,10 @@ pub fn export(ledger: &RwLock<Ledger>, signer: &NodeKey, path: &Path, include_ev
                 "this ledger holds no state the chain attests and not its history below seq {history_from}: export once a state checkpoint has been committed, or from a node with the whole history"
             )));
         }
-        tracing::info!(seq = head.seq, "no attested state held yet: exporting every event instead (the state is proven by replay)");
+        tracing::info!(
+            seq = head.seq,
+            "no attested state held yet: exporting every event instead (the state is proven by replay)"
+        );
     }
     let header = header_of(projection.state(), full)?;
     let (state, from) = match &base {
@@ -154,7 +175,10 @@ pub fn export(ledger: &RwLock<Ledger>, signer: &NodeKey, path: &Path, include_ev
                     })
                     .map_err(ledger_io)?;
                 if visited != to - at + 1 {
-                    return Err(SeedError::BadEvents { seq: at, reason: "the ledger changed under the export (reset by a snapshot)".into() });
+                    return Err(SeedError::BadEvents {
+                        seq: at,
+                        reason: "the ledger changed under the export (reset by a snapshot)".into(),
+                    });
                 }
                 at = to + 1;
             }

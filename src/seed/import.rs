@@ -6,7 +6,6 @@ use crate::core::projection::ChainHead;
 use crate::error::LedgerError;
 use crate::store::ledger::Ledger;
 
-
 /// Imports a verified seed's events into `ledger`: all of them into an empty ledger, or the
 /// ones after its head when the seed extends it. Each event is re-verified and re-chained by
 /// the ledger; the result must land exactly on the seed's head. A **state-only** seed loads
@@ -32,8 +31,12 @@ pub fn import(ledger: &mut Ledger, seed: &Seed) -> Result<ChainHead, SeedError> 
         ledger.load_state_only(base.clone()).map_err(io)?;
         append_all(ledger, &seed.events, &io)?;
         let head = ledger.head().ok_or(SeedError::StateMismatch("nothing imported".into()))?;
-        if (head.seq, head.hash) != (seed.header.head_seq, seed.header.head_hash) || ledger.projection().state() != &seed.state {
-            return Err(SeedError::StateMismatch("the imported state and events did not reproduce the seed's head".into()));
+        if (head.seq, head.hash) != (seed.header.head_seq, seed.header.head_hash)
+            || ledger.projection().state() != &seed.state
+        {
+            return Err(SeedError::StateMismatch(
+                "the imported state and events did not reproduce the seed's head".into(),
+            ));
         }
         ledger.set_imported(true).map_err(io)?;
         ledger.set_seed_anchor(Some(crate::core::types::ChainPoint { seq: head.seq, hash: head.hash })).map_err(io)?;
@@ -43,7 +46,10 @@ pub fn import(ledger: &mut Ledger, seed: &Seed) -> Result<ChainHead, SeedError> 
         None => 0,
         Some(own) => {
             if ledger.fingerprint() != Some(seed.header.fingerprint) {
-                return Err(SeedError::WrongNetwork { expected: ledger.fingerprint().unwrap_or_default(), found: seed.header.fingerprint });
+                return Err(SeedError::WrongNetwork {
+                    expected: ledger.fingerprint().unwrap_or_default(),
+                    found: seed.header.fingerprint,
+                });
             }
             if own.seq >= seed.header.head_seq {
                 return Err(SeedError::NotNewer { seed_seq: seed.header.head_seq, own_seq: own.seq });
@@ -67,7 +73,11 @@ pub fn import(ledger: &mut Ledger, seed: &Seed) -> Result<ChainHead, SeedError> 
 }
 
 /// Appends `events` through the ledger's own checks, in batches; the first refused one ends it.
-fn append_all(ledger: &mut Ledger, events: &[ChainedEvent], io: &impl Fn(LedgerError) -> SeedError) -> Result<(), SeedError> {
+fn append_all(
+    ledger: &mut Ledger,
+    events: &[ChainedEvent],
+    io: &impl Fn(LedgerError) -> SeedError,
+) -> Result<(), SeedError> {
     for chunk in events.chunks(crate::core::limits::APPEND_BATCH_MAX) {
         let outcomes = ledger.append(chunk.iter().map(|c| c.event.clone()).collect()).map_err(io)?;
         if let Some((i, r)) = outcomes.iter().enumerate().find_map(|(i, o)| o.as_ref().err().map(|r| (i, r))) {

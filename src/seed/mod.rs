@@ -40,7 +40,9 @@ mod export;
 mod import;
 mod verify;
 
-pub use encode::{build, build_raw, build_state_only, encode_unsigned, encode_unsigned_raw, seed_signing_message, write_atomically};
+pub use encode::{
+    build, build_raw, build_state_only, encode_unsigned, encode_unsigned_raw, seed_signing_message, write_atomically,
+};
 pub use export::{export, Exported};
 pub use import::{import, import_quorum};
 pub use verify::{add_signature, read_file, verify, verify_quorum, QuorumSeed, VerifyPolicy};
@@ -97,8 +99,14 @@ impl std::fmt::Display for StateProof {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StateProof::FullHistory => write!(f, "replayed from genesis"),
-            StateProof::AttestedAt { seq, by } => write!(f, "attested by the chain at seq {seq} (state checkpoint by {}), events replayed from there", by.short()),
-            StateProof::SignersOnly => write!(f, "NOT proven: a format 1 state-only seed, trusted on its signers' word alone"),
+            StateProof::AttestedAt { seq, by } => write!(
+                f,
+                "attested by the chain at seq {seq} (state checkpoint by {}), events replayed from there",
+                by.short()
+            ),
+            StateProof::SignersOnly => {
+                write!(f, "NOT proven: a format 1 state-only seed, trusted on its signers' word alone")
+            }
         }
     }
 }
@@ -197,7 +205,9 @@ pub enum SeedError {
         reason: String,
     },
     /// The primary's chain does not pass through the seed's head.
-    #[error("the primary does not extend the seed's head at seq {seed_seq} (primary head: {primary_head:?}): {reason}")]
+    #[error(
+        "the primary does not extend the seed's head at seq {seed_seq} (primary head: {primary_head:?}): {reason}"
+    )]
     NotExtended {
         /// The seed's head.
         seed_seq: u64,
@@ -207,7 +217,9 @@ pub enum SeedError {
         reason: String,
     },
     /// The seed is not newer than the ledger it would be imported into.
-    #[error("the seed's head (seq {seed_seq}) is not newer than this ledger's head (seq {own_seq}); nothing to import")]
+    #[error(
+        "the seed's head (seq {seed_seq}) is not newer than this ledger's head (seq {own_seq}); nothing to import"
+    )]
     NotNewer {
         /// The seed's head.
         seed_seq: u64,
@@ -243,7 +255,11 @@ pub enum SeedError {
 impl Seed {
     /// The seed's head.
     pub fn head(&self) -> ChainHead {
-        ChainHead { seq: self.header.head_seq, hash: self.header.head_hash, timestamp: self.state.head.map(|h| h.timestamp).unwrap_or_default() }
+        ChainHead {
+            seq: self.header.head_seq,
+            hash: self.header.head_hash,
+            timestamp: self.state.head.map(|h| h.timestamp).unwrap_or_default(),
+        }
     }
 
     /// The projection at the head.

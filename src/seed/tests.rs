@@ -4,8 +4,8 @@ use super::*;
 use crate::core::event::ChainedEvent;
 use crate::core::keys::NodeKey;
 use crate::core::projection::Projection;
-use crate::core::types::{ChainHash, NodeId};
 use crate::core::synth::{Synth, SynthConfig};
+use crate::core::types::{ChainHash, NodeId};
 
 fn sample() -> (Synth, Vec<ChainedEvent>) {
     let mut s = Synth::new(SynthConfig { seed: 5, nodes: 8, voters: 3, ..Default::default() });
@@ -22,7 +22,11 @@ fn sample() -> (Synth, Vec<ChainedEvent>) {
 #[test]
 fn a_forged_event_signature_inside_a_signed_seed_is_refused() {
     let (s, events) = sample();
-    let voter = s.keys().iter().find(|k| s.projection().node(&k.node_id()).is_some_and(|n| n.role.is_authority())).expect("voter");
+    let voter = s
+        .keys()
+        .iter()
+        .find(|k| s.projection().node(&k.node_id()).is_some_and(|n| n.role.is_authority()))
+        .expect("voter");
     let forged_at = 123usize;
     let mut p = Projection::new();
     let mut tampered: Vec<ChainedEvent> = Vec::new();
@@ -72,7 +76,8 @@ fn import_extends_a_ledger_and_refuses_older_diverging_or_raft_managed_ones() {
     let head = fork.head().expect("head");
     let fp = fork.fingerprint().expect("fingerprint");
     let body = crate::core::event::EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash };
-    let other = crate::core::event::SignedEvent::sign(founder, fp, crate::core::types::Timestamp(head.timestamp.0 + 1), body);
+    let other =
+        crate::core::event::SignedEvent::sign(founder, fp, crate::core::types::Timestamp(head.timestamp.0 + 1), body);
     fork.append(vec![other]).expect("append").remove(0).expect("valid");
     let forked_head = fork.head();
     assert!(matches!(import(&mut fork, &seed), Err(SeedError::Diverges { seq: 100 })));
@@ -89,8 +94,14 @@ fn co_signed_seeds_become_quorum_signed_and_bulk_import_verbatim() {
     use crate::store::ledger::{Ledger, LedgerConfig};
     let (s, events) = sample();
     let p = s.projection();
-    let voters: Vec<&NodeKey> =
-        s.keys().iter().filter(|k| p.node(&k.node_id()).is_some_and(|n| n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left)).collect();
+    let voters: Vec<&NodeKey> = s
+        .keys()
+        .iter()
+        .filter(|k| {
+            p.node(&k.node_id())
+                .is_some_and(|n| n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left)
+        })
+        .collect();
     assert!(voters.len() >= 2, "the sample has several voters");
     let one = build(p, Some(&events), &voters[..1]).expect("build");
     assert!(matches!(verify_quorum(&one, None), Err(SeedError::UnderSigned { .. })));
@@ -112,7 +123,10 @@ fn co_signed_seeds_become_quorum_signed_and_bulk_import_verbatim() {
     assert!(matches!(import_quorum(&mut ledger, &q), Err(SeedError::NotNewer { .. })));
     drop(ledger);
     // What was loaded verbatim is a ledger every check accepts, with the seed's state.
-    let report = crate::store::inspect::LedgerReader::open(&dir.path().join("l")).expect("reader").verify(&|_| {}).expect("verify");
+    let report = crate::store::inspect::LedgerReader::open(&dir.path().join("l"))
+        .expect("reader")
+        .verify(&|_| {})
+        .expect("verify");
     assert!(report.is_ok(), "{:?}", report.first_error);
     let reopened = Ledger::open(dir.path().join("l"), cfg).expect("reopen");
     assert_eq!(reopened.projection().state(), p.state());
@@ -139,9 +153,12 @@ fn a_head_not_matching_its_state_or_a_non_voter_signer_is_refused() {
     encode::append_signatures(&mut bytes, &header.fingerprint, &digest, &[founder]);
     assert!(matches!(verify(&bytes, VerifyPolicy::default()), Err(SeedError::StateMismatch(_))));
 
-    let outsider = s.keys().iter().find(|k| p.node(&k.node_id()).is_none_or(|n| !n.role.is_authority())).expect("a non-voter");
+    let outsider =
+        s.keys().iter().find(|k| p.node(&k.node_id()).is_none_or(|n| !n.role.is_authority())).expect("a non-voter");
     let bytes = build(p, Some(&events), &[outsider]).expect("build");
-    assert!(matches!(verify(&bytes, VerifyPolicy::default()), Err(SeedError::NotAVoter(id)) if id == outsider.node_id()));
+    assert!(
+        matches!(verify(&bytes, VerifyPolicy::default()), Err(SeedError::NotAVoter(id)) if id == outsider.node_id())
+    );
 }
 
 /// A history in chunks, so the generator commits state checkpoints as a leader does.
@@ -211,7 +228,11 @@ fn state_only_seeds_are_checked_against_the_chain() {
     let (s, events) = attested_sample();
     let dir = tempfile::tempdir().expect("tempdir");
     let lock = ledger_of(&dir.path().join("l"), &events);
-    let voter = s.keys().iter().find(|k| s.projection().node(&k.node_id()).is_some_and(|n| n.role.is_authority())).expect("voter");
+    let voter = s
+        .keys()
+        .iter()
+        .find(|k| s.projection().node(&k.node_id()).is_some_and(|n| n.role.is_authority()))
+        .expect("voter");
     let path = dir.path().join("bare.seed");
     export(&lock, voter, &path, false).expect("export");
     let bytes = std::fs::read(&path).expect("read");
@@ -222,26 +243,33 @@ fn state_only_seeds_are_checked_against_the_chain() {
     assert_eq!(&seed.state, s.projection().state(), "the state at the head, replayed from the attested one");
     assert_eq!(seed.events.len() as u64, s.projection().head().expect("head").seq - at);
 
-    let mut l = Ledger::open(dir.path().join("imported"), LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("open");
+    let mut l = Ledger::open(dir.path().join("imported"), LedgerConfig { durable: false, ..LedgerConfig::default() })
+        .expect("open");
     let head = import(&mut l, &seed).expect("import");
     assert_eq!(head, s.projection().head().expect("head"));
     assert_eq!(l.history_from(), at + 1, "the tail is held, the history below is backfilled later");
     assert_eq!(l.projection().state(), s.projection().state());
     drop(l);
-    let reopened = Ledger::open(dir.path().join("imported"), LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("reopen");
+    let reopened =
+        Ledger::open(dir.path().join("imported"), LedgerConfig { durable: false, ..LedgerConfig::default() })
+            .expect("reopen");
     assert_eq!(reopened.projection().state(), s.projection().state());
 
     // A forged state (one endpoint changed), signed by a voter: the chain attests another.
     let base = seed.base.clone().expect("base");
     let mut forged = base.clone();
-    let svc = forged.services.values_mut().find(|r| !r.service.endpoints.is_empty()).expect("a service with an endpoint");
+    let svc =
+        forged.services.values_mut().find(|r| !r.service.endpoints.is_empty()).expect("a service with an endpoint");
     svc.service.endpoints[0].address = "203.0.113.66:443".into();
     let forged_bytes = build_state_only(&forged, &seed.events, &seed.state, &[voter]).expect("build");
     assert!(matches!(verify(&forged_bytes, VerifyPolicy::default()), Err(SeedError::NotAttested(_))));
     // The attesting event left out: nothing vouches for the state.
     let unattested = build_state_only(&base, &seed.events[1..], &seed.state, &[voter]);
     let refused = unattested.map(|b| verify(&b, VerifyPolicy::default()));
-    assert!(matches!(refused, Ok(Err(SeedError::NotAttested(_))) | Ok(Err(SeedError::BadEvents { .. }))), "{refused:?}");
+    assert!(
+        matches!(refused, Ok(Err(SeedError::NotAttested(_))) | Ok(Err(SeedError::BadEvents { .. }))),
+        "{refused:?}"
+    );
     // A state-only seed without its attesting event cannot be built at all.
     assert!(matches!(build_state_only(&base, &[], &seed.state, &[voter]), Err(SeedError::NotAttested(_))));
 
@@ -279,12 +307,15 @@ fn without_an_attested_state_the_export_carries_every_event_and_old_seeds_say_wh
 #[test]
 fn round_trip_with_and_without_events() {
     let (s, events) = sample();
-    let voter_ids: Vec<NodeId> = s.projection().active_nodes().filter(|n| n.role.is_authority()).map(|n| n.node).collect();
+    let voter_ids: Vec<NodeId> =
+        s.projection().active_nodes().filter(|n| n.role.is_authority()).map(|n| n.node).collect();
     let voters: Vec<&NodeKey> = s.keys().iter().filter(|k| voter_ids.contains(&k.node_id())).collect();
     assert!(!voters.is_empty());
     for include in [false, true] {
         let bytes = build(s.projection(), include.then_some(events.as_slice()), &voters).expect("build");
-        let seed = verify(&bytes, VerifyPolicy { require_quorum: true, expected_network: s.projection().fingerprint() }).expect("verify");
+        let seed =
+            verify(&bytes, VerifyPolicy { require_quorum: true, expected_network: s.projection().fingerprint() })
+                .expect("verify");
         assert_eq!(seed.head().seq, s.projection().head().expect("head").seq);
         assert_eq!(seed.events.len(), if include { events.len() } else { 0 });
         assert_eq!(&seed.state, s.projection().state());

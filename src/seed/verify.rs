@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use super::encode::{format_of, seed_signing_message};
-use super::{Seed, SeedError, SeedHeader, StateProof, SEED_FORMAT_V1, SEED_FORMAT_V2, SEED_HEADER_BYTES_MAX, SEED_MAGIC, SEED_SIGNATURES_MAX};
+use super::{
+    Seed, SeedError, SeedHeader, StateProof, SEED_FORMAT_V1, SEED_FORMAT_V2, SEED_HEADER_BYTES_MAX, SEED_MAGIC,
+    SEED_SIGNATURES_MAX,
+};
 use crate::core::attest::state_digest;
 use crate::core::event::{network_fingerprint, ChainedEvent, EventBody};
 use crate::core::keys::{NodeKey, PublicKey};
@@ -90,7 +93,11 @@ fn check_attested(bytes: &[u8], policy: VerifyPolicy) -> Result<Attested<'_>, Se
     for _ in 0..count {
         let len = r.u32("event length")? as usize;
         if len > crate::core::limits::RECORD_BYTES_MAX {
-            return Err(SeedError::TooLarge { what: "event record", max: crate::core::limits::RECORD_BYTES_MAX, got: len });
+            return Err(SeedError::TooLarge {
+                what: "event record",
+                max: crate::core::limits::RECORD_BYTES_MAX,
+                got: len,
+            });
         }
         records.push(r.take(len, "event")?);
     }
@@ -122,10 +129,19 @@ fn check_attested(bytes: &[u8], policy: VerifyPolicy) -> Result<Attested<'_>, Se
         }
     }
     if header.includes_events && count != header.head_seq.saturating_add(1) {
-        return Err(SeedError::BadEvents { seq: count, reason: format!("{count} events for head seq {}", header.head_seq) });
+        return Err(SeedError::BadEvents {
+            seq: count,
+            reason: format!("{count} events for head seq {}", header.head_seq),
+        });
     }
     if format_of(&header, count) != version {
-        return Err(SeedError::BadEvents { seq: 0, reason: format!("format {version} does not carry {count} events with includes_events = {}", header.includes_events) });
+        return Err(SeedError::BadEvents {
+            seq: 0,
+            reason: format!(
+                "format {version} does not carry {count} events with includes_events = {}",
+                header.includes_events
+            ),
+        });
     }
     let stored = decode_checkpoint(state_bytes).map_err(|e| SeedError::StateMismatch(e.to_string()))?;
     if stored.network.as_ref() != Some(&header.network) || stored.fingerprint != Some(header.fingerprint) {
@@ -149,7 +165,10 @@ fn check_attested(bytes: &[u8], policy: VerifyPolicy) -> Result<Attested<'_>, Se
     };
     let head = state.head.ok_or(SeedError::StateMismatch("state has no head".into()))?;
     if (head.seq, head.hash) != (header.head_seq, header.head_hash) {
-        return Err(SeedError::StateMismatch(format!("state is at seq {} {}, header says {} {}", head.seq, head.hash, header.head_seq, header.head_hash)));
+        return Err(SeedError::StateMismatch(format!(
+            "state is at seq {} {}, header says {} {}",
+            head.seq, head.hash, header.head_seq, header.head_hash
+        )));
     }
 
     // Signatures: valid, and by voters at the head.
@@ -183,7 +202,10 @@ fn check_attested(bytes: &[u8], policy: VerifyPolicy) -> Result<Attested<'_>, Se
 /// require to be a voter), and every event replays from there under the rules, linked and
 /// hashed, with any later state checkpoint agreeing too. Returns the events, the state at the
 /// head and the proof. Event signatures past the first are checked by [`verify`].
-fn replay_attested_tail(base: &ProjectionState, records: &[&[u8]]) -> Result<(Vec<ChainedEvent>, ProjectionState, StateProof), SeedError> {
+fn replay_attested_tail(
+    base: &ProjectionState,
+    records: &[&[u8]],
+) -> Result<(Vec<ChainedEvent>, ProjectionState, StateProof), SeedError> {
     let at = base.head.ok_or(SeedError::StateMismatch("the attested state has no head".into()))?;
     let mut p = Projection::from_state(base.clone());
     let mut tail = Vec::with_capacity(records.len());
@@ -195,15 +217,25 @@ fn replay_attested_tail(base: &ProjectionState, records: &[&[u8]]) -> Result<(Ve
         }
         if i == 0 {
             let EventBody::StateCheckpoint { head_seq, head_hash, state_digest: attested } = ev.event.body else {
-                return Err(SeedError::NotAttested(format!("the event after the state (seq {seq}) is not a state checkpoint")));
+                return Err(SeedError::NotAttested(format!(
+                    "the event after the state (seq {seq}) is not a state checkpoint"
+                )));
             };
             if head_seq != at.seq || head_hash != at.hash || ev.prev_hash != at.hash {
-                return Err(SeedError::NotAttested(format!("the state checkpoint at seq {seq} attests seq {head_seq}, not the state's seq {}", at.seq)));
+                return Err(SeedError::NotAttested(format!(
+                    "the state checkpoint at seq {seq} attests seq {head_seq}, not the state's seq {}",
+                    at.seq
+                )));
             }
             if attested != state_digest(base) {
-                return Err(SeedError::NotAttested(format!("the chain attests state {} at seq {}; the seed carries another", attested.short(), at.seq)));
+                return Err(SeedError::NotAttested(format!(
+                    "the chain attests state {} at seq {}; the seed carries another",
+                    attested.short(),
+                    at.seq
+                )));
             }
-            let signed = PublicKey::from_node_id(&ev.event.author).is_some_and(|k| k.verify_msg(&ev.event.signing_message(), &ev.event.signature));
+            let signed = PublicKey::from_node_id(&ev.event.author)
+                .is_some_and(|k| k.verify_msg(&ev.event.signing_message(), &ev.event.signature));
             if !signed {
                 return Err(SeedError::BadEvents { seq, reason: "event signature does not verify".into() });
             }
@@ -259,7 +291,10 @@ pub fn verify(bytes: &[u8], policy: VerifyPolicy) -> Result<Seed, SeedError> {
             events.push(ev);
         }
         if p.state() != &state {
-            return Err(SeedError::BadEvents { seq: header.head_seq, reason: "events do not replay to the seed's state".into() });
+            return Err(SeedError::BadEvents {
+                seq: header.head_seq,
+                reason: "events do not replay to the seed's state".into(),
+            });
         }
         // Every event's own signature too, batched on all cores: a seed that carries events
         // must verify offline down to each author, not only on its signers' word.
@@ -277,7 +312,8 @@ fn first_bad_signature(events: &[ChainedEvent]) -> Option<u64> {
         .par_chunks(64)
         .flat_map_iter(|chunk| {
             let msgs: Vec<Vec<u8>> = chunk.iter().map(|e| e.event.signing_message()).collect();
-            let items: Vec<_> = chunk.iter().zip(&msgs).map(|(e, m)| (e.event.author, m.as_slice(), e.event.signature)).collect();
+            let items: Vec<_> =
+                chunk.iter().zip(&msgs).map(|(e, m)| (e.event.author, m.as_slice(), e.event.signature)).collect();
             crate::store::replay::with_thread_cache(|cache| crate::core::keys::verify_many(cache, &items))
         })
         .collect();
@@ -335,7 +371,10 @@ pub fn verify_quorum(bytes: &[u8], expected_network: Option<NetworkFingerprint>)
     let last = a.records.last().ok_or(SeedError::BadEvents { seq: 0, reason: "no events".into() })?;
     let ev = decode_record(last).map_err(|e| SeedError::BadEvents { seq: a.header.head_seq, reason: e.to_string() })?;
     if ev.seq != a.header.head_seq || ev.hash != a.header.head_hash || !ev.hash_is_valid() {
-        return Err(SeedError::BadEvents { seq: a.header.head_seq, reason: "the last event is not the seed's head".into() });
+        return Err(SeedError::BadEvents {
+            seq: a.header.head_seq,
+            reason: "the last event is not the seed's head".into(),
+        });
     }
     debug_assert_eq!(a.count, a.header.head_seq + 1);
     Ok(QuorumSeed { header: a.header, state: a.state, records: a.records, digest: a.digest, signers: a.signers })
@@ -343,6 +382,7 @@ pub fn verify_quorum(bytes: &[u8], expected_network: Option<NetworkFingerprint>)
 
 /// Reads and verifies a seed file.
 pub fn read_file(path: &Path, policy: VerifyPolicy) -> Result<Seed, SeedError> {
-    let bytes = std::fs::read(path).map_err(|e| SeedError::Io { path: path.display().to_string(), reason: e.to_string() })?;
+    let bytes =
+        std::fs::read(path).map_err(|e| SeedError::Io { path: path.display().to_string(), reason: e.to_string() })?;
     verify(&bytes, policy)
 }

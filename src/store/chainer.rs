@@ -57,7 +57,14 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    pub(crate) fn new(events: Vec<SignedEvent>, canonical: Vec<u8>, ends: Vec<usize>, chain: Vec<bool>, seq: u64, prev: ChainHash) -> Self {
+    pub(crate) fn new(
+        events: Vec<SignedEvent>,
+        canonical: Vec<u8>,
+        ends: Vec<usize>,
+        chain: Vec<bool>,
+        seq: u64,
+        prev: ChainHash,
+    ) -> Self {
         Job {
             events: RwLock::new(events),
             canonical,
@@ -205,7 +212,14 @@ mod tests {
     fn job(chain: &[bool]) -> Job {
         let k = NodeKey::from_seed([4; 32]);
         let events: Vec<SignedEvent> = (0..chain.len())
-            .map(|i| SignedEvent::sign(&k, NetworkFingerprint([1; 32]), Timestamp(i as i64), EventBody::NodeBackOnline { node: k.node_id() }))
+            .map(|i| {
+                SignedEvent::sign(
+                    &k,
+                    NetworkFingerprint([1; 32]),
+                    Timestamp(i as i64),
+                    EventBody::NodeBackOnline { node: k.node_id() },
+                )
+            })
             .collect();
         let mut canonical = Vec::new();
         let mut ends = Vec::new();

@@ -28,8 +28,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::inspect::LedgerReader;
-use crate::core::authority::{resolve, summarize, BranchSummary, DecidedBy};
 use super::replay::{ReplayOptions, StopAt};
+use crate::core::authority::{resolve, summarize, BranchSummary, DecidedBy};
 use crate::core::event::{ChainedEvent, EventBody};
 use crate::core::limits::REPLAY_CHUNK_EVENTS;
 use crate::core::projection::{NodeRecord, Projection, ServiceRecord};
@@ -79,9 +79,7 @@ pub enum ForensicsError {
     Empty(PathBuf),
     /// The two sources belong to different networks: they share no chain, so there is no
     /// fork point.
-    #[error(
-        "different networks: {a_path} is network {a}, {b_path} is network {b}; they share no chain"
-    )]
+    #[error("different networks: {a_path} is network {a}, {b_path} is network {b}; they share no chain")]
     DifferentNetworks {
         /// The first source.
         a_path: PathBuf,
@@ -123,10 +121,7 @@ impl ForensicsError {
     /// questions the data cannot answer.
     pub fn is_bad_data(&self) -> bool {
         match self {
-            ForensicsError::Ledger(e) => matches!(
-                e,
-                LedgerError::Corrupt { .. } | LedgerError::WrongNetwork { .. }
-            ),
+            ForensicsError::Ledger(e) => matches!(e, LedgerError::Corrupt { .. } | LedgerError::WrongNetwork { .. }),
             ForensicsError::Seed { source, .. } => !matches!(source, SeedError::Io { .. }),
             ForensicsError::Empty(_) | ForensicsError::DifferentNetworks { .. } => true,
             ForensicsError::Io { .. }
@@ -181,9 +176,7 @@ pub struct Branch {
 
 impl std::fmt::Debug for Branch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Branch")
-            .field("info", &self.info)
-            .finish_non_exhaustive()
+        f.debug_struct("Branch").field("info", &self.info).finish_non_exhaustive()
     }
 }
 
@@ -193,19 +186,12 @@ impl Branch {
     /// valid voter signature; every included event's signature and link). Nothing is written.
     #[tracing::instrument(level = "debug", fields(path = %path.display()))]
     pub fn open(path: &Path) -> Result<Branch, ForensicsError> {
-        let meta = std::fs::metadata(path).map_err(|source| ForensicsError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let meta = std::fs::metadata(path).map_err(|source| ForensicsError::Io { path: path.to_path_buf(), source })?;
         if meta.is_dir() {
             Self::open_ledger(path)
         } else if meta.is_file() {
-            let seed = seed::read_file(path, VerifyPolicy::default()).map_err(|source| {
-                ForensicsError::Seed {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            })?;
+            let seed = seed::read_file(path, VerifyPolicy::default())
+                .map_err(|source| ForensicsError::Seed { path: path.to_path_buf(), source })?;
             Ok(Self::from_seed(path, seed))
         } else {
             Err(ForensicsError::NotASource(path.to_path_buf()))
@@ -218,73 +204,39 @@ impl Branch {
         let head = seed.head();
         let info = BranchInfo {
             path: path.to_path_buf(),
-            source: SourceKind::Seed {
-                includes_events: seed.header.includes_events,
-            },
+            source: SourceKind::Seed { includes_events: seed.header.includes_events },
             fingerprint: seed.header.fingerprint,
             network_name: seed.header.network.network_name.clone(),
-            head: ChainPoint {
-                seq: head.seq,
-                hash: head.hash,
-            },
+            head: ChainPoint { seq: head.seq, hash: head.hash },
             head_time: head.timestamp,
         };
-        Branch {
-            info,
-            inner: Inner::Seed(Box::new(seed)),
-        }
+        Branch { info, inner: Inner::Seed(Box::new(seed)) }
     }
 
     fn open_ledger(path: &Path) -> Result<Branch, ForensicsError> {
         let reader = LedgerReader::open(path)?;
         let ledger_path = reader.path().to_path_buf();
-        let (head_seq, head_hash) = reader
-            .recorded_head()?
-            .ok_or_else(|| ForensicsError::Empty(path.to_path_buf()))?;
+        let (head_seq, head_hash) = reader.recorded_head()?.ok_or_else(|| ForensicsError::Empty(path.to_path_buf()))?;
         let genesis = read_one(&reader, 0, head_seq)?;
         let EventBody::Genesis { network, .. } = &genesis.event.body else {
-            let detail = format!(
-                "the event at seq 0 is {}, not genesis",
-                genesis.event.body.kind()
-            );
-            return Err(corrupt(
-                &ledger_path,
-                0,
-                Corruption::Metadata {
-                    key: "genesis".into(),
-                    reason: detail,
-                },
-            ));
+            let detail = format!("the event at seq 0 is {}, not genesis", genesis.event.body.kind());
+            return Err(corrupt(&ledger_path, 0, Corruption::Metadata { key: "genesis".into(), reason: detail }));
         };
         let network_name = network.network_name.clone();
         let head = read_one(&reader, head_seq, head_seq)?;
         if head.hash != head_hash {
             let detail = format!("hash {} at that seq", head.hash);
-            return Err(corrupt(
-                &ledger_path,
-                head_seq,
-                Corruption::HeadMismatch {
-                    head_seq,
-                    head_hash,
-                    detail,
-                },
-            ));
+            return Err(corrupt(&ledger_path, head_seq, Corruption::HeadMismatch { head_seq, head_hash, detail }));
         }
         let info = BranchInfo {
             path: path.to_path_buf(),
             source: SourceKind::Ledger,
             fingerprint: genesis.event.fingerprint,
             network_name,
-            head: ChainPoint {
-                seq: head_seq,
-                hash: head_hash,
-            },
+            head: ChainPoint { seq: head_seq, hash: head_hash },
             head_time: head.event.timestamp,
         };
-        Ok(Branch {
-            info,
-            inner: Inner::Ledger(reader),
-        })
+        Ok(Branch { info, inner: Inner::Ledger(reader) })
     }
 
     /// Where it was read from, its network and head.
@@ -321,10 +273,7 @@ impl Branch {
         if let Inner::Seed(s) = &self.inner {
             if let Some((_, attested)) = s.state.last_checkpoint {
                 if attested.seq < self.info.head.seq {
-                    points.push(ChainPoint {
-                        seq: attested.seq,
-                        hash: attested.hash,
-                    });
+                    points.push(ChainPoint { seq: attested.seq, hash: attested.hash });
                 }
             }
         }
@@ -341,24 +290,17 @@ impl Branch {
         }
         match &self.inner {
             Inner::Ledger(r) => Ok(Some(read_one(r, seq, self.info.head.seq)?.hash)),
-            Inner::Seed(s) if s.header.includes_events => Ok(usize::try_from(seq)
-                .ok()
-                .and_then(|i| s.events.get(i))
-                .map(|e| e.hash)),
-            Inner::Seed(_) => Ok(self
-                .known_points()
-                .into_iter()
-                .find(|p| p.seq == seq)
-                .map(|p| p.hash)),
+            Inner::Seed(s) if s.header.includes_events => {
+                Ok(usize::try_from(seq).ok().and_then(|i| s.events.get(i)).map(|e| e.hash))
+            }
+            Inner::Seed(_) => Ok(self.known_points().into_iter().find(|p| p.seq == seq).map(|p| p.hash)),
         }
     }
 
     /// Events `from..=to` (`to` capped at the head), at most [`EVENTS_PAGE_MAX`] per call:
     /// page on from the last one returned. Ledger records are checked (decode, links, hashes).
     pub fn events(&self, from: u64, to: u64) -> Result<Vec<ChainedEvent>, ForensicsError> {
-        let to = to
-            .min(self.info.head.seq)
-            .min(from.saturating_add(EVENTS_PAGE_MAX as u64 - 1));
+        let to = to.min(self.info.head.seq).min(from.saturating_add(EVENTS_PAGE_MAX as u64 - 1));
         if from > to {
             return Ok(Vec::new());
         }
@@ -370,10 +312,7 @@ impl Branch {
                     return Err(corrupt(
                         r.path(),
                         from + events.len() as u64,
-                        Corruption::Truncated {
-                            head_seq: self.info.head.seq,
-                            last_seq,
-                        },
+                        Corruption::Truncated { head_seq: self.info.head.seq, last_seq },
                     ));
                 }
                 Ok(events)
@@ -382,10 +321,7 @@ impl Branch {
                 let (Ok(a), Ok(b)) = (usize::try_from(from), usize::try_from(to)) else {
                     return Ok(Vec::new());
                 };
-                Ok(s.events
-                    .get(a..=b)
-                    .map(<[ChainedEvent]>::to_vec)
-                    .unwrap_or_default())
+                Ok(s.events.get(a..=b).map(<[ChainedEvent]>::to_vec).unwrap_or_default())
             }
             Inner::Seed(_) => Err(self.without_events(format!("events {from}..={to}"))),
         }
@@ -395,11 +331,7 @@ impl Branch {
     /// by the registry); a seed answers at its head from its state, and before its head by
     /// replaying its events — a seed without events cannot, and says so.
     #[tracing::instrument(level = "debug", skip(self, progress), fields(path = %self.info.path.display()))]
-    pub fn projection(
-        &self,
-        stop: StopAt,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<Projection, ForensicsError> {
+    pub fn projection(&self, stop: StopAt, progress: &(dyn Fn(u64) + Sync)) -> Result<Projection, ForensicsError> {
         match &self.inner {
             Inner::Ledger(r) => Ok(r.replay(&ReplayOptions { audit: true, stop }, progress)?.0),
             Inner::Seed(s) => {
@@ -431,10 +363,7 @@ impl Branch {
                     }
                     p.apply(ev).map_err(|r| ForensicsError::Seed {
                         path: self.info.path.clone(),
-                        source: SeedError::BadEvents {
-                            seq: ev.seq,
-                            reason: r.to_string(),
-                        },
+                        source: SeedError::BadEvents { seq: ev.seq, reason: r.to_string() },
                     })?;
                     if i % REPLAY_CHUNK_EVENTS == 0 {
                         progress(i as u64);
@@ -447,24 +376,13 @@ impl Branch {
 }
 
 fn corrupt(path: &Path, seq: u64, corruption: Corruption) -> ForensicsError {
-    ForensicsError::Ledger(LedgerError::Corrupt {
-        path: path.to_path_buf(),
-        seq,
-        corruption,
-    })
+    ForensicsError::Ledger(LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption })
 }
 
 /// One checked record of a ledger that must hold it (`seq <= head`).
 fn read_one(reader: &LedgerReader, seq: u64, head: u64) -> Result<ChainedEvent, ForensicsError> {
     reader.range(seq, seq)?.pop().ok_or_else(|| {
-        corrupt(
-            reader.path(),
-            seq,
-            Corruption::Truncated {
-                head_seq: head,
-                last_seq: seq.checked_sub(1),
-            },
-        )
+        corrupt(reader.path(), seq, Corruption::Truncated { head_seq: head, last_seq: seq.checked_sub(1) })
     })
 }
 
@@ -521,9 +439,7 @@ impl Relation {
             Relation::Identical { head } => Some(head.seq),
             Relation::Prefix { common, .. } => Some(common.seq),
             Relation::Diverged { last_common, .. } => last_common.map(|p| p.seq),
-            Relation::Unresolved {
-                last_common_known, ..
-            } => last_common_known.map(|p| p.seq),
+            Relation::Unresolved { last_common_known, .. } => last_common_known.map(|p| p.seq),
         }
     }
 }
@@ -552,17 +468,9 @@ pub fn fork_point(a: &Branch, b: &Branch) -> Result<ForkPoint, ForensicsError> {
             b: b.info.fingerprint,
         });
     }
-    let relation = if a.has_events() && b.has_events() {
-        search_fork(a, b)?
-    } else {
-        compare_known_points(a, b)?
-    };
+    let relation = if a.has_events() && b.has_events() { search_fork(a, b)? } else { compare_known_points(a, b)? };
     tracing::debug!(?relation, "fork point");
-    Ok(ForkPoint {
-        a: a.info.clone(),
-        b: b.info.clone(),
-        relation,
-    })
+    Ok(ForkPoint { a: a.info.clone(), b: b.info.clone(), relation })
 }
 
 fn side_ahead(a: &Branch, b: &Branch) -> Side {
@@ -578,21 +486,14 @@ fn search_fork(a: &Branch, b: &Branch) -> Result<Relation, ForensicsError> {
     let m = a.head().seq.min(b.head().seq);
     let equal_at = |seq: u64| -> Result<Option<ChainHash>, ForensicsError> {
         let ha = a.hash_at(seq)?;
-        Ok(if ha.is_some() && ha == b.hash_at(seq)? {
-            ha
-        } else {
-            None
-        })
+        Ok(if ha.is_some() && ha == b.hash_at(seq)? { ha } else { None })
     };
     if let Some(hash) = equal_at(m)? {
         let common = ChainPoint { seq: m, hash };
         return Ok(if a.head() == b.head() {
             Relation::Identical { head: common }
         } else {
-            Relation::Prefix {
-                ahead: side_ahead(a, b),
-                common,
-            }
+            Relation::Prefix { ahead: side_ahead(a, b), common }
         });
     }
     // Invariant: the hashes differ at `hi`; they are equal at `lo` (None: before genesis).
@@ -612,10 +513,7 @@ fn search_fork(a: &Branch, b: &Branch) -> Result<Relation, ForensicsError> {
         debug_assert!(steps <= 65, "a binary search over u64 ends within 65 steps");
     }
     tracing::debug!(steps, "fork search");
-    Ok(Relation::Diverged {
-        last_common: lo,
-        first_diverging_seq: hi,
-    })
+    Ok(Relation::Diverged { last_common: lo, first_diverging_seq: hi })
 }
 
 /// At least one branch is a seed without events: compare at the points both know.
@@ -643,26 +541,15 @@ fn compare_known_points(a: &Branch, b: &Branch) -> Result<Relation, ForensicsErr
         return Ok(if a.head() == b.head() {
             Relation::Identical { head: common }
         } else {
-            Relation::Prefix {
-                ahead: side_ahead(a, b),
-                common,
-            }
+            Relation::Prefix { ahead: side_ahead(a, b), common }
         });
     }
     let bare: Vec<String> = [a, b]
         .iter()
         .filter(|br| !br.has_events())
         .map(|br| {
-            let pts: Vec<String> = br
-                .known_points()
-                .iter()
-                .map(|p| p.seq.to_string())
-                .collect();
-            format!(
-                "{} is a seed without events and names only seq {}",
-                br.info.path.display(),
-                pts.join(" and ")
-            )
+            let pts: Vec<String> = br.known_points().iter().map(|p| p.seq.to_string()).collect();
+            format!("{} is a seed without events and names only seq {}", br.info.path.display(), pts.join(" and "))
         })
         .collect();
     let reason = match first_differs {
@@ -674,11 +561,7 @@ fn compare_known_points(a: &Branch, b: &Branch) -> Result<Relation, ForensicsErr
             b.head().seq
         ),
     };
-    Ok(Relation::Unresolved {
-        last_common_known: last_common,
-        diverged_at_or_before: first_differs,
-        reason,
-    })
+    Ok(Relation::Unresolved { last_common_known: last_common, diverged_at_or_before: first_differs, reason })
 }
 
 /// A branch's events after a point, cut at a limit.
@@ -700,22 +583,12 @@ pub struct BranchEvents {
 /// `branch`'s events with `seq > after` (all from genesis when `after` is `None`), at most
 /// `limit` of them, read page by page; `total` and `more` count the rest without reading it.
 #[tracing::instrument(level = "debug", skip(branch), fields(path = %branch.info.path.display()))]
-pub fn events_after(
-    branch: &Branch,
-    after: Option<u64>,
-    limit: usize,
-) -> Result<BranchEvents, ForensicsError> {
+pub fn events_after(branch: &Branch, after: Option<u64>, limit: usize) -> Result<BranchEvents, ForensicsError> {
     let from = after.map_or(0, |s| s + 1);
     let head = branch.head().seq;
     let total = if from > head { 0 } else { head - from + 1 };
     if !branch.has_events() {
-        return Ok(BranchEvents {
-            after_seq: after,
-            total,
-            available: false,
-            events: Vec::new(),
-            more: total,
-        });
+        return Ok(BranchEvents { after_seq: after, total, available: false, events: Vec::new(), more: total });
     }
     let want = total.min(limit as u64);
     let mut events = Vec::with_capacity(want.min(EVENTS_PAGE_MAX as u64) as usize);
@@ -728,13 +601,7 @@ pub fn events_after(
         events.extend(page);
     }
     let more = total - events.len() as u64;
-    Ok(BranchEvents {
-        after_seq: after,
-        total,
-        available: true,
-        events,
-        more,
-    })
+    Ok(BranchEvents { after_seq: after, total, available: true, events, more })
 }
 
 /// A node present on both sides whose registry fields differ.
@@ -804,12 +671,7 @@ fn node_fields(a: &NodeRecord, b: &NodeRecord) -> Vec<&'static str> {
         ("capabilities", a.capabilities != b.capabilities),
         ("addresses", a.addresses != b.addresses),
     ];
-    f.extend(
-        checks
-            .iter()
-            .filter(|(_, differs)| *differs)
-            .map(|(name, _)| *name),
-    );
+    f.extend(checks.iter().filter(|(_, differs)| *differs).map(|(name, _)| *name));
     f
 }
 
@@ -823,11 +685,7 @@ fn service_fields(a: &ServiceRecord, b: &ServiceRecord) -> Vec<&'static str> {
         ("metadata", x.metadata != y.metadata),
         ("registered_by", a.registered_by != b.registered_by),
     ];
-    checks
-        .iter()
-        .filter(|(_, differs)| *differs)
-        .map(|(name, _)| *name)
-        .collect()
+    checks.iter().filter(|(_, differs)| *differs).map(|(name, _)| *name).collect()
 }
 
 /// Compares two projections entity by entity (a merge walk over both id-ordered registries).
@@ -838,7 +696,8 @@ pub fn entity_diff(a: &Projection, b: &Projection) -> EntityDiff {
     d.nodes_changed = changed.into_iter().map(|(node, fields, a, b)| NodeChange { node, fields, a, b }).collect();
     let (only_a, only_b, changed) = diff_maps(&a.state().services, &b.state().services, service_fields);
     (d.services_only_in_a, d.services_only_in_b) = (only_a, only_b);
-    d.services_changed = changed.into_iter().map(|(service_id, fields, a, b)| ServiceChange { service_id, fields, a, b }).collect();
+    d.services_changed =
+        changed.into_iter().map(|(service_id, fields, a, b)| ServiceChange { service_id, fields, a, b }).collect();
     d
 }
 
@@ -886,9 +745,7 @@ fn replayed_alone(br: &Branch) -> u64 {
 /// The last common seq when both branches are ledgers that share a proven prefix.
 fn shared_ledger_prefix(a: &Branch, b: &Branch, relation: &Relation) -> Option<u64> {
     match (&a.inner, &b.inner, relation) {
-        (Inner::Ledger(_), Inner::Ledger(_), Relation::Diverged { last_common, .. }) => {
-            last_common.map(|p| p.seq)
-        }
+        (Inner::Ledger(_), Inner::Ledger(_), Relation::Diverged { last_common, .. }) => last_common.map(|p| p.seq),
         (Inner::Ledger(_), Inner::Ledger(_), Relation::Prefix { common, .. }) => Some(common.seq),
         _ => None,
     }
@@ -904,31 +761,20 @@ pub fn head_projections(
     relation: &Relation,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Projection, Projection), ForensicsError> {
-    let (Some(c), Inner::Ledger(ra), Inner::Ledger(rb)) =
-        (shared_ledger_prefix(a, b, relation), &a.inner, &b.inner)
+    let (Some(c), Inner::Ledger(ra), Inner::Ledger(rb)) = (shared_ledger_prefix(a, b, relation), &a.inner, &b.inner)
     else {
         let pa = a.projection(StopAt::End, progress)?;
         let done = replayed_alone(a);
         let pb = b.projection(StopAt::End, &|n| progress(done + n))?;
         return Ok((pa, pb));
     };
-    let mut pa = ra
-        .replay(
-            &ReplayOptions {
-                audit: true,
-                stop: StopAt::Seq(c),
-            },
-            progress,
-        )?
-        .0;
+    let mut pa = ra.replay(&ReplayOptions { audit: true, stop: StopAt::Seq(c) }, progress)?.0;
     let mut pb = pa.clone();
     let tail_a = a.head().seq - c;
     // Forensics never answers from records that fail their checks: every replay audits.
     let audit = ReplayOptions { audit: true, stop: StopAt::End };
     ra.replay_onto(&mut pa, &audit, &|n| progress(c + 1 + n))?;
-    rb.replay_onto(&mut pb, &audit, &|n| {
-        progress(c + 1 + tail_a + n)
-    })?;
+    rb.replay_onto(&mut pb, &audit, &|n| progress(c + 1 + tail_a + n))?;
     Ok((pa, pb))
 }
 
@@ -998,10 +844,14 @@ pub fn verdict(a: &Branch, b: &Branch, relation: &Relation) -> Result<Verdict, F
     let undecided = |reason: &str| Ok(Verdict::Undecided { reason: reason.to_string() });
     let common = match relation {
         Relation::Diverged { last_common: Some(c), .. } => *c,
-        Relation::Diverged { last_common: None, .. } => return undecided("the chains share no genesis: two networks, not a split-brain"),
+        Relation::Diverged { last_common: None, .. } => {
+            return undecided("the chains share no genesis: two networks, not a split-brain")
+        }
         Relation::Identical { .. } => return undecided("identical: nothing to resolve"),
         Relation::Prefix { .. } => return undecided("one chain extends the other: no fork to resolve"),
-        Relation::Unresolved { .. } => return undecided("the fork point is not known: a seed without events does not carry its branch"),
+        Relation::Unresolved { .. } => {
+            return undecided("the fork point is not known: a seed without events does not carry its branch")
+        }
     };
     if !a.has_events() || !b.has_events() {
         return undecided("a seed without events does not carry its branch");
@@ -1020,7 +870,12 @@ pub fn verdict(a: &Branch, b: &Branch, relation: &Relation) -> Result<Verdict, F
     };
     Ok(match (summary(a)?, summary(b)?) {
         (Ok(sa), Ok(sb)) => match resolve(&sa, &sb) {
-            Ok(r) => Verdict::Wins { winner: if r.winner.first == sa.first { Side::A } else { Side::B }, decided_by: r.decided_by, a: sa, b: sb },
+            Ok(r) => Verdict::Wins {
+                winner: if r.winner.first == sa.first { Side::A } else { Side::B },
+                decided_by: r.decided_by,
+                a: sa,
+                b: sb,
+            },
             Err(e) => Verdict::Undecided { reason: e.to_string() },
         },
         (ra, rb) => Verdict::CannotWin {
@@ -1051,13 +906,7 @@ pub fn diff(
         entity_diff(&pa, &pb)
     };
     let verdict = verdict(a, b, &fork.relation)?;
-    Ok(DiffReport {
-        fork,
-        a_events,
-        b_events,
-        entities,
-        verdict,
-    })
+    Ok(DiffReport { fork, a_events, b_events, entities, verdict })
 }
 
 /// What to blame.
@@ -1090,9 +939,7 @@ impl BlameTarget {
                 return Some(BlameTarget::Node { node });
             }
         }
-        Uuid::parse_str(t)
-            .ok()
-            .map(|service_id| BlameTarget::Service { service_id })
+        Uuid::parse_str(t).ok().map(|service_id| BlameTarget::Service { service_id })
     }
 
     /// Resolves `text` against a registry: a node id, a UUID, a node-id prefix of at least
@@ -1108,25 +955,15 @@ impl BlameTarget {
         }
         if t.len() >= NODE_PREFIX_HEX_MIN && t.bytes().all(|c| c.is_ascii_hexdigit()) {
             let prefix = t.to_ascii_lowercase();
-            let matches: Vec<NodeId> = registry
-                .nodes()
-                .map(|n| n.node)
-                .filter(|id| id.to_hex().starts_with(&prefix))
-                .collect();
+            let matches: Vec<NodeId> =
+                registry.nodes().map(|n| n.node).filter(|id| id.to_hex().starts_with(&prefix)).collect();
             match matches.as_slice() {
                 [one] => return Ok(BlameTarget::Node { node: *one }),
                 [] => {}
-                many => {
-                    return Err(ForensicsError::AmbiguousTarget {
-                        text: t.to_string(),
-                        count: many.len(),
-                    })
-                }
+                many => return Err(ForensicsError::AmbiguousTarget { text: t.to_string(), count: many.len() }),
             }
         }
-        Ok(BlameTarget::ServiceName {
-            name: t.to_string(),
-        })
+        Ok(BlameTarget::ServiceName { name: t.to_string() })
     }
 }
 
@@ -1190,10 +1027,7 @@ pub struct BlameOptions {
 
 impl Default for BlameOptions {
     fn default() -> Self {
-        BlameOptions {
-            include_authored: false,
-            limit: 1000,
-        }
+        BlameOptions { include_authored: false, limit: 1000 }
     }
 }
 
@@ -1241,35 +1075,19 @@ impl Tracker<'_> {
         match (self.target, body) {
             (BlameTarget::Node { node }, EventBody::ServiceRegistered(s)) if s.node == *node => {
                 self.live.insert(s.service_id, s.node);
-                Some((
-                    Touch::ServiceOfNodeRegistered {
-                        service_id: s.service_id,
-                    },
-                    Vec::new(),
-                ))
+                Some((Touch::ServiceOfNodeRegistered { service_id: s.service_id }, Vec::new()))
             }
             (BlameTarget::Node { .. }, EventBody::ServiceDeregistered { service_id, .. })
                 if self.live.remove(service_id).is_some() =>
             {
-                Some((
-                    Touch::ServiceOfNodeDeregistered {
-                        service_id: *service_id,
-                    },
-                    Vec::new(),
-                ))
+                Some((Touch::ServiceOfNodeDeregistered { service_id: *service_id }, Vec::new()))
             }
-            (BlameTarget::Node { node }, EventBody::NodeLeft { node: left, .. })
-                if left == node =>
-            {
+            (BlameTarget::Node { node }, EventBody::NodeLeft { node: left, .. }) if left == node => {
                 let removed: Vec<Uuid> = self.live.drain().map(|(id, _)| id).collect();
                 Some((Touch::Subject, sorted(removed)))
             }
-            (BlameTarget::Node { node }, _) if body.subject_node() == Some(*node) => {
-                Some((Touch::Subject, Vec::new()))
-            }
-            (BlameTarget::Node { node }, _)
-                if self.include_authored && ev.event.author == *node =>
-            {
+            (BlameTarget::Node { node }, _) if body.subject_node() == Some(*node) => Some((Touch::Subject, Vec::new())),
+            (BlameTarget::Node { node }, _) if self.include_authored && ev.event.author == *node => {
                 Some((Touch::Authored, Vec::new()))
             }
             (BlameTarget::Node { .. }, _) => None,
@@ -1286,19 +1104,12 @@ impl Tracker<'_> {
                     None
                 }
             }
-            (_, EventBody::ServiceDeregistered { service_id, .. })
-                if self.is_target_service(service_id) =>
-            {
+            (_, EventBody::ServiceDeregistered { service_id, .. }) if self.is_target_service(service_id) => {
                 self.live.remove(service_id);
                 Some((Touch::Subject, Vec::new()))
             }
             (_, EventBody::NodeLeft { node, .. }) => {
-                let removed: Vec<Uuid> = self
-                    .live
-                    .iter()
-                    .filter(|(_, n)| *n == node)
-                    .map(|(id, _)| *id)
-                    .collect();
+                let removed: Vec<Uuid> = self.live.iter().filter(|(_, n)| *n == node).map(|(id, _)| *id).collect();
                 if removed.is_empty() {
                     return None;
                 }
@@ -1332,14 +1143,9 @@ pub fn blame(
     if !source.has_events() {
         return Err(source.without_events("the history of a node or service"));
     }
-    let mut tracker = Tracker {
-        target,
-        include_authored: options.include_authored,
-        live: HashMap::new(),
-        named: BTreeSet::new(),
-    };
-    let mut entries: VecDeque<BlameEntry> =
-        VecDeque::with_capacity(options.limit.min(EVENTS_PAGE_MAX));
+    let mut tracker =
+        Tracker { target, include_authored: options.include_authored, live: HashMap::new(), named: BTreeSet::new() };
+    let mut entries: VecDeque<BlameEntry> = VecDeque::with_capacity(options.limit.min(EVENTS_PAGE_MAX));
     let mut total = 0u64;
     let head = source.head().seq;
     let mut at = 0u64;

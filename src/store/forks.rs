@@ -31,7 +31,8 @@ pub fn record(ledger: &Ledger, evidence: &ForkEvidence) -> Result<bool, LedgerEr
     if ks.get(k).map_err(storage("read fork evidence", path))?.is_some() {
         return Ok(false);
     }
-    let value = postcard::to_stdvec(evidence).map_err(|e| LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+    let value = postcard::to_stdvec(evidence)
+        .map_err(|e| LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
     ks.insert(k, value).map_err(storage("write fork evidence", path))?;
     db.persist(PersistMode::SyncData).map_err(storage("sync fork evidence", path))?;
     Ok(true)
@@ -77,8 +78,10 @@ pub struct Settled {
 pub fn mark_resolved(ledger: &Ledger, e: &ForkEvidence, how: &Settled) -> Result<(), LedgerError> {
     let path = ledger.path();
     let db = ledger.database();
-    let ks = db.keyspace(RESOLVED, KeyspaceCreateOptions::default).map_err(storage("open keyspace forks_resolved", path))?;
-    let value = postcard::to_stdvec(how).map_err(|e| LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+    let ks =
+        db.keyspace(RESOLVED, KeyspaceCreateOptions::default).map_err(storage("open keyspace forks_resolved", path))?;
+    let value = postcard::to_stdvec(how)
+        .map_err(|e| LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
     ks.insert(key(e), value).map_err(storage("write fork resolution", path))?;
     db.persist(PersistMode::SyncData).map_err(storage("sync fork resolution", path))?;
     Ok(())
@@ -88,7 +91,8 @@ pub fn mark_resolved(ledger: &Ledger, e: &ForkEvidence, how: &Settled) -> Result
 pub fn settled(ledger: &Ledger, e: &ForkEvidence) -> Result<Option<Settled>, LedgerError> {
     let path = ledger.path();
     let db = ledger.database();
-    let ks = db.keyspace(RESOLVED, KeyspaceCreateOptions::default).map_err(storage("open keyspace forks_resolved", path))?;
+    let ks =
+        db.keyspace(RESOLVED, KeyspaceCreateOptions::default).map_err(storage("open keyspace forks_resolved", path))?;
     let Some(v) = ks.get(key(e)).map_err(storage("read fork resolution", path))? else { return Ok(None) };
     postcard::from_bytes(&v).map(Some).map_err(|err| LedgerError::Corrupt {
         path: path.to_path_buf(),

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use fjall::{Database, Keyspace};
 use serde::Serialize;
 
-use super::ledger::{check_held_records, last_seq, open_keyspaces, read_anchor, read_backfill, read_head, read_stored_checkpoint, Backfill};
+use super::ledger::{
+    check_held_records, last_seq, open_keyspaces, read_anchor, read_backfill, read_head, read_stored_checkpoint,
+    Backfill,
+};
 use super::replay::{read_verified_range, replay_range, ReplayOptions, ReplayStats, StopAt};
 use crate::core::event::ChainedEvent;
 use crate::core::projection::Projection;
@@ -158,7 +161,13 @@ impl LedgerReader {
                 return Err((first.seq, Corruption::BadLink { expected: prev.hash, found: first.prev_hash }));
             }
             if let Some(bad) = events.iter().find(|e| b.base.fingerprint.is_some_and(|f| f != e.event.fingerprint)) {
-                return Err((bad.seq, Corruption::WrongNetwork { expected: b.base.fingerprint.unwrap_or_default(), found: bad.event.fingerprint }));
+                return Err((
+                    bad.seq,
+                    Corruption::WrongNetwork {
+                        expected: b.base.fingerprint.unwrap_or_default(),
+                        found: bad.event.fingerprint,
+                    },
+                ));
             }
             let verdicts = super::ledger::verify_signatures(&events);
             if let Some(bad) = verdicts.iter().position(|ok| !ok) {
@@ -170,7 +179,14 @@ impl LedgerReader {
             progress(checked);
         }
         if prev.hash != base.hash {
-            return Err((base.seq, Corruption::HeadMismatch { head_seq: base.seq, head_hash: base.hash, detail: "the history held below the seed's head does not lead to it".into() }));
+            return Err((
+                base.seq,
+                Corruption::HeadMismatch {
+                    head_seq: base.seq,
+                    head_hash: base.hash,
+                    detail: "the history held below the seed's head does not lead to it".into(),
+                },
+            ));
         }
         Ok(checked)
     }
@@ -209,11 +225,13 @@ impl LedgerReader {
                 Err(e) => first_error = Some(e),
                 Ok(below) => {
                     (events, sigs) = (below, below);
-                    let stops = checkpoint.as_ref().filter(|(seq, _)| *seq + 1 >= from).map(|(seq, _)| StopAt::Seq(*seq));
+                    let stops =
+                        checkpoint.as_ref().filter(|(seq, _)| *seq + 1 >= from).map(|(seq, _)| StopAt::Seq(*seq));
                     for stop in stops.into_iter().chain([StopAt::End]) {
                         let options = ReplayOptions { audit: true, stop };
                         let done = events;
-                        match replay_range(&self.ledger, &self.path, &mut projection, &options, &|n| progress(done + n)) {
+                        match replay_range(&self.ledger, &self.path, &mut projection, &options, &|n| progress(done + n))
+                        {
                             Ok(stats) => (events, sigs) = (events + stats.events, sigs + stats.signatures_verified),
                             Err(LedgerError::Corrupt { seq, corruption, .. }) => {
                                 let n = below + projection.next_seq() - from;
@@ -243,13 +261,19 @@ impl LedgerReader {
         }
         if first_error.is_none() {
             let last = last_seq(&self.ledger, &self.path)?;
-            if let Err(LedgerError::Corrupt { seq, corruption, .. }) = check_held_records(&self.path, recorded_head, last, self.backfill.as_ref()) {
+            if let Err(LedgerError::Corrupt { seq, corruption, .. }) =
+                check_held_records(&self.path, recorded_head, last, self.backfill.as_ref())
+            {
                 first_error = Some((seq, corruption));
             } else if let Some((hs, hh)) = recorded_head {
                 if projection.head().map(|h| (h.seq, h.hash)) != Some((hs, hh)) {
                     first_error = Some((
                         hs,
-                        Corruption::HeadMismatch { head_seq: hs, head_hash: hh, detail: "the recorded head hash differs from the chain".into() },
+                        Corruption::HeadMismatch {
+                            head_seq: hs,
+                            head_hash: hh,
+                            detail: "the recorded head hash differs from the chain".into(),
+                        },
                     ));
                 } else {
                     caches_checked.push("head".into());
@@ -273,19 +297,32 @@ impl LedgerReader {
     /// The stored projection checkpoint, `(its seq, its state)`, checked against what can be
     /// checked without a replay: its digest and record decode, and it is not beyond the head.
     /// A ledger may have none (`Ok(None)`).
-    fn stored_checkpoint(&self, head: Option<(u64, ChainHash)>) -> Result<Option<(u64, crate::core::projection::ProjectionState)>, (u64, Corruption)> {
+    fn stored_checkpoint(
+        &self,
+        head: Option<(u64, ChainHash)>,
+    ) -> Result<Option<(u64, crate::core::projection::ProjectionState)>, (u64, Corruption)> {
         let at = head.map_or(0, |h| h.0);
-        let stored = read_stored_checkpoint(&self.meta, &self.path).map_err(|e| (at, Corruption::Metadata { key: "checkpoint".into(), reason: e.to_string() }))?;
+        let stored = read_stored_checkpoint(&self.meta, &self.path)
+            .map_err(|e| (at, Corruption::Metadata { key: "checkpoint".into(), reason: e.to_string() }))?;
         let state = match stored {
             None => return Ok(None),
             Some(Err(reason)) => return Err((at, Corruption::Metadata { key: "checkpoint".into(), reason })),
             Some(Ok(state)) => state,
         };
         let Some(cp) = state.head else {
-            return Err((at, Corruption::CacheMismatch { cache: "checkpoint".into(), detail: "it holds no head".into() }));
+            return Err((
+                at,
+                Corruption::CacheMismatch { cache: "checkpoint".into(), detail: "it holds no head".into() },
+            ));
         };
         if head.is_none_or(|(seq, _)| cp.seq > seq) {
-            return Err((cp.seq, Corruption::CacheMismatch { cache: "checkpoint".into(), detail: format!("it is at seq {}, beyond the recorded head {head:?}", cp.seq) }));
+            return Err((
+                cp.seq,
+                Corruption::CacheMismatch {
+                    cache: "checkpoint".into(),
+                    detail: format!("it is at seq {}, beyond the recorded head {head:?}", cp.seq),
+                },
+            ));
         }
         Ok(Some((cp.seq, state)))
     }
@@ -293,12 +330,15 @@ impl LedgerReader {
     /// Compares the stored anchor (the newest checkpoint event) with the replayed chain.
     fn check_anchor(&self, projection: &Projection) -> Result<Option<String>, (u64, Corruption)> {
         let at = projection.head().map_or(0, |h| h.seq);
-        let anchor = read_anchor(&self.meta, &self.path).map_err(|e| (at, Corruption::Metadata { key: "anchor".into(), reason: e.to_string() }))?;
+        let anchor = read_anchor(&self.meta, &self.path)
+            .map_err(|e| (at, Corruption::Metadata { key: "anchor".into(), reason: e.to_string() }))?;
         let Some((seq, hash)) = anchor else { return Ok(None) };
         let newest = projection.state().last_checkpoint.map(|(s, _)| s);
         let mismatch = |detail: String| (seq, Corruption::CacheMismatch { cache: "anchor".into(), detail });
         if newest != Some(seq) {
-            return Err(mismatch(format!("it names seq {seq}, the newest checkpoint event in the chain is {newest:?}")));
+            return Err(mismatch(format!(
+                "it names seq {seq}, the newest checkpoint event in the chain is {newest:?}"
+            )));
         }
         if seq >= self.history_from() {
             let held = self.range(seq, seq).map_err(|e| mismatch(e.to_string()))?;
@@ -312,7 +352,11 @@ impl LedgerReader {
     /// Replays from genesis to `options.stop` — or, while the history below a state-only
     /// seed is being backfilled, from the seed's state (a stop before it fails with
     /// [`LedgerError::HistoryIncomplete`]).
-    pub fn replay(&self, options: &ReplayOptions, progress: &(dyn Fn(u64) + Sync)) -> Result<(Projection, ReplayStats), LedgerError> {
+    pub fn replay(
+        &self,
+        options: &ReplayOptions,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(Projection, ReplayStats), LedgerError> {
         let mut p = self.start();
         if let Some(b) = &self.backfill {
             let base = b.base.head.map_or(0, |h| h.seq);
@@ -320,7 +364,9 @@ impl LedgerReader {
                 StopAt::End => false,
                 StopAt::Seq(s) => s < base,
                 // The seed's head event, once backfilled, says when the state was reached.
-                StopAt::Time(t) => self.range(base, base).ok().and_then(|e| e.first().map(|e| t < e.event.timestamp)).unwrap_or(true),
+                StopAt::Time(t) => {
+                    self.range(base, base).ok().and_then(|e| e.first().map(|e| t < e.event.timestamp)).unwrap_or(true)
+                }
             };
             if before_base {
                 return Err(self.incomplete());
@@ -353,7 +399,8 @@ impl LedgerReader {
 
     /// Counts over the whole ledger (one trusted replay, paged).
     pub fn stats(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<LedgerStats, LedgerError> {
-        let mut st = LedgerStats { head: self.recorded_head()?, history_from: self.history_from(), ..Default::default() };
+        let mut st =
+            LedgerStats { head: self.recorded_head()?, history_from: self.history_from(), ..Default::default() };
         let mut authors = std::collections::HashSet::new();
         let end = st.head.map_or(0, |h| h.0);
         let page = crate::core::limits::REPLAY_CHUNK_EVENTS as u64;

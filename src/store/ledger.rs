@@ -15,22 +15,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use rayon::prelude::*;
+use super::attested::{is_attested, Unused};
+use super::chainer::{Chainer, Job};
+use super::recent::{RecentEvents, SharedRecent};
 use super::record::{self, decode_checkpoint, encode_checkpoint, encode_record_into, seq_key};
 use super::replay::{replay_range, ReplayOptions, ReplayStats, StopAt};
-use super::chainer::{Chainer, Job};
-use super::attested::{is_attested, Unused};
-use super::recent::{RecentEvents, SharedRecent};
-use crate::core::provisional::EventId;
 use super::verified::VerifiedEvents;
 use crate::core::attest::StateDivergence;
 use crate::core::event::{ChainedEvent, EventBody, SignedEvent};
 use crate::core::keys::{SigningBatch, VerifierCache};
 use crate::core::limits;
 use crate::core::projection::{ChainHead, Projection, ProjectionState, Rejection};
+use crate::core::provisional::EventId;
 use crate::core::types::{ChainHash, ChainPoint, NetworkFingerprint};
 use crate::error::{Corruption, LedgerError, RangeRefusal};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use rayon::prelude::*;
 
 const META_FORMAT: &[u8] = b"format";
 const META_HEAD: &[u8] = b"head";
@@ -164,8 +164,15 @@ impl Backfill {
 /// Reads the backfill point and base state from `meta` (`None`: the history is complete).
 pub(crate) fn read_backfill(meta: &Keyspace, path: &Path) -> Result<Option<Backfill>, LedgerError> {
     let Some((seq, hash)) = read_point(meta, path, META_BACKFILL, "backfill")? else { return Ok(None) };
-    let corrupt = |detail: String| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption: Corruption::Undecodable { reason: detail } };
-    let bytes = meta.get(META_BACKFILL_BASE).map_err(storage("read backfill base", path))?.ok_or_else(|| corrupt("a backfill point without its base state".into()))?;
+    let corrupt = |detail: String| LedgerError::Corrupt {
+        path: path.to_path_buf(),
+        seq,
+        corruption: Corruption::Undecodable { reason: detail },
+    };
+    let bytes = meta
+        .get(META_BACKFILL_BASE)
+        .map_err(storage("read backfill base", path))?
+        .ok_or_else(|| corrupt("a backfill point without its base state".into()))?;
     let base = decode_meta_checkpoint(&bytes).map_err(|e| corrupt(format!("backfill base state: {e}")))?;
     if base.head.is_none_or(|h| h.seq < seq) {
         return Err(corrupt("the backfill base state is below the backfill point".into()));
@@ -200,7 +207,11 @@ fn damage(e: &fjall::Error, path: &Path) -> Option<String> {
             .filter(|n| n.ends_with(".jnl"))
             .collect();
         names.sort();
-        if names.is_empty() { "the write-ahead journal".to_string() } else { format!("the write-ahead journal ({})", names.join(", ")) }
+        if names.is_empty() {
+            "the write-ahead journal".to_string()
+        } else {
+            format!("the write-ahead journal ({})", names.join(", "))
+        }
     };
     match e {
         F::JournalRecovery(r) => Some(format!("{} fails recovery: {r}", journals())),
@@ -209,8 +220,12 @@ fn damage(e: &fjall::Error, path: &Path) -> Option<String> {
         F::InvalidVersion(v) => Some(format!("the format version file holds {v:?}")),
         F::Unrecoverable => Some("required files could not be recovered".into()),
         F::Storage(t) => match t {
-            T::ChecksumMismatch { .. } => Some(format!("a table file under {} fails its checksum", path.join("keyspaces").display())),
-            T::Decompress(_) => Some(format!("a table block under {} does not decompress", path.join("keyspaces").display())),
+            T::ChecksumMismatch { .. } => {
+                Some(format!("a table file under {} fails its checksum", path.join("keyspaces").display()))
+            }
+            T::Decompress(_) => {
+                Some(format!("a table block under {} does not decompress", path.join("keyspaces").display()))
+            }
             T::InvalidTag(_) | T::InvalidTrailer | T::InvalidHeader(_) | T::Utf8(_) => {
                 Some(format!("a table file under {} is malformed", path.join("keyspaces").display()))
             }
@@ -226,12 +241,16 @@ fn damage(e: &fjall::Error, path: &Path) -> Option<String> {
 /// unless `create` is set.
 pub(crate) fn open_keyspaces(path: &Path, create: bool) -> Result<(Database, Keyspace, Keyspace), LedgerError> {
     let exists = path.is_dir()
-        && std::fs::read_dir(path).map_err(|source| LedgerError::Io { path: path.to_path_buf(), source })?.next().is_some();
+        && std::fs::read_dir(path)
+            .map_err(|source| LedgerError::Io { path: path.to_path_buf(), source })?
+            .next()
+            .is_some();
     if !exists && !create {
         return Err(LedgerError::NotALedger(path.to_path_buf()));
     }
     let db = Database::builder(path).open().map_err(storage("open database", path))?;
-    let ledger = db.keyspace("ledger", KeyspaceCreateOptions::default).map_err(storage("open keyspace ledger", path))?;
+    let ledger =
+        db.keyspace("ledger", KeyspaceCreateOptions::default).map_err(storage("open keyspace ledger", path))?;
     let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(storage("open keyspace meta", path))?;
     let marker = meta.get(META_FORMAT).map_err(storage("read format marker", path))?;
     match marker {
@@ -261,7 +280,10 @@ pub(crate) fn read_anchor(meta: &Keyspace, path: &Path) -> Result<Option<(u64, C
 
 /// The stored projection checkpoint: `None` when there is none, `Some(Err(reason))` when its
 /// digest or record does not check.
-pub(crate) fn read_stored_checkpoint(meta: &Keyspace, path: &Path) -> Result<Option<Result<ProjectionState, String>>, LedgerError> {
+pub(crate) fn read_stored_checkpoint(
+    meta: &Keyspace,
+    path: &Path,
+) -> Result<Option<Result<ProjectionState, String>>, LedgerError> {
     let Some(bytes) = meta.get(META_CHECKPOINT).map_err(storage("read checkpoint", path))? else { return Ok(None) };
     Ok(Some(decode_meta_checkpoint(&bytes)))
 }
@@ -274,7 +296,10 @@ fn read_point(meta: &Keyspace, path: &Path, key: &[u8], name: &str) -> Result<Op
         return Err(LedgerError::Corrupt {
             path: path.to_path_buf(),
             seq: 0,
-            corruption: Corruption::Metadata { key: name.into(), reason: format!("{} bytes, expected 40", bytes.len()) },
+            corruption: Corruption::Metadata {
+                key: name.into(),
+                reason: format!("{} bytes, expected 40", bytes.len()),
+            },
         });
     }
     let mut seq = [0u8; 8];
@@ -349,7 +374,10 @@ fn verify_chained(cache: &mut VerifierCache, range: &[ChainedEvent]) -> Vec<bool
 /// verifies the next range while the ledger stores the previous one; hand the verdicts to
 /// [`Ledger::append_linked_verified`].
 pub fn verify_signatures(range: &[ChainedEvent]) -> Vec<bool> {
-    range.par_chunks(VERIFY_CHUNK).flat_map_iter(|chunk| super::replay::with_thread_cache(|cache| verify_chunk(cache, chunk))).collect()
+    range
+        .par_chunks(VERIFY_CHUNK)
+        .flat_map_iter(|chunk| super::replay::with_thread_cache(|cache| verify_chunk(cache, chunk)))
+        .collect()
 }
 
 /// Chunk size of batched verification of a linked range: `verify_batch` costs less per
@@ -411,7 +439,12 @@ pub(crate) fn last_seq(ledger: &Keyspace, path: &Path) -> Result<Option<u64>, Le
 /// Compares the durable head with the last record; reports truncation or extra records.
 /// [`check_head_against_records`] for a ledger that may hold only part of its history: with
 /// nothing held yet, the head must be the backfill point.
-pub(crate) fn check_held_records(path: &Path, head: Option<(u64, ChainHash)>, last: Option<u64>, backfill: Option<&Backfill>) -> Result<(), LedgerError> {
+pub(crate) fn check_held_records(
+    path: &Path,
+    head: Option<(u64, ChainHash)>,
+    last: Option<u64>,
+    backfill: Option<&Backfill>,
+) -> Result<(), LedgerError> {
     match (backfill, last) {
         (Some(b), None) if head == Some((b.point.seq, b.point.hash)) => Ok(()),
         _ => check_head_against_records(path, head, last),
@@ -435,7 +468,11 @@ pub(crate) fn check_head_against_records(
         )),
         (None, Some(l)) => Err(corrupt(
             0,
-            Corruption::HeadMismatch { head_seq: 0, head_hash: ChainHash::ZERO, detail: format!("no head recorded but records up to seq {l}") },
+            Corruption::HeadMismatch {
+                head_seq: 0,
+                head_hash: ChainHash::ZERO,
+                detail: format!("no head recorded but records up to seq {l}"),
+            },
         )),
         _ => Ok(()),
     }
@@ -443,9 +480,14 @@ pub(crate) fn check_head_against_records(
 
 /// A trusted replay of the whole history held (from genesis, or from a state-only seed's
 /// state while the history below it is backfilled), without any stored checkpoint.
-fn replay_held(ledger: &Keyspace, path: &Path, backfill: Option<&Backfill>) -> Result<(Projection, ReplayStats), LedgerError> {
+fn replay_held(
+    ledger: &Keyspace,
+    path: &Path,
+    backfill: Option<&Backfill>,
+) -> Result<(Projection, ReplayStats), LedgerError> {
     let mut projection = backfill.map_or_else(Projection::new, Backfill::start);
-    let stats = replay_range(ledger, path, &mut projection, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
+    let stats =
+        replay_range(ledger, path, &mut projection, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
     Ok((projection, stats))
 }
 
@@ -466,7 +508,11 @@ fn load_projection(
         None => None,
         Some(bytes) => match decode_meta_checkpoint(&bytes) {
             Err(e) => Some(Unused::Unreadable(e)),
-            Ok(state) if !state.head.is_some_and(|h| head.is_some_and(|(hs, _)| h.seq <= hs) && h.seq >= projection.next_seq().saturating_sub(1)) => {
+            Ok(state)
+                if !state.head.is_some_and(|h| {
+                    head.is_some_and(|(hs, _)| h.seq <= hs) && h.seq >= projection.next_seq().saturating_sub(1)
+                }) =>
+            {
                 Some(Unused::OutOfRange)
             }
             Ok(state) if !is_attested(ledger, path, &state)? => Some(Unused::NotAttested),
@@ -479,12 +525,19 @@ fn load_projection(
     };
     match &unused {
         None => {}
-        Some(Unused::Unreadable(e)) => tracing::warn!(error = %e, "projection checkpoint is unreadable; replaying from genesis"),
-        Some(Unused::OutOfRange) => tracing::warn!("projection checkpoint is outside the history held; replaying from genesis"),
-        Some(Unused::NotAttested) => tracing::info!("projection checkpoint is not attested by the chain; replaying from genesis"),
+        Some(Unused::Unreadable(e)) => {
+            tracing::warn!(error = %e, "projection checkpoint is unreadable; replaying from genesis")
+        }
+        Some(Unused::OutOfRange) => {
+            tracing::warn!("projection checkpoint is outside the history held; replaying from genesis")
+        }
+        Some(Unused::NotAttested) => {
+            tracing::info!("projection checkpoint is not attested by the chain; replaying from genesis")
+        }
     }
     let from = projection.next_seq();
-    let stats = replay_range(ledger, path, &mut projection, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
+    let stats =
+        replay_range(ledger, path, &mut projection, &ReplayOptions { audit: false, stop: StopAt::End }, &|_| {})?;
     if checkpoint_seq.is_some() && projection.divergence().is_some() {
         // A later attestation disagrees with the state built on the checkpoint: start over.
         tracing::warn!(divergence = ?projection.divergence(), "the chain disagrees with the state built on the stored checkpoint; replaying from genesis");
@@ -507,7 +560,8 @@ impl Ledger {
         let backfill = read_backfill(&meta, &path)?;
         check_held_records(&path, head, last_seq(&ledger, &path)?, backfill.as_ref())?;
 
-        let (projection, checkpoint_seq, from, stats) = load_projection(&ledger, &meta, &path, head, backfill.as_ref())?;
+        let (projection, checkpoint_seq, from, stats) =
+            load_projection(&ledger, &meta, &path, head, backfill.as_ref())?;
         let divergence = projection.divergence();
         if let Some(d) = divergence {
             tracing::error!(%d, "state divergence: the chain attests a state its own records do not lead to; writes are refused until an operator acts");
@@ -540,7 +594,8 @@ impl Ledger {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "ledger opened"
         );
-        let refused = read_point(&meta, &path, META_REFUSED_BRANCH, "refused_branch")?.map(|(seq, hash)| ChainPoint { seq, hash });
+        let refused = read_point(&meta, &path, META_REFUSED_BRANCH, "refused_branch")?
+            .map(|(seq, hash)| ChainPoint { seq, hash });
         Ledger {
             path,
             db,
@@ -655,7 +710,10 @@ impl Ledger {
         }
         let links = self.append_links(&events, extra)?;
         let events = events.into_events().into_iter();
-        Ok(events.zip(links).map(|(event, link)| link.map(|(seq, prev_hash, hash)| ChainedEvent { seq, prev_hash, hash, event })).collect())
+        Ok(events
+            .zip(links)
+            .map(|(event, link)| link.map(|(seq, prev_hash, hash)| ChainedEvent { seq, prev_hash, hash, event }))
+            .collect())
     }
 
     /// [`Ledger::append_verified_with_meta`] of events the caller keeps (borrowed, so none is
@@ -693,7 +751,8 @@ impl Ledger {
         // into its own value, so a fresh vector per record would only be allocated and freed.
         let mut record = Vec::with_capacity(1024);
         events.for_each_ref(|event, canonical, signature_ok| {
-            let snapshot = (signature_ok && attests_due(&event.body, projection, due_at)).then(|| encode_meta_checkpoint(projection.state()));
+            let snapshot = (signature_ok && attests_due(&event.body, projection, due_at))
+                .then(|| encode_meta_checkpoint(projection.state()));
             let diverged = projection.divergence().is_some();
             let linked = if signature_ok {
                 projection.append_canonical_ref(event, canonical)
@@ -733,7 +792,11 @@ impl Ledger {
     /// [`Ledger::append_verified_with_meta`] of a batch without checkpoint events, after
     /// genesis, with the chain hashes computed on the helper thread ([`super::chainer`]) while
     /// this thread validates and applies the events. Same outcome, same bytes.
-    fn append_verified_parallel(&mut self, events: VerifiedEvents, extra: Vec<(Vec<u8>, Vec<u8>)>) -> Result<AppendOutcome, LedgerError> {
+    fn append_verified_parallel(
+        &mut self,
+        events: VerifiedEvents,
+        extra: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<AppendOutcome, LedgerError> {
         let (events, canonical, ends, ok) = events.into_parts();
         let n = events.len();
         let (seq0, prev0) = (self.projection.next_seq(), self.projection.head_hash());
@@ -749,7 +812,11 @@ impl Ledger {
             for (i, event) in events.iter().enumerate() {
                 if !job.chained(i) {
                     // Check the rules first so a forged event of another network says so.
-                    applied.push(Err(self.projection.check(event).err().unwrap_or(Rejection::BadSignature(event.author))));
+                    applied.push(Err(self
+                        .projection
+                        .check(event)
+                        .err()
+                        .unwrap_or(Rejection::BadSignature(event.author))));
                     continue;
                 }
                 let r = self.projection.apply_unhashed(event, job.size(i));
@@ -897,8 +964,12 @@ impl Ledger {
         }
         *lock(&self.health.divergence) = rebuilt.divergence();
         match rebuilt.divergence() {
-            None => tracing::warn!(%found, "projection rebuilt by replay; it now matches every state the chain attests"),
-            Some(d) => tracing::error!(%d, "state divergence: the chain attests a state its own records do not lead to; writes are refused until an operator acts"),
+            None => {
+                tracing::warn!(%found, "projection rebuilt by replay; it now matches every state the chain attests")
+            }
+            Some(d) => {
+                tracing::error!(%d, "state divergence: the chain attests a state its own records do not lead to; writes are refused until an operator acts")
+            }
         }
         self.projection = rebuilt;
         Ok(())
@@ -995,7 +1066,11 @@ impl Ledger {
     /// [`Ledger::append_linked`] with the signature verdicts [`verify_signatures`] gave for
     /// exactly this range (one per event, in order); a range with any `false` is refused.
     #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = range.len()))]
-    pub fn append_linked_verified(&mut self, range: &crate::core::gossip::LinkedRange, verdicts: &[bool]) -> Result<ChainHead, LedgerError> {
+    pub fn append_linked_verified(
+        &mut self,
+        range: &crate::core::gossip::LinkedRange,
+        verdicts: &[bool],
+    ) -> Result<ChainHead, LedgerError> {
         if verdicts.len() != range.len() {
             // Not this range's verdicts: verify here rather than trust them.
             return self.append_range_inner(range.events(), Some(range), false, None);
@@ -1105,7 +1180,8 @@ impl Ledger {
     /// Rebuilds the in-memory projection from what is on disk (checkpoint + tail).
     fn reload_projection(&mut self) -> Result<(), LedgerError> {
         let head = read_head(&self.meta, &self.path)?;
-        let (projection, checkpoint_seq, _, _) = load_projection(&self.ledger, &self.meta, &self.path, head, self.backfill.as_ref())?;
+        let (projection, checkpoint_seq, _, _) =
+            load_projection(&self.ledger, &self.meta, &self.path, head, self.backfill.as_ref())?;
         self.projection = projection;
         self.checkpoint_seq = checkpoint_seq;
         Ok(())
@@ -1155,7 +1231,9 @@ impl Ledger {
     /// Refuses reads that start below the history this ledger holds.
     fn held_from(&self, from: u64) -> Result<(), LedgerError> {
         match self.backfill.as_ref() {
-            Some(b) if from < b.held_from() => Err(LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: b.held_from() }),
+            Some(b) if from < b.held_from() => {
+                Err(LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: b.held_from() })
+            }
             _ => Ok(()),
         }
     }
@@ -1165,7 +1243,12 @@ impl Ledger {
     /// carries the ledger record tag. For copying records verbatim (seed export); readers
     /// that interpret records use [`Ledger::read_range`]. Returns how many were visited.
     #[tracing::instrument(level = "debug", skip(self, f), fields(path = %self.path.display()))]
-    pub fn visit_raw_range(&self, from: u64, to: u64, mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>) -> Result<u64, LedgerError> {
+    pub fn visit_raw_range(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, LedgerError> {
         let to = match self.projection.head() {
             Some(h) => to.min(h.seq),
             None => return Ok(0),
@@ -1259,7 +1342,10 @@ impl Ledger {
         if records.len() as u64 != head.seq + 1 {
             return Err(LedgerError::Io {
                 path: self.path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "record count does not match the state's head"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "record count does not match the state's head",
+                ),
             });
         }
         let fail = |this: &mut Ledger, source| {
@@ -1311,7 +1397,10 @@ impl Ledger {
         if self.health.poisoned_by().is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
-        let invalid = |path: &Path, why: &str| LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()) };
+        let invalid = |path: &Path, why: &str| LedgerError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()),
+        };
         if self.projection.head().is_some() || last_seq(&self.ledger, &self.path)?.is_some() {
             return Err(invalid(&self.path, "a state-only seed loads only into an empty ledger"));
         }
@@ -1329,7 +1418,10 @@ impl Ledger {
             *lock(&self.health.poisoned) = Some(source.to_string());
             return Err(LedgerError::Storage { op: "load state-only seed", path: self.path.clone(), source });
         }
-        self.backfill = Some(Backfill { point: ChainPoint { seq: head.seq, hash: head.hash }, base: std::sync::Arc::new(state.clone()) });
+        self.backfill = Some(Backfill {
+            point: ChainPoint { seq: head.seq, hash: head.hash },
+            base: std::sync::Arc::new(state.clone()),
+        });
         self.projection = Projection::from_state(state);
         self.checkpoint_seq = Some(head.seq);
         Ok(head)
@@ -1357,10 +1449,16 @@ impl Ledger {
     /// and the new point (removed at genesis) are written in one synced batch. Returns the
     /// next point, `None` once the history is complete.
     #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = range.len()))]
-    pub fn append_backfill(&mut self, range: &crate::core::gossip::BackfillRange, verdicts: &[bool]) -> Result<Option<ChainPoint>, LedgerError> {
+    pub fn append_backfill(
+        &mut self,
+        range: &crate::core::gossip::BackfillRange,
+        verdicts: &[bool],
+    ) -> Result<Option<ChainPoint>, LedgerError> {
         self.usable(range.len())?;
         let refuse = |seq, reason| LedgerError::RangeRefused { seq, reason };
-        let (Some(first), Some(last)) = (range.events().first(), range.events().last()) else { return Ok(self.backfill_point()) };
+        let (Some(first), Some(last)) = (range.events().first(), range.events().last()) else {
+            return Ok(self.backfill_point());
+        };
         let Some(point) = self.backfill_point() else {
             return Err(refuse(last.seq, RangeRefusal::NotBelow { expected: None }));
         };
@@ -1370,7 +1468,10 @@ impl Ledger {
         let fingerprint = self.projection.fingerprint();
         if let Some(bad) = range.events().iter().find(|e| Some(e.event.fingerprint) != fingerprint) {
             let expected = fingerprint.unwrap_or_default();
-            return Err(refuse(bad.seq, RangeRefusal::Rejected(Rejection::WrongNetwork { expected, got: bad.event.fingerprint })));
+            return Err(refuse(
+                bad.seq,
+                RangeRefusal::Rejected(Rejection::WrongNetwork { expected, got: bad.event.fingerprint }),
+            ));
         }
         let owned;
         let verdicts = if verdicts.len() == range.len() {
@@ -1498,7 +1599,11 @@ impl Ledger {
     /// members of the losing Raft cluster, are kept for the node to refuse their Raft traffic
     /// until they are members of its own cluster ([`Ledger::refused_peers`]).
     #[tracing::instrument(skip(self, peers), fields(path = %self.path.display()))]
-    pub fn refuse_branch(&mut self, first: ChainPoint, peers: &[crate::core::types::NodeId]) -> Result<(), LedgerError> {
+    pub fn refuse_branch(
+        &mut self,
+        first: ChainPoint,
+        peers: &[crate::core::types::NodeId],
+    ) -> Result<(), LedgerError> {
         let ids: Vec<u8> = peers.iter().flat_map(|p| p.as_bytes().to_vec()).collect();
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.insert(&self.meta, META_REFUSED_BRANCH, encode_point(first.seq, &first.hash).to_vec());
@@ -1517,7 +1622,10 @@ impl Ledger {
             return Err(LedgerError::Corrupt {
                 path: self.path.clone(),
                 seq: 0,
-                corruption: Corruption::Metadata { key: "refused_peers".into(), reason: format!("{} bytes, not a list of 32-byte ids", bytes.len()) },
+                corruption: Corruption::Metadata {
+                    key: "refused_peers".into(),
+                    reason: format!("{} bytes, not a list of 32-byte ids", bytes.len()),
+                },
             });
         }
         Ok(bytes
@@ -1533,7 +1641,8 @@ impl Ledger {
     /// The head of the verified seed this ledger was imported from, if any: events up to it
     /// carry Seed authority.
     pub fn seed_anchor(&self) -> Result<Option<ChainPoint>, LedgerError> {
-        Ok(read_point(&self.meta, &self.path, META_SEED_ANCHOR, "seed_anchor")?.map(|(seq, hash)| ChainPoint { seq, hash }))
+        Ok(read_point(&self.meta, &self.path, META_SEED_ANCHOR, "seed_anchor")?
+            .map(|(seq, hash)| ChainPoint { seq, hash }))
     }
 
     /// Whether the content was imported from a seed and not yet adopted by Raft.
@@ -1608,6 +1717,12 @@ impl History {
             }
             *projection = b.start();
         }
-        replay_range(&self.ledger, &self.path, projection, &ReplayOptions { audit: false, stop: StopAt::Seq(seq) }, &|_| {})
+        replay_range(
+            &self.ledger,
+            &self.path,
+            projection,
+            &ReplayOptions { audit: false, stop: StopAt::Seq(seq) },
+            &|_| {},
+        )
     }
 }

@@ -5,17 +5,17 @@
 //! [`record::decode_record`] / [`record::decode_checkpoint`] (validated rkyv access) followed by
 //! chain checks; nothing here trusts what it reads.
 
-mod chainer;
 mod attested;
+mod chainer;
 pub mod forensics;
 pub mod forks;
 pub mod inspect;
 pub mod keyfile;
-pub mod provisional;
 pub mod ledger;
 pub mod modes;
-pub mod record;
+pub mod provisional;
 pub(crate) mod recent;
+pub mod record;
 pub mod replay;
 pub mod scrub;
 pub mod verified;

@@ -30,7 +30,8 @@ pub fn record(ledger: &Ledger, t: &Transition) -> Result<(), LedgerError> {
         None => 0,
     };
     let next = last + 1;
-    let value = postcard::to_stdvec(t).map_err(|e| LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+    let value = postcard::to_stdvec(t)
+        .map_err(|e| LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
     ks.insert(next.to_be_bytes(), value).map_err(storage("write mode transition", path))?;
     if next > MODES_KEPT {
         ks.remove((next - MODES_KEPT).to_be_bytes()).map_err(storage("trim mode transitions", path))?;
@@ -52,5 +53,9 @@ pub fn list(ledger: &Ledger) -> Result<Vec<Transition>, LedgerError> {
 }
 
 fn corrupt(path: &std::path::Path, reason: &str) -> LedgerError {
-    LedgerError::Corrupt { path: path.to_path_buf(), seq: 0, corruption: Corruption::Metadata { key: "modes".into(), reason: reason.into() } }
+    LedgerError::Corrupt {
+        path: path.to_path_buf(),
+        seq: 0,
+        corruption: Corruption::Metadata { key: "modes".into(), reason: reason.into() },
+    }
 }

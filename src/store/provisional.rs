@@ -15,7 +15,10 @@ const KEYSPACE: &str = "provisional";
 pub const HELD_MAX: usize = 4096;
 
 fn keyspace(ledger: &Ledger) -> Result<fjall::Keyspace, LedgerError> {
-    ledger.database().keyspace(KEYSPACE, KeyspaceCreateOptions::default).map_err(storage("open keyspace provisional", ledger.path()))
+    ledger
+        .database()
+        .keyspace(KEYSPACE, KeyspaceCreateOptions::default)
+        .map_err(storage("open keyspace provisional", ledger.path()))
 }
 
 /// Stores `p` durably (the caller has checked it). Returns whether it was new; refuses beyond
@@ -30,7 +33,8 @@ pub fn put(ledger: &Ledger, p: &ProvisionalEvent) -> Result<bool, LedgerError> {
     if ks.len().map_err(storage("count provisional", ledger.path()))? >= HELD_MAX {
         return Err(LedgerError::BatchTooLarge { max: HELD_MAX, got: HELD_MAX + 1 });
     }
-    let value = postcard::to_stdvec(p).map_err(|e| LedgerError::Io { path: ledger.path().to_path_buf(), source: std::io::Error::other(e) })?;
+    let value = postcard::to_stdvec(p)
+        .map_err(|e| LedgerError::Io { path: ledger.path().to_path_buf(), source: std::io::Error::other(e) })?;
     ks.insert(id.0, value).map_err(storage("write provisional", ledger.path()))?;
     ledger.database().persist(PersistMode::SyncData).map_err(storage("sync provisional", ledger.path()))?;
     Ok(true)
@@ -89,7 +93,12 @@ pub fn contains(ledger: &Ledger, id: &EventId) -> Result<bool, LedgerError> {
 const SCAN_CHUNK: u64 = 1024;
 
 /// Where `p`'s event is in the chain between `from` and `to` (inclusive), if it is.
-pub fn find_committed(ledger: &Ledger, p: &ProvisionalEvent, from: u64, to: u64) -> Result<Option<crate::core::types::ChainPoint>, LedgerError> {
+pub fn find_committed(
+    ledger: &Ledger,
+    p: &ProvisionalEvent,
+    from: u64,
+    to: u64,
+) -> Result<Option<crate::core::types::ChainPoint>, LedgerError> {
     let mut at = from;
     while at <= to {
         let end = (at + SCAN_CHUNK - 1).min(to);

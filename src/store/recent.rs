@@ -65,7 +65,6 @@ impl RecentEvents {
     pub(crate) fn candidate(&self, id: &EventId) -> Option<u64> {
         self.by_key.get(&key(id)).copied()
     }
-
 }
 
 #[cfg(test)]

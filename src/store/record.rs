@@ -22,9 +22,9 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use crate::core::event::{ChainedEvent, SignedEvent};
-use crate::core::types::ChainHash;
 use crate::core::limits;
 use crate::core::projection::ProjectionState;
+use crate::core::types::ChainHash;
 
 /// Format tag of a ledger record.
 pub const RECORD_FORMAT_V1: u8 = 1;
@@ -117,7 +117,9 @@ pub(crate) fn encode_record_ref_into(event: &ChainedEventRef<'_>, out: &mut Vec<
 
 fn encode_framed_into<T>(value: &T, out: &mut Vec<u8>)
 where
-    T: for<'a, 'b> rkyv::Serialize<rkyv::api::high::HighSerializer<AfterPrefix<'b>, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>>,
+    T: for<'a, 'b> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<AfterPrefix<'b>, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+    >,
 {
     let start = out.len();
     out.push(RECORD_FORMAT_V1);
@@ -206,8 +208,8 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<ProjectionState, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::synth::{Synth, SynthConfig};
     use crate::core::projection::Projection;
+    use crate::core::synth::{Synth, SynthConfig};
 
     /// The in-place framed encoding is byte for byte the tag followed by `rkyv::to_bytes`,
     /// and decodes back (the canonical check accepts it).
@@ -224,7 +226,12 @@ mod tests {
             encode_record_into(&chained, &mut out);
             assert_eq!(&out[1..], reference.as_slice());
             assert_eq!(decode_record(&reference).as_ref(), Ok(&chained));
-            let by_ref = ChainedEventRef { seq: chained.seq, prev_hash: chained.prev_hash, hash: chained.hash, event: &chained.event };
+            let by_ref = ChainedEventRef {
+                seq: chained.seq,
+                prev_hash: chained.prev_hash,
+                hash: chained.hash,
+                event: &chained.event,
+            };
             let mut borrowed = vec![0xbb];
             encode_record_ref_into(&by_ref, &mut borrowed);
             assert_eq!(&borrowed[1..], reference.as_slice());

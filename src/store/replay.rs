@@ -196,14 +196,13 @@ fn decode_part(raw: &[Raw], audit: bool) -> Part {
                 // The signing message is a rearrangement of the canonical bytes just hashed.
                 signatures.push_canonical(ev.event.author, ev.event.signature, &canonical);
             }
-            records.push(DecodedRecord { item: Item { event: ev, size: canonical.len(), bytes: r.value.len() }, computed });
+            records.push(DecodedRecord {
+                item: Item { event: ev, size: canonical.len(), bytes: r.value.len() },
+                computed,
+            });
         }
     });
-    let verdicts = if audit {
-        with_thread_cache(|c| signatures.verify(c))
-    } else {
-        Vec::new()
-    };
+    let verdicts = if audit { with_thread_cache(|c| signatures.verify(c)) } else { Vec::new() };
     Part { records, verdicts, stop }
 }
 
@@ -264,10 +263,13 @@ pub(crate) fn replay_range(
                         let path = shared_path.clone();
                         rayon::spawn(move || {
                             // A panic on the pool would abort the process: report it instead.
-                            let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_part(&raw, audit)));
+                            let part =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_part(&raw, audit)));
                             let part = part.map_err(|_| {
                                 let seq = raw.first().map_or(0, |r| r.seq);
-                                let source = std::io::Error::other(format!("replay worker failed decoding the records from seq {seq}"));
+                                let source = std::io::Error::other(format!(
+                                    "replay worker failed decoding the records from seq {seq}"
+                                ));
                                 (seq, Err(LedgerError::Io { path: path.to_path_buf(), source }))
                             });
                             let _ = part_tx.send((k, part));
@@ -299,7 +301,10 @@ pub(crate) fn replay_range(
                         return Err(corrupt(ev.seq, Corruption::BadLink { expected: prev, found: ev.prev_hash }));
                     }
                     if d.computed != ev.hash {
-                        return Err(corrupt(ev.seq, Corruption::HashMismatch { stored: ev.hash, computed: d.computed }));
+                        return Err(corrupt(
+                            ev.seq,
+                            Corruption::HashMismatch { stored: ev.hash, computed: d.computed },
+                        ));
                     }
                     prev = ev.hash;
                     match options.stop {
@@ -320,11 +325,20 @@ pub(crate) fn replay_range(
                     }
                     let seq = ev.seq;
                     let attests_state = matches!(ev.event.body, crate::core::event::EventBody::StateCheckpoint { .. });
-                    projection.apply_owned(d.item.event, d.item.size).map_err(|r| corrupt(seq, rejection_to_corruption(r)))?;
+                    projection
+                        .apply_owned(d.item.event, d.item.size)
+                        .map_err(|r| corrupt(seq, rejection_to_corruption(r)))?;
                     if audit && attests_state {
                         // The chain attests a state its own records do not lead to.
                         if let Some(d) = projection.divergence().filter(|d| d.seq == seq) {
-                            return Err(corrupt(seq, Corruption::StateDivergence { head_seq: d.head_seq, attested: d.attested, computed: d.computed }));
+                            return Err(corrupt(
+                                seq,
+                                Corruption::StateDivergence {
+                                    head_seq: d.head_seq,
+                                    attested: d.attested,
+                                    computed: d.computed,
+                                },
+                            ));
                         }
                     }
                     stats.events += 1;
@@ -344,7 +358,12 @@ pub(crate) fn replay_range(
 }
 
 /// Reads `from..=to` with every check of a replay except signatures and rules.
-pub(crate) fn read_verified_range(ks: &Keyspace, path: &Path, from: u64, to: u64) -> Result<Vec<ChainedEvent>, LedgerError> {
+pub(crate) fn read_verified_range(
+    ks: &Keyspace,
+    path: &Path,
+    from: u64,
+    to: u64,
+) -> Result<Vec<ChainedEvent>, LedgerError> {
     let corrupt = |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption };
     let mut out = Vec::new();
     if to < from {

@@ -70,7 +70,10 @@ pub enum ScrubRead {
 /// lock: the scrubber reads under the ledger's lock and verifies after releasing it.
 pub fn scrub_verify(page: &ScrubPage, cursor: &mut ScrubCursor) -> ScrubStep {
     if let Some(bad) = verify_signatures(&page.events).iter().position(|ok| !ok) {
-        return ScrubStep::Damaged { seq: page.events[bad].seq, corruption: Corruption::BadSignature { author: page.events[bad].event.author } };
+        return ScrubStep::Damaged {
+            seq: page.events[bad].seq,
+            corruption: Corruption::BadSignature { author: page.events[bad].event.author },
+        };
     }
     *cursor = page.next;
     ScrubStep::Clean(page.events.len() as u64)
@@ -161,14 +164,20 @@ pub fn repair(ledger: &mut Ledger, candidates: &[ChainedEvent]) -> Result<usize,
     let after: ChainHash = if last.seq == head.seq {
         head.hash
     } else {
-        let next = ledger.read_range(last.seq + 1, last.seq + 1).map_err(|_| refuse(last.seq + 1, "the record after the stretch is damaged too: repair from the top down"))?;
-        next.first().map(|e| e.prev_hash).ok_or_else(|| refuse(last.seq + 1, "the record after the stretch is missing"))?
+        let next = ledger.read_range(last.seq + 1, last.seq + 1).map_err(|_| {
+            refuse(last.seq + 1, "the record after the stretch is damaged too: repair from the top down")
+        })?;
+        next.first()
+            .map(|e| e.prev_hash)
+            .ok_or_else(|| refuse(last.seq + 1, "the record after the stretch is missing"))?
     };
     if after != last.hash {
         return Err(refuse(last.seq, "the intact chain after it names another hash"));
     }
     if first.seq > ledger.history_from() {
-        let before = ledger.read_range(first.seq - 1, first.seq - 1).map_err(|_| refuse(first.seq - 1, "the record before the stretch is damaged too"))?;
+        let before = ledger
+            .read_range(first.seq - 1, first.seq - 1)
+            .map_err(|_| refuse(first.seq - 1, "the record before the stretch is damaged too"))?;
         if before.first().map(|e| e.hash) != Some(first.prev_hash) {
             return Err(refuse(first.seq, "it does not link to the intact record before it"));
         }

@@ -52,7 +52,11 @@ struct ChunkResult {
     ok: Vec<bool>,
 }
 
-fn verify_chunk<E: Borrow<SignedEvent>>(chunk: &[E], cache: &mut VerifierCache, known: Option<&PreVerified>) -> ChunkResult {
+fn verify_chunk<E: Borrow<SignedEvent>>(
+    chunk: &[E],
+    cache: &mut VerifierCache,
+    known: Option<&PreVerified>,
+) -> ChunkResult {
     let mut canonical = Vec::with_capacity(chunk.len() * 320);
     let mut ends = Vec::with_capacity(chunk.len());
     for e in chunk {
@@ -231,7 +235,11 @@ impl<E: Borrow<SignedEvent> + Sync> VerifiedEvents<E> {
         Self::verify_inner(events, cache, Some(known))
     }
 
-    fn verify_inner(events: Vec<E>, cache: &mut VerifierCache, known: Option<&PreVerified>) -> (VerifiedEvents<E>, Vec<usize>) {
+    fn verify_inner(
+        events: Vec<E>,
+        cache: &mut VerifierCache,
+        known: Option<&PreVerified>,
+    ) -> (VerifiedEvents<E>, Vec<usize>) {
         if let Some(k) = known {
             // Rather than verify twice what is being verified right now.
             k.wait_settled(&events);
@@ -314,7 +322,12 @@ mod tests {
         let k = NodeKey::from_seed([4; 32]);
         (0..n)
             .map(|i| {
-                SignedEvent::sign(&k, NetworkFingerprint([1; 32]), Timestamp(i as i64), EventBody::NodeBackOnline { node: k.node_id() })
+                SignedEvent::sign(
+                    &k,
+                    NetworkFingerprint([1; 32]),
+                    Timestamp(i as i64),
+                    EventBody::NodeBackOnline { node: k.node_id() },
+                )
             })
             .collect()
     }
@@ -355,7 +368,8 @@ mod tests {
         assert_eq!(bad, vec![1, 2]);
         assert_eq!(v.len(), 4);
         // Entries are consumed: a replay of the same batch verifies again, with the same verdicts.
-        let (_, bad) = VerifiedEvents::verify_with(vec![evs[0].clone(), evs[1].clone()], &mut VerifierCache::default(), &known);
+        let (_, bad) =
+            VerifiedEvents::verify_with(vec![evs[0].clone(), evs[1].clone()], &mut VerifierCache::default(), &known);
         assert!(bad.is_empty());
     }
 

@@ -159,12 +159,8 @@ impl Cluster {
     pub async fn converged_head(&self, timeout: Duration) -> Option<mycnet_spores::ChainHead> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let heads: Vec<_> = self
-                .members
-                .iter()
-                .filter_map(|m| m.system.as_ref())
-                .map(|s| s.head().ok().flatten())
-                .collect();
+            let heads: Vec<_> =
+                self.members.iter().filter_map(|m| m.system.as_ref()).map(|s| s.head().ok().flatten()).collect();
             if let Some(first) = heads.first().copied().flatten() {
                 if heads.iter().all(|h| *h == Some(first)) {
                     return Some(first);

@@ -283,7 +283,10 @@ fn valid_seeds() -> &'static [Vec<u8>] {
         let voters: Vec<&NodeKey> = h
             .keys
             .iter()
-            .filter(|k| p.node(&k.node_id()).is_some_and(|n| n.role.is_authority() && n.status != mycnet_spores::NodeStatus::Left))
+            .filter(|k| {
+                p.node(&k.node_id())
+                    .is_some_and(|n| n.role.is_authority() && n.status != mycnet_spores::NodeStatus::Left)
+            })
             .collect();
         vec![
             mycnet_spores::seed::build(&p, Some(&chained), &voters).expect("seed with events"),
@@ -316,7 +319,8 @@ fn attested_state_only_seed() -> Vec<u8> {
     for e in &chained[..=at] {
         base.apply(e).expect("replay");
     }
-    let bytes = mycnet_spores::seed::build_state_only(base.state(), &chained[at + 1..], p.state(), &[&synth.keys()[0]]).expect("format 2 seed");
+    let bytes = mycnet_spores::seed::build_state_only(base.state(), &chained[at + 1..], p.state(), &[&synth.keys()[0]])
+        .expect("format 2 seed");
     let seed = mycnet_spores::seed::verify(&bytes, mycnet_spores::seed::VerifyPolicy::default()).expect("it verifies");
     assert_eq!(seed.version, mycnet_spores::seed::SEED_FORMAT_V2);
     bytes
@@ -387,7 +391,8 @@ fn valid_gossip_frames() -> &'static [Vec<u8>] {
         use mycnet_spores::core::gossip::{Digest, GossipMessage, PeerAddr};
         use mycnet_spores::net::gossip::encode_frame;
         let mut projection = Projection::new();
-        let chained: Vec<_> = history().events.iter().take(5).map(|e| projection.append(e.clone()).expect("valid")).collect();
+        let chained: Vec<_> =
+            history().events.iter().take(5).map(|e| projection.append(e.clone()).expect("valid")).collect();
         let head = chained.last().map(|c| mycnet_spores::ChainPoint { seq: c.seq, hash: c.hash });
         let digest = Digest {
             fingerprint: Some(history().fingerprint),
@@ -397,7 +402,8 @@ fn valid_gossip_frames() -> &'static [Vec<u8>] {
             primary: true,
         };
         let author = history().keys.iter().find(|k| k.node_id() == history().events[3].author).expect("author's key");
-        let provisional = mycnet_spores::core::provisional::ProvisionalEvent::new(author, history().events[3].clone(), Some(2));
+        let provisional =
+            mycnet_spores::core::provisional::ProvisionalEvent::new(author, history().events[3].clone(), Some(2));
         [
             GossipMessage::Hello(digest),
             GossipMessage::Request { from: 3, max_events: 64 },
@@ -409,9 +415,9 @@ fn valid_gossip_frames() -> &'static [Vec<u8>] {
                 theirs: mycnet_spores::ChainedEvent::link(4, chained[3].hash, history().events[5].clone()),
             }]),
         ]
-            .iter()
-            .map(|m| encode_frame(m)[4..].to_vec())
-            .collect()
+        .iter()
+        .map(|m| encode_frame(m)[4..].to_vec())
+        .collect()
     })
 }
 
@@ -428,7 +434,8 @@ fn gossip_frames_round_trip() {
     assert!(decode_frame(&huge).is_err());
     // The same request with an overlong varint (5 as 0x85 0x00) is another frame for one
     // message: refused, so every accepted frame is the one encoding of its message.
-    let request = encode_frame(&mycnet_spores::core::gossip::GossipMessage::Request { from: 5, max_events: 7 })[4..].to_vec();
+    let request =
+        encode_frame(&mycnet_spores::core::gossip::GossipMessage::Request { from: 5, max_events: 7 })[4..].to_vec();
     assert_eq!(request[1..], [5, 7]);
     let overlong = [request[0], 0x85, 0x00, 7];
     assert!(decode_frame(&request).is_ok());

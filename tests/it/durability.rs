@@ -2,7 +2,9 @@
 //! and replays stop where they are told to (time travel for forensics).
 
 use mycnet_spores::core::projection::Projection;
-use mycnet_spores::{EventBody, Ledger, LedgerReader, NodeKey, ReplayOptions, Rejection, SignedEvent, StopAt, Timestamp};
+use mycnet_spores::{
+    EventBody, Ledger, LedgerReader, NodeKey, Rejection, ReplayOptions, SignedEvent, StopAt, Timestamp,
+};
 
 use crate::fixture::{build_ledger, config, history, verify, HISTORY_LEN};
 
@@ -118,7 +120,8 @@ fn replay_to_a_point_in_time() {
     for t in times {
         // The events applied are the prefix before the first one after `t`.
         let applied = ts.iter().position(|&e| e > t).unwrap_or(HISTORY_LEN);
-        let (p, stats) = reader.replay(&ReplayOptions { audit: false, stop: StopAt::Time(Timestamp(t)) }, &|_| {}).expect("replay");
+        let (p, stats) =
+            reader.replay(&ReplayOptions { audit: false, stop: StopAt::Time(Timestamp(t)) }, &|_| {}).expect("replay");
         assert_eq!(stats.events, applied as u64, "StopAt::Time({t})");
         assert_eq!(p.head().map(|h| h.seq), applied.checked_sub(1).map(|s| s as u64), "StopAt::Time({t})");
         assert_eq!(p.state(), projection_of(applied).state(), "StopAt::Time({t})");
@@ -141,7 +144,12 @@ fn borrowed_appends_write_what_owned_appends_write() {
     let mut events = h.events[..420].to_vec();
     events[130].signature.0[5] ^= 1;
     let stranger = NodeKey::generate().expect("os randomness");
-    events[260] = SignedEvent::sign(&stranger, h.fingerprint, events[260].timestamp, EventBody::NodeBackOnline { node: stranger.node_id() });
+    events[260] = SignedEvent::sign(
+        &stranger,
+        h.fingerprint,
+        events[260].timestamp,
+        EventBody::NodeBackOnline { node: stranger.node_id() },
+    );
     assert!(events.iter().any(|e| e.body.is_checkpoint()), "the history has checkpoint events");
     let (owned_dir, borrowed_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     let mut owned = Ledger::open(owned_dir.path(), config(100)).expect("open");
@@ -168,7 +176,10 @@ fn borrowed_appends_write_what_owned_appends_write() {
     // What follows a refused event may be refused in turn (a checkpoint of a head that is not
     // there); both ways agree on all of it, and the two bad events are refused for their faults.
     assert!(rejected.iter().any(|(i, r)| *i == 130 && matches!(r, Rejection::BadSignature(_))), "{rejected:?}");
-    assert!(rejected.iter().any(|(i, r)| *i == 260 && *r == Rejection::UnknownAuthor(stranger.node_id())), "{rejected:?}");
+    assert!(
+        rejected.iter().any(|(i, r)| *i == 260 && *r == Rejection::UnknownAuthor(stranger.node_id())),
+        "{rejected:?}"
+    );
     let head = owned.head();
     drop((owned, borrowed));
     let a = crate::fixture::RawLedger::open(owned_dir.path());

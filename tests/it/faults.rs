@@ -16,7 +16,8 @@ async fn assert_no_acknowledged_write_lost(c: &Cluster, acked: &BTreeSet<Uuid>) 
     let head = c.converged_head(Duration::from_secs(20)).await.expect("replicas converge on one head");
     for (i, m) in c.members.iter().enumerate() {
         let Some(s) = &m.system else { continue };
-        let missing: Vec<&Uuid> = s.with_projection(|p| acked.iter().filter(|id| p.service(id).is_none()).collect()).expect("q");
+        let missing: Vec<&Uuid> =
+            s.with_projection(|p| acked.iter().filter(|id| p.service(id).is_none()).collect()).expect("q");
         assert!(missing.is_empty(), "node {i} lost {} acknowledged writes", missing.len());
     }
     head
@@ -180,7 +181,12 @@ async fn crash_restart_run(seed: u64) {
         }
         c.restart(victim).await;
         let st = c.sys(victim).status().expect("st");
-        assert!(st.term >= terms[victim], "seed {seed}: term went backwards on {victim}: {} < {}", st.term, terms[victim]);
+        assert!(
+            st.term >= terms[victim],
+            "seed {seed}: term went backwards on {victim}: {} < {}",
+            st.term,
+            terms[victim]
+        );
         if let Some((head, applied)) = before {
             // The ledger reopens at least where it was; Raft re-applies at least as far.
             assert!(st.head.map(|h| h.seq) >= head, "seed {seed}: head went backwards on {victim}");
@@ -227,7 +233,12 @@ async fn an_isolated_leader_reports_itself_unconfirmed_and_enters_partition_reco
             assert_ne!(st.leader_confirmed, Some(true), "{st:?}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the isolated leader kept reporting {:?} / {:?}", st.mode, st.leader_confirmed);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the isolated leader kept reporting {:?} / {:?}",
+            st.mode,
+            st.leader_confirmed
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let answer = c.sys(leader).node_answer(&c.members[leader].key.node_id()).expect("answer").expect("known");

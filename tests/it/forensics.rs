@@ -7,23 +7,17 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use mycnet_spores::seed;
-use mycnet_spores::store::forensics::{
-    self, BlameOptions, BlameTarget, Relation, Side, SourceKind, Touch,
-};
+use mycnet_spores::store::forensics::{self, BlameOptions, BlameTarget, Relation, Side, SourceKind, Touch};
 use mycnet_spores::{
-    Branch, ChainPoint, ChainedEvent, Endpoint, EventBody, ForensicsError, LedgerConfig, NodeId,
-    NodeKey, NodeRole, NodeStatus, Projection, ServiceAnnouncement, SignedEvent, StopAt, Timestamp,
-    TrustScore,
+    Branch, ChainPoint, ChainedEvent, Endpoint, EventBody, ForensicsError, LedgerConfig, NodeId, NodeKey, NodeRole,
+    NodeStatus, Projection, ServiceAnnouncement, SignedEvent, StopAt, Timestamp, TrustScore,
 };
 use uuid::Uuid;
 
 use crate::fixture::{build_ledger, history, HISTORY_LEN};
 
 fn cfg() -> LedgerConfig {
-    LedgerConfig {
-        durable: false,
-        ..LedgerConfig::default()
-    }
+    LedgerConfig { durable: false, ..LedgerConfig::default() }
 }
 
 const NO_PROGRESS: &(dyn Fn(u64) + Sync) = &|_| {};
@@ -54,10 +48,7 @@ fn service(id: Uuid, node: NodeId, address: &str) -> ServiceAnnouncement {
         name: "forensic-svc".into(),
         node,
         capabilities: vec!["audit".into()],
-        endpoints: vec![Endpoint {
-            protocol: "quic".into(),
-            address: address.into(),
-        }],
+        endpoints: vec![Endpoint { protocol: "quic".into(), address: address.into() }],
         metadata: vec![],
     }
 }
@@ -71,17 +62,11 @@ fn split() -> &'static Split {
             prefix.append(e.clone()).expect("the history is valid");
         }
         let f = founder().node_id();
-        assert_eq!(
-            prefix.node(&f).map(|n| n.status),
-            Some(NodeStatus::Active),
-            "the founder is active at the fork"
-        );
+        assert_eq!(prefix.node(&f).map(|n| n.status), Some(NodeStatus::Active), "the founder is active at the fork");
         // Prefer a rhizomorph; another sclerotium may leave too while the founder stays.
         let candidates = || {
             prefix.nodes().filter(|n| {
-                n.node != f
-                    && n.status != NodeStatus::Left
-                    && prefix.services_by_node(&n.node).count() >= 1
+                n.node != f && n.status != NodeStatus::Left && prefix.services_by_node(&n.node).count() >= 1
             })
         };
         let leaver = candidates()
@@ -96,63 +81,18 @@ fn split() -> &'static Split {
             .expect("another active node");
         let contested = Uuid::from_u128(0xf0f0_4e5e_c0de);
         let t0 = prefix.head().expect("head").timestamp.0;
-        let sign = |i: i64, body| {
-            SignedEvent::sign(
-                founder(),
-                h.fingerprint,
-                Timestamp(t0 + i * 1_000_000),
-                body,
-            )
-        };
+        let sign = |i: i64, body| SignedEvent::sign(founder(), h.fingerprint, Timestamp(t0 + i * 1_000_000), body);
         let a = vec![
-            sign(
-                1,
-                EventBody::CapabilitiesChanged {
-                    node: f,
-                    capabilities: vec!["forensics-cap".into()],
-                },
-            ),
-            sign(
-                2,
-                EventBody::ServiceRegistered(service(contested, f, "10.0.0.1:1")),
-            ),
-            sign(
-                3,
-                EventBody::TrustScoreChanged {
-                    node: trusted,
-                    score: TrustScore(777),
-                    reason: "audit".into(),
-                },
-            ),
+            sign(1, EventBody::CapabilitiesChanged { node: f, capabilities: vec!["forensics-cap".into()] }),
+            sign(2, EventBody::ServiceRegistered(service(contested, f, "10.0.0.1:1"))),
+            sign(3, EventBody::TrustScoreChanged { node: trusted, score: TrustScore(777), reason: "audit".into() }),
         ];
         let b = vec![
-            sign(
-                1,
-                EventBody::ServiceRegistered(service(contested, f, "10.0.0.2:2")),
-            ),
-            sign(
-                2,
-                EventBody::AddressesChanged {
-                    node: f,
-                    addresses: vec!["10.9.9.9:7000".into()],
-                },
-            ),
-            sign(
-                3,
-                EventBody::NodeLeft {
-                    node: leaver,
-                    reason: "evicted".into(),
-                },
-            ),
+            sign(1, EventBody::ServiceRegistered(service(contested, f, "10.0.0.2:2"))),
+            sign(2, EventBody::AddressesChanged { node: f, addresses: vec!["10.9.9.9:7000".into()] }),
+            sign(3, EventBody::NodeLeft { node: leaver, reason: "evicted".into() }),
         ];
-        Split {
-            prefix,
-            leaver,
-            trusted,
-            contested,
-            a,
-            b,
-        }
+        Split { prefix, leaver, trusted, contested, a, b }
     })
 }
 
@@ -161,31 +101,20 @@ fn ledger(dir: &Path, tail: &[SignedEvent]) -> ChainPoint {
     let mut events = history().events.clone();
     events.extend_from_slice(tail);
     let head = build_ledger(dir, &events, cfg(), 1000);
-    ChainPoint {
-        seq: head.seq,
-        hash: head.hash,
-    }
+    ChainPoint { seq: head.seq, hash: head.hash }
 }
 
 /// `events` chained from genesis, and the projection at their head.
 fn chained(events: &[SignedEvent]) -> (Vec<ChainedEvent>, Projection) {
     let mut p = Projection::new();
-    let chained = events
-        .iter()
-        .map(|e| p.append(e.clone()).expect("valid"))
-        .collect();
+    let chained = events.iter().map(|e| p.append(e.clone()).expect("valid")).collect();
     (chained, p)
 }
 
 /// A seed of `events`, signed by the founder, with or without its events, written to `path`.
 fn seed_file(path: &Path, events: &[SignedEvent], include_events: bool) {
     let (chained, p) = chained(events);
-    let bytes = seed::build(
-        &p,
-        include_events.then_some(chained.as_slice()),
-        &[founder()],
-    )
-    .expect("build seed");
+    let bytes = seed::build(&p, include_events.then_some(chained.as_slice()), &[founder()]).expect("build seed");
     std::fs::write(path, bytes).expect("write seed");
 }
 
@@ -202,10 +131,7 @@ fn diverged_ledgers_name_the_exact_fork_their_own_events_and_every_entity_differ
     let (pa, pb) = (dir.path().join("a"), dir.path().join("b"));
     let head_a = ledger(&pa, &s.a);
     let head_b = ledger(&pb, &s.b);
-    let (a, b) = (
-        Branch::open(&pa).expect("open a"),
-        Branch::open(&pb).expect("open b"),
-    );
+    let (a, b) = (Branch::open(&pa).expect("open a"), Branch::open(&pb).expect("open b"));
     assert_eq!(a.head(), head_a);
     assert_eq!(a.info().source, SourceKind::Ledger);
 
@@ -213,13 +139,7 @@ fn diverged_ledgers_name_the_exact_fork_their_own_events_and_every_entity_differ
     let last = s.prefix.head().expect("head");
     assert_eq!(
         fork.relation,
-        Relation::Diverged {
-            last_common: Some(ChainPoint {
-                seq: 599,
-                hash: last.hash
-            }),
-            first_diverging_seq: 600
-        }
+        Relation::Diverged { last_common: Some(ChainPoint { seq: 599, hash: last.hash }), first_diverging_seq: 600 }
     );
     // The same answer with the sides swapped.
     let swapped = forensics::fork_point(&b, &a).expect("fork point");
@@ -228,26 +148,11 @@ fn diverged_ledgers_name_the_exact_fork_their_own_events_and_every_entity_differ
     // Each branch's own events after the fork, cut at the limit with the rest counted.
     let ea = forensics::events_after(&a, Some(599), 2).expect("events of a");
     assert_eq!((ea.total, ea.more, ea.available), (3, 1, true));
-    assert_eq!(
-        ea.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        vec![600, 601]
-    );
-    assert_eq!(
-        ea.events
-            .iter()
-            .map(|e| e.event.clone())
-            .collect::<Vec<_>>(),
-        s.a[..2].to_vec()
-    );
+    assert_eq!(ea.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![600, 601]);
+    assert_eq!(ea.events.iter().map(|e| e.event.clone()).collect::<Vec<_>>(), s.a[..2].to_vec());
     let eb = forensics::events_after(&b, Some(599), 10).expect("events of b");
     assert_eq!((eb.total, eb.more), (3, 0));
-    assert_eq!(
-        eb.events
-            .iter()
-            .map(|e| e.event.clone())
-            .collect::<Vec<_>>(),
-        s.b
-    );
+    assert_eq!(eb.events.iter().map(|e| e.event.clone()).collect::<Vec<_>>(), s.b);
     assert_eq!(eb.events.last().map(|e| e.hash), Some(head_b.hash));
 
     // The shared prefix replayed once and carried onto both tails gives exactly the
@@ -257,88 +162,39 @@ fn diverged_ledgers_name_the_exact_fork_their_own_events_and_every_entity_differ
         done.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
     })
     .expect("head projections");
-    assert_eq!(
-        ha,
-        a.projection(StopAt::End, NO_PROGRESS).expect("replay a")
-    );
-    assert_eq!(
-        hb,
-        b.projection(StopAt::End, NO_PROGRESS).expect("replay b")
-    );
-    assert_eq!(
-        forensics::head_projections_work(&a, &b, &fork.relation),
-        600 + 3 + 3
-    );
+    assert_eq!(ha, a.projection(StopAt::End, NO_PROGRESS).expect("replay a"));
+    assert_eq!(hb, b.projection(StopAt::End, NO_PROGRESS).expect("replay b"));
+    assert_eq!(forensics::head_projections_work(&a, &b, &fork.relation), 600 + 3 + 3);
     assert_eq!(done.into_inner(), 606);
 
     let report = forensics::diff(&a, &b, 10, NO_PROGRESS).expect("diff");
     assert_eq!(report.fork, fork);
     let d = report.entities;
-    assert!(
-        d.nodes_only_in_a.is_empty() && d.nodes_only_in_b.is_empty(),
-        "both branches know the same nodes"
-    );
-    let changed: BTreeMap<NodeId, Vec<&str>> = d
-        .nodes_changed
-        .iter()
-        .map(|c| (c.node, c.fields.clone()))
-        .collect();
+    assert!(d.nodes_only_in_a.is_empty() && d.nodes_only_in_b.is_empty(), "both branches know the same nodes");
+    let changed: BTreeMap<NodeId, Vec<&str>> = d.nodes_changed.iter().map(|c| (c.node, c.fields.clone())).collect();
     let f = founder().node_id();
-    let want: BTreeMap<NodeId, Vec<&str>> = [
-        (f, vec!["capabilities", "addresses"]),
-        (s.trusted, vec!["trust"]),
-        (s.leaver, vec!["status"]),
-    ]
-    .into_iter()
-    .collect();
+    let want: BTreeMap<NodeId, Vec<&str>> =
+        [(f, vec!["capabilities", "addresses"]), (s.trusted, vec!["trust"]), (s.leaver, vec!["status"])]
+            .into_iter()
+            .collect();
     assert_eq!(changed, want);
-    let leaver = d
-        .nodes_changed
-        .iter()
-        .find(|c| c.node == s.leaver)
-        .expect("leaver changed");
-    assert_eq!(
-        leaver.a.status,
-        s.prefix.node(&s.leaver).expect("node").status
-    );
+    let leaver = d.nodes_changed.iter().find(|c| c.node == s.leaver).expect("leaver changed");
+    assert_eq!(leaver.a.status, s.prefix.node(&s.leaver).expect("node").status);
     assert_eq!(leaver.b.status, NodeStatus::Left);
-    let trusted = d
-        .nodes_changed
-        .iter()
-        .find(|c| c.node == s.trusted)
-        .expect("trust changed");
+    let trusted = d.nodes_changed.iter().find(|c| c.node == s.trusted).expect("trust changed");
     assert_eq!(trusted.a.trust, TrustScore(777));
-    assert_eq!(
-        trusted.b.trust,
-        s.prefix.node(&s.trusted).expect("node").trust
-    );
+    assert_eq!(trusted.b.trust, s.prefix.node(&s.trusted).expect("node").trust);
 
     // The leaver's services exist only on A; the contested service differs in its endpoints.
-    let mut leavers_services: Vec<Uuid> = s
-        .prefix
-        .services_by_node(&s.leaver)
-        .map(|r| r.service.service_id)
-        .collect();
+    let mut leavers_services: Vec<Uuid> = s.prefix.services_by_node(&s.leaver).map(|r| r.service.service_id).collect();
     leavers_services.sort();
-    assert_eq!(
-        d.services_only_in_a
-            .iter()
-            .map(|r| r.service.service_id)
-            .collect::<Vec<_>>(),
-        leavers_services
-    );
+    assert_eq!(d.services_only_in_a.iter().map(|r| r.service.service_id).collect::<Vec<_>>(), leavers_services);
     assert!(d.services_only_in_b.is_empty());
     assert_eq!(d.services_changed.len(), 1);
     assert_eq!(d.services_changed[0].service_id, s.contested);
     assert_eq!(d.services_changed[0].fields, vec!["endpoints"]);
-    assert_eq!(
-        d.services_changed[0].a.service.endpoints[0].address,
-        "10.0.0.1:1"
-    );
-    assert_eq!(
-        d.services_changed[0].b.service.endpoints[0].address,
-        "10.0.0.2:2"
-    );
+    assert_eq!(d.services_changed[0].a.service.endpoints[0].address, "10.0.0.1:1");
+    assert_eq!(d.services_changed[0].b.service.endpoints[0].address, "10.0.0.2:2");
 }
 
 /// The binary search lands on the exact fork wherever it is, on seeds carrying their events.
@@ -355,52 +211,27 @@ fn the_fork_is_found_exactly_at_any_position() {
                 founder(),
                 h.fingerprint,
                 Timestamp(t),
-                EventBody::CapabilitiesChanged {
-                    node: f,
-                    capabilities: vec![caps.into()],
-                },
+                EventBody::CapabilitiesChanged { node: f, capabilities: vec![caps.into()] },
             ));
             ev
         };
-        let (pa, pb) = (
-            dir.path().join(format!("a-{k}.seed")),
-            dir.path().join(format!("b-{k}.seed")),
-        );
+        let (pa, pb) = (dir.path().join(format!("a-{k}.seed")), dir.path().join(format!("b-{k}.seed")));
         seed_file(&pa, &tail("left"), true);
         // B goes on for a while after its own fork event: the heads differ in length too.
         let mut b_events = tail("right");
         for i in 1..=3 {
-            let body = EventBody::CapabilitiesChanged {
-                node: f,
-                capabilities: vec![format!("right-{i}")],
-            };
-            b_events.push(SignedEvent::sign(
-                founder(),
-                h.fingerprint,
-                Timestamp(t + i),
-                body,
-            ));
+            let body = EventBody::CapabilitiesChanged { node: f, capabilities: vec![format!("right-{i}")] };
+            b_events.push(SignedEvent::sign(founder(), h.fingerprint, Timestamp(t + i), body));
         }
         seed_file(&pb, &b_events, true);
         let (a, b) = (Branch::open(&pa).expect("a"), Branch::open(&pb).expect("b"));
-        assert_eq!(
-            a.info().source,
-            SourceKind::Seed {
-                includes_events: true
-            }
-        );
+        assert_eq!(a.info().source, SourceKind::Seed { includes_events: true });
         let fork = forensics::fork_point(&a, &b).expect("fork point");
         let (chained_a, _) = chained(&h.events[..k]);
-        let common = ChainPoint {
-            seq: k as u64 - 1,
-            hash: chained_a[k - 1].hash,
-        };
+        let common = ChainPoint { seq: k as u64 - 1, hash: chained_a[k - 1].hash };
         assert_eq!(
             fork.relation,
-            Relation::Diverged {
-                last_common: Some(common),
-                first_diverging_seq: k as u64
-            },
+            Relation::Diverged { last_common: Some(common), first_diverging_seq: k as u64 },
             "fork after {k} events"
         );
     }
@@ -410,19 +241,12 @@ fn the_fork_is_found_exactly_at_any_position() {
 fn identical_prefix_and_different_network_branches_are_told_apart() {
     let h = history();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (p1, p2, p3) = (
-        dir.path().join("one"),
-        dir.path().join("two"),
-        dir.path().join("longer"),
-    );
+    let (p1, p2, p3) = (dir.path().join("one"), dir.path().join("two"), dir.path().join("longer"));
     let head = ledger(&p1, &[]);
     ledger(&p2, &[]);
     ledger(&p3, &h.continuation[..10]);
-    let (one, two, longer) = (
-        Branch::open(&p1).expect("1"),
-        Branch::open(&p2).expect("2"),
-        Branch::open(&p3).expect("3"),
-    );
+    let (one, two, longer) =
+        (Branch::open(&p1).expect("1"), Branch::open(&p2).expect("2"), Branch::open(&p3).expect("3"));
 
     let same = forensics::diff(&one, &two, 10, NO_PROGRESS).expect("diff");
     assert_eq!(same.fork.relation, Relation::Identical { head });
@@ -430,32 +254,13 @@ fn identical_prefix_and_different_network_branches_are_told_apart() {
     assert!(same.entities.is_empty());
 
     let prefix = forensics::fork_point(&longer, &one).expect("fork point");
-    let (pl, po) = forensics::head_projections(&longer, &one, &prefix.relation, NO_PROGRESS)
-        .expect("projections");
-    assert_eq!(
-        (pl.head().map(|h| h.seq), po.head().map(|h| h.seq)),
-        (Some(609), Some(599))
-    );
-    assert_eq!(
-        pl,
-        longer.projection(StopAt::End, NO_PROGRESS).expect("replay")
-    );
-    assert_eq!(
-        prefix.relation,
-        Relation::Prefix {
-            ahead: Side::A,
-            common: head
-        }
-    );
-    let more =
-        forensics::events_after(&longer, prefix.relation.last_common_seq(), 4).expect("events");
+    let (pl, po) = forensics::head_projections(&longer, &one, &prefix.relation, NO_PROGRESS).expect("projections");
+    assert_eq!((pl.head().map(|h| h.seq), po.head().map(|h| h.seq)), (Some(609), Some(599)));
+    assert_eq!(pl, longer.projection(StopAt::End, NO_PROGRESS).expect("replay"));
+    assert_eq!(prefix.relation, Relation::Prefix { ahead: Side::A, common: head });
+    let more = forensics::events_after(&longer, prefix.relation.last_common_seq(), 4).expect("events");
     assert_eq!((more.total, more.more, more.events[0].seq), (10, 6, 600));
-    assert_eq!(
-        forensics::events_after(&one, prefix.relation.last_common_seq(), 4)
-            .expect("events")
-            .total,
-        0
-    );
+    assert_eq!(forensics::events_after(&one, prefix.relation.last_common_seq(), 4).expect("events").total, 0);
 
     // Another network shares no chain with this one.
     let (other, _) = crate::fixture::synth_events(0xd1ff, 20);
@@ -478,11 +283,8 @@ fn seed_files_against_a_ledger_answer_what_they_can_prove() {
     ledger(&pb, &s.b);
     let b = Branch::open(&pb).expect("b");
     let a_events = branch_events(&s.a);
-    let (full, bare, bare_prefix) = (
-        dir.path().join("a-full.seed"),
-        dir.path().join("a-bare.seed"),
-        dir.path().join("prefix.seed"),
-    );
+    let (full, bare, bare_prefix) =
+        (dir.path().join("a-full.seed"), dir.path().join("a-bare.seed"), dir.path().join("prefix.seed"));
     seed_file(&full, &a_events, true);
     seed_file(&bare, &a_events, false);
     seed_file(&bare_prefix, &history().events, false);
@@ -492,10 +294,7 @@ fn seed_files_against_a_ledger_answer_what_they_can_prove() {
     assert!(
         matches!(
             fork.relation,
-            Relation::Diverged {
-                last_common: Some(ChainPoint { seq: 599, .. }),
-                first_diverging_seq: 600
-            }
+            Relation::Diverged { last_common: Some(ChainPoint { seq: 599, .. }), first_diverging_seq: 600 }
         ),
         "{fork:?}"
     );
@@ -505,19 +304,9 @@ fn seed_files_against_a_ledger_answer_what_they_can_prove() {
     let bare = Branch::open(&bare).expect("bare seed");
     assert!(!bare.has_events());
     let attested = bare.known_points()[0];
-    assert!(
-        attested.seq < 600,
-        "the last checkpoint is in the shared prefix"
-    );
-    match forensics::fork_point(&bare, &b)
-        .expect("fork point")
-        .relation
-    {
-        Relation::Unresolved {
-            last_common_known,
-            diverged_at_or_before,
-            reason,
-        } => {
+    assert!(attested.seq < 600, "the last checkpoint is in the shared prefix");
+    match forensics::fork_point(&bare, &b).expect("fork point").relation {
+        Relation::Unresolved { last_common_known, diverged_at_or_before, reason } => {
             assert_eq!(last_common_known, Some(attested));
             assert_eq!(diverged_at_or_before, Some(602));
             assert!(reason.contains("without events"), "{reason}");
@@ -526,25 +315,14 @@ fn seed_files_against_a_ledger_answer_what_they_can_prove() {
     }
     // A bare seed's events are not there to list, only counted.
     let ev = forensics::events_after(&bare, Some(attested.seq), 5).expect("events");
-    assert_eq!(
-        (ev.available, ev.total, ev.more, ev.events.len()),
-        (false, 602 - attested.seq, 602 - attested.seq, 0)
-    );
+    assert_eq!((ev.available, ev.total, ev.more, ev.events.len()), (false, 602 - attested.seq, 602 - attested.seq, 0));
 
     // A bare seed whose head lies on the ledger's chain: decided exactly.
     let bare_prefix = Branch::open(&bare_prefix).expect("prefix seed");
-    let relation = forensics::fork_point(&bare_prefix, &b)
-        .expect("fork point")
-        .relation;
+    let relation = forensics::fork_point(&bare_prefix, &b).expect("fork point").relation;
     assert_eq!(
         relation,
-        Relation::Prefix {
-            ahead: Side::B,
-            common: ChainPoint {
-                seq: 599,
-                hash: s.prefix.head().expect("head").hash
-            }
-        }
+        Relation::Prefix { ahead: Side::B, common: ChainPoint { seq: 599, hash: s.prefix.head().expect("head").hash } }
     );
 
     // The ledger of the prefix is shorter than the bare seed of A: undecidable, but what is
@@ -552,27 +330,16 @@ fn seed_files_against_a_ledger_answer_what_they_can_prove() {
     let pp = dir.path().join("prefix-ledger");
     ledger(&pp, &[]);
     let pl = Branch::open(&pp).expect("prefix ledger");
-    match forensics::fork_point(&pl, &bare)
-        .expect("fork point")
-        .relation
-    {
-        Relation::Unresolved {
-            last_common_known: Some(p),
-            diverged_at_or_before: None,
-            ..
-        } => assert_eq!(p, attested),
+    match forensics::fork_point(&pl, &bare).expect("fork point").relation {
+        Relation::Unresolved { last_common_known: Some(p), diverged_at_or_before: None, .. } => assert_eq!(p, attested),
         r => panic!("expected Unresolved without a known difference, got {r:?}"),
     }
 
     // The entity diff works from the seed's state just as from a replay.
-    let from_seed = forensics::diff(&bare, &b, 5, NO_PROGRESS)
-        .expect("diff")
-        .entities;
+    let from_seed = forensics::diff(&bare, &b, 5, NO_PROGRESS).expect("diff").entities;
     let pa = dir.path().join("a");
     ledger(&pa, &s.a);
-    let from_ledger = forensics::diff(&Branch::open(&pa).expect("a"), &b, 5, NO_PROGRESS)
-        .expect("diff")
-        .entities;
+    let from_ledger = forensics::diff(&Branch::open(&pa).expect("a"), &b, 5, NO_PROGRESS).expect("diff").entities;
     assert_eq!(from_seed, from_ledger);
 }
 
@@ -586,38 +353,18 @@ fn a_seed_answers_state_before_its_head_only_with_its_events() {
     seed_file(&bare, &events, false);
     let pa = dir.path().join("a");
     ledger(&pa, &s.a);
-    let (full, bare, led) = (
-        Branch::open(&full).expect("full"),
-        Branch::open(&bare).expect("bare"),
-        Branch::open(&pa).expect("ledger"),
-    );
+    let (full, bare, led) =
+        (Branch::open(&full).expect("full"), Branch::open(&bare).expect("bare"), Branch::open(&pa).expect("ledger"));
 
-    for stop in [
-        StopAt::Seq(0),
-        StopAt::Seq(300),
-        StopAt::Seq(601),
-        StopAt::Time(events[450].timestamp),
-        StopAt::End,
-    ] {
+    for stop in [StopAt::Seq(0), StopAt::Seq(300), StopAt::Seq(601), StopAt::Time(events[450].timestamp), StopAt::End] {
         let want = led.projection(stop, NO_PROGRESS).expect("ledger replay");
-        assert_eq!(
-            full.projection(stop, NO_PROGRESS)
-                .expect("seed with events"),
-            want,
-            "{stop:?}"
-        );
+        assert_eq!(full.projection(stop, NO_PROGRESS).expect("seed with events"), want, "{stop:?}");
     }
     assert_eq!(
         bare.projection(StopAt::End, NO_PROGRESS).expect("head"),
         led.projection(StopAt::End, NO_PROGRESS).expect("head")
     );
-    assert_eq!(
-        bare.projection(StopAt::Seq(602), NO_PROGRESS)
-            .expect("at its head")
-            .head()
-            .map(|h| h.seq),
-        Some(602)
-    );
+    assert_eq!(bare.projection(StopAt::Seq(602), NO_PROGRESS).expect("at its head").head().map(|h| h.seq), Some(602));
     match bare.projection(StopAt::Seq(300), NO_PROGRESS) {
         Err(e @ ForensicsError::SeedWithoutEvents { head_seq: 602, .. }) => {
             assert!(!e.is_bad_data());
@@ -637,8 +384,7 @@ fn blame_lists_every_event_that_touched_a_node_or_service_with_its_author() {
     let events = branch_events(&s.b);
 
     // The leaver: events about it, its services coming and going, its leaving.
-    let target = forensics::resolve_target(&b, &s.leaver.to_hex()[..10], NO_PROGRESS)
-        .expect("a unique prefix");
+    let target = forensics::resolve_target(&b, &s.leaver.to_hex()[..10], NO_PROGRESS).expect("a unique prefix");
     assert_eq!(target, BlameTarget::Node { node: s.leaver });
     let r = forensics::blame(&b, &target, BlameOptions::default(), NO_PROGRESS).expect("blame");
     let about: Vec<u64> = events
@@ -665,80 +411,42 @@ fn blame_lists_every_event_that_touched_a_node_or_service_with_its_author() {
             e.seq
         );
     }
-    let regs = r
-        .entries
-        .iter()
-        .filter(|e| matches!(e.touch, Touch::ServiceOfNodeRegistered { .. }))
-        .count();
-    let want_regs = events
-        .iter()
-        .filter(|e| matches!(&e.body, EventBody::ServiceRegistered(a) if a.node == s.leaver))
-        .count();
-    assert_eq!(
-        regs, want_regs,
-        "every registration of its services, marked"
-    );
+    let regs = r.entries.iter().filter(|e| matches!(e.touch, Touch::ServiceOfNodeRegistered { .. })).count();
+    let want_regs =
+        events.iter().filter(|e| matches!(&e.body, EventBody::ServiceRegistered(a) if a.node == s.leaver)).count();
+    assert_eq!(regs, want_regs, "every registration of its services, marked");
     let left = r.entries.last().expect("entries");
     assert_eq!(
         (left.seq, left.kind, &left.touch, left.author),
         (602, "node_left", &Touch::Subject, founder().node_id())
     );
-    let mut live: Vec<Uuid> = s
-        .prefix
-        .services_by_node(&s.leaver)
-        .map(|r| r.service.service_id)
-        .collect();
+    let mut live: Vec<Uuid> = s.prefix.services_by_node(&s.leaver).map(|r| r.service.service_id).collect();
     live.sort();
-    assert_eq!(
-        left.services_removed, live,
-        "its leaving removed the services it still had"
-    );
+    assert_eq!(left.services_removed, live, "its leaving removed the services it still had");
 
     // One of its services: registered, then removed with the node.
     let svc = live[0];
-    let r = forensics::blame(
-        &b,
-        &BlameTarget::Service { service_id: svc },
-        BlameOptions::default(),
-        NO_PROGRESS,
-    )
-    .expect("blame");
+    let r = forensics::blame(&b, &BlameTarget::Service { service_id: svc }, BlameOptions::default(), NO_PROGRESS)
+        .expect("blame");
     let reg_seq = s.prefix.service(&svc).expect("service").registered_seq;
     assert_eq!(r.entries[0].seq, reg_seq);
     assert_eq!(r.entries[0].touch, Touch::Subject);
     let last = r.entries.last().expect("entries");
-    assert_eq!(
-        (last.seq, &last.touch),
-        (602, &Touch::RemovedWithNode { node: s.leaver })
-    );
+    assert_eq!((last.seq, &last.touch), (602, &Touch::RemovedWithNode { node: s.leaver }));
 
     // By name: every id registered under it; the contested one is the latest.
     let target = forensics::resolve_target(&b, "forensic-svc", NO_PROGRESS).expect("name");
     let r = forensics::blame(&b, &target, BlameOptions::default(), NO_PROGRESS).expect("blame");
     assert_eq!(r.services, vec![s.contested]);
-    assert_eq!(
-        r.entries
-            .iter()
-            .map(|e| (e.seq, e.kind))
-            .collect::<Vec<_>>(),
-        vec![(600, "service_registered")]
-    );
+    assert_eq!(r.entries.iter().map(|e| (e.seq, e.kind)).collect::<Vec<_>>(), vec![(600, "service_registered")]);
 
     // The limit keeps the latest entries and counts the rest.
-    let all = forensics::blame(
-        &b,
-        &BlameTarget::Node { node: s.leaver },
-        BlameOptions::default(),
-        NO_PROGRESS,
-    )
-    .expect("blame");
+    let all = forensics::blame(&b, &BlameTarget::Node { node: s.leaver }, BlameOptions::default(), NO_PROGRESS)
+        .expect("blame");
     let cut = forensics::blame(
         &b,
         &BlameTarget::Node { node: s.leaver },
-        BlameOptions {
-            limit: 2,
-            ..Default::default()
-        },
+        BlameOptions { limit: 2, ..Default::default() },
         NO_PROGRESS,
     )
     .expect("blame");
@@ -747,20 +455,19 @@ fn blame_lists_every_event_that_touched_a_node_or_service_with_its_author() {
 
     // What is not there, and a seed without events, are answered with errors that say so.
     assert!(matches!(
-        forensics::resolve_target(&b, "no-such-service", NO_PROGRESS)
-            .and_then(|t| forensics::blame(&b, &t, BlameOptions::default(), NO_PROGRESS)),
+        forensics::resolve_target(&b, "no-such-service", NO_PROGRESS).and_then(|t| forensics::blame(
+            &b,
+            &t,
+            BlameOptions::default(),
+            NO_PROGRESS
+        )),
         Err(ForensicsError::TargetNotFound(_))
     ));
     let bare = dir.path().join("bare.seed");
     seed_file(&bare, &events, false);
     let bare = Branch::open(&bare).expect("bare");
     assert!(matches!(
-        forensics::blame(
-            &bare,
-            &BlameTarget::Node { node: s.leaver },
-            BlameOptions::default(),
-            NO_PROGRESS
-        ),
+        forensics::blame(&bare, &BlameTarget::Node { node: s.leaver }, BlameOptions::default(), NO_PROGRESS),
         Err(ForensicsError::SeedWithoutEvents { .. })
     ));
 }
@@ -769,10 +476,7 @@ fn blame_lists_every_event_that_touched_a_node_or_service_with_its_author() {
 fn damaged_or_missing_sources_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("missing");
-    assert!(matches!(
-        Branch::open(&missing),
-        Err(ForensicsError::Io { .. })
-    ));
+    assert!(matches!(Branch::open(&missing), Err(ForensicsError::Io { .. })));
     let seed_path = dir.path().join("x.seed");
     seed_file(&seed_path, &history().events[..50], false);
     let mut bytes = std::fs::read(&seed_path).expect("read");
@@ -780,12 +484,7 @@ fn damaged_or_missing_sources_are_refused_with_a_reason() {
     bytes[mid] ^= 1;
     std::fs::write(&seed_path, &bytes).expect("write");
     match Branch::open(&seed_path) {
-        Err(
-            e @ ForensicsError::Seed {
-                source: seed::SeedError::DigestMismatch,
-                ..
-            },
-        ) => assert!(e.is_bad_data()),
+        Err(e @ ForensicsError::Seed { source: seed::SeedError::DigestMismatch, .. }) => assert!(e.is_bad_data()),
         r => panic!("expected a refused seed, got {r:?}"),
     }
 }
@@ -825,11 +524,8 @@ fn checkpoint_after(branch: &[ChainedEvent], key: &NodeKey) -> SignedEvent {
 
 /// The keys of the voters (authorities that have not left) at the head of `p`.
 fn voter_keys(p: &Projection) -> Vec<&'static NodeKey> {
-    let voters: Vec<NodeId> = p
-        .nodes()
-        .filter(|n| n.role.is_authority() && n.status != NodeStatus::Left)
-        .map(|n| n.node)
-        .collect();
+    let voters: Vec<NodeId> =
+        p.nodes().filter(|n| n.role.is_authority() && n.status != NodeStatus::Left).map(|n| n.node).collect();
     history().keys.iter().filter(|k| voters.contains(&k.node_id())).collect()
 }
 
@@ -897,7 +593,10 @@ fn a_checkpoint_wins_by_authority_and_forged_ones_cannot_win_at_all() {
     let mut cp = checkpoint_after(&a, founder());
     cp.signature.0[7] ^= 0x40;
     tampered.push(cp);
-    assert_eq!(summarize(prefix, &linked_after_prefix(&tampered), None).expect_err("bad signature"), BranchError::BadSignature { seq: 603 });
+    assert_eq!(
+        summarize(prefix, &linked_after_prefix(&tampered), None).expect_err("bad signature"),
+        BranchError::BadSignature { seq: 603 }
+    );
 
     // A voter's checkpoint attesting another branch's head is refused.
     let mut misattested = s.a.clone();
@@ -910,7 +609,10 @@ fn a_checkpoint_wins_by_authority_and_forged_ones_cannot_win_at_all() {
     // A branch whose links were rewritten (an event swapped after hashing) does not check.
     let mut relinked = linked_after_prefix(&primary_a);
     relinked[1].event = s.b[1].clone();
-    assert!(matches!(summarize(prefix, &relinked, None).expect_err("broken link"), BranchError::BrokenLink { seq: 601 }));
+    assert!(matches!(
+        summarize(prefix, &relinked, None).expect_err("broken link"),
+        BranchError::BrokenLink { seq: 601 }
+    ));
 }
 
 #[test]
@@ -957,8 +659,12 @@ fn a_quorum_signed_seed_wins_by_authority_and_under_signed_or_forged_seeds_canno
     assert!(matches!(Branch::open(&forged), Err(ForensicsError::Seed { .. })));
     // A non-voter's valid signature appended by hand (the library refuses to add it): the
     // file ends `digest 32 ‖ sig_count u16 LE ‖ sig_count × (signer 32 ‖ signature 64)`.
-    let outsider = history().keys.iter().find(|k| !voters.iter().any(|v| v.node_id() == k.node_id())).expect("a non-voter");
-    assert!(matches!(seed::add_signature(&std::fs::read(&under).expect("read"), outsider), Err(seed::SeedError::NotAVoter(_))));
+    let outsider =
+        history().keys.iter().find(|k| !voters.iter().any(|v| v.node_id() == k.node_id())).expect("a non-voter");
+    assert!(matches!(
+        seed::add_signature(&std::fs::read(&under).expect("read"), outsider),
+        Err(seed::SeedError::NotAVoter(_))
+    ));
     let mut signed_by_outsider = std::fs::read(&under).expect("read");
     let count = quorum - 1;
     let count_at = signed_by_outsider.len() - count * 96 - 2;

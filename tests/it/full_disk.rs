@@ -24,7 +24,11 @@ impl SmallDisk {
             .arg(&path)
             .output()
             .expect("run mount");
-        assert!(out.status.success(), "mounting a tmpfs needs root (CI runs as root): {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         SmallDisk { path, _dir: dir }
     }
 }
@@ -40,7 +44,13 @@ fn big_metadata(i: usize) -> Vec<(String, String)> {
 }
 
 async fn node_on(dir: &Path, net: &InProcNetwork) -> SporeSystem {
-    let mut s = SporeSystem::builder().data_dir(dir).key(NodeKey::from_seed([0xd1; 32])).addr("n0").name("n0").inproc(net).build();
+    let mut s = SporeSystem::builder()
+        .data_dir(dir)
+        .key(NodeKey::from_seed([0xd1; 32]))
+        .addr("n0")
+        .name("n0")
+        .inproc(net)
+        .build();
     s.start().await.expect("start");
     s
 }
@@ -50,7 +60,11 @@ async fn a_full_disk_halts_the_node_with_a_typed_error_and_it_shuts_down_cleanly
     let disk = SmallDisk::mount(24);
     let net = InProcNetwork::new(5);
     let mut s = node_on(&disk.path.join("n0"), &net).await;
-    let identity = NetworkIdentity { network_id: uuid::Uuid::from_u128(55), network_name: "full".into(), genesis_timestamp: chrono::Utc::now() };
+    let identity = NetworkIdentity {
+        network_id: uuid::Uuid::from_u128(55),
+        network_name: "full".into(),
+        genesis_timestamp: chrono::Utc::now(),
+    };
     s.initialize(identity).await.expect("initialize");
     // Fill the disk through the write path.
     let mut failure = None;

@@ -7,7 +7,9 @@
 
 use std::path::PathBuf;
 
-use mycnet_spores::core::event::{network_fingerprint, DOMAIN_EVENT_SIGNATURE, DOMAIN_FINGERPRINT, DOMAIN_STATE_DIGEST, SCHEMA_VERSION};
+use mycnet_spores::core::event::{
+    network_fingerprint, DOMAIN_EVENT_SIGNATURE, DOMAIN_FINGERPRINT, DOMAIN_STATE_DIGEST, SCHEMA_VERSION,
+};
 use mycnet_spores::core::types::NetworkIdentityRecord;
 use mycnet_spores::raft::raft_id;
 use mycnet_spores::seed::{self, VerifyPolicy, DOMAIN_SEED_SIGNATURE, SEED_FORMAT_V1};
@@ -61,7 +63,11 @@ fn history() -> (Vec<NodeKey>, Vec<SignedEvent>) {
         }),
     );
     push(&member, at(2), EventBody::CapabilitiesChanged { node: m, capabilities: vec!["gpu".into()] });
-    push(&member, at(3), EventBody::AddressesChanged { node: m, addresses: vec!["10.0.0.2:7401".into(), "[fd00::2]:7401".into()] });
+    push(
+        &member,
+        at(3),
+        EventBody::AddressesChanged { node: m, addresses: vec!["10.0.0.2:7401".into(), "[fd00::2]:7401".into()] },
+    );
     push(
         &member,
         at(4),
@@ -74,7 +80,11 @@ fn history() -> (Vec<NodeKey>, Vec<SignedEvent>) {
             metadata: vec![("model".into(), "small".into())],
         }),
     );
-    push(&founder, at(5), EventBody::TrustScoreChanged { node: m, score: TrustScore(750), reason: "answered reliably".into() });
+    push(
+        &founder,
+        at(5),
+        EventBody::TrustScoreChanged { node: m, score: TrustScore(750), reason: "answered reliably".into() },
+    );
     push(&founder, at(6), EventBody::NodeWentOffline { node: m, last_seen: at(5) });
     push(&founder, at(7), EventBody::NodeBackOnline { node: m });
     push(&member, at(8), EventBody::NodeUpdated { node: m, name: Some("member-2".into()), role: None });
@@ -94,9 +104,20 @@ fn compute() -> Value {
     let founder = &keys[0];
     let fp = p.fingerprint().expect("fingerprint");
     let t = Timestamp(T0 + 10_000_000);
-    chained.push(p.append(SignedEvent::sign(founder, fp, t, EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash })).expect("checkpoint"));
+    chained.push(
+        p.append(SignedEvent::sign(founder, fp, t, EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash }))
+            .expect("checkpoint"),
+    );
     let m = keys[1].node_id();
-    chained.push(p.append(SignedEvent::sign(&keys[1], fp, Timestamp(T0 + 11_000_000), EventBody::NodeLeft { node: m, reason: "done".into() })).expect("left"));
+    chained.push(
+        p.append(SignedEvent::sign(
+            &keys[1],
+            fp,
+            Timestamp(T0 + 11_000_000),
+            EventBody::NodeLeft { node: m, reason: "done".into() },
+        ))
+        .expect("left"),
+    );
     // A state checkpoint attests the head and the state there (the state digest vector).
     let head = p.head().expect("head");
     let attested_state = p.state().clone();
@@ -120,7 +141,12 @@ fn compute() -> Value {
         .zip(&disk.records)
         .map(|(c, (key, record))| {
             assert_eq!(hex::encode(key), hex::encode(seq_key(c.seq)), "seq {}: ledger key on disk", c.seq);
-            assert_eq!(hex::encode(record), hex::encode(encode_record(c)), "seq {}: record on disk differs from encode_record", c.seq);
+            assert_eq!(
+                hex::encode(record),
+                hex::encode(encode_record(c)),
+                "seq {}: record on disk differs from encode_record",
+                c.seq
+            );
             json!({
                 "seq": c.seq,
                 "kind": c.event.body.kind(),
@@ -206,7 +232,9 @@ fn on_disk(chained: &[ChainedEvent]) -> OnDisk {
         assert_eq!(got, *c, "seq {}: the ledger chained the event differently from Projection::append", c.seq);
     }
     ledger.write_checkpoint().expect("checkpoint");
-    let meta = |k: &[u8]| ledger.meta_get(k).expect("meta").unwrap_or_else(|| panic!("meta/{} missing", String::from_utf8_lossy(k)));
+    let meta = |k: &[u8]| {
+        ledger.meta_get(k).expect("meta").unwrap_or_else(|| panic!("meta/{} missing", String::from_utf8_lossy(k)))
+    };
     let (meta_format, meta_head, meta_checkpoint) = (meta(b"format"), meta(b"head"), meta(b"checkpoint"));
     drop(ledger);
     let db = fjall::Database::builder(dir.path()).open().expect("reopen fjall");
@@ -227,7 +255,12 @@ fn describe_string_difference(a: &str, b: &str) -> String {
     let ctx = |s: &str| -> String {
         let lo = i.saturating_sub(16);
         let hi = (i + 16).min(s.len());
-        format!("{}{}{}", if lo > 0 { "…" } else { "" }, s.get(lo..hi).unwrap_or(""), if hi < s.len() { "…" } else { "" })
+        format!(
+            "{}{}{}",
+            if lo > 0 { "…" } else { "" },
+            s.get(lo..hi).unwrap_or(""),
+            if hi < s.len() { "…" } else { "" }
+        )
     };
     format!(
         "first difference at character {i} (byte {} of a hex string); lengths {} vs {}: golden {:?} but computed {:?}",
@@ -263,7 +296,8 @@ fn first_difference(path: &str, want: &Value, got: &Value) -> Option<String> {
                     return Some(d);
                 }
             }
-            (a.len() != b.len()).then(|| format!("{path}: {} entries in the golden file, {} computed", a.len(), b.len()))
+            (a.len() != b.len())
+                .then(|| format!("{path}: {} entries in the golden file, {} computed", a.len(), b.len()))
         }
         (a, b) if a == b => None,
         (Value::String(a), Value::String(b)) => Some(format!("{path}: {}", describe_string_difference(a, b))),
@@ -274,7 +308,8 @@ fn first_difference(path: &str, want: &Value, got: &Value) -> Option<String> {
 #[test]
 fn golden_vectors_match_byte_for_byte() {
     let path = vectors_dir().join("v1.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (generate it, see the module doc)", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (generate it, see the module doc)", path.display()));
     let want: Value = serde_json::from_str(&text).expect("golden file is JSON");
     let got = compute();
     if let Some(diff) = first_difference("$", &want, &got) {

@@ -18,7 +18,11 @@ fn quic(key: &NodeKey) -> Arc<QuicBackend> {
 }
 
 fn identity(name: &str) -> NetworkIdentity {
-    NetworkIdentity { network_id: uuid::Uuid::new_v4(), network_name: name.into(), genesis_timestamp: chrono::Utc::now() }
+    NetworkIdentity {
+        network_id: uuid::Uuid::new_v4(),
+        network_name: name.into(),
+        genesis_timestamp: chrono::Utc::now(),
+    }
 }
 
 fn config(data_dir: std::path::PathBuf, listen: &str) -> NodeConfig {
@@ -46,12 +50,23 @@ fn config(data_dir: std::path::PathBuf, listen: &str) -> NodeConfig {
 async fn malformed_addresses_are_refused_before_anything_is_committed() {
     let root = tempfile::tempdir().expect("tempdir");
     let key = NodeKey::from_seed([31; 32]);
-    let mut s = SporeSystem::builder().data_dir(root.path().join("n")).key(key.clone()).addr("127.0.0.1:0").network(quic(&key)).build();
+    let mut s = SporeSystem::builder()
+        .data_dir(root.path().join("n"))
+        .key(key.clone())
+        .addr("127.0.0.1:0")
+        .network(quic(&key))
+        .build();
     s.initialize(identity("inputs")).await.expect("initialize");
     let head = s.head().expect("head");
 
     let other = NodeKey::from_seed([32; 32]).node_id();
-    let ann = |addr: &str| NodeAnnouncement { node: other, name: "x".into(), role: NodeRole::Rhizomorph, addresses: vec![addr.into()], capabilities: vec![] };
+    let ann = |addr: &str| NodeAnnouncement {
+        node: other,
+        name: "x".into(),
+        role: NodeRole::Rhizomorph,
+        addresses: vec![addr.into()],
+        capabilities: vec![],
+    };
     let err = s.admit(ann("127.0.0.1:99999")).await.expect_err("port out of range");
     assert!(
         matches!(&err, Error::BadAddress(e) if e.problem == AddressProblem::PortOutOfRange { port: 99999, min: 1 }),
@@ -113,7 +128,8 @@ async fn a_bind_failure_names_the_local_address_and_leaves_no_data_dir() {
     assert!(root.path().is_dir());
 
     // An address not on this host.
-    let mut s = SporeSystem::builder().data_dir(&dir).key(key.clone()).addr("192.0.2.1:7400").network(quic(&key)).build();
+    let mut s =
+        SporeSystem::builder().data_dir(&dir).key(key.clone()).addr("192.0.2.1:7400").network(quic(&key)).build();
     let err = s.start().await.expect_err("not a local address");
     assert!(matches!(&err, Error::Transport(TransportError::Bind { .. })), "{err:?}");
     assert!(err.to_string().starts_with("cannot listen on 192.0.2.1:7400: "), "{err}");
@@ -126,7 +142,8 @@ async fn a_bind_failure_names_the_local_address_and_leaves_no_data_dir() {
 async fn a_failed_node_start_removes_only_the_data_dir_it_created() {
     let root = tempfile::tempdir().expect("tempdir");
     // The node's key is made in its data dir, so the backend must take any key.
-    let net = || Arc::new(mycnet_spores::net::inproc::InProcNetwork::new(35)) as Arc<dyn mycnet_spores::net::NetworkBackend>;
+    let net =
+        || Arc::new(mycnet_spores::net::inproc::InProcNetwork::new(35)) as Arc<dyn mycnet_spores::net::NetworkBackend>;
     let missing_seed = root.path().join("no-such.seed");
 
     let fresh = root.path().join("fresh");

@@ -147,7 +147,12 @@ fn kill_9_of_a_ledger_writer_loses_no_acknowledged_append() {
         // exactly the history's prefix: every acknowledged append, nothing else.
         let ledger = Ledger::open(&dir, config(0)).expect("the killed writer's ledger opens");
         let head = ledger.head().expect("a head");
-        assert!(head.seq >= last.0, "seed {seed}: acknowledged head {} lost, the ledger reopened at {}", last.0, head.seq);
+        assert!(
+            head.seq >= last.0,
+            "seed {seed}: acknowledged head {} lost, the ledger reopened at {}",
+            last.0,
+            head.seq
+        );
         let mut expected = mycnet_spores::Projection::new();
         for ev in &h.events[..=head.seq as usize] {
             expected.append(ev.clone()).expect("valid history");
@@ -190,7 +195,14 @@ fn node_timeouts(seed: u64) -> Timeouts {
 }
 
 fn node(dir: &Path, net: &InProcNetwork, seed: u64) -> SporeSystem {
-    SporeSystem::builder().data_dir(dir).key(NodeKey::from_seed(NODE_KEY)).addr("n0").name("n0").inproc(net).timeouts(node_timeouts(seed)).build()
+    SporeSystem::builder()
+        .data_dir(dir)
+        .key(NodeKey::from_seed(NODE_KEY))
+        .addr("n0")
+        .name("n0")
+        .inproc(net)
+        .timeouts(node_timeouts(seed))
+        .build()
 }
 
 /// Not a test on its own: the writer process of
@@ -217,7 +229,10 @@ fn node_writer_child() {
             let s = s.clone();
             clients.spawn(async move {
                 for i in 0.. {
-                    let id = s.register_service(&format!("c{c}-{i}"), vec![], vec!["cap".into()], vec![]).await.expect("write");
+                    let id = s
+                        .register_service(&format!("c{c}-{i}"), vec![], vec!["cap".into()], vec![])
+                        .await
+                        .expect("write");
                     println!("ACK {id}");
                 }
             });
@@ -238,9 +253,11 @@ async fn kill_9_of_a_node_loses_no_acknowledged_write() {
         let dir = root.path().join("n0");
         let (kill_after, delay) = kill_point(seed, 60);
         let child_dir = dir.clone();
-        let acks = tokio::task::spawn_blocking(move || run_and_kill("kill::node_writer_child", &child_dir, seed, kill_after, delay))
-            .await
-            .expect("child run");
+        let acks = tokio::task::spawn_blocking(move || {
+            run_and_kill("kill::node_writer_child", &child_dir, seed, kill_after, delay)
+        })
+        .await
+        .expect("child run");
         let acked: Vec<uuid::Uuid> = acks.iter().map(|a| a.trim().parse().expect("a service id")).collect();
         assert!(acked.len() >= kill_after);
 
@@ -253,14 +270,24 @@ async fn kill_9_of_a_node_loses_no_acknowledged_write() {
             s.status().ok().filter(|st| st.raft_state == "Leader").map(|_| ())
         })
         .await;
-        let missing: Vec<uuid::Uuid> = s.with_projection(|p| acked.iter().copied().filter(|id| p.service(id).is_none()).collect()).expect("query");
-        assert!(missing.is_empty(), "seed {seed}: {} of {} acknowledged writes lost: {missing:?}", missing.len(), acked.len());
+        let missing: Vec<uuid::Uuid> =
+            s.with_projection(|p| acked.iter().copied().filter(|id| p.service(id).is_none()).collect()).expect("query");
+        assert!(
+            missing.is_empty(),
+            "seed {seed}: {} of {} acknowledged writes lost: {missing:?}",
+            missing.len(),
+            acked.len()
+        );
         // It takes writes again, and its ledger verifies from genesis with every signature.
         s.register_service("after-the-kill", vec![], vec![], vec![]).await.expect("a write after the restart");
         let head = s.head().expect("head").expect("a chain");
         s.shutdown().await.expect("shutdown");
         let report = LedgerReader::open(&dir).expect("reader").verify(&|_| {}).expect("verify runs");
         assert!(report.is_ok(), "seed {seed}: {:?}", report.first_error);
-        assert!(report.recorded_head.is_some_and(|(seq, _)| seq >= head.seq), "seed {seed}: {:?}", report.recorded_head);
+        assert!(
+            report.recorded_head.is_some_and(|(seq, _)| seq >= head.seq),
+            "seed {seed}: {:?}",
+            report.recorded_head
+        );
     }
 }

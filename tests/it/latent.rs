@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use mycnet_spores::core::event::{ChainedEvent, EventBody, SignedEvent};
 use mycnet_spores::core::gossip::{
-    verify_backward, Digest, ForkEvidence, GossipMessage, LocalView, SessionEvent, SessionOutcome, SyncConfig, SyncSession,
-    Violation,
+    verify_backward, Digest, ForkEvidence, GossipMessage, LocalView, SessionEvent, SessionOutcome, SyncConfig,
+    SyncSession, Violation,
 };
 use mycnet_spores::core::synth::{Synth, SynthConfig};
 use mycnet_spores::{ChainPoint, Ledger, LedgerConfig, LedgerError, NodeKey, ReplayOptions};
@@ -42,7 +42,9 @@ fn local_view(l: &Ledger, pull: bool) -> LocalView {
 fn serve(l: &Ledger, from: u64, max: u32) -> Vec<ChainedEvent> {
     match l.head() {
         // Nothing below the history held (as `Ledger::read_raw_batch` serves).
-        Some(h) if from <= h.seq && from >= l.history_from() => l.read_range(from, (from + max as u64 - 1).min(h.seq)).expect("read range"),
+        Some(h) if from <= h.seq && from >= l.history_from() => {
+            l.read_range(from, (from + max as u64 - 1).min(h.seq)).expect("read range")
+        }
         _ => vec![],
     }
 }
@@ -56,7 +58,13 @@ struct SideResult {
 
 /// Runs the adapter loop for one side: store, serve (at most `cap` events per answer, as a
 /// peer bounded by bytes does); returns messages to send.
-fn pump(s: &mut SyncSession, l: &mut Ledger, out: &mut VecDeque<GossipMessage>, stored: &mut u64, cap: u32) -> Option<SessionOutcome> {
+fn pump(
+    s: &mut SyncSession,
+    l: &mut Ledger,
+    out: &mut VecDeque<GossipMessage>,
+    stored: &mut u64,
+    cap: u32,
+) -> Option<SessionOutcome> {
     let mut outcome = None;
     loop {
         let mut progressed = false;
@@ -77,7 +85,9 @@ fn pump(s: &mut SyncSession, l: &mut Ledger, out: &mut VecDeque<GossipMessage>, 
                     }
                     Err(e) => s.store_failed(e.to_string()),
                 },
-                SessionEvent::Serve { from, max_events } => out.push_back(GossipMessage::Range(serve(l, from, max_events.min(cap)))),
+                SessionEvent::Serve { from, max_events } => {
+                    out.push_back(GossipMessage::Range(serve(l, from, max_events.min(cap))))
+                }
                 SessionEvent::Provisional(_) | SessionEvent::Forks(_) => {}
                 SessionEvent::Finished(o) => outcome = Some(o),
             }
@@ -99,7 +109,13 @@ fn sync_pair(a: &mut Ledger, b: &mut Ledger, cfg: &SyncConfig) -> (SideResult, S
 
 /// Runs a lossless session between `a` (pulling) and `b` (pulling if `b_pulls`), each
 /// answering with at most `cap` events, until both finish.
-fn sync_sessions(a: &mut Ledger, b: &mut Ledger, b_pulls: bool, cfg: &SyncConfig, cap: u32) -> (SideResult, SideResult) {
+fn sync_sessions(
+    a: &mut Ledger,
+    b: &mut Ledger,
+    b_pulls: bool,
+    cfg: &SyncConfig,
+    cap: u32,
+) -> (SideResult, SideResult) {
     let now = Instant::now();
     let mut sa = SyncSession::new(cfg.clone(), local_view(a, true), now);
     let mut sb = SyncSession::new(cfg.clone(), local_view(b, b_pulls), now);
@@ -297,7 +313,9 @@ fn thirty_nodes_converge_in_logarithmic_rounds_with_loss_and_delay() {
     assert!(total_lost > 0, "the simulation did lose messages");
     let rounds = converged_after.unwrap_or_else(|| {
         let behind = ledgers.iter().filter(|l| l.head() != ledgers[0].head()).count();
-        panic!("{behind} of {N} nodes did not converge within {max_rounds_after_last_write} rounds after the last write")
+        panic!(
+            "{behind} of {N} nodes did not converge within {max_rounds_after_last_write} rounds after the last write"
+        )
     });
     eprintln!("converged {rounds} rounds after the last write ({total_lost} messages lost)");
     assert!(rounds <= max_rounds_after_last_write, "converged {rounds} rounds after the last write");
@@ -340,7 +358,8 @@ mod malicious {
     ) -> SessionOutcome {
         let now = Instant::now();
         let before = (v.ledger.head(), v.ledger.projection().state().clone());
-        let mut s = SyncSession::new(SyncConfig { batch_events: 64, ..Default::default() }, local_view(&v.ledger, true), now);
+        let mut s =
+            SyncSession::new(SyncConfig { batch_events: 64, ..Default::default() }, local_view(&v.ledger, true), now);
         s.handle(GossipMessage::Hello(digest), now);
         let mut stored = 0;
         let mut outcome = None;
@@ -562,7 +581,10 @@ mod malicious {
         while let Some(e) = s.poll_event() {
             evs.push(e);
         }
-        assert_eq!(evs, vec![SessionEvent::Finished(SessionOutcome::Violation(Violation::Protocol("request before hello")))]);
+        assert_eq!(
+            evs,
+            vec![SessionEvent::Finished(SessionOutcome::Violation(Violation::Protocol("request before hello")))]
+        );
         // A session with no traffic times out.
         let mut s = SyncSession::new(SyncConfig::default(), LocalView::default(), now);
         s.handle_timeout(now + Duration::from_secs(60));
@@ -705,7 +727,10 @@ fn a_dropped_connection_resumes_and_resends_at_most_one_batch() {
     let resent = sent_total - 1000;
     // Every session but the last lost exactly the range in flight; the first request of each
     // later session overlaps one stored event (the fork check).
-    assert!(sent_total <= 1000 + (sessions as u64 - 1) * (batch as u64 + 1), "sent {sent_total} in {sessions} sessions");
+    assert!(
+        sent_total <= 1000 + (sessions as u64 - 1) * (batch as u64 + 1),
+        "sent {sent_total} in {sessions} sessions"
+    );
     eprintln!("{sessions} sessions, {sent_total} events sent for 1000 ({resent} re-sent)");
 }
 
@@ -725,12 +750,19 @@ mod runner {
 
     /// Runs one session between two services over an in-memory byte pipe (the runner is
     /// transport-agnostic; QUIC streams are tested elsewhere).
-    async fn run_pair(a: &Arc<GossipService>, a_id: u8, b: &Arc<GossipService>, b_id: u8) -> (SessionOutcome, SessionOutcome, u64) {
+    async fn run_pair(
+        a: &Arc<GossipService>,
+        a_id: u8,
+        b: &Arc<GossipService>,
+        b_id: u8,
+    ) -> (SessionOutcome, SessionOutcome, u64) {
         let (x, y) = tokio::io::duplex(64 * 1024);
         let (xr, xw) = tokio::io::split(x);
         let (yr, yw) = tokio::io::split(y);
-        let sa = GossipStream { peer: NodeKey::from_seed([b_id; 32]).node_id(), send: Box::new(xw), recv: Box::new(xr) };
-        let sb = GossipStream { peer: NodeKey::from_seed([a_id; 32]).node_id(), send: Box::new(yw), recv: Box::new(yr) };
+        let sa =
+            GossipStream { peer: NodeKey::from_seed([b_id; 32]).node_id(), send: Box::new(xw), recv: Box::new(xr) };
+        let sb =
+            GossipStream { peer: NodeKey::from_seed([a_id; 32]).node_id(), send: Box::new(yw), recv: Box::new(yr) };
         let (ra, rb) = tokio::join!(a.run_session(sa, true), b.run_session(sb, false));
         (ra.0, rb.0, ra.1.stored)
     }
@@ -741,7 +773,8 @@ mod runner {
         let tmp = tempfile::tempdir().unwrap();
         let src = Arc::new(RwLock::new(ledger_with(&tmp.path().join("src"), &events)));
         let dst = Arc::new(RwLock::new(open_ledger(&tmp.path().join("dst"))));
-        let record_bytes: u64 = src.read().unwrap().read_raw_range(0, 1499).unwrap().iter().map(|r| r.len() as u64).sum();
+        let record_bytes: u64 =
+            src.read().unwrap().read_raw_range(0, 1499).unwrap().iter().map(|r| r.len() as u64).sum();
         // 3 s worth of records at the configured rate.
         let rate = record_bytes / 3;
         let slow = GossipConfig { serve_bytes_per_sec: Some(rate), ..Default::default() };
@@ -770,7 +803,8 @@ mod runner {
         let (_yr, mut yw) = tokio::io::split(y);
         // A frame with an unknown tag, instead of a hello.
         yw.write_all(&[0, 0, 0, 2, 9, 9]).await.unwrap();
-        let (outcome, _) = svc.run_session(GossipStream { peer: bad, send: Box::new(xw), recv: Box::new(xr) }, false).await;
+        let (outcome, _) =
+            svc.run_session(GossipStream { peer: bad, send: Box::new(xw), recv: Box::new(xr) }, false).await;
         assert!(matches!(outcome, SessionOutcome::Violation(Violation::BadFrame(_))), "{outcome:?}");
         assert!(svc.is_banned(&bad));
         assert!(svc.candidates().iter().all(|p| p.node != bad), "a banned peer is not contacted");
@@ -790,7 +824,11 @@ mod runner {
         // Another valid event at seq 150 (same author, another time), linked to seq 149.
         let e = &honest[150].event;
         let author = synth.keys().iter().find(|k| k.node_id() == e.author).unwrap().clone();
-        let other = ChainedEvent::link(150, honest[149].hash, SignedEvent::sign(&author, e.fingerprint, mycnet_spores::Timestamp(e.timestamp.0 + 1), e.body.clone()));
+        let other = ChainedEvent::link(
+            150,
+            honest[149].hash,
+            SignedEvent::sign(&author, e.fingerprint, mycnet_spores::Timestamp(e.timestamp.0 + 1), e.body.clone()),
+        );
         // The relaying peer stored it from the other side's point of view.
         let evidence = ForkEvidence { ours: other.clone(), theirs: honest[150].clone() };
         assert_eq!(evidence.check(), Ok(()));
@@ -829,7 +867,8 @@ mod runner {
             let (_yr, mut yw) = tokio::io::split(y);
             yw.write_all(&bytes).await.unwrap();
             yw.shutdown().await.unwrap();
-            let (outcome, _) = svc.run_session(GossipStream { peer, send: Box::new(xw), recv: Box::new(xr) }, false).await;
+            let (outcome, _) =
+                svc.run_session(GossipStream { peer, send: Box::new(xw), recv: Box::new(xr) }, false).await;
             assert!(matches!(outcome, SessionOutcome::Violation(Violation::BadFrame(_))), "case {i}: {outcome:?}");
             assert!(svc.is_banned(&peer), "case {i}");
         }
@@ -839,7 +878,9 @@ mod runner {
 /// Groundwork of provisional writes: the author's statement, the scan window and the
 /// duplicate check against a real chain.
 mod provisional {
-    use mycnet_spores::core::provisional::{check_absent, ProvisionalError, ProvisionalEvent, PROVISIONAL_WINDOW_EVENTS};
+    use mycnet_spores::core::provisional::{
+        check_absent, ProvisionalError, ProvisionalEvent, PROVISIONAL_WINDOW_EVENTS,
+    };
 
     use super::*;
 
@@ -874,7 +915,10 @@ mod provisional {
         let author = synth.keys().iter().find(|k| k.node_id() == ev.author).unwrap().clone();
         let other = synth.keys().iter().find(|k| k.node_id() != ev.author).unwrap().clone();
         // Signed by someone else, or altered after signing: refused.
-        assert_eq!(ProvisionalEvent::new(&other, ev.clone(), Some(5)).verify_statement(), Err(ProvisionalError::BadSignature));
+        assert_eq!(
+            ProvisionalEvent::new(&other, ev.clone(), Some(5)).verify_statement(),
+            Err(ProvisionalError::BadSignature)
+        );
         let mut moved = ProvisionalEvent::new(&author, ev.clone(), Some(5));
         moved.absent_through = Some(9);
         assert_eq!(moved.verify_statement(), Err(ProvisionalError::BadSignature), "the point is signed");
@@ -916,7 +960,10 @@ fn stored_ranges_honour_the_signature_verdicts_handed_in() {
                     let mut verdicts = mycnet_spores::store::ledger::verify_signatures(range.events());
                     assert!(verdicts.iter().all(|ok| *ok));
                     verdicts[3] = false;
-                    assert!(dst.append_linked_verified(&range, &verdicts).is_err(), "a range with a bad verdict is refused");
+                    assert!(
+                        dst.append_linked_verified(&range, &verdicts).is_err(),
+                        "a range with a bad verdict is refused"
+                    );
                     assert_eq!(dst.head(), before, "nothing of it stored");
                     // Verdicts of another length are not trusted: the ledger verifies itself.
                     dst.append_linked_verified(&range, &[]).expect("verified and stored");
@@ -977,7 +1024,10 @@ fn a_refused_branch_is_never_synced_again() {
     drop(dst);
     let mut dst = open_ledger(&dir);
     assert_eq!(dst.refused_peers().unwrap(), peers.to_vec(), "the losing cluster's members are kept");
-    assert!(matches!(dst.append_range(&chain[150..201]), Err(LedgerError::RangeRefused { seq: 200, .. })), "still refused after a restart");
+    assert!(
+        matches!(dst.append_range(&chain[150..201]), Err(LedgerError::RangeRefused { seq: 200, .. })),
+        "still refused after a restart"
+    );
     dst.append_range(&chain[150..200]).unwrap();
     assert_eq!(dst.head().map(|h| h.seq), Some(199));
 }
@@ -987,7 +1037,9 @@ fn a_refused_branch_is_never_synced_again() {
 
 /// A ledger holding only the projection at `seq` of `full` (what a state-only seed carries).
 fn state_only_at(dir: &std::path::Path, full: &Ledger, seq: u64) -> Ledger {
-    let (p, _) = full.replay(&ReplayOptions { audit: false, stop: mycnet_spores::StopAt::Seq(seq) }).expect("replay to the seed's head");
+    let (p, _) = full
+        .replay(&ReplayOptions { audit: false, stop: mycnet_spores::StopAt::Seq(seq) })
+        .expect("replay to the seed's head");
     assert_eq!(p.head().map(|h| h.seq), Some(seq));
     let mut l = open_ledger(dir);
     l.load_state_only(p.state().clone()).expect("load the state-only seed");
@@ -1119,7 +1171,13 @@ fn backfill_session(b: &Ledger, peer_head: ChainPoint, batch: u32) -> (SyncSessi
     let mut s = SyncSession::new(cfg, local_view(b, true), now);
     let _hello = s.poll_transmit();
     s.handle(
-        GossipMessage::Hello(Digest { fingerprint: b.fingerprint(), head: Some(peer_head), anchor: None, peers: vec![], primary: true }),
+        GossipMessage::Hello(Digest {
+            fingerprint: b.fingerprint(),
+            head: Some(peer_head),
+            anchor: None,
+            peers: vec![],
+            primary: true,
+        }),
         now,
     );
     match s.poll_transmit() {
@@ -1153,7 +1211,10 @@ fn a_forged_backfill_range_is_refused_whole_and_nothing_is_stored() {
     let mut r = genuine(from, n);
     r[10].event.timestamp = mycnet_spores::Timestamp(r[10].event.timestamp.0 + 1);
     s.handle(GossipMessage::Range(r), now);
-    assert!(matches!(finished(&mut s), Some(SessionOutcome::Violation(Violation::BadHash { .. } | Violation::BrokenLink { .. }))));
+    assert!(matches!(
+        finished(&mut s),
+        Some(SessionOutcome::Violation(Violation::BadHash { .. } | Violation::BrokenLink { .. }))
+    ));
 
     // 2. A genuine range that does not end at the point (one short).
     let (mut s, from, n) = backfill_session(&b, head, 50);
@@ -1184,7 +1245,10 @@ fn a_forged_backfill_range_is_refused_whole_and_nothing_is_stored() {
         b.fingerprint(),
     )
     .expect("a genuine range further down");
-    assert!(matches!(b.append_backfill(&lower, &[]), Err(LedgerError::RangeRefused { reason: mycnet_spores::error::RangeRefusal::NotBelow { .. }, .. })));
+    assert!(matches!(
+        b.append_backfill(&lower, &[]),
+        Err(LedgerError::RangeRefused { reason: mycnet_spores::error::RangeRefusal::NotBelow { .. }, .. })
+    ));
     assert_eq!(b.backfill_point(), Some(point));
     assert_eq!(b.append_backfill(&ok, &[]).expect("the genuine range").map(|p| p.seq), Some(point.seq - 10));
 }

@@ -19,7 +19,11 @@ async fn start_latent(key: &NodeKey, dir: &std::path::Path, bootstrap: Vec<mycne
         .addr("127.0.0.1:0")
         .network(Arc::new(QuicBackend::new(key.clone(), Admission::allow_all())))
         .timeouts(crate::cluster::fast_timeouts())
-        .gossip(GossipConfig { interval: Duration::from_millis(100), connect_timeout: Duration::from_millis(500), ..Default::default() })
+        .gossip(GossipConfig {
+            interval: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(500),
+            ..Default::default()
+        })
         .gossip_peers(bootstrap)
         .build();
     s.start().await.expect("start latent node");
@@ -81,12 +85,13 @@ async fn quic_latent_nodes_converge_by_gossip_and_answer_when_cut_off() {
     // its whole state equals the leader's.
     let leader_sys = voters[leader].system.as_ref().expect("leader");
     for (i, l) in latent.iter().enumerate() {
-        let (got, want) = crate::wait::some(&format!("latent node {i} at the leader's head"), Duration::from_secs(20), || {
-            let want = leader_sys.with_projection(|p| p.state().clone()).expect("state");
-            let got = l.with_projection(|p| p.state().clone()).expect("state");
-            (got.head == want.head).then_some((got, want))
-        })
-        .await;
+        let (got, want) =
+            crate::wait::some(&format!("latent node {i} at the leader's head"), Duration::from_secs(20), || {
+                let want = leader_sys.with_projection(|p| p.state().clone()).expect("state");
+                let got = l.with_projection(|p| p.state().clone()).expect("state");
+                (got.head == want.head).then_some((got, want))
+            })
+            .await;
         assert_eq!(got, want, "latent node {i} holds the leader's state at {:?}", want.head);
     }
     // The leader anchors the chain (checkpoint events every 5 s by default); latent nodes
@@ -96,7 +101,8 @@ async fn quic_latent_nodes_converge_by_gossip_and_answer_when_cut_off() {
     })
     .await;
     let st = latent[0].status().expect("status");
-    let expected_tier = if st.anchor.map(|a| a.seq) == st.head.map(|h| h.seq) { SporeType::Primary } else { SporeType::Latent };
+    let expected_tier =
+        if st.anchor.map(|a| a.seq) == st.head.map(|h| h.seq) { SporeType::Primary } else { SporeType::Latent };
     assert_eq!(st.spore_type, expected_tier);
 
     // Cut off from the Primary tier: every voter goes away.
@@ -123,7 +129,10 @@ async fn quic_latent_nodes_converge_by_gossip_and_answer_when_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_liveness_commits_offline_and_back_online_transitions() {
     use mycnet_spores::NodeStatus;
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let root = tempfile::tempdir().expect("tempdir");
     let voters = form_quic_cluster(root.path(), 140, 0x7_0000).await;
     let leader = leader_of(&voters, Duration::from_secs(5)).await;
@@ -139,7 +148,9 @@ async fn quic_liveness_commits_offline_and_back_online_transitions() {
     };
     // The voters see it up (SWIM), and it stays Active.
     wait_for("the voters see the latent node up", Duration::from_secs(20), || {
-        voters.iter().all(|v| v.system.as_ref().is_some_and(|s| s.liveness().is_ok_and(|m| m.get(&key.node_id()).is_some_and(|st| st.up))))
+        voters.iter().all(|v| {
+            v.system.as_ref().is_some_and(|s| s.liveness().is_ok_and(|m| m.get(&key.node_id()).is_some_and(|st| st.up)))
+        })
     })
     .await;
     assert_eq!(status_on_leader(&voters), Some(NodeStatus::Active));
@@ -147,16 +158,28 @@ async fn quic_liveness_commits_offline_and_back_online_transitions() {
 
     // It dies: SWIM declares it down, the leader commits one offline transition.
     drop(node);
-    wait_for("the leader commits the node offline", Duration::from_secs(30), || status_on_leader(&voters) == Some(NodeStatus::Offline)).await;
+    wait_for("the leader commits the node offline", Duration::from_secs(30), || {
+        status_on_leader(&voters) == Some(NodeStatus::Offline)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let events = voters[leader].system.as_ref().expect("leader").with_projection(|p| p.head().map(|h| h.seq)).expect("head").expect("some");
+    let events = voters[leader]
+        .system
+        .as_ref()
+        .expect("leader")
+        .with_projection(|p| p.head().map(|h| h.seq))
+        .expect("head")
+        .expect("some");
     let offline_events = count_kind(&voters[leader], before, events, "node_went_offline").await;
     assert_eq!(offline_events, 1, "one transition, not one event per missed heartbeat");
 
     // It comes back on the same address: back online.
     let node = start_latent(&key, &dir, boot).await;
     assert_eq!(node.peer().expect("peer").addr.split(':').next(), addr.split(':').next());
-    wait_for("the leader commits the node back online", Duration::from_secs(30), || status_on_leader(&voters) == Some(NodeStatus::Active)).await;
+    wait_for("the leader commits the node back online", Duration::from_secs(30), || {
+        status_on_leader(&voters) == Some(NodeStatus::Active)
+    })
+    .await;
 }
 
 fn leader_of_now(voters: &[crate::quic::Voter]) -> Option<usize> {
@@ -208,11 +231,15 @@ async fn quic_latent_node_from_a_state_only_seed_backfills_to_genesis() {
     // A state-only seed starts at a state the chain attests: the leader's first anchor (within
     // its anchor interval) is a state checkpoint. Until then an export carries every event.
     let seed_path = root.path().join("state-only.seed");
-    let (at, seed) = crate::seed_export::export_state_only(voters[leader].system.as_ref().expect("leader"), &seed_path).await;
-    let mycnet_spores::seed::StateProof::AttestedAt { seq: attested, .. } = seed.proof else { panic!("not attested: {:?}", seed.proof) };
+    let (at, seed) =
+        crate::seed_export::export_state_only(voters[leader].system.as_ref().expect("leader"), &seed_path).await;
+    let mycnet_spores::seed::StateProof::AttestedAt { seq: attested, .. } = seed.proof else {
+        panic!("not attested: {:?}", seed.proof)
+    };
     assert!(std::fs::metadata(&seed_path).expect("seed").len() < 256 * 1024, "a state-only seed is small");
     {
-        let mut l = mycnet_spores::Ledger::open(dir.join("ledger"), mycnet_spores::LedgerConfig::default()).expect("ledger");
+        let mut l =
+            mycnet_spores::Ledger::open(dir.join("ledger"), mycnet_spores::LedgerConfig::default()).expect("ledger");
         let head = mycnet_spores::seed::import(&mut l, &seed).expect("import the state-only seed");
         assert_eq!((head.seq, head.hash), (at.seq, at.hash));
         assert_eq!(l.history_from(), attested + 1, "nothing below the attested state is held yet");
@@ -241,7 +268,11 @@ async fn quic_latent_node_from_a_state_only_seed_backfills_to_genesis() {
         let mut sub = l.subscribe(0).expect("subscribe from genesis");
         let mut out = Vec::new();
         while out.len() <= head.seq as usize {
-            let ev = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("in time").expect("open").expect("event");
+            let ev = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .expect("in time")
+                .expect("open")
+                .expect("event");
             out.push(ev);
         }
         out

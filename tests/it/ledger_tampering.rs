@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use mycnet_spores::store::record::{decode_record, encode_record};
 use mycnet_spores::{
-    ChainedEvent, Corruption, EventBody, Ledger, LedgerError, NetworkFingerprint, NodeKey, Projection, ReplayOptions,
-    Rejection, SignedEvent, StopAt, Timestamp,
+    ChainedEvent, Corruption, EventBody, Ledger, LedgerError, NetworkFingerprint, NodeKey, Projection, Rejection,
+    ReplayOptions, SignedEvent, StopAt, Timestamp,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -57,7 +57,12 @@ fn every_bit_flip_of_a_record_is_caught_by_decode_or_chain_checks() {
             flipped[bit / 8] ^= 1 << (bit % 8);
             let Ok(ev) = decode_record(&flipped) else { continue };
             let caught = ev.seq != chained.seq || ev.prev_hash != chained.prev_hash || !ev.hash_is_valid();
-            assert!(caught, "{kind} record: flipping bit {bit} of {} goes unnoticed (same event: {})", bytes.len() * 8, ev == chained);
+            assert!(
+                caught,
+                "{kind} record: flipping bit {bit} of {} goes unnoticed (same event: {})",
+                bytes.len() * 8,
+                ev == chained
+            );
         }
     }
 }
@@ -88,9 +93,10 @@ fn a_flipped_bit_in_a_stored_record_is_reported_at_its_seq() {
         raw.put_value(seq, &original);
         raw.close();
 
-        let (reported, corruption) = report.first_error.clone().ok_or_else(|| {
-            TestCaseError::fail(format!("flip of byte {at} bit {bit} at seq {seq} not detected"))
-        })?;
+        let (reported, corruption) = report
+            .first_error
+            .clone()
+            .ok_or_else(|| TestCaseError::fail(format!("flip of byte {at} bit {bit} at seq {seq} not detected")))?;
         prop_assert_eq!(reported, seq, "byte {} bit {}: {}", at, bit, corruption);
         let expected_kind = matches!(
             corruption,
@@ -263,15 +269,25 @@ fn append_rejects_bad_events_in_place_and_keeps_the_head() {
 
     type IsExpected = Box<dyn Fn(&Rejection) -> bool>;
     let cases: Vec<(&str, SignedEvent, IsExpected)> = vec![
-        ("another network", foreign, Box::new(move |r| *r == Rejection::WrongNetwork { expected: h.fingerprint, got: other_fp })),
+        (
+            "another network",
+            foreign,
+            Box::new(move |r| *r == Rejection::WrongNetwork { expected: h.fingerprint, got: other_fp }),
+        ),
         ("forged signature", forged, Box::new(move |r| *r == Rejection::BadSignature(me))),
         ("unadmitted author", unadmitted, Box::new(move |r| *r == Rejection::UnknownAuthor(stranger.node_id()))),
         (
             "100 capabilities",
             too_many,
-            Box::new(|r| matches!(r, Rejection::LimitExceeded { what, max: 64, got: 100 } if what == "capability list")),
+            Box::new(
+                |r| matches!(r, Rejection::LimitExceeded { what, max: 64, got: 100 } if what == "capability list"),
+            ),
         ),
-        ("oversize event", too_big, Box::new(|r| matches!(r, Rejection::LimitExceeded { what, .. } if what == "event"))),
+        (
+            "oversize event",
+            too_big,
+            Box::new(|r| matches!(r, Rejection::LimitExceeded { what, .. } if what == "event")),
+        ),
     ];
     for (what, event, expected) in cases {
         let outcome = ledger.append(vec![event]).expect("a rejection is not an error");
@@ -350,7 +366,11 @@ fn a_flipped_bit_in_the_projection_checkpoint_is_never_loaded() {
         (full.state().clone(), ledger.checkpoint_seq().expect("a checkpoint was written"))
     };
     assert_eq!(checkpoint_seq, attested, "the checkpoint leaves a tail to replay");
-    assert_eq!(Ledger::open(dir.path(), config(0)).expect("open").checkpoint_seq(), Some(attested), "an attested checkpoint is used");
+    assert_eq!(
+        Ledger::open(dir.path(), config(0)).expect("open").checkpoint_seq(),
+        Some(attested),
+        "an attested checkpoint is used"
+    );
     let raw = RawLedger::open(dir.path());
     let original = raw.meta_value(b"checkpoint").expect("checkpoint stored");
     raw.close();
@@ -397,7 +417,8 @@ fn damage_deep_in_a_long_ledger_is_reported_at_its_seq_whatever_order_parts_fini
     let head = build_ledger(dir.path(), &events, config(0), 512);
     let clean = |seq: u64| {
         let reader = mycnet_spores::LedgerReader::open(dir.path()).expect("reader");
-        let (p, stats) = reader.replay(&ReplayOptions { audit: true, stop: StopAt::Seq(seq) }, &|_| {}).expect("clean replay");
+        let (p, stats) =
+            reader.replay(&ReplayOptions { audit: true, stop: StopAt::Seq(seq) }, &|_| {}).expect("clean replay");
         assert_eq!(stats.events, seq + 1);
         p
     };
@@ -416,7 +437,9 @@ fn damage_deep_in_a_long_ledger_is_reported_at_its_seq_whatever_order_parts_fini
         raw.close();
         assert_eq!(assert_verify_reports(dir.path(), seq), Corruption::BadSignature { author: original.event.author });
         let reader = mycnet_spores::LedgerReader::open(dir.path()).expect("reader");
-        let (p, _) = reader.replay(&ReplayOptions { audit: true, stop: StopAt::Seq(seq - 1) }, &|_| {}).expect("replay up to the damage");
+        let (p, _) = reader
+            .replay(&ReplayOptions { audit: true, stop: StopAt::Seq(seq - 1) }, &|_| {})
+            .expect("replay up to the damage");
         assert_eq!(p.state(), expected_state.state(), "state just before the damage at {seq}");
         drop(reader);
 
@@ -473,7 +496,9 @@ fn audits_run_on_every_pool_thread_at_once_finish() {
 fn attested_seq(from: u64) -> u64 {
     let h = history();
     (from..LAST)
-        .find(|s| matches!(h.events[*s as usize + 1].body, EventBody::StateCheckpoint { head_seq, .. } if head_seq == *s))
+        .find(
+            |s| matches!(h.events[*s as usize + 1].body, EventBody::StateCheckpoint { head_seq, .. } if head_seq == *s),
+        )
         .expect("the synthetic history holds state checkpoint events")
 }
 
@@ -514,12 +539,17 @@ fn verify_compares_every_stored_cache_with_the_replay() {
     let (dir, at) = ledger_with_checkpoint();
     let report = verify(dir.path());
     assert!(report.is_ok(), "{:?}", report.first_error);
-    assert!(report.caches_checked.iter().any(|c| *c == format!("checkpoint at seq {at}")), "{:?}", report.caches_checked);
+    assert!(
+        report.caches_checked.iter().any(|c| *c == format!("checkpoint at seq {at}")),
+        "{:?}",
+        report.caches_checked
+    );
     assert!(report.caches_checked.iter().any(|c| c == "head"), "{:?}", report.caches_checked);
 
     // One endpoint changed in the checkpoint, digest recomputed.
     forge_checkpoint(dir.path(), |state| {
-        let service = state.services.values_mut().find(|s| !s.service.endpoints.is_empty()).expect("a service with an endpoint");
+        let service =
+            state.services.values_mut().find(|s| !s.service.endpoints.is_empty()).expect("a service with an endpoint");
         service.service.endpoints[0].address = "203.0.113.66:443".into();
     });
     assert_cache_damage(dir.path(), at, "checkpoint");
@@ -538,10 +568,14 @@ fn verify_compares_every_stored_cache_with_the_replay() {
     let opened = std::sync::RwLock::new(opened);
     let done = mycnet_spores::seed::export(&opened, &history().keys[0], &seed_path, false).expect("export");
     assert!(!done.includes_events);
-    let seed = mycnet_spores::seed::read_file(&seed_path, mycnet_spores::seed::VerifyPolicy::default()).expect("the seed verifies");
+    let seed = mycnet_spores::seed::read_file(&seed_path, mycnet_spores::seed::VerifyPolicy::default())
+        .expect("the seed verifies");
     assert!(matches!(seed.proof, mycnet_spores::seed::StateProof::AttestedAt { .. }), "{:?}", seed.proof);
     for state in [Some(&seed.state), seed.base.as_ref()].into_iter().flatten() {
-        assert!(state.services.values().all(|s| s.service.endpoints.iter().all(|e| e.address != "203.0.113.66:443")), "the forged endpoint is not in the seed");
+        assert!(
+            state.services.values().all(|s| s.service.endpoints.iter().all(|e| e.address != "203.0.113.66:443")),
+            "the forged endpoint is not in the seed"
+        );
     }
     drop(opened);
 
@@ -561,7 +595,10 @@ fn verify_compares_every_stored_cache_with_the_replay() {
     // The anchor (the newest checkpoint event) pointed at another event's hash.
     let (dir, _) = ledger_with_checkpoint();
     let report = verify(dir.path());
-    let anchored = report.caches_checked.iter().find_map(|c| c.strip_prefix("anchor at seq ").map(|s| s.parse::<u64>().expect("seq")));
+    let anchored = report
+        .caches_checked
+        .iter()
+        .find_map(|c| c.strip_prefix("anchor at seq ").map(|s| s.parse::<u64>().expect("seq")));
     let anchor = anchored.expect("the synthetic history holds checkpoint events, so the anchor is compared");
     let raw = RawLedger::open(dir.path());
     let mut value = anchor.to_be_bytes().to_vec();
@@ -592,7 +629,8 @@ fn a_projection_damaged_in_memory_is_rebuilt_at_the_next_attestation() {
     let mut ledger = Ledger::open(dir.path(), config(0)).expect("open");
     let truth = ledger.projection().state().clone();
     ledger.damage_projection_for_tests(|state| {
-        let service = state.services.values_mut().find(|s| !s.service.endpoints.is_empty()).expect("a service with an endpoint");
+        let service =
+            state.services.values_mut().find(|s| !s.service.endpoints.is_empty()).expect("a service with an endpoint");
         service.service.endpoints[0].address = "203.0.113.66:443".into();
     });
     assert_ne!(ledger.projection().state(), &truth);

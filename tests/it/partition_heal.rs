@@ -64,7 +64,11 @@ async fn partition_and_heal_commits_every_write_exactly_once() {
             .name(format!("l{i}"))
             .inproc(&c.net)
             .timeouts(t.clone())
-            .gossip(GossipConfig { interval: Duration::from_millis(100), connect_timeout: Duration::from_millis(300), ..Default::default() })
+            .gossip(GossipConfig {
+                interval: Duration::from_millis(100),
+                connect_timeout: Duration::from_millis(300),
+                ..Default::default()
+            })
             .gossip_peers(vec![boot])
             .build();
         s.start().await.expect("start latent node");
@@ -73,11 +77,16 @@ async fn partition_and_heal_commits_every_write_exactly_once() {
     }
     let head = c.converged_head(Duration::from_secs(5)).await.expect("voters converged");
     for l in &latent {
-        wait_for("latent node synced", Duration::from_secs(10), || l.head().ok().flatten().is_some_and(|h| h.seq >= head.seq)).await;
+        wait_for("latent node synced", Duration::from_secs(10), || {
+            l.head().ok().flatten().is_some_and(|h| h.seq >= head.seq)
+        })
+        .await;
     }
     let mut acked: Vec<ChainPoint> = Vec::new();
     // Connected, a latent node's write goes straight to the voters and commits.
-    acked.push(latent[0].announce(vec!["l0".into()], vec!["before".into()]).await.expect("latent write while connected"));
+    acked.push(
+        latent[0].announce(vec!["l0".into()], vec!["before".into()]).await.expect("latent write while connected"),
+    );
     assert_eq!(latent[0].status().expect("status").provisional, 0);
 
     // Partition: the voters and l0 on one side, l1 and l2 on the other.
@@ -86,14 +95,18 @@ async fn partition_and_heal_commits_every_write_exactly_once() {
     c.net.partition(&a, &b);
     // Writes on the voters' side commit.
     for k in 0..3 {
-        acked.push(c.sys(k).announce(vec![format!("n{k}")], vec![format!("side-a-{k}")]).await.expect("majority write"));
+        acked
+            .push(c.sys(k).announce(vec![format!("n{k}")], vec![format!("side-a-{k}")]).await.expect("majority write"));
     }
-    acked.push(latent[0].announce(vec!["l0".into()], vec!["side-a-latent".into()]).await.expect("l0 still reaches the voters"));
+    acked.push(
+        latent[0].announce(vec!["l0".into()], vec!["side-a-latent".into()]).await.expect("l0 still reaches the voters"),
+    );
     // Writes on the cut-off side are held as provisional events (an announce is two events).
     provisional_id(latent[1].announce(vec!["l1".into()], vec!["side-b-1".into()]).await);
     provisional_id(latent[1].register_service("b-svc", vec![], vec!["side-b".into()], vec![]).await);
     provisional_id(latent[2].announce(vec!["l2".into()], vec!["side-b-2".into()]).await);
-    let mut held: Vec<EventId> = latent[1..].iter().flat_map(|l| l.provisional_events().expect("held")).map(|p| p.id()).collect();
+    let mut held: Vec<EventId> =
+        latent[1..].iter().flat_map(|l| l.provisional_events().expect("held")).map(|p| p.id()).collect();
     held.sort();
     held.dedup();
     assert_eq!(held.len(), 5);
@@ -171,7 +184,12 @@ async fn the_state_machine_commits_a_provisional_event_once_and_refuses_bad_stat
     let node = key.node_id();
     let fp = c.sys(leader).status().expect("status").fingerprint.expect("formed");
     let head = c.sys(leader).head().expect("head").expect("formed").seq;
-    let event = SignedEvent::sign(&key, fp, Timestamp::now(), EventBody::CapabilitiesChanged { node, capabilities: vec!["x".into()] });
+    let event = SignedEvent::sign(
+        &key,
+        fp,
+        Timestamp::now(),
+        EventBody::CapabilitiesChanged { node, capabilities: vec!["x".into()] },
+    );
     let p = ProvisionalEvent::new(&key, event.clone(), Some(head));
     let t = c.net.transport("n0");
     let call = |to: usize, p: ProvisionalEvent| {
@@ -197,9 +215,17 @@ async fn the_state_machine_commits_a_provisional_event_once_and_refuses_bad_stat
     assert_eq!(call(leader, p.clone()).await, Ok(SporeResponse::Rejected(Rejection::ProvisionalDuplicate(point))));
     // A statement signed by another key than the event's author.
     let other_key = c.members[leader].key.clone();
-    let fresh = SignedEvent::sign(&key, fp, Timestamp::now(), EventBody::CapabilitiesChanged { node, capabilities: vec!["y".into()] });
+    let fresh = SignedEvent::sign(
+        &key,
+        fp,
+        Timestamp::now(),
+        EventBody::CapabilitiesChanged { node, capabilities: vec!["y".into()] },
+    );
     let mut forged = ProvisionalEvent::new(&other_key, fresh.clone(), Some(point.seq));
-    assert!(matches!(call(leader, forged.clone()).await, Ok(SporeResponse::Rejected(Rejection::ProvisionalRefused(_)))));
+    assert!(matches!(
+        call(leader, forged.clone()).await,
+        Ok(SporeResponse::Rejected(Rejection::ProvisionalRefused(_)))
+    ));
     // A statement beyond the head.
     forged = ProvisionalEvent::new(&key, fresh.clone(), Some(point.seq + 1000));
     assert!(matches!(call(leader, forged).await, Ok(SporeResponse::Rejected(Rejection::ProvisionalRefused(_)))));

@@ -10,8 +10,8 @@ use crate::cluster::Cluster;
 #[tokio::test]
 async fn seed_readme_usage_works_as_written() -> Result<(), Box<dyn std::error::Error>> {
     use chrono;
+    use mycnet_spores::{NetworkIdentity, SporeSystem, SporeType};
     use uuid::Uuid;
-    use mycnet_spores::{SporeSystem, SporeType, NetworkIdentity};
 
     // Initialize spore system
     let mut spore_system = SporeSystem::new();
@@ -42,7 +42,12 @@ async fn three_voters_replicate_and_forward_writes() {
     // A write through a follower is forwarded to the leader.
     let sid = c
         .sys(follower)
-        .register_service("dns", vec![Endpoint { protocol: "udp".into(), address: "127.0.0.1:53".into() }], vec!["dns".into()], vec![])
+        .register_service(
+            "dns",
+            vec![Endpoint { protocol: "udp".into(), address: "127.0.0.1:53".into() }],
+            vec!["dns".into()],
+            vec![],
+        )
         .await
         .expect("forwarded write");
     let head = c.converged_head(Duration::from_secs(5)).await.expect("converged");
@@ -78,29 +83,49 @@ async fn bad_input_through_the_api_is_rejected_and_changes_nothing() {
     // can refuse it.
     let fp = s.status().expect("status").fingerprint.expect("fp");
     let author = c.members[1].key.clone();
-    let mut forged = mycnet_spores::SignedEvent::sign(&author, fp, mycnet_spores::Timestamp::now(),
-        mycnet_spores::EventBody::NodeUpdated { node: other, name: Some("forged-name".into()), role: None });
+    let mut forged = mycnet_spores::SignedEvent::sign(
+        &author,
+        fp,
+        mycnet_spores::Timestamp::now(),
+        mycnet_spores::EventBody::NodeUpdated { node: other, name: Some("forged-name".into()), role: None },
+    );
     forged.signature.0[0] ^= 1;
     let rules = s.query(mycnet_spores::Consistency::Stale, |p| p.check(&forged)).await.expect("query");
     assert_eq!(rules, Ok(()), "the forged event breaks no rule: only its signature is wrong");
     let err = s.submit(forged).await.expect_err("forged");
     assert_eq!(err.rejection(), Some(&Rejection::BadSignature(other)), "{err}");
-    assert_ne!(c.sys(1).node(&other).expect("query").expect("registered").name, "forged-name", "the forged rename changed nothing");
+    assert_ne!(
+        c.sys(1).node(&other).expect("query").expect("registered").name,
+        "forged-name",
+        "the forged rename changed nothing"
+    );
     // Another network's event.
     let key = mycnet_spores::NodeKey::from_seed([1; 32]);
-    let foreign = mycnet_spores::SignedEvent::sign(&key, mycnet_spores::NetworkFingerprint([9; 32]), mycnet_spores::Timestamp::now(),
-        mycnet_spores::EventBody::NodeBackOnline { node: key.node_id() });
+    let foreign = mycnet_spores::SignedEvent::sign(
+        &key,
+        mycnet_spores::NetworkFingerprint([9; 32]),
+        mycnet_spores::Timestamp::now(),
+        mycnet_spores::EventBody::NodeBackOnline { node: key.node_id() },
+    );
     let err = s.submit(foreign).await.expect_err("foreign");
     assert!(matches!(err.rejection(), Some(Rejection::WrongNetwork { .. })), "{err}");
     // Unknown author.
     let stranger = mycnet_spores::NodeKey::from_seed([77; 32]);
-    let ev = mycnet_spores::SignedEvent::sign(&stranger, fp, mycnet_spores::Timestamp::now(),
-        mycnet_spores::EventBody::NodeBackOnline { node: stranger.node_id() });
+    let ev = mycnet_spores::SignedEvent::sign(
+        &stranger,
+        fp,
+        mycnet_spores::Timestamp::now(),
+        mycnet_spores::EventBody::NodeBackOnline { node: stranger.node_id() },
+    );
     let err = s.submit(ev).await.expect_err("stranger");
     assert!(matches!(err.rejection(), Some(Rejection::UnknownAuthor(_))), "{err}");
     // An oversize event (a 70 kB name) is refused by size, whatever its fields.
-    let big = mycnet_spores::SignedEvent::sign(&key, fp, mycnet_spores::Timestamp::now(),
-        mycnet_spores::EventBody::NodeUpdated { node: key.node_id(), name: Some("x".repeat(70_000)), role: None });
+    let big = mycnet_spores::SignedEvent::sign(
+        &key,
+        fp,
+        mycnet_spores::Timestamp::now(),
+        mycnet_spores::EventBody::NodeUpdated { node: key.node_id(), name: Some("x".repeat(70_000)), role: None },
+    );
     let err = s.submit(big).await.expect_err("oversize");
     assert!(matches!(err.rejection(), Some(Rejection::LimitExceeded { what, .. }) if what == "event"), "{err}");
     let after = c.converged_head(Duration::from_secs(5)).await.expect("converged");
@@ -183,7 +208,11 @@ async fn subscribe_resumes_after_restart_without_gaps_or_duplicates() {
     let head = c.converged_head(Duration::from_secs(5)).await.expect("converged");
     let mut seen = Vec::new();
     while seen.last().copied() != Some(head.seq) {
-        let ev = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("in time").expect("open").expect("ok");
+        let ev = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
         seen.push(ev.seq);
     }
     assert_eq!(seen, (0..=head.seq).collect::<Vec<_>>());
@@ -201,7 +230,11 @@ async fn subscribe_resumes_after_restart_without_gaps_or_duplicates() {
     let head2 = c.converged_head(Duration::from_secs(10)).await.expect("converged again");
     let mut resumed = Vec::new();
     while resumed.last().copied() != Some(head2.seq) {
-        let ev = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("in time").expect("open").expect("ok");
+        let ev = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
         resumed.push(ev.seq);
     }
     assert_eq!(resumed, (head.seq + 1..=head2.seq).collect::<Vec<_>>());
@@ -217,9 +250,17 @@ async fn subscribe_resumes_after_restart_without_gaps_or_duplicates() {
 async fn an_unread_subscription_does_not_hold_the_ledger_past_shutdown() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("n");
-    let mut s = SporeSystem::builder().data_dir(&dir).addr("n").inproc(&mycnet_spores::net::inproc::InProcNetwork::new(0x5b5)).build();
+    let mut s = SporeSystem::builder()
+        .data_dir(&dir)
+        .addr("n")
+        .inproc(&mycnet_spores::net::inproc::InProcNetwork::new(0x5b5))
+        .build();
     s.start().await.expect("start");
-    let identity = mycnet_spores::NetworkIdentity { network_id: uuid::Uuid::from_u128(0x5b5), network_name: "unread".into(), genesis_timestamp: chrono::Utc::now() };
+    let identity = mycnet_spores::NetworkIdentity {
+        network_id: uuid::Uuid::from_u128(0x5b5),
+        network_name: "unread".into(),
+        genesis_timestamp: chrono::Utc::now(),
+    };
     s.initialize(identity).await.expect("initialize");
     let s = std::sync::Arc::new(s);
     // More events than a subscription buffers (1 024), written by concurrent clients.
@@ -239,7 +280,11 @@ async fn an_unread_subscription_does_not_hold_the_ledger_past_shutdown() {
     tokio::time::sleep(Duration::from_millis(300)).await; // its task fills the channel and waits
     let mut s = std::sync::Arc::try_unwrap(s).ok().expect("the only handle");
     s.shutdown().await.expect("shutdown releases the ledger though a subscription is unread");
-    let reopened = mycnet_spores::Ledger::open(dir.join("ledger"), mycnet_spores::LedgerConfig { create: false, ..Default::default() }).expect("the data dir opens again");
+    let reopened = mycnet_spores::Ledger::open(
+        dir.join("ledger"),
+        mycnet_spores::LedgerConfig { create: false, ..Default::default() },
+    )
+    .expect("the data dir opens again");
     assert!(reopened.head().is_some_and(|h| h.seq >= 1120));
     drop(unread);
 }
@@ -277,7 +322,11 @@ async fn status_and_queries_are_served_over_the_transport() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    match t.call(&peer, RpcRequest::Query(Query::ServicesByCapability("http".into())), Duration::from_secs(1)).await.expect("call") {
+    match t
+        .call(&peer, RpcRequest::Query(Query::ServicesByCapability("http".into())), Duration::from_secs(1))
+        .await
+        .expect("call")
+    {
         RpcResponse::Query(Ok(QueryAnswer::Services(s))) => assert_eq!(s.len(), 1),
         other => panic!("unexpected {other:?}"),
     }
@@ -295,8 +344,10 @@ async fn a_wrong_state_attestation_is_a_divergence_every_replica_reports_and_wri
     let fp = c.sys(0).with_projection(|p| p.fingerprint()).expect("projection").expect("formed");
     let mut wrong = c.sys(0).with_projection(|p| p.state_digest()).expect("projection");
     wrong.0[31] ^= 0x80;
-    let body = mycnet_spores::EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest: wrong };
-    let ev = mycnet_spores::SignedEvent::sign(&c.members[0].key, fp, mycnet_spores::Timestamp(head.timestamp.0 + 1), body);
+    let body =
+        mycnet_spores::EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest: wrong };
+    let ev =
+        mycnet_spores::SignedEvent::sign(&c.members[0].key, fp, mycnet_spores::Timestamp(head.timestamp.0 + 1), body);
     let point = c.sys(leader).submit(ev).await.expect("the attestation is committed: it is not a rule");
     assert_eq!(point.seq, head.seq + 1);
     for i in 0..3 {
@@ -310,7 +361,10 @@ async fn a_wrong_state_attestation_is_a_divergence_every_replica_reports_and_wri
         };
         assert_eq!((d.seq, d.attested), (head.seq + 1, wrong), "replica {i}");
         let refused = c.sys(i).register_service("after", vec![], vec![], vec![]).await;
-        assert!(matches!(refused, Err(mycnet_spores::Error::StateDivergence(_))), "replica {i} took a write: {refused:?}");
+        assert!(
+            matches!(refused, Err(mycnet_spores::Error::StateDivergence(_))),
+            "replica {i} took a write: {refused:?}"
+        );
     }
     // An operator acknowledges it on every node: writes are taken again.
     for i in 0..3 {
@@ -330,19 +384,33 @@ async fn resubmitting_a_committed_signed_event_answers_where_it_committed() {
     let follower = (leader + 1) % 3;
     let key = c.members[0].key.clone();
     let fp = c.sys(0).with_projection(|p| p.fingerprint()).expect("projection").expect("formed");
-    let service = SignedEvent::sign(&key, fp, Timestamp::now(), EventBody::ServiceRegistered(ServiceAnnouncement {
-        service_id: uuid::Uuid::from_u128(0x1de),
-        name: "retry".into(),
-        node: key.node_id(),
-        capabilities: vec![],
-        endpoints: vec![Endpoint { protocol: "tcp".into(), address: "127.0.0.1:1".into() }],
-        metadata: vec![],
-    }));
+    let service = SignedEvent::sign(
+        &key,
+        fp,
+        Timestamp::now(),
+        EventBody::ServiceRegistered(ServiceAnnouncement {
+            service_id: uuid::Uuid::from_u128(0x1de),
+            name: "retry".into(),
+            node: key.node_id(),
+            capabilities: vec![],
+            endpoints: vec![Endpoint { protocol: "tcp".into(), address: "127.0.0.1:1".into() }],
+            metadata: vec![],
+        }),
+    );
     // Would be a second, valid event if committed again.
-    let caps = SignedEvent::sign(&key, fp, Timestamp::now(), EventBody::CapabilitiesChanged { node: key.node_id(), capabilities: vec!["retried".into()] });
+    let caps = SignedEvent::sign(
+        &key,
+        fp,
+        Timestamp::now(),
+        EventBody::CapabilitiesChanged { node: key.node_id(), capabilities: vec!["retried".into()] },
+    );
 
     let first = c.sys(leader).submit(service.clone()).await.expect("first submit");
-    assert_eq!(c.sys(leader).submit(service.clone()).await.expect("retry"), first, "a retry answers where it committed (not ServiceExists)");
+    assert_eq!(
+        c.sys(leader).submit(service.clone()).await.expect("retry"),
+        first,
+        "a retry answers where it committed (not ServiceExists)"
+    );
     assert_eq!(c.sys(follower).submit(service.clone()).await.expect("retry via a follower"), first);
 
     // The same event twice at once: one commit, one answer for both.
@@ -364,7 +432,11 @@ async fn resubmitting_a_committed_signed_event_answers_where_it_committed() {
     let mut sub = c.sys(leader).subscribe(first.seq).expect("subscribe");
     let (mut services, mut changes) = (0, 0);
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("events flow").expect("open").expect("event");
+        let ev = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("events flow")
+            .expect("open")
+            .expect("event");
         services += usize::from(ev.event == service);
         changes += usize::from(ev.event == caps);
         if ev.seq >= head {

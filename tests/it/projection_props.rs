@@ -32,7 +32,11 @@ fn assert_indexes_match_state(p: &Projection) {
         assert_eq!(ids(&mut p.services_by_name(name)), ids(&mut rebuilt.services_by_name(name)), "by name {name}");
     }
     for cap in &caps {
-        assert_eq!(ids(&mut p.services_by_capability(cap)), ids(&mut rebuilt.services_by_capability(cap)), "by cap {cap}");
+        assert_eq!(
+            ids(&mut p.services_by_capability(cap)),
+            ids(&mut rebuilt.services_by_capability(cap)),
+            "by cap {cap}"
+        );
     }
     for n in p.nodes() {
         assert_eq!(ids(&mut p.services_by_node(&n.node)), ids(&mut rebuilt.services_by_node(&n.node)), "by node");
@@ -121,21 +125,41 @@ struct EventRecipe {
 
 fn recipe() -> impl Strategy<Value = EventRecipe> {
     (
-        (prop_oneof![3 => 0usize..3, 2 => 0usize..14], 0usize..14, 0u8..12, any::<prop::sample::Index>(), prop::bool::weighted(0.3)),
+        (
+            prop_oneof![3 => 0usize..3, 2 => 0usize..14],
+            0usize..14,
+            0u8..12,
+            any::<prop::sample::Index>(),
+            prop::bool::weighted(0.3),
+        ),
         (
             prop_oneof![6 => 1usize..8, 1 => Just(0), 1 => Just(129), 1 => Just(2000)],
             prop_oneof![4 => 0usize..4, 1 => Just(65)],
             prop_oneof![4 => 0u16..=1000, 1 => 1001u16..1100],
         ),
-        (
-            prop_oneof![6 => 0..1_000_000i64, 1 => Just(-10_000_000_000)],
-            prop::bool::weighted(0.1),
-            any::<bool>(),
-        ),
+        (prop_oneof![6 => 0..1_000_000i64, 1 => Just(-10_000_000_000)], prop::bool::weighted(0.1), any::<bool>()),
     )
-        .prop_map(|((author, subject, kind, service, fresh_service), (text_len, caps, score), (time_offset, other_network, role))| {
-            EventRecipe { author, subject, kind, service, fresh_service, text_len, caps, score, time_offset, other_network, role }
-        })
+        .prop_map(
+            |(
+                (author, subject, kind, service, fresh_service),
+                (text_len, caps, score),
+                (time_offset, other_network, role),
+            )| {
+                EventRecipe {
+                    author,
+                    subject,
+                    kind,
+                    service,
+                    fresh_service,
+                    text_len,
+                    caps,
+                    score,
+                    time_offset,
+                    other_network,
+                    role,
+                }
+            },
+        )
 }
 
 /// Builds (and signs) the event a recipe describes against `p`. Keys 12 and 13 are strangers.
@@ -159,7 +183,11 @@ fn cook(r: &EventRecipe, p: &Projection, keys: &[NodeKey], fingerprint: NetworkF
             addresses: vec!["127.0.0.1:1".into()],
             capabilities: caps,
         }),
-        1 => EventBody::NodeUpdated { node, name: Some(text.clone()).filter(|t| !t.is_empty()), role: r.role.then_some(role) },
+        1 => EventBody::NodeUpdated {
+            node,
+            name: Some(text.clone()).filter(|t| !t.is_empty()),
+            role: r.role.then_some(role),
+        },
         2 => EventBody::NodeLeft { node, reason: text.clone() },
         3 => EventBody::CapabilitiesChanged { node, capabilities: caps },
         4 => EventBody::AddressesChanged { node, addresses: vec!["a".repeat(r.text_len)] },

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use mycnet_spores::net::quic::{self, close_code, Admission, QuicBackend, QuicConfig, ALPN_RAFT, FRAME_BYTES_MAX};
 use mycnet_spores::net::{
-    Binding, BoxFuture, NetworkBackend, RemoteFailure, RpcHandler, RpcRequest, RpcResponse, SharedTransport, TransportError,
+    Binding, BoxFuture, NetworkBackend, RemoteFailure, RpcHandler, RpcRequest, RpcResponse, SharedTransport,
+    TransportError,
 };
 use mycnet_spores::{Endpoint, NetworkIdentity, NodeId, NodeKey, PeerNode, SporeSystem};
 
@@ -71,10 +72,8 @@ async fn node(seed: u8, admission: Admission, delay: Duration) -> Node {
     let key = NodeKey::from_seed([seed; 32]);
     let echo = Echo::new(seed as u64, delay);
     let backend = QuicBackend::new(key.clone(), admission);
-    let binding = backend
-        .bind(&PeerNode { node: key.node_id(), addr: "127.0.0.1:0".into() }, echo.clone())
-        .await
-        .expect("bind");
+    let binding =
+        backend.bind(&PeerNode { node: key.node_id(), addr: "127.0.0.1:0".into() }, echo.clone()).await.expect("bind");
     assert_ne!(binding.addr, "127.0.0.1:0", "the binding carries the actual port");
     let peer = PeerNode { node: key.node_id(), addr: binding.addr.clone() };
     Node { key, peer, transport: binding.transport.clone(), binding, echo }
@@ -169,7 +168,9 @@ async fn quic_admin_protocol_serves_reads_from_any_key_and_nothing_else() {
     let err = quic::admin_call(&server.peer.addr, Some(other), RpcRequest::Status, T).await.expect_err("wrong key");
     assert!(matches!(err, TransportError::Refused { .. }), "{err:?}");
     // A Raft or write request on the admin protocol closes the connection unserved.
-    let err = quic::admin_call(&server.peer.addr, Some(server.key.node_id()), RpcRequest::ReadIndex, T).await.expect_err("not allowed");
+    let err = quic::admin_call(&server.peer.addr, Some(server.key.node_id()), RpcRequest::ReadIndex, T)
+        .await
+        .expect_err("not allowed");
     assert!(matches!(err, TransportError::Refused { .. }), "{err:?}");
     assert_eq!(server.echo.calls(), 1, "the handler never saw the refused request");
 }
@@ -188,7 +189,11 @@ async fn quic_caller_refuses_a_server_with_another_key() {
 }
 
 /// A hand-built quinn client with the product's raw-public-key config.
-async fn raw_client(key: &NodeKey, server: &PeerNode, alpn: &[u8]) -> (quinn::Endpoint, Result<quinn::Connection, quinn::ConnectionError>) {
+async fn raw_client(
+    key: &NodeKey,
+    server: &PeerNode,
+    alpn: &[u8],
+) -> (quinn::Endpoint, Result<quinn::Connection, quinn::ConnectionError>) {
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
     let cfg = quic::client_config(key, server.node, alpn).expect("client config");
     let conn = ep.connect_with(cfg, server.addr.parse().expect("server addr"), "spores").expect("connect").await;
@@ -327,13 +332,19 @@ async fn quic_closed_binding_stops_serving_and_frees_its_port() {
 async fn quic_a_closed_endpoint_frees_its_port_while_a_handshake_still_drains() {
     trace();
     let key = NodeKey::from_seed([75; 32]);
-    let backend = QuicBackend::new(key.clone(), Admission::allow_all()).with_config(QuicConfig { close_grace: Duration::ZERO, ..QuicConfig::default() });
+    let backend = QuicBackend::new(key.clone(), Admission::allow_all())
+        .with_config(QuicConfig { close_grace: Duration::ZERO, ..QuicConfig::default() });
     let (_, mut binding) = backend.bind_quic("127.0.0.1:0", Echo::new(75, Duration::ZERO)).await.expect("bind");
     let addr = binding.addr.clone();
     // A peer that swallows every datagram.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("silent socket");
-    let to = PeerNode { node: NodeKey::from_seed([76; 32]).node_id(), addr: silent.local_addr().expect("addr").to_string() };
-    let err = binding.transport.call(&to, RpcRequest::ReadIndex, Duration::from_millis(200)).await.expect_err("nobody answers");
+    let to =
+        PeerNode { node: NodeKey::from_seed([76; 32]).node_id(), addr: silent.local_addr().expect("addr").to_string() };
+    let err = binding
+        .transport
+        .call(&to, RpcRequest::ReadIndex, Duration::from_millis(200))
+        .await
+        .expect_err("nobody answers");
     assert!(matches!(err, TransportError::Unreachable(_) | TransportError::Timeout { .. }), "{err:?}");
     binding.close();
     let again = std::net::UdpSocket::bind(addr.as_str());
@@ -355,10 +366,15 @@ async fn quic_a_failed_start_can_be_retried() {
     let key = NodeKey::from_seed([79; 32]);
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("take a port");
     let addr = taken.local_addr().expect("addr").to_string();
-    let backend = QuicBackend::new(key.clone(), Admission::allow_all()).with_config(QuicConfig { bind_patience: Duration::ZERO, ..QuicConfig::default() });
-    let mut s = SporeSystem::builder().data_dir(root.path()).key(key).addr(addr.as_str()).network(Arc::new(backend)).build();
+    let backend = QuicBackend::new(key.clone(), Admission::allow_all())
+        .with_config(QuicConfig { bind_patience: Duration::ZERO, ..QuicConfig::default() });
+    let mut s =
+        SporeSystem::builder().data_dir(root.path()).key(key).addr(addr.as_str()).network(Arc::new(backend)).build();
     let err = s.start().await.expect_err("the port is taken");
-    assert!(matches!(&err, mycnet_spores::Error::Transport(TransportError::Bind { addr: a, .. }) if *a == addr), "{err:?}");
+    assert!(
+        matches!(&err, mycnet_spores::Error::Transport(TransportError::Bind { addr: a, .. }) if *a == addr),
+        "{err:?}"
+    );
     assert!(root.path().is_dir(), "a data dir that existed is kept after a failed start");
     drop(taken);
     s.start().await.expect("started on the second try");
@@ -383,7 +399,8 @@ async fn limited_server(seed: u8, config: QuicConfig, delay: Duration) -> (PeerN
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_incoming_connections_are_capped() {
     trace();
-    let (server, _binding, echo) = limited_server(101, QuicConfig { connections_max: 1, ..QuicConfig::default() }, Duration::ZERO).await;
+    let (server, _binding, echo) =
+        limited_server(101, QuicConfig { connections_max: 1, ..QuicConfig::default() }, Duration::ZERO).await;
     let key = NodeKey::from_seed([102; 32]);
     let request = quic::encode_frame(&RpcRequest::ReadIndex).expect("frame");
     let (_ep1, first) = raw_client(&key, &server, ALPN_RAFT).await;
@@ -679,10 +696,20 @@ async fn quic_shutdown_returns_with_the_ledger_closed() {
     trace();
     let root = tempfile::tempdir().expect("tempdir");
     let mut voters = form_quic_cluster(root.path(), 115, 0x9_0003).await;
-    voters[0].system.as_ref().expect("n0").register_service("dns", vec![], vec!["dns".into()], vec![]).await.expect("write");
+    voters[0]
+        .system
+        .as_ref()
+        .expect("n0")
+        .register_service("dns", vec![], vec!["dns".into()], vec![])
+        .await
+        .expect("write");
     converged(&voters, Duration::from_secs(5)).await;
     let try_lock = |dir: &std::path::Path| {
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("ledger").join("lock")).expect("fjall's lock file");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("ledger").join("lock"))
+            .expect("fjall's lock file");
         f.try_lock()
     };
     // A subscription nobody reads does not keep the ledger open.
@@ -713,7 +740,9 @@ async fn quic_a_burst_of_large_events_replicates_within_the_frame_limit() {
     for w in 0..600 {
         let system = system.clone();
         let metadata = metadata.clone();
-        writers.spawn(async move { system.register_service(&format!("big-{w}"), vec![], vec!["big".into()], metadata).await });
+        writers.spawn(async move {
+            system.register_service(&format!("big-{w}"), vec![], vec!["big".into()], metadata).await
+        });
     }
     while let Some(r) = writers.join_next().await {
         r.expect("join").expect("acknowledged write");
@@ -735,7 +764,12 @@ async fn quic_a_burst_of_large_events_replicates_within_the_frame_limit() {
 
 /// A node started the way `spore node` starts it: QUIC admission fed by the registry and the
 /// configured bootstrap peers.
-async fn runner_node(root: &std::path::Path, name: &str, init: Option<&str>, join: Option<&PeerNode>) -> (SporeSystem, Admission) {
+async fn runner_node(
+    root: &std::path::Path,
+    name: &str,
+    init: Option<&str>,
+    join: Option<&PeerNode>,
+) -> (SporeSystem, Admission) {
     use mycnet_spores::node::{self, InitConfig, JoinConfig, NodeConfig};
     let config = NodeConfig {
         data_dir: root.join(name),
@@ -746,7 +780,12 @@ async fn runner_node(root: &std::path::Path, name: &str, init: Option<&str>, joi
         capabilities: vec![],
         addresses: vec![],
         init: init.map(|n| InitConfig { network_name: n.into(), network_id: None }),
-        join: join.map(|p| JoinConfig { via_addr: p.addr.clone(), via_key: p.node.to_hex(), as_voter: true, trust_seed: None }),
+        join: join.map(|p| JoinConfig {
+            via_addr: p.addr.clone(),
+            via_key: p.node.to_hex(),
+            as_voter: true,
+            trust_seed: None,
+        }),
         peers: vec![],
         from_seed: None,
         seed_quorum: false,
@@ -754,8 +793,10 @@ async fn runner_node(root: &std::path::Path, name: &str, init: Option<&str>, joi
         timeouts: node::TimeoutProfile::Lan,
     };
     std::fs::create_dir_all(&config.data_dir).expect("data dir");
-    let key = mycnet_spores::store::keyfile::load_or_generate(&config.data_dir.join(mycnet_spores::store::keyfile::KEY_FILE_NAME))
-        .expect("key");
+    let key = mycnet_spores::store::keyfile::load_or_generate(
+        &config.data_dir.join(mycnet_spores::store::keyfile::KEY_FILE_NAME),
+    )
+    .expect("key");
     let admission = Admission::only(config.bootstrap_keys().expect("keys"));
     let backend = Arc::new(QuicBackend::new(key, admission.clone()));
     let system = node::start_node(&config, backend, Some(&admission)).await.expect("node starts");
@@ -783,7 +824,8 @@ async fn quic_a_node_of_another_network_cannot_connect_or_join() {
     assert_eq!(a0.status().expect("status").voters.len(), 1);
 
     // Reads are public, writes are not: the admin protocol answers, Raft refuses.
-    let (key, _) = quic::admin_call(&a_peer.addr, Some(a_peer.node), RpcRequest::Status, T).await.expect("status is readable");
+    let (key, _) =
+        quic::admin_call(&a_peer.addr, Some(a_peer.node), RpcRequest::Status, T).await.expect("status is readable");
     assert_eq!(key, a_peer.node);
     a0.shutdown().await.expect("shutdown");
     b0.shutdown().await.expect("shutdown");

@@ -41,10 +41,12 @@ fn the_scrub_finds_damage_after_open_and_repair_takes_only_the_chains_records() 
 
     // A peer offering another record (valid hash and signature, but not this chain's) is refused.
     let founder = &h.keys[0];
-    let other = SignedEvent::sign(founder, h.fingerprint, Timestamp(original.event.timestamp.0 + 1), EventBody::CapabilitiesChanged {
-        node: founder.node_id(),
-        capabilities: vec!["forged".into()],
-    });
+    let other = SignedEvent::sign(
+        founder,
+        h.fingerprint,
+        Timestamp(original.event.timestamp.0 + 1),
+        EventBody::CapabilitiesChanged { node: founder.node_id(), capabilities: vec!["forged".into()] },
+    );
     let forged = ChainedEvent::link(250, original.prev_hash, other);
     assert!(matches!(repair(&mut ledger, &[forged]), Err(RepairError::NotTheChain { seq: 250, .. })));
     assert!(scrub_pass(&ledger, 128).is_some(), "nothing was written");

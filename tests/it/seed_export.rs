@@ -42,7 +42,10 @@ async fn export_seed_is_consistent_at_a_committed_head_while_writes_continue() {
     assert_eq!(p.state(), &s.state);
     // It was taken while the writes went on: some of them are in it, the rest came after.
     let in_seed = s.state.services.len();
-    assert!(writing && (10..300).contains(&in_seed), "exported mid-write: {in_seed} of 300 services in the seed, writer running: {writing}");
+    assert!(
+        writing && (10..300).contains(&in_seed),
+        "exported mid-write: {in_seed} of 300 services in the seed, writer running: {writing}"
+    );
     let final_head = cluster.converged_head(Duration::from_secs(10)).await.expect("converged");
     assert!(final_head.seq > head.seq, "writes went on after the export");
     let mut sub = cluster.sys(leader).subscribe(head.seq).expect("subscribe");
@@ -177,7 +180,11 @@ async fn join_with_a_seed_trusts_only_a_primary_that_extends_it() {
         let fp = p.fingerprint().expect("fingerprint");
         let subject = cluster.members[(leader + 1) % 3].key.node_id();
         for k in 0..extra {
-            let body = EventBody::TrustScoreChanged { node: subject, score: TrustScore(100 + k as u16), reason: "fork".into() };
+            let body = EventBody::TrustScoreChanged {
+                node: subject,
+                score: TrustScore(100 + k as u16),
+                reason: "fork".into(),
+            };
             let ev = SignedEvent::sign(&voter_key, fp, Timestamp::now(), body);
             chained.push(p.append(ev).expect("valid on the fork"));
         }
@@ -204,16 +211,29 @@ async fn join_with_a_seed_trusts_only_a_primary_that_extends_it() {
     joiner.start().await.expect("start");
     l.admit(joiner.announcement().expect("announcement")).await.expect("admit");
 
-    let err = joiner.join_with_seed(via.clone(), false, &foreign, VerifyPolicy::default()).await.expect_err("other network");
+    let err =
+        joiner.join_with_seed(via.clone(), false, &foreign, VerifyPolicy::default()).await.expect_err("other network");
     assert!(matches!(err, mycnet_spores::Error::Seed(SeedError::WrongNetwork { .. })), "{err:?}");
     let err = joiner.join_with_seed(via.clone(), false, &forked, VerifyPolicy::default()).await.expect_err("forked");
-    assert!(matches!(&err, mycnet_spores::Error::Seed(SeedError::NotExtended { reason, .. }) if reason.contains("different event")), "{err:?}");
+    assert!(
+        matches!(&err, mycnet_spores::Error::Seed(SeedError::NotExtended { reason, .. }) if reason.contains("different event")),
+        "{err:?}"
+    );
     let err = joiner.join_with_seed(via.clone(), false, &ahead, VerifyPolicy::default()).await.expect_err("ahead");
-    assert!(matches!(&err, mycnet_spores::Error::Seed(SeedError::NotExtended { reason, .. }) if reason.contains("shorter")), "{err:?}");
+    assert!(
+        matches!(&err, mycnet_spores::Error::Seed(SeedError::NotExtended { reason, .. }) if reason.contains("shorter")),
+        "{err:?}"
+    );
     let st = l.status().expect("status");
-    assert!(!st.learners.contains(&key.node_id()) && !st.voters.contains(&key.node_id()), "refused joins changed nothing");
+    assert!(
+        !st.learners.contains(&key.node_id()) && !st.voters.contains(&key.node_id()),
+        "refused joins changed nothing"
+    );
 
-    joiner.join_with_seed(via, false, &trusted, VerifyPolicy::default()).await.expect("the primary extends the trusted seed");
+    joiner
+        .join_with_seed(via, false, &trusted, VerifyPolicy::default())
+        .await
+        .expect("the primary extends the trusted seed");
     let head = cluster.converged_head(Duration::from_secs(10)).await.expect("converged");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while joiner.head().expect("head") != Some(head) {
@@ -230,7 +250,11 @@ async fn a_voter_restored_from_a_seed_rejoins_without_applying_anything_twice() 
     let mut cluster = Cluster::form(3, 47).await;
     let leader = cluster.leader(Duration::from_secs(5)).await.expect("leader");
     for i in 0..10 {
-        cluster.sys(leader).register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![]).await.expect("write");
+        cluster
+            .sys(leader)
+            .register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![])
+            .await
+            .expect("write");
     }
     let lost = (leader + 1) % 3;
     // Events that would be accepted a second time if replayed (unlike registrations, which
@@ -242,7 +266,11 @@ async fn a_voter_restored_from_a_seed_rejoins_without_applying_anything_twice() 
     let backup = dir.path().join("backup.seed");
     cluster.sys(lost).export_seed(&backup, true).await.expect("backup");
     for i in 10..15 {
-        cluster.sys(leader).register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![]).await.expect("write");
+        cluster
+            .sys(leader)
+            .register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![])
+            .await
+            .expect("write");
     }
 
     // The disk is lost; the node is restored from the backup into an empty data dir.
@@ -251,7 +279,8 @@ async fn a_voter_restored_from_a_seed_rejoins_without_applying_anything_twice() 
     let s = seed::read_file(&backup, VerifyPolicy::default()).expect("backup verifies");
     {
         let ledger_dir = cluster.members[lost].dir.join("ledger");
-        let mut l = mycnet_spores::Ledger::open(&ledger_dir, mycnet_spores::LedgerConfig::default()).expect("new ledger");
+        let mut l =
+            mycnet_spores::Ledger::open(&ledger_dir, mycnet_spores::LedgerConfig::default()).expect("new ledger");
         let head = seed::import(&mut l, &s).expect("import");
         // The imported chain carries Seed authority up to the seed's head.
         assert_eq!(l.seed_anchor().expect("read"), Some(mycnet_spores::ChainPoint { seq: head.seq, hash: head.hash }));
@@ -259,31 +288,51 @@ async fn a_voter_restored_from_a_seed_rejoins_without_applying_anything_twice() 
     let in_backup = s.state.services.len();
     assert!(in_backup >= 9, "the backup holds the services the node had applied");
     cluster.restart(lost).await;
-    assert_eq!(cluster.sys(lost).services_by_capability("cap").expect("query").len(), in_backup, "the seed's view, served at once");
+    assert_eq!(
+        cluster.sys(lost).services_by_capability("cap").expect("query").len(),
+        in_backup,
+        "the seed's view, served at once"
+    );
 
     for i in 15..20 {
-        cluster.sys(leader).register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![]).await.expect("write");
+        cluster
+            .sys(leader)
+            .register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![])
+            .await
+            .expect("write");
     }
     let head = cluster.converged_head(Duration::from_secs(15)).await.expect("the restored node converges");
     for i in 0..3 {
         assert_eq!(cluster.sys(i).head().expect("head"), Some(head));
-        assert_eq!(cluster.sys(i).services_by_capability("cap").expect("query").len(), 20, "node {i}: every service once");
+        assert_eq!(
+            cluster.sys(i).services_by_capability("cap").expect("query").len(),
+            20,
+            "node {i}: every service once"
+        );
     }
     // The restored ledger verifies from genesis, holds the converged head, and carries the trust
     // change and the announcement exactly once (the leader may have anchored on top since).
     let restored = cluster.members[lost].dir.clone();
     cluster.crash(lost).await;
-    let reader = crate::wait::ok("the restored node's ledger to open once it is stopped", Duration::from_secs(10), || {
-        mycnet_spores::LedgerReader::open(&restored)
-    })
-    .await;
+    let reader =
+        crate::wait::ok("the restored node's ledger to open once it is stopped", Duration::from_secs(10), || {
+            mycnet_spores::LedgerReader::open(&restored)
+        })
+        .await;
     let report = reader.verify(&|_| {}).expect("verify runs");
     assert!(report.is_ok(), "{:?}", report.first_error);
     assert_eq!(report.history_from, 0, "the restored ledger holds the history from genesis");
     assert!(report.recorded_head.is_some_and(|(seq, _)| seq >= head.seq), "{:?}", report.recorded_head);
     let chain = reader.range(0, head.seq).expect("read the restored chain");
-    assert_eq!(chain.last().map(|e| (e.seq, e.hash)), Some((head.seq, head.hash)), "the restored node holds the converged chain");
-    let trust = chain.iter().filter(|e| matches!(&e.event.body, EventBody::TrustScoreChanged { node, .. } if *node == subject)).count();
+    assert_eq!(
+        chain.last().map(|e| (e.seq, e.hash)),
+        Some((head.seq, head.hash)),
+        "the restored node holds the converged chain"
+    );
+    let trust = chain
+        .iter()
+        .filter(|e| matches!(&e.event.body, EventBody::TrustScoreChanged { node, .. } if *node == subject))
+        .count();
     assert_eq!(trust, 1, "the trust change is in the chain once");
     let announced = chain
         .iter()
@@ -295,7 +344,10 @@ async fn a_voter_restored_from_a_seed_rejoins_without_applying_anything_twice() 
 /// Exports a **state-only** seed from `system` once its chain attests a state (the leader's
 /// first anchor is a state checkpoint; until then an export carries every event), and returns
 /// its head and the verified seed.
-pub(crate) async fn export_state_only(system: &mycnet_spores::SporeSystem, path: &std::path::Path) -> (mycnet_spores::ChainHead, seed::Seed) {
+pub(crate) async fn export_state_only(
+    system: &mycnet_spores::SporeSystem,
+    path: &std::path::Path,
+) -> (mycnet_spores::ChainHead, seed::Seed) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let at = system.export_seed(path, false).await.expect("export a state-only seed");

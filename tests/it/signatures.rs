@@ -113,8 +113,9 @@ fn verdict_in_batch(case: &Case, size: usize, at: usize) -> bool {
 
 #[test]
 fn signature_vectors_match_and_each_gets_one_verdict_alone_and_in_every_batch() {
-    let want: Value = serde_json::from_slice(&std::fs::read(vectors_path()).expect("read schema/vectors/signatures.json"))
-        .expect("vectors are JSON");
+    let want: Value =
+        serde_json::from_slice(&std::fs::read(vectors_path()).expect("read schema/vectors/signatures.json"))
+            .expect("vectors are JSON");
     assert_eq!(want, compute_vectors(), "schema/vectors/signatures.json differs from what the crafted signatures give");
     for case in cases() {
         let alone = PublicKey::from_node_id(&case.author).is_some_and(|k| k.verify_msg(&case.msg, &case.sig));
@@ -177,7 +178,8 @@ fn founder_events(n: usize) -> Vec<SignedEvent> {
     let last = h.events.last().expect("history").timestamp;
     (0..n)
         .map(|i| {
-            let body = EventBody::CapabilitiesChanged { node: founder.node_id(), capabilities: vec![format!("crafted-{i}")] };
+            let body =
+                EventBody::CapabilitiesChanged { node: founder.node_id(), capabilities: vec![format!("crafted-{i}")] };
             let mut ev = SignedEvent::sign(founder, h.fingerprint, Timestamp(last.0 + 1 + i as i64), body);
             if i % 3 != 0 {
                 ev.signature = crafted::torsioned(founder, &ev.signing_message());
@@ -243,7 +245,10 @@ async fn three_replicas_apply_torsioned_events_alike_and_their_ledgers_verify() 
                 name: format!("svc-{i}"),
                 node: founder.node_id(),
                 capabilities: vec![],
-                endpoints: vec![mycnet_spores::Endpoint { protocol: "tcp".into(), address: format!("127.0.0.1:{}", 9000 + i) }],
+                endpoints: vec![mycnet_spores::Endpoint {
+                    protocol: "tcp".into(),
+                    address: format!("127.0.0.1:{}", 9000 + i),
+                }],
                 metadata: vec![],
             });
             let mut ev = SignedEvent::sign(&founder, fp, Timestamp::now(), body);

@@ -33,19 +33,31 @@ fn node(net: &InProcNetwork, dir: PathBuf, key: &NodeKey, addr: &str) -> SporeSy
         .inproc(net)
         .timeouts(fast_timeouts())
         .anchors(AnchorPolicy { every_events: 4, every: Duration::from_millis(200) })
-        .gossip(GossipConfig { interval: Duration::from_millis(100), connect_timeout: Duration::from_millis(300), ..Default::default() })
+        .gossip(GossipConfig {
+            interval: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
         .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     // A network of three voters writes, exports a seed, and stops.
     let mut old = Cluster::form(3, 0x5b1).await;
     let leader = old.leader(Duration::from_secs(5)).await.expect("leader");
     let mut ids = Vec::new();
     for i in 0..4 {
-        ids.push(old.sys(leader).register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![]).await.expect("write"));
+        ids.push(
+            old.sys(leader)
+                .register_service(&format!("svc-{i}"), vec![], vec!["cap".into()], vec![])
+                .await
+                .expect("write"),
+        );
     }
     let root = tempfile::tempdir().expect("tempdir");
     let seed = root.path().join("net.seed");
@@ -64,7 +76,8 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     let a: Vec<&str> = vec![&addrs[0], &addrs[1]];
     let b: Vec<&str> = vec![&addrs[2], "latent-b"];
     net.partition(&a, &b);
-    let mut nodes: Vec<SporeSystem> = (0..3).map(|i| node(&net, root.path().join(format!("n{i}")), &keys[i], &addrs[i])).collect();
+    let mut nodes: Vec<SporeSystem> =
+        (0..3).map(|i| node(&net, root.path().join(format!("n{i}")), &keys[i], &addrs[i])).collect();
     for s in nodes.iter_mut() {
         s.start().await.expect("start");
     }
@@ -82,7 +95,11 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
         .name("latent-b")
         .inproc(&net)
         .timeouts(fast_timeouts())
-        .gossip(GossipConfig { interval: Duration::from_millis(100), connect_timeout: Duration::from_millis(300), ..Default::default() })
+        .gossip(GossipConfig {
+            interval: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
         .gossip_peers(vec![nodes[2].peer().expect("peer")])
         .build();
     latent.start().await.expect("start latent node");
@@ -132,7 +149,9 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     net.heal();
     // Gossip finds the second chain: every node goes into split-brain resolution.
     wait_until("the fork is seen on both sides", Duration::from_secs(20), || {
-        let seen = |s: &SporeSystem| s.mode_history().is_ok_and(|h| h.iter().any(|t| t.to == OperationalMode::SplitBrainResolution));
+        let seen = |s: &SporeSystem| {
+            s.mode_history().is_ok_and(|h| h.iter().any(|t| t.to == OperationalMode::SplitBrainResolution))
+        };
         nodes[..2].iter().any(seen) && nodes[2..].iter().any(seen)
     })
     .await;
@@ -151,7 +170,10 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
         }
         let heads: Vec<_> = nodes.iter().map(|s| s.head().ok().flatten()).collect();
         let settled = nodes.iter().all(|s| s.status().is_ok_and(|st| st.forks == 0));
-        if !yielded.is_empty() && settled && heads.iter().all(|h| h.is_some() && h.map(|h| h.hash) == heads[0].map(|h| h.hash)) {
+        if !yielded.is_empty()
+            && settled
+            && heads.iter().all(|h| h.is_some() && h.map(|h| h.hash) == heads[0].map(|h| h.hash))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "no convergence: heads {heads:?}, yielded {yielded:?}");
@@ -161,7 +183,10 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     // voter and its latent node, which syncs the winning chain by gossip); nobody else did.
     yielded.sort();
     yielded.dedup();
-    assert_eq!(&yielded, loser_group, "the losing group by {rule} yields, the winning group {winner_group:?} does not: {branches:?}");
+    assert_eq!(
+        &yielded, loser_group,
+        "the losing group by {rule} yields, the winning group {winner_group:?} does not: {branches:?}"
+    );
     // Nothing valid is lost: every service written on either side is on every node; the
     // service both sides removed is gone.
     for s in &nodes {
@@ -187,9 +212,16 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     let r = resolution.expect("a resolution event in the winning chain");
     assert_eq!(r.fork_seq, fork_seq, "the fork is right after the seed's head");
     assert!(r.adopted >= 1, "the loser's new services were re-proposed");
-    assert_eq!(r.conflicts, 2, "the second deregistration of one service and the second admission of the latent node conflict");
+    assert_eq!(
+        r.conflicts, 2,
+        "the second deregistration of one service and the second admission of the latent node conflict"
+    );
     // It names the branches and the rule the test expected.
-    assert_eq!((r.winner_first, r.loser_first), (branches[winning_side].first, branches[1 - winning_side].first), "the winning branch");
+    assert_eq!(
+        (r.winner_first, r.loser_first),
+        (branches[winning_side].first, branches[1 - winning_side].first),
+        "the winning branch"
+    );
     assert_eq!(r.decided_by, rule);
     let loser = loser_group[0];
     assert_eq!(r.loser_head_seq, pre_heal[loser].seq, "the resolution names the losing chain's head");
@@ -206,7 +238,8 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("resolution-")))
         .expect("the winner's leader wrote a resolution report");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).expect("read report")).expect("json");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("read report")).expect("json");
     assert_eq!(report["skipped_liveness_transitions"], 1, "{report}");
     assert_eq!(report["conflicts"].as_array().map(|c| c.len()), Some(2), "{report}");
     for s in &nodes {
@@ -225,7 +258,10 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
 /// follower joins the winner and holds the winning chain; then its old leader yields too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut old = Cluster::form(4, 0x5b3).await;
     let leader = old.leader(Duration::from_secs(5)).await.expect("leader");
     for i in 0..3 {
@@ -244,7 +280,8 @@ async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
     let net = InProcNetwork::new(0x5b4);
     net.enable_gossip();
     net.partition(&[&addrs[0], &addrs[1]], &[&addrs[2], &addrs[3]]);
-    let mut nodes: Vec<SporeSystem> = (0..4).map(|i| node(&net, root.path().join(format!("n{i}")), &keys[i], &addrs[i])).collect();
+    let mut nodes: Vec<SporeSystem> =
+        (0..4).map(|i| node(&net, root.path().join(format!("n{i}")), &keys[i], &addrs[i])).collect();
     for s in nodes.iter_mut() {
         s.start().await.expect("start");
     }
@@ -276,16 +313,24 @@ async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             for w in winners {
-                assert!(nodes[w].yield_plan().expect("plan").is_none(), "node {w} of the winning group (by {rule}) was told to yield: {branches:?}");
+                assert!(
+                    nodes[w].yield_plan().expect("plan").is_none(),
+                    "node {w} of the winning group (by {rule}) was told to yield: {branches:?}"
+                );
             }
             let ready = losers.into_iter().find(|&i| {
                 nodes[i].yield_plan().is_ok_and(|p| p.is_some())
-                    && group_of(i).iter().any(|&j| j != i && nodes[j].status().is_ok_and(|st| st.raft_state == "Leader"))
+                    && group_of(i)
+                        .iter()
+                        .any(|&j| j != i && nodes[j].status().is_ok_and(|st| st.raft_state == "Leader"))
             });
             if let Some(i) = ready {
                 break i;
             }
-            assert!(Instant::now() < deadline, "no follower of the losing group {losers:?} (by {rule}) ready to yield: {branches:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no follower of the losing group {losers:?} (by {rule}) ready to yield: {branches:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
@@ -304,20 +349,32 @@ async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
     .await;
     assert_eq!(nodes[follower].services_by_name("a-side").expect("query").len(), 1);
     assert_eq!(nodes[follower].services_by_name("b-side").expect("query").len(), 1);
-    assert_ne!(nodes[old_leader].head().expect("head"), nodes[follower].head().expect("head"), "the old leader is still on the losing chain");
+    assert_ne!(
+        nodes[old_leader].head().expect("head"),
+        nodes[follower].head().expect("head"),
+        "the old leader is still on the losing chain"
+    );
 
     // The old leader yields too; everybody ends on one head, in one membership of four.
-    wait_until("the old leader's plan", Duration::from_secs(20), || nodes[old_leader].yield_plan().is_ok_and(|p| p.is_some())).await;
+    wait_until("the old leader's plan", Duration::from_secs(20), || {
+        nodes[old_leader].yield_plan().is_ok_and(|p| p.is_some())
+    })
+    .await;
     nodes[old_leader].yield_to_winner().await.expect("the old leader yields");
     wait_until("one head everywhere", Duration::from_secs(20), || {
         let heads: Vec<_> = nodes.iter().map(|s| s.head().ok().flatten()).collect();
-        heads[0].is_some() && heads.iter().all(|h| *h == heads[0])
+        heads[0].is_some()
+            && heads.iter().all(|h| *h == heads[0])
             && nodes.iter().all(|s| s.status().is_ok_and(|st| st.forks == 0 && st.voters.len() == 4))
     })
     .await;
     // The one chain is the winning branch: its event at the fork is the winner's.
     let mut sub = nodes[0].subscribe(fork_seq).expect("subscribe");
-    let at_fork = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("in time").expect("open").expect("event");
+    let at_fork = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("event");
     assert_eq!(at_fork.hash, branches[winning_side].first, "the chain everyone holds is the winning branch");
     drop(sub);
     for mut s in nodes {

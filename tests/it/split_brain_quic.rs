@@ -54,7 +54,11 @@ async fn start_node(key: &NodeKey, dir: &Path, addr: &str, admission: &Admission
         .network(Arc::new(QuicBackend::new(key.clone(), admission.clone())))
         .timeouts(fast_timeouts())
         .anchors(AnchorPolicy { every_events: 4, every: Duration::from_millis(200) })
-        .gossip(GossipConfig { interval: Duration::from_millis(100), connect_timeout: Duration::from_millis(500), ..Default::default() })
+        .gossip(GossipConfig {
+            interval: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(500),
+            ..Default::default()
+        })
         .liveness(LivenessConfig { probe_period: Duration::from_secs(3600), ..Default::default() })
         .build();
     s.start().await.expect("start");
@@ -82,7 +86,11 @@ async fn chain_from(s: &SporeSystem, from: u64) -> Vec<ChainedEvent> {
     let mut sub = s.subscribe(from).expect("subscribe");
     let mut out = Vec::new();
     while out.last().is_none_or(|e: &ChainedEvent| e.seq < head) {
-        let ev = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("events flow").expect("open").expect("event");
+        let ev = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("events flow")
+            .expect("open")
+            .expect("event");
         out.push(ev);
     }
     out
@@ -90,7 +98,10 @@ async fn chain_from(s: &SporeSystem, from: u64) -> Vec<ChainedEvent> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let root = tempfile::tempdir().expect("tempdir");
 
     // 1. A network of three voters over QUIC writes, exports a seed with its events, stops.
@@ -125,9 +136,16 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     nodes[2].form_from_seed(&seed, VerifyPolicy::default()).await.expect("group B forms");
     // Cut off: A refuses B's key at the handshake, and B refuses A's.
     for (from, to) in [(2usize, 0usize), (0, 2)] {
-        let err = quic::call_once(&keys[from], &addrs[to], Some(keys[to].node_id()), ALPN_RAFT, RpcRequest::Status, Duration::from_secs(2))
-            .await
-            .expect_err("cut off");
+        let err = quic::call_once(
+            &keys[from],
+            &addrs[to],
+            Some(keys[to].node_id()),
+            ALPN_RAFT,
+            RpcRequest::Status,
+            Duration::from_secs(2),
+        )
+        .await
+        .expect_err("cut off");
         assert!(matches!(err, TransportError::Refused { .. }), "{err:?}");
     }
 
@@ -161,7 +179,11 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
         Relation::Diverged { last_common, first_diverging_seq } => {
             assert_eq!(*first_diverging_seq, seed_head.seq + 1, "the fork is right after the seed's head");
             let common = last_common.expect("a common prefix");
-            assert_eq!((common.seq, common.hash), (seed_head.seq, seed_head.hash), "the last common point is the seed's head");
+            assert_eq!(
+                (common.seq, common.hash),
+                (seed_head.seq, seed_head.hash),
+                "the last common point is the seed's head"
+            );
         }
         other => panic!("the two pre-heal chains must have diverged: {other:?}"),
     }
@@ -174,10 +196,14 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
             .collect()
     };
     let (a_names, b_names) = (names(&report.a_events.events), names(&report.b_events.events));
-    assert!(a_names.contains(&"a-only".into()) && a_names.contains(&"a-too".into()) && !a_names.contains(&"b-only".into()), "{a_names:?}");
+    assert!(
+        a_names.contains(&"a-only".into()) && a_names.contains(&"a-too".into()) && !a_names.contains(&"b-only".into()),
+        "{a_names:?}"
+    );
     assert_eq!(b_names, vec!["b-only".to_string()]);
     assert_eq!(report.a_events.more + report.b_events.more, 0, "every branch event listed");
-    let only = |recs: &[mycnet_spores::ServiceRecord]| recs.iter().map(|r| r.service.name.clone()).collect::<HashSet<_>>();
+    let only =
+        |recs: &[mycnet_spores::ServiceRecord]| recs.iter().map(|r| r.service.name.clone()).collect::<HashSet<_>>();
     assert_eq!(only(&report.entities.services_only_in_a), HashSet::from(["a-only".to_string(), "a-too".to_string()]));
     assert_eq!(only(&report.entities.services_only_in_b), HashSet::from(["b-only".to_string()]));
     let pre_heal = [a.head(), b.head()];
@@ -206,7 +232,9 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     admission[1].allow(keys[0].node_id());
     admission[1].allow(keys[1].node_id());
     wait_until("the fork is seen on both sides", Duration::from_secs(20), || {
-        let seen = |s: &SporeSystem| s.mode_history().is_ok_and(|h| h.iter().any(|t| t.to == OperationalMode::SplitBrainResolution));
+        let seen = |s: &SporeSystem| {
+            s.mode_history().is_ok_and(|h| h.iter().any(|t| t.to == OperationalMode::SplitBrainResolution))
+        };
         seen(&nodes[2]) && (seen(&nodes[0]) || seen(&nodes[1]))
     })
     .await;
@@ -218,9 +246,13 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     let mut kept_seeds = Vec::new();
     loop {
         for w in (0..3).filter(|&i| group(i) == winner) {
-            assert!(nodes[w].yield_plan().expect("plan").is_none(), "node {w} of the winning group (by {rule}) was told to yield: {branches:?}");
+            assert!(
+                nodes[w].yield_plan().expect("plan").is_none(),
+                "node {w} of the winning group (by {rule}) was told to yield: {branches:?}"
+            );
         }
-        let mut ready: Vec<usize> = (0..3).filter(|i| !yielded.contains(i) && nodes[*i].yield_plan().expect("plan").is_some()).collect();
+        let mut ready: Vec<usize> =
+            (0..3).filter(|i| !yielded.contains(i) && nodes[*i].yield_plan().expect("plan").is_some()).collect();
         ready.sort_by_key(|i| nodes[*i].status().is_ok_and(|st| st.raft_state == "Leader"));
         if let Some(&i) = ready.first() {
             kept_seeds.push(nodes[i].yield_to_winner().await.expect("yield"));
@@ -231,7 +263,14 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
         if !yielded.is_empty() && settled && heads.iter().all(|h| h.is_some() && *h == heads[0]) {
             break;
         }
-        assert!(Instant::now() < deadline, "no convergence: heads {heads:?}, yielded {yielded:?}, status {:?}", nodes.iter().map(|s| s.status().map(|st| (st.forks, st.raft_member, st.raft_state, st.voters.len()))).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "no convergence: heads {heads:?}, yielded {yielded:?}, status {:?}",
+            nodes
+                .iter()
+                .map(|s| s.status().map(|st| (st.forks, st.raft_member, st.raft_state, st.voters.len())))
+                .collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     yielded.sort();
@@ -242,7 +281,11 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
 
     // Nothing valid is lost: every service written on either side is on every node; the
     // service both sides removed is gone.
-    let kept: Vec<String> = services[1..].iter().map(|r| r.service.name.clone()).chain(["a-only", "a-too", "b-only"].map(String::from)).collect();
+    let kept: Vec<String> = services[1..]
+        .iter()
+        .map(|r| r.service.name.clone())
+        .chain(["a-only", "a-too", "b-only"].map(String::from))
+        .collect();
     for s in &nodes {
         for name in &kept {
             assert_eq!(s.services_by_name(name).expect("query").len(), 1, "{name} on every node");
@@ -253,7 +296,8 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     // and all, except the losing side's checkpoints and its one conflicting deregistration.
     let chain = chain_from(&nodes[0], seed_head.seq + 1).await;
     let in_chain: HashSet<EventId> = chain.iter().map(|e| EventId::of(&e.event)).collect();
-    let is_conflict = |e: &SignedEvent| matches!(&e.body, EventBody::ServiceDeregistered { service_id, .. } if *service_id == gone);
+    let is_conflict =
+        |e: &SignedEvent| matches!(&e.body, EventBody::ServiceDeregistered { service_id, .. } if *service_id == gone);
     for (side, events) in branch_events.iter().enumerate() {
         for e in events {
             let present = in_chain.contains(&EventId::of(&e.event));
@@ -285,18 +329,29 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     // (the loser may have committed liveness transitions since).
     assert!(r.loser_head_seq >= pre_heal[loser].seq);
     let lost = Branch::open(&kept_seeds[0]).expect("kept seed is a branch");
-    assert_eq!(lost.hash_at(pre_heal[loser].seq).expect("read"), Some(pre_heal[loser].hash), "the kept seed holds the pre-heal chain");
-    assert_eq!(lost.hash_at(r.loser_head_seq).expect("read"), Some(r.loser_head), "the kept seed holds the folded-in head");
+    assert_eq!(
+        lost.hash_at(pre_heal[loser].seq).expect("read"),
+        Some(pre_heal[loser].hash),
+        "the kept seed holds the pre-heal chain"
+    );
+    assert_eq!(
+        lost.hash_at(r.loser_head_seq).expect("read"),
+        Some(r.loser_head),
+        "the kept seed holds the folded-in head"
+    );
 
     // The winner's leader wrote the conflict report under its data dir.
     let by = keys.iter().position(|k| k.node_id() == *author).expect("a node of this network recorded it");
     let reports: Vec<PathBuf> = std::fs::read_dir(dirs[by].join("forks"))
         .expect("forks dir")
         .map(|e| e.expect("entry").path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("resolution-{}-", r.fork_seq))))
+        .filter(|p| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("resolution-{}-", r.fork_seq)))
+        })
         .collect();
     assert_eq!(reports.len(), 1, "{reports:?}");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&reports[0]).expect("read report")).expect("JSON");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&reports[0]).expect("read report")).expect("JSON");
     assert_eq!(json["fork_seq"], r.fork_seq);
     let conflicts = json["conflicts"].as_array().expect("conflicts");
     assert_eq!(conflicts.len(), 1, "{json}");

@@ -29,7 +29,8 @@ pub async fn branch_of(s: &SporeSystem, fork_seq: u64) -> BranchFacts {
         .with_projection(|p| {
             let head = p.head().expect("a chain");
             let since = head.timestamp.0.saturating_sub(ACTIVITY_WINDOW_MICROS);
-            let active = p.nodes().filter(|n| n.status == NodeStatus::Active && n.last_activity.0 >= since).count() as u32;
+            let active =
+                p.nodes().filter(|n| n.status == NodeStatus::Active && n.last_activity.0 >= since).count() as u32;
             (head, active)
         })
         .expect("projection");
@@ -37,7 +38,11 @@ pub async fn branch_of(s: &SporeSystem, fork_seq: u64) -> BranchFacts {
     let mut sub = s.subscribe(fork_seq).expect("subscribe");
     let mut events: Vec<ChainedEvent> = Vec::new();
     while events.last().is_none_or(|e| e.seq < head.seq) {
-        let ev = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("events flow").expect("open").expect("event");
+        let ev = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("events flow")
+            .expect("open")
+            .expect("event");
         events.push(ev);
     }
     assert_eq!(events.last().map(|e| e.hash), Some(head.hash), "the events read end at the projection's head");

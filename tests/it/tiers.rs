@@ -26,7 +26,11 @@ fn head_of(s: &SporeSystem) -> ChainPoint {
 }
 
 fn gossip() -> GossipConfig {
-    GossipConfig { interval: Duration::from_millis(50), connect_timeout: Duration::from_millis(300), ..Default::default() }
+    GossipConfig {
+        interval: Duration::from_millis(50),
+        connect_timeout: Duration::from_millis(300),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +50,11 @@ async fn a_latent_node_answers_from_the_most_authoritative_tier_and_says_which()
         .gossip(gossip())
         .build();
     voter.start().await.expect("start voter");
-    let identity = NetworkIdentity { network_id: uuid::Uuid::from_u128(0x71e5), network_name: "tiers".into(), genesis_timestamp: chrono::Utc::now() };
+    let identity = NetworkIdentity {
+        network_id: uuid::Uuid::from_u128(0x71e5),
+        network_name: "tiers".into(),
+        genesis_timestamp: chrono::Utc::now(),
+    };
     voter.initialize(identity).await.expect("initialize");
     let mut latent = SporeSystem::builder()
         .data_dir(root.path().join("l"))

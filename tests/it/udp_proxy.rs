@@ -96,7 +96,8 @@ impl UdpProxy {
         let front = Arc::new(UdpSocket::bind(SocketAddr::new(ip, 0)).await.expect("bind the proxy"));
         let addr = front.local_addr().expect("proxy address");
         let stats = Arc::new(ProxyStats::default());
-        let shaper = Arc::new(Shaper { faults, rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)), stats: stats.clone() });
+        let shaper =
+            Arc::new(Shaper { faults, rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)), stats: stats.clone() });
         UdpProxy { addr, stats, front, shaper, tasks: Arc::new(Mutex::new(JoinSet::new())) }
     }
 
@@ -172,7 +173,9 @@ pub async fn ping_through(faults: LinkFaults, seed: u64, n: usize) -> Vec<Durati
         if last_sent.is_none() && sender.is_finished() {
             last_sent = Some(tokio::time::Instant::now());
         }
-        let wait = last_sent.map_or(Duration::from_millis(50), |t| (t + Duration::from_millis(500)).saturating_duration_since(tokio::time::Instant::now()));
+        let wait = last_sent.map_or(Duration::from_millis(50), |t| {
+            (t + Duration::from_millis(500)).saturating_duration_since(tokio::time::Instant::now())
+        });
         match tokio::time::timeout(wait, client.recv_from(&mut buf)).await {
             Ok(Ok((8, _))) => {
                 let i = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes")) as usize;

@@ -44,7 +44,12 @@ async fn wan_voter(root: &std::path::Path, i: u8, key_base: u8, faults: LinkFaul
 
 /// Forms three voters behind proxies: n0 initializes, admits and adds the others, all through
 /// the proxies.
-async fn form_wan_cluster(root: &std::path::Path, key_base: u8, faults: LinkFaults, timeouts: &Timeouts) -> Vec<WanVoter> {
+async fn form_wan_cluster(
+    root: &std::path::Path,
+    key_base: u8,
+    faults: LinkFaults,
+    timeouts: &Timeouts,
+) -> Vec<WanVoter> {
     let mut voters = Vec::new();
     for i in 0..3 {
         voters.push(wan_voter(root, i, key_base, faults, timeouts).await);
@@ -56,7 +61,8 @@ async fn form_wan_cluster(root: &std::path::Path, key_base: u8, faults: LinkFaul
     };
     voters[0].system.initialize(identity).await.expect("initialize");
     for i in 1..3 {
-        let (ann, peer) = (voters[i].system.announcement().expect("announcement"), voters[i].system.peer().expect("peer"));
+        let (ann, peer) =
+            (voters[i].system.announcement().expect("announcement"), voters[i].system.peer().expect("peer"));
         voters[0].system.admit(ann).await.expect("admit");
         voters[0].system.add_member(peer, true).await.expect("add voter");
     }
@@ -129,7 +135,8 @@ async fn writes_commit_over_a_lossy_wan(writes: usize, key_base: u8) {
                     return done;
                 }
                 let t = Instant::now();
-                let r = voters[via].system.register_service(&format!("svc-{i}"), vec![], vec!["wan".into()], vec![]).await;
+                let r =
+                    voters[via].system.register_service(&format!("svc-{i}"), vec![], vec!["wan".into()], vec![]).await;
                 done.push((i, r.map(|_| ()), t.elapsed(), via == leader));
             }
         });
@@ -148,7 +155,11 @@ async fn writes_commit_over_a_lossy_wan(writes: usize, key_base: u8) {
     };
     let (commits, forwarded) = (latencies(true), latencies(false));
     let (p50, p99) = (percentile(&commits, 50), percentile(&commits, 99));
-    let leader_rtt = voters[(leader + 1) % 3].system.node_id().ok().and_then(|f| voters[leader].system.round_trip(&f).ok().flatten());
+    let leader_rtt = voters[(leader + 1) % 3]
+        .system
+        .node_id()
+        .ok()
+        .and_then(|f| voters[leader].system.round_trip(&f).ok().flatten());
     eprintln!(
         "WAN {writes} writes: RTT through the proxy p50 {rtt:?} (p10 {:?}, p90 {:?}; {} of 200 pings answered), fsync bound {fsync:?}; \
          {acked} acknowledged in {run:?}; commit (at the leader) p50 {p50:?} p99 {p99:?}; forwarded p50 {:?} p99 {:?}; \
@@ -220,7 +231,11 @@ async fn wan_replication_outlasts_openrafts_ttl_on_a_link_slower_than_the_heartb
     let (leader, term) = agreed_leader(&voters, Duration::from_secs(30)).await;
     for i in 0..5 {
         let started = Instant::now();
-        voters[leader].system.register_service(&format!("slow-{i}"), vec![], vec!["slow".into()], vec![]).await.expect("committed");
+        voters[leader]
+            .system
+            .register_service(&format!("slow-{i}"), vec![], vec!["slow".into()], vec![])
+            .await
+            .expect("committed");
         // One round trip to a follower and two syncs; anything near the write timeout means the
         // calls were cut and retried.
         assert!(started.elapsed() < Duration::from_secs(2), "write {i} took {:?}", started.elapsed());

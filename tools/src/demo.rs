@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mycnet_spores::net::NetworkBackend;
-use mycnet_spores::{
-    Endpoint, LedgerReader, NetworkIdentity, NodeKey, NodeRole, SporeSystem, Timeouts, TrustScore,
-};
+use mycnet_spores::{Endpoint, LedgerReader, NetworkIdentity, NodeKey, NodeRole, SporeSystem, Timeouts, TrustScore};
 
 /// Builds the network attachment of one node (QUIC on loopback in the product).
 pub type BackendFactory = dyn Fn(&NodeKey) -> Arc<dyn NetworkBackend>;
@@ -63,7 +61,8 @@ async fn start(node: &mut DemoNode, backend: &BackendFactory) -> DemoResult<()> 
         // the short demo's state-only seed starts from a state the chain attests.
         .anchors(mycnet_spores::system::AnchorPolicy { every: Duration::from_millis(500), ..Default::default() });
     if !node.gossip_peers.is_empty() {
-        let gossip = mycnet_spores::net::gossip::GossipConfig { interval: Duration::from_millis(200), ..Default::default() };
+        let gossip =
+            mycnet_spores::net::gossip::GossipConfig { interval: Duration::from_millis(200), ..Default::default() };
         b = b.gossip(gossip).gossip_peers(node.gossip_peers.clone());
     }
     let mut s = b.build();
@@ -118,7 +117,17 @@ fn print_status(out: &mut dyn Write, nodes: &[DemoNode]) -> DemoResult<()> {
             Some(s) => {
                 let st = s.status()?;
                 let (seq, hash) = st.head.map_or(("-".into(), "-".into()), |h| (h.seq.to_string(), h.hash.short()));
-                writeln!(out, "  {:<6} {:<11} {:<10} {:>5} {:>6}  {:<12} {}", n.name, n.role.to_string(), st.raft_state, st.term, seq, hash, st.addr)?;
+                writeln!(
+                    out,
+                    "  {:<6} {:<11} {:<10} {:>5} {:>6}  {:<12} {}",
+                    n.name,
+                    n.role.to_string(),
+                    st.raft_state,
+                    st.term,
+                    seq,
+                    hash,
+                    st.addr
+                )?;
             }
         }
     }
@@ -188,7 +197,10 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
 
     step(out, "v0 admits the others; v1, v2 join as voters, l0, l1 as learners")?;
     for i in 1..nodes.len() {
-        let (ann, peer) = { let s = sys(&nodes[i])?; (s.announcement()?, s.peer()?) };
+        let (ann, peer) = {
+            let s = sys(&nodes[i])?;
+            (s.announcement()?, s.peer()?)
+        };
         let v0 = sys(&nodes[0])?;
         v0.admit(ann).await?;
         v0.add_member(peer, nodes[i].role == NodeRole::Sclerotium).await?;
@@ -199,14 +211,38 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
     step(out, "Nodes announce capabilities and register services (writes on followers are forwarded)")?;
     sys(&nodes[1])?.announce(vec![nodes[1].addr.clone()], vec!["storage".into(), "ssd".into()]).await?;
     sys(&nodes[1])?
-        .register_service("object-store", vec![Endpoint { protocol: "quic".into(), address: nodes[1].addr.clone() }], vec!["storage".into()], vec![("tier".into(), "hot".into())])
+        .register_service(
+            "object-store",
+            vec![Endpoint { protocol: "quic".into(), address: nodes[1].addr.clone() }],
+            vec!["storage".into()],
+            vec![("tier".into(), "hot".into())],
+        )
         .await?;
-    sys(&nodes[2])?.register_service("dns", vec![Endpoint { protocol: "udp".into(), address: "127.0.0.1:5353".into() }], vec!["dns".into()], vec![]).await?;
+    sys(&nodes[2])?
+        .register_service(
+            "dns",
+            vec![Endpoint { protocol: "udp".into(), address: "127.0.0.1:5353".into() }],
+            vec!["dns".into()],
+            vec![],
+        )
+        .await?;
     sys(&nodes[3])?.announce(vec![nodes[3].addr.clone()], vec!["gpu".into()]).await?;
     let inference = sys(&nodes[3])?
-        .register_service("inference", vec![Endpoint { protocol: "grpc".into(), address: "127.0.0.1:9000".into() }], vec!["gpu".into()], vec![])
+        .register_service(
+            "inference",
+            vec![Endpoint { protocol: "grpc".into(), address: "127.0.0.1:9000".into() }],
+            vec!["gpu".into()],
+            vec![],
+        )
         .await?;
-    sys(&nodes[4])?.register_service("relay", vec![Endpoint { protocol: "quic".into(), address: nodes[4].addr.clone() }], vec!["relay".into()], vec![]).await?;
+    sys(&nodes[4])?
+        .register_service(
+            "relay",
+            vec![Endpoint { protocol: "quic".into(), address: nodes[4].addr.clone() }],
+            vec!["relay".into()],
+            vec![],
+        )
+        .await?;
     let l1 = nodes[4].key.node_id();
     sys(&nodes[0])?.set_trust(l1, TrustScore(850), "relayed reliably").await?;
     let head = wait_converged(&nodes, Duration::from_secs(10)).await?;
@@ -224,7 +260,12 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
     step(out, "Writing while the old leader is down")?;
     sys(&nodes[3])?.deregister_service(inference, "moved to a bigger GPU").await?;
     sys(&nodes[3])?
-        .register_service("inference", vec![Endpoint { protocol: "grpc".into(), address: "127.0.0.1:9001".into() }], vec!["gpu".into()], vec![])
+        .register_service(
+            "inference",
+            vec![Endpoint { protocol: "grpc".into(), address: "127.0.0.1:9001".into() }],
+            vec!["gpu".into()],
+            vec![],
+        )
         .await?;
     let offline = nodes[4].key.node_id();
     sys(&nodes[new_leader])?.mark_offline(offline, mycnet_spores::Timestamp::now()).await?;
@@ -257,7 +298,10 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
         mycnet_spores::seed::import(&mut ledger, &seed)?;
         let carried = match seed.proof {
             mycnet_spores::seed::StateProof::AttestedAt { seq, .. } => {
-                format!("the registries at seq {seq}, which the chain attests, and the {} events after it", seed.events.len())
+                format!(
+                    "the registries at seq {seq}, which the chain attests, and the {} events after it",
+                    seed.events.len()
+                )
             }
             _ => format!("all {} events (no state attested in the chain yet)", seed.events.len()),
         };
@@ -297,14 +341,29 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
     writeln!(out, "  {:<6} {:<11} {:<8} {:>5}  capabilities", "node", "role", "status", "trust")?;
     for n in v0.nodes()? {
         let status = n.status.to_string();
-        writeln!(out, "  {:<6} {:<11} {:<8} {:>5}  {}", n.name, n.role.to_string(), status, n.trust.to_string(), n.capabilities.join(","))?;
+        writeln!(
+            out,
+            "  {:<6} {:<11} {:<8} {:>5}  {}",
+            n.name,
+            n.role.to_string(),
+            status,
+            n.trust.to_string(),
+            n.capabilities.join(",")
+        )?;
     }
     writeln!(out, "\n  {:<13} {:<6} {:<28} capabilities", "service", "node", "endpoints")?;
     let names: std::collections::BTreeMap<_, _> = v0.nodes()?.into_iter().map(|n| (n.node, n.name)).collect();
     for s in v0.with_projection(|p| p.services().cloned().collect::<Vec<_>>())? {
         let eps: Vec<String> = s.service.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect();
         let owner = names.get(&s.service.node).cloned().unwrap_or_default();
-        writeln!(out, "  {:<13} {:<6} {:<28} {}", s.service.name, owner, eps.join(" "), s.service.capabilities.join(","))?;
+        writeln!(
+            out,
+            "  {:<13} {:<6} {:<28} {}",
+            s.service.name,
+            owner,
+            eps.join(" "),
+            s.service.capabilities.join(",")
+        )?;
     }
 
     step(out, "Stopping every node and verifying each ledger from genesis (every link and signature)")?;
@@ -319,7 +378,15 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
         match &report.first_error {
             None => {
                 let (seq, hash) = report.recorded_head.ok_or("empty ledger")?;
-                writeln!(out, "  {:<6} verified {:>4} events, {:>4} signatures  head {} {}", n.name, report.events_verified, report.signatures_verified, seq, hash.short())?;
+                writeln!(
+                    out,
+                    "  {:<6} verified {:>4} events, {:>4} signatures  head {} {}",
+                    n.name,
+                    report.events_verified,
+                    report.signatures_verified,
+                    seq,
+                    hash.short()
+                )?;
                 heads.push((seq, hash));
             }
             Some((seq, c)) => return Err(format!("{}: ledger damaged at seq {seq}: {c}", n.name).into()),
@@ -329,7 +396,12 @@ pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn W
     if heads.len() != 1 {
         return Err(format!("nodes ended on different heads: {heads:?}").into());
     }
-    writeln!(out, "\nAll {} nodes hold the same verified chain. Finished in {:.1} s.", nodes.len(), started.elapsed().as_secs_f64())?;
+    writeln!(
+        out,
+        "\nAll {} nodes hold the same verified chain. Finished in {:.1} s.",
+        nodes.len(),
+        started.elapsed().as_secs_f64()
+    )?;
     match tmp {
         Some(t) => t.close()?,
         None => writeln!(out, "Data kept in {} (try: spore verify {})", root.display(), root.join("v0").display())?,

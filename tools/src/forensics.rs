@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use mycnet_spores::store::forensics::{
-    self, BlameOptions, BlameReport, BlameTarget, BranchEvents, BranchInfo, EntityDiff, ForkPoint,
-    Relation, Side, SourceKind, Touch, Verdict,
+    self, BlameOptions, BlameReport, BlameTarget, BranchEvents, BranchInfo, EntityDiff, ForkPoint, Relation, Side,
+    SourceKind, Touch, Verdict,
 };
 use mycnet_spores::store::inspect::resolve_ledger_dir;
 use mycnet_spores::{Branch, ForensicsError, NodeRecord, ServiceRecord, StopAt};
@@ -54,12 +54,8 @@ pub fn existing_path(s: &str) -> Result<PathBuf, String> {
 fn source_text(info: &BranchInfo) -> String {
     let kind = match info.source {
         SourceKind::Ledger => "ledger",
-        SourceKind::Seed {
-            includes_events: true,
-        } => "seed with events",
-        SourceKind::Seed {
-            includes_events: false,
-        } => "seed without events",
+        SourceKind::Seed { includes_events: true } => "seed with events",
+        SourceKind::Seed { includes_events: false } => "seed without events",
     };
     format!(
         "{kind} {}  head {} {}  {}  (network {}, {})",
@@ -92,8 +88,7 @@ fn side_name(s: Side) -> &'static str {
 }
 
 fn fork_json(fork: &ForkPoint) -> Value {
-    let point =
-        |p: Option<mycnet_spores::ChainPoint>| p.map(|p| json!({"seq": p.seq, "hash": p.hash}));
+    let point = |p: Option<mycnet_spores::ChainPoint>| p.map(|p| json!({"seq": p.seq, "hash": p.hash}));
     match &fork.relation {
         Relation::Identical { head } => {
             json!({"relation": "identical", "last_common": point(Some(*head)), "first_diverging_seq": null, "ahead": null})
@@ -101,17 +96,10 @@ fn fork_json(fork: &ForkPoint) -> Value {
         Relation::Prefix { ahead, common } => {
             json!({"relation": "prefix", "last_common": point(Some(*common)), "first_diverging_seq": null, "ahead": side_name(*ahead)})
         }
-        Relation::Diverged {
-            last_common,
-            first_diverging_seq,
-        } => {
+        Relation::Diverged { last_common, first_diverging_seq } => {
             json!({"relation": "diverged", "last_common": point(*last_common), "first_diverging_seq": first_diverging_seq, "ahead": null})
         }
-        Relation::Unresolved {
-            last_common_known,
-            diverged_at_or_before,
-            reason,
-        } => json!({
+        Relation::Unresolved { last_common_known, diverged_at_or_before, reason } => json!({
             "relation": "unresolved", "last_common": point(*last_common_known), "first_diverging_seq": null,
             "diverged_at_or_before": diverged_at_or_before, "ahead": null, "reason": reason,
         }),
@@ -121,17 +109,9 @@ fn fork_json(fork: &ForkPoint) -> Value {
 fn fork_text(fork: &ForkPoint) -> String {
     let name = |s: Side| if s == Side::A { "A" } else { "B" };
     match &fork.relation {
-        Relation::Identical { head } => format!(
-            "identical: both end at seq {} {}",
-            head.seq,
-            head.hash.short()
-        ),
+        Relation::Identical { head } => format!("identical: both end at seq {} {}", head.seq, head.hash.short()),
         Relation::Prefix { ahead, common } => {
-            let (ahead_info, behind) = if *ahead == Side::A {
-                (&fork.a, Side::B)
-            } else {
-                (&fork.b, Side::A)
-            };
+            let (ahead_info, behind) = if *ahead == Side::A { (&fork.a, Side::B) } else { (&fork.b, Side::A) };
             format!(
                 "{} is a prefix of {}: they share seq 0..={} ({}), {} is {} events ahead",
                 name(behind),
@@ -142,27 +122,13 @@ fn fork_text(fork: &ForkPoint) -> String {
                 ahead_info.head.seq - common.seq
             )
         }
-        Relation::Diverged {
-            last_common: Some(c),
-            first_diverging_seq,
-        } => {
-            format!(
-                "diverged after seq {} ({}): first diverging seq {first_diverging_seq}",
-                c.seq,
-                c.hash.short()
-            )
+        Relation::Diverged { last_common: Some(c), first_diverging_seq } => {
+            format!("diverged after seq {} ({}): first diverging seq {first_diverging_seq}", c.seq, c.hash.short())
         }
-        Relation::Diverged {
-            last_common: None,
-            first_diverging_seq,
-        } => {
+        Relation::Diverged { last_common: None, first_diverging_seq } => {
             format!("diverged from genesis: first diverging seq {first_diverging_seq}")
         }
-        Relation::Unresolved {
-            last_common_known,
-            diverged_at_or_before,
-            reason,
-        } => format!(
+        Relation::Unresolved { last_common_known, diverged_at_or_before, reason } => format!(
             "unresolved: last known common seq {}, differ at or before seq {}: {reason}",
             last_common_known.map_or("-".into(), |p| p.seq.to_string()),
             diverged_at_or_before.map_or("-".into(), |s| s.to_string())
@@ -223,34 +189,16 @@ fn service_field(s: &ServiceRecord, field: &str) -> String {
         "capabilities" => format!("[{}]", a.capabilities.join(",")),
         "endpoints" => format!(
             "[{}]",
-            a.endpoints
-                .iter()
-                .map(|e| format!("{}://{}", e.protocol, e.address))
-                .collect::<Vec<_>>()
-                .join(" ")
+            a.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect::<Vec<_>>().join(" ")
         ),
-        "metadata" => format!(
-            "[{}]",
-            a.metadata
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
+        "metadata" => format!("[{}]", a.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")),
         "registered_by" => s.registered_by.short(),
         _ => String::new(),
     }
 }
 
 fn node_line(n: &NodeRecord) -> String {
-    format!(
-        "{} {:<16} {:<11} {:<8} {}",
-        n.node.short(),
-        n.name,
-        n.role.to_string(),
-        n.status.to_string(),
-        n.trust
-    )
+    format!("{} {:<16} {:<11} {:<8} {}", n.node.short(), n.name, n.role.to_string(), n.status.to_string(), n.trust)
 }
 
 fn service_line(s: &ServiceRecord) -> String {
@@ -282,11 +230,7 @@ fn print_entities(d: &EntityDiff, o: &mut Out) -> CliResult {
     for c in &d.nodes_changed {
         o.line(format!("  changed    {} {}", c.node.short(), c.a.name))?;
         for f in &c.fields {
-            o.line(format!(
-                "               {f}: A {}  B {}",
-                node_field(&c.a, f),
-                node_field(&c.b, f)
-            ))?;
+            o.line(format!("               {f}: A {}  B {}", node_field(&c.a, f), node_field(&c.b, f)))?;
         }
     }
     o.line(format!(
@@ -302,16 +246,9 @@ fn print_entities(d: &EntityDiff, o: &mut Out) -> CliResult {
         o.line(format!("  only in B  {}", service_line(s)))?;
     }
     for c in &d.services_changed {
-        o.line(format!(
-            "  changed    {} {}",
-            c.service_id, c.a.service.name
-        ))?;
+        o.line(format!("  changed    {} {}", c.service_id, c.a.service.name))?;
         for f in &c.fields {
-            o.line(format!(
-                "               {f}: A {}  B {}",
-                service_field(&c.a, f),
-                service_field(&c.b, f)
-            ))?;
+            o.line(format!("               {f}: A {}  B {}", service_field(&c.a, f), service_field(&c.b, f)))?;
         }
     }
     Ok(())
@@ -329,20 +266,9 @@ fn entities_json(d: &EntityDiff) -> Value {
 pub fn diff(a_path: &Path, b_path: &Path, limit: usize, o: &mut Out) -> CliResult {
     // A ledger can be opened once at a time (fjall locks it): the same source twice is a
     // mistake worth naming, not a storage error.
-    let same = |p: &Path| {
-        std::fs::canonicalize(if p.is_dir() {
-            resolve_ledger_dir(p)
-        } else {
-            p.to_path_buf()
-        })
-        .ok()
-    };
+    let same = |p: &Path| std::fs::canonicalize(if p.is_dir() { resolve_ledger_dir(p) } else { p.to_path_buf() }).ok();
     if same(a_path).is_some() && same(a_path) == same(b_path) {
-        return Err(CliError::usage(format!(
-            "{} and {} are the same source",
-            a_path.display(),
-            b_path.display()
-        )));
+        return Err(CliError::usage(format!("{} and {} are the same source", a_path.display(), b_path.display())));
     }
     let a = open(a_path)?;
     let b = open(b_path)?;
@@ -355,14 +281,9 @@ pub fn diff(a_path: &Path, b_path: &Path, limit: usize, o: &mut Out) -> CliResul
     } else {
         // Both heads' registries: a shared ledger prefix is replayed once (a seed's state is
         // at hand).
-        let bar = progress_bar(
-            o,
-            forensics::head_projections_work(&a, &b, &fork.relation),
-            "replaying",
-        );
+        let bar = progress_bar(o, forensics::head_projections_work(&a, &b, &fork.relation), "replaying");
         let (pa, pb) =
-            forensics::head_projections(&a, &b, &fork.relation, &|n| bar.set_position(n))
-                .map_err(cli_err)?;
+            forensics::head_projections(&a, &b, &fork.relation, &|n| bar.set_position(n)).map_err(cli_err)?;
         bar.finish_and_clear();
         forensics::entity_diff(&pa, &pb)
     };
@@ -395,8 +316,15 @@ pub fn diff(a_path: &Path, b_path: &Path, limit: usize, o: &mut Out) -> CliResul
 fn verdict_text(v: &Verdict) -> String {
     match v {
         Verdict::Wins { winner, decided_by, a, b } => {
-            let side = |s: &mycnet_spores::core::authority::BranchSummary| format!("{:?} tier, {} active nodes, {} events", s.tier, s.active_nodes, s.events);
-            format!("{} would be kept, by {decided_by} (A: {}; B: {})", side_name(*winner).to_uppercase(), side(a), side(b))
+            let side = |s: &mycnet_spores::core::authority::BranchSummary| {
+                format!("{:?} tier, {} active nodes, {} events", s.tier, s.active_nodes, s.events)
+            };
+            format!(
+                "{} would be kept, by {decided_by} (A: {}; B: {})",
+                side_name(*winner).to_uppercase(),
+                side(a),
+                side(b)
+            )
         }
         Verdict::CannotWin { refused } => refused
             .iter()
@@ -406,7 +334,6 @@ fn verdict_text(v: &Verdict) -> String {
         Verdict::Undecided { reason } => format!("nothing decided ({reason})"),
     }
 }
-
 
 fn touch_text(t: &Touch) -> String {
     match t {
@@ -433,32 +360,18 @@ fn target_text(r: &BlameReport) -> String {
 /// and when.
 pub fn blame(source: &Path, target: &str, options: BlameOptions, o: &mut Out) -> CliResult {
     let branch = open(source)?;
-    let total = if branch.has_events() {
-        branch.head().seq + 1
-    } else {
-        0
-    };
+    let total = if branch.has_events() { branch.head().seq + 1 } else { 0 };
     let target = match BlameTarget::parse_exact(target) {
         Some(t) => t,
         None => {
-            let bar = progress_bar(
-                o,
-                if branch.info().source == SourceKind::Ledger {
-                    total
-                } else {
-                    0
-                },
-                "resolving",
-            );
-            let t = forensics::resolve_target(&branch, target, &|n| bar.set_position(n))
-                .map_err(cli_err)?;
+            let bar = progress_bar(o, if branch.info().source == SourceKind::Ledger { total } else { 0 }, "resolving");
+            let t = forensics::resolve_target(&branch, target, &|n| bar.set_position(n)).map_err(cli_err)?;
             bar.finish_and_clear();
             t
         }
     };
     let bar = progress_bar(o, total, "searching");
-    let report =
-        forensics::blame(&branch, &target, options, &|n| bar.set_position(n)).map_err(cli_err)?;
+    let report = forensics::blame(&branch, &target, options, &|n| bar.set_position(n)).map_err(cli_err)?;
     bar.finish_and_clear();
     if o.json {
         return o.json_line(&json!({
@@ -466,17 +379,10 @@ pub fn blame(source: &Path, target: &str, options: BlameOptions, o: &mut Out) ->
             "total": report.total, "omitted": report.omitted, "entries": report.entries,
         }));
     }
-    o.line(format!(
-        "{} in {}",
-        target_text(&report),
-        source_text(&report.source)
-    ))?;
+    o.line(format!("{} in {}", target_text(&report), source_text(&report.source)))?;
     o.line(format!("{} events touched it", report.total))?;
     if report.omitted > 0 {
-        o.line(format!(
-            "  … {} earlier ones omitted (raise --limit)",
-            report.omitted
-        ))?;
+        o.line(format!("  … {} earlier ones omitted (raise --limit)", report.omitted))?;
     }
     o.line(format!(
         "  {:>8}  {:<12}  {:<27}  {:<12} {:<21} {:<30} {}",

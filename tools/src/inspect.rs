@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use mycnet_spores::core::limits::{APPEND_BATCH_MAX, REPLAY_CHUNK_EVENTS};
 use mycnet_spores::core::synth::{Synth, SynthConfig};
 use mycnet_spores::{
-    ChainedEvent, EventBody, Ledger, LedgerConfig, LedgerError, LedgerReader, Projection, ReplayOptions,
-    StopAt, Timestamp,
+    ChainedEvent, EventBody, Ledger, LedgerConfig, LedgerError, LedgerReader, Projection, ReplayOptions, StopAt,
+    Timestamp,
 };
 use serde_json::json;
 
@@ -124,12 +124,20 @@ pub fn verify(dir: &Path, o: &mut Out) -> CliResult {
 /// A one-line human summary of an event.
 pub fn summary(body: &EventBody) -> String {
     match body {
-        EventBody::Genesis { network, founder } => format!("network {:?} founded by {}", network.network_name, founder.name),
+        EventBody::Genesis { network, founder } => {
+            format!("network {:?} founded by {}", network.network_name, founder.name)
+        }
         EventBody::NodeJoined(n) => format!("{} ({}) joined as {}", n.name, n.node.short(), n.role),
-        EventBody::NodeUpdated { node, name, role } => format!("{} updated: name {name:?}, role {role:?}", node.short()),
+        EventBody::NodeUpdated { node, name, role } => {
+            format!("{} updated: name {name:?}, role {role:?}", node.short())
+        }
         EventBody::NodeLeft { node, reason } => format!("{} left: {reason}", node.short()),
-        EventBody::CapabilitiesChanged { node, capabilities } => format!("{} capabilities [{}]", node.short(), capabilities.join(",")),
-        EventBody::AddressesChanged { node, addresses } => format!("{} addresses [{}]", node.short(), addresses.join(",")),
+        EventBody::CapabilitiesChanged { node, capabilities } => {
+            format!("{} capabilities [{}]", node.short(), capabilities.join(","))
+        }
+        EventBody::AddressesChanged { node, addresses } => {
+            format!("{} addresses [{}]", node.short(), addresses.join(","))
+        }
         EventBody::TrustScoreChanged { node, score, reason } => format!("{} trust {score}: {reason}", node.short()),
         EventBody::ServiceRegistered(s) => format!("service {} {} on {}", s.name, s.service_id, s.node.short()),
         EventBody::ServiceDeregistered { service_id, reason } => format!("service {service_id} deregistered: {reason}"),
@@ -232,10 +240,17 @@ pub fn stats(dir: &Path, o: &mut Out) -> CliResult {
     if o.json {
         return o.json_line(&st);
     }
-    o.line(format!("network      {} ({})", st.network_name.as_deref().unwrap_or("-"), st.fingerprint.map_or("-".into(), |f| f.to_hex())))?;
+    o.line(format!(
+        "network      {} ({})",
+        st.network_name.as_deref().unwrap_or("-"),
+        st.fingerprint.map_or("-".into(), |f| f.to_hex())
+    ))?;
     o.line(format!("events       {}", st.events))?;
     if st.history_from > 0 {
-        o.line(format!("history      held from seq {} (loaded from a state-only seed; the rest is backfilled by gossip)", st.history_from))?;
+        o.line(format!(
+            "history      held from seq {} (loaded from a state-only seed; the rest is backfilled by gossip)",
+            st.history_from
+        ))?;
     }
     o.line(format!("head         {}", st.head.map_or("-".into(), |(s, h)| format!("{s} {h}"))))?;
     o.line(format!(
@@ -291,7 +306,8 @@ pub fn state(dir: &Path, at: At, o: &mut Out) -> CliResult {
     }
     let total = head.map_or(0, |h| h.0 + 1);
     let bar = progress_bar(o, total, "auditing");
-    let (p, _) = reader.replay(&ReplayOptions { audit: true, stop }, &|n| bar.set_position(n)).map_err(corrupt_is_bad_data)?;
+    let (p, _) =
+        reader.replay(&ReplayOptions { audit: true, stop }, &|n| bar.set_position(n)).map_err(corrupt_is_bad_data)?;
     bar.finish_and_clear();
     print_registries(&p, o)
 }
@@ -312,7 +328,10 @@ pub fn print_registries(p: &Projection, o: &mut Out) -> CliResult {
         Some(h) => o.line(format!("as of seq {} ({}), {}", h.seq, h.hash.short(), h.timestamp))?,
     }
     o.line(format!("\nnodes ({}):", p.nodes().count()))?;
-    o.line(format!("  {:<12} {:<20} {:<11} {:<8} {:>5}  {}", "key", "name", "role", "status", "trust", "capabilities"))?;
+    o.line(format!(
+        "  {:<12} {:<20} {:<11} {:<8} {:>5}  {}",
+        "key", "name", "role", "status", "trust", "capabilities"
+    ))?;
     for n in p.nodes() {
         let status = n.status.to_string();
         o.line(format!(
@@ -329,7 +348,13 @@ pub fn print_registries(p: &Projection, o: &mut Out) -> CliResult {
     o.line(format!("  {:<36} {:<14} {:<12} {}", "id", "name", "node", "endpoints"))?;
     for s in p.services() {
         let eps: Vec<String> = s.service.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect();
-        o.line(format!("  {:<36} {:<14} {:<12} {}", s.service.service_id, s.service.name, s.service.node.short(), eps.join(" ")))?;
+        o.line(format!(
+            "  {:<36} {:<14} {:<12} {}",
+            s.service.service_id,
+            s.service.name,
+            s.service.node.short(),
+            eps.join(" ")
+        ))?;
     }
     Ok(())
 }
@@ -339,8 +364,9 @@ pub fn replay(dir: &Path, audit: bool, o: &mut Out) -> CliResult {
     let reader = open(dir)?;
     let total = reader.recorded_head().map_err(CliError::ledger)?.map_or(0, |h| h.0 + 1);
     let bar = progress_bar(o, total, if audit { "auditing" } else { "replaying" });
-    let (p, stats) =
-        reader.replay(&ReplayOptions { audit, stop: StopAt::End }, &|n| bar.set_position(n)).map_err(corrupt_is_bad_data)?;
+    let (p, stats) = reader
+        .replay(&ReplayOptions { audit, stop: StopAt::End }, &|n| bar.set_position(n))
+        .map_err(corrupt_is_bad_data)?;
     bar.finish_and_clear();
     let rate = stats.events_per_sec();
     if o.json {

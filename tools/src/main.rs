@@ -27,7 +27,11 @@ use mycnet_spores::node::RoleConfig;
 use crate::output::{CliError, CliResult, Out};
 
 #[derive(Parser)]
-#[command(name = "spore", version, about = "Inspect, run and demo mycnet-spores: a signed, chained node-discovery ledger")]
+#[command(
+    name = "spore",
+    version,
+    about = "Inspect, run and demo mycnet-spores: a signed, chained node-discovery ledger"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -454,19 +458,25 @@ enum Role {
 }
 
 fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colour codes only on a terminal: node logs are often redirected to files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Io(format!("tokio runtime: {e}")))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Io(format!("tokio runtime: {e}")))
 }
 
 fn run(cli: Cli) -> CliResult {
     match cli.command {
-        Command::Generate { out, events, nodes, seed, json } => inspect::generate(&out, events, nodes, seed, &mut Out::new(json)),
+        Command::Generate { out, events, nodes, seed, json } => {
+            inspect::generate(&out, events, nodes, seed, &mut Out::new(json))
+        }
         Command::Verify { dir, json } => inspect::verify(&dir, &mut Out::new(json)),
         Command::Dump { dir, from, to, json } => inspect::dump(&dir, from, to, &mut Out::new(json)),
         Command::Stats { dir, json } => inspect::stats(&dir, &mut Out::new(json)),
@@ -524,7 +534,12 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::Status { addr, key, timeout_ms, json } => {
             init_tracing("warn");
-            runtime()?.block_on(remote::status(&addr, key.as_deref(), Duration::from_millis(timeout_ms), &mut Out::new(json)))
+            runtime()?.block_on(remote::status(
+                &addr,
+                key.as_deref(),
+                Duration::from_millis(timeout_ms),
+                &mut Out::new(json),
+            ))
         }
         Command::Query { addr, what, name, capability, tiered, key, timeout_ms, json } => {
             init_tracing("warn");
@@ -533,25 +548,58 @@ fn run(cli: Cli) -> CliResult {
                 QueryWhat::Offline => remote::QueryKind::Offline,
                 QueryWhat::Services => remote::QueryKind::Services { name, capability },
             };
-            runtime()?.block_on(remote::query(&addr, key.as_deref(), what, tiered, Duration::from_millis(timeout_ms), &mut Out::new(json)))
+            runtime()?.block_on(remote::query(
+                &addr,
+                key.as_deref(),
+                what,
+                tiered,
+                Duration::from_millis(timeout_ms),
+                &mut Out::new(json),
+            ))
         }
-        Command::Service(ServiceCommand::Register { key_file, addr, name, endpoints, capabilities, metadata, timeout_ms, json }) => {
+        Command::Service(ServiceCommand::Register {
+            key_file,
+            addr,
+            name,
+            endpoints,
+            capabilities,
+            metadata,
+            timeout_ms,
+            json,
+        }) => {
             init_tracing("warn");
             let t = Duration::from_millis(timeout_ms);
-            runtime()?.block_on(remote::register_service(&key_file, &addr, name, endpoints, capabilities, metadata, t, &mut Out::new(json)))
+            runtime()?.block_on(remote::register_service(
+                &key_file,
+                &addr,
+                name,
+                endpoints,
+                capabilities,
+                metadata,
+                t,
+                &mut Out::new(json),
+            ))
         }
         Command::Service(ServiceCommand::Deregister { key_file, addr, id, reason, timeout_ms, json }) => {
             init_tracing("warn");
             let t = Duration::from_millis(timeout_ms);
             runtime()?.block_on(remote::deregister_service(&key_file, &addr, id, reason, t, &mut Out::new(json)))
         }
-        Command::Seed(SeedCommand::Export { data_dir: Some(dir), out, events, json, .. }) => seedcmd::export(&dir, &out, events, &mut Out::new(json)),
-        Command::Seed(SeedCommand::Export { addr: Some(addr), key_file: Some(key_file), out, events, json, .. }) => {
+        Command::Seed(SeedCommand::Export { data_dir: Some(dir), out, events, json, .. }) => {
+            seedcmd::export(&dir, &out, events, &mut Out::new(json))
+        }
+        Command::Seed(SeedCommand::Export {
+            addr: Some(addr), key_file: Some(key_file), out, events, json, ..
+        }) => {
             init_tracing("warn");
             runtime()?.block_on(seedcmd::export_running(&addr, &key_file, &out, events, &mut Out::new(json)))
         }
-        Command::Seed(SeedCommand::Export { .. }) => Err(CliError::usage("seed export needs --data-dir, or --addr with --key-file")),
-        Command::Seed(SeedCommand::Verify { file, network, quorum, json }) => seedcmd::verify(&file, network, quorum, &mut Out::new(json)),
+        Command::Seed(SeedCommand::Export { .. }) => {
+            Err(CliError::usage("seed export needs --data-dir, or --addr with --key-file"))
+        }
+        Command::Seed(SeedCommand::Verify { file, network, quorum, json }) => {
+            seedcmd::verify(&file, network, quorum, &mut Out::new(json))
+        }
         Command::Seed(SeedCommand::Import { data_dir, file, network, quorum, json }) => seedcmd::import(
             &data_dir,
             &file,
@@ -579,7 +627,8 @@ fn run(cli: Cli) -> CliResult {
                 let admission = Admission::only([]);
                 let backend = move |key: &mycnet_spores::NodeKey| {
                     admission.allow(key.node_id());
-                    Arc::new(QuicBackend::new(key.clone(), admission.clone())) as Arc<dyn mycnet_spores::net::NetworkBackend>
+                    Arc::new(QuicBackend::new(key.clone(), admission.clone()))
+                        as Arc<dyn mycnet_spores::net::NetworkBackend>
                 };
                 demo::run(demo::DemoOptions { keep, dir }, &backend, o.writer()).await
             });

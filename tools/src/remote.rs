@@ -9,8 +9,8 @@ use mycnet_spores::datadir::CreatedDir;
 use mycnet_spores::net::addr::{check_listen_addr, check_peer_addr};
 use mycnet_spores::net::quic::{self, Admission, QuicBackend};
 use mycnet_spores::net::{Query, QueryAnswer, RegistryAnswer, RemoteFailure, RpcRequest, RpcResponse};
-use mycnet_spores::raft::SporeResponse;
 use mycnet_spores::node::{self, NodeConfig};
+use mycnet_spores::raft::SporeResponse;
 use mycnet_spores::store::keyfile;
 use mycnet_spores::{
     ChainPoint, Endpoint, EventBody, NodeId, ServiceAnnouncement, SignedEvent, SporeStatus, Timestamp,
@@ -74,7 +74,8 @@ pub async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
     }
     o.flush()?;
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| CliError::Io(e.to_string()))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CliError::Io(e.to_string()))?;
     let mut tick = tokio::time::interval(ADMISSION_REFRESH);
     let mut halted = None;
     loop {
@@ -144,15 +145,21 @@ pub fn config_from_flags(
         node::parse_node_key("join.via_key", k).map_err(|e| flag_error("--join-key", k, e))?;
     }
     let join = match (join_addr, join_key) {
-        (Some(via_addr), Some(via_key)) => Some(node::JoinConfig { via_addr, via_key, as_voter: !join_as_learner, trust_seed }),
+        (Some(via_addr), Some(via_key)) => {
+            Some(node::JoinConfig { via_addr, via_key, as_voter: !join_as_learner, trust_seed })
+        }
         (None, None) => None,
         _ => return Err(CliError::usage("--join-addr and --join-key go together")),
     };
-    let tagged = peers.into_iter().map(|p| (p, node::RoleConfig::Voter)).chain(latent_peers.into_iter().map(|p| (p, node::RoleConfig::Latent)));
+    let tagged = peers
+        .into_iter()
+        .map(|p| (p, node::RoleConfig::Voter))
+        .chain(latent_peers.into_iter().map(|p| (p, node::RoleConfig::Latent)));
     let peers = tagged
         .map(|(p, role)| {
             let flag = if role == node::RoleConfig::Latent { "--latent-peer" } else { "--peer" };
-            let (key, addr) = p.split_once('@').ok_or_else(|| CliError::usage(format!("{flag} {p}: expected KEY@HOST:PORT")))?;
+            let (key, addr) =
+                p.split_once('@').ok_or_else(|| CliError::usage(format!("{flag} {p}: expected KEY@HOST:PORT")))?;
             node::parse_node_key("peers.key", key).map_err(|e| flag_error(flag, &p, e))?;
             check_peer_addr(addr).map_err(|e| flag_error(flag, &p, e))?;
             Ok(node::PeerConfig { addr: addr.to_string(), key: key.to_string(), name: None, role })
@@ -192,7 +199,12 @@ pub fn config_from_file(path: &Path) -> Result<NodeConfig, CliError> {
     NodeConfig::from_toml(&text).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))
 }
 
-async fn call(addr: &str, key: Option<&str>, req: RpcRequest, timeout: Duration) -> Result<(NodeId, RpcResponse), CliError> {
+async fn call(
+    addr: &str,
+    key: Option<&str>,
+    req: RpcRequest,
+    timeout: Duration,
+) -> Result<(NodeId, RpcResponse), CliError> {
     let expected = key.map(NodeId::from_hex).transpose().map_err(|e| CliError::usage(e.to_string()))?;
     quic::admin_call(addr, expected, req, timeout).await.map_err(|e| CliError::Io(e.to_string()))
 }
@@ -222,26 +234,47 @@ pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Ou
         o.line(format!("DIVERGENCE   {d}; no writes until an operator clears it"))?;
     }
     o.line(format!("leader       {}", st.leader.map_or("unknown".into(), |l| l.to_hex())))?;
-    o.line(format!("head         {}", st.head.map_or("-".into(), |h| format!("{} {} ({})", h.seq, h.hash, h.timestamp))))?;
+    o.line(format!(
+        "head         {}",
+        st.head.map_or("-".into(), |h| format!("{} {} ({})", h.seq, h.hash, h.timestamp))
+    ))?;
     o.line(format!("applied      {}", st.last_applied.map_or("-".into(), |a| a.to_string())))?;
     o.line(format!("network      {}", st.fingerprint.map_or("-".into(), |f| f.to_hex())))?;
     o.line(format!("mode         {} (since {})", st.mode, st.mode_since))?;
     if let Some(reason) = &st.mode_reason {
         o.line(format!("  why        {reason}"))?;
     }
-    o.line(format!("tier         {:?}{}", st.spore_type, if st.raft_member { " (Raft member)" } else { " (latent: kept by gossip)" }))?;
+    o.line(format!(
+        "tier         {:?}{}",
+        st.spore_type,
+        if st.raft_member { " (Raft member)" } else { " (latent: kept by gossip)" }
+    ))?;
     let reach = |r: Option<u64>| r.map_or("-".to_string(), |s| format!("≤{s}"));
-    o.line(format!("tiers        primary {}  seed {}  latent {}", reach(st.reach.primary), reach(st.reach.seed), reach(st.reach.latent)))?;
+    o.line(format!(
+        "tiers        primary {}  seed {}  latent {}",
+        reach(st.reach.primary),
+        reach(st.reach.seed),
+        reach(st.reach.latent)
+    ))?;
     o.line(format!("anchor       {}", st.anchor.map_or("-".into(), |a| format!("{} {}", a.seq, a.hash))))?;
-    o.line(format!("gossip       {}", st.last_gossip_ms.map_or("no session yet".into(), |ms| format!("last session {ms} ms ago"))))?;
+    o.line(format!(
+        "gossip       {}",
+        st.last_gossip_ms.map_or("no session yet".into(), |ms| format!("last session {ms} ms ago"))
+    ))?;
     if st.history_from > 0 {
-        o.line(format!("history      held from seq {} (started from a state-only seed; backfilling the rest by gossip)", st.history_from))?;
+        o.line(format!(
+            "history      held from seq {} (started from a state-only seed; backfilling the rest by gossip)",
+            st.history_from
+        ))?;
     }
     if st.provisional > 0 {
         o.line(format!("provisional  {} write(s) held until a voter is reachable", st.provisional))?;
     }
     if st.forks > 0 {
-        o.line(format!("FORKS        {} piece(s) of fork evidence stored: two chains of this network exist", st.forks))?;
+        o.line(format!(
+            "FORKS        {} piece(s) of fork evidence stored: two chains of this network exist",
+            st.forks
+        ))?;
     }
     o.line(format!("raft log     {}", st.last_log.map_or("-".into(), |l| l.to_string())))?;
     o.line(format!("voters       {}", st.voters.iter().map(|v| v.short()).collect::<Vec<_>>().join(" ")))?;
@@ -253,7 +286,12 @@ pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Ou
             None if st.raft_state == "Leader" => "not heard from".into(),
             None => "(lag known by the leader)".into(),
         };
-        o.line(format!("  {:<12} {:<22} {:<7} {lag}", p.node.short(), p.addr, if p.voter { "voter" } else { "learner" }))?;
+        o.line(format!(
+            "  {:<12} {:<22} {:<7} {lag}",
+            p.node.short(),
+            p.addr,
+            if p.voter { "voter" } else { "learner" }
+        ))?;
     }
     Ok(())
 }
@@ -277,7 +315,14 @@ pub enum QueryKind {
 }
 
 /// `spore query --addr`.
-pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, tiered: bool, timeout: Duration, o: &mut Out) -> CliResult {
+pub async fn query(
+    addr: &str,
+    key: Option<&str>,
+    what: QueryKind,
+    tiered: bool,
+    timeout: Duration,
+    o: &mut Out,
+) -> CliResult {
     let q = match &what {
         QueryKind::Nodes => Query::Nodes,
         QueryKind::Offline => Query::OfflineNodes,
@@ -297,7 +342,9 @@ pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, tiered: bool,
         other => return Err(CliError::Io(format!("{addr} answered with {}", kind_of(&other)))),
     };
     let answer = match answer {
-        QueryAnswer::Tiered(None) if o.json => return o.json_line(&serde_json::json!({ "tier": null, "at": null, "answer": [] })),
+        QueryAnswer::Tiered(None) if o.json => {
+            return o.json_line(&serde_json::json!({ "tier": null, "at": null, "answer": [] }))
+        }
         QueryAnswer::Tiered(None) => return o.line("no tier has an answer"),
         QueryAnswer::Tiered(Some(t)) if o.json => {
             let inner = match t.value {
@@ -319,7 +366,10 @@ pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, tiered: bool,
             if o.json {
                 return o.json_line(&nodes);
             }
-            o.line(format!("{:<12} {:<20} {:<11} {:<8} {:>5}  {:<24} {}", "key", "name", "role", "status", "trust", "addresses", "capabilities"))?;
+            o.line(format!(
+                "{:<12} {:<20} {:<11} {:<8} {:>5}  {:<24} {}",
+                "key", "name", "role", "status", "trust", "addresses", "capabilities"
+            ))?;
             for n in nodes {
                 let status = n.status.to_string();
                 o.line(format!(
@@ -334,14 +384,17 @@ pub async fn query(addr: &str, key: Option<&str>, what: QueryKind, tiered: bool,
                 ))?;
             }
         }
-        QueryAnswer::Chain { .. } | QueryAnswer::Events(_) | QueryAnswer::Tiered(_) => return Err(CliError::Io(format!("{addr} answered a different question"))),
+        QueryAnswer::Chain { .. } | QueryAnswer::Events(_) | QueryAnswer::Tiered(_) => {
+            return Err(CliError::Io(format!("{addr} answered a different question")))
+        }
         QueryAnswer::Services(services) => {
             if o.json {
                 return o.json_line(&services);
             }
             o.line(format!("{:<36} {:<14} {:<12} {:<30} {}", "id", "name", "node", "endpoints", "capabilities"))?;
             for s in services {
-                let eps: Vec<String> = s.service.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect();
+                let eps: Vec<String> =
+                    s.service.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect();
                 o.line(format!(
                     "{:<36} {:<14} {:<12} {:<30} {}",
                     s.service.service_id,
@@ -375,7 +428,8 @@ pub async fn submit(
     let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
-    let (_, status) = quic::admin_call(addr, None, RpcRequest::Status, left()).await.map_err(|e| CliError::Io(e.to_string()))?;
+    let (_, status) =
+        quic::admin_call(addr, None, RpcRequest::Status, left()).await.map_err(|e| CliError::Io(e.to_string()))?;
     let fingerprint = match status {
         RpcResponse::Status(Ok(SporeStatus { fingerprint: Some(f), .. })) => f,
         RpcResponse::Status(Ok(_)) => return Err(CliError::Io(format!("{addr} is not part of a formed network yet"))),
@@ -386,7 +440,15 @@ pub async fn submit(
     let mut maybe_delivered = false;
     loop {
         // Short attempts: a leader named by a stale node may be the one that just died.
-        let attempt = quic::call_once(&key, &target, None, quic::ALPN_RAFT, RpcRequest::Forward(event.clone()), left().min(ATTEMPT_TIMEOUT)).await;
+        let attempt = quic::call_once(
+            &key,
+            &target,
+            None,
+            quic::ALPN_RAFT,
+            RpcRequest::Forward(event.clone()),
+            left().min(ATTEMPT_TIMEOUT),
+        )
+        .await;
         match attempt {
             Ok((_, RpcResponse::Forward(Ok(SporeResponse::Applied(point))))) => return Ok(Written::Committed(point)),
             Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) if maybe_delivered && landed_before(&r) => {
@@ -395,10 +457,14 @@ pub async fn submit(
             }
             // A latent node that reached no voter keeps the write and hands it on by gossip.
             Ok((_, RpcResponse::Forward(Err(RemoteFailure::Provisional { id })))) => return Ok(Written::Held(id)),
-            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) => return Err(CliError::BadData(format!("rejected: {r}"))),
+            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) => {
+                return Err(CliError::BadData(format!("rejected: {r}")))
+            }
             Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: Some(l) })))) => target = l.addr,
             Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: None })))) => {}
-            Ok((_, RpcResponse::Forward(Err(RemoteFailure::Other(e))))) => tracing::debug!(error = %e, "write not taken yet"),
+            Ok((_, RpcResponse::Forward(Err(RemoteFailure::Other(e))))) => {
+                tracing::debug!(error = %e, "write not taken yet")
+            }
             Ok((_, other)) => return Err(CliError::Io(format!("{target} answered with {}", kind_of(&other)))),
             Err(e @ mycnet_spores::net::TransportError::Refused { .. }) => {
                 return Err(CliError::Io(format!("{e} (is the key in {} admitted?)", key_file.display())))
@@ -459,7 +525,16 @@ pub async fn register_service(
     let point = submit(
         key_file,
         addr,
-        |node| EventBody::ServiceRegistered(ServiceAnnouncement { service_id, name, node, capabilities, endpoints, metadata }),
+        |node| {
+            EventBody::ServiceRegistered(ServiceAnnouncement {
+                service_id,
+                name,
+                node,
+                capabilities,
+                endpoints,
+                metadata,
+            })
+        },
         // The id is fresh and random: only our own earlier attempt can have registered it.
         |r| matches!(r, mycnet_spores::Rejection::ServiceExists(id) if *id == service_id),
         timeout,
@@ -483,7 +558,14 @@ fn report_write(o: &mut Out, done: &str, service_id: uuid::Uuid, written: Writte
 }
 
 /// `spore service deregister`.
-pub async fn deregister_service(key_file: &Path, addr: &str, service_id: uuid::Uuid, reason: String, timeout: Duration, o: &mut Out) -> CliResult {
+pub async fn deregister_service(
+    key_file: &Path,
+    addr: &str,
+    service_id: uuid::Uuid,
+    reason: String,
+    timeout: Duration,
+    o: &mut Out,
+) -> CliResult {
     let point = submit(
         key_file,
         addr,

@@ -44,7 +44,10 @@ pub fn repair(data_dir: &Path, source: Source, force: bool, timeout: Duration, o
     }
     let (damage, fingerprint) = diagnose(&ledger_dir)?;
     if damage.is_none() && !force {
-        return Err(CliError::usage(format!("the ledger in {} verifies: nothing to repair (--force rebuilds it anyway)", data_dir.display())));
+        return Err(CliError::usage(format!(
+            "the ledger in {} verifies: nothing to repair (--force rebuilds it anyway)",
+            data_dir.display()
+        )));
     }
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let kept = data_dir.join(format!("ledger.damaged-{stamp}"));
@@ -72,22 +75,37 @@ pub fn repair(data_dir: &Path, source: Source, force: bool, timeout: Duration, o
         o.line(format!("damage: {damage}"))?;
         o.line(format!("the damaged ledger is kept in {}", kept.display()))?;
         o.line(format!("rebuilt ledger head: {}", head.map_or("-".into(), |(s, h)| format!("{s} {h}"))))?;
-        o.line(format!("next: start the node and let it rejoin, e.g. `spore node --data-dir {} --join-addr ADDR --join-key KEY`", data_dir.display()))
+        o.line(format!(
+            "next: start the node and let it rejoin, e.g. `spore node --data-dir {} --join-addr ADDR --join-key KEY`",
+            data_dir.display()
+        ))
     }
 }
 
 /// The head of the ledger at `dir` after marking it imported (see the module doc).
 fn mark_imported(dir: &Path) -> Result<Option<(u64, mycnet_spores::ChainHash)>, CliError> {
-    let mut ledger = Ledger::open(dir, LedgerConfig { create: false, ..LedgerConfig::default() }).map_err(CliError::ledger)?;
+    let mut ledger =
+        Ledger::open(dir, LedgerConfig { create: false, ..LedgerConfig::default() }).map_err(CliError::ledger)?;
     ledger.set_imported(true).map_err(CliError::ledger)?;
     Ok(ledger.head().map(|h| (h.seq, h.hash)))
 }
 
 /// Copies the peer's chain page by page into a new ledger at `dir`; every range is checked as
 /// gossip checks it (links, hashes, signatures, rules) and must be of `network` when known.
-fn from_peer(dir: &Path, addr: &str, network: Option<NetworkFingerprint>, timeout: Duration) -> Result<Option<(u64, mycnet_spores::ChainHash)>, CliError> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Io(format!("tokio runtime: {e}")))?;
-    let call = |req| rt.block_on(quic::admin_call(addr, None, RpcRequest::Query(req), timeout)).map_err(|e| CliError::Io(e.to_string()));
+fn from_peer(
+    dir: &Path,
+    addr: &str,
+    network: Option<NetworkFingerprint>,
+    timeout: Duration,
+) -> Result<Option<(u64, mycnet_spores::ChainHash)>, CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Io(format!("tokio runtime: {e}")))?;
+    let call = |req| {
+        rt.block_on(quic::admin_call(addr, None, RpcRequest::Query(req), timeout))
+            .map_err(|e| CliError::Io(e.to_string()))
+    };
     let (peer_head, peer_network) = match call(Query::ChainAt(0))? {
         (_, RpcResponse::Query(Ok(QueryAnswer::Chain { head, fingerprint, .. }))) => (head, fingerprint),
         _ => return Err(CliError::Io(format!("{addr} did not say where its chain is"))),
@@ -106,7 +124,9 @@ fn from_peer(dir: &Path, addr: &str, network: Option<NetworkFingerprint>, timeou
             (_, RpcResponse::Query(Ok(QueryAnswer::Events(e)))) if !e.is_empty() => e,
             _ => return Err(CliError::Io(format!("{addr} did not send the events from seq {from}"))),
         };
-        let head = ledger.append_range(&events).map_err(|e| CliError::BadData(format!("{addr} sent a range this chain refuses: {e}")))?;
+        let head = ledger
+            .append_range(&events)
+            .map_err(|e| CliError::BadData(format!("{addr} sent a range this chain refuses: {e}")))?;
         from = head.seq + 1;
     }
     ledger.set_imported(true).map_err(CliError::ledger)?;

@@ -48,7 +48,11 @@ pub fn import_into(
     let bytes = std::fs::read(file).map_err(|e| CliError::io(file, e))?;
     // A quorum-signed seed is checked on its voters' signatures over its exact bytes and, into
     // an empty ledger, bulk-loaded verbatim; anything else is verified event by event.
-    let quorum = if policy.require_quorum { Some(seed::verify_quorum(&bytes, policy.expected_network).map_err(seed_err)?) } else { None };
+    let quorum = if policy.require_quorum {
+        Some(seed::verify_quorum(&bytes, policy.expected_network).map_err(seed_err)?)
+    } else {
+        None
+    };
     let full = if quorum.is_none() { Some(seed::verify(&bytes, policy).map_err(seed_err)?) } else { None };
     let fingerprint = quorum.as_ref().map(|q| q.header.fingerprint).or(full.as_ref().map(|s| s.header.fingerprint));
     std::fs::create_dir_all(data_dir).map_err(|e| CliError::io(data_dir, e))?;
@@ -88,7 +92,13 @@ pub fn export(data_dir: &Path, out: &Path, include_events: bool, o: &mut Out) ->
             (true, false) => "every event from genesis (no attested state is held yet)".to_string(),
             (false, _) => format!("the state attested at seq {} and the events after it", done.state_seq),
         };
-        o.line(format!("wrote {} ({size} bytes): head {} {}, {what}, signed by {}", out.display(), head.seq, head.hash, key.node_id().short()))
+        o.line(format!(
+            "wrote {} ({size} bytes): head {} {}, {what}, signed by {}",
+            out.display(),
+            head.seq,
+            head.hash,
+            key.node_id().short()
+        ))
     }
 }
 
@@ -98,7 +108,11 @@ pub async fn export_running(addr: &str, key_file: &Path, out: &Path, include_eve
     use mycnet_spores::net::{quic, RpcRequest, RpcResponse};
     let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
     // A relative path would resolve against the node's working directory, not ours.
-    let out = if out.is_absolute() { out.to_path_buf() } else { std::env::current_dir().map_err(|e| CliError::Io(e.to_string()))?.join(out) };
+    let out = if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| CliError::Io(e.to_string()))?.join(out)
+    };
     let req = RpcRequest::ExportSeed { path: out.display().to_string(), include_events };
     let timeout = std::time::Duration::from_secs(600);
     let (node, resp) = quic::call_once(&key, addr, Some(key.node_id()), quic::ALPN_RAFT, req, timeout)
@@ -124,7 +138,13 @@ pub fn verify(file: &Path, network: Option<NetworkFingerprint>, quorum: bool, o:
             if o.json {
                 o.json_line(&json!({ "ok": true, "file": file, "format_version": s.version, "head": { "seq": s.header.head_seq, "hash": s.header.head_hash }, "fingerprint": s.header.fingerprint, "signers": s.signers, "state": s.proof }))
             } else {
-                o.line(format!("OK: seed of {:?} at {} {}, {} valid signature(s)", s.header.network.network_name, s.header.head_seq, s.header.head_hash, s.signers.len()))?;
+                o.line(format!(
+                    "OK: seed of {:?} at {} {}, {} valid signature(s)",
+                    s.header.network.network_name,
+                    s.header.head_seq,
+                    s.header.head_hash,
+                    s.signers.len()
+                ))?;
                 o.line(format!("state: {}", s.proof))
             }
         }
@@ -148,7 +168,8 @@ pub fn sign(file: &Path, key_file: &Path, out: Option<&Path>, o: &mut Out) -> Cl
     let dest = out.unwrap_or(file);
     seed::write_atomically(dest, &signed).map_err(seed_err)?;
     let s = seed::verify(&signed, VerifyPolicy::default()).map_err(seed_err)?;
-    let voters = s.projection().nodes().filter(|n| n.role.is_authority() && n.status != mycnet_spores::NodeStatus::Left).count();
+    let voters =
+        s.projection().nodes().filter(|n| n.role.is_authority() && n.status != mycnet_spores::NodeStatus::Left).count();
     let quorum = s.signers.len() > voters / 2;
     if o.json {
         o.json_line(&json!({ "file": dest, "signers": s.signers, "voters": voters, "quorum_signed": quorum }))
@@ -181,11 +202,14 @@ pub fn inspect(file: &Path, o: &mut Out) -> CliResult {
     o.line(format!("network      {:?} {}", s.header.network.network_name, s.header.network.network_id))?;
     o.line(format!("fingerprint  {}", s.header.fingerprint))?;
     o.line(format!("head         {} {}", s.header.head_seq, s.header.head_hash))?;
-    o.line(format!("events       {}", match &s.base {
-        _ if s.header.includes_events => s.events.len().to_string(),
-        Some(_) => format!("{} after the attested state", s.events.len()),
-        None => "not included".into(),
-    }))?;
+    o.line(format!(
+        "events       {}",
+        match &s.base {
+            _ if s.header.includes_events => s.events.len().to_string(),
+            Some(_) => format!("{} after the attested state", s.events.len()),
+            None => "not included".into(),
+        }
+    ))?;
     o.line(format!("state        {}", s.proof))?;
     o.line(format!("registry     {} nodes ({voters} voters), {} services", p.nodes().count(), p.services().count()))?;
     o.line(format!("digest       {}", hex::encode(s.digest)))?;

@@ -23,13 +23,25 @@ fn run(args: &[&str]) -> Output {
 
 fn json(out: &Output) -> Value {
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 fn generated(events: u64) -> (tempfile::TempDir, PathBuf) {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("ledger");
-    let out = run(&["generate", "--out", path(&dir), "--events", &events.to_string(), "--nodes", "10", "--seed", "3", "--json"]);
+    let out = run(&[
+        "generate",
+        "--out",
+        path(&dir),
+        "--events",
+        &events.to_string(),
+        "--nodes",
+        "10",
+        "--seed",
+        "3",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(json(&out)["events"], events);
     (root, dir)
@@ -56,7 +68,8 @@ fn inspector_commands_agree_on_a_generated_history() {
     // Dump: JSON Lines, exactly the asked range, linked to each other.
     let dump = run(&["dump", d, "--from", "10", "--to", "19", "--json"]);
     assert_eq!(dump.status.code(), Some(0));
-    let lines: Vec<Value> = String::from_utf8_lossy(&dump.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&dump.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     assert_eq!(lines.len(), 10);
     assert_eq!(lines[0]["seq"], 10);
     for w in lines.windows(2) {
@@ -67,13 +80,17 @@ fn inspector_commands_agree_on_a_generated_history() {
 
     let stats = json(&run(&["stats", d, "--json"]));
     assert_eq!(stats["events"], 3000);
-    let by_kind: u64 = stats["by_kind"].as_object().expect("by_kind").values().map(|n| n.as_u64().expect("count")).sum();
+    let by_kind: u64 =
+        stats["by_kind"].as_object().expect("by_kind").values().map(|n| n.as_u64().expect("count")).sum();
     assert_eq!(by_kind, 3000);
 
     // State at a seq and at that event's time name the same head.
     let at = json(&run(&["state", d, "--at-seq", "500", "--json"]));
     assert_eq!(at["head"]["seq"], 500);
-    let t500 = json(&run(&["dump", d, "--from", "500", "--to", "500", "--json"]))["timestamp"].as_str().expect("time").to_string();
+    let t500 = json(&run(&["dump", d, "--from", "500", "--to", "500", "--json"]))["timestamp"]
+        .as_str()
+        .expect("time")
+        .to_string();
     let at_time = json(&run(&["state", d, "--at-time", &t500, "--json"]));
     assert_eq!(at_time["head"], at["head"]);
     let full = json(&run(&["state", d, "--json"]));
@@ -134,10 +151,16 @@ fn reading_commands_refuse_a_forged_signature() {
     let v = run(&["verify", path(&dir), "--json"]);
     assert_eq!(v.status.code(), Some(1));
     assert_eq!(json(&v)["first_error"]["seq"], 250);
-    for args in [vec!["state", path(&dir)], vec!["stats", path(&dir)], vec!["dump", path(&dir), "--from", "200", "--to", "260"]] {
+    for args in
+        [vec!["state", path(&dir)], vec!["stats", path(&dir)], vec!["dump", path(&dir), "--from", "200", "--to", "260"]]
+    {
         let out = run(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("250"), "{args:?} names the seq: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("250"),
+            "{args:?} names the seq: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // Before the damage, everything answers.
     assert_eq!(run(&["state", path(&dir), "--at-seq", "249"]).status.code(), Some(0));
@@ -169,7 +192,11 @@ fn damage_is_reported_with_its_sequence_number_and_exit_code_1() {
     assert_eq!(v["first_error"]["seq"], 321, "{v}");
     let human = run(&["verify", path(&dir)]);
     assert_eq!(human.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&human.stdout).contains("DAMAGED at seq 321"), "{}", String::from_utf8_lossy(&human.stdout));
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("DAMAGED at seq 321"),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
     // Reading past the damage stops there with exit 1; reading before it is fine.
     assert_eq!(run(&["dump", path(&dir), "--from", "300", "--to", "330"]).status.code(), Some(1));
     assert_eq!(run(&["dump", path(&dir), "--from", "0", "--to", "320"]).status.code(), Some(0));
@@ -185,12 +212,20 @@ fn usage_and_io_errors_exit_2() {
     let out = run(&["verify", path(&not_a_ledger)]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!String::from_utf8_lossy(&out.stderr).is_empty(), "an error says why");
-    assert_eq!(run(&["generate", "--out", path(&dir), "--events", "5"]).status.code(), Some(2), "refuses a non-empty dir");
+    assert_eq!(
+        run(&["generate", "--out", path(&dir), "--events", "5"]).status.code(),
+        Some(2),
+        "refuses a non-empty dir"
+    );
     assert_eq!(run(&["dump", path(&dir), "--from", "30", "--to", "10"]).status.code(), Some(2));
     assert_eq!(run(&["state", path(&dir), "--at-time", "yesterday"]).status.code(), Some(2));
     let past = run(&["state", path(&dir), "--at-seq", "50"]);
     assert_eq!(past.status.code(), Some(2), "--at-seq past the head (49) is a usage error");
-    assert!(String::from_utf8_lossy(&past.stderr).contains("past the head"), "{}", String::from_utf8_lossy(&past.stderr));
+    assert!(
+        String::from_utf8_lossy(&past.stderr).contains("past the head"),
+        "{}",
+        String::from_utf8_lossy(&past.stderr)
+    );
     assert_eq!(run(&["state", path(&dir), "--at-seq", "49"]).status.code(), Some(0));
     assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
 }
@@ -198,7 +233,8 @@ fn usage_and_io_errors_exit_2() {
 #[test]
 fn a_closed_stdout_ends_the_dump_quietly() {
     let (_root, dir) = generated(3000);
-    let mut child = spore().args(["dump", path(&dir)]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child =
+        spore().args(["dump", path(&dir)]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     let mut first = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("one line");
     assert!(first.trim_start().starts_with('0'), "{first}");
@@ -231,7 +267,10 @@ fn spore_node_picks_its_timeouts_profile() {
     };
     assert_eq!(ready(&[])["timeouts"], "lan");
     assert_eq!(ready(&["--timeouts", "wan"])["timeouts"], "wan");
-    assert_eq!(run(&["node", "--data-dir", "x", "--listen", "127.0.0.1:1", "--timeouts", "moon"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["node", "--data-dir", "x", "--listen", "127.0.0.1:1", "--timeouts", "moon"]).status.code(),
+        Some(2)
+    );
 }
 
 /// Two ledgers of one network that share `shared` events and then diverge: A's founder
@@ -240,7 +279,9 @@ fn spore_node_picks_its_timeouts_profile() {
 /// founder).
 fn diverged(shared: usize) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, PathBuf, String, String) {
     use mycnet_spores::core::synth::{Synth, SynthConfig};
-    use mycnet_spores::{Endpoint, EventBody, Ledger, LedgerConfig, Projection, ServiceAnnouncement, SignedEvent, Timestamp};
+    use mycnet_spores::{
+        Endpoint, EventBody, Ledger, LedgerConfig, Projection, ServiceAnnouncement, SignedEvent, Timestamp,
+    };
     let root = tempfile::tempdir().expect("tempdir");
     let mut synth = Synth::new(SynthConfig { seed: 11, nodes: 8, ..Default::default() });
     let events = synth.next_chunk(shared);
@@ -249,7 +290,12 @@ fn diverged(shared: usize) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, Pat
     let fp = synth.fingerprint();
     let t = events.last().expect("events").timestamp.0 + 1;
     let service_id = uuid::Uuid::from_u128(0x5e_1f_5e_ed);
-    let a_tail = vec![SignedEvent::sign(&founder, fp, Timestamp(t), EventBody::CapabilitiesChanged { node: founder.node_id(), capabilities: vec!["left".into()] })];
+    let a_tail = vec![SignedEvent::sign(
+        &founder,
+        fp,
+        Timestamp(t),
+        EventBody::CapabilitiesChanged { node: founder.node_id(), capabilities: vec!["left".into()] },
+    )];
     let b_tail = vec![SignedEvent::sign(
         &founder,
         fp,
@@ -307,7 +353,10 @@ fn diff_blame_and_state_on_branches_and_seed_files() {
     // so authority does not decide; the same branch wins with the sources swapped.
     assert_eq!(d["verdict"]["outcome"], "wins", "{}", d["verdict"]);
     assert_ne!(d["verdict"]["decided_by"], "Authority");
-    assert_eq!((d["verdict"]["a"]["tier"].clone(), d["verdict"]["a"]["fork_seq"].clone()), (Value::from("Latent"), Value::from(200)));
+    assert_eq!(
+        (d["verdict"]["a"]["tier"].clone(), d["verdict"]["a"]["fork_seq"].clone()),
+        (Value::from("Latent"), Value::from(200))
+    );
     let swapped = json(&run(&["diff", pb, pa, "--json"]));
     assert_ne!(swapped["verdict"]["winner"], d["verdict"]["winner"], "a and b swapped: the same branch wins");
     let human = run(&["diff", pa, pb]);
@@ -326,7 +375,10 @@ fn diff_blame_and_state_on_branches_and_seed_files() {
     let limited = json(&run(&["diff", pa, pbare, "--json", "--limit", "0"]));
     assert_eq!(limited["fork"]["relation"], "unresolved", "{limited}");
     assert_eq!(limited["fork"]["diverged_at_or_before"], 200, "the bare seed's head differs from A's");
-    assert_eq!((limited["events"]["a"]["total"].clone(), limited["events"]["a"]["more"].clone()), (Value::from(201), Value::from(201)));
+    assert_eq!(
+        (limited["events"]["a"]["total"].clone(), limited["events"]["a"]["more"].clone()),
+        (Value::from(201), Value::from(201))
+    );
     assert_eq!(limited["events"]["b"]["available"], false);
 
     // Blame: a service by id, the founder by a prefix of its id.
@@ -341,7 +393,10 @@ fn diff_blame_and_state_on_branches_and_seed_files() {
     assert_eq!(bl["target"]["kind"], "node");
     assert_eq!(bl["entries"][0]["kind"], "genesis");
     let last = bl["entries"].as_array().expect("entries").last().expect("one").clone();
-    assert_eq!((last["seq"].clone(), last["touch"]["how"].clone()), (Value::from(200), Value::from("service_of_node_registered")));
+    assert_eq!(
+        (last["seq"].clone(), last["touch"]["how"].clone()),
+        (Value::from(200), Value::from("service_of_node_registered"))
+    );
 
     // State of a seed file: before its head from its events, at its head from its state; a
     // seed without events says what it can answer.
@@ -352,7 +407,11 @@ fn diff_blame_and_state_on_branches_and_seed_files() {
     assert_eq!(json(&run(&["state", pbare, "--json"]))["head"]["seq"], 200);
     let refused = run(&["state", pbare, "--at-seq", "100"]);
     assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("carries no events"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("carries no events"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     // Bad data exits 1: a corrupt seed, another network. A missing path exits 2.
     let corrupt = root.path().join("corrupt.seed");
@@ -427,7 +486,14 @@ fn start(p: &mut Proc, args: &[String]) {
 }
 
 fn node_args(p: &Proc, i: usize, all: &[(String, String)]) -> Vec<String> {
-    let mut a = vec!["--data-dir".into(), path(&p.dir).into(), "--listen".into(), p.addr.clone(), "--name".into(), format!("n{i}")];
+    let mut a = vec![
+        "--data-dir".into(),
+        path(&p.dir).into(),
+        "--listen".into(),
+        p.addr.clone(),
+        "--name".into(),
+        format!("n{i}"),
+    ];
     if i == 0 {
         a.extend(["--init".into(), "proc-test".into()]);
     } else {
@@ -482,19 +548,39 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
 /// Waits until every one of `voters` reports a membership of three voters.
 fn wait_for_three_voters(voters: &[Proc]) {
     wait_until("three voters", Duration::from_secs(30), || {
-        voters.iter().all(|p| status(&p.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3))).then_some(())
+        voters
+            .iter()
+            .all(|p| status(&p.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3)))
+            .then_some(())
     });
 }
 
 fn register(key_file: &Path, via: &str, name: &str) -> Option<String> {
-    let out = run(&["service", "register", "--key-file", path(key_file), "--addr", via, "--name", name, "--endpoint", "tcp://127.0.0.1:1", "--json"]);
+    let out = run(&[
+        "service",
+        "register",
+        "--key-file",
+        path(key_file),
+        "--addr",
+        via,
+        "--name",
+        name,
+        "--endpoint",
+        "tcp://127.0.0.1:1",
+        "--json",
+    ]);
     (out.status.code() == Some(0)).then(|| json(&out)["service_id"].as_str().expect("id").to_string())
 }
 
 fn services(addr: &str) -> Option<Vec<String>> {
     let out = run(&["query", "--addr", addr, "services", "--json", "--timeout-ms", "1000"]);
     (out.status.code() == Some(0)).then(|| {
-        json(&out).as_array().expect("array").iter().map(|s| s["service"]["service_id"].as_str().expect("id").to_string()).collect()
+        json(&out)
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|s| s["service"]["service_id"].as_str().expect("id").to_string())
+            .collect()
     })
 }
 
@@ -513,24 +599,49 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
     let mut acked = Vec::new();
     for k in 0..5 {
         let via = &procs[k % 3];
-        acked.push(register(&procs[(k + 1) % 3].dir.join("node.key"), &via.addr, &format!("svc-{k}")).expect("write acknowledged"));
+        acked.push(
+            register(&procs[(k + 1) % 3].dir.join("node.key"), &via.addr, &format!("svc-{k}"))
+                .expect("write acknowledged"),
+        );
     }
 
     // A running node exports a seed at its committed head; only its own key may ask.
     let live = root.path().join("live.seed");
-    let out = run(&["seed", "export", "--addr", &procs[2].addr, "--key-file", path(&procs[2].dir.join("node.key")), "--out", path(&live), "--events", "--json"]);
+    let out = run(&[
+        "seed",
+        "export",
+        "--addr",
+        &procs[2].addr,
+        "--key-file",
+        path(&procs[2].dir.join("node.key")),
+        "--out",
+        path(&live),
+        "--events",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let live_head = json(&out)["head"].clone();
     let inspected = json(&run(&["seed", "inspect", path(&live), "--json"]));
     assert_eq!(inspected["head"], live_head);
     assert_eq!(inspected["signers"][0], procs[2].key.as_str());
     let other = root.path().join("other.seed");
-    let refused = run(&["seed", "export", "--addr", &procs[2].addr, "--key-file", path(&procs[0].dir.join("node.key")), "--out", path(&other)]);
+    let refused = run(&[
+        "seed",
+        "export",
+        "--addr",
+        &procs[2].addr,
+        "--key-file",
+        path(&procs[0].dir.join("node.key")),
+        "--out",
+        path(&other),
+    ]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(!other.exists(), "nothing written for another key");
 
     // kill -9 the leader.
-    let leader_key = wait_until("a leader", Duration::from_secs(10), || status(&procs[0].addr)?["leader"].as_str().map(String::from));
+    let leader_key = wait_until("a leader", Duration::from_secs(10), || {
+        status(&procs[0].addr)?["leader"].as_str().map(String::from)
+    });
     let li = procs.iter().position(|p| p.key == leader_key).expect("leader is one of ours");
     // The leader reports its two peers, their addresses and how far behind they are.
     let st = wait_until("peer lag", Duration::from_secs(10), || {
@@ -539,7 +650,9 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
     });
     let peers = st["peers"].as_array().expect("peers");
     assert_eq!(peers.len(), 2);
-    assert!(peers.iter().all(|p| procs.iter().any(|q| q.addr == p["addr"].as_str().unwrap_or_default() && q.key != leader_key)));
+    assert!(peers
+        .iter()
+        .all(|p| procs.iter().any(|q| q.addr == p["addr"].as_str().unwrap_or_default() && q.key != leader_key)));
     let mut victim = procs[li].child.take().expect("running");
     victim.kill().expect("SIGKILL");
     victim.wait().expect("reaped");
@@ -589,14 +702,29 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
     let reborn_dir = root.path().join("reborn");
     std::fs::create_dir_all(&reborn_dir).expect("mkdir");
     std::fs::copy(procs[1].dir.join("node.key"), reborn_dir.join("node.key")).expect("copy key");
-    let mut reborn = Proc { dir: reborn_dir, addr: format!("127.0.0.1:{}", free_udp_port()), key: procs[1].key.clone(), child: None };
-    let args = vec!["--data-dir".into(), path(&reborn.dir).to_string(), "--listen".into(), reborn.addr.clone(), "--from-seed".into(), path(&seed).to_string()];
+    let mut reborn = Proc {
+        dir: reborn_dir,
+        addr: format!("127.0.0.1:{}", free_udp_port()),
+        key: procs[1].key.clone(),
+        child: None,
+    };
+    let args = vec![
+        "--data-dir".into(),
+        path(&reborn.dir).to_string(),
+        "--listen".into(),
+        reborn.addr.clone(),
+        "--from-seed".into(),
+        path(&seed).to_string(),
+    ];
     start(&mut reborn, &args);
     let st = wait_until("the network formed from the seed", Duration::from_secs(30), || {
         status(&reborn.addr).filter(|s| s["raft_state"] == "Leader" && s["head"]["hash"] == heads[0]["hash"])
     });
     assert_eq!(st["head"]["seq"], heads[0]["seq"]);
-    assert!(register(&reborn.dir.join("node.key"), &reborn.addr, "after-restore").is_some(), "writes extend the seed's chain");
+    assert!(
+        register(&reborn.dir.join("node.key"), &reborn.addr, "after-restore").is_some(),
+        "writes extend the seed's chain"
+    );
 }
 
 /// Three voters and two latent nodes as five `spore node` processes on loopback: the latent
@@ -608,7 +736,14 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
     let mut procs = keyed_procs(root.path(), 5);
     let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
     for i in 0..5 {
-        let mut a = vec!["--data-dir".into(), path(&procs[i].dir).to_string(), "--listen".into(), procs[i].addr.clone(), "--name".into(), format!("n{i}")];
+        let mut a = vec![
+            "--data-dir".into(),
+            path(&procs[i].dir).to_string(),
+            "--listen".into(),
+            procs[i].addr.clone(),
+            "--name".into(),
+            format!("n{i}"),
+        ];
         if i == 0 {
             a.extend(["--init".into(), "gossip-test".into()]);
         } else {
@@ -630,13 +765,18 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
     wait_for_three_voters(&procs[..3]);
     let mut acked = Vec::new();
     for k in 0..6 {
-        acked.push(register(&procs[k % 3].dir.join("node.key"), &procs[k % 3].addr, &format!("svc-{k}")).expect("write acknowledged"));
+        acked.push(
+            register(&procs[k % 3].dir.join("node.key"), &procs[k % 3].addr, &format!("svc-{k}"))
+                .expect("write acknowledged"),
+        );
     }
     // A write handed to a latent node (signed with its own key) reaches the voters through it
     // and is committed once (once the node has synced the network it answers with the point).
     for (i, p) in procs[3..].iter().enumerate() {
         let key = p.dir.join("node.key");
-        acked.push(wait_until("a write through a latent node", Duration::from_secs(30), || register(&key, &p.addr, &format!("via-latent-{i}"))));
+        acked.push(wait_until("a write through a latent node", Duration::from_secs(30), || {
+            register(&key, &p.addr, &format!("via-latent-{i}"))
+        }));
     }
     for p in &procs[3..] {
         wait_until("every acknowledged write on the latent node", Duration::from_secs(30), || {
@@ -656,7 +796,8 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
     }
     // Same head everywhere (anchors may still be landing: wait for a quiet moment).
     wait_until("one head on all five nodes", Duration::from_secs(60), || {
-        let heads: Vec<Value> = procs.iter().map(|p| status(&p.addr).map(|s| s["head"].clone())).collect::<Option<_>>()?;
+        let heads: Vec<Value> =
+            procs.iter().map(|p| status(&p.addr).map(|s| s["head"].clone())).collect::<Option<_>>()?;
         heads.windows(2).all(|w| w[0] == w[1]).then_some(())
     });
     // Asked for a tiered answer, a latent node answers from the most authoritative tier that
@@ -666,11 +807,15 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
     wait_until("a Primary-tier answer on the latent node", Duration::from_secs(30), || {
         let out = run(&["query", "--addr", &p.addr, "services", "--tiered", "--json", "--timeout-ms", "1000"]);
         let v = (out.status.code() == Some(0)).then(|| json(&out))?;
-        let ids: Vec<&str> = v["answer"].as_array()?.iter().filter_map(|s| s["service"]["service_id"].as_str()).collect();
+        let ids: Vec<&str> =
+            v["answer"].as_array()?.iter().filter_map(|s| s["service"]["service_id"].as_str()).collect();
         assert!(!ids.is_empty(), "a tiered answer is never empty when a tier has services: {v}");
         let st = status(&p.addr)?;
         assert!(v["at"]["seq"].as_u64()? <= st["head"]["seq"].as_u64()?, "answered from beyond the head: {v}");
-        (v["tier"] == "Primary" && acked.iter().all(|id| ids.contains(&id.as_str())) && st["reach"]["primary"].as_u64().is_some()).then_some(())
+        (v["tier"] == "Primary"
+            && acked.iter().all(|id| ids.contains(&id.as_str()))
+            && st["reach"]["primary"].as_u64().is_some())
+        .then_some(())
     });
     for p in &mut procs {
         let child = p.child.take().expect("running");
@@ -701,7 +846,16 @@ fn the_demo_runs_and_verifies_every_node() {
 
     // A kept dir is a complete node data dir: seed export signs with its key.
     let seed = root.path().join("v1.seed");
-    let out = run(&["seed", "export", "--data-dir", path(&root.path().join("v1")), "--out", path(&seed), "--events", "--json"]);
+    let out = run(&[
+        "seed",
+        "export",
+        "--data-dir",
+        path(&root.path().join("v1")),
+        "--out",
+        path(&seed),
+        "--events",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let exported = json(&out);
     let info = json(&run(&["seed", "inspect", path(&seed), "--json"]));
@@ -743,11 +897,16 @@ fn the_demo_runs_and_verifies_every_node() {
     assert_eq!(member.status.code(), Some(2), "a Raft member's data dir: {}", String::from_utf8_lossy(&member.stderr));
     // Co-signed by the other voters it becomes quorum-signed, and imports in bulk.
     for v in ["v0", "v2"] {
-        let out = run(&["seed", "sign", path(&seed), "--key-file", path(&root.path().join(v).join("node.key")), "--json"]);
+        let out =
+            run(&["seed", "sign", path(&seed), "--key-file", path(&root.path().join(v).join("node.key")), "--json"]);
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     }
     assert_eq!(run(&["seed", "verify", path(&seed), "--quorum"]).status.code(), Some(0));
-    assert_eq!(run(&["seed", "sign", path(&seed), "--key-file", path(&root.path().join("l0").join("node.key"))]).status.code(), Some(1), "a non-voter cannot sign");
+    assert_eq!(
+        run(&["seed", "sign", path(&seed), "--key-file", path(&root.path().join("l0").join("node.key"))]).status.code(),
+        Some(1),
+        "a non-voter cannot sign"
+    );
     let bulk = root.path().join("bulk");
     let out = run(&["seed", "import", "--data-dir", path(&bulk), path(&seed), "--quorum", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
@@ -769,7 +928,11 @@ fn the_demo_runs_and_verifies_every_node() {
     let state_seq = written["state_seq"].as_u64().expect("state seq");
     assert!(state_seq < head_seq, "{written}");
     let checked = json(&run(&["seed", "verify", path(&bare), "--json"]));
-    assert_eq!((checked["format_version"].as_u64(), checked["state"]["kind"].as_str()), (Some(2), Some("attested_at")), "{checked}");
+    assert_eq!(
+        (checked["format_version"].as_u64(), checked["state"]["kind"].as_str()),
+        (Some(2), Some("attested_at")),
+        "{checked}"
+    );
     assert_eq!(checked["state"]["seq"].as_u64(), Some(state_seq));
     let latent = root.path().join("from-state");
     let out = run(&["seed", "import", "--data-dir", path(&latent), path(&bare), "--json"]);
@@ -783,13 +946,26 @@ fn the_demo_runs_and_verifies_every_node() {
     assert_eq!(v["base"]["seq"].as_u64(), Some(state_seq));
     assert_eq!(json(&run(&["stats", path(&latent), "--json"]))["history_from"].as_u64(), Some(state_seq + 1));
     let state = run(&["state", path(&latent), "--json"]);
-    assert_eq!(state.status.code(), Some(0), "the state at the head is the seed's: {}", String::from_utf8_lossy(&state.stderr));
+    assert_eq!(
+        state.status.code(),
+        Some(0),
+        "the state at the head is the seed's: {}",
+        String::from_utf8_lossy(&state.stderr)
+    );
     let early = run(&["state", path(&latent), "--at-seq", "1"]);
     assert_eq!(early.status.code(), Some(2), "before the seed's head there is nothing to replay");
-    assert!(String::from_utf8_lossy(&early.stderr).contains("backfilled"), "{}", String::from_utf8_lossy(&early.stderr));
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("backfilled"),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
     let dump = run(&["dump", path(&latent)]);
     assert_eq!(dump.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&dump.stderr).contains("state-only seed"), "{}", String::from_utf8_lossy(&dump.stderr));
+    assert!(
+        String::from_utf8_lossy(&dump.stderr).contains("state-only seed"),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     // Into a ledger that already holds a chain a state-only seed cannot go.
     assert_eq!(run(&["seed", "import", "--data-dir", path(&copy), path(&bare)]).status.code(), Some(1));
 }
@@ -841,7 +1017,11 @@ fn diff_names_the_fork_of_a_split_brain_over_quic() {
             s.start().await.expect("start");
             old.push(s);
         }
-        let identity = NetworkIdentity { network_id: uuid::Uuid::from_u128(0xd1ff), network_name: "split-diff".into(), genesis_timestamp: chrono::Utc::now() };
+        let identity = NetworkIdentity {
+            network_id: uuid::Uuid::from_u128(0xd1ff),
+            network_name: "split-diff".into(),
+            genesis_timestamp: chrono::Utc::now(),
+        };
         old[0].initialize(identity).await.expect("initialize");
         for i in 1..3 {
             let (ann, peer) = (old[i].announcement().expect("announcement"), old[i].peer().expect("peer"));
@@ -860,7 +1040,9 @@ fn diff_names_the_fork_of_a_split_brain_over_quic() {
         let a = Admission::only([keys[0].node_id(), keys[1].node_id()]);
         let b = Admission::only([keys[2].node_id()]);
         let mut n: Vec<SporeSystem> = (0..3)
-            .map(|i| node(&keys[i], &root.path().join(format!("n{i}")), &addrs[i], if i < 2 { a.clone() } else { b.clone() }))
+            .map(|i| {
+                node(&keys[i], &root.path().join(format!("n{i}")), &addrs[i], if i < 2 { a.clone() } else { b.clone() })
+            })
             .collect();
         for s in &mut n {
             s.start().await.expect("start");
@@ -886,7 +1068,12 @@ fn diff_names_the_fork_of_a_split_brain_over_quic() {
     assert_eq!(d["fork"]["last_common"]["seq"], seed_head.seq);
     assert_eq!(d["fork"]["last_common"]["hash"], serde_json::to_value(seed_head.hash).expect("hash"));
     let names = |side: &str| -> Vec<String> {
-        d["entities"]["services"][side].as_array().expect("services").iter().map(|s| s["service"]["name"].as_str().expect("name").to_string()).collect()
+        d["entities"]["services"][side]
+            .as_array()
+            .expect("services")
+            .iter()
+            .map(|s| s["service"]["name"].as_str().expect("name").to_string())
+            .collect()
     };
     assert_eq!(names("only_in_a"), vec!["a-side".to_string()]);
     assert_eq!(names("only_in_b"), vec!["b-side".to_string()]);
@@ -900,7 +1087,9 @@ mod crafted;
 /// `spore seed verify` accept them too, whatever batch they land in.
 #[test]
 fn verify_and_seed_verify_reach_the_append_verdict_on_crafted_signatures() {
-    use mycnet_spores::{EventBody, Ledger, LedgerConfig, NetworkIdentity, NodeAnnouncement, NodeKey, NodeRole, SignedEvent, Timestamp};
+    use mycnet_spores::{
+        EventBody, Ledger, LedgerConfig, NetworkIdentity, NodeAnnouncement, NodeKey, NodeRole, SignedEvent, Timestamp,
+    };
 
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("ledger");
@@ -956,8 +1145,13 @@ fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
     // would not be, so the last line can be read.
     let mnt = root.path().join("n0");
     std::fs::create_dir(&mnt).expect("mkdir");
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"]).arg(&mnt).output().expect("run mount");
-    assert!(mounted.status.success(), "mounting a tmpfs needs root (CI runs as root): {}", String::from_utf8_lossy(&mounted.stderr));
+    let mounted =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"]).arg(&mnt).output().expect("run mount");
+    assert!(
+        mounted.status.success(),
+        "mounting a tmpfs needs root (CI runs as root): {}",
+        String::from_utf8_lossy(&mounted.stderr)
+    );
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -971,7 +1165,9 @@ fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
     let args = node_args(&procs[0], 0, &all);
     start(&mut procs[0], &args);
     let addr = procs[0].addr.clone();
-    wait_until("the node leads", Duration::from_secs(30), || status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ()));
+    wait_until("the node leads", Duration::from_secs(30), || {
+        status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ())
+    });
     // Leave the node a little room, then write until it is gone.
     let free = {
         let out = Command::new("df").args(["--output=avail", "-B1"]).arg(&mnt).output().expect("df");
@@ -997,7 +1193,20 @@ fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
                 format!("--meta=k{k}={v}")
             })
             .collect();
-        let mut a = vec!["service", "register", "--key-file", path(&key), "--addr", &addr, "--name", "fill", "--endpoint", "tcp://127.0.0.1:1", "--timeout-ms", "2000"];
+        let mut a = vec![
+            "service",
+            "register",
+            "--key-file",
+            path(&key),
+            "--addr",
+            &addr,
+            "--name",
+            "fill",
+            "--endpoint",
+            "tcp://127.0.0.1:1",
+            "--timeout-ms",
+            "2000",
+        ];
         a.extend(meta.iter().map(String::as_str));
         let _ = run(&a);
         procs[0].child.as_mut().and_then(|c| c.try_wait().expect("try_wait"))
@@ -1005,12 +1214,18 @@ fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
     assert!(!exit.success(), "a halted node exits non-zero: {exit:?}");
     let log = std::fs::read_to_string(procs[0].dir.with_extension("log")).expect("log");
     let last = log.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default().to_string();
-    assert!(last.contains("halted") && last.contains("No space left"), "the last line says why: {last}\nlog tail:\n{}", log.lines().rev().take(20).collect::<Vec<_>>().join("\n"));
+    assert!(
+        last.contains("halted") && last.contains("No space left"),
+        "the last line says why: {last}\nlog tail:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
     // Space freed, the supervisor's restart brings writes back with nothing acknowledged lost.
     std::fs::remove_file(mnt.join("filler")).expect("free space");
     let args: Vec<String> = vec!["--data-dir".into(), path(&procs[0].dir).into(), "--listen".into(), addr.clone()];
     start(&mut procs[0], &args);
-    wait_until("the restarted node leads", Duration::from_secs(30), || status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ()));
+    wait_until("the restarted node leads", Duration::from_secs(30), || {
+        status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ())
+    });
     assert!(register(&key, &addr, "after").is_some(), "writes are taken again");
 }
 
@@ -1051,7 +1266,9 @@ fn repair_rebuilds_a_damaged_data_dir_from_a_peer_or_a_seed() {
     let args = node_args(&procs[0], 0, &all);
     start(&mut procs[0], &args);
     let addr = procs[0].addr.clone();
-    wait_until("the node leads", Duration::from_secs(30), || status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ()));
+    wait_until("the node leads", Duration::from_secs(30), || {
+        status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ())
+    });
     let key = procs[0].dir.join("node.key");
     for i in 0..5 {
         register(&key, &addr, &format!("svc-{i}")).expect("write");
@@ -1070,7 +1287,9 @@ fn repair_rebuilds_a_damaged_data_dir_from_a_peer_or_a_seed() {
     assert_eq!(healthy_refused.status.code(), Some(2), "nothing to repair in a ledger that verifies");
     let restart = ["--data-dir".to_string(), path(&procs[0].dir).to_string(), "--listen".to_string(), addr.clone()];
     start(&mut procs[0], &restart);
-    wait_until("the node leads again", Duration::from_secs(30), || status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ()));
+    wait_until("the node leads again", Duration::from_secs(30), || {
+        status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ())
+    });
     let head = status(&addr).expect("status")["head"]["seq"].as_u64().expect("head");
 
     let key_before = std::fs::read(by_peer.join("node.key")).expect("key");

@@ -35,7 +35,11 @@ fn run(args: &[&str]) -> Output {
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed (needs root; CI runs as root): {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed (needs root; CI runs as root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn path(p: &Path) -> &str {
@@ -135,7 +139,8 @@ struct Node {
 
 impl Node {
     fn start(&mut self, args: &[String]) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.with_extension("log")).expect("log");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.with_extension("log")).expect("log");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_spore"), "node"])
             .args(args)
@@ -185,7 +190,21 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
 
 /// Registers a service through `addr`; its id if the write was acknowledged.
 fn register(key_file: &Path, addr: &str, name: &str) -> Option<String> {
-    let out = run(&["service", "register", "--key-file", path(key_file), "--addr", addr, "--name", name, "--endpoint", "tcp://127.0.0.1:1", "--timeout-ms", "4000", "--json"]);
+    let out = run(&[
+        "service",
+        "register",
+        "--key-file",
+        path(key_file),
+        "--addr",
+        addr,
+        "--name",
+        name,
+        "--endpoint",
+        "tcp://127.0.0.1:1",
+        "--timeout-ms",
+        "4000",
+        "--json",
+    ]);
     (out.status.code() == Some(0))
         .then(|| serde_json::from_slice::<Value>(&out.stdout).ok())
         .flatten()
@@ -199,7 +218,10 @@ fn services(addr: &str) -> Option<BTreeSet<String>> {
 }
 
 fn leader_index(nodes: &[Node]) -> Option<usize> {
-    nodes.iter().position(|n| n.child.is_some() && status(&n.addr).is_some_and(|s| s["raft_state"] == "Leader" && s["leader_confirmed"] != false))
+    nodes.iter().position(|n| {
+        n.child.is_some()
+            && status(&n.addr).is_some_and(|s| s["raft_state"] == "Leader" && s["leader_confirmed"] != false)
+    })
 }
 
 /// Writes `n` services through the running nodes in turn; returns the acknowledged ids.
@@ -264,7 +286,14 @@ fn field_run(rounds: usize, link: Link) {
     };
     let args = |i: usize| -> Vec<String> {
         let n = &nodes[i];
-        let mut a = vec!["--data-dir".into(), path(&n.dir).into(), "--listen".into(), n.addr.clone(), "--name".into(), format!("n{i}")];
+        let mut a = vec![
+            "--data-dir".into(),
+            path(&n.dir).into(),
+            "--listen".into(),
+            n.addr.clone(),
+            "--name".into(),
+            format!("n{i}"),
+        ];
         a.extend(profile.iter().cloned());
         if let Link::Wan(_) = link {
             a.extend(["--advertise".into(), reach[i].clone()]);
@@ -285,11 +314,16 @@ fn field_run(rounds: usize, link: Link) {
     for (i, a) in argv.iter().enumerate() {
         nodes[i].start(a);
         if i == 0 {
-            wait_until("the founder leads", Duration::from_secs(30), || status(&nodes[0].addr).filter(|s| s["raft_state"] == "Leader"));
+            wait_until("the founder leads", Duration::from_secs(30), || {
+                status(&nodes[0].addr).filter(|s| s["raft_state"] == "Leader")
+            });
         }
     }
     wait_until("three voters", Duration::from_secs(60), || {
-        nodes.iter().all(|n| status(&n.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3))).then_some(())
+        nodes
+            .iter()
+            .all(|n| status(&n.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3)))
+            .then_some(())
     });
     let key = nodes[0].dir.join("node.key");
     let mut acked = write_some(&nodes, &key, 6, "start");
@@ -313,7 +347,9 @@ fn field_run(rounds: usize, link: Link) {
         let start = Instant::now();
         let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
         while start.elapsed() < Duration::from_secs(4) {
-            if let Some(id) = register(&key, &nodes[others[0]].addr, &format!("r{round}-stop-{}", start.elapsed().as_millis())) {
+            if let Some(id) =
+                register(&key, &nodes[others[0]].addr, &format!("r{round}-stop-{}", start.elapsed().as_millis()))
+            {
                 acked.push(id);
             }
         }
@@ -323,7 +359,12 @@ fn field_run(rounds: usize, link: Link) {
         let victim = (l + 1) % 3;
         nodes[victim].kill9();
         acked.extend(write_some(&nodes, &key, 3, &format!("r{round}-kill")));
-        let mut restart = vec!["--data-dir".to_string(), path(&nodes[victim].dir).to_string(), "--listen".to_string(), nodes[victim].addr.clone()];
+        let mut restart = vec![
+            "--data-dir".to_string(),
+            path(&nodes[victim].dir).to_string(),
+            "--listen".to_string(),
+            nodes[victim].addr.clone(),
+        ];
         restart.extend(profile.iter().cloned());
         if let Link::Wan(_) = link {
             restart.extend(["--advertise".to_string(), reach[victim].clone()]);
@@ -332,7 +373,8 @@ fn field_run(rounds: usize, link: Link) {
     }
     // Every head converges and every acknowledged write is on every node.
     let heads = wait_until("every head converges", Duration::from_secs(60), || {
-        let heads: Vec<Value> = nodes.iter().filter_map(|n| status(&n.addr).map(|s| s["head"]["hash"].clone())).collect();
+        let heads: Vec<Value> =
+            nodes.iter().filter_map(|n| status(&n.addr).map(|s| s["head"]["hash"].clone())).collect();
         (heads.len() == 3 && heads.iter().all(|h| *h == heads[0] && !h.is_null())).then_some(heads)
     });
     assert!(!heads.is_empty());

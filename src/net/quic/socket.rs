@@ -72,7 +72,8 @@ impl ReleasableSocket {
         // Pollers hold the socket too. One that is being created right now either saw the
         // socket before it was taken (then its slot is filled before this clears it, both
         // under the slot's lock) or sees none.
-        let slots: Vec<Arc<PollerSlot>> = self.pollers.lock().unwrap_or_else(|p| p.into_inner()).drain(..).filter_map(|w| w.upgrade()).collect();
+        let slots: Vec<Arc<PollerSlot>> =
+            self.pollers.lock().unwrap_or_else(|p| p.into_inner()).drain(..).filter_map(|w| w.upgrade()).collect();
         for slot in slots {
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
@@ -99,7 +100,12 @@ impl AsyncUdpSocket for ReleasableSocket {
         }
     }
 
-    fn poll_recv(&self, cx: &mut Context, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> Poll<io::Result<usize>> {
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
         match self.inner() {
             Some(s) => s.poll_recv(cx, bufs, meta),
             // Released: nothing arrives any more (quinn's driver still wakes for its timers).

@@ -17,7 +17,9 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -109,7 +111,9 @@ impl Identity {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| setup_err("server TLS config", e))?
             .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(rustls::server::AlwaysResolvesServerRawPublicKeys::new(self.certified.clone())));
+            .with_cert_resolver(Arc::new(rustls::server::AlwaysResolvesServerRawPublicKeys::new(
+                self.certified.clone(),
+            )));
         cfg.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
         cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         cfg.send_tls13_tickets = 0;
@@ -119,14 +123,20 @@ impl Identity {
 
     /// The client side for one dial: presents our key, accepts only `expected` (any ed25519
     /// key when `None`: operator tools that learn the node's key from the session).
-    pub(super) fn client_config(&self, expected: Option<NodeId>, alpn: &[u8]) -> Result<QuicClientConfig, TransportError> {
+    pub(super) fn client_config(
+        &self,
+        expected: Option<NodeId>,
+        alpn: &[u8],
+    ) -> Result<QuicClientConfig, TransportError> {
         let verifier = Arc::new(PinnedServerKey { expected, algs: self.provider.signature_verification_algorithms });
         let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| setup_err("client TLS config", e))?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_cert_resolver(Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(self.certified.clone())));
+            .with_client_cert_resolver(Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(
+                self.certified.clone(),
+            )));
         cfg.alpn_protocols = vec![alpn.to_vec()];
         cfg.resumption = rustls::client::Resumption::disabled();
         cfg.enable_early_data = false;
@@ -144,7 +154,12 @@ fn verify_raw(
     if dss.scheme != SignatureScheme::ED25519 {
         return Err(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme.into());
     }
-    rustls::crypto::verify_tls13_signature_with_raw_key(message, &SubjectPublicKeyInfoDer::from(cert.as_ref()), dss, algs)
+    rustls::crypto::verify_tls13_signature_with_raw_key(
+        message,
+        &SubjectPublicKeyInfoDer::from(cert.as_ref()),
+        dss,
+        algs,
+    )
 }
 
 fn tls12_refused() -> rustls::Error {

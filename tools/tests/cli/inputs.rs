@@ -79,7 +79,10 @@ fn node_refuses_malformed_addresses_and_keys_before_starting() {
 
     // The same checks for a config file, naming the setting.
     let config = root.path().join("node.toml");
-    let toml = format!("data_dir = \"{}\"\nlisten = \"{listen}\"\n[join]\nvia_addr = \"h:65536\"\nvia_key = \"{key}\"\n", dir.display());
+    let toml = format!(
+        "data_dir = \"{}\"\nlisten = \"{listen}\"\n[join]\nvia_addr = \"h:65536\"\nvia_key = \"{key}\"\n",
+        dir.display()
+    );
     std::fs::write(&config, toml).expect("write config");
     let out = run_within(&["node", "--config", path(&config)], limit);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -98,7 +101,10 @@ fn a_port_in_use_names_the_local_address_and_leaves_no_new_data_dir() {
     let out = run_within(&["node", "--data-dir", path(&fresh), "--listen", &addr, "--init", "x"], limit);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains(&format!("cannot listen on {addr}: ")) && err.contains("in use"), "names the address and the cause: {err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}: ")) && err.contains("in use"),
+        "names the address and the cause: {err}"
+    );
     assert!(!err.contains("unreachable"), "{err}");
     assert!(!root.path().join("fresh").exists(), "the data dir this run created is gone: {err}");
 
@@ -131,4 +137,3 @@ fn a_storage_error_names_the_ledger_and_the_step() {
     drop(held);
     assert_eq!(run_within(&["verify", path(&dir)], Duration::from_secs(30)).status.code(), Some(0));
 }
-
