@@ -671,9 +671,17 @@ fn bench_ledger(crit: &mut Criterion) {
     // --- scrub: CPU of the default background rate ------------------------------------------
     // `scrub_step` pages of 256 over the fixture (decode, link, hash, signature): seconds of
     // CPU per event, times the default 1,000 events a second, is the share of one core.
-    let scrub_secs_per_event = {
+    let (scrub_secs_per_event, digest_secs, registry) = {
         let ledger = Ledger::open(&fx.dir, LedgerConfig { create: false, durable: false, ..LedgerConfig::default() })
             .expect("open fixture");
+        // The state digest a leader commits in a state checkpoint, over the fixture's registry.
+        let state = ledger.projection().state();
+        let registry = (state.nodes.len() + state.services.len()) as u64;
+        let t = Instant::now();
+        for _ in 0..20 {
+            std::hint::black_box(ledger.projection().state_digest());
+        }
+        let digest_secs = t.elapsed().as_secs_f64() / 20.0;
         let mut cursor = mycnet_spores::store::scrub::ScrubCursor::default();
         let pages = 400u64.min(n / 256);
         let t = Instant::now();
@@ -681,8 +689,10 @@ fn bench_ledger(crit: &mut Criterion) {
             let step = mycnet_spores::store::scrub::scrub_step(&ledger, &mut cursor, 256).expect("scrub step");
             assert!(matches!(step, mycnet_spores::store::scrub::ScrubStep::Clean(256)), "{step:?}");
         }
-        t.elapsed().as_secs_f64() / (pages * 256) as f64
+        (t.elapsed().as_secs_f64() / (pages * 256) as f64, digest_secs, registry)
     };
+    // Leaders attest a state every max(1024, 4 x registry) events: the digest's cost per event.
+    let attest_spacing = 1024u64.max(4 * registry);
     let scrub_default = mycnet_spores::scrubber::ScrubConfig::default().events_per_sec as f64;
 
     // --- summary -----------------------------------------------------------------------------
@@ -732,6 +742,9 @@ fn bench_ledger(crit: &mut Criterion) {
         ("LedgerReader::open (ms)".into(), reader_open * 1e3),
         ("scrub step, page 256 (us per event)".into(), scrub_secs_per_event * 1e6),
         ("scrub at the default rate (% of one core)".into(), scrub_secs_per_event * scrub_default * 100.0),
+        ("registry at the head (nodes + services)".into(), registry as f64),
+        ("state digest of that registry (ms)".into(), digest_secs * 1e3),
+        ("state digest per event at the attest spacing (ns)".into(), digest_secs / attest_spacing as f64 * 1e9),
     ];
     eprintln!("\n=== ledger summary (N = {n}, seed {seed}; medians of the samples above) ===");
     for (k, val) in &rows {

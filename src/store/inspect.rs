@@ -64,6 +64,10 @@ pub struct VerifyReport {
     pub history_from: u64,
     /// The state-only seed's head the rules were applied from (`None`: from genesis).
     pub base: Option<ChainPoint>,
+    /// With a `base`: whether the chain attests that state (the record after it is a state
+    /// checkpoint event carrying its digest). `false` is what `verify` could not prove: the
+    /// state rests on the seed's signers alone (a format 1 seed).
+    pub base_attested: Option<bool>,
     /// The stored caches compared with the replay and found to match (`checkpoint at seq N`,
     /// `anchor at seq N`, `head`); a mismatch is reported as damage instead.
     pub caches_checked: Vec<String>,
@@ -289,6 +293,10 @@ impl LedgerReader {
             first_error,
             history_from: self.history_from(),
             base: self.backfill.as_ref().and_then(|b| b.base.head).map(|h| ChainPoint { seq: h.seq, hash: h.hash }),
+            base_attested: match &self.backfill {
+                Some(b) => Some(crate::store::attested::is_attested(&self.ledger, &self.path, &b.base)?),
+                None => None,
+            },
             caches_checked,
             elapsed_secs: started.elapsed().as_secs_f64(),
         })

@@ -11,6 +11,7 @@ mod inputs;
 mod kill;
 mod latent;
 mod latent_quic;
+mod layers;
 mod ledger_tampering;
 mod partition_heal;
 mod primary;

@@ -87,6 +87,7 @@ pub fn verify(dir: &Path, o: &mut Out) -> CliResult {
             "first_error": report.first_error.as_ref().map(|(seq, c)| json!({"seq": seq, "reason": c.to_string(), "detail": c})),
             "history_from": report.history_from,
             "base": report.base.map(|p| json!({"seq": p.seq, "hash": p.hash})),
+            "base_attested": report.base_attested,
             "caches_checked": report.caches_checked,
             "elapsed_secs": report.elapsed_secs,
         }))?;
@@ -106,6 +107,11 @@ pub fn verify(dir: &Path, o: &mut Out) -> CliResult {
                         "history held from seq {} (loaded from a state-only seed at {} {}; the rest is backfilled by gossip): events below the seed's head checked back from its hash, the rules from its state",
                         report.history_from, base.seq, base.hash
                     ))?;
+                    o.line(if report.base_attested == Some(true) {
+                        format!("the state at seq {} is the one the chain attests (state checkpoint at seq {})", base.seq, base.seq + 1)
+                    } else {
+                        format!("NOT proven: the state at seq {} rests on the seed's signers alone (no state checkpoint in the chain attests it)", base.seq)
+                    })?;
                 }
             }
             Some((seq, c)) => {

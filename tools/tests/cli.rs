@@ -405,6 +405,19 @@ fn diff_blame_and_state_on_branches_and_seed_files() {
     assert_eq!(from_seed["head"]["seq"], 100);
     assert_eq!(from_seed, from_ledger);
     assert_eq!(json(&run(&["state", pbare, "--json"]))["head"]["seq"], 200);
+    // A format 1 state-only seed still verifies, and says its state rests on its signers alone.
+    let checked = run(&["seed", "verify", pbare]);
+    assert_eq!(checked.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&checked.stdout).contains("NOT proven"),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    assert_eq!(json(&run(&["seed", "verify", pbare, "--json"]))["state"]["kind"], "signers_only");
+    let imported = root.path().join("from-bare");
+    assert_eq!(run(&["seed", "import", "--data-dir", path(&imported), pbare]).status.code(), Some(0));
+    let v = json(&run(&["verify", path(&imported), "--json"]));
+    assert_eq!((v["ok"].as_bool(), v["base_attested"].as_bool()), (Some(true), Some(false)), "{v}");
     let refused = run(&["state", pbare, "--at-seq", "100"]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(
@@ -944,6 +957,7 @@ fn the_demo_runs_and_verifies_every_node() {
     assert_eq!(v["head"], exported["head"]);
     assert_eq!(v["history_from"].as_u64(), Some(state_seq + 1));
     assert_eq!(v["base"]["seq"].as_u64(), Some(state_seq));
+    assert_eq!(v["base_attested"], true, "the chain attests the state the seed started from: {v}");
     assert_eq!(json(&run(&["stats", path(&latent), "--json"]))["history_from"].as_u64(), Some(state_seq + 1));
     let state = run(&["state", path(&latent), "--json"]);
     assert_eq!(

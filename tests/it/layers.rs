@@ -1,0 +1,242 @@
+//! The layers of `src/`, each importing only those below it (`ARCHITECTURE.md`, *Layers*):
+//!
+//! ```text
+//! core → wire → store → seed → forensics → raft → net → node → (error, lib)
+//! ```
+//!
+//! The test reads the source tree: every `crate::…` path outside comments and outside a
+//! file's `#[cfg(test)]` module names the layer it reaches into; a path into a higher layer
+//! fails, naming the file, the line and the path. `core` must also stay pure: no tokio, fjall,
+//! quinn, openraft, rayon or getrandom, and no clock.
+//!
+//! `DEBTS` lists the upward imports the tree still has while it is being re-layered (issue
+//! 20): each entry is a file and the layer it may still reach into. An entry that no longer
+//! occurs fails the test too, so the list only ever shrinks.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// The layers, lowest first.
+const LAYERS: &[&str] = &["core", "wire", "store", "seed", "forensics", "raft", "net", "node", "top"];
+
+/// The layer of a file under `src/`, by its path.
+fn layer_of(rel: &str) -> &'static str {
+    let first = rel.split('/').next().unwrap_or(rel).trim_end_matches(".rs");
+    match first {
+        "core" => "core",
+        "wire" => "wire",
+        "store" if rel == "store/forensics.rs" || rel == "store/forks.rs" => "forensics",
+        "store" => "store",
+        "seed" => "seed",
+        "forensics" => "forensics",
+        "raft" => "raft",
+        "net" => "net",
+        "node" | "system" | "resolve" | "tiers" | "scrubber" | "datadir" => "node",
+        "error" | "lib" => "top",
+        other => panic!("src/{rel}: top-level module `{other}` has no layer; add it to tests/it/layers.rs"),
+    }
+}
+
+/// The layer a `crate::<module>::…` path reaches into.
+fn layer_of_path(module: &str, rest: &str) -> Option<&'static str> {
+    Some(match module {
+        "core" => "core",
+        "wire" => "wire",
+        "store" if rest.starts_with("forensics") || rest.starts_with("forks") => "forensics",
+        "store" => "store",
+        "seed" => "seed",
+        "forensics" => "forensics",
+        "raft" => "raft",
+        "net" => "net",
+        "node" | "system" | "resolve" | "tiers" | "scrubber" | "datadir" => "node",
+        "error" => "top",
+        // Items re-exported at the crate root: reached through lib.rs, the top.
+        m if m.chars().next().is_some_and(|c| c.is_ascii_uppercase()) => "top",
+        _ => return None,
+    })
+}
+
+fn rank(layer: &str) -> usize {
+    LAYERS.iter().position(|l| *l == layer).unwrap_or(usize::MAX)
+}
+
+/// Upward imports still in the tree: (file under `src/`, the higher layer it reaches into).
+const DEBTS: &[(&str, &str)] = &[
+    ("core/keys.rs", "impure:getrandom::"),
+    ("core/synth.rs", "impure:rayon::"),
+    ("core/types.rs", "impure:Utc::now"),
+    ("datadir.rs", "top"),
+    ("net/gossip.rs", "top"),
+    ("net/mod.rs", "node"),
+    ("node.rs", "top"),
+    ("raft/mod.rs", "top"),
+    ("raft/network.rs", "net"),
+    ("resolve.rs", "top"),
+    ("seed/export.rs", "top"),
+    ("seed/import.rs", "top"),
+    ("store/attested.rs", "top"),
+    ("store/forensics.rs", "node"),
+    ("store/forensics.rs", "top"),
+    ("store/forks.rs", "top"),
+    ("store/inspect.rs", "top"),
+    ("store/ledger.rs", "top"),
+    ("store/modes.rs", "top"),
+    ("store/provisional.rs", "top"),
+    ("store/replay.rs", "top"),
+    ("store/scrub.rs", "top"),
+    ("system.rs", "top"),
+    ("tiers.rs", "top"),
+];
+
+/// Crates and calls `core` must not use.
+const IMPURE: &[&str] = &[
+    "tokio::",
+    "fjall::",
+    "quinn::",
+    "openraft::",
+    "rayon::",
+    "getrandom::",
+    "Instant::now",
+    "SystemTime::now",
+    "Utc::now",
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The lines of `text` that are code: comments dropped, and nothing from a top-level
+/// `#[cfg(test)]` on (the unit tests at a file's end).
+fn code_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("#[cfg(test)]") {
+            break;
+        }
+        let code = line.split("//").next().unwrap_or("");
+        if !code.trim().is_empty() {
+            out.push((i + 1, code.to_string()));
+        }
+    }
+    out
+}
+
+/// Every `crate::module::rest` path on a line, as (module, rest).
+fn crate_paths(line: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = line[at..].find("crate::") {
+        let start = at + i + "crate::".len();
+        let tail = &line[start..];
+        let module: String = tail.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let rest = tail.get(module.len() + 2..).unwrap_or("").to_string();
+        if module.is_empty() && tail.starts_with('{') {
+            // `crate::{a::x, b::y}`: each item.
+            let inner: String = tail[1..].chars().take_while(|c| *c != '}').collect();
+            for item in inner.split(',') {
+                let item = item.trim();
+                let m: String = item.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                out.push((m.clone(), item.get(m.len() + 2..).unwrap_or("").to_string()));
+            }
+        } else {
+            out.push((module, rest));
+        }
+        at = start;
+    }
+    out
+}
+
+/// Every upward import and impurity in `src/`, as (file, layer reached, message).
+fn violations(src: &Path) -> Vec<(String, String, String)> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    files.sort();
+    let mut found = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(src).expect("under src").to_string_lossy().replace('\\', "/");
+        let own = layer_of(&rel);
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for (n, line) in code_lines(&text) {
+            for (module, rest) in crate_paths(&line) {
+                let Some(target) = layer_of_path(&module, &rest) else { continue };
+                if rank(target) > rank(own) {
+                    let path =
+                        format!("crate::{module}::{}", rest.split(|c: char| c == ';' || c == ' ').next().unwrap_or(""));
+                    found.push((
+                        rel.clone(),
+                        target.to_string(),
+                        format!("src/{rel}:{n}: {own} imports {target} ({path})"),
+                    ));
+                }
+            }
+            if own == "core" {
+                for bad in IMPURE {
+                    if line.contains(bad) {
+                        found.push((rel.clone(), format!("impure:{bad}"), format!("src/{rel}:{n}: core uses {bad}")));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_layer_imports_only_the_layers_below_it() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let found = violations(&src);
+    let (impure, upward) =
+        found.iter().fold((0, 0), |(i, u), (_, l, _)| if l.starts_with("impure:") { (i + 1, u) } else { (i, u + 1) });
+    eprintln!(
+        "layering: {upward} upward imports and {impure} impure uses in core remain, in {} (file, layer) debts",
+        DEBTS.len()
+    );
+    let debts: BTreeSet<(String, String)> = DEBTS.iter().map(|(f, l)| (f.to_string(), l.to_string())).collect();
+    let new: Vec<&String> =
+        found.iter().filter(|(f, l, _)| !debts.contains(&(f.clone(), l.clone()))).map(|(_, _, m)| m).collect();
+    assert!(
+        new.is_empty(),
+        "imports into a higher layer (or impure core):\n{}",
+        new.iter().map(|m| m.as_str()).collect::<Vec<_>>().join("\n")
+    );
+    let seen: BTreeSet<(String, String)> = found.iter().map(|(f, l, _)| (f.clone(), l.clone())).collect();
+    let paid: Vec<&(String, String)> = debts.iter().filter(|d| !seen.contains(*d)).collect();
+    assert!(paid.is_empty(), "these debts are paid; remove them from DEBTS: {paid:?}");
+}
+
+/// The check itself: a planted upward import is found, with its file and line.
+#[test]
+fn a_planted_upward_import_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path();
+    std::fs::create_dir_all(src.join("core")).expect("mkdir");
+    std::fs::create_dir_all(src.join("store")).expect("mkdir");
+    std::fs::write(
+        src.join("core/x.rs"),
+        "//! x\n// crate::node is only mentioned here\nuse crate::store::ledger::Ledger;\n",
+    )
+    .expect("write");
+    std::fs::write(src.join("store/y.rs"), "use crate::core::x;\nfn f() { let _ = std::time::Instant::now(); }\n")
+        .expect("write");
+    std::fs::write(
+        src.join("core/z.rs"),
+        "fn now() -> u64 { std::time::SystemTime::now(); 0 }\n#[cfg(test)]\nmod tests { use crate::node::X; }\n",
+    )
+    .expect("write");
+    let found: Vec<String> = violations(src).into_iter().map(|(_, _, m)| m).collect();
+    assert_eq!(
+        found,
+        vec![
+            "src/core/x.rs:3: core imports store (crate::store::ledger::Ledger)".to_string(),
+            "src/core/z.rs:1: core uses SystemTime::now".to_string()
+        ],
+        "{found:#?}"
+    );
+}
