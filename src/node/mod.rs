@@ -15,6 +15,17 @@
 //! # let _ = id; Ok(()) }
 //! ```
 
+pub mod config;
+pub mod datadir;
+pub mod resolve;
+pub mod scrubber;
+pub mod tiers;
+
+pub use config::{
+    parse_node_key, refresh_admission, start_node, ConfigError, InitConfig, JoinConfig, NodeConfig, PeerConfig,
+    RoleConfig, TimeoutProfile, JOIN_PATIENCE,
+};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,7 +46,6 @@ use crate::core::provisional::{ProvisionalError, ProvisionalEvent};
 use crate::core::types::{
     Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore,
 };
-use crate::datadir::CreatedDir;
 use crate::error::{Error, LedgerError};
 use crate::net::gossip::{GossipConfig, GossipService};
 use crate::net::inproc::InProcNetwork;
@@ -43,13 +53,14 @@ use crate::net::liveness::{LivenessConfig, LivenessService, MemberState};
 use crate::net::{
     Binding, LateHandler, NetworkBackend, RemoteFailure, RpcRequest, RpcResponse, SharedTransport, TransportError,
 };
+use crate::node::datadir::CreatedDir;
+use crate::node::tiers::{TierReach, TierView, Tiered, ViewSource};
 use crate::raft::network::{NetworkFactory, RaftService};
 use crate::raft::proposer::{ProposeError, Proposer};
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{raft_id, ChainPoint, PeerNode, Raft, SporeResponse};
 use crate::store::keyfile;
 use crate::store::ledger::{Ledger, LedgerConfig, LedgerHealth};
-use crate::tiers::{TierReach, TierView, Tiered, ViewSource};
 
 /// Timeouts and Raft tuning.
 ///
@@ -164,7 +175,7 @@ pub struct SporeStatus {
     pub mode_reason: Option<String>,
     /// The tier of this node's head: the authority of its newest view.
     pub spore_type: SporeType,
-    /// How far each tier reaches in this node's chain (see [`crate::tiers`]).
+    /// How far each tier reaches in this node's chain (see [`crate::node::tiers`]).
     #[serde(default)]
     pub reach: TierReach,
     /// Index of the last entry in this node's Raft log.
@@ -204,7 +215,7 @@ pub struct SporeStatus {
     pub halted: Option<String>,
     /// What the background scrub has checked, repaired and found damaged.
     #[serde(default)]
-    pub scrub: crate::scrubber::ScrubStatus,
+    pub scrub: crate::node::scrubber::ScrubStatus,
 }
 
 /// A Raft member as `status()` reports it.
@@ -246,7 +257,7 @@ pub struct SporeSystemBuilder {
     gossip: GossipConfig,
     gossip_peers: Vec<PeerNode>,
     anchors: AnchorPolicy,
-    scrub: crate::scrubber::ScrubConfig,
+    scrub: crate::node::scrubber::ScrubConfig,
     liveness: LivenessConfig,
 }
 
@@ -283,7 +294,7 @@ impl Default for SporeSystemBuilder {
             gossip: GossipConfig::default(),
             gossip_peers: Vec::new(),
             anchors: AnchorPolicy::default(),
-            scrub: crate::scrubber::ScrubConfig::default(),
+            scrub: crate::node::scrubber::ScrubConfig::default(),
             liveness: LivenessConfig::default(),
         }
     }
@@ -374,7 +385,7 @@ impl SporeSystemBuilder {
     }
     /// How fast the background scrub re-verifies the stored chain (`ScrubConfig::default`:
     /// 1,000 events a second; `events_per_sec: 0` turns it off).
-    pub fn scrub(mut self, cfg: crate::scrubber::ScrubConfig) -> Self {
+    pub fn scrub(mut self, cfg: crate::node::scrubber::ScrubConfig) -> Self {
         self.scrub = cfg;
         self
     }
@@ -412,11 +423,11 @@ struct Running {
     liveness: Option<Arc<LivenessService>>,
     modes: SharedModes,
     data_dir: PathBuf,
-    resolver: Arc<crate::resolve::ResolverState>,
+    resolver: Arc<crate::node::resolve::ResolverState>,
     /// Views of the tiers that stop below the head, replayed and cached.
-    tier_views: Arc<crate::tiers::TierViews>,
+    tier_views: Arc<crate::node::tiers::TierViews>,
     /// What the background scrub found.
-    scrub: crate::scrubber::SharedScrub,
+    scrub: crate::node::scrubber::SharedScrub,
     /// The ledger's health, read without its lock on every write.
     health: Arc<LedgerHealth>,
     /// Background tasks (gossip driver, anchor committer), aborted on shutdown.
@@ -440,7 +451,7 @@ pub struct SporeSystem {
     launched: Option<SporeSystemBuilder>,
     running: Option<Running>,
     /// Raft peers refused after yielding a split-brain (kept across the yield's restart).
-    fence: Arc<crate::resolve::YieldFence>,
+    fence: Arc<crate::node::resolve::YieldFence>,
 }
 
 impl Default for SporeSystem {
@@ -525,7 +536,7 @@ impl SporeSystem {
         }
     }
 
-    async fn launch(cfg: SporeSystemBuilder, fence: Arc<crate::resolve::YieldFence>) -> Result<Running, Error> {
+    async fn launch(cfg: SporeSystemBuilder, fence: Arc<crate::node::resolve::YieldFence>) -> Result<Running, Error> {
         // Addresses to announce are checked before anything is opened or bound.
         if let Backend::Shared(b) = &cfg.backend {
             for a in &cfg.addresses {
@@ -653,10 +664,10 @@ impl SporeSystem {
         });
         let modes: SharedModes =
             Arc::new(std::sync::Mutex::new(ModeMachine::new(ModeConfig::default(), Timestamp::now())));
-        let resolver = Arc::new(crate::resolve::ResolverState::default());
+        let resolver = Arc::new(crate::node::resolve::ResolverState::default());
         if let Some(g) = &gossip {
             tasks.push(
-                crate::resolve::Resolver {
+                crate::node::resolve::Resolver {
                     raft: raft.clone(),
                     proposer: proposer.clone(),
                     transport: transport.clone(),
@@ -672,7 +683,7 @@ impl SporeSystem {
                 .spawn(),
             );
         }
-        let tier_views = Arc::new(crate::tiers::TierViews::default());
+        let tier_views = Arc::new(crate::node::tiers::TierViews::default());
         // A node that yielded a split-brain keeps refusing the losing cluster's Raft across
         // restarts (the members are kept with the refused branch).
         let refused_peers = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.refused_peers()?;
@@ -680,9 +691,9 @@ impl SporeSystem {
             fence.fence(refused_peers);
         }
         tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
-        let scrub: crate::scrubber::SharedScrub = Arc::default();
+        let scrub: crate::node::scrubber::SharedScrub = Arc::default();
         let health = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.health();
-        tasks.push(crate::scrubber::spawn(
+        tasks.push(crate::node::scrubber::spawn(
             ledger.clone(),
             raft.clone(),
             me.clone(),
@@ -1236,7 +1247,7 @@ impl SporeSystem {
         self.with_projection(|p| p.offline_nodes().cloned().collect())
     }
 
-    /// How far each spore tier reaches in this node's chain (see [`crate::tiers`]).
+    /// How far each spore tier reaches in this node's chain (see [`crate::node::tiers`]).
     pub fn tier_reach(&self) -> Result<TierReach, Error> {
         let r = self.running()?;
         let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
@@ -1248,7 +1259,7 @@ impl SporeSystem {
     /// covers; Latent: everything held). [`Error::TierUnavailable`] when the tier has nothing
     /// here, e.g. Primary on a latent node that has not received a checkpoint yet. A view
     /// below the head is replayed once from the stored history and cached; see
-    /// [`crate::tiers`].
+    /// [`crate::node::tiers`].
     pub fn spore(&self, tier: SporeType) -> Result<TierView, Error> {
         let r = self.running()?;
         match r.tier_views.source(&r.ledger, self.tier_reach()?, tier)? {
@@ -1324,7 +1335,7 @@ impl SporeSystem {
 
     /// When this node's chain lost a split-brain and the winner has recorded the resolution:
     /// what [`SporeSystem::yield_to_winner`] will do (`None` otherwise).
-    pub fn yield_plan(&self) -> Result<Option<crate::resolve::YieldPlan>, Error> {
+    pub fn yield_plan(&self) -> Result<Option<crate::node::resolve::YieldPlan>, Error> {
         Ok(self.running()?.resolver.yield_plan.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
@@ -1651,7 +1662,7 @@ fn answer_tiered<T>(
     raft: &Raft,
     me: &PeerNode,
     ledger: &SharedLedger,
-    views: &crate::tiers::TierViews,
+    views: &crate::node::tiers::TierViews,
     f: impl Fn(&Projection) -> Option<T>,
 ) -> Result<Option<Tiered<T>>, Error> {
     let reach = {
@@ -1663,7 +1674,7 @@ fn answer_tiered<T>(
         m.current_leader.is_some() && (m.state != ServerState::Leader || leader_is_confirmed(raft, &m))
     };
     let mut asked = None;
-    for tier in crate::tiers::TIERS {
+    for tier in crate::node::tiers::TIERS {
         let stale = tier != SporeType::Primary || !confirmed;
         // Two tiers that reach the same event have the same view: ask it once.
         if reach.get(tier).is_none() || reach.get(tier) == asked {
@@ -1826,13 +1837,13 @@ struct NodeService {
     gossip: Option<Arc<GossipService>>,
     liveness: Option<Arc<LivenessService>>,
     modes: SharedModes,
-    tier_views: Arc<crate::tiers::TierViews>,
-    fence: Arc<crate::resolve::YieldFence>,
+    tier_views: Arc<crate::node::tiers::TierViews>,
+    fence: Arc<crate::node::resolve::YieldFence>,
     /// On a latent node: takes writes forwarded to it (`spore service register --addr` of a
     /// Rhizomorph) the way it takes its own, delivered to the voters or held.
     provisional: Option<ProvisionalWriter>,
     /// What the background scrub found.
-    scrub: crate::scrubber::SharedScrub,
+    scrub: crate::node::scrubber::SharedScrub,
     /// The ledger's health, read without its lock on every forwarded write.
     health: Arc<LedgerHealth>,
 }
