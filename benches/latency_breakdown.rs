@@ -35,7 +35,7 @@ mod cluster;
 
 /// The spans the breakdown reads: (target, name).
 const SPANS: [(&str, &str); 5] = [
-    ("mycnet_spores::system", "submit"),
+    ("mycnet_spores::node::writes", "submit"),
     ("mycnet_spores::raft::proposer", "propose_batch"),
     ("mycnet_spores::raft::log_store", "append"),
     ("mycnet_spores::raft::log_store", "raft_log_sync"),

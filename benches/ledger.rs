@@ -693,7 +693,7 @@ fn bench_ledger(crit: &mut Criterion) {
     };
     // Leaders attest a state every max(1024, 4 x registry) events: the digest's cost per event.
     let attest_spacing = 1024u64.max(4 * registry);
-    let scrub_default = mycnet_spores::scrubber::ScrubConfig::default().events_per_sec as f64;
+    let scrub_default = mycnet_spores::node::scrubber::ScrubConfig::default().events_per_sec as f64;
 
     // --- summary -----------------------------------------------------------------------------
     // V is re-measured at the end and the better figure kept: a raw limit is a best case, and

@@ -50,17 +50,12 @@
 #![warn(missing_docs)]
 
 pub mod core;
-pub mod datadir;
 pub mod error;
 pub mod net;
 pub mod node;
 pub mod raft;
-pub mod resolve;
-pub mod scrubber;
 pub mod seed;
 pub mod store;
-pub mod system;
-pub mod tiers;
 
 pub use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 pub use crate::core::keys::NodeKey;
@@ -69,11 +64,11 @@ pub use crate::core::types::{
     ChainHash, Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore,
 };
 pub use crate::error::{Corruption, Error, LedgerError};
+pub use crate::node::{
+    Consistency, OperationalMode, PeerLag, SporeStatus, SporeSystem, SporeSystemBuilder, Subscription, Timeouts,
+};
 pub use crate::raft::{ChainPoint, PeerNode};
 pub use crate::store::forensics::{Branch, ForensicsError};
 pub use crate::store::inspect::{LedgerReader, VerifyReport};
 pub use crate::store::ledger::{Ledger, LedgerConfig};
 pub use crate::store::replay::{ReplayOptions, ReplayStats, StopAt};
-pub use crate::system::{
-    Consistency, OperationalMode, PeerLag, SporeStatus, SporeSystem, SporeSystemBuilder, Subscription, Timeouts,
-};

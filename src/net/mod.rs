@@ -100,7 +100,7 @@ pub enum Query {
         max: u32,
     },
     /// A registry query answered from the most authoritative spore tier that has a
-    /// non-empty answer, saying which ([`QueryAnswer::Tiered`]; see [`crate::tiers`]).
+    /// non-empty answer, saying which ([`QueryAnswer::Tiered`]; see [`crate::node::tiers`]).
     Tiered(RegistryQuery),
 }
 
@@ -200,7 +200,7 @@ pub enum QueryAnswer {
     Events(Vec<crate::core::event::ChainedEvent>),
     /// To `Tiered`: the answer of the most authoritative tier that has a non-empty one, with
     /// that tier and its chain point (`None`: no tier has any).
-    Tiered(Option<crate::tiers::Tiered<RegistryAnswer>>),
+    Tiered(Option<crate::node::tiers::Tiered<RegistryAnswer>>),
 }
 
 impl RpcRequest {
@@ -260,7 +260,7 @@ pub enum RpcResponse {
     /// To `ReadIndex`: the log index to wait for.
     ReadIndex(Result<Option<u64>, RemoteFailure>),
     /// To `Status`.
-    Status(Result<crate::system::SporeStatus, RemoteFailure>),
+    Status(Result<crate::node::SporeStatus, RemoteFailure>),
     /// To `Query`.
     Query(Result<QueryAnswer, RemoteFailure>),
     /// To `ExportSeed`: the seed's head.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use mycnet_spores::core::modes::OperationalMode;
 use mycnet_spores::net::gossip::GossipConfig;
 use mycnet_spores::net::inproc::InProcNetwork;
+use mycnet_spores::node::AnchorPolicy;
 use mycnet_spores::seed::VerifyPolicy;
-use mycnet_spores::system::AnchorPolicy;
 use mycnet_spores::{EventBody, NodeKey, SporeSystem};
 
 use crate::cluster::{fast_timeouts, Cluster};

@@ -23,9 +23,9 @@ use mycnet_spores::net::gossip::GossipConfig;
 use mycnet_spores::net::liveness::LivenessConfig;
 use mycnet_spores::net::quic::{self, Admission, QuicBackend, ALPN_RAFT};
 use mycnet_spores::net::{RpcRequest, TransportError};
+use mycnet_spores::node::AnchorPolicy;
 use mycnet_spores::seed::VerifyPolicy;
 use mycnet_spores::store::forensics::{self, Relation};
-use mycnet_spores::system::AnchorPolicy;
 use mycnet_spores::{Branch, ChainedEvent, EventBody, NodeKey, SignedEvent, SporeSystem};
 
 use crate::cluster::fast_timeouts;

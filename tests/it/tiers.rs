@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use mycnet_spores::net::gossip::GossipConfig;
 use mycnet_spores::net::inproc::InProcNetwork;
-use mycnet_spores::system::AnchorPolicy;
+use mycnet_spores::node::AnchorPolicy;
 use mycnet_spores::{ChainPoint, Error, NetworkIdentity, NodeKey, NodeRole, SporeSystem, SporeType};
 
 use crate::cluster::fast_timeouts;

@@ -59,7 +59,7 @@ async fn start(node: &mut DemoNode, backend: &BackendFactory) -> DemoResult<()> 
         .timeouts(timeouts())
         // Anchors (and with the first, an attested state) within half a second of a write, so
         // the short demo's state-only seed starts from a state the chain attests.
-        .anchors(mycnet_spores::system::AnchorPolicy { every: Duration::from_millis(500), ..Default::default() });
+        .anchors(mycnet_spores::node::AnchorPolicy { every: Duration::from_millis(500), ..Default::default() });
     if !node.gossip_peers.is_empty() {
         let gossip =
             mycnet_spores::net::gossip::GossipConfig { interval: Duration::from_millis(200), ..Default::default() };

@@ -390,7 +390,7 @@ enum QueryWhat {
 
 #[derive(clap::Args)]
 struct NodeArgs {
-    /// A TOML config file (see the docs of `mycnet_spores::node`); excludes the other flags.
+    /// A TOML config file (see the docs of `mycnet_spores::node::config`); excludes the other flags.
     #[arg(long, conflicts_with_all = ["data_dir", "listen", "advertise", "init", "join_addr", "peer", "latent_peer", "from_seed"])]
     config: Option<PathBuf>,
     /// Ledger, Raft log and node.key live here.

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mycnet_spores::datadir::CreatedDir;
 use mycnet_spores::net::addr::{check_listen_addr, check_peer_addr};
 use mycnet_spores::net::quic::{self, Admission, QuicBackend};
 use mycnet_spores::net::{Query, QueryAnswer, RegistryAnswer, RemoteFailure, RpcRequest, RpcResponse};
+use mycnet_spores::node::datadir::CreatedDir;
 use mycnet_spores::node::{self, NodeConfig};
 use mycnet_spores::raft::SporeResponse;
 use mycnet_spores::store::keyfile;

@@ -996,8 +996,8 @@ fn diff_names_the_fork_of_a_split_brain_over_quic() {
     use std::sync::Arc;
 
     use mycnet_spores::net::quic::{Admission, QuicBackend};
+    use mycnet_spores::node::AnchorPolicy;
     use mycnet_spores::seed::VerifyPolicy;
-    use mycnet_spores::system::AnchorPolicy;
     use mycnet_spores::{NetworkIdentity, NodeKey, SporeSystem, Timeouts};
 
     fn node(key: &NodeKey, dir: &Path, addr: &str, admission: Admission) -> SporeSystem {

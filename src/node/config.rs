@@ -43,12 +43,12 @@ use crate::core::event::NodeAnnouncement;
 use crate::core::keys::PublicKey;
 use crate::core::projection::NodeStatus;
 use crate::core::types::{NetworkIdentity, NodeId, NodeRole};
-use crate::datadir::CreatedDir;
 use crate::error::Error;
 use crate::net::addr::{check_listen_addr, check_peer_addr, AddressError};
 use crate::net::quic::Admission;
+use crate::node::datadir::CreatedDir;
+use crate::node::{SporeSystem, SporeSystemBuilder, Timeouts};
 use crate::raft::PeerNode;
-use crate::system::{SporeSystem, SporeSystemBuilder, Timeouts};
 
 /// Voter (Sclerotium) or latent (Rhizomorph).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -330,7 +330,7 @@ pub async fn start_node(
             if let Err(stop) = system.shutdown().await {
                 tracing::warn!(error = %stop, "could not stop the node whose start failed");
             }
-            crate::system::discard_failed_start(created).await;
+            crate::node::discard_failed_start(created).await;
             Err(e)
         }
     }

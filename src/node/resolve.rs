@@ -137,7 +137,7 @@ pub(crate) struct Resolver {
     pub(crate) rpc_timeout: Duration,
     pub(crate) data_dir: PathBuf,
     pub(crate) state: Arc<ResolverState>,
-    pub(crate) modes: crate::system::SharedModes,
+    pub(crate) modes: crate::node::SharedModes,
 }
 
 impl Resolver {
@@ -170,7 +170,7 @@ impl Resolver {
         let Some(evidence) = pending.into_iter().next() else { return Ok(()) };
         // The mode machine sees the fork before it is settled, however fast that goes: the
         // Split-Brain Resolution transition is logged and kept on every node that takes part.
-        crate::system::compute_status(&self.raft, &self.ledger, &self.me, Some(&self.gossip), &self.modes)?;
+        crate::node::compute_status(&self.raft, &self.ledger, &self.me, Some(&self.gossip), &self.modes)?;
         // Nodes gossip saw holding the other chain first, then every other peer: the one
         // asked must hold exactly the other event at the evidence's sequence number.
         let holders = self.gossip.fork_holders(evidence.seq(), &evidence.theirs.hash);

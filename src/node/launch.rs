@@ -1,0 +1,241 @@
+//! Launching a node: opens its ledger, binds its transport, starts Raft and spawns every
+//! background task, wired into one running system.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::builder::Backend;
+use super::leader::{spawn_anchor_task, spawn_liveness_committer};
+use super::provisional::{spawn_provisional_task, ProvisionalWriter};
+use super::rpc_server::NodeService;
+use super::status::spawn_mode_task;
+use super::{io_err, raft_err, Running, SharedModes, SporeSystem, SporeSystemBuilder};
+use crate::core::modes::{ModeConfig, ModeMachine};
+use crate::core::types::{NodeRole, Timestamp};
+use crate::error::Error;
+use crate::net::gossip::GossipService;
+use crate::net::inproc::InProcNetwork;
+use crate::net::liveness::LivenessService;
+use crate::net::{LateHandler, NetworkBackend};
+use crate::raft::network::{NetworkFactory, RaftService};
+use crate::raft::proposer::Proposer;
+use crate::raft::{raft_id, PeerNode, Raft};
+use crate::store::keyfile;
+use crate::store::ledger::{Ledger, LedgerConfig};
+
+impl SporeSystem {
+    pub(super) async fn launch(
+        cfg: SporeSystemBuilder,
+        fence: Arc<crate::node::resolve::YieldFence>,
+    ) -> Result<Running, Error> {
+        // Addresses to announce are checked before anything is opened or bound.
+        if let Backend::Shared(b) = &cfg.backend {
+            for a in &cfg.addresses {
+                b.check_address(a)?;
+            }
+        }
+        let (data_dir, tempdir) = match &cfg.data_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t =
+                    tempfile::Builder::new().prefix("mycnet-spores-").tempdir().map_err(io_err(Path::new("/tmp")))?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
+        let key = match cfg.key {
+            Some(k) => k,
+            None => keyfile::load_or_generate(&data_dir.join(keyfile::KEY_FILE_NAME))?,
+        };
+        let node = key.node_id();
+        let ledger_dir = data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
+        let ledger_cfg = LedgerConfig {
+            create: true,
+            checkpoint_interval: cfg.checkpoint_interval,
+            durable: false,
+            expected_network: None,
+        };
+        let ledger =
+            tokio::task::spawn_blocking(move || Ledger::open(ledger_dir, ledger_cfg)).await.map_err(raft_err)??;
+        let (log_store, sm) = crate::raft::open_stores(ledger, key.clone())?;
+        let ledger = sm.ledger().clone();
+        let head_rx = sm.subscribe_head();
+        let head_publisher = sm.clone();
+
+        let backend: Arc<dyn NetworkBackend> = match cfg.backend {
+            Backend::Private => Arc::new(InProcNetwork::new(0)),
+            Backend::Shared(b) => b,
+        };
+        let want_addr = cfg.addr.unwrap_or_else(|| format!("node-{}", node.short()));
+        let late = Arc::new(LateHandler::default());
+        let binding = backend.bind(&PeerNode { node, addr: want_addr }, late.clone()).await?;
+        let bound_on = backend.clone();
+        let me = PeerNode { node, addr: cfg.advertise.clone().unwrap_or_else(|| binding.addr.clone()) };
+        let transport = binding.transport.clone();
+
+        let raft_config = openraft::Config {
+            cluster_name: "mycnet-spores".into(),
+            heartbeat_interval: cfg.timeouts.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.timeouts.election_min.as_millis() as u64,
+            election_timeout_max: cfg.timeouts.election_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.timeouts.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.timeouts.logs_kept_after_snapshot,
+            purge_batch_size: (cfg.timeouts.snapshot_every / 4).clamp(1, 256),
+            max_payload_entries: crate::raft::proposer::PAYLOAD_ENTRIES_MAX,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(raft_err)?;
+        let stored_vote = {
+            use openraft::storage::RaftLogStorage;
+            let mut ls = log_store.clone();
+            ls.read_vote().await.map_err(raft_err)?
+        };
+        let raft =
+            Raft::new(raft_id(&node), Arc::new(raft_config), NetworkFactory::new(transport.clone()), log_store, sm)
+                .await
+                .map_err(raft_err)?;
+        // Status must never show a term older than the one on disk: wait for Raft to load it.
+        if let Some(v) = stored_vote {
+            raft.wait(Some(Duration::from_secs(10)))
+                .metrics(|m| m.vote >= v, "stored vote loaded")
+                .await
+                .map_err(raft_err)?;
+        }
+        let proposer = Proposer::spawn_idempotent(raft.clone(), ledger.clone(), cfg.timeouts.batches_in_flight);
+        let mut tasks = Vec::new();
+        let gossip = transport.gossip_dialer().map(|dialer| {
+            let my_id = raft_id(&node);
+            let member = {
+                let raft = raft.clone();
+                move || raft.metrics().borrow().membership_config.membership().nodes().any(|(id, _)| *id == my_id)
+            };
+            let member2 = member.clone();
+            // Only a Rhizomorph outside the Raft membership stores what gossip brings; Raft
+            // writes every member's ledger.
+            let latent = cfg.role == NodeRole::Rhizomorph;
+            let svc = Arc::new(GossipService::new(
+                me.clone(),
+                ledger.clone(),
+                cfg.gossip.clone(),
+                move || latent && !member(),
+                member2,
+            ));
+            svc.add_bootstrap(cfg.gossip_peers.clone());
+            // Ranges gossip stores reach `subscribe` like the ones Raft applies.
+            svc.on_stored(Arc::new(move || head_publisher.publish_head()));
+            tasks.push(svc.spawn_driver(dialer));
+            svc
+        });
+        tasks.push(spawn_anchor_task(raft.clone(), proposer.clone(), ledger.clone(), key.clone(), cfg.anchors));
+        let writer = ProvisionalWriter {
+            raft: raft.clone(),
+            transport: transport.clone(),
+            ledger: ledger.clone(),
+            gossip: gossip.clone(),
+            me: me.clone(),
+            key: key.clone(),
+            timeouts: cfg.timeouts.clone(),
+        };
+        tasks.push(spawn_provisional_task(writer.clone()));
+        let liveness = transport.swim_link().map(|link| {
+            let cands = gossip.clone();
+            let (svc, task) = LivenessService::spawn(me.clone(), cfg.liveness.clone(), link, move || {
+                cands.as_ref().map(|g| g.candidates()).unwrap_or_default()
+            });
+            tasks.push(task);
+            tasks.push(spawn_liveness_committer(
+                raft.clone(),
+                proposer.clone(),
+                ledger.clone(),
+                key.clone(),
+                svc.clone(),
+            ));
+            svc
+        });
+        let modes: SharedModes =
+            Arc::new(std::sync::Mutex::new(ModeMachine::new(ModeConfig::default(), Timestamp::now())));
+        let resolver = Arc::new(crate::node::resolve::ResolverState::default());
+        if let Some(g) = &gossip {
+            tasks.push(
+                crate::node::resolve::Resolver {
+                    raft: raft.clone(),
+                    proposer: proposer.clone(),
+                    transport: transport.clone(),
+                    ledger: ledger.clone(),
+                    gossip: g.clone(),
+                    me: me.clone(),
+                    key: key.clone(),
+                    rpc_timeout: cfg.timeouts.rpc,
+                    data_dir: data_dir.clone(),
+                    state: resolver.clone(),
+                    modes: modes.clone(),
+                }
+                .spawn(),
+            );
+        }
+        let tier_views = Arc::new(crate::node::tiers::TierViews::default());
+        // A node that yielded a split-brain keeps refusing the losing cluster's Raft across
+        // restarts (the members are kept with the refused branch).
+        let refused_peers = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.refused_peers()?;
+        if !refused_peers.is_empty() {
+            fence.fence(refused_peers);
+        }
+        tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
+        let scrub: crate::node::scrubber::SharedScrub = Arc::default();
+        let health = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.health();
+        tasks.push(crate::node::scrubber::spawn(
+            ledger.clone(),
+            raft.clone(),
+            me.clone(),
+            transport.clone(),
+            cfg.scrub,
+            scrub.clone(),
+            cfg.timeouts.rpc,
+        ));
+        late.set(Arc::new(NodeService {
+            raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
+            raft: raft.clone(),
+            ledger: ledger.clone(),
+            me: me.clone(),
+            key: key.clone(),
+            gossip: gossip.clone(),
+            liveness: liveness.clone(),
+            modes: modes.clone(),
+            tier_views: tier_views.clone(),
+            fence,
+            provisional: (cfg.role == NodeRole::Rhizomorph).then(|| writer.clone()),
+            scrub: scrub.clone(),
+            health: health.clone(),
+        }));
+        tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
+        Ok(Running {
+            writer,
+            key,
+            name: cfg.name.unwrap_or_else(|| format!("node-{}", node.short())),
+            role: cfg.role,
+            addresses: cfg.addresses,
+            capabilities: cfg.capabilities,
+            me,
+            raft,
+            proposer,
+            ledger,
+            head_rx,
+            transport,
+            backend: bound_on,
+            binding,
+            timeouts: cfg.timeouts,
+            gossip,
+            liveness,
+            modes,
+            data_dir,
+            resolver,
+            tier_views,
+            scrub,
+            health,
+            tasks,
+            _tempdir: tempdir,
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! The node layer, the top of the library: [`SporeSystem`], the embedded discovery store of one
+//! node, with everything that runs it.
+//!
+//! A [`SporeSystem`] wires the ledger, openraft and the network together; this layer is the
+//! only place that spawns a node's tasks or reads the clock for it. Its files, one job each:
+//! `builder` (settings), `launch` (wiring one running node), `lifecycle` (start, form, join,
+//! shutdown), `writes`, `reads` (queries, tiered answers, subscriptions), `status` (status and
+//! operational modes), `provisional` (a latent node's held writes), `leader` (the leader's
+//! background duties), `rpc_server` (the RPCs a node serves) and `split_brain` (yielding to a
+//! winner); [`resolve`], [`tiers`] and [`scrubber`] run beside them, and [`config`] runs one
+//! standalone node from a TOML file or flags.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mycnet_spores::Error> {
+//! use mycnet_spores::{SporeSystem, NetworkIdentity};
+//! let mut spore_system = SporeSystem::new();            // embedded default, no set-up
+//! spore_system.initialize(NetworkIdentity {
+//!     network_id: uuid::Uuid::new_v4(),
+//!     network_name: "my-network".to_string(),
+//!     genesis_timestamp: chrono::Utc::now(),
+//! }).await?;                                             // forms a one-voter network
+//! let id = spore_system.register_service("object-store", vec![], vec!["storage".into()], vec![]).await?;
+//! assert_eq!(spore_system.services_by_name("object-store")?.len(), 1);
+//! # let _ = id; Ok(()) }
+//! ```
+
+mod builder;
+pub mod config;
+pub mod datadir;
+mod launch;
+mod leader;
+mod lifecycle;
+mod provisional;
+mod reads;
+pub mod resolve;
+mod rpc_server;
+pub mod scrubber;
+mod split_brain;
+mod status;
+pub mod tiers;
+mod writes;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::core::keys::NodeKey;
+use crate::core::projection::Rejection;
+use crate::core::types::{NodeId, NodeRole};
+use crate::error::{Error, LedgerError};
+use crate::net::gossip::GossipService;
+use crate::net::liveness::{LivenessService, MemberState};
+use crate::net::{Binding, NetworkBackend, SharedTransport};
+use crate::raft::proposer::Proposer;
+use crate::raft::state_machine::SharedLedger;
+use crate::raft::{PeerNode, Raft};
+use crate::store::ledger::LedgerHealth;
+
+pub use builder::{AnchorPolicy, SporeSystemBuilder, Timeouts};
+pub use config::{
+    parse_node_key, refresh_admission, start_node, ConfigError, InitConfig, JoinConfig, NodeConfig, PeerConfig,
+    RoleConfig, TimeoutProfile, JOIN_PATIENCE,
+};
+pub(crate) use lifecycle::discard_failed_start;
+pub use lifecycle::LEDGER_RELEASE_MAX;
+pub use reads::{Consistency, Subscription};
+pub(crate) use status::{compute_status, SharedModes};
+pub use status::{OperationalMode, PeerLag, SporeStatus};
+
+use builder::Backend;
+use provisional::ProvisionalWriter;
+
+struct Running {
+    key: NodeKey,
+    /// Delivers or holds the writes of a node outside the Raft membership.
+    writer: ProvisionalWriter,
+    me: PeerNode,
+    role: NodeRole,
+    name: String,
+    addresses: Vec<String>,
+    capabilities: Vec<String>,
+    raft: Raft,
+    proposer: Proposer,
+    ledger: SharedLedger,
+    head_rx: watch::Receiver<Option<u64>>,
+    transport: SharedTransport,
+    /// The backend it was bound on (checks the addresses given to announce, admit or join).
+    backend: Arc<dyn NetworkBackend>,
+    binding: Binding,
+    timeouts: Timeouts,
+    gossip: Option<Arc<GossipService>>,
+    liveness: Option<Arc<LivenessService>>,
+    modes: SharedModes,
+    data_dir: PathBuf,
+    resolver: Arc<crate::node::resolve::ResolverState>,
+    /// Views of the tiers that stop below the head, replayed and cached.
+    tier_views: Arc<crate::node::tiers::TierViews>,
+    /// What the background scrub found.
+    scrub: crate::node::scrubber::SharedScrub,
+    /// The ledger's health, read without its lock on every write.
+    health: Arc<LedgerHealth>,
+    /// Background tasks (gossip driver, anchor committer), aborted on shutdown.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The discovery store of one node. See the module doc and the crate doc.
+pub struct SporeSystem {
+    config: Option<SporeSystemBuilder>,
+    /// What the running system was started with (its key and data dir filled in), to start
+    /// it again after yielding a split-brain.
+    launched: Option<SporeSystemBuilder>,
+    running: Option<Running>,
+    /// Raft peers refused after yielding a split-brain (kept across the yield's restart).
+    fence: Arc<crate::node::resolve::YieldFence>,
+}
+
+impl Default for SporeSystem {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn raft_err<E: std::fmt::Display>(e: E) -> Error {
+    Error::Raft(e.to_string())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Ledger(LedgerError::Io { path: path.to_path_buf(), source })
+}
+
+impl SporeSystem {
+    /// The embedded default: a temporary data dir, a fresh key, a voter on a private network
+    /// of one. Nothing happens until [`SporeSystem::initialize`] or [`SporeSystem::start`].
+    pub fn new() -> Self {
+        SporeSystemBuilder::default().build()
+    }
+
+    /// A builder for everything else.
+    pub fn builder() -> SporeSystemBuilder {
+        SporeSystemBuilder::default()
+    }
+
+    fn running(&self) -> Result<&Running, Error> {
+        self.running.as_ref().ok_or(Error::NotStarted)
+    }
+
+    /// Checks addresses against the backend this system runs on, or will start on.
+    fn check_addresses<'a>(&self, addresses: impl IntoIterator<Item = &'a str>) -> Result<(), Error> {
+        let backend = match (&self.running, self.config.as_ref().map(|c| &c.backend)) {
+            (Some(r), _) => Some(&r.backend),
+            (None, Some(Backend::Shared(b))) => Some(b),
+            _ => None,
+        };
+        if let Some(b) = backend {
+            for a in addresses {
+                b.check_address(a)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn leader_node(&self) -> Option<PeerNode> {
+        let r = self.running.as_ref()?;
+        // Every write asks: read in place rather than clone the whole metrics.
+        let m = r.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// This node's id (after start).
+    pub fn node_id(&self) -> Result<NodeId, Error> {
+        Ok(self.running()?.me.node)
+    }
+
+    /// This node as a Raft peer (id and address), for others to [`SporeSystem::add_member`].
+    pub fn peer(&self) -> Result<PeerNode, Error> {
+        Ok(self.running()?.me.clone())
+    }
+
+    /// The address this node's endpoint is bound to: the one peers use ([`SporeSystem::peer`])
+    /// unless another is advertised ([`SporeSystemBuilder::advertise`]).
+    pub fn local_addr(&self) -> Result<String, Error> {
+        Ok(self.running()?.binding.addr.clone())
+    }
+
+    /// The round trips this node measured to `peer` (smoothed, with their variation and the
+    /// deadline a call to it gets now); `None` before any call to it completed, or on a
+    /// transport that does not measure them.
+    pub fn round_trip(&self, peer: &NodeId) -> Result<Option<crate::net::rtt::RoundTrip>, Error> {
+        Ok(self.running()?.transport.round_trip(peer))
+    }
+
+    /// What failure detection says of each peer it has seen (empty without a transport that
+    /// carries SWIM).
+    pub fn liveness(&self) -> Result<std::collections::HashMap<NodeId, MemberState>, Error> {
+        Ok(self.running()?.liveness.as_ref().map(|l| l.states()).unwrap_or_default())
+    }
+
+    /// The Raft handle (advanced use and tests).
+    pub fn raft(&self) -> Result<Raft, Error> {
+        Ok(self.running()?.raft.clone())
+    }
+}
+
+/// Rejections surface as [`Error::Rejected`]; this lets callers match on the reason.
+impl Error {
+    /// The rejection reason, if this error is one.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            Error::Rejected(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+// A SporeSystem is shared between tasks: it must stay Send + Sync.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<SporeSystem>();
+};

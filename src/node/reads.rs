@@ -1,0 +1,279 @@
+//! Reads: queries of the local projection (stale or linearizable), the spore tiers' views and
+//! tiered answers, and subscriptions to committed events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use tokio::sync::mpsc;
+
+use super::status::leader_is_confirmed;
+use super::{raft_err, SporeSystem};
+use crate::core::event::ChainedEvent;
+use crate::core::projection::{ChainHead, NodeRecord, Projection, ServiceRecord};
+use crate::core::types::{NodeId, SporeType};
+use crate::error::Error;
+use crate::net::{RpcRequest, RpcResponse};
+use crate::node::tiers::{TierReach, TierView, Tiered, ViewSource};
+use crate::raft::state_machine::SharedLedger;
+use crate::raft::{ChainPoint, PeerNode, Raft};
+use crate::store::ledger::Ledger;
+
+/// Read consistency of a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Answer from the local projection (may lag the leader slightly). The default.
+    #[default]
+    Stale,
+    /// Confirm with the leader first and wait until the local projection has caught up.
+    Linearizable,
+}
+
+impl SporeSystem {
+    /// Runs `f` on the local projection (stale-ok).
+    pub fn with_projection<R>(&self, f: impl FnOnce(&Projection) -> R) -> Result<R, Error> {
+        let r = self.running()?;
+        let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        Ok(f(l.projection()))
+    }
+
+    /// Runs `f` on the projection with the requested consistency. Linearizable reads confirm
+    /// leadership (on a follower: ask the leader for its read index) and wait until the local
+    /// projection has applied it.
+    pub async fn query<R>(&self, consistency: Consistency, f: impl FnOnce(&Projection) -> R) -> Result<R, Error> {
+        if consistency == Consistency::Linearizable {
+            let r = self.running()?;
+            let index = match self.leader_node() {
+                Some(l) if l.node == r.me.node => {
+                    r.raft.ensure_linearizable().await.map_err(raft_err)?.map(|l| l.index)
+                }
+                Some(l) => match r.transport.call(&l, RpcRequest::ReadIndex, r.timeouts.rpc).await {
+                    Ok(RpcResponse::ReadIndex(Ok(i))) => i,
+                    Ok(RpcResponse::ReadIndex(Err(e))) => return Err(Error::Raft(e.to_string())),
+                    Ok(_) => return Err(Error::Raft("unexpected response to read index".into())),
+                    Err(e) => return Err(Error::Transport(e)),
+                },
+                None => return Err(Error::NoLeader { waited: Duration::ZERO }),
+            };
+            if let Some(i) = index {
+                r.raft
+                    .wait(Some(r.timeouts.write))
+                    .applied_index_at_least(Some(i), "linearizable read")
+                    .await
+                    .map_err(raft_err)?;
+            }
+        }
+        self.with_projection(f)
+    }
+
+    /// Every node in the registry (stale-ok).
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, Error> {
+        self.with_projection(|p| p.nodes().cloned().collect())
+    }
+
+    /// One node (stale-ok).
+    pub fn node(&self, id: &NodeId) -> Result<Option<NodeRecord>, Error> {
+        self.with_projection(|p| p.node(id).cloned())
+    }
+
+    /// Services with this name (stale-ok).
+    pub fn services_by_name(&self, name: &str) -> Result<Vec<ServiceRecord>, Error> {
+        self.with_projection(|p| p.services_by_name(name).cloned().collect())
+    }
+
+    /// Services providing this capability (stale-ok).
+    pub fn services_by_capability(&self, capability: &str) -> Result<Vec<ServiceRecord>, Error> {
+        self.with_projection(|p| p.services_by_capability(capability).cloned().collect())
+    }
+
+    /// Nodes an authority committed as offline (stale-ok).
+    pub fn offline_nodes(&self) -> Result<Vec<NodeRecord>, Error> {
+        self.with_projection(|p| p.offline_nodes().cloned().collect())
+    }
+
+    /// How far each spore tier reaches in this node's chain (see [`crate::node::tiers`]).
+    pub fn tier_reach(&self) -> Result<TierReach, Error> {
+        let r = self.running()?;
+        let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        Ok(tier_reach(&r.raft, &r.me, &l))
+    }
+
+    /// The view of one spore tier: the registries as of the newest event that tier covers on
+    /// this node (Primary: what a voter attests; Seed: what a verified seed or a checkpoint
+    /// covers; Latent: everything held). [`Error::TierUnavailable`] when the tier has nothing
+    /// here, e.g. Primary on a latent node that has not received a checkpoint yet. A view
+    /// below the head is replayed once from the stored history and cached; see
+    /// [`crate::node::tiers`].
+    pub fn spore(&self, tier: SporeType) -> Result<TierView, Error> {
+        let r = self.running()?;
+        match r.tier_views.source(&r.ledger, self.tier_reach()?, tier)? {
+            None => Err(Error::TierUnavailable(tier)),
+            Some(ViewSource::Live) => {
+                self.with_projection(|p| TierView { tier, at: point_of(p), projection: Arc::new(p.clone()) })
+            }
+            Some(ViewSource::Past(p)) => Ok(TierView { tier, at: point_of(&p), projection: p }),
+        }
+    }
+
+    /// Answers from the most authoritative tier that has an answer, and says which: `f` is
+    /// asked of the Primary view, then the Seed view, then the Latent view, and the first
+    /// `Some` is returned with its tier and chain point (`None`: no tier has an answer). A
+    /// node attested by a voter is answered with Primary authority even when it was changed
+    /// since by events only gossip carried; [`SporeSystem::with_projection`] reads the newest
+    /// view instead.
+    pub fn answer<T>(&self, f: impl Fn(&Projection) -> Option<T>) -> Result<Option<Tiered<T>>, Error> {
+        let r = self.running()?;
+        answer_tiered(&r.raft, &r.me, &r.ledger, &r.tier_views, f)
+    }
+
+    /// One node, from the most authoritative tier that has it (see [`SporeSystem::answer`]).
+    pub fn node_answer(&self, id: &NodeId) -> Result<Option<Tiered<NodeRecord>>, Error> {
+        self.answer(|p| p.node(id).cloned())
+    }
+
+    /// Services with this name, from the most authoritative tier that has any (see
+    /// [`SporeSystem::answer`]).
+    pub fn services_by_name_answer(&self, name: &str) -> Result<Option<Tiered<Vec<ServiceRecord>>>, Error> {
+        self.answer(|p| Some(p.services_by_name(name).cloned().collect::<Vec<_>>()).filter(|v| !v.is_empty()))
+    }
+
+    /// Services providing this capability, from the most authoritative tier that has any
+    /// (see [`SporeSystem::answer`]).
+    pub fn services_by_capability_answer(&self, capability: &str) -> Result<Option<Tiered<Vec<ServiceRecord>>>, Error> {
+        self.answer(|p| {
+            Some(p.services_by_capability(capability).cloned().collect::<Vec<_>>()).filter(|v| !v.is_empty())
+        })
+    }
+
+    /// The ledger head.
+    pub fn head(&self) -> Result<Option<ChainHead>, Error> {
+        self.with_projection(|p| p.head())
+    }
+
+    /// The committed chained events from `from_seq` on, in order, without gaps or duplicates,
+    /// first from the ledger and then live as they commit. Resume after a restart by passing
+    /// the last seen seq + 1. On a node still backfilling the history below a state-only seed,
+    /// a subscription from below [`SporeStatus::history_from`](super::SporeStatus::history_from)
+    /// ends with [`LedgerError::HistoryIncomplete`](crate::LedgerError::HistoryIncomplete).
+    pub fn subscribe(&self, from_seq: u64) -> Result<Subscription, Error> {
+        let r = self.running()?;
+        let (tx, rx) = mpsc::channel(1024);
+        // Weak: a subscription nobody reads must not keep the ledger (and its database lock)
+        // alive after the system shut down.
+        let ledger = Arc::downgrade(&r.ledger);
+        let mut head_rx = r.head_rx.clone();
+        tokio::spawn(async move {
+            let mut next = from_seq;
+            loop {
+                let head = *head_rx.borrow_and_update();
+                if let Some(h) = head.filter(|h| *h >= next) {
+                    let to = h.min(next + crate::core::limits::REPLAY_CHUNK_EVENTS as u64 - 1);
+                    // The system shut down: the subscription ends after what it delivered.
+                    let Some(l2) = ledger.upgrade() else { return };
+                    let page = tokio::task::spawn_blocking(move || match l2.read() {
+                        Ok(l) => l.read_range(next, to).map_err(Error::from),
+                        Err(_) => Err(Error::Raft("ledger lock poisoned".into())),
+                    })
+                    .await;
+                    let page = match page {
+                        Ok(p) => p,
+                        Err(e) => Err(Error::Raft(e.to_string())),
+                    };
+                    match page {
+                        Ok(events) => {
+                            for ev in events {
+                                next = ev.seq + 1;
+                                if tx.send(Ok(ev)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                if head_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Subscription { rx })
+    }
+}
+
+/// The chain point of a projection's head (seq 0 with a zero hash before genesis).
+fn point_of(p: &Projection) -> ChainPoint {
+    p.head()
+        .map(|h| ChainPoint { seq: h.seq, hash: h.hash })
+        .unwrap_or(ChainPoint { seq: 0, hash: crate::core::types::ChainHash::ZERO })
+}
+
+/// Asks `f` of the tier views in authority order; see [`SporeSystem::answer`].
+pub(super) fn answer_tiered<T>(
+    raft: &Raft,
+    me: &PeerNode,
+    ledger: &SharedLedger,
+    views: &crate::node::tiers::TierViews,
+    f: impl Fn(&Projection) -> Option<T>,
+) -> Result<Option<Tiered<T>>, Error> {
+    let reach = {
+        let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        tier_reach(raft, me, &l)
+    };
+    let confirmed = {
+        let m = raft.metrics().borrow().clone();
+        m.current_leader.is_some() && (m.state != ServerState::Leader || leader_is_confirmed(raft, &m))
+    };
+    let mut asked = None;
+    for tier in crate::node::tiers::TIERS {
+        let stale = tier != SporeType::Primary || !confirmed;
+        // Two tiers that reach the same event have the same view: ask it once.
+        if reach.get(tier).is_none() || reach.get(tier) == asked {
+            continue;
+        }
+        asked = reach.get(tier);
+        let found = match views.source(ledger, reach, tier)? {
+            None => None,
+            Some(ViewSource::Live) => {
+                let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+                let p = l.projection();
+                f(p).map(|value| Tiered { value, tier, at: point_of(p), stale })
+            }
+            Some(ViewSource::Past(p)) => f(&p).map(|value| Tiered { value, tier, at: point_of(&p), stale }),
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `me` is in the Raft membership (its chain is Primary to the head).
+fn is_raft_member(raft: &Raft, me: &PeerNode) -> bool {
+    raft.metrics().borrow().membership_config.membership().nodes().any(|(_, n)| n.node == me.node)
+}
+
+/// How far each tier reaches in the chain `l` holds, as seen by `me`.
+fn tier_reach(raft: &Raft, me: &PeerNode, l: &Ledger) -> TierReach {
+    let anchors = crate::core::gossip::Anchors {
+        checkpoint: l.anchor(),
+        seed: l.seed_anchor().ok().flatten(),
+        raft_member: is_raft_member(raft, me),
+    };
+    TierReach::of(&anchors, l.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash }))
+}
+
+/// A stream of committed events; see [`SporeSystem::subscribe`].
+pub struct Subscription {
+    rx: mpsc::Receiver<Result<ChainedEvent, Error>>,
+}
+
+impl Subscription {
+    /// The next committed event; `None` once the system has shut down.
+    pub async fn next(&mut self) -> Option<Result<ChainedEvent, Error>> {
+        self.rx.recv().await
+    }
+}

@@ -1,0 +1,171 @@
+//! The RPCs a node serves: status and queries answered here, the Raft traffic of a yielded
+//! split-brain refused, writes forwarded to Raft or held as provisional events.
+
+use std::sync::Arc;
+
+use super::provisional::{is_member, ProvisionalWriter};
+use super::reads::answer_tiered;
+use super::{compute_status, SharedModes};
+use crate::core::keys::NodeKey;
+use crate::core::types::NodeId;
+use crate::error::Error;
+use crate::net::gossip::GossipService;
+use crate::net::liveness::LivenessService;
+use crate::net::{RemoteFailure, RpcRequest, RpcResponse};
+use crate::raft::network::RaftService;
+use crate::raft::state_machine::SharedLedger;
+use crate::raft::{ChainPoint, PeerNode, Raft, SporeResponse};
+use crate::store::ledger::LedgerHealth;
+
+/// Serves a node's RPCs: read-only status and queries here, everything else by Raft.
+pub(super) struct NodeService {
+    pub(super) raft_service: RaftService,
+    pub(super) raft: Raft,
+    pub(super) ledger: SharedLedger,
+    pub(super) me: PeerNode,
+    pub(super) key: NodeKey,
+    pub(super) gossip: Option<Arc<GossipService>>,
+    pub(super) liveness: Option<Arc<LivenessService>>,
+    pub(super) modes: SharedModes,
+    pub(super) tier_views: Arc<crate::node::tiers::TierViews>,
+    pub(super) fence: Arc<crate::node::resolve::YieldFence>,
+    /// On a latent node: takes writes forwarded to it (`spore service register --addr` of a
+    /// Rhizomorph) the way it takes its own, delivered to the voters or held.
+    pub(super) provisional: Option<ProvisionalWriter>,
+    /// What the background scrub found.
+    pub(super) scrub: crate::node::scrubber::SharedScrub,
+    /// The ledger's health, read without its lock on every forwarded write.
+    pub(super) health: Arc<LedgerHealth>,
+}
+
+impl crate::net::RpcHandler for NodeService {
+    fn gossip(&self) -> Option<Arc<dyn crate::net::gossip::GossipAcceptor>> {
+        self.gossip.clone().map(|g| g as Arc<dyn crate::net::gossip::GossipAcceptor>)
+    }
+
+    fn liveness(&self) -> Option<Arc<dyn crate::net::liveness::DatagramSink>> {
+        self.liveness.clone().map(|l| l as Arc<dyn crate::net::liveness::DatagramSink>)
+    }
+
+    fn handle(&self, from: NodeId, req: RpcRequest) -> crate::net::BoxFuture<'_, RpcResponse> {
+        use crate::net::{Query, QueryAnswer};
+        match req {
+            RpcRequest::Status => {
+                let r = compute_status(&self.raft, &self.ledger, &self.me, self.gossip.as_deref(), &self.modes)
+                    .map(|mut st| {
+                        st.scrub = self.scrub.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        st
+                    })
+                    .map_err(|e| RemoteFailure::Other(e.to_string()));
+                Box::pin(async move { RpcResponse::Status(r) })
+            }
+            RpcRequest::Query(Query::Tiered(q)) => {
+                let answer = answer_tiered(&self.raft, &self.me, &self.ledger, &self.tier_views, |p| {
+                    Some(q.answer(p)).filter(|a| !a.is_empty())
+                })
+                .map(QueryAnswer::Tiered)
+                .map_err(|e| RemoteFailure::Other(e.to_string()));
+                Box::pin(async move { RpcResponse::Query(answer) })
+            }
+            RpcRequest::Query(q) => {
+                let answer = match self.ledger.read() {
+                    Err(_) => Err(RemoteFailure::Other("ledger lock poisoned".into())),
+                    Ok(l) => {
+                        let p = l.projection();
+                        Ok(match q {
+                            Query::ChainAt(seq) => {
+                                let at = match l.get(seq) {
+                                    Ok(e) => e.map(|e| ChainPoint { seq: e.seq, hash: e.hash }),
+                                    Err(e) => {
+                                        return Box::pin(async move {
+                                            RpcResponse::Query(Err(RemoteFailure::Other(e.to_string())))
+                                        })
+                                    }
+                                };
+                                let head = p.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash });
+                                QueryAnswer::Chain { at, head, fingerprint: p.fingerprint() }
+                            }
+                            Query::Events { from, max } => {
+                                let max = max.clamp(1, crate::net::EVENTS_PER_QUERY_MAX) as u64;
+                                let events = match p.head() {
+                                    Some(h) if from <= h.seq => l.read_range(from, h.seq.min(from + max - 1)),
+                                    _ => Ok(Vec::new()),
+                                };
+                                match events {
+                                    Ok(ev) => QueryAnswer::Events(ev),
+                                    Err(e) => {
+                                        return Box::pin(async move {
+                                            RpcResponse::Query(Err(RemoteFailure::Other(e.to_string())))
+                                        })
+                                    }
+                                }
+                            }
+                            registry => match registry.as_registry() {
+                                Some(q) => q.answer(p).into(),
+                                None => {
+                                    let e = RemoteFailure::Other("not a registry query".into());
+                                    return Box::pin(async move { RpcResponse::Query(Err(e)) });
+                                }
+                            },
+                        })
+                    }
+                };
+                Box::pin(async move { RpcResponse::Query(answer) })
+            }
+            RpcRequest::ExportSeed { path, include_events } => {
+                if from != self.me.node {
+                    tracing::warn!(peer = %from.short(), "refused a seed export asked by another key");
+                    let e = RemoteFailure::Other("only this node's own key may ask it to export a seed".into());
+                    return Box::pin(async move { RpcResponse::ExportSeed(Err(e)) });
+                }
+                let (ledger, key) = (self.ledger.clone(), self.key.clone());
+                Box::pin(async move {
+                    let r = tokio::task::spawn_blocking(move || {
+                        crate::seed::export(&ledger, &key, std::path::Path::new(&path), include_events)
+                    })
+                    .await
+                    .map_err(|e| RemoteFailure::Other(format!("seed export task: {e}")))
+                    .and_then(|r| r.map_err(|e| RemoteFailure::Other(e.to_string())))
+                    .map(|e| ChainPoint { seq: e.head.seq, hash: e.head.hash });
+                    RpcResponse::ExportSeed(r)
+                })
+            }
+            RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) | RpcRequest::InstallSnapshot(_)
+                if self.fence.refuses(&from, || is_member(&self.raft, &from)) =>
+            {
+                tracing::debug!(peer = %from.short(), kind = req.kind(), "refused Raft traffic from the split-brain chain this node yielded away from");
+                use openraft::error::{Fatal, RaftError};
+                let resp = match req {
+                    RpcRequest::AppendEntries(_) => RpcResponse::AppendEntries(Err(RaftError::Fatal(Fatal::Stopped))),
+                    RpcRequest::Vote(_) => RpcResponse::Vote(Err(RaftError::Fatal(Fatal::Stopped))),
+                    _ => RpcResponse::InstallSnapshot(Err(RaftError::Fatal(Fatal::Stopped))),
+                };
+                Box::pin(async move { resp })
+            }
+            RpcRequest::Forward(ev) if self.provisional.is_some() && !is_member(&self.raft, &self.me.node) => {
+                let writer = self.provisional.clone();
+                Box::pin(async move {
+                    let Some(writer) = writer else {
+                        return RpcResponse::Forward(Err(RemoteFailure::Other("not a latent node".into())));
+                    };
+                    RpcResponse::Forward(match writer.submit(ev).await {
+                        Ok(point) => Ok(SporeResponse::Applied(point)),
+                        Err(Error::Rejected(r)) => Ok(SporeResponse::Rejected(r)),
+                        Err(Error::Provisional { id }) => Err(RemoteFailure::Provisional { id }),
+                        Err(e) => Err(RemoteFailure::Other(e.to_string())),
+                    })
+                })
+            }
+            RpcRequest::Forward(_) if self.health.divergence().is_some() => {
+                // A node in state divergence proposes nothing, for itself or for others.
+                let d = self.health.divergence();
+                Box::pin(async move {
+                    let why =
+                        d.map_or_else(|| "state divergence".to_string(), |d| Error::StateDivergence(d).to_string());
+                    RpcResponse::Forward(Err(RemoteFailure::Other(why)))
+                })
+            }
+            other => self.raft_service.handle(from, other),
+        }
+    }
+}

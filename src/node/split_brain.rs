@@ -1,0 +1,114 @@
+//! Yielding a lost split-brain: keeps the losing chain, starts again on an empty ledger and
+//! joins the winner (deciding is [`resolve`](super::resolve)'s).
+
+use std::path::PathBuf;
+
+use super::{io_err, SporeSystem};
+use crate::core::types::NodeId;
+use crate::error::Error;
+use crate::net::{RpcRequest, RpcResponse};
+use crate::raft::PeerNode;
+use crate::store::ledger::{Ledger, LedgerConfig};
+
+impl SporeSystem {
+    /// When this node's chain lost a split-brain and the winner has recorded the resolution:
+    /// what [`SporeSystem::yield_to_winner`] will do (`None` otherwise).
+    pub fn yield_plan(&self) -> Result<Option<crate::node::resolve::YieldPlan>, Error> {
+        Ok(self.running()?.resolver.yield_plan.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// Yields to the winner of a split-brain (see [`SporeSystem::yield_plan`] and the
+    /// `resolve` module): exports this node's chain as a seed file and keeps its whole ledger
+    /// directory under `DATA_DIR/forks/` (nothing is dropped), starts again on an empty ledger
+    /// with the same key, and joins the winning network through the winner's node, as a voter
+    /// if it was one; a latent node (outside Raft) syncs the winning chain by gossip instead,
+    /// from the winner's node among its peers. The losing branch's valid events were
+    /// re-proposed to the winner before it recorded the resolution. A node that yields twice
+    /// for one fork (a latent node that synced the losing chain again from a peer that had not
+    /// yielded yet) keeps each copy under its own name. Until the other members of the losing
+    /// chain's Raft have yielded and joined the winner too, their Raft requests are refused, so
+    /// they cannot take this node back into the losing chain (`schema/split-brain.md`).
+    /// Returns the path of the exported seed.
+    #[tracing::instrument(skip(self))]
+    pub async fn yield_to_winner(&mut self) -> Result<PathBuf, Error> {
+        let plan = self.yield_plan()?.ok_or_else(|| Error::SplitBrain("this node has nothing to yield".into()))?;
+        let (was_voter, was_member, lost_cluster, data_dir, ledger, key) = {
+            let r = self.running()?;
+            let st = self.status()?;
+            // The losing cluster's other members: until they yield and join the winner too,
+            // their Raft traffic would pull this node back into the losing cluster.
+            let lost_cluster: Vec<NodeId> =
+                st.voters.iter().chain(&st.learners).filter(|n| **n != r.me.node).copied().collect();
+            (
+                st.voters.contains(&r.me.node),
+                st.raft_member,
+                lost_cluster,
+                r.data_dir.clone(),
+                r.ledger.clone(),
+                r.key.clone(),
+            )
+        };
+        let forks_dir = data_dir.join("forks");
+        std::fs::create_dir_all(&forks_dir).map_err(io_err(&forks_dir))?;
+        let base = format!("lost-{}-{}", plan.resolution.loser.fork_seq, plan.resolution.loser.first.hash.short());
+        let tag = (1..)
+            .map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") })
+            .find(|t| !forks_dir.join(format!("{t}.seed")).exists() && !forks_dir.join(format!("{t}.ledger")).exists())
+            .unwrap_or(base);
+        let seed_path = forks_dir.join(format!("{tag}.seed"));
+        let sp = seed_path.clone();
+        tokio::task::spawn_blocking(move || crate::seed::export(&ledger, &key, &sp, true))
+            .await
+            .map_err(|e| Error::SplitBrain(format!("seed export task: {e}")))??;
+        // Keep the temporary dir (the embedded default) alive across the restart.
+        let tempdir = self.running.as_mut().and_then(|r| r._tempdir.take());
+        if let Err(e) = self.shutdown().await {
+            // Nothing was moved: the node can be started again as it was.
+            self.config = self.launched.take();
+            return Err(e);
+        }
+        let ledger_dir = data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
+        let kept = forks_dir.join(format!("{tag}.ledger"));
+        std::fs::rename(&ledger_dir, &kept).map_err(io_err(&ledger_dir))?;
+        // The new, empty ledger refuses the losing branch before anything can sync it back
+        // from a peer that has not yielded yet.
+        {
+            let mut fresh = Ledger::open(&ledger_dir, LedgerConfig::default())?;
+            fresh.refuse_branch(plan.resolution.loser.first, &lost_cluster)?;
+        }
+        tracing::warn!(seed = %seed_path.display(), ledger = %kept.display(), winner = %plan.winner_node.node.short(),
+            "yielding to the split-brain winner: the losing chain is kept; joining the winner");
+        // The losing chain's Raft members that have not yielded yet must not take the
+        // restarted node back (see `node::resolve::YieldFence`).
+        self.fence.fence(lost_cluster.iter().copied());
+        self.config = self.launched.take();
+        if let Some(c) = self.config.as_mut() {
+            // A latent node syncs the winning chain by gossip: from the winner's node too.
+            if !c.gossip_peers.iter().any(|p| p.node == plan.winner_node.node) {
+                c.gossip_peers.push(plan.winner_node.clone());
+            }
+        }
+        self.start().await?;
+        if let Some(r) = self.running.as_mut() {
+            r._tempdir = tempdir;
+        }
+        if was_member {
+            self.note_winner_members(&plan.winner_node).await;
+            self.join(plan.winner_node.clone(), was_voter).await?;
+        }
+        Ok(seed_path)
+    }
+
+    /// Asks the winner's node for its Raft membership, so that members of the losing chain
+    /// that already yielded and joined the winner are not refused. Best effort: if it does not
+    /// answer, the fence stays as it is.
+    async fn note_winner_members(&self, winner: &PeerNode) {
+        let Ok(r) = self.running() else { return };
+        match r.transport.call(winner, RpcRequest::Status, r.timeouts.rpc).await {
+            Ok(RpcResponse::Status(Ok(st))) => {
+                self.fence.winner_members(st.voters.into_iter().chain(st.learners).chain(std::iter::once(st.node)))
+            }
+            other => tracing::debug!(winner = %winner.node.short(), ?other, "the winner did not report its membership"),
+        }
+    }
+}
