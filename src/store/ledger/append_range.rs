@@ -1,0 +1,147 @@
+//! Appending a chained range received from a peer (latent sync), as a whole or not at all:
+//! links, hashes, signatures and rules checked, then one atomic batch.
+
+use super::append::{attests_due, newest_checkpoint};
+use super::meta::encode_meta_checkpoint;
+use super::verify::verify_chained;
+use super::Ledger;
+use crate::core::event::ChainedEvent;
+use crate::core::limits;
+use crate::core::projection::ChainHead;
+use crate::core::provisional::EventId;
+use crate::error::{LedgerError, RangeRefusal};
+use crate::store::record::{self, encode_record_into, seq_key};
+
+impl Ledger {
+    /// Appends a chained range received from a peer (latent sync), **as a whole or not at
+    /// all**: the range must continue the head link by link, every hash must be the hash of
+    /// its content, every signature must verify and every event must pass the rules exactly as
+    /// it did where it was committed. Then the records, head, anchor and any projection
+    /// checkpoint are written in one atomic batch (synced if the ledger is durable). On
+    /// refusal nothing is stored and the projection is unchanged.
+    #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = range.len()))]
+    pub fn append_range(&mut self, range: &[ChainedEvent]) -> Result<ChainHead, LedgerError> {
+        self.append_range_inner(range, None, true, None)
+    }
+
+    /// [`Ledger::append_range`] for a range a sync session already checked link by link
+    /// (the hashes are not computed again; everything else is checked).
+    #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = range.len()))]
+    pub fn append_linked(&mut self, range: &crate::core::gossip::LinkedRange) -> Result<ChainHead, LedgerError> {
+        self.append_range_inner(range.events(), Some(range), false, None)
+    }
+
+    /// [`Ledger::append_linked`] with the signature verdicts [`super::verify_signatures`] gave for
+    /// exactly this range (one per event, in order); a range with any `false` is refused.
+    #[tracing::instrument(skip_all, fields(path = %self.path.display(), events = range.len()))]
+    pub fn append_linked_verified(
+        &mut self,
+        range: &crate::core::gossip::LinkedRange,
+        verdicts: &[bool],
+    ) -> Result<ChainHead, LedgerError> {
+        if verdicts.len() != range.len() {
+            // Not this range's verdicts: verify here rather than trust them.
+            return self.append_range_inner(range.events(), Some(range), false, None);
+        }
+        self.append_range_inner(range.events(), Some(range), false, Some(verdicts))
+    }
+
+    /// `linked` is the range `range` is the events of, if a session linked it: its canonical
+    /// encodings size the events, and its records (when it came as records) are stored as
+    /// they are.
+    fn append_range_inner(
+        &mut self,
+        range: &[ChainedEvent],
+        linked: Option<&crate::core::gossip::LinkedRange>,
+        check_hashes: bool,
+        verdicts: Option<&[bool]>,
+    ) -> Result<ChainHead, LedgerError> {
+        if self.health.poisoned_by().is_some() {
+            return Err(LedgerError::Poisoned(self.path.clone()));
+        }
+        if range.len() > limits::APPEND_BATCH_MAX {
+            return Err(LedgerError::BatchTooLarge { max: limits::APPEND_BATCH_MAX, got: range.len() });
+        }
+        let head = self.projection.head();
+        let Some(first) = range.first() else {
+            return head.ok_or(LedgerError::RangeRefused { seq: 0, reason: RangeRefusal::NotNext { expected: 0 } });
+        };
+        let refuse = |seq, reason| LedgerError::RangeRefused { seq, reason };
+        let (mut expected, mut prev) = (self.projection.next_seq(), self.projection.head_hash());
+        if first.seq != expected {
+            return Err(refuse(first.seq, RangeRefusal::NotNext { expected }));
+        }
+        for ce in range {
+            if ce.seq != expected || ce.prev_hash != prev {
+                return Err(refuse(ce.seq, RangeRefusal::NotNext { expected }));
+            }
+            if self.refused.is_some_and(|r| r.seq == ce.seq && r.hash == ce.hash) {
+                return Err(refuse(ce.seq, RangeRefusal::LostBranch));
+            }
+            if check_hashes && !ce.hash_is_valid() {
+                return Err(refuse(ce.seq, RangeRefusal::BadHash));
+            }
+            expected += 1;
+            prev = ce.hash;
+        }
+        let owned;
+        let verdicts = match verdicts {
+            Some(v) => v,
+            None => {
+                owned = verify_chained(&mut self.cache, range);
+                &owned
+            }
+        };
+        if let Some(bad) = verdicts.iter().position(|ok| !ok) {
+            return Err(refuse(range[bad].seq, RangeRefusal::BadSignature(range[bad].event.author)));
+        }
+        let due_at = self.checkpoint_due_at();
+        let mut pending = None;
+        for (i, ce) in range.iter().enumerate() {
+            if attests_due(&ce.event.body, &self.projection, due_at) && self.projection.divergence().is_none() {
+                pending = Some((ce.seq - 1, encode_meta_checkpoint(self.projection.state())));
+            }
+            let applied = match linked.and_then(|l| l.canonical(i)) {
+                Some(canonical) => self.projection.apply_sized(ce, canonical.len()),
+                None => self.projection.apply(ce),
+            };
+            if let Err(r) = applied {
+                if i > 0 {
+                    // Undo the events of this range already applied: back to the durable head.
+                    self.reload_projection()?;
+                }
+                return Err(refuse(ce.seq, RangeRefusal::Rejected(r)));
+            }
+        }
+        let mut batch = self.new_batch(range.len());
+        let mut record = Vec::with_capacity(1024);
+        // Records that came with the range are exactly the record encodings of its events
+        // (checked when they were decoded): stored as they are.
+        let received = linked.and_then(|l| l.records()).filter(|r| r.len() == range.len());
+        for (i, ce) in range.iter().enumerate() {
+            match received.and_then(|r| r.get(i)) {
+                Some(rec) => {
+                    debug_assert_eq!(rec, record::encode_record(ce).as_slice());
+                    batch.insert(&self.ledger, seq_key(ce.seq), rec);
+                }
+                None => {
+                    record.clear();
+                    encode_record_into(ce, &mut record);
+                    batch.insert(&self.ledger, seq_key(ce.seq), record.as_slice());
+                }
+            }
+        }
+        let anchor = newest_checkpoint(range.iter());
+        // Kept only if the state it holds was the one attested.
+        self.pending_checkpoint = pending.filter(|_| self.projection.divergence().is_none());
+        self.commit_batch(batch, range.len(), anchor, Vec::new())?;
+        for (i, ce) in range.iter().enumerate() {
+            let id = match linked.and_then(|l| l.canonical(i)) {
+                Some(canonical) => EventId::of_canonical(canonical),
+                None => EventId::of(&ce.event),
+            };
+            self.recent.write().record(ce.seq, &id);
+        }
+        self.projection.head().ok_or(LedgerError::Poisoned(self.path.clone()))
+    }
+}
