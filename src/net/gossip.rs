@@ -32,9 +32,9 @@ use crate::core::gossip::{
 use crate::core::keys::{verify_many, VerifierCache};
 use crate::core::limits;
 use crate::core::types::{ChainHash, ChainPoint, NodeId};
-use crate::error::LedgerError;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::PeerNode;
+use crate::store::error::LedgerError;
 use crate::store::record;
 
 /// ALPN of the gossip protocol.

@@ -113,12 +113,12 @@ pub(crate) fn io_err(e: impl fmt::Display) -> std::io::Error {
 pub fn open_stores(
     ledger: crate::store::ledger::Ledger,
     key: crate::core::keys::NodeKey,
-) -> Result<(log_store::FjallLogStore, state_machine::LedgerStateMachine), crate::error::LedgerError> {
+) -> Result<(log_store::FjallLogStore, state_machine::LedgerStateMachine), crate::store::error::LedgerError> {
     let path = ledger.path().to_path_buf();
     // Signatures of appended entries are verified while the log syncs; apply uses the verdicts.
     let pre_verified = crate::store::verified::PreVerified::default();
     let log = log_store::FjallLogStore::open(ledger.database(), path.clone(), pre_verified.clone())
-        .map_err(|source| crate::error::LedgerError::Storage { op: "open raft keyspaces", path, source })?;
+        .map_err(|source| crate::store::error::LedgerError::Storage { op: "open raft keyspaces", path, source })?;
     let sm =
         state_machine::LedgerStateMachine::new(std::sync::Arc::new(std::sync::RwLock::new(ledger)), key, pre_verified);
     Ok((log, sm))

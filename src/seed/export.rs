@@ -28,7 +28,7 @@ pub struct Exported {
 /// Why the search for an attested state stopped.
 enum SearchError {
     Poisoned,
-    Ledger(crate::error::LedgerError),
+    Ledger(crate::store::error::LedgerError),
 }
 
 impl SearchError {
@@ -104,7 +104,7 @@ pub fn export(
 ) -> Result<Exported, SeedError> {
     let io = |e: std::io::Error| SeedError::Io { path: path.display().to_string(), reason: e.to_string() };
     let poisoned = || SeedError::Io { path: path.display().to_string(), reason: "ledger lock poisoned".into() };
-    let ledger_io = |e: crate::error::LedgerError| SeedError::Io {
+    let ledger_io = |e: crate::store::error::LedgerError| SeedError::Io {
         path: path.display().to_string(),
         reason: format!("reading the ledger: {e}"),
     };

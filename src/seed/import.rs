@@ -3,7 +3,7 @@
 use super::{QuorumSeed, Seed, SeedError};
 use crate::core::event::ChainedEvent;
 use crate::core::projection::ChainHead;
-use crate::error::LedgerError;
+use crate::store::error::LedgerError;
 use crate::store::ledger::Ledger;
 
 /// Imports a verified seed's events into `ledger`: all of them into an empty ledger, or the
@@ -19,7 +19,7 @@ use crate::store::ledger::Ledger;
 #[tracing::instrument(level = "info", skip_all, fields(seed_seq = seed.header.head_seq))]
 pub fn import(ledger: &mut Ledger, seed: &Seed) -> Result<ChainHead, SeedError> {
     let path = ledger.path().display().to_string();
-    let io = |e: crate::error::LedgerError| SeedError::Io { path: path.clone(), reason: e.to_string() };
+    let io = |e: crate::store::error::LedgerError| SeedError::Io { path: path.clone(), reason: e.to_string() };
     if ledger.meta_get(b"raft_applied").map_err(io)?.is_some() {
         return Err(SeedError::RaftManaged);
     }
@@ -91,7 +91,7 @@ fn append_all(
 #[tracing::instrument(level = "info", skip_all, fields(seed_seq = seed.header.head_seq))]
 pub fn import_quorum(ledger: &mut Ledger, seed: &QuorumSeed<'_>) -> Result<ChainHead, SeedError> {
     let path = ledger.path().display().to_string();
-    let io = |e: crate::error::LedgerError| SeedError::Io { path: path.clone(), reason: e.to_string() };
+    let io = |e: crate::store::error::LedgerError| SeedError::Io { path: path.clone(), reason: e.to_string() };
     if ledger.meta_get(b"raft_applied").map_err(io)?.is_some() {
         return Err(SeedError::RaftManaged);
     }

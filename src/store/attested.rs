@@ -17,7 +17,7 @@ use crate::core::attest::state_digest;
 use crate::core::event::EventBody;
 use crate::core::keys::PublicKey;
 use crate::core::projection::ProjectionState;
-use crate::error::LedgerError;
+use crate::store::error::LedgerError;
 
 /// Whether the record after `state`'s head is a state checkpoint event that attests exactly
 /// this state (its seq, its head hash and its digest), signed by its author. A missing or

@@ -34,8 +34,8 @@ use crate::core::event::{ChainedEvent, EventBody};
 use crate::core::limits::REPLAY_CHUNK_EVENTS;
 use crate::core::projection::{NodeRecord, Projection, ServiceRecord};
 use crate::core::types::{ChainHash, ChainPoint, NetworkFingerprint, NodeId, Timestamp};
-use crate::error::{Corruption, LedgerError};
 use crate::seed::{self, Seed, SeedError, VerifyPolicy};
+use crate::store::error::{Corruption, LedgerError};
 
 /// Most events [`Branch::events`] returns per call (one replay chunk).
 pub const EVENTS_PAGE_MAX: usize = REPLAY_CHUNK_EVENTS;

@@ -8,7 +8,7 @@ use fjall::{KeyspaceCreateOptions, PersistMode};
 
 use super::ledger::{storage, Ledger};
 use crate::core::gossip::ForkEvidence;
-use crate::error::{Corruption, LedgerError};
+use crate::store::error::{Corruption, LedgerError};
 
 const KEYSPACE: &str = "forks";
 /// Most fork records read back at once (evidence beyond this is kept but not listed).

@@ -18,7 +18,7 @@ use super::replay::{read_verified_range, replay_range, ReplayOptions, ReplayStat
 use crate::core::event::ChainedEvent;
 use crate::core::projection::Projection;
 use crate::core::types::{ChainHash, ChainPoint, NetworkFingerprint, Timestamp};
-use crate::error::{Corruption, LedgerError};
+use crate::store::error::{Corruption, LedgerError};
 
 /// The subdirectory of a node data directory that holds the ledger.
 pub const LEDGER_SUBDIR: &str = "ledger";

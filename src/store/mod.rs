@@ -7,6 +7,7 @@
 
 mod attested;
 mod chainer;
+pub mod error;
 pub mod forensics;
 pub mod forks;
 pub mod inspect;

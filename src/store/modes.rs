@@ -9,7 +9,7 @@ use fjall::KeyspaceCreateOptions;
 
 use super::ledger::{storage, Ledger};
 use crate::core::modes::Transition;
-use crate::error::{Corruption, LedgerError};
+use crate::store::error::{Corruption, LedgerError};
 
 const KEYSPACE: &str = "modes";
 /// Transitions kept on disk.

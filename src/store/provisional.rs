@@ -7,7 +7,7 @@ use fjall::{KeyspaceCreateOptions, PersistMode};
 use super::ledger::{storage, Ledger};
 use crate::core::event::ChainedEvent;
 use crate::core::provisional::{check_absent, EventId, ProvisionalError, ProvisionalEvent};
-use crate::error::{Corruption, LedgerError};
+use crate::store::error::{Corruption, LedgerError};
 
 const KEYSPACE: &str = "provisional";
 /// Most provisional events a node holds; beyond it new ones are refused (the author keeps its

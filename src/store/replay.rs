@@ -27,7 +27,7 @@ use crate::core::keys::{SigningBatch, VerifierCache};
 use crate::core::limits;
 use crate::core::projection::{Projection, Rejection};
 use crate::core::types::{ChainHash, Timestamp};
-use crate::error::{Corruption, LedgerError};
+use crate::store::error::{Corruption, LedgerError};
 
 /// Where a replay stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 
 use crate::core::event::ChainedEvent;
 use crate::core::types::ChainHash;
-use crate::error::{Corruption, LedgerError};
+use crate::store::error::{Corruption, LedgerError};
 
 use super::ledger::{verify_signatures, Ledger};
 

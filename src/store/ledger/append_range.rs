@@ -9,7 +9,7 @@ use crate::core::event::ChainedEvent;
 use crate::core::limits;
 use crate::core::projection::ChainHead;
 use crate::core::provisional::EventId;
-use crate::error::{LedgerError, RangeRefusal};
+use crate::store::error::{LedgerError, RangeRefusal};
 use crate::store::record::{self, encode_record_into, seq_key};
 
 impl Ledger {

@@ -14,7 +14,7 @@ use super::{lock, Ledger};
 use crate::core::limits;
 use crate::core::projection::{ChainHead, Projection, ProjectionState, Rejection};
 use crate::core::types::ChainPoint;
-use crate::error::{LedgerError, RangeRefusal};
+use crate::store::error::{LedgerError, RangeRefusal};
 use crate::store::record::{encode_record_into, seq_key};
 use fjall::PersistMode;
 

@@ -8,7 +8,7 @@ use super::storage_error::storage;
 use super::Ledger;
 use crate::core::projection::{ChainHead, ProjectionState};
 use crate::core::types::{ChainHash, ChainPoint};
-use crate::error::{Corruption, LedgerError};
+use crate::store::error::{Corruption, LedgerError};
 use crate::store::record::{decode_checkpoint, encode_checkpoint};
 use fjall::{Keyspace, PersistMode};
 

@@ -24,7 +24,7 @@ use super::recent::SharedRecent;
 use crate::core::keys::VerifierCache;
 use crate::core::projection::{ChainHead, Projection};
 use crate::core::types::{ChainPoint, NetworkFingerprint};
-use crate::error::LedgerError;
+use crate::store::error::LedgerError;
 use fjall::{Database, Keyspace, PersistMode};
 
 mod append;

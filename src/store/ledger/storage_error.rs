@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::error::LedgerError;
+use crate::store::error::LedgerError;
 
 pub(crate) fn storage<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(fjall::Error) -> LedgerError + 'a {
     move |source| match damage(&source, path) {
