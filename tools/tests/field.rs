@@ -311,15 +311,17 @@ fn field_run(rounds: usize, link: Link) {
         a
     };
     let argv: Vec<Vec<String>> = (0..3).map(args).collect();
+    // Bounds on waiting: a WAN link's elections and joins take seconds, not hundreds of ms.
+    let patience = |secs: u64| Duration::from_secs(if matches!(link, Link::Wan(_)) { secs * 3 } else { secs });
     for (i, a) in argv.iter().enumerate() {
         nodes[i].start(a);
         if i == 0 {
-            wait_until("the founder leads", Duration::from_secs(30), || {
+            wait_until("the founder leads", patience(30), || {
                 status(&nodes[0].addr).filter(|s| s["raft_state"] == "Leader")
             });
         }
     }
-    wait_until("three voters", Duration::from_secs(60), || {
+    wait_until("three voters", patience(60), || {
         nodes
             .iter()
             .all(|n| status(&n.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3)))
@@ -329,10 +331,10 @@ fn field_run(rounds: usize, link: Link) {
     let mut acked = write_some(&nodes, &key, 6, "start");
     for round in 0..rounds {
         // 1. The leader cut off by iptables: the others elect a leader and take writes.
-        let l = wait_until("a leader", Duration::from_secs(30), || leader_index(&nodes));
+        let l = wait_until("a leader", patience(30), || leader_index(&nodes));
         net.isolate(l);
         let others: Vec<&Node> = nodes.iter().enumerate().filter(|(i, _)| *i != l).map(|(_, n)| n).collect();
-        wait_until("a leader on the majority side", Duration::from_secs(30), || {
+        wait_until("a leader on the majority side", patience(30), || {
             others.iter().any(|n| status(&n.addr).is_some_and(|s| s["raft_state"] == "Leader")).then_some(())
         });
         for k in 0..4 {
@@ -342,7 +344,7 @@ fn field_run(rounds: usize, link: Link) {
         }
         net.heal(l);
         // 2. The leader stopped (SIGSTOP) for a few seconds, then continued.
-        let l = wait_until("a leader after the heal", Duration::from_secs(30), || leader_index(&nodes));
+        let l = wait_until("a leader after the heal", patience(30), || leader_index(&nodes));
         nodes[l].signal("-STOP");
         let start = Instant::now();
         let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
@@ -372,14 +374,14 @@ fn field_run(rounds: usize, link: Link) {
         nodes[victim].start(&restart);
     }
     // Every head converges and every acknowledged write is on every node.
-    let heads = wait_until("every head converges", Duration::from_secs(60), || {
+    let heads = wait_until("every head converges", patience(60), || {
         let heads: Vec<Value> =
             nodes.iter().filter_map(|n| status(&n.addr).map(|s| s["head"]["hash"].clone())).collect();
         (heads.len() == 3 && heads.iter().all(|h| *h == heads[0] && !h.is_null())).then_some(heads)
     });
     assert!(!heads.is_empty());
     for n in &nodes {
-        let held = wait_until("services answered", Duration::from_secs(20), || services(&n.addr));
+        let held = wait_until("services answered", patience(20), || services(&n.addr));
         let lost: Vec<&String> = acked.iter().filter(|id| !held.contains(*id)).collect();
         assert!(lost.is_empty(), "{} lost acknowledged writes: {lost:?}", n.addr);
     }
