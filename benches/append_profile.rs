@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 use mycnet_spores::core::keys::VerifierCache;
-use mycnet_spores::core::synth::{Synth, SynthConfig};
 use mycnet_spores::store::record::encode_record;
+use mycnet_spores::store::synth::{Synth, SynthConfig};
 use mycnet_spores::store::verified::VerifiedEvents;
 use mycnet_spores::{ChainedEvent, Ledger, LedgerConfig, SignedEvent};
 

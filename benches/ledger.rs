@@ -34,8 +34,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use mycnet_spores::core::event::chain_hash;
 use mycnet_spores::core::keys::VerifierCache;
 use mycnet_spores::core::limits::{APPEND_BATCH_MAX, REPLAY_CHUNK_EVENTS};
-use mycnet_spores::core::synth::{Synth, SynthConfig};
 use mycnet_spores::store::record::{encode_record, RECORD_FORMAT_V1};
+use mycnet_spores::store::synth::{Synth, SynthConfig};
 use mycnet_spores::store::verified::VerifiedEvents;
 use mycnet_spores::{
     ChainHash, ChainedEvent, Ledger, LedgerConfig, LedgerReader, NodeKey, ReplayOptions, SignedEvent, StopAt,

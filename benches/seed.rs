@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
-use mycnet_spores::core::synth::{Synth, SynthConfig};
 use mycnet_spores::seed::{self, VerifyPolicy};
 use mycnet_spores::store::record::{encode_record, seq_key};
+use mycnet_spores::store::synth::{Synth, SynthConfig};
 use mycnet_spores::{Ledger, LedgerConfig, NodeKey};
 
 #[path = "common/fixture.rs"]

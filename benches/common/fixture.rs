@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use mycnet_spores::core::synth::Synth;
+use mycnet_spores::store::synth::Synth;
 use mycnet_spores::{Ledger, LedgerConfig};
 
 /// `target/bench-fixtures/` (also where benches make their scratch dirs: same disk).

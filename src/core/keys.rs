@@ -29,19 +29,7 @@ impl std::fmt::Debug for NodeKey {
     }
 }
 
-/// The operating system's random number generator failed.
-#[derive(Debug, thiserror::Error)]
-#[error("the operating system's random number generator failed: {0}")]
-pub struct RandomnessError(String);
-
 impl NodeKey {
-    /// A fresh key from the operating system's random number generator.
-    pub fn generate() -> Result<Self, RandomnessError> {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| RandomnessError(e.to_string()))?;
-        Ok(Self::from_seed(seed))
-    }
-
     /// A key from its 32-byte secret seed (deterministic: for tests, generators and key files).
     pub fn from_seed(seed: [u8; 32]) -> Self {
         NodeKey { signing: SigningKey::from_bytes(&seed) }
@@ -142,72 +130,79 @@ impl VerifierCache {
     }
 }
 
-thread_local! {
-    /// The random coefficients of batch verification, seeded once per thread from the operating
-    /// system. They must be unpredictable to an author (batch soundness); `None` when the
-    /// operating system gave no randomness, and then every signature is checked alone.
-    static BATCH_RNG: std::cell::RefCell<Option<rand10::rngs::StdRng>> = std::cell::RefCell::new({
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).ok().map(|()| <rand10::rngs::StdRng as rand10::SeedableRng>::from_seed(seed))
-    });
-}
+/// Domain of the hash that seeds a batch's coefficients.
+const DOMAIN_BATCH_COEFFICIENTS: &str = "mycnet-spores/v1/batch-verification-coefficients";
 
 /// The ZIP-215 batch equation over `items` (every key valid):
-/// `[8]( [−Σ zᵢsᵢ]B + Σ [zᵢ]Rᵢ + Σ_A [Σ_{i by A} zᵢkᵢ]A ) = identity`, with independent random
-/// 128-bit `zᵢ`. It is `ed25519-zebra`'s batch equation (terms of one key coalesced) over the
-/// keys the cache already decompressed, which zebra's batch API would decompress again.
-/// `false` when it fails, when a signature is malformed (`s` not canonical, `R` not a point)
-/// or when no randomness is to be had: the caller then checks each item alone.
+/// `[8]( [−Σ zᵢsᵢ]B + Σ [zᵢ]Rᵢ + Σ_A [Σ_{i by A} zᵢkᵢ]A ) = identity`, with 128-bit `zᵢ`. It is
+/// `ed25519-zebra`'s batch equation (terms of one key coalesced) over the keys the cache
+/// already decompressed, which zebra's batch API would decompress again.
+///
+/// The coefficients come from a CSPRNG seeded with a hash of every input of the batch (each
+/// `R`, `A`, `s` and the challenge `k`, which commits to the message), as BIP 340 specifies for
+/// batches of Schnorr signatures: no author can pick a signature after seeing its coefficient,
+/// since the coefficient depends on it, so an invalid signature passes with probability
+/// 2^-128, and verification needs no randomness from the operating system (the core reads
+/// none) and reproduces exactly. `false` when it fails or when a signature is malformed (`s`
+/// not canonical, `R` not a point): the caller then checks each item alone.
 fn batch_ok(items: &[(PublicKey, &[u8], SignatureBytes)]) -> bool {
-    BATCH_RNG.with(|rng| {
-        let mut rng = rng.borrow_mut();
-        let Some(rng) = rng.as_mut() else { return false };
-        let mut scalars = Vec::with_capacity(2 * items.len() + 1);
-        let mut points = Vec::with_capacity(2 * items.len() + 1);
-        scalars.push(Scalar::ZERO);
-        points.push(ED25519_BASEPOINT_POINT);
-        // Coalesced `A` coefficients, by key, after the `R` terms.
-        let mut key_terms: Vec<(EdwardsPoint, Scalar)> = Vec::new();
-        let mut key_index: HashMap<CompressedEdwardsY, usize> = HashMap::new();
-        let mut b_coeff = Scalar::ZERO;
-        for (key, msg, sig) in items {
-            let mut r_bytes = [0u8; 32];
-            r_bytes.copy_from_slice(&sig.0[..32]);
-            let mut s_bytes = [0u8; 32];
-            s_bytes.copy_from_slice(&sig.0[32..]);
-            let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else { return false };
-            let Some(r) = CompressedEdwardsY(r_bytes).decompress() else { return false };
-            let a_bytes = key.bytes;
-            let mut h = Sha512::new();
-            h.update(r_bytes);
-            h.update(a_bytes);
-            h.update(msg);
-            let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
-            let mut z_bytes = [0u8; 32];
-            rand10::Rng::fill_bytes(rng, &mut z_bytes[..16]);
-            let z = Scalar::from_bytes_mod_order(z_bytes);
-            b_coeff -= z * s;
-            scalars.push(z);
-            points.push(r);
-            let at = *key_index.entry(CompressedEdwardsY(a_bytes)).or_insert_with(|| {
-                key_terms.push((key.point, Scalar::ZERO));
-                key_terms.len() - 1
-            });
-            key_terms[at].1 += z * k;
-        }
-        scalars[0] = b_coeff;
-        for (a, coeff) in key_terms {
-            scalars.push(coeff);
-            points.push(a);
-        }
-        EdwardsPoint::vartime_multiscalar_mul(scalars, points).mul_by_cofactor().is_identity()
-    })
+    // First pass: parse, compute each challenge and hash everything into the seed.
+    let mut parsed = Vec::with_capacity(items.len());
+    let mut seed = blake3::Hasher::new_derive_key(DOMAIN_BATCH_COEFFICIENTS);
+    for (key, msg, sig) in items {
+        let mut r_bytes = [0u8; 32];
+        r_bytes.copy_from_slice(&sig.0[..32]);
+        let mut s_bytes = [0u8; 32];
+        s_bytes.copy_from_slice(&sig.0[32..]);
+        let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else { return false };
+        let Some(r) = CompressedEdwardsY(r_bytes).decompress() else { return false };
+        let mut h = Sha512::new();
+        h.update(r_bytes);
+        h.update(key.bytes);
+        h.update(msg);
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        seed.update(&r_bytes);
+        seed.update(&key.bytes);
+        seed.update(&s_bytes);
+        seed.update(k.as_bytes());
+        parsed.push((key, r, s, k));
+    }
+    let mut rng = <rand10::rngs::StdRng as rand10::SeedableRng>::from_seed(*seed.finalize().as_bytes());
+    let rng = &mut rng;
+    let mut scalars = Vec::with_capacity(2 * items.len() + 1);
+    let mut points = Vec::with_capacity(2 * items.len() + 1);
+    scalars.push(Scalar::ZERO);
+    points.push(ED25519_BASEPOINT_POINT);
+    // Coalesced `A` coefficients, by key, after the `R` terms.
+    let mut key_terms: Vec<(EdwardsPoint, Scalar)> = Vec::new();
+    let mut key_index: HashMap<CompressedEdwardsY, usize> = HashMap::new();
+    let mut b_coeff = Scalar::ZERO;
+    for (key, r, s, k) in parsed {
+        let a_bytes = key.bytes;
+        let mut z_bytes = [0u8; 32];
+        rand10::Rng::fill_bytes(rng, &mut z_bytes[..16]);
+        let z = Scalar::from_bytes_mod_order(z_bytes);
+        b_coeff -= z * s;
+        scalars.push(z);
+        points.push(r);
+        let at = *key_index.entry(CompressedEdwardsY(a_bytes)).or_insert_with(|| {
+            key_terms.push((key.point, Scalar::ZERO));
+            key_terms.len() - 1
+        });
+        key_terms[at].1 += z * k;
+    }
+    scalars[0] = b_coeff;
+    for (a, coeff) in key_terms {
+        scalars.push(coeff);
+        points.push(a);
+    }
+    EdwardsPoint::vartime_multiscalar_mul(scalars, points).mul_by_cofactor().is_identity()
 }
 
 /// Verifies `(author, message, signature)` triples; returns one verdict per item, in order.
 ///
 /// One rule for every item, alone or batched ([`PublicKey::verify_msg`], ZIP-215): the batch
-/// equation is cofactored with random coefficients, so a batch passes exactly when each of its
+/// equation is cofactored with coefficients derived from the whole batch (see `batch_ok`), so a batch passes exactly when each of its
 /// signatures would pass alone (up to a 2^-128 chance), and no verdict depends on which other
 /// signatures share the batch. When the batch fails, each item is checked alone to find the
 /// bad one(s). Items whose key is invalid are `false` and kept out of the batch.

@@ -13,5 +13,4 @@ pub mod limits;
 pub mod modes;
 pub mod projection;
 pub mod provisional;
-pub mod synth;
 pub mod types;

@@ -77,11 +77,6 @@ impl Timestamp {
     pub fn to_datetime(self) -> DateTime<Utc> {
         Utc.timestamp_micros(self.0).single().unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
     }
-
-    /// Now, read from the system clock. Only adapters call this; the core never does.
-    pub fn now() -> Self {
-        Self::from_datetime(Utc::now())
-    }
 }
 
 /// Binary formats (BCS, postcard) carry the `i64` of microseconds; human-readable ones (JSON,

@@ -25,6 +25,7 @@
 //! ```
 
 mod builder;
+mod clock;
 pub mod config;
 pub mod datadir;
 mod launch;

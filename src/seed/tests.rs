@@ -4,8 +4,8 @@ use super::*;
 use crate::core::event::ChainedEvent;
 use crate::core::keys::NodeKey;
 use crate::core::projection::Projection;
-use crate::core::synth::{Synth, SynthConfig};
 use crate::core::types::{ChainHash, NodeId};
+use crate::store::synth::{Synth, SynthConfig};
 
 fn sample() -> (Synth, Vec<ChainedEvent>) {
     let mut s = Synth::new(SynthConfig { seed: 5, nodes: 8, voters: 3, ..Default::default() });

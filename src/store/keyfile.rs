@@ -1,4 +1,5 @@
-//! Node key files: PKCS#8 PEM, mode 0600, written atomically.
+//! Node keys at rest: generated from the operating system's randomness, kept in PKCS#8 PEM key
+//! files, mode 0600, written atomically.
 //!
 //! A key file readable by group or others is refused on load (as ssh does): a node key is
 //! the node's identity in the network.
@@ -10,7 +11,23 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
 
-use crate::core::keys::{NodeKey, RandomnessError};
+use crate::core::keys::NodeKey;
+
+/// The operating system's random number generator failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the operating system's random number generator failed: {0}")]
+pub struct RandomnessError(String);
+
+/// Key generation reads the operating system's randomness, so it lives here, above the core
+/// (which reads none), next to the key files.
+impl NodeKey {
+    /// A fresh key from the operating system's random number generator.
+    pub fn generate() -> Result<Self, RandomnessError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| RandomnessError(e.to_string()))?;
+        Ok(Self::from_seed(seed))
+    }
+}
 
 /// The file name of the node key inside a data directory.
 pub const KEY_FILE_NAME: &str = "node.key";

@@ -19,4 +19,5 @@ pub(crate) mod recent;
 pub mod record;
 pub mod replay;
 pub mod scrub;
+pub mod synth;
 pub mod verified;

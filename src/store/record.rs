@@ -209,7 +209,7 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<ProjectionState, DecodeError> {
 mod tests {
     use super::*;
     use crate::core::projection::Projection;
-    use crate::core::synth::{Synth, SynthConfig};
+    use crate::store::synth::{Synth, SynthConfig};
 
     /// The in-place framed encoding is byte for byte the tag followed by `rkyv::to_bytes`,
     /// and decodes back (the canonical check accepts it).

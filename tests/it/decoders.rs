@@ -298,7 +298,7 @@ fn valid_seeds() -> &'static [Vec<u8>] {
 
 /// A format 2 state-only seed: the state the chain attests and the events after it.
 fn attested_state_only_seed() -> Vec<u8> {
-    use mycnet_spores::core::synth::{Synth, SynthConfig};
+    use mycnet_spores::store::synth::{Synth, SynthConfig};
     let mut synth = Synth::new(SynthConfig { seed: 3, nodes: 6, voters: 3, ..Default::default() });
     let mut p = Projection::new();
     let mut chained = Vec::new();

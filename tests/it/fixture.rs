@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use mycnet_spores::core::synth::{Synth, SynthConfig};
 use mycnet_spores::store::record::{decode_record, encode_record};
+use mycnet_spores::store::synth::{Synth, SynthConfig};
 use mycnet_spores::{
     ChainHash, ChainHead, ChainedEvent, Ledger, LedgerConfig, LedgerError, LedgerReader, NetworkFingerprint, NodeKey,
     SignedEvent, VerifyReport,

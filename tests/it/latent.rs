@@ -9,7 +9,7 @@ use mycnet_spores::core::gossip::{
     verify_backward, Digest, ForkEvidence, GossipMessage, LocalView, SessionEvent, SessionOutcome, SyncConfig,
     SyncSession, Violation,
 };
-use mycnet_spores::core::synth::{Synth, SynthConfig};
+use mycnet_spores::store::synth::{Synth, SynthConfig};
 use mycnet_spores::{ChainPoint, Ledger, LedgerConfig, LedgerError, NodeKey, ReplayOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -551,7 +551,7 @@ mod malicious {
         // The peer's chain differs at seq 99 (our head): another valid event there.
         let mut other = v.honest.clone();
         other[99].event.timestamp.0 += 1;
-        let key = mycnet_spores::core::synth::Synth::new(SynthConfig { seed: 0xbad, nodes: 12, ..Default::default() });
+        let key = mycnet_spores::store::synth::Synth::new(SynthConfig { seed: 0xbad, nodes: 12, ..Default::default() });
         let signer = key.keys().iter().find(|k| k.node_id() == other[99].event.author).unwrap().clone();
         let e = &other[99].event;
         other[99].event = SignedEvent::sign(&signer, e.fingerprint, e.timestamp, e.body.clone());

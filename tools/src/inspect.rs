@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use mycnet_spores::core::limits::{APPEND_BATCH_MAX, REPLAY_CHUNK_EVENTS};
-use mycnet_spores::core::synth::{Synth, SynthConfig};
+use mycnet_spores::store::synth::{Synth, SynthConfig};
 use mycnet_spores::{
     ChainedEvent, EventBody, Ledger, LedgerConfig, LedgerError, LedgerReader, Projection, ReplayOptions, StopAt,
     Timestamp,

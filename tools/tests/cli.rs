@@ -278,7 +278,7 @@ fn spore_node_picks_its_timeouts_profile() {
 /// without its events. Returns (root, A, B, B with events, B without events, service id,
 /// founder).
 fn diverged(shared: usize) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, PathBuf, String, String) {
-    use mycnet_spores::core::synth::{Synth, SynthConfig};
+    use mycnet_spores::store::synth::{Synth, SynthConfig};
     use mycnet_spores::{
         Endpoint, EventBody, Ledger, LedgerConfig, Projection, ServiceAnnouncement, SignedEvent, Timestamp,
     };

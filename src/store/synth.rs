@@ -13,10 +13,10 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use uuid::Uuid;
 
-use super::event::{EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
-use super::keys::NodeKey;
-use super::projection::{NodeStatus, Projection};
-use super::types::{
+use crate::core::event::{EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
+use crate::core::keys::NodeKey;
+use crate::core::projection::{NodeStatus, Projection};
+use crate::core::types::{
     Endpoint, NetworkFingerprint, NetworkIdentityRecord, NodeId, NodeRole, SignatureBytes, Timestamp, TrustScore,
 };
 
