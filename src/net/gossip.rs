@@ -34,8 +34,8 @@ use crate::core::limits;
 use crate::core::types::{ChainHash, ChainPoint, NodeId};
 use crate::error::LedgerError;
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::PeerNode;
 use crate::store::record;
+use crate::wire::rpc::PeerNode;
 
 /// ALPN of the gossip protocol.
 pub const ALPN_GOSSIP: &[u8] = b"spores-gossip/1";

@@ -50,13 +50,13 @@ use tracing::Instrument;
 
 use self::socket::ReleasableSocket;
 
-use super::{
-    Binding, BoxFuture, NetworkBackend, RpcHandler, RpcRequest, RpcResponse, SharedTransport, Transport, TransportError,
-};
+use super::{Binding, BoxFuture, NetworkBackend, RpcHandler, SharedTransport, Transport, TransportError};
+
 use crate::core::keys::NodeKey;
 use crate::core::limits::RECORD_BYTES_MAX;
 use crate::core::types::NodeId;
-use crate::raft::PeerNode;
+use crate::raft::{RpcRequest, RpcResponse};
+use crate::wire::rpc::PeerNode;
 
 mod socket;
 pub mod tls;

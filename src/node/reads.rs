@@ -13,11 +13,14 @@ use crate::core::event::ChainedEvent;
 use crate::core::projection::{ChainHead, NodeRecord, Projection, ServiceRecord};
 use crate::core::types::{NodeId, SporeType};
 use crate::error::Error;
-use crate::net::{RpcRequest, RpcResponse};
-use crate::node::tiers::{TierReach, TierView, Tiered, ViewSource};
+use crate::node::tiers::{TierView, ViewSource};
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::{ChainPoint, PeerNode, Raft};
+use crate::raft::{ChainPoint, Raft};
+use crate::raft::{RpcRequest, RpcResponse};
 use crate::store::ledger::Ledger;
+use crate::wire::query::Tiered;
+use crate::wire::rpc::PeerNode;
+use crate::wire::status::TierReach;
 
 /// Read consistency of a query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -19,9 +19,12 @@ use openraft::raft::{
 use openraft::ChangeMembers;
 
 use super::proposer::{ProposeError, Proposer};
-use super::{raft_id, PeerNode, Raft, TypeConfig};
+use super::{raft_id, Raft, TypeConfig};
 use crate::core::types::NodeId;
-use crate::net::{BoxFuture, RemoteFailure, RpcHandler, RpcRequest, RpcResponse, SharedTransport, TransportError};
+use crate::net::{BoxFuture, RpcHandler, SharedTransport, TransportError};
+use crate::raft::{RpcRequest, RpcResponse};
+use crate::wire::rpc::PeerNode;
+use crate::wire::rpc::RemoteFailure;
 
 /// Creates one [`PeerClient`] per Raft peer.
 #[derive(Clone)]

@@ -330,7 +330,8 @@ fn attested_state_only_seed() -> Vec<u8> {
 fn valid_frames() -> &'static [Vec<u8>] {
     static FRAMES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     FRAMES.get_or_init(|| {
-        use mycnet_spores::net::{Query, RpcRequest};
+        use mycnet_spores::raft::RpcRequest;
+        use mycnet_spores::wire::query::Query;
         let ev = history().events[3].clone();
         [
             RpcRequest::Forward(ev),
@@ -338,7 +339,7 @@ fn valid_frames() -> &'static [Vec<u8>] {
             RpcRequest::ReadIndex,
             RpcRequest::Query(Query::ServicesByCapability("gpu".into())),
             RpcRequest::Query(Query::ChainAt(12)),
-            RpcRequest::Query(Query::Tiered(mycnet_spores::net::RegistryQuery::ServicesByName("web".into()))),
+            RpcRequest::Query(Query::Tiered(mycnet_spores::wire::query::RegistryQuery::ServicesByName("web".into()))),
             RpcRequest::ExportSeed { path: "/tmp/x.seed".into(), include_events: true },
         ]
         .iter()
@@ -379,8 +380,8 @@ proptest! {
         prop::collection::vec(any::<u8>(), 0..1024),
         damaged(valid_frames()),
     ]) {
-        let _ = postcard::from_bytes::<mycnet_spores::net::RpcRequest>(&bytes);
-        let _ = postcard::from_bytes::<mycnet_spores::net::RpcResponse>(&bytes);
+        let _ = postcard::from_bytes::<mycnet_spores::raft::RpcRequest>(&bytes);
+        let _ = postcard::from_bytes::<mycnet_spores::raft::RpcResponse>(&bytes);
     }
 }
 

@@ -66,7 +66,6 @@ const DEBTS: &[(&str, &str)] = &[
     ("core/synth.rs", "impure:rayon::"),
     ("core/types.rs", "impure:Utc::now"),
     ("net/gossip.rs", "top"),
-    ("net/mod.rs", "node"),
     ("node/config.rs", "top"),
     ("node/datadir.rs", "top"),
     ("node/launch.rs", "top"),
