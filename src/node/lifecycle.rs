@@ -14,10 +14,8 @@ use crate::core::types::{NetworkIdentity, NodeRole};
 use crate::error::{Error, LedgerError};
 use crate::net::TransportError;
 use crate::node::datadir::CreatedDir;
-use crate::raft::raft_id;
-use crate::raft::{RpcRequest, RpcResponse};
-use crate::wire::rpc::PeerNode;
-use crate::wire::rpc::RemoteFailure;
+use crate::raft::{raft_id, RpcRequest, RpcResponse};
+use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 impl SporeSystem {
     /// Opens the data dir and starts Raft, without forming a network: resumes a node after a

@@ -16,10 +16,8 @@ use crate::error::Error;
 use crate::net::gossip::GossipService;
 use crate::net::SharedTransport;
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::{raft_id, ChainPoint, Raft, SporeResponse};
-use crate::raft::{RpcRequest, RpcResponse};
-use crate::wire::rpc::PeerNode;
-use crate::wire::rpc::RemoteFailure;
+use crate::raft::{raft_id, ChainPoint, Raft, RpcRequest, RpcResponse, SporeResponse};
+use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 impl SporeSystem {
     /// A latent node's write: wrapped with this node's statement that the event is not in the

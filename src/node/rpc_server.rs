@@ -13,11 +13,9 @@ use crate::net::gossip::GossipService;
 use crate::net::liveness::LivenessService;
 use crate::raft::network::RaftService;
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::{ChainPoint, Raft, SporeResponse};
-use crate::raft::{RpcRequest, RpcResponse};
+use crate::raft::{ChainPoint, Raft, RpcRequest, RpcResponse, SporeResponse};
 use crate::store::ledger::LedgerHealth;
-use crate::wire::rpc::PeerNode;
-use crate::wire::rpc::RemoteFailure;
+use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Serves a node's RPCs: read-only status and queries here, everything else by Raft.
 pub(super) struct NodeService {

@@ -8,13 +8,10 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::net::SharedTransport;
-
-use crate::wire::query::{Query, QueryAnswer};
-
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::Raft;
-use crate::raft::{RpcRequest, RpcResponse};
+use crate::raft::{Raft, RpcRequest, RpcResponse};
 use crate::store::scrub::{repair, scrub_read, scrub_verify, ScrubCursor, ScrubRead, ScrubStep};
+use crate::wire::query::{Query, QueryAnswer};
 use crate::wire::rpc::PeerNode;
 use crate::wire::status::ScrubStatus;
 

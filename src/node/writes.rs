@@ -13,8 +13,7 @@ use crate::core::projection::ChainHead;
 use crate::core::types::{Endpoint, NodeId, NodeRole, Timestamp, TrustScore};
 use crate::error::Error;
 use crate::raft::proposer::ProposeError;
-use crate::raft::{ChainPoint, SporeResponse};
-use crate::raft::{RpcRequest, RpcResponse};
+use crate::raft::{ChainPoint, RpcRequest, RpcResponse, SporeResponse};
 use crate::wire::rpc::RemoteFailure;
 
 impl SporeSystem {

@@ -19,12 +19,10 @@ use openraft::raft::{
 use openraft::ChangeMembers;
 
 use super::proposer::{ProposeError, Proposer};
-use super::{raft_id, Raft, TypeConfig};
+use super::{raft_id, Raft, RpcRequest, RpcResponse, TypeConfig};
 use crate::core::types::NodeId;
 use crate::net::{BoxFuture, RpcHandler, SharedTransport, TransportError};
-use crate::raft::{RpcRequest, RpcResponse};
-use crate::wire::rpc::PeerNode;
-use crate::wire::rpc::RemoteFailure;
+use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Creates one [`PeerClient`] per Raft peer.
 #[derive(Clone)]

@@ -27,7 +27,6 @@ use openraft::{Entry, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot,
 use serde::{Deserialize, Serialize};
 
 use super::{LogId, SporeRequest, SporeResponse, StorageError, StoredMembership, TypeConfig};
-
 use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::keys::{NodeKey, VerifierCache};
 use crate::core::projection::Rejection;
