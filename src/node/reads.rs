@@ -155,7 +155,7 @@ impl SporeSystem {
     /// The committed chained events from `from_seq` on, in order, without gaps or duplicates,
     /// first from the ledger and then live as they commit. Resume after a restart by passing
     /// the last seen seq + 1. On a node still backfilling the history below a state-only seed,
-    /// a subscription from below [`SporeStatus::history_from`](super::SporeStatus::history_from)
+    /// a subscription from below [`SporeStatus::history_from`](crate::wire::status::SporeStatus::history_from)
     /// ends with [`LedgerError::HistoryIncomplete`](crate::LedgerError::HistoryIncomplete).
     pub fn subscribe(&self, from_seq: u64) -> Result<Subscription, Error> {
         let r = self.running()?;

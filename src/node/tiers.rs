@@ -1,7 +1,7 @@
 //! Tier views: what each spore tier says, on one node.
 //!
 //! A node holds one chain. How far each tier reaches in it is given by its anchors
-//! ([`Anchors::reach`]): the **Primary** view is the registries as of the newest event a voter
+//! ([`Anchors::reach`](crate::core::gossip::Anchors::reach)): the **Primary** view is the registries as of the newest event a voter
 //! attested (a Raft member's whole chain; elsewhere the newest checkpoint held), the **Seed**
 //! view as of the newest event a verified seed or a checkpoint covers, the **Latent** view as
 //! of the head (everything held, verified link by link). Views are monotone: Latent ⊇ Seed ⊇
@@ -13,7 +13,7 @@
 //! events since the last view are applied.
 //!
 //! [`SporeSystem::answer`](crate::SporeSystem::answer) asks the tiers in authority order and
-//! answers from the first that has an answer, saying which ([`Tiered`]).
+//! answers from the first that has an answer, saying which ([`Tiered`](crate::wire::query::Tiered)).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

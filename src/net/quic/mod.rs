@@ -75,7 +75,8 @@ pub use admission::{Admission, AdmissionPolicy};
 pub use client::{admin_call, call_once, client_config, QuicTransport};
 pub use framing::{encode_frame, FRAME_BYTES_MAX};
 
-/// ALPN of the Raft / client-forwarding protocol ([`RpcRequest`] → [`RpcResponse`]).
+/// ALPN of the Raft / client-forwarding protocol ([`RpcRequest`](crate::raft::RpcRequest) →
+/// [`RpcResponse`](crate::raft::RpcResponse)).
 pub const ALPN_RAFT: &[u8] = b"spores-raft/1";
 /// Every protocol this endpoint serves. A connection negotiating anything else is refused
 /// (gossip will add `spores-gossip/1` here, with its own serve loop).
