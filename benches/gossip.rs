@@ -18,9 +18,11 @@ use mycnet_spores::core::gossip::{SessionOutcome, SyncConfig};
 use mycnet_spores::core::keys::{verify_many, VerifierCache};
 use mycnet_spores::net::gossip::{GossipAcceptor, GossipConfig, GossipService, GossipStream};
 use mycnet_spores::net::quic::{Admission, QuicBackend, QuicTransport};
-use mycnet_spores::net::{Binding, BoxFuture, RemoteFailure, RpcHandler, RpcRequest, RpcResponse};
+use mycnet_spores::net::{Binding, BoxFuture, RpcHandler};
+use mycnet_spores::raft::{RpcRequest, RpcResponse};
 use mycnet_spores::store::record::seq_key;
 use mycnet_spores::store::synth::{Synth, SynthConfig};
+use mycnet_spores::wire::rpc::RemoteFailure;
 use mycnet_spores::{ChainedEvent, Ledger, LedgerConfig, NodeId, NodeKey, PeerNode};
 use rayon::prelude::*;
 

@@ -56,6 +56,7 @@ pub mod node;
 pub mod raft;
 pub mod seed;
 pub mod store;
+pub mod wire;
 
 pub use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 pub use crate::core::keys::NodeKey;
@@ -64,11 +65,11 @@ pub use crate::core::types::{
     ChainHash, Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore,
 };
 pub use crate::error::{Corruption, Error, LedgerError};
-pub use crate::node::{
-    Consistency, OperationalMode, PeerLag, SporeStatus, SporeSystem, SporeSystemBuilder, Subscription, Timeouts,
-};
-pub use crate::raft::{ChainPoint, PeerNode};
+pub use crate::node::{Consistency, OperationalMode, SporeSystem, SporeSystemBuilder, Subscription, Timeouts};
+pub use crate::raft::ChainPoint;
 pub use crate::store::forensics::{Branch, ForensicsError};
 pub use crate::store::inspect::{LedgerReader, VerifyReport};
 pub use crate::store::ledger::{Ledger, LedgerConfig};
 pub use crate::store::replay::{ReplayOptions, ReplayStats, StopAt};
+pub use crate::wire::rpc::PeerNode;
+pub use crate::wire::status::{PeerLag, SporeStatus};

@@ -19,9 +19,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::gossip::{GossipDialer, GossipStream};
-use super::{BoxFuture, RpcHandler, RpcRequest, RpcResponse, Transport, TransportError};
+use super::{BoxFuture, RpcHandler, Transport, TransportError};
 use crate::core::types::NodeId;
-use crate::raft::PeerNode;
+use crate::raft::{RpcRequest, RpcResponse};
+use crate::wire::rpc::PeerNode;
 
 #[derive(Default)]
 struct Faults {

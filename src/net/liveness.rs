@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::BoxFuture;
 use crate::core::types::NodeId;
-use crate::raft::PeerNode;
+use crate::wire::rpc::PeerNode;
 
 /// ALPN of the SWIM protocol (QUIC datagrams).
 pub const ALPN_SWIM: &[u8] = b"spores-swim/1";

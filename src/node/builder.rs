@@ -12,7 +12,7 @@ use crate::net::gossip::GossipConfig;
 use crate::net::inproc::InProcNetwork;
 use crate::net::liveness::LivenessConfig;
 use crate::net::NetworkBackend;
-use crate::raft::PeerNode;
+use crate::wire::rpc::PeerNode;
 
 /// Timeouts and Raft tuning.
 ///

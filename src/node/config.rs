@@ -48,7 +48,7 @@ use crate::net::addr::{check_listen_addr, check_peer_addr, AddressError};
 use crate::net::quic::Admission;
 use crate::node::datadir::CreatedDir;
 use crate::node::{SporeSystem, SporeSystemBuilder, Timeouts};
-use crate::raft::PeerNode;
+use crate::wire::rpc::PeerNode;
 
 /// Voter (Sclerotium) or latent (Rhizomorph).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

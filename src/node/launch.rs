@@ -20,9 +20,10 @@ use crate::net::liveness::LivenessService;
 use crate::net::{LateHandler, NetworkBackend};
 use crate::raft::network::{NetworkFactory, RaftService};
 use crate::raft::proposer::Proposer;
-use crate::raft::{raft_id, PeerNode, Raft};
+use crate::raft::{raft_id, Raft};
 use crate::store::keyfile;
 use crate::store::ledger::{Ledger, LedgerConfig};
+use crate::wire::rpc::PeerNode;
 
 impl SporeSystem {
     pub(super) async fn launch(

@@ -12,9 +12,10 @@ use crate::core::event::{NodeAnnouncement, SignedEvent};
 use crate::core::projection::ChainHead;
 use crate::core::types::{NetworkIdentity, NodeRole};
 use crate::error::{Error, LedgerError};
-use crate::net::{RemoteFailure, RpcRequest, RpcResponse, TransportError};
+use crate::net::TransportError;
 use crate::node::datadir::CreatedDir;
-use crate::raft::{raft_id, PeerNode};
+use crate::raft::{raft_id, RpcRequest, RpcResponse};
+use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 impl SporeSystem {
     /// Opens the data dir and starts Raft, without forming a network: resumes a node after a
@@ -194,8 +195,8 @@ impl SporeSystem {
         seed_path: impl AsRef<std::path::Path>,
         policy: crate::seed::VerifyPolicy,
     ) -> Result<(), Error> {
-        use crate::net::{Query, QueryAnswer};
         use crate::seed::SeedError;
+        use crate::wire::query::{Query, QueryAnswer};
         self.check_addresses([via.addr.as_str()])?;
         self.start().await?;
         let seed = crate::seed::read_file(seed_path.as_ref(), policy)?;

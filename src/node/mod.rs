@@ -55,8 +55,9 @@ use crate::net::liveness::{LivenessService, MemberState};
 use crate::net::{Binding, NetworkBackend, SharedTransport};
 use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::{PeerNode, Raft};
+use crate::raft::Raft;
 use crate::store::ledger::LedgerHealth;
+use crate::wire::rpc::PeerNode;
 
 pub use builder::{AnchorPolicy, SporeSystemBuilder, Timeouts};
 pub use config::{
@@ -66,8 +67,8 @@ pub use config::{
 pub(crate) use lifecycle::discard_failed_start;
 pub use lifecycle::LEDGER_RELEASE_MAX;
 pub use reads::{Consistency, Subscription};
+pub use status::OperationalMode;
 pub(crate) use status::{compute_status, SharedModes};
-pub use status::{OperationalMode, PeerLag, SporeStatus};
 
 use builder::Backend;
 use provisional::ProvisionalWriter;

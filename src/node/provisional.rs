@@ -14,9 +14,10 @@ use crate::core::provisional::{ProvisionalError, ProvisionalEvent};
 use crate::core::types::NodeId;
 use crate::error::Error;
 use crate::net::gossip::GossipService;
-use crate::net::{RemoteFailure, RpcRequest, RpcResponse, SharedTransport};
+use crate::net::SharedTransport;
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::{raft_id, ChainPoint, PeerNode, Raft, SporeResponse};
+use crate::raft::{raft_id, ChainPoint, Raft, RpcRequest, RpcResponse, SporeResponse};
+use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 impl SporeSystem {
     /// A latent node's write: wrapped with this node's statement that the event is not in the

@@ -13,11 +13,13 @@ use crate::core::event::ChainedEvent;
 use crate::core::projection::{ChainHead, NodeRecord, Projection, ServiceRecord};
 use crate::core::types::{NodeId, SporeType};
 use crate::error::Error;
-use crate::net::{RpcRequest, RpcResponse};
-use crate::node::tiers::{TierReach, TierView, Tiered, ViewSource};
+use crate::node::tiers::{TierView, ViewSource};
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::{ChainPoint, PeerNode, Raft};
+use crate::raft::{ChainPoint, Raft, RpcRequest, RpcResponse};
 use crate::store::ledger::Ledger;
+use crate::wire::query::Tiered;
+use crate::wire::rpc::PeerNode;
+use crate::wire::status::TierReach;
 
 /// Read consistency of a query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -153,7 +155,7 @@ impl SporeSystem {
     /// The committed chained events from `from_seq` on, in order, without gaps or duplicates,
     /// first from the ledger and then live as they commit. Resume after a restart by passing
     /// the last seen seq + 1. On a node still backfilling the history below a state-only seed,
-    /// a subscription from below [`SporeStatus::history_from`](super::SporeStatus::history_from)
+    /// a subscription from below [`SporeStatus::history_from`](crate::wire::status::SporeStatus::history_from)
     /// ends with [`LedgerError::HistoryIncomplete`](crate::LedgerError::HistoryIncomplete).
     pub fn subscribe(&self, from_seq: u64) -> Result<Subscription, Error> {
         let r = self.running()?;

@@ -38,12 +38,14 @@ use crate::core::provisional::EventId;
 use crate::core::types::{ChainPoint, Timestamp};
 use crate::error::Error;
 use crate::net::gossip::GossipService;
-use crate::net::{Query, QueryAnswer, RpcRequest, RpcResponse, SharedTransport};
+use crate::net::SharedTransport;
 use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::{raft_id, PeerNode, Raft, SporeResponse};
+use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, SporeResponse};
 use crate::store::forks::Settled;
 use crate::store::replay::{ReplayOptions, StopAt};
+use crate::wire::query::{Query, QueryAnswer};
+use crate::wire::rpc::PeerNode;
 
 /// Longest branch after a fork that is resolved automatically; longer ones are reported and
 /// left to the operator (`spore diff`).
@@ -267,7 +269,7 @@ impl Resolver {
         let mut out = Vec::new();
         let mut next = from;
         while next <= to {
-            let max = crate::net::EVENTS_PER_QUERY_MAX;
+            let max = crate::wire::query::EVENTS_PER_QUERY_MAX;
             let page = match self
                 .transport
                 .call(other, RpcRequest::Query(Query::Events { from: next, max }), self.rpc_timeout)

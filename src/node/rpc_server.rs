@@ -11,11 +11,11 @@ use crate::core::types::NodeId;
 use crate::error::Error;
 use crate::net::gossip::GossipService;
 use crate::net::liveness::LivenessService;
-use crate::net::{RemoteFailure, RpcRequest, RpcResponse};
 use crate::raft::network::RaftService;
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::{ChainPoint, PeerNode, Raft, SporeResponse};
+use crate::raft::{ChainPoint, Raft, RpcRequest, RpcResponse, SporeResponse};
 use crate::store::ledger::LedgerHealth;
+use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Serves a node's RPCs: read-only status and queries here, everything else by Raft.
 pub(super) struct NodeService {
@@ -48,7 +48,7 @@ impl crate::net::RpcHandler for NodeService {
     }
 
     fn handle(&self, from: NodeId, req: RpcRequest) -> crate::net::BoxFuture<'_, RpcResponse> {
-        use crate::net::{Query, QueryAnswer};
+        use crate::wire::query::{Query, QueryAnswer};
         match req {
             RpcRequest::Status => {
                 let r = compute_status(&self.raft, &self.ledger, &self.me, self.gossip.as_deref(), &self.modes)
@@ -86,7 +86,7 @@ impl crate::net::RpcHandler for NodeService {
                                 QueryAnswer::Chain { at, head, fingerprint: p.fingerprint() }
                             }
                             Query::Events { from, max } => {
-                                let max = max.clamp(1, crate::net::EVENTS_PER_QUERY_MAX) as u64;
+                                let max = max.clamp(1, crate::wire::query::EVENTS_PER_QUERY_MAX) as u64;
                                 let events = match p.head() {
                                     Some(h) if from <= h.seq => l.read_range(from, h.seq.min(from + max - 1)),
                                     _ => Ok(Vec::new()),

@@ -5,14 +5,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::net::{Query, QueryAnswer, RpcRequest, RpcResponse, SharedTransport};
+use crate::net::SharedTransport;
 use crate::raft::state_machine::SharedLedger;
-use crate::raft::PeerNode;
-use crate::raft::Raft;
+use crate::raft::{Raft, RpcRequest, RpcResponse};
 use crate::store::scrub::{repair, scrub_read, scrub_verify, ScrubCursor, ScrubRead, ScrubStep};
+use crate::wire::query::{Query, QueryAnswer};
+use crate::wire::rpc::PeerNode;
+use crate::wire::status::ScrubStatus;
 
 /// How fast the scrub reads. The default, 1,000 events a second in pages of 256, costs about
 /// 2 % of one core here (mostly signature checks), so a million events are re-verified about
@@ -31,21 +32,6 @@ impl Default for ScrubConfig {
     fn default() -> Self {
         ScrubConfig { events_per_sec: 1_000, page: 256, retry: Duration::from_secs(5) }
     }
-}
-
-/// What the scrub has done, for `status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScrubStatus {
-    /// Completed passes over the held history.
-    pub passes: u64,
-    /// Events checked since the node started.
-    pub checked: u64,
-    /// The next seq the scrub checks.
-    pub cursor: u64,
-    /// Records repaired from peers since the node started.
-    pub repaired: u64,
-    /// Damage found and not repaired yet (seq and what is wrong).
-    pub damage: Option<String>,
 }
 
 /// Shared between the task and `status`.

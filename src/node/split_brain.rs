@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use super::{io_err, SporeSystem};
 use crate::core::types::NodeId;
 use crate::error::Error;
-use crate::net::{RpcRequest, RpcResponse};
-use crate::raft::PeerNode;
+use crate::raft::{RpcRequest, RpcResponse};
 use crate::store::ledger::{Ledger, LedgerConfig};
+use crate::wire::rpc::PeerNode;
 
 impl SporeSystem {
     /// When this node's chain lost a split-brain and the winner has recorded the resolution:

@@ -1,7 +1,7 @@
 //! Tier views: what each spore tier says, on one node.
 //!
 //! A node holds one chain. How far each tier reaches in it is given by its anchors
-//! ([`Anchors::reach`]): the **Primary** view is the registries as of the newest event a voter
+//! ([`Anchors::reach`](crate::core::gossip::Anchors::reach)): the **Primary** view is the registries as of the newest event a voter
 //! attested (a Raft member's whole chain; elsewhere the newest checkpoint held), the **Seed**
 //! view as of the newest event a verified seed or a checkpoint covers, the **Latent** view as
 //! of the head (everything held, verified link by link). Views are monotone: Latent ⊇ Seed ⊇
@@ -13,18 +13,16 @@
 //! events since the last view are applied.
 //!
 //! [`SporeSystem::answer`](crate::SporeSystem::answer) asks the tiers in authority order and
-//! answers from the first that has an answer, saying which ([`Tiered`]).
+//! answers from the first that has an answer, saying which ([`Tiered`](crate::wire::query::Tiered)).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-use crate::core::gossip::Anchors;
 use crate::core::projection::Projection;
 use crate::core::types::{ChainPoint, SporeType};
 use crate::error::Error;
 use crate::raft::state_machine::SharedLedger;
+use crate::wire::status::TierReach;
 
 /// The tiers in authority order, highest first.
 pub const TIERS: [SporeType; 3] = [SporeType::Primary, SporeType::Seed, SporeType::Latent];
@@ -38,53 +36,6 @@ pub struct TierView {
     pub at: ChainPoint,
     /// The registries as of `at`.
     pub projection: Arc<Projection>,
-}
-
-/// An answer and the tier it came from, from [`SporeSystem::answer`](crate::SporeSystem::answer).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tiered<T> {
-    /// The answer.
-    pub value: T,
-    /// The most authoritative tier that had it.
-    pub tier: SporeType,
-    /// The chain point of that tier's view.
-    pub at: ChainPoint,
-    /// The answer may be stale: this node cannot confirm its view is the cluster's current
-    /// one (a Raft member that knows no confirmed leader, e.g. a leader cut off from the
-    /// majority, or an answer from a tier below Primary).
-    pub stale: bool,
-}
-
-/// How far each tier reaches in this node's chain (sequence numbers; `None`: the tier has
-/// nothing here).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TierReach {
-    /// The newest event a voter attests (a Raft member: its head).
-    pub primary: Option<u64>,
-    /// The newest event a verified seed or a checkpoint covers.
-    pub seed: Option<u64>,
-    /// The head.
-    pub latent: Option<u64>,
-}
-
-impl TierReach {
-    /// From a chain's anchors and head.
-    pub fn of(anchors: &Anchors, head: Option<ChainPoint>) -> TierReach {
-        TierReach {
-            primary: anchors.reach(SporeType::Primary, head),
-            seed: anchors.reach(SporeType::Seed, head),
-            latent: anchors.reach(SporeType::Latent, head),
-        }
-    }
-
-    /// The reach of one tier.
-    pub fn get(&self, tier: SporeType) -> Option<u64> {
-        match tier {
-            SporeType::Primary => self.primary,
-            SporeType::Seed => self.seed,
-            SporeType::Latent => self.latent,
-        }
-    }
 }
 
 /// Where a tier's view is read from.

@@ -12,9 +12,9 @@ use crate::core::event::{EventBody, NodeAnnouncement, ServiceAnnouncement, Signe
 use crate::core::projection::ChainHead;
 use crate::core::types::{Endpoint, NodeId, NodeRole, Timestamp, TrustScore};
 use crate::error::Error;
-use crate::net::{RemoteFailure, RpcRequest, RpcResponse};
 use crate::raft::proposer::ProposeError;
-use crate::raft::{ChainPoint, SporeResponse};
+use crate::raft::{ChainPoint, RpcRequest, RpcResponse, SporeResponse};
+use crate::wire::rpc::RemoteFailure;
 
 impl SporeSystem {
     /// Commits a signed event: on the leader directly, otherwise forwarded to it. Retries

@@ -10,11 +10,17 @@
 use std::fmt;
 use std::io::Cursor;
 
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::core::event::SignedEvent;
 use crate::core::projection::Rejection;
 use crate::core::types::NodeId;
+use crate::wire::rpc::{PeerNode, RaftMessages};
 
 pub mod log_store;
 pub mod network;
@@ -50,6 +56,26 @@ impl fmt::Display for SporeRequest {
 
 pub use crate::core::types::ChainPoint;
 
+/// openraft's messages for [`TypeConfig`] and the state machine's answer, as the RPCs of
+/// [`crate::wire::rpc`] carry them.
+#[derive(Debug)]
+pub enum OpenRaft {}
+
+impl RaftMessages for OpenRaft {
+    type AppendEntries = AppendEntriesRequest<TypeConfig>;
+    type AppendEntriesReply = Result<AppendEntriesResponse<u64>, RaftError<u64>>;
+    type Vote = VoteRequest<u64>;
+    type VoteReply = Result<VoteResponse<u64>, RaftError<u64>>;
+    type InstallSnapshot = InstallSnapshotRequest<TypeConfig>;
+    type InstallSnapshotReply = Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>;
+    type Applied = SporeResponse;
+}
+
+/// A request from one node to another, with openraft's messages ([`crate::wire::rpc::RpcRequest`]).
+pub type RpcRequest = crate::wire::rpc::RpcRequest<OpenRaft>;
+/// A response to an [`RpcRequest`], with openraft's messages ([`crate::wire::rpc::RpcResponse`]).
+pub type RpcResponse = crate::wire::rpc::RpcResponse<OpenRaft>;
+
 /// The state machine's answer to one entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SporeResponse {
@@ -61,21 +87,6 @@ pub enum SporeResponse {
     Rejected(Rejection),
     /// One response per event of a [`SporeRequest::Batch`], in order.
     Batch(Vec<SporeResponse>),
-}
-
-/// A Raft member as openraft sees it: its full key and where to reach it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerNode {
-    /// The node's key (its [`NodeId`]).
-    pub node: NodeId,
-    /// `host:port` of its QUIC endpoint, or a name in the in-process network.
-    pub addr: String,
-}
-
-impl fmt::Display for PeerNode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.node.short(), self.addr)
-    }
 }
 
 /// The 64-bit Raft id of a node key.

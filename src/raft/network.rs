@@ -19,9 +19,10 @@ use openraft::raft::{
 use openraft::ChangeMembers;
 
 use super::proposer::{ProposeError, Proposer};
-use super::{raft_id, PeerNode, Raft, TypeConfig};
+use super::{raft_id, Raft, RpcRequest, RpcResponse, TypeConfig};
 use crate::core::types::NodeId;
-use crate::net::{BoxFuture, RemoteFailure, RpcHandler, RpcRequest, RpcResponse, SharedTransport, TransportError};
+use crate::net::{BoxFuture, RpcHandler, SharedTransport, TransportError};
+use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Creates one [`PeerClient`] per Raft peer.
 #[derive(Clone)]

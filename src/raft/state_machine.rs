@@ -26,7 +26,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{Entry, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError};
 use serde::{Deserialize, Serialize};
 
-use super::{LogId, PeerNode, SporeRequest, SporeResponse, StorageError, StoredMembership, TypeConfig};
+use super::{LogId, SporeRequest, SporeResponse, StorageError, StoredMembership, TypeConfig};
 use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::keys::{NodeKey, VerifierCache};
 use crate::core::projection::Rejection;
@@ -34,6 +34,7 @@ use crate::core::provisional::ProvisionalEvent;
 use crate::core::types::ChainHash;
 use crate::store::ledger::Ledger;
 use crate::store::verified::{PreVerified, VerifiedEvents};
+use crate::wire::rpc::PeerNode;
 
 const META_APPLIED: &[u8] = b"raft_applied";
 const META_MEMBERSHIP: &[u8] = b"raft_membership";

@@ -330,7 +330,8 @@ fn attested_state_only_seed() -> Vec<u8> {
 fn valid_frames() -> &'static [Vec<u8>] {
     static FRAMES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     FRAMES.get_or_init(|| {
-        use mycnet_spores::net::{Query, RpcRequest};
+        use mycnet_spores::raft::RpcRequest;
+        use mycnet_spores::wire::query::Query;
         let ev = history().events[3].clone();
         [
             RpcRequest::Forward(ev),
@@ -338,7 +339,7 @@ fn valid_frames() -> &'static [Vec<u8>] {
             RpcRequest::ReadIndex,
             RpcRequest::Query(Query::ServicesByCapability("gpu".into())),
             RpcRequest::Query(Query::ChainAt(12)),
-            RpcRequest::Query(Query::Tiered(mycnet_spores::net::RegistryQuery::ServicesByName("web".into()))),
+            RpcRequest::Query(Query::Tiered(mycnet_spores::wire::query::RegistryQuery::ServicesByName("web".into()))),
             RpcRequest::ExportSeed { path: "/tmp/x.seed".into(), include_events: true },
         ]
         .iter()
@@ -379,8 +380,8 @@ proptest! {
         prop::collection::vec(any::<u8>(), 0..1024),
         damaged(valid_frames()),
     ]) {
-        let _ = postcard::from_bytes::<mycnet_spores::net::RpcRequest>(&bytes);
-        let _ = postcard::from_bytes::<mycnet_spores::net::RpcResponse>(&bytes);
+        let _ = postcard::from_bytes::<mycnet_spores::raft::RpcRequest>(&bytes);
+        let _ = postcard::from_bytes::<mycnet_spores::raft::RpcResponse>(&bytes);
     }
 }
 
@@ -389,7 +390,8 @@ fn valid_gossip_frames() -> &'static [Vec<u8>] {
     static FRAMES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     FRAMES.get_or_init(|| {
         use mycnet_spores::core::gossip::{Digest, GossipMessage, PeerAddr};
-        use mycnet_spores::net::gossip::encode_frame;
+        use mycnet_spores::net::gossip::LedgerRecords;
+        use mycnet_spores::wire::gossip::encode_frame;
         let mut projection = Projection::new();
         let chained: Vec<_> =
             history().events.iter().take(5).map(|e| projection.append(e.clone()).expect("valid")).collect();
@@ -416,30 +418,33 @@ fn valid_gossip_frames() -> &'static [Vec<u8>] {
             }]),
         ]
         .iter()
-        .map(|m| encode_frame(m)[4..].to_vec())
+        .map(|m| encode_frame::<LedgerRecords>(m)[4..].to_vec())
         .collect()
     })
 }
 
 #[test]
 fn gossip_frames_round_trip() {
-    use mycnet_spores::net::gossip::{decode_frame, encode_frame};
+    use mycnet_spores::net::gossip::LedgerRecords;
+    use mycnet_spores::wire::gossip::{decode_frame, encode_frame};
     for body in valid_gossip_frames() {
-        let msg = decode_frame(body).expect("a valid frame decodes");
-        assert_eq!(&encode_frame(&msg)[4..], body.as_slice(), "{}", msg.kind());
+        let msg = decode_frame::<LedgerRecords>(body).expect("a valid frame decodes");
+        assert_eq!(&encode_frame::<LedgerRecords>(&msg)[4..], body.as_slice(), "{}", msg.kind());
     }
     // A range count that promises more than the frame holds is refused without allocating it.
     let mut huge = vec![3u8];
     huge.extend_from_slice(&u32::MAX.to_be_bytes());
-    assert!(decode_frame(&huge).is_err());
+    assert!(decode_frame::<LedgerRecords>(&huge).is_err());
     // The same request with an overlong varint (5 as 0x85 0x00) is another frame for one
     // message: refused, so every accepted frame is the one encoding of its message.
     let request =
-        encode_frame(&mycnet_spores::core::gossip::GossipMessage::Request { from: 5, max_events: 7 })[4..].to_vec();
+        encode_frame::<LedgerRecords>(&mycnet_spores::core::gossip::GossipMessage::Request { from: 5, max_events: 7 })
+            [4..]
+            .to_vec();
     assert_eq!(request[1..], [5, 7]);
     let overlong = [request[0], 0x85, 0x00, 7];
-    assert!(decode_frame(&request).is_ok());
-    assert!(decode_frame(&overlong).is_err(), "an overlong varint is not accepted");
+    assert!(decode_frame::<LedgerRecords>(&request).is_ok());
+    assert!(decode_frame::<LedgerRecords>(&overlong).is_err(), "an overlong varint is not accepted");
 }
 
 proptest! {
@@ -452,11 +457,12 @@ proptest! {
         (1u8..=4, prop::collection::vec(any::<u8>(), 0..2048)).prop_map(|(t, mut v)| { v.insert(0, t); v }),
         damaged(valid_gossip_frames()),
     ]) {
-        use mycnet_spores::net::gossip::{decode_frame, encode_frame};
-        if let Ok(msg) = decode_frame(&bytes) {
+        use mycnet_spores::net::gossip::LedgerRecords;
+        use mycnet_spores::wire::gossip::{decode_frame, encode_frame};
+        if let Ok(msg) = decode_frame::<LedgerRecords>(&bytes) {
             // Ranges re-encode their records; other messages must be byte-exact.
             if !matches!(msg, mycnet_spores::core::gossip::GossipMessage::Range(_)) {
-                prop_assert_eq!(&encode_frame(&msg)[4..], bytes.as_slice());
+                prop_assert_eq!(&encode_frame::<LedgerRecords>(&msg)[4..], bytes.as_slice());
             }
         }
     }

@@ -62,7 +62,13 @@ fn rank(layer: &str) -> usize {
 }
 
 /// Upward imports still in the tree: (file under `src/`, the higher layer it reaches into).
-const DEBTS: &[(&str, &str)] = &[("net/mod.rs", "node"), ("raft/network.rs", "net"), ("store/forensics.rs", "node")];
+const DEBTS: &[(&str, &str)] = &[
+    // The Transport / RpcHandler seam it implements and calls lives in net: besides RPCs, the
+    // traits hand out gossip streams and SWIM links (net types), so moving them down means
+    // splitting each trait in two, not a move.
+    ("raft/network.rs", "net"),
+    ("store/forensics.rs", "node"),
+];
 
 /// Crates and calls `core` must not use.
 const IMPURE: &[&str] = &[

@@ -173,8 +173,10 @@ async fn partition_and_heal_commits_every_write_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_machine_commits_a_provisional_event_once_and_refuses_bad_statements() {
     use mycnet_spores::core::provisional::ProvisionalEvent;
-    use mycnet_spores::net::{RemoteFailure, RpcRequest, RpcResponse, Transport};
+    use mycnet_spores::net::Transport;
     use mycnet_spores::raft::SporeResponse;
+    use mycnet_spores::raft::{RpcRequest, RpcResponse};
+    use mycnet_spores::wire::rpc::RemoteFailure;
     use mycnet_spores::{EventBody, Rejection, SignedEvent, Timestamp};
 
     let c = Cluster::form(3, 0x7a12).await;

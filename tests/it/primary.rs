@@ -308,7 +308,9 @@ async fn writes_fail_with_no_leader_after_a_bounded_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_queries_are_served_over_the_transport() {
-    use mycnet_spores::net::{Query, QueryAnswer, RpcRequest, RpcResponse, Transport};
+    use mycnet_spores::net::Transport;
+    use mycnet_spores::raft::{RpcRequest, RpcResponse};
+    use mycnet_spores::wire::query::{Query, QueryAnswer};
     let c = Cluster::form(3, 17).await;
     c.sys(0).register_service("web", vec![], vec!["http".into()], vec![]).await.expect("write");
     c.converged_head(Duration::from_secs(5)).await.expect("converged");

@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mycnet_spores::net::quic::{self, close_code, Admission, QuicBackend, QuicConfig, ALPN_RAFT, FRAME_BYTES_MAX};
-use mycnet_spores::net::{
-    Binding, BoxFuture, NetworkBackend, RemoteFailure, RpcHandler, RpcRequest, RpcResponse, SharedTransport,
-    TransportError,
-};
+use mycnet_spores::net::{Binding, BoxFuture, NetworkBackend, RpcHandler, SharedTransport, TransportError};
+use mycnet_spores::raft::{RpcRequest, RpcResponse};
+use mycnet_spores::wire::rpc::RemoteFailure;
 use mycnet_spores::{Endpoint, NetworkIdentity, NodeId, NodeKey, PeerNode, SporeSystem};
 
 pub(crate) fn trace() {

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use mycnet_spores::net::addr::{check_listen_addr, check_peer_addr};
 use mycnet_spores::net::quic::{self, Admission, QuicBackend};
-use mycnet_spores::net::{Query, QueryAnswer, RegistryAnswer, RemoteFailure, RpcRequest, RpcResponse};
 use mycnet_spores::node::datadir::CreatedDir;
 use mycnet_spores::node::{self, NodeConfig};
-use mycnet_spores::raft::SporeResponse;
+use mycnet_spores::raft::{RpcRequest, RpcResponse, SporeResponse};
 use mycnet_spores::store::keyfile;
+use mycnet_spores::wire::query::{Query, QueryAnswer, RegistryAnswer};
+use mycnet_spores::wire::rpc::RemoteFailure;
 use mycnet_spores::{
     ChainPoint, Endpoint, EventBody, NodeId, ServiceAnnouncement, SignedEvent, SporeStatus, Timestamp,
 };

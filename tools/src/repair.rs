@@ -10,8 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mycnet_spores::net::{quic, Query, QueryAnswer, RpcRequest, RpcResponse, EVENTS_PER_QUERY_MAX};
+use mycnet_spores::net::quic;
+use mycnet_spores::raft::{RpcRequest, RpcResponse};
 use mycnet_spores::seed::VerifyPolicy;
+use mycnet_spores::wire::query::{Query, QueryAnswer, EVENTS_PER_QUERY_MAX};
 use mycnet_spores::{Ledger, LedgerConfig, LedgerError, LedgerReader, NetworkFingerprint};
 use serde_json::json;
 

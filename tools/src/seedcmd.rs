@@ -105,7 +105,8 @@ pub fn export(data_dir: &Path, out: &Path, include_events: bool, o: &mut Out) ->
 /// `spore seed export --addr A --key-file F --out PATH`: a running node writes the seed on its
 /// own host, at its committed head, while writes continue.
 pub async fn export_running(addr: &str, key_file: &Path, out: &Path, include_events: bool, o: &mut Out) -> CliResult {
-    use mycnet_spores::net::{quic, RpcRequest, RpcResponse};
+    use mycnet_spores::net::quic;
+    use mycnet_spores::raft::{RpcRequest, RpcResponse};
     let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
     // A relative path would resolve against the node's working directory, not ours.
     let out = if out.is_absolute() {

@@ -8,7 +8,7 @@
 //! Session resumption and 0-RTT are off: every connection proves its key afresh and is checked
 //! against the admission policy as it is now.
 //!
-//! [`PeerNode::node`]: crate::raft::PeerNode
+//! [`PeerNode::node`]: crate::wire::rpc::PeerNode
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,0 +1,164 @@
+//! The endpoint's setup: binding its UDP socket (with patience for a port still in use),
+//! quinn's transport limits, the stateless-reset key and connection ids that let a restarted
+//! node reset its predecessor's connections, and what a connection says about its peer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use quinn::VarInt;
+
+use super::{tls, QuicConfig};
+use crate::core::keys::NodeKey;
+use crate::core::types::NodeId;
+use crate::net::TransportError;
+
+/// Connection-level receive window (bounds buffered data per connection).
+const RECEIVE_WINDOW: u32 = 32 * 1024 * 1024;
+/// Stream-level receive window.
+const STREAM_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
+/// Datagrams buffered per server connection before the oldest are dropped.
+const DATAGRAM_BUFFER_BYTES: usize = 64 * 1024;
+
+pub(super) fn bind_err(addr: &str, e: impl std::fmt::Display) -> TransportError {
+    TransportError::Bind { addr: addr.to_string(), cause: os_cause(&e.to_string()) }
+}
+
+/// An OS message as the end of a sentence: "Address already in use (os error 98)" reads
+/// "address already in use (os error 98)".
+fn os_cause(message: &str) -> String {
+    let mut chars = message.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => "unknown cause".into(),
+    }
+}
+
+pub(super) async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address")))
+}
+
+pub(super) async fn bind_socket(addr: SocketAddr, patience: Duration) -> std::io::Result<std::net::UdpSocket> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match std::net::UdpSocket::bind(addr) {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && addr.port() != 0
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(%addr, "address still in use; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub(super) fn transport_config(cfg: &QuicConfig, server: bool) -> Result<quinn::TransportConfig, TransportError> {
+    let mut t = quinn::TransportConfig::default();
+    // Callers accept no streams from the server; servers accept a bounded number.
+    let streams = if server { cfg.streams_per_connection } else { 0 };
+    t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    let idle = quinn::IdleTimeout::try_from(cfg.idle_timeout).map_err(|e| TransportError::Refused {
+        peer: "local QUIC setup".into(),
+        reason: format!("idle timeout: {e}"),
+    })?;
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(if server { None } else { Some(cfg.keep_alive) });
+    t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    // SWIM datagrams (read only on `spores-swim/1` connections, by the server). The buffer is
+    // bounded and drops the oldest when full; quinn also requires it on the sending side.
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER_BYTES));
+    Ok(t)
+}
+
+/// The stateless-reset key, derived from the node key so that a restarted node can reset the
+/// connections of its previous incarnation (peers then re-dial at once).
+pub(super) struct ResetKey([u8; 32]);
+
+impl ResetKey {
+    pub(super) fn derive(key: &NodeKey) -> Self {
+        ResetKey(blake3::derive_key("mycnet-spores quic stateless-reset key v1", &key.to_seed()))
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let mac = blake3::keyed_hash(&self.0, data);
+        let n = signature_out.len().min(32);
+        signature_out[..n].copy_from_slice(&mac.as_bytes()[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        let Ok(sig) = <[u8; 32]>::try_from(signature) else { return Err(quinn::crypto::CryptoError) };
+        // blake3::Hash compares in constant time.
+        if blake3::keyed_hash(&self.0, data) == blake3::Hash::from(sig) {
+            Ok(())
+        } else {
+            Err(quinn::crypto::CryptoError)
+        }
+    }
+}
+
+/// Random 8-byte connection ids that every incarnation of the endpoint accepts as "possibly
+/// ours" (quinn's default hashes them with a per-process key, so a restarted endpoint would
+/// silently drop its predecessor's packets instead of answering with a stateless reset).
+pub(super) struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&rand::random::<[u8; 8]>())
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The node id the peer of `conn` authenticated with.
+pub(super) fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
+    let chain = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    tls::node_id_from_chain(&chain)
+}
+
+/// The ALPN negotiated on `conn`.
+pub(super) fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
+}
+
+pub(super) fn close(conn: &quinn::Connection, code: u32, reason: &str) {
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_key_signs_and_verifies() {
+        use quinn::crypto::HmacKey;
+        let k = ResetKey::derive(&NodeKey::from_seed([5; 32]));
+        let mut sig = [0u8; 32];
+        k.sign(b"cid", &mut sig);
+        assert!(k.verify(b"cid", &sig).is_ok());
+        assert!(k.verify(b"cie", &sig).is_err());
+        assert!(k.verify(b"cid", &sig[..16]).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The RPC protocol's messages: what one node asks another ([`RpcRequest`]) and what it
+//! answers ([`RpcResponse`]), with the peer names and failures they carry.
+//!
+//! Three requests carry openraft's own messages (AppendEntries, Vote, InstallSnapshot) and
+//! their answers, and a forwarded write is answered with the Raft state machine's response.
+//! Those types need the raft layer's type configuration, which this layer cannot name, so the
+//! envelope is generic over them ([`RaftMessages`]) and `crate::raft` instantiates it
+//! (`crate::raft::RpcRequest`, `crate::raft::RpcResponse`). The generic changes nothing on
+//! the wire: variants, their order and every field are the protocol's, postcard-encoded in
+//! one frame (`crate::net::quic`'s framing).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::event::SignedEvent;
+use crate::core::types::{ChainPoint, NodeId};
+use crate::wire::query::{Query, QueryAnswer};
+use crate::wire::status::SporeStatus;
+
+/// A Raft member as openraft sees it: its full key and where to reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    /// The node's key (its [`NodeId`]).
+    pub node: NodeId,
+    /// `host:port` of its QUIC endpoint, or a name in the in-process network.
+    pub addr: String,
+}
+
+impl fmt::Display for PeerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.node.short(), self.addr)
+    }
+}
+
+/// What a message inside an RPC is: debuggable, and encoded with serde (postcard on the wire).
+pub trait Message: fmt::Debug + Serialize + for<'de> Deserialize<'de> {}
+
+impl<T: fmt::Debug + Serialize + for<'de> Deserialize<'de>> Message for T {}
+
+/// The Raft layer's messages an RPC carries, opaque here: openraft's requests and answers for
+/// the raft layer's type configuration, and its state machine's answer to a write
+/// (`crate::raft::OpenRaft`).
+pub trait RaftMessages {
+    /// Raft log replication / heartbeat.
+    type AppendEntries: Message;
+    /// The answer to [`Self::AppendEntries`] (a `Result`: openraft's error travels too).
+    type AppendEntriesReply: Message;
+    /// Raft election.
+    type Vote: Message;
+    /// The answer to [`Self::Vote`] (a `Result`).
+    type VoteReply: Message;
+    /// Raft snapshot chunk.
+    type InstallSnapshot: Message;
+    /// The answer to [`Self::InstallSnapshot`] (a `Result`).
+    type InstallSnapshotReply: Message;
+    /// The state machine's answer to one committed write.
+    type Applied: Message;
+}
+
+/// A request from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+pub enum RpcRequest<R: RaftMessages> {
+    /// Raft log replication / heartbeat.
+    AppendEntries(R::AppendEntries),
+    /// Raft election.
+    Vote(R::Vote),
+    /// Raft snapshot chunk.
+    InstallSnapshot(R::InstallSnapshot),
+    /// A client write forwarded to the leader.
+    Forward(SignedEvent),
+    /// Ask the leader to add a node to the Raft membership (as learner, then voter if asked).
+    AddMember {
+        /// The node.
+        node: PeerNode,
+        /// Promote to voter once caught up.
+        voter: bool,
+    },
+    /// Ask the leader to remove a node from the Raft membership.
+    RemoveMember {
+        /// The node.
+        node: NodeId,
+    },
+    /// Ask the leader for a linearizable read index (the log index a follower must apply
+    /// before serving a linearizable read).
+    ReadIndex,
+    /// Read-only: the node's status.
+    Status,
+    /// Read-only: a registry query against the node's local projection.
+    Query(Query),
+    /// Write a seed spore of the node's committed state to `path` on the node's own host.
+    /// Only the node's own key may ask (an operator on that host, who can read its key file).
+    ExportSeed {
+        /// Where to write it, on the node's host.
+        path: String,
+        /// Include every event from genesis.
+        include_events: bool,
+    },
+    /// A provisional event for the leader to commit (answered with [`RpcResponse::Forward`]);
+    /// a member that is not the leader answers `NotLeader` naming it.
+    Provisional(crate::core::provisional::ProvisionalEvent),
+}
+
+impl<R: RaftMessages> RpcRequest<R> {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcRequest::AppendEntries(_) => "append_entries",
+            RpcRequest::Vote(_) => "vote",
+            RpcRequest::InstallSnapshot(_) => "install_snapshot",
+            RpcRequest::Forward(_) => "forward",
+            RpcRequest::AddMember { .. } => "add_member",
+            RpcRequest::RemoveMember { .. } => "remove_member",
+            RpcRequest::ReadIndex => "read_index",
+            RpcRequest::Status => "status",
+            RpcRequest::Query(_) => "query",
+            RpcRequest::ExportSeed { .. } => "export_seed",
+            RpcRequest::Provisional(_) => "provisional",
+        }
+    }
+}
+
+/// Why a forwarded request failed at the receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteFailure {
+    /// The receiver is not the leader; it names the leader if it knows one.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader it knows of.
+        leader: Option<PeerNode>,
+    },
+    /// Anything else, as text.
+    #[error("{0}")]
+    Other(String),
+    /// The receiver, a latent node that reached no voter, holds the forwarded write as a
+    /// provisional event: it travels by gossip and is committed once a voter is reachable.
+    #[error("held as provisional event {} until a voter is reachable", id.short())]
+    Provisional {
+        /// The event's id.
+        id: crate::core::provisional::EventId,
+    },
+}
+
+/// A response to an [`RpcRequest`] of the same kind.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+pub enum RpcResponse<R: RaftMessages> {
+    /// To `AppendEntries`.
+    AppendEntries(R::AppendEntriesReply),
+    /// To `Vote`.
+    Vote(R::VoteReply),
+    /// To `InstallSnapshot`.
+    InstallSnapshot(R::InstallSnapshotReply),
+    /// To `Forward`.
+    Forward(Result<R::Applied, RemoteFailure>),
+    /// To `AddMember` / `RemoveMember`.
+    Membership(Result<(), RemoteFailure>),
+    /// To `ReadIndex`: the log index to wait for.
+    ReadIndex(Result<Option<u64>, RemoteFailure>),
+    /// To `Status`.
+    Status(Result<SporeStatus, RemoteFailure>),
+    /// To `Query`.
+    Query(Result<QueryAnswer, RemoteFailure>),
+    /// To `ExportSeed`: the seed's head.
+    ExportSeed(Result<ChainPoint, RemoteFailure>),
+}
