@@ -47,9 +47,7 @@ use crate::store::replay::{ReplayOptions, StopAt};
 use crate::wire::query::{Query, QueryAnswer};
 use crate::wire::rpc::PeerNode;
 
-/// Longest branch after a fork that is resolved automatically; longer ones are reported and
-/// left to the operator (`spore diff`).
-pub const BRANCH_EVENTS_MAX: u64 = 65_536;
+pub use crate::core::authority::BRANCH_EVENTS_MAX;
 
 /// A loser's instruction to yield: the winning branch's node to join and the decision.
 #[derive(Clone, Debug, Serialize)]

@@ -834,7 +834,7 @@ pub enum Verdict {
 }
 
 /// Longest branch after the fork [`verdict`] reads (the automatic resolver's limit too).
-pub const VERDICT_EVENTS_MAX: u64 = crate::node::resolve::BRANCH_EVENTS_MAX;
+pub const VERDICT_EVENTS_MAX: u64 = crate::core::authority::BRANCH_EVENTS_MAX;
 
 /// Which of two branches a split-brain resolution would keep (see [`Verdict`]): replays the
 /// common prefix, reads each branch after the fork and checks and summarises both with

@@ -67,7 +67,6 @@ const DEBTS: &[(&str, &str)] = &[
     // traits hand out gossip streams and SWIM links (net types), so moving them down means
     // splitting each trait in two, not a move.
     ("raft/network.rs", "net"),
-    ("store/forensics.rs", "node"),
 ];
 
 /// Crates and calls `core` must not use.
