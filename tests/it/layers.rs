@@ -25,7 +25,7 @@ fn layer_of(rel: &str) -> &'static str {
     match first {
         "core" => "core",
         "wire" => "wire",
-        "store" if rel == "store/forensics.rs" || rel == "store/forks.rs" => "forensics",
+        "store" if rel == "store/forks.rs" => "forensics",
         "store" => "store",
         "seed" => "seed",
         "forensics" => "forensics",
@@ -44,7 +44,7 @@ fn layer_of_path(module: &str, rest: &str) -> Option<&'static str> {
     Some(match module {
         "core" => "core",
         "wire" => "wire",
-        "store" if rest.starts_with("forensics") || rest.starts_with("forks") => "forensics",
+        "store" if rest.starts_with("forks") => "forensics",
         "store" => "store",
         "seed" => "seed",
         "forensics" => "forensics",
