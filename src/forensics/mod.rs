@@ -23,8 +23,9 @@
 //!
 //! The files, by job: [`Branch`] and its sources (`branch.rs`), the state at a seq or a time
 //! (`state_at.rs`), the fork point, each branch's events and the registry differences
-//! (`diff.rs`), the verdict a split-brain resolution would reach (`verdict.rs`) and [`blame`]
-//! (`blame.rs`).
+//! (`diff.rs`), the verdict a split-brain resolution would reach (`verdict.rs`), [`blame`]
+//! (`blame.rs`), and the fork evidence a node keeps in its ledger's database ([`forks`], the one
+//! part that writes).
 
 use std::path::PathBuf;
 
@@ -37,6 +38,7 @@ use crate::{seed, store::inspect::LedgerReader};
 mod blame;
 mod branch;
 mod diff;
+pub mod forks;
 mod state_at;
 mod verdict;
 

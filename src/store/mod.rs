@@ -8,7 +8,6 @@
 mod attested;
 mod chainer;
 pub mod error;
-pub mod forks;
 pub mod inspect;
 pub mod keyfile;
 pub mod ledger;
