@@ -71,7 +71,7 @@ pub enum Error {
     /// A forensic question (fork point, diff, blame) could not be answered. Boxed: it carries
     /// paths and fingerprints, and would otherwise double the size of every `Result<_, Error>`.
     #[error(transparent)]
-    Forensics(Box<crate::store::forensics::ForensicsError>),
+    Forensics(Box<crate::forensics::ForensicsError>),
     /// That spore tier is not available on this node.
     #[error("the {0:?} spore tier is not available on this node")]
     TierUnavailable(crate::core::types::SporeType),
@@ -81,8 +81,8 @@ pub enum Error {
     SplitBrain(String),
 }
 
-impl From<crate::store::forensics::ForensicsError> for Error {
-    fn from(e: crate::store::forensics::ForensicsError) -> Self {
+impl From<crate::forensics::ForensicsError> for Error {
+    fn from(e: crate::forensics::ForensicsError) -> Self {
         Error::Forensics(Box::new(e))
     }
 }

@@ -51,6 +51,7 @@
 
 pub mod core;
 pub mod error;
+pub mod forensics;
 pub mod net;
 pub mod node;
 pub mod raft;
@@ -65,9 +66,9 @@ pub use crate::core::types::{
     ChainHash, Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore,
 };
 pub use crate::error::{Corruption, Error, LedgerError};
+pub use crate::forensics::{Branch, ForensicsError};
 pub use crate::node::{Consistency, OperationalMode, SporeSystem, SporeSystemBuilder, Subscription, Timeouts};
 pub use crate::raft::ChainPoint;
-pub use crate::store::forensics::{Branch, ForensicsError};
 pub use crate::store::inspect::{LedgerReader, VerifyReport};
 pub use crate::store::ledger::{Ledger, LedgerConfig};
 pub use crate::store::replay::{ReplayOptions, ReplayStats, StopAt};

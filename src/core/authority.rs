@@ -32,6 +32,10 @@ use super::types::{ChainPoint, SporeType};
 /// one hour (in microseconds of event time).
 pub const ACTIVITY_WINDOW_MICROS: i64 = 3_600_000_000;
 
+/// Longest branch after a fork that is resolved automatically; longer ones are reported and
+/// left to the operator (`spore diff`).
+pub const BRANCH_EVENTS_MAX: u64 = 65_536;
+
 /// What decides between two branches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BranchSummary {

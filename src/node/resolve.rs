@@ -37,19 +37,17 @@ use crate::core::keys::NodeKey;
 use crate::core::provisional::EventId;
 use crate::core::types::{ChainPoint, Timestamp};
 use crate::error::Error;
+use crate::forensics::forks::Settled;
 use crate::net::gossip::GossipService;
 use crate::net::SharedTransport;
 use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, SporeResponse};
-use crate::store::forks::Settled;
 use crate::store::replay::{ReplayOptions, StopAt};
 use crate::wire::query::{Query, QueryAnswer};
 use crate::wire::rpc::PeerNode;
 
-/// Longest branch after a fork that is resolved automatically; longer ones are reported and
-/// left to the operator (`spore diff`).
-pub const BRANCH_EVENTS_MAX: u64 = 65_536;
+pub use crate::core::authority::BRANCH_EVENTS_MAX;
 
 /// A loser's instruction to yield: the winning branch's node to join and the decision.
 #[derive(Clone, Debug, Serialize)]
@@ -167,7 +165,7 @@ impl Resolver {
     async fn tick(&self) -> Result<(), Error> {
         let pending = {
             let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-            crate::store::forks::unresolved(&l)?
+            crate::forensics::forks::unresolved(&l)?
         };
         let Some(evidence) = pending.into_iter().next() else { return Ok(()) };
         // The mode machine sees the fork before it is settled, however fast that goes: the
@@ -214,7 +212,7 @@ impl Resolver {
         match recorded {
             Some(at) => {
                 let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-                crate::store::forks::mark_resolved(
+                crate::forensics::forks::mark_resolved(
                     &l,
                     &evidence,
                     &Settled { resolution: None, recorded_at: Some(at) },
@@ -463,10 +461,10 @@ impl Resolver {
         let hashes: HashSet<_> = losing.iter().map(|e| e.hash).collect();
         let how = Settled { resolution: Some(res.clone()), recorded_at: at };
         let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-        crate::store::forks::mark_resolved(&l, evidence, &how)?;
-        for e in crate::store::forks::unresolved(&l)? {
+        crate::forensics::forks::mark_resolved(&l, evidence, &how)?;
+        for e in crate::forensics::forks::unresolved(&l)? {
             if hashes.contains(&e.theirs.hash) || hashes.contains(&e.ours.hash) {
-                crate::store::forks::mark_resolved(&l, &e, &how)?;
+                crate::forensics::forks::mark_resolved(&l, &e, &how)?;
             }
         }
         Ok(())

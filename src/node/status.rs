@@ -118,7 +118,7 @@ pub(crate) fn compute_status(
     let m = raft.metrics().borrow().clone();
     let (head, fingerprint, anchor, seed_anchor, forks, provisional, history_from, state_divergence) = {
         let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
-        let forks = crate::store::forks::unresolved(&l).map(|f| f.len()).unwrap_or(0);
+        let forks = crate::forensics::forks::unresolved(&l).map(|f| f.len()).unwrap_or(0);
         let provisional = crate::store::provisional::count(&l).unwrap_or(0);
         (
             l.head(),

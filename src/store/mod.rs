@@ -1,5 +1,5 @@
 //! Storage adapters on fjall: the chained ledger with its projection checkpoints, replay,
-//! read-only inspection, forensics over two branches, and node key files.
+//! read-only inspection, and node key files.
 //!
 //! **Architecture Invariant:** bytes read from disk reach the core only through
 //! [`record::decode_record`] / [`record::decode_checkpoint`] (validated rkyv access) followed by
@@ -8,8 +8,6 @@
 mod attested;
 mod chainer;
 pub mod error;
-pub mod forensics;
-pub mod forks;
 pub mod inspect;
 pub mod keyfile;
 pub mod ledger;

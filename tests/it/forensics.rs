@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use mycnet_spores::forensics::{self, BlameOptions, BlameTarget, Relation, Side, SourceKind, Touch};
 use mycnet_spores::seed;
-use mycnet_spores::store::forensics::{self, BlameOptions, BlameTarget, Relation, Side, SourceKind, Touch};
 use mycnet_spores::{
     Branch, ChainPoint, ChainedEvent, Endpoint, EventBody, ForensicsError, LedgerConfig, NodeId, NodeKey, NodeRole,
     NodeStatus, Projection, ServiceAnnouncement, SignedEvent, StopAt, Timestamp, TrustScore,
@@ -494,7 +494,7 @@ fn damaged_or_missing_sources_are_refused_with_a_reason() {
 // checkpoints cannot win.
 
 use mycnet_spores::core::authority::{resolve, summarize, BranchError, DecidedBy};
-use mycnet_spores::store::forensics::Verdict;
+use mycnet_spores::forensics::Verdict;
 use mycnet_spores::SporeType;
 
 /// `tail` linked after the shared prefix's head (no rule checked: a forger's chain).

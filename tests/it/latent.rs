@@ -832,9 +832,10 @@ mod runner {
         // The relaying peer stored it from the other side's point of view.
         let evidence = ForkEvidence { ours: other.clone(), theirs: honest[150].clone() };
         assert_eq!(evidence.check(), Ok(()));
-        assert!(mycnet_spores::store::forks::record(&full, &evidence).unwrap());
+        assert!(mycnet_spores::forensics::forks::record(&full, &evidence).unwrap());
         let relay = service(20, Arc::new(RwLock::new(full)), false, GossipConfig::default());
-        let unresolved = |l: &Arc<RwLock<Ledger>>| mycnet_spores::store::forks::unresolved(&l.read().unwrap()).unwrap();
+        let unresolved =
+            |l: &Arc<RwLock<Ledger>>| mycnet_spores::forensics::forks::unresolved(&l.read().unwrap()).unwrap();
 
         // A member whose chain ends at seq 99: nothing kept.
         let short = Arc::new(RwLock::new(ledger_with(&tmp.path().join("short"), &events[..100])));

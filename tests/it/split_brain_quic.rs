@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use mycnet_spores::core::modes::OperationalMode;
 use mycnet_spores::core::provisional::EventId;
+use mycnet_spores::forensics::{self, Relation};
 use mycnet_spores::net::gossip::GossipConfig;
 use mycnet_spores::net::liveness::LivenessConfig;
 use mycnet_spores::net::quic::{self, Admission, QuicBackend, ALPN_RAFT};
@@ -26,7 +27,6 @@ use mycnet_spores::net::TransportError;
 use mycnet_spores::node::AnchorPolicy;
 use mycnet_spores::raft::RpcRequest;
 use mycnet_spores::seed::VerifyPolicy;
-use mycnet_spores::store::forensics::{self, Relation};
 use mycnet_spores::{Branch, ChainedEvent, EventBody, NodeKey, SignedEvent, SporeSystem};
 
 use crate::cluster::fast_timeouts;

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mycnet_spores::store::forensics::{
+use mycnet_spores::forensics::{
     self, BlameOptions, BlameReport, BlameTarget, BranchEvents, BranchInfo, EntityDiff, ForkPoint, Relation, Side,
     SourceKind, Touch, Verdict,
 };

@@ -496,7 +496,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Blame { source, target, authored, limit, json } => forensics::blame(
             &source,
             &target,
-            mycnet_spores::store::forensics::BlameOptions { include_authored: authored, limit },
+            mycnet_spores::forensics::BlameOptions { include_authored: authored, limit },
             &mut Out::new(json),
         ),
         Command::Replay { dir, audit, json } => inspect::replay(&dir, audit, &mut Out::new(json)),

@@ -76,7 +76,7 @@ impl GossipService {
         if ok.iter().any(|v| !v) {
             return false;
         }
-        match self.ledger.read().map(|l| crate::store::forks::record(&l, evidence)) {
+        match self.ledger.read().map(|l| crate::forensics::forks::record(&l, evidence)) {
             Ok(Ok(new)) => {
                 if new {
                     tracing::error!(seq = evidence.seq(), ours = %evidence.ours.hash.short(), theirs = %evidence.theirs.hash.short(),

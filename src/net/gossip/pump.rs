@@ -78,7 +78,7 @@ impl GossipService {
             tracing::warn!(error = %e, "cannot read held provisional events");
             Vec::new()
         });
-        let forks = crate::store::forks::unresolved(&l).unwrap_or_else(|e| {
+        let forks = crate::forensics::forks::unresolved(&l).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read fork evidence");
             Vec::new()
         });

@@ -6,9 +6,9 @@
 
 use fjall::{KeyspaceCreateOptions, PersistMode};
 
-use super::ledger::{storage, Ledger};
 use crate::core::gossip::ForkEvidence;
 use crate::store::error::{Corruption, LedgerError};
+use crate::store::ledger::{storage, Ledger};
 
 const KEYSPACE: &str = "forks";
 /// Most fork records read back at once (evidence beyond this is kept but not listed).
