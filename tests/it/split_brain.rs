@@ -124,8 +124,13 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     // Anchors on both sides make both branches Primary: each voter holds a checkpoint past
     // the fork (one whose seq is above the fork attests a head at or after it).
     let fork_seq = seed_head.seq + 1;
-    wait_until("both branches are anchored after the fork", Duration::from_secs(10), || {
-        nodes[..3].iter().all(|s| s.status().is_ok_and(|st| st.anchor.is_some_and(|a| a.seq > fork_seq)))
+    // Anchored up to the head: no anchor still in flight that would move a head after the
+    // snapshot below (one for the last write may follow an earlier anchor past the fork).
+    wait_until("both branches are anchored after the fork, up to their heads", Duration::from_secs(10), || {
+        nodes[..3].iter().all(|s| {
+            s.status()
+                .is_ok_and(|st| st.anchor.is_some_and(|a| a.seq > fork_seq && st.head.is_some_and(|h| h.seq == a.seq)))
+        })
     })
     .await;
     wait_until("the latent node holds B's chain", Duration::from_secs(20), || {
