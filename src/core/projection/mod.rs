@@ -1,0 +1,156 @@
+//! Projections: the registries (nodes, capabilities, trust, services, activity) derived by
+//! applying chained events in order.
+//!
+//! Validation happens here, deterministically: the same event against the same state is
+//! accepted or rejected identically on every replica, with a typed [`Rejection`]. A rejected
+//! event changes nothing. Signature checks are the caller's job (they are batched), see
+//! [`crate::core::keys::verify_many`]; everything else — network, schema, admission and the
+//! semantic rules written down in `schema/rules.md` — is checked by [`Projection::check`].
+//!
+//! One job per file: the data a projection keeps (`state.rs`), the rules an event must pass
+//! (`rules.rs`), the change an accepted event makes (`apply.rs`) and the service indexes
+//! (`index.rs`). This file holds the [`Projection`] itself and its read accessors.
+
+mod apply;
+mod index;
+mod rules;
+mod state;
+
+pub use rules::{Rejection, Text};
+pub use state::{
+    ArchivedChainHead, ArchivedNodeRecord, ArchivedNodeStatus, ArchivedProjectionState, ArchivedServiceRecord,
+    ChainHead, ChainHeadResolver, NodeRecord, NodeRecordResolver, NodeStatus, NodeStatusResolver, ProjectionState,
+    ProjectionStateResolver, ServiceRecord, ServiceRecordResolver,
+};
+
+use std::collections::BTreeSet;
+
+/// The indexes' hash map: foldhash (randomly seeded per map) instead of SipHash. Every append
+/// updates these indexes, and SipHash was a tenth of the projection's cost.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
+
+use uuid::Uuid;
+
+use crate::core::attest::{state_digest, StateDivergence};
+use crate::core::event::ServiceAnnouncement;
+use crate::core::types::{ChainHash, NetworkFingerprint, NetworkIdentityRecord, NodeId, StateDigest};
+
+/// The registries, derived from the chain. See the module doc.
+#[derive(Clone, Debug, Default)]
+pub struct Projection {
+    state: ProjectionState,
+    by_name: HashMap<String, BTreeSet<Uuid>>,
+    by_node: HashMap<NodeId, BTreeSet<Uuid>>,
+    by_capability: HashMap<String, BTreeSet<Uuid>>,
+    /// Node keys this projection admitted, each checked to be a valid ed25519 point when it
+    /// was: a node that leaves and joins again is not decompressed again. Not persisted (a
+    /// projection loaded from a checkpoint checks each key once more, on its first re-join).
+    keys_checked: foldhash::HashSet<NodeId>,
+    /// The first state checkpoint applied whose attested digest differed from this
+    /// projection's state (not persisted: a rebuilt projection starts without one).
+    divergence: Option<StateDivergence>,
+}
+
+impl Projection {
+    /// An empty projection, before genesis.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds a projection (and its indexes) from persisted state.
+    pub fn from_state(state: ProjectionState) -> Self {
+        let mut p = Projection { state, ..Default::default() };
+        let services: Vec<ServiceAnnouncement> = p.state.services.values().map(|r| r.service.clone()).collect();
+        for s in &services {
+            p.index_service(s);
+        }
+        p
+    }
+
+    /// The persistent state.
+    pub fn state(&self) -> &ProjectionState {
+        &self.state
+    }
+
+    /// The digest of the state (what a state checkpoint event at the next seq attests).
+    pub fn state_digest(&self) -> StateDigest {
+        state_digest(&self.state)
+    }
+
+    /// The first state checkpoint this projection applied whose attested state differed from
+    /// its own, if any. The event is applied regardless (the chain is the ground truth); the
+    /// owner decides what follows (rebuild by replay, report, refuse writes).
+    pub fn divergence(&self) -> Option<StateDivergence> {
+        self.divergence
+    }
+
+    /// The head, or `None` before genesis.
+    pub fn head(&self) -> Option<ChainHead> {
+        self.state.head
+    }
+
+    /// The sequence number the next event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.state.head.map_or(0, |h| h.seq + 1)
+    }
+
+    /// The hash the next event links to.
+    pub fn head_hash(&self) -> ChainHash {
+        self.state.head.map_or(ChainHash::ZERO, |h| h.hash)
+    }
+
+    /// The network fingerprint (after genesis).
+    pub fn fingerprint(&self) -> Option<NetworkFingerprint> {
+        self.state.fingerprint
+    }
+
+    /// The network identity (after genesis).
+    pub fn network(&self) -> Option<&NetworkIdentityRecord> {
+        self.state.network.as_ref()
+    }
+
+    /// Every node ever admitted (including those that left), ordered by id.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.state.nodes.values()
+    }
+
+    /// One node.
+    pub fn node(&self, id: &NodeId) -> Option<&NodeRecord> {
+        self.state.nodes.get(id)
+    }
+
+    /// Nodes that are admitted and not offline or gone.
+    pub fn active_nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes().filter(|n| n.status == NodeStatus::Active)
+    }
+
+    /// Nodes an authority committed as offline.
+    pub fn offline_nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes().filter(|n| n.status == NodeStatus::Offline)
+    }
+
+    /// Nodes that have the capability (and have not left).
+    pub fn nodes_with_capability<'a>(&'a self, capability: &'a str) -> impl Iterator<Item = &'a NodeRecord> + 'a {
+        self.nodes().filter(move |n| {
+            n.status != NodeStatus::Left && n.capabilities.binary_search_by(|c| c.as_str().cmp(capability)).is_ok()
+        })
+    }
+
+    /// Every registered service, ordered by id.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceRecord> {
+        self.state.services.values()
+    }
+
+    /// One service.
+    pub fn service(&self, id: &Uuid) -> Option<&ServiceRecord> {
+        self.state.services.get(id)
+    }
+}
+
+impl PartialEq for Projection {
+    fn eq(&self, other: &Self) -> bool {
+        self.state == other.state
+    }
+}
+
+impl Eq for Projection {}
