@@ -232,7 +232,8 @@ pub(crate) fn replay_range(
         }
     }
     let mut prev = projection.head_hash();
-    let corrupt = |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption };
+    let corrupt =
+        |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption: Box::new(corruption) };
     let audit = options.audit;
     let on_pool = rayon::current_thread_index().is_some();
     // For the error a failed pool worker reports (shared, not copied per part).
@@ -364,7 +365,8 @@ pub(crate) fn read_verified_range(
     from: u64,
     to: u64,
 ) -> Result<Vec<ChainedEvent>, LedgerError> {
-    let corrupt = |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption };
+    let corrupt =
+        |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption: Box::new(corruption) };
     let mut out = Vec::new();
     if to < from {
         return Ok(out);
