@@ -1,6 +1,9 @@
 //! The `spore` binary as users run it: exit codes, JSON output, damage reports, and separate
 //! `spore node` processes on loopback surviving a `kill -9` of their leader.
 
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
