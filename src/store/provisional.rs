@@ -58,7 +58,7 @@ pub fn list(ledger: &Ledger, max: usize) -> Result<Vec<ProvisionalEvent>, Ledger
 
 /// How many are held.
 pub fn count(ledger: &Ledger) -> Result<usize, LedgerError> {
-    Ok(keyspace(ledger)?.len().map_err(storage("count provisional", ledger.path()))?)
+    keyspace(ledger)?.len().map_err(storage("count provisional", ledger.path()))
 }
 
 /// Forgets one (committed, or refused for good).
