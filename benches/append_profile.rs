@@ -14,6 +14,9 @@
 //! Signatures are verified (outside the profiled functions) before either append. Prints wall
 //! times too, which are only as quiet as the machine.
 
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
 use std::time::{Duration, Instant};
 
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};

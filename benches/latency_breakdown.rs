@@ -20,6 +20,9 @@
 //! against the 1-client budget, 2 × (fdatasync + sign + verify), all measured in the
 //! same run.
 
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 

@@ -26,6 +26,9 @@
 //! Figures are only as quiet as the machine: other processes (builds) share its cores and
 //! disk. "Cold" open means a fresh open in this process; the OS page cache stays warm.
 
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

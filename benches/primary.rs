@@ -9,6 +9,9 @@
 //!
 //! `SPORES_BENCH_NET=inproc|quic` runs one network only; `SPORES_BENCH_NODES=1` one node.
 
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

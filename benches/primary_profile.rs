@@ -15,6 +15,9 @@
 //! sweeping `SPORES_PROFILE_CLIENTS` shows how much of the cost is per entry rather than per
 //! event.
 
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 

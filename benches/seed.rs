@@ -7,6 +7,9 @@
 //! - import of a quorum-signed seed ≥ 0.5 × raw fjall bulk append of the same records;
 //! - the file sizes, with and without events.
 
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;

@@ -212,7 +212,7 @@ impl Branch {
 }
 
 fn corrupt(path: &Path, seq: u64, corruption: Corruption) -> ForensicsError {
-    ForensicsError::Ledger(LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption })
+    ForensicsError::Ledger(LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption: Box::new(corruption) })
 }
 
 /// One checked record of a ledger that must hold it (`seq <= head`).

@@ -50,12 +50,12 @@ pub fn list(ledger: &Ledger) -> Result<Vec<ForkEvidence>, LedgerError> {
         let ev: ForkEvidence = postcard::from_bytes(&v).map_err(|e| LedgerError::Corrupt {
             path: path.to_path_buf(),
             seq: 0,
-            corruption: Corruption::Metadata { key: "forks".into(), reason: e.to_string() },
+            corruption: Box::new(Corruption::Metadata { key: "forks".into(), reason: e.to_string() }),
         })?;
         ev.check().map_err(|reason| LedgerError::Corrupt {
             path: path.to_path_buf(),
             seq: ev.seq(),
-            corruption: Corruption::Metadata { key: "forks".into(), reason: reason.into() },
+            corruption: Box::new(Corruption::Metadata { key: "forks".into(), reason: reason.into() }),
         })?;
         out.push(ev);
     }
@@ -97,7 +97,7 @@ pub fn settled(ledger: &Ledger, e: &ForkEvidence) -> Result<Option<Settled>, Led
     postcard::from_bytes(&v).map(Some).map_err(|err| LedgerError::Corrupt {
         path: path.to_path_buf(),
         seq: e.seq(),
-        corruption: Corruption::Metadata { key: "forks_resolved".into(), reason: err.to_string() },
+        corruption: Box::new(Corruption::Metadata { key: "forks_resolved".into(), reason: err.to_string() }),
     })
 }
 

@@ -73,7 +73,7 @@ impl RttEstimator {
     /// Takes a new sample `r`: RTTVAR = ¾·RTTVAR + ¼·|SRTT − R|, then SRTT = ⅞·SRTT + ⅛·R
     /// (RFC 6298, §2.3). A sample ends any backoff.
     pub fn sample(&mut self, r: Duration) {
-        let delta = if self.srtt > r { self.srtt - r } else { r - self.srtt };
+        let delta = self.srtt.abs_diff(r);
         self.rttvar = (self.rttvar * 3 + delta) / 4;
         self.srtt = (self.srtt * 7 + r) / 8;
         self.backoff = 0;

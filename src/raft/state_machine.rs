@@ -54,12 +54,15 @@ struct SnapshotHeader {
     has_seed: bool,
 }
 
+/// The last snapshot built or installed: its meta and its bytes.
+type CurrentSnapshot = Option<(SnapshotMeta<u64, PeerNode>, Vec<u8>)>;
+
 /// The ledger as an openraft state machine. Cheap to clone.
 #[derive(Clone)]
 pub struct LedgerStateMachine {
     ledger: SharedLedger,
     key: Arc<NodeKey>,
-    current: Arc<RwLock<Option<(SnapshotMeta<u64, PeerNode>, Vec<u8>)>>>,
+    current: Arc<RwLock<CurrentSnapshot>>,
     head_tx: Arc<tokio::sync::watch::Sender<Option<u64>>>,
     /// Signatures the log store verified as entries arrived.
     pre_verified: PreVerified,
@@ -169,9 +172,12 @@ impl LedgerStateMachine {
     }
 }
 
+/// A decoded snapshot: its header, its events, and the head they chain to.
+type DecodedSnapshot = (SnapshotHeader, Vec<ChainedEvent>, Option<(u64, ChainHash)>);
+
 /// Parses and checks a snapshot: the header, then the seed (digest, signature by a voter at
 /// its head, events chaining from genesis and replaying to its state).
-fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotHeader, Vec<ChainedEvent>, Option<(u64, ChainHash)>), String> {
+fn decode_snapshot(bytes: &[u8]) -> Result<DecodedSnapshot, String> {
     let rest = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()).ok_or("not a spore snapshot (bad magic)")?;
     let (&version, rest) = rest.split_first().ok_or("truncated snapshot")?;
     if version != SNAPSHOT_VERSION {
@@ -230,8 +236,11 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
     }
 }
 
+/// Ledger meta entries, as (key, value) pairs.
+type MetaEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The ledger meta that marks `last` applied with `membership`.
-fn applied_meta(last: Option<LogId>, membership: &StoredMembership) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+fn applied_meta(last: Option<LogId>, membership: &StoredMembership) -> Result<MetaEntries, StorageError> {
     Ok(vec![
         (META_APPLIED.to_vec(), postcard::to_stdvec(&last).map_err(sm_write)?),
         (META_MEMBERSHIP.to_vec(), postcard::to_stdvec(&membership).map_err(sm_write)?),

@@ -162,9 +162,9 @@ pub enum LedgerError {
         path: PathBuf,
         /// Which file and what is wrong with it, in words.
         cause: String,
-        /// fjall's error.
+        /// fjall's error (boxed, like `Corrupt`'s payload, to keep `LedgerError` small).
         #[source]
-        source: fjall::Error,
+        source: Box<fjall::Error>,
     },
     /// A filesystem error outside fjall.
     #[error("I/O error on {path}: {source}")]
@@ -185,8 +185,9 @@ pub enum LedgerError {
         path: PathBuf,
         /// The first bad sequence number.
         seq: u64,
-        /// What is wrong.
-        corruption: Corruption,
+        /// What is wrong (boxed: it is the largest payload, and every result carrying a
+        /// `LedgerError` pays for its size).
+        corruption: Box<Corruption>,
     },
     /// The ledger belongs to another network than the caller expected.
     #[error("ledger {path} belongs to network {found}, expected {expected}")]

@@ -155,7 +155,7 @@ impl LedgerReader {
             let to = (prev.seq + page).min(base.seq);
             let events = match read_verified_range(&self.ledger, &self.path, prev.seq + 1, to) {
                 Ok(e) => e,
-                Err(LedgerError::Corrupt { seq, corruption, .. }) => return Err((seq, corruption)),
+                Err(LedgerError::Corrupt { seq, corruption, .. }) => return Err((seq, *corruption)),
                 Err(e) => return Err((prev.seq + 1, Corruption::Undecodable { reason: e.to_string() })),
             };
             let Some(first) = events.first() else {
@@ -240,7 +240,7 @@ impl LedgerReader {
                             Err(LedgerError::Corrupt { seq, corruption, .. }) => {
                                 let n = below + projection.next_seq() - from;
                                 (events, sigs) = (n, n);
-                                first_error = Some((seq, corruption));
+                                first_error = Some((seq, *corruption));
                                 break;
                             }
                             Err(e) => return Err(e),
@@ -268,7 +268,7 @@ impl LedgerReader {
             if let Err(LedgerError::Corrupt { seq, corruption, .. }) =
                 check_held_records(&self.path, recorded_head, last, self.backfill.as_ref())
             {
-                first_error = Some((seq, corruption));
+                first_error = Some((seq, *corruption));
             } else if let Some((hs, hh)) = recorded_head {
                 if projection.head().map(|h| (h.seq, h.hash)) != Some((hs, hh)) {
                     first_error = Some((

@@ -56,6 +56,6 @@ fn corrupt(path: &std::path::Path, reason: &str) -> LedgerError {
     LedgerError::Corrupt {
         path: path.to_path_buf(),
         seq: 0,
-        corruption: Corruption::Metadata { key: "modes".into(), reason: reason.into() },
+        corruption: Box::new(Corruption::Metadata { key: "modes".into(), reason: reason.into() }),
     }
 }

@@ -49,7 +49,7 @@ pub fn list(ledger: &Ledger, max: usize) -> Result<Vec<ProvisionalEvent>, Ledger
         let p: ProvisionalEvent = postcard::from_bytes(&v).map_err(|e| LedgerError::Corrupt {
             path: ledger.path().to_path_buf(),
             seq: 0,
-            corruption: Corruption::Metadata { key: "provisional".into(), reason: e.to_string() },
+            corruption: Box::new(Corruption::Metadata { key: "provisional".into(), reason: e.to_string() }),
         })?;
         out.push(p);
     }
@@ -58,7 +58,7 @@ pub fn list(ledger: &Ledger, max: usize) -> Result<Vec<ProvisionalEvent>, Ledger
 
 /// How many are held.
 pub fn count(ledger: &Ledger) -> Result<usize, LedgerError> {
-    Ok(keyspace(ledger)?.len().map_err(storage("count provisional", ledger.path()))?)
+    keyspace(ledger)?.len().map_err(storage("count provisional", ledger.path()))
 }
 
 /// Forgets one (committed, or refused for good).

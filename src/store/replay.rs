@@ -120,9 +120,8 @@ const _: () = assert!(PART * PARTS_IN_FLIGHT <= 4 * limits::REPLAY_CHUNK_EVENTS)
 fn scan_chunks(ks: &Keyspace, path: &Path, from: u64, tx: mpsc::SyncSender<Result<Vec<Raw>, ReadError>>) {
     let span = tracing::debug_span!("ledger_scan", path = %path.display(), from);
     let _g = span.enter();
-    let mut expected = from;
     let mut chunk = Vec::with_capacity(PART);
-    for guard in ks.range(seq_key(from)..) {
+    for (expected, guard) in (from..).zip(ks.range(seq_key(from)..)) {
         let fail = |seq, c: Result<Corruption, LedgerError>, chunk: Vec<Raw>| {
             let _ = tx.send(Ok(chunk));
             let _ = tx.send(Err((seq, c)));
@@ -137,7 +136,6 @@ fn scan_chunks(ks: &Keyspace, path: &Path, from: u64, tx: mpsc::SyncSender<Resul
         if seq != expected {
             return fail(expected, Ok(Corruption::Gap { expected, found: seq }), chunk);
         }
-        expected += 1;
         chunk.push(Raw { seq, value });
         if chunk.len() >= PART {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(PART));
@@ -232,7 +230,8 @@ pub(crate) fn replay_range(
         }
     }
     let mut prev = projection.head_hash();
-    let corrupt = |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption };
+    let corrupt =
+        |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption: Box::new(corruption) };
     let audit = options.audit;
     let on_pool = rayon::current_thread_index().is_some();
     // For the error a failed pool worker reports (shared, not copied per part).
@@ -364,15 +363,15 @@ pub(crate) fn read_verified_range(
     from: u64,
     to: u64,
 ) -> Result<Vec<ChainedEvent>, LedgerError> {
-    let corrupt = |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption };
+    let corrupt =
+        |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption: Box::new(corruption) };
     let mut out = Vec::new();
     if to < from {
         return Ok(out);
     }
     let mut prev: Option<ChainHash> = None;
-    let mut expected = from;
     let mut buf = AlignedVec::new();
-    for guard in ks.range(seq_key(from)..=seq_key(to)) {
+    for (expected, guard) in (from..).zip(ks.range(seq_key(from)..=seq_key(to))) {
         let (key, value) = guard.into_inner().map_err(storage("read range", path))?;
         let seq = parse_seq_key(&key).ok_or_else(|| corrupt(expected, Corruption::MalformedKey { len: key.len() }))?;
         if seq != expected {
@@ -392,7 +391,6 @@ pub(crate) fn read_verified_range(
             return Err(corrupt(seq, Corruption::HashMismatch { stored: ev.hash, computed }));
         }
         prev = Some(ev.hash);
-        expected += 1;
         out.push(ev);
     }
     Ok(out)

@@ -94,7 +94,7 @@ pub fn scrub_read(ledger: &Ledger, cursor: &mut ScrubCursor, max: u64) -> Result
     let read_from = if from > held_from { from - 1 } else { from };
     let mut events = match ledger.read_range(read_from, to) {
         Ok(e) => e,
-        Err(LedgerError::Corrupt { seq, corruption, .. }) => return damaged(seq, corruption),
+        Err(LedgerError::Corrupt { seq, corruption, .. }) => return damaged(seq, *corruption),
         Err(LedgerError::Damaged { cause, .. }) => return damaged(from, Corruption::Undecodable { reason: cause }),
         Err(e) => return Err(e),
     };

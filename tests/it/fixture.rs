@@ -85,7 +85,7 @@ pub fn verify(dir: &Path) -> VerifyReport {
 /// `Ledger::open` of a damaged ledger must fail with `Corrupt`; returns its seq and reason.
 pub fn open_must_fail(dir: &Path) -> (u64, mycnet_spores::Corruption) {
     match Ledger::open(dir, config(0)) {
-        Err(LedgerError::Corrupt { seq, corruption, .. }) => (seq, corruption),
+        Err(LedgerError::Corrupt { seq, corruption, .. }) => (seq, *corruption),
         Err(e) => panic!("open failed, but not as Corrupt: {e}"),
         Ok(l) => panic!("open loaded a damaged ledger (head {:?})", l.head()),
     }

@@ -146,8 +146,7 @@ fn violations(src: &Path) -> Vec<(String, String, String)> {
             for (module, rest) in crate_paths(&line) {
                 let Some(target) = layer_of_path(&module) else { continue };
                 if rank(target) > rank(own) {
-                    let path =
-                        format!("crate::{module}::{}", rest.split(|c: char| c == ';' || c == ' ').next().unwrap_or(""));
+                    let path = format!("crate::{module}::{}", rest.split([';', ' ']).next().unwrap_or(""));
                     found.push((
                         rel.clone(),
                         target.to_string(),

@@ -84,7 +84,7 @@ fn a_flipped_bit_in_a_stored_record_is_reported_at_its_seq() {
 
         let report = verify(dir.path());
         let opened = match Ledger::open(dir.path(), config(0)) {
-            Err(LedgerError::Corrupt { seq, corruption, .. }) => Ok((seq, corruption)),
+            Err(LedgerError::Corrupt { seq, corruption, .. }) => Ok((seq, *corruption)),
             Err(e) => Err(format!("open failed, but not as Corrupt: {e}")),
             Ok(l) => Err(format!("open loaded the damaged ledger (head {:?})", l.head())),
         };
@@ -228,7 +228,7 @@ fn forged_signature_is_found_by_the_audit_even_when_rechained() {
     assert_eq!(assert_verify_reports(dir.path(), seq), expected);
     let ledger = Ledger::open(dir.path(), config(0)).expect("trusted open checks links and rules, not signatures");
     match ledger.replay(&ReplayOptions { audit: true, stop: StopAt::End }) {
-        Err(LedgerError::Corrupt { seq: at, corruption, .. }) => assert_eq!((at, corruption), (seq, expected)),
+        Err(LedgerError::Corrupt { seq: at, corruption, .. }) => assert_eq!((at, *corruption), (seq, expected)),
         other => panic!("audit replay accepted a forged signature: {:?}", other.map(|(p, _)| p.head())),
     }
 }

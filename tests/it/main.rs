@@ -1,3 +1,6 @@
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
 mod cluster;
 mod crafted;
 mod decoders;

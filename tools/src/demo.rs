@@ -14,10 +14,10 @@ use mycnet_spores::net::NetworkBackend;
 use mycnet_spores::{Endpoint, LedgerReader, NetworkIdentity, NodeKey, NodeRole, SporeSystem, Timeouts, TrustScore};
 
 /// Builds the network attachment of one node (QUIC on loopback in the product).
-pub type BackendFactory = dyn Fn(&NodeKey) -> Arc<dyn NetworkBackend>;
+pub(crate) type BackendFactory = dyn Fn(&NodeKey) -> Arc<dyn NetworkBackend>;
 
 /// Options of the demo.
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     /// Keep the data directories (printed at the end) for the inspector.
     pub keep: bool,
     /// Where to put them (a temporary directory if `None`).
@@ -141,7 +141,7 @@ fn step(out: &mut dyn Write, text: &str) -> DemoResult<()> {
 }
 
 /// Runs the demo, writing a readable account to `out`.
-pub async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn Write) -> DemoResult<()> {
+pub(crate) async fn run(options: DemoOptions, backend: &BackendFactory, out: &mut dyn Write) -> DemoResult<()> {
     let started = Instant::now();
     // Without --keep or --dir the data lives in a temporary directory removed on exit.
     let mut tmp = None;

@@ -42,7 +42,7 @@ fn open(path: &Path) -> Result<Branch, CliError> {
 }
 
 /// A path argument that must exist (a directory or a seed file).
-pub fn existing_path(s: &str) -> Result<PathBuf, String> {
+pub(crate) fn existing_path(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
     if p.exists() {
         Ok(p)
@@ -263,7 +263,7 @@ fn entities_json(d: &EntityDiff) -> Value {
 
 /// `spore diff A B`: the fork point, each branch's events after it (at most `limit` each),
 /// and the per-entity differences of the registries at both heads.
-pub fn diff(a_path: &Path, b_path: &Path, limit: usize, o: &mut Out) -> CliResult {
+pub(crate) fn diff(a_path: &Path, b_path: &Path, limit: usize, o: &mut Out) -> CliResult {
     // A ledger can be opened once at a time (fjall locks it): the same source twice is a
     // mistake worth naming, not a storage error.
     let same = |p: &Path| std::fs::canonicalize(if p.is_dir() { resolve_ledger_dir(p) } else { p.to_path_buf() }).ok();
@@ -358,7 +358,7 @@ fn target_text(r: &BlameReport) -> String {
 
 /// `spore blame SOURCE TARGET`: every event that touched a node or service, who signed it
 /// and when.
-pub fn blame(source: &Path, target: &str, options: BlameOptions, o: &mut Out) -> CliResult {
+pub(crate) fn blame(source: &Path, target: &str, options: BlameOptions, o: &mut Out) -> CliResult {
     let branch = open(source)?;
     let total = if branch.has_events() { branch.head().seq + 1 } else { 0 };
     let target = match BlameTarget::parse_exact(target) {
@@ -410,7 +410,7 @@ pub fn blame(source: &Path, target: &str, options: BlameOptions, o: &mut Out) ->
 
 /// `spore state SEED_FILE`: the registries of a seed, at its head from its state, before its
 /// head by replaying its events (if it carries them).
-pub fn state_of_seed(file: &Path, at: At, o: &mut Out) -> CliResult {
+pub(crate) fn state_of_seed(file: &Path, at: At, o: &mut Out) -> CliResult {
     let branch = open(file)?;
     let stop = match at {
         At::Head => StopAt::End,

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::output::{progress_bar, CliError, CliResult, Out};
 
 /// `spore generate`.
-pub fn generate(out_dir: &Path, events: u64, nodes: usize, seed: u64, o: &mut Out) -> CliResult {
+pub(crate) fn generate(out_dir: &Path, events: u64, nodes: usize, seed: u64, o: &mut Out) -> CliResult {
     if events == 0 {
         return Err(CliError::usage("--events must be at least 1"));
     }
@@ -70,7 +70,7 @@ fn open(dir: &Path) -> Result<LedgerReader, CliError> {
 }
 
 /// `spore verify`: exit 1 when any record, link or signature is bad.
-pub fn verify(dir: &Path, o: &mut Out) -> CliResult {
+pub(crate) fn verify(dir: &Path, o: &mut Out) -> CliResult {
     let reader = open(dir)?;
     let total = reader.recorded_head().map_err(CliError::ledger)?.map_or(0, |h| h.0 + 1);
     let bar = progress_bar(o, total, "verifying");
@@ -128,7 +128,7 @@ pub fn verify(dir: &Path, o: &mut Out) -> CliResult {
 }
 
 /// A one-line human summary of an event.
-pub fn summary(body: &EventBody) -> String {
+pub(crate) fn summary(body: &EventBody) -> String {
     match body {
         EventBody::Genesis { network, founder } => {
             format!("network {:?} founded by {}", network.network_name, founder.name)
@@ -166,7 +166,7 @@ pub fn summary(body: &EventBody) -> String {
 }
 
 /// One event as JSON (the `spore dump --json` line shape).
-pub fn event_json(e: &ChainedEvent) -> serde_json::Value {
+pub(crate) fn event_json(e: &ChainedEvent) -> serde_json::Value {
     json!({
         "seq": e.seq, "hash": e.hash, "prev_hash": e.prev_hash,
         "timestamp": e.event.timestamp, "author": e.event.author, "kind": e.event.body.kind(),
@@ -175,7 +175,7 @@ pub fn event_json(e: &ChainedEvent) -> serde_json::Value {
 }
 
 /// `spore dump`: events `from..=to` (JSON Lines with `--json`).
-pub fn dump(dir: &Path, from: u64, to: Option<u64>, o: &mut Out) -> CliResult {
+pub(crate) fn dump(dir: &Path, from: u64, to: Option<u64>, o: &mut Out) -> CliResult {
     let reader = open(dir)?;
     let Some((head, _)) = reader.recorded_head().map_err(CliError::ledger)? else {
         return Ok(());
@@ -237,7 +237,7 @@ pub fn dump(dir: &Path, from: u64, to: Option<u64>, o: &mut Out) -> CliResult {
 }
 
 /// `spore stats`.
-pub fn stats(dir: &Path, o: &mut Out) -> CliResult {
+pub(crate) fn stats(dir: &Path, o: &mut Out) -> CliResult {
     let reader = open(dir)?;
     let total = reader.recorded_head().map_err(CliError::ledger)?.map_or(0, |h| h.0 + 1);
     let bar = progress_bar(o, total, "reading");
@@ -286,7 +286,7 @@ fn corrupt_is_bad_data(e: LedgerError) -> CliError {
 }
 
 /// Where `spore state` stops.
-pub enum At {
+pub(crate) enum At {
     /// The head.
     Head,
     /// After this sequence number.
@@ -296,7 +296,7 @@ pub enum At {
 }
 
 /// `spore state`: the registries as of a point.
-pub fn state(dir: &Path, at: At, o: &mut Out) -> CliResult {
+pub(crate) fn state(dir: &Path, at: At, o: &mut Out) -> CliResult {
     let reader = open(dir)?;
     let stop = match at {
         At::Head => StopAt::End,
@@ -319,7 +319,7 @@ pub fn state(dir: &Path, at: At, o: &mut Out) -> CliResult {
 }
 
 /// Prints the node and service registries of `p`.
-pub fn print_registries(p: &Projection, o: &mut Out) -> CliResult {
+pub(crate) fn print_registries(p: &Projection, o: &mut Out) -> CliResult {
     if o.json {
         let nodes: Vec<_> = p.nodes().collect();
         let services: Vec<_> = p.services().collect();
@@ -366,7 +366,7 @@ pub fn print_registries(p: &Projection, o: &mut Out) -> CliResult {
 }
 
 /// `spore replay`: replays the whole ledger and reports the rate.
-pub fn replay(dir: &Path, audit: bool, o: &mut Out) -> CliResult {
+pub(crate) fn replay(dir: &Path, audit: bool, o: &mut Out) -> CliResult {
     let reader = open(dir)?;
     let total = reader.recorded_head().map_err(CliError::ledger)?.map_or(0, |h| h.0 + 1);
     let bar = progress_bar(o, total, if audit { "auditing" } else { "replaying" });
@@ -396,7 +396,7 @@ pub fn replay(dir: &Path, audit: bool, o: &mut Out) -> CliResult {
 }
 
 /// Parses `--at-time`: RFC 3339, or microseconds since the epoch.
-pub fn parse_time(s: &str) -> Result<Timestamp, String> {
+pub(crate) fn parse_time(s: &str) -> Result<Timestamp, String> {
     if let Ok(micros) = s.parse::<i64>() {
         return Ok(Timestamp(micros));
     }
@@ -406,7 +406,7 @@ pub fn parse_time(s: &str) -> Result<Timestamp, String> {
 }
 
 /// A directory argument that must exist.
-pub fn existing_dir(s: &str) -> Result<PathBuf, String> {
+pub(crate) fn existing_dir(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
     if p.is_dir() {
         Ok(p)

@@ -12,7 +12,7 @@ use mycnet_spores::LedgerError;
 
 /// Why a command failed, and so its exit code.
 #[derive(Debug)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// The data is bad; the command already printed what and where (exit 1).
     Reported,
     /// The data is bad (exit 1).
@@ -27,17 +27,17 @@ pub enum CliError {
 
 impl CliError {
     /// A usage error.
-    pub fn usage(msg: impl Into<String>) -> Self {
+    pub(crate) fn usage(msg: impl Into<String>) -> Self {
         CliError::Usage(msg.into())
     }
 
     /// An I/O error on `path`.
-    pub fn io(path: &Path, e: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, e: std::io::Error) -> Self {
         CliError::Io(format!("{}: {e}", path.display()))
     }
 
     /// Classifies a ledger error: damage is bad data, the rest is I/O.
-    pub fn ledger(e: LedgerError) -> Self {
+    pub(crate) fn ledger(e: LedgerError) -> Self {
         match e {
             LedgerError::Corrupt { .. } | LedgerError::WrongNetwork { .. } | LedgerError::Damaged { .. } => {
                 CliError::BadData(e.to_string())
@@ -47,7 +47,7 @@ impl CliError {
     }
 
     /// The process exit code.
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             CliError::BrokenPipe => 0,
             CliError::Reported | CliError::BadData(_) => 1,
@@ -67,10 +67,10 @@ impl From<std::io::Error> for CliError {
 }
 
 /// The result of a command.
-pub type CliResult = Result<(), CliError>;
+pub(crate) type CliResult = Result<(), CliError>;
 
 /// Buffered stdout, human or JSON.
-pub struct Out {
+pub(crate) struct Out {
     /// Print JSON instead of text.
     pub json: bool,
     w: std::io::BufWriter<std::io::Stdout>,
@@ -78,18 +78,18 @@ pub struct Out {
 
 impl Out {
     /// Stdout, in text or JSON.
-    pub fn new(json: bool) -> Self {
+    pub(crate) fn new(json: bool) -> Self {
         Out { json, w: std::io::BufWriter::new(std::io::stdout()) }
     }
 
     /// One line of text.
-    pub fn line(&mut self, s: impl AsRef<str>) -> CliResult {
+    pub(crate) fn line(&mut self, s: impl AsRef<str>) -> CliResult {
         writeln!(self.w, "{}", s.as_ref())?;
         Ok(())
     }
 
     /// One JSON document on one line.
-    pub fn json_line<T: serde::Serialize + ?Sized>(&mut self, v: &T) -> CliResult {
+    pub(crate) fn json_line<T: serde::Serialize + ?Sized>(&mut self, v: &T) -> CliResult {
         serde_json::to_writer(&mut self.w, v).map_err(|e| match e.io_error_kind() {
             Some(std::io::ErrorKind::BrokenPipe) => CliError::BrokenPipe,
             _ => CliError::Io(e.to_string()),
@@ -99,20 +99,20 @@ impl Out {
     }
 
     /// Flushes what was written.
-    pub fn flush(&mut self) -> CliResult {
+    pub(crate) fn flush(&mut self) -> CliResult {
         self.w.flush()?;
         Ok(())
     }
 
     /// The writer, for code that prints through `Write`.
-    pub fn writer(&mut self) -> &mut dyn Write {
+    pub(crate) fn writer(&mut self) -> &mut dyn Write {
         &mut self.w
     }
 }
 
 /// A progress bar on stderr when it is a terminal and the output is for humans; hidden
 /// otherwise.
-pub fn progress_bar(o: &Out, total: u64, what: &str) -> ProgressBar {
+pub(crate) fn progress_bar(o: &Out, total: u64, what: &str) -> ProgressBar {
     if o.json || !std::io::stderr().is_terminal() || total < 10_000 {
         return ProgressBar::hidden();
     }

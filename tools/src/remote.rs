@@ -27,7 +27,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const ADMISSION_REFRESH: Duration = Duration::from_millis(250);
 
 /// `spore keygen`: creates (or shows) the node key of a data dir.
-pub fn keygen(data_dir: &Path, o: &mut Out) -> CliResult {
+pub(crate) fn keygen(data_dir: &Path, o: &mut Out) -> CliResult {
     std::fs::create_dir_all(data_dir).map_err(|e| CliError::io(data_dir, e))?;
     let path = data_dir.join(keyfile::KEY_FILE_NAME);
     let existed = path.exists();
@@ -42,7 +42,7 @@ pub fn keygen(data_dir: &Path, o: &mut Out) -> CliResult {
 
 /// `spore node`: runs until SIGINT or SIGTERM, then shuts down cleanly. A start that fails
 /// removes the data dir if this run created it (an existing one is kept as it was).
-pub async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
+pub(crate) async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
     config.validate().map_err(|e| CliError::usage(e.to_string()))?;
     let bootstrap = config.bootstrap_keys().map_err(|e| CliError::usage(e.to_string()))?;
     let created = CreatedDir::create(&config.data_dir).map_err(|e| CliError::Io(e.to_string()))?;
@@ -114,7 +114,7 @@ pub async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
 
 /// Builds a node config from `spore node` flags.
 #[allow(clippy::too_many_arguments)]
-pub fn config_from_flags(
+pub(crate) fn config_from_flags(
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     advertise: Option<String>,
@@ -195,7 +195,7 @@ fn flag_error(flag: &str, value: &str, e: impl std::fmt::Display) -> CliError {
 }
 
 /// Reads a TOML node config.
-pub fn config_from_file(path: &Path) -> Result<NodeConfig, CliError> {
+pub(crate) fn config_from_file(path: &Path) -> Result<NodeConfig, CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| CliError::io(path, e))?;
     NodeConfig::from_toml(&text).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))
 }
@@ -211,7 +211,7 @@ async fn call(
 }
 
 /// `spore status --addr`.
-pub async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Out) -> CliResult {
+pub(crate) async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: &mut Out) -> CliResult {
     let (node, resp) = call(addr, key, RpcRequest::Status, timeout).await?;
     let st: SporeStatus = match resp {
         RpcResponse::Status(Ok(st)) => st,
@@ -306,7 +306,7 @@ fn kind_of(r: &RpcResponse) -> &'static str {
 }
 
 /// What `spore query` asks for.
-pub enum QueryKind {
+pub(crate) enum QueryKind {
     /// Every node.
     Nodes,
     /// Every service, or by name or capability.
@@ -316,7 +316,7 @@ pub enum QueryKind {
 }
 
 /// `spore query --addr`.
-pub async fn query(
+pub(crate) async fn query(
     addr: &str,
     key: Option<&str>,
     what: QueryKind,
@@ -419,7 +419,7 @@ pub async fn query(
 /// `landed_before` recognises as "already applied" (e.g. `ServiceExists` for our fresh service
 /// id), the write is reported as committed by the earlier attempt (`Ok(None)`). A timeout
 /// after such an attempt says the outcome is unknown instead of "not committed".
-pub async fn submit(
+pub(crate) async fn submit(
     key_file: &Path,
     addr: &str,
     body: impl FnOnce(NodeId) -> EventBody,
@@ -489,7 +489,7 @@ pub async fn submit(
 }
 
 /// What became of a write [`submit`] handed to a node.
-pub enum Written {
+pub(crate) enum Written {
     /// Committed at this point of the chain.
     Committed(ChainPoint),
     /// Committed by an earlier attempt whose answer was lost.
@@ -500,19 +500,19 @@ pub enum Written {
 }
 
 /// Parses `proto://host:port` into an endpoint.
-pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+pub(crate) fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     let (protocol, address) = s.split_once("://").ok_or_else(|| format!("{s}: expected PROTOCOL://ADDRESS"))?;
     Ok(Endpoint { protocol: protocol.to_string(), address: address.to_string() })
 }
 
 /// Parses `key=value`.
-pub fn parse_meta(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_meta(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s}: expected KEY=VALUE"))
 }
 
 /// `spore service register`.
 #[allow(clippy::too_many_arguments)]
-pub async fn register_service(
+pub(crate) async fn register_service(
     key_file: &Path,
     addr: &str,
     name: String,
@@ -559,7 +559,7 @@ fn report_write(o: &mut Out, done: &str, service_id: uuid::Uuid, written: Writte
 }
 
 /// `spore service deregister`.
-pub async fn deregister_service(
+pub(crate) async fn deregister_service(
     key_file: &Path,
     addr: &str,
     service_id: uuid::Uuid,

@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::output::{CliError, CliResult, Out};
 
 /// Where the chain comes from.
-pub enum Source {
+pub(crate) enum Source {
     /// A seed file (with events, or state-only: the history then comes by gossip).
     Seed(PathBuf),
     /// A running member's QUIC address (its read-only admin protocol).
@@ -39,7 +39,7 @@ fn diagnose(dir: &Path) -> Result<(Option<String>, Option<NetworkFingerprint>), 
 }
 
 /// See the module doc. `force` rebuilds a ledger that verifies too.
-pub fn repair(data_dir: &Path, source: Source, force: bool, timeout: Duration, o: &mut Out) -> CliResult {
+pub(crate) fn repair(data_dir: &Path, source: Source, force: bool, timeout: Duration, o: &mut Out) -> CliResult {
     let ledger_dir = data_dir.join("ledger");
     if !ledger_dir.is_dir() {
         return Err(CliError::usage(format!("{} holds no ledger to repair", data_dir.display())));

@@ -22,7 +22,7 @@ fn seed_err(e: SeedError) -> CliError {
 /// `spore seed import --data-dir DIR FILE`: verifies the seed, then imports its events into
 /// a new (or import-only) ledger — the start of `spore node --from-seed`, or an offline copy
 /// for the inspector. Refuses a Raft member's data dir.
-pub fn import(data_dir: &Path, file: &Path, policy: VerifyPolicy, o: &mut Out) -> CliResult {
+pub(crate) fn import(data_dir: &Path, file: &Path, policy: VerifyPolicy, o: &mut Out) -> CliResult {
     let (imported, head, fingerprint, history_from) = import_into(data_dir, file, policy)?;
     if o.json {
         o.json_line(&json!({ "data_dir": data_dir, "imported_events": imported, "head": { "seq": head.seq, "hash": head.hash }, "fingerprint": fingerprint, "history_from": history_from }))
@@ -40,7 +40,7 @@ pub fn import(data_dir: &Path, file: &Path, policy: VerifyPolicy, o: &mut Out) -
 
 /// [`import`] without output: returns the events imported, the head, the network and where
 /// the history held starts.
-pub fn import_into(
+pub(crate) fn import_into(
     data_dir: &Path,
     file: &Path,
     policy: VerifyPolicy,
@@ -76,7 +76,7 @@ pub fn import_into(
 
 /// `spore seed export --data-dir DIR --out FILE`: from a stopped node's data dir, signed with
 /// its key.
-pub fn export(data_dir: &Path, out: &Path, include_events: bool, o: &mut Out) -> CliResult {
+pub(crate) fn export(data_dir: &Path, out: &Path, include_events: bool, o: &mut Out) -> CliResult {
     let key = keyfile::load(&data_dir.join(keyfile::KEY_FILE_NAME)).map_err(|e| CliError::Io(e.to_string()))?;
     let config = LedgerConfig { create: false, ..LedgerConfig::default() };
     let ledger = Ledger::open(resolve_ledger_dir(data_dir), config).map_err(CliError::ledger)?;
@@ -104,7 +104,13 @@ pub fn export(data_dir: &Path, out: &Path, include_events: bool, o: &mut Out) ->
 
 /// `spore seed export --addr A --key-file F --out PATH`: a running node writes the seed on its
 /// own host, at its committed head, while writes continue.
-pub async fn export_running(addr: &str, key_file: &Path, out: &Path, include_events: bool, o: &mut Out) -> CliResult {
+pub(crate) async fn export_running(
+    addr: &str,
+    key_file: &Path,
+    out: &Path,
+    include_events: bool,
+    o: &mut Out,
+) -> CliResult {
     use mycnet_spores::net::quic;
     use mycnet_spores::raft::{RpcRequest, RpcResponse};
     let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
@@ -132,7 +138,7 @@ pub async fn export_running(addr: &str, key_file: &Path, out: &Path, include_eve
 }
 
 /// `spore seed verify FILE`: exit 0 when it verifies, 1 with the exact reason when not.
-pub fn verify(file: &Path, network: Option<NetworkFingerprint>, quorum: bool, o: &mut Out) -> CliResult {
+pub(crate) fn verify(file: &Path, network: Option<NetworkFingerprint>, quorum: bool, o: &mut Out) -> CliResult {
     let policy = VerifyPolicy { require_quorum: quorum, expected_network: network };
     match seed::read_file(file, policy) {
         Ok(s) => {
@@ -162,7 +168,7 @@ pub fn verify(file: &Path, network: Option<NetworkFingerprint>, quorum: bool, o:
 }
 
 /// `spore seed sign FILE --key-file K`: co-signs a seed with a voter's key.
-pub fn sign(file: &Path, key_file: &Path, out: Option<&Path>, o: &mut Out) -> CliResult {
+pub(crate) fn sign(file: &Path, key_file: &Path, out: Option<&Path>, o: &mut Out) -> CliResult {
     let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
     let bytes = std::fs::read(file).map_err(|e| CliError::io(file, e))?;
     let signed = seed::add_signature(&bytes, &key).map_err(seed_err)?;
@@ -184,7 +190,7 @@ pub fn sign(file: &Path, key_file: &Path, out: Option<&Path>, o: &mut Out) -> Cl
 }
 
 /// `spore seed inspect FILE`: header, head, counts and signers (after verifying it).
-pub fn inspect(file: &Path, o: &mut Out) -> CliResult {
+pub(crate) fn inspect(file: &Path, o: &mut Out) -> CliResult {
     let s: Seed = seed::read_file(file, VerifyPolicy::default()).map_err(seed_err)?;
     let size = std::fs::metadata(file).map_err(|e| CliError::io(file, e))?.len();
     let p = s.projection();

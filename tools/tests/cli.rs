@@ -1,6 +1,9 @@
 //! The `spore` binary as users run it: exit codes, JSON output, damage reports, and separate
 //! `spore node` processes on loopback surviving a `kill -9` of their leader.
 
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -602,9 +605,9 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
     let root = tempfile::tempdir().expect("tempdir");
     let mut procs = keyed_procs(root.path(), 3);
     let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
-    for i in 0..3 {
-        let args = node_args(&procs[i], i, &all);
-        start(&mut procs[i], &args);
+    for (i, p) in procs.iter_mut().enumerate() {
+        let args = node_args(p, i, &all);
+        start(p, &args);
     }
     // All three are voters of one network.
     wait_for_three_voters(&procs);
@@ -748,12 +751,12 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
     let root = tempfile::tempdir().expect("tempdir");
     let mut procs = keyed_procs(root.path(), 5);
     let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
-    for i in 0..5 {
+    for (i, p) in procs.iter_mut().enumerate() {
         let mut a = vec![
             "--data-dir".into(),
-            path(&procs[i].dir).to_string(),
+            path(&p.dir).to_string(),
             "--listen".into(),
-            procs[i].addr.clone(),
+            p.addr.clone(),
             "--name".into(),
             format!("n{i}"),
         ];
@@ -773,7 +776,7 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
                 a.extend([flag.into(), format!("{key}@{addr}")]);
             }
         }
-        start(&mut procs[i], &a);
+        start(p, &a);
     }
     wait_for_three_voters(&procs[..3]);
     let mut acked = Vec::new();
@@ -1227,7 +1230,7 @@ fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
     });
     assert!(!exit.success(), "a halted node exits non-zero: {exit:?}");
     let log = std::fs::read_to_string(procs[0].dir.with_extension("log")).expect("log");
-    let last = log.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default().to_string();
+    let last = log.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default().to_string();
     assert!(
         last.contains("halted") && last.contains("No space left"),
         "the last line says why: {last}\nlog tail:\n{}",

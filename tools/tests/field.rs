@@ -13,6 +13,9 @@
 //! The default runs are one round of faults on each link; `SPORES_FIELD_ROUNDS=N cargo test
 //! -p mycnet-spores-tools --test field -- --ignored` runs the long version (N rounds on each).
 
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
 #[path = "../../tests/it/udp_proxy.rs"]
 #[allow(dead_code)]
 mod udp_proxy;

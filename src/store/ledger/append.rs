@@ -345,11 +345,11 @@ impl Ledger {
             return Err(LedgerError::Corrupt {
                 path: self.path.clone(),
                 seq: head.map_or(0, |h| h.0),
-                corruption: Corruption::HeadMismatch {
+                corruption: Box::new(Corruption::HeadMismatch {
                     head_seq: head.map_or(0, |h| h.0),
                     head_hash: head.map_or(ChainHash::ZERO, |h| h.1),
                     detail: "a rebuild by replay ended elsewhere".into(),
-                },
+                }),
             });
         }
         *lock(&self.health.divergence) = rebuilt.divergence();

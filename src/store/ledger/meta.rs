@@ -46,7 +46,7 @@ pub(crate) fn read_backfill(meta: &Keyspace, path: &Path) -> Result<Option<Backf
     let corrupt = |detail: String| LedgerError::Corrupt {
         path: path.to_path_buf(),
         seq,
-        corruption: Corruption::Undecodable { reason: detail },
+        corruption: Box::new(Corruption::Undecodable { reason: detail }),
     };
     let bytes = meta
         .get(META_BACKFILL_BASE)
@@ -92,10 +92,10 @@ pub(super) fn read_point(
         return Err(LedgerError::Corrupt {
             path: path.to_path_buf(),
             seq: 0,
-            corruption: Corruption::Metadata {
+            corruption: Box::new(Corruption::Metadata {
                 key: name.into(),
                 reason: format!("{} bytes, expected 40", bytes.len()),
-            },
+            }),
         });
     }
     let mut seq = [0u8; 8];
@@ -197,10 +197,10 @@ impl Ledger {
             return Err(LedgerError::Corrupt {
                 path: self.path.clone(),
                 seq: 0,
-                corruption: Corruption::Metadata {
+                corruption: Box::new(Corruption::Metadata {
                     key: "refused_peers".into(),
                     reason: format!("{} bytes, not a list of 32-byte ids", bytes.len()),
-                },
+                }),
             });
         }
         Ok(bytes

@@ -63,7 +63,7 @@ pub(crate) fn last_seq(ledger: &Keyspace, path: &Path) -> Result<Option<u64>, Le
     record::parse_seq_key(&key).map(Some).ok_or_else(|| LedgerError::Corrupt {
         path: path.to_path_buf(),
         seq: 0,
-        corruption: Corruption::MalformedKey { len: key.len() },
+        corruption: Box::new(Corruption::MalformedKey { len: key.len() }),
     })
 }
 
@@ -87,7 +87,8 @@ pub(crate) fn check_head_against_records(
     head: Option<(u64, ChainHash)>,
     last: Option<u64>,
 ) -> Result<(), LedgerError> {
-    let corrupt = |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption };
+    let corrupt =
+        |seq, corruption| LedgerError::Corrupt { path: path.to_path_buf(), seq, corruption: Box::new(corruption) };
     match (head, last) {
         (None, None) => Ok(()),
         (Some((h, _)), l) if l.is_none_or(|l| l < h) => {
@@ -204,11 +205,11 @@ impl Ledger {
                 return Err(LedgerError::Corrupt {
                     path: path.clone(),
                     seq: hs,
-                    corruption: Corruption::HeadMismatch {
+                    corruption: Box::new(Corruption::HeadMismatch {
                         head_seq: hs,
                         head_hash: hh,
                         detail: format!("replay ended at {:?}", at.map(|h| (h.seq, h.hash.short()))),
-                    },
+                    }),
                 });
             }
         }

@@ -36,7 +36,8 @@ impl Ledger {
         let Some(bytes) = self.ledger.get(seq_key(seq)).map_err(storage("read record", &self.path))? else {
             return Ok(None);
         };
-        let corrupt = |corruption| LedgerError::Corrupt { path: self.path.clone(), seq, corruption };
+        let corrupt =
+            |corruption| LedgerError::Corrupt { path: self.path.clone(), seq, corruption: Box::new(corruption) };
         let ev = record::decode_record(&bytes).map_err(|e| corrupt(e.into()))?;
         if ev.seq != seq {
             return Err(corrupt(Corruption::Misplaced { key: seq, claimed: ev.seq }));
@@ -87,7 +88,11 @@ impl Ledger {
         let mut expected = from;
         for guard in self.ledger.range(seq_key(from)..=seq_key(to)) {
             let (k, v) = guard.into_inner().map_err(storage("read record", &self.path))?;
-            let corrupt = |corruption| LedgerError::Corrupt { path: self.path.clone(), seq: expected, corruption };
+            let corrupt = |corruption| LedgerError::Corrupt {
+                path: self.path.clone(),
+                seq: expected,
+                corruption: Box::new(corruption),
+            };
             match record::parse_seq_key(&k) {
                 Some(seq) if seq == expected => {}
                 Some(seq) => return Err(corrupt(Corruption::Gap { expected, found: seq })),
@@ -103,7 +108,7 @@ impl Ledger {
             return Err(LedgerError::Corrupt {
                 path: self.path.clone(),
                 seq: expected,
-                corruption: Corruption::Truncated { head_seq: to, last_seq: expected.checked_sub(1) },
+                corruption: Box::new(Corruption::Truncated { head_seq: to, last_seq: expected.checked_sub(1) }),
             });
         }
         Ok(expected - from)

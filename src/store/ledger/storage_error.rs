@@ -7,7 +7,7 @@ use crate::store::error::LedgerError;
 
 pub(crate) fn storage<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(fjall::Error) -> LedgerError + 'a {
     move |source| match damage(&source, path) {
-        Some(cause) => LedgerError::Damaged { op, path: path.to_path_buf(), cause, source },
+        Some(cause) => LedgerError::Damaged { op, path: path.to_path_buf(), cause, source: Box::new(source) },
         None => LedgerError::Storage { op, path: path.to_path_buf(), source },
     }
 }
