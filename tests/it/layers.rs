@@ -19,10 +19,9 @@ use std::path::{Path, PathBuf};
 /// The layers, lowest first.
 const LAYERS: &[&str] = &["core", "wire", "store", "seed", "forensics", "raft", "net", "node", "top"];
 
-/// The layer of a file under `src/`, by its path.
-fn layer_of(rel: &str) -> &'static str {
-    let first = rel.split('/').next().unwrap_or(rel).trim_end_matches(".rs");
-    match first {
+/// The layer of a top-level module of the crate (a directory or file under `src/`).
+fn layer_of_module(module: &str) -> Option<&'static str> {
+    Some(match module {
         "core" => "core",
         "wire" => "wire",
         "store" => "store",
@@ -34,25 +33,24 @@ fn layer_of(rel: &str) -> &'static str {
         // the node layer's, and nothing below may import it.
         "node" | "error" => "node",
         "lib" => "top",
-        other => panic!("src/{rel}: top-level module `{other}` has no layer; add it to tests/it/layers.rs"),
-    }
+        _ => return None,
+    })
+}
+
+/// The layer of a file under `src/`, by its path.
+fn layer_of(rel: &str) -> &'static str {
+    let first = rel.split('/').next().unwrap_or(rel).trim_end_matches(".rs");
+    layer_of_module(first)
+        .unwrap_or_else(|| panic!("src/{rel}: top-level module `{first}` has no layer; add it to tests/it/layers.rs"))
 }
 
 /// The layer a `crate::<module>::…` path reaches into.
 fn layer_of_path(module: &str) -> Option<&'static str> {
-    Some(match module {
-        "core" => "core",
-        "wire" => "wire",
-        "store" => "store",
-        "seed" => "seed",
-        "forensics" => "forensics",
-        "raft" => "raft",
-        "net" => "net",
-        "node" | "error" => "node",
-        // Items re-exported at the crate root: reached through lib.rs, the top.
-        m if m.chars().next().is_some_and(|c| c.is_ascii_uppercase()) => "top",
-        _ => return None,
-    })
+    // Items re-exported at the crate root are reached through lib.rs, the top.
+    if module.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
+        return Some("top");
+    }
+    layer_of_module(module).filter(|l| *l != "top")
 }
 
 fn rank(layer: &str) -> usize {
