@@ -25,20 +25,14 @@ pub struct Exported {
     pub state_seq: u64,
 }
 
-/// Why the search for an attested state stopped.
-enum SearchError {
-    Poisoned,
-    Ledger(crate::store::error::LedgerError),
+/// The error for a poisoned ledger lock while exporting to `path`.
+fn poisoned(path: &Path) -> SeedError {
+    SeedError::Io { path: path.display().to_string(), reason: "ledger lock poisoned".into() }
 }
 
-impl SearchError {
-    fn at(self, path: &Path) -> SeedError {
-        let reason = match self {
-            SearchError::Poisoned => "ledger lock poisoned".to_string(),
-            SearchError::Ledger(e) => format!("reading the ledger: {e}"),
-        };
-        SeedError::Io { path: path.display().to_string(), reason }
-    }
+/// The error for a failed ledger read while exporting to `path`.
+fn ledger_io(path: &Path) -> impl Fn(crate::store::error::LedgerError) -> SeedError + '_ {
+    move |e| SeedError::Io { path: path.display().to_string(), reason: format!("reading the ledger: {e}") }
 }
 
 /// The newest state at or below `head` that the chain attests: the state right before the
@@ -51,9 +45,9 @@ fn newest_attested(
     ledger: &RwLock<Ledger>,
     head: u64,
     history_from: u64,
-) -> Result<Option<ProjectionState>, SearchError> {
-    let stored =
-        ledger.read().map_err(|_| SearchError::Poisoned)?.attested_checkpoint().map_err(SearchError::Ledger)?;
+    path: &Path,
+) -> Result<Option<ProjectionState>, SeedError> {
+    let stored = ledger.read().map_err(|_| poisoned(path))?.attested_checkpoint().map_err(ledger_io(path))?;
     let mut p = match &stored {
         Some(s) => Projection::from_state(s.clone()),
         None if history_from == 0 => Projection::new(),
@@ -67,7 +61,7 @@ fn newest_attested(
         let to = (at + page - 1).min(head);
         ledger
             .read()
-            .map_err(|_| SearchError::Poisoned)?
+            .map_err(|_| poisoned(path))?
             .visit_raw_range(at, to, |_, rec| {
                 let ev = decode_record(rec).map_err(|e| bad(e.to_string()))?;
                 if let EventBody::StateCheckpoint { head_seq, state_digest, .. } = ev.event.body {
@@ -77,7 +71,7 @@ fn newest_attested(
                 }
                 p.apply(&ev).map_err(|r| bad(format!("seq {}: {r}", ev.seq)))
             })
-            .map_err(SearchError::Ledger)?;
+            .map_err(ledger_io(path))?;
         at = to + 1;
     }
     Ok(found)
@@ -103,18 +97,13 @@ pub fn export(
     include_events: bool,
 ) -> Result<Exported, SeedError> {
     let io = |e: std::io::Error| SeedError::Io { path: path.display().to_string(), reason: e.to_string() };
-    let poisoned = || SeedError::Io { path: path.display().to_string(), reason: "ledger lock poisoned".into() };
-    let ledger_io = |e: crate::store::error::LedgerError| SeedError::Io {
-        path: path.display().to_string(),
-        reason: format!("reading the ledger: {e}"),
-    };
+    let (poisoned, ledger_io) = (|| poisoned(path), ledger_io(path));
     let (projection, history_from) = {
         let l = ledger.read().map_err(|_| poisoned())?;
         (l.projection().clone(), l.history_from())
     };
     let head = projection.head().ok_or(SeedError::StateMismatch("empty ledger: nothing to seed".into()))?;
-    let base =
-        if include_events { None } else { newest_attested(ledger, head.seq, history_from).map_err(|e| e.at(path))? };
+    let base = if include_events { None } else { newest_attested(ledger, head.seq, history_from, path)? };
     let full = base.is_none();
     if full && !include_events {
         if history_from > 0 {
@@ -173,7 +162,7 @@ pub fn export(
                         }
                         Ok(())
                     })
-                    .map_err(ledger_io)?;
+                    .map_err(&ledger_io)?;
                 if visited != to - at + 1 {
                     return Err(SeedError::BadEvents {
                         seq: at,
