@@ -19,6 +19,7 @@ pub mod gossip;
 pub mod inproc;
 pub mod liveness;
 pub mod quic;
+pub mod raft_rpc;
 pub mod rtt;
 
 /// A boxed future, so transports and handlers can be trait objects.

@@ -11,7 +11,7 @@ use crate::core::types::NodeId;
 use crate::error::Error;
 use crate::net::gossip::GossipService;
 use crate::net::liveness::LivenessService;
-use crate::raft::network::RaftService;
+use crate::net::raft_rpc::RaftService;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{ChainPoint, Raft, RpcRequest, RpcResponse, SporeResponse};
 use crate::store::ledger::LedgerHealth;

@@ -1,6 +1,7 @@
 //! openraft glue: the type configuration, the fjall log store and the ledger state machine.
 //!
-//! openraft is kept behind this module so an openraft version change touches only it.
+//! openraft is kept behind this module and the layers above it (its network over our
+//! transports is [`crate::net::raft_rpc`]); nothing below knows of it.
 //! Raft node ids are 64-bit: the first 8 bytes (big-endian) of the node's key; the full key
 //! travels in [`PeerNode`] so the transport can authenticate the peer.
 
@@ -23,7 +24,6 @@ use crate::core::types::NodeId;
 use crate::wire::rpc::{PeerNode, RaftMessages};
 
 pub mod log_store;
-pub mod network;
 pub mod proposer;
 pub mod runtime;
 pub mod state_machine;

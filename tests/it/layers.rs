@@ -8,12 +8,7 @@
 //! file's `#[cfg(test)]` module names the layer it reaches into; a path into a higher layer
 //! fails, naming the file, the line and the path. `core` must also stay pure: no tokio, fjall,
 //! quinn, openraft, rayon or getrandom, and no clock; and no layer below `raft` uses openraft.
-//!
-//! `DEBTS` lists the upward imports the tree still has while it is being re-layered (issue
-//! 20): each entry is a file and the layer it may still reach into. An entry that no longer
-//! occurs fails the test too, so the list only ever shrinks.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The layers, lowest first.
@@ -56,14 +51,6 @@ fn layer_of_path(module: &str) -> Option<&'static str> {
 fn rank(layer: &str) -> usize {
     LAYERS.iter().position(|l| *l == layer).unwrap_or(usize::MAX)
 }
-
-/// Upward imports still in the tree: (file under `src/`, the higher layer it reaches into).
-const DEBTS: &[(&str, &str)] = &[
-    // The Transport / RpcHandler seam it implements and calls lives in net: besides RPCs, the
-    // traits hand out gossip streams and SWIM links (net types), so moving them down means
-    // splitting each trait in two, not a move.
-    ("raft/network.rs", "net"),
-];
 
 /// Crates and calls `core` must not use.
 const IMPURE: &[&str] = &[
@@ -130,8 +117,8 @@ fn crate_paths(line: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Every upward import and impurity in `src/`, as (file, layer reached, message).
-fn violations(src: &Path) -> Vec<(String, String, String)> {
+/// Every upward import and impurity in `src/`, each as a message naming the file and line.
+fn violations(src: &Path) -> Vec<String> {
     let mut files = Vec::new();
     rust_files(src, &mut files);
     files.sort();
@@ -145,23 +132,19 @@ fn violations(src: &Path) -> Vec<(String, String, String)> {
                 let Some(target) = layer_of_path(&module) else { continue };
                 if rank(target) > rank(own) {
                     let path = format!("crate::{module}::{}", rest.split([';', ' ']).next().unwrap_or(""));
-                    found.push((
-                        rel.clone(),
-                        target.to_string(),
-                        format!("src/{rel}:{n}: {own} imports {target} ({path})"),
-                    ));
+                    found.push(format!("src/{rel}:{n}: {own} imports {target} ({path})"));
                 }
             }
             if own == "core" {
                 for bad in IMPURE {
                     if line.contains(bad) {
-                        found.push((rel.clone(), format!("impure:{bad}"), format!("src/{rel}:{n}: core uses {bad}")));
+                        found.push(format!("src/{rel}:{n}: core uses {bad}"));
                     }
                 }
             }
             // Raft is the raft layer's business and of those above it: below, nothing knows of it.
             if rank(own) < rank("raft") && line.contains("openraft::") {
-                found.push((rel.clone(), "openraft".into(), format!("src/{rel}:{n}: {own} uses openraft")));
+                found.push(format!("src/{rel}:{n}: {own} uses openraft"));
             }
         }
     }
@@ -172,23 +155,7 @@ fn violations(src: &Path) -> Vec<(String, String, String)> {
 fn every_layer_imports_only_the_layers_below_it() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let found = violations(&src);
-    let (impure, upward) =
-        found.iter().fold((0, 0), |(i, u), (_, l, _)| if l.starts_with("impure:") { (i + 1, u) } else { (i, u + 1) });
-    eprintln!(
-        "layering: {upward} upward imports and {impure} impure uses in core remain, in {} (file, layer) debts",
-        DEBTS.len()
-    );
-    let debts: BTreeSet<(String, String)> = DEBTS.iter().map(|(f, l)| (f.to_string(), l.to_string())).collect();
-    let new: Vec<&String> =
-        found.iter().filter(|(f, l, _)| !debts.contains(&(f.clone(), l.clone()))).map(|(_, _, m)| m).collect();
-    assert!(
-        new.is_empty(),
-        "imports into a higher layer (or impure core):\n{}",
-        new.iter().map(|m| m.as_str()).collect::<Vec<_>>().join("\n")
-    );
-    let seen: BTreeSet<(String, String)> = found.iter().map(|(f, l, _)| (f.clone(), l.clone())).collect();
-    let paid: Vec<&(String, String)> = debts.iter().filter(|d| !seen.contains(*d)).collect();
-    assert!(paid.is_empty(), "these debts are paid; remove them from DEBTS: {paid:?}");
+    assert!(found.is_empty(), "imports into a higher layer (or impure core):\n{}", found.join("\n"));
 }
 
 /// The check itself: a planted upward import is found, with its file and line.
@@ -210,7 +177,7 @@ fn a_planted_upward_import_is_named() {
         "fn now() -> u64 { std::time::SystemTime::now(); 0 }\n#[cfg(test)]\nmod tests { use crate::node::X; }\n",
     )
     .expect("write");
-    let found: Vec<String> = violations(src).into_iter().map(|(_, _, m)| m).collect();
+    let found = violations(src);
     assert_eq!(
         found,
         vec![

@@ -1,9 +1,10 @@
-//! openraft's network over our [`Transport`](crate::net::Transport) seam, and the server side that answers RPCs.
+//! openraft's network over our [`Transport`](super::Transport) seam, and the server side that answers RPCs:
+//! the adapter between the raft layer below and the transports of this layer, so it lives here.
 //!
 //! openraft gives each call a fixed time to live (`heartbeat_interval` for AppendEntries,
 //! `election_timeout_min` for votes). A call here lasts as long as the transport's deadline
 //! for that peer instead, which follows the measured round trips and is never shorter than
-//! openraft's ([`Transport::deadline`](crate::net::Transport::deadline)); [`super::runtime`]
+//! openraft's ([`Transport::deadline`](super::Transport::deadline)); [`crate::raft::runtime`]
 //! lets openraft's timeout wait for it. A call that still times out is a network error, which
 //! openraft retries at the next heartbeat, not an unreachable peer it backs off from.
 
@@ -18,10 +19,10 @@ use openraft::raft::{
 };
 use openraft::ChangeMembers;
 
-use super::proposer::{ProposeError, Proposer};
-use super::{raft_id, Raft, RpcRequest, RpcResponse, TypeConfig};
+use super::{BoxFuture, RpcHandler, SharedTransport, TransportError};
 use crate::core::types::NodeId;
-use crate::net::{BoxFuture, RpcHandler, SharedTransport, TransportError};
+use crate::raft::proposer::{ProposeError, Proposer};
+use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, TypeConfig};
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Creates one [`PeerClient`] per Raft peer.
@@ -75,7 +76,7 @@ impl PeerClient {
         let deadline = self.transport.deadline(&self.node, ttl);
         if deadline > ttl {
             // A little beyond ours, so the transport's timeout — with its error — comes first.
-            super::runtime::extend_deadline(tokio::time::Instant::now() + deadline + DEADLINE_SLACK);
+            crate::raft::runtime::extend_deadline(tokio::time::Instant::now() + deadline + DEADLINE_SLACK);
         }
         // Instrumented, not entered: a guard held across the await would mark whatever else
         // runs on this thread meanwhile as part of the RPC.
@@ -137,7 +138,7 @@ pub struct RaftService {
     raft: Raft,
     me: PeerNode,
     proposer: Proposer,
-    ledger: super::state_machine::SharedLedger,
+    ledger: crate::raft::state_machine::SharedLedger,
 }
 
 /// How long a membership change waits for another one in progress to finish.
@@ -146,7 +147,7 @@ const MEMBERSHIP_CHANGE_PATIENCE: std::time::Duration = std::time::Duration::fro
 impl RaftService {
     /// For `raft`, which runs as `me`; forwarded writes go through `proposer`; membership
     /// requests are checked against the registry in `ledger`.
-    pub fn new(raft: Raft, me: PeerNode, proposer: Proposer, ledger: super::state_machine::SharedLedger) -> Self {
+    pub fn new(raft: Raft, me: PeerNode, proposer: Proposer, ledger: crate::raft::state_machine::SharedLedger) -> Self {
         RaftService { raft, me, proposer, ledger }
     }
 
@@ -177,17 +178,17 @@ impl RaftService {
     pub async fn commit_provisional(
         &self,
         p: crate::core::provisional::ProvisionalEvent,
-    ) -> Result<super::SporeResponse, RemoteFailure> {
-        if self.raft.metrics().borrow().current_leader != Some(super::raft_id(&self.me.node)) {
+    ) -> Result<crate::raft::SporeResponse, RemoteFailure> {
+        if self.raft.metrics().borrow().current_leader != Some(raft_id(&self.me.node)) {
             return Err(self.not_leader());
         }
         // A statement that does not verify is refused before it takes a log entry.
         if let Err(e) = p.verify_statement() {
-            return Ok(super::SporeResponse::Rejected(crate::core::projection::Rejection::ProvisionalRefused(
+            return Ok(crate::raft::SporeResponse::Rejected(crate::core::projection::Rejection::ProvisionalRefused(
                 e.to_string().into(),
             )));
         }
-        match self.raft.client_write(super::SporeRequest::Provisional(p)).await {
+        match self.raft.client_write(crate::raft::SporeRequest::Provisional(p)).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_))) => Err(self.not_leader()),
             Err(e) => Err(RemoteFailure::Other(e.to_string())),
