@@ -1,0 +1,439 @@
+//! The command line as clap parses it: every command, its flags and their help. `main.rs`
+//! dispatches them.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{forensics, inspect, remote};
+
+#[derive(Parser)]
+#[command(
+    name = "spore",
+    version,
+    about = "Inspect, run and demo mycnet-spores: a signed, chained node-discovery ledger"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Write a valid synthetic network history (deterministic for a seed) into a new ledger.
+    Generate {
+        /// The ledger directory to create (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// How many events.
+        #[arg(long)]
+        events: u64,
+        /// How many distinct nodes take part.
+        #[arg(long, default_value_t = 16)]
+        nodes: usize,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every record, link and signature; on damage name the first bad sequence number.
+    Verify {
+        /// A ledger directory or a node's data dir.
+        #[arg(value_parser = inspect::existing_dir)]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print events (JSON Lines with --json).
+    Dump {
+        /// A ledger directory or a node's data dir.
+        #[arg(value_parser = inspect::existing_dir)]
+        dir: PathBuf,
+        /// First sequence number.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Last sequence number (default: the head).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts: events by kind, authors, nodes, services, bytes.
+    Stats {
+        /// A ledger directory or a node's data dir.
+        #[arg(value_parser = inspect::existing_dir)]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The registries (nodes, services) as of a sequence number or a time.
+    State {
+        /// A ledger directory, a node's data dir, or a seed file (before its head only if it
+        /// carries its events).
+        #[arg(value_parser = forensics::existing_path)]
+        dir: PathBuf,
+        /// Stop after this sequence number.
+        #[arg(long, conflicts_with = "at_time")]
+        at_seq: Option<u64>,
+        /// Stop at the last event at or before this time (RFC 3339 or microseconds).
+        #[arg(long, value_parser = inspect::parse_time)]
+        at_time: Option<mycnet_spores::Timestamp>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two branches of one network: the fork point, each branch's events after it,
+    /// and how their registries differ (exit 0 whenever the comparison succeeds).
+    Diff {
+        /// A ledger directory, a node's data dir, or a seed file.
+        #[arg(value_parser = forensics::existing_path)]
+        a: PathBuf,
+        /// The other branch: a ledger directory, a node's data dir, or a seed file.
+        #[arg(value_parser = forensics::existing_path)]
+        b: PathBuf,
+        /// List at most this many events of each branch after the fork point.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every event that touched a node or a service: who signed it, when, and how.
+    Blame {
+        /// A ledger directory, a node's data dir, or a seed file with events.
+        #[arg(value_parser = forensics::existing_path)]
+        source: PathBuf,
+        /// A node id (64 hex, or a unique prefix of at least 4), a service id (UUID) or a
+        /// service name.
+        target: String,
+        /// For a node: also the events it signed about other things.
+        #[arg(long)]
+        authored: bool,
+        /// Keep at most this many entries (the latest).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay the whole ledger and report events/s.
+    Replay {
+        /// A ledger directory or a node's data dir.
+        #[arg(value_parser = inspect::existing_dir)]
+        dir: PathBuf,
+        /// Verify every signature (batched, all cores) instead of trusting ingest.
+        #[arg(long)]
+        audit: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the node key of a data dir (if missing) and print its node id.
+    Keygen {
+        /// The node's data dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one node over QUIC until SIGINT/SIGTERM.
+    Node(NodeArgs),
+    /// Show a running node's role, leader, term, head and membership.
+    Status {
+        /// The node's QUIC address.
+        #[arg(long)]
+        addr: String,
+        /// Refuse the node unless it proves this key (64 hex characters).
+        #[arg(long)]
+        key: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running node for its registries.
+    Query {
+        /// The node's QUIC address.
+        #[arg(long)]
+        addr: String,
+        /// What to list.
+        what: QueryWhat,
+        /// Services with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Services with this capability.
+        #[arg(long)]
+        capability: Option<String>,
+        /// Answer from the most authoritative spore tier that has an answer (Primary, then
+        /// Seed, then Latent) and say which, instead of from the node's newest view.
+        #[arg(long)]
+        tiered: bool,
+        /// Refuse the node unless it proves this key (64 hex characters).
+        #[arg(long)]
+        key: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register or deregister a service, signed with a node's key and sent through a node.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Seed spores: export, verify and inspect signed snapshot files.
+    #[command(subcommand)]
+    Seed(SeedCommand),
+    /// Rebuild a stopped node's damaged ledger from a seed or a peer, keeping its key; the
+    /// damaged ledger is kept beside it. Exit 2 when there is nothing to repair.
+    Repair {
+        /// The node data dir (holds `ledger/` and `node.key`).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Rebuild from this seed file.
+        #[arg(long, conflicts_with = "from_peer", required_unless_present = "from_peer")]
+        from_seed: Option<PathBuf>,
+        /// Rebuild from the chain of the member at this QUIC address.
+        #[arg(long)]
+        from_peer: Option<String>,
+        /// Rebuild even a ledger that verifies.
+        #[arg(long)]
+        force: bool,
+        /// Per-request timeout when copying from a peer.
+        #[arg(long, default_value_t = 5_000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a local network on loopback: 3 voters, 2 latent nodes, a leader kill and a restart.
+    Demo {
+        /// Keep the data dirs for the inspector.
+        #[arg(long)]
+        keep: bool,
+        /// Put the data dirs here (implies --keep).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SeedCommand {
+    /// Write a seed: of a stopped node's data dir (--data-dir), or by a running node at its
+    /// committed head while writes continue (--addr with that node's --key-file; the file is
+    /// written on the node's host). Signed with the node's key.
+    Export {
+        /// A stopped node's data dir.
+        #[arg(long, required_unless_present = "addr", conflicts_with = "addr")]
+        data_dir: Option<PathBuf>,
+        /// A running node's QUIC address (on this host).
+        #[arg(long, requires = "key_file")]
+        addr: Option<String>,
+        /// That node's key file (only the node's own key may ask it to export).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The seed file to write (atomically; with --addr, a path on the node's host).
+        #[arg(long)]
+        out: PathBuf,
+        /// Include every event from genesis (a full, offline-verifiable backup).
+        #[arg(long)]
+        events: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a seed file: exit 0 if it verifies, 1 saying exactly what failed.
+    Verify {
+        /// The seed file.
+        file: PathBuf,
+        /// Require this network fingerprint (64 hex characters).
+        #[arg(long)]
+        network: Option<mycnet_spores::NetworkFingerprint>,
+        /// Require signatures by a majority of the voters at the seed's head.
+        #[arg(long)]
+        quorum: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a seed and import its events into a new data dir (for `spore node --from-seed`
+    /// or the inspector). Refuses a Raft member's data dir, an older seed, a diverging one.
+    Import {
+        /// The data dir to import into (created if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The seed file.
+        file: PathBuf,
+        /// Require this network fingerprint.
+        #[arg(long)]
+        network: Option<mycnet_spores::NetworkFingerprint>,
+        /// Require signatures by a majority of the seed's voters.
+        #[arg(long)]
+        quorum: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a voter's signature to a seed (co-signing towards a quorum); rewrites it atomically.
+    Sign {
+        /// The seed file.
+        file: PathBuf,
+        /// The signing voter's key file.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Write the signed seed here instead of replacing FILE.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a seed's header, head, counts and signers.
+    Inspect {
+        /// The seed file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ServiceCommand {
+    /// Register a service offered by the key's node.
+    Register {
+        /// The node key that signs (an admitted node's `node.key`, e.g. DATA_DIR/node.key).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Any member's QUIC address (the write follows the leader).
+        #[arg(long)]
+        addr: String,
+        /// The service name.
+        #[arg(long)]
+        name: String,
+        /// An endpoint PROTOCOL://ADDRESS (repeatable).
+        #[arg(long = "endpoint", value_parser = remote::parse_endpoint)]
+        endpoints: Vec<mycnet_spores::Endpoint>,
+        /// A capability the service provides (repeatable).
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        /// Metadata KEY=VALUE (repeatable).
+        #[arg(long = "meta", value_parser = remote::parse_meta)]
+        metadata: Vec<(String, String)>,
+        /// Give up after this many milliseconds. Retries within it re-send the same signed
+        /// event, which commits at most once (a retry of a committed event answers where it
+        /// committed). A write that timed out after an attempt reached a node may still commit;
+        /// the message then says so.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deregister a service.
+    Deregister {
+        /// The node key that signs.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Any member's QUIC address.
+        #[arg(long)]
+        addr: String,
+        /// The service id.
+        #[arg(long)]
+        id: uuid::Uuid,
+        /// Why, for the audit trail.
+        #[arg(long, default_value = "deregistered by operator")]
+        reason: String,
+        /// Give up after this many milliseconds (see `service register --help`: retries
+        /// re-send the same signed event, which commits at most once).
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum QueryWhat {
+    Nodes,
+    Services,
+    Offline,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct NodeArgs {
+    /// A TOML config file (see the docs of `mycnet_spores::node::config`); excludes the other flags.
+    #[arg(long, conflicts_with_all = ["data_dir", "listen", "advertise", "init", "join_addr", "peer", "latent_peer", "from_seed"])]
+    pub(crate) config: Option<PathBuf>,
+    /// Ledger, Raft log and node.key live here.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// host:port to listen on (UDP).
+    #[arg(long)]
+    pub(crate) listen: Option<String>,
+    /// host:port peers dial to reach this node, when not --listen (behind a NAT or a relay).
+    #[arg(long)]
+    pub(crate) advertise: Option<String>,
+    /// A human-readable name.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// voter, or latent (stays out of Raft and keeps the chain by gossip).
+    #[arg(long, value_enum, default_value_t = Role::Voter)]
+    pub(crate) role: Role,
+    /// A capability to announce (repeatable).
+    #[arg(long = "capability")]
+    pub(crate) capabilities: Vec<String>,
+    /// Form a new network with this name (first voter only).
+    #[arg(long, conflicts_with = "join_addr")]
+    pub(crate) init: Option<String>,
+    /// Join through the member at this address.
+    #[arg(long, requires = "join_key")]
+    pub(crate) join_addr: Option<String>,
+    /// That member's key.
+    #[arg(long, requires = "join_addr")]
+    pub(crate) join_key: Option<String>,
+    /// Join as a learner rather than a voter.
+    #[arg(long)]
+    pub(crate) learner: bool,
+    /// A bootstrap peer KEY@HOST:PORT (repeatable); the founder admits these as voters.
+    #[arg(long = "peer")]
+    pub(crate) peer: Vec<String>,
+    /// A bootstrap peer KEY@HOST:PORT that is a latent node (repeatable); the founder admits
+    /// these as Rhizomorphs.
+    #[arg(long = "latent-peer")]
+    pub(crate) latent_peer: Vec<String>,
+    /// Form the network this seed file describes (this node must be one of its voters).
+    #[arg(long, conflicts_with_all = ["init", "join_addr"])]
+    pub(crate) from_seed: Option<PathBuf>,
+    /// With --join-addr: join only if that member's chain extends this seed's head.
+    #[arg(long, requires = "join_addr")]
+    pub(crate) trust_seed: Option<PathBuf>,
+    /// Timeouts profile: lan (default; round trips of milliseconds) or wan (voters 100-150 ms
+    /// apart, lossy links). Overrides `timeouts` in --config.
+    #[arg(long, value_enum)]
+    pub(crate) timeouts: Option<Profile>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Profile {
+    Lan,
+    Wan,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Role {
+    Voter,
+    Latent,
+}
