@@ -12,10 +12,12 @@
 //! (`index.rs`). This file holds the [`Projection`] itself and its read accessors.
 
 mod apply;
+mod find;
 mod index;
 mod rules;
 mod state;
 
+pub use find::{FoundService, ServiceFilter};
 pub use rules::{Rejection, Text};
 pub use state::{
     ArchivedChainHead, ArchivedNodeRecord, ArchivedNodeStatus, ArchivedProjectionState, ArchivedServiceRecord,
