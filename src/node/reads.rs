@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::status::leader_is_confirmed;
 use super::{raft_err, SporeSystem};
 use crate::core::event::ChainedEvent;
-use crate::core::projection::{ChainHead, NodeRecord, Projection, ServiceRecord};
+use crate::core::projection::{ChainHead, FoundService, NodeRecord, Projection, ServiceFilter, ServiceRecord};
 use crate::core::types::{NodeId, SporeType};
 use crate::error::Error;
 use crate::node::tiers::{TierView, ViewSource};
@@ -78,14 +78,28 @@ impl SporeSystem {
         self.with_projection(|p| p.node(id).cloned())
     }
 
-    /// Services with this name (stale-ok).
+    /// Services with this name whose node is active (stale-ok): a node committed as offline
+    /// offers nothing a caller can reach now. [`SporeSystem::find_services`] says more of
+    /// each and can include them.
     pub fn services_by_name(&self, name: &str) -> Result<Vec<ServiceRecord>, Error> {
-        self.with_projection(|p| p.services_by_name(name).cloned().collect())
+        self.find_records(&ServiceFilter::name(name))
     }
 
-    /// Services providing this capability (stale-ok).
+    /// Services providing this capability whose node is active (stale-ok; see
+    /// [`SporeSystem::services_by_name`]).
     pub fn services_by_capability(&self, capability: &str) -> Result<Vec<ServiceRecord>, Error> {
-        self.with_projection(|p| p.services_by_capability(capability).cloned().collect())
+        self.find_records(&ServiceFilter::capability(capability))
+    }
+
+    /// The services `filter` selects (stale-ok), each with its node's status and trust: by
+    /// name, capability, node and minimum trust; services of offline nodes only when
+    /// `include_unavailable` asks for them (`core::projection::find`).
+    pub fn find_services(&self, filter: &ServiceFilter) -> Result<Vec<FoundService>, Error> {
+        self.with_projection(|p| p.find_services(filter))
+    }
+
+    fn find_records(&self, filter: &ServiceFilter) -> Result<Vec<ServiceRecord>, Error> {
+        Ok(self.find_services(filter)?.into_iter().map(|f| f.record).collect())
     }
 
     /// Nodes an authority committed as offline (stale-ok).

@@ -100,6 +100,7 @@ impl crate::net::RpcHandler for NodeService {
                                     }
                                 }
                             }
+                            Query::Find(filter) => QueryAnswer::Found(p.find_services(&filter)),
                             registry => match registry.as_registry() {
                                 Some(q) => q.answer(p).into(),
                                 None => {

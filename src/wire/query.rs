@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::projection::{FoundService, ServiceFilter};
 use crate::core::types::{ChainPoint, SporeType};
 
 /// A read-only registry query.
@@ -32,6 +33,11 @@ pub enum Query {
     /// A registry query answered from the most authoritative spore tier that has a
     /// non-empty answer, saying which ([`QueryAnswer::Tiered`]; see [`crate::node::tiers`]).
     Tiered(RegistryQuery),
+    /// Services as discovery asks for them: filtered by name, capability, node and minimum
+    /// trust, services of offline nodes left out unless asked for, each with its node's status
+    /// and trust ([`QueryAnswer::Found`]). Appended last: older peers decode every variant
+    /// before it unchanged.
+    Find(ServiceFilter),
 }
 
 /// A question to the registries, asked through [`Query::Tiered`]. (Not a nested [`Query`]:
@@ -102,7 +108,7 @@ impl Query {
             Query::ServicesByName(n) => RegistryQuery::ServicesByName(n.clone()),
             Query::ServicesByCapability(c) => RegistryQuery::ServicesByCapability(c.clone()),
             Query::OfflineNodes => RegistryQuery::OfflineNodes,
-            Query::ChainAt(_) | Query::Events { .. } | Query::Tiered(_) => return None,
+            Query::ChainAt(_) | Query::Events { .. } | Query::Tiered(_) | Query::Find(_) => return None,
         })
     }
 }
@@ -131,6 +137,8 @@ pub enum QueryAnswer {
     /// To `Tiered`: the answer of the most authoritative tier that has a non-empty one, with
     /// that tier and its chain point (`None`: no tier has any).
     Tiered(Option<Tiered<RegistryAnswer>>),
+    /// To `Find`: the services selected, in service id order.
+    Found(Vec<FoundService>),
 }
 
 /// An answer and the tier it came from, from [`SporeSystem::answer`](crate::SporeSystem::answer).

@@ -339,6 +339,9 @@ fn valid_frames() -> &'static [Vec<u8>] {
             RpcRequest::ReadIndex,
             RpcRequest::Query(Query::ServicesByCapability("gpu".into())),
             RpcRequest::Query(Query::ChainAt(12)),
+            RpcRequest::Query(Query::Find(
+                mycnet_spores::ServiceFilter::name("web").min_trust(mycnet_spores::TrustScore(700)),
+            )),
             RpcRequest::Query(Query::Tiered(mycnet_spores::wire::query::RegistryQuery::ServicesByName("web".into()))),
             RpcRequest::ExportSeed { path: "/tmp/x.seed".into(), include_events: true },
         ]

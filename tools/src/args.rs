@@ -172,6 +172,12 @@ pub(crate) enum Command {
         /// Services with this capability.
         #[arg(long)]
         capability: Option<String>,
+        /// Only services of nodes trusted at least this much (0.0 to 1.0, e.g. 0.7).
+        #[arg(long, value_parser = remote::parse_trust, conflicts_with = "tiered")]
+        min_trust: Option<mycnet_spores::TrustScore>,
+        /// Also list services of nodes committed as offline (each line says the node's status).
+        #[arg(long, conflicts_with = "tiered")]
+        include_offline: bool,
         /// Answer from the most authoritative spore tier that has an answer (Primary, then
         /// Seed, then Latent) and say which, instead of from the node's newest view.
         #[arg(long)]

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use mycnet_spores::core::projection::ServiceFilter;
 use mycnet_spores::net::quic::{Admission, QuicBackend};
 use mycnet_spores::node::RoleConfig;
 
@@ -111,12 +112,18 @@ fn run(cli: Cli) -> CliResult {
                 &mut Out::new(json),
             ))
         }
-        Command::Query { addr, what, name, capability, tiered, key, timeout_ms, json } => {
+        Command::Query { addr, what, name, capability, min_trust, include_offline, tiered, key, timeout_ms, json } => {
             init_tracing("warn");
             let what = match what {
                 QueryWhat::Nodes => remote::QueryKind::Nodes,
                 QueryWhat::Offline => remote::QueryKind::Offline,
-                QueryWhat::Services => remote::QueryKind::Services { name, capability },
+                QueryWhat::Services => remote::QueryKind::Services(ServiceFilter {
+                    name,
+                    capability,
+                    node: None,
+                    include_unavailable: include_offline,
+                    min_trust,
+                }),
             };
             runtime()?.block_on(remote::query(
                 &addr,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mycnet_spores::core::projection::ServiceFilter;
 use mycnet_spores::net::addr::{check_listen_addr, check_peer_addr};
 use mycnet_spores::net::quic::{self, Admission, QuicBackend};
 use mycnet_spores::node::datadir::CreatedDir;
@@ -309,8 +310,8 @@ fn kind_of(r: &RpcResponse) -> &'static str {
 pub(crate) enum QueryKind {
     /// Every node.
     Nodes,
-    /// Every service, or by name or capability.
-    Services { name: Option<String>, capability: Option<String> },
+    /// Services, filtered (by name, capability, minimum trust; offline nodes' only if asked).
+    Services(ServiceFilter),
     /// Offline nodes.
     Offline,
 }
@@ -327,10 +328,14 @@ pub(crate) async fn query(
     let q = match &what {
         QueryKind::Nodes => Query::Nodes,
         QueryKind::Offline => Query::OfflineNodes,
-        QueryKind::Services { name: Some(n), capability: None } => Query::ServicesByName(n.clone()),
-        QueryKind::Services { name: None, capability: Some(c) } => Query::ServicesByCapability(c.clone()),
-        QueryKind::Services { name: None, capability: None } => Query::Services,
-        QueryKind::Services { .. } => return Err(CliError::usage("--name and --capability exclude each other")),
+        // A tiered answer comes from one tier's registries as they were: by name or capability.
+        QueryKind::Services(f) if tiered => match (&f.name, &f.capability) {
+            (Some(n), None) => Query::ServicesByName(n.clone()),
+            (None, Some(c)) => Query::ServicesByCapability(c.clone()),
+            (None, None) => Query::Services,
+            _ => return Err(CliError::usage("with --tiered, --name and --capability exclude each other")),
+        },
+        QueryKind::Services(f) => Query::Find(f.clone()),
     };
     let q = match (tiered, q.as_registry()) {
         (true, Some(r)) => Query::Tiered(r),
@@ -382,6 +387,41 @@ pub(crate) async fn query(
                     n.trust.to_string(),
                     n.addresses.join(","),
                     n.capabilities.join(",")
+                ))?;
+            }
+        }
+        QueryAnswer::Found(found) => {
+            if o.json {
+                // The service records as `services` always printed them, each with its node's
+                // status and trust beside them.
+                let mut list = Vec::with_capacity(found.len());
+                for f in &found {
+                    let mut v = serde_json::to_value(&f.record).map_err(|e| CliError::Io(e.to_string()))?;
+                    if let Some(m) = v.as_object_mut() {
+                        m.insert("node_status".into(), json!(f.node_status));
+                        m.insert("node_trust".into(), json!(f.node_trust));
+                    }
+                    list.push(v);
+                }
+                return o.json_line(&list);
+            }
+            o.line(format!(
+                "{:<36} {:<14} {:<12} {:<8} {:>5}  {:<30} {}",
+                "id", "name", "node", "status", "trust", "endpoints", "capabilities"
+            ))?;
+            for f in found {
+                let s = &f.record.service;
+                let eps: Vec<String> = s.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect();
+                let status = f.node_status.map_or_else(|| "unknown".to_string(), |st| st.to_string());
+                o.line(format!(
+                    "{:<36} {:<14} {:<12} {:<8} {:>5}  {:<30} {}",
+                    s.service_id,
+                    s.name,
+                    s.node.short(),
+                    status,
+                    f.node_trust.to_string(),
+                    eps.join(" "),
+                    s.capabilities.join(",")
                 ))?;
             }
         }
@@ -500,6 +540,16 @@ pub(crate) enum Written {
 }
 
 /// Parses `proto://host:port` into an endpoint.
+/// A trust score as operators write it: a fraction from 0.0 to 1.0 (thousandths kept).
+pub(crate) fn parse_trust(s: &str) -> Result<mycnet_spores::TrustScore, String> {
+    let f: f64 = s.parse().map_err(|_| format!("{s:?} is not a number from 0.0 to 1.0"))?;
+    if !(0.0..=1.0).contains(&f) {
+        return Err(format!("{s} is outside 0.0 to 1.0"));
+    }
+    // In range, so the rounded thousandths fit a u16.
+    Ok(mycnet_spores::TrustScore((f * 1000.0).round() as u16))
+}
+
 pub(crate) fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     let (protocol, address) = s.split_once("://").ok_or_else(|| format!("{s}: expected PROTOCOL://ADDRESS"))?;
     Ok(Endpoint { protocol: protocol.to_string(), address: address.to_string() })
