@@ -35,6 +35,7 @@ use crate::core::event::{ChainedEvent, EventBody, SignedEvent};
 use crate::core::gossip::ForkEvidence;
 use crate::core::keys::NodeKey;
 use crate::core::provisional::EventId;
+use crate::core::sync;
 use crate::core::types::{ChainPoint, Timestamp};
 use crate::error::Error;
 use crate::forensics::forks::Settled;
@@ -101,7 +102,7 @@ struct FenceState {
 impl YieldFence {
     /// Fences the losing chain's Raft members `losing` (this node yields away from them).
     pub(crate) fn fence(&self, losing: impl IntoIterator<Item = crate::core::types::NodeId>) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = sync::lock(&self.state);
         s.losing.extend(losing);
         s.winner.clear();
     }
@@ -109,13 +110,13 @@ impl YieldFence {
     /// The winner's Raft members as reported by its node: they are let through even if they
     /// were on the losing side once (they yielded first and joined it).
     pub(crate) fn winner_members(&self, members: impl IntoIterator<Item = crate::core::types::NodeId>) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).winner.extend(members);
+        sync::lock(&self.state).winner.extend(members);
     }
 
     /// Whether a Raft request from `from` is refused, given whether `from` is a member of this
     /// node's Raft now.
     pub(crate) fn refuses(&self, from: &crate::core::types::NodeId, member_here: impl FnOnce() -> bool) -> bool {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let s = sync::lock(&self.state);
         s.losing.contains(from) && !s.winner.contains(from) && !member_here()
     }
 }
@@ -484,7 +485,7 @@ impl Resolver {
         let winner_node =
             self.gossip.known_peers().into_iter().find(|p| Some(p.node) == author).unwrap_or_else(|| other.clone());
         let plan = YieldPlan { winner_node, resolution: res.clone(), recorded_at: at };
-        let mut slot = self.state.yield_plan.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = sync::lock(&self.state.yield_plan);
         if slot.is_none() {
             tracing::warn!(fork = res.winner.fork_seq, winner = %other.node.short(), "this chain lost the split-brain; ready to yield to the winner");
         }

@@ -7,6 +7,7 @@ use super::provisional::{is_member, ProvisionalWriter};
 use super::reads::answer_tiered;
 use super::{compute_status, SharedModes};
 use crate::core::keys::NodeKey;
+use crate::core::sync;
 use crate::core::types::NodeId;
 use crate::error::Error;
 use crate::net::gossip::GossipService;
@@ -53,7 +54,7 @@ impl crate::net::RpcHandler for NodeService {
             RpcRequest::Status => {
                 let r = compute_status(&self.raft, &self.ledger, &self.me, self.gossip.as_deref(), &self.modes)
                     .map(|mut st| {
-                        st.scrub = self.scrub.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        st.scrub = sync::lock(&self.scrub).clone();
                         st
                     })
                     .map_err(|e| RemoteFailure::Other(e.to_string()));

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use crate::core::sync;
 use crate::net::SharedTransport;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{Raft, RpcRequest, RpcResponse};
@@ -85,18 +86,18 @@ pub(crate) fn spawn(
                 cursor = moved;
                 match found {
                     ScrubStep::Clean(n) => {
-                        let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut st = sync::lock(&status);
                         st.checked += n;
                         st.passes = cursor.passes;
                         st.cursor = cursor.next;
                     }
                     ScrubStep::Damaged { seq, corruption } => {
                         tracing::error!(seq, %corruption, "scrub found a damaged record; asking peers for the chain's copy");
-                        status.lock().unwrap_or_else(|p| p.into_inner()).damage = Some(format!("seq {seq}: {corruption}"));
+                        sync::lock(&status).damage = Some(format!("seq {seq}: {corruption}"));
                         let peers = peers_of(&raft, &me);
                         match repair_from_peers(&ledger, &transport, &peers, seq, rpc_timeout).await {
                             Ok(()) => {
-                                let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
+                                let mut st = sync::lock(&status);
                                 st.repaired += 1;
                                 st.damage = None;
                             }

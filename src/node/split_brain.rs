@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::{io_err, SporeSystem};
+use crate::core::sync;
 use crate::core::types::NodeId;
 use crate::error::Error;
 use crate::raft::{RpcRequest, RpcResponse};
@@ -14,7 +15,7 @@ impl SporeSystem {
     /// When this node's chain lost a split-brain and the winner has recorded the resolution:
     /// what [`SporeSystem::yield_to_winner`] will do (`None` otherwise).
     pub fn yield_plan(&self) -> Result<Option<crate::node::resolve::YieldPlan>, Error> {
-        Ok(self.running()?.resolver.yield_plan.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        Ok(sync::lock(&self.running()?.resolver.yield_plan).clone())
     }
 
     /// Yields to the winner of a split-brain (see [`SporeSystem::yield_plan`] and the

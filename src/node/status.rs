@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::SporeSystem;
 use crate::core::modes::{ModeInputs, ModeMachine};
+use crate::core::sync;
 use crate::core::types::{NodeId, SporeType, Timestamp};
 use crate::error::Error;
 use crate::net::gossip::GossipService;
@@ -24,7 +25,7 @@ impl SporeSystem {
     pub fn status(&self) -> Result<SporeStatus, Error> {
         let r = self.running()?;
         let mut st = compute_status(&r.raft, &r.ledger, &r.me, r.gossip.as_deref(), &r.modes)?;
-        st.scrub = r.scrub.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        st.scrub = sync::lock(&r.scrub).clone();
         Ok(st)
     }
 

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::core::projection::Projection;
+use crate::core::sync;
 use crate::core::types::{ChainPoint, SporeType};
 use crate::error::Error;
 use crate::raft::state_machine::SharedLedger;
@@ -72,7 +73,7 @@ impl TierViews {
         };
         // Continue from the newest cached view at or below `seq` (any tier's: the chain is one).
         let start = {
-            let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+            let cached = sync::lock(&self.cached);
             if let Some(v) = cached.get(&tier).filter(|v| v.head().is_some_and(|h| h.seq == seq)) {
                 return Ok(Some(ViewSource::Past(v.clone())));
             }
@@ -95,7 +96,7 @@ impl TierViews {
             return Err(Error::TierUnavailable(tier));
         }
         let view = Arc::new(view);
-        self.cached.lock().unwrap_or_else(|p| p.into_inner()).insert(tier, view.clone());
+        sync::lock(&self.cached).insert(tier, view.clone());
         Ok(Some(ViewSource::Past(view)))
     }
 }

@@ -18,6 +18,7 @@ use super::{Raft, SporeRequest, SporeResponse};
 use crate::core::event::SignedEvent;
 use crate::core::limits;
 use crate::core::provisional::EventId;
+use crate::core::sync;
 
 /// Why a proposal did not get an answer from the state machine.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -124,7 +125,7 @@ impl Proposer {
             }
         }
         let waiting = {
-            let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = sync::lock(&self.in_flight);
             match m.get_mut(&id) {
                 Some(waiters) => {
                     let (reply, rx) = oneshot::channel();
@@ -146,7 +147,7 @@ impl Proposer {
                 outcome = Ok(SporeResponse::Applied(point));
             }
         }
-        let waiters = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).unwrap_or_default();
+        let waiters = sync::lock(&self.in_flight).remove(&id).unwrap_or_default();
         for w in waiters {
             let _ = w.send(outcome.clone());
         }

@@ -12,6 +12,7 @@ use super::{GossipAcceptor, GossipService, GossipStream, LedgerRecords, SessionR
 use crate::core::gossip::{LinkedRange, LocalView, PeerAddr, SessionEvent, SessionOutcome, SyncSession, Violation};
 use crate::core::limits;
 use crate::core::provisional::EventId;
+use crate::core::sync;
 use crate::core::types::ChainPoint;
 use crate::net::BoxFuture;
 use crate::raft::state_machine::SharedLedger;
@@ -132,7 +133,7 @@ impl GossipService {
         let (store_tx, store_rx) = std::sync::mpsc::channel::<StoreJob>();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
         let worker_ledger = self.ledger.clone();
-        let notify = self.on_stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let notify = sync::lock(&self.on_stored).clone();
         // Two stages: one verifies a range's signatures (on all cores) while the other stores
         // the range before it under the ledger lock.
         let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel::<(StoreJob, Vec<bool>)>(1);
@@ -314,9 +315,9 @@ impl GossipService {
         drop(pull_guard);
         match &outcome {
             SessionOutcome::Completed => {
-                *self.last_sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                *sync::lock(&self.last_sync) = Some(Instant::now());
                 if peer_primary {
-                    *self.last_primary_sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                    *sync::lock(&self.last_primary_sync) = Some(Instant::now());
                 }
             }
             SessionOutcome::TimedOut => {}

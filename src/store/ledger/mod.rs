@@ -17,7 +17,7 @@
 //! `meta` keyspace), `health` and `storage_error`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::chainer::Chainer;
 use super::recent::SharedRecent;
@@ -93,10 +93,6 @@ pub struct Ledger {
     pending_checkpoint: Option<(u64, Vec<u8>)>,
     /// The ids of the newest events (see [`Ledger::committed_point`]).
     recent: SharedRecent,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for Ledger {
