@@ -22,6 +22,7 @@ use crate::raft::network::{NetworkFactory, RaftService};
 use crate::raft::proposer::Proposer;
 use crate::raft::{raft_id, Raft};
 use crate::store::keyfile;
+use crate::store::ledger::LedgerLock;
 use crate::store::ledger::{Ledger, LedgerConfig};
 use crate::wire::rpc::PeerNode;
 
@@ -179,13 +180,13 @@ impl SporeSystem {
         let tier_views = Arc::new(crate::node::tiers::TierViews::default());
         // A node that yielded a split-brain keeps refusing the losing cluster's Raft across
         // restarts (the members are kept with the refused branch).
-        let refused_peers = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.refused_peers()?;
+        let refused_peers = ledger.read_ledger()?.refused_peers()?;
         if !refused_peers.is_empty() {
             fence.fence(refused_peers);
         }
         tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
         let scrub: crate::node::scrubber::SharedScrub = Arc::default();
-        let health = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.health();
+        let health = ledger.read_ledger()?.health();
         tasks.push(crate::node::scrubber::spawn(
             ledger.clone(),
             raft.clone(),

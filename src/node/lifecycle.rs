@@ -15,6 +15,7 @@ use crate::error::{Error, LedgerError};
 use crate::net::TransportError;
 use crate::node::datadir::CreatedDir;
 use crate::raft::{raft_id, RpcRequest, RpcResponse};
+use crate::store::ledger::LedgerLock;
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 impl SporeSystem {
@@ -134,7 +135,7 @@ impl SporeSystem {
         // chain is deterministic, so it must land exactly on the seed's head).
         let ledger = r.ledger.clone();
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
-            let mut l = ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let mut l = ledger.write_ledger()?;
             if !l.head().is_some_and(|h| h.seq == head.seq && h.hash == head.hash) {
                 crate::seed::import(&mut l, &seed)?;
             } // else: imported already (`spore seed import`, or an earlier attempt)
@@ -293,7 +294,7 @@ impl SporeSystem {
         let _ = r.raft.shutdown().await;
         let ledger = r.ledger.clone();
         tokio::task::spawn_blocking(move || {
-            let l = ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = ledger.write_ledger()?;
             // A ledger a failed write poisoned has nothing more it can make durable; what it
             // applied without a sync is in the Raft log, which is applied again on restart.
             // (No projection checkpoint here: only one the chain attests is ever used.)

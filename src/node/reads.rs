@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::node::tiers::{TierView, ViewSource};
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{ChainPoint, Raft, RpcRequest, RpcResponse};
-use crate::store::ledger::Ledger;
+use crate::store::ledger::{Ledger, LedgerLock};
 use crate::wire::query::Tiered;
 use crate::wire::rpc::PeerNode;
 use crate::wire::status::TierReach;
@@ -35,7 +35,7 @@ impl SporeSystem {
     /// Runs `f` on the local projection (stale-ok).
     pub fn with_projection<R>(&self, f: impl FnOnce(&Projection) -> R) -> Result<R, Error> {
         let r = self.running()?;
-        let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = r.ledger.read_ledger()?;
         Ok(f(l.projection()))
     }
 
@@ -96,7 +96,7 @@ impl SporeSystem {
     /// How far each spore tier reaches in this node's chain (see [`crate::node::tiers`]).
     pub fn tier_reach(&self) -> Result<TierReach, Error> {
         let r = self.running()?;
-        let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = r.ledger.read_ledger()?;
         Ok(tier_reach(&r.raft, &r.me, &l))
     }
 
@@ -172,11 +172,7 @@ impl SporeSystem {
                     let to = h.min(next + crate::core::limits::REPLAY_CHUNK_EVENTS as u64 - 1);
                     // The system shut down: the subscription ends after what it delivered.
                     let Some(l2) = ledger.upgrade() else { return };
-                    let page = tokio::task::spawn_blocking(move || match l2.read() {
-                        Ok(l) => l.read_range(next, to).map_err(Error::from),
-                        Err(_) => Err(Error::Raft("ledger lock poisoned".into())),
-                    })
-                    .await;
+                    let page = tokio::task::spawn_blocking(move || Ok(l2.read_ledger()?.read_range(next, to)?)).await;
                     let page = match page {
                         Ok(p) => p,
                         Err(e) => Err(Error::Raft(e.to_string())),
@@ -222,7 +218,7 @@ pub(super) fn answer_tiered<T>(
     f: impl Fn(&Projection) -> Option<T>,
 ) -> Result<Option<Tiered<T>>, Error> {
     let reach = {
-        let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = ledger.read_ledger()?;
         tier_reach(raft, me, &l)
     };
     let confirmed = {
@@ -240,7 +236,7 @@ pub(super) fn answer_tiered<T>(
         let found = match views.source(ledger, reach, tier)? {
             None => None,
             Some(ViewSource::Live) => {
-                let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+                let l = ledger.read_ledger()?;
                 let p = l.projection();
                 f(p).map(|value| Tiered { value, tier, at: point_of(p), stale })
             }

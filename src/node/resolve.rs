@@ -44,6 +44,7 @@ use crate::net::SharedTransport;
 use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, SporeResponse};
+use crate::store::ledger::LedgerLock;
 use crate::store::replay::{ReplayOptions, StopAt};
 use crate::wire::query::{Query, QueryAnswer};
 use crate::wire::rpc::PeerNode;
@@ -165,7 +166,7 @@ impl Resolver {
     /// any node, Raft member or latent, whose chain lost learns it here and gets a yield plan.
     async fn tick(&self) -> Result<(), Error> {
         let pending = {
-            let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = self.ledger.read_ledger()?;
             crate::forensics::forks::unresolved(&l)?
         };
         let Some(evidence) = pending.into_iter().next() else { return Ok(()) };
@@ -190,7 +191,7 @@ impl Resolver {
         let ledger = self.ledger.clone();
         let e = evidence.clone();
         let recorded = tokio::task::spawn_blocking(move || -> Result<Option<ChainPoint>, Error> {
-            let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = ledger.read_ledger()?;
             let mine = l.get(e.seq())?.map(|x| x.hash);
             if mine != Some(e.ours.hash) && mine != Some(e.theirs.hash) {
                 return Ok(None);
@@ -212,7 +213,7 @@ impl Resolver {
         .map_err(|e| Error::SplitBrain(format!("resolver task: {e}")))??;
         match recorded {
             Some(at) => {
-                let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+                let l = self.ledger.read_ledger()?;
                 crate::forensics::forks::mark_resolved(
                     &l,
                     &evidence,
@@ -238,7 +239,7 @@ impl Resolver {
     }
 
     fn our_hash(&self, seq: u64) -> Result<Option<crate::core::types::ChainHash>, Error> {
-        let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = self.ledger.read_ledger()?;
         Ok(l.get(seq)?.map(|e| e.hash))
     }
 
@@ -293,7 +294,7 @@ impl Resolver {
     async fn settle(&self, evidence: &ForkEvidence, other: &PeerNode) -> Result<(), Error> {
         let (fork, their_head) = self.fork_seq(other, evidence.seq()).await?;
         let our_head = {
-            let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = self.ledger.read_ledger()?;
             l.head().map(|h| h.seq).unwrap_or(0)
         };
         if their_head.seq.saturating_sub(fork) >= BRANCH_EVENTS_MAX
@@ -306,7 +307,7 @@ impl Resolver {
         let ledger = self.ledger.clone();
         let (prefix, ours) = tokio::task::spawn_blocking(
             move || -> Result<(crate::core::projection::Projection, Vec<ChainedEvent>), Error> {
-                let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+                let l = ledger.read_ledger()?;
                 let (prefix, _) = l.replay(&ReplayOptions { audit: false, stop: StopAt::Seq(fork - 1) })?;
                 let head = l.head().map(|h| h.seq).unwrap_or(0);
                 Ok((prefix, l.read_range(fork, head)?))
@@ -394,7 +395,7 @@ impl Resolver {
             }
         }
         let (head, fp) = {
-            let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = self.ledger.read_ledger()?;
             (l.head(), l.fingerprint())
         };
         let (Some(head), Some(fp)) = (head, fp) else { return Err(Error::SplitBrain("no chain".into())) };
@@ -461,7 +462,7 @@ impl Resolver {
     ) -> Result<(), Error> {
         let hashes: HashSet<_> = losing.iter().map(|e| e.hash).collect();
         let how = Settled { resolution: Some(res.clone()), recorded_at: at };
-        let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = self.ledger.read_ledger()?;
         crate::forensics::forks::mark_resolved(&l, evidence, &how)?;
         for e in crate::forensics::forks::unresolved(&l)? {
             if hashes.contains(&e.theirs.hash) || hashes.contains(&e.ours.hash) {

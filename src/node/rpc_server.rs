@@ -15,7 +15,7 @@ use crate::net::liveness::LivenessService;
 use crate::raft::network::RaftService;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{ChainPoint, Raft, RpcRequest, RpcResponse, SporeResponse};
-use crate::store::ledger::LedgerHealth;
+use crate::store::ledger::{LedgerHealth, LedgerLock};
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Serves a node's RPCs: read-only status and queries here, everything else by Raft.
@@ -69,8 +69,8 @@ impl crate::net::RpcHandler for NodeService {
                 Box::pin(async move { RpcResponse::Query(answer) })
             }
             RpcRequest::Query(q) => {
-                let answer = match self.ledger.read() {
-                    Err(_) => Err(RemoteFailure::Other("ledger lock poisoned".into())),
+                let answer = match self.ledger.read_ledger() {
+                    Err(e) => Err(RemoteFailure::Other(e.to_string())),
                     Ok(l) => {
                         let p = l.projection();
                         Ok(match q {

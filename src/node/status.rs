@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::net::gossip::GossipService;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{ChainPoint, Raft};
-use crate::store::ledger::LedgerHealth;
+use crate::store::ledger::{LedgerHealth, LedgerLock};
 use crate::wire::rpc::PeerNode;
 use crate::wire::status::{PeerLag, SporeStatus, TierReach};
 use openraft::ServerState;
@@ -34,7 +34,7 @@ impl SporeSystem {
     #[doc(hidden)]
     pub fn damage_record_for_tests(&self, seq: u64, bytes: &[u8]) -> Result<(), Error> {
         let r = self.running()?;
-        let mut l = r.ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let mut l = r.ledger.write_ledger()?;
         Ok(l.damage_record_for_tests(seq, bytes)?)
     }
 
@@ -42,7 +42,7 @@ impl SporeSystem {
     /// after investigating it: the node takes writes again. Returns the divergence cleared.
     pub fn clear_state_divergence(&self) -> Result<Option<crate::core::attest::StateDivergence>, Error> {
         let r = self.running()?;
-        let mut l = r.ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let mut l = r.ledger.write_ledger()?;
         let d = l.divergence();
         l.clear_divergence();
         Ok(d)
@@ -52,7 +52,7 @@ impl SporeSystem {
     /// time and reason (the newest [`MODES_KEPT`](crate::store::modes::MODES_KEPT), kept
     /// across restarts).
     pub fn mode_history(&self) -> Result<Vec<crate::core::modes::Transition>, Error> {
-        let l = self.running()?.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = self.running()?.ledger.read_ledger()?;
         Ok(crate::store::modes::list(&l)?)
     }
 }
@@ -118,7 +118,7 @@ pub(crate) fn compute_status(
 ) -> Result<SporeStatus, Error> {
     let m = raft.metrics().borrow().clone();
     let (head, fingerprint, anchor, seed_anchor, forks, provisional, history_from, state_divergence) = {
-        let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = ledger.read_ledger()?;
         let forks = crate::forensics::forks::unresolved(&l).map(|f| f.len()).unwrap_or(0);
         let provisional = crate::store::provisional::count(&l).unwrap_or(0);
         (
@@ -151,7 +151,7 @@ pub(crate) fn compute_status(
         })
         .collect();
     let raft_member = by_id.values().any(|n| *n == me.node);
-    let health = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.health();
+    let health = ledger.read_ledger()?.health();
     let halted = halted_reason(&m, &health);
     let inputs = ModeInputs {
         halted: halted.clone(),

@@ -23,6 +23,7 @@ use crate::core::sync;
 use crate::core::types::{ChainPoint, SporeType};
 use crate::error::Error;
 use crate::raft::state_machine::SharedLedger;
+use crate::store::ledger::LedgerLock;
 use crate::wire::status::TierReach;
 
 /// The tiers in authority order, highest first.
@@ -65,7 +66,7 @@ impl TierViews {
     ) -> Result<Option<ViewSource>, Error> {
         let Some(seq) = reach.get(tier) else { return Ok(None) };
         let history = {
-            let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = ledger.read_ledger()?;
             if l.head().is_some_and(|h| h.seq <= seq) {
                 return Ok(Some(ViewSource::Live));
             }

@@ -22,6 +22,7 @@ use super::proposer::{ProposeError, Proposer};
 use super::{raft_id, Raft, RpcRequest, RpcResponse, TypeConfig};
 use crate::core::types::NodeId;
 use crate::net::{BoxFuture, RpcHandler, SharedTransport, TransportError};
+use crate::store::ledger::LedgerLock;
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Creates one [`PeerClient`] per Raft peer.
@@ -153,7 +154,7 @@ impl RaftService {
     /// Only admitted nodes that have not left may join the Raft membership; only Sclerotia
     /// may become voters.
     fn check_admitted(&self, node: &NodeId, voter: bool) -> Result<(), RemoteFailure> {
-        let l = self.ledger.read().map_err(|_| RemoteFailure::Other("ledger lock poisoned".into()))?;
+        let l = self.ledger.read_ledger().map_err(|e| RemoteFailure::Other(e.to_string()))?;
         match l.projection().node(node) {
             Some(n) if n.status != crate::core::projection::NodeStatus::Left => {
                 if voter && !n.role.is_authority() {

@@ -17,6 +17,7 @@ use crate::core::types::ChainPoint;
 use crate::net::BoxFuture;
 use crate::raft::state_machine::SharedLedger;
 use crate::store::error::LedgerError;
+use crate::store::ledger::LedgerLock;
 use crate::wire::gossip::{decode_frame_with_records, encode_frame, encode_range_frame, RawRange};
 
 /// Why a frame could not be read.
@@ -68,7 +69,7 @@ impl GossipService {
         peers.extend(
             known.into_iter().take(limits::GOSSIP_PEERS_MAX - 1).map(|p| PeerAddr { node: p.node, addr: p.addr }),
         );
-        let l = self.ledger.read().map_err(|_| LedgerError::Poisoned(std::path::PathBuf::from("<ledger lock>")))?;
+        let l = self.ledger.read_ledger()?;
         let head = match l.head() {
             Some(h) => l.get(h.seq)?,
             None => None,
@@ -354,7 +355,7 @@ fn store_range(
     verdicts: &[bool],
     committed: &mut Vec<EventId>,
 ) -> Result<u64, String> {
-    let mut l = ledger.write().map_err(|_| "ledger lock poisoned".to_string())?;
+    let mut l = ledger.write_ledger().map_err(|e| e.to_string())?;
     // A node filled by gossip is not Raft's: if it later joins Raft, Raft starts over.
     if l.head().is_none() {
         l.set_imported(true).map_err(|e| e.to_string())?;
@@ -381,12 +382,12 @@ fn store_backfill(
     range: &crate::core::gossip::BackfillRange,
     verdicts: &[bool],
 ) -> Result<u64, String> {
-    let mut l = ledger.write().map_err(|_| "ledger lock poisoned".to_string())?;
+    let mut l = ledger.write_ledger().map_err(|e| e.to_string())?;
     l.append_backfill(range, verdicts).map_err(|e| e.to_string())?;
     Ok(range.len() as u64)
 }
 
 fn read_batch(ledger: &SharedLedger, from: u64, max_events: u32) -> Result<Vec<Vec<u8>>, LedgerError> {
-    let l = ledger.read().map_err(|_| LedgerError::Poisoned(std::path::PathBuf::from("<ledger lock>")))?;
+    let l = ledger.read_ledger()?;
     l.read_raw_batch(from, max_events as usize, limits::GOSSIP_BATCH_BYTES_MAX)
 }
