@@ -58,8 +58,9 @@ impl SporeSystem {
             durable: false,
             expected_network: None,
         };
-        let ledger =
-            tokio::task::spawn_blocking(move || Ledger::open(ledger_dir, ledger_cfg)).await.map_err(raft_err)??;
+        let ledger = tokio::task::spawn_blocking(move || Ledger::open(ledger_dir, ledger_cfg))
+            .await
+            .map_err(|source| Error::Task { what: "ledger open", source })??;
         let (log_store, sm) = crate::raft::open_stores(ledger, key.clone())?;
         let ledger = sm.ledger().clone();
         let head_rx = sm.subscribe_head();

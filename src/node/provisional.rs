@@ -79,7 +79,7 @@ impl ProvisionalWriter {
                 Some(SporeResponse::Rejected(Rejection::ProvisionalDuplicate(point))) => return Ok(point),
                 Some(SporeResponse::Rejected(rej)) => return Err(Error::Rejected(rej)),
                 Some(other) => {
-                    return Err(Error::Raft(format!("unexpected response to a provisional event: {other:?}")))
+                    return Err(Error::UnexpectedResponse { to: "a provisional event", got: format!("{other:?}") })
                 }
                 None => {}
             }

@@ -8,12 +8,13 @@ use openraft::ServerState;
 use tokio::sync::mpsc;
 
 use super::status::leader_is_confirmed;
-use super::{raft_err, SporeSystem};
+use super::SporeSystem;
 use crate::core::event::ChainedEvent;
 use crate::core::projection::{ChainHead, NodeRecord, Projection, ServiceRecord};
 use crate::core::types::{NodeId, SporeType};
 use crate::error::Error;
 use crate::node::tiers::{TierView, ViewSource};
+use crate::raft::error::ConsensusError;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{ChainPoint, Raft, RpcRequest, RpcResponse};
 use crate::store::ledger::{Ledger, LedgerLock};
@@ -47,12 +48,19 @@ impl SporeSystem {
             let r = self.running()?;
             let index = match self.leader_node() {
                 Some(l) if l.node == r.me.node => {
-                    r.raft.ensure_linearizable().await.map_err(raft_err)?.map(|l| l.index)
+                    r.raft.ensure_linearizable().await.map_err(ConsensusError::from)?.map(|l| l.index)
                 }
                 Some(l) => match r.transport.call(&l, RpcRequest::ReadIndex, r.timeouts.rpc).await {
                     Ok(RpcResponse::ReadIndex(Ok(i))) => i,
-                    Ok(RpcResponse::ReadIndex(Err(e))) => return Err(Error::Raft(e.to_string())),
-                    Ok(_) => return Err(Error::Raft("unexpected response to read index".into())),
+                    Ok(RpcResponse::ReadIndex(Err(failure))) => {
+                        return Err(Error::Remote { peer: l.to_string(), failure })
+                    }
+                    Ok(other) => {
+                        return Err(Error::UnexpectedResponse {
+                            to: "a read index request",
+                            got: format!("a {} answer", other.kind()),
+                        })
+                    }
                     Err(e) => return Err(Error::Transport(e)),
                 },
                 None => return Err(Error::NoLeader { waited: Duration::ZERO }),
@@ -62,7 +70,7 @@ impl SporeSystem {
                     .wait(Some(r.timeouts.write))
                     .applied_index_at_least(Some(i), "linearizable read")
                     .await
-                    .map_err(raft_err)?;
+                    .map_err(ConsensusError::from)?;
             }
         }
         self.with_projection(f)
@@ -173,10 +181,7 @@ impl SporeSystem {
                     // The system shut down: the subscription ends after what it delivered.
                     let Some(l2) = ledger.upgrade() else { return };
                     let page = tokio::task::spawn_blocking(move || Ok(l2.read_ledger()?.read_range(next, to)?)).await;
-                    let page = match page {
-                        Ok(p) => p,
-                        Err(e) => Err(Error::Raft(e.to_string())),
-                    };
+                    let page = page.unwrap_or_else(|source| Err(Error::Task { what: "subscription read", source }));
                     match page {
                         Ok(events) => {
                             for ev in events {

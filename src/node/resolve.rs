@@ -41,6 +41,7 @@ use crate::error::Error;
 use crate::forensics::forks::Settled;
 use crate::net::gossip::GossipService;
 use crate::net::SharedTransport;
+use crate::node::SplitBrainError;
 use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, SporeResponse};
@@ -210,7 +211,7 @@ impl Resolver {
             Ok(None)
         })
         .await
-        .map_err(|e| Error::SplitBrain(format!("resolver task: {e}")))??;
+        .map_err(|source| Error::Task { what: "split-brain resolver", source })??;
         match recorded {
             Some(at) => {
                 let l = self.ledger.read_ledger()?;
@@ -233,8 +234,10 @@ impl Resolver {
     async fn chain_at(&self, other: &PeerNode, seq: u64) -> Result<(Option<ChainPoint>, Option<ChainPoint>), Error> {
         match self.transport.call(other, RpcRequest::Query(Query::ChainAt(seq)), self.rpc_timeout).await? {
             RpcResponse::Query(Ok(QueryAnswer::Chain { at, head, .. })) => Ok((at, head)),
-            RpcResponse::Query(Err(e)) => Err(Error::SplitBrain(format!("{} could not answer: {e}", other.addr))),
-            _ => Err(Error::SplitBrain(format!("unexpected answer from {}", other.addr))),
+            RpcResponse::Query(Err(failure)) => {
+                Err(SplitBrainError::PeerRefused { peer: other.addr.clone(), failure }.into())
+            }
+            _ => Err(SplitBrainError::UnexpectedAnswer { peer: other.addr.clone() }.into()),
         }
     }
 
@@ -247,9 +250,9 @@ impl Resolver {
     /// (where they are known to differ), and `other`'s head.
     async fn fork_seq(&self, other: &PeerNode, upto: u64) -> Result<(u64, ChainPoint), Error> {
         let (at, head) = self.chain_at(other, 0).await?;
-        let head = head.ok_or_else(|| Error::SplitBrain(format!("{} holds no chain", other.addr)))?;
+        let head = head.ok_or_else(|| SplitBrainError::NoChain { peer: other.addr.clone() })?;
         if at.map(|p| p.hash) != self.our_hash(0)? {
-            return Err(Error::SplitBrain(format!("{} holds another network's chain", other.addr)));
+            return Err(SplitBrainError::OtherNetwork { peer: other.addr.clone() }.into());
         }
         // Same at lo, different at hi.
         let (mut lo, mut hi) = (0u64, upto);
@@ -276,14 +279,14 @@ impl Resolver {
                 .await?
             {
                 RpcResponse::Query(Ok(QueryAnswer::Events(ev))) => ev,
-                RpcResponse::Query(Err(e)) => {
-                    return Err(Error::SplitBrain(format!("{} could not answer: {e}", other.addr)))
+                RpcResponse::Query(Err(failure)) => {
+                    return Err(SplitBrainError::PeerRefused { peer: other.addr.clone(), failure }.into())
                 }
-                _ => return Err(Error::SplitBrain(format!("unexpected answer from {}", other.addr))),
+                _ => return Err(SplitBrainError::UnexpectedAnswer { peer: other.addr.clone() }.into()),
             };
             let Some(last) = page.last() else { break };
             if page.first().map(|e| e.seq) != Some(next) || last.seq < next {
-                return Err(Error::SplitBrain(format!("{} answered events out of order", other.addr)));
+                return Err(SplitBrainError::OutOfOrder { peer: other.addr.clone() }.into());
             }
             next = last.seq + 1;
             out.extend(page.into_iter().filter(|e| e.seq <= to));
@@ -314,13 +317,12 @@ impl Resolver {
             },
         )
         .await
-        .map_err(|e| Error::Raft(format!("resolver task: {e}")))??;
+        .map_err(|source| Error::Task { what: "split-brain resolver", source })??;
         // No seed evidence on either side: a seed this node imported is known to it alone
         // (and may have been accepted with a single signature), so counting it would let the
         // decision depend on which node decides. Checkpoints are in the chains both sides
         // read; `spore diff` weighs quorum-signed seed files, which anyone can check.
-        let (ours_s, _) = summarize(&prefix, &ours, None)
-            .map_err(|e| Error::SplitBrain(format!("our own branch does not check: {e}")))?;
+        let (ours_s, _) = summarize(&prefix, &ours, None).map_err(SplitBrainError::OwnBranch)?;
         let theirs_s = match summarize(&prefix, &theirs, None) {
             Ok((s, _)) => s,
             Err(e) => {
@@ -329,7 +331,7 @@ impl Resolver {
                 return Ok(());
             }
         };
-        let res = resolve(&ours_s, &theirs_s).map_err(|e| Error::SplitBrain(e.to_string()))?;
+        let res = resolve(&ours_s, &theirs_s).map_err(SplitBrainError::Undecided)?;
         tracing::warn!(fork, winner = %res.winner.first.hash.short(), loser = %res.loser.first.hash.short(), by = %res.decided_by,
             "split-brain: winner chosen");
         if res.winner.first == ours_s.first {
@@ -383,7 +385,7 @@ impl Resolver {
                 stale_liveness += 1;
                 continue;
             }
-            match self.proposer.propose(ev.event.clone()).await.map_err(|e| Error::Raft(e.to_string()))? {
+            match self.proposer.propose(ev.event.clone()).await? {
                 SporeResponse::Applied(_) => adopted += 1,
                 SporeResponse::Rejected(r) => conflicts.push(Conflict {
                     seq: ev.seq,
@@ -391,14 +393,17 @@ impl Resolver {
                     author: ev.event.author.to_string(),
                     reason: r.to_string(),
                 }),
-                other => return Err(Error::Raft(format!("unexpected answer to a re-proposal: {other:?}"))),
+                other => {
+                    let got = format!("{other:?}");
+                    return Err(SplitBrainError::UnexpectedCommit { to: "a re-proposal", got }.into());
+                }
             }
         }
         let (head, fp) = {
             let l = self.ledger.read_ledger()?;
             (l.head(), l.fingerprint())
         };
-        let (Some(head), Some(fp)) = (head, fp) else { return Err(Error::SplitBrain("no chain".into())) };
+        let (Some(head), Some(fp)) = (head, fp) else { return Err(SplitBrainError::NoOwnChain.into()) };
         let body = EventBody::SplitBrainResolved(Box::new(crate::core::event::SplitBrainResolution {
             fork_seq: fork,
             winner_first: res.winner.first.hash,
@@ -411,14 +416,13 @@ impl Resolver {
             adopted,
             conflicts: conflicts.len() as u64,
         }));
-        let at = match self
-            .proposer
-            .propose(SignedEvent::sign(&self.key, fp, Timestamp::now(), body))
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))?
-        {
+        let at = match self.proposer.propose(SignedEvent::sign(&self.key, fp, Timestamp::now(), body)).await? {
             SporeResponse::Applied(p) => p,
-            other => return Err(Error::SplitBrain(format!("the resolution event was not committed: {other:?}"))),
+            SporeResponse::Rejected(r) => return Err(SplitBrainError::ResolutionRejected(r).into()),
+            other => {
+                let got = format!("{other:?}");
+                return Err(SplitBrainError::UnexpectedCommit { to: "the resolution event", got }.into());
+            }
         };
         self.write_report(res, adopted, &conflicts, stale_liveness, at)?;
         tracing::warn!(
@@ -447,7 +451,7 @@ impl Resolver {
             "fork_seq": res.winner.fork_seq, "decided_by": res.decided_by, "winner": res.winner, "loser": res.loser,
             "adopted": adopted, "conflicts": conflicts, "skipped_liveness_transitions": stale_liveness, "recorded_at": at,
         });
-        let bytes = serde_json::to_vec_pretty(&report).map_err(|e| Error::SplitBrain(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&report).map_err(SplitBrainError::Report)?;
         std::fs::write(&path, bytes).map_err(|e| Error::Ledger(crate::error::LedgerError::Io { path, source: e }))
     }
 

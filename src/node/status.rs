@@ -152,7 +152,7 @@ pub(crate) fn compute_status(
         .collect();
     let raft_member = by_id.values().any(|n| *n == me.node);
     let health = ledger.read_ledger()?.health();
-    let halted = halted_reason(&m, &health);
+    let halted = halted_reason(&m, &health).map(|h| h.to_string());
     let inputs = ModeInputs {
         halted: halted.clone(),
         has_chain: head.is_some(),
@@ -204,13 +204,28 @@ pub(crate) fn compute_status(
     })
 }
 
+/// Why a node halted ([`Error::Halted`], and in words [`SporeStatus::halted`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HaltCause {
+    /// Raft stopped: openraft's core stops on a storage error (or a panic).
+    #[error("Raft stopped: {0}")]
+    RaftStopped(Box<openraft::error::Fatal<u64>>),
+    /// A durable ledger write failed and poisoned the ledger: it takes no more writes.
+    #[error("ledger write failed: {0}")]
+    LedgerWriteFailed(
+        /// The failed write's error, in words (the ledger's health keeps only its text).
+        String,
+    ),
+}
+
 /// Why this node halted, if a storage error it cannot survive stopped its Raft (openraft's
 /// core stops on a storage error) or poisoned its ledger (a failed durable write).
-pub(super) fn halted_reason(m: &openraft::RaftMetrics<u64, PeerNode>, health: &LedgerHealth) -> Option<String> {
+pub(super) fn halted_reason(m: &openraft::RaftMetrics<u64, PeerNode>, health: &LedgerHealth) -> Option<HaltCause> {
     if let Err(fatal) = &m.running_state {
-        return Some(format!("Raft stopped: {fatal}"));
+        return Some(HaltCause::RaftStopped(Box::new(fatal.clone())));
     }
-    health.poisoned_by().map(|e| format!("ledger write failed: {e}"))
+    health.poisoned_by().map(HaltCause::LedgerWriteFailed)
 }
 
 /// Whether this leader heard a majority of its voters within the longest election timeout

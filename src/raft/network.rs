@@ -18,7 +18,8 @@ use openraft::raft::{
 };
 use openraft::ChangeMembers;
 
-use super::proposer::{ProposeError, Proposer};
+use super::error::ConsensusError;
+use super::proposer::Proposer;
 use super::{raft_id, Raft, RpcRequest, RpcResponse, TypeConfig};
 use crate::core::types::NodeId;
 use crate::net::{BoxFuture, RpcHandler, SharedTransport, TransportError};
@@ -163,7 +164,7 @@ impl RaftService {
                     Ok(())
                 }
             }
-            _ => Err(RemoteFailure::Other(format!("node {} is not admitted in the registry", node.short()))),
+            _ => Err(RemoteFailure::not_admitted(node)),
         }
     }
 
@@ -272,7 +273,7 @@ impl RpcHandler for RaftService {
                     RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await),
                     RpcRequest::Forward(ev) => RpcResponse::Forward(match self.proposer.propose(ev).await {
                         Ok(resp) => Ok(resp),
-                        Err(ProposeError::NotLeader) => Err(self.not_leader()),
+                        Err(ConsensusError::NotLeader) => Err(self.not_leader()),
                         Err(e) => Err(RemoteFailure::Other(e.to_string())),
                     }),
                     RpcRequest::Provisional(p) => RpcResponse::Forward(self.commit_provisional(p).await),
