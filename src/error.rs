@@ -1,7 +1,10 @@
 //! The crate-wide [`Error`], for the callers of `SporeSystem`: it wraps each subsystem's own
-//! error (the store's are in [`crate::store::error`], re-exported here), and nothing below the
+//! error (the store's are in [`crate::store::error`], the consensus layer's in
+//! [`crate::raft::error`], the node's own in `node`; re-exported here), and nothing below the
 //! node layer imports it.
 
+pub use crate::node::{HaltCause, SplitBrainError};
+pub use crate::raft::error::ConsensusError;
 pub use crate::store::error::{Corruption, LedgerError, RangeRefusal};
 
 use crate::core::projection::Rejection;
@@ -39,7 +42,7 @@ pub enum Error {
     /// A storage error this node cannot survive (a full disk, a failed sync) halted it: it
     /// takes no writes until restarted once the cause is fixed.
     #[error("this node halted: {0}; restart it once the cause is fixed")]
-    Halted(String),
+    Halted(HaltCause),
     /// The system has not been started or initialized yet.
     #[error("the spore system is not started (call initialize, start or join first)")]
     NotStarted,
@@ -52,9 +55,51 @@ pub enum Error {
         /// The existing network's name.
         network: String,
     },
-    /// Raft failed (shutdown, fatal storage error, membership change refused, …).
+    /// Raft failed (shut down, stopped by a storage error, membership change refused, the
+    /// proposer stopped, …).
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[from] ConsensusError),
+    /// A task this node spawned for blocking work failed: it panicked, or it was cancelled
+    /// because the runtime is shutting down.
+    #[error("the {what} task failed: {source}")]
+    Task {
+        /// What the task did.
+        what: &'static str,
+        /// How it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A peer, or this node's own state machine, answered with a response of another kind
+    /// than the request asks for: a protocol violation (a bug, or a peer of another version).
+    /// Nobody matches on it; `got` is the answer in words.
+    #[error("unexpected response to {to}: {got}")]
+    UnexpectedResponse {
+        /// The request, in words.
+        to: &'static str,
+        /// What came back.
+        got: String,
+    },
+    /// A peer refused a request: its typed failure.
+    #[error("{peer} refused: {failure}")]
+    Remote {
+        /// The peer, as `key@address`.
+        peer: String,
+        /// What it answered.
+        failure: crate::wire::rpc::RemoteFailure,
+    },
+    /// The member asked to add this node to the Raft membership does not find it admitted in
+    /// its registry (yet): an authority must admit it first
+    /// ([`SporeSystem::admit`](crate::SporeSystem::admit)). A joiner retries while it waits.
+    #[error("{peer} refused to add this node: {reason}")]
+    NotAdmitted {
+        /// The member asked, as `key@address`.
+        peer: String,
+        /// Its answer, in words.
+        reason: String,
+    },
+    /// Forming a network from a seed on a node that is not one of the seed's voters.
+    #[error("node {} is not a voter in the seed; only the seed's voters can form its network", .0.short())]
+    NotASeedVoter(crate::core::types::NodeId),
     /// A network call failed.
     #[error(transparent)]
     Transport(#[from] crate::net::TransportError),
@@ -78,7 +123,7 @@ pub enum Error {
     /// A split-brain resolution step failed (the other chain's node did not answer as
     /// expected, a branch does not check, ...). The resolver retries.
     #[error("split-brain resolution: {0}")]
-    SplitBrain(String),
+    SplitBrain(#[from] SplitBrainError),
 }
 
 impl From<crate::forensics::ForensicsError> for Error {

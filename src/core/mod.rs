@@ -13,4 +13,5 @@ pub mod limits;
 pub mod modes;
 pub mod projection;
 pub mod provisional;
+pub mod sync;
 pub mod types;

@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::gossip::{GossipDialer, GossipStream};
 use super::{BoxFuture, RpcHandler, Transport, TransportError};
+use crate::core::sync;
 use crate::core::types::NodeId;
 use crate::raft::{RpcRequest, RpcResponse};
 use crate::wire::rpc::PeerNode;
@@ -61,11 +62,7 @@ impl InProcNetwork {
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        let mut g = match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        f(&mut g)
+        f(&mut sync::lock(&self.inner))
     }
 
     /// Registers (or replaces) the handler of the node at `addr`.

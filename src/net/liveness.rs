@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::BoxFuture;
+use crate::core::sync;
 use crate::core::types::NodeId;
 use crate::wire::rpc::PeerNode;
 
@@ -137,16 +138,16 @@ impl LivenessService {
 
     /// What foca last said of `node` (`None`: never seen).
     pub fn state_of(&self, node: &NodeId) -> Option<MemberState> {
-        self.states.lock().unwrap_or_else(|p| p.into_inner()).get(node).copied()
+        sync::lock(&self.states).get(node).copied()
     }
 
     /// Every member foca has reported on.
     pub fn states(&self) -> HashMap<NodeId, MemberState> {
-        self.states.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        sync::lock(&self.states).clone()
     }
 
     fn set(&self, node: NodeId, up: bool) {
-        let mut s = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = sync::lock(&self.states);
         let changed = s.get(&node).is_none_or(|m| m.up != up);
         if changed {
             s.insert(node, MemberState { up, since: Instant::now() });

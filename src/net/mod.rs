@@ -208,7 +208,7 @@ impl RpcHandler for LateHandler {
         match self.inner.get() {
             Some(h) => h.handle(from, req),
             None => Box::pin(async move {
-                let starting = || RemoteFailure::Other("node is starting".into());
+                let starting = RemoteFailure::starting;
                 match req {
                     RpcRequest::Forward(_) | RpcRequest::Provisional(_) => RpcResponse::Forward(Err(starting())),
                     RpcRequest::ReadIndex => RpcResponse::ReadIndex(Err(starting())),

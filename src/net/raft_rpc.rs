@@ -21,8 +21,10 @@ use openraft::ChangeMembers;
 
 use super::{BoxFuture, RpcHandler, SharedTransport, TransportError};
 use crate::core::types::NodeId;
-use crate::raft::proposer::{ProposeError, Proposer};
+use crate::raft::error::ConsensusError;
+use crate::raft::proposer::Proposer;
 use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, TypeConfig};
+use crate::store::ledger::LedgerLock;
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Creates one [`PeerClient`] per Raft peer.
@@ -154,7 +156,7 @@ impl RaftService {
     /// Only admitted nodes that have not left may join the Raft membership; only Sclerotia
     /// may become voters.
     fn check_admitted(&self, node: &NodeId, voter: bool) -> Result<(), RemoteFailure> {
-        let l = self.ledger.read().map_err(|_| RemoteFailure::Other("ledger lock poisoned".into()))?;
+        let l = self.ledger.read_ledger().map_err(|e| RemoteFailure::Other(e.to_string()))?;
         match l.projection().node(node) {
             Some(n) if n.status != crate::core::projection::NodeStatus::Left => {
                 if voter && !n.role.is_authority() {
@@ -163,7 +165,7 @@ impl RaftService {
                     Ok(())
                 }
             }
-            _ => Err(RemoteFailure::Other(format!("node {} is not admitted in the registry", node.short()))),
+            _ => Err(RemoteFailure::not_admitted(node)),
         }
     }
 
@@ -272,7 +274,7 @@ impl RpcHandler for RaftService {
                     RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await),
                     RpcRequest::Forward(ev) => RpcResponse::Forward(match self.proposer.propose(ev).await {
                         Ok(resp) => Ok(resp),
-                        Err(ProposeError::NotLeader) => Err(self.not_leader()),
+                        Err(ConsensusError::NotLeader) => Err(self.not_leader()),
                         Err(e) => Err(RemoteFailure::Other(e.to_string())),
                     }),
                     RpcRequest::Provisional(p) => RpcResponse::Forward(self.commit_provisional(p).await),

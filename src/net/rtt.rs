@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::core::sync;
 use crate::core::types::NodeId;
 
 /// A call's deadline is never shorter than this many smoothed round trips (one round trip for
@@ -114,7 +115,7 @@ pub struct RttTable {
 
 impl RttTable {
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, RttEstimator>> {
-        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.peers)
     }
 
     /// A call to `peer` completed after `r`.

@@ -381,7 +381,7 @@ async fn bring_up(system: &mut SporeSystem, config: &NodeConfig, admission: Opti
                 };
                 match attempt {
                     Ok(()) => break,
-                    Err(Error::Raft(e)) if e.contains("not admitted") && std::time::Instant::now() < deadline => {
+                    Err(e @ Error::NotAdmitted { .. }) if std::time::Instant::now() < deadline => {
                         tracing::info!(reason = %e, "not admitted yet; retrying the join");
                         if let Some(a) = admission {
                             refresh_admission(system, a, &bootstrap)?;

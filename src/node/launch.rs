@@ -22,6 +22,7 @@ use crate::net::{LateHandler, NetworkBackend};
 use crate::raft::proposer::Proposer;
 use crate::raft::{raft_id, Raft};
 use crate::store::keyfile;
+use crate::store::ledger::LedgerLock;
 use crate::store::ledger::{Ledger, LedgerConfig};
 use crate::wire::rpc::PeerNode;
 
@@ -57,8 +58,9 @@ impl SporeSystem {
             durable: false,
             expected_network: None,
         };
-        let ledger =
-            tokio::task::spawn_blocking(move || Ledger::open(ledger_dir, ledger_cfg)).await.map_err(raft_err)??;
+        let ledger = tokio::task::spawn_blocking(move || Ledger::open(ledger_dir, ledger_cfg))
+            .await
+            .map_err(|source| Error::Task { what: "ledger open", source })??;
         let (log_store, sm) = crate::raft::open_stores(ledger, key.clone())?;
         let ledger = sm.ledger().clone();
         let head_rx = sm.subscribe_head();
@@ -179,13 +181,13 @@ impl SporeSystem {
         let tier_views = Arc::new(crate::node::tiers::TierViews::default());
         // A node that yielded a split-brain keeps refusing the losing cluster's Raft across
         // restarts (the members are kept with the refused branch).
-        let refused_peers = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.refused_peers()?;
+        let refused_peers = ledger.read_ledger()?.refused_peers()?;
         if !refused_peers.is_empty() {
             fence.fence(refused_peers);
         }
         tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
         let scrub: crate::node::scrubber::SharedScrub = Arc::default();
-        let health = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.health();
+        let health = ledger.read_ledger()?.health();
         tasks.push(crate::node::scrubber::spawn(
             ledger.clone(),
             raft.clone(),

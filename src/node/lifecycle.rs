@@ -14,7 +14,9 @@ use crate::core::types::{NetworkIdentity, NodeRole};
 use crate::error::{Error, LedgerError};
 use crate::net::TransportError;
 use crate::node::datadir::CreatedDir;
+use crate::raft::error::ConsensusError;
 use crate::raft::{raft_id, RpcRequest, RpcResponse};
+use crate::store::ledger::LedgerLock;
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 impl SporeSystem {
@@ -114,10 +116,7 @@ impl SporeSystem {
             .get(&me.node)
             .is_some_and(|n| n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left);
         if !is_voter {
-            return Err(Error::Raft(format!(
-                "node {} is not a voter in the seed; only the seed's voters can form its network",
-                me.node.short()
-            )));
+            return Err(Error::NotASeedVoter(me.node));
         }
         let members_now = r.raft.metrics().borrow().membership_config.membership().voter_ids().count();
         if members_now > 0 {
@@ -134,7 +133,7 @@ impl SporeSystem {
         // chain is deterministic, so it must land exactly on the seed's head).
         let ledger = r.ledger.clone();
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
-            let mut l = ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let mut l = ledger.write_ledger()?;
             if !l.head().is_some_and(|h| h.seq == head.seq && h.hash == head.hash) {
                 crate::seed::import(&mut l, &seed)?;
             } // else: imported already (`spore seed import`, or an earlier attempt)
@@ -143,7 +142,7 @@ impl SporeSystem {
             Ok(())
         })
         .await
-        .map_err(|e| Error::Raft(format!("seed import task: {e}")))??;
+        .map_err(|source| Error::Task { what: "seed import", source })??;
 
         // This node alone first; compact the log so later members start from a snapshot.
         let members = BTreeMap::from([(raft_id(&me.node), me.clone())]);
@@ -175,7 +174,8 @@ impl SporeSystem {
                 }
             }
             if Instant::now() > deadline {
-                return Err(Error::Raft("the post-import snapshot was not built in time".into()));
+                let what = "the snapshot of the imported seed".to_string();
+                return Err(ConsensusError::Timeout { what, waited: r.timeouts.write }.into());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -205,8 +205,13 @@ impl SporeSystem {
             r.transport.call(&via, RpcRequest::Query(Query::ChainAt(seed.header.head_seq)), r.timeouts.rpc).await?;
         let (at, head, fingerprint) = match answer {
             RpcResponse::Query(Ok(QueryAnswer::Chain { at, head, fingerprint })) => (at, head, fingerprint),
-            RpcResponse::Query(Err(e)) => return Err(Error::Raft(format!("{} could not answer: {e}", via.addr))),
-            _ => return Err(Error::Raft(format!("unexpected answer from {}", via.addr))),
+            RpcResponse::Query(Err(failure)) => return Err(Error::Remote { peer: via.to_string(), failure }),
+            other => {
+                return Err(Error::UnexpectedResponse {
+                    to: "a chain query",
+                    got: format!("a {} answer", other.kind()),
+                })
+            }
         };
         if fingerprint != Some(seed.header.fingerprint) {
             let found = fingerprint.unwrap_or_default();
@@ -234,32 +239,40 @@ impl SporeSystem {
         self.check_addresses([via.addr.as_str()])?;
         self.start().await?;
         let me = self.running()?.me.clone();
-        self.membership_rpc(Some(via), RpcRequest::AddMember { node: me, voter: as_voter }).await
+        self.membership_rpc(Some(via), || RpcRequest::AddMember { node: me.clone(), voter: as_voter }).await
     }
 
     /// Adds another node to the Raft membership (learner, then voter if asked). Runs on the
     /// leader, or is forwarded to it.
     pub async fn add_member(&self, node: PeerNode, as_voter: bool) -> Result<(), Error> {
         self.check_addresses([node.addr.as_str()])?;
-        self.membership_rpc(None, RpcRequest::AddMember { node, voter: as_voter }).await
+        self.membership_rpc(None, || RpcRequest::AddMember { node: node.clone(), voter: as_voter }).await
     }
 
-    pub(super) async fn membership_rpc(&self, via: Option<PeerNode>, req: RpcRequest) -> Result<(), Error> {
+    /// Sends the membership request `req` makes (`AddMember` or `RemoveMember`) to the leader,
+    /// through `via` first if given, until one takes it or the write timeout (six times) runs
+    /// out. A refusal is [`Error::NotAdmitted`] when the registry does not hold the node as
+    /// admitted, [`Error::Remote`] otherwise.
+    pub(super) async fn membership_rpc(
+        &self,
+        via: Option<PeerNode>,
+        req: impl Fn() -> RpcRequest,
+    ) -> Result<(), Error> {
         let r = self.running()?;
         let deadline = Instant::now() + r.timeouts.write * 6;
         let mut target = via.or_else(|| self.leader_node()).unwrap_or_else(|| r.me.clone());
         loop {
-            let req2 = match &req {
-                RpcRequest::AddMember { node, voter } => RpcRequest::AddMember { node: node.clone(), voter: *voter },
-                RpcRequest::RemoveMember { node } => RpcRequest::RemoveMember { node: *node },
-                _ => return Err(Error::Raft("not a membership request".into())),
-            };
-            let res = r.transport.call(&target, req2, r.timeouts.write * 6).await;
+            let res = r.transport.call(&target, req(), r.timeouts.write * 6).await;
             match res {
                 Ok(RpcResponse::Membership(Ok(()))) => return Ok(()),
                 Ok(RpcResponse::Membership(Err(RemoteFailure::NotLeader { leader: Some(l) }))) => target = l,
-                Ok(RpcResponse::Membership(Err(RemoteFailure::Other(e)))) if !e.contains("starting") => {
-                    return Err(Error::Raft(e))
+                Ok(RpcResponse::Membership(Err(failure @ RemoteFailure::Other(_)))) if !failure.is_starting() => {
+                    let peer = target.to_string();
+                    return Err(if failure.is_not_admitted() {
+                        Error::NotAdmitted { peer, reason: failure.to_string() }
+                    } else {
+                        Error::Remote { peer, failure }
+                    });
                 }
                 // Refused by the peer (our key is not admitted there: another network, or not
                 // yet admitted): waiting would not change that.
@@ -293,7 +306,7 @@ impl SporeSystem {
         let _ = r.raft.shutdown().await;
         let ledger = r.ledger.clone();
         tokio::task::spawn_blocking(move || {
-            let l = ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = ledger.write_ledger()?;
             // A ledger a failed write poisoned has nothing more it can make durable; what it
             // applied without a sync is in the Raft log, which is applied again on restart.
             // (No projection checkpoint here: only one the chain attests is ever used.)
@@ -311,7 +324,7 @@ impl SporeSystem {
             }
         })
         .await
-        .map_err(raft_err)??;
+        .map_err(|source| Error::Task { what: "shutdown sync", source })??;
         let node = r.me.node;
         // Aborted tasks let go of the ledger as the runtime drops them; the database closes
         // with its last handle.

@@ -67,8 +67,9 @@ pub use config::{
 pub(crate) use lifecycle::discard_failed_start;
 pub use lifecycle::LEDGER_RELEASE_MAX;
 pub use reads::{Consistency, Subscription};
-pub use status::OperationalMode;
+pub use split_brain::SplitBrainError;
 pub(crate) use status::{compute_status, SharedModes};
+pub use status::{HaltCause, OperationalMode};
 
 use builder::Backend;
 use provisional::ProvisionalWriter;
@@ -132,8 +133,9 @@ impl Default for SporeSystem {
     }
 }
 
-fn raft_err<E: std::fmt::Display>(e: E) -> Error {
-    Error::Raft(e.to_string())
+/// An openraft error (or one of the consensus layer's) as the crate's [`Error::Raft`].
+fn raft_err<E: Into<crate::raft::error::ConsensusError>>(e: E) -> Error {
+    Error::Raft(e.into())
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {

@@ -17,6 +17,7 @@ use crate::net::gossip::GossipService;
 use crate::net::SharedTransport;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{raft_id, ChainPoint, Raft, RpcRequest, RpcResponse, SporeResponse};
+use crate::store::ledger::LedgerLock;
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 impl SporeSystem {
@@ -32,7 +33,7 @@ impl SporeSystem {
     /// handed over by peers), not committed yet.
     pub fn provisional_events(&self) -> Result<Vec<ProvisionalEvent>, Error> {
         let r = self.running()?;
-        let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = r.ledger.read_ledger()?;
         Ok(crate::store::provisional::list(&l, crate::store::provisional::HELD_MAX)?)
     }
 }
@@ -56,7 +57,7 @@ impl ProvisionalWriter {
     /// makes a retry after a lost answer harmless), else holds it ([`Error::Provisional`]).
     #[tracing::instrument(level = "debug", skip_all, fields(kind = event.body.kind()))]
     pub(super) async fn submit(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
-        let head = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.head().map(|h| h.seq);
+        let head = self.ledger.read_ledger()?.head().map(|h| h.seq);
         let p = ProvisionalEvent::new(&self.key, event, head);
         let deadline = Instant::now() + self.timeouts.write;
         let mut backoff = Duration::from_millis(50);
@@ -78,7 +79,7 @@ impl ProvisionalWriter {
                 Some(SporeResponse::Rejected(Rejection::ProvisionalDuplicate(point))) => return Ok(point),
                 Some(SporeResponse::Rejected(rej)) => return Err(Error::Rejected(rej)),
                 Some(other) => {
-                    return Err(Error::Raft(format!("unexpected response to a provisional event: {other:?}")))
+                    return Err(Error::UnexpectedResponse { to: "a provisional event", got: format!("{other:?}") })
                 }
                 None => {}
             }
@@ -90,7 +91,7 @@ impl ProvisionalWriter {
         }
         let id = p.id();
         {
-            let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = self.ledger.read_ledger()?;
             crate::store::provisional::put(&l, &p)?;
         }
         tracing::info!(id = %id.short(), kind = p.event.body.kind(), "no voter reachable; holding the write as a provisional event");

@@ -8,15 +8,16 @@ use openraft::ServerState;
 use tokio::sync::mpsc;
 
 use super::status::leader_is_confirmed;
-use super::{raft_err, SporeSystem};
+use super::SporeSystem;
 use crate::core::event::ChainedEvent;
 use crate::core::projection::{ChainHead, FoundService, NodeRecord, Projection, ServiceFilter, ServiceRecord};
 use crate::core::types::{NodeId, SporeType};
 use crate::error::Error;
 use crate::node::tiers::{TierView, ViewSource};
+use crate::raft::error::ConsensusError;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{ChainPoint, Raft, RpcRequest, RpcResponse};
-use crate::store::ledger::Ledger;
+use crate::store::ledger::{Ledger, LedgerLock};
 use crate::wire::query::Tiered;
 use crate::wire::rpc::PeerNode;
 use crate::wire::status::TierReach;
@@ -35,7 +36,7 @@ impl SporeSystem {
     /// Runs `f` on the local projection (stale-ok).
     pub fn with_projection<R>(&self, f: impl FnOnce(&Projection) -> R) -> Result<R, Error> {
         let r = self.running()?;
-        let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = r.ledger.read_ledger()?;
         Ok(f(l.projection()))
     }
 
@@ -47,12 +48,19 @@ impl SporeSystem {
             let r = self.running()?;
             let index = match self.leader_node() {
                 Some(l) if l.node == r.me.node => {
-                    r.raft.ensure_linearizable().await.map_err(raft_err)?.map(|l| l.index)
+                    r.raft.ensure_linearizable().await.map_err(ConsensusError::from)?.map(|l| l.index)
                 }
                 Some(l) => match r.transport.call(&l, RpcRequest::ReadIndex, r.timeouts.rpc).await {
                     Ok(RpcResponse::ReadIndex(Ok(i))) => i,
-                    Ok(RpcResponse::ReadIndex(Err(e))) => return Err(Error::Raft(e.to_string())),
-                    Ok(_) => return Err(Error::Raft("unexpected response to read index".into())),
+                    Ok(RpcResponse::ReadIndex(Err(failure))) => {
+                        return Err(Error::Remote { peer: l.to_string(), failure })
+                    }
+                    Ok(other) => {
+                        return Err(Error::UnexpectedResponse {
+                            to: "a read index request",
+                            got: format!("a {} answer", other.kind()),
+                        })
+                    }
                     Err(e) => return Err(Error::Transport(e)),
                 },
                 None => return Err(Error::NoLeader { waited: Duration::ZERO }),
@@ -62,7 +70,7 @@ impl SporeSystem {
                     .wait(Some(r.timeouts.write))
                     .applied_index_at_least(Some(i), "linearizable read")
                     .await
-                    .map_err(raft_err)?;
+                    .map_err(ConsensusError::from)?;
             }
         }
         self.with_projection(f)
@@ -110,7 +118,7 @@ impl SporeSystem {
     /// How far each spore tier reaches in this node's chain (see [`crate::node::tiers`]).
     pub fn tier_reach(&self) -> Result<TierReach, Error> {
         let r = self.running()?;
-        let l = r.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = r.ledger.read_ledger()?;
         Ok(tier_reach(&r.raft, &r.me, &l))
     }
 
@@ -186,15 +194,8 @@ impl SporeSystem {
                     let to = h.min(next + crate::core::limits::REPLAY_CHUNK_EVENTS as u64 - 1);
                     // The system shut down: the subscription ends after what it delivered.
                     let Some(l2) = ledger.upgrade() else { return };
-                    let page = tokio::task::spawn_blocking(move || match l2.read() {
-                        Ok(l) => l.read_range(next, to).map_err(Error::from),
-                        Err(_) => Err(Error::Raft("ledger lock poisoned".into())),
-                    })
-                    .await;
-                    let page = match page {
-                        Ok(p) => p,
-                        Err(e) => Err(Error::Raft(e.to_string())),
-                    };
+                    let page = tokio::task::spawn_blocking(move || Ok(l2.read_ledger()?.read_range(next, to)?)).await;
+                    let page = page.unwrap_or_else(|source| Err(Error::Task { what: "subscription read", source }));
                     match page {
                         Ok(events) => {
                             for ev in events {
@@ -236,7 +237,7 @@ pub(super) fn answer_tiered<T>(
     f: impl Fn(&Projection) -> Option<T>,
 ) -> Result<Option<Tiered<T>>, Error> {
     let reach = {
-        let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = ledger.read_ledger()?;
         tier_reach(raft, me, &l)
     };
     let confirmed = {
@@ -254,7 +255,7 @@ pub(super) fn answer_tiered<T>(
         let found = match views.source(ledger, reach, tier)? {
             None => None,
             Some(ViewSource::Live) => {
-                let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+                let l = ledger.read_ledger()?;
                 let p = l.projection();
                 f(p).map(|value| Tiered { value, tier, at: point_of(p), stale })
             }

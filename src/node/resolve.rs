@@ -35,14 +35,17 @@ use crate::core::event::{ChainedEvent, EventBody, SignedEvent};
 use crate::core::gossip::ForkEvidence;
 use crate::core::keys::NodeKey;
 use crate::core::provisional::EventId;
+use crate::core::sync;
 use crate::core::types::{ChainPoint, Timestamp};
 use crate::error::Error;
 use crate::forensics::forks::Settled;
 use crate::net::gossip::GossipService;
 use crate::net::SharedTransport;
+use crate::node::SplitBrainError;
 use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, SporeResponse};
+use crate::store::ledger::LedgerLock;
 use crate::store::replay::{ReplayOptions, StopAt};
 use crate::wire::query::{Query, QueryAnswer};
 use crate::wire::rpc::PeerNode;
@@ -101,7 +104,7 @@ struct FenceState {
 impl YieldFence {
     /// Fences the losing chain's Raft members `losing` (this node yields away from them).
     pub(crate) fn fence(&self, losing: impl IntoIterator<Item = crate::core::types::NodeId>) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = sync::lock(&self.state);
         s.losing.extend(losing);
         s.winner.clear();
     }
@@ -109,13 +112,13 @@ impl YieldFence {
     /// The winner's Raft members as reported by its node: they are let through even if they
     /// were on the losing side once (they yielded first and joined it).
     pub(crate) fn winner_members(&self, members: impl IntoIterator<Item = crate::core::types::NodeId>) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).winner.extend(members);
+        sync::lock(&self.state).winner.extend(members);
     }
 
     /// Whether a Raft request from `from` is refused, given whether `from` is a member of this
     /// node's Raft now.
     pub(crate) fn refuses(&self, from: &crate::core::types::NodeId, member_here: impl FnOnce() -> bool) -> bool {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let s = sync::lock(&self.state);
         s.losing.contains(from) && !s.winner.contains(from) && !member_here()
     }
 }
@@ -164,7 +167,7 @@ impl Resolver {
     /// any node, Raft member or latent, whose chain lost learns it here and gets a yield plan.
     async fn tick(&self) -> Result<(), Error> {
         let pending = {
-            let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = self.ledger.read_ledger()?;
             crate::forensics::forks::unresolved(&l)?
         };
         let Some(evidence) = pending.into_iter().next() else { return Ok(()) };
@@ -189,7 +192,7 @@ impl Resolver {
         let ledger = self.ledger.clone();
         let e = evidence.clone();
         let recorded = tokio::task::spawn_blocking(move || -> Result<Option<ChainPoint>, Error> {
-            let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = ledger.read_ledger()?;
             let mine = l.get(e.seq())?.map(|x| x.hash);
             if mine != Some(e.ours.hash) && mine != Some(e.theirs.hash) {
                 return Ok(None);
@@ -208,10 +211,10 @@ impl Resolver {
             Ok(None)
         })
         .await
-        .map_err(|e| Error::SplitBrain(format!("resolver task: {e}")))??;
+        .map_err(|source| Error::Task { what: "split-brain resolver", source })??;
         match recorded {
             Some(at) => {
-                let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+                let l = self.ledger.read_ledger()?;
                 crate::forensics::forks::mark_resolved(
                     &l,
                     &evidence,
@@ -231,13 +234,15 @@ impl Resolver {
     async fn chain_at(&self, other: &PeerNode, seq: u64) -> Result<(Option<ChainPoint>, Option<ChainPoint>), Error> {
         match self.transport.call(other, RpcRequest::Query(Query::ChainAt(seq)), self.rpc_timeout).await? {
             RpcResponse::Query(Ok(QueryAnswer::Chain { at, head, .. })) => Ok((at, head)),
-            RpcResponse::Query(Err(e)) => Err(Error::SplitBrain(format!("{} could not answer: {e}", other.addr))),
-            _ => Err(Error::SplitBrain(format!("unexpected answer from {}", other.addr))),
+            RpcResponse::Query(Err(failure)) => {
+                Err(SplitBrainError::PeerRefused { peer: other.addr.clone(), failure }.into())
+            }
+            _ => Err(SplitBrainError::UnexpectedAnswer { peer: other.addr.clone() }.into()),
         }
     }
 
     fn our_hash(&self, seq: u64) -> Result<Option<crate::core::types::ChainHash>, Error> {
-        let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = self.ledger.read_ledger()?;
         Ok(l.get(seq)?.map(|e| e.hash))
     }
 
@@ -245,9 +250,9 @@ impl Resolver {
     /// (where they are known to differ), and `other`'s head.
     async fn fork_seq(&self, other: &PeerNode, upto: u64) -> Result<(u64, ChainPoint), Error> {
         let (at, head) = self.chain_at(other, 0).await?;
-        let head = head.ok_or_else(|| Error::SplitBrain(format!("{} holds no chain", other.addr)))?;
+        let head = head.ok_or_else(|| SplitBrainError::NoChain { peer: other.addr.clone() })?;
         if at.map(|p| p.hash) != self.our_hash(0)? {
-            return Err(Error::SplitBrain(format!("{} holds another network's chain", other.addr)));
+            return Err(SplitBrainError::OtherNetwork { peer: other.addr.clone() }.into());
         }
         // Same at lo, different at hi.
         let (mut lo, mut hi) = (0u64, upto);
@@ -274,14 +279,14 @@ impl Resolver {
                 .await?
             {
                 RpcResponse::Query(Ok(QueryAnswer::Events(ev))) => ev,
-                RpcResponse::Query(Err(e)) => {
-                    return Err(Error::SplitBrain(format!("{} could not answer: {e}", other.addr)))
+                RpcResponse::Query(Err(failure)) => {
+                    return Err(SplitBrainError::PeerRefused { peer: other.addr.clone(), failure }.into())
                 }
-                _ => return Err(Error::SplitBrain(format!("unexpected answer from {}", other.addr))),
+                _ => return Err(SplitBrainError::UnexpectedAnswer { peer: other.addr.clone() }.into()),
             };
             let Some(last) = page.last() else { break };
             if page.first().map(|e| e.seq) != Some(next) || last.seq < next {
-                return Err(Error::SplitBrain(format!("{} answered events out of order", other.addr)));
+                return Err(SplitBrainError::OutOfOrder { peer: other.addr.clone() }.into());
             }
             next = last.seq + 1;
             out.extend(page.into_iter().filter(|e| e.seq <= to));
@@ -292,7 +297,7 @@ impl Resolver {
     async fn settle(&self, evidence: &ForkEvidence, other: &PeerNode) -> Result<(), Error> {
         let (fork, their_head) = self.fork_seq(other, evidence.seq()).await?;
         let our_head = {
-            let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = self.ledger.read_ledger()?;
             l.head().map(|h| h.seq).unwrap_or(0)
         };
         if their_head.seq.saturating_sub(fork) >= BRANCH_EVENTS_MAX
@@ -305,20 +310,19 @@ impl Resolver {
         let ledger = self.ledger.clone();
         let (prefix, ours) = tokio::task::spawn_blocking(
             move || -> Result<(crate::core::projection::Projection, Vec<ChainedEvent>), Error> {
-                let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+                let l = ledger.read_ledger()?;
                 let (prefix, _) = l.replay(&ReplayOptions { audit: false, stop: StopAt::Seq(fork - 1) })?;
                 let head = l.head().map(|h| h.seq).unwrap_or(0);
                 Ok((prefix, l.read_range(fork, head)?))
             },
         )
         .await
-        .map_err(|e| Error::Raft(format!("resolver task: {e}")))??;
+        .map_err(|source| Error::Task { what: "split-brain resolver", source })??;
         // No seed evidence on either side: a seed this node imported is known to it alone
         // (and may have been accepted with a single signature), so counting it would let the
         // decision depend on which node decides. Checkpoints are in the chains both sides
         // read; `spore diff` weighs quorum-signed seed files, which anyone can check.
-        let (ours_s, _) = summarize(&prefix, &ours, None)
-            .map_err(|e| Error::SplitBrain(format!("our own branch does not check: {e}")))?;
+        let (ours_s, _) = summarize(&prefix, &ours, None).map_err(SplitBrainError::OwnBranch)?;
         let theirs_s = match summarize(&prefix, &theirs, None) {
             Ok((s, _)) => s,
             Err(e) => {
@@ -327,7 +331,7 @@ impl Resolver {
                 return Ok(());
             }
         };
-        let res = resolve(&ours_s, &theirs_s).map_err(|e| Error::SplitBrain(e.to_string()))?;
+        let res = resolve(&ours_s, &theirs_s).map_err(SplitBrainError::Undecided)?;
         tracing::warn!(fork, winner = %res.winner.first.hash.short(), loser = %res.loser.first.hash.short(), by = %res.decided_by,
             "split-brain: winner chosen");
         if res.winner.first == ours_s.first {
@@ -381,7 +385,7 @@ impl Resolver {
                 stale_liveness += 1;
                 continue;
             }
-            match self.proposer.propose(ev.event.clone()).await.map_err(|e| Error::Raft(e.to_string()))? {
+            match self.proposer.propose(ev.event.clone()).await? {
                 SporeResponse::Applied(_) => adopted += 1,
                 SporeResponse::Rejected(r) => conflicts.push(Conflict {
                     seq: ev.seq,
@@ -389,14 +393,17 @@ impl Resolver {
                     author: ev.event.author.to_string(),
                     reason: r.to_string(),
                 }),
-                other => return Err(Error::Raft(format!("unexpected answer to a re-proposal: {other:?}"))),
+                other => {
+                    let got = format!("{other:?}");
+                    return Err(SplitBrainError::UnexpectedCommit { to: "a re-proposal", got }.into());
+                }
             }
         }
         let (head, fp) = {
-            let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = self.ledger.read_ledger()?;
             (l.head(), l.fingerprint())
         };
-        let (Some(head), Some(fp)) = (head, fp) else { return Err(Error::SplitBrain("no chain".into())) };
+        let (Some(head), Some(fp)) = (head, fp) else { return Err(SplitBrainError::NoOwnChain.into()) };
         let body = EventBody::SplitBrainResolved(Box::new(crate::core::event::SplitBrainResolution {
             fork_seq: fork,
             winner_first: res.winner.first.hash,
@@ -409,14 +416,13 @@ impl Resolver {
             adopted,
             conflicts: conflicts.len() as u64,
         }));
-        let at = match self
-            .proposer
-            .propose(SignedEvent::sign(&self.key, fp, Timestamp::now(), body))
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))?
-        {
+        let at = match self.proposer.propose(SignedEvent::sign(&self.key, fp, Timestamp::now(), body)).await? {
             SporeResponse::Applied(p) => p,
-            other => return Err(Error::SplitBrain(format!("the resolution event was not committed: {other:?}"))),
+            SporeResponse::Rejected(r) => return Err(SplitBrainError::ResolutionRejected(r).into()),
+            other => {
+                let got = format!("{other:?}");
+                return Err(SplitBrainError::UnexpectedCommit { to: "the resolution event", got }.into());
+            }
         };
         self.write_report(res, adopted, &conflicts, stale_liveness, at)?;
         tracing::warn!(
@@ -445,7 +451,7 @@ impl Resolver {
             "fork_seq": res.winner.fork_seq, "decided_by": res.decided_by, "winner": res.winner, "loser": res.loser,
             "adopted": adopted, "conflicts": conflicts, "skipped_liveness_transitions": stale_liveness, "recorded_at": at,
         });
-        let bytes = serde_json::to_vec_pretty(&report).map_err(|e| Error::SplitBrain(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&report).map_err(SplitBrainError::Report)?;
         std::fs::write(&path, bytes).map_err(|e| Error::Ledger(crate::error::LedgerError::Io { path, source: e }))
     }
 
@@ -460,7 +466,7 @@ impl Resolver {
     ) -> Result<(), Error> {
         let hashes: HashSet<_> = losing.iter().map(|e| e.hash).collect();
         let how = Settled { resolution: Some(res.clone()), recorded_at: at };
-        let l = self.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = self.ledger.read_ledger()?;
         crate::forensics::forks::mark_resolved(&l, evidence, &how)?;
         for e in crate::forensics::forks::unresolved(&l)? {
             if hashes.contains(&e.theirs.hash) || hashes.contains(&e.ours.hash) {
@@ -484,7 +490,7 @@ impl Resolver {
         let winner_node =
             self.gossip.known_peers().into_iter().find(|p| Some(p.node) == author).unwrap_or_else(|| other.clone());
         let plan = YieldPlan { winner_node, resolution: res.clone(), recorded_at: at };
-        let mut slot = self.state.yield_plan.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = sync::lock(&self.state.yield_plan);
         if slot.is_none() {
             tracing::warn!(fork = res.winner.fork_seq, winner = %other.node.short(), "this chain lost the split-brain; ready to yield to the winner");
         }

@@ -7,6 +7,7 @@ use super::provisional::{is_member, ProvisionalWriter};
 use super::reads::answer_tiered;
 use super::{compute_status, SharedModes};
 use crate::core::keys::NodeKey;
+use crate::core::sync;
 use crate::core::types::NodeId;
 use crate::error::Error;
 use crate::net::gossip::GossipService;
@@ -14,7 +15,7 @@ use crate::net::liveness::LivenessService;
 use crate::net::raft_rpc::RaftService;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{ChainPoint, Raft, RpcRequest, RpcResponse, SporeResponse};
-use crate::store::ledger::LedgerHealth;
+use crate::store::ledger::{LedgerHealth, LedgerLock};
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Serves a node's RPCs: read-only status and queries here, everything else by Raft.
@@ -53,7 +54,7 @@ impl crate::net::RpcHandler for NodeService {
             RpcRequest::Status => {
                 let r = compute_status(&self.raft, &self.ledger, &self.me, self.gossip.as_deref(), &self.modes)
                     .map(|mut st| {
-                        st.scrub = self.scrub.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        st.scrub = sync::lock(&self.scrub).clone();
                         st
                     })
                     .map_err(|e| RemoteFailure::Other(e.to_string()));
@@ -68,8 +69,8 @@ impl crate::net::RpcHandler for NodeService {
                 Box::pin(async move { RpcResponse::Query(answer) })
             }
             RpcRequest::Query(q) => {
-                let answer = match self.ledger.read() {
-                    Err(_) => Err(RemoteFailure::Other("ledger lock poisoned".into())),
+                let answer = match self.ledger.read_ledger() {
+                    Err(e) => Err(RemoteFailure::Other(e.to_string())),
                     Ok(l) => {
                         let p = l.projection();
                         Ok(match q {

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use crate::core::sync;
 use crate::net::SharedTransport;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{Raft, RpcRequest, RpcResponse};
+use crate::store::ledger::LedgerLock;
 use crate::store::scrub::{repair, scrub_read, scrub_verify, ScrubCursor, ScrubRead, ScrubStep};
 use crate::wire::query::{Query, QueryAnswer};
 use crate::wire::rpc::PeerNode;
@@ -64,7 +66,7 @@ pub(crate) fn spawn(
                     // Read under the ledger's lock (fast); verify the signatures after releasing
                     // it, so the scrub never holds up an apply for a page of verifications.
                     let read = {
-                        let guard = l.read().map_err(|_| "ledger lock poisoned".to_string())?;
+                        let guard = l.read_ledger().map_err(|e| e.to_string())?;
                         scrub_read(&guard, &mut cursor, cfg.page).map_err(|e| e.to_string())?
                     };
                     let step = match read {
@@ -85,18 +87,18 @@ pub(crate) fn spawn(
                 cursor = moved;
                 match found {
                     ScrubStep::Clean(n) => {
-                        let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut st = sync::lock(&status);
                         st.checked += n;
                         st.passes = cursor.passes;
                         st.cursor = cursor.next;
                     }
                     ScrubStep::Damaged { seq, corruption } => {
                         tracing::error!(seq, %corruption, "scrub found a damaged record; asking peers for the chain's copy");
-                        status.lock().unwrap_or_else(|p| p.into_inner()).damage = Some(format!("seq {seq}: {corruption}"));
+                        sync::lock(&status).damage = Some(format!("seq {seq}: {corruption}"));
                         let peers = peers_of(&raft, &me);
                         match repair_from_peers(&ledger, &transport, &peers, seq, rpc_timeout).await {
                             Ok(()) => {
-                                let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
+                                let mut st = sync::lock(&status);
                                 st.repaired += 1;
                                 st.damage = None;
                             }
@@ -148,7 +150,7 @@ async fn repair_from_peers(
         };
         let l = ledger.clone();
         let done = tokio::task::spawn_blocking(move || {
-            let mut guard = l.write().map_err(|_| "ledger lock poisoned".to_string())?;
+            let mut guard = l.write_ledger().map_err(|e| e.to_string())?;
             repair(&mut guard, &events[..1]).map_err(|e| e.to_string())
         })
         .await

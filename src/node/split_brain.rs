@@ -1,20 +1,93 @@
 //! Yielding a lost split-brain: keeps the losing chain, starts again on an empty ledger and
-//! joins the winner (deciding is [`resolve`](super::resolve)'s).
+//! joins the winner (deciding is [`resolve`](super::resolve)'s); and [`SplitBrainError`], why
+//! a step of either failed.
 
 use std::path::PathBuf;
 
 use super::{io_err, SporeSystem};
+use crate::core::authority::BranchError;
+use crate::core::projection::Rejection;
+use crate::core::sync;
 use crate::core::types::NodeId;
 use crate::error::Error;
 use crate::raft::{RpcRequest, RpcResponse};
 use crate::store::ledger::{Ledger, LedgerConfig};
-use crate::wire::rpc::PeerNode;
+use crate::wire::rpc::{PeerNode, RemoteFailure};
+
+/// Why a split-brain resolution step failed: one variant per step. The resolver retries
+/// every second; [`SporeSystem::yield_to_winner`] returns it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SplitBrainError {
+    /// The node asked about the other chain refused the query.
+    #[error("{peer} could not answer: {failure}")]
+    PeerRefused {
+        /// Its address.
+        peer: String,
+        /// What it answered.
+        failure: RemoteFailure,
+    },
+    /// The node asked about the other chain answered with another kind of response.
+    #[error("unexpected answer from {peer}")]
+    UnexpectedAnswer {
+        /// Its address.
+        peer: String,
+    },
+    /// The node asked holds no chain at all.
+    #[error("{peer} holds no chain")]
+    NoChain {
+        /// Its address.
+        peer: String,
+    },
+    /// The node asked holds another network's chain (its genesis differs).
+    #[error("{peer} holds another network's chain")]
+    OtherNetwork {
+        /// Its address.
+        peer: String,
+    },
+    /// The node asked answered a page of events that does not start where asked or goes
+    /// backwards.
+    #[error("{peer} answered events out of order")]
+    OutOfOrder {
+        /// Its address.
+        peer: String,
+    },
+    /// This node's own branch after the fork does not check.
+    #[error("our own branch does not check: {0}")]
+    OwnBranch(#[source] BranchError),
+    /// The two branches cannot be decided between (they are not the two sides of one fork).
+    #[error("{0}")]
+    Undecided(#[source] BranchError),
+    /// This node holds no chain to record the resolution in.
+    #[error("no chain")]
+    NoOwnChain,
+    /// Raft answered a re-proposal of a losing event, or the resolution event, with
+    /// something else than applied or rejected: a bug, nobody matches on it; `got` is the
+    /// answer in words.
+    #[error("unexpected answer to {to}: {got}")]
+    UnexpectedCommit {
+        /// What was proposed, in words.
+        to: &'static str,
+        /// What came back.
+        got: String,
+    },
+    /// The winner's rules rejected the resolution event.
+    #[error("the resolution event was not committed: {0}")]
+    ResolutionRejected(#[source] Rejection),
+    /// The resolution report could not be encoded.
+    #[error("the resolution report: {0}")]
+    Report(#[source] serde_json::Error),
+    /// [`SporeSystem::yield_to_winner`] on a node whose chain did not lose a recorded
+    /// resolution.
+    #[error("this node has nothing to yield")]
+    NothingToYield,
+}
 
 impl SporeSystem {
     /// When this node's chain lost a split-brain and the winner has recorded the resolution:
     /// what [`SporeSystem::yield_to_winner`] will do (`None` otherwise).
     pub fn yield_plan(&self) -> Result<Option<crate::node::resolve::YieldPlan>, Error> {
-        Ok(self.running()?.resolver.yield_plan.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        Ok(sync::lock(&self.running()?.resolver.yield_plan).clone())
     }
 
     /// Yields to the winner of a split-brain (see [`SporeSystem::yield_plan`] and the
@@ -31,7 +104,7 @@ impl SporeSystem {
     /// Returns the path of the exported seed.
     #[tracing::instrument(skip(self))]
     pub async fn yield_to_winner(&mut self) -> Result<PathBuf, Error> {
-        let plan = self.yield_plan()?.ok_or_else(|| Error::SplitBrain("this node has nothing to yield".into()))?;
+        let plan = self.yield_plan()?.ok_or(SplitBrainError::NothingToYield)?;
         let (was_voter, was_member, lost_cluster, data_dir, ledger, key) = {
             let r = self.running()?;
             let st = self.status()?;
@@ -59,7 +132,7 @@ impl SporeSystem {
         let sp = seed_path.clone();
         tokio::task::spawn_blocking(move || crate::seed::export(&ledger, &key, &sp, true))
             .await
-            .map_err(|e| Error::SplitBrain(format!("seed export task: {e}")))??;
+            .map_err(|source| Error::Task { what: "seed export", source })??;
         // Keep the temporary dir (the embedded default) alive across the restart.
         let tempdir = self.running.as_mut().and_then(|r| r._tempdir.take());
         if let Err(e) = self.shutdown().await {

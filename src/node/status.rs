@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use super::SporeSystem;
 use crate::core::modes::{ModeInputs, ModeMachine};
+use crate::core::sync;
 use crate::core::types::{NodeId, SporeType, Timestamp};
 use crate::error::Error;
 use crate::net::gossip::GossipService;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{ChainPoint, Raft};
-use crate::store::ledger::LedgerHealth;
+use crate::store::ledger::{LedgerHealth, LedgerLock};
 use crate::wire::rpc::PeerNode;
 use crate::wire::status::{PeerLag, SporeStatus, TierReach};
 use openraft::ServerState;
@@ -24,7 +25,7 @@ impl SporeSystem {
     pub fn status(&self) -> Result<SporeStatus, Error> {
         let r = self.running()?;
         let mut st = compute_status(&r.raft, &r.ledger, &r.me, r.gossip.as_deref(), &r.modes)?;
-        st.scrub = r.scrub.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        st.scrub = sync::lock(&r.scrub).clone();
         Ok(st)
     }
 
@@ -33,7 +34,7 @@ impl SporeSystem {
     #[doc(hidden)]
     pub fn damage_record_for_tests(&self, seq: u64, bytes: &[u8]) -> Result<(), Error> {
         let r = self.running()?;
-        let mut l = r.ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let mut l = r.ledger.write_ledger()?;
         Ok(l.damage_record_for_tests(seq, bytes)?)
     }
 
@@ -41,7 +42,7 @@ impl SporeSystem {
     /// after investigating it: the node takes writes again. Returns the divergence cleared.
     pub fn clear_state_divergence(&self) -> Result<Option<crate::core::attest::StateDivergence>, Error> {
         let r = self.running()?;
-        let mut l = r.ledger.write().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let mut l = r.ledger.write_ledger()?;
         let d = l.divergence();
         l.clear_divergence();
         Ok(d)
@@ -51,7 +52,7 @@ impl SporeSystem {
     /// time and reason (the newest [`MODES_KEPT`](crate::store::modes::MODES_KEPT), kept
     /// across restarts).
     pub fn mode_history(&self) -> Result<Vec<crate::core::modes::Transition>, Error> {
-        let l = self.running()?.ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = self.running()?.ledger.read_ledger()?;
         Ok(crate::store::modes::list(&l)?)
     }
 }
@@ -117,7 +118,7 @@ pub(crate) fn compute_status(
 ) -> Result<SporeStatus, Error> {
     let m = raft.metrics().borrow().clone();
     let (head, fingerprint, anchor, seed_anchor, forks, provisional, history_from, state_divergence) = {
-        let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+        let l = ledger.read_ledger()?;
         let forks = crate::forensics::forks::unresolved(&l).map(|f| f.len()).unwrap_or(0);
         let provisional = crate::store::provisional::count(&l).unwrap_or(0);
         (
@@ -150,8 +151,8 @@ pub(crate) fn compute_status(
         })
         .collect();
     let raft_member = by_id.values().any(|n| *n == me.node);
-    let health = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?.health();
-    let halted = halted_reason(&m, &health);
+    let health = ledger.read_ledger()?.health();
+    let halted = halted_reason(&m, &health).map(|h| h.to_string());
     let inputs = ModeInputs {
         halted: halted.clone(),
         has_chain: head.is_some(),
@@ -203,13 +204,28 @@ pub(crate) fn compute_status(
     })
 }
 
+/// Why a node halted ([`Error::Halted`], and in words [`SporeStatus::halted`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HaltCause {
+    /// Raft stopped: openraft's core stops on a storage error (or a panic).
+    #[error("Raft stopped: {0}")]
+    RaftStopped(Box<openraft::error::Fatal<u64>>),
+    /// A durable ledger write failed and poisoned the ledger: it takes no more writes.
+    #[error("ledger write failed: {0}")]
+    LedgerWriteFailed(
+        /// The failed write's error, in words (the ledger's health keeps only its text).
+        String,
+    ),
+}
+
 /// Why this node halted, if a storage error it cannot survive stopped its Raft (openraft's
 /// core stops on a storage error) or poisoned its ledger (a failed durable write).
-pub(super) fn halted_reason(m: &openraft::RaftMetrics<u64, PeerNode>, health: &LedgerHealth) -> Option<String> {
+pub(super) fn halted_reason(m: &openraft::RaftMetrics<u64, PeerNode>, health: &LedgerHealth) -> Option<HaltCause> {
     if let Err(fatal) = &m.running_state {
-        return Some(format!("Raft stopped: {fatal}"));
+        return Some(HaltCause::RaftStopped(Box::new(fatal.clone())));
     }
-    health.poisoned_by().map(|e| format!("ledger write failed: {e}"))
+    health.poisoned_by().map(HaltCause::LedgerWriteFailed)
 }
 
 /// Whether this leader heard a majority of its voters within the longest election timeout

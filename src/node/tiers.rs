@@ -19,9 +19,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::core::projection::Projection;
+use crate::core::sync;
 use crate::core::types::{ChainPoint, SporeType};
 use crate::error::Error;
 use crate::raft::state_machine::SharedLedger;
+use crate::store::ledger::LedgerLock;
 use crate::wire::status::TierReach;
 
 /// The tiers in authority order, highest first.
@@ -64,7 +66,7 @@ impl TierViews {
     ) -> Result<Option<ViewSource>, Error> {
         let Some(seq) = reach.get(tier) else { return Ok(None) };
         let history = {
-            let l = ledger.read().map_err(|_| Error::Raft("ledger lock poisoned".into()))?;
+            let l = ledger.read_ledger()?;
             if l.head().is_some_and(|h| h.seq <= seq) {
                 return Ok(Some(ViewSource::Live));
             }
@@ -72,7 +74,7 @@ impl TierViews {
         };
         // Continue from the newest cached view at or below `seq` (any tier's: the chain is one).
         let start = {
-            let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+            let cached = sync::lock(&self.cached);
             if let Some(v) = cached.get(&tier).filter(|v| v.head().is_some_and(|h| h.seq == seq)) {
                 return Ok(Some(ViewSource::Past(v.clone())));
             }
@@ -95,7 +97,7 @@ impl TierViews {
             return Err(Error::TierUnavailable(tier));
         }
         let view = Arc::new(view);
-        self.cached.lock().unwrap_or_else(|p| p.into_inner()).insert(tier, view.clone());
+        sync::lock(&self.cached).insert(tier, view.clone());
         Ok(Some(ViewSource::Past(view)))
     }
 }

@@ -12,7 +12,7 @@ use crate::core::event::{EventBody, NodeAnnouncement, ServiceAnnouncement, Signe
 use crate::core::projection::ChainHead;
 use crate::core::types::{Endpoint, NodeId, NodeRole, Timestamp, TrustScore};
 use crate::error::Error;
-use crate::raft::proposer::ProposeError;
+use crate::raft::error::ConsensusError;
 use crate::raft::{ChainPoint, RpcRequest, RpcResponse, SporeResponse};
 use crate::wire::rpc::RemoteFailure;
 
@@ -46,13 +46,15 @@ impl SporeSystem {
                     match tokio::time::timeout(left, r.proposer.propose(event.clone())).await {
                         Err(_) => return Err(Error::NoLeader { waited: started.elapsed() }),
                         Ok(Ok(resp)) => Some(Ok(resp)),
-                        Ok(Err(ProposeError::NotLeader)) => None,
-                        Ok(Err(ProposeError::Raft(e))) => Some(Err(Error::Raft(e))),
+                        Ok(Err(ConsensusError::NotLeader)) => None,
+                        Ok(Err(e)) => Some(Err(Error::Raft(e))),
                     }
                 }
                 Some(l) => match r.transport.call(&l, RpcRequest::Forward(event.clone()), r.timeouts.rpc).await {
                     Ok(RpcResponse::Forward(Ok(resp))) => Some(Ok(resp)),
-                    Ok(RpcResponse::Forward(Err(RemoteFailure::Other(e)))) => Some(Err(Error::Raft(e))),
+                    Ok(RpcResponse::Forward(Err(failure @ RemoteFailure::Other(_)))) => {
+                        Some(Err(Error::Remote { peer: l.to_string(), failure }))
+                    }
                     // Not the leader any more, unreachable, timed out: find the leader again.
                     _ => None,
                 },
@@ -62,7 +64,7 @@ impl SporeSystem {
                 Some(Ok(SporeResponse::Applied(point))) => return Ok(point),
                 Some(Ok(SporeResponse::Rejected(rej))) => return Err(Error::Rejected(rej)),
                 Some(Ok(other @ (SporeResponse::None | SporeResponse::Batch(_)))) => {
-                    return Err(Error::Raft(format!("unexpected response to an event: {other:?}")))
+                    return Err(Error::UnexpectedResponse { to: "an event", got: format!("{other:?}") })
                 }
                 Some(Err(e)) => tracing::debug!(error = %e, "write attempt failed; retrying"),
                 None => {}
@@ -154,7 +156,7 @@ impl SporeSystem {
         let (ledger, key, path) = (r.ledger.clone(), r.key.clone(), path.as_ref().to_path_buf());
         tokio::task::spawn_blocking(move || crate::seed::export(&ledger, &key, &path, include_events))
             .await
-            .map_err(|e| Error::Raft(format!("seed export task: {e}")))?
+            .map_err(|source| Error::Task { what: "seed export", source })?
             .map(|e| e.head)
             .map_err(Error::from)
     }
@@ -184,6 +186,6 @@ impl SporeSystem {
     pub async fn leave(&self, reason: &str) -> Result<(), Error> {
         let me = self.node_id()?;
         self.submit(self.sign(EventBody::NodeLeft { node: me, reason: reason.to_string() })?).await?;
-        self.membership_rpc(None, RpcRequest::RemoveMember { node: me }).await
+        self.membership_rpc(None, || RpcRequest::RemoveMember { node: me }).await
     }
 }

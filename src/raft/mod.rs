@@ -23,6 +23,7 @@ use crate::core::projection::Rejection;
 use crate::core::types::NodeId;
 use crate::wire::rpc::{PeerNode, RaftMessages};
 
+pub mod error;
 pub mod log_store;
 pub mod proposer;
 pub mod runtime;

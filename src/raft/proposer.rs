@@ -13,24 +13,17 @@ use tracing::Instrument;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::error::ConsensusError;
 use super::state_machine::SharedLedger;
 use super::{Raft, SporeRequest, SporeResponse};
 use crate::core::event::SignedEvent;
 use crate::core::limits;
 use crate::core::provisional::EventId;
+use crate::core::sync;
 
-/// Why a proposal did not get an answer from the state machine.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ProposeError {
-    /// This node is not the leader.
-    #[error("not the leader")]
-    NotLeader,
-    /// Raft stopped or failed.
-    #[error("raft: {0}")]
-    Raft(String),
-}
-
-type Reply = oneshot::Sender<Result<SporeResponse, ProposeError>>;
+/// Where a proposal's outcome goes; without one from the state machine, why
+/// ([`ConsensusError::NotLeader`] when this node does not lead).
+type Reply = oneshot::Sender<Result<SporeResponse, ConsensusError>>;
 /// An event waiting for a batch, with where its answer goes.
 type Item = (SignedEvent, Reply);
 
@@ -113,7 +106,7 @@ impl Proposer {
     /// to be committed (a retry that raced its first attempt) answers where it committed.
     /// A retry that reaches another leader while its first attempt is still uncommitted in the
     /// Raft log can still commit twice (a known limit, `schema/rules.md`).
-    pub async fn propose(&self, event: SignedEvent) -> Result<SporeResponse, ProposeError> {
+    pub async fn propose(&self, event: SignedEvent) -> Result<SporeResponse, ConsensusError> {
         let Some((ledger, recent)) = &self.ledger else { return self.propose_once(event).await };
         let id = EventId::of(&event);
         // The common case, a new event, is settled by the window alone, without the ledger's
@@ -124,7 +117,7 @@ impl Proposer {
             }
         }
         let waiting = {
-            let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = sync::lock(&self.in_flight);
             match m.get_mut(&id) {
                 Some(waiters) => {
                     let (reply, rx) = oneshot::channel();
@@ -138,7 +131,7 @@ impl Proposer {
             }
         };
         if let Some(rx) = waiting {
-            return rx.await.map_err(|_| ProposeError::Raft("the first proposal of this event was dropped".into()))?;
+            return rx.await.map_err(|_| ConsensusError::ProposalDropped)?;
         }
         let mut outcome = self.propose_once(event.clone()).await;
         if matches!(outcome, Ok(SporeResponse::Rejected(_))) {
@@ -146,17 +139,17 @@ impl Proposer {
                 outcome = Ok(SporeResponse::Applied(point));
             }
         }
-        let waiters = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).unwrap_or_default();
+        let waiters = sync::lock(&self.in_flight).remove(&id).unwrap_or_default();
         for w in waiters {
             let _ = w.send(outcome.clone());
         }
         outcome
     }
 
-    async fn propose_once(&self, event: SignedEvent) -> Result<SporeResponse, ProposeError> {
+    async fn propose_once(&self, event: SignedEvent) -> Result<SporeResponse, ConsensusError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send((event, reply)).await.map_err(|_| ProposeError::Raft("proposer stopped".into()))?;
-        rx.await.map_err(|_| ProposeError::Raft("proposer dropped the request".into()))?
+        self.tx.send((event, reply)).await.map_err(|_| ConsensusError::ProposerStopped)?;
+        rx.await.map_err(|_| ConsensusError::ProposalDropped)?
     }
 }
 
@@ -212,7 +205,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>, batches_in_flight: usize)
                             }
                         }
                         other => {
-                            let e = ProposeError::Raft(format!("state machine answered a batch with {other:?}"));
+                            let e = ConsensusError::UnexpectedAnswer { events: n, got: format!("{other:?}") };
                             for reply in replies {
                                 let _ = reply.send(Err(e.clone()));
                             }
@@ -220,8 +213,9 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>, batches_in_flight: usize)
                     },
                     Err(e) => {
                         let e = match e {
-                            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ProposeError::NotLeader,
-                            e => ProposeError::Raft(e.to_string()),
+                            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ConsensusError::NotLeader,
+                            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => e.into(),
+                            RaftError::Fatal(f) => f.into(),
                         };
                         for reply in replies {
                             let _ = reply.send(Err(e.clone()));

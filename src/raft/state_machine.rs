@@ -31,8 +31,9 @@ use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::keys::{NodeKey, VerifierCache};
 use crate::core::projection::Rejection;
 use crate::core::provisional::ProvisionalEvent;
+use crate::core::sync;
 use crate::core::types::ChainHash;
-use crate::store::ledger::Ledger;
+use crate::store::ledger::{Ledger, LedgerLock};
 use crate::store::verified::{PreVerified, VerifiedEvents};
 use crate::wire::rpc::PeerNode;
 
@@ -43,8 +44,7 @@ const SNAPSHOT_VERSION: u8 = 2;
 /// Largest snapshot header accepted.
 const SNAPSHOT_HEADER_MAX: usize = 1 << 20;
 
-/// The ledger shared between the state machine and the query side.
-pub type SharedLedger = Arc<RwLock<Ledger>>;
+pub use crate::store::ledger::SharedLedger;
 
 #[derive(Serialize, Deserialize, Debug)]
 struct SnapshotHeader {
@@ -79,10 +79,6 @@ fn sm_write(e: impl std::fmt::Display) -> StorageError {
 }
 fn snap_err(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::read_snapshot(None, openraft::AnyError::error(e.to_string())).into()
-}
-
-fn lock_err() -> StorageError {
-    sm_write("ledger lock poisoned by a panic in another thread")
 }
 
 impl LedgerStateMachine {
@@ -212,7 +208,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
         let ledger = self.ledger.clone();
         let key = self.key.clone();
         let (meta, data) = tokio::task::spawn_blocking(move || {
-            let l = ledger.read().map_err(|_| lock_err())?;
+            let l = ledger.read_ledger().map_err(sm_write)?;
             // Everything applied so far becomes durable before openraft may purge the log.
             l.sync().map_err(sm_write)?;
             let (applied, membership) = Self::read_applied(&l)?;
@@ -229,9 +225,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
         })
         .await
         .map_err(sm_write)??;
-        if let Ok(mut cur) = self.current.write() {
-            *cur = Some((meta.clone(), data.clone()));
-        }
+        *sync::write(&self.current) = Some((meta.clone(), data.clone()));
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -332,7 +326,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let l = self.ledger.read().map_err(|_| lock_err())?;
+        let l = self.ledger.read_ledger().map_err(sm_write)?;
         Self::read_applied(&l)
     }
 
@@ -348,7 +342,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let pre_verified = self.pre_verified.clone();
         let cache = self.cache.clone();
         let work = move || {
-            let mut l = ledger.write().map_err(|_| lock_err())?;
+            let mut l = ledger.write_ledger().map_err(sm_write)?;
             let (applied, mut membership) = Self::read_applied(&l)?;
             // A node restored from a seed served it while joining; Raft now brings the whole
             // history from the start of its log, so the import goes first: nothing twice.
@@ -362,7 +356,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             // Which response slot (entry, position in its batch) each event fills.
             let mut slots: Vec<(usize, Option<usize>)> = Vec::new();
             let mut responses = Vec::with_capacity(entries.len());
-            let mut cache = cache.lock().map_err(|_| lock_err())?;
+            let mut cache = sync::lock(&cache);
             for (i, entry) in entries.iter().enumerate() {
                 match &entry.payload {
                     EntryPayload::Blank => responses.push(SporeResponse::None),
@@ -451,7 +445,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let data2 = data.clone();
         tokio::task::spawn_blocking(move || {
             let (_header, events, seed_head) = decode_snapshot(&data2).map_err(snap_err)?;
-            let mut l = ledger.write().map_err(|_| lock_err())?;
+            let mut l = ledger.write_ledger().map_err(sm_write)?;
             // Keep our prefix if the snapshot's chain extends it; otherwise start over.
             let keep = match l.head() {
                 None => 0,
@@ -507,15 +501,13 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         })
         .await
         .map_err(sm_write)??;
-        if let Ok(mut cur) = self.current.write() {
-            *cur = Some((meta.clone(), data));
-        }
+        *sync::write(&self.current) = Some((meta.clone(), data));
         self.publish_head();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let cur = self.current.read().map_err(|_| lock_err())?;
+        let cur = sync::read(&self.current);
         Ok(cur
             .as_ref()
             .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(data.clone())) }))

@@ -9,7 +9,7 @@ use super::SeedError;
 use crate::core::event::EventBody;
 use crate::core::keys::NodeKey;
 use crate::core::projection::{ChainHead, Projection, ProjectionState};
-use crate::store::ledger::Ledger;
+use crate::store::ledger::{Ledger, LedgerLock};
 use crate::store::record::decode_record;
 
 /// What [`export`] wrote.
@@ -23,11 +23,6 @@ pub struct Exported {
     /// The seq of the state the file carries: the head for a full seed, the attested
     /// checkpoint below it for a state-only one.
     pub state_seq: u64,
-}
-
-/// The error for a poisoned ledger lock while exporting to `path`.
-fn poisoned(path: &Path) -> SeedError {
-    SeedError::Io { path: path.display().to_string(), reason: "ledger lock poisoned".into() }
 }
 
 /// The error for a failed ledger read while exporting to `path`.
@@ -47,7 +42,7 @@ fn newest_attested(
     history_from: u64,
     path: &Path,
 ) -> Result<Option<ProjectionState>, SeedError> {
-    let stored = ledger.read().map_err(|_| poisoned(path))?.attested_checkpoint().map_err(ledger_io(path))?;
+    let stored = ledger.read_ledger().map_err(ledger_io(path))?.attested_checkpoint().map_err(ledger_io(path))?;
     let mut p = match &stored {
         Some(s) => Projection::from_state(s.clone()),
         None if history_from == 0 => Projection::new(),
@@ -60,8 +55,8 @@ fn newest_attested(
     while at <= head {
         let to = (at + page - 1).min(head);
         ledger
-            .read()
-            .map_err(|_| poisoned(path))?
+            .read_ledger()
+            .map_err(ledger_io(path))?
             .visit_raw_range(at, to, |_, rec| {
                 let ev = decode_record(rec).map_err(|e| bad(e.to_string()))?;
                 if let EventBody::StateCheckpoint { head_seq, state_digest, .. } = ev.event.body {
@@ -97,9 +92,9 @@ pub fn export(
     include_events: bool,
 ) -> Result<Exported, SeedError> {
     let io = |e: std::io::Error| SeedError::Io { path: path.display().to_string(), reason: e.to_string() };
-    let (poisoned, ledger_io) = (|| poisoned(path), ledger_io(path));
+    let ledger_io = ledger_io(path);
     let (projection, history_from) = {
-        let l = ledger.read().map_err(|_| poisoned())?;
+        let l = ledger.read_ledger().map_err(&ledger_io)?;
         (l.projection().clone(), l.history_from())
     };
     let head = projection.head().ok_or(SeedError::StateMismatch("empty ledger: nothing to seed".into()))?;
@@ -151,8 +146,8 @@ pub fn export(
             while at <= head.seq {
                 let to = (at + page - 1).min(head.seq);
                 let visited = ledger
-                    .read()
-                    .map_err(|_| poisoned())?
+                    .read_ledger()
+                    .map_err(&ledger_io)?
                     .visit_raw_range(at, to, |_, rec| {
                         buf.extend_from_slice(&(rec.len() as u32).to_le_bytes());
                         buf.extend_from_slice(rec);

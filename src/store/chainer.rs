@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use super::record::{encode_record_ref_into, ChainedEventRef};
 use crate::core::event::{chain_hash, SignedEvent};
+use crate::core::sync;
 use crate::core::types::ChainHash;
 
 /// What a job computes: the hash of every chained event in place ([`ChainHash::ZERO`] for the
@@ -80,12 +81,12 @@ impl Job {
 
     /// The events, for reading while the job runs.
     pub(crate) fn events(&self) -> std::sync::RwLockReadGuard<'_, Vec<SignedEvent>> {
-        self.events.read().unwrap_or_else(|p| p.into_inner())
+        sync::read(&self.events)
     }
 
     /// Takes the events back (after [`Job::join`], with no guard of [`Job::events`] held).
     pub(crate) fn take_events(&self) -> Vec<SignedEvent> {
-        std::mem::take(&mut *self.events.write().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *sync::write(&self.events))
     }
 
     /// The canonical encoding of event `i`.
@@ -145,7 +146,7 @@ impl Job {
         if let Some(h) = self.run() {
             return h;
         }
-        let mut g = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = sync::lock(&self.result);
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
         loop {
             if let Some(h) = g.take() {
@@ -158,10 +159,7 @@ impl Job {
                 drop(g);
                 return self.compute();
             }
-            g = match self.done.wait_timeout(g, left) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            g = sync::wait_timeout(&self.done, g, left);
         }
     }
 }
@@ -186,7 +184,7 @@ impl Chainer {
             .spawn(move || {
                 for job in rx {
                     if let Some(h) = job.run() {
-                        *job.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+                        *sync::lock(&job.result) = Some(h);
                         job.done.notify_all();
                     }
                 }

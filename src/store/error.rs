@@ -202,6 +202,14 @@ pub enum LedgerError {
     /// An earlier durable write failed; the in-memory state may be ahead of the disk.
     #[error("ledger {0} is poisoned by an earlier failed write; reopen it")]
     Poisoned(PathBuf),
+    /// A thread panicked while holding the shared ledger's lock
+    /// ([`crate::store::ledger::LedgerLock`]): its in-memory state may be half updated, so
+    /// nothing reads or writes it any more until the node restarts and reopens it from disk.
+    #[error("ledger {path}: a thread panicked while holding its lock; its in-memory state is not trusted any more, restart the node")]
+    LockPoisoned {
+        /// The ledger directory.
+        path: PathBuf,
+    },
     /// Too many events in one append.
     #[error("append of {got} events exceeds the batch limit {max}")]
     BatchTooLarge {

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 
 use crate::core::limits::RECENT_EVENTS_WINDOW;
 use crate::core::provisional::EventId;
+use crate::core::sync;
 
 /// The window shared between the ledger (which records) and a proposer (which looks up)
 /// behind its own short lock, so a lookup never waits for an apply holding the ledger.
@@ -20,12 +21,12 @@ pub(crate) struct SharedRecent(std::sync::Arc<std::sync::RwLock<RecentEvents>>);
 impl SharedRecent {
     /// For looking up.
     pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, RecentEvents> {
-        self.0.read().unwrap_or_else(|p| p.into_inner())
+        sync::read(&self.0)
     }
 
     /// For recording.
     pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, RecentEvents> {
-        self.0.write().unwrap_or_else(|p| p.into_inner())
+        sync::write(&self.0)
     }
 }
 

@@ -142,6 +142,38 @@ pub enum RemoteFailure {
     },
 }
 
+/// How [`RemoteFailure::not_admitted`] ends.
+const NOT_ADMITTED: &str = "is not admitted in the registry";
+/// The text of [`RemoteFailure::starting`].
+const STARTING: &str = "node is starting";
+
+/// Two refusals a caller acts on travel as [`RemoteFailure::Other`] text: a new variant would
+/// not decode on the peers already deployed, so the text is the protocol. They are built and
+/// recognised here only, so both sides agree on it.
+impl RemoteFailure {
+    /// A membership request for a node the registry does not hold as admitted (never admitted,
+    /// or it left): an authority must admit it first.
+    pub fn not_admitted(node: &NodeId) -> Self {
+        RemoteFailure::Other(format!("node {} {NOT_ADMITTED}", node.short()))
+    }
+
+    /// Whether this is [`RemoteFailure::not_admitted`].
+    pub fn is_not_admitted(&self) -> bool {
+        matches!(self, RemoteFailure::Other(text) if text.contains(NOT_ADMITTED))
+    }
+
+    /// A request to a node that is still starting (its services are not installed yet): asking
+    /// again shortly will do.
+    pub fn starting() -> Self {
+        RemoteFailure::Other(STARTING.into())
+    }
+
+    /// Whether this is [`RemoteFailure::starting`].
+    pub fn is_starting(&self) -> bool {
+        matches!(self, RemoteFailure::Other(text) if text == STARTING)
+    }
+}
+
 /// A response to an [`RpcRequest`] of the same kind.
 #[derive(Debug, Serialize, Deserialize)]
 #[allow(clippy::large_enum_variant)]
@@ -164,4 +196,41 @@ pub enum RpcResponse<R: RaftMessages> {
     Query(Result<QueryAnswer, RemoteFailure>),
     /// To `ExportSeed`: the seed's head.
     ExportSeed(Result<ChainPoint, RemoteFailure>),
+}
+
+impl<R: RaftMessages> RpcResponse<R> {
+    /// A short name for logs and errors: the request kind it answers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcResponse::AppendEntries(_) => "append_entries",
+            RpcResponse::Vote(_) => "vote",
+            RpcResponse::InstallSnapshot(_) => "install_snapshot",
+            RpcResponse::Forward(_) => "forward",
+            RpcResponse::Membership(_) => "membership",
+            RpcResponse::ReadIndex(_) => "read_index",
+            RpcResponse::Status(_) => "status",
+            RpcResponse::Query(_) => "query",
+            RpcResponse::ExportSeed(_) => "export_seed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The refusals a caller acts on are recognised in the text peers already deployed send,
+    /// and in no other failure.
+    #[test]
+    fn text_refusals_are_recognised() {
+        let node = NodeId::default();
+        assert!(RemoteFailure::not_admitted(&node).is_not_admitted());
+        let old = RemoteFailure::Other(format!("node {} is not admitted in the registry", node.short()));
+        assert!(old.is_not_admitted() && !old.is_starting());
+        assert!(RemoteFailure::starting().is_starting());
+        assert!(RemoteFailure::Other("node is starting".into()).is_starting());
+        let other = RemoteFailure::Other(format!("node {} is a latent and cannot be a voter", node.short()));
+        assert!(!other.is_not_admitted() && !other.is_starting());
+        assert!(!RemoteFailure::NotLeader { leader: None }.is_not_admitted());
+    }
 }

@@ -175,6 +175,7 @@ async fn a_node_joins_as_learner_then_voter_and_leaves() {
     let via = c.sys(1).peer().expect("peer");
     // Not admitted yet: the membership change is refused.
     let err = newcomer.join(via.clone(), false).await.expect_err("unadmitted join");
+    assert!(matches!(err, mycnet_spores::Error::NotAdmitted { .. }), "{err:?}");
     assert!(err.to_string().contains("not admitted"), "{err}");
     c.sys(0).admit(newcomer.announcement().expect("ann")).await.expect("admit");
     newcomer.join(via.clone(), false).await.expect("join as learner");
@@ -196,6 +197,80 @@ async fn a_node_joins_as_learner_then_voter_and_leaves() {
     let st = c.sys(0).status().expect("status");
     assert!(!st.voters.contains(&key.node_id()) && !st.learners.contains(&key.node_id()), "{st:?}");
     assert_eq!(c.sys(0).node(&key.node_id()).expect("q").map(|n| n.status), Some(NodeStatus::Left));
+}
+
+/// A node started from its config with `join` before an authority admitted it keeps asking
+/// (the member's refusal is `Error::NotAdmitted`, which `start_node` retries) and joins once
+/// it is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_join_waits_for_the_admission() {
+    use mycnet_spores::net::inproc::InProcNetwork;
+    use mycnet_spores::node::{self, JoinConfig, NodeConfig};
+    use mycnet_spores::store::keyfile;
+    use mycnet_spores::{NetworkIdentity, NodeAnnouncement, NodeKey, NodeRole};
+    let root = tempfile::tempdir().expect("tempdir");
+    let net = InProcNetwork::new(15);
+    let founder_key = NodeKey::from_seed([42; 32]);
+    let mut founder = SporeSystem::builder()
+        .data_dir(root.path().join("founder"))
+        .key(founder_key.clone())
+        .addr("127.0.0.1:7001")
+        .inproc(&net)
+        .timeouts(crate::cluster::fast_timeouts())
+        .build();
+    let identity = NetworkIdentity {
+        network_id: uuid::Uuid::from_u128(15),
+        network_name: "configured-join".into(),
+        genesis_timestamp: chrono::Utc::now(),
+    };
+    founder.initialize(identity).await.expect("initialize");
+
+    let dir = root.path().join("joiner");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let key = NodeKey::from_seed([41; 32]);
+    keyfile::save(&dir.join(keyfile::KEY_FILE_NAME), &key).expect("key file");
+    let config = NodeConfig {
+        data_dir: dir,
+        listen: "127.0.0.1:7002".into(),
+        advertise: None,
+        name: None,
+        role: node::RoleConfig::Voter,
+        capabilities: vec![],
+        addresses: vec![],
+        init: None,
+        join: Some(JoinConfig {
+            via_addr: "127.0.0.1:7001".into(),
+            via_key: founder_key.node_id().to_hex(),
+            as_voter: false,
+            trust_seed: None,
+        }),
+        peers: vec![],
+        from_seed: None,
+        seed_quorum: false,
+        write_timeout_ms: Some(2000),
+        timeouts: node::TimeoutProfile::Lan,
+    };
+    let backend = std::sync::Arc::new(net.clone()) as std::sync::Arc<dyn mycnet_spores::net::NetworkBackend>;
+    let started = tokio::spawn(async move { node::start_node(&config, backend, None).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!started.is_finished(), "the join is retried while the node is not admitted");
+    let announcement = NodeAnnouncement {
+        node: key.node_id(),
+        name: "joiner".into(),
+        role: NodeRole::Sclerotium,
+        addresses: vec!["127.0.0.1:7002".into()],
+        capabilities: vec![],
+    };
+    founder.admit(announcement).await.expect("admit");
+    let mut joiner = tokio::time::timeout(Duration::from_secs(30), started)
+        .await
+        .expect("joins once admitted")
+        .expect("task")
+        .expect("start_node");
+    let st = founder.status().expect("status");
+    assert!(st.learners.contains(&key.node_id()), "{st:?}");
+    joiner.shutdown().await.expect("shutdown joiner");
+    founder.shutdown().await.expect("shutdown founder");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

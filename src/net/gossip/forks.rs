@@ -4,6 +4,7 @@
 use super::GossipService;
 use crate::core::gossip::ForkEvidence;
 use crate::core::keys::verify_many;
+use crate::core::sync;
 use crate::core::types::{ChainHash, NodeId};
 
 /// Most forks whose holders a node remembers, and most holders per fork.
@@ -13,7 +14,7 @@ impl GossipService {
     /// Nodes seen holding the other side of a fork at `seq` whose event there hashes to
     /// `hash` (bounded; in memory only: gossip finds them again after a restart).
     pub fn fork_holders(&self, seq: u64, hash: &ChainHash) -> Vec<NodeId> {
-        self.fork_holders.lock().unwrap_or_else(|p| p.into_inner()).get(&(seq, *hash)).cloned().unwrap_or_default()
+        sync::lock(&self.fork_holders).get(&(seq, *hash)).cloned().unwrap_or_default()
     }
 
     /// Checks fork evidence that came from `peer` (links, network, both signatures), orients
@@ -45,7 +46,7 @@ impl GossipService {
         }
         // The peer holds the side that is not ours, unless it handed over evidence of a fork
         // it is not part of; either way it knows where `theirs` can be found.
-        let mut holders = self.fork_holders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut holders = sync::lock(&self.fork_holders);
         if holders.len() < FORK_HOLDERS_MAX || holders.contains_key(&(e.seq(), e.theirs.hash)) {
             let list = holders.entry((e.seq(), e.theirs.hash)).or_default();
             if !list.contains(&peer) && list.len() < FORK_HOLDERS_MAX {
@@ -72,7 +73,7 @@ impl GossipService {
             (evidence.ours.event.author, msgs[0].as_slice(), evidence.ours.event.signature),
             (evidence.theirs.event.author, msgs[1].as_slice(), evidence.theirs.event.signature),
         ];
-        let ok = verify_many(&mut self.cache.lock().unwrap_or_else(|p| p.into_inner()), &items);
+        let ok = verify_many(&mut sync::lock(&self.cache), &items);
         if ok.iter().any(|v| !v) {
             return false;
         }

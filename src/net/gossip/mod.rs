@@ -18,6 +18,7 @@ use crate::core::event::ChainedEvent;
 use crate::core::gossip::{PeerAddr, SyncConfig};
 use crate::core::keys::VerifierCache;
 use crate::core::provisional::EventId;
+use crate::core::sync;
 use crate::core::types::{ChainHash, NodeId};
 use crate::raft::state_machine::SharedLedger;
 use crate::store::record;
@@ -178,6 +179,6 @@ impl GossipService {
 
     /// Calls `f` after each range this service stores (outside the ledger lock).
     pub fn on_stored(&self, f: Arc<dyn Fn() + Send + Sync>) {
-        *self.on_stored.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+        *sync::lock(&self.on_stored) = Some(f);
     }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::GossipService;
 use crate::core::gossip::Digest;
 use crate::core::limits;
+use crate::core::sync;
 use crate::core::types::NodeId;
 use crate::wire::rpc::PeerNode;
 
@@ -19,7 +20,7 @@ pub(super) struct PeerState {
 impl GossipService {
     /// Adds peers to contact even before the registry knows them (the bootstrap peers).
     pub fn add_bootstrap(&self, peers: impl IntoIterator<Item = PeerNode>) {
-        let mut b = self.bootstrap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = sync::lock(&self.bootstrap);
         for p in peers {
             if p.node != self.me.node && !b.contains(&p) {
                 b.push(p);
@@ -29,17 +30,17 @@ impl GossipService {
 
     /// The bootstrap peers (given before the registry names any).
     pub fn bootstrap_peers(&self) -> Vec<PeerNode> {
-        self.bootstrap.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        sync::lock(&self.bootstrap).clone()
     }
 
     /// How long ago a session with a peer last completed (`None`: never).
     pub fn last_sync_age(&self) -> Option<Duration> {
-        self.last_sync.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+        sync::lock(&self.last_sync).map(|t| t.elapsed())
     }
 
     /// How long ago a session with a Raft member (the Primary tier) last completed.
     pub fn last_primary_sync_age(&self) -> Option<Duration> {
-        self.last_primary_sync.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+        sync::lock(&self.last_primary_sync).map(|t| t.elapsed())
     }
 
     /// Whether this latent node is in touch with the Primary tier: a session with a Raft
@@ -51,12 +52,7 @@ impl GossipService {
     /// Whether `peer` is banned now.
     pub fn is_banned(&self, peer: &NodeId) -> bool {
         let now = Instant::now();
-        self.peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(peer)
-            .and_then(|s| s.banned_until)
-            .is_some_and(|t| t > now)
+        sync::lock(&self.peers).get(peer).and_then(|s| s.banned_until).is_some_and(|t| t > now)
     }
 
     /// The peers gossip may contact now: the registry's live nodes with an address, the
@@ -81,14 +77,8 @@ impl GossipService {
                 }
             }
         }
-        out.extend(self.bootstrap.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
-        out.extend(
-            self.learned
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .map(|p| PeerNode { node: p.node, addr: p.addr.clone() }),
-        );
+        out.extend(sync::lock(&self.bootstrap).iter().cloned());
+        out.extend(sync::lock(&self.learned).iter().map(|p| PeerNode { node: p.node, addr: p.addr.clone() }));
         out.retain(|p| p.node != self.me.node);
         out.sort_by_key(|p| p.node);
         out.dedup_by(|a, b| a.node == b.node);
@@ -96,7 +86,7 @@ impl GossipService {
     }
 
     pub(super) fn learn(&self, digest: &Digest) {
-        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut learned = sync::lock(&self.learned);
         for p in &digest.peers {
             if p.node != self.me.node && !learned.iter().any(|q| q.node == p.node) {
                 learned.push(p.clone());
@@ -108,7 +98,7 @@ impl GossipService {
     }
 
     pub(super) fn penalise(&self, peer: &NodeId, why: &str) {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = sync::lock(&self.peers);
         let s = peers.entry(*peer).or_default();
         s.strikes = s.strikes.saturating_add(1);
         let ban = self.cfg.ban.saturating_mul(1u32 << (s.strikes - 1).min(7)).min(Duration::from_secs(3600));

@@ -5,6 +5,7 @@ use super::GossipService;
 use crate::core::keys::verify_many;
 use crate::core::limits;
 use crate::core::provisional::{EventId, ProvisionalError, ProvisionalEvent};
+use crate::core::sync;
 
 /// Most ids of committed provisional events a node remembers (to not hold them again).
 const COMMITTED_IDS_MAX: usize = 4096;
@@ -13,7 +14,7 @@ impl GossipService {
     /// Notes that the event `id` is in the chain (committed): it is not held again when a
     /// peer that has not caught up hands it over once more.
     pub fn note_committed(&self, id: EventId) {
-        let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = sync::lock(&self.committed);
         if c.0.insert(id) {
             c.1.push_back(id);
             if c.1.len() > COMMITTED_IDS_MAX {
@@ -25,7 +26,7 @@ impl GossipService {
     }
 
     fn known_committed(&self, id: &EventId) -> bool {
-        self.committed.lock().unwrap_or_else(|p| p.into_inner()).0.contains(id)
+        sync::lock(&self.committed).0.contains(id)
     }
 
     /// Keeps the provisional events that check (statement and event signed by the author,
@@ -47,7 +48,7 @@ impl GossipService {
                 && p.verify_statement().is_ok()
                 && {
                     let m = p.event.signing_message();
-                    let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut cache = sync::lock(&self.cache);
                     verify_many(&mut cache, &[(p.event.author, m.as_slice(), p.event.signature)]).first() == Some(&true)
                 };
             if !event_ok {

@@ -12,10 +12,12 @@ use super::{GossipAcceptor, GossipService, GossipStream, LedgerRecords, SessionR
 use crate::core::gossip::{LinkedRange, LocalView, PeerAddr, SessionEvent, SessionOutcome, SyncSession, Violation};
 use crate::core::limits;
 use crate::core::provisional::EventId;
+use crate::core::sync;
 use crate::core::types::ChainPoint;
 use crate::net::BoxFuture;
 use crate::raft::state_machine::SharedLedger;
 use crate::store::error::LedgerError;
+use crate::store::ledger::LedgerLock;
 use crate::wire::gossip::{decode_frame_with_records, encode_frame, encode_range_frame, RawRange};
 
 /// Why a frame could not be read.
@@ -67,7 +69,7 @@ impl GossipService {
         peers.extend(
             known.into_iter().take(limits::GOSSIP_PEERS_MAX - 1).map(|p| PeerAddr { node: p.node, addr: p.addr }),
         );
-        let l = self.ledger.read().map_err(|_| LedgerError::Poisoned(std::path::PathBuf::from("<ledger lock>")))?;
+        let l = self.ledger.read_ledger()?;
         let head = match l.head() {
             Some(h) => l.get(h.seq)?,
             None => None,
@@ -132,7 +134,7 @@ impl GossipService {
         let (store_tx, store_rx) = std::sync::mpsc::channel::<StoreJob>();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
         let worker_ledger = self.ledger.clone();
-        let notify = self.on_stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let notify = sync::lock(&self.on_stored).clone();
         // Two stages: one verifies a range's signatures (on all cores) while the other stores
         // the range before it under the ledger lock.
         let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel::<(StoreJob, Vec<bool>)>(1);
@@ -314,9 +316,9 @@ impl GossipService {
         drop(pull_guard);
         match &outcome {
             SessionOutcome::Completed => {
-                *self.last_sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                *sync::lock(&self.last_sync) = Some(Instant::now());
                 if peer_primary {
-                    *self.last_primary_sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                    *sync::lock(&self.last_primary_sync) = Some(Instant::now());
                 }
             }
             SessionOutcome::TimedOut => {}
@@ -353,7 +355,7 @@ fn store_range(
     verdicts: &[bool],
     committed: &mut Vec<EventId>,
 ) -> Result<u64, String> {
-    let mut l = ledger.write().map_err(|_| "ledger lock poisoned".to_string())?;
+    let mut l = ledger.write_ledger().map_err(|e| e.to_string())?;
     // A node filled by gossip is not Raft's: if it later joins Raft, Raft starts over.
     if l.head().is_none() {
         l.set_imported(true).map_err(|e| e.to_string())?;
@@ -380,12 +382,12 @@ fn store_backfill(
     range: &crate::core::gossip::BackfillRange,
     verdicts: &[bool],
 ) -> Result<u64, String> {
-    let mut l = ledger.write().map_err(|_| "ledger lock poisoned".to_string())?;
+    let mut l = ledger.write_ledger().map_err(|e| e.to_string())?;
     l.append_backfill(range, verdicts).map_err(|e| e.to_string())?;
     Ok(range.len() as u64)
 }
 
 fn read_batch(ledger: &SharedLedger, from: u64, max_events: u32) -> Result<Vec<Vec<u8>>, LedgerError> {
-    let l = ledger.read().map_err(|_| LedgerError::Poisoned(std::path::PathBuf::from("<ledger lock>")))?;
+    let l = ledger.read_ledger()?;
     l.read_raw_batch(from, max_events as usize, limits::GOSSIP_BATCH_BYTES_MAX)
 }

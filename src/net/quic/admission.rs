@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use crate::core::sync;
 use crate::core::types::NodeId;
 
 /// Decides whether a node key may connect to this endpoint.
@@ -46,11 +47,11 @@ impl Admission {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, AdmissionSet> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
+        sync::read(&self.inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, AdmissionSet> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
+        sync::write(&self.inner)
     }
 
     /// Admits `key`.

@@ -17,6 +17,7 @@ use super::server::bad_frame;
 use super::socket::ReleasableSocket;
 use super::{close_code, stream_code, tls, QuicConfig, ALPN_ADMIN, ALPN_RAFT};
 use crate::core::keys::NodeKey;
+use crate::core::sync;
 use crate::core::types::NodeId;
 use crate::net::{BoxFuture, Transport, TransportError};
 use crate::raft::{RpcRequest, RpcResponse};
@@ -65,14 +66,14 @@ pub(super) struct Shared {
 
 impl Shared {
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Slot>> {
-        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.peers)
     }
 
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.endpoint.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
         self.peers().clear();
-        self.swim.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        sync::lock(&self.swim).clear();
         // Free the port without waiting for quinn to drain every connection: a node restarting
         // in this process binds it again.
         let (socket, endpoint, grace) = (self.socket.clone(), self.endpoint.clone(), self.close_grace);
@@ -447,7 +448,7 @@ impl crate::net::liveness::SwimLink for QuicTransport {
         let to = to.clone();
         Box::pin(async move {
             let cached = {
-                let swim = self.shared.swim.lock().unwrap_or_else(|p| p.into_inner());
+                let swim = sync::lock(&self.shared.swim);
                 swim.get(&to.node)
                     .filter(|c| c.addr == to.addr && c.conn.close_reason().is_none())
                     .map(|c| c.conn.clone())
@@ -461,7 +462,7 @@ impl crate::net::liveness::SwimLink for QuicTransport {
                 .await
                 {
                     Ok(Ok(c)) => {
-                        let mut swim = self.shared.swim.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut swim = sync::lock(&self.shared.swim);
                         if swim.len() >= PEER_TABLE_PRUNE_AT {
                             swim.retain(|_, c| c.conn.close_reason().is_none());
                         }

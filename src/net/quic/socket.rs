@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll};
 
+use crate::core::sync;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
@@ -57,25 +58,24 @@ impl ReleasableSocket {
     }
 
     fn inner(&self) -> Option<Arc<dyn AsyncUdpSocket>> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+        sync::read(&self.inner).clone()
     }
 
     /// Whether the OS socket is closed.
     pub(crate) fn is_released(&self) -> bool {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).is_none()
+        sync::read(&self.inner).is_none()
     }
 
     /// Closes the OS socket now: its port is free once this returns (unless a send or receive
     /// on another thread still holds the socket for that call).
     pub(crate) fn release(&self) {
-        let taken = self.inner.write().unwrap_or_else(|p| p.into_inner()).take();
+        let taken = sync::write(&self.inner).take();
         // Pollers hold the socket too. One that is being created right now either saw the
         // socket before it was taken (then its slot is filled before this clears it, both
         // under the slot's lock) or sees none.
-        let slots: Vec<Arc<PollerSlot>> =
-            self.pollers.lock().unwrap_or_else(|p| p.into_inner()).drain(..).filter_map(|w| w.upgrade()).collect();
+        let slots: Vec<Arc<PollerSlot>> = sync::lock(&self.pollers).drain(..).filter_map(|w| w.upgrade()).collect();
         for slot in slots {
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *sync::lock(&slot) = None;
         }
         drop(taken);
     }
@@ -85,7 +85,7 @@ impl AsyncUdpSocket for ReleasableSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         let slot: Arc<PollerSlot> = Arc::new(Mutex::new(None));
         {
-            let mut pollers = self.pollers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pollers = sync::lock(&self.pollers);
             pollers.retain(|w| w.strong_count() > 0);
             pollers.push(Arc::downgrade(&slot));
         }
@@ -144,7 +144,7 @@ impl fmt::Debug for ReleasablePoller {
 
 impl UdpPoller for ReleasablePoller {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = sync::lock(&self.slot);
         if slot.is_none() {
             match self.socket.inner() {
                 Some(inner) => *slot = Some(inner.create_io_poller()),

@@ -9,12 +9,13 @@ use super::meta::{
 };
 use super::open::replay_held;
 use super::storage_error::storage;
-use super::{lock, Ledger};
+use super::Ledger;
 use crate::core::attest::StateDivergence;
 use crate::core::event::{ChainedEvent, EventBody, SignedEvent};
 use crate::core::limits;
 use crate::core::projection::{Projection, ProjectionState, Rejection};
 use crate::core::provisional::EventId;
+use crate::core::sync::lock;
 use crate::core::types::{ChainHash, ChainPoint};
 use crate::store::chainer::{Chainer, Job};
 use crate::store::error::{Corruption, LedgerError};

@@ -10,9 +10,10 @@ use super::meta::{
 use super::open::last_seq;
 use super::storage_error::storage;
 use super::verify::verify_chained;
-use super::{lock, Ledger};
+use super::Ledger;
 use crate::core::limits;
 use crate::core::projection::{ChainHead, Projection, ProjectionState, Rejection};
+use crate::core::sync::lock;
 use crate::core::types::ChainPoint;
 use crate::store::error::{LedgerError, RangeRefusal};
 use crate::store::record::{encode_record_into, seq_key};

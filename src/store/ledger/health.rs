@@ -3,8 +3,8 @@
 
 use std::sync::Mutex;
 
-use super::lock;
 use crate::core::attest::StateDivergence;
+use crate::core::sync::lock;
 
 /// What would stop a ledger taking writes, shared so it is read without the ledger's lock.
 #[derive(Debug)]

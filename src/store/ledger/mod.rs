@@ -17,7 +17,7 @@
 //! `meta` keyspace), `health` and `storage_error`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::chainer::Chainer;
 use super::recent::SharedRecent;
@@ -31,6 +31,7 @@ mod append;
 mod append_range;
 mod backfill;
 mod health;
+mod lock;
 mod meta;
 mod open;
 mod read;
@@ -40,6 +41,7 @@ mod verify;
 pub use append::AppendOutcome;
 pub(crate) use backfill::Backfill;
 pub use health::LedgerHealth;
+pub use lock::{LedgerLock, SharedLedger};
 pub use meta::LEDGER_FORMAT_MARKER;
 pub(crate) use meta::{read_anchor, read_backfill, read_head, read_stored_checkpoint};
 pub(crate) use open::{check_held_records, last_seq, open_keyspaces};
@@ -93,10 +95,6 @@ pub struct Ledger {
     pending_checkpoint: Option<(u64, Vec<u8>)>,
     /// The ids of the newest events (see [`Ledger::committed_point`]).
     recent: SharedRecent,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for Ledger {

@@ -13,10 +13,11 @@ use super::meta::{
     META_BACKFILL_BASE, META_CHECKPOINT, META_FORMAT, META_HEAD, META_IMPORTED, META_REFUSED_BRANCH, META_SEED_ANCHOR,
 };
 use super::storage_error::storage;
-use super::{lock, Ledger, LedgerConfig};
+use super::{Ledger, LedgerConfig};
 use crate::core::keys::VerifierCache;
 use crate::core::projection::Projection;
 use crate::core::provisional::EventId;
+use crate::core::sync::lock;
 use crate::core::types::{ChainHash, ChainPoint};
 use crate::store::attested::{is_attested, Unused};
 use crate::store::error::{Corruption, LedgerError};

@@ -1,0 +1,63 @@
+//! The ledger shared between threads ([`SharedLedger`]) and the one way to take its lock
+//! ([`LedgerLock`]).
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::Ledger;
+use crate::store::error::LedgerError;
+
+/// A ledger shared by the tasks of one node (the Raft state machine, gossip, reads, the
+/// resolver, ...). Lock it with [`LedgerLock`].
+pub type SharedLedger = Arc<RwLock<Ledger>>;
+
+/// Taking the lock of a shared ledger, as a [`LedgerError`] when it is poisoned.
+///
+/// A poisoned ledger lock (a thread panicked while holding it, perhaps in the middle of an
+/// append that updates the records, the head, the projection and the recent-events window
+/// together) is never recovered silently, unlike the caches and books of
+/// [`crate::core::sync`]: the ledger's in-memory state may no longer be the one its records
+/// lead to. Every later taker gets [`LedgerError::LockPoisoned`] until the node restarts and
+/// reopens the ledger from disk.
+pub trait LedgerLock {
+    /// A shared read guard, or [`LedgerError::LockPoisoned`].
+    fn read_ledger(&self) -> Result<RwLockReadGuard<'_, Ledger>, LedgerError>;
+    /// The exclusive write guard, or [`LedgerError::LockPoisoned`].
+    fn write_ledger(&self) -> Result<RwLockWriteGuard<'_, Ledger>, LedgerError>;
+}
+
+impl LedgerLock for RwLock<Ledger> {
+    fn read_ledger(&self) -> Result<RwLockReadGuard<'_, Ledger>, LedgerError> {
+        self.read().map_err(|p| LedgerError::LockPoisoned { path: p.get_ref().path().to_path_buf() })
+    }
+
+    fn write_ledger(&self) -> Result<RwLockWriteGuard<'_, Ledger>, LedgerError> {
+        self.write().map_err(|p| LedgerError::LockPoisoned { path: p.get_ref().path().to_path_buf() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ledger::LedgerConfig;
+
+    /// A thread that panics while holding the write guard poisons the lock: every later taker
+    /// gets the typed error, naming the ledger, and no guard.
+    #[test]
+    fn a_poisoned_ledger_lock_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = Ledger::open(dir.path(), LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("open");
+        let shared: SharedLedger = Arc::new(RwLock::new(l));
+        assert!(shared.read_ledger().is_ok());
+        let s2 = shared.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = s2.write_ledger().expect("not poisoned yet");
+            panic!("a panic while holding the ledger");
+        })
+        .join();
+        match shared.read_ledger() {
+            Err(LedgerError::LockPoisoned { path }) => assert_eq!(path, dir.path()),
+            other => panic!("expected LockPoisoned, got {:?}", other.map(|_| ())),
+        }
+        assert!(matches!(shared.write_ledger(), Err(LedgerError::LockPoisoned { .. })));
+    }
+}
