@@ -268,6 +268,93 @@ mod tests {
         assert!(m.observe(&latent(false), at(6)).expect("a transition").reason.contains("no primary node heard"));
     }
 
+    fn at_micros(micros: i64) -> Timestamp {
+        Timestamp(micros)
+    }
+
+    /// A voter's life on a simulated clock, with the grace period checked to the microsecond:
+    /// an outage shorter than the grace is an election, not a partition, however often it
+    /// recurs; a longer one is a partition from exactly the grace on; a fork overrides both;
+    /// a halt is final.
+    #[test]
+    fn a_voter_moves_through_every_mode_at_the_simulated_times() {
+        let grace = ModeConfig::default().partition_grace_micros;
+        let mut m = ModeMachine::new(ModeConfig::default(), at(0));
+        assert_eq!((m.mode(), m.since()), (NetworkFormation, at(0)));
+        // Started, no chain and no leader yet: still forming, however long it takes.
+        assert_eq!(m.observe(&ModeInputs { raft_member: true, ..Default::default() }, at(60)), None);
+        assert_eq!(m.observe(&member(true), at(61)).map(|t| t.to), Some(NormalOperation));
+        assert_eq!(m.since(), at(61));
+
+        // Elections: the leader is gone for just under the grace, twice in a row.
+        for start in [at(70), at(80)] {
+            assert_eq!(m.observe(&member(false), start), None);
+            assert_eq!(m.observe(&member(false), at_micros(start.0 + grace - 1)), None, "within the grace");
+            assert_eq!(m.observe(&member(true), at_micros(start.0 + grace - 1)), None, "a new leader in time");
+        }
+        assert_eq!(m.mode(), NormalOperation);
+
+        // A partition: the leader is gone for the whole grace, to the microsecond.
+        let lost = at(100);
+        assert_eq!(m.observe(&member(false), lost), None);
+        assert_eq!(m.observe(&member(false), at_micros(lost.0 + grace - 1)), None);
+        let t = m.observe(&member(false), at_micros(lost.0 + grace)).expect("a partition at the grace");
+        assert_eq!((t.from, t.to, t.at), (NormalOperation, PartitionRecovery, at_micros(lost.0 + grace)));
+        assert!(t.reason.contains("no leader known for 3.0 s"), "{}", t.reason);
+        // Staying cut off is no new transition.
+        assert_eq!(m.observe(&member(false), at(200)), None);
+
+        // A fork seen while cut off: split-brain resolution at once, whatever else holds.
+        let forked = |leader| ModeInputs { unresolved_forks: 2, ..member(leader) };
+        let t = m.observe(&forked(false), at(201)).expect("a fork is immediate");
+        assert_eq!((t.from, t.to), (PartitionRecovery, SplitBrainResolution));
+        assert!(t.reason.starts_with("2 unresolved fork(s)"), "{}", t.reason);
+        assert_eq!(m.observe(&forked(true), at(202)), None);
+        // Resolved while no leader is known: straight to partition recovery, no grace.
+        let t = m.observe(&member(false), at(203)).expect("resolved");
+        assert_eq!((t.from, t.to), (SplitBrainResolution, PartitionRecovery));
+        assert_eq!(m.observe(&member(true), at(204)).map(|t| t.to), Some(NormalOperation));
+
+        // A clock that steps back (NTP) neither panics nor counts as an outage.
+        assert_eq!(m.observe(&member(false), at(300)), None);
+        assert_eq!(m.observe(&member(false), at(250)), None);
+        assert_eq!(m.mode(), NormalOperation);
+
+        // Halted: final, whatever comes after.
+        let halted = ModeInputs { halted: Some("No space left on device".into()), ..member(true) };
+        let t = m.observe(&halted, at(400)).expect("halted");
+        assert_eq!((t.from, t.to), (NormalOperation, Halted));
+        assert!(t.reason.contains("No space left"), "{}", t.reason);
+        assert_eq!(m.observe(&member(true), at(500)), None);
+        assert_eq!(m.observe(&forked(true), at(501)), None);
+        assert_eq!((m.mode(), m.since()), (Halted, at(400)));
+        let path: Vec<_> = m.history().map(|t| (t.to, t.at)).collect();
+        assert_eq!(
+            path,
+            vec![
+                (NormalOperation, at(61)),
+                (PartitionRecovery, at_micros(lost.0 + grace)),
+                (SplitBrainResolution, at(201)),
+                (PartitionRecovery, at(203)),
+                (NormalOperation, at(204)),
+                (Halted, at(400)),
+            ]
+        );
+    }
+
+    /// A latent node is connected while it hears a primary by gossip; a member is connected
+    /// only through its leader (hearing a primary by gossip does not count for it).
+    #[test]
+    fn a_member_without_a_leader_is_not_rescued_by_gossip() {
+        let mut m = ModeMachine::new(ModeConfig::default(), at(0));
+        m.observe(&member(true), at(1));
+        let gossiping = ModeInputs { primary_reachable: true, ..member(false) };
+        assert_eq!(m.observe(&gossiping, at(2)), None);
+        let t = m.observe(&gossiping, at(5)).expect("partition after the grace");
+        assert_eq!(t.to, PartitionRecovery);
+        assert!(t.reason.contains("no leader known"), "{}", t.reason);
+    }
+
     #[test]
     fn history_is_bounded() {
         let mut m = ModeMachine::new(ModeConfig { partition_grace_micros: 0 }, at(0));

@@ -174,3 +174,79 @@ pub fn check_absent<'a>(
     }
     Ok(())
 }
+
+/// One provisional write through the life of a chain that grows under it: the chain's head is
+/// the clock a committer reads (its window is counted in events), advanced here by hand.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::event::EventBody;
+    use crate::core::types::{ChainHash, NetworkFingerprint, Timestamp};
+
+    const FP: NetworkFingerprint = NetworkFingerprint([0x9a; 32]);
+
+    fn event(key: &NodeKey, t: i64) -> SignedEvent {
+        SignedEvent::sign(key, FP, Timestamp(t), EventBody::NodeBackOnline { node: key.node_id() })
+    }
+
+    /// The chain after `events` are committed in order from seq 0.
+    fn chain(events: &[SignedEvent]) -> Vec<ChainedEvent> {
+        let mut prev = ChainHash::ZERO;
+        (0u64..)
+            .zip(events)
+            .map(|(seq, e)| {
+                let c = ChainedEvent::link(seq, prev, e.clone());
+                prev = c.hash;
+                c
+            })
+            .collect()
+    }
+
+    /// What a committer at `head` decides for `p` over the chain `c`.
+    fn decide(p: &ProvisionalEvent, c: &[ChainedEvent], head: u64) -> Result<(), ProvisionalError> {
+        match p.scan_range(Some(head))? {
+            Some((from, to)) => check_absent(p, &c[from as usize..=to as usize]),
+            None => Ok(()),
+        }
+    }
+
+    #[test]
+    fn a_write_is_committable_until_it_is_in_the_chain_or_its_statement_falls_out_of_the_window() {
+        let (author, other) = (NodeKey::from_seed([1; 32]), NodeKey::from_seed([2; 32]));
+        // A latent node writes while its head is 9, cut off; the chain grows without it.
+        let mine = event(&author, 1_000);
+        let p = ProvisionalEvent::new(&author, mine.clone(), Some(9));
+        let mut events: Vec<SignedEvent> = (0..10).map(|t| event(&other, t)).collect();
+        assert_eq!(p.verify_statement(), Ok(()));
+        assert_eq!(decide(&p, &chain(&events), 9), Ok(()), "nothing after its head yet");
+        assert_eq!(p.scan_range(Some(8)), Err(ProvisionalError::FromTheFuture(9)), "a committer that lags");
+        for t in 10..30 {
+            events.push(event(&other, t));
+            let c = chain(&events);
+            assert_eq!(p.scan_range(Some(t as u64)), Ok(Some((10, t as u64))), "scans what came after");
+            assert_eq!(decide(&p, &c, t as u64), Ok(()), "absent at head {t}: committable");
+        }
+        // Committed at seq 30 (a forward whose answer was lost): every later offer of the same
+        // write, by any wrapper of it, is a duplicate naming where it is.
+        events.push(mine.clone());
+        let renewed = ProvisionalEvent::new(&author, mine, Some(20));
+        assert_eq!(renewed.id(), p.id(), "a renewed statement is still the same write");
+        for t in 31..40 {
+            events.push(event(&other, t));
+            let c = chain(&events);
+            assert_eq!(decide(&p, &c, t as u64), Err(ProvisionalError::Duplicate(30)), "head {t}");
+            assert_eq!(decide(&renewed, &c, t as u64), Err(ProvisionalError::Duplicate(30)), "head {t}");
+        }
+
+        // The window: the statement at 9 may be committed up to head 9 + WINDOW, not after.
+        let w = PROVISIONAL_WINDOW_EVENTS;
+        assert_eq!(p.scan_range(Some(9 + w)), Ok(Some((10, 9 + w))));
+        let too_old = ProvisionalError::TooOld { absent_through: Some(9), head: 10 + w, window: w };
+        assert_eq!(p.scan_range(Some(10 + w)), Err(too_old));
+        // A write made before the node held anything scans from genesis.
+        let first = ProvisionalEvent::new(&author, event(&author, 5), None);
+        assert_eq!(first.scan_range(None), Ok(None));
+        assert_eq!(first.scan_range(Some(w - 1)), Ok(Some((0, w - 1))));
+        assert!(matches!(first.scan_range(Some(w)), Err(ProvisionalError::TooOld { .. })));
+    }
+}

@@ -107,22 +107,12 @@ impl Cluster {
 
     /// The index of the current leader, waiting up to `timeout`.
     pub async fn leader(&self, timeout: Duration) -> Option<usize> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            for (i, m) in self.members.iter().enumerate() {
-                if let Some(s) = &m.system {
-                    if let Ok(st) = s.status() {
-                        if st.raft_state == "Leader" {
-                            return Some(i);
-                        }
-                    }
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::wait::poll(timeout, || {
+            self.members
+                .iter()
+                .position(|m| m.system.as_ref().is_some_and(|s| s.status().is_ok_and(|st| st.raft_state == "Leader")))
+        })
+        .await
     }
 
     /// Crashes node `i`: it disappears from the network and its Raft stops, without a clean
@@ -139,13 +129,12 @@ impl Cluster {
         // of the ledger as the runtime drops them. Wait for that (bounded), so whatever opens
         // the data dir next does not race them.
         let lock = self.members[i].dir.join("ledger").join("lock");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(&lock) {
-            if f.try_lock().is_ok() || std::time::Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let released = || match std::fs::OpenOptions::new().read(true).write(true).open(&lock) {
+            Ok(f) => f.try_lock().is_ok().then_some(()),
+            Err(_) => Some(()),
+        };
+        // Past the bound, whoever opens the data dir next reports the lock itself.
+        let _ = crate::wait::poll(Duration::from_secs(10), released).await;
     }
 
     /// Restarts node `i` from its data dir.
@@ -157,19 +146,12 @@ impl Cluster {
 
     /// Waits until every running node has the same head, and returns it.
     pub async fn converged_head(&self, timeout: Duration) -> Option<mycnet_spores::ChainHead> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        crate::wait::poll(timeout, || {
             let heads: Vec<_> =
                 self.members.iter().filter_map(|m| m.system.as_ref()).map(|s| s.head().ok().flatten()).collect();
-            if let Some(first) = heads.first().copied().flatten() {
-                if heads.iter().all(|h| *h == Some(first)) {
-                    return Some(first);
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            let first = heads.first().copied().flatten()?;
+            heads.iter().all(|h| *h == Some(first)).then_some(first)
+        })
+        .await
     }
 }

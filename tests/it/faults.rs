@@ -55,9 +55,13 @@ async fn leader_crash_during_concurrent_writes_loses_no_acknowledged_write() {
         }));
     }
     // Crash the leader once a good part of the load is in.
-    while acked.lock().expect("lock").len() < WRITES / 3 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::wait::until(
+        &format!("{} acknowledged writes (acknowledged)", WRITES / 3),
+        Duration::from_secs(120),
+        || acked.lock().expect("lock").len(),
+        |n| *n >= WRITES / 3,
+    )
+    .await;
     c.crash(leader).await;
     drop(handles);
     for t in tasks {
@@ -226,28 +230,26 @@ async fn an_isolated_leader_reports_itself_unconfirmed_and_enters_partition_reco
 
     let others: Vec<&str> = (0..3).filter(|i| *i != leader).map(|i| c.members[i].addr.as_str()).collect();
     c.net.partition(&[c.members[leader].addr.as_str()], &others);
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let st = c.sys(leader).status().expect("status");
-        if st.mode == mycnet_spores::OperationalMode::PartitionRecovery {
-            assert_ne!(st.leader_confirmed, Some(true), "{st:?}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the isolated leader kept reporting {:?} / {:?}",
-            st.mode,
-            st.leader_confirmed
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_, confirmed) = crate::wait::until(
+        "the isolated leader in partition recovery (mode, leader confirmed)",
+        Duration::from_secs(15),
+        || {
+            let st = c.sys(leader).status().expect("status");
+            (st.mode, st.leader_confirmed)
+        },
+        |(mode, _)| *mode == mycnet_spores::OperationalMode::PartitionRecovery,
+    )
+    .await;
+    assert_ne!(confirmed, Some(true), "an isolated leader does not claim to be confirmed");
     let answer = c.sys(leader).node_answer(&c.members[leader].key.node_id()).expect("answer").expect("known");
     assert!(answer.stale, "an isolated node's answers say they may be stale");
 
     c.net.heal();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while c.sys(leader).status().expect("status").mode != mycnet_spores::OperationalMode::NormalOperation {
-        assert!(std::time::Instant::now() < deadline, "the healed node never returned to normal operation");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::wait::until(
+        "the healed node back in normal operation (its mode)",
+        Duration::from_secs(15),
+        || c.sys(leader).status().expect("status").mode,
+        |mode| *mode == mycnet_spores::OperationalMode::NormalOperation,
+    )
+    .await;
 }

@@ -117,7 +117,8 @@ fn ledger_writer_child() {
         let head = ledger.head().expect("head");
         println!("ACK {} {}", head.seq, head.hash);
     }
-    // Every append is in; wait for the kill (the parent kills well before this point).
+    // Every append is in; the parent kills this process well before this point. Not a wait for
+    // a condition: the bound keeps an orphan (its parent failed) from living on.
     std::thread::sleep(Duration::from_secs(600));
 }
 

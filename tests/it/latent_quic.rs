@@ -3,13 +3,14 @@
 //! they are cut off from the Primary tier.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mycnet_spores::net::gossip::GossipConfig;
 use mycnet_spores::net::quic::{Admission, QuicBackend};
 use mycnet_spores::{Endpoint, NodeKey, NodeRole, OperationalMode, SporeSystem, SporeType};
 
 use crate::quic::{converged, form_quic_cluster, leader_of};
+use crate::wait;
 
 async fn start_latent(key: &NodeKey, dir: &std::path::Path, bootstrap: Vec<mycnet_spores::PeerNode>) -> SporeSystem {
     let mut s = SporeSystem::builder()
@@ -28,14 +29,6 @@ async fn start_latent(key: &NodeKey, dir: &std::path::Path, bootstrap: Vec<mycne
         .build();
     s.start().await.expect("start latent node");
     s
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,39 +59,35 @@ async fn quic_latent_nodes_converge_by_gossip_and_answer_when_cut_off() {
     }
     let head = converged(&voters, Duration::from_secs(10)).await;
     for l in &latent {
-        wait_for("latent head reaches the voters' head", Duration::from_secs(20), || {
-            l.head().ok().flatten().is_some_and(|h| h.seq >= head.seq)
-        })
-        .await;
+        wait::head_reaches("the latent node", l, head.seq, Duration::from_secs(20)).await;
         let st = l.status().expect("status");
         assert!(!st.raft_member, "a Rhizomorph stays out of Raft");
         assert!(st.voters.is_empty());
         assert_eq!(l.services_by_capability("dns").expect("query").len(), 20);
         assert_eq!(l.services_by_name("svc-7").expect("query").len(), 1);
-        wait_for("latent node reports normal operation", Duration::from_secs(5), || {
-            l.status().is_ok_and(|s| s.mode == OperationalMode::NormalOperation)
-        })
-        .await;
+        mode_becomes(l, OperationalMode::NormalOperation, Duration::from_secs(5)).await;
     }
     // The chain the latent nodes hold is the voters' chain, byte for byte: once a latent node
     // is at the leader's head (anchors keep landing, so wait for a moment when they agree),
     // its whole state equals the leader's.
     let leader_sys = voters[leader].system.as_ref().expect("leader");
     for (i, l) in latent.iter().enumerate() {
-        let (got, want) =
-            crate::wait::some(&format!("latent node {i} at the leader's head"), Duration::from_secs(20), || {
-                let want = leader_sys.with_projection(|p| p.state().clone()).expect("state");
-                let got = l.with_projection(|p| p.state().clone()).expect("state");
-                (got.head == want.head).then_some((got, want))
-            })
-            .await;
+        let (got, want) = wait::some(&format!("latent node {i} at the leader's head"), Duration::from_secs(20), || {
+            let want = leader_sys.with_projection(|p| p.state().clone()).expect("state");
+            let got = l.with_projection(|p| p.state().clone()).expect("state");
+            (got.head == want.head).then_some((got, want))
+        })
+        .await;
         assert_eq!(got, want, "latent node {i} holds the leader's state at {:?}", want.head);
     }
     // The leader anchors the chain (checkpoint events every 5 s by default); latent nodes
     // learn the anchor and the anchored part becomes Primary in their view.
-    wait_for("an anchor reaches the latent nodes", Duration::from_secs(20), || {
-        latent.iter().all(|l| l.status().is_ok_and(|s| s.anchor.is_some()))
-    })
+    wait::until(
+        "an anchor at every latent node (anchors)",
+        Duration::from_secs(20),
+        || latent.iter().map(|l| l.status().ok().and_then(|s| s.anchor)).collect::<Vec<_>>(),
+        |anchors| anchors.iter().all(Option::is_some),
+    )
     .await;
     let st = latent[0].status().expect("status");
     let expected_tier =
@@ -115,10 +104,7 @@ async fn quic_latent_nodes_converge_by_gossip_and_answer_when_cut_off() {
         }
     }
     for l in &latent {
-        wait_for("latent node reports the partition", Duration::from_secs(10), || {
-            l.status().is_ok_and(|s| s.mode == OperationalMode::PartitionRecovery)
-        })
-        .await;
+        mode_becomes(l, OperationalMode::PartitionRecovery, Duration::from_secs(10)).await;
         // Discovery keeps working from the latent view.
         assert_eq!(l.services_by_capability("dns").expect("query").len(), 20);
     }
@@ -146,22 +132,29 @@ async fn quic_liveness_commits_offline_and_back_online_transitions() {
         let l = leader_of_now(voters);
         l.and_then(|i| voters[i].system.as_ref()?.node(&key.node_id()).ok().flatten()).map(|r| r.status)
     };
+    let committed = async |want: NodeStatus| {
+        let what = format!("the leader to commit the node {want:?} (its status there)");
+        wait::until(&what, Duration::from_secs(30), || status_on_leader(&voters), |st| *st == Some(want)).await;
+    };
     // The voters see it up (SWIM), and it stays Active.
-    wait_for("the voters see the latent node up", Duration::from_secs(20), || {
-        voters.iter().all(|v| {
-            v.system.as_ref().is_some_and(|s| s.liveness().is_ok_and(|m| m.get(&key.node_id()).is_some_and(|st| st.up)))
-        })
-    })
+    wait::until(
+        "the voters see the latent node up (up per voter)",
+        Duration::from_secs(20),
+        || {
+            let up = |s: &SporeSystem| s.liveness().ok().and_then(|m| m.get(&key.node_id()).map(|st| st.up));
+            voters.iter().map(|v| v.system.as_ref().and_then(up)).collect::<Vec<_>>()
+        },
+        |up| up.iter().all(|u| *u == Some(true)),
+    )
     .await;
     assert_eq!(status_on_leader(&voters), Some(NodeStatus::Active));
     let before = voters[leader].system.as_ref().expect("leader").head().expect("head").expect("some").seq;
 
     // It dies: SWIM declares it down, the leader commits one offline transition.
     drop(node);
-    wait_for("the leader commits the node offline", Duration::from_secs(30), || {
-        status_on_leader(&voters) == Some(NodeStatus::Offline)
-    })
-    .await;
+    committed(NodeStatus::Offline).await;
+    // Not a wait for a condition: the assertion below is that nothing more happens in these
+    // 2 s (missed heartbeats go on; no further offline event may follow).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let events = voters[leader]
         .system
@@ -176,10 +169,12 @@ async fn quic_liveness_commits_offline_and_back_online_transitions() {
     // It comes back on the same address: back online.
     let node = start_latent(&key, &dir, boot).await;
     assert_eq!(node.peer().expect("peer").addr.split(':').next(), addr.split(':').next());
-    wait_for("the leader commits the node back online", Duration::from_secs(30), || {
-        status_on_leader(&voters) == Some(NodeStatus::Active)
-    })
-    .await;
+    committed(NodeStatus::Active).await;
+}
+
+/// Waits until `l` reports `mode`.
+async fn mode_becomes(l: &SporeSystem, mode: OperationalMode, timeout: Duration) {
+    wait::until(&format!("{mode} (its mode)"), timeout, || l.status().map(|s| s.mode).ok(), |m| *m == Some(mode)).await;
 }
 
 fn leader_of_now(voters: &[crate::quic::Voter]) -> Option<usize> {
@@ -258,9 +253,12 @@ async fn quic_latent_node_from_a_state_only_seed_backfills_to_genesis() {
     // It answers from the seed's registries before anything arrives.
     assert!(l.services_by_capability("dns").expect("query").len() >= 300);
     let head = converged(&voters, Duration::from_secs(10)).await;
-    wait_for("the latent node follows the head and backfills to genesis", Duration::from_secs(30), || {
-        l.status().is_ok_and(|s| s.history_from == 0 && s.head.is_some_and(|h| h.seq >= head.seq))
-    })
+    wait::until(
+        &format!("the latent node at head {} with history from genesis (history_from, head)", head.seq),
+        Duration::from_secs(30),
+        || l.status().ok().map(|s| (s.history_from, s.head)),
+        |st| st.is_some_and(|(from, h)| from == 0 && h.is_some_and(|h| h.seq >= head.seq)),
+    )
     .await;
     assert_eq!(l.services_by_capability("dns").expect("query").len(), 320);
     // The whole chain, genesis included, arrived: the node can replay it from the start.

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! The test reads the source tree: every `crate::…` path outside comments and outside a
-//! file's `#[cfg(test)]` module names the layer it reaches into; a path into a higher layer
+//! file's `#[cfg(test)]` module (or a `tests.rs` declared as one) names the layer it reaches into; a path into a higher layer
 //! fails, naming the file, the line and the path. `core` must also stay pure: no tokio, fjall,
 //! quinn, openraft, rayon or getrandom, and no clock; and no layer below `raft` uses openraft.
 
@@ -92,6 +92,16 @@ fn code_lines(text: &str) -> Vec<(usize, String)> {
     out
 }
 
+/// Whether `file` is a unit-test module in a file of its own: a `tests.rs` that its parent
+/// (`mod.rs` beside it, or the file named after its directory) declares `#[cfg(test)] mod tests;`.
+fn is_test_module(file: &Path) -> bool {
+    let Some(dir) = file.parent() else { return false };
+    file.file_name().is_some_and(|n| n == "tests.rs")
+        && [dir.join("mod.rs"), dir.with_extension("rs")]
+            .iter()
+            .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("#[cfg(test)]\nmod tests;")))
+}
+
 /// Every `crate::module::rest` path on a line, as (module, rest).
 fn crate_paths(line: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -123,7 +133,7 @@ fn violations(src: &Path) -> Vec<String> {
     rust_files(src, &mut files);
     files.sort();
     let mut found = Vec::new();
-    for file in files {
+    for file in files.into_iter().filter(|f| !is_test_module(f)) {
         let rel = file.strip_prefix(src).expect("under src").to_string_lossy().replace('\\', "/");
         let own = layer_of(&rel);
         let text = std::fs::read_to_string(&file).expect("read source");
@@ -177,10 +187,18 @@ fn a_planted_upward_import_is_named() {
         "fn now() -> u64 { std::time::SystemTime::now(); 0 }\n#[cfg(test)]\nmod tests { use crate::node::X; }\n",
     )
     .expect("write");
+    // Unit tests in a file of their own may use the clock; a `tests.rs` compiled in may not.
+    for (dir, parent) in [("core/t", "#[cfg(test)]\nmod tests;\n"), ("core/u", "mod tests;\n")] {
+        std::fs::create_dir_all(src.join(dir)).expect("mkdir");
+        std::fs::write(src.join(dir).join("mod.rs"), parent).expect("write");
+        std::fs::write(src.join(dir).join("tests.rs"), "fn t() { let _ = std::time::Instant::now(); }\n")
+            .expect("write");
+    }
     let found = violations(src);
     assert_eq!(
         found,
         vec![
+            "src/core/u/tests.rs:1: core uses Instant::now".to_string(),
             "src/core/x.rs:3: core imports store (crate::store::ledger::Ledger)".to_string(),
             "src/core/z.rs:1: core uses SystemTime::now".to_string()
         ],

@@ -3,21 +3,14 @@
 //! travel by gossip and are committed after the heal — every one present exactly once.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mycnet_spores::core::provisional::EventId;
 use mycnet_spores::net::gossip::GossipConfig;
 use mycnet_spores::{ChainPoint, Error, NodeKey, NodeRole, PeerNode, SporeSystem};
 
 use crate::cluster::{fast_timeouts, Cluster};
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::wait;
 
 /// Every event id in `s`'s chain with how many times it occurs, and the chain's points.
 async fn chain_ids(s: &SporeSystem) -> (BTreeMap<EventId, usize>, BTreeMap<u64, ChainPoint>) {
@@ -77,10 +70,7 @@ async fn partition_and_heal_commits_every_write_exactly_once() {
     }
     let head = c.converged_head(Duration::from_secs(5)).await.expect("voters converged");
     for l in &latent {
-        wait_for("latent node synced", Duration::from_secs(10), || {
-            l.head().ok().flatten().is_some_and(|h| h.seq >= head.seq)
-        })
-        .await;
+        wait::head_reaches("the latent node", l, head.seq, Duration::from_secs(10)).await;
     }
     let mut acked: Vec<ChainPoint> = Vec::new();
     // Connected, a latent node's write goes straight to the voters and commits.
@@ -112,9 +102,12 @@ async fn partition_and_heal_commits_every_write_exactly_once() {
     assert_eq!(held.len(), 5);
     // They travel by gossip: each cut-off node ends up holding the other's too, and says so.
     for l in &latent[1..] {
-        wait_for("provisional events shared by gossip", Duration::from_secs(10), || {
-            l.provisional_events().is_ok_and(|v| held.iter().all(|id| v.iter().any(|p| p.id() == *id)))
-        })
+        wait::until(
+            "the 5 provisional events shared by gossip (how many it holds)",
+            Duration::from_secs(10),
+            || l.provisional_events().ok().map(|v| held.iter().filter(|id| v.iter().any(|p| p.id() == **id)).count()),
+            |n| *n == Some(held.len()),
+        )
         .await;
         assert_eq!(l.status().expect("status").provisional, 5);
     }
@@ -140,14 +133,20 @@ async fn partition_and_heal_commits_every_write_exactly_once() {
     c.net.heal();
     // Every held event is committed (or found committed) and forgotten; one head everywhere.
     let all: Vec<&SporeSystem> = (0..3).map(|i| c.sys(i)).chain(latent.iter()).collect();
-    wait_for("every provisional event committed and forgotten", Duration::from_secs(30), || {
-        all.iter().all(|s| s.status().is_ok_and(|st| st.provisional == 0))
-    })
+    wait::until(
+        "every provisional event committed and forgotten (held per node)",
+        Duration::from_secs(30),
+        || all.iter().map(|s| s.status().map(|st| st.provisional).ok()).collect::<Vec<_>>(),
+        |held| held.iter().all(|n| *n == Some(0)),
+    )
     .await;
     let head = c.converged_head(Duration::from_secs(10)).await.expect("voters converged");
-    wait_for("one head on all six nodes", Duration::from_secs(15), || {
-        all.iter().all(|s| s.head().ok().flatten().is_some_and(|h| h.seq == head.seq && h.hash == head.hash))
-    })
+    wait::until(
+        "one head on all six nodes (heads)",
+        Duration::from_secs(15),
+        || all.iter().map(|s| s.head().ok().flatten()).collect::<Vec<_>>(),
+        |heads| heads.iter().all(|h| h.is_some_and(|h| h.seq == head.seq && h.hash == head.hash)),
+    )
     .await;
     for s in &all {
         let (ids, points) = chain_ids(s).await;

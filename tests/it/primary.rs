@@ -186,11 +186,7 @@ async fn a_node_joins_as_learner_then_voter_and_leaves() {
     assert!(st.voters.contains(&key.node_id()) && st.voters.len() == 4, "{st:?}");
     // It replicates the chain and serves queries.
     let head = c.converged_head(Duration::from_secs(5)).await.expect("converged");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while newcomer.head().expect("head") != Some(head) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(newcomer.head().expect("head"), Some(head));
+    crate::wait::head_is("the newcomer", &newcomer, head, Duration::from_secs(5)).await;
     assert_eq!(newcomer.nodes().expect("nodes").len(), 4);
     // Leaving commits NodeLeft and removes it from the membership.
     newcomer.leave("maintenance").await.expect("leave");
@@ -352,7 +348,9 @@ async fn an_unread_subscription_does_not_hold_the_ledger_past_shutdown() {
         r.expect("writer");
     }
     let unread = s.subscribe(0).expect("subscribe");
-    tokio::time::sleep(Duration::from_millis(300)).await; // its task fills the channel and waits
+    // Part of the scenario, not a wait for a condition: time for its task to fill the channel
+    // and block on it (nothing shows that from here); the shutdown must not hang either way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut s = std::sync::Arc::try_unwrap(s).ok().expect("the only handle");
     s.shutdown().await.expect("shutdown releases the ledger though a subscription is unread");
     let reopened = mycnet_spores::Ledger::open(
@@ -428,14 +426,10 @@ async fn a_wrong_state_attestation_is_a_divergence_every_replica_reports_and_wri
     let point = c.sys(leader).submit(ev).await.expect("the attestation is committed: it is not a rule");
     assert_eq!(point.seq, head.seq + 1);
     for i in 0..3 {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let d = loop {
-            if let Some(d) = c.sys(i).status().expect("status").state_divergence {
-                break d;
-            }
-            assert!(std::time::Instant::now() < deadline, "replica {i} never reported the divergence");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let d = crate::wait::some(&format!("replica {i} to report the divergence"), Duration::from_secs(10), || {
+            c.sys(i).status().expect("status").state_divergence
+        })
+        .await;
         assert_eq!((d.seq, d.attested), (head.seq + 1, wrong), "replica {i}");
         let refused = c.sys(i).register_service("after", vec![], vec![], vec![]).await;
         assert!(

@@ -48,6 +48,7 @@ impl RpcHandler for Echo {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.from.lock().expect("lock").push(from);
             if !self.delay.is_zero() {
+                // Part of the scenario, not a wait: a slow handler, to hold its stream open.
                 tokio::time::sleep(self.delay).await;
             }
             match req {
@@ -409,16 +410,12 @@ async fn quic_incoming_connections_are_capped() {
     assert!(second.is_err(), "a connection over the cap is refused");
     // Closing the first frees its place.
     first.close(quinn::VarInt::from_u32(0), b"done");
-    let deadline = Instant::now() + T;
-    loop {
-        let (_ep3, third) = raw_client(&key, &server, ALPN_RAFT).await;
-        if let Ok(c) = third {
-            assert_eq!(decode_read_index(&raw_exchange(&c, &request).await.expect("call")), Some(101));
-            break;
-        }
-        assert!(Instant::now() < deadline, "the slot was never released");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_ep3, third) = crate::wait::ok_async("a connection in the released slot", T, async || {
+        let (ep, third) = raw_client(&key, &server, ALPN_RAFT).await;
+        third.map(|c| (ep, c))
+    })
+    .await;
+    assert_eq!(decode_read_index(&raw_exchange(&third, &request).await.expect("call")), Some(101));
     assert_eq!(echo.calls(), 2);
 }
 
@@ -564,32 +561,25 @@ pub(crate) async fn start_voter(key: &NodeKey, dir: &std::path::Path, addr: &str
 }
 
 pub(crate) async fn leader_of(voters: &[Voter], timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
-        for (i, v) in voters.iter().enumerate() {
-            if let Some(s) = &v.system {
-                if s.status().map(|st| st.raft_state == "Leader").unwrap_or(false) {
-                    return i;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let states = crate::wait::until(
+        "a leader (each voter's Raft state)",
+        timeout,
+        || voters.iter().map(|v| v.system.as_ref().and_then(|s| s.status().ok()).map(|st| st.raft_state)).collect(),
+        |states: &Vec<Option<String>>| states.iter().any(|s| s.as_deref() == Some("Leader")),
+    )
+    .await;
+    states.iter().position(|s| s.as_deref() == Some("Leader")).expect("a leader")
 }
 
 pub(crate) async fn converged(voters: &[Voter], timeout: Duration) -> mycnet_spores::ChainHead {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let heads: Vec<_> = voters.iter().map(|v| v.system.as_ref().and_then(|s| s.head().ok().flatten())).collect();
-        if let Some(first) = heads[0] {
-            if heads.iter().all(|h| *h == Some(first)) {
-                return first;
-            }
-        }
-        assert!(Instant::now() < deadline, "no convergence within {timeout:?}: {heads:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let heads = crate::wait::until(
+        "one head on every voter (heads)",
+        timeout,
+        || voters.iter().map(|v| v.system.as_ref().and_then(|s| s.head().ok().flatten())).collect::<Vec<_>>(),
+        |heads| heads[0].is_some() && heads.iter().all(|h| *h == heads[0]),
+    )
+    .await;
+    heads[0].expect("a head")
 }
 
 /// Forms a 3-voter network over QUIC on loopback: n0 initializes, admits and adds the others.

@@ -72,15 +72,13 @@ async fn a_running_node_repairs_a_damaged_record_from_its_peers() {
     c.converged_head(Duration::from_secs(10)).await.expect("converged");
     let victim = (leader + 1) % 3;
     c.sys(victim).damage_record_for_tests(5, b"\x01not a record").expect("damage");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = c.sys(victim).status().expect("status").scrub;
-        if st.repaired >= 1 && st.damage.is_none() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the scrub never repaired the record: {st:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::wait::until(
+        "the scrub to repair the record (its status)",
+        Duration::from_secs(30),
+        || c.sys(victim).status().expect("status").scrub,
+        |st| st.repaired >= 1 && st.damage.is_none(),
+    )
+    .await;
     let dir = c.members[victim].dir.clone();
     c.crash(victim).await;
     let report = crate::fixture::verify(&dir);

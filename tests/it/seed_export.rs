@@ -121,15 +121,14 @@ async fn a_network_forms_from_a_seed_and_extends_its_chain() {
     }
     // New writes extend the seed's chain, on every node.
     systems[1].register_service("after-seed", vec![], vec!["cap".into()], vec![]).await.expect("write after formation");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let head = loop {
-        let heads: Vec<_> = systems.iter().map(|s| s.head().expect("head")).collect();
-        if heads.iter().all(|h| h.is_some() && *h == heads[0]) && heads[0].is_some_and(|h| h.seq > seed_head.seq) {
-            break heads[0].expect("head");
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no convergence: {heads:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let heads = crate::wait::until(
+        "one head past the seed's on every node (heads)",
+        Duration::from_secs(10),
+        || systems.iter().map(|s| s.head().expect("head")).collect::<Vec<_>>(),
+        |heads| heads.iter().all(|h| *h == heads[0]) && heads[0].is_some_and(|h| h.seq > seed_head.seq),
+    )
+    .await;
+    let head = heads[0].expect("head");
     for s in &systems {
         assert_eq!(s.status().expect("status").fingerprint, fingerprint, "the same network");
         assert_eq!(s.status().expect("status").voters.len(), 3);
@@ -235,11 +234,7 @@ async fn join_with_a_seed_trusts_only_a_primary_that_extends_it() {
         .await
         .expect("the primary extends the trusted seed");
     let head = cluster.converged_head(Duration::from_secs(10)).await.expect("converged");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while joiner.head().expect("head") != Some(head) {
-        assert!(tokio::time::Instant::now() < deadline, "the joiner catches up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::wait::head_is("the joiner", &joiner, head, Duration::from_secs(10)).await;
     joiner.shutdown().await.expect("shutdown");
 }
 
@@ -348,15 +343,23 @@ pub(crate) async fn export_state_only(
     system: &mycnet_spores::SporeSystem,
     path: &std::path::Path,
 ) -> (mycnet_spores::ChainHead, seed::Seed) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    // An export is a heavy try: first wait (cheaply) for the first anchor, a state checkpoint.
+    crate::wait::until(
+        "the first anchor (the node's anchor)",
+        Duration::from_secs(20),
+        || system.status().expect("status").anchor,
+        Option::is_some,
+    )
+    .await;
+    let (at, seed) = crate::wait::ok_async("a state-only seed export", Duration::from_secs(20), async || {
         let at = system.export_seed(path, false).await.expect("export a state-only seed");
         let seed = seed::read_file(path, VerifyPolicy::default()).expect("verify the seed");
-        if !seed.header.includes_events {
-            assert!(matches!(seed.proof, seed::StateProof::AttestedAt { .. }), "{:?}", seed.proof);
-            return (at, seed);
+        if seed.header.includes_events {
+            return Err(format!("the export at seq {} still carries every event", at.seq));
         }
-        assert!(tokio::time::Instant::now() < deadline, "no state checkpoint committed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Ok((at, seed))
+    })
+    .await;
+    assert!(matches!(seed.proof, seed::StateProof::AttestedAt { .. }), "{:?}", seed.proof);
+    (at, seed)
 }

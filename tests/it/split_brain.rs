@@ -4,7 +4,7 @@
 //! losing chain is kept as a seed file, and every node ends on one head.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mycnet_spores::core::modes::OperationalMode;
 use mycnet_spores::net::gossip::GossipConfig;
@@ -14,15 +14,8 @@ use mycnet_spores::seed::VerifyPolicy;
 use mycnet_spores::{EventBody, NodeKey, SporeSystem};
 
 use crate::cluster::{fast_timeouts, Cluster};
-use crate::split_rule::{branch_of, winner};
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::split_rule::{branch_of, fork_seen, winner};
+use crate::wait;
 
 fn node(net: &InProcNetwork, dir: PathBuf, key: &NodeKey, addr: &str) -> SporeSystem {
     SporeSystem::builder()
@@ -126,16 +119,23 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     let fork_seq = seed_head.seq + 1;
     // Anchored up to the head: no anchor still in flight that would move a head after the
     // snapshot below (one for the last write may follow an earlier anchor past the fork).
-    wait_until("both branches are anchored after the fork, up to their heads", Duration::from_secs(10), || {
-        nodes[..3].iter().all(|s| {
-            s.status()
-                .is_ok_and(|st| st.anchor.is_some_and(|a| a.seq > fork_seq && st.head.is_some_and(|h| h.seq == a.seq)))
-        })
-    })
+    wait::until(
+        "both branches are anchored after the fork, up to their heads (anchor, head)",
+        Duration::from_secs(10),
+        || nodes[..3].iter().map(|s| s.status().ok().map(|st| (st.anchor, st.head))).collect::<Vec<_>>(),
+        |seen| {
+            seen.iter().all(|st| {
+                st.is_some_and(|(a, h)| a.is_some_and(|a| a.seq > fork_seq && h.is_some_and(|h| h.seq == a.seq)))
+            })
+        },
+    )
     .await;
-    wait_until("the latent node holds B's chain", Duration::from_secs(20), || {
-        nodes[3].head().ok().flatten().map(|h| h.hash) == nodes[2].head().ok().flatten().map(|h| h.hash)
-    })
+    wait::until(
+        "the latent node holds B's chain (B's head, the latent node's)",
+        Duration::from_secs(20),
+        || (nodes[2].head().ok().flatten(), nodes[3].head().ok().flatten()),
+        |(b, l)| b.map(|h| h.hash) == l.map(|h| h.hash),
+    )
     .await;
     let pre_heal: Vec<_> = nodes.iter().map(|s| s.head().expect("head").expect("formed")).collect();
     assert_ne!(pre_heal[0].hash, pre_heal[2].hash, "two chains");
@@ -153,17 +153,16 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
 
     net.heal();
     // Gossip finds the second chain: every node goes into split-brain resolution.
-    wait_until("the fork is seen on both sides", Duration::from_secs(20), || {
-        let seen = |s: &SporeSystem| {
-            s.mode_history().is_ok_and(|h| h.iter().any(|t| t.to == OperationalMode::SplitBrainResolution))
-        };
-        nodes[..2].iter().any(seen) && nodes[2..].iter().any(seen)
-    })
+    wait::until(
+        "the fork is seen on both sides (who saw it)",
+        Duration::from_secs(20),
+        || fork_seen(&nodes),
+        |seen| seen[..2].iter().any(|s| *s) && seen[2..].iter().any(|s| *s),
+    )
     .await;
     // The loser side yields once the winner recorded the resolution.
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut yielded = Vec::new();
-    loop {
+    wait::ok_async("a yield and then one head and no fork everywhere", Duration::from_secs(60), async || {
         for (i, s) in nodes.iter_mut().enumerate() {
             // A latent node may yield twice: if it synced the losing chain again from a peer
             // that had not yielded yet.
@@ -175,15 +174,14 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
         }
         let heads: Vec<_> = nodes.iter().map(|s| s.head().ok().flatten()).collect();
         let settled = nodes.iter().all(|s| s.status().is_ok_and(|st| st.forks == 0));
-        if !yielded.is_empty()
-            && settled
-            && heads.iter().all(|h| h.is_some() && h.map(|h| h.hash) == heads[0].map(|h| h.hash))
-        {
-            break;
+        let one_head = heads.iter().all(|h| h.is_some() && h.map(|h| h.hash) == heads[0].map(|h| h.hash));
+        if !yielded.is_empty() && settled && one_head {
+            Ok(())
+        } else {
+            Err(format!("heads {heads:?}, yielded {yielded:?}, forks settled: {settled}"))
         }
-        assert!(Instant::now() < deadline, "no convergence: heads {heads:?}, yielded {yielded:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // Exactly the side the rule makes the loser yielded, the whole group (for group B its
     // voter and its latent node, which syncs the winning chain by gossip); nobody else did.
     yielded.sort();
@@ -298,9 +296,12 @@ async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
     nodes[1].register_service("a-side", vec![], vec!["a".into()], vec![]).await.expect("A write");
     nodes[3].register_service("b-side", vec![], vec!["b".into()], vec![]).await.expect("B write");
     // A checkpoint above the fork's seq attests a head at or after the fork.
-    wait_until("both branches are anchored after the fork", Duration::from_secs(10), || {
-        nodes.iter().all(|s| s.status().is_ok_and(|st| st.anchor.is_some_and(|a| a.seq > seed_head.seq + 1)))
-    })
+    wait::until(
+        "both branches are anchored after the fork (anchors)",
+        Duration::from_secs(10),
+        || nodes.iter().map(|s| s.status().ok().map(|st| st.anchor)).collect::<Vec<_>>(),
+        |anchors| anchors.iter().all(|a| a.flatten().is_some_and(|a| a.seq > seed_head.seq + 1)),
+    )
     .await;
 
     // The group that must lose, by the documented rule, from the branches as they stand.
@@ -314,43 +315,38 @@ async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
     net.heal();
     // The losing group's follower yields as soon as it may, its leader waits; the winning
     // group is never told to yield.
-    let follower = {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            for w in winners {
-                assert!(
-                    nodes[w].yield_plan().expect("plan").is_none(),
-                    "node {w} of the winning group (by {rule}) was told to yield: {branches:?}"
-                );
-            }
-            let ready = losers.into_iter().find(|&i| {
-                nodes[i].yield_plan().is_ok_and(|p| p.is_some())
-                    && group_of(i)
-                        .iter()
-                        .any(|&j| j != i && nodes[j].status().is_ok_and(|st| st.raft_state == "Leader"))
-            });
-            if let Some(i) = ready {
-                break i;
-            }
+    let what = format!("a follower of the losing group {losers:?} (by {rule}) ready to yield: {branches:?}");
+    let follower = wait::ok(&what, Duration::from_secs(30), || {
+        for w in winners {
             assert!(
-                Instant::now() < deadline,
-                "no follower of the losing group {losers:?} (by {rule}) ready to yield: {branches:?}"
+                nodes[w].yield_plan().expect("plan").is_none(),
+                "node {w} of the winning group (by {rule}) was told to yield: {branches:?}"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    };
+        let told = |i: usize| nodes[i].yield_plan().is_ok_and(|p| p.is_some());
+        let leads = |i: usize| nodes[i].status().is_ok_and(|st| st.raft_state == "Leader");
+        let ready = losers.into_iter().find(|&i| told(i) && group_of(i).iter().any(|&j| j != i && leads(j)));
+        // What each loser sees: (node, told to yield, leads).
+        ready.ok_or_else(|| losers.map(|i| (i, told(i), leads(i))))
+    })
+    .await;
     let old_leader = group_of(follower).into_iter().find(|&j| j != follower).expect("the other member of its group");
     let kept = nodes[follower].yield_to_winner().await.expect("the follower yields and joins the winner");
     assert!(kept.exists());
     // It holds the winning chain, not the losing one its old leader still serves.
-    wait_until("the yielded follower holds the winner's head", Duration::from_secs(20), || {
-        let w = nodes[winners[0]].head().ok().flatten();
-        w.is_some() && nodes[follower].head().ok().flatten() == w
-    })
+    wait::until(
+        "the yielded follower holds the winner's head (the winner's, the follower's)",
+        Duration::from_secs(20),
+        || (nodes[winners[0]].head().ok().flatten(), nodes[follower].head().ok().flatten()),
+        |(w, f)| w.is_some() && f == w,
+    )
     .await;
-    wait_until("the yielded follower is a voter of the winner", Duration::from_secs(10), || {
-        nodes[follower].status().is_ok_and(|st| st.voters.contains(&keys[follower].node_id()) && st.voters.len() == 3)
-    })
+    wait::until(
+        "the yielded follower is a voter of the winner (its voters)",
+        Duration::from_secs(10),
+        || nodes[follower].status().map(|st| st.voters).ok(),
+        |v| v.as_ref().is_some_and(|v| v.contains(&keys[follower].node_id()) && v.len() == 3),
+    )
     .await;
     assert_eq!(nodes[follower].services_by_name("a-side").expect("query").len(), 1);
     assert_eq!(nodes[follower].services_by_name("b-side").expect("query").len(), 1);
@@ -361,17 +357,20 @@ async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
     );
 
     // The old leader yields too; everybody ends on one head, in one membership of four.
-    wait_until("the old leader's plan", Duration::from_secs(20), || {
-        nodes[old_leader].yield_plan().is_ok_and(|p| p.is_some())
+    wait::some("the old leader told to yield", Duration::from_secs(20), || {
+        nodes[old_leader].yield_plan().ok().flatten()
     })
     .await;
     nodes[old_leader].yield_to_winner().await.expect("the old leader yields");
-    wait_until("one head everywhere", Duration::from_secs(20), || {
-        let heads: Vec<_> = nodes.iter().map(|s| s.head().ok().flatten()).collect();
-        heads[0].is_some()
-            && heads.iter().all(|h| *h == heads[0])
-            && nodes.iter().all(|s| s.status().is_ok_and(|st| st.forks == 0 && st.voters.len() == 4))
-    })
+    wait::until(
+        "one head, no fork and four voters everywhere (head, forks, voters)",
+        Duration::from_secs(20),
+        || {
+            let status = |s: &SporeSystem| s.status().ok().map(|st| (st.forks, st.voters.len()));
+            nodes.iter().map(|s| (s.head().ok().flatten(), status(s))).collect::<Vec<_>>()
+        },
+        |seen| seen[0].0.is_some() && seen.iter().all(|(h, st)| *h == seen[0].0 && *st == Some((0, 4))),
+    )
     .await;
     // The one chain is the winning branch: its event at the fork is the winner's.
     let mut sub = nodes[0].subscribe(fork_seq).expect("subscribe");

@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mycnet_spores::core::modes::OperationalMode;
 use mycnet_spores::core::provisional::EventId;
@@ -31,15 +31,8 @@ use mycnet_spores::{Branch, ChainedEvent, EventBody, NodeKey, SignedEvent, Spore
 
 use crate::cluster::fast_timeouts;
 use crate::quic::{form_quic_cluster, leader_of};
-use crate::split_rule::{branch_of, winner};
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::split_rule::{branch_of, fork_seen, winner};
+use crate::wait;
 
 /// A voter on its old address (the registry names it there), admitting only `admission`'s
 /// keys, with fast gossip and anchors. SWIM learns its members but does not probe within the
@@ -159,9 +152,12 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     nodes[0].deregister_service(gone, "removed on side A").await.expect("A deregisters");
     nodes[2].deregister_service(gone, "removed on side B").await.expect("B deregisters");
     // Both branches hold a checkpoint after the fork: both are Primary.
-    wait_until("both branches are anchored after the fork", Duration::from_secs(10), || {
-        nodes.iter().all(|s| s.status().is_ok_and(|st| st.anchor.is_some_and(|a| a.seq > seed_head.seq)))
-    })
+    wait::until(
+        "both branches are anchored after the fork (anchors)",
+        Duration::from_secs(10),
+        || nodes.iter().map(|s| s.status().ok().map(|st| st.anchor)).collect::<Vec<_>>(),
+        |anchors| anchors.iter().all(|a| a.flatten().is_some_and(|a| a.seq > seed_head.seq)),
+    )
     .await;
     for s in &nodes {
         assert_eq!(s.status().expect("status").forks, 0, "no fork seen while cut off");
@@ -215,15 +211,15 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     let fork_seq = seed_head.seq + 1;
     // Each side's leader anchors its branch within its anchor period (a restarted leader waits
     // a full period): wait, bounded, until both branches are Primary past the fork.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let branches = loop {
+    let branches = wait::ok_async("both branches Primary past the fork", Duration::from_secs(30), async || {
         let branches = [branch_of(&nodes[0], fork_seq).await, branch_of(&nodes[2], fork_seq).await];
         if branches.iter().all(|b| b.primary) {
-            break branches;
+            Ok(branches)
+        } else {
+            Err(branches)
         }
-        assert!(std::time::Instant::now() < deadline, "both branches are Primary: {branches:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     let (winner, rule) = winner(&branches[0], &branches[1]);
     let loser = 1 - winner;
     let losers: Vec<usize> = (0..3).filter(|&i| group(i) == loser).collect();
@@ -232,20 +228,19 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     admission[0].allow(keys[2].node_id());
     admission[1].allow(keys[0].node_id());
     admission[1].allow(keys[1].node_id());
-    wait_until("the fork is seen on both sides", Duration::from_secs(20), || {
-        let seen = |s: &SporeSystem| {
-            s.mode_history().is_ok_and(|h| h.iter().any(|t| t.to == OperationalMode::SplitBrainResolution))
-        };
-        seen(&nodes[2]) && (seen(&nodes[0]) || seen(&nodes[1]))
-    })
+    wait::until(
+        "the fork is seen on both sides (who saw it)",
+        Duration::from_secs(20),
+        || fork_seen(&nodes),
+        |seen| seen[2] && (seen[0] || seen[1]),
+    )
     .await;
     // The losing side yields once the winner recorded the resolution; a follower before its
     // old leader, which still runs the losing chain's Raft meanwhile and must not take the
     // restarted follower back.
-    let deadline = Instant::now() + Duration::from_secs(40);
     let mut yielded = Vec::new();
     let mut kept_seeds = Vec::new();
-    loop {
+    wait::ok_async("a yield and then one head, no fork, every node a member", Duration::from_secs(40), async || {
         for w in (0..3).filter(|&i| group(i) == winner) {
             assert!(
                 nodes[w].yield_plan().expect("plan").is_none(),
@@ -262,18 +257,15 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
         let heads: Vec<_> = nodes.iter().map(|s| s.head().ok().flatten().map(|h| (h.seq, h.hash))).collect();
         let settled = nodes.iter().all(|s| s.status().is_ok_and(|st| st.forks == 0 && st.raft_member));
         if !yielded.is_empty() && settled && heads.iter().all(|h| h.is_some() && *h == heads[0]) {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence: heads {heads:?}, yielded {yielded:?}, status {:?}",
-            nodes
-                .iter()
-                .map(|s| s.status().map(|st| (st.forks, st.raft_member, st.raft_state, st.voters.len())))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let status: Vec<_> = nodes
+            .iter()
+            .map(|s| s.status().map(|st| (st.forks, st.raft_member, st.raft_state, st.voters.len())))
+            .collect();
+        Err(format!("heads {heads:?}, yielded {yielded:?}, status {status:?}"))
+    })
+    .await;
     yielded.sort();
     assert_eq!(yielded, losers, "exactly the losing group by {rule} yields: {branches:?}");
     for kept in &kept_seeds {

@@ -63,3 +63,12 @@ pub fn winner(a: &BranchFacts, b: &BranchFacts) -> (usize, &'static str) {
         (if a.first.as_bytes() < b.first.as_bytes() { 0 } else { 1 }, "tie-break")
     }
 }
+
+/// Which of `nodes` have been in split-brain resolution (have seen the second chain).
+pub fn fork_seen(nodes: &[SporeSystem]) -> Vec<bool> {
+    let seen = |s: &SporeSystem| {
+        s.mode_history()
+            .is_ok_and(|h| h.iter().any(|t| t.to == mycnet_spores::core::modes::OperationalMode::SplitBrainResolution))
+    };
+    nodes.iter().map(seen).collect()
+}

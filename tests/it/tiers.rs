@@ -2,7 +2,7 @@
 //! Latent view reaches its head, and tiered answers come from the most authoritative tier that
 //! has them and say which.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mycnet_spores::net::gossip::GossipConfig;
 use mycnet_spores::net::inproc::InProcNetwork;
@@ -10,14 +10,7 @@ use mycnet_spores::node::AnchorPolicy;
 use mycnet_spores::{ChainPoint, Error, NetworkIdentity, NodeKey, NodeRole, SporeSystem, SporeType};
 
 use crate::cluster::fast_timeouts;
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+use crate::wait;
 
 /// The head of `s` as a chain point.
 fn head_of(s: &SporeSystem) -> ChainPoint {
@@ -77,22 +70,22 @@ async fn a_latent_node_answers_from_the_most_authoritative_tier_and_says_which()
     for i in 0..2 {
         voter.register_service(&format!("filler-{i}"), vec![], vec![], vec![]).await.expect("write");
     }
-    let mut anchor = None;
-    wait_for("a checkpoint at the voter's head", Duration::from_secs(10), || {
-        let st = voter.status().expect("status");
-        anchor = st.anchor.filter(|a| a.seq > early.seq && st.head.is_some_and(|h| h.seq == a.seq));
-        anchor.is_some()
-    })
+    let (anchor, _) = wait::until(
+        "a checkpoint after the early write at the voter's head (anchor, head)",
+        Duration::from_secs(10),
+        || {
+            let st = voter.status().expect("status");
+            (st.anchor, st.head)
+        },
+        |(a, h)| a.is_some_and(|a| a.seq > early.seq && h.is_some_and(|h| h.seq == a.seq)),
+    )
     .await;
     let anchor = anchor.expect("anchor");
     // One write after the checkpoint: only the Latent tier has it (no checkpoint follows
     // until two more events).
     voter.register_service("late", vec![], vec!["x".into()], vec![]).await.expect("write");
     let late = head_of(&voter);
-    wait_for("the latent node holds the late write", Duration::from_secs(10), || {
-        latent.head().ok().flatten().is_some_and(|h| h.seq >= late.seq)
-    })
-    .await;
+    wait::head_reaches("the latent node", &latent, late.seq, Duration::from_secs(10)).await;
 
     let reach = latent.tier_reach().expect("reach");
     assert_eq!(reach.primary, Some(anchor.seq), "Primary reaches the newest checkpoint held");
@@ -130,11 +123,12 @@ async fn a_latent_node_answers_from_the_most_authoritative_tier_and_says_which()
     // answered with Primary authority (the cached view continues from where it was).
     voter.register_service("after-1", vec![], vec![], vec![]).await.expect("write");
     voter.register_service("after-2", vec![], vec![], vec![]).await.expect("write");
-    let mut anchored: Option<ChainPoint> = None;
-    wait_for("a checkpoint covering the late write reaches the latent node", Duration::from_secs(10), || {
-        anchored = latent.status().ok().and_then(|s| s.anchor).filter(|a| a.seq > late.seq);
-        anchored.is_some() && latent.head().ok().flatten().is_some_and(|h| h.seq >= anchored.map_or(0, |a| a.seq))
-    })
+    wait::until(
+        "a checkpoint covering the late write at the latent node (its anchor, its head)",
+        Duration::from_secs(10),
+        || (latent.status().ok().and_then(|s| s.anchor), latent.head().ok().flatten()),
+        |(a, h)| a.is_some_and(|a| a.seq > late.seq && h.is_some_and(|h| h.seq >= a.seq)),
+    )
     .await;
     let a = latent.services_by_name_answer("late").expect("answer").expect("found");
     assert_eq!(a.tier, SporeType::Primary);

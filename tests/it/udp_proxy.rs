@@ -65,6 +65,7 @@ impl Shaper {
         let mut tasks = tasks.lock().expect("proxy tasks");
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
+            // The link's delay line, not a wait for a condition.
             tokio::time::sleep(delay).await;
             let _ = via.send_to(&data, to).await;
         });

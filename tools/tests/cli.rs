@@ -6,8 +6,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -15,13 +15,18 @@ use serde_json::Value;
 mod generate;
 #[path = "cli/inputs.rs"]
 mod inputs;
+#[path = "common/proc.rs"]
+#[allow(dead_code)]
+mod proc;
 
-fn spore() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_spore"))
-}
+use proc::{free_udp_port, path, run, services, spore, status, wait_until, Node};
 
-fn run(args: &[&str]) -> Output {
-    spore().args(args).output().expect("spore runs")
+/// How long a status or query call to a node on loopback waits for its answer.
+const CALL_MS: u64 = 1000;
+
+/// Registers a service through `via` (the command's default timeout).
+fn register(key_file: &Path, via: &str, name: &str) -> Option<String> {
+    proc::register(key_file, via, name, 5000)
 }
 
 fn json(out: &Output) -> Value {
@@ -48,10 +53,6 @@ fn generated(events: u64) -> (tempfile::TempDir, PathBuf) {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(json(&out)["events"], events);
     (root, dir)
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 #[test]
@@ -448,156 +449,29 @@ fn diff_blame_and_state_on_branches_and_seed_files() {
 // ---------------------------------------------------------------------------------------------
 // Separate `spore node` processes on loopback
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-struct Proc {
-    dir: PathBuf,
-    addr: String,
-    key: String,
-    child: Option<Child>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// `n` node data dirs under `root`, each with a fresh key and a free loopback port.
-fn keyed_procs(root: &Path, n: usize) -> Vec<Proc> {
-    (0..n)
-        .map(|i| {
-            let dir = root.join(format!("n{i}"));
-            let out = run(&["keygen", "--data-dir", path(&dir)]);
-            assert_eq!(out.status.code(), Some(0));
-            let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            Proc { dir, addr: format!("127.0.0.1:{}", free_udp_port()), key, child: None }
-        })
-        .collect()
+fn keyed_procs(root: &Path, n: usize) -> Vec<Node> {
+    (0..n).map(|i| Node::keygen(root.join(format!("n{i}")), format!("127.0.0.1:{}", free_udp_port()), None)).collect()
 }
 
-fn start(p: &mut Proc, args: &[String]) {
-    let log_path = p.dir.with_extension("log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
-    NODE_LOGS.with(|logs| {
-        let mut logs = logs.borrow_mut();
-        if !logs.contains(&log_path) {
-            logs.push(log_path);
-        }
-    });
-    let child = spore()
-        .arg("node")
-        .args(args)
-        .env("RUST_LOG", "info,openraft=warn")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn spore node");
-    p.child = Some(child);
+/// Node `i` of voters `all`: the first forms the network, the others join through it.
+fn node_args(p: &Node, i: usize, all: &[(String, String)]) -> Vec<String> {
+    p.args(i, all, "proc-test", 0, all.len())
 }
 
-fn node_args(p: &Proc, i: usize, all: &[(String, String)]) -> Vec<String> {
-    let mut a = vec![
-        "--data-dir".into(),
-        path(&p.dir).into(),
-        "--listen".into(),
-        p.addr.clone(),
-        "--name".into(),
-        format!("n{i}"),
-    ];
-    if i == 0 {
-        a.extend(["--init".into(), "proc-test".into()]);
-    } else {
-        a.extend(["--join-addr".into(), all[0].1.clone(), "--join-key".into(), all[0].0.clone()]);
-    }
-    for (j, (key, addr)) in all.iter().enumerate() {
-        if j != i {
-            a.extend(["--peer".into(), format!("{key}@{addr}")]);
-        }
-    }
-    a
-}
-
-fn status(addr: &str) -> Option<Value> {
-    let out = run(&["status", "--addr", addr, "--json", "--timeout-ms", "1000"]);
-    (out.status.code() == Some(0)).then(|| json(&out))
-}
-
-thread_local! {
-    /// The log files of the node processes this test thread started (shown when a wait fails).
-    static NODE_LOGS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The last lines of every node log this test started, for a failure message.
-fn node_log_tails() -> String {
-    NODE_LOGS.with(|logs| {
-        logs.borrow()
-            .iter()
-            .map(|p| {
-                let text = std::fs::read_to_string(p).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-                format!("==== {} ({} lines) ====\n{tail}\n", p.display(), lines.len())
-            })
-            .collect()
-    })
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out waiting for {what}\n{}", node_log_tails());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits (30 s at most) until the node at `addr` leads.
+fn wait_leads(what: &str, addr: &str) {
+    wait_until(what, Duration::from_secs(30), || status(addr, CALL_MS).filter(|s| s["raft_state"] == "Leader"));
 }
 
 /// Waits until every one of `voters` reports a membership of three voters.
-fn wait_for_three_voters(voters: &[Proc]) {
+fn wait_for_three_voters(voters: &[Node]) {
     wait_until("three voters", Duration::from_secs(30), || {
         voters
             .iter()
-            .all(|p| status(&p.addr).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3)))
+            .all(|p| status(&p.addr, CALL_MS).is_some_and(|s| s["voters"].as_array().is_some_and(|v| v.len() == 3)))
             .then_some(())
     });
-}
-
-fn register(key_file: &Path, via: &str, name: &str) -> Option<String> {
-    let out = run(&[
-        "service",
-        "register",
-        "--key-file",
-        path(key_file),
-        "--addr",
-        via,
-        "--name",
-        name,
-        "--endpoint",
-        "tcp://127.0.0.1:1",
-        "--json",
-    ]);
-    (out.status.code() == Some(0)).then(|| json(&out)["service_id"].as_str().expect("id").to_string())
-}
-
-fn services(addr: &str) -> Option<Vec<String>> {
-    let out = run(&["query", "--addr", addr, "services", "--json", "--timeout-ms", "1000"]);
-    (out.status.code() == Some(0)).then(|| {
-        json(&out)
-            .as_array()
-            .expect("array")
-            .iter()
-            .map(|s| s["service"]["service_id"].as_str().expect("id").to_string())
-            .collect()
-    })
 }
 
 #[test]
@@ -607,7 +481,7 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
     let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
     for (i, p) in procs.iter_mut().enumerate() {
         let args = node_args(p, i, &all);
-        start(p, &args);
+        p.start(&args);
     }
     // All three are voters of one network.
     wait_for_three_voters(&procs);
@@ -656,12 +530,12 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
 
     // kill -9 the leader.
     let leader_key = wait_until("a leader", Duration::from_secs(10), || {
-        status(&procs[0].addr)?["leader"].as_str().map(String::from)
+        status(&procs[0].addr, CALL_MS)?["leader"].as_str().map(String::from)
     });
     let li = procs.iter().position(|p| p.key == leader_key).expect("leader is one of ours");
     // The leader reports its two peers, their addresses and how far behind they are.
     let st = wait_until("peer lag", Duration::from_secs(10), || {
-        let st = status(&procs[li].addr)?;
+        let st = status(&procs[li].addr, CALL_MS)?;
         st["peers"].as_array()?.iter().all(|p| p["lag"].as_u64() == Some(0)).then_some(st)
     });
     let peers = st["peers"].as_array().expect("peers");
@@ -684,21 +558,17 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
 
     // Restart the killed leader from its data dir: it catches up, nothing acknowledged is lost.
     let args = node_args(&procs[li], li, &all);
-    start(&mut procs[li], &args);
+    procs[li].start(&args);
     for p in &procs {
         wait_until("every acknowledged write on every node", Duration::from_secs(30), || {
-            let have = services(&p.addr)?;
+            let have = services(&p.addr, CALL_MS)?;
             acked.iter().all(|id| have.contains(id)).then_some(())
         });
     }
 
     // SIGTERM: every node stops cleanly, and the ledgers verify with one head.
     for p in &mut procs {
-        let child = p.child.take().expect("running");
-        let pid = child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-        let out = child.wait_with_output().expect("wait");
-        assert_eq!(out.status.code(), Some(0), "clean exit on SIGTERM");
+        assert_eq!(p.stop().code(), Some(0), "clean exit on SIGTERM");
     }
     let heads: Vec<Value> = procs
         .iter()
@@ -718,10 +588,11 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
     let reborn_dir = root.path().join("reborn");
     std::fs::create_dir_all(&reborn_dir).expect("mkdir");
     std::fs::copy(procs[1].dir.join("node.key"), reborn_dir.join("node.key")).expect("copy key");
-    let mut reborn = Proc {
+    let mut reborn = Node {
         dir: reborn_dir,
         addr: format!("127.0.0.1:{}", free_udp_port()),
         key: procs[1].key.clone(),
+        ns: None,
         child: None,
     };
     let args = vec![
@@ -732,9 +603,9 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
         "--from-seed".into(),
         path(&seed).to_string(),
     ];
-    start(&mut reborn, &args);
+    reborn.start(&args);
     let st = wait_until("the network formed from the seed", Duration::from_secs(30), || {
-        status(&reborn.addr).filter(|s| s["raft_state"] == "Leader" && s["head"]["hash"] == heads[0]["hash"])
+        status(&reborn.addr, CALL_MS).filter(|s| s["raft_state"] == "Leader" && s["head"]["hash"] == heads[0]["hash"])
     });
     assert_eq!(st["head"]["seq"], heads[0]["seq"]);
     assert!(
@@ -752,31 +623,13 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
     let mut procs = keyed_procs(root.path(), 5);
     let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
     for (i, p) in procs.iter_mut().enumerate() {
-        let mut a = vec![
-            "--data-dir".into(),
-            path(&p.dir).to_string(),
-            "--listen".into(),
-            p.addr.clone(),
-            "--name".into(),
-            format!("n{i}"),
-        ];
-        if i == 0 {
-            a.extend(["--init".into(), "gossip-test".into()]);
-        } else {
-            // Voters join through n0; each latent node is pointed at a different voter.
-            let via = if i < 3 { 0 } else { i - 2 };
-            a.extend(["--join-addr".into(), all[via].1.clone(), "--join-key".into(), all[via].0.clone()]);
-        }
+        // Voters join through n0; each latent node is pointed at a different voter.
+        let via = if i < 3 { 0 } else { i - 2 };
+        let mut a = p.args(i, &all, "gossip-test", via, 3);
         if i >= 3 {
             a.extend(["--role".into(), "latent".into()]);
         }
-        for (j, (key, addr)) in all.iter().enumerate() {
-            if j != i {
-                let flag = if j >= 3 { "--latent-peer" } else { "--peer" };
-                a.extend([flag.into(), format!("{key}@{addr}")]);
-            }
-        }
-        start(p, &a);
+        p.start(&a);
     }
     wait_for_three_voters(&procs[..3]);
     let mut acked = Vec::new();
@@ -796,10 +649,10 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
     }
     for p in &procs[3..] {
         wait_until("every acknowledged write on the latent node", Duration::from_secs(30), || {
-            let have = services(&p.addr)?;
+            let have = services(&p.addr, CALL_MS)?;
             acked.iter().all(|id| have.contains(id)).then_some(())
         });
-        let st = status(&p.addr).expect("status");
+        let st = status(&p.addr, CALL_MS).expect("status");
         assert_eq!(st["raft_member"], false, "a latent node stays out of Raft: {st}");
         assert_eq!(st["voters"].as_array().map(|v| v.len()), Some(0));
     }
@@ -813,7 +666,7 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
     // Same head everywhere (anchors may still be landing: wait for a quiet moment).
     wait_until("one head on all five nodes", Duration::from_secs(60), || {
         let heads: Vec<Value> =
-            procs.iter().map(|p| status(&p.addr).map(|s| s["head"].clone())).collect::<Option<_>>()?;
+            procs.iter().map(|p| status(&p.addr, CALL_MS).map(|s| s["head"].clone())).collect::<Option<_>>()?;
         heads.windows(2).all(|w| w[0] == w[1]).then_some(())
     });
     // Asked for a tiered answer, a latent node answers from the most authoritative tier that
@@ -826,7 +679,7 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
         let ids: Vec<&str> =
             v["answer"].as_array()?.iter().filter_map(|s| s["service"]["service_id"].as_str()).collect();
         assert!(!ids.is_empty(), "a tiered answer is never empty when a tier has services: {v}");
-        let st = status(&p.addr)?;
+        let st = status(&p.addr, CALL_MS)?;
         assert!(v["at"]["seq"].as_u64()? <= st["head"]["seq"].as_u64()?, "answered from beyond the head: {v}");
         (v["tier"] == "Primary"
             && acked.iter().all(|id| ids.contains(&id.as_str()))
@@ -834,11 +687,7 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
         .then_some(())
     });
     for p in &mut procs {
-        let child = p.child.take().expect("running");
-        let pid = child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-        let out = child.wait_with_output().expect("wait");
-        assert_eq!(out.status.code(), Some(0), "clean exit on SIGTERM");
+        assert_eq!(p.stop().code(), Some(0), "clean exit on SIGTERM");
     }
     for p in &procs[3..] {
         let v = run(&["verify", path(&p.dir), "--json"]);
@@ -1180,11 +1029,9 @@ fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
     assert_eq!(procs[0].dir, mnt);
     let all = vec![(procs[0].key.clone(), procs[0].addr.clone())];
     let args = node_args(&procs[0], 0, &all);
-    start(&mut procs[0], &args);
+    procs[0].start(&args);
     let addr = procs[0].addr.clone();
-    wait_until("the node leads", Duration::from_secs(30), || {
-        status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ())
-    });
+    wait_leads("the node leads", &addr);
     // Leave the node a little room, then write until it is gone.
     let free = {
         let out = Command::new("df").args(["--output=avail", "-B1"]).arg(&mnt).output().expect("df");
@@ -1239,10 +1086,8 @@ fn a_node_whose_disk_fills_exits_non_zero_with_the_reason() {
     // Space freed, the supervisor's restart brings writes back with nothing acknowledged lost.
     std::fs::remove_file(mnt.join("filler")).expect("free space");
     let args: Vec<String> = vec!["--data-dir".into(), path(&procs[0].dir).into(), "--listen".into(), addr.clone()];
-    start(&mut procs[0], &args);
-    wait_until("the restarted node leads", Duration::from_secs(30), || {
-        status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ())
-    });
+    procs[0].start(&args);
+    wait_leads("the restarted node leads", &addr);
     assert!(register(&key, &addr, "after").is_some(), "writes are taken again");
 }
 
@@ -1281,19 +1126,15 @@ fn repair_rebuilds_a_damaged_data_dir_from_a_peer_or_a_seed() {
     let mut procs = keyed_procs(root.path(), 1);
     let all = vec![(procs[0].key.clone(), procs[0].addr.clone())];
     let args = node_args(&procs[0], 0, &all);
-    start(&mut procs[0], &args);
+    procs[0].start(&args);
     let addr = procs[0].addr.clone();
-    wait_until("the node leads", Duration::from_secs(30), || {
-        status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ())
-    });
+    wait_leads("the node leads", &addr);
     let key = procs[0].dir.join("node.key");
     for i in 0..5 {
         register(&key, &addr, &format!("svc-{i}")).expect("write");
     }
     // A stopped copy of the node's data dir, then its journal damaged: fjall cannot open it.
-    let child = procs[0].child.as_mut().expect("running");
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    assert!(child.wait().expect("wait").success());
+    assert!(procs[0].stop().success());
     let (by_peer, by_seed) = (root.path().join("by-peer"), root.path().join("by-seed"));
     for d in [&by_peer, &by_seed] {
         copy_dir(&procs[0].dir, d);
@@ -1303,11 +1144,9 @@ fn repair_rebuilds_a_damaged_data_dir_from_a_peer_or_a_seed() {
     let healthy_refused = run(&["repair", "--data-dir", path(&procs[0].dir), "--from-peer", &addr]);
     assert_eq!(healthy_refused.status.code(), Some(2), "nothing to repair in a ledger that verifies");
     let restart = ["--data-dir".to_string(), path(&procs[0].dir).to_string(), "--listen".to_string(), addr.clone()];
-    start(&mut procs[0], &restart);
-    wait_until("the node leads again", Duration::from_secs(30), || {
-        status(&addr).filter(|s| s["raft_state"] == "Leader").map(|_| ())
-    });
-    let head = status(&addr).expect("status")["head"]["seq"].as_u64().expect("head");
+    procs[0].start(&restart);
+    wait_leads("the node leads again", &addr);
+    let head = status(&addr, CALL_MS).expect("status")["head"]["seq"].as_u64().expect("head");
 
     let key_before = std::fs::read(by_peer.join("node.key")).expect("key");
     let out = run(&["repair", "--data-dir", path(&by_peer), "--from-peer", &addr, "--json"]);

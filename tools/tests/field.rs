@@ -17,24 +17,31 @@
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
 
+#[path = "common/proc.rs"]
+#[allow(dead_code)]
+mod proc;
 #[path = "../../tests/it/udp_proxy.rs"]
 #[allow(dead_code)]
 mod udp_proxy;
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use proc::{path, run, services, wait_until, Node};
 use serde_json::Value;
 use udp_proxy::{LinkFaults, UdpProxy};
 
-fn spore() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_spore"))
+/// How long a status or query call waits for its answer (across namespaces, maybe a WAN).
+const CALL_MS: u64 = 1500;
+
+fn status(addr: &str) -> Option<Value> {
+    proc::status(addr, CALL_MS)
 }
 
-fn run(args: &[&str]) -> Output {
-    spore().args(args).output().expect("spore runs")
+/// Registers a service through `addr`; its id if the write was acknowledged.
+fn register(key_file: &Path, addr: &str, name: &str) -> Option<String> {
+    proc::register(key_file, addr, name, 4000)
 }
 
 fn sh(args: &[&str]) {
@@ -44,10 +51,6 @@ fn sh(args: &[&str]) {
         "{args:?} failed (needs root; CI runs as root): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// A bridge and one network namespace per node, removed on drop.
@@ -132,95 +135,6 @@ impl Drop for Net {
     }
 }
 
-/// One node: its data dir, key, address and process.
-struct Node {
-    dir: PathBuf,
-    key: String,
-    addr: String,
-    ns: String,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(&mut self, args: &[String]) {
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.with_extension("log")).expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_spore"), "node"])
-            .args(args)
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn spore node");
-        self.child = Some(child);
-    }
-
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            sh(&["kill", sig, &c.id().to_string()]);
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            sh(&["kill", "-KILL", &c.id().to_string()]);
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn status(addr: &str) -> Option<Value> {
-    let out = run(&["status", "--addr", addr, "--json", "--timeout-ms", "1500"]);
-    (out.status.code() == Some(0)).then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Registers a service through `addr`; its id if the write was acknowledged.
-fn register(key_file: &Path, addr: &str, name: &str) -> Option<String> {
-    let out = run(&[
-        "service",
-        "register",
-        "--key-file",
-        path(key_file),
-        "--addr",
-        addr,
-        "--name",
-        name,
-        "--endpoint",
-        "tcp://127.0.0.1:1",
-        "--timeout-ms",
-        "4000",
-        "--json",
-    ]);
-    (out.status.code() == Some(0))
-        .then(|| serde_json::from_slice::<Value>(&out.stdout).ok())
-        .flatten()
-        .and_then(|v| v["service_id"].as_str().map(String::from))
-}
-
-fn services(addr: &str) -> Option<BTreeSet<String>> {
-    let out = run(&["query", "--addr", addr, "services", "--json", "--timeout-ms", "1500"]);
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(v.as_array()?.iter().filter_map(|s| s["service"]["service_id"].as_str().map(String::from)).collect())
-}
-
 fn leader_index(nodes: &[Node]) -> Option<usize> {
     nodes.iter().position(|n| {
         n.child.is_some()
@@ -255,13 +169,7 @@ fn field_run(rounds: usize, link: Link) {
     let net = Net::new(3);
     let root = tempfile::tempdir().expect("tempdir");
     let mut nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            let dir = root.path().join(format!("n{i}"));
-            let out = run(&["keygen", "--data-dir", path(&dir)]);
-            assert_eq!(out.status.code(), Some(0));
-            let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            Node { dir, key, addr: format!("{}:7400", net.ip(i)), ns: net.ns(i), child: None }
-        })
+        .map(|i| Node::keygen(root.path().join(format!("n{i}")), format!("{}:7400", net.ip(i)), Some(net.ns(i))))
         .collect();
     // Over the WAN each node advertises its proxy; the test's own calls go to the nodes directly.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -289,28 +197,10 @@ fn field_run(rounds: usize, link: Link) {
         Link::Wan(_) => vec!["--timeouts".into(), "wan".into()],
     };
     let args = |i: usize| -> Vec<String> {
-        let n = &nodes[i];
-        let mut a = vec![
-            "--data-dir".into(),
-            path(&n.dir).into(),
-            "--listen".into(),
-            n.addr.clone(),
-            "--name".into(),
-            format!("n{i}"),
-        ];
+        let mut a = nodes[i].args(i, &all, "field", 0, all.len());
         a.extend(profile.iter().cloned());
         if let Link::Wan(_) = link {
             a.extend(["--advertise".into(), reach[i].clone()]);
-        }
-        if i == 0 {
-            a.extend(["--init".into(), "field".into()]);
-        } else {
-            a.extend(["--join-addr".into(), all[0].1.clone(), "--join-key".into(), all[0].0.clone()]);
-        }
-        for (j, (k, addr)) in all.iter().enumerate() {
-            if j != i {
-                a.extend(["--peer".into(), format!("{k}@{addr}")]);
-            }
         }
         a
     };
@@ -385,17 +275,14 @@ fn field_run(rounds: usize, link: Link) {
     });
     assert!(!heads.is_empty());
     for n in &nodes {
-        let held = wait_until("services answered", patience(20), || services(&n.addr));
+        let held = wait_until("services answered", patience(20), || services(&n.addr, CALL_MS));
         let lost: Vec<&String> = acked.iter().filter(|id| !held.contains(*id)).collect();
         assert!(lost.is_empty(), "{} lost acknowledged writes: {lost:?}", n.addr);
     }
     assert!(acked.len() >= 10, "the writer got writes through: {}", acked.len());
     // Stopped cleanly, every ledger verifies.
     for n in &mut nodes {
-        n.signal("-TERM");
-        if let Some(mut c) = n.child.take() {
-            assert!(c.wait().expect("wait").success(), "{} stopped cleanly", n.addr);
-        }
+        assert!(n.stop().success(), "{} stopped cleanly", n.addr);
         let v = run(&["verify", path(&n.dir)]);
         assert_eq!(v.status.code(), Some(0), "{}: {}", n.addr, String::from_utf8_lossy(&v.stdout));
     }

@@ -39,6 +39,8 @@ mod anchors;
 mod backfill;
 mod range;
 mod session;
+#[cfg(test)]
+mod tests;
 
 pub use anchors::Anchors;
 pub use backfill::{verify_backward, BackfillRange};

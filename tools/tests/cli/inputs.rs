@@ -4,25 +4,20 @@
 //! a failed start leaves no data dir it created. Storage errors name the ledger and the step.
 
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::proc::exit_within;
 use super::{free_udp_port, keyed_procs, path, spore};
 
 /// Runs `spore ARGS`, failing the test (not hanging) if it has not exited within `limit`.
 fn run_within(args: &[&str], limit: Duration) -> Output {
     let mut child = spore().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn spore");
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().expect("poll").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!("spore {args:?} still running after {limit:?}; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if exit_within(&mut child, limit).is_none() {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("output");
+        panic!("spore {args:?} still running after {limit:?}; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
     }
+    child.wait_with_output().expect("output")
 }
 
 fn stderr(out: &Output) -> String {
