@@ -36,7 +36,7 @@ pub async fn form(dir: &Path, nodes: u8, kind: Net) -> Vec<Arc<SporeSystem>> {
             Net::InProc => b.addr(format!("n{i}")).inproc(&net),
             Net::Quic => b.addr("127.0.0.1:0").network(Arc::new(QuicBackend::new(key, Admission::allow_all()))),
         };
-        let mut s = b
+        let s = b
             .timeouts(Timeouts {
                 heartbeat: Duration::from_millis(50),
                 election_min: Duration::from_millis(300),

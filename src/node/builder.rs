@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::SporeSystem;
+use super::{SporeSystem, YieldPolicy};
 use crate::core::keys::NodeKey;
-use crate::core::types::NodeRole;
+use crate::core::types::{NodeId, NodeRole};
 use crate::net::gossip::GossipConfig;
 use crate::net::inproc::InProcNetwork;
 use crate::net::liveness::LivenessConfig;
@@ -87,7 +87,10 @@ impl Default for Timeouts {
 
 #[derive(Clone)]
 pub(super) enum Backend {
-    /// A private in-process network of one node (the embedded default).
+    /// Not chosen: QUIC if the node has an address, else a private network of one.
+    Default,
+    /// A private in-process network of one node, asked for ([`SporeSystemBuilder::private_network`]
+    /// or [`SporeSystem::new`](super::SporeSystem::new)).
     Private,
     /// A shared network backend (QUIC, or an in-process simulation network).
     Shared(Arc<dyn NetworkBackend>),
@@ -112,6 +115,8 @@ pub struct SporeSystemBuilder {
     pub(super) anchors: AnchorPolicy,
     pub(super) scrub: crate::node::scrubber::ScrubConfig,
     pub(super) liveness: LivenessConfig,
+    pub(super) admit: Vec<NodeId>,
+    pub(super) yield_policy: YieldPolicy,
 }
 
 /// When the leader commits a checkpoint event (an anchor for the latent tier): after this
@@ -141,7 +146,7 @@ impl Default for SporeSystemBuilder {
             advertise: None,
             addresses: Vec::new(),
             capabilities: Vec::new(),
-            backend: Backend::Private,
+            backend: Backend::Default,
             timeouts: Timeouts::default(),
             checkpoint_interval: 16_384,
             gossip: GossipConfig::default(),
@@ -149,6 +154,8 @@ impl Default for SporeSystemBuilder {
             anchors: AnchorPolicy::default(),
             scrub: crate::node::scrubber::ScrubConfig::default(),
             liveness: LivenessConfig::default(),
+            admit: Vec::new(),
+            yield_policy: YieldPolicy::default(),
         }
     }
 }
@@ -175,7 +182,10 @@ impl SporeSystemBuilder {
         self.role = role;
         self
     }
-    /// The address peers reach this node's Raft endpoint at.
+    /// The address this node listens on and peers reach it at (`HOST:PORT`; port 0 picks a
+    /// free one, see [`SporeSystem::local_addr`](super::SporeSystem::local_addr)). Without
+    /// [`SporeSystemBuilder::network`], a node given an address listens there on QUIC, and
+    /// admits the registry's members (and [`SporeSystemBuilder::admit`]'s keys).
     pub fn addr(mut self, addr: impl Into<String>) -> Self {
         self.addr = Some(addr.into());
         self
@@ -198,9 +208,34 @@ impl SporeSystemBuilder {
         self.capabilities = capabilities;
         self
     }
-    /// The network to join (QUIC endpoint or an in-process simulation network).
+    /// The network to join (a QUIC backend of the caller's, or an in-process simulation
+    /// network). Without it, a node given an address runs its own QUIC endpoint there.
     pub fn network(mut self, backend: Arc<dyn NetworkBackend>) -> Self {
         self.backend = Backend::Shared(backend);
+        self
+    }
+    /// A private in-process network of one node: nothing listens, no peer can reach it (tests,
+    /// or a store that is never shared). Given an address as well, [`SporeSystem::start`]
+    /// refuses the contradiction
+    /// ([`ConfigError::PrivateWithAddress`](super::ConfigError::PrivateWithAddress)).
+    ///
+    /// [`SporeSystem::start`]: super::SporeSystem::start
+    pub fn private_network(mut self) -> Self {
+        self.backend = Backend::Private;
+        self
+    }
+    /// Node keys the node's own QUIC endpoint admits whatever its registry says: the peers it
+    /// is bootstrapped from before it holds the registry. (The node it joins through, and that
+    /// node's Raft members, are admitted by [`SporeSystem::join`](super::SporeSystem::join)
+    /// itself.)
+    pub fn admit(mut self, keys: impl IntoIterator<Item = NodeId>) -> Self {
+        self.admit.extend(keys);
+        self
+    }
+    /// What the node does when its chain lost a split-brain ([`YieldPolicy::Automatic`] by
+    /// default: it yields to the winner by itself).
+    pub fn yield_policy(mut self, policy: YieldPolicy) -> Self {
+        self.yield_policy = policy;
         self
     }
     /// Joins an in-process simulation network (tests).
@@ -250,6 +285,21 @@ impl SporeSystemBuilder {
     }
     /// Builds the (not yet started) system.
     pub fn build(self) -> SporeSystem {
-        SporeSystem { config: Some(self), launched: None, running: None, fence: Arc::default() }
+        SporeSystem {
+            shared: Arc::new(super::Shared {
+                yield_policy: self.yield_policy,
+                life: std::sync::Mutex::new(super::Life { config: Some(self), launched: None }),
+                gate: tokio::sync::Mutex::new(()),
+                running: std::sync::RwLock::new(None),
+                fence: Arc::default(),
+                events: super::upkeep::channel(),
+                upkeep: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Whether the node will run its own QUIC endpoint: an address and no network chosen.
+    pub(super) fn listens_on_quic(&self) -> bool {
+        matches!(self.backend, Backend::Default) && self.addr.is_some()
     }
 }

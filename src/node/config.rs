@@ -29,7 +29,7 @@
 //!
 //! **Admission.** Over QUIC a node accepts Raft connections only from keys in its registry
 //! (admitted, not left) and from its bootstrap peers (`[[peers]]` and the `[join]` member);
-//! [`refresh_admission`] keeps the set in step with the registry. The founder (`[init]`)
+//! the node's own upkeep keeps the set in step with the registry. The founder (`[init]`)
 //! admits every bootstrap peer into the registry right after forming the network, so nodes
 //! listed there can join without another step; a joiner retries while it is not yet admitted.
 
@@ -41,11 +41,9 @@ use uuid::Uuid;
 
 use crate::core::event::NodeAnnouncement;
 use crate::core::keys::PublicKey;
-use crate::core::projection::NodeStatus;
 use crate::core::types::{NetworkIdentity, NodeId, NodeRole};
 use crate::error::Error;
 use crate::net::addr::{check_listen_addr, check_peer_addr, AddressError};
-use crate::net::quic::Admission;
 use crate::node::datadir::CreatedDir;
 use crate::node::{SporeSystem, SporeSystemBuilder, Timeouts};
 use crate::wire::rpc::PeerNode;
@@ -212,6 +210,16 @@ pub enum ConfigError {
         #[source]
         source: AddressError,
     },
+    /// A builder given an address and the private in-process network: nothing would listen
+    /// at the address, and no peer could reach the node.
+    #[error(
+        "the node is given the address {addr} but a private in-process network, where nothing listens: \
+         drop .private_network() to listen there on QUIC, or drop .addr()"
+    )]
+    PrivateWithAddress {
+        /// The address given.
+        addr: String,
+    },
 }
 
 /// Parses a node key: 64 hex characters that are an ed25519 public key.
@@ -275,8 +283,9 @@ impl NodeConfig {
         self.peers.iter().map(|p| Ok(PeerNode { node: NodeId::from_hex(&p.key)?, addr: p.addr.clone() })).collect()
     }
 
-    /// A builder for this node on `backend`.
-    pub fn builder(&self, backend: std::sync::Arc<dyn crate::net::NetworkBackend>) -> SporeSystemBuilder {
+    /// A builder for this node: on `backend`, or (`None`) on its own QUIC endpoint at
+    /// `listen`, admitting the registry's members and the bootstrap peers.
+    pub fn builder(&self, backend: Option<std::sync::Arc<dyn crate::net::NetworkBackend>>) -> SporeSystemBuilder {
         let mut t = self.timeouts.timeouts();
         if let Some(ms) = self.write_timeout_ms {
             t.write = Duration::from_millis(ms);
@@ -287,8 +296,11 @@ impl NodeConfig {
             .role(self.role.into())
             .capabilities(self.capabilities.clone())
             .addresses(self.addresses.clone())
-            .network(backend)
+            .admit(self.bootstrap_keys().unwrap_or_default())
             .timeouts(t);
+        if let Some(backend) = backend {
+            b = b.network(backend);
+        }
         if let Some(n) = &self.name {
             b = b.name(n.clone());
         }
@@ -313,18 +325,17 @@ impl NodeConfig {
 /// The config is validated first ([`Error::Config`]). If the start fails at any step, the
 /// system is shut down and a data dir this call created is removed; an existing one is kept.
 ///
-/// `admission`, when given, is refreshed from the registry (see [`refresh_admission`]) as soon
-/// as the node has started, so that the members it learns about can reach it while it joins.
+/// `backend` is `None` for the node's own QUIC endpoint at `listen` (what `spore node` runs),
+/// whose admission follows the registry by itself.
 #[tracing::instrument(skip_all, fields(listen = %config.listen, data_dir = %config.data_dir.display()))]
 pub async fn start_node(
     config: &NodeConfig,
-    backend: std::sync::Arc<dyn crate::net::NetworkBackend>,
-    admission: Option<&Admission>,
+    backend: Option<std::sync::Arc<dyn crate::net::NetworkBackend>>,
 ) -> Result<SporeSystem, Error> {
     config.validate()?;
     let created = CreatedDir::create(&config.data_dir)?;
-    let mut system = config.builder(backend).build();
-    match bring_up(&mut system, config, admission).await {
+    let system = config.builder(backend).build();
+    match bring_up(&system, config).await {
         Ok(()) => Ok(system),
         Err(e) => {
             if let Err(stop) = system.shutdown().await {
@@ -337,12 +348,8 @@ pub async fn start_node(
 }
 
 /// The steps of [`start_node`] after the system is built.
-async fn bring_up(system: &mut SporeSystem, config: &NodeConfig, admission: Option<&Admission>) -> Result<(), Error> {
+async fn bring_up(system: &SporeSystem, config: &NodeConfig) -> Result<(), Error> {
     system.start().await?;
-    let bootstrap = config.bootstrap_keys()?;
-    if let Some(a) = admission {
-        refresh_admission(system, a, &bootstrap)?;
-    }
     if let Some(path) = &config.from_seed {
         let policy = crate::seed::VerifyPolicy { require_quorum: config.seed_quorum, expected_network: None };
         system.form_from_seed(path, policy).await?;
@@ -383,9 +390,6 @@ async fn bring_up(system: &mut SporeSystem, config: &NodeConfig, admission: Opti
                     Ok(()) => break,
                     Err(e @ Error::NotAdmitted { .. }) if std::time::Instant::now() < deadline => {
                         tracing::info!(reason = %e, "not admitted yet; retrying the join");
-                        if let Some(a) = admission {
-                            refresh_admission(system, a, &bootstrap)?;
-                        }
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     }
                     Err(e) => return Err(e),
@@ -438,14 +442,6 @@ async fn announce_if_changed(system: &SporeSystem, config: &NodeConfig) -> Resul
             system.rename(name).await?;
         }
     }
-    Ok(())
-}
-
-/// Sets `admission` to the registry's members (not left) plus `bootstrap`.
-pub fn refresh_admission(system: &SporeSystem, admission: &Admission, bootstrap: &[NodeId]) -> Result<(), Error> {
-    let members: Vec<NodeId> =
-        system.with_projection(|p| p.nodes().filter(|n| n.status != NodeStatus::Left).map(|n| n.node).collect())?;
-    admission.replace(members.into_iter().chain(bootstrap.iter().copied()));
     Ok(())
 }
 
@@ -504,7 +500,7 @@ mod tests {
     fn the_timeouts_profile_is_lan_unless_wan_is_asked_for() {
         let base = "data_dir = \"x\"\nlisten = \"a:1\"\n";
         let heartbeat = |c: &NodeConfig| {
-            c.builder(std::sync::Arc::new(crate::net::inproc::InProcNetwork::new(0))).timeouts_ref().heartbeat
+            c.builder(Some(std::sync::Arc::new(crate::net::inproc::InProcNetwork::new(0)))).timeouts_ref().heartbeat
         };
         let lan = NodeConfig::from_toml(base).expect("valid");
         assert_eq!(lan.timeouts, TimeoutProfile::Lan);

@@ -5,18 +5,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::admission::RegistryAdmission;
 use super::builder::Backend;
 use super::leader::{spawn_anchor_task, spawn_liveness_committer};
 use super::provisional::{spawn_provisional_task, ProvisionalWriter};
 use super::rpc_server::NodeService;
 use super::status::spawn_mode_task;
-use super::{io_err, raft_err, Running, SharedModes, SporeSystem, SporeSystemBuilder};
+use super::{io_err, raft_err, ConfigError, Running, SharedModes, SporeSystem, SporeSystemBuilder};
 use crate::core::modes::{ModeConfig, ModeMachine};
 use crate::core::types::{NodeRole, Timestamp};
 use crate::error::Error;
 use crate::net::gossip::GossipService;
 use crate::net::inproc::InProcNetwork;
 use crate::net::liveness::LivenessService;
+use crate::net::quic::QuicBackend;
 use crate::net::raft_rpc::{NetworkFactory, RaftService};
 use crate::net::{LateHandler, NetworkBackend};
 use crate::raft::proposer::Proposer;
@@ -31,10 +33,20 @@ impl SporeSystem {
         cfg: SporeSystemBuilder,
         fence: Arc<crate::node::resolve::YieldFence>,
     ) -> Result<Running, Error> {
-        // Addresses to announce are checked before anything is opened or bound.
-        if let Backend::Shared(b) = &cfg.backend {
-            for a in &cfg.addresses {
-                b.check_address(a)?;
+        // The network is decided, and addresses to announce are checked, before anything is
+        // opened or bound.
+        if let (Backend::Private, Some(addr)) = (&cfg.backend, &cfg.addr) {
+            return Err(ConfigError::PrivateWithAddress { addr: addr.clone() }.into());
+        }
+        let own_quic = cfg.listens_on_quic();
+        if let Some(addr) = cfg.addr.as_deref().filter(|_| own_quic) {
+            crate::net::addr::check_listen_addr(addr)?;
+        }
+        for a in &cfg.addresses {
+            match &cfg.backend {
+                Backend::Shared(b) => b.check_address(a)?,
+                _ if own_quic => crate::net::addr::check_peer_addr(a)?,
+                _ => {}
             }
         }
         let (data_dir, tempdir) = match &cfg.data_dir {
@@ -66,9 +78,18 @@ impl SporeSystem {
         let head_rx = sm.subscribe_head();
         let head_publisher = sm.clone();
 
-        let backend: Arc<dyn NetworkBackend> = match cfg.backend {
-            Backend::Private => Arc::new(InProcNetwork::new(0)),
-            Backend::Shared(b) => b,
+        let (backend, admission): (Arc<dyn NetworkBackend>, _) = match cfg.backend {
+            Backend::Shared(b) => (b, None),
+            // An address and no network: this node's own QUIC endpoint, admitting the
+            // registry's members and the keys it was given.
+            Backend::Default if own_quic => {
+                let admission = RegistryAdmission::new(ledger.clone(), cfg.admit.iter().copied());
+                (
+                    Arc::new(QuicBackend::new(key.clone(), admission.policy())) as Arc<dyn NetworkBackend>,
+                    Some(admission),
+                )
+            }
+            Backend::Default | Backend::Private => (Arc::new(InProcNetwork::new(0)) as Arc<dyn NetworkBackend>, None),
         };
         let want_addr = cfg.addr.unwrap_or_else(|| format!("node-{}", node.short()));
         let late = Arc::new(LateHandler::default());
@@ -227,7 +248,9 @@ impl SporeSystem {
             head_rx,
             transport,
             backend: bound_on,
-            binding,
+            bound_addr: binding.addr.clone(),
+            binding: std::sync::Mutex::new(binding),
+            admission,
             timeouts: cfg.timeouts,
             gossip,
             liveness,
@@ -237,8 +260,8 @@ impl SporeSystem {
             tier_views,
             scrub,
             health,
-            tasks,
-            _tempdir: tempdir,
+            tasks: std::sync::Mutex::new(tasks),
+            tempdir: std::sync::Mutex::new(tempdir),
         })
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::RaftError;
@@ -10,6 +11,7 @@ use openraft::error::RaftError;
 use super::{raft_err, SporeSystem};
 use crate::core::event::{NodeAnnouncement, SignedEvent};
 use crate::core::projection::ChainHead;
+use crate::core::sync;
 use crate::core::types::{NetworkIdentity, NodeRole};
 use crate::error::{Error, LedgerError};
 use crate::net::TransportError;
@@ -21,34 +23,45 @@ use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 impl SporeSystem {
     /// Opens the data dir and starts Raft, without forming a network: resumes a node after a
-    /// restart, or waits to be added to a running network (see [`SporeSystem::join`]).
+    /// restart, or waits to be added to a running network (see [`SporeSystem::join`]). The
+    /// node's upkeep ([`SporeSystem::events`]) runs from the first start on.
     #[tracing::instrument(skip(self))]
-    pub async fn start(&mut self) -> Result<(), Error> {
-        if self.running.is_some() {
+    pub async fn start(&self) -> Result<(), Error> {
+        let _turn = self.shared.gate.lock().await;
+        self.start_in_turn().await
+    }
+
+    /// [`SporeSystem::start`], for a caller that holds the gate.
+    pub(super) async fn start_in_turn(&self) -> Result<(), Error> {
+        if self.running().is_ok() {
             return Ok(());
         }
-        let cfg = self.config.take().ok_or(Error::NotStarted)?;
+        let cfg = sync::lock(&self.shared.life).config.take().ok_or(Error::NotStarted)?;
         // A data dir this start creates is removed again if the start fails.
         let created = match cfg.data_dir.as_deref().map(CreatedDir::create).transpose() {
             Ok(c) => c,
             Err(e) => {
-                self.config = Some(cfg);
+                sync::lock(&self.shared.life).config = Some(cfg);
                 return Err(e.into());
             }
         };
-        match Self::launch(cfg.clone(), self.fence.clone()).await {
+        match Self::launch(cfg.clone(), self.shared.fence.clone()).await {
             Ok(r) => {
                 let mut launched = cfg;
                 launched.key = Some(r.key.clone());
                 launched.data_dir = Some(r.data_dir.clone());
-                self.launched = Some(launched);
-                self.running = Some(r);
+                sync::lock(&self.shared.life).launched = Some(launched);
+                *sync::write(&self.shared.running) = Some(Arc::new(r));
+                let mut upkeep = sync::lock(&self.shared.upkeep);
+                if upkeep.is_none() {
+                    *upkeep = Some(super::upkeep::spawn(Arc::downgrade(&self.shared)));
+                }
                 Ok(())
             }
             Err(e) => {
                 // Keep the configuration: a start that failed (say, its port still in use) can
                 // be tried again.
-                self.config = Some(cfg);
+                sync::lock(&self.shared.life).config = Some(cfg);
                 if let Some(created) = created {
                     discard_failed_start(created).await;
                 }
@@ -60,7 +73,7 @@ impl SporeSystem {
     /// Forms a network whose first voter is this node, and commits its genesis. Idempotent
     /// for the same identity after a restart; a different identity is an error.
     #[tracing::instrument(skip(self, identity), fields(network = %identity.network_name))]
-    pub async fn initialize(&mut self, identity: NetworkIdentity) -> Result<(), Error> {
+    pub async fn initialize(&self, identity: NetworkIdentity) -> Result<(), Error> {
         self.start().await?;
         let r = self.running()?;
         let record = identity.to_record();
@@ -98,7 +111,7 @@ impl SporeSystem {
     /// accepted as imported; any other non-empty data dir is refused.
     #[tracing::instrument(skip(self, path, policy), fields(seed = %path.as_ref().display()))]
     pub async fn form_from_seed(
-        &mut self,
+        &self,
         path: impl AsRef<std::path::Path>,
         policy: crate::seed::VerifyPolicy,
     ) -> Result<ChainHead, Error> {
@@ -189,7 +202,7 @@ impl SporeSystem {
     /// refused ([`SeedError::NotExtended`](crate::seed::SeedError::NotExtended) or
     /// `WrongNetwork`) and nothing changes.
     pub async fn join_with_seed(
-        &mut self,
+        &self,
         via: PeerNode,
         as_voter: bool,
         seed_path: impl AsRef<std::path::Path>,
@@ -235,10 +248,22 @@ impl SporeSystem {
     /// Asks the network (through `via`, any member) to add this node to the Raft membership,
     /// as a voter or a learner. An authority must have admitted this node first
     /// ([`SporeSystem::admit`]).
-    pub async fn join(&mut self, via: PeerNode, as_voter: bool) -> Result<(), Error> {
+    ///
+    /// A node running its own QUIC endpoint admits `via` and the Raft members `via` reports
+    /// (best effort) before it asks: the leader must reach it before its registry knows anyone.
+    pub async fn join(&self, via: PeerNode, as_voter: bool) -> Result<(), Error> {
         self.check_addresses([via.addr.as_str()])?;
         self.start().await?;
-        let me = self.running()?.me.clone();
+        let r = self.running()?;
+        if let Some(admission) = &r.admission {
+            admission.allow([via.node]);
+            match r.transport.call(&via, RpcRequest::Status, r.timeouts.rpc).await {
+                Ok(RpcResponse::Status(Ok(st))) => admission.allow(st.voters.into_iter().chain(st.learners)),
+                other => tracing::debug!(via = %via, ?other, "the node joined through did not report its members"),
+            }
+        }
+        let me = r.me.clone();
+        drop(r);
         self.membership_rpc(Some(via), || RpcRequest::AddMember { node: me.clone(), voter: as_voter }).await
     }
 
@@ -296,13 +321,17 @@ impl SporeSystem {
     /// it open; it ends). Tasks of the stopped system that still hold the ledger delay that; after
     /// [`LEDGER_RELEASE_MAX`] it fails with [`LedgerError::StillOpen`].
     #[tracing::instrument(skip(self))]
-    pub async fn shutdown(&mut self) -> Result<(), Error> {
-        let Some(mut r) = self.running.take() else { return Ok(()) };
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let _turn = self.shared.gate.lock().await;
+        self.shutdown_in_turn().await
+    }
+
+    /// [`SporeSystem::shutdown`], for a caller that holds the gate.
+    pub(super) async fn shutdown_in_turn(&self) -> Result<(), Error> {
+        let Some(r) = sync::write(&self.shared.running).take() else { return Ok(()) };
         let ledger_dir = r.data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
-        for t in r.tasks.drain(..) {
-            t.abort();
-        }
-        r.binding.close();
+        r.abort_tasks();
+        sync::lock(&r.binding).close();
         let _ = r.raft.shutdown().await;
         let ledger = r.ledger.clone();
         tokio::task::spawn_blocking(move || {

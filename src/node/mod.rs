@@ -13,7 +13,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), mycnet_spores::Error> {
 //! use mycnet_spores::{SporeSystem, NetworkIdentity};
-//! let mut spore_system = SporeSystem::new();            // embedded default, no set-up
+//! let spore_system = SporeSystem::new();                // embedded default, no set-up
 //! spore_system.initialize(NetworkIdentity {
 //!     network_id: uuid::Uuid::new_v4(),
 //!     network_name: "my-network".to_string(),
@@ -24,6 +24,7 @@
 //! # let _ = id; Ok(()) }
 //! ```
 
+mod admission;
 mod builder;
 mod clock;
 pub mod config;
@@ -39,6 +40,7 @@ pub mod scrubber;
 mod split_brain;
 mod status;
 pub mod tiers;
+mod upkeep;
 mod writes;
 
 use std::path::{Path, PathBuf};
@@ -61,8 +63,8 @@ use crate::wire::rpc::PeerNode;
 
 pub use builder::{AnchorPolicy, SporeSystemBuilder, Timeouts};
 pub use config::{
-    parse_node_key, refresh_admission, start_node, ConfigError, InitConfig, JoinConfig, NodeConfig, PeerConfig,
-    RoleConfig, TimeoutProfile, JOIN_PATIENCE,
+    parse_node_key, start_node, ConfigError, InitConfig, JoinConfig, NodeConfig, PeerConfig, RoleConfig,
+    TimeoutProfile, JOIN_PATIENCE,
 };
 pub(crate) use lifecycle::discard_failed_start;
 pub use lifecycle::LEDGER_RELEASE_MAX;
@@ -70,6 +72,7 @@ pub use reads::{Consistency, Subscription};
 pub use split_brain::SplitBrainError;
 pub(crate) use status::{compute_status, SharedModes};
 pub use status::{HaltCause, OperationalMode};
+pub use upkeep::{NodeEvent, YieldPolicy, UPKEEP_INTERVAL};
 
 use builder::Backend;
 use provisional::ProvisionalWriter;
@@ -90,7 +93,13 @@ struct Running {
     transport: SharedTransport,
     /// The backend it was bound on (checks the addresses given to announce, admit or join).
     backend: Arc<dyn NetworkBackend>,
-    binding: Binding,
+    /// The address the endpoint is bound to.
+    bound_addr: String,
+    /// Closes the endpoint (at shutdown).
+    binding: std::sync::Mutex<Binding>,
+    /// Who may connect, fed by the registry, when the library runs the QUIC transport itself
+    /// (the upkeep refreshes it).
+    admission: Option<admission::RegistryAdmission>,
     timeouts: Timeouts,
     gossip: Option<Arc<GossipService>>,
     liveness: Option<Arc<LivenessService>>,
@@ -104,27 +113,65 @@ struct Running {
     /// The ledger's health, read without its lock on every write.
     health: Arc<LedgerHealth>,
     /// Background tasks (gossip driver, anchor committer), aborted on shutdown.
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    _tempdir: Option<tempfile::TempDir>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The embedded default's temporary data dir, removed when the system is dropped (handed
+    /// on across a split-brain yield's restart).
+    tempdir: std::sync::Mutex<Option<tempfile::TempDir>>,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        for t in &self.tasks {
+impl Running {
+    fn abort_tasks(&self) {
+        for t in crate::core::sync::lock(&self.tasks).drain(..) {
             t.abort();
         }
     }
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.abort_tasks();
+    }
+}
+
 /// The discovery store of one node. See the module doc and the crate doc.
+///
+/// A handle: clones are cheap and share the one node (hand one to each task that needs it).
+/// The node stops — its tasks aborted, its ledger closed — when the last handle is dropped,
+/// or at [`SporeSystem::shutdown`].
+#[derive(Clone)]
 pub struct SporeSystem {
-    config: Option<SporeSystemBuilder>,
-    /// What the running system was started with (its key and data dir filled in), to start
-    /// it again after yielding a split-brain.
-    launched: Option<SporeSystemBuilder>,
-    running: Option<Running>,
+    shared: Arc<Shared>,
+}
+
+/// What every handle of one [`SporeSystem`] shares.
+struct Shared {
+    /// The configuration before start, and what the running system was started with (its key
+    /// and data dir filled in), to start it again after yielding a split-brain.
+    life: std::sync::Mutex<Life>,
+    /// Start, shutdown and a yield's restart take turns.
+    gate: tokio::sync::Mutex<()>,
+    running: std::sync::RwLock<Option<Arc<Running>>>,
     /// Raft peers refused after yielding a split-brain (kept across the yield's restart).
     fence: Arc<crate::node::resolve::YieldFence>,
+    /// What the node reports of its own upkeep ([`SporeSystem::events`]).
+    events: tokio::sync::broadcast::Sender<NodeEvent>,
+    yield_policy: YieldPolicy,
+    /// The upkeep task (started with the first start; ends with the last handle).
+    upkeep: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Life {
+    config: Option<SporeSystemBuilder>,
+    launched: Option<SporeSystemBuilder>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(t) = crate::core::sync::lock(&self.upkeep).take() {
+            t.abort();
+        }
+    }
 }
 
 impl Default for SporeSystem {
@@ -146,7 +193,7 @@ impl SporeSystem {
     /// The embedded default: a temporary data dir, a fresh key, a voter on a private network
     /// of one. Nothing happens until [`SporeSystem::initialize`] or [`SporeSystem::start`].
     pub fn new() -> Self {
-        SporeSystemBuilder::default().build()
+        SporeSystemBuilder::default().private_network().build()
     }
 
     /// A builder for everything else.
@@ -154,27 +201,46 @@ impl SporeSystem {
         SporeSystemBuilder::default()
     }
 
-    fn running(&self) -> Result<&Running, Error> {
-        self.running.as_ref().ok_or(Error::NotStarted)
+    fn running(&self) -> Result<Arc<Running>, Error> {
+        crate::core::sync::read(&self.shared.running).clone().ok_or(Error::NotStarted)
+    }
+
+    /// What this node reports of its own upkeep: a lost split-brain, a yield and its outcome,
+    /// a halt ([`NodeEvent`]). Each receiver sees the events sent after it subscribed; one that
+    /// falls more than 64 behind misses the oldest (`RecvError::Lagged` says how many).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<NodeEvent> {
+        self.shared.events.subscribe()
     }
 
     /// Checks addresses against the backend this system runs on, or will start on.
     fn check_addresses<'a>(&self, addresses: impl IntoIterator<Item = &'a str>) -> Result<(), Error> {
-        let backend = match (&self.running, self.config.as_ref().map(|c| &c.backend)) {
-            (Some(r), _) => Some(&r.backend),
-            (None, Some(Backend::Shared(b))) => Some(b),
-            _ => None,
+        /// How the addresses will be checked: by the backend the node runs on (or will), or
+        /// as QUIC peer addresses when the node will run its own QUIC endpoint.
+        enum Check {
+            Backend(Arc<dyn NetworkBackend>),
+            Quic,
+            Nothing,
+        }
+        let check = match self.running() {
+            Ok(r) => Check::Backend(r.backend.clone()),
+            Err(_) => match &crate::core::sync::lock(&self.shared.life).config {
+                Some(SporeSystemBuilder { backend: Backend::Shared(b), .. }) => Check::Backend(b.clone()),
+                Some(c) if c.listens_on_quic() => Check::Quic,
+                _ => Check::Nothing,
+            },
         };
-        if let Some(b) = backend {
-            for a in addresses {
-                b.check_address(a)?;
+        for a in addresses {
+            match &check {
+                Check::Backend(b) => b.check_address(a)?,
+                Check::Quic => crate::net::addr::check_peer_addr(a)?,
+                Check::Nothing => {}
             }
         }
         Ok(())
     }
 
     fn leader_node(&self) -> Option<PeerNode> {
-        let r = self.running.as_ref()?;
+        let r = self.running().ok()?;
         // Every write asks: read in place rather than clone the whole metrics.
         let m = r.raft.metrics();
         let m = m.borrow();
@@ -195,7 +261,7 @@ impl SporeSystem {
     /// The address this node's endpoint is bound to: the one peers use ([`SporeSystem::peer`])
     /// unless another is advertised ([`SporeSystemBuilder::advertise`]).
     pub fn local_addr(&self) -> Result<String, Error> {
-        Ok(self.running()?.binding.addr.clone())
+        Ok(self.running()?.bound_addr.clone())
     }
 
     /// The round trips this node measured to `peer` (smoothed, with their variation and the

@@ -103,7 +103,10 @@ impl SporeSystem {
     /// they cannot take this node back into the losing chain (`schema/split-brain.md`).
     /// Returns the path of the exported seed.
     #[tracing::instrument(skip(self))]
-    pub async fn yield_to_winner(&mut self) -> Result<PathBuf, Error> {
+    pub async fn yield_to_winner(&self) -> Result<PathBuf, Error> {
+        // One restart at a time: the upkeep's automatic yield and a caller's take turns, and the
+        // second finds nothing left to yield.
+        let turn = self.shared.gate.lock().await;
         let plan = self.yield_plan()?.ok_or(SplitBrainError::NothingToYield)?;
         let (was_voter, was_member, lost_cluster, data_dir, ledger, key) = {
             let r = self.running()?;
@@ -134,10 +137,11 @@ impl SporeSystem {
             .await
             .map_err(|source| Error::Task { what: "seed export", source })??;
         // Keep the temporary dir (the embedded default) alive across the restart.
-        let tempdir = self.running.as_mut().and_then(|r| r._tempdir.take());
-        if let Err(e) = self.shutdown().await {
+        let tempdir = self.running().ok().and_then(|r| sync::lock(&r.tempdir).take());
+        if let Err(e) = self.shutdown_in_turn().await {
             // Nothing was moved: the node can be started again as it was.
-            self.config = self.launched.take();
+            let mut life = sync::lock(&self.shared.life);
+            life.config = life.launched.take();
             return Err(e);
         }
         let ledger_dir = data_dir.join(crate::store::inspect::LEDGER_SUBDIR);
@@ -153,18 +157,22 @@ impl SporeSystem {
             "yielding to the split-brain winner: the losing chain is kept; joining the winner");
         // The losing chain's Raft members that have not yielded yet must not take the
         // restarted node back (see `node::resolve::YieldFence`).
-        self.fence.fence(lost_cluster.iter().copied());
-        self.config = self.launched.take();
-        if let Some(c) = self.config.as_mut() {
-            // A latent node syncs the winning chain by gossip: from the winner's node too.
-            if !c.gossip_peers.iter().any(|p| p.node == plan.winner_node.node) {
-                c.gossip_peers.push(plan.winner_node.clone());
+        self.shared.fence.fence(lost_cluster.iter().copied());
+        {
+            let mut life = sync::lock(&self.shared.life);
+            life.config = life.launched.take();
+            if let Some(c) = life.config.as_mut() {
+                // A latent node syncs the winning chain by gossip: from the winner's node too.
+                if !c.gossip_peers.iter().any(|p| p.node == plan.winner_node.node) {
+                    c.gossip_peers.push(plan.winner_node.clone());
+                }
             }
         }
-        self.start().await?;
-        if let Some(r) = self.running.as_mut() {
-            r._tempdir = tempdir;
+        self.start_in_turn().await?;
+        if let Ok(r) = self.running() {
+            *sync::lock(&r.tempdir) = tempdir;
         }
+        drop(turn);
         if was_member {
             self.note_winner_members(&plan.winner_node).await;
             self.join(plan.winner_node.clone(), was_voter).await?;
@@ -178,9 +186,10 @@ impl SporeSystem {
     async fn note_winner_members(&self, winner: &PeerNode) {
         let Ok(r) = self.running() else { return };
         match r.transport.call(winner, RpcRequest::Status, r.timeouts.rpc).await {
-            Ok(RpcResponse::Status(Ok(st))) => {
-                self.fence.winner_members(st.voters.into_iter().chain(st.learners).chain(std::iter::once(st.node)))
-            }
+            Ok(RpcResponse::Status(Ok(st))) => self
+                .shared
+                .fence
+                .winner_members(st.voters.into_iter().chain(st.learners).chain(std::iter::once(st.node))),
             other => tracing::debug!(winner = %winner.node.short(), ?other, "the winner did not report its membership"),
         }
     }

@@ -52,7 +52,8 @@ impl SporeSystem {
     /// time and reason (the newest [`MODES_KEPT`](crate::store::modes::MODES_KEPT), kept
     /// across restarts).
     pub fn mode_history(&self) -> Result<Vec<crate::core::modes::Transition>, Error> {
-        let l = self.running()?.ledger.read_ledger()?;
+        let r = self.running()?;
+        let l = r.ledger.read_ledger()?;
         Ok(crate::store::modes::list(&l)?)
     }
 }

@@ -74,7 +74,7 @@ impl Cluster {
             .collect();
         let mut systems = Vec::new();
         for m in members.iter() {
-            let mut s = Self::builder(&net, m, &timeouts).build();
+            let s = Self::builder(&net, m, &timeouts).build();
             s.start().await.expect("start");
             systems.push(s);
         }
@@ -139,7 +139,7 @@ impl Cluster {
 
     /// Restarts node `i` from its data dir.
     pub async fn restart(&mut self, i: usize) {
-        let mut s = Self::builder(&self.net, &self.members[i], &self.timeouts).build();
+        let s = Self::builder(&self.net, &self.members[i], &self.timeouts).build();
         s.start().await.expect("restart");
         self.members[i].system = Some(Arc::new(s));
     }

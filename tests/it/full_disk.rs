@@ -44,7 +44,7 @@ fn big_metadata(i: usize) -> Vec<(String, String)> {
 }
 
 async fn node_on(dir: &Path, net: &InProcNetwork) -> SporeSystem {
-    let mut s = SporeSystem::builder()
+    let s = SporeSystem::builder()
         .data_dir(dir)
         .key(NodeKey::from_seed([0xd1; 32]))
         .addr("n0")
@@ -59,7 +59,7 @@ async fn node_on(dir: &Path, net: &InProcNetwork) -> SporeSystem {
 async fn a_full_disk_halts_the_node_with_a_typed_error_and_it_shuts_down_cleanly() {
     let disk = SmallDisk::mount(24);
     let net = InProcNetwork::new(5);
-    let mut s = node_on(&disk.path.join("n0"), &net).await;
+    let s = node_on(&disk.path.join("n0"), &net).await;
     let identity = NetworkIdentity {
         network_id: uuid::Uuid::from_u128(55),
         network_name: "full".into(),

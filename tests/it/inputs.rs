@@ -50,7 +50,7 @@ fn config(data_dir: std::path::PathBuf, listen: &str) -> NodeConfig {
 async fn malformed_addresses_are_refused_before_anything_is_committed() {
     let root = tempfile::tempdir().expect("tempdir");
     let key = NodeKey::from_seed([31; 32]);
-    let mut s = SporeSystem::builder()
+    let s = SporeSystem::builder()
         .data_dir(root.path().join("n"))
         .key(key.clone())
         .addr("127.0.0.1:0")
@@ -94,7 +94,7 @@ async fn a_malformed_announced_address_stops_the_start() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("n");
     let key = NodeKey::from_seed([33; 32]);
-    let mut s = SporeSystem::builder()
+    let s = SporeSystem::builder()
         .data_dir(&dir)
         .key(key.clone())
         .addr("127.0.0.1:0")
@@ -114,7 +114,7 @@ async fn a_bind_failure_names_the_local_address_and_leaves_no_data_dir() {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("take a port");
     let addr = taken.local_addr().expect("addr").to_string();
     let key = NodeKey::from_seed([34; 32]);
-    let mut s = SporeSystem::builder().data_dir(&dir).key(key.clone()).addr(addr.as_str()).network(quic(&key)).build();
+    let s = SporeSystem::builder().data_dir(&dir).key(key.clone()).addr(addr.as_str()).network(quic(&key)).build();
     let err = s.start().await.expect_err("the port is taken");
     match &err {
         Error::Transport(TransportError::Bind { addr: a, cause }) => {
@@ -128,8 +128,7 @@ async fn a_bind_failure_names_the_local_address_and_leaves_no_data_dir() {
     assert!(root.path().is_dir());
 
     // An address not on this host.
-    let mut s =
-        SporeSystem::builder().data_dir(&dir).key(key.clone()).addr("192.0.2.1:7400").network(quic(&key)).build();
+    let s = SporeSystem::builder().data_dir(&dir).key(key.clone()).addr("192.0.2.1:7400").network(quic(&key)).build();
     let err = s.start().await.expect_err("not a local address");
     assert!(matches!(&err, Error::Transport(TransportError::Bind { .. })), "{err:?}");
     assert!(err.to_string().starts_with("cannot listen on 192.0.2.1:7400: "), "{err}");
@@ -150,7 +149,7 @@ async fn a_failed_node_start_removes_only_the_data_dir_it_created() {
     let mut c = config(fresh.clone(), "127.0.0.1:0");
     c.init = None;
     c.from_seed = Some(missing_seed.clone());
-    let err = node::start_node(&c, net(), None).await.err().expect("no seed file");
+    let err = node::start_node(&c, Some(net())).await.err().expect("no seed file");
     assert!(matches!(err, Error::Seed(_)), "{err:?}");
     assert!(!fresh.exists(), "the data dir this start created is gone");
 
@@ -160,12 +159,12 @@ async fn a_failed_node_start_removes_only_the_data_dir_it_created() {
     let mut c = config(existing.clone(), "127.0.0.1:0");
     c.init = None;
     c.from_seed = Some(missing_seed);
-    assert!(node::start_node(&c, net(), None).await.is_err());
+    assert!(node::start_node(&c, Some(net())).await.is_err());
     assert_eq!(std::fs::read(existing.join("operator-notes")).expect("kept"), b"keep me");
 
     // A config that does not validate is refused before anything is created.
     let never = root.path().join("never");
     let c = config(never.clone(), "127.0.0.1:99999");
-    assert!(matches!(node::start_node(&c, net(), None).await, Err(Error::Config(_))));
+    assert!(matches!(node::start_node(&c, Some(net())).await, Err(Error::Config(_))));
     assert!(!never.exists());
 }

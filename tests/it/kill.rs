@@ -216,7 +216,7 @@ fn node_writer_child() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async move {
         let net = InProcNetwork::new(seed);
-        let mut s = node(&dir, &net, seed);
+        let s = node(&dir, &net, seed);
         s.start().await.expect("start");
         let identity = NetworkIdentity {
             network_id: uuid::Uuid::from_u128(0x4b11),
@@ -265,7 +265,7 @@ async fn kill_9_of_a_node_loses_no_acknowledged_write() {
         // The node restarts from its data dir, leads its one-voter network again, and holds
         // every acknowledged write.
         let net = InProcNetwork::new(seed);
-        let mut s = node(&dir, &net, seed);
+        let s = node(&dir, &net, seed);
         s.start().await.expect("the killed node restarts");
         crate::wait::some("the restarted node to lead", Duration::from_secs(10), || {
             s.status().ok().filter(|st| st.raft_state == "Leader").map(|_| ())

@@ -13,7 +13,7 @@ use crate::quic::{converged, form_quic_cluster, leader_of};
 use crate::wait;
 
 async fn start_latent(key: &NodeKey, dir: &std::path::Path, bootstrap: Vec<mycnet_spores::PeerNode>) -> SporeSystem {
-    let mut s = SporeSystem::builder()
+    let s = SporeSystem::builder()
         .data_dir(dir)
         .key(key.clone())
         .role(NodeRole::Rhizomorph)
@@ -249,7 +249,7 @@ async fn quic_latent_node_from_a_state_only_seed_backfills_to_genesis() {
         s.register_service(&format!("after-{i}"), vec![], vec!["dns".into()], vec![]).await.expect("write");
     }
     let boot = voters[(leader + 1) % 3].system.as_ref().expect("voter").peer().expect("peer");
-    let mut l = start_latent(&key, &dir, vec![boot]).await;
+    let l = start_latent(&key, &dir, vec![boot]).await;
     // It answers from the seed's registries before anything arrives.
     assert!(l.services_by_capability("dns").expect("query").len() >= 300);
     let head = converged(&voters, Duration::from_secs(10)).await;
@@ -284,7 +284,7 @@ async fn quic_latent_node_from_a_state_only_seed_backfills_to_genesis() {
     assert!(report.base.is_none(), "a complete history is verified from genesis, every rule applied");
     assert!(report.events_verified > head.seq);
     for v in voters.iter_mut() {
-        if let Some(mut s) = v.system.take() {
+        if let Some(s) = v.system.take() {
             let _ = s.shutdown().await;
         }
     }

@@ -5,6 +5,7 @@ mod cluster;
 mod crafted;
 mod decoders;
 mod durability;
+mod embedded;
 mod faults;
 mod fixture;
 mod forensics;

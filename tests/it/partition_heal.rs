@@ -49,7 +49,7 @@ async fn partition_and_heal_commits_every_write_exactly_once() {
     for i in 0..3u8 {
         let key = NodeKey::from_seed([200 + i; 32]);
         let boot: PeerNode = c.sys(i as usize).peer().expect("peer");
-        let mut s = SporeSystem::builder()
+        let s = SporeSystem::builder()
             .data_dir(root.path().join(format!("l{i}")))
             .key(key)
             .role(NodeRole::Rhizomorph)

@@ -10,10 +10,13 @@ use crate::cluster::Cluster;
 #[tokio::test]
 async fn seed_readme_usage_works_as_written() -> Result<(), Box<dyn std::error::Error>> {
     use chrono;
-    use mycnet_spores::{NetworkIdentity, SporeSystem, SporeType};
     use uuid::Uuid;
+    // README example: seed usage
+    #[rustfmt::skip] // the seed README's order
+    use mycnet_spores::{SporeSystem, SporeType, NetworkIdentity};
 
     // Initialize spore system
+    #[allow(unused_mut)] // as the seed README writes it (every method takes &self)
     let mut spore_system = SporeSystem::new();
     let network_identity = NetworkIdentity {
         network_id: Uuid::new_v4(),
@@ -22,6 +25,7 @@ async fn seed_readme_usage_works_as_written() -> Result<(), Box<dyn std::error::
     };
 
     spore_system.initialize(network_identity).await?;
+    // README example end
 
     // What a user relies on afterwards: a one-voter network that is the leader and serves writes.
     let status = spore_system.status()?;
@@ -163,7 +167,7 @@ async fn a_node_joins_as_learner_then_voter_and_leaves() {
     let c = Cluster::form(3, 14).await;
     let root = tempfile::tempdir().expect("tempdir");
     let key = NodeKey::from_seed([40; 32]);
-    let mut newcomer = SporeSystem::builder()
+    let newcomer = SporeSystem::builder()
         .data_dir(root.path().join("n3"))
         .key(key.clone())
         .addr("n3")
@@ -207,7 +211,7 @@ async fn a_configured_join_waits_for_the_admission() {
     let root = tempfile::tempdir().expect("tempdir");
     let net = InProcNetwork::new(15);
     let founder_key = NodeKey::from_seed([42; 32]);
-    let mut founder = SporeSystem::builder()
+    let founder = SporeSystem::builder()
         .data_dir(root.path().join("founder"))
         .key(founder_key.clone())
         .addr("127.0.0.1:7001")
@@ -247,7 +251,7 @@ async fn a_configured_join_waits_for_the_admission() {
         timeouts: node::TimeoutProfile::Lan,
     };
     let backend = std::sync::Arc::new(net.clone()) as std::sync::Arc<dyn mycnet_spores::net::NetworkBackend>;
-    let started = tokio::spawn(async move { node::start_node(&config, backend, None).await });
+    let started = tokio::spawn(async move { node::start_node(&config, Some(backend)).await });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!started.is_finished(), "the join is retried while the node is not admitted");
     let announcement = NodeAnnouncement {
@@ -258,7 +262,7 @@ async fn a_configured_join_waits_for_the_admission() {
         capabilities: vec![],
     };
     founder.admit(announcement).await.expect("admit");
-    let mut joiner = tokio::time::timeout(Duration::from_secs(30), started)
+    let joiner = tokio::time::timeout(Duration::from_secs(30), started)
         .await
         .expect("joins once admitted")
         .expect("task")
@@ -321,7 +325,7 @@ async fn subscribe_resumes_after_restart_without_gaps_or_duplicates() {
 async fn an_unread_subscription_does_not_hold_the_ledger_past_shutdown() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("n");
-    let mut s = SporeSystem::builder()
+    let s = SporeSystem::builder()
         .data_dir(&dir)
         .addr("n")
         .inproc(&mycnet_spores::net::inproc::InProcNetwork::new(0x5b5))
@@ -351,7 +355,7 @@ async fn an_unread_subscription_does_not_hold_the_ledger_past_shutdown() {
     // Part of the scenario, not a wait for a condition: time for its task to fill the channel
     // and block on it (nothing shows that from here); the shutdown must not hang either way.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut s = std::sync::Arc::try_unwrap(s).ok().expect("the only handle");
+    let s = std::sync::Arc::try_unwrap(s).ok().expect("the only handle");
     s.shutdown().await.expect("shutdown releases the ledger though a subscription is unread");
     let reopened = mycnet_spores::Ledger::open(
         dir.join("ledger"),

@@ -368,7 +368,7 @@ async fn quic_a_failed_start_can_be_retried() {
     let addr = taken.local_addr().expect("addr").to_string();
     let backend = QuicBackend::new(key.clone(), Admission::allow_all())
         .with_config(QuicConfig { bind_patience: Duration::ZERO, ..QuicConfig::default() });
-    let mut s =
+    let s =
         SporeSystem::builder().data_dir(root.path()).key(key).addr(addr.as_str()).network(Arc::new(backend)).build();
     let err = s.start().await.expect_err("the port is taken");
     assert!(
@@ -549,7 +549,7 @@ pub(crate) struct Voter {
 }
 
 pub(crate) async fn start_voter(key: &NodeKey, dir: &std::path::Path, addr: &str) -> SporeSystem {
-    let mut s = SporeSystem::builder()
+    let s = SporeSystem::builder()
         .data_dir(dir)
         .key(key.clone())
         .addr(addr)
@@ -671,7 +671,7 @@ async fn quic_three_voters_replicate_and_survive_a_leader_restart() {
     }
 
     for v in voters.iter_mut() {
-        if let Some(mut s) = v.system.take() {
+        if let Some(s) = v.system.take() {
             s.shutdown().await.expect("shutdown");
         }
     }
@@ -745,20 +745,15 @@ async fn quic_a_burst_of_large_events_replicates_within_the_frame_limit() {
         assert_eq!(s.services_by_capability("big").expect("query").len(), 600);
     }
     for v in voters.iter_mut() {
-        if let Some(mut s) = v.system.take() {
+        if let Some(s) = v.system.take() {
             s.shutdown().await.expect("shutdown");
         }
     }
 }
 
-/// A node started the way `spore node` starts it: QUIC admission fed by the registry and the
-/// configured bootstrap peers.
-async fn runner_node(
-    root: &std::path::Path,
-    name: &str,
-    init: Option<&str>,
-    join: Option<&PeerNode>,
-) -> (SporeSystem, Admission) {
+/// A node started the way `spore node` starts it: its own QUIC endpoint, admission fed by the
+/// registry and the configured bootstrap peers.
+async fn runner_node(root: &std::path::Path, name: &str, init: Option<&str>, join: Option<&PeerNode>) -> SporeSystem {
     use mycnet_spores::node::{self, InitConfig, JoinConfig, NodeConfig};
     let config = NodeConfig {
         data_dir: root.join(name),
@@ -781,15 +776,7 @@ async fn runner_node(
         write_timeout_ms: Some(2000),
         timeouts: node::TimeoutProfile::Lan,
     };
-    std::fs::create_dir_all(&config.data_dir).expect("data dir");
-    let key = mycnet_spores::store::keyfile::load_or_generate(
-        &config.data_dir.join(mycnet_spores::store::keyfile::KEY_FILE_NAME),
-    )
-    .expect("key");
-    let admission = Admission::only(config.bootstrap_keys().expect("keys"));
-    let backend = Arc::new(QuicBackend::new(key, admission.clone()));
-    let system = node::start_node(&config, backend, Some(&admission)).await.expect("node starts");
-    (system, admission)
+    node::start_node(&config, None).await.expect("node starts")
 }
 
 /// A member of another network (or any key this network never admitted) cannot connect: its
@@ -798,8 +785,8 @@ async fn runner_node(
 async fn quic_a_node_of_another_network_cannot_connect_or_join() {
     trace();
     let root = tempfile::tempdir().expect("tempdir");
-    let (mut a0, _a_admission) = runner_node(root.path(), "a0", Some("network-a"), None).await;
-    let (mut b0, _) = runner_node(root.path(), "b0", Some("network-b"), None).await;
+    let a0 = runner_node(root.path(), "a0", Some("network-a"), None).await;
+    let b0 = runner_node(root.path(), "b0", Some("network-b"), None).await;
     let a_peer = a0.peer().expect("peer");
     let a_head = a0.head().expect("head");
     assert_ne!(a0.status().expect("status").fingerprint, b0.status().expect("status").fingerprint);
@@ -846,7 +833,7 @@ async fn quic_only_the_nodes_own_key_may_ask_it_to_export_a_seed() {
     assert_eq!((seed.header.head_seq, seed.header.head_hash), (head.seq, head.hash));
     assert_eq!(seed.signers, vec![v.key.node_id()]);
     for v in voters.iter_mut() {
-        if let Some(mut s) = v.system.take() {
+        if let Some(s) = v.system.take() {
             s.shutdown().await.expect("shutdown");
         }
     }

@@ -92,7 +92,7 @@ async fn a_network_forms_from_a_seed_and_extends_its_chain() {
     let net = InProcNetwork::new(44);
     let mut systems = Vec::new();
     for (i, key) in keys.iter().enumerate() {
-        let mut s = SporeSystem::builder()
+        let s = SporeSystem::builder()
             .data_dir(dir.path().join(format!("new{i}")))
             .key(key.clone())
             .addr(format!("n{i}"))
@@ -138,7 +138,7 @@ async fn a_network_forms_from_a_seed_and_extends_its_chain() {
         let at = sub.next().await.expect("event").expect("readable");
         assert_eq!(at.hash, seed_head.hash, "the chain passes through the seed's head");
     }
-    for mut s in systems {
+    for s in systems {
         s.shutdown().await.expect("shutdown");
     }
 }
@@ -200,7 +200,7 @@ async fn join_with_a_seed_trusts_only_a_primary_that_extends_it() {
     other.sys(0).export_seed(&foreign, false).await.expect("export");
 
     let key = NodeKey::from_seed([77; 32]);
-    let mut joiner = SporeSystem::builder()
+    let joiner = SporeSystem::builder()
         .data_dir(dir.path().join("joiner"))
         .key(key.clone())
         .addr("joiner")

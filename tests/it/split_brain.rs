@@ -11,7 +11,7 @@ use mycnet_spores::net::gossip::GossipConfig;
 use mycnet_spores::net::inproc::InProcNetwork;
 use mycnet_spores::node::AnchorPolicy;
 use mycnet_spores::seed::VerifyPolicy;
-use mycnet_spores::{EventBody, NodeKey, SporeSystem};
+use mycnet_spores::{EventBody, NodeKey, ServiceFilter, SporeSystem};
 
 use crate::cluster::{fast_timeouts, Cluster};
 use crate::split_rule::{branch_of, fork_seen, winner};
@@ -80,7 +80,7 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
     nodes[2].form_from_seed(&seed, VerifyPolicy::default()).await.expect("group B forms");
     // Group B also has a latent node (outside Raft), kept by gossip from B's voter. It is
     // admitted on both sides, so activity counts it on neither side's account alone.
-    let mut latent = SporeSystem::builder()
+    let latent = SporeSystem::builder()
         .data_dir(root.path().join("latent-b"))
         .key(NodeKey::from_seed([0x5b; 32]))
         .role(mycnet_spores::NodeRole::Rhizomorph)
@@ -190,11 +190,14 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
         &yielded, loser_group,
         "the losing group by {rule} yields, the winning group {winner_group:?} does not: {branches:?}"
     );
-    // Nothing valid is lost: every service written on either side is on every node; the
-    // service both sides removed is gone.
+    // Nothing valid is lost: every service written on either side is registered on every
+    // node (the losing voter stays committed offline on the winning chain, so discovery lists its
+    // services only when asked to include unavailable nodes); the service both sides removed
+    // is gone.
     for s in &nodes {
         for name in ["a-only", "a-too", "b-only"] {
-            assert_eq!(s.services_by_name(name).expect("query").len(), 1, "{name} on every node");
+            let all = ServiceFilter::name(name).include_unavailable();
+            assert_eq!(s.find_services(&all).expect("query").len(), 1, "{name} on every node");
         }
         assert!(s.services_by_capability("cap").expect("query").iter().all(|r| r.service.service_id != gone));
         assert!(s.head().expect("head").expect("head").seq > seed_head.seq);
@@ -249,7 +252,7 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
         let st = s.status().expect("status");
         assert_ne!(st.mode, OperationalMode::SplitBrainResolution, "every fork settled");
     }
-    for mut s in nodes {
+    for s in nodes {
         s.shutdown().await.expect("shutdown");
     }
 }
@@ -381,7 +384,7 @@ async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
         .expect("event");
     assert_eq!(at_fork.hash, branches[winning_side].first, "the chain everyone holds is the winning branch");
     drop(sub);
-    for mut s in nodes {
+    for s in nodes {
         s.shutdown().await.expect("shutdown");
     }
 }

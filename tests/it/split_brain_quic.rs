@@ -40,7 +40,7 @@ use crate::wait;
 /// decision would change the activity the rule weighs (`schema/split-brain.md`, *Known
 /// limits*), and the test names the loser from that reading.
 async fn start_node(key: &NodeKey, dir: &Path, addr: &str, admission: &Admission) -> SporeSystem {
-    let mut s = SporeSystem::builder()
+    let s = SporeSystem::builder()
         .data_dir(dir)
         .key(key.clone())
         .addr(addr)
@@ -355,7 +355,7 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
         assert_ne!(st.mode, OperationalMode::SplitBrainResolution, "every fork settled");
         assert_eq!(st.voters.len(), 3, "one network of three voters again");
     }
-    for mut s in nodes {
+    for s in nodes {
         s.shutdown().await.expect("shutdown");
     }
 }

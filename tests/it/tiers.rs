@@ -33,7 +33,7 @@ async fn a_latent_node_answers_from_the_most_authoritative_tier_and_says_which()
     let root = tempfile::tempdir().expect("tempdir");
     // One voter that anchors every third event and never by time, so the test decides when
     // a checkpoint exists.
-    let mut voter = SporeSystem::builder()
+    let voter = SporeSystem::builder()
         .data_dir(root.path().join("v"))
         .key(NodeKey::from_seed([0x31; 32]))
         .addr("v")
@@ -49,7 +49,7 @@ async fn a_latent_node_answers_from_the_most_authoritative_tier_and_says_which()
         genesis_timestamp: chrono::Utc::now(),
     };
     voter.initialize(identity).await.expect("initialize");
-    let mut latent = SporeSystem::builder()
+    let latent = SporeSystem::builder()
         .data_dir(root.path().join("l"))
         .key(NodeKey::from_seed([0x32; 32]))
         .role(NodeRole::Rhizomorph)
@@ -135,7 +135,7 @@ async fn a_latent_node_answers_from_the_most_authoritative_tier_and_says_which()
     assert!(a.at.seq >= late.seq);
 
     // A node that holds nothing has no tier at all.
-    let mut empty = SporeSystem::builder()
+    let empty = SporeSystem::builder()
         .data_dir(root.path().join("e"))
         .key(NodeKey::from_seed([0x33; 32]))
         .addr("e")
@@ -145,7 +145,7 @@ async fn a_latent_node_answers_from_the_most_authoritative_tier_and_says_which()
     empty.start().await.expect("start");
     assert!(matches!(empty.spore(SporeType::Latent), Err(Error::TierUnavailable(SporeType::Latent))));
     assert!(empty.services_by_name_answer("early").expect("answer").is_none());
-    for mut s in [latent, voter, empty] {
+    for s in [latent, voter, empty] {
         s.shutdown().await.expect("shutdown");
     }
 }

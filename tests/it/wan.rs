@@ -26,7 +26,7 @@ struct WanVoter {
 async fn wan_voter(root: &std::path::Path, i: u8, key_base: u8, faults: LinkFaults, timeouts: &Timeouts) -> WanVoter {
     let key = NodeKey::from_seed([key_base + i; 32]);
     let proxy = UdpProxy::bind(faults, 1000 + u64::from(key_base) + u64::from(i)).await;
-    let mut system = SporeSystem::builder()
+    let system = SporeSystem::builder()
         .data_dir(root.join(format!("n{i}")))
         .key(key.clone())
         .addr("127.0.0.1:0")
@@ -241,7 +241,7 @@ async fn wan_replication_outlasts_openrafts_ttl_on_a_link_slower_than_the_heartb
         assert!(started.elapsed() < Duration::from_secs(2), "write {i} took {:?}", started.elapsed());
     }
     assert_eq!(agreed_leader(&voters, Duration::from_secs(10)).await, (leader, term));
-    for mut v in voters {
+    for v in voters {
         v.system.shutdown().await.expect("shutdown");
     }
 }

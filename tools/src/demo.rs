@@ -65,7 +65,7 @@ async fn start(node: &mut DemoNode, backend: &BackendFactory) -> DemoResult<()> 
             mycnet_spores::net::gossip::GossipConfig { interval: Duration::from_millis(200), ..Default::default() };
         b = b.gossip(gossip).gossip_peers(node.gossip_peers.clone());
     }
-    let mut s = b.build();
+    let s = b.build();
     s.start().await?;
     node.addr = s.peer()?.addr;
     node.system = Some(s);
@@ -250,7 +250,7 @@ pub(crate) async fn run(options: DemoOptions, backend: &BackendFactory, out: &mu
 
     let leader = wait_for_leader(&nodes, Duration::from_secs(10)).await?;
     step(out, &format!("Killing the leader {}", nodes[leader].name))?;
-    if let Some(mut s) = nodes[leader].system.take() {
+    if let Some(s) = nodes[leader].system.take() {
         s.shutdown().await?;
     }
     let t = Instant::now();
@@ -368,7 +368,7 @@ pub(crate) async fn run(options: DemoOptions, backend: &BackendFactory, out: &mu
 
     step(out, "Stopping every node and verifying each ledger from genesis (every link and signature)")?;
     for n in nodes.iter_mut() {
-        if let Some(mut s) = n.system.take() {
+        if let Some(s) = n.system.take() {
             s.shutdown().await?;
         }
     }

@@ -2,14 +2,12 @@
 //! node over the read-only admin protocol), `spore keygen`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use mycnet_spores::core::projection::ServiceFilter;
 use mycnet_spores::net::addr::{check_listen_addr, check_peer_addr};
-use mycnet_spores::net::quic::{self, Admission, QuicBackend};
-use mycnet_spores::node::datadir::CreatedDir;
-use mycnet_spores::node::{self, NodeConfig};
+use mycnet_spores::net::quic::{self};
+use mycnet_spores::node::{self, NodeConfig, NodeEvent};
 use mycnet_spores::raft::{RpcRequest, RpcResponse, SporeResponse};
 use mycnet_spores::store::keyfile;
 use mycnet_spores::wire::query::{Query, QueryAnswer, RegistryAnswer};
@@ -23,9 +21,6 @@ use crate::output::{CliError, CliResult, Out};
 
 /// Longest single attempt of a write (a commit takes milliseconds; an election about a second).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How often a running node re-reads its registry into its QUIC admission set.
-const ADMISSION_REFRESH: Duration = Duration::from_millis(250);
 
 /// `spore keygen`: creates (or shows) the node key of a data dir.
 pub(crate) fn keygen(data_dir: &Path, o: &mut Out) -> CliResult {
@@ -45,29 +40,14 @@ pub(crate) fn keygen(data_dir: &Path, o: &mut Out) -> CliResult {
 /// removes the data dir if this run created it (an existing one is kept as it was).
 pub(crate) async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
     config.validate().map_err(|e| CliError::usage(e.to_string()))?;
-    let bootstrap = config.bootstrap_keys().map_err(|e| CliError::usage(e.to_string()))?;
-    let created = CreatedDir::create(&config.data_dir).map_err(|e| CliError::Io(e.to_string()))?;
-    let admission = Admission::only(bootstrap.iter().copied());
-    let started = async {
-        let key = keyfile::load_or_generate(&config.data_dir.join(keyfile::KEY_FILE_NAME))?;
-        let backend = Arc::new(QuicBackend::new(key.clone(), admission.clone()));
-        tracing::info!(node = %key.node_id(), listen = %config.listen, "starting node");
-        node::start_node(&config, backend, Some(&admission)).await
-    }
-    .await;
-    let mut system = match started {
-        Ok(system) => system,
-        Err(e) => {
-            // start_node stopped what it started; its ledger is closed.
-            if let Err(rm) = created.remove() {
-                tracing::warn!(error = %rm, "could not remove the data dir of the failed start");
-            }
-            return Err(match e {
-                mycnet_spores::Error::Config(c) => CliError::usage(c.to_string()),
-                e => CliError::Io(e.to_string()),
-            });
-        }
-    };
+    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "starting node");
+    // The node runs its own QUIC endpoint and upkeep (admission from the registry, yielding a
+    // lost split-brain); this command only adds the config, the signals and the logs. A start
+    // that fails removes a data dir it created.
+    let system = node::start_node(&config, None).await.map_err(|e| match e {
+        mycnet_spores::Error::Config(c) => CliError::usage(c.to_string()),
+        e => CliError::Io(e.to_string()),
+    })?;
     let st = system.status().map_err(|e| CliError::Io(e.to_string()))?;
     if o.json {
         o.json_line(&json!({ "event": "ready", "node_id": st.node, "addr": st.addr, "head": st.head, "timeouts": config.timeouts }))?;
@@ -78,35 +58,26 @@ pub(crate) async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::Io(e.to_string()))?;
-    let mut tick = tokio::time::interval(ADMISSION_REFRESH);
-    let mut halted = None;
-    loop {
+    let mut events = system.events();
+    // A node that halted before we subscribed reports it in its status.
+    let mut halted = system.status().ok().and_then(|st| st.halted);
+    while halted.is_none() {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = tick.tick() => {
+            event = events.recv() => match event {
                 // A storage error the node cannot survive (a full disk): stop, and let a
                 // supervisor restart it once the cause is fixed.
-                if let Some(why) = system.status().ok().and_then(|st| st.halted) {
-                    tracing::error!(reason = %why, "halted; stopping");
-                    halted = Some(why);
-                    break;
-                }
-                if let Err(e) = node::refresh_admission(&system, &admission, &bootstrap) {
-                    tracing::warn!(error = %e, "could not refresh the admission set");
-                }
-                // This node's chain lost a split-brain and the winner recorded it: yield.
-                if system.yield_plan().is_ok_and(|p| p.is_some()) {
-                    match system.yield_to_winner().await {
-                        Ok(seed) => tracing::warn!(kept = %seed.display(), "yielded to the split-brain winner"),
-                        Err(e) => tracing::error!(error = %e, "could not yield to the split-brain winner; retrying"),
-                    }
-                }
-            }
+                Ok(NodeEvent::Halted { reason }) => halted = Some(reason),
+                // The node logs the rest itself.
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
         }
     }
     system.shutdown().await.map_err(|e| CliError::Io(e.to_string()))?;
     if let Some(why) = halted {
+        tracing::error!(reason = %why, "halted; stopped");
         return Err(CliError::Io(format!("node halted: {why}")));
     }
     tracing::info!("stopped cleanly");

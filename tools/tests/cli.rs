@@ -879,7 +879,7 @@ fn diff_names_the_fork_of_a_split_brain_over_quic() {
         // Three voters write and export a seed with every event, then stop.
         let mut old = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            let mut s = node(k, &root.path().join(format!("old{i}")), "127.0.0.1:0", Admission::allow_all());
+            let s = node(k, &root.path().join(format!("old{i}")), "127.0.0.1:0", Admission::allow_all());
             s.start().await.expect("start");
             old.push(s);
         }
