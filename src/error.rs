@@ -120,6 +120,18 @@ pub enum Error {
     /// That spore tier is not available on this node.
     #[error("the {0:?} spore tier is not available on this node")]
     TierUnavailable(crate::core::types::SporeType),
+    /// A membership change (remove, promote, demote, add) the leader refused: nothing changed.
+    #[error("membership change refused: {0}")]
+    Membership(#[from] crate::wire::rpc::MembershipRefusal),
+    /// A read or watch from below the history this node holds (it started from a state-only
+    /// seed, or the history was compacted): start from `first_held`, or ask another node.
+    #[error("this node holds the history from seq {first_held} on, not from {from}")]
+    HistoryNotHeld {
+        /// The first sequence number asked for.
+        from: u64,
+        /// The first sequence number held.
+        first_held: u64,
+    },
     /// A split-brain resolution step failed (the other chain's node did not answer as
     /// expected, a branch does not check, ...). The resolver retries.
     #[error("split-brain resolution: {0}")]

@@ -18,6 +18,7 @@ pub mod addr;
 pub mod gossip;
 pub mod inproc;
 pub mod liveness;
+mod membership;
 pub mod quic;
 pub mod raft_rpc;
 pub mod rtt;
@@ -215,7 +216,7 @@ impl RpcHandler for LateHandler {
                     RpcRequest::Status => RpcResponse::Status(Err(starting())),
                     RpcRequest::Query(_) => RpcResponse::Query(Err(starting())),
                     RpcRequest::ExportSeed { .. } => RpcResponse::ExportSeed(Err(starting())),
-                    RpcRequest::AddMember { .. } | RpcRequest::RemoveMember { .. } => {
+                    RpcRequest::AddMember { .. } | RpcRequest::RemoveMember { .. } | RpcRequest::SetVoter { .. } => {
                         RpcResponse::Membership(Err(starting()))
                     }
                     // Raft RPCs before the node is up: report a fatal-free "stopped" node.

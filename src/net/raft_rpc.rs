@@ -8,7 +8,6 @@
 //! lets openraft's timeout wait for it. A call that still times out is a network error, which
 //! openraft retries at the next heartbeat, not an unreachable peer it backs off from.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -17,14 +16,12 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::ChangeMembers;
 
 use super::{BoxFuture, RpcHandler, SharedTransport, TransportError};
 use crate::core::types::NodeId;
 use crate::raft::error::ConsensusError;
 use crate::raft::proposer::Proposer;
 use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, TypeConfig};
-use crate::store::ledger::LedgerLock;
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Creates one [`PeerClient`] per Raft peer.
@@ -137,14 +134,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
 /// Answers RPCs for one node by driving its Raft.
 pub struct RaftService {
-    raft: Raft,
-    me: PeerNode,
+    pub(super) raft: Raft,
+    pub(super) me: PeerNode,
     proposer: Proposer,
-    ledger: crate::raft::state_machine::SharedLedger,
+    pub(super) ledger: crate::raft::state_machine::SharedLedger,
 }
-
-/// How long a membership change waits for another one in progress to finish.
-const MEMBERSHIP_CHANGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl RaftService {
     /// For `raft`, which runs as `me`; forwarded writes go through `proposer`; membership
@@ -153,23 +147,7 @@ impl RaftService {
         RaftService { raft, me, proposer, ledger }
     }
 
-    /// Only admitted nodes that have not left may join the Raft membership; only Sclerotia
-    /// may become voters.
-    fn check_admitted(&self, node: &NodeId, voter: bool) -> Result<(), RemoteFailure> {
-        let l = self.ledger.read_ledger().map_err(|e| RemoteFailure::Other(e.to_string()))?;
-        match l.projection().node(node) {
-            Some(n) if n.status != crate::core::projection::NodeStatus::Left => {
-                if voter && !n.role.is_authority() {
-                    Err(RemoteFailure::Other(format!("node {} is a {} and cannot be a voter", node.short(), n.role)))
-                } else {
-                    Ok(())
-                }
-            }
-            _ => Err(RemoteFailure::not_admitted(node)),
-        }
-    }
-
-    fn not_leader(&self) -> RemoteFailure {
+    pub(super) fn not_leader(&self) -> RemoteFailure {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
         RemoteFailure::NotLeader { leader }
@@ -196,70 +174,6 @@ impl RaftService {
             Err(e) => Err(RemoteFailure::Other(e.to_string())),
         }
     }
-
-    async fn add_member(&self, node: PeerNode, voter: bool) -> Result<(), RemoteFailure> {
-        // Leader only, and with the registry up to date with everything committed.
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => {}
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => {
-                return Err(self.not_leader())
-            }
-            Err(e) => return Err(RemoteFailure::Other(e.to_string())),
-        }
-        self.check_admitted(&node.node, voter)?;
-        let id = raft_id(&node.node);
-        let map_err = |e: RaftError<u64, openraft::error::ClientWriteError<u64, PeerNode>>| match e {
-            RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_)) => self.not_leader(),
-            e => RemoteFailure::Other(e.to_string()),
-        };
-        // Joins may arrive together; openraft takes one membership change at a time, so a
-        // change that finds another in progress waits for it (bounded) and tries again.
-        let deadline = tokio::time::Instant::now() + MEMBERSHIP_CHANGE_PATIENCE;
-        loop {
-            let result = async {
-                self.raft.add_learner(id, node.clone(), true).await?;
-                if voter {
-                    let mut voters: BTreeSet<u64> =
-                        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
-                    voters.insert(id);
-                    self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true).await?;
-                }
-                Ok(())
-            }
-            .await;
-            match result {
-                Err(RaftError::APIError(openraft::error::ClientWriteError::ChangeMembershipError(
-                    openraft::error::ChangeMembershipError::InProgress(_),
-                ))) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(node = %node.node.short(), "another membership change is in progress; waiting");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                other => return other.map_err(map_err),
-            }
-        }
-    }
-
-    async fn remove_member(&self, node: NodeId) -> Result<(), RemoteFailure> {
-        let id = raft_id(&node);
-        let map_err = |e: RaftError<u64, openraft::error::ClientWriteError<u64, PeerNode>>| match e {
-            RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_)) => self.not_leader(),
-            e => RemoteFailure::Other(e.to_string()),
-        };
-        let voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
-        if voters.contains(&id) {
-            let rest: BTreeSet<u64> = voters.into_iter().filter(|v| *v != id).collect();
-            self.raft.change_membership(ChangeMembers::ReplaceAllVoters(rest), false).await.map_err(map_err)?;
-        }
-        let nodes: BTreeMap<u64, PeerNode> =
-            self.raft.metrics().borrow().membership_config.nodes().map(|(k, v)| (*k, v.clone())).collect();
-        if nodes.contains_key(&id) {
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map_err(map_err)?;
-        }
-        Ok(())
-    }
 }
 
 impl RpcHandler for RaftService {
@@ -279,9 +193,12 @@ impl RpcHandler for RaftService {
                     }),
                     RpcRequest::Provisional(p) => RpcResponse::Forward(self.commit_provisional(p).await),
                     RpcRequest::AddMember { node, voter } => {
-                        RpcResponse::Membership(self.add_member(node, voter).await)
+                        RpcResponse::Membership(self.add_member(from, node, voter).await)
                     }
-                    RpcRequest::RemoveMember { node } => RpcResponse::Membership(self.remove_member(node).await),
+                    RpcRequest::RemoveMember { node } => RpcResponse::Membership(self.remove_member(from, node).await),
+                    RpcRequest::SetVoter { node, voter } => {
+                        RpcResponse::Membership(self.set_voter(from, node, voter).await)
+                    }
                     RpcRequest::Status => {
                         RpcResponse::Status(Err(RemoteFailure::Other("status is served by the node, not Raft".into())))
                     }

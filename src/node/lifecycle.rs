@@ -291,6 +291,7 @@ impl SporeSystem {
             match res {
                 Ok(RpcResponse::Membership(Ok(()))) => return Ok(()),
                 Ok(RpcResponse::Membership(Err(RemoteFailure::NotLeader { leader: Some(l) }))) => target = l,
+                Ok(RpcResponse::Membership(Err(RemoteFailure::Membership(refusal)))) => return Err(refusal.into()),
                 Ok(RpcResponse::Membership(Err(failure @ RemoteFailure::Other(_)))) if !failure.is_starting() => {
                     let peer = target.to_string();
                     return Err(if failure.is_not_admitted() {

@@ -77,7 +77,7 @@ impl SporeSystem {
         }
     }
 
-    fn sign(&self, body: EventBody) -> Result<SignedEvent, Error> {
+    pub(super) fn sign(&self, body: EventBody) -> Result<SignedEvent, Error> {
         let r = self.running()?;
         let fp = self.with_projection(|p| p.fingerprint())?.ok_or(Error::NotInitialized)?;
         Ok(SignedEvent::sign(&r.key, fp, Timestamp::now(), body))

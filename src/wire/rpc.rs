@@ -100,6 +100,14 @@ pub enum RpcRequest<R: RaftMessages> {
     /// A provisional event for the leader to commit (answered with [`RpcResponse::Forward`]);
     /// a member that is not the leader answers `NotLeader` naming it.
     Provisional(crate::core::provisional::ProvisionalEvent),
+    /// Ask the leader to make a member a voter (promote a learner) or a learner (demote a
+    /// voter). Appended last: older peers decode every variant before it unchanged.
+    SetVoter {
+        /// The member.
+        node: NodeId,
+        /// Voter (`true`) or learner (`false`).
+        voter: bool,
+    },
 }
 
 impl<R: RaftMessages> RpcRequest<R> {
@@ -117,6 +125,7 @@ impl<R: RaftMessages> RpcRequest<R> {
             RpcRequest::Query(_) => "query",
             RpcRequest::ExportSeed { .. } => "export_seed",
             RpcRequest::Provisional(_) => "provisional",
+            RpcRequest::SetVoter { .. } => "set_voter",
         }
     }
 }
@@ -139,6 +148,49 @@ pub enum RemoteFailure {
     Provisional {
         /// The event's id.
         id: crate::core::provisional::EventId,
+    },
+    /// A membership change the receiver refuses (appended last; older peers cannot decode it,
+    /// and only the membership requests this version added or checks anew answer with it).
+    #[error(transparent)]
+    Membership(MembershipRefusal),
+    /// A read from below the history this node holds (it started from a state-only seed, or
+    /// the history was compacted): ask from `first_held` on, or another node.
+    #[error("this node holds the history from seq {first_held} on, not from {from}")]
+    HistoryNotHeld {
+        /// The first sequence number asked for.
+        from: u64,
+        /// The first sequence number this node holds.
+        first_held: u64,
+    },
+}
+
+/// Why a membership change (add, remove, promote, demote) is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MembershipRefusal {
+    /// The asking node may not change another node's membership: only an admitted authority
+    /// may (a node may always ask about itself: join, leave).
+    #[error("node {} may not change the membership: only an admitted authority may", by.short())]
+    NotAuthorized {
+        /// Who asked.
+        by: NodeId,
+    },
+    /// It would leave the network without a voter.
+    #[error("node {} is the last voter; add another voter first", node.short())]
+    LastVoter {
+        /// The last voter.
+        node: NodeId,
+    },
+    /// The node is not in the Raft membership.
+    #[error("node {} is not a member", node.short())]
+    NotAMember {
+        /// The node.
+        node: NodeId,
+    },
+    /// Only an authority (a Sclerotium in the registry) may be a voter.
+    #[error("node {} is not an authority (a Sclerotium) and cannot be a voter", node.short())]
+    NotAnAuthority {
+        /// The node.
+        node: NodeId,
     },
 }
 
