@@ -232,6 +232,7 @@ impl SporeSystem {
             provisional: (cfg.role == NodeRole::Rhizomorph).then(|| writer.clone()),
             scrub: scrub.clone(),
             health: health.clone(),
+            head_rx: head_rx.clone(),
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {

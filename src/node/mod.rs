@@ -4,11 +4,14 @@
 //! A [`SporeSystem`] wires the ledger, openraft and the network together; this layer is the
 //! only place that spawns a node's tasks or reads the clock for it. Its files, one job each:
 //! `builder` (settings), `launch` (wiring one running node), `lifecycle` (start, form, join,
-//! shutdown), `writes`, `reads` (queries, tiered answers, subscriptions), `status` (status and
-//! operational modes), `provisional` (a latent node's held writes), `leader` (the leader's
-//! background duties), `rpc_server` (the RPCs a node serves) and `split_brain` (yielding to a
-//! winner); [`resolve`], [`tiers`] and [`scrubber`] run beside them, and [`config`] runs one
-//! standalone node from a TOML file or flags.
+//! shutdown), `admission` (who may reach a node on its own QUIC endpoint), `upkeep` (what the
+//! node does by itself: admission, yielding a lost split-brain, [`NodeEvent`]s), `members`
+//! (remove, promote, demote), `writes`, `reads` (queries, tiered answers, subscriptions),
+//! `watch` (filtered event streams, local and remote), `status` (status and operational
+//! modes), `provisional` (a latent node's held writes), `leader` (the leader's background
+//! duties), `rpc_server` (the RPCs a node serves) and `split_brain` (yielding to a winner);
+//! [`resolve`], [`tiers`] and [`scrubber`] run beside them, and [`config`] runs one standalone
+//! node from a TOML file or flags.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mycnet_spores::Error> {
@@ -32,6 +35,7 @@ pub mod datadir;
 mod launch;
 mod leader;
 mod lifecycle;
+mod members;
 mod provisional;
 mod reads;
 pub mod resolve;
@@ -41,12 +45,11 @@ mod split_brain;
 mod status;
 pub mod tiers;
 mod upkeep;
+mod watch;
 mod writes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use tokio::sync::watch;
 
 use crate::core::keys::NodeKey;
 use crate::core::projection::Rejection;
@@ -68,11 +71,13 @@ pub use config::{
 };
 pub(crate) use lifecycle::discard_failed_start;
 pub use lifecycle::LEDGER_RELEASE_MAX;
+pub use members::Member;
 pub use reads::{Consistency, Subscription};
 pub use split_brain::SplitBrainError;
 pub(crate) use status::{compute_status, SharedModes};
 pub use status::{HaltCause, OperationalMode};
 pub use upkeep::{NodeEvent, YieldPolicy, UPKEEP_INTERVAL};
+pub use watch::{RemoteWatch, Watch};
 
 use builder::Backend;
 use provisional::ProvisionalWriter;
@@ -89,7 +94,7 @@ struct Running {
     raft: Raft,
     proposer: Proposer,
     ledger: SharedLedger,
-    head_rx: watch::Receiver<Option<u64>>,
+    head_rx: tokio::sync::watch::Receiver<Option<u64>>,
     transport: SharedTransport,
     /// The backend it was bound on (checks the addresses given to announce, admit or join).
     backend: Arc<dyn NetworkBackend>,

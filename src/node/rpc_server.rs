@@ -37,6 +37,8 @@ pub(super) struct NodeService {
     pub(super) scrub: crate::node::scrubber::SharedScrub,
     /// The ledger's health, read without its lock on every forwarded write.
     pub(super) health: Arc<LedgerHealth>,
+    /// The applied head, which watches wait on.
+    pub(super) head_rx: tokio::sync::watch::Receiver<Option<u64>>,
 }
 
 impl crate::net::RpcHandler for NodeService {
@@ -59,6 +61,12 @@ impl crate::net::RpcHandler for NodeService {
                     })
                     .map_err(|e| RemoteFailure::Other(e.to_string()));
                 Box::pin(async move { RpcResponse::Status(r) })
+            }
+            RpcRequest::Query(Query::Watch { from, filter, max, wait_ms }) => {
+                let (ledger, head_rx) = (self.ledger.clone(), self.head_rx.clone());
+                Box::pin(async move {
+                    RpcResponse::Query(super::watch::answer(&ledger, head_rx, from, filter, max, wait_ms).await)
+                })
             }
             RpcRequest::Query(Query::Tiered(q)) => {
                 let answer = answer_tiered(&self.raft, &self.me, &self.ledger, &self.tier_views, |p| {

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::event::EventFilter;
 use crate::core::projection::{FoundService, ServiceFilter};
 use crate::core::types::{ChainPoint, SporeType};
 
@@ -38,7 +39,25 @@ pub enum Query {
     /// and trust ([`QueryAnswer::Found`]). Appended last: older peers decode every variant
     /// before it unchanged.
     Find(ServiceFilter),
+    /// A blocking read of committed events from `from` on that pass `filter`: answered at once
+    /// when any is held, else when one commits or after `wait_ms` (at most
+    /// [`WATCH_WAIT_MS_MAX`]) with none ([`QueryAnswer::Watched`]). A watcher asks again from
+    /// the answer's `next`; nothing is buffered for it on the node. Appended last.
+    Watch {
+        /// First sequence number wanted.
+        from: u64,
+        /// Which events.
+        filter: EventFilter,
+        /// At most this many events in the answer (clipped to [`EVENTS_PER_QUERY_MAX`]).
+        max: u32,
+        /// How long to wait for a matching event when none is held (milliseconds).
+        wait_ms: u32,
+    },
 }
+
+/// The longest a [`Query::Watch`] waits for a matching event: well under the QUIC idle
+/// timeout of the connection that carries it (10 s), as the node sends nothing meanwhile.
+pub const WATCH_WAIT_MS_MAX: u32 = 5_000;
 
 /// A question to the registries, asked through [`Query::Tiered`]. (Not a nested [`Query`]:
 /// a recursive type would let a peer's frame nest deep enough to exhaust the decoder's stack.)
@@ -108,7 +127,9 @@ impl Query {
             Query::ServicesByName(n) => RegistryQuery::ServicesByName(n.clone()),
             Query::ServicesByCapability(c) => RegistryQuery::ServicesByCapability(c.clone()),
             Query::OfflineNodes => RegistryQuery::OfflineNodes,
-            Query::ChainAt(_) | Query::Events { .. } | Query::Tiered(_) | Query::Find(_) => return None,
+            Query::ChainAt(_) | Query::Events { .. } | Query::Tiered(_) | Query::Find(_) | Query::Watch { .. } => {
+                return None
+            }
         })
     }
 }
@@ -139,6 +160,20 @@ pub enum QueryAnswer {
     Tiered(Option<Tiered<RegistryAnswer>>),
     /// To `Find`: the services selected, in service id order.
     Found(Vec<FoundService>),
+    /// To `Watch`: the events that passed the filter, in order, and where to ask next (past
+    /// every event read, whether it passed or not). With a service-name filter the node passes
+    /// every deregistration it cannot place (the watcher knows the ids it saw registered and
+    /// filters exactly) and says which services are registered under the name now.
+    Watched {
+        /// The events.
+        events: Vec<crate::core::event::ChainedEvent>,
+        /// With a service-name filter: the ids registered under the name when it answered.
+        named: Vec<uuid::Uuid>,
+        /// The sequence number to ask from next.
+        next: u64,
+        /// The node's head when it answered.
+        head: Option<u64>,
+    },
 }
 
 /// An answer and the tier it came from, from [`SporeSystem::answer`](crate::SporeSystem::answer).

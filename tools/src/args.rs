@@ -195,6 +195,34 @@ pub(crate) enum Command {
     /// Register or deregister a service, signed with a node's key and sent through a node.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// The Raft membership: list it, remove a node for good, promote a learner, demote a voter.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Follow a running node's committed events as they commit, filtered (until SIGINT).
+    Watch {
+        /// The node's QUIC address.
+        #[arg(long)]
+        addr: String,
+        /// Start at this sequence number (default: the events from now on are not known yet,
+        /// so 0 reads the whole history first).
+        #[arg(long, default_value_t = 0)]
+        from_seq: u64,
+        /// Only this kind of event (repeatable): node_joined, service_registered, …
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Only events about services with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only events about this node (64 hex characters).
+        #[arg(long, value_parser = remote::parse_node_id)]
+        node: Option<mycnet_spores::NodeId>,
+        /// Refuse the node unless it proves this key (64 hex characters).
+        #[arg(long, value_parser = remote::parse_node_id)]
+        key: Option<mycnet_spores::NodeId>,
+        /// Print JSON, one object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Seed spores: export, verify and inspect signed snapshot files.
     #[command(subcommand)]
     Seed(SeedCommand),
@@ -310,6 +338,51 @@ pub(crate) enum SeedCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum MemberCommand {
+    /// Every node with its place in the Raft membership (voter, learner, or outside Raft).
+    List {
+        /// Any node's QUIC address.
+        #[arg(long)]
+        addr: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a node for good (its host is gone): out of the membership and recorded as left.
+    Remove(MemberChange),
+    /// Make a learner a voter (it must be a Sclerotium in the registry).
+    Promote(MemberChange),
+    /// Make a voter a learner (it keeps the chain; refused for the last voter).
+    Demote(MemberChange),
+}
+
+/// What a membership change needs.
+#[derive(clap::Args)]
+pub(crate) struct MemberChange {
+    /// The node's key (64 hex characters).
+    #[arg(value_parser = remote::parse_node_id)]
+    pub(crate) node: mycnet_spores::NodeId,
+    /// An admitted authority's key file (e.g. a voter's DATA_DIR/node.key).
+    #[arg(long)]
+    pub(crate) key_file: PathBuf,
+    /// Any member's QUIC address (the change follows the leader).
+    #[arg(long)]
+    pub(crate) addr: String,
+    /// Why (recorded with a removal).
+    #[arg(long, default_value = "removed by an operator")]
+    pub(crate) reason: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 15_000)]
+    pub(crate) timeout_ms: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand)]

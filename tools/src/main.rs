@@ -12,10 +12,12 @@ mod args;
 mod demo;
 mod forensics;
 mod inspect;
+mod member;
 mod output;
 mod remote;
 mod repair;
 mod seedcmd;
+mod watchcmd;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +27,7 @@ use mycnet_spores::core::projection::ServiceFilter;
 use mycnet_spores::net::quic::{Admission, QuicBackend};
 use mycnet_spores::node::RoleConfig;
 
-use crate::args::{Cli, Command, Profile, QueryWhat, Role, SeedCommand, ServiceCommand};
+use crate::args::{Cli, Command, MemberCommand, Profile, QueryWhat, Role, SeedCommand, ServiceCommand};
 use crate::output::{CliError, CliResult, Out};
 
 fn init_tracing(default: &str) {
@@ -132,6 +134,33 @@ fn run(cli: Cli) -> CliResult {
                 tiered,
                 Duration::from_millis(timeout_ms),
                 &mut Out::new(json),
+            ))
+        }
+        Command::Watch { addr, from_seq, kinds, name, node, key, json } => {
+            init_tracing("warn");
+            let filter = mycnet_spores::core::event::EventFilter { kinds, node, service_name: name };
+            runtime()?.block_on(watchcmd::watch(&addr, key, filter, from_seq, &mut Out::new(json)))
+        }
+        Command::Member(MemberCommand::List { addr, timeout_ms, json }) => {
+            init_tracing("warn");
+            runtime()?.block_on(member::list(&addr, Duration::from_millis(timeout_ms), &mut Out::new(json)))
+        }
+        Command::Member(cmd) => {
+            init_tracing("warn");
+            let (what, c) = match cmd {
+                MemberCommand::Remove(c) => (member::Change::Remove, c),
+                MemberCommand::Promote(c) => (member::Change::Promote, c),
+                MemberCommand::Demote(c) => (member::Change::Demote, c),
+                MemberCommand::List { .. } => return Err(CliError::usage("list takes no node")),
+            };
+            runtime()?.block_on(member::change(
+                &c.key_file,
+                &c.addr,
+                c.node,
+                what,
+                &c.reason,
+                Duration::from_millis(c.timeout_ms),
+                &mut Out::new(c.json),
             ))
         }
         Command::Service(ServiceCommand::Register {

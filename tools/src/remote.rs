@@ -396,7 +396,7 @@ pub(crate) async fn query(
                 ))?;
             }
         }
-        QueryAnswer::Chain { .. } | QueryAnswer::Events(_) | QueryAnswer::Tiered(_) => {
+        QueryAnswer::Chain { .. } | QueryAnswer::Events(_) | QueryAnswer::Tiered(_) | QueryAnswer::Watched { .. } => {
             return Err(CliError::Io(format!("{addr} answered a different question")))
         }
         QueryAnswer::Services(services) => {
@@ -511,6 +511,11 @@ pub(crate) enum Written {
 }
 
 /// Parses `proto://host:port` into an endpoint.
+/// A node key as operators write it: 64 hex characters.
+pub(crate) fn parse_node_id(s: &str) -> Result<NodeId, String> {
+    node::parse_node_key("node", s).map_err(|e| e.to_string())
+}
+
 /// A trust score as operators write it: a fraction from 0.0 to 1.0 (thousandths kept).
 pub(crate) fn parse_trust(s: &str) -> Result<mycnet_spores::TrustScore, String> {
     let f: f64 = s.parse().map_err(|_| format!("{s:?} is not a number from 0.0 to 1.0"))?;

@@ -12,6 +12,7 @@
 
 mod body;
 mod chain;
+mod filter;
 mod signed;
 
 pub use body::{
@@ -20,6 +21,7 @@ pub use body::{
     SplitBrainResolution, SplitBrainResolutionResolver,
 };
 pub use chain::{chain_hash, ArchivedChainedEvent, ChainedEvent, ChainedEventResolver};
+pub use filter::{EventFilter, FilterState};
 pub(crate) use signed::{canonical_bytes, signing_message_from_canonical};
 pub use signed::{network_fingerprint, ArchivedSignedEvent, SignedEvent, SignedEventResolver};
 
