@@ -20,7 +20,7 @@ pub mod inproc;
 pub mod liveness;
 mod membership;
 pub mod quic;
-pub mod raft_rpc;
+pub(crate) mod raft_rpc;
 pub mod rtt;
 
 /// A boxed future, so transports and handlers can be trait objects.

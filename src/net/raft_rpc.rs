@@ -26,13 +26,13 @@ use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Creates one [`PeerClient`] per Raft peer.
 #[derive(Clone)]
-pub struct NetworkFactory {
+pub(crate) struct NetworkFactory {
     transport: SharedTransport,
 }
 
 impl NetworkFactory {
     /// Over `transport`.
-    pub fn new(transport: SharedTransport) -> Self {
+    pub(crate) fn new(transport: SharedTransport) -> Self {
         NetworkFactory { transport }
     }
 }
@@ -49,7 +49,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
 
 /// openraft's client for one peer.
-pub struct PeerClient {
+pub(crate) struct PeerClient {
     transport: SharedTransport,
     target: u64,
     node: PeerNode,
@@ -133,7 +133,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 }
 
 /// Answers RPCs for one node by driving its Raft.
-pub struct RaftService {
+pub(crate) struct RaftService {
     pub(super) raft: Raft,
     pub(super) me: PeerNode,
     proposer: Proposer,
@@ -143,7 +143,12 @@ pub struct RaftService {
 impl RaftService {
     /// For `raft`, which runs as `me`; forwarded writes go through `proposer`; membership
     /// requests are checked against the registry in `ledger`.
-    pub fn new(raft: Raft, me: PeerNode, proposer: Proposer, ledger: crate::raft::state_machine::SharedLedger) -> Self {
+    pub(crate) fn new(
+        raft: Raft,
+        me: PeerNode,
+        proposer: Proposer,
+        ledger: crate::raft::state_machine::SharedLedger,
+    ) -> Self {
         RaftService { raft, me, proposer, ledger }
     }
 
@@ -155,7 +160,7 @@ impl RaftService {
 
     /// On the leader: commits a provisional event (the state machine checks the author's
     /// statement and that the chain does not hold the event already).
-    pub async fn commit_provisional(
+    pub(crate) async fn commit_provisional(
         &self,
         p: crate::core::provisional::ProvisionalEvent,
     ) -> Result<crate::raft::SporeResponse, RemoteFailure> {

@@ -1,7 +1,7 @@
 //! openraft glue: the type configuration, the fjall log store and the ledger state machine.
 //!
 //! openraft is kept behind this module and the layers above it (its network over our
-//! transports is [`crate::net::raft_rpc`]); nothing below knows of it.
+//! transports is `net::raft_rpc`); nothing below knows of it.
 //! Raft node ids are 64-bit: the first 8 bytes (big-endian) of the node's key; the full key
 //! travels in [`PeerNode`] so the transport can authenticate the peer.
 
@@ -26,7 +26,7 @@ use crate::wire::rpc::{PeerNode, RaftMessages};
 pub mod error;
 pub mod log_store;
 pub mod proposer;
-pub mod runtime;
+pub(crate) mod runtime;
 pub mod state_machine;
 
 /// What a Raft entry carries: one signed event to validate, chain and apply.

@@ -35,7 +35,7 @@ thread_local! {
 /// Asks the runtime timeout that is polling the current future to wait until at least `at`.
 /// Call it from the future's `poll` (in an `async fn`, before its first `.await`); outside an
 /// openraft timeout it does nothing. A deadline earlier than the timeout's own changes nothing.
-pub fn extend_deadline(at: Instant) {
+pub(crate) fn extend_deadline(at: Instant) {
     WANTED.with(|w| {
         if let Wanted::Inside(cur) = w.get() {
             w.set(Wanted::Inside(Some(cur.map_or(at, |c| c.max(at)))));

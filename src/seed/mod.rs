@@ -25,9 +25,9 @@
 //! must chain, replay under the rules and carry valid signatures, and the state they reach must
 //! be the one the header names.
 //!
-//! The module is split by job: [`encode`](self::encode) (framing and building),
-//! [`verify`](self::verify) (decoding and every check), [`export`](self::export) (streaming a
-//! ledger into a file) and [`import`](self::import) (loading a verified seed into a ledger).
+//! The module is split by job: `encode` (framing and building), `verify` (decoding and every
+//! check), `export` (streaming a ledger into a file) and `import` (loading a verified seed into
+//! a ledger).
 
 use serde::{Deserialize, Serialize};
 

@@ -2,10 +2,10 @@
 //! signature verification and `Projection::apply`.
 //!
 //! Three stages: a scan thread reads fjall in key order, checking only the keys, and cuts the
-//! records into parts of [`PART`]; a dispatcher hands each part to the thread pool, where it
+//! records into parts of `PART`; a dispatcher hands each part to the thread pool, where it
 //! is decoded, hashed and (audit mode) verified as one `verify_batch`, several parts at once;
 //! the calling thread takes the parts back **in order**, checks each record's link and hash,
-//! and applies it. At most [`PARTS_IN_FLIGHT`] parts are between the scan and the apply, so
+//! and applies it. At most `PARTS_IN_FLIGHT` parts are between the scan and the apply, so
 //! replay memory is bounded by that and the registry size, never by the log length, and
 //! the pool always has the next parts to work on while one finishes (no stall per chunk).
 //! Every check of a record happens in the order a sequential reader would make them, so the

@@ -43,7 +43,7 @@ const LINKED_VERIFY_CHUNK: usize = 512;
 
 /// [`verify_signatures`] of a linked range, with the signing messages taken from the canonical
 /// encodings the range keeps (no second encoding of each event), in chunks of
-/// [`LINKED_VERIFY_CHUNK`].
+/// `LINKED_VERIFY_CHUNK`.
 pub fn verify_linked_signatures(range: &crate::core::gossip::LinkedRange) -> Vec<bool> {
     let events = range.events();
     // As large as allowed, but at least one chunk per core when there are enough events.

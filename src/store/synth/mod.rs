@@ -5,7 +5,7 @@
 //! timestamps all come from the seed). Used by `spore generate`, the benches and the tests.
 //! Signing is the expensive part, so each chunk is planned sequentially and then signed on
 //! all cores. Planning picks nodes and services from sets kept in step with the projection
-//! ([`Pools`]), so one event costs O(log n) in the nodes and O(√n) in the services, not a
+//! (`Pools`), so one event costs O(log n) in the nodes and O(√n) in the services, not a
 //! scan of both: 2,000 nodes plan about as fast as 16.
 
 use rand::{Rng, SeedableRng};
