@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{forensics, inspect, remote};
+use crate::{forensics, inspect, service};
 
 #[derive(Parser)]
 #[command(
@@ -173,7 +173,7 @@ pub(crate) enum Command {
         #[arg(long)]
         capability: Option<String>,
         /// Only services of nodes trusted at least this much (0.0 to 1.0, e.g. 0.7).
-        #[arg(long, value_parser = remote::parse_trust, conflicts_with = "tiered")]
+        #[arg(long, value_parser = service::parse_trust, conflicts_with = "tiered")]
         min_trust: Option<mycnet_spores::TrustScore>,
         /// Also list services of nodes committed as offline (each line says the node's status).
         #[arg(long, conflicts_with = "tiered")]
@@ -214,10 +214,10 @@ pub(crate) enum Command {
         #[arg(long)]
         name: Option<String>,
         /// Only events about this node (64 hex characters).
-        #[arg(long, value_parser = remote::parse_node_id)]
+        #[arg(long, value_parser = service::parse_node_id)]
         node: Option<mycnet_spores::NodeId>,
         /// Refuse the node unless it proves this key (64 hex characters).
-        #[arg(long, value_parser = remote::parse_node_id)]
+        #[arg(long, value_parser = service::parse_node_id)]
         key: Option<mycnet_spores::NodeId>,
         /// Print JSON, one object per line.
         #[arg(long)]
@@ -366,7 +366,7 @@ pub(crate) enum MemberCommand {
 #[derive(clap::Args)]
 pub(crate) struct MemberChange {
     /// The node's key (64 hex characters).
-    #[arg(value_parser = remote::parse_node_id)]
+    #[arg(value_parser = service::parse_node_id)]
     pub(crate) node: mycnet_spores::NodeId,
     /// An admitted authority's key file (e.g. a voter's DATA_DIR/node.key).
     #[arg(long)]
@@ -399,13 +399,13 @@ pub(crate) enum ServiceCommand {
         #[arg(long)]
         name: String,
         /// An endpoint PROTOCOL://ADDRESS (repeatable).
-        #[arg(long = "endpoint", value_parser = remote::parse_endpoint)]
+        #[arg(long = "endpoint", value_parser = service::parse_endpoint)]
         endpoints: Vec<mycnet_spores::Endpoint>,
         /// A capability the service provides (repeatable).
         #[arg(long = "capability")]
         capabilities: Vec<String>,
         /// Metadata KEY=VALUE (repeatable).
-        #[arg(long = "meta", value_parser = remote::parse_meta)]
+        #[arg(long = "meta", value_parser = service::parse_meta)]
         metadata: Vec<(String, String)>,
         /// Give up after this many milliseconds. Retries within it re-send the same signed
         /// event, which commits at most once (a retry of a committed event answers where it

@@ -17,6 +17,7 @@ mod output;
 mod remote;
 mod repair;
 mod seedcmd;
+mod service;
 mod watchcmd;
 
 use std::sync::Arc;
@@ -175,7 +176,7 @@ fn run(cli: Cli) -> CliResult {
         }) => {
             init_tracing("warn");
             let t = Duration::from_millis(timeout_ms);
-            runtime()?.block_on(remote::register_service(
+            runtime()?.block_on(service::register_service(
                 &key_file,
                 &addr,
                 name,
@@ -189,7 +190,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Service(ServiceCommand::Deregister { key_file, addr, id, reason, timeout_ms, json }) => {
             init_tracing("warn");
             let t = Duration::from_millis(timeout_ms);
-            runtime()?.block_on(remote::deregister_service(&key_file, &addr, id, reason, t, &mut Out::new(json)))
+            runtime()?.block_on(service::deregister_service(&key_file, &addr, id, reason, t, &mut Out::new(json)))
         }
         Command::Seed(SeedCommand::Export { data_dir: Some(dir), out, events, json, .. }) => {
             seedcmd::export(&dir, &out, events, &mut Out::new(json))

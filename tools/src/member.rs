@@ -15,7 +15,7 @@ use mycnet_spores::{EventBody, NodeId, NodeStatus, Rejection, SporeStatus};
 use serde_json::json;
 
 use crate::output::{CliError, CliResult, Out};
-use crate::remote::{self, Written};
+use crate::service::{self, Written};
 
 /// A membership change `spore member` asks for.
 #[derive(Clone, Copy, Debug)]
@@ -131,7 +131,8 @@ pub(crate) async fn change(
             // A retry of the same signed event that finds the node gone was committed before.
             let landed_before = |r: &Rejection| matches!(r, Rejection::NodeLeft(n) if *n == node);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(2));
-            match remote::submit(key_file, addr, |_| EventBody::NodeLeft { node, reason }, landed_before, left).await? {
+            match service::submit(key_file, addr, |_| EventBody::NodeLeft { node, reason }, landed_before, left).await?
+            {
                 Written::Committed(p) => Some(p.seq),
                 Written::Earlier | Written::Held(_) => None,
             }

@@ -1,5 +1,5 @@
 //! `spore node` (run one node over QUIC), `spore status` and `spore query` (read a running
-//! node over the read-only admin protocol), `spore keygen`.
+//! node over the read-only admin protocol), `spore keygen`. Writes are `service`'s.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,19 +8,13 @@ use mycnet_spores::core::projection::ServiceFilter;
 use mycnet_spores::net::addr::{check_listen_addr, check_peer_addr};
 use mycnet_spores::net::quic::{self};
 use mycnet_spores::node::{self, NodeConfig, NodeEvent};
-use mycnet_spores::raft::{RpcRequest, RpcResponse, SporeResponse};
+use mycnet_spores::raft::{RpcRequest, RpcResponse};
 use mycnet_spores::store::keyfile;
 use mycnet_spores::wire::query::{Query, QueryAnswer, RegistryAnswer};
-use mycnet_spores::wire::rpc::RemoteFailure;
-use mycnet_spores::{
-    ChainPoint, Endpoint, EventBody, NodeId, ServiceAnnouncement, SignedEvent, SporeStatus, Timestamp,
-};
+use mycnet_spores::{NodeId, SporeStatus};
 use serde_json::json;
 
 use crate::output::{CliError, CliResult, Out};
-
-/// Longest single attempt of a write (a commit takes milliseconds; an election about a second).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `spore keygen`: creates (or shows) the node key of a data dir.
 pub(crate) fn keygen(data_dir: &Path, o: &mut Out) -> CliResult {
@@ -269,7 +263,7 @@ pub(crate) async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: 
     Ok(())
 }
 
-fn kind_of(r: &RpcResponse) -> &'static str {
+pub(crate) fn kind_of(r: &RpcResponse) -> &'static str {
     match r {
         RpcResponse::Status(_) => "a status",
         RpcResponse::Query(_) => "a query answer",
@@ -419,188 +413,4 @@ pub(crate) async fn query(
         }
     }
     Ok(())
-}
-
-/// Signs `body` with the key in `key_file` for the network `addr` belongs to, and submits it
-/// through that node (following the leader if it is not). Returns the committed point.
-/// The key must be admitted: the node refuses Raft connections from any other.
-///
-/// An attempt that times out or loses its connection after sending may still have been
-/// committed. If a later attempt of the same signed event is then rejected in a way that
-/// `landed_before` recognises as "already applied" (e.g. `ServiceExists` for our fresh service
-/// id), the write is reported as committed by the earlier attempt (`Ok(None)`). A timeout
-/// after such an attempt says the outcome is unknown instead of "not committed".
-pub(crate) async fn submit(
-    key_file: &Path,
-    addr: &str,
-    body: impl FnOnce(NodeId) -> EventBody,
-    landed_before: impl Fn(&mycnet_spores::Rejection) -> bool,
-    timeout: Duration,
-) -> Result<Written, CliError> {
-    let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let left = || deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
-    let (_, status) =
-        quic::admin_call(addr, None, RpcRequest::Status, left()).await.map_err(|e| CliError::Io(e.to_string()))?;
-    let fingerprint = match status {
-        RpcResponse::Status(Ok(SporeStatus { fingerprint: Some(f), .. })) => f,
-        RpcResponse::Status(Ok(_)) => return Err(CliError::Io(format!("{addr} is not part of a formed network yet"))),
-        other => return Err(CliError::Io(format!("{addr} did not report its status: {}", kind_of(&other)))),
-    };
-    let event = SignedEvent::sign(&key, fingerprint, Timestamp::now(), body(key.node_id()));
-    let mut target = addr.to_string();
-    let mut maybe_delivered = false;
-    loop {
-        // Short attempts: a leader named by a stale node may be the one that just died.
-        let attempt = quic::call_once(
-            &key,
-            &target,
-            None,
-            quic::ALPN_RAFT,
-            RpcRequest::Forward(event.clone()),
-            left().min(ATTEMPT_TIMEOUT),
-        )
-        .await;
-        match attempt {
-            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Applied(point))))) => return Ok(Written::Committed(point)),
-            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) if maybe_delivered && landed_before(&r) => {
-                tracing::info!(reason = %r, "the retry was refused because an earlier attempt was committed");
-                return Ok(Written::Earlier);
-            }
-            // A latent node that reached no voter keeps the write and hands it on by gossip.
-            Ok((_, RpcResponse::Forward(Err(RemoteFailure::Provisional { id })))) => return Ok(Written::Held(id)),
-            Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) => {
-                return Err(CliError::BadData(format!("rejected: {r}")))
-            }
-            Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: Some(l) })))) => target = l.addr,
-            Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: None })))) => {}
-            Ok((_, RpcResponse::Forward(Err(RemoteFailure::Other(e))))) => {
-                tracing::debug!(error = %e, "write not taken yet")
-            }
-            Ok((_, other)) => return Err(CliError::Io(format!("{target} answered with {}", kind_of(&other)))),
-            Err(e @ mycnet_spores::net::TransportError::Refused { .. }) => {
-                return Err(CliError::Io(format!("{e} (is the key in {} admitted?)", key_file.display())))
-            }
-            Err(e) => {
-                // Unless the peer was unreachable, the request may have arrived.
-                maybe_delivered |= !matches!(e, mycnet_spores::net::TransportError::Unreachable(_));
-                tracing::debug!(error = %e, target = %target, "write attempt failed; asking the given node again");
-                target = addr.to_string();
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(CliError::Io(if maybe_delivered {
-                format!("no leader confirmed the write within {timeout:?}; an attempt may still have been committed (check with `spore query`)")
-            } else {
-                format!("no leader took the write within {timeout:?}; it was not committed")
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// What became of a write [`submit`] handed to a node.
-pub(crate) enum Written {
-    /// Committed at this point of the chain.
-    Committed(ChainPoint),
-    /// Committed by an earlier attempt whose answer was lost.
-    Earlier,
-    /// Held by the latent node it was sent to, as a provisional event, until a voter is
-    /// reachable (it travels by gossip and is committed once).
-    Held(mycnet_spores::core::provisional::EventId),
-}
-
-/// Parses `proto://host:port` into an endpoint.
-/// A node key as operators write it: 64 hex characters.
-pub(crate) fn parse_node_id(s: &str) -> Result<NodeId, String> {
-    node::parse_node_key("node", s).map_err(|e| e.to_string())
-}
-
-/// A trust score as operators write it: a fraction from 0.0 to 1.0 (thousandths kept).
-pub(crate) fn parse_trust(s: &str) -> Result<mycnet_spores::TrustScore, String> {
-    let f: f64 = s.parse().map_err(|_| format!("{s:?} is not a number from 0.0 to 1.0"))?;
-    if !(0.0..=1.0).contains(&f) {
-        return Err(format!("{s} is outside 0.0 to 1.0"));
-    }
-    // In range, so the rounded thousandths fit a u16.
-    Ok(mycnet_spores::TrustScore((f * 1000.0).round() as u16))
-}
-
-pub(crate) fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
-    let (protocol, address) = s.split_once("://").ok_or_else(|| format!("{s}: expected PROTOCOL://ADDRESS"))?;
-    Ok(Endpoint { protocol: protocol.to_string(), address: address.to_string() })
-}
-
-/// Parses `key=value`.
-pub(crate) fn parse_meta(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s}: expected KEY=VALUE"))
-}
-
-/// `spore service register`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn register_service(
-    key_file: &Path,
-    addr: &str,
-    name: String,
-    endpoints: Vec<Endpoint>,
-    capabilities: Vec<String>,
-    metadata: Vec<(String, String)>,
-    timeout: Duration,
-    o: &mut Out,
-) -> CliResult {
-    let service_id = uuid::Uuid::new_v4();
-    let point = submit(
-        key_file,
-        addr,
-        |node| {
-            EventBody::ServiceRegistered(ServiceAnnouncement {
-                service_id,
-                name,
-                node,
-                capabilities,
-                endpoints,
-                metadata,
-            })
-        },
-        // The id is fresh and random: only our own earlier attempt can have registered it.
-        |r| matches!(r, mycnet_spores::Rejection::ServiceExists(id) if *id == service_id),
-        timeout,
-    )
-    .await?;
-    report_write(o, "registered", service_id, point)
-}
-
-fn report_write(o: &mut Out, done: &str, service_id: uuid::Uuid, written: Written) -> CliResult {
-    match (written, o.json) {
-        (Written::Committed(p), true) => o.json_line(&json!({ "service_id": service_id, "seq": p.seq, "hash": p.hash })),
-        (Written::Earlier, true) => o.json_line(&json!({ "service_id": service_id, "seq": null, "committed_by": "an earlier attempt" })),
-        (Written::Held(id), true) => o.json_line(&json!({ "service_id": service_id, "seq": null, "provisional": id.to_string() })),
-        (Written::Committed(p), false) => o.line(format!("{done} {service_id} at seq {} ({})", p.seq, p.hash.short())),
-        (Written::Earlier, false) => o.line(format!("{done} {service_id} (committed by an earlier attempt whose answer was lost)")),
-        (Written::Held(id), false) => o.line(format!(
-            "{done} {service_id}: held as provisional event {} by the latent node (no voter reachable); it is committed once one is",
-            id.short()
-        )),
-    }
-}
-
-/// `spore service deregister`.
-pub(crate) async fn deregister_service(
-    key_file: &Path,
-    addr: &str,
-    service_id: uuid::Uuid,
-    reason: String,
-    timeout: Duration,
-    o: &mut Out,
-) -> CliResult {
-    let point = submit(
-        key_file,
-        addr,
-        |_| EventBody::ServiceDeregistered { service_id, reason },
-        // After an attempt that may have landed, "unknown service" means it did.
-        |r| matches!(r, mycnet_spores::Rejection::UnknownService(id) if *id == service_id),
-        timeout,
-    )
-    .await?;
-    report_write(o, "deregistered", service_id, point)
 }

@@ -485,6 +485,27 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
     }
     // All three are voters of one network.
     wait_for_three_voters(&procs);
+    let members = json(&run(&["member", "list", "--addr", &procs[1].addr, "--json"]));
+    let places: Vec<&str> =
+        members["members"].as_array().expect("members").iter().filter_map(|m| m["membership"].as_str()).collect();
+    assert_eq!(places, ["voter", "voter", "voter"], "{members}");
+
+    // A watcher in its own process follows the registrations as they commit.
+    let mut watcher = spore()
+        .args(["watch", "--addr", &procs[2].addr, "--kind", "service_registered", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spore watch");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(watcher.stdout.take().expect("stdout")));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
 
     let mut acked = Vec::new();
     for k in 0..5 {
@@ -494,6 +515,24 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
                 .expect("write acknowledged"),
         );
     }
+    let watched: Vec<String> = (0..5)
+        .map(|_| {
+            let line = rx.recv_timeout(Duration::from_secs(20)).expect("a watched event");
+            let v: Value = serde_json::from_str(&line).expect("one JSON event per line");
+            assert_eq!(v["kind"], "service_registered", "{v}");
+            v["event"]["ServiceRegistered"]["service_id"].as_str().expect("service id").to_string()
+        })
+        .collect();
+    assert_eq!(watched, acked, "every registration, in commit order");
+    watcher.kill().expect("stop the watcher");
+    let _ = watcher.wait();
+
+    // Discovery reads trust: the founder's services (trust 1.000) pass a minimum of 0.6, the
+    // admitted nodes' (0.500) do not.
+    let trusted = json(&run(&["query", "--addr", &procs[0].addr, "services", "--min-trust", "0.6", "--json"]));
+    let trusted = trusted.as_array().expect("services");
+    assert!(!trusted.is_empty() && trusted.len() < acked.len(), "{trusted:?}");
+    assert!(trusted.iter().all(|s| s["node_trust"].as_u64().is_some_and(|t| t >= 600)), "{trusted:?}");
 
     // A running node exports a seed at its committed head; only its own key may ask.
     let live = root.path().join("live.seed");
