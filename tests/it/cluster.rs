@@ -43,6 +43,8 @@ impl Cluster {
             .name(m.addr.clone())
             .inproc(net)
             .timeouts(t.clone())
+            // Split-brain tests step each yield themselves.
+            .yield_policy(mycnet_spores::node::YieldPolicy::Manual)
     }
 
     /// Forms a network of `n` voters: node 0 initializes, admits and adds the others.

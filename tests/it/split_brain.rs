@@ -9,7 +9,7 @@ use std::time::Duration;
 use mycnet_spores::core::modes::OperationalMode;
 use mycnet_spores::net::gossip::GossipConfig;
 use mycnet_spores::net::inproc::InProcNetwork;
-use mycnet_spores::node::AnchorPolicy;
+use mycnet_spores::node::{AnchorPolicy, YieldPolicy};
 use mycnet_spores::seed::VerifyPolicy;
 use mycnet_spores::{EventBody, NodeKey, ServiceFilter, SporeSystem};
 
@@ -31,6 +31,8 @@ fn node(net: &InProcNetwork, dir: PathBuf, key: &NodeKey, addr: &str) -> SporeSy
             connect_timeout: Duration::from_millis(300),
             ..Default::default()
         })
+        // These tests step each yield themselves, in the order they check.
+        .yield_policy(YieldPolicy::Manual)
         .build()
 }
 
@@ -84,6 +86,7 @@ async fn two_primaries_from_one_seed_settle_on_one_winner_and_lose_nothing() {
         .data_dir(root.path().join("latent-b"))
         .key(NodeKey::from_seed([0x5b; 32]))
         .role(mycnet_spores::NodeRole::Rhizomorph)
+        .yield_policy(YieldPolicy::Manual)
         .addr("latent-b")
         .name("latent-b")
         .inproc(&net)

@@ -7,7 +7,8 @@
 //! The groups are cut apart by QUIC admission: each side's endpoints admit only its own
 //! group's keys, so every Raft, gossip and SWIM connection across is refused at the handshake
 //! (both directions), while every node keeps its address and the registry names all three.
-//! Healing admits the other group's keys at run time ([`Admission::allow`]).
+//! Healing admits the other group's keys at run time ([`Admission::allow`]). The losing side
+//! yields by itself (each embedded node's own upkeep); the test only watches its `events()`.
 //!
 //! `RUST_LOG=mycnet_spores=info cargo test --test it split_brain_quic -- --nocapture` tells
 //! the story.
@@ -25,6 +26,7 @@ use mycnet_spores::net::liveness::LivenessConfig;
 use mycnet_spores::net::quic::{self, Admission, QuicBackend, ALPN_RAFT};
 use mycnet_spores::net::TransportError;
 use mycnet_spores::node::AnchorPolicy;
+use mycnet_spores::node::NodeEvent;
 use mycnet_spores::raft::RpcRequest;
 use mycnet_spores::seed::VerifyPolicy;
 use mycnet_spores::{Branch, ChainedEvent, EventBody, NodeKey, SignedEvent, SporeSystem};
@@ -225,6 +227,7 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     let losers: Vec<usize> = (0..3).filter(|&i| group(i) == loser).collect();
 
     // 4. Heal: each side admits the other's keys. Gossip finds the second chain.
+    let mut events: Vec<_> = nodes.iter().map(|s| s.events()).collect();
     admission[0].allow(keys[2].node_id());
     admission[1].allow(keys[0].node_id());
     admission[1].allow(keys[1].node_id());
@@ -235,9 +238,8 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
         |seen| seen[2] && (seen[0] || seen[1]),
     )
     .await;
-    // The losing side yields once the winner recorded the resolution; a follower before its
-    // old leader, which still runs the losing chain's Raft meanwhile and must not take the
-    // restarted follower back.
+    // The losing side yields by itself once the winner recorded the resolution (each node's
+    // upkeep, YieldPolicy::Automatic): no caller steps it, and each node says so.
     let mut yielded = Vec::new();
     let mut kept_seeds = Vec::new();
     wait::ok_async("a yield and then one head, no fork, every node a member", Duration::from_secs(40), async || {
@@ -247,16 +249,17 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
                 "node {w} of the winning group (by {rule}) was told to yield: {branches:?}"
             );
         }
-        let mut ready: Vec<usize> =
-            (0..3).filter(|i| !yielded.contains(i) && nodes[*i].yield_plan().expect("plan").is_some()).collect();
-        ready.sort_by_key(|i| nodes[*i].status().is_ok_and(|st| st.raft_state == "Leader"));
-        if let Some(&i) = ready.first() {
-            kept_seeds.push(nodes[i].yield_to_winner().await.expect("yield"));
-            yielded.push(i);
+        for (i, rx) in events.iter_mut().enumerate() {
+            while let Ok(event) = rx.try_recv() {
+                if let NodeEvent::Yielded { seed } = event {
+                    kept_seeds.push(seed);
+                    yielded.push(i);
+                }
+            }
         }
         let heads: Vec<_> = nodes.iter().map(|s| s.head().ok().flatten().map(|h| (h.seq, h.hash))).collect();
         let settled = nodes.iter().all(|s| s.status().is_ok_and(|st| st.forks == 0 && st.raft_member));
-        if !yielded.is_empty() && settled && heads.iter().all(|h| h.is_some() && *h == heads[0]) {
+        if yielded.len() >= losers.len() && settled && heads.iter().all(|h| h.is_some() && *h == heads[0]) {
             return Ok(());
         }
         let status: Vec<_> = nodes
