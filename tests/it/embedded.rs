@@ -112,3 +112,24 @@ fn normalize(code: &str) -> String {
         .filter(|c| !c.is_whitespace())
         .collect()
 }
+
+/// An address and the private in-process network contradict each other: refused at start,
+/// with nothing opened. Without an address and a network, the node is private and says so by
+/// its name-only address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_on_the_private_network_is_refused_at_start() {
+    use mycnet_spores::node::ConfigError;
+    use mycnet_spores::{Error, SporeSystem};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SporeSystem::builder().data_dir(dir.path().join("n")).addr("127.0.0.1:7499").private_network().build();
+    let err = s.start().await.expect_err("a contradiction");
+    assert!(
+        matches!(&err, Error::Config(ConfigError::PrivateWithAddress { addr }) if addr == "127.0.0.1:7499"),
+        "{err}"
+    );
+    assert!(!dir.path().join("n").exists(), "nothing was created");
+    let private = SporeSystem::builder().data_dir(dir.path().join("p")).build();
+    private.start().await.expect("start");
+    assert!(private.local_addr().expect("addr").starts_with("node-"), "a private node has no network address");
+    private.shutdown().await.expect("shutdown");
+}
