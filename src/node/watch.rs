@@ -45,6 +45,33 @@ fn start(ledger: &SharedLedger, from: u64, filter: &EventFilter) -> Result<Vec<u
     })
 }
 
+/// Events `from..=to` of the ledger. A few (what a watcher waiting at the head asks for) are
+/// read in place, checked record by record as any read is (framing, place, chain hash; their
+/// signatures were verified when they were appended, and the scrub verifies them again); a
+/// page of history is read and verified on the blocking pool.
+async fn read(ledger: &SharedLedger, from: u64, to: u64) -> Result<Vec<ChainedEvent>, RemoteFailure> {
+    let failed = |e: crate::error::LedgerError| RemoteFailure::Other(e.to_string());
+    if to - from < WATCH_INLINE_MAX {
+        let l = ledger.read_ledger().map_err(failed)?;
+        let mut out = Vec::new();
+        for seq in from..=to {
+            match l.get(seq).map_err(failed)? {
+                Some(ev) => out.push(ev),
+                None => break,
+            }
+        }
+        return Ok(out);
+    }
+    let l = ledger.clone();
+    tokio::task::spawn_blocking(move || l.read_ledger()?.read_range(from, to))
+        .await
+        .map_err(|e| RemoteFailure::Other(format!("watch read: {e}")))?
+        .map_err(failed)
+}
+
+/// Most events read in place rather than on the blocking pool.
+const WATCH_INLINE_MAX: u64 = 16;
+
 /// Answers one [`Query::Watch`] on the node whose ledger is `ledger` and whose applied head
 /// `head_rx` follows.
 #[tracing::instrument(skip(ledger, head_rx, filter), fields(from, max, wait_ms))]
@@ -70,11 +97,7 @@ pub(super) async fn answer(
             let mut scanned = 0;
             while next <= h && events.len() < max && scanned < WATCH_SCAN_MAX {
                 let to = h.min(next + WATCH_PAGE - 1);
-                let l = ledger.clone();
-                let page = tokio::task::spawn_blocking(move || l.read_ledger()?.read_range(next, to))
-                    .await
-                    .map_err(|e| RemoteFailure::Other(format!("watch read: {e}")))?
-                    .map_err(|e| RemoteFailure::Other(e.to_string()))?;
+                let page = read(ledger, next, to).await?;
                 if page.is_empty() {
                     break;
                 }
@@ -141,6 +164,8 @@ impl SporeSystem {
 pub struct RemoteWatch {
     addr: String,
     expected: Option<NodeId>,
+    /// The kept connection (made on the first call).
+    client: Option<crate::net::quic::AdminClient>,
     filter: EventFilter,
     /// The exact filter, fed the ids the node reports registered under the watched name.
     state: FilterState,
@@ -162,6 +187,7 @@ impl RemoteWatch {
         RemoteWatch {
             addr: addr.into(),
             expected,
+            client: None,
             state: FilterState::new(filter.clone(), []),
             filter,
             next: from_seq,
@@ -197,8 +223,11 @@ impl RemoteWatch {
                 wait_ms: wait.as_millis() as u32,
             });
             let span = tracing::debug_span!("remote_watch", addr = %self.addr, from = self.next);
-            let call = crate::net::quic::admin_call(&self.addr, self.expected, req, timeout);
-            let resp = tracing::Instrument::instrument(call, span).await;
+            let client = match &mut self.client {
+                Some(c) => c,
+                None => self.client.insert(crate::net::quic::AdminClient::new(self.addr.clone(), self.expected)?),
+            };
+            let resp = tracing::Instrument::instrument(client.call(req, timeout), span).await;
             self.failing = resp.is_err();
             let (_, resp) = resp?;
             match resp {

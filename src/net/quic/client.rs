@@ -24,7 +24,7 @@ use crate::raft::{RpcRequest, RpcResponse};
 use crate::wire::rpc::PeerNode;
 
 /// The TLS server name sent by callers (identity is the pinned key, not the name).
-const SERVER_NAME: &str = "spores";
+pub(super) const SERVER_NAME: &str = "spores";
 /// Prune the per-peer connection table beyond this many entries.
 const PEER_TABLE_PRUNE_AT: usize = 1024;
 
@@ -353,7 +353,7 @@ pub async fn call_once(
 }
 
 /// Maps why a connection failed to what the caller sees.
-fn classify(peer: &str, e: ConnectionError) -> TransportError {
+pub(super) fn classify(peer: &str, e: ConnectionError) -> TransportError {
     let is_tls = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
     match e {
         // The peer's TLS stack refused us (e.g. our key is not admitted there).

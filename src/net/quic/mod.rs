@@ -63,6 +63,7 @@ use super::{Binding, BoxFuture, NetworkBackend, RpcHandler, SharedTransport, Tra
 use crate::core::keys::NodeKey;
 use crate::wire::rpc::PeerNode;
 
+mod admin;
 mod admission;
 mod client;
 mod endpoint;
@@ -71,6 +72,7 @@ mod server;
 mod socket;
 pub mod tls;
 
+pub use admin::AdminClient;
 pub use admission::{Admission, AdmissionPolicy};
 pub use client::{admin_call, call_once, client_config, QuicTransport};
 pub use framing::{encode_frame, FRAME_BYTES_MAX};

@@ -1,0 +1,113 @@
+//! A kept connection to one node's read-only admin protocol ([`ALPN_ADMIN`]), from a
+//! throw-away key: for a client that asks the same node again and again — a watch's chain of
+//! blocking queries — without a handshake, and a connection's drain, per call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Endpoint, ReadError, WriteError};
+
+use super::client::{classify, SERVER_NAME};
+use super::endpoint::{close, peer_node_id, resolve, transport_config};
+use super::framing::{encode_frame, read_frame, FrameError};
+use super::{close_code, tls, QuicConfig, ALPN_ADMIN};
+use crate::core::keys::NodeKey;
+use crate::core::types::NodeId;
+use crate::net::TransportError;
+use crate::raft::{RpcRequest, RpcResponse};
+
+/// A client of one node's admin protocol. It connects on the first call and again after a
+/// failed one; each call is one stream on the kept connection.
+pub struct AdminClient {
+    addr: String,
+    expected: Option<NodeId>,
+    key: NodeKey,
+    conn: Option<(Endpoint, quinn::Connection)>,
+}
+
+impl AdminClient {
+    /// For the node at `addr` (`HOST:PORT`), refused unless it proves `expected` (if given).
+    pub fn new(addr: impl Into<String>, expected: Option<NodeId>) -> Result<Self, TransportError> {
+        let addr = addr.into();
+        let key = NodeKey::generate().map_err(|e| TransportError::Unreachable(format!("{addr} (no key: {e})")))?;
+        Ok(AdminClient { addr, expected, key, conn: None })
+    }
+
+    /// The node's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    async fn connect(&mut self) -> Result<quinn::Connection, TransportError> {
+        if let Some((_, conn)) = &self.conn {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let addr = self.addr.clone();
+        let unreachable = |e: &dyn std::fmt::Display| TransportError::Unreachable(format!("{addr} ({e})"));
+        let remote = resolve(&addr).await.map_err(|e| unreachable(&e))?;
+        let local: std::net::SocketAddr =
+            if remote.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let endpoint = Endpoint::client(local).map_err(|e| unreachable(&e))?;
+        let identity = tls::Identity::new(&self.key)?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(identity.client_config(self.expected, ALPN_ADMIN)?));
+        // Keep-alives hold the connection through a blocking query's wait.
+        cfg.transport_config(Arc::new(transport_config(&QuicConfig::default(), false)?));
+        let conn = endpoint
+            .connect_with(cfg, remote, SERVER_NAME)
+            .map_err(|e| unreachable(&e))?
+            .await
+            .map_err(|e| classify(&addr, e))?;
+        self.conn = Some((endpoint, conn.clone()));
+        Ok(conn)
+    }
+
+    /// One request on the kept connection, within `timeout` (connecting included). Returns the
+    /// key the node proved it holds, with its answer. A failure drops the connection; the
+    /// next call connects again.
+    #[tracing::instrument(name = "quic_admin_call", level = "debug", skip(self, req), fields(addr = %self.addr, kind = req.kind()))]
+    pub async fn call(&mut self, req: RpcRequest, timeout: Duration) -> Result<(NodeId, RpcResponse), TransportError> {
+        let addr = self.addr.clone();
+        let result = tokio::time::timeout(timeout, async {
+            let conn = self.connect().await?;
+            let node = peer_node_id(&conn)
+                .ok_or_else(|| TransportError::Refused { peer: addr.clone(), reason: "no peer identity".into() })?;
+            let frame = encode_frame(&req).map_err(|reason| TransportError::BadFrame { peer: addr.clone(), reason })?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(&addr, e))?;
+            send.write_all(&frame).await.map_err(|e| match e {
+                WriteError::ConnectionLost(e) => classify(&addr, e),
+                other => TransportError::Unreachable(format!("{addr} ({other})")),
+            })?;
+            let _ = send.finish();
+            let bytes = read_frame(&mut recv).await.map_err(|e| match e {
+                FrameError::Stream(ReadError::ConnectionLost(e)) => classify(&addr, e),
+                other => TransportError::BadFrame { peer: addr.clone(), reason: other.to_string() },
+            })?;
+            let resp = postcard::from_bytes(&bytes).map_err(|e| TransportError::BadFrame {
+                peer: addr.clone(),
+                reason: format!("undecodable response: {e}"),
+            })?;
+            Ok((node, resp))
+        })
+        .await
+        .map_err(|_| TransportError::Timeout { peer: addr.clone(), after: timeout })
+        .and_then(|r| r);
+        if result.is_err() {
+            self.close();
+        }
+        result
+    }
+
+    fn close(&mut self) {
+        if let Some((_, conn)) = self.conn.take() {
+            close(&conn, close_code::SHUTDOWN, "done");
+        }
+    }
+}
+
+impl Drop for AdminClient {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
