@@ -339,6 +339,17 @@ fn valid_frames() -> &'static [Vec<u8>] {
             RpcRequest::ReadIndex,
             RpcRequest::Query(Query::ServicesByCapability("gpu".into())),
             RpcRequest::Query(Query::ChainAt(12)),
+            RpcRequest::Query(Query::Watch {
+                from: 3,
+                filter: mycnet_spores::core::event::EventFilter {
+                    kinds: vec!["service_registered".into()],
+                    node: None,
+                    service_name: Some("web".into()),
+                },
+                max: 64,
+                wait_ms: 5000,
+            }),
+            RpcRequest::SetVoter { node: mycnet_spores::NodeId([7; 32]), voter: false },
             RpcRequest::Query(Query::Find(
                 mycnet_spores::ServiceFilter::name("web").min_trust(mycnet_spores::TrustScore(700)),
             )),
