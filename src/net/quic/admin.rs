@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Endpoint, ReadError, WriteError};
+use quinn::Endpoint;
 
-use super::client::{classify, SERVER_NAME};
-use super::endpoint::{close, peer_node_id, resolve, transport_config};
-use super::framing::{encode_frame, read_frame, FrameError};
+use super::client::{classify, exchange, SERVER_NAME};
+use super::endpoint::{close, resolve, transport_config};
 use super::{close_code, tls, QuicConfig, ALPN_ADMIN};
 use crate::core::keys::NodeKey;
 use crate::core::types::NodeId;
@@ -71,24 +70,7 @@ impl AdminClient {
         let addr = self.addr.clone();
         let result = tokio::time::timeout(timeout, async {
             let conn = self.connect().await?;
-            let node = peer_node_id(&conn)
-                .ok_or_else(|| TransportError::Refused { peer: addr.clone(), reason: "no peer identity".into() })?;
-            let frame = encode_frame(&req).map_err(|reason| TransportError::BadFrame { peer: addr.clone(), reason })?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(&addr, e))?;
-            send.write_all(&frame).await.map_err(|e| match e {
-                WriteError::ConnectionLost(e) => classify(&addr, e),
-                other => TransportError::Unreachable(format!("{addr} ({other})")),
-            })?;
-            let _ = send.finish();
-            let bytes = read_frame(&mut recv).await.map_err(|e| match e {
-                FrameError::Stream(ReadError::ConnectionLost(e)) => classify(&addr, e),
-                other => TransportError::BadFrame { peer: addr.clone(), reason: other.to_string() },
-            })?;
-            let resp = postcard::from_bytes(&bytes).map_err(|e| TransportError::BadFrame {
-                peer: addr.clone(),
-                reason: format!("undecodable response: {e}"),
-            })?;
-            Ok((node, resp))
+            exchange(&conn, &addr, &req).await
         })
         .await
         .map_err(|_| TransportError::Timeout { peer: addr.clone(), after: timeout })

@@ -326,30 +326,41 @@ pub async fn call_once(
             .map_err(|e| unreachable(&e))?
             .await
             .map_err(|e| classify(addr, e))?;
-        let node = peer_node_id(&conn)
-            .ok_or_else(|| TransportError::Refused { peer: addr.to_string(), reason: "no peer identity".into() })?;
-        let frame = encode_frame(&req).map_err(|reason| TransportError::BadFrame { peer: addr.to_string(), reason })?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(addr, e))?;
-        send.write_all(&frame).await.map_err(|e| match e {
-            WriteError::ConnectionLost(e) => classify(addr, e),
-            other => unreachable(&other),
-        })?;
-        let _ = send.finish();
-        let bytes = read_frame(&mut recv).await.map_err(|e| match e {
-            FrameError::Stream(ReadError::ConnectionLost(e)) => classify(addr, e),
-            other => TransportError::BadFrame { peer: addr.to_string(), reason: other.to_string() },
-        })?;
-        let resp = postcard::from_bytes(&bytes).map_err(|e| TransportError::BadFrame {
-            peer: addr.to_string(),
-            reason: format!("undecodable response: {e}"),
-        })?;
+        let answer = exchange(&conn, addr, &req).await?;
         close(&conn, close_code::SHUTDOWN, "done");
         endpoint.wait_idle().await;
-        Ok((node, resp))
+        Ok(answer)
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| TransportError::Timeout { peer: addr.to_string(), after: timeout })?
+}
+
+/// One request on its own stream of `conn` and its answer, with the key the node proved it
+/// holds.
+pub(super) async fn exchange(
+    conn: &quinn::Connection,
+    addr: &str,
+    req: &RpcRequest,
+) -> Result<(NodeId, RpcResponse), TransportError> {
+    let node = peer_node_id(conn)
+        .ok_or_else(|| TransportError::Refused { peer: addr.to_string(), reason: "no peer identity".into() })?;
+    let frame = encode_frame(req).map_err(|reason| TransportError::BadFrame { peer: addr.to_string(), reason })?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(addr, e))?;
+    send.write_all(&frame).await.map_err(|e| match e {
+        WriteError::ConnectionLost(e) => classify(addr, e),
+        other => TransportError::Unreachable(format!("{addr} ({other})")),
+    })?;
+    let _ = send.finish();
+    let bytes = read_frame(&mut recv).await.map_err(|e| match e {
+        FrameError::Stream(ReadError::ConnectionLost(e)) => classify(addr, e),
+        other => TransportError::BadFrame { peer: addr.to_string(), reason: other.to_string() },
+    })?;
+    let resp = postcard::from_bytes(&bytes).map_err(|e| TransportError::BadFrame {
+        peer: addr.to_string(),
+        reason: format!("undecodable response: {e}"),
+    })?;
+    Ok((node, resp))
 }
 
 /// Maps why a connection failed to what the caller sees.
