@@ -15,6 +15,8 @@ use serde_json::Value;
 mod generate;
 #[path = "cli/inputs.rs"]
 mod inputs;
+#[path = "cli/members.rs"]
+mod members;
 #[path = "common/proc.rs"]
 #[allow(dead_code)]
 mod proc;
