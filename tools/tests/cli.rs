@@ -466,6 +466,19 @@ fn wait_leads(what: &str, addr: &str) {
     wait_until(what, Duration::from_secs(30), || status(addr, CALL_MS).filter(|s| s["raft_state"] == "Leader"));
 }
 
+/// Three `spore node` processes on loopback, running as the three voters of one network, and
+/// the (key, address) of each.
+fn three_voters(root: &Path) -> (Vec<Node>, Vec<(String, String)>) {
+    let mut procs = keyed_procs(root, 3);
+    let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
+    for (i, p) in procs.iter_mut().enumerate() {
+        let args = node_args(p, i, &all);
+        p.start(&args);
+    }
+    wait_for_three_voters(&procs);
+    (procs, all)
+}
+
 /// Waits until every one of `voters` reports a membership of three voters.
 fn wait_for_three_voters(voters: &[Node]) {
     wait_until("three voters", Duration::from_secs(30), || {
@@ -479,14 +492,8 @@ fn wait_for_three_voters(voters: &[Node]) {
 #[test]
 fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut procs = keyed_procs(root.path(), 3);
-    let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
-    for (i, p) in procs.iter_mut().enumerate() {
-        let args = node_args(p, i, &all);
-        p.start(&args);
-    }
     // All three are voters of one network.
-    wait_for_three_voters(&procs);
+    let (mut procs, all) = three_voters(root.path());
     let members = json(&run(&["member", "list", "--addr", &procs[1].addr, "--json"]));
     let places: Vec<&str> =
         members["members"].as_array().expect("members").iter().filter_map(|m| m["membership"].as_str()).collect();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{json, keyed_procs, node_args, wait_for_three_voters, CALL_MS};
+use super::{json, three_voters, CALL_MS};
 use crate::proc::{path, run, status, wait_until};
 
 fn voters(addr: &str) -> Option<Vec<String>> {
@@ -18,13 +18,7 @@ fn voters(addr: &str) -> Option<Vec<String>> {
 #[test]
 fn an_operator_removes_a_lost_voter_and_the_last_voter_stays() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut procs = keyed_procs(root.path(), 3);
-    let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
-    for (i, p) in procs.iter_mut().enumerate() {
-        let args = node_args(p, i, &all);
-        p.start(&args);
-    }
-    wait_for_three_voters(&procs);
+    let (mut procs, _) = three_voters(root.path());
     let founder_key = procs[0].dir.join("node.key");
     let member = |args: &[&str]| run(&[&["member"], args].concat());
 
