@@ -122,6 +122,8 @@ async fn run(shared: Weak<Shared>) {
                 let _ = system.shared.events.send(NodeEvent::Yielded { seed });
                 reported_plan = None;
             }
+            // A caller's own yield came first (the policy does not forbid one).
+            Err(crate::error::Error::SplitBrain(super::SplitBrainError::NothingToYield)) => reported_plan = None,
             Err(e) => {
                 tracing::error!(error = %e, "could not yield to the split-brain winner; retrying");
                 let _ = system.shared.events.send(NodeEvent::YieldFailed { error: e.to_string() });
