@@ -8,6 +8,7 @@ pub mod authority;
 pub(crate) mod canonical;
 pub mod event;
 pub mod gossip;
+pub mod health;
 pub mod keys;
 pub mod limits;
 pub mod modes;
