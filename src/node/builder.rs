@@ -302,4 +302,21 @@ impl SporeSystemBuilder {
     pub(super) fn listens_on_quic(&self) -> bool {
         matches!(self.backend, Backend::Default) && self.addr.is_some()
     }
+
+    /// Checks `addresses` the way the network this node will run on dials them: the chosen
+    /// backend's check, QUIC's for a node on its own endpoint, none on a private network.
+    pub(super) fn check_addresses<'a>(
+        &self,
+        addresses: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), crate::net::addr::AddressError> {
+        let own_quic = self.listens_on_quic();
+        for a in addresses {
+            match &self.backend {
+                Backend::Shared(b) => b.check_address(a)?,
+                _ if own_quic => crate::net::addr::check_peer_addr(a)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }

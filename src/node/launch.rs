@@ -42,13 +42,7 @@ impl SporeSystem {
         if let Some(addr) = cfg.addr.as_deref().filter(|_| own_quic) {
             crate::net::addr::check_listen_addr(addr)?;
         }
-        for a in &cfg.addresses {
-            match &cfg.backend {
-                Backend::Shared(b) => b.check_address(a)?,
-                _ if own_quic => crate::net::addr::check_peer_addr(a)?,
-                _ => {}
-            }
-        }
+        cfg.check_addresses(cfg.addresses.iter().map(String::as_str))?;
         let (data_dir, tempdir) = match &cfg.data_dir {
             Some(d) => (d.clone(), None),
             None => {

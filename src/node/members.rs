@@ -6,10 +6,22 @@ use serde::{Deserialize, Serialize};
 
 use super::SporeSystem;
 use crate::core::event::EventBody;
-use crate::core::projection::NodeStatus;
+use crate::core::projection::{NodeRecord, NodeStatus};
 use crate::core::types::NodeId;
 use crate::error::Error;
 use crate::raft::RpcRequest;
+
+/// A node's place in the Raft membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    /// It votes and counts towards a commit.
+    Voter,
+    /// It receives the log but does not vote.
+    Learner,
+    /// It is not in the Raft membership (a latent node, or one that left).
+    Outside,
+}
 
 /// One node of the network as an operator sees it: its place in the Raft membership and what
 /// the registry says of it.
@@ -19,43 +31,59 @@ pub struct Member {
     pub node: NodeId,
     /// Its name in the registry (empty if the registry does not know it).
     pub name: String,
-    /// The address the Raft membership reaches it at (`None`: not in the Raft membership, a
-    /// latent node).
-    pub addr: Option<String>,
-    /// A voter (`true`), a learner or a node outside Raft (`false`).
-    pub voter: bool,
+    /// Voter, learner or outside Raft.
+    pub place: Place,
     /// Its status in the registry (`None`: a Raft member the registry does not know).
     pub status: Option<NodeStatus>,
+    /// The addresses the registry announces for it.
+    pub addresses: Vec<String>,
+}
+
+impl Member {
+    /// Every node of `registry` and of the Raft membership (`voters`, `learners`): a node that
+    /// left only while it is still a member. Voters first, then learners, then the rest, each
+    /// in node id order. What [`SporeSystem::members`] answers, and `spore member list` prints
+    /// from a node's status and registry.
+    pub fn list<'a>(
+        registry: impl IntoIterator<Item = &'a NodeRecord>,
+        voters: &[NodeId],
+        learners: &[NodeId],
+    ) -> Vec<Member> {
+        let place = |n: &NodeId| {
+            if voters.contains(n) {
+                Place::Voter
+            } else if learners.contains(n) {
+                Place::Learner
+            } else {
+                Place::Outside
+            }
+        };
+        let mut out: Vec<Member> = registry
+            .into_iter()
+            .filter(|n| n.status != NodeStatus::Left || place(&n.node) != Place::Outside)
+            .map(|n| Member {
+                node: n.node,
+                name: n.name.clone(),
+                place: place(&n.node),
+                status: Some(n.status),
+                addresses: n.addresses.clone(),
+            })
+            .collect();
+        for n in voters.iter().chain(learners) {
+            if !out.iter().any(|m| &m.node == n) {
+                out.push(Member { node: *n, name: String::new(), place: place(n), status: None, addresses: vec![] });
+            }
+        }
+        out.sort_by_key(|m| (m.place, m.node));
+        out
+    }
 }
 
 impl SporeSystem {
-    /// Every node in the registry or the Raft membership (nodes that left only while still in
-    /// the membership), voters first, each in node id order.
+    /// Every node in the registry or the Raft membership, as [`Member::list`] orders them.
     pub fn members(&self) -> Result<Vec<Member>, Error> {
         let st = self.status()?;
-        let raft = self.raft()?;
-        let addrs: std::collections::BTreeMap<NodeId, String> =
-            raft.metrics().borrow().membership_config.nodes().map(|(_, p)| (p.node, p.addr.clone())).collect();
-        let mut out: Vec<Member> = self.with_projection(|p| {
-            p.nodes()
-                .filter(|n| n.status != NodeStatus::Left || addrs.contains_key(&n.node))
-                .map(|n| Member {
-                    node: n.node,
-                    name: n.name.clone(),
-                    addr: addrs.get(&n.node).cloned(),
-                    voter: st.voters.contains(&n.node),
-                    status: Some(n.status),
-                })
-                .collect()
-        })?;
-        for (node, addr) in &addrs {
-            if !out.iter().any(|m| &m.node == node) {
-                let voter = st.voters.contains(node);
-                out.push(Member { node: *node, name: String::new(), addr: Some(addr.clone()), voter, status: None });
-            }
-        }
-        out.sort_by_key(|m| (!m.voter, m.node));
-        Ok(out)
+        self.with_projection(|p| Member::list(p.nodes(), &st.voters, &st.learners))
     }
 
     /// Removes `node` from the network for good (a node whose host is gone): out of the Raft

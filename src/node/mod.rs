@@ -71,7 +71,7 @@ pub use config::{
 };
 pub(crate) use lifecycle::discard_failed_start;
 pub use lifecycle::LEDGER_RELEASE_MAX;
-pub use members::Member;
+pub use members::{Member, Place};
 pub use reads::{Consistency, Subscription};
 pub use split_brain::SplitBrainError;
 pub(crate) use status::{compute_status, SharedModes};
@@ -79,7 +79,6 @@ pub use status::{HaltCause, OperationalMode};
 pub use upkeep::{NodeEvent, YieldPolicy, UPKEEP_INTERVAL};
 pub use watch::{RemoteWatch, Watch};
 
-use builder::Backend;
 use provisional::ProvisionalWriter;
 
 struct Running {
@@ -219,27 +218,14 @@ impl SporeSystem {
 
     /// Checks addresses against the backend this system runs on, or will start on.
     fn check_addresses<'a>(&self, addresses: impl IntoIterator<Item = &'a str>) -> Result<(), Error> {
-        /// How the addresses will be checked: by the backend the node runs on (or will), or
-        /// as QUIC peer addresses when the node will run its own QUIC endpoint.
-        enum Check {
-            Backend(Arc<dyn NetworkBackend>),
-            Quic,
-            Nothing,
-        }
-        let check = match self.running() {
-            Ok(r) => Check::Backend(r.backend.clone()),
-            Err(_) => match &crate::core::sync::lock(&self.shared.life).config {
-                Some(SporeSystemBuilder { backend: Backend::Shared(b), .. }) => Check::Backend(b.clone()),
-                Some(c) if c.listens_on_quic() => Check::Quic,
-                _ => Check::Nothing,
-            },
-        };
-        for a in addresses {
-            match &check {
-                Check::Backend(b) => b.check_address(a)?,
-                Check::Quic => crate::net::addr::check_peer_addr(a)?,
-                Check::Nothing => {}
+        if let Ok(r) = self.running() {
+            for a in addresses {
+                r.backend.check_address(a)?;
             }
+            return Ok(());
+        }
+        if let Some(c) = &crate::core::sync::lock(&self.shared.life).config {
+            c.check_addresses(addresses)?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use mycnet_spores::node::Place;
 use mycnet_spores::wire::rpc::MembershipRefusal;
 use mycnet_spores::{Error, LedgerReader, NetworkIdentity, NodeId, NodeRole, NodeStatus, SporeSystem};
 
@@ -106,7 +107,7 @@ async fn a_lost_voter_is_removed_and_replaced_and_refusals_change_nothing() {
     // Every ledger verifies from genesis, and holds what every voter wrote.
     let head = a.head().expect("head").expect("a head");
     let members = a.members().expect("members");
-    let listed: Vec<(NodeId, bool)> = members.iter().map(|m| (m.node, m.voter)).collect();
+    let listed: Vec<(NodeId, bool)> = members.iter().map(|m| (m.node, m.place == Place::Voter)).collect();
     assert!(
         !listed.iter().any(|(n, _)| *n == c_id),
         "a node that left and is out of Raft is not a member: {members:?}"

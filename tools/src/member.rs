@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use mycnet_spores::net::quic;
+use mycnet_spores::node::{Member, Place};
 use mycnet_spores::raft::{RpcRequest, RpcResponse};
 use mycnet_spores::store::keyfile;
 use mycnet_spores::wire::query::{Query, QueryAnswer};
@@ -41,38 +42,32 @@ pub(crate) async fn list(addr: &str, timeout: Duration, o: &mut Out) -> CliResul
         RpcResponse::Query(Ok(QueryAnswer::Nodes(n))) => n,
         other => return Err(CliError::Io(format!("{addr} did not list its nodes ({})", other.kind()))),
     };
-    let place = |n: &NodeId| {
-        if st.voters.contains(n) {
-            "voter"
-        } else if st.learners.contains(n) {
-            "learner"
-        } else {
-            "-"
-        }
+    let members = Member::list(&nodes, &st.voters, &st.learners);
+    let status = |m: &Member| m.status.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+    let place = |m: &Member| match m.place {
+        Place::Voter => "voter",
+        Place::Learner => "learner",
+        Place::Outside => "outside",
     };
-    let mut rows: Vec<(&'static str, NodeId, String, String, Vec<String>)> = nodes
-        .iter()
-        .filter(|n| n.status != NodeStatus::Left || place(&n.node) != "-")
-        .map(|n| (place(&n.node), n.node, n.name.clone(), n.status.to_string(), n.addresses.clone()))
-        .collect();
-    for n in st.voters.iter().chain(&st.learners) {
-        if !rows.iter().any(|r| &r.1 == n) {
-            rows.push((place(n), *n, String::new(), "unknown".into(), vec![]));
-        }
-    }
-    rows.sort_by_key(|r| (r.0 != "voter", r.0 != "learner", r.1));
     if o.json {
-        let list: Vec<_> = rows
+        let list: Vec<_> = members
             .iter()
-            .map(|(place, node, name, status, addrs)| {
-                json!({ "node": node, "name": name, "membership": place, "status": status, "addresses": addrs })
+            .map(|m| {
+                json!({ "node": m.node, "name": m.name, "membership": place(m), "status": status(m), "addresses": m.addresses })
             })
             .collect();
         return o.json_line(&json!({ "leader": st.leader, "members": list }));
     }
     o.line(format!("{:<12} {:<20} {:<8} {:<8} {}", "key", "name", "raft", "status", "addresses"))?;
-    for (place, node, name, status, addrs) in rows {
-        o.line(format!("{:<12} {:<20} {:<8} {:<8} {}", node.short(), name, place, status, addrs.join(",")))?;
+    for m in &members {
+        o.line(format!(
+            "{:<12} {:<20} {:<8} {:<8} {}",
+            m.node.short(),
+            m.name,
+            place(m),
+            status(m),
+            m.addresses.join(",")
+        ))?;
     }
     Ok(())
 }
