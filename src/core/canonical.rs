@@ -219,6 +219,12 @@ pub(crate) fn body<S: Sink>(out: &mut S, b: &EventBody) {
             out.put(head_hash.as_bytes());
             out.put(state_digest.as_bytes());
         }
+        EventBody::ServiceHealthChanged { service_id, passing, reason } => {
+            out.byte(14);
+            uuid(out, service_id);
+            out.byte(u8::from(*passing));
+            string(out, reason);
+        }
     }
 }
 

@@ -24,6 +24,8 @@ pub const ENDPOINTS_MAX: usize = 16;
 pub const METADATA_ENTRIES_MAX: usize = 32;
 /// Longest metadata key or value, in bytes.
 pub const METADATA_BYTES_MAX: usize = 512;
+/// Most services with a health check one node may offer (the rules refuse the next).
+pub const CHECKED_SERVICES_PER_NODE_MAX: usize = 1_000;
 /// Most events appended in one durable ledger batch.
 pub const APPEND_BATCH_MAX: usize = 4096;
 /// Most records read per replay chunk (bounds replay memory independently of log length).

@@ -9,7 +9,11 @@
 //! ```
 //!
 //! A **projection checkpoint** (key `checkpoint` in `meta`) has the same framing with tag
-//! `CHECKPOINT_FORMAT_V1` (0x01) and an rkyv archive of `ProjectionState`.
+//! `CHECKPOINT_FORMAT_V1` (0x01) and an rkyv archive of `ProjectionState` (whose `critical`
+//! map is not in that archive). A state with critical services is written with tag
+//! `CHECKPOINT_FORMAT_V2` (0x02): the length of the state's archive (u64, little-endian), that
+//! archive, then an rkyv archive of the `critical` map. Format 1 is byte for byte what code
+//! before health checks wrote, so their checkpoints and seeds still decode.
 //!
 //! Bytes read back are untrusted: they only ever go through `rkyv::access` with bytecheck,
 //! after being copied into an aligned buffer. bytecheck proves memory safety; a ledger record
@@ -30,6 +34,8 @@ use crate::core::types::ChainHash;
 pub const RECORD_FORMAT_V1: u8 = 1;
 /// Format tag of a projection checkpoint.
 pub const CHECKPOINT_FORMAT_V1: u8 = 1;
+/// Format tag of a projection checkpoint with critical services (see the module doc).
+pub const CHECKPOINT_FORMAT_V2: u8 = 2;
 
 /// Why stored bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,9 +138,22 @@ where
     }
 }
 
-/// Encodes a projection state as a checkpoint record.
+/// Encodes a projection state as a checkpoint record: format 1 while no service is critical
+/// (byte for byte what every earlier version wrote), format 2 otherwise (see the module doc).
 pub fn encode_checkpoint(state: &ProjectionState) -> Vec<u8> {
-    framed(CHECKPOINT_FORMAT_V1, rkyv::to_bytes::<rancor::Error>(state))
+    let v1 = framed(CHECKPOINT_FORMAT_V1, rkyv::to_bytes::<rancor::Error>(state));
+    if state.critical.is_empty() {
+        return v1;
+    }
+    let critical = rkyv::to_bytes::<rancor::Error>(&state.critical).map(|v| v.into_vec()).unwrap_or_default();
+    debug_assert!(!critical.is_empty());
+    let archive = &v1[1..];
+    let mut out = Vec::with_capacity(9 + archive.len() + critical.len());
+    out.push(CHECKPOINT_FORMAT_V2);
+    out.extend_from_slice(&(archive.len() as u64).to_le_bytes());
+    out.extend_from_slice(archive);
+    out.extend_from_slice(&critical);
+    out
 }
 
 fn framed(tag: u8, archived: Result<AlignedVec, rancor::Error>) -> Vec<u8> {
@@ -196,11 +215,40 @@ pub fn decode_record_with(bytes: &[u8], buf: &mut AlignedVec) -> Result<ChainedE
     }
 }
 
-/// Decodes a projection checkpoint through validated access. Never panics on any input.
+/// Decodes a projection checkpoint (format 1 or 2) through validated access. Never panics on
+/// any input.
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<ProjectionState, DecodeError> {
     let mut buf = AlignedVec::new();
-    unframe(bytes, CHECKPOINT_FORMAT_V1, limits::CHECKPOINT_BYTES_MAX, &mut buf)?;
-    let archived = rkyv::access::<rkyv::Archived<ProjectionState>, rancor::Error>(&buf)
+    if bytes.first() != Some(&CHECKPOINT_FORMAT_V2) {
+        unframe(bytes, CHECKPOINT_FORMAT_V1, limits::CHECKPOINT_BYTES_MAX, &mut buf)?;
+        return decode_state(&buf);
+    }
+    unframe(bytes, CHECKPOINT_FORMAT_V2, limits::CHECKPOINT_BYTES_MAX, &mut buf)?;
+    let invalid = |why: &str| DecodeError::Invalid(format!("format 2 checkpoint: {why}"));
+    let (len, rest) = buf.split_at_checked(8).ok_or_else(|| invalid("shorter than its length"))?;
+    let len = usize::try_from(u64::from_le_bytes(len.try_into().map_err(|_| invalid("length"))?))
+        .map_err(|_| invalid("length"))?;
+    let (state, critical) = rest.split_at_checked(len).ok_or_else(|| invalid("state longer than the record"))?;
+    let mut part = AlignedVec::new();
+    part.extend_from_slice(state);
+    let mut decoded = decode_state(&part)?;
+    part.clear();
+    part.extend_from_slice(critical);
+    let archived = rkyv::access::<rkyv::Archived<Critical>, rancor::Error>(&part)
+        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    decoded.critical =
+        rkyv::deserialize::<Critical, rancor::Error>(archived).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    if decoded.critical.is_empty() {
+        return Err(invalid("no critical service (format 1 says that)"));
+    }
+    Ok(decoded)
+}
+
+/// What a format 2 checkpoint archives after the state.
+type Critical = std::collections::BTreeMap<uuid::Uuid, crate::core::projection::ServiceHealth>;
+
+fn decode_state(buf: &AlignedVec) -> Result<ProjectionState, DecodeError> {
+    let archived = rkyv::access::<rkyv::Archived<ProjectionState>, rancor::Error>(buf)
         .map_err(|e| DecodeError::Invalid(e.to_string()))?;
     rkyv::deserialize::<ProjectionState, rancor::Error>(archived).map_err(|e| DecodeError::Invalid(e.to_string()))
 }
@@ -236,5 +284,32 @@ mod tests {
             encode_record_ref_into(&by_ref, &mut borrowed);
             assert_eq!(&borrowed[1..], reference.as_slice());
         }
+    }
+
+    /// A state with a critical service is a format 2 checkpoint that decodes back whole; the
+    /// same state without it is format 1, and the two share the state's archive.
+    #[test]
+    fn a_checkpoint_with_critical_services_is_format_2_and_decodes_back() {
+        let mut synth = Synth::new(SynthConfig::default());
+        let mut p = Projection::new();
+        for ev in synth.next_chunk(100) {
+            p.append(ev).expect("valid");
+        }
+        let mut state = p.state().clone();
+        let v1 = encode_checkpoint(&state);
+        assert_eq!(v1[0], CHECKPOINT_FORMAT_V1);
+        assert_eq!(decode_checkpoint(&v1), Ok(state.clone()));
+        let health = crate::core::projection::ServiceHealth {
+            since_seq: 7,
+            since: crate::core::types::Timestamp(9),
+            reason: "connect refused".into(),
+        };
+        state.critical.insert(uuid::Uuid::from_u128(1), health);
+        let v2 = encode_checkpoint(&state);
+        assert_eq!(v2[0], CHECKPOINT_FORMAT_V2);
+        assert_eq!(&v2[9..9 + v1.len() - 1], &v1[1..], "the state's archive is the format 1 one");
+        assert_eq!(decode_checkpoint(&v2), Ok(state));
+        assert!(decode_checkpoint(&v2[..v2.len() - 1]).is_err());
+        assert!(decode_checkpoint(&v2[..12]).is_err());
     }
 }

@@ -9,7 +9,7 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use mycnet_spores::core::projection::Projection;
 use mycnet_spores::store::keyfile::{self, KeyFileError};
 use mycnet_spores::store::record::{decode_checkpoint, decode_record, encode_checkpoint, encode_record};
-use mycnet_spores::{ChainHash, NetworkFingerprint, NodeId, NodeKey, SignedEvent};
+use mycnet_spores::{ChainHash, EventBody, NetworkFingerprint, NodeId, NodeKey, SignedEvent};
 use proptest::prelude::*;
 
 use crate::fixture::history;
@@ -28,14 +28,30 @@ fn valid() -> &'static Valid {
         let mut projection = Projection::new();
         let mut kinds = std::collections::BTreeSet::new();
         let (mut records, mut events) = (Vec::new(), Vec::new());
-        for ev in history().events.iter().take(300) {
+        let h = history();
+        let mut keep = |projection: &mut Projection, ev: &SignedEvent| {
             let chained = projection.append(ev.clone()).expect("valid history");
             if kinds.insert(ev.body.kind()) {
                 records.push(encode_record(&chained));
                 events.push(ev.canonical_bytes());
             }
+        };
+        for ev in h.events.iter().take(300) {
+            keep(&mut projection, ev);
         }
-        Valid { records, events, checkpoint: encode_checkpoint(projection.state()) }
+        // A service goes critical: the health event, and a checkpoint in format 2.
+        let service = projection.services().next().expect("the history registers services").service.clone();
+        let owner = h.keys.iter().find(|k| k.node_id() == service.node).expect("the owner's key");
+        let t = projection.head().expect("head").timestamp;
+        let critical = EventBody::ServiceHealthChanged {
+            service_id: service.service_id,
+            passing: false,
+            reason: "tcp connect refused".into(),
+        };
+        keep(&mut projection, &SignedEvent::sign(owner, h.fingerprint, t, critical));
+        let checkpoint = encode_checkpoint(projection.state());
+        assert_eq!(checkpoint[0], 2, "a state with a critical service is a format 2 checkpoint");
+        Valid { records, events, checkpoint }
     })
 }
 
@@ -137,7 +153,11 @@ proptest! {
     }
 
     #[test]
-    fn checkpoint_decoder_never_panics_on_noise(bytes in noise(1, 2048)) {
+    fn checkpoint_decoder_never_panics_on_noise(bytes in noise(1, 2048), v2 in any::<bool>()) {
+        let mut bytes = bytes;
+        if v2 && !bytes.is_empty() {
+            bytes[0] = 2;
+        }
         let _ = decode_checkpoint(&bytes);
     }
 

@@ -172,6 +172,17 @@ mod inner {
             /// The digest of the projection's state at `head_seq`.
             state_digest: StateDigest,
         },
+        /// A service's health flipped: its owner node's check (or an authority) says it
+        /// passes again, or that it fails. Only transitions are events, never a heartbeat per
+        /// check (see `schema/rules.md`, *Health*).
+        ServiceHealthChanged {
+            /// The service.
+            service_id: Uuid,
+            /// Whether it passes now (`false`: critical).
+            passing: bool,
+            /// Why (the check's last result), for the audit trail and the registry.
+            reason: String,
+        },
     }
 }
 pub use inner::{ArchivedEventBody, EventBody, EventBodyResolver};
@@ -194,6 +205,7 @@ impl EventBody {
             EventBody::Checkpoint { .. } => "checkpoint",
             EventBody::SplitBrainResolved(_) => "split_brain_resolved",
             EventBody::StateCheckpoint { .. } => "state_checkpoint",
+            EventBody::ServiceHealthChanged { .. } => "service_health_changed",
         }
     }
 
@@ -216,6 +228,7 @@ impl EventBody {
             | EventBody::NodeWentOffline { node, .. }
             | EventBody::NodeBackOnline { node } => Some(*node),
             EventBody::ServiceDeregistered { .. }
+            | EventBody::ServiceHealthChanged { .. }
             | EventBody::Checkpoint { .. }
             | EventBody::StateCheckpoint { .. }
             | EventBody::SplitBrainResolved(_) => None,
@@ -226,7 +239,9 @@ impl EventBody {
     pub fn subject_service(&self) -> Option<Uuid> {
         match self {
             EventBody::ServiceRegistered(s) => Some(s.service_id),
-            EventBody::ServiceDeregistered { service_id, .. } => Some(*service_id),
+            EventBody::ServiceDeregistered { service_id, .. } | EventBody::ServiceHealthChanged { service_id, .. } => {
+                Some(*service_id)
+            }
             _ => None,
         }
     }

@@ -17,9 +17,9 @@ pub struct EventFilter {
     /// Only events about this node (the node an event names, or the node a registered
     /// service runs on).
     pub node: Option<NodeId>,
-    /// Only events about services with this name: their registration, and the deregistration
-    /// of a service the filter saw registered or that is registered under the name when the
-    /// watch (or one page of it) starts.
+    /// Only events about services with this name: their registration, and the health changes
+    /// and deregistration of a service the filter saw registered or that is registered under
+    /// the name when the watch (or one page of it) starts.
     pub service_name: Option<String>,
 }
 
@@ -79,7 +79,8 @@ impl FilterState {
         if self.filter.service_name.is_some() {
             match (body, body.subject_service()) {
                 (_, Some(id)) if self.named.contains(&id) => {}
-                (EventBody::ServiceDeregistered { .. }, Some(_)) if self.lenient => {}
+                (EventBody::ServiceDeregistered { .. } | EventBody::ServiceHealthChanged { .. }, Some(_))
+                    if self.lenient => {}
                 _ => return false,
             }
         }

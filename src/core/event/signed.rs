@@ -255,6 +255,9 @@ mod tests {
                         })
                     }),
                 (uuid(), text()).prop_map(|(service_id, reason)| EventBody::ServiceDeregistered { service_id, reason }),
+                (uuid(), any::<bool>(), text()).prop_map(|(service_id, passing, reason)| {
+                    EventBody::ServiceHealthChanged { service_id, passing, reason }
+                }),
                 (id(), any::<i64>()).prop_map(|(node, t)| EventBody::NodeWentOffline { node, last_seen: Timestamp(t) }),
                 id().prop_map(|node| EventBody::NodeBackOnline { node }),
                 (any::<u64>(), any::<[u8; 32]>())

@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-use super::{ChainHead, NodeRecord, NodeStatus, Projection, Rejection, ServiceRecord};
+use super::{ChainHead, NodeRecord, NodeStatus, Projection, Rejection, ServiceHealth, ServiceRecord};
 use crate::core::attest::{state_digest, StateDivergence};
 use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, SignedEvent};
 use crate::core::types::{ChainHash, NetworkFingerprint, NodeId, Timestamp, TrustScore};
@@ -145,6 +145,7 @@ impl Projection {
             if let Some(rec) = self.state.services.remove(&id) {
                 self.unindex_service(&rec.service);
             }
+            self.state.critical.remove(&id);
         }
     }
 
@@ -219,6 +220,14 @@ impl Projection {
             EventBody::ServiceDeregistered { service_id, .. } => {
                 if let Some(rec) = self.state.services.remove(&service_id) {
                     self.unindex_service(&rec.service);
+                }
+                self.state.critical.remove(&service_id);
+            }
+            EventBody::ServiceHealthChanged { service_id, passing, reason } => {
+                if passing {
+                    self.state.critical.remove(&service_id);
+                } else {
+                    self.state.critical.insert(service_id, ServiceHealth { since_seq: seq, since: ts, reason });
                 }
             }
             EventBody::NodeWentOffline { node, last_seen } => {

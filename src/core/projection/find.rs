@@ -5,16 +5,18 @@
 //! By default an answer lists only services whose node is [`NodeStatus::Active`]: the
 //! services of a node the leader committed as offline stay registered (it may come back), but
 //! offer nothing a caller can reach now ([`ServiceFilter::include_unavailable`] lists them
-//! too, each with its node's status). A node that leaves takes its services with it. A minimum
-//! trust leaves out services of nodes trusted less (`schema/rules.md`, *Trust*).
+//! too, each with its node's status). A node that leaves takes its services with it. A
+//! service whose health check fails (critical, `schema/rules.md`, *Health*) is left out too
+//! unless [`ServiceFilter::include_critical`] asks for it. A minimum trust leaves out services
+//! of nodes trusted less (`schema/rules.md`, *Trust*).
 
 use serde::{Deserialize, Serialize};
 
-use super::{NodeStatus, Projection, ServiceRecord};
+use super::{NodeStatus, Projection, ServiceHealth, ServiceRecord};
 use crate::core::types::{NodeId, TrustScore};
 
-/// Which services a discovery query returns. The default lists every service of an active
-/// node; each field narrows it (all given conditions must hold).
+/// Which services a discovery query returns. The default lists every passing service of an
+/// active node; each field narrows it (all given conditions must hold).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceFilter {
     /// Only services with this name.
@@ -25,6 +27,8 @@ pub struct ServiceFilter {
     pub node: Option<NodeId>,
     /// Also list services of nodes that are offline or left (each answer says which).
     pub include_unavailable: bool,
+    /// Also list services whose health check fails (each answer says so).
+    pub include_critical: bool,
     /// Only services of nodes trusted at least this much.
     pub min_trust: Option<TrustScore>,
 }
@@ -48,6 +52,11 @@ impl ServiceFilter {
         self.include_unavailable = true;
         self
     }
+    /// Also listing services whose health check fails.
+    pub fn include_critical(mut self) -> Self {
+        self.include_critical = true;
+        self
+    }
 }
 
 /// One service in a discovery answer, with what the registry says of its node.
@@ -60,6 +69,15 @@ pub struct FoundService {
     pub node_status: Option<NodeStatus>,
     /// Its node's trust score.
     pub node_trust: TrustScore,
+    /// Why it is critical, and since when; `None` while it passes.
+    pub critical: Option<ServiceHealth>,
+}
+
+impl FoundService {
+    /// Whether a caller can use it now: its node is active and it passes its health check.
+    pub fn is_available(&self) -> bool {
+        self.node_status == Some(NodeStatus::Active) && self.critical.is_none()
+    }
 }
 
 impl Projection {
@@ -95,7 +113,11 @@ impl Projection {
         if filter.min_trust.is_some_and(|min| node_trust < min) {
             return None;
         }
-        Some(FoundService { record: record.clone(), node_status, node_trust })
+        let critical = self.state.critical.get(&s.service_id);
+        if !filter.include_critical && critical.is_some() {
+            return None;
+        }
+        Some(FoundService { record: record.clone(), node_status, node_trust, critical: critical.cloned() })
     }
 }
 

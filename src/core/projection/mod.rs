@@ -13,6 +13,8 @@
 
 mod apply;
 mod find;
+#[cfg(test)]
+mod health_tests;
 mod index;
 mod rules;
 mod state;
@@ -22,7 +24,7 @@ pub use rules::{Rejection, Text};
 pub use state::{
     ArchivedChainHead, ArchivedNodeRecord, ArchivedNodeStatus, ArchivedProjectionState, ArchivedServiceRecord,
     ChainHead, ChainHeadResolver, NodeRecord, NodeRecordResolver, NodeStatus, NodeStatusResolver, ProjectionState,
-    ProjectionStateResolver, ServiceRecord, ServiceRecordResolver,
+    ProjectionStateResolver, ServiceHealth, ServiceHealthResolver, ServiceRecord, ServiceRecordResolver,
 };
 
 use std::collections::BTreeSet;
@@ -146,6 +148,18 @@ impl Projection {
     /// One service.
     pub fn service(&self, id: &Uuid) -> Option<&ServiceRecord> {
         self.state.services.get(id)
+    }
+
+    /// Why a registered service is critical, and since when; `None` while it passes (or has
+    /// no check).
+    pub fn service_health(&self, id: &Uuid) -> Option<&ServiceHealth> {
+        self.state.critical.get(id)
+    }
+
+    /// Whether a service is available to callers: its node is active and it is not critical.
+    pub fn is_available(&self, record: &ServiceRecord) -> bool {
+        !self.state.critical.contains_key(&record.service.service_id)
+            && self.node(&record.service.node).is_some_and(|n| n.status == NodeStatus::Active)
     }
 }
 

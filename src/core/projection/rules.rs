@@ -9,6 +9,7 @@ use super::{NodeRecord, NodeStatus, Projection};
 use crate::core::event::{
     network_fingerprint, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent, SCHEMA_VERSION,
 };
+use crate::core::health::CheckSpec;
 use crate::core::limits;
 use crate::core::types::{NetworkFingerprint, NodeId, NodeRole, Timestamp, TrustScore};
 
@@ -134,6 +135,17 @@ pub enum Rejection {
     /// genesis, or an unknown deciding rule).
     #[error("split-brain resolution refused: {0}")]
     BadResolution(Text),
+    /// A service's health check (its `spores.check` metadata) is not one the rules accept.
+    #[error("{0}")]
+    BadCheck(Text),
+    /// A health event that is no transition: the service is already in that state.
+    #[error("service {service} is already {}", if *.passing { "passing" } else { "critical" })]
+    HealthUnchanged {
+        /// The service.
+        service: Uuid,
+        /// The state the event asked for.
+        passing: bool,
+    },
 }
 
 fn check_len(what: &'static str, got: usize, max: usize) -> Result<(), Rejection> {
@@ -214,6 +226,24 @@ impl Projection {
             Some(n) if n.status == NodeStatus::Left => Err(Rejection::AuthorLeft(*author)),
             Some(n) => Ok(n),
         }
+    }
+
+    /// A registered service's check, if it carries one: a spec within the bounds, and no more
+    /// checked services on its node than [`limits::CHECKED_SERVICES_PER_NODE_MAX`].
+    fn check_health_check(&self, s: &ServiceAnnouncement) -> Result<(), Rejection> {
+        let Some(spec) = CheckSpec::from_metadata(&s.metadata) else { return Ok(()) };
+        spec.map_err(|e| Rejection::BadCheck(e.to_string().into()))?;
+        let checked =
+            self.services_by_node(&s.node).filter(|r| CheckSpec::from_metadata(&r.service.metadata).is_some()).count();
+        let max = limits::CHECKED_SERVICES_PER_NODE_MAX;
+        if checked >= max {
+            return Err(Rejection::LimitExceeded {
+                what: "checked services of one node".into(),
+                max,
+                got: checked + 1,
+            });
+        }
+        Ok(())
     }
 
     fn present_node(&self, node: &NodeId) -> Result<&NodeRecord, Rejection> {
@@ -343,12 +373,21 @@ impl Projection {
                 if self.state.services.contains_key(&s.service_id) {
                     return Err(Rejection::ServiceExists(s.service_id));
                 }
-                Ok(())
+                self.check_health_check(s)
             }
             EventBody::ServiceDeregistered { service_id, reason } => {
                 let rec = self.state.services.get(service_id).ok_or(Rejection::UnknownService(*service_id))?;
                 authority_or_self(&rec.service.node, "deregister another node's service")?;
                 check_len("reason", reason.len(), limits::TEXT_BYTES_MAX)
+            }
+            EventBody::ServiceHealthChanged { service_id, passing, reason } => {
+                let rec = self.state.services.get(service_id).ok_or(Rejection::UnknownService(*service_id))?;
+                authority_or_self(&rec.service.node, "change another node's service health")?;
+                check_len("reason", reason.len(), limits::TEXT_BYTES_MAX)?;
+                if self.state.critical.contains_key(service_id) != *passing {
+                    return Err(Rejection::HealthUnchanged { service: *service_id, passing: *passing });
+                }
+                Ok(())
             }
             EventBody::NodeWentOffline { node, last_seen: _ } => {
                 let rec = self.present_node(node)?;

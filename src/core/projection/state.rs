@@ -76,6 +76,17 @@ pub struct ServiceRecord {
     pub registered_by: NodeId,
 }
 
+/// Why a service is critical, and since when (a service without an entry passes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ServiceHealth {
+    /// Sequence number of the `service_health_changed` event that made it critical.
+    pub since_seq: u64,
+    /// That event's timestamp.
+    pub since: Timestamp,
+    /// The check's last result, as the event gave it.
+    pub reason: String,
+}
+
 /// A point in the chain: sequence number, hash and the event's timestamp.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
@@ -108,4 +119,13 @@ pub struct ProjectionState {
     pub services: BTreeMap<Uuid, ServiceRecord>,
     /// The latest checkpoint event seen (seq of the checkpoint event, attested head).
     pub last_checkpoint: Option<(u64, ChainHead)>,
+    /// Registered services whose health is critical, by id (every other service passes).
+    ///
+    /// Added after the first schema: it is part of the state's canonical encoding only when
+    /// it is not empty (so every state reached without a health event keeps the digest it
+    /// always had), and it is archived apart from the rest of a checkpoint
+    /// (`store::record`, format 2), so checkpoints and seeds written before it still decode.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[rkyv(with = rkyv::with::Skip)]
+    pub critical: BTreeMap<Uuid, ServiceHealth>,
 }

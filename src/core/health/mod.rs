@@ -11,64 +11,42 @@
 //!
 //! Time is a [`Millis`] count the caller picks (tests drive it by hand, as quinn-proto's do).
 //!
-//! Status: the logic is complete and tested; the node layer does not run it yet, and the
-//! transition event is not in the schema yet (issue 21, item 3).
+//! A check travels with its service, in the service's metadata ([`spec`]); the node layer
+//! (`node/health.rs`) runs the checks of the services its node offers and commits each
+//! transition as a `service_health_changed` event.
+
+mod spec;
 
 use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
+use crate::core::limits;
+pub use spec::{
+    BadCheck, CheckKind, CheckSpec, CHECK_METADATA_KEY, FLIPS_AFTER_MAX, INTERVAL_MAX, INTERVAL_MIN, TIMEOUT_MAX,
+};
+
 /// Milliseconds on the caller's clock.
 pub type Millis = u64;
 
-/// What a check probes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CheckKind {
-    /// A TCP connect to `HOST:PORT` succeeds within the timeout.
-    Tcp(String),
-    /// An HTTP GET of the URL answers 2xx within the timeout.
-    Http(String),
-    /// The owner refreshes the check through the API at least every `ttl` ms
-    /// ([`Checks::pass_ttl`]); nothing is probed.
-    Ttl(Millis),
-}
-
-/// One service's check as the owner asked for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckSpec {
-    /// What is probed.
-    pub kind: CheckKind,
-    /// How often (ms; TTL checks ignore it).
-    pub interval: Millis,
-    /// How long one probe may take (ms); a probe that takes longer failed.
-    pub timeout: Millis,
-    /// Consecutive results against the current state that flip it (at least 1).
-    pub flips_after: u8,
-}
-
-/// The bounds every node applies to the checks it runs.
+/// The bounds a node applies to the checks it runs (the chain bounds every check's settings,
+/// [`spec`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckLimits {
     /// Most checks one node runs.
     pub per_node: usize,
     /// Most probes in flight at once.
     pub in_flight: usize,
-    /// Shortest interval (ms).
-    pub interval_min: Millis,
-    /// Longest timeout (ms); never longer than the check's interval either.
-    pub timeout_max: Millis,
-    /// Most consecutive results a flip may ask for.
-    pub flips_after_max: u8,
 }
 
 impl Default for CheckLimits {
     fn default() -> Self {
-        CheckLimits { per_node: 1_000, in_flight: 32, interval_min: 1_000, timeout_max: 10_000, flips_after_max: 10 }
+        CheckLimits { per_node: limits::CHECKED_SERVICES_PER_NODE_MAX, in_flight: 64 }
     }
 }
 
 /// A service's health.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Health {
     /// Its checks pass.
     Passing,
@@ -155,27 +133,29 @@ impl Checks {
         self.entries.get(service).map(|e| e.health)
     }
 
-    /// Adds (or replaces) the check of `service` at `now`.
-    pub fn add(&mut self, service: Uuid, spec: CheckSpec, now: Millis) -> Result<(), CheckRefusal> {
-        let l = &self.limits;
-        if !self.entries.contains_key(&service) && self.entries.len() >= l.per_node {
-            return Err(CheckRefusal::TooMany { max: l.per_node });
+    /// Adds (or replaces) the check of `service` at `now`, starting from `health` (what the
+    /// chain says of the service: a node that restarts goes on from there).
+    pub fn add(&mut self, service: Uuid, spec: CheckSpec, health: Health, now: Millis) -> Result<(), CheckRefusal> {
+        if !self.entries.contains_key(&service) && self.entries.len() >= self.limits.per_node {
+            return Err(CheckRefusal::TooMany { max: self.limits.per_node });
         }
-        if spec.flips_after == 0 || spec.flips_after > l.flips_after_max {
-            return Err(CheckRefusal::OutOfBounds("flips_after"));
-        }
+        spec.check().map_err(CheckRefusal::OutOfBounds)?;
         let first_due = match spec.kind {
-            CheckKind::Ttl(ttl) if ttl < l.interval_min => return Err(CheckRefusal::OutOfBounds("ttl")),
             CheckKind::Ttl(ttl) => now + ttl,
-            _ if spec.interval < l.interval_min => return Err(CheckRefusal::OutOfBounds("interval")),
-            _ if spec.timeout == 0 || spec.timeout > l.timeout_max || spec.timeout > spec.interval => {
-                return Err(CheckRefusal::OutOfBounds("timeout"))
-            }
             _ => now + spec.interval,
         };
-        self.entries
-            .insert(service, Entry { spec, health: Health::Passing, against: 0, due: first_due, in_flight: false });
+        self.entries.insert(service, Entry { spec, health, against: 0, due: first_due, in_flight: false });
         Ok(())
+    }
+
+    /// The spec `service` is checked by, if any.
+    pub fn spec(&self, service: &Uuid) -> Option<&CheckSpec> {
+        self.entries.get(service).map(|e| &e.spec)
+    }
+
+    /// The services checked, in id order.
+    pub fn services(&self) -> impl Iterator<Item = &Uuid> {
+        self.entries.keys()
     }
 
     /// Stops checking `service` (deregistered).
@@ -254,6 +234,7 @@ impl Checks {
 
 #[cfg(test)]
 mod tests {
+    use super::CheckRefusal::OutOfBounds;
     use super::*;
 
     fn tcp(flips_after: u8) -> CheckSpec {
@@ -273,7 +254,7 @@ mod tests {
     fn a_service_flips_only_after_enough_results_in_a_row() {
         let mut c = Checks::new(CheckLimits::default());
         let s = Uuid::from_u128(1);
-        c.add(s, tcp(3), 0).expect("add");
+        c.add(s, tcp(3), Health::Passing, 0).expect("add");
         assert!(c.due(9_999).0.is_empty(), "first probe one interval after it was added");
         assert!(round(&mut c, 10_000, false).is_empty());
         assert!(round(&mut c, 20_001, false).is_empty());
@@ -290,7 +271,7 @@ mod tests {
     fn a_check_flapping_at_every_interval_never_flips() {
         let mut c = Checks::new(CheckLimits::default());
         let s = Uuid::from_u128(2);
-        c.add(s, tcp(2), 0).expect("add");
+        c.add(s, tcp(2), Health::Passing, 0).expect("add");
         let mut now = 10_000;
         for i in 0..100 {
             assert!(round(&mut c, now, i % 2 == 0).is_empty(), "round {i}");
@@ -301,13 +282,13 @@ mod tests {
 
     #[test]
     fn probes_in_flight_and_checks_per_node_are_bounded() {
-        let limits = CheckLimits { per_node: 100, in_flight: 8, ..Default::default() };
+        let limits = CheckLimits { per_node: 100, in_flight: 8 };
         let mut c = Checks::new(limits);
         for i in 0..100 {
-            c.add(Uuid::from_u128(i), tcp(1), 0).expect("within the bound");
+            c.add(Uuid::from_u128(i), tcp(1), Health::Passing, 0).expect("within the bound");
         }
-        assert_eq!(c.add(Uuid::from_u128(100), tcp(1), 0), Err(CheckRefusal::TooMany { max: 100 }));
-        assert!(c.add(Uuid::from_u128(5), tcp(2), 0).is_ok(), "replacing a check is no new one");
+        assert_eq!(c.add(Uuid::from_u128(100), tcp(1), Health::Passing, 0), Err(CheckRefusal::TooMany { max: 100 }));
+        assert!(c.add(Uuid::from_u128(5), tcp(2), Health::Passing, 0).is_ok(), "replacing a check is no new one");
         // A target that hangs: its probes stay in flight until they time out, and hold their
         // slot meanwhile; nothing more is handed out.
         let (first, _) = c.due(10_000);
@@ -327,11 +308,16 @@ mod tests {
             f(&mut s);
             s
         };
-        assert_eq!(c.add(id, with(|s| s.interval = 10), 0), Err(CheckRefusal::OutOfBounds("interval")));
-        assert_eq!(c.add(id, with(|s| s.timeout = 20_000), 0), Err(CheckRefusal::OutOfBounds("timeout")));
-        assert_eq!(c.add(id, with(|s| s.timeout = 0), 0), Err(CheckRefusal::OutOfBounds("timeout")));
-        assert_eq!(c.add(id, with(|s| s.flips_after = 0), 0), Err(CheckRefusal::OutOfBounds("flips_after")));
-        assert_eq!(c.add(id, with(|s| s.kind = CheckKind::Ttl(5)), 0), Err(CheckRefusal::OutOfBounds("ttl")));
+        let refused = |c: &mut Checks, spec| c.add(id, spec, Health::Passing, 0).err();
+        let timeout = "the timeout must be at most 10 s and at most the interval";
+        assert_eq!(refused(&mut c, with(|s| s.interval = 10)), Some(OutOfBounds("the interval must be 1 s to 1 day")));
+        assert_eq!(refused(&mut c, with(|s| s.timeout = 20_000)), Some(OutOfBounds(timeout)));
+        assert_eq!(refused(&mut c, with(|s| s.timeout = 0)), Some(OutOfBounds(timeout)));
+        assert_eq!(refused(&mut c, with(|s| s.flips_after = 0)), Some(OutOfBounds("flips must be 1 to 10")));
+        assert_eq!(
+            refused(&mut c, with(|s| s.kind = CheckKind::Ttl(5))),
+            Some(OutOfBounds("the TTL must be 1 s to 1 day"))
+        );
         assert!(c.is_empty());
     }
 
@@ -340,7 +326,7 @@ mod tests {
         let mut c = Checks::new(CheckLimits::default());
         let s = Uuid::from_u128(4);
         let ttl = CheckSpec { kind: CheckKind::Ttl(30_000), interval: 0, timeout: 0, flips_after: 1 };
-        c.add(s, ttl, 0).expect("add");
+        c.add(s, ttl, Health::Passing, 0).expect("add");
         assert_eq!(c.pass_ttl(s, 20_000), Ok(None));
         let (probes, t) = c.due(49_999);
         assert!(probes.is_empty() && t.is_empty(), "refreshed at 20 s: due at 50 s");
@@ -351,7 +337,7 @@ mod tests {
         );
         assert_eq!(c.pass_ttl(s, 51_000).expect("ttl").map(|t| t.to), Some(Health::Passing));
         assert_eq!(c.pass_ttl(Uuid::from_u128(9), 0), Err(CheckRefusal::NoTtlCheck(Uuid::from_u128(9))));
-        c.add(Uuid::from_u128(5), tcp(1), 0).expect("add");
+        c.add(Uuid::from_u128(5), tcp(1), Health::Passing, 0).expect("add");
         assert!(c.pass_ttl(Uuid::from_u128(5), 0).is_err(), "not a TTL check");
     }
 }
