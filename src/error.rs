@@ -136,6 +136,10 @@ pub enum Error {
     /// expected, a branch does not check, ...). The resolver retries.
     #[error("split-brain resolution: {0}")]
     SplitBrain(#[from] SplitBrainError),
+    /// A health check refused: out of the bounds, one too many on this node, or a TTL refresh
+    /// of a service without a TTL check.
+    #[error("health check: {0}")]
+    Check(#[from] crate::core::health::CheckRefusal),
 }
 
 impl From<crate::forensics::ForensicsError> for Error {

@@ -293,7 +293,8 @@ impl SporeSystemBuilder {
                 running: std::sync::RwLock::new(None),
                 fence: Arc::default(),
                 events: super::upkeep::channel(),
-                upkeep: std::sync::Mutex::new(None),
+                checks: Arc::default(),
+                upkeep: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }

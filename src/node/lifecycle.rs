@@ -53,8 +53,9 @@ impl SporeSystem {
                 sync::lock(&self.shared.life).launched = Some(launched);
                 *sync::write(&self.shared.running) = Some(Arc::new(r));
                 let mut upkeep = sync::lock(&self.shared.upkeep);
-                if upkeep.is_none() {
-                    *upkeep = Some(super::upkeep::spawn(Arc::downgrade(&self.shared)));
+                if upkeep.is_empty() {
+                    upkeep.push(super::upkeep::spawn(Arc::downgrade(&self.shared)));
+                    upkeep.push(super::checks::spawn(Arc::downgrade(&self.shared), self.shared.checks.clone()));
                 }
                 Ok(())
             }

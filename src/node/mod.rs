@@ -29,6 +29,7 @@
 
 mod admission;
 mod builder;
+mod checks;
 mod clock;
 pub mod config;
 pub mod datadir;
@@ -160,8 +161,12 @@ struct Shared {
     /// What the node reports of its own upkeep ([`SporeSystem::events`]).
     events: tokio::sync::broadcast::Sender<NodeEvent>,
     yield_policy: YieldPolicy,
-    /// The upkeep task (started with the first start; ends with the last handle).
-    upkeep: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The checks of the services this node offers ([`SporeSystem::pass_ttl`] refreshes
+    /// them; kept across a yield's restart).
+    checks: Arc<checks::CheckRunner>,
+    /// The upkeep and health-check tasks (started with the first start; they end with the
+    /// last handle).
+    upkeep: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -172,7 +177,7 @@ struct Life {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Some(t) = crate::core::sync::lock(&self.upkeep).take() {
+        for t in crate::core::sync::lock(&self.upkeep).drain(..) {
             t.abort();
         }
     }

@@ -11,6 +11,7 @@ mod fixture;
 mod forensics;
 mod full_disk;
 mod golden;
+mod health;
 mod inputs;
 mod kill;
 mod latent;

@@ -178,6 +178,9 @@ pub(crate) enum Command {
         /// Also list services of nodes committed as offline (each line says the node's status).
         #[arg(long, conflicts_with = "tiered")]
         include_offline: bool,
+        /// Also list services whose health check fails (each line says so).
+        #[arg(long, conflicts_with = "tiered")]
+        include_critical: bool,
         /// Answer from the most authoritative spore tier that has an answer (Primary, then
         /// Seed, then Latent) and say which, instead of from the node's newest view.
         #[arg(long)]
@@ -407,6 +410,11 @@ pub(crate) enum ServiceCommand {
         /// Metadata KEY=VALUE (repeatable).
         #[arg(long = "meta", value_parser = service::parse_meta)]
         metadata: Vec<(String, String)>,
+        /// A health check the service's node runs: `tcp HOST:PORT`, `http http://HOST:PORT/PATH`
+        /// or `ttl 30s`, with options `interval=10s timeout=2s flips=3` (quote it). Only
+        /// transitions between passing and critical are committed.
+        #[arg(long, value_parser = service::parse_check)]
+        check: Option<mycnet_spores::core::health::CheckSpec>,
         /// Give up after this many milliseconds. Retries within it re-send the same signed
         /// event, which commits at most once (a retry of a committed event answers where it
         /// committed). A write that timed out after an attempt reached a node may still commit;

@@ -149,6 +149,9 @@ pub(crate) fn summary(body: &EventBody) -> String {
         EventBody::ServiceDeregistered { service_id, reason } => format!("service {service_id} deregistered: {reason}"),
         EventBody::NodeWentOffline { node, last_seen } => format!("{} offline (last seen {last_seen})", node.short()),
         EventBody::NodeBackOnline { node } => format!("{} back online", node.short()),
+        EventBody::ServiceHealthChanged { service_id, passing, reason } => {
+            format!("service {service_id} {}: {reason}", if *passing { "passing" } else { "critical" })
+        }
         EventBody::Checkpoint { head_seq, head_hash } => format!("checkpoint of {head_seq} {}", head_hash.short()),
         EventBody::StateCheckpoint { head_seq, head_hash, state_digest } => {
             format!("checkpoint of {head_seq} {}, state {}", head_hash.short(), state_digest.short())

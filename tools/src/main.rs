@@ -115,7 +115,19 @@ fn run(cli: Cli) -> CliResult {
                 &mut Out::new(json),
             ))
         }
-        Command::Query { addr, what, name, capability, min_trust, include_offline, tiered, key, timeout_ms, json } => {
+        Command::Query {
+            addr,
+            what,
+            name,
+            capability,
+            min_trust,
+            include_offline,
+            include_critical,
+            tiered,
+            key,
+            timeout_ms,
+            json,
+        } => {
             init_tracing("warn");
             let what = match what {
                 QueryWhat::Nodes => remote::QueryKind::Nodes,
@@ -125,6 +137,7 @@ fn run(cli: Cli) -> CliResult {
                     capability,
                     node: None,
                     include_unavailable: include_offline,
+                    include_critical,
                     min_trust,
                 }),
             };
@@ -170,12 +183,14 @@ fn run(cli: Cli) -> CliResult {
             name,
             endpoints,
             capabilities,
-            metadata,
+            mut metadata,
+            check,
             timeout_ms,
             json,
         }) => {
             init_tracing("warn");
             let t = Duration::from_millis(timeout_ms);
+            metadata.extend(check.map(|c| c.metadata_entry()));
             runtime()?.block_on(service::register_service(
                 &key_file,
                 &addr,

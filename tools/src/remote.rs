@@ -365,25 +365,28 @@ pub(crate) async fn query(
                     if let Some(m) = v.as_object_mut() {
                         m.insert("node_status".into(), json!(f.node_status));
                         m.insert("node_trust".into(), json!(f.node_trust));
+                        m.insert("critical".into(), json!(f.critical));
                     }
                     list.push(v);
                 }
                 return o.json_line(&list);
             }
             o.line(format!(
-                "{:<36} {:<14} {:<12} {:<8} {:>5}  {:<30} {}",
-                "id", "name", "node", "status", "trust", "endpoints", "capabilities"
+                "{:<36} {:<14} {:<12} {:<8} {:<8} {:>5}  {:<30} {}",
+                "id", "name", "node", "status", "health", "trust", "endpoints", "capabilities"
             ))?;
             for f in found {
                 let s = &f.record.service;
                 let eps: Vec<String> = s.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect();
                 let status = f.node_status.map_or_else(|| "unknown".to_string(), |st| st.to_string());
+                let health = if f.critical.is_some() { "critical" } else { "passing" };
                 o.line(format!(
-                    "{:<36} {:<14} {:<12} {:<8} {:>5}  {:<30} {}",
+                    "{:<36} {:<14} {:<12} {:<8} {:<8} {:>5}  {:<30} {}",
                     s.service_id,
                     s.name,
                     s.node.short(),
                     status,
+                    health,
                     f.node_trust.to_string(),
                     eps.join(" "),
                     s.capabilities.join(",")

@@ -136,6 +136,11 @@ pub(crate) fn parse_meta(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s}: expected KEY=VALUE"))
 }
 
+/// A health check as `--check` takes it (`core::health::CheckSpec`'s text form).
+pub(crate) fn parse_check(s: &str) -> Result<mycnet_spores::core::health::CheckSpec, String> {
+    mycnet_spores::core::health::CheckSpec::parse(s).map_err(|e| e.to_string())
+}
+
 /// `spore service register`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn register_service(

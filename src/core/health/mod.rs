@@ -102,6 +102,8 @@ struct Entry {
     /// When the next probe is due, or (TTL) when the check expires.
     due: Millis,
     in_flight: bool,
+    /// The result that made `health` what it is.
+    why: String,
 }
 
 /// The checks one node runs. New checks start passing (a service is registered because it
@@ -144,8 +146,14 @@ impl Checks {
             CheckKind::Ttl(ttl) => now + ttl,
             _ => now + spec.interval,
         };
-        self.entries.insert(service, Entry { spec, health, against: 0, due: first_due, in_flight: false });
+        let why = String::from("as the chain says");
+        self.entries.insert(service, Entry { spec, health, against: 0, due: first_due, in_flight: false, why });
         Ok(())
+    }
+
+    /// The health of `service` and the result that made it so, if it has a check.
+    pub fn state(&self, service: &Uuid) -> Option<(Health, &str)> {
+        self.entries.get(service).map(|e| (e.health, e.why.as_str()))
     }
 
     /// The spec `service` is checked by, if any.
@@ -228,6 +236,7 @@ impl Checks {
         }
         e.against = 0;
         e.health = if passed { Health::Passing } else { Health::Critical };
+        e.why = why.to_string();
         Some(Transition { service, to: e.health, reason: why.to_string() })
     }
 }

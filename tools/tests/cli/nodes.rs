@@ -293,3 +293,40 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
         assert_eq!(v.status.code(), Some(0), "the gossiped ledger verifies: {}", String::from_utf8_lossy(&v.stdout));
     }
 }
+
+/// `spore service register --check` gives a service a check its node process runs: when the
+/// target stops answering the service goes critical, `spore query` leaves it out and
+/// `--include-critical` lists it with the reason; a spec out of the bounds is a usage error.
+#[test]
+fn a_node_process_runs_the_check_a_registration_carries() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut procs = keyed_procs(root.path(), 1);
+    let all = vec![(procs[0].key.clone(), procs[0].addr.clone())];
+    let args = node_args(&procs[0], 0, &all);
+    procs[0].start(&args);
+    let n = &procs[0];
+    wait_until("a leader", Duration::from_secs(30), || {
+        status(&n.addr, CALL_MS).filter(|s| s["raft_state"] == "Leader")
+    });
+    let target = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let check = format!("tcp {} interval=1s timeout=500ms flips=1", target.local_addr().expect("addr"));
+    let key_file = n.key_file();
+    let base = ["service", "register", "--key-file", path(&key_file), "--addr", &n.addr, "--name", "db"];
+    let out = run(&[&base[..], &["--check", &check, "--json"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad = run(&[&base[..], &["--check", "tcp 127.0.0.1:1 interval=5ms"]].concat());
+    assert_eq!(bad.status.code(), Some(2), "a check out of the bounds is refused before anything is signed");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("interval"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    let query = |extra: &[&str]| json(&run(&[&["query", "--addr", &n.addr, "services", "--json"][..], extra].concat()));
+    let listed = query(&[]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "passing while its target answers: {listed}");
+    drop(target);
+    let critical = wait_until("the service critical", Duration::from_secs(30), || {
+        let all = query(&["--include-critical"]);
+        let reason = all.as_array()?.first()?["critical"]["reason"].as_str()?.to_string();
+        Some(reason)
+    });
+    assert!(critical.contains("refused"), "{critical}");
+    assert_eq!(query(&[]).as_array().map(Vec::len), Some(0), "left out by default");
+}
