@@ -7,7 +7,8 @@
 //!
 //! The chain is the record and the checks are the wish: whenever the two disagree on a
 //! service (a transition, a write that failed, a restart) the task submits the transition
-//! again, at most every [`RESUBMIT_AFTER`]. A node that restarts takes each service's health
+//! again, at most every [`RESUBMIT_AFTER`] (every [`RESUBMIT_HELD_AFTER`] while one is held as
+//! a provisional event). A node that restarts takes each service's health
 //! from the chain and goes on from there.
 //!
 //! Like the upkeep, the task belongs to the [`SporeSystem`] (it outlives a yield's restart),
@@ -31,9 +32,12 @@ use crate::error::Error;
 
 /// How often the task looks for probes due and for disagreements with the chain.
 const TICK: Duration = Duration::from_millis(250);
-/// How long a transition submitted (or held as provisional) is given to reach the chain
-/// before it is submitted again.
+/// How long a transition whose write failed waits before it is submitted again.
 const RESUBMIT_AFTER: Duration = Duration::from_secs(5);
+/// How long a transition held as a provisional event (a latent node cut off from the voters)
+/// is given to reach the chain before it is submitted again: its delivery is retried by
+/// itself, so a second copy is only for one dropped as too old.
+const RESUBMIT_HELD_AFTER: Duration = Duration::from_secs(120);
 
 /// The checks of one system, shared by its task and [`SporeSystem::pass_ttl`].
 pub(super) struct CheckRunner {
@@ -142,8 +146,8 @@ async fn run(shared: Weak<Shared>, runner: Arc<CheckRunner>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut synced: Option<(NodeId, u64)> = None;
-    // Transitions on their way to the chain: the health asked for and when.
-    let mut submitted: HashMap<Uuid, (Health, Instant)> = HashMap::new();
+    // Transitions on their way to the chain: the health asked for, and when to ask again.
+    let submitted: Arc<Mutex<HashMap<Uuid, (Health, Instant)>>> = Arc::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -199,31 +203,51 @@ async fn run(shared: Weak<Shared>, runner: Arc<CheckRunner>) {
                 })
                 .collect()
         };
-        submitted.retain(|id, _| disagree.iter().any(|d| d.0 == *id));
+        let mut pending = lock(&submitted);
+        pending.retain(|id, _| disagree.iter().any(|d| d.0 == *id));
         for (id, health, reason) in disagree {
-            if submitted.get(&id).is_some_and(|(h, at)| *h == health && at.elapsed() < RESUBMIT_AFTER) {
+            if pending.get(&id).is_some_and(|(h, again)| *h == health && Instant::now() < *again) {
                 continue;
             }
-            submitted.insert(id, (health, Instant::now()));
-            let system = system.clone();
-            tokio::spawn(async move { commit_transition(&system, id, health, reason).await });
+            // Not asked again while this attempt runs (a write waits up to its timeout).
+            pending.insert(id, (health, Instant::now() + RESUBMIT_HELD_AFTER));
+            let (system, submitted) = (system.clone(), submitted.clone());
+            tokio::spawn(async move {
+                let held = commit_transition(&system, id, health, reason).await;
+                let again = Instant::now() + if held { RESUBMIT_HELD_AFTER } else { RESUBMIT_AFTER };
+                if let Some(entry) = lock(&submitted).get_mut(&id) {
+                    entry.1 = again;
+                }
+            });
         }
     }
 }
 
-/// Signs and submits one transition.
+/// Signs and submits one transition; whether it committed or is held as a provisional event.
 #[tracing::instrument(skip(system, reason), fields(service = %service, to = ?health))]
-async fn commit_transition(system: &SporeSystem, service: Uuid, health: Health, reason: String) {
+async fn commit_transition(system: &SporeSystem, service: Uuid, health: Health, reason: String) -> bool {
     let passing = health == Health::Passing;
     let reason: String = reason.chars().take(200).collect();
     let event = match system.sign(EventBody::ServiceHealthChanged { service_id: service, passing, reason }) {
         Ok(e) => e,
-        Err(e) => return tracing::debug!(error = %e, "health transition not signed"),
+        Err(e) => {
+            tracing::debug!(error = %e, "health transition not signed");
+            return false;
+        }
     };
     match system.submit(event).await {
-        Ok(point) => tracing::info!(seq = point.seq, "service health committed"),
-        Err(Error::Provisional { .. }) => tracing::info!("service health held as a provisional event"),
-        Err(e) => tracing::warn!(error = %e, "service health not committed; retried"),
+        Ok(point) => {
+            tracing::info!(seq = point.seq, "service health committed");
+            true
+        }
+        Err(Error::Provisional { .. }) => {
+            tracing::info!("service health held as a provisional event");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "service health not committed; retried");
+            false
+        }
     }
 }
 

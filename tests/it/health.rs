@@ -177,3 +177,54 @@ async fn a_node_that_restarts_goes_on_from_the_health_the_chain_records() {
     drop(back);
     n.shutdown().await.expect("shutdown");
 }
+
+/// A latent node cut off from the voters still runs its checks: the transition is held as a
+/// provisional event, travels when the partition heals, and commits once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latent_node_cut_off_holds_its_transition_and_commits_it_after_the_heal() {
+    use mycnet_spores::net::gossip::GossipConfig;
+    use mycnet_spores::{NodeKey, NodeRole};
+
+    use crate::cluster::{fast_timeouts, Cluster};
+
+    let mut t = fast_timeouts();
+    t.write = Duration::from_millis(1500);
+    t.rpc = Duration::from_millis(300);
+    let c = Cluster::form_with_gossip(3, 0x4ea1, t.clone()).await;
+    let leader = c.leader(Duration::from_secs(5)).await.expect("leader");
+    let root = tempfile::tempdir().expect("tempdir");
+    let l = SporeSystem::builder()
+        .data_dir(root.path().join("l0"))
+        .key(NodeKey::from_seed([0x4e; 32]))
+        .role(NodeRole::Rhizomorph)
+        .addr("l0")
+        .inproc(&c.net)
+        .timeouts(t.clone())
+        .gossip(GossipConfig {
+            interval: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .gossip_peers(vec![c.sys(0).peer().expect("peer")])
+        .build();
+    l.start().await.expect("start latent node");
+    c.sys(leader).admit(l.announcement().expect("announcement")).await.expect("admit");
+    let head = c.converged_head(Duration::from_secs(5)).await.expect("voters converged");
+    wait::head_reaches("the latent node", &l, head.seq, T).await;
+    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let check = CheckSpec::parse(&format!("tcp {} interval=1s timeout=500ms flips=1", target.local_addr().expect("a")))
+        .expect("spec");
+    let id = l.register_service_with_check("edge", vec![], vec![], vec![], check).await.expect("register");
+    // The latent node learns of its own service by gossip, and checks it from then on.
+    health_becomes(&l, "edge", false).await;
+
+    c.net.partition(&["n0", "n1", "n2"], &["l0"]);
+    drop(target);
+    wait::until("the transition held", T, || l.status().map(|s| s.provisional).ok(), |n| *n == Some(1)).await;
+    assert_eq!(found(c.sys(leader), "edge")[0].critical, None, "the voters have not heard of it yet");
+
+    c.net.heal();
+    health_becomes(c.sys(leader), "edge", true).await;
+    health_becomes(&l, "edge", true).await;
+    assert_eq!(transitions(c.sys(leader)).await, vec![(id, false)], "committed once");
+}
