@@ -305,26 +305,127 @@ fn first_difference(path: &str, want: &Value, got: &Value) -> Option<String> {
     }
 }
 
-#[test]
-fn golden_vectors_match_byte_for_byte() {
-    let path = vectors_dir().join("v1.json");
+/// Compares `schema/vectors/{file}` with what the code computes now.
+fn check_vectors(file: &str, got: Value) {
+    let path = vectors_dir().join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (generate it, see the module doc)", path.display()));
     let want: Value = serde_json::from_str(&text).expect("golden file is JSON");
-    let got = compute();
     if let Some(diff) = first_difference("$", &want, &got) {
-        panic!("the encoding changed: {diff}\nIf intended, bump the version and regenerate (see schema/README.md).");
+        panic!("{file}: the encoding changed: {diff}\nIf intended, bump the version and regenerate (see schema/README.md).");
     }
+}
+
+#[test]
+fn golden_vectors_match_byte_for_byte() {
+    check_vectors("v1.json", compute());
+}
+
+/// The health vectors (`health.json`), pinned apart from `v1.json`, which stays byte for byte
+/// what it was before health checks: a ledger of that history still replays and verifies.
+#[test]
+fn golden_health_vectors_match_byte_for_byte() {
+    check_vectors("health.json", compute_health());
+}
+
+/// A service with a check goes critical, a state checkpoint attests that state, and it passes
+/// again: the `service_health_changed` event's bytes, and the state and checkpoint formats
+/// with a critical service (`schema/records.md`, format 2; `schema/encoding.md`, *State
+/// digest*).
+fn compute_health() -> Value {
+    let founder = NodeKey::from_seed([0x11; 32]);
+    let network = NetworkIdentityRecord {
+        network_id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+        network_name: "golden-health".into(),
+        genesis_timestamp: Timestamp(T0),
+    };
+    let ann = NodeAnnouncement {
+        node: founder.node_id(),
+        name: "founder".into(),
+        role: NodeRole::Sclerotium,
+        addresses: vec!["10.0.0.1:7400".into()],
+        capabilities: vec![],
+    };
+    let genesis = SignedEvent::genesis(&founder, network, ann);
+    let fp = genesis.fingerprint;
+    let service_id = Uuid::from_u128(0xfeed_0000_0000_4000_8000_0000_0000_0002);
+    let check = mycnet_spores::core::health::CheckSpec::parse("tcp 10.0.0.1:5432 interval=5s timeout=1s flips=2")
+        .expect("check");
+    let at = |k: i64| Timestamp(T0 + k * 1_000_000);
+    let mut p = Projection::new();
+    let mut chained = vec![p.append(genesis).expect("genesis")];
+    let push = |p: &mut Projection, chained: &mut Vec<ChainedEvent>, t, body| {
+        chained.push(p.append(SignedEvent::sign(&founder, fp, t, body)).expect("the health history follows the rules"))
+    };
+    let service = ServiceAnnouncement {
+        service_id,
+        name: "db".into(),
+        node: founder.node_id(),
+        capabilities: vec![],
+        endpoints: vec![Endpoint { protocol: "tcp".into(), address: "10.0.0.1:5432".into() }],
+        metadata: vec![check.metadata_entry()],
+    };
+    push(&mut p, &mut chained, at(1), EventBody::ServiceRegistered(service));
+    let reason = "tcp 10.0.0.1:5432: Connection refused (os error 111)".to_string();
+    push(&mut p, &mut chained, at(2), EventBody::ServiceHealthChanged { service_id, passing: false, reason });
+    let head = p.head().expect("head");
+    let critical_state = p.state().clone();
+    let state_digest = p.state_digest();
+    let body = EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest };
+    push(&mut p, &mut chained, at(3), body);
+    assert_eq!(p.divergence(), None);
+    let disk = on_disk(&chained);
+    let checkpoint_record = encode_checkpoint(p.state());
+    assert_eq!(checkpoint_record[0], 2, "a state with a critical service is a format 2 checkpoint");
+    assert_eq!(hex::encode(&disk.meta_checkpoint[32..]), hex::encode(&checkpoint_record));
+    push(
+        &mut p,
+        &mut chained,
+        at(4),
+        EventBody::ServiceHealthChanged { service_id, passing: true, reason: "tcp: connected".into() },
+    );
+    let passing_record = encode_checkpoint(p.state());
+    let events: Vec<Value> = chained
+        .iter()
+        .map(|c| {
+            json!({
+                "seq": c.seq,
+                "kind": c.event.body.kind(),
+                "body_hex": hex::encode(bcs::to_bytes(&c.event.body).expect("bcs body")),
+                "canonical_event_hex": hex::encode(c.event.canonical_bytes()),
+                "signature_hex": hex::encode(c.event.signature.0),
+                "hash_hex": c.hash.to_hex(),
+                "ledger_record_hex": hex::encode(encode_record(c)),
+            })
+        })
+        .collect();
+    for (c, (_, record)) in chained.iter().zip(&disk.records) {
+        assert_eq!(hex::encode(record), hex::encode(encode_record(c)), "seq {}: record on disk", c.seq);
+    }
+    json!({
+        "about": "Golden vectors of service health (schema/rules.md, Health). Regenerate only after an intentional, versioned format change.",
+        "check_metadata": check.metadata_entry(),
+        "events": events,
+        "critical_state": {
+            "head_seq": head.seq,
+            "state_bcs_hex": hex::encode(bcs::to_bytes(&critical_state).expect("bcs state")),
+            "digest_hex": state_digest.to_hex(),
+        },
+        "checkpoint_record_format_2_hex": hex::encode(&checkpoint_record),
+        "checkpoint_record_passing_again_hex": hex::encode(&passing_record),
+    })
 }
 
 #[test]
 #[ignore = "rewrites schema/vectors; run with SPORES_REGENERATE_GOLDEN=1"]
 fn regenerate_golden_vectors() {
     if std::env::var("SPORES_REGENERATE_GOLDEN").as_deref() != Ok("1") {
-        eprintln!("set SPORES_REGENERATE_GOLDEN=1 to rewrite schema/vectors/v1.json");
+        eprintln!("set SPORES_REGENERATE_GOLDEN=1 to rewrite schema/vectors/*.json");
         return;
     }
-    let text = serde_json::to_string_pretty(&compute()).expect("json") + "\n";
     std::fs::create_dir_all(vectors_dir()).expect("mkdir");
-    std::fs::write(vectors_dir().join("v1.json"), text).expect("write");
+    for (file, vectors) in [("v1.json", compute()), ("health.json", compute_health())] {
+        let text = serde_json::to_string_pretty(&vectors).expect("json") + "\n";
+        std::fs::write(vectors_dir().join(file), text).expect("write");
+    }
 }
