@@ -5,7 +5,8 @@
 //! only place that spawns a node's tasks or reads the clock for it. Its files, one job each:
 //! `builder` (settings), `launch` (wiring one running node), `lifecycle` (start, form, join,
 //! shutdown), `admission` (who may reach a node on its own QUIC endpoint), `upkeep` (what the
-//! node does by itself: admission, yielding a lost split-brain, [`NodeEvent`]s), `members`
+//! node does by itself: admission, yielding a lost split-brain, [`NodeEvent`]s), `checks` (the
+//! health checks of the services this node offers, their transitions committed), `members`
 //! (remove, promote, demote), `writes`, `reads` (queries, tiered answers, subscriptions),
 //! `watch` (filtered event streams, local and remote), `status` (status and operational
 //! modes), `provisional` (a latent node's held writes), `leader` (the leader's background

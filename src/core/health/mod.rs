@@ -106,8 +106,9 @@ struct Entry {
     why: String,
 }
 
-/// The checks one node runs. New checks start passing (a service is registered because it
-/// runs) and are first probed one interval after they are added.
+/// The checks one node runs. New checks start from the health the caller gives (passing for a
+/// new service, which is registered because it runs) and are first probed within one interval
+/// after they are added, at an offset the service id spreads.
 #[derive(Clone, Debug, Default)]
 pub struct Checks {
     limits: CheckLimits,
@@ -142,9 +143,11 @@ impl Checks {
             return Err(CheckRefusal::TooMany { max: self.limits.per_node });
         }
         spec.check().map_err(CheckRefusal::OutOfBounds)?;
+        // Probes of checks added together are spread over the interval (by the service id,
+        // which is random), not fired in one burst every interval.
         let first_due = match spec.kind {
             CheckKind::Ttl(ttl) => now + ttl,
-            _ => now + spec.interval,
+            _ => now + (service.as_u128() % u128::from(spec.interval)) as Millis,
         };
         let why = String::from("as the chain says");
         self.entries.insert(service, Entry { spec, health, against: 0, due: first_due, in_flight: false, why });
@@ -264,7 +267,7 @@ mod tests {
         let mut c = Checks::new(CheckLimits::default());
         let s = Uuid::from_u128(1);
         c.add(s, tcp(3), Health::Passing, 0).expect("add");
-        assert!(c.due(9_999).0.is_empty(), "first probe one interval after it was added");
+        assert!(c.due(0).0.is_empty(), "first probe at the offset of its id within the interval");
         assert!(round(&mut c, 10_000, false).is_empty());
         assert!(round(&mut c, 20_001, false).is_empty());
         let t = round(&mut c, 30_002, false);
