@@ -11,8 +11,8 @@
 //!
 //! Time is a [`Millis`] count the caller picks (tests drive it by hand, as quinn-proto's do).
 //!
-//! A check travels with its service, in the service's metadata ([`spec`]); the node layer
-//! (`node/health.rs`) runs the checks of the services its node offers and commits each
+//! A check travels with its service, in the service's metadata ([`CheckSpec`]); the node layer
+//! (`node/checks.rs`) runs the checks of the services its node offers and commits each
 //! transition as a `service_health_changed` event.
 
 mod spec;
@@ -30,7 +30,7 @@ pub use spec::{
 pub type Millis = u64;
 
 /// The bounds a node applies to the checks it runs (the chain bounds every check's settings,
-/// [`spec`]).
+/// [`CheckSpec::check`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckLimits {
     /// Most checks one node runs.
