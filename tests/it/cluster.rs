@@ -35,6 +35,37 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A latent node (a Rhizomorph kept by gossip) named `name` with `key`, its data dir in
+    /// `dir`, bootstrapped from voter `boot`, started and admitted by the leader `leader`.
+    pub async fn latent(
+        &self,
+        dir: &std::path::Path,
+        key: NodeKey,
+        name: &str,
+        boot: usize,
+        leader: usize,
+        timeouts: Timeouts,
+    ) -> SporeSystem {
+        let s = SporeSystem::builder()
+            .data_dir(dir.join(name))
+            .key(key)
+            .role(mycnet_spores::NodeRole::Rhizomorph)
+            .addr(name)
+            .name(name)
+            .inproc(&self.net)
+            .timeouts(timeouts)
+            .gossip(mycnet_spores::net::gossip::GossipConfig {
+                interval: Duration::from_millis(100),
+                connect_timeout: Duration::from_millis(300),
+                ..Default::default()
+            })
+            .gossip_peers(vec![self.sys(boot).peer().expect("peer")])
+            .build();
+        s.start().await.expect("start latent node");
+        self.sys(leader).admit(s.announcement().expect("announcement")).await.expect("admit");
+        s
+    }
+
     fn builder(net: &InProcNetwork, m: &Member, t: &Timeouts) -> mycnet_spores::SporeSystemBuilder {
         SporeSystem::builder()
             .data_dir(&m.dir)

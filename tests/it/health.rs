@@ -182,8 +182,7 @@ async fn a_node_that_restarts_goes_on_from_the_health_the_chain_records() {
 /// provisional event, travels when the partition heals, and commits once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latent_node_cut_off_holds_its_transition_and_commits_it_after_the_heal() {
-    use mycnet_spores::net::gossip::GossipConfig;
-    use mycnet_spores::{NodeKey, NodeRole};
+    use mycnet_spores::NodeKey;
 
     use crate::cluster::{fast_timeouts, Cluster};
 
@@ -193,22 +192,7 @@ async fn a_latent_node_cut_off_holds_its_transition_and_commits_it_after_the_hea
     let c = Cluster::form_with_gossip(3, 0x4ea1, t.clone()).await;
     let leader = c.leader(Duration::from_secs(5)).await.expect("leader");
     let root = tempfile::tempdir().expect("tempdir");
-    let l = SporeSystem::builder()
-        .data_dir(root.path().join("l0"))
-        .key(NodeKey::from_seed([0x4e; 32]))
-        .role(NodeRole::Rhizomorph)
-        .addr("l0")
-        .inproc(&c.net)
-        .timeouts(t.clone())
-        .gossip(GossipConfig {
-            interval: Duration::from_millis(100),
-            connect_timeout: Duration::from_millis(300),
-            ..Default::default()
-        })
-        .gossip_peers(vec![c.sys(0).peer().expect("peer")])
-        .build();
-    l.start().await.expect("start latent node");
-    c.sys(leader).admit(l.announcement().expect("announcement")).await.expect("admit");
+    let l = c.latent(root.path(), NodeKey::from_seed([0x4e; 32]), "l0", 0, leader, t.clone()).await;
     let head = c.converged_head(Duration::from_secs(5)).await.expect("voters converged");
     wait::head_reaches("the latent node", &l, head.seq, T).await;
     let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");

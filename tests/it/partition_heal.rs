@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mycnet_spores::core::provisional::EventId;
-use mycnet_spores::net::gossip::GossipConfig;
-use mycnet_spores::{ChainPoint, Error, NodeKey, NodeRole, PeerNode, SporeSystem};
+use mycnet_spores::{ChainPoint, Error, NodeKey, SporeSystem};
 
 use crate::cluster::{fast_timeouts, Cluster};
 use crate::wait;
@@ -48,25 +47,7 @@ async fn partition_and_heal_commits_every_write_exactly_once() {
     let mut latent: Vec<SporeSystem> = Vec::new();
     for i in 0..3u8 {
         let key = NodeKey::from_seed([200 + i; 32]);
-        let boot: PeerNode = c.sys(i as usize).peer().expect("peer");
-        let s = SporeSystem::builder()
-            .data_dir(root.path().join(format!("l{i}")))
-            .key(key)
-            .role(NodeRole::Rhizomorph)
-            .addr(format!("l{i}"))
-            .name(format!("l{i}"))
-            .inproc(&c.net)
-            .timeouts(t.clone())
-            .gossip(GossipConfig {
-                interval: Duration::from_millis(100),
-                connect_timeout: Duration::from_millis(300),
-                ..Default::default()
-            })
-            .gossip_peers(vec![boot])
-            .build();
-        s.start().await.expect("start latent node");
-        c.sys(leader).admit(s.announcement().expect("announcement")).await.expect("admit");
-        latent.push(s);
+        latent.push(c.latent(root.path(), key, &format!("l{i}"), i as usize, leader, t.clone()).await);
     }
     let head = c.converged_head(Duration::from_secs(5)).await.expect("voters converged");
     for l in &latent {
