@@ -140,6 +140,9 @@ pub enum Error {
     /// of a service without a TTL check.
     #[error("health check: {0}")]
     Check(#[from] crate::core::health::CheckRefusal),
+    /// The metrics could not be written out (a formatting error of the encoder).
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 impl From<crate::forensics::ForensicsError> for Error {

@@ -294,6 +294,7 @@ impl SporeSystemBuilder {
                 fence: Arc::default(),
                 events: super::upkeep::channel(),
                 checks: Arc::default(),
+                metrics: Default::default(),
                 upkeep: std::sync::Mutex::new(Vec::new()),
             }),
         }

@@ -59,6 +59,14 @@ impl Default for CheckRunner {
 }
 
 impl CheckRunner {
+    /// How many checks give passing and how many critical (for the metrics).
+    pub(super) fn counts(&self) -> (i64, i64) {
+        let checks = lock(&self.checks);
+        let passing =
+            checks.services().filter(|id| checks.state(id).is_some_and(|(h, _)| h == Health::Passing)).count();
+        (passing as i64, (checks.len() - passing) as i64)
+    }
+
     fn now(&self) -> Millis {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -235,13 +243,16 @@ async fn commit_transition(system: &SporeSystem, service: Uuid, health: Health, 
             return false;
         }
     };
+    let counted = || system.shared.metrics.health_transitions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match system.submit(event).await {
         Ok(point) => {
             tracing::info!(seq = point.seq, "service health committed");
+            counted();
             true
         }
         Err(Error::Provisional { .. }) => {
             tracing::info!("service health held as a provisional event");
+            counted();
             true
         }
         Err(e) => {

@@ -38,6 +38,7 @@ mod launch;
 mod leader;
 mod lifecycle;
 mod members;
+mod metrics;
 mod provisional;
 mod reads;
 pub mod resolve;
@@ -165,6 +166,8 @@ struct Shared {
     /// The checks of the services this node offers ([`SporeSystem::pass_ttl`] refreshes
     /// them; kept across a yield's restart).
     checks: Arc<checks::CheckRunner>,
+    /// The counters the metrics keep between scrapes.
+    metrics: metrics::NodeMetrics,
     /// The upkeep and health-check tasks (started with the first start; they end with the
     /// last handle).
     upkeep: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,

@@ -157,7 +157,10 @@ impl SporeSystem {
         tokio::task::spawn_blocking(move || crate::seed::export(&ledger, &key, &path, include_events))
             .await
             .map_err(|source| Error::Task { what: "seed export", source })?
-            .map(|e| e.head)
+            .map(|e| {
+                self.shared.metrics.seed_exports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                e.head
+            })
             .map_err(Error::from)
     }
 

@@ -19,6 +19,7 @@ mod latent_quic;
 mod layers;
 mod ledger_tampering;
 mod members;
+mod metrics;
 mod partition_heal;
 mod primary;
 mod projection_props;

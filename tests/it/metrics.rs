@@ -1,0 +1,42 @@
+//! The Prometheus metrics a node serves (`SporeSystem::metrics_text`, `/metrics`): the
+//! documented names, with values that follow the node.
+
+use mycnet_spores::core::health::CheckSpec;
+use mycnet_spores::{NetworkIdentity, SporeSystem};
+
+/// The value of the sample `name` (with its labels, as written) in `text`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reports_its_raft_ledger_and_checks_as_prometheus_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = SporeSystem::builder().data_dir(dir.path().join("n")).private_network().build();
+    n.initialize(NetworkIdentity {
+        network_id: uuid::Uuid::new_v4(),
+        network_name: "metrics".into(),
+        genesis_timestamp: chrono::Utc::now(),
+    })
+    .await
+    .expect("initialize");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let check = CheckSpec::tcp(listener.local_addr().expect("addr").to_string());
+    n.register_service_with_check("db", vec![], vec![], vec![], check).await.expect("register");
+    let head = n.head().expect("head").expect("formed").seq;
+    let text = n.metrics_text().expect("metrics");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    assert_eq!(sample(&text, "spores_raft_is_leader"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "spores_raft_voters"), Some(1.0));
+    assert_eq!(sample(&text, "spores_ledger_head_seq"), Some(head as f64));
+    assert_eq!(sample(&text, "spores_ledger_halted"), Some(0.0));
+    assert_eq!(sample(&text, "spores_mode{mode=\"normal operation\"}"), Some(1.0), "{text}");
+    let passing = sample(&text, "spores_health_checks{health=\"passing\"}");
+    assert!(passing.is_some(), "{text}");
+    for name in ["spores_raft_term", "spores_raft_elections_total", "spores_seed_exports_total"] {
+        assert!(text.contains(&format!("\n{name} ")), "{name} missing:\n{text}");
+    }
+    n.export_seed(dir.path().join("s.seed"), false).await.expect("export");
+    assert_eq!(sample(&n.metrics_text().expect("metrics"), "spores_seed_exports_total"), Some(1.0));
+    n.shutdown().await.expect("shutdown");
+}
