@@ -1,5 +1,6 @@
 //! Building a [`SporeSystem`]: the builder and what it sets (data dir, key, role, addresses,
-//! network backend, [`Timeouts`], [`AnchorPolicy`], gossip, liveness and scrub tuning).
+//! network backend, [`Timeouts`], [`AnchorPolicy`], gossip, liveness and scrub tuning,
+//! scheduled backups).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -117,6 +118,7 @@ pub struct SporeSystemBuilder {
     pub(super) liveness: LivenessConfig,
     pub(super) admit: Vec<NodeId>,
     pub(super) yield_policy: YieldPolicy,
+    pub(super) backups: Option<super::BackupPolicy>,
 }
 
 /// When the leader commits a checkpoint event (an anchor for the latent tier): after this
@@ -156,6 +158,7 @@ impl Default for SporeSystemBuilder {
             liveness: LivenessConfig::default(),
             admit: Vec::new(),
             yield_policy: YieldPolicy::default(),
+            backups: None,
         }
     }
 }
@@ -283,8 +286,18 @@ impl SporeSystemBuilder {
         self.anchors = policy;
         self
     }
+    /// Scheduled backups: the node writes a verified seed into the policy's directory every
+    /// interval and keeps the newest few ([`BackupPolicy`](super::BackupPolicy),
+    /// [`SporeSystem::backup_status`]). Checked at start
+    /// ([`ConfigError::Invalid`](super::ConfigError::Invalid)).
+    pub fn backups(mut self, policy: super::BackupPolicy) -> Self {
+        self.backups = Some(policy);
+        self
+    }
+
     /// Builds the (not yet started) system.
     pub fn build(self) -> SporeSystem {
+        let backups = super::backup::Backups::new(self.backups.clone());
         SporeSystem {
             shared: Arc::new(super::Shared {
                 yield_policy: self.yield_policy,
@@ -295,6 +308,7 @@ impl SporeSystemBuilder {
                 events: super::upkeep::channel(),
                 checks: Arc::default(),
                 metrics: Default::default(),
+                backups,
                 upkeep: std::sync::Mutex::new(Vec::new()),
             }),
         }

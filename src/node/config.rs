@@ -25,6 +25,12 @@
 //! key = "<64 hex chars>"
 //! name = "n0"                    # optional; how the founder admits it
 //! role = "voter"                 # optional (default voter)
+//!
+//! [backup]                       # optional: scheduled backups (node::backup)
+//! dir = "/var/backups/spores/n1" # one directory per node; created if missing
+//! interval = "1h"                # ms, s, m, h or d (at least 100ms; default 1h)
+//! keep = 24                      # newest backups kept (default 24)
+//! events = false                 # true: every event from genesis in each seed
 //! ```
 //!
 //! **Admission.** Over QUIC a node accepts Raft connections only from keys in its registry
@@ -45,7 +51,7 @@ use crate::core::types::{NetworkIdentity, NodeId, NodeRole};
 use crate::error::Error;
 use crate::net::addr::{check_listen_addr, check_peer_addr, AddressError};
 use crate::node::datadir::CreatedDir;
-use crate::node::{SporeSystem, SporeSystemBuilder, Timeouts};
+use crate::node::{BackupPolicy, SporeSystem, SporeSystemBuilder, Timeouts};
 use crate::wire::rpc::PeerNode;
 
 /// Voter (Sclerotium) or latent (Rhizomorph).
@@ -179,6 +185,66 @@ pub struct NodeConfig {
     /// Timeouts profile: `lan` (default) or `wan`.
     #[serde(default)]
     pub timeouts: TimeoutProfile,
+    /// Scheduled backups (`[backup]`).
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
+}
+
+/// Scheduled backups as the TOML gives them (`[backup]`; [`BackupPolicy`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The directory the seeds go to (one per node; created if missing).
+    pub dir: PathBuf,
+    /// Time between backups: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`.
+    #[serde(default = "hourly")]
+    pub interval: String,
+    /// How many backups to keep.
+    #[serde(default = "a_day_of_hours")]
+    pub keep: usize,
+    /// Every event from genesis in each seed (otherwise the attested state and the events
+    /// after it).
+    #[serde(default)]
+    pub events: bool,
+}
+
+fn hourly() -> String {
+    "1h".to_string()
+}
+
+fn a_day_of_hours() -> usize {
+    24
+}
+
+impl BackupConfig {
+    /// The policy, checked: the interval parses and is long enough, something is kept.
+    pub fn policy(&self) -> Result<BackupPolicy, ConfigError> {
+        let interval = parse_duration(&self.interval)
+            .ok_or_else(|| ConfigError::BadDuration { field: "backup.interval", value: self.interval.clone() })?;
+        let policy = BackupPolicy { dir: self.dir.clone(), interval, keep: self.keep, events: self.events };
+        policy.check()?;
+        Ok(policy)
+    }
+}
+
+/// A duration as operators write it: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`
+/// (`300ms`, `30s`, `1h`). `None` for anything else.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return None;
+    }
+    let n: u64 = number.parse().ok()?;
+    let ms_per = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(n.checked_mul(ms_per)?))
 }
 
 /// A configuration that does not make sense.
@@ -209,6 +275,14 @@ pub enum ConfigError {
         /// What is wrong with it.
         #[source]
         source: AddressError,
+    },
+    /// A duration that is not a whole number and a unit (`ms`, `s`, `m`, `h`, `d`).
+    #[error("invalid node config: `{field}`: {value:?} is not a duration such as 300ms, 30s, 5m, 1h or 1d")]
+    BadDuration {
+        /// Which setting.
+        field: &'static str,
+        /// The value as given.
+        value: String,
     },
     /// A builder given an address and the private in-process network: nothing would listen
     /// at the address, and no peer could reach the node.
@@ -266,6 +340,9 @@ impl NodeConfig {
             parse_node_key("peers.key", &p.key)?;
             check_peer_addr(&p.addr).map_err(bad("peers.addr"))?;
         }
+        if let Some(b) = &self.backup {
+            b.policy()?;
+        }
         Ok(())
     }
 
@@ -306,6 +383,10 @@ impl NodeConfig {
         }
         if let Some(a) = &self.advertise {
             b = b.advertise(a.clone());
+        }
+        // Checked by `validate`; a launch checks the policy again.
+        if let Some(policy) = self.backup.as_ref().and_then(|c| c.policy().ok()) {
+            b = b.backups(policy);
         }
         // Gossip starts from the bootstrap peers and the member to join.
         let mut gossip_peers = self.bootstrap_peers().unwrap_or_default();
@@ -494,6 +575,32 @@ mod tests {
         assert!(peer("127.0.0.1:7400").is_ok());
         let e = peer("127.0.0.1:99999").expect_err("out of range").to_string();
         assert!(e.contains("peers.addr") && e.contains("99999") && e.contains("out of range"), "{e}");
+    }
+
+    /// `[backup]`: every value checked when read, the defaults filled in.
+    #[test]
+    fn reads_the_backup_section_and_checks_each_value() {
+        let base = "data_dir = \"x\"\nlisten = \"a:1\"\n[backup]\ndir = \"b\"\n";
+        let c = NodeConfig::from_toml(base).expect("valid");
+        let policy = c.backup.as_ref().map(|b| b.policy().expect("policy"));
+        assert_eq!(policy, Some(BackupPolicy::new("b")), "1h, 24 kept, state-only by default");
+        let c = NodeConfig::from_toml(&format!("{base}interval = \"300ms\"\nkeep = 3\nevents = true\n")).expect("valid");
+        let p = c.backup.as_ref().map(|b| b.policy().expect("policy")).expect("set");
+        assert_eq!((p.interval, p.keep, p.events), (Duration::from_millis(300), 3, true));
+        for (bad, field) in [("interval = \"1 hour\"\n", "backup.interval"), ("interval = \"h\"\n", "backup.interval")] {
+            let e = NodeConfig::from_toml(&format!("{base}{bad}")).expect_err(bad);
+            assert!(matches!(&e, ConfigError::BadDuration { field: f, .. } if *f == field), "{e}");
+        }
+        assert!(matches!(NodeConfig::from_toml(&format!("{base}interval = \"10ms\"\n")), Err(ConfigError::Invalid(_))));
+        assert!(matches!(NodeConfig::from_toml(&format!("{base}keep = 0\n")), Err(ConfigError::Invalid(_))));
+        assert!(matches!(NodeConfig::from_toml(&format!("{base}keep = -1\n")), Err(ConfigError::Parse(_))));
+        assert!(matches!(NodeConfig::from_toml(&format!("{base}every = 3\n")), Err(ConfigError::Parse(_))));
+        assert!(matches!(NodeConfig::from_toml("data_dir = \"x\"\nlisten = \"a:1\"\n[backup]\n"), Err(ConfigError::Parse(_))));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(2 * 86_400)));
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("99999999999999999999h"), None);
     }
 
     #[test]

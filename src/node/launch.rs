@@ -32,11 +32,15 @@ impl SporeSystem {
     pub(super) async fn launch(
         cfg: SporeSystemBuilder,
         fence: Arc<crate::node::resolve::YieldFence>,
+        backups: crate::node::backup::SharedBackups,
     ) -> Result<Running, Error> {
         // The network is decided, and addresses to announce are checked, before anything is
         // opened or bound.
         if let (Backend::Private, Some(addr)) = (&cfg.backend, &cfg.addr) {
             return Err(ConfigError::PrivateWithAddress { addr: addr.clone() }.into());
+        }
+        if let Some(policy) = &cfg.backups {
+            policy.check()?;
         }
         let own_quic = cfg.listens_on_quic();
         if let Some(addr) = cfg.addr.as_deref().filter(|_| own_quic) {
@@ -227,6 +231,7 @@ impl SporeSystem {
             scrub: scrub.clone(),
             health: health.clone(),
             head_rx: head_rx.clone(),
+            backups,
         }));
         tracing::info!(node = %node, addr = %me.addr, data_dir = %data_dir.display(), "spore system started");
         Ok(Running {

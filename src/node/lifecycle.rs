@@ -45,7 +45,7 @@ impl SporeSystem {
                 return Err(e.into());
             }
         };
-        match Self::launch(cfg.clone(), self.shared.fence.clone()).await {
+        match Self::launch(cfg.clone(), self.shared.fence.clone(), self.shared.backups.clone()).await {
             Ok(r) => {
                 let mut launched = cfg;
                 launched.key = Some(r.key.clone());
@@ -56,6 +56,9 @@ impl SporeSystem {
                 if upkeep.is_empty() {
                     upkeep.push(super::upkeep::spawn(Arc::downgrade(&self.shared)));
                     upkeep.push(super::checks::spawn(Arc::downgrade(&self.shared), self.shared.checks.clone()));
+                    if let Some(policy) = self.shared.backups.policy() {
+                        upkeep.push(super::backup::spawn(Arc::downgrade(&self.shared), policy.clone()));
+                    }
                 }
                 Ok(())
             }

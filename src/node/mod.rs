@@ -11,7 +11,7 @@
 //! `watch` (filtered event streams, local and remote), `status` (status and operational
 //! modes), `provisional` (a latent node's held writes), `leader` (the leader's background
 //! duties), `rpc_server` (the RPCs a node serves) and `split_brain` (yielding to a winner);
-//! [`resolve`], [`tiers`] and [`scrubber`] run beside them, and [`config`] runs one standalone
+//! [`resolve`], [`tiers`], [`scrubber`] and [`backup`] (scheduled backups) run beside them, and [`config`] runs one standalone
 //! node from a TOML file or flags.
 //!
 //! ```no_run
@@ -29,6 +29,7 @@
 //! ```
 
 mod admission;
+pub mod backup;
 mod builder;
 mod checks;
 mod clock;
@@ -67,9 +68,10 @@ use crate::raft::Raft;
 use crate::store::ledger::LedgerHealth;
 use crate::wire::rpc::PeerNode;
 
+pub use backup::{BackupError, BackupPolicy};
 pub use builder::{AnchorPolicy, SporeSystemBuilder, Timeouts};
 pub use config::{
-    parse_node_key, start_node, ConfigError, InitConfig, JoinConfig, NodeConfig, PeerConfig, RoleConfig,
+    parse_duration, parse_node_key, start_node, BackupConfig, ConfigError, InitConfig, JoinConfig, NodeConfig, PeerConfig, RoleConfig,
     TimeoutProfile, JOIN_PATIENCE,
 };
 pub(crate) use lifecycle::discard_failed_start;
@@ -168,7 +170,9 @@ struct Shared {
     checks: Arc<checks::CheckRunner>,
     /// The counters the metrics keep between scrapes.
     metrics: metrics::NodeMetrics,
-    /// The upkeep and health-check tasks (started with the first start; they end with the
+    /// The backup policy and how its runs went (shared with the RPC server).
+    backups: backup::SharedBackups,
+    /// The upkeep, health-check and backup tasks (started with the first start; they end with the
     /// last handle).
     upkeep: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }

@@ -39,6 +39,8 @@ pub(super) struct NodeService {
     pub(super) health: Arc<LedgerHealth>,
     /// The applied head, which watches wait on.
     pub(super) head_rx: tokio::sync::watch::Receiver<Option<u64>>,
+    /// How the scheduled backups went (`status().backup`).
+    pub(super) backups: crate::node::backup::SharedBackups,
 }
 
 impl crate::net::RpcHandler for NodeService {
@@ -57,6 +59,7 @@ impl crate::net::RpcHandler for NodeService {
                 let r = compute_status(&self.raft, &self.ledger, &self.me, self.gossip.as_deref(), &self.modes)
                     .map(|mut st| {
                         st.scrub = sync::lock(&self.scrub).clone();
+                        st.backup = self.backups.report();
                         st
                     })
                     .map_err(|e| RemoteFailure::Other(e.to_string()));

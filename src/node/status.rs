@@ -26,6 +26,7 @@ impl SporeSystem {
         let r = self.running()?;
         let mut st = compute_status(&r.raft, &r.ledger, &r.me, r.gossip.as_deref(), &r.modes)?;
         st.scrub = sync::lock(&r.scrub).clone();
+        st.backup = self.shared.backups.report();
         Ok(st)
     }
 
@@ -202,6 +203,7 @@ pub(crate) fn compute_status(
         leader_confirmed,
         halted,
         scrub: Default::default(),
+        backup: None,
     })
 }
 

@@ -79,6 +79,9 @@ pub struct SporeStatus {
     /// What the background scrub has checked, repaired and found damaged.
     #[serde(default)]
     pub scrub: ScrubStatus,
+    /// Scheduled backups (`None`: this node has no backup policy).
+    #[serde(default)]
+    pub backup: Option<BackupStatus>,
 }
 
 /// A Raft member as `status()` reports it.
@@ -140,4 +143,47 @@ pub struct ScrubStatus {
     pub repaired: u64,
     /// Damage found and not repaired yet (seq and what is wrong).
     pub damage: Option<String>,
+}
+
+/// Scheduled backups of a node (`SporeSystemBuilder::backups`): the policy and how its runs
+/// went, for `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStatus {
+    /// The directory the seeds are written to.
+    pub dir: String,
+    /// Milliseconds between backups.
+    pub interval_ms: u64,
+    /// How many backups are kept (older ones are removed).
+    pub keep: u64,
+    /// Whether each backup carries every event from genesis (else the newest attested state
+    /// and the events after it).
+    pub events: bool,
+    /// Backups written and verified since the node started.
+    pub succeeded: u64,
+    /// Backups that failed since the node started.
+    pub failed: u64,
+    /// The newest verified backup (after a restart, the newest one found in `dir`).
+    pub last_success: Option<BackupSuccess>,
+    /// The newest failure.
+    pub last_failure: Option<BackupFailure>,
+}
+
+/// A backup written and verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSuccess {
+    /// When it was taken (the time in its file name).
+    pub at: Timestamp,
+    /// The seed file.
+    pub path: String,
+    /// The chain head it covers.
+    pub head_seq: u64,
+}
+
+/// A backup that failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupFailure {
+    /// When.
+    pub at: Timestamp,
+    /// Why.
+    pub error: String,
 }

@@ -229,6 +229,39 @@ pub(crate) enum Command {
     /// Seed spores: export, verify and inspect signed snapshot files.
     #[command(subcommand)]
     Seed(SeedCommand),
+    /// Load a running network like etcd's benchmark: concurrent clients write signed service
+    /// registrations (committed writes/s, latency p50/p90/p99/p99.9/max), then deregister
+    /// them unless --keep. Exit 2 for a key the network has not admitted.
+    Bench {
+        /// Any member's QUIC address (the writes follow the leader).
+        #[arg(long)]
+        addr: String,
+        /// An admitted node's key file (e.g. a voter's DATA_DIR/node.key): the author of every
+        /// registration.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Concurrent clients, each with its own connection and one write in flight.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Write this many registrations.
+        #[arg(long, required_unless_present = "duration", conflicts_with = "duration")]
+        events: Option<u64>,
+        /// Write for this long (e.g. 30s, 2m).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Pad each registration's metadata to about this many bytes of canonical encoding.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Leave the registered services in place (default: deregister them afterwards).
+        #[arg(long)]
+        keep: bool,
+        /// How long one write may take, retries included, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild a stopped node's damaged ledger from a seed or a peer, keeping its key; the
     /// damaged ledger is kept beside it. Exit 2 when there is nothing to repair.
     Repair {
@@ -341,6 +374,15 @@ pub(crate) enum SeedCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every seed file in a directory (a node's backups, say), newest first: head, size,
+    /// signers and whether it verifies. Exit 1 if any does not.
+    List {
+        /// The directory.
+        dir: PathBuf,
+        /// Print JSON (one array).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -447,6 +489,11 @@ pub(crate) enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A duration as `--duration` takes it: `300ms`, `30s`, `5m`, `1h`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    mycnet_spores::node::parse_duration(s).ok_or_else(|| format!("{s:?}: expected a duration such as 30s, 5m or 1h"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]

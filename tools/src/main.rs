@@ -6,9 +6,11 @@
 //!   usage or I/O errors; a progress bar on a terminal for long work.
 //! * Running nodes: `keygen`, `node` (one node over QUIC, from a TOML config or flags),
 //!   `status --addr` and `query --addr` (read a running node), `service register|deregister`
-//!   (write through a running node with an admitted node's key), `demo` (a local network).
+//!   (write through a running node with an admitted node's key), `bench` (load a running
+//!   network), `demo` (a local network).
 
 mod args;
+mod benchcmd;
 mod demo;
 mod forensics;
 mod inspect;
@@ -232,6 +234,25 @@ fn run(cli: Cli) -> CliResult {
             seedcmd::sign(&file, &key_file, out.as_deref(), &mut Out::new(json))
         }
         Command::Seed(SeedCommand::Inspect { file, json }) => seedcmd::inspect(&file, &mut Out::new(json)),
+        Command::Seed(SeedCommand::List { dir, json }) => seedcmd::list(&dir, &mut Out::new(json)),
+        Command::Bench { addr, key_file, clients, events, duration, size, keep, timeout_ms, json } => {
+            init_tracing("warn");
+            let amount = match (events, duration) {
+                (Some(n), _) => benchcmd::Amount::Events(n),
+                (None, Some(d)) => benchcmd::Amount::For(d),
+                (None, None) => return Err(CliError::usage("bench needs --events or --duration")),
+            };
+            let opts = benchcmd::BenchOptions {
+                addr,
+                key_file,
+                clients,
+                amount,
+                size,
+                keep,
+                write_timeout: Duration::from_millis(timeout_ms),
+            };
+            runtime()?.block_on(benchcmd::bench(opts, &mut Out::new(json)))
+        }
         Command::Repair { data_dir, from_seed, from_peer, force, timeout_ms, json } => {
             let source = match (from_seed, from_peer) {
                 (Some(f), _) => repair::Source::Seed(f),

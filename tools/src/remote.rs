@@ -147,6 +147,7 @@ pub(crate) fn config_from_flags(
         seed_quorum: false,
         write_timeout_ms: None,
         timeouts: node::TimeoutProfile::Lan,
+        backup: None,
     };
     config.validate().map_err(|e| CliError::usage(e.to_string()))?;
     Ok(config)
@@ -243,6 +244,9 @@ pub(crate) async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: 
             st.forks
         ))?;
     }
+    if let Some(b) = &st.backup {
+        print_backup(o, b)?;
+    }
     o.line(format!("raft log     {}", st.last_log.map_or("-".into(), |l| l.to_string())))?;
     o.line(format!("voters       {}", st.voters.iter().map(|v| v.short()).collect::<Vec<_>>().join(" ")))?;
     o.line(format!("learners     {}", st.learners.iter().map(|v| v.short()).collect::<Vec<_>>().join(" ")))?;
@@ -259,6 +263,23 @@ pub(crate) async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: 
             p.addr,
             if p.voter { "voter" } else { "learner" }
         ))?;
+    }
+    Ok(())
+}
+
+/// The `backup` lines of `spore status`: the policy, the last success and the last failure.
+fn print_backup(o: &mut Out, b: &mycnet_spores::wire::status::BackupStatus) -> CliResult {
+    let what = if b.events { "with every event" } else { "state-only" };
+    o.line(format!(
+        "backup       every {} ms into {}, newest {} kept, {what}; {} written, {} failed since start",
+        b.interval_ms, b.dir, b.keep, b.succeeded, b.failed
+    ))?;
+    match &b.last_success {
+        Some(s) => o.line(format!("  last ok    {} seq {} {}", s.at, s.head_seq, s.path))?,
+        None => o.line("  last ok    none yet")?,
+    }
+    if let Some(f) = &b.last_failure {
+        o.line(format!("  FAILED     {} {}", f.at, f.error))?;
     }
     Ok(())
 }

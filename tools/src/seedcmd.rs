@@ -1,4 +1,4 @@
-//! `spore seed export|verify|inspect`: seed spores, the signed snapshot files anyone can
+//! `spore seed export|verify|inspect|list`: seed spores, the signed snapshot files anyone can
 //! verify offline.
 
 use std::path::Path;
@@ -221,5 +221,92 @@ pub(crate) fn inspect(file: &Path, o: &mut Out) -> CliResult {
     o.line(format!("registry     {} nodes ({voters} voters), {} services", p.nodes().count(), p.services().count()))?;
     o.line(format!("digest       {}", hex::encode(s.digest)))?;
     o.line(format!("signers      {}", s.signers.iter().map(|k| k.short()).collect::<Vec<_>>().join(" ")))?;
+    Ok(())
+}
+
+/// One file `spore seed list` reports.
+struct Listed {
+    path: std::path::PathBuf,
+    bytes: u64,
+    /// When it was taken: the time in a backup's name, else the file's modification time.
+    at: chrono::DateTime<chrono::Utc>,
+    verdict: Result<Seed, SeedError>,
+}
+
+/// Whether `path` is a seed file to list: named `*.seed`, or starting with the seed magic
+/// (hidden files, such as a backup's staging file, are left out).
+fn is_seed_file(path: &Path, name: &str) -> bool {
+    if name.starts_with('.') {
+        return false;
+    }
+    if name.ends_with(".seed") {
+        return true;
+    }
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+        && &magic == seed::SEED_MAGIC
+}
+
+/// `spore seed list DIR`: every seed file in DIR, newest first, each verified (default policy).
+/// Exit 1 if any does not verify, 2 if DIR cannot be read.
+pub(crate) fn list(dir: &Path, o: &mut Out) -> CliResult {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| CliError::io(dir, e))? {
+        let entry = entry.map_err(|e| CliError::io(dir, e))?;
+        let path = entry.path();
+        let meta = entry.metadata().map_err(|e| CliError::io(&path, e))?;
+        let Some(name) = entry.file_name().to_str().map(String::from) else { continue };
+        if !meta.is_file() || !is_seed_file(&path, &name) {
+            continue;
+        }
+        let at = match mycnet_spores::node::backup::BackupName::parse(&name) {
+            Some(b) => b.at,
+            None => meta.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default(),
+        };
+        let verdict = seed::read_file(&path, VerifyPolicy::default());
+        if let Err(e @ SeedError::Io { .. }) = &verdict {
+            return Err(CliError::Io(e.to_string()));
+        }
+        found.push(Listed { path, bytes: meta.len(), at, verdict });
+    }
+    found.sort_by(|a, b| (b.at, &b.path).cmp(&(a.at, &a.path)));
+    let bad = found.iter().filter(|l| l.verdict.is_err()).count();
+    if o.json {
+        let list: Vec<serde_json::Value> = found
+            .iter()
+            .map(|l| match &l.verdict {
+                Ok(s) => json!({
+                    "file": l.path, "bytes": l.bytes, "at": l.at.to_rfc3339(), "ok": true,
+                    "head": { "seq": s.header.head_seq, "hash": s.header.head_hash },
+                    "includes_events": s.header.includes_events, "signers": s.signers,
+                }),
+                Err(e) => json!({
+                    "file": l.path, "bytes": l.bytes, "at": l.at.to_rfc3339(), "ok": false,
+                    "head": null, "signers": [], "error": e.to_string(),
+                }),
+            })
+            .collect();
+        o.json_line(&list)?;
+    } else {
+        o.line(format!("{:<48} {:>10} {:>10}  {:<8} {}", "file", "head", "bytes", "verdict", "signers"))?;
+        for l in &found {
+            let name = l.path.file_name().map_or_else(|| l.path.display().to_string(), |n| n.to_string_lossy().into());
+            match &l.verdict {
+                Ok(s) => o.line(format!(
+                    "{name:<48} {:>10} {:>10}  {:<8} {}",
+                    s.header.head_seq,
+                    l.bytes,
+                    "OK",
+                    s.signers.iter().map(|k| k.short()).collect::<Vec<_>>().join(" ")
+                ))?,
+                Err(e) => o.line(format!("{name:<48} {:>10} {:>10}  {:<8} {e}", "-", l.bytes, "INVALID"))?,
+            }
+        }
+        o.line(format!("{} seed file(s), {bad} invalid", found.len()))?;
+    }
+    if bad > 0 {
+        o.flush()?;
+        return Err(CliError::Reported);
+    }
     Ok(())
 }

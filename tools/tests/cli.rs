@@ -5,7 +5,7 @@
 //! processes and their voters); the tests are in `cli/`, one file per scenario: `inspector`,
 //! `failures` (damage, a full disk, repair), `forensics` (diff, blame), `nodes` (node processes
 //! through `kill -9`, latent nodes), `seeds` (the demo and the seed tools), `generate`,
-//! `inputs` and `members`.
+//! `inputs`, `members`, `bench` (`spore bench`) and `backups` (`[backup]`, `spore seed list`).
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
@@ -16,6 +16,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+#[path = "cli/backups.rs"]
+mod backups;
+#[path = "cli/bench.rs"]
+mod bench;
 #[path = "../../tests/it/crafted.rs"]
 mod crafted;
 #[path = "cli/failures.rs"]

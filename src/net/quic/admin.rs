@@ -1,6 +1,8 @@
 //! A kept connection to one node's read-only admin protocol ([`ALPN_ADMIN`]), from a
 //! throw-away key: for a client that asks the same node again and again — a watch's chain of
-//! blocking queries — without a handshake, and a connection's drain, per call.
+//! blocking queries — without a handshake, and a connection's drain, per call. The same kept
+//! connection as an admitted node's key over [`ALPN_RAFT`] ([`AdminClient::as_member`]) carries
+//! a tool's many forwarded writes (`spore bench`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use quinn::Endpoint;
 
 use super::client::{classify, exchange, SERVER_NAME};
 use super::endpoint::{close, resolve, transport_config};
-use super::{close_code, tls, QuicConfig, ALPN_ADMIN};
+use super::{close_code, tls, QuicConfig, ALPN_ADMIN, ALPN_RAFT};
 use crate::core::keys::NodeKey;
 use crate::core::types::NodeId;
 use crate::net::TransportError;
@@ -21,6 +23,7 @@ pub struct AdminClient {
     addr: String,
     expected: Option<NodeId>,
     key: NodeKey,
+    alpn: &'static [u8],
     conn: Option<(Endpoint, quinn::Connection)>,
 }
 
@@ -29,7 +32,14 @@ impl AdminClient {
     pub fn new(addr: impl Into<String>, expected: Option<NodeId>) -> Result<Self, TransportError> {
         let addr = addr.into();
         let key = NodeKey::generate().map_err(|e| TransportError::Unreachable(format!("{addr} (no key: {e})")))?;
-        Ok(AdminClient { addr, expected, key, conn: None })
+        Ok(AdminClient { addr, expected, key, alpn: ALPN_ADMIN, conn: None })
+    }
+
+    /// For the node at `addr`, as `key` over the Raft protocol ([`ALPN_RAFT`]): the node
+    /// serves it only to keys it admits, and takes forwarded writes (`RpcRequest::Forward`)
+    /// on it. Each call is one stream on the kept connection.
+    pub fn as_member(addr: impl Into<String>, key: NodeKey) -> Self {
+        AdminClient { addr: addr.into(), expected: None, key, alpn: ALPN_RAFT, conn: None }
     }
 
     /// The node's address.
@@ -50,7 +60,7 @@ impl AdminClient {
             if remote.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
         let endpoint = Endpoint::client(local).map_err(|e| unreachable(&e))?;
         let identity = tls::Identity::new(&self.key)?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(identity.client_config(self.expected, ALPN_ADMIN)?));
+        let mut cfg = quinn::ClientConfig::new(Arc::new(identity.client_config(self.expected, self.alpn)?));
         // Keep-alives hold the connection through a blocking query's wait.
         cfg.transport_config(Arc::new(transport_config(&QuicConfig::default(), false)?));
         let conn = endpoint

@@ -1,0 +1,520 @@
+//! `spore bench`: a load tool like etcd's benchmark, against a running network. Concurrent
+//! clients write signed service registrations (signed by an admitted node's key, forwarded to
+//! the leader over kept connections), then deregister what they registered unless `--keep`.
+//! Reports committed writes/s and the latency histogram (hdrhistogram: p50, p90, p99, p99.9,
+//! max), with a progress bar on a terminal or one JSON object with `--json`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mycnet_spores::core::limits;
+use mycnet_spores::net::quic::{self, AdminClient};
+use mycnet_spores::net::TransportError;
+use mycnet_spores::raft::{RpcRequest, RpcResponse, SporeResponse};
+use mycnet_spores::store::keyfile;
+use mycnet_spores::wire::query::{Query, QueryAnswer};
+use mycnet_spores::wire::rpc::RemoteFailure;
+use mycnet_spores::{
+    EventBody, NetworkFingerprint, NodeKey, NodeStatus, Rejection, ServiceAnnouncement, SignedEvent, SporeStatus,
+    Timestamp,
+};
+use serde_json::json;
+
+use crate::output::{CliError, CliResult, Out};
+use crate::remote::kind_of;
+
+/// Longest single attempt of a write (a commit takes milliseconds; an election about a second).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause before a write is tried again (no leader yet, a connection lost).
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// The longest latency the histogram holds, in microseconds (a write times out well before).
+const LATENCY_MAX_US: u64 = 600_000_000;
+/// Longest metadata value a pad entry gets (the rules' limit, less room for nothing).
+const PAD_VALUE_MAX: usize = limits::METADATA_BYTES_MAX;
+
+/// How much to write.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Amount {
+    /// This many registrations.
+    Events(u64),
+    /// Registrations until this much time has passed.
+    For(Duration),
+}
+
+/// What `spore bench` was asked to do.
+pub(crate) struct BenchOptions {
+    /// Any member's address (writes follow the leader).
+    pub addr: String,
+    /// An admitted node's key file: the registrations' author.
+    pub key_file: PathBuf,
+    /// Concurrent clients, each with its own connection and one write in flight.
+    pub clients: usize,
+    /// How much.
+    pub amount: Amount,
+    /// About how many bytes each registration's canonical encoding has (metadata padding).
+    pub size: usize,
+    /// Leave the registered services in place.
+    pub keep: bool,
+    /// How long one write may take, retries included.
+    pub write_timeout: Duration,
+}
+
+/// The largest `--size` the rules allow: every metadata entry at its limit, with room for the
+/// rest of the registration.
+pub(crate) fn size_max() -> usize {
+    limits::METADATA_ENTRIES_MAX * (PAD_VALUE_MAX + 8)
+}
+
+/// `spore bench`.
+pub(crate) async fn bench(opts: BenchOptions, o: &mut Out) -> CliResult {
+    if opts.clients == 0 {
+        return Err(CliError::usage("--clients must be at least 1"));
+    }
+    if opts.size > size_max() {
+        return Err(CliError::usage(format!("--size {} is over the rules' limit of about {}", opts.size, size_max())));
+    }
+    let target = Target::find(&opts.addr, &opts.key_file, opts.write_timeout).await?;
+    let me = target.key.node_id();
+    let metadata = padding(&target.key, target.fingerprint, opts.size);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let sample = registration(&target.key, target.fingerprint, uuid::Uuid::nil(), &run, metadata.clone());
+    let event_bytes = sample.encoded_len();
+    if !o.json {
+        o.line(format!(
+            "spore bench: {} client(s), {event_bytes}-byte registrations signed by {} through {}",
+            opts.clients,
+            me.short(),
+            target.first
+        ))?;
+        o.flush()?;
+    }
+
+    // Registrations.
+    let state = Arc::new(Load::new(opts.amount, bar(o, opts.amount, "register")));
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(opts.clients);
+    for _ in 0..opts.clients {
+        let (state, target, run, metadata) = (state.clone(), target.clone(), run.clone(), metadata.clone());
+        let (timeout, hist) = (opts.write_timeout, latency_histogram()?);
+        workers.push(tokio::spawn(async move { register_loop(state, target, run, metadata, hist, timeout).await }));
+    }
+    let mut clients = Vec::with_capacity(workers.len());
+    for w in workers {
+        clients.push(w.await.map_err(|e| CliError::Io(format!("a bench client failed: {e}")))?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    state.bar.finish_and_clear();
+    let mut hist = latency_histogram()?;
+    for c in &clients {
+        hist.add(&c.hist).map_err(|e| CliError::Io(format!("histogram: {e}")))?;
+    }
+    let committed = hist.len();
+    let failed = state.failed.load(Ordering::Relaxed);
+    let fatal = lock(&state.fatal).clone();
+
+    // Cleanup through the same clients, unless asked to keep.
+    let registered: u64 = clients.iter().map(|c| c.ids.len() as u64).sum();
+    let cleanup = if opts.keep || registered == 0 {
+        None
+    } else {
+        Some(deregister_all(clients, registered, opts.write_timeout, o).await?)
+    };
+
+    let rate = if seconds > 0.0 { committed as f64 / seconds } else { 0.0 };
+    let us = |q: f64| hist.value_at_quantile(q);
+    if o.json {
+        o.json_line(&json!({
+            "addr": opts.addr,
+            "node": me,
+            "clients": opts.clients,
+            "size": opts.size,
+            "event_bytes": event_bytes,
+            "committed": committed,
+            "failed": failed,
+            "seconds": seconds,
+            "writes_per_sec": rate,
+            "latency_us": {
+                "min": hist.min(), "mean": hist.mean(), "p50": us(0.5), "p90": us(0.9),
+                "p99": us(0.99), "p99_9": us(0.999), "max": hist.max(),
+            },
+            "kept": opts.keep,
+            "deregistered": cleanup.as_ref().map_or(0, |c| c.done),
+            "deregister_failed": cleanup.as_ref().map_or(0, |c| c.failed),
+            "deregister_seconds": cleanup.as_ref().map(|c| c.seconds),
+            "error": fatal,
+        }))?;
+    } else {
+        let ms = |v: u64| format!("{:.2} ms", v as f64 / 1000.0);
+        o.line(format!("committed    {committed} writes in {seconds:.2} s: {rate:.0} writes/s ({failed} failed)"))?;
+        o.line(format!(
+            "latency      p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            ms(us(0.5)),
+            ms(us(0.9)),
+            ms(us(0.99)),
+            ms(us(0.999)),
+            ms(hist.max())
+        ))?;
+        match &cleanup {
+            None if opts.keep => o.line(format!("kept         {registered} services (--keep)"))?,
+            None => {}
+            Some(c) => o.line(format!(
+                "cleanup      deregistered {} of {registered} services in {:.2} s ({} failed)",
+                c.done, c.seconds, c.failed
+            ))?,
+        }
+    }
+    o.flush()?;
+    if let Some(e) = fatal {
+        return Err(CliError::Io(e));
+    }
+    let left = cleanup.as_ref().map_or(0, |c| c.failed);
+    if failed > 0 || left > 0 {
+        return Err(CliError::Io(format!(
+            "{failed} write(s) failed and {left} service(s) could not be deregistered (see `spore query services`)"
+        )));
+    }
+    Ok(())
+}
+
+/// Where the writes go, and as whom.
+#[derive(Clone)]
+struct Target {
+    key: NodeKey,
+    fingerprint: NetworkFingerprint,
+    /// The given address.
+    given: String,
+    /// The leader's address if the given node knew it, else the given one.
+    first: String,
+}
+
+impl Target {
+    /// Loads the key, asks the node at `addr` for the network and its leader, and checks that
+    /// the key's node is admitted there: a usage error (exit 2) otherwise, saying which.
+    async fn find(addr: &str, key_file: &Path, timeout: Duration) -> Result<Target, CliError> {
+        let key = keyfile::load(key_file)
+            .map_err(|e| CliError::usage(format!("--key-file {}: not a node key file: {e}", key_file.display())))?;
+        let status = match quic::admin_call(addr, None, RpcRequest::Status, timeout).await {
+            Ok((_, RpcResponse::Status(Ok(st)))) => st,
+            Ok((_, other)) => return Err(CliError::Io(format!("{addr} did not report its status: {}", kind_of(&other)))),
+            Err(e) => return Err(CliError::Io(e.to_string())),
+        };
+        let Some(fingerprint) = status.fingerprint else {
+            return Err(CliError::Io(format!("{addr} is not part of a formed network yet")));
+        };
+        let nodes = match quic::admin_call(addr, None, RpcRequest::Query(Query::Nodes), timeout).await {
+            Ok((_, RpcResponse::Query(Ok(QueryAnswer::Nodes(n))))) => n,
+            Ok((_, other)) => return Err(CliError::Io(format!("{addr} did not list its nodes: {}", kind_of(&other)))),
+            Err(e) => return Err(CliError::Io(e.to_string())),
+        };
+        let me = key.node_id();
+        if !nodes.iter().any(|n| n.node == me && n.status != NodeStatus::Left) {
+            return Err(CliError::usage(format!(
+                "the key in {} is node {me}, which the network at {addr} has not admitted (or which left it): \
+                 spore bench signs with an admitted node's key, e.g. a voter's DATA_DIR/node.key",
+                key_file.display()
+            )));
+        }
+        let first = leader_addr(&status).unwrap_or_else(|| addr.to_string());
+        Ok(Target { key, fingerprint, given: addr.to_string(), first })
+    }
+}
+
+/// The leader's address as `status` names it.
+fn leader_addr(status: &SporeStatus) -> Option<String> {
+    let leader = status.leader?;
+    if leader == status.node {
+        return Some(status.addr.clone());
+    }
+    status.peers.iter().find(|p| p.node == leader).map(|p| p.addr.clone())
+}
+
+/// What the registering clients share: how much is left, the progress bar, the failures.
+struct Load {
+    amount: Amount,
+    started: Instant,
+    claimed: AtomicU64,
+    failed: AtomicU64,
+    /// A failure no retry can fix (the key refused, a write rejected): every client stops.
+    fatal: Mutex<Option<String>>,
+    stop: AtomicBool,
+    bar: ProgressBar,
+}
+
+impl Load {
+    fn new(amount: Amount, bar: ProgressBar) -> Self {
+        Load {
+            amount,
+            started: Instant::now(),
+            claimed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            fatal: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            bar,
+        }
+    }
+
+    /// Whether a client may start another write.
+    fn claim(&self) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.amount {
+            Amount::Events(n) => self.claimed.fetch_add(1, Ordering::Relaxed) < n,
+            Amount::For(d) => self.started.elapsed() < d,
+        }
+    }
+
+    fn fatal(&self, why: String) {
+        self.stop.store(true, Ordering::Relaxed);
+        lock(&self.fatal).get_or_insert(why);
+    }
+}
+
+/// One client's connection, following the leader.
+struct Client {
+    key: NodeKey,
+    fingerprint: NetworkFingerprint,
+    given: String,
+    target: String,
+    conn: AdminClient,
+}
+
+/// Why a write did not commit.
+enum WriteFailure {
+    /// Not within the write timeout: the network may take it later; the bench goes on.
+    Gave(String),
+    /// No retry can fix it: the bench stops.
+    Fatal(String),
+}
+
+impl Client {
+    fn new(target: &Target) -> Self {
+        Client {
+            key: target.key.clone(),
+            fingerprint: target.fingerprint,
+            given: target.given.clone(),
+            target: target.first.clone(),
+            conn: AdminClient::as_member(target.first.clone(), target.key.clone()),
+        }
+    }
+
+    fn retarget(&mut self, addr: String) {
+        if addr != self.target {
+            self.conn = AdminClient::as_member(addr.clone(), self.key.clone());
+            self.target = addr;
+        }
+    }
+
+    /// Submits `event` until it commits, following the leader, within `timeout`. A retry of a
+    /// write whose answer was lost may be refused in the way `landed_before` recognises as
+    /// "already applied": that counts as committed.
+    async fn write(
+        &mut self,
+        event: &SignedEvent,
+        landed_before: impl Fn(&Rejection) -> bool,
+        timeout: Duration,
+    ) -> Result<(), WriteFailure> {
+        let deadline = Instant::now() + timeout;
+        let mut maybe_delivered = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            match self.conn.call(RpcRequest::Forward(event.clone()), left.min(ATTEMPT_TIMEOUT)).await {
+                Ok((_, RpcResponse::Forward(Ok(SporeResponse::Applied(_))))) => return Ok(()),
+                Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) if maybe_delivered && landed_before(&r) => {
+                    return Ok(())
+                }
+                Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) => {
+                    return Err(WriteFailure::Fatal(format!("a write was rejected: {r}")))
+                }
+                Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: Some(l) })))) => {
+                    self.retarget(l.addr)
+                }
+                Ok((_, RpcResponse::Forward(Err(RemoteFailure::Provisional { .. })))) => {
+                    return Err(WriteFailure::Fatal(format!(
+                        "{} is a latent node that reaches no voter: it holds writes as provisional; bench a voter",
+                        self.target
+                    )))
+                }
+                Ok((_, RpcResponse::Forward(Err(_)))) => {}
+                Ok((_, other)) => {
+                    return Err(WriteFailure::Fatal(format!("{} answered with {}", self.target, kind_of(&other))))
+                }
+                Err(e @ TransportError::Refused { .. }) => {
+                    return Err(WriteFailure::Fatal(format!("{e} (is the key admitted?)")))
+                }
+                Err(e) => {
+                    // Unless the peer was unreachable, the request may have arrived.
+                    maybe_delivered |= !matches!(e, TransportError::Unreachable(_));
+                    tracing::debug!(error = %e, target = %self.target, "write attempt failed; asking the given node again");
+                    let given = self.given.clone();
+                    self.retarget(given);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(WriteFailure::Gave(format!(
+                    "no leader confirmed a write within {timeout:?}{}",
+                    if maybe_delivered { " (it may still commit)" } else { "" }
+                )));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+}
+
+/// What one client did.
+struct ClientRun {
+    client: Client,
+    hist: Histogram<u64>,
+    ids: Vec<uuid::Uuid>,
+}
+
+/// A histogram of latencies in microseconds: three significant digits from 1 µs to the
+/// longest write.
+fn latency_histogram() -> Result<Histogram<u64>, CliError> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).map_err(|e| CliError::Io(format!("histogram: {e}")))
+}
+
+/// A registration of the service `service_id` by the key's node.
+fn registration(
+    key: &NodeKey,
+    fingerprint: NetworkFingerprint,
+    service_id: uuid::Uuid,
+    run: &str,
+    metadata: Vec<(String, String)>,
+) -> SignedEvent {
+    let body = EventBody::ServiceRegistered(ServiceAnnouncement {
+        service_id,
+        name: format!("spore-bench-{run}"),
+        node: key.node_id(),
+        capabilities: vec!["spore-bench".into()],
+        endpoints: vec![],
+        metadata,
+    });
+    SignedEvent::sign(key, fingerprint, Timestamp::now(), body)
+}
+
+/// Metadata that brings a registration to about `size` bytes of canonical encoding: pad
+/// entries of at most the rules' value length.
+fn padding(key: &NodeKey, fingerprint: NetworkFingerprint, size: usize) -> Vec<(String, String)> {
+    let base = registration(key, fingerprint, uuid::Uuid::nil(), "00000000", vec![]).encoded_len();
+    let mut left = size.saturating_sub(base);
+    let mut metadata = Vec::new();
+    // Each entry costs its key (`padNN`, 5 bytes) and two length prefixes besides its value.
+    while left > 8 && metadata.len() < limits::METADATA_ENTRIES_MAX {
+        let value = (left - 8).min(PAD_VALUE_MAX);
+        metadata.push((format!("pad{:02}", metadata.len()), "x".repeat(value)));
+        left = left.saturating_sub(value + 8);
+    }
+    metadata
+}
+
+async fn register_loop(
+    state: Arc<Load>,
+    target: Target,
+    run: String,
+    metadata: Vec<(String, String)>,
+    mut hist: Histogram<u64>,
+    timeout: Duration,
+) -> ClientRun {
+    let mut client = Client::new(&target);
+    let mut ids = Vec::new();
+    while state.claim() {
+        // Signed before the clock starts: the latency is the network's, as in `benches/primary.rs`.
+        let id = uuid::Uuid::new_v4();
+        let event = registration(&target.key, target.fingerprint, id, &run, metadata.clone());
+        let sent = Instant::now();
+        match client.write(&event, |r| matches!(r, Rejection::ServiceExists(x) if *x == id), timeout).await {
+            Ok(()) => {
+                let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US);
+                let _ = hist.record(us);
+                ids.push(id);
+                state.bar.inc(1);
+            }
+            Err(WriteFailure::Gave(e)) => {
+                tracing::warn!(error = %e, "a write did not commit in time");
+                state.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(WriteFailure::Fatal(e)) => state.fatal(e),
+        }
+    }
+    ClientRun { client, hist, ids }
+}
+
+/// How the cleanup went.
+struct Cleanup {
+    done: u64,
+    failed: u64,
+    seconds: f64,
+}
+
+/// Every client deregisters the services it registered, on its own connection.
+async fn deregister_all(clients: Vec<ClientRun>, total: u64, timeout: Duration, o: &Out) -> Result<Cleanup, CliError> {
+    let bar = bar(o, Amount::Events(total), "deregister");
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(clients.len());
+    for c in clients {
+        let bar = bar.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut client, mut done, mut failed) = (c.client, 0u64, 0u64);
+            for id in c.ids {
+                let event = SignedEvent::sign(
+                    &client.key,
+                    client.fingerprint,
+                    Timestamp::now(),
+                    EventBody::ServiceDeregistered { service_id: id, reason: "spore bench cleanup".into() },
+                );
+                match client.write(&event, |r| matches!(r, Rejection::UnknownService(x) if *x == id), timeout).await {
+                    Ok(()) => {
+                        done += 1;
+                        bar.inc(1);
+                    }
+                    Err(WriteFailure::Gave(e) | WriteFailure::Fatal(e)) => {
+                        tracing::warn!(error = %e, service = %id, "could not deregister");
+                        failed += 1;
+                    }
+                }
+            }
+            (done, failed)
+        }));
+    }
+    let (mut done, mut failed) = (0, 0);
+    for w in workers {
+        let (d, f) = w.await.map_err(|e| CliError::Io(format!("a bench client failed: {e}")))?;
+        done += d;
+        failed += f;
+    }
+    bar.finish_and_clear();
+    Ok(Cleanup { done, failed, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// A lock whose holder panicked still holds a valid first error.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A progress bar on stderr when it is a terminal and the output is for humans; hidden
+/// otherwise. Counts writes towards `--events`, or runs as a counter for `--duration`.
+fn bar(o: &Out, amount: Amount, what: &str) -> ProgressBar {
+    if o.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match amount {
+        Amount::Events(n) => (
+            ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
+            "{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, {eta})",
+        ),
+        Amount::For(_) => (
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+            "{msg:>10} {spinner} {pos} writes ({per_sec}, {elapsed})",
+        ),
+    };
+    let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
