@@ -4,6 +4,9 @@
 //! [`BackupPolicy::keep`]. [`SporeSystem::backup_status`] (and `status().backup`) say how the
 //! last runs went.
 //!
+//! The policy's TOML form is [`BackupConfig`] (`[backup]` in a node's config,
+//! [`NodeConfig`](super::NodeConfig)), its interval written as [`parse_duration`] reads it.
+//!
 //! A backup's file name sorts by time and carries the head it covers:
 //! `spores-<UTC yyyymmddThhmmss.mmmZ>-<head seq>.seed` ([`BackupName`], `schema/seed.md`).
 //! The seed is exported under a staging name (`.spores-<time>.seed.partial`), verified
@@ -22,6 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Shared, SporeSystem};
 use crate::core::projection::ChainHead;
@@ -83,6 +87,63 @@ impl BackupPolicy {
     }
 }
 
+/// Scheduled backups as the TOML gives them (`[backup]`; [`BackupPolicy`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The directory the seeds go to (one per node; created if missing).
+    pub dir: PathBuf,
+    /// Time between backups: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`.
+    #[serde(default = "hourly")]
+    pub interval: String,
+    /// How many backups to keep.
+    #[serde(default = "a_day_of_hours")]
+    pub keep: usize,
+    /// Every event from genesis in each seed (otherwise the attested state and the events
+    /// after it).
+    #[serde(default)]
+    pub events: bool,
+}
+
+fn hourly() -> String {
+    "1h".to_string()
+}
+
+fn a_day_of_hours() -> usize {
+    24
+}
+
+impl BackupConfig {
+    /// The policy, checked: the interval parses and is long enough, something is kept.
+    pub fn policy(&self) -> Result<BackupPolicy, ConfigError> {
+        let interval = parse_duration(&self.interval)
+            .ok_or_else(|| ConfigError::BadDuration { field: "backup.interval", value: self.interval.clone() })?;
+        let policy = BackupPolicy { dir: self.dir.clone(), interval, keep: self.keep, events: self.events };
+        policy.check()?;
+        Ok(policy)
+    }
+}
+
+/// A duration as operators write it: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`
+/// (`300ms`, `30s`, `1h`). `None` for anything else.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return None;
+    }
+    let n: u64 = number.parse().ok()?;
+    let ms_per = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(n.checked_mul(ms_per)?))
+}
+
 /// Why one backup failed (kept in words in [`BackupStatus::last_failure`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -118,6 +179,10 @@ pub enum BackupError {
         /// The head in the file.
         found: u64,
     },
+    /// The node stopped (or restarted) while the backup was verified: it was dropped, so
+    /// nothing lands in the directory after a shutdown.
+    #[error("the node stopped during the backup; it was dropped")]
+    Stopped,
     /// The blocking work of a backup did not finish (a panic, or the runtime shutting down).
     #[error("the backup task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
@@ -257,10 +322,10 @@ async fn run(shared: Weak<Shared>, policy: BackupPolicy) {
         }
         let started = Instant::now();
         match backup_once(&system, &policy).await {
-            Ok(done) => {
+            Ok((done, pruned)) => {
                 tracing::info!(path = %done.path, head_seq = done.head_seq, "backup written and verified");
                 system.shared.backups.succeeded(done);
-                match prune(&policy).await {
+                match pruned {
                     Ok(0) => {}
                     Ok(removed) => tracing::debug!(removed, "old backups removed"),
                     Err(e) => {
@@ -329,15 +394,21 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(BackupError::Task)?
 }
 
-/// One backup: export under a staging name, verify, rename to the backup's name.
+/// One backup: export under a staging name, verify, rename to the backup's name, prune the
+/// oldest beyond `keep` (how that went is the second part of the answer).
 #[tracing::instrument(name = "backup", skip_all, fields(dir = %policy.dir.display(), events = policy.events))]
-async fn backup_once(system: &SporeSystem, policy: &BackupPolicy) -> Result<BackupSuccess, BackupError> {
+async fn backup_once(
+    system: &SporeSystem,
+    policy: &BackupPolicy,
+) -> Result<(BackupSuccess, Result<usize, BackupError>), BackupError> {
     let dir = policy.dir.clone();
     blocking(move || std::fs::create_dir_all(&dir).map_err(io_at(&dir))).await?;
     // The time in the name, to the millisecond (the name carries no more).
     let at = Timestamp::now().to_datetime();
     let at = at - chrono::Duration::nanoseconds(i64::from(at.timestamp_subsec_nanos() % 1_000_000));
     let staging = policy.dir.join(format!("{STAGING_PREFIX}{}Z{STAGING_SUFFIX}", at.format(STAMP_FORMAT)));
+    // The running node that exports; weakly, so a shutdown does not wait for the verification.
+    let exporter = system.running().map(|r| Arc::downgrade(&r)).map_err(|e| BackupError::Export(Box::new(e)))?;
     let head = match system.export_seed(&staging, policy.events).await {
         Ok(head) => head,
         Err(e) => {
@@ -349,20 +420,28 @@ async fn backup_once(system: &SporeSystem, policy: &BackupPolicy) -> Result<Back
     };
     let name = BackupName { at, head_seq: head.seq };
     let path = policy.dir.join(name.file_name());
-    let (dir, target) = (policy.dir.clone(), path.clone());
+    let (dir, target, system, keep) = (policy.dir.clone(), path.clone(), system.clone(), policy.keep);
     blocking(move || {
         let checked = verify_file(&staging, &head).and_then(|()| {
+            // Named only while the node that exported it still runs, under the lock a
+            // shutdown takes to stop it: no backup lands in the directory after `shutdown`.
+            let running = sync::read(&system.shared.running);
+            if !running.as_ref().is_some_and(|r| std::ptr::eq(Arc::as_ptr(r), exporter.as_ptr())) {
+                return Err(BackupError::Stopped);
+            }
             std::fs::rename(&staging, &target).map_err(io_at(&target))?;
             sync_dir(&dir);
-            Ok(())
+            let pruned = prune(&dir, keep);
+            drop(running);
+            Ok(pruned)
         });
         if checked.is_err() {
             let _ = std::fs::remove_file(&staging);
         }
         checked
     })
-    .await?;
-    Ok(success(name, &path))
+    .await
+    .map(|pruned| (success(name, &path), pruned))
 }
 
 /// Verifies the seed at `path` with the default policy, at the head the export reported.
@@ -387,22 +466,18 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Removes the oldest backups in the policy's directory beyond `keep`; returns how many.
-#[tracing::instrument(name = "backup_prune", skip_all, fields(dir = %policy.dir.display(), keep = policy.keep))]
-async fn prune(policy: &BackupPolicy) -> Result<usize, BackupError> {
-    let (dir, keep) = (policy.dir.clone(), policy.keep);
-    blocking(move || {
-        let list = list_backups(&dir).map_err(io_at(&dir))?;
-        let excess = list.len().saturating_sub(keep);
-        for (_, path) in &list[..excess] {
-            std::fs::remove_file(path).map_err(io_at(path))?;
-        }
-        if excess > 0 {
-            sync_dir(&dir);
-        }
-        Ok(excess)
-    })
-    .await
+/// Removes the oldest backups in `dir` beyond `keep`; returns how many.
+#[tracing::instrument(name = "backup_prune", skip_all, fields(dir = %dir.display(), keep))]
+fn prune(dir: &Path, keep: usize) -> Result<usize, BackupError> {
+    let list = list_backups(dir).map_err(io_at(dir))?;
+    let excess = list.len().saturating_sub(keep);
+    for (_, path) in &list[..excess] {
+        std::fs::remove_file(path).map_err(io_at(path))?;
+    }
+    if excess > 0 {
+        sync_dir(dir);
+    }
+    Ok(excess)
 }
 
 #[cfg(test)]

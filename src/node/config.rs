@@ -50,8 +50,9 @@ use crate::core::keys::PublicKey;
 use crate::core::types::{NetworkIdentity, NodeId, NodeRole};
 use crate::error::Error;
 use crate::net::addr::{check_listen_addr, check_peer_addr, AddressError};
+use crate::node::backup::BackupConfig;
 use crate::node::datadir::CreatedDir;
-use crate::node::{BackupPolicy, SporeSystem, SporeSystemBuilder, Timeouts};
+use crate::node::{SporeSystem, SporeSystemBuilder, Timeouts};
 use crate::wire::rpc::PeerNode;
 
 /// Voter (Sclerotium) or latent (Rhizomorph).
@@ -188,63 +189,6 @@ pub struct NodeConfig {
     /// Scheduled backups (`[backup]`).
     #[serde(default)]
     pub backup: Option<BackupConfig>,
-}
-
-/// Scheduled backups as the TOML gives them (`[backup]`; [`BackupPolicy`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackupConfig {
-    /// The directory the seeds go to (one per node; created if missing).
-    pub dir: PathBuf,
-    /// Time between backups: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`.
-    #[serde(default = "hourly")]
-    pub interval: String,
-    /// How many backups to keep.
-    #[serde(default = "a_day_of_hours")]
-    pub keep: usize,
-    /// Every event from genesis in each seed (otherwise the attested state and the events
-    /// after it).
-    #[serde(default)]
-    pub events: bool,
-}
-
-fn hourly() -> String {
-    "1h".to_string()
-}
-
-fn a_day_of_hours() -> usize {
-    24
-}
-
-impl BackupConfig {
-    /// The policy, checked: the interval parses and is long enough, something is kept.
-    pub fn policy(&self) -> Result<BackupPolicy, ConfigError> {
-        let interval = parse_duration(&self.interval)
-            .ok_or_else(|| ConfigError::BadDuration { field: "backup.interval", value: self.interval.clone() })?;
-        let policy = BackupPolicy { dir: self.dir.clone(), interval, keep: self.keep, events: self.events };
-        policy.check()?;
-        Ok(policy)
-    }
-}
-
-/// A duration as operators write it: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`
-/// (`300ms`, `30s`, `1h`). `None` for anything else.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    if number.is_empty() {
-        return None;
-    }
-    let n: u64 = number.parse().ok()?;
-    let ms_per = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    Some(Duration::from_millis(n.checked_mul(ms_per)?))
 }
 
 /// A configuration that does not make sense.
@@ -529,6 +473,8 @@ async fn announce_if_changed(system: &SporeSystem, config: &NodeConfig) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::backup::parse_duration;
+    use crate::node::BackupPolicy;
 
     #[test]
     fn parses_a_full_config_and_refuses_contradictions() {
@@ -584,10 +530,12 @@ mod tests {
         let c = NodeConfig::from_toml(base).expect("valid");
         let policy = c.backup.as_ref().map(|b| b.policy().expect("policy"));
         assert_eq!(policy, Some(BackupPolicy::new("b")), "1h, 24 kept, state-only by default");
-        let c = NodeConfig::from_toml(&format!("{base}interval = \"300ms\"\nkeep = 3\nevents = true\n")).expect("valid");
+        let c =
+            NodeConfig::from_toml(&format!("{base}interval = \"300ms\"\nkeep = 3\nevents = true\n")).expect("valid");
         let p = c.backup.as_ref().map(|b| b.policy().expect("policy")).expect("set");
         assert_eq!((p.interval, p.keep, p.events), (Duration::from_millis(300), 3, true));
-        for (bad, field) in [("interval = \"1 hour\"\n", "backup.interval"), ("interval = \"h\"\n", "backup.interval")] {
+        for (bad, field) in [("interval = \"1 hour\"\n", "backup.interval"), ("interval = \"h\"\n", "backup.interval")]
+        {
             let e = NodeConfig::from_toml(&format!("{base}{bad}")).expect_err(bad);
             assert!(matches!(&e, ConfigError::BadDuration { field: f, .. } if *f == field), "{e}");
         }
@@ -595,7 +543,10 @@ mod tests {
         assert!(matches!(NodeConfig::from_toml(&format!("{base}keep = 0\n")), Err(ConfigError::Invalid(_))));
         assert!(matches!(NodeConfig::from_toml(&format!("{base}keep = -1\n")), Err(ConfigError::Parse(_))));
         assert!(matches!(NodeConfig::from_toml(&format!("{base}every = 3\n")), Err(ConfigError::Parse(_))));
-        assert!(matches!(NodeConfig::from_toml("data_dir = \"x\"\nlisten = \"a:1\"\n[backup]\n"), Err(ConfigError::Parse(_))));
+        assert!(matches!(
+            NodeConfig::from_toml("data_dir = \"x\"\nlisten = \"a:1\"\n[backup]\n"),
+            Err(ConfigError::Parse(_))
+        ));
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("2d"), Some(Duration::from_secs(2 * 86_400)));
         assert_eq!(parse_duration(""), None);

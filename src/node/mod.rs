@@ -68,10 +68,10 @@ use crate::raft::Raft;
 use crate::store::ledger::LedgerHealth;
 use crate::wire::rpc::PeerNode;
 
-pub use backup::{BackupError, BackupPolicy};
+pub use backup::{parse_duration, BackupConfig, BackupError, BackupPolicy};
 pub use builder::{AnchorPolicy, SporeSystemBuilder, Timeouts};
 pub use config::{
-    parse_duration, parse_node_key, start_node, BackupConfig, ConfigError, InitConfig, JoinConfig, NodeConfig, PeerConfig, RoleConfig,
+    parse_node_key, start_node, ConfigError, InitConfig, JoinConfig, NodeConfig, PeerConfig, RoleConfig,
     TimeoutProfile, JOIN_PATIENCE,
 };
 pub(crate) use lifecycle::discard_failed_start;

@@ -199,7 +199,9 @@ impl Target {
             .map_err(|e| CliError::usage(format!("--key-file {}: not a node key file: {e}", key_file.display())))?;
         let status = match quic::admin_call(addr, None, RpcRequest::Status, timeout).await {
             Ok((_, RpcResponse::Status(Ok(st)))) => st,
-            Ok((_, other)) => return Err(CliError::Io(format!("{addr} did not report its status: {}", kind_of(&other)))),
+            Ok((_, other)) => {
+                return Err(CliError::Io(format!("{addr} did not report its status: {}", kind_of(&other))))
+            }
             Err(e) => return Err(CliError::Io(e.to_string())),
         };
         let Some(fingerprint) = status.fingerprint else {
@@ -324,7 +326,9 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             match self.conn.call(RpcRequest::Forward(event.clone()), left.min(ATTEMPT_TIMEOUT)).await {
                 Ok((_, RpcResponse::Forward(Ok(SporeResponse::Applied(_))))) => return Ok(()),
-                Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) if maybe_delivered && landed_before(&r) => {
+                Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r)))))
+                    if maybe_delivered && landed_before(&r) =>
+                {
                     return Ok(())
                 }
                 Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) => {

@@ -230,7 +230,16 @@ struct Listed {
     bytes: u64,
     /// When it was taken: the time in a backup's name, else the file's modification time.
     at: chrono::DateTime<chrono::Utc>,
-    verdict: Result<Seed, SeedError>,
+    verdict: Result<Summary, SeedError>,
+}
+
+/// What `seed list` keeps of a seed that verified (not its events: a directory may hold many
+/// large ones).
+struct Summary {
+    head_seq: u64,
+    head_hash: mycnet_spores::ChainHash,
+    includes_events: bool,
+    signers: Vec<mycnet_spores::NodeId>,
 }
 
 /// Whether `path` is a seed file to list: named `*.seed`, or starting with the seed magic
@@ -263,7 +272,12 @@ pub(crate) fn list(dir: &Path, o: &mut Out) -> CliResult {
             Some(b) => b.at,
             None => meta.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default(),
         };
-        let verdict = seed::read_file(&path, VerifyPolicy::default());
+        let verdict = seed::read_file(&path, VerifyPolicy::default()).map(|s| Summary {
+            head_seq: s.header.head_seq,
+            head_hash: s.header.head_hash,
+            includes_events: s.header.includes_events,
+            signers: s.signers,
+        });
         if let Err(e @ SeedError::Io { .. }) = &verdict {
             return Err(CliError::Io(e.to_string()));
         }
@@ -277,8 +291,8 @@ pub(crate) fn list(dir: &Path, o: &mut Out) -> CliResult {
             .map(|l| match &l.verdict {
                 Ok(s) => json!({
                     "file": l.path, "bytes": l.bytes, "at": l.at.to_rfc3339(), "ok": true,
-                    "head": { "seq": s.header.head_seq, "hash": s.header.head_hash },
-                    "includes_events": s.header.includes_events, "signers": s.signers,
+                    "head": { "seq": s.head_seq, "hash": s.head_hash },
+                    "includes_events": s.includes_events, "signers": s.signers,
                 }),
                 Err(e) => json!({
                     "file": l.path, "bytes": l.bytes, "at": l.at.to_rfc3339(), "ok": false,
@@ -294,7 +308,7 @@ pub(crate) fn list(dir: &Path, o: &mut Out) -> CliResult {
             match &l.verdict {
                 Ok(s) => o.line(format!(
                     "{name:<48} {:>10} {:>10}  {:<8} {}",
-                    s.header.head_seq,
+                    s.head_seq,
                     l.bytes,
                     "OK",
                     s.signers.iter().map(|k| k.short()).collect::<Vec<_>>().join(" ")
