@@ -79,7 +79,9 @@ impl SporeSystem {
             Backend::Default if own_quic => {
                 let admission = RegistryAdmission::new(ledger.clone(), cfg.admit.iter().copied());
                 (
-                    Arc::new(QuicBackend::new(key.clone(), admission.policy())) as Arc<dyn NetworkBackend>,
+                    Arc::new(QuicBackend::new(key.clone(), admission.policy()).with_config(
+                        crate::net::quic::QuicConfig { admin_reads: cfg.admin_reads.clone(), ..Default::default() },
+                    )) as Arc<dyn NetworkBackend>,
                     Some(admission),
                 )
             }

@@ -16,6 +16,11 @@ use crate::{forensics, inspect, service};
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// Read from running nodes as this node key (a PKCS#8 PEM key file), for nodes whose
+    /// admin reads admit only some keys (`admin_reads` in the node TOML); a throw-away key
+    /// otherwise.
+    #[arg(long, global = true)]
+    pub(crate) client_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

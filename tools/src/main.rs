@@ -47,6 +47,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 fn run(cli: Cli) -> CliResult {
+    if let Some(path) = &cli.client_key_file {
+        remote::set_client_key(path)?;
+    }
     match cli.command {
         Command::Generate { out, events, nodes, seed, json } => {
             inspect::generate(&out, events, nodes, seed, &mut Out::new(json))

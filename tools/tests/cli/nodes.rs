@@ -330,3 +330,32 @@ fn a_node_process_runs_the_check_a_registration_carries() {
     assert!(critical.contains("refused"), "{critical}");
     assert_eq!(query(&[]).as_array().map(Vec::len), Some(0), "left out by default");
 }
+
+/// `admin_reads = "keys"` in the node TOML: `spore status` from a throw-away key is refused,
+/// and `--client-key-file` with a listed key reads.
+#[test]
+fn a_node_reads_only_to_the_keys_its_toml_lists() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let node = crate::proc::Node::keygen(root.path().join("n"), format!("127.0.0.1:{}", free_udp_port()), None);
+    let reader = crate::proc::Node::keygen(root.path().join("reader"), String::new(), None);
+    let toml = format!(
+        "data_dir = {:?}\nlisten = {:?}\nadmin_reads = \"keys\"\nadmin_keys = [{:?}]\n\n[init]\nnetwork_name = \"reads\"\n",
+        path(&node.dir),
+        node.addr,
+        reader.key
+    );
+    let config = root.path().join("n.toml");
+    std::fs::write(&config, toml).expect("write config");
+    let mut n = node;
+    n.start(&["--config".to_string(), path(&config).to_string()]);
+    let reader_key = reader.key_file();
+    let as_reader = ["--client-key-file", path(&reader_key)];
+    wait_until("the listed key reads", Duration::from_secs(30), || {
+        let out = run(&[&as_reader[..], &["status", "--addr", &n.addr, "--json"]].concat());
+        (out.status.code() == Some(0)).then_some(())
+    });
+    let stranger = run(&["status", "--addr", &n.addr, "--timeout-ms", "3000"]);
+    assert_ne!(stranger.status.code(), Some(0), "a throw-away key is refused");
+    let bad = run(&["--client-key-file", path(&root.path().join("missing.key")), "status", "--addr", &n.addr]);
+    assert_eq!(bad.status.code(), Some(2), "a missing client key file is a usage error");
+}
