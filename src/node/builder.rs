@@ -118,6 +118,7 @@ pub struct SporeSystemBuilder {
     pub(super) admit: Vec<NodeId>,
     pub(super) yield_policy: YieldPolicy,
     pub(super) admin_reads: crate::net::quic::AdminReads,
+    pub(super) metrics: bool,
 }
 
 /// When the leader commits a checkpoint event (an anchor for the latent tier): after this
@@ -158,6 +159,7 @@ impl Default for SporeSystemBuilder {
             admit: Vec::new(),
             yield_policy: YieldPolicy::default(),
             admin_reads: crate::net::quic::AdminReads::Open,
+            metrics: true,
         }
     }
 }
@@ -278,6 +280,12 @@ impl SporeSystemBuilder {
     /// HTTP endpoint has its own token.
     pub fn admin_reads(mut self, reads: crate::net::quic::AdminReads) -> Self {
         self.admin_reads = reads;
+        self
+    }
+    /// Whether the write path records its metrics (ledger writes, Raft log syncs; on by
+    /// default). Off, `/metrics` still reports everything read at scrape time.
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
         self
     }
     /// How fast the background scrub re-verifies the stored chain (`ScrubConfig::default`:

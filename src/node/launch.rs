@@ -63,6 +63,7 @@ impl SporeSystem {
             checkpoint_interval: cfg.checkpoint_interval,
             durable: false,
             expected_network: None,
+            metrics: cfg.metrics,
         };
         let ledger = tokio::task::spawn_blocking(move || Ledger::open(ledger_dir, ledger_cfg))
             .await

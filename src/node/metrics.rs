@@ -17,6 +17,8 @@ use prometheus_client::registry::Registry;
 
 use super::SporeSystem;
 use crate::error::Error;
+use crate::net::gossip::GossipStats;
+use crate::store::ledger::LedgerLock;
 
 /// Counters kept between scrapes (everything else is read when scraped).
 #[derive(Debug, Default)]
@@ -155,6 +157,22 @@ impl SporeSystem {
             m.health_transitions.load(Ordering::Relaxed),
         );
         counter(&mut r, "seed_exports", "Seed files this node exported.", m.seed_exports.load(Ordering::Relaxed));
+        let running = self.running()?;
+        running.ledger.read_ledger()?.write_metrics().register(&mut r);
+        if let Some(g) = &running.gossip {
+            let s = g.stats();
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            let sessions = Family::<Labels, Counter>::default();
+            for (i, outcome) in GossipStats::OUTCOMES.iter().enumerate() {
+                sessions.get_or_create(&vec![("outcome", (*outcome).to_string())]).inc_by(load(&s.sessions[i]));
+            }
+            r.register("gossip_sessions", "Gossip sessions that ended, by outcome.", sessions);
+            counter(&mut r, "gossip_events_stored", "Events stored from gossip peers.", load(&s.stored));
+            counter(&mut r, "gossip_events_served", "Events served to gossip peers.", load(&s.served));
+            counter(&mut r, "gossip_sent_bytes", "Gossip frame bytes sent.", load(&s.bytes_written));
+            counter(&mut r, "gossip_received_bytes", "Gossip frame bytes received.", load(&s.bytes_read));
+            counter(&mut r, "gossip_bans", "Gossip peers banned for bad data or a broken protocol.", load(&s.bans));
+        }
         let mut out = String::new();
         encode(&mut out, &r).map_err(|e| Error::Metrics(e.to_string()))?;
         Ok(out)

@@ -33,10 +33,29 @@ async fn a_node_reports_its_raft_ledger_and_checks_as_prometheus_metrics() {
     assert_eq!(sample(&text, "spores_mode{mode=\"normal operation\"}"), Some(1.0), "{text}");
     let passing = sample(&text, "spores_health_checks{health=\"passing\"}");
     assert!(passing.is_some(), "{text}");
+    // The write path's histograms and counter, recorded as the writes happened.
+    let appended = sample(&text, "spores_ledger_events_appended_total").expect("events appended");
+    assert!(appended >= 1.0, "{text}");
+    assert!(sample(&text, "spores_ledger_write_seconds_count").is_some_and(|n| n >= 1.0), "{text}");
+    assert!(sample(&text, "spores_raft_log_sync_seconds_count").is_some_and(|n| n >= 1.0), "{text}");
     for name in ["spores_raft_term", "spores_raft_elections_total", "spores_seed_exports_total"] {
         assert!(text.contains(&format!("\n{name} ")), "{name} missing:\n{text}");
     }
     n.export_seed(dir.path().join("s.seed"), false).await.expect("export");
     assert_eq!(sample(&n.metrics_text().expect("metrics"), "spores_seed_exports_total"), Some(1.0));
     n.shutdown().await.expect("shutdown");
+
+    // Off: nothing is recorded on the write path, the rest is still read at scrape time.
+    let off = SporeSystem::builder().data_dir(dir.path().join("off")).private_network().metrics(false).build();
+    off.initialize(NetworkIdentity {
+        network_id: uuid::Uuid::new_v4(),
+        network_name: "metrics-off".into(),
+        genesis_timestamp: chrono::Utc::now(),
+    })
+    .await
+    .expect("initialize");
+    let text = off.metrics_text().expect("metrics");
+    assert_eq!(sample(&text, "spores_raft_is_leader"), Some(1.0));
+    assert!(!text.contains("spores_ledger_write_seconds"), "{text}");
+    off.shutdown().await.expect("shutdown");
 }
