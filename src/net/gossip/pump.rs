@@ -270,10 +270,13 @@ impl GossipService {
             let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 frame = frames_rx.recv(), if !eof => match frame {
-                    Some(Ok(Some(bytes))) => match { report.bytes_read += bytes.len() as u64; decode_frame_with_records::<LedgerRecords>(bytes) } {
-                        Ok((m, records)) => session.handle_with_records(m, records, Instant::now()),
-                        Err(e) => session.handle_bad_frame(e.to_string()),
-                    },
+                    Some(Ok(Some(bytes))) => {
+                        report.bytes_read += bytes.len() as u64;
+                        match decode_frame_with_records::<LedgerRecords>(bytes) {
+                            Ok((m, records)) => session.handle_with_records(m, records, Instant::now()),
+                            Err(e) => session.handle_bad_frame(e.to_string()),
+                        }
+                    }
                     // The peer finished (or the stream broke): finish storing what it sent.
                     Some(Ok(None)) | None => eof = true,
                     Some(Err(ReadError::Bad(reason))) => {
