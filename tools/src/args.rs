@@ -513,9 +513,19 @@ pub(crate) struct NodeArgs {
     /// apart, lossy links). Overrides `timeouts` in --config.
     #[arg(long, value_enum)]
     pub(crate) timeouts: Option<Profile>,
+    /// How the node logs to stderr: `text` (default) or `json` (one JSON object per line, for
+    /// journald, Loki and the like).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -359,3 +359,23 @@ fn a_node_reads_only_to_the_keys_its_toml_lists() {
     let bad = run(&["--client-key-file", path(&root.path().join("missing.key")), "status", "--addr", &n.addr]);
     assert_eq!(bad.status.code(), Some(2), "a missing client key file is a usage error");
 }
+
+/// `spore node --log-format json` logs one JSON object per line (level, fields, target).
+#[test]
+fn spore_node_logs_json_lines_when_asked() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let mut child = spore()
+        .args(["node", "--data-dir", path(&root.path().join("n")), "--listen", &listen, "--init", "t"])
+        .args(["--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn spore node");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let first = lines.next().expect("a log line").expect("read");
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("not a JSON line ({e}): {first}"));
+    assert!(v["level"].is_string() && v["fields"].is_object() && v["timestamp"].is_string(), "{v}");
+}
