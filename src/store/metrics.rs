@@ -61,16 +61,16 @@ impl WriteMetrics {
         let Some(m) = &self.inner else { return };
         registry.register_with_unit(
             "ledger_write",
-            "Durable ledger batch writes (events appended in one atomic batch).",
+            "Durable ledger batch writes (events appended in one atomic batch)",
             Unit::Seconds,
             m.ledger_write.clone(),
         );
         registry.register_with_unit(
             "raft_log_sync",
-            "Syncs of the Raft log (each may cover several appends).",
+            "Syncs of the Raft log (each may cover several appends)",
             Unit::Seconds,
             m.raft_log_sync.clone(),
         );
-        registry.register("ledger_events_appended", "Events appended to the ledger.", m.events_appended.clone());
+        registry.register("ledger_events_appended", "Events appended to the ledger", m.events_appended.clone());
     }
 }
