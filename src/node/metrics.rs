@@ -45,6 +45,20 @@ impl NodeMetrics {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// On a leader, the highest index a majority of voters holds (the leader's own log counts):
+/// what it may commit. `None` on a follower.
+fn committed_index(m: &openraft::RaftMetrics<u64, crate::wire::rpc::PeerNode>) -> Option<u64> {
+    let replication = m.replication.as_ref()?;
+    let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    let mut held: Vec<u64> = voters
+        .iter()
+        .map(|v| if *v == m.id { m.last_log_index } else { replication.get(v).and_then(|l| l.map(|l| l.index)) })
+        .map(|i| i.unwrap_or(0))
+        .collect();
+    held.sort_unstable_by(|a, b| b.cmp(a));
+    held.get(voters.len() / 2).copied()
+}
+
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     let g: Gauge = Gauge::default();
     g.set(value);
@@ -92,6 +106,24 @@ impl SporeSystem {
             "raft_applied_index",
             "The last Raft index applied to the ledger",
             st.last_applied.map_or(-1, as_i64),
+        );
+        let (committed, quorum_ack_ms) = {
+            let raft = self.raft()?;
+            let rm = raft.metrics();
+            let rm = rm.borrow();
+            (committed_index(&rm), rm.millis_since_quorum_ack)
+        };
+        gauge(
+            &mut r,
+            "raft_committed_index",
+            "The last Raft index a quorum holds, as the leader computes it (-1 on a follower: see applied)",
+            committed.map_or(-1, as_i64),
+        );
+        gauge(
+            &mut r,
+            "raft_quorum_ack_age_seconds",
+            "Seconds since a quorum last acknowledged this leader (-1 on a follower)",
+            quorum_ack_ms.map_or(-1, |ms| as_i64(ms / 1000)),
         );
         counter(
             &mut r,
