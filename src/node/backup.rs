@@ -483,6 +483,38 @@ fn prune(dir: &Path, keep: usize) -> Result<usize, BackupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::{ConfigError, NodeConfig};
+
+    /// `[backup]`: every value checked when read, the defaults filled in.
+    #[test]
+    fn reads_the_backup_section_and_checks_each_value() {
+        let base = "data_dir = \"x\"\nlisten = \"a:1\"\n[backup]\ndir = \"b\"\n";
+        let c = NodeConfig::from_toml(base).expect("valid");
+        let policy = c.backup.as_ref().map(|b| b.policy().expect("policy"));
+        assert_eq!(policy, Some(BackupPolicy::new("b")), "1h, 24 kept, state-only by default");
+        let c =
+            NodeConfig::from_toml(&format!("{base}interval = \"300ms\"\nkeep = 3\nevents = true\n")).expect("valid");
+        let p = c.backup.as_ref().map(|b| b.policy().expect("policy")).expect("set");
+        assert_eq!((p.interval, p.keep, p.events), (Duration::from_millis(300), 3, true));
+        for (bad, field) in [("interval = \"1 hour\"\n", "backup.interval"), ("interval = \"h\"\n", "backup.interval")]
+        {
+            let e = NodeConfig::from_toml(&format!("{base}{bad}")).expect_err(bad);
+            assert!(matches!(&e, ConfigError::BadDuration { field: f, .. } if *f == field), "{e}");
+        }
+        assert!(matches!(NodeConfig::from_toml(&format!("{base}interval = \"10ms\"\n")), Err(ConfigError::Invalid(_))));
+        assert!(matches!(NodeConfig::from_toml(&format!("{base}keep = 0\n")), Err(ConfigError::Invalid(_))));
+        assert!(matches!(NodeConfig::from_toml(&format!("{base}keep = -1\n")), Err(ConfigError::Parse(_))));
+        assert!(matches!(NodeConfig::from_toml(&format!("{base}every = 3\n")), Err(ConfigError::Parse(_))));
+        assert!(matches!(
+            NodeConfig::from_toml("data_dir = \"x\"\nlisten = \"a:1\"\n[backup]\n"),
+            Err(ConfigError::Parse(_))
+        ));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(2 * 86_400)));
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("99999999999999999999h"), None);
+    }
 
     #[test]
     fn names_sort_by_time_and_parse_back_exactly() {

@@ -20,6 +20,9 @@
 //! as_voter = true
 //! # trust_seed = "backup.seed"   # join only if the member's chain extends this seed's head
 //!
+//! # admin_reads = "open"          # who may read over QUIC (status, query, watch): "open",
+//! #                               # "admitted", or "keys" with admin_keys = ["<64 hex>", ...]
+//!
 //! [[peers]]                      # bootstrap peers allowed to connect before admission
 //! addr = "127.0.0.1:7400"
 //! key = "<64 hex chars>"
@@ -50,6 +53,7 @@ use crate::core::keys::PublicKey;
 use crate::core::types::{NetworkIdentity, NodeId, NodeRole};
 use crate::error::Error;
 use crate::net::addr::{check_listen_addr, check_peer_addr, AddressError};
+use crate::net::quic::AdminReads;
 use crate::node::backup::BackupConfig;
 use crate::node::datadir::CreatedDir;
 use crate::node::{SporeSystem, SporeSystemBuilder, Timeouts};
@@ -142,7 +146,7 @@ pub struct PeerConfig {
 }
 
 /// A node's configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Ledger, Raft log and `node.key` live here.
@@ -189,6 +193,27 @@ pub struct NodeConfig {
     /// Scheduled backups (`[backup]`).
     #[serde(default)]
     pub backup: Option<BackupConfig>,
+    /// Who may read through the QUIC admin protocol (`spore status`, `query`, `watch`):
+    /// `open` (the default: any key), `admitted` (the registry's members and the bootstrap
+    /// peers), or `keys` with `admin_keys`.
+    #[serde(default)]
+    pub admin_reads: AdminReadsConfig,
+    /// The keys that may read when `admin_reads = "keys"` (64 hex characters each).
+    #[serde(default)]
+    pub admin_keys: Vec<String>,
+}
+
+/// Who may read through the QUIC admin protocol, as the node TOML says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminReadsConfig {
+    /// Any key.
+    #[default]
+    Open,
+    /// Admitted keys only.
+    Admitted,
+    /// The keys in `admin_keys` only.
+    Keys,
 }
 
 /// A configuration that does not make sense.
@@ -287,7 +312,21 @@ impl NodeConfig {
         if let Some(b) = &self.backup {
             b.policy()?;
         }
+        self.admin_reads()?;
         Ok(())
+    }
+
+    /// The admin read policy: `admin_reads` with `admin_keys` (given exactly when it is `keys`).
+    pub fn admin_reads(&self) -> Result<AdminReads, ConfigError> {
+        match (self.admin_reads, self.admin_keys.is_empty()) {
+            (AdminReadsConfig::Open, true) => Ok(AdminReads::Open),
+            (AdminReadsConfig::Admitted, true) => Ok(AdminReads::Admitted),
+            (AdminReadsConfig::Keys, false) => Ok(AdminReads::Keys(
+                self.admin_keys.iter().map(|k| parse_node_key("admin_keys", k)).collect::<Result<_, _>>()?,
+            )),
+            (AdminReadsConfig::Keys, true) => Err(ConfigError::Invalid("`admin_reads = \"keys\"` needs `admin_keys`")),
+            (_, false) => Err(ConfigError::Invalid("`admin_keys` is only read with `admin_reads = \"keys\"`")),
+        }
     }
 
     /// Keys trusted before admission: the bootstrap peers and the `[join]` member.
@@ -318,6 +357,7 @@ impl NodeConfig {
             .capabilities(self.capabilities.clone())
             .addresses(self.addresses.clone())
             .admit(self.bootstrap_keys().unwrap_or_default())
+            .admin_reads(self.admin_reads().unwrap_or(AdminReads::Admitted))
             .timeouts(t);
         if let Some(backend) = backend {
             b = b.network(backend);
@@ -473,8 +513,6 @@ async fn announce_if_changed(system: &SporeSystem, config: &NodeConfig) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::backup::parse_duration;
-    use crate::node::BackupPolicy;
 
     #[test]
     fn parses_a_full_config_and_refuses_contradictions() {
@@ -521,37 +559,6 @@ mod tests {
         assert!(peer("127.0.0.1:7400").is_ok());
         let e = peer("127.0.0.1:99999").expect_err("out of range").to_string();
         assert!(e.contains("peers.addr") && e.contains("99999") && e.contains("out of range"), "{e}");
-    }
-
-    /// `[backup]`: every value checked when read, the defaults filled in.
-    #[test]
-    fn reads_the_backup_section_and_checks_each_value() {
-        let base = "data_dir = \"x\"\nlisten = \"a:1\"\n[backup]\ndir = \"b\"\n";
-        let c = NodeConfig::from_toml(base).expect("valid");
-        let policy = c.backup.as_ref().map(|b| b.policy().expect("policy"));
-        assert_eq!(policy, Some(BackupPolicy::new("b")), "1h, 24 kept, state-only by default");
-        let c =
-            NodeConfig::from_toml(&format!("{base}interval = \"300ms\"\nkeep = 3\nevents = true\n")).expect("valid");
-        let p = c.backup.as_ref().map(|b| b.policy().expect("policy")).expect("set");
-        assert_eq!((p.interval, p.keep, p.events), (Duration::from_millis(300), 3, true));
-        for (bad, field) in [("interval = \"1 hour\"\n", "backup.interval"), ("interval = \"h\"\n", "backup.interval")]
-        {
-            let e = NodeConfig::from_toml(&format!("{base}{bad}")).expect_err(bad);
-            assert!(matches!(&e, ConfigError::BadDuration { field: f, .. } if *f == field), "{e}");
-        }
-        assert!(matches!(NodeConfig::from_toml(&format!("{base}interval = \"10ms\"\n")), Err(ConfigError::Invalid(_))));
-        assert!(matches!(NodeConfig::from_toml(&format!("{base}keep = 0\n")), Err(ConfigError::Invalid(_))));
-        assert!(matches!(NodeConfig::from_toml(&format!("{base}keep = -1\n")), Err(ConfigError::Parse(_))));
-        assert!(matches!(NodeConfig::from_toml(&format!("{base}every = 3\n")), Err(ConfigError::Parse(_))));
-        assert!(matches!(
-            NodeConfig::from_toml("data_dir = \"x\"\nlisten = \"a:1\"\n[backup]\n"),
-            Err(ConfigError::Parse(_))
-        ));
-        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(2 * 86_400)));
-        assert_eq!(parse_duration(""), None);
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("99999999999999999999h"), None);
     }
 
     #[test]

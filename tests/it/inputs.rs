@@ -41,7 +41,7 @@ fn config(data_dir: std::path::PathBuf, listen: &str) -> NodeConfig {
         seed_quorum: false,
         write_timeout_ms: Some(2000),
         timeouts: node::TimeoutProfile::Lan,
-        backup: None,
+        ..Default::default()
     }
 }
 

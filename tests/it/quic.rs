@@ -775,7 +775,7 @@ async fn runner_node(root: &std::path::Path, name: &str, init: Option<&str>, joi
         seed_quorum: false,
         write_timeout_ms: Some(2000),
         timeouts: node::TimeoutProfile::Lan,
-        backup: None,
+        ..Default::default()
     };
     node::start_node(&config, None).await.expect("node starts")
 }
