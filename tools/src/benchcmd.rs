@@ -197,7 +197,10 @@ impl Target {
     async fn find(addr: &str, key_file: &Path, timeout: Duration) -> Result<Target, CliError> {
         let key = keyfile::load(key_file)
             .map_err(|e| CliError::usage(format!("--key-file {}: not a node key file: {e}", key_file.display())))?;
-        let status = match quic::admin_call(addr, None, RpcRequest::Status, timeout).await {
+        // Read as the `--client-key-file` key if one was given, else as the node itself (its
+        // key is admitted, which a node that narrows its admin reads may ask for).
+        let reader = crate::remote::client_key().unwrap_or_else(|| key.clone());
+        let status = match quic::admin_call_as(&reader, addr, None, RpcRequest::Status, timeout).await {
             Ok((_, RpcResponse::Status(Ok(st)))) => st,
             Ok((_, other)) => {
                 return Err(CliError::Io(format!("{addr} did not report its status: {}", kind_of(&other))))
@@ -207,7 +210,7 @@ impl Target {
         let Some(fingerprint) = status.fingerprint else {
             return Err(CliError::Io(format!("{addr} is not part of a formed network yet")));
         };
-        let nodes = match quic::admin_call(addr, None, RpcRequest::Query(Query::Nodes), timeout).await {
+        let nodes = match quic::admin_call_as(&reader, addr, None, RpcRequest::Query(Query::Nodes), timeout).await {
             Ok((_, RpcResponse::Query(Ok(QueryAnswer::Nodes(n))))) => n,
             Ok((_, other)) => return Err(CliError::Io(format!("{addr} did not list its nodes: {}", kind_of(&other)))),
             Err(e) => return Err(CliError::Io(e.to_string())),

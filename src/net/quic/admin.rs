@@ -45,7 +45,7 @@ impl AdminClient {
     /// For the node at `addr`, as `key` (a node whose admin reads are not open admits only
     /// some keys, [`super::AdminReads`]).
     pub fn with_key(addr: impl Into<String>, expected: Option<NodeId>, key: NodeKey) -> Self {
-        AdminClient { addr: addr.into(), expected, key, conn: None }
+        AdminClient { addr: addr.into(), expected, key, alpn: ALPN_ADMIN, conn: None }
     }
 
     /// The node's address.
