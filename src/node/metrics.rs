@@ -189,6 +189,23 @@ impl SporeSystem {
             m.health_transitions.load(Ordering::Relaxed),
         );
         counter(&mut r, "seed_exports", "Seed files this node exported", m.seed_exports.load(Ordering::Relaxed));
+        if let Some(b) = &st.backup {
+            counter(&mut r, "backups_succeeded", "Backups written and verified since the node started", b.succeeded);
+            counter(&mut r, "backups_failed", "Backups that failed since the node started", b.failed);
+            let seconds = |t: crate::core::types::Timestamp| t.0.div_euclid(1_000_000);
+            gauge(
+                &mut r,
+                "backup_last_success_timestamp_seconds",
+                "Unix time of the newest verified backup (-1: none)",
+                b.last_success.as_ref().map_or(-1, |s| seconds(s.at)),
+            );
+            gauge(
+                &mut r,
+                "backup_last_failure_timestamp_seconds",
+                "Unix time of the newest failed backup (-1: none)",
+                b.last_failure.as_ref().map_or(-1, |f| seconds(f.at)),
+            );
+        }
         let running = self.running()?;
         running.ledger.read_ledger()?.write_metrics().register(&mut r);
         if let Some(g) = &running.gossip {

@@ -145,6 +145,13 @@ async fn a_backup_dir_that_cannot_be_written_is_reported_and_the_node_goes_on() 
     let status = s.status().expect("status");
     assert!(status.halted.is_none(), "{status:?}");
     assert!(status.backup.and_then(|b| b.last_failure).is_some());
+    // ... and in its metrics, for an alert.
+    let text = s.metrics_text().expect("metrics");
+    let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok());
+    assert!(value("spores_backups_failed_total").is_some_and(|n| n >= 2.0), "{text}");
+    assert_eq!(value("spores_backups_succeeded_total"), Some(0.0));
+    assert!(value("spores_backup_last_failure_timestamp_seconds").is_some_and(|t| t > 1.7e9), "{text}");
+    assert_eq!(value("spores_backup_last_success_timestamp_seconds"), Some(-1.0));
     s.shutdown().await.expect("shutdown");
 
     // A policy that keeps nothing is refused at start, with nothing opened.
