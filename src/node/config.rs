@@ -8,6 +8,9 @@
 //! role = "voter"                 # or "latent": out of Raft, keeps the chain by gossip
 //! capabilities = ["storage"]
 //! timeouts = "lan"               # or "wan": voters 100-150 ms apart, lossy links (Timeouts::wan)
+//! # http_listen = "127.0.0.1:8500" # the read-only HTTP/JSON endpoint (`mycnet_spores::http`);
+//! #                              # loopback unless a token guards it
+//! # http_token_file = "/etc/mycnet-spores/http.token" # or http_token = "…": a bearer token
 //!
 //! [init]                         # form a new network (first voter only)
 //! network_name = "demo"
@@ -179,7 +182,21 @@ pub struct NodeConfig {
     /// Timeouts profile: `lan` (default) or `wan`.
     #[serde(default)]
     pub timeouts: TimeoutProfile,
+    /// `host:port` (TCP) of the read-only HTTP/JSON endpoint, served by whoever runs the node
+    /// (`spore node` does; the library starts no HTTP by itself: `mycnet_spores::http::serve`).
+    /// Loopback (`127.0.0.1:8500`) is the documented default choice.
+    #[serde(default)]
+    pub http_listen: Option<String>,
+    /// The bearer token the HTTP endpoint requires on every route but `/healthz`.
+    #[serde(default)]
+    pub http_token: Option<String>,
+    /// A file holding that token (its first line); excludes `http_token`.
+    #[serde(default)]
+    pub http_token_file: Option<PathBuf>,
 }
+
+/// The longest HTTP bearer token taken, in bytes.
+pub const HTTP_TOKEN_BYTES_MAX: usize = 1024;
 
 /// A configuration that does not make sense.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +218,24 @@ pub enum ConfigError {
         /// The key as given.
         key: String,
     },
+    /// An HTTP bearer token that is empty, too long, or holds characters a header cannot
+    /// carry (visible ASCII only).
+    #[error("invalid node config: `{field}`: {problem}")]
+    BadToken {
+        /// Which setting (or file).
+        field: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The token file could not be read.
+    #[error("invalid node config: `http_token_file` {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// An address that is not `HOST:PORT` (port 1..=65535; 0 too for `listen`).
     #[error("invalid node config: `{field}`: {source}")]
     BadAddress {
@@ -220,6 +255,21 @@ pub enum ConfigError {
         /// The address given.
         addr: String,
     },
+}
+
+/// Checks an HTTP bearer token: 1 to [`HTTP_TOKEN_BYTES_MAX`] bytes of visible ASCII (what an
+/// `Authorization` header carries as it is).
+fn check_http_token(field: &str, token: &str) -> Result<(), ConfigError> {
+    let problem = if token.is_empty() {
+        "the token is empty"
+    } else if token.len() > HTTP_TOKEN_BYTES_MAX {
+        "the token is longer than 1024 bytes"
+    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        "the token holds characters other than visible ASCII (no spaces)"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::BadToken { field: field.to_string(), problem })
 }
 
 /// Parses a node key: 64 hex characters that are an ed25519 public key.
@@ -266,7 +316,34 @@ impl NodeConfig {
             parse_node_key("peers.key", &p.key)?;
             check_peer_addr(&p.addr).map_err(bad("peers.addr"))?;
         }
+        if let Some(a) = &self.http_listen {
+            check_listen_addr(a).map_err(bad("http_listen"))?;
+        }
+        if self.http_token.is_some() && self.http_token_file.is_some() {
+            return Err(ConfigError::Invalid("`http_token` and `http_token_file` exclude each other"));
+        }
+        if (self.http_token.is_some() || self.http_token_file.is_some()) && self.http_listen.is_none() {
+            return Err(ConfigError::Invalid("an HTTP token goes with `http_listen`"));
+        }
+        if let Some(t) = &self.http_token {
+            check_http_token("http_token", t)?;
+        }
         Ok(())
+    }
+
+    /// The HTTP endpoint's bearer token: `http_token`, or the first line of `http_token_file`
+    /// (read now, and checked like the other), or none.
+    pub fn http_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(t) = &self.http_token {
+            check_http_token("http_token", t)?;
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.http_token_file else { return Ok(None) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        check_http_token(&format!("http_token_file {}", path.display()), &token)?;
+        Ok(Some(token))
     }
 
     /// Keys trusted before admission: the bootstrap peers and the `[join]` member.
@@ -494,6 +571,35 @@ mod tests {
         assert!(peer("127.0.0.1:7400").is_ok());
         let e = peer("127.0.0.1:99999").expect_err("out of range").to_string();
         assert!(e.contains("peers.addr") && e.contains("99999") && e.contains("out of range"), "{e}");
+    }
+
+    /// The HTTP endpoint's settings are checked when read: its address, a token only with an
+    /// address, one of `http_token` and `http_token_file`, a token a header can carry.
+    #[test]
+    fn http_settings_are_checked_when_read() {
+        let base = "data_dir = \"x\"\nlisten = \"127.0.0.1:1\"\n";
+        let with = |rest: &str| NodeConfig::from_toml(&format!("{base}{rest}"));
+        let c = with("http_listen = \"127.0.0.1:8500\"\nhttp_token = \"s3cret\"\n").expect("valid");
+        assert_eq!(c.http_token().expect("token").as_deref(), Some("s3cret"));
+        assert!(matches!(with("http_listen = \"nope\"\n"), Err(ConfigError::BadAddress { field: "http_listen", .. })));
+        assert!(matches!(with("http_token = \"t\"\n"), Err(ConfigError::Invalid(_))), "a token without an address");
+        assert!(matches!(
+            with("http_listen = \"127.0.0.1:8500\"\nhttp_token = \"a b\"\n"),
+            Err(ConfigError::BadToken { .. })
+        ));
+        assert!(matches!(
+            with("http_listen = \"127.0.0.1:8500\"\nhttp_token = \"t\"\nhttp_token_file = \"f\"\n"),
+            Err(ConfigError::Invalid(_))
+        ));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-a-file\n").expect("write");
+        let c = with(&format!("http_listen = \"127.0.0.1:0\"\nhttp_token_file = \"{}\"\n", file.display())).expect("valid");
+        assert_eq!(c.http_token().expect("token").as_deref(), Some("from-a-file"));
+        std::fs::write(&file, "\n").expect("write");
+        assert!(matches!(c.http_token(), Err(ConfigError::BadToken { .. })), "an empty token file");
+        let missing = with("http_listen = \"127.0.0.1:0\"\nhttp_token_file = \"/no/such/file\"\n").expect("valid");
+        assert!(matches!(missing.http_token(), Err(ConfigError::TokenFile { .. })));
     }
 
     #[test]
