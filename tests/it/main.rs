@@ -12,6 +12,7 @@ mod forensics;
 mod full_disk;
 mod golden;
 mod health;
+mod http;
 mod inputs;
 mod kill;
 mod latent;
