@@ -5,7 +5,7 @@
 //! processes and their voters); the tests are in `cli/`, one file per scenario: `inspector`,
 //! `failures` (damage, a full disk, repair), `forensics` (diff, blame), `nodes` (node processes
 //! through `kill -9`, latent nodes), `seeds` (the demo and the seed tools), `generate`,
-//! `inputs` and `members`.
+//! `http` (`spore node --http` read with curl), `inputs` and `members`.
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
@@ -24,6 +24,8 @@ mod failures;
 mod forensics;
 #[path = "cli/generate.rs"]
 mod generate;
+#[path = "cli/http.rs"]
+mod http;
 #[path = "cli/inputs.rs"]
 mod inputs;
 #[path = "cli/inspector.rs"]
