@@ -37,7 +37,11 @@ pub(super) async fn nodes(State(api): State<Api>, query: RawQuery) -> Result<Res
 
 /// `GET /v1/nodes/{id}`: one node.
 #[tracing::instrument(name = "http_node", skip_all, fields(id = %id))]
-pub(super) async fn node(State(api): State<Api>, Path(id): Path<String>, query: RawQuery) -> Result<Response, ApiError> {
+pub(super) async fn node(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    query: RawQuery,
+) -> Result<Response, ApiError> {
     params(query, &[])?;
     let id = params::node_id("id", &id)?;
     let node = api.system.node(&id)?.ok_or(ApiError::UnknownNode(id))?;

@@ -143,7 +143,9 @@ impl IntoResponse for ApiError {
 /// `value` as a JSON answer with `status`.
 pub(super) fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
-        Ok(body) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
+        Ok(body) => {
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+        }
         // Our shapes always serialize; say so in JSON if one ever does not.
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,

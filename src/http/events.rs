@@ -66,11 +66,8 @@ pub(super) async fn watch(State(api): State<Api>, headers: HeaderMap, query: Raw
         None => p.seq("from")?.unwrap_or(0),
     };
     tracing::Span::current().record("from", from);
-    let permit = api
-        .watchers
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::TooManyWatchers(api.options.watchers_max))?;
+    let permit =
+        api.watchers.clone().try_acquire_owned().map_err(|_| ApiError::TooManyWatchers(api.options.watchers_max))?;
     let watch = api.system.watch(filter, from)?;
     let stream = futures_util::stream::unfold(
         Some(Watching { watch, shutdown: api.shutdown.clone(), _permit: permit }),

@@ -3,7 +3,7 @@
 //!
 //! - a status: [`SporeStatus`](crate::wire::status::SporeStatus) as serde writes it
 //!   (`/v1/status`, `spore status --json`);
-//! - a node: [`NodeRecord`] as serde writes it (`/v1/nodes`, `spore query nodes --json`);
+//! - a node: [`NodeRecord`](crate::core::projection::NodeRecord) as serde writes it (`/v1/nodes`, `spore query nodes --json`);
 //! - a service: [`ServiceJson`], the record with its node's status and trust and its health
 //!   (`/v1/services`, `spore query services --json`);
 //! - an event: [`EventJson`] (`/v1/events`, `/v1/watch`, `spore watch --json`).
@@ -32,7 +32,12 @@ pub struct ServiceJson<'a> {
 
 impl<'a> From<&'a FoundService> for ServiceJson<'a> {
     fn from(f: &'a FoundService) -> Self {
-        ServiceJson { record: &f.record, node_status: f.node_status, node_trust: f.node_trust, critical: f.critical.as_ref() }
+        ServiceJson {
+            record: &f.record,
+            node_status: f.node_status,
+            node_trust: f.node_trust,
+            critical: f.critical.as_ref(),
+        }
     }
 }
 

@@ -109,7 +109,11 @@ struct Api {
 
 /// Serves the read-only HTTP endpoint of `system` on `listener` until [`HttpServer::shutdown`]
 /// (or the handle is dropped). Call it within a tokio runtime: it spawns the server's task.
-pub fn serve(system: SporeSystem, listener: tokio::net::TcpListener, options: HttpOptions) -> Result<HttpServer, HttpError> {
+pub fn serve(
+    system: SporeSystem,
+    listener: tokio::net::TcpListener,
+    options: HttpOptions,
+) -> Result<HttpServer, HttpError> {
     let addr = listener.local_addr().map_err(HttpError::Listener)?;
     let (tx, rx) = watch::channel(false);
     let grace = options.shutdown_grace;

@@ -237,9 +237,10 @@ mod tests {
     fn unknown_repeated_and_malformed_parameters_are_named() {
         assert!(matches!(params(&[("x", "1")], &["from"]), Err(ParamError::Unknown { .. })));
         assert_eq!(params(&[("from", "1"), ("from", "2")], &["from"]).err(), Some(ParamError::Repeated("from")));
-        let p = params(&[("from", "x"), ("limit", "0"), ("on", "maybe"), ("kind", "Bad-Kind")], &[
-            "from", "limit", "on", "kind",
-        ])
+        let p = params(
+            &[("from", "x"), ("limit", "0"), ("on", "maybe"), ("kind", "Bad-Kind")],
+            &["from", "limit", "on", "kind"],
+        )
         .expect("known names");
         assert!(matches!(p.seq("from"), Err(ParamError::Invalid { name: "from", .. })));
         assert!(matches!(p.count("limit", 1, 10), Err(ParamError::OutOfRange { value: 0, .. })));

@@ -57,7 +57,13 @@ fn readiness(st: &SporeStatus, lag_max: u64) -> (bool, String) {
         return match st.mode {
             OperationalMode::NormalOperation => {
                 let last = st.last_gossip_ms.map_or("none yet".to_string(), |ms| format!("{ms} ms ago"));
-                (true, format!("latent node: the Primary tier was reached by gossip recently (last session {last}); head {}", head.seq))
+                (
+                    true,
+                    format!(
+                        "latent node: the Primary tier was reached by gossip recently (last session {last}); head {}",
+                        head.seq
+                    ),
+                )
             }
             mode => (false, format!("latent node: the Primary tier was not reached recently (mode: {mode})")),
         };
@@ -68,7 +74,10 @@ fn readiness(st: &SporeStatus, lag_max: u64) -> (bool, String) {
     let (log, applied) = (st.last_log.unwrap_or(0), st.last_applied.unwrap_or(0));
     let lag = log.saturating_sub(applied);
     if lag > lag_max {
-        return (false, format!("applied index {applied} trails the log ({log}) by {lag} entries, more than {lag_max}"));
+        return (
+            false,
+            format!("applied index {applied} trails the log ({log}) by {lag} entries, more than {lag_max}"),
+        );
     }
     (true, format!("leader {} known; applied {applied} of {log}; head {}", leader.short(), head.seq))
 }

@@ -20,7 +20,8 @@ pub(super) async fn seed(State(api): State<Api>, query: RawQuery) -> Result<Resp
     params(query, &[])?;
     let node = api.system.node_id()?;
     // Exports run one at a time; a second waits (within the seed timeout).
-    let _turn = api.exports.acquire().await.map_err(|_| ApiError::Io(std::io::Error::other("the endpoint is stopping")))?;
+    let _turn =
+        api.exports.acquire().await.map_err(|_| ApiError::Io(std::io::Error::other("the endpoint is stopping")))?;
     let scratch = api.options.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::Builder::new().prefix("spores-seed-").tempdir_in(&scratch).map_err(ApiError::Io)?;
     let path = dir.path().join("state.seed");

@@ -339,8 +339,8 @@ impl NodeConfig {
             return Ok(Some(t.clone()));
         }
         let Some(path) = &self.http_token_file else { return Ok(None) };
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
         let token = text.lines().next().unwrap_or("").trim().to_string();
         check_http_token(&format!("http_token_file {}", path.display()), &token)?;
         Ok(Some(token))
@@ -594,7 +594,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("token");
         std::fs::write(&file, "from-a-file\n").expect("write");
-        let c = with(&format!("http_listen = \"127.0.0.1:0\"\nhttp_token_file = \"{}\"\n", file.display())).expect("valid");
+        let c =
+            with(&format!("http_listen = \"127.0.0.1:0\"\nhttp_token_file = \"{}\"\n", file.display())).expect("valid");
         assert_eq!(c.http_token().expect("token").as_deref(), Some("from-a-file"));
         std::fs::write(&file, "\n").expect("write");
         assert!(matches!(c.http_token(), Err(ConfigError::BadToken { .. })), "an empty token file");

@@ -142,7 +142,9 @@ async fn every_route_answers_a_cluster_node_as_the_cli_prints_it_and_a_watch_res
     let stranger = mycnet_spores::NodeKey::from_seed([9; 32]).node_id().to_hex();
     let (status, _, body) = get(&c, &format!("{base}/v1/nodes/{stranger}"), None).await;
     assert_eq!(status, 404);
-    assert!(serde_json::from_slice::<Value>(&body).expect("json")["error"].as_str().is_some_and(|e| e.contains("no node")));
+    assert!(serde_json::from_slice::<Value>(&body).expect("json")["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("no node")));
 
     // Services: the shape `spore query services --json` prints, filtered as find_services does.
     let services = |filter: ServiceFilter| {
@@ -154,7 +156,10 @@ async fn every_route_answers_a_cluster_node_as_the_cli_prints_it_and_a_watch_res
     for key in ["service", "registered_seq", "node_status", "node_trust", "critical"] {
         assert!(web[0].get(key).is_some(), "{key} in {}", web[0]);
     }
-    assert_eq!(get_json(&c, &format!("{base}/v1/services?capability=sql")).await, services(ServiceFilter::capability("sql")));
+    assert_eq!(
+        get_json(&c, &format!("{base}/v1/services?capability=sql")).await,
+        services(ServiceFilter::capability("sql"))
+    );
     let trusted = get_json(&c, &format!("{base}/v1/services?name=web&min_trust=0.5&include_offline=true")).await;
     assert_eq!(trusted.as_array().map(Vec::len), Some(1), "the doubted node's web is left out: {trusted}");
     assert_eq!(trusted, services(ServiceFilter::name("web").min_trust(TrustScore(500)).include_unavailable()));
@@ -162,7 +167,15 @@ async fn every_route_answers_a_cluster_node_as_the_cli_prints_it_and_a_watch_res
     assert_eq!(by_node.as_array().map(Vec::len), Some(1));
     let svc = get_json(&c, &format!("{base}/v1/services/{web1}")).await;
     assert_eq!(svc["service"]["service_id"], web1.to_string());
-    assert_eq!(svc, web.as_array().expect("list").iter().find(|s| s["service"]["service_id"] == web1.to_string()).cloned().expect("web 1"));
+    assert_eq!(
+        svc,
+        web.as_array()
+            .expect("list")
+            .iter()
+            .find(|s| s["service"]["service_id"] == web1.to_string())
+            .cloned()
+            .expect("web 1")
+    );
     let (status, _, _) = get(&c, &format!("{base}/v1/services/{}", uuid::Uuid::from_u128(7)), None).await;
     assert_eq!(status, 404);
 
@@ -171,8 +184,11 @@ async fn every_route_answers_a_cluster_node_as_the_cli_prints_it_and_a_watch_res
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "application/x-ndjson");
     assert_eq!(headers["spores-next-from"], "4");
-    let lines: Vec<Value> =
-        String::from_utf8(body).expect("utf-8").lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let lines: Vec<Value> = String::from_utf8(body)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
     let read = served.read_events(1, 3).await.expect("read");
     let want: Vec<Value> = read.iter().map(|e| serde_json::to_value(json::EventJson::from(e)).expect("json")).collect();
     assert_eq!(lines, want);
@@ -182,9 +198,13 @@ async fn every_route_answers_a_cluster_node_as_the_cli_prints_it_and_a_watch_res
     let (status, headers, body) = get(&c, &format!("{base}/v1/seed"), None).await;
     assert_eq!(status, 200);
     let disposition = headers["content-disposition"].to_str().expect("ascii");
-    assert!(disposition.starts_with("attachment; filename=\"spores-") && disposition.ends_with(".seed\""), "{disposition}");
+    assert!(
+        disposition.starts_with("attachment; filename=\"spores-") && disposition.ends_with(".seed\""),
+        "{disposition}"
+    );
     assert_eq!(headers["content-length"], body.len().to_string().as_str());
-    let seed = mycnet_spores::seed::verify(&body, mycnet_spores::seed::VerifyPolicy::default()).expect("the seed verifies");
+    let seed =
+        mycnet_spores::seed::verify(&body, mycnet_spores::seed::VerifyPolicy::default()).expect("the seed verifies");
     assert!(seed.header.head_seq >= head.seq);
 
     // Probes and metrics.
@@ -199,7 +219,9 @@ async fn every_route_answers_a_cluster_node_as_the_cli_prints_it_and_a_watch_res
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text");
     let value = |name: &str| {
         scrape.samples.iter().find(|s| s.metric == name).map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => f64::NAN,
         })
     };
@@ -234,7 +256,9 @@ async fn every_route_answers_a_cluster_node_as_the_cli_prints_it_and_a_watch_res
     let (fourth, ev) = w.event().await;
     assert_eq!(ev["event"]["ServiceRegistered"]["service_id"], web4.to_string(), "{ev}");
     // No gap, no duplicate: exactly the events the local watch passes, after `second`.
-    let mut local = restarted.watch(EventFilter { service_name: Some("web".into()), ..Default::default() }, second + 1).expect("watch");
+    let mut local = restarted
+        .watch(EventFilter { service_name: Some("web".into()), ..Default::default() }, second + 1)
+        .expect("watch");
     let l3 = local.next().await.expect("event").expect("ok").seq;
     let l4 = local.next().await.expect("event").expect("ok").seq;
     assert_eq!((third, fourth), (l3, l4));
@@ -371,9 +395,8 @@ async fn readyz_follows_the_leader() {
     }
     let why = readyz(503).await;
     assert!(why.contains("no leader"), "{why}");
-    for i in 1..3 {
-        let v = &voters[i];
-        voters[i].system = Some(start_voter(&v.key, &v.dir, &v.addr).await);
+    for v in &mut voters[1..] {
+        v.system = Some(start_voter(&v.key, &v.dir, &v.addr).await);
     }
     let why = readyz(200).await;
     assert!(why.contains("leader"), "{why}");
@@ -409,7 +432,8 @@ async fn a_read_below_the_held_history_is_a_410_naming_where_it_starts() {
     }
     let (_, seed) = crate::seed_export::export_state_only(&a, &root.path().join("state.seed")).await;
     let first_held = {
-        let mut l = mycnet_spores::Ledger::open(root.path().join("b").join("ledger"), Default::default()).expect("ledger");
+        let mut l =
+            mycnet_spores::Ledger::open(root.path().join("b").join("ledger"), Default::default()).expect("ledger");
         mycnet_spores::seed::import(&mut l, &seed).expect("import");
         l.history_from()
     };

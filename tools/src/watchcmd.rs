@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use mycnet_spores::core::event::EventFilter;
+use mycnet_spores::http::json::EventJson;
 use mycnet_spores::node::RemoteWatch;
 use mycnet_spores::NodeId;
-use mycnet_spores::http::json::EventJson;
 
 use crate::output::{CliError, CliResult, Out};
 
