@@ -6,8 +6,11 @@
 //! - `find_services` by name in process: one caller, and 64 tasks on the runtime's 2 workers;
 //! - the same plus writing the answer as JSON (what a handler does besides HTTP);
 //! - `GET /v1/services?name=` from 64 concurrent clients (one `reqwest` client, kept
-//!   connections) over 127.0.0.1, client and server sharing the machine's cores;
-//! - HTTP / in process (one caller): target >= 0.5.
+//!   connections) over 127.0.0.1, client and server sharing the machine's cores: with the
+//!   answers kept until the next commit (the default; the registry does not change during the
+//!   run, so every query after the first is answered as written) and with none kept (every
+//!   query reads the registry and writes JSON again);
+//! - HTTP / in process (one caller), both ways: target >= 0.5.
 //!
 //! `SPORES_BENCH_HTTP_SECS` sets each rate's measuring time (default 3 s).
 
@@ -136,7 +139,7 @@ fn find_and_write(s: &SporeSystem, name: &str) -> usize {
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (system, server) = rt.block_on(async {
+    let (system, server, cold) = rt.block_on(async {
         let nodes = cluster::form(dir.path(), 1, Net::InProc).await;
         let events = registrations(&nodes[0]);
         eprintln!("registering {SERVICES} services…");
@@ -144,37 +147,49 @@ fn bench(c: &mut Criterion) {
         let system = (*nodes[0]).clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let server = http::serve(system.clone(), listener, HttpOptions::default()).expect("serve");
-        (system, server)
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let none_kept = HttpOptions { answer_cache_bytes: 0, ..HttpOptions::default() };
+        let cold = http::serve(system.clone(), listener, none_kept).expect("serve");
+        (system, server, cold)
     });
     let base = format!("http://{}", server.local_addr());
+    let base_cold = format!("http://{}", cold.local_addr());
 
     let mut g = c.benchmark_group("http_services_by_name");
     g.sample_size(20).measurement_time(Duration::from_secs(3));
     g.bench_function("find_services_in_process", |b| b.iter(|| find(&system, "svc-7")));
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
-    let url = format!("{base}/v1/services?name=svc-7");
-    g.bench_function("get_one_client", |b| {
-        b.iter(|| rt.block_on(async { client.get(&url).send().await.expect("GET").bytes().await.expect("body").len() }))
-    });
+    for (label, base) in [("get_one_client_kept", &base), ("get_one_client_none_kept", &base_cold)] {
+        let url = format!("{base}/v1/services?name=svc-7");
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                rt.block_on(async { client.get(&url).send().await.expect("GET").bytes().await.expect("body").len() })
+            })
+        });
+    }
     g.finish();
 
-    let (one, many, written, over_http) = rt.block_on(async {
+    let (one, many, written, over_http, over_http_cold) = rt.block_on(async {
         let one = rate_in_process(&system, 1, find).await;
         let many = rate_in_process(&system, CLIENTS, find).await;
         let written = rate_in_process(&system, 1, find_and_write).await;
         let over_http = rate_http(&base).await;
-        (one, many, written, over_http)
+        let over_http_cold = rate_http(&base_cold).await;
+        (one, many, written, over_http, over_http_cold)
     });
     println!("\n=== http summary: GET /v1/services?name= at {SERVICES} services, {NAMES} names ===");
     println!("{:>56}: {one:.0}", "find_services in process, 1 caller (q/s)");
     println!("{:>56}: {many:.0}", format!("find_services in process, {CLIENTS} tasks on 2 workers (q/s)"));
     println!("{:>56}: {written:.0}", "find_services + JSON answer in process, 1 caller (q/s)");
-    println!("{:>56}: {over_http:.0}", format!("GET over loopback, {CLIENTS} concurrent clients (req/s)"));
-    println!("HTTP / in process (1 caller) = {:.3} (target >= 0.5)", over_http / one);
-    println!("HTTP / in process ({CLIENTS} tasks) = {:.3}", over_http / many);
-    println!("HTTP / (find + JSON, 1 caller) = {:.3}", over_http / written);
+    println!("{:>56}: {over_http:.0}", format!("GET, {CLIENTS} clients, answers kept (req/s)"));
+    println!("{:>56}: {over_http_cold:.0}", format!("GET, {CLIENTS} clients, none kept (req/s)"));
+    println!("HTTP kept / in process (1 caller) = {:.3} (target >= 0.5)", over_http / one);
+    println!("HTTP none kept / in process (1 caller) = {:.3} (target >= 0.5)", over_http_cold / one);
+    println!("HTTP kept / in process ({CLIENTS} tasks) = {:.3}", over_http / many);
+    println!("HTTP none kept / (find + JSON, 1 caller) = {:.3}", over_http_cold / written);
     rt.block_on(async {
         server.shutdown().await.expect("shutdown");
+        cold.shutdown().await.expect("shutdown");
         system.shutdown().await.expect("shutdown");
     });
 }

@@ -1,16 +1,19 @@
 //! Registry reads: the node's status, the nodes, the services (filtered as `find_services`
-//! filters them), one node, one service. Stale-ok reads of the local projection.
+//! filters them), one node, one service. Stale-ok reads of the local projection; the lists are
+//! kept as written until the next commit (`cache`).
 
+use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 
 use super::error::{json_response, ApiError};
 use super::json::{self, ServiceJson};
 use super::params::{self, ParamError, Params};
 use super::Api;
-use crate::core::projection::{FoundService, ServiceFilter};
+use crate::core::projection::{FoundService, Projection, ServiceFilter};
+use crate::core::types::ChainHash;
 
 /// The decoded query string, or the 400 of one that is not URL encoding.
 pub(super) type RawQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
@@ -28,11 +31,38 @@ pub(super) async fn status(State(api): State<Api>, query: RawQuery) -> Result<Re
     Ok(json_response(StatusCode::OK, &api.system.status()?))
 }
 
+/// A registry list at the head: the answer kept for `uri` if the head has not moved since it
+/// was written, else `answer` asked of the projection (with the head it answers at, read in
+/// the same turn), written as JSON by `write` out of the projection's lock, then kept.
+fn listed<T>(
+    api: &Api,
+    uri: &Uri,
+    answer: impl FnOnce(&Projection) -> T,
+    write: impl FnOnce(&T) -> serde_json::Result<Vec<u8>>,
+) -> Result<Response, ApiError> {
+    let key = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let head = api.system.with_projection(head_hash)?;
+    let body = match api.answers.get(head, key) {
+        Some(kept) => kept,
+        None => {
+            let (head, value) = api.system.with_projection(|p| (head_hash(p), answer(p)))?;
+            let body = Bytes::from(write(&value).map_err(|e| ApiError::Io(e.into()))?);
+            api.answers.put(head, key, &body);
+            body
+        }
+    };
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
+fn head_hash(p: &Projection) -> Option<ChainHash> {
+    p.head().map(|h| h.hash)
+}
+
 /// `GET /v1/nodes`: every node in the registry.
 #[tracing::instrument(name = "http_nodes", skip_all)]
-pub(super) async fn nodes(State(api): State<Api>, query: RawQuery) -> Result<Response, ApiError> {
+pub(super) async fn nodes(State(api): State<Api>, uri: Uri, query: RawQuery) -> Result<Response, ApiError> {
     params(query, &[])?;
-    Ok(json_response(StatusCode::OK, &api.system.nodes()?))
+    listed(&api, &uri, |p| p.nodes().cloned().collect::<Vec<_>>(), serde_json::to_vec)
 }
 
 /// `GET /v1/nodes/{id}`: one node.
@@ -54,7 +84,7 @@ const SERVICE_PARAMS: &[&str] = &["name", "capability", "node", "include_offline
 /// `GET /v1/services?name=&capability=&node=&include_offline=&include_critical=&min_trust=`:
 /// the services the filter selects, each with its node's status and trust.
 #[tracing::instrument(name = "http_services", skip_all)]
-pub(super) async fn services(State(api): State<Api>, query: RawQuery) -> Result<Response, ApiError> {
+pub(super) async fn services(State(api): State<Api>, uri: Uri, query: RawQuery) -> Result<Response, ApiError> {
     let p = params(query, SERVICE_PARAMS)?;
     let filter = ServiceFilter {
         name: p.name("name")?,
@@ -64,9 +94,8 @@ pub(super) async fn services(State(api): State<Api>, query: RawQuery) -> Result<
         include_critical: p.flag("include_critical")?,
         min_trust: p.trust("min_trust")?,
     };
-    let found = api.system.find_services(&filter)?;
-    tracing::debug!(found = found.len(), "services");
-    Ok(json_response(StatusCode::OK, &json::services(&found)))
+    // `SporeSystem::find_services`, asked of the projection in the turn that reads its head.
+    listed(&api, &uri, |p| p.find_services(&filter), |found| serde_json::to_vec(&json::services(found)))
 }
 
 /// `GET /v1/services/{id}`: one service, whatever its node's status and health.

@@ -6,9 +6,10 @@
 //! route is a GET; every answer that is not a download, an event stream or metrics is JSON, and
 //! every error is `{"error": "..."}` with a 4xx or 5xx status (`schema/http.md` lists the routes
 //! and shapes). One job per file: this one (options, router, server), [`json`] (the JSON shapes,
-//! shared with the CLI's `--json`), `params` (query parameters), `error` (JSON errors, the bearer
-//! token and the bounds every request passes), `catalog` (registry reads), `events` (event pages
-//! and the SSE watch), `seed` (the seed download) and `probe` (`/healthz`, `/readyz`, `/metrics`).
+//! shared with the CLI's `--json`), [`params`] (query parameters), `error` (JSON errors, the
+//! bearer token and the bounds every request passes), `catalog` (registry reads), `cache`
+//! (registry answers kept until the next commit), `events` (event pages and the SSE watch),
+//! `seed` (the seed download) and `probe` (`/healthz`, `/readyz`, `/metrics`).
 //!
 //! ```no_run
 //! # async fn demo(system: mycnet_spores::SporeSystem) -> Result<(), Box<dyn std::error::Error>> {
@@ -20,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod catalog;
 mod error;
 mod events;
@@ -74,6 +76,10 @@ pub struct HttpOptions {
     /// Where `/v1/seed` writes the seed before streaming it (default: the system's temporary
     /// directory); the file is removed as soon as it is open.
     pub scratch_dir: Option<PathBuf>,
+    /// Bytes of `/v1/nodes` and `/v1/services` answers kept, as written, until the next commit
+    /// changes the chain's head (default 32 MiB; 0 keeps none): a query asked again before then
+    /// is answered without reading the registry or writing JSON again.
+    pub answer_cache_bytes: usize,
 }
 
 impl Default for HttpOptions {
@@ -88,6 +94,7 @@ impl Default for HttpOptions {
             ready_lag_max: 1024,
             shutdown_grace: Duration::from_secs(5),
             scratch_dir: None,
+            answer_cache_bytes: 32 << 20,
         }
     }
 }
@@ -105,6 +112,8 @@ struct Api {
     watchers: Arc<Semaphore>,
     /// Seed exports run one at a time.
     exports: Arc<Semaphore>,
+    /// Registry answers kept at the head.
+    answers: Arc<cache::AnswerCache>,
 }
 
 /// Serves the read-only HTTP endpoint of `system` on `listener` until [`HttpServer::shutdown`]
@@ -122,6 +131,7 @@ pub fn serve(
         token: options.token.as_deref().map(|t| blake3::hash(t.as_bytes())),
         watchers: Arc::new(Semaphore::new(options.watchers_max)),
         exports: Arc::new(Semaphore::new(1)),
+        answers: Arc::new(cache::AnswerCache::new(options.answer_cache_bytes)),
         options: Arc::new(options),
         shutdown: rx.clone(),
     };

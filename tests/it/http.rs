@@ -357,6 +357,16 @@ async fn bad_input_gets_a_json_4xx_and_a_token_guards_every_route_but_healthz() 
     let (status, e) = error_of(&c, &format!("{base}/v1/services?name={}", "x".repeat(3000)), t).await;
     assert_eq!(status, 414, "{e}");
 
+    // A list is kept as written until a commit moves the head: then it is written again.
+    let webs = async || {
+        let (status, _, body) = get(&c, &format!("{base}/v1/services?name=web"), t).await;
+        assert_eq!(status, 200);
+        serde_json::from_slice::<Value>(&body).expect("JSON").as_array().map(Vec::len)
+    };
+    assert_eq!((webs().await, webs().await), (Some(1), Some(1)));
+    n.register_service("web", vec![], vec![], vec![]).await.expect("web 2");
+    assert_eq!(webs().await, Some(2), "the new head's answer");
+
     // The defaults answer: a page of events from 0 (the default limit), a filtered watch.
     let (status, _, body) = get(&c, &format!("{base}/v1/events"), t).await;
     assert_eq!(status, 200);
