@@ -95,7 +95,17 @@ pub(super) async fn services(State(api): State<Api>, uri: Uri, query: RawQuery) 
         min_trust: p.trust("min_trust")?,
     };
     // `SporeSystem::find_services`, asked of the projection in the turn that reads its head.
-    listed(&api, &uri, |p| p.find_services(&filter), |found| serde_json::to_vec(&json::services(found)))
+    listed(
+        &api,
+        &uri,
+        |p| p.find_services(&filter),
+        |found| {
+            // About 500 bytes a service: written without growing the buffer again and again.
+            let mut body = Vec::with_capacity(found.len() * 512 + 2);
+            serde_json::to_writer(&mut body, &json::services(found))?;
+            Ok(body)
+        },
+    )
 }
 
 /// `GET /v1/services/{id}`: one service, whatever its node's status and health.
