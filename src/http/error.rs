@@ -27,6 +27,10 @@ pub enum HttpError {
     /// The server's task panicked or was cancelled.
     #[error("the http server's task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
+    /// A token that is empty or holds characters an `Authorization` header cannot carry as
+    /// they are (visible ASCII only): nothing was served.
+    #[error("the http bearer token must be visible ASCII characters, at least one")]
+    BadToken,
 }
 
 /// Why a request gets no answer, each with its status (the body says it in words).
@@ -201,6 +205,7 @@ pub(super) async fn guard(State(api): State<Api>, request: Request, next: Next) 
 /// two are compared (in constant time, so neither the token nor its length leaks by timing).
 fn bearer_matches(request: &Request, want: &blake3::Hash) -> bool {
     let Some(value) = request.headers().get(header::AUTHORIZATION) else { return false };
-    let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else { return false };
-    blake3::hash(given) == *want
+    // The scheme's name is case-insensitive (RFC 9110).
+    let (scheme, given) = value.as_bytes().split_at(value.len().min(7));
+    scheme.eq_ignore_ascii_case(b"bearer ") && blake3::hash(given) == *want
 }

@@ -54,6 +54,7 @@ const WATCH_PARAMS: &[&str] = &["from", "kind", "name", "node"];
 pub(super) async fn watch(State(api): State<Api>, headers: HeaderMap, query: RawQuery) -> Result<Response, ApiError> {
     let p = params(query, WATCH_PARAMS)?;
     let filter = EventFilter { kinds: p.kinds("kind")?, node: p.node("node")?, service_name: p.name("name")? };
+    let from_param = p.seq("from")?;
     let from = match headers.get("last-event-id") {
         Some(v) => {
             let text = v.to_str().map_err(|_| ParamError::Invalid {
@@ -63,7 +64,7 @@ pub(super) async fn watch(State(api): State<Api>, headers: HeaderMap, query: Raw
             })?;
             params::seq("Last-Event-ID", text)?.saturating_add(1)
         }
-        None => p.seq("from")?.unwrap_or(0),
+        None => from_param.unwrap_or(0),
     };
     tracing::Span::current().record("from", from);
     let permit =

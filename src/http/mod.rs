@@ -54,8 +54,9 @@ const _: () = assert!(EVENTS_LIMIT_DEFAULT <= EVENTS_LIMIT_MAX);
 /// operator's loopback endpoint; [`HttpOptions::token`] guards one bound elsewhere.
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
-    /// A bearer token every route but `/healthz` requires (`Authorization: Bearer TOKEN`);
-    /// `None`: none is asked for.
+    /// A bearer token every route but `/healthz` requires (`Authorization: Bearer TOKEN`):
+    /// visible ASCII, at least one character ([`HttpError::BadToken`] otherwise); `None`: none is
+    /// asked for.
     pub token: Option<String>,
     /// How long a request may take to produce its answer's head (default 10 s); an SSE watch's
     /// stream and a download's body run past it. A request that takes longer gets a 503.
@@ -123,6 +124,9 @@ pub fn serve(
     listener: tokio::net::TcpListener,
     options: HttpOptions,
 ) -> Result<HttpServer, HttpError> {
+    if options.token.as_deref().is_some_and(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic())) {
+        return Err(HttpError::BadToken);
+    }
     let addr = listener.local_addr().map_err(HttpError::Listener)?;
     let (tx, rx) = watch::channel(false);
     let grace = options.shutdown_grace;

@@ -314,6 +314,11 @@ async fn bad_input_gets_a_json_4xx_and_a_token_guards_every_route_but_healthz() 
     assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
     let (status, _, _) = get(&c, &format!("{base}/v1/status"), Some(token)).await;
     assert_eq!(status, 200);
+    let lowercase = c.get(format!("{base}/v1/status")).header("Authorization", format!("bearer {token}")).send().await;
+    assert_eq!(lowercase.expect("status").status().as_u16(), 200, "the scheme is case-insensitive");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let empty = http::serve(n.clone(), listener, HttpOptions { token: Some(String::new()), ..HttpOptions::default() });
+    assert!(matches!(empty, Err(http::HttpError::BadToken)), "an empty token guards nothing: refused");
 
     // Unknown paths and methods.
     let t = Some(token);
