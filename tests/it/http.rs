@@ -372,6 +372,16 @@ async fn bad_input_gets_a_json_4xx_and_a_token_guards_every_route_but_healthz() 
     n.register_service("web", vec![], vec![], vec![]).await.expect("web 2");
     assert_eq!(webs().await, Some(2), "the new head's answer");
 
+    // An idle watch sends keep-alive comments.
+    let quick = HttpOptions { keep_alive: Duration::from_millis(50), ..HttpOptions::default() };
+    let idle_server = serve(&n, "127.0.0.1:0", quick).await;
+    let idle = client().get(format!("http://{}/v1/watch?name=nothing-by-this-name", idle_server.local_addr()));
+    let mut idle = idle.send().await.expect("watch").bytes_stream();
+    let chunk = tokio::time::timeout(T, idle.next()).await.expect("a chunk").expect("open").expect("bytes");
+    assert!(chunk.starts_with(b":"), "a comment: {chunk:?}");
+    drop(idle);
+    idle_server.shutdown().await.expect("shutdown");
+
     // The defaults answer: a page of events from 0 (the default limit), a filtered watch.
     let (status, _, body) = get(&c, &format!("{base}/v1/events"), t).await;
     assert_eq!(status, 200);
