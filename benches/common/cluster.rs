@@ -31,7 +31,9 @@ pub async fn form(dir: &Path, nodes: u8, kind: Net) -> Vec<Arc<SporeSystem>> {
     let mut systems = Vec::new();
     for i in 0..nodes {
         let key = NodeKey::from_seed([i + 1; 32]);
-        let b = SporeSystem::builder().data_dir(dir.join(format!("n{i}"))).key(key.clone());
+        // `SPORES_BENCH_METRICS=off`: the write path records no metrics (the A/B of issue 22).
+        let metrics = std::env::var("SPORES_BENCH_METRICS").as_deref() != Ok("off");
+        let b = SporeSystem::builder().data_dir(dir.join(format!("n{i}"))).key(key.clone()).metrics(metrics);
         let b = match kind {
             Net::InProc => b.addr(format!("n{i}")).inproc(&net),
             Net::Quic => b.addr("127.0.0.1:0").network(Arc::new(QuicBackend::new(key, Admission::allow_all()))),

@@ -117,6 +117,8 @@ pub struct SporeSystemBuilder {
     pub(super) liveness: LivenessConfig,
     pub(super) admit: Vec<NodeId>,
     pub(super) yield_policy: YieldPolicy,
+    pub(super) admin_reads: crate::net::quic::AdminReads,
+    pub(super) metrics: bool,
 }
 
 /// When the leader commits a checkpoint event (an anchor for the latent tier): after this
@@ -156,6 +158,8 @@ impl Default for SporeSystemBuilder {
             liveness: LivenessConfig::default(),
             admit: Vec::new(),
             yield_policy: YieldPolicy::default(),
+            admin_reads: crate::net::quic::AdminReads::Open,
+            metrics: true,
         }
     }
 }
@@ -269,6 +273,19 @@ impl SporeSystemBuilder {
     /// Failure-detection tuning (SWIM over QUIC datagrams, on transports that carry them).
     pub fn liveness(mut self, cfg: LivenessConfig) -> Self {
         self.liveness = cfg;
+        self
+    }
+    /// Who may read through the admin protocol of the node's own QUIC endpoint (status,
+    /// queries, watches): anyone (the default), admitted keys only, or a list of keys. The
+    /// HTTP endpoint has its own token.
+    pub fn admin_reads(mut self, reads: crate::net::quic::AdminReads) -> Self {
+        self.admin_reads = reads;
+        self
+    }
+    /// Whether the write path records its metrics (ledger writes, Raft log syncs; on by
+    /// default). Off, `/metrics` still reports everything read at scrape time.
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
         self
     }
     /// How fast the background scrub re-verifies the stored chain (`ScrubConfig::default`:

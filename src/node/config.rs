@@ -23,6 +23,9 @@
 //! as_voter = true
 //! # trust_seed = "backup.seed"   # join only if the member's chain extends this seed's head
 //!
+//! # admin_reads = "open"          # who may read over QUIC (status, query, watch): "open",
+//! #                               # "admitted", or "keys" with admin_keys = ["<64 hex>", ...]
+//!
 //! [[peers]]                      # bootstrap peers allowed to connect before admission
 //! addr = "127.0.0.1:7400"
 //! key = "<64 hex chars>"
@@ -47,6 +50,7 @@ use crate::core::keys::PublicKey;
 use crate::core::types::{NetworkIdentity, NodeId, NodeRole};
 use crate::error::Error;
 use crate::net::addr::{check_listen_addr, check_peer_addr, AddressError};
+use crate::net::quic::AdminReads;
 use crate::node::datadir::CreatedDir;
 use crate::node::{SporeSystem, SporeSystemBuilder, Timeouts};
 use crate::wire::rpc::PeerNode;
@@ -138,7 +142,7 @@ pub struct PeerConfig {
 }
 
 /// A node's configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Ledger, Raft log and `node.key` live here.
@@ -182,6 +186,14 @@ pub struct NodeConfig {
     /// Timeouts profile: `lan` (default) or `wan`.
     #[serde(default)]
     pub timeouts: TimeoutProfile,
+    /// Who may read through the QUIC admin protocol (`spore status`, `query`, `watch`):
+    /// `open` (the default: any key), `admitted` (the registry's members and the bootstrap
+    /// peers), or `keys` with `admin_keys`.
+    #[serde(default)]
+    pub admin_reads: AdminReadsConfig,
+    /// The keys that may read when `admin_reads = "keys"` (64 hex characters each).
+    #[serde(default)]
+    pub admin_keys: Vec<String>,
     /// `host:port` (TCP) of the read-only HTTP/JSON endpoint, served by whoever runs the node
     /// (`spore node` does; the library starts no HTTP by itself: `mycnet_spores::http::serve`).
     /// Loopback (`127.0.0.1:8500`) is the documented default choice.
@@ -193,6 +205,19 @@ pub struct NodeConfig {
     /// A file holding that token (its first line); excludes `http_token`.
     #[serde(default)]
     pub http_token_file: Option<PathBuf>,
+}
+
+/// Who may read through the QUIC admin protocol, as the node TOML says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminReadsConfig {
+    /// Any key.
+    #[default]
+    Open,
+    /// Admitted keys only.
+    Admitted,
+    /// The keys in `admin_keys` only.
+    Keys,
 }
 
 /// The longest HTTP bearer token taken, in bytes.
@@ -328,7 +353,21 @@ impl NodeConfig {
         if let Some(t) = &self.http_token {
             check_http_token("http_token", t)?;
         }
+        self.admin_reads()?;
         Ok(())
+    }
+
+    /// The admin read policy: `admin_reads` with `admin_keys` (given exactly when it is `keys`).
+    pub fn admin_reads(&self) -> Result<AdminReads, ConfigError> {
+        match (self.admin_reads, self.admin_keys.is_empty()) {
+            (AdminReadsConfig::Open, true) => Ok(AdminReads::Open),
+            (AdminReadsConfig::Admitted, true) => Ok(AdminReads::Admitted),
+            (AdminReadsConfig::Keys, false) => Ok(AdminReads::Keys(
+                self.admin_keys.iter().map(|k| parse_node_key("admin_keys", k)).collect::<Result<_, _>>()?,
+            )),
+            (AdminReadsConfig::Keys, true) => Err(ConfigError::Invalid("`admin_reads = \"keys\"` needs `admin_keys`")),
+            (_, false) => Err(ConfigError::Invalid("`admin_keys` is only read with `admin_reads = \"keys\"`")),
+        }
     }
 
     /// The HTTP endpoint's bearer token: `http_token`, or the first line of `http_token_file`
@@ -374,6 +413,7 @@ impl NodeConfig {
             .capabilities(self.capabilities.clone())
             .addresses(self.addresses.clone())
             .admit(self.bootstrap_keys().unwrap_or_default())
+            .admin_reads(self.admin_reads().unwrap_or(AdminReads::Admitted))
             .timeouts(t);
         if let Some(backend) = backend {
             b = b.network(backend);

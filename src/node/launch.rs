@@ -63,6 +63,7 @@ impl SporeSystem {
             checkpoint_interval: cfg.checkpoint_interval,
             durable: false,
             expected_network: None,
+            metrics: cfg.metrics,
         };
         let ledger = tokio::task::spawn_blocking(move || Ledger::open(ledger_dir, ledger_cfg))
             .await
@@ -79,7 +80,9 @@ impl SporeSystem {
             Backend::Default if own_quic => {
                 let admission = RegistryAdmission::new(ledger.clone(), cfg.admit.iter().copied());
                 (
-                    Arc::new(QuicBackend::new(key.clone(), admission.policy())) as Arc<dyn NetworkBackend>,
+                    Arc::new(QuicBackend::new(key.clone(), admission.policy()).with_config(
+                        crate::net::quic::QuicConfig { admin_reads: cfg.admin_reads.clone(), ..Default::default() },
+                    )) as Arc<dyn NetworkBackend>,
                     Some(admission),
                 )
             }

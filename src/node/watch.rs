@@ -197,6 +197,13 @@ impl RemoteWatch {
         }
     }
 
+    /// The same watch, reading as `key` (for a node whose admin reads admit only some keys,
+    /// [`crate::net::quic::AdminReads`]).
+    pub fn with_key(mut self, key: crate::core::keys::NodeKey) -> Self {
+        self.client = Some(crate::net::quic::AdminClient::with_key(self.addr.clone(), self.expected, key));
+        self
+    }
+
     /// The sequence number the watch asks from next: where to resume it.
     pub fn next_seq(&self) -> u64 {
         self.buffered.front().map_or(self.next, |e| e.seq)

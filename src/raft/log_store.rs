@@ -112,14 +112,21 @@ impl Recent {
 }
 
 /// Syncs the journal for every waiting callback, in order; exits when the store is dropped.
-fn run_flusher(db: Database, path: PathBuf, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn run_flusher(
+    db: Database,
+    path: PathBuf,
+    rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+    metrics: crate::store::metrics::WriteMetrics,
+) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
+        let started = std::time::Instant::now();
         let r = tracing::debug_span!("raft_log_sync", path = %path.display(), callbacks = waiting.len())
             .in_scope(|| db.persist(PersistMode::SyncData));
+        metrics.raft_log_sync(started.elapsed());
         tracing::trace!(callbacks = waiting.len(), ok = r.is_ok(), "raft log group sync");
         for cb in waiting {
             cb.log_io_completed(r.as_ref().map(|_| ()).map_err(super::io_err));
@@ -139,14 +146,19 @@ fn vote_err(e: impl std::fmt::Display) -> StorageError {
 
 impl FjallLogStore {
     /// Opens (creating if needed) the Raft keyspaces in `db`.
-    pub fn open(db: Database, path: PathBuf, pre_verified: PreVerified) -> Result<Self, fjall::Error> {
+    pub fn open(
+        db: Database,
+        path: PathBuf,
+        pre_verified: PreVerified,
+        metrics: crate::store::metrics::WriteMetrics,
+    ) -> Result<Self, fjall::Error> {
         let log = db.keyspace("raft_log", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("raft_meta", KeyspaceCreateOptions::default)?;
         let (flusher, rx) = std::sync::mpsc::channel();
         let (flush_db, flush_path) = (db.clone(), path.clone());
         std::thread::Builder::new()
             .name("spores-raft-flush".into())
-            .spawn(move || run_flusher(flush_db, flush_path, rx))
+            .spawn(move || run_flusher(flush_db, flush_path, rx, metrics))
             .map_err(|e| fjall::Error::from(std::io::Error::other(e.to_string())))?;
         Ok(FjallLogStore { path, db, log, meta, flusher, pre_verified, recent: Recent::default() })
     }

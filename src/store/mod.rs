@@ -11,6 +11,7 @@ pub mod error;
 pub mod inspect;
 pub mod keyfile;
 pub mod ledger;
+pub mod metrics;
 pub mod modes;
 pub mod provisional;
 pub(crate) mod recent;

@@ -211,4 +211,9 @@ async fn a_latent_node_cut_off_holds_its_transition_and_commits_it_after_the_hea
     health_becomes(c.sys(leader), "edge", true).await;
     health_becomes(&l, "edge", true).await;
     assert_eq!(transitions(c.sys(leader)).await, vec![(id, false)], "committed once");
+    // The latent node kept its chain by gossip, and its metrics say so.
+    let text = l.metrics_text().expect("metrics");
+    let stored = text.lines().find_map(|l| l.strip_prefix("spores_gossip_events_stored_total ")?.parse::<f64>().ok());
+    assert!(stored.is_some_and(|n| n > 0.0), "{text}");
+    assert!(text.contains("spores_gossip_sessions_total{outcome=\"completed\"}"), "{text}");
 }

@@ -41,9 +41,7 @@ fn config(data_dir: std::path::PathBuf, listen: &str) -> NodeConfig {
         seed_quorum: false,
         write_timeout_ms: Some(2000),
         timeouts: node::TimeoutProfile::Lan,
-        http_listen: None,
-        http_token: None,
-        http_token_file: None,
+        ..Default::default()
     }
 }
 

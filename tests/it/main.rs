@@ -1,6 +1,7 @@
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
 
+mod admin_reads;
 mod cluster;
 mod crafted;
 mod decoders;

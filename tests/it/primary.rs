@@ -249,9 +249,7 @@ async fn a_configured_join_waits_for_the_admission() {
         seed_quorum: false,
         write_timeout_ms: Some(2000),
         timeouts: node::TimeoutProfile::Lan,
-        http_listen: None,
-        http_token: None,
-        http_token_file: None,
+        ..Default::default()
     };
     let backend = std::sync::Arc::new(net.clone()) as std::sync::Arc<dyn mycnet_spores::net::NetworkBackend>;
     let started = tokio::spawn(async move { node::start_node(&config, Some(backend)).await });

@@ -775,9 +775,7 @@ async fn runner_node(root: &std::path::Path, name: &str, init: Option<&str>, joi
         seed_quorum: false,
         write_timeout_ms: Some(2000),
         timeouts: node::TimeoutProfile::Lan,
-        http_listen: None,
-        http_token: None,
-        http_token_file: None,
+        ..Default::default()
     };
     node::start_node(&config, None).await.expect("node starts")
 }

@@ -16,6 +16,11 @@ use crate::{forensics, inspect, service};
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// Read from running nodes as this node key (a PKCS#8 PEM key file), for nodes whose
+    /// admin reads admit only some keys (`admin_reads` in the node TOML); a throw-away key
+    /// otherwise.
+    #[arg(long, global = true)]
+    pub(crate) client_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -517,9 +522,19 @@ pub(crate) struct NodeArgs {
     /// /healthz). Overrides `http_token` / `http_token_file` in --config.
     #[arg(long, value_name = "PATH")]
     pub(crate) http_token_file: Option<PathBuf>,
+    /// How the node logs to stderr: `text` (default) or `json` (one JSON object per line, for
+    /// journald, Loki and the like).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

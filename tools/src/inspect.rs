@@ -27,7 +27,7 @@ pub(crate) fn generate(out_dir: &Path, events: u64, nodes: usize, seed: u64, o: 
         return Err(CliError::usage(format!("{} exists and is not empty; choose a new directory", out_dir.display())));
     }
     let started = std::time::Instant::now();
-    let config = LedgerConfig { create: true, checkpoint_interval: 65_536, durable: false, expected_network: None };
+    let config = LedgerConfig { create: true, checkpoint_interval: 65_536, durable: false, ..LedgerConfig::default() };
     let mut ledger = Ledger::open(out_dir, config).map_err(CliError::ledger)?;
     let mut synth = Synth::new(SynthConfig { seed, nodes, voters: nodes.clamp(1, 3), ..Default::default() });
     let bar = progress_bar(o, events, "generating");

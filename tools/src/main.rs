@@ -28,15 +28,22 @@ use mycnet_spores::core::projection::ServiceFilter;
 use mycnet_spores::net::quic::{Admission, QuicBackend};
 use mycnet_spores::node::RoleConfig;
 
-use crate::args::{Cli, Command, MemberCommand, Profile, QueryWhat, Role, SeedCommand, ServiceCommand};
+use crate::args::{Cli, Command, LogFormat, MemberCommand, Profile, QueryWhat, Role, SeedCommand, ServiceCommand};
 use crate::output::{CliError, CliResult, Out};
 
 fn init_tracing(default: &str) {
+    init_logs(default, LogFormat::Text);
+}
+
+fn init_logs(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colour codes only on a terminal: node logs are often redirected to files.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => logs.json().with_current_span(true).try_init(),
+        // Colour codes only on a terminal: node logs are often redirected to files.
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+    };
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -47,6 +54,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 fn run(cli: Cli) -> CliResult {
+    if let Some(path) = &cli.client_key_file {
+        remote::set_client_key(path)?;
+    }
     match cli.command {
         Command::Generate { out, events, nodes, seed, json } => {
             inspect::generate(&out, events, nodes, seed, &mut Out::new(json))
@@ -76,7 +86,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Replay { dir, audit, json } => inspect::replay(&dir, audit, &mut Out::new(json)),
         Command::Keygen { data_dir, json } => remote::keygen(&data_dir, &mut Out::new(json)),
         Command::Node(a) => {
-            init_tracing("info,openraft=warn");
+            init_logs("info,openraft=warn", a.log_format);
             let mut config = match a.config {
                 Some(path) => remote::config_from_file(&path)?,
                 None => remote::config_from_flags(

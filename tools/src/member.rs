@@ -31,13 +31,12 @@ pub(crate) enum Change {
 
 /// `spore member list --addr`: every node of the registry with its place in the membership.
 pub(crate) async fn list(addr: &str, timeout: Duration, o: &mut Out) -> CliResult {
-    let io = |e: mycnet_spores::net::TransportError| CliError::Io(format!("{addr}: {e}"));
-    let (_, status) = quic::admin_call(addr, None, RpcRequest::Status, timeout).await.map_err(io)?;
+    let (_, status) = crate::remote::admin(addr, None, RpcRequest::Status, timeout).await?;
     let st: SporeStatus = match status {
         RpcResponse::Status(Ok(st)) => st,
         other => return Err(CliError::Io(format!("{addr} did not report its status ({})", other.kind()))),
     };
-    let (_, nodes) = quic::admin_call(addr, None, RpcRequest::Query(Query::Nodes), timeout).await.map_err(io)?;
+    let (_, nodes) = crate::remote::admin(addr, None, RpcRequest::Query(Query::Nodes), timeout).await?;
     let nodes = match nodes {
         RpcResponse::Query(Ok(QueryAnswer::Nodes(n))) => n,
         other => return Err(CliError::Io(format!("{addr} did not list its nodes ({})", other.kind()))),
@@ -148,9 +147,7 @@ pub(crate) async fn change(
 
 /// Whether the registry of the node at `addr` holds `node` as admitted and not left.
 async fn registered(addr: &str, node: &NodeId, timeout: Duration) -> Result<bool, CliError> {
-    let (_, nodes) = quic::admin_call(addr, None, RpcRequest::Query(Query::Nodes), timeout)
-        .await
-        .map_err(|e| CliError::Io(format!("{addr}: {e}")))?;
+    let (_, nodes) = crate::remote::admin(addr, None, RpcRequest::Query(Query::Nodes), timeout).await?;
     match nodes {
         RpcResponse::Query(Ok(QueryAnswer::Nodes(n))) => {
             Ok(n.iter().any(|r| &r.node == node && r.status != NodeStatus::Left))

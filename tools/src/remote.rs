@@ -204,9 +204,7 @@ pub(crate) fn config_from_flags(
         seed_quorum: false,
         write_timeout_ms: None,
         timeouts: node::TimeoutProfile::Lan,
-        http_listen: None,
-        http_token: None,
-        http_token_file: None,
+        ..Default::default()
     };
     config.validate().map_err(|e| CliError::usage(e.to_string()))?;
     Ok(config)
@@ -233,7 +231,37 @@ async fn call(
     timeout: Duration,
 ) -> Result<(NodeId, RpcResponse), CliError> {
     let expected = key.map(NodeId::from_hex).transpose().map_err(|e| CliError::usage(e.to_string()))?;
-    quic::admin_call(addr, expected, req, timeout).await.map_err(|e| CliError::Io(e.to_string()))
+    admin(addr, expected, req, timeout).await
+}
+
+/// The key `--client-key-file` gave, set once at start.
+static CLIENT_KEY: std::sync::OnceLock<mycnet_spores::NodeKey> = std::sync::OnceLock::new();
+
+/// Loads the `--client-key-file` key every read from a running node presents.
+pub(crate) fn set_client_key(path: &Path) -> CliResult {
+    let key = keyfile::load(path).map_err(|e| CliError::usage(format!("--client-key-file: {e}")))?;
+    let _ = CLIENT_KEY.set(key);
+    Ok(())
+}
+
+/// The key set by `--client-key-file`, if any.
+pub(crate) fn client_key() -> Option<mycnet_spores::NodeKey> {
+    CLIENT_KEY.get().cloned()
+}
+
+/// One read-only call to the node at `addr` over the admin protocol, as the
+/// `--client-key-file` key if one was given.
+pub(crate) async fn admin(
+    addr: &str,
+    expected: Option<NodeId>,
+    req: RpcRequest,
+    timeout: Duration,
+) -> Result<(NodeId, RpcResponse), CliError> {
+    match CLIENT_KEY.get() {
+        Some(key) => quic::admin_call_as(key, addr, expected, req, timeout).await,
+        None => quic::admin_call(addr, expected, req, timeout).await,
+    }
+    .map_err(|e| CliError::Io(e.to_string()))
 }
 
 /// `spore status --addr`.

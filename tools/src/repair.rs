@@ -10,7 +10,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mycnet_spores::net::quic;
 use mycnet_spores::raft::{RpcRequest, RpcResponse};
 use mycnet_spores::seed::VerifyPolicy;
 use mycnet_spores::wire::query::{Query, QueryAnswer, EVENTS_PER_QUERY_MAX};
@@ -104,10 +103,7 @@ fn from_peer(
         .enable_all()
         .build()
         .map_err(|e| CliError::Io(format!("tokio runtime: {e}")))?;
-    let call = |req| {
-        rt.block_on(quic::admin_call(addr, None, RpcRequest::Query(req), timeout))
-            .map_err(|e| CliError::Io(e.to_string()))
-    };
+    let call = |req| rt.block_on(crate::remote::admin(addr, None, RpcRequest::Query(req), timeout));
     let (peer_head, peer_network) = match call(Query::ChainAt(0))? {
         (_, RpcResponse::Query(Ok(QueryAnswer::Chain { head, fingerprint, .. }))) => (head, fingerprint),
         _ => return Err(CliError::Io(format!("{addr} did not say where its chain is"))),

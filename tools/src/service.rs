@@ -40,8 +40,7 @@ pub(crate) async fn submit(
     let key = keyfile::load(key_file).map_err(|e| CliError::Io(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
-    let (_, status) =
-        quic::admin_call(addr, None, RpcRequest::Status, left()).await.map_err(|e| CliError::Io(e.to_string()))?;
+    let (_, status) = crate::remote::admin(addr, None, RpcRequest::Status, left()).await?;
     let fingerprint = match status {
         RpcResponse::Status(Ok(SporeStatus { fingerprint: Some(f), .. })) => f,
         RpcResponse::Status(Ok(_)) => return Err(CliError::Io(format!("{addr} is not part of a formed network yet"))),

@@ -25,6 +25,9 @@ pub(crate) async fn watch(
     o: &mut Out,
 ) -> CliResult {
     let mut w = RemoteWatch::new(addr, expected, filter, from_seq);
+    if let Some(key) = crate::remote::client_key() {
+        w = w.with_key(key);
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::Io(e.to_string()))?;
     loop {

@@ -116,6 +116,45 @@ pub struct SessionReport {
     pub served_record_bytes: u64,
     /// Frame bytes written (records, framing and every other message).
     pub bytes_written: u64,
+    /// Frame bytes read.
+    pub bytes_read: u64,
+}
+
+/// What this node's gossip did since it started: counters the metrics read.
+#[derive(Debug, Default)]
+pub struct GossipStats {
+    /// Sessions that ran to their end, by outcome: completed, fork, violation, timed out.
+    pub sessions: [std::sync::atomic::AtomicU64; 4],
+    /// Events stored from peers.
+    pub stored: std::sync::atomic::AtomicU64,
+    /// Events served to peers.
+    pub served: std::sync::atomic::AtomicU64,
+    /// Frame bytes written to peers.
+    pub bytes_written: std::sync::atomic::AtomicU64,
+    /// Frame bytes read from peers.
+    pub bytes_read: std::sync::atomic::AtomicU64,
+    /// Peers penalised (banned) for bad data or broken protocol.
+    pub bans: std::sync::atomic::AtomicU64,
+}
+
+impl GossipStats {
+    /// The outcome labels, in the order of [`GossipStats::sessions`].
+    pub const OUTCOMES: [&'static str; 4] = ["completed", "fork", "violation", "timed_out"];
+
+    fn session(&self, outcome: &crate::core::gossip::SessionOutcome, report: &SessionReport) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = match outcome {
+            crate::core::gossip::SessionOutcome::Completed => 0,
+            crate::core::gossip::SessionOutcome::Fork(_) => 1,
+            crate::core::gossip::SessionOutcome::Violation(_) => 2,
+            crate::core::gossip::SessionOutcome::TimedOut => 3,
+        };
+        self.sessions[i].fetch_add(1, Relaxed);
+        self.stored.fetch_add(report.stored, Relaxed);
+        self.served.fetch_add(report.served, Relaxed);
+        self.bytes_written.fetch_add(report.bytes_written, Relaxed);
+        self.bytes_read.fetch_add(report.bytes_read, Relaxed);
+    }
 }
 
 /// The gossip side of one node: serves its ledger to peers and, unless Raft writes its ledger
@@ -140,6 +179,8 @@ pub struct GossipService {
     on_stored: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     /// Ids of provisional events known to be committed (bounded, oldest forgotten first).
     committed: Mutex<(HashSet<EventId>, VecDeque<EventId>)>,
+    /// Counters for the metrics.
+    stats: GossipStats,
 }
 
 impl std::fmt::Debug for GossipService {
@@ -174,7 +215,13 @@ impl GossipService {
             last_sync: Mutex::new(None),
             on_stored: Mutex::new(None),
             committed: Mutex::new((HashSet::new(), VecDeque::new())),
+            stats: GossipStats::default(),
         }
+    }
+
+    /// What this node's gossip did since it started.
+    pub fn stats(&self) -> &GossipStats {
+        &self.stats
     }
 
     /// Calls `f` after each range this service stores (outside the ledger lock).

@@ -129,6 +129,7 @@ impl GossipService {
         s.strikes = s.strikes.saturating_add(1);
         let ban = self.cfg.ban.saturating_mul(1u32 << (s.strikes - 1).min(7)).min(Duration::from_secs(3600));
         s.banned_until = Some(now + ban);
+        self.stats.bans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         s.last_outcome = Some(why.to_string());
         tracing::warn!(peer = %peer.short(), reason = why, ban_secs = ban.as_secs(), "gossip peer penalised");
     }

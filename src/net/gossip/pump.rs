@@ -103,7 +103,9 @@ impl GossipService {
     pub async fn run_session(&self, stream: GossipStream, initiator: bool) -> (SessionOutcome, SessionReport) {
         let peer = stream.peer;
         let span = tracing::info_span!("gossip_session", peer = %peer.short(), initiator);
-        self.session_inner(stream).instrument(span).await
+        let (outcome, report) = self.session_inner(stream).instrument(span).await;
+        self.stats.session(&outcome, &report);
+        (outcome, report)
     }
 
     async fn session_inner(&self, stream: GossipStream) -> (SessionOutcome, SessionReport) {
@@ -268,10 +270,13 @@ impl GossipService {
             let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 frame = frames_rx.recv(), if !eof => match frame {
-                    Some(Ok(Some(bytes))) => match decode_frame_with_records::<LedgerRecords>(bytes) {
-                        Ok((m, records)) => session.handle_with_records(m, records, Instant::now()),
-                        Err(e) => session.handle_bad_frame(e.to_string()),
-                    },
+                    Some(Ok(Some(bytes))) => {
+                        report.bytes_read += bytes.len() as u64;
+                        match decode_frame_with_records::<LedgerRecords>(bytes) {
+                            Ok((m, records)) => session.handle_with_records(m, records, Instant::now()),
+                            Err(e) => session.handle_bad_frame(e.to_string()),
+                        }
+                    }
                     // The peer finished (or the stream broke): finish storing what it sent.
                     Some(Ok(None)) | None => eof = true,
                     Some(Err(ReadError::Bad(reason))) => {

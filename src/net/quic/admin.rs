@@ -32,6 +32,12 @@ impl AdminClient {
         Ok(AdminClient { addr, expected, key, conn: None })
     }
 
+    /// For the node at `addr`, as `key` (a node whose admin reads are not open admits only
+    /// some keys, [`super::AdminReads`]).
+    pub fn with_key(addr: impl Into<String>, expected: Option<NodeId>, key: NodeKey) -> Self {
+        AdminClient { addr: addr.into(), expected, key, conn: None }
+    }
+
     /// The node's address.
     pub fn addr(&self) -> &str {
         &self.addr

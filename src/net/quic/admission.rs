@@ -90,6 +90,30 @@ impl From<Admission> for AdmissionPolicy {
     }
 }
 
+/// Who may read through the admin protocol (`spores-admin/1`: status, queries, watches).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AdminReads {
+    /// Any key (a throw-away one is fine): the default for a discovery store, whose registry is
+    /// meant to be read.
+    #[default]
+    Open,
+    /// Only keys the node admits (the registry's members and its bootstrap peers).
+    Admitted,
+    /// Only these keys (and the node itself).
+    Keys(Vec<NodeId>),
+}
+
+impl AdminReads {
+    /// Whether `key` may read, under `gate`'s admission.
+    pub(super) fn allows(&self, gate: &Gate, key: &NodeId) -> bool {
+        match self {
+            AdminReads::Open => true,
+            AdminReads::Admitted => gate.admits(key),
+            AdminReads::Keys(keys) => *key == gate.me || keys.contains(key),
+        }
+    }
+}
+
 /// Who may use the Raft protocol on this endpoint: this node itself and admitted keys.
 #[derive(Clone)]
 pub(super) struct Gate {
@@ -118,5 +142,11 @@ mod tests {
         a.revoke(&NodeId([1; 32]));
         assert!(!p(&NodeId([1; 32])));
         assert!(Admission::allow_all().is_admitted(&NodeId([9; 32])));
+        let gate = Gate { me: NodeId([7; 32]), admission: Admission::only([NodeId([1; 32])]).policy() };
+        let (me, admitted, stranger) = (NodeId([7; 32]), NodeId([1; 32]), NodeId([9; 32]));
+        assert!(AdminReads::Open.allows(&gate, &stranger));
+        assert!(AdminReads::Admitted.allows(&gate, &admitted) && !AdminReads::Admitted.allows(&gate, &stranger));
+        let list = AdminReads::Keys(vec![stranger]);
+        assert!(list.allows(&gate, &stranger) && list.allows(&gate, &me) && !list.allows(&gate, &admitted));
     }
 }

@@ -300,6 +300,18 @@ pub async fn admin_call(
     call_once(&key, addr, expected, ALPN_ADMIN, req, timeout).await
 }
 
+/// [`admin_call`] as `key` (for a node whose admin reads admit only some keys,
+/// [`super::AdminReads`]).
+pub async fn admin_call_as(
+    key: &NodeKey,
+    addr: &str,
+    expected: Option<NodeId>,
+    req: RpcRequest,
+    timeout: Duration,
+) -> Result<(NodeId, RpcResponse), TransportError> {
+    call_once(key, addr, expected, ALPN_ADMIN, req, timeout).await
+}
+
 /// One call on its own short-lived connection, as `key`, over `alpn` ([`ALPN_RAFT`] needs a
 /// key the node admits). For tools that act for a node without running one, such as
 /// `spore service register` forwarding a signed event. Pins the node's key when `expected`

@@ -73,8 +73,8 @@ mod socket;
 pub mod tls;
 
 pub use admin::AdminClient;
-pub use admission::{Admission, AdmissionPolicy};
-pub use client::{admin_call, call_once, client_config, QuicTransport};
+pub use admission::{AdminReads, Admission, AdmissionPolicy};
+pub use client::{admin_call, admin_call_as, call_once, client_config, QuicTransport};
 pub use framing::{encode_frame, FRAME_BYTES_MAX};
 
 /// ALPN of the Raft / client-forwarding protocol ([`RpcRequest`](crate::raft::RpcRequest) →
@@ -139,6 +139,8 @@ pub struct QuicConfig {
     /// connection (a handshake that got no answer drains for about 3 s). Zero releases it
     /// when the binding is closed.
     pub close_grace: Duration,
+    /// Who may read through the admin protocol ([`AdminReads::Open`] by default).
+    pub admin_reads: AdminReads,
 }
 
 impl Default for QuicConfig {
@@ -153,6 +155,7 @@ impl Default for QuicConfig {
             response_write_deadline: Duration::from_secs(10),
             bind_patience: Duration::from_secs(5),
             close_grace: Duration::from_millis(250),
+            admin_reads: AdminReads::Open,
         }
     }
 }

@@ -78,6 +78,10 @@ async fn serve_connection(
             close(&conn, close_code::NOT_ADMITTED, "node key not admitted");
         }
         Some(ALPN_RAFT) => serve_rpc(conn, peer, handler, cfg, Some(gate)).await,
+        Some(ALPN_ADMIN) if !cfg.admin_reads.allows(&gate, &peer) => {
+            tracing::warn!(peer_key = %peer, "refused an admin connection from a key the read policy does not allow");
+            close(&conn, close_code::NOT_ADMITTED, "reads not allowed for this key");
+        }
         Some(ALPN_ADMIN) => serve_rpc(conn, peer, handler, cfg, None).await,
         Some(crate::net::gossip::ALPN_GOSSIP) if !gate.admits(&peer) => {
             tracing::warn!(peer_key = %peer, "refused a gossip connection from a node key the admission policy does not allow");

@@ -302,7 +302,10 @@ impl Ledger {
             batch.insert(&self.meta, k, v);
         }
         let batch = batch.durability(self.config.durable.then_some(PersistMode::SyncData));
-        if let Err(source) = batch.commit() {
+        let started = std::time::Instant::now();
+        let committed = batch.commit();
+        self.metrics.ledger_write(started.elapsed(), accepted);
+        if let Err(source) = committed {
             *lock(&self.health.poisoned) = Some(source.to_string());
             tracing::error!(error = %source, "durable ledger write failed; ledger poisoned");
             return Err(LedgerError::Storage { op: "append batch", path: self.path.clone(), source });

@@ -60,11 +60,13 @@ pub struct LedgerConfig {
     pub durable: bool,
     /// If set, opening fails unless the ledger belongs to this network.
     pub expected_network: Option<NetworkFingerprint>,
+    /// Record write-path metrics ([`crate::store::metrics::WriteMetrics`]).
+    pub metrics: bool,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig { create: true, checkpoint_interval: 16_384, durable: true, expected_network: None }
+        LedgerConfig { create: true, checkpoint_interval: 16_384, durable: true, expected_network: None, metrics: true }
     }
 }
 
@@ -95,6 +97,16 @@ pub struct Ledger {
     pending_checkpoint: Option<(u64, Vec<u8>)>,
     /// The ids of the newest events (see [`Ledger::committed_point`]).
     recent: SharedRecent,
+    /// Write-path metrics (shared with the Raft log store on the same database).
+    metrics: crate::store::metrics::WriteMetrics,
+}
+
+impl Ledger {
+    /// The write-path metrics of this ledger's database (shared: the Raft log store records
+    /// its syncs in them too).
+    pub fn write_metrics(&self) -> crate::store::metrics::WriteMetrics {
+        self.metrics.clone()
+    }
 }
 
 impl std::fmt::Debug for Ledger {

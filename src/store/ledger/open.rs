@@ -236,6 +236,7 @@ impl Ledger {
             meta,
             projection,
             cache: VerifierCache::default(),
+            metrics: crate::store::metrics::WriteMetrics::new(config.metrics),
             config,
             checkpoint_seq,
             anchor,

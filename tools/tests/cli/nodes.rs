@@ -330,3 +330,52 @@ fn a_node_process_runs_the_check_a_registration_carries() {
     assert!(critical.contains("refused"), "{critical}");
     assert_eq!(query(&[]).as_array().map(Vec::len), Some(0), "left out by default");
 }
+
+/// `admin_reads = "keys"` in the node TOML: `spore status` from a throw-away key is refused,
+/// and `--client-key-file` with a listed key reads.
+#[test]
+fn a_node_reads_only_to_the_keys_its_toml_lists() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let node = crate::proc::Node::keygen(root.path().join("n"), format!("127.0.0.1:{}", free_udp_port()), None);
+    let reader = crate::proc::Node::keygen(root.path().join("reader"), String::new(), None);
+    let toml = format!(
+        "data_dir = {:?}\nlisten = {:?}\nadmin_reads = \"keys\"\nadmin_keys = [{:?}]\n\n[init]\nnetwork_name = \"reads\"\n",
+        path(&node.dir),
+        node.addr,
+        reader.key
+    );
+    let config = root.path().join("n.toml");
+    std::fs::write(&config, toml).expect("write config");
+    let mut n = node;
+    n.start(&["--config".to_string(), path(&config).to_string()]);
+    let reader_key = reader.key_file();
+    let as_reader = ["--client-key-file", path(&reader_key)];
+    wait_until("the listed key reads", Duration::from_secs(30), || {
+        let out = run(&[&as_reader[..], &["status", "--addr", &n.addr, "--json"]].concat());
+        (out.status.code() == Some(0)).then_some(())
+    });
+    let stranger = run(&["status", "--addr", &n.addr, "--timeout-ms", "3000"]);
+    assert_ne!(stranger.status.code(), Some(0), "a throw-away key is refused");
+    let bad = run(&["--client-key-file", path(&root.path().join("missing.key")), "status", "--addr", &n.addr]);
+    assert_eq!(bad.status.code(), Some(2), "a missing client key file is a usage error");
+}
+
+/// `spore node --log-format json` logs one JSON object per line (level, fields, target).
+#[test]
+fn spore_node_logs_json_lines_when_asked() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let mut child = spore()
+        .args(["node", "--data-dir", path(&root.path().join("n")), "--listen", &listen, "--init", "t"])
+        .args(["--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn spore node");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let first = lines.next().expect("a log line").expect("read");
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("not a JSON line ({e}): {first}"));
+    assert!(v["level"].is_string() && v["fields"].is_object() && v["timestamp"].is_string(), "{v}");
+}
