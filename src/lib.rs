@@ -48,6 +48,7 @@
 pub mod core;
 pub mod error;
 pub mod forensics;
+pub mod http;
 pub mod net;
 pub mod node;
 pub mod raft;

@@ -157,7 +157,11 @@ macro_rules! hash32_newtype {
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 if s.is_human_readable() {
-                    s.serialize_str(&self.to_hex())
+                    // On the stack: JSON answers carry several ids per record (the HTTP
+                    // endpoint's lists), and an allocation each was a third of writing them.
+                    let mut text = [0u8; 64];
+                    hex::encode_to_slice(self.0, &mut text).map_err(serde::ser::Error::custom)?;
+                    s.serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?)
                 } else {
                     s.serialize_newtype_struct(stringify!($name), &self.0)
                 }

@@ -174,6 +174,24 @@ impl SporeSystem {
         self.with_projection(|p| p.head())
     }
 
+    /// Up to `max` committed events from `from_seq` on, in order: fewer at the head, none past
+    /// it (a page of history, read and checked on the blocking pool). A start below the history
+    /// this node holds is [`Error::HistoryNotHeld`].
+    pub async fn read_events(&self, from_seq: u64, max: u64) -> Result<Vec<ChainedEvent>, Error> {
+        let ledger = self.running()?.ledger.clone();
+        let first_held = ledger.read_ledger()?.history_from();
+        if from_seq < first_held {
+            return Err(Error::HistoryNotHeld { from: from_seq, first_held });
+        }
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let to = from_seq.saturating_add(max - 1);
+        tokio::task::spawn_blocking(move || Ok(ledger.read_ledger()?.read_range(from_seq, to)?))
+            .await
+            .map_err(|source| Error::Task { what: "event read", source })?
+    }
+
     /// The committed chained events from `from_seq` on, in order, without gaps or duplicates,
     /// first from the ledger and then live as they commit. Resume after a restart by passing
     /// the last seen seq + 1. On a node still backfilling the history below a state-only seed,

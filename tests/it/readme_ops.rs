@@ -35,7 +35,8 @@ fn the_node_configs_the_readme_shows_are_valid() {
     for (i, toml) in tomls.iter().enumerate() {
         let mut text = toml.clone();
         for k in 1..=3u8 {
-            text = text.replace(&format!("\"K{k}\""), &format!("\"{}\"", NodeKey::from_seed([k; 32]).node_id().to_hex()));
+            text =
+                text.replace(&format!("\"K{k}\""), &format!("\"{}\"", NodeKey::from_seed([k; 32]).node_id().to_hex()));
         }
         let config = NodeConfig::from_toml(&text).unwrap_or_else(|e| panic!("README toml block {i}: {e}\n{text}"));
         assert!(config.http_listen.is_some(), "block {i} serves HTTP on loopback");

@@ -560,6 +560,15 @@ pub(crate) struct NodeArgs {
     /// apart, lossy links). Overrides `timeouts` in --config.
     #[arg(long, value_enum)]
     pub(crate) timeouts: Option<Profile>,
+    /// Serve the read-only HTTP/JSON endpoint (status, registry, events, SSE watch, seed,
+    /// /healthz, /readyz, /metrics) on this TCP host:port, e.g. 127.0.0.1:8500 (keep it on
+    /// loopback unless a token guards it). Overrides `http_listen` in --config.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) http: Option<String>,
+    /// A file whose first line is the bearer token the HTTP endpoint requires (every route but
+    /// /healthz). Overrides `http_token` / `http_token_file` in --config.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) http_token_file: Option<PathBuf>,
     /// How the node logs to stderr: `text` (default) or `json` (one JSON object per line, for
     /// journald, Loki and the like).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

@@ -116,6 +116,7 @@ fn run(cli: Cli) -> CliResult {
                 Some(Profile::Wan) => config.timeouts = mycnet_spores::node::TimeoutProfile::Wan,
                 None => {}
             }
+            remote::http_from_flags(&mut config, a.http, a.http_token_file)?;
             runtime()?.block_on(remote::run_node(config, &mut Out::new(a.json)))
         }
         Command::Status { addr, key, timeout_ms, json } => {

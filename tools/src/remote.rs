@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mycnet_spores::core::projection::ServiceFilter;
+use mycnet_spores::http::{self, HttpOptions, HttpServer};
 use mycnet_spores::net::addr::{check_listen_addr, check_peer_addr};
 use mycnet_spores::net::quic::{self};
 use mycnet_spores::node::{self, NodeConfig, NodeEvent};
@@ -42,11 +43,24 @@ pub(crate) async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
         mycnet_spores::Error::Config(c) => CliError::usage(c.to_string()),
         e => CliError::Io(e.to_string()),
     })?;
+    let http = match start_http(&system, &config).await {
+        Ok(http) => http,
+        Err(e) => {
+            if let Err(stop) = system.shutdown().await {
+                tracing::warn!(error = %stop, "could not stop the node");
+            }
+            return Err(e);
+        }
+    };
+    let http_addr = http.as_ref().map(|h| h.local_addr().to_string());
     let st = system.status().map_err(|e| CliError::Io(e.to_string()))?;
     if o.json {
-        o.json_line(&json!({ "event": "ready", "node_id": st.node, "addr": st.addr, "head": st.head, "timeouts": config.timeouts }))?;
+        o.json_line(&json!({ "event": "ready", "node_id": st.node, "addr": st.addr, "head": st.head, "timeouts": config.timeouts, "http": http_addr }))?;
     } else {
         o.line(format!("node {} ready on {} ({}, {:?} timeouts)", st.node, st.addr, st.raft_state, config.timeouts))?;
+        if let Some(a) = &http_addr {
+            o.line(format!("http endpoint on http://{a}/v1/status"))?;
+        }
     }
     o.flush()?;
 
@@ -69,12 +83,55 @@ pub(crate) async fn run_node(config: NodeConfig, o: &mut Out) -> CliResult {
             },
         }
     }
+    if let Some(h) = http {
+        if let Err(e) = h.shutdown().await {
+            tracing::warn!(error = %e, "the http endpoint did not stop cleanly");
+        }
+    }
     system.shutdown().await.map_err(|e| CliError::Io(e.to_string()))?;
     if let Some(why) = halted {
         tracing::error!(reason = %why, "halted; stopped");
         return Err(CliError::Io(format!("node halted: {why}")));
     }
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Serves the read-only HTTP endpoint of the running node when the config asks for it
+/// (`http_listen`, `--http`); the library starts none by itself.
+async fn start_http(system: &mycnet_spores::SporeSystem, config: &NodeConfig) -> Result<Option<HttpServer>, CliError> {
+    let Some(addr) = &config.http_listen else { return Ok(None) };
+    let token = config.http_token().map_err(|e| CliError::usage(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(addr.as_str())
+        .await
+        .map_err(|e| CliError::Io(format!("--http {addr}: cannot listen: {e}")))?;
+    let bound = listener.local_addr().map_err(|e| CliError::Io(e.to_string()))?;
+    if !bound.ip().is_loopback() && token.is_none() {
+        tracing::warn!(%bound, "the http endpoint listens beyond loopback without a token: anyone who reaches it reads the registry");
+    }
+    let options = HttpOptions { token, ..HttpOptions::default() };
+    let server = http::serve(system.clone(), listener, options).map_err(|e| CliError::Io(e.to_string()))?;
+    Ok(Some(server))
+}
+
+/// Applies `--http` and `--http-token-file` over the config (file or flags), checked as the
+/// config's own values are.
+pub(crate) fn http_from_flags(
+    config: &mut NodeConfig,
+    http: Option<String>,
+    token_file: Option<PathBuf>,
+) -> Result<(), CliError> {
+    if let Some(a) = http {
+        check_listen_addr(&a).map_err(|e| flag_error("--http", &a, e))?;
+        config.http_listen = Some(a);
+    }
+    if let Some(f) = token_file {
+        config.http_token = None;
+        config.http_token_file = Some(f);
+    }
+    config.validate().map_err(|e| CliError::usage(e.to_string()))?;
+    // A token file that cannot be read is a usage error before anything starts.
+    config.http_token().map_err(|e| CliError::usage(e.to_string()))?;
     Ok(())
 }
 
@@ -408,19 +465,9 @@ pub(crate) async fn query(
         }
         QueryAnswer::Found(found) => {
             if o.json {
-                // The service records as `services` always printed them, each with its node's
-                // status and trust beside them.
-                let mut list = Vec::with_capacity(found.len());
-                for f in &found {
-                    let mut v = serde_json::to_value(&f.record).map_err(|e| CliError::Io(e.to_string()))?;
-                    if let Some(m) = v.as_object_mut() {
-                        m.insert("node_status".into(), json!(f.node_status));
-                        m.insert("node_trust".into(), json!(f.node_trust));
-                        m.insert("critical".into(), json!(f.critical));
-                    }
-                    list.push(v);
-                }
-                return o.json_line(&list);
+                // The service records with their node's status and trust and their health: the
+                // one shape `/v1/services` gives too.
+                return o.json_line(&http::json::services(&found));
             }
             o.line(format!(
                 "{:<36} {:<14} {:<12} {:<8} {:<8} {:>5}  {:<30} {}",

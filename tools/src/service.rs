@@ -116,12 +116,8 @@ pub(crate) fn parse_node_id(s: &str) -> Result<NodeId, String> {
 
 /// A trust score as operators write it: a fraction from 0.0 to 1.0 (thousandths kept).
 pub(crate) fn parse_trust(s: &str) -> Result<mycnet_spores::TrustScore, String> {
-    let f: f64 = s.parse().map_err(|_| format!("{s:?} is not a number from 0.0 to 1.0"))?;
-    if !(0.0..=1.0).contains(&f) {
-        return Err(format!("{s} is outside 0.0 to 1.0"));
-    }
-    // In range, so the rounded thousandths fit a u16.
-    Ok(mycnet_spores::TrustScore((f * 1000.0).round() as u16))
+    // The HTTP endpoint's `min_trust` reads it the same way.
+    mycnet_spores::http::params::parse_trust(s).map_err(|e| e.to_string())
 }
 
 /// Parses `proto://host:port` into an endpoint.

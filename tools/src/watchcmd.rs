@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use mycnet_spores::core::event::EventFilter;
+use mycnet_spores::http::json::EventJson;
 use mycnet_spores::node::RemoteWatch;
 use mycnet_spores::NodeId;
-use serde_json::json;
 
 use crate::output::{CliError, CliResult, Out};
 
@@ -40,14 +40,8 @@ pub(crate) async fn watch(
             Ok(ev) => {
                 let body = &ev.event.body;
                 if o.json {
-                    o.json_line(&json!({
-                        "seq": ev.seq,
-                        "hash": ev.hash,
-                        "kind": body.kind(),
-                        "author": ev.event.author,
-                        "timestamp": ev.event.timestamp,
-                        "event": ev.event.body,
-                    }))?;
+                    // The one shape `/v1/events` and `/v1/watch` give too.
+                    o.json_line(&EventJson::from(&ev))?;
                 } else {
                     let about = body
                         .subject_service()

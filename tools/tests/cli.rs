@@ -5,7 +5,8 @@
 //! processes and their voters); the tests are in `cli/`, one file per scenario: `inspector`,
 //! `failures` (damage, a full disk, repair), `forensics` (diff, blame), `nodes` (node processes
 //! through `kill -9`, latent nodes), `seeds` (the demo and the seed tools), `generate`,
-//! `inputs`, `members`, `bench` (`spore bench`) and `backups` (`[backup]`, `spore seed list`).
+//! `http` (`spore node --http` read with curl), `inputs`, `members`, `bench` (`spore bench`) and `backups`
+//! (`[backup]`, `spore seed list`).
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
@@ -28,6 +29,8 @@ mod failures;
 mod forensics;
 #[path = "cli/generate.rs"]
 mod generate;
+#[path = "cli/http.rs"]
+mod http;
 #[path = "cli/inputs.rs"]
 mod inputs;
 #[path = "cli/inspector.rs"]

@@ -8,6 +8,9 @@
 //! role = "voter"                 # or "latent": out of Raft, keeps the chain by gossip
 //! capabilities = ["storage"]
 //! timeouts = "lan"               # or "wan": voters 100-150 ms apart, lossy links (Timeouts::wan)
+//! # http_listen = "127.0.0.1:8500" # the read-only HTTP/JSON endpoint (`mycnet_spores::http`);
+//! #                              # loopback unless a token guards it
+//! # http_token_file = "/etc/mycnet-spores/http.token" # or http_token = "…": a bearer token
 //!
 //! [init]                         # form a new network (first voter only)
 //! network_name = "demo"
@@ -201,6 +204,17 @@ pub struct NodeConfig {
     /// The keys that may read when `admin_reads = "keys"` (64 hex characters each).
     #[serde(default)]
     pub admin_keys: Vec<String>,
+    /// `host:port` (TCP) of the read-only HTTP/JSON endpoint, served by whoever runs the node
+    /// (`spore node` does; the library starts no HTTP by itself: `mycnet_spores::http::serve`).
+    /// Loopback (`127.0.0.1:8500`) is the documented default choice.
+    #[serde(default)]
+    pub http_listen: Option<String>,
+    /// The bearer token the HTTP endpoint requires on every route but `/healthz`.
+    #[serde(default)]
+    pub http_token: Option<String>,
+    /// A file holding that token (its first line); excludes `http_token`.
+    #[serde(default)]
+    pub http_token_file: Option<PathBuf>,
 }
 
 /// Who may read through the QUIC admin protocol, as the node TOML says it.
@@ -215,6 +229,9 @@ pub enum AdminReadsConfig {
     /// The keys in `admin_keys` only.
     Keys,
 }
+
+/// The longest HTTP bearer token taken, in bytes.
+pub const HTTP_TOKEN_BYTES_MAX: usize = 1024;
 
 /// A configuration that does not make sense.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +252,24 @@ pub enum ConfigError {
         field: &'static str,
         /// The key as given.
         key: String,
+    },
+    /// An HTTP bearer token that is empty, too long, or holds characters a header cannot
+    /// carry (visible ASCII only).
+    #[error("invalid node config: `{field}`: {problem}")]
+    BadToken {
+        /// Which setting (or file).
+        field: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The token file could not be read.
+    #[error("invalid node config: `http_token_file` {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// An address that is not `HOST:PORT` (port 1..=65535; 0 too for `listen`).
     #[error("invalid node config: `{field}`: {source}")]
@@ -263,6 +298,21 @@ pub enum ConfigError {
         /// The address given.
         addr: String,
     },
+}
+
+/// Checks an HTTP bearer token: 1 to [`HTTP_TOKEN_BYTES_MAX`] bytes of visible ASCII (what an
+/// `Authorization` header carries as it is).
+fn check_http_token(field: &str, token: &str) -> Result<(), ConfigError> {
+    let problem = if token.is_empty() {
+        "the token is empty"
+    } else if token.len() > HTTP_TOKEN_BYTES_MAX {
+        "the token is longer than 1024 bytes"
+    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        "the token holds characters other than visible ASCII (no spaces)"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::BadToken { field: field.to_string(), problem })
 }
 
 /// Parses a node key: 64 hex characters that are an ed25519 public key.
@@ -312,6 +362,18 @@ impl NodeConfig {
         if let Some(b) = &self.backup {
             b.policy()?;
         }
+        if let Some(a) = &self.http_listen {
+            check_listen_addr(a).map_err(bad("http_listen"))?;
+        }
+        if self.http_token.is_some() && self.http_token_file.is_some() {
+            return Err(ConfigError::Invalid("`http_token` and `http_token_file` exclude each other"));
+        }
+        if (self.http_token.is_some() || self.http_token_file.is_some()) && self.http_listen.is_none() {
+            return Err(ConfigError::Invalid("an HTTP token goes with `http_listen`"));
+        }
+        if let Some(t) = &self.http_token {
+            check_http_token("http_token", t)?;
+        }
         self.admin_reads()?;
         Ok(())
     }
@@ -327,6 +389,21 @@ impl NodeConfig {
             (AdminReadsConfig::Keys, true) => Err(ConfigError::Invalid("`admin_reads = \"keys\"` needs `admin_keys`")),
             (_, false) => Err(ConfigError::Invalid("`admin_keys` is only read with `admin_reads = \"keys\"`")),
         }
+    }
+
+    /// The HTTP endpoint's bearer token: `http_token`, or the first line of `http_token_file`
+    /// (read now, and checked like the other), or none.
+    pub fn http_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(t) = &self.http_token {
+            check_http_token("http_token", t)?;
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.http_token_file else { return Ok(None) };
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        check_http_token(&format!("http_token_file {}", path.display()), &token)?;
+        Ok(Some(token))
     }
 
     /// Keys trusted before admission: the bootstrap peers and the `[join]` member.
@@ -511,68 +588,4 @@ async fn announce_if_changed(system: &SporeSystem, config: &NodeConfig) -> Resul
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_a_full_config_and_refuses_contradictions() {
-        let key = crate::core::keys::NodeKey::from_seed([7; 32]).node_id().to_hex();
-        let text = format!(
-            "data_dir = \"/tmp/n1\"\nlisten = \"127.0.0.1:7401\"\nrole = \"voter\"\ncapabilities = [\"storage\"]\n\
-             [join]\nvia_addr = \"127.0.0.1:7400\"\nvia_key = \"{key}\"\n[[peers]]\naddr = \"127.0.0.1:7400\"\nkey = \"{key}\"\n"
-        );
-        let c = NodeConfig::from_toml(&text).expect("valid");
-        assert_eq!(c.join.as_ref().map(|j| j.as_voter), Some(true));
-        assert_eq!(c.peers.len(), 1);
-        let both = format!("{text}[init]\nnetwork_name = \"x\"\n");
-        assert!(matches!(NodeConfig::from_toml(&both), Err(ConfigError::Invalid(_))));
-        assert!(matches!(NodeConfig::from_toml("listen = 1"), Err(ConfigError::Parse(_))));
-        assert!(matches!(
-            NodeConfig::from_toml("data_dir = \"x\"\nlisten = \"a:1\"\nbogus = 1\n"),
-            Err(ConfigError::Parse(_))
-        ));
-    }
-
-    /// Addresses and keys are checked when the config is read, naming the setting: nothing
-    /// malformed reaches a start, a join or the registry.
-    #[test]
-    fn refuses_malformed_addresses_and_keys_naming_the_setting() {
-        let key = crate::core::keys::NodeKey::from_seed([7; 32]).node_id().to_hex();
-        let base = "data_dir = \"/tmp/n1\"\n";
-        let with = |rest: &str| NodeConfig::from_toml(&format!("{base}{rest}"));
-        let field_of = |r: Result<NodeConfig, ConfigError>| match r {
-            Err(ConfigError::BadAddress { field, .. }) | Err(ConfigError::NotANodeKey { field, .. }) => Some(field),
-            _ => None,
-        };
-        assert_eq!(field_of(with("listen = \"not-an-addr\"\n")), Some("listen"));
-        assert!(with("listen = \"127.0.0.1:0\"\n").is_ok(), "port 0 listens on any free port");
-        let listen = "listen = \"127.0.0.1:7401\"\n";
-        assert_eq!(field_of(with(&format!("{listen}addresses = [\"h:70000\"]\n"))), Some("addresses"));
-        let join = |addr: &str, k: &str| with(&format!("{listen}[join]\nvia_addr = \"{addr}\"\nvia_key = \"{k}\"\n"));
-        assert_eq!(field_of(join("not-an-addr", &key)), Some("join.via_addr"));
-        // 32 bytes that do not decompress to an ed25519 point are no node's key.
-        let not_a_point =
-            (0u8..=255).map(|b| NodeId([b; 32])).find(|id| PublicKey::from_node_id(id).is_none()).expect("a non-point");
-        assert_eq!(field_of(join("127.0.0.1:7400", &not_a_point.to_hex())), Some("join.via_key"));
-        let peer = |addr: &str| with(&format!("{listen}[[peers]]\naddr = \"{addr}\"\nkey = \"{key}\"\n"));
-        assert_eq!(field_of(peer("127.0.0.1:99999")), Some("peers.addr"));
-        assert!(peer("127.0.0.1:7400").is_ok());
-        let e = peer("127.0.0.1:99999").expect_err("out of range").to_string();
-        assert!(e.contains("peers.addr") && e.contains("99999") && e.contains("out of range"), "{e}");
-    }
-
-    #[test]
-    fn the_timeouts_profile_is_lan_unless_wan_is_asked_for() {
-        let base = "data_dir = \"x\"\nlisten = \"a:1\"\n";
-        let heartbeat = |c: &NodeConfig| {
-            c.builder(Some(std::sync::Arc::new(crate::net::inproc::InProcNetwork::new(0)))).timeouts_ref().heartbeat
-        };
-        let lan = NodeConfig::from_toml(base).expect("valid");
-        assert_eq!(lan.timeouts, TimeoutProfile::Lan);
-        assert_eq!(heartbeat(&lan), Timeouts::default().heartbeat);
-        let wan = NodeConfig::from_toml(&format!("{base}timeouts = \"wan\"\n")).expect("valid");
-        assert_eq!(heartbeat(&wan), Timeouts::wan().heartbeat);
-        assert!(Timeouts::wan().election_min >= Timeouts::wan().heartbeat * 10);
-        assert!(matches!(NodeConfig::from_toml(&format!("{base}timeouts = \"moon\"\n")), Err(ConfigError::Parse(_))));
-    }
-}
+mod tests;
