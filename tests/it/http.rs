@@ -438,31 +438,8 @@ async fn readyz_follows_the_leader() {
 /// served. Cut off from every voter, it is not ready, and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_below_the_held_history_is_a_410_naming_where_it_starts() {
-    use mycnet_spores::node::AnchorPolicy;
     let root = tempfile::tempdir().expect("tempdir");
-    let a = SporeSystem::builder()
-        .data_dir(root.path().join("a"))
-        .private_network()
-        .anchors(AnchorPolicy { every_events: 4, every: Duration::from_millis(100) })
-        .build();
-    a.initialize(NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: "http-seed".into(),
-        genesis_timestamp: chrono::Utc::now(),
-    })
-    .await
-    .expect("initialize");
-    for i in 0..8 {
-        a.register_service(&format!("s-{i}"), vec![], vec![], vec![]).await.expect("write");
-    }
-    let (_, seed) = crate::seed_export::export_state_only(&a, &root.path().join("state.seed")).await;
-    let first_held = {
-        let mut l =
-            mycnet_spores::Ledger::open(root.path().join("b").join("ledger"), Default::default()).expect("ledger");
-        mycnet_spores::seed::import(&mut l, &seed).expect("import");
-        l.history_from()
-    };
-    assert!(first_held > 0);
+    let (_seed, first_held) = crate::seed_export::state_only_data_dir(root.path(), "http-seed").await;
     let b = SporeSystem::builder()
         .data_dir(root.path().join("b"))
         .role(mycnet_spores::NodeRole::Rhizomorph)
@@ -489,5 +466,4 @@ async fn a_read_below_the_held_history_is_a_410_naming_where_it_starts() {
     drop(w);
     server.shutdown().await.expect("shutdown");
     b.shutdown().await.expect("shutdown");
-    a.shutdown().await.expect("shutdown");
 }

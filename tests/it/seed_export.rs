@@ -363,3 +363,33 @@ pub(crate) async fn export_state_only(
     assert!(matches!(seed.proof, seed::StateProof::AttestedAt { .. }), "{:?}", seed.proof);
     (at, seed)
 }
+
+/// A node with 8 services whose chain attests a state early (anchors every 4 events), a
+/// state-only seed of it at `root/state.seed`, and that seed imported into the ledger of
+/// `root/b` (a data dir a latent node then starts from): the seed and the first seq `root/b`
+/// holds (> 0: the history below the attested state is not there).
+pub(crate) async fn state_only_data_dir(root: &std::path::Path, network_name: &str) -> (seed::Seed, u64) {
+    use mycnet_spores::node::AnchorPolicy;
+    let a = mycnet_spores::SporeSystem::builder()
+        .data_dir(root.join("a"))
+        .private_network()
+        .anchors(AnchorPolicy { every_events: 4, every: Duration::from_millis(100) })
+        .build();
+    a.initialize(mycnet_spores::NetworkIdentity {
+        network_id: uuid::Uuid::new_v4(),
+        network_name: network_name.into(),
+        genesis_timestamp: chrono::Utc::now(),
+    })
+    .await
+    .expect("initialize");
+    for i in 0..8 {
+        a.register_service(&format!("s-{i}"), vec![], vec![], vec![]).await.expect("write");
+    }
+    let (_, seed) = export_state_only(&a, &root.join("state.seed")).await;
+    a.shutdown().await.expect("shutdown");
+    let mut l = mycnet_spores::Ledger::open(root.join("b").join("ledger"), Default::default()).expect("ledger");
+    seed::import(&mut l, &seed).expect("import");
+    let first_held = l.history_from();
+    assert!(first_held > 0, "the seed leaves the history below its state out");
+    (seed, first_held)
+}

@@ -96,32 +96,8 @@ async fn a_remote_watch_follows_one_service_name_and_resumes_across_a_restart() 
 /// there on it is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_below_the_held_history_says_where_it_starts() {
-    use mycnet_spores::node::AnchorPolicy;
     let root = tempfile::tempdir().expect("tempdir");
-    let a = SporeSystem::builder()
-        .data_dir(root.path().join("a"))
-        .private_network()
-        .anchors(AnchorPolicy { every_events: 4, every: Duration::from_millis(100) })
-        .build();
-    a.initialize(NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: "watch-seed".into(),
-        genesis_timestamp: chrono::Utc::now(),
-    })
-    .await
-    .expect("initialize");
-    for i in 0..8 {
-        a.register_service(&format!("s-{i}"), vec![], vec![], vec![]).await.expect("write");
-    }
-    let seed_path = root.path().join("state.seed");
-    let (_, seed) = crate::seed_export::export_state_only(&a, &seed_path).await;
-    let first_held = {
-        let dir = root.path().join("b").join("ledger");
-        let mut l = mycnet_spores::Ledger::open(dir, mycnet_spores::LedgerConfig::default()).expect("ledger");
-        mycnet_spores::seed::import(&mut l, &seed).expect("import");
-        l.history_from()
-    };
-    assert!(first_held > 0);
+    let (_seed, first_held) = crate::seed_export::state_only_data_dir(root.path(), "watch-seed").await;
     // A latent node on its own QUIC endpoint with nobody to backfill from.
     let b = SporeSystem::builder()
         .data_dir(root.path().join("b"))
@@ -137,5 +113,4 @@ async fn a_watch_below_the_held_history_says_where_it_starts() {
     let mut held = RemoteWatch::new(b.local_addr().expect("addr"), None, EventFilter::default(), first_held);
     assert_eq!(next(&mut held).await.seq, first_held, "from the first event held on, it is served");
     b.shutdown().await.expect("shutdown");
-    a.shutdown().await.expect("shutdown");
 }
