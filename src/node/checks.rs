@@ -109,16 +109,15 @@ impl SporeSystem {
     /// without a TTL check is refused ([`Error::Check`]).
     pub fn pass_ttl(&self, service: Uuid) -> Result<(), Error> {
         let runner = self.shared.checks.clone();
-        let mut checks = lock(&runner.checks);
-        let now = runner.now();
-        if checks.spec(&service).is_none() {
-            // Registered a moment ago: the task has not seen it yet.
+        if lock(&runner.checks).spec(&service).is_none() {
+            // Registered a moment ago: the task has not seen it yet. The registry is read
+            // before the checks are locked: the task takes the ledger's lock, then the checks'
+            // (never the other way round).
             let me = self.node_id()?;
             let want = self.with_projection(|p| wanted(p, &me))?;
-            sync(&mut checks, want, now);
+            sync(&mut lock(&runner.checks), want, runner.now());
         }
-        checks.pass_ttl(service, now)?;
-        drop(checks);
+        lock(&runner.checks).pass_ttl(service, runner.now())?;
         runner.wake.notify_one();
         Ok(())
     }
