@@ -85,7 +85,8 @@ fn as_i64(v: u64) -> i64 {
 
 impl SporeSystem {
     /// This node's metrics in the Prometheus text format (OpenMetrics), as `/metrics` serves
-    /// them. Reading them takes the locks a status read takes, no more.
+    /// them. Reading them takes the locks a status read takes, then the checks' and the
+    /// ledger's read lock, one at a time.
     pub fn metrics_text(&self) -> Result<String, Error> {
         let st = self.status()?;
         let m = &self.shared.metrics;
