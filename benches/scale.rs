@@ -1,0 +1,186 @@
+//! Scale bench (issue 24, item 6; first part: the baseline): builds a registry through the
+//! real write path — one durable voter, 64 concurrent writers, every event signed by the node
+//! it is about — and prints the write rate, query latencies, resident memory per service,
+//! restart time and disk per event.
+//!
+//! Run: `cargo bench --bench scale`. `SPORES_SCALE=NODES/SERVICES` (default `2000/20000`;
+//! the issue also asks for `10000/100000`). Services share 1,000 names (20 a name at 20k, 100
+//! at 100k) and 8 capabilities. Queries are timed on an idle node (after the writes): the
+//! issue's figures under a full write load are the next step.
+
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mycnet_spores::{
+    Endpoint, EventBody, NetworkIdentity, NodeAnnouncement, NodeKey, NodeRole, ServiceAnnouncement, SignedEvent,
+    SporeSystem, Timestamp,
+};
+
+const WRITERS: usize = 64;
+
+/// Resident memory of this process, in bytes (`/proc/self/statm`, 4 KiB pages).
+fn resident() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).expect("resident pages") * 4096
+}
+
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(mut v: Vec<Duration>, p: usize) -> Duration {
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+/// Submits `events` from `WRITERS` concurrent writers; returns events/s.
+async fn write_all(n: &SporeSystem, events: Vec<SignedEvent>) -> f64 {
+    let count = events.len();
+    let queue = Arc::new(std::sync::Mutex::new(events));
+    let t = Instant::now();
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        let (n, queue) = (n.clone(), queue.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let Some(ev) = queue.lock().expect("queue").pop() else { return };
+                n.submit(ev).await.expect("committed");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    count as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let (nodes, services) = std::env::var("SPORES_SCALE")
+        .ok()
+        .and_then(|v| {
+            let (a, b) = v.split_once('/')?;
+            Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+        })
+        .unwrap_or((2_000, 20_000));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let root = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "target".into());
+    let dir = tempfile::Builder::new().prefix("scale-").tempdir_in(&root).expect("scratch");
+    let data = dir.path().join("n");
+    let rss_before = resident();
+    let (join_rate, write_rate, head_seq, rss_after) = rt.block_on(async {
+        let n = SporeSystem::builder().data_dir(&data).private_network().build();
+        n.initialize(NetworkIdentity {
+            network_id: uuid::Uuid::new_v4(),
+            network_name: "scale".into(),
+            genesis_timestamp: chrono::Utc::now(),
+        })
+        .await
+        .expect("initialize");
+        let fp = n.status().expect("status").fingerprint.expect("formed");
+        let key_file = data.join(mycnet_spores::store::keyfile::KEY_FILE_NAME);
+        let founder = mycnet_spores::store::keyfile::load(&key_file).expect("the founder's key");
+        let keys: Vec<NodeKey> = (0..nodes)
+            .map(|i| {
+                let mut seed = [7u8; 32];
+                seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                NodeKey::from_seed(seed)
+            })
+            .collect();
+        let joins: Vec<SignedEvent> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let ann = NodeAnnouncement {
+                    node: k.node_id(),
+                    name: format!("node-{i}"),
+                    role: NodeRole::Rhizomorph,
+                    addresses: vec![format!("10.{}.{}.{}:7400", i >> 16 & 255, i >> 8 & 255, i & 255)],
+                    capabilities: vec![format!("cap-{}", i % 8)],
+                };
+                SignedEvent::sign(&founder, fp, Timestamp::now(), EventBody::NodeJoined(ann))
+            })
+            .collect();
+        let join_rate = write_all(&n, joins).await;
+        let regs: Vec<SignedEvent> = (0..services)
+            .map(|i| {
+                let k = &keys[i % nodes];
+                let s = ServiceAnnouncement {
+                    service_id: uuid::Uuid::from_u128(i as u128 + 1),
+                    name: format!("svc-{}", i % services.min(1_000)),
+                    node: k.node_id(),
+                    capabilities: vec![format!("cap-{}", i % 8)],
+                    endpoints: vec![Endpoint { protocol: "tcp".into(), address: "10.0.0.1:9000".into() }],
+                    metadata: vec![("zone".into(), format!("z{}", i % 4))],
+                };
+                SignedEvent::sign(k, fp, Timestamp::now(), EventBody::ServiceRegistered(s))
+            })
+            .collect();
+        let write_rate = write_all(&n, regs).await;
+        let head_seq = n.head().expect("head").expect("formed").seq;
+        let rss_after = resident();
+        // Query latencies on the live node.
+        let mut by_name = Vec::new();
+        let mut by_node = Vec::new();
+        let mut by_cap = Vec::new();
+        let mut found = 0usize;
+        for i in 0..2_000usize {
+            let t = Instant::now();
+            found = n.services_by_name(&format!("svc-{}", i % services.min(1_000))).expect("query").len();
+            by_name.push(t.elapsed());
+            let t = Instant::now();
+            n.node(&keys[i % nodes].node_id()).expect("query").expect("known");
+            by_node.push(t.elapsed());
+            if i < 50 {
+                let t = Instant::now();
+                n.services_by_capability(&format!("cap-{}", i % 8)).expect("query");
+                by_cap.push(t.elapsed());
+            }
+        }
+        let (p50, p99) = (percentile(by_name.clone(), 50), percentile(by_name, 99));
+        println!("services_by_name ({found} hits) p50 / p99: {p50:?} / {p99:?}");
+        println!("node(id) p50: {:?}", percentile(by_node, 50));
+        println!("services_by_capability ({} hits) p50: {:?}", services / 8, percentile(by_cap, 50));
+        n.shutdown().await.expect("shutdown");
+        (join_rate, write_rate, head_seq, rss_after)
+    });
+    let t = Instant::now();
+    rt.block_on(async {
+        let n = SporeSystem::builder().data_dir(&data).private_network().build();
+        n.start().await.expect("restart");
+        assert_eq!(n.head().expect("head").expect("formed").seq, head_seq);
+        n.shutdown().await.expect("shutdown");
+    });
+    let restart = t.elapsed();
+    let disk = dir_bytes(&data);
+    println!("\n=== scale summary: {nodes} nodes + {services} services ===");
+    println!("{:>40}: {join_rate:.0} events/s", "joins committed");
+    println!("{:>40}: {write_rate:.0} events/s", "registrations committed");
+    println!(
+        "{:>40}: {:.0} bytes (RSS {} -> {} MB: an upper bound, the node's buffers count too)",
+        "resident memory per service",
+        (rss_after.saturating_sub(rss_before)) as f64 / services as f64,
+        rss_before >> 20,
+        rss_after >> 20
+    );
+    println!("{:>40}: {restart:?}", "restart (open + resume)");
+    let events = head_seq + 1;
+    println!(
+        "{:>40}: {:.0} bytes ({} MB for {events} events)",
+        "disk per event",
+        disk as f64 / events as f64,
+        disk >> 20
+    );
+}
