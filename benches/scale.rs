@@ -5,8 +5,8 @@
 //!
 //! Run: `cargo bench --bench scale`. `SPORES_SCALE=NODES/SERVICES` (default `2000/20000`;
 //! the issue also asks for `10000/100000`). Services share 1,000 names (20 a name at 20k, 100
-//! at 100k) and 8 capabilities. Queries are timed on an idle node (after the writes): the
-//! issue's figures under a full write load are the next step.
+//! at 100k) and 8 capabilities. Lookups are timed while the registrations commit (a reader
+//! thread, one lookup pair every 200 µs) and again on the idle node afterwards.
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
@@ -128,7 +128,34 @@ fn main() {
                 SignedEvent::sign(k, fp, Timestamp::now(), EventBody::ServiceRegistered(s))
             })
             .collect();
+        // Lookups while the registrations commit: what a reader sees under a full write load.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (n, stop, ids) = (n.clone(), stop.clone(), keys.iter().map(|k| k.node_id()).collect::<Vec<_>>());
+            tokio::task::spawn_blocking(move || {
+                let (mut by_name, mut by_node) = (Vec::new(), Vec::new());
+                let mut i = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let _ = n.services_by_name(&format!("svc-{}", i % 1_000)).expect("query");
+                    by_name.push(t.elapsed());
+                    let t = Instant::now();
+                    let _ = n.node(&ids[i % ids.len()]).expect("query");
+                    by_node.push(t.elapsed());
+                    i += 1;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                (by_name, by_node)
+            })
+        };
         let write_rate = write_all(&n, regs).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (by_name, by_node) = reader.await.expect("reader");
+        let (p50, p99) = (percentile(by_name.clone(), 50), percentile(by_name, 99));
+        println!(
+            "under writes: services_by_name p50 / p99: {p50:?} / {p99:?}; node(id) p50: {:?}",
+            percentile(by_node, 50)
+        );
         let head_seq = n.head().expect("head").expect("formed").seq;
         let rss_after = resident();
         // Query latencies on the live node.
@@ -150,9 +177,9 @@ fn main() {
             }
         }
         let (p50, p99) = (percentile(by_name.clone(), 50), percentile(by_name, 99));
-        println!("services_by_name ({found} hits) p50 / p99: {p50:?} / {p99:?}");
-        println!("node(id) p50: {:?}", percentile(by_node, 50));
-        println!("services_by_capability ({} hits) p50: {:?}", services / 8, percentile(by_cap, 50));
+        println!("idle: services_by_name ({found} hits) p50 / p99: {p50:?} / {p99:?}");
+        println!("idle: node(id) p50: {:?}", percentile(by_node, 50));
+        println!("idle: services_by_capability ({} hits) p50: {:?}", services / 8, percentile(by_cap, 50));
         n.shutdown().await.expect("shutdown");
         (join_rate, write_rate, head_seq, rss_after)
     });
