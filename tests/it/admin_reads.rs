@@ -6,19 +6,13 @@ use std::time::Duration;
 
 use mycnet_spores::net::quic::{admin_call, admin_call_as, AdminReads};
 use mycnet_spores::raft::{RpcRequest, RpcResponse};
-use mycnet_spores::{NetworkIdentity, NodeKey, SporeSystem};
+use mycnet_spores::{NodeKey, SporeSystem};
 
 const T: Duration = Duration::from_secs(5);
 
 async fn node(dir: &std::path::Path, reads: AdminReads) -> (SporeSystem, String) {
     let n = SporeSystem::builder().data_dir(dir).addr("127.0.0.1:0").admin_reads(reads).build();
-    n.initialize(NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: "reads".into(),
-        genesis_timestamp: chrono::Utc::now(),
-    })
-    .await
-    .expect("initialize");
+    n.initialize(crate::cluster::identity("reads")).await.expect("initialize");
     let addr = n.local_addr().expect("addr");
     (n, addr)
 }

@@ -8,16 +8,7 @@ use std::time::Duration;
 use mycnet_spores::node::backup::{list_backups, BackupName};
 use mycnet_spores::node::{BackupPolicy, ConfigError};
 use mycnet_spores::seed::{self, VerifyPolicy};
-use mycnet_spores::{Error, NetworkIdentity, SporeSystem, SporeSystemBuilder};
-
-fn identity() -> NetworkIdentity {
-    NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: "backups".to_string(),
-        genesis_timestamp: chrono::Utc::now(),
-    }
-}
-
+use mycnet_spores::{Error, SporeSystem, SporeSystemBuilder};
 /// The backups in `dir`, each verified offline at the head its name carries.
 fn verified_backups(dir: &Path) -> Vec<BackupName> {
     let list = list_backups(dir).expect("list the backups");
@@ -41,7 +32,7 @@ async fn a_node_keeps_its_newest_verified_backups_while_writing_and_across_a_res
         SporeSystem::builder().data_dir(root.path().join("n")).private_network().backups(policy.clone())
     };
     let s = builder().build();
-    s.initialize(identity()).await.expect("initialize");
+    s.initialize(crate::cluster::identity("backups")).await.expect("initialize");
 
     // Writes go on while the node backs itself up, until five backups were written.
     let writer = s.clone();
@@ -128,7 +119,7 @@ async fn a_backup_dir_that_cannot_be_written_is_reported_and_the_node_goes_on() 
     let policy =
         BackupPolicy { dir: blocked.join("backups"), interval: Duration::from_millis(200), keep: 2, events: true };
     let s = SporeSystem::builder().data_dir(root.path().join("n")).private_network().backups(policy).build();
-    s.initialize(identity()).await.expect("initialize");
+    s.initialize(crate::cluster::identity("backups")).await.expect("initialize");
     let st = crate::wait::until(
         "a failed backup",
         Duration::from_secs(20),

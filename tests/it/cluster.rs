@@ -6,6 +6,15 @@ use std::time::Duration;
 use mycnet_spores::net::inproc::InProcNetwork;
 use mycnet_spores::{NetworkIdentity, NodeKey, SporeSystem, Timeouts};
 
+/// The identity of a new network named `name` (a random id, formed now).
+pub fn identity(name: &str) -> NetworkIdentity {
+    NetworkIdentity {
+        network_id: uuid::Uuid::new_v4(),
+        network_name: name.into(),
+        genesis_timestamp: chrono::Utc::now(),
+    }
+}
+
 /// Fast timeouts for tests.
 pub fn fast_timeouts() -> Timeouts {
     Timeouts {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use mycnet_spores::core::event::EventFilter;
 use mycnet_spores::core::health::{CheckRefusal, CheckSpec};
 use mycnet_spores::core::projection::{FoundService, ServiceFilter};
-use mycnet_spores::{EventBody, NetworkIdentity, SporeSystem};
+use mycnet_spores::{EventBody, SporeSystem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -21,13 +21,7 @@ const T: Duration = Duration::from_secs(30);
 
 async fn one_node(dir: &std::path::Path) -> SporeSystem {
     let n = SporeSystem::builder().data_dir(dir).private_network().build();
-    n.initialize(NetworkIdentity {
-        network_id: Uuid::new_v4(),
-        network_name: "health".into(),
-        genesis_timestamp: chrono::Utc::now(),
-    })
-    .await
-    .expect("initialize");
+    n.initialize(crate::cluster::identity("health")).await.expect("initialize");
     n
 }
 

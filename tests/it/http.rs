@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use mycnet_spores::core::event::EventFilter;
 use mycnet_spores::http::{self, json, HttpOptions, HttpServer};
-use mycnet_spores::{Endpoint, NetworkIdentity, ServiceFilter, SporeSystem, TrustScore};
+use mycnet_spores::{Endpoint, ServiceFilter, SporeSystem, TrustScore};
 use serde_json::Value;
 
 use crate::quic::{converged, form_quic_cluster, leader_of, start_voter};
@@ -274,13 +274,7 @@ async fn every_route_answers_a_cluster_node_as_the_cli_prints_it_and_a_watch_res
 /// A one-voter node on the in-process network, formed.
 async fn private_node(dir: &std::path::Path) -> SporeSystem {
     let n = SporeSystem::builder().data_dir(dir).private_network().build();
-    n.initialize(NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: "http".into(),
-        genesis_timestamp: chrono::Utc::now(),
-    })
-    .await
-    .expect("initialize");
+    n.initialize(crate::cluster::identity("http")).await.expect("initialize");
     n
 }
 
@@ -439,13 +433,7 @@ async fn readyz_follows_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_below_the_held_history_is_a_410_naming_where_it_starts() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (_seed, first_held) = crate::seed_export::state_only_data_dir(root.path(), "http-seed").await;
-    let b = SporeSystem::builder()
-        .data_dir(root.path().join("b"))
-        .role(mycnet_spores::NodeRole::Rhizomorph)
-        .addr("127.0.0.1:0")
-        .build();
-    b.start().await.expect("start from the state-only seed");
+    let (b, first_held) = crate::seed_export::latent_from_state_only_seed(root.path(), "http-seed").await;
     let server = serve(&b, "127.0.0.1:0", HttpOptions::default()).await;
     let base = format!("http://{}", server.local_addr());
     let c = client();

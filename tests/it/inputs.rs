@@ -10,19 +10,11 @@ use mycnet_spores::net::addr::AddressProblem;
 use mycnet_spores::net::quic::{Admission, QuicBackend, QuicConfig};
 use mycnet_spores::net::TransportError;
 use mycnet_spores::node::{self, InitConfig, NodeConfig};
-use mycnet_spores::{Error, NetworkIdentity, NodeAnnouncement, NodeKey, NodeRole, PeerNode, SporeSystem};
+use mycnet_spores::{Error, NodeAnnouncement, NodeKey, NodeRole, PeerNode, SporeSystem};
 
 fn quic(key: &NodeKey) -> Arc<QuicBackend> {
     let config = QuicConfig { bind_patience: Duration::ZERO, ..QuicConfig::default() };
     Arc::new(QuicBackend::new(key.clone(), Admission::allow_all()).with_config(config))
-}
-
-fn identity(name: &str) -> NetworkIdentity {
-    NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: name.into(),
-        genesis_timestamp: chrono::Utc::now(),
-    }
 }
 
 fn config(data_dir: std::path::PathBuf, listen: &str) -> NodeConfig {
@@ -57,7 +49,7 @@ async fn malformed_addresses_are_refused_before_anything_is_committed() {
         .addr("127.0.0.1:0")
         .network(quic(&key))
         .build();
-    s.initialize(identity("inputs")).await.expect("initialize");
+    s.initialize(crate::cluster::identity("inputs")).await.expect("initialize");
     let head = s.head().expect("head");
 
     let other = NodeKey::from_seed([32; 32]).node_id();

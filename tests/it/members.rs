@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mycnet_spores::node::Place;
 use mycnet_spores::wire::rpc::MembershipRefusal;
-use mycnet_spores::{Error, LedgerReader, NetworkIdentity, NodeId, NodeRole, NodeStatus, SporeSystem};
+use mycnet_spores::{Error, LedgerReader, NodeId, NodeRole, NodeStatus, SporeSystem};
 
 use crate::wait;
 
@@ -38,13 +38,7 @@ fn voters(s: &SporeSystem) -> Vec<NodeId> {
 async fn a_lost_voter_is_removed_and_replaced_and_refusals_change_nothing() {
     let root = tempfile::tempdir().expect("tempdir");
     let a = node(root.path(), "a", NodeRole::Sclerotium);
-    a.initialize(NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: "members".into(),
-        genesis_timestamp: chrono::Utc::now(),
-    })
-    .await
-    .expect("initialize");
+    a.initialize(crate::cluster::identity("members")).await.expect("initialize");
     let b = node(root.path(), "b", NodeRole::Sclerotium);
     let c = node(root.path(), "c", NodeRole::Sclerotium);
     join(&a, &b, true).await;

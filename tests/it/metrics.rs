@@ -2,7 +2,7 @@
 //! documented names, with values that follow the node.
 
 use mycnet_spores::core::health::CheckSpec;
-use mycnet_spores::{NetworkIdentity, SporeSystem};
+use mycnet_spores::SporeSystem;
 
 /// The value of the sample `name` (with its labels, as written) in `text`.
 fn sample(text: &str, name: &str) -> Option<f64> {
@@ -13,13 +13,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 async fn a_node_reports_its_raft_ledger_and_checks_as_prometheus_metrics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n = SporeSystem::builder().data_dir(dir.path().join("n")).private_network().build();
-    n.initialize(NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: "metrics".into(),
-        genesis_timestamp: chrono::Utc::now(),
-    })
-    .await
-    .expect("initialize");
+    n.initialize(crate::cluster::identity("metrics")).await.expect("initialize");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let check = CheckSpec::tcp(listener.local_addr().expect("addr").to_string());
     n.register_service_with_check("db", vec![], vec![], vec![], check).await.expect("register");
@@ -47,13 +41,7 @@ async fn a_node_reports_its_raft_ledger_and_checks_as_prometheus_metrics() {
 
     // Off: nothing is recorded on the write path, the rest is still read at scrape time.
     let off = SporeSystem::builder().data_dir(dir.path().join("off")).private_network().metrics(false).build();
-    off.initialize(NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: "metrics-off".into(),
-        genesis_timestamp: chrono::Utc::now(),
-    })
-    .await
-    .expect("initialize");
+    off.initialize(crate::cluster::identity("metrics-off")).await.expect("initialize");
     let text = off.metrics_text().expect("metrics");
     assert_eq!(sample(&text, "spores_raft_is_leader"), Some(1.0));
     assert!(!text.contains("spores_ledger_write_seconds"), "{text}");
@@ -73,13 +61,7 @@ async fn the_documented_metrics_are_the_reported_ones() {
     assert!(documented.len() > 25, "the table was read: {documented:?}");
     let dir = tempfile::tempdir().expect("tempdir");
     let n = SporeSystem::builder().data_dir(dir.path().join("n")).addr("127.0.0.1:0").build();
-    n.initialize(NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: "metrics-doc".into(),
-        genesis_timestamp: chrono::Utc::now(),
-    })
-    .await
-    .expect("initialize");
+    n.initialize(crate::cluster::identity("metrics-doc")).await.expect("initialize");
     let text = n.metrics_text().expect("metrics");
     for name in &documented {
         // Replication lag is reported by a leader that has followers, the backup metrics by a

@@ -365,31 +365,36 @@ pub(crate) async fn export_state_only(
 }
 
 /// A node with 8 services whose chain attests a state early (anchors every 4 events), a
-/// state-only seed of it at `root/state.seed`, and that seed imported into the ledger of
-/// `root/b` (a data dir a latent node then starts from): the seed and the first seq `root/b`
-/// holds (> 0: the history below the attested state is not there).
-pub(crate) async fn state_only_data_dir(root: &std::path::Path, network_name: &str) -> (seed::Seed, u64) {
+/// state-only seed of it at `root/state.seed`, imported into `root/b`, and a latent node
+/// started there on its own QUIC endpoint with nobody to backfill from: that node, and the
+/// first seq it holds (> 0: the history below the attested state is not there).
+pub(crate) async fn latent_from_state_only_seed(
+    root: &std::path::Path,
+    network_name: &str,
+) -> (mycnet_spores::SporeSystem, u64) {
     use mycnet_spores::node::AnchorPolicy;
     let a = mycnet_spores::SporeSystem::builder()
         .data_dir(root.join("a"))
         .private_network()
         .anchors(AnchorPolicy { every_events: 4, every: Duration::from_millis(100) })
         .build();
-    a.initialize(mycnet_spores::NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: network_name.into(),
-        genesis_timestamp: chrono::Utc::now(),
-    })
-    .await
-    .expect("initialize");
+    a.initialize(crate::cluster::identity(network_name)).await.expect("initialize");
     for i in 0..8 {
         a.register_service(&format!("s-{i}"), vec![], vec![], vec![]).await.expect("write");
     }
     let (_, seed) = export_state_only(&a, &root.join("state.seed")).await;
     a.shutdown().await.expect("shutdown");
-    let mut l = mycnet_spores::Ledger::open(root.join("b").join("ledger"), Default::default()).expect("ledger");
-    seed::import(&mut l, &seed).expect("import");
-    let first_held = l.history_from();
+    let first_held = {
+        let mut l = mycnet_spores::Ledger::open(root.join("b").join("ledger"), Default::default()).expect("ledger");
+        seed::import(&mut l, &seed).expect("import");
+        l.history_from()
+    };
     assert!(first_held > 0, "the seed leaves the history below its state out");
-    (seed, first_held)
+    let b = mycnet_spores::SporeSystem::builder()
+        .data_dir(root.join("b"))
+        .role(mycnet_spores::NodeRole::Rhizomorph)
+        .addr("127.0.0.1:0")
+        .build();
+    b.start().await.expect("start from the state-only seed");
+    (b, first_held)
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mycnet_spores::core::event::EventFilter;
 use mycnet_spores::node::RemoteWatch;
-use mycnet_spores::{EventBody, NetworkIdentity, SporeSystem};
+use mycnet_spores::{EventBody, SporeSystem};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -33,13 +33,7 @@ async fn a_remote_watch_follows_one_service_name_and_resumes_across_a_restart() 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("n");
     let n = node(&data, "127.0.0.1:0");
-    n.initialize(NetworkIdentity {
-        network_id: uuid::Uuid::new_v4(),
-        network_name: "watch".into(),
-        genesis_timestamp: chrono::Utc::now(),
-    })
-    .await
-    .expect("initialize");
+    n.initialize(crate::cluster::identity("watch")).await.expect("initialize");
     let addr = n.local_addr().expect("addr");
     let me = n.node_id().expect("id");
     let web1 = n.register_service("web", vec![], vec![], vec![]).await.expect("web");
@@ -97,14 +91,7 @@ async fn a_remote_watch_follows_one_service_name_and_resumes_across_a_restart() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_below_the_held_history_says_where_it_starts() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (_seed, first_held) = crate::seed_export::state_only_data_dir(root.path(), "watch-seed").await;
-    // A latent node on its own QUIC endpoint with nobody to backfill from.
-    let b = SporeSystem::builder()
-        .data_dir(root.path().join("b"))
-        .role(mycnet_spores::NodeRole::Rhizomorph)
-        .addr("127.0.0.1:0")
-        .build();
-    b.start().await.expect("start from the state-only seed");
+    let (b, first_held) = crate::seed_export::latent_from_state_only_seed(root.path(), "watch-seed").await;
     let err = b.watch(EventFilter::default(), 0).err().expect("below the held history");
     assert!(matches!(err, mycnet_spores::Error::HistoryNotHeld { from: 0, first_held: f } if f == first_held), "{err}");
     let mut remote = RemoteWatch::new(b.local_addr().expect("addr"), None, EventFilter::default(), 0);
