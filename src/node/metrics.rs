@@ -23,7 +23,8 @@ use crate::store::ledger::LedgerLock;
 /// Counters kept between scrapes (everything else is read when scraped).
 #[derive(Debug, Default)]
 pub(super) struct NodeMetrics {
-    /// Terms this node saw begin (an election each), counted by the scrape and the upkeep.
+    /// Terms this node saw begin (an election each), counted at each scrape from how far the
+    /// term grew since the one before.
     pub(super) elections: AtomicU64,
     /// The last term seen, to count elections.
     pub(super) last_term: AtomicU64,
@@ -129,7 +130,7 @@ impl SporeSystem {
         counter(
             &mut r,
             "raft_elections",
-            "Terms this node saw begin since it started",
+            "Terms this node saw begin since its metrics were first read",
             m.elections.load(Ordering::Relaxed),
         );
         family(
