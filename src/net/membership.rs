@@ -5,8 +5,10 @@
 //! node about itself (joining, leaving). A voter must be an authority; the last voter can be
 //! neither removed nor demoted. A refusal is a typed [`MembershipRefusal`].
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::raft::TypeConfig;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 
@@ -20,7 +22,7 @@ use crate::wire::rpc::{MembershipRefusal, PeerNode, RemoteFailure};
 /// How long a membership change waits for another one in progress to finish.
 const MEMBERSHIP_CHANGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
-type WriteError = RaftError<u64, ClientWriteError<u64, PeerNode>>;
+type WriteError = RaftError<TypeConfig, ClientWriteError<TypeConfig>>;
 
 impl RaftService {
     /// The registry's view of `node`: admitted and not left, and whether it is an authority.
@@ -50,9 +52,11 @@ impl RaftService {
 
     /// Leader only, with the registry up to date with everything committed.
     async fn as_leader(&self) -> Result<(), RemoteFailure> {
-        match self.raft.ensure_linearizable().await {
+        match self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => Err(self.not_leader()),
+            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(_))) => {
+                Err(self.not_leader())
+            }
             Err(e) => Err(RemoteFailure::Other(e.to_string())),
         }
     }
@@ -65,11 +69,11 @@ impl RaftService {
     }
 
     fn voters(&self) -> BTreeSet<u64> {
-        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+        self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect()
     }
 
     fn members(&self) -> BTreeMap<u64, PeerNode> {
-        self.raft.metrics().borrow().membership_config.nodes().map(|(k, v)| (*k, v.clone())).collect()
+        self.raft.metrics().borrow_watched().membership_config.nodes().map(|(k, v)| (*k, v.clone())).collect()
     }
 
     /// Runs `change` until no other membership change is in progress (bounded): joins may

@@ -1,27 +1,33 @@
 //! openraft's network over our [`Transport`](super::Transport) seam, and the server side that answers RPCs:
 //! the adapter between the raft layer below and the transports of this layer, so it lives here.
 //!
-//! openraft gives each call a fixed time to live (`heartbeat_interval` for AppendEntries,
-//! `election_timeout_min` for votes). A call here lasts as long as the transport's deadline
-//! for that peer instead, which follows the measured round trips and is never shorter than
+//! openraft gives each call a time to live (`heartbeat_interval` for AppendEntries,
+//! `election_timeout_min` for votes). A call here lasts as long as the transport's deadline for
+//! that peer instead, which follows the measured round trips and is never shorter than
 //! openraft's ([`Transport::deadline`](super::Transport::deadline)); [`crate::raft::runtime`]
-//! lets openraft's timeout wait for it. A call that still times out is a network error, which
-//! openraft retries at the next heartbeat, not an unreachable peer it backs off from.
+//! lets openraft's own timeout around heartbeats and votes wait for it. A call that still times
+//! out is a network error, which openraft retries at the next heartbeat, not an unreachable peer
+//! it backs off from.
+//!
+//! Snapshots travel in chunks (openraft-legacy's v1 transfer behind [`Adapter`]): our frames are
+//! bounded ([`crate::net::quic::FRAME_BYTES_MAX`]) and a ledger's snapshot is not.
 
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft_legacy::network_v1::{
+    Adapter, ChunkedSnapshotReceiver, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse,
+    RaftNetwork,
 };
 
 use super::{BoxFuture, RpcHandler, SharedTransport, TransportError};
 use crate::core::types::NodeId;
 use crate::raft::error::ConsensusError;
 use crate::raft::proposer::Proposer;
-use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, TypeConfig};
+use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, SnapshotData, TypeConfig};
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Creates one [`PeerClient`] per Raft peer.
@@ -38,10 +44,11 @@ impl NetworkFactory {
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = PeerClient;
+    /// Snapshots go in chunks (openraft-legacy's v1 transfer): every frame stays bounded.
+    type Network = Adapter<TypeConfig, PeerClient, SnapshotData>;
 
-    async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerClient {
-        PeerClient { transport: self.transport.clone(), target, node: node.clone() }
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
+        PeerClient { transport: self.transport.clone(), target, node: node.clone() }.into_v2()
     }
 }
 
@@ -55,9 +62,9 @@ pub(crate) struct PeerClient {
     node: PeerNode,
 }
 
-type RpcErr<E = openraft::error::Infallible> = RPCError<u64, PeerNode, RaftError<u64, E>>;
+type RpcErr<E = openraft::error::Infallible> = RPCError<TypeConfig, RaftError<TypeConfig, E>>;
 
-fn transport_err<E: std::error::Error>(e: TransportError) -> RPCError<u64, PeerNode, E> {
+fn transport_err<E: std::error::Error>(e: TransportError) -> RPCError<TypeConfig, E> {
     match e {
         TransportError::Unreachable(_) | TransportError::Refused { .. } => RPCError::Unreachable(Unreachable::new(&e)),
         // A slow answer is no sign of a dead peer: backing off (500 ms without any call) would
@@ -83,7 +90,7 @@ impl PeerClient {
         self.transport.call(&self.node, req, ttl).instrument(span).await
     }
 
-    fn remote<E: std::error::Error>(&self, e: RaftError<u64, E>) -> RPCError<u64, PeerNode, RaftError<u64, E>> {
+    fn remote<E: std::error::Error>(&self, e: RaftError<TypeConfig, E>) -> RpcErr<E> {
         // A peer whose Raft is stopped — or that refuses this node's Raft traffic, as a node
         // that yielded a split-brain refuses the losing chain's members — is out of reach:
         // openraft backs off instead of retrying (and logging) at every heartbeat.
@@ -96,7 +103,7 @@ impl PeerClient {
         RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))
     }
 
-    fn unexpected<E: std::error::Error>(&self) -> RPCError<u64, PeerNode, E> {
+    fn unexpected<E: std::error::Error>(&self) -> RPCError<TypeConfig, E> {
         transport_err(TransportError::UnexpectedResponse(self.node.addr.clone()))
     }
 }
@@ -106,7 +113,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
         match self.send(RpcRequest::AppendEntries(rpc), option.hard_ttl()).await.map_err(transport_err)? {
             RpcResponse::AppendEntries(r) => r.map_err(|e| self.remote(e)),
             _ => Err(self.unexpected()),
@@ -117,14 +124,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
+    ) -> Result<InstallSnapshotResponse<TypeConfig>, RpcErr<InstallSnapshotError>> {
         match self.send(RpcRequest::InstallSnapshot(rpc), option.hard_ttl()).await.map_err(transport_err)? {
             RpcResponse::InstallSnapshot(r) => r.map_err(|e| self.remote(e)),
             _ => Err(self.unexpected()),
         }
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Result<VoteResponse<u64>, RpcErr> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
         match self.send(RpcRequest::Vote(rpc), option.hard_ttl()).await.map_err(transport_err)? {
             RpcResponse::Vote(r) => r.map_err(|e| self.remote(e)),
             _ => Err(self.unexpected()),
@@ -153,7 +164,7 @@ impl RaftService {
     }
 
     pub(super) fn not_leader(&self) -> RemoteFailure {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let leader = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
         RemoteFailure::NotLeader { leader }
     }
@@ -164,7 +175,7 @@ impl RaftService {
         &self,
         p: crate::core::provisional::ProvisionalEvent,
     ) -> Result<crate::raft::SporeResponse, RemoteFailure> {
-        if self.raft.metrics().borrow().current_leader != Some(raft_id(&self.me.node)) {
+        if self.raft.metrics().borrow_watched().current_leader != Some(raft_id(&self.me.node)) {
             return Err(self.not_leader());
         }
         // A statement that does not verify is refused before it takes a log entry.
@@ -213,13 +224,15 @@ impl RpcHandler for RaftService {
                     RpcRequest::Query(_) => {
                         RpcResponse::Query(Err(RemoteFailure::Other("queries are served by the node, not Raft".into())))
                     }
-                    RpcRequest::ReadIndex => RpcResponse::ReadIndex(match self.raft.ensure_linearizable().await {
-                        Ok(log_id) => Ok(log_id.map(|l| l.index)),
-                        Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => {
-                            Err(self.not_leader())
-                        }
-                        Err(e) => Err(RemoteFailure::Other(e.to_string())),
-                    }),
+                    RpcRequest::ReadIndex => RpcResponse::ReadIndex(
+                        match self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await {
+                            Ok(read) => Ok(Some(read.index())),
+                            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(_))) => {
+                                Err(self.not_leader())
+                            }
+                            Err(e) => Err(RemoteFailure::Other(e.to_string())),
+                        },
+                    ),
                 }
             }
             .instrument(span),

@@ -1,6 +1,7 @@
 //! Launching a node: opens its ledger, binds its transport, starts Raft and spawns every
 //! background task, wired into one running system.
 
+use openraft::async_runtime::WatchReceiver;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,14 +109,24 @@ impl SporeSystem {
             max_in_snapshot_log_to_keep: cfg.timeouts.logs_kept_after_snapshot,
             purge_batch_size: (cfg.timeouts.snapshot_every / 4).clamp(1, 256),
             max_payload_entries: crate::raft::proposer::PAYLOAD_ENTRIES_MAX,
+            // A follower whose disk was wiped (or restored from an older backup) rejoins with
+            // a shorter log than the leader remembers: let the leader send it again (0.9's
+            // `loosen-follower-log-revert`).
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()
         .map_err(raft_err)?;
         let stored_vote = {
-            use openraft::storage::RaftLogStorage;
+            use openraft::RaftLogReader;
             let mut ls = log_store.clone();
-            ls.read_vote().await.map_err(raft_err)?
+            ls.read_vote().await.map_err(|e| {
+                raft_err(openraft::StorageError::<crate::raft::TypeConfig>::from_io_error(
+                    openraft::ErrorSubject::Vote,
+                    openraft::ErrorVerb::Read,
+                    e,
+                ))
+            })?
         };
         let raft =
             Raft::new(raft_id(&node), Arc::new(raft_config), NetworkFactory::new(transport.clone()), log_store, sm)
@@ -134,7 +145,9 @@ impl SporeSystem {
             let my_id = raft_id(&node);
             let member = {
                 let raft = raft.clone();
-                move || raft.metrics().borrow().membership_config.membership().nodes().any(|(id, _)| *id == my_id)
+                move || {
+                    raft.metrics().borrow_watched().membership_config.membership().nodes().any(|(id, _)| *id == my_id)
+                }
             };
             let member2 = member.clone();
             // Only a Rhizomorph outside the Raft membership stores what gossip brings; Raft

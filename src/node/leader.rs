@@ -1,6 +1,7 @@
 //! The leader's background duties: committing liveness transitions and checkpoint events
 //! (anchors).
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ pub(super) fn spawn_liveness_committer(
             let me = key.node_id();
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                if raft.metrics().borrow().current_leader != Some(raft_id(&me)) {
+                if raft.metrics().borrow_watched().current_leader != Some(raft_id(&me)) {
                     continue;
                 }
                 let states = liveness.states();
@@ -98,7 +99,7 @@ pub(super) fn spawn_anchor_task(
             let mut last_state_at: Option<u64> = None;
             loop {
                 tokio::time::sleep(tick).await;
-                let leader = { raft.metrics().borrow().current_leader == Some(raft_id(&key.node_id())) };
+                let leader = { raft.metrics().borrow_watched().current_leader == Some(raft_id(&key.node_id())) };
                 if !leader {
                     last_anchor_at = Instant::now();
                     continue;

@@ -1,6 +1,7 @@
 //! A node's life cycle: start, forming a network (new or from a seed), joining one, membership
 //! changes, and shutdown until the ledger is released.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -135,7 +136,7 @@ impl SporeSystem {
         if !is_voter {
             return Err(Error::NotASeedVoter(me.node));
         }
-        let members_now = r.raft.metrics().borrow().membership_config.membership().voter_ids().count();
+        let members_now = r.raft.metrics().borrow_watched().membership_config.membership().voter_ids().count();
         if members_now > 0 {
             let ours = self.head()?;
             return if ours.map(|h| (h.seq, h.hash)) >= Some((head.seq, head.hash))
@@ -169,7 +170,7 @@ impl SporeSystem {
         }
         let deadline = Instant::now() + r.timeouts.write;
         loop {
-            let m = r.raft.metrics().borrow().clone();
+            let m = r.raft.metrics().borrow_watched().clone();
             if m.current_leader == Some(raft_id(&me.node)) && m.last_applied.is_some() {
                 break;
             }
@@ -180,10 +181,10 @@ impl SporeSystem {
         }
         // Wait for a snapshot covering what was applied when it was asked for (the anchor
         // task may commit a checkpoint meanwhile; that entry need not be in it).
-        let wanted = r.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let wanted = r.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index);
         r.raft.trigger().snapshot().await.map_err(raft_err)?;
         loop {
-            let m = r.raft.metrics().borrow().clone();
+            let m = r.raft.metrics().borrow_watched().clone();
             if let Some(snap) = m.snapshot {
                 if snap.index >= wanted {
                     r.raft.trigger().purge_log(snap.index).await.map_err(raft_err)?;

@@ -9,6 +9,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use openraft::async_runtime::WatchReceiver;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -48,7 +50,7 @@ type Labels = Vec<(&'static str, String)>;
 
 /// On a leader, the highest index a majority of voters holds (the leader's own log counts):
 /// what it may commit. `None` on a follower.
-fn committed_index(m: &openraft::RaftMetrics<u64, crate::wire::rpc::PeerNode>) -> Option<u64> {
+fn committed_index(m: &crate::raft::RaftMetrics) -> Option<u64> {
     let replication = m.replication.as_ref()?;
     let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
     let mut held: Vec<u64> = voters
@@ -112,8 +114,8 @@ impl SporeSystem {
         let (committed, quorum_ack_ms) = {
             let raft = self.raft()?;
             let rm = raft.metrics();
-            let rm = rm.borrow();
-            (committed_index(&rm), rm.millis_since_quorum_ack)
+            let rm = rm.borrow_watched();
+            (committed_index(&rm), crate::raft::millis_since_quorum_ack(&rm))
         };
         gauge(
             &mut r,

@@ -52,6 +52,7 @@ mod upkeep;
 mod watch;
 mod writes;
 
+use openraft::async_runtime::WatchReceiver;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -247,7 +248,7 @@ impl SporeSystem {
         let r = self.running().ok()?;
         // Every write asks: read in place rather than clone the whole metrics.
         let m = r.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         let id = m.current_leader?;
         m.membership_config.membership().get_node(&id).cloned()
     }

@@ -1,6 +1,7 @@
 //! Provisional writes of a latent node cut off from the voters: delivered to the Primary tier,
 //! else held and offered again until committed.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,7 +103,7 @@ impl ProvisionalWriter {
 /// Whether `node` is in `raft`'s membership (voter or learner).
 pub(super) fn is_member(raft: &Raft, node: &NodeId) -> bool {
     let id = raft_id(node);
-    raft.metrics().borrow().membership_config.membership().nodes().any(|(n, _)| *n == id)
+    raft.metrics().borrow_watched().membership_config.membership().nodes().any(|(n, _)| *n == id)
 }
 
 /// Hands a provisional event to the Primary tier and returns the state machine's answer, or
@@ -122,7 +123,7 @@ async fn deliver_provisional(
     rpc_timeout: Duration,
 ) -> Option<SporeResponse> {
     let deadline = Instant::now() + within;
-    let m = raft.metrics().borrow().clone();
+    let m = raft.metrics().borrow_watched().clone();
     let leader = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
     let mut targets: Vec<PeerNode> = leader.into_iter().collect();
     if let Ok(l) = ledger.read() {

@@ -1,6 +1,7 @@
 //! Reads: queries of the local projection (stale or linearizable), the spore tiers' views and
 //! tiered answers, and subscriptions to committed events.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,9 +48,13 @@ impl SporeSystem {
         if consistency == Consistency::Linearizable {
             let r = self.running()?;
             let index = match self.leader_node() {
-                Some(l) if l.node == r.me.node => {
-                    r.raft.ensure_linearizable().await.map_err(ConsensusError::from)?.map(|l| l.index)
-                }
+                Some(l) if l.node == r.me.node => Some(
+                    r.raft
+                        .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                        .await
+                        .map_err(ConsensusError::from)?
+                        .index(),
+                ),
                 Some(l) => match r.transport.call(&l, RpcRequest::ReadIndex, r.timeouts.rpc).await {
                     Ok(RpcResponse::ReadIndex(Ok(i))) => i,
                     Ok(RpcResponse::ReadIndex(Err(failure))) => {
@@ -259,7 +264,7 @@ pub(super) fn answer_tiered<T>(
         tier_reach(raft, me, &l)
     };
     let confirmed = {
-        let m = raft.metrics().borrow().clone();
+        let m = raft.metrics().borrow_watched().clone();
         m.current_leader.is_some() && (m.state != ServerState::Leader || leader_is_confirmed(raft, &m))
     };
     let mut asked = None;
@@ -288,7 +293,7 @@ pub(super) fn answer_tiered<T>(
 
 /// Whether `me` is in the Raft membership (its chain is Primary to the head).
 fn is_raft_member(raft: &Raft, me: &PeerNode) -> bool {
-    raft.metrics().borrow().membership_config.membership().nodes().any(|(_, n)| n.node == me.node)
+    raft.metrics().borrow_watched().membership_config.membership().nodes().any(|(_, n)| n.node == me.node)
 }
 
 /// How far each tier reaches in the chain `l` holds, as seen by `me`.

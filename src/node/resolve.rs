@@ -22,6 +22,7 @@
 //!    exports the losing chain as a seed file and keeps its ledger directory under
 //!    `DATA_DIR/forks/` (never dropped), then joins the winner.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -160,7 +161,7 @@ impl Resolver {
     }
 
     fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(raft_id(&self.me.node))
+        self.raft.metrics().borrow_watched().current_leader == Some(raft_id(&self.me.node))
     }
 
     /// One step. Every node with gossip runs it: a Raft member's leader decides and records;

@@ -2,6 +2,7 @@
 //! damaged record with the copy a peer holds, which the intact chain around it must vouch for
 //! ([`crate::store::scrub`]). What it found is in `status` (`scrub`) and the logs.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -117,7 +118,7 @@ pub(crate) fn spawn(
 
 /// The Raft members other than `me`.
 fn peers_of(raft: &Raft, me: &PeerNode) -> Vec<PeerNode> {
-    let m = raft.metrics().borrow().clone();
+    let m = raft.metrics().borrow_watched().clone();
     m.membership_config.membership().nodes().map(|(_, n)| n.clone()).filter(|n| n.node != me.node).collect()
 }
 

@@ -1,6 +1,7 @@
 //! Status: what a node reports about itself ([`SporeStatus`]), its health, and the
 //! operational-mode machine its observations feed.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +119,7 @@ pub(crate) fn compute_status(
     gossip: Option<&GossipService>,
     modes: &SharedModes,
 ) -> Result<SporeStatus, Error> {
-    let m = raft.metrics().borrow().clone();
+    let m = raft.metrics().borrow_watched().clone();
     let (head, fingerprint, anchor, seed_anchor, forks, provisional, history_from, state_divergence) = {
         let l = ledger.read_ledger()?;
         let forks = crate::forensics::forks::unresolved(&l).map(|f| f.len()).unwrap_or(0);
@@ -213,7 +214,7 @@ pub(crate) fn compute_status(
 pub enum HaltCause {
     /// Raft stopped: openraft's core stops on a storage error (or a panic).
     #[error("Raft stopped: {0}")]
-    RaftStopped(Box<openraft::error::Fatal<u64>>),
+    RaftStopped(Box<openraft::error::Fatal<crate::raft::TypeConfig>>),
     /// A durable ledger write failed and poisoned the ledger: it takes no more writes.
     #[error("ledger write failed: {0}")]
     LedgerWriteFailed(
@@ -224,7 +225,7 @@ pub enum HaltCause {
 
 /// Why this node halted, if a storage error it cannot survive stopped its Raft (openraft's
 /// core stops on a storage error) or poisoned its ledger (a failed durable write).
-pub(super) fn halted_reason(m: &openraft::RaftMetrics<u64, PeerNode>, health: &LedgerHealth) -> Option<HaltCause> {
+pub(super) fn halted_reason(m: &crate::raft::RaftMetrics, health: &LedgerHealth) -> Option<HaltCause> {
     if let Err(fatal) = &m.running_state {
         return Some(HaltCause::RaftStopped(Box::new(fatal.clone())));
     }
@@ -234,10 +235,10 @@ pub(super) fn halted_reason(m: &openraft::RaftMetrics<u64, PeerNode>, health: &L
 /// Whether this leader heard a majority of its voters within the longest election timeout
 /// (a leader of a single voter is always confirmed). openraft refreshes
 /// `millis_since_quorum_ack` at every turn of its core loop, ticks included.
-pub(super) fn leader_is_confirmed(raft: &Raft, m: &openraft::RaftMetrics<u64, PeerNode>) -> bool {
+pub(super) fn leader_is_confirmed(raft: &Raft, m: &crate::raft::RaftMetrics) -> bool {
     if m.membership_config.membership().voter_ids().count() <= 1 {
         return true;
     }
     let limit = raft.config().election_timeout_max;
-    m.millis_since_quorum_ack.is_some_and(|ms| ms <= limit)
+    crate::raft::millis_since_quorum_ack(m).is_some_and(|ms| ms <= limit)
 }

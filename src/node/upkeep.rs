@@ -7,6 +7,7 @@
 //! restarts the node, and the task that asked for it lives on. It holds the system weakly and
 //! ends with its last handle.
 
+use openraft::async_runtime::WatchReceiver;
 use std::path::PathBuf;
 use std::sync::Weak;
 use std::time::Duration;
@@ -92,8 +93,8 @@ async fn run(shared: Weak<Shared>) {
         if let Some(admission) = &running.admission {
             admission.refresh();
         }
-        let halted =
-            super::status::halted_reason(&running.raft.metrics().borrow(), &running.health).map(|h| h.to_string());
+        let halted = super::status::halted_reason(&running.raft.metrics().borrow_watched(), &running.health)
+            .map(|h| h.to_string());
         drop(running);
         if let Some(reason) = halted {
             if !reported_halt {

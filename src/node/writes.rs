@@ -1,6 +1,7 @@
 //! Writes: this node's events, signed and committed through the leader ([`SporeSystem::submit`]
 //! and the registry operations built on it).
 
+use openraft::async_runtime::WatchReceiver;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -23,7 +24,7 @@ impl SporeSystem {
     #[tracing::instrument(skip(self, event), fields(kind = event.body.kind()))]
     pub async fn submit(&self, event: SignedEvent) -> Result<ChainPoint, Error> {
         let r = self.running()?;
-        if let Some(why) = halted_reason(&r.raft.metrics().borrow(), &r.health) {
+        if let Some(why) = halted_reason(&r.raft.metrics().borrow_watched(), &r.health) {
             return Err(Error::Halted(why));
         }
         if let Some(d) = r.health.divergence() {
@@ -36,7 +37,7 @@ impl SporeSystem {
         let mut backoff = Duration::from_millis(20);
         loop {
             // Raft may stop while this write waits (a full disk): say so at once.
-            if let Some(why) = halted_reason(&r.raft.metrics().borrow(), &r.health) {
+            if let Some(why) = halted_reason(&r.raft.metrics().borrow_watched(), &r.health) {
                 return Err(Error::Halted(why));
             }
             let outcome = match self.leader_node() {

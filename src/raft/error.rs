@@ -6,10 +6,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ChangeMembershipError, CheckIsLeaderError, Fatal, InitializeError, RaftError};
+use openraft::error::{Fatal, InitializeError, LinearizableReadError, RaftError};
 use openraft::metrics::WaitError;
 
-use crate::wire::rpc::PeerNode;
+use super::TypeConfig;
 
 /// Why Raft failed a request. openraft's errors are boxed: they are large, and every result
 /// carrying this error pays for its size.
@@ -19,24 +19,24 @@ pub enum ConsensusError {
     /// Raft is not running any more: it was shut down (`Fatal::Stopped`), it panicked, or a
     /// storage error stopped it.
     #[error("raft is not running: {0}")]
-    Fatal(Box<Fatal<u64>>),
+    Fatal(Box<Fatal<TypeConfig>>),
     /// Raft's log storage failed before Raft ran (reading the stored vote at start).
     #[error("raft log storage: {0}")]
-    Storage(Box<openraft::StorageError<u64>>),
+    Storage(Box<openraft::StorageError<TypeConfig>>),
     /// Raft's configuration does not hold together (its timeouts); nothing was started.
     #[error("raft configuration: {0}")]
     Config(Arc<openraft::ConfigError>),
     /// Raft refused to initialize a cluster (this node is not among the members given).
     #[error("raft refused to initialize the cluster: {0}")]
-    Initialize(Box<InitializeError<u64, PeerNode>>),
+    Initialize(Box<InitializeError<TypeConfig>>),
     /// This node could not confirm that it leads (another node leads, or no quorum answered
     /// in time), so it cannot serve a linearizable read.
     #[error("leadership not confirmed: {0}")]
-    LeadershipNotConfirmed(Box<CheckIsLeaderError<u64, PeerNode>>),
+    LeadershipNotConfirmed(Box<LinearizableReadError<TypeConfig>>),
     /// Raft refused a membership change (another one in progress, a learner not found, an
     /// empty membership).
     #[error("membership change refused: {0}")]
-    MembershipChange(Box<ChangeMembershipError<u64>>),
+    MembershipChange(Box<openraft::type_config::alias::ChangeMembershipErrorOf<TypeConfig>>),
     /// This node is not the leader (any more): a write must go to the leader.
     #[error("not the leader")]
     NotLeader,
@@ -67,14 +67,14 @@ pub enum ConsensusError {
     },
 }
 
-impl From<Fatal<u64>> for ConsensusError {
-    fn from(e: Fatal<u64>) -> Self {
+impl From<Fatal<TypeConfig>> for ConsensusError {
+    fn from(e: Fatal<TypeConfig>) -> Self {
         ConsensusError::Fatal(Box::new(e))
     }
 }
 
-impl From<openraft::StorageError<u64>> for ConsensusError {
-    fn from(e: openraft::StorageError<u64>) -> Self {
+impl From<openraft::StorageError<TypeConfig>> for ConsensusError {
+    fn from(e: openraft::StorageError<TypeConfig>) -> Self {
         ConsensusError::Storage(Box::new(e))
     }
 }
@@ -94,20 +94,20 @@ impl From<WaitError> for ConsensusError {
     }
 }
 
-impl From<InitializeError<u64, PeerNode>> for ConsensusError {
-    fn from(e: InitializeError<u64, PeerNode>) -> Self {
+impl From<InitializeError<TypeConfig>> for ConsensusError {
+    fn from(e: InitializeError<TypeConfig>) -> Self {
         ConsensusError::Initialize(Box::new(e))
     }
 }
 
-impl From<CheckIsLeaderError<u64, PeerNode>> for ConsensusError {
-    fn from(e: CheckIsLeaderError<u64, PeerNode>) -> Self {
+impl From<LinearizableReadError<TypeConfig>> for ConsensusError {
+    fn from(e: LinearizableReadError<TypeConfig>) -> Self {
         ConsensusError::LeadershipNotConfirmed(Box::new(e))
     }
 }
 
-impl From<ChangeMembershipError<u64>> for ConsensusError {
-    fn from(e: ChangeMembershipError<u64>) -> Self {
+impl From<openraft::type_config::alias::ChangeMembershipErrorOf<TypeConfig>> for ConsensusError {
+    fn from(e: openraft::type_config::alias::ChangeMembershipErrorOf<TypeConfig>) -> Self {
         ConsensusError::MembershipChange(Box::new(e))
     }
 }
@@ -119,8 +119,8 @@ impl From<Infallible> for ConsensusError {
 }
 
 /// openraft's API errors: fatal, or the API's own error.
-impl<E: Into<ConsensusError>> From<RaftError<u64, E>> for ConsensusError {
-    fn from(e: RaftError<u64, E>) -> Self {
+impl<E: Into<ConsensusError>> From<RaftError<TypeConfig, E>> for ConsensusError {
+    fn from(e: RaftError<TypeConfig, E>) -> Self {
         match e {
             RaftError::Fatal(f) => f.into(),
             RaftError::APIError(e) => e.into(),
@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_stopped_raft_stays_matchable() {
-        let e = ConsensusError::from(RaftError::<u64, Infallible>::Fatal(Fatal::Stopped));
+        let e = ConsensusError::from(RaftError::<TypeConfig, Infallible>::Fatal(Fatal::Stopped));
         assert!(matches!(&e, ConsensusError::Fatal(f) if **f == Fatal::Stopped), "{e}");
         let e = ConsensusError::from(WaitError::ShuttingDown);
         assert!(matches!(&e, ConsensusError::Fatal(f) if **f == Fatal::Stopped), "{e}");

@@ -6,25 +6,26 @@
 //! - `raft_meta`: `vote`, `committed`, `purged` (postcard).
 //!
 //! **Durability contract:** `save_vote` returns after the vote is synced. `append` makes the
-//! entries readable before it returns and calls the flush callback only after they are synced:
-//! a dedicated flusher thread takes the callbacks in order, syncs the journal once for all that
-//! are waiting (group fsync) and then completes them. (openraft 0.9's core task waits for the
-//! leader's callback before it hands the entries to the replication streams, so a write pays
-//! the leader's sync and then a follower's; 0.10 overlaps them. Not patched here: see
-//! ARCHITECTURE.md, *Known limits*.)
-//! Truncation and purge are batches of removes (fjall has no range delete).
+//! entries readable before it returns and calls the flush callback (`IOFlushed`) only after
+//! they are synced: a dedicated flusher thread takes the callbacks in order, syncs the journal
+//! once for all that are waiting (group fsync) and then completes them. openraft 0.10 hands
+//! appended entries to replication without waiting for that callback, so the leader's sync
+//! overlaps the followers' (0.9 waited for it: two syncs in series per write); an entry counts
+//! toward the commit quorum on a node only once its sync is reported.
+//! Truncation (`truncate_after`) and purge are batches of removes (fjall has no range delete).
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
+use std::io;
 use std::ops::RangeBounds;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{Entry, EntryPayload, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader};
 
-use super::{LogId, SporeRequest, StorageError, TypeConfig};
+use super::{Entry, LogId, SporeRequest, TypeConfig, Vote};
 use crate::store::verified::PreVerified;
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -38,7 +39,7 @@ pub struct FjallLogStore {
     db: Database,
     log: Keyspace,
     meta: Keyspace,
-    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: std::sync::mpsc::Sender<IOFlushed<TypeConfig>>,
     /// Verifies the signatures of appended events ahead of their apply, while the log syncs.
     pre_verified: PreVerified,
     /// The newest entries, decoded, so apply and replication do not decode what was just
@@ -51,19 +52,19 @@ pub struct FjallLogStore {
 /// bounded by [`Recent::MAX`] entries. Shared by the store's clones.
 #[derive(Clone, Default)]
 struct Recent {
-    entries: Arc<Mutex<VecDeque<Entry<TypeConfig>>>>,
+    entries: Arc<Mutex<VecDeque<Entry>>>,
 }
 
 impl Recent {
     /// Most entries kept (each at most a proposer batch).
     const MAX: usize = 64;
 
-    fn lock(&self) -> Option<std::sync::MutexGuard<'_, VecDeque<Entry<TypeConfig>>>> {
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, VecDeque<Entry>>> {
         self.entries.lock().ok()
     }
 
     /// Entries were appended at the end of the log.
-    fn appended(&self, new: Vec<Entry<TypeConfig>>) {
+    fn appended(&self, new: Vec<Entry>) {
         let Some(mut c) = self.lock() else { return };
         for e in new {
             if c.back().is_some_and(|b| b.log_id.index + 1 != e.log_id.index) {
@@ -96,7 +97,7 @@ impl Recent {
 
     /// The entries of `start..end` (`end` exclusive, `None` = to the end of the log) if the
     /// cache covers `start`: being a suffix of the log, it then holds all of them.
-    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
         let c = self.lock()?;
         let first = c.front()?.log_id.index;
         if start < first {
@@ -115,7 +116,7 @@ impl Recent {
 fn run_flusher(
     db: Database,
     path: PathBuf,
-    rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+    rx: std::sync::mpsc::Receiver<IOFlushed<TypeConfig>>,
     metrics: crate::store::metrics::WriteMetrics,
 ) {
     while let Ok(first) = rx.recv() {
@@ -129,19 +130,19 @@ fn run_flusher(
         metrics.raft_log_sync(started.elapsed());
         tracing::trace!(callbacks = waiting.len(), ok = r.is_ok(), "raft log group sync");
         for cb in waiting {
-            cb.log_io_completed(r.as_ref().map(|_| ()).map_err(super::io_err));
+            cb.io_completed(r.as_ref().map(|_| ()).map_err(super::io_err));
         }
     }
 }
 
-fn read_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::read_logs(openraft::AnyError::error(e.to_string())).into()
+fn read_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("reading the raft log: {e}"))
 }
-fn write_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_logs(openraft::AnyError::error(e.to_string())).into()
+fn write_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("writing the raft log: {e}"))
 }
-fn vote_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_vote(openraft::AnyError::error(e.to_string())).into()
+fn vote_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("saving the raft vote: {e}"))
 }
 
 impl FjallLogStore {
@@ -163,28 +164,28 @@ impl FjallLogStore {
         Ok(FjallLogStore { path, db, log, meta, flusher, pre_verified, recent: Recent::default() })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {
         match self.meta.get(key).map_err(read_err)? {
             None => Ok(None),
             Some(v) => postcard::from_bytes(&v).map(Some).map_err(read_err),
         }
     }
 
-    fn put_meta_durable<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+    fn put_meta_durable<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), io::Error> {
         let bytes = postcard::to_stdvec(value).map_err(write_err)?;
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.insert(&self.meta, key, bytes);
         batch.commit().map_err(write_err)
     }
 
-    fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, io::Error> {
         let Some(guard) = self.log.last_key_value() else { return Ok(None) };
         let (_, v) = guard.into_inner().map_err(read_err)?;
-        let entry: Entry<TypeConfig> = postcard::from_bytes(&v).map_err(read_err)?;
+        let entry: Entry = postcard::from_bytes(&v).map_err(read_err)?;
         Ok(Some(entry.log_id))
     }
 
-    fn remove_range(&self, from: u64, to_inclusive: Option<u64>, durable: bool) -> Result<(), StorageError> {
+    fn remove_range(&self, from: u64, to_inclusive: Option<u64>, durable: bool) -> Result<(), io::Error> {
         let mut batch = self.db.batch().durability(durable.then_some(PersistMode::SyncData));
         let iter: Box<dyn Iterator<Item = fjall::Guard>> = match to_inclusive {
             Some(to) => Box::new(self.log.range(from.to_be_bytes()..=to.to_be_bytes())),
@@ -202,7 +203,7 @@ impl RaftLogReader<TypeConfig> for FjallLogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+    ) -> Result<Vec<Entry>, io::Error> {
         use std::ops::Bound;
         let start = match range.start_bound() {
             Bound::Included(s) => *s,
@@ -230,12 +231,16 @@ impl RaftLogReader<TypeConfig> for FjallLogStore {
         }
         Ok(out)
     }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.get_meta(KEY_VOTE)
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for FjallLogStore {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
         let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
@@ -246,7 +251,7 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
-    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let this = self.clone();
         let vote = *vote;
         tokio::task::spawn_blocking(move || this.put_meta_durable(KEY_VOTE, &vote).map_err(|_| vote_err("save vote")))
@@ -254,24 +259,20 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
             .map_err(vote_err)?
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
-        self.get_meta(KEY_VOTE)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not synced: openraft treats it as a hint that may lag.
         let bytes = postcard::to_stdvec(&committed).map_err(write_err)?;
         self.meta.insert(KEY_COMMITTED, bytes).map_err(write_err)
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(path = %self.path.display()))]
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = self.db.batch();
@@ -306,14 +307,15 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.recent.truncated(log_id.index);
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        self.recent.truncated(from);
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.remove_range(log_id.index, None, true)).await.map_err(write_err)?
+        tokio::task::spawn_blocking(move || this.remove_range(from, None, true)).await.map_err(write_err)?
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.recent.purged(log_id.index);
         let this = self.clone();
         tokio::task::spawn_blocking(move || {

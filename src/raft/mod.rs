@@ -11,11 +11,9 @@
 use std::fmt;
 use std::io::Cursor;
 
-use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
-};
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft_legacy::network_v1::{InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::core::event::SignedEvent;
@@ -64,11 +62,12 @@ pub enum OpenRaft {}
 
 impl RaftMessages for OpenRaft {
     type AppendEntries = AppendEntriesRequest<TypeConfig>;
-    type AppendEntriesReply = Result<AppendEntriesResponse<u64>, RaftError<u64>>;
-    type Vote = VoteRequest<u64>;
-    type VoteReply = Result<VoteResponse<u64>, RaftError<u64>>;
+    type AppendEntriesReply = Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>>;
+    type Vote = VoteRequest<TypeConfig>;
+    type VoteReply = Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>;
     type InstallSnapshot = InstallSnapshotRequest<TypeConfig>;
-    type InstallSnapshotReply = Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>;
+    type InstallSnapshotReply =
+        Result<InstallSnapshotResponse<TypeConfig>, RaftError<TypeConfig, InstallSnapshotError>>;
     type Applied = SporeResponse;
 }
 
@@ -104,18 +103,33 @@ openraft::declare_raft_types!(
         R = SporeResponse,
         NodeId = u64,
         Node = PeerNode,
-        SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = runtime::SporeRuntime,
 );
 
+/// What a snapshot is in memory: its encoded bytes (see [`state_machine`]).
+pub type SnapshotData = Cursor<Vec<u8>>;
 /// openraft's storage error for our config.
-pub type StorageError = openraft::StorageError<u64>;
+pub type StorageError = openraft::StorageError<TypeConfig>;
 /// openraft's log id.
-pub type LogId = openraft::LogId<u64>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+/// openraft's vote.
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 /// openraft's stored membership.
-pub type StoredMembership = openraft::StoredMembership<u64, PeerNode>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+/// openraft's snapshot metadata.
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+/// openraft's metrics of one node.
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+/// openraft's log entry.
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 /// A Raft handle.
-pub type Raft = openraft::Raft<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig, state_machine::LedgerStateMachine>;
+
+/// How long ago this leader last heard from a quorum, in milliseconds (`None` off a leader).
+pub fn millis_since_quorum_ack(m: &RaftMetrics) -> Option<u64> {
+    use openraft::Instant;
+    m.last_quorum_acked.as_ref().map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
 
 pub(crate) fn io_err(e: impl fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
@@ -141,9 +155,13 @@ pub fn open_stores(
 mod conformance {
     use super::*;
     use crate::store::ledger::{Ledger, LedgerConfig};
-    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::testing::log::{StoreBuilder, Suite};
 
     struct Builder;
+
+    fn build_err(e: impl std::error::Error + 'static) -> StorageError {
+        StorageError::write(openraft::error::ErrorSource::from_error(&e))
+    }
 
     impl StoreBuilder<TypeConfig, log_store::FjallLogStore, state_machine::LedgerStateMachine, tempfile::TempDir>
         for Builder
@@ -152,18 +170,17 @@ mod conformance {
             &self,
         ) -> Result<(tempfile::TempDir, log_store::FjallLogStore, state_machine::LedgerStateMachine), StorageError>
         {
-            let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
-            let ledger = Ledger::open(dir.path(), LedgerConfig { durable: false, ..Default::default() })
-                .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
-            let (log, sm) = open_stores(ledger, crate::core::keys::NodeKey::from_seed([9; 32]))
-                .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
+            let dir = tempfile::tempdir().map_err(build_err)?;
+            let ledger =
+                Ledger::open(dir.path(), LedgerConfig { durable: false, ..Default::default() }).map_err(build_err)?;
+            let (log, sm) = open_stores(ledger, crate::core::keys::NodeKey::from_seed([9; 32])).map_err(build_err)?;
             Ok((dir, log, sm))
         }
     }
 
     /// openraft's own storage conformance suite on the fjall log store and ledger state machine.
-    #[test]
-    fn openraft_storage_suite_passes() -> Result<(), StorageError> {
-        Suite::test_all(Builder)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openraft_storage_suite_passes() -> Result<(), StorageError> {
+        Suite::test_all(Builder).await
     }
 }

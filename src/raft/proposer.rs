@@ -1,6 +1,6 @@
 //! Group commit on the leader: concurrent writes are packed into one Raft entry.
 //!
-//! openraft 0.9 appends (and syncs) once per `client_write`, so one entry per event would cap
+//! openraft appends (and syncs) once per `client_write`, so one entry per event would cap
 //! throughput at the fsync rate. The proposer drains every event waiting in its queue into a
 //! [`SporeRequest::Batch`], keeps a few batches in flight, and answers each writer with its own
 //! event's outcome. Local writes and writes forwarded by followers share it.
@@ -32,9 +32,9 @@ pub const BATCH_EVENTS_MAX: usize = 1024;
 /// Most canonical bytes packed into one entry (an estimate from the events' BCS size, which
 /// bounds their postcard size on the wire). Keeps every AppendEntries request, at most
 /// [`PAYLOAD_ENTRIES_MAX`] entries, far under the transport's frame limit and small enough
-/// for a follower to receive, append and sync within one heartbeat interval: openraft 0.9
-/// gives every AppendEntries `heartbeat_interval` to complete, whatever its size (lengthened
-/// only to what the measured round trips ask for, `raft::runtime`, not to the payload's size).
+/// for a follower to receive, append and sync within one heartbeat interval: openraft gives
+/// every AppendEntries a time to live of `heartbeat_interval`, whatever its size (the transport
+/// stretches it only to what the measured round trips ask for, not to the payload's size).
 pub const BATCH_BYTES_MAX: usize = 256 * 1024;
 /// Most entries openraft may put into one AppendEntries request (`max_payload_entries`).
 pub const PAYLOAD_ENTRIES_MAX: u64 = 8;
@@ -213,8 +213,17 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>, batches_in_flight: usize)
                     },
                     Err(e) => {
                         let e = match e {
-                            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ConsensusError::NotLeader,
+                            // A discarded entry was truncated by a new leader: it never
+                            // committed, and the leader now is another node (as in 0.9,
+                            // which answered such writes ForwardToLeader).
+                            RaftError::APIError(
+                                ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_),
+                            ) => ConsensusError::NotLeader,
                             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => e.into(),
+                            // No write here carries a precondition.
+                            RaftError::APIError(e @ ClientWriteError::PreconditionFailed(_)) => {
+                                ConsensusError::UnexpectedAnswer { events: n, got: e.to_string() }
+                            }
                             RaftError::Fatal(f) => f.into(),
                         };
                         for reply in replies {

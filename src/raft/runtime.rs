@@ -1,12 +1,13 @@
 //! openraft's async runtime: tokio, with timeouts the network may lengthen.
 //!
-//! openraft 0.9 wraps every AppendEntries (replication, heartbeats, the leader's read-index
-//! round) in a timeout of exactly `heartbeat_interval`, and every vote in one of
-//! `election_timeout_min` (`replication/mod.rs`, `core/raft_core.rs`), whatever the link. On a
-//! link whose round trip is longer than that, no replication call ever completes: commits stall
-//! and leaders change. Our network knows better ([`crate::net::rtt`]): while openraft polls a
-//! call inside one of these timeouts, the call may ask for a later deadline with
-//! [`extend_deadline`], and the timeout waits until then. A call that asks for nothing gets
+//! openraft 0.10 wraps every heartbeat in a timeout of exactly `heartbeat_interval`, and every
+//! vote in one of `election_timeout_min` (`core/heartbeat/worker.rs`, `core/raft_core.rs`),
+//! whatever the link (replication's AppendEntries it leaves to the network's own deadline). On a
+//! link whose round trip is longer than that, no heartbeat or vote ever completes: leaders lose
+//! their followers and elections never end. Our network knows better ([`crate::net::rtt`]):
+//! while openraft polls a call inside one of these timeouts, the call may ask for a later
+//! deadline with [`extend_deadline`], and the timeout waits until then. A call that asks for
+//! nothing gets
 //! exactly tokio's behaviour.
 
 use std::cell::Cell;
@@ -15,8 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use openraft::async_runtime::{AsyncRuntime, TokioOneShotSender};
-use openraft::{OptionalSend, TokioRuntime};
+use openraft::{AsyncRuntime, OptionalSend, TokioInstant, TokioRuntime};
 use tokio::time::Instant;
 
 /// What the innermost [`Timeout`] being polled on this thread was asked for.
@@ -44,8 +44,18 @@ pub(crate) fn extend_deadline(at: Instant) {
 }
 
 /// openraft's [`AsyncRuntime`]: [`TokioRuntime`] with lengthenable timeouts.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct SporeRuntime;
+#[derive(Debug)]
+pub struct SporeRuntime(TokioRuntime);
+
+/// The tokio instant of one of openraft's (whose inner instant is private to it).
+fn tokio_instant(at: TokioInstant) -> Instant {
+    let (ours, theirs) = (Instant::now(), <TokioInstant as openraft::Instant>::now());
+    if at <= theirs {
+        ours
+    } else {
+        ours + (at - theirs)
+    }
+}
 
 /// The deadline of a [`SporeRuntime`] timeout passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -84,13 +94,14 @@ impl AsyncRuntime for SporeRuntime {
     type JoinError = <TokioRuntime as AsyncRuntime>::JoinError;
     type JoinHandle<T: OptionalSend + 'static> = <TokioRuntime as AsyncRuntime>::JoinHandle<T>;
     type Sleep = <TokioRuntime as AsyncRuntime>::Sleep;
-    type Instant = <TokioRuntime as AsyncRuntime>::Instant;
+    type Instant = TokioInstant;
     type TimeoutError = Elapsed;
     type Timeout<R, T: Future<Output = R> + OptionalSend> = Timeout<T>;
     type ThreadLocalRng = <TokioRuntime as AsyncRuntime>::ThreadLocalRng;
-    type OneshotSender<T: OptionalSend> = TokioOneShotSender<T>;
-    type OneshotReceiverError = <TokioRuntime as AsyncRuntime>::OneshotReceiverError;
-    type OneshotReceiver<T: OptionalSend> = <TokioRuntime as AsyncRuntime>::OneshotReceiver<T>;
+    type Mpsc = <TokioRuntime as AsyncRuntime>::Mpsc;
+    type Watch = <TokioRuntime as AsyncRuntime>::Watch;
+    type Oneshot = <TokioRuntime as AsyncRuntime>::Oneshot;
+    type Mutex<T: OptionalSend + 'static> = <TokioRuntime as AsyncRuntime>::Mutex<T>;
 
     fn spawn<T>(future: T) -> Self::JoinHandle<T::Output>
     where
@@ -109,11 +120,11 @@ impl AsyncRuntime for SporeRuntime {
     }
 
     fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
-        Self::timeout_at(Instant::now() + duration, future)
+        Timeout { future: Box::pin(future), sleep: Box::pin(tokio::time::sleep_until(Instant::now() + duration)) }
     }
 
     fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
-        Timeout { future: Box::pin(future), sleep: Box::pin(tokio::time::sleep_until(deadline)) }
+        Timeout { future: Box::pin(future), sleep: Box::pin(tokio::time::sleep_until(tokio_instant(deadline))) }
     }
 
     fn is_panic(join_error: &Self::JoinError) -> bool {
@@ -124,11 +135,15 @@ impl AsyncRuntime for SporeRuntime {
         TokioRuntime::thread_rng()
     }
 
-    fn oneshot<T>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>)
+    fn new(threads: usize) -> Self {
+        SporeRuntime(TokioRuntime::new(threads))
+    }
+
+    fn block_on<F, T>(&mut self, future: F) -> T
     where
-        T: OptionalSend,
+        F: Future<Output = T>,
     {
-        TokioRuntime::oneshot()
+        self.0.block_on(future)
     }
 }
 

@@ -19,14 +19,16 @@
 //! re-applies the events through the normal validation, so a snapshot cannot smuggle in
 //! anything a log could not.
 
-use std::io::Cursor;
+use std::io::{self, Cursor};
 use std::sync::{Arc, RwLock};
 
-use openraft::storage::RaftStateMachine;
-use openraft::{Entry, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError};
+use futures_util::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use serde::{Deserialize, Serialize};
 
-use super::{LogId, SporeRequest, SporeResponse, StorageError, StoredMembership, TypeConfig};
+use super::{Entry, LogId, SnapshotData, SnapshotMeta, SporeRequest, SporeResponse, StoredMembership, TypeConfig};
 use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::keys::{NodeKey, VerifierCache};
 use crate::core::projection::Rejection;
@@ -35,7 +37,6 @@ use crate::core::sync;
 use crate::core::types::ChainHash;
 use crate::store::ledger::{Ledger, LedgerLock};
 use crate::store::verified::{PreVerified, VerifiedEvents};
-use crate::wire::rpc::PeerNode;
 
 const META_APPLIED: &[u8] = b"raft_applied";
 const META_MEMBERSHIP: &[u8] = b"raft_membership";
@@ -55,7 +56,9 @@ struct SnapshotHeader {
 }
 
 /// The last snapshot built or installed: its meta and its bytes.
-type CurrentSnapshot = Option<(SnapshotMeta<u64, PeerNode>, Vec<u8>)>;
+type CurrentSnapshot = Option<(SnapshotMeta, Vec<u8>)>;
+/// A snapshot as openraft hands it over.
+type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 /// The ledger as an openraft state machine. Cheap to clone.
 #[derive(Clone)]
@@ -71,14 +74,14 @@ pub struct LedgerStateMachine {
     path: Arc<std::path::Path>,
 }
 
-fn sm_read(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::read_state_machine(openraft::AnyError::error(e.to_string())).into()
+fn sm_read(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("reading the ledger state machine: {e}"))
 }
-fn sm_write(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string())).into()
+fn sm_write(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("writing the ledger state machine: {e}"))
 }
-fn snap_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::read_snapshot(None, openraft::AnyError::error(e.to_string())).into()
+fn snap_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("installing a snapshot: {e}"))
 }
 
 impl LedgerStateMachine {
@@ -118,7 +121,7 @@ impl LedgerStateMachine {
         &self.ledger
     }
 
-    fn read_applied(ledger: &Ledger) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    fn read_applied(ledger: &Ledger) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let applied = match ledger.meta_get(META_APPLIED).map_err(sm_read)? {
             Some(b) => postcard::from_bytes::<Option<LogId>>(&b).map_err(sm_read)?,
             None => None,
@@ -137,7 +140,7 @@ impl LedgerStateMachine {
         key: &NodeKey,
         last_log_id: Option<LogId>,
         membership: StoredMembership,
-    ) -> Result<Vec<u8>, StorageError> {
+    ) -> Result<Vec<u8>, io::Error> {
         let head = ledger.head();
         let seed = match head {
             None => None,
@@ -203,8 +206,10 @@ fn decode_snapshot(bytes: &[u8]) -> Result<DecodedSnapshot, String> {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
+    type SnapshotData = SnapshotData;
+
     #[tracing::instrument(level = "info", skip(self))]
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let ledger = self.ledger.clone();
         let key = self.key.clone();
         let (meta, data) = tokio::task::spawn_blocking(move || {
@@ -213,20 +218,12 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
             l.sync().map_err(sm_write)?;
             let (applied, membership) = Self::read_applied(&l)?;
             let data = Self::encode_snapshot(&l, &key, applied, membership.clone())?;
-            let snapshot_id = format!(
-                "{}-{}",
-                applied.map_or("none".to_string(), |a| format!("{}-{}", a.leader_id, a.index)),
-                l.head().map_or(0, |h| h.seq)
-            );
-            Ok::<_, StorageError>((
-                SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id },
-                data,
-            ))
+            Ok::<_, io::Error>((SnapshotMeta { last_log_id: applied, last_membership: membership }, data))
         })
         .await
         .map_err(sm_write)??;
         *sync::write(&self.current) = Some((meta.clone(), data.clone()));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot { meta, snapshot: Cursor::new(data) })
     }
 }
 
@@ -234,7 +231,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
 type MetaEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The ledger meta that marks `last` applied with `membership`.
-fn applied_meta(last: Option<LogId>, membership: &StoredMembership) -> Result<MetaEntries, StorageError> {
+fn applied_meta(last: Option<LogId>, membership: &StoredMembership) -> Result<MetaEntries, io::Error> {
     Ok(vec![
         (META_APPLIED.to_vec(), postcard::to_stdvec(&last).map_err(sm_write)?),
         (META_MEMBERSHIP.to_vec(), postcard::to_stdvec(&membership).map_err(sm_write)?),
@@ -253,7 +250,7 @@ fn flush(
     slots: &mut Vec<(usize, Option<usize>)>,
     responses: &mut [SporeResponse],
     meta: Vec<(Vec<u8>, Vec<u8>)>,
-) -> Result<(), StorageError> {
+) -> Result<(), io::Error> {
     let events = std::mem::take(events);
     let mut chunks: Vec<&[&SignedEvent]> = events.chunks(crate::core::limits::APPEND_BATCH_MAX).collect();
     if chunks.is_empty() {
@@ -289,7 +286,7 @@ const INLINE_EVENTS_MAX: usize = 8;
 /// whose signatures the log store verified already cost less than the hop to a blocking thread
 /// and back (one write's commit latency waits on it). Provisional events read the chain and
 /// go to a blocking thread.
-fn applies_inline(entries: &[Entry<TypeConfig>]) -> bool {
+fn applies_inline(entries: &[Entry]) -> bool {
     let mut events = 0usize;
     for e in entries {
         match &e.payload {
@@ -323,20 +320,20 @@ fn check_provisional(l: &Ledger, p: &ProvisionalEvent) -> Result<(), Rejection> 
 }
 
 impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let l = self.ledger.read_ledger().map_err(sm_write)?;
         Self::read_applied(&l)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(path = %self.path.display()))]
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<SporeResponse>, StorageError>
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let (entries, responders): (Vec<Entry>, Vec<_>) = entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
         let inline = applies_inline(&entries);
         let ledger = self.ledger.clone();
         let pre_verified = self.pre_verified.clone();
@@ -418,27 +415,24 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             let meta = applied_meta(last, &membership)?;
             flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, meta)?;
-            Ok(responses)
+            Ok::<_, io::Error>(responses)
         };
-        let responses = if inline { work() } else { tokio::task::spawn_blocking(work).await.map_err(sm_write)? };
+        let responses = if inline { work() } else { tokio::task::spawn_blocking(work).await.map_err(sm_write)? }?;
         self.publish_head();
-        responses
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
     #[tracing::instrument(level = "info", skip(self, snapshot), fields(last = ?meta.last_log_id))]
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<u64, PeerNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
         let ledger = self.ledger.clone();
         let meta2 = meta.clone();
@@ -497,7 +491,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 return Err(snap_err("ledger head after install differs from the snapshot head"));
             }
             l.sync().map_err(sm_write)?;
-            Ok::<_, StorageError>(())
+            Ok::<_, io::Error>(())
         })
         .await
         .map_err(sm_write)??;
@@ -506,11 +500,18 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let cur = sync::read(&self.current);
-        Ok(cur
-            .as_ref()
-            .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(data.clone())) }))
+        Ok(cur.as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Cursor::new(data.clone()) }))
+    }
+}
+
+/// Snapshots arrive in chunks (openraft-legacy's v1 transfer), gathered in memory.
+impl SnapshotReceiverFactory<TypeConfig> for LedgerStateMachine {
+    type SnapshotReceiver = SnapshotData;
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<SnapshotData, io::Error> {
+        Ok(Cursor::new(Vec::new()))
     }
 }
 

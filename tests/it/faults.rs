@@ -138,7 +138,8 @@ async fn a_follower_cut_off_past_the_purged_log_catches_up_from_a_snapshot() {
         .expect("leader purges its log past the lagger");
     c.net.heal();
     assert_no_acknowledged_write_lost(&c, &acked).await;
-    let snap = c.sys(lagger).raft().expect("raft").metrics().borrow().snapshot;
+    use openraft::async_runtime::WatchReceiver;
+    let snap = c.sys(lagger).raft().expect("raft").metrics().borrow_watched().snapshot;
     assert!(snap.is_some(), "the lagger installed a snapshot");
 }
 

@@ -5,8 +5,8 @@
 //! processes and their voters); the tests are in `cli/`, one file per scenario: `inspector`,
 //! `failures` (damage, a full disk, repair), `forensics` (diff, blame), `nodes` (node processes
 //! through `kill -9`, latent nodes), `seeds` (the demo and the seed tools), `generate`,
-//! `http` (`spore node --http` read with curl), `inputs`, `members`, `bench` (`spore bench`) and `backups`
-//! (`[backup]`, `spore seed list`).
+//! `http` (`spore node --http` read with curl), `inputs`, `members`, `bench` (`spore bench`),
+//! `backups` (`[backup]`, `spore seed list`) and `upgrade` (a data dir of an earlier build).
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
@@ -44,6 +44,8 @@ mod nodes;
 mod proc;
 #[path = "cli/seeds.rs"]
 mod seeds;
+#[path = "cli/upgrade.rs"]
+mod upgrade;
 
 use proc::{free_udp_port, path, run, spore, status, wait_until, Node};
 
