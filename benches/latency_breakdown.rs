@@ -15,10 +15,12 @@
 //! `block_on` on the calling thread (the default, as in `benches/primary.rs`);
 //! `SPORES_BREAKDOWN_NET=quic` runs the cluster over QUIC on 127.0.0.1 instead of the
 //! in-process transport (the replication stages then include our QUIC transport's round
-//! trip, which is ours, not openraft's). The last line sets the stages that are not ours
-//! (openraft's hand-offs and the two fsyncs, which openraft 0.9 runs one after the other)
-//! against the 1-client budget, 2 × (fdatasync + sign + verify), all measured in the
-//! same run.
+//! trip, which is ours, not openraft's). From the leader's append on, the leader's own sync and
+//! the replication to a follower run side by side (openraft 0.10; 0.9 ran the leader's sync
+//! first): the harness prints both branches, how long the two fsyncs overlap, and the owners'
+//! time along the critical path (the branch that ended last). The last line sets the critical
+//! path's stages that are not ours (openraft's hand-offs and the fsync) against the issue's
+//! 1-client budget, 2 × (fdatasync + sign + verify), all measured in the same run.
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
@@ -110,21 +112,27 @@ enum Owner {
     Fsync,
 }
 
-const STAGES: [(&str, Owner); 13] = [
+/// The stages of one write. The leader's sync (stages 3–4) and the replication to a follower
+/// (5–8) run side by side from the leader's append on (openraft 0.10 replicates without
+/// waiting for the leader's own flush); the commit waits for the second of the three syncs to
+/// end (a quorum of three voters).
+const STAGES: [(&str, Owner); 12] = [
     ("submit -> batch proposed (queue, proposer task)", Owner::Ours),
     ("proposed -> leader log append (openraft core)", Owner::Openraft),
     ("leader log append (encode, fjall write, pre-verify spawn)", Owner::Ours),
-    ("appended -> leader sync starts (flusher wake)", Owner::Ours),
-    ("leader fsync", Owner::Fsync),
-    ("leader synced -> follower append (core, replication, transport)", Owner::Openraft),
-    ("follower log append", Owner::Ours),
-    ("appended -> follower sync starts (flusher wake)", Owner::Ours),
-    ("follower fsync (the first of the two)", Owner::Fsync),
-    ("follower synced -> leader apply (response, commit)", Owner::Openraft),
+    ("  leader: appended -> its sync starts (flusher wake)", Owner::Ours),
+    ("  leader: fsync", Owner::Fsync),
+    ("  follower: leader appended -> follower append (core, replication, transport)", Owner::Openraft),
+    ("  follower: log append", Owner::Ours),
+    ("  follower: appended -> its sync starts (flusher wake)", Owner::Ours),
+    ("  follower: fsync", Owner::Fsync),
+    ("quorum synced -> leader apply (responses, commit)", Owner::Openraft),
     ("leader apply (verdicts, chain, projection, ledger write)", Owner::Ours),
-    ("applied -> batch answered (client_write returns)", Owner::Openraft),
-    ("answered -> submit returns (writer wakes)", Owner::Ours),
+    ("applied -> submit returns (client_write returns, writer wakes)", Owner::Ours),
 ];
+/// The leader's branch and the follower's: indexes into [`STAGES`].
+const LEADER_BRANCH: std::ops::Range<usize> = 3..5;
+const FOLLOWER_BRANCH: std::ops::Range<usize> = 5..9;
 
 /// The node (index in `dirs`, the nodes' data dirs) a path field belongs to.
 fn node_of(path: &str, dirs: &[String]) -> Option<usize> {
@@ -141,37 +149,56 @@ fn first<'a>(spans: &'a [Closed], name: &str, node: usize, after: Instant, dirs:
         .min_by_key(|s| s.start)
 }
 
-/// The 13 stage durations (µs) of one write, from its spans; `None` if one is missing.
-fn stages(spans: &[Closed], dirs: &[String]) -> Option<[f64; 13]> {
+/// One write, taken apart: the stage durations (µs), how long the leader's and the follower's
+/// fsyncs ran at the same time (µs), and whether the leader's branch ended last (then it is on
+/// the critical path).
+struct Write {
+    stages: [f64; 12],
+    fsync_overlap: f64,
+    leader_last: bool,
+}
+
+/// One write's stages from its spans; `None` if one is missing.
+fn stages(spans: &[Closed], dirs: &[String]) -> Option<Write> {
     let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e6;
     let submit = spans.iter().find(|s| s.name == "submit")?;
     let propose = spans.iter().find(|s| s.name == "propose_batch" && s.start >= submit.start)?;
-    let leader_append = first(spans, "append", 0, propose.start, dirs)?;
-    let leader_sync = first(spans, "raft_log_sync", 0, leader_append.end, dirs)?;
-    // The follower whose sync ends first is the one that completes the quorum.
-    let (f_append, f_sync) = (1..dirs.len())
-        .filter_map(|n| {
-            let a = first(spans, "append", n, leader_sync.end, dirs)?;
+    // Each node's append of this write and the first sync after it.
+    let synced: Vec<(&Closed, &Closed)> = (0..dirs.len())
+        .map(|n| {
+            let a = first(spans, "append", n, propose.start, dirs)?;
             let s = first(spans, "raft_log_sync", n, a.end, dirs)?;
             Some((a, s))
         })
-        .min_by_key(|(_, s)| s.end)?;
-    let apply = first(spans, "apply", 0, f_sync.end, dirs)?;
-    Some([
-        us(submit.start, propose.start),
-        us(propose.start, leader_append.start),
-        us(leader_append.start, leader_append.end),
-        us(leader_append.end, leader_sync.start),
-        us(leader_sync.start, leader_sync.end),
-        us(leader_sync.end, f_append.start),
-        us(f_append.start, f_append.end),
-        us(f_append.end, f_sync.start),
-        us(f_sync.start, f_sync.end),
-        us(f_sync.end, apply.start),
-        us(apply.start, apply.end),
-        us(apply.end, propose.end),
-        us(propose.end, submit.end),
-    ])
+        .collect::<Option<_>>()?;
+    let (leader_append, leader_sync) = synced[0];
+    // The follower whose sync ends first is the one that completes a quorum with the leader.
+    let (f_append, f_sync) = synced[1..].iter().copied().min_by_key(|(_, s)| s.end)?;
+    // The commit needs two of the three syncs: the second to end.
+    let mut ends: Vec<Instant> = synced.iter().map(|(_, s)| s.end).collect();
+    ends.sort();
+    let quorum = ends[1];
+    let apply = first(spans, "apply", 0, quorum, dirs)?;
+    let overlap_start = leader_sync.start.max(f_sync.start);
+    let overlap_end = leader_sync.end.min(f_sync.end);
+    Some(Write {
+        stages: [
+            us(submit.start, propose.start),
+            us(propose.start, leader_append.start),
+            us(leader_append.start, leader_append.end),
+            us(leader_append.end, leader_sync.start),
+            us(leader_sync.start, leader_sync.end),
+            us(leader_append.end, f_append.start),
+            us(f_append.start, f_append.end),
+            us(f_append.end, f_sync.start),
+            us(f_sync.start, f_sync.end),
+            us(quorum, apply.start),
+            us(apply.start, apply.end),
+            us(apply.end, submit.end),
+        ],
+        fsync_overlap: us(overlap_start, overlap_end),
+        leader_last: leader_sync.end >= f_sync.end,
+    })
 }
 
 fn median_us(mut v: Vec<f64>) -> f64 {
@@ -215,6 +242,9 @@ fn main() {
 
     let mut per_stage: Vec<Vec<f64>> = vec![Vec::with_capacity(writes); STAGES.len()];
     let mut totals = Vec::with_capacity(writes);
+    let (mut overlaps, mut follower_fsyncs, mut leader_last) = (Vec::new(), Vec::new(), 0usize);
+    // Per write, the time of each owner along the critical path (the branch that ended last).
+    let mut critical: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut incomplete = 0;
     for _ in 0..writes {
         if let Ok(mut v) = timeline.0.lock() {
@@ -225,30 +255,45 @@ fn main() {
         write(&systems[0]).expect("write");
         totals.push(t.elapsed().as_secs_f64() * 1e6);
         let spans = timeline.0.lock().map(|v| v.clone()).unwrap_or_default();
-        match stages(&spans, &dirs) {
-            Some(s) => s.iter().zip(per_stage.iter_mut()).for_each(|(d, v)| v.push(*d)),
-            None => incomplete += 1,
+        let Some(w) = stages(&spans, &dirs) else {
+            incomplete += 1;
+            continue;
+        };
+        w.stages.iter().zip(per_stage.iter_mut()).for_each(|(d, v)| v.push(*d));
+        overlaps.push(w.fsync_overlap);
+        follower_fsyncs.push(w.stages[8]);
+        leader_last += usize::from(w.leader_last);
+        let skipped = if w.leader_last { FOLLOWER_BRANCH } else { LEADER_BRANCH };
+        let mut sums = [0.0f64; 3];
+        for (i, ((_, owner), d)) in STAGES.iter().zip(w.stages).enumerate() {
+            if !skipped.contains(&i) {
+                sums[*owner as usize] += d;
+            }
         }
+        sums.iter().zip(critical.iter_mut()).for_each(|(d, v)| v.push(*d));
     }
 
     let over =
         if quic { "over QUIC on 127.0.0.1 (the replication stages include its round trip)" } else { "in process" };
     let from = if in_task { "a task on the runtime" } else { "block_on" };
+    let complete = writes - incomplete;
     eprintln!("\n=== one write's commit path, 3 voters {over}, writer in {from}, {writes} writes ({incomplete} without every span, left out) ===");
-    let mut by_owner = [0.0f64; 3];
     for ((name, owner), v) in STAGES.iter().zip(per_stage) {
-        let m = median_us(v);
-        by_owner[*owner as usize] += m;
         let who = match owner {
             Owner::Ours => "ours",
             Owner::Openraft => "openraft",
             Owner::Fsync => "fsync",
         };
-        eprintln!("{m:8.1} us  {who:>8}  {name}");
+        eprintln!("{:8.1} us  {who:>8}  {name}", median_us(v));
     }
-    let [ours, openraft, fsync] = by_owner;
     eprintln!(
-        "stage medians: ours {ours:.0} us, openraft {openraft:.0} us, fsync {fsync:.0} us (sum {:.0}); median write {:.0} us (sign included)",
+        "the leader's and the follower's fsyncs overlap by {:.0} us (median) of the follower's {:.0} us; the leader's sync ended last in {leader_last} of {complete} writes",
+        median_us(overlaps),
+        median_us(follower_fsyncs),
+    );
+    let [ours, openraft, fsync] = critical.map(median_us);
+    eprintln!(
+        "critical path medians: ours {ours:.0} us, openraft {openraft:.0} us, fsync {fsync:.0} us (sum {:.0}); median write {:.0} us (sign included)",
         ours + openraft + fsync,
         median_us(totals)
     );

@@ -43,6 +43,11 @@ pub async fn form(dir: &Path, nodes: u8, kind: Net) -> Vec<Arc<SporeSystem>> {
                 heartbeat: Duration::from_millis(50),
                 election_min: Duration::from_millis(300),
                 election_max: Duration::from_millis(600),
+                // `SPORES_BENCH_IN_FLIGHT=N`: the proposer's batches in flight (A/B runs).
+                batches_in_flight: std::env::var("SPORES_BENCH_IN_FLIGHT")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(Timeouts::default().batches_in_flight),
                 ..Timeouts::default()
             })
             .build();
