@@ -110,6 +110,8 @@ impl ApiError {
                 | Error::NoLeader { .. }
                 | Error::Ledger(LedgerError::HistoryIncomplete { .. }),
             ) => StatusCode::SERVICE_UNAVAILABLE,
+            // Pruned under the node's retention policy: it will not come back here.
+            ApiError::Node(Error::Ledger(LedgerError::HistoryArchived { .. })) => StatusCode::GONE,
             ApiError::Node(_) | ApiError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use super::encode::{append_signatures, encode_prefix, header_of};
-use super::SeedError;
+use super::{SeedError, SeedHeader};
 use crate::core::event::EventBody;
 use crate::core::keys::NodeKey;
 use crate::core::projection::{ChainHead, Projection, ProjectionState};
@@ -91,7 +91,6 @@ pub fn export(
     path: &Path,
     include_events: bool,
 ) -> Result<Exported, SeedError> {
-    let io = |e: std::io::Error| SeedError::Io { path: path.display().to_string(), reason: e.to_string() };
     let ledger_io = ledger_io(path);
     let (projection, history_from) = {
         let l = ledger.read_ledger().map_err(&ledger_io)?;
@@ -116,9 +115,32 @@ pub fn export(
         Some(b) => (b, b.head.map_or(0, |h| h.seq + 1)),
         None => (projection.state(), 0),
     };
-    let count = head.seq + 1 - from;
+    let size = write_streamed(ledger, signer, path, &header, state, from, head.seq)?;
+    let state_seq = state.head.map_or(head.seq, |h| h.seq);
+    tracing::info!(seq = head.seq, state_seq, includes_events = full, bytes = size, "seed exported");
+    Ok(Exported { head, includes_events: full, state_seq })
+}
+
+/// Writes a seed with `header`, `state` and the ledger's records `from..=to` to `path`,
+/// signed by `signer`: streamed (this thread reads the records verbatim — the canonical bytes
+/// the chain hashes cover, checked when they were stored and again by whoever verifies the
+/// seed — into 4 MiB chunks while a second thread hashes and writes them, so nothing is
+/// buffered whole) into a temporary file next to `path`, synced, renamed, and the directory
+/// synced. Each page of records is read under its own short read lock. Returns the file size.
+pub(crate) fn write_streamed(
+    ledger: &RwLock<Ledger>,
+    signer: &NodeKey,
+    path: &Path,
+    header: &SeedHeader,
+    state: &ProjectionState,
+    from: u64,
+    to: u64,
+) -> Result<u64, SeedError> {
+    let io = |e: std::io::Error| SeedError::Io { path: path.display().to_string(), reason: e.to_string() };
+    let ledger_io = ledger_io(path);
+    let count = to + 1 - from;
     let empty: [&[u8]; 0] = [];
-    let prefix = encode_prefix(&header, state, &empty, count);
+    let prefix = encode_prefix(header, state, &empty, count);
 
     // Streamed into a temporary file next to `path`: this thread reads the records verbatim
     // (the canonical bytes the chain hashes cover, checked when they were stored and again by
@@ -143,12 +165,12 @@ pub fn export(
             buf.reserve(CHUNK);
             let page = 16 * crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
             let mut at = from;
-            while at <= head.seq {
-                let to = (at + page - 1).min(head.seq);
+            while at <= to {
+                let last = (at + page - 1).min(to);
                 let visited = ledger
                     .read_ledger()
                     .map_err(&ledger_io)?
-                    .visit_raw_range(at, to, |_, rec| {
+                    .visit_raw_range(at, last, |_, rec| {
                         buf.extend_from_slice(&(rec.len() as u32).to_le_bytes());
                         buf.extend_from_slice(rec);
                         if buf.len() >= CHUNK {
@@ -158,13 +180,13 @@ pub fn export(
                         Ok(())
                     })
                     .map_err(&ledger_io)?;
-                if visited != to - at + 1 {
+                if visited != last - at + 1 {
                     return Err(SeedError::BadEvents {
                         seq: at,
                         reason: "the ledger changed under the export (reset by a snapshot)".into(),
                     });
                 }
-                at = to + 1;
+                at = last + 1;
             }
             if !buf.is_empty() {
                 tx.send(buf).map_err(|_| io(std::io::Error::other("seed writer stopped")))?;
@@ -191,7 +213,5 @@ pub fn export(
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    let state_seq = state.head.map_or(head.seq, |h| h.seq);
-    tracing::info!(seq = head.seq, state_seq, includes_events = full, bytes = size, "seed exported");
-    Ok(Exported { head, includes_events: full, state_seq })
+    Ok(size)
 }

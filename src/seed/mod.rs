@@ -26,8 +26,8 @@
 //! be the one the header names.
 //!
 //! The module is split by job: `encode` (framing and building), `verify` (decoding and every
-//! check), `export` (streaming a ledger into a file) and `import` (loading a verified seed into
-//! a ledger).
+//! check), `export` (streaming a ledger into a file), `import` (loading a verified seed into
+//! a ledger) and `archive` (retention: old history archived as seeds, then pruned).
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,7 @@ use crate::core::event::ChainedEvent;
 use crate::core::projection::{ChainHead, Projection, ProjectionState};
 use crate::core::types::{ChainHash, NetworkFingerprint, NetworkIdentityRecord, NodeId};
 
+pub mod archive;
 mod encode;
 mod export;
 mod import;

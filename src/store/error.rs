@@ -236,6 +236,18 @@ pub enum LedgerError {
         /// The first sequence number held.
         held_from: u64,
     },
+    /// A read asked for events this ledger pruned under its retention policy: they are in
+    /// its archives (signed seed files, oldest first), which forensics read with the ledger
+    /// as one history.
+    #[error("ledger {path} holds its history only from seq {held_from}; the events below were archived in {}", archives_list(.archives))]
+    HistoryArchived {
+        /// The ledger directory.
+        path: PathBuf,
+        /// The first sequence number held.
+        held_from: u64,
+        /// The archive files, oldest first.
+        archives: Vec<PathBuf>,
+    },
     /// A chained range (from gossip) was refused as a whole; nothing of it was stored.
     #[error("range refused at seq {seq}: {reason}")]
     RangeRefused {
@@ -275,4 +287,9 @@ pub enum RangeRefusal {
         /// Where the range must end.
         expected: Option<u64>,
     },
+}
+
+/// The archive files of a [`LedgerError::HistoryArchived`], for its message.
+fn archives_list(archives: &[PathBuf]) -> String {
+    archives.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }

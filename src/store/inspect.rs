@@ -140,7 +140,10 @@ impl LedgerReader {
     }
 
     fn incomplete(&self) -> LedgerError {
-        LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: self.history_from() }
+        match &self.backfill {
+            Some(b) => b.not_held(&self.path),
+            None => LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: 0 },
+        }
     }
 
     /// Checks the events held below a state-only seed's head (`history_from ..= base`): each

@@ -28,6 +28,7 @@ mod primary;
 mod projection_props;
 mod quic;
 mod readme_ops;
+mod retention;
 mod scrub;
 mod seed_export;
 mod signatures;

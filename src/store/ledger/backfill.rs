@@ -19,19 +19,42 @@ use crate::store::error::{LedgerError, RangeRefusal};
 use crate::store::record::{encode_record_into, seq_key};
 use fjall::PersistMode;
 
-/// What a ledger with an incomplete history knows below what it holds.
+/// What a ledger with an incomplete history knows below what it holds: loaded from a
+/// state-only seed (and backfilling), or pruned under a retention policy (`archives` names where
+/// the history below went; such a ledger does not backfill).
 #[derive(Clone, Debug)]
 pub(crate) struct Backfill {
-    /// The next backfilled range must end here.
+    /// The next backfilled range must end here (the last event not held).
     pub(crate) point: ChainPoint,
-    /// The projection at the state-only seed's head.
+    /// The projection at `point`'s seq or above (a state-only seed's head, or the attested state
+    /// a prune kept).
     pub(crate) base: std::sync::Arc<ProjectionState>,
+    /// Where pruned history was archived, oldest first (empty: never pruned).
+    pub(crate) archives: std::sync::Arc<[std::path::PathBuf]>,
 }
 
 impl Backfill {
     /// The first sequence number whose record is held.
     pub(crate) fn held_from(&self) -> u64 {
         self.point.seq + 1
+    }
+
+    /// Whether the history below was pruned (then it is not backfilled).
+    pub(crate) fn pruned(&self) -> bool {
+        !self.archives.is_empty()
+    }
+
+    /// The error for a read below what is held, in the ledger at `path`.
+    pub(crate) fn not_held(&self, path: &Path) -> LedgerError {
+        if self.pruned() {
+            LedgerError::HistoryArchived {
+                path: path.to_path_buf(),
+                held_from: self.held_from(),
+                archives: self.archives.to_vec(),
+            }
+        } else {
+            LedgerError::HistoryIncomplete { path: path.to_path_buf(), held_from: self.held_from() }
+        }
     }
 
     /// The projection a replay of the held events starts from: the state-only seed's.
@@ -142,6 +165,7 @@ impl Ledger {
         self.backfill = Some(Backfill {
             point: ChainPoint { seq: head.seq, hash: head.hash },
             base: std::sync::Arc::new(state.clone()),
+            archives: std::sync::Arc::from(Vec::new()),
         });
         self.projection = Projection::from_state(state);
         self.checkpoint_seq = Some(head.seq);
@@ -152,7 +176,7 @@ impl Ledger {
     /// ledger knows but whose history below it does not hold. `None` when the ledger holds
     /// its whole history from genesis (always, unless loaded from a state-only seed).
     pub fn backfill_point(&self) -> Option<ChainPoint> {
-        self.backfill.as_ref().map(|b| b.point)
+        self.backfill.as_ref().filter(|b| !b.pruned()).map(|b| b.point)
     }
 
     /// The first sequence number whose record this ledger holds (0 with a complete history).

@@ -37,6 +37,9 @@ pub(super) const META_BACKFILL: &[u8] = b"backfill";
 /// like `checkpoint`): where a replay of the held events starts while the history is
 /// incomplete. Removed with `backfill`.
 pub(super) const META_BACKFILL_BASE: &[u8] = b"backfill_base";
+/// `pruned` = postcard `Vec<String>`: the archive files of the history a retention policy
+/// pruned, oldest first; present with `backfill` (whose point is then the last pruned event).
+pub(super) const META_PRUNED: &[u8] = b"pruned";
 /// The value of the `format` marker.
 pub const LEDGER_FORMAT_MARKER: &[u8] = b"mycnet-spores ledger v1";
 
@@ -56,7 +59,12 @@ pub(crate) fn read_backfill(meta: &Keyspace, path: &Path) -> Result<Option<Backf
     if base.head.is_none_or(|h| h.seq < seq) {
         return Err(corrupt("the backfill base state is below the backfill point".into()));
     }
-    Ok(Some(Backfill { point: ChainPoint { seq, hash }, base: std::sync::Arc::new(base) }))
+    let archives: Vec<String> = match meta.get(META_PRUNED).map_err(storage("read pruned", path))? {
+        None => Vec::new(),
+        Some(b) => postcard::from_bytes(&b).map_err(|e| corrupt(format!("archive list: {e}")))?,
+    };
+    let archives: Vec<std::path::PathBuf> = archives.into_iter().map(std::path::PathBuf::from).collect();
+    Ok(Some(Backfill { point: ChainPoint { seq, hash }, base: std::sync::Arc::new(base), archives: archives.into() }))
 }
 
 /// Reads the durable head from `meta`.

@@ -13,8 +13,9 @@
 //!
 //! The ledger is split by phase: `open` (open and recovery), `append` (the local append
 //! paths), `append_range` (ranges received from peers), `verify` (batched signature checks),
-//! `read` (reads and replays), `backfill` (seeds and the history below them), `meta` (the
-//! `meta` keyspace), `health` and `storage_error`.
+//! `read` (reads and replays), `backfill` (seeds and the history below them), `prune`
+//! (retention: dropping archived history), `meta` (the `meta` keyspace), `health` and
+//! `storage_error`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ mod health;
 mod lock;
 mod meta;
 mod open;
+mod prune;
 mod read;
 mod storage_error;
 mod verify;
@@ -45,6 +47,7 @@ pub use lock::{LedgerLock, SharedLedger};
 pub use meta::LEDGER_FORMAT_MARKER;
 pub(crate) use meta::{read_anchor, read_backfill, read_head, read_stored_checkpoint};
 pub(crate) use open::{check_held_records, last_seq, open_keyspaces};
+pub use prune::{Pruned, Reclaimer};
 pub use read::History;
 pub(crate) use storage_error::storage;
 pub use verify::{verify_linked_signatures, verify_signatures};

@@ -10,7 +10,8 @@ use super::backfill::Backfill;
 use super::health::LedgerHealth;
 use super::meta::{
     decode_meta_checkpoint, read_backfill, read_head, read_point, LEDGER_FORMAT_MARKER, META_ANCHOR, META_BACKFILL,
-    META_BACKFILL_BASE, META_CHECKPOINT, META_FORMAT, META_HEAD, META_IMPORTED, META_REFUSED_BRANCH, META_SEED_ANCHOR,
+    META_BACKFILL_BASE, META_CHECKPOINT, META_FORMAT, META_HEAD, META_IMPORTED, META_PRUNED, META_REFUSED_BRANCH,
+    META_SEED_ANCHOR,
 };
 use super::storage_error::storage;
 use super::{Ledger, LedgerConfig};
@@ -297,6 +298,7 @@ impl Ledger {
         batch.remove(&self.meta, META_SEED_ANCHOR);
         batch.remove(&self.meta, META_BACKFILL);
         batch.remove(&self.meta, META_BACKFILL_BASE);
+        batch.remove(&self.meta, META_PRUNED);
         batch.commit().map_err(storage("reset", &self.path))?;
         self.backfill = None;
         self.projection = Projection::new();

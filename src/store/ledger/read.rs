@@ -59,9 +59,7 @@ impl Ledger {
     /// Refuses reads that start below the history this ledger holds.
     fn held_from(&self, from: u64) -> Result<(), LedgerError> {
         match self.backfill.as_ref() {
-            Some(b) if from < b.held_from() => {
-                Err(LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: b.held_from() })
-            }
+            Some(b) if from < b.held_from() => Err(b.not_held(&self.path)),
             _ => Ok(()),
         }
     }
@@ -191,7 +189,7 @@ impl History {
             // Below the history held: start at the state-only seed's state, if it is not past `seq`.
             let base = b.base.head.map_or(0, |h| h.seq);
             if projection.head().is_some() || base > seq {
-                return Err(LedgerError::HistoryIncomplete { path: self.path.clone(), held_from: b.held_from() });
+                return Err(b.not_held(&self.path));
             }
             *projection = b.start();
         }

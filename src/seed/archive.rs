@@ -1,0 +1,186 @@
+//! Retention: a ledger's old history archived as signed seed files, then pruned.
+//!
+//! A [`RetentionPolicy`] says how much history a node keeps (the last N events, the last T of
+//! time, or both: then the longer). [`archive_and_prune`] finds the newest state the chain
+//! attests at or below what the policy lets go (a state right before a state checkpoint event
+//! carrying its digest), writes the history from where the ledger's history starts up to that
+//! state as a seed file, reads the file back and verifies it (digest, signature, every link and
+//! signature of its events, and its state by replay), and only then prunes the ledger to that
+//! state in one atomic step ([`Ledger::prune_to`]). The first archive of a ledger that holds its
+//! history from genesis is a full seed (format 1); each later one is a state-only seed (format
+//! 2) whose state is the previous prune's, proved by the state checkpoint event its events start
+//! with. So the archives of one node chain: each one's state is the previous one's head.
+//!
+//! Everything is read under short read locks, page by page; only the prune itself takes the
+//! write lock, for one synced batch.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use super::encode::header_of;
+use super::export::write_streamed;
+use super::{SeedError, VerifyPolicy};
+use crate::core::event::EventBody;
+use crate::core::keys::NodeKey;
+use crate::core::projection::ProjectionState;
+use crate::core::types::Timestamp;
+use crate::store::ledger::{Ledger, LedgerLock, Pruned};
+use crate::store::record::decode_record;
+
+/// How much history a node keeps. With neither bound it keeps everything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Keep at least the newest this many events.
+    pub keep_events: Option<u64>,
+    /// Keep at least the events of this long (by their timestamps, from the newest back).
+    pub keep_for: Option<Duration>,
+}
+
+impl RetentionPolicy {
+    /// Whether it ever prunes.
+    pub fn prunes(&self) -> bool {
+        self.keep_events.is_some() || self.keep_for.is_some()
+    }
+}
+
+/// What [`archive_and_prune`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Archived {
+    /// The archive file written (and verified).
+    pub file: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// The prune: the range of sequence numbers archived and removed, and how long the removal
+    /// took.
+    pub pruned: Pruned,
+    /// How long finding the state to keep took (a replay of the held history up to it).
+    pub planned_in: Duration,
+    /// How long writing and verifying the archive took.
+    pub archived_in: Duration,
+}
+
+fn ledger_io(e: crate::store::error::LedgerError) -> SeedError {
+    SeedError::Io { path: String::new(), reason: format!("reading the ledger: {e}") }
+}
+
+/// The newest state the chain attests whose events may all go under `policy` at `now`: replays
+/// the held history (from its start) up to the first event the policy keeps, page by page
+/// under short read locks. `None` when there is nothing to prune yet.
+pub fn plan(
+    ledger: &RwLock<Ledger>,
+    policy: &RetentionPolicy,
+    now: Timestamp,
+) -> Result<Option<ProjectionState>, SeedError> {
+    if !policy.prunes() {
+        return Ok(None);
+    }
+    let (mut p, from, head) = {
+        let l = ledger.read_ledger().map_err(ledger_io)?;
+        let Some(head) = l.head() else { return Ok(None) };
+        (l.history_start(), l.history_from(), head.seq)
+    };
+    // The first event kept by count: the newest `keep_events`.
+    let keep_from = match policy.keep_events {
+        Some(n) => (head + 1).saturating_sub(n),
+        None => head + 1,
+    };
+    // Timestamps are microseconds since the Unix epoch.
+    let cutoff = policy.keep_for.map(|d| now.0.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)));
+    if keep_from <= from && cutoff.is_none() {
+        return Ok(None);
+    }
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut found: Option<ProjectionState> = None;
+    let page = 16 * crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
+    let mut at = from;
+    // Events `at..` are candidates while below `keep_from` and older than the cutoff.
+    let mut stop = false;
+    while at < keep_from.min(head + 1) && !stop {
+        let last = (at + page - 1).min(keep_from - 1).min(head);
+        ledger
+            .read_ledger()
+            .map_err(ledger_io)?
+            .visit_raw_range(at, last, |_, rec| {
+                if stop {
+                    return Ok(());
+                }
+                let ev = decode_record(rec).map_err(|e| bad(e.to_string()))?;
+                if cutoff.is_some_and(|c| ev.event.timestamp.0 >= c) {
+                    stop = true;
+                    return Ok(());
+                }
+                if let EventBody::StateCheckpoint { head_seq, state_digest, .. } = ev.event.body {
+                    if p.head().is_some_and(|h| h.seq == head_seq) && p.state_digest() == state_digest {
+                        found = Some(p.state().clone());
+                    }
+                }
+                p.apply(&ev).map_err(|r| bad(format!("seq {}: {r}", ev.seq)))
+            })
+            .map_err(ledger_io)?;
+        at = last + 1;
+    }
+    // A state at or below the last event not held prunes nothing.
+    Ok(found.filter(|s| s.head.is_some_and(|h| h.seq >= from)))
+}
+
+/// The archive file name for the history `from..=to` of the network `network`.
+fn file_name(network: &str, from: u64, to: u64) -> String {
+    let safe: String =
+        network.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    format!("{safe}-{from:020}-{to:020}.seed")
+}
+
+/// Archives and prunes what `policy` lets go (see the module doc), signing the archive with
+/// `signer` (a voter's key: a seed is verified against the voters at its head) into `dir`.
+/// `None` when there is nothing to prune yet. A failure at any step before the prune leaves the
+/// ledger as it was (a partly written archive is never renamed into place).
+#[tracing::instrument(level = "info", skip(ledger, signer), fields(dir = %dir.display()))]
+pub fn archive_and_prune(
+    ledger: &RwLock<Ledger>,
+    signer: &NodeKey,
+    dir: &Path,
+    policy: &RetentionPolicy,
+) -> Result<Option<Archived>, SeedError> {
+    let io = |e: std::io::Error| SeedError::Io { path: dir.display().to_string(), reason: e.to_string() };
+    let started = Instant::now();
+    let Some(keep) = plan(ledger, policy, Timestamp::now())? else { return Ok(None) };
+    let planned_in = started.elapsed();
+    let at = keep.head.ok_or(SeedError::StateMismatch("the state to keep has no head".into()))?;
+    let (from, base) = {
+        let l = ledger.read_ledger().map_err(ledger_io)?;
+        let from = l.history_from();
+        (from, (from > 0).then(|| l.history_start().state().clone()))
+    };
+    // A full seed from genesis, or a state-only one from the last prune's state.
+    let header = header_of(&keep, base.is_none())?;
+    let state = base.as_ref().unwrap_or(&keep);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = dir.join(file_name(&header.network.network_name, from, at.seq));
+    let bytes = write_streamed(ledger, signer, &file, &header, state, from, at.seq)?;
+    let written =
+        super::read_file(&file, VerifyPolicy { require_quorum: false, expected_network: Some(header.fingerprint) });
+    match written {
+        Ok(seed) if (seed.header.head_seq, seed.header.head_hash) == (at.seq, at.hash) => {}
+        Ok(seed) => {
+            return Err(SeedError::StateMismatch(format!(
+                "archive {} reads back at seq {}, expected {}",
+                file.display(),
+                seed.header.head_seq,
+                at.seq
+            )))
+        }
+        Err(e) => {
+            return Err(SeedError::Io {
+                path: file.display().to_string(),
+                reason: format!("the archive does not verify after writing: {e}"),
+            })
+        }
+    }
+    let archived_in = started.elapsed() - planned_in;
+    let pruned = {
+        let mut l = ledger.write_ledger().map_err(ledger_io)?;
+        l.prune_to(keep, &file).map_err(ledger_io)?
+    };
+    Ok(Some(Archived { file, bytes, pruned, planned_in, archived_in }))
+}

@@ -1,0 +1,182 @@
+//! Retention at the store: old history archived as verified seed files, then pruned in one
+//! atomic step; the ledger keeps its state, says where its history starts, names its archives
+//! for reads below, reopens as it was, and gives the bytes back to the filesystem.
+
+use std::path::Path;
+use std::sync::RwLock;
+
+use mycnet_spores::seed::archive::{archive_and_prune, RetentionPolicy};
+use mycnet_spores::seed::{self, VerifyPolicy};
+use mycnet_spores::{Ledger, LedgerError};
+
+use crate::fixture::{config, synth_events};
+
+fn append(l: &RwLock<Ledger>, events: &[mycnet_spores::SignedEvent]) {
+    for chunk in events.chunks(500) {
+        let out = l.write().unwrap().append(chunk.to_vec()).expect("append");
+        assert!(out.iter().all(|o| o.is_ok()), "synthetic events apply");
+    }
+}
+
+/// Bytes the directory takes on disk (allocated blocks), as (tables and metadata, journals).
+/// fjall's write-ahead journal is one file it rotates at 64 MB and deletes once flushed: it
+/// cycles within a bound of its own whatever the retention, so it is counted apart.
+fn disk_bytes(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut tables, mut journal) = (0, 0);
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let meta = entry.metadata().expect("metadata");
+        if meta.is_dir() {
+            let (t, j) = disk_bytes(&entry.path());
+            tables += t;
+            journal += j;
+        } else if entry.path().extension().is_some_and(|e| e == "jnl") {
+            journal += meta.blocks() * 512;
+        } else {
+            tables += meta.blocks() * 512;
+        }
+    }
+    (tables, journal)
+}
+
+#[test]
+fn a_ledger_archives_its_old_history_prunes_it_and_names_the_archives_for_reads_below() {
+    let (events, mut synth) = synth_events(0x4e7a, 6000);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ledger");
+    let archive_dir = tmp.path().join("archive");
+    let ledger = RwLock::new(Ledger::open(&dir, config(1024)).expect("open"));
+    append(&ledger, &events);
+    let voter = &synth.keys()[0].clone();
+    let policy = RetentionPolicy { keep_events: Some(2000), keep_for: None };
+    let state_before = ledger.read().unwrap().projection().state().clone();
+    let head = ledger.read().unwrap().head().expect("head").seq;
+
+    let a = archive_and_prune(&ledger, voter, &archive_dir, &policy).expect("archive").expect("something to prune");
+    assert_eq!(a.pruned.from, 0);
+    assert!(a.pruned.to < head - 2000 + 1, "keeps at least the newest 2000 events: pruned to {}", a.pruned.to);
+    assert!(
+        a.pruned.to > 1000,
+        "prunes close to the policy (state checkpoints are a few hundred apart): {}",
+        a.pruned.to
+    );
+    {
+        let l = ledger.read().unwrap();
+        assert_eq!(l.projection().state(), &state_before, "pruning changes no state");
+        assert_eq!(l.history_from(), a.pruned.to + 1);
+        assert_eq!(l.backfill_point(), None, "a pruned ledger does not ask peers for its old history");
+        match l.read_range(0, 10) {
+            Err(LedgerError::HistoryArchived { held_from, archives, .. }) => {
+                assert_eq!(held_from, a.pruned.to + 1);
+                assert_eq!(archives, vec![a.file.clone()]);
+            }
+            other => panic!("a read below the history held names the archive, got {other:?}"),
+        }
+        assert!(l.read_range(a.pruned.to + 1, a.pruned.to + 5).is_ok(), "what is held still reads");
+    }
+    // The archive is a full seed of exactly the events pruned, signed by the voter.
+    let full = seed::read_file(&a.file, VerifyPolicy::default()).expect("the archive verifies");
+    assert!(full.header.includes_events);
+    assert_eq!(full.header.head_seq, a.pruned.to);
+    assert_eq!(full.events.len() as u64, a.pruned.to + 1);
+    assert!(full.events.iter().zip(&events).all(|(c, e)| &c.event == e), "the archive holds the events as written");
+
+    // More history, a second prune: a state-only archive that starts where the first ended.
+    let more = synth.next_chunk(1500);
+    append(&ledger, &more);
+    let b = archive_and_prune(&ledger, voter, &archive_dir, &policy).expect("archive").expect("more to prune");
+    assert_eq!(b.pruned.from, a.pruned.to + 1);
+    let second = seed::read_file(&b.file, VerifyPolicy::default()).expect("the second archive verifies");
+    assert!(!second.header.includes_events);
+    assert_eq!(
+        second.base.as_ref().and_then(|s| s.head).map(|h| h.seq),
+        Some(a.pruned.to),
+        "it starts at the first's head"
+    );
+    assert_eq!(second.events.first().map(|e| e.seq), Some(a.pruned.to + 1));
+    assert_eq!(second.header.head_seq, b.pruned.to);
+
+    // Nothing more to let go: no third archive.
+    assert_eq!(archive_and_prune(&ledger, voter, &archive_dir, &policy).expect("plan"), None);
+
+    // Reopened, the ledger is where it was: same state, history start and archives.
+    let state = ledger.read().unwrap().projection().state().clone();
+    drop(ledger);
+    let l = Ledger::open(&dir, config(1024)).expect("reopen");
+    assert_eq!(l.projection().state(), &state);
+    assert_eq!(l.history_from(), b.pruned.to + 1);
+    assert_eq!(l.archives(), vec![a.file.clone(), b.file.clone()]);
+    assert_eq!(l.backfill_point(), None);
+}
+
+#[test]
+fn a_prune_refuses_a_state_the_chain_does_not_attest_and_changes_nothing() {
+    let (events, _synth) = synth_events(0x4e7b, 1500);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(tmp.path().join("l"), config(1024)).expect("open");
+    for chunk in events.chunks(500) {
+        l.append(chunk.to_vec()).expect("append");
+    }
+    let archive = tmp.path().join("a.seed");
+    std::fs::write(&archive, b"not checked by the ledger").unwrap();
+    // The state at some event that no state checkpoint follows.
+    let mut p = mycnet_spores::Projection::new();
+    for e in l.read_range(0, 700).expect("read") {
+        p.apply(&e).expect("apply");
+    }
+    let head = l.head();
+    let refused = l.prune_to(p.state().clone(), &archive);
+    assert!(matches!(refused, Err(LedgerError::Io { .. })), "{refused:?}");
+    assert_eq!(l.history_from(), 0);
+    assert_eq!(l.head(), head);
+    assert!(l.read_range(0, 5).is_ok());
+}
+
+/// A node that keeps the newest `keep` events takes about the same disk however long it runs:
+/// pruned records' bytes go back to the filesystem. It holds between `keep` events and `keep`
+/// plus the spacing of the chain's state checkpoints (the points it can prune to) plus one
+/// write burst, so `keep` must be large against that spacing (a few thousand events here).
+/// `SPORES_RETENTION_EVENTS` (default 60,000) and `SPORES_RETENTION_KEEP` (default 20,000)
+/// scale it (the run: 1,000,000 and 100,000).
+#[test]
+fn disk_stays_flat_under_retention() {
+    let total: usize = std::env::var("SPORES_RETENTION_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(60_000);
+    let keep: u64 = std::env::var("SPORES_RETENTION_KEEP").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let (first, mut synth) = synth_events(0x4e7c, keep as usize);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ledger");
+    let archive_dir = tmp.path().join("archive");
+    let ledger = RwLock::new(Ledger::open(&dir, config(16_384)).expect("open"));
+    append(&ledger, &first);
+    let policy = RetentionPolicy { keep_events: Some(keep), keep_for: None };
+    ledger.read().unwrap().reclaimer().run().expect("compact");
+    let at_keep = disk_bytes(&dir);
+    let mut written = keep as usize;
+    let mut prunes = 0;
+    while written < total {
+        let chunk = synth.next_chunk((keep as usize / 20).min(total - written));
+        written += chunk.len();
+        append(&ledger, &chunk);
+        if archive_and_prune(&ledger, &synth.keys()[0], &archive_dir, &policy).expect("prune").is_some() {
+            prunes += 1;
+            ledger.read().unwrap().reclaimer().run().expect("compact");
+        }
+    }
+    let (after, journal) = disk_bytes(&dir);
+    let held = {
+        let l = ledger.read().unwrap();
+        l.head().map_or(0, |h| h.seq + 1) - l.history_from()
+    };
+    let archived: u64 = std::fs::read_dir(&archive_dir).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum();
+    eprintln!(
+        "{written} events, keeping {keep}: {prunes} prunes, {held} held; ledger tables {} B at {keep} events, {after} B after (journal {journal} B); archives {archived} B",
+        at_keep.0
+    );
+    assert!(prunes >= 2, "it pruned along the way");
+    assert!(
+        after as f64 <= 1.2 * at_keep.0 as f64,
+        "tables after {written} events ({after} B) stay within 1.2 x those at {keep} ({} B)",
+        at_keep.0
+    );
+    assert!(journal <= 2 * 64 * 1_000_000, "the journal stays within fjall's rotation bound: {journal} B");
+}
