@@ -119,6 +119,7 @@ pub struct SporeSystemBuilder {
     pub(super) admit: Vec<NodeId>,
     pub(super) yield_policy: YieldPolicy,
     pub(super) backups: Option<super::BackupPolicy>,
+    pub(super) retention: Option<super::RetentionSettings>,
     pub(super) admin_reads: crate::net::quic::AdminReads,
     pub(super) metrics: bool,
 }
@@ -161,6 +162,7 @@ impl Default for SporeSystemBuilder {
             admit: Vec::new(),
             yield_policy: YieldPolicy::default(),
             backups: None,
+            retention: None,
             admin_reads: crate::net::quic::AdminReads::Open,
             metrics: true,
         }
@@ -312,9 +314,18 @@ impl SporeSystemBuilder {
         self
     }
 
+    /// Retention: the node archives the history `settings` lets go as verified seeds and prunes
+    /// it from its ledger, every `settings.every` ([`crate::node::retention`]). Checked at start
+    /// ([`ConfigError::Invalid`](super::ConfigError::Invalid)).
+    pub fn retention(mut self, settings: super::RetentionSettings) -> Self {
+        self.retention = Some(settings);
+        self
+    }
+
     /// Builds the (not yet started) system.
     pub fn build(self) -> SporeSystem {
         let backups = super::backup::Backups::new(self.backups.clone());
+        let retention = self.retention.clone();
         SporeSystem {
             shared: Arc::new(super::Shared {
                 yield_policy: self.yield_policy,
@@ -326,6 +337,7 @@ impl SporeSystemBuilder {
                 checks: Arc::default(),
                 metrics: Default::default(),
                 backups,
+                retention,
                 upkeep: std::sync::Mutex::new(Vec::new()),
             }),
         }

@@ -43,6 +43,9 @@ impl SporeSystem {
         if let Some(policy) = &cfg.backups {
             policy.check()?;
         }
+        if let Some(settings) = &cfg.retention {
+            settings.check()?;
+        }
         let own_quic = cfg.listens_on_quic();
         if let Some(addr) = cfg.addr.as_deref().filter(|_| own_quic) {
             crate::net::addr::check_listen_addr(addr)?;

@@ -60,6 +60,9 @@ impl SporeSystem {
                     if let Some(policy) = self.shared.backups.policy() {
                         upkeep.push(super::backup::spawn(Arc::downgrade(&self.shared), policy.clone()));
                     }
+                    if let Some(settings) = &self.shared.retention {
+                        upkeep.push(super::retention::spawn(Arc::downgrade(&self.shared), settings.clone()));
+                    }
                 }
                 Ok(())
             }

@@ -11,7 +11,8 @@
 //! `watch` (filtered event streams, local and remote), `status` (status and operational
 //! modes), `provisional` (a latent node's held writes), `leader` (the leader's background
 //! duties), `rpc_server` (the RPCs a node serves) and `split_brain` (yielding to a winner);
-//! [`resolve`], [`tiers`], [`scrubber`] and [`backup`] (scheduled backups) run beside them, and [`config`] runs one standalone
+//! [`resolve`], [`tiers`], [`scrubber`], [`backup`] (scheduled backups) and [`retention`]
+//! (archiving and pruning old history) run beside them, and [`config`] runs one standalone
 //! node from a TOML file or flags.
 //!
 //! ```no_run
@@ -43,6 +44,7 @@ mod metrics;
 mod provisional;
 mod reads;
 pub mod resolve;
+pub mod retention;
 mod rpc_server;
 pub mod scrubber;
 mod split_brain;
@@ -79,6 +81,7 @@ pub(crate) use lifecycle::discard_failed_start;
 pub use lifecycle::LEDGER_RELEASE_MAX;
 pub use members::{Member, Place};
 pub use reads::{Consistency, Subscription};
+pub use retention::{RetentionConfig, RetentionSettings};
 pub use split_brain::SplitBrainError;
 pub(crate) use status::{compute_status, SharedModes};
 pub use status::{HaltCause, OperationalMode};
@@ -173,6 +176,8 @@ struct Shared {
     metrics: metrics::NodeMetrics,
     /// The backup policy and how its runs went (shared with the RPC server).
     backups: backup::SharedBackups,
+    /// How much history the node keeps (`None`: all of it).
+    retention: Option<retention::RetentionSettings>,
     /// The upkeep, health-check and backup tasks (started with the first start; they end with the
     /// last handle).
     upkeep: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::{Entry, LogId, SnapshotData, SnapshotMeta, SporeRequest, SporeResponse, StoredMembership, TypeConfig};
 use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::keys::{NodeKey, VerifierCache};
-use crate::core::projection::Rejection;
+use crate::core::projection::{ProjectionState, Rejection};
 use crate::core::provisional::ProvisionalEvent;
 use crate::core::sync;
 use crate::core::types::ChainHash;
@@ -145,17 +145,27 @@ impl LedgerStateMachine {
         let seed = match head {
             None => None,
             Some(h) => {
-                let mut events = Vec::with_capacity(h.seq as usize + 1);
+                // A ledger that holds its history from genesis sends all of it; one that holds
+                // it from a later point (pruned, or loaded from a state-only seed) sends the
+                // state there, which the first event it holds attests, and the events after.
+                let first = ledger.history_from();
+                let mut events = Vec::with_capacity((h.seq + 1 - first) as usize);
                 let page = crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
-                while (events.len() as u64) <= h.seq {
-                    let from = events.len() as u64;
+                while first + (events.len() as u64) <= h.seq {
+                    let from = first + events.len() as u64;
                     let part = ledger.read_range(from, (from + page - 1).min(h.seq)).map_err(sm_read)?;
                     if part.is_empty() {
                         return Err(sm_read(format!("ledger ends at {from} before its head")));
                     }
                     events.extend(part);
                 }
-                Some(crate::seed::build(ledger.projection(), Some(&events), &[key]).map_err(sm_read)?)
+                let seed = if first == 0 {
+                    crate::seed::build(ledger.projection(), Some(&events), &[key])
+                } else {
+                    let base = ledger.history_start();
+                    crate::seed::build_state_only(base.state(), &events, ledger.projection().state(), &[key])
+                };
+                Some(seed.map_err(sm_read)?)
             }
         };
         let header = SnapshotHeader { last_log_id, membership, has_seed: seed.is_some() };
@@ -171,8 +181,9 @@ impl LedgerStateMachine {
     }
 }
 
-/// A decoded snapshot: its header, its events, and the head they chain to.
-type DecodedSnapshot = (SnapshotHeader, Vec<ChainedEvent>, Option<(u64, ChainHash)>);
+/// A decoded snapshot: its header, its events, the head they chain to, and for a state-only
+/// snapshot the attested state its events start after.
+type DecodedSnapshot = (SnapshotHeader, Vec<ChainedEvent>, Option<(u64, ChainHash)>, Option<ProjectionState>);
 
 /// Parses and checks a snapshot: the header, then the seed (digest, signature by a voter at
 /// its head, events chaining from genesis and replaying to its state).
@@ -194,15 +205,15 @@ fn decode_snapshot(bytes: &[u8]) -> Result<DecodedSnapshot, String> {
         if !seed_bytes.is_empty() {
             return Err(format!("{} unexpected bytes after an empty snapshot", seed_bytes.len()));
         }
-        return Ok((header, Vec::new(), None));
+        return Ok((header, Vec::new(), None, None));
     }
     let seed = crate::seed::verify(seed_bytes, crate::seed::VerifyPolicy::default())
         .map_err(|e| format!("snapshot seed: {e}"))?;
-    if !seed.header.includes_events {
+    if !seed.header.includes_events && seed.base.is_none() {
         return Err("snapshot seed carries no events".into());
     }
     let head = Some((seed.header.head_seq, seed.header.head_hash));
-    Ok((header, seed.events, head))
+    Ok((header, seed.events, head, seed.base))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
@@ -438,22 +449,32 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let meta2 = meta.clone();
         let data2 = data.clone();
         tokio::task::spawn_blocking(move || {
-            let (_header, events, seed_head) = decode_snapshot(&data2).map_err(snap_err)?;
+            let (_header, events, seed_head, base) = decode_snapshot(&data2).map_err(snap_err)?;
+            // The first seq the snapshot's events carry: 0, or right after its attested state.
+            let first = base.as_ref().and_then(|b| b.head).map_or(0, |h| h.seq + 1);
             let mut l = ledger.write_ledger().map_err(sm_write)?;
             // Keep our prefix if the snapshot's chain extends it; otherwise start over.
+            let extends = l.head().is_some_and(|h| match h.seq.checked_sub(first) {
+                Some(i) => usize::try_from(i).ok().and_then(|i| events.get(i)).is_some_and(|e| e.hash == h.hash),
+                // Our head is the snapshot's attested state (a state-only snapshot).
+                None => h.seq + 1 == first && base.as_ref().and_then(|b| b.head).is_some_and(|b| b.hash == h.hash),
+            });
             let keep = match l.head() {
-                None => 0,
-                Some(h) => match events.get(h.seq as usize) {
-                    Some(e) if e.hash == h.hash => h.seq + 1,
-                    _ => {
+                Some(h) if extends => h.seq + 1 - first,
+                local => {
+                    if let Some(h) = local {
                         tracing::warn!(
                             local_head = h.seq,
                             "snapshot does not extend the local chain; rebuilding the ledger"
                         );
                         l.reset().map_err(sm_write)?;
-                        0
                     }
-                },
+                    if let Some(b) = &base {
+                        // The history below the snapshot's state is not in it.
+                        l.load_state_only(b.clone()).map_err(sm_write)?;
+                    }
+                    0
+                }
             };
             let todo: Vec<ChainedEvent> = events.into_iter().skip(keep as usize).collect();
             let total = todo.len();

@@ -180,3 +180,90 @@ fn disk_stays_flat_under_retention() {
     );
     assert!(journal <= 2 * 64 * 1_000_000, "the journal stays within fjall's rotation bound: {journal} B");
 }
+
+mod node {
+    //! Retention run by `SporeSystem` nodes over QUIC: a voter archives and prunes while it
+    //! serves, and a voter that joins afterwards gets the pruned ledger's state in a state-only
+    //! snapshot.
+
+    use std::time::Duration;
+
+    use mycnet_spores::node::retention::RetentionSettings;
+    use mycnet_spores::node::AnchorPolicy;
+    use mycnet_spores::seed::archive::RetentionPolicy;
+    use mycnet_spores::seed::{self, VerifyPolicy};
+    use mycnet_spores::{Error, LedgerError, SporeSystem, Timeouts};
+
+    use crate::cluster::identity;
+    use crate::wait;
+
+    const T: Duration = Duration::from_secs(30);
+
+    fn node(root: &std::path::Path, name: &str, keep: Option<u64>) -> SporeSystem {
+        let mut b = SporeSystem::builder()
+            .data_dir(root.join(name))
+            .addr("127.0.0.1:0")
+            .name(name)
+            // A state checkpoint often, so there are states to prune to.
+            .anchors(AnchorPolicy { every_events: 40, every: Duration::from_millis(100) })
+            .timeouts(Timeouts { snapshot_every: 50, logs_kept_after_snapshot: 5, ..crate::cluster::fast_timeouts() });
+        if let Some(keep) = keep {
+            b = b.retention(RetentionSettings {
+                policy: RetentionPolicy { keep_events: Some(keep), keep_for: None },
+                archive_dir: root.join(format!("{name}-archive")),
+                every: Duration::from_millis(200),
+            });
+        }
+        b.build()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_voter_prunes_while_serving_and_a_later_voter_starts_from_its_state() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let a = node(root.path(), "a", Some(100));
+        a.start().await.expect("start");
+        a.initialize(identity("retention")).await.expect("initialize");
+        for i in 0..400 {
+            a.register_service(&format!("s{i}"), vec![], vec![], vec![]).await.expect("write");
+        }
+        let st = wait::until("a pruned its history", T, || a.status().expect("status"), |s| s.history_from > 0).await;
+        let head = st.head.expect("head").seq;
+        assert!(head + 1 - st.history_from >= 100, "keeps at least 100 events: {} from {}", head, st.history_from);
+        match a.read_events(0, 10).await {
+            Err(Error::Ledger(LedgerError::HistoryArchived { archives, .. })) => {
+                assert!(!archives.is_empty());
+                for f in &archives {
+                    seed::read_file(f, VerifyPolicy::default()).expect("every archive verifies");
+                }
+            }
+            other => panic!("a read below the history held names the archives: {other:?}"),
+        }
+        assert!(a.read_events(st.history_from, 5).await.is_ok());
+        // Writes go on; the Raft snapshots a builds from now on hold only its pruned ledger.
+        for i in 0..120 {
+            a.register_service(&format!("t{i}"), vec![], vec![], vec![]).await.expect("write after the prune");
+        }
+
+        // A voter that joins now cannot get the history from genesis: it starts from a's state.
+        let b = node(root.path(), "b", None);
+        b.start().await.expect("start b");
+        a.admit(b.announcement().expect("announcement")).await.expect("admit");
+        b.join(a.peer().expect("peer"), true).await.expect("join");
+        let a_head = a.head().expect("head").expect("a head");
+        let held = || b.head().ok().flatten();
+        wait::until("b holds a's chain", T, held, |h| h.is_some_and(|h| h.seq >= a_head.seq)).await;
+        assert!(b.status().expect("status").history_from > 0, "b's history starts at a's pruned state");
+        let digest = |s: &SporeSystem| s.with_projection(|p| (p.head(), p.state_digest())).expect("projection");
+        b.register_service("after", vec![], vec![], vec![]).await.expect("a write after the join");
+        let after = a.head().expect("head").expect("head").seq;
+        wait::until(
+            "both applied it",
+            T,
+            || (digest(&a), digest(&b)),
+            |(x, y)| x == y && x.0.is_some_and(|h| h.seq >= after),
+        )
+        .await;
+        b.shutdown().await.expect("shutdown b");
+        a.shutdown().await.expect("shutdown a");
+    }
+}

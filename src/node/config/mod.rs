@@ -37,6 +37,12 @@
 //! interval = "1h"                # ms, s, m, h or d (at least 100ms; default 1h)
 //! keep = 24                      # newest backups kept (default 24)
 //! events = false                 # true: every event from genesis in each seed
+//!
+//! [retention]                    # optional: archive, then prune old history (node::retention)
+//! keep_events = 100000           # keep at least the newest N events, and/or
+//! keep_for = "30d"               # at least this much time of events
+//! archive_dir = "/var/lib/spores/archive" # verified seed files of what was pruned
+//! every = "10m"                  # how often to look (default 10m)
 //! ```
 //!
 //! **Admission.** Over QUIC a node accepts Raft connections only from keys in its registry
@@ -196,6 +202,9 @@ pub struct NodeConfig {
     /// Scheduled backups (`[backup]`).
     #[serde(default)]
     pub backup: Option<BackupConfig>,
+    /// Archiving and pruning old history (`[retention]`).
+    #[serde(default)]
+    pub retention: Option<crate::node::RetentionConfig>,
     /// Who may read through the QUIC admin protocol (`spore status`, `query`, `watch`):
     /// `open` (the default: any key), `admitted` (the registry's members and the bootstrap
     /// peers), or `keys` with `admin_keys`.
@@ -362,6 +371,9 @@ impl NodeConfig {
         if let Some(b) = &self.backup {
             b.policy()?;
         }
+        if let Some(r) = &self.retention {
+            r.settings()?;
+        }
         if let Some(a) = &self.http_listen {
             check_listen_addr(a).map_err(bad("http_listen"))?;
         }
@@ -448,6 +460,9 @@ impl NodeConfig {
         // Checked by `validate`; a launch checks the policy again.
         if let Some(policy) = self.backup.as_ref().and_then(|c| c.policy().ok()) {
             b = b.backups(policy);
+        }
+        if let Some(settings) = self.retention.as_ref().and_then(|c| c.settings().ok()) {
+            b = b.retention(settings);
         }
         // Gossip starts from the bootstrap peers and the member to join.
         let mut gossip_peers = self.bootstrap_peers().unwrap_or_default();
