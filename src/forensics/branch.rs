@@ -12,12 +12,13 @@ use crate::core::types::{ChainHash, ChainPoint, NetworkFingerprint, Timestamp};
 use crate::seed::{self, Seed, VerifyPolicy};
 use crate::store::error::{Corruption, LedgerError};
 use crate::store::inspect::LedgerReader;
+use crate::store::replay::{ReplayOptions, StopAt};
 
 /// Most events [`Branch::events`] returns per call (one replay chunk).
 pub const EVENTS_PAGE_MAX: usize = REPLAY_CHUNK_EVENTS;
 
 /// Which kind of source a branch was read from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceKind {
     /// A ledger directory (every event from genesis).
@@ -26,6 +27,12 @@ pub enum SourceKind {
     Seed {
         /// Whether it carries every event from genesis to its head.
         includes_events: bool,
+    },
+    /// A ledger that pruned its old history, read together with its archives (verified seed
+    /// files, oldest first) as one history from genesis.
+    ArchivedLedger {
+        /// The archives read.
+        archives: Vec<PathBuf>,
     },
 }
 
@@ -98,6 +105,9 @@ impl Branch {
 
     fn open_ledger(path: &Path) -> Result<Branch, ForensicsError> {
         let reader = LedgerReader::open(path)?;
+        if !reader.archives().is_empty() {
+            return Self::open_archived(path, &reader);
+        }
         let ledger_path = reader.path().to_path_buf();
         let (head_seq, head_hash) = reader.recorded_head()?.ok_or_else(|| ForensicsError::Empty(path.to_path_buf()))?;
         let genesis = read_one(&reader, 0, head_seq)?;
@@ -208,6 +218,77 @@ impl Branch {
             }
             Inner::Seed(_) => Err(self.without_events(format!("events {from}..={to}"))),
         }
+    }
+}
+
+impl Branch {
+    /// A pruned ledger and its archives as one history: every archive verified (default
+    /// policy), their events and the ledger's chaining from genesis without a gap, held in
+    /// memory as one verified full seed would be, with the ledger's state at its head.
+    fn open_archived(path: &Path, reader: &LedgerReader) -> Result<Branch, ForensicsError> {
+        let archives = reader.archives();
+        let ledger_path = reader.path().to_path_buf();
+        let gap = |seq: u64, reason: String| {
+            corrupt(&ledger_path, seq, Corruption::Metadata { key: "pruned".into(), reason })
+        };
+        let mut events: Vec<ChainedEvent> = Vec::new();
+        let mut header = None;
+        for file in &archives {
+            let s = seed::read_file(file, VerifyPolicy::default())
+                .map_err(|source| ForensicsError::Seed { path: file.clone(), source })?;
+            if let Some(f) = s.events.first() {
+                if f.seq != events.len() as u64 || events.last().is_some_and(|l| l.hash != f.prev_hash) {
+                    return Err(gap(f.seq, format!("archive {} does not continue the one before", file.display())));
+                }
+            }
+            header = Some(s.header.clone());
+            events.extend(s.events);
+        }
+        let mut header = header.ok_or_else(|| gap(0, "no archive".into()))?;
+        if events.len() as u64 != reader.history_from() {
+            let detail =
+                format!("the archives end at seq {}, the ledger starts at {}", events.len(), reader.history_from());
+            return Err(gap(events.len() as u64, detail));
+        }
+        let (head_seq, head_hash) = reader.recorded_head()?.ok_or_else(|| ForensicsError::Empty(path.to_path_buf()))?;
+        let mut at = reader.history_from();
+        while at <= head_seq {
+            let part = reader.range(at, (at + EVENTS_PAGE_MAX as u64 - 1).min(head_seq))?;
+            let Some(first) = part.first() else {
+                return Err(corrupt(&ledger_path, at, Corruption::Truncated { head_seq, last_seq: at.checked_sub(1) }));
+            };
+            if events.last().is_some_and(|l| l.hash != first.prev_hash) {
+                return Err(gap(at, "the ledger's first record does not link to the archives' last".into()));
+            }
+            at += part.len() as u64;
+            events.extend(part);
+        }
+        let head = events.last().ok_or_else(|| ForensicsError::Empty(path.to_path_buf()))?;
+        if head.hash != head_hash {
+            let detail = format!("hash {} at that seq", head.hash);
+            return Err(corrupt(&ledger_path, head_seq, Corruption::HeadMismatch { head_seq, head_hash, detail }));
+        }
+        let state = reader.replay(&ReplayOptions { audit: true, stop: StopAt::End }, &|_| {})?.0.state().clone();
+        (header.head_seq, header.head_hash, header.includes_events) = (head_seq, head_hash, true);
+        let info = BranchInfo {
+            path: path.to_path_buf(),
+            source: SourceKind::ArchivedLedger { archives },
+            fingerprint: header.fingerprint,
+            network_name: header.network.network_name.clone(),
+            head: ChainPoint { seq: head_seq, hash: head_hash },
+            head_time: head.event.timestamp,
+        };
+        let seed = Seed {
+            version: crate::seed::SEED_FORMAT_V1,
+            header,
+            state,
+            base: None,
+            proof: crate::seed::StateProof::FullHistory,
+            events,
+            digest: [0; 32],
+            signers: Vec::new(),
+        };
+        Ok(Branch { info, inner: Inner::Seed(Box::new(seed)) })
     }
 }
 

@@ -182,7 +182,7 @@ impl SporeSystem {
     /// Up to `max` committed events from `from_seq` on, in order: fewer at the head, none past
     /// it (a page of history, read and checked on the blocking pool). A start below the history
     /// this node holds is [`Error::HistoryNotHeld`], or, when the node pruned it under its
-    /// retention policy, [`LedgerError::HistoryArchived`](crate::LedgerError::HistoryArchived)
+    /// retention policy, [`LedgerError::HistoryArchived`](crate::store::error::LedgerError::HistoryArchived)
     /// naming the archives.
     pub async fn read_events(&self, from_seq: u64, max: u64) -> Result<Vec<ChainedEvent>, Error> {
         let ledger = self.running()?.ledger.clone();
@@ -193,7 +193,12 @@ impl SporeSystem {
         if from_seq < first_held {
             if !archives.is_empty() {
                 let path = ledger.read_ledger()?.path().to_path_buf();
-                return Err(crate::LedgerError::HistoryArchived { path, held_from: first_held, archives }.into());
+                return Err(crate::store::error::LedgerError::HistoryArchived {
+                    path,
+                    held_from: first_held,
+                    archives,
+                }
+                .into());
             }
             return Err(Error::HistoryNotHeld { from: from_seq, first_held });
         }

@@ -6,7 +6,8 @@
 //! carrying its digest), writes the history from where the ledger's history starts up to that
 //! state as a seed file, reads the file back and verifies it (digest, signature, every link and
 //! signature of its events, and its state by replay), and only then prunes the ledger to that
-//! state in one atomic step ([`Ledger::prune_to`]). The first archive of a ledger that holds its
+//! state in one atomic step ([`Ledger::prune_to`]), and deletes the records let go without
+//! holding the ledger's lock. The first archive of a ledger that holds its
 //! history from genesis is a full seed (format 1); each later one is a state-only seed (format
 //! 2) whose state is the previous prune's, proved by the state checkpoint event its events start
 //! with. So the archives of one node chain: each one's state is the previous one's head.
@@ -51,13 +52,17 @@ pub struct Archived {
     pub file: PathBuf,
     /// Its size in bytes.
     pub bytes: u64,
-    /// The prune: the range of sequence numbers archived and removed, and how long the removal
-    /// took.
+    /// The prune: the range of sequence numbers archived and let go, and how long the switch
+    /// took (the only part that holds the ledger's write lock).
     pub pruned: Pruned,
+    /// Records deleted after the switch (more than the range after a crash left some).
+    pub removed: u64,
     /// How long finding the state to keep took (a replay of the held history up to it).
     pub planned_in: Duration,
     /// How long writing and verifying the archive took.
     pub archived_in: Duration,
+    /// How long deleting the records took (without the ledger's lock).
+    pub removed_in: Duration,
 }
 
 fn ledger_io(e: crate::store::error::LedgerError) -> SeedError {
@@ -178,9 +183,12 @@ pub fn archive_and_prune(
         }
     }
     let archived_in = started.elapsed() - planned_in;
-    let pruned = {
+    let (pruned, remover) = {
         let mut l = ledger.write_ledger().map_err(ledger_io)?;
         l.prune_to(keep, &file).map_err(ledger_io)?
     };
-    Ok(Some(Archived { file, bytes, pruned, planned_in, archived_in }))
+    let removing = Instant::now();
+    let removed = remover.run().map_err(ledger_io)?;
+    let removed_in = removing.elapsed();
+    Ok(Some(Archived { file, bytes, pruned, removed, planned_in, archived_in, removed_in }))
 }

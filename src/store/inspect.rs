@@ -133,6 +133,11 @@ impl LedgerReader {
         self.backfill.as_ref().map_or(0, Backfill::held_from)
     }
 
+    /// Where the history this ledger pruned was archived, oldest first (empty: never pruned).
+    pub fn archives(&self) -> Vec<PathBuf> {
+        self.backfill.as_ref().map(|b| b.archives.to_vec()).unwrap_or_default()
+    }
+
     /// The projection a replay starts from: empty (genesis) or, while the history is being
     /// backfilled, the state-only seed's state.
     fn start(&self) -> Projection {

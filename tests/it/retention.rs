@@ -5,9 +5,11 @@
 use std::path::Path;
 use std::sync::RwLock;
 
+use mycnet_spores::forensics::Branch;
 use mycnet_spores::seed::archive::{archive_and_prune, RetentionPolicy};
 use mycnet_spores::seed::{self, VerifyPolicy};
-use mycnet_spores::{Ledger, LedgerError};
+use mycnet_spores::store::replay::StopAt;
+use mycnet_spores::{Ledger, LedgerError, Projection};
 
 use crate::fixture::{config, synth_events};
 
@@ -107,6 +109,26 @@ fn a_ledger_archives_its_old_history_prunes_it_and_names_the_archives_for_reads_
     assert_eq!(l.history_from(), b.pruned.to + 1);
     assert_eq!(l.archives(), vec![a.file.clone(), b.file.clone()]);
     assert_eq!(l.backfill_point(), None);
+    let head = l.head().expect("head");
+    drop(l);
+
+    // Forensics read the ledger and its archives as one history from genesis.
+    let branch = Branch::open(&dir).expect("open the pruned ledger as a branch");
+    assert_eq!(branch.head().seq, head.seq);
+    assert!(branch.has_events());
+    let early = branch.events(0, 9).expect("archived events read");
+    assert!(early.iter().zip(&events).all(|(c, e)| &c.event == e) && early.len() == 10);
+    assert_eq!(
+        branch.hash_at(a.pruned.to + 1).expect("hash").map(Some),
+        Some(branch.events(a.pruned.to + 1, a.pruned.to + 1).expect("read").first().map(|e| e.hash))
+    );
+    let mut want = Projection::new();
+    for e in &events[..=500] {
+        want.append(e.clone()).expect("replay");
+    }
+    let at = branch.projection(StopAt::Seq(500), &|_| {}).expect("the state at an archived seq");
+    assert_eq!(at.state(), want.state());
+    assert_eq!(branch.projection(StopAt::End, &|_| {}).expect("head state").state(), &state);
 }
 
 #[test]
@@ -125,7 +147,7 @@ fn a_prune_refuses_a_state_the_chain_does_not_attest_and_changes_nothing() {
         p.apply(&e).expect("apply");
     }
     let head = l.head();
-    let refused = l.prune_to(p.state().clone(), &archive);
+    let refused = l.prune_to(p.state().clone(), &archive).map(|(pruned, _)| pruned);
     assert!(matches!(refused, Err(LedgerError::Io { .. })), "{refused:?}");
     assert_eq!(l.history_from(), 0);
     assert_eq!(l.head(), head);

@@ -21,7 +21,7 @@ use crate::inspect::{event_json, print_registries, summary, At};
 use crate::output::{progress_bar, CliError, CliResult, Out};
 
 /// Maps a forensic error to an exit code: bad data 1, the rest 2.
-fn cli_err(e: ForensicsError) -> CliError {
+pub(crate) fn cli_err(e: ForensicsError) -> CliError {
     if e.is_bad_data() {
         CliError::BadData(e.to_string())
     } else if matches!(
@@ -37,7 +37,7 @@ fn cli_err(e: ForensicsError) -> CliError {
     }
 }
 
-fn open(path: &Path) -> Result<Branch, CliError> {
+pub(crate) fn open(path: &Path) -> Result<Branch, CliError> {
     Branch::open(path).map_err(cli_err)
 }
 
@@ -52,10 +52,11 @@ pub(crate) fn existing_path(s: &str) -> Result<PathBuf, String> {
 }
 
 fn source_text(info: &BranchInfo) -> String {
-    let kind = match info.source {
-        SourceKind::Ledger => "ledger",
-        SourceKind::Seed { includes_events: true } => "seed with events",
-        SourceKind::Seed { includes_events: false } => "seed without events",
+    let kind = match &info.source {
+        SourceKind::Ledger => "ledger".to_string(),
+        SourceKind::Seed { includes_events: true } => "seed with events".to_string(),
+        SourceKind::Seed { includes_events: false } => "seed without events".to_string(),
+        SourceKind::ArchivedLedger { archives } => format!("ledger with {} archives", archives.len()),
     };
     format!(
         "{kind} {}  head {} {}  {}  (network {}, {})",
@@ -69,12 +70,13 @@ fn source_text(info: &BranchInfo) -> String {
 }
 
 fn branch_json(info: &BranchInfo) -> Value {
-    let (kind, includes_events) = match info.source {
-        SourceKind::Ledger => ("ledger", true),
-        SourceKind::Seed { includes_events } => ("seed", includes_events),
+    let (kind, includes_events, archives) = match &info.source {
+        SourceKind::Ledger => ("ledger", true, Vec::new()),
+        SourceKind::Seed { includes_events } => ("seed", *includes_events, Vec::new()),
+        SourceKind::ArchivedLedger { archives } => ("ledger", true, archives.clone()),
     };
     json!({
-        "path": info.path, "source": kind, "includes_events": includes_events,
+        "path": info.path, "source": kind, "includes_events": includes_events, "archives": archives,
         "fingerprint": info.fingerprint, "network_name": info.network_name,
         "head": { "seq": info.head.seq, "hash": info.head.hash, "timestamp": info.head_time },
     })

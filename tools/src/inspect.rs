@@ -315,8 +315,13 @@ pub(crate) fn state(dir: &Path, at: At, o: &mut Out) -> CliResult {
     }
     let total = head.map_or(0, |h| h.0 + 1);
     let bar = progress_bar(o, total, "auditing");
-    let (p, _) =
-        reader.replay(&ReplayOptions { audit: true, stop }, &|n| bar.set_position(n)).map_err(corrupt_is_bad_data)?;
+    let p = if reader.archives().is_empty() {
+        reader.replay(&ReplayOptions { audit: true, stop }, &|n| bar.set_position(n)).map_err(corrupt_is_bad_data)?.0
+    } else {
+        // A pruned ledger: read with its archives as one history.
+        drop(reader);
+        crate::forensics::open(dir)?.projection(stop, &|n| bar.set_position(n)).map_err(crate::forensics::cli_err)?
+    };
     bar.finish_and_clear();
     print_registries(&p, o)
 }

@@ -318,7 +318,7 @@ pub(crate) async fn status(addr: &str, key: Option<&str>, timeout: Duration, o: 
     ))?;
     if st.history_from > 0 {
         o.line(format!(
-            "history      held from seq {} (started from a state-only seed; backfilling the rest by gossip)",
+            "history      held from seq {} (older events pruned under retention and archived, or not yet backfilled after a state-only seed)",
             st.history_from
         ))?;
     }

@@ -35,7 +35,7 @@ pub struct Pruned {
     pub from: u64,
     /// The last sequence number pruned: the ledger now holds its history from `to + 1`.
     pub to: u64,
-    /// How long the atomic removal took (building and committing the batch).
+    /// How long the switch took (one synced batch under the ledger's write lock).
     pub took: std::time::Duration,
 }
 
@@ -51,14 +51,18 @@ impl Ledger {
         self.backfill.as_ref().map(|b| b.archives.to_vec()).unwrap_or_default()
     }
 
-    /// Removes every record from [`Ledger::history_from`] up to `base`'s head in one atomic,
-    /// synced batch, keeping `base` (the projection at that head) as the state the held records
-    /// start from, and records `archive` as where they went. `base` must be a state this chain
-    /// attests: its head is a held event of this chain below the ledger's head, and the record
-    /// right after it is a state checkpoint event carrying its digest. Callers archive the range
-    /// first ([`crate::seed::archive`]); the ledger only checks that `archive` exists.
+    /// Lets go of every record from [`Ledger::history_from`] up to `base`'s head: one small
+    /// synced batch moves the history's start past them, keeping `base` (the projection at
+    /// that head) as the state the held records start from and recording `archive` as where
+    /// they went. From then on nothing reads them; the returned [`Remover`] deletes them, in
+    /// chunks, without the ledger's lock (a write waits for the switch only, one sync). A crash
+    /// before the removal ends leaves records below the history's start, which the next
+    /// removal deletes first. `base` must be a state this chain attests: its head is a held
+    /// event of this chain below the ledger's head, and the record right after it is a state
+    /// checkpoint event carrying its digest. Callers archive the range first
+    /// ([`crate::seed::archive`]); the ledger only checks that `archive` exists.
     #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display(), archive = %archive.display()))]
-    pub fn prune_to(&mut self, base: ProjectionState, archive: &Path) -> Result<Pruned, LedgerError> {
+    pub fn prune_to(&mut self, base: ProjectionState, archive: &Path) -> Result<(Pruned, Remover), LedgerError> {
         if self.health.poisoned_by().is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
@@ -95,9 +99,6 @@ impl Ledger {
 
         let started = Instant::now();
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        for seq in from..=at.seq {
-            batch.remove(&self.ledger, seq_key(seq));
-        }
         batch.insert(&self.meta, META_BACKFILL, encode_point(at.seq, &at.hash).to_vec());
         batch.insert(&self.meta, META_BACKFILL_BASE, encode_meta_checkpoint(&base));
         batch.insert(&self.meta, META_PRUNED, names);
@@ -111,14 +112,57 @@ impl Ledger {
             base: std::sync::Arc::new(base),
             archives: archives.into(),
         });
-        tracing::info!(from, to = at.seq, ?took, "history pruned");
-        Ok(Pruned { from, to: at.seq, took })
+        tracing::info!(from, to = at.seq, ?took, "history start moved past the pruned events");
+        let remover = Remover { path: self.path.clone(), db: self.db.clone(), ledger: self.ledger.clone(), to: at.seq };
+        Ok((Pruned { from, to: at.seq, took }, remover))
     }
 
     /// What returns the pruned records' bytes to the filesystem; run it after the ledger's lock
     /// is released (a compaction takes a while and needs no lock).
     pub fn reclaimer(&self) -> Reclaimer {
         Reclaimer { path: self.path.clone(), ledger: self.ledger.clone(), meta: self.meta.clone() }
+    }
+}
+
+/// Deletes the records a prune let go (see [`Ledger::prune_to`]).
+pub struct Remover {
+    path: std::path::PathBuf,
+    db: fjall::Database,
+    ledger: fjall::Keyspace,
+    to: u64,
+}
+
+impl Remover {
+    /// Records removed per batch: each batch is one journal write, and none holds a lock a
+    /// reader or writer of the ledger waits for.
+    pub const CHUNK: usize = 4096;
+
+    /// Deletes every record up to the pruned seq, from the oldest one still stored (records a
+    /// crash left behind included), in batches of [`Remover::CHUNK`]; the last one is synced.
+    /// Returns how many were removed.
+    #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display(), to = self.to))]
+    pub fn run(&self) -> Result<u64, LedgerError> {
+        let mut removed = 0u64;
+        loop {
+            let keys: Vec<fjall::Slice> = self
+                .ledger
+                .range(..=seq_key(self.to))
+                .take(Self::CHUNK)
+                .map(|g| g.key())
+                .collect::<Result<_, _>>()
+                .map_err(storage("list pruned records", &self.path))?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = self.db.batch();
+            for k in &keys {
+                batch.remove(&self.ledger, k.clone());
+            }
+            batch.commit().map_err(storage("remove pruned records", &self.path))?;
+            removed += keys.len() as u64;
+        }
+        self.db.persist(PersistMode::SyncData).map_err(storage("sync pruned records' removal", &self.path))?;
+        Ok(removed)
     }
 }
 
