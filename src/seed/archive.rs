@@ -65,6 +65,14 @@ pub struct Archived {
     pub removed_in: Duration,
 }
 
+/// Events read under one read lock: a page is copied in well under a commit's time, so
+/// retention never holds up a write for longer than that.
+const PAGE_EVENTS: u64 = 1024;
+
+fn bad_events(seq: u64, reason: String) -> SeedError {
+    SeedError::BadEvents { seq, reason }
+}
+
 fn ledger_io(e: crate::store::error::LedgerError) -> SeedError {
     SeedError::Io { path: String::new(), reason: format!("reading the ledger: {e}") }
 }
@@ -95,34 +103,37 @@ pub fn plan(
     if keep_from <= from && cutoff.is_none() {
         return Ok(None);
     }
-    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
     let mut found: Option<ProjectionState> = None;
-    let page = 16 * crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
     let mut at = from;
-    // Events `at..` are candidates while below `keep_from` and older than the cutoff.
-    let mut stop = false;
-    while at < keep_from.min(head + 1) && !stop {
-        let last = (at + page - 1).min(keep_from - 1).min(head);
+    // Events `at..` are candidates while below `keep_from` and older than the cutoff. Each page
+    // is copied under its own short read lock and replayed after it is released, so writers
+    // wait at most for one small copy.
+    'pages: while at < keep_from.min(head + 1) {
+        let last = (at + PAGE_EVENTS - 1).min(keep_from - 1).min(head);
+        let mut records: Vec<Vec<u8>> = Vec::with_capacity((last - at + 1) as usize);
         ledger
             .read_ledger()
             .map_err(ledger_io)?
             .visit_raw_range(at, last, |_, rec| {
-                if stop {
-                    return Ok(());
-                }
-                let ev = decode_record(rec).map_err(|e| bad(e.to_string()))?;
-                if cutoff.is_some_and(|c| ev.event.timestamp.0 >= c) {
-                    stop = true;
-                    return Ok(());
-                }
-                if let EventBody::StateCheckpoint { head_seq, state_digest, .. } = ev.event.body {
-                    if p.head().is_some_and(|h| h.seq == head_seq) && p.state_digest() == state_digest {
-                        found = Some(p.state().clone());
-                    }
-                }
-                p.apply(&ev).map_err(|r| bad(format!("seq {}: {r}", ev.seq)))
+                records.push(rec.to_vec());
+                Ok(())
             })
             .map_err(ledger_io)?;
+        for rec in &records {
+            let ev = decode_record(rec).map_err(|e| bad_events(at, e.to_string()))?;
+            if cutoff.is_some_and(|c| ev.event.timestamp.0 >= c) {
+                break 'pages;
+            }
+            if let EventBody::StateCheckpoint { head_seq, state_digest, .. } = ev.event.body {
+                if p.head().is_some_and(|h| h.seq == head_seq) && p.state_digest() == state_digest {
+                    found = Some(p.state().clone());
+                }
+            }
+            p.apply(&ev).map_err(|r| bad_events(ev.seq, r.to_string()))?;
+        }
+        if records.is_empty() {
+            break;
+        }
         at = last + 1;
     }
     // A state at or below the last event not held prunes nothing.
@@ -162,7 +173,7 @@ pub fn archive_and_prune(
     let state = base.as_ref().unwrap_or(&keep);
     std::fs::create_dir_all(dir).map_err(io)?;
     let file = dir.join(file_name(&header.network.network_name, from, at.seq));
-    let bytes = write_streamed(ledger, signer, &file, &header, state, from, at.seq)?;
+    let bytes = write_streamed(ledger, signer, &file, &header, state, from, at.seq, PAGE_EVENTS)?;
     let written =
         super::read_file(&file, VerifyPolicy { require_quorum: false, expected_network: Some(header.fingerprint) });
     match written {

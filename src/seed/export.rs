@@ -115,7 +115,8 @@ pub fn export(
         Some(b) => (b, b.head.map_or(0, |h| h.seq + 1)),
         None => (projection.state(), 0),
     };
-    let size = write_streamed(ledger, signer, path, &header, state, from, head.seq)?;
+    let page = 16 * crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
+    let size = write_streamed(ledger, signer, path, &header, state, from, head.seq, page)?;
     let state_seq = state.head.map_or(head.seq, |h| h.seq);
     tracing::info!(seq = head.seq, state_seq, includes_events = full, bytes = size, "seed exported");
     Ok(Exported { head, includes_events: full, state_seq })
@@ -126,7 +127,9 @@ pub fn export(
 /// the chain hashes cover, checked when they were stored and again by whoever verifies the
 /// seed — into 4 MiB chunks while a second thread hashes and writes them, so nothing is
 /// buffered whole) into a temporary file next to `path`, synced, renamed, and the directory
-/// synced. Each page of records is read under its own short read lock. Returns the file size.
+/// synced. Each page of `page` records is read under its own short read lock. Returns the file
+/// size.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_streamed(
     ledger: &RwLock<Ledger>,
     signer: &NodeKey,
@@ -135,6 +138,7 @@ pub(crate) fn write_streamed(
     state: &ProjectionState,
     from: u64,
     to: u64,
+    page: u64,
 ) -> Result<u64, SeedError> {
     let io = |e: std::io::Error| SeedError::Io { path: path.display().to_string(), reason: e.to_string() };
     let ledger_io = ledger_io(path);
@@ -163,7 +167,6 @@ pub(crate) fn write_streamed(
         let read = (|| -> Result<(), SeedError> {
             let mut buf = prefix;
             buf.reserve(CHUNK);
-            let page = 16 * crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
             let mut at = from;
             while at <= to {
                 let last = (at + page - 1).min(to);

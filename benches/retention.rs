@@ -1,0 +1,139 @@
+//! Retention's cost (not a criterion bench): a durable ledger of `SPORES_RETENTION_BENCH_EVENTS`
+//! synthetic events (default 110,000) is archived and pruned down to its newest 10,000 while a
+//! writer appends one event at a time, and the figures are set against limits measured in the
+//! same run:
+//! - the prune (the synced switch plus the deletion of the records let go) against a raw fjall
+//!   delete of as many keys of the same size (one batch, synced), target ≤ 2 ×;
+//! - how much longer than a durable append the slowest write took while retention ran
+//!   (planning, archiving, the switch, the deletion and the compaction), against that append's
+//!   median before the run: the stall, target ≤ 1 commit.
+//!
+//! ```text
+//! cargo bench --bench retention
+//! ```
+
+// tests and benches: a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+use mycnet_spores::seed::archive::{archive_and_prune, RetentionPolicy};
+use mycnet_spores::store::synth::{Synth, SynthConfig};
+use mycnet_spores::{Ledger, LedgerConfig};
+
+const KEEP: u64 = 10_000;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// A raw fjall delete of `n` keys with values of `value_len` bytes: one batch, synced.
+fn raw_delete(n: u64, value_len: usize) -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::builder(dir.path()).open().expect("open");
+    let ks = db.keyspace("raw", KeyspaceCreateOptions::default).expect("keyspace");
+    let value = vec![7u8; value_len];
+    for chunk in (0..n).collect::<Vec<_>>().chunks(4096) {
+        let mut b = db.batch();
+        for i in chunk {
+            b.insert(&ks, i.to_be_bytes(), value.clone());
+        }
+        b.commit().expect("insert");
+    }
+    db.persist(PersistMode::SyncData).expect("sync");
+    let t = Instant::now();
+    let mut b = db.batch().durability(Some(PersistMode::SyncData));
+    for i in 0..n {
+        b.remove(&ks, i.to_be_bytes());
+    }
+    b.commit().expect("delete");
+    t.elapsed()
+}
+
+fn main() {
+    let total: usize =
+        std::env::var("SPORES_RETENTION_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(110_000);
+    let mut synth = Synth::new(SynthConfig { seed: 0x4e7d, nodes: 12, ..Default::default() });
+    let mut events = Vec::with_capacity(total);
+    while events.len() < total {
+        events.extend(synth.next_chunk((total - events.len()).min(2048)));
+    }
+    let live = synth.next_chunk(4000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = Arc::new(RwLock::new(Ledger::open(dir.path().join("l"), LedgerConfig::default()).expect("open")));
+    for chunk in events.chunks(4096) {
+        ledger.write().unwrap().append(chunk.to_vec()).expect("append");
+    }
+    let record_len = {
+        let l = ledger.read().unwrap();
+        let mut bytes = 0usize;
+        l.visit_raw_range(0, 999, |_, r| {
+            bytes += r.len();
+            Ok(())
+        })
+        .expect("read");
+        bytes / 1000
+    };
+
+    // One writer, one event at a time, durable: its latencies before and during retention.
+    let appended = |l: &RwLock<Ledger>, ev| {
+        let t = Instant::now();
+        l.write().unwrap().append(vec![ev]).expect("append");
+        t.elapsed()
+    };
+    let mut live = live.into_iter();
+    let idle: Vec<Duration> = live.by_ref().take(300).map(|ev| appended(&ledger, ev)).collect();
+    let running = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (ledger, running) = (ledger.clone(), running.clone());
+        let rest: Vec<_> = live.collect();
+        std::thread::spawn(move || {
+            let mut during = Vec::new();
+            for ev in rest {
+                if !running.load(Ordering::Relaxed) {
+                    break;
+                }
+                during.push(appended(&ledger, ev));
+            }
+            during
+        })
+    };
+    let t = Instant::now();
+    let key = synth.keys()[0].clone();
+    let policy = RetentionPolicy { keep_events: Some(KEEP), keep_for: None };
+    let done = archive_and_prune(&ledger, &key, &dir.path().join("archive"), &policy)
+        .expect("archive and prune")
+        .expect("something to prune");
+    let reclaim = Instant::now();
+    ledger.read().unwrap().reclaimer().run().expect("compact");
+    let reclaimed_in = reclaim.elapsed();
+    let whole = t.elapsed();
+    running.store(false, Ordering::Relaxed);
+    let during = writer.join().expect("writer");
+
+    let pruned = done.pruned.to + 1 - done.pruned.from;
+    let prune = done.pruned.took + done.removed_in;
+    let raw = raw_delete(pruned, record_len);
+    let commit = median(idle);
+    let worst = during.iter().max().copied().unwrap_or_default();
+    eprintln!("\n=== retention: {total} events, keep {KEEP}, {} appends during the run ===", during.len());
+    eprintln!("plan (replay to the newest attested state) {:?}", done.planned_in);
+    eprintln!("archive ({} bytes, written and verified) {:?}", done.bytes, done.archived_in);
+    eprintln!("switch (synced, under the write lock) {:?}", done.pruned.took);
+    eprintln!("deletion of {} records (no lock) {:?}", done.removed, done.removed_in);
+    eprintln!("compaction {reclaimed_in:?}; the whole run {whole:?}");
+    eprintln!(
+        "prune {pruned} events: {prune:?} = {:.2} x a raw fjall delete of the same keys ({raw:?}, {record_len} B values) (target <= 2)",
+        prune.as_secs_f64() / raw.as_secs_f64()
+    );
+    let stall = worst.saturating_sub(commit);
+    eprintln!(
+        "slowest write during the run {worst:?}: a stall of {stall:?} = {:.2} x the median durable append before it ({commit:?}) (target <= 1); p50 during {:?}",
+        stall.as_secs_f64() / commit.as_secs_f64(),
+        median(during.clone())
+    );
+}
