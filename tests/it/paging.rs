@@ -32,8 +32,8 @@ fn check_walk(seen: &[Uuid], lasting: &BTreeSet<Uuid>) {
 async fn a_walk_over_the_admin_protocol_returns_every_lasting_service_once_while_others_come_and_go() {
     let c = Cluster::form(3, 24).await;
     let mut lasting = BTreeSet::new();
-    for i in 0..30 {
-        let name = if i % 3 == 0 { "web" } else { "db" };
+    for i in 0..30u32 {
+        let name = if i.is_multiple_of(3) { "web" } else { "db" };
         lasting.insert(c.sys(0).register_service(name, vec![], vec![], vec![]).await.expect("register"));
     }
     c.converged_head(Duration::from_secs(10)).await.expect("converged");
@@ -51,7 +51,7 @@ async fn a_walk_over_the_admin_protocol_returns_every_lasting_service_once_while
         // Between pages: a new service (its id falls anywhere, before or after the cursor),
         // and every other time one of the new ones leaves again.
         added.push(c.sys(1).register_service("web", vec![], vec![], vec![]).await.expect("register"));
-        if added.len() % 2 == 0 {
+        if added.len().is_multiple_of(2) {
             let gone = added.remove(0);
             c.sys(1).deregister_service(gone, "paging test").await.expect("deregister");
         }
@@ -131,9 +131,9 @@ async fn http_pages_follow_the_link_header_and_compose_with_filters() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n = private_node(&dir.path().join("n")).await;
     let mut lasting = BTreeSet::new();
-    for i in 0..23 {
-        let name = if i % 2 == 0 { "web" } else { "db" };
-        let caps = if i % 3 == 0 { vec!["tls".to_string()] } else { vec![] };
+    for i in 0..23u32 {
+        let name = if i.is_multiple_of(2) { "web" } else { "db" };
+        let caps = if i.is_multiple_of(3) { vec!["tls".to_string()] } else { vec![] };
         lasting.insert(n.register_service(name, vec![], caps, vec![]).await.expect("register"));
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -152,7 +152,7 @@ async fn http_pages_follow_the_link_header_and_compose_with_filters() {
             items.iter().map(|s| s["service"]["service_id"].as_str().expect("id").parse::<Uuid>().expect("uuid")),
         );
         added.push(n.register_service("web", vec![], vec![], vec![]).await.expect("register"));
-        if added.len() % 2 == 0 {
+        if added.len().is_multiple_of(2) {
             n.deregister_service(added.remove(0), "paging test").await.expect("deregister");
         }
         match (next, link) {

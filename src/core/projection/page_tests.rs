@@ -26,7 +26,7 @@ impl Registry {
             name: format!("n{i}"),
             role: if i == 0 { NodeRole::Sclerotium } else { NodeRole::Rhizomorph },
             addresses: vec![format!("n{i}:7400")],
-            capabilities: if i % 2 == 0 { vec!["even".into()] } else { vec![] },
+            capabilities: if i.is_multiple_of(2) { vec!["even".into()] } else { vec![] },
         };
         let network = NetworkIdentityRecord {
             network_id: Uuid::from_u128(9),
@@ -69,7 +69,7 @@ impl Registry {
             service_id: id,
             name: format!("svc-{}", k % 3),
             node: self.keys[node].node_id(),
-            capabilities: if k % 2 == 0 { vec!["storage".into()] } else { vec![] },
+            capabilities: if k.is_multiple_of(2) { vec!["storage".into()] } else { vec![] },
             endpoints: vec![Endpoint { protocol: "tcp".into(), address: "h:1".into() }],
             metadata: vec![],
         };
@@ -158,7 +158,7 @@ fn a_walk_under_concurrent_writes_returns_every_lasting_service_once() {
         let id = Uuid::from_u128(n.wrapping_mul(0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c15));
         r.register(1, id);
         added.push(id);
-        if added.len() % 3 == 0 {
+        if added.len().is_multiple_of(3) {
             let gone = added.remove(0);
             r.deregister(gone);
         }

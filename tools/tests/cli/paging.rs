@@ -27,8 +27,8 @@ fn query_pages_follow_the_cursor_and_all_reads_to_the_end() {
     let n = &procs[0];
     wait_leads("a leader", &n.addr);
     let key_file = n.key_file();
-    let registered: BTreeSet<String> = (0..5)
-        .map(|i| register(&key_file, &n.addr, if i % 2 == 0 { "even" } else { "odd" }).expect("registered"))
+    let registered: BTreeSet<String> = (0..5u32)
+        .map(|i| register(&key_file, &n.addr, if i.is_multiple_of(2) { "even" } else { "odd" }).expect("registered"))
         .collect();
     let query = |extra: &[&str]| run(&[&["query", "--addr", &n.addr, "services"][..], extra].concat());
 
