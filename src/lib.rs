@@ -59,7 +59,8 @@ pub mod wire;
 pub use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 pub use crate::core::keys::NodeKey;
 pub use crate::core::projection::{
-    ChainHead, FoundService, NodeRecord, NodeStatus, Projection, Rejection, ServiceFilter, ServiceRecord,
+    ChainHead, FoundService, NodeFilter, NodeRecord, NodeStatus, Page, Paged, Projection, Rejection, ServiceFilter,
+    ServiceRecord,
 };
 pub use crate::core::types::{
     ChainHash, Endpoint, NetworkFingerprint, NetworkIdentity, NodeId, NodeRole, SporeType, Timestamp, TrustScore,

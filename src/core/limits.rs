@@ -57,3 +57,20 @@ const _: () = assert!(REPLAY_CHUNK_EVENTS <= APPEND_BATCH_MAX);
 /// Events a ledger remembers by id, so that a retried submit of a committed signed event
 /// answers where it committed instead of committing it again (the newest this many seqs).
 pub const RECENT_EVENTS_WINDOW: u64 = 65_536;
+
+/// Items a list query answers when it names no limit (`schema/http.md`, *Paging*): services
+/// (`find_services_page`, `Query::FindPage`, `/v1/services`, `spore query services`) and
+/// nodes (`nodes_page`, `Query::NodesPage`, `/v1/nodes`, `spore query nodes`).
+pub const PAGE_LIMIT_DEFAULT: u32 = 1_000;
+/// Most items one page of a list query holds; a larger limit is clipped to it (the wire) or
+/// refused (HTTP, the CLI). The unpaged wire queries (`Query::Nodes`, `Services`,
+/// `ServicesByName`, `ServicesByCapability`, `OfflineNodes`, `Find`, `Tiered`) answer at most
+/// this many too, the first in key order; the paged queries read the rest.
+pub const PAGE_LIMIT_MAX: u32 = 10_000;
+/// Most candidates one page looks at: a filter that no index serves (liveness, health, trust)
+/// and that leaves most candidates out ends the page early, with a `next` cursor, rather than
+/// scanning the whole registry for one request.
+pub const PAGE_SCAN_MAX: usize = 100_000;
+
+const _: () = assert!(PAGE_LIMIT_DEFAULT <= PAGE_LIMIT_MAX);
+const _: () = assert!(PAGE_LIMIT_MAX as usize <= PAGE_SCAN_MAX);

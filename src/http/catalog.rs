@@ -1,6 +1,7 @@
 //! Registry reads: the node's status, the nodes, the services (filtered as `find_services`
 //! filters them), one node, one service. Stale-ok reads of the local projection; the lists are
-//! kept as written until the next commit (`cache`).
+//! paged (`limit`, `cursor`; the next page's cursor in the `spores-next-cursor` and `Link`
+//! headers) and kept as written until the next commit (`cache`).
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -8,11 +9,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
+use super::cache::Kept;
 use super::error::{json_response, ApiError};
 use super::json::{self, ServiceJson};
 use super::params::{self, ParamError, Params};
 use super::Api;
-use crate::core::projection::{FoundService, Projection, ServiceFilter};
+use crate::core::projection::{FoundService, NodeFilter, Page, Paged, Projection, ServiceFilter};
 use crate::core::types::ChainHash;
 
 /// The decoded query string, or the 400 of one that is not URL encoding.
@@ -31,38 +33,68 @@ pub(super) async fn status(State(api): State<Api>, query: RawQuery) -> Result<Re
     Ok(json_response(StatusCode::OK, &api.system.status()?))
 }
 
-/// A registry list at the head: the answer kept for `uri` if the head has not moved since it
-/// was written, else `answer` asked of the projection (with the head it answers at, read in
-/// the same turn), written as JSON by `write` out of the projection's lock, then kept.
-fn listed<T>(
+/// The header that carries the next page's cursor of a list answer (absent on the last page).
+pub(super) const NEXT_CURSOR: &str = "spores-next-cursor";
+
+/// A page of a registry list at the head: the answer kept for `uri` if the head has not moved
+/// since it was written, else `answer` asked of the projection (with the head it answers at,
+/// read in the same turn), written as JSON by `write` out of the projection's lock, then kept.
+/// A page with a next one says where it starts: `spores-next-cursor: <cursor>` and
+/// `Link: <path?…&cursor=<cursor>>; rel="next"`.
+fn listed<T, K: ToString>(
     api: &Api,
     uri: &Uri,
-    answer: impl FnOnce(&Projection) -> T,
-    write: impl FnOnce(&T) -> serde_json::Result<Vec<u8>>,
+    query: &Params,
+    answer: impl FnOnce(&Projection) -> Paged<T, K>,
+    write: impl FnOnce(&[T]) -> serde_json::Result<Vec<u8>>,
 ) -> Result<Response, ApiError> {
     let key = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
     let head = api.system.with_projection(head_hash)?;
-    let body = match api.answers.get(head, key) {
+    let kept = match api.answers.get(head, key) {
         Some(kept) => kept,
         None => {
-            let (head, value) = api.system.with_projection(|p| (head_hash(p), answer(p)))?;
-            let body = Bytes::from(write(&value).map_err(|e| ApiError::Io(e.into()))?);
-            api.answers.put(head, key, &body);
-            body
+            let (head, page) = api.system.with_projection(|p| (head_hash(p), answer(p)))?;
+            let body = Bytes::from(write(&page.items).map_err(|e| ApiError::Io(e.into()))?);
+            let kept = Kept { body, next: page.next.map(|k| k.to_string()) };
+            api.answers.put(head, key, &kept);
+            kept
         }
     };
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+    let mut response =
+        (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], kept.body)
+            .into_response();
+    if let Some(next) = kept.next {
+        let link = format!("<{}?{}>; rel=\"next\"", uri.path(), query.with("cursor", &next));
+        // A cursor is a UUID or hex, and the link is URL encoded: both are visible ASCII.
+        let headers = response.headers_mut();
+        if let (Ok(next), Ok(link)) = (HeaderValue::from_str(&next), HeaderValue::from_str(&link)) {
+            headers.insert(NEXT_CURSOR, next);
+            headers.insert(header::LINK, link);
+        }
+    }
+    Ok(response)
 }
 
 fn head_hash(p: &Projection) -> Option<ChainHash> {
     p.head().map(|h| h.hash)
 }
 
-/// `GET /v1/nodes`: every node in the registry.
+/// The parameters `/v1/nodes` takes.
+const NODE_PARAMS: &[&str] = &["name", "capability", "status", "min_trust", "limit", "cursor"];
+
+/// `GET /v1/nodes?name=&capability=&status=&min_trust=&limit=&cursor=`: a page of the nodes
+/// the filter selects (every node by default), in node id order.
 #[tracing::instrument(name = "http_nodes", skip_all)]
 pub(super) async fn nodes(State(api): State<Api>, uri: Uri, query: RawQuery) -> Result<Response, ApiError> {
-    params(query, &[])?;
-    listed(&api, &uri, |p| p.nodes().cloned().collect::<Vec<_>>(), serde_json::to_vec)
+    let q = params(query, NODE_PARAMS)?;
+    let filter = NodeFilter {
+        name: q.name("name")?,
+        capability: q.name("capability")?,
+        status: q.status("status")?,
+        min_trust: q.trust("min_trust")?,
+    };
+    let page = Page { limit: q.limit("limit")?, after: q.node_cursor("cursor")? };
+    listed(&api, &uri, &q, |p| p.nodes_page(&filter, &page), serde_json::to_vec)
 }
 
 /// `GET /v1/nodes/{id}`: one node.
@@ -79,26 +111,30 @@ pub(super) async fn node(
 }
 
 /// The parameters `/v1/services` takes.
-const SERVICE_PARAMS: &[&str] = &["name", "capability", "node", "include_offline", "include_critical", "min_trust"];
+const SERVICE_PARAMS: &[&str] =
+    &["name", "capability", "node", "include_offline", "include_critical", "min_trust", "limit", "cursor"];
 
-/// `GET /v1/services?name=&capability=&node=&include_offline=&include_critical=&min_trust=`:
-/// the services the filter selects, each with its node's status and trust.
+/// `GET /v1/services?name=&capability=&node=&include_offline=&include_critical=&min_trust=&limit=&cursor=`:
+/// a page of the services the filter selects, each with its node's status and trust, in
+/// service id order.
 #[tracing::instrument(name = "http_services", skip_all)]
 pub(super) async fn services(State(api): State<Api>, uri: Uri, query: RawQuery) -> Result<Response, ApiError> {
-    let p = params(query, SERVICE_PARAMS)?;
+    let q = params(query, SERVICE_PARAMS)?;
     let filter = ServiceFilter {
-        name: p.name("name")?,
-        capability: p.name("capability")?,
-        node: p.node("node")?,
-        include_unavailable: p.flag("include_offline")?,
-        include_critical: p.flag("include_critical")?,
-        min_trust: p.trust("min_trust")?,
+        name: q.name("name")?,
+        capability: q.name("capability")?,
+        node: q.node("node")?,
+        include_unavailable: q.flag("include_offline")?,
+        include_critical: q.flag("include_critical")?,
+        min_trust: q.trust("min_trust")?,
     };
-    // `SporeSystem::find_services`, asked of the projection in the turn that reads its head.
+    let page = Page { limit: q.limit("limit")?, after: q.service_cursor("cursor")? };
+    // `SporeSystem::find_services_page`, asked of the projection in the turn that reads its head.
     listed(
         &api,
         &uri,
-        |p| p.find_services(&filter),
+        &q,
+        |p| p.find_services_page(&filter, &page),
         |found| {
             // About 500 bytes a service: written without growing the buffer again and again.
             let mut body = Vec::with_capacity(found.len() * 512 + 2);

@@ -2,7 +2,8 @@
 //! one refused naming the parameter ([`ParamError`], a 400). Also the minimum trust as the CLI's
 //! `--min-trust` takes it ([`parse_trust`]), so both read it alike.
 
-use crate::core::limits::NAME_BYTES_MAX;
+use crate::core::limits::{NAME_BYTES_MAX, PAGE_LIMIT_MAX};
+use crate::core::projection::NodeStatus;
 use crate::core::types::{NodeId, TrustScore};
 
 /// A query parameter or path segment that does not parse.
@@ -189,6 +190,56 @@ impl Params {
         self.get(name).map(|v| node_id(name, v)).transpose()
     }
 
+    /// A page's limit: `1..=`[`PAGE_LIMIT_MAX`], or 0 (the default limit) when absent.
+    pub(crate) fn limit(&self, name: &'static str) -> Result<u32, ParamError> {
+        // In range, so it fits a u32.
+        Ok(self.count(name, 1, u64::from(PAGE_LIMIT_MAX))?.map_or(0, |n| n as u32))
+    }
+
+    /// A cursor into the services: the service id a page ended at (`spores-next-cursor`).
+    pub(crate) fn service_cursor(&self, name: &'static str) -> Result<Option<uuid::Uuid>, ParamError> {
+        let Some(v) = self.get(name) else { return Ok(None) };
+        uuid::Uuid::try_parse(v).map(Some).map_err(|_| ParamError::Invalid {
+            name,
+            value: shown(v),
+            expected: "a cursor (the spores-next-cursor of the page before: a service id)",
+        })
+    }
+
+    /// A cursor into the nodes: the node id a page ended at (`spores-next-cursor`).
+    pub(crate) fn node_cursor(&self, name: &'static str) -> Result<Option<NodeId>, ParamError> {
+        let Some(v) = self.get(name) else { return Ok(None) };
+        NodeId::from_hex(v).map(Some).map_err(|_| ParamError::Invalid {
+            name,
+            value: shown(v),
+            expected: "a cursor (the spores-next-cursor of the page before: a node id)",
+        })
+    }
+
+    /// A node status: `active`, `offline` or `left`.
+    pub(crate) fn status(&self, name: &'static str) -> Result<Option<NodeStatus>, ParamError> {
+        self.get(name)
+            .map(|v| {
+                parse_status(v).ok_or_else(|| ParamError::Invalid {
+                    name,
+                    value: shown(v),
+                    expected: "a node status: active, offline or left",
+                })
+            })
+            .transpose()
+    }
+
+    /// The query string of the same request with `name` set to `value` (URL encoded, in the
+    /// order given, `name` last): the next page's link.
+    pub(crate) fn with(&self, name: &'static str, value: &str) -> String {
+        let kept = self.pairs.iter().filter(|(n, _)| *n != name);
+        let pairs: Vec<String> = kept
+            .map(|(n, v)| format!("{n}={}", url_encoded(v)))
+            .chain(std::iter::once(format!("{name}={}", url_encoded(value))))
+            .collect();
+        pairs.join("&")
+    }
+
     /// A minimum trust, from 0.0 to 1.0.
     pub(crate) fn trust(&self, name: &'static str) -> Result<Option<TrustScore>, ParamError> {
         self.get(name).map(|v| parse_trust(v).map_err(|source| ParamError::Trust { name, source })).transpose()
@@ -210,6 +261,31 @@ impl Params {
         }
         Ok(kinds.into_iter().map(str::to_string).collect())
     }
+}
+
+/// A node status as `status=` and `spore query nodes --status` take it: `active`, `offline`,
+/// `left`.
+pub fn parse_status(s: &str) -> Option<NodeStatus> {
+    match s.trim() {
+        "active" => Some(NodeStatus::Active),
+        "offline" => Some(NodeStatus::Offline),
+        "left" => Some(NodeStatus::Left),
+        _ => None,
+    }
+}
+
+/// `value` as a query-string component: unreserved bytes as they are, every other byte
+/// `%XX`.
+fn url_encoded(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Most event kinds one filter names.
@@ -249,6 +325,14 @@ mod tests {
         let p = params(&[("on", ""), ("kind", "node_joined,service_registered")], &["on", "kind"]).expect("known");
         assert_eq!(p.flag("on"), Ok(true));
         assert_eq!(p.kinds("kind").expect("kinds"), vec!["node_joined", "service_registered"]);
+        let p = params(&[("cursor", "nope"), ("limit", "10001"), ("status", "gone")], &["cursor", "limit", "status"])
+            .expect("known names");
+        assert!(matches!(p.service_cursor("cursor"), Err(ParamError::Invalid { name: "cursor", .. })));
+        assert!(matches!(p.node_cursor("cursor"), Err(ParamError::Invalid { name: "cursor", .. })));
+        assert!(matches!(p.limit("limit"), Err(ParamError::OutOfRange { value: 10_001, .. })));
+        assert!(matches!(p.status("status"), Err(ParamError::Invalid { name: "status", .. })));
+        let p = params(&[("name", "a b&c"), ("cursor", "x")], &["name", "cursor"]).expect("known");
+        assert_eq!(p.with("cursor", "y"), "name=a%20b%26c&cursor=y", "the next page's query string");
         let long = "n".repeat(NAME_BYTES_MAX + 1);
         let p = params(&[("name", &long)], &["name"]).expect("known");
         assert!(matches!(p.name("name"), Err(ParamError::TooLong { .. })));

@@ -11,7 +11,10 @@ use tokio::sync::mpsc;
 use super::status::leader_is_confirmed;
 use super::SporeSystem;
 use crate::core::event::ChainedEvent;
-use crate::core::projection::{ChainHead, FoundService, NodeRecord, Projection, ServiceFilter, ServiceRecord};
+use crate::core::projection::{
+    ChainHead, FoundService, NodeFilter, NodePage, NodeRecord, Page, Projection, ServiceFilter, ServicePage,
+    ServiceRecord,
+};
 use crate::core::types::{NodeId, SporeType};
 use crate::error::Error;
 use crate::node::tiers::{TierView, ViewSource};
@@ -81,7 +84,8 @@ impl SporeSystem {
         self.with_projection(f)
     }
 
-    /// Every node in the registry (stale-ok).
+    /// Every node in the registry (stale-ok), unbounded: an in-process read of the caller's
+    /// own projection; [`SporeSystem::nodes_page`] reads a large registry a page at a time.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, Error> {
         self.with_projection(|p| p.nodes().cloned().collect())
     }
@@ -106,9 +110,27 @@ impl SporeSystem {
 
     /// The services `filter` selects (stale-ok), each with its node's status and trust: by
     /// name, capability, node and minimum trust; services of offline nodes only when
-    /// `include_unavailable` asks for them (`core::projection::find`).
+    /// `include_unavailable` asks for them (`core::projection::find`). Unbounded (an
+    /// in-process read); [`SporeSystem::find_services_page`] reads a page at a time.
     pub fn find_services(&self, filter: &ServiceFilter) -> Result<Vec<FoundService>, Error> {
         self.with_projection(|p| p.find_services(filter))
+    }
+
+    /// One page of [`SporeSystem::find_services`] (stale-ok): at most `page.limit` services
+    /// (0: [`PAGE_LIMIT_DEFAULT`](crate::core::limits::PAGE_LIMIT_DEFAULT), clipped to
+    /// [`PAGE_LIMIT_MAX`](crate::core::limits::PAGE_LIMIT_MAX)) in service id order after the
+    /// cursor `page.after`, and the next cursor (`None` on the last page). A walk that follows
+    /// `next` returns every service present for the whole walk exactly once, whatever commits
+    /// meanwhile (`core::projection::page`).
+    pub fn find_services_page(&self, filter: &ServiceFilter, page: &Page<uuid::Uuid>) -> Result<ServicePage, Error> {
+        self.with_projection(|p| p.find_services_page(filter, page))
+    }
+
+    /// One page of the nodes `filter` selects (stale-ok; name, capability, status, minimum
+    /// trust), in node id order after the cursor `page.after`, paged as
+    /// [`SporeSystem::find_services_page`] pages services.
+    pub fn nodes_page(&self, filter: &NodeFilter, page: &Page<NodeId>) -> Result<NodePage, Error> {
+        self.with_projection(|p| p.nodes_page(filter, page))
     }
 
     fn find_records(&self, filter: &ServiceFilter) -> Result<Vec<ServiceRecord>, Error> {

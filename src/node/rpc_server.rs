@@ -7,6 +7,7 @@ use super::provisional::{is_member, ProvisionalWriter};
 use super::reads::answer_tiered;
 use super::{compute_status, SharedModes};
 use crate::core::keys::NodeKey;
+use crate::core::projection::{FoundService, Page, Paged};
 use crate::core::sync;
 use crate::core::types::NodeId;
 use crate::error::Error;
@@ -16,6 +17,7 @@ use crate::net::raft_rpc::RaftService;
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{ChainPoint, Raft, RpcRequest, RpcResponse, SporeResponse};
 use crate::store::ledger::{LedgerHealth, LedgerLock};
+use crate::wire::query::fit_page;
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 /// Serves a node's RPCs: read-only status and queries here, everything else by Raft.
@@ -112,7 +114,21 @@ impl crate::net::RpcHandler for NodeService {
                                     }
                                 }
                             }
-                            Query::Find(filter) => QueryAnswer::Found(p.find_services(&filter)),
+                            Query::Find(filter) => {
+                                // No cursor: the first page of the largest size (`FindPage` reads on).
+                                let page = Page::first(crate::core::limits::PAGE_LIMIT_MAX);
+                                QueryAnswer::Found(fit_page(p.find_services_page(&filter, &page), service_id).items)
+                            }
+                            Query::FindPage { filter, limit, after } => {
+                                let page = p.find_services_page(&filter, &Page { limit, after });
+                                let Paged { items, next } = fit_page(page, service_id);
+                                QueryAnswer::FoundPage { items, next }
+                            }
+                            Query::NodesPage { filter, limit, after } => {
+                                let page = p.nodes_page(&filter, &Page { limit, after });
+                                let Paged { items, next } = fit_page(page, |n| n.node);
+                                QueryAnswer::NodesPage { items, next }
+                            }
                             registry => match registry.as_registry() {
                                 Some(q) => q.answer(p).into(),
                                 None => {
@@ -181,4 +197,9 @@ impl crate::net::RpcHandler for NodeService {
             other => self.raft_service.handle(from, other),
         }
     }
+}
+
+/// The key a page of services is walked by.
+fn service_id(f: &FoundService) -> uuid::Uuid {
+    f.record.service.service_id
 }

@@ -375,6 +375,46 @@ fn valid_frames() -> &'static [Vec<u8>] {
             )),
             RpcRequest::Query(Query::Tiered(mycnet_spores::wire::query::RegistryQuery::ServicesByName("web".into()))),
             RpcRequest::ExportSeed { path: "/tmp/x.seed".into(), include_events: true },
+            RpcRequest::Query(Query::FindPage {
+                filter: mycnet_spores::ServiceFilter::capability("gpu").include_critical(),
+                limit: 100,
+                after: Some(uuid::Uuid::from_u128(0x1234_5678)),
+            }),
+            RpcRequest::Query(Query::NodesPage {
+                filter: mycnet_spores::NodeFilter {
+                    name: Some("n1".into()),
+                    capability: Some("gpu".into()),
+                    status: Some(mycnet_spores::NodeStatus::Offline),
+                    min_trust: Some(mycnet_spores::TrustScore(500)),
+                },
+                limit: 0,
+                after: Some(mycnet_spores::NodeId([9; 32])),
+            }),
+        ]
+        .iter()
+        .map(|r| postcard::to_stdvec(r).expect("encode"))
+        .collect()
+    })
+}
+
+/// Valid RPC answer frames (postcard) of the paged queries to damage: a page of services and
+/// a page of nodes, each with its next cursor.
+fn valid_answers() -> &'static [Vec<u8>] {
+    static FRAMES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    FRAMES.get_or_init(|| {
+        use mycnet_spores::raft::RpcResponse;
+        use mycnet_spores::wire::query::QueryAnswer;
+        use mycnet_spores::{NodeFilter, Page, ServiceFilter};
+        let mut p = Projection::new();
+        for ev in history().events.iter().take(300) {
+            p.append(ev.clone()).expect("valid history");
+        }
+        let services = p.find_services_page(&ServiceFilter::default().include_unavailable(), &Page::first(3));
+        let nodes = p.nodes_page(&NodeFilter::default(), &Page::first(2));
+        assert!(!services.items.is_empty() && !nodes.items.is_empty(), "the history has services and nodes");
+        [
+            RpcResponse::Query(Ok(QueryAnswer::FoundPage { items: services.items, next: services.next })),
+            RpcResponse::Query(Ok(QueryAnswer::NodesPage { items: nodes.items, next: nodes.next })),
         ]
         .iter()
         .map(|r| postcard::to_stdvec(r).expect("encode"))
@@ -413,6 +453,7 @@ proptest! {
     fn rpc_frame_decoders_never_panic(bytes in prop_oneof![
         prop::collection::vec(any::<u8>(), 0..1024),
         damaged(valid_frames()),
+        damaged(valid_answers()),
     ]) {
         let _ = postcard::from_bytes::<mycnet_spores::raft::RpcRequest>(&bytes);
         let _ = postcard::from_bytes::<mycnet_spores::raft::RpcResponse>(&bytes);

@@ -23,6 +23,7 @@ mod layers;
 mod ledger_tampering;
 mod members;
 mod metrics;
+mod paging;
 mod partition_heal;
 mod primary;
 mod projection_props;

@@ -164,22 +164,37 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Ask a running node for its registries.
+    /// Ask a running node for its registries, a page at a time (`--limit`, `--after`, `--all`).
     Query {
         /// The node's QUIC address.
         #[arg(long)]
         addr: String,
         /// What to list.
         what: QueryWhat,
-        /// Services with this name.
+        /// Services (or nodes) with this name.
         #[arg(long)]
         name: Option<String>,
-        /// Services with this capability.
+        /// Services (or nodes) with this capability.
         #[arg(long)]
         capability: Option<String>,
-        /// Only services of nodes trusted at least this much (0.0 to 1.0, e.g. 0.7).
+        /// Only services offered by this node (64 hex characters).
+        #[arg(long, value_parser = service::parse_node_id, conflicts_with = "tiered")]
+        node: Option<mycnet_spores::NodeId>,
+        /// Only nodes with this status: active, offline or left (`nodes` only).
+        #[arg(long, value_parser = parse_status, conflicts_with = "tiered")]
+        status: Option<mycnet_spores::NodeStatus>,
+        /// Only services (or nodes) of nodes trusted at least this much (0.0 to 1.0, e.g. 0.7).
         #[arg(long, value_parser = service::parse_trust, conflicts_with = "tiered")]
         min_trust: Option<mycnet_spores::TrustScore>,
+        /// At most this many items in the page, 1 to 10000 (default 1000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(mycnet_spores::core::limits::PAGE_LIMIT_MAX)), conflicts_with = "tiered")]
+        limit: Option<u32>,
+        /// Start after this cursor: the `next:` line (`next` in --json) of the page before.
+        #[arg(long, value_name = "CURSOR", conflicts_with = "tiered")]
+        after: Option<String>,
+        /// Follow the cursors to the last page and print every item.
+        #[arg(long, conflicts_with = "tiered")]
+        all: bool,
         /// Also list services of nodes committed as offline (each line says the node's status).
         #[arg(long, conflicts_with = "tiered")]
         include_offline: bool,
@@ -494,6 +509,11 @@ pub(crate) enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A node status as `--status` takes it: `active`, `offline` or `left`.
+fn parse_status(s: &str) -> Result<mycnet_spores::NodeStatus, String> {
+    mycnet_spores::http::params::parse_status(s).ok_or_else(|| format!("{s:?}: expected active, offline or left"))
 }
 
 /// A duration as `--duration` takes it: `300ms`, `30s`, `5m`, `1h`.

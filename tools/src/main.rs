@@ -16,6 +16,7 @@ mod forensics;
 mod inspect;
 mod member;
 mod output;
+mod querycmd;
 mod remote;
 mod repair;
 mod seedcmd;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use mycnet_spores::core::projection::ServiceFilter;
+use mycnet_spores::core::projection::{NodeFilter, ServiceFilter};
 use mycnet_spores::net::quic::{Admission, QuicBackend};
 use mycnet_spores::node::RoleConfig;
 
@@ -133,32 +134,48 @@ fn run(cli: Cli) -> CliResult {
             what,
             name,
             capability,
+            node,
+            status,
             min_trust,
             include_offline,
             include_critical,
+            limit,
+            after,
+            all,
             tiered,
             key,
             timeout_ms,
             json,
         } => {
             init_tracing("warn");
+            let nodes = |status| NodeFilter { name: name.clone(), capability: capability.clone(), status, min_trust };
             let what = match what {
-                QueryWhat::Nodes => remote::QueryKind::Nodes,
-                QueryWhat::Offline => remote::QueryKind::Offline,
-                QueryWhat::Services => remote::QueryKind::Services(ServiceFilter {
+                QueryWhat::Nodes if node.is_some() || include_offline || include_critical => {
+                    return Err(CliError::usage(
+                        "--node, --include-offline and --include-critical filter services, not nodes",
+                    ))
+                }
+                QueryWhat::Nodes => querycmd::QueryKind::Nodes(nodes(status)),
+                QueryWhat::Offline => querycmd::QueryKind::Nodes(nodes(Some(mycnet_spores::NodeStatus::Offline))),
+                QueryWhat::Services if status.is_some() => {
+                    return Err(CliError::usage("--status filters nodes; services take --include-offline"))
+                }
+                QueryWhat::Services => querycmd::QueryKind::Services(ServiceFilter {
                     name,
                     capability,
-                    node: None,
+                    node,
                     include_unavailable: include_offline,
                     include_critical,
                     min_trust,
                 }),
             };
-            runtime()?.block_on(remote::query(
+            let paging = querycmd::Paging { limit: limit.unwrap_or(0), after, all };
+            runtime()?.block_on(querycmd::query(
                 &addr,
                 key.as_deref(),
                 what,
                 tiered,
+                paging,
                 Duration::from_millis(timeout_ms),
                 &mut Out::new(json),
             ))

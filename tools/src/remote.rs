@@ -1,17 +1,16 @@
-//! `spore node` (run one node over QUIC), `spore status` and `spore query` (read a running
-//! node over the read-only admin protocol), `spore keygen`. Writes are `service`'s.
+//! `spore node` (run one node over QUIC), `spore status` (read a running node over the
+//! read-only admin protocol; `spore query` is `querycmd`'s), `spore keygen`. Writes are
+//! `service`'s.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mycnet_spores::core::projection::ServiceFilter;
 use mycnet_spores::http::{self, HttpOptions, HttpServer};
 use mycnet_spores::net::addr::{check_listen_addr, check_peer_addr};
 use mycnet_spores::net::quic::{self};
 use mycnet_spores::node::{self, NodeConfig, NodeEvent};
 use mycnet_spores::raft::{RpcRequest, RpcResponse};
 use mycnet_spores::store::keyfile;
-use mycnet_spores::wire::query::{Query, QueryAnswer, RegistryAnswer};
 use mycnet_spores::{NodeId, SporeStatus};
 use serde_json::json;
 
@@ -224,7 +223,7 @@ pub(crate) fn config_from_file(path: &Path) -> Result<NodeConfig, CliError> {
     NodeConfig::from_toml(&text).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))
 }
 
-async fn call(
+pub(crate) async fn call(
     addr: &str,
     key: Option<&str>,
     req: RpcRequest,
@@ -377,141 +376,4 @@ pub(crate) fn kind_of(r: &RpcResponse) -> &'static str {
         RpcResponse::Query(_) => "a query answer",
         _ => "an unexpected response",
     }
-}
-
-/// What `spore query` asks for.
-pub(crate) enum QueryKind {
-    /// Every node.
-    Nodes,
-    /// Services, filtered (by name, capability, minimum trust; offline nodes' only if asked).
-    Services(ServiceFilter),
-    /// Offline nodes.
-    Offline,
-}
-
-/// `spore query --addr`.
-pub(crate) async fn query(
-    addr: &str,
-    key: Option<&str>,
-    what: QueryKind,
-    tiered: bool,
-    timeout: Duration,
-    o: &mut Out,
-) -> CliResult {
-    let q = match &what {
-        QueryKind::Nodes => Query::Nodes,
-        QueryKind::Offline => Query::OfflineNodes,
-        // A tiered answer comes from one tier's registries as they were: by name or capability.
-        QueryKind::Services(f) if tiered => match (&f.name, &f.capability) {
-            (Some(n), None) => Query::ServicesByName(n.clone()),
-            (None, Some(c)) => Query::ServicesByCapability(c.clone()),
-            (None, None) => Query::Services,
-            _ => return Err(CliError::usage("with --tiered, --name and --capability exclude each other")),
-        },
-        QueryKind::Services(f) => Query::Find(f.clone()),
-    };
-    let q = match (tiered, q.as_registry()) {
-        (true, Some(r)) => Query::Tiered(r),
-        _ => q,
-    };
-    let (_, resp) = call(addr, key, RpcRequest::Query(q), timeout).await?;
-    let answer = match resp {
-        RpcResponse::Query(Ok(a)) => a,
-        RpcResponse::Query(Err(e)) => return Err(CliError::Io(format!("{addr} could not answer: {e:?}"))),
-        other => return Err(CliError::Io(format!("{addr} answered with {}", kind_of(&other)))),
-    };
-    let answer = match answer {
-        QueryAnswer::Tiered(None) if o.json => {
-            return o.json_line(&serde_json::json!({ "tier": null, "at": null, "answer": [] }))
-        }
-        QueryAnswer::Tiered(None) => return o.line("no tier has an answer"),
-        QueryAnswer::Tiered(Some(t)) if o.json => {
-            let inner = match t.value {
-                RegistryAnswer::Nodes(n) => serde_json::to_value(n),
-                RegistryAnswer::Services(s) => serde_json::to_value(s),
-            }
-            .map_err(|e| CliError::Io(e.to_string()))?;
-            return o.json_line(&serde_json::json!({ "tier": t.tier, "at": t.at, "stale": t.stale, "answer": inner }));
-        }
-        QueryAnswer::Tiered(Some(t)) => {
-            let stale = if t.stale { " (may be stale: this node cannot confirm it is current)" } else { "" };
-            o.line(format!("answered from the {:?} tier, as of seq {}{stale}", t.tier, t.at.seq))?;
-            t.value.into()
-        }
-        plain => plain,
-    };
-    match answer {
-        QueryAnswer::Nodes(nodes) => {
-            if o.json {
-                return o.json_line(&nodes);
-            }
-            o.line(format!(
-                "{:<12} {:<20} {:<11} {:<8} {:>5}  {:<24} {}",
-                "key", "name", "role", "status", "trust", "addresses", "capabilities"
-            ))?;
-            for n in nodes {
-                let status = n.status.to_string();
-                o.line(format!(
-                    "{:<12} {:<20} {:<11} {:<8} {:>5}  {:<24} {}",
-                    n.node.short(),
-                    n.name,
-                    n.role.to_string(),
-                    status,
-                    n.trust.to_string(),
-                    n.addresses.join(","),
-                    n.capabilities.join(",")
-                ))?;
-            }
-        }
-        QueryAnswer::Found(found) => {
-            if o.json {
-                // The service records with their node's status and trust and their health: the
-                // one shape `/v1/services` gives too.
-                return o.json_line(&http::json::services(&found));
-            }
-            o.line(format!(
-                "{:<36} {:<14} {:<12} {:<8} {:<8} {:>5}  {:<30} {}",
-                "id", "name", "node", "status", "health", "trust", "endpoints", "capabilities"
-            ))?;
-            for f in found {
-                let s = &f.record.service;
-                let eps: Vec<String> = s.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect();
-                let status = f.node_status.map_or_else(|| "unknown".to_string(), |st| st.to_string());
-                let health = if f.critical.is_some() { "critical" } else { "passing" };
-                o.line(format!(
-                    "{:<36} {:<14} {:<12} {:<8} {:<8} {:>5}  {:<30} {}",
-                    s.service_id,
-                    s.name,
-                    s.node.short(),
-                    status,
-                    health,
-                    f.node_trust.to_string(),
-                    eps.join(" "),
-                    s.capabilities.join(",")
-                ))?;
-            }
-        }
-        QueryAnswer::Chain { .. } | QueryAnswer::Events(_) | QueryAnswer::Tiered(_) | QueryAnswer::Watched { .. } => {
-            return Err(CliError::Io(format!("{addr} answered a different question")))
-        }
-        QueryAnswer::Services(services) => {
-            if o.json {
-                return o.json_line(&services);
-            }
-            o.line(format!("{:<36} {:<14} {:<12} {:<30} {}", "id", "name", "node", "endpoints", "capabilities"))?;
-            for s in services {
-                let eps: Vec<String> =
-                    s.service.endpoints.iter().map(|e| format!("{}://{}", e.protocol, e.address)).collect();
-                o.line(format!(
-                    "{:<36} {:<14} {:<12} {:<30} {}",
-                    s.service.service_id,
-                    s.service.name,
-                    s.service.node.short(),
-                    eps.join(" "),
-                    s.service.capabilities.join(",")
-                ))?;
-            }
-        }
-    }
-    Ok(())
 }

@@ -6,7 +6,8 @@
 //! `failures` (damage, a full disk, repair), `forensics` (diff, blame), `nodes` (node processes
 //! through `kill -9`, latent nodes), `seeds` (the demo and the seed tools), `generate`,
 //! `http` (`spore node --http` read with curl), `inputs`, `members`, `bench` (`spore bench`),
-//! `backups` (`[backup]`, `spore seed list`) and `upgrade` (a data dir of an earlier build).
+//! `backups` (`[backup]`, `spore seed list`), `upgrade` (a data dir of an earlier build) and
+//! `paging` (`spore query --limit/--after/--all`).
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
@@ -39,6 +40,8 @@ mod inspector;
 mod members;
 #[path = "cli/nodes.rs"]
 mod nodes;
+#[path = "cli/paging.rs"]
+mod paging;
 #[path = "common/proc.rs"]
 #[allow(dead_code)]
 mod proc;

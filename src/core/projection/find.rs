@@ -96,7 +96,7 @@ impl Projection {
         candidates.filter_map(|record| self.admit(record, filter)).collect()
     }
 
-    fn admit(&self, record: &ServiceRecord, filter: &ServiceFilter) -> Option<FoundService> {
+    pub(super) fn admit(&self, record: &ServiceRecord, filter: &ServiceFilter) -> Option<FoundService> {
         let s = &record.service;
         if filter.name.as_ref().is_some_and(|n| &s.name != n)
             || filter.capability.as_ref().is_some_and(|c| !s.capabilities.iter().any(|x| x == c))

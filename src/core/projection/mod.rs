@@ -8,18 +8,20 @@
 //! semantic rules written down in `schema/rules.md` — is checked by [`Projection::check`].
 //!
 //! One job per file: the data a projection keeps (`state.rs`), the rules an event must pass
-//! (`rules.rs`), the change an accepted event makes (`apply.rs`) and the service indexes
-//! (`index.rs`). This file holds the [`Projection`] itself and its read accessors.
+//! (`rules.rs`), the change an accepted event makes (`apply.rs`), the service indexes
+//! (`index.rs`), discovery (`find.rs`) and paged answers (`page.rs`). This file holds the [`Projection`] itself and its read accessors.
 
 mod apply;
 mod find;
 #[cfg(test)]
 mod health_tests;
 mod index;
+mod page;
 mod rules;
 mod state;
 
 pub use find::{FoundService, ServiceFilter};
+pub use page::{NodeFilter, NodePage, Page, Paged, ServicePage};
 pub use rules::{Rejection, Text};
 pub use state::{
     ArchivedChainHead, ArchivedNodeRecord, ArchivedNodeStatus, ArchivedProjectionState, ArchivedServiceRecord,

@@ -12,6 +12,8 @@ pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 // its length fits the u32 prefix.
 const _: () = assert!(FRAME_BYTES_MAX >= 64 * RECORD_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
+// A page of a paged query, cut at its byte bound, with its last item and the envelope.
+const _: () = assert!(crate::wire::query::PAGE_ANSWER_BYTES_MAX + 2 * RECORD_BYTES_MAX < FRAME_BYTES_MAX);
 // A full AppendEntries request (the proposer bounds batches by bytes) must fit one frame.
 const _: () = assert!(crate::raft::proposer::APPEND_ENTRIES_BYTES_MAX < FRAME_BYTES_MAX);
 /// Initial buffer for reading a frame; it grows with data actually received, so a length

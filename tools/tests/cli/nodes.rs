@@ -90,7 +90,7 @@ fn node_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader()
     // Discovery reads trust: the founder's services (trust 1.000) pass a minimum of 0.6, the
     // admitted nodes' (0.500) do not.
     let trusted = json(&run(&["query", "--addr", &procs[0].addr, "services", "--min-trust", "0.6", "--json"]));
-    let trusted = trusted.as_array().expect("services");
+    let trusted = trusted["items"].as_array().expect("services");
     assert!(!trusted.is_empty() && trusted.len() < acked.len(), "{trusted:?}");
     assert!(trusted.iter().all(|s| s["node_trust"].as_u64().is_some_and(|t| t >= 600)), "{trusted:?}");
 
@@ -259,7 +259,8 @@ fn voter_and_latent_node_processes_converge_by_gossip() {
     let out = run(&["query", "--addr", &procs[0].addr, "nodes", "--json"]);
     let nodes = json(&out);
     for p in &procs[3..] {
-        let rec = nodes.as_array().expect("array").iter().find(|n| n["node"] == p.key.as_str()).expect("registered");
+        let rec =
+            nodes["items"].as_array().expect("array").iter().find(|n| n["node"] == p.key.as_str()).expect("registered");
         assert_eq!(rec["role"], "Rhizomorph");
     }
     // Same head everywhere (anchors may still be landing: wait for a quiet moment).
@@ -318,7 +319,9 @@ fn a_node_process_runs_the_check_a_registration_carries() {
     assert_eq!(bad.status.code(), Some(2), "a check out of the bounds is refused before anything is signed");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("interval"), "{}", String::from_utf8_lossy(&bad.stderr));
 
-    let query = |extra: &[&str]| json(&run(&[&["query", "--addr", &n.addr, "services", "--json"][..], extra].concat()));
+    let query = |extra: &[&str]| {
+        json(&run(&[&["query", "--addr", &n.addr, "services", "--json"][..], extra].concat()))["items"].clone()
+    };
     let listed = query(&[]);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "passing while its target answers: {listed}");
     drop(target);

@@ -206,10 +206,10 @@ pub fn register(key_file: &Path, addr: &str, name: &str, timeout_ms: u64) -> Opt
 
 /// The ids of the services the node at `addr` holds (`None`: no answer within `timeout_ms`).
 pub fn services(addr: &str, timeout_ms: u64) -> Option<BTreeSet<String>> {
-    let out = run(&["query", "--addr", addr, "services", "--json", "--timeout-ms", &timeout_ms.to_string()]);
+    let out = run(&["query", "--addr", addr, "services", "--all", "--json", "--timeout-ms", &timeout_ms.to_string()]);
     if out.status.code() != Some(0) {
         return None;
     }
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(v.as_array()?.iter().filter_map(|s| s["service"]["service_id"].as_str().map(String::from)).collect())
+    Some(v["items"].as_array()?.iter().filter_map(|s| s["service"]["service_id"].as_str().map(String::from)).collect())
 }
