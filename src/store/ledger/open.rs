@@ -38,7 +38,26 @@ pub(crate) fn open_keyspaces(path: &Path, create: bool) -> Result<(Database, Key
     if !exists && !create {
         return Err(LedgerError::NotALedger(path.to_path_buf()));
     }
-    let db = Database::builder(path).open().map_err(storage("open database", path))?;
+    // fjall 3.1 asserts on some damaged journal entries while it recovers (a panic, not an
+    // error): a damaged disk must get a clear error here, not take the process down.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::builder(path).open()));
+    let db = match opened {
+        Ok(r) => r.map_err(storage("open database", path))?,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            return Err(LedgerError::Corrupt {
+                path: path.to_path_buf(),
+                seq: 0,
+                corruption: Box::new(Corruption::Undecodable {
+                    reason: format!("the storage engine could not recover its journal ({why})"),
+                }),
+            });
+        }
+    };
     let ledger =
         db.keyspace("ledger", KeyspaceCreateOptions::default).map_err(storage("open keyspace ledger", path))?;
     let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(storage("open keyspace meta", path))?;
