@@ -143,17 +143,24 @@ impl Remover {
     #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display(), to = self.to))]
     pub fn run(&self) -> Result<u64, LedgerError> {
         let mut removed = 0u64;
+        // From the oldest record still stored; each batch goes on after the last key it removed
+        // (starting over would walk the tombstones of every batch before it).
+        let mut from: Option<fjall::Slice> = None;
         loop {
-            let keys: Vec<fjall::Slice> = self
-                .ledger
-                .range(..=seq_key(self.to))
+            let range = match &from {
+                None => self.ledger.range(..=seq_key(self.to)),
+                Some(k) => self.ledger.range((
+                    std::ops::Bound::Excluded(k.to_vec()),
+                    std::ops::Bound::Included(seq_key(self.to).to_vec()),
+                )),
+            };
+            let keys: Vec<fjall::Slice> = range
                 .take(Self::CHUNK)
                 .map(|g| g.key())
                 .collect::<Result<_, _>>()
                 .map_err(storage("list pruned records", &self.path))?;
-            if keys.is_empty() {
-                break;
-            }
+            let Some(last) = keys.last().cloned() else { break };
+            from = Some(last);
             let mut batch = self.db.batch();
             for k in &keys {
                 batch.remove(&self.ledger, k.clone());
