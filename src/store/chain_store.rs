@@ -3,7 +3,7 @@
 //! backfilled) — and the local append that writes a voter's events. The fjall [`Ledger`]
 //! implements it by delegating to its own methods (no behaviour of its own); the in-memory
 //! [`MemChain`](crate::store::mem::MemChain) implements it for simulations of thousands of
-//! nodes, with the same checks ([`crate::store::range_checks`]).
+//! nodes, with the same checks (`store::range_checks`, one code path for both).
 
 use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::gossip::{BackfillRange, LinkedRange, LocalView};

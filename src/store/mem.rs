@@ -9,7 +9,7 @@
 //!
 //! **Same checks as the ledger.** A range is refused for exactly the reasons the fjall
 //! [`Ledger`](crate::store::ledger::Ledger) refuses it, by the same code
-//! ([`crate::store::range_checks`]): links and hashes, a refused branch, every signature
+//! (`store::range_checks`): links and hashes, a refused branch, every signature
 //! (through the one validity rule of [`crate::core::keys`]), the rules applied to the node's
 //! own projection (network, admission, semantics), all or nothing.
 //!
