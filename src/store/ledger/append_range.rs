@@ -6,10 +6,10 @@ use super::meta::encode_meta_checkpoint;
 use super::verify::verify_chained;
 use super::Ledger;
 use crate::core::event::ChainedEvent;
-use crate::core::limits;
 use crate::core::projection::ChainHead;
 use crate::core::provisional::EventId;
 use crate::store::error::{LedgerError, RangeRefusal};
+use crate::store::range_checks::{apply_range, check_forward_links, check_verdicts};
 use crate::store::record::{self, encode_record_into, seq_key};
 
 impl Ledger {
@@ -59,31 +59,13 @@ impl Ledger {
         if self.health.poisoned_by().is_some() {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
-        if range.len() > limits::APPEND_BATCH_MAX {
-            return Err(LedgerError::BatchTooLarge { max: limits::APPEND_BATCH_MAX, got: range.len() });
+        if range.is_empty() {
+            return self
+                .projection
+                .head()
+                .ok_or(LedgerError::RangeRefused { seq: 0, reason: RangeRefusal::NotNext { expected: 0 } });
         }
-        let head = self.projection.head();
-        let Some(first) = range.first() else {
-            return head.ok_or(LedgerError::RangeRefused { seq: 0, reason: RangeRefusal::NotNext { expected: 0 } });
-        };
-        let refuse = |seq, reason| LedgerError::RangeRefused { seq, reason };
-        let (mut expected, mut prev) = (self.projection.next_seq(), self.projection.head_hash());
-        if first.seq != expected {
-            return Err(refuse(first.seq, RangeRefusal::NotNext { expected }));
-        }
-        for ce in range {
-            if ce.seq != expected || ce.prev_hash != prev {
-                return Err(refuse(ce.seq, RangeRefusal::NotNext { expected }));
-            }
-            if self.refused.is_some_and(|r| r.seq == ce.seq && r.hash == ce.hash) {
-                return Err(refuse(ce.seq, RangeRefusal::LostBranch));
-            }
-            if check_hashes && !ce.hash_is_valid() {
-                return Err(refuse(ce.seq, RangeRefusal::BadHash));
-            }
-            expected += 1;
-            prev = ce.hash;
-        }
+        check_forward_links(&self.projection, self.refused, range, check_hashes)?;
         let owned;
         let verdicts = match verdicts {
             Some(v) => v,
@@ -92,26 +74,20 @@ impl Ledger {
                 &owned
             }
         };
-        if let Some(bad) = verdicts.iter().position(|ok| !ok) {
-            return Err(refuse(range[bad].seq, RangeRefusal::BadSignature(range[bad].event.author)));
-        }
+        check_verdicts(range, verdicts)?;
         let due_at = self.checkpoint_due_at();
         let mut pending = None;
-        for (i, ce) in range.iter().enumerate() {
-            if attests_due(&ce.event.body, &self.projection, due_at) && self.projection.divergence().is_none() {
-                pending = Some((ce.seq - 1, encode_meta_checkpoint(self.projection.state())));
+        let applied = apply_range(&mut self.projection, range, linked, |ce, projection| {
+            if attests_due(&ce.event.body, projection, due_at) && projection.divergence().is_none() {
+                pending = Some((ce.seq - 1, encode_meta_checkpoint(projection.state())));
             }
-            let applied = match linked.and_then(|l| l.canonical(i)) {
-                Some(canonical) => self.projection.apply_sized(ce, canonical.len()),
-                None => self.projection.apply(ce),
-            };
-            if let Err(r) = applied {
-                if i > 0 {
-                    // Undo the events of this range already applied: back to the durable head.
-                    self.reload_projection()?;
-                }
-                return Err(refuse(ce.seq, RangeRefusal::Rejected(r)));
+        });
+        if let Err((done, refusal)) = applied {
+            if done > 0 {
+                // Undo the events of this range already applied: back to the durable head.
+                self.reload_projection()?;
             }
+            return Err(refusal);
         }
         let mut batch = self.new_batch(range.len());
         let mut record = Vec::with_capacity(1024);

@@ -12,10 +12,11 @@ use super::storage_error::storage;
 use super::verify::verify_chained;
 use super::Ledger;
 use crate::core::limits;
-use crate::core::projection::{ChainHead, Projection, ProjectionState, Rejection};
+use crate::core::projection::{ChainHead, Projection, ProjectionState};
 use crate::core::sync::lock;
 use crate::core::types::ChainPoint;
-use crate::store::error::{LedgerError, RangeRefusal};
+use crate::store::error::LedgerError;
+use crate::store::range_checks::{check_backfill_genesis, check_backfill_place, check_verdicts};
 use crate::store::record::{encode_record_into, seq_key};
 use fjall::PersistMode;
 
@@ -200,24 +201,10 @@ impl Ledger {
         verdicts: &[bool],
     ) -> Result<Option<ChainPoint>, LedgerError> {
         self.usable(range.len())?;
-        let refuse = |seq, reason| LedgerError::RangeRefused { seq, reason };
-        let (Some(first), Some(last)) = (range.events().first(), range.events().last()) else {
+        if range.is_empty() {
             return Ok(self.backfill_point());
-        };
-        let Some(point) = self.backfill_point() else {
-            return Err(refuse(last.seq, RangeRefusal::NotBelow { expected: None }));
-        };
-        if range.known() != point || last.seq != point.seq || last.hash != point.hash {
-            return Err(refuse(last.seq, RangeRefusal::NotBelow { expected: Some(point.seq) }));
         }
-        let fingerprint = self.projection.fingerprint();
-        if let Some(bad) = range.events().iter().find(|e| Some(e.event.fingerprint) != fingerprint) {
-            let expected = fingerprint.unwrap_or_default();
-            return Err(refuse(
-                bad.seq,
-                RangeRefusal::Rejected(Rejection::WrongNetwork { expected, got: bad.event.fingerprint }),
-            ));
-        }
+        check_backfill_place(&self.projection, self.backfill_point(), range)?;
         let owned;
         let verdicts = if verdicts.len() == range.len() {
             verdicts
@@ -225,14 +212,8 @@ impl Ledger {
             owned = verify_chained(&mut self.cache, range.events());
             &owned
         };
-        if let Some(bad) = verdicts.iter().position(|ok| !ok) {
-            let ev = &range.events()[bad];
-            return Err(refuse(ev.seq, RangeRefusal::BadSignature(ev.event.author)));
-        }
-        if first.seq == 0 {
-            // Genesis fixes the network: it must be the one whose fingerprint the seed carries.
-            Projection::new().check(&first.event).map_err(|r| refuse(0, RangeRefusal::Rejected(r)))?;
-        }
+        check_verdicts(range.events(), verdicts)?;
+        check_backfill_genesis(range)?;
         let next = range.next_point();
         let mut batch = self.new_batch(range.len());
         let mut record = Vec::with_capacity(1024);

@@ -2,13 +2,12 @@
 //! logarithmic rounds, and a connection dropped mid-sync resumes.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mycnet_spores::core::gossip::{GossipMessage, SessionOutcome, SyncConfig, SyncSession};
 use mycnet_spores::{Ledger, ReplayOptions};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
+use super::sim::{self, SimParams};
 use super::{ledger_with, local_view, open_ledger, pump, sync_pair};
 use crate::fixture::synth_events;
 
@@ -45,128 +44,33 @@ fn two_peers_converge_both_ways_in_small_batches() {
     assert_eq!((r1.outcome, r2.outcome), (SessionOutcome::Completed, SessionOutcome::Completed));
 }
 
-/// One session of the simulation, between nodes `a` (initiator) and `b`.
-struct SimPair {
-    a: usize,
-    b: usize,
-    sa: SyncSession,
-    sb: SyncSession,
-    /// Messages in flight with the step they arrive at: (to b, to a).
-    to_b: VecDeque<(u64, GossipMessage)>,
-    to_a: VecDeque<(u64, GossipMessage)>,
-    /// The connection broke (a message was lost): both sides stop hearing each other.
-    cut: bool,
-    done_a: bool,
-    done_b: bool,
-}
-
 /// 30 nodes — 3 voters that receive the writes, 27 latent nodes that start empty — gossip in
 /// rounds with fan-out 2; every message is lost with probability 5 % (which breaks that
 /// session's connection, as a dropped QUIC connection would) and delayed by 0–3 steps. Writes
 /// land on the voters during the first rounds; after the last write every head converges in
-/// at most 2⌈log₂ 30⌉ + 2 = 12 rounds.
+/// at most 2⌈log₂ 30⌉ + 2 = 12 rounds. One fjall ledger per node: the real store (`scale`
+/// runs the same simulation on in-memory stores for thousands of nodes).
 #[test]
 fn thirty_nodes_converge_in_logarithmic_rounds_with_loss_and_delay() {
     const N: usize = 30;
-    const VOTERS: usize = 3;
-    const WRITE_ROUNDS: usize = 3;
     let max_rounds_after_last_write = 2 * (N as f64).log2().ceil() as usize + 2;
     let (events, _) = synth_events(0x30, 1200);
     let tmp = tempfile::tempdir().unwrap();
     let mut ledgers: Vec<Ledger> = (0..N).map(|i| open_ledger(&tmp.path().join(format!("n{i}")))).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(0x9055);
-    let cfg = SyncConfig { batch_events: 128, idle_timeout: Duration::from_millis(200), ..Default::default() };
-    let base = Instant::now();
-    let step_time = Duration::from_millis(10);
-    let mut writes = events.chunks(events.len() / WRITE_ROUNDS + 1);
-    let mut converged_after = None;
-    let mut total_lost = 0u64;
-    for round in 0..(WRITE_ROUNDS + max_rounds_after_last_write + 4) {
-        if round < WRITE_ROUNDS {
-            let chunk = writes.next().expect("a chunk per write round");
-            for l in ledgers.iter_mut().take(VOTERS) {
-                assert!(l.append(chunk.to_vec()).unwrap().iter().all(|o| o.is_ok()));
-            }
-        }
-        // Pick the round's sessions; a node pulls in at most one session at a time.
-        let mut pulling = [false; N];
-        let mut pairs: Vec<SimPair> = Vec::new();
-        for a in 0..N {
-            for _ in 0..2 {
-                let mut b = rng.random_range(0..N - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let now = base;
-                let pa = !pulling[a] && a >= VOTERS;
-                let pb = !pulling[b] && b >= VOTERS;
-                pulling[a] |= pa;
-                pulling[b] |= pb;
-                pairs.push(SimPair {
-                    a,
-                    b,
-                    sa: SyncSession::new(cfg.clone(), local_view(&ledgers[a], pa), now),
-                    sb: SyncSession::new(cfg.clone(), local_view(&ledgers[b], pb), now),
-                    to_b: VecDeque::new(),
-                    to_a: VecDeque::new(),
-                    cut: false,
-                    done_a: false,
-                    done_b: false,
-                });
-            }
-        }
-        // Interleave all sessions of the round step by step, in random order.
-        let mut step = 0u64;
-        while pairs.iter().any(|p| !(p.done_a && p.done_b)) {
-            step += 1;
-            assert!(step < 100_000, "round {round} does not end");
-            let now = base + step_time * step as u32;
-            let mut order: Vec<usize> = (0..pairs.len()).collect();
-            for i in (1..order.len()).rev() {
-                order.swap(i, rng.random_range(0..=i));
-            }
-            for &pi in &order {
-                let p = &mut pairs[pi];
-                for side_a in [true, false] {
-                    let (s, node, inbox, outbox, done) = if side_a {
-                        (&mut p.sa, p.a, &mut p.to_a, &mut p.to_b, &mut p.done_a)
-                    } else {
-                        (&mut p.sb, p.b, &mut p.to_b, &mut p.to_a, &mut p.done_b)
-                    };
-                    if *done {
-                        continue;
-                    }
-                    while inbox.front().is_some_and(|(at, _)| *at <= step) {
-                        let (_, m) = inbox.pop_front().unwrap();
-                        s.handle(m, now);
-                    }
-                    s.handle_timeout(now);
-                    let mut out = VecDeque::new();
-                    let mut ignored = 0;
-                    if pump(s, &mut ledgers[node], &mut out, &mut ignored, u32::MAX).is_some() {
-                        *done = true;
-                    }
-                    for m in out {
-                        if p.cut || rng.random_bool(0.05) {
-                            p.cut = true;
-                            total_lost += 1;
-                            continue;
-                        }
-                        let delay = rng.random_range(0..=3);
-                        // One QUIC stream: order is kept, so a message never overtakes another.
-                        let at = outbox.back().map_or(0, |(t, _)| *t).max(step + delay);
-                        outbox.push_back((at, m));
-                    }
-                }
-            }
-        }
-        let reference = ledgers[0].head();
-        if round + 1 >= WRITE_ROUNDS && converged_after.is_none() && ledgers.iter().all(|l| l.head() == reference) {
-            converged_after = Some(round + 1 - WRITE_ROUNDS);
-        }
-    }
+    let params = SimParams {
+        voters: 3,
+        write_rounds: 3,
+        fan_out: 2,
+        loss: 0.05,
+        delay_steps_max: 3,
+        seed: 0x9055,
+        rounds_after_writes_max: max_rounds_after_last_write + 4,
+        stop_when_converged: false,
+    };
+    let report = sim::run(&mut ledgers, &events, &params);
+    let total_lost = report.lost;
     assert!(total_lost > 0, "the simulation did lose messages");
-    let rounds = converged_after.unwrap_or_else(|| {
+    let rounds = report.converged_after.unwrap_or_else(|| {
         let behind = ledgers.iter().filter(|l| l.head() != ledgers[0].head()).count();
         panic!(
             "{behind} of {N} nodes did not converge within {max_rounds_after_last_write} rounds after the last write"

@@ -1,5 +1,6 @@
-//! Latent sync: the sans-IO session against real fjall ledgers, in an in-process simulation
-//! with loss and delay, and against a malicious peer.
+//! Latent sync: the sans-IO session against real fjall ledgers (and in-memory stores for
+//! large simulations), in an in-process simulation with loss and delay, and against a
+//! malicious peer.
 //!
 //! The helpers every scenario shares (a ledger, its view, the adapter loop, a lossless
 //! session) are here; the scenarios are in their own files:
@@ -11,55 +12,45 @@
 //! - `anchors`: the anchor tier a synced chain's checkpoints set;
 //! - `runner`: the gossip runner over a byte stream (bandwidth, bans, relayed fork evidence);
 //! - `provisional`: the groundwork of provisional writes;
-//! - `backfill`, `backfill_props`: a ledger from a state-only seed fills in its history below.
+//! - `backfill`, `backfill_props`: a ledger from a state-only seed fills in its history below;
+//! - `sim`: the seeded gossip simulation of many nodes with loss and delay, over any
+//!   `ChainStore` (fjall ledgers in `convergence`, in-memory chains in `scale`);
+//! - `mem_store`: the in-memory store refuses what the ledger refuses;
+//! - `scale`: thousands of nodes on in-memory stores (opt-in, `--ignored`).
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use mycnet_spores::core::event::{ChainedEvent, SignedEvent};
 use mycnet_spores::core::gossip::{GossipMessage, LocalView, SessionEvent, SessionOutcome, SyncConfig, SyncSession};
-use mycnet_spores::{ChainPoint, Ledger, LedgerConfig};
+use mycnet_spores::store::chain_store::ChainStore;
+use mycnet_spores::{Ledger, LedgerConfig};
 
 mod anchors;
 mod backfill;
 mod backfill_props;
 mod convergence;
 mod malicious;
+mod mem_store;
 mod provisional;
 mod ranges;
 mod runner;
+mod scale;
+mod sim;
 
 fn open_ledger(dir: &std::path::Path) -> Ledger {
     Ledger::open(dir, LedgerConfig { durable: false, ..Default::default() }).expect("open ledger")
 }
 
-fn local_view(l: &Ledger, pull: bool) -> LocalView {
-    // A ledger loaded from a state-only seed holds no event at its head until it backfilled.
-    let head = l.head().and_then(|h| l.get(h.seq).expect("read head"));
-    let head_point = l.head().map(|h| ChainPoint { seq: h.seq, hash: h.hash });
-    LocalView {
-        fingerprint: l.fingerprint(),
-        head,
-        head_point,
-        backfill: l.backfill_point(),
-        anchor: l.anchor(),
-        peers: vec![],
-        pull,
-        primary: false,
-        provisional: vec![],
-        forks: vec![],
-    }
+/// The view a session of `l` starts from (see `ChainStore::local_view`).
+fn local_view<S: ChainStore>(l: &S, pull: bool) -> LocalView {
+    l.local_view(pull).expect("read the head")
 }
 
-/// Serves a request from a ledger as the drivers do: `from..` up to `max` events.
-fn serve(l: &Ledger, from: u64, max: u32) -> Vec<ChainedEvent> {
-    match l.head() {
-        // Nothing below the history held (as `Ledger::read_raw_batch` serves).
-        Some(h) if from <= h.seq && from >= l.history_from() => {
-            l.read_range(from, (from + max as u64 - 1).min(h.seq)).expect("read range")
-        }
-        _ => vec![],
-    }
+/// Serves a request from a store as the drivers do: `from..` up to `max` events, nothing
+/// below the history held (as `Ledger::read_raw_batch` serves).
+fn serve<S: ChainStore>(l: &S, from: u64, max: u32) -> Vec<ChainedEvent> {
+    l.serve_range(from, max).expect("read range")
 }
 
 /// What one side of a session did with the adapter's help.
@@ -71,9 +62,9 @@ struct SideResult {
 
 /// Runs the adapter loop for one side: store, serve (at most `cap` events per answer, as a
 /// peer bounded by bytes does); returns messages to send.
-fn pump(
+fn pump<S: ChainStore>(
     s: &mut SyncSession,
-    l: &mut Ledger,
+    l: &mut S,
     out: &mut VecDeque<GossipMessage>,
     stored: &mut u64,
     cap: u32,
@@ -91,7 +82,7 @@ fn pump(
                     }
                     Err(e) => s.store_failed(e.to_string()),
                 },
-                SessionEvent::Backfill(range) => match l.append_backfill(&range, &[]) {
+                SessionEvent::Backfill(range) => match l.append_backfill(&range) {
                     Ok(_) => {
                         *stored += range.len() as u64;
                         s.stored();
@@ -116,15 +107,15 @@ fn pump(
 }
 
 /// Runs a lossless session between two ledgers to the end.
-fn sync_pair(a: &mut Ledger, b: &mut Ledger, cfg: &SyncConfig) -> (SideResult, SideResult) {
+fn sync_pair<S: ChainStore>(a: &mut S, b: &mut S, cfg: &SyncConfig) -> (SideResult, SideResult) {
     sync_sessions(a, b, true, cfg, u32::MAX)
 }
 
 /// Runs a lossless session between `a` (pulling) and `b` (pulling if `b_pulls`), each
 /// answering with at most `cap` events, until both finish.
-fn sync_sessions(
-    a: &mut Ledger,
-    b: &mut Ledger,
+fn sync_sessions<S: ChainStore>(
+    a: &mut S,
+    b: &mut S,
     b_pulls: bool,
     cfg: &SyncConfig,
     cap: u32,
