@@ -187,7 +187,8 @@ fn main() {
     rt.block_on(async {
         let n = SporeSystem::builder().data_dir(&data).private_network().build();
         n.start().await.expect("restart");
-        assert_eq!(n.head().expect("head").expect("formed").seq, head_seq);
+        // At least where it stopped: the restarted leader may commit an anchor at once.
+        assert!(n.head().expect("head").expect("formed").seq >= head_seq);
         n.shutdown().await.expect("shutdown");
     });
     let restart = t.elapsed();

@@ -104,6 +104,16 @@ fn wait_leads(what: &str, addr: &str) {
     wait_until(what, Duration::from_secs(30), || status(addr, CALL_MS).filter(|s| s["raft_state"] == "Leader"));
 }
 
+/// One `spore node` process on loopback that formed a network alone, started and leading.
+fn one_voter(root: &Path) -> Node {
+    let mut n = keyed_procs(root, 1).remove(0);
+    let all = vec![(n.key.clone(), n.addr.clone())];
+    let args = node_args(&n, 0, &all);
+    n.start(&args);
+    wait_leads("the node leads", &n.addr);
+    n
+}
+
 /// Three `spore node` processes on loopback, running as the three voters of one network, and
 /// the (key, address) of each.
 fn three_voters(root: &Path) -> (Vec<Node>, Vec<(String, String)>) {

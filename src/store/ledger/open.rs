@@ -53,7 +53,7 @@ pub(crate) fn open_keyspaces(path: &Path, create: bool) -> Result<(Database, Key
                 path: path.to_path_buf(),
                 seq: 0,
                 corruption: Box::new(Corruption::Undecodable {
-                    reason: format!("the storage engine could not recover its journal ({why})"),
+                    reason: format!("the storage engine's journal is damaged and could not be recovered ({why})"),
                 }),
             });
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{generated, json, keyed_procs, node_args, register, wait_leads, CALL_MS};
+use super::{generated, json, keyed_procs, node_args, one_voter, register, wait_leads, CALL_MS};
 use crate::proc::{path, run, status, wait_until};
 
 /// Overwrites one stored record's byte, as a failing disk would.
@@ -229,12 +229,8 @@ fn flip_journal_byte(ledger_dir: &Path) -> PathBuf {
 #[test]
 fn repair_rebuilds_a_damaged_data_dir_from_a_peer_or_a_seed() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut procs = keyed_procs(root.path(), 1);
-    let all = vec![(procs[0].key.clone(), procs[0].addr.clone())];
-    let args = node_args(&procs[0], 0, &all);
-    procs[0].start(&args);
+    let mut procs = [one_voter(root.path())];
     let addr = procs[0].addr.clone();
-    wait_leads("the node leads", &addr);
     let key = procs[0].dir.join("node.key");
     for i in 0..5 {
         register(&key, &addr, &format!("svc-{i}")).expect("write");

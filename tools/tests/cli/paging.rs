@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use super::{json, keyed_procs, node_args, register, run, wait_leads};
+use super::{json, one_voter, register, run};
 
 /// The service ids of a `--json` page, and its `next`.
 fn page(v: &Value) -> (Vec<String>, Option<String>) {
@@ -20,12 +20,7 @@ fn page(v: &Value) -> (Vec<String>, Option<String>) {
 #[test]
 fn query_pages_follow_the_cursor_and_all_reads_to_the_end() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut procs = keyed_procs(root.path(), 1);
-    let all = vec![(procs[0].key.clone(), procs[0].addr.clone())];
-    let args = node_args(&procs[0], 0, &all);
-    procs[0].start(&args);
-    let n = &procs[0];
-    wait_leads("a leader", &n.addr);
+    let n = &one_voter(root.path());
     let key_file = n.key_file();
     let registered: BTreeSet<String> = (0..5u32)
         .map(|i| register(&key_file, &n.addr, if i.is_multiple_of(2) { "even" } else { "odd" }).expect("registered"))
