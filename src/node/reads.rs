@@ -208,21 +208,13 @@ impl SporeSystem {
     /// naming the archives.
     pub async fn read_events(&self, from_seq: u64, max: u64) -> Result<Vec<ChainedEvent>, Error> {
         let ledger = self.running()?.ledger.clone();
-        let (first_held, archives) = {
-            let l = ledger.read_ledger()?;
-            (l.history_from(), l.archives())
-        };
+        let first_held = ledger.read_ledger()?.history_from();
         if from_seq < first_held {
-            if !archives.is_empty() {
-                let path = ledger.read_ledger()?.path().to_path_buf();
-                return Err(crate::store::error::LedgerError::HistoryArchived {
-                    path,
-                    held_from: first_held,
-                    archives,
-                }
-                .into());
-            }
-            return Err(Error::HistoryNotHeld { from: from_seq, first_held });
+            // A pruned ledger names its archives; otherwise the history is still to come.
+            return Err(match ledger.read_ledger()?.history_not_held() {
+                Some(e @ crate::store::error::LedgerError::HistoryArchived { .. }) => e.into(),
+                _ => Error::HistoryNotHeld { from: from_seq, first_held },
+            });
         }
         if max == 0 {
             return Ok(Vec::new());

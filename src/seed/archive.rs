@@ -20,14 +20,12 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use super::encode::header_of;
-use super::export::write_streamed;
+use super::export::{replay_to_attested, write_streamed};
 use super::{SeedError, VerifyPolicy};
-use crate::core::event::EventBody;
 use crate::core::keys::NodeKey;
 use crate::core::projection::ProjectionState;
 use crate::core::types::Timestamp;
 use crate::store::ledger::{Ledger, LedgerLock, Pruned};
-use crate::store::record::decode_record;
 
 /// How much history a node keeps. With neither bound it keeps everything.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,10 +67,6 @@ pub struct Archived {
 /// retention never holds up a write for longer than that.
 const PAGE_EVENTS: u64 = 1024;
 
-fn bad_events(seq: u64, reason: String) -> SeedError {
-    SeedError::BadEvents { seq, reason }
-}
-
 fn ledger_io(e: crate::store::error::LedgerError) -> SeedError {
     SeedError::Io { path: String::new(), reason: format!("reading the ledger: {e}") }
 }
@@ -103,39 +97,14 @@ pub fn plan(
     if keep_from <= from && cutoff.is_none() {
         return Ok(None);
     }
-    let mut found: Option<ProjectionState> = None;
-    let mut at = from;
-    // Events `at..` are candidates while below `keep_from` and older than the cutoff. Each page
-    // is copied under its own short read lock and replayed after it is released, so writers
-    // wait at most for one small copy.
-    'pages: while at < keep_from.min(head + 1) {
-        let last = (at + PAGE_EVENTS - 1).min(keep_from - 1).min(head);
-        let mut records: Vec<Vec<u8>> = Vec::with_capacity((last - at + 1) as usize);
-        ledger
-            .read_ledger()
-            .map_err(ledger_io)?
-            .visit_raw_range(at, last, |_, rec| {
-                records.push(rec.to_vec());
-                Ok(())
-            })
-            .map_err(ledger_io)?;
-        for rec in &records {
-            let ev = decode_record(rec).map_err(|e| bad_events(at, e.to_string()))?;
-            if cutoff.is_some_and(|c| ev.event.timestamp.0 >= c) {
-                break 'pages;
-            }
-            if let EventBody::StateCheckpoint { head_seq, state_digest, .. } = ev.event.body {
-                if p.head().is_some_and(|h| h.seq == head_seq) && p.state_digest() == state_digest {
-                    found = Some(p.state().clone());
-                }
-            }
-            p.apply(&ev).map_err(|r| bad_events(ev.seq, r.to_string()))?;
-        }
-        if records.is_empty() {
-            break;
-        }
-        at = last + 1;
-    }
+    // Events before `keep_from` are candidates while older than the cutoff; pages are small,
+    // so writers wait at most for one small copy.
+    let found = match keep_from.min(head + 1).checked_sub(1) {
+        Some(last) => replay_to_attested(ledger, &mut p, from, last, PAGE_EVENTS, Path::new(""), |ev| {
+            cutoff.is_some_and(|c| ev.event.timestamp.0 >= c)
+        })?,
+        None => None,
+    };
     // A state at or below the last event not held prunes nothing.
     Ok(found.filter(|s| s.head.is_some_and(|h| h.seq >= from)))
 }

@@ -31,11 +31,10 @@ fn ledger_io(path: &Path) -> impl Fn(crate::store::error::LedgerError) -> SeedEr
 }
 
 /// The newest state at or below `head` that the chain attests: the state right before the
-/// last state checkpoint event whose digest it matches. Found by replaying, page by page under
-/// short read locks, from the stored attested checkpoint (or from genesis when the ledger holds
-/// its whole history) to the head; the rules are applied, signatures were checked when the
-/// records were stored and are checked again by whoever verifies the seed. `None` when there is
-/// no such state.
+/// last state checkpoint event whose digest it matches. Found by replaying
+/// ([`replay_to_attested`]) from the stored attested checkpoint (or from genesis when the ledger
+/// holds its whole history) to the head; signatures are checked again by whoever verifies the
+/// seed. `None` when there is no such state.
 fn newest_attested(
     ledger: &RwLock<Ledger>,
     head: u64,
@@ -48,26 +47,57 @@ fn newest_attested(
         None if history_from == 0 => Projection::new(),
         None => return Ok(None),
     };
-    let mut found = stored;
+    let from = p.next_seq();
     let page = 16 * crate::core::limits::REPLAY_CHUNK_EVENTS as u64;
-    let mut at = p.next_seq();
-    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-    while at <= head {
-        let to = (at + page - 1).min(head);
+    let newer = replay_to_attested(ledger, &mut p, from, head, page, path, |_| false)?;
+    Ok(newer.or(stored))
+}
+
+/// Replays the ledger's records `from..=to` onto `p` (the projection right before `from`) and
+/// returns the newest state it passed that the chain attests: the state right before a state
+/// checkpoint event whose digest it matches (`None` if it passed none). Stops before the first
+/// event `stop` says to leave alone. Each page of `page` records is copied under its own read
+/// lock and replayed after it is released. The rules are applied; signatures were checked
+/// when the records were stored.
+pub(crate) fn replay_to_attested(
+    ledger: &RwLock<Ledger>,
+    p: &mut Projection,
+    from: u64,
+    to: u64,
+    page: u64,
+    path: &Path,
+    mut stop: impl FnMut(&crate::core::event::ChainedEvent) -> bool,
+) -> Result<Option<ProjectionState>, SeedError> {
+    let bad = |seq: u64, reason: String| SeedError::BadEvents { seq, reason };
+    let mut found = None;
+    let mut at = from;
+    while at <= to {
+        let last = (at + page - 1).min(to);
+        let mut records: Vec<Vec<u8>> = Vec::with_capacity((last - at + 1) as usize);
         ledger
             .read_ledger()
             .map_err(ledger_io(path))?
-            .visit_raw_range(at, to, |_, rec| {
-                let ev = decode_record(rec).map_err(|e| bad(e.to_string()))?;
-                if let EventBody::StateCheckpoint { head_seq, state_digest, .. } = ev.event.body {
-                    if p.head().is_some_and(|h| h.seq == head_seq) && p.state_digest() == state_digest {
-                        found = Some(p.state().clone());
-                    }
-                }
-                p.apply(&ev).map_err(|r| bad(format!("seq {}: {r}", ev.seq)))
+            .visit_raw_range(at, last, |_, rec| {
+                records.push(rec.to_vec());
+                Ok(())
             })
             .map_err(ledger_io(path))?;
-        at = to + 1;
+        if records.is_empty() {
+            break;
+        }
+        for rec in &records {
+            let ev = decode_record(rec).map_err(|e| bad(at, e.to_string()))?;
+            if stop(&ev) {
+                return Ok(found);
+            }
+            if let EventBody::StateCheckpoint { head_seq, state_digest, .. } = ev.event.body {
+                if p.head().is_some_and(|h| h.seq == head_seq) && p.state_digest() == state_digest {
+                    found = Some(p.state().clone());
+                }
+            }
+            p.apply(&ev).map_err(|r| bad(ev.seq, r.to_string()))?;
+        }
+        at = last + 1;
     }
     Ok(found)
 }

@@ -46,6 +46,12 @@ impl Ledger {
         self.backfill.as_ref().map_or_else(crate::core::projection::Projection::new, Backfill::start)
     }
 
+    /// What a read below the history this ledger holds fails with (`None` with the whole
+    /// history): [`LedgerError::HistoryArchived`] once pruned, else `HistoryIncomplete`.
+    pub fn history_not_held(&self) -> Option<LedgerError> {
+        self.backfill.as_ref().map(|b| b.not_held(&self.path))
+    }
+
     /// Where this ledger's pruned history was archived, oldest first (empty: never pruned).
     pub fn archives(&self) -> Vec<std::path::PathBuf> {
         self.backfill.as_ref().map(|b| b.archives.to_vec()).unwrap_or_default()
