@@ -9,7 +9,7 @@ use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::raft::TypeConfig;
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, PreconditionFailed, RaftError};
 use openraft::ChangeMembers;
 
 use super::raft_rpc::RaftService;
@@ -77,7 +77,10 @@ impl RaftService {
     }
 
     /// Runs `change` until no other membership change is in progress (bounded): joins may
-    /// arrive together, and openraft takes one change at a time.
+    /// arrive together, and openraft takes one change at a time. openraft 0.10 refuses a change
+    /// three ways while another is under way: in progress, another committed since this one
+    /// read the membership (a failed last-membership precondition), or the new leader's first
+    /// entry not committed yet; each is retried.
     async fn one_at_a_time<F, Fut, T>(&self, what: &NodeId, change: F) -> Result<(), RemoteFailure>
     where
         F: Fn() -> Fut,
@@ -86,9 +89,7 @@ impl RaftService {
         let deadline = tokio::time::Instant::now() + MEMBERSHIP_CHANGE_PATIENCE;
         loop {
             match change().await {
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                    ChangeMembershipError::InProgress(_),
-                ))) if tokio::time::Instant::now() < deadline => {
+                Err(e) if another_change_under_way(&e) && tokio::time::Instant::now() < deadline => {
                     tracing::debug!(node = %what.short(), "another membership change is in progress; waiting");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
@@ -163,5 +164,38 @@ impl RaftService {
         // Demoted voters stay as learners (`retain`), so they keep the chain.
         self.one_at_a_time(&node, || self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true))
             .await
+    }
+}
+
+/// Whether openraft refused a membership change only because another one is under way: one in
+/// progress, one committed since this change read the membership (its last-membership
+/// precondition failed), or the new leader's first entry not committed yet. Each passes.
+fn another_change_under_way(e: &WriteError) -> bool {
+    matches!(
+        e,
+        RaftError::APIError(
+            ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_) | ChangeMembershipError::UncommittedLeaderLog(_),
+            ) | ClientWriteError::PreconditionFailed(PreconditionFailed::LastMembershipLogIdMismatch { .. }),
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two joins at once over a real network (the field test's three voters) lost one to a
+    /// failed last-membership precondition under openraft 0.10: that refusal, like "in
+    /// progress", means wait and try again; a refusal for any other reason does not.
+    #[test]
+    fn a_change_that_lost_a_race_with_another_is_retried_and_nothing_else_is() {
+        let mismatch = PreconditionFailed::LastMembershipLogIdMismatch { expected: None, actual: None };
+        assert!(another_change_under_way(&RaftError::APIError(ClientWriteError::PreconditionFailed(mismatch))));
+        let other = PreconditionFailed::LastLogIdMismatch { expected: None, actual: None };
+        assert!(!another_change_under_way(&RaftError::APIError(ClientWriteError::PreconditionFailed(other))));
+        let empty = ChangeMembershipError::EmptyMembership(openraft::error::EmptyMembership {});
+        assert!(!another_change_under_way(&RaftError::APIError(ClientWriteError::ChangeMembershipError(empty))));
+        assert!(!another_change_under_way(&RaftError::Fatal(openraft::error::Fatal::Stopped)));
     }
 }
