@@ -9,7 +9,7 @@
 //! thread, one lookup pair every 200 µs) and again on the idle node afterwards.
 
 // tests and benches: a panic is the failure report
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub, unsafe_code)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,51 @@ use mycnet_spores::{
 };
 
 const WRITERS: usize = 64;
+
+/// Counts the bytes live on the heap, so the projection's own cost can be told apart from the
+/// node's buffers (fjall's memtables and caches, Raft's log) that the resident size includes.
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The same, each allocation counted as the chunk glibc's malloc gives it (8 bytes of header,
+/// 16-byte steps, 32 at least): what the bytes cost in resident memory.
+static CHUNKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn chunk(size: usize) -> usize {
+    ((size + 8 + 15) & !15).max(32)
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed);
+        CHUNKS.fetch_add(chunk(l.size()), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's layout, passed on.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        CHUNKS.fetch_sub(chunk(l.size()), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: allocated by `alloc` above with this layout.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        CHUNKS.fetch_add(chunk(new), std::sync::atomic::Ordering::Relaxed);
+        CHUNKS.fetch_sub(chunk(l.size()), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as for `dealloc`.
+        unsafe { std::alloc::System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Heap bytes live now.
+fn live() -> usize {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Resident memory of this process, in bytes (`/proc/self/statm`, 4 KiB pages).
 fn resident() -> u64 {
@@ -180,6 +225,26 @@ fn main() {
         println!("idle: services_by_name ({found} hits) p50 / p99: {p50:?} / {p99:?}");
         println!("idle: node(id) p50: {:?}", percentile(by_node, 50));
         println!("idle: services_by_capability ({} hits) p50: {:?}", services / 8, percentile(by_cap, 50));
+        // The projection's own heap: what a fresh copy of it (decoded from a checkpoint of its
+        // state, indexes rebuilt) holds once the decoding buffers are freed.
+        let projection = n
+            .with_projection(|p| {
+                let bytes = mycnet_spores::store::record::encode_checkpoint(p.state());
+                let (before, before_chunks) = (live(), CHUNKS.load(std::sync::atomic::Ordering::Relaxed));
+                let state = mycnet_spores::store::record::decode_checkpoint(&bytes).expect("decodes");
+                let copy = mycnet_spores::Projection::from_state(state);
+                let held = (live() - before, CHUNKS.load(std::sync::atomic::Ordering::Relaxed) - before_chunks);
+                assert_eq!(&copy, p);
+                held
+            })
+            .expect("projection");
+        println!(
+            "projection heap: {} MB = {:.0} bytes per service asked of malloc, {:.0} in malloc chunks (with {nodes} nodes)",
+            projection.0 >> 20,
+            projection.0 as f64 / services as f64,
+            projection.1 as f64 / services as f64
+        );
+        println!("heap live in the whole process: {} MB", live() >> 20);
         n.shutdown().await.expect("shutdown");
         (join_rate, write_rate, head_seq, rss_after)
     });

@@ -333,23 +333,25 @@ pub fn entity_diff(a: &Projection, b: &Projection) -> EntityDiff {
 /// fields `fields` finds different (in id order).
 #[allow(clippy::type_complexity)]
 fn diff_maps<K: Ord + Copy, V: Clone>(
-    a: &std::collections::BTreeMap<K, V>,
-    b: &std::collections::BTreeMap<K, V>,
+    a: &crate::core::projection::SharedMap<K, V>,
+    b: &crate::core::projection::SharedMap<K, V>,
     fields: fn(&V, &V) -> Vec<&'static str>,
 ) -> (Vec<V>, Vec<V>, Vec<(K, Vec<&'static str>, V, V)>) {
     let (mut only_a, mut changed) = (Vec::new(), Vec::new());
     for (id, ra) in a {
         match b.get(id) {
-            None => only_a.push(ra.clone()),
+            None => only_a.push((**ra).clone()),
+            // Shared records are equal without a look at their fields.
+            Some(rb) if std::sync::Arc::ptr_eq(ra, rb) => {}
             Some(rb) => {
                 let f = fields(ra, rb);
                 if !f.is_empty() {
-                    changed.push((*id, f, ra.clone(), rb.clone()));
+                    changed.push((*id, f, (**ra).clone(), (**rb).clone()));
                 }
             }
         }
     }
-    let only_b = b.iter().filter(|(id, _)| !a.contains_key(id)).map(|(_, r)| r.clone()).collect();
+    let only_b = b.iter().filter(|(id, _)| !a.contains_key(*id)).map(|(_, r)| (**r).clone()).collect();
     (only_a, only_b, changed)
 }
 

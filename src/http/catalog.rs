@@ -154,7 +154,7 @@ pub(super) async fn service(
     params(query, &[])?;
     let id = params::service_id("id", &id)?;
     let found = api.system.with_projection(|p| {
-        p.service(&id).map(|record| {
+        p.shared_service(&id).map(|record| {
             let node = p.node(&record.service.node);
             FoundService {
                 record: record.clone(),

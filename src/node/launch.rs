@@ -225,7 +225,10 @@ impl SporeSystem {
         }
         tasks.push(spawn_mode_task(raft.clone(), ledger.clone(), me.clone(), gossip.clone(), modes.clone()));
         let scrub: crate::node::scrubber::SharedScrub = Arc::default();
-        let health = ledger.read_ledger()?.health();
+        let (health, view) = {
+            let l = ledger.read_ledger()?;
+            (l.health(), l.view())
+        };
         tasks.push(crate::node::scrubber::spawn(
             ledger.clone(),
             raft.clone(),
@@ -279,6 +282,7 @@ impl SporeSystem {
             tier_views,
             scrub,
             health,
+            view,
             tasks: std::sync::Mutex::new(tasks),
             tempdir: std::sync::Mutex::new(tempdir),
         })

@@ -125,6 +125,8 @@ struct Running {
     scrub: crate::node::scrubber::SharedScrub,
     /// The ledger's health, read without its lock on every write.
     health: Arc<LedgerHealth>,
+    /// The projection readers answer from, without the ledger's lock (read-copy-update).
+    view: Arc<crate::store::ledger::ProjectionView>,
     /// Background tasks (gossip driver, anchor committer), aborted on shutdown.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The embedded default's temporary data dir, removed when the system is dropped (handed

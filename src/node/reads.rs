@@ -37,11 +37,23 @@ pub enum Consistency {
 }
 
 impl SporeSystem {
-    /// Runs `f` on the local projection (stale-ok).
+    /// Runs `f` on the local projection (stale-ok): the newest snapshot published, read
+    /// without the ledger's lock, so a long apply batch never delays it
+    /// ([`ProjectionView`](crate::store::ledger::ProjectionView)).
     pub fn with_projection<R>(&self, f: impl FnOnce(&Projection) -> R) -> Result<R, Error> {
+        let p = self.projection_snapshot()?;
+        Ok(f(&p))
+    }
+
+    /// The newest published projection (stale-ok), to keep and read at leisure: it does not
+    /// change, and holding it holds up no writer.
+    pub fn projection_snapshot(&self) -> Result<Arc<Projection>, Error> {
         let r = self.running()?;
-        let l = r.ledger.read_ledger()?;
-        Ok(f(l.projection()))
+        match r.view.load() {
+            Some(p) => Ok(p),
+            // A writer panicked holding the ledger: the ledger's own error says so.
+            None => Err(r.ledger.read_ledger().err().map_or(Error::NotStarted, Error::from)),
+        }
     }
 
     /// Runs `f` on the projection with the requested consistency. Linearizable reads confirm
@@ -97,14 +109,15 @@ impl SporeSystem {
 
     /// Services with this name whose node is active (stale-ok): a node committed as offline
     /// offers nothing a caller can reach now. [`SporeSystem::find_services`] says more of
-    /// each and can include them.
-    pub fn services_by_name(&self, name: &str) -> Result<Vec<ServiceRecord>, Error> {
+    /// each and can include them. The records are shared with the projection snapshot they
+    /// were read from (nothing is copied).
+    pub fn services_by_name(&self, name: &str) -> Result<Vec<Arc<ServiceRecord>>, Error> {
         self.find_records(&ServiceFilter::name(name))
     }
 
     /// Services providing this capability whose node is active (stale-ok; see
     /// [`SporeSystem::services_by_name`]).
-    pub fn services_by_capability(&self, capability: &str) -> Result<Vec<ServiceRecord>, Error> {
+    pub fn services_by_capability(&self, capability: &str) -> Result<Vec<Arc<ServiceRecord>>, Error> {
         self.find_records(&ServiceFilter::capability(capability))
     }
 
@@ -133,8 +146,8 @@ impl SporeSystem {
         self.with_projection(|p| p.nodes_page(filter, page))
     }
 
-    fn find_records(&self, filter: &ServiceFilter) -> Result<Vec<ServiceRecord>, Error> {
-        Ok(self.find_services(filter)?.into_iter().map(|f| f.record).collect())
+    fn find_records(&self, filter: &ServiceFilter) -> Result<Vec<Arc<ServiceRecord>>, Error> {
+        self.with_projection(|p| p.find_records(filter))
     }
 
     /// Nodes an authority committed as offline (stale-ok).

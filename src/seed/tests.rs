@@ -258,8 +258,9 @@ fn state_only_seeds_are_checked_against_the_chain() {
     // A forged state (one endpoint changed), signed by a voter: the chain attests another.
     let base = seed.base.clone().expect("base");
     let mut forged = base.clone();
-    let svc =
-        forged.services.values_mut().find(|r| !r.service.endpoints.is_empty()).expect("a service with an endpoint");
+    let id =
+        *forged.services.iter().find(|(_, r)| !r.service.endpoints.is_empty()).expect("a service with an endpoint").0;
+    let svc = std::sync::Arc::make_mut(forged.services.get_mut(&id).expect("present"));
     svc.service.endpoints[0].address = "203.0.113.66:443".into();
     let forged_bytes = build_state_only(&forged, &seed.events, &seed.state, &[voter]).expect("build");
     assert!(matches!(verify(&forged_bytes, VerifyPolicy::default()), Err(SeedError::NotAttested(_))));

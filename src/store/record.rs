@@ -145,7 +145,8 @@ pub fn encode_checkpoint(state: &ProjectionState) -> Vec<u8> {
     if state.critical.is_empty() {
         return v1;
     }
-    let critical = rkyv::to_bytes::<rancor::Error>(&state.critical).map(|v| v.into_vec()).unwrap_or_default();
+    let critical: Critical = state.critical.iter().map(|(id, h)| (*id, (**h).clone())).collect();
+    let critical = rkyv::to_bytes::<rancor::Error>(&critical).map(|v| v.into_vec()).unwrap_or_default();
     debug_assert!(!critical.is_empty());
     let archive = &v1[1..];
     let mut out = Vec::with_capacity(9 + archive.len() + critical.len());
@@ -236,8 +237,11 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<ProjectionState, DecodeError> {
     part.extend_from_slice(critical);
     let archived = rkyv::access::<rkyv::Archived<Critical>, rancor::Error>(&part)
         .map_err(|e| DecodeError::Invalid(e.to_string()))?;
-    decoded.critical =
-        rkyv::deserialize::<Critical, rancor::Error>(archived).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    decoded.critical = rkyv::deserialize::<Critical, rancor::Error>(archived)
+        .map_err(|e| DecodeError::Invalid(e.to_string()))?
+        .into_iter()
+        .map(|(id, h)| (id, std::sync::Arc::new(h)))
+        .collect();
     if decoded.critical.is_empty() {
         return Err(invalid("no critical service (format 1 says that)"));
     }
@@ -304,7 +308,7 @@ mod tests {
             since: crate::core::types::Timestamp(9),
             reason: "connect refused".into(),
         };
-        state.critical.insert(uuid::Uuid::from_u128(1), health);
+        state.critical.insert(uuid::Uuid::from_u128(1), std::sync::Arc::new(health));
         let v2 = encode_checkpoint(&state);
         assert_eq!(v2[0], CHECKPOINT_FORMAT_V2);
         assert_eq!(&v2[9..9 + v1.len() - 1], &v1[1..], "the state's archive is the format 1 one");

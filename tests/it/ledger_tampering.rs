@@ -548,8 +548,13 @@ fn verify_compares_every_stored_cache_with_the_replay() {
 
     // One endpoint changed in the checkpoint, digest recomputed.
     forge_checkpoint(dir.path(), |state| {
-        let service =
-            state.services.values_mut().find(|s| !s.service.endpoints.is_empty()).expect("a service with an endpoint");
+        let id = *state
+            .services
+            .iter()
+            .find(|(_, s)| !s.service.endpoints.is_empty())
+            .expect("a service with an endpoint")
+            .0;
+        let service = std::sync::Arc::make_mut(state.services.get_mut(&id).expect("present"));
         service.service.endpoints[0].address = "203.0.113.66:443".into();
     });
     assert_cache_damage(dir.path(), at, "checkpoint");
@@ -629,8 +634,13 @@ fn a_projection_damaged_in_memory_is_rebuilt_at_the_next_attestation() {
     let mut ledger = Ledger::open(dir.path(), config(0)).expect("open");
     let truth = ledger.projection().state().clone();
     ledger.damage_projection_for_tests(|state| {
-        let service =
-            state.services.values_mut().find(|s| !s.service.endpoints.is_empty()).expect("a service with an endpoint");
+        let id = *state
+            .services
+            .iter()
+            .find(|(_, s)| !s.service.endpoints.is_empty())
+            .expect("a service with an endpoint")
+            .0;
+        let service = std::sync::Arc::make_mut(state.services.get_mut(&id).expect("present"));
         service.service.endpoints[0].address = "203.0.113.66:443".into();
     });
     assert_ne!(ledger.projection().state(), &truth);

@@ -2,6 +2,8 @@
 //! apply, replay), deterministically and infallibly; applying a `state_checkpoint` compares its
 //! attested digest with the state and records a divergence.
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::{ChainHead, NodeRecord, NodeStatus, Projection, Rejection, ServiceHealth, ServiceRecord};
@@ -111,8 +113,13 @@ impl Projection {
         Ok(())
     }
 
+    /// A node's record to change: copied first if a published snapshot shares it.
+    fn node_mut(&mut self, node: &NodeId) -> Option<&mut NodeRecord> {
+        self.state.nodes.get_mut(node).map(Arc::make_mut)
+    }
+
     fn touch(&mut self, node: &NodeId, ts: Timestamp) {
-        if let Some(n) = self.state.nodes.get_mut(node) {
+        if let Some(n) = self.node_mut(node) {
             n.last_activity = n.last_activity.max(ts);
         }
     }
@@ -122,7 +129,7 @@ impl Projection {
         self.keys_checked.insert(a.node);
         self.state.nodes.insert(
             a.node,
-            NodeRecord {
+            Arc::new(NodeRecord {
                 node: a.node,
                 name: a.name,
                 role: a.role,
@@ -135,15 +142,15 @@ impl Projection {
                 last_activity: ts,
                 offline_last_seen: None,
                 updated_seq: seq,
-            },
+            }),
         );
     }
 
     fn remove_services_of(&mut self, node: &NodeId) {
-        let ids: Vec<Uuid> = self.by_node.get(node).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let ids: Vec<Uuid> = self.shared_by_node(node).map(|r| r.service.service_id).collect();
         for id in ids {
             if let Some(rec) = self.state.services.remove(&id) {
-                self.unindex_service(&rec.service);
+                self.unindex_service(&rec);
             }
             self.state.critical.remove(&id);
         }
@@ -174,7 +181,7 @@ impl Projection {
             }
             EventBody::NodeJoined(a) => self.insert_node(a, seq, ts, TrustScore::INITIAL),
             EventBody::NodeUpdated { node, name, role } => {
-                if let Some(n) = self.state.nodes.get_mut(&node) {
+                if let Some(n) = self.node_mut(&node) {
                     if let Some(name) = name {
                         n.name = name;
                     }
@@ -185,7 +192,7 @@ impl Projection {
                 }
             }
             EventBody::NodeLeft { node, .. } => {
-                if let Some(n) = self.state.nodes.get_mut(&node) {
+                if let Some(n) = self.node_mut(&node) {
                     n.status = NodeStatus::Left;
                     n.offline_last_seen = None;
                     n.updated_seq = seq;
@@ -193,33 +200,37 @@ impl Projection {
                 self.remove_services_of(&node);
             }
             EventBody::CapabilitiesChanged { node, capabilities } => {
-                if let Some(n) = self.state.nodes.get_mut(&node) {
+                if let Some(n) = self.node_mut(&node) {
                     n.capabilities = sorted_caps(capabilities);
                     n.updated_seq = seq;
                 }
             }
             EventBody::AddressesChanged { node, addresses } => {
-                if let Some(n) = self.state.nodes.get_mut(&node) {
+                if let Some(n) = self.node_mut(&node) {
                     n.addresses = addresses;
                     n.updated_seq = seq;
                 }
             }
             EventBody::TrustScoreChanged { node, score, .. } => {
-                if let Some(n) = self.state.nodes.get_mut(&node) {
+                if let Some(n) = self.node_mut(&node) {
                     n.trust = score;
                     n.updated_seq = seq;
                 }
             }
             EventBody::ServiceRegistered(s) => {
-                self.index_service(&s);
-                self.state.services.insert(
-                    s.service_id,
-                    ServiceRecord { service: s, registered_seq: seq, registered_at: ts, registered_by: author },
-                );
+                let id = s.service_id;
+                let record = Arc::new(ServiceRecord {
+                    service: s,
+                    registered_seq: seq,
+                    registered_at: ts,
+                    registered_by: author,
+                });
+                self.index_service(&record);
+                self.state.services.insert(id, record);
             }
             EventBody::ServiceDeregistered { service_id, .. } => {
                 if let Some(rec) = self.state.services.remove(&service_id) {
-                    self.unindex_service(&rec.service);
+                    self.unindex_service(&rec);
                 }
                 self.state.critical.remove(&service_id);
             }
@@ -227,18 +238,20 @@ impl Projection {
                 if passing {
                     self.state.critical.remove(&service_id);
                 } else {
-                    self.state.critical.insert(service_id, ServiceHealth { since_seq: seq, since: ts, reason });
+                    self.state
+                        .critical
+                        .insert(service_id, Arc::new(ServiceHealth { since_seq: seq, since: ts, reason }));
                 }
             }
             EventBody::NodeWentOffline { node, last_seen } => {
-                if let Some(n) = self.state.nodes.get_mut(&node) {
+                if let Some(n) = self.node_mut(&node) {
                     n.status = NodeStatus::Offline;
                     n.offline_last_seen = Some(last_seen);
                     n.updated_seq = seq;
                 }
             }
             EventBody::NodeBackOnline { node } => {
-                if let Some(n) = self.state.nodes.get_mut(&node) {
+                if let Some(n) = self.node_mut(&node) {
                     n.status = NodeStatus::Active;
                     n.offline_last_seen = None;
                     n.updated_seq = seq;

@@ -10,6 +10,8 @@
 //! unless [`ServiceFilter::include_critical`] asks for it. A minimum trust leaves out services
 //! of nodes trusted less (`schema/rules.md`, *Trust*).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::{NodeStatus, Projection, ServiceHealth, ServiceRecord};
@@ -62,8 +64,9 @@ impl ServiceFilter {
 /// One service in a discovery answer, with what the registry says of its node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FoundService {
-    /// The service as registered.
-    pub record: ServiceRecord,
+    /// The service as registered (shared with the projection it was read from: an answer
+    /// copies no record).
+    pub record: Arc<ServiceRecord>,
     /// Its node's status (`None`: the node is not in the registry, which the rules do not let
     /// happen for a registered service; kept rather than dropped so nothing is hidden).
     pub node_status: Option<NodeStatus>,
@@ -86,17 +89,43 @@ impl Projection {
     /// node), so a named query costs what the plain lookup costs plus one node lookup per
     /// service.
     pub fn find_services(&self, filter: &ServiceFilter) -> Vec<FoundService> {
-        let candidates: Box<dyn Iterator<Item = &ServiceRecord>> =
-            match (&filter.name, &filter.capability, &filter.node) {
-                (Some(n), _, _) => Box::new(self.services_by_name(n)),
-                (None, Some(c), _) => Box::new(self.services_by_capability(c)),
-                (None, None, Some(node)) => Box::new(self.services_by_node(node)),
-                (None, None, None) => Box::new(self.services()),
-            };
-        candidates.filter_map(|record| self.admit(record, filter)).collect()
+        self.candidates(filter).filter_map(|record| self.admit(record, filter)).collect()
     }
 
-    pub(super) fn admit(&self, record: &ServiceRecord, filter: &ServiceFilter) -> Option<FoundService> {
+    /// The records [`Projection::find_services`] answers, without what it says of each
+    /// service's node: shared, nothing copied (what `services_by_name` hands out).
+    pub fn find_records(&self, filter: &ServiceFilter) -> Vec<Arc<ServiceRecord>> {
+        self.candidates(filter).filter(|record| self.verdict(record, filter).is_some()).cloned().collect()
+    }
+
+    /// The services of the narrowest index the filter names (name, then capability, then
+    /// node), or every service.
+    fn candidates<'a>(&'a self, filter: &ServiceFilter) -> Box<dyn Iterator<Item = &'a Arc<ServiceRecord>> + 'a> {
+        match (&filter.name, &filter.capability, &filter.node) {
+            (Some(n), _, _) => Box::new(self.shared_by_name(n)),
+            (None, Some(c), _) => Box::new(self.shared_by_capability(c)),
+            (None, None, Some(node)) => Box::new(self.shared_by_node(node)),
+            (None, None, None) => Box::new(self.state.services.values()),
+        }
+    }
+
+    pub(super) fn admit(&self, record: &Arc<ServiceRecord>, filter: &ServiceFilter) -> Option<FoundService> {
+        let (node_status, node_trust, critical) = self.verdict(record, filter)?;
+        Some(FoundService {
+            record: record.clone(),
+            node_status,
+            node_trust,
+            critical: critical.map(|c| (**c).clone()),
+        })
+    }
+
+    /// Whether `filter` admits `record`, and if so its node's status and trust and its health.
+    #[allow(clippy::type_complexity)]
+    fn verdict(
+        &self,
+        record: &ServiceRecord,
+        filter: &ServiceFilter,
+    ) -> Option<(Option<NodeStatus>, TrustScore, Option<&Arc<ServiceHealth>>)> {
         let s = &record.service;
         if filter.name.as_ref().is_some_and(|n| &s.name != n)
             || filter.capability.as_ref().is_some_and(|c| !s.capabilities.iter().any(|x| x == c))
@@ -117,7 +146,7 @@ impl Projection {
         if !filter.include_critical && critical.is_some() {
             return None;
         }
-        Some(FoundService { record: record.clone(), node_status, node_trust, critical: critical.cloned() })
+        Some((node_status, node_trust, critical))
     }
 }
 

@@ -1,67 +1,124 @@
 //! The service indexes of a projection (by name, node and capability): lookups, and keeping
 //! them in step with the registered services. They are rebuilt from the state, never stored.
+//!
+//! Each index is one persistent ordered set of `(key, service id)` pairs, so the services of
+//! one key are a range of it, a key costs no map of its own, and a snapshot of the projection
+//! shares the index with the writer. Names and capabilities are interned: every entry for a
+//! name holds the one `Arc<str>` of it (the first entry's). The name index keeps the record
+//! itself beside the id, so the hottest lookup (services by name) reads no second map.
 
-use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{HashMap, Projection, ServiceRecord};
-use crate::core::event::ServiceAnnouncement;
+use super::{Projection, ServiceRecord};
 use crate::core::types::NodeId;
 
-impl Projection {
-    fn lookup<'a>(&'a self, ids: Option<&'a BTreeSet<Uuid>>) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
-        ids.into_iter().flatten().filter_map(move |id| self.state.services.get(id))
-    }
+/// `(key, id)` pairs for every id of `key`, as a range bound.
+fn ids_of<K: Clone>(key: K) -> RangeInclusive<(K, Uuid)> {
+    (key.clone(), Uuid::nil())..=(key, Uuid::max())
+}
 
+/// The interned copy of `key` already in `set`'s entries, or a new one.
+fn intern<V: Clone>(index: &imbl::OrdMap<(Arc<str>, Uuid), V>, key: &str) -> Arc<str> {
+    let probe: Arc<str> = Arc::from(key);
+    match index.range(ids_of(probe.clone())).next() {
+        Some(((k, _), _)) => k.clone(),
+        None => probe,
+    }
+}
+
+impl Projection {
     /// Services with this name.
     pub fn services_by_name<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
-        self.lookup(self.by_name.get(name))
+        self.shared_by_name(name).map(|r| &**r)
+    }
+
+    /// Services with this name, as the shared records a snapshot hands out.
+    pub(super) fn shared_by_name<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Arc<ServiceRecord>> + 'a {
+        self.by_name.range(ids_of(Arc::<str>::from(name))).map(|(_, r)| r)
     }
 
     /// Services offered by this node.
     pub fn services_by_node<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
-        self.lookup(self.by_node.get(node))
+        self.shared_by_node(node).map(|r| &**r)
+    }
+
+    pub(super) fn shared_by_node<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Arc<ServiceRecord>> + 'a {
+        self.by_node.range(ids_of(*node)).filter_map(move |((_, id), _)| self.state.services.get(id))
     }
 
     /// Services that provide this capability.
     pub fn services_by_capability<'a>(&'a self, capability: &str) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
-        self.lookup(self.by_capability.get(capability))
+        self.shared_by_capability(capability).map(|r| &**r)
     }
 
-    pub(super) fn index_service(&mut self, s: &ServiceAnnouncement) {
-        // Most names and capabilities are already indexed: look up by `&str` first and only
-        // allocate a key for a new one.
-        fn add(m: &mut HashMap<String, BTreeSet<Uuid>>, k: &str, id: Uuid) {
-            match m.get_mut(k) {
-                Some(set) => {
-                    set.insert(id);
-                }
-                None => {
-                    m.insert(k.to_string(), BTreeSet::from([id]));
-                }
+    pub(super) fn shared_by_capability<'a>(
+        &'a self,
+        capability: &str,
+    ) -> impl Iterator<Item = &'a Arc<ServiceRecord>> + 'a {
+        self.by_capability
+            .range(ids_of(Arc::<str>::from(capability)))
+            .filter_map(move |((_, id), _)| self.state.services.get(id))
+    }
+
+    /// The ids of the services a name, capability or node index holds, from `after` on
+    /// (exclusive), in id order: what a page of an indexed query reads.
+    pub(super) fn index_range<'a>(
+        &'a self,
+        name: Option<&str>,
+        capability: Option<&str>,
+        node: Option<&NodeId>,
+        after: Option<Uuid>,
+    ) -> Option<Box<dyn Iterator<Item = &'a Arc<ServiceRecord>> + 'a>> {
+        fn start<K>(k: K, after: Option<Uuid>) -> std::ops::Bound<(K, Uuid)> {
+            match after {
+                Some(id) => std::ops::Bound::Excluded((k, id)),
+                None => std::ops::Bound::Included((k, Uuid::nil())),
             }
         }
-        add(&mut self.by_name, &s.name, s.service_id);
-        self.by_node.entry(s.node).or_default().insert(s.service_id);
+        let services = &self.state.services;
+        Some(match (name, capability, node) {
+            (Some(n), _, _) => {
+                let k: Arc<str> = Arc::from(n);
+                let end = std::ops::Bound::Included((k.clone(), Uuid::max()));
+                Box::new(self.by_name.range((start(k, after), end)).map(|(_, r)| r))
+            }
+            (None, Some(c), _) => {
+                let k: Arc<str> = Arc::from(c);
+                let end = std::ops::Bound::Included((k.clone(), Uuid::max()));
+                Box::new(
+                    self.by_capability.range((start(k, after), end)).filter_map(move |((_, id), _)| services.get(id)),
+                )
+            }
+            (None, None, Some(node)) => {
+                let end = std::ops::Bound::Included((*node, Uuid::max()));
+                Box::new(
+                    self.by_node.range((start(*node, after), end)).filter_map(move |((_, id), _)| services.get(id)),
+                )
+            }
+            (None, None, None) => return None,
+        })
+    }
+
+    pub(super) fn index_service(&mut self, record: &Arc<ServiceRecord>) {
+        let s = &record.service;
+        let name = intern(&self.by_name, &s.name);
+        self.by_name.insert((name, s.service_id), record.clone());
+        self.by_node.insert((s.node, s.service_id), ());
         for c in &s.capabilities {
-            add(&mut self.by_capability, c, s.service_id);
+            let c = intern(&self.by_capability, c);
+            self.by_capability.insert((c, s.service_id), ());
         }
     }
 
-    pub(super) fn unindex_service(&mut self, s: &ServiceAnnouncement) {
-        fn drop_from<K: std::hash::Hash + Eq>(m: &mut HashMap<K, BTreeSet<Uuid>>, k: &K, id: &Uuid) {
-            if let Some(set) = m.get_mut(k) {
-                set.remove(id);
-                if set.is_empty() {
-                    m.remove(k);
-                }
-            }
-        }
-        drop_from(&mut self.by_name, &s.name, &s.service_id);
-        drop_from(&mut self.by_node, &s.node, &s.service_id);
+    pub(super) fn unindex_service(&mut self, record: &ServiceRecord) {
+        let s = &record.service;
+        self.by_name.remove(&(Arc::<str>::from(s.name.as_str()), s.service_id));
+        self.by_node.remove(&(s.node, s.service_id));
         for c in &s.capabilities {
-            drop_from(&mut self.by_capability, c, &s.service_id);
+            self.by_capability.remove(&(Arc::<str>::from(c.as_str()), s.service_id));
         }
     }
 }

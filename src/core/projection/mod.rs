@@ -9,7 +9,13 @@
 //!
 //! One job per file: the data a projection keeps (`state.rs`), the rules an event must pass
 //! (`rules.rs`), the change an accepted event makes (`apply.rs`), the service indexes
-//! (`index.rs`), discovery (`find.rs`) and paged answers (`page.rs`). This file holds the [`Projection`] itself and its read accessors.
+//! (`index.rs`), discovery (`find.rs`), paged answers (`page.rs`) and the persistent maps the
+//! state is kept in (`shared.rs`). This file holds the [`Projection`] itself and its read
+//! accessors.
+//!
+//! Cloning a projection is cheap (a few reference counts): its maps are persistent, so a
+//! clone shares them and a later change to either copies only what it changes. That is what
+//! lets a node publish its projection to readers after every write (`store::ledger::view`).
 
 mod apply;
 mod find;
@@ -18,40 +24,40 @@ mod health_tests;
 mod index;
 mod page;
 mod rules;
+mod shared;
 mod state;
 
 pub use find::{FoundService, ServiceFilter};
 pub use page::{NodeFilter, NodePage, Page, Paged, ServicePage};
 pub use rules::{Rejection, Text};
+pub use shared::{AsBTreeMap, SharedMap};
 pub use state::{
     ArchivedChainHead, ArchivedNodeRecord, ArchivedNodeStatus, ArchivedProjectionState, ArchivedServiceRecord,
     ChainHead, ChainHeadResolver, NodeRecord, NodeRecordResolver, NodeStatus, NodeStatusResolver, ProjectionState,
     ProjectionStateResolver, ServiceHealth, ServiceHealthResolver, ServiceRecord, ServiceRecordResolver,
 };
 
-use std::collections::BTreeSet;
-
-/// The indexes' hash map: foldhash (randomly seeded per map) instead of SipHash. Every append
-/// updates these indexes, and SipHash was a tenth of the projection's cost.
-type HashMap<K, V> = foldhash::HashMap<K, V>;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
 use crate::core::attest::{state_digest, StateDivergence};
-use crate::core::event::ServiceAnnouncement;
 use crate::core::types::{ChainHash, NetworkFingerprint, NetworkIdentityRecord, NodeId, StateDigest};
 
 /// The registries, derived from the chain. See the module doc.
 #[derive(Clone, Debug, Default)]
 pub struct Projection {
     state: ProjectionState,
-    by_name: HashMap<String, BTreeSet<Uuid>>,
-    by_node: HashMap<NodeId, BTreeSet<Uuid>>,
-    by_capability: HashMap<String, BTreeSet<Uuid>>,
+    /// `(name, id)` → the service's record (see `index.rs`).
+    by_name: imbl::OrdMap<(Arc<str>, Uuid), Arc<ServiceRecord>>,
+    /// `(node, id)` of every service.
+    by_node: imbl::OrdMap<(NodeId, Uuid), ()>,
+    /// `(capability, id)` of every service.
+    by_capability: imbl::OrdMap<(Arc<str>, Uuid), ()>,
     /// Node keys this projection admitted, each checked to be a valid ed25519 point when it
     /// was: a node that leaves and joins again is not decompressed again. Not persisted (a
     /// projection loaded from a checkpoint checks each key once more, on its first re-join).
-    keys_checked: foldhash::HashSet<NodeId>,
+    keys_checked: imbl::OrdSet<NodeId>,
     /// The first state checkpoint applied whose attested digest differed from this
     /// projection's state (not persisted: a rebuilt projection starts without one).
     divergence: Option<StateDivergence>,
@@ -66,7 +72,7 @@ impl Projection {
     /// Rebuilds a projection (and its indexes) from persisted state.
     pub fn from_state(state: ProjectionState) -> Self {
         let mut p = Projection { state, ..Default::default() };
-        let services: Vec<ServiceAnnouncement> = p.state.services.values().map(|r| r.service.clone()).collect();
+        let services: Vec<Arc<ServiceRecord>> = p.state.services.values().cloned().collect();
         for s in &services {
             p.index_service(s);
         }
@@ -117,12 +123,12 @@ impl Projection {
 
     /// Every node ever admitted (including those that left), ordered by id.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
-        self.state.nodes.values()
+        self.state.nodes.values().map(|n| &**n)
     }
 
     /// One node.
     pub fn node(&self, id: &NodeId) -> Option<&NodeRecord> {
-        self.state.nodes.get(id)
+        self.state.nodes.get(id).map(|n| &**n)
     }
 
     /// Nodes that are admitted and not offline or gone.
@@ -144,24 +150,46 @@ impl Projection {
 
     /// Every registered service, ordered by id.
     pub fn services(&self) -> impl Iterator<Item = &ServiceRecord> {
-        self.state.services.values()
+        self.state.services.values().map(|s| &**s)
     }
 
     /// One service.
     pub fn service(&self, id: &Uuid) -> Option<&ServiceRecord> {
+        self.state.services.get(id).map(|s| &**s)
+    }
+
+    /// One service, as the shared record a snapshot hands out without copying it.
+    pub fn shared_service(&self, id: &Uuid) -> Option<&Arc<ServiceRecord>> {
         self.state.services.get(id)
     }
 
     /// Why a registered service is critical, and since when; `None` while it passes (or has
     /// no check).
     pub fn service_health(&self, id: &Uuid) -> Option<&ServiceHealth> {
-        self.state.critical.get(id)
+        self.state.critical.get(id).map(|h| &**h)
     }
 
     /// Whether a service is available to callers: its node is active and it is not critical.
     pub fn is_available(&self, record: &ServiceRecord) -> bool {
         !self.state.critical.contains_key(&record.service.service_id)
             && self.node(&record.service.node).is_some_and(|n| n.status == NodeStatus::Active)
+    }
+}
+
+impl Projection {
+    /// Whether `other` holds this very state (the same maps, shared, and the same head):
+    /// what a publisher checks to skip a snapshot that would change nothing. `false` is
+    /// always safe.
+    pub fn shares_state_with(&self, other: &Projection) -> bool {
+        let (a, b) = (&self.state, &other.state);
+        a.head == b.head
+            && a.fingerprint == b.fingerprint
+            && a.last_checkpoint == b.last_checkpoint
+            && a.nodes.ptr_eq(&b.nodes)
+            && a.services.ptr_eq(&b.services)
+            && a.critical.ptr_eq(&b.critical)
+            && self.divergence == other.divergence
+            && a.network == b.network
     }
 }
 

@@ -159,22 +159,21 @@ impl Projection {
     /// range of the narrowest index the filter names (name, then capability, then node, else
     /// every service) from the cursor on.
     pub fn find_services_page(&self, filter: &ServiceFilter, page: &Page<Uuid>) -> ServicePage {
-        let from = page.after.map_or(Bound::Unbounded, Bound::Excluded);
-        let range = (from, Bound::Unbounded);
-        let index = match (&filter.name, &filter.capability, &filter.node) {
-            (Some(n), _, _) => Some(self.by_name.get(n.as_str())),
-            (None, Some(c), _) => Some(self.by_capability.get(c.as_str())),
-            (None, None, Some(node)) => Some(self.by_node.get(node)),
-            (None, None, None) => None,
-        };
-        let key = |r: &ServiceRecord| r.service.service_id;
-        let admit = |r: &ServiceRecord| self.admit(r, filter);
-        match index {
-            Some(ids) => {
-                let ids = ids.into_iter().flat_map(move |set| set.range(range));
-                collect_page(ids.filter_map(|id| self.state.services.get(id)), page.limit(), key, admit)
+        let key = |r: &std::sync::Arc<ServiceRecord>| r.service.service_id;
+        let admit = |r: &std::sync::Arc<ServiceRecord>| self.admit(r, filter);
+        let indexed =
+            self.index_range(filter.name.as_deref(), filter.capability.as_deref(), filter.node.as_ref(), page.after);
+        match indexed {
+            Some(records) => collect_page(records, page.limit(), key, admit),
+            None => {
+                let from = page.after.map_or(Bound::Unbounded, Bound::Excluded);
+                collect_page(
+                    self.state.services.range((from, Bound::Unbounded)).map(|(_, r)| r),
+                    page.limit(),
+                    key,
+                    admit,
+                )
             }
-            None => collect_page(self.state.services.range(range).map(|(_, r)| r), page.limit(), key, admit),
         }
     }
 
@@ -182,7 +181,7 @@ impl Projection {
     /// `page.after` (a range of the node registry from the cursor on).
     pub fn nodes_page(&self, filter: &NodeFilter, page: &Page<NodeId>) -> NodePage {
         let from = page.after.map_or(Bound::Unbounded, Bound::Excluded);
-        let nodes = self.state.nodes.range((from, Bound::Unbounded)).map(|(_, n)| n);
+        let nodes = self.state.nodes.range((from, Bound::Unbounded)).map(|(_, n)| &**n);
         collect_page(nodes, page.limit(), |n: &NodeRecord| n.node, |n| filter.admits(n).then(|| n.clone()))
     }
 }

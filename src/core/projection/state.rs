@@ -1,11 +1,10 @@
 //! The data a projection keeps: [`ProjectionState`] (what a checkpoint stores and two
 //! projections are compared by) and the records it holds: nodes, services, the chain head.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::shared::{AsBTreeMap, SharedMap};
 use crate::core::event::ServiceAnnouncement;
 use crate::core::types::{
     ChainHash, NetworkFingerprint, NetworkIdentityRecord, NodeId, NodeRole, Timestamp, TrustScore,
@@ -113,10 +112,12 @@ pub struct ProjectionState {
     pub fingerprint: Option<NetworkFingerprint>,
     /// The head this state is at (`None` before genesis).
     pub head: Option<ChainHead>,
-    /// Every node ever admitted, by id.
-    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Every node ever admitted, by id (a persistent map: see [`SharedMap`]).
+    #[rkyv(with = AsBTreeMap)]
+    pub nodes: SharedMap<NodeId, NodeRecord>,
     /// Every registered service, by id.
-    pub services: BTreeMap<Uuid, ServiceRecord>,
+    #[rkyv(with = AsBTreeMap)]
+    pub services: SharedMap<Uuid, ServiceRecord>,
     /// The latest checkpoint event seen (seq of the checkpoint event, attested head).
     pub last_checkpoint: Option<(u64, ChainHead)>,
     /// Registered services whose health is critical, by id (every other service passes).
@@ -125,7 +126,7 @@ pub struct ProjectionState {
     /// it is not empty (so every state reached without a health event keeps the digest it
     /// always had), and it is archived apart from the rest of a checkpoint
     /// (`store::record`, format 2), so checkpoints and seeds written before it still decode.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "imbl::OrdMap::is_empty")]
     #[rkyv(with = rkyv::with::Skip)]
-    pub critical: BTreeMap<Uuid, ServiceHealth>,
+    pub critical: SharedMap<Uuid, ServiceHealth>,
 }

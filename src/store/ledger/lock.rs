@@ -1,6 +1,8 @@
 //! The ledger shared between threads ([`SharedLedger`]) and the one way to take its lock
-//! ([`LedgerLock`]).
+//! ([`LedgerLock`]). Releasing the write guard publishes the projection to readers
+//! ([`super::view`]).
 
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::Ledger;
@@ -21,8 +23,37 @@ pub type SharedLedger = Arc<RwLock<Ledger>>;
 pub trait LedgerLock {
     /// A shared read guard, or [`LedgerError::LockPoisoned`].
     fn read_ledger(&self) -> Result<RwLockReadGuard<'_, Ledger>, LedgerError>;
-    /// The exclusive write guard, or [`LedgerError::LockPoisoned`].
-    fn write_ledger(&self) -> Result<RwLockWriteGuard<'_, Ledger>, LedgerError>;
+    /// The exclusive write guard, or [`LedgerError::LockPoisoned`]. Releasing it publishes
+    /// the ledger's projection to its [`ProjectionView`](super::ProjectionView).
+    fn write_ledger(&self) -> Result<LedgerWriteGuard<'_>, LedgerError>;
+}
+
+/// The ledger's write guard: releasing it publishes the projection (before the lock is
+/// released), unless the thread is panicking, which poisons the view as it poisons the lock.
+#[derive(Debug)]
+pub struct LedgerWriteGuard<'a>(RwLockWriteGuard<'a, Ledger>);
+
+impl Deref for LedgerWriteGuard<'_> {
+    type Target = Ledger;
+    fn deref(&self) -> &Ledger {
+        &self.0
+    }
+}
+
+impl DerefMut for LedgerWriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Ledger {
+        &mut self.0
+    }
+}
+
+impl Drop for LedgerWriteGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.view.poison();
+        } else {
+            self.0.view.publish(self.0.projection());
+        }
+    }
 }
 
 impl LedgerLock for RwLock<Ledger> {
@@ -30,8 +61,10 @@ impl LedgerLock for RwLock<Ledger> {
         self.read().map_err(|p| LedgerError::LockPoisoned { path: p.get_ref().path().to_path_buf() })
     }
 
-    fn write_ledger(&self) -> Result<RwLockWriteGuard<'_, Ledger>, LedgerError> {
-        self.write().map_err(|p| LedgerError::LockPoisoned { path: p.get_ref().path().to_path_buf() })
+    fn write_ledger(&self) -> Result<LedgerWriteGuard<'_>, LedgerError> {
+        self.write()
+            .map(LedgerWriteGuard)
+            .map_err(|p| LedgerError::LockPoisoned { path: p.get_ref().path().to_path_buf() })
     }
 }
 

@@ -39,11 +39,12 @@ mod prune;
 mod read;
 mod storage_error;
 mod verify;
+mod view;
 
 pub use append::AppendOutcome;
 pub(crate) use backfill::Backfill;
 pub use health::LedgerHealth;
-pub use lock::{LedgerLock, SharedLedger};
+pub use lock::{LedgerLock, LedgerWriteGuard, SharedLedger};
 pub use meta::LEDGER_FORMAT_MARKER;
 pub(crate) use meta::{read_anchor, read_backfill, read_head, read_stored_checkpoint};
 pub(crate) use open::{check_held_records, last_seq, open_keyspaces};
@@ -51,6 +52,7 @@ pub use prune::{Pruned, Reclaimer, Remover};
 pub use read::History;
 pub(crate) use storage_error::storage;
 pub use verify::{verify_linked_signatures, verify_signatures};
+pub use view::ProjectionView;
 
 /// How a ledger is opened.
 #[derive(Clone, Debug)]
@@ -90,6 +92,8 @@ pub struct Ledger {
     backfill: Option<Backfill>,
     /// A failed durable write and a state divergence, readable without the ledger's lock.
     health: Arc<LedgerHealth>,
+    /// The projection as readers see it, published when a write guard is released.
+    view: Arc<ProjectionView>,
     /// The helper thread that chains large append batches (started at the first one; `None`
     /// until then or if no thread could be started).
     chainer: Option<Chainer>,
@@ -169,6 +173,12 @@ impl Ledger {
     /// submit while applies hold the lock).
     pub fn health(&self) -> Arc<LedgerHealth> {
         self.health.clone()
+    }
+
+    /// The projection as readers see it: the snapshot published when a write guard was
+    /// last released (see [`ProjectionView`]), to read without taking this ledger's lock.
+    pub fn view(&self) -> Arc<ProjectionView> {
+        self.view.clone()
     }
 
     /// Syncs everything written to disk.

@@ -14,7 +14,7 @@ use super::meta::{
     META_SEED_ANCHOR,
 };
 use super::storage_error::storage;
-use super::{Ledger, LedgerConfig};
+use super::{Ledger, LedgerConfig, ProjectionView};
 use crate::core::keys::VerifierCache;
 use crate::core::projection::Projection;
 use crate::core::provisional::EventId;
@@ -249,6 +249,7 @@ impl Ledger {
         );
         let refused = read_point(&meta, &path, META_REFUSED_BRANCH, "refused_branch")?
             .map(|(seq, hash)| ChainPoint { seq, hash });
+        let view = Arc::new(ProjectionView::new(projection.clone()));
         Ledger {
             path,
             db,
@@ -263,6 +264,7 @@ impl Ledger {
             refused,
             backfill,
             health: Arc::new(LedgerHealth { poisoned: Mutex::new(None), divergence: Mutex::new(divergence) }),
+            view,
             chainer: None,
             chainer_tried: false,
             pending_checkpoint: None,
