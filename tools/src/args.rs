@@ -30,9 +30,13 @@ pub(crate) enum Command {
         /// The ledger directory to create (must not exist or be empty).
         #[arg(long)]
         out: PathBuf,
-        /// How many events.
+        /// How many events (a history of every kind of change).
+        #[arg(long, required_unless_present = "services", conflicts_with = "services")]
+        events: Option<u64>,
+        /// Build a registry instead: every node joins, then this many services are registered
+        /// (nothing leaves or changes), e.g. `--nodes 10000 --services 100000`.
         #[arg(long)]
-        events: u64,
+        services: Option<usize>,
         /// How many distinct nodes take part.
         #[arg(long, default_value_t = 16)]
         nodes: usize,

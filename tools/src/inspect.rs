@@ -15,11 +15,25 @@ use serde_json::json;
 
 use crate::output::{progress_bar, CliError, CliResult, Out};
 
+/// What `spore generate` writes.
+pub(crate) enum Size {
+    /// A history of this many events of every kind.
+    Events(u64),
+    /// A registry: every node joins, then this many services are registered.
+    Registry {
+        /// How many services.
+        services: usize,
+    },
+}
+
 /// `spore generate`.
-pub(crate) fn generate(out_dir: &Path, events: u64, nodes: usize, seed: u64, o: &mut Out) -> CliResult {
-    if events == 0 {
-        return Err(CliError::usage("--events must be at least 1"));
-    }
+pub(crate) fn generate(out_dir: &Path, size: Size, nodes: usize, seed: u64, o: &mut Out) -> CliResult {
+    let (events, registry) = match size {
+        Size::Events(0) => return Err(CliError::usage("--events must be at least 1")),
+        Size::Events(n) => (n, None),
+        // Genesis, the other joins, the registrations; the checkpoints between come on top.
+        Size::Registry { services } => (nodes as u64 + services as u64, Some(services)),
+    };
     if nodes == 0 {
         return Err(CliError::usage("--nodes must be at least 1"));
     }
@@ -29,11 +43,27 @@ pub(crate) fn generate(out_dir: &Path, events: u64, nodes: usize, seed: u64, o: 
     let started = std::time::Instant::now();
     let config = LedgerConfig { create: true, checkpoint_interval: 65_536, durable: false, ..LedgerConfig::default() };
     let mut ledger = Ledger::open(out_dir, config).map_err(CliError::ledger)?;
-    let mut synth = Synth::new(SynthConfig { seed, nodes, voters: nodes.clamp(1, 3), ..Default::default() });
+    let mut synth = Synth::new(SynthConfig {
+        seed,
+        nodes,
+        voters: nodes.clamp(1, 3),
+        registry: registry.is_some(),
+        ..Default::default()
+    });
     let bar = progress_bar(o, events, "generating");
     let mut written = 0u64;
-    while written < events {
-        let want = ((events - written) as usize).min(APPEND_BATCH_MAX / 2);
+    let short = |synth: &Synth, written: u64| match registry {
+        Some(services) => {
+            let p = synth.projection().state();
+            nodes.saturating_sub(p.nodes.len()) as u64 + services.saturating_sub(p.services.len()) as u64
+        }
+        None => events.saturating_sub(written),
+    };
+    while short(&synth, written) > 0 {
+        // In a registry, every chunk after the first starts with a checkpoint event: room for
+        // it too (a history counts it as one of its events).
+        let want = (short(&synth, written) + u64::from(registry.is_some() && written > 0)) as usize;
+        let want = want.min(APPEND_BATCH_MAX / 2);
         let chunk = synth.next_chunk(want);
         if chunk.is_empty() {
             return Err(CliError::Io(format!("the generator stalled after {written} events")));
@@ -52,14 +82,18 @@ pub(crate) fn generate(out_dir: &Path, events: u64, nodes: usize, seed: u64, o: 
     bar.finish_and_clear();
     let head = ledger.head().ok_or_else(|| CliError::Io("no head after generating".into()))?;
     let elapsed = started.elapsed().as_secs_f64();
+    let registered = ledger.projection().state().services.len();
     if o.json {
         o.json_line(&json!({
-            "dir": out_dir, "events": written, "nodes": nodes, "seed": seed,
+            "dir": out_dir, "events": written, "nodes": nodes, "seed": seed, "services": registered,
             "head": { "seq": head.seq, "hash": head.hash },
             "fingerprint": ledger.fingerprint(), "elapsed_secs": elapsed,
         }))?;
     } else {
-        o.line(format!("wrote {written} events of a {nodes}-node network (seed {seed}) to {}", out_dir.display()))?;
+        o.line(format!(
+            "wrote {written} events of a {nodes}-node network with {registered} services (seed {seed}) to {}",
+            out_dir.display()
+        ))?;
         o.line(format!("head {} {}  in {elapsed:.1} s", head.seq, head.hash))?;
     }
     Ok(())

@@ -61,8 +61,13 @@ fn run(cli: Cli) -> CliResult {
         remote::set_client_key(path)?;
     }
     match cli.command {
-        Command::Generate { out, events, nodes, seed, json } => {
-            inspect::generate(&out, events, nodes, seed, &mut Out::new(json))
+        Command::Generate { out, events, services, nodes, seed, json } => {
+            let size = match (events, services) {
+                (_, Some(services)) => inspect::Size::Registry { services },
+                (Some(events), None) => inspect::Size::Events(events),
+                (None, None) => return Err(output::CliError::usage("give --events or --services")),
+            };
+            inspect::generate(&out, size, nodes, seed, &mut Out::new(json))
         }
         Command::Verify { dir, json } => inspect::verify(&dir, &mut Out::new(json)),
         Command::Dump { dir, from, to, json } => inspect::dump(&dir, from, to, &mut Out::new(json)),

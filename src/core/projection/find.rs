@@ -89,13 +89,25 @@ impl Projection {
     /// node), so a named query costs what the plain lookup costs plus one node lookup per
     /// service.
     pub fn find_services(&self, filter: &ServiceFilter) -> Vec<FoundService> {
-        self.candidates(filter).filter_map(|record| self.admit(record, filter)).collect()
+        let rest = self.unindexed(filter);
+        self.candidates(filter).filter_map(|record| self.admit(record, &rest)).collect()
     }
 
     /// The records [`Projection::find_services`] answers, without what it says of each
     /// service's node: shared, nothing copied (what `services_by_name` hands out).
     pub fn find_records(&self, filter: &ServiceFilter) -> Vec<Arc<ServiceRecord>> {
-        self.candidates(filter).filter(|record| self.verdict(record, filter).is_some()).cloned().collect()
+        let rest = self.unindexed(filter);
+        self.candidates(filter).filter(|record| self.verdict(record, &rest).is_some()).cloned().collect()
+    }
+
+    /// `filter` without the condition [`Projection::candidates`] reads an index for: every
+    /// candidate meets it already, and comparing it again reads each record's strings.
+    fn unindexed(&self, filter: &ServiceFilter) -> ServiceFilter {
+        let mut rest = filter.clone();
+        if rest.name.take().is_none() && rest.capability.take().is_none() {
+            rest.node = None;
+        }
+        rest
     }
 
     /// The services of the narrowest index the filter names (name, then capability, then

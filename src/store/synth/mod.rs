@@ -37,6 +37,9 @@ pub struct SynthConfig {
     pub start: Timestamp,
     /// A checkpoint event at the start of every chunk (0 = none).
     pub checkpoint_every_chunk: bool,
+    /// Only grow the registry: every node joins, then services are registered, and nothing
+    /// else happens (what `spore generate --services` builds a registry of a given size with).
+    pub registry: bool,
 }
 
 impl Default for SynthConfig {
@@ -47,6 +50,7 @@ impl Default for SynthConfig {
             voters: 3,
             start: Timestamp(1_767_225_600_000_000),
             checkpoint_every_chunk: true,
+            registry: false,
         }
     }
 }
@@ -256,7 +260,12 @@ impl Synth {
     /// `None` if the dice chose something impossible.
     fn plan_one(&mut self) -> Option<(usize, EventBody)> {
         let authority = self.pick(Pool::Authorities)?;
-        let roll = self.rng.random_range(0..100u32);
+        let roll = match self.cfg.registry {
+            // Joins first, then registrations (the first rolls of each below).
+            true if self.pools.set(Pool::Absent).len > 0 => 0,
+            true => 12,
+            false => self.rng.random_range(0..100u32),
+        };
         match roll {
             0..=11 => {
                 // Join (or re-join after leaving).
