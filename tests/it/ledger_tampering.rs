@@ -548,14 +548,7 @@ fn verify_compares_every_stored_cache_with_the_replay() {
 
     // One endpoint changed in the checkpoint, digest recomputed.
     forge_checkpoint(dir.path(), |state| {
-        let id = *state
-            .services
-            .iter()
-            .find(|(_, s)| !s.service.endpoints.is_empty())
-            .expect("a service with an endpoint")
-            .0;
-        let service = std::sync::Arc::make_mut(state.services.get_mut(&id).expect("present"));
-        service.service.endpoints[0].address = "203.0.113.66:443".into();
+        forge_an_endpoint(state);
     });
     assert_cache_damage(dir.path(), at, "checkpoint");
     // The node itself never starts from it: the chain attests another state there, so opening
@@ -634,14 +627,7 @@ fn a_projection_damaged_in_memory_is_rebuilt_at_the_next_attestation() {
     let mut ledger = Ledger::open(dir.path(), config(0)).expect("open");
     let truth = ledger.projection().state().clone();
     ledger.damage_projection_for_tests(|state| {
-        let id = *state
-            .services
-            .iter()
-            .find(|(_, s)| !s.service.endpoints.is_empty())
-            .expect("a service with an endpoint")
-            .0;
-        let service = std::sync::Arc::make_mut(state.services.get_mut(&id).expect("present"));
-        service.service.endpoints[0].address = "203.0.113.66:443".into();
+        forge_an_endpoint(state);
     });
     assert_ne!(ledger.projection().state(), &truth);
     // The next event attests the state at `at`.
@@ -737,4 +723,12 @@ fn a_damaged_journal_anywhere_is_an_error_at_open_never_a_panic() {
         }
     }
     eprintln!("48 damaged journals: {errors} refused with an error, {opened} recovered");
+}
+
+/// Points one service's first endpoint at 203.0.113.66:443 (a forged state).
+fn forge_an_endpoint(state: &mut mycnet_spores::core::projection::ProjectionState) {
+    let id =
+        *state.services.iter().find(|(_, s)| !s.service.endpoints.is_empty()).expect("a service with an endpoint").0;
+    let service = std::sync::Arc::make_mut(state.services.get_mut(&id).expect("present"));
+    service.service.endpoints[0].address = "203.0.113.66:443".into();
 }
