@@ -286,3 +286,52 @@ fn diff_names_the_fork_of_a_split_brain_over_quic() {
     assert_eq!(names("only_in_a"), vec!["a-side".to_string()]);
     assert_eq!(names("only_in_b"), vec!["b-side".to_string()]);
 }
+
+/// `spore state --at-seq` on a ledger that archived and pruned its old history reads the
+/// archive for a point below what the ledger holds, and the ledger above it: both answers are
+/// the registries a replay of the whole history gives at that point.
+#[test]
+fn state_at_a_seq_below_a_pruned_ledger_s_history_reads_its_archive() {
+    use mycnet_spores::seed::archive::{archive_and_prune, RetentionPolicy};
+    use mycnet_spores::store::synth::{Synth, SynthConfig};
+    use mycnet_spores::{Ledger, LedgerConfig, Projection};
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("ledger");
+    let mut synth = Synth::new(SynthConfig { seed: 5, nodes: 12, ..Default::default() });
+    // Chunks of 150: each starts with a checkpoint, and state checkpoints (what a prune stops
+    // at) come among them.
+    let events: Vec<_> = (0..27).flat_map(|_| synth.next_chunk(150)).collect();
+    let config = LedgerConfig { durable: false, checkpoint_interval: 1024, ..LedgerConfig::default() };
+    let ledger = std::sync::RwLock::new(Ledger::open(&dir, config).expect("open"));
+    for chunk in events.chunks(500) {
+        let out = ledger.write().expect("lock").append(chunk.to_vec()).expect("append");
+        assert!(out.iter().all(|o| o.is_ok()), "synthetic events apply");
+    }
+    let policy = RetentionPolicy { keep_events: Some(1500), keep_for: None };
+    let voter = synth.keys()[0].clone();
+    let archived =
+        archive_and_prune(&ledger, &voter, &root.path().join("archive"), &policy).expect("archive").expect("pruned");
+    drop(ledger);
+    let below = archived.pruned.to / 2;
+    let above = archived.pruned.to + 100;
+    for at in [below, above] {
+        let mut want = Projection::new();
+        for ev in &events[..=at as usize] {
+            want.append(ev.clone()).expect("replays");
+        }
+        let out = run(&["state", path(&dir), "--at-seq", &at.to_string(), "--json"]);
+        assert_eq!(out.status.code(), Some(0), "at {at}: {}", String::from_utf8_lossy(&out.stderr));
+        let got = json(&out);
+        assert_eq!(got["head"]["seq"], at, "at {at}");
+        let ids = |v: &Value, key: &str| -> Vec<String> {
+            v[key].as_array().expect("a list").iter().map(|n| n["node"].to_string()).collect()
+        };
+        assert_eq!(ids(&got, "nodes").len(), want.nodes().count(), "nodes at {at}");
+        assert_eq!(got["services"].as_array().map(Vec::len), Some(want.services().count()), "services at {at}");
+        assert_eq!(
+            got["head"]["hash"].as_str().map(str::to_string),
+            want.head().map(|h| h.hash.to_string()),
+            "the chain point at {at}"
+        );
+    }
+}
