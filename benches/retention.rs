@@ -62,7 +62,9 @@ fn main() {
     while events.len() < total {
         events.extend(synth.next_chunk((total - events.len()).min(2048)));
     }
-    let live = synth.next_chunk(8000);
+    // Enough single appends to last the whole run (~2.5 s at ~0.2 ms each), so every phase of
+    // retention is measured against a writer.
+    let live: Vec<_> = (0..10).flat_map(|_| synth.next_chunk(2048)).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = Arc::new(RwLock::new(Ledger::open(dir.path().join("l"), LedgerConfig::default()).expect("open")));
     for chunk in events.chunks(4096) {
@@ -100,7 +102,8 @@ fn main() {
                 if !running.load(Ordering::Relaxed) {
                     break;
                 }
-                during.push(appended(&ledger, ev));
+                let at = Instant::now();
+                during.push((at, appended(&ledger, ev)));
             }
             during
         })
@@ -112,11 +115,33 @@ fn main() {
         .expect("archive and prune")
         .expect("something to prune");
     let reclaim = Instant::now();
-    ledger.read().unwrap().reclaimer().run().expect("compact");
+    // The lock only to get the reclaimer: the compaction runs without it, as in the node.
+    let reclaimer = ledger.read().unwrap().reclaimer();
+    reclaimer.run().expect("compact");
     let reclaimed_in = reclaim.elapsed();
     let whole = t.elapsed();
     running.store(false, Ordering::Relaxed);
-    let during = writer.join().expect("writer");
+    let timed = writer.join().expect("writer");
+    // The slowest appends, and the phase each started in (the phases run back to back).
+    let mut phases = vec![("plan", done.planned_in), ("archive", done.archived_in), ("switch", done.pruned.took)];
+    phases.extend([("deletion", done.removed_in), ("compaction", reclaimed_in)]);
+    let phase_of = |since: Duration| {
+        let mut end = Duration::ZERO;
+        for (name, took) in &phases {
+            end += *took;
+            if since < end {
+                return *name;
+            }
+        }
+        "after"
+    };
+    let mut slowest = timed.clone();
+    slowest.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+    for (at, d) in slowest.iter().take(5) {
+        let since = at.duration_since(t);
+        eprintln!("slow append: {d:?}, started {since:?} into the run (during the {})", phase_of(since));
+    }
+    let during: Vec<Duration> = timed.into_iter().map(|(_, d)| d).collect();
 
     let pruned = done.pruned.to + 1 - done.pruned.from;
     let prune = done.pruned.took + done.removed_in;
@@ -131,7 +156,7 @@ fn main() {
     eprintln!("\n=== retention: {total} events, keep {KEEP}, {} appends during the run ===", during.len());
     eprintln!("plan (replay to the newest attested state) {:?}", done.planned_in);
     eprintln!("archive ({} bytes, written and verified) {:?}", done.bytes, done.archived_in);
-    eprintln!("switch (synced, under the write lock) {:?}", done.pruned.took);
+    eprintln!("switch (under the write lock; synced by the deletion) {:?}", done.pruned.took);
     eprintln!("deletion of {} records (no lock) {:?}", done.removed, done.removed_in);
     eprintln!("compaction {reclaimed_in:?}; the whole run {whole:?}");
     eprintln!(

@@ -12,8 +12,9 @@
 //! 2) whose state is the previous prune's, proved by the state checkpoint event its events start
 //! with. So the archives of one node chain: each one's state is the previous one's head.
 //!
-//! Everything is read under short read locks, page by page; only the prune itself takes the
-//! write lock, for one synced batch.
+//! Everything is read from a view of the ledger's records, without its lock
+//! (`store::ledger::RecordsView`); only the prune itself takes the write lock, for one small
+//! batch that the deletion syncs after the lock is released.
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -63,8 +64,7 @@ pub struct Archived {
     pub removed_in: Duration,
 }
 
-/// Events read under one read lock: a page is copied in well under a commit's time, so
-/// retention never holds up a write for longer than that.
+/// Events read from the records view at a time (copied, then replayed or written).
 const PAGE_EVENTS: u64 = 1024;
 
 fn ledger_io(e: crate::store::error::LedgerError) -> SeedError {
@@ -72,8 +72,8 @@ fn ledger_io(e: crate::store::error::LedgerError) -> SeedError {
 }
 
 /// The newest state the chain attests whose events may all go under `policy` at `now`: replays
-/// the held history (from its start) up to the first event the policy keeps, page by page
-/// under short read locks. `None` when there is nothing to prune yet.
+/// the held history (from its start) up to the first event the policy keeps, read without the
+/// ledger's lock. `None` when there is nothing to prune yet.
 pub fn plan(
     ledger: &RwLock<Ledger>,
     policy: &RetentionPolicy,

@@ -56,8 +56,8 @@ fn newest_attested(
 /// Replays the ledger's records `from..=to` onto `p` (the projection right before `from`) and
 /// returns the newest state it passed that the chain attests: the state right before a state
 /// checkpoint event whose digest it matches (`None` if it passed none). Stops before the first
-/// event `stop` says to leave alone. Each page of `page` records is copied under its own read
-/// lock and replayed after it is released. The rules are applied; signatures were checked
+/// event `stop` says to leave alone. The records are read `page` at a time from a view of
+/// the ledger taken when it starts (`store::ledger::RecordsView`), without its lock. The rules are applied; signatures were checked
 /// when the records were stored.
 pub(crate) fn replay_to_attested(
     ledger: &RwLock<Ledger>,
@@ -70,18 +70,17 @@ pub(crate) fn replay_to_attested(
 ) -> Result<Option<ProjectionState>, SeedError> {
     let bad = |seq: u64, reason: String| SeedError::BadEvents { seq, reason };
     let mut found = None;
+    // Read without the ledger's lock: a writer never waits for this pass.
+    let view = ledger.read_ledger().map_err(ledger_io(path))?.records_view();
     let mut at = from;
     while at <= to {
         let last = (at + page - 1).min(to);
         let mut records: Vec<Vec<u8>> = Vec::with_capacity((last - at + 1) as usize);
-        ledger
-            .read_ledger()
-            .map_err(ledger_io(path))?
-            .visit_raw_range(at, last, |_, rec| {
-                records.push(rec.to_vec());
-                Ok(())
-            })
-            .map_err(ledger_io(path))?;
+        view.visit_raw_range(at, last, |_, rec| {
+            records.push(rec.to_vec());
+            Ok(())
+        })
+        .map_err(ledger_io(path))?;
         if records.is_empty() {
             break;
         }
@@ -104,7 +103,7 @@ pub(crate) fn replay_to_attested(
 
 /// Exports a seed of a ledger at its current head to `path`, signed by `signer`, while the
 /// ledger stays writable: the projection is copied under a short read lock, then the events
-/// are read page by page up to that head, each page under its own short lock. Written
+/// are read up to that head from a view of the records, without the lock. Written
 /// crash-safely (temporary file, sync, rename, sync of the directory).
 ///
 /// With `include_events`, a full seed (format 1). Without, a **state-only** seed (format 2):
@@ -157,8 +156,8 @@ pub fn export(
 /// the chain hashes cover, checked when they were stored and again by whoever verifies the
 /// seed — into 4 MiB chunks while a second thread hashes and writes them, so nothing is
 /// buffered whole) into a temporary file next to `path`, synced, renamed, and the directory
-/// synced. Each page of `page` records is read under its own short read lock. Returns the file
-/// size.
+/// synced. The records are read `page` at a time from a view of the ledger taken when it
+/// starts (`store::ledger::RecordsView`), without its lock. Returns the file size.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_streamed(
     ledger: &RwLock<Ledger>,
@@ -188,12 +187,13 @@ pub(crate) fn write_streamed(
         let writer = scope.spawn(move || -> std::io::Result<(blake3::Hasher, tempfile::NamedTempFile)> {
             let mut hasher = blake3::Hasher::new();
             let mut file = tmp;
-            for (i, chunk) in rx.into_iter().enumerate() {
+            for chunk in rx {
                 hasher.update(&chunk);
-                file.as_file_mut().write_all(&chunk)?;
-                // Synced as it goes (every 16 MiB), so the final sync does not flush the whole
-                // file at once while the node's own durable writes wait on the same disk.
-                if i % 4 == 3 {
+                // Synced as it goes, 1 MiB at a time: the node's own durable writes share the
+                // disk, and each of their syncs waits for whatever is in flight (16 MiB at once
+                // held one up for ~30 ms).
+                for piece in chunk.chunks(1 << 20) {
+                    file.as_file_mut().write_all(piece)?;
                     file.as_file().sync_data()?;
                 }
             }
@@ -202,12 +202,12 @@ pub(crate) fn write_streamed(
         let read = (|| -> Result<(), SeedError> {
             let mut buf = prefix;
             buf.reserve(CHUNK);
+            // Read without the ledger's lock: a writer never waits for the export.
+            let view = ledger.read_ledger().map_err(&ledger_io)?.records_view();
             let mut at = from;
             while at <= to {
                 let last = (at + page - 1).min(to);
-                let visited = ledger
-                    .read_ledger()
-                    .map_err(&ledger_io)?
+                let visited = view
                     .visit_raw_range(at, last, |_, rec| {
                         buf.extend_from_slice(&(rec.len() as u32).to_le_bytes());
                         buf.extend_from_slice(rec);

@@ -37,6 +37,7 @@ mod meta;
 mod open;
 mod prune;
 mod read;
+mod records_view;
 mod storage_error;
 mod verify;
 mod view;
@@ -50,6 +51,7 @@ pub(crate) use meta::{read_anchor, read_backfill, read_head, read_stored_checkpo
 pub(crate) use open::{check_held_records, last_seq, open_keyspaces};
 pub use prune::{Pruned, Reclaimer, Remover};
 pub use read::History;
+pub use records_view::RecordsView;
 pub(crate) use storage_error::storage;
 pub use verify::{verify_linked_signatures, verify_signatures};
 pub use view::ProjectionView;

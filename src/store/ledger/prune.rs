@@ -35,7 +35,7 @@ pub struct Pruned {
     pub from: u64,
     /// The last sequence number pruned: the ledger now holds its history from `to + 1`.
     pub to: u64,
-    /// How long the switch took (one synced batch under the ledger's write lock).
+    /// How long the switch took (one small batch under the ledger's write lock, synced later by the [`Remover`]).
     pub took: std::time::Duration,
 }
 
@@ -58,12 +58,16 @@ impl Ledger {
     }
 
     /// Lets go of every record from [`Ledger::history_from`] up to `base`'s head: one small
-    /// synced batch moves the history's start past them, keeping `base` (the projection at
-    /// that head) as the state the held records start from and recording `archive` as where
-    /// they went. From then on nothing reads them; the returned [`Remover`] deletes them, in
-    /// chunks, without the ledger's lock (a write waits for the switch only, one sync). A crash
-    /// before the removal ends leaves records below the history's start, which the next
-    /// removal deletes first. `base` must be a state this chain attests: its head is a held
+    /// batch moves the history's start past them, keeping `base` (the projection at that head)
+    /// as the state the held records start from and recording `archive` as where they went.
+    /// From then on nothing reads them; the returned [`Remover`] deletes them, in chunks,
+    /// without the ledger's lock. The switch is not synced here, under the lock (a sync there
+    /// held up every write for one, and more when the disk was busy with the archive): the
+    /// removal syncs it before it deletes anything, and any durable append after it syncs it
+    /// too (the journal is replayed in order). A crash before then keeps every record and
+    /// forgets the switch (the ledger reopens unpruned, its archive unlisted); a crash before
+    /// the removal ends leaves records below the history's start, which the next removal
+    /// deletes first. `base` must be a state this chain attests: its head is a held
     /// event of this chain below the ledger's head, and the record right after it is a state
     /// checkpoint event carrying its digest. Callers archive the range first
     /// ([`crate::seed::archive`]); the ledger only checks that `archive` exists.
@@ -104,7 +108,7 @@ impl Ledger {
         let names = postcard::to_stdvec(&names).map_err(|e| invalid(&self.path, format!("archive list: {e}")))?;
 
         let started = Instant::now();
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut batch = self.db.batch();
         batch.insert(&self.meta, META_BACKFILL, encode_point(at.seq, &at.hash).to_vec());
         batch.insert(&self.meta, META_BACKFILL_BASE, encode_meta_checkpoint(&base));
         batch.insert(&self.meta, META_PRUNED, names);
@@ -143,11 +147,14 @@ impl Remover {
     /// reader or writer of the ledger waits for.
     pub const CHUNK: usize = 4096;
 
-    /// Deletes every record up to the pruned seq, from the oldest one still stored (records a
-    /// crash left behind included), in batches of [`Remover::CHUNK`]; the last one is synced.
+    /// Syncs the switch [`Ledger::prune_to`] wrote, then deletes every record up to the pruned
+    /// seq, from the oldest one still stored (records a crash left behind included), in batches
+    /// of [`Remover::CHUNK`]; the last one is synced.
     /// Returns how many were removed.
     #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display(), to = self.to))]
     pub fn run(&self) -> Result<u64, LedgerError> {
+        // The switch first: no record goes before the history's start has moved for good.
+        self.db.persist(PersistMode::SyncData).map_err(storage("sync the history's new start", &self.path))?;
         let mut removed = 0u64;
         // From the oldest record still stored; each batch goes on after the last key it removed
         // (starting over would walk the tombstones of every batch before it).

@@ -73,7 +73,7 @@ impl Ledger {
         &self,
         from: u64,
         to: u64,
-        mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+        f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
     ) -> Result<u64, LedgerError> {
         let to = match self.projection.head() {
             Some(h) => to.min(h.seq),
@@ -83,33 +83,7 @@ impl Ledger {
             return Ok(0);
         }
         self.held_from(from)?;
-        let mut expected = from;
-        for guard in self.ledger.range(seq_key(from)..=seq_key(to)) {
-            let (k, v) = guard.into_inner().map_err(storage("read record", &self.path))?;
-            let corrupt = |corruption| LedgerError::Corrupt {
-                path: self.path.clone(),
-                seq: expected,
-                corruption: Box::new(corruption),
-            };
-            match record::parse_seq_key(&k) {
-                Some(seq) if seq == expected => {}
-                Some(seq) => return Err(corrupt(Corruption::Gap { expected, found: seq })),
-                None => return Err(corrupt(Corruption::MalformedKey { len: k.len() })),
-            }
-            if v.first() != Some(&record::RECORD_FORMAT_V1) {
-                return Err(corrupt(Corruption::Undecodable { reason: "not a ledger record".into() }));
-            }
-            f(expected, &v).map_err(|source| LedgerError::Io { path: self.path.clone(), source })?;
-            expected += 1;
-        }
-        if expected != to + 1 {
-            return Err(LedgerError::Corrupt {
-                path: self.path.clone(),
-                seq: expected,
-                corruption: Box::new(Corruption::Truncated { head_seq: to, last_seq: expected.checked_sub(1) }),
-            });
-        }
-        Ok(expected - from)
+        visit_records(self.ledger.range(seq_key(from)..=seq_key(to)), from, to, &self.path, f)
     }
 
     /// Up to `max_events` stored records from `from` on, as they are on disk, stopping before
@@ -201,4 +175,43 @@ impl History {
             &|_| {},
         )
     }
+}
+
+/// The loop of [`Ledger::visit_raw_range`] over `records` (the stored records of
+/// `from..=to`, from the keyspace or a snapshot of it): checks that the keys are dense and
+/// each value carries the ledger record tag, and calls `f` on each.
+pub(super) fn visit_records(
+    records: impl Iterator<Item = fjall::Guard>,
+    from: u64,
+    to: u64,
+    path: &std::path::Path,
+    mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+) -> Result<u64, LedgerError> {
+    let mut expected = from;
+    for guard in records {
+        let (k, v) = guard.into_inner().map_err(storage("read record", path))?;
+        let corrupt = |corruption| LedgerError::Corrupt {
+            path: path.to_path_buf(),
+            seq: expected,
+            corruption: Box::new(corruption),
+        };
+        match record::parse_seq_key(&k) {
+            Some(seq) if seq == expected => {}
+            Some(seq) => return Err(corrupt(Corruption::Gap { expected, found: seq })),
+            None => return Err(corrupt(Corruption::MalformedKey { len: k.len() })),
+        }
+        if v.first() != Some(&record::RECORD_FORMAT_V1) {
+            return Err(corrupt(Corruption::Undecodable { reason: "not a ledger record".into() }));
+        }
+        f(expected, &v).map_err(|source| LedgerError::Io { path: path.to_path_buf(), source })?;
+        expected += 1;
+    }
+    if expected != to + 1 {
+        return Err(LedgerError::Corrupt {
+            path: path.to_path_buf(),
+            seq: expected,
+            corruption: Box::new(Corruption::Truncated { head_seq: to, last_seq: expected.checked_sub(1) }),
+        });
+    }
+    Ok(expected - from)
 }
