@@ -50,8 +50,11 @@ pub struct Projection {
     state: ProjectionState,
     /// `(name, id)` → the service's record (see `index.rs`).
     by_name: imbl::OrdMap<(Arc<str>, Uuid), Arc<ServiceRecord>>,
-    /// `(node, id)` of every service.
-    by_node: imbl::OrdMap<(NodeId, Uuid), ()>,
+    /// `(node ordinal, id)` of every service: 20-byte keys instead of 48 (see `index.rs`).
+    by_node: imbl::OrdMap<(u32, Uuid), ()>,
+    /// The ordinal of each node that offered a service, in the order first seen (never
+    /// reused: nodes stay in the registry once admitted).
+    node_ords: imbl::OrdMap<NodeId, u32>,
     /// `(capability, id)` of every service.
     by_capability: imbl::OrdMap<(Arc<str>, Uuid), ()>,
     /// Node keys this projection admitted, each checked to be a valid ed25519 point when it
