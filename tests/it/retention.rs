@@ -245,10 +245,23 @@ mod node {
         let a = node(root.path(), "a", Some(100));
         a.start().await.expect("start");
         a.initialize(identity("retention")).await.expect("initialize");
-        for i in 0..400 {
-            a.register_service(&format!("s{i}"), vec![], vec![], vec![]).await.expect("write");
-        }
-        let st = wait::until("a pruned its history", T, || a.status().expect("status"), |s| s.history_from > 0).await;
+        // Writes in bursts with pauses between: a state checkpoint must come right after the
+        // head it attests, so the leader attests its state at a quiet head (under a steady
+        // stream of writes its attempts lose the race, and whether one wins was left to
+        // timing), and retention prunes to that state once 100 newer events exist.
+        let mut written = 0;
+        let st = loop {
+            for _ in 0..50 {
+                a.register_service(&format!("s{written}"), vec![], vec![], vec![]).await.expect("write");
+                written += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let st = a.status().expect("status");
+            if st.history_from > 0 {
+                break st;
+            }
+            assert!(written < 2000, "a pruned nothing after {written} writes: {st:?}");
+        };
         let head = st.head.expect("head").seq;
         assert!(head + 1 - st.history_from >= 100, "keeps at least 100 events: {} from {}", head, st.history_from);
         match a.read_events(0, 10).await {
