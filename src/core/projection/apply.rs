@@ -147,7 +147,7 @@ impl Projection {
     }
 
     fn remove_services_of(&mut self, node: &NodeId) {
-        let ids: Vec<Uuid> = self.shared_by_node(node).map(|r| r.service.service_id).collect();
+        let ids: Vec<Uuid> = self.services_by_node(node).map(|r| r.service.service_id).collect();
         for id in ids {
             if let Some(rec) = self.state.services.remove(&id) {
                 self.unindex_service(&rec);

@@ -100,9 +100,10 @@ impl Projection {
         self.candidates(filter).filter(|record| self.verdict(record, &rest).is_some()).cloned().collect()
     }
 
-    /// `filter` without the condition [`Projection::candidates`] reads an index for: every
-    /// candidate meets it already, and comparing it again reads each record's strings.
-    fn unindexed(&self, filter: &ServiceFilter) -> ServiceFilter {
+    /// `filter` without the condition [`Projection::candidates`] (and a page's `index_range`,
+    /// which picks the same index) reads an index for: every candidate meets it already, and
+    /// comparing it again reads each record's strings.
+    pub(super) fn unindexed(&self, filter: &ServiceFilter) -> ServiceFilter {
         let mut rest = filter.clone();
         if rest.name.take().is_none() && rest.capability.take().is_none() {
             rest.node = None;
@@ -113,12 +114,8 @@ impl Projection {
     /// The services of the narrowest index the filter names (name, then capability, then
     /// node), or every service.
     fn candidates<'a>(&'a self, filter: &ServiceFilter) -> Box<dyn Iterator<Item = &'a Arc<ServiceRecord>> + 'a> {
-        match (&filter.name, &filter.capability, &filter.node) {
-            (Some(n), _, _) => Box::new(self.shared_by_name(n)),
-            (None, Some(c), _) => Box::new(self.shared_by_capability(c)),
-            (None, None, Some(node)) => Box::new(self.shared_by_node(node)),
-            (None, None, None) => Box::new(self.state.services.values()),
-        }
+        self.index_range(filter.name.as_deref(), filter.capability.as_deref(), filter.node.as_ref(), None)
+            .unwrap_or_else(|| Box::new(self.state.services.values()))
     }
 
     pub(super) fn admit(&self, record: &Arc<ServiceRecord>, filter: &ServiceFilter) -> Option<FoundService> {

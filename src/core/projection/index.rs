@@ -34,43 +34,26 @@ fn intern<V: Clone>(index: &imbl::OrdMap<(Arc<str>, Uuid), V>, key: &str) -> Arc
 impl Projection {
     /// Services with this name.
     pub fn services_by_name<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
-        self.shared_by_name(name).map(|r| &**r)
-    }
-
-    /// Services with this name, as the shared records a snapshot hands out.
-    pub(super) fn shared_by_name<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Arc<ServiceRecord>> + 'a {
-        self.by_name.range(ids_of(Arc::<str>::from(name))).map(|(_, r)| r)
+        self.by_name.range(ids_of(Arc::<str>::from(name))).map(|(_, r)| &**r)
     }
 
     /// Services offered by this node.
     pub fn services_by_node<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
-        self.shared_by_node(node).map(|r| &**r)
-    }
-
-    pub(super) fn shared_by_node<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Arc<ServiceRecord>> + 'a {
         self.node_ords
             .get(node)
             .into_iter()
             .flat_map(move |ord| self.by_node.range(ids_of(*ord)))
-            .filter_map(move |((_, id), _)| self.state.services.get(id))
+            .filter_map(move |((_, id), _)| self.service(id))
     }
 
     /// Services that provide this capability.
     pub fn services_by_capability<'a>(&'a self, capability: &str) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
-        self.shared_by_capability(capability).map(|r| &**r)
+        self.by_capability.range(ids_of(Arc::<str>::from(capability))).filter_map(move |((_, id), _)| self.service(id))
     }
 
-    pub(super) fn shared_by_capability<'a>(
-        &'a self,
-        capability: &str,
-    ) -> impl Iterator<Item = &'a Arc<ServiceRecord>> + 'a {
-        self.by_capability
-            .range(ids_of(Arc::<str>::from(capability)))
-            .filter_map(move |((_, id), _)| self.state.services.get(id))
-    }
-
-    /// The ids of the services a name, capability or node index holds, from `after` on
-    /// (exclusive), in id order: what a page of an indexed query reads.
+    /// The services a name, capability or node index holds (the first the arguments name, in
+    /// that order; `None` if they name none), from `after` on (exclusive), in id order, as the
+    /// shared records an answer hands out: what a query or a page of one reads.
     pub(super) fn index_range<'a>(
         &'a self,
         name: Option<&str>,

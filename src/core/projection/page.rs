@@ -160,7 +160,8 @@ impl Projection {
     /// every service) from the cursor on.
     pub fn find_services_page(&self, filter: &ServiceFilter, page: &Page<Uuid>) -> ServicePage {
         let key = |r: &std::sync::Arc<ServiceRecord>| r.service.service_id;
-        let admit = |r: &std::sync::Arc<ServiceRecord>| self.admit(r, filter);
+        let rest = self.unindexed(filter);
+        let admit = |r: &std::sync::Arc<ServiceRecord>| self.admit(r, &rest);
         let indexed =
             self.index_range(filter.name.as_deref(), filter.capability.as_deref(), filter.node.as_ref(), page.after);
         match indexed {

@@ -58,10 +58,7 @@ impl Ledger {
 
     /// Refuses reads that start below the history this ledger holds.
     fn held_from(&self, from: u64) -> Result<(), LedgerError> {
-        match self.backfill.as_ref() {
-            Some(b) if from < b.held_from() => Err(b.not_held(&self.path)),
-            _ => Ok(()),
-        }
+        refuse_unheld(self.backfill.as_ref(), &self.path, from)
     }
 
     /// Calls `f(seq, record bytes)` for every stored record of `from..=to` (clipped to the
@@ -75,14 +72,8 @@ impl Ledger {
         to: u64,
         f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
     ) -> Result<u64, LedgerError> {
-        let to = match self.projection.head() {
-            Some(h) => to.min(h.seq),
-            None => return Ok(0),
-        };
-        if from > to {
-            return Ok(0);
-        }
-        self.held_from(from)?;
+        let head = self.projection.head().map(|h| h.seq);
+        let Some(to) = held_range(head, self.backfill.as_ref(), &self.path, from, to)? else { return Ok(0) };
         visit_records(self.ledger.range(seq_key(from)..=seq_key(to)), from, to, &self.path, f)
     }
 
@@ -174,6 +165,29 @@ impl History {
             &ReplayOptions { audit: false, stop: StopAt::Seq(seq) },
             &|_| {},
         )
+    }
+}
+
+/// `from..=to` clipped to `head`: the last seq to read, `None` when there is nothing to read,
+/// or the error for a start below the history held (what `backfill` says of it).
+pub(super) fn held_range(
+    head: Option<u64>,
+    backfill: Option<&Backfill>,
+    path: &std::path::Path,
+    from: u64,
+    to: u64,
+) -> Result<Option<u64>, LedgerError> {
+    let Some(to) = head.map(|h| to.min(h)).filter(|to| from <= *to) else { return Ok(None) };
+    refuse_unheld(backfill, path, from)?;
+    Ok(Some(to))
+}
+
+/// The error for a read from `from` when that is below the history held (what `backfill`
+/// says of it), else nothing.
+fn refuse_unheld(backfill: Option<&Backfill>, path: &std::path::Path, from: u64) -> Result<(), LedgerError> {
+    match backfill {
+        Some(b) if from < b.held_from() => Err(b.not_held(path)),
+        _ => Ok(()),
     }
 }
 

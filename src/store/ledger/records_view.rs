@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use fjall::{Keyspace, Readable, Snapshot};
 
 use super::backfill::Backfill;
-use super::read::visit_records;
+use super::read::{held_range, visit_records};
 use super::Ledger;
 use crate::store::error::LedgerError;
 use crate::store::record::seq_key;
@@ -52,14 +52,7 @@ impl RecordsView {
         to: u64,
         f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
     ) -> Result<u64, LedgerError> {
-        let Some(head) = self.head else { return Ok(0) };
-        let to = to.min(head);
-        if from > to {
-            return Ok(0);
-        }
-        if let Some(b) = self.backfill.as_ref().filter(|b| from < b.held_from()) {
-            return Err(b.not_held(&self.path));
-        }
+        let Some(to) = held_range(self.head, self.backfill.as_ref(), &self.path, from, to)? else { return Ok(0) };
         visit_records(self.snapshot.range(&self.ledger, seq_key(from)..=seq_key(to)), from, to, &self.path, f)
     }
 }

@@ -53,20 +53,11 @@ fn two_peers_converge_both_ways_in_small_batches() {
 #[test]
 fn thirty_nodes_converge_in_logarithmic_rounds_with_loss_and_delay() {
     const N: usize = 30;
-    let max_rounds_after_last_write = 2 * (N as f64).log2().ceil() as usize + 2;
+    let max_rounds_after_last_write = sim::rounds_bound(N);
     let (events, _) = synth_events(0x30, 1200);
     let tmp = tempfile::tempdir().unwrap();
     let mut ledgers: Vec<Ledger> = (0..N).map(|i| open_ledger(&tmp.path().join(format!("n{i}")))).collect();
-    let params = SimParams {
-        voters: 3,
-        write_rounds: 3,
-        fan_out: 2,
-        loss: 0.05,
-        delay_steps_max: 3,
-        seed: 0x9055,
-        rounds_after_writes_max: max_rounds_after_last_write + 4,
-        stop_when_converged: false,
-    };
+    let params = SimParams::lossy(N, 0x9055, false);
     let report = sim::run(&mut ledgers, &events, &params);
     let total_lost = report.lost;
     assert!(total_lost > 0, "the simulation did lose messages");

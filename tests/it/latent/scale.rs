@@ -42,11 +42,6 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// The bound the 30-node test holds: 2⌈log₂ N⌉ + 2 rounds after the last write.
-fn bound(n: usize) -> usize {
-    2 * (n as f64).log2().ceil() as usize + 2
-}
-
 #[test]
 #[ignore = "minutes in release: SPORES_SIM_NODES=1000,3000,10000 cargo test --release --test it latent_sim_scale -- --ignored --nocapture"]
 fn latent_sim_scale() {
@@ -67,25 +62,16 @@ fn latent_sim_scale() {
         let started = Instant::now();
         let shared = MemShared::new();
         let mut stores: Vec<MemChain> = (0..n).map(|_| MemChain::new(shared.clone())).collect();
-        let params = SimParams {
-            voters: 3,
-            write_rounds: 3,
-            fan_out: 2,
-            loss: 0.05,
-            delay_steps_max: 3,
-            seed: seed ^ n as u64,
-            rounds_after_writes_max: bound(n) + 4,
-            stop_when_converged: true,
-        };
+        let params = SimParams::lossy(n, seed ^ n as u64, true);
         let report = sim::run(&mut stores, &events, &params);
         let wall = started.elapsed();
         let peak = peak_rss_mib().filter(|_| rss_reset);
         let mean = report.bytes_sent.iter().sum::<u64>() as f64 / n as f64;
         let max = report.bytes_sent.iter().copied().max().unwrap_or(0);
-        let rounds = report.converged_after.map_or_else(|| format!(">{}", bound(n) + 4), |r| r.to_string());
+        let rounds = report.converged_after.map_or_else(|| format!(">{}", sim::rounds_bound(n) + 4), |r| r.to_string());
         println!(
             "{n:>6} | {rounds:>6} | {:>5} | {:>9} | {:>7.2}% | {:>10.0} | {max:>10} | {:>8.1} | {:>9} | {:>10}",
-            bound(n),
+            sim::rounds_bound(n),
             report.lost,
             100.0 * report.lost as f64 / report.messages.max(1) as f64,
             mean,
@@ -98,8 +84,10 @@ fn latent_sim_scale() {
             failures.push(format!("N = {n}: the registries differ"));
         }
         match report.converged_after {
-            Some(r) if r <= bound(n) => {}
-            other => failures.push(format!("N = {n}: converged after {other:?} rounds, bound {}", bound(n))),
+            Some(r) if r <= sim::rounds_bound(n) => {}
+            other => {
+                failures.push(format!("N = {n}: converged after {other:?} rounds, bound {}", sim::rounds_bound(n)))
+            }
         }
     }
     assert!(failures.is_empty(), "{failures:?}");

@@ -41,6 +41,29 @@ pub(super) struct SimParams {
     pub(super) stop_when_converged: bool,
 }
 
+/// The bound on rounds after the last write for `n` nodes: 2⌈log₂ n⌉ + 2.
+pub(super) fn rounds_bound(n: usize) -> usize {
+    2 * (n as f64).log2().ceil() as usize + 2
+}
+
+impl SimParams {
+    /// The setting both the 30-node test and the scale run use: 3 voters take the writes in
+    /// 3 rounds, fan-out 2, 5 % loss, delays of 0–3 steps, and at most
+    /// [`rounds_bound`]`(n) + 4` rounds after the last write.
+    pub(super) fn lossy(n: usize, seed: u64, stop_when_converged: bool) -> Self {
+        SimParams {
+            voters: 3,
+            write_rounds: 3,
+            fan_out: 2,
+            loss: 0.05,
+            delay_steps_max: 3,
+            seed,
+            rounds_after_writes_max: rounds_bound(n) + 4,
+            stop_when_converged,
+        }
+    }
+}
+
 /// What a simulation did.
 #[derive(Debug)]
 pub(super) struct SimReport {
