@@ -69,11 +69,11 @@ fn registry() -> Projection {
         let k = &keys[(i % 199) as usize];
         let service = ServiceAnnouncement {
             service_id: uuid::Uuid::from_u128(i + 1),
-            name: format!("svc-{}", i % 100),
+            name: format!("svc-{}", i % 100).into(),
             node: k.node_id(),
-            capabilities: vec!["storage".into()],
-            endpoints: vec![Endpoint { protocol: "tcp".into(), address: "10.0.0.1:9000".into() }],
-            metadata: cluster::metadata(),
+            capabilities: vec!["storage".into()].into(),
+            endpoints: vec![Endpoint { protocol: "tcp".into(), address: "10.0.0.1:9000".into() }].into(),
+            metadata: cluster::metadata().into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
         };
         commit(&mut p, k, EventBody::ServiceRegistered(service));
     }
@@ -115,7 +115,7 @@ fn rate(p: &Projection, names: &[String], f: impl Fn(&Projection, &str) -> usize
 
 fn queries(c: &mut Criterion) {
     let p = registry();
-    let mut names: Vec<String> = p.services().map(|s| s.service.name.clone()).collect();
+    let mut names: Vec<String> = p.services().map(|s| s.service.name.to_string()).collect();
     names.sort();
     names.dedup();
     let filter = |name: &str| ServiceFilter::name(name).min_trust(TrustScore(300));

@@ -52,11 +52,11 @@ fn registrations(s: &SporeSystem) -> Vec<SignedEvent> {
         .map(|i| {
             let body = EventBody::ServiceRegistered(ServiceAnnouncement {
                 service_id: uuid::Uuid::from_u128(i as u128 + 1),
-                name: format!("svc-{}", i % NAMES),
+                name: format!("svc-{}", i % NAMES).into(),
                 node: key.node_id(),
-                capabilities: vec!["storage".into()],
-                endpoints: vec![Endpoint { protocol: "tcp".into(), address: "127.0.0.1:9000".into() }],
-                metadata: cluster::metadata(),
+                capabilities: vec!["storage".into()].into(),
+                endpoints: vec![Endpoint { protocol: "tcp".into(), address: "127.0.0.1:9000".into() }].into(),
+                metadata: cluster::metadata().into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
             });
             SignedEvent::sign(&key, fp, Timestamp::now(), body)
         })

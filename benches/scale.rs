@@ -164,11 +164,16 @@ fn main() {
                 let k = &keys[i % nodes];
                 let s = ServiceAnnouncement {
                     service_id: uuid::Uuid::from_u128(i as u128 + 1),
-                    name: format!("svc-{}", i % services.min(1_000)),
+                    name: format!("svc-{}", i % services.min(1_000)).into(),
                     node: k.node_id(),
-                    capabilities: vec![format!("cap-{}", i % 8)],
-                    endpoints: vec![Endpoint { protocol: "tcp".into(), address: "10.0.0.1:9000".into() }],
-                    metadata: vec![("zone".into(), format!("z{}", i % 4))],
+                    capabilities: vec![format!("cap-{}", i % 8).into()].into(),
+                    // Each instance has an address of its own, as in a real registry.
+                    endpoints: vec![Endpoint {
+                        protocol: "tcp".into(),
+                        address: format!("10.{}.{}.{}:{}", i >> 16 & 255, i >> 8 & 255, i & 255, 9000 + i % 100).into(),
+                    }]
+                    .into(),
+                    metadata: vec![("zone".into(), format!("z{}", i % 4).into())].into(),
                 };
                 SignedEvent::sign(k, fp, Timestamp::now(), EventBody::ServiceRegistered(s))
             })

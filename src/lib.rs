@@ -56,6 +56,7 @@ pub mod seed;
 pub mod store;
 pub mod wire;
 
+pub use crate::core::compact::{List, Str};
 pub use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 pub use crate::core::keys::NodeKey;
 pub use crate::core::projection::{

@@ -87,9 +87,9 @@ pub fn presigned(s: &SporeSystem, n: usize) -> Vec<SignedEvent> {
                 service_id: uuid::Uuid::new_v4(),
                 name: "bench-svc".into(),
                 node: key.node_id(),
-                capabilities: vec!["storage".into()],
-                endpoints: vec![Endpoint { protocol: "quic".into(), address: "127.0.0.1:7400".into() }],
-                metadata: metadata(),
+                capabilities: vec!["storage".into()].into(),
+                endpoints: vec![Endpoint { protocol: "quic".into(), address: "127.0.0.1:7400".into() }].into(),
+                metadata: metadata().into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
             });
             SignedEvent::sign(&key, fp, Timestamp::now(), body)
         })

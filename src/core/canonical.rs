@@ -61,10 +61,10 @@ fn string<S: Sink>(out: &mut S, s: &str) {
     out.put(s.as_bytes());
 }
 
-fn strings<S: Sink>(out: &mut S, v: &[String]) {
+fn strings<S: Sink, T: AsRef<str>>(out: &mut S, v: &[T]) {
     uleb(out, v.len());
     for s in v {
-        string(out, s);
+        string(out, s.as_ref());
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod attest;
 pub mod authority;
 pub(crate) mod canonical;
+pub mod compact;
 pub mod event;
 pub mod gossip;
 pub mod health;

@@ -10,6 +10,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::core::compact::Str;
+
 /// The identity of a Mycelium network, exactly as the seed README's usage writes it.
 ///
 /// Together with the founder's key it defines the [`NetworkFingerprint`], which every
@@ -406,9 +408,9 @@ impl fmt::Display for TrustScore {
 )]
 pub struct Endpoint {
     /// Protocol name, e.g. `quic`, `https`, `grpc`.
-    pub protocol: String,
+    pub protocol: Str,
     /// Address, e.g. `10.0.0.5:443` or a URL.
-    pub address: String,
+    pub address: Str,
 }
 
 /// The tier a piece of spore data comes from. Authority: Primary > Seed > Latent.

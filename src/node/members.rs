@@ -63,10 +63,10 @@ impl Member {
             .filter(|n| n.status != NodeStatus::Left || place(&n.node) != Place::Outside)
             .map(|n| Member {
                 node: n.node,
-                name: n.name.clone(),
+                name: n.name.to_string(),
                 place: place(&n.node),
                 status: Some(n.status),
-                addresses: n.addresses.clone(),
+                addresses: n.addresses.iter().map(|a| a.to_string()).collect(),
             })
             .collect();
         for n in voters.iter().chain(learners) {

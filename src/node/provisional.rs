@@ -130,7 +130,7 @@ async fn deliver_provisional(
         for n in l.projection().nodes() {
             if n.role.is_authority() && n.status != crate::core::projection::NodeStatus::Left {
                 if let Some(a) = n.addresses.first() {
-                    targets.push(PeerNode { node: n.node, addr: a.clone() });
+                    targets.push(PeerNode { node: n.node, addr: a.to_string() });
                 }
             }
         }

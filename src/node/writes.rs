@@ -11,7 +11,7 @@ use super::status::halted_reason;
 use super::SporeSystem;
 use crate::core::event::{EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 use crate::core::projection::ChainHead;
-use crate::core::types::{Endpoint, NodeId, NodeRole, Timestamp, TrustScore};
+use crate::core::types::{Endpoint, NodeId, NodeRole, Str, Timestamp, TrustScore};
 use crate::error::Error;
 use crate::raft::error::ConsensusError;
 use crate::raft::{ChainPoint, RpcRequest, RpcResponse, SporeResponse};
@@ -133,7 +133,14 @@ impl SporeSystem {
     ) -> Result<Uuid, Error> {
         let service_id = Uuid::new_v4();
         let node = self.node_id()?;
-        let s = ServiceAnnouncement { service_id, name: name.to_string(), node, capabilities, endpoints, metadata };
+        let s = ServiceAnnouncement {
+            service_id,
+            name: name.into(),
+            node,
+            capabilities: capabilities.into_iter().map(Str::from).collect(),
+            endpoints: endpoints.into(),
+            metadata: metadata.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        };
         self.submit(self.sign(EventBody::ServiceRegistered(s))?).await?;
         Ok(service_id)
     }

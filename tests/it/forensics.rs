@@ -47,9 +47,9 @@ fn service(id: Uuid, node: NodeId, address: &str) -> ServiceAnnouncement {
         service_id: id,
         name: "forensic-svc".into(),
         node,
-        capabilities: vec!["audit".into()],
-        endpoints: vec![Endpoint { protocol: "quic".into(), address: address.into() }],
-        metadata: vec![],
+        capabilities: vec!["audit".into()].into(),
+        endpoints: vec![Endpoint { protocol: "quic".into(), address: address.into() }].into(),
+        metadata: vec![].into(),
     }
 }
 

@@ -75,9 +75,9 @@ fn history() -> (Vec<NodeKey>, Vec<SignedEvent>) {
             service_id: service,
             name: "inference".into(),
             node: m,
-            capabilities: vec!["gpu".into()],
-            endpoints: vec![Endpoint { protocol: "grpc".into(), address: "10.0.0.2:9000".into() }],
-            metadata: vec![("model".into(), "small".into())],
+            capabilities: vec!["gpu".into()].into(),
+            endpoints: vec![Endpoint { protocol: "grpc".into(), address: "10.0.0.2:9000".into() }].into(),
+            metadata: vec![("model".into(), "small".into())].into(),
         }),
     );
     push(
@@ -361,9 +361,9 @@ fn compute_health() -> Value {
         service_id,
         name: "db".into(),
         node: founder.node_id(),
-        capabilities: vec![],
-        endpoints: vec![Endpoint { protocol: "tcp".into(), address: "10.0.0.1:5432".into() }],
-        metadata: vec![check.metadata_entry()],
+        capabilities: vec![].into(),
+        endpoints: vec![Endpoint { protocol: "tcp".into(), address: "10.0.0.1:5432".into() }].into(),
+        metadata: [check.metadata_entry()].into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
     };
     push(&mut p, &mut chained, at(1), EventBody::ServiceRegistered(service));
     let reason = "tcp 10.0.0.1:5432: Connection refused (os error 111)".to_string();

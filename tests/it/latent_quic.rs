@@ -48,7 +48,7 @@ async fn quic_latent_nodes_converge_by_gossip_and_answer_when_cut_off() {
         s.admit(l.announcement().expect("announcement")).await.expect("admit");
     }
     for i in 0..20 {
-        let dns = Endpoint { protocol: "udp".into(), address: format!("10.0.0.{i}:53") };
+        let dns = Endpoint { protocol: "udp".into(), address: format!("10.0.0.{i}:53").into() };
         voters[(leader + i) % 3]
             .system
             .as_ref()
@@ -219,7 +219,7 @@ async fn quic_latent_node_from_a_state_only_seed_backfills_to_genesis() {
         };
         s.admit(ann).await.expect("admit");
         for i in 0..300 {
-            let dns = Endpoint { protocol: "udp".into(), address: format!("10.1.{}.{}:53", i / 200, i % 200) };
+            let dns = Endpoint { protocol: "udp".into(), address: format!("10.1.{}.{}:53", i / 200, i % 200).into() };
             s.register_service(&format!("before-{i}"), vec![dns], vec!["dns".into()], vec![]).await.expect("write");
         }
     }

@@ -142,9 +142,9 @@ async fn partition_and_heal_commits_every_write_exactly_once() {
     // The registry reflects the cut-off side's writes.
     assert_eq!(latent[0].services_by_name("b-svc").expect("query").len(), 1);
     let l2 = latent[2].node(&latent[2].node_id().expect("id")).expect("query").expect("registered");
-    assert_eq!(l2.capabilities, vec!["side-b-2".to_string()]);
+    assert_eq!(l2.capabilities[..], ["side-b-2"]);
     let l0 = latent[0].node(&latent[0].node_id().expect("id")).expect("query").expect("registered");
-    assert_eq!(l0.capabilities, vec!["answer-lost".to_string()], "the write whose answer was lost took effect once");
+    assert_eq!(l0.capabilities[..], ["answer-lost"], "the write whose answer was lost took effect once");
 }
 
 /// The leader's answers to provisional events, as every replica applies them: committed once,

@@ -468,9 +468,9 @@ async fn resubmitting_a_committed_signed_event_answers_where_it_committed() {
             service_id: uuid::Uuid::from_u128(0x1de),
             name: "retry".into(),
             node: key.node_id(),
-            capabilities: vec![],
-            endpoints: vec![Endpoint { protocol: "tcp".into(), address: "127.0.0.1:1".into() }],
-            metadata: vec![],
+            capabilities: vec![].into(),
+            endpoints: vec![Endpoint { protocol: "tcp".into(), address: "127.0.0.1:1".into() }].into(),
+            metadata: vec![].into(),
         }),
     );
     // Would be a second, valid event if committed again.

@@ -23,8 +23,8 @@ fn assert_indexes_match_state(p: &Projection) {
     let mut names = BTreeSet::new();
     let mut caps = BTreeSet::new();
     for s in p.services() {
-        names.insert(s.service.name.clone());
-        caps.extend(s.service.capabilities.iter().cloned());
+        names.insert(s.service.name.to_string());
+        caps.extend(s.service.capabilities.iter().map(|c| c.to_string()));
     }
     caps.insert("gpu".to_string());
     names.insert("object-store".to_string());
@@ -194,11 +194,11 @@ fn cook(r: &EventRecipe, p: &Projection, keys: &[NodeKey], fingerprint: NetworkF
         5 => EventBody::TrustScoreChanged { node, score: TrustScore(r.score), reason: text.clone() },
         6 => EventBody::ServiceRegistered(ServiceAnnouncement {
             service_id,
-            name: text.clone(),
+            name: text.clone().into(),
             node,
-            capabilities: caps,
-            endpoints: vec![],
-            metadata: vec![],
+            capabilities: caps.into_iter().map(Into::into).collect(),
+            endpoints: vec![].into(),
+            metadata: vec![].into(),
         }),
         7 => EventBody::ServiceDeregistered { service_id, reason: text.clone() },
         8 => EventBody::NodeWentOffline { node, last_seen: Timestamp(0) },

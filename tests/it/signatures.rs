@@ -242,14 +242,15 @@ async fn three_replicas_apply_torsioned_events_alike_and_their_ledgers_verify() 
         tasks.push(tokio::spawn(async move {
             let body = EventBody::ServiceRegistered(mycnet_spores::ServiceAnnouncement {
                 service_id: uuid::Uuid::from_u128(0x5160_0000 + u128::from(i)),
-                name: format!("svc-{i}"),
+                name: format!("svc-{i}").into(),
                 node: founder.node_id(),
-                capabilities: vec![],
+                capabilities: vec![].into(),
                 endpoints: vec![mycnet_spores::Endpoint {
                     protocol: "tcp".into(),
-                    address: format!("127.0.0.1:{}", 9000 + i),
-                }],
-                metadata: vec![],
+                    address: format!("127.0.0.1:{}", 9000 + i).into(),
+                }]
+                .into(),
+                metadata: vec![].into(),
             });
             let mut ev = SignedEvent::sign(&founder, fp, Timestamp::now(), body);
             if i % 3 != 0 {

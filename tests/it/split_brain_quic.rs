@@ -189,7 +189,7 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     let names = |evs: &[ChainedEvent]| -> Vec<String> {
         evs.iter()
             .filter_map(|e| match &e.event.body {
-                EventBody::ServiceRegistered(s) => Some(s.name.clone()),
+                EventBody::ServiceRegistered(s) => Some(s.name.to_string()),
                 _ => None,
             })
             .collect()
@@ -202,7 +202,7 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     assert_eq!(b_names, vec!["b-only".to_string()]);
     assert_eq!(report.a_events.more + report.b_events.more, 0, "every branch event listed");
     let only =
-        |recs: &[mycnet_spores::ServiceRecord]| recs.iter().map(|r| r.service.name.clone()).collect::<HashSet<_>>();
+        |recs: &[mycnet_spores::ServiceRecord]| recs.iter().map(|r| r.service.name.to_string()).collect::<HashSet<_>>();
     assert_eq!(only(&report.entities.services_only_in_a), HashSet::from(["a-only".to_string(), "a-too".to_string()]));
     assert_eq!(only(&report.entities.services_only_in_b), HashSet::from(["b-only".to_string()]));
     let pre_heal = [a.head(), b.head()];
@@ -279,7 +279,7 @@ async fn quic_split_brain_heals_to_one_winner_and_diff_names_the_fork() {
     // service both sides removed is gone.
     let kept: Vec<String> = services[1..]
         .iter()
-        .map(|r| r.service.name.clone())
+        .map(|r| r.service.name.to_string())
         .chain(["a-only", "a-too", "b-only"].map(String::from))
         .collect();
     for s in &nodes {

@@ -395,11 +395,11 @@ fn registration(
 ) -> SignedEvent {
     let body = EventBody::ServiceRegistered(ServiceAnnouncement {
         service_id,
-        name: format!("spore-bench-{run}"),
+        name: format!("spore-bench-{run}").into(),
         node: key.node_id(),
-        capabilities: vec!["spore-bench".into()],
-        endpoints: vec![],
-        metadata,
+        capabilities: vec!["spore-bench".into()].into(),
+        endpoints: vec![].into(),
+        metadata: metadata.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
     });
     SignedEvent::sign(key, fingerprint, Timestamp::now(), body)
 }

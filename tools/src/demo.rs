@@ -213,7 +213,7 @@ pub(crate) async fn run(options: DemoOptions, backend: &BackendFactory, out: &mu
     sys(&nodes[1])?
         .register_service(
             "object-store",
-            vec![Endpoint { protocol: "quic".into(), address: nodes[1].addr.clone() }],
+            vec![Endpoint { protocol: "quic".into(), address: nodes[1].addr.clone().into() }],
             vec!["storage".into()],
             vec![("tier".into(), "hot".into())],
         )
@@ -238,7 +238,7 @@ pub(crate) async fn run(options: DemoOptions, backend: &BackendFactory, out: &mu
     sys(&nodes[4])?
         .register_service(
             "relay",
-            vec![Endpoint { protocol: "quic".into(), address: nodes[4].addr.clone() }],
+            vec![Endpoint { protocol: "quic".into(), address: nodes[4].addr.clone().into() }],
             vec!["relay".into()],
             vec![],
         )

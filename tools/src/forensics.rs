@@ -173,7 +173,7 @@ fn print_events(label: &str, ev: &BranchEvents, o: &mut Out) -> CliResult {
 
 fn node_field(n: &NodeRecord, field: &str) -> String {
     match field {
-        "name" => n.name.clone(),
+        "name" => n.name.to_string(),
         "role" => n.role.to_string(),
         "status" => n.status.to_string(),
         "trust" => n.trust.to_string(),
@@ -186,7 +186,7 @@ fn node_field(n: &NodeRecord, field: &str) -> String {
 fn service_field(s: &ServiceRecord, field: &str) -> String {
     let a = &s.service;
     match field {
-        "name" => a.name.clone(),
+        "name" => a.name.to_string(),
         "node" => a.node.short(),
         "capabilities" => format!("[{}]", a.capabilities.join(",")),
         "endpoints" => format!(

@@ -123,7 +123,7 @@ pub(crate) fn parse_trust(s: &str) -> Result<mycnet_spores::TrustScore, String> 
 /// Parses `proto://host:port` into an endpoint.
 pub(crate) fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     let (protocol, address) = s.split_once("://").ok_or_else(|| format!("{s}: expected PROTOCOL://ADDRESS"))?;
-    Ok(Endpoint { protocol: protocol.to_string(), address: address.to_string() })
+    Ok(Endpoint { protocol: protocol.to_string().into(), address: address.to_string().into() })
 }
 
 /// Parses `key=value`.
@@ -155,11 +155,11 @@ pub(crate) async fn register_service(
         |node| {
             EventBody::ServiceRegistered(ServiceAnnouncement {
                 service_id,
-                name,
+                name: name.into(),
                 node,
-                capabilities,
-                endpoints,
-                metadata,
+                capabilities: capabilities.into_iter().map(Into::into).collect(),
+                endpoints: endpoints.into(),
+                metadata: metadata.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
             })
         },
         // The id is fresh and random: only our own earlier attempt can have registered it.

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::core::compact::{List, Str};
 use crate::core::types::{
     ChainHash, Endpoint, NetworkIdentityRecord, NodeId, NodeRole, StateDigest, Timestamp, TrustScore,
 };
@@ -30,15 +31,15 @@ pub struct ServiceAnnouncement {
     /// Chosen by the registrant; unique within the network.
     pub service_id: Uuid,
     /// Service name, e.g. `object-store`. Many instances may share a name.
-    pub name: String,
+    pub name: Str,
     /// The node that offers it.
     pub node: NodeId,
     /// Capabilities the service provides (used by capability queries).
-    pub capabilities: Vec<String>,
+    pub capabilities: List<Str>,
     /// Discovery endpoints.
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: List<Endpoint>,
     /// Free-form key/value metadata, in the order given.
-    pub metadata: Vec<(String, String)>,
+    pub metadata: List<(Str, Str)>,
 }
 
 /// What a [`EventBody::SplitBrainResolved`] event records.

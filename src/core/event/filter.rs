@@ -106,9 +106,9 @@ mod tests {
             service_id: Uuid::from_u128(id),
             name: name.into(),
             node,
-            capabilities: vec![],
-            endpoints: vec![],
-            metadata: vec![],
+            capabilities: vec![].into(),
+            endpoints: vec![].into(),
+            metadata: vec![].into(),
         })
     }
 

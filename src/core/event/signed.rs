@@ -244,14 +244,17 @@ mod tests {
                     .prop_map(|(service_id, name, node, capabilities, eps, metadata)| {
                         EventBody::ServiceRegistered(ServiceAnnouncement {
                             service_id,
-                            name,
+                            name: name.into(),
                             node,
-                            capabilities,
+                            capabilities: capabilities.into_iter().map(Into::into).collect(),
                             endpoints: eps
                                 .into_iter()
-                                .map(|(protocol, address)| Endpoint { protocol, address })
+                                .map(|(protocol, address)| Endpoint {
+                                    protocol: protocol.into(),
+                                    address: address.into(),
+                                })
                                 .collect(),
-                            metadata,
+                            metadata: metadata.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
                         })
                     }),
                 (uuid(), text()).prop_map(|(service_id, reason)| EventBody::ServiceDeregistered { service_id, reason }),

@@ -133,13 +133,16 @@ impl CheckSpec {
 
     /// The check a service's metadata carries: `None` without one, the parsed spec or why it
     /// is not one. Two entries under the key are refused.
-    pub fn from_metadata(metadata: &[(String, String)]) -> Option<Result<CheckSpec, BadCheck>> {
-        let mut found = metadata.iter().filter(|(k, _)| k == CHECK_METADATA_KEY);
+    pub fn from_metadata<T: AsRef<str>>(metadata: &[(T, T)]) -> Option<Result<CheckSpec, BadCheck>> {
+        let mut found = metadata.iter().filter(|(k, _)| k.as_ref() == CHECK_METADATA_KEY);
         let first = found.next()?;
         if found.next().is_some() {
-            return Some(Err(BadCheck { text: first.1.chars().take(80).collect(), why: "a service has one check" }));
+            return Some(Err(BadCheck {
+                text: first.1.as_ref().chars().take(80).collect(),
+                why: "a service has one check",
+            }));
         }
-        Some(CheckSpec::parse(&first.1))
+        Some(CheckSpec::parse(first.1.as_ref()))
     }
 
     /// The metadata entry that carries this check.
@@ -227,7 +230,7 @@ mod tests {
         }
         let two = vec![CheckSpec::tcp("h:1").metadata_entry(), CheckSpec::ttl(5_000).metadata_entry()];
         assert!(matches!(CheckSpec::from_metadata(&two), Some(Err(_))));
-        assert_eq!(CheckSpec::from_metadata(&[("k".into(), "v".into())]), None);
+        assert_eq!(CheckSpec::from_metadata(&[("k", "v")]), None);
     }
 
     proptest! {

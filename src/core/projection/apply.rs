@@ -8,14 +8,20 @@ use uuid::Uuid;
 
 use super::{ChainHead, NodeRecord, NodeStatus, Projection, Rejection, ServiceHealth, ServiceRecord};
 use crate::core::attest::{state_digest, StateDivergence};
+use crate::core::compact::{List, Str};
 use crate::core::event::{ChainedEvent, EventBody, NodeAnnouncement, SignedEvent};
 use crate::core::types::{ChainHash, NetworkFingerprint, NodeId, Timestamp, TrustScore};
 
 /// Capabilities sorted and deduplicated.
-fn sorted_caps(mut caps: Vec<String>) -> Vec<String> {
+fn sorted_caps(mut caps: Vec<String>) -> List<Str> {
     caps.sort_unstable();
     caps.dedup();
-    caps
+    texts(caps)
+}
+
+/// The record's form of an event's list of texts.
+fn texts(v: Vec<String>) -> List<Str> {
+    v.into_iter().map(Str::from).collect()
 }
 
 impl Projection {
@@ -131,9 +137,9 @@ impl Projection {
             a.node,
             Arc::new(NodeRecord {
                 node: a.node,
-                name: a.name,
+                name: a.name.into(),
                 role: a.role,
-                addresses: a.addresses,
+                addresses: texts(a.addresses),
                 capabilities: sorted_caps(a.capabilities),
                 trust,
                 status: NodeStatus::Active,
@@ -183,7 +189,7 @@ impl Projection {
             EventBody::NodeUpdated { node, name, role } => {
                 if let Some(n) = self.node_mut(&node) {
                     if let Some(name) = name {
-                        n.name = name;
+                        n.name = name.into();
                     }
                     if let Some(role) = role {
                         n.role = role;
@@ -207,7 +213,7 @@ impl Projection {
             }
             EventBody::AddressesChanged { node, addresses } => {
                 if let Some(n) = self.node_mut(&node) {
-                    n.addresses = addresses;
+                    n.addresses = texts(addresses);
                     n.updated_seq = seq;
                 }
             }

@@ -113,7 +113,7 @@ impl Projection {
 
     /// The services of the narrowest index the filter names (name, then capability, then
     /// node), or every service.
-    fn candidates<'a>(&'a self, filter: &ServiceFilter) -> Box<dyn Iterator<Item = &'a Arc<ServiceRecord>> + 'a> {
+    fn candidates<'a>(&'a self, filter: &'a ServiceFilter) -> Box<dyn Iterator<Item = &'a Arc<ServiceRecord>> + 'a> {
         self.index_range(filter.name.as_deref(), filter.capability.as_deref(), filter.node.as_ref(), None)
             .unwrap_or_else(|| Box::new(self.state.services.values()))
     }
@@ -208,9 +208,9 @@ mod tests {
                     service_id: Uuid::from_u128((i * 10 + j) as u128 + 1),
                     name: (*name).into(),
                     node: key.node_id(),
-                    capabilities: caps.clone(),
-                    endpoints: vec![Endpoint { protocol: "tcp".into(), address: "h:1".into() }],
-                    metadata: vec![],
+                    capabilities: caps.iter().map(|c: &String| c.as_str().into()).collect(),
+                    endpoints: vec![Endpoint { protocol: "tcp".into(), address: "h:1".into() }].into(),
+                    metadata: vec![].into(),
                 };
                 commit(&mut p, key, EventBody::ServiceRegistered(service));
             }

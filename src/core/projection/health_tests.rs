@@ -58,9 +58,9 @@ impl Net {
             service_id: Uuid::from_u128(id),
             name: "web".into(),
             node: owner.node_id(),
-            capabilities: vec![],
-            endpoints: vec![],
-            metadata,
+            capabilities: vec![].into(),
+            endpoints: vec![].into(),
+            metadata: metadata.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
         };
         self.commit(&owner, EventBody::ServiceRegistered(s))
     }

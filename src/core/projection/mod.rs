@@ -30,7 +30,7 @@ mod state;
 pub use find::{FoundService, ServiceFilter};
 pub use page::{NodeFilter, NodePage, Page, Paged, ServicePage};
 pub use rules::{Rejection, Text};
-pub use shared::{AsBTreeMap, SharedMap};
+pub use shared::{dense_map, AsBTreeMap, SharedMap};
 pub use state::{
     ArchivedChainHead, ArchivedNodeRecord, ArchivedNodeStatus, ArchivedProjectionState, ArchivedServiceRecord,
     ChainHead, ChainHeadResolver, NodeRecord, NodeRecordResolver, NodeStatus, NodeStatusResolver, ProjectionState,
@@ -48,15 +48,18 @@ use crate::core::types::{ChainHash, NetworkFingerprint, NetworkIdentityRecord, N
 #[derive(Clone, Debug, Default)]
 pub struct Projection {
     state: ProjectionState,
-    /// `(name, id)` → the service's record (see `index.rs`).
-    by_name: imbl::OrdMap<(Arc<str>, Uuid), Arc<ServiceRecord>>,
+    /// Hashes names and capabilities to their index keys, under a key of its own (drawn when
+    /// the projection is made, shared by its clones; see `index.rs`).
+    text_keys: index::TextKeys,
+    /// `(hash of the name, id)` → the service's record (see `index.rs`).
+    by_name: imbl::OrdMap<(index::TextKey, Uuid), Arc<ServiceRecord>>,
     /// `(node ordinal, id)` of every service: 20-byte keys instead of 48 (see `index.rs`).
     by_node: imbl::OrdMap<(u32, Uuid), ()>,
     /// The ordinal of each node that offered a service, in the order first seen (never
     /// reused: nodes stay in the registry once admitted).
     node_ords: imbl::OrdMap<NodeId, u32>,
-    /// `(capability, id)` of every service.
-    by_capability: imbl::OrdMap<(Arc<str>, Uuid), ()>,
+    /// `(hash of a capability, id)` of every service.
+    by_capability: imbl::OrdMap<(index::TextKey, Uuid), ()>,
     /// Node keys this projection admitted, each checked to be a valid ed25519 point when it
     /// was: a node that leaves and joins again is not decompressed again. Not persisted (a
     /// projection loaded from a checkpoint checks each key once more, on its first re-join).
@@ -75,10 +78,7 @@ impl Projection {
     /// Rebuilds a projection (and its indexes) from persisted state.
     pub fn from_state(state: ProjectionState) -> Self {
         let mut p = Projection { state, ..Default::default() };
-        let services: Vec<Arc<ServiceRecord>> = p.state.services.values().cloned().collect();
-        for s in &services {
-            p.index_service(s);
-        }
+        p.index_all();
         p
     }
 

@@ -100,7 +100,7 @@ impl NodeFilter {
     /// Whether `n` passes every condition given.
     pub fn admits(&self, n: &NodeRecord) -> bool {
         self.name.as_ref().is_none_or(|name| &n.name == name)
-            && self.capability.as_ref().is_none_or(|c| n.capabilities.binary_search(c).is_ok())
+            && self.capability.as_ref().is_none_or(|c| n.capabilities.binary_search_by(|x| x.as_str().cmp(c)).is_ok())
             && self.status.is_none_or(|s| n.status == s)
             && self.min_trust.is_none_or(|min| n.trust >= min)
     }

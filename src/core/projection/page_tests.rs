@@ -4,6 +4,7 @@
 use uuid::Uuid;
 
 use super::*;
+use crate::core::compact::List;
 use crate::core::event::{EventBody, NodeAnnouncement, ServiceAnnouncement, SignedEvent};
 use crate::core::keys::NodeKey;
 use crate::core::types::{Endpoint, NetworkIdentityRecord, NodeRole, Timestamp};
@@ -20,6 +21,17 @@ struct Registry {
 
 impl Registry {
     fn new(nodes: u8, per_node: u32) -> Registry {
+        Registry::build(Projection::new(), nodes, per_node)
+    }
+
+    /// As `new`, with every name and capability given the same index key.
+    fn colliding(nodes: u8, per_node: u32) -> Registry {
+        let mut p = Projection::new();
+        p.text_keys.collide = true;
+        Registry::build(p, nodes, per_node)
+    }
+
+    fn build(mut p: Projection, nodes: u8, per_node: u32) -> Registry {
         let keys: Vec<NodeKey> = (1..=nodes).map(|i| NodeKey::from_seed([i; 32])).collect();
         let announce = |k: &NodeKey, i: usize| NodeAnnouncement {
             node: k.node_id(),
@@ -35,7 +47,6 @@ impl Registry {
         };
         let genesis = SignedEvent::genesis(&keys[0], network, announce(&keys[0], 0));
         let fp = genesis.fingerprint;
-        let mut p = Projection::new();
         p.append(genesis).expect("genesis");
         let mut r = Registry { p, keys, fp, t: 1 };
         for i in 1..r.keys.len() {
@@ -67,11 +78,11 @@ impl Registry {
         let k = id.as_u128();
         let service = ServiceAnnouncement {
             service_id: id,
-            name: format!("svc-{}", k % 3),
+            name: format!("svc-{}", k % 3).into(),
             node: self.keys[node].node_id(),
-            capabilities: if k.is_multiple_of(2) { vec!["storage".into()] } else { vec![] },
-            endpoints: vec![Endpoint { protocol: "tcp".into(), address: "h:1".into() }],
-            metadata: vec![],
+            capabilities: if k.is_multiple_of(2) { vec!["storage".into()].into() } else { List::new() },
+            endpoints: vec![Endpoint { protocol: "tcp".into(), address: "h:1".into() }].into(),
+            metadata: vec![].into(),
         };
         self.commit(node, EventBody::ServiceRegistered(service));
     }
@@ -123,6 +134,38 @@ fn a_walk_returns_what_find_services_returns_once_for_every_filter_and_limit() {
             assert_eq!(walk(p, filter, limit), all, "{filter:?} by {limit}");
         }
     }
+}
+
+/// Names and capabilities are indexed by a hash: when every text hashes alike, every lookup,
+/// query and page still answers exactly the services that carry the text asked for.
+#[test]
+fn index_keys_that_collide_change_no_answer() {
+    let (mut r, mut c) = (Registry::new(4, 30), Registry::colliding(4, 30));
+    let named_before = r.p.services_by_name("svc-1").count();
+    let gone: Vec<Uuid> = r.p.services_by_name("svc-1").map(|s| s.service.service_id).take(5).collect();
+    for id in gone {
+        r.deregister(id);
+        c.deregister(id);
+    }
+    assert_eq!(r.p, c.p);
+    let by = |it: &mut dyn Iterator<Item = &ServiceRecord>| it.map(|s| s.service.service_id).collect::<Vec<_>>();
+    for text in ["svc-0", "svc-1", "svc-2", "storage", "even", "nothing"] {
+        let named = by(&mut r.p.services_by_name(text));
+        assert_eq!(by(&mut c.p.services_by_name(text)), named, "by name {text}");
+        assert!(named.iter().all(|id| r.p.service(id).is_some_and(|s| s.service.name == text)));
+        let offering = by(&mut r.p.services_by_capability(text));
+        assert_eq!(by(&mut c.p.services_by_capability(text)), offering, "by capability {text}");
+        for filter in [
+            ServiceFilter::name(text),
+            ServiceFilter::capability(text),
+            ServiceFilter { name: Some("svc-0".into()), capability: Some(text.into()), ..Default::default() },
+        ] {
+            let all = ids(&r.p.find_services(&filter));
+            assert_eq!(ids(&c.p.find_services(&filter)), all, "{filter:?}");
+            assert_eq!(walk(&c.p, &filter, 3), all, "{filter:?} by pages");
+        }
+    }
+    assert_eq!(by(&mut c.p.services_by_name("svc-1")).len(), named_before - 5, "5 of svc-1 deregistered");
 }
 
 #[test]

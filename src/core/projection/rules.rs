@@ -171,9 +171,9 @@ fn check_addresses(addresses: &[String]) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn check_capabilities(caps: &[String]) -> Result<(), Rejection> {
+fn check_capabilities<T: AsRef<str>>(caps: &[T]) -> Result<(), Rejection> {
     check_len("capability list", caps.len(), limits::CAPABILITIES_MAX)?;
-    for c in caps {
+    for c in caps.iter().map(AsRef::as_ref) {
         if c.is_empty() {
             return Err(Rejection::Empty("capability".into()));
         }

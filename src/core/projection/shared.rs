@@ -69,7 +69,7 @@ where
         field: &ArchivedBTreeMap<K::Archived, V::Archived>,
         deserializer: &mut D,
     ) -> Result<SharedMap<K, V>, D::Error> {
-        let mut out = SharedMap::new();
+        let mut out = Vec::with_capacity(field.len());
         let failed = field.visit(|k, v| {
             let k = match k.deserialize(deserializer) {
                 Ok(k) => k,
@@ -77,7 +77,7 @@ where
             };
             match v.deserialize(deserializer) {
                 Ok(v) => {
-                    out.insert(k, Arc::new(v));
+                    out.push((k, Arc::new(v)));
                     ControlFlow::Continue(())
                 }
                 Err(e) => ControlFlow::Break(e),
@@ -85,9 +85,32 @@ where
         });
         match failed {
             Some(e) => Err(e),
-            None => Ok(out),
+            None => Ok(dense_map(out)),
         }
     }
+}
+
+/// A persistent map of `entries` (of two equal keys the later wins, as with inserts), built to fill its
+/// B-tree's leaves: the entries are sorted and inserted every other one first, then the rest.
+/// Inserted in order, a B-tree that splits a full leaf in half (as imbl's does) leaves every
+/// leaf half full; the second pass fills each leaf's gaps without splitting it. So a map read
+/// from a checkpoint, or an index rebuilt, takes about two thirds of the memory it would
+/// (a fill near 100 % instead of 50 %; a map grown by inserts in random order sits near 70 %).
+/// Only the layout depends on the order: the map is the same either way.
+pub fn dense_map<K: Ord + Clone, V: Clone>(mut entries: Vec<(K, V)>) -> imbl::OrdMap<K, V> {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
+    let mut map = imbl::OrdMap::new();
+    for (k, v) in entries.iter().step_by(2).chain(entries.iter().skip(1).step_by(2)) {
+        map.insert(k.clone(), v.clone());
+    }
+    map
 }
 
 #[cfg(test)]
@@ -105,6 +128,17 @@ mod tests {
     struct Shared {
         #[rkyv(with = AsBTreeMap)]
         map: SharedMap<u64, String>,
+    }
+
+    /// A map built to fill its leaves holds exactly what inserting the entries in their
+    /// order gives (of two equal keys, the later).
+    #[test]
+    fn a_dense_map_is_the_map_inserts_give() {
+        for n in [0u64, 1, 2, 15, 16, 17, 33, 1000, 5000] {
+            let entries: Vec<(u64, u64)> = (0..n).map(|i| (i * 7919 % 1009 % (n.max(1) * 3 / 4 + 1), i)).collect();
+            let inserted: imbl::OrdMap<u64, u64> = entries.iter().cloned().collect();
+            assert_eq!(dense_map(entries), inserted, "{n} entries");
+        }
     }
 
     /// A shared map archives (rkyv) and serializes (serde, BCS: the state digest) to the very

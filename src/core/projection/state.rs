@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::shared::{AsBTreeMap, SharedMap};
+use crate::core::compact::{List, Str};
 use crate::core::event::ServiceAnnouncement;
 use crate::core::types::{
     ChainHash, NetworkFingerprint, NetworkIdentityRecord, NodeId, NodeRole, Timestamp, TrustScore,
@@ -39,13 +40,13 @@ pub struct NodeRecord {
     /// Id (= public key).
     pub node: NodeId,
     /// Name.
-    pub name: String,
+    pub name: Str,
     /// Role.
     pub role: NodeRole,
     /// Addresses.
-    pub addresses: Vec<String>,
+    pub addresses: List<Str>,
     /// Capabilities, sorted and deduplicated.
-    pub capabilities: Vec<String>,
+    pub capabilities: List<Str>,
     /// Trust score.
     pub trust: TrustScore,
     /// Status.

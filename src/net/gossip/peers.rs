@@ -92,7 +92,7 @@ impl GossipService {
             for n in l.projection().nodes() {
                 if n.status != crate::core::projection::NodeStatus::Left {
                     if let Some(a) = n.addresses.first() {
-                        out.push(PeerNode { node: n.node, addr: a.clone() });
+                        out.push(PeerNode { node: n.node, addr: a.to_string() });
                     }
                 }
             }

@@ -591,7 +591,7 @@ async fn announce_if_changed(system: &SporeSystem, config: &NodeConfig) -> Resul
     let mut capabilities = config.capabilities.clone();
     capabilities.sort();
     capabilities.dedup();
-    if record.addresses != addresses || record.capabilities != capabilities {
+    if !record.addresses.iter().eq(&addresses) || !record.capabilities.iter().eq(&capabilities) {
         system.announce(addresses, capabilities).await?;
     }
     if let Some(name) = &config.name {

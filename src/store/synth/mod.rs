@@ -294,11 +294,16 @@ impl Synth {
                     author,
                     EventBody::ServiceRegistered(ServiceAnnouncement {
                         service_id: Uuid::from_bytes(self.rng.random()),
-                        name,
+                        name: name.into(),
                         node: self.keys[owner].node_id(),
-                        capabilities,
-                        endpoints: vec![Endpoint { protocol: "quic".into(), address: format!("127.0.0.1:{port}") }],
-                        metadata: vec![("version".into(), format!("1.{}", self.rng.random_range(0..20u32)))],
+                        capabilities: capabilities.into_iter().map(Into::into).collect(),
+                        endpoints: vec![Endpoint {
+                            protocol: "quic".into(),
+                            address: format!("127.0.0.1:{port}").into(),
+                        }]
+                        .into(),
+                        metadata: vec![("version".into(), format!("1.{}", self.rng.random_range(0..20u32)).into())]
+                            .into(),
                     }),
                 ))
             }

@@ -40,9 +40,9 @@ fn diverged(shared: usize) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, Pat
             service_id,
             name: "split-svc".into(),
             node: founder.node_id(),
-            capabilities: vec![],
-            endpoints: vec![Endpoint { protocol: "quic".into(), address: "10.1.1.1:1".into() }],
-            metadata: vec![],
+            capabilities: vec![].into(),
+            endpoints: vec![Endpoint { protocol: "quic".into(), address: "10.1.1.1:1".into() }].into(),
+            metadata: vec![].into(),
         }),
     )];
     let write = |name: &str, tail: &[SignedEvent]| -> PathBuf {
