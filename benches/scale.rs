@@ -6,7 +6,9 @@
 //! Run: `cargo bench --bench scale`. `SPORES_SCALE=NODES/SERVICES` (default `2000/20000`;
 //! the issue also asks for `10000/100000`). Services share 1,000 names (20 a name at 20k, 100
 //! at 100k) and 8 capabilities. Lookups are timed while the registrations commit (a reader
-//! thread, one lookup pair every 200 µs) and again on the idle node afterwards.
+//! thread, one lookup pair every 200 µs) and again on the idle node afterwards. The projection's
+//! heap is measured twice: as the node holds it (its last snapshot, freed after the node stops)
+//! and as a restart holds it (decoded from a checkpoint, indexes rebuilt).
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub, unsafe_code)]
@@ -163,7 +165,10 @@ fn main() {
             .map(|i| {
                 let k = &keys[i % nodes];
                 let s = ServiceAnnouncement {
-                    service_id: uuid::Uuid::from_u128(i as u128 + 1),
+                    // Random, as the v4 ids registrants draw (`register_service` does).
+                    service_id: uuid::Uuid::from_u128(
+                        (i as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
+                    ),
                     name: format!("svc-{}", i % services.min(1_000)).into(),
                     node: k.node_id(),
                     capabilities: vec![format!("cap-{}", i % 8).into()].into(),
@@ -250,7 +255,26 @@ fn main() {
             projection.1 as f64 / services as f64
         );
         println!("heap live in the whole process: {} MB", live() >> 20);
+        // The projection the node built through the write path, as it holds it: keep its
+        // last snapshot, stop the node, then see what letting go of the snapshot frees.
+        let snapshot = n.projection_snapshot().expect("projection");
         n.shutdown().await.expect("shutdown");
+        drop(n);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (before, before_chunks) = (live(), CHUNKS.load(std::sync::atomic::Ordering::Relaxed));
+        let sole = Arc::strong_count(&snapshot) == 1;
+        drop(snapshot);
+        let freed = (before - live(), before_chunks - CHUNKS.load(std::sync::atomic::Ordering::Relaxed));
+        if sole {
+            println!(
+                "live projection heap: {} MB = {:.0} bytes per service asked of malloc, {:.0} in malloc chunks",
+                freed.0 >> 20,
+                freed.0 as f64 / services as f64,
+                freed.1 as f64 / services as f64
+            );
+        } else {
+            println!("live projection heap: not measured (the stopped node still holds its projection)");
+        }
         (join_rate, write_rate, head_seq, rss_after)
     });
     let t = Instant::now();
