@@ -5,8 +5,10 @@
 //! - the prune (the synced switch plus the deletion of the records let go) against a raw fjall
 //!   delete of as many keys of the same size (one batch, synced), target ≤ 2 ×;
 //! - how much longer the slowest write took while retention ran (planning, archiving, the
-//!   switch, the deletion and the compaction) than the slowest of as many writes before it,
-//!   against the median durable append: the stall, target ≤ 1 commit.
+//!   switch, the deletion and the reclaim) than the slowest of as many writes before it,
+//!   against the median durable append: the stall, target ≤ 1 commit; and, as the limit for
+//!   it, how much longer the slowest synced append to a plain file takes while a bulk write
+//!   of the archive's size runs beside it.
 //!
 //! ```text
 //! cargo bench --bench retention
@@ -54,6 +56,43 @@ fn raw_delete(n: u64, value_len: usize) -> Duration {
     t.elapsed()
 }
 
+/// The disk's own limit for the stall: the slowest of `n` small appends to a plain file, each
+/// synced, by themselves and then while another thread writes `bulk` bytes to another file in
+/// 1 MiB writes each synced (as the archive is written). No fjall, no ledger: what the disk and
+/// the filesystem do to a durable append while anything writes in bulk beside it.
+fn raw_stall(dir: &std::path::Path, n: usize, bulk: u64) -> (Duration, Duration, Duration) {
+    use std::io::Write;
+    let mut log = std::fs::File::create(dir.join("raw-log")).expect("log");
+    let record = [7u8; 400];
+    let append = |log: &mut std::fs::File| {
+        let t = Instant::now();
+        log.write_all(&record).expect("append");
+        log.sync_data().expect("sync");
+        t.elapsed()
+    };
+    let quiet: Vec<Duration> = (0..n).map(|_| append(&mut log)).collect();
+    let writing = Arc::new(AtomicBool::new(true));
+    let bulk_writer = {
+        let (writing, path) = (writing.clone(), dir.join("raw-bulk"));
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::create(&path).expect("bulk");
+            let chunk = vec![9u8; 1 << 20];
+            for _ in 0..bulk.div_ceil(1 << 20) {
+                f.write_all(&chunk).expect("bulk write");
+                f.sync_data().expect("bulk sync");
+            }
+            writing.store(false, Ordering::Relaxed);
+        })
+    };
+    let mut busy = Vec::new();
+    while writing.load(Ordering::Relaxed) {
+        busy.push(append(&mut log));
+    }
+    bulk_writer.join().expect("bulk writer");
+    let max = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
+    (median(quiet.clone()), max(&quiet), max(&busy))
+}
+
 fn main() {
     let total: usize =
         std::env::var("SPORES_RETENTION_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(110_000);
@@ -88,7 +127,7 @@ fn main() {
         t.elapsed()
     };
     // The bulk load's flushes and compactions settle first: the baseline is a quiet node's.
-    ledger.read().unwrap().reclaimer().run().expect("settle");
+    ledger.read().unwrap().reclaimer().compact_all().expect("settle");
     std::thread::sleep(Duration::from_secs(1));
     let mut live = live.into_iter();
     let idle: Vec<Duration> = live.by_ref().take(3000).map(|ev| appended(&ledger, ev)).collect();
@@ -115,16 +154,16 @@ fn main() {
         .expect("archive and prune")
         .expect("something to prune");
     let reclaim = Instant::now();
-    // The lock only to get the reclaimer: the compaction runs without it, as in the node.
+    // The lock only to get the reclaimer: it runs without it, as in the node.
     let reclaimer = ledger.read().unwrap().reclaimer();
-    reclaimer.run().expect("compact");
+    reclaimer.run().expect("reclaim");
     let reclaimed_in = reclaim.elapsed();
     let whole = t.elapsed();
     running.store(false, Ordering::Relaxed);
     let timed = writer.join().expect("writer");
     // The slowest appends, and the phase each started in (the phases run back to back).
     let mut phases = vec![("plan", done.planned_in), ("archive", done.archived_in), ("switch", done.pruned.took)];
-    phases.extend([("deletion", done.removed_in), ("compaction", reclaimed_in)]);
+    phases.extend([("deletion", done.removed_in), ("reclaim", reclaimed_in)]);
     let phase_of = |since: Duration| {
         let mut end = Duration::ZERO;
         for (name, took) in &phases {
@@ -158,7 +197,7 @@ fn main() {
     eprintln!("archive ({} bytes, written and verified) {:?}", done.bytes, done.archived_in);
     eprintln!("switch (under the write lock; synced by the deletion) {:?}", done.pruned.took);
     eprintln!("deletion of {} records (no lock) {:?}", done.removed, done.removed_in);
-    eprintln!("compaction {reclaimed_in:?}; the whole run {whole:?}");
+    eprintln!("reclaim (drop the tables freed since) {reclaimed_in:?}; the whole run {whole:?}");
     eprintln!(
         "prune {pruned} events: {prune:?} = {:.2} x a raw fjall delete of the same keys ({raw:?}, {record_len} B values) (target <= 2)",
         prune.as_secs_f64() / raw.as_secs_f64()
@@ -170,6 +209,14 @@ fn main() {
         median(during.clone()),
         p99(during.clone()),
         during.len()
+    );
+    let raw_dir = tempfile::tempdir().expect("tempdir");
+    let (raw_p50, raw_quiet, raw_busy) = raw_stall(raw_dir.path(), idle.len(), done.bytes);
+    eprintln!(
+        "the disk's own limit: a synced 400 B append to a plain file, p50 {raw_p50:?}, slowest {raw_quiet:?} alone and {raw_busy:?} while {} MB are written beside it in synced 1 MiB writes: {:?} longer = {:.2} x its median",
+        done.bytes >> 20,
+        raw_busy.saturating_sub(raw_quiet),
+        raw_busy.saturating_sub(raw_quiet).as_secs_f64() / raw_p50.as_secs_f64()
     );
     let stall = worst.saturating_sub(idle_worst);
     eprintln!(

@@ -1,7 +1,8 @@
 //! Retention, run by the node itself: every [`RetentionSettings::every`] it archives the
 //! history its [`RetentionPolicy`] lets go as a verified seed file in
-//! [`RetentionSettings::archive_dir`], prunes it from the ledger in one atomic step, and then
-//! compacts the ledger so the bytes return to the filesystem (`crate::seed::archive`). The node
+//! [`RetentionSettings::archive_dir`], prunes it from the ledger in one atomic step, and drops
+//! the ledger's tables that held only pruned records, so the bytes return to the filesystem
+//! without a compaction rewriting the history kept (`crate::seed::archive`). The node
 //! keeps serving throughout: only the prune itself holds the ledger's write lock, for one synced
 //! batch. `status().history_from` says where the history held starts; reads below it fail with
 //! [`crate::LedgerError::HistoryArchived`], naming the archives.
@@ -118,7 +119,7 @@ impl SporeSystem {
             };
             tokio::task::spawn_blocking(move || reclaimer.run())
                 .await
-                .map_err(|source| Error::Task { what: "ledger compaction", source })??;
+                .map_err(|source| Error::Task { what: "drop the pruned tables", source })??;
         }
         Ok(done)
     }

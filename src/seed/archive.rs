@@ -116,6 +116,18 @@ fn file_name(network: &str, from: u64, to: u64) -> String {
     format!("{safe}-{from:020}-{to:020}.seed")
 }
 
+/// The threads an archive's verification runs on: one core fewer than the machine has (one at
+/// least), so the node's own writes always find a core free. Checked on every core, the
+/// archive's 100k signatures kept a durable append waiting 5–8 ms for one (`benches/retention.rs`).
+fn verifier() -> std::io::Result<rayon::ThreadPool> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.saturating_sub(1).max(1))
+        .thread_name(|i| format!("archive-verify-{i}"))
+        .build()
+        .map_err(std::io::Error::other)
+}
+
 /// Archives and prunes what `policy` lets go (see the module doc), signing the archive with
 /// `signer` (a voter's key: a seed is verified against the voters at its head) into `dir`.
 /// `None` when there is nothing to prune yet. A failure at any step before the prune leaves the
@@ -143,8 +155,8 @@ pub fn archive_and_prune(
     std::fs::create_dir_all(dir).map_err(io)?;
     let file = dir.join(file_name(&header.network.network_name, from, at.seq));
     let bytes = write_streamed(ledger, signer, &file, &header, state, from, at.seq, PAGE_EVENTS)?;
-    let written =
-        super::read_file(&file, VerifyPolicy { require_quorum: false, expected_network: Some(header.fingerprint) });
+    let policy = VerifyPolicy { require_quorum: false, expected_network: Some(header.fingerprint) };
+    let written = verifier().map_err(io)?.install(|| super::read_file(&file, policy));
     match written {
         Ok(seed) if (seed.header.head_seq, seed.header.head_hash) == (at.seq, at.hash) => {}
         Ok(seed) => {

@@ -130,7 +130,9 @@ impl Ledger {
     /// What returns the pruned records' bytes to the filesystem; run it after the ledger's lock
     /// is released (a compaction takes a while and needs no lock).
     pub fn reclaimer(&self) -> Reclaimer {
-        Reclaimer { path: self.path.clone(), ledger: self.ledger.clone(), meta: self.meta.clone() }
+        // Only a pruned ledger lets go of what lies below its history (a seeded one fills it in).
+        let pruned_to = (!self.archives().is_empty()).then(|| self.history_from().saturating_sub(1));
+        Reclaimer { path: self.path.clone(), ledger: self.ledger.clone(), meta: self.meta.clone(), pruned_to }
     }
 }
 
@@ -147,14 +149,16 @@ impl Remover {
     /// reader or writer of the ledger waits for.
     pub const CHUNK: usize = 4096;
 
-    /// Syncs the switch [`Ledger::prune_to`] wrote, then deletes every record up to the pruned
-    /// seq, from the oldest one still stored (records a crash left behind included), in batches
-    /// of [`Remover::CHUNK`]; the last one is synced.
-    /// Returns how many were removed.
+    /// Syncs the switch [`Ledger::prune_to`] wrote, drops the tables that hold only records up
+    /// to the pruned seq (no write: their files go), then deletes the records left (in the
+    /// memtable, or in a table that also holds later ones), from the oldest one still stored
+    /// (records a crash left behind included), in batches of [`Remover::CHUNK`]; the last
+    /// one is synced. Returns how many were removed one by one.
     #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display(), to = self.to))]
     pub fn run(&self) -> Result<u64, LedgerError> {
         // The switch first: no record goes before the history's start has moved for good.
         self.db.persist(PersistMode::SyncData).map_err(storage("sync the history's new start", &self.path))?;
+        drop_tables_to(&self.ledger, self.to, &self.path)?;
         let mut removed = 0u64;
         // From the oldest record still stored; each batch goes on after the last key it removed
         // (starting over would walk the tombstones of every batch before it).
@@ -186,21 +190,50 @@ impl Remover {
     }
 }
 
-/// Compacts a ledger's records after a prune (see [`Ledger::reclaimer`]).
+/// Drops every table of the ledger's records whose keys are all at or below `to`: their files
+/// go, with no write (lsm-tree's `drop_range`; tables that also hold later records, and the
+/// memtable, are left alone). fjall 3 has no range delete of its own: `Keyspace::tree` and
+/// `AbstractTree::drop_range` are public but hidden from its docs, a sharp edge to re-check on
+/// an upgrade.
+fn drop_tables_to(ledger: &fjall::Keyspace, to: u64, path: &Path) -> Result<(), LedgerError> {
+    use fjall::AbstractTree;
+    let end = seq_key(to);
+    ledger.tree.drop_range::<&[u8], _>(..=&end[..]).map_err(|e| LedgerError::Storage {
+        op: "drop the pruned records' tables",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Returns a pruned ledger's freed bytes to the filesystem (see [`Ledger::reclaimer`]).
 pub struct Reclaimer {
     path: std::path::PathBuf,
     ledger: fjall::Keyspace,
     meta: fjall::Keyspace,
+    /// The last seq let go (`None`: the ledger was never pruned).
+    pruned_to: Option<u64>,
 }
 
 impl Reclaimer {
-    /// Flushes the ledger's memtables (so the journal that holds them can be dropped) and
-    /// compacts the records' tables, so the removed records' tombstones meet their values and
-    /// both are dropped; blocks until done. (fjall 3 has no
-    /// range delete; `rotate_memtable_and_wait` and `major_compact` are public but hidden from its
-    /// docs: a sharp edge to re-check on an upgrade.)
+    /// Drops the tables whose records were all let go since the last prune (those still in a
+    /// memtable then, flushed since): no write, no compaction, so nothing competes with the
+    /// appends for the disk. The tombstones the last removal wrote, and records sharing a
+    /// table with held ones, go with fjall's own compactions.
     #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display()))]
     pub fn run(&self) -> Result<(), LedgerError> {
+        match self.pruned_to {
+            Some(to) => drop_tables_to(&self.ledger, to, &self.path),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes the ledger's memtables (so the journal that holds them can be dropped) and
+    /// compacts all of the records' tables, so every tombstone meets its value and both are
+    /// dropped; blocks until done. Rewrites every held record: what an operator or a bench runs
+    /// for a settled disk, not what a prune needs. (`rotate_memtable_and_wait` and
+    /// `major_compact` are public but hidden from fjall's docs.)
+    #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display()))]
+    pub fn compact_all(&self) -> Result<(), LedgerError> {
         self.ledger.rotate_memtable_and_wait().map_err(storage("flush the ledger keyspace", &self.path))?;
         self.meta.rotate_memtable_and_wait().map_err(storage("flush the meta keyspace", &self.path))?;
         self.ledger.major_compact().map_err(storage("compact the ledger keyspace", &self.path))
