@@ -12,9 +12,10 @@ use crate::core::event::{EventBody, SignedEvent};
 use crate::core::keys::NodeKey;
 use crate::core::types::{NodeId, Timestamp};
 use crate::net::liveness::LivenessService;
-use crate::raft::proposer::Proposer;
+use crate::raft::proposer::{AtHead, Proposer};
 use crate::raft::state_machine::SharedLedger;
 use crate::raft::{raft_id, Raft, SporeResponse};
+use crate::store::ledger::Ledger;
 
 /// On the leader, turns liveness *transitions* into events: a registered, active node that
 /// SWIM declared down goes offline (with when it was last heard of), an offline node SWIM sees
@@ -81,8 +82,11 @@ pub(super) fn spawn_liveness_committer(
 
 /// On the leader, commits a checkpoint event (head seq and hash, signed by this voter) when
 /// the policy says one is due: the anchors that give gossiped ranges Primary authority. A
-/// checkpoint that loses a race with other writes is rejected (it must name the head just
-/// before it) and retried at the next tick.
+/// checkpoint must name the head right before it, so it is proposed at the head
+/// ([`Proposer::propose_at_head`]): made once no batch is in flight, from the ledger as it then
+/// is, and committed before anything else. Proposed beside other writes it lost the race to
+/// them on a busy leader, which then never attested its state (and retention never found a
+/// state to prune to).
 pub(super) fn spawn_anchor_task(
     raft: Raft,
     proposer: Proposer,
@@ -106,41 +110,60 @@ pub(super) fn spawn_anchor_task(
                 }
                 let due = {
                     let Ok(l) = ledger.read() else { return };
-                    let (Some(head), Some(fp)) = (l.head(), l.fingerprint()) else { continue };
+                    let Some(head) = l.head() else { continue };
                     let since = head.seq - l.anchor().map_or(0, |a| a.seq);
                     let head_is_anchor = l.anchor().is_some_and(|a| a.seq == head.seq);
-                    let due = !head_is_anchor
+                    !head_is_anchor
                         && since > 0
-                        && (since >= policy.every_events || last_anchor_at.elapsed() >= policy.every);
+                        && (since >= policy.every_events || last_anchor_at.elapsed() >= policy.every)
+                };
+                if !due {
+                    continue;
+                }
+                let (key, spacing_min) = (key.clone(), policy.every_events);
+                let make: AtHead = Box::new(move |l: &Ledger| {
+                    let (head, fp) = (l.head()?, l.fingerprint()?);
+                    if l.anchor().is_some_and(|a| a.seq == head.seq) {
+                        return None;
+                    }
                     // The leader attests only a state it has checked: its projection was checked
                     // against the chain on open and follows every applied event since; a
                     // replica in divergence proposes nothing. The digest costs O(registry) on
                     // every replica, so a state is attested at most every four registry sizes
                     // of events (amortized O(1) per event); the anchors between attest the head.
                     let p = l.projection();
-                    let registry = (p.state().nodes.len() + p.state().services.len()) as u64;
-                    let spacing = policy.every_events.max(registry.saturating_mul(4));
-                    let attest = last_state_at.is_none_or(|s| head.seq.saturating_sub(s) >= spacing);
-                    (due && p.divergence().is_none()).then(|| (head, fp, attest.then(|| p.state_digest())))
-                };
-                let Some((head, fp, state_digest)) = due else { continue };
-                let body = match state_digest {
-                    Some(state_digest) => {
-                        EventBody::StateCheckpoint { head_seq: head.seq, head_hash: head.hash, state_digest }
+                    if p.divergence().is_some() {
+                        return None;
                     }
-                    None => EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash },
-                };
-                let attested = matches!(body, EventBody::StateCheckpoint { .. });
-                let ev = SignedEvent::sign(&key, fp, Timestamp::now(), body);
-                match tokio::time::timeout(Duration::from_secs(5), proposer.propose(ev)).await {
-                    Ok(Ok(SporeResponse::Applied(p))) => {
+                    let registry = (p.state().nodes.len() + p.state().services.len()) as u64;
+                    let spacing = spacing_min.max(registry.saturating_mul(4));
+                    let body = if last_state_at.is_none_or(|s| head.seq.saturating_sub(s) >= spacing) {
+                        EventBody::StateCheckpoint {
+                            head_seq: head.seq,
+                            head_hash: head.hash,
+                            state_digest: p.state_digest(),
+                        }
+                    } else {
+                        EventBody::Checkpoint { head_seq: head.seq, head_hash: head.hash }
+                    };
+                    Some(SignedEvent::sign(&key, fp, Timestamp::now(), body))
+                });
+                match tokio::time::timeout(Duration::from_secs(5), proposer.propose_at_head(make)).await {
+                    Ok(Ok(Some(SporeResponse::Applied(p)))) => {
                         last_anchor_at = Instant::now();
+                        // Which kind it was, from the ledger: the event just committed.
+                        let attested = ledger
+                            .read()
+                            .ok()
+                            .and_then(|l| l.get(p.seq).ok().flatten())
+                            .is_some_and(|e| matches!(e.event.body, EventBody::StateCheckpoint { .. }));
                         if attested {
-                            last_state_at = Some(head.seq);
+                            last_state_at = Some(p.seq.saturating_sub(1));
                         }
                         tracing::debug!(seq = p.seq, attested, "anchor committed");
                     }
-                    Ok(Ok(other)) => tracing::debug!(?other, "anchor not committed; retrying later"),
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(other))) => tracing::debug!(?other, "anchor not committed; retrying later"),
                     Ok(Err(e)) => tracing::debug!(error = ?e, "anchor not proposed"),
                     Err(_) => tracing::debug!("anchor proposal timed out"),
                 }

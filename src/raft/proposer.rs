@@ -26,6 +26,19 @@ use crate::core::sync;
 type Reply = oneshot::Sender<Result<SporeResponse, ConsensusError>>;
 /// An event waiting for a batch, with where its answer goes.
 type Item = (SignedEvent, Reply);
+/// Makes the event to commit right after the head it is given (`None`: nothing to commit).
+pub type AtHead = Box<dyn FnOnce(&crate::store::ledger::Ledger) -> Option<SignedEvent> + Send>;
+
+/// What the proposer's queue carries.
+// The common variant is the large one: boxing it would cost every write an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Proposal {
+    /// An event for the next batch.
+    Event(Item),
+    /// An event that must follow the head directly (a checkpoint names it): made once nothing
+    /// is in flight, from the ledger as it then is, and committed alone before anything else.
+    AtHead(AtHead, Reply),
+}
 
 /// Most events packed into one entry.
 pub const BATCH_EVENTS_MAX: usize = 1024;
@@ -68,7 +81,7 @@ fn event_bytes(event: &SignedEvent) -> usize {
 /// A handle to the proposer task. Cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
-    tx: mpsc::Sender<Item>,
+    tx: mpsc::Sender<Proposal>,
     /// With the node's ledger and its recent-events window, proposals are idempotent (see
     /// [`Proposer::propose`]).
     ledger: Option<(SharedLedger, crate::store::recent::SharedRecent)>,
@@ -86,15 +99,37 @@ impl Proposer {
     /// Spawns the proposer for `raft` with at most `batches_in_flight` batches (at least one)
     /// in Raft at once.
     pub fn spawn_with(raft: Raft, batches_in_flight: usize) -> Self {
+        Self::spawn_inner(raft, None, batches_in_flight)
+    }
+
+    fn spawn_inner(raft: Raft, ledger: Option<SharedLedger>, batches_in_flight: usize) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(raft, rx, batches_in_flight.max(1)));
+        tokio::spawn(run(raft, ledger, rx, batches_in_flight.max(1)));
         Proposer { tx, ledger: None, in_flight: Arc::default() }
     }
 
-    /// [`Proposer::spawn_with`] and the node's ledger: proposals become idempotent.
+    /// [`Proposer::spawn_with`] and the node's ledger: proposals become idempotent, and
+    /// [`Proposer::propose_at_head`] works.
     pub fn spawn_idempotent(raft: Raft, ledger: SharedLedger, batches_in_flight: usize) -> Self {
         let recent = ledger.read().ok().map(|l| l.recent_events());
-        Proposer { ledger: recent.map(|r| (ledger, r)), ..Self::spawn_with(raft, batches_in_flight) }
+        let proposer = Self::spawn_inner(raft, Some(ledger.clone()), batches_in_flight);
+        Proposer { ledger: recent.map(|r| (ledger, r)), ..proposer }
+    }
+
+    /// Commits the event `make` builds right after the head: once no batch is in flight, the
+    /// proposer reads the ledger (applied up to everything proposed before), calls `make` with
+    /// it, and commits the event alone before it sends anything else. What a checkpoint, which
+    /// names the head right before it, needs on a busy leader: proposed beside other writes,
+    /// it loses the race to them. Holds the other writes for one commit. `Ok(None)` when `make`
+    /// returned none; [`ConsensusError::ProposalDropped`] from a proposer without the ledger.
+    pub async fn propose_at_head(&self, make: AtHead) -> Result<Option<SporeResponse>, ConsensusError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Proposal::AtHead(make, reply)).await.map_err(|_| ConsensusError::ProposerStopped)?;
+        match rx.await {
+            Ok(outcome) => outcome.map(Some),
+            // `make` made nothing: the proposer drops the reply.
+            Err(_) => Ok(None),
+        }
     }
 
     /// Proposes one event and waits for its outcome.
@@ -148,7 +183,7 @@ impl Proposer {
 
     async fn propose_once(&self, event: SignedEvent) -> Result<SporeResponse, ConsensusError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send((event, reply)).await.map_err(|_| ConsensusError::ProposerStopped)?;
+        self.tx.send(Proposal::Event((event, reply))).await.map_err(|_| ConsensusError::ProposerStopped)?;
         rx.await.map_err(|_| ConsensusError::ProposalDropped)?
     }
 }
@@ -159,17 +194,39 @@ fn committed_point(ledger: &SharedLedger, event: &SignedEvent) -> Option<crate::
     l.committed_point(event).ok().flatten()
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>, batches_in_flight: usize) {
+async fn run(raft: Raft, ledger: Option<SharedLedger>, mut rx: mpsc::Receiver<Proposal>, batches_in_flight: usize) {
     let mut in_flight = JoinSet::new();
-    // An event that did not fit the previous batch opens the next one.
+    // A proposal that did not fit the previous batch opens the next one.
     let mut carry = None;
     loop {
         let first = match carry.take() {
-            Some(item) => item,
+            Some(p) => p,
             None => match rx.recv().await {
-                Some(item) => item,
+                Some(p) => p,
                 None => break,
             },
+        };
+        let first = match first {
+            Proposal::Event(item) => item,
+            Proposal::AtHead(make, reply) => {
+                // Everything proposed before is applied once its batch answers.
+                while in_flight.join_next().await.is_some() {}
+                let event = match &ledger {
+                    None => {
+                        let _ = reply.send(Err(ConsensusError::ProposalDropped));
+                        continue;
+                    }
+                    Some(ledger) => match ledger.read() {
+                        Ok(l) => make(&l),
+                        Err(_) => None,
+                    },
+                };
+                // Committed alone, and awaited here: nothing can come between.
+                if let Some(event) = event {
+                    send_batch(raft.clone(), vec![(event, reply)]).await;
+                }
+                continue;
+            }
         };
         let mut bytes = event_bytes(&first.0);
         let mut batch = vec![first];
@@ -188,52 +245,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>, batches_in_flight: usize)
                 quiet = if batch.len() == before { quiet + 1 } else { 0 };
             }
         }
-        let raft = raft.clone();
         // Instrumented, not entered: a guard held across the await would mark whatever else
         // runs on the thread meanwhile as part of this batch.
         let span = tracing::debug_span!("propose_batch", events = batch.len());
-        in_flight.spawn(
-            async move {
-                let (events, replies): (Vec<SignedEvent>, Vec<Reply>) = batch.into_iter().unzip();
-                let n = events.len();
-                let result = raft.client_write(SporeRequest::Batch(std::sync::Arc::new(events))).await;
-                match result {
-                    Ok(resp) => match resp.data {
-                        SporeResponse::Batch(answers) if answers.len() == n => {
-                            for (reply, answer) in replies.into_iter().zip(answers) {
-                                let _ = reply.send(Ok(answer));
-                            }
-                        }
-                        other => {
-                            let e = ConsensusError::UnexpectedAnswer { events: n, got: format!("{other:?}") };
-                            for reply in replies {
-                                let _ = reply.send(Err(e.clone()));
-                            }
-                        }
-                    },
-                    Err(e) => {
-                        let e = match e {
-                            // A discarded entry was truncated by a new leader: it never
-                            // committed, and the leader now is another node (as in 0.9,
-                            // which answered such writes ForwardToLeader).
-                            RaftError::APIError(
-                                ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_),
-                            ) => ConsensusError::NotLeader,
-                            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => e.into(),
-                            // No write here carries a precondition.
-                            RaftError::APIError(e @ ClientWriteError::PreconditionFailed(_)) => {
-                                ConsensusError::UnexpectedAnswer { events: n, got: e.to_string() }
-                            }
-                            RaftError::Fatal(f) => f.into(),
-                        };
-                        for reply in replies {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
-                }
-            }
-            .instrument(span),
-        );
+        in_flight.spawn(send_batch(raft.clone(), batch).instrument(span));
         while in_flight.len() >= batches_in_flight {
             let _ = in_flight.join_next().await;
         }
@@ -241,20 +256,63 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Item>, batches_in_flight: usize)
     while in_flight.join_next().await.is_some() {}
 }
 
+/// Commits `batch` as one entry and answers each writer with its own event's outcome.
+async fn send_batch(raft: Raft, batch: Vec<Item>) {
+    let (events, replies): (Vec<SignedEvent>, Vec<Reply>) = batch.into_iter().unzip();
+    let n = events.len();
+    let result = raft.client_write(SporeRequest::Batch(std::sync::Arc::new(events))).await;
+    match result {
+        Ok(resp) => match resp.data {
+            SporeResponse::Batch(answers) if answers.len() == n => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            other => {
+                let e = ConsensusError::UnexpectedAnswer { events: n, got: format!("{other:?}") };
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        },
+        Err(e) => {
+            let e = match e {
+                // A discarded entry was truncated by a new leader: it never committed, and
+                // the leader now is another node (as in 0.9, which answered such writes
+                // ForwardToLeader).
+                RaftError::APIError(ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_)) => {
+                    ConsensusError::NotLeader
+                }
+                RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => e.into(),
+                // No write here carries a precondition.
+                RaftError::APIError(e @ ClientWriteError::PreconditionFailed(_)) => {
+                    ConsensusError::UnexpectedAnswer { events: n, got: e.to_string() }
+                }
+                RaftError::Fatal(f) => f.into(),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
 /// Moves waiting events into `batch` until it is full, its bytes would exceed the limit (the
-/// event that did not fit goes to `carry`) or the queue is empty.
-fn drain(rx: &mut mpsc::Receiver<Item>, batch: &mut Vec<Item>, bytes: &mut usize, carry: &mut Option<Item>) {
+/// event that did not fit goes to `carry`), an event that must follow the head comes (it goes
+/// to `carry`: it waits for this batch) or the queue is empty.
+fn drain(rx: &mut mpsc::Receiver<Proposal>, batch: &mut Vec<Item>, bytes: &mut usize, carry: &mut Option<Proposal>) {
     while batch.len() < BATCH_EVENTS_MAX && carry.is_none() {
         match rx.try_recv() {
-            Ok(item) => {
+            Ok(Proposal::Event(item)) => {
                 let n = event_bytes(&item.0);
                 if *bytes + n > BATCH_BYTES_MAX {
-                    *carry = Some(item);
+                    *carry = Some(Proposal::Event(item));
                     break;
                 }
                 *bytes += n;
                 batch.push(item);
             }
+            Ok(at_head) => *carry = Some(at_head),
             Err(_) => break,
         }
     }

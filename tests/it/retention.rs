@@ -245,23 +245,33 @@ mod node {
         let a = node(root.path(), "a", Some(100));
         a.start().await.expect("start");
         a.initialize(identity("retention")).await.expect("initialize");
-        // Writes in bursts with pauses between: a state checkpoint must come right after the
-        // head it attests, so the leader attests its state at a quiet head (under a steady
-        // stream of writes its attempts lose the race, and whether one wins was left to
-        // timing), and retention prunes to that state once 100 newer events exist.
+        // An unbroken stream of writes from four writers: the leader still attests its state
+        // (a state checkpoint is proposed at the head, committed before the next batch), and
+        // retention prunes to that state once 100 newer events exist.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (a, stop) = (a.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        a.register_service(&format!("w{w}-{i}"), vec![], vec![], vec![]).await.expect("write");
+                        i += 1;
+                    }
+                    i
+                })
+            })
+            .collect();
+        let pruned =
+            wait::until("a pruned its history under writes", T, || a.status().expect("status"), |s| s.history_from > 0)
+                .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut written = 0;
-        let st = loop {
-            for _ in 0..50 {
-                a.register_service(&format!("s{written}"), vec![], vec![], vec![]).await.expect("write");
-                written += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let st = a.status().expect("status");
-            if st.history_from > 0 {
-                break st;
-            }
-            assert!(written < 2000, "a pruned nothing after {written} writes: {st:?}");
-        };
+        for w in writers {
+            written += w.await.expect("writer");
+        }
+        assert!(written >= 100, "pruned while the writes went on: {written} writes, {pruned:?}");
+        let st = a.status().expect("status");
         let head = st.head.expect("head").seq;
         assert!(head + 1 - st.history_from >= 100, "keeps at least 100 events: {} from {}", head, st.history_from);
         match a.read_events(0, 10).await {
