@@ -14,7 +14,6 @@
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub, unsafe_code)]
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use mycnet_spores::core::projection::ProjectionState;
@@ -25,43 +24,9 @@ use mycnet_spores::{
     SignedEvent, Timestamp,
 };
 
-/// Counts live heap bytes: as asked of malloc, and as glibc's chunks (8-byte header, 16-byte
-/// steps, 32 at least).
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static CHUNKS: AtomicUsize = AtomicUsize::new(0);
-fn chunk(size: usize) -> usize {
-    ((size + 8 + 15) & !15).max(32)
-}
-// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Relaxed);
-        CHUNKS.fetch_add(chunk(l.size()), Relaxed);
-        // SAFETY: the caller's layout, passed on.
-        unsafe { std::alloc::System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
-        LIVE.fetch_sub(l.size(), Relaxed);
-        CHUNKS.fetch_sub(chunk(l.size()), Relaxed);
-        // SAFETY: allocated by `alloc` above with this layout.
-        unsafe { std::alloc::System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new, Relaxed);
-        LIVE.fetch_sub(l.size(), Relaxed);
-        CHUNKS.fetch_add(chunk(new), Relaxed);
-        CHUNKS.fetch_sub(chunk(l.size()), Relaxed);
-        // SAFETY: as for `dealloc`.
-        unsafe { std::alloc::System.realloc(p, l, new) }
-    }
-}
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn now() -> (usize, usize) {
-    (LIVE.load(Relaxed), CHUNKS.load(Relaxed))
-}
+#[path = "common/heap.rs"]
+mod heap;
+use heap::{chunk, live as now};
 
 /// Prints the heap taken since `before`, per `per` items; returns the count now.
 fn report(what: &str, before: (usize, usize), per: usize) -> (usize, usize) {
@@ -102,13 +67,7 @@ fn node(i: usize, key: &NodeKey) -> NodeAnnouncement {
 }
 
 fn main() {
-    let (nodes, services) = std::env::var("SPORES_SCALE")
-        .ok()
-        .and_then(|v| {
-            let (a, b) = v.split_once('/')?;
-            Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
-        })
-        .unwrap_or((10_000, 100_000));
+    let (nodes, services) = heap::scale((10_000, 100_000));
     let names = services.min(1_000);
     let keys: Vec<NodeKey> = (0..nodes)
         .map(|i| {

@@ -23,50 +23,9 @@ use mycnet_spores::{
 
 const WRITERS: usize = 64;
 
-/// Counts the bytes live on the heap, so the projection's own cost can be told apart from the
-/// node's buffers (fjall's memtables and caches, Raft's log) that the resident size includes.
-struct Counting;
-
-static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-/// The same, each allocation counted as the chunk glibc's malloc gives it (8 bytes of header,
-/// 16-byte steps, 32 at least): what the bytes cost in resident memory.
-static CHUNKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn chunk(size: usize) -> usize {
-    ((size + 8 + 15) & !15).max(32)
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed);
-        CHUNKS.fetch_add(chunk(l.size()), std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: the caller's layout, passed on.
-        unsafe { std::alloc::System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
-        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
-        CHUNKS.fetch_sub(chunk(l.size()), std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: allocated by `alloc` above with this layout.
-        unsafe { std::alloc::System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new, std::sync::atomic::Ordering::Relaxed);
-        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
-        CHUNKS.fetch_add(chunk(new), std::sync::atomic::Ordering::Relaxed);
-        CHUNKS.fetch_sub(chunk(l.size()), std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: as for `dealloc`.
-        unsafe { std::alloc::System.realloc(p, l, new) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-/// Heap bytes live now.
-fn live() -> usize {
-    LIVE.load(std::sync::atomic::Ordering::Relaxed)
-}
+#[path = "common/heap.rs"]
+mod heap;
+use heap::live;
 
 /// Resident memory of this process, in bytes (`/proc/self/statm`, 4 KiB pages).
 fn resident() -> u64 {
@@ -115,13 +74,7 @@ async fn write_all(n: &SporeSystem, events: Vec<SignedEvent>) -> f64 {
 }
 
 fn main() {
-    let (nodes, services) = std::env::var("SPORES_SCALE")
-        .ok()
-        .and_then(|v| {
-            let (a, b) = v.split_once('/')?;
-            Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
-        })
-        .unwrap_or((2_000, 20_000));
+    let (nodes, services) = heap::scale((2_000, 20_000));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let root = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "target".into());
     let dir = tempfile::Builder::new().prefix("scale-").tempdir_in(&root).expect("scratch");
@@ -240,10 +193,11 @@ fn main() {
         let projection = n
             .with_projection(|p| {
                 let bytes = mycnet_spores::store::record::encode_checkpoint(p.state());
-                let (before, before_chunks) = (live(), CHUNKS.load(std::sync::atomic::Ordering::Relaxed));
+                let before = live();
                 let state = mycnet_spores::store::record::decode_checkpoint(&bytes).expect("decodes");
                 let copy = mycnet_spores::Projection::from_state(state);
-                let held = (live() - before, CHUNKS.load(std::sync::atomic::Ordering::Relaxed) - before_chunks);
+                let now = live();
+                let held = (now.0 - before.0, now.1 - before.1);
                 assert_eq!(&copy, p);
                 held
             })
@@ -254,17 +208,18 @@ fn main() {
             projection.0 as f64 / services as f64,
             projection.1 as f64 / services as f64
         );
-        println!("heap live in the whole process: {} MB", live() >> 20);
+        println!("heap live in the whole process: {} MB", live().0 >> 20);
         // The projection the node built through the write path, as it holds it: keep its
         // last snapshot, stop the node, then see what letting go of the snapshot frees.
         let snapshot = n.projection_snapshot().expect("projection");
         n.shutdown().await.expect("shutdown");
         drop(n);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (before, before_chunks) = (live(), CHUNKS.load(std::sync::atomic::Ordering::Relaxed));
+        let before = live();
         let sole = Arc::strong_count(&snapshot) == 1;
         drop(snapshot);
-        let freed = (before - live(), before_chunks - CHUNKS.load(std::sync::atomic::Ordering::Relaxed));
+        let after = live();
+        let freed = (before.0 - after.0, before.1 - after.1);
         if sole {
             println!(
                 "live projection heap: {} MB = {:.0} bytes per service asked of malloc, {:.0} in malloc chunks",
