@@ -19,14 +19,11 @@ use std::sync::Arc;
 use mycnet_spores::core::projection::ProjectionState;
 use mycnet_spores::core::types::NetworkIdentityRecord;
 use mycnet_spores::store::record::{decode_checkpoint, encode_checkpoint};
-use mycnet_spores::{
-    Endpoint, EventBody, NodeAnnouncement, NodeKey, NodeRole, Projection, ServiceAnnouncement, ServiceRecord,
-    SignedEvent, Timestamp,
-};
+use mycnet_spores::{EventBody, NodeKey, Projection, ServiceRecord, SignedEvent, Timestamp};
 
 #[path = "common/heap.rs"]
 mod heap;
-use heap::{chunk, live as now};
+use heap::{chunk, live as now, node, service};
 
 /// Prints the heap taken since `before`, per `per` items; returns the count now.
 fn report(what: &str, before: (usize, usize), per: usize) -> (usize, usize) {
@@ -37,33 +34,6 @@ fn report(what: &str, before: (usize, usize), per: usize) -> (usize, usize) {
         (after.1 - before.1) as f64 / per as f64
     );
     after
-}
-
-/// Service `i` of the registry, offered by `node`.
-fn service(i: usize, id: uuid::Uuid, node: mycnet_spores::NodeId, names: usize) -> ServiceAnnouncement {
-    ServiceAnnouncement {
-        service_id: id,
-        name: format!("svc-{}", i % names).into(),
-        node,
-        capabilities: vec![format!("cap-{}", i % 8).into()].into(),
-        endpoints: vec![Endpoint {
-            protocol: "tcp".into(),
-            address: format!("10.{}.{}.{}:{}", i >> 16 & 255, i >> 8 & 255, i & 255, 9000 + i % 100).into(),
-        }]
-        .into(),
-        metadata: vec![("zone".into(), format!("z{}", i % 4).into())].into(),
-    }
-}
-
-/// Node `i`'s announcement.
-fn node(i: usize, key: &NodeKey) -> NodeAnnouncement {
-    NodeAnnouncement {
-        node: key.node_id(),
-        name: format!("node-{i}"),
-        role: if i == 0 { NodeRole::Sclerotium } else { NodeRole::Rhizomorph },
-        addresses: vec![format!("10.{}.{}.{}:7400", i >> 16 & 255, i >> 8 & 255, i & 255)],
-        capabilities: vec![format!("cap-{}", i % 8)],
-    }
 }
 
 fn main() {

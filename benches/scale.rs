@@ -17,8 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mycnet_spores::{
-    Endpoint, EventBody, NetworkIdentity, NodeAnnouncement, NodeKey, NodeRole, ServiceAnnouncement, SignedEvent,
-    SporeSystem, Timestamp,
+    EventBody, NetworkIdentity, NodeAnnouncement, NodeKey, NodeRole, SignedEvent, SporeSystem, Timestamp,
 };
 
 const WRITERS: usize = 64;
@@ -103,13 +102,7 @@ fn main() {
             .iter()
             .enumerate()
             .map(|(i, k)| {
-                let ann = NodeAnnouncement {
-                    node: k.node_id(),
-                    name: format!("node-{i}"),
-                    role: NodeRole::Rhizomorph,
-                    addresses: vec![format!("10.{}.{}.{}:7400", i >> 16 & 255, i >> 8 & 255, i & 255)],
-                    capabilities: vec![format!("cap-{}", i % 8)],
-                };
+                let ann = NodeAnnouncement { role: NodeRole::Rhizomorph, ..heap::node(i, k) };
                 SignedEvent::sign(&founder, fp, Timestamp::now(), EventBody::NodeJoined(ann))
             })
             .collect();
@@ -117,22 +110,11 @@ fn main() {
         let regs: Vec<SignedEvent> = (0..services)
             .map(|i| {
                 let k = &keys[i % nodes];
-                let s = ServiceAnnouncement {
-                    // Random, as the v4 ids registrants draw (`register_service` does).
-                    service_id: uuid::Uuid::from_u128(
+                // Random, as the v4 ids registrants draw (`register_service` does).
+                let id = uuid::Uuid::from_u128(
                         (i as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
-                    ),
-                    name: format!("svc-{}", i % services.min(1_000)).into(),
-                    node: k.node_id(),
-                    capabilities: vec![format!("cap-{}", i % 8).into()].into(),
-                    // Each instance has an address of its own, as in a real registry.
-                    endpoints: vec![Endpoint {
-                        protocol: "tcp".into(),
-                        address: format!("10.{}.{}.{}:{}", i >> 16 & 255, i >> 8 & 255, i & 255, 9000 + i % 100).into(),
-                    }]
-                    .into(),
-                    metadata: vec![("zone".into(), format!("z{}", i % 4).into())].into(),
-                };
+                    );
+                let s = heap::service(i, id, k.node_id(), services.min(1_000));
                 SignedEvent::sign(k, fp, Timestamp::now(), EventBody::ServiceRegistered(s))
             })
             .collect();

@@ -1,8 +1,11 @@
-//! Heap accounting for the memory benches (`scale`, `projection_memory`): a global allocator
-//! that counts the bytes live, as asked of malloc and as glibc's chunks, and the registry size
-//! they read from `SPORES_SCALE`. Each bench that includes this module counts its whole process.
+//! What the memory benches (`scale`, `projection_memory`) share: a global allocator that counts
+//! the bytes live, as asked of malloc and as glibc's chunks (each bench that includes this
+//! module counts its whole process), the registry size they read from `SPORES_SCALE`, and the
+//! shape of the registry's nodes and services.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use mycnet_spores::{Endpoint, NodeAnnouncement, NodeKey, NodeRole, ServiceAnnouncement};
 
 /// Forwards to the system allocator and counts sizes.
 pub struct Counting;
@@ -58,4 +61,31 @@ pub fn scale(default: (usize, usize)) -> (usize, usize) {
             Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
         })
         .unwrap_or(default)
+}
+
+/// Service `i` of the registry, offered by `node`.
+pub fn service(i: usize, id: uuid::Uuid, node: mycnet_spores::NodeId, names: usize) -> ServiceAnnouncement {
+    ServiceAnnouncement {
+        service_id: id,
+        name: format!("svc-{}", i % names).into(),
+        node,
+        capabilities: vec![format!("cap-{}", i % 8).into()].into(),
+        endpoints: vec![Endpoint {
+            protocol: "tcp".into(),
+            address: format!("10.{}.{}.{}:{}", i >> 16 & 255, i >> 8 & 255, i & 255, 9000 + i % 100).into(),
+        }]
+        .into(),
+        metadata: vec![("zone".into(), format!("z{}", i % 4).into())].into(),
+    }
+}
+
+/// Node `i`'s announcement.
+pub fn node(i: usize, key: &NodeKey) -> NodeAnnouncement {
+    NodeAnnouncement {
+        node: key.node_id(),
+        name: format!("node-{i}"),
+        role: if i == 0 { NodeRole::Sclerotium } else { NodeRole::Rhizomorph },
+        addresses: vec![format!("10.{}.{}.{}:7400", i >> 16 & 255, i >> 8 & 255, i & 255)],
+        capabilities: vec![format!("cap-{}", i % 8)],
+    }
 }
