@@ -39,13 +39,7 @@ fn report(what: &str, before: (usize, usize), per: usize) -> (usize, usize) {
 fn main() {
     let (nodes, services) = heap::scale((10_000, 100_000));
     let names = services.min(1_000);
-    let keys: Vec<NodeKey> = (0..nodes)
-        .map(|i| {
-            let mut seed = [7u8; 32];
-            seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            NodeKey::from_seed(seed)
-        })
-        .collect();
+    let keys = heap::keys(nodes);
     // Service ids in a random order, as v4 ids arrive in a live registry.
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let mut rand = move || {

@@ -16,9 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mycnet_spores::{
-    EventBody, NetworkIdentity, NodeAnnouncement, NodeKey, NodeRole, SignedEvent, SporeSystem, Timestamp,
-};
+use mycnet_spores::{EventBody, NetworkIdentity, NodeAnnouncement, NodeRole, SignedEvent, SporeSystem, Timestamp};
 
 const WRITERS: usize = 64;
 
@@ -91,13 +89,7 @@ fn main() {
         let fp = n.status().expect("status").fingerprint.expect("formed");
         let key_file = data.join(mycnet_spores::store::keyfile::KEY_FILE_NAME);
         let founder = mycnet_spores::store::keyfile::load(&key_file).expect("the founder's key");
-        let keys: Vec<NodeKey> = (0..nodes)
-            .map(|i| {
-                let mut seed = [7u8; 32];
-                seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                NodeKey::from_seed(seed)
-            })
-            .collect();
+        let keys = heap::keys(nodes);
         let joins: Vec<SignedEvent> = keys
             .iter()
             .enumerate()

@@ -63,6 +63,17 @@ pub fn scale(default: (usize, usize)) -> (usize, usize) {
         .unwrap_or(default)
 }
 
+/// The keys of the registry's `n` nodes (node 0 is the founder in `projection_memory`).
+pub fn keys(n: usize) -> Vec<NodeKey> {
+    (0..n)
+        .map(|i| {
+            let mut seed = [7u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            NodeKey::from_seed(seed)
+        })
+        .collect()
+}
+
 /// Service `i` of the registry, offered by `node`.
 pub fn service(i: usize, id: uuid::Uuid, node: mycnet_spores::NodeId, names: usize) -> ServiceAnnouncement {
     ServiceAnnouncement {
