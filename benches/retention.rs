@@ -121,11 +121,15 @@ fn main() {
     };
 
     // One writer, one event at a time, durable: its latencies before and during retention.
-    let appended = |l: &RwLock<Ledger>, ev| {
+    // Each append's whole time, and the part of it spent waiting for the ledger's lock.
+    let appended_split = |l: &RwLock<Ledger>, ev| {
         let t = Instant::now();
-        l.write().unwrap().append(vec![ev]).expect("append");
-        t.elapsed()
+        let mut g = l.write().unwrap();
+        let waited = t.elapsed();
+        g.append(vec![ev]).expect("append");
+        (t.elapsed(), waited)
     };
+    let appended = |l: &RwLock<Ledger>, ev| appended_split(l, ev).0;
     // The bulk load's flushes and compactions settle first: the baseline is a quiet node's.
     ledger.read().unwrap().reclaimer().compact_all().expect("settle");
     std::thread::sleep(Duration::from_secs(1));
@@ -142,7 +146,7 @@ fn main() {
                     break;
                 }
                 let at = Instant::now();
-                during.push((at, appended(&ledger, ev)));
+                during.push((at, appended_split(&ledger, ev)));
             }
             during
         })
@@ -175,12 +179,15 @@ fn main() {
         "after"
     };
     let mut slowest = timed.clone();
-    slowest.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
-    for (at, d) in slowest.iter().take(5) {
+    slowest.sort_by_key(|(_, (d, _))| std::cmp::Reverse(*d));
+    for (at, (d, waited)) in slowest.iter().take(5) {
         let since = at.duration_since(t);
-        eprintln!("slow append: {d:?}, started {since:?} into the run (during the {})", phase_of(since));
+        eprintln!(
+            "slow append: {d:?} ({waited:?} of it waiting for the ledger's lock), started {since:?} into the run (during the {})",
+            phase_of(since)
+        );
     }
-    let during: Vec<Duration> = timed.into_iter().map(|(_, d)| d).collect();
+    let during: Vec<Duration> = timed.into_iter().map(|(_, (d, _))| d).collect();
 
     let pruned = done.pruned.to + 1 - done.pruned.from;
     let prune = done.pruned.took + done.removed_in;

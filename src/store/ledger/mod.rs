@@ -49,7 +49,7 @@ pub use lock::{LedgerLock, LedgerWriteGuard, SharedLedger};
 pub use meta::LEDGER_FORMAT_MARKER;
 pub(crate) use meta::{read_anchor, read_backfill, read_head, read_stored_checkpoint};
 pub(crate) use open::{check_held_records, last_seq, open_keyspaces};
-pub use prune::{Pruned, Reclaimer, Remover};
+pub use prune::{AttestationCheck, AttestedBase, Pruned, Reclaimer, Remover};
 pub use read::History;
 pub use records_view::RecordsView;
 pub(crate) use storage_error::storage;

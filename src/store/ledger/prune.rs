@@ -73,32 +73,31 @@ impl Ledger {
     /// ([`crate::seed::archive`]); the ledger only checks that `archive` exists.
     #[tracing::instrument(level = "info", skip_all, fields(path = %self.path.display(), archive = %archive.display()))]
     pub fn prune_to(&mut self, base: ProjectionState, archive: &Path) -> Result<(Pruned, Remover), LedgerError> {
-        if self.health.poisoned_by().is_some() {
-            return Err(LedgerError::Poisoned(self.path.clone()));
+        self.check_prune_range(&base)?;
+        let checked = self.attestation_check().check(base)?;
+        self.prune_to_checked(checked, archive)
+    }
+
+    /// What checks, without the ledger's lock, that the chain attests a state to prune to (the
+    /// costly part of [`Ledger::prune_to`]: a state digest of the registry), for
+    /// [`Ledger::prune_to_checked`].
+    pub fn attestation_check(&self) -> AttestationCheck {
+        AttestationCheck { ledger: self.ledger.clone(), path: self.path.clone() }
+    }
+
+    /// [`Ledger::prune_to`] of a state [`AttestationCheck::check`] found attested: under the
+    /// write lock, only the cheap checks and the switch's batch (retention's writers waited up
+    /// to 5 ms behind the digest when it was computed under the lock).
+    pub fn prune_to_checked(
+        &mut self,
+        checked: AttestedBase,
+        archive: &Path,
+    ) -> Result<(Pruned, Remover), LedgerError> {
+        if checked.path != self.path {
+            return Err(invalid(&self.path, format!("the state was checked against {}", checked.path.display())));
         }
-        let invalid = |path: &Path, why: String| LedgerError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
-        };
-        let from = self.history_from();
-        let at = base.head.ok_or_else(|| invalid(&self.path, "the state to keep has no head".into()))?;
-        let head = self.head().ok_or_else(|| invalid(&self.path, "an empty ledger has nothing to prune".into()))?;
-        if at.seq < from || at.seq >= head.seq {
-            return Err(invalid(
-                &self.path,
-                format!("cannot prune to seq {}: this ledger holds seqs {from}..={}", at.seq, head.seq),
-            ));
-        }
-        match self.get(at.seq)? {
-            Some(ev) if ev.hash == at.hash => {}
-            _ => return Err(invalid(&self.path, format!("the state to keep is not of this chain at seq {}", at.seq))),
-        }
-        if !is_attested(&self.ledger, &self.path, &base)? {
-            return Err(invalid(
-                &self.path,
-                format!("the state at seq {} is not attested by a state checkpoint event right after it", at.seq),
-            ));
-        }
+        let AttestedBase { base, encoded, .. } = checked;
+        let (from, at) = self.check_prune_range(&base)?;
         if !archive.is_file() {
             return Err(invalid(&self.path, format!("archive {} is not a file", archive.display())));
         }
@@ -110,7 +109,7 @@ impl Ledger {
         let started = Instant::now();
         let mut batch = self.db.batch();
         batch.insert(&self.meta, META_BACKFILL, encode_point(at.seq, &at.hash).to_vec());
-        batch.insert(&self.meta, META_BACKFILL_BASE, encode_meta_checkpoint(&base));
+        batch.insert(&self.meta, META_BACKFILL_BASE, encoded);
         batch.insert(&self.meta, META_PRUNED, names);
         if let Err(source) = batch.commit() {
             *lock(&self.health.poisoned) = Some(source.to_string());
@@ -127,6 +126,30 @@ impl Ledger {
         Ok((Pruned { from, to: at.seq, took }, remover))
     }
 
+    /// The history held and the head `base` names, checked as a prune needs them: `base` has a
+    /// head, it is a held event of this chain below the ledger's head, and the ledger is sound.
+    fn check_prune_range(
+        &self,
+        base: &ProjectionState,
+    ) -> Result<(u64, crate::core::projection::ChainHead), LedgerError> {
+        if self.health.poisoned_by().is_some() {
+            return Err(LedgerError::Poisoned(self.path.clone()));
+        }
+        let from = self.history_from();
+        let at = base.head.ok_or_else(|| invalid(&self.path, "the state to keep has no head".into()))?;
+        let head = self.head().ok_or_else(|| invalid(&self.path, "an empty ledger has nothing to prune".into()))?;
+        if at.seq < from || at.seq >= head.seq {
+            return Err(invalid(
+                &self.path,
+                format!("cannot prune to seq {}: this ledger holds seqs {from}..={}", at.seq, head.seq),
+            ));
+        }
+        match self.get(at.seq)? {
+            Some(ev) if ev.hash == at.hash => Ok((from, at)),
+            _ => Err(invalid(&self.path, format!("the state to keep is not of this chain at seq {}", at.seq))),
+        }
+    }
+
     /// What returns the pruned records' bytes to the filesystem; run it after the ledger's lock
     /// is released (a compaction takes a while and needs no lock).
     pub fn reclaimer(&self) -> Reclaimer {
@@ -134,6 +157,41 @@ impl Ledger {
         let pruned_to = (!self.archives().is_empty()).then(|| self.history_from().saturating_sub(1));
         Reclaimer { path: self.path.clone(), ledger: self.ledger.clone(), meta: self.meta.clone(), pruned_to }
     }
+}
+
+/// A refusal of a prune: an invalid input, named with the ledger's path.
+fn invalid(path: &Path, why: String) -> LedgerError {
+    LedgerError::Io { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why) }
+}
+
+/// Checks states for pruning without the ledger's lock (see [`Ledger::attestation_check`]).
+pub struct AttestationCheck {
+    ledger: fjall::Keyspace,
+    path: std::path::PathBuf,
+}
+
+impl AttestationCheck {
+    /// `base`, once the record right after its head is a state checkpoint event of this chain
+    /// carrying its digest, with its checkpoint encoding made here too (records are never
+    /// rewritten, so the answer holds once given).
+    pub fn check(&self, base: ProjectionState) -> Result<AttestedBase, LedgerError> {
+        if !is_attested(&self.ledger, &self.path, &base)? {
+            let seq = base.head.map_or(0, |h| h.seq);
+            return Err(invalid(
+                &self.path,
+                format!("the state at seq {seq} is not attested by a state checkpoint event right after it"),
+            ));
+        }
+        let encoded = encode_meta_checkpoint(&base);
+        Ok(AttestedBase { base, encoded, path: self.path.clone() })
+    }
+}
+
+/// A state the chain of one ledger attests, checked by [`AttestationCheck::check`].
+pub struct AttestedBase {
+    base: ProjectionState,
+    encoded: Vec<u8>,
+    path: std::path::PathBuf,
 }
 
 /// Deletes the records a prune let go (see [`Ledger::prune_to`]).
