@@ -24,6 +24,7 @@ use crate::wire::rpc::{PeerNode, RaftMessages};
 pub mod error;
 pub mod log_store;
 pub mod proposer;
+pub mod responder;
 pub(crate) mod runtime;
 pub mod state_machine;
 
@@ -96,15 +97,34 @@ pub fn raft_id(node: &NodeId) -> u64 {
     u64::from_be_bytes(b)
 }
 
-openraft::declare_raft_types!(
-    /// openraft type configuration of the Primary spore.
-    pub TypeConfig:
-        D = SporeRequest,
-        R = SporeResponse,
-        NodeId = u64,
-        Node = PeerNode,
-        AsyncRuntime = runtime::SporeRuntime,
-);
+/// openraft type configuration of the Primary spore: openraft's defaults but for the node and
+/// runtime types, and a [`responder::FnResponder`], so the proposer answers each writer of a
+/// batch straight from the state machine's apply (one wake-up, not two).
+// Written out because `declare_raft_types!` cannot name a responder.
+#[derive(Debug, Clone, Copy, Default, Eq, PartialEq, Ord, PartialOrd)]
+pub struct TypeConfig {}
+
+impl openraft::RaftTypeConfig for TypeConfig {
+    type D = SporeRequest;
+    type R = SporeResponse;
+    type NodeId = u64;
+    type Node = PeerNode;
+    type Term = u64;
+    type LeaderId = openraft::impls::leader_id_adv::LeaderId<Self::Term, Self::NodeId>;
+    type Vote = openraft::impls::Vote<Self::LeaderId>;
+    type Payload = openraft::EntryPayload<Self::D, Self::NodeId, Self::Node>;
+    type Entry = openraft::Entry<<Self::LeaderId as openraft::vote::RaftLeaderId>::Committed, Self::Payload>;
+    type Responder<T>
+        = responder::FnResponder<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type Batch<T>
+        = openraft::impls::InlineBatch<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type AsyncRuntime = runtime::SporeRuntime;
+    type ErrorSource = openraft::impls::BoxedErrorSource;
+}
 
 /// What a snapshot is in memory: its encoded bytes (see [`state_machine`]).
 pub type SnapshotData = Cursor<Vec<u8>>;

@@ -6,16 +6,17 @@
 //! event's outcome. Local writes and writes forwarded by followers share it.
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use openraft::raft::{ClientWriteResponse, ClientWriteResult};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::error::ConsensusError;
+use super::responder::FnResponder;
 use super::state_machine::SharedLedger;
-use super::{Raft, SporeRequest, SporeResponse};
+use super::{Raft, SporeRequest, SporeResponse, TypeConfig};
 use crate::core::event::SignedEvent;
 use crate::core::limits;
 use crate::core::provisional::EventId;
@@ -195,10 +196,13 @@ fn committed_point(ledger: &SharedLedger, event: &SignedEvent) -> Option<crate::
 }
 
 async fn run(raft: Raft, ledger: Option<SharedLedger>, mut rx: mpsc::Receiver<Proposal>, batches_in_flight: usize) {
-    let mut in_flight = JoinSet::new();
+    // A batch in flight holds a permit until its writers are answered (or openraft drops it).
+    let slots = Arc::new(Semaphore::new(batches_in_flight));
     // A proposal that did not fit the previous batch opens the next one.
     let mut carry = None;
     loop {
+        // A free slot first: what queues while every slot is taken joins the next batch.
+        let Ok(permit) = slots.clone().acquire_owned().await else { break };
         let first = match carry.take() {
             Some(p) => p,
             None => match rx.recv().await {
@@ -209,8 +213,9 @@ async fn run(raft: Raft, ledger: Option<SharedLedger>, mut rx: mpsc::Receiver<Pr
         let first = match first {
             Proposal::Event(item) => item,
             Proposal::AtHead(make, reply) => {
-                // Everything proposed before is applied once its batch answers.
-                while in_flight.join_next().await.is_some() {}
+                // Every slot: everything proposed before is applied once its batch answers.
+                drop(permit);
+                let Ok(all) = slots.clone().acquire_many_owned(batches_in_flight as u32).await else { break };
                 let event = match &ledger {
                     None => {
                         let _ = reply.send(Err(ConsensusError::ProposalDropped));
@@ -221,9 +226,9 @@ async fn run(raft: Raft, ledger: Option<SharedLedger>, mut rx: mpsc::Receiver<Pr
                         Err(_) => None,
                     },
                 };
-                // Committed alone, and awaited here: nothing can come between.
+                // Committed alone: it holds every slot until it is answered.
                 if let Some(event) = event {
-                    send_batch(raft.clone(), vec![(event, reply)]).await;
+                    send_batch(&raft, vec![(event, reply)], all).await;
                 }
                 continue;
             }
@@ -231,12 +236,10 @@ async fn run(raft: Raft, ledger: Option<SharedLedger>, mut rx: mpsc::Receiver<Pr
         let mut bytes = event_bytes(&first.0);
         let mut batch = vec![first];
         drain(&mut rx, &mut batch, &mut bytes, &mut carry);
-        // Reap finished batches without waiting.
-        while in_flight.try_join_next().is_some() {}
         // Another batch is on its way through Raft, so this one would wait for it anyway:
         // let the writers it answered (woken on this runtime) queue their next events first.
         // A batch sent at once would often carry one event and hold a slot for a whole round.
-        if !in_flight.is_empty() {
+        if slots.available_permits() + 1 < batches_in_flight {
             let mut quiet = 0;
             while quiet < LINGER_QUIET_YIELDS && carry.is_none() && batch.len() < BATCH_EVENTS_MAX {
                 tokio::task::yield_now().await;
@@ -245,22 +248,38 @@ async fn run(raft: Raft, ledger: Option<SharedLedger>, mut rx: mpsc::Receiver<Pr
                 quiet = if batch.len() == before { quiet + 1 } else { 0 };
             }
         }
-        // Instrumented, not entered: a guard held across the await would mark whatever else
-        // runs on the thread meanwhile as part of this batch.
         let span = tracing::debug_span!("propose_batch", events = batch.len());
-        in_flight.spawn(send_batch(raft.clone(), batch).instrument(span));
-        while in_flight.len() >= batches_in_flight {
-            let _ = in_flight.join_next().await;
-        }
+        send_batch(&raft, batch, permit).instrument(span).await;
     }
-    while in_flight.join_next().await.is_some() {}
 }
 
-/// Commits `batch` as one entry and answers each writer with its own event's outcome.
-async fn send_batch(raft: Raft, batch: Vec<Item>) {
+/// Hands `batch` to Raft as one entry. Its responder answers each writer with its own event's
+/// outcome, from the apply, and then frees the batch's slot (`permit`).
+async fn send_batch(raft: &Raft, batch: Vec<Item>, permit: OwnedSemaphorePermit) {
     let (events, replies): (Vec<SignedEvent>, Vec<Reply>) = batch.into_iter().unzip();
     let n = events.len();
-    let result = raft.client_write(SporeRequest::Batch(std::sync::Arc::new(events))).await;
+    // Shared with the responder, so a Raft that stopped before taking the batch answers too.
+    let waiting = Arc::new(Mutex::new(Some(replies)));
+    let answer = {
+        let waiting = waiting.clone();
+        FnResponder::new(move |result: ClientWriteResult<TypeConfig>| {
+            let replies = sync::lock(&waiting).take().unwrap_or_default();
+            answer_all(replies, result.map_err(RaftError::APIError), n);
+            drop(permit);
+        })
+    };
+    if let Err(fatal) = raft.client_write_ff(SporeRequest::Batch(Arc::new(events)), Some(answer)).await {
+        let replies = sync::lock(&waiting).take().unwrap_or_default();
+        answer_all(replies, Err(RaftError::Fatal(fatal)), n);
+    }
+}
+
+/// Answers each writer of a batch of `n` events with its own event's outcome.
+fn answer_all(
+    replies: Vec<Reply>,
+    result: Result<ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
+    n: usize,
+) {
     match result {
         Ok(resp) => match resp.data {
             SporeResponse::Batch(answers) if answers.len() == n => {
