@@ -129,7 +129,11 @@ fn run_flusher(
             .in_scope(|| db.persist(PersistMode::SyncData));
         metrics.raft_log_sync(started.elapsed());
         tracing::trace!(callbacks = waiting.len(), ok = r.is_ok(), "raft log group sync");
-        for cb in waiting {
+        // Newest first: openraft keeps the newest flushed id in a watch and ignores an older
+        // one, so a group makes one change, not one per callback. Its forwarder task meets a
+        // second change within a microsecond of the first with a 1 µs sleep, which tokio's
+        // millisecond timer turns into up to a millisecond with no flush reported.
+        for cb in waiting.into_iter().rev() {
             cb.io_completed(r.as_ref().map(|_| ()).map_err(super::io_err));
         }
     }
