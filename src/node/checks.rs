@@ -74,7 +74,7 @@ impl CheckRunner {
 
 /// The checked services of `me` in `p`: each check, and the health the chain gives it.
 fn wanted(p: &Projection, me: &NodeId) -> Vec<(Uuid, CheckSpec, Health)> {
-    p.services_by_node(me)
+    p.checked_services_by_node(me)
         .filter_map(|r| {
             let id = r.service.service_id;
             let spec = CheckSpec::from_metadata(&r.service.metadata)?.ok()?;

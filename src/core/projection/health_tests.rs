@@ -148,4 +148,19 @@ fn a_service_check_must_parse_and_a_node_has_a_bounded_number() {
         Err(Rejection::LimitExceeded { what: "checked services of one node".into(), max, got: max + 1 })
     );
     n.register(6, vec![]).expect("a service without a check is not bounded by it");
+    // The bound counts the node's checked services (its own index), not all its services.
+    let owner = n.owner.node_id();
+    assert_eq!(n.p.checked_services_by_node(&owner).count(), max);
+    assert_eq!(n.p.services_by_node(&owner).count(), max + 1);
+    assert_eq!(n.p.checked_services_by_node(&n.other.node_id()).count(), 0);
+    // A checked service gone frees its place; the restarted projection counts the same.
+    let key = n.owner.clone();
+    n.commit(&key, EventBody::ServiceDeregistered { service_id: Uuid::from_u128(10), reason: "gone".into() })
+        .expect("deregistered");
+    assert_eq!(n.p.checked_services_by_node(&owner).count(), max - 1);
+    let restarted = Projection::from_state(n.p.state().clone());
+    let ids = |p: &Projection| p.checked_services_by_node(&owner).map(|r| r.service.service_id).collect::<Vec<_>>();
+    assert_eq!(ids(&restarted), ids(&n.p));
+    n.register(5, vec![CheckSpec::tcp("h:1").metadata_entry()]).expect("a place again");
+    assert_eq!(n.p.checked_services_by_node(&owner).count(), max);
 }

@@ -11,7 +11,9 @@
 //!   reused) instead of its 32-byte id.
 //!
 //! The name index keeps the record itself beside the id, so the hottest lookup (services by
-//! name) reads no second map.
+//! name) reads no second map. A fourth index holds only the services that carry a health
+//! check, by node: what the rules count against a node's bound and what a node's check runner
+//! reads, without going through every service of the node.
 
 use std::hash::BuildHasher;
 use std::ops::{Bound, RangeInclusive};
@@ -21,6 +23,7 @@ use uuid::Uuid;
 
 use super::shared::dense_map;
 use super::{Projection, ServiceRecord};
+use crate::core::health::CheckSpec;
 use crate::core::types::NodeId;
 
 /// `(key, id)` pairs for every id of `key`, as a range bound.
@@ -75,6 +78,14 @@ struct Entries {
     name: (TextKey, Uuid),
     node: (u32, Uuid),
     capabilities: Vec<(TextKey, Uuid)>,
+    /// Whether the service carries a health check (its node's entry goes into `checked`).
+    checked: bool,
+}
+
+/// Whether a service's metadata carries a health check (well formed or not, as the rules
+/// count it).
+fn carries_check(record: &ServiceRecord) -> bool {
+    CheckSpec::from_metadata(&record.service.metadata).is_some()
 }
 
 impl Projection {
@@ -94,6 +105,17 @@ impl Projection {
             .get(node)
             .into_iter()
             .flat_map(move |ord| self.by_node.range(ids_of(*ord)))
+            .filter_map(move |((_, id), _)| self.service(id))
+    }
+
+    /// Services offered by this node that carry a health check, in id order: at most
+    /// [`crate::core::limits::CHECKED_SERVICES_PER_NODE_MAX`], however many services the node
+    /// offers.
+    pub fn checked_services_by_node<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
+        self.node_ords
+            .get(node)
+            .into_iter()
+            .flat_map(move |ord| self.checked.range(ids_of(*ord)))
             .filter_map(move |((_, id), _)| self.service(id))
     }
 
@@ -156,6 +178,7 @@ impl Projection {
             name: (self.text_key(&s.name), s.service_id),
             node: (self.node_ord(&s.node), s.service_id),
             capabilities: s.capabilities.iter().map(|c| (self.text_key(c), s.service_id)).collect(),
+            checked: carries_check(record),
         }
     }
 
@@ -166,6 +189,9 @@ impl Projection {
         for c in e.capabilities {
             self.by_capability.insert(c, ());
         }
+        if e.checked {
+            self.checked.insert(e.node, ());
+        }
     }
 
     pub(super) fn unindex_service(&mut self, record: &ServiceRecord) {
@@ -173,6 +199,7 @@ impl Projection {
         self.by_name.remove(&(self.text_key(&s.name), s.service_id));
         if let Some(ord) = self.node_ords.get(&s.node) {
             self.by_node.remove(&(*ord, s.service_id));
+            self.checked.remove(&(*ord, s.service_id));
         }
         for c in &s.capabilities {
             self.by_capability.remove(&(self.text_key(c), s.service_id));
@@ -186,14 +213,19 @@ impl Projection {
         let mut by_name = Vec::with_capacity(services.len());
         let mut by_node = Vec::with_capacity(services.len());
         let mut by_capability = Vec::with_capacity(services.len());
+        let mut checked = Vec::new();
         for r in &services {
             let e = self.entries(r);
             by_name.push((e.name, r.clone()));
             by_node.push((e.node, ()));
+            if e.checked {
+                checked.push((e.node, ()));
+            }
             by_capability.extend(e.capabilities.into_iter().map(|k| (k, ())));
         }
         self.by_name = dense_map(by_name);
         self.by_node = dense_map(by_node);
         self.by_capability = dense_map(by_capability);
+        self.checked = dense_map(checked);
     }
 }

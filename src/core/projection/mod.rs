@@ -60,6 +60,8 @@ pub struct Projection {
     node_ords: imbl::OrdMap<NodeId, u32>,
     /// `(hash of a capability, id)` of every service.
     by_capability: imbl::OrdMap<(index::TextKey, Uuid), ()>,
+    /// `(node ordinal, id)` of every service that carries a health check.
+    checked: imbl::OrdMap<(u32, Uuid), ()>,
     /// Node keys this projection admitted, each checked to be a valid ed25519 point when it
     /// was: a node that leaves and joins again is not decompressed again. Not persisted (a
     /// projection loaded from a checkpoint checks each key once more, on its first re-join).

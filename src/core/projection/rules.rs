@@ -233,8 +233,7 @@ impl Projection {
     fn check_health_check(&self, s: &ServiceAnnouncement) -> Result<(), Rejection> {
         let Some(spec) = CheckSpec::from_metadata(&s.metadata) else { return Ok(()) };
         spec.map_err(|e| Rejection::BadCheck(e.to_string().into()))?;
-        let checked =
-            self.services_by_node(&s.node).filter(|r| CheckSpec::from_metadata(&r.service.metadata).is_some()).count();
+        let checked = self.checked_services_by_node(&s.node).count();
         let max = limits::CHECKED_SERVICES_PER_NODE_MAX;
         if checked >= max {
             return Err(Rejection::LimitExceeded {
