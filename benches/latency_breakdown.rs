@@ -26,7 +26,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
@@ -235,6 +235,15 @@ fn main() {
             rt.block_on(s.register_service("lat", vec![], vec![], cluster::metadata())).map(|_| ())
         }
     };
+    // SPORES_BREAKDOWN_BURST=N first commits N events from 64 concurrent writers (what
+    // `benches/primary.rs` does right before its 1-client figure), untimed.
+    let burst: usize = std::env::var("SPORES_BREAKDOWN_BURST").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if burst > 0 {
+        let events = cluster::presigned(&systems[0], burst);
+        rt.block_on(cluster::write_concurrently(&systems[0], events, 64));
+        let settle: u64 = std::env::var("SPORES_BREAKDOWN_SETTLE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(settle));
+    }
     // Warm up (caches, the first entries of the term), untimed.
     for _ in 0..100 {
         write(&systems[0]).expect("warm-up write");
@@ -246,6 +255,8 @@ fn main() {
     // Per write, the time of each owner along the critical path (the branch that ended last).
     let mut critical: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut incomplete = 0;
+    // Each complete write's total and stages, to say where the slowest ones lost their time.
+    let mut slow_candidates: Vec<(f64, [f64; 12])> = Vec::new();
     for _ in 0..writes {
         if let Ok(mut v) = timeline.0.lock() {
             v.clear();
@@ -260,6 +271,7 @@ fn main() {
             continue;
         };
         w.stages.iter().zip(per_stage.iter_mut()).for_each(|(d, v)| v.push(*d));
+        slow_candidates.push((*totals.last().unwrap_or(&0.0), w.stages));
         overlaps.push(w.fsync_overlap);
         follower_fsyncs.push(w.stages[8]);
         leader_last += usize::from(w.leader_last);
@@ -278,7 +290,7 @@ fn main() {
     let from = if in_task { "a task on the runtime" } else { "block_on" };
     let complete = writes - incomplete;
     eprintln!("\n=== one write's commit path, 3 voters {over}, writer in {from}, {writes} writes ({incomplete} without every span, left out) ===");
-    for ((name, owner), v) in STAGES.iter().zip(per_stage) {
+    for ((name, owner), v) in STAGES.iter().zip(per_stage.iter().cloned()) {
         let who = match owner {
             Owner::Ours => "ours",
             Owner::Openraft => "openraft",
@@ -291,6 +303,37 @@ fn main() {
         median_us(overlaps),
         median_us(follower_fsyncs),
     );
+    let medians: Vec<f64> = per_stage.iter().map(|v| median_us(v.clone())).collect();
+    let mut sorted = totals.clone();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied();
+    eprintln!(
+        "whole write: p90 {:.0} us, p99 {:.0} us, max {:.0} us",
+        at(0.9).unwrap_or(f64::NAN),
+        at(0.99).unwrap_or(f64::NAN),
+        at(1.0).unwrap_or(f64::NAN)
+    );
+    // The slowest 5 % of complete writes: which stage ran furthest over its median.
+    slow_candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut blamed = vec![0usize; STAGES.len()];
+    for (_, st) in slow_candidates.iter().take(slow_candidates.len().div_ceil(20)) {
+        let worst = (0..STAGES.len()).max_by(|&a, &b| (st[a] - medians[a]).total_cmp(&(st[b] - medians[b])));
+        if let Some(i) = worst {
+            blamed[i] += 1;
+        }
+    }
+    let blame: Vec<String> =
+        blamed.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, n)| format!("{} x {n}", STAGES[i].0)).collect();
+    eprintln!("the slowest 5 % of complete writes lost most in: {}", blame.join("; "));
+    let slow: Vec<&[f64; 12]> =
+        slow_candidates.iter().take(slow_candidates.len().div_ceil(10)).map(|(_, s)| s).collect();
+    for (i, (name, _)) in STAGES.iter().enumerate() {
+        eprintln!(
+            "  slowest 10 %: {:8.1} us (all: {:8.1})  {name}",
+            median_us(slow.iter().map(|s| s[i]).collect()),
+            medians[i]
+        );
+    }
     let [ours, openraft, fsync] = critical.map(median_us);
     eprintln!(
         "critical path medians: ours {ours:.0} us, openraft {openraft:.0} us, fsync {fsync:.0} us (sum {:.0}); median write {:.0} us (sign included)",
