@@ -154,6 +154,114 @@ fn a_prune_refuses_a_state_the_chain_does_not_attest_and_changes_nothing() {
     assert!(l.read_range(0, 5).is_ok());
 }
 
+/// An attestation checked against one ledger is refused by another, even one holding the very
+/// same chain (so the state would pass its own check): the check read the first ledger's
+/// records, and nothing says the second's are the same. The second is left as it was, and its
+/// own check of the same state then prunes it.
+#[test]
+fn a_prune_refuses_a_state_checked_against_another_ledger() {
+    let (events, _synth) = synth_events(0x4e7c, 3000);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = RwLock::new(Ledger::open(tmp.path().join("a"), config(1024)).expect("open a"));
+    let b = RwLock::new(Ledger::open(tmp.path().join("b"), config(1024)).expect("open b"));
+    append(&a, &events);
+    append(&b, &events);
+    let policy = RetentionPolicy { keep_events: Some(1000), keep_for: None };
+    let keep = mycnet_spores::seed::archive::plan(&a, &policy, mycnet_spores::Timestamp::now())
+        .expect("plan")
+        .expect("a state to prune to");
+    let archive = tmp.path().join("a.seed");
+    std::fs::write(&archive, b"not checked by the ledger").unwrap();
+
+    let checked_on_a = a.read().unwrap().attestation_check().check(keep.clone()).expect("attested on a");
+    let (head, state) = {
+        let l = b.read().unwrap();
+        (l.head(), l.projection().state().clone())
+    };
+    let refused = b.write().unwrap().prune_to_checked(checked_on_a, &archive).map(|(pruned, _)| pruned);
+    match refused {
+        Err(LedgerError::Io { path, source }) => {
+            assert_eq!(path, tmp.path().join("b"), "the error names the ledger refusing");
+            assert!(source.to_string().contains("checked against"), "and says why: {source}");
+        }
+        other => panic!("a state checked against another ledger is refused, got {other:?}"),
+    }
+    {
+        let l = b.read().unwrap();
+        assert_eq!((l.history_from(), l.head()), (0, head));
+        assert_eq!(l.projection().state(), &state);
+        assert!(l.archives().is_empty());
+        assert_eq!(l.read_range(0, 5).expect("the whole history still reads").len(), 6);
+    }
+
+    let checked_on_b = b.read().unwrap().attestation_check().check(keep.clone()).expect("attested on b");
+    let (pruned, remover) = b.write().unwrap().prune_to_checked(checked_on_b, &archive).expect("prunes");
+    remover.run().expect("removes");
+    assert_eq!(pruned.to, keep.head.expect("head").seq);
+    assert_eq!(b.read().unwrap().history_from(), pruned.to + 1);
+}
+
+/// A view of the records taken before a prune reads every record it saw, byte for byte, while
+/// the prune drops the tables holding them and deletes the rest, and the reclaimer compacts
+/// the keyspace: the archive and the planning read through such a view.
+#[test]
+fn a_records_view_reads_what_it_saw_while_a_prune_drops_the_tables_under_it() {
+    let (events, mut synth) = synth_events(0x4e7d, 6000);
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = RwLock::new(Ledger::open(tmp.path().join("l"), config(1024)).expect("open"));
+    append(&ledger, &events);
+    // Records in tables on disk, not only in the memtable, so the prune has tables to drop.
+    ledger.read().unwrap().reclaimer().compact_all().expect("flush and compact");
+    let (tables_before, _) = disk_bytes(&tmp.path().join("l"));
+    let head = ledger.read().unwrap().head().expect("head").seq;
+    let mut before = Vec::new();
+    ledger
+        .read()
+        .unwrap()
+        .visit_raw_range(0, head, |seq, rec| {
+            before.push((seq, rec.to_vec()));
+            Ok(())
+        })
+        .expect("reads");
+    let view = ledger.read().unwrap().records_view();
+
+    let policy = RetentionPolicy { keep_events: Some(1500), keep_for: None };
+    let voter = synth.keys()[0].clone();
+    let done = archive_and_prune(&ledger, &voter, &tmp.path().join("archive"), &policy)
+        .expect("archive")
+        .expect("something to prune");
+    assert!(done.pruned.to > 3000, "most of the history went: pruned to {}", done.pruned.to);
+    {
+        let l = ledger.read().unwrap();
+        assert!(matches!(l.read_range(0, 10), Err(LedgerError::HistoryArchived { .. })));
+        let reclaimer = l.reclaimer();
+        drop(l);
+        reclaimer.run().expect("drops what was flushed since");
+        reclaimer.compact_all().expect("compacts what is held");
+    }
+
+    let mut seen = Vec::new();
+    let n = view
+        .visit_raw_range(0, head, |seq, rec| {
+            seen.push((seq, rec.to_vec()));
+            Ok(())
+        })
+        .expect("the view still reads the pruned records");
+    assert_eq!(n, head + 1);
+    assert!(seen == before, "the same records, byte for byte, as before the prune");
+    drop(view);
+    // Once the view is gone the pruned records' bytes go too: fjall deletes the files of
+    // tables no snapshot sees at its next change of tables (here the next compaction).
+    append(&ledger, &synth.next_chunk(100));
+    ledger.read().unwrap().reclaimer().compact_all().expect("compact");
+    let (tables_after, _) = disk_bytes(&tmp.path().join("l"));
+    assert!(tables_after * 2 < tables_before, "tables {tables_before} -> {tables_after} bytes");
+    // A view taken now starts where the ledger's history does.
+    let fresh = ledger.read().unwrap().records_view();
+    assert!(matches!(fresh.visit_raw_range(0, head, |_, _| Ok(())), Err(LedgerError::HistoryArchived { .. })));
+    assert_eq!(fresh.visit_raw_range(done.pruned.to + 1, head, |_, _| Ok(())).expect("held"), head - done.pruned.to);
+}
+
 /// A node that keeps the newest `keep` events takes about the same disk however long it runs:
 /// pruned records' bytes go back to the filesystem. It holds between `keep` events and `keep`
 /// plus the spacing of the chain's state checkpoints (the points it can prune to) plus one
