@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use mycnet_spores::{Consistency, Endpoint, LedgerReader, NodeStatus, Rejection, SporeSystem, SporeType, TrustScore};
+use openraft::async_runtime::WatchReceiver;
 
 use crate::cluster::Cluster;
 
@@ -36,6 +37,47 @@ async fn seed_readme_usage_works_as_written() -> Result<(), Box<dyn std::error::
     assert_eq!(spore_system.services_by_name("object-store")?[0].service.service_id, id);
     spore_system.shutdown().await?;
     Ok(())
+}
+
+/// Group commit: writers at once share Raft entries (far fewer entries than writes), while a
+/// writer alone, whose writes the proposer has nothing to pack with, gets each one committed
+/// and applied by the time it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_raft_entries_and_a_lone_writer_commits_each_write() {
+    let c = Cluster::form(3, 12).await;
+    let leader = c.leader(Duration::from_secs(5)).await.expect("a leader");
+    let sys = c.handle(leader).expect("leader running");
+    let raft = sys.raft().expect("raft");
+    let last_index = || raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+    let start = last_index();
+    for i in 0..20 {
+        let id = sys.register_service(&format!("lone-{i}"), vec![], vec![], vec![]).await.expect("write");
+        let found = sys.services_by_name(&format!("lone-{i}")).expect("read");
+        assert_eq!(found.iter().map(|r| r.service.service_id).collect::<Vec<_>>(), vec![id], "applied on return");
+    }
+    let lone = last_index() - start;
+    assert!(lone >= 20, "each lone write is an entry of its own: {lone} entries for 20 writes");
+
+    let (writers, each) = (64, 8);
+    let before = last_index();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let s = sys.clone();
+            tokio::spawn(async move {
+                for k in 0..each {
+                    s.register_service(&format!("w{w}-{k}"), vec![], vec![], vec![]).await.expect("write");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let entries = last_index() - before;
+    let writes = (writers * each) as u64;
+    // Entries besides the writes' (a state checkpoint, a heartbeat blank) are few.
+    assert!(entries * 4 <= writes, "{writes} concurrent writes took {entries} Raft entries");
+    assert_eq!(sys.with_projection(|p| p.services().count()).expect("read"), 20 + writers * each);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
