@@ -101,21 +101,26 @@ impl Projection {
 
     /// Services offered by this node.
     pub fn services_by_node<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
-        self.node_ords
-            .get(node)
-            .into_iter()
-            .flat_map(move |ord| self.by_node.range(ids_of(*ord)))
-            .filter_map(move |((_, id), _)| self.service(id))
+        self.node_services(&self.by_node, node)
     }
 
     /// Services offered by this node that carry a health check, in id order: at most
     /// [`crate::core::limits::CHECKED_SERVICES_PER_NODE_MAX`], however many services the node
     /// offers.
     pub fn checked_services_by_node<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
+        self.node_services(&self.checked, node)
+    }
+
+    /// The services `index` (keyed by node ordinal and id) lists for this node, in id order.
+    fn node_services<'a>(
+        &'a self,
+        index: &'a imbl::OrdMap<(u32, Uuid), ()>,
+        node: &NodeId,
+    ) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
         self.node_ords
             .get(node)
             .into_iter()
-            .flat_map(move |ord| self.checked.range(ids_of(*ord)))
+            .flat_map(move |ord| index.range(ids_of(*ord)))
             .filter_map(move |((_, id), _)| self.service(id))
     }
 
