@@ -7,8 +7,8 @@
 //! - how much longer the slowest write took while retention ran (planning, archiving, the
 //!   switch, the deletion and the reclaim) than the slowest of as many writes before it,
 //!   against the median durable append: the stall, target ≤ 1 commit; and, as the limit for
-//!   it, how much longer the slowest synced append to a plain file takes while a bulk write
-//!   of the archive's size runs beside it.
+//!   it, how much longer the slowest synced append to a plain file (and a synced batch to a
+//!   raw fjall database) takes while a bulk write of the archive's size runs beside it.
 //!
 //! ```text
 //! cargo bench --bench retention
@@ -59,22 +59,48 @@ fn raw_delete(n: u64, value_len: usize) -> Duration {
     t.elapsed()
 }
 
-/// The disk's own limit for the stall: the slowest of `n` small appends to a plain file, each
-/// synced, by themselves and then while another thread writes `bulk` bytes to another file in
-/// writes of `piece` bytes each synced (the archive is written in 1 MiB ones). No fjall, no
-/// ledger: what the disk and the filesystem do to a durable append while anything writes in
-/// bulk beside it.
-fn raw_stall(dir: &std::path::Path, n: usize, bulk: u64, piece: usize) -> (Duration, Duration, Duration) {
+/// A synced 400 B append to a plain file in `dir`, timed.
+fn plain_appender(dir: &std::path::Path) -> impl FnMut() -> Duration {
     use std::io::Write;
     let mut log = std::fs::File::create(dir.join("raw-log")).expect("log");
-    let record = [7u8; 400];
-    let append = |log: &mut std::fs::File| {
+    move || {
         let t = Instant::now();
-        log.write_all(&record).expect("append");
+        log.write_all(&[7u8; 400]).expect("append");
         log.sync_data().expect("sync");
         t.elapsed()
-    };
-    let quiet: Vec<Duration> = (0..n).map(|_| append(&mut log)).collect();
+    }
+}
+
+/// A synced batch of one 400 B value to a fresh fjall database in `dir`, timed: what the
+/// ledger's durable append is at the bottom, without the ledger.
+fn fjall_appender(dir: &std::path::Path) -> impl FnMut() -> Duration {
+    let db = Database::builder(dir.join("raw-fjall")).open().expect("open");
+    let ks = db.keyspace("raw", KeyspaceCreateOptions::default).expect("keyspace");
+    let mut seq = 0u64;
+    move || {
+        let t = Instant::now();
+        let mut batch = db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&ks, seq.to_be_bytes(), [7u8; 400]);
+        batch.commit().expect("commit");
+        seq += 1;
+        t.elapsed()
+    }
+}
+
+/// The disk's own limit for the stall: the slowest of `n` synced appends (`append`), by
+/// themselves and then while another thread writes `bulk` bytes to another file in writes of
+/// `piece` bytes each synced (the archive is written in 1 MiB ones). No ledger: what the disk,
+/// the filesystem (and fjall, with [`fjall_appender`]) do to a durable append while anything
+/// writes in bulk beside it.
+fn raw_stall(
+    dir: &std::path::Path,
+    n: usize,
+    bulk: u64,
+    piece: usize,
+    mut append: impl FnMut() -> Duration,
+) -> (Duration, Duration, Duration) {
+    use std::io::Write;
+    let quiet: Vec<Duration> = (0..n).map(|_| append()).collect();
     let writing = Arc::new(AtomicBool::new(true));
     let bulk_writer = {
         let (writing, path) = (writing.clone(), dir.join("raw-bulk"));
@@ -90,7 +116,7 @@ fn raw_stall(dir: &std::path::Path, n: usize, bulk: u64, piece: usize) -> (Durat
     };
     let mut busy = Vec::new();
     while writing.load(Ordering::Relaxed) {
-        busy.push(append(&mut log));
+        busy.push(append());
     }
     bulk_writer.join().expect("bulk writer");
     let max = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
@@ -225,11 +251,23 @@ fn main() {
     );
     // The same bulk written in smaller synced pieces too: whether writing the archive in
     // smaller ones could bring the stall under one commit.
-    for piece in [1usize << 20, 256 << 10, 64 << 10] {
+    // And a raw fjall database's synced append beside the same bulk write: the ledger's
+    // append without the ledger.
+    let limits = [
+        ("a synced 400 B append to a plain file", 1usize << 20),
+        ("a synced 400 B append to a plain file", 256 << 10),
+        ("a synced 400 B append to a plain file", 64 << 10),
+        ("a synced 400 B batch to a raw fjall database", 1 << 20),
+    ];
+    for (what, piece) in limits {
         let raw_dir = tempfile::tempdir().expect("tempdir");
-        let (raw_p50, raw_quiet, raw_busy) = raw_stall(raw_dir.path(), idle.len(), done.bytes, piece);
+        let (raw_p50, raw_quiet, raw_busy) = if what.contains("fjall") {
+            raw_stall(raw_dir.path(), idle.len(), done.bytes, piece, fjall_appender(raw_dir.path()))
+        } else {
+            raw_stall(raw_dir.path(), idle.len(), done.bytes, piece, plain_appender(raw_dir.path()))
+        };
         eprintln!(
-            "the disk's own limit: a synced 400 B append to a plain file, p50 {raw_p50:?}, slowest {raw_quiet:?} alone ({:.1} x its median) and {raw_busy:?} while {} MB are written beside it in synced {} KiB writes: {:?} longer = {:.2} x its median",
+            "the disk's own limit: {what}, p50 {raw_p50:?}, slowest {raw_quiet:?} alone ({:.1} x its median) and {raw_busy:?} while {} MB are written beside it in synced {} KiB writes: {:?} longer = {:.2} x its median",
             raw_quiet.as_secs_f64() / raw_p50.as_secs_f64(),
             done.bytes >> 20,
             piece >> 10,
