@@ -15,12 +15,15 @@
 //! `block_on` on the calling thread (the default, as in `benches/primary.rs`);
 //! `SPORES_BREAKDOWN_NET=quic` runs the cluster over QUIC on 127.0.0.1 instead of the
 //! in-process transport (the replication stages then include our QUIC transport's round
-//! trip, which is ours, not openraft's). From the leader's append on, the leader's own sync and
+//! trip, which is ours, not openraft's); `SPORES_BREAKDOWN_BURST=N` first commits N events
+//! from 64 writers (as `benches/primary.rs` does before its 1-client figure) and
+//! `SPORES_BREAKDOWN_SETTLE_MS` waits after it. From the leader's append on, the leader's own sync and
 //! the replication to a follower run side by side (openraft 0.10; 0.9 ran the leader's sync
 //! first): the harness prints both branches, how long the two fsyncs overlap, and the owners'
 //! time along the critical path (the branch that ended last). The last line sets the critical
 //! path's stages that are not ours (openraft's hand-offs and the fsync) against the issue's
-//! 1-client budget, 2 × (fdatasync + sign + verify), all measured in the same run.
+//! 1-client budget, 2 × (fdatasync + sign + verify), all measured in the same run. It also
+//! prints the whole write's p90 / p99 / max, and the stages the slowest writes lost time in.
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
