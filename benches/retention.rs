@@ -253,15 +253,11 @@ fn main() {
     // smaller ones could bring the stall under one commit.
     // And a raw fjall database's synced append beside the same bulk write: the ledger's
     // append without the ledger.
-    let limits = [
-        ("a synced 400 B append to a plain file", 1usize << 20),
-        ("a synced 400 B append to a plain file", 256 << 10),
-        ("a synced 400 B append to a plain file", 64 << 10),
-        ("a synced 400 B batch to a raw fjall database", 1 << 20),
-    ];
+    let (plain, fjall) = ("a synced 400 B append to a plain file", "a synced 400 B batch to a raw fjall database");
+    let limits = [(plain, 1usize << 20), (plain, 256 << 10), (plain, 64 << 10), (fjall, 1 << 20)];
     for (what, piece) in limits {
         let raw_dir = tempfile::tempdir().expect("tempdir");
-        let (raw_p50, raw_quiet, raw_busy) = if what.contains("fjall") {
+        let (raw_p50, raw_quiet, raw_busy) = if what == fjall {
             raw_stall(raw_dir.path(), idle.len(), done.bytes, piece, fjall_appender(raw_dir.path()))
         } else {
             raw_stall(raw_dir.path(), idle.len(), done.bytes, piece, plain_appender(raw_dir.path()))
