@@ -23,7 +23,7 @@ use mycnet_spores::{SignedEvent, SporeSystem};
 
 #[path = "common/cluster.rs"]
 mod cluster;
-use cluster::{median, metadata, raw_fdatasync_median, raw_sign_verify, Net};
+use cluster::{median, metadata, raw_fdatasync_median, raw_quorum_fdatasync_median, raw_sign_verify, Net};
 
 const CLIENTS: usize = 64;
 
@@ -140,6 +140,7 @@ fn bench_primary(crit: &mut Criterion) {
 
     // Summary with ratios to raw limits measured now, in this process.
     let fsync = raw_fdatasync_median();
+    let quorum_fsync = raw_quorum_fdatasync_median();
     let (sign, verify) = raw_sign_verify();
     let v = raw_verify_batch_rate();
     let f = raw_fjall_durable_rate();
@@ -147,6 +148,7 @@ fn bench_primary(crit: &mut Criterion) {
     let lat_budget = fsync + sign + verify;
     let mut summary = BTreeMap::new();
     summary.insert("raw fdatasync median (us)".to_string(), fsync.as_secs_f64() * 1e6);
+    summary.insert("raw quorum fdatasync, 2 of 3 on one disk (us)".to_string(), quorum_fsync.as_secs_f64() * 1e6);
     summary.insert("raw sign (us)".to_string(), sign.as_secs_f64() * 1e6);
     summary.insert("raw verify (us)".to_string(), verify.as_secs_f64() * 1e6);
     summary.insert("raw verify_batch V (sig/s, 1 core)".to_string(), v);
@@ -177,6 +179,10 @@ fn bench_primary(crit: &mut Criterion) {
             lat_budget.as_secs_f64() * 1e6
         );
     }
+    eprintln!(
+        "the disk's floor for three voters on it: (quorum fdatasync + sign + verify) / budget = {:.3}",
+        (quorum_fsync + sign + verify).as_secs_f64() / lat_budget.as_secs_f64()
+    );
     if let Some(w) = wide {
         eprintln!("InProc: 256-client throughput / min(F/3, 2V/3) = {:.3} (reported)", w / limit);
     }

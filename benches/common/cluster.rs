@@ -156,6 +156,45 @@ pub fn raw_fdatasync_median() -> Duration {
     median(samples)
 }
 
+/// The disk's own floor for a commit of three voters on this one disk: three threads, each
+/// with a file of its own, write 4 KiB and `fdatasync` at the same moment, and a round lasts
+/// until the second sync returns (a quorum of three). Median of 300 rounds. Compare it with
+/// [`raw_fdatasync_median`], one sync alone: the 1-client budget assumes a commit costs one.
+pub fn raw_quorum_fdatasync_median() -> Duration {
+    use std::sync::{mpsc, Barrier};
+    const ROUNDS: usize = 300;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = Arc::new(Barrier::new(4));
+    let (done_tx, done_rx) = mpsc::channel::<Instant>();
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let mut f = std::fs::File::create(dir.path().join(format!("f{i}"))).expect("create");
+            let (start, done_tx) = (start.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                let buf = [7u8; 4096];
+                for _ in 0..ROUNDS {
+                    start.wait();
+                    f.write_all(&buf).expect("write");
+                    f.sync_data().expect("sync");
+                    done_tx.send(Instant::now()).expect("report");
+                }
+            })
+        })
+        .collect();
+    let mut samples = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        start.wait();
+        let t = Instant::now();
+        let mut ends: Vec<Instant> = (0..3).map(|_| done_rx.recv().expect("sync done")).collect();
+        ends.sort();
+        samples.push(ends[1] - t);
+    }
+    for w in workers {
+        w.join().expect("sync thread");
+    }
+    median(samples)
+}
+
 /// (sign, verify) time of one ~256-byte message: the rest of the 1-client latency budget.
 pub fn raw_sign_verify() -> (Duration, Duration) {
     let k = NodeKey::from_seed([3; 32]);
