@@ -15,8 +15,7 @@
 //! `block_on` on the calling thread (the default, as in `benches/primary.rs`);
 //! `SPORES_BREAKDOWN_NET=quic` runs the cluster over QUIC on 127.0.0.1 instead of the
 //! in-process transport (the replication stages then include our QUIC transport's round
-//! trip, which is ours, not openraft's, and the harness splits the request's way to the
-//! follower at our QUIC client's call and the peer's serving of it);
+//! trip on the follower's append stream, which is ours, not openraft's);
 //! `SPORES_BREAKDOWN_BURST=N` first commits N events
 //! from 64 writers (as `benches/primary.rs` does before its 1-client figure) and
 //! `SPORES_BREAKDOWN_SETTLE_MS` waits after it. From the leader's append on, the leader's own sync and
@@ -44,16 +43,12 @@ use tracing_subscriber::Layer;
 mod cluster;
 
 /// The spans the breakdown reads: (target, name).
-const SPANS: [(&str, &str); 7] = [
+const SPANS: [(&str, &str); 5] = [
     ("mycnet_spores::node::writes", "submit"),
     ("mycnet_spores::raft::proposer", "propose_batch"),
     ("mycnet_spores::raft::log_store", "append"),
     ("mycnet_spores::raft::log_store", "raft_log_sync"),
     ("mycnet_spores::raft::state_machine", "apply"),
-    // Over QUIC: the leader's call to a peer and the peer's serving of it, to split the
-    // replication request's path.
-    ("mycnet_spores::net::quic::client", "quic_call"),
-    ("mycnet_spores::net::quic::server", "quic_serve"),
 ];
 
 /// One closed span: its name, the data dir it ran for (if it says), first entered and closed.
@@ -165,11 +160,6 @@ struct Write {
     stages: [f64; 12],
     fsync_overlap: f64,
     leader_last: bool,
-    /// Over QUIC, the replication request from the leader's append to the follower's, in
-    /// three (µs): to the leader's call to the peer (openraft's replication), to the peer's
-    /// task serving it (our client, quinn both ways, the accept and the spawn), to the
-    /// follower's append (reading and decoding the request, openraft's follower core).
-    request: Option<[f64; 3]>,
 }
 
 /// One write's stages from its spans; `None` if one is missing.
@@ -212,22 +202,7 @@ fn stages(spans: &[Closed], dirs: &[String]) -> Option<Write> {
         ],
         fsync_overlap: us(overlap_start, overlap_end),
         leader_last: leader_sync.end >= f_sync.end,
-        request: request_split(spans, leader_append, f_append),
     })
-}
-
-/// The replication request's path over QUIC (see [`Write::request`]): the last call made and
-/// the last stream served between the leader's append and the follower's.
-fn request_split(spans: &[Closed], leader_append: &Closed, f_append: &Closed) -> Option<[f64; 3]> {
-    let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e6;
-    let within =
-        |s: &&Closed, name: &str, from: Instant| s.name == name && s.start >= from && s.start <= f_append.start;
-    let served = spans.iter().filter(|s| within(s, "quic_serve", leader_append.start)).max_by_key(|s| s.start)?;
-    let call = spans
-        .iter()
-        .filter(|s| within(s, "quic_call", leader_append.start) && s.start <= served.start)
-        .max_by_key(|s| s.start)?;
-    Some([us(leader_append.start, call.start), us(call.start, served.start), us(served.start, f_append.start)])
 }
 
 fn median_us(mut v: Vec<f64>) -> f64 {
@@ -281,7 +256,6 @@ fn main() {
     let mut per_stage: Vec<Vec<f64>> = vec![Vec::with_capacity(writes); STAGES.len()];
     let mut totals = Vec::with_capacity(writes);
     let (mut overlaps, mut follower_fsyncs, mut leader_last) = (Vec::new(), Vec::new(), 0usize);
-    let mut requests: Vec<[f64; 3]> = Vec::new();
     // Per write, the time of each owner along the critical path (the branch that ended last).
     let mut critical: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut incomplete = 0;
@@ -303,9 +277,6 @@ fn main() {
         w.stages.iter().zip(per_stage.iter_mut()).for_each(|(d, v)| v.push(*d));
         slow_candidates.push((*totals.last().unwrap_or(&0.0), w.stages));
         overlaps.push(w.fsync_overlap);
-        if let Some(r) = w.request {
-            requests.push(r);
-        }
         follower_fsyncs.push(w.stages[8]);
         leader_last += usize::from(w.leader_last);
         let skipped = if w.leader_last { FOLLOWER_BRANCH } else { LEADER_BRANCH };
@@ -336,16 +307,6 @@ fn main() {
         median_us(overlaps),
         median_us(follower_fsyncs),
     );
-    if !requests.is_empty() {
-        let part = |i: usize| median_us(requests.iter().map(|r| r[i]).collect());
-        eprintln!(
-            "the replication request over QUIC ({} writes): leader appended -> its call to the peer {:.1} us (openraft), -> the peer serves it {:.1} us (our client, quinn both ways, accept, spawn), -> the follower appends {:.1} us (read, decode, openraft)",
-            requests.len(),
-            part(0),
-            part(1),
-            part(2)
-        );
-    }
     let medians: Vec<f64> = per_stage.iter().map(|v| median_us(v.clone())).collect();
     let mut sorted = totals.clone();
     sorted.sort_by(f64::total_cmp);
@@ -397,6 +358,12 @@ fn main() {
         2.0 * budget,
         if quic { "openraft (with the QUIC round trips)" } else { "openraft" },
         floor / (2.0 * budget)
+    );
+    let quorum = cluster::raw_quorum_fdatasync_median();
+    eprintln!(
+        "three syncs at once on this disk, until the second returns: {:.0} us = {:.2} x one sync alone",
+        quorum.as_secs_f64() * 1e6,
+        quorum.as_secs_f64() / raw_fsync.as_secs_f64()
     );
     for s in &systems {
         if let Ok(raft) = s.raft() {

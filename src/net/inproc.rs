@@ -6,23 +6,28 @@
 //! failing schedule reproduces, and crashes (a node's handler is removed; "restart" registers
 //! a new one from the node's data dir).
 //!
+//! Replication runs on append streams ([`Transport::append_stream`]), as over QUIC: each
+//! request and each answer meets the fault schedule as a call's would, and a lost one breaks
+//! the stream, as a dropped connection does.
+//!
 //! With [`InProcNetwork::enable_gossip`] it also carries the latent tier's gossip sessions,
 //! over in-memory byte streams, so that partitions of the latent tier can be injected. A
 //! session is refused across a partition or one-way block when it opens; a session already
 //! open when a partition starts runs to its end (sessions are short).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::append_stream::{lane, NoRoundTrips, IN_FLIGHT_MAX};
 use super::gossip::{GossipDialer, GossipStream};
-use super::{BoxFuture, RpcHandler, Transport, TransportError};
+use super::{AppendReplies, AppendRequests, BoxFuture, RpcHandler, Transport, TransportError};
 use crate::core::sync;
 use crate::core::types::NodeId;
-use crate::raft::{RpcRequest, RpcResponse};
+use crate::raft::{AppendRequest, RpcRequest, RpcResponse};
 use crate::wire::rpc::PeerNode;
 
 #[derive(Default)]
@@ -132,6 +137,19 @@ impl Transport for InProcTransport {
         on.then(|| Arc::new(InProcGossip { net: self.net.clone(), from: self.from.clone() }) as Arc<dyn GossipDialer>)
     }
 
+    fn streams_appends(&self) -> bool {
+        true
+    }
+
+    fn append_stream(
+        &self,
+        to: &PeerNode,
+        requests: AppendRequests,
+        floor: Duration,
+    ) -> BoxFuture<'_, Result<AppendReplies, TransportError>> {
+        Box::pin(self.open_append_stream(to.clone(), requests, floor))
+    }
+
     fn call(
         &self,
         to: &PeerNode,
@@ -175,6 +193,95 @@ impl Transport for InProcTransport {
             }
             Ok(resp)
         })
+    }
+}
+
+impl InProcTransport {
+    /// Whether a message from `from` to `to` gets through now, drawn like a call's: `None` if
+    /// it is lost (a block, a crash, the loss rate), else its delay. `handler`, if given, must
+    /// still be the one registered at `to` (a restarted node is another).
+    fn passes(&self, from: &str, to: &str, handler: Option<&Weak<dyn RpcHandler>>) -> Option<Duration> {
+        self.net.with(|i| {
+            let registered = match (i.handlers.get(to), handler) {
+                (Some((_, h)), Some(ours)) => std::ptr::addr_eq(Arc::as_ptr(h), ours.as_ptr()),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            let lost = !registered
+                || !i.handlers.contains_key(from)
+                || i.faults.blocked.contains(&(from.to_string(), to.to_string()))
+                || (i.faults.loss > 0.0 && i.rng.random_bool(i.faults.loss));
+            let (lo, hi) = i.faults.delay_ms;
+            let delay = if hi > 0 { Duration::from_millis(i.rng.random_range(lo..=hi)) } else { Duration::ZERO };
+            (!lost).then_some(delay)
+        })
+    }
+
+    /// Opens an append stream: requests go to the peer's handler in order, each through the
+    /// fault schedule as a call's request would; answers come back the same way. A lost
+    /// message breaks the stream, as a dropped connection does, after the pause a lost call
+    /// waits.
+    async fn open_append_stream(
+        &self,
+        to: PeerNode,
+        mut requests: AppendRequests,
+        deadline: Duration,
+    ) -> Result<AppendReplies, TransportError> {
+        use futures_util::StreamExt;
+        let found = self.net.with(|i| {
+            let sender = i.handlers.get(&self.from).map(|(id, _)| *id);
+            (sender, i.handlers.get(&to.addr).map(|(_, h)| h.clone()))
+        });
+        let (Some(sender), Some(handler)) = found else {
+            return Err(TransportError::Unreachable(to.addr));
+        };
+        let pause = deadline.min(Duration::from_millis(50));
+        // Held weakly: a crashed node's handler (its ledger) is released while streams to it
+        // are open; they break at their next request.
+        let handler_ref = Arc::downgrade(&handler);
+        if self.passes(&self.from, &to.addr, Some(&handler_ref)).is_none() {
+            tokio::time::sleep(pause).await;
+            return Err(TransportError::Unreachable(to.addr));
+        }
+        let (lane_tx, answers) = lane(&to.addr, deadline, Arc::new(NoRoundTrips));
+        let (to_peer, at_peer) = tokio::sync::mpsc::channel::<AppendRequest>(IN_FLIGHT_MAX);
+        let delivered = futures_util::stream::unfold(at_peer, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        let mut peer_answers = handler.append_stream(sender, Box::pin(delivered));
+        drop(handler);
+        let (me, peer, lane_rx) = (self.clone(), to.addr.clone(), lane_tx.clone());
+        let forward = tokio::spawn(async move {
+            while lane_tx.slot().await {
+                let Some(req) = requests.next().await else { return };
+                lane_tx.sending(&req);
+                let Some(delay) = me.passes(&me.from, &peer, Some(&handler_ref)) else {
+                    tokio::time::sleep(pause).await;
+                    lane_tx.answer(Err(TransportError::Unreachable(peer))).await;
+                    return;
+                };
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if to_peer.send(req).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (me, peer) = (self.clone(), to.addr.clone());
+        let answer = tokio::spawn(async move {
+            while let Some(a) = peer_answers.next().await {
+                let Some(delay) = me.passes(&peer, &me.from, None) else {
+                    lane_rx.answer(Err(TransportError::Unreachable(peer))).await;
+                    return;
+                };
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if !lane_rx.answer(Ok(a)).await {
+                    return;
+                }
+            }
+        });
+        Ok(answers.into_stream(vec![forward.abort_handle(), answer.abort_handle()]))
     }
 }
 

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::types::NodeId;
-use crate::raft::{RpcRequest, RpcResponse};
+use crate::raft::{AppendReply, AppendRequest, RpcRequest, RpcResponse};
 use crate::wire::rpc::{PeerNode, RemoteFailure};
 
 pub mod addr;
+pub(crate) mod append_stream;
 pub mod gossip;
 pub mod inproc;
 pub mod liveness;
@@ -25,6 +26,16 @@ pub mod rtt;
 
 /// A boxed future, so transports and handlers can be trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The requests of an append stream, in log order ([`Transport::append_stream`]).
+pub type AppendRequests = futures_util::stream::BoxStream<'static, AppendRequest>;
+/// What a node answers the requests of an append stream, one answer per request in their
+/// order; it ends after a conflict, a higher vote or a stopped Raft
+/// ([`RpcHandler::append_stream`]).
+pub type AppendAnswers = futures_util::stream::BoxStream<'static, AppendReply>;
+/// The answers an append stream's caller gets: the peer's answers, or why the stream broke
+/// (it ends after the first error).
+pub type AppendReplies = futures_util::stream::BoxStream<'static, Result<AppendReply, TransportError>>;
 
 /// Why a call did not get a response.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +87,14 @@ pub trait RpcHandler: Send + Sync + 'static {
     /// Handles `req` sent by the authenticated peer `from`.
     fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse>;
 
+    /// Serves an append stream from the authenticated peer `from`: hands `requests` to the
+    /// node's Raft as they arrive and answers each, in order. A handler without a Raft answers
+    /// that its Raft is stopped.
+    fn append_stream(&self, from: NodeId, requests: AppendRequests) -> AppendAnswers {
+        let _ = (from, requests);
+        stopped_answers()
+    }
+
     /// The node's gossip service, if it serves the latent tier.
     fn gossip(&self) -> Option<Arc<dyn gossip::GossipAcceptor>> {
         None
@@ -103,6 +122,29 @@ pub trait Transport: Send + Sync + 'static {
     fn deadline(&self, to: &PeerNode, floor: Duration) -> Duration {
         let _ = to;
         floor
+    }
+
+    /// Whether this transport carries append streams ([`Transport::append_stream`]). Without
+    /// them, replication sends one AppendEntries call at a time.
+    fn streams_appends(&self) -> bool {
+        false
+    }
+
+    /// Opens an append stream to `to`: sends `requests` in order as they come, without
+    /// waiting for answers, and returns the peer's answers in the same order. An answer not
+    /// back within [`Transport::deadline`]`(to, floor)` of its request's sending breaks the
+    /// stream with [`TransportError::Timeout`]. Only for a transport that
+    /// [streams appends](Transport::streams_appends); the default refuses.
+    fn append_stream(
+        &self,
+        to: &PeerNode,
+        requests: AppendRequests,
+        floor: Duration,
+    ) -> BoxFuture<'_, Result<AppendReplies, TransportError>> {
+        let (addr, _) = (to.addr.clone(), (requests, floor));
+        Box::pin(
+            async move { Err(TransportError::Unreachable(format!("{addr} (this transport has no append streams)"))) },
+        )
     }
 
     /// What this transport measured of the round trips to `node`, if it measures them.
@@ -182,6 +224,12 @@ impl NetworkBackend for inproc::InProcNetwork {
     }
 }
 
+/// The answers of a node whose Raft cannot take an append stream: one "stopped", as openraft
+/// reports a Raft that is shut down.
+pub(crate) fn stopped_answers() -> AppendAnswers {
+    Box::pin(futures_util::stream::once(async { Err(openraft::error::Fatal::Stopped) }))
+}
+
 /// A handler whose target is set after binding (the Raft service needs the transport that
 /// binding returns). Until then it answers that the node is starting.
 #[derive(Default)]
@@ -205,6 +253,13 @@ impl RpcHandler for LateHandler {
         self.inner.get().and_then(|h| h.liveness())
     }
 
+    fn append_stream(&self, from: NodeId, requests: AppendRequests) -> AppendAnswers {
+        match self.inner.get() {
+            Some(h) => h.append_stream(from, requests),
+            None => stopped_answers(),
+        }
+    }
+
     fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse> {
         match self.inner.get() {
             Some(h) => h.handle(from, req),
@@ -220,7 +275,7 @@ impl RpcHandler for LateHandler {
                         RpcResponse::Membership(Err(starting()))
                     }
                     // Raft RPCs before the node is up: report a fatal-free "stopped" node.
-                    RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) => {
+                    RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) | RpcRequest::AppendStream => {
                         RpcResponse::Vote(Err(openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped)))
                     }
                     RpcRequest::InstallSnapshot(_) => RpcResponse::InstallSnapshot(Err(

@@ -16,14 +16,15 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendResult, VoteRequest, VoteResponse};
 use openraft_legacy::network_v1::{
     Adapter, ChunkedSnapshotReceiver, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse,
     RaftNetwork,
 };
 
-use super::{BoxFuture, RpcHandler, SharedTransport, TransportError};
+use super::{AppendAnswers, AppendRequests, BoxFuture, RpcHandler, SharedTransport, TransportError};
 use crate::core::types::NodeId;
 use crate::raft::error::ConsensusError;
 use crate::raft::proposer::Proposer;
@@ -44,11 +45,113 @@ impl NetworkFactory {
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    /// Snapshots go in chunks (openraft-legacy's v1 transfer): every frame stays bounded.
-    type Network = Adapter<TypeConfig, PeerClient, SnapshotData>;
+    type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
-        PeerClient { transport: self.transport.clone(), target, node: node.clone() }.into_v2()
+        PeerNetwork(PeerClient { transport: self.transport.clone(), target, node: node.clone() }.into_v2())
+    }
+}
+
+/// openraft's network to one peer: [`PeerClient`]'s calls behind openraft-legacy's v1 adapter
+/// (snapshots go in chunks, so every frame stays bounded), and replication as one pipelined
+/// append stream where the transport carries them ([`Transport::append_stream`]).
+///
+/// openraft's default replication sends one AppendEntries and waits for its answer before the
+/// next. It also sends each new commit index in an AppendEntries of its own, so a write whose
+/// entry is appended while that one is in flight waited for its round trip. On a stream, the
+/// entry goes at once.
+///
+/// [`Transport::append_stream`]: super::Transport::append_stream
+pub(crate) struct PeerNetwork(Adapter<TypeConfig, PeerClient, SnapshotData>);
+
+type StreamReplies<'s> = openraft::base::BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.0.append_entries(rpc, option).await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> openraft::base::BoxFuture<'s, Result<StreamReplies<'s>, RPCError<TypeConfig>>>
+    where
+        S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let client = self.0.inner();
+        if !client.transport.streams_appends() {
+            return openraft::network::stream_append_sequential(self, input, option);
+        }
+        let (transport, node) = (client.transport.clone(), client.node.clone());
+        let floor = option.hard_ttl();
+        Box::pin(async move {
+            use futures_util::StreamExt;
+            use tracing::Instrument;
+            // In the first poll, as for a call: a heartbeat's timeout waits for our deadline.
+            let deadline = transport.deadline(&node, floor);
+            if deadline > floor {
+                crate::raft::runtime::extend_deadline(tokio::time::Instant::now() + deadline + DEADLINE_SLACK);
+            }
+            let span = tracing::trace_span!("raft_append_stream", to = %node, ?deadline);
+            let replies =
+                transport.append_stream(&node, Box::pin(input), floor).instrument(span).await.map_err(transport_err)?;
+            let replies = replies.map(move |r| match r {
+                Ok(Ok(answer)) => Ok(answer),
+                // As for a call: a stopped Raft is out of reach, and openraft backs off.
+                Ok(Err(openraft::error::Fatal::Stopped)) => Err(transport_err(TransportError::Unreachable(format!(
+                    "{} (its Raft is stopped for this node)",
+                    node.addr
+                )))),
+                Ok(Err(fatal)) => Err(RPCError::Network(NetworkError::new(&fatal))),
+                Err(e) => Err(transport_err(e)),
+            });
+            Ok(Box::pin(replies) as StreamReplies<'s>)
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.0.vote(rpc, option).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.0.pre_vote(rpc, option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: openraft::type_config::alias::VoteOf<TypeConfig>,
+        snapshot: openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, openraft::error::StreamingError<TypeConfig>> {
+        self.0.full_snapshot(vote, snapshot, cancel, option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: openraft::raft::TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.0.transfer_leader(req, option).await
+    }
+
+    fn backoff(&self) -> Option<openraft::network::Backoff> {
+        self.0.backoff()
     }
 }
 
@@ -193,6 +296,11 @@ impl RaftService {
 }
 
 impl RpcHandler for RaftService {
+    fn append_stream(&self, from: NodeId, requests: AppendRequests) -> AppendAnswers {
+        tracing::trace!(from = %from.short(), me = %self.me, "append stream opened");
+        Box::pin(self.raft.stream_append(requests))
+    }
+
     fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse> {
         use tracing::Instrument;
         let span = tracing::trace_span!("rpc_serve", kind = req.kind(), from = %from.short(), me = %self.me);
@@ -215,6 +323,9 @@ impl RpcHandler for RaftService {
                     RpcRequest::SetVoter { node, voter } => {
                         RpcResponse::Membership(self.set_voter(from, node, voter).await)
                     }
+                    RpcRequest::AppendStream => RpcResponse::Status(Err(RemoteFailure::Other(
+                        "an append stream opens a stream of its own; it is not a call".into(),
+                    ))),
                     RpcRequest::Status => {
                         RpcResponse::Status(Err(RemoteFailure::Other("status is served by the node, not Raft".into())))
                     }

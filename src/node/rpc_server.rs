@@ -54,6 +54,28 @@ impl crate::net::RpcHandler for NodeService {
         self.liveness.clone().map(|l| l as Arc<dyn crate::net::liveness::DatagramSink>)
     }
 
+    /// Raft's, unless `from` is on the split-brain chain this node yielded away from: each
+    /// request is checked as it arrives, as a call would be, and the stream answers "stopped"
+    /// from the first refused one.
+    fn append_stream(&self, from: NodeId, requests: crate::net::AppendRequests) -> crate::net::AppendAnswers {
+        use futures_util::StreamExt;
+        let (fence, raft) = (self.fence.clone(), self.raft.clone());
+        let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = refused.clone();
+        let admitted = requests.take_while(move |_| {
+            let refuse = fence.refuses(&from, || is_member(&raft, &from));
+            if refuse {
+                tracing::debug!(peer = %from.short(), "refused an append stream from the split-brain chain this node yielded away from");
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            std::future::ready(!refuse)
+        });
+        let answers = self.raft_service.append_stream(from, Box::pin(admitted));
+        let stopped = futures_util::stream::once(async move { refused.load(std::sync::atomic::Ordering::SeqCst) })
+            .filter_map(|refused| std::future::ready(refused.then_some(Err(openraft::error::Fatal::Stopped))));
+        Box::pin(answers.chain(stopped))
+    }
+
     fn handle(&self, from: NodeId, req: RpcRequest) -> crate::net::BoxFuture<'_, RpcResponse> {
         use crate::wire::query::{Query, QueryAnswer};
         match req {

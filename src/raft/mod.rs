@@ -70,7 +70,14 @@ impl RaftMessages for OpenRaft {
     type InstallSnapshotReply =
         Result<InstallSnapshotResponse<TypeConfig>, RaftError<TypeConfig, InstallSnapshotError>>;
     type Applied = SporeResponse;
+    type AppendStreamReply = AppendReply;
 }
+
+/// One request of an append stream: an AppendEntries of openraft's.
+pub type AppendRequest = AppendEntriesRequest<TypeConfig>;
+/// The answer to one request of an append stream: what openraft's `Raft::stream_append`
+/// yields, the log id matched or why the stream ends.
+pub type AppendReply = Result<openraft::raft::StreamAppendResult<TypeConfig>, openraft::error::Fatal<TypeConfig>>;
 
 /// A request from one node to another, with openraft's messages ([`crate::wire::rpc::RpcRequest`]).
 pub type RpcRequest = crate::wire::rpc::RpcRequest<OpenRaft>;

@@ -56,6 +56,10 @@ pub trait RaftMessages {
     type InstallSnapshotReply: Message;
     /// The state machine's answer to one committed write.
     type Applied: Message;
+    /// The answer to one request of an append stream ([`RpcRequest::AppendStream`]): the log
+    /// id matched, a conflict or a higher vote (which end the stream), or why the receiver's
+    /// Raft cannot answer.
+    type AppendStreamReply: Message;
 }
 
 /// A request from one node to another.
@@ -108,6 +112,13 @@ pub enum RpcRequest<R: RaftMessages> {
         /// Voter (`true`) or learner (`false`).
         voter: bool,
     },
+    /// Opens an append stream: the first frame of a stream whose next frames each carry one
+    /// AppendEntries request ([`RaftMessages::AppendEntries`]), in log order, and which the
+    /// receiver answers frame by frame, in the same order
+    /// ([`RaftMessages::AppendStreamReply`]), until either side ends it. The sender need not
+    /// wait for one answer before it sends the next request (openraft's pipelined
+    /// replication). Appended last: older peers decode every variant before it unchanged.
+    AppendStream,
 }
 
 impl<R: RaftMessages> RpcRequest<R> {
@@ -126,6 +137,7 @@ impl<R: RaftMessages> RpcRequest<R> {
             RpcRequest::ExportSeed { .. } => "export_seed",
             RpcRequest::Provisional(_) => "provisional",
             RpcRequest::SetVoter { .. } => "set_voter",
+            RpcRequest::AppendStream => "append_stream",
         }
     }
 }

@@ -370,6 +370,7 @@ fn valid_frames() -> &'static [Vec<u8>] {
                 wait_ms: 5000,
             }),
             RpcRequest::SetVoter { node: mycnet_spores::NodeId([7; 32]), voter: false },
+            RpcRequest::AppendStream,
             RpcRequest::Query(Query::Find(
                 mycnet_spores::ServiceFilter::name("web").min_trust(mycnet_spores::TrustScore(700)),
             )),
@@ -422,8 +423,60 @@ fn valid_answers() -> &'static [Vec<u8>] {
     })
 }
 
+/// Valid frames of an append stream (postcard) to damage: a request carrying a batch of
+/// events, and every kind of answer.
+fn valid_append_frames() -> &'static [Vec<u8>] {
+    static FRAMES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    FRAMES.get_or_init(|| {
+        use mycnet_spores::raft::{AppendReply, AppendRequest, LogId, SporeRequest};
+        use openraft::impls::leader_id_adv::LeaderId;
+        use openraft::raft::StreamAppendError;
+        let log_id = |index| LogId::new(LeaderId { term: 3, node_id: 2 }, index);
+        let vote = openraft::impls::Vote::new(3, 2);
+        let batch = std::sync::Arc::new(history().events[..4].to_vec());
+        let entry =
+            openraft::Entry { log_id: log_id(9), payload: openraft::EntryPayload::Normal(SporeRequest::Batch(batch)) };
+        let request =
+            AppendRequest { vote, prev_log_id: Some(log_id(8)), leader_commit: Some(log_id(7)), entries: vec![entry] };
+        let answers: [AppendReply; 5] = [
+            Ok(Ok(Some(log_id(9)))),
+            Ok(Ok(None)),
+            Ok(Err(StreamAppendError::Conflict(log_id(8)))),
+            Ok(Err(StreamAppendError::HigherVote(openraft::impls::Vote::new(4, 1)))),
+            Err(openraft::error::Fatal::Stopped),
+        ];
+        let mut frames = vec![postcard::to_stdvec(&request).expect("encode")];
+        frames.extend(answers.iter().map(|a| postcard::to_stdvec(a).expect("encode")));
+        frames
+    })
+}
+
+#[test]
+fn append_stream_frames_round_trip() {
+    use mycnet_spores::raft::{AppendReply, AppendRequest};
+    let frames = valid_append_frames();
+    let request: AppendRequest = postcard::from_bytes(&frames[0]).expect("the request decodes");
+    assert_eq!(request.entries.len(), 1);
+    assert_eq!(postcard::to_stdvec(&request).expect("encode"), frames[0]);
+    for frame in &frames[1..] {
+        let answer: AppendReply = postcard::from_bytes(frame).expect("an answer decodes");
+        assert_eq!(&postcard::to_stdvec(&answer).expect("encode"), frame);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// What a QUIC peer sends on an append stream is decoded with postcard: noise and damaged
+    /// frames never panic.
+    #[test]
+    fn append_stream_decoders_never_panic(bytes in prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..1024),
+        damaged(valid_append_frames()),
+    ]) {
+        let _ = postcard::from_bytes::<mycnet_spores::raft::AppendRequest>(&bytes);
+        let _ = postcard::from_bytes::<mycnet_spores::raft::AppendReply>(&bytes);
+    }
 
     /// Anything but the exact signed bytes is refused; nothing panics.
     #[test]

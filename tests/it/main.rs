@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
 
 mod admin_reads;
+mod append_stream;
 mod backup;
 mod cluster;
 mod crafted;

@@ -189,7 +189,7 @@ async fn quic_caller_refuses_a_server_with_another_key() {
 }
 
 /// A hand-built quinn client with the product's raw-public-key config.
-async fn raw_client(
+pub(crate) async fn raw_client(
     key: &NodeKey,
     server: &PeerNode,
     alpn: &[u8],
@@ -217,7 +217,7 @@ fn decode_read_index(frame: &[u8]) -> Option<u64> {
     }
 }
 
-async fn closed_with_bad_frame(conn: &quinn::Connection) {
+pub(crate) async fn closed_with_bad_frame(conn: &quinn::Connection) {
     let reason = tokio::time::timeout(T, conn.closed()).await.expect("connection closed in time");
     match reason {
         quinn::ConnectionError::ApplicationClosed(c) => {

@@ -109,7 +109,7 @@ impl Shared {
     }
 
     /// Drops `conn` from the cache if it is still the cached connection of `node`.
-    fn forget(&self, node: &NodeId, conn: &quinn::Connection) {
+    pub(super) fn forget(&self, node: &NodeId, conn: &quinn::Connection) {
         let slot = self.peers().get(node).cloned();
         if let Some(slot) = slot {
             if let Ok(mut g) = slot.try_lock() {
@@ -122,7 +122,7 @@ impl Shared {
 
     /// The cached connection to `to`, or a new one. `dialing` is set while we wait for a
     /// connection (so a deadline hit there reads as "unreachable", not "timed out").
-    async fn connection(
+    pub(super) async fn connection(
         self: &Arc<Self>,
         to: &PeerNode,
         dialing: &AtomicBool,
@@ -536,6 +536,22 @@ impl Transport for QuicTransport {
             }
             .instrument(span),
         )
+    }
+
+    fn streams_appends(&self) -> bool {
+        true
+    }
+
+    fn append_stream(
+        &self,
+        to: &PeerNode,
+        requests: crate::net::AppendRequests,
+        floor: Duration,
+    ) -> BoxFuture<'_, Result<crate::net::AppendReplies, TransportError>> {
+        let to = to.clone();
+        let deadline = self.deadline(&to, floor);
+        let span = tracing::debug_span!("quic_append_stream", peer = %to, ?deadline);
+        Box::pin(async move { super::append_lane::open(&self.shared, &to, requests, deadline).await }.instrument(span))
     }
 
     fn deadline(&self, to: &PeerNode, floor: Duration) -> Duration {

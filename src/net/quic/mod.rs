@@ -3,9 +3,9 @@
 //! This file holds the public surface: [`QuicBackend`] (binds an endpoint), its [`QuicConfig`],
 //! the protocols and error codes. The rest, one job per file: `admission` (who may connect),
 //! `endpoint` (socket, transport limits, reset key), `server` (accepting and serving),
-//! `client` ([`QuicTransport`]: connection cache, calls, [`call_once`]), `framing`
-//! (length-prefixed frames), [`tls`] (raw public keys, verifiers) and `socket` (a socket
-//! released on close).
+//! `client` ([`QuicTransport`]: connection cache, calls, [`call_once`]), `append_lane`
+//! (append streams), `framing` (length-prefixed frames), [`tls`] (raw public keys, verifiers)
+//! and `socket` (a socket released on close).
 //!
 //! # Design
 //!
@@ -25,6 +25,9 @@
 //!   admitted nodes; [`ALPN_ADMIN`] carries only the read-only `Status` and `Query` requests,
 //!   from any key (operator tools such as `spore status`, see [`admin_call`]). The endpoint
 //!   serves the protocols in [`SERVED_ALPNS`] and refuses any other.
+//! * **Append streams.** Replication to a follower runs on one bidirectional stream of its own
+//!   (`append_lane`): an `AppendStream` frame opens it, then requests and answers flow as
+//!   frames in order, pipelined, each request checked against the admission policy.
 //! * **Framing.** One bidirectional stream per RPC; each direction carries one frame:
 //!   `u32` big-endian length, then that many postcard bytes, at most [`FRAME_BYTES_MAX`]. An
 //!   oversized, truncated or undecodable frame closes *that* connection with
@@ -65,6 +68,7 @@ use crate::wire::rpc::PeerNode;
 
 mod admin;
 mod admission;
+mod append_lane;
 mod client;
 mod endpoint;
 mod framing;

@@ -129,7 +129,6 @@ async fn serve_rpc(
     cfg: Arc<QuicConfig>,
     gate: Option<Gate>,
 ) {
-    let read_only = gate.is_none();
     tracing::debug!("connection established");
     let mut streams = JoinSet::new();
     loop {
@@ -142,7 +141,7 @@ async fn serve_rpc(
                 }
                 Ok((send, recv)) => {
                     let span = tracing::debug_span!("quic_serve", stream = %recv.id(), kind = tracing::field::Empty);
-                    streams.spawn(serve_stream(conn.clone(), peer, handler.clone(), cfg.clone(), read_only, send, recv).instrument(span));
+                    streams.spawn(serve_stream(conn.clone(), peer, handler.clone(), cfg.clone(), gate.clone(), send, recv).instrument(span));
                 }
                 Err(e) => {
                     tracing::debug!(reason = %e, "connection ended");
@@ -194,10 +193,11 @@ async fn serve_stream(
     from: NodeId,
     handler: Arc<dyn RpcHandler>,
     cfg: Arc<QuicConfig>,
-    read_only: bool,
+    gate: Option<Gate>,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
+    let read_only = gate.is_none();
     let bytes = match tokio::time::timeout(cfg.request_read_deadline, read_frame(&mut recv)).await {
         Ok(Ok(b)) => b,
         Ok(Err(FrameError::Stream(e))) => {
@@ -222,6 +222,9 @@ async fn serve_stream(
         tracing::warn!(peer_key = %from, kind = req.kind(), "refused a write or Raft request on the read-only admin protocol");
         close(&conn, close_code::NOT_ADMITTED, "request not allowed on the admin protocol");
         return;
+    }
+    if let (RpcRequest::AppendStream, Some(gate)) = (&req, gate) {
+        return super::append_lane::serve(conn, from, handler, cfg, gate, send, recv).await;
     }
     let stopped = send.stopped();
     let resp = tokio::select! {
