@@ -6,7 +6,8 @@
 //! ([`LaneSender::sending`]) and hands over each answer, or why the stream broke
 //! ([`LaneSender::answer`]). The caller reads [`LaneAnswers::into_stream`]: an answer frees
 //! its slot; an answer not back within the deadline of its request's sending breaks the stream
-//! with [`TransportError::Timeout`]; nothing comes after an error or a final answer (a
+//! with [`TransportError::Timeout`], and an answer to no request with
+//! [`TransportError::UnexpectedResponse`]; nothing comes after an error or a final answer (a
 //! conflict, a higher vote, a stopped Raft).
 //!
 //! [`Transport::append_stream`]: super::Transport::append_stream
@@ -132,9 +133,12 @@ impl LaneAnswers {
                 oldest.map_or(self.deadline, |at| (at + self.deadline).saturating_duration_since(Instant::now()));
             match tokio::time::timeout(wait, self.rx.recv()).await {
                 Ok(Some(Ok(answer))) => {
-                    let request = sync::lock(&self.sent).pop_front();
+                    // An answer to no request: the peer broke the protocol.
+                    let Some((at, sample)) = sync::lock(&self.sent).pop_front() else {
+                        return Some((Err(TransportError::UnexpectedResponse(self.peer.clone())), false));
+                    };
                     self.window.add_permits(1);
-                    if let Some((at, true)) = request {
+                    if sample {
                         self.round_trips.sample(at.elapsed());
                     }
                     let more = matches!(answer, Ok(Ok(_)));

@@ -141,7 +141,8 @@ pub trait Transport: Send + Sync + 'static {
         requests: AppendRequests,
         floor: Duration,
     ) -> BoxFuture<'_, Result<AppendReplies, TransportError>> {
-        let (addr, _) = (to.addr.clone(), (requests, floor));
+        let _ = (requests, floor);
+        let addr = to.addr.clone();
         Box::pin(
             async move { Err(TransportError::Unreachable(format!("{addr} (this transport has no append streams)"))) },
         )

@@ -43,6 +43,8 @@ enum Peer {
     AnswerAfter(usize),
     /// Takes requests and never answers.
     Silent,
+    /// Answers every request twice: a peer that breaks the protocol.
+    Twice,
 }
 
 struct StreamPeer {
@@ -69,6 +71,9 @@ impl RpcHandler for StreamPeer {
                     .flat_map(|all| futures_util::stream::iter(all.into_iter().map(|r| Ok(Ok(r.prev_log_id))))),
             ),
             Peer::Silent => Box::pin(requests.filter_map(|_| std::future::ready(None::<AppendReply>))),
+            Peer::Twice => Box::pin(
+                requests.flat_map(|r| futures_util::stream::iter([Ok(Ok(r.prev_log_id)), Ok(Ok(r.prev_log_id))])),
+            ),
         }
     }
 }
@@ -144,6 +149,19 @@ async fn quic_an_unanswered_append_stream_breaks_at_its_deadline() {
     assert!(started.elapsed() >= floor, "not before the deadline: {:?}", started.elapsed());
     assert!(answers.next().await.is_none(), "nothing after the error");
     assert_eq!(pair.received.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_an_answer_to_no_request_breaks_the_stream() {
+    trace();
+    let pair = quic_pair(85, Peer::Twice).await;
+    let requests = futures_util::stream::iter([request(1)]).chain(futures_util::stream::pending());
+    let answers = pair.client.append_stream(&pair.server, Box::pin(requests), T).await.expect("opened");
+    let answers: Vec<_> = tokio::time::timeout(T * 2, answers.collect()).await.expect("the stream ends in time");
+    assert!(
+        matches!(answers.as_slice(), [Ok(Ok(Ok(_))), Err(TransportError::UnexpectedResponse(_))]),
+        "the first answer, then the protocol error: {answers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
