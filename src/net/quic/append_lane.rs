@@ -30,7 +30,7 @@ use super::admission::Gate;
 use super::client::{classify, Shared};
 use super::endpoint::close;
 use super::framing::{encode_frame, read_frame, FrameError};
-use super::server::bad_frame;
+use super::server::{bad_frame, write_answer};
 use super::{close_code, stream_code, QuicConfig};
 use crate::core::types::NodeId;
 use crate::net::append_stream::{lane, LaneSender, RoundTripSink};
@@ -192,25 +192,8 @@ pub(super) async fn serve(
     });
     let mut answers = handler.append_stream(from, Box::pin(requests));
     while let Some(answer) = answers.next().await {
-        let frame = match encode_frame(&answer) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %e, "append answer cannot be framed");
-                let _ = send.reset(VarInt::from_u32(stream_code::RESPONSE_UNFRAMEABLE));
-                return;
-            }
-        };
-        match tokio::time::timeout(cfg.response_write_deadline, send.write_all(&frame)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "append answer not delivered");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(deadline = ?cfg.response_write_deadline, "append answer not written in time");
-                let _ = send.reset(VarInt::from_u32(stream_code::WRITE_DEADLINE));
-                return;
-            }
+        if !write_answer(&mut send, &answer, &cfg).await {
+            return;
         }
     }
     let _ = send.finish();

@@ -234,22 +234,32 @@ async fn serve_stream(
             return;
         }
     };
-    let frame = match encode_frame(&resp) {
+    if write_answer(&mut send, &resp, &cfg).await {
+        let _ = send.finish();
+    }
+}
+
+/// Writes `answer` as one frame on `send` within the server's write deadline. A stream it
+/// cannot be written on is reset with the code that says why. `false` if it was not written.
+pub(super) async fn write_answer<T: serde::Serialize>(send: &mut SendStream, answer: &T, cfg: &QuicConfig) -> bool {
+    let frame = match encode_frame(answer) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "response cannot be framed");
             let _ = send.reset(VarInt::from_u32(stream_code::RESPONSE_UNFRAMEABLE));
-            return;
+            return false;
         }
     };
     match tokio::time::timeout(cfg.response_write_deadline, send.write_all(&frame)).await {
-        Ok(Ok(())) => {
-            let _ = send.finish();
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "response not delivered");
+            false
         }
-        Ok(Err(e)) => tracing::debug!(error = %e, "response not delivered"),
         Err(_) => {
             tracing::debug!(deadline = ?cfg.response_write_deadline, "response not written in time");
             let _ = send.reset(VarInt::from_u32(stream_code::WRITE_DEADLINE));
+            false
         }
     }
 }
