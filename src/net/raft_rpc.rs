@@ -27,6 +27,7 @@ use openraft_legacy::network_v1::{
 use super::{AppendAnswers, AppendRequests, BoxFuture, RpcHandler, SharedTransport, TransportError};
 use crate::core::types::NodeId;
 use crate::raft::error::ConsensusError;
+use crate::raft::inbound::check_append;
 use crate::raft::proposer::Proposer;
 use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, SnapshotData, TypeConfig};
 use crate::wire::rpc::{PeerNode, RemoteFailure};
@@ -246,6 +247,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// The answer to a Raft request of the wrong shape from `from` ([`check_append`]): logged,
+/// and refused as no request kind's answer, which the caller reports as an unexpected response.
+fn malformed(from: NodeId, why: &str) -> RpcResponse {
+    tracing::warn!(peer = %from.short(), why, "refused a malformed Raft request");
+    RpcResponse::Status(Err(RemoteFailure::Other(format!("malformed Raft request: {why}"))))
+}
+
 /// Answers RPCs for one node by driving its Raft.
 pub(crate) struct RaftService {
     pub(super) raft: Raft,
@@ -296,9 +304,16 @@ impl RaftService {
 }
 
 impl RpcHandler for RaftService {
+    /// openraft's pipelined `Raft::stream_append`, for the requests up to the first malformed
+    /// one ([`check_append`]): the stream ends there, its answers short of its requests.
     fn append_stream(&self, from: NodeId, requests: AppendRequests) -> AppendAnswers {
+        use futures_util::StreamExt;
         tracing::trace!(from = %from.short(), me = %self.me, "append stream opened");
-        Box::pin(self.raft.stream_append(requests))
+        let well_formed = requests.take_while(move |req| {
+            let ok = check_append(req).map_err(|why| malformed(from, &why)).is_ok();
+            std::future::ready(ok)
+        });
+        Box::pin(self.raft.stream_append(well_formed))
     }
 
     fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse> {
@@ -307,7 +322,13 @@ impl RpcHandler for RaftService {
         Box::pin(
             async move {
                 match req {
-                    RpcRequest::AppendEntries(r) => RpcResponse::AppendEntries(self.raft.append_entries(r).await),
+                    RpcRequest::AppendEntries(r) => match check_append(&r) {
+                        Ok(()) => RpcResponse::AppendEntries(self.raft.append_entries(r).await),
+                        Err(why) => malformed(from, &why),
+                    },
+                    RpcRequest::InstallSnapshot(r) if !r.vote.is_committed() => {
+                        malformed(from, &format!("a snapshot under vote {}, not a leader's", r.vote))
+                    }
                     RpcRequest::Vote(r) => RpcResponse::Vote(self.raft.vote(r).await),
                     RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await),
                     RpcRequest::Forward(ev) => RpcResponse::Forward(match self.proposer.propose(ev).await {

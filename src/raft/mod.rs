@@ -22,6 +22,7 @@ use crate::core::types::NodeId;
 use crate::wire::rpc::{PeerNode, RaftMessages};
 
 pub mod error;
+pub mod inbound;
 pub mod log_store;
 pub mod proposer;
 pub mod responder;

@@ -24,10 +24,11 @@ fn log_id(index: u64) -> LogId {
     LogId::new(LeaderId { term: 2, node_id: 1 }, index)
 }
 
-/// An entry-less request whose previous entry is `index` (a heartbeat carrying a commit).
-fn request(index: u64) -> AppendRequest {
+/// An entry-less request whose previous entry is `index` (a heartbeat carrying a commit), from
+/// a leader of term 0: below any real term, so a real Raft answers it without changing.
+pub(crate) fn request(index: u64) -> AppendRequest {
     AppendRequest {
-        vote: openraft::impls::Vote::new(2, 1),
+        vote: openraft::impls::Vote::new_committed(0, 1),
         prev_log_id: Some(log_id(index)),
         leader_commit: None,
         entries: vec![],
@@ -253,4 +254,27 @@ async fn inproc_append_streams_pipeline_and_break_when_partitioned() {
     let broken = tokio::time::timeout(T * 2, answers.next()).await.expect("the stream breaks in time");
     assert!(matches!(broken, Some(Err(TransportError::Unreachable(_)))), "{broken:?}");
     assert_eq!(received.load(Ordering::SeqCst), 0, "nothing crossed the partition");
+}
+
+/// A peer's AppendEntries of the wrong shape (a candidate's vote, not a leader's) is refused
+/// before openraft sees it, on a stream and as a call: the node's Raft keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_append_is_refused_and_the_raft_keeps_running() {
+    use mycnet_spores::net::Transport;
+    let c = crate::cluster::Cluster::form(1, 0xa99).await;
+    c.sys(0).register_service("before", vec![], vec![], vec![]).await.expect("a write before");
+    let prober = NodeKey::from_seed([87; 32]).node_id();
+    let peer = Arc::new(StreamPeer { behaviour: Peer::Silent, received: Arc::default() });
+    let _probe = c.net.bind(&PeerNode { node: prober, addr: "probe".into() }, peer).await.expect("bind");
+    let to = c.sys(0).peer().expect("peer");
+    let mut forged = request(1);
+    forged.vote = openraft::impls::Vote::new(9, 1);
+    let transport = c.net.transport("probe");
+    let answers = transport.append_stream(&to, Box::pin(futures_util::stream::iter([forged.clone()])), T).await;
+    let answers: Vec<_> = tokio::time::timeout(T * 2, answers.expect("opened").collect()).await.expect("in time");
+    assert!(matches!(answers.as_slice(), [Err(TransportError::Unreachable(_))]), "left unanswered: {answers:?}");
+    let call = transport.call(&to, RpcRequest::AppendEntries(forged), T).await.expect("answered");
+    assert!(matches!(call, RpcResponse::Status(Err(RemoteFailure::Other(_)))), "refused: {call:?}");
+    c.sys(0).register_service("after", vec![], vec![], vec![]).await.expect("the Raft still commits");
+    assert_eq!(c.sys(0).services_by_name("after").expect("query").len(), 1);
 }

@@ -361,6 +361,24 @@ async fn a_loser_that_yields_first_is_not_taken_back_by_its_old_leader() {
         nodes[follower].head().expect("head"),
         "the old leader is still on the losing chain"
     );
+    // However the terms fall: an append stream from the old leader is answered as a stopped
+    // Raft, and one from a member of the winner is served.
+    for (from, refused) in [(old_leader, true), (winners[0], false)] {
+        use futures_util::StreamExt;
+        use mycnet_spores::net::Transport;
+        let to = nodes[follower].peer().expect("peer");
+        let probe = Box::pin(futures_util::stream::iter([crate::append_stream::request(1)]));
+        let answers = net.transport(&addrs[from]).append_stream(&to, probe, Duration::from_secs(3)).await;
+        let answers: Vec<_> = answers.expect("opened").collect().await;
+        // One answer either way: "stopped" from the fence, or the Raft's own (a term 0 leader
+        // is told of the higher vote).
+        let stopped = match answers.as_slice() {
+            [Ok(Err(openraft::error::Fatal::Stopped))] => true,
+            [Ok(Ok(_))] => false,
+            other => panic!("an append stream from node {from}: {other:?}"),
+        };
+        assert_eq!(stopped, refused, "an append stream from node {from}: {answers:?}");
+    }
 
     // The old leader yields too; everybody ends on one head, in one membership of four.
     wait::some("the old leader told to yield", Duration::from_secs(20), || {
