@@ -6,8 +6,6 @@
 //! Raft; a release build goes on with a vote no quorum granted). A peer is authenticated and
 //! admitted, but its bytes are still input: a request of the wrong shape is refused here.
 
-use openraft::LogIdOptionExt;
-
 use super::AppendRequest;
 
 /// Why an AppendEntries is refused, or `Ok` for one openraft may take.
@@ -15,8 +13,18 @@ pub fn check_append(req: &AppendRequest) -> Result<(), String> {
     if !req.vote.is_committed() {
         return Err(format!("its vote {} is not a leader's (not committed)", req.vote));
     }
+    // Indexes near the end of u64 would overflow openraft's `index + 1`: refused.
+    let first = match &req.prev_log_id {
+        Some(prev) => prev.index.checked_add(1),
+        None => Some(0),
+    };
+    let last = first.and_then(|f| f.checked_add(req.entries.len() as u64));
+    let (Some(first), Some(_)) = (first, last) else {
+        return Err("its log indexes run past the end of the index range".into());
+    };
     let mut leader = req.prev_log_id.as_ref().map(|l| *l.committed_leader_id());
-    for (next, entry) in (req.prev_log_id.next_index()..).zip(&req.entries) {
+    // `first + i` stays in range: `first + len` was checked above.
+    for (next, entry) in req.entries.iter().enumerate().map(|(i, e)| (first + i as u64, e)) {
         let id = entry.log_id;
         if id.index != next {
             return Err(format!("entry {} is not the one after {}", id.index, next.saturating_sub(1)));
@@ -64,5 +72,9 @@ mod tests {
         assert!(check_append(&req(leader, Some(4), &[(3, 5), (2, 6)])).is_err());
         assert!(check_append(&req(leader, Some(4), &[(4, 5)])).is_err());
         assert!(check_append(&req(leader, Some(4), &[(1, 5)])).is_err(), "older than the entry before it");
+        // Indexes at the end of the range, which openraft's `index + 1` would overflow.
+        assert!(check_append(&req(leader, Some(u64::MAX), &[])).is_err());
+        assert!(check_append(&req(leader, Some(u64::MAX - 1), &[(3, u64::MAX)])).is_err());
+        assert_eq!(check_append(&req(leader, Some(u64::MAX - 2), &[(3, u64::MAX - 1)])), Ok(()));
     }
 }
