@@ -27,7 +27,7 @@ use openraft_legacy::network_v1::{
 use super::{AppendAnswers, AppendRequests, BoxFuture, RpcHandler, SharedTransport, TransportError};
 use crate::core::types::NodeId;
 use crate::raft::error::ConsensusError;
-use crate::raft::inbound::check_append;
+use crate::raft::inbound::{check_append, check_snapshot_chunk, SnapshotHeld};
 use crate::raft::proposer::Proposer;
 use crate::raft::{raft_id, Raft, RpcRequest, RpcResponse, SnapshotData, TypeConfig};
 use crate::wire::rpc::{PeerNode, RemoteFailure};
@@ -260,6 +260,8 @@ pub(crate) struct RaftService {
     pub(super) me: PeerNode,
     proposer: Proposer,
     pub(super) ledger: crate::raft::state_machine::SharedLedger,
+    /// What has arrived of the snapshot being sent to this node ([`check_snapshot_chunk`]).
+    snapshot_held: std::sync::Mutex<SnapshotHeld>,
 }
 
 impl RaftService {
@@ -271,7 +273,7 @@ impl RaftService {
         proposer: Proposer,
         ledger: crate::raft::state_machine::SharedLedger,
     ) -> Self {
-        RaftService { raft, me, proposer, ledger }
+        RaftService { raft, me, proposer, ledger, snapshot_held: std::sync::Mutex::default() }
     }
 
     pub(super) fn not_leader(&self) -> RemoteFailure {
@@ -326,11 +328,17 @@ impl RpcHandler for RaftService {
                         Ok(()) => RpcResponse::AppendEntries(self.raft.append_entries(r).await),
                         Err(why) => malformed(from, &why),
                     },
-                    RpcRequest::InstallSnapshot(r) if !r.vote.is_committed() => {
-                        malformed(from, &format!("a snapshot under vote {}, not a leader's", r.vote))
-                    }
                     RpcRequest::Vote(r) => RpcResponse::Vote(self.raft.vote(r).await),
-                    RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await),
+                    RpcRequest::InstallSnapshot(r) => {
+                        let checked = {
+                            let mut held = crate::core::sync::lock(&self.snapshot_held);
+                            check_snapshot_chunk(&r, &held).map(|now| *held = Some(now))
+                        };
+                        match checked {
+                            Ok(()) => RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await),
+                            Err(why) => malformed(from, &why),
+                        }
+                    }
                     RpcRequest::Forward(ev) => RpcResponse::Forward(match self.proposer.propose(ev).await {
                         Ok(resp) => Ok(resp),
                         Err(ConsensusError::NotLeader) => Err(self.not_leader()),

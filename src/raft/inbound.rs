@@ -3,10 +3,43 @@
 //! openraft trusts the shape of an AppendEntries: that it comes from a leader (its vote
 //! committed) and that its entries follow each other from the one before them. A request
 //! that breaks that trips an assertion in openraft's core (a debug build panics the whole
-//! Raft; a release build goes on with a vote no quorum granted). A peer is authenticated and
-//! admitted, but its bytes are still input: a request of the wrong shape is refused here.
+//! Raft; a release build goes on with a vote no quorum granted). openraft-legacy's chunked
+//! snapshot receiver writes a chunk wherever its offset says, into a snapshot held in memory:
+//! one chunk far past the bytes received would make it allocate the gap, and abort the
+//! process. A peer is authenticated and admitted, but its bytes are still input: a request of
+//! the wrong shape is refused here.
 
-use super::AppendRequest;
+use openraft_legacy::network_v1::InstallSnapshotRequest;
+
+use super::{AppendRequest, TypeConfig};
+
+/// What has arrived of the snapshot being sent to this node: its id and the end of the bytes
+/// received (`None` before the first chunk).
+pub type SnapshotHeld = Option<(String, u64)>;
+
+/// Where a snapshot chunk may land, given what is `held`: at offset 0 of a new snapshot, or at
+/// most at the end of what arrived of the same one (a resent chunk may go back). Also checks
+/// that it comes from a leader. Returns what is held once the chunk is written.
+pub fn check_snapshot_chunk(
+    req: &InstallSnapshotRequest<TypeConfig>,
+    held: &SnapshotHeld,
+) -> Result<(String, u64), String> {
+    if !req.vote.is_committed() {
+        return Err(format!("a snapshot under vote {}, not a leader's", req.vote));
+    }
+    let end = req
+        .offset
+        .checked_add(req.data.len() as u64)
+        .ok_or_else(|| "a snapshot chunk past the end of the offset range".to_string())?;
+    let have = match held {
+        Some((id, n)) if *id == req.meta.snapshot_id => *n,
+        _ => 0,
+    };
+    if req.offset > have {
+        return Err(format!("a snapshot chunk at offset {} leaves a hole after byte {have}", req.offset));
+    }
+    Ok((req.meta.snapshot_id.clone(), end.max(have)))
+}
 
 /// Why an AppendEntries is refused, or `Ok` for one openraft may take.
 pub fn check_append(req: &AppendRequest) -> Result<(), String> {
@@ -56,6 +89,40 @@ mod tests {
             leader_commit: None,
             entries: entries.iter().map(|&(t, i)| Entry { log_id: id(t, i), payload: EntryPayload::Blank }).collect(),
         }
+    }
+
+    fn chunk(id: &str, offset: u64, len: usize, vote: Vote<LeaderId<u64, u64>>) -> InstallSnapshotRequest<TypeConfig> {
+        InstallSnapshotRequest {
+            vote,
+            meta: openraft_legacy::network_v1::SnapshotMeta {
+                last_log_id: Some(id_at(4)),
+                last_membership: Default::default(),
+                snapshot_id: id.into(),
+            },
+            offset,
+            data: vec![7; len],
+            done: false,
+        }
+    }
+
+    fn id_at(index: u64) -> LogId<LeaderId<u64, u64>> {
+        id(2, index)
+    }
+
+    #[test]
+    fn snapshot_chunks_land_only_where_bytes_arrived() {
+        let leader = Vote::new_committed(3, 1);
+        let held = check_snapshot_chunk(&chunk("a", 0, 100, leader), &None).expect("the first chunk");
+        assert_eq!(held, ("a".to_string(), 100));
+        let held = Some(held);
+        assert_eq!(check_snapshot_chunk(&chunk("a", 100, 50, leader), &held), Ok(("a".into(), 150)));
+        assert_eq!(check_snapshot_chunk(&chunk("a", 40, 10, leader), &held), Ok(("a".into(), 100)), "resent");
+        // A hole (the receiver would allocate it), a new snapshot not from 0, an offset at the
+        // end of the range, a candidate's vote.
+        assert!(check_snapshot_chunk(&chunk("a", 1 << 40, 1, leader), &held).is_err());
+        assert!(check_snapshot_chunk(&chunk("b", 100, 1, leader), &held).is_err());
+        assert!(check_snapshot_chunk(&chunk("b", u64::MAX, 1, leader), &None).is_err());
+        assert!(check_snapshot_chunk(&chunk("a", 0, 1, Vote::new(3, 1)), &None).is_err());
     }
 
     #[test]

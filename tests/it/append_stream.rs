@@ -1,7 +1,8 @@
 //! Append streams (replication's pipelined AppendEntries) over QUIC and over the in-process
 //! network: requests go out without waiting for answers, answers come back in order, a
 //! request not answered in time breaks the stream, and bad or unadmitted traffic is cut off as
-//! it is for calls.
+//! it is for calls. A peer's Raft requests of the wrong shape are refused before openraft sees
+//! them (`raft::inbound`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -277,4 +278,32 @@ async fn a_malformed_append_is_refused_and_the_raft_keeps_running() {
     assert!(matches!(call, RpcResponse::Status(Err(RemoteFailure::Other(_)))), "refused: {call:?}");
     c.sys(0).register_service("after", vec![], vec![], vec![]).await.expect("the Raft still commits");
     assert_eq!(c.sys(0).services_by_name("after").expect("query").len(), 1);
+}
+
+/// A snapshot chunk far past the bytes received of its snapshot is refused: openraft-legacy's
+/// receiver would write it there, allocating the gap in memory (a terabyte here, which aborts
+/// the process). The node keeps committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_chunk_far_past_the_bytes_received_is_refused() {
+    use mycnet_spores::net::Transport;
+    use openraft_legacy::network_v1::{InstallSnapshotRequest, SnapshotMeta};
+    let c = crate::cluster::Cluster::form(1, 0xa9a).await;
+    let prober = NodeKey::from_seed([89; 32]).node_id();
+    let peer = Arc::new(StreamPeer { behaviour: Peer::Silent, received: Arc::default() });
+    let _probe = c.net.bind(&PeerNode { node: prober, addr: "probe".into() }, peer).await.expect("bind");
+    let to = c.sys(0).peer().expect("peer");
+    let transport = c.net.transport("probe");
+    let first = InstallSnapshotRequest {
+        vote: openraft::impls::Vote::new_committed(0, 1),
+        meta: SnapshotMeta { last_log_id: None, last_membership: Default::default(), snapshot_id: "probe-1".into() },
+        offset: 0,
+        data: vec![1, 2, 3],
+        done: false,
+    };
+    let far = InstallSnapshotRequest { offset: 1 << 40, data: vec![0], ..first.clone() };
+    let answer = transport.call(&to, RpcRequest::InstallSnapshot(first), T).await.expect("answered");
+    assert!(matches!(answer, RpcResponse::InstallSnapshot(_)), "the first chunk is taken: {answer:?}");
+    let answer = transport.call(&to, RpcRequest::InstallSnapshot(far), T).await.expect("answered");
+    assert!(matches!(answer, RpcResponse::Status(Err(RemoteFailure::Other(_)))), "refused: {answer:?}");
+    c.sys(0).register_service("after", vec![], vec![], vec![]).await.expect("the Raft still commits");
 }
