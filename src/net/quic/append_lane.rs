@@ -4,8 +4,9 @@
 //! The caller opens a stream of the Raft protocol, sends [`RpcRequest::AppendStream`] as its
 //! first frame, then one frame per AppendEntries request as openraft produces them, without
 //! waiting for answers (a window of [`crate::net::append_stream::IN_FLIGHT_MAX`]). The peer
-//! hands the requests to its Raft in the order they arrive ([`RpcHandler::append_stream`]) and writes one answer frame per
-//! request, in the same order. Frames are those of every RPC ([`super::framing`]).
+//! hands the requests to its Raft in the order they arrive ([`RpcHandler::append_stream`])
+//! and writes one answer frame per request, in the same order. Frames are those of every RPC
+//! ([`super::framing`]).
 //!
 //! * **Ends.** The caller finishes its side when openraft's request stream ends; the peer then
 //!   answers what it has and finishes its own. The peer ends early after a conflict, a higher
@@ -17,6 +18,8 @@
 //! * **Bad input.** A frame that is too large, truncated or undecodable closes the connection
 //!   with [`close_code::BAD_FRAME`], as for calls. Every request is checked against the
 //!   admission policy as it arrives: a key revoked mid-stream is cut off at its next request.
+//!   A request that decodes but has the wrong shape for Raft ends the stream unanswered
+//!   (`crate::raft::inbound`).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
