@@ -312,6 +312,7 @@ impl RpcHandler for RaftService {
         use futures_util::StreamExt;
         tracing::trace!(from = %from.short(), me = %self.me, "append stream opened");
         let well_formed = requests.take_while(move |req| {
+            // Logged as a call's would be; on a stream the answer is the stream's end.
             let ok = check_append(req).map_err(|why| malformed(from, &why)).is_ok();
             std::future::ready(ok)
         });
