@@ -96,20 +96,13 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             use futures_util::StreamExt;
             use tracing::Instrument;
             // In the first poll, as for a call: a heartbeat's timeout waits for our deadline.
-            let deadline = transport.deadline(&node, floor);
-            if deadline > floor {
-                crate::raft::runtime::extend_deadline(tokio::time::Instant::now() + deadline + DEADLINE_SLACK);
-            }
+            let deadline = stretch_openraft_timeout(&transport, &node, floor);
             let span = tracing::trace_span!("raft_append_stream", to = %node, ?deadline);
             let replies =
                 transport.append_stream(&node, Box::pin(input), floor).instrument(span).await.map_err(transport_err)?;
             let replies = replies.map(move |r| match r {
                 Ok(Ok(answer)) => Ok(answer),
-                // As for a call: a stopped Raft is out of reach, and openraft backs off.
-                Ok(Err(openraft::error::Fatal::Stopped)) => Err(transport_err(TransportError::Unreachable(format!(
-                    "{} (its Raft is stopped for this node)",
-                    node.addr
-                )))),
+                Ok(Err(openraft::error::Fatal::Stopped)) => Err(transport_err(stopped_peer(&node))),
                 Ok(Err(fatal)) => Err(RPCError::Network(NetworkError::new(&fatal))),
                 Err(e) => Err(transport_err(e)),
             });
@@ -159,6 +152,24 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
 /// How much longer than the transport's deadline openraft's timeout waits for a call.
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
 
+/// The transport's deadline for a call or stream to `node` whose openraft floor is `floor`;
+/// when it is longer, asks openraft's timeout around the call to wait a little beyond it, so
+/// the transport's timeout — with its error — comes first. Call it from the call's first poll.
+fn stretch_openraft_timeout(transport: &SharedTransport, node: &PeerNode, floor: Duration) -> Duration {
+    let deadline = transport.deadline(node, floor);
+    if deadline > floor {
+        crate::raft::runtime::extend_deadline(tokio::time::Instant::now() + deadline + DEADLINE_SLACK);
+    }
+    deadline
+}
+
+/// A peer whose Raft is stopped — or that refuses this node's Raft traffic, as a node that
+/// yielded a split-brain refuses the losing chain's members — is out of reach: openraft backs
+/// off instead of retrying (and logging) at every heartbeat.
+fn stopped_peer(node: &PeerNode) -> TransportError {
+    TransportError::Unreachable(format!("{} (its Raft is stopped for this node)", node.addr))
+}
+
 /// openraft's client for one peer.
 pub(crate) struct PeerClient {
     transport: SharedTransport,
@@ -183,11 +194,7 @@ impl PeerClient {
     /// timeout around it.
     async fn send(&self, req: RpcRequest, ttl: Duration) -> Result<RpcResponse, TransportError> {
         use tracing::Instrument;
-        let deadline = self.transport.deadline(&self.node, ttl);
-        if deadline > ttl {
-            // A little beyond ours, so the transport's timeout — with its error — comes first.
-            crate::raft::runtime::extend_deadline(tokio::time::Instant::now() + deadline + DEADLINE_SLACK);
-        }
+        let deadline = stretch_openraft_timeout(&self.transport, &self.node, ttl);
         // Instrumented, not entered: a guard held across the await would mark whatever else
         // runs on this thread meanwhile as part of the RPC.
         let span = tracing::trace_span!("raft_rpc", kind = req.kind(), to = %self.node, ?deadline);
@@ -195,14 +202,8 @@ impl PeerClient {
     }
 
     fn remote<E: std::error::Error>(&self, e: RaftError<TypeConfig, E>) -> RpcErr<E> {
-        // A peer whose Raft is stopped — or that refuses this node's Raft traffic, as a node
-        // that yielded a split-brain refuses the losing chain's members — is out of reach:
-        // openraft backs off instead of retrying (and logging) at every heartbeat.
         if matches!(e, RaftError::Fatal(openraft::error::Fatal::Stopped)) {
-            return transport_err(TransportError::Unreachable(format!(
-                "{} (its Raft is stopped for this node)",
-                self.node.addr
-            )));
+            return transport_err(stopped_peer(&self.node));
         }
         RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))
     }
