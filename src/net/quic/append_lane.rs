@@ -64,9 +64,7 @@ pub(super) async fn open(
     requests: AppendRequests,
     deadline: Duration,
 ) -> Result<AppendReplies, TransportError> {
-    if shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(TransportError::Unreachable(format!("{} (local endpoint closed)", to.addr)));
-    }
+    shared.check_open(to)?;
     let opener = encode_frame(&RpcRequest::AppendStream)
         .map_err(|reason| TransportError::BadFrame { peer: to.addr.clone(), reason })?;
     let dialing = AtomicBool::new(false);

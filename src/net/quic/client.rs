@@ -89,6 +89,14 @@ impl Shared {
         tracing::info!(node = %self.identity.me.short(), local = %self.local, "QUIC endpoint closed");
     }
 
+    /// Refuses a call, stream or dial to `to` once this endpoint is closed.
+    pub(super) fn check_open(&self, to: &PeerNode) -> Result<(), TransportError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(TransportError::Unreachable(format!("{} (local endpoint closed)", to.addr)));
+        }
+        Ok(())
+    }
+
     fn slot(&self, node: NodeId) -> Slot {
         let mut peers = self.peers();
         if peers.len() >= PEER_TABLE_PRUNE_AT && !peers.contains_key(&node) {
@@ -188,9 +196,7 @@ impl Shared {
         req: RpcRequest,
         dialing: &AtomicBool,
     ) -> Result<RpcResponse, TransportError> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(TransportError::Unreachable(format!("{} (local endpoint closed)", to.addr)));
-        }
+        self.check_open(to)?;
         let frame = encode_frame(&req).map_err(|reason| TransportError::BadFrame { peer: to.addr.clone(), reason })?;
         let measured = crate::net::rtt::is_round_trip(&req);
         drop(req);
@@ -459,9 +465,7 @@ impl QuicTransport {
 
     /// Dials a fresh connection to `to` under `alpn`, checking the peer's key.
     async fn connect_alpn(&self, to: &PeerNode, alpn: &[u8]) -> Result<quinn::Connection, TransportError> {
-        if self.shared.closed.load(Ordering::SeqCst) {
-            return Err(TransportError::Unreachable(format!("{} (local endpoint closed)", to.addr)));
-        }
+        self.shared.check_open(to)?;
         self.shared.dial(to, alpn).await
     }
 }
