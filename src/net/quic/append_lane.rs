@@ -32,7 +32,7 @@ use tracing::Instrument;
 use super::admission::Gate;
 use super::client::{classify, Shared};
 use super::endpoint::close;
-use super::framing::{encode_frame, read_frame, FrameError};
+use super::framing::{encode_frame, read_next_frame, FrameError};
 use super::server::{bad_frame, write_answer};
 use super::{close_code, stream_code, QuicConfig};
 use crate::core::types::NodeId;
@@ -128,14 +128,14 @@ async fn send_requests(mut send: SendStream, mut requests: AppendRequests, lane:
 /// Reads the peer's answers until it finishes the stream or something breaks.
 async fn read_answers(conn: quinn::Connection, mut recv: RecvStream, lane: LaneSender, addr: String) {
     loop {
-        let item = match read_frame(&mut recv).await {
-            Ok(bytes) => postcard::from_bytes::<AppendReply>(&bytes).map_err(|e| {
+        let item = match read_next_frame(&mut recv).await {
+            Ok(Some(bytes)) => postcard::from_bytes::<AppendReply>(&bytes).map_err(|e| {
                 let reason = format!("undecodable append answer: {e}");
                 bad_frame(&conn, &reason);
                 TransportError::BadFrame { peer: addr.clone(), reason }
             }),
-            // Finished at a frame's boundary: the peer is done.
-            Err(FrameError::Truncated { got: 0, want: 4 }) => return,
+            // The peer is done.
+            Ok(None) => return,
             Err(FrameError::Stream(quinn::ReadError::ConnectionLost(e))) => Err(classify(&addr, e)),
             Err(FrameError::Stream(e)) => Err(TransportError::Unreachable(format!("{addr} (no answer: {e})"))),
             Err(e) => {
@@ -165,9 +165,9 @@ pub(super) async fn serve(
         let gate = gate.clone();
         async move {
             let (mut recv, conn) = state?;
-            let bytes = match read_frame(&mut recv).await {
-                Ok(b) => b,
-                Err(FrameError::Truncated { got: 0, want: 4 }) => return None,
+            let bytes = match read_next_frame(&mut recv).await {
+                Ok(Some(b)) => b,
+                Ok(None) => return None,
                 Err(FrameError::Stream(e)) => {
                     tracing::debug!(error = %e, "append stream ended");
                     return None;

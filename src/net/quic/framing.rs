@@ -52,6 +52,16 @@ impl std::fmt::Display for FrameError {
     }
 }
 
+/// The next frame of a stream that carries several, or `None` when the sender finished the
+/// stream at a frame's boundary.
+pub(super) async fn read_next_frame(recv: &mut RecvStream) -> Result<Option<Vec<u8>>, FrameError> {
+    match read_frame(recv).await {
+        Ok(frame) => Ok(Some(frame)),
+        Err(FrameError::Truncated { got: 0, want: 4 }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 pub(super) async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, FrameError> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.map_err(|e| match e {
