@@ -47,6 +47,25 @@ struct Inner {
     gossip: bool,
 }
 
+impl Inner {
+    /// Whether a message from `from` to `to` is lost: a block, or a draw of the loss rate
+    /// (drawn only when not blocked).
+    fn lost(&mut self, from: &str, to: &str) -> bool {
+        self.faults.blocked.contains(&(from.to_string(), to.to_string()))
+            || (self.faults.loss > 0.0 && self.rng.random_bool(self.faults.loss))
+    }
+
+    /// A message's delay, drawn from the delay range (none drawn without one).
+    fn delay(&mut self) -> Duration {
+        let (lo, hi) = self.faults.delay_ms;
+        if hi > 0 {
+            Duration::from_millis(self.rng.random_range(lo..=hi))
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
 /// The network: a registry of handlers plus the fault schedule. Cheap to clone.
 #[derive(Clone)]
 pub struct InProcNetwork {
@@ -162,11 +181,9 @@ impl Transport for InProcTransport {
             let decision = self.net.with(|i| {
                 let sender = i.handlers.get(&self.from).map(|(id, _)| *id);
                 let target = i.handlers.get(&to_addr).map(|(_, h)| h.clone());
-                let lost = |i: &mut Inner| i.faults.loss > 0.0 && i.rng.random_bool(i.faults.loss);
-                let req_lost = i.faults.blocked.contains(&(self.from.clone(), to_addr.clone())) || lost(i);
-                let resp_lost = i.faults.blocked.contains(&(to_addr.clone(), self.from.clone())) || lost(i);
-                let (lo, hi) = i.faults.delay_ms;
-                let delay = if hi > 0 { Duration::from_millis(i.rng.random_range(lo..=hi)) } else { Duration::ZERO };
+                let req_lost = i.lost(&self.from, &to_addr);
+                let resp_lost = i.lost(&to_addr, &self.from);
+                let delay = i.delay();
                 (sender, target, req_lost, resp_lost, delay)
             });
             let (sender, target, req_lost, resp_lost, delay) = decision;
@@ -207,12 +224,8 @@ impl InProcTransport {
                 (Some(_), None) => true,
                 (None, _) => false,
             };
-            let lost = !registered
-                || !i.handlers.contains_key(from)
-                || i.faults.blocked.contains(&(from.to_string(), to.to_string()))
-                || (i.faults.loss > 0.0 && i.rng.random_bool(i.faults.loss));
-            let (lo, hi) = i.faults.delay_ms;
-            let delay = if hi > 0 { Duration::from_millis(i.rng.random_range(lo..=hi)) } else { Duration::ZERO };
+            let lost = !registered || !i.handlers.contains_key(from) || i.lost(from, to);
+            let delay = i.delay();
             (!lost).then_some(delay)
         })
     }
