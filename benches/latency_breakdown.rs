@@ -39,6 +39,8 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
+#[path = "common/alloc.rs"]
+mod alloc;
 #[path = "common/cluster.rs"]
 mod cluster;
 

@@ -21,6 +21,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 use mycnet_spores::{SignedEvent, SporeSystem};
 
+#[path = "common/alloc.rs"]
+mod alloc;
 #[path = "common/cluster.rs"]
 mod cluster;
 use cluster::{median, metadata, raw_fdatasync_median, raw_quorum_fdatasync_median, raw_sign_verify, Net};

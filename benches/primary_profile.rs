@@ -21,6 +21,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+#[path = "common/alloc.rs"]
+mod alloc;
 #[path = "common/cluster.rs"]
 mod cluster;
 use cluster::Net;
