@@ -27,6 +27,7 @@ pub mod log_store;
 pub mod proposer;
 pub mod responder;
 pub(crate) mod runtime;
+mod snapshot_file;
 pub mod state_machine;
 
 /// What a Raft entry carries: one signed event to validate, chain and apply.

@@ -20,7 +20,7 @@
 //! anything a log could not.
 
 use std::io::{self, Cursor};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use futures_util::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -28,6 +28,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use serde::{Deserialize, Serialize};
 
+use super::snapshot_file::SnapshotFile;
 use super::{Entry, LogId, SnapshotData, SnapshotMeta, SporeRequest, SporeResponse, StoredMembership, TypeConfig};
 use crate::core::event::{ChainedEvent, SignedEvent};
 use crate::core::keys::{NodeKey, VerifierCache};
@@ -55,8 +56,6 @@ struct SnapshotHeader {
     has_seed: bool,
 }
 
-/// The last snapshot built or installed: its meta and its bytes.
-type CurrentSnapshot = Option<(SnapshotMeta, Vec<u8>)>;
 /// A snapshot as openraft hands it over.
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
@@ -65,7 +64,8 @@ type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotDat
 pub struct LedgerStateMachine {
     ledger: SharedLedger,
     key: Arc<NodeKey>,
-    current: Arc<RwLock<CurrentSnapshot>>,
+    /// The last snapshot built or installed, kept on disk (`snapshot_file.rs`).
+    current: Arc<SnapshotFile>,
     head_tx: Arc<tokio::sync::watch::Sender<Option<u64>>>,
     /// Signatures the log store verified as entries arrived.
     pre_verified: PreVerified,
@@ -88,15 +88,17 @@ impl LedgerStateMachine {
     /// Wraps a ledger; `key` signs the seeds inside snapshots.
     /// `pre_verified` is shared with the log store, which verifies signatures as entries arrive.
     pub fn new(ledger: SharedLedger, key: NodeKey, pre_verified: PreVerified) -> Self {
-        let (head, path) = match ledger.read() {
-            Ok(l) => (l.head().map(|h| h.seq), Arc::from(l.path())),
-            Err(_) => (None, Arc::from(std::path::Path::new(""))),
+        // Only a writer that panicked poisons the lock, and none has written yet: its path and
+        // head are whole either way.
+        let (head, path): (_, Arc<std::path::Path>) = {
+            let l = ledger.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (l.head().map(|h| h.seq), Arc::from(l.path()))
         };
         let (tx, _) = tokio::sync::watch::channel(head);
         LedgerStateMachine {
             ledger,
             key: Arc::new(key),
-            current: Arc::new(RwLock::new(None)),
+            current: Arc::new(SnapshotFile::new(&path)),
             head_tx: Arc::new(tx),
             pre_verified,
             cache: Arc::new(std::sync::Mutex::new(VerifierCache::default())),
@@ -221,20 +223,32 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
 
     #[tracing::instrument(level = "info", skip(self))]
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let ledger = self.ledger.clone();
-        let key = self.key.clone();
-        let (meta, data) = tokio::task::spawn_blocking(move || {
+        let (ledger, key, current) = (self.ledger.clone(), self.key.clone(), self.current.clone());
+        let (meta, data) = tokio::task::spawn_blocking(move || Self::build_and_store(&ledger, &key, &current))
+            .await
+            .map_err(sm_write)??;
+        Ok(Snapshot { meta, snapshot: Cursor::new(data) })
+    }
+}
+
+impl LedgerStateMachine {
+    /// Builds a snapshot of the ledger as applied now and stores it as the current one
+    /// (blocking).
+    fn build_and_store(
+        ledger: &SharedLedger,
+        key: &NodeKey,
+        current: &SnapshotFile,
+    ) -> Result<(SnapshotMeta, Vec<u8>), io::Error> {
+        let (meta, data) = {
             let l = ledger.read_ledger().map_err(sm_write)?;
             // Everything applied so far becomes durable before openraft may purge the log.
             l.sync().map_err(sm_write)?;
             let (applied, membership) = Self::read_applied(&l)?;
-            let data = Self::encode_snapshot(&l, &key, applied, membership.clone())?;
-            Ok::<_, io::Error>((SnapshotMeta { last_log_id: applied, last_membership: membership }, data))
-        })
-        .await
-        .map_err(sm_write)??;
-        *sync::write(&self.current) = Some((meta.clone(), data.clone()));
-        Ok(Snapshot { meta, snapshot: Cursor::new(data) })
+            let data = Self::encode_snapshot(&l, key, applied, membership.clone())?;
+            (SnapshotMeta { last_log_id: applied, last_membership: membership }, data)
+        };
+        current.store(&meta, &data)?;
+        Ok((meta, data))
     }
 }
 
@@ -447,9 +461,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let data = snapshot.into_inner();
         let ledger = self.ledger.clone();
         let meta2 = meta.clone();
-        let data2 = data.clone();
+        let current = self.current.clone();
         tokio::task::spawn_blocking(move || {
-            let (_header, events, seed_head, base) = decode_snapshot(&data2).map_err(snap_err)?;
+            let (_header, events, seed_head, base) = decode_snapshot(&data).map_err(snap_err)?;
             // The first seq the snapshot's events carry: 0, or right after its attested state.
             let first = base.as_ref().and_then(|b| b.head).map_or(0, |h| h.seq + 1);
             let mut l = ledger.write_ledger().map_err(sm_write)?;
@@ -512,18 +526,30 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 return Err(snap_err("ledger head after install differs from the snapshot head"));
             }
             l.sync().map_err(sm_write)?;
-            Ok::<_, io::Error>(())
+            drop(l);
+            current.store(&meta2, &data)
         })
         .await
         .map_err(sm_write)??;
-        *sync::write(&self.current) = Some((meta.clone(), data));
         self.publish_head();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let cur = sync::read(&self.current);
-        Ok(cur.as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Cursor::new(data.clone()) }))
+        if self.current.meta().is_none() {
+            return Ok(None);
+        }
+        let (ledger, key, current) = (self.ledger.clone(), self.key.clone(), self.current.clone());
+        let (meta, data) = tokio::task::spawn_blocking(move || match current.load() {
+            Some(loaded) => Ok(loaded),
+            // The file was damaged or removed under the node. openraft asks for a snapshot to
+            // send it to a follower, and stops if there is none: a new one, of the ledger as
+            // applied now, serves as well.
+            None => Self::build_and_store(&ledger, &key, &current),
+        })
+        .await
+        .map_err(sm_read)??;
+        Ok(Some(Snapshot { meta, snapshot: Cursor::new(data) }))
     }
 }
 

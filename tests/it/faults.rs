@@ -115,6 +115,34 @@ async fn minority_partition_commits_nothing_and_catches_up_after_healing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_cut_off_past_the_purged_log_catches_up_from_a_snapshot() {
+    catch_up_from_a_snapshot(false).await;
+}
+
+/// The leader keeps its snapshot in a file (`raft-snapshot` in its ledger's directory), not
+/// in memory. Damaged under it, the file is not sent: the leader builds a new snapshot, the
+/// follower catches up, and the leader's Raft keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_file_is_rebuilt_not_sent() {
+    catch_up_from_a_snapshot(true).await;
+}
+
+/// The snapshot file under `dir`, wherever the ledger's directory is.
+fn snapshot_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == "raft-snapshot") {
+            return Some(path);
+        }
+        if path.is_dir() {
+            if let Some(found) = snapshot_file(&path) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+async fn catch_up_from_a_snapshot(damage: bool) {
     let mut t = fast_timeouts();
     t.snapshot_every = 50;
     t.logs_kept_after_snapshot = 5;
@@ -136,11 +164,23 @@ async fn a_follower_cut_off_past_the_purged_log_catches_up_from_a_snapshot() {
         .metrics(|m| m.purged.map(|l| l.index) > lag_applied, "leader purged past the lagger")
         .await
         .expect("leader purges its log past the lagger");
+    let file = snapshot_file(&c.members[leader].dir).expect("the leader's snapshot is in a file");
+    if damage {
+        let mut bytes = std::fs::read(&file).expect("read the snapshot file");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&file, bytes).expect("damage the snapshot file");
+    }
     c.net.heal();
     assert_no_acknowledged_write_lost(&c, &acked).await;
     use openraft::async_runtime::WatchReceiver;
     let snap = c.sys(lagger).raft().expect("raft").metrics().borrow_watched().snapshot;
     assert!(snap.is_some(), "the lagger installed a snapshot");
+    assert!(snapshot_file(&c.members[lagger].dir).is_some(), "the lagger keeps the snapshot it installed in a file");
+    // The leader still commits.
+    let id = c.sys(leader).register_service("after", vec![], vec![], vec![]).await.expect("the leader still commits");
+    acked.insert(id);
+    assert_no_acknowledged_write_lost(&c, &acked).await;
 }
 
 /// Crash and restart nodes at random points under writes. After each run: replicas agree,
