@@ -263,18 +263,22 @@ pub(crate) struct RaftService {
     pub(super) ledger: crate::raft::state_machine::SharedLedger,
     /// What has arrived of the snapshot being sent to this node ([`check_snapshot_chunk`]).
     snapshot_held: std::sync::Mutex<SnapshotHeld>,
+    /// The largest snapshot this node takes (`Timeouts::snapshot_bytes_max`).
+    snapshot_bytes_max: u64,
 }
 
 impl RaftService {
     /// For `raft`, which runs as `me`; forwarded writes go through `proposer`; membership
-    /// requests are checked against the registry in `ledger`.
+    /// requests are checked against the registry in `ledger`; snapshots larger than
+    /// `snapshot_bytes_max` are refused.
     pub(crate) fn new(
         raft: Raft,
         me: PeerNode,
         proposer: Proposer,
         ledger: crate::raft::state_machine::SharedLedger,
+        snapshot_bytes_max: u64,
     ) -> Self {
-        RaftService { raft, me, proposer, ledger, snapshot_held: std::sync::Mutex::default() }
+        RaftService { raft, me, proposer, ledger, snapshot_held: std::sync::Mutex::default(), snapshot_bytes_max }
     }
 
     pub(super) fn not_leader(&self) -> RemoteFailure {
@@ -334,7 +338,7 @@ impl RpcHandler for RaftService {
                     RpcRequest::InstallSnapshot(r) => {
                         let checked = {
                             let mut held = crate::core::sync::lock(&self.snapshot_held);
-                            check_snapshot_chunk(&r, &held).map(|now| *held = Some(now))
+                            check_snapshot_chunk(&r, &held, self.snapshot_bytes_max).map(|now| *held = Some(now))
                         };
                         match checked {
                             Ok(()) => RpcResponse::InstallSnapshot(self.raft.install_snapshot(r).await),

@@ -41,6 +41,11 @@ pub struct Timeouts {
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot (for followers that are only slightly behind).
     pub logs_kept_after_snapshot: u64,
+    /// The largest Raft snapshot this node takes from a leader, in bytes; chunks past it are
+    /// refused with an error that names this bound. A snapshot is the leader's retained
+    /// history, received whole in memory; by default a quarter of the machine's memory
+    /// ([`crate::raft::inbound::default_snapshot_bytes_max`]).
+    pub snapshot_bytes_max: u64,
     /// Most batches of writes in Raft at once (the leader's group commit, `raft::proposer`).
     pub batches_in_flight: usize,
 }
@@ -84,6 +89,7 @@ impl Default for Timeouts {
             // building one costs O(ledger): keep them rare.
             snapshot_every: 100_000,
             logs_kept_after_snapshot: 10_000,
+            snapshot_bytes_max: crate::raft::inbound::default_snapshot_bytes_max(),
             batches_in_flight: crate::raft::proposer::BATCHES_IN_FLIGHT_MAX,
         }
     }

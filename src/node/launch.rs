@@ -239,7 +239,13 @@ impl SporeSystem {
             cfg.timeouts.rpc,
         ));
         late.set(Arc::new(NodeService {
-            raft_service: RaftService::new(raft.clone(), me.clone(), proposer.clone(), ledger.clone()),
+            raft_service: RaftService::new(
+                raft.clone(),
+                me.clone(),
+                proposer.clone(),
+                ledger.clone(),
+                cfg.timeouts.snapshot_bytes_max,
+            ),
             raft: raft.clone(),
             ledger: ledger.clone(),
             me: me.clone(),

@@ -17,12 +17,37 @@ use super::{AppendRequest, TypeConfig};
 /// received (`None` before the first chunk).
 pub type SnapshotHeld = Option<(String, u64)>;
 
+/// The largest snapshot a node takes by default: a quarter of the machine's memory (4 GiB where
+/// it cannot be read). A snapshot arrives whole in memory (openraft-legacy's receiver), and
+/// installing it decodes every event it holds besides, so a larger one could not be installed
+/// anyway; refused chunk by chunk, it costs the sender an error instead of this node its
+/// process (a failed allocation aborts).
+pub fn default_snapshot_bytes_max() -> u64 {
+    const UNKNOWN: u64 = 4 << 30;
+    memory_total().map_or(UNKNOWN, |m| m / 4)
+}
+
+/// The machine's memory in bytes, from `/proc/meminfo` (Linux); `None` elsewhere.
+fn memory_total() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_total(&info)
+}
+
+/// `MemTotal:  24576000 kB` → bytes.
+fn parse_mem_total(info: &str) -> Option<u64> {
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.trim_start_matches("MemTotal:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Where a snapshot chunk may land, given what is `held`: at offset 0 of a new snapshot, or at
-/// most at the end of what arrived of the same one (a resent chunk may go back). Also checks
-/// that it comes from a leader. Returns what is held once the chunk is written.
+/// most at the end of what arrived of the same one (a resent chunk may go back), and never
+/// past `bytes_max`. Also checks that it comes from a leader. Returns what is held once the
+/// chunk is written.
 pub fn check_snapshot_chunk(
     req: &InstallSnapshotRequest<TypeConfig>,
     held: &SnapshotHeld,
+    bytes_max: u64,
 ) -> Result<(String, u64), String> {
     if !req.vote.is_committed() {
         return Err(format!("a snapshot under vote {}, not a leader's", req.vote));
@@ -31,6 +56,12 @@ pub fn check_snapshot_chunk(
         .offset
         .checked_add(req.data.len() as u64)
         .ok_or_else(|| "a snapshot chunk past the end of the offset range".to_string())?;
+    if end > bytes_max {
+        return Err(format!(
+            "a snapshot of more than {bytes_max} bytes, this node's bound (`Timeouts::snapshot_bytes_max`: \
+             snapshots are held in memory); a ledger this large needs retention or a larger bound"
+        ));
+    }
     let have = match held {
         Some((id, n)) if *id == req.meta.snapshot_id => *n,
         _ => 0,
@@ -111,18 +142,42 @@ mod tests {
 
     #[test]
     fn snapshot_chunks_land_only_where_bytes_arrived() {
+        const MAX: u64 = u64::MAX;
         let leader = Vote::new_committed(3, 1);
-        let held = check_snapshot_chunk(&chunk("a", 0, 100, leader), &None).expect("the first chunk");
+        let held = check_snapshot_chunk(&chunk("a", 0, 100, leader), &None, MAX).expect("the first chunk");
         assert_eq!(held, ("a".to_string(), 100));
         let held = Some(held);
-        assert_eq!(check_snapshot_chunk(&chunk("a", 100, 50, leader), &held), Ok(("a".into(), 150)));
-        assert_eq!(check_snapshot_chunk(&chunk("a", 40, 10, leader), &held), Ok(("a".into(), 100)), "resent");
+        assert_eq!(check_snapshot_chunk(&chunk("a", 100, 50, leader), &held, MAX), Ok(("a".into(), 150)));
+        assert_eq!(check_snapshot_chunk(&chunk("a", 40, 10, leader), &held, MAX), Ok(("a".into(), 100)), "resent");
         // A hole (the receiver would allocate it), a new snapshot not from 0, an offset at the
         // end of the range, a candidate's vote.
-        assert!(check_snapshot_chunk(&chunk("a", 1 << 40, 1, leader), &held).is_err());
-        assert!(check_snapshot_chunk(&chunk("b", 100, 1, leader), &held).is_err());
-        assert!(check_snapshot_chunk(&chunk("b", u64::MAX, 1, leader), &None).is_err());
-        assert!(check_snapshot_chunk(&chunk("a", 0, 1, Vote::new(3, 1)), &None).is_err());
+        assert!(check_snapshot_chunk(&chunk("a", 1 << 40, 1, leader), &held, MAX).is_err());
+        assert!(check_snapshot_chunk(&chunk("b", 100, 1, leader), &held, MAX).is_err());
+        assert!(check_snapshot_chunk(&chunk("b", u64::MAX, 1, leader), &None, MAX).is_err());
+        assert!(check_snapshot_chunk(&chunk("a", 0, 1, Vote::new(3, 1)), &None, MAX).is_err());
+    }
+
+    /// Contiguous chunks are taken up to the bound and refused past it, whatever came before.
+    #[test]
+    fn a_snapshot_past_the_bound_is_refused() {
+        let leader = Vote::new_committed(3, 1);
+        let held = Some(check_snapshot_chunk(&chunk("a", 0, 100, leader), &None, 150).expect("within"));
+        let held = Some(check_snapshot_chunk(&chunk("a", 100, 50, leader), &held, 150).expect("up to the bound"));
+        let past = check_snapshot_chunk(&chunk("a", 150, 1, leader), &held, 150).expect_err("past the bound");
+        assert!(past.contains("more than 150 bytes") && past.contains("snapshot_bytes_max"), "{past}");
+        assert!(check_snapshot_chunk(&chunk("b", 0, 151, leader), &None, 150).is_err(), "one chunk too large");
+    }
+
+    #[test]
+    fn the_default_bound_is_a_quarter_of_the_memory() {
+        assert_eq!(parse_mem_total("MemTotal:       24576000 kB\nMemFree: 1 kB\n"), Some(24_576_000 * 1024));
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_mem_total("MemTotal: lots kB\n"), None);
+        let bound = default_snapshot_bytes_max();
+        assert!(bound >= 1 << 20, "{bound}");
+        if let Some(total) = memory_total() {
+            assert_eq!(bound, total / 4);
+        }
     }
 
     #[test]

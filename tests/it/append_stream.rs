@@ -307,3 +307,38 @@ async fn a_snapshot_chunk_far_past_the_bytes_received_is_refused() {
     assert!(matches!(answer, RpcResponse::Status(Err(RemoteFailure::Other(_)))), "refused: {answer:?}");
     c.sys(0).register_service("after", vec![], vec![], vec![]).await.expect("the Raft still commits");
 }
+
+/// A snapshot larger than the node's bound (`Timeouts::snapshot_bytes_max`, a quarter of the
+/// memory by default) is refused chunk by chunk, with an error naming the bound, however its
+/// chunks follow each other; the node keeps committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_past_the_nodes_bound_is_refused() {
+    use mycnet_spores::net::Transport;
+    use openraft_legacy::network_v1::{InstallSnapshotRequest, SnapshotMeta};
+    let t = mycnet_spores::Timeouts { snapshot_bytes_max: 1000, ..crate::cluster::fast_timeouts() };
+    let c = crate::cluster::Cluster::form_with(1, 0xa9b, t).await;
+    let prober = NodeKey::from_seed([88; 32]).node_id();
+    let peer = Arc::new(StreamPeer { behaviour: Peer::Silent, received: Arc::default() });
+    let _probe = c.net.bind(&PeerNode { node: prober, addr: "probe".into() }, peer).await.expect("bind");
+    let to = c.sys(0).peer().expect("peer");
+    let transport = c.net.transport("probe");
+    let chunk = |offset: u64| InstallSnapshotRequest {
+        vote: openraft::impls::Vote::new_committed(0, 1),
+        meta: SnapshotMeta { last_log_id: None, last_membership: Default::default(), snapshot_id: "big".into() },
+        offset,
+        data: vec![7; 400],
+        done: false,
+    };
+    for offset in [0, 400] {
+        let answer = transport.call(&to, RpcRequest::InstallSnapshot(chunk(offset)), T).await.expect("answered");
+        assert!(matches!(answer, RpcResponse::InstallSnapshot(_)), "within the bound: {answer:?}");
+    }
+    let answer = transport.call(&to, RpcRequest::InstallSnapshot(chunk(800)), T).await.expect("answered");
+    match answer {
+        RpcResponse::Status(Err(RemoteFailure::Other(why))) => {
+            assert!(why.contains("more than 1000 bytes") && why.contains("snapshot_bytes_max"), "{why}")
+        }
+        other => panic!("refused past the bound, got {other:?}"),
+    }
+    c.sys(0).register_service("after", vec![], vec![], vec![]).await.expect("the Raft still commits");
+}

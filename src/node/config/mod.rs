@@ -8,6 +8,7 @@
 //! role = "voter"                 # or "latent": out of Raft, keeps the chain by gossip
 //! capabilities = ["storage"]
 //! timeouts = "lan"               # or "wan": voters 100-150 ms apart, lossy links (Timeouts::wan)
+//! # snapshot_bytes_max = 2147483648 # largest Raft snapshot taken (default: a quarter of memory)
 //! # http_listen = "127.0.0.1:8500" # the read-only HTTP/JSON endpoint (`mycnet_spores::http`);
 //! #                              # loopback unless a token guards it
 //! # http_token_file = "/etc/mycnet-spores/http.token" # or http_token = "…": a bearer token
@@ -199,6 +200,10 @@ pub struct NodeConfig {
     /// Timeouts profile: `lan` (default) or `wan`.
     #[serde(default)]
     pub timeouts: TimeoutProfile,
+    /// The largest Raft snapshot taken from a leader, in bytes (overrides the default, a
+    /// quarter of the machine's memory: [`Timeouts::snapshot_bytes_max`]).
+    #[serde(default)]
+    pub snapshot_bytes_max: Option<u64>,
     /// Scheduled backups (`[backup]`).
     #[serde(default)]
     pub backup: Option<BackupConfig>,
@@ -438,6 +443,9 @@ impl NodeConfig {
         let mut t = self.timeouts.timeouts();
         if let Some(ms) = self.write_timeout_ms {
             t.write = Duration::from_millis(ms);
+        }
+        if let Some(bytes) = self.snapshot_bytes_max {
+            t.snapshot_bytes_max = bytes;
         }
         let mut b = SporeSystem::builder()
             .data_dir(&self.data_dir)

@@ -92,3 +92,18 @@ fn the_timeouts_profile_is_lan_unless_wan_is_asked_for() {
     assert!(Timeouts::wan().election_min >= Timeouts::wan().heartbeat * 10);
     assert!(matches!(NodeConfig::from_toml(&format!("{base}timeouts = \"moon\"\n")), Err(ConfigError::Parse(_))));
 }
+
+#[test]
+fn the_snapshot_bound_is_a_quarter_of_memory_unless_set() {
+    let base = "data_dir = \"x\"\nlisten = \"a:1\"\n";
+    let bound = |c: &NodeConfig| {
+        c.builder(Some(std::sync::Arc::new(crate::net::inproc::InProcNetwork::new(0))))
+            .timeouts_ref()
+            .snapshot_bytes_max
+    };
+    let default = NodeConfig::from_toml(base).expect("valid");
+    assert_eq!(bound(&default), crate::raft::inbound::default_snapshot_bytes_max());
+    let set = NodeConfig::from_toml(&format!("{base}snapshot_bytes_max = 2147483648\n")).expect("valid");
+    assert_eq!(bound(&set), 2 << 30);
+    assert!(matches!(NodeConfig::from_toml(&format!("{base}snapshot_bytes_max = -1\n")), Err(ConfigError::Parse(_))));
+}
