@@ -18,7 +18,8 @@
 //! trip on the follower's append stream, which is ours, not openraft's);
 //! `SPORES_BREAKDOWN_BURST=N` first commits N events
 //! from 64 writers (as `benches/primary.rs` does before its 1-client figure) and
-//! `SPORES_BREAKDOWN_SETTLE_MS` waits after it. From the leader's append on, the leader's own sync and
+//! `SPORES_BREAKDOWN_SETTLE_MS` waits after it; `SPORES_BREAKDOWN_GAP_MS=N` sleeps N ms before
+//! each timed write (a sporadic writer's write, after the node's threads went idle). From the leader's append on, the leader's own sync and
 //! the replication to a follower run side by side (openraft 0.10; 0.9 ran the leader's sync
 //! first): the harness prints both branches, how long the two fsyncs overlap, and the owners'
 //! time along the critical path (the branch that ended last). The last line sets the critical
@@ -263,7 +264,11 @@ fn main() {
     let mut incomplete = 0;
     // Each complete write's total and stages, to say where the slowest ones lost their time.
     let mut slow_candidates: Vec<(f64, [f64; 12])> = Vec::new();
+    // SPORES_BREAKDOWN_GAP_MS=N sleeps N ms before each timed write: a sporadic writer's
+    // write, after the node's threads went idle.
+    let gap: u64 = std::env::var("SPORES_BREAKDOWN_GAP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     for _ in 0..writes {
+        std::thread::sleep(Duration::from_millis(gap));
         if let Ok(mut v) = timeline.0.lock() {
             v.clear();
         }
