@@ -109,6 +109,23 @@ async fn wait_converged(nodes: &[DemoNode], timeout: Duration) -> DemoResult<myc
     }
 }
 
+/// Waits until every running node holds one head and keeps it for `quiet`: what a node does as
+/// it starts (a latent node's own announcements, committed through the voters) can land a
+/// moment after the nodes first agree, and must not land while they stop one by one.
+async fn wait_settled(nodes: &[DemoNode], quiet: Duration, timeout: Duration) -> DemoResult<mycnet_spores::ChainHead> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let head = wait_converged(nodes, deadline.saturating_duration_since(Instant::now())).await?;
+        tokio::time::sleep(quiet).await;
+        if wait_converged(nodes, Duration::ZERO).await.ok() == Some(head) {
+            return Ok(head);
+        }
+        if Instant::now() > deadline {
+            return Err("the nodes' head kept moving".into());
+        }
+    }
+}
+
 fn print_status(out: &mut dyn Write, nodes: &[DemoNode]) -> DemoResult<()> {
     writeln!(out, "  {:<6} {:<11} {:<10} {:>5} {:>6}  {:<12} address", "node", "role", "raft", "term", "head", "hash")?;
     for n in nodes {
@@ -366,6 +383,7 @@ pub(crate) async fn run(options: DemoOptions, backend: &BackendFactory, out: &mu
         )?;
     }
 
+    wait_settled(&nodes, Duration::from_millis(500), Duration::from_secs(15)).await?;
     step(out, "Stopping every node and verifying each ledger from genesis (every link and signature)")?;
     for n in nodes.iter_mut() {
         if let Some(s) = n.system.take() {
