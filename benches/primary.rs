@@ -99,6 +99,13 @@ async fn latencies(c: &Cluster, n: usize) -> Vec<Duration> {
 }
 
 fn bench_primary(crit: &mut Criterion) {
+    // SPORES_BENCH_LOG=warn (a `RUST_LOG`-style filter) prints the nodes' logs to stderr.
+    if let Ok(filter) = std::env::var("SPORES_BENCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     // SPORES_BENCH_NET=inproc|quic limits the run to one network (default: both).
     let only = std::env::var("SPORES_BENCH_NET").ok();

@@ -36,12 +36,14 @@ use crate::wire::rpc::{PeerNode, RemoteFailure};
 #[derive(Clone)]
 pub(crate) struct NetworkFactory {
     transport: SharedTransport,
+    append_answer_floor: Duration,
 }
 
 impl NetworkFactory {
-    /// Over `transport`.
-    pub(crate) fn new(transport: SharedTransport) -> Self {
-        NetworkFactory { transport }
+    /// Over `transport`; an append stream's answers may take `append_answer_floor` (the node's
+    /// RPC floor, `Timeouts::rpc`) before the stream is given up, see [`PeerNetwork`].
+    pub(crate) fn new(transport: SharedTransport, append_answer_floor: Duration) -> Self {
+        NetworkFactory { transport, append_answer_floor }
     }
 }
 
@@ -49,7 +51,13 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
-        PeerNetwork(PeerClient { transport: self.transport.clone(), target, node: node.clone() }.into_v2())
+        let client = PeerClient {
+            transport: self.transport.clone(),
+            target,
+            node: node.clone(),
+            append_answer_floor: self.append_answer_floor,
+        };
+        PeerNetwork(client.into_v2())
     }
 }
 
@@ -61,6 +69,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// next. It also sends each new commit index in an AppendEntries of its own, so a write whose
 /// entry is appended while that one is in flight waited for its round trip. On a stream, the
 /// entry goes at once.
+///
+/// openraft asks each answer on a stream within one heartbeat interval (100 ms by default), and
+/// sets no timer of its own. An answer waits for the follower's fsync, which under load on a
+/// busy disk took longer: the stream broke and replication started over, every few seconds in
+/// the 64-client bench over QUIC. Answers may take the node's RPC floor instead, as calls do;
+/// heartbeats go as calls of their own, so a follower that died is still noticed as soon.
 ///
 /// [`Transport::append_stream`]: super::Transport::append_stream
 pub(crate) struct PeerNetwork(Adapter<TypeConfig, PeerClient, SnapshotData>);
@@ -92,14 +106,18 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         }
         let (transport, node) = (client.transport.clone(), client.node.clone());
         let floor = option.hard_ttl();
+        let answer_floor = floor.max(client.append_answer_floor);
         Box::pin(async move {
             use futures_util::StreamExt;
             use tracing::Instrument;
             // In the first poll, as for a call: a heartbeat's timeout waits for our deadline.
             let deadline = stretch_openraft_timeout(&transport, &node, floor);
             let span = tracing::trace_span!("raft_append_stream", to = %node, ?deadline);
-            let replies =
-                transport.append_stream(&node, Box::pin(input), floor).instrument(span).await.map_err(transport_err)?;
+            let replies = transport
+                .append_stream(&node, Box::pin(input), answer_floor)
+                .instrument(span)
+                .await
+                .map_err(transport_err)?;
             let replies = replies.map(move |r| match r {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(openraft::error::Fatal::Stopped)) => Err(transport_err(stopped_peer(&node))),
@@ -175,6 +193,8 @@ pub(crate) struct PeerClient {
     transport: SharedTransport,
     target: u64,
     node: PeerNode,
+    /// The least an append stream's answer may take ([`NetworkFactory::new`]).
+    append_answer_floor: Duration,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<TypeConfig, RaftError<TypeConfig, E>>;

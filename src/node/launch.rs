@@ -131,10 +131,15 @@ impl SporeSystem {
                 ))
             })?
         };
-        let raft =
-            Raft::new(raft_id(&node), Arc::new(raft_config), NetworkFactory::new(transport.clone()), log_store, sm)
-                .await
-                .map_err(raft_err)?;
+        let raft = Raft::new(
+            raft_id(&node),
+            Arc::new(raft_config),
+            NetworkFactory::new(transport.clone(), cfg.timeouts.rpc),
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(raft_err)?;
         // Status must never show a term older than the one on disk: wait for Raft to load it.
         if let Some(v) = stored_vote {
             raft.wait(Some(Duration::from_secs(10)))
