@@ -91,8 +91,8 @@ pub trait RpcHandler: Send + Sync + 'static {
     /// node's Raft as they arrive and answers each, in order. A handler without a Raft answers
     /// that its Raft is stopped.
     fn append_stream(&self, from: NodeId, requests: AppendRequests) -> AppendAnswers {
-        let _ = (from, requests);
-        stopped_answers()
+        let _ = from;
+        stopped_answers(requests)
     }
 
     /// The node's gossip service, if it serves the latent tier.
@@ -225,10 +225,15 @@ impl NetworkBackend for inproc::InProcNetwork {
     }
 }
 
-/// The answers of a node whose Raft cannot take an append stream: one "stopped", as openraft
-/// reports a Raft that is shut down.
-pub(crate) fn stopped_answers() -> AppendAnswers {
-    Box::pin(futures_util::stream::once(async { Err(openraft::error::Fatal::Stopped) }))
+/// The answers of a node whose Raft cannot take an append stream: "stopped", as openraft
+/// reports a Raft that is shut down, to the first request (an answer before any request would
+/// answer nothing the caller sent); none if no request comes.
+pub(crate) fn stopped_answers(mut requests: AppendRequests) -> AppendAnswers {
+    use futures_util::StreamExt;
+    Box::pin(
+        futures_util::stream::once(async move { requests.next().await })
+            .filter_map(|first| async move { first.map(|_| Err(openraft::error::Fatal::Stopped)) }),
+    )
 }
 
 /// A handler whose target is set after binding (the Raft service needs the transport that
@@ -257,7 +262,7 @@ impl RpcHandler for LateHandler {
     fn append_stream(&self, from: NodeId, requests: AppendRequests) -> AppendAnswers {
         match self.inner.get() {
             Some(h) => h.append_stream(from, requests),
-            None => stopped_answers(),
+            None => stopped_answers(requests),
         }
     }
 

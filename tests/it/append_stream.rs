@@ -219,7 +219,13 @@ async fn an_append_stream_to_a_node_without_raft_answers_that_it_is_stopped() {
         .await
         .expect("bind");
     let to = PeerNode { node: server_key.node_id(), addr: server.addr.clone() };
-    let answers = client.transport.append_stream(&to, Box::pin(futures_util::stream::iter([request(1)])), T).await;
+    // Several requests: the node stops reading after the first, and its answer must reach the
+    // caller rather than an error about the requests it did not read.
+    let requests = futures_util::stream::iter((1..=8).map(request)).then(|r| async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        r
+    });
+    let answers = client.transport.append_stream(&to, Box::pin(requests), T).await;
     let answers: Vec<_> = answers.expect("opened").collect().await;
     assert!(matches!(answers.as_slice(), [Ok(Err(openraft::error::Fatal::Stopped))]), "{answers:?}");
 }

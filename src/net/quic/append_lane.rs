@@ -118,9 +118,16 @@ async fn send_requests(mut send: SendStream, mut requests: AppendRequests, lane:
         };
         lane.sending(&req);
         drop(req);
-        if let Err(e) = send.write_all(&frame).await {
-            lane.answer(Err(TransportError::Unreachable(format!("{addr} (request not sent: {e})")))).await;
-            return;
+        match send.write_all(&frame).await {
+            Ok(()) => {}
+            // The peer stopped reading (a node without a Raft, or one that refused a request):
+            // its answers, on their way, say why, and the read side ends the stream. An error
+            // here would race them to the lane.
+            Err(quinn::WriteError::Stopped(_)) => return,
+            Err(e) => {
+                lane.answer(Err(TransportError::Unreachable(format!("{addr} (request not sent: {e})")))).await;
+                return;
+            }
         }
     }
 }
