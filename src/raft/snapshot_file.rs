@@ -21,6 +21,8 @@ use crate::core::sync;
 
 /// The file's name inside the ledger's directory (fjall reads only its own sub-directories).
 pub(super) const FILE_NAME: &str = "raft-snapshot";
+/// How a snapshot being written is named until it is renamed in place.
+const TEMP_PREFIX: &str = "raft-snapshot.";
 
 /// See the module doc.
 #[derive(Debug)]
@@ -31,33 +33,50 @@ pub(super) struct SnapshotFile {
 }
 
 impl SnapshotFile {
-    /// The snapshot file of the ledger in `ledger_dir`. Removes one an earlier run left.
+    /// The snapshot file of the ledger in `ledger_dir`. Removes the one an earlier run left,
+    /// and any it was writing when it stopped.
     pub(super) fn new(ledger_dir: &Path) -> Self {
         let path = ledger_dir.join(FILE_NAME);
-        match std::fs::remove_file(&path) {
-            Ok(()) => tracing::debug!(path = %path.display(), "removed the snapshot file of an earlier run"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove an earlier run's snapshot file")
+        let names = std::fs::read_dir(ledger_dir).into_iter().flatten().flatten().map(|e| e.path());
+        for old in names.filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == FILE_NAME || n.starts_with(TEMP_PREFIX))
+        }) {
+            match std::fs::remove_file(&old) {
+                Ok(()) => tracing::debug!(path = %old.display(), "removed a snapshot file of an earlier run"),
+                Err(e) => {
+                    tracing::warn!(path = %old.display(), error = %e, "cannot remove an earlier run's snapshot file")
+                }
             }
         }
         SnapshotFile { path, current: RwLock::new(None) }
     }
 
-    /// The meta of the snapshot held, if any.
+    /// The meta of the snapshot held, if any (blocking: waits while a snapshot is read back).
     pub(super) fn meta(&self) -> Option<SnapshotMeta> {
         sync::read(&self.current).as_ref().map(|(m, _)| m.clone())
     }
 
-    /// Stores `data` as the current snapshot (blocking: writes and syncs the file).
+    /// Stores `data` as the current snapshot (blocking: writes and syncs the file). The bytes
+    /// go to a temporary file first, with no lock held; the lock is taken only to rename it in
+    /// place and record its meta, so the previous snapshot stays readable meanwhile and a
+    /// reader never pairs one snapshot's meta with the other's bytes.
     #[tracing::instrument(level = "debug", skip_all, fields(path = %self.path.display(), bytes = data.len()))]
     pub(super) fn store(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-        // The file and the meta change together: a reader never pairs one with the other's.
+        use std::io::Write;
+        let failed = |e: io::Error| io::Error::other(format!("storing the snapshot at {}: {e}", self.path.display()));
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir).map_err(failed)?;
+        tmp.write_all(data).map_err(failed)?;
+        tmp.as_file().sync_all().map_err(failed)?;
+        let hash = blake3::hash(data);
         let mut current = sync::write(&self.current);
-        *current = None;
-        crate::seed::write_atomically(&self.path, data)
-            .map_err(|e| io::Error::other(format!("storing the snapshot: {e}")))?;
-        *current = Some((meta.clone(), blake3::hash(data)));
+        tmp.persist(&self.path).map_err(|e| failed(e.error))?;
+        *current = Some((meta.clone(), hash));
+        drop(current);
+        // The rename is durable once the directory is (a crash before leaves the old file).
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
         Ok(())
     }
 
@@ -67,14 +86,19 @@ impl SnapshotFile {
     pub(super) fn load(&self) -> Option<(SnapshotMeta, Vec<u8>)> {
         let current = sync::read(&self.current);
         let (meta, hash) = current.as_ref()?;
+        let hash = *hash;
         let problem = match std::fs::read(&self.path) {
-            Ok(data) if blake3::hash(&data) == *hash => return Some((meta.clone(), data)),
+            Ok(data) if blake3::hash(&data) == hash => return Some((meta.clone(), data)),
             Ok(data) => format!("its {} bytes are not the ones stored", data.len()),
             Err(e) => e.to_string(),
         };
-        tracing::warn!(path = %self.path.display(), problem = %problem, "the snapshot file is damaged; forgetting it");
         drop(current);
-        *sync::write(&self.current) = None;
+        tracing::warn!(path = %self.path.display(), problem = %problem, "the snapshot file is damaged; forgetting it");
+        let mut current = sync::write(&self.current);
+        // Forget what was found damaged, not a snapshot stored since.
+        if current.as_ref().is_some_and(|(_, h)| *h == hash) {
+            *current = None;
+        }
         None
     }
 }
@@ -115,13 +139,28 @@ mod tests {
         assert!(f.load().is_none());
     }
 
-    /// A file an earlier run left is not taken for this run's snapshot.
+    /// A file an earlier run left, or was writing when it stopped, is removed; the ledger's
+    /// own files are not.
     #[test]
-    fn an_earlier_runs_file_is_removed() {
+    fn an_earlier_runs_files_are_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
         SnapshotFile::new(dir.path()).store(&meta(5), b"old").expect("store");
+        std::fs::write(dir.path().join(format!("{TEMP_PREFIX}a1b2c3")), b"half written").expect("write");
+        std::fs::write(dir.path().join("journal"), b"not ours").expect("write");
         let f = SnapshotFile::new(dir.path());
         assert!(f.load().is_none());
-        assert!(!dir.path().join(FILE_NAME).exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("journal")]);
+    }
+
+    /// The file holds only the snapshot once stored: no temporary file stays beside it.
+    #[test]
+    fn storing_leaves_one_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = SnapshotFile::new(dir.path());
+        f.store(&meta(5), b"one").expect("store");
+        f.store(&meta(6), b"two").expect("store");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(FILE_NAME)]);
     }
 }

@@ -536,20 +536,23 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        if self.current.meta().is_none() {
-            return Ok(None);
-        }
         let (ledger, key, current) = (self.ledger.clone(), self.key.clone(), self.current.clone());
-        let (meta, data) = tokio::task::spawn_blocking(move || match current.load() {
-            Some(loaded) => Ok(loaded),
-            // The file was damaged or removed under the node. openraft asks for a snapshot to
-            // send it to a follower, and stops if there is none: a new one, of the ledger as
-            // applied now, serves as well.
-            None => Self::build_and_store(&ledger, &key, &current),
+        // On the blocking pool: the file's lock is held while a snapshot is read back.
+        let loaded = tokio::task::spawn_blocking(move || {
+            if current.meta().is_none() {
+                return Ok(None);
+            }
+            match current.load() {
+                Some(loaded) => Ok(Some(loaded)),
+                // The file was damaged or removed under the node. openraft asks for a snapshot
+                // to send it to a follower, and stops if there is none: a new one, of the
+                // ledger as applied now, serves as well.
+                None => Self::build_and_store(&ledger, &key, &current).map(Some),
+            }
         })
         .await
         .map_err(sm_read)??;
-        Ok(Some(Snapshot { meta, snapshot: Cursor::new(data) }))
+        Ok(loaded.map(|(meta, data)| Snapshot { meta, snapshot: Cursor::new(data) }))
     }
 }
 
