@@ -263,6 +263,34 @@ async fn inproc_append_streams_pipeline_and_break_when_partitioned() {
     assert_eq!(received.load(Ordering::SeqCst), 0, "nothing crossed the partition");
 }
 
+/// A silent peer bound as "probe" beside the cluster's one node, with the key drawn from
+/// `seed`: its binding (keep it while probing) and the node it probes.
+async fn probe(c: &crate::cluster::Cluster, seed: u8) -> (mycnet_spores::net::Binding, PeerNode) {
+    let prober = NodeKey::from_seed([seed; 32]).node_id();
+    let peer = Arc::new(StreamPeer { behaviour: Peer::Silent, received: Arc::default() });
+    let binding = c.net.bind(&PeerNode { node: prober, addr: "probe".into() }, peer).await.expect("bind");
+    (binding, c.sys(0).peer().expect("peer"))
+}
+
+/// A chunk of snapshot `id` from a leader of term 0: `data` at `offset`, not the last.
+fn snapshot_chunk(
+    id: &str,
+    offset: u64,
+    data: Vec<u8>,
+) -> openraft_legacy::network_v1::InstallSnapshotRequest<mycnet_spores::raft::TypeConfig> {
+    openraft_legacy::network_v1::InstallSnapshotRequest {
+        vote: openraft::impls::Vote::new_committed(0, 1),
+        meta: openraft_legacy::network_v1::SnapshotMeta {
+            last_log_id: None,
+            last_membership: Default::default(),
+            snapshot_id: id.into(),
+        },
+        offset,
+        data,
+        done: false,
+    }
+}
+
 /// A peer's AppendEntries of the wrong shape (a candidate's vote, not a leader's) is refused
 /// before openraft sees it, on a stream and as a call: the node's Raft keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,10 +298,7 @@ async fn a_malformed_append_is_refused_and_the_raft_keeps_running() {
     use mycnet_spores::net::Transport;
     let c = crate::cluster::Cluster::form(1, 0xa99).await;
     c.sys(0).register_service("before", vec![], vec![], vec![]).await.expect("a write before");
-    let prober = NodeKey::from_seed([87; 32]).node_id();
-    let peer = Arc::new(StreamPeer { behaviour: Peer::Silent, received: Arc::default() });
-    let _probe = c.net.bind(&PeerNode { node: prober, addr: "probe".into() }, peer).await.expect("bind");
-    let to = c.sys(0).peer().expect("peer");
+    let (_probe, to) = probe(&c, 87).await;
     let mut forged = request(1);
     forged.vote = openraft::impls::Vote::new(9, 1);
     let transport = c.net.transport("probe");
@@ -292,21 +317,11 @@ async fn a_malformed_append_is_refused_and_the_raft_keeps_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_chunk_far_past_the_bytes_received_is_refused() {
     use mycnet_spores::net::Transport;
-    use openraft_legacy::network_v1::{InstallSnapshotRequest, SnapshotMeta};
     let c = crate::cluster::Cluster::form(1, 0xa9a).await;
-    let prober = NodeKey::from_seed([89; 32]).node_id();
-    let peer = Arc::new(StreamPeer { behaviour: Peer::Silent, received: Arc::default() });
-    let _probe = c.net.bind(&PeerNode { node: prober, addr: "probe".into() }, peer).await.expect("bind");
-    let to = c.sys(0).peer().expect("peer");
+    let (_probe, to) = probe(&c, 89).await;
     let transport = c.net.transport("probe");
-    let first = InstallSnapshotRequest {
-        vote: openraft::impls::Vote::new_committed(0, 1),
-        meta: SnapshotMeta { last_log_id: None, last_membership: Default::default(), snapshot_id: "probe-1".into() },
-        offset: 0,
-        data: vec![1, 2, 3],
-        done: false,
-    };
-    let far = InstallSnapshotRequest { offset: 1 << 40, data: vec![0], ..first.clone() };
+    let first = snapshot_chunk("probe-1", 0, vec![1, 2, 3]);
+    let far = snapshot_chunk("probe-1", 1 << 40, vec![0]);
     let answer = transport.call(&to, RpcRequest::InstallSnapshot(first), T).await.expect("answered");
     assert!(matches!(answer, RpcResponse::InstallSnapshot(_)), "the first chunk is taken: {answer:?}");
     let answer = transport.call(&to, RpcRequest::InstallSnapshot(far), T).await.expect("answered");
@@ -320,21 +335,11 @@ async fn a_snapshot_chunk_far_past_the_bytes_received_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_past_the_nodes_bound_is_refused() {
     use mycnet_spores::net::Transport;
-    use openraft_legacy::network_v1::{InstallSnapshotRequest, SnapshotMeta};
     let t = mycnet_spores::Timeouts { snapshot_bytes_max: 1000, ..crate::cluster::fast_timeouts() };
     let c = crate::cluster::Cluster::form_with(1, 0xa9b, t).await;
-    let prober = NodeKey::from_seed([88; 32]).node_id();
-    let peer = Arc::new(StreamPeer { behaviour: Peer::Silent, received: Arc::default() });
-    let _probe = c.net.bind(&PeerNode { node: prober, addr: "probe".into() }, peer).await.expect("bind");
-    let to = c.sys(0).peer().expect("peer");
+    let (_probe, to) = probe(&c, 88).await;
     let transport = c.net.transport("probe");
-    let chunk = |offset: u64| InstallSnapshotRequest {
-        vote: openraft::impls::Vote::new_committed(0, 1),
-        meta: SnapshotMeta { last_log_id: None, last_membership: Default::default(), snapshot_id: "big".into() },
-        offset,
-        data: vec![7; 400],
-        done: false,
-    };
+    let chunk = |offset: u64| snapshot_chunk("big", offset, vec![7; 400]);
     for offset in [0, 400] {
         let answer = transport.call(&to, RpcRequest::InstallSnapshot(chunk(offset)), T).await.expect("answered");
         assert!(matches!(answer, RpcResponse::InstallSnapshot(_)), "within the bound: {answer:?}");
