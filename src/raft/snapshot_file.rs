@@ -64,19 +64,14 @@ impl SnapshotFile {
     pub(super) fn store(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         use std::io::Write;
         let failed = |e: io::Error| io::Error::other(format!("storing the snapshot at {}: {e}", self.path.display()));
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = crate::seed::parent_dir(&self.path);
         let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir).map_err(failed)?;
         tmp.write_all(data).map_err(failed)?;
         tmp.as_file().sync_all().map_err(failed)?;
         let hash = blake3::hash(data);
         let mut current = sync::write(&self.current);
-        tmp.persist(&self.path).map_err(|e| failed(e.error))?;
+        crate::seed::persist_synced(tmp, &self.path).map_err(failed)?;
         *current = Some((meta.clone(), hash));
-        drop(current);
-        // The rename is durable once the directory is (a crash before leaves the old file).
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
         Ok(())
     }
 

@@ -152,12 +152,22 @@ pub(crate) fn append_signatures(
 /// fsync the directory. A crash never leaves a half seed under the final name.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SeedError> {
     let io = |e: std::io::Error| SeedError::Io { path: path.display().to_string(), reason: e.to_string() };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(parent_dir(path)).map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
+    persist_synced(tmp, path).map_err(io)
+}
+
+/// The directory `path` is in (`.` for a bare file name): where its temporary file goes.
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Renames a temporary file, written and synced, to `path`, then syncs the directory so the
+/// rename survives a crash (before it, the old file under `path` stays whole).
+pub(crate) fn persist_synced(tmp: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
+    tmp.persist(path).map_err(|e| e.error)?;
+    if let Ok(d) = std::fs::File::open(parent_dir(path)) {
         let _ = d.sync_all();
     }
     Ok(())

@@ -180,8 +180,7 @@ pub(crate) fn write_streamed(
     // whoever verifies the seed) into 4 MiB chunks, while a second thread hashes and writes
     // them, so reading overlaps hashing and writing and nothing is buffered whole.
     const CHUNK: usize = 4 << 20;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let tmp = tempfile::NamedTempFile::new_in(super::encode::parent_dir(path)).map_err(io)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let (hasher, tmp, read_result) = std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> std::io::Result<(blake3::Hasher, tempfile::NamedTempFile)> {
@@ -247,9 +246,6 @@ pub(crate) fn write_streamed(
     tmp.as_file_mut().write_all(&tail).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     let size = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    super::encode::persist_synced(tmp, path).map_err(io)?;
     Ok(size)
 }

@@ -44,6 +44,7 @@ mod verify;
 pub use encode::{
     build, build_raw, build_state_only, encode_unsigned, encode_unsigned_raw, seed_signing_message, write_atomically,
 };
+pub(crate) use encode::{parent_dir, persist_synced};
 pub use export::{export, Exported};
 pub use import::{import, import_quorum};
 pub use verify::{add_signature, read_file, verify, verify_quorum, QuorumSeed, VerifyPolicy};
