@@ -51,13 +51,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
-        let client = PeerClient {
-            transport: self.transport.clone(),
-            target,
-            node: node.clone(),
-            append_answer_floor: self.append_answer_floor,
-        };
-        PeerNetwork(client.into_v2())
+        let client = PeerClient { transport: self.transport.clone(), target, node: node.clone() };
+        PeerNetwork { calls: client.into_v2(), append_answer_floor: self.append_answer_floor }
     }
 }
 
@@ -77,7 +72,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// heartbeats go as calls of their own, so a follower that died is still noticed as soon.
 ///
 /// [`Transport::append_stream`]: super::Transport::append_stream
-pub(crate) struct PeerNetwork(Adapter<TypeConfig, PeerClient, SnapshotData>);
+pub(crate) struct PeerNetwork {
+    /// Calls, and snapshots in chunks.
+    calls: Adapter<TypeConfig, PeerClient, SnapshotData>,
+    /// The least an append stream's answer may take ([`NetworkFactory::new`]).
+    append_answer_floor: Duration,
+}
 
 type StreamReplies<'s> = openraft::base::BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
 
@@ -89,7 +89,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.0.append_entries(rpc, option).await
+        self.calls.append_entries(rpc, option).await
     }
 
     fn stream_append<'s, S>(
@@ -100,13 +100,13 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     where
         S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
-        let client = self.0.inner();
+        let client = self.calls.inner();
         if !client.transport.streams_appends() {
             return openraft::network::stream_append_sequential(self, input, option);
         }
         let (transport, node) = (client.transport.clone(), client.node.clone());
         let floor = option.hard_ttl();
-        let answer_floor = floor.max(client.append_answer_floor);
+        let answer_floor = floor.max(self.append_answer_floor);
         Box::pin(async move {
             use futures_util::StreamExt;
             use tracing::Instrument;
@@ -133,7 +133,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.0.vote(rpc, option).await
+        self.calls.vote(rpc, option).await
     }
 
     async fn pre_vote(
@@ -141,7 +141,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.0.pre_vote(rpc, option).await
+        self.calls.pre_vote(rpc, option).await
     }
 
     async fn full_snapshot(
@@ -151,7 +151,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, openraft::error::StreamingError<TypeConfig>> {
-        self.0.full_snapshot(vote, snapshot, cancel, option).await
+        self.calls.full_snapshot(vote, snapshot, cancel, option).await
     }
 
     async fn transfer_leader(
@@ -159,11 +159,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         req: openraft::raft::TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.0.transfer_leader(req, option).await
+        self.calls.transfer_leader(req, option).await
     }
 
     fn backoff(&self) -> Option<openraft::network::Backoff> {
-        self.0.backoff()
+        self.calls.backoff()
     }
 }
 
@@ -193,8 +193,6 @@ pub(crate) struct PeerClient {
     transport: SharedTransport,
     target: u64,
     node: PeerNode,
-    /// The least an append stream's answer may take ([`NetworkFactory::new`]).
-    append_answer_floor: Duration,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<TypeConfig, RaftError<TypeConfig, E>>;
