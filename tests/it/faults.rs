@@ -126,20 +126,9 @@ async fn a_damaged_snapshot_file_is_rebuilt_not_sent() {
     catch_up_from_a_snapshot(true).await;
 }
 
-/// The snapshot file under `dir`, wherever the ledger's directory is.
+/// The snapshot file of the node whose data dir is `dir`, if there is one.
 fn snapshot_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        if path.file_name().is_some_and(|n| n == "raft-snapshot") {
-            return Some(path);
-        }
-        if path.is_dir() {
-            if let Some(found) = snapshot_file(&path) {
-                return Some(found);
-            }
-        }
-    }
-    None
+    Some(dir.join(mycnet_spores::store::inspect::LEDGER_SUBDIR).join("raft-snapshot")).filter(|p| p.exists())
 }
 
 async fn catch_up_from_a_snapshot(damage: bool) {
