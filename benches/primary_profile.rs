@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `SPORES_PROFILE_ROUNDS` (default 3) repeats the write run on the same cluster;
-//! `SPORES_PROFILE_NODES` (default 3) sets the number of voters (1: the leader's own cost).
+//! `SPORES_PROFILE_NODES` (default 3) sets the number of voters (1: the leader's own cost);
+//! `SPORES_PROFILE_NET=quic` runs the cluster over QUIC on 127.0.0.1 instead of in process.
 //! Each writer has one event outstanding, so the clients bound the events per Raft entry:
 //! sweeping `SPORES_PROFILE_CLIENTS` shows how much of the cost is per entry rather than per
 //! event.
@@ -76,7 +77,12 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let nodes: u8 = std::env::var("SPORES_PROFILE_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let systems = rt.block_on(cluster::form(dir.path(), nodes, Net::InProc));
+    let net = match std::env::var("SPORES_PROFILE_NET") {
+        Ok(v) if v.eq_ignore_ascii_case("quic") => Net::Quic,
+        _ => Net::InProc,
+    };
+    let systems = rt.block_on(cluster::form(dir.path(), nodes, net));
+    let mut entries_before = systems[0].status().expect("status").last_applied.unwrap_or(0);
     for round in 0..rounds {
         let events = cluster::presigned(&systems[0], total);
         let v_before = cluster::raw_verify_batch_rate(0.3);
@@ -84,6 +90,17 @@ fn main() {
         let t = Instant::now();
         rt.block_on(cluster::write_concurrently(&systems[0], events, clients));
         let wall = t.elapsed().as_secs_f64();
+        // The writers' node should lead (a forwarded write costs a hop), and the events per
+        // Raft entry say how much of the cost is per entry.
+        let status = systems[0].status().expect("status");
+        let applied = status.last_applied.unwrap_or(0);
+        eprintln!(
+            "round {round}: node 0 is {}; {} Raft entries, {:.1} events per entry",
+            status.raft_state,
+            applied - entries_before,
+            total as f64 / (applied - entries_before).max(1) as f64
+        );
+        entries_before = applied;
         let after = thread_cpu();
         let mut by_kind: BTreeMap<&str, f64> = BTreeMap::new();
         for (tid, (name, cpu)) in &after {
