@@ -11,7 +11,9 @@
 //!
 //! `SPORES_PROFILE_ROUNDS` (default 3) repeats the write run on the same cluster;
 //! `SPORES_PROFILE_NODES` (default 3) sets the number of voters (1: the leader's own cost);
-//! `SPORES_PROFILE_NET=quic` runs the cluster over QUIC on 127.0.0.1 instead of in process.
+//! `SPORES_PROFILE_NET=quic` runs the cluster over QUIC on 127.0.0.1 instead of in process;
+//! `SPORES_PROFILE_SINGLE=N` makes N writes one after another (one client) after each round,
+//! as the `primary` bench's 1-client figure does between its two 64-client figures.
 //! Each writer has one event outstanding, so the clients bound the events per Raft entry:
 //! sweeping `SPORES_PROFILE_CLIENTS` shows how much of the cost is per entry rather than per
 //! event.
@@ -71,6 +73,7 @@ fn main() {
         / clients
         * clients)
         .max(clients);
+    let single: usize = std::env::var("SPORES_PROFILE_SINGLE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let rounds: usize = std::env::var("SPORES_PROFILE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     // Named, so their CPU is told apart from tokio's (unnamed threads inherit their creator's name).
     let _ = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("rayon-{i}")).build_global();
@@ -101,6 +104,14 @@ fn main() {
             total as f64 / (applied - entries_before).max(1) as f64
         );
         entries_before = applied;
+        if single > 0 {
+            let t = Instant::now();
+            for _ in 0..single {
+                rt.block_on(systems[0].register_service("lat", vec![], vec![], cluster::metadata())).expect("write");
+            }
+            eprintln!("round {round}: then {single} writes by one client in {:.3} s", t.elapsed().as_secs_f64());
+            entries_before = systems[0].status().expect("status").last_applied.unwrap_or(0);
+        }
         let after = thread_cpu();
         let mut by_kind: BTreeMap<&str, f64> = BTreeMap::new();
         for (tid, (name, cpu)) in &after {

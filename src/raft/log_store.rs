@@ -157,7 +157,7 @@ impl FjallLogStore {
         pre_verified: PreVerified,
         metrics: crate::store::metrics::WriteMetrics,
     ) -> Result<Self, fjall::Error> {
-        let log = db.keyspace("raft_log", KeyspaceCreateOptions::default)?;
+        let log = db.keyspace("raft_log", crate::store::ledger::busy_keyspace)?;
         let meta = db.keyspace("raft_meta", KeyspaceCreateOptions::default)?;
         let (flusher, rx) = std::sync::mpsc::channel();
         let (flush_db, flush_path) = (db.clone(), path.clone());

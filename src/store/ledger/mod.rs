@@ -48,7 +48,7 @@ pub use health::LedgerHealth;
 pub use lock::{LedgerLock, LedgerWriteGuard, SharedLedger};
 pub use meta::LEDGER_FORMAT_MARKER;
 pub(crate) use meta::{read_anchor, read_backfill, read_head, read_stored_checkpoint};
-pub(crate) use open::{check_held_records, last_seq, open_keyspaces};
+pub(crate) use open::{busy_keyspace, check_held_records, last_seq, open_keyspaces};
 pub use prune::{AttestationCheck, AttestedBase, Pruned, Reclaimer, Remover};
 pub use read::History;
 pub use records_view::RecordsView;

@@ -33,6 +33,16 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 /// journal grew to ~400 MB over a 1M-event run keeping 100k.
 pub(crate) const JOURNAL_BYTES_MAX: u64 = 96 << 20;
 
+/// The memtable bound of the keyspaces that take every event (the ledger's and the Raft log's).
+/// fjall's default is 64 MiB: flushing one that size (on each replica at about the same moment)
+/// wrote enough at once to slow every commit's fsync for a second or more.
+pub(crate) const MEMTABLE_BYTES_MAX: u64 = 8 << 20;
+
+/// Options of a keyspace that takes every event (see [`MEMTABLE_BYTES_MAX`]).
+pub(crate) fn busy_keyspace() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
+}
+
 /// Opens the fjall database and its two keyspaces, refusing directories that hold no ledger
 /// unless `create` is set.
 pub(crate) fn open_keyspaces(path: &Path, create: bool) -> Result<(Database, Keyspace, Keyspace), LedgerError> {
@@ -66,8 +76,7 @@ pub(crate) fn open_keyspaces(path: &Path, create: bool) -> Result<(Database, Key
             });
         }
     };
-    let ledger =
-        db.keyspace("ledger", KeyspaceCreateOptions::default).map_err(storage("open keyspace ledger", path))?;
+    let ledger = db.keyspace("ledger", busy_keyspace).map_err(storage("open keyspace ledger", path))?;
     let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(storage("open keyspace meta", path))?;
     let marker = meta.get(META_FORMAT).map_err(storage("read format marker", path))?;
     match marker {
