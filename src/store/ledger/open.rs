@@ -34,9 +34,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 pub(crate) const JOURNAL_BYTES_MAX: u64 = 96 << 20;
 
 /// The memtable bound of the keyspaces that take every event (the ledger's and the Raft log's).
-/// fjall's default is 64 MiB: flushing one that size (on each replica at about the same moment)
-/// wrote enough at once to slow every commit's fsync for a second or more.
-pub(crate) const MEMTABLE_BYTES_MAX: u64 = 8 << 20;
+/// fjall's default is 64 MiB: three replicas flushing that much at about the same moment slowed
+/// every commit's fsync for a second or more. Smaller is not better without end: each flush is
+/// one large synced write, and at 8 MiB they came often enough to land inside a prune and stall
+/// its appends for 10-20 ms (benches/README.md, session 12).
+pub(crate) const MEMTABLE_BYTES_MAX: u64 = 16 << 20;
 
 /// Options of a keyspace that takes every event (see [`MEMTABLE_BYTES_MAX`]).
 pub(crate) fn busy_keyspace() -> KeyspaceCreateOptions {
