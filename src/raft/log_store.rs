@@ -26,6 +26,7 @@ use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader};
 
 use super::{Entry, LogId, SporeRequest, TypeConfig, Vote};
+use crate::store::ledger::storage;
 use crate::store::verified::PreVerified;
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -126,7 +127,8 @@ fn run_flusher(
         }
         let started = std::time::Instant::now();
         let r = tracing::debug_span!("raft_log_sync", path = %path.display(), callbacks = waiting.len())
-            .in_scope(|| db.persist(PersistMode::SyncData));
+            .in_scope(|| db.persist(PersistMode::SyncData))
+            .map_err(storage("sync the raft log", &path));
         metrics.raft_log_sync(started.elapsed());
         tracing::trace!(callbacks = waiting.len(), ok = r.is_ok(), "raft log group sync");
         // Newest first: openraft keeps the newest flushed id in a watch and ignores an older
@@ -295,7 +297,7 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
             appended.push(entry);
         }
         // Readable once committed; the flusher makes it durable and only then calls back.
-        batch.commit().map_err(write_err)?;
+        batch.commit().map_err(|e| write_err(storage("append to the raft log", &self.path)(e)))?;
         tracing::trace!(entries = appended.len(), "raft log appended");
         self.recent.appended(appended);
         self.flusher.send(callback).map_err(|_| write_err("raft log flusher stopped"))?;

@@ -3,8 +3,8 @@
 //! ([`RangeRefusal`]).
 //!
 //! Which errors are fatal for a ledger: [`LedgerError::Storage`] after a failed durable write
-//! (fjall poisons its database; reopen the ledger) and [`LedgerError::Corrupt`] found while
-//! opening. Everything else leaves the ledger usable.
+//! and [`LedgerError::EngineStopped`] (fjall poisons its database; reopen the ledger), and
+//! [`LedgerError::Corrupt`] found while opening. Everything else leaves the ledger usable.
 
 use std::path::PathBuf;
 
@@ -151,6 +151,19 @@ pub enum LedgerError {
         /// fjall's error.
         #[source]
         source: fjall::Error,
+    },
+    /// fjall stopped taking writes after one of its background writes (a memtable flush, a
+    /// compaction) failed: it says only "poisoned", so a test write in the ledger's directory
+    /// names the condition now (a full disk, a read-only or failing device). Fatal, as
+    /// [`LedgerError::Storage`] after a failed durable write: restart once the cause is fixed.
+    #[error("storage error during {op} in {path}: the storage engine stopped after a background write (a flush or a compaction) failed; {probe}")]
+    EngineStopped {
+        /// What was being done.
+        op: &'static str,
+        /// The ledger directory.
+        path: PathBuf,
+        /// What a test write in the directory met, in words.
+        probe: String,
     },
     /// fjall found its own files damaged (a checksum that fails, a record that does not
     /// decode) and cannot use the database: bad data, not an I/O fault. Nothing was changed.

@@ -306,9 +306,10 @@ impl Ledger {
         let committed = batch.commit();
         self.metrics.ledger_write(started.elapsed(), accepted);
         if let Err(source) = committed {
-            *lock(&self.health.poisoned) = Some(source.to_string());
-            tracing::error!(error = %source, "durable ledger write failed; ledger poisoned");
-            return Err(LedgerError::Storage { op: "append batch", path: self.path.clone(), source });
+            let e = storage("append batch", &self.path)(source);
+            *lock(&self.health.poisoned) = Some(e.to_string());
+            tracing::error!(error = %e, "durable ledger write failed; ledger poisoned");
+            return Err(e);
         }
         if let Some((seq, _)) = pending {
             self.checkpoint_seq = Some(seq);

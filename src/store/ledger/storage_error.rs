@@ -6,9 +6,37 @@ use std::path::Path;
 use crate::store::error::LedgerError;
 
 pub(crate) fn storage<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(fjall::Error) -> LedgerError + 'a {
-    move |source| match damage(&source, path) {
-        Some(cause) => LedgerError::Damaged { op, path: path.to_path_buf(), cause, source: Box::new(source) },
-        None => LedgerError::Storage { op, path: path.to_path_buf(), source },
+    move |source| {
+        if matches!(source, fjall::Error::Poisoned) {
+            return LedgerError::EngineStopped { op, path: path.to_path_buf(), probe: probe_write(path) };
+        }
+        match damage(&source, path) {
+            Some(cause) => LedgerError::Damaged { op, path: path.to_path_buf(), cause, source: Box::new(source) },
+            None => LedgerError::Storage { op, path: path.to_path_buf(), source },
+        }
+    }
+}
+
+/// The probe file [`probe_write`] writes and removes in a ledger's directory.
+const PROBE_FILE: &str = "write-probe.tmp";
+
+/// What a synced 4 KiB test write in `dir` meets now, in words: fjall refuses every write
+/// after a background one failed and names no cause, so this names the likely one (a full
+/// disk, a read-only or failing device), or says that it has passed.
+#[tracing::instrument(level = "debug", skip_all, fields(dir = %dir.display()))]
+pub(crate) fn probe_write(dir: &Path) -> String {
+    use std::io::Write;
+    let probe = dir.join(PROBE_FILE);
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    match written {
+        Ok(()) => {
+            "a test write there succeeds now, so the cause has passed (the log names the write that failed)".to_string()
+        }
+        Err(e) => format!("a test write there fails now: {e}"),
     }
 }
 
@@ -53,5 +81,30 @@ fn damage(e: &fjall::Error, path: &Path) -> Option<String> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A poisoned database is told apart from other storage errors, and the probe says
+    /// whether the directory takes a write now, leaving no file behind.
+    #[test]
+    fn a_poisoned_database_is_explained_by_a_test_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = storage("append batch", dir.path())(fjall::Error::Poisoned);
+        match &e {
+            LedgerError::EngineStopped { op, probe, .. } => {
+                assert_eq!(*op, "append batch");
+                assert!(probe.contains("succeeds now"), "{probe}");
+            }
+            other => panic!("not told apart: {other:?}"),
+        }
+        assert!(e.to_string().contains("background write"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0, "the probe file is removed");
+        // A directory that cannot take the write: the OS error is named.
+        let gone = dir.path().join("missing");
+        assert!(probe_write(&gone).contains("fails now"), "{}", probe_write(&gone));
     }
 }
