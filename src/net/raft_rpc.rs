@@ -105,13 +105,13 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             return openraft::network::stream_append_sequential(self, input, option);
         }
         let (transport, node) = (client.transport.clone(), client.node.clone());
-        let floor = option.hard_ttl();
-        let answer_floor = floor.max(self.append_answer_floor);
+        let answer_floor = option.hard_ttl().max(self.append_answer_floor);
         Box::pin(async move {
             use futures_util::StreamExt;
             use tracing::Instrument;
-            // In the first poll, as for a call: a heartbeat's timeout waits for our deadline.
-            let deadline = stretch_openraft_timeout(&transport, &node, floor);
+            // openraft puts no timeout around a stream (its replication awaits `stream_append`
+            // as it is), so there is none to stretch: each answer's deadline is the transport's.
+            let deadline = transport.deadline(&node, answer_floor);
             let span = tracing::trace_span!("raft_append_stream", to = %node, ?deadline);
             let replies = transport
                 .append_stream(&node, Box::pin(input), answer_floor)
