@@ -30,34 +30,29 @@ fn resident() -> u64 {
     statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).expect("resident pages") * 4096
 }
 
-fn dir_bytes(path: &std::path::Path) -> u64 {
+/// Bytes of the files under `path` (recursively) whose path `counts`.
+fn files_bytes(path: &std::path::Path, counts: &dyn Fn(&std::path::Path) -> bool) -> u64 {
     std::fs::read_dir(path)
         .map(|rd| {
             rd.flatten()
                 .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
+                    Ok(m) if m.is_dir() => files_bytes(&e.path(), counts),
+                    Ok(m) if counts(&e.path()) => m.len(),
+                    _ => 0,
                 })
                 .sum()
         })
         .unwrap_or(0)
 }
 
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    files_bytes(path, &|_| true)
+}
+
 /// Bytes of fjall's journal files (`*.jnl`) under `path`: bounded by the ledger (96 MiB), and
 /// until memtables are flushed they hold the same events as the tables.
 fn journal_bytes(path: &std::path::Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => journal_bytes(&e.path()),
-                    Ok(m) if e.path().extension().is_some_and(|x| x == "jnl") => m.len(),
-                    _ => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
+    files_bytes(path, &|p| p.extension().is_some_and(|x| x == "jnl"))
 }
 
 fn percentile(mut v: Vec<Duration>, p: usize) -> Duration {
