@@ -152,11 +152,12 @@ pub enum LedgerError {
         #[source]
         source: fjall::Error,
     },
-    /// fjall stopped taking writes after one of its background writes (a memtable flush, a
-    /// compaction) failed: it says only "poisoned", so a test write in the ledger's directory
-    /// names the condition now (a full disk, a read-only or failing device). Fatal, as
-    /// [`LedgerError::Storage`] after a failed durable write: restart once the cause is fixed.
-    #[error("storage error during {op} in {path}: the storage engine stopped after a background write (a flush or a compaction) failed; {probe}")]
+    /// fjall stopped taking writes after an earlier one failed (a durable write, or one of its
+    /// background writes: a memtable flush, a compaction): it says only "poisoned", so a test
+    /// write in the ledger's directory names the condition now (a full disk, a read-only or
+    /// failing device). Fatal, as [`LedgerError::Storage`] after a failed durable write: restart
+    /// once the cause is fixed.
+    #[error("storage error during {op} in {path}: the storage engine stopped after an earlier write failed (perhaps a background flush or compaction); {probe}")]
     EngineStopped {
         /// What was being done.
         op: &'static str,

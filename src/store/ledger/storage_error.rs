@@ -21,8 +21,9 @@ pub(crate) fn storage<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(fjall
 const PROBE_FILE: &str = "write-probe.tmp";
 
 /// What a synced 4 KiB test write in `dir` meets now, in words: fjall refuses every write
-/// after a background one failed and names no cause, so this names the likely one (a full
-/// disk, a read-only or failing device), or says that it has passed.
+/// after one failed (its background flushes and compactions included) and names no cause, so
+/// this names the likely one (a full disk, a read-only or failing device), or says that it has
+/// passed.
 #[tracing::instrument(level = "debug", skip_all, fields(dir = %dir.display()))]
 pub(crate) fn probe_write(dir: &Path) -> String {
     use std::io::Write;
@@ -101,7 +102,7 @@ mod tests {
             }
             other => panic!("not told apart: {other:?}"),
         }
-        assert!(e.to_string().contains("background write"), "{e}");
+        assert!(e.to_string().contains("storage engine stopped"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0, "the probe file is removed");
         // A directory that cannot take the write: the OS error is named.
         let gone = dir.path().join("missing");
