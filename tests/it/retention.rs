@@ -299,8 +299,8 @@ fn disk_stays_flat_under_retention() {
     };
     let archived: u64 = std::fs::read_dir(&archive_dir).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum();
     eprintln!(
-        "{written} events, keeping {keep}: {prunes} prunes, {held} held; ledger tables {} B at {keep} events, {after} B after (journal {journal} B); archives {archived} B",
-        at_keep.0
+        "{written} events, keeping {keep}: {prunes} prunes, {held} held; ledger tables {} B at {keep} events (journal {} B), {after} B after (journal {journal} B); archives {archived} B",
+        at_keep.0, at_keep.1
     );
     assert!(prunes >= 2, "it pruned along the way");
     assert!(
