@@ -49,8 +49,9 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
     files_bytes(path, &|_| true)
 }
 
-/// Bytes of fjall's journal files (`*.jnl`) under `path`: bounded by the ledger (96 MiB), and
-/// until memtables are flushed they hold the same events as the tables.
+/// Bytes of fjall's journal files (`*.jnl`) under `path`: bounded (sealed files are evicted
+/// past the ledger's 96 MiB, the active one is sealed past 64 MB), and until memtables are
+/// flushed they hold the same events as the tables.
 fn journal_bytes(path: &std::path::Path) -> u64 {
     files_bytes(path, &|p| p.extension().is_some_and(|x| x == "jnl"))
 }
