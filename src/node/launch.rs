@@ -294,6 +294,7 @@ impl SporeSystem {
             scrub,
             health,
             view,
+            fingerprint: std::sync::OnceLock::new(),
             tasks: std::sync::Mutex::new(tasks),
             tempdir: std::sync::Mutex::new(tempdir),
         })

@@ -127,6 +127,10 @@ struct Running {
     health: Arc<LedgerHealth>,
     /// The projection readers answer from, without the ledger's lock (read-copy-update).
     view: Arc<crate::store::ledger::ProjectionView>,
+    /// The network's fingerprint, kept at the first write that signs (the genesis sets it
+    /// once): signing then reads no snapshot, so a writer alone keeps the ledger from
+    /// publishing ([`ProjectionView`](crate::store::ledger::ProjectionView)).
+    fingerprint: std::sync::OnceLock<crate::core::types::NetworkFingerprint>,
     /// Background tasks (gossip driver, anchor committer), aborted on shutdown.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The embedded default's temporary data dir, removed when the system is dropped (handed

@@ -38,22 +38,20 @@ pub enum Consistency {
 
 impl SporeSystem {
     /// Runs `f` on the local projection (stale-ok): the newest snapshot published, read
-    /// without the ledger's lock, so a long apply batch never delays it
-    /// ([`ProjectionView`](crate::store::ledger::ProjectionView)).
+    /// without the ledger's lock, so a long apply batch does not delay it. The first read
+    /// after writes nobody read for 50 ms publishes the snapshot itself, under the ledger's
+    /// read lock ([`ProjectionView`](crate::store::ledger::ProjectionView)).
     pub fn with_projection<R>(&self, f: impl FnOnce(&Projection) -> R) -> Result<R, Error> {
         let p = self.projection_snapshot()?;
         Ok(f(&p))
     }
 
     /// The newest published projection (stale-ok), to keep and read at leisure: it does not
-    /// change, and holding it holds up no writer.
+    /// change, and holding it holds up no writer (but makes the writer's next change of each
+    /// path it shares a copy: keep it as long as needed, not longer).
     pub fn projection_snapshot(&self) -> Result<Arc<Projection>, Error> {
         let r = self.running()?;
-        match r.view.load() {
-            Some(p) => Ok(p),
-            // A writer panicked holding the ledger: the ledger's own error says so.
-            None => Err(r.ledger.read_ledger().err().map_or(Error::NotStarted, Error::from)),
-        }
+        Ok(r.view.load(&r.ledger)?)
     }
 
     /// Runs `f` on the projection with the requested consistency. Linearizable reads confirm

@@ -80,7 +80,13 @@ impl SporeSystem {
 
     pub(super) fn sign(&self, body: EventBody) -> Result<SignedEvent, Error> {
         let r = self.running()?;
-        let fp = self.with_projection(|p| p.fingerprint())?.ok_or(Error::NotInitialized)?;
+        let fp = match r.fingerprint.get() {
+            Some(fp) => *fp,
+            None => {
+                let fp = self.with_projection(|p| p.fingerprint())?.ok_or(Error::NotInitialized)?;
+                *r.fingerprint.get_or_init(|| fp)
+            }
+        };
         Ok(SignedEvent::sign(&r.key, fp, Timestamp::now(), body))
     }
 

@@ -51,7 +51,7 @@ impl Drop for LedgerWriteGuard<'_> {
         if std::thread::panicking() {
             self.0.view.poison();
         } else {
-            self.0.view.publish(self.0.projection());
+            self.0.view.release(self.0.projection());
         }
     }
 }

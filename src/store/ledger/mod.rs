@@ -94,7 +94,8 @@ pub struct Ledger {
     backfill: Option<Backfill>,
     /// A failed durable write and a state divergence, readable without the ledger's lock.
     health: Arc<LedgerHealth>,
-    /// The projection as readers see it, published when a write guard is released.
+    /// The projection as readers see it, published when a write guard is released while
+    /// somebody reads.
     view: Arc<ProjectionView>,
     /// The helper thread that chains large append batches (started at the first one; `None`
     /// until then or if no thread could be started).
@@ -178,7 +179,8 @@ impl Ledger {
     }
 
     /// The projection as readers see it: the snapshot published when a write guard was
-    /// last released (see [`ProjectionView`]), to read without taking this ledger's lock.
+    /// last released while somebody reads (see [`ProjectionView`]), to read without taking
+    /// this ledger's lock.
     pub fn view(&self) -> Arc<ProjectionView> {
         self.view.clone()
     }
