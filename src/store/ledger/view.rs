@@ -30,6 +30,11 @@ use crate::store::error::LedgerError;
 /// How long after a reader took a snapshot the ledger keeps publishing at each release.
 pub(crate) const EAGER_AFTER_READ: Duration = Duration::from_millis(50);
 
+/// How stale the note of the last read may be: readers write it at most this often (a word
+/// every reader shares), and a release allows for it, so that a reader that reads at least
+/// every [`EAGER_AFTER_READ`] never finds the view withdrawn.
+const READ_NOTE_GRAIN: Duration = Duration::from_millis(1);
+
 /// The newest published projection of one ledger (see the module doc).
 #[derive(Debug)]
 pub struct ProjectionView {
@@ -81,10 +86,10 @@ impl ProjectionView {
         Ok(current.get_or_insert_with(|| Arc::new(l.projection().clone())).clone())
     }
 
-    /// Notes a read, writing the shared word only when the last note is a millisecond old.
+    /// Notes a read, writing the shared word only when the last note is [`READ_NOTE_GRAIN`] old.
     fn mark_read(&self) {
         let now = self.now();
-        if now.saturating_sub(self.last_read.load(Ordering::Relaxed)) > 1_000_000 {
+        if now.saturating_sub(self.last_read.load(Ordering::Relaxed)) > READ_NOTE_GRAIN.as_nanos() as u64 {
             self.last_read.store(now, Ordering::Relaxed);
         }
     }
@@ -98,7 +103,8 @@ impl ProjectionView {
             return;
         }
         let last = self.last_read.load(Ordering::Relaxed);
-        let eager = last != 0 && self.now().saturating_sub(last) <= EAGER_AFTER_READ.as_nanos() as u64;
+        let window = (EAGER_AFTER_READ + READ_NOTE_GRAIN).as_nanos() as u64;
+        let eager = last != 0 && self.now().saturating_sub(last) <= window;
         *current = eager.then(|| Arc::new(projection.clone()));
     }
 
