@@ -170,8 +170,10 @@ async fn run(shared: Weak<Shared>, runner: Arc<CheckRunner>) {
         let Some(shared) = shared.upgrade() else { return };
         let system = SporeSystem { shared };
         let Ok(me) = system.node_id() else { continue };
-        // The registry's view of this node's checked services, read again when the head moved.
-        let Ok(view) = system.with_projection(|p| {
+        // The registry's view of this node's checked services, read again when the head moved:
+        // under the ledger's read lock, not from a snapshot, so this tick never makes the ledger
+        // publish one for it.
+        let Ok(view) = system.with_ledger_projection(|p| {
             let head = p.head().map_or(0, |h| h.seq);
             let fresh = synced != Some((me, head));
             let want = fresh.then(|| wanted(p, &me));

@@ -54,6 +54,17 @@ impl SporeSystem {
         Ok(r.view.load(&r.ledger)?)
     }
 
+    /// Runs `f` on the ledger's own projection under its read lock, for the node's background
+    /// tasks (the health-check runner's tick): it waits for a writer holding the ledger, but
+    /// takes no snapshot, so it never makes the ledger publish one (which would make the
+    /// writer's next change copy each path it shares: see
+    /// [`ProjectionView`](crate::store::ledger::ProjectionView)).
+    pub(super) fn with_ledger_projection<R>(&self, f: impl FnOnce(&Projection) -> R) -> Result<R, Error> {
+        let r = self.running()?;
+        let l = r.ledger.read_ledger()?;
+        Ok(f(l.projection()))
+    }
+
     /// Runs `f` on the projection with the requested consistency. Linearizable reads confirm
     /// leadership (on a follower: ask the leader for its read index) and wait until the local
     /// projection has applied it.
