@@ -125,6 +125,14 @@ mod tests {
     use crate::store::ledger::{Ledger, LedgerConfig, LedgerError, LedgerLock};
     use crate::store::synth::{Synth, SynthConfig};
 
+    /// A ledger in a temporary dir, events to append to it, and its view.
+    fn fixture() -> (tempfile::TempDir, Arc<RwLock<Ledger>>, Synth, Arc<super::ProjectionView>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = ledger(dir.path());
+        let view = shared.read_ledger().expect("read").view();
+        (dir, shared, Synth::new(SynthConfig::default()), view)
+    }
+
     fn ledger(dir: &std::path::Path) -> Arc<RwLock<Ledger>> {
         let l = Ledger::open(dir, LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("open");
         Arc::new(RwLock::new(l))
@@ -186,10 +194,7 @@ mod tests {
     /// publishes at once.
     #[test]
     fn the_ledger_publishes_only_while_somebody_reads() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let shared = ledger(dir.path());
-        let mut synth = Synth::new(SynthConfig::default());
-        let view = shared.read_ledger().expect("read").view();
+        let (_dir, shared, mut synth, view) = fixture();
         // Never read: the write withdraws the snapshot out.
         shared.write_ledger().expect("write").append(synth.next_chunk(20)).expect("append");
         assert!(!view.is_published());
@@ -222,10 +227,7 @@ mod tests {
     /// rebuilt from it equals it.
     #[test]
     fn a_snapshot_is_untouched_by_the_writes_after_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let shared = ledger(dir.path());
-        let mut synth = Synth::new(SynthConfig::default());
-        let view = shared.read_ledger().expect("read").view();
+        let (_dir, shared, mut synth, view) = fixture();
         let mut kept = Vec::new();
         for _ in 0..8 {
             shared.write_ledger().expect("write").append(synth.next_chunk(400)).expect("append");
