@@ -66,7 +66,8 @@ impl ProjectionView {
     /// published; else published now from the ledger under its read lock. The ledger's
     /// poisoned error after a writer panicked holding it.
     ///
-    /// Never call it holding `ledger`'s write guard: a stale view takes the read lock.
+    /// Never call it holding `ledger`'s write guard: a stale view takes the read lock. Given
+    /// another ledger than its own, it answers with that ledger's view.
     pub fn load(&self, ledger: &RwLock<Ledger>) -> Result<Arc<Projection>, LedgerError> {
         if !self.poisoned.load(Ordering::Acquire) {
             // The lock guards one pointer swap and no invariant: a poisoned one still holds
@@ -78,6 +79,12 @@ impl ProjectionView {
             }
         }
         let l = ledger.read_ledger()?;
+        if !std::ptr::eq(Arc::as_ptr(&l.view), self) {
+            // Another ledger's: its own view answers (and this one is never given its state).
+            let theirs = l.view.clone();
+            drop(l);
+            return theirs.load(ledger);
+        }
         if self.poisoned.load(Ordering::Acquire) {
             return Err(LedgerError::LockPoisoned { path: l.path().to_path_buf() });
         }
@@ -219,6 +226,16 @@ mod tests {
         // A guard released with no change leaves a published snapshot out.
         drop(shared.write_ledger().expect("write"));
         assert!(view.is_published());
+        // Given another ledger, a withdrawn view answers with that ledger's state and keeps
+        // none of it.
+        let (_dir2, other, mut synth2, _) = fixture();
+        other.write_ledger().expect("write").append(synth2.next_chunk(3)).expect("append");
+        std::thread::sleep(super::EAGER_AFTER_READ + std::time::Duration::from_millis(10));
+        shared.write_ledger().expect("write").append(synth.next_chunk(1)).expect("append");
+        assert!(!view.is_published());
+        assert_eq!(view.load(&other).expect("load").head().map(|h| h.seq), Some(2));
+        assert!(!view.is_published());
+        assert_eq!(view.load(&shared).expect("load").head().map(|h| h.seq), Some(30));
     }
 
     /// A published snapshot shares its maps with the ledger's projection, which goes on
