@@ -181,7 +181,13 @@ impl FjallLogStore {
         let bytes = postcard::to_stdvec(value).map_err(write_err)?;
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.insert(&self.meta, key, bytes);
-        batch.commit().map_err(write_err)
+        batch.commit().map_err(self.fjall_write("sync a raft meta entry"))
+    }
+
+    /// A failed fjall write as the log's error, saying why when the engine stopped after an
+    /// earlier failure (a full disk, say: [`storage`]).
+    fn fjall_write(&self, op: &'static str) -> impl FnOnce(fjall::Error) -> io::Error + '_ {
+        move |e| write_err(storage(op, &self.path)(e))
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, io::Error> {
@@ -201,7 +207,7 @@ impl FjallLogStore {
             let key = guard.key().map_err(read_err)?;
             batch.remove(&self.log, key);
         }
-        batch.commit().map_err(write_err)
+        batch.commit().map_err(self.fjall_write("remove raft log entries"))
     }
 }
 
@@ -260,7 +266,7 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let this = self.clone();
         let vote = *vote;
-        tokio::task::spawn_blocking(move || this.put_meta_durable(KEY_VOTE, &vote).map_err(|_| vote_err("save vote")))
+        tokio::task::spawn_blocking(move || this.put_meta_durable(KEY_VOTE, &vote).map_err(vote_err))
             .await
             .map_err(vote_err)?
     }
@@ -268,7 +274,7 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not synced: openraft treats it as a hint that may lag.
         let bytes = postcard::to_stdvec(&committed).map_err(write_err)?;
-        self.meta.insert(KEY_COMMITTED, bytes).map_err(write_err)
+        self.meta.insert(KEY_COMMITTED, bytes).map_err(self.fjall_write("save the committed log id"))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -297,7 +303,7 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
             appended.push(entry);
         }
         // Readable once committed; the flusher makes it durable and only then calls back.
-        batch.commit().map_err(|e| write_err(storage("append to the raft log", &self.path)(e)))?;
+        batch.commit().map_err(self.fjall_write("append to the raft log"))?;
         tracing::trace!(entries = appended.len(), "raft log appended");
         self.recent.appended(appended);
         self.flusher.send(callback).map_err(|_| write_err("raft log flusher stopped"))?;
