@@ -128,6 +128,7 @@ impl ProjectionView {
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, RwLock};
+    use std::time::Duration;
 
     use crate::store::ledger::{Ledger, LedgerConfig, LedgerError, LedgerLock};
     use crate::store::synth::{Synth, SynthConfig};
@@ -236,6 +237,60 @@ mod tests {
         assert_eq!(view.load(&other).expect("load").head().map(|h| h.seq), Some(2));
         assert!(!view.is_published());
         assert_eq!(view.load(&shared).expect("load").head().map(|h| h.seq), Some(30));
+    }
+
+    /// Under a writer appending all the time, readers that read often and rarely (the view
+    /// published, withdrawn and published again by readers) each see the head only move on,
+    /// and the last read equals the ledger's own projection.
+    #[test]
+    fn readers_never_see_the_state_go_back() {
+        let (_dir, shared, mut synth, view) = fixture();
+        let chunks: Vec<_> = (0..120).map(|_| synth.next_chunk(2)).collect();
+        let writer = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                for (i, c) in chunks.into_iter().enumerate() {
+                    shared.write_ledger().expect("write").append(c).expect("append");
+                    // Pauses past the window now and then, so the view is withdrawn.
+                    let pause = if i % 40 == 39 { super::EAGER_AFTER_READ * 2 } else { Duration::from_micros(500) };
+                    std::thread::sleep(pause);
+                }
+            })
+        };
+        // One reader reads often for a while, the other every 70 ms throughout: the view is
+        // published at each write, then withdrawn and published again by the slow reader.
+        let readers: Vec<_> = [(Duration::from_micros(200), 150), (Duration::from_millis(70), 450)]
+            .into_iter()
+            .map(|(every, for_ms)| {
+                let (shared, view) = (shared.clone(), view.clone());
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    let started = std::time::Instant::now();
+                    while started.elapsed() < Duration::from_millis(for_ms) {
+                        seen.push(view.load(&shared).expect("load").head().map(|h| h.seq));
+                        std::thread::sleep(every);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let (mut published, mut withdrawn) = (false, false);
+        while !writer.is_finished() {
+            if view.is_published() {
+                published = true
+            } else {
+                withdrawn = true
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(published && withdrawn, "both ways taken: published {published}, withdrawn {withdrawn}");
+        writer.join().expect("writer");
+        for r in readers {
+            let seen = r.join().expect("reader");
+            assert!(seen.windows(2).all(|w| w[0] <= w[1]), "a reader saw the head go back: {seen:?}");
+        }
+        assert_eq!(view.load(&shared).expect("load").head().map(|h| h.seq), Some(239));
+        assert_eq!(&*view.load(&shared).expect("load"), shared.read_ledger().expect("read").projection());
     }
 
     /// A published snapshot shares its maps with the ledger's projection, which goes on
