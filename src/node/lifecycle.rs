@@ -354,9 +354,7 @@ impl SporeSystem {
             }
             match l.sync() {
                 // A failed Raft log write poisoned the shared database: the same holds.
-                Err(
-                    LedgerError::Storage { source: fjall::Error::Poisoned, .. } | LedgerError::EngineStopped { .. },
-                ) => {
+                Err(LedgerError::EngineStopped { .. }) => {
                     tracing::warn!("ledger not synced at shutdown: an earlier write poisoned the database");
                     Ok(())
                 }

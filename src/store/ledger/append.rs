@@ -306,8 +306,7 @@ impl Ledger {
         let committed = batch.commit();
         self.metrics.ledger_write(started.elapsed(), accepted);
         if let Err(source) = committed {
-            let e = storage("append batch", &self.path)(source);
-            *lock(&self.health.poisoned) = Some(e.to_string());
+            let e = self.write_failed("append batch", source);
             tracing::error!(error = %e, "durable ledger write failed; ledger poisoned");
             return Err(e);
         }
@@ -444,8 +443,7 @@ impl Ledger {
             batch.insert(&self.ledger, seq_key(r.seq), record::encode_record(r));
         }
         if let Err(source) = batch.durability(Some(PersistMode::SyncData)).commit() {
-            *lock(&self.health.poisoned) = Some(source.to_string());
-            return Err(LedgerError::Storage { op: "repair records", path: self.path.clone(), source });
+            return Err(self.write_failed("repair records", source));
         }
         Ok(())
     }

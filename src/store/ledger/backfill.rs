@@ -13,7 +13,6 @@ use super::verify::verify_chained;
 use super::Ledger;
 use crate::core::limits;
 use crate::core::projection::{ChainHead, Projection, ProjectionState};
-use crate::core::sync::lock;
 use crate::core::types::ChainPoint;
 use crate::store::error::LedgerError;
 use crate::store::range_checks::{check_backfill_genesis, check_backfill_place, check_verdicts};
@@ -93,10 +92,7 @@ impl Ledger {
                 ),
             });
         }
-        let fail = |this: &mut Ledger, source| {
-            *lock(&this.health.poisoned) = Some(format!("{source}"));
-            LedgerError::Storage { op: "load attested records", path: this.path.clone(), source }
-        };
+        let fail = |this: &mut Ledger, source| this.write_failed("load attested records", source);
         let chunks: Vec<&[&[u8]]> = records.chunks(limits::APPEND_BATCH_MAX).collect();
         let n = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
@@ -160,8 +156,7 @@ impl Ledger {
         batch.insert(&self.meta, META_BACKFILL, encode_point(head.seq, &head.hash).to_vec());
         batch.insert(&self.meta, META_BACKFILL_BASE, checkpoint);
         if let Err(source) = batch.commit() {
-            *lock(&self.health.poisoned) = Some(source.to_string());
-            return Err(LedgerError::Storage { op: "load state-only seed", path: self.path.clone(), source });
+            return Err(self.write_failed("load state-only seed", source));
         }
         self.backfill = Some(Backfill {
             point: ChainPoint { seq: head.seq, hash: head.hash },
@@ -231,8 +226,7 @@ impl Ledger {
         }
         let batch = batch.durability(self.config.durable.then_some(PersistMode::SyncData));
         if let Err(source) = batch.commit() {
-            *lock(&self.health.poisoned) = Some(source.to_string());
-            return Err(LedgerError::Storage { op: "backfill batch", path: self.path.clone(), source });
+            return Err(self.write_failed("backfill batch", source));
         }
         match (next, self.backfill.as_mut()) {
             (Some(p), Some(b)) => b.point = p,

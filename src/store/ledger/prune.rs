@@ -22,7 +22,6 @@ use super::meta::{encode_meta_checkpoint, encode_point, META_BACKFILL, META_BACK
 use super::storage_error::storage;
 use super::Ledger;
 use crate::core::projection::ProjectionState;
-use crate::core::sync::lock;
 use crate::core::types::ChainPoint;
 use crate::store::attested::is_attested;
 use crate::store::error::LedgerError;
@@ -112,8 +111,7 @@ impl Ledger {
         batch.insert(&self.meta, META_BACKFILL_BASE, encoded);
         batch.insert(&self.meta, META_PRUNED, names);
         if let Err(source) = batch.commit() {
-            *lock(&self.health.poisoned) = Some(source.to_string());
-            return Err(LedgerError::Storage { op: "prune", path: self.path.clone(), source });
+            return Err(self.write_failed("prune", source));
         }
         let took = started.elapsed();
         self.backfill = Some(Backfill {

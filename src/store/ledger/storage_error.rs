@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use super::Ledger;
+use crate::core::sync::lock;
 use crate::store::error::LedgerError;
 
 pub(crate) fn storage<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(fjall::Error) -> LedgerError + 'a {
@@ -14,6 +16,16 @@ pub(crate) fn storage<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(fjall
             Some(cause) => LedgerError::Damaged { op, path: path.to_path_buf(), cause, source: Box::new(source) },
             None => LedgerError::Storage { op, path: path.to_path_buf(), source },
         }
+    }
+}
+
+impl Ledger {
+    /// A failed write to this ledger's database as its error ([`storage`]: a poisoned engine
+    /// explained by a test write), kept in the ledger's health: fjall takes no more writes.
+    pub(super) fn write_failed(&self, op: &'static str, source: fjall::Error) -> LedgerError {
+        let e = storage(op, &self.path)(source);
+        *lock(&self.health.poisoned) = Some(e.to_string());
+        e
     }
 }
 
