@@ -144,13 +144,15 @@ async fn catch_up_from_a_snapshot(damage: bool) {
     for _ in 0..200 {
         acked.insert(c.sys(leader).register_service("s", vec![], vec![], vec![]).await.expect("write"));
     }
-    // The leader has purged its log past what the lagger holds.
     // The leader purges its log past what the lagger holds (openraft defers a purge while a
-    // replication request that needs those entries is in flight, so give it a moment).
-    let lag_applied = c.sys(lagger).status().expect("st").last_applied;
+    // replication request that needs those entries is in flight, so give it a moment). What
+    // the lagger holds is its last log index, not its applied one: it may have appended
+    // entries whose commit it never heard of, and those let it catch up from the log alone.
+    use openraft::async_runtime::WatchReceiver;
+    let lag_last = c.sys(lagger).raft().expect("raft").metrics().borrow_watched().last_log_index;
     let raft = c.sys(leader).raft().expect("raft");
     raft.wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.purged.map(|l| l.index) > lag_applied, "leader purged past the lagger")
+        .metrics(|m| m.purged.map(|l| l.index) > lag_last, "leader purged past the lagger")
         .await
         .expect("leader purges its log past the lagger");
     let file = snapshot_file(&c.members[leader].dir).expect("the leader's snapshot is in a file");
@@ -162,9 +164,15 @@ async fn catch_up_from_a_snapshot(damage: bool) {
     }
     c.net.heal();
     assert_no_acknowledged_write_lost(&c, &acked).await;
-    use openraft::async_runtime::WatchReceiver;
-    let snap = c.sys(lagger).raft().expect("raft").metrics().borrow_watched().snapshot;
-    assert!(snap.is_some(), "the lagger installed a snapshot");
+    // The installed events are readable before openraft reports the snapshot (the file is
+    // written, then Raft's metrics say so): wait for the report, not for the data.
+    c.sys(lagger)
+        .raft()
+        .expect("raft")
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.snapshot.is_some(), "the lagger installed a snapshot")
+        .await
+        .expect("the lagger installed a snapshot");
     assert!(snapshot_file(&c.members[lagger].dir).is_some(), "the lagger keeps the snapshot it installed in a file");
     // The leader still commits.
     let id = c.sys(leader).register_service("after", vec![], vec![], vec![]).await.expect("the leader still commits");
