@@ -77,14 +77,14 @@ pub fn metadata() -> Vec<(String, String)> {
 }
 
 /// `n` service registrations signed by node 0 for the network `s` belongs to (signed before
-/// any timing starts).
+/// any timing starts), with time-ordered ids as `SporeSystem::register_service` makes them.
 pub fn presigned(s: &SporeSystem, n: usize) -> Vec<SignedEvent> {
     let key = NodeKey::from_seed([1; 32]);
     let fp = s.status().expect("status").fingerprint.expect("fingerprint");
     (0..n)
         .map(|_| {
             let body = EventBody::ServiceRegistered(ServiceAnnouncement {
-                service_id: uuid::Uuid::new_v4(),
+                service_id: uuid::Uuid::now_v7(),
                 name: "bench-svc".into(),
                 node: key.node_id(),
                 capabilities: vec!["storage".into()].into(),

@@ -12,7 +12,9 @@ use mycnet_spores::http::{self, json, HttpOptions};
 use mycnet_spores::net::Transport;
 use mycnet_spores::raft::{RpcRequest, RpcResponse};
 use mycnet_spores::wire::query::{Query, QueryAnswer};
-use mycnet_spores::{NodeFilter, NodeStatus, Page, ServiceFilter, SporeSystem};
+use mycnet_spores::{
+    EventBody, NodeFilter, NodeStatus, Page, ServiceAnnouncement, ServiceFilter, SignedEvent, SporeSystem, Timestamp,
+};
 use proptest::prelude::*;
 use serde_json::Value;
 use uuid::Uuid;
@@ -26,6 +28,35 @@ fn check_walk(seen: &[Uuid], lasting: &BTreeSet<Uuid>) {
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "in service id order, nothing twice: {seen:?}");
     let missing: Vec<_> = lasting.iter().filter(|id| !seen.contains(id)).collect();
     assert!(missing.is_empty(), "services present for the whole walk were skipped: {missing:?}");
+}
+
+/// Registers a service of node `i` with the id its caller chose, signed by the node's key.
+async fn register_with_id(c: &Cluster, i: usize, id: Uuid) -> Uuid {
+    let fingerprint = c.sys(i).status().expect("status").fingerprint.expect("fingerprint");
+    let key = &c.members[i].key;
+    let body = EventBody::ServiceRegistered(ServiceAnnouncement {
+        service_id: id,
+        name: "web".into(),
+        node: key.node_id(),
+        capabilities: vec![].into(),
+        endpoints: vec![].into(),
+        metadata: vec![].into(),
+    });
+    c.sys(i).submit(SignedEvent::sign(key, fingerprint, Timestamp::now(), body)).await.expect("register");
+    id
+}
+
+/// A paging walk meets the services registered during it at its end, and the registry's
+/// maps grow at their ends: the library's ids are UUIDv7, each later than the one before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_s_service_ids_are_time_ordered() {
+    let c = Cluster::form(1, 25).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(c.sys(0).register_service("web", vec![], vec![], vec![]).await.expect("register"));
+    }
+    assert!(ids.iter().all(|id| id.get_version_num() == 7), "UUIDv7: {ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "each later than the one before: {ids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,9 +79,15 @@ async fn a_walk_over_the_admin_protocol_returns_every_lasting_service_once_while
         };
         assert!(items.len() <= 4, "the limit bounds every page");
         seen.extend(items.iter().map(|f| f.record.service.service_id));
-        // Between pages: a new service (its id falls anywhere, before or after the cursor),
-        // and every other time one of the new ones leaves again.
-        added.push(c.sys(1).register_service("web", vec![], vec![], vec![]).await.expect("register"));
+        // Between pages: a new service, and every other time one of the new ones leaves
+        // again. The library's ids are time-ordered (they fall after the cursor); one signed
+        // by its node with a random id falls anywhere, before or after it.
+        let id = if added.len().is_multiple_of(2) {
+            c.sys(1).register_service("web", vec![], vec![], vec![]).await.expect("register")
+        } else {
+            register_with_id(&c, 1, Uuid::new_v4()).await
+        };
+        added.push(id);
         if added.len().is_multiple_of(2) {
             let gone = added.remove(0);
             c.sys(1).deregister_service(gone, "paging test").await.expect("deregister");

@@ -431,7 +431,8 @@ async fn register_loop(
     let mut ids = Vec::new();
     while state.claim() {
         // Signed before the clock starts: the latency is the network's, as in `benches/primary.rs`.
-        let id = uuid::Uuid::new_v4();
+        // Time-ordered, as the library's own registrations.
+        let id = uuid::Uuid::now_v7();
         let event = registration(&target.key, target.fingerprint, id, &run, metadata.clone());
         let sent = Instant::now();
         match client.write(&event, |r| matches!(r, Rejection::ServiceExists(x) if *x == id), timeout).await {

@@ -148,7 +148,8 @@ pub(crate) async fn register_service(
     timeout: Duration,
     o: &mut Out,
 ) -> CliResult {
-    let service_id = uuid::Uuid::new_v4();
+    // Time-ordered, as the library's own registrations (`SporeSystem::register_service`).
+    let service_id = uuid::Uuid::now_v7();
     let point = submit(
         key_file,
         addr,
