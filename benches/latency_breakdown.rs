@@ -1,7 +1,8 @@
 //! Where one write's commit latency goes (not a criterion bench): the same 3-voter in-process
 //! cluster as `benches/primary.rs`, one client writing one event at a time, and for each write
 //! the time between the spans the library already emits — `submit`, `propose_batch`, the Raft
-//! log store's `append` and `raft_log_sync` on every node, the state machine's `apply` —
+//! log store's `append` and its writer's `raft_log_sync` on every node, the state machine's
+//! `apply` —
 //! split into the stages of the commit path, each marked as our code, openraft's or an fsync.
 //! Prints the median of every stage. The harness records spans only (a tracing layer on
 //! these five span names), so what it measures is the product's own path.
