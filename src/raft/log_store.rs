@@ -7,7 +7,7 @@
 //!
 //! **Durability contract:** `save_vote` returns after the vote is synced. `append` makes the
 //! entries readable before it returns and calls the flush callback (`IOFlushed`) only after
-//! they are synced: the writer thread ([`super::log_writer`]) writes the queued entries in
+//! they are synced: the writer thread (`log_writer.rs`) writes the queued entries in
 //! order, syncs the journal once for all the appends waiting (group fsync) and then completes
 //! their callbacks. openraft 0.10 hands appended entries to replication without waiting for
 //! that callback, so the leader's sync overlaps the followers' (0.9 waited for it: two syncs in
