@@ -6,7 +6,7 @@
 //! a tokio worker during another sync of the same journal waited for that sync: measured in
 //! `primary_profile` (3 voters in process, 64 clients), the log append's write took 18 µs at
 //! the median but 156 µs at p90 and 1.2 ms at p99, one worker blocked each time. So the raft
-//! tasks never write: [`LogWriter::append`] and [`LogWriter::save_committed`] queue the write
+//! tasks never write: [`LogWriter::append`] and [`LogWriter::save_meta`] (the committed log id) queue the write
 //! and return; this thread writes each queued batch in order, syncs once for every append
 //! waiting and only then completes their callbacks. Removals ([`LogWriter::run`]) are queued
 //! the same way, so nothing removed is written back by an older queued append, and
@@ -53,7 +53,9 @@ impl LogWriter {
         metrics: crate::store::metrics::WriteMetrics,
     ) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new().name("spores-raft-flush".into()).spawn(move || run(db, meta, path, rx, metrics))?;
+        std::thread::Builder::new()
+            .name("spores-raft-flush".into())
+            .spawn(move || write_loop(db, meta, path, rx, metrics))?;
         Ok(LogWriter { tx })
     }
 
@@ -84,7 +86,7 @@ impl LogWriter {
 
 /// Writes what is queued, in order; syncs once for all the appends among it and completes
 /// their callbacks. Exits when every [`LogWriter`] is dropped.
-fn run(
+fn write_loop(
     db: Database,
     meta: Keyspace,
     path: PathBuf,
