@@ -6,10 +6,11 @@
 //! a tokio worker during another sync of the same journal waited for that sync: measured in
 //! `primary_profile` (3 voters in process, 64 clients), the log append's write took 18 µs at
 //! the median but 156 µs at p90 and 1.2 ms at p99, one worker blocked each time. So the raft
-//! tasks never write: [`LogWriter::append`] and [`LogWriter::save_meta`] (the committed log id) queue the write
-//! and return; this thread writes each queued batch in order, syncs once for every append
-//! waiting and only then completes their callbacks. Removals ([`LogWriter::run`]) are queued
-//! the same way, so nothing removed is written back by an older queued append, and
+//! tasks never write: [`LogWriter::append`] queues the write and returns; this thread writes
+//! each queued batch in order, syncs once for every append waiting and only then completes
+//! their callbacks. Other writes ([`LogWriter::run`]: the committed log id, removals) are
+//! queued the same way and awaited, so nothing removed is written back by an older queued
+//! append, and
 //! [`LogWriter::barrier`] waits until every earlier write is in fjall (a reader of the
 //! keyspaces rather than the store's cache calls it first).
 
@@ -17,7 +18,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::mpsc;
 
-use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
+use fjall::{Database, OwnedWriteBatch, PersistMode};
 use openraft::storage::IOFlushed;
 
 use super::TypeConfig;
@@ -27,8 +28,6 @@ use crate::store::ledger::storage;
 enum Job {
     /// Write these log entries; complete the callback after the sync that follows.
     Append(OwnedWriteBatch, IOFlushed<TypeConfig>),
-    /// Save a value in `raft_meta` (not synced).
-    Meta(&'static [u8], Vec<u8>),
     /// Run this once every earlier job's write is in fjall; send its result back.
     Run(Box<dyn FnOnce() -> io::Result<()> + Send>, tokio::sync::oneshot::Sender<io::Result<()>>),
 }
@@ -45,29 +44,18 @@ fn stopped() -> io::Error {
 }
 
 impl LogWriter {
-    /// Starts the writer thread of the journal of `db` (whose `raft_meta` keyspace is `meta`).
-    pub(super) fn spawn(
-        db: Database,
-        meta: Keyspace,
-        path: PathBuf,
-        metrics: crate::store::metrics::WriteMetrics,
-    ) -> io::Result<Self> {
+    /// Starts the writer thread of the journal of `db`.
+    pub(super) fn spawn(db: Database, path: PathBuf, metrics: crate::store::metrics::WriteMetrics) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("spores-raft-flush".into())
-            .spawn(move || write_loop(db, meta, path, rx, metrics))?;
+            .spawn(move || write_loop(db, path, rx, metrics))?;
         Ok(LogWriter { tx })
     }
 
     /// Queues `batch` (log entries); `callback` is completed once they are synced.
     pub(super) fn append(&self, batch: OwnedWriteBatch, callback: IOFlushed<TypeConfig>) -> io::Result<()> {
         self.tx.send(Job::Append(batch, callback)).map_err(|_| stopped())
-    }
-
-    /// Queues a write of `value` at `key` in `raft_meta` (not synced: for hints such as the
-    /// committed log id).
-    pub(super) fn save_meta(&self, key: &'static [u8], value: Vec<u8>) -> io::Result<()> {
-        self.tx.send(Job::Meta(key, value)).map_err(|_| stopped())
     }
 
     /// Runs `f` on the writer thread once every write queued before it is in fjall.
@@ -86,13 +74,7 @@ impl LogWriter {
 
 /// Writes what is queued, in order; syncs once for all the appends among it and completes
 /// their callbacks. Exits when every [`LogWriter`] is dropped.
-fn write_loop(
-    db: Database,
-    meta: Keyspace,
-    path: PathBuf,
-    rx: mpsc::Receiver<Job>,
-    metrics: crate::store::metrics::WriteMetrics,
-) {
+fn write_loop(db: Database, path: PathBuf, rx: mpsc::Receiver<Job>, metrics: crate::store::metrics::WriteMetrics) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -112,12 +94,6 @@ fn write_loop(
                         });
                     }
                     waiting.push(callback);
-                }
-                Job::Meta(key, value) => {
-                    if let Err(e) = meta.insert(key, value) {
-                        let e = storage("save raft metadata", &path)(e);
-                        tracing::warn!(error = %e, "raft metadata not saved");
-                    }
                 }
                 Job::Run(f, done) => {
                     let _ = done.send(f());
