@@ -1,18 +1,18 @@
 //! The Raft log's writer thread: every write to the `raft_log` and `raft_meta` keyspaces but
-//! the vote's, in the order they were asked for, and the group sync that makes appends
-//! durable.
+//! the vote's and the committed log id's, in the order they were asked for, and the group
+//! sync that makes appends durable.
 //!
 //! fjall's journal has one lock, and its sync holds it for the whole fdatasync. A write made on
 //! a tokio worker during another sync of the same journal waited for that sync: measured in
 //! `primary_profile` (3 voters in process, 64 clients), the log append's write took 18 µs at
-//! the median but 156 µs at p90 and 1.2 ms at p99, one worker blocked each time. So the raft
-//! tasks never write: [`LogWriter::append`] queues the write and returns; this thread writes
+//! the median but 156 µs at p90 and 1.2 ms at p99, one worker blocked each time. So the log
+//! append never writes: [`LogWriter::append`] queues the write and returns; this thread writes
 //! each queued batch in order, syncs once for every append waiting and only then completes
-//! their callbacks. Other writes ([`LogWriter::run`]: the committed log id, removals) are
-//! queued the same way and awaited, so nothing removed is written back by an older queued
-//! append, and
-//! [`LogWriter::barrier`] waits until every earlier write is in fjall (a reader of the
-//! keyspaces rather than the store's cache calls it first).
+//! their callbacks. Removals ([`LogWriter::run`]) are queued the same way and awaited, so
+//! nothing removed is written back by an older queued append, and [`LogWriter::barrier`] waits
+//! until every earlier write is in fjall (a reader of the keyspaces rather than the store's
+//! cache calls it first). The committed log id is written by the store itself: it must be in
+//! the OS before openraft applies what it commits (see `save_committed`).
 
 use std::io;
 use std::path::PathBuf;
