@@ -1,8 +1,7 @@
 //! Where one write's commit latency goes (not a criterion bench): the same 3-voter in-process
 //! cluster as `benches/primary.rs`, one client writing one event at a time, and for each write
 //! the time between the spans the library already emits — `submit`, `propose_batch`, the Raft
-//! log store's `append` and its writer's `raft_log_sync` on every node, the state machine's
-//! `apply` —
+//! log store's `append` and `raft_log_sync` on every node, the state machine's `apply` —
 //! split into the stages of the commit path, each marked as our code, openraft's or an fsync.
 //! Prints the median of every stage. The harness records spans only (a tracing layer on
 //! these five span names), so what it measures is the product's own path.
@@ -51,7 +50,7 @@ const SPANS: [(&str, &str); 5] = [
     ("mycnet_spores::node::writes", "submit"),
     ("mycnet_spores::raft::proposer", "propose_batch"),
     ("mycnet_spores::raft::log_store", "append"),
-    ("mycnet_spores::raft::log_writer", "raft_log_sync"),
+    ("mycnet_spores::raft::log_store", "raft_log_sync"),
     ("mycnet_spores::raft::state_machine", "apply"),
 ];
 
@@ -127,12 +126,12 @@ enum Owner {
 const STAGES: [(&str, Owner); 12] = [
     ("submit -> batch proposed (queue, proposer task)", Owner::Ours),
     ("proposed -> leader log append (openraft core)", Owner::Openraft),
-    ("leader log append (encode, queue the write, pre-verify spawn)", Owner::Ours),
-    ("  leader: appended -> its sync starts (writer wake, fjall write)", Owner::Ours),
+    ("leader log append (encode, fjall write, pre-verify spawn)", Owner::Ours),
+    ("  leader: appended -> its sync starts (flusher wake)", Owner::Ours),
     ("  leader: fsync", Owner::Fsync),
     ("  follower: leader appended -> follower append (core, replication, transport)", Owner::Openraft),
     ("  follower: log append", Owner::Ours),
-    ("  follower: appended -> its sync starts (writer wake, fjall write)", Owner::Ours),
+    ("  follower: appended -> its sync starts (flusher wake)", Owner::Ours),
     ("  follower: fsync", Owner::Fsync),
     ("quorum synced -> leader apply (responses, commit)", Owner::Openraft),
     ("leader apply (verdicts, chain, projection, ledger write)", Owner::Ours),

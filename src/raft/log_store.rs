@@ -7,13 +7,11 @@
 //!
 //! **Durability contract:** `save_vote` returns after the vote is synced. `append` makes the
 //! entries readable before it returns and calls the flush callback (`IOFlushed`) only after
-//! they are synced: the writer thread (`log_writer.rs`) writes the queued entries in
-//! order, syncs the journal once for all the appends waiting (group fsync) and then completes
-//! their callbacks. openraft 0.10 hands appended entries to replication without waiting for
-//! that callback, so the leader's sync overlaps the followers' (0.9 waited for it: two syncs in
-//! series per write); an entry counts toward the commit quorum on a node only once its sync is
-//! reported. Until the writer has written them, appended entries are read from the store's
-//! cache of the newest entries; a read the cache cannot answer first waits for the writer.
+//! they are synced: a dedicated flusher thread takes the callbacks in order, syncs the journal
+//! once for all that are waiting (group fsync) and then completes them. openraft 0.10 hands
+//! appended entries to replication without waiting for that callback, so the leader's sync
+//! overlaps the followers' (0.9 waited for it: two syncs in series per write); an entry counts
+//! toward the commit quorum on a node only once its sync is reported.
 //! Truncation (`truncate_after`) and purge are batches of removes (fjall has no range delete).
 
 use std::collections::VecDeque;
@@ -27,7 +25,6 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader};
 
-use super::log_writer::LogWriter;
 use super::{Entry, LogId, SporeRequest, TypeConfig, Vote};
 use crate::store::ledger::storage;
 use crate::store::verified::PreVerified;
@@ -43,8 +40,7 @@ pub struct FjallLogStore {
     db: Database,
     log: Keyspace,
     meta: Keyspace,
-    /// Every write but the vote's, in order, and the group sync of appends.
-    writer: LogWriter,
+    flusher: std::sync::mpsc::Sender<IOFlushed<TypeConfig>>,
     /// Verifies the signatures of appended events ahead of their apply, while the log syncs.
     pre_verified: PreVerified,
     /// The newest entries, decoded, so apply and replication do not decode what was just
@@ -117,6 +113,34 @@ impl Recent {
     }
 }
 
+/// Syncs the journal for every waiting callback, in order; exits when the store is dropped.
+fn run_flusher(
+    db: Database,
+    path: PathBuf,
+    rx: std::sync::mpsc::Receiver<IOFlushed<TypeConfig>>,
+    metrics: crate::store::metrics::WriteMetrics,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let started = std::time::Instant::now();
+        let r = tracing::debug_span!("raft_log_sync", path = %path.display(), callbacks = waiting.len())
+            .in_scope(|| db.persist(PersistMode::SyncData))
+            .map_err(storage("sync the raft log", &path));
+        metrics.raft_log_sync(started.elapsed());
+        tracing::trace!(callbacks = waiting.len(), ok = r.is_ok(), "raft log group sync");
+        // Newest first: openraft keeps the newest flushed id in a watch and ignores an older
+        // one, so a group makes one change, not one per callback. Its forwarder task meets a
+        // second change within a microsecond of the first with a 1 µs sleep, which tokio's
+        // millisecond timer turns into up to a millisecond with no flush reported.
+        for cb in waiting.into_iter().rev() {
+            cb.io_completed(r.as_ref().map(|_| ()).map_err(super::io_err));
+        }
+    }
+}
+
 fn read_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("reading the raft log: {e}"))
 }
@@ -137,8 +161,13 @@ impl FjallLogStore {
     ) -> Result<Self, fjall::Error> {
         let log = db.keyspace("raft_log", crate::store::ledger::busy_keyspace)?;
         let meta = db.keyspace("raft_meta", KeyspaceCreateOptions::default)?;
-        let writer = LogWriter::spawn(db.clone(), path.clone(), metrics)?;
-        Ok(FjallLogStore { path, db, log, meta, writer, pre_verified, recent: Recent::default() })
+        let (flusher, rx) = std::sync::mpsc::channel();
+        let (flush_db, flush_path) = (db.clone(), path.clone());
+        std::thread::Builder::new()
+            .name("spores-raft-flush".into())
+            .spawn(move || run_flusher(flush_db, flush_path, rx, metrics))
+            .map_err(|e| fjall::Error::from(std::io::Error::other(e.to_string())))?;
+        Ok(FjallLogStore { path, db, log, meta, flusher, pre_verified, recent: Recent::default() })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {
@@ -203,9 +232,6 @@ impl RaftLogReader<TypeConfig> for FjallLogStore {
         if let Some(entries) = self.recent.get(start, end) {
             return Ok(entries);
         }
-        // Older than the cache: what was appended before this read is in fjall once the
-        // writer has written what was queued before it.
-        self.writer.barrier().await?;
         let mut out = Vec::new();
         for guard in self.log.range(start.to_be_bytes()..) {
             let (k, v) = guard.into_inner().map_err(read_err)?;
@@ -227,7 +253,6 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        self.writer.barrier().await?;
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
         let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
@@ -247,15 +272,7 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not synced: openraft treats it as a hint that may lag. But it is written (into the
-        // OS, so a killed process keeps it) before this returns, and so before openraft
-        // applies and acknowledges what it commits: a restarted node then re-applies its log
-        // up to the hint as it starts, and answers with every write it acknowledged. Queued
-        // on the writer thread and not awaited, the hint lagged the acknowledgements (a node
-        // killed and restarted led its one-voter network for a while without its last
-        // acknowledged writes: `kill::kill_9_of_a_node_loses_no_acknowledged_write` under
-        // load); awaited there, each commit waited for a hop to that thread and back (the
-        // 1-client median ~50 µs slower). Written here, it waits only for a sync in progress.
+        // Not synced: openraft treats it as a hint that may lag.
         let bytes = postcard::to_stdvec(&committed).map_err(write_err)?;
         self.meta.insert(KEY_COMMITTED, bytes).map_err(self.fjall_write("save the committed log id"))
     }
@@ -285,16 +302,15 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
             }
             appended.push(entry);
         }
-        // Readable from the cache at once; the writer writes and syncs the batch and only then
-        // calls back.
+        // Readable once committed; the flusher makes it durable and only then calls back.
+        batch.commit().map_err(self.fjall_write("append to the raft log"))?;
         tracing::trace!(entries = appended.len(), "raft log appended");
         self.recent.appended(appended);
-        self.writer.append(batch, callback)?;
+        self.flusher.send(callback).map_err(|_| write_err("raft log flusher stopped"))?;
         // Apply needs these signatures checked once the entries commit: check them on the
-        // thread pool while the writer writes and syncs. The write is queued first: every
-        // write waits for its sync, and waking the pool first delays the writer's wake-up (one
-        // write's commit ~5 % slower over 13 alternated `latency_breakdown` runs, measured
-        // when this thread wrote and the flusher only synced; the 64-client rate did not
+        // thread pool while the flusher syncs. The sync is started first: every write waits
+        // for it, and waking the pool first delays the flusher's wake-up (one write's commit
+        // ~5 % slower over 13 alternated `latency_breakdown` runs; the 64-client rate did not
         // move). The entries cannot be applied before this call returns.
         for events in to_verify {
             self.pre_verified.spawn_verify(events);
@@ -307,18 +323,18 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
         let from = last_log_id.map_or(0, |l| l.index + 1);
         self.recent.truncated(from);
         let this = self.clone();
-        self.writer.run(move || this.remove_range(from, None, true)).await
+        tokio::task::spawn_blocking(move || this.remove_range(from, None, true)).await.map_err(write_err)?
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(path = %self.path.display()))]
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.recent.purged(log_id.index);
         let this = self.clone();
-        self.writer
-            .run(move || {
-                this.put_meta_durable(KEY_PURGED, &log_id)?;
-                this.remove_range(0, Some(log_id.index), false)
-            })
-            .await
+        tokio::task::spawn_blocking(move || {
+            this.put_meta_durable(KEY_PURGED, &log_id)?;
+            this.remove_range(0, Some(log_id.index), false)
+        })
+        .await
+        .map_err(write_err)?
     }
 }

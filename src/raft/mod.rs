@@ -24,7 +24,6 @@ use crate::wire::rpc::{PeerNode, RaftMessages};
 pub mod error;
 pub mod inbound;
 pub mod log_store;
-mod log_writer;
 pub mod proposer;
 pub mod responder;
 pub(crate) mod runtime;
@@ -159,6 +158,10 @@ pub type Raft = openraft::Raft<TypeConfig, state_machine::LedgerStateMachine>;
 pub fn millis_since_quorum_ack(m: &RaftMetrics) -> Option<u64> {
     use openraft::Instant;
     m.last_quorum_acked.as_ref().map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn io_err(e: impl fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
 /// Opens the Raft log store and the ledger state machine on one fjall database.
