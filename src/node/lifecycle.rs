@@ -259,6 +259,8 @@ impl SporeSystem {
     ///
     /// A node running its own QUIC endpoint admits `via` and the Raft members `via` reports
     /// (best effort) before it asks: the leader must reach it before its registry knows anyone.
+    /// Returns once the membership change is committed and this node holds the network's
+    /// genesis (it can then write at once).
     pub async fn join(&self, via: PeerNode, as_voter: bool) -> Result<(), Error> {
         self.check_addresses([via.addr.as_str()])?;
         self.start().await?;
@@ -272,7 +274,26 @@ impl SporeSystem {
         }
         let me = r.me.clone();
         drop(r);
-        self.membership_rpc(Some(via), || RpcRequest::AddMember { node: me.clone(), voter: as_voter }).await
+        self.membership_rpc(Some(via), || RpcRequest::AddMember { node: me.clone(), voter: as_voter }).await?;
+        self.await_network().await
+    }
+
+    /// Waits until this node's ledger holds the network's genesis, so that it can sign
+    /// events. A new member applies what the leader committed only once the leader's next
+    /// append tells it the commit index: without the wait, a write right after
+    /// [`SporeSystem::join`] could find the node not yet part of any network
+    /// ([`Error::NotInitialized`], which is also the answer after six write timeouts).
+    async fn await_network(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + self.running()?.timeouts.write * 6;
+        loop {
+            if self.with_projection(|p| p.fingerprint().is_some())? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NotInitialized);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Adds another node to the Raft membership (learner, then voter if asked). Runs on the
