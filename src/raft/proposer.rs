@@ -2,8 +2,9 @@
 //!
 //! openraft appends (and syncs) once per `client_write`, so one entry per event would cap
 //! throughput at the fsync rate. The proposer drains every event waiting in its queue into a
-//! [`SporeRequest::Batch`], keeps at most `batches_in_flight` of them in Raft, and answers each writer with its own
-//! event's outcome. Local writes and writes forwarded by followers share it.
+//! [`SporeRequest::Batch`], keeps at most `batches_in_flight` of them in Raft, and answers
+//! each writer with its own event's outcome. Local writes and writes forwarded by followers
+//! share it.
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{ClientWriteResponse, ClientWriteResult};
@@ -60,8 +61,8 @@ pub const APPEND_ENTRIES_BYTES_MAX: usize =
 /// openraft rounds and the task wake-ups between them), and when each writer waits for its
 /// answer, N batches in flight split the waiting writes into N entries. On two cores
 /// with three voters in process, one batch beat two at every concurrency measured (8, 16
-/// and 64 writers, in process and over QUIC on loopback; 64 writers: 0.46 → 0.55–0.57 of
-/// the `primary` bench's limit). Under openraft 0.9, whose core synced each append before it
+/// and 64 writers, in process and over QUIC on loopback; 64 writers: 0.44–0.47 → 0.51–0.57
+/// of the `primary` bench's limit). Under openraft 0.9, whose core synced each append before it
 /// looked at replication again, two had beaten one and four. Over a WAN the round trip
 /// dominates instead, and a write that waits for a free slot waits a whole commit: see
 /// [`BATCHES_IN_FLIGHT_WAN`].
