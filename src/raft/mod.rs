@@ -21,6 +21,7 @@ use crate::core::projection::Rejection;
 use crate::core::types::NodeId;
 use crate::wire::rpc::{PeerNode, RaftMessages};
 
+mod apply;
 pub mod error;
 pub mod inbound;
 pub mod log_store;

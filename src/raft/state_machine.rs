@@ -24,23 +24,23 @@ use std::sync::Arc;
 
 use futures_util::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use openraft::{OptionalSend, RaftSnapshotBuilder};
 use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use serde::{Deserialize, Serialize};
 
+use super::apply::{
+    apply_entries, events_of, placement, read_applied, sm_read, sm_write, Placement, META_APPLIED, META_MEMBERSHIP,
+};
 use super::snapshot_file::SnapshotFile;
-use super::{Entry, LogId, SnapshotData, SnapshotMeta, SporeRequest, SporeResponse, StoredMembership, TypeConfig};
-use crate::core::event::{ChainedEvent, SignedEvent};
+use super::{Entry, LogId, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::core::event::ChainedEvent;
 use crate::core::keys::{NodeKey, VerifierCache};
-use crate::core::projection::{ProjectionState, Rejection};
-use crate::core::provisional::ProvisionalEvent;
+use crate::core::projection::ProjectionState;
 use crate::core::sync;
 use crate::core::types::ChainHash;
 use crate::store::ledger::{Ledger, LedgerLock};
-use crate::store::verified::{PreVerified, VerifiedEvents};
+use crate::store::verified::PreVerified;
 
-const META_APPLIED: &[u8] = b"raft_applied";
-const META_MEMBERSHIP: &[u8] = b"raft_membership";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SPORESNP";
 const SNAPSHOT_VERSION: u8 = 2;
 /// Largest snapshot header accepted.
@@ -74,12 +74,6 @@ pub struct LedgerStateMachine {
     path: Arc<std::path::Path>,
 }
 
-fn sm_read(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(format!("reading the ledger state machine: {e}"))
-}
-fn sm_write(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(format!("writing the ledger state machine: {e}"))
-}
 fn snap_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("installing a snapshot: {e}"))
 }
@@ -121,18 +115,6 @@ impl LedgerStateMachine {
     /// The shared ledger.
     pub fn ledger(&self) -> &SharedLedger {
         &self.ledger
-    }
-
-    fn read_applied(ledger: &Ledger) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let applied = match ledger.meta_get(META_APPLIED).map_err(sm_read)? {
-            Some(b) => postcard::from_bytes::<Option<LogId>>(&b).map_err(sm_read)?,
-            None => None,
-        };
-        let membership = match ledger.meta_get(META_MEMBERSHIP).map_err(sm_read)? {
-            Some(b) => postcard::from_bytes(&b).map_err(sm_read)?,
-            None => StoredMembership::default(),
-        };
-        Ok((applied, membership))
     }
 
     /// Encodes the ledger up to its head as a snapshot: Raft metadata plus a seed signed by
@@ -243,104 +225,12 @@ impl LedgerStateMachine {
             let l = ledger.read_ledger().map_err(sm_write)?;
             // Everything applied so far becomes durable before openraft may purge the log.
             l.sync().map_err(sm_write)?;
-            let (applied, membership) = Self::read_applied(&l)?;
+            let (applied, membership) = read_applied(&l)?;
             let data = Self::encode_snapshot(&l, key, applied, membership.clone())?;
             (SnapshotMeta { last_log_id: applied, last_membership: membership }, data)
         };
         current.store(&meta, &data)?;
         Ok((meta, data))
-    }
-}
-
-/// Ledger meta entries, as (key, value) pairs.
-type MetaEntries = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// The ledger meta that marks `last` applied with `membership`.
-fn applied_meta(last: Option<LogId>, membership: &StoredMembership) -> Result<MetaEntries, io::Error> {
-    Ok(vec![
-        (META_APPLIED.to_vec(), postcard::to_stdvec(&last).map_err(sm_write)?),
-        (META_MEMBERSHIP.to_vec(), postcard::to_stdvec(&membership).map_err(sm_write)?),
-    ])
-}
-
-/// Appends the pending `events` (in ledger-sized chunks, `meta` written with the last) and
-/// fills each one's response slot. The events stay where they are, in the entries' batches:
-/// they are read, never copied.
-#[allow(clippy::too_many_arguments)]
-fn flush(
-    l: &mut Ledger,
-    cache: &mut VerifierCache,
-    pre_verified: &PreVerified,
-    events: &mut Vec<&SignedEvent>,
-    slots: &mut Vec<(usize, Option<usize>)>,
-    responses: &mut [SporeResponse],
-    meta: Vec<(Vec<u8>, Vec<u8>)>,
-) -> Result<(), io::Error> {
-    let events = std::mem::take(events);
-    let mut chunks: Vec<&[&SignedEvent]> = events.chunks(crate::core::limits::APPEND_BATCH_MAX).collect();
-    if chunks.is_empty() {
-        chunks.push(&[]);
-    }
-    let n = chunks.len();
-    let mut outcomes = Vec::with_capacity(events.len());
-    let mut meta = Some(meta);
-    for (k, chunk) in chunks.into_iter().enumerate() {
-        let m = if k + 1 == n { meta.take().unwrap_or_default() } else { Vec::new() };
-        // Signatures the log store already verified (for exactly these events) are not
-        // verified again; the rest are, here.
-        let (verified, _) = VerifiedEvents::verify_with(chunk.to_vec(), cache, pre_verified);
-        outcomes.extend(l.append_verified_points(verified, m).map_err(sm_write)?);
-    }
-    for ((slot, pos), outcome) in std::mem::take(slots).into_iter().zip(outcomes) {
-        let answer = match outcome {
-            Ok(point) => SporeResponse::Applied(point),
-            Err(r) => SporeResponse::Rejected(r),
-        };
-        match (pos, &mut responses[slot]) {
-            (Some(k), SporeResponse::Batch(v)) => v[k] = answer,
-            (_, r) => *r = answer,
-        }
-    }
-    Ok(())
-}
-
-/// Most events an apply runs on the state machine's task rather than on a blocking thread.
-const INLINE_EVENTS_MAX: usize = 8;
-
-/// Whether `entries` are small enough to apply on the state machine's own task: a few events
-/// whose signatures the log store verified already cost less than the hop to a blocking thread
-/// and back (one write's commit latency waits on it). Provisional events read the chain and
-/// go to a blocking thread.
-fn applies_inline(entries: &[Entry]) -> bool {
-    let mut events = 0usize;
-    for e in entries {
-        match &e.payload {
-            EntryPayload::Blank | EntryPayload::Membership(_) => {}
-            EntryPayload::Normal(SporeRequest::Event(_)) => events += 1,
-            EntryPayload::Normal(SporeRequest::Batch(b)) => events += b.len(),
-            EntryPayload::Normal(SporeRequest::Provisional(_)) => return false,
-        }
-        if events > INLINE_EVENTS_MAX {
-            return false;
-        }
-    }
-    true
-}
-
-/// The state machine's check of a provisional event: its author's statement verifies and the
-/// chain after the statement's point does not hold the event already. Deterministic: every
-/// replica reads the same chain here.
-fn check_provisional(l: &Ledger, p: &ProvisionalEvent) -> Result<(), Rejection> {
-    p.verify_statement().map_err(|e| Rejection::ProvisionalRefused(e.to_string().into()))?;
-    let head = l.head().map(|h| h.seq);
-    let Some((from, to)) = p.scan_range(head).map_err(|e| Rejection::ProvisionalRefused(e.to_string().into()))? else {
-        return Ok(());
-    };
-    // A ledger that cannot read its own committed range refuses rather than guesses.
-    match crate::store::provisional::find_committed(l, p, from, to) {
-        Ok(None) => Ok(()),
-        Ok(Some(point)) => Err(Rejection::ProvisionalDuplicate(point)),
-        Err(e) => Err(Rejection::ProvisionalRefused(format!("cannot read the chain to check: {e}").into())),
     }
 }
 
@@ -350,7 +240,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let l = self.ledger.read_ledger().map_err(sm_write)?;
-        Self::read_applied(&l)
+        read_applied(&l)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(path = %self.path.display()))]
@@ -359,90 +249,31 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let (entries, responders): (Vec<Entry>, Vec<_>) = entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
-        let inline = applies_inline(&entries);
-        let ledger = self.ledger.clone();
-        let pre_verified = self.pre_verified.clone();
-        let cache = self.cache.clone();
-        let work = move || {
-            let mut l = ledger.write_ledger().map_err(sm_write)?;
-            let (applied, mut membership) = Self::read_applied(&l)?;
-            // A node restored from a seed served it while joining; Raft now brings the whole
-            // history from the start of its log, so the import goes first: nothing twice.
-            if applied.is_none() && l.is_imported().map_err(sm_read)? {
-                tracing::info!(head = ?l.head().map(|h| h.seq), "Raft replays from the start; discarding the seed import it supersedes");
-                l.reset().map_err(sm_write)?;
-            }
-            // The last entry whose effects are wholly in the ledger.
-            let mut last = applied;
-            let mut events: Vec<&SignedEvent> = Vec::new();
-            // Which response slot (entry, position in its batch) each event fills.
-            let mut slots: Vec<(usize, Option<usize>)> = Vec::new();
-            let mut responses = Vec::with_capacity(entries.len());
-            let mut cache = sync::lock(&cache);
-            for (i, entry) in entries.iter().enumerate() {
-                match &entry.payload {
-                    EntryPayload::Blank => responses.push(SporeResponse::None),
-                    EntryPayload::Membership(m) => {
-                        membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                        responses.push(SporeResponse::None);
-                    }
-                    EntryPayload::Normal(SporeRequest::Event(ev)) => {
-                        if events.len() + 1 > crate::core::limits::APPEND_BATCH_MAX {
-                            let before = applied_meta(last, &membership)?;
-                            flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, before)?;
-                        }
-                        events.push(ev);
-                        slots.push((i, None));
-                        responses.push(SporeResponse::None);
-                    }
-                    EntryPayload::Normal(SporeRequest::Batch(batch)) => {
-                        // Ledger batches end at entry boundaries, each written with the applied
-                        // mark of its last whole entry: a crash between two of them re-applies
-                        // only entries whose events are not stored yet.
-                        if !events.is_empty() && events.len() + batch.len() > crate::core::limits::APPEND_BATCH_MAX {
-                            let before = applied_meta(last, &membership)?;
-                            flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, before)?;
-                        }
-                        responses.push(SporeResponse::Batch(vec![SporeResponse::None; batch.len()]));
-                        for (k, ev) in batch.iter().enumerate() {
-                            events.push(ev);
-                            slots.push((i, Some(k)));
-                        }
-                    }
-                    EntryPayload::Normal(SporeRequest::Provisional(p)) => {
-                        responses.push(SporeResponse::None);
-                        let author = p.event.author;
-                        // The duplicate check reads the chain as it stands before this entry:
-                        // what came before it is stored first (with the applied mark of the
-                        // entry before it, so a crash in between re-applies nothing twice).
-                        let before = applied_meta(last, &membership)?;
-                        flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, before)?;
-                        let answer = match check_provisional(&l, p) {
-                            Err(rejection) => SporeResponse::Rejected(rejection),
-                            Ok(()) => {
-                                let meta = applied_meta(Some(entry.log_id), &membership)?;
-                                let (verified, _) =
-                                    VerifiedEvents::verify_with(vec![&p.event], &mut cache, &pre_verified);
-                                match l.append_verified_points(verified, meta).map_err(sm_write)?.pop() {
-                                    Some(Ok(point)) => SporeResponse::Applied(point),
-                                    Some(Err(r)) => SporeResponse::Rejected(r),
-                                    None => SporeResponse::None,
-                                }
-                            }
-                        };
-                        if let SporeResponse::Rejected(r) = &answer {
-                            tracing::info!(author = %author.short(), reason = %r, "provisional event not applied");
-                        }
-                        responses[i] = answer;
-                    }
+        // On this task when the apply cannot block it (see `apply::placement`), else on a
+        // blocking thread. The guard is dropped before anything is awaited.
+        let here = {
+            let guard = match placement(&entries) {
+                Placement::Inline => Some(self.ledger.write_ledger().map_err(sm_write)?),
+                Placement::InlineIfSettled if self.pre_verified.settled(events_of(&entries)) => {
+                    self.ledger.try_write_ledger().map_err(sm_write)?
                 }
-                last = Some(entry.log_id);
-            }
-            let meta = applied_meta(last, &membership)?;
-            flush(&mut l, &mut cache, &pre_verified, &mut events, &mut slots, &mut responses, meta)?;
-            Ok::<_, io::Error>(responses)
+                _ => None,
+            };
+            guard.map(|mut l| apply_entries(&mut l, &entries, &mut sync::lock(&self.cache), &self.pre_verified))
         };
-        let responses = if inline { work() } else { tokio::task::spawn_blocking(work).await.map_err(sm_write)? }?;
+        let responses = match here {
+            Some(responses) => responses?,
+            None => {
+                let (ledger, pre_verified, cache) =
+                    (self.ledger.clone(), self.pre_verified.clone(), self.cache.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut l = ledger.write_ledger().map_err(sm_write)?;
+                    apply_entries(&mut l, &entries, &mut sync::lock(&cache), &pre_verified)
+                })
+                .await
+                .map_err(sm_write)??
+            }
+        };
         self.publish_head();
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {

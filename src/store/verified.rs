@@ -199,6 +199,13 @@ impl PreVerified {
         }
     }
 
+    /// Whether none of `events` is being verified now (so [`VerifiedEvents::verify_with`]
+    /// would not wait for the pool). Does not wait.
+    pub fn settled<'a>(&self, mut events: impl Iterator<Item = &'a SignedEvent>) -> bool {
+        let Ok(g) = self.inner.0.lock() else { return false };
+        !events.any(|e| matches!(g.map.get(&e.signature), Some(Pre::Pending)))
+    }
+
     /// Whether `signature` was verified for the event encoded as `canonical` (consuming the
     /// entry). Does not wait.
     fn take(&self, signature: &SignatureBytes, canonical: &[u8]) -> bool {
@@ -371,6 +378,25 @@ mod tests {
         let (_, bad) =
             VerifiedEvents::verify_with(vec![evs[0].clone(), evs[1].clone()], &mut VerifierCache::default(), &known);
         assert!(bad.is_empty());
+    }
+
+    /// `settled` is false while a signature of the events is being verified, true once it is
+    /// (or was never asked for): what lets an apply run without waiting for the pool.
+    #[test]
+    fn settled_says_whether_a_verification_is_running() {
+        let known = PreVerified::default();
+        let evs = events(3);
+        assert!(known.settled(evs.iter()), "nothing asked: nothing to wait for");
+        if let Ok(mut g) = known.inner.0.lock() {
+            g.map.insert(evs[1].signature, Pre::Pending);
+        }
+        assert!(!known.settled(evs.iter()));
+        assert!(known.settled(evs[..1].iter()), "the pending one is not among these");
+        known.spawn_verify(std::sync::Arc::new(evs.clone()));
+        known.wait_settled(&evs);
+        assert!(known.settled(evs.iter()));
+        let (v, bad) = VerifiedEvents::verify_with(evs, &mut VerifierCache::default(), &known);
+        assert!(bad.is_empty() && v.all_verified());
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub trait LedgerLock {
     /// The exclusive write guard, or [`LedgerError::LockPoisoned`]. Releasing it publishes
     /// the ledger's projection to its [`ProjectionView`](super::ProjectionView).
     fn write_ledger(&self) -> Result<LedgerWriteGuard<'_>, LedgerError>;
+    /// The write guard if nobody holds the lock now (`None` if somebody does), or
+    /// [`LedgerError::LockPoisoned`]. Never waits.
+    fn try_write_ledger(&self) -> Result<Option<LedgerWriteGuard<'_>>, LedgerError>;
 }
 
 /// The ledger's write guard: releasing it publishes the projection (before the lock is
@@ -66,6 +69,16 @@ impl LedgerLock for RwLock<Ledger> {
             .map(LedgerWriteGuard)
             .map_err(|p| LedgerError::LockPoisoned { path: p.get_ref().path().to_path_buf() })
     }
+
+    fn try_write_ledger(&self) -> Result<Option<LedgerWriteGuard<'_>>, LedgerError> {
+        match self.try_write() {
+            Ok(g) => Ok(Some(LedgerWriteGuard(g))),
+            Err(std::sync::TryLockError::WouldBlock) => Ok(None),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                Err(LedgerError::LockPoisoned { path: p.get_ref().path().to_path_buf() })
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -92,5 +105,21 @@ mod tests {
             other => panic!("expected LockPoisoned, got {:?}", other.map(|_| ())),
         }
         assert!(matches!(shared.write_ledger(), Err(LedgerError::LockPoisoned { .. })));
+        assert!(matches!(shared.try_write_ledger(), Err(LedgerError::LockPoisoned { .. })));
+    }
+
+    /// `try_write_ledger` never waits: no guard while a reader holds the ledger, the guard
+    /// once it is free.
+    #[test]
+    fn try_write_ledger_gives_no_guard_while_the_ledger_is_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = Ledger::open(dir.path(), LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("open");
+        let shared: SharedLedger = Arc::new(RwLock::new(l));
+        let reader = shared.read_ledger().expect("read");
+        assert!(shared.try_write_ledger().expect("not poisoned").is_none());
+        drop(reader);
+        let writer = shared.try_write_ledger().expect("not poisoned");
+        assert!(writer.is_some());
+        assert!(shared.try_write_ledger().expect("not poisoned").is_none(), "a writer holds it");
     }
 }
