@@ -46,6 +46,26 @@ pub struct FjallLogStore {
     /// The newest entries, decoded, so apply and replication do not decode what was just
     /// appended.
     recent: Recent,
+    /// Set while the flusher syncs the journal (see [`JournalSyncing`]).
+    syncing: JournalSyncing,
+}
+
+/// Whether the flusher is syncing the node's fjall journal now. fjall holds the journal's lock
+/// through the sync, so every write to the database (a Raft log append, a ledger apply) waits
+/// for it: the state machine reads this to keep such a wait off the runtime's threads.
+/// Cheap to clone (one shared flag).
+#[derive(Clone, Debug, Default)]
+pub struct JournalSyncing(Arc<std::sync::atomic::AtomicBool>);
+
+impl JournalSyncing {
+    /// Whether a sync is running now.
+    pub fn now(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// A cache of the newest log entries: always a contiguous suffix `first..=last` of the log (or
@@ -119,6 +139,7 @@ fn run_flusher(
     path: PathBuf,
     rx: std::sync::mpsc::Receiver<IOFlushed<TypeConfig>>,
     metrics: crate::store::metrics::WriteMetrics,
+    syncing: JournalSyncing,
 ) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
@@ -126,9 +147,11 @@ fn run_flusher(
             waiting.push(more);
         }
         let started = std::time::Instant::now();
+        syncing.set(true);
         let r = tracing::debug_span!("raft_log_sync", path = %path.display(), callbacks = waiting.len())
             .in_scope(|| db.persist(PersistMode::SyncData))
             .map_err(storage("sync the raft log", &path));
+        syncing.set(false);
         metrics.raft_log_sync(started.elapsed());
         tracing::trace!(callbacks = waiting.len(), ok = r.is_ok(), "raft log group sync");
         // Newest first: openraft keeps the newest flushed id in a watch and ignores an older
@@ -163,11 +186,18 @@ impl FjallLogStore {
         let meta = db.keyspace("raft_meta", KeyspaceCreateOptions::default)?;
         let (flusher, rx) = std::sync::mpsc::channel();
         let (flush_db, flush_path) = (db.clone(), path.clone());
+        let syncing = JournalSyncing::default();
+        let flag = syncing.clone();
         std::thread::Builder::new()
             .name("spores-raft-flush".into())
-            .spawn(move || run_flusher(flush_db, flush_path, rx, metrics))
+            .spawn(move || run_flusher(flush_db, flush_path, rx, metrics, flag))
             .map_err(|e| fjall::Error::from(std::io::Error::other(e.to_string())))?;
-        Ok(FjallLogStore { path, db, log, meta, flusher, pre_verified, recent: Recent::default() })
+        Ok(FjallLogStore { path, db, log, meta, flusher, pre_verified, recent: Recent::default(), syncing })
+    }
+
+    /// Whether this store's flusher is syncing the journal now (shared with the state machine).
+    pub fn syncing(&self) -> JournalSyncing {
+        self.syncing.clone()
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {

@@ -177,7 +177,8 @@ pub fn open_stores(
         log_store::FjallLogStore::open(ledger.database(), path.clone(), pre_verified.clone(), ledger.write_metrics())
             .map_err(|source| crate::store::error::LedgerError::Storage { op: "open raft keyspaces", path, source })?;
     let sm =
-        state_machine::LedgerStateMachine::new(std::sync::Arc::new(std::sync::RwLock::new(ledger)), key, pre_verified);
+        state_machine::LedgerStateMachine::new(std::sync::Arc::new(std::sync::RwLock::new(ledger)), key, pre_verified)
+            .watching_syncs(log.syncing());
     Ok((log, sm))
 }
 

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::apply::{
     apply_entries, events_of, placement, read_applied, sm_read, sm_write, Placement, META_APPLIED, META_MEMBERSHIP,
 };
+use super::log_store::JournalSyncing;
 use super::snapshot_file::SnapshotFile;
 use super::{Entry, LogId, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::core::event::ChainedEvent;
@@ -70,6 +71,8 @@ pub struct LedgerStateMachine {
     /// Signatures the log store verified as entries arrived.
     pre_verified: PreVerified,
     cache: Arc<std::sync::Mutex<VerifierCache>>,
+    /// Whether the log store's flusher is syncing the journal the ledger shares with it.
+    syncing: JournalSyncing,
     /// The ledger's directory (for the spans of this state machine's operations).
     path: Arc<std::path::Path>,
 }
@@ -96,8 +99,15 @@ impl LedgerStateMachine {
             head_tx: Arc::new(tx),
             pre_verified,
             cache: Arc::new(std::sync::Mutex::new(VerifierCache::default())),
+            syncing: JournalSyncing::default(),
             path,
         }
+    }
+
+    /// Watches the log store's journal syncs (`FjallLogStore::syncing`): while one runs, an
+    /// apply's ledger write would wait for it, so applies go to a blocking thread then.
+    pub fn watching_syncs(self, syncing: JournalSyncing) -> Self {
+        LedgerStateMachine { syncing, ..self }
     }
 
     /// Follows the ledger head's sequence number as events are applied.
@@ -254,7 +264,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let here = {
             let guard = match placement(&entries) {
                 Placement::Inline => Some(self.ledger.write_ledger().map_err(sm_write)?),
-                Placement::InlineIfSettled if self.pre_verified.settled(events_of(&entries)) => {
+                Placement::InlineIfSettled if !self.syncing.now() && self.pre_verified.settled(events_of(&entries)) => {
                     self.ledger.try_write_ledger().map_err(sm_write)?
                 }
                 _ => None,
