@@ -30,86 +30,25 @@
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id};
-use tracing::Subscriber;
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::Layer;
 
 #[path = "common/alloc.rs"]
 mod alloc;
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/timeline.rs"]
+mod timeline;
+use timeline::{median_us, node_of, Closed};
 
 /// The spans the breakdown reads: (target, name).
-const SPANS: [(&str, &str); 5] = [
+static SPANS: [(&str, &str); 5] = [
     ("mycnet_spores::node::writes", "submit"),
     ("mycnet_spores::raft::proposer", "propose_batch"),
     ("mycnet_spores::raft::log_store", "append"),
     ("mycnet_spores::raft::log_store", "raft_log_sync"),
     ("mycnet_spores::raft::state_machine", "apply"),
 ];
-
-/// One closed span: its name, the data dir it ran for (if it says), first entered and closed.
-#[derive(Clone, Debug)]
-struct Closed {
-    name: &'static str,
-    path: Option<String>,
-    start: Instant,
-    end: Instant,
-}
-
-/// A span still open: its path field and when it was first entered.
-struct Open {
-    path: Option<String>,
-    start: Option<Instant>,
-}
-
-struct PathField(Option<String>);
-
-impl Visit for PathField {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "path" {
-            self.0 = Some(format!("{value:?}"));
-        }
-    }
-}
-
-/// Records every closed span of [`SPANS`].
-#[derive(Clone, Default)]
-struct Timeline(Arc<Mutex<Vec<Closed>>>);
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Timeline {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut path = PathField(None);
-        attrs.record(&mut path);
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(Open { path: path.0, start: None });
-        }
-    }
-
-    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id) {
-            if let Some(open) = span.extensions_mut().get_mut::<Open>() {
-                open.start.get_or_insert_with(Instant::now);
-            }
-        }
-    }
-
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let end = Instant::now();
-        let Some(span) = ctx.span(&id) else { return };
-        let Some(open) = span.extensions_mut().remove::<Open>() else { return };
-        let Some(start) = open.start else { return };
-        if let Ok(mut v) = self.0.lock() {
-            v.push(Closed { name: span.name(), path: open.path, start, end });
-        }
-    }
-}
 
 /// Whose time a stage is.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -141,18 +80,11 @@ const STAGES: [(&str, Owner); 12] = [
 const LEADER_BRANCH: std::ops::Range<usize> = 3..5;
 const FOLLOWER_BRANCH: std::ops::Range<usize> = 5..9;
 
-/// The node (index in `dirs`, the nodes' data dirs) a path field belongs to.
-fn node_of(path: &str, dirs: &[String]) -> Option<usize> {
-    dirs.iter().position(|d| path.starts_with(d.as_str()))
-}
-
 /// The first span named `name` of `node` that starts at or after `after`.
 fn first<'a>(spans: &'a [Closed], name: &str, node: usize, after: Instant, dirs: &[String]) -> Option<&'a Closed> {
     spans
         .iter()
-        .filter(|s| {
-            s.name == name && s.start >= after && s.path.as_deref().and_then(|p| node_of(p, dirs)) == Some(node)
-        })
+        .filter(|s| s.name == name && s.start >= after && node_of(s, dirs) == Some(node))
         .min_by_key(|s| s.start)
 }
 
@@ -174,7 +106,14 @@ fn stages(spans: &[Closed], dirs: &[String]) -> Option<Write> {
     let synced: Vec<(&Closed, &Closed)> = (0..dirs.len())
         .map(|n| {
             let a = first(spans, "append", n, propose.start, dirs)?;
-            let s = first(spans, "raft_log_sync", n, a.end, dirs)?;
+            // The sync that makes it durable: the flusher is woken inside the append, so its
+            // sync may start before the append's span closes; it ends after it.
+            let s = spans
+                .iter()
+                .filter(|s| {
+                    s.name == "raft_log_sync" && s.start >= a.start && s.end >= a.end && node_of(s, dirs) == Some(n)
+                })
+                .min_by_key(|s| s.start)?;
             Some((a, s))
         })
         .collect::<Option<_>>()?;
@@ -208,18 +147,10 @@ fn stages(spans: &[Closed], dirs: &[String]) -> Option<Write> {
     })
 }
 
-fn median_us(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn main() {
     let writes: usize =
         std::env::var("SPORES_BREAKDOWN_WRITES").ok().and_then(|v| v.parse().ok()).unwrap_or(500).max(1);
-    let timeline = Timeline::default();
-    let only = tracing_subscriber::filter::filter_fn(|m| m.is_span() && SPANS.contains(&(m.target(), m.name())));
-    let subscriber = tracing_subscriber::registry().with(timeline.clone().with_filter(only));
-    tracing::subscriber::set_global_default(subscriber).expect("no other subscriber in this harness");
+    let timeline = timeline::install(&SPANS);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -269,14 +200,12 @@ fn main() {
     let gap: u64 = std::env::var("SPORES_BREAKDOWN_GAP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     for _ in 0..writes {
         std::thread::sleep(Duration::from_millis(gap));
-        if let Ok(mut v) = timeline.0.lock() {
-            v.clear();
-        }
+        timeline.clear();
         // Signing included, as in the 1-client figure of `benches/primary.rs`.
         let t = Instant::now();
         write(&systems[0]).expect("write");
         totals.push(t.elapsed().as_secs_f64() * 1e6);
-        let spans = timeline.0.lock().map(|v| v.clone()).unwrap_or_default();
+        let spans = timeline.spans();
         let Some(w) = stages(&spans, &dirs) else {
             incomplete += 1;
             continue;
