@@ -43,7 +43,8 @@ pub(super) fn read_applied(ledger: &Ledger) -> Result<(Option<LogId>, StoredMemb
 /// it), even if their signatures are still being checked.
 const INLINE_EVENTS_MAX: usize = 8;
 /// Most events an apply runs on the state machine's task when nothing can block it: every
-/// signature already checked by the log store, the ledger's lock free and no journal sync
+/// signature already checked and found valid by the log store (not merely none being checked:
+/// a node that restarted re-applies entries it never pre-verified), the ledger's lock free and no journal sync
 /// running (fjall holds the journal's lock through a sync, and the apply's ledger write would
 /// wait for it). Such an apply is CPU alone (~6 µs per event here, so under a millisecond at
 /// this size), and skipping the hop saves two thread wake-ups per apply and a thread competing
@@ -81,7 +82,7 @@ pub(super) fn placement(entries: &[Entry]) -> Placement {
     }
 }
 
-/// The events of `entries` whose signatures apply checks (for [`PreVerified::settled`]).
+/// The events of `entries` whose signatures apply checks (for [`PreVerified::all_verified`]).
 pub(super) fn events_of(entries: &[Entry]) -> impl Iterator<Item = &SignedEvent> {
     entries.iter().flat_map(|e| {
         let (one, many): (Option<&SignedEvent>, &[SignedEvent]) = match &e.payload {
@@ -282,7 +283,7 @@ mod tests {
         entry(index, EntryPayload::Normal(SporeRequest::Batch(Arc::new(events(n)))))
     }
 
-    /// A few events apply on the state machine's task; up to the settled bound, only if nothing
+    /// A few events apply on the state machine's task; up to the second bound, only if nothing
     /// can block it; more, or a provisional event (which reads the chain), on a blocking thread.
     /// The bound counts every event of every entry applied together.
     #[test]

@@ -264,7 +264,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let here = {
             let guard = match placement(&entries) {
                 Placement::Inline => Some(self.ledger.write_ledger().map_err(sm_write)?),
-                Placement::InlineIfSettled if !self.syncing.now() && self.pre_verified.settled(events_of(&entries)) => {
+                Placement::InlineIfSettled
+                    if !self.syncing.now() && self.pre_verified.all_verified(events_of(&entries)) =>
+                {
                     self.ledger.try_write_ledger().map_err(sm_write)?
                 }
                 _ => None,

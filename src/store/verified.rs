@@ -199,11 +199,11 @@ impl PreVerified {
         }
     }
 
-    /// Whether none of `events` is being verified now (so [`VerifiedEvents::verify_with`]
-    /// would not wait for the pool). Does not wait.
-    pub fn settled<'a>(&self, mut events: impl Iterator<Item = &'a SignedEvent>) -> bool {
+    /// Whether every one of `events` was verified already (so [`VerifiedEvents::verify_with`]
+    /// checks no signature itself). Does not wait.
+    pub fn all_verified<'a>(&self, mut events: impl Iterator<Item = &'a SignedEvent>) -> bool {
         let Ok(g) = self.inner.0.lock() else { return false };
-        !events.any(|e| matches!(g.map.get(&e.signature), Some(Pre::Pending)))
+        events.all(|e| matches!(g.map.get(&e.signature), Some(Pre::Verified(_))))
     }
 
     /// Whether `signature` was verified for the event encoded as `canonical` (consuming the
@@ -380,22 +380,27 @@ mod tests {
         assert!(bad.is_empty());
     }
 
-    /// `settled` is false while a signature of the events is being verified, true once it is
-    /// (or was never asked for): what lets an apply run without waiting for the pool.
+    /// `all_verified` is true only once every signature of the events was checked and found
+    /// valid here: not while one is being checked, not for one never asked for (a node that
+    /// restarted re-applies entries it did not pre-verify) and not for a forged one. What lets an
+    /// apply run on the runtime's thread without checking a signature itself.
     #[test]
-    fn settled_says_whether_a_verification_is_running() {
+    fn all_verified_only_once_every_signature_checked_out() {
         let known = PreVerified::default();
         let evs = events(3);
-        assert!(known.settled(evs.iter()), "nothing asked: nothing to wait for");
+        assert!(!known.all_verified(evs.iter()), "never asked for");
+        assert!(known.all_verified(evs[..0].iter()), "no events: nothing to check");
         if let Ok(mut g) = known.inner.0.lock() {
             g.map.insert(evs[1].signature, Pre::Pending);
         }
-        assert!(!known.settled(evs.iter()));
-        assert!(known.settled(evs[..1].iter()), "the pending one is not among these");
-        known.spawn_verify(std::sync::Arc::new(evs.clone()));
+        assert!(!known.all_verified(evs[1..2].iter()), "being checked");
+        let mut forged = evs[2].clone();
+        forged.signature.0[3] ^= 1;
+        known.spawn_verify(std::sync::Arc::new(vec![evs[0].clone(), evs[1].clone(), forged.clone()]));
         known.wait_settled(&evs);
-        assert!(known.settled(evs.iter()));
-        let (v, bad) = VerifiedEvents::verify_with(evs, &mut VerifierCache::default(), &known);
+        assert!(known.all_verified(evs[..2].iter()));
+        assert!(!known.all_verified([&evs[0], &forged].into_iter()), "a forged signature is not verified");
+        let (v, bad) = VerifiedEvents::verify_with(evs[..2].to_vec(), &mut VerifierCache::default(), &known);
         assert!(bad.is_empty() && v.all_verified());
     }
 
