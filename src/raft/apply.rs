@@ -255,22 +255,9 @@ mod tests {
     use openraft::impls::leader_id_adv::LeaderId;
 
     use super::*;
-    use crate::core::event::EventBody;
-    use crate::core::keys::NodeKey;
-    use crate::core::types::{NetworkFingerprint, Timestamp};
 
     fn events(n: usize) -> Vec<SignedEvent> {
-        let k = NodeKey::from_seed([5; 32]);
-        (0..n)
-            .map(|i| {
-                SignedEvent::sign(
-                    &k,
-                    NetworkFingerprint([1; 32]),
-                    Timestamp(i as i64),
-                    EventBody::NodeBackOnline { node: k.node_id() },
-                )
-            })
-            .collect()
+        crate::store::verified::test_events(5, n)
     }
 
     type Payload = <crate::raft::TypeConfig as openraft::RaftTypeConfig>::Payload;

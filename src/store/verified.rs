@@ -318,25 +318,30 @@ impl VerifiedEvents {
     }
 }
 
+/// `n` events signed by the test key of `seed`, timestamps 0, 1, … (for tests).
+#[cfg(test)]
+pub(crate) fn test_events(seed: u8, n: usize) -> Vec<SignedEvent> {
+    use crate::core::types::{NetworkFingerprint, Timestamp};
+    let k = crate::core::keys::NodeKey::from_seed([seed; 32]);
+    (0..n)
+        .map(|i| {
+            SignedEvent::sign(
+                &k,
+                NetworkFingerprint([1; 32]),
+                Timestamp(i as i64),
+                crate::EventBody::NodeBackOnline { node: k.node_id() },
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::keys::NodeKey;
-    use crate::core::types::{NetworkFingerprint, Timestamp};
-    use crate::EventBody;
+    use crate::core::types::Timestamp;
 
     fn events(n: usize) -> Vec<SignedEvent> {
-        let k = NodeKey::from_seed([4; 32]);
-        (0..n)
-            .map(|i| {
-                SignedEvent::sign(
-                    &k,
-                    NetworkFingerprint([1; 32]),
-                    Timestamp(i as i64),
-                    EventBody::NodeBackOnline { node: k.node_id() },
-                )
-            })
-            .collect()
+        test_events(4, n)
     }
 
     #[test]
