@@ -44,11 +44,12 @@ pub(super) fn read_applied(ledger: &Ledger) -> Result<(Option<LogId>, StoredMemb
 const INLINE_EVENTS_MAX: usize = 8;
 /// Most events an apply runs on the state machine's task when nothing can block it: every
 /// signature already checked and found valid by the log store (not merely none being checked:
-/// a node that restarted re-applies entries it never pre-verified), the ledger's lock free and no journal sync
-/// running (fjall holds the journal's lock through a sync, and the apply's ledger write would
-/// wait for it). Such an apply is CPU alone (~6 µs per event here, so under a millisecond at
-/// this size), and skipping the hop saves two thread wake-ups per apply and a thread competing
-/// for the cores (64 writers on three voters in process: `benches/README.md`, session 16).
+/// a node that restarted re-applies entries it never pre-verified), the ledger's lock free
+/// and no journal sync running (fjall holds the journal's lock through a sync, and the
+/// apply's ledger write would wait for it). Such an apply is CPU alone (~6 µs per event here,
+/// so under a millisecond at this size), and skipping the hop saves two thread wake-ups per
+/// apply and a thread competing for the cores (64 writers on three voters in process:
+/// `benches/README.md`, session 16).
 pub(super) const INLINE_SETTLED_EVENTS_MAX: usize = 128;
 
 /// Where an apply of some entries may run.
@@ -56,8 +57,8 @@ pub(super) const INLINE_SETTLED_EVENTS_MAX: usize = 128;
 pub(super) enum Placement {
     /// On the state machine's task, whatever else holds (a few events).
     Inline,
-    /// On the state machine's task if every signature is checked, the ledger's lock is free and
-    /// no journal sync runs.
+    /// On the state machine's task if every signature was checked and found valid, the
+    /// ledger's lock is free and no journal sync runs.
     InlineIfSettled,
     /// On a blocking thread.
     Blocking,
