@@ -39,7 +39,7 @@ mod alloc;
 mod cluster;
 #[path = "common/timeline.rs"]
 mod timeline;
-use timeline::{median_us, node_of, Closed};
+use timeline::{first, median_us, sync_of, Closed};
 
 /// The spans the breakdown reads: (target, name).
 static SPANS: [(&str, &str); 5] = [
@@ -80,14 +80,6 @@ const STAGES: [(&str, Owner); 12] = [
 const LEADER_BRANCH: std::ops::Range<usize> = 3..5;
 const FOLLOWER_BRANCH: std::ops::Range<usize> = 5..9;
 
-/// The first span named `name` of `node` that starts at or after `after`.
-fn first<'a>(spans: &'a [Closed], name: &str, node: usize, after: Instant, dirs: &[String]) -> Option<&'a Closed> {
-    spans
-        .iter()
-        .filter(|s| s.name == name && s.start >= after && node_of(s, dirs) == Some(node))
-        .min_by_key(|s| s.start)
-}
-
 /// One write, taken apart: the stage durations (µs), how long the leader's and the follower's
 /// fsyncs ran at the same time (µs), and whether the leader's branch ended last (then it is on
 /// the critical path).
@@ -102,18 +94,11 @@ fn stages(spans: &[Closed], dirs: &[String]) -> Option<Write> {
     let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e6;
     let submit = spans.iter().find(|s| s.name == "submit")?;
     let propose = spans.iter().find(|s| s.name == "propose_batch" && s.start >= submit.start)?;
-    // Each node's append of this write and the first sync after it.
+    // Each node's append of this write and the sync that makes it durable.
     let synced: Vec<(&Closed, &Closed)> = (0..dirs.len())
         .map(|n| {
             let a = first(spans, "append", n, propose.start, dirs)?;
-            // The sync that makes it durable: the flusher is woken inside the append, so its
-            // sync may start before the append's span closes; it ends after it.
-            let s = spans
-                .iter()
-                .filter(|s| {
-                    s.name == "raft_log_sync" && s.start >= a.start && s.end >= a.end && node_of(s, dirs) == Some(n)
-                })
-                .min_by_key(|s| s.start)?;
+            let s = sync_of(spans, a, n, dirs)?;
             Some((a, s))
         })
         .collect::<Option<_>>()?;

@@ -84,9 +84,7 @@ fn main() {
     let wall = t.elapsed().as_secs_f64();
     let mut spans = timeline.spans();
     spans.sort_by_key(|s| s.start);
-    let first = |name: &str, node: usize, after: Instant| {
-        spans.iter().find(|s| s.name == name && s.start >= after && node_of(s, &dirs) == Some(node))
-    };
+    let first = |name: &str, node: usize, after: Instant| timeline::first(&spans, name, node, after, &dirs);
     let proposals: Vec<&Closed> = spans.iter().filter(|s| s.name == "propose_batch").collect();
     let (mut chain, mut replicas) = (Steps::default(), Steps::default());
     let mut incomplete = 0;
@@ -97,13 +95,7 @@ fn main() {
         let mut synced = Vec::new();
         for n in 0..dirs.len() {
             let Some(a) = first("append", n, p.start) else { continue };
-            // The sync that makes it durable: the flusher is woken inside the append, so its
-            // sync may start before the append's span closes; it ends after it.
-            let Some(s) = spans.iter().find(|s| {
-                s.name == "raft_log_sync" && s.start >= a.start && s.end >= a.end && node_of(s, &dirs) == Some(n)
-            }) else {
-                continue;
-            };
+            let Some(s) = timeline::sync_of(&spans, a, n, &dirs) else { continue };
             let who = if n == 0 { "leader".to_string() } else { format!("follower {n}") };
             replicas.push(&format!("{who}: append starts"), us(p.start, a.start));
             replicas.push(&format!("{who}: append ends"), us(p.start, a.end));

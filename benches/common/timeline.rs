@@ -127,3 +127,25 @@ pub fn node_of(span: &Closed, dirs: &[String]) -> Option<usize> {
     let path = span.path.as_deref()?;
     dirs.iter().position(|d| path.starts_with(d.as_str()))
 }
+
+/// The first span named `name` of `node` that starts at or after `after`.
+pub fn first<'a>(spans: &'a [Closed], name: &str, node: usize, after: Instant, dirs: &[String]) -> Option<&'a Closed> {
+    spans
+        .iter()
+        .filter(|s| s.name == name && s.start >= after && node_of(s, dirs) == Some(node))
+        .min_by_key(|s| s.start)
+}
+
+/// The log sync of `node` that makes its `append` durable: the flusher is woken inside the
+/// append, so that sync may start before the append's span closes; it ends after it.
+pub fn sync_of<'a>(spans: &'a [Closed], append: &Closed, node: usize, dirs: &[String]) -> Option<&'a Closed> {
+    spans
+        .iter()
+        .filter(|s| {
+            s.name == "raft_log_sync"
+                && s.start >= append.start
+                && s.end >= append.end
+                && node_of(s, dirs) == Some(node)
+        })
+        .min_by_key(|s| s.start)
+}
