@@ -62,7 +62,8 @@ fn kind(name: &str) -> &'static str {
         n if n.starts_with("fjall") => "fjall background",
         n if n.starts_with("ledger-chain") => "ledger chain helper",
         n if n.starts_with("primary_profile") || n.starts_with("main") => "main (bench driver)",
-        n if n.starts_with("rayon") => "rayon pool (verification)",
+        n if n.starts_with("rayon") => "rayon pool (verification, foreground)",
+        n if n.starts_with("spores-verify") => "verification, background pool",
         _ => "other",
     }
 }
@@ -123,6 +124,20 @@ fn main() {
         for (k, v) in &by_kind {
             eprintln!("    {k:>34}: {:6.1} us/event", 1e6 * v / total as f64);
         }
+        // How far the followers' applies trail the leader's as the round ends, and how long
+        // they take to catch up (not part of the round's time or CPU).
+        let lag: Vec<u64> = systems[1..]
+            .iter()
+            .map(|s| applied.saturating_sub(s.status().expect("status").last_applied.unwrap_or(0)))
+            .collect();
+        let t = Instant::now();
+        while systems[1..].iter().any(|s| s.status().expect("status").last_applied.unwrap_or(0) < applied) {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        eprintln!(
+            "round {round}: followers' applies trailed by {lag:?} entries at the end; caught up in {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
         // After the round's CPU is read: the single writes are not part of it.
         if single > 0 {
             let t = Instant::now();

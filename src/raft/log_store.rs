@@ -28,6 +28,7 @@ use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader};
 use super::{Entry, LogId, SporeRequest, TypeConfig, Vote};
 use crate::store::ledger::storage;
 use crate::store::verified::PreVerified;
+use crate::store::verify_pool::Urgency;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -43,6 +44,9 @@ pub struct FjallLogStore {
     flusher: std::sync::mpsc::Sender<IOFlushed<TypeConfig>>,
     /// Verifies the signatures of appended events ahead of their apply, while the log syncs.
     pre_verified: PreVerified,
+    /// This node's Raft id: entries it appended as their leader have their signatures checked
+    /// in the foreground (a write waits for them), the others in the background.
+    me: u64,
     /// The newest entries, decoded, so apply and replication do not decode what was just
     /// appended.
     recent: Recent,
@@ -181,6 +185,7 @@ impl FjallLogStore {
         path: PathBuf,
         pre_verified: PreVerified,
         metrics: crate::store::metrics::WriteMetrics,
+        me: u64,
     ) -> Result<Self, fjall::Error> {
         let log = db.keyspace("raft_log", crate::store::ledger::busy_keyspace)?;
         let meta = db.keyspace("raft_meta", KeyspaceCreateOptions::default)?;
@@ -192,12 +197,23 @@ impl FjallLogStore {
             .name("spores-raft-flush".into())
             .spawn(move || run_flusher(flush_db, flush_path, rx, metrics, flag))
             .map_err(|e| fjall::Error::from(std::io::Error::other(e.to_string())))?;
-        Ok(FjallLogStore { path, db, log, meta, flusher, pre_verified, recent: Recent::default(), syncing })
+        Ok(FjallLogStore { path, db, log, meta, flusher, pre_verified, me, recent: Recent::default(), syncing })
     }
 
     /// Whether this store's flusher is syncing the journal now (shared with the state machine).
     pub fn syncing(&self) -> JournalSyncing {
         self.syncing.clone()
+    }
+
+    /// How urgent the signature checks of the entry at `log_id` are: a write waits for them
+    /// only on the leader that appended it (the leader's apply answers the write), so only
+    /// there do they run in the foreground.
+    fn urgency(&self, log_id: &LogId) -> Urgency {
+        if log_id.leader_id.node_id == self.me {
+            Urgency::Foreground
+        } else {
+            Urgency::Background
+        }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {
@@ -324,10 +340,13 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
         for entry in entries {
             let bytes = postcard::to_stdvec(&entry).map_err(write_err)?;
             batch.insert(&self.log, entry.log_id.index.to_be_bytes(), bytes);
+            let urgency = self.urgency(&entry.log_id);
             match &entry.payload {
-                EntryPayload::Normal(SporeRequest::Event(e)) => to_verify.push(Arc::new(vec![e.clone()])),
-                EntryPayload::Normal(SporeRequest::Batch(b)) => to_verify.push(b.clone()),
-                EntryPayload::Normal(SporeRequest::Provisional(p)) => to_verify.push(Arc::new(vec![p.event.clone()])),
+                EntryPayload::Normal(SporeRequest::Event(e)) => to_verify.push((Arc::new(vec![e.clone()]), urgency)),
+                EntryPayload::Normal(SporeRequest::Batch(b)) => to_verify.push((b.clone(), urgency)),
+                EntryPayload::Normal(SporeRequest::Provisional(p)) => {
+                    to_verify.push((Arc::new(vec![p.event.clone()]), urgency))
+                }
                 _ => {}
             }
             appended.push(entry);
@@ -342,8 +361,8 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
         // for it, and waking the pool first delays the flusher's wake-up (one write's commit
         // ~5 % slower over 13 alternated `latency_breakdown` runs; the 64-client rate did not
         // move). The entries cannot be applied before this call returns.
-        for events in to_verify {
-            self.pre_verified.spawn_verify(events);
+        for (events, urgency) in to_verify {
+            self.pre_verified.spawn_verify(events, urgency);
         }
         Ok(())
     }

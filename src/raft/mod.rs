@@ -173,9 +173,14 @@ pub fn open_stores(
     let path = ledger.path().to_path_buf();
     // Signatures of appended entries are verified while the log syncs; apply uses the verdicts.
     let pre_verified = crate::store::verified::PreVerified::default();
-    let log =
-        log_store::FjallLogStore::open(ledger.database(), path.clone(), pre_verified.clone(), ledger.write_metrics())
-            .map_err(|source| crate::store::error::LedgerError::Storage { op: "open raft keyspaces", path, source })?;
+    let log = log_store::FjallLogStore::open(
+        ledger.database(),
+        path.clone(),
+        pre_verified.clone(),
+        ledger.write_metrics(),
+        raft_id(&key.node_id()),
+    )
+    .map_err(|source| crate::store::error::LedgerError::Storage { op: "open raft keyspaces", path, source })?;
     let sm =
         state_machine::LedgerStateMachine::new(std::sync::Arc::new(std::sync::RwLock::new(ledger)), key, pre_verified)
             .watching_syncs(log.syncing());

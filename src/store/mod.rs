@@ -25,3 +25,4 @@ pub mod replay;
 pub mod scrub;
 pub mod synth;
 pub mod verified;
+pub mod verify_pool;

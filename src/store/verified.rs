@@ -106,7 +106,8 @@ struct PreInner {
 ///
 /// A Raft replica receives an event (log append) well before it applies it (after the log is
 /// synced and the entry committed). [`PreVerified::spawn_verify`] verifies the signatures on
-/// the thread pool in that gap, in parallel with the log's fsync, and remembers each good one
+/// a thread pool in that gap (the background one for a follower's entries, see
+/// [`super::verify_pool`]), in parallel with the log's fsync, and remembers each good one
 /// with the blake3 digest of the event's whole canonical encoding; [`VerifiedEvents::verify_with`]
 /// then accepts an event without verifying it again only if its signature is remembered for
 /// exactly its encoding (so nothing but a verified event can pass), and waits for a
@@ -130,9 +131,9 @@ impl PreVerified {
     /// Longest wait for a verification under way before verifying again.
     const WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
-    /// Marks the signatures of `events` as being verified and verifies them on the thread pool
-    /// (returns at once).
-    pub fn spawn_verify(&self, events: std::sync::Arc<Vec<SignedEvent>>) {
+    /// Marks the signatures of `events` as being verified and verifies them on the pool
+    /// `urgency` names (returns at once).
+    pub fn spawn_verify(&self, events: std::sync::Arc<Vec<SignedEvent>>, urgency: super::verify_pool::Urgency) {
         if events.is_empty() {
             return;
         }
@@ -146,7 +147,7 @@ impl PreVerified {
             }
         }
         let this = self.clone();
-        rayon::spawn(move || {
+        super::verify_pool::spawn(urgency, move || {
             let results: Vec<(SignatureBytes, Option<[u8; 32]>)> = events
                 .par_chunks(CHUNK)
                 .flat_map_iter(|chunk| {
@@ -371,7 +372,10 @@ mod tests {
         let evs = events(6);
         let mut forged = evs[2].clone();
         forged.signature.0[0] ^= 1;
-        known.spawn_verify(std::sync::Arc::new(vec![evs[0].clone(), evs[1].clone(), forged.clone()]));
+        known.spawn_verify(
+            std::sync::Arc::new(vec![evs[0].clone(), evs[1].clone(), forged.clone()]),
+            crate::store::verify_pool::Urgency::Foreground,
+        );
         // Same signature, different content: the remembered digest does not match.
         let mut altered = evs[1].clone();
         altered.timestamp = Timestamp(1_000);
@@ -401,7 +405,11 @@ mod tests {
         assert!(!known.all_verified(evs[1..2].iter()), "being checked");
         let mut forged = evs[2].clone();
         forged.signature.0[3] ^= 1;
-        known.spawn_verify(std::sync::Arc::new(vec![evs[0].clone(), evs[1].clone(), forged.clone()]));
+        // On the background pool, as a follower's checks run: the same verdicts.
+        known.spawn_verify(
+            std::sync::Arc::new(vec![evs[0].clone(), evs[1].clone(), forged.clone()]),
+            crate::store::verify_pool::Urgency::Background,
+        );
         known.wait_settled(&evs);
         assert!(known.all_verified(evs[..2].iter()));
         assert!(!known.all_verified([&evs[0], &forged].into_iter()), "a forged signature is not verified");
