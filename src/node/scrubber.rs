@@ -14,6 +14,7 @@ use crate::raft::state_machine::SharedLedger;
 use crate::raft::{Raft, RpcRequest, RpcResponse};
 use crate::store::ledger::LedgerLock;
 use crate::store::scrub::{repair, scrub_read, scrub_verify, ScrubCursor, ScrubRead, ScrubStep};
+use crate::store::verify_pool::{self, Urgency};
 use crate::wire::query::{Query, QueryAnswer};
 use crate::wire::rpc::PeerNode;
 use crate::wire::status::ScrubStatus;
@@ -71,7 +72,10 @@ pub(crate) fn spawn(
                         scrub_read(&guard, &mut cursor, cfg.page).map_err(|e| e.to_string())?
                     };
                     let step = match read {
-                        ScrubRead::Page(page) => scrub_verify(&page, &mut cursor),
+                        // At the background pool's priority: writes come first.
+                        ScrubRead::Page(page) => {
+                            verify_pool::install(Urgency::Background, || scrub_verify(&page, &mut cursor))
+                        }
                         ScrubRead::Damaged(step) => step,
                     };
                     Ok::<_, String>((step, cursor))

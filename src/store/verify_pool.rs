@@ -10,6 +10,8 @@
 //! primary_profile`: 0.53 → 0.58–0.61 of 2V/3, the followers' applies caught up at every
 //! round's end (`benches/README.md`, session 17).
 //!
+//! The scrub's signature checks run there too ([`install`]): maintenance, not a write's path.
+//!
 //! A check still pending when an apply needs it is waited for (a bounded wait, see
 //! [`super::verified::PreVerified`]): under a machine saturated by other work a follower's
 //! apply slows down, the leader's does not.
@@ -53,6 +55,15 @@ pub fn spawn(urgency: Urgency, job: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// Runs `f` (and the parallel work it starts) on the pool `urgency` names, and returns its
+/// result; the calling thread waits, blocked.
+pub fn install<R: Send>(urgency: Urgency, f: impl FnOnce() -> R + Send) -> R {
+    match (urgency, background()) {
+        (Urgency::Background, Some(pool)) => pool.install(f),
+        _ => f(),
+    }
+}
+
 /// Sets the calling thread's nice value to [`BACKGROUND_NICE`] (on Linux the nice value is
 /// per thread). A failure only costs the priority: the checks still run.
 fn lower_priority() {
@@ -80,5 +91,14 @@ mod tests {
         got.sort();
         let this_thread = rustix::process::getpriority_process(None).ok();
         assert_eq!(got, vec![("background", Some(BACKGROUND_NICE)), ("foreground", this_thread)]);
+    }
+
+    #[test]
+    fn install_runs_background_work_at_the_lowest_priority_and_returns_its_result() {
+        let (nice, sum) =
+            install(Urgency::Background, || (rustix::process::getpriority_process(None).ok(), (1..=4).sum::<u32>()));
+        assert_eq!((nice, sum), (Some(BACKGROUND_NICE), 10));
+        let here = rustix::process::getpriority_process(None).ok();
+        assert_eq!(install(Urgency::Foreground, || rustix::process::getpriority_process(None).ok()), here);
     }
 }
