@@ -387,3 +387,28 @@ impl RaftLogStorage<TypeConfig> for FjallLogStore {
         .map_err(write_err)?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    use super::*;
+    use crate::store::ledger::{Ledger, LedgerConfig};
+
+    /// A node checks the signatures of the entries it appended as their leader in the
+    /// foreground (its apply answers those writes) and every other entry's in the background,
+    /// whatever the term.
+    #[test]
+    fn own_entries_are_checked_in_the_foreground_and_replicated_ones_in_the_background() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Ledger::open(dir.path(), LedgerConfig { durable: false, ..Default::default() }).expect("ledger");
+        let key = crate::core::keys::NodeKey::from_seed([4; 32]);
+        let me = super::super::raft_id(&key.node_id());
+        let (log, _sm) = super::super::open_stores(ledger, key).expect("stores");
+        let other = me.wrapping_add(1);
+        for term in [1, 7] {
+            assert_eq!(log.urgency(&LogId::new(LeaderId { term, node_id: me }, 3)), Urgency::Foreground);
+            assert_eq!(log.urgency(&LogId::new(LeaderId { term, node_id: other }, 3)), Urgency::Background);
+        }
+    }
+}

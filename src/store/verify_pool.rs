@@ -7,8 +7,8 @@
 //! they run on [`background`], whose threads yield the cores to anything at normal priority —
 //! the node's Raft work, the embedding application — and use them when those wait (for an
 //! fsync, for the next batch). Three voters sharing two cores in `cargo bench --bench
-//! primary_profile`: 0.53 → 0.58–0.61 of 2V/3, the followers' applies caught up at every
-//! round's end (`benches/README.md`, session 17).
+//! primary_profile`, four alternated pairs: 0.51 → 0.57 of 2V/3 on average, the followers'
+//! applies at most ~10 entries behind at each round's end (`benches/README.md`, session 17).
 //!
 //! The scrub's signature checks run there too ([`install`]): maintenance, not a write's path.
 //!
