@@ -105,8 +105,13 @@ fn main() {
             .collect();
         // Until every follower applied all of it (its time and CPU count in the round's whole
         // rate and CPU below: a follower that trails has work left).
+        // Bounded: a follower that never catches up is reported, not waited for forever.
         let t_catch = Instant::now();
         while systems[1..].iter().any(|s| s.status().expect("status").last_applied.unwrap_or(0) < lead) {
+            if t_catch.elapsed() > std::time::Duration::from_secs(60) {
+                eprintln!("round {round}: a follower did not catch up within 60 s");
+                break;
+            }
             std::thread::sleep(std::time::Duration::from_micros(100));
         }
         let catch_up = t_catch.elapsed().as_secs_f64();
