@@ -97,8 +97,11 @@ fn main() {
         let t = Instant::now();
         rt.block_on(cluster::write_concurrently(&systems[0], events, clients));
         let wall = t.elapsed().as_secs_f64();
+        // The writers' node should lead (a forwarded write costs a hop), and the events per
+        // Raft entry say how much of the cost is per entry.
+        let status = systems[0].status().expect("status");
         // How far the followers' applies trail the leader's as the round ends.
-        let lead = systems[0].status().expect("status").last_applied.unwrap_or(0);
+        let lead = status.last_applied.unwrap_or(0);
         let lag: Vec<u64> = systems[1..]
             .iter()
             .map(|s| lead.saturating_sub(s.status().expect("status").last_applied.unwrap_or(0)))
@@ -115,17 +118,13 @@ fn main() {
             std::thread::sleep(std::time::Duration::from_micros(100));
         }
         let catch_up = t_catch.elapsed().as_secs_f64();
-        // The writers' node should lead (a forwarded write costs a hop), and the events per
-        // Raft entry say how much of the cost is per entry.
-        let status = systems[0].status().expect("status");
-        let applied = status.last_applied.unwrap_or(0);
         eprintln!(
             "round {round}: node 0 is {}; {} Raft entries, {:.1} events per entry",
             status.raft_state,
-            applied - entries_before,
-            total as f64 / (applied - entries_before).max(1) as f64
+            lead - entries_before,
+            total as f64 / (lead - entries_before).max(1) as f64
         );
-        entries_before = applied;
+        entries_before = lead;
         let after = thread_cpu();
         let mut by_kind: BTreeMap<&str, f64> = BTreeMap::new();
         for (tid, (name, cpu)) in &after {
