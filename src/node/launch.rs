@@ -80,6 +80,7 @@ impl SporeSystem {
         let ledger = sm.ledger().clone();
         let head_rx = sm.subscribe_head();
         let head_publisher = sm.clone();
+        let checks = sm.pre_verified().clone();
 
         let (backend, admission): (Arc<dyn NetworkBackend>, _) = match cfg.backend {
             Backend::Shared(b) => (b, None),
@@ -147,7 +148,7 @@ impl SporeSystem {
                 .await
                 .map_err(raft_err)?;
         }
-        let proposer = Proposer::spawn_idempotent(raft.clone(), ledger.clone(), cfg.timeouts.batches_in_flight);
+        let proposer = Proposer::spawn_idempotent(raft.clone(), ledger.clone(), checks, cfg.timeouts.batches_in_flight);
         let mut tasks = Vec::new();
         let gossip = transport.gossip_dialer().map(|dialer| {
             let my_id = raft_id(&node);

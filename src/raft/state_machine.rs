@@ -104,6 +104,12 @@ impl LedgerStateMachine {
         }
     }
 
+    /// The signatures this node has checked ahead of apply (shared with its log store and
+    /// its proposer, which start the checks).
+    pub fn pre_verified(&self) -> &PreVerified {
+        &self.pre_verified
+    }
+
     /// Watches the log store's journal syncs (`FjallLogStore::syncing`): while one runs, an
     /// apply's ledger write would wait for it, so applies go to a blocking thread then.
     pub fn watching_syncs(self, syncing: JournalSyncing) -> Self {

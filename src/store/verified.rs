@@ -108,7 +108,8 @@ struct PreInner {
 /// synced and the entry committed). [`PreVerified::spawn_verify`] verifies the signatures on
 /// a thread pool in that gap (the background one for a follower's entries, see
 /// [`super::verify_pool`]), in parallel with the log's fsync, and remembers each good one
-/// with the blake3 digest of the event's whole canonical encoding; [`VerifiedEvents::verify_with`]
+/// with the blake3 digest of the event's whole canonical encoding (a leader's proposer starts
+/// the checks of a batch it sends even earlier, and the log store's request is then a no-op); [`VerifiedEvents::verify_with`]
 /// then accepts an event without verifying it again only if its signature is remembered for
 /// exactly its encoding (so nothing but a verified event can pass), and waits for a
 /// verification still under way rather than doing it twice. Entries are consumed when used;
@@ -132,20 +133,35 @@ impl PreVerified {
     const WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
     /// Marks the signatures of `events` as being verified and verifies them on the pool
-    /// `urgency` names (returns at once).
+    /// `urgency` names (returns at once). A signature already verified or being verified is
+    /// not checked again: the leader's proposer starts the checks of a batch before its log
+    /// store appends it. (An event that merely reuses a remembered signature gains nothing:
+    /// its encoding's digest differs, so apply verifies it itself.)
     pub fn spawn_verify(&self, events: std::sync::Arc<Vec<SignedEvent>>, urgency: super::verify_pool::Urgency) {
         if events.is_empty() {
             return;
         }
-        {
+        let events = {
             let Ok(mut g) = self.inner.0.lock() else { return };
             if g.map.len() + events.len() > Self::CAPACITY {
                 g.map.clear();
             }
-            for e in events.iter() {
-                g.map.entry(e.signature).or_insert(Pre::Pending);
+            let mut fresh = Vec::new();
+            for (i, e) in events.iter().enumerate() {
+                if let std::collections::hash_map::Entry::Vacant(v) = g.map.entry(e.signature) {
+                    v.insert(Pre::Pending);
+                    fresh.push(i);
+                }
             }
-        }
+            if fresh.is_empty() {
+                return;
+            }
+            if fresh.len() == events.len() {
+                events
+            } else {
+                std::sync::Arc::new(fresh.into_iter().filter_map(|i| events.get(i).cloned()).collect())
+            }
+        };
         let this = self.clone();
         super::verify_pool::spawn(urgency, move || {
             let results: Vec<(SignatureBytes, Option<[u8; 32]>)> = events
@@ -403,6 +419,9 @@ mod tests {
             g.map.insert(evs[1].signature, Pre::Pending);
         }
         assert!(!known.all_verified(evs[1..2].iter()), "being checked");
+        if let Ok(mut g) = known.inner.0.lock() {
+            g.map.remove(&evs[1].signature);
+        }
         let mut forged = evs[2].clone();
         forged.signature.0[3] ^= 1;
         // On the background pool, as a follower's checks run: the same verdicts.
@@ -415,6 +434,46 @@ mod tests {
         assert!(!known.all_verified([&evs[0], &forged].into_iter()), "a forged signature is not verified");
         let (v, bad) = VerifiedEvents::verify_with(evs[..2].to_vec(), &mut VerifierCache::default(), &known);
         assert!(bad.is_empty() && v.all_verified());
+    }
+
+    /// The leader's proposer starts a batch's checks and its log store asks again at the
+    /// append: a signature already being checked (or checked) is not checked twice, and an
+    /// event that only reuses such a signature over other content is still refused.
+    #[test]
+    fn checks_already_started_are_not_repeated() {
+        let known = PreVerified::default();
+        let evs = events(3);
+        if let Ok(mut g) = known.inner.0.lock() {
+            g.map.insert(evs[0].signature, Pre::Pending);
+        }
+        known.spawn_verify(
+            std::sync::Arc::new(vec![evs[0].clone(), evs[1].clone()]),
+            crate::store::verify_pool::Urgency::Foreground,
+        );
+        // One job checks what it was given together: once evs[1] is checked, a repeat of
+        // evs[0]'s check would have settled it too.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !known.all_verified(evs[1..2].iter()) {
+            assert!(std::time::Instant::now() < deadline, "evs[1] never checked");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!known.all_verified(evs[..1].iter()), "the check under way was started again");
+        if let Ok(mut g) = known.inner.0.lock() {
+            g.map.remove(&evs[0].signature);
+        }
+        // evs[1]'s content changed under its remembered signature: not checked again at the
+        // append, refused at apply all the same.
+        let mut altered = evs[1].clone();
+        altered.timestamp = Timestamp(1_000);
+        known.spawn_verify(
+            std::sync::Arc::new(vec![altered.clone(), evs[2].clone()]),
+            crate::store::verify_pool::Urgency::Foreground,
+        );
+        known.wait_settled(&evs);
+        let batch = vec![evs[0].clone(), altered, evs[2].clone()];
+        let (v, bad) = VerifiedEvents::verify_with(batch, &mut VerifierCache::default(), &known);
+        assert_eq!(bad, vec![1]);
+        assert_eq!(v.len(), 3);
     }
 
     #[test]
