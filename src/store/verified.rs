@@ -109,12 +109,12 @@ struct PreInner {
 /// a thread pool in that gap (the background one for a follower's entries, see
 /// [`super::verify_pool`]), in parallel with the log's fsync, and remembers each good one
 /// with the blake3 digest of the event's whole canonical encoding (a leader's proposer starts
-/// the checks of a batch it sends even earlier, and the log store's request is then a no-op); [`VerifiedEvents::verify_with`]
-/// then accepts an event without verifying it again only if its signature is remembered for
-/// exactly its encoding (so nothing but a verified event can pass), and waits for a
-/// verification still under way rather than doing it twice. Entries are consumed when used;
-/// the set is bounded ([`PreVerified::CAPACITY`], cleared when full, which only costs
-/// re-verification). Cheap to clone (shared).
+/// the checks of a batch it sends even earlier, and the log store's request is then a
+/// no-op); [`VerifiedEvents::verify_with`] then accepts an event without verifying it again
+/// only if its signature is remembered for exactly its encoding (so nothing but a verified
+/// event can pass), and waits for a verification still under way rather than doing it twice.
+/// Entries are consumed when used; the set is bounded ([`PreVerified::CAPACITY`], cleared
+/// when full, which only costs re-verification). Cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct PreVerified {
     inner: std::sync::Arc<(std::sync::Mutex<PreInner>, std::sync::Condvar)>,
