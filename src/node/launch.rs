@@ -121,9 +121,9 @@ impl SporeSystem {
             // turns to ready notifications (a follower's flush, say) after each client write
             // rather than after draining them all. openraft leaves it off because its own
             // batches of client writes may shrink; ours are made by the proposer before Raft.
-            // 64 writers in process, seven alternated pairs of `primary_profile`: +2 % (rate
-            // applied everywhere 0.584 → 0.599); one writer 575 → 559 µs (five pairs); over
-            // QUIC within noise (benches/README, session 18).
+            // 64 writers in process, `primary_profile`: 0.569 → 0.581 of 2V/3 (four alternated
+            // pairs), applied everywhere 0.584 → 0.599 (three); one writer 575 → 559 µs (five
+            // pairs); over QUIC within noise (benches/README, session 18).
             broadcast_submitted_on_append: Some(true),
             ..Default::default()
         }
