@@ -246,15 +246,24 @@ mod tests {
     fn readers_never_see_the_state_go_back() {
         let (_dir, shared, mut synth, view) = fixture();
         let chunks: Vec<_> = (0..120).map(|_| synth.next_chunk(2)).collect();
+        // The writer notes, right after each release, whether that release published: with a
+        // write every 3 ms and the slow reader's reads 70 ms apart, the writes in the last
+        // ~19 ms of each of its cycles come more than `EAGER_AFTER_READ` after a read and
+        // withdraw the view. A starved machine only stretches those gaps.
         let writer = {
-            let shared = shared.clone();
+            let (shared, view) = (shared.clone(), view.clone());
             std::thread::spawn(move || {
-                for (i, c) in chunks.into_iter().enumerate() {
+                let (mut published, mut withdrawn) = (false, false);
+                for c in chunks {
                     shared.write_ledger().expect("write").append(c).expect("append");
-                    // Pauses past the window now and then, so the view is withdrawn.
-                    let pause = if i % 40 == 39 { super::EAGER_AFTER_READ * 2 } else { Duration::from_micros(500) };
-                    std::thread::sleep(pause);
+                    if view.is_published() {
+                        published = true
+                    } else {
+                        withdrawn = true
+                    }
+                    std::thread::sleep(Duration::from_millis(3));
                 }
+                (published, withdrawn)
             })
         };
         // One reader reads often for a while, the other every 70 ms throughout: the view is
@@ -274,17 +283,8 @@ mod tests {
                 })
             })
             .collect();
-        let (mut published, mut withdrawn) = (false, false);
-        while !writer.is_finished() {
-            if view.is_published() {
-                published = true
-            } else {
-                withdrawn = true
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let (published, withdrawn) = writer.join().expect("writer");
         assert!(published && withdrawn, "both ways taken: published {published}, withdrawn {withdrawn}");
-        writer.join().expect("writer");
         for r in readers {
             let seen = r.join().expect("reader");
             assert!(seen.windows(2).all(|w| w[0] <= w[1]), "a reader saw the head go back: {seen:?}");
