@@ -394,15 +394,13 @@ mod tests {
     use openraft::impls::leader_id_adv::LeaderId;
 
     use super::*;
-    use crate::store::ledger::{Ledger, LedgerConfig};
 
     /// A node checks the signatures of the entries it appended as their leader in the
     /// foreground (its apply answers those writes) and every other entry's in the background,
     /// whatever the term.
     #[test]
     fn own_entries_are_checked_in_the_foreground_and_replicated_ones_in_the_background() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = Ledger::open(dir.path(), LedgerConfig { durable: false, ..Default::default() }).expect("ledger");
+        let (_dir, ledger) = crate::store::ledger::scratch();
         let key = crate::core::keys::NodeKey::from_seed([4; 32]);
         let me = super::super::raft_id(&key.node_id());
         let (log, _sm) = super::super::open_stores(ledger, key).expect("stores");

@@ -84,14 +84,12 @@ impl LedgerLock for RwLock<Ledger> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ledger::LedgerConfig;
 
     /// A thread that panics while holding the write guard poisons the lock: every later taker
     /// gets the typed error, naming the ledger, and no guard.
     #[test]
     fn a_poisoned_ledger_lock_is_an_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let l = Ledger::open(dir.path(), LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("open");
+        let (dir, l) = crate::store::ledger::scratch();
         let shared: SharedLedger = Arc::new(RwLock::new(l));
         assert!(shared.read_ledger().is_ok());
         let s2 = shared.clone();
@@ -112,8 +110,7 @@ mod tests {
     /// once it is free.
     #[test]
     fn try_write_ledger_gives_no_guard_while_the_ledger_is_held() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let l = Ledger::open(dir.path(), LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("open");
+        let (_dir, l) = crate::store::ledger::scratch();
         let shared: SharedLedger = Arc::new(RwLock::new(l));
         let reader = shared.read_ledger().expect("read");
         assert!(shared.try_write_ledger().expect("not poisoned").is_none());

@@ -195,3 +195,12 @@ impl Ledger {
         self.db.disk_space().unwrap_or(0)
     }
 }
+
+/// Tests: an empty ledger that never syncs, in a temporary directory of its own that lives as
+/// long as the returned guard.
+#[cfg(test)]
+pub(crate) fn scratch() -> (tempfile::TempDir, Ledger) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = Ledger::open(dir.path(), LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("open");
+    (dir, ledger)
+}

@@ -59,15 +59,13 @@ impl RecordsView {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::ledger::{Ledger, LedgerConfig};
     use crate::store::synth::{Synth, SynthConfig};
 
     /// A view reads the records held when it was taken, with the ledger's own checks, while
     /// the ledger goes on taking appends; its head is the one it was taken at.
     #[test]
     fn a_view_reads_the_records_held_when_it_was_taken() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut l = Ledger::open(dir.path(), LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("open");
+        let (_dir, mut l) = crate::store::ledger::scratch();
         let mut synth = Synth::new(SynthConfig::default());
         l.append(synth.next_chunk(300)).expect("append");
         let view = l.records_view();
