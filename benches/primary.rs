@@ -7,7 +7,9 @@
 //!   append at batch 256, V = raw `verify_batch` rate of one core; over QUIC ≥ 0.85 × in process;
 //! - 256 clients in process: the same ratio, reported;
 //! - 1 client: median commit latency ≤ 2 × (fdatasync median + sign + verify) in process,
-//!   ≤ 2.5 × over QUIC on 127.0.0.1; p99 reported.
+//!   ≤ 2.5 × over QUIC on 127.0.0.1; p99 reported. Beside them, a raw quinn round trip on
+//!   loopback (512 B each way on one stream), and what a write over QUIC pays beyond one in
+//!   process in those round trips.
 //!
 //! `SPORES_BENCH_NET=inproc|quic` runs one network only; `SPORES_BENCH_NODES=1` one node.
 
@@ -26,6 +28,8 @@ use mycnet_spores::{SignedEvent, SporeSystem};
 mod alloc;
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/quic_rtt.rs"]
+mod quic_rtt;
 use cluster::{median, metadata, raw_fdatasync_median, raw_quorum_fdatasync_median, raw_sign_verify, Net};
 
 const CLIENTS: usize = 64;
@@ -166,6 +170,7 @@ fn bench_primary(crit: &mut Criterion) {
     let fsync = raw_fdatasync_median();
     let quorum_fsync = raw_quorum_fdatasync_median();
     let (sign, verify) = raw_sign_verify();
+    let quic_rtt = rt.block_on(quic_rtt::raw_quic_round_trip(2_000));
     let v = raw_verify_batch_rate();
     let f = raw_fjall_durable_rate();
     let limit = (f / 3.0).min(2.0 * v / 3.0);
@@ -174,6 +179,7 @@ fn bench_primary(crit: &mut Criterion) {
     summary.insert("raw fdatasync median (us)".to_string(), fsync.as_secs_f64() * 1e6);
     summary.insert("raw quorum fdatasync, 2 of 3 on one disk (us)".to_string(), quorum_fsync.as_secs_f64() * 1e6);
     summary.insert("raw sign (us)".to_string(), sign.as_secs_f64() * 1e6);
+    summary.insert("raw quinn round trip, 512 B on loopback (us)".to_string(), quic_rtt.as_secs_f64() * 1e6);
     summary.insert("raw verify (us)".to_string(), verify.as_secs_f64() * 1e6);
     summary.insert("raw verify_batch V (sig/s, 1 core)".to_string(), v);
     summary.insert("raw fjall durable batch-256 F (events/s)".to_string(), f);
@@ -214,6 +220,13 @@ fn bench_primary(crit: &mut Criterion) {
     {
         eprintln!("QUIC / in-process 64-client throughput = {:.3} (target >= 0.85)", q.1 / i.1);
         eprintln!("QUIC / in-process 1-client median latency = {:.3}", q.2.as_secs_f64() / i.2.as_secs_f64());
+        // A write over QUIC crosses the network twice on its path (the AppendEntries to a
+        // follower and its answer): what it pays beyond in process, in raw quinn round trips.
+        eprintln!(
+            "QUIC - in-process 1-client median = {:.0} us = {:.2} raw quinn round trips",
+            (q.2.as_secs_f64() - i.2.as_secs_f64()) * 1e6,
+            (q.2.as_secs_f64() - i.2.as_secs_f64()) / quic_rtt.as_secs_f64()
+        );
     }
 }
 
