@@ -22,13 +22,14 @@
 //! each timed write (a sporadic writer's write, after the node's threads went idle). From the leader's append on, the leader's own sync and
 //! the replication to a follower run side by side (openraft 0.10; 0.9 ran the leader's sync
 //! first): the harness prints both branches, how long the two fsyncs overlap, and the owners'
-//! time along the critical path (the branch that ended last). The last line sets the critical
-//! path's stages that are not ours (openraft's hand-offs and the fsync) against the issue's
-//! 1-client budget, 2 × (fdatasync + sign + verify), all measured in the same run, and the
-//! line after it what is outside the store and in series on every write (the signature,
-//! openraft's two serial stages, the path's own disk window until two of three syncs ended)
-//! and what that leaves for our stages. It also
-//! prints the whole write's p90 / p99 / max, and the stages the slowest writes lost time in.
+//! time along the critical path (the branch that ended last). Its closing lines set the
+//! critical path's stages that are not ours (openraft's hand-offs and the fsync) against the
+//! issue's 1-client budget, 2 × (fdatasync + sign + verify), all measured in the same run, give
+//! the raw quorum sync of this disk and the path's own disk window (the first sync's start to
+//! the second sync's end), and set what is outside the store and in series on every write (the
+//! signature, openraft's two serial stages, that window) against the target, with what it
+//! leaves for our stages. It also prints the whole write's p90 / p99 / max, and the stages the
+//! slowest writes lost time in.
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
