@@ -130,28 +130,27 @@ mod tests {
     use std::sync::{Arc, RwLock};
     use std::time::Duration;
 
-    use crate::store::ledger::{Ledger, LedgerConfig, LedgerError, LedgerLock};
+    use crate::store::ledger::{Ledger, LedgerError, LedgerLock};
     use crate::store::synth::{Synth, SynthConfig};
 
     /// A ledger in a temporary dir, events to append to it, and its view.
     fn fixture() -> (tempfile::TempDir, Arc<RwLock<Ledger>>, Synth, Arc<super::ProjectionView>) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let shared = ledger(dir.path());
+        let (dir, shared) = shared_scratch();
         let view = shared.read_ledger().expect("read").view();
         (dir, shared, Synth::new(SynthConfig::default()), view)
     }
 
-    fn ledger(dir: &std::path::Path) -> Arc<RwLock<Ledger>> {
-        let l = Ledger::open(dir, LedgerConfig { durable: false, ..LedgerConfig::default() }).expect("open");
-        Arc::new(RwLock::new(l))
+    /// A throwaway ledger ([`crate::store::ledger::scratch`]) behind its lock.
+    fn shared_scratch() -> (tempfile::TempDir, Arc<RwLock<Ledger>>) {
+        let (dir, l) = crate::store::ledger::scratch();
+        (dir, Arc::new(RwLock::new(l)))
     }
 
     /// A reader answers from the published snapshot while a writer holds the ledger's lock;
     /// the writer's change is published when its guard is released, before the lock is.
     #[test]
     fn readers_never_wait_for_a_writer_and_see_each_write_once_released() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let shared = ledger(dir.path());
+        let (_dir, shared) = shared_scratch();
         let mut synth = Synth::new(SynthConfig::default());
         shared.write_ledger().expect("write").append(synth.next_chunk(100)).expect("append");
         let view = shared.read_ledger().expect("read").view();
@@ -183,8 +182,7 @@ mod tests {
     /// view get no snapshot, as takers of the lock get its poisoned error.
     #[test]
     fn a_panicking_writer_poisons_the_view() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let shared = ledger(dir.path());
+        let (_dir, shared) = shared_scratch();
         let view = shared.read_ledger().expect("read").view();
         assert!(view.load(&shared).is_ok());
         let s2 = shared.clone();
