@@ -95,6 +95,16 @@ struct Write {
     leader_last: bool,
 }
 
+/// CPU time this process has used (every thread, user and system), from `/proc/self/stat`
+/// (in clock ticks of 10 ms); `None` where it cannot be read.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After "pid (name) ": state is field 0, utime field 11, stime field 12.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// One write's stages from its spans; `None` if one is missing.
 fn stages(spans: &[Closed], dirs: &[String]) -> Option<Write> {
     let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e6;
@@ -192,6 +202,7 @@ fn main() {
     // SPORES_BREAKDOWN_GAP_MS=N sleeps N ms before each timed write: a sporadic writer's
     // write, after the node's threads went idle.
     let gap: u64 = std::env::var("SPORES_BREAKDOWN_GAP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let cpu_before = process_cpu();
     for _ in 0..writes {
         std::thread::sleep(Duration::from_millis(gap));
         timeline.clear();
@@ -219,6 +230,10 @@ fn main() {
         }
         sums.iter().zip(critical.iter_mut()).for_each(|(d, v)| v.push(*d));
     }
+    // Every thread's CPU over the timed writes (three voters and this driver, whose span
+    // bookkeeping is the same in every build), per write.
+    let cpu_per_write =
+        process_cpu().zip(cpu_before).map(|(a, b)| a.saturating_sub(b).as_secs_f64() * 1e6 / writes as f64);
 
     let over =
         if quic { "over QUIC on 127.0.0.1 (the replication stages include its round trip)" } else { "in process" };
@@ -248,6 +263,9 @@ fn main() {
         at(0.99).unwrap_or(f64::NAN),
         at(1.0).unwrap_or(f64::NAN)
     );
+    if let Some(cpu) = cpu_per_write {
+        eprintln!("CPU per write, every thread of the process (3 voters and this driver): {cpu:.0} us");
+    }
     // The slowest 5 % of complete writes: which stage ran furthest over its median.
     slow_candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
     let mut blamed = vec![0usize; STAGES.len()];
