@@ -1,9 +1,11 @@
 //! The Raft state machine is the ledger: applying a committed entry validates the signed event,
 //! chains it and updates the projections, identically on every replica.
 //!
-//! The applied log id and membership are written into the ledger's `meta` keyspace in the same
-//! atomic batch as the events they cover, so after a crash the ledger and `applied_state`
-//! always agree; openraft re-applies anything after it from the Raft log. The ledger's own
+//! The applied log id is written into the ledger's `meta` keyspace in the same atomic batch as
+//! the events it covers, and the membership in the batch of the entry that changes it, so
+//! after a crash the ledger and `applied_state` always agree; openraft re-applies anything
+//! after it from the Raft log. Apply keeps both in memory between calls rather than read
+//! them back (`apply::ApplyState`). The ledger's own
 //! writes in this mode are not synced individually: every Raft log append syncs the shared
 //! fjall journal, and `build_snapshot` syncs before openraft may purge the log, so the Raft
 //! log is never purged past what the ledger holds durably (design invariant 6).
@@ -29,13 +31,14 @@ use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use serde::{Deserialize, Serialize};
 
 use super::apply::{
-    apply_entries, events_of, placement, read_applied, sm_read, sm_write, Placement, META_APPLIED, META_MEMBERSHIP,
+    apply_entries, events_of, placement, read_applied, sm_read, sm_write, ApplyState, Placement, META_APPLIED,
+    META_MEMBERSHIP,
 };
 use super::log_store::JournalSyncing;
 use super::snapshot_file::SnapshotFile;
 use super::{Entry, LogId, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::core::event::ChainedEvent;
-use crate::core::keys::{NodeKey, VerifierCache};
+use crate::core::keys::NodeKey;
 use crate::core::projection::ProjectionState;
 use crate::core::sync;
 use crate::core::types::ChainHash;
@@ -70,7 +73,8 @@ pub struct LedgerStateMachine {
     head_tx: Arc<tokio::sync::watch::Sender<Option<u64>>>,
     /// Signatures the log store verified as entries arrived.
     pre_verified: PreVerified,
-    cache: Arc<std::sync::Mutex<VerifierCache>>,
+    /// What apply keeps between calls (decoded keys, the applied mark it last wrote).
+    apply_state: Arc<std::sync::Mutex<ApplyState>>,
     /// Whether the log store's flusher is syncing the journal the ledger shares with it.
     syncing: JournalSyncing,
     /// The ledger's directory (for the spans of this state machine's operations).
@@ -98,7 +102,7 @@ impl LedgerStateMachine {
             current: Arc::new(SnapshotFile::new(&path)),
             head_tx: Arc::new(tx),
             pre_verified,
-            cache: Arc::new(std::sync::Mutex::new(VerifierCache::default())),
+            apply_state: Arc::new(std::sync::Mutex::new(ApplyState::default())),
             syncing: JournalSyncing::default(),
             path,
         }
@@ -277,16 +281,16 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 }
                 _ => None,
             };
-            guard.map(|mut l| apply_entries(&mut l, &entries, &mut sync::lock(&self.cache), &self.pre_verified))
+            guard.map(|mut l| apply_entries(&mut l, &entries, &mut sync::lock(&self.apply_state), &self.pre_verified))
         };
         let responses = match here {
             Some(responses) => responses?,
             None => {
-                let (ledger, pre_verified, cache) =
-                    (self.ledger.clone(), self.pre_verified.clone(), self.cache.clone());
+                let (ledger, pre_verified, state) =
+                    (self.ledger.clone(), self.pre_verified.clone(), self.apply_state.clone());
                 tokio::task::spawn_blocking(move || {
                     let mut l = ledger.write_ledger().map_err(sm_write)?;
-                    apply_entries(&mut l, &entries, &mut sync::lock(&cache), &pre_verified)
+                    apply_entries(&mut l, &entries, &mut sync::lock(&state), &pre_verified)
                 })
                 .await
                 .map_err(sm_write)??
@@ -307,6 +311,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
 
     #[tracing::instrument(level = "info", skip(self, snapshot), fields(last = ?meta.last_log_id))]
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        // The install rewrites the applied mark and membership (or fails part way): the next
+        // apply reads them from the ledger.
+        sync::lock(&self.apply_state).applied = None;
         let data = snapshot.into_inner();
         let ledger = self.ledger.clone();
         let meta2 = meta.clone();
