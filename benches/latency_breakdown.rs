@@ -28,8 +28,8 @@
 //! the raw quorum sync of this disk and the path's own disk window (the first sync's start to
 //! the second sync's end), and set what is outside the store and in series on every write (the
 //! signature, openraft's two serial stages, that window) against the target, with what it
-//! leaves for our stages. It also prints the whole write's p90 / p99 / max, and the stages the
-//! slowest writes lost time in.
+//! leaves for our stages. It also prints the whole write's p90 / p99 / max, the stages the
+//! slowest writes lost time in, and the process's CPU per write (every thread).
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
