@@ -19,7 +19,9 @@
 //! `SPORES_BREAKDOWN_BURST=N` first commits N events
 //! from 64 writers (as `benches/primary.rs` does before its 1-client figure) and
 //! `SPORES_BREAKDOWN_SETTLE_MS` waits after it; `SPORES_BREAKDOWN_GAP_MS=N` sleeps N ms before
-//! each timed write (a sporadic writer's write, after the node's threads went idle). From the leader's append on, the leader's own sync and
+//! each timed write (a sporadic writer's write, after the node's threads went idle);
+//! `SPORES_BREAKDOWN_RESTART=1` (in process) shuts every node down and reopens its data dir
+//! before the timed writes, which then go to whichever node leads. From the leader's append on, the leader's own sync and
 //! the replication to a follower run side by side (openraft 0.10; 0.9 ran the leader's sync
 //! first): the harness prints both branches, how long the two fsyncs overlap, and the owners'
 //! time along the critical path (the branch that ended last). Its closing lines set the
@@ -159,8 +161,8 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let quic = std::env::var("SPORES_BREAKDOWN_NET").is_ok_and(|n| n.eq_ignore_ascii_case("quic"));
     let net = if quic { cluster::Net::Quic } else { cluster::Net::InProc };
-    let systems = rt.block_on(cluster::form(dir.path(), 3, net));
-    let dirs: Vec<String> =
+    let mut systems = rt.block_on(cluster::form(dir.path(), 3, net));
+    let mut dirs: Vec<String> =
         (0..systems.len()).map(|i| dir.path().join(format!("n{i}")).display().to_string()).collect();
     // The writer runs where `block_on` runs it (the calling thread, as in `benches/primary.rs`
     // and under `#[tokio::main]`), or with SPORES_BREAKDOWN_CALLER=task in a task on the
@@ -188,6 +190,31 @@ fn main() {
     // Warm up (caches, the first entries of the term), untimed.
     for _ in 0..100 {
         write(&systems[0]).expect("warm-up write");
+    }
+    // SPORES_BREAKDOWN_RESTART=1 (in process only): every node shuts down and reopens its data
+    // dir before the timed writes, which then go to whichever node leads: the path of a
+    // network that restarted (fjall appends to a recovered journal; a fresh one is sparse).
+    let restart = std::env::var("SPORES_BREAKDOWN_RESTART").is_ok_and(|v| v == "1");
+    if restart && !quic {
+        for s in &systems {
+            rt.block_on(s.shutdown()).expect("shutdown");
+        }
+        drop(std::mem::take(&mut systems));
+        systems = rt.block_on(cluster::reopen_inproc(dir.path(), 3));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let leader = loop {
+            let lead = systems.iter().position(|s| s.status().is_ok_and(|st| st.raft_state == "Leader"));
+            if let Some(i) = lead.filter(|&i| write(&systems[i]).is_ok()) {
+                break i;
+            }
+            assert!(Instant::now() < deadline, "no leader committed within 30 s of the restart");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        systems.rotate_left(leader);
+        dirs.rotate_left(leader);
+        for _ in 0..100 {
+            write(&systems[0]).expect("warm-up write after the restart");
+        }
     }
 
     let mut per_stage: Vec<Vec<f64>> = vec![Vec::with_capacity(writes); STAGES.len()];
@@ -237,7 +264,12 @@ fn main() {
 
     let over =
         if quic { "over QUIC on 127.0.0.1 (the replication stages include its round trip)" } else { "in process" };
-    let from = if in_task { "a task on the runtime" } else { "block_on" };
+    let from = match (in_task, restart && !quic) {
+        (true, false) => "a task on the runtime",
+        (false, false) => "block_on",
+        (true, true) => "a task on the runtime, after every node restarted",
+        (false, true) => "block_on, after every node restarted",
+    };
     let complete = writes - incomplete;
     eprintln!("\n=== one write's commit path, 3 voters {over}, writer in {from}, {writes} writes ({incomplete} without every span, left out) ===");
     for ((name, owner), v) in STAGES.iter().zip(per_stage.iter().cloned()) {

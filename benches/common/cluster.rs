@@ -24,35 +24,40 @@ pub enum Net {
     Quic,
 }
 
+/// Builds and starts voter `i` of a cluster under `dir` (its key from seed `[i + 1; 32]`).
+async fn start_node(dir: &Path, i: u8, kind: Net, net: &InProcNetwork) -> SporeSystem {
+    let key = NodeKey::from_seed([i + 1; 32]);
+    // `SPORES_BENCH_METRICS=off`: the write path records no metrics (the A/B of issue 22).
+    let metrics = std::env::var("SPORES_BENCH_METRICS").as_deref() != Ok("off");
+    let b = SporeSystem::builder().data_dir(dir.join(format!("n{i}"))).key(key.clone()).metrics(metrics);
+    let b = match kind {
+        Net::InProc => b.addr(format!("n{i}")).inproc(net),
+        Net::Quic => b.addr("127.0.0.1:0").network(Arc::new(QuicBackend::new(key, Admission::allow_all()))),
+    };
+    let s = b
+        .timeouts(Timeouts {
+            heartbeat: Duration::from_millis(50),
+            election_min: Duration::from_millis(300),
+            election_max: Duration::from_millis(600),
+            // `SPORES_BENCH_IN_FLIGHT=N`: the proposer's batches in flight (A/B runs).
+            batches_in_flight: std::env::var("SPORES_BENCH_IN_FLIGHT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(Timeouts::default().batches_in_flight),
+            ..Timeouts::default()
+        })
+        .build();
+    s.start().await.expect("start");
+    s
+}
+
 /// Forms a network of `nodes` voters under `dir` (node 0 initializes it, admits the others
 /// and adds them as voters). Node `i` signs with the key of seed `[i + 1; 32]`.
 pub async fn form(dir: &Path, nodes: u8, kind: Net) -> Vec<Arc<SporeSystem>> {
     let net = InProcNetwork::new(1);
     let mut systems = Vec::new();
     for i in 0..nodes {
-        let key = NodeKey::from_seed([i + 1; 32]);
-        // `SPORES_BENCH_METRICS=off`: the write path records no metrics (the A/B of issue 22).
-        let metrics = std::env::var("SPORES_BENCH_METRICS").as_deref() != Ok("off");
-        let b = SporeSystem::builder().data_dir(dir.join(format!("n{i}"))).key(key.clone()).metrics(metrics);
-        let b = match kind {
-            Net::InProc => b.addr(format!("n{i}")).inproc(&net),
-            Net::Quic => b.addr("127.0.0.1:0").network(Arc::new(QuicBackend::new(key, Admission::allow_all()))),
-        };
-        let s = b
-            .timeouts(Timeouts {
-                heartbeat: Duration::from_millis(50),
-                election_min: Duration::from_millis(300),
-                election_max: Duration::from_millis(600),
-                // `SPORES_BENCH_IN_FLIGHT=N`: the proposer's batches in flight (A/B runs).
-                batches_in_flight: std::env::var("SPORES_BENCH_IN_FLIGHT")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(Timeouts::default().batches_in_flight),
-                ..Timeouts::default()
-            })
-            .build();
-        s.start().await.expect("start");
-        systems.push(s);
+        systems.push(start_node(dir, i, kind, &net).await);
     }
     systems[0]
         .initialize(NetworkIdentity {
@@ -69,6 +74,17 @@ pub async fn form(dir: &Path, nodes: u8, kind: Net) -> Vec<Arc<SporeSystem>> {
         systems[0].add_member(peer, true).await.expect("add");
     }
     systems.into_iter().map(Arc::new).collect()
+}
+
+/// Restarts the in-process network [`form`] made under `dir` (its nodes shut down first):
+/// each node reopens its data dir. Returns the nodes in their order under `dir`.
+pub async fn reopen_inproc(dir: &Path, nodes: u8) -> Vec<Arc<SporeSystem>> {
+    let net = InProcNetwork::new(1);
+    let mut systems = Vec::new();
+    for i in 0..nodes {
+        systems.push(Arc::new(start_node(dir, i, Net::InProc, &net).await));
+    }
+    systems
 }
 
 /// Metadata that pads a registration to ~256 bytes of canonical encoding, like a real one.
