@@ -21,10 +21,11 @@
 //! `SPORES_BREAKDOWN_SETTLE_MS` waits after it; `SPORES_BREAKDOWN_GAP_MS=N` sleeps N ms before
 //! each timed write (a sporadic writer's write, after the node's threads went idle);
 //! `SPORES_BREAKDOWN_RESTART=1` (in process) shuts every node down and reopens its data dir
-//! before the timed writes, which then go to whichever node leads. From the leader's append on, the leader's own sync and
-//! the replication to a follower run side by side (openraft 0.10; 0.9 ran the leader's sync
-//! first): the harness prints both branches, how long the two fsyncs overlap, and the owners'
-//! time along the critical path (the branch that ended last). Its closing lines set the
+//! before the timed writes, which then go to whichever node leads. From the leader's append
+//! on, the leader's own sync and the replication to a follower run side by side (openraft
+//! 0.10; 0.9 ran the leader's sync first): the harness prints both branches, how long the
+//! two fsyncs overlap, and the owners' time along the critical path (the branch that ended
+//! last). Its closing lines set the
 //! critical path's stages that are not ours (openraft's hand-offs and the fsync) against the
 //! issue's 1-client budget, 2 × (fdatasync + sign + verify), all measured in the same run, give
 //! the raw quorum sync of this disk and the path's own disk window (the first sync's start to
