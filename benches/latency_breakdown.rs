@@ -101,11 +101,7 @@ struct Write {
 /// CPU time this process has used (every thread, user and system), from `/proc/self/stat`
 /// (in clock ticks of 10 ms); `None` where it cannot be read.
 fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // After "pid (name) ": state is field 0, utime field 11, stime field 12.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
+    cluster::stat_cpu(&std::fs::read_to_string("/proc/self/stat").ok()?).map(|(_, cpu)| cpu)
 }
 
 /// One write's stages from its spans; `None` if one is missing.

@@ -35,24 +35,13 @@ use cluster::Net;
 
 /// CPU seconds so far of each thread of this process, keyed by thread id, with its name.
 fn thread_cpu() -> BTreeMap<u32, (String, f64)> {
-    // Clock ticks per second: 100 on Linux (USER_HZ), the unit of utime/stime in stat.
-    const HZ: f64 = 100.0;
     let mut out = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
     for entry in dir.flatten() {
         let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // "tid (name) state ..." — the name may hold spaces, so split at the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let name = stat[open + 1..close].to_string();
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // After the name: state is field 0, utime field 11, stime field 12.
-        let (Some(u), Some(s)) =
-            (fields.get(11).and_then(|v| v.parse::<f64>().ok()), fields.get(12).and_then(|v| v.parse::<f64>().ok()))
-        else {
-            continue;
-        };
-        out.insert(tid, (name, (u + s) / HZ));
+        let Some((name, cpu)) = cluster::stat_cpu(&stat) else { continue };
+        out.insert(tid, (name, cpu.as_secs_f64()));
     }
     out
 }

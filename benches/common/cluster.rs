@@ -211,6 +211,19 @@ pub fn raw_quorum_fdatasync_median() -> Duration {
     median(samples)
 }
 
+/// The name and CPU time (user and system) in a `/proc/.../stat` line, of a process or of one
+/// of its threads: "pid (name) state ...", where the name may hold spaces and brackets, so the
+/// fields are counted from its last ')'. Times are in clock ticks: 100 per second on Linux
+/// (USER_HZ).
+pub fn stat_cpu(stat: &str) -> Option<(String, Duration)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // After the name: state is field 0, utime field 11, stime field 12.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((name, Duration::from_millis(ticks * 10)))
+}
+
 /// (sign, verify) time of one ~256-byte message: the rest of the 1-client latency budget.
 pub fn raw_sign_verify() -> (Duration, Duration) {
     let k = NodeKey::from_seed([3; 32]);
