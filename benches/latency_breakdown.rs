@@ -191,8 +191,8 @@ fn main() {
     // SPORES_BREAKDOWN_RESTART=1 (in process only): every node shuts down and reopens its data
     // dir before the timed writes, which then go to whichever node leads: the path of a
     // network that restarted (fjall appends to a recovered journal; a fresh one is sparse).
-    let restart = std::env::var("SPORES_BREAKDOWN_RESTART").is_ok_and(|v| v == "1");
-    if restart && !quic {
+    let restarted = !quic && std::env::var("SPORES_BREAKDOWN_RESTART").is_ok_and(|v| v == "1");
+    if restarted {
         for s in &systems {
             rt.block_on(s.shutdown()).expect("shutdown");
         }
@@ -261,12 +261,11 @@ fn main() {
 
     let over =
         if quic { "over QUIC on 127.0.0.1 (the replication stages include its round trip)" } else { "in process" };
-    let from = match (in_task, restart && !quic) {
-        (true, false) => "a task on the runtime",
-        (false, false) => "block_on",
-        (true, true) => "a task on the runtime, after every node restarted",
-        (false, true) => "block_on, after every node restarted",
-    };
+    let from = format!(
+        "{}{}",
+        if in_task { "a task on the runtime" } else { "block_on" },
+        if restarted { ", after every node restarted" } else { "" }
+    );
     let complete = writes - incomplete;
     eprintln!("\n=== one write's commit path, 3 voters {over}, writer in {from}, {writes} writes ({incomplete} without every span, left out) ===");
     for ((name, owner), v) in STAGES.iter().zip(per_stage.iter().cloned()) {
