@@ -54,7 +54,8 @@ fn kind(name: &str) -> &'static str {
         n if n.starts_with("fjall") => "fjall background",
         n if n.starts_with("ledger-chain") => "ledger chain helper",
         n if n.starts_with("primary_profile") || n.starts_with("main") => "main (bench driver)",
-        n if n.starts_with("rayon") => "rayon pool (verification, foreground)",
+        n if n.starts_with("spores-check") => "verification, foreground pool",
+        n if n.starts_with("rayon") => "rayon's global pool",
         n if n.starts_with("spores-verify") => "verification, background pool",
         _ => "other",
     }

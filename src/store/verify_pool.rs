@@ -1,5 +1,5 @@
-//! Where ahead-of-apply signature checks run: on rayon's global pool when a write waits for
-//! them, on a background pool at the lowest CPU priority when none does.
+//! Where ahead-of-apply signature checks run: on a foreground pool of half the cores when a
+//! write waits for them, on a background pool at the lowest CPU priority when none does.
 //!
 //! A leader answers a write once its own apply of the entry is done, and that apply needs the
 //! entry's signatures checked: those checks are on the write's path. A follower's checks are
@@ -11,6 +11,17 @@
 //! applies at most ~10 entries behind at each round's end (`benches/README.md`, session 17).
 //!
 //! The scrub's signature checks run there too ([`install`]): maintenance, not a write's path.
+//!
+//! The foreground pool ([`foreground`]) is not rayon's global one, whose threads (one per
+//! core) the node also uses for parallel replay and audits. A rayon thread that runs out of
+//! work yields its core some thirty times before it sleeps; on a small machine two of them
+//! spinning after every one-event check took CPU from the Raft tasks they were meant to
+//! serve. A write's checks are small jobs (an entry's events, chunked by 64) that seldom use
+//! more than one thread, so half the cores serve them: on two cores, one thread. Against the
+//! global pool, 12 alternated pairs of `latency_breakdown`: the 1-client write 498 → 456 µs in
+//! process and 680 → 646 µs over QUIC, its CPU (every thread) 880 → 800 and 1260 → 1130 µs;
+//! `primary_profile` at 64 writers, 8 pairs: 0.574 → 0.589 of 2V/3 in process, 0.512 → 0.540
+//! over QUIC (`benches/README.md`, session 21).
 //!
 //! A check still pending when an apply needs it is waited for (a bounded wait, see
 //! [`super::verified::PreVerified`]): under a machine saturated by other work a follower's
@@ -24,10 +35,26 @@ pub const BACKGROUND_NICE: i32 = 19;
 /// How urgent a batch of signature checks is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Urgency {
-    /// A write waits for them (entries this node appended as their leader): rayon's global pool.
+    /// A write waits for them (entries this node appended as their leader): [`foreground`].
     Foreground,
     /// No write waits for them (entries replicated from another leader): [`background`].
     Background,
+}
+
+/// The foreground pool (half the cores, at least one thread, at normal priority), built on
+/// first use; `None` if its threads cannot be started (the caller then uses the global pool).
+pub fn foreground() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads((cores / 2).max(1))
+            .thread_name(|i| format!("spores-check-{i}"))
+            .build()
+            .inspect_err(|e| tracing::warn!(error = %e, "no foreground verification pool; using the global one"))
+            .ok()
+    })
+    .as_ref()
 }
 
 /// The background pool (as many threads as cores, at [`BACKGROUND_NICE`]), built on first
@@ -49,9 +76,13 @@ pub fn background() -> Option<&'static rayon::ThreadPool> {
 
 /// Runs `job` on the pool `urgency` names.
 pub fn spawn(urgency: Urgency, job: impl FnOnce() + Send + 'static) {
-    match (urgency, background()) {
-        (Urgency::Background, Some(pool)) => pool.spawn(job),
-        _ => rayon::spawn(job),
+    let pool = match urgency {
+        Urgency::Foreground => foreground(),
+        Urgency::Background => background(),
+    };
+    match pool {
+        Some(pool) => pool.spawn(job),
+        None => rayon::spawn(job),
     }
 }
 
@@ -76,6 +107,21 @@ fn lower_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write's checks run on the foreground pool's own threads, not on rayon's global pool
+    /// (whose threads serve replay and audits), and that pool leaves half the cores alone.
+    #[test]
+    fn foreground_jobs_run_on_their_own_pool_of_half_the_cores() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn(Urgency::Foreground, move || {
+            let _ = tx.send(std::thread::current().name().map(str::to_string));
+        });
+        let name = rx.recv_timeout(std::time::Duration::from_secs(10)).ok().flatten();
+        assert!(name.as_deref().is_some_and(|n| n.starts_with("spores-check-")), "ran on {name:?}");
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let threads = foreground().map(rayon::ThreadPool::current_num_threads);
+        assert_eq!(threads, Some((cores / 2).max(1)));
+    }
 
     #[test]
     fn background_jobs_run_at_the_lowest_priority_and_foreground_ones_do_not() {
