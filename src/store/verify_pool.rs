@@ -45,16 +45,8 @@ pub enum Urgency {
 /// first use; `None` if its threads cannot be started (the caller then uses the global pool).
 pub fn foreground() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        rayon::ThreadPoolBuilder::new()
-            .num_threads((cores / 2).max(1))
-            .thread_name(|i| format!("spores-check-{i}"))
-            .build()
-            .inspect_err(|e| tracing::warn!(error = %e, "no foreground verification pool; using the global one"))
-            .ok()
-    })
-    .as_ref()
+    POOL.get_or_init(|| build("spores-check", rayon::ThreadPoolBuilder::new().num_threads((cores() / 2).max(1))))
+        .as_ref()
 }
 
 /// The background pool (as many threads as cores, at [`BACKGROUND_NICE`]), built on first
@@ -62,16 +54,26 @@ pub fn foreground() -> Option<&'static rayon::ThreadPool> {
 pub fn background() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
     POOL.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("spores-verify-{i}"))
-            .start_handler(|_| lower_priority())
-            .build()
-            .inspect_err(|e| tracing::warn!(error = %e, "no background verification pool; using the global one"))
-            .ok()
+        build("spores-verify", rayon::ThreadPoolBuilder::new().num_threads(cores()).start_handler(|_| lower_priority()))
     })
     .as_ref()
+}
+
+/// The cores this process may use (2 if the OS does not say).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
+/// Builds a pool from `builder`, its threads named `{prefix}-N`; `None`, with a warning, if
+/// its threads cannot be started.
+fn build(prefix: &'static str, builder: rayon::ThreadPoolBuilder) -> Option<rayon::ThreadPool> {
+    builder
+        .thread_name(move |i| format!("{prefix}-{i}"))
+        .build()
+        .inspect_err(
+            |e| tracing::warn!(error = %e, pool = prefix, "no verification pool of its own; using the global one"),
+        )
+        .ok()
 }
 
 /// Runs `job` on the pool `urgency` names.
