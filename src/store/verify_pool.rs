@@ -15,10 +15,10 @@
 //! The foreground pool ([`foreground`]) is not rayon's global one, whose threads (one per
 //! core) the node also uses for parallel replay and audits. A rayon thread that runs out of
 //! work yields its core some thirty times before it sleeps; on a small machine two of them
-//! spinning after every one-event check took CPU from the Raft tasks they were meant to
-//! serve. A write's checks are small jobs (an entry's events, chunked by 64) that seldom use
-//! more than one thread, so half the cores serve them: on two cores, one thread. Against the
-//! global pool, 12 alternated pairs of `latency_breakdown`: the 1-client write 498 → 456 µs in
+//! spinning after every one-event check took CPU from the Raft tasks they were meant to serve.
+//! A write's checks are small jobs (an entry's events, in chunks of 128) that seldom use more
+//! than one thread, so half the cores serve them: on two cores, one thread. Against the global
+//! pool, 12 alternated pairs of `latency_breakdown`: the 1-client write 498 → 456 µs in
 //! process and 680 → 646 µs over QUIC, its CPU (every thread) 880 → 800 and 1260 → 1130 µs;
 //! `primary_profile` at 64 writers, 8 pairs: 0.574 → 0.589 of 2V/3 in process, 0.512 → 0.540
 //! over QUIC (`benches/README.md`, session 21).
@@ -120,9 +120,8 @@ mod tests {
         });
         let name = rx.recv_timeout(std::time::Duration::from_secs(10)).ok().flatten();
         assert!(name.as_deref().is_some_and(|n| n.starts_with("spores-check-")), "ran on {name:?}");
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let threads = foreground().map(rayon::ThreadPool::current_num_threads);
-        assert_eq!(threads, Some((cores / 2).max(1)));
+        assert_eq!(threads, Some((cores() / 2).max(1)));
     }
 
     #[test]
