@@ -156,7 +156,8 @@ impl SporeSystem {
                 .await
                 .map_err(raft_err)?;
         }
-        let proposer = Proposer::spawn_idempotent(raft.clone(), ledger.clone(), checks, cfg.timeouts.batches_in_flight);
+        let proposer =
+            Proposer::spawn_idempotent(raft.clone(), ledger.clone(), checks.clone(), cfg.timeouts.batches_in_flight);
         let mut tasks = Vec::new();
         let gossip = transport.gossip_dialer().map(|dialer| {
             let my_id = raft_id(&node);
@@ -286,6 +287,7 @@ impl SporeSystem {
             me,
             raft,
             proposer,
+            checks,
             ledger,
             head_rx,
             transport,

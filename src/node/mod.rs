@@ -101,6 +101,11 @@ struct Running {
     capabilities: Vec<String>,
     raft: Raft,
     proposer: Proposer,
+    /// Signatures this replica verified ahead of their apply; the events this node signs are
+    /// recorded there as they are signed ([`PreVerified::sign`]).
+    ///
+    /// [`PreVerified::sign`]: crate::store::verified::PreVerified::sign
+    checks: crate::store::verified::PreVerified,
     ledger: SharedLedger,
     head_rx: tokio::sync::watch::Receiver<Option<u64>>,
     transport: SharedTransport,

@@ -87,7 +87,8 @@ impl SporeSystem {
                 *r.fingerprint.get_or_init(|| fp)
             }
         };
-        Ok(SignedEvent::sign(&r.key, fp, Timestamp::now(), body))
+        // Recorded as verified here: this replica's apply will not check its own signature.
+        Ok(r.checks.sign(&r.key, fp, Timestamp::now(), body))
     }
 
     /// This node's announcement (for an authority to [`SporeSystem::admit`]).

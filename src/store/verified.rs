@@ -216,6 +216,29 @@ impl PreVerified {
         }
     }
 
+    /// Signs `body` as `key`'s node and remembers the signature as verified for the signed
+    /// event's exact encoding. A signature this process has just made, with the key of the
+    /// event's own author, verifies by construction: the replica that signed the event need
+    /// not check it again at its apply, and its log store starts no check for it. Every other
+    /// replica still checks it.
+    pub fn sign(
+        &self,
+        key: &crate::core::keys::NodeKey,
+        fingerprint: crate::core::types::NetworkFingerprint,
+        timestamp: crate::core::types::Timestamp,
+        body: crate::core::event::EventBody,
+    ) -> SignedEvent {
+        let event = SignedEvent::sign(key, fingerprint, timestamp, body);
+        let digest = *blake3::hash(&event.canonical_bytes()).as_bytes();
+        if let Ok(mut g) = self.inner.0.lock() {
+            if g.map.len() >= Self::CAPACITY {
+                g.map.clear();
+            }
+            g.map.insert(event.signature, Pre::Verified(digest));
+        }
+        event
+    }
+
     /// Whether every one of `events` was verified already (so [`VerifiedEvents::verify_with`]
     /// checks no signature itself). Does not wait.
     pub fn all_verified<'a>(&self, mut events: impl Iterator<Item = &'a SignedEvent>) -> bool {
@@ -380,6 +403,29 @@ mod tests {
             });
             assert_eq!(seen, n);
         }
+    }
+
+    /// An event this replica signed itself counts as verified at once (no check to run or to
+    /// wait for), for exactly that event and once: the same signature on altered content is
+    /// checked, and refused.
+    #[test]
+    fn an_event_signed_here_is_verified_by_construction_and_only_that_event() {
+        let known = PreVerified::default();
+        let key = crate::core::keys::NodeKey::from_seed([9; 32]);
+        let body = crate::EventBody::NodeBackOnline { node: key.node_id() };
+        let ev = known.sign(&key, crate::core::types::NetworkFingerprint([1; 32]), Timestamp(7), body);
+        let msg = ev.signing_message();
+        let really = crate::core::keys::verify_many(&mut VerifierCache::default(), &[(ev.author, &msg, ev.signature)]);
+        assert_eq!(really, vec![true], "the signature made here verifies");
+        assert!(known.all_verified(std::iter::once(&ev)));
+        let (v, bad) = VerifiedEvents::verify_with(vec![ev.clone()], &mut VerifierCache::default(), &known);
+        assert!(bad.is_empty() && v.all_verified());
+        // The verdict was used once; a copy altered after signing is checked and refused.
+        assert!(!known.all_verified(std::iter::once(&ev)));
+        let mut altered = ev;
+        altered.timestamp = Timestamp(8);
+        let (_, bad) = VerifiedEvents::verify_with(vec![altered], &mut VerifierCache::default(), &known);
+        assert_eq!(bad, vec![0]);
     }
 
     #[test]
