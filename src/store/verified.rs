@@ -102,7 +102,8 @@ struct PreInner {
     map: std::collections::HashMap<SignatureBytes, Pre>,
 }
 
-/// Signatures this process has already verified, ahead of the append that needs them.
+/// Signatures this process has already verified, ahead of the append that needs them, or
+/// made itself ([`PreVerified::sign`]).
 ///
 /// A Raft replica receives an event (log append) well before it applies it (after the log is
 /// synced and the entry committed). [`PreVerified::spawn_verify`] verifies the signatures on
