@@ -102,6 +102,16 @@ struct PreInner {
     map: std::collections::HashMap<SignatureBytes, Pre>,
 }
 
+impl PreInner {
+    /// Makes room for `n` more signatures: a set that would pass [`PreVerified::CAPACITY`] is
+    /// cleared (which only costs re-verification).
+    fn make_room(&mut self, n: usize) {
+        if self.map.len() + n > PreVerified::CAPACITY {
+            self.map.clear();
+        }
+    }
+}
+
 /// Signatures this process has already verified, ahead of the append that needs them, or
 /// made itself ([`PreVerified::sign`]).
 ///
@@ -144,9 +154,7 @@ impl PreVerified {
         }
         let events = {
             let Ok(mut g) = self.inner.0.lock() else { return };
-            if g.map.len() + events.len() > Self::CAPACITY {
-                g.map.clear();
-            }
+            g.make_room(events.len());
             let mut fresh = Vec::new();
             for (i, e) in events.iter().enumerate() {
                 if let std::collections::hash_map::Entry::Vacant(v) = g.map.entry(e.signature) {
@@ -232,9 +240,7 @@ impl PreVerified {
         let event = SignedEvent::sign(key, fingerprint, timestamp, body);
         let digest = *blake3::hash(&event.canonical_bytes()).as_bytes();
         if let Ok(mut g) = self.inner.0.lock() {
-            if g.map.len() >= Self::CAPACITY {
-                g.map.clear();
-            }
+            g.make_room(1);
             g.map.insert(event.signature, Pre::Verified(digest));
         }
         event
