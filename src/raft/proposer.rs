@@ -264,16 +264,19 @@ impl Slots {
     }
 
     /// A slot for a writer (counted by [`Slots::enter`]) to send its write alone at once, if
-    /// it comes alone: the slot an idle proposer lends, or a free one when nothing is in
-    /// flight (tokio's semaphore is fair: a proposer task waiting for a slot gets it first).
+    /// it comes alone and no batch is in flight: the slot an idle proposer lends, or else a
+    /// free one (tokio's semaphore is fair: a proposer task waiting for a slot gets it first).
     fn direct<T>(&self, queue: &mpsc::Sender<T>) -> Option<OwnedSemaphorePermit> {
         if self.writers.load(Ordering::SeqCst) != 1 || queue.capacity() != queue.max_capacity() {
             return None;
         }
-        let lent = sync::lock(&self.idle).take();
-        lent.or_else(|| {
-            (self.free.available_permits() == self.max).then(|| self.free.clone().try_acquire_owned().ok())?
-        })
+        // Nothing else in flight: every slot free but the one the idle proposer may lend.
+        let mut idle = sync::lock(&self.idle);
+        let lent = usize::from(idle.is_some());
+        if self.free.available_permits() + lent != self.max {
+            return None;
+        }
+        idle.take().or_else(|| self.free.clone().try_acquire_owned().ok())
     }
 
     /// Waits for a free slot (`None` once the semaphore is closed).
@@ -503,7 +506,7 @@ mod tests {
     }
 
     /// With several batches in flight allowed (the WAN profile), a writer alone goes around
-    /// the queue only while nothing is in flight.
+    /// the queue only while nothing is in flight, whether the proposer lends its slot or not.
     #[tokio::test]
     async fn a_writer_alone_waits_in_the_queue_while_a_batch_is_in_flight() {
         let slots = Slots::new(BATCHES_IN_FLIGHT_WAN);
@@ -511,7 +514,13 @@ mod tests {
         let _alone = slots.enter();
         let in_flight = slots.direct(&tx).expect("nothing in flight");
         assert!(slots.direct(&tx).is_none(), "one batch in flight, none lent");
+        let idle = slots.take().await.expect("a slot");
+        slots.lend(idle);
+        assert!(slots.direct(&tx).is_none(), "one batch in flight, the idle proposer's slot lent");
         drop(in_flight);
+        let lent = slots.direct(&tx).expect("nothing in flight: the lent slot");
+        assert_eq!(slots.free.available_permits(), BATCHES_IN_FLIGHT_WAN - 1, "the lent slot, not a second one");
+        drop(lent);
         assert!(slots.direct(&tx).is_some());
     }
 }
