@@ -156,12 +156,13 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Median fdatasync after a 4 KiB append: the fsync of the 1-client latency budget.
-pub fn raw_fdatasync_median() -> Duration {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut f = std::fs::File::create(dir.path().join("f")).expect("create");
+/// Rounds of the raw fdatasync medians.
+const SYNC_ROUNDS: usize = 300;
+
+/// Median fdatasync after a 4 KiB write at `f`'s position, over [`SYNC_ROUNDS`] writes.
+fn median_sync_after_writes(f: &mut std::fs::File) -> Duration {
     let buf = [7u8; 4096];
-    let samples: Vec<Duration> = (0..300)
+    let samples: Vec<Duration> = (0..SYNC_ROUNDS)
         .map(|_| {
             f.write_all(&buf).expect("write");
             let t = Instant::now();
@@ -172,28 +173,25 @@ pub fn raw_fdatasync_median() -> Duration {
     median(samples)
 }
 
+/// Median fdatasync after a 4 KiB append: the fsync of the 1-client latency budget.
+pub fn raw_fdatasync_median() -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = std::fs::File::create(dir.path().join("f")).expect("create");
+    median_sync_after_writes(&mut f)
+}
+
 /// Median fdatasync after a 4 KiB write over blocks written (zeros) and synced beforehand: a
 /// sync that allocates nothing, so the filesystem's journal has no metadata to commit with it.
 /// A log that zero-fills its segments ahead (etcd's WAL, ScyllaDB's commitlog) syncs at this
 /// cost; fjall's journal extends its file with `set_len`, which allocates no blocks, so its
 /// syncs cost what [`raw_fdatasync_median`]'s appends do.
 pub fn raw_fdatasync_prewritten_median() -> Duration {
-    const ROUNDS: usize = 300;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = std::fs::File::create(dir.path().join("f")).expect("create");
-    f.write_all(&vec![0u8; ROUNDS * 4096]).expect("zero-fill");
+    f.write_all(&vec![0u8; SYNC_ROUNDS * 4096]).expect("zero-fill");
     f.sync_all().expect("sync the zero-fill");
     f.seek(std::io::SeekFrom::Start(0)).expect("rewind");
-    let buf = [7u8; 4096];
-    let samples: Vec<Duration> = (0..ROUNDS)
-        .map(|_| {
-            f.write_all(&buf).expect("write");
-            let t = Instant::now();
-            f.sync_data().expect("sync");
-            t.elapsed()
-        })
-        .collect();
-    median(samples)
+    median_sync_after_writes(&mut f)
 }
 
 /// The disk's own floor for a commit of three voters on this one disk: three threads, each
