@@ -9,7 +9,10 @@
 //! - 1 client: median commit latency ≤ 2 × (fdatasync median + sign + verify) in process,
 //!   ≤ 2.5 × over QUIC on 127.0.0.1; p99 reported. Beside them, a raw quinn round trip on
 //!   loopback (512 B each way on one stream), and what a write over QUIC pays beyond one in
-//!   process in those round trips.
+//!   process in those round trips;
+//! - the disk: three syncs at once until the second returns (the floor for three voters on
+//!   it), and a sync over blocks written ahead against the append's (what a journal
+//!   zero-filled ahead would pay; fjall's is not).
 //!
 //! `SPORES_BENCH_NET=inproc|quic` runs one network only; `SPORES_BENCH_NODES=1` one node.
 
