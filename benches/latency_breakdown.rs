@@ -32,7 +32,8 @@
 //! the second sync's end), and set what is outside the store and in series on every write (the
 //! signature, openraft's two serial stages, that window) against the target, with what it
 //! leaves for our stages. It also prints the whole write's p90 / p99 / max, the stages the
-//! slowest writes lost time in, and the process's CPU per write (every thread).
+//! slowest writes lost time in, and the process's CPU per write (every thread, then by kind of
+//! thread).
 
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
@@ -227,6 +228,7 @@ fn main() {
     // write, after the node's threads went idle.
     let gap: u64 = std::env::var("SPORES_BREAKDOWN_GAP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let cpu_before = process_cpu();
+    let threads_before = cluster::thread_cpu();
     for _ in 0..writes {
         std::thread::sleep(Duration::from_millis(gap));
         timeline.clear();
@@ -258,6 +260,7 @@ fn main() {
     // bookkeeping is the same in every build), per write.
     let cpu_per_write =
         process_cpu().zip(cpu_before).map(|(a, b)| a.saturating_sub(b).as_secs_f64() * 1e6 / writes as f64);
+    let by_kind = cluster::cpu_by_kind(&threads_before, &cluster::thread_cpu());
 
     let over =
         if quic { "over QUIC on 127.0.0.1 (the replication stages include its round trip)" } else { "in process" };
@@ -293,6 +296,14 @@ fn main() {
     );
     if let Some(cpu) = cpu_per_write {
         eprintln!("CPU per write, every thread of the process (3 voters and this driver): {cpu:.0} us");
+        // By kind of thread (read per thread, at the clock's 10 ms tick: a rough split). On two
+        // cores, a write whose CPU is twice its latency kept both busy throughout.
+        let split: Vec<String> = by_kind
+            .iter()
+            .filter(|(_, s)| **s > 0.0)
+            .map(|(k, s)| format!("{k} {:.0} us", s * 1e6 / writes as f64))
+            .collect();
+        eprintln!("  by thread: {}", split.join("; "));
     }
     // The slowest 5 % of complete writes: which stage ran furthest over its median.
     slow_candidates.sort_by(|a, b| b.0.total_cmp(&a.0));

@@ -24,7 +24,6 @@
 // tests and benches: a panic is the failure report
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 #[path = "common/alloc.rs"]
@@ -32,34 +31,6 @@ mod alloc;
 #[path = "common/cluster.rs"]
 mod cluster;
 use cluster::Net;
-
-/// CPU seconds so far of each thread of this process, keyed by thread id, with its name.
-fn thread_cpu() -> BTreeMap<u32, (String, f64)> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
-    for entry in dir.flatten() {
-        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some((name, cpu)) = cluster::stat_cpu(&stat) else { continue };
-        out.insert(tid, (name, cpu.as_secs_f64()));
-    }
-    out
-}
-
-/// The kind of a thread, from its name.
-fn kind(name: &str) -> &'static str {
-    match name {
-        n if n.starts_with("tokio-rt-worker") => "tokio (workers + blocking pool)",
-        n if n.starts_with("spores-raft-flu") => "raft log flusher (fsync)",
-        n if n.starts_with("fjall") => "fjall background",
-        n if n.starts_with("ledger-chain") => "ledger chain helper",
-        n if n.starts_with("primary_profile") || n.starts_with("main") => "main (bench driver)",
-        n if n.starts_with("spores-check") => "verification, foreground pool",
-        n if n.starts_with("rayon") => "rayon's global pool",
-        n if n.starts_with("spores-verify") => "verification, background pool",
-        _ => "other",
-    }
-}
 
 fn main() {
     let clients: usize = std::env::var("SPORES_PROFILE_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(64).max(1);
@@ -83,7 +54,7 @@ fn main() {
     for round in 0..rounds {
         let events = cluster::presigned(&systems[0], total);
         let v_before = cluster::raw_verify_batch_rate(0.3);
-        let before = thread_cpu();
+        let before = cluster::thread_cpu();
         let t = Instant::now();
         rt.block_on(cluster::write_concurrently(&systems[0], events, clients));
         let wall = t.elapsed().as_secs_f64();
@@ -115,12 +86,7 @@ fn main() {
             total as f64 / (lead - entries_before).max(1) as f64
         );
         entries_before = lead;
-        let after = thread_cpu();
-        let mut by_kind: BTreeMap<&str, f64> = BTreeMap::new();
-        for (tid, (name, cpu)) in &after {
-            let was = before.get(tid).map_or(0.0, |b| b.1);
-            *by_kind.entry(kind(name)).or_default() += cpu - was;
-        }
+        let by_kind = cluster::cpu_by_kind(&before, &cluster::thread_cpu());
         let cpu: f64 = by_kind.values().sum();
         let v = (v_before + cluster::raw_verify_batch_rate(0.3)) / 2.0;
         eprintln!(

@@ -4,6 +4,7 @@
 // Each bench includes this module and uses the helpers it needs.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{Seek, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -244,6 +245,49 @@ pub fn stat_cpu(stat: &str) -> Option<(String, Duration)> {
     // After the name: state is field 0, utime field 11, stime field 12.
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some((name, Duration::from_millis(ticks * 10)))
+}
+
+/// CPU seconds so far of each thread of this process, keyed by thread id, with its name.
+pub fn thread_cpu() -> BTreeMap<u32, (String, f64)> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
+    for entry in dir.flatten() {
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((name, cpu)) = stat_cpu(&stat) else { continue };
+        out.insert(tid, (name, cpu.as_secs_f64()));
+    }
+    out
+}
+
+/// The kind of thread `tid`, named `name`: the library's own threads by their names, and this
+/// process's main thread as the bench's driver.
+pub fn thread_kind(tid: u32, name: &str) -> &'static str {
+    match name {
+        _ if tid == std::process::id() => "main (bench driver)",
+        n if n.starts_with("tokio-rt-worker") => "tokio (workers + blocking pool)",
+        n if n.starts_with("spores-raft-flu") => "raft log flusher (fsync)",
+        n if n.starts_with("fjall") => "fjall background",
+        n if n.starts_with("ledger-chain") => "ledger chain helper",
+        n if n.starts_with("spores-check") => "verification, foreground pool",
+        n if n.starts_with("rayon") => "rayon's global pool",
+        n if n.starts_with("spores-verify") => "verification, background pool",
+        _ => "other",
+    }
+}
+
+/// CPU seconds by kind of thread between two [`thread_cpu`] readings (a thread that started
+/// in between counts from zero).
+pub fn cpu_by_kind(
+    before: &BTreeMap<u32, (String, f64)>,
+    after: &BTreeMap<u32, (String, f64)>,
+) -> BTreeMap<&'static str, f64> {
+    let mut by_kind: BTreeMap<&'static str, f64> = BTreeMap::new();
+    for (tid, (name, cpu)) in after {
+        let was = before.get(tid).map_or(0.0, |b| b.1);
+        *by_kind.entry(thread_kind(*tid, name)).or_default() += cpu - was;
+    }
+    by_kind
 }
 
 /// (sign, verify) time of one ~256-byte message: the rest of the 1-client latency budget.
