@@ -197,11 +197,10 @@ pub fn raw_fdatasync_prewritten_median() -> Duration {
 
 /// The disk's own floor for a commit of three voters on this one disk: three threads, each
 /// with a file of its own, write 4 KiB and `fdatasync` at the same moment, and a round lasts
-/// until the second sync returns (a quorum of three). Median of 300 rounds. Compare it with
+/// until the second sync returns (a quorum of three). Median of [`SYNC_ROUNDS`] rounds. Compare it with
 /// [`raw_fdatasync_median`], one sync alone: the 1-client budget assumes a commit costs one.
 pub fn raw_quorum_fdatasync_median() -> Duration {
     use std::sync::{mpsc, Barrier};
-    const ROUNDS: usize = 300;
     let dir = tempfile::tempdir().expect("tempdir");
     let start = Arc::new(Barrier::new(4));
     let (done_tx, done_rx) = mpsc::channel::<Instant>();
@@ -211,7 +210,7 @@ pub fn raw_quorum_fdatasync_median() -> Duration {
             let (start, done_tx) = (start.clone(), done_tx.clone());
             std::thread::spawn(move || {
                 let buf = [7u8; 4096];
-                for _ in 0..ROUNDS {
+                for _ in 0..SYNC_ROUNDS {
                     start.wait();
                     f.write_all(&buf).expect("write");
                     f.sync_data().expect("sync");
@@ -220,8 +219,8 @@ pub fn raw_quorum_fdatasync_median() -> Duration {
             })
         })
         .collect();
-    let mut samples = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
+    let mut samples = Vec::with_capacity(SYNC_ROUNDS);
+    for _ in 0..SYNC_ROUNDS {
         start.wait();
         let t = Instant::now();
         let mut ends: Vec<Instant> = (0..3).map(|_| done_rx.recv().expect("sync done")).collect();
