@@ -160,9 +160,9 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
 /// Rounds of the raw fdatasync medians.
 const SYNC_ROUNDS: usize = 300;
 
-/// Median fdatasync after a 4 KiB write at `f`'s position, over [`SYNC_ROUNDS`] writes.
-fn median_sync_after_writes(f: &mut std::fs::File) -> Duration {
-    let buf = [7u8; 4096];
+/// Median fdatasync after a `len`-byte write at `f`'s position, over [`SYNC_ROUNDS`] writes.
+fn median_sync_after_writes(f: &mut std::fs::File, len: usize) -> Duration {
+    let buf = vec![7u8; len];
     let samples: Vec<Duration> = (0..SYNC_ROUNDS)
         .map(|_| {
             f.write_all(&buf).expect("write");
@@ -178,21 +178,40 @@ fn median_sync_after_writes(f: &mut std::fs::File) -> Duration {
 pub fn raw_fdatasync_median() -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = std::fs::File::create(dir.path().join("f")).expect("create");
-    median_sync_after_writes(&mut f)
+    median_sync_after_writes(&mut f, 4096)
 }
 
-/// Median fdatasync after a 4 KiB write over blocks written (zeros) and synced beforehand: a
-/// sync that allocates nothing, so the filesystem's journal has no metadata to commit with it.
-/// A log that zero-fills its segments ahead (etcd's WAL, ScyllaDB's commitlog) syncs at this
-/// cost; fjall's journal extends its file with `set_len`, which allocates no blocks, so its
-/// syncs cost what [`raw_fdatasync_median`]'s appends do.
-pub fn raw_fdatasync_prewritten_median() -> Duration {
+/// Bytes a 1-client write adds to the leader's fjall journal before its sync (its Raft entry
+/// and the records of its apply): the median `write(2)` to the journal was 814 B under
+/// `strace` (benches/README.md, session 24).
+pub const JOURNAL_WRITE_BYTES: usize = 800;
+
+/// How a journal's file was made before its writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalFile {
+    /// Sized with `set_len` and no blocks written, as fjall 3.1 makes each journal.
+    PreSized,
+    /// Zero-filled and synced ahead (etcd's WAL, ScyllaDB's commitlog).
+    ZeroFilled,
+}
+
+/// Median fdatasync after a [`JOURNAL_WRITE_BYTES`] write into a journal made as `how` says:
+/// the sync a 1-client write's journal pays. Small writes share a block: only the first write
+/// into a block of a pre-sized file allocates it, so such a journal syncs near the zero-filled
+/// one's cost, both below [`raw_fdatasync_median`]'s appends, which grow the file each time.
+pub fn raw_fdatasync_journal_median(how: JournalFile) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = std::fs::File::create(dir.path().join("f")).expect("create");
-    f.write_all(&vec![0u8; SYNC_ROUNDS * 4096]).expect("zero-fill");
-    f.sync_all().expect("sync the zero-fill");
-    f.seek(std::io::SeekFrom::Start(0)).expect("rewind");
-    median_sync_after_writes(&mut f)
+    let size = SYNC_ROUNDS * JOURNAL_WRITE_BYTES;
+    match how {
+        JournalFile::PreSized => f.set_len(size as u64).expect("set_len"),
+        JournalFile::ZeroFilled => {
+            f.write_all(&vec![0u8; size]).expect("zero-fill");
+            f.seek(std::io::SeekFrom::Start(0)).expect("rewind");
+        }
+    }
+    f.sync_all().expect("sync the new journal");
+    median_sync_after_writes(&mut f, JOURNAL_WRITE_BYTES)
 }
 
 /// The disk's own floor for a commit of three voters on this one disk: three threads, each
