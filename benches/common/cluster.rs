@@ -160,25 +160,54 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
 /// Rounds of the raw fdatasync medians.
 const SYNC_ROUNDS: usize = 300;
 
-/// Median fdatasync after a `len`-byte write at `f`'s position, over [`SYNC_ROUNDS`] writes.
-fn median_sync_after_writes(f: &mut std::fs::File, len: usize) -> Duration {
+/// The fdatasync after each of `n` `len`-byte writes at `f`'s position.
+fn syncs_after_writes(f: &mut std::fs::File, len: usize, n: usize) -> Vec<Duration> {
     let buf = vec![7u8; len];
-    let samples: Vec<Duration> = (0..SYNC_ROUNDS)
+    (0..n)
         .map(|_| {
             f.write_all(&buf).expect("write");
             let t = Instant::now();
             f.sync_data().expect("sync");
             t.elapsed()
         })
-        .collect();
-    median(samples)
+        .collect()
+}
+
+/// Median fdatasync after a `len`-byte write at `f`'s position, over [`SYNC_ROUNDS`] writes.
+fn median_sync_after_writes(f: &mut std::fs::File, len: usize) -> Duration {
+    median(syncs_after_writes(f, len, SYNC_ROUNDS))
 }
 
 /// Median fdatasync after a 4 KiB append: the fsync of the 1-client latency budget.
 pub fn raw_fdatasync_median() -> Duration {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut f = std::fs::File::create(dir.path().join("f")).expect("create");
-    median_sync_after_writes(&mut f, 4096)
+    AppendSyncProbe::new().median(SYNC_ROUNDS)
+}
+
+/// [`raw_fdatasync_median`]'s measurement taken in pieces: a bench takes some between its own
+/// writes, so the budget's sync and the writes it is compared with see the same minutes of a
+/// disk whose speed drifts.
+pub struct AppendSyncProbe {
+    _dir: tempfile::TempDir,
+    file: std::fs::File,
+}
+
+impl AppendSyncProbe {
+    /// A new, empty file in a directory of its own.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = std::fs::File::create(dir.path().join("f")).expect("create");
+        AppendSyncProbe { _dir: dir, file }
+    }
+
+    /// The fdatasync after each of `n` 4 KiB appends.
+    pub fn sample(&mut self, n: usize) -> Vec<Duration> {
+        syncs_after_writes(&mut self.file, 4096, n)
+    }
+
+    /// The median of `n` of them.
+    pub fn median(&mut self, n: usize) -> Duration {
+        median(self.sample(n))
+    }
 }
 
 /// Bytes a 1-client write adds to the leader's fjall journal before its sync (its Raft entry
