@@ -173,11 +173,6 @@ fn syncs_after_writes(f: &mut std::fs::File, len: usize, n: usize) -> Vec<Durati
         .collect()
 }
 
-/// Median fdatasync after a `len`-byte write at `f`'s position, over [`SYNC_ROUNDS`] writes.
-fn median_sync_after_writes(f: &mut std::fs::File, len: usize) -> Duration {
-    median(syncs_after_writes(f, len, SYNC_ROUNDS))
-}
-
 /// Median fdatasync after a 4 KiB append: the fsync of the 1-client latency budget.
 pub fn raw_fdatasync_median() -> Duration {
     AppendSyncProbe::new().median(SYNC_ROUNDS)
@@ -240,7 +235,7 @@ pub fn raw_fdatasync_journal_median(how: JournalFile) -> Duration {
         }
     }
     f.sync_all().expect("sync the new journal");
-    median_sync_after_writes(&mut f, JOURNAL_WRITE_BYTES)
+    median(syncs_after_writes(&mut f, JOURNAL_WRITE_BYTES, SYNC_ROUNDS))
 }
 
 /// The disk's own floor for a commit of three voters on this one disk: three threads, each
