@@ -84,11 +84,14 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// The voters of each cluster: `SPORES_BENCH_NODES` (default 3; 1 isolates replication costs).
+fn bench_nodes() -> u8 {
+    std::env::var("SPORES_BENCH_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+}
+
 async fn form_cluster(kind: Net) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
-    // SPORES_BENCH_NODES (default 3) isolates replication costs when set to 1.
-    let nodes: u8 = std::env::var("SPORES_BENCH_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    Cluster { systems: cluster::form(dir.path(), nodes, kind).await, _dir: dir }
+    Cluster { systems: cluster::form(dir.path(), bench_nodes(), kind).await, _dir: dir }
 }
 
 /// `n` signed service registrations by node 0, ~256 bytes each, signed before timing.
@@ -198,6 +201,8 @@ fn bench_primary(crit: &mut Criterion) {
     let f = raw_fjall_durable_rate();
     let limit = (f / 3.0).min(2.0 * v / 3.0);
     let lat_budget = fsync + sign + verify;
+    // The lines about the three voters' syncs on one disk say nothing of a one-node cluster.
+    let voters = bench_nodes() > 1;
     let mut summary = BTreeMap::new();
     summary.insert("raw fdatasync median (us)".to_string(), fsync.as_secs_f64() * 1e6);
     summary.insert("raw quorum fdatasync, 2 of 3 on one disk (us)".to_string(), quorum_fsync.as_secs_f64() * 1e6);
@@ -244,18 +249,22 @@ fn bench_primary(crit: &mut Criterion) {
         );
         // Reported beside the ratio, not instead of it: the budget with the sync that
         // three voters on this one disk get (two of three at once, which do not merge here)
-        // in place of one sync alone.
-        let budget_quorum = quorum_fsync + sign + verify;
+        // in place of one sync alone. Meaningless for one voter.
+        if voters {
+            let budget_quorum = quorum_fsync + sign + verify;
+            eprintln!(
+                "{net:?}: 1-client median / (quorum fdatasync + sign + verify) = {:.3} (reported; budget {:.0} us)",
+                med.as_secs_f64() / budget_quorum.as_secs_f64(),
+                budget_quorum.as_secs_f64() * 1e6
+            );
+        }
+    }
+    if voters {
         eprintln!(
-            "{net:?}: 1-client median / (quorum fdatasync + sign + verify) = {:.3} (reported; budget {:.0} us)",
-            med.as_secs_f64() / budget_quorum.as_secs_f64(),
-            budget_quorum.as_secs_f64() * 1e6
+            "the disk's floor for three voters on it: (quorum fdatasync + sign + verify) / budget = {:.3}",
+            (quorum_fsync + sign + verify).as_secs_f64() / lat_budget.as_secs_f64()
         );
     }
-    eprintln!(
-        "the disk's floor for three voters on it: (quorum fdatasync + sign + verify) / budget = {:.3}",
-        (quorum_fsync + sign + verify).as_secs_f64() / lat_budget.as_secs_f64()
-    );
     // The sync a write's journal pays (fjall's: pre-sized, small writes), and what zero-filling
     // the journal ahead would change (session 24: nothing beyond the noise).
     eprintln!(
