@@ -130,6 +130,7 @@ pub struct SporeSystemBuilder {
     pub(super) backups: Option<super::BackupPolicy>,
     pub(super) retention: Option<super::RetentionSettings>,
     pub(super) admin_reads: crate::net::quic::AdminReads,
+    pub(super) connections_max: Option<usize>,
     pub(super) metrics: bool,
 }
 
@@ -173,6 +174,7 @@ impl Default for SporeSystemBuilder {
             backups: None,
             retention: None,
             admin_reads: crate::net::quic::AdminReads::Open,
+            connections_max: None,
             metrics: true,
         }
     }
@@ -294,6 +296,13 @@ impl SporeSystemBuilder {
     /// HTTP endpoint has its own token.
     pub fn admin_reads(mut self, reads: crate::net::quic::AdminReads) -> Self {
         self.admin_reads = reads;
+        self
+    }
+    /// Most incoming connections of the node's own QUIC endpoint at once from clients and
+    /// tools (default 256, [`QuicConfig::connections_max`](crate::net::quic::QuicConfig)); the
+    /// peers it dials have places of their own beyond it. Unused on a given network backend.
+    pub fn connections_max(mut self, n: usize) -> Self {
+        self.connections_max = Some(n.max(1));
         self
     }
     /// Whether the write path records its metrics (ledger writes, Raft log syncs; on by

@@ -89,9 +89,10 @@ impl SporeSystem {
             Backend::Default if own_quic => {
                 let admission = RegistryAdmission::new(ledger.clone(), cfg.admit.iter().copied());
                 (
-                    Arc::new(QuicBackend::new(key.clone(), admission.policy()).with_config(
-                        crate::net::quic::QuicConfig { admin_reads: cfg.admin_reads.clone(), ..Default::default() },
-                    )) as Arc<dyn NetworkBackend>,
+                    Arc::new(
+                        QuicBackend::new(key.clone(), admission.policy())
+                            .with_config(quic_config(&cfg.admin_reads, cfg.connections_max)),
+                    ) as Arc<dyn NetworkBackend>,
                     Some(admission),
                 )
             }
@@ -310,4 +311,16 @@ impl SporeSystem {
             tempdir: std::sync::Mutex::new(tempdir),
         })
     }
+}
+
+/// The limits of the node's own QUIC endpoint: the defaults, with what the builder set.
+fn quic_config(
+    admin_reads: &crate::net::quic::AdminReads,
+    connections_max: Option<usize>,
+) -> crate::net::quic::QuicConfig {
+    let mut q = crate::net::quic::QuicConfig { admin_reads: admin_reads.clone(), ..Default::default() };
+    if let Some(n) = connections_max {
+        q.connections_max = n;
+    }
+    q
 }

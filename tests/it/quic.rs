@@ -429,6 +429,34 @@ async fn quic_incoming_connections_are_capped() {
     assert_eq!(echo.calls(), 2);
 }
 
+/// Clients holding every open place do not lock out a peer the node has dialed (as a leader
+/// dials its followers): its connections take the reserve. Found with `spore bench --clients
+/// 256` against a leader, which refused its own followers' connections (`benches/README.md`,
+/// session 26).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_known_peers_get_in_past_a_full_connection_table() {
+    trace();
+    let config = QuicConfig { connections_max: 1, peer_connections_reserved: 1, ..QuicConfig::default() };
+    let (server, binding, _echo) = limited_server(121, config, Duration::ZERO).await;
+    let peer = node(122, Admission::allow_all(), Duration::ZERO).await;
+    // The server dials the peer, and so knows the address the peer's own connections come from.
+    let answer = binding.transport.call(&peer.peer, RpcRequest::ReadIndex, T).await.expect("server to peer");
+    assert!(matches!(answer, RpcResponse::ReadIndex(Ok(Some(122)))), "{answer:?}");
+
+    let key = NodeKey::from_seed([123; 32]);
+    let request = quic::encode_frame(&RpcRequest::ReadIndex).expect("frame");
+    let (_ep1, client) = raw_client(&key, &server, ALPN_RAFT).await;
+    let client = client.expect("a client takes the one open place");
+    assert_eq!(decode_read_index(&raw_exchange(&client, &request).await.expect("call")), Some(121));
+    let (_ep2, second) = raw_client(&key, &server, ALPN_RAFT).await;
+    assert!(second.is_err(), "a second client is over the cap");
+
+    // The peer still reaches the server, from the address the server dialed.
+    assert_eq!(read_index(&peer, &server, T).await.expect("the peer gets a reserved place"), Some(121));
+    // The client's connection was not pushed out to make room.
+    assert_eq!(decode_read_index(&raw_exchange(&client, &request).await.expect("call")), Some(121));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_streams_per_connection_are_capped() {
     trace();

@@ -325,6 +325,8 @@ impl Client {
     ) -> Result<(), WriteFailure> {
         let deadline = Instant::now() + timeout;
         let mut maybe_delivered = false;
+        // The last failed attempt's error, for the report if the write gives up.
+        let mut last_error: Option<String> = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             match self.conn.call(RpcRequest::Forward(event.clone()), left.min(ATTEMPT_TIMEOUT)).await {
@@ -346,7 +348,7 @@ impl Client {
                         self.target
                     )))
                 }
-                Ok((_, RpcResponse::Forward(Err(_)))) => {}
+                Ok((_, RpcResponse::Forward(Err(e)))) => last_error = Some(e.to_string()),
                 Ok((_, other)) => {
                     return Err(WriteFailure::Fatal(format!("{} answered with {}", self.target, kind_of(&other))))
                 }
@@ -356,6 +358,11 @@ impl Client {
                 Err(e) => {
                     // Unless the peer was unreachable, the request may have arrived.
                     maybe_delivered |= !matches!(e, TransportError::Unreachable(_));
+                    // A timeout says less than what came before it (the last attempt has what
+                    // is left of the deadline).
+                    if last_error.is_none() || !matches!(e, TransportError::Timeout { .. }) {
+                        last_error = Some(e.to_string());
+                    }
                     tracing::debug!(error = %e, target = %self.target, "write attempt failed; asking the given node again");
                     let given = self.given.clone();
                     self.retarget(given);
@@ -363,7 +370,8 @@ impl Client {
             }
             if Instant::now() >= deadline {
                 return Err(WriteFailure::Gave(format!(
-                    "no leader confirmed a write within {timeout:?}{}",
+                    "no leader confirmed a write within {timeout:?}{}{}",
+                    last_error.map(|e| format!("; last attempt: {e}")).unwrap_or_default(),
                     if maybe_delivered { " (it may still commit)" } else { "" }
                 )));
             }

@@ -62,6 +62,8 @@ pub(super) struct Shared {
     pub(super) dial_deadline: Duration,
     /// Round trips to each peer, from completed calls.
     pub(super) rtts: crate::net::rtt::RttTable,
+    /// The peers dialed, by address: their connections to us may take reserved places.
+    pub(super) book: Arc<super::slots::PeerBook>,
 }
 
 impl Shared {
@@ -187,6 +189,7 @@ impl Shared {
             return Err(TransportError::Refused { peer: to.addr.clone(), reason: "peer identity mismatch".into() });
         }
         tracing::debug!(remote = %conn.remote_address(), "connected");
+        self.book.dialed(conn.remote_address(), to.node);
         Ok(conn)
     }
 
@@ -392,6 +395,11 @@ pub(super) fn classify(peer: &str, e: ConnectionError) -> TransportError {
         // Ours refused the peer (e.g. it does not hold the key we expected).
         ConnectionError::TransportError(t) if is_tls(t.code) => {
             TransportError::Refused { peer: peer.to_string(), reason: format!("handshake failed: {t}") }
+        }
+        // The peer's endpoint turned the connection away before any handshake: it holds as
+        // many connections as it takes (or it is closing).
+        ConnectionError::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
+            TransportError::Unreachable(format!("{peer} (refused: the node is at its connection limit, or closing)"))
         }
         ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close_code::BAD_FRAME) => {
             TransportError::BadFrame {

@@ -73,6 +73,7 @@ mod client;
 mod endpoint;
 mod framing;
 mod server;
+mod slots;
 mod socket;
 pub mod tls;
 
@@ -122,8 +123,13 @@ pub mod stream_code {
 pub struct QuicConfig {
     /// Most concurrent request streams a peer may have open on one connection.
     pub streams_per_connection: u32,
-    /// Most incoming connections (handshaking or established) at once.
+    /// Most incoming connections (handshaking or established) at once from anyone: clients,
+    /// tools, and peers beyond the reserve.
     pub connections_max: usize,
+    /// Incoming connections kept, beyond `connections_max`, for the peers this endpoint has
+    /// dialed (at the address it dialed them): however many clients connect, the Raft members
+    /// still reach each other.
+    pub peer_connections_reserved: usize,
     /// A connection with no traffic for this long is dead.
     pub idle_timeout: Duration,
     /// Callers ping idle connections this often (keeps them alive and detects dead peers).
@@ -152,6 +158,7 @@ impl Default for QuicConfig {
         QuicConfig {
             streams_per_connection: 64,
             connections_max: 256,
+            peer_connections_reserved: 64,
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
             handshake_deadline: Duration::from_secs(5),
@@ -205,7 +212,7 @@ impl QuicBackend {
 
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(identity.server_config(SERVED_ALPNS)?));
         server.transport_config(Arc::new(transport_config(&self.config, true)?));
-        server.max_incoming(self.config.connections_max.max(1));
+        server.max_incoming((self.config.connections_max + self.config.peer_connections_reserved).max(1));
         server.migration(false);
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ResetKey::derive(&self.key)));
         endpoint_config.cid_generator(|| Box::new(RandomCids));
@@ -230,6 +237,7 @@ impl QuicBackend {
             close_grace: self.config.close_grace,
             dial_deadline: self.config.handshake_deadline,
             rtts: super::rtt::RttTable::default(),
+            book: Arc::new(slots::PeerBook::default()),
         });
         let span = tracing::info_span!("quic_endpoint", node = %identity.me.short(), %local);
         let server_task = tokio::spawn(
@@ -238,6 +246,7 @@ impl QuicBackend {
                 handler,
                 Arc::new(self.config.clone()),
                 Gate { me: identity.me, admission: self.admission.clone() },
+                shared.book.clone(),
             )
             .instrument(span),
         );

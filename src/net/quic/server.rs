@@ -4,33 +4,44 @@
 use std::sync::Arc;
 
 use quinn::{Endpoint, Incoming, RecvStream, SendStream, VarInt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::admission::Gate;
 use super::endpoint::{close, negotiated_alpn, peer_node_id};
 use super::framing::{encode_frame, read_frame, FrameError};
+use super::slots::{PeerBook, Slot, Slots};
 use super::{close_code, stream_code, QuicConfig, ALPN_ADMIN, ALPN_RAFT};
 use crate::core::types::NodeId;
 use crate::net::RpcHandler;
 use crate::raft::RpcRequest;
 
-pub(super) async fn accept_loop(endpoint: Endpoint, handler: Arc<dyn RpcHandler>, cfg: Arc<QuicConfig>, gate: Gate) {
-    let permits = Arc::new(Semaphore::new(cfg.connections_max));
+/// Accepts connections while the endpoint is open, each in a place of [`Slots`] (a peer this
+/// endpoint has dialed, per `book`, in the reserve first), and serves each on a task.
+pub(super) async fn accept_loop(
+    endpoint: Endpoint,
+    handler: Arc<dyn RpcHandler>,
+    cfg: Arc<QuicConfig>,
+    gate: Gate,
+    book: Arc<PeerBook>,
+) {
+    let slots = Arc::new(Slots::new(cfg.connections_max, cfg.peer_connections_reserved));
+    let mut refusals = Refusals::default();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let remote = incoming.remote_address();
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tracing::warn!(%remote, limit = cfg.connections_max, "incoming connection limit reached; refusing");
+                let known = book.at(&remote);
+                let Some(slot) = slots.take(known) else {
+                    refusals.refused(remote, known.is_some(), cfg.connections_max);
                     incoming.refuse();
                     continue;
                 };
                 let span = tracing::info_span!("quic_accept", %remote, peer = tracing::field::Empty);
-                connections.spawn(serve_connection(incoming, handler.clone(), cfg.clone(), gate.clone(), permit).instrument(span));
+                let (handler, cfg, gate, slots) = (handler.clone(), cfg.clone(), gate.clone(), slots.clone());
+                connections.spawn(serve_connection(incoming, handler, cfg, gate, (slots, slot)).instrument(span));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -39,12 +50,41 @@ pub(super) async fn accept_loop(endpoint: Endpoint, handler: Arc<dyn RpcHandler>
     // Dropping the set aborts what is left of the connection tasks.
 }
 
+/// The warnings of refused connections: the first at once, then one per
+/// [`Refusals::EVERY`] with the count since (a flood of clients would otherwise log a line per
+/// attempt, thousands a second).
+#[derive(Default)]
+struct Refusals {
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl Refusals {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn refused(&mut self, remote: std::net::SocketAddr, known_peer: bool, limit: usize) {
+        self.since += 1;
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return;
+        }
+        tracing::warn!(
+            %remote,
+            limit,
+            known_peer,
+            refused = self.since,
+            "incoming connection limit reached; refusing (refused is the count since the last such warning)"
+        );
+        self.last = Some(std::time::Instant::now());
+        self.since = 0;
+    }
+}
+
 async fn serve_connection(
     incoming: Incoming,
     handler: Arc<dyn RpcHandler>,
     cfg: Arc<QuicConfig>,
     gate: Gate,
-    _permit: OwnedSemaphorePermit,
+    (slots, slot): (Arc<Slots>, Slot),
 ) {
     // `accept` inside this span: quinn runs the connection (and our TLS verifier, which logs
     // refused keys) in the span current here, so those logs carry the remote address.
@@ -72,6 +112,12 @@ async fn serve_connection(
         return;
     };
     tracing::Span::current().record("peer", tracing::field::display(peer.short()));
+    // Held until the connection ends.
+    let Some(_slot) = slots.settle(slot, &peer) else {
+        tracing::warn!(peer_key = %peer, "a known peer's address with another key, and no open place left; closing");
+        close(&conn, close_code::NOT_ADMITTED, "connection limit reached");
+        return;
+    };
     match negotiated_alpn(&conn).as_deref() {
         Some(ALPN_RAFT) if !gate.admits(&peer) => {
             tracing::warn!(peer_key = %peer, "refused a Raft connection from a node key the admission policy does not allow");

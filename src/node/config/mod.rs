@@ -26,6 +26,8 @@
 //!
 //! # admin_reads = "open"          # who may read over QUIC (status, query, watch): "open",
 //! #                               # "admitted", or "keys" with admin_keys = ["<64 hex>", ...]
+//! # connections_max = 256         # incoming QUIC connections from clients and tools (watches
+//! #                               # keep one each); the peers it dials get places beyond it
 //!
 //! [[peers]]                      # bootstrap peers allowed to connect before admission
 //! addr = "127.0.0.1:7400"
@@ -59,15 +61,22 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::core::event::NodeAnnouncement;
-use crate::core::keys::PublicKey;
 use crate::core::types::{NetworkIdentity, NodeId, NodeRole};
 use crate::error::Error;
-use crate::net::addr::{check_listen_addr, check_peer_addr, AddressError};
+use crate::net::addr::{check_listen_addr, check_peer_addr};
 use crate::net::quic::AdminReads;
 use crate::node::backup::BackupConfig;
 use crate::node::datadir::CreatedDir;
 use crate::node::{SporeSystem, SporeSystemBuilder, Timeouts};
 use crate::wire::rpc::PeerNode;
+
+mod error;
+use error::check_http_token;
+pub use error::{parse_node_key, ConfigError, HTTP_TOKEN_BYTES_MAX};
+
+/// The largest `connections_max` a config may ask for (each connection holds buffers and a
+/// task; beyond this, a front of several nodes serves clients better).
+const CONNECTIONS_MAX_LIMIT: usize = 65536;
 
 /// Voter (Sclerotium) or latent (Rhizomorph).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -218,6 +227,11 @@ pub struct NodeConfig {
     /// The keys that may read when `admin_reads = "keys"` (64 hex characters each).
     #[serde(default)]
     pub admin_keys: Vec<String>,
+    /// Most incoming QUIC connections at once from clients and tools (a `spore watch` or a
+    /// `RemoteWatch` keeps one; default 256). The peers the node dials have places of their own
+    /// beyond it (`QuicConfig::peer_connections_reserved`).
+    #[serde(default)]
+    pub connections_max: Option<usize>,
     /// `host:port` (TCP) of the read-only HTTP/JSON endpoint, served by whoever runs the node
     /// (`spore node` does; the library starts no HTTP by itself: `mycnet_spores::http::serve`).
     /// Loopback (`127.0.0.1:8500`) is the documented default choice.
@@ -242,100 +256,6 @@ pub enum AdminReadsConfig {
     Admitted,
     /// The keys in `admin_keys` only.
     Keys,
-}
-
-/// The longest HTTP bearer token taken, in bytes.
-pub const HTTP_TOKEN_BYTES_MAX: usize = 1024;
-
-/// A configuration that does not make sense.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The TOML does not parse.
-    #[error("invalid node config: {0}")]
-    Parse(String),
-    /// Both or neither of what is required.
-    #[error("invalid node config: {0}")]
-    Invalid(&'static str),
-    /// A key that is not 64 hex characters.
-    #[error("invalid node config: {0}")]
-    BadKey(#[from] crate::core::types::ParseIdError),
-    /// 64 hex characters that are not an ed25519 public key (no node can hold its secret).
-    #[error("invalid node config: `{field}`: {key} is not a valid node key (not an ed25519 public key)")]
-    NotANodeKey {
-        /// Which setting.
-        field: &'static str,
-        /// The key as given.
-        key: String,
-    },
-    /// An HTTP bearer token that is empty, too long, or holds characters a header cannot
-    /// carry (visible ASCII only).
-    #[error("invalid node config: `{field}`: {problem}")]
-    BadToken {
-        /// Which setting (or file).
-        field: String,
-        /// What is wrong with it.
-        problem: &'static str,
-    },
-    /// The token file could not be read.
-    #[error("invalid node config: `http_token_file` {path}: {source}")]
-    TokenFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// An address that is not `HOST:PORT` (port 1..=65535; 0 too for `listen`).
-    #[error("invalid node config: `{field}`: {source}")]
-    BadAddress {
-        /// Which setting.
-        field: &'static str,
-        /// What is wrong with it.
-        #[source]
-        source: AddressError,
-    },
-    /// A duration that is not a whole number and a unit (`ms`, `s`, `m`, `h`, `d`).
-    #[error("invalid node config: `{field}`: {value:?} is not a duration such as 300ms, 30s, 5m, 1h or 1d")]
-    BadDuration {
-        /// Which setting.
-        field: &'static str,
-        /// The value as given.
-        value: String,
-    },
-    /// A builder given an address and the private in-process network: nothing would listen
-    /// at the address, and no peer could reach the node.
-    #[error(
-        "the node is given the address {addr} but a private in-process network, where nothing listens: \
-         drop .private_network() to listen there on QUIC, or drop .addr()"
-    )]
-    PrivateWithAddress {
-        /// The address given.
-        addr: String,
-    },
-}
-
-/// Checks an HTTP bearer token: 1 to [`HTTP_TOKEN_BYTES_MAX`] bytes of visible ASCII (what an
-/// `Authorization` header carries as it is).
-fn check_http_token(field: &str, token: &str) -> Result<(), ConfigError> {
-    let problem = if token.is_empty() {
-        "the token is empty"
-    } else if token.len() > HTTP_TOKEN_BYTES_MAX {
-        "the token is longer than 1024 bytes"
-    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        "the token holds characters other than visible ASCII (no spaces)"
-    } else {
-        return Ok(());
-    };
-    Err(ConfigError::BadToken { field: field.to_string(), problem })
-}
-
-/// Parses a node key: 64 hex characters that are an ed25519 public key.
-pub fn parse_node_key(field: &'static str, key: &str) -> Result<NodeId, ConfigError> {
-    let id = NodeId::from_hex(key)?;
-    if PublicKey::from_node_id(&id).is_none() {
-        return Err(ConfigError::NotANodeKey { field, key: key.to_string() });
-    }
-    Ok(id)
 }
 
 impl NodeConfig {
@@ -392,6 +312,9 @@ impl NodeConfig {
             check_http_token("http_token", t)?;
         }
         self.admin_reads()?;
+        if self.connections_max.is_some_and(|n| !(1..=CONNECTIONS_MAX_LIMIT).contains(&n)) {
+            return Err(ConfigError::Invalid("`connections_max` must be between 1 and 65536"));
+        }
         Ok(())
     }
 
@@ -456,6 +379,9 @@ impl NodeConfig {
             .admit(self.bootstrap_keys().unwrap_or_default())
             .admin_reads(self.admin_reads().unwrap_or(AdminReads::Admitted))
             .timeouts(t);
+        if let Some(n) = self.connections_max {
+            b = b.connections_max(n);
+        }
         if let Some(backend) = backend {
             b = b.network(backend);
         }

@@ -1,6 +1,7 @@
 //! The node config's unit tests: what the TOML and flags accept, and what they refuse.
 
 use super::*;
+use crate::core::keys::PublicKey;
 
 #[test]
 fn parses_a_full_config_and_refuses_contradictions() {
@@ -106,4 +107,20 @@ fn the_snapshot_bound_is_a_quarter_of_memory_unless_set() {
     let set = NodeConfig::from_toml(&format!("{base}snapshot_bytes_max = 2147483648\n")).expect("valid");
     assert_eq!(bound(&set), 2 << 30);
     assert!(matches!(NodeConfig::from_toml(&format!("{base}snapshot_bytes_max = -1\n")), Err(ConfigError::Parse(_))));
+}
+
+/// `connections_max` reaches the node's QUIC endpoint; nonsense is refused when read.
+#[test]
+fn connections_max_is_read_and_bounded() {
+    let base = "data_dir = \"/tmp/n1\"\nlisten = \"127.0.0.1:7401\"\n";
+    let c = NodeConfig::from_toml(&format!("{base}connections_max = 1024\n")).expect("valid");
+    assert_eq!(c.connections_max, Some(1024));
+    assert_eq!(NodeConfig::from_toml(base).expect("valid").connections_max, None, "the endpoint's default");
+    for bad in ["0", "65537"] {
+        assert!(
+            matches!(NodeConfig::from_toml(&format!("{base}connections_max = {bad}\n")), Err(ConfigError::Invalid(_))),
+            "{bad}"
+        );
+    }
+    assert!(matches!(NodeConfig::from_toml(&format!("{base}connections_max = -1\n")), Err(ConfigError::Parse(_))));
 }
