@@ -119,6 +119,7 @@ pub(crate) async fn bench(opts: BenchOptions, o: &mut Out) -> CliResult {
     // Cleanup through the same clients, unless asked to keep.
     let registered: u64 = clients.iter().map(|c| c.ids.len() as u64).sum();
     let cleanup = if opts.keep || registered == 0 {
+        finish_all(clients).await;
         None
     } else {
         Some(deregister_all(clients, registered, opts.write_timeout, o).await?)
@@ -467,6 +468,19 @@ struct Cleanup {
     seconds: f64,
 }
 
+/// How long a client waits for the node to hear that its connection is closed.
+const FINISH_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Closes every client's connection, waiting until the node has heard (so a bench run right
+/// after finds the node's connection places free, not held until their idle timeout).
+async fn finish_all(clients: Vec<ClientRun>) {
+    let mut closing = tokio::task::JoinSet::new();
+    for mut c in clients {
+        closing.spawn(async move { c.client.conn.finish(FINISH_PATIENCE).await });
+    }
+    while closing.join_next().await.is_some() {}
+}
+
 /// Every client deregisters the services it registered, on its own connection.
 async fn deregister_all(clients: Vec<ClientRun>, total: u64, timeout: Duration, o: &Out) -> Result<Cleanup, CliError> {
     let bar = bar(o, Amount::Events(total), "deregister");
@@ -494,6 +508,7 @@ async fn deregister_all(clients: Vec<ClientRun>, total: u64, timeout: Duration, 
                     }
                 }
             }
+            client.conn.finish(FINISH_PATIENCE).await;
             (done, failed)
         }));
     }

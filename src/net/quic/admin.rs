@@ -97,6 +97,17 @@ impl AdminClient {
         result
     }
 
+    /// Closes the connection and waits (at most `patience`) until the node has been told, so
+    /// its place there is free at once. Dropping the client also closes it, but a process that
+    /// exits right after may not get the close out: the node then holds the place until the
+    /// connection's idle timeout.
+    pub async fn finish(&mut self, patience: Duration) {
+        if let Some((endpoint, conn)) = self.conn.take() {
+            close(&conn, close_code::SHUTDOWN, "done");
+            let _ = tokio::time::timeout(patience, endpoint.wait_idle()).await;
+        }
+    }
+
     fn close(&mut self) {
         if let Some((_, conn)) = self.conn.take() {
             close(&conn, close_code::SHUTDOWN, "done");

@@ -62,8 +62,9 @@ pub(super) struct Shared {
     pub(super) dial_deadline: Duration,
     /// Round trips to each peer, from completed calls.
     pub(super) rtts: crate::net::rtt::RttTable,
-    /// The peers dialed, by address: their connections to us may take reserved places.
-    pub(super) book: Arc<super::slots::PeerBook>,
+    /// The places for incoming connections, which learn here the peers dialed (their
+    /// connections to us take reserved places).
+    pub(super) places: Arc<super::slots::Places>,
 }
 
 impl Shared {
@@ -189,7 +190,7 @@ impl Shared {
             return Err(TransportError::Refused { peer: to.addr.clone(), reason: "peer identity mismatch".into() });
         }
         tracing::debug!(remote = %conn.remote_address(), "connected");
-        self.book.dialed(conn.remote_address(), to.node);
+        self.places.dialed(conn.remote_address(), to.node);
         Ok(conn)
     }
 

@@ -237,7 +237,7 @@ impl QuicBackend {
             close_grace: self.config.close_grace,
             dial_deadline: self.config.handshake_deadline,
             rtts: super::rtt::RttTable::default(),
-            book: Arc::new(slots::PeerBook::default()),
+            places: Arc::new(slots::Places::new(self.config.connections_max, self.config.peer_connections_reserved)),
         });
         let span = tracing::info_span!("quic_endpoint", node = %identity.me.short(), %local);
         let server_task = tokio::spawn(
@@ -246,7 +246,7 @@ impl QuicBackend {
                 handler,
                 Arc::new(self.config.clone()),
                 Gate { me: identity.me, admission: self.admission.clone() },
-                shared.book.clone(),
+                shared.places.clone(),
             )
             .instrument(span),
         );

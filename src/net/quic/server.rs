@@ -10,22 +10,21 @@ use tracing::Instrument;
 use super::admission::Gate;
 use super::endpoint::{close, negotiated_alpn, peer_node_id};
 use super::framing::{encode_frame, read_frame, FrameError};
-use super::slots::{PeerBook, Slot, Slots};
+use super::slots::{Place, Places};
 use super::{close_code, stream_code, QuicConfig, ALPN_ADMIN, ALPN_RAFT};
 use crate::core::types::NodeId;
 use crate::net::RpcHandler;
 use crate::raft::RpcRequest;
 
-/// Accepts connections while the endpoint is open, each in a place of [`Slots`] (a peer this
-/// endpoint has dialed, per `book`, in the reserve first), and serves each on a task.
+/// Accepts connections while the endpoint is open, each in one of its [`Places`] (a peer this
+/// endpoint has dialed in the reserve first), and serves each on a task.
 pub(super) async fn accept_loop(
     endpoint: Endpoint,
     handler: Arc<dyn RpcHandler>,
     cfg: Arc<QuicConfig>,
     gate: Gate,
-    book: Arc<PeerBook>,
+    places: Arc<Places>,
 ) {
-    let slots = Arc::new(Slots::new(cfg.connections_max, cfg.peer_connections_reserved));
     let mut refusals = Refusals::default();
     let mut connections = JoinSet::new();
     loop {
@@ -33,15 +32,14 @@ pub(super) async fn accept_loop(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let remote = incoming.remote_address();
-                let known = book.at(&remote);
-                let Some(slot) = slots.take(known) else {
-                    refusals.refused(remote, known.is_some(), cfg.connections_max);
+                let Some(place) = places.take(&remote) else {
+                    refusals.refused(remote, places.known_at(&remote).is_some(), cfg.connections_max);
                     incoming.refuse();
                     continue;
                 };
                 let span = tracing::info_span!("quic_accept", %remote, peer = tracing::field::Empty);
-                let (handler, cfg, gate, slots) = (handler.clone(), cfg.clone(), gate.clone(), slots.clone());
-                connections.spawn(serve_connection(incoming, handler, cfg, gate, (slots, slot)).instrument(span));
+                let (handler, cfg, gate, places) = (handler.clone(), cfg.clone(), gate.clone(), places.clone());
+                connections.spawn(serve_connection(incoming, handler, cfg, gate, (places, place)).instrument(span));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -84,7 +82,7 @@ async fn serve_connection(
     handler: Arc<dyn RpcHandler>,
     cfg: Arc<QuicConfig>,
     gate: Gate,
-    (slots, slot): (Arc<Slots>, Slot),
+    (places, place): (Arc<Places>, Place),
 ) {
     // `accept` inside this span: quinn runs the connection (and our TLS verifier, which logs
     // refused keys) in the span current here, so those logs carry the remote address.
@@ -113,7 +111,7 @@ async fn serve_connection(
     };
     tracing::Span::current().record("peer", tracing::field::display(peer.short()));
     // Held until the connection ends.
-    let Some(_slot) = slots.settle(slot, &peer) else {
+    let Some(_place) = places.settle(place, conn.remote_address(), peer) else {
         tracing::warn!(peer_key = %peer, "a known peer's address with another key, and no open place left; closing");
         close(&conn, close_code::NOT_ADMITTED, "connection limit reached");
         return;

@@ -5,90 +5,145 @@
 //!
 //! A place is taken before the handshake (a refused connection costs no handshake), when only
 //! the remote address is known. Nodes dial from the socket they listen on, so a peer's
-//! connections come from the address this endpoint dials it at: [`PeerBook`] remembers the
-//! peers this endpoint has dialed, by address. A connection from one of those addresses takes
-//! a reserved place, and after its handshake keeps it only if it proves the key dialed there;
-//! otherwise it moves to an open place, or is closed if none is left.
+//! connections come from the address this endpoint dials it at: [`Places`] remembers the peers
+//! this endpoint has dialed, by address. A connection from one of those addresses takes a
+//! reserved place, and after its handshake keeps it only if it proves the key dialed there;
+//! otherwise it moves to an open place, or is closed if none is left. A peer that connected
+//! before this endpoint first dialed it (a joiner reaches its leader first) sits in an open
+//! place until that dial, which moves it into the reserve.
 //!
 //! [`QuicConfig::connections_max`]: super::QuicConfig::connections_max
 //! [`QuicConfig::peer_connections_reserved`]: super::QuicConfig::peer_connections_reserved
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::core::sync;
 use crate::core::types::NodeId;
 
-/// The peers this endpoint has dialed, by the address it reached them at.
-#[derive(Default)]
-pub(super) struct PeerBook {
-    by_addr: Mutex<HashMap<SocketAddr, NodeId>>,
+/// The open and the reserved places for incoming connections, and the peers dialed.
+pub(super) struct Places {
+    open: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+    /// The peers this endpoint has dialed, by the address it reached them at.
+    book: Mutex<HashMap<SocketAddr, NodeId>>,
+    /// Connections in open places, by remote address, with the key each proved: a later dial
+    /// of that key at that address moves them into the reserve.
+    unreserved: Mutex<HashMap<SocketAddr, Vec<Unreserved>>>,
 }
 
-impl PeerBook {
+/// A connection in an open place: the key it proved, and its place while it lasts.
+type Unreserved = (NodeId, Weak<Held>);
+
+/// A place held by one incoming connection, given back when it is dropped.
+pub(super) struct Place {
+    held: Arc<Held>,
+    /// The key a connection in a reserved place must prove (`None` in an open place).
+    expect: Option<NodeId>,
+}
+
+/// The permit behind a place; a promotion swaps an open permit for a reserved one.
+struct Held {
+    permit: Mutex<(OwnedSemaphorePermit, bool)>,
+}
+
+impl Place {
+    fn new(permit: OwnedSemaphorePermit, expect: Option<NodeId>) -> Self {
+        Place { held: Arc::new(Held { permit: Mutex::new((permit, expect.is_some())) }), expect }
+    }
+
+    /// Whether the place is a reserved one.
+    #[cfg(test)]
+    fn is_reserved(&self) -> bool {
+        sync::lock(&self.held.permit).1
+    }
+}
+
+impl Places {
     /// Most addresses remembered; past it the book starts over (a peer dialed again is
     /// remembered again).
-    const MAX: usize = 4096;
+    const BOOK_MAX: usize = 4096;
 
-    /// Remembers that `node` answered at `addr`.
-    pub(super) fn dialed(&self, addr: SocketAddr, node: NodeId) {
-        let mut g = sync::lock(&self.by_addr);
-        if g.len() >= Self::MAX && !g.contains_key(&addr) {
-            g.clear();
+    /// `open` places for anyone and `reserved` more for known peers.
+    pub(super) fn new(open: usize, reserved: usize) -> Self {
+        Places {
+            open: Arc::new(Semaphore::new(open)),
+            reserved: Arc::new(Semaphore::new(reserved)),
+            book: Mutex::default(),
+            unreserved: Mutex::default(),
         }
-        g.insert(addr, node);
+    }
+
+    /// Remembers that `node` answered at `addr`, and moves its connections to us from open
+    /// places into reserved ones while any is free.
+    pub(super) fn dialed(&self, addr: SocketAddr, node: NodeId) {
+        {
+            let mut book = sync::lock(&self.book);
+            if book.len() >= Self::BOOK_MAX && !book.contains_key(&addr) {
+                book.clear();
+            }
+            book.insert(addr, node);
+        }
+        let mut unreserved = sync::lock(&self.unreserved);
+        let Some(held) = unreserved.get_mut(&addr) else { return };
+        held.retain(|(peer, weak)| {
+            let Some(h) = weak.upgrade() else { return false };
+            if *peer != node {
+                return true;
+            }
+            let Ok(reserved) = self.reserved.clone().try_acquire_owned() else { return true };
+            // The open permit is dropped here: its place is free for anyone again.
+            *sync::lock(&h.permit) = (reserved, true);
+            false
+        });
+        if held.is_empty() {
+            unreserved.remove(&addr);
+        }
     }
 
     /// The peer last dialed at `addr`, if any.
-    pub(super) fn at(&self, addr: &SocketAddr) -> Option<NodeId> {
-        sync::lock(&self.by_addr).get(addr).copied()
-    }
-}
-
-/// The open and the reserved places for incoming connections.
-pub(super) struct Slots {
-    open: Arc<Semaphore>,
-    reserved: Arc<Semaphore>,
-}
-
-/// A place held by one incoming connection, given back when it is dropped.
-pub(super) struct Slot {
-    _permit: OwnedSemaphorePermit,
-    /// The key a connection in a reserved place must prove (`None` in an open place).
-    pub(super) expect: Option<NodeId>,
-}
-
-impl Slots {
-    /// `open` places for anyone and `reserved` more for known peers.
-    pub(super) fn new(open: usize, reserved: usize) -> Self {
-        Slots { open: Arc::new(Semaphore::new(open)), reserved: Arc::new(Semaphore::new(reserved)) }
+    pub(super) fn known_at(&self, addr: &SocketAddr) -> Option<NodeId> {
+        sync::lock(&self.book).get(addr).copied()
     }
 
-    /// A place for a connection from an address where `known` was dialed (`None`: not a known
-    /// peer's): a reserved one first for a known peer, else an open one; `None` if all taken.
-    pub(super) fn take(&self, known: Option<NodeId>) -> Option<Slot> {
-        if let Some(node) = known {
+    /// A place for a connection from `remote`: a reserved one first for a known peer's
+    /// address, else an open one; `None` if all are taken.
+    pub(super) fn take(&self, remote: &SocketAddr) -> Option<Place> {
+        if let Some(node) = self.known_at(remote) {
             if let Ok(p) = self.reserved.clone().try_acquire_owned() {
-                return Some(Slot { _permit: p, expect: Some(node) });
+                return Some(Place::new(p, Some(node)));
             }
         }
-        self.open.clone().try_acquire_owned().ok().map(|p| Slot { _permit: p, expect: None })
+        self.open.clone().try_acquire_owned().ok().map(|p| Place::new(p, None))
     }
 
-    /// After the handshake proved `peer`: the place the connection keeps. A reserved place
-    /// whose connection proved another key than the one dialed at its address is given back
-    /// for an open one; `None` if none is left (the caller closes the connection).
-    pub(super) fn settle(&self, slot: Slot, peer: &NodeId) -> Option<Slot> {
-        match slot.expect {
-            Some(expected) if expected != *peer => {
-                drop(slot);
-                self.take(None)
+    /// After the handshake from `remote` proved `peer`: the place the connection keeps. A
+    /// reserved place whose connection proved another key than the one dialed at its address
+    /// is given back for an open one; `None` if none is left (the caller closes the
+    /// connection). A connection in an open place is remembered, to be moved into the reserve
+    /// if `peer` is dialed at `remote` later.
+    pub(super) fn settle(&self, place: Place, remote: SocketAddr, peer: NodeId) -> Option<Place> {
+        let place = match place.expect {
+            Some(expected) if expected == peer => return Some(place),
+            Some(_) => {
+                drop(place);
+                Place::new(self.open.clone().try_acquire_owned().ok()?, None)
             }
-            _ => Some(slot),
+            None => place,
+        };
+        let mut unreserved = sync::lock(&self.unreserved);
+        let held = unreserved.entry(remote).or_default();
+        held.retain(|(_, w)| w.strong_count() > 0);
+        held.push((peer, Arc::downgrade(&place.held)));
+        drop(unreserved);
+        // Dialed while its handshake ran: move it now.
+        if self.known_at(&remote) == Some(peer) {
+            self.dialed(remote, peer);
         }
+        Some(place)
     }
 }
 
@@ -102,45 +157,65 @@ mod tests {
 
     #[test]
     fn known_peers_get_reserved_places_and_strangers_only_open_ones() {
-        let book = PeerBook::default();
+        let places = Places::new(1, 1);
         let (peer, stranger) = (NodeId([1; 32]), NodeId([2; 32]));
-        book.dialed(addr(7401), peer);
-        assert_eq!(book.at(&addr(7401)), Some(peer));
-        assert_eq!(book.at(&addr(50000)), None);
+        places.dialed(addr(7401), peer);
+        assert_eq!(places.known_at(&addr(7401)), Some(peer));
+        assert_eq!(places.known_at(&addr(50000)), None);
 
-        let slots = Slots::new(1, 1);
-        let client = slots.take(book.at(&addr(50000))).expect("an open place");
-        assert_eq!(client.expect, None);
-        assert!(slots.take(None).is_none(), "the open places are taken");
+        let client = places.take(&addr(50000)).expect("an open place");
+        let client = places.settle(client, addr(50000), stranger).expect("kept");
+        assert!(!client.is_reserved());
+        assert!(places.take(&addr(50001)).is_none(), "the open places are taken");
         // The peer still gets in, in the reserve, and keeps its place once its key checks out.
-        let from_peer = slots.take(book.at(&addr(7401))).expect("a reserved place");
-        assert_eq!(from_peer.expect, Some(peer));
-        let kept = slots.settle(from_peer, &peer).expect("kept");
-        assert_eq!(kept.expect, Some(peer));
-        assert!(slots.take(Some(peer)).is_none(), "the reserve is taken too");
+        let from_peer = places.take(&addr(7401)).expect("a reserved place");
+        let kept = places.settle(from_peer, addr(7401), peer).expect("kept");
+        assert!(kept.is_reserved());
+        assert!(places.take(&addr(7401)).is_none(), "the reserve is taken too");
         drop(kept);
 
         // Another key at the peer's address keeps no reserved place: none open, so it is out.
-        let spoof = slots.take(book.at(&addr(7401))).expect("a reserved place before the handshake");
-        assert!(slots.settle(spoof, &stranger).is_none());
+        let spoof = places.take(&addr(7401)).expect("a reserved place before the handshake");
+        assert!(places.settle(spoof, addr(7401), stranger).is_none());
         // With an open place free it moves there.
         drop(client);
-        let spoof = slots.take(book.at(&addr(7401))).expect("reserved");
-        let moved = slots.settle(spoof, &stranger).expect("moved to the open place");
-        assert_eq!(moved.expect, None);
-        assert!(slots.take(Some(peer)).is_some(), "the reserved place it left is free again");
+        let spoof = places.take(&addr(7401)).expect("reserved");
+        let moved = places.settle(spoof, addr(7401), stranger).expect("moved to the open place");
+        assert!(!moved.is_reserved());
+        assert!(places.take(&addr(7401)).is_some(), "the reserved place it left is free again");
+    }
+
+    #[test]
+    fn a_peer_that_connected_before_it_was_dialed_moves_into_the_reserve() {
+        let places = Places::new(1, 1);
+        let peer = NodeId([1; 32]);
+        // The joiner reaches us first: an open place.
+        let early = places.take(&addr(7401)).expect("open");
+        let early = places.settle(early, addr(7401), peer).expect("kept");
+        assert!(!early.is_reserved());
+        assert!(places.take(&addr(50000)).is_none(), "it holds the one open place");
+        // We dial it: its connection moves to the reserve and frees the open place.
+        places.dialed(addr(7401), peer);
+        assert!(early.is_reserved());
+        let client = places.take(&addr(50000)).expect("the open place is free again");
+        assert!(!client.is_reserved());
+        // Another key's connection from that address is not moved.
+        drop(client);
+        let other = places.take(&addr(7402)).expect("open");
+        let other = places.settle(other, addr(7402), NodeId([3; 32])).expect("kept");
+        places.dialed(addr(7402), NodeId([4; 32]));
+        assert!(!other.is_reserved());
     }
 
     #[test]
     fn the_book_is_bounded_and_follows_a_peer_that_moved() {
-        let book = PeerBook::default();
-        for i in 0..PeerBook::MAX {
-            book.dialed(addr(1), NodeId([0; 32]));
-            book.dialed(([10, 0, (i / 256) as u8, (i % 256) as u8], 7400).into(), NodeId([3; 32]));
+        let places = Places::new(1, 1);
+        for i in 0..Places::BOOK_MAX {
+            places.dialed(([10, 0, (i / 256) as u8, (i % 256) as u8], 7400).into(), NodeId([3; 32]));
         }
-        assert!(sync::lock(&book.by_addr).len() <= PeerBook::MAX);
-        book.dialed(addr(7401), NodeId([4; 32]));
-        book.dialed(addr(7401), NodeId([5; 32]));
-        assert_eq!(book.at(&addr(7401)), Some(NodeId([5; 32])), "the last key dialed at an address counts");
+        assert!(sync::lock(&places.book).len() <= Places::BOOK_MAX);
+        places.dialed(addr(7401), NodeId([4; 32]));
+        places.dialed(addr(7401), NodeId([5; 32]));
+        assert_eq!(places.known_at(&addr(7401)), Some(NodeId([5; 32])), "the last key dialed at an address counts");
     }
 }

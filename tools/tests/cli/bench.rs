@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::{json, keyed_procs, three_voters, CALL_MS};
+use super::{json, keyed_procs, three_voters, wait_for_three_voters, CALL_MS};
 use crate::proc::{path, run, services, status, wait_until};
 
 /// The services the node at `addr` holds, once it answers.
@@ -123,4 +123,70 @@ fn spore_bench_refuses_a_bad_key_file_and_a_node_the_network_has_not_admitted() 
     let (code, err) = bench(&founder, &["--duration", "300ms", "--clients", "2"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(services_at(&addr).is_empty(), "cleaned up");
+}
+
+/// The node TOML of voter `i` of `all` (key, address) taking at most `connections_max` client
+/// connections: the first forms the network, the others join through it.
+fn voter_toml(dir: &std::path::Path, i: usize, all: &[(String, String)], connections_max: usize) -> String {
+    let mut t = format!(
+        "data_dir = {:?}\nlisten = {:?}\nname = \"n{i}\"\nconnections_max = {connections_max}\n",
+        path(dir),
+        all[i].1
+    );
+    if i == 0 {
+        t.push_str("[init]\nnetwork_name = \"limits\"\n");
+    } else {
+        t.push_str(&format!("[join]\nvia_addr = {:?}\nvia_key = {:?}\n", all[0].1, all[0].0));
+    }
+    for (j, (key, addr)) in all.iter().enumerate().filter(|(j, _)| *j != i) {
+        t.push_str(&format!("[[peers]]\naddr = {addr:?}\nkey = {key:?}\nname = \"n{j}\"\n"));
+    }
+    t
+}
+
+/// As many bench clients as the leader takes (`connections_max` in the node TOML) fill its
+/// table without locking its voters out (their connections have places of their own), and a
+/// bench run gives its places back as it ends: a second run right after gets them at once,
+/// not after the connections' 10 s idle timeout. Both commit every write. (Found with
+/// `--clients 256` against the default limit, `benches/README.md`, session 26.)
+#[test]
+fn spore_bench_at_the_connection_limit_commits_every_write_run_after_run() {
+    const LIMIT: usize = 6;
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut procs = keyed_procs(root.path(), 3);
+    let all: Vec<(String, String)> = procs.iter().map(|p| (p.key.clone(), p.addr.clone())).collect();
+    for (i, p) in procs.iter_mut().enumerate() {
+        let toml = root.path().join(format!("n{i}.toml"));
+        std::fs::write(&toml, voter_toml(&p.dir, i, &all, LIMIT)).expect("write the node TOML");
+        p.start(&["--config".into(), path(&toml).into()]);
+    }
+    wait_for_three_voters(&procs);
+    let leader = wait_until("a leader", Duration::from_secs(10), || {
+        let st = status(&procs[0].addr, CALL_MS)?;
+        procs.iter().find(|p| st["leader"].as_str() == Some(p.key.as_str())).map(|p| p.addr.clone())
+    });
+    let key = procs[1].key_file();
+    let clients = LIMIT.to_string();
+    for round in 1..=2 {
+        let out = run(&[
+            "bench",
+            "--addr",
+            &leader,
+            "--key-file",
+            path(&key),
+            "--events",
+            "120",
+            "--clients",
+            &clients,
+            "--keep",
+            "--json",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+        let report = json(&out);
+        assert_eq!((report["committed"].as_u64(), report["failed"].as_u64()), (Some(120), Some(0)), "{report}");
+        // Places held over from the first run would hold the second's clients off for the
+        // connections' idle timeout (10 s), and its writes time out at 10 s.
+        assert!(report["seconds"].as_f64().is_some_and(|s| s < 8.0), "round {round}: {report}");
+    }
+    assert_eq!(services_at(&leader).len(), 240);
 }
