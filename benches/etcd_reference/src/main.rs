@@ -48,28 +48,38 @@ async fn leader(endpoints: &[String]) -> Result<String, Error> {
     Err("no member says it leads".into())
 }
 
-/// `clients` concurrent writers, each with its own connection, for `secs`: writes per second.
-async fn rate(ep: &str, clients: usize, secs: u64, value: &[u8]) -> Result<f64, Error> {
+/// `clients` concurrent writers, each with its own connection, for `secs`: writes per second,
+/// and every write's latency in µs (the first one's with its connection).
+async fn rate(ep: &str, clients: usize, secs: u64, value: &[u8]) -> Result<(f64, Vec<u128>), Error> {
     let until = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
     for w in 0..clients {
         let (ep, value) = (ep.to_string(), value.to_vec());
         tasks.push(tokio::spawn(async move {
+            // The first write's time includes the connection, as `spore bench` counts it.
+            let mut first = Some(Instant::now());
             let mut c = Client::connect([ep.as_str()], None).await?;
-            let mut n = 0u64;
+            let mut took = Vec::new();
             while Instant::now() < until {
-                c.put(format!("rate/{w}/{n}"), value.clone(), None).await?;
-                n += 1;
+                let t = first.take().unwrap_or_else(Instant::now);
+                c.put(format!("rate/{w}/{}", took.len()), value.clone(), None).await?;
+                took.push(t.elapsed().as_micros());
             }
-            Ok::<u64, Error>(n)
+            Ok::<Vec<u128>, Error>(took)
         }));
     }
-    let mut total = 0;
+    let mut all = Vec::new();
     for t in tasks {
-        total += t.await??;
+        all.extend(t.await??);
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    Ok((all.len() as f64 / start.elapsed().as_secs_f64(), all))
+}
+
+/// The `q` quantile of sorted `v`, in ms.
+fn ms(v: &[u128], q: f64) -> f64 {
+    let i = ((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1));
+    v.get(i).map_or(0.0, |&us| us as f64 / 1000.0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +123,15 @@ async fn main() -> Result<(), Error> {
         med.saturating_sub(rpc) as f64 / fs
     );
     for clients in [64, 256] {
-        println!("  {clients} clients: {:.0} writes/s", rate(&ep, clients, 5, &value).await?);
+        let (per_sec, mut took) = rate(&ep, clients, 5, &value).await?;
+        took.sort_unstable();
+        println!(
+            "  {clients} clients: {per_sec:.0} writes/s; p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            ms(&took, 0.5),
+            ms(&took, 0.99),
+            ms(&took, 0.999),
+            ms(&took, 1.0)
+        );
     }
     Ok(())
 }
