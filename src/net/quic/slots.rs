@@ -32,11 +32,35 @@ pub(super) struct Places {
     book: Mutex<HashMap<SocketAddr, NodeId>>,
     /// Connections in open places, by remote address, with the key each proved: a later dial
     /// of that key at that address moves them into the reserve.
-    unreserved: Mutex<HashMap<SocketAddr, Vec<Unreserved>>>,
+    unreserved: Mutex<Unreserved>,
 }
 
-/// A connection in an open place: the key it proved, and its place while it lasts.
-type Unreserved = (NodeId, Weak<Held>);
+/// Connections in open places, by remote address. A client's address is seldom seen again,
+/// so entries of ended connections are swept whenever the map has doubled since the last
+/// sweep (it stays within about twice the connections open).
+#[derive(Default)]
+struct Unreserved {
+    by_addr: HashMap<SocketAddr, Vec<(NodeId, Weak<Held>)>>,
+    sweep_at: usize,
+}
+
+impl Unreserved {
+    /// The fewest entries worth a sweep.
+    const SWEEP_MIN: usize = 1024;
+
+    fn add(&mut self, remote: SocketAddr, peer: NodeId, held: &Arc<Held>) {
+        let here = self.by_addr.entry(remote).or_default();
+        here.retain(|(_, w)| w.strong_count() > 0);
+        here.push((peer, Arc::downgrade(held)));
+        if self.by_addr.len() >= self.sweep_at.max(Self::SWEEP_MIN) {
+            self.by_addr.retain(|_, v| {
+                v.retain(|(_, w)| w.strong_count() > 0);
+                !v.is_empty()
+            });
+            self.sweep_at = 2 * self.by_addr.len();
+        }
+    }
+}
 
 /// A place held by one incoming connection, given back when it is dropped.
 pub(super) struct Place {
@@ -88,7 +112,7 @@ impl Places {
             book.insert(addr, node);
         }
         let mut unreserved = sync::lock(&self.unreserved);
-        let Some(held) = unreserved.get_mut(&addr) else { return };
+        let Some(held) = unreserved.by_addr.get_mut(&addr) else { return };
         held.retain(|(peer, weak)| {
             let Some(h) = weak.upgrade() else { return false };
             if *peer != node {
@@ -100,7 +124,7 @@ impl Places {
             false
         });
         if held.is_empty() {
-            unreserved.remove(&addr);
+            unreserved.by_addr.remove(&addr);
         }
     }
 
@@ -134,11 +158,7 @@ impl Places {
             }
             None => place,
         };
-        let mut unreserved = sync::lock(&self.unreserved);
-        let held = unreserved.entry(remote).or_default();
-        held.retain(|(_, w)| w.strong_count() > 0);
-        held.push((peer, Arc::downgrade(&place.held)));
-        drop(unreserved);
+        sync::lock(&self.unreserved).add(remote, peer, &place.held);
         // Dialed while its handshake ran: move it now.
         if self.known_at(&remote) == Some(peer) {
             self.dialed(remote, peer);
@@ -205,6 +225,22 @@ mod tests {
         let other = places.settle(other, addr(7402), NodeId([3; 32])).expect("kept");
         places.dialed(addr(7402), NodeId([4; 32]));
         assert!(!other.is_reserved());
+    }
+
+    #[test]
+    fn ended_client_connections_are_swept() {
+        let places = Places::new(8, 0);
+        let client = NodeId([9; 32]);
+        let live: Vec<Place> = (0..4)
+            .map(|p| places.settle(places.take(&addr(p)).expect("open"), addr(p), client).expect("kept"))
+            .collect();
+        for port in 100..(100 + 3 * Unreserved::SWEEP_MIN as u16) {
+            let place = places.take(&addr(port)).expect("open");
+            drop(places.settle(place, addr(port), client));
+        }
+        let kept = sync::lock(&places.unreserved).by_addr.len();
+        assert!(kept <= 2 * Unreserved::SWEEP_MIN, "{kept} addresses kept for 4 open connections");
+        drop(live);
     }
 
     #[test]
