@@ -71,18 +71,12 @@ pub(super) struct Place {
 
 /// The permit behind a place; a promotion swaps an open permit for a reserved one.
 struct Held {
-    permit: Mutex<(OwnedSemaphorePermit, bool)>,
+    permit: Mutex<OwnedSemaphorePermit>,
 }
 
 impl Place {
     fn new(permit: OwnedSemaphorePermit, expect: Option<NodeId>) -> Self {
-        Place { held: Arc::new(Held { permit: Mutex::new((permit, expect.is_some())) }), expect }
-    }
-
-    /// Whether the place is a reserved one.
-    #[cfg(test)]
-    fn is_reserved(&self) -> bool {
-        sync::lock(&self.held.permit).1
+        Place { held: Arc::new(Held { permit: Mutex::new(permit) }), expect }
     }
 }
 
@@ -111,6 +105,12 @@ impl Places {
             }
             book.insert(addr, node);
         }
+        self.promote(addr, node);
+    }
+
+    /// Moves the connections `node` made from `addr` from open places into reserved ones
+    /// while any is free.
+    fn promote(&self, addr: SocketAddr, node: NodeId) {
         let mut unreserved = sync::lock(&self.unreserved);
         let Some(held) = unreserved.by_addr.get_mut(&addr) else { return };
         held.retain(|(peer, weak)| {
@@ -120,7 +120,7 @@ impl Places {
             }
             let Ok(reserved) = self.reserved.clone().try_acquire_owned() else { return true };
             // The open permit is dropped here: its place is free for anyone again.
-            *sync::lock(&h.permit) = (reserved, true);
+            *sync::lock(&h.permit) = reserved;
             false
         });
         if held.is_empty() {
@@ -161,7 +161,7 @@ impl Places {
         sync::lock(&self.unreserved).add(remote, peer, &place.held);
         // Dialed while its handshake ran: move it now.
         if self.known_at(&remote) == Some(peer) {
-            self.dialed(remote, peer);
+            self.promote(remote, peer);
         }
         Some(place)
     }
@@ -170,6 +170,13 @@ impl Places {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Places {
+        /// Whether `place` holds a reserved permit.
+        fn is_reserved(&self, place: &Place) -> bool {
+            Arc::ptr_eq(sync::lock(&place.held.permit).semaphore(), &self.reserved)
+        }
+    }
 
     fn addr(port: u16) -> SocketAddr {
         ([127, 0, 0, 1], port).into()
@@ -185,12 +192,12 @@ mod tests {
 
         let client = places.take(&addr(50000)).expect("an open place");
         let client = places.settle(client, addr(50000), stranger).expect("kept");
-        assert!(!client.is_reserved());
+        assert!(!places.is_reserved(&client));
         assert!(places.take(&addr(50001)).is_none(), "the open places are taken");
         // The peer still gets in, in the reserve, and keeps its place once its key checks out.
         let from_peer = places.take(&addr(7401)).expect("a reserved place");
         let kept = places.settle(from_peer, addr(7401), peer).expect("kept");
-        assert!(kept.is_reserved());
+        assert!(places.is_reserved(&kept));
         assert!(places.take(&addr(7401)).is_none(), "the reserve is taken too");
         drop(kept);
 
@@ -201,7 +208,7 @@ mod tests {
         drop(client);
         let spoof = places.take(&addr(7401)).expect("reserved");
         let moved = places.settle(spoof, addr(7401), stranger).expect("moved to the open place");
-        assert!(!moved.is_reserved());
+        assert!(!places.is_reserved(&moved));
         assert!(places.take(&addr(7401)).is_some(), "the reserved place it left is free again");
     }
 
@@ -212,19 +219,19 @@ mod tests {
         // The joiner reaches us first: an open place.
         let early = places.take(&addr(7401)).expect("open");
         let early = places.settle(early, addr(7401), peer).expect("kept");
-        assert!(!early.is_reserved());
+        assert!(!places.is_reserved(&early));
         assert!(places.take(&addr(50000)).is_none(), "it holds the one open place");
         // We dial it: its connection moves to the reserve and frees the open place.
         places.dialed(addr(7401), peer);
-        assert!(early.is_reserved());
+        assert!(places.is_reserved(&early));
         let client = places.take(&addr(50000)).expect("the open place is free again");
-        assert!(!client.is_reserved());
+        assert!(!places.is_reserved(&client));
         // Another key's connection from that address is not moved.
         drop(client);
         let other = places.take(&addr(7402)).expect("open");
         let other = places.settle(other, addr(7402), NodeId([3; 32])).expect("kept");
         places.dialed(addr(7402), NodeId([4; 32]));
-        assert!(!other.is_reserved());
+        assert!(!places.is_reserved(&other));
     }
 
     #[test]
