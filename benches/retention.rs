@@ -254,7 +254,7 @@ fn main() {
     // And a raw fjall database's synced append beside the same bulk write: the ledger's
     // append without the ledger.
     let (plain, fjall) = ("a synced 400 B append to a plain file", "a synced 400 B batch to a raw fjall database");
-    // 16 MiB pieces: how fjall flushes a memtable (`MEMTABLE_BYTES_MAX`), one table written
+    // 16 MiB pieces: how fjall flushes a memtable (`MEMTABLE_BYTES_MIN` and up), one table written
     // and synced once at its end.
     let limits = [(plain, 1usize << 20), (plain, 256 << 10), (plain, 64 << 10), (plain, 16 << 20), (fjall, 1 << 20)];
     for (what, piece) in limits {

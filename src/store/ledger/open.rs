@@ -33,16 +33,33 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 /// journal grew to ~400 MB over a 1M-event run keeping 100k.
 pub(crate) const JOURNAL_BYTES_MAX: u64 = 96 << 20;
 
-/// The memtable bound of the keyspaces that take every event (the ledger's and the Raft log's).
-/// fjall's default is 64 MiB: three replicas flushing that much at about the same moment slowed
-/// every commit's fsync for a second or more. Smaller is not better without end: each flush is
-/// one large synced write, and at 8 MiB they came often enough to land inside a prune and stall
-/// its appends for 10-20 ms (benches/README.md, session 12).
-pub(crate) const MEMTABLE_BYTES_MAX: u64 = 16 << 20;
+/// The least memtable bound of the keyspaces that take every event (the ledger's and the Raft
+/// log's). fjall's default is 64 MiB: three replicas flushing that much at about the same moment
+/// slowed every commit's fsync for a second or more. Smaller is not better without end: each
+/// flush is one large synced write, and at 8 MiB they came often enough to land inside a prune
+/// and stall its appends for 10-20 ms (benches/README.md, session 12).
+pub(crate) const MEMTABLE_BYTES_MIN: u64 = 16 << 20;
 
-/// Options of a keyspace that takes every event (see [`MEMTABLE_BYTES_MAX`]).
+/// How far above [`MEMTABLE_BYTES_MIN`] a keyspace's memtable bound may be drawn.
+///
+/// Replicas hold the same events, so with one bound they filled their memtables at the same
+/// entry and flushed all at once: three 14 MiB writes, and every voter's commit `fsync` waited
+/// behind them (the 64-writer p99.9 was 38-47 ms, each stall at a flush). With the bound drawn
+/// per keyspace, the replicas flush at different moments and a quorum that is not flushing
+/// carries the commits (benches/README.md, session 27).
+pub(crate) const MEMTABLE_BYTES_SPREAD: u64 = 8 << 20;
+
+/// A memtable bound in `[MEMTABLE_BYTES_MIN, MEMTABLE_BYTES_MIN + MEMTABLE_BYTES_SPREAD)`, from a
+/// uniform draw.
+pub(crate) fn memtable_bytes(draw: u64) -> u64 {
+    MEMTABLE_BYTES_MIN + draw % MEMTABLE_BYTES_SPREAD
+}
+
+/// Options of a keyspace that takes every event: its memtable bound is drawn when the keyspace is
+/// created (fjall keeps it with the keyspace), so no two replicas are likely to share it (see
+/// [`MEMTABLE_BYTES_SPREAD`]).
 pub(crate) fn busy_keyspace() -> KeyspaceCreateOptions {
-    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
+    KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes(rand::random()))
 }
 
 /// Opens the fjall database and its two keyspaces, refusing directories that hold no ledger
@@ -346,5 +363,22 @@ impl Ledger {
         self.anchor = None;
         *lock(&self.health.poisoned) = None;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memtable_bounds_are_spread_above_the_least() {
+        assert_eq!(memtable_bytes(0), MEMTABLE_BYTES_MIN);
+        for draw in [1, MEMTABLE_BYTES_SPREAD - 1, MEMTABLE_BYTES_SPREAD, u64::MAX, rand::random()] {
+            let bound = memtable_bytes(draw);
+            assert!((MEMTABLE_BYTES_MIN..MEMTABLE_BYTES_MIN + MEMTABLE_BYTES_SPREAD).contains(&bound), "{bound}");
+        }
+        // Draws a byte apart give bounds a byte apart: replicas do not share a bound unless
+        // their draws agree to the byte.
+        assert_eq!(memtable_bytes(12_345) + 1, memtable_bytes(12_346));
     }
 }
