@@ -8,7 +8,8 @@
 # 2,000 writes, then 64 and 256 clients for 5 s, 512-byte values), stops them, then does the
 # same with three fresh `spore node` processes and `spore bench` (512-byte registrations, each
 # signed by the client and checked by every voter). Both clients talk to the leader over the
-# network (etcd: gRPC over TCP; spore: QUIC) from a process of their own.
+# network (etcd: gRPC over TCP; spore: QUIC) from a process of their own. Both connect every
+# client before the clock starts and report the connections on their own.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -70,7 +71,7 @@ spore_round() {
   # A failed write makes spore bench exit non-zero: the round goes on, its lines say so.
   { "${bench[@]}" --clients 1 --events 2000 2>&1 || true; } | grep -E "^(committed|latency|spore: error)" | sed 's/^/  1 client: /'
   for c in 64 256; do
-    { "${bench[@]}" --clients "$c" --duration 5s 2>&1 || true; } | grep -E "^(committed|latency|spore: error)" | sed "s/^/  $c clients: /"
+    { "${bench[@]}" --clients "$c" --duration 5s 2>&1 || true; } | grep -E "^(connected|committed|latency|spore: error)" | sed "s/^/  $c clients: /"
   done
   stop
 }

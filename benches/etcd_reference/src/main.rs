@@ -49,20 +49,25 @@ async fn leader(endpoints: &[String]) -> Result<String, Error> {
 }
 
 /// `clients` concurrent writers, each with its own connection, for `secs`: writes per second,
-/// and every write's latency in µs (the first one's with its connection).
-async fn rate(ep: &str, clients: usize, secs: u64, value: &[u8]) -> Result<(f64, Vec<u128>), Error> {
+/// every write's latency in µs, and the slowest connection's set-up in µs. Every client
+/// connects before the clock starts, as `spore bench` does, so a write's time is a write's.
+async fn rate(ep: &str, clients: usize, secs: u64, value: &[u8]) -> Result<(f64, Vec<u128>, u128), Error> {
+    let mut connected = Vec::with_capacity(clients);
+    let mut connect_max = 0;
+    for c in connect_all(ep, clients).await? {
+        let (c, took) = c?;
+        connect_max = connect_max.max(took);
+        connected.push(c);
+    }
     let until = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
-    for w in 0..clients {
-        let (ep, value) = (ep.to_string(), value.to_vec());
+    for (w, mut c) in connected.into_iter().enumerate() {
+        let value = value.to_vec();
         tasks.push(tokio::spawn(async move {
-            // The first write's time includes the connection, as `spore bench` counts it.
-            let mut first = Some(Instant::now());
-            let mut c = Client::connect([ep.as_str()], None).await?;
             let mut took = Vec::new();
             while Instant::now() < until {
-                let t = first.take().unwrap_or_else(Instant::now);
+                let t = Instant::now();
                 c.put(format!("rate/{w}/{}", took.len()), value.clone(), None).await?;
                 took.push(t.elapsed().as_micros());
             }
@@ -73,7 +78,27 @@ async fn rate(ep: &str, clients: usize, secs: u64, value: &[u8]) -> Result<(f64,
     for t in tasks {
         all.extend(t.await??);
     }
-    Ok((all.len() as f64 / start.elapsed().as_secs_f64(), all))
+    Ok((all.len() as f64 / start.elapsed().as_secs_f64(), all, connect_max))
+}
+
+/// `clients` connections to `ep`, made at once, each with its set-up time in µs. A connection
+/// counts as made once it has answered a serializable get (gRPC connects lazily).
+async fn connect_all(ep: &str, clients: usize) -> Result<Vec<Result<(Client, u128), Error>>, Error> {
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let ep = ep.to_string();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let mut c = Client::connect([ep.as_str()], None).await?;
+            c.get("warm/0", Some(GetOptions::new().with_serializable())).await?;
+            Ok::<_, Error>((c, t.elapsed().as_micros()))
+        }));
+    }
+    let mut all = Vec::with_capacity(clients);
+    for t in tasks {
+        all.push(t.await?);
+    }
+    Ok(all)
 }
 
 /// The `q` quantile of sorted `v`, in ms.
@@ -123,14 +148,16 @@ async fn main() -> Result<(), Error> {
         med.saturating_sub(rpc) as f64 / fs
     );
     for clients in [64, 256] {
-        let (per_sec, mut took) = rate(&ep, clients, 5, &value).await?;
+        let (per_sec, mut took, connect_max) = rate(&ep, clients, 5, &value).await?;
         took.sort_unstable();
         println!(
-            "  {clients} clients: {per_sec:.0} writes/s; p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            "  {clients} clients: {per_sec:.0} writes/s; p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms \
+             (connected before the clock, the slowest in {:.2} ms)",
             ms(&took, 0.5),
             ms(&took, 0.99),
             ms(&took, 0.999),
-            ms(&took, 1.0)
+            ms(&took, 1.0),
+            connect_max as f64 / 1000.0
         );
     }
     Ok(())

@@ -78,6 +78,22 @@ impl AdminClient {
         Ok(conn)
     }
 
+    /// Connects now, within `timeout`, unless the connection is already open: the first call
+    /// then pays no handshake (a load tool starts its clock after this). A failure leaves the
+    /// client as new; the next call connects again.
+    #[tracing::instrument(name = "quic_admin_open", level = "debug", skip(self), fields(addr = %self.addr))]
+    pub async fn open(&mut self, timeout: Duration) -> Result<(), TransportError> {
+        let addr = self.addr.clone();
+        let result = tokio::time::timeout(timeout, self.connect())
+            .await
+            .map_err(|_| TransportError::Timeout { peer: addr, after: timeout })
+            .and_then(|r| r.map(drop));
+        if result.is_err() {
+            self.close();
+        }
+        result
+    }
+
     /// One request on the kept connection, within `timeout` (connecting included). Returns the
     /// key the node proved it holds, with its answer. A failure drops the connection; the
     /// next call connects again.

@@ -36,6 +36,10 @@ fn spore_bench_commits_every_write_reports_percentiles_and_cleans_up() {
     assert_eq!((report["failed"].as_u64(), report["clients"].as_u64()), (Some(0), Some(8)), "{report}");
     assert_eq!(report["deregistered"], 300, "{report}");
     assert!(report["writes_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{report}");
+    // Every client connected before the clock started, and the handshakes are reported apart.
+    let connect = &report["connect"];
+    assert_eq!((connect["connected"].as_u64(), connect["failed"].as_u64()), (Some(8), Some(0)), "{report}");
+    assert!(connect["p50_us"].as_u64().is_some_and(|p| p >= 1 && Some(p) <= connect["max_us"].as_u64()), "{report}");
     let lat = &report["latency_us"];
     let q: Vec<u64> =
         ["min", "p50", "p90", "p99", "p99_9", "max"].iter().map(|k| lat[k].as_u64().expect("a latency")).collect();
@@ -184,6 +188,8 @@ fn spore_bench_at_the_connection_limit_commits_every_write_run_after_run() {
         assert_eq!(out.status.code(), Some(0), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
         let report = json(&out);
         assert_eq!((report["committed"].as_u64(), report["failed"].as_u64()), (Some(120), Some(0)), "{report}");
+        // Each client got a place before the clock started.
+        assert_eq!(report["connect"]["connected"].as_u64(), Some(LIMIT as u64), "round {round}: {report}");
         // Places held over from the first run would hold the second's clients off for the
         // connections' idle timeout (10 s), and its writes time out at 10 s.
         assert!(report["seconds"].as_f64().is_some_and(|s| s < 8.0), "round {round}: {report}");

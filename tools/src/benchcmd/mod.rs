@@ -1,10 +1,13 @@
 //! `spore bench`: a load tool like etcd's benchmark, against a running network. Concurrent
 //! clients write signed service registrations (signed by an admitted node's key, forwarded to
 //! the leader over kept connections), then deregister what they registered unless `--keep`.
+//! Every client connects before the clock starts, and the handshakes are reported on their own.
 //! Reports committed writes/s and the latency histogram (hdrhistogram: p50, p90, p99, p99.9,
 //! max), with a progress bar on a terminal or one JSON object with `--json`.
 
-use std::path::{Path, PathBuf};
+mod client;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,25 +15,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mycnet_spores::core::limits;
-use mycnet_spores::net::quic::{self, AdminClient};
-use mycnet_spores::net::TransportError;
-use mycnet_spores::raft::{RpcRequest, RpcResponse, SporeResponse};
-use mycnet_spores::store::keyfile;
-use mycnet_spores::wire::query::{Query, QueryAnswer};
-use mycnet_spores::wire::rpc::RemoteFailure;
-use mycnet_spores::{
-    EventBody, NetworkFingerprint, NodeKey, NodeStatus, Rejection, ServiceAnnouncement, SignedEvent, SporeStatus,
-    Timestamp,
-};
+use mycnet_spores::{EventBody, NetworkFingerprint, NodeKey, Rejection, ServiceAnnouncement, SignedEvent, Timestamp};
 use serde_json::json;
 
+use self::client::{Client, Target, WriteFailure};
 use crate::output::{CliError, CliResult, Out};
-use crate::remote::kind_of;
 
-/// Longest single attempt of a write (a commit takes milliseconds; an election about a second).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause before a write is tried again (no leader yet, a connection lost).
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// The longest latency the histogram holds, in microseconds (a write times out well before).
 const LATENCY_MAX_US: u64 = 600_000_000;
 /// Longest metadata value a pad entry gets (the rules' limit, less room for nothing).
@@ -93,14 +83,19 @@ pub(crate) async fn bench(opts: BenchOptions, o: &mut Out) -> CliResult {
         o.flush()?;
     }
 
+    // Connections, before the clock starts.
+    let connected = connect_all(&target, opts.clients, opts.write_timeout).await?;
+
     // Registrations.
     let state = Arc::new(Load::new(opts.amount, bar(o, opts.amount, "register")));
     let started = Instant::now();
     let mut workers = Vec::with_capacity(opts.clients);
-    for _ in 0..opts.clients {
+    for client in connected.clients {
         let (state, target, run, metadata) = (state.clone(), target.clone(), run.clone(), metadata.clone());
         let (timeout, hist) = (opts.write_timeout, latency_histogram()?);
-        workers.push(tokio::spawn(async move { register_loop(state, target, run, metadata, hist, timeout).await }));
+        workers.push(tokio::spawn(
+            async move { register_loop(state, client, target, run, metadata, hist, timeout).await },
+        ));
     }
     let mut clients = Vec::with_capacity(workers.len());
     for w in workers {
@@ -138,6 +133,14 @@ pub(crate) async fn bench(opts: BenchOptions, o: &mut Out) -> CliResult {
             "failed": failed,
             "seconds": seconds,
             "writes_per_sec": rate,
+            "connect": {
+                "connected": connected.hist.len(),
+                "failed": connected.failed,
+                "seconds": connected.seconds,
+                "p50_us": connected.hist.value_at_quantile(0.5),
+                "max_us": connected.hist.max(),
+                "error": connected.last_error,
+            },
             "latency_us": {
                 "min": hist.min(), "mean": hist.mean(), "p50": us(0.5), "p90": us(0.9),
                 "p99": us(0.99), "p99_9": us(0.999), "max": hist.max(),
@@ -150,6 +153,17 @@ pub(crate) async fn bench(opts: BenchOptions, o: &mut Out) -> CliResult {
         }))?;
     } else {
         let ms = |v: u64| format!("{:.2} ms", v as f64 / 1000.0);
+        o.line(format!(
+            "connected    {} client(s) in {:.2} s before the clock started: handshake p50 {}  max {}{}",
+            connected.hist.len(),
+            connected.seconds,
+            ms(connected.hist.value_at_quantile(0.5)),
+            ms(connected.hist.max()),
+            match &connected.last_error {
+                Some(e) => format!(" ({} could not connect, so connected at their first write: {e})", connected.failed),
+                None => String::new(),
+            }
+        ))?;
         o.line(format!("committed    {committed} writes in {seconds:.2} s: {rate:.0} writes/s ({failed} failed)"))?;
         o.line(format!(
             "latency      p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
@@ -179,63 +193,6 @@ pub(crate) async fn bench(opts: BenchOptions, o: &mut Out) -> CliResult {
         )));
     }
     Ok(())
-}
-
-/// Where the writes go, and as whom.
-#[derive(Clone)]
-struct Target {
-    key: NodeKey,
-    fingerprint: NetworkFingerprint,
-    /// The given address.
-    given: String,
-    /// The leader's address if the given node knew it, else the given one.
-    first: String,
-}
-
-impl Target {
-    /// Loads the key, asks the node at `addr` for the network and its leader, and checks that
-    /// the key's node is admitted there: a usage error (exit 2) otherwise, saying which.
-    async fn find(addr: &str, key_file: &Path, timeout: Duration) -> Result<Target, CliError> {
-        let key = keyfile::load(key_file)
-            .map_err(|e| CliError::usage(format!("--key-file {}: not a node key file: {e}", key_file.display())))?;
-        // Read as the `--client-key-file` key if one was given, else as the node itself (its
-        // key is admitted, which a node that narrows its admin reads may ask for).
-        let reader = crate::remote::client_key().unwrap_or_else(|| key.clone());
-        let status = match quic::admin_call_as(&reader, addr, None, RpcRequest::Status, timeout).await {
-            Ok((_, RpcResponse::Status(Ok(st)))) => st,
-            Ok((_, other)) => {
-                return Err(CliError::Io(format!("{addr} did not report its status: {}", kind_of(&other))))
-            }
-            Err(e) => return Err(CliError::Io(e.to_string())),
-        };
-        let Some(fingerprint) = status.fingerprint else {
-            return Err(CliError::Io(format!("{addr} is not part of a formed network yet")));
-        };
-        let nodes = match quic::admin_call_as(&reader, addr, None, RpcRequest::Query(Query::Nodes), timeout).await {
-            Ok((_, RpcResponse::Query(Ok(QueryAnswer::Nodes(n))))) => n,
-            Ok((_, other)) => return Err(CliError::Io(format!("{addr} did not list its nodes: {}", kind_of(&other)))),
-            Err(e) => return Err(CliError::Io(e.to_string())),
-        };
-        let me = key.node_id();
-        if !nodes.iter().any(|n| n.node == me && n.status != NodeStatus::Left) {
-            return Err(CliError::usage(format!(
-                "the key in {} is node {me}, which the network at {addr} has not admitted (or which left it): \
-                 spore bench signs with an admitted node's key, e.g. a voter's DATA_DIR/node.key",
-                key_file.display()
-            )));
-        }
-        let first = leader_addr(&status).unwrap_or_else(|| addr.to_string());
-        Ok(Target { key, fingerprint, given: addr.to_string(), first })
-    }
-}
-
-/// The leader's address as `status` names it.
-fn leader_addr(status: &SporeStatus) -> Option<String> {
-    let leader = status.leader?;
-    if leader == status.node {
-        return Some(status.addr.clone());
-    }
-    status.peers.iter().find(|p| p.node == leader).map(|p| p.addr.clone())
 }
 
 /// What the registering clients share: how much is left, the progress bar, the failures.
@@ -277,107 +234,6 @@ impl Load {
     fn fatal(&self, why: String) {
         self.stop.store(true, Ordering::Relaxed);
         lock(&self.fatal).get_or_insert(why);
-    }
-}
-
-/// One client's connection, following the leader.
-struct Client {
-    key: NodeKey,
-    fingerprint: NetworkFingerprint,
-    given: String,
-    target: String,
-    conn: AdminClient,
-}
-
-/// Why a write did not commit.
-enum WriteFailure {
-    /// Not within the write timeout: the network may take it later; the bench goes on.
-    Gave(String),
-    /// No retry can fix it: the bench stops.
-    Fatal(String),
-}
-
-impl Client {
-    fn new(target: &Target) -> Self {
-        Client {
-            key: target.key.clone(),
-            fingerprint: target.fingerprint,
-            given: target.given.clone(),
-            target: target.first.clone(),
-            conn: AdminClient::as_member(target.first.clone(), target.key.clone()),
-        }
-    }
-
-    fn retarget(&mut self, addr: String) {
-        if addr != self.target {
-            self.conn = AdminClient::as_member(addr.clone(), self.key.clone());
-            self.target = addr;
-        }
-    }
-
-    /// Submits `event` until it commits, following the leader, within `timeout`. A retry of a
-    /// write whose answer was lost may be refused in the way `landed_before` recognises as
-    /// "already applied": that counts as committed.
-    async fn write(
-        &mut self,
-        event: &SignedEvent,
-        landed_before: impl Fn(&Rejection) -> bool,
-        timeout: Duration,
-    ) -> Result<(), WriteFailure> {
-        let deadline = Instant::now() + timeout;
-        let mut maybe_delivered = false;
-        // The last failed attempt's error, for the report if the write gives up.
-        let mut last_error: Option<String> = None;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            match self.conn.call(RpcRequest::Forward(event.clone()), left.min(ATTEMPT_TIMEOUT)).await {
-                Ok((_, RpcResponse::Forward(Ok(SporeResponse::Applied(_))))) => return Ok(()),
-                Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r)))))
-                    if maybe_delivered && landed_before(&r) =>
-                {
-                    return Ok(())
-                }
-                Ok((_, RpcResponse::Forward(Ok(SporeResponse::Rejected(r))))) => {
-                    return Err(WriteFailure::Fatal(format!("a write was rejected: {r}")))
-                }
-                Ok((_, RpcResponse::Forward(Err(RemoteFailure::NotLeader { leader: Some(l) })))) => {
-                    self.retarget(l.addr)
-                }
-                Ok((_, RpcResponse::Forward(Err(RemoteFailure::Provisional { .. })))) => {
-                    return Err(WriteFailure::Fatal(format!(
-                        "{} is a latent node that reaches no voter: it holds writes as provisional; bench a voter",
-                        self.target
-                    )))
-                }
-                Ok((_, RpcResponse::Forward(Err(e)))) => last_error = Some(e.to_string()),
-                Ok((_, other)) => {
-                    return Err(WriteFailure::Fatal(format!("{} answered with {}", self.target, kind_of(&other))))
-                }
-                Err(e @ TransportError::Refused { .. }) => {
-                    return Err(WriteFailure::Fatal(format!("{e} (is the key admitted?)")))
-                }
-                Err(e) => {
-                    // Unless the peer was unreachable, the request may have arrived.
-                    maybe_delivered |= !matches!(e, TransportError::Unreachable(_));
-                    // A timeout says less than what came before it (the last attempt has what
-                    // is left of the deadline).
-                    if last_error.is_none() || !matches!(e, TransportError::Timeout { .. }) {
-                        last_error = Some(e.to_string());
-                    }
-                    tracing::debug!(error = %e, target = %self.target, "write attempt failed; asking the given node again");
-                    let given = self.given.clone();
-                    self.retarget(given);
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(WriteFailure::Gave(format!(
-                    "no leader confirmed a write within {timeout:?}{}{}",
-                    last_error.map(|e| format!("; last attempt: {e}")).unwrap_or_default(),
-                    if maybe_delivered { " (it may still commit)" } else { "" }
-                )));
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
-        }
     }
 }
 
@@ -428,15 +284,66 @@ fn padding(key: &NodeKey, fingerprint: NetworkFingerprint, size: usize) -> Vec<(
     metadata
 }
 
+/// The clients, connected before the clock starts.
+struct Connected {
+    clients: Vec<Client>,
+    /// Each connected client's handshake, in microseconds.
+    hist: Histogram<u64>,
+    /// Clients that could not connect ahead (they connect at their first write).
+    failed: u64,
+    last_error: Option<String>,
+    seconds: f64,
+}
+
+/// Every client connects to the first target at once, before the clock starts: a write's time
+/// is then a write's, as over a client's kept connection, and the handshakes are reported on
+/// their own. A client that cannot connect now tries again at its first write, which then
+/// counts its handshake.
+async fn connect_all(target: &Target, clients: usize, timeout: Duration) -> Result<Connected, CliError> {
+    let started = Instant::now();
+    let mut connecting = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let mut client = Client::new(target);
+        connecting.spawn(async move {
+            let took = client.connect(timeout).await;
+            (client, took)
+        });
+    }
+    let mut done = Connected {
+        clients: Vec::with_capacity(clients),
+        hist: latency_histogram()?,
+        failed: 0,
+        last_error: None,
+        seconds: 0.0,
+    };
+    while let Some(joined) = connecting.join_next().await {
+        let (client, took) = joined.map_err(|e| CliError::Io(format!("a bench client failed: {e}")))?;
+        match took {
+            Ok(took) => {
+                let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US);
+                let _ = done.hist.record(us);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a bench client could not connect before the run");
+                done.failed += 1;
+                done.last_error = Some(e.to_string());
+            }
+        }
+        done.clients.push(client);
+    }
+    done.seconds = started.elapsed().as_secs_f64();
+    Ok(done)
+}
+
 async fn register_loop(
     state: Arc<Load>,
+    mut client: Client,
     target: Target,
     run: String,
     metadata: Vec<(String, String)>,
     mut hist: Histogram<u64>,
     timeout: Duration,
 ) -> ClientRun {
-    let mut client = Client::new(&target);
     let mut ids = Vec::new();
     while state.claim() {
         // Signed before the clock starts: the latency is the network's, as in `benches/primary.rs`.
