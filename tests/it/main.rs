@@ -29,6 +29,7 @@ mod partition_heal;
 mod primary;
 mod projection_props;
 mod quic;
+mod quic_retry;
 mod readme_ops;
 mod retention;
 mod scrub;

@@ -21,7 +21,7 @@ pub(crate) fn trace() {
 }
 
 /// Answers `ReadIndex` with its own number after an optional delay, and records who asked.
-struct Echo {
+pub(crate) struct Echo {
     answer: u64,
     delay: Duration,
     calls: AtomicUsize,
@@ -33,7 +33,7 @@ impl Echo {
         Arc::new(Echo { answer, delay, calls: AtomicUsize::new(0), from: Mutex::new(Vec::new()) })
     }
 
-    fn calls(&self) -> usize {
+    pub(crate) fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
 
@@ -201,14 +201,14 @@ pub(crate) async fn raw_client(
 }
 
 /// Sends `bytes` on a new stream and reads the whole answer.
-async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     send.write_all(bytes).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
     recv.read_to_end(FRAME_BYTES_MAX + 4).await.map_err(|e| e.to_string())
 }
 
-fn decode_read_index(frame: &[u8]) -> Option<u64> {
+pub(crate) fn decode_read_index(frame: &[u8]) -> Option<u64> {
     let n = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
     assert_eq!(n, frame.len() - 4);
     match postcard::from_bytes::<RpcResponse>(&frame[4..]).expect("response decodes") {
@@ -393,7 +393,7 @@ async fn quic_a_failed_start_can_be_retried() {
 }
 
 /// A server with custom limits, bound through `bind_quic`.
-async fn limited_server(seed: u8, config: QuicConfig, delay: Duration) -> (PeerNode, Binding, Arc<Echo>) {
+pub(crate) async fn limited_server(seed: u8, config: QuicConfig, delay: Duration) -> (PeerNode, Binding, Arc<Echo>) {
     let key = NodeKey::from_seed([seed; 32]);
     let echo = Echo::new(seed as u64, delay);
     let (transport, binding) = QuicBackend::new(key.clone(), Admission::allow_all())

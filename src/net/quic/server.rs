@@ -17,7 +17,8 @@ use crate::net::RpcHandler;
 use crate::raft::RpcRequest;
 
 /// Accepts connections while the endpoint is open, each in one of its [`Places`] (a peer this
-/// endpoint has dialed in the reserve first), and serves each on a task.
+/// endpoint has dialed in the reserve first; an unproven address first sent a Retry when places
+/// are crowded), and serves each on a task.
 pub(super) async fn accept_loop(
     endpoint: Endpoint,
     handler: Arc<dyn RpcHandler>,
@@ -30,8 +31,19 @@ pub(super) async fn accept_loop(
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
+                let Some(mut incoming) = incoming else { break };
                 let remote = incoming.remote_address();
+                if !incoming.remote_address_validated() && places.crowded(&remote) {
+                    // No place for an unproven address: a forged one never answers the Retry.
+                    match incoming.retry() {
+                        Ok(()) => {
+                            tracing::debug!(%remote, "places crowded; asked the client to prove its address (Retry)");
+                            continue;
+                        }
+                        // Unreachable: an unproven address may always be sent a Retry.
+                        Err(e) => incoming = e.into_incoming(),
+                    }
+                }
                 let Some(place) = places.take(&remote) else {
                     refusals.refused(remote, places.known_at(&remote).is_some(), cfg.connections_max);
                     incoming.refuse();

@@ -12,6 +12,12 @@
 //! before this endpoint first dialed it (a joiner reaches its leader first) sits in an open
 //! place until that dial, which moves it into the reserve.
 //!
+//! A place taken before the handshake could be held by a sender that forges its source address
+//! (a peer's, or many made up) and never answers: each for up to the handshake deadline. Once
+//! half of the places a connection would draw from are in use, it must first prove its address
+//! with a QUIC Retry ([`Places::crowded`]): a forged sender never sees the Retry, so it holds no
+//! place, and a real client pays one round trip more.
+//!
 //! [`QuicConfig::connections_max`]: super::QuicConfig::connections_max
 //! [`QuicConfig::peer_connections_reserved`]: super::QuicConfig::peer_connections_reserved
 
@@ -28,6 +34,9 @@ use crate::core::types::NodeId;
 pub(super) struct Places {
     open: Arc<Semaphore>,
     reserved: Arc<Semaphore>,
+    /// How many places each pool has in all.
+    open_total: usize,
+    reserved_total: usize,
     /// The peers this endpoint has dialed, by the address it reached them at.
     book: Mutex<HashMap<SocketAddr, NodeId>>,
     /// Connections in open places, by remote address, with the key each proved: a later dial
@@ -90,6 +99,8 @@ impl Places {
         Places {
             open: Arc::new(Semaphore::new(open)),
             reserved: Arc::new(Semaphore::new(reserved)),
+            open_total: open,
+            reserved_total: reserved,
             book: Mutex::default(),
             unreserved: Mutex::default(),
         }
@@ -131,6 +142,17 @@ impl Places {
     /// The peer last dialed at `addr`, if any.
     pub(super) fn known_at(&self, addr: &SocketAddr) -> Option<NodeId> {
         sync::lock(&self.book).get(addr).copied()
+    }
+
+    /// Whether a connection from `remote` whose address is not proven must prove it (a QUIC
+    /// Retry) before it takes a place: once at least half of the pool it would draw from (the
+    /// reserve for a known peer's address while it has room, else the open places) is in use.
+    pub(super) fn crowded(&self, remote: &SocketAddr) -> bool {
+        let half_used = |pool: &Semaphore, total: usize| 2 * pool.available_permits() <= total;
+        if self.known_at(remote).is_some() && self.reserved.available_permits() > 0 {
+            return half_used(&self.reserved, self.reserved_total);
+        }
+        half_used(&self.open, self.open_total)
     }
 
     /// A place for a connection from `remote`: a reserved one first for a known peer's
@@ -176,6 +198,34 @@ mod tests {
         fn is_reserved(&self, place: &Place) -> bool {
             Arc::ptr_eq(sync::lock(&place.held.permit).semaphore(), &self.reserved)
         }
+    }
+
+    #[test]
+    fn addresses_must_be_proven_once_half_the_pool_is_in_use() {
+        let places = Places::new(4, 2);
+        let peer = NodeId([1; 32]);
+        places.dialed(addr(7401), peer);
+        let mut held = Vec::new();
+        // Open places: free while fewer than half are taken.
+        assert!(!places.crowded(&addr(50000)));
+        held.push(places.take(&addr(50000)).expect("open"));
+        assert!(!places.crowded(&addr(50001)), "1 of 4 in use");
+        held.push(places.take(&addr(50001)).expect("open"));
+        assert!(places.crowded(&addr(50002)), "2 of 4 in use");
+        // The reserve is judged on its own.
+        assert!(!places.crowded(&addr(7401)), "the reserve is empty");
+        held.push(places.take(&addr(7401)).expect("reserved"));
+        assert!(places.crowded(&addr(7401)), "1 of 2 reserved places in use");
+        held.push(places.take(&addr(7401)).expect("reserved"));
+        // A full reserve sends a peer to the open places, which are crowded.
+        assert!(places.crowded(&addr(7401)));
+        held.truncate(1);
+        assert!(!places.crowded(&addr(7401)), "3 open places and the reserve free again");
+        // A single place is never crowded while free.
+        let one = Places::new(1, 0);
+        assert!(!one.crowded(&addr(50000)));
+        let _taken = one.take(&addr(50000)).expect("open");
+        assert!(one.crowded(&addr(50001)));
     }
 
     fn addr(port: u16) -> SocketAddr {
