@@ -160,7 +160,7 @@ pub(crate) async fn bench(opts: BenchOptions, o: &mut Out) -> CliResult {
             ms(connected.hist.value_at_quantile(0.5)),
             ms(connected.hist.max()),
             match &connected.last_error {
-                Some(e) => format!(" ({} could not connect, so connected at their first write: {e})", connected.failed),
+                Some(e) => format!(" ({} could not connect and took no part: {e})", connected.failed),
                 None => String::new(),
             }
         ))?;
@@ -185,6 +185,12 @@ pub(crate) async fn bench(opts: BenchOptions, o: &mut Out) -> CliResult {
     o.flush()?;
     if let Some(e) = fatal {
         return Err(CliError::Io(e));
+    }
+    if let Some(e) = &connected.last_error {
+        return Err(CliError::Io(format!(
+            "{} of {} client(s) could not connect and took no part: {e}",
+            connected.failed, opts.clients
+        )));
     }
     let left = cleanup.as_ref().map_or(0, |c| c.failed);
     if failed > 0 || left > 0 {
@@ -289,7 +295,7 @@ struct Connected {
     clients: Vec<Client>,
     /// Each connected client's handshake, in microseconds.
     hist: Histogram<u64>,
-    /// Clients that could not connect ahead (they connect at their first write).
+    /// Clients that could not connect (they take no part).
     failed: u64,
     last_error: Option<String>,
     seconds: f64,
@@ -297,8 +303,9 @@ struct Connected {
 
 /// Every client connects to the first target at once, before the clock starts: a write's time
 /// is then a write's, as over a client's kept connection, and the handshakes are reported on
-/// their own. A client that cannot connect now tries again at its first write, which then
-/// counts its handshake.
+/// their own. A client that cannot connect (the node at its connection limit, most often)
+/// takes no part: retrying, it would only load the node it measures. The bench then ends with
+/// an error that says how many and why.
 async fn connect_all(target: &Target, clients: usize, timeout: Duration) -> Result<Connected, CliError> {
     let started = Instant::now();
     let mut connecting = tokio::task::JoinSet::new();
@@ -322,14 +329,14 @@ async fn connect_all(target: &Target, clients: usize, timeout: Duration) -> Resu
             Ok(took) => {
                 let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US);
                 let _ = done.hist.record(us);
+                done.clients.push(client);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "a bench client could not connect before the run");
+                tracing::warn!(error = %e, "a bench client could not connect; it takes no part");
                 done.failed += 1;
                 done.last_error = Some(e.to_string());
             }
         }
-        done.clients.push(client);
     }
     done.seconds = started.elapsed().as_secs_f64();
     Ok(done)

@@ -195,4 +195,16 @@ fn spore_bench_at_the_connection_limit_commits_every_write_run_after_run() {
         assert!(report["seconds"].as_f64().is_some_and(|s| s < 8.0), "round {round}: {report}");
     }
     assert_eq!(services_at(&leader).len(), 240);
+
+    // Two clients more than the node takes: they take no part (retrying, they would only load
+    // the node), the others commit every write, and the bench ends with an error saying so.
+    let over = (LIMIT + 2).to_string();
+    let out =
+        run(&["bench", "--addr", &leader, "--key-file", path(&key), "--events", "60", "--clients", &over, "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&out);
+    assert_eq!((report["committed"].as_u64(), report["failed"].as_u64()), (Some(60), Some(0)), "{report}");
+    assert_eq!((report["connect"]["connected"].as_u64(), report["connect"]["failed"].as_u64()), (Some(6), Some(2)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 of 8 client(s) could not connect") && stderr.contains("connection limit"), "{stderr}");
 }
