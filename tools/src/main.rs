@@ -128,6 +128,9 @@ fn run(cli: Cli) -> CliResult {
                 None => {}
             }
             remote::http_from_flags(&mut config, a.http, a.http_token_file)?;
+            if let Some(n) = a.connections_max {
+                config.connections_max = Some(n as usize);
+            }
             runtime()?.block_on(remote::run_node(config, &mut Out::new(a.json)))
         }
         Command::Status { addr, key, timeout_ms, json } => {

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::{json, keyed_procs, three_voters, wait_for_three_voters, CALL_MS};
+use super::{json, keyed_procs, node_args, three_voters, wait_for_three_voters, wait_leads, CALL_MS};
 use crate::proc::{path, run, services, status, wait_until};
 
 /// The services the node at `addr` holds, once it answers.
@@ -207,4 +207,30 @@ fn spore_bench_at_the_connection_limit_commits_every_write_run_after_run() {
     assert_eq!((report["connect"]["connected"].as_u64(), report["connect"]["failed"].as_u64()), (Some(6), Some(2)));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("2 of 8 client(s) could not connect") && stderr.contains("connection limit"), "{stderr}");
+}
+
+#[test]
+fn spore_node_connections_max_flag_bounds_the_clients_a_node_takes() {
+    // Out of range: refused before anything starts.
+    let out = run(&["node", "--data-dir", "unused", "--listen", "127.0.0.1:1", "--connections-max", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--connections-max"));
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut n = keyed_procs(root.path(), 1).remove(0);
+    let all = vec![(n.key.clone(), n.addr.clone())];
+    let mut args = node_args(&n, 0, &all);
+    args.extend(["--connections-max".to_string(), "2".to_string()]);
+    n.start(&args);
+    wait_leads("the node leads", &n.addr);
+    let key = n.key_file();
+    let out =
+        run(&["bench", "--addr", &n.addr, "--key-file", path(&key), "--events", "20", "--clients", "5", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&out);
+    let (connected, failed) = (report["connect"]["connected"].as_u64(), report["connect"]["failed"].as_u64());
+    // Two places (one may still be held by a status call that just ended); the rest refused.
+    assert!(connected.is_some_and(|c| (1..=2).contains(&c)), "{report}");
+    assert_eq!(connected.zip(failed).map(|(c, f)| c + f), Some(5), "{report}");
+    assert_eq!((report["committed"].as_u64(), report["failed"].as_u64()), (Some(20), Some(0)), "{report}");
 }
