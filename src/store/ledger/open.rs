@@ -44,8 +44,8 @@ pub(crate) const MEMTABLE_BYTES_MIN: u64 = 16 << 20;
 ///
 /// Replicas hold the same events, so with one bound they filled their memtables at the same
 /// entry and flushed all at once: three 14 MiB writes, and every voter's commit `fsync` waited
-/// behind them (the 64-writer p99.9 was 38-47 ms, each stall at a flush). With the bound drawn
-/// per keyspace, the replicas flush at different moments and a quorum that is not flushing
+/// behind them (the 64-writer p99.9 was 36-47 ms, the worst stalls at flushes). With the bound
+/// drawn per keyspace, the replicas flush at different moments and a quorum that is not flushing
 /// carries the commits (benches/README.md, session 27).
 pub(crate) const MEMTABLE_BYTES_SPREAD: u64 = 8 << 20;
 
