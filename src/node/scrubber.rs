@@ -20,11 +20,12 @@ use crate::wire::rpc::PeerNode;
 use crate::wire::status::ScrubStatus;
 
 /// How fast the scrub reads. The default, 1,000 events a second in pages of 32 (a step every
-/// 32 ms), costs about 1.5 % of one core here (mostly signature checks), so a million events
+/// 32 ms), costs about 1.4 % of one core here (mostly signature checks), so a million events
 /// are re-verified about every 17 minutes. Small pages keep each step's burst of checks short,
 /// so a write that arrives during one waits for less: in 11 runs each, the 1-client write's
 /// p99 was 1.5-2.4 ms (median 1.7) in pages of 32 against 1.9-2.3 ms (median 2.0) in pages of
-/// 256, which cost half the CPU (0.8 % of a core; `benches/README.md`, session 27).
+/// 256, which cost a tenth less CPU (12.5 against 14.0 µs per event; `benches/README.md`,
+/// session 27).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScrubConfig {
     /// Events checked per second (0 turns the scrub off).
