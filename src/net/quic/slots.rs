@@ -144,26 +144,34 @@ impl Places {
         sync::lock(&self.book).get(addr).copied()
     }
 
-    /// Whether a connection from `remote` whose address is not proven must prove it (a QUIC
-    /// Retry) before it takes a place: once at least half of the pool it would draw from (the
-    /// reserve for a known peer's address while it has room, else the open places) is in use.
-    pub(super) fn crowded(&self, remote: &SocketAddr) -> bool {
-        let half_used = |pool: &Semaphore, total: usize| 2 * pool.available_permits() <= total;
-        if self.known_at(remote).is_some() && self.reserved.available_permits() > 0 {
-            return half_used(&self.reserved, self.reserved_total);
+    /// The pool a connection from `remote` takes its place from: the reserve, while it has
+    /// room, for a known peer's address (with the key the connection must prove there), else
+    /// the open places. With each pool's size.
+    fn pool_for(&self, remote: &SocketAddr) -> (&Arc<Semaphore>, usize, Option<NodeId>) {
+        match self.known_at(remote) {
+            Some(node) if self.reserved.available_permits() > 0 => (&self.reserved, self.reserved_total, Some(node)),
+            _ => (&self.open, self.open_total, None),
         }
-        half_used(&self.open, self.open_total)
+    }
+
+    /// Whether a connection from `remote` whose address is not proven must prove it (a QUIC
+    /// Retry) before it takes a place: once at least half of the pool it would draw from
+    /// ([`Places::pool_for`]) is in use.
+    pub(super) fn crowded(&self, remote: &SocketAddr) -> bool {
+        let (pool, total, _) = self.pool_for(remote);
+        2 * pool.available_permits() <= total
     }
 
     /// A place for a connection from `remote`: a reserved one first for a known peer's
     /// address, else an open one; `None` if all are taken.
     pub(super) fn take(&self, remote: &SocketAddr) -> Option<Place> {
-        if let Some(node) = self.known_at(remote) {
-            if let Ok(p) = self.reserved.clone().try_acquire_owned() {
-                return Some(Place::new(p, Some(node)));
-            }
+        let (pool, _, expect) = self.pool_for(remote);
+        match pool.clone().try_acquire_owned() {
+            Ok(p) => Some(Place::new(p, expect)),
+            // The reserve filled since it was looked at (a promotion): an open place instead.
+            Err(_) if expect.is_some() => self.open.clone().try_acquire_owned().ok().map(|p| Place::new(p, None)),
+            Err(_) => None,
         }
-        self.open.clone().try_acquire_owned().ok().map(|p| Place::new(p, None))
     }
 
     /// After the handshake from `remote` proved `peer`: the place the connection keeps. A
