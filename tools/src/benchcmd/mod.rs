@@ -250,6 +250,11 @@ struct ClientRun {
     ids: Vec<uuid::Uuid>,
 }
 
+/// `d` in whole microseconds, within what [`latency_histogram`] holds.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US)
+}
+
 /// A histogram of latencies in microseconds: three significant digits from 1 µs to the
 /// longest write.
 fn latency_histogram() -> Result<Histogram<u64>, CliError> {
@@ -327,8 +332,7 @@ async fn connect_all(target: &Target, clients: usize, timeout: Duration) -> Resu
         let (client, took) = joined.map_err(|e| CliError::Io(format!("a bench client failed: {e}")))?;
         match took {
             Ok(took) => {
-                let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US);
-                let _ = done.hist.record(us);
+                let _ = done.hist.record(micros(took));
                 done.clients.push(client);
             }
             Err(e) => {
@@ -360,8 +364,7 @@ async fn register_loop(
         let sent = Instant::now();
         match client.write(&event, |r| matches!(r, Rejection::ServiceExists(x) if *x == id), timeout).await {
             Ok(()) => {
-                let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US);
-                let _ = hist.record(us);
+                let _ = hist.record(micros(sent.elapsed()));
                 ids.push(id);
                 state.bar.inc(1);
             }
