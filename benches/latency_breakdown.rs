@@ -25,7 +25,11 @@
 //! on, the leader's own sync and the replication to a follower run side by side (openraft
 //! 0.10; 0.9 ran the leader's sync first): the harness prints both branches, how long the
 //! two fsyncs overlap, and the owners' time along the critical path (the branch that ended
-//! last). Its closing lines set the
+//! last). Stages 5 and 9 (the replication, openraft's by owner) are also taken apart at the
+//! transport's edges, from four empty spans of `net::raft_rpc` (a request handed to the
+//! transport, taken by the follower's openraft, its answer handed back, taken by the leader's
+//! openraft): over QUIC the parts between are our frames and tasks and quinn's endpoints, in
+//! process a channel. Its closing lines set the
 //! critical path's stages that are not ours (openraft's hand-offs and the fsync) against the
 //! issue's 1-client budget, 2 × (fdatasync + sign + verify), all measured in the same run, give
 //! the raw quorum sync of this disk and the path's own disk window (the first sync's start to
@@ -50,12 +54,30 @@ mod timeline;
 use timeline::{first, median_us, sync_of, Closed};
 
 /// The spans the breakdown reads: (target, name).
-static SPANS: [(&str, &str); 5] = [
+static SPANS: [(&str, &str); 9] = [
     ("mycnet_spores::node::writes", "submit"),
     ("mycnet_spores::raft::proposer", "propose_batch"),
     ("mycnet_spores::raft::log_store", "append"),
     ("mycnet_spores::raft::log_store", "raft_log_sync"),
     ("mycnet_spores::raft::state_machine", "apply"),
+    // Instants of the replication (empty spans): a request handed from openraft to the
+    // transport, taken by openraft on the follower, its answer leaving the follower's openraft
+    // and taken by the leader's.
+    ("mycnet_spores::net::raft_rpc", "append_handed"),
+    ("mycnet_spores::net::raft_rpc", "append_taken"),
+    ("mycnet_spores::net::raft_rpc", "append_answered"),
+    ("mycnet_spores::net::raft_rpc", "append_answer_taken"),
+];
+
+/// The replication's stages 5 and 9 taken apart at the transport's edges, for the follower
+/// that completed the quorum: openraft's part on each side and the transport's between.
+const SPLIT: [(&str, &str); 6] = [
+    ("openraft", "5a leader: appended -> request handed to the transport (replication task, log read)"),
+    ("transport", "5b request in the transport (over QUIC: our frames and tasks, quinn's endpoints)"),
+    ("openraft", "5c follower: request taken -> its append (stream task, core)"),
+    ("openraft", "9a follower: synced -> answer handed to the transport (flush report, core)"),
+    ("transport", "9b answer in the transport"),
+    ("openraft", "9c leader: answer taken -> apply (replication task, core, commit, state machine)"),
 ];
 
 /// Whose time a stage is.
@@ -97,6 +119,8 @@ struct Write {
     /// From the first sync's start to the second sync's end (µs): the disk's time on the path.
     disk_window: f64,
     leader_last: bool,
+    /// Stages 5 and 9 taken apart ([`SPLIT`]), when every instant of them was seen.
+    split: Option<[f64; 6]>,
 }
 
 /// CPU time this process has used (every thread, user and system), from `/proc/self/stat`
@@ -105,8 +129,37 @@ fn process_cpu() -> Option<Duration> {
     cluster::stat_cpu(&std::fs::read_to_string("/proc/self/stat").ok()?).map(|(_, cpu)| cpu)
 }
 
-/// One write's stages from its spans; `None` if one is missing.
-fn stages(spans: &[Closed], dirs: &[String]) -> Option<Write> {
+/// Stages 5 and 9 of one write, taken apart at the transport's edges for the follower `id`
+/// (its id's short form): from the leader's append's end to the follower's append's start, and
+/// from the follower's sync's end to the leader's apply's start.
+fn split(
+    spans: &[Closed],
+    id: &str,
+    appended: Instant,
+    f_append: Instant,
+    f_synced: Instant,
+    apply: Instant,
+) -> Option<[f64; 6]> {
+    let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e6;
+    let handed = timeline::first_for(spans, "append_handed", id, appended, true)?;
+    let taken = timeline::first_for(spans, "append_taken", id, handed.start, true)?;
+    let answered = timeline::first_for(spans, "append_answered", id, f_synced, false)?;
+    let answer_taken = timeline::first_for(spans, "append_answer_taken", id, answered.start, false)?;
+    (taken.start <= f_append && answer_taken.start <= apply).then(|| {
+        [
+            us(appended, handed.start),
+            us(handed.start, taken.start),
+            us(taken.start, f_append),
+            us(f_synced, answered.start),
+            us(answered.start, answer_taken.start),
+            us(answer_taken.start, apply),
+        ]
+    })
+}
+
+/// One write's stages from its spans; `None` if one is missing. `ids` are the nodes' ids
+/// (short form), in the order of `dirs`.
+fn stages(spans: &[Closed], dirs: &[String], ids: &[String]) -> Option<Write> {
     let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e6;
     let submit = spans.iter().find(|s| s.name == "submit")?;
     let propose = spans.iter().find(|s| s.name == "propose_batch" && s.start >= submit.start)?;
@@ -120,7 +173,7 @@ fn stages(spans: &[Closed], dirs: &[String]) -> Option<Write> {
         .collect::<Option<_>>()?;
     let (leader_append, leader_sync) = synced[0];
     // The follower whose sync ends first is the one that completes a quorum with the leader.
-    let (f_append, f_sync) = synced[1..].iter().copied().min_by_key(|(_, s)| s.end)?;
+    let (follower, (f_append, f_sync)) = synced.iter().copied().enumerate().skip(1).min_by_key(|(_, (_, s))| s.end)?;
     // The commit needs two of the three syncs: the second to end.
     let mut ends: Vec<Instant> = synced.iter().map(|(_, s)| s.end).collect();
     ends.sort();
@@ -147,6 +200,9 @@ fn stages(spans: &[Closed], dirs: &[String]) -> Option<Write> {
         fsync_overlap: us(overlap_start, overlap_end),
         disk_window: us(first_sync, quorum),
         leader_last: leader_sync.end >= f_sync.end,
+        split: ids
+            .get(follower)
+            .and_then(|id| split(spans, id, leader_append.end, f_append.start, f_sync.end, apply.start)),
     })
 }
 
@@ -215,6 +271,11 @@ fn main() {
         }
     }
 
+    let ids: Vec<String> = systems.iter().map(|s| s.node_id().expect("node id").short()).collect();
+    let mut splits: Vec<[f64; 6]> = Vec::new();
+    // Per write, the transport's time along the critical path (inside openraft's stages 5 and
+    // 9 above), when the split was seen.
+    let mut critical_transport: Vec<f64> = Vec::new();
     let mut per_stage: Vec<Vec<f64>> = vec![Vec::with_capacity(writes); STAGES.len()];
     let mut totals = Vec::with_capacity(writes);
     let (mut overlaps, mut follower_fsyncs, mut leader_last) = (Vec::new(), Vec::new(), 0usize);
@@ -237,7 +298,7 @@ fn main() {
         write(&systems[0]).expect("write");
         totals.push(t.elapsed().as_secs_f64() * 1e6);
         let spans = timeline.spans();
-        let Some(w) = stages(&spans, &dirs) else {
+        let Some(w) = stages(&spans, &dirs, &ids) else {
             incomplete += 1;
             continue;
         };
@@ -255,6 +316,10 @@ fn main() {
             }
         }
         sums.iter().zip(critical.iter_mut()).for_each(|(d, v)| v.push(*d));
+        if let Some(sp) = w.split {
+            splits.push(sp);
+            critical_transport.push(sp[4] + if w.leader_last { 0.0 } else { sp[1] });
+        }
     }
     // Every thread's CPU over the timed writes (three voters and this driver, whose span
     // bookkeeping is the same in every build), per write.
@@ -278,6 +343,13 @@ fn main() {
             Owner::Fsync => "fsync",
         };
         eprintln!("{:8.1} us  {who:>8}  {name}", median_us(v));
+    }
+    eprintln!(
+        "stages 5 and 9 at the transport's edges, for the follower that completed the quorum ({} of {complete} writes):",
+        splits.len()
+    );
+    for (i, (who, name)) in SPLIT.iter().enumerate() {
+        eprintln!("{:8.1} us  {who:>9}    {name}", median_us(splits.iter().map(|s| s[i]).collect()));
     }
     eprintln!(
         "the leader's and the follower's fsyncs overlap by {:.0} us (median) of the follower's {:.0} us; the leader's sync ended last in {leader_last} of {complete} writes",
@@ -327,8 +399,9 @@ fn main() {
         );
     }
     let [ours, openraft, fsync] = critical.map(median_us);
+    let transport = median_us(critical_transport);
     eprintln!(
-        "critical path medians: ours {ours:.0} us, openraft {openraft:.0} us, fsync {fsync:.0} us (sum {:.0}); median write {:.0} us (sign included)",
+        "critical path medians: ours {ours:.0} us, openraft {openraft:.0} us (of which the transport {transport:.0} us), fsync {fsync:.0} us (sum {:.0}); median write {:.0} us (sign included)",
         ours + openraft + fsync,
         median_us(totals)
     );
@@ -368,6 +441,13 @@ fn main() {
         "outside the store, in series: sign + openraft's two serial stages + the path's disk window ({window:.0} us) = {serial:.0} us = {:.2} of {target} x budget, leaving {:.0} us for ours (ours on the critical path: {ours:.0} us)",
         serial / (target * budget),
         target * budget - serial
+    );
+    // Stage 9 carries the answer through the transport; over QUIC that is ours (frames,
+    // tasks) and quinn's, not openraft's.
+    let answer = median_us(splits.iter().map(|s| s[4]).collect());
+    eprintln!(
+        "  of which the answer's way through the transport (stage 9b): {answer:.0} us; without it, {:.2} of {target} x budget",
+        (serial - answer) / (target * budget)
     );
     // A whole stop (tasks, endpoint, Raft, the ledger closed): nothing of this cluster runs on
     // while the next is measured.

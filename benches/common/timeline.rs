@@ -21,6 +21,8 @@ pub struct Closed {
     pub name: &'static str,
     pub path: Option<String>,
     pub events: Option<u64>,
+    /// The node a span names (its `node` field: a node id's short form), if it does.
+    pub node: Option<String>,
     pub start: Instant,
     pub end: Instant,
 }
@@ -35,12 +37,15 @@ struct Open {
 struct Fields {
     path: Option<String>,
     events: Option<u64>,
+    node: Option<String>,
 }
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "path" {
-            self.path = Some(format!("{value:?}"));
+        match field.name() {
+            "path" => self.path = Some(format!("{value:?}")),
+            "node" => self.node = Some(format!("{value:?}")),
+            _ => {}
         }
     }
 
@@ -92,7 +97,8 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Timeline {
         let Some(open) = span.extensions_mut().remove::<Open>() else { return };
         let Some(start) = open.start else { return };
         if let Ok(mut v) = self.0.lock() {
-            v.push(Closed { name: span.name(), path: open.fields.path, events: open.fields.events, start, end });
+            let Fields { path, events, node } = open.fields;
+            v.push(Closed { name: span.name(), path, events, node, start, end });
         }
     }
 }
@@ -133,6 +139,20 @@ pub fn first<'a>(spans: &'a [Closed], name: &str, node: usize, after: Instant, d
     spans
         .iter()
         .filter(|s| s.name == name && s.start >= after && node_of(s, dirs) == Some(node))
+        .min_by_key(|s| s.start)
+}
+
+/// The first span named `name` for the node whose id's short form is `node` (its `node` field)
+/// that starts at or after `after`; with `entries`, only one that carried entries.
+pub fn first_for<'a>(spans: &'a [Closed], name: &str, node: &str, after: Instant, entries: bool) -> Option<&'a Closed> {
+    spans
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && s.start >= after
+                && s.node.as_deref() == Some(node)
+                && (!entries || s.events.unwrap_or(0) > 0)
+        })
         .min_by_key(|s| s.start)
 }
 

@@ -113,11 +113,23 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             // as it is), so there is none to stretch: each answer's deadline is the transport's.
             let deadline = transport.deadline(&node, answer_floor);
             let span = tracing::trace_span!("raft_append_stream", to = %node, ?deadline);
+            // Two instants of a write's path, as empty spans (`benches/latency_breakdown`
+            // splits the replication by them): a request handed from openraft to the
+            // transport, and an answer handed back to openraft.
+            let peer = node.node.short();
+            let input = input.inspect(move |req| {
+                tracing::trace_span!("append_handed", node = %peer, events = req.entries.len() as u64).in_scope(|| ());
+            });
+            let peer = node.node.short();
             let replies = transport
                 .append_stream(&node, Box::pin(input), answer_floor)
                 .instrument(span)
                 .await
                 .map_err(transport_err)?;
+            let replies = replies.map(move |r| {
+                tracing::trace_span!("append_answer_taken", node = %peer).in_scope(|| ());
+                r
+            });
             let replies = replies.map(move |r| match r {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(openraft::error::Fatal::Stopped)) => Err(transport_err(stopped_peer(&node))),
@@ -334,12 +346,19 @@ impl RpcHandler for RaftService {
     fn append_stream(&self, from: NodeId, requests: AppendRequests) -> AppendAnswers {
         use futures_util::StreamExt;
         tracing::trace!(from = %from.short(), me = %self.me, "append stream opened");
+        // The other two instants of the replication's split (see `RaftNetwork::stream_append`):
+        // a request taken by openraft on this follower, and its answer leaving openraft.
+        let (me, me_answers) = (self.me.node.short(), self.me.node.short());
         let well_formed = requests.take_while(move |req| {
             // Logged as a call's would be; on a stream the answer is the stream's end.
             let ok = check_append(req).map_err(|why| malformed(from, &why)).is_ok();
+            tracing::trace_span!("append_taken", node = %me, events = req.entries.len() as u64).in_scope(|| ());
             std::future::ready(ok)
         });
-        Box::pin(self.raft.stream_append(well_formed))
+        let answers = self.raft.stream_append(well_formed).inspect(move |_| {
+            tracing::trace_span!("append_answered", node = %me_answers).in_scope(|| ());
+        });
+        Box::pin(answers)
     }
 
     fn handle(&self, from: NodeId, req: RpcRequest) -> BoxFuture<'_, RpcResponse> {
