@@ -50,6 +50,8 @@ pub struct RttEstimator {
     /// Doublings of the deadline after timed-out calls, reset by the next sample.
     backoff: u32,
     samples: u64,
+    /// Calls that timed out since the first sample.
+    timeouts: u64,
 }
 
 /// What the estimator knows of one peer, for status and tests.
@@ -63,12 +65,16 @@ pub struct RoundTrip {
     pub samples: u64,
     /// The deadline a call to the peer gets now, with no floor of the caller's.
     pub deadline: Duration,
+    /// Calls to the peer that timed out since it was first measured (a link losing more than
+    /// its retransmissions recover, or a peer that stopped answering).
+    #[serde(default)]
+    pub timeouts: u64,
 }
 
 impl RttEstimator {
     /// The state after the first sample `r`: SRTT = R, RTTVAR = R/2 (RFC 6298, §2.2).
     pub fn first(r: Duration) -> Self {
-        RttEstimator { srtt: r, rttvar: r / 2, backoff: 0, samples: 1 }
+        RttEstimator { srtt: r, rttvar: r / 2, backoff: 0, samples: 1, timeouts: 0 }
     }
 
     /// Takes a new sample `r`: RTTVAR = ¾·RTTVAR + ¼·|SRTT − R|, then SRTT = ⅞·SRTT + ⅛·R
@@ -84,6 +90,7 @@ impl RttEstimator {
     /// A call timed out: the next deadlines double, until a call completes (RFC 6298, §5.5).
     pub fn timed_out(&mut self) {
         self.backoff = (self.backoff + 1).min(BACKOFF_SHIFT_MAX);
+        self.timeouts = self.timeouts.saturating_add(1);
     }
 
     /// Smoothed round-trip time.
@@ -158,6 +165,7 @@ impl RttTable {
             rttvar: e.rttvar,
             samples: e.samples,
             deadline: e.deadline(Duration::ZERO, link_rtt),
+            timeouts: e.timeouts,
         })
     }
 }
@@ -227,5 +235,10 @@ mod tests {
         assert!(t.deadline(&a, 100 * MS, None) >= 1200 * MS);
         t.timed_out(&b); // unknown peer: nothing to back off
         assert!(t.round_trip(&b, None).is_none());
+        // Timeouts are counted, and a completed call that ends the backoff does not undo them.
+        t.timed_out(&a);
+        t.timed_out(&a);
+        t.sample(a, 400 * MS);
+        assert_eq!(t.round_trip(&a, None).map(|r| (r.timeouts, r.samples)), Some((2, 2)));
     }
 }

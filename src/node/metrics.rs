@@ -82,6 +82,19 @@ fn family(registry: &mut Registry, name: &str, help: &str, values: impl IntoIter
     registry.register(name, help, f);
 }
 
+fn seconds_family(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (Labels, std::time::Duration)>,
+) {
+    let f = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for (labels, v) in values {
+        f.get_or_create(&labels).set(v.as_secs_f64());
+    }
+    registry.register(name, help, f);
+}
+
 fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -141,6 +154,30 @@ impl SporeSystem {
             "How many entries a peer is behind the leader (reported by the leader)",
             st.peers.iter().filter_map(|p| Some((vec![("peer", p.node.short())], as_i64(p.lag?)))),
         );
+        // What the transport measured of each member (on QUIC; none in process): the round
+        // trips it sets its deadlines by (`net::rtt`).
+        let measured: Vec<(Labels, crate::net::rtt::RoundTrip)> = st
+            .peers
+            .iter()
+            .filter_map(|p| Some((vec![("peer", p.node.short())], self.round_trip(&p.node).ok()??)))
+            .collect();
+        seconds_family(
+            &mut r,
+            "peer_round_trip_seconds",
+            "Smoothed round trip of the calls to a member (RFC 6298 SRTT; its answer time included)",
+            measured.iter().map(|(l, rt)| (l.clone(), rt.srtt)),
+        );
+        seconds_family(
+            &mut r,
+            "peer_call_deadline_seconds",
+            "The deadline a call to a member gets now, from its round trips (before the caller's floor)",
+            measured.iter().map(|(l, rt)| (l.clone(), rt.deadline)),
+        );
+        let timeouts = Family::<Labels, Counter>::default();
+        for (labels, rt) in &measured {
+            timeouts.get_or_create(labels).inc_by(rt.timeouts);
+        }
+        r.register("peer_call_timeouts", "Calls to a member that timed out since it was first measured", timeouts);
         gauge(
             &mut r,
             "ledger_head_seq",

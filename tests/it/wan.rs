@@ -198,6 +198,19 @@ async fn writes_commit_over_a_lossy_wan(writes: usize, key_base: u8) {
     // The node measured the link, and its deadlines are at least a round trip.
     let est = leader_rtt.expect("the leader measured its round trips to a follower");
     assert!(est.srtt >= rtt / 2 && est.deadline >= rtt, "{est:?} against a round trip of {rtt:?}");
+    // And an operator reads the same in the leader's /metrics, for each follower.
+    let text = voters[leader].system.metrics_text().expect("metrics");
+    for f in (1..3).map(|k| &voters[(leader + k) % 3]) {
+        let peer = f.system.node_id().expect("node id").short();
+        let read = |name: &str| {
+            let prefix = format!("{name}{{peer=\"{peer}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse::<f64>().ok())
+        };
+        let srtt = read("spores_peer_round_trip_seconds").unwrap_or_else(|| panic!("{peer}'s round trip:\n{text}"));
+        let deadline = read("spores_peer_call_deadline_seconds").expect("the call deadline");
+        assert!(srtt >= rtt.as_secs_f64() / 2.0 && deadline >= srtt, "{peer}: {srtt} s, deadline {deadline} s");
+        assert!(read("spores_peer_call_timeouts_total").is_some(), "{peer}'s timeouts:\n{text}");
+    }
     // Every acknowledged write is on every voter.
     let want = acked;
     for v in voters.iter() {
