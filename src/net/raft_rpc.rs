@@ -341,8 +341,9 @@ impl RaftService {
 }
 
 impl RpcHandler for RaftService {
-    /// openraft's pipelined `Raft::stream_append`, for the requests up to the first malformed
-    /// one ([`check_append`]): the stream ends there, its answers short of its requests.
+    /// openraft's pipelined appends, driven by the task that reads the answers
+    /// ([`crate::raft::append_pipeline`]), for the requests up to the first malformed one
+    /// ([`check_append`]): the stream ends there, its answers short of its requests.
     fn append_stream(&self, from: NodeId, requests: AppendRequests) -> AppendAnswers {
         use futures_util::StreamExt;
         tracing::trace!(from = %from.short(), me = %self.me, "append stream opened");
@@ -355,9 +356,10 @@ impl RpcHandler for RaftService {
             tracing::trace_span!("append_taken", node = %me, events = req.entries.len() as u64).in_scope(|| ());
             std::future::ready(ok)
         });
-        let answers = self.raft.stream_append(well_formed).inspect(move |_| {
-            tracing::trace_span!("append_answered", node = %me_answers).in_scope(|| ());
-        });
+        let answers =
+            crate::raft::append_pipeline::pipelined(self.raft.clone(), Box::pin(well_formed)).inspect(move |_| {
+                tracing::trace_span!("append_answered", node = %me_answers).in_scope(|| ());
+            });
         Box::pin(answers)
     }
 

@@ -21,6 +21,7 @@ use crate::core::projection::Rejection;
 use crate::core::types::NodeId;
 use crate::wire::rpc::{PeerNode, RaftMessages};
 
+pub mod append_pipeline;
 mod apply;
 pub mod error;
 pub mod inbound;
