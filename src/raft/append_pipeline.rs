@@ -4,7 +4,7 @@
 //! Raft core, and its answers stream waits on a channel from that task. Each request then woke
 //! two tasks at once (the core, and the transport's task waiting for answers), and the second
 //! wake pushed the core out of tokio's next-to-run slot: over QUIC the follower's core took its
-//! request 30–35 µs after openraft had it, against 8–10 µs here (`latency_breakdown`, stage
+//! request 29–36 µs after openraft had it, against 8–10 µs here (`latency_breakdown`, stage
 //! 5c; `benches/README.md`, session 28).
 //!
 //! [`pipelined`] sends the same message to the core (`Raft::append_entries`) from the task
