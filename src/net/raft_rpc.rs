@@ -116,25 +116,25 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             // Two instants of a write's path, as empty spans (`benches/latency_breakdown`
             // splits the replication by them): a request handed from openraft to the
             // transport, and an answer handed back to openraft.
-            let peer = node.node.short();
+            // (The id's short form is made only when a subscriber takes these spans.)
+            let follower = node.node;
             let input = input.inspect(move |req| {
-                tracing::trace_span!("append_handed", node = %peer, events = req.entries.len() as u64).in_scope(|| ());
+                tracing::trace_span!("append_handed", node = %follower.short(), events = req.entries.len() as u64)
+                    .in_scope(|| ());
             });
-            let peer = node.node.short();
             let replies = transport
                 .append_stream(&node, Box::pin(input), answer_floor)
                 .instrument(span)
                 .await
                 .map_err(transport_err)?;
             let replies = replies.map(move |r| {
-                tracing::trace_span!("append_answer_taken", node = %peer).in_scope(|| ());
-                r
-            });
-            let replies = replies.map(move |r| match r {
-                Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(openraft::error::Fatal::Stopped)) => Err(transport_err(stopped_peer(&node))),
-                Ok(Err(fatal)) => Err(RPCError::Network(NetworkError::new(&fatal))),
-                Err(e) => Err(transport_err(e)),
+                tracing::trace_span!("append_answer_taken", node = %follower.short()).in_scope(|| ());
+                match r {
+                    Ok(Ok(answer)) => Ok(answer),
+                    Ok(Err(openraft::error::Fatal::Stopped)) => Err(transport_err(stopped_peer(&node))),
+                    Ok(Err(fatal)) => Err(RPCError::Network(NetworkError::new(&fatal))),
+                    Err(e) => Err(transport_err(e)),
+                }
             });
             Ok(Box::pin(replies) as StreamReplies<'s>)
         })
@@ -349,16 +349,16 @@ impl RpcHandler for RaftService {
         tracing::trace!(from = %from.short(), me = %self.me, "append stream opened");
         // The other two instants of the replication's split (see `RaftNetwork::stream_append`):
         // a request taken by openraft on this follower, and its answer leaving openraft.
-        let (me, me_answers) = (self.me.node.short(), self.me.node.short());
+        let me = self.me.node;
         let well_formed = requests.take_while(move |req| {
             // Logged as a call's would be; on a stream the answer is the stream's end.
             let ok = check_append(req).map_err(|why| malformed(from, &why)).is_ok();
-            tracing::trace_span!("append_taken", node = %me, events = req.entries.len() as u64).in_scope(|| ());
+            tracing::trace_span!("append_taken", node = %me.short(), events = req.entries.len() as u64).in_scope(|| ());
             std::future::ready(ok)
         });
         let answers =
             crate::raft::append_pipeline::pipelined(self.raft.clone(), Box::pin(well_formed)).inspect(move |_| {
-                tracing::trace_span!("append_answered", node = %me_answers).in_scope(|| ());
+                tracing::trace_span!("append_answered", node = %me.short()).in_scope(|| ());
             });
         Box::pin(answers)
     }

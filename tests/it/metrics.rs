@@ -5,7 +5,7 @@ use mycnet_spores::core::health::CheckSpec;
 use mycnet_spores::SporeSystem;
 
 /// The value of the sample `name` (with its labels, as written) in `text`.
-fn sample(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 

@@ -202,10 +202,7 @@ async fn writes_commit_over_a_lossy_wan(writes: usize, key_base: u8) {
     let text = voters[leader].system.metrics_text().expect("metrics");
     for f in (1..3).map(|k| &voters[(leader + k) % 3]) {
         let peer = f.system.node_id().expect("node id").short();
-        let read = |name: &str| {
-            let prefix = format!("{name}{{peer=\"{peer}\"}} ");
-            text.lines().find_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse::<f64>().ok())
-        };
+        let read = |name: &str| crate::metrics::sample(&text, &format!("{name}{{peer=\"{peer}\"}}"));
         let srtt = read("spores_peer_round_trip_seconds").unwrap_or_else(|| panic!("{peer}'s round trip:\n{text}"));
         let deadline = read("spores_peer_call_deadline_seconds").expect("the call deadline");
         assert!(srtt >= rtt.as_secs_f64() / 2.0 && deadline >= srtt, "{peer}: {srtt} s, deadline {deadline} s");
